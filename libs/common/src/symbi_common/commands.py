@@ -1,0 +1,162 @@
+"""Commands over NATS request/reply: ``cmd.<service>.<action>`` with typed results and typed errors.
+
+Requests and replies are JSON (readable with ordinary NATS tools). A reply is either
+``{"ok": true, "result": …}`` or ``{"ok": false, "error": {"code", "message", "details"}}``; the
+client turns the latter back into the matching :class:`SymbiError` subclass. Every request is
+served in a queue group, so several replicas of a service share the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from symbi_common.errors import (
+    BadRequest,
+    InfrastructureError,
+    PayloadTooLarge,
+    SymbiError,
+    Timeout,
+    from_wire,
+    to_wire,
+)
+from symbi_common.telemetry import COMMAND_SECONDS, COMMANDS, extract_trace, inject_trace
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = structlog.get_logger(__name__)
+_json = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandMeta:
+    """Who asked, for tracing and causation: the request's headers."""
+
+    headers: dict[str, str]
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("Symbi-Correlation-Id")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route(Generic[T]):
+    request_type: type[T]
+    handler: Callable[[T, CommandMeta], Awaitable[Any]]
+
+
+class CommandServer:
+    """Serves ``cmd.<service>.<action>`` requests with registered handlers."""
+
+    def __init__(self, nc: NatsClient, service: str, *, max_request_bytes: int = 256 * 1024) -> None:
+        self.nc = nc
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        self._routes: dict[str, _Route[Any]] = {}
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tracer = trace.get_tracer("symbi.commands")
+
+    def register(self, action: str, request_type: type[T], handler: Callable[[T, CommandMeta], Awaitable[Any]]) -> None:
+        self._routes[action] = _Route(request_type, handler)
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"cmd.{self.service}.*", queue=self.service, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # Handle each request in its own task so a slow command does not hold up the others.
+        task = asyncio.get_running_loop().create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        action = msg.subject.rsplit(".", 1)[-1]
+        headers = dict(msg.headers or {})
+        started = time.perf_counter()
+        token = otel_context.attach(extract_trace(headers))
+        outcome = "ok"
+        try:
+            with self._tracer.start_as_current_span(f"cmd.{self.service}.{action}", kind=trace.SpanKind.SERVER):
+                structlog.contextvars.bind_contextvars(command=action)
+                try:
+                    result = await self._dispatch(action, msg.data, CommandMeta(headers))
+                    body = _json.encode({"ok": True, "result": result})
+                except SymbiError as err:
+                    outcome = err.code
+                    body = _json.encode({"ok": False, "error": to_wire(err)})
+                except Exception as exc:
+                    outcome = "internal"
+                    log.exception("command failed", action=action)
+                    internal = SymbiError(f"internal error in {self.service}.{action}: {type(exc).__name__}")
+                    body = _json.encode({"ok": False, "error": to_wire(internal)})
+                finally:
+                    structlog.contextvars.unbind_contextvars("command")
+            if msg.reply:
+                await msg.respond(body)
+        finally:
+            otel_context.detach(token)
+            COMMANDS.labels(self.service, action, outcome).inc()
+            COMMAND_SECONDS.labels(self.service, action).observe(time.perf_counter() - started)
+
+    async def _dispatch(self, action: str, data: bytes, meta: CommandMeta) -> Any:
+        route = self._routes.get(action)
+        if route is None:
+            raise BadRequest(f"unknown command {self.service}.{action}; known: {', '.join(sorted(self._routes))}")
+        if len(data) > self.max_request_bytes:
+            raise PayloadTooLarge(size=len(data), limit=self.max_request_bytes, what="command")
+        try:
+            request = msgspec.json.decode(data or b"{}", type=route.request_type)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadRequest(f"{self.service}.{action}: {exc}") from exc
+        return await route.handler(request, meta)
+
+
+class CommandClient:
+    """Sends commands and returns typed results, raising the typed error a service replied with."""
+
+    def __init__(self, nc: NatsClient, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+
+    async def call(
+        self,
+        service: str,
+        action: str,
+        request: Any,
+        result_type: type[R],
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> R:
+        hdrs: dict[str, str] = dict(headers or {})
+        inject_trace(hdrs)
+        subject = f"cmd.{service}.{action}"
+        try:
+            msg = await self.nc.request(subject, _json.encode(request), timeout=timeout or self.timeout, headers=hdrs)
+        except nats.errors.NoRespondersError as exc:
+            raise InfrastructureError(f"no {service} service is answering {subject}; is it running?") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Timeout(f"{subject} did not answer within {timeout or self.timeout} s") from exc
+        reply = msgspec.json.decode(msg.data)
+        if not reply.get("ok"):
+            raise from_wire(reply.get("error") or {})
+        return msgspec.convert(reply.get("result"), result_type)

@@ -1,0 +1,269 @@
+"""The event store: seal and conditionally append events, load and verify an aggregate's history.
+
+Appends use ``Nats-Expected-Last-Subject-Sequence`` (optimistic concurrency per aggregate) and
+``Nats-Msg-Id`` = event id (de-duplication). Several events of one command go out as one JetStream
+atomic batch: all land or none. After a timeout the store checks whether the event landed before it
+tries again, so a retry never writes an event twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from symbi_common.crypto import Signer
+from symbi_common.datakeys import DataKeys
+from symbi_common.envelope import EventHeader, event_hash, subject_for
+from symbi_common.errors import (
+    AppendFailed,
+    ConcurrencyConflict,
+    PayloadTooLarge,
+    SymbiError,
+)
+from symbi_common.events import Event, EventCodec, event_type
+from symbi_common.keyring import KeyRegistry
+from symbi_common.sealing import ChainTip, OpenedEvent, check_link, decrypt, new_event_id, open_envelope, seal
+from symbi_common.streams import EVENTS_STREAM, last_on_subject, read_subject
+
+E = TypeVar("E", bound=Event)
+
+#: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
+WRONG_LAST_SEQUENCE = 10071
+_WRONG_LAST_RE = re.compile(r"wrong last sequence: (\d+)")
+
+# Headers in clear, so events are readable with ordinary NATS tools; they are not trusted by verifiers.
+H_EVENT_TYPE = "Symbi-Event-Type"
+H_EVENT_ID = "Symbi-Event-Id"
+H_AGGREGATE = "Symbi-Aggregate"
+H_PRODUCER = "Symbi-Producer"
+H_CORRELATION = "Symbi-Correlation-Id"
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded(Generic[E]):
+    """An event as appended or loaded: its verified header, its place in the stream and its payload."""
+
+    event: E
+    header: EventHeader
+    sequence: int
+    hash: bytes
+
+    @property
+    def tip(self) -> ChainTip:
+        return ChainTip(self.sequence, self.header.aggregate_version, self.hash)
+
+
+class EventStore:
+    """Appends sealed events for one producing service and loads verified histories."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        *,
+        signer: Signer,
+        producer: str,
+        registry: KeyRegistry,
+        datakeys: DataKeys,
+        stream: str = EVENTS_STREAM,
+        max_event_bytes: int = 1024 * 1024 - 4096,
+        timeout: float = 5.0,
+        attempts: int = 3,
+    ) -> None:
+        self.nc = nc
+        self.signer = signer
+        self.producer = producer
+        self.registry = registry
+        self.datakeys = datakeys
+        self.stream = stream
+        self.max_event_bytes = max_event_bytes
+        self.timeout = timeout
+        self.attempts = attempts
+
+    # --- write ----------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        events: Sequence[E],
+        codec: EventCodec[E],
+        *,
+        expected: ChainTip,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[Recorded[E]]:
+        """Seal ``events`` onto the aggregate's chain after ``expected`` and store them atomically.
+
+        Raises :class:`ConcurrencyConflict` if another writer appended first; nothing was stored then.
+        """
+        if not events:
+            return []
+        subject = subject_for(aggregate_type, aggregate_id)
+        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}")
+        sealed: list[tuple[bytes, EventHeader]] = []
+        prev = expected.hash
+        for i, event in enumerate(events):
+            payload = codec.encode(event)
+            data, header = seal(
+                signer=self.signer,
+                producer=self.producer,
+                data_key=key,
+                aggregate_type=aggregate_type,
+                aggregate_id=aggregate_id,
+                aggregate_version=expected.version + i + 1,
+                event_type=event_type(event),
+                schema_version=type(event).schema_version,
+                payload=payload,
+                prev_hash=prev,
+                event_id=new_event_id(),
+                causation_id=causation_id,
+                correlation_id=correlation_id,
+            )
+            if len(data) > self.max_event_bytes:
+                raise PayloadTooLarge(size=len(data), limit=self.max_event_bytes, what=f"event {header.event_type}")
+            sealed.append((data, header))
+            prev = event_hash(data)
+        seqs = await self._publish(subject, sealed, expected.sequence, headers or {})
+        return [
+            Recorded(event, header, seq, event_hash(data))
+            for event, (data, header), seq in zip(events, sealed, seqs, strict=True)
+        ]
+
+    def _headers(self, header: EventHeader, extra: Mapping[str, str]) -> dict[str, str]:
+        h = {
+            "Nats-Msg-Id": header.event_id,
+            H_EVENT_ID: header.event_id,
+            H_EVENT_TYPE: header.event_type,
+            H_AGGREGATE: f"{header.aggregate_type}/{header.aggregate_id}",
+            H_PRODUCER: header.producer,
+        }
+        if header.correlation_id:
+            h[H_CORRELATION] = header.correlation_id
+        h.update(extra)
+        return h
+
+    async def _publish(
+        self,
+        subject: str,
+        sealed: list[tuple[bytes, EventHeader]],
+        expected_seq: int,
+        extra: Mapping[str, str],
+    ) -> list[int]:
+        last_id = sealed[-1][1].event_id
+        for attempt in range(self.attempts):
+            try:
+                ack = await self._send(subject, sealed, expected_seq, extra)
+            except (TimeoutError, nats.errors.TimeoutError):
+                # Did it land? Look at the subject's last message before trying again.
+                last = await last_on_subject(self.nc, self.stream, subject, timeout=self.timeout)
+                if last is not None and last.headers.get("Nats-Msg-Id") == last_id:
+                    return list(range(last.sequence - len(sealed) + 1, last.sequence + 1))
+                if last is not None and last.sequence != expected_seq:
+                    raise ConcurrencyConflict(
+                        f"{subject} moved on to sequence {last.sequence} while our append timed out",
+                        subject=subject,
+                        expected=expected_seq,
+                        actual=last.sequence,
+                    ) from None
+                if attempt + 1 == self.attempts:
+                    raise AppendFailed(f"append to {subject} timed out {self.attempts} times") from None
+                continue
+            if ack.error is not None:
+                code = int(ack.error.get("err_code", 0))
+                desc = str(ack.error.get("description", ""))
+                if code == WRONG_LAST_SEQUENCE:
+                    m = _WRONG_LAST_RE.search(desc)
+                    raise ConcurrencyConflict(
+                        f"{subject} is no longer at sequence {expected_seq}: {desc}",
+                        subject=subject,
+                        expected=expected_seq,
+                        actual=int(m.group(1)) if m else None,
+                    )
+                raise AppendFailed(f"JetStream refused the append to {subject}: {desc} (code {code})", code=code)
+            return list(range(ack.seq - len(sealed) + 1, ack.seq + 1))
+        raise AppendFailed(f"append to {subject} failed")  # pragma: no cover - loop always returns or raises
+
+    async def _send(
+        self,
+        subject: str,
+        sealed: list[tuple[bytes, EventHeader]],
+        expected_seq: int,
+        extra: Mapping[str, str],
+    ) -> _PubAck:
+        if len(sealed) == 1:
+            data, header = sealed[0]
+            h = self._headers(header, extra)
+            h["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+            msg = await self.nc.request(subject, data, timeout=self.timeout, headers=h)
+            return _ack_decoder.decode(msg.data)
+        batch_id = new_event_id()
+        n = len(sealed)
+        for i, (data, header) in enumerate(sealed, 1):
+            h = self._headers(header, extra)
+            h["Nats-Batch-Id"] = batch_id
+            h["Nats-Batch-Sequence"] = str(i)
+            if i == 1:
+                h["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+            if i < n:
+                await self.nc.publish(subject, data, headers=h)
+            else:
+                h["Nats-Batch-Commit"] = "1"
+                msg = await self.nc.request(subject, data, timeout=self.timeout, headers=h)
+                return _ack_decoder.decode(msg.data)
+        raise AssertionError("unreachable")
+
+    # --- read -----------------------------------------------------------------------------------
+
+    async def load(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        codec: EventCodec[E],
+        *,
+        after: ChainTip | None = None,
+    ) -> list[Recorded[E]]:
+        """Every event of the aggregate after ``after``, verified, chain-checked, decrypted and decoded."""
+        subject = subject_for(aggregate_type, aggregate_id)
+        tip = after or ChainTip()
+        out: list[Recorded[E]] = []
+        async for batch in read_subject(self.nc, self.stream, subject, after=tip.sequence, timeout=self.timeout):
+            for raw in batch:
+                opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=self.registry)
+                check_link(tip, opened)
+                out.append(await self._decode(opened, codec))
+                tip = opened.tip
+        return out
+
+    async def _decode(self, opened: OpenedEvent, codec: EventCodec[E]) -> Recorded[E]:
+        key = await self.datakeys.by_id(opened.header.data_key_id)
+        plaintext = decrypt(opened, key)
+        event = codec.decode(
+            plaintext, event_type=opened.header.event_type, sequence=opened.sequence, subject=opened.subject
+        )
+        return Recorded(event, opened.header, opened.sequence, opened.hash)
+
+    async def open_one(self, data: bytes, subject: str, sequence: int, codec: EventCodec[E]) -> Recorded[E]:
+        """Verify (no chain check), decrypt and decode one stored message, e.g. in a projection."""
+        opened = open_envelope(data, subject=subject, sequence=sequence, registry=self.registry)
+        return await self._decode(opened, codec)
+
+
+def is_retryable(err: BaseException) -> bool:
+    return isinstance(err, ConcurrencyConflict) or (isinstance(err, SymbiError) and err.http_status in (503, 504))

@@ -1,0 +1,202 @@
+"""Projections: read models in PostgreSQL fed by a durable JetStream consumer, exactly once.
+
+The runner applies a batch of events and records the stream position in the **same transaction**;
+only then does it acknowledge the messages. After a crash between commit and ack the messages come
+again and are skipped (their sequence is not above the stored position). The PostgreSQL position is
+the truth: on every (re)start the durable consumer is re-created to start right after it.
+
+An event that fails verification or decoding (garbage bytes, forged signer …) never stops the
+projection: it is recorded in ``symbi_projection_rejects`` with the reason, counted, and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from symbi_common.db import apply_schema
+from symbi_common.errors import SymbiError
+from symbi_common.streams import EVENTS_STREAM, RawMessage
+from symbi_common.telemetry import PROJECTION_EVENTS, PROJECTION_POSITION, REJECTED_EVENTS
+
+log = structlog.get_logger(__name__)
+
+RUNNER_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS symbi_projection_positions (
+        name text PRIMARY KEY,
+        position bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now())""",
+    """CREATE TABLE IF NOT EXISTS symbi_projection_rejects (
+        name text NOT NULL,
+        sequence bigint NOT NULL,
+        subject text NOT NULL,
+        code text NOT NULL,
+        message text NOT NULL,
+        rejected_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (name, sequence))""",
+)
+
+
+class Projection(Protocol):
+    """A read model. ``apply`` gets an asyncpg connection inside the runner's transaction; raise SymbiError to reject an event."""
+
+    name: str
+    filter_subjects: Sequence[str]
+    schema: Sequence[str]
+
+    async def apply(self, conn: Any, message: RawMessage) -> None: ...
+
+
+class ProjectionRunner:
+    """Runs one projection until stopped; restarts its consumer from the stored position on errors."""
+
+    def __init__(
+        self,
+        js: Any,
+        pool: asyncpg.Pool,
+        projection: Projection,
+        *,
+        stream: str = EVENTS_STREAM,
+        batch: int = 256,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self.js = js
+        self.pool = pool
+        self.projection = projection
+        self.stream = stream
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.position = 0
+        self._changed = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    async def setup(self) -> None:
+        await apply_schema(self.pool, (*RUNNER_SCHEMA, *self.projection.schema))
+        self.position = await self._stored_position()
+
+    async def _stored_position(self) -> int:
+        row = await self.pool.fetchval(
+            "SELECT position FROM symbi_projection_positions WHERE name = $1", self.projection.name
+        )
+        return int(row or 0)
+
+    async def run(self) -> None:
+        """Apply events until :meth:`stop`; transient failures back off and resume from the stored position."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self._run_consumer()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                log.warning("projection interrupted, resuming", projection=self.projection.name, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _consumer(self) -> Any:
+        name = self.projection.name
+        self.position = await self._stored_position()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_consumer(self.stream, name)
+        subjects = list(self.projection.filter_subjects)
+        config = ConsumerConfig(
+            durable_name=name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.position + 1,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_ack_pending=self.batch * 4,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
+            filter_subjects=subjects if len(subjects) > 1 else None,
+        )
+        await self.js.add_consumer(self.stream, config)
+        return await self.js.pull_subscribe_bind(durable=name, stream=self.stream)
+
+    async def _run_consumer(self) -> None:
+        psub = await self._consumer()
+        self.ready.set()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
+                except nats.errors.TimeoutError:
+                    continue
+                await self._apply_batch(msgs)
+                for m in msgs:
+                    await m.ack()
+        finally:
+            await psub.unsubscribe()
+
+    async def _apply_batch(self, msgs: list[Any]) -> None:
+        name = self.projection.name
+        applied = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            position = int(
+                await conn.fetchval("SELECT position FROM symbi_projection_positions WHERE name = $1 FOR UPDATE", name)
+                or 0
+            )
+            start = position
+            for m in msgs:
+                seq = int(m.metadata.sequence.stream)
+                if seq <= position:
+                    continue  # already applied before a crash; acknowledged below
+                raw = RawMessage(m.subject, seq, bytes(m.data), {str(k): v for k, v in (m.headers or {}).items()})
+                try:
+                    async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
+                        await self.projection.apply(conn, raw)
+                    applied += 1
+                except SymbiError as err:
+                    await conn.execute(
+                        "INSERT INTO symbi_projection_rejects (name, sequence, subject, code, message)"
+                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        name,
+                        seq,
+                        raw.subject,
+                        err.code,
+                        err.message,
+                    )
+                    REJECTED_EVENTS.labels(name, err.code).inc()
+                    log.warning("event rejected", projection=name, sequence=seq, subject=raw.subject, error=err.message)
+                position = seq
+            if position != start:
+                await conn.execute(
+                    "INSERT INTO symbi_projection_positions (name, position) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+                    name,
+                    position,
+                )
+        if position != self.position:
+            async with self._changed:
+                self.position = position
+                self._changed.notify_all()
+            PROJECTION_POSITION.labels(name).set(position)
+            PROJECTION_EVENTS.labels(name).inc(applied)
+
+    async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
+        """Wait until events up to stream ``sequence`` are applied (read-your-writes for callers)."""
+
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.position >= sequence)
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

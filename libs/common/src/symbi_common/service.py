@@ -1,0 +1,251 @@
+"""The service base: one runtime object that opens NATS/JetStream, keys and PostgreSQL, and one
+FastAPI app factory with ``/healthz``, ``/readyz``, ``/metrics`` and typed error responses.
+
+A service builds a :class:`ServiceRuntime`, registers its command handlers and projections in an
+``on_start`` hook, and hands both to :func:`create_app`; :func:`serve` runs it under uvicorn. On
+shutdown (SIGTERM/Ctrl-C) the lifespan stops command intake, lets in-flight work finish, stops the
+projections, drains NATS and closes the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import structlog
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from symbi_common.commands import CommandClient, CommandServer
+from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.db import open_pool
+from symbi_common.errors import SymbiError, to_wire
+from symbi_common.eventstore import EventStore
+from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
+from symbi_common.projection import Projection, ProjectionRunner
+from symbi_common.settings import Settings
+from symbi_common.snapshots import SnapshotStore
+from symbi_common.streams import StreamSettings, provision_streams
+from symbi_common.telemetry import configure_logging, configure_tracing, extract_trace, shutdown_tracing
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceRuntime:
+    """Connections, keys and background work of one running service."""
+
+    nc: Any
+    js: Any
+    pool: asyncpg.Pool | None
+    store: EventStore
+    snapshots: SnapshotStore
+    datakeys: DataKeys
+    registry: KeyRegistry
+    commands: CommandServer
+    client: CommandClient
+
+    def __init__(self, name: str, settings: Settings, *, use_database: bool = True) -> None:
+        self.name = name
+        self.settings = settings
+        self.use_database = use_database
+        self.pool = None
+        self.projections: list[ProjectionRunner] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = False
+        self.started_at = time.time()
+        self.recent_errors: list[str] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        configure_logging(self.name, s.telemetry.log_level, s.telemetry.log_format)
+        configure_tracing(self.name, s.telemetry.otlp_endpoint)
+        # Keys first: a service without its keys must not touch anything.
+        self.registry = KeyRegistry.load(Path(s.keys.dir), read_key_file(s.root_public_key_path()))
+        signer = load_signer(s.signing_key_path(self.name))
+        master = load_master_key(s.master_key_path())
+        self.nc = await nats.connect(
+            s.nats.url,
+            name=f"symbi-{self.name}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=self._nats_error,
+        )
+        self.js = self.nc.jetstream(timeout=s.nats.request_timeout_s)
+        await provision_streams(
+            self.js,
+            StreamSettings(
+                replicas=s.nats.replicas,
+                events_max_bytes=s.nats.events_max_bytes,
+                duplicate_window_s=s.nats.duplicate_window_s,
+            ),
+        )
+        self.datakeys = DataKeys(await KvDataKeyStore.open(self.js, replicas=s.nats.replicas), master)
+        self.store = EventStore(
+            self.nc,
+            signer=signer,
+            producer=self.name,
+            registry=self.registry,
+            datakeys=self.datakeys,
+            max_event_bytes=s.events.max_event_bytes,
+            timeout=s.nats.request_timeout_s,
+        )
+        self.snapshots = SnapshotStore(self.nc, signer=signer, registry=self.registry, datakeys=self.datakeys)
+        if self.use_database:
+            self.pool = await open_pool(s.database.url, min_size=s.database.pool_min, max_size=s.database.pool_max)
+        self.commands = CommandServer(self.nc, self.name, max_request_bytes=s.events.max_command_bytes)
+        self.client = CommandClient(self.nc, timeout=s.nats.request_timeout_s)
+        self.started = True
+        log.info("service started", nats=s.nats.url, signing_key=signer.key_id)
+
+    async def _nats_error(self, exc: Exception) -> None:
+        self.note_error(f"nats: {exc}")
+
+    def note_error(self, text: str) -> None:
+        """Remember a recent error for the health report (the last 20)."""
+        self.recent_errors = [*self.recent_errors[-19:], f"{time.strftime('%H:%M:%S')} {text}"]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run background work for the service's lifetime; a crash is logged, not swallowed silently."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def _done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed", task=name, error=repr(t.exception()))
+                self.note_error(f"{name}: {t.exception()!r}")
+
+        task.add_done_callback(_done)
+        return task
+
+    async def add_projection(self, projection: Projection) -> ProjectionRunner:
+        if self.pool is None:
+            raise RuntimeError("projections need a database; create the runtime with use_database=True")
+        runner = ProjectionRunner(self.js, self.pool, projection)
+        await runner.setup()
+        self.projections.append(runner)
+        self.spawn(runner.run(), f"projection:{projection.name}")
+        return runner
+
+    async def health(self) -> dict[str, Any]:
+        """Readiness of each dependency; ``ok`` only if all are."""
+        checks: dict[str, bool] = {"started": self.started}
+        checks["nats"] = bool(self.started and self.nc.is_connected)
+        if self.use_database:
+            try:
+                checks["database"] = self.pool is not None and await self.pool.fetchval("SELECT 1") == 1
+            except Exception:
+                checks["database"] = False
+        for runner in self.projections:
+            checks[f"projection:{runner.projection.name}"] = runner.ready.is_set()
+        return {"ok": all(checks.values()), "checks": checks}
+
+    async def stop(self) -> None:
+        """Idempotent, orderly shutdown."""
+        if not self.started:
+            return
+        self.started = False
+        await self.commands.stop()
+        for runner in self.projections:
+            await runner.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.nc.drain()
+        except Exception as exc:  # already closed or the server went away
+            log.debug("nats drain failed", error=str(exc))
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        shutdown_tracing()
+        log.info("service stopped")
+
+
+class _TraceMiddleware(BaseHTTPMiddleware):
+    """One server span per HTTP request, continuing an incoming W3C ``traceparent``."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path in ("/healthz", "/readyz", "/metrics"):
+            return await call_next(request)
+        token = otel_context.attach(extract_trace(dict(request.headers)))
+        try:
+            tracer = trace.get_tracer("symbi.http")
+            with tracer.start_as_current_span(f"{request.method} {request.url.path}", kind=trace.SpanKind.SERVER):
+                return await call_next(request)
+        finally:
+            otel_context.detach(token)
+
+
+def create_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    routers: Sequence[APIRouter] = (),
+    on_start: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The service's HTTP app; its lifespan starts and stops ``runtime``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            if on_start is not None:
+                await on_start(runtime)
+            await runtime.commands.start()
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.add_middleware(_TraceMiddleware)
+
+    @app.exception_handler(SymbiError)
+    async def _symbi_error(request: Request, exc: SymbiError) -> JSONResponse:
+        return JSONResponse({"error": to_wire(exc)}, status_code=exc.http_status)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": runtime.name, "uptime_s": round(time.time() - runtime.started_at, 1)}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        report = await runtime.health()
+        report["service"] = runtime.name
+        report["recent_errors"] = runtime.recent_errors[-5:]
+        return JSONResponse(report, status_code=200 if report["ok"] else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run the app under uvicorn until SIGTERM/SIGINT; the lifespan shuts the runtime down cleanly."""
+    uvicorn.run(
+        app,
+        host=settings.service.http_host,
+        port=settings.service.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,209 @@
+"""Settings: one typed object per service, from a TOML file plus ``SYMBI_*`` environment variables.
+
+Precedence: defaults < TOML file (``SYMBI_CONFIG_PATH`` or ``--config``) < environment. Any section
+key can be set as ``SYMBI_<SECTION>__<KEY>`` (e.g. ``SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS=50``); the
+documented short names (``SYMBI_LOG_LEVEL``, ``SYMBI_NATS_URL``, ``SYMBIONT_VECTOR_BACKEND`` …)
+map onto their keys. A bad or unknown setting fails start-up with a :class:`ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from symbi_common.errors import ConfigError
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RuntimeSettings(_Section):
+    max_concurrent_agents: int = 10_000
+    scheduler_threads: int = 8
+    message_buffer_size: int = 1_048_576
+    gc_interval_ms: int = 100
+    mode: Literal["development", "production"] = "development"
+
+
+class SecuritySettings(_Section):
+    default_sandbox_tier: Literal["docker", "gvisor"] = "gvisor"
+    enforce_policies: bool = True
+    audit_enabled: bool = True
+    #: Accepted for compatibility with existing configs; Ed25519 is libsodium and AES-GCM is OpenSSL either way.
+    crypto_provider: Literal["ring", "libsodium", "openssl"] = "ring"
+    audit_storage: str = "jetstream"
+
+
+class QdrantSettings(_Section):
+    host: str = "localhost"
+    port: int = 6333
+
+
+class ContextSettings(_Section):
+    vector_backend: Literal["embedded", "qdrant"] = "embedded"
+    vector_data_path: str = "./data/vectors"
+    embedding_dimension: int = 1536
+    context_cache_size: str = "1GB"
+    knowledge_retention_days: int = 365
+    qdrant: QdrantSettings = msgspec.field(default_factory=QdrantSettings)
+
+
+class McpSettings(_Section):
+    discovery_enabled: bool = True
+    tool_verification: Literal["strict", "permissive", "off"] = "strict"
+    connection_timeout_s: int = 30
+    max_concurrent_connections: int = 100
+
+
+class NatsSettings(_Section):
+    url: str = "nats://127.0.0.1:4222"
+    replicas: int = 1
+    events_max_bytes: int = 10 * 1024**3
+    duplicate_window_s: float = 300.0
+    request_timeout_s: float = 5.0
+
+
+class DatabaseSettings(_Section):
+    url: str = ""
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+class KeysSettings(_Section):
+    dir: str = ".symbi/keys"
+    #: This service's private signing key; default ``<dir>/<service>.key``.
+    signing_key_path: str = ""
+    master_key_path: str = ""
+    root_public_key_path: str = ""
+
+
+class ServiceSettings(_Section):
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+
+class EventSettings(_Section):
+    snapshot_every: int = 100
+    max_event_bytes: int = 1024 * 1024 - 4096
+    max_command_bytes: int = 256 * 1024
+
+
+class TelemetrySettings(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    otlp_endpoint: str = ""
+
+
+class Settings(_Section):
+    runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    context: ContextSettings = msgspec.field(default_factory=ContextSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    keys: KeysSettings = msgspec.field(default_factory=KeysSettings)
+    service: ServiceSettings = msgspec.field(default_factory=ServiceSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+
+    def signing_key_path(self, service: str) -> Path:
+        return Path(self.keys.signing_key_path or Path(self.keys.dir) / f"{service}.key")
+
+    def master_key_path(self) -> Path:
+        return Path(self.keys.master_key_path or Path(self.keys.dir) / "master.key")
+
+    def root_public_key_path(self) -> Path:
+        return Path(self.keys.root_public_key_path or Path(self.keys.dir) / "root.pub")
+
+
+#: Documented environment variables and the setting each one sets.
+ENV_ALIASES: Mapping[str, str] = {
+    "SYMBI_LOG_LEVEL": "telemetry.log_level",
+    "SYMBI_LOG_FORMAT": "telemetry.log_format",
+    "SYMBI_RUNTIME_MODE": "runtime.mode",
+    "SYMBI_CRYPTO_PROVIDER": "security.crypto_provider",
+    "SYMBI_AUDIT_STORAGE": "security.audit_storage",
+    "SYMBI_NATS_URL": "nats.url",
+    "SYMBI_DATABASE_URL": "database.url",
+    "SYMBI_KEYS_DIR": "keys.dir",
+    "SYMBI_SIGNING_KEY_PATH": "keys.signing_key_path",
+    "SYMBI_MASTER_KEY_PATH": "keys.master_key_path",
+    "SYMBI_ROOT_PUBLIC_KEY_PATH": "keys.root_public_key_path",
+    "SYMBI_HTTP_HOST": "service.http_host",
+    "SYMBI_HTTP_PORT": "service.http_port",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry.otlp_endpoint",
+    "SYMBIONT_VECTOR_BACKEND": "context.vector_backend",
+    "SYMBIONT_VECTOR_HOST": "context.qdrant.host",
+    "SYMBIONT_VECTOR_PORT": "context.qdrant.port",
+    "SYMBIONT_VECTOR_DATA_PATH": "context.vector_data_path",
+    "MCP_SERVER_DISCOVERY": "mcp.discovery_enabled",
+}
+
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError("is not a section", setting=p)
+        node = child
+    node[leaf] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, dotted in ENV_ALIASES.items():
+        if name in env and env[name] != "":
+            _set(tree, dotted, env[name])
+    for name, value in env.items():
+        if name.startswith("SYMBI_") and "__" in name:
+            dotted = name[len("SYMBI_") :].lower().replace("__", ".")
+            _set(tree, dotted, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings; raises :class:`ConfigError` naming the first bad setting."""
+    env = os.environ if env is None else env
+    file = path or env.get("SYMBI_CONFIG_PATH") or None
+    tree: dict[str, Any] = {}
+    if file:
+        try:
+            tree = tomllib.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist", setting="SYMBI_CONFIG_PATH") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}", setting="SYMBI_CONFIG_PATH") from None
+    tree = _merge(tree, _env_overrides(env))
+    try:
+        return msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _PATH_RE.search(msg)
+        where = m.group(1) if m else ""
+        u = _UNKNOWN_RE.search(msg)
+        if u:
+            where = f"{where}.{u.group(1)}" if where else u.group(1)
+            raise ConfigError("unknown setting", setting=where) from None
+        raise ConfigError(msg.split(" - at ")[0], setting=where or "(root)") from None

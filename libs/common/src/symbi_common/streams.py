@@ -1,0 +1,174 @@
+"""JetStream stream provisioning and raw reads (batched direct get).
+
+``EVENTS`` is the append-only history (``evt.>``): file storage, no per-subject cap, ``discard=new``
+with a byte limit so a full store refuses writes instead of dropping history, ``deny_delete`` and
+``deny_purge``, a de-duplication window, direct get for batched reads and atomic batch publish for
+multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from symbi_common.errors import InfrastructureError, Timeout
+
+EVENTS_STREAM = "EVENTS"
+SNAPSHOTS_STREAM = "SNAPSHOTS"
+AUDIT_STREAM = "AUDIT"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    replicas: int = 1
+    events_max_bytes: int = 10 * 1024**3
+    duplicate_window_s: float = 300.0
+    max_msg_size: int = 1024 * 1024
+
+
+def events_config(s: StreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=["evt.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_msgs=-1,
+        max_msgs_per_subject=-1,
+        max_bytes=s.events_max_bytes,
+        max_msg_size=s.max_msg_size,
+        discard=DiscardPolicy.NEW,
+        deny_delete=True,
+        deny_purge=True,
+        duplicate_window=s.duplicate_window_s,
+        allow_direct=True,
+        allow_atomic=True,
+    )
+
+
+def snapshots_config(s: StreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=SNAPSHOTS_STREAM,
+        subjects=["snap.>"],
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def audit_config(s: StreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=AUDIT_STREAM,
+        subjects=["audit.>"],
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+        discard=DiscardPolicy.NEW,
+    )
+
+
+async def provision_streams(js: Any, settings: StreamSettings | None = None) -> None:
+    """Create the streams if missing, or update their configuration to the current one. Idempotent."""
+    s = settings or StreamSettings()
+    for cfg in (events_config(s), snapshots_config(s), audit_config(s)):
+        try:
+            await js.add_stream(cfg)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
+                raise
+            await js.update_stream(cfg)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One stored message as read back: subject, stream sequence, exact bytes, headers."""
+
+    subject: str
+    sequence: int
+    data: bytes
+    headers: dict[str, str]
+
+
+def _raw(msg: Any) -> RawMessage:
+    hdrs = msg.headers or {}
+    return RawMessage(
+        subject=hdrs["Nats-Subject"],
+        sequence=int(hdrs["Nats-Sequence"]),
+        data=bytes(msg.data),
+        headers={str(k): v for k, v in hdrs.items()},
+    )
+
+
+async def read_subject(
+    nc: NatsClient,
+    stream: str,
+    subject: str,
+    *,
+    after: int = 0,
+    batch: int = 1000,
+    timeout: float = 5.0,
+) -> AsyncIterator[list[RawMessage]]:
+    """Every message of ``subject`` with sequence > ``after``, in batches of up to ``batch``.
+
+    Uses JetStream's batched direct get: one request returns a whole batch, so loading an
+    aggregate costs one round trip per ``batch`` events.
+    """
+    start = after + 1
+    while True:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        out: list[RawMessage] = []
+        pending = 0
+        try:
+            req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", req, reply=inbox)
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError as exc:
+                    raise Timeout(f"reading {subject} from {stream} timed out") from exc
+                status = (msg.headers or {}).get("Status")
+                if status is None:
+                    out.append(_raw(msg))
+                    continue
+                if status == "204":  # end of batch
+                    pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
+                    break
+                if status == "404":  # nothing (more) for this subject
+                    pending = 0
+                    break
+                raise InfrastructureError(f"direct get on {stream} failed with status {status}")
+        finally:
+            await sub.unsubscribe()
+        if out:
+            yield out
+        if pending <= 0 or not out:
+            return
+        start = out[-1].sequence + 1
+
+
+async def last_on_subject(nc: NatsClient, stream: str, subject: str, *, timeout: float = 5.0) -> RawMessage | None:
+    """The last message stored on ``subject``, or None."""
+    try:
+        msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
+    except nats.errors.TimeoutError as exc:
+        raise Timeout(f"reading the last message of {subject} timed out") from exc
+    except nats.errors.NoRespondersError as exc:
+        raise InfrastructureError(f"stream {stream} does not answer; is JetStream up and provisioned?") from exc
+    status = (msg.headers or {}).get("Status")
+    if status == "404":
+        return None
+    if status is not None:
+        raise InfrastructureError(f"direct get of {subject} failed with status {status}")
+    return _raw(msg)

@@ -1,0 +1,105 @@
+"""Logs, traces and metrics.
+
+- Logs: structlog, JSON lines by default, with context bound per message/request through contextvars.
+- Traces: OpenTelemetry; the W3C ``traceparent`` travels in NATS headers (outside the signed bytes);
+  spans are exported over OTLP/HTTP when an endpoint is configured.
+- Metrics: prometheus-client, served at ``/metrics`` by every service.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Counter, Gauge, Histogram
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
+    """Structured logs to stderr; every line carries the service name."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+
+
+_provider: TracerProvider | None = None
+
+
+def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider:
+    """Install a tracer provider for ``service``; export over OTLP/HTTP if ``otlp_endpoint`` is set."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": f"symbi-{service}"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop span export."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_trace(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Add the current W3C trace context (``traceparent``) to NATS or HTTP headers."""
+    propagate.inject(headers)
+    return headers
+
+
+def extract_trace(headers: Mapping[str, str] | None) -> otel_context.Context:
+    """The trace context carried by incoming headers (an empty context if none)."""
+    return propagate.extract(dict(headers or {}))
+
+
+# --- metrics shared by every service ---------------------------------------------------------------
+
+COMMANDS = Counter("symbi_commands_total", "Commands handled", ["service", "action", "outcome"])
+COMMAND_SECONDS = Histogram(
+    "symbi_command_seconds",
+    "Command handling latency",
+    ["service", "action"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+EVENTS_APPENDED = Counter("symbi_events_appended_total", "Events appended", ["service", "aggregate_type"])
+PROJECTION_POSITION = Gauge("symbi_projection_position", "Last stream sequence applied", ["projection"])
+PROJECTION_EVENTS = Counter("symbi_projection_events_total", "Events applied by projections", ["projection"])
+REJECTED_EVENTS = Counter(
+    "symbi_rejected_events_total", "Stored events that failed verification or decoding", ["consumer", "reason"]
+)

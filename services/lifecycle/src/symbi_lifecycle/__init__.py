@@ -1,0 +1,1 @@
+"""Symbi lifecycle service."""
