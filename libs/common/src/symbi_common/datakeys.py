@@ -51,12 +51,13 @@ class MemoryDataKeyStore:
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, int]] = {}
+        self._destroyed: set[str] = set()
 
     async def get(self, name: str) -> tuple[bytes, int] | None:
         return self._data.get(name)
 
     async def create(self, name: str, value: bytes) -> bool:
-        if name in self._data:
+        if name in self._data or name in self._destroyed:
             return False
         self._data[name] = (value, 1)
         return True
@@ -70,10 +71,11 @@ class MemoryDataKeyStore:
 
     async def destroy(self, name: str) -> None:
         self._data.pop(name, None)
+        self._destroyed.add(name)
 
 
 class KvDataKeyStore:
-    """Data key records in the JetStream KV bucket ``DATAKEYS`` (history 1; destroy purges)."""
+    """Data key records in the JetStream KV bucket ``DATAKEYS`` (history 1; destroy purges, the purge marker stays)."""
 
     def __init__(self, kv: Any) -> None:
         self._kv = kv
@@ -99,8 +101,10 @@ class KvDataKeyStore:
         return bytes(entry.value), int(entry.revision)
 
     async def create(self, name: str, value: bytes) -> bool:
+        # Not kv.create(): that re-creates over a purge marker, and a destroyed key must stay destroyed
+        # (a new generation 1 would reuse the destroyed key's id for another key).
         try:
-            await self._kv.create(name, value)
+            await self._kv.update(name, value, last=0)
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
         return True
@@ -172,7 +176,9 @@ class DataKeys:
                     await self._store.create(name, _record_encoder.encode(record))
                     loaded = await self._load(name)  # the winner's record if another writer raced us
                     if loaded is None:
-                        raise KeyringError(f"data key {name} vanished right after creation")
+                        raise DataKeyDestroyed(
+                            f"data key {name} was destroyed; {name} takes no new events", key_id=name
+                        )
                 cached = loaded[0]
                 self._cache[name] = cached
         self._locks.pop(name, None)

@@ -72,7 +72,7 @@ def encode_header(header: EventHeader) -> bytes:
 def decode_header(data: bytes, *, sequence: int | None = None, subject: str | None = None) -> EventHeader:
     try:
         header = _header_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"event header is malformed: {exc}", sequence=sequence, subject=subject) from exc
     if header.version != ENVELOPE_VERSION:
         raise MalformedEvent(f"unsupported envelope version {header.version}", sequence=sequence, subject=subject)
@@ -88,7 +88,7 @@ def encode_sealed(sealed: SealedEvent) -> bytes:
 def decode_sealed(data: bytes, *, sequence: int | None = None, subject: str | None = None) -> SealedEvent:
     try:
         sealed = _sealed_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"stored bytes are not a sealed event: {exc}", sequence=sequence, subject=subject) from exc
     if len(sealed.signature) != 64:
         raise MalformedEvent("signature must be 64 bytes", sequence=sequence, subject=subject)

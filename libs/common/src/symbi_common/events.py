@@ -52,7 +52,7 @@ class EventCodec(Generic[E]):
             raise UnknownEventType(f"event type {event_type!r} is not known here", sequence=sequence, subject=subject)
         try:
             event = self._decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise MalformedEvent(f"payload does not decode: {exc}", sequence=sequence, subject=subject) from exc
         if type(event).__struct_config__.tag != event_type:
             raise MalformedEvent(

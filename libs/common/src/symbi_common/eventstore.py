@@ -8,6 +8,8 @@ tries again, so a retry never writes an event twice.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import ChainTip, OpenedEvent, check_link, decrypt, new_event_id, open_envelope, seal
 from symbi_common.streams import EVENTS_STREAM, last_on_subject, read_subject
+from symbi_common.telemetry import inject_trace
 
 E = TypeVar("E", bound=Event)
 
@@ -53,6 +56,11 @@ class _PubAck(msgspec.Struct):
 
 
 _ack_decoder = msgspec.json.Decoder(_PubAck)
+
+
+def _expire(reply: asyncio.Future[Any]) -> None:
+    if not reply.done():
+        reply.set_exception(nats.errors.TimeoutError())
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +102,11 @@ class EventStore:
         self.max_event_bytes = max_event_bytes
         self.timeout = timeout
         self.attempts = attempts
+        # Acks come back on this store's own reply subscription (see _request).
+        self._reply_prefix: str | None = None
+        self._reply_lock = asyncio.Lock()
+        self._reply_ids = itertools.count(1)
+        self._replies: dict[str, asyncio.Future[Any]] = {}
 
     # --- write ----------------------------------------------------------------------------------
 
@@ -118,6 +131,7 @@ class EventStore:
         subject = subject_for(aggregate_type, aggregate_id)
         key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}")
         sealed: list[tuple[bytes, EventHeader]] = []
+        hashes: list[bytes] = []
         prev = expected.hash
         for i, event in enumerate(events):
             payload = codec.encode(event)
@@ -140,10 +154,11 @@ class EventStore:
                 raise PayloadTooLarge(size=len(data), limit=self.max_event_bytes, what=f"event {header.event_type}")
             sealed.append((data, header))
             prev = event_hash(data)
+            hashes.append(prev)
         seqs = await self._publish(subject, sealed, expected.sequence, headers or {})
         return [
-            Recorded(event, header, seq, event_hash(data))
-            for event, (data, header), seq in zip(events, sealed, seqs, strict=True)
+            Recorded(event, header, seq, h)
+            for event, (_, header), seq, h in zip(events, sealed, seqs, hashes, strict=True)
         ]
 
     def _headers(self, header: EventHeader, extra: Mapping[str, str]) -> dict[str, str]:
@@ -157,6 +172,7 @@ class EventStore:
         if header.correlation_id:
             h[H_CORRELATION] = header.correlation_id
         h.update(extra)
+        inject_trace(h)  # W3C traceparent of the current span, outside the signed bytes
         return h
 
     async def _publish(
@@ -170,6 +186,10 @@ class EventStore:
         for attempt in range(self.attempts):
             try:
                 ack = await self._send(subject, sealed, expected_seq, extra)
+            except nats.errors.NoRespondersError:
+                raise AppendFailed(
+                    f"no stream stores {subject}; is JetStream up and the {self.stream} stream provisioned?"
+                ) from None
             except (TimeoutError, nats.errors.TimeoutError):
                 # Did it land? Look at the subject's last message before trying again.
                 last = await last_on_subject(self.nc, self.stream, subject, timeout=self.timeout)
@@ -211,7 +231,7 @@ class EventStore:
             data, header = sealed[0]
             h = self._headers(header, extra)
             h["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-            msg = await self.nc.request(subject, data, timeout=self.timeout, headers=h)
+            msg = await self._request(subject, data, h)
             return _ack_decoder.decode(msg.data)
         batch_id = new_event_id()
         n = len(sealed)
@@ -225,9 +245,50 @@ class EventStore:
                 await self.nc.publish(subject, data, headers=h)
             else:
                 h["Nats-Batch-Commit"] = "1"
-                msg = await self.nc.request(subject, data, timeout=self.timeout, headers=h)
+                msg = await self._request(subject, data, h)
                 return _ack_decoder.decode(msg.data)
         raise AssertionError("unreachable")
+
+    async def _request(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
+        """Publish ``data`` and wait for its ack, like ``nc.request`` but cheaper per call.
+
+        Acks arrive on one wildcard reply subscription of this store, keyed by a counter token:
+        no NUID, random bytes or ``wait_for`` per append (about 6 us of CPU less on every append).
+        Raises ``nats.errors.TimeoutError`` or ``NoRespondersError`` as ``nc.request`` does.
+        """
+        prefix = self._reply_prefix
+        if prefix is None:
+            prefix = await self._start_replies()
+        token = str(next(self._reply_ids))
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        self._replies[token] = reply
+        timer = loop.call_later(self.timeout, _expire, reply)
+        try:
+            await self.nc.publish(subject, data, reply=prefix + token, headers=headers)
+            msg = await reply
+        finally:
+            timer.cancel()
+            self._replies.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
+    async def _start_replies(self) -> str:
+        async with self._reply_lock:
+            if self._reply_prefix is None:
+                prefix = self.nc.new_inbox() + "."
+                offset = len(prefix)
+                replies = self._replies
+
+                async def on_reply(msg: Any) -> None:
+                    reply = replies.get(msg.subject[offset:])
+                    if reply is not None and not reply.done():
+                        reply.set_result(msg)
+
+                await self.nc.subscribe(prefix + "*", cb=on_reply)
+                self._reply_prefix = prefix
+            return self._reply_prefix
 
     # --- read -----------------------------------------------------------------------------------
 

@@ -99,6 +99,6 @@ class SnapshotStore:
             if plain is None:
                 return None
             state = msgspec.msgpack.decode(plain, type=state_type)
-        except (msgspec.DecodeError, msgspec.ValidationError, SymbiError):
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, SymbiError):
             return None
         return state, ChainTip(header.sequence, header.version, header.hash)

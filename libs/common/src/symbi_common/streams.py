@@ -8,6 +8,7 @@ multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -106,8 +107,72 @@ def _raw(msg: Any) -> RawMessage:
         subject=hdrs["Nats-Subject"],
         sequence=int(hdrs["Nats-Sequence"]),
         data=bytes(msg.data),
-        headers={str(k): v for k, v in hdrs.items()},
+        headers=dict(hdrs),
     )
+
+
+class _BatchRead:
+    """One batched direct-get request in flight; a subscription callback collects its replies.
+
+    A callback, not ``next_msg``: ``next_msg`` costs a task and a ``wait_for`` per message.
+    """
+
+    def __init__(self, nc: NatsClient, stream: str, subject: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.subject = subject
+        self.out: list[RawMessage] = []
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.received = 0
+        self.sub: Any = None
+
+    @classmethod
+    async def open(
+        cls, nc: NatsClient, stream: str, subject: str, start: int, batch: int, max_bytes: int
+    ) -> _BatchRead:
+        self = cls(nc, stream, subject)
+        inbox = nc.new_inbox()
+        self.sub = await nc.subscribe(inbox, cb=self._on_reply)
+        req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch, "max_bytes": max_bytes})
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", req.encode(), reply=inbox)
+        return self
+
+    async def _on_reply(self, msg: Any) -> None:
+        self.received += 1
+        done = self.done
+        if done.done():
+            return
+        try:
+            hdrs = msg.headers or {}
+            status = hdrs.get("Status")
+            if status is None:
+                self.out.append(_raw(msg))
+            elif status == "204":  # end of batch
+                done.set_result(int(hdrs.get("Nats-Num-Pending", "0")))
+            elif status == "404":  # nothing (more) for this subject
+                done.set_result(0)
+            else:
+                done.set_exception(InfrastructureError(f"direct get on {self.stream} failed with status {status}"))
+        except Exception as exc:  # a malformed reply fails the read instead of stalling it
+            done.set_exception(InfrastructureError(f"direct get on {self.stream} returned a malformed reply: {exc}"))
+
+    async def result(self, timeout: float) -> int:
+        """Wait for the end of the batch; ``timeout`` bounds the silence between two replies."""
+        seen = 0
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(self.done), timeout)
+            except TimeoutError:
+                if self.received == seen:
+                    raise Timeout(f"reading {self.subject} from {self.stream} timed out") from None
+                seen = self.received
+
+    async def close(self) -> None:
+        if not self.done.done():
+            self.done.cancel()
+        if self.sub is not None:
+            sub, self.sub = self.sub, None
+            await sub.unsubscribe()
 
 
 async def read_subject(
@@ -117,45 +182,30 @@ async def read_subject(
     *,
     after: int = 0,
     batch: int = 1000,
+    max_bytes: int = 8 * 1024 * 1024,
     timeout: float = 5.0,
 ) -> AsyncIterator[list[RawMessage]]:
     """Every message of ``subject`` with sequence > ``after``, in batches of up to ``batch``.
 
-    Uses JetStream's batched direct get: one request returns a whole batch, so loading an
-    aggregate costs one round trip per ``batch`` events.
+    Uses JetStream's batched direct get: one request returns a whole batch (of at most
+    ``max_bytes``), so loading an aggregate costs one round trip per batch. The next batch is
+    requested before the current one is handed out, so the server prepares it while the caller
+    verifies. ``timeout`` bounds the wait for the next reply of a batch, not the whole batch.
     """
-    start = after + 1
-    while True:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        out: list[RawMessage] = []
-        pending = 0
-        try:
-            req = json.dumps({"seq": start, "next_by_subj": subject, "batch": batch}).encode()
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", req, reply=inbox)
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except nats.errors.TimeoutError as exc:
-                    raise Timeout(f"reading {subject} from {stream} timed out") from exc
-                status = (msg.headers or {}).get("Status")
-                if status is None:
-                    out.append(_raw(msg))
-                    continue
-                if status == "204":  # end of batch
-                    pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
-                    break
-                if status == "404":  # nothing (more) for this subject
-                    pending = 0
-                    break
-                raise InfrastructureError(f"direct get on {stream} failed with status {status}")
-        finally:
-            await sub.unsubscribe()
-        if out:
-            yield out
-        if pending <= 0 or not out:
-            return
-        start = out[-1].sequence + 1
+    reader: _BatchRead | None = await _BatchRead.open(nc, stream, subject, after + 1, batch, max_bytes)
+    try:
+        while reader is not None:
+            pending = await reader.result(timeout)
+            out = reader.out
+            await reader.close()
+            reader = None
+            if pending > 0 and out:
+                reader = await _BatchRead.open(nc, stream, subject, out[-1].sequence + 1, batch, max_bytes)
+            if out:
+                yield out
+    finally:
+        if reader is not None:
+            await reader.close()
 
 
 async def last_on_subject(nc: NatsClient, stream: str, subject: str, *, timeout: float = 5.0) -> RawMessage | None:

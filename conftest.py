@@ -1,0 +1,198 @@
+"""Shared pytest fixtures for every package of the workspace: real NATS JetStream, real PostgreSQL, keys.
+
+Nothing is mocked. Each test that asks for NATS gets a fresh nats-server (JetStream store in its
+``tmp_path``); PostgreSQL is one server per session (pgserver in a temporary directory, or the
+server of ``SYMBI_DATABASE_URL`` when that is set) with a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from symbi_cli.infra import DATABASE_URL_ENV, NatsServer, create_database, database_url_or_start, drop_database
+from symbi_common.crypto import Signer
+from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.eventstore import EventStore
+from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.streams import provision_streams
+
+# --- NATS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh JetStream-enabled nats-server for this test; its log is ``tmp_path/nats.log``."""
+    with NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log") as server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+async def _connect(url: str, **options: Any) -> NatsClient:
+    # Tests fail fast instead of reconnecting forever.
+    options.setdefault("allow_reconnect", False)
+    options.setdefault("connect_timeout", 5)
+    return await nats.connect(url, **options)
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
+    """A connected NATS client, drained at teardown."""
+    client = await _connect(nats_url)
+    try:
+        yield client
+    finally:
+        if not client.is_closed:
+            await client.drain()
+
+
+@pytest.fixture
+async def nats_connect(nats_url: str) -> AsyncIterator[Callable[..., Awaitable[NatsClient]]]:
+    """``await nats_connect()``: another client of the test's server (e.g. a second "process"); drained at teardown."""
+    clients: list[NatsClient] = []
+
+    async def connect(**options: Any) -> NatsClient:
+        client = await _connect(nats_url, **options)
+        clients.append(client)
+        return client
+
+    try:
+        yield connect
+    finally:
+        for client in clients:
+            if not client.is_closed:
+                await client.drain()
+
+
+@pytest.fixture
+def js(nc: NatsClient) -> JetStreamContext:
+    return nc.jetstream()
+
+
+@pytest.fixture
+async def provisioned(nc: NatsClient, js: JetStreamContext) -> NatsClient:
+    """``nc`` on a server with the Symbi streams (EVENTS, SNAPSHOTS, AUDIT) provisioned."""
+    await provision_streams(js)
+    return nc
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """Admin URL of the session's PostgreSQL server.
+
+    The server of ``SYMBI_DATABASE_URL`` if set, else a pgserver started in a temporary directory
+    (and deleted at the end of the session).
+    """
+    external = os.environ.get(DATABASE_URL_ENV)
+    if external:
+        yield external
+        return
+    # Not under pytest's basetemp: when running as root the server runs as user "pgserver", which needs
+    # to traverse every parent directory, and a concurrently starting pytest session chmods
+    # /tmp/pytest-of-<user> back to 0700 (initdb then fails with "Permission denied").
+    base = Path(tempfile.mkdtemp(prefix="symbi-test-pg-"))
+    try:
+        url, server = database_url_or_start(base / "data", env={}, cleanup="delete")
+        try:
+            yield url
+        finally:
+            if server is not None:
+                server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+async def database_url(pg_server: str) -> AsyncIterator[str]:
+    """URL of a fresh, empty database for this test (``test_<uuid>``), dropped at teardown."""
+    name = f"test_{uuid.uuid4().hex}"
+    url = await create_database(pg_server, name)
+    try:
+        yield url
+    finally:
+        await drop_database(pg_server, name)
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    """A complete keyring (root, every service's key, signed registry, master key)."""
+    path = tmp_path / "keys"
+    init_keyring(path)
+    return path
+
+
+@pytest.fixture
+def registry(keys_dir: Path) -> KeyRegistry:
+    return KeyRegistry.load(keys_dir)
+
+
+@pytest.fixture
+def signer_for(keys_dir: Path) -> Callable[[str], Signer]:
+    """``signer_for("lifecycle")``: that service's signing key from the keyring."""
+
+    def load(service: str) -> Signer:
+        return load_signer(keys_dir / f"{service}.key")
+
+    return load
+
+
+@pytest.fixture
+def master_key(keys_dir: Path) -> bytes:
+    return load_master_key(keys_dir / "master.key")
+
+
+MakeStore = Callable[..., Awaitable[EventStore]]
+
+
+@pytest.fixture
+def make_store(
+    provisioned: NatsClient,
+    signer_for: Callable[[str], Signer],
+    registry: KeyRegistry,
+    master_key: bytes,
+) -> MakeStore:
+    """``await make_store("lifecycle")``: an :class:`EventStore` signing as that service.
+
+    Every call has its own :class:`DataKeys` (own cache) over the shared ``DATAKEYS`` KV bucket,
+    like a separate process would. ``nc=`` uses another connection, ``store_class=`` a subclass,
+    other keyword arguments go to the store.
+    """
+
+    async def make(
+        service: str = "lifecycle",
+        *,
+        nc: NatsClient | None = None,
+        store_class: type[EventStore] = EventStore,
+        **options: Any,
+    ) -> EventStore:
+        client = nc if nc is not None else provisioned
+        kv = await KvDataKeyStore.open(client.jetstream())
+        return store_class(
+            client,
+            signer=signer_for(service),
+            producer=service,
+            registry=registry,
+            datakeys=DataKeys(kv, master_key),
+            **options,
+        )
+
+    return make

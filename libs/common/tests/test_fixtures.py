@@ -1,0 +1,53 @@
+"""The shared fixtures themselves: real servers come up, clients connect, databases are fresh."""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+async def test_nats_fixture_round_trip(nc, js):
+    sub = await nc.subscribe("hello")
+    await nc.publish("hello", b"world")
+    msg = await sub.next_msg(timeout=2)
+    assert msg.data == b"world"
+    info = await js.account_info()
+    assert info.streams == 0
+
+
+async def test_database_url_is_fresh(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert (await conn.fetchval("select current_database()")).startswith("test_")
+        await conn.execute("create table t (x int)")
+    finally:
+        await conn.close()
+
+
+async def test_database_url_is_fresh_again(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("select count(*) from pg_tables where tablename = 't'") == 0
+    finally:
+        await conn.close()
+
+
+async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_for, master_key, make_store):
+    assert sorted([s.config.name for s in await js.streams_info()]) == ["AUDIT", "EVENTS", "SNAPSHOTS"]
+    assert (keys_dir / "registry.json").exists()
+    lifecycle = signer_for("lifecycle")
+    assert registry.service_of(lifecycle.key_id) == "lifecycle"
+    assert len(master_key) == 32
+    store = await make_store("policy", max_event_bytes=1234)
+    assert store.producer == "policy"
+    assert store.signer.key_id == signer_for("policy").key_id
+    assert store.max_event_bytes == 1234
+    assert store.nc is provisioned
+
+
+async def test_nats_connect_gives_separate_clients(nc, nats_connect):
+    other = await nats_connect()
+    assert other is not nc
+    sub = await nc.subscribe("ping")
+    await nc.flush()  # the server knows the subscription before the other client publishes
+    await other.publish("ping", b"from other")
+    assert (await sub.next_msg(timeout=2)).data == b"from other"

@@ -1,0 +1,156 @@
+"""Settings: defaults < TOML file < environment, and a ConfigError that names the bad setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from symbi_common.errors import ConfigError
+from symbi_common.settings import ENV_ALIASES, Settings, load_settings
+
+TOML = """
+[runtime]
+max_concurrent_agents = 50
+mode = "production"
+
+[nats]
+url = "nats://file:4222"
+duplicate_window_s = 60.0
+
+[telemetry]
+log_level = "warning"
+
+[context.qdrant]
+host = "qdrant.file"
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "symbi.toml"
+    path.write_text(TOML)
+    return path
+
+
+def test_defaults() -> None:
+    s = load_settings(env={})
+    assert s == Settings()
+    assert s.runtime.max_concurrent_agents == 10_000
+    assert s.nats.url == "nats://127.0.0.1:4222"
+    assert s.telemetry.log_level == "info"
+    assert s.signing_key_path("lifecycle") == Path(".symbi/keys/lifecycle.key")
+    assert s.master_key_path() == Path(".symbi/keys/master.key")
+    assert s.root_public_key_path() == Path(".symbi/keys/root.pub")
+
+
+def test_toml_file(config: Path) -> None:
+    s = load_settings(config, env={})
+    assert s.runtime.max_concurrent_agents == 50
+    assert s.runtime.mode == "production"
+    assert s.runtime.scheduler_threads == 8  # untouched keys keep their defaults
+    assert s.nats.url == "nats://file:4222"
+    assert s.nats.duplicate_window_s == 60.0
+    assert s.telemetry.log_level == "warning"
+    assert s.context.qdrant.host == "qdrant.file"
+    assert s.context.qdrant.port == 6333
+    # The file can also come from SYMBI_CONFIG_PATH; an explicit path wins over it.
+    assert load_settings(env={"SYMBI_CONFIG_PATH": str(config)}) == s
+    assert load_settings(config, env={"SYMBI_CONFIG_PATH": "/nowhere.toml"}) == s
+
+
+def test_environment_beats_file(config: Path) -> None:
+    env = {
+        "SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS": "75",  # section key, converted from text
+        "SYMBI_NATS_URL": "nats://env:4222",  # documented alias
+        "SYMBI_LOG_LEVEL": "debug",
+        "SYMBIONT_VECTOR_PORT": "7000",
+        "SYMBI_CONTEXT__QDRANT__HOST": "qdrant.env",  # nested section
+        "MCP_SERVER_DISCOVERY": "false",
+        "SYMBI_DATABASE_URL": "postgresql://db/symbi",
+        "SYMBI_KEYS_DIR": "/keys",
+        "SYMBI_HTTP_PORT": "9000",
+        "SYMBI_SECURITY__ENFORCE_POLICIES": "0",
+        "SYMBI_LOG_FORMAT": "",  # empty: not set
+        "UNRELATED": "x",
+    }
+    s = load_settings(config, env=env)
+    assert s.runtime.max_concurrent_agents == 75
+    assert s.runtime.mode == "production"  # from the file
+    assert s.nats.url == "nats://env:4222"
+    assert s.telemetry.log_level == "debug"
+    assert s.telemetry.log_format == "json"
+    assert s.context.qdrant.port == 7000
+    assert s.context.qdrant.host == "qdrant.env"
+    assert s.mcp.discovery_enabled is False
+    assert s.database.url == "postgresql://db/symbi"
+    assert s.service.http_port == 9000
+    assert s.security.enforce_policies is False
+    assert s.signing_key_path("policy") == Path("/keys/policy.key")
+
+
+def test_section_variable_beats_alias() -> None:
+    s = load_settings(env={"SYMBI_NATS_URL": "nats://alias", "SYMBI_NATS__URL": "nats://section"})
+    assert s.nats.url == "nats://section"
+
+
+def test_key_paths_can_be_set_one_by_one() -> None:
+    s = load_settings(env={"SYMBI_SIGNING_KEY_PATH": "/run/secrets/sign.key", "SYMBI_MASTER_KEY_PATH": "/m.key"})
+    assert s.signing_key_path("anything") == Path("/run/secrets/sign.key")
+    assert s.master_key_path() == Path("/m.key")
+
+
+def test_every_alias_names_a_real_setting() -> None:
+    for name, dotted in ENV_ALIASES.items():
+        node: object = Settings()
+        for part in dotted.split("."):
+            assert hasattr(node, part), f"{name} -> {dotted}"
+            node = getattr(node, part)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "setting"),
+    [
+        ("[runtime]\nnope = 1\n", {}, "runtime.nope"),
+        ("[nope]\nx = 1\n", {}, "nope"),
+        ("[context.qdrant]\nnope = 1\n", {}, "context.qdrant.nope"),
+        ("[runtime]\nmax_concurrent_agents = 'lots'\n", {}, "runtime.max_concurrent_agents"),
+        ("[telemetry]\nlog_level = 'loud'\n", {}, "telemetry.log_level"),
+        ("[context]\nqdrant = 5\n", {}, "context.qdrant"),
+        ("", {"SYMBI_RUNTIME__NOPE": "1"}, "runtime.nope"),
+        ("", {"SYMBI_NATS__REPLICAS": "three"}, "nats.replicas"),
+        ("", {"SYMBI_LOG_LEVEL": "verbose"}, "telemetry.log_level"),
+        ("", {"MCP_SERVER_DISCOVERY": "maybe"}, "mcp.discovery_enabled"),
+        ("", {"SYMBIONT_VECTOR_BACKEND": "faiss"}, "context.vector_backend"),
+        ("", {"SYMBI_HTTP_PORT": "eighty"}, "service.http_port"),
+        ("[runtime]\nmode = 'development'\n", {"SYMBI_RUNTIME_MODE": "staging"}, "runtime.mode"),
+    ],
+)
+def test_config_error_names_the_setting(tmp_path: Path, toml: str, env: dict[str, str], setting: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env=env)
+    assert exc.value.setting == setting
+    assert str(exc.value).startswith(f"setting {setting}: ")
+
+
+def test_unknown_setting_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^setting runtime\.nope: unknown setting$"):
+        load_settings(env={"SYMBI_RUNTIME__NOPE": "1"})
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist") as exc:
+        load_settings(tmp_path / "missing.toml", env={})
+    assert exc.value.setting == "SYMBI_CONFIG_PATH"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[runtime\nx = ")
+    with pytest.raises(ConfigError, match="not valid TOML") as exc:
+        load_settings(env={"SYMBI_CONFIG_PATH": str(bad)})
+    assert exc.value.setting == "SYMBI_CONFIG_PATH"
+
+
+def test_scalar_where_a_section_is_expected() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"SYMBI_RUNTIME": "x", "SYMBI_NATS__URL__X": "y"})
+    assert exc.value.setting == "nats.url"

@@ -1,0 +1,110 @@
+"""Stream provisioning and raw reads against a real JetStream server."""
+
+from __future__ import annotations
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StorageType
+from nats.js.errors import APIError
+from symbi_common.errors import InfrastructureError
+from symbi_common.streams import (
+    AUDIT_STREAM,
+    EVENTS_STREAM,
+    SNAPSHOTS_STREAM,
+    StreamSettings,
+    last_on_subject,
+    provision_streams,
+    read_subject,
+)
+
+
+async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
+    await provision_streams(js)
+    before = {name: (await js.stream_info(name)).config for name in (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM)}
+    await provision_streams(js)
+    await provision_streams(js)
+    after = {name: (await js.stream_info(name)).config for name in before}
+    assert after == before
+    names = sorted([s.config.name for s in await js.streams_info()])
+    assert names == sorted([AUDIT_STREAM, EVENTS_STREAM, SNAPSHOTS_STREAM])
+
+    events = after[EVENTS_STREAM]
+    assert events.subjects == ["evt.>"]
+    assert events.deny_delete
+    assert events.deny_purge
+    assert events.discard == DiscardPolicy.NEW
+    assert events.storage == StorageType.FILE
+    assert events.allow_direct
+    assert events.duplicate_window == 300.0
+    assert after[SNAPSHOTS_STREAM].max_msgs_per_subject == 1
+
+
+async def test_provisioning_updates_changed_settings(js: JetStreamContext) -> None:
+    await provision_streams(js)
+    await js.publish("evt.agent.a1", b"kept")
+    await provision_streams(js, StreamSettings(duplicate_window_s=60.0, events_max_bytes=1024**3))
+    info = await js.stream_info(EVENTS_STREAM)
+    assert info.config.duplicate_window == 60.0
+    assert info.config.max_bytes == 1024**3
+    assert info.state.messages == 1  # an update keeps the history
+
+
+async def test_events_stream_denies_delete_and_purge(provisioned: NatsClient, js: JetStreamContext) -> None:
+    ack = await js.publish("evt.agent.a1", b"history")
+    with pytest.raises(APIError, match="purge not permitted"):
+        await js.purge_stream(EVENTS_STREAM)
+    with pytest.raises(APIError, match="purge not permitted"):
+        await js.purge_stream(EVENTS_STREAM, subject="evt.agent.a1")
+    with pytest.raises(APIError, match="delete not permitted"):
+        await js.delete_msg(EVENTS_STREAM, ack.seq)
+    info = await js.stream_info(EVENTS_STREAM)
+    assert info.state.messages == 1
+    raw = await last_on_subject(provisioned, EVENTS_STREAM, "evt.agent.a1")
+    assert raw is not None
+    assert raw.data == b"history"
+    # The audit stream is just as append-only.
+    ack = await js.publish("audit.x", b"entry")
+    with pytest.raises(APIError):
+        await js.purge_stream(AUDIT_STREAM)
+    with pytest.raises(APIError):
+        await js.delete_msg(AUDIT_STREAM, ack.seq)
+
+
+async def test_snapshots_keep_one_message_per_subject(provisioned: NatsClient, js: JetStreamContext) -> None:
+    for i in range(3):
+        await js.publish("snap.agent.a1", f"s{i}".encode())
+    info = await js.stream_info(SNAPSHOTS_STREAM)
+    assert info.state.messages == 1
+    raw = await last_on_subject(provisioned, SNAPSHOTS_STREAM, "snap.agent.a1")
+    assert raw is not None
+    assert raw.data == b"s2"
+
+
+async def test_raw_reads(provisioned: NatsClient, js: JetStreamContext) -> None:
+    assert await last_on_subject(provisioned, EVENTS_STREAM, "evt.agent.none") is None
+    assert [b async for b in read_subject(provisioned, EVENTS_STREAM, "evt.agent.none")] == []
+    seqs = []
+    for i in range(10):
+        seqs.append((await js.publish("evt.agent.r", str(i).encode(), headers={"X-I": str(i)})).seq)
+        await js.publish("evt.agent.other", b"noise")
+    batches = [b async for b in read_subject(provisioned, EVENTS_STREAM, "evt.agent.r", batch=4)]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    msgs = [m for b in batches for m in b]
+    assert [m.sequence for m in msgs] == seqs
+    assert [m.data for m in msgs] == [str(i).encode() for i in range(10)]
+    assert {m.subject for m in msgs} == {"evt.agent.r"}
+    assert msgs[3].headers["X-I"] == "3"
+    tail = [m async for b in read_subject(provisioned, EVENTS_STREAM, "evt.agent.r", after=seqs[6]) for m in b]
+    assert [m.sequence for m in tail] == seqs[7:]
+    last = await last_on_subject(provisioned, EVENTS_STREAM, "evt.agent.r")
+    assert last is not None
+    assert last.sequence == seqs[-1]
+
+
+async def test_reads_without_stream_are_typed_errors(nc: NatsClient) -> None:
+    with pytest.raises(InfrastructureError):
+        await last_on_subject(nc, EVENTS_STREAM, "evt.agent.a1", timeout=1.0)
+    with pytest.raises(InfrastructureError):
+        async for _ in read_subject(nc, EVENTS_STREAM, "evt.agent.a1", timeout=1.0):
+            pass
