@@ -1,0 +1,399 @@
+"""The local runtime: keyring, nats-server, PostgreSQL and every built service, each in its own process.
+
+``symbi up`` and ``symbi demo`` both run a :class:`LocalRuntime`; tests drive it the same way::
+
+    async with LocalRuntime(RuntimeOptions(home=tmp)) as rt:
+        await rt.wait_ready()
+        ...
+
+Start order: keyring → nats-server → PostgreSQL (or ``SYMBI_DATABASE_URL``) → one database per service
+→ the services under a :class:`~symbi_cli.supervisor.Supervisor`. Stop order is the reverse, and
+``stop`` tears down whatever part of that did start, so a failed or interrupted start leaves nothing
+running. A state file (``<home>/run/state.json``) records the pids while the runtime is up; it also
+stops a second ``symbi up`` on the same home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import asyncpg
+from symbi_common.errors import KeyringError
+
+from symbi_cli.errors import StartError
+from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database
+from symbi_cli.keys import ensure_keyring
+from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor
+
+#: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
+SERVICE_PORT_OFFSETS: Mapping[str, int] = {
+    "lifecycle": 1,
+    "policy": 2,
+    "scheduler": 3,
+    "audit": 4,
+    "sandbox-agent": 5,
+    "context": 6,
+}
+ALL_SERVICES: tuple[str, ...] = tuple(SERVICE_PORT_OFFSETS)
+DEFAULT_BASE_PORT = 8080
+DEFAULT_NATS_PORT = 4222
+
+
+def package_of(service: str) -> str:
+    """The import name of a service's package: ``sandbox-agent`` → ``symbi_sandbox_agent``."""
+    return "symbi_" + service.replace("-", "_")
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def is_built(service: str) -> bool:
+    """A service can run once its package has a ``main`` module (its entry point)."""
+    return _has_module(f"{package_of(service)}.main")
+
+
+def service_command(service: str) -> list[str]:
+    """How to start a service as its own process: ``python -m <package>`` (or its ``main`` module)."""
+    pkg = package_of(service)
+    if _has_module(f"{pkg}.__main__"):
+        return [sys.executable, "-m", pkg]
+    return [sys.executable, "-c", f"from {pkg}.main import main; main()"]
+
+
+def database_name(service: str) -> str:
+    return package_of(service)
+
+
+def parse_services(text: str | None) -> list[str]:
+    """``"lifecycle,policy"`` → the named services in start order; ``None``/``""``/``"all"`` → every service."""
+    if not text or text.strip() == "all":
+        return list(ALL_SERVICES)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SERVICE_PORT_OFFSETS]
+    if unknown:
+        raise StartError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(ALL_SERVICES)}")
+    return [n for n in ALL_SERVICES if n in names]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _shorten(message: str, keep: int = 8) -> str:
+    """The first line and the last few of a long message (e.g. one that quotes a server log)."""
+    lines = message.splitlines()
+    if len(lines) <= keep + 1:
+        return message
+    return "\n".join([lines[0], "…", *lines[-keep:]])
+
+
+def _forget_dead_pg_handles(data_dir: Path) -> None:
+    """Drop pids of dead processes from pgserver's handle list (``<data>/.handle_pids.json``).
+
+    pgserver stops the server when its last handle is released, but a handle whose process was
+    killed is never released, so after one ``kill -9`` of ``symbi up`` no later run would stop the
+    PostgreSQL it reuses. (A workaround for pgserver; it belongs in ``infra.PostgresServer``.)
+    """
+    path = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(pids, list):
+        live = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
+        if live != pids:
+            path.write_text(json.dumps(live))
+
+
+async def _in_thread(fn: Callable[[], object]) -> None:
+    """Run blocking start/stop work in a thread; if cancelled, still wait for it, so what it started is known."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
+
+
+class Reporter(Protocol):
+    """Where the runtime reports progress; the CLI prints, tests collect."""
+
+    def step(self, message: str) -> None: ...
+
+    def output(self, service: str, line: str) -> None: ...
+
+    def event(self, service: str, message: str, kind: EventKind) -> None: ...
+
+
+class SilentReporter:
+    """Reports nothing (the default when a test or script drives the runtime)."""
+
+    def step(self, message: str) -> None:
+        pass
+
+    def output(self, service: str, line: str) -> None:
+        pass
+
+    def event(self, service: str, message: str, kind: EventKind) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """What to run and where: ``symbi up``'s options."""
+
+    home: Path = Path(".symbi")
+    services: Sequence[str] = ALL_SERVICES
+    base_port: int = DEFAULT_BASE_PORT
+    #: ``None`` lets nats-server pick a free port.
+    nats_port: int | None = DEFAULT_NATS_PORT
+    host: str = "127.0.0.1"
+    grace_period: float = 10.0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    #: The environment the services inherit (``os.environ`` if ``None``); ``SYMBI_DATABASE_URL`` here
+    #: names an existing PostgreSQL server to use instead of starting one.
+    env: Mapping[str, str] | None = None
+
+    def port_of(self, service: str) -> int:
+        return self.base_port + SERVICE_PORT_OFFSETS[service]
+
+
+class LocalRuntime:
+    """Everything ``symbi up`` runs, as one async resource."""
+
+    def __init__(self, options: RuntimeOptions, reporter: Reporter | None = None) -> None:
+        self.options = options
+        self.reporter: Reporter = reporter or SilentReporter()
+        self.home = options.home.resolve()
+        self.keys_dir = self.home / "keys"
+        self.state_file = self.home / "run" / "state.json"
+        self.env: dict[str, str] = dict(os.environ if options.env is None else options.env)
+        self.nats: NatsServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.supervisor: Supervisor | None = None
+        self.running_services = [s for s in options.services if is_built(s)]
+        self.not_built = [s for s in options.services if not is_built(s)]
+        self._owns_state_file = False
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    def url_of(self, service: str) -> str:
+        return f"http://{self.options.host}:{self.options.port_of(service)}"
+
+    @property
+    def nats_url(self) -> str:
+        if self.nats is None:
+            raise StartError("nats-server is not running")
+        return self.nats.url
+
+    # --- start / stop -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start everything; on any failure, stop what did start and re-raise."""
+        try:
+            await self._start()
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, InfraError | KeyringError | OSError | asyncpg.PostgresError):
+                raise StartError(f"the runtime did not start: {_shorten(str(exc))}") from exc
+            raise
+
+    async def _start(self) -> None:
+        self._claim_home()
+        created = ensure_keyring(self.keys_dir)
+        if created:
+            self.reporter.step(f"keyring created in {self.keys_dir}: {', '.join(created)}")
+        else:
+            self.reporter.step(f"keyring {self.keys_dir}")
+
+        self.reporter.step("starting nats-server (JetStream)")
+        nats = NatsServer(self.home / "nats", port=self.options.nats_port, log_file=self.home / "logs" / "nats.log")
+        self.nats = nats
+        await _in_thread(nats.start)
+        self.reporter.step(f"nats-server {nats.url} (pid {nats.pid}, store {self.home / 'nats'})")
+
+        external = self.env.get(DATABASE_URL_ENV, "")
+        if external:
+            admin_url = external
+            self.reporter.step(f"PostgreSQL from {DATABASE_URL_ENV}")
+        else:
+            self.reporter.step(f"starting PostgreSQL in {self.home / 'pg'}")
+            pg = PostgresServer(self.home / "pg")
+            _forget_dead_pg_handles(pg.data_dir)
+            self.postgres = pg
+            await _in_thread(pg.start)
+            admin_url = pg.uri
+            self.reporter.step(f"PostgreSQL (pid {_postmaster_pid(pg.data_dir)}, data {pg.data_dir})")
+
+        specs = []
+        for service in self.running_services:
+            db_url = await create_database(admin_url, database_name(service))
+            specs.append(self._spec(service, db_url))
+        if self.running_services:
+            self.reporter.step(f"databases {', '.join(database_name(s) for s in self.running_services)}")
+        if self.not_built:
+            self.reporter.step(f"not built yet (skipped): {', '.join(self.not_built)}")
+
+        self.supervisor = Supervisor(
+            specs,
+            policy=self.options.restart,
+            on_output=self.reporter.output,
+            on_event=self._on_event,
+            grace_period=self.options.grace_period,
+        )
+        await self.supervisor.start()
+        self._write_state()
+
+    def _spec(self, service: str, database_url: str) -> ServiceSpec:
+        env = dict(self.env)
+        # Services log for a person reading the terminal unless asked otherwise.
+        env.setdefault("SYMBI_LOG_FORMAT", "console")
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "SYMBI_NATS_URL": self.nats_url,
+                "SYMBI_DATABASE_URL": database_url,
+                "SYMBI_KEYS_DIR": str(self.keys_dir),
+                "SYMBI_SIGNING_KEY_PATH": str(self.keys_dir / f"{service}.key"),
+                "SYMBI_HTTP_HOST": self.options.host,
+                "SYMBI_HTTP_PORT": str(self.options.port_of(service)),
+            }
+        )
+        return ServiceSpec(
+            name=service,
+            argv=service_command(service),
+            env=env,
+            ready_url=f"{self.url_of(service)}/readyz",
+            cwd=self.home,
+        )
+
+    def _on_event(self, service: str, message: str, kind: EventKind) -> None:
+        self.reporter.event(service, message, kind)
+        if message.startswith("started"):
+            self._write_state()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every running service answers ``/readyz`` with 200."""
+        if self.supervisor is not None:
+            await self.supervisor.wait_ready(timeout=timeout)
+
+    async def stop(self) -> None:
+        """Stop the services, then nats-server, then PostgreSQL. Idempotent; safe after a failed start."""
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        nats, self.nats = self.nats, None
+        if nats is not None:
+            self.reporter.step("stopping nats-server")
+            await _in_thread(nats.stop)
+        pg, self.postgres = self.postgres, None
+        if pg is not None:
+            self.reporter.step("stopping PostgreSQL")
+            await _in_thread(pg.stop)
+        if self._owns_state_file:
+            self.state_file.unlink(missing_ok=True)
+            self._owns_state_file = False
+
+    async def __aenter__(self) -> LocalRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # --- state file ---------------------------------------------------------------------------
+
+    def _claim_home(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        previous: dict[str, Any] = {}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            previous = json.loads(self.state_file.read_text())
+        other = previous.get("supervisor_pid")
+        if isinstance(other, int) and other != os.getpid() and _pid_alive(other):
+            raise StartError(
+                f"a runtime is already running from {self.home} (pid {other}); stop it first or use another --home"
+            )
+        if previous:
+            self._reap_leftovers(previous)
+        self._owns_state_file = True
+        self._write_state()
+
+    def _reap_leftovers(self, previous: Mapping[str, Any]) -> None:
+        """A previous supervisor died without stopping its nats-server: stop it before reusing its store.
+
+        (Services die with the supervisor by themselves, and pgserver reuses and later stops a
+        PostgreSQL still running on the data directory.)
+        """
+        nats = previous.get("nats") or {}
+        pid = nats.get("pid") if isinstance(nats, dict) else None
+        if not isinstance(pid, int) or not _pid_alive(pid):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if str(self.home / "nats").encode() not in cmdline:
+            return  # the pid was reused by something else
+        self.reporter.step(f"stopping nats-server pid {pid} left over from a runtime that did not stop cleanly")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def state(self) -> dict[str, object]:
+        """Pids and addresses of everything running."""
+        services: dict[str, object] = {}
+        pids = self.supervisor.pids() if self.supervisor is not None else {}
+        for service in self.running_services:
+            services[service] = {"pid": pids.get(service), "url": self.url_of(service)}
+        return {
+            "supervisor_pid": os.getpid(),
+            "home": str(self.home),
+            "nats": {"pid": self.nats.pid, "url": self.nats.url} if self.nats and self.nats.running else None,
+            "postgres": (
+                {"pid": _postmaster_pid(self.postgres.data_dir), "data_dir": str(self.postgres.data_dir)}
+                if self.postgres is not None and self.postgres.running
+                else None
+            ),
+            "services": services,
+            "not_built": self.not_built,
+        }
+
+    def _write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        tmp.replace(self.state_file)

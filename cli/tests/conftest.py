@@ -1,0 +1,99 @@
+"""Fixtures of the CLI tests: free ports, process checks and a way to run the real ``symbi`` command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def free_base_port() -> int:
+    """A base port whose lifecycle port (base + 1) was free a moment ago."""
+    return _free_port() - 1
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (e.g. a data directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def alive() -> Callable[[int], bool]:
+    return process_alive
+
+
+@pytest.fixture
+def mentioning() -> Callable[[str], list[int]]:
+    return processes_mentioning
+
+
+@pytest.fixture
+def symbi_exe() -> str:
+    """The installed ``symbi`` console script of this environment."""
+    exe = Path(sys.executable).parent / "symbi"
+    assert exe.exists(), f"{exe} is missing; run `uv sync`"
+    return str(exe)
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """The environment for a ``symbi`` subprocess: a private PostgreSQL, wide output, quiet services."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
+    env.update({"COLUMNS": "200", "SYMBI_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture
+def runtime_home() -> Iterator[Path]:
+    """A fresh ``--home`` for a runtime, removed afterwards together with anything still running from it.
+
+    Deliberately not under ``tmp_path``: every pytest session that starts resets ``/tmp/pytest-of-<user>``
+    to mode 0700, and PostgreSQL (which pgserver runs as the unprivileged ``pgserver`` user when we are
+    root) must be able to traverse the path to its data directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="symbi-cli-test-") as tmp:
+        home = Path(tmp) / "home"
+        try:
+            yield home
+        finally:
+            # Safety net for a failed test: nothing it started may outlive it.
+            for pid in processes_mentioning(str(home)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

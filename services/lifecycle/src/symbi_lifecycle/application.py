@@ -1,0 +1,253 @@
+"""The write path and the query facade of the lifecycle service.
+
+:class:`LifecycleService` turns requests (from HTTP or NATS, see :mod:`symbi_lifecycle.api`) into
+domain commands, runs them through the :class:`~symbi_common.aggregate.Repository` (decide, append
+with optimistic concurrency, retry on conflict) and answers with the agent as the command left it,
+including the stream ``sequence`` of its last event. Queries are served from the read model; a
+caller that passes ``min_sequence`` first waits until the projection has applied that sequence
+(read-your-writes).
+
+Every appended event carries a correlation id (the caller's, else a new one) and a causation id (the
+id of the command that caused it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from symbi_common.aggregate import Repository
+from symbi_common.errors import Timeout, ValidationError
+from symbi_common.projection import ProjectionRunner
+from symbi_common.sealing import new_event_id
+
+from symbi_lifecycle.config import convert_config
+from symbi_lifecycle.domain import (
+    AGENT_ID_RE,
+    AgentEvent,
+    AgentState,
+    AgentStatus,
+    AssignTask,
+    Command,
+    CompleteTask,
+    Register,
+    Resume,
+    Suspend,
+    Terminate,
+)
+from symbi_lifecycle.projections import (
+    AgentPage,
+    AgentView,
+    EventView,
+    agent_history,
+    from_ns,
+    get_agent,
+    list_agents,
+)
+
+MAX_PAGE = 500
+READ_WAIT_S = 5.0
+
+H_CORRELATION = "Symbi-Correlation-Id"
+H_CAUSATION = "Symbi-Causation-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """Where a command came from: its own id (the causation id of its events) and the correlation id."""
+
+    command_id: str
+    correlation_id: str
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> CommandContext:
+        """Take ids from ``Symbi-*`` (NATS) or ``X-*`` (HTTP) headers; make up what is missing."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        command_id = lower.get(H_CAUSATION.lower()) or lower.get("x-request-id") or new_event_id()
+        correlation = lower.get(H_CORRELATION.lower()) or lower.get("x-correlation-id") or command_id
+        return cls(command_id=command_id[:128], correlation_id=correlation[:128])
+
+
+# --- requests (the same shapes over HTTP and NATS; over HTTP agent_id comes from the path) ---------
+
+
+class AgentRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of the requests that address one agent; unknown keys are refused."""
+
+    agent_id: str = ""
+
+
+class RegisterRequest(AgentRequest):
+    """Register an agent; without ``agent_id`` the service picks one (a UUIDv7)."""
+
+    config: dict[str, Any]
+
+
+class AssignTaskRequest(AgentRequest):
+    """Assign a task to a Ready agent."""
+
+    task_id: str
+    description: str = ""
+
+
+class CompleteTaskRequest(AgentRequest):
+    """Complete the running task."""
+
+    task_id: str | None = None
+    outcome: str = "succeeded"
+
+
+class SuspendRequest(AgentRequest):
+    """Suspend a running agent after a policy violation."""
+
+    reason: str = "policy violation"
+    policy_id: str | None = None
+
+
+class ResumeRequest(AgentRequest):
+    """Resume a suspended agent once the policy violation is cleared."""
+
+    reason: str = "policy cleared"
+
+
+class TerminateRequest(AgentRequest):
+    """Terminate an agent (Ready, Suspended or Failed)."""
+
+    reason: str = "shutdown"
+
+
+class GetRequest(AgentRequest):
+    """Read one agent; ``min_sequence`` waits until the read model has applied that stream sequence."""
+
+    min_sequence: int = 0
+
+
+class ListRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One page of agents, optionally filtered by state and name."""
+
+    state: str | None = None
+    name: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+    min_sequence: int = 0
+
+
+class HistoryRequest(AgentRequest):
+    """An agent's events after ``after_version``."""
+
+    after_version: int = 0
+    limit: int = 100
+    min_sequence: int = 0
+
+
+def to_command(request: AgentRequest) -> Command:
+    """The domain command a change request stands for."""
+    match request:
+        case RegisterRequest():
+            return Register(config=convert_config(request.config))
+        case AssignTaskRequest():
+            return AssignTask(task_id=request.task_id, description=request.description)
+        case CompleteTaskRequest():
+            return CompleteTask(task_id=request.task_id, outcome=request.outcome)
+        case SuspendRequest():
+            return Suspend(reason=request.reason, policy_id=request.policy_id)
+        case ResumeRequest():
+            return Resume(reason=request.reason)
+        case TerminateRequest():
+            return Terminate(reason=request.reason)
+    raise TypeError(f"{type(request).__name__} is not a change request")
+
+
+def check_agent_id(agent_id: str) -> str:
+    """``agent_id`` if it can name an agent (one NATS subject token); :class:`ValidationError` otherwise."""
+    if not AGENT_ID_RE.match(agent_id):
+        raise ValidationError("must be 1-128 letters, digits, '-' or '_'", field="agent_id")
+    return agent_id
+
+
+def _check_range(field: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise ValidationError(f"must be between {lo} and {hi}, got {value}", field=field)
+    return value
+
+
+class LifecycleService:
+    """Command handling over the agent repository, queries over the read model."""
+
+    def __init__(
+        self,
+        repository: Repository[AgentState, Command, AgentEvent],
+        pool: asyncpg.Pool,
+        runner: ProjectionRunner | None = None,
+    ) -> None:
+        self.repository = repository
+        self.pool = pool
+        self.runner = runner
+
+    # --- write path ----------------------------------------------------------------------------------
+
+    async def handle(self, request: AgentRequest, context: CommandContext) -> AgentView:
+        """Run one change request; answers with the agent after it (from the aggregate, not the read model)."""
+        command = to_command(request)
+        agent_id = request.agent_id or (new_event_id() if isinstance(command, Register) else "")
+        check_agent_id(agent_id)
+        loaded, records = await self.repository.execute(
+            agent_id, command, causation_id=context.command_id, correlation_id=context.correlation_id
+        )
+        first = records[0].header.occurred_at if records else None
+        return AgentView.of(
+            loaded.state,
+            version=loaded.tip.version,
+            sequence=loaded.tip.sequence,
+            created_at=from_ns(first) if isinstance(command, Register) and first is not None else None,
+            updated_at=from_ns(records[-1].header.occurred_at) if records else None,
+        )
+
+    # --- queries -------------------------------------------------------------------------------------
+
+    async def caught_up(self, min_sequence: int) -> None:
+        """Wait until the read model has applied stream sequence ``min_sequence`` (read-your-writes)."""
+        if min_sequence <= 0 or self.runner is None:
+            return
+        if not await self.runner.wait_for(min_sequence, READ_WAIT_S):
+            raise Timeout(
+                f"the read model has not reached sequence {min_sequence} within {READ_WAIT_S} s; retry later",
+                min_sequence=min_sequence,
+                position=self.runner.position,
+            )
+
+    async def get(self, request: GetRequest) -> AgentView:
+        """One agent from the read model."""
+        await self.caught_up(request.min_sequence)
+        return await get_agent(self.pool, check_agent_id(request.agent_id))
+
+    async def page(self, request: ListRequest) -> AgentPage:
+        """A page of agents from the read model."""
+        await self.caught_up(request.min_sequence)
+        state: AgentStatus | None = None
+        if request.state:
+            try:
+                state = AgentStatus(request.state)
+            except ValueError:
+                allowed = ", ".join(s.value for s in AgentStatus)
+                raise ValidationError(f"must be one of {allowed}", field="state") from None
+        return await list_agents(
+            self.pool,
+            state=state,
+            name=request.name or None,
+            limit=_check_range("limit", request.limit, 1, MAX_PAGE),
+            cursor=request.cursor or None,
+        )
+
+    async def history(self, request: HistoryRequest) -> list[EventView]:
+        """An agent's verified, decrypted events from the read model."""
+        await self.caught_up(request.min_sequence)
+        return await agent_history(
+            self.pool,
+            check_agent_id(request.agent_id),
+            after_version=_check_range("after_version", request.after_version, 0, 2**62),
+            limit=_check_range("limit", request.limit, 1, MAX_PAGE),
+        )

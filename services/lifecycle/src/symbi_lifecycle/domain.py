@@ -1,0 +1,337 @@
+"""The agent aggregate: states, commands, events and the pure ``decide``/``apply`` functions.
+
+The state machine is exactly the one of the specification::
+
+    Initializing → Ready        config valid           Running   → Ready       task complete
+    Initializing → Failed       config invalid         Suspended → Running     policy cleared (resume)
+    Ready        → Running      task assigned          Suspended → Terminated  manual override
+    Running      → Suspended    policy violation       Ready     → Terminated  shutdown
+                                                       Failed    → Terminated
+
+``Register`` decides ``[AgentRegistered, AgentReady]`` or ``[AgentRegistered, AgentFailed]``; the event
+store appends both atomically, so Initializing is only ever seen between the two events of one append.
+No I/O here: the repository in :mod:`symbi_lifecycle.application` does the loading and appending.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import ClassVar
+
+import msgspec
+from symbi_common.errors import AlreadyExists, IllegalTransition, IntegrityError, NotFound, ValidationError
+from symbi_common.events import Event, EventCodec
+
+from symbi_lifecycle.config import AgentConfig, ConfigIssue, validate_config
+
+AGGREGATE_TYPE = "agent"
+
+#: An agent id is one NATS subject token: letters, digits, '-' and '_' only.
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_TEXT = 1_000
+
+
+class AgentStatus(enum.StrEnum):
+    """The lifecycle states of an agent."""
+
+    INITIALIZING = "Initializing"
+    READY = "Ready"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    TERMINATED = "Terminated"
+    FAILED = "Failed"
+
+
+S = AgentStatus
+
+#: Every allowed transition: (from, to) -> what causes it. Nothing else may ever happen.
+TRANSITIONS: dict[tuple[AgentStatus, AgentStatus], str] = {
+    (S.INITIALIZING, S.READY): "valid config",
+    (S.INITIALIZING, S.FAILED): "invalid config",
+    (S.READY, S.RUNNING): "task assigned",
+    (S.RUNNING, S.SUSPENDED): "policy violation",
+    (S.RUNNING, S.READY): "task complete",
+    (S.SUSPENDED, S.RUNNING): "policy cleared",
+    (S.SUSPENDED, S.TERMINATED): "manual override",
+    (S.READY, S.TERMINATED): "shutdown",
+    (S.FAILED, S.TERMINATED): "terminated after failure",
+}
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+class Register(msgspec.Struct, frozen=True, kw_only=True):
+    """Register a new agent with its configuration (validated while Initializing)."""
+
+    name: ClassVar[str] = "register"
+    config: AgentConfig
+
+
+class AssignTask(msgspec.Struct, frozen=True, kw_only=True):
+    """Give a Ready agent a task: Ready → Running."""
+
+    name: ClassVar[str] = "assign_task"
+    task_id: str
+    description: str = ""
+
+
+class CompleteTask(msgspec.Struct, frozen=True, kw_only=True):
+    """The running task finished: Running → Ready. ``task_id``, if given, must be the current task."""
+
+    name: ClassVar[str] = "complete_task"
+    task_id: str | None = None
+    outcome: str = "succeeded"
+
+
+class Suspend(msgspec.Struct, frozen=True, kw_only=True):
+    """A policy violation stops a running agent: Running → Suspended."""
+
+    name: ClassVar[str] = "suspend"
+    reason: str = "policy violation"
+    policy_id: str | None = None
+
+
+class Resume(msgspec.Struct, frozen=True, kw_only=True):
+    """The policy violation was cleared: Suspended → Running."""
+
+    name: ClassVar[str] = "resume"
+    reason: str = "policy cleared"
+
+
+class Terminate(msgspec.Struct, frozen=True, kw_only=True):
+    """Shut an agent down for good: from Ready (shutdown), Suspended (manual override) or Failed."""
+
+    name: ClassVar[str] = "terminate"
+    reason: str = "shutdown"
+
+
+Command = Register | AssignTask | CompleteTask | Suspend | Resume | Terminate
+TASK_OUTCOMES = ("succeeded", "failed", "cancelled")
+
+#: Which commands each state accepts (Initializing accepts none: it never outlives one append).
+ALLOWED: dict[AgentStatus, tuple[str, ...]] = {
+    S.INITIALIZING: (),
+    S.READY: (AssignTask.name, Terminate.name),
+    S.RUNNING: (CompleteTask.name, Suspend.name),
+    S.SUSPENDED: (Resume.name, Terminate.name),
+    S.FAILED: (Terminate.name,),
+    S.TERMINATED: (),
+}
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+class AgentRegistered(Event, frozen=True, tag="agent.registered"):
+    """An agent was registered and is Initializing."""
+
+    agent_id: str
+    config: AgentConfig
+
+
+class AgentReady(Event, frozen=True, tag="agent.ready"):
+    """The configuration validated: Initializing → Ready."""
+
+
+class AgentFailed(Event, frozen=True, tag="agent.failed"):
+    """The configuration did not validate: Initializing → Failed, with every problem found."""
+
+    errors: tuple[ConfigIssue, ...]
+
+
+class AgentTaskAssigned(Event, frozen=True, tag="agent.task_assigned"):
+    """Ready → Running."""
+
+    task_id: str
+    description: str = ""
+
+
+class AgentTaskCompleted(Event, frozen=True, tag="agent.task_completed"):
+    """Running → Ready."""
+
+    task_id: str
+    outcome: str = "succeeded"
+
+
+class AgentSuspended(Event, frozen=True, tag="agent.suspended"):
+    """Running → Suspended (policy violation)."""
+
+    reason: str
+    policy_id: str | None = None
+
+
+class AgentResumed(Event, frozen=True, tag="agent.resumed"):
+    """Suspended → Running (policy cleared)."""
+
+    reason: str = ""
+
+
+class AgentTerminated(Event, frozen=True, tag="agent.terminated"):
+    """Ready, Suspended or Failed → Terminated."""
+
+    reason: str
+    previous: AgentStatus
+
+
+AgentEvent = (
+    AgentRegistered
+    | AgentReady
+    | AgentFailed
+    | AgentTaskAssigned
+    | AgentTaskCompleted
+    | AgentSuspended
+    | AgentResumed
+    | AgentTerminated
+)
+EVENT_TYPES: tuple[type[AgentEvent], ...] = (
+    AgentRegistered,
+    AgentReady,
+    AgentFailed,
+    AgentTaskAssigned,
+    AgentTaskCompleted,
+    AgentSuspended,
+    AgentResumed,
+    AgentTerminated,
+)
+CODEC: EventCodec[AgentEvent] = EventCodec(EVENT_TYPES)
+
+
+# --- state -----------------------------------------------------------------------------------------
+
+
+class AgentState(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent as its events left it. ``status`` is None until it is registered. Snapshot-able."""
+
+    agent_id: str
+    status: AgentStatus | None = None
+    config: AgentConfig | None = None
+    errors: tuple[ConfigIssue, ...] = ()
+    current_task: str | None = None
+    suspension_reason: str | None = None
+    tasks_completed: int = 0
+    termination_reason: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.status is not None
+
+
+def initial(agent_id: str) -> AgentState:
+    """The state of an agent that has no events yet."""
+    return AgentState(agent_id=agent_id)
+
+
+def _moved(state: AgentState, to: AgentStatus) -> AgentStatus:
+    if state.status is None or (state.status, to) not in TRANSITIONS:
+        # apply() trusts verified history; a transition outside the table means a corrupt or foreign stream.
+        raise IntegrityError(f"agent {state.agent_id}: history holds an impossible transition {state.status} -> {to}")
+    return to
+
+
+def apply(state: AgentState, event: AgentEvent) -> AgentState:
+    """The state after ``event``. Pure; raises :class:`IntegrityError` on a transition outside the table."""
+    match event:
+        case AgentRegistered():
+            return AgentState(agent_id=state.agent_id, status=S.INITIALIZING, config=event.config)
+        case AgentReady():
+            return msgspec.structs.replace(state, status=_moved(state, S.READY))
+        case AgentFailed():
+            return msgspec.structs.replace(state, status=_moved(state, S.FAILED), errors=event.errors)
+        case AgentTaskAssigned():
+            return msgspec.structs.replace(state, status=_moved(state, S.RUNNING), current_task=event.task_id)
+        case AgentTaskCompleted():
+            return msgspec.structs.replace(
+                state,
+                status=_moved(state, S.READY),
+                current_task=None,
+                tasks_completed=state.tasks_completed + 1,
+            )
+        case AgentSuspended():
+            return msgspec.structs.replace(state, status=_moved(state, S.SUSPENDED), suspension_reason=event.reason)
+        case AgentResumed():
+            return msgspec.structs.replace(state, status=_moved(state, S.RUNNING), suspension_reason=None)
+        case AgentTerminated():
+            return msgspec.structs.replace(
+                state,
+                status=_moved(state, S.TERMINATED),
+                current_task=None,
+                termination_reason=event.reason,
+            )
+    raise AssertionError(f"unknown event {event!r}")  # pragma: no cover - the union is exhaustive
+
+
+def _text(field: str, value: str, *, required: bool = False) -> None:
+    if required and not value.strip():
+        raise ValidationError("must not be empty", field=field)
+    if len(value) > MAX_TEXT:
+        raise ValidationError(f"at most {MAX_TEXT} characters", field=field)
+
+
+def decide(state: AgentState, command: Command) -> list[AgentEvent]:
+    """The events ``command`` causes in ``state``, or a typed domain error.
+
+    Raises :class:`AlreadyExists` for a second registration, :class:`NotFound` for a command on an
+    unregistered agent, :class:`IllegalTransition` (naming the state, the command and what is allowed)
+    for a command the current state does not accept, and :class:`ValidationError` for bad arguments.
+    """
+    if isinstance(command, Register):
+        if state.exists:
+            raise AlreadyExists(
+                f"agent {state.agent_id} is already registered; pick another id", agent_id=state.agent_id
+            )
+        registered = AgentRegistered(agent_id=state.agent_id, config=command.config)
+        issues = validate_config(command.config)
+        return [registered, AgentFailed(errors=tuple(issues)) if issues else AgentReady()]
+    if state.status is None:
+        raise NotFound(f"agent {state.agent_id} is not registered; register it first", agent_id=state.agent_id)
+    allowed = ALLOWED[state.status]
+    if command.name not in allowed:
+        raise IllegalTransition(state=state.status.value, command=command.name, allowed=list(allowed))
+    match command:
+        case AssignTask():
+            if not _TASK_ID_RE.match(command.task_id):
+                raise ValidationError("must be 1-128 letters, digits or '_.:-'", field="task_id")
+            _text("description", command.description)
+            return [AgentTaskAssigned(task_id=command.task_id, description=command.description)]
+        case CompleteTask():
+            current = state.current_task or ""
+            if command.task_id is not None and command.task_id != current:
+                raise ValidationError(
+                    f"the agent is running task {current!r}, not {command.task_id!r}", field="task_id"
+                )
+            if command.outcome not in TASK_OUTCOMES:
+                raise ValidationError(f"must be one of {', '.join(TASK_OUTCOMES)}", field="outcome")
+            return [AgentTaskCompleted(task_id=current, outcome=command.outcome)]
+        case Suspend():
+            _text("reason", command.reason, required=True)
+            return [AgentSuspended(reason=command.reason, policy_id=command.policy_id)]
+        case Resume():
+            _text("reason", command.reason)
+            return [AgentResumed(reason=command.reason)]
+        case Terminate():
+            _text("reason", command.reason)
+            return [AgentTerminated(reason=command.reason, previous=state.status)]
+    raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
+
+
+class AgentAggregate:
+    """The agent aggregate type, as the :class:`symbi_common.aggregate.Repository` expects it."""
+
+    aggregate_type = AGGREGATE_TYPE
+    codec = CODEC
+    state_type = AgentState
+
+    def initial(self, aggregate_id: str) -> AgentState:
+        return initial(aggregate_id)
+
+    def apply(self, state: AgentState, event: AgentEvent) -> AgentState:
+        return apply(state, event)
+
+    def decide(self, state: AgentState, command: Command) -> list[AgentEvent]:
+        return decide(state, command)
+
+
+AGENT = AgentAggregate()

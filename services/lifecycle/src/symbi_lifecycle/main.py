@@ -1,0 +1,57 @@
+"""Entry point: ``symbi-lifecycle [--config PATH]`` (or ``python -m symbi_lifecycle``).
+
+Settings come from the TOML file (``--config`` or ``SYMBI_CONFIG_PATH``) and ``SYMBI_*`` environment
+variables (``SYMBI_NATS_URL``, ``SYMBI_DATABASE_URL``, ``SYMBI_KEYS_DIR``, ``SYMBI_HTTP_PORT`` …). A bad
+setting stops start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+from symbi_common.aggregate import Repository
+from symbi_common.errors import ConfigError
+from symbi_common.service import ServiceRuntime, create_app, serve
+from symbi_common.settings import Settings, load_settings
+
+from symbi_lifecycle.api import register_commands, router
+from symbi_lifecycle.application import LifecycleService
+from symbi_lifecycle.domain import AGENT
+from symbi_lifecycle.projections import AgentProjection
+
+SERVICE = "lifecycle"
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The lifecycle service's app; its lifespan connects, starts the projection and serves commands."""
+    runtime = ServiceRuntime(SERVICE, settings)
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        assert rt.pool is not None, "the lifecycle service runs with a database"
+        repository = Repository(rt.store, AGENT, snapshots=rt.snapshots, snapshot_every=settings.events.snapshot_every)
+        runner = await rt.add_projection(AgentProjection(rt.store))
+        service = LifecycleService(repository, rt.pool, runner)
+        register_commands(rt.commands, service)
+        app.state.lifecycle = service
+
+    app = create_app(runtime, title="Symbi lifecycle", routers=[router], on_start=on_start)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="symbi-lifecycle", description="Symbi agent lifecycle service")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"symbi-lifecycle: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not settings.database.url:
+        print("symbi-lifecycle: setting database.url: set SYMBI_DATABASE_URL or [database] url", file=sys.stderr)
+        raise SystemExit(2)
+    serve(build_app(settings), settings)

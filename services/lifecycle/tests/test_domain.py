@@ -1,0 +1,256 @@
+"""The agent state machine and config validation, as pure functions (Hypothesis)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from symbi_common.errors import AlreadyExists, IllegalTransition, NotFound, SymbiError, ValidationError
+from symbi_lifecycle.config import AgentConfig, ResourceLimits, convert_config, validate_config
+from symbi_lifecycle.domain import (
+    ALLOWED,
+    CODEC,
+    TRANSITIONS,
+    AgentFailed,
+    AgentReady,
+    AgentRegistered,
+    AgentState,
+    AgentStatus,
+    AssignTask,
+    Command,
+    CompleteTask,
+    Register,
+    Resume,
+    Suspend,
+    Terminate,
+    apply,
+    decide,
+    initial,
+)
+
+S = AgentStatus
+VALID = AgentConfig(name="summariser", version="1.0.0", capabilities=("web.fetch",), network_access=("example.com",))
+INVALID = AgentConfig(name="Not A Label", resources=ResourceLimits(memory_mb=1, cpu_cores=0))
+
+#: The specification's table, spelled out independently of the code under test.
+SPEC_TABLE = {
+    (S.INITIALIZING, S.READY),
+    (S.INITIALIZING, S.FAILED),
+    (S.READY, S.RUNNING),
+    (S.RUNNING, S.SUSPENDED),
+    (S.RUNNING, S.READY),
+    (S.SUSPENDED, S.RUNNING),
+    (S.SUSPENDED, S.TERMINATED),
+    (S.READY, S.TERMINATED),
+    (S.FAILED, S.TERMINATED),
+}
+
+commands = st.one_of(
+    st.builds(Register, config=st.sampled_from([VALID, INVALID])),
+    st.builds(AssignTask, task_id=st.sampled_from(["t1", "t2", "bad id!"])),
+    st.builds(CompleteTask, task_id=st.sampled_from([None, "t1", "other"])),
+    st.builds(Suspend, reason=st.sampled_from(["policy violation", ""])),
+    st.builds(Resume),
+    st.builds(Terminate),
+)
+
+
+def run(state: AgentState, command: Command) -> tuple[AgentState, list[tuple[AgentStatus | None, AgentStatus]]]:
+    """Decide and apply, returning the transitions taken."""
+    taken = []
+    for event in decide(state, command):
+        before = state.status
+        state = apply(state, event)
+        assert state.status is not None
+        taken.append((before, state.status))
+    return state, taken
+
+
+def test_code_table_is_the_spec_table() -> None:
+    assert set(TRANSITIONS) == SPEC_TABLE
+    assert set(ALLOWED) == set(AgentStatus)
+
+
+def check_refusal(before: AgentState, command: Command, exc: SymbiError) -> None:
+    """A refused command is refused for the right reason, with the right typed error."""
+    if isinstance(exc, IllegalTransition):
+        assert before.status is not None
+        assert exc.state == before.status.value
+        assert exc.command == command.name
+        assert command.name not in ALLOWED[before.status]
+    elif isinstance(exc, AlreadyExists):
+        assert before.exists
+        assert isinstance(command, Register)
+    elif isinstance(exc, NotFound):
+        assert not before.exists
+    elif isinstance(exc, ValidationError):
+        assert exc.field in {"task_id", "reason"}
+        assert before.status is not None
+        assert command.name in ALLOWED[before.status]
+    else:
+        raise AssertionError(f"unexpected {exc!r}")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(commands, max_size=25))
+def test_no_command_sequence_leaves_the_table(sequence: list[Command]) -> None:
+    state = initial("agent-1")
+    for command in sequence:
+        before = state
+        try:
+            state, taken = run(state, command)
+        except SymbiError as exc:
+            check_refusal(before, command, exc)
+            continue
+        if isinstance(command, Register):
+            assert taken[0] == (None, S.INITIALIZING)
+            assert taken[1] == (S.INITIALIZING, S.READY if command.config is VALID else S.FAILED)
+        else:
+            assert before.status is not None
+            assert command.name in ALLOWED[before.status]
+            assert len(taken) == 1
+            assert taken[0] in SPEC_TABLE
+        assert state.status != S.INITIALIZING  # Initializing never outlives one command
+
+
+class AgentMachine(RuleBasedStateMachine):
+    """Stateful exploration: every allowed command moves along the table, every other one raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = initial("agent-x")
+        self.seen: set[tuple[AgentStatus | None, AgentStatus]] = set()
+
+    def _try(self, command: Command) -> None:
+        before = self.state.status
+        if before is None and not isinstance(command, Register):
+            with pytest.raises(NotFound):
+                decide(self.state, command)
+            return
+        if before is not None and isinstance(command, Register):
+            with pytest.raises(AlreadyExists):
+                decide(self.state, command)
+            return
+        if before is not None and command.name not in ALLOWED[before]:
+            with pytest.raises(IllegalTransition) as info:
+                decide(self.state, command)
+            assert before.value in str(info.value)
+            return
+        self.state, taken = run(self.state, command)
+        self.seen.update(taken)
+
+    @rule(valid=st.booleans())
+    def register(self, valid: bool) -> None:
+        self._try(Register(config=VALID if valid else INVALID))
+
+    @rule(task=st.sampled_from(["t1", "t2"]))
+    def assign(self, task: str) -> None:
+        self._try(AssignTask(task_id=task))
+
+    @rule()
+    def complete(self) -> None:
+        self._try(CompleteTask())
+
+    @rule()
+    def suspend(self) -> None:
+        self._try(Suspend())
+
+    @rule()
+    def resume(self) -> None:
+        self._try(Resume())
+
+    @precondition(lambda self: self.state.exists)
+    @rule()
+    def terminate(self) -> None:
+        self._try(Terminate())
+
+    @invariant()
+    def only_table_transitions(self) -> None:
+        assert {t for t in self.seen if t[0] is not None} <= SPEC_TABLE
+        if self.state.status == S.RUNNING:
+            assert self.state.current_task is not None
+        if self.state.status in (S.READY, S.TERMINATED):
+            assert self.state.current_task is None
+
+
+TestAgentMachine = AgentMachine.TestCase
+TestAgentMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_register_decides_two_events() -> None:
+    ready = decide(initial("a"), Register(config=VALID))
+    assert [type(e) for e in ready] == [AgentRegistered, AgentReady]
+    failed = decide(initial("a"), Register(config=INVALID))
+    assert isinstance(failed[1], AgentFailed)
+    fields = {i.field for i in failed[1].errors}
+    assert {"name", "resources.memory_mb", "resources.cpu_cores"} <= fields
+
+
+def test_illegal_transition_names_state_command_and_allowed() -> None:
+    state = initial("a")
+    for event in decide(state, Register(config=VALID)):
+        state = apply(state, event)
+    with pytest.raises(IllegalTransition) as info:
+        decide(state, Resume())
+    assert info.value.state == "Ready"
+    assert info.value.command == "resume"
+    assert "assign_task, terminate" in str(info.value)
+
+
+@given(st.lists(commands, max_size=10))
+def test_events_and_state_round_trip(sequence: list[Command]) -> None:
+    state = initial("rt")
+    for command in sequence:
+        try:
+            events = decide(state, command)
+        except (IllegalTransition, AlreadyExists, NotFound, ValidationError):
+            continue
+        for event in events:
+            tag = type(event).__struct_config__.tag
+            assert isinstance(tag, str)
+            assert CODEC.decode(CODEC.encode(event), event_type=tag) == event
+            state = apply(state, event)
+    # Snapshots store the state as msgpack.
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=AgentState) == state
+
+
+def test_validation_reports_every_field() -> None:
+    config = convert_config(
+        {
+            "name": "-bad-",
+            "version": "one",
+            "capabilities": ["ok", "ok", "Nope"],
+            "resources": {
+                "memory_mb": 100_000,
+                "cpu_cores": 0.01,
+                "disk_io_mbps": 0,
+                "network_io_mbps": 0,
+                "execution_timeout_s": 90_000,
+            },
+            "security_tier": "tier9",
+            "network_access": ["api.example.com", "not a host"],
+            "filesystem_access": [{"path": "relative", "mode": "rwx"}],
+            "external_apis": ["ftp://x"],
+        }
+    )
+    fields = {i.field for i in validate_config(config)}
+    assert fields == {
+        "name",
+        "version",
+        "capabilities[1]",
+        "capabilities[2]",
+        "resources.memory_mb",
+        "resources.cpu_cores",
+        "resources.disk_io_mbps",
+        "resources.execution_timeout_s",
+        "security_tier",
+        "network_access[1]",
+        "network_access",
+        "filesystem_access[0].path",
+        "filesystem_access[0].mode",
+        "external_apis[0]",
+        "external_apis",
+    }
+    assert validate_config(VALID) == []
