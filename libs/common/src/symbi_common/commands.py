@@ -9,6 +9,7 @@ served in a queue group, so several replicas of a service share the load.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 log = structlog.get_logger(__name__)
 _json = msgspec.json.Encoder()
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_NAMED_RE = re.compile(r"field `([^`]+)`")
+
+
+def _field_of(error: str) -> str | None:
+    """The request field a msgspec error is about (``config.name``), if it names one."""
+    path = _PATH_RE.search(error)
+    named = _NAMED_RE.search(error)
+    parts = [p for p in (path.group(1) if path else "", named.group(1) if named else "") if p]
+    return ".".join(parts) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +137,8 @@ class CommandServer:
         try:
             request = msgspec.json.decode(data or b"{}", type=route.request_type)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise BadRequest(f"{self.service}.{action}: {exc}") from exc
+            field = _field_of(str(exc))
+            raise BadRequest(f"{self.service}.{action}: {exc}", field=field) from exc
         return await route.handler(request, meta)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import nats
@@ -27,10 +27,12 @@ from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from symbi_common.aggregate import Aggregate, Repository
 from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.errors import SymbiError, to_wire
+from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
 from symbi_common.projection import Projection, ProjectionRunner
@@ -40,6 +42,10 @@ from symbi_common.streams import StreamSettings, provision_streams
 from symbi_common.telemetry import configure_logging, configure_tracing, extract_trace, shutdown_tracing
 
 log = structlog.get_logger(__name__)
+
+S = TypeVar("S")
+C = TypeVar("C")
+E = TypeVar("E", bound=Event)
 
 
 class ServiceRuntime:
@@ -61,6 +67,7 @@ class ServiceRuntime:
         self.use_database = use_database
         self.pool = None
         self.projections: list[ProjectionRunner] = []
+        self.repositories: list[Repository[Any, Any, Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
         self.started_at = time.time()
@@ -130,6 +137,14 @@ class ServiceRuntime:
         task.add_done_callback(_done)
         return task
 
+    def repository(self, aggregate: Aggregate[S, C, E]) -> Repository[S, C, E]:
+        """A repository for ``aggregate`` on this service's store, with snapshots as configured."""
+        repo = Repository(
+            self.store, aggregate, snapshots=self.snapshots, snapshot_every=self.settings.events.snapshot_every
+        )
+        self.repositories.append(repo)
+        return repo
+
     async def add_projection(self, projection: Projection) -> ProjectionRunner:
         if self.pool is None:
             raise RuntimeError("projections need a database; create the runtime with use_database=True")
@@ -160,6 +175,8 @@ class ServiceRuntime:
         await self.commands.stop()
         for runner in self.projections:
             await runner.stop()
+        for repo in self.repositories:
+            await repo.drain()  # let in-flight snapshot writes finish
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from fastapi import FastAPI
-from symbi_common.aggregate import Repository
 from symbi_common.errors import ConfigError
 from symbi_common.service import ServiceRuntime, create_app, serve
 from symbi_common.settings import Settings, load_settings
@@ -31,7 +30,7 @@ def build_app(settings: Settings) -> FastAPI:
 
     async def on_start(rt: ServiceRuntime) -> None:
         assert rt.pool is not None, "the lifecycle service runs with a database"
-        repository = Repository(rt.store, AGENT, snapshots=rt.snapshots, snapshot_every=settings.events.snapshot_every)
+        repository = rt.repository(AGENT)
         runner = await rt.add_projection(AgentProjection(rt.store))
         service = LifecycleService(repository, rt.pool, runner)
         register_commands(rt.commands, service)

@@ -1,0 +1,85 @@
+"""The service base against real NATS and PostgreSQL: lifespan, health endpoints, typed HTTP errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import APIRouter
+from symbi_common.errors import IllegalTransition, KeyringError, RegistrySignatureInvalid
+from symbi_common.service import ServiceRuntime, create_app
+from symbi_common.settings import Settings, load_settings
+
+
+def _settings(nats_url: str, database_url: str, keys_dir: Path) -> Settings:
+    return load_settings(
+        env={"SYMBI_NATS_URL": nats_url, "SYMBI_DATABASE_URL": database_url, "SYMBI_KEYS_DIR": str(keys_dir)}
+    )
+
+
+async def test_lifespan_health_metrics_and_errors(nats_url: str, database_url: str, keys_dir: Path) -> None:
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    router = APIRouter()
+
+    @router.get("/v1/boom")
+    async def boom() -> None:
+        raise IllegalTransition(state="Ready", command="resume", allowed=["assign_task"])
+
+    started: list[bool] = []
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        started.append(rt.started)
+
+    app = create_app(runtime, title="test", routers=[router], on_start=on_start)
+    async with app.router.lifespan_context(app):
+        assert started == [True]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            health = await http.get("/healthz")
+            assert health.status_code == 200
+            assert health.json()["service"] == "lifecycle"
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"started": True, "nats": True, "database": True}
+            metrics = await http.get("/metrics")
+            assert metrics.status_code == 200
+            assert "symbi_commands_total" in metrics.text
+            err = await http.get("/v1/boom")
+            assert err.status_code == 409
+            assert err.json()["error"]["code"] == "illegal_transition"
+            assert err.json()["error"]["details"] == {"state": "Ready", "command": "resume"}
+        # Streams were provisioned by the runtime.
+        info = await runtime.js.stream_info("EVENTS")
+        assert info.config.deny_delete
+        assert info.config.deny_purge
+    assert runtime.started is False
+    await runtime.stop()  # idempotent
+
+
+async def test_readyz_reports_a_dead_database(nats_url: str, database_url: str, keys_dir: Path) -> None:
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    app = create_app(runtime, title="test")
+    async with app.router.lifespan_context(app):
+        assert runtime.pool is not None
+        await runtime.pool.close()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] is False
+
+
+async def test_a_service_refuses_to_start_without_its_key(nats_url: str, database_url: str, keys_dir: Path) -> None:
+    (keys_dir / "lifecycle.key").unlink()
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    with pytest.raises(KeyringError, match=r"lifecycle\.key does not exist"):
+        await runtime.start()
+
+
+async def test_a_service_refuses_a_registry_not_signed_by_the_pinned_root(
+    nats_url: str, database_url: str, keys_dir: Path
+) -> None:
+    registry = keys_dir / "registry.json"
+    registry.write_bytes(registry.read_bytes().replace(b'"evt.agent.>"', b'"evt.>"'))
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    with pytest.raises(RegistrySignatureInvalid):
+        await runtime.start()
