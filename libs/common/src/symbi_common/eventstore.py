@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -31,7 +32,7 @@ from symbi_common.errors import (
 from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import ChainTip, OpenedEvent, check_link, decrypt, new_event_id, open_envelope, seal
-from symbi_common.streams import EVENTS_STREAM, last_on_subject, read_subject
+from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_common.telemetry import inject_trace
 
 E = TypeVar("E", bound=Event)
@@ -56,11 +57,6 @@ class _PubAck(msgspec.Struct):
 
 
 _ack_decoder = msgspec.json.Decoder(_PubAck)
-
-
-def _expire(reply: asyncio.Future[Any]) -> None:
-    if not reply.done():
-        reply.set_exception(nats.errors.TimeoutError())
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +103,8 @@ class EventStore:
         self._reply_lock = asyncio.Lock()
         self._reply_ids = itertools.count(1)
         self._replies: dict[str, asyncio.Future[Any]] = {}
+        self._deadlines: deque[tuple[float, str]] = deque()  # (deadline, token), oldest first
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # --- write ----------------------------------------------------------------------------------
 
@@ -182,7 +180,6 @@ class EventStore:
         expected_seq: int,
         extra: Mapping[str, str],
     ) -> list[int]:
-        last_id = sealed[-1][1].event_id
         for attempt in range(self.attempts):
             try:
                 ack = await self._send(subject, sealed, expected_seq, extra)
@@ -191,24 +188,29 @@ class EventStore:
                     f"no stream stores {subject}; is JetStream up and the {self.stream} stream provisioned?"
                 ) from None
             except (TimeoutError, nats.errors.TimeoutError):
-                # Did it land? Look at the subject's last message before trying again.
-                last = await last_on_subject(self.nc, self.stream, subject, timeout=self.timeout)
-                if last is not None and last.headers.get("Nats-Msg-Id") == last_id:
-                    return list(range(last.sequence - len(sealed) + 1, last.sequence + 1))
-                if last is not None and last.sequence != expected_seq:
-                    raise ConcurrencyConflict(
-                        f"{subject} moved on to sequence {last.sequence} while our append timed out",
-                        subject=subject,
-                        expected=expected_seq,
-                        actual=last.sequence,
-                    ) from None
+                # Did it land? Look right after the expected sequence before trying again.
+                try:
+                    landed = await self._landed(subject, sealed, expected_seq)
+                except SymbiError:
+                    landed = None  # cannot tell yet; the retry below is safe (same Nats-Msg-Id)
+                if landed is not None:
+                    return landed
                 if attempt + 1 == self.attempts:
-                    raise AppendFailed(f"append to {subject} timed out {self.attempts} times") from None
+                    raise AppendFailed(
+                        f"append to {subject} timed out {self.attempts} times and could not be confirmed; "
+                        "reload the aggregate to see whether it landed"
+                    ) from None
                 continue
             if ack.error is not None:
                 code = int(ack.error.get("err_code", 0))
                 desc = str(ack.error.get("description", ""))
                 if code == WRONG_LAST_SEQUENCE:
+                    if attempt > 0:
+                        # JetStream checks the expected sequence before de-duplicating, so a retry of an
+                        # append that did land in the meantime looks like a conflict: check which it is.
+                        landed = await self._landed(subject, sealed, expected_seq)
+                        if landed is not None:
+                            return landed
                     m = _WRONG_LAST_RE.search(desc)
                     raise ConcurrencyConflict(
                         f"{subject} is no longer at sequence {expected_seq}: {desc}",
@@ -219,6 +221,26 @@ class EventStore:
                 raise AppendFailed(f"JetStream refused the append to {subject}: {desc} (code {code})", code=code)
             return list(range(ack.seq - len(sealed) + 1, ack.seq + 1))
         raise AppendFailed(f"append to {subject} failed")  # pragma: no cover - loop always returns or raises
+
+    async def _landed(
+        self, subject: str, sealed: list[tuple[bytes, EventHeader]], expected_seq: int
+    ) -> list[int] | None:
+        """The stream sequences of ``sealed`` if they are stored right after ``expected_seq``; None if nothing
+        is; :class:`ConcurrencyConflict` if another writer's event is there."""
+        async for batch in read_subject(
+            self.nc, self.stream, subject, after=expected_seq, batch=len(sealed), timeout=self.timeout
+        ):
+            first = batch[0]
+            if first.headers.get("Nats-Msg-Id") != sealed[0][1].event_id:
+                raise ConcurrencyConflict(
+                    f"{subject} moved on to sequence {first.sequence} while our append was unconfirmed",
+                    subject=subject,
+                    expected=expected_seq,
+                    actual=first.sequence,
+                )
+            ours = [m.sequence for m in batch[: len(sealed)]]
+            return ours if len(ours) == len(sealed) else None
+        return None
 
     async def _send(
         self,
@@ -252,9 +274,10 @@ class EventStore:
     async def _request(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
         """Publish ``data`` and wait for its ack, like ``nc.request`` but cheaper per call.
 
-        Acks arrive on one wildcard reply subscription of this store, keyed by a counter token:
-        no NUID, random bytes or ``wait_for`` per append (about 6 us of CPU less on every append).
-        Raises ``nats.errors.TimeoutError`` or ``NoRespondersError`` as ``nc.request`` does.
+        Acks arrive on one wildcard reply subscription of this store, keyed by a counter token,
+        and one timer sweeps expired requests: no NUID, random bytes, ``wait_for`` or timer per
+        append (together about 7 us of CPU per append). Raises ``nats.errors.TimeoutError`` or
+        ``NoRespondersError`` as ``nc.request`` does.
         """
         prefix = self._reply_prefix
         if prefix is None:
@@ -262,17 +285,38 @@ class EventStore:
         token = str(next(self._reply_ids))
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._replies[token] = reply
-        timer = loop.call_later(self.timeout, _expire, reply)
+        replies, deadlines = self._replies, self._deadlines
+        replies[token] = reply
+        while deadlines and deadlines[0][1] not in replies:  # drop entries of answered requests
+            deadlines.popleft()
+        deadline = loop.time() + self.timeout
+        deadlines.append((deadline, token))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline, self._sweep)
         try:
             await self.nc.publish(subject, data, reply=prefix + token, headers=headers)
             msg = await reply
         finally:
-            timer.cancel()
-            self._replies.pop(token, None)
+            replies.pop(token, None)
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
         return msg
+
+    def _sweep(self) -> None:
+        """Fail every request past its deadline; re-arm for the oldest one still waiting."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        replies, deadlines = self._replies, self._deadlines
+        while deadlines:
+            deadline, token = deadlines[0]
+            reply = replies.get(token)
+            if reply is not None and deadline > now:
+                self._sweeper = loop.call_at(deadline, self._sweep)
+                return
+            deadlines.popleft()
+            if reply is not None and not reply.done():
+                reply.set_exception(nats.errors.TimeoutError())
 
     async def _start_replies(self) -> str:
         async with self._reply_lock:

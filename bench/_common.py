@@ -1,0 +1,219 @@
+"""Shared helpers for the benchmarks: a throwaway nats-server, a throwaway keyring, an EventStore.
+
+Nothing here is part of the product. Every bench starts its own nats-server with JetStream in a
+temporary directory on a free loopback port and removes it again on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.events import Event, EventCodec
+from symbi_common.eventstore import EventStore
+from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.streams import provision_streams
+
+# --- a small, realistic event ----------------------------------------------------------------------
+
+
+class AgentHeartbeat(Event, frozen=True, tag="agent.heartbeat"):
+    """What a lifecycle service might record often: a status report of one running agent."""
+
+    agent_id: str
+    status: str
+    host: str
+    cpu_millis: int
+    memory_bytes: int
+    tasks_running: int
+    note: str = ""
+
+
+CODEC: EventCodec[AgentHeartbeat] = EventCodec([AgentHeartbeat])
+AGGREGATE_TYPE = "agent"  # written by the "lifecycle" service's key
+PRODUCER = "lifecycle"
+
+
+def heartbeat(agent_id: str, i: int) -> AgentHeartbeat:
+    return AgentHeartbeat(
+        agent_id=agent_id,
+        status="running",
+        host="worker-03.internal",
+        cpu_millis=1200 + i % 97,
+        memory_bytes=268_435_456 + i * 4096,
+        tasks_running=i % 5,
+        note="periodic heartbeat",
+    )
+
+
+# --- nats-server ----------------------------------------------------------------------------------
+
+
+def nats_server_binary() -> str:
+    candidate = Path(sys.prefix) / "bin" / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise SystemExit("nats-server not found (expected in the venv's bin/ or on PATH)")
+    return found
+
+
+def nats_server_version() -> str:
+    out = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).strip()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    store_dir: Path
+
+
+def _spawn(port: int, store: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as log_fh:
+        return subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def nats_server() -> AsyncIterator[Server]:
+    """A fresh nats-server with JetStream (file storage) in a temp dir, on a free loopback port."""
+    with tempfile.TemporaryDirectory(prefix="symbi-bench-nats-") as tmp:
+        port = free_port()
+        store = Path(tmp) / "js"
+        log = Path(tmp) / "nats.log"
+        proc = _spawn(port, store, log)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"nats-server exited early:\n{log.read_text(errors='replace')}")
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.close()
+                    await w.wait_closed()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("nats-server did not start within 15 s") from None
+                    await asyncio.sleep(0.05)
+            yield Server(url=f"nats://127.0.0.1:{port}", proc=proc, store_dir=store)
+        finally:
+            _stop(proc)
+
+
+async def connect(url: str) -> NatsClient:
+    return await nats.connect(url, max_reconnect_attempts=0, connect_timeout=5)
+
+
+# --- keyring and event store ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def keyring() -> Any:
+    """A fresh keyring (root, every service's key, master key, signed registry) in a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="symbi-bench-keys-") as tmp:
+        keys_dir = Path(tmp) / "keys"
+        init_keyring(keys_dir)
+        yield keys_dir
+
+
+async def make_store(nc: NatsClient, keys_dir: Path, *, producer: str = PRODUCER) -> EventStore:
+    js = nc.jetstream()
+    await provision_streams(js)
+    datakeys = DataKeys(await KvDataKeyStore.open(js), load_master_key(keys_dir / "master.key"))
+    return EventStore(
+        nc,
+        signer=load_signer(keys_dir / f"{producer}.key"),
+        producer=producer,
+        registry=KeyRegistry.load(keys_dir),
+        datakeys=datakeys,
+    )
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+
+def machine_summary() -> str:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"machine: nproc={os.cpu_count()} cpu={cpu!r} python={platform.python_version()} "
+        f"msgspec={msgspec.__version__} {nats_server_version()}"
+    )
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Wall time, this process's CPU time and the nats-server's CPU time over a block."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.wall = self.client_cpu = self.server_cpu = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._t = (time.perf_counter(), time.process_time(), proc_cpu_seconds(self.server_pid))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        w, c, s = self._t
+        self.wall += time.perf_counter() - w
+        self.client_cpu += time.process_time() - c
+        self.server_cpu += proc_cpu_seconds(self.server_pid) - s
+
+
+def fmt(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def result_line(name: str, ours: float, baseline: float, unit: str, target: str, ok: bool) -> str:
+    ratio = ours / baseline if baseline else 0.0
+    return (
+        f"RESULT {name} ours={fmt(ours)} baseline={fmt(baseline)} ratio={ratio:.3f} unit={unit} "
+        f"target={target} pass={'yes' if ok else 'no'}"
+    )

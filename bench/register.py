@@ -1,0 +1,147 @@
+"""Agent registration latency over the HTTP API, from request to the reply that the agent is Ready.
+
+Set-up as in production: a throwaway nats-server (JetStream, file storage), a PostgreSQL server
+(pgserver) with a fresh database, a fresh keyring, and the lifecycle service as its own process
+(``python -m symbi_lifecycle``). One HTTP client with keep-alive sends requests one at a time.
+
+* ours: ``POST /v1/agents`` with a realistic config. The reply comes after the service validated
+  the config, sealed (encrypt + sign + hash-chain) ``agent.registered`` + ``agent.ready`` and
+  appended both atomically to JetStream.
+* baseline: ``GET /healthz`` on the same server and connection: the HTTP floor (routing, JSON,
+  middleware, loopback TCP) with no work behind it.
+
+Requests alternate baseline / ours after a warm-up, so both see the same conditions.
+
+    uv run python bench/register.py [--quick] [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO
+
+import _common
+import httpx
+from symbi_cli.infra import PostgresServer
+
+TARGET_P99_MS = 50.0
+CONFIG = {
+    "name": "summariser",
+    "version": "1.4.2",
+    "description": "Summarises documents fetched from an allow-listed API",
+    "capabilities": ["web.fetch", "text.summarise"],
+    "resources": {"memory_mb": 512, "cpu_cores": 1, "disk_io_mbps": 50, "network_io_mbps": 10},
+    "security_tier": "tier2",
+    "network_access": ["api.example.com"],
+    "external_apis": ["https://api.example.com/v1"],
+}
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    with (
+        tempfile.TemporaryDirectory(prefix="symbi-bench-pg-") as tmp,
+        PostgresServer(Path(tmp) / "data", cleanup="delete") as pg,
+    ):
+        yield pg.create_database("lifecycle_bench")
+
+
+def spawn(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "symbi_lifecycle"], env=env, stdout=log, stderr=log)
+
+
+@contextlib.asynccontextmanager
+async def lifecycle(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIterator[str]:
+    """The lifecycle service as a child process; yields its base URL once it is ready."""
+    port = _common.free_port()
+    env = {
+        **os.environ,
+        "SYMBI_NATS_URL": nats_url,
+        "SYMBI_DATABASE_URL": database_url,
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_HTTP_PORT": str(port),
+        "SYMBI_LOG_LEVEL": "warning",
+    }
+    with tempfile.TemporaryFile() as log:
+        proc = spawn(env, log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            async with httpx.AsyncClient(base_url=url) as http:
+                while True:
+                    if proc.poll() is not None:
+                        log.seek(0)
+                        raise SystemExit(f"lifecycle service exited:\n{log.read().decode(errors='replace')[-3000:]}")
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise SystemExit("lifecycle service not ready within 60 s")
+                    await asyncio.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(url: str, warmup: int, requests: int) -> tuple[list[float], list[float]]:
+    ours: list[float] = []
+    base: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for i in range(warmup + requests):
+            t0 = time.perf_counter()
+            r = await http.get("/healthz")
+            t1 = time.perf_counter()
+            r.raise_for_status()
+            reg = await http.post("/v1/agents", json={"agent_id": f"bench-{i:06d}", "config": CONFIG})
+            t2 = time.perf_counter()
+            if reg.status_code != 201 or reg.json()["state"] != "Ready":
+                raise SystemExit(f"registration {i} failed: {reg.status_code} {reg.text}")
+            if i >= warmup:
+                base.append((t1 - t0) * 1000)
+                ours.append((t2 - t1) * 1000)
+    return ours, base
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small run (a few seconds)")
+    ap.add_argument("--requests", type=int, help="measured registrations (default 2000, quick 200)")
+    args = ap.parse_args()
+    requests = args.requests or (200 if args.quick else 2000)
+    warmup = max(20, requests // 10)
+
+    print(_common.machine_summary())
+    with _common.keyring() as keys_dir, postgres() as database_url:
+        async with _common.nats_server() as nats, lifecycle(nats.url, database_url, keys_dir) as url:
+            ours, base = await measure(url, warmup, requests)
+
+    p50, p99 = pct(ours, 50), pct(ours, 99)
+    b50, b99 = pct(base, 50), pct(base, 99)
+    print(f"requests={requests} warmup={warmup} sequential, one keep-alive connection")
+    print(f"register p50={p50:.2f} ms p99={p99:.2f} ms mean={statistics.fmean(ours):.2f} ms max={max(ours):.2f} ms")
+    print(f"healthz  p50={b50:.2f} ms p99={b99:.2f} ms mean={statistics.fmean(base):.2f} ms")
+    print(_common.result_line("register", p99, b99, "ms", f"p99<{TARGET_P99_MS:g}", p99 < TARGET_P99_MS))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
