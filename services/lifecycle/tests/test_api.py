@@ -218,3 +218,32 @@ async def test_health_and_readiness(running: Running) -> None:
         await asyncio.sleep(0.05)
     assert ready["ok"] is True, ready
     assert ready["checks"]["projection:lifecycle_agents"] is True
+
+
+async def test_openapi_documents_the_bodies(running: Running) -> None:
+    doc = (await running.http.get("/openapi.json")).json()
+    register_op = doc["paths"]["/v1/agents"]["post"]
+    assert register_op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RegisterRequest"
+    }
+    schemas = doc["components"]["schemas"]
+    assert {"RegisterRequest", "AgentConfig", "ResourceLimits", "AgentView", "AssignTaskRequest"} <= set(schemas)
+    assert "memory_mb" in schemas["ResourceLimits"]["properties"]
+
+
+async def test_oversized_bodies_are_refused_with_413(running: Running) -> None:
+    big = {"agent_id": "big", "config": {**GOOD, "description": "x" * 300_000}}
+    r = await running.http.post("/v1/agents", json=big)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert (await running.http.get("/v1/agents/big")).status_code == 404
+
+
+async def test_chunked_oversized_bodies_are_refused_too(running: Running) -> None:
+    async def chunks() -> Any:
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    r = await running.http.post("/v1/agents", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "payload_too_large"

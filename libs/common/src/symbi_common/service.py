@@ -27,11 +27,12 @@ from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from symbi_common import openapi
 from symbi_common.aggregate import Aggregate, Repository
 from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
-from symbi_common.errors import SymbiError, to_wire
+from symbi_common.errors import PayloadTooLarge, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
@@ -39,7 +40,7 @@ from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import StreamSettings, provision_streams
-from symbi_common.telemetry import configure_logging, configure_tracing, extract_trace, shutdown_tracing
+from symbi_common.telemetry import configure_logging, configure_tracing, extract_trace, flush_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +189,7 @@ class ServiceRuntime:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
-        shutdown_tracing()
+        flush_tracing()
         log.info("service stopped")
 
 
@@ -205,6 +206,51 @@ class _TraceMiddleware(BaseHTTPMiddleware):
                 return await call_next(request)
         finally:
             otel_context.detach(token)
+
+
+class _BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with a typed 413 before the app sees them.
+
+    The body (at most ``limit`` bytes) is read here and replayed to the app, so a chunked upload
+    without a Content-Length is bounded too.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit():
+            size = int(declared)
+        while size <= self.limit:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            parts.append(message.get("body", b""))
+            size = max(size, sum(map(len, parts)))
+            if not message.get("more_body", False):
+                break
+        if size > self.limit:
+            err = PayloadTooLarge(size=size, limit=self.limit, what="request body")
+            await JSONResponse({"error": to_wire(err)}, status_code=err.http_status)(scope, receive, send)
+            return
+        body = b"".join(parts)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(
@@ -230,6 +276,7 @@ def create_app(
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.runtime = runtime
     app.add_middleware(_TraceMiddleware)
+    app.add_middleware(_BodyLimit, limit=runtime.settings.events.max_command_bytes)
 
     @app.exception_handler(SymbiError)
     async def _symbi_error(request: Request, exc: SymbiError) -> JSONResponse:
@@ -252,6 +299,7 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+    openapi.install(app)
     return app
 
 

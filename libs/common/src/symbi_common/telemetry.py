@@ -45,32 +45,34 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
 
 
 _provider: TracerProvider | None = None
+_exporting_to: set[str] = set()
 
 
 def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider:
-    """Install a tracer provider for ``service``; export over OTLP/HTTP if ``otlp_endpoint`` is set."""
+    """Install this process's tracer provider for ``service``; export over OTLP/HTTP if an endpoint is set.
+
+    OpenTelemetry allows one global provider per process, so a second call (a service restarted in
+    the same process, as in tests) reuses it and only adds an exporter for a new endpoint.
+    """
     global _provider
-    if _provider is not None:
-        return _provider
-    provider = TracerProvider(resource=Resource.create({"service.name": f"symbi-{service}"}))
-    if otlp_endpoint:
+    if _provider is None:
+        _provider = TracerProvider(resource=Resource.create({"service.name": f"symbi-{service}"}))
+        trace.set_tracer_provider(_provider)
+    if otlp_endpoint and otlp_endpoint not in _exporting_to:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         endpoint = otlp_endpoint.rstrip("/")
         if not endpoint.endswith("/v1/traces"):
             endpoint += "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    trace.set_tracer_provider(provider)
-    _provider = provider
-    return provider
+        _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        _exporting_to.add(otlp_endpoint)
+    return _provider
 
 
-def shutdown_tracing() -> None:
-    """Flush and stop span export."""
-    global _provider
+def flush_tracing(timeout_ms: int = 5000) -> None:
+    """Export every finished span now (on shutdown; the provider itself lives as long as the process)."""
     if _provider is not None:
-        _provider.shutdown()
-        _provider = None
+        _provider.force_flush(timeout_ms)
 
 
 def tracer(name: str) -> trace.Tracer:

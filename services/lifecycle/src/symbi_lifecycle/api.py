@@ -31,6 +31,7 @@ import msgspec
 from fastapi import APIRouter, Request, Response
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
+from symbi_common.openapi import json_body, json_response
 
 from symbi_lifecycle.application import (
     AgentRequest,
@@ -47,6 +48,7 @@ from symbi_lifecycle.application import (
     TerminateRequest,
 )
 from symbi_lifecycle.config import decode_json
+from symbi_lifecycle.projections import AgentPage, AgentView
 
 R = TypeVar("R", bound=AgentRequest)
 _json = msgspec.json.Encoder()
@@ -85,43 +87,54 @@ async def _change(request: Request, type_: type[R], agent_id: str | None = None,
     return _reply(view, context, status)
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=json_body(RegisterRequest),
+    responses={201: json_response(AgentView, "The agent as registered: Ready, or Failed with errors")},
+)
 async def register(request: Request) -> Response:
     """Register an agent: Ready if its config is valid, Failed (with every bad field) otherwise."""
     return await _change(request, RegisterRequest, status=201)
 
 
-@router.post("/{agent_id}/assign-task")
+@router.post(
+    "/{agent_id}/assign-task", openapi_extra=json_body(AssignTaskRequest), responses={200: json_response(AgentView)}
+)
 async def assign_task(agent_id: str, request: Request) -> Response:
     """Ready → Running."""
     return await _change(request, AssignTaskRequest, agent_id)
 
 
-@router.post("/{agent_id}/complete-task")
+@router.post(
+    "/{agent_id}/complete-task", openapi_extra=json_body(CompleteTaskRequest), responses={200: json_response(AgentView)}
+)
 async def complete_task(agent_id: str, request: Request) -> Response:
     """Running → Ready."""
     return await _change(request, CompleteTaskRequest, agent_id)
 
 
-@router.post("/{agent_id}/suspend")
+@router.post("/{agent_id}/suspend", openapi_extra=json_body(SuspendRequest), responses={200: json_response(AgentView)})
 async def suspend(agent_id: str, request: Request) -> Response:
     """Running → Suspended (policy violation)."""
     return await _change(request, SuspendRequest, agent_id)
 
 
-@router.post("/{agent_id}/resume")
+@router.post("/{agent_id}/resume", openapi_extra=json_body(ResumeRequest), responses={200: json_response(AgentView)})
 async def resume(agent_id: str, request: Request) -> Response:
     """Suspended → Running (policy cleared)."""
     return await _change(request, ResumeRequest, agent_id)
 
 
-@router.post("/{agent_id}/terminate")
+@router.post(
+    "/{agent_id}/terminate", openapi_extra=json_body(TerminateRequest), responses={200: json_response(AgentView)}
+)
 async def terminate(agent_id: str, request: Request) -> Response:
     """Ready, Suspended or Failed → Terminated."""
     return await _change(request, TerminateRequest, agent_id)
 
 
-@router.get("")
+@router.get("", responses={200: json_response(AgentPage)})
 async def list_agents(request: Request) -> Response:
     """A page of agents (keyset paging by id); filters ``state`` and ``name``."""
     q = request.query_params
@@ -137,7 +150,7 @@ async def list_agents(request: Request) -> Response:
     return _reply(page)
 
 
-@router.get("/{agent_id}")
+@router.get("/{agent_id}", responses={200: json_response(AgentView)})
 async def get_agent(agent_id: str, request: Request) -> Response:
     """One agent from the read model (``min_sequence`` waits for the projection)."""
     view = await _service(request).get(GetRequest(agent_id=agent_id, min_sequence=_int(request, "min_sequence", 0)))
