@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -151,6 +152,28 @@ async def test_demo_walks_an_agent_through_its_lifecycle(
     assert "agent.failed" in out
     assert "ed25519:" in out
     assert mentioning(str(home)) == []
+    _assert_no_private_key_material(home, out)
+
+
+def _assert_no_private_key_material(home: Path, output: str) -> None:
+    """No private key (root, service seeds, master key) in the output, the logs, the stream or the database."""
+    keys_dir = home / "keys"
+    secrets: list[bytes] = []
+    for key_file in keys_dir.glob("*.key"):
+        encoded = key_file.read_bytes().strip()
+        raw = base64.b64decode(encoded)
+        secrets += [raw, encoded, raw.hex().encode()]
+    assert len(secrets) >= 3 * 8  # root, six services, master
+    for secret in secrets[1::3] + secrets[2::3]:
+        assert secret.decode() not in output
+    scanned = 0
+    for path in home.rglob("*"):
+        if path.is_file() and keys_dir not in path.parents:
+            data = path.read_bytes()
+            scanned += 1
+            for secret in secrets:
+                assert secret not in data, f"private key material found in {path}"
+    assert scanned > 10  # the NATS store, PostgreSQL's files and the logs were all looked at
 
 
 async def test_up_recovers_after_the_supervisor_was_killed(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.js import JetStreamContext
@@ -119,3 +121,44 @@ def test_split_key_id() -> None:
     for bad in ("agent.a1", "agent.a1/", "/3", "agent.a1/x"):
         with pytest.raises(KeyringError, match="malformed data key id"):
             split_key_id(bad)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_other_processes_forget_destroyed_and_rotated_keys(store: DataKeyStore, master_key: bytes) -> None:
+    reader, writer = DataKeys(store, master_key), DataKeys(store, master_key)
+    follower = asyncio.create_task(reader.follow_changes())
+    try:
+        await asyncio.sleep(0.1)  # the watch is up
+        first = await reader.current("agent.a")
+        assert (await writer.current("agent.a")).key_id == first.key_id
+
+        new_id = await writer.rotate("agent.a")
+
+        async def rotated() -> bool:
+            return (await reader.current("agent.a")).key_id == new_id
+
+        assert await _until(rotated), "the reader kept sealing with the old generation"
+        assert (await reader.by_id(first.key_id)).key_id == first.key_id  # old events still decrypt
+
+        await writer.destroy("agent.a")
+
+        async def shredded() -> bool:
+            try:
+                await reader.by_id(new_id)
+            except DataKeyDestroyed:
+                return True
+            return False
+
+        assert await _until(shredded), "the reader still decrypts with a destroyed key"
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower

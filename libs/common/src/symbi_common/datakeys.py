@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import msgspec
@@ -44,6 +45,9 @@ class DataKeyStore(Protocol):
     async def create(self, name: str, value: bytes) -> bool: ...
     async def update(self, name: str, value: bytes, revision: int) -> bool: ...
     async def destroy(self, name: str) -> None: ...
+    def changes(self) -> AsyncIterator[str]:
+        """Names of records changed (rotated) or destroyed from now on, by any process."""
+        ...
 
 
 class MemoryDataKeyStore:
@@ -52,6 +56,20 @@ class MemoryDataKeyStore:
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, int]] = {}
         self._destroyed: set[str] = set()
+        self._watchers: list[asyncio.Queue[str]] = []
+
+    def _changed(self, name: str) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(name)
+
+    async def changes(self) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._watchers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(queue)
 
     async def get(self, name: str) -> tuple[bytes, int] | None:
         return self._data.get(name)
@@ -67,11 +85,13 @@ class MemoryDataKeyStore:
         if cur is None or cur[1] != revision:
             return False
         self._data[name] = (value, revision + 1)
+        self._changed(name)
         return True
 
     async def destroy(self, name: str) -> None:
         self._data.pop(name, None)
         self._destroyed.add(name)
+        self._changed(name)
 
 
 class KvDataKeyStore:
@@ -118,6 +138,15 @@ class KvDataKeyStore:
 
     async def destroy(self, name: str) -> None:
         await self._kv.purge(name)
+
+    async def changes(self) -> AsyncIterator[str]:
+        watcher = await self._kv.watchall(meta_only=True)
+        try:
+            async for entry in watcher:
+                if entry is not None:  # None marks the end of the entries that existed already
+                    yield str(entry.key)
+        finally:
+            await watcher.stop()
 
 
 def split_key_id(data_key_id: str) -> tuple[str, int]:
@@ -223,6 +252,15 @@ class DataKeys:
         """Crypto-shred every generation of ``name``'s data key."""
         await self._store.destroy(name)
         self._cache.pop(name, None)
+
+    async def follow_changes(self) -> None:
+        """Forget cached keys as soon as any process rotates or destroys them; runs until cancelled.
+
+        Without this a process keeps decrypting with a cached key that another process has
+        crypto-shredded.
+        """
+        async for name in self._store.changes():
+            self.forget(name)
 
     def forget(self, name: str) -> None:
         """Drop a cached key (after another process destroyed or rotated it)."""

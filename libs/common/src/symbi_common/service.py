@@ -100,6 +100,7 @@ class ServiceRuntime:
             ),
         )
         self.datakeys = DataKeys(await KvDataKeyStore.open(self.js, replicas=s.nats.replicas), master)
+        self.spawn(self.datakeys.follow_changes(), "datakeys:follow")
         self.store = EventStore(
             self.nc,
             signer=signer,
