@@ -3,7 +3,13 @@
 The runner applies a batch of events and records the stream position in the **same transaction**;
 only then does it acknowledge the messages. After a crash between commit and ack the messages come
 again and are skipped (their sequence is not above the stored position). The PostgreSQL position is
-the truth: on every (re)start the durable consumer is re-created to start right after it.
+the truth: on every (re)start the runner's consumer is re-created to start right after it.
+
+Several replicas of a service may run the same projection at once. Each runner has a consumer of its
+own (so each sees every event, in order), and a batch is applied under a row lock on the stored
+position, skipping what another runner already applied: every event is applied exactly once whichever
+replica gets there first. (Sharing one consumer would split the events between replicas, and a replica
+committing a later batch first would make the other skip an earlier one.)
 
 An event that fails verification or decoding (garbage bytes, forged signer …) never stops the
 projection: it is recorded in ``symbi_projection_rejects`` with the reason, counted, and skipped.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -75,12 +82,19 @@ class ProjectionRunner:
         self.batch = batch
         self.fetch_timeout = fetch_timeout
         self.position = 0
+        #: This runner's own consumer; abandoned ones (a killed process) expire on the server.
+        self.consumer_name = f"{projection.name}_{uuid.uuid4().hex[:12]}"
         self._changed = asyncio.Condition()
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
 
     async def setup(self) -> None:
         await apply_schema(self.pool, (*RUNNER_SCHEMA, *self.projection.schema))
+        # The position row must exist before any batch: batches serialise on its row lock.
+        await self.pool.execute(
+            "INSERT INTO symbi_projection_positions (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+            self.projection.name,
+        )
         self.position = await self._stored_position()
 
     async def _stored_position(self) -> int:
@@ -110,7 +124,7 @@ class ProjectionRunner:
         self._stopping.set()
 
     async def _consumer(self) -> Any:
-        name = self.projection.name
+        name = self.consumer_name
         self.position = await self._stored_position()
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.js.delete_consumer(self.stream, name)
@@ -122,6 +136,7 @@ class ProjectionRunner:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=60,
             max_ack_pending=self.batch * 4,
+            inactive_threshold=300,
             filter_subject=subjects[0] if len(subjects) == 1 else None,
             filter_subjects=subjects if len(subjects) > 1 else None,
         )
@@ -142,6 +157,9 @@ class ProjectionRunner:
                     await m.ack()
         finally:
             await psub.unsubscribe()
+            if self._stopping.is_set():
+                with contextlib.suppress(Exception):  # it expires on its own otherwise
+                    await self.js.delete_consumer(self.stream, self.consumer_name)
 
     async def _apply_batch(self, msgs: list[Any]) -> None:
         name = self.projection.name
