@@ -1,4 +1,4 @@
-"""The ``symbi`` command: ``keys``, ``up`` (the local runtime) and ``demo``."""
+"""The ``symbi`` command: ``keys``, ``events``, ``up`` (the local runtime) and ``demo``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from symbi_cli.errors import CliError, SupervisorError
+from symbi_cli.events import events_app
 from symbi_cli.keys import keys_app
 from symbi_cli.runtime import (
     DEFAULT_BASE_PORT,
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(events_app, name="events")
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
