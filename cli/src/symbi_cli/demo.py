@@ -254,7 +254,7 @@ async def run_demo(
             if keep_running:
                 console.print(
                     f"runtime left running: lifecycle at {runtime.url_of('lifecycle')}, "
-                    f"NATS at {runtime.nats_url}; Ctrl-C to stop"
+                    f"NATS at {runtime.nats_public_url}; Ctrl-C to stop"
                 )
                 await stop.wait()
             return 0

@@ -25,10 +25,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
 from symbi_common.errors import IntegrityError, KeyringError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import without_credentials
 from symbi_common.sealing import ChainTip, check_link, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 
-from symbi_cli.keys import DEFAULT_KEYS_DIR
+DEFAULT_HOME = Path(".symbi")
 
 events_app = typer.Typer(help="Read and verify the event stream.", no_args_is_help=True)
 
@@ -138,6 +139,14 @@ async def tail(
         yield verifier.check(subj, seq, data, headers, stored_at)
 
 
+def operator_url(home: Path) -> str:
+    """The operator NATS URL that ``symbi up`` left in its home, else the default local server."""
+    try:
+        return (home / "run" / "nats-operator.url").read_text().strip()
+    except FileNotFoundError:
+        return "nats://127.0.0.1:4222"
+
+
 def _print_line(console: Console, line: EventLine) -> None:
     mark = "[green]✓[/]" if line.verified else f"[red]✗ {line.problem_code}: {line.problem}[/]"
     version = f"v{line.aggregate_version}" if line.aggregate_version is not None else "v?"
@@ -155,11 +164,19 @@ def tail_command(
     last: Annotated[int, typer.Option("--last", help="Only the last N events of the stream (0 = all).")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    nats_url: Annotated[str, typer.Option("--nats-url", envvar="SYMBI_NATS_URL")] = "nats://127.0.0.1:4222",
-    keys_dir: Annotated[Path, typer.Option("--keys-dir", envvar="SYMBI_KEYS_DIR")] = DEFAULT_KEYS_DIR,
+    home: Annotated[Path, typer.Option("--home", envvar="SYMBI_HOME", help="The runtime directory of `symbi up`.")] = (
+        DEFAULT_HOME
+    ),
+    nats_url: Annotated[
+        str | None,
+        typer.Option("--nats-url", envvar="SYMBI_NATS_URL", help="Default: the running `symbi up`'s operator URL."),
+    ] = None,
+    keys_dir: Annotated[Path | None, typer.Option("--keys-dir", envvar="SYMBI_KEYS_DIR")] = None,
 ) -> None:
     """Print stored events with their verification; exits 1 if any event fails verification."""
     console = Console(highlight=False)
+    keys_dir = keys_dir or home / "keys"
+    nats_url = nats_url or operator_url(home)
     try:
         registry = KeyRegistry.load(keys_dir)
     except KeyringError as err:
@@ -180,7 +197,7 @@ def tail_command(
     try:
         code = asyncio.run(run())
     except (OSError, nats.errors.Error) as err:
-        console.print(f"[red]symbi events: cannot read the stream at {nats_url}: {err}[/]")
+        console.print(f"[red]symbi events: cannot read the stream at {without_credentials(nats_url)}: {err}[/]")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         code = 0

@@ -67,7 +67,7 @@ def print_runtime_table(console: Console, runtime: LocalRuntime) -> None:
     table.add_column("pid", justify="right")
     table.add_column("status")
     nats = runtime.nats
-    table.add_row("nats-server", runtime.nats_url, str(nats.pid if nats else ""), "running")
+    table.add_row("nats-server", runtime.nats_public_url, str(nats.pid if nats else ""), "running")
     pg = runtime.state().get("postgres")
     if isinstance(pg, dict):
         table.add_row("postgresql", str(pg["data_dir"]), str(pg["pid"]), "running")

@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -31,6 +32,8 @@ from typing import Any, Protocol
 
 import asyncpg
 from symbi_common.errors import KeyringError
+from symbi_common.keyring import SERVICE_SUBJECTS
+from symbi_common.natsauth import OPERATOR, authorization_config, with_credentials, without_credentials
 
 from symbi_cli.errors import StartError
 from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database
@@ -199,6 +202,8 @@ class LocalRuntime:
         self.state_file = self.home / "run" / "state.json"
         self.env: dict[str, str] = dict(os.environ if options.env is None else options.env)
         self.nats: NatsServer | None = None
+        #: One NATS user per service plus ``operator``, with fresh passwords on every start.
+        self.nats_passwords: dict[str, str] = {}
         self.postgres: PostgresServer | None = None
         self.supervisor: Supervisor | None = None
         self.running_services = [s for s in options.services if is_built(s)]
@@ -212,9 +217,18 @@ class LocalRuntime:
 
     @property
     def nats_url(self) -> str:
+        """The operator's URL (with credentials) for tools such as the demo's stream check."""
+        return self.nats_url_for(OPERATOR)
+
+    @property
+    def nats_public_url(self) -> str:
+        """The server's address without credentials, for display."""
+        return without_credentials(self.nats_url)
+
+    def nats_url_for(self, user: str) -> str:
         if self.nats is None:
             raise StartError("nats-server is not running")
-        return self.nats.url
+        return with_credentials(self.nats.url, user, self.nats_passwords[user])
 
     # --- start / stop -------------------------------------------------------------------------
 
@@ -236,10 +250,17 @@ class LocalRuntime:
         else:
             self.reporter.step(f"keyring {self.keys_dir}")
 
-        self.reporter.step("starting nats-server (JetStream)")
-        nats = NatsServer(self.home / "nats", port=self.options.nats_port, log_file=self.home / "logs" / "nats.log")
+        self.reporter.step("starting nats-server (JetStream, one least-privilege user per service)")
+        auth_file = self._write_nats_auth()
+        nats = NatsServer(
+            self.home / "nats",
+            port=self.options.nats_port,
+            log_file=self.home / "logs" / "nats.log",
+            extra_args=("--config", str(auth_file)),
+        )
         self.nats = nats
         await _in_thread(nats.start)
+        self._write_secret(self.home / "run" / "nats-operator.url", self.nats_url)
         self.reporter.step(f"nats-server {nats.url} (pid {nats.pid}, store {self.home / 'nats'})")
 
         external = self.env.get(DATABASE_URL_ENV, "")
@@ -274,6 +295,20 @@ class LocalRuntime:
         await self.supervisor.start()
         self._write_state()
 
+    def _write_nats_auth(self) -> Path:
+        users = [*SERVICE_SUBJECTS, OPERATOR]
+        self.nats_passwords = {user: secrets.token_urlsafe(24) for user in users}
+        path = self.home / "nats-auth.conf"
+        self._write_secret(path, authorization_config(self.nats_passwords))
+        return path
+
+    @staticmethod
+    def _write_secret(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+
     def _spec(self, service: str, database_url: str) -> ServiceSpec:
         env = dict(self.env)
         # Services log for a person reading the terminal unless asked otherwise.
@@ -281,7 +316,7 @@ class LocalRuntime:
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
-                "SYMBI_NATS_URL": self.nats_url,
+                "SYMBI_NATS_URL": self.nats_url_for(service),
                 "SYMBI_DATABASE_URL": database_url,
                 "SYMBI_KEYS_DIR": str(self.keys_dir),
                 "SYMBI_SIGNING_KEY_PATH": str(self.keys_dir / f"{service}.key"),
@@ -319,7 +354,8 @@ class LocalRuntime:
         if pg is not None:
             self.reporter.step("stopping PostgreSQL")
             await _in_thread(pg.stop)
-        if self._owns_state_file:
+        if self._owns_state_file:  # never another runtime's files (a refused second start ends up here)
+            (self.home / "run" / "nats-operator.url").unlink(missing_ok=True)
             self.state_file.unlink(missing_ok=True)
             self._owns_state_file = False
 

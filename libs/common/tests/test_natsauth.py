@@ -1,0 +1,59 @@
+"""NATS users and permissions: generated config is valid for the real nats-server and matches deploy/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from symbi_cli.infra import find_nats_server
+from symbi_common.keyring import SERVICE_SUBJECTS
+from symbi_common.natsauth import (
+    OPERATOR,
+    authorization_config,
+    deployment_authorization_config,
+    publish_allow,
+    subscribe_allow,
+    with_credentials,
+    without_credentials,
+)
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "nats"
+
+
+def test_each_service_publishes_only_its_own_aggregates() -> None:
+    for service, subjects in SERVICE_SUBJECTS.items():
+        events = [p for p in publish_allow(service) if p.startswith("evt.")]
+        assert events == list(subjects)
+        assert subscribe_allow(service) == [f"cmd.{service}.*", "_INBOX.>"]
+    assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap.", "$KV."))]
+
+
+def test_deployment_users_file_is_generated_from_the_code() -> None:
+    text = (DEPLOY / "users.conf").read_text()
+    assert text.split("\n", 1)[1] == deployment_authorization_config()
+
+
+@pytest.mark.parametrize("config", ["generated", "deploy"])
+def test_configs_are_valid_for_nats_server(tmp_path: Path, config: str) -> None:
+    env = dict(os.environ)
+    if config == "generated":
+        path = tmp_path / "auth.conf"
+        path.write_text(authorization_config({u: f"pw-{u}" for u in [*SERVICE_SUBJECTS, OPERATOR]}))
+    else:
+        path = DEPLOY / "nats.conf"
+        env["NATS_SERVER_NAME"] = "test"
+        for user in [*SERVICE_SUBJECTS, OPERATOR]:
+            env["NATS_" + user.upper().replace("-", "_") + "_PASSWORD"] = "secret"
+    done = subprocess.run(
+        [str(find_nats_server()), "-c", str(path), "-t"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is valid" in done.stdout + done.stderr
+
+
+def test_credentials_in_urls() -> None:
+    url = with_credentials("nats://127.0.0.1:4222", "sandbox-agent", "p@ss/word")
+    assert url == "nats://sandbox-agent:p%40ss%2Fword@127.0.0.1:4222"
+    assert without_credentials(url) == "nats://127.0.0.1:4222"
