@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 from rich.console import Console
 from rich.table import Table
-from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.sealing import NEW_AGGREGATE, ChainTip, check_link, open_envelope
-from symbi_common.streams import EVENTS_STREAM, read_subject
 
 from symbi_cli.errors import DemoError, SupervisorError
+from symbi_cli.events import EventLine, tail
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
 
@@ -111,45 +108,21 @@ def _expect_state(agent: dict[str, Any], expected: str, what: str) -> None:
         raise DemoError(f"{what}: expected state {expected}, the service answered {agent.get('state')}: {agent}")
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedEvent:
-    sequence: int
-    aggregate_version: int
-    event_type: str
-    producer: str
-    signing_key_id: str
-
-
-async def verify_stream(nats_url: str, keys_dir: Path, agent_id: str) -> list[VerifiedEvent]:
+async def verify_stream(nats_url: str, keys_dir: Path, agent_id: str) -> list[EventLine]:
     """Read the agent's stored envelopes from JetStream and verify each one against the key registry."""
     registry = KeyRegistry.load(keys_dir)
-    nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=5)
-    out: list[VerifiedEvent] = []
-    tip: ChainTip = NEW_AGGREGATE
-    try:
-        async for batch in read_subject(nc, EVENTS_STREAM, f"evt.agent.{agent_id}"):
-            for raw in batch:
-                opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=registry)
-                check_link(tip, opened)
-                tip = opened.tip
-                h = opened.header
-                out.append(
-                    VerifiedEvent(
-                        sequence=raw.sequence,
-                        aggregate_version=h.aggregate_version,
-                        event_type=h.event_type,
-                        producer=h.producer,
-                        signing_key_id=h.signing_key_id,
-                    )
-                )
-    except SymbiError as exc:
-        raise DemoError(f"the stored history of agent {agent_id} does not verify: {exc}") from exc
-    finally:
-        await nc.drain()
-    return out
+    lines = [line async for line in tail(nats_url, registry, f"evt.agent.{agent_id}", last=None, follow=False)]
+    bad = [line for line in lines if not line.verified]
+    if bad:
+        raise DemoError(
+            f"the stored history of agent {agent_id} does not verify at sequence {bad[0].sequence}: {bad[0].problem}"
+        )
+    if lines and lines[0].aggregate_version != 1:
+        raise DemoError(f"the stored history of agent {agent_id} does not start at version 1")
+    return lines
 
 
-def history_table(title: str, api_events: list[dict[str, Any]], stored: list[VerifiedEvent]) -> Table:
+def history_table(title: str, api_events: list[dict[str, Any]], stored: list[EventLine]) -> Table:
     """The service's history joined with the verified envelopes; they must be the same events."""
     by_seq = {e.sequence: e for e in stored}
     if sorted(by_seq) != sorted(int(e["sequence"]) for e in api_events):

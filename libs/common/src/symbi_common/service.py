@@ -225,16 +225,17 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         parts: list[bytes] = []
-        size = 0
+        received = 0
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit():
-            size = int(declared)
+        size = int(declared) if declared is not None and declared.isdigit() else 0
         while size <= self.limit:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
-            parts.append(message.get("body", b""))
-            size = max(size, sum(map(len, parts)))
+            chunk = message.get("body", b"")
+            parts.append(chunk)
+            received += len(chunk)
+            size = max(size, received)
             if not message.get("more_body", False):
                 break
         if size > self.limit:
