@@ -285,6 +285,34 @@ async def drop_database(url: str, name: str) -> None:
         await conn.close()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_pg_handles(data_dir: Path) -> None:
+    """Drop pids of dead processes from pgserver's handle list (``<data>/.handle_pids.json``).
+
+    pgserver stops the server when its last handle is released, but a handle whose process was
+    killed is never released, so after one ``kill -9`` of its owner no later run would stop it.
+    """
+    path = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(pids, list):
+        live = [p for p in pids if isinstance(p, int) and pid_alive(p)]
+        if live != pids:
+            path.write_text(json.dumps(live))
+
+
 class PostgresServer:
     """A local PostgreSQL server for ``data_dir`` (created and initialised on first start), via ``pgserver``.
 
@@ -308,6 +336,7 @@ class PostgresServer:
             return self
         pgserver = _import_pgserver()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_pg_handles(self.data_dir)
         try:
             self._server = pgserver.get_server(self.data_dir, cleanup_mode=self.cleanup)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:

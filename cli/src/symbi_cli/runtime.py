@@ -36,7 +36,7 @@ from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.natsauth import OPERATOR, authorization_config, with_credentials, without_credentials
 
 from symbi_cli.errors import StartError
-from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database
+from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database, pid_alive
 from symbi_cli.keys import ensure_keyring
 from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor
 
@@ -94,16 +94,6 @@ def parse_services(text: str | None) -> list[str]:
     return [n for n in ALL_SERVICES if n in names]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _postmaster_pid(data_dir: Path) -> int | None:
     try:
         return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -117,24 +107,6 @@ def _shorten(message: str, keep: int = 8) -> str:
     if len(lines) <= keep + 1:
         return message
     return "\n".join([lines[0], "…", *lines[-keep:]])
-
-
-def _forget_dead_pg_handles(data_dir: Path) -> None:
-    """Drop pids of dead processes from pgserver's handle list (``<data>/.handle_pids.json``).
-
-    pgserver stops the server when its last handle is released, but a handle whose process was
-    killed is never released, so after one ``kill -9`` of ``symbi up`` no later run would stop the
-    PostgreSQL it reuses. (A workaround for pgserver; it belongs in ``infra.PostgresServer``.)
-    """
-    path = data_dir / ".handle_pids.json"
-    try:
-        pids = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    if isinstance(pids, list):
-        live = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
-        if live != pids:
-            path.write_text(json.dumps(live))
 
 
 async def _in_thread(fn: Callable[[], object]) -> None:
@@ -270,7 +242,6 @@ class LocalRuntime:
         else:
             self.reporter.step(f"starting PostgreSQL in {self.home / 'pg'}")
             pg = PostgresServer(self.home / "pg")
-            _forget_dead_pg_handles(pg.data_dir)
             self.postgres = pg
             await _in_thread(pg.start)
             admin_url = pg.uri
@@ -376,7 +347,7 @@ class LocalRuntime:
         with contextlib.suppress(FileNotFoundError, ValueError):
             previous = json.loads(self.state_file.read_text())
         other = previous.get("supervisor_pid")
-        if isinstance(other, int) and other != os.getpid() and _pid_alive(other):
+        if isinstance(other, int) and other != os.getpid() and pid_alive(other):
             raise StartError(
                 f"a runtime is already running from {self.home} (pid {other}); stop it first or use another --home"
             )
@@ -393,7 +364,7 @@ class LocalRuntime:
         """
         nats = previous.get("nats") or {}
         pid = nats.get("pid") if isinstance(nats, dict) else None
-        if not isinstance(pid, int) or not _pid_alive(pid):
+        if not isinstance(pid, int) or not pid_alive(pid):
             return
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -405,9 +376,9 @@ class LocalRuntime:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
     def state(self) -> dict[str, object]:
