@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from symbi_cli.agent_cmd import agent_app
+from symbi_cli.audit_cmd import audit_app
+from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
 from symbi_cli.events import events_app
 from symbi_cli.keys import keys_app
@@ -20,6 +23,7 @@ from symbi_cli.runtime import (
     RuntimeOptions,
     parse_services,
 )
+from symbi_cli.task_cmd import task_app
 from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
 
 app = typer.Typer(
@@ -30,6 +34,10 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(events_app, name="events")
+app.add_typer(audit_app, name="audit")
+app.add_typer(dsl_app, name="dsl")
+app.add_typer(agent_app, name="agent")
+app.add_typer(task_app, name="task")
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130

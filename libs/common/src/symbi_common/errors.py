@@ -73,6 +73,21 @@ class AlreadyExists(DomainError):
     http_status = 409
 
 
+class PolicyDenied(DomainError):
+    """A policy decision denied the action; ``reason`` and ``policies`` say which policies decided."""
+
+    code = "policy_denied"
+    http_status = 403
+
+    def __init__(
+        self, message: str, *, action: str, policies: list[str] | None = None, policy_version: int = 0
+    ) -> None:
+        super().__init__(message, action=action, policies=list(policies or ()), policy_version=policy_version)
+        self.action = action
+        self.policies = list(policies or ())
+        self.policy_version = policy_version
+
+
 # --- integrity (verification of stored events) ---------------------------------------------------
 
 

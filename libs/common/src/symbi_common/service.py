@@ -32,6 +32,7 @@ from symbi_common.aggregate import Aggregate, Repository
 from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
+from symbi_common.decisions import DecisionPoint
 from symbi_common.errors import PayloadTooLarge, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
@@ -73,6 +74,7 @@ class ServiceRuntime:
         self.started = False
         self.started_at = time.time()
         self.recent_errors: list[str] = []
+        self._decisions: DecisionPoint | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -138,6 +140,14 @@ class ServiceRuntime:
 
         task.add_done_callback(_done)
         return task
+
+    async def decision_point(self) -> DecisionPoint:
+        """This service's policy decision point, as ``[policy] enforcement`` configures it (opened once)."""
+        if self._decisions is None:
+            from symbi_common.policy import open_decision_point
+
+            self._decisions = await open_decision_point(self)
+        return self._decisions
 
     def repository(self, aggregate: Aggregate[S, C, E]) -> Repository[S, C, E]:
         """A repository for ``aggregate`` on this service's store, with snapshots as configured."""

@@ -101,6 +101,34 @@ class TelemetrySettings(_Section):
     otlp_endpoint: str = ""
 
 
+class PolicySettings(_Section):
+    """How services get policy decisions (owned by the policy service's code)."""
+
+    #: ``embedded``: in-process decision point following the policy events; ``remote``: ask
+    #: ``cmd.policy.decide``; ``allow-all``: enforcement explicitly off (every record says so).
+    enforcement: Literal["embedded", "remote", "allow-all"] = "embedded"
+
+
+class SchedulerSettings(_Section):
+    """Task placement (owned by the scheduler's code)."""
+
+    strategy: Literal["first_fit", "best_fit", "priority"] = "best_fit"
+
+
+class SandboxSettings(_Section):
+    """The sandbox-agent daemon of this host (owned by the sandbox-agent's code)."""
+
+    #: This host's id; empty means the machine's hostname.
+    host_id: str = ""
+
+
+class AuditSettings(_Section):
+    """The audit verifier and checkpoints (owned by the audit service's code)."""
+
+    checkpoint_every: int = 1_000
+    checkpoint_interval_s: float = 10.0
+
+
 class Settings(_Section):
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
@@ -112,6 +140,10 @@ class Settings(_Section):
     service: ServiceSettings = msgspec.field(default_factory=ServiceSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
 
     def signing_key_path(self, service: str) -> Path:
         return Path(self.keys.signing_key_path or Path(self.keys.dir) / f"{service}.key")

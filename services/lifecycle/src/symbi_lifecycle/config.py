@@ -43,6 +43,14 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label
 _VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?$")
 _CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _HOST_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: ``name[:tag][@sha256:digest]`` with an optional registry/path prefix, as Docker accepts it.
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_COMMAND_ARGS = 256
+MAX_ENV = 128
 _API_RE = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[^\s]*)?$")
 
 
@@ -63,6 +71,35 @@ class PathAccess(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = "read"
 
 
+class Workload(msgspec.Struct, frozen=True, kw_only=True):
+    """What runs in the sandbox for each task: an OCI image and its command (input on stdin, result on stdout)."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    workdir: str = "/"
+
+
+class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A recurring (or one-shot) task for this agent; the scheduler submits ``input`` at each cron firing."""
+
+    name: str
+    cron: str
+    timezone: str = "UTC"
+    one_shot: bool = False
+    input: str = ""
+    priority: str = "normal"
+
+
+class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the agent's own policies, compiled to Cedar; the policy service activates it with the agent."""
+
+    name: str
+    cedar: str
+    source: str = ""
+    """The definition's text it was compiled from (for people reading a decision)."""
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The configuration an agent is registered with. Evolve only by adding fields with defaults."""
 
@@ -77,11 +114,16 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     filesystem_access: tuple[PathAccess, ...] = ()
     external_apis: tuple[str, ...] = ()
     """Base URLs (https) of external APIs the agent calls."""
+    workload: Workload | None = None
+    """The container each task runs in; an agent without one can be registered but not given tasks."""
+    schedules: tuple[ScheduleSpec, ...] = ()
+    policies: tuple[PolicySpec, ...] = ()
 
 
 _CONFIG_KEYS = frozenset(AgentConfig.__struct_fields__)
 _LIMIT_KEYS = frozenset(ResourceLimits.__struct_fields__)
 _PATH_KEYS = frozenset(PathAccess.__struct_fields__)
+_WORKLOAD_KEYS = frozenset(Workload.__struct_fields__)
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):
@@ -113,6 +155,11 @@ def _unknown_keys(raw: dict[str, Any], prefix: str) -> Iterator[str]:
         for key in limits:
             if key not in _LIMIT_KEYS:
                 yield _join(prefix, f"resources.{key}")
+    workload = raw.get("workload")
+    if isinstance(workload, dict):
+        for key in workload:
+            if key not in _WORKLOAD_KEYS:
+                yield _join(prefix, f"workload.{key}")
     paths = raw.get("filesystem_access")
     for i, entry in enumerate(paths if isinstance(paths, list) else ()):
         for key in entry if isinstance(entry, dict) else ():
@@ -236,4 +283,25 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"external_apis[{i}]", f"{url!r} is not an https:// URL"))
     if config.external_apis and r.network_io_mbps == 0:
         issues.append(ConfigIssue("external_apis", "external APIs are listed but resources.network_io_mbps is 0"))
+    if config.workload is not None:
+        _validate_workload(issues, config.workload)
     return issues
+
+
+def _validate_workload(issues: list[ConfigIssue], w: Workload) -> None:
+    if not _IMAGE_RE.match(w.image) or len(w.image) > 255:
+        issues.append(ConfigIssue("workload.image", f"{w.image!r} is not an image reference like 'symbi/busybox:1'"))
+    if len(w.command) > MAX_COMMAND_ARGS:
+        issues.append(ConfigIssue("workload.command", f"at most {MAX_COMMAND_ARGS} arguments, got {len(w.command)}"))
+    for i, arg in enumerate(w.command):
+        if "\x00" in arg or len(arg) > 4096:
+            issues.append(ConfigIssue(f"workload.command[{i}]", "must be at most 4096 characters without NUL"))
+    if len(w.env) > MAX_ENV:
+        issues.append(ConfigIssue("workload.env", f"at most {MAX_ENV} variables, got {len(w.env)}"))
+    for key, value in w.env.items():
+        if not _ENV_RE.match(key):
+            issues.append(ConfigIssue(f"workload.env.{key}", "is not an environment variable name"))
+        elif "\x00" in value or len(value) > 4096:
+            issues.append(ConfigIssue(f"workload.env.{key}", "must be at most 4096 characters without NUL"))
+    if not w.workdir.startswith("/") or "/../" in f"{w.workdir}/" or "\x00" in w.workdir:
+        issues.append(ConfigIssue("workload.workdir", "must be an absolute path without '..'"))

@@ -1,0 +1,1 @@
+"""The Symbiont DSL: parse, validate, format and compile agent definitions (``.symbi`` files)."""
