@@ -1,7 +1,91 @@
-"""``symbi agent``: Register and inspect agents through the lifecycle API."""
+"""``symbi agent``: Register and inspect agents through the lifecycle API.
+
+``symbi agent register FILE`` sends a ``.symbi`` definition (or a ``.json`` configuration) to
+``POST /v1/agents`` of the lifecycle service (``--url``, ``$SYMBI_LIFECYCLE_URL``, default
+``http://127.0.0.1:8081``) and prints the agent's state: Ready, or Failed with every problem. It exits
+0 only when the agent is Ready.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
 import typer
 
+from symbi_cli.dsl_cmd import read_definition
+
 agent_app = typer.Typer(help="Register and inspect agents through the lifecycle API.", no_args_is_help=True)
+
+DEFAULT_URL = "http://127.0.0.1:8081"
+Url = Annotated[
+    str | None, typer.Option("--url", help=f"Lifecycle API (default: $SYMBI_LIFECYCLE_URL or {DEFAULT_URL})")
+]
+
+
+def lifecycle_url(url: str | None) -> str:
+    return (url or os.environ.get("SYMBI_LIFECYCLE_URL") or DEFAULT_URL).rstrip("/")
+
+
+def registration_body(path: Path, agent_id: str | None) -> dict[str, Any]:
+    """The register request for a file: ``definition`` for DSL text, ``config`` for JSON."""
+    if path.suffix == ".json":
+        try:
+            body: dict[str, Any] = {"config": json.loads(path.read_text(encoding="utf-8"))}
+        except (OSError, ValueError) as err:
+            raise typer.BadParameter(f"{path}: {err}") from None
+    else:
+        from symbi_dsl import DslError
+
+        try:
+            body = {"definition": read_definition(path), "file": str(path)}
+        except DslError as err:
+            raise typer.BadParameter(err.render()) from None
+    if agent_id:
+        body["agent_id"] = agent_id
+    return body
+
+
+def _print_errors(errors: list[dict[str, Any]]) -> None:
+    for issue in errors:
+        if issue.get("line"):
+            typer.echo(f"{issue.get('file')}:{issue['line']}:{issue['column']}: {issue['message']}", err=True)
+            if issue.get("excerpt"):
+                typer.echo(issue["excerpt"], err=True)
+            if issue.get("hint"):
+                typer.echo(f"  hint: {issue['hint']}", err=True)
+        else:
+            typer.echo(f"{issue['field']}: {issue['message']}", err=True)
+
+
+@agent_app.command("register")
+def register(
+    file: Annotated[Path, typer.Argument(help="A definition (.symbi) or a JSON configuration (.json)")],
+    agent_id: Annotated[str | None, typer.Option("--id", help="The agent id (default: the service picks one)")] = None,
+    url: Url = None,
+    user: Annotated[str | None, typer.Option("--user", help="Who registers (sent as X-Symbi-User)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON")] = False,
+) -> None:
+    """Register an agent; exit 0 if it is Ready, 1 if it failed or was denied."""
+    body = registration_body(file, agent_id)
+    headers = {"X-Symbi-User": user} if user else {}
+    try:
+        response = httpx.post(f"{lifecycle_url(url)}/v1/agents", json=body, headers=headers, timeout=30.0)
+    except httpx.HTTPError as err:
+        typer.echo(f"cannot reach the lifecycle service at {lifecycle_url(url)}: {err}", err=True)
+        raise typer.Exit(2) from None
+    data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code >= 400:
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        typer.echo(f"registration refused ({response.status_code}): {error.get('message', response.text)}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(f"agent {data['id']} ({data['name']} {data['version']}): {data['state']}")
+    if data.get("state") == "Failed":
+        _print_errors(data.get("errors", []))
+        raise typer.Exit(1)

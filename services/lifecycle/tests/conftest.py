@@ -25,6 +25,7 @@ def service_env(nats_url: str, database_url: str, keys_dir: Path, port: int = 0)
         "SYMBI_DATABASE_URL": database_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
     }
     if port:
         env["SYMBI_HTTP_PORT"] = str(port)

@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AlreadyExists, IllegalTransition, NotFound, SymbiError, ValidationError
 from symbi_lifecycle.config import AgentConfig, ResourceLimits, convert_config, validate_config
 from symbi_lifecycle.domain import (
     ALLOWED,
     CODEC,
     TRANSITIONS,
+    AgentDenied,
     AgentFailed,
     AgentReady,
     AgentRegistered,
@@ -21,6 +23,7 @@ from symbi_lifecycle.domain import (
     AssignTask,
     Command,
     CompleteTask,
+    Initialize,
     Register,
     Resume,
     Suspend,
@@ -33,6 +36,12 @@ from symbi_lifecycle.domain import (
 S = AgentStatus
 VALID = AgentConfig(name="summariser", version="1.0.0", capabilities=("web.fetch",), network_access=("example.com",))
 INVALID = AgentConfig(name="Not A Label", resources=ResourceLimits(memory_mb=1, cpu_cores=0))
+DENY = DecisionRecord(action="agent.register", effect="deny", policy_version=3, policies=("ops.p.1",), reason="no")
+ALLOW = DecisionRecord(action="agent.register", effect="allow", policy_version=3, policies=("ops.p.2",))
+#: Initialization outcomes: valid and allowed → Ready; invalid → Failed; denied → Failed (agent.denied).
+INIT_READY = Initialize(config=VALID, decision=ALLOW)
+INIT_INVALID = Initialize(config=INVALID, decision=ALLOW)
+INIT_DENIED = Initialize(config=VALID, decision=DENY)
 
 #: The specification's table, spelled out independently of the code under test.
 SPEC_TABLE = {
@@ -49,6 +58,7 @@ SPEC_TABLE = {
 
 commands = st.one_of(
     st.builds(Register, config=st.sampled_from([VALID, INVALID])),
+    st.sampled_from([INIT_READY, INIT_INVALID, INIT_DENIED]),
     st.builds(AssignTask, task_id=st.sampled_from(["t1", "t2", "bad id!"])),
     st.builds(CompleteTask, task_id=st.sampled_from([None, "t1", "other"])),
     st.builds(Suspend, reason=st.sampled_from(["policy violation", ""])),
@@ -105,14 +115,14 @@ def test_no_command_sequence_leaves_the_table(sequence: list[Command]) -> None:
             check_refusal(before, command, exc)
             continue
         if isinstance(command, Register):
-            assert taken[0] == (None, S.INITIALIZING)
-            assert taken[1] == (S.INITIALIZING, S.READY if command.config is VALID else S.FAILED)
+            assert taken == [(None, S.INITIALIZING)]
+        elif isinstance(command, Initialize):
+            assert taken == [(S.INITIALIZING, S.READY if command is INIT_READY else S.FAILED)]
         else:
             assert before.status is not None
             assert command.name in ALLOWED[before.status]
             assert len(taken) == 1
             assert taken[0] in SPEC_TABLE
-        assert state.status != S.INITIALIZING  # Initializing never outlives one command
 
 
 class AgentMachine(RuleBasedStateMachine):
@@ -144,6 +154,10 @@ class AgentMachine(RuleBasedStateMachine):
     @rule(valid=st.booleans())
     def register(self, valid: bool) -> None:
         self._try(Register(config=VALID if valid else INVALID))
+
+    @rule(outcome=st.sampled_from([INIT_READY, INIT_INVALID, INIT_DENIED]))
+    def initialize(self, outcome: Initialize) -> None:
+        self._try(outcome)
 
     @rule(task=st.sampled_from(["t1", "t2"]))
     def assign(self, task: str) -> None:
@@ -179,19 +193,40 @@ TestAgentMachine = AgentMachine.TestCase
 TestAgentMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
 
 
-def test_register_decides_two_events() -> None:
-    ready = decide(initial("a"), Register(config=VALID))
-    assert [type(e) for e in ready] == [AgentRegistered, AgentReady]
-    failed = decide(initial("a"), Register(config=INVALID))
-    assert isinstance(failed[1], AgentFailed)
-    fields = {i.field for i in failed[1].errors}
+def _registered(config: AgentConfig = VALID) -> AgentState:
+    state = initial("a")
+    for event in decide(state, Register(config=config)):
+        state = apply(state, event)
+    return state
+
+
+def test_register_leaves_the_agent_initializing_until_initialize() -> None:
+    [registered] = decide(initial("a"), Register(config=VALID, definition="agent a() {}", registered_by="alice"))
+    assert isinstance(registered, AgentRegistered) and registered.registered_by == "alice"
+    state = apply(initial("a"), registered)
+    assert state.status == S.INITIALIZING and state.definition == "agent a() {}"
+    [ready] = decide(state, INIT_READY)
+    assert isinstance(ready, AgentReady) and ready.decision == ALLOW and ready.config == VALID
+    after = apply(state, ready)
+    assert after.status == S.READY and after.definition == ""  # the text is not kept once compiled
+    with pytest.raises(IllegalTransition):
+        decide(after, INIT_READY)
+
+
+def test_initialize_fails_with_every_problem_or_the_denial() -> None:
+    [failed] = decide(_registered(INVALID), INIT_INVALID)
+    assert isinstance(failed, AgentFailed)
+    fields = {i.field for i in failed.errors}
     assert {"name", "resources.memory_mb", "resources.cpu_cores"} <= fields
+    [denied] = decide(_registered(), INIT_DENIED)
+    assert isinstance(denied, AgentDenied) and denied.decision == DENY
+    state = apply(_registered(), denied)
+    assert state.status == S.FAILED and state.errors[0].message == "no"
 
 
 def test_illegal_transition_names_state_command_and_allowed() -> None:
-    state = initial("a")
-    for event in decide(state, Register(config=VALID)):
-        state = apply(state, event)
+    state = _registered()
+    state = apply(state, decide(state, INIT_READY)[0])
     with pytest.raises(IllegalTransition) as info:
         decide(state, Resume())
     assert info.value.state == "Ready"

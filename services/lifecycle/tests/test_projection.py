@@ -20,7 +20,7 @@ from symbi_common.sealing import ChainTip
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import RawMessage
 from symbi_lifecycle.config import AgentConfig
-from symbi_lifecycle.domain import AGENT, CODEC, AgentRegistered, AssignTask, CompleteTask, Register
+from symbi_lifecycle.domain import AGENT, CODEC, AgentRegistered, AssignTask, CompleteTask, Initialize, Register
 from symbi_lifecycle.projections import AgentProjection
 
 from .conftest import Running
@@ -95,6 +95,7 @@ async def test_crash_between_commit_and_ack_applies_each_event_once(
     last = 0
     for i in range(5):
         await repo.execute(f"c{i}", Register(config=VALID))
+        await repo.execute(f"c{i}", Initialize(config=VALID))
         _, records = await repo.execute(f"c{i}", AssignTask(task_id=f"t{i}"))
         last = records[-1].sequence
     projection = AgentProjection(store)
@@ -152,6 +153,7 @@ async def test_snapshot_and_full_replay_agree(make_store: Any, provisioned: Any,
     )
     writer = Repository(store, AGENT, snapshots=snapshots, snapshot_every=4)
     await writer.execute("snap", Register(config=VALID))
+    await writer.execute("snap", Initialize(config=VALID))
     for i in range(5):
         await writer.execute("snap", AssignTask(task_id=f"t{i}"))
         await writer.execute("snap", CompleteTask())

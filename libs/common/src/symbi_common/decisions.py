@@ -127,9 +127,9 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 def denied(request: DecisionRequest, decision: Deny) -> PolicyDenied:
     """The error a caller raises (after recording the denial) when ``decision`` denied ``request``."""
-    names = ", ".join(decision.policies) or "no policy permits it (default deny)"
+    names = f" [{', '.join(decision.policies)}]" if decision.policies else ""
     return PolicyDenied(
-        f"{request.principal.uid} may not {request.action} {request.resource.uid}: {decision.reason} [{names}]",
+        f"{request.principal.uid} may not {request.action} {request.resource.uid}: {decision.reason}{names}",
         action=request.action,
         policies=list(decision.policies),
         policy_version=decision.policy_version,

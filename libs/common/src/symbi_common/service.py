@@ -189,6 +189,11 @@ class ServiceRuntime:
             await runner.stop()
         for repo in self.repositories:
             await repo.drain()  # let in-flight snapshot writes finish
+        if self._decisions is not None:  # flush the decision log, stop following the policy events
+            close = getattr(self._decisions, "close", None)
+            self._decisions = None
+            if close is not None:
+                await close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -53,6 +53,22 @@ class ContextSettings(_Section):
     context_cache_size: str = "1GB"
     knowledge_retention_days: int = 365
     qdrant: QdrantSettings = msgspec.field(default_factory=QdrantSettings)
+    #: ``local``: the offline MiniLM model (384 dimensions); ``openai``: an OpenAI-compatible endpoint
+    #: (``OPENAI_API_KEY``) with ``embedding_model`` and ``embedding_dimension``.
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str = "text-embedding-3-small"
+    openai_base_url: str = "https://api.openai.com/v1"
+    #: Chat model for RAG answers; answers are generated only when set and ``OPENAI_API_KEY`` is present.
+    chat_model: str = ""
+    #: Compressed vectors in the index (``int8``: 4x smaller, ``binary``: 2 bits a dimension, 16x smaller), rescored
+    #: with the originals.
+    vector_quantization: Literal["none", "int8", "binary"] = "none"
+    short_term_capacity: int = 200
+    short_term_ttl_s: float = 86_400.0
+    chunk_chars: int = 1_000
+    chunk_overlap_chars: int = 150
+    #: How often expired short-term memories and knowledge past its retention are forgotten.
+    sweep_interval_s: float = 60.0
 
 
 class McpSettings(_Section):
@@ -107,19 +123,62 @@ class PolicySettings(_Section):
     #: ``embedded``: in-process decision point following the policy events; ``remote``: ask
     #: ``cmd.policy.decide``; ``allow-all``: enforcement explicitly off (every record says so).
     enforcement: Literal["embedded", "remote", "allow-all"] = "embedded"
+    #: How long a starting service waits for its embedded decision point to read the policy events.
+    startup_timeout_s: float = 10.0
+    #: Send every enforcement-point decision to the decision log (``cmd.policy.log_decisions``).
+    decision_log: bool = True
+    #: Decisions per decision-log batch, and the longest a decision waits in the queue before it is sent.
+    log_batch_size: int = 200
+    log_interval_s: float = 0.2
+    #: Queued decisions before enforcement waits for the log to catch up (nothing is ever dropped).
+    log_max_pending: int = 50_000
+    #: The policy set the policy service registers as ``baseline`` when no policy set exists yet;
+    #: empty: ``examples/policies/baseline.cedar`` of the working directory or of the source checkout.
+    baseline_path: str = ""
+    #: Decisions the what-if analysis replays at most (the most recent ones of the decision log).
+    what_if_limit: int = 10_000
 
 
 class SchedulerSettings(_Section):
     """Task placement (owned by the scheduler's code)."""
 
     strategy: Literal["first_fit", "best_fit", "priority"] = "best_fit"
+    #: ``priority`` strategy: the fraction of each host only critical tasks may use.
+    reserved_headroom: float = 0.2
+    #: A critical task that fits nowhere evicts (``requeue``) or pauses (``suspend``) the lowest-priority task.
+    preemption: Literal["requeue", "suspend"] = "requeue"
+    #: A queued task rises one priority level per this many seconds of waiting (up to ``high``).
+    aging_interval_s: float = 30.0
+    #: A host whose heartbeat is older than this is lost; its tasks are re-queued (or fail after max_attempts).
+    host_lost_after_s: float = 5.0
+    max_attempts: int = 3
+    #: Only the holder of the lease (KV bucket ``SCHEDULER``) schedules; it expires this long after the last renewal.
+    lease_ttl_s: float = 5.0
+    #: How often the leader re-checks hosts, aging and schedules when no event wakes it.
+    tick_s: float = 0.5
+    #: This replica's name in the lease; empty means ``<hostname>-<pid>``.
+    replica_id: str = ""
 
 
 class SandboxSettings(_Section):
     """The sandbox-agent daemon of this host (owned by the sandbox-agent's code)."""
 
-    #: This host's id; empty means the machine's hostname.
+    #: This host's id (letters, digits, ``-`` and ``_``); empty means the machine's hostname.
     host_id: str = ""
+    #: The Docker engine; empty means the environment's (``DOCKER_HOST`` or ``/var/run/docker.sock``).
+    docker_url: str = ""
+    #: Output a task may print (stdout and stderr together) before its sandbox is killed.
+    output_cap_bytes: int = 8 * 1024 * 1024
+    #: Size of each sandbox's ``/tmp`` tmpfs (counts against its memory limit).
+    scratch_mb: int = 16
+    #: pids limit of every sandbox (Tier 2 never below 128: gVisor's own threads count against it).
+    pids_limit: int = 256
+    #: The non-root ``uid:gid`` workloads run as.
+    user: str = "65534:65534"
+    #: Where each task's input file is staged (mounted read-only into its sandbox); empty: a temp dir.
+    work_dir: str = ""
+    #: How often the host's entry in the ``HOSTS`` KV bucket is rewritten.
+    heartbeat_interval_s: float = 1.0
 
 
 class AuditSettings(_Section):
@@ -127,6 +186,14 @@ class AuditSettings(_Section):
 
     checkpoint_every: int = 1_000
     checkpoint_interval_s: float = 10.0
+    #: The log's name in signed checkpoints (C2SP tlog-checkpoint origin line).
+    origin: str = "symbi-audit"
+    #: Events verified per batch (one PostgreSQL transaction each).
+    batch: int = 512
+    #: Threads verifying signatures; 0 = one per core.
+    verify_threads: int = 0
+    #: NATS subject prefix of the live feed: ``<prefix>.<aggregate type>.<id>.<event type>``.
+    live_subject: str = "audit.live"
 
 
 class Settings(_Section):

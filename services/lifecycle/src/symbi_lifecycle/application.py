@@ -13,6 +13,7 @@ id of the command that caused it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,13 @@ from typing import Any
 import asyncpg
 import msgspec
 from symbi_common.aggregate import Repository
-from symbi_common.errors import Timeout, ValidationError
+from symbi_common.errors import BadRequest, Timeout, ValidationError
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import new_event_id
+from symbi_dsl import config_name
 
-from symbi_lifecycle.config import convert_config
+from symbi_lifecycle.config import AgentConfig, convert_config
+from symbi_lifecycle.controller import InitializationController
 from symbi_lifecycle.domain import (
     AGENT_ID_RE,
     AgentEvent,
@@ -53,6 +56,7 @@ READ_WAIT_S = 5.0
 
 H_CORRELATION = "Symbi-Correlation-Id"
 H_CAUSATION = "Symbi-Causation-Id"
+H_USER = "Symbi-User"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +65,16 @@ class CommandContext:
 
     command_id: str
     correlation_id: str
+    user: str = ""
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> CommandContext:
-        """Take ids from ``Symbi-*`` (NATS) or ``X-*`` (HTTP) headers; make up what is missing."""
+        """Take ids (and the acting user) from ``Symbi-*`` (NATS) or ``X-*`` (HTTP) headers; make up missing ids."""
         lower = {k.lower(): v for k, v in headers.items()}
         command_id = lower.get(H_CAUSATION.lower()) or lower.get("x-request-id") or new_event_id()
         correlation = lower.get(H_CORRELATION.lower()) or lower.get("x-correlation-id") or command_id
-        return cls(command_id=command_id[:128], correlation_id=correlation[:128])
+        user = lower.get(H_USER.lower()) or lower.get("x-symbi-user") or ""
+        return cls(command_id=command_id[:128], correlation_id=correlation[:128], user=user[:128])
 
 
 # --- requests (the same shapes over HTTP and NATS; over HTTP agent_id comes from the path) ---------
@@ -81,9 +87,14 @@ class AgentRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class RegisterRequest(AgentRequest):
-    """Register an agent; without ``agent_id`` the service picks one (a UUIDv7)."""
+    """Register an agent with a JSON ``config`` or a DSL ``definition``; without ``agent_id`` the service picks one.
 
-    config: dict[str, Any]
+    ``file`` names the definition in diagnostics (e.g. ``examples/agents/web-fetcher.symbi``).
+    """
+
+    config: dict[str, Any] | None = None
+    definition: str | None = None
+    file: str = ""
 
 
 class AssignTaskRequest(AgentRequest):
@@ -147,7 +158,7 @@ def to_command(request: AgentRequest) -> Command:
     """The domain command a change request stands for."""
     match request:
         case RegisterRequest():
-            return Register(config=convert_config(request.config))
+            return register_command(request)
         case AssignTaskRequest():
             return AssignTask(task_id=request.task_id, description=request.description)
         case CompleteTaskRequest():
@@ -159,6 +170,26 @@ def to_command(request: AgentRequest) -> Command:
         case TerminateRequest():
             return Terminate(reason=request.reason)
     raise TypeError(f"{type(request).__name__} is not a change request")
+
+
+_AGENT_NAME_RE = re.compile(r"^\s*agent\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+
+
+def register_command(request: RegisterRequest, registered_by: str = "") -> Register:
+    """The ``Register`` command of a request: a decoded config, or a definition with a provisional config."""
+    if (request.config is None) == (request.definition is None):
+        raise BadRequest("give exactly one of config (JSON) and definition (DSL text)", field="config")
+    if request.definition is not None:
+        # The definition is compiled while Initializing; until then the agent carries its name only.
+        m = _AGENT_NAME_RE.search(request.definition)
+        name = config_name(m.group(1))[:63] if m else "unnamed"
+        return Register(
+            config=AgentConfig(name=name),
+            definition=request.definition,
+            source_file=request.file or "<definition>",
+            registered_by=registered_by,
+        )
+    return Register(config=convert_config(request.config), registered_by=registered_by)
 
 
 def check_agent_id(agent_id: str) -> str:
@@ -182,21 +213,38 @@ class LifecycleService:
         repository: Repository[AgentState, Command, AgentEvent],
         pool: asyncpg.Pool,
         runner: ProjectionRunner | None = None,
+        controller: InitializationController | None = None,
     ) -> None:
         self.repository = repository
         self.pool = pool
         self.runner = runner
+        self.controller = controller
 
     # --- write path ----------------------------------------------------------------------------------
 
     async def handle(self, request: AgentRequest, context: CommandContext) -> AgentView:
-        """Run one change request; answers with the agent after it (from the aggregate, not the read model)."""
-        command = to_command(request)
+        """Run one change request; answers with the agent after it (from the aggregate, not the read model).
+
+        A registration is initialized right away (compile, validate, policy decision), so the answer
+        shows Ready or Failed; a denied registration is recorded and then raised as PolicyDenied.
+        """
+        if isinstance(request, RegisterRequest):
+            command: Command = register_command(request, context.user)
+        else:
+            command = to_command(request)
         agent_id = request.agent_id or (new_event_id() if isinstance(command, Register) else "")
         check_agent_id(agent_id)
         loaded, records = await self.repository.execute(
             agent_id, command, causation_id=context.command_id, correlation_id=context.correlation_id
         )
+        if isinstance(command, Register) and self.controller is not None:
+            outcome = await self.controller.initialize(
+                agent_id, causation_id=context.command_id, correlation_id=context.correlation_id
+            )
+            if outcome.denial is not None:
+                raise outcome.denial
+            if outcome.records:
+                loaded, records = outcome.loaded, records + outcome.records
         first = records[0].header.occurred_at if records else None
         return AgentView.of(
             loaded.state,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import zoneinfo
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ SECURITY_TIERS = ("tier1", "tier2", "auto")
 FILESYSTEM_MODES = ("read", "read_write")
 
 # Ranges are inclusive. They bound what one agent may ask for, not what a host has.
-MEMORY_MB = (16, 65_536)
+MEMORY_MB = (16, 65_536)  # symbi_dsl.compiler keeps the same bounds
 CPU_CORES = (0.1, 64.0)
 DISK_IO_MBPS = (1, 10_000)
 NETWORK_IO_MBPS = (0, 10_000)  # 0: no network at all
@@ -100,6 +101,19 @@ class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
     """The definition's text it was compiled from (for people reading a decision)."""
 
 
+class MemorySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent's long-term memory (a ``memory`` block of its definition); the context service reads it."""
+
+    name: str
+    store: str = "markdown"
+    path: str = ""
+    retention_s: float | None = None
+    max_bytes: int | None = None
+    embedding: str = ""
+    vector_weight: float | None = None
+    keyword_weight: float | None = None
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The configuration an agent is registered with. Evolve only by adding fields with defaults."""
 
@@ -118,6 +132,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The container each task runs in; an agent without one can be registered but not given tasks."""
     schedules: tuple[ScheduleSpec, ...] = ()
     policies: tuple[PolicySpec, ...] = ()
+    memory: MemorySettings | None = None
 
 
 _CONFIG_KEYS = frozenset(AgentConfig.__struct_fields__)
@@ -127,10 +142,20 @@ _WORKLOAD_KEYS = frozenset(Workload.__struct_fields__)
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):
-    """One validation problem: ``field`` is a dotted path inside the config."""
+    """One validation problem: ``field`` is a dotted path inside the config.
+
+    Problems found in a DSL definition also say where: ``file``, ``line``, ``column``, the source line
+    with a caret (``excerpt``) and a ``hint``; ``field`` is then the diagnostic's code (``syntax``,
+    ``unknown_key``, ``range`` …).
+    """
 
     field: str
     message: str
+    file: str = ""
+    line: int = 0
+    column: int = 0
+    excerpt: str = ""
+    hint: str = ""
 
 
 # --- decoding --------------------------------------------------------------------------------------
@@ -285,7 +310,55 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
         issues.append(ConfigIssue("external_apis", "external APIs are listed but resources.network_io_mbps is 0"))
     if config.workload is not None:
         _validate_workload(issues, config.workload)
+    if config.memory is not None:
+        _validate_memory(issues, config.memory)
+    _validate_schedules(issues, config.schedules)
+    _validate_policies(issues, config.policies)
     return issues
+
+
+MEMORY_STORES = ("markdown", "vector", "kv")
+PRIORITIES = ("low", "normal", "high", "critical")
+
+
+def _validate_memory(issues: list[ConfigIssue], m: MemorySettings) -> None:
+    if m.store not in MEMORY_STORES:
+        issues.append(ConfigIssue("memory.store", f"must be one of {', '.join(MEMORY_STORES)}"))
+    for name, weight in (("vector_weight", m.vector_weight), ("keyword_weight", m.keyword_weight)):
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            issues.append(ConfigIssue(f"memory.{name}", f"must be between 0 and 1, got {weight:g}"))
+    if m.retention_s is not None and m.retention_s <= 0:
+        issues.append(ConfigIssue("memory.retention_s", "must be positive"))
+
+
+def _validate_schedules(issues: list[ConfigIssue], schedules: tuple[ScheduleSpec, ...]) -> None:
+    from croniter import croniter
+
+    _check_list(issues, "schedules", tuple(s.name for s in schedules))
+    for i, spec in enumerate(schedules):
+        try:
+            valid = len(spec.cron.split()) in (5, 6) and bool(croniter.is_valid(spec.cron))
+        except Exception:  # croniter raises assorted errors for garbage
+            valid = False
+        if not valid:
+            issues.append(ConfigIssue(f"schedules[{i}].cron", f"{spec.cron!r} is not a cron expression"))
+        try:
+            zoneinfo.ZoneInfo(spec.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            issues.append(ConfigIssue(f"schedules[{i}].timezone", f"{spec.timezone!r} is not a time zone"))
+        if spec.priority not in PRIORITIES:
+            issues.append(ConfigIssue(f"schedules[{i}].priority", f"must be one of {', '.join(PRIORITIES)}"))
+
+
+def _validate_policies(issues: list[ConfigIssue], policies: tuple[PolicySpec, ...]) -> None:
+    import cedarpy
+
+    _check_list(issues, "policies", tuple(p.name for p in policies))
+    for i, policy in enumerate(policies):
+        try:
+            cedarpy.policies_to_json_str(policy.cedar)
+        except ValueError as err:
+            issues.append(ConfigIssue(f"policies[{i}].cedar", f"is not valid Cedar: {err}"))
 
 
 def _validate_workload(issues: list[ConfigIssue], w: Workload) -> None:

@@ -8,8 +8,12 @@ The state machine is exactly the one of the specification::
     Running      → Suspended    policy violation       Ready     → Terminated  shutdown
                                                        Failed    → Terminated
 
-``Register`` decides ``[AgentRegistered, AgentReady]`` or ``[AgentRegistered, AgentFailed]``; the event
-store appends both atomically, so Initializing is only ever seen between the two events of one append.
+``Register`` decides ``[AgentRegistered]``: the agent is Initializing. The initialization controller
+(:mod:`symbi_lifecycle.controller`) then parses and compiles a DSL definition, validates the
+configuration and asks the policy decision point about ``agent.register``, and sends ``Initialize``
+with the outcome, which decides ``AgentReady`` (with the compiled configuration and the decision),
+``AgentFailed`` (every problem found) or ``AgentDenied`` (the denying decision). An agent left
+Initializing by a crash is picked up again by the controller.
 No I/O here: the repository in :mod:`symbi_lifecycle.application` does the loading and appending.
 """
 
@@ -20,6 +24,7 @@ import re
 from typing import ClassVar
 
 import msgspec
+from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AlreadyExists, IllegalTransition, IntegrityError, NotFound, ValidationError
 from symbi_common.events import Event, EventCodec
 
@@ -31,6 +36,7 @@ AGGREGATE_TYPE = "agent"
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_TEXT = 1_000
+MAX_DEFINITION = 1_000_000
 
 
 class AgentStatus(enum.StrEnum):
@@ -49,7 +55,7 @@ S = AgentStatus
 #: Every allowed transition: (from, to) -> what causes it. Nothing else may ever happen.
 TRANSITIONS: dict[tuple[AgentStatus, AgentStatus], str] = {
     (S.INITIALIZING, S.READY): "valid config",
-    (S.INITIALIZING, S.FAILED): "invalid config",
+    (S.INITIALIZING, S.FAILED): "invalid config or registration denied",
     (S.READY, S.RUNNING): "task assigned",
     (S.RUNNING, S.SUSPENDED): "policy violation",
     (S.RUNNING, S.READY): "task complete",
@@ -64,10 +70,25 @@ TRANSITIONS: dict[tuple[AgentStatus, AgentStatus], str] = {
 
 
 class Register(msgspec.Struct, frozen=True, kw_only=True):
-    """Register a new agent with its configuration (validated while Initializing)."""
+    """Register a new agent with its configuration, or with a DSL ``definition`` (compiled while Initializing).
+
+    With a definition, ``config`` is provisional (the name only) until the controller compiles it.
+    """
 
     name: ClassVar[str] = "register"
     config: AgentConfig
+    definition: str = ""
+    source_file: str = ""
+    registered_by: str = ""
+
+
+class Initialize(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of initialization: problems (→ Failed), a denial (→ Failed) or the final config (→ Ready)."""
+
+    name: ClassVar[str] = "initialize"
+    config: AgentConfig | None = None
+    issues: tuple[ConfigIssue, ...] = ()
+    decision: DecisionRecord | None = None
 
 
 class AssignTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,12 +129,12 @@ class Terminate(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = "shutdown"
 
 
-Command = Register | AssignTask | CompleteTask | Suspend | Resume | Terminate
+Command = Register | Initialize | AssignTask | CompleteTask | Suspend | Resume | Terminate
 TASK_OUTCOMES = ("succeeded", "failed", "cancelled")
 
-#: Which commands each state accepts (Initializing accepts none: it never outlives one append).
+#: Which commands each state accepts.
 ALLOWED: dict[AgentStatus, tuple[str, ...]] = {
-    S.INITIALIZING: (),
+    S.INITIALIZING: (Initialize.name,),
     S.READY: (AssignTask.name, Terminate.name),
     S.RUNNING: (CompleteTask.name, Suspend.name),
     S.SUSPENDED: (Resume.name, Terminate.name),
@@ -126,20 +147,39 @@ ALLOWED: dict[AgentStatus, tuple[str, ...]] = {
 
 
 class AgentRegistered(Event, frozen=True, tag="agent.registered"):
-    """An agent was registered and is Initializing."""
+    """An agent was registered and is Initializing (``definition``: the DSL text it was registered with)."""
 
     agent_id: str
     config: AgentConfig
+    definition: str = ""
+    source_file: str = ""
+    registered_by: str = ""
 
 
 class AgentReady(Event, frozen=True, tag="agent.ready"):
-    """The configuration validated: Initializing → Ready."""
+    """The configuration validated and registration was allowed: Initializing → Ready.
+
+    ``config`` is the final configuration (compiled from the definition, capped by policy conditions);
+    ``decision`` is the ``agent.register`` policy decision that allowed it.
+    """
+
+    config: AgentConfig | None = None
+    decision: DecisionRecord | None = None
 
 
 class AgentFailed(Event, frozen=True, tag="agent.failed"):
     """The configuration did not validate: Initializing → Failed, with every problem found."""
 
     errors: tuple[ConfigIssue, ...]
+    config: AgentConfig | None = None
+    decision: DecisionRecord | None = None
+
+
+class AgentDenied(Event, frozen=True, tag="agent.denied"):
+    """Policy denied the registration: Initializing → Failed; ``decision`` names the deciding policies."""
+
+    decision: DecisionRecord
+    errors: tuple[ConfigIssue, ...] = ()
 
 
 class AgentTaskAssigned(Event, frozen=True, tag="agent.task_assigned"):
@@ -180,6 +220,7 @@ AgentEvent = (
     AgentRegistered
     | AgentReady
     | AgentFailed
+    | AgentDenied
     | AgentTaskAssigned
     | AgentTaskCompleted
     | AgentSuspended
@@ -190,6 +231,7 @@ EVENT_TYPES: tuple[type[AgentEvent], ...] = (
     AgentRegistered,
     AgentReady,
     AgentFailed,
+    AgentDenied,
     AgentTaskAssigned,
     AgentTaskCompleted,
     AgentSuspended,
@@ -213,6 +255,10 @@ class AgentState(msgspec.Struct, frozen=True, kw_only=True):
     suspension_reason: str | None = None
     tasks_completed: int = 0
     termination_reason: str | None = None
+    definition: str = ""
+    """The DSL text while Initializing (dropped once initialized: the config is what counts then)."""
+    source_file: str = ""
+    registered_by: str = ""
 
     @property
     def exists(self) -> bool:
@@ -235,11 +281,28 @@ def apply(state: AgentState, event: AgentEvent) -> AgentState:
     """The state after ``event``. Pure; raises :class:`IntegrityError` on a transition outside the table."""
     match event:
         case AgentRegistered():
-            return AgentState(agent_id=state.agent_id, status=S.INITIALIZING, config=event.config)
+            return AgentState(
+                agent_id=state.agent_id,
+                status=S.INITIALIZING,
+                config=event.config,
+                definition=event.definition,
+                source_file=event.source_file,
+                registered_by=event.registered_by,
+            )
         case AgentReady():
-            return msgspec.structs.replace(state, status=_moved(state, S.READY))
+            return msgspec.structs.replace(
+                state, status=_moved(state, S.READY), config=event.config or state.config, definition=""
+            )
         case AgentFailed():
-            return msgspec.structs.replace(state, status=_moved(state, S.FAILED), errors=event.errors)
+            return msgspec.structs.replace(
+                state,
+                status=_moved(state, S.FAILED),
+                errors=event.errors,
+                config=event.config or state.config,
+                definition="",
+            )
+        case AgentDenied():
+            return msgspec.structs.replace(state, status=_moved(state, S.FAILED), errors=event.errors, definition="")
         case AgentTaskAssigned():
             return msgspec.structs.replace(state, status=_moved(state, S.RUNNING), current_task=event.task_id)
         case AgentTaskCompleted():
@@ -282,15 +345,25 @@ def decide(state: AgentState, command: Command) -> list[AgentEvent]:
             raise AlreadyExists(
                 f"agent {state.agent_id} is already registered; pick another id", agent_id=state.agent_id
             )
-        registered = AgentRegistered(agent_id=state.agent_id, config=command.config)
-        issues = validate_config(command.config)
-        return [registered, AgentFailed(errors=tuple(issues)) if issues else AgentReady()]
+        if len(command.definition) > MAX_DEFINITION:
+            raise ValidationError(f"at most {MAX_DEFINITION} characters", field="definition")
+        return [
+            AgentRegistered(
+                agent_id=state.agent_id,
+                config=command.config,
+                definition=command.definition,
+                source_file=command.source_file[:MAX_TEXT],
+                registered_by=command.registered_by[:MAX_TEXT],
+            )
+        ]
     if state.status is None:
         raise NotFound(f"agent {state.agent_id} is not registered; register it first", agent_id=state.agent_id)
     allowed = ALLOWED[state.status]
     if command.name not in allowed:
         raise IllegalTransition(state=state.status.value, command=command.name, allowed=list(allowed))
     match command:
+        case Initialize():
+            return [_initialized(command)]
         case AssignTask():
             if not _TASK_ID_RE.match(command.task_id):
                 raise ValidationError("must be 1-128 letters, digits or '_.:-'", field="task_id")
@@ -315,6 +388,21 @@ def decide(state: AgentState, command: Command) -> list[AgentEvent]:
             _text("reason", command.reason)
             return [AgentTerminated(reason=command.reason, previous=state.status)]
     raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
+
+
+def _initialized(command: Initialize) -> AgentEvent:
+    """The event an initialization outcome decides; the config must validate to become Ready."""
+    if command.issues:
+        return AgentFailed(errors=command.issues, config=command.config, decision=command.decision)
+    if command.decision is not None and command.decision.effect == "deny":
+        reason = command.decision.reason or "denied by policy"
+        return AgentDenied(decision=command.decision, errors=(ConfigIssue("policy", reason),))
+    if command.config is None:
+        raise ValidationError("a successful initialization carries the config", field="config")
+    issues = validate_config(command.config)
+    if issues:
+        return AgentFailed(errors=tuple(issues), config=command.config, decision=command.decision)
+    return AgentReady(config=command.config, decision=command.decision)
 
 
 class AgentAggregate:

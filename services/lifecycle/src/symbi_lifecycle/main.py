@@ -18,6 +18,7 @@ from symbi_common.settings import Settings, load_settings
 
 from symbi_lifecycle.api import register_commands, router
 from symbi_lifecycle.application import LifecycleService
+from symbi_lifecycle.controller import InitializationController
 from symbi_lifecycle.domain import AGENT
 from symbi_lifecycle.projections import AgentProjection
 
@@ -32,7 +33,9 @@ def build_app(settings: Settings) -> FastAPI:
         assert rt.pool is not None, "the lifecycle service runs with a database"
         repository = rt.repository(AGENT)
         runner = await rt.add_projection(AgentProjection(rt.store))
-        service = LifecycleService(repository, rt.pool, runner)
+        controller = InitializationController(repository, rt.decision_point, rt.pool)
+        service = LifecycleService(repository, rt.pool, runner, controller)
+        rt.spawn(controller.run(runner.ready.wait), "lifecycle:initialization")
         register_commands(rt.commands, service)
         app.state.lifecycle = service
 

@@ -1,1 +1,1 @@
-"""Symbi policy service. Not built yet: this package exists so the workspace is complete and later work only fills it."""
+"""Symbi policy service: Cedar policy sets on the event stream, decisions over NATS and HTTP, what-if."""

@@ -1,1 +1,7 @@
-"""Symbi sandbox-agent service. Not built yet: this package exists so the workspace is complete and later work only fills it."""
+"""Symbi sandbox-agent: the per-host daemon that runs each task's workload in a hardened container.
+
+Pure parts (no I/O): :mod:`risk` (tier choice), :mod:`spec` (limits and hardening of one sandbox),
+:mod:`output` (output chunking and digest), :mod:`execution` (the execution aggregate), :mod:`tasks`
+(reading the scheduler's task events). I/O: :mod:`docker_host` (Docker SDK), :mod:`agent` (NATS,
+JetStream, event store), :mod:`api` and :mod:`main`.
+"""

@@ -1,4 +1,12 @@
-"""Policy enforcement inside every service: the decision points behind ``[policy] enforcement``."""
+"""Policy enforcement inside every service: the decision points behind ``[policy] enforcement``.
+
+- ``embedded`` (default): an :class:`EmbeddedDecisionPoint` that follows the policy events in-process;
+- ``remote``: a :class:`RemoteDecisionPoint` asking the policy service over ``cmd.policy.decide``;
+- ``allow-all``: enforcement explicitly off (every decision record says ``enforcement-disabled``).
+
+Either real point carries the process's :class:`DecisionLog`; :class:`Enforcer` (in :mod:`.hooks`) is
+what services call to gate an action.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,44 @@ from typing import Any
 
 from symbi_common.decisions import AllowAll, DecisionPoint
 from symbi_common.errors import ConfigError
+from symbi_common.policy.decision_log import DecisionLog
+from symbi_common.policy.follower import PolicyFollower
+from symbi_common.policy.hooks import Enforcer
+from symbi_common.policy.points import EmbeddedDecisionPoint, RemoteDecisionPoint
+
+__all__ = [
+    "DecisionLog",
+    "EmbeddedDecisionPoint",
+    "Enforcer",
+    "PolicyFollower",
+    "RemoteDecisionPoint",
+    "open_decision_point",
+]
+
+
+def _decision_log(runtime: Any) -> DecisionLog | None:
+    s = runtime.settings.policy
+    if not s.decision_log:
+        return None
+    return DecisionLog(
+        runtime.client,
+        service=runtime.name,
+        batch_size=s.log_batch_size,
+        interval=s.log_interval_s,
+        max_pending=s.log_max_pending,
+        timeout=runtime.settings.nats.request_timeout_s,
+    )
 
 
 async def open_decision_point(runtime: Any) -> DecisionPoint:
-    """The decision point ``runtime.settings.policy.enforcement`` asks for."""
+    """The decision point ``runtime.settings.policy.enforcement`` asks for, ready to decide."""
     mode = runtime.settings.policy.enforcement
     if mode == "allow-all":
         return AllowAll()
-    raise ConfigError(f"the {mode!r} decision point is not available in this build", setting="policy.enforcement")
+    if mode == "remote":
+        return RemoteDecisionPoint(runtime.client, _decision_log(runtime))
+    if mode == "embedded":
+        follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys)
+        await follower.start(timeout=runtime.settings.policy.startup_timeout_s)
+        return EmbeddedDecisionPoint(follower, _decision_log(runtime))
+    raise ConfigError(f"unknown enforcement mode {mode!r}", setting="policy.enforcement")

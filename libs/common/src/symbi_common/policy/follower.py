@@ -1,0 +1,145 @@
+"""Following the policy-set events: the active policy sets of the whole runtime, in every process.
+
+An ordered push consumer on ``evt.policy.*`` reads the stream from its start and then stays live, so a
+change reaches every follower as soon as JetStream stores it (well within a second). Every event is
+verified (signature, signer authorised for ``evt.policy.>``, hash chain per set) and decrypted before
+it is applied; one that fails is logged and skipped — a forged event never changes a decision.
+
+The engine is rebuilt after each change once the follower has caught up (during the initial replay
+only once, at the end). Its version is the stream sequence of the last policy event applied: the same
+number in every process that has applied the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.js.api import DeliverPolicy
+
+from symbi_common.datakeys import DataKeys
+from symbi_common.errors import SymbiError, Timeout
+from symbi_common.keyring import KeyRegistry
+from symbi_common.policy.cedar import CompiledPolicy, compile_policies
+from symbi_common.policy.engine import EMPTY, PolicyEngine
+from symbi_common.policy.events import (
+    POLICY_SET_CODEC,
+    POLICY_SETS_SUBJECT,
+    PolicySetState,
+    apply_policy_event,
+)
+from symbi_common.sealing import ChainTip, check_link, decrypt, open_envelope
+from symbi_common.streams import EVENTS_STREAM
+
+log = structlog.get_logger(__name__)
+
+
+class PolicyFollower:
+    """The policy sets as the event stream has them, and the engine built from the active ones."""
+
+    def __init__(self, js: Any, registry: KeyRegistry, datakeys: DataKeys, *, stream: str = EVENTS_STREAM) -> None:
+        self.js = js
+        self.registry = registry
+        self.datakeys = datakeys
+        self.stream = stream
+        self.engine: PolicyEngine = EMPTY
+        self.states: dict[str, PolicySetState] = {}
+        self.tips: dict[str, ChainTip] = {}
+        self.rejected: list[str] = []
+        self.position = 0
+        self.ready = asyncio.Event()
+        self.compiled: dict[str, list[CompiledPolicy]] = {}
+        self._changed = asyncio.Condition()
+        self._sub: Any = None
+        self._listeners: list[Callable[[PolicyEngine], None]] = []
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def on_change(self, listener: Callable[[PolicyEngine], None]) -> None:
+        """Call ``listener`` with each new engine."""
+        self._listeners.append(listener)
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Subscribe from the stream start and return once every stored policy event is applied."""
+        self._sub = await self.js.subscribe(
+            POLICY_SETS_SUBJECT,
+            stream=self.stream,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            idle_heartbeat=5.0,
+        )
+        info = await self._sub.consumer_info()
+        if info.num_pending == 0 and (info.delivered.consumer_seq or 0) == 0:
+            self.ready.set()  # no policy event stored at all (nothing delivered, nothing pending)
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            raise Timeout(f"the policy events were not read within {timeout} s; is JetStream up?") from None
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def wait_for(self, version: int, timeout: float = 5.0) -> bool:
+        """Wait until the engine's version is at least ``version``; False on timeout."""
+        if self.engine.version >= version:
+            return True
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.engine.version >= version), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _on_msg(self, msg: Any) -> None:
+        meta = msg.metadata
+        sequence = meta.sequence.stream
+        if sequence <= self.position:  # redelivered after the ordered consumer was reset: applied already
+            return
+        try:
+            await self._apply(msg.subject, sequence, bytes(msg.data))
+        except Exception as exc:  # a bad event is skipped, never allowed to stop the follower
+            log.error("policy event rejected", subject=msg.subject, sequence=sequence, error=repr(exc))
+            self.rejected = [*self.rejected[-99:], f"{sequence} {msg.subject}: {exc!r}"]
+        self.position = sequence
+        if meta.num_pending == 0:
+            await self._rebuild()
+            self.ready.set()
+
+    async def _apply(self, subject: str, sequence: int, data: bytes) -> None:
+        opened = open_envelope(data, subject=subject, sequence=sequence, registry=self.registry)
+        set_id = opened.header.aggregate_id
+        tip = self.tips.get(set_id, ChainTip())
+        check_link(tip, opened)
+        key = await self.datakeys.by_id(opened.header.data_key_id)
+        event = POLICY_SET_CODEC.decode(
+            decrypt(opened, key), event_type=opened.header.event_type, sequence=sequence, subject=subject
+        )
+        state = apply_policy_event(self.states.get(set_id, PolicySetState(set_id=set_id)), event)
+        self.tips[set_id] = opened.tip
+        self.states[set_id] = state
+        if state.active:
+            try:
+                self.compiled[set_id] = compile_policies(set_id, state.cedar)
+            except SymbiError as exc:  # stored before the schema changed: keep what was active before
+                log.error("stored policy set no longer compiles", set_id=set_id, error=str(exc))
+                self.rejected = [*self.rejected[-99:], f"{sequence} {set_id}: {exc}"]
+        else:
+            self.compiled.pop(set_id, None)
+
+    async def _rebuild(self) -> None:
+        if self.position == self.engine.version:
+            return
+        self.engine = PolicyEngine(self.compiled, self.position)
+        for listener in self._listeners:
+            listener(self.engine)
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,339 @@
+"""Canonical formatting: one layout for every definition, so reviews see meaning, not whitespace.
+
+Two spaces per level; ``key = value`` in ``metadata``, agent bodies and ``with``; ``key: value`` in the
+other blocks; minimal parentheses (from the precedence rules); ``and``/``or``/``not`` written ``&&``,
+``||``, ``!``; lists and records on one line unless that passes 100 characters. Comments are kept,
+in order: a comment stays before the line it preceded, or at the end of the line it ended.
+
+``format_source(format_source(x)) == format_source(x)`` and ``parse(format_source(x)) == parse(x)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+from symbi_dsl import ast as A
+from symbi_dsl.diagnostics import DEFAULT_FILE
+from symbi_dsl.parser import parse
+
+INDENT = "  "
+WIDTH = 100
+KEYWORDS = frozenset(
+    "metadata agent policy type function schedule memory webhook channel with allow deny require audit "
+    "let if else for in try catch return match true false null not and or".split()
+)
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Binding strength; an operand weaker than its context gets parentheses.
+_LAMBDA, _OR, _AND, _CMP, _SUM, _PRODUCT, _UNARY, _POSTFIX, _ATOM = range(9)
+_BINARY = {"||": _OR, "&&": _AND, "+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "%": _PRODUCT}
+_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
+
+
+def string(text: str) -> str:
+    return '"' + "".join(_ESC.get(ch, ch) for ch in text) + '"'
+
+
+def key(text: str) -> str:
+    return text if _IDENT_RE.match(text) else string(text)
+
+
+def _prec(e: A.Expr) -> int:
+    match e:
+        case A.Lambda():
+            return _LAMBDA
+        case A.Binary():
+            return _BINARY.get(e.op, _CMP)
+        case A.Unary():
+            return _UNARY
+        case A.Member() | A.Index() | A.Call():
+            return _POSTFIX
+    return _ATOM
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "1e999"
+        return repr(value)
+    return str(value)
+
+
+def expr(e: A.Expr, context: int = _LAMBDA) -> str:
+    """``e`` on one line, in parentheses if it binds less tightly than ``context`` requires."""
+    text = _expr(e)
+    return f"({text})" if _prec(e) < context else text
+
+
+def _expr(e: A.Expr) -> str:
+    match e:
+        case A.Literal_(kind="string"):
+            return string(str(e.value))
+        case A.Literal_(kind="bool"):
+            return "true" if e.value else "false"
+        case A.Literal_(kind="null"):
+            return "null"
+        case A.Literal_():
+            return _number(e.value)  # type: ignore[arg-type]
+        case A.Quantity():
+            return e.text
+        case A.Secret():
+            return f"vault://{e.path}"
+        case A.Name():
+            return e.id
+        case A.Array():
+            return "[" + ", ".join(expr(i) for i in e.items) + "]"
+        case A.Record():
+            return "{" + ", ".join(f"{key(k)}: {expr(v)}" for k, v in e.fields) + "}"
+        case A.Unary():
+            return e.op + expr(e.operand, _UNARY)
+        case A.Binary():
+            p = _BINARY.get(e.op, _CMP)
+            return f"{expr(e.left, p)} {e.op} {expr(e.right, p + 1)}"
+        case A.Member():
+            return f"{expr(e.obj, _POSTFIX)}.{e.name}"
+        case A.Index():
+            return f"{expr(e.obj, _POSTFIX)}[{expr(e.index)}]"
+        case A.Call():
+            return f"{expr(e.func, _POSTFIX)}(" + ", ".join(expr(a) for a in e.args) + ")"
+        case A.Lambda():
+            return f"{e.param} => {expr(e.body)}"
+        case A.Match():
+            arms = ", ".join(f"{expr(a.pattern)} => {expr(a.body)}" for a in e.arms)
+            return f"match {expr(e.subject, _OR)} {{ {arms} }}" if arms else f"match {expr(e.subject, _OR)} {{}}"
+    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+
+def type_ref(t: A.TypeRef) -> str:
+    args = "<" + ", ".join(type_ref(a) for a in t.args) + ">" if t.args else ""
+    return f"{t.name}{args}{'?' if t.optional else ''}"
+
+
+def _params(params: Sequence[A.Param]) -> str:
+    out = []
+    for p in params:
+        default = f" = {expr(p.default)}" if p.default is not None else ""
+        out.append(f"{p.name}: {type_ref(p.type)}{default}")
+    return ", ".join(out)
+
+
+def rule_text(rule: A.Rule) -> str:
+    """A rule as one line (also the human-readable reason of a compiled ``deny``)."""
+    cond = f" if {expr(rule.condition)}" if rule.condition is not None else ""
+    return f"{rule.kind}: {expr(rule.action)}{cond}"
+
+
+class _Printer:
+    def __init__(self, comments: Sequence[tuple[int, int, str]]) -> None:
+        self.lines: list[str] = []
+        self.comments = sorted(comments)
+        self.next = 0
+        self.depth = 0
+
+    # --- comments
+    def comments_before(self, line: int) -> None:
+        while self.next < len(self.comments) and (line <= 0 or self.comments[self.next][0] < line):
+            self.lines.append(INDENT * self.depth + self.comments[self.next][2])
+            self.next += 1
+
+    def trailing(self, line: int) -> None:
+        if line > 0 and self.next < len(self.comments) and self.comments[self.next][0] == line and self.lines:
+            self.lines[-1] += "  " + self.comments[self.next][2]
+            self.next += 1
+
+    # --- layout
+    def line(self, text: str, span: A.Span) -> None:
+        self.comments_before(span.line)
+        self.lines.append(INDENT * self.depth + text)
+        self.trailing(span.end_line)
+
+    def block(self, header: str, span: A.Span, body: Callable[[], None]) -> None:
+        self.comments_before(span.line)
+        self.lines.append(INDENT * self.depth + header + " {")
+        self.depth += 1
+        body()
+        if span.end_line:
+            self.comments_before(span.end_line)
+        self.depth -= 1
+        self.lines.append(INDENT * self.depth + "}")
+        self.trailing(span.end_line)
+
+    def blank(self) -> None:
+        if self.lines and self.lines[-1] != "":
+            self.lines.append("")
+
+    # --- entries
+    def entry(self, e: A.Entry, sep: str) -> None:
+        if isinstance(e.value, tuple):
+            entries = e.value
+            self.block(key(e.key), e.span, lambda: self.entries(entries, ":"))
+            return
+        head = f"{key(e.key)}{sep} "
+        value = expr(e.value)
+        if len(INDENT * self.depth + head + value) > WIDTH and isinstance(e.value, A.Array | A.Record) and (
+            e.value.items if isinstance(e.value, A.Array) else e.value.fields
+        ):
+            self._broken(head, e.value, e.span)
+        else:
+            self.line(head + value, e.span)
+
+    def _broken(self, head: str, value: A.Array | A.Record, span: A.Span) -> None:
+        self.comments_before(span.line)
+        opening, closing = ("[", "]") if isinstance(value, A.Array) else ("{", "}")
+        self.lines.append(INDENT * self.depth + head + opening)
+        if isinstance(value, A.Array):
+            parts = [expr(i) for i in value.items]
+        else:
+            parts = [f"{key(k)}: {expr(v)}" for k, v in value.fields]
+        self.lines.extend(INDENT * (self.depth + 1) + p + "," for p in parts)
+        self.lines.append(INDENT * self.depth + closing)
+        self.trailing(span.end_line)
+
+    def entries(self, entries: Sequence[A.Entry], sep: str) -> None:
+        for e in entries:
+            self.entry(e, sep)
+
+    # --- statements
+    def stmts(self, stmts: Sequence[A.Stmt]) -> None:
+        for s in stmts:
+            self.stmt(s)
+
+    def _with_match(self, head: str, value: A.Expr, span: A.Span) -> None:
+        """``head`` + ``value`` on one line, or a long ``match`` with one arm per line."""
+        text = head + expr(value)
+        if not isinstance(value, A.Match) or not value.arms or len(INDENT * self.depth + text) <= WIDTH:
+            self.line(text, span)
+            return
+        self.comments_before(span.line)
+        self.lines.append(INDENT * self.depth + f"{head}match {expr(value.subject, _OR)} {{")
+        pad = INDENT * (self.depth + 1)
+        self.lines.extend(f"{pad}{expr(a.pattern)} => {expr(a.body)}," for a in value.arms)
+        self.lines.append(INDENT * self.depth + "}")
+        self.trailing(span.end_line)
+
+    def stmt(self, s: A.Stmt) -> None:
+        match s:
+            case A.Let():
+                t = f": {type_ref(s.type)}" if s.type is not None else ""
+                self._with_match(f"let {s.name}{t} = ", s.value, s.span)
+            case A.Return():
+                if s.value is None:
+                    self.line("return", s.span)
+                else:
+                    self._with_match("return ", s.value, s.span)
+            case A.ExprStmt():
+                self._with_match("", s.expr, s.span)
+            case A.For():
+                body = s.body
+                self.block(f"for {s.var} in {expr(s.iterable)}", s.span, lambda: self.stmts(body))
+            case A.Try():
+                self._try(s)
+            case A.If():
+                self._if(s, "if")
+
+    def _if(self, s: A.If, word: str) -> None:
+        self.comments_before(s.span.line)
+        self.lines.append(INDENT * self.depth + f"{word} {expr(s.cond)} {{")
+        self._inner(s.then)
+        orelse = s.orelse
+        while isinstance(orelse, A.If):
+            self.lines.append(INDENT * self.depth + f"}} else if {expr(orelse.cond)} {{")
+            self._inner(orelse.then)
+            orelse = orelse.orelse
+        if orelse is not None:
+            self.lines.append(INDENT * self.depth + "} else {")
+            self._inner(orelse)
+        self.lines.append(INDENT * self.depth + "}")
+        self.trailing(s.span.end_line)
+
+    def _try(self, s: A.Try) -> None:
+        self.comments_before(s.span.line)
+        self.lines.append(INDENT * self.depth + "try {")
+        self._inner(s.body)
+        name = f" {s.error_name}" if s.error_name else ""
+        self.lines.append(INDENT * self.depth + f"}} catch{name} {{")
+        self._inner(s.handler)
+        self.lines.append(INDENT * self.depth + "}")
+        self.trailing(s.span.end_line)
+
+    def _inner(self, stmts: Sequence[A.Stmt]) -> None:
+        self.depth += 1
+        self.stmts(stmts)
+        self.depth -= 1
+
+    # --- declarations
+    def policy(self, p: A.Policy) -> None:
+        def body() -> None:
+            for r in p.rules:
+                self.line(rule_text(r), r.span)
+
+        self.block(f"policy {p.name}", p.span, body)
+
+    def agent(self, a: A.Agent) -> None:
+        returns = f" -> {type_ref(a.returns)}" if a.returns is not None else ""
+
+        def body() -> None:
+            previous: type | None = None
+            for item in a.items:
+                if previous is not None and (type(item) is not A.Entry or previous is not A.Entry):
+                    self.blank()
+                previous = type(item)
+                match item:
+                    case A.Entry():
+                        self.entry(item, " =")
+                    case A.Policy():
+                        self.policy(item)
+                    case A.With():
+                        settings = ", ".join(f"{s.key} = {expr(_v(s))}" for s in item.settings)
+                        stmts = item.body
+                        self.block(f"with {settings}", item.span, lambda: self.stmts(stmts))
+
+        self.block(f"agent {a.name}({_params(a.params)}){returns}", a.span, body)
+
+    def item(self, item: A.Item) -> None:
+        match item:
+            case A.Metadata():
+                self.block("metadata", item.span, lambda: self.entries(item.entries, " ="))
+            case A.Agent():
+                self.agent(item)
+            case A.Policy():
+                self.policy(item)
+            case A.TypeAlias_():
+                self.line(f"type {item.name} = {type_ref(item.type)}", item.span)
+            case A.TypeRecord():
+                fields = item.fields
+
+                def body() -> None:
+                    for name, t in fields:
+                        self.lines.append(INDENT * self.depth + f"{name}: {type_ref(t)}")
+
+                self.block(f"type {item.name}", item.span, body)
+            case A.Function():
+                returns = f" -> {type_ref(item.returns)}" if item.returns is not None else ""
+                stmts = item.body
+                self.block(f"function {item.name}({_params(item.params)}){returns}", item.span, lambda: self.stmts(stmts))
+            case A.Block():
+                self.block(f"{item.kind} {item.name}", item.span, lambda: self.entries(item.entries, ":"))
+
+
+def _v(entry: A.Entry) -> A.Expr:
+    assert not isinstance(entry.value, tuple)
+    return entry.value
+
+
+def format_module(module: A.Module) -> str:
+    """The canonical text of a parsed module (with its comments)."""
+    printer = _Printer(module.comments)
+    for item in module.items:
+        printer.blank()
+        printer.item(item)
+    printer.comments_before(0)
+    text = "\n".join(printer.lines).strip("\n")
+    return text + "\n" if text else ""
+
+
+def format_source(source: str, file: str = DEFAULT_FILE) -> str:
+    """``source`` formatted canonically; :class:`DslError` if it does not parse."""
+    return format_module(parse(source, file))

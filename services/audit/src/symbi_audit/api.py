@@ -1,0 +1,310 @@
+"""The audit service's HTTP API (under ``/v1/audit``) and NATS commands (``cmd.audit.*``).
+
+HTTP::
+
+    GET  /v1/audit/status                                   position, tree size, findings, latest checkpoint
+    GET  /v1/audit/findings?kind=&after=&limit=             typed findings (paged by id)
+    GET  /v1/audit/events?agent=&event_type=&producer=&aggregate=&correlation_id=&since=&until=
+                         &after=&limit=&details=&min_sequence=
+    GET  /v1/audit/events/{sequence}?details=
+    GET  /v1/audit/stream?agent=&event_type=                 Server-Sent Events, one ``event`` per verified event
+    GET  /v1/audit/checkpoints?limit=&before=               signed checkpoints, newest first
+    GET  /v1/audit/checkpoints/latest, /checkpoints/{size}  the signed note (text/plain)
+    GET  /v1/audit/proofs/inclusion?sequence=&size=         RFC 6962 inclusion proof (size: default latest checkpoint)
+    GET  /v1/audit/proofs/consistency?from=&to=             RFC 6962 consistency proof between two tree sizes
+    GET  /v1/audit/reports/{hipaa|gdpr|sox}?since=&until=&format=json|csv
+    POST /v1/audit/reports/custom?since=&until=&format=     body: the framework in TOML
+    POST /v1/audit/erasures                                 {"aggregate": "agent.a1", "reason"?} crypto-shred
+
+The caller is named by the ``X-Symbi-Principal`` header (``User::"alice"`` or ``alice``); event
+details (decrypted payloads) are returned only where the policy allows it ``data.read`` on
+``Data::"<type>.<id>"``, and an erasure needs ``data.write`` (context ``purpose = "erasure"``) on the same resource.
+
+NATS: ``cmd.audit.status``, ``cmd.audit.findings`` ({"kind"?, "after"?, "limit"?}),
+``cmd.audit.checkpoint`` ({"size"?}) and ``cmd.audit.erase`` (the erasure body plus ``principal``).
+Findings are also published on ``audit.alert`` and verified events on ``audit.live.<type>.<id>.<event type>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from symbi_common.commands import CommandMeta, CommandServer
+from symbi_common.errors import BadRequest, NotFound
+from symbi_common.openapi import json_body
+
+from symbi_audit.application import AuditService
+from symbi_audit.erasure import EraseRequest
+from symbi_audit.errors import BadQuery
+from symbi_audit.live import LiveFeed, LiveFilter
+from symbi_audit.queries import PRINCIPAL_HEADER, EventQuery, get_event, list_events, parse_principal, parse_time
+from symbi_audit.reports import BUILT_IN, Framework, parse_framework, report_csv
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+_json = msgspec.json.Encoder()
+
+
+def _service(request: Request) -> AuditService:
+    service: AuditService = request.app.state.audit
+    return service
+
+
+def _reply(value: Any, status: int = 200) -> Response:
+    return Response(_json.encode(value), status_code=status, media_type="application/json")
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadQuery(f"expected an integer, got {raw!r}", field=name) from None
+
+
+def _bool(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def _status(service: AuditService) -> dict[str, Any]:
+    status = await service.store.status()
+    latest = await service.store.checkpoint()
+    status["checkpoint"] = None if latest is None else {"size": latest.size, "note": latest.note}
+    return status
+
+
+@router.get("/status")
+async def status(request: Request) -> Response:
+    return _reply(await _status(_service(request)))
+
+
+@router.get("/findings")
+async def findings(request: Request) -> Response:
+    service = _service(request)
+    rows = await service.store.findings(
+        kind=request.query_params.get("kind") or None,
+        after=_int(request, "after", 0) or 0,
+        limit=min(_int(request, "limit", 100) or 100, 1000),
+    )
+    return _reply({"items": rows})
+
+
+async def _with_details(service: AuditService, request: Request, rows: list[dict[str, Any]]) -> None:
+    principal = parse_principal(request.headers.get(PRINCIPAL_HEADER))
+    aggregates = [f"{r['aggregate_type']}.{r['aggregate_id']}" for r in rows if r.get("aggregate_type")]
+    allowed = await service.reader.allowed(principal, aggregates)
+    for r in rows:
+        agg = f"{r['aggregate_type']}.{r['aggregate_id']}" if r.get("aggregate_type") else None
+        if agg is not None and allowed.get(agg):
+            r["details"] = await service.reader.details(int(r["sequence"]))
+        else:
+            r["details"] = None
+            r["details_withheld"] = True
+
+
+async def _wait(service: AuditService, request: Request) -> None:
+    min_seq = _int(request, "min_sequence")
+    if min_seq is not None:
+        await service.runner.wait_for(min_seq)
+
+
+@router.get("/events")
+async def events(request: Request) -> Response:
+    service = _service(request)
+    await _wait(service, request)
+    p = request.query_params
+    query = EventQuery(
+        agent=p.get("agent") or None,
+        event_type=p.get("event_type") or None,
+        producer=p.get("producer") or None,
+        aggregate=p.get("aggregate") or None,
+        correlation_id=p.get("correlation_id") or None,
+        since=parse_time(p.get("since"), "since"),
+        until=parse_time(p.get("until"), "until"),
+        after=_int(request, "after", 0) or 0,
+        limit=_int(request, "limit", 100) or 0,
+    )
+    rows, cursor = await list_events(service.pool, query)
+    if _bool(request, "details"):
+        await _with_details(service, request, rows)
+    return _reply({"items": rows, "next_after": cursor})
+
+
+@router.get("/events/{sequence}")
+async def event(request: Request, sequence: int) -> Response:
+    service = _service(request)
+    await _wait(service, request)
+    row = await get_event(service.pool, sequence)
+    if row is None:
+        raise NotFound(f"stream sequence {sequence} is not in the audit log (yet)")
+    if _bool(request, "details"):
+        await _with_details(service, request, [row])
+    return _reply(row)
+
+
+@router.get("/stream")
+async def stream(request: Request) -> StreamingResponse:
+    live: LiveFeed = request.app.state.audit_live
+    flt = LiveFilter(
+        agent=request.query_params.get("agent") or None, event_type=request.query_params.get("event_type") or None
+    )
+    sub = live.subscribe(flt)  # before the response starts: nothing verified from now on is missed
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield b": audit live feed\n\n"
+            while True:
+                item = await sub.get()
+                if item is None:
+                    yield b"event: overflow\ndata: {}\n\n"
+                    return
+                yield b"event: audit\nid: " + str(item.sequence).encode() + b"\ndata: " + _json.encode(item) + b"\n\n"
+        finally:
+            sub.close()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/checkpoints")
+async def checkpoints(request: Request) -> Response:
+    service = _service(request)
+    rows = await service.store.checkpoints(
+        limit=min(_int(request, "limit", 100) or 100, 1000), before=_int(request, "before")
+    )
+    return _reply(
+        {
+            "items": [
+                {
+                    "size": c.size,
+                    "last_sequence": c.last_sequence,
+                    "created_at": c.created_at.isoformat(),
+                    "note": c.note,
+                }
+                for c in rows
+            ]
+        }
+    )
+
+
+@router.get("/checkpoints/latest", response_class=PlainTextResponse)
+async def latest_checkpoint(request: Request) -> PlainTextResponse:
+    cp = await _service(request).store.checkpoint()
+    if cp is None:
+        raise NotFound("no checkpoint yet")
+    return PlainTextResponse(cp.note)
+
+
+@router.get("/checkpoints/{size}", response_class=PlainTextResponse)
+async def checkpoint(request: Request, size: int) -> PlainTextResponse:
+    cp = await _service(request).store.checkpoint(size)
+    if cp is None:
+        raise NotFound(f"no checkpoint of tree size {size}")
+    return PlainTextResponse(cp.note)
+
+
+@router.get("/proofs/inclusion")
+async def inclusion(request: Request) -> Response:
+    sequence = _int(request, "sequence")
+    if sequence is None:
+        raise BadQuery("is required", field="sequence")
+    return _reply(await _service(request).inclusion_proof(sequence, _int(request, "size")))
+
+
+@router.get("/proofs/consistency")
+async def consistency(request: Request) -> Response:
+    old, new = _int(request, "from"), _int(request, "to")
+    if old is None or new is None:
+        raise BadQuery("from and to are required", field="from" if old is None else "to")
+    return _reply(await _service(request).consistency_proof(old, new))
+
+
+async def _report(request: Request, framework: Framework) -> Response:
+    p = request.query_params
+    since = parse_time(p.get("since"), "since") or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    until = parse_time(p.get("until"), "until") or dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    fmt = p.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise BadQuery(f"expected json or csv, got {fmt!r}", field="format")
+    report = await _service(request).report(framework, since, until)
+    if fmt == "csv":
+        return Response(report_csv(report), media_type="text/csv")
+    return _reply(report)
+
+
+@router.get("/reports/{framework}")
+async def builtin_report(request: Request, framework: str) -> Response:
+    if framework not in BUILT_IN:
+        raise NotFound(f"no built-in framework {framework!r}; known: {', '.join(BUILT_IN)} (or POST reports/custom)")
+    return await _report(request, BUILT_IN[framework])
+
+
+@router.post("/reports/custom", openapi_extra={"requestBody": {"content": {"application/toml": {}}}})
+async def custom_report(request: Request) -> Response:
+    return await _report(request, parse_framework((await request.body()).decode("utf-8", "replace")))
+
+
+def _decode(body: bytes, type_: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body or b"{}", type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRequest(f"request body: {exc}") from None
+
+
+@router.post("/erasures", openapi_extra=json_body(EraseRequest))
+async def erasures(request: Request) -> Response:
+    body = _decode(await request.body(), EraseRequest)
+    principal = parse_principal(request.headers.get(PRINCIPAL_HEADER))
+    result = await _service(request).erase(body, principal)
+    return _reply(result, status=201)
+
+
+# --- NATS commands ---------------------------------------------------------------------------------
+
+
+class FindingsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str | None = None
+    after: int = 0
+    limit: int = 100
+
+
+class CheckpointRequest(msgspec.Struct, frozen=True, kw_only=True):
+    size: int | None = None
+
+
+class EraseCommand(EraseRequest, frozen=True, kw_only=True):
+    principal: str = ""
+
+
+class Empty(msgspec.Struct, frozen=True):
+    pass
+
+
+def register_commands(server: CommandServer, service: AuditService) -> None:
+    async def status_cmd(_: Empty, meta: CommandMeta) -> dict[str, Any]:
+        return await _status(service)
+
+    async def findings_cmd(req: FindingsRequest, meta: CommandMeta) -> dict[str, Any]:
+        rows = await service.store.findings(kind=req.kind, after=req.after, limit=min(req.limit, 1000))
+        return {"items": rows}
+
+    async def checkpoint_cmd(req: CheckpointRequest, meta: CommandMeta) -> dict[str, Any]:
+        cp = await service.store.checkpoint(req.size)
+        if cp is None:
+            raise NotFound("no checkpoint yet" if req.size is None else f"no checkpoint of tree size {req.size}")
+        return {"size": cp.size, "last_sequence": cp.last_sequence, "note": cp.note}
+
+    async def erase_cmd(req: EraseCommand, meta: CommandMeta) -> Any:
+        principal = parse_principal(req.principal or meta.headers.get(PRINCIPAL_HEADER))
+        request = EraseRequest(aggregate=req.aggregate, reason=req.reason, requested_by=req.requested_by)
+        return await service.erase(request, principal)
+
+    server.register("status", Empty, status_cmd)
+    server.register("findings", FindingsRequest, findings_cmd)
+    server.register("checkpoint", CheckpointRequest, checkpoint_cmd)
+    server.register("erase", EraseCommand, erase_cmd)

@@ -1,0 +1,92 @@
+"""GDPR erasure by crypto-shredding, recorded as audit events on ``evt.audit.<erasure id>``.
+
+An erasure appends ``audit.erasure_requested``, destroys every generation of the aggregate's data key
+(``DataKeys.destroy``) and appends ``audit.erasure_executed``. The aggregate's payloads can no
+longer be decrypted by anyone, while its signed, hash-chained envelopes and the Merkle tree still
+verify (verification never needs a data key). If the process dies between the two steps, the
+request is on record without its execution, which the GDPR report shows as pending.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from symbi_common.datakeys import DataKeys
+from symbi_common.errors import ValidationError
+from symbi_common.events import Event, EventCodec
+from symbi_common.eventstore import EventStore
+from symbi_common.sealing import NEW_AGGREGATE, new_event_id
+
+AGGREGATE_TYPE = "audit"
+_AGGREGATE_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+$")
+
+
+class ErasureRequested(Event, frozen=True, tag="audit.erasure_requested"):
+    aggregate: str
+    """``<type>.<id>`` of the aggregate whose data key is destroyed."""
+    requested_by: str
+    reason: str
+
+
+class ErasureExecuted(Event, frozen=True, tag="audit.erasure_executed"):
+    aggregate: str
+    data_key: str
+
+
+AuditEvent = ErasureRequested | ErasureExecuted
+CODEC: EventCodec[AuditEvent] = EventCodec([ErasureRequested, ErasureExecuted])
+
+
+class EraseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Crypto-shred ``aggregate`` (``<type>.<id>``, e.g. ``agent.a1``)."""
+
+    aggregate: str
+    reason: str = ""
+    requested_by: str = ""
+
+
+class ErasureResult(msgspec.Struct, frozen=True, kw_only=True):
+    erasure_id: str
+    aggregate: str
+    requested_sequence: int
+    executed_sequence: int
+
+
+def check_aggregate(aggregate: str) -> str:
+    if not _AGGREGATE_RE.match(aggregate) or aggregate.startswith(f"{AGGREGATE_TYPE}."):
+        raise ValidationError(
+            f"expected <type>.<id> of another service's aggregate (e.g. agent.a1), got {aggregate!r}",
+            field="aggregate",
+        )
+    return aggregate
+
+
+async def erase(store: EventStore, datakeys: DataKeys, request: EraseRequest, *, principal: str) -> ErasureResult:
+    """Record the request, destroy the data key, record the execution."""
+    aggregate = check_aggregate(request.aggregate)
+    erasure_id = new_event_id()
+    requested_by = request.requested_by or principal
+    first = await store.append(
+        AGGREGATE_TYPE,
+        erasure_id,
+        [ErasureRequested(aggregate=aggregate, requested_by=requested_by, reason=request.reason)],
+        CODEC,
+        expected=NEW_AGGREGATE,
+        correlation_id=erasure_id,
+    )
+    await datakeys.destroy(aggregate)
+    second = await store.append(
+        AGGREGATE_TYPE,
+        erasure_id,
+        [ErasureExecuted(aggregate=aggregate, data_key=f"{aggregate}/*")],
+        CODEC,
+        expected=first[-1].tip,
+        correlation_id=erasure_id,
+    )
+    return ErasureResult(
+        erasure_id=erasure_id,
+        aggregate=aggregate,
+        requested_sequence=first[-1].sequence,
+        executed_sequence=second[-1].sequence,
+    )

@@ -1,0 +1,45 @@
+"""Typed errors of the audit service (all under :class:`symbi_common.errors.SymbiError`)."""
+
+from __future__ import annotations
+
+from symbi_common.errors import BadRequest, DomainError, IntegrityError, NotFound, SymbiError
+
+
+class AuditError(SymbiError):
+    """Root of the audit service's own errors."""
+
+    code = "audit_error"
+
+
+class CheckpointInvalid(IntegrityError):
+    """A checkpoint note is malformed, names another log, or its signature does not verify."""
+
+    code = "checkpoint_invalid"
+
+
+class ExportMalformed(BadRequest):
+    """An exported log file cannot be read (bad JSON line, missing field, bad base64)."""
+
+    code = "export_malformed"
+
+
+class ProofUnavailable(NotFound):
+    """The proof asked for does not exist (leaf or tree size beyond what the audit log holds)."""
+
+    code = "proof_unavailable"
+
+
+class BadQuery(DomainError):
+    """A query or report parameter is invalid; ``field`` names it."""
+
+    code = "bad_query"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}", field=field)
+        self.field = field
+
+
+class FrameworkInvalid(DomainError):
+    """A custom compliance framework definition (TOML) is invalid."""
+
+    code = "framework_invalid"

@@ -1,0 +1,87 @@
+"""Entry point: ``symbi-audit [--config PATH]`` (or ``python -m symbi_audit``).
+
+Settings come from the TOML file (``--config`` or ``SYMBI_CONFIG_PATH``) and ``SYMBI_*`` environment
+variables (``SYMBI_NATS_URL``, ``SYMBI_DATABASE_URL``, ``SYMBI_KEYS_DIR``, ``SYMBI_HTTP_PORT``, and
+``SYMBI_AUDIT__CHECKPOINT_EVERY`` … for the ``[audit]`` section). A bad setting stops start-up with a
+message naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+from symbi_common.errors import ConfigError
+from symbi_common.keyring import load_signer
+from symbi_common.service import ServiceRuntime, create_app, serve
+from symbi_common.settings import Settings, load_settings
+
+from symbi_audit.api import register_commands, router
+from symbi_audit.application import AuditService
+from symbi_audit.live import LiveFeed
+from symbi_audit.queries import DetailReader
+from symbi_audit.runner import VerifierRunner
+from symbi_audit.store import AuditStore
+
+SERVICE = "audit"
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The audit service's app; its lifespan starts the verifier and serves queries, proofs and commands."""
+    if settings.audit.checkpoint_every < 1 or settings.audit.checkpoint_interval_s <= 0:
+        raise ConfigError("checkpoint_every and checkpoint_interval_s must be positive", setting="audit")
+    if settings.audit.batch < 1:
+        raise ConfigError("must be at least 1", setting="audit.batch")
+    runtime = ServiceRuntime(SERVICE, settings)
+    live = LiveFeed()
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        assert rt.pool is not None, "the audit service runs with a database"
+        signer = load_signer(settings.signing_key_path(SERVICE))
+        store = AuditStore(rt.pool)
+        runner = VerifierRunner(
+            js=rt.js,
+            nc=rt.nc,
+            store=store,
+            registry=rt.registry,
+            signer=signer,
+            datakeys=rt.datakeys,
+            settings=settings.audit,
+            live=live,
+        )
+        await runner.setup()
+        decisions = await rt.decision_point()
+        service = AuditService(
+            pool=rt.pool,
+            store=store,
+            runner=runner,
+            events=rt.store,
+            reader=DetailReader(rt.nc, rt.registry, rt.datakeys, decisions),
+            decisions=decisions,
+            signer=signer,
+        )
+        register_commands(rt.commands, service)
+        app.state.audit = service
+        rt.spawn(runner.run(), "audit:verifier")
+
+    app = create_app(runtime, title="Symbi audit", routers=[router], on_start=on_start)
+    app.state.audit_live = live
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="symbi-audit", description="Symbi audit service")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"symbi-audit: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not settings.database.url:
+        print("symbi-audit: setting database.url: set SYMBI_DATABASE_URL or [database] url", file=sys.stderr)
+        raise SystemExit(2)
+    serve(build_app(settings), settings)

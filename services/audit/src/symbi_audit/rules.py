@@ -1,0 +1,203 @@
+"""The verification rules of the audit log: pure, shared by the live verifier and the offline one.
+
+Every stored event goes through two stages:
+
+1. :func:`authenticate` — per event and independent of every other event, so it runs on several
+   threads at once (PyNaCl releases the GIL while it verifies): decode, subject check, signing key
+   known and authorised for the subject, Ed25519 signature (``symbi_common.sealing.open_envelope``).
+2. :class:`LogVerifier.check` — in stream order: stream sequences without gaps or reordering, then
+   per aggregate the ``prev_hash`` link and version continuity (``check_link``).
+
+Each failure is a :class:`Finding` with the exact stream sequence, subject and reason. Every event,
+good or bad, also becomes one Merkle leaf (:func:`leaf_data`), so the tree commits to the log exactly
+as stored.
+
+After a failure the rules re-synchronise so that one tampering yields findings where it happened and
+not on every later event: an event that fails authentication does not move its aggregate's chain tip,
+but the next event may follow either the last authentic event (a forged event was inserted) or the
+rejected one (an authentic event was altered); a chain break moves the tip forward only, so an
+out-of-order or replayed old event is reported once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import msgspec
+from symbi_common.envelope import decode_header, decode_sealed, event_hash
+from symbi_common.errors import IntegrityError, MalformedEvent
+from symbi_common.keyring import KeyRegistry
+from symbi_common.sealing import ChainTip, OpenedEvent, check_link, open_envelope
+from symbi_common.streams import RawMessage
+
+from symbi_audit.merkle import leaf_hash
+
+LEAF_DOMAIN = b"symbi.audit.leaf.v1\x00"
+
+SEQUENCE_GAP = "sequence_gap"
+SEQUENCE_ORDER = "sequence_order"
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
+    """One verification failure. ``kind`` is an error code (``bad_signature``, ``broken_chain``, ``sequence_gap`` …)."""
+
+    kind: str
+    sequence: int
+    subject: str
+    reason: str
+
+
+def leaf_data(sequence: int, subject: str, stored_hash: bytes) -> bytes:
+    """What a Merkle leaf commits to: the stream sequence, the subject and the hash of the exact stored bytes."""
+    subj = subject.encode()
+    return b"".join((LEAF_DOMAIN, struct.pack(">QH", sequence, len(subj)), subj, stored_hash))
+
+
+def event_leaf(message: RawMessage, stored_hash: bytes | None = None) -> bytes:
+    """The Merkle leaf hash of a stored event (``stored_hash``: its :func:`event_hash`, if already known)."""
+    digest = stored_hash if stored_hash is not None else event_hash(message.data)
+    return leaf_hash(leaf_data(message.sequence, message.subject, digest))
+
+
+def authenticate(message: RawMessage, registry: KeyRegistry) -> OpenedEvent | IntegrityError:
+    """Stage 1 for one event: the opened event, or the integrity error it failed with."""
+    try:
+        return open_envelope(message.data, subject=message.subject, sequence=message.sequence, registry=registry)
+    except IntegrityError as err:
+        return err
+
+
+def _authenticate_chunk(messages: Sequence[RawMessage], registry: KeyRegistry) -> list[OpenedEvent | IntegrityError]:
+    return [authenticate(m, registry) for m in messages]
+
+
+def authenticate_all(
+    messages: Sequence[RawMessage], registry: KeyRegistry, executor: Executor | None = None, *, chunk: int = 64
+) -> list[OpenedEvent | IntegrityError]:
+    """Stage 1 for many events, spread over ``executor``'s threads when there are enough of them."""
+    if executor is None or len(messages) <= chunk:
+        return _authenticate_chunk(messages, registry)
+    parts = [messages[i : i + chunk] for i in range(0, len(messages), chunk)]
+    out: list[OpenedEvent | IntegrityError] = []
+    for result in executor.map(_authenticate_chunk, parts, [registry] * len(parts)):
+        out.extend(result)
+    return out
+
+
+@dataclass(slots=True)
+class AggregateTip:
+    """Where an aggregate's verified chain ends, and the version of a rejected event right after it, if any."""
+
+    tip: ChainTip
+    pending_version: int | None = None
+
+
+@dataclass(slots=True)
+class VerifierState:
+    """Everything the rules remember between events: the last stream sequence and each aggregate's tip."""
+
+    last_sequence: int = 0
+    tips: dict[str, AggregateTip] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Checked:
+    """The outcome for one event: its findings (empty if it verified), its leaf, the opened event if authentic."""
+
+    message: RawMessage
+    opened: OpenedEvent | None
+    findings: list[Finding]
+    leaf: bytes
+
+
+def _finding(err: IntegrityError, message: RawMessage) -> Finding:
+    return Finding(kind=err.code, sequence=message.sequence, subject=message.subject, reason=err.message)
+
+
+def _claimed_version(message: RawMessage) -> int | None:
+    """The aggregate version a rejected event claims, if its header decodes and names its own subject."""
+    try:
+        header = decode_header(decode_sealed(message.data).header)
+    except MalformedEvent:
+        return None
+    return header.aggregate_version if header.subject == message.subject else None
+
+
+class LogVerifier:
+    """Applies the in-order rules; ``changed`` collects the subjects whose tips moved (to persist them).
+
+    The audit log is checked whole: from the first event, every sequence. A reader of part of the
+    stream (``symbi events tail --last N --subject …``) passes ``partial=True``: stream sequences
+    are then not checked (a subject filter leaves gaps) and an aggregate first seen in the middle
+    of its chain is trusted from that event on.
+    """
+
+    def __init__(self, state: VerifierState | None = None, *, partial: bool = False) -> None:
+        self.state = state or VerifierState()
+        self.partial = partial
+        self.changed: set[str] = set()
+
+    def check(self, message: RawMessage, auth: OpenedEvent | IntegrityError) -> Checked:
+        findings: list[Finding] = []
+        if not self.partial:
+            gap = self._sequence(message)
+            if gap is not None:
+                findings.append(gap)
+        if isinstance(auth, IntegrityError):
+            findings.append(_finding(auth, message))
+            self._rejected(message)
+            return Checked(message, None, findings, event_leaf(message))
+        link = self._link(auth)
+        if link is not None:
+            findings.append(_finding(link, message))
+        return Checked(message, auth, findings, event_leaf(message, auth.hash))
+
+    def _sequence(self, message: RawMessage) -> Finding | None:
+        """Stream sequences must go up by exactly one (``deny_delete``: nothing is ever removed)."""
+        state = self.state
+        seq, last = message.sequence, state.last_sequence
+        state.last_sequence = max(last, seq)
+        if seq == last + 1:
+            return None
+        if seq > last + 1:
+            missing = f"{last + 1}" if seq == last + 2 else f"{last + 1}..{seq - 1}"
+            reason = f"stream sequence {missing} missing before {seq}: events were removed"
+            return Finding(kind=SEQUENCE_GAP, sequence=seq, subject=message.subject, reason=reason)
+        reason = f"stream sequence {seq} comes after {last}: events were reordered or repeated"
+        return Finding(kind=SEQUENCE_ORDER, sequence=seq, subject=message.subject, reason=reason)
+
+    def _rejected(self, message: RawMessage) -> None:
+        version = _claimed_version(message)
+        current = self.state.tips.get(message.subject)
+        prev = current.tip if current else ChainTip()
+        if version == prev.version + 1:
+            self.state.tips[message.subject] = AggregateTip(prev, pending_version=version)
+            self.changed.add(message.subject)
+
+    def _link(self, opened: OpenedEvent) -> IntegrityError | None:
+        subject = opened.subject
+        version = opened.header.aggregate_version
+        current = self.state.tips.get(subject)
+        if current is None:
+            if self.partial and version != 1:
+                self.state.tips[subject] = AggregateTip(opened.tip)
+                self.changed.add(subject)
+                return None
+            current = AggregateTip(ChainTip())
+        error: IntegrityError | None = None
+        try:
+            check_link(current.tip, opened)
+        except IntegrityError as err:
+            # It may follow a rejected (altered) event instead; that one was already reported.
+            if current.pending_version is None or version != current.pending_version + 1:
+                error = err
+        if error is None or version > current.tip.version:
+            self.state.tips[subject] = AggregateTip(opened.tip)
+            self.changed.add(subject)
+        return error
+
+    def check_all(self, messages: Sequence[RawMessage], auths: Iterable[OpenedEvent | IntegrityError]) -> list[Checked]:
+        return [self.check(m, a) for m, a in zip(messages, auths, strict=True)]

@@ -1,0 +1,316 @@
+"""The live verifier: follows the whole ``EVENTS`` stream from its first event, exactly once.
+
+Like :class:`symbi_common.projection.ProjectionRunner` it reads through a durable pull consumer and
+keeps its position in PostgreSQL, written in the same transaction as everything a batch produced
+(tree nodes, event metadata, findings, chain tips, checkpoints). It has its own loop rather than a
+``Projection`` because it must see a whole batch at once — to verify its signatures on several
+threads — and must never skip an event that fails verification: a failure is a finding, and the
+event is still a leaf of the tree.
+
+After the commit, and only then, the batch is acknowledged, findings go out on ``audit.alert``,
+checkpoints to the ``AUDIT`` stream and events to the live feed. A crash before the commit loses
+nothing (the events come again); a crash after it repeats nothing (events at or below the stored
+position are skipped, and on any error the in-memory state is reloaded from PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter, Gauge
+from symbi_common.crypto import Signer
+from symbi_common.datakeys import DataKeys
+from symbi_common.errors import SymbiError
+from symbi_common.keyring import KeyRegistry
+from symbi_common.sealing import OpenedEvent, decrypt
+from symbi_common.settings import AuditSettings
+from symbi_common.streams import EVENTS_STREAM, RawMessage
+
+from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
+from symbi_audit.live import LiveFeed, event_item
+from symbi_audit.merkle import TreeBuilder
+from symbi_audit.notes import Checkpoint, sign_checkpoint
+from symbi_audit.rules import Checked, Finding, LogVerifier, authenticate_all
+from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
+
+log = structlog.get_logger(__name__)
+
+ALERT_SUBJECT = "audit.alert"
+CHECKPOINT_SUBJECT = "audit.checkpoint"
+
+FINDINGS = Counter("symbi_audit_findings_total", "Verification failures found in the event log", ["kind"])
+VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit service", ["outcome"])
+POSITION = Gauge("symbi_audit_position", "Last stream sequence verified")
+TREE_SIZE = Gauge("symbi_audit_tree_size", "Leaves in the audit Merkle tree")
+CHECKPOINTS = Counter("symbi_audit_checkpoints_total", "Signed checkpoints created")
+
+_json = msgspec.json.Encoder()
+
+
+def _time(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+
+
+def _event_row(c: Checked, leaf_index: int, stored_at: dt.datetime | None) -> tuple[Any, ...]:
+    m = c.message
+    if c.opened is None:
+        return (m.sequence, leaf_index, m.subject, *([None] * 11), stored_at, False)
+    h = c.opened.header
+    return (
+        m.sequence, leaf_index, m.subject, h.aggregate_type, h.aggregate_id, h.aggregate_version, h.event_type,
+        h.producer, h.signing_key_id, h.event_id, h.correlation_id, h.causation_id, h.data_key_id,
+        _time(h.occurred_at), stored_at, not c.findings,
+    )  # fmt: skip
+
+
+class VerifierRunner:
+    """Verifies every event, grows the tree, signs checkpoints; runs until :meth:`stop`."""
+
+    def __init__(
+        self,
+        *,
+        js: Any,
+        nc: Any,
+        store: AuditStore,
+        registry: KeyRegistry,
+        signer: Signer,
+        datakeys: DataKeys,
+        settings: AuditSettings,
+        live: LiveFeed,
+    ) -> None:
+        self.js = js
+        self.nc = nc
+        self.store = store
+        self.registry = registry
+        self.signer = signer
+        self.datakeys = datakeys
+        self.settings = settings
+        self.live = live
+        self.key_name = signer.key_id
+        self.executor = ThreadPoolExecutor(max_workers=settings.verify_threads or None, thread_name_prefix="verify")
+        self.consumer_name = f"audit_verifier_{uuid.uuid4().hex[:12]}"
+        self.rules = LogVerifier()
+        self.tree = TreeBuilder()
+        self.last_checkpoint_size = 0
+        self.last_checkpoint_at = time.monotonic()
+        self.ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    async def setup(self) -> None:
+        await self.store.setup()
+        await self._load()
+
+    async def _load(self) -> None:
+        state, size, frontier = await self.store.load_state()
+        self.rules = LogVerifier(state)
+        self.tree = TreeBuilder(size, frontier)
+        latest = await self.store.checkpoint()
+        self.last_checkpoint_size = latest.size if latest else 0
+        POSITION.set(state.last_sequence)
+        TREE_SIZE.set(size)
+
+    @property
+    def position(self) -> int:
+        return self.rules.state.last_sequence
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self._run_consumer()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                log.warning("audit verifier interrupted, resuming from the stored position", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                delay = min(delay * 2, 5.0)
+                with contextlib.suppress(Exception):
+                    await self._load()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _consumer(self) -> Any:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_consumer(EVENTS_STREAM, self.consumer_name)
+        config = ConsumerConfig(
+            durable_name=self.consumer_name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.position + 1,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=60,
+            max_ack_pending=self.settings.batch * 4,
+            inactive_threshold=300,
+            filter_subject="evt.>",
+        )
+        await self.js.add_consumer(EVENTS_STREAM, config)
+        return await self.js.pull_subscribe_bind(durable=self.consumer_name, stream=EVENTS_STREAM)
+
+    async def _run_consumer(self) -> None:
+        psub = await self._consumer()
+        self.ready.set()
+        await self._publish_checkpoints()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await psub.fetch(self.settings.batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    await self._checkpoint_if_due()
+                    continue
+                await self._process(msgs)
+                await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+                await self._checkpoint_if_due()
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+            if self._stopping.is_set():
+                with contextlib.suppress(Exception):
+                    await self.js.delete_consumer(EVENTS_STREAM, self.consumer_name)
+
+    async def _process(self, msgs: list[Any]) -> None:
+        start = self.position
+        raws = [
+            RawMessage(m.subject, int(m.metadata.sequence.stream), bytes(m.data), {})
+            for m in msgs
+            if int(m.metadata.sequence.stream) > start
+        ]
+        if not raws:
+            return
+        stored_at = {int(m.metadata.sequence.stream): m.metadata.timestamp for m in msgs}
+        if len(raws) > 64:
+            auths = await asyncio.to_thread(authenticate_all, raws, self.registry, self.executor)
+        else:
+            auths = authenticate_all(raws, self.registry)
+        self.rules.changed.clear()
+        checked = self.rules.check_all(raws, auths)
+        batch = Batch(self.position, 0, [], [], [], {}, [], [])
+        new_checkpoints: list[Checkpoint] = []
+        for c in checked:
+            batch.events.append(_event_row(c, self.tree.size, stored_at.get(c.message.sequence)))
+            batch.nodes.extend(self.tree.append(c.leaf))
+            batch.findings.extend(c.findings)
+            if c.opened is not None and c.opened.header.aggregate_type == AGGREGATE_TYPE and not c.findings:
+                erasure = await self._erasure_row(c.opened)
+                if erasure is not None:
+                    batch.erasures.append(erasure)
+            if self.tree.size - self.last_checkpoint_size >= self.settings.checkpoint_every:
+                cp = self._checkpoint()
+                batch.checkpoints.append(
+                    (cp.size, cp.root, c.message.sequence, sign_checkpoint(cp, self.signer, self.key_name))
+                )
+                new_checkpoints.append(cp)
+        batch.tree_size = self.tree.size
+        batch.tips = {s: self.rules.state.tips[s] for s in self.rules.changed}
+        if not await self.store.commit_batch(batch, expected_sequence=start):
+            raise SymbiError("the stored audit position moved under this verifier; reloading")
+        await self._after_commit(checked, batch.findings)
+        if new_checkpoints:
+            CHECKPOINTS.inc(len(new_checkpoints))
+            await self._publish_checkpoints()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _checkpoint(self) -> Checkpoint:
+        self.last_checkpoint_size = self.tree.size
+        self.last_checkpoint_at = time.monotonic()
+        return Checkpoint(self.settings.origin, self.tree.size, self.tree.root())
+
+    async def _erasure_row(self, opened: OpenedEvent) -> tuple[str, str, Any] | None:
+        try:
+            key = await self.datakeys.by_id(opened.header.data_key_id)
+            event = CODEC.decode(decrypt(opened, key), event_type=opened.header.event_type)
+        except SymbiError as err:
+            log.warning("audit event unreadable", sequence=opened.sequence, error=err.message)
+            return None
+        at = _time(opened.header.occurred_at)
+        if isinstance(event, ErasureRequested):
+            return "requested", opened.header.aggregate_id, (
+                event.aggregate, event.requested_by, event.reason, opened.sequence, at,
+            )  # fmt: skip
+        if isinstance(event, ErasureExecuted):
+            return "executed", opened.header.aggregate_id, (event.aggregate, opened.sequence, at)
+        return None  # pragma: no cover - the codec knows only these two
+
+    async def _after_commit(self, checked: list[Checked], findings: list[Finding]) -> None:
+        POSITION.set(self.position)
+        TREE_SIZE.set(self.tree.size)
+        bad = sum(1 for c in checked if c.findings)
+        VERIFIED.labels("verified").inc(len(checked) - bad)
+        VERIFIED.labels("failed").inc(bad)
+        for f in findings:
+            FINDINGS.labels(f.kind).inc()
+            log.warning("audit finding", kind=f.kind, sequence=f.sequence, subject=f.subject, reason=f.reason)
+            await self._notify(ALERT_SUBJECT, _json.encode(f))
+        for c in checked:
+            item = event_item(c)
+            if item is not None:
+                self.live.publish(item)
+                subject = f"{self.settings.live_subject}.{item.aggregate_type}.{item.aggregate_id}.{item.event_type}"
+                await self._notify(subject, _json.encode(item))
+
+    async def _notify(self, subject: str, body: bytes) -> None:
+        """Core publish (buffered by the client). Findings are stored in PostgreSQL already, so a
+        notification lost to a broken connection costs a subscriber a message, not the record."""
+        try:
+            await self.nc.publish(subject, body)
+        except nats.errors.Error as exc:
+            log.warning("notification not sent", subject=subject, error=str(exc))
+
+    async def _checkpoint_if_due(self) -> None:
+        due = time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval_s
+        if not due or self.tree.size <= self.last_checkpoint_size:
+            return
+        cp = self._checkpoint()
+        await self.store.add_checkpoint(
+            cp.size, cp.root, self.position, sign_checkpoint(cp, self.signer, self.key_name)
+        )
+        CHECKPOINTS.inc()
+        await self._publish_checkpoints()
+
+    async def _publish_checkpoints(self) -> None:
+        for cp in await self.store.unpublished_checkpoints():
+            await self._publish(cp)
+
+    async def _publish(self, cp: StoredCheckpoint) -> None:
+        headers = {"Nats-Msg-Id": f"checkpoint:{self.settings.origin}:{cp.size}", "Symbi-Tree-Size": str(cp.size)}
+        try:
+            await self.js.publish(CHECKPOINT_SUBJECT, cp.note.encode(), headers=headers)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("checkpoint not published yet", size=cp.size, error=str(exc))
+            return
+        await self.store.mark_published(cp.size)
+
+    async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
+        """Wait until events up to stream ``sequence`` are verified and committed."""
+
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.position >= sequence)
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,83 @@
+"""Details and erasure behind the real embedded policy decision point (``[policy] enforcement = "embedded"``).
+
+The policy set is a real ``policy.set_registered`` event signed with the policy service's key; the audit
+service's embedded decision point follows it like every service does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.aio.client import Client as NatsClient
+from symbi_audit.main import build_app
+from symbi_common.eventstore import EventStore
+from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
+from symbi_common.sealing import NEW_AGGREGATE
+from symbi_common.settings import load_settings
+
+from .conftest import Running, Writer, audit_env
+
+POLICY = """
+permit(principal == User::"alice", action == Action::"data.read", resource == Data::"agent.q1");
+permit(principal == User::"dpo", action == Action::"data.write", resource is Data)
+when { context has purpose && context.purpose == "erasure" };
+"""
+
+
+@pytest.fixture
+async def enforced(
+    make_store: Callable[..., Awaitable[EventStore]],
+    provisioned: NatsClient,
+    nats_url: str,
+    database_url: str,
+    keys_dir: Path,
+) -> AsyncIterator[Running]:
+    policy = await make_store("policy")
+    await policy.append(
+        AGGREGATE_TYPE,
+        "audit-readers",
+        [PolicySetRegistered(set_id="audit-readers", cedar=POLICY)],
+        POLICY_SET_CODEC,
+        expected=NEW_AGGREGATE,
+    )
+    env = audit_env(nats_url, database_url, keys_dir, SYMBI_POLICY__ENFORCEMENT="embedded")
+    env["SYMBI_POLICY__DECISION_LOG"] = "false"
+    app = build_app(load_settings(env=env))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as http:
+            yield Running(app, http, app.state.audit)
+
+
+async def test_policy_decides_who_reads_details_and_who_erases(enforced: Running, writer: Writer) -> None:
+    assert enforced.service.decisions.version >= 1
+    await writer.agent("q1", 2)
+    last = (await writer.agent("q2", 1))[-1]
+    await enforced.wait_for(last)
+
+    async def details(principal: str) -> dict[str, object]:
+        resp = await enforced.http.get(
+            "/v1/audit/events", params={"details": "true"}, headers={"X-Symbi-Principal": principal}
+        )
+        assert resp.status_code == 200, resp.text
+        return {f"{e['aggregate_id']}/{e['aggregate_version']}": e["details"] for e in resp.json()["items"]}
+
+    alice = await details('User::"alice"')
+    assert alice["q1/1"]["payload"]["agent_id"] == "q1"  # type: ignore[index]
+    assert alice["q2/1"] is None
+    bob = await details("bob")
+    assert set(bob.values()) == {None}
+    denied = await enforced.http.post(
+        "/v1/audit/erasures", json={"aggregate": "agent.q1"}, headers={"X-Symbi-Principal": "alice"}
+    )
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "policy_denied"
+    allowed = await enforced.http.post(
+        "/v1/audit/erasures", json={"aggregate": "agent.q1", "reason": "art. 17"}, headers={"X-Symbi-Principal": "dpo"}
+    )
+    assert allowed.status_code == 201, allowed.text
+    await enforced.wait_for(allowed.json()["executed_sequence"])
+    alice = await details('User::"alice"')
+    assert alice["q1/1"] == {"erased": True, "payload": None}

@@ -1,0 +1,306 @@
+"""Historical queries, payload details behind the policy, the live feed (SSE and NATS), erasure and reports."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+import uvicorn
+from nats.aio.client import Client as NatsClient
+from symbi_audit.main import build_app
+from symbi_audit.offline import verify_export
+from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
+from symbi_common.keyring import KeyRegistry
+from symbi_common.settings import Settings
+
+from .conftest import Running, Writer, read_log
+
+
+async def test_queries_by_agent_type_producer_correlation_time_and_pages(running: Running, writer: Writer) -> None:
+    before = dt.datetime.now(dt.UTC)
+    await writer.agent("q1", 5, correlation_id="corr-1")
+    await writer.task("t9", 2)
+    await asyncio.sleep(0.01)
+    middle = dt.datetime.now(dt.UTC)
+    last = (await writer.agent("q2", 3))[-1]
+    await running.wait_for(last)
+    by_agent = await running.json("/v1/audit/events", agent="q1")
+    assert [e["aggregate_version"] for e in by_agent["items"]] == [1, 2, 3, 4, 5]
+    assert all(
+        e["event_type"] == "agent.touched" and e["producer"] == "lifecycle" and e["verified"] for e in by_agent["items"]
+    )
+    assert "details" not in by_agent["items"][0]
+    assert [
+        e["aggregate_id"] for e in (await running.json("/v1/audit/events", event_type="task.submitted"))["items"]
+    ] == ["t9", "t9"]
+    assert len((await running.json("/v1/audit/events", producer="scheduler"))["items"]) == 2
+    assert len((await running.json("/v1/audit/events", correlation_id="corr-1"))["items"]) == 5
+    assert len((await running.json("/v1/audit/events", aggregate="task.t9"))["items"]) == 2
+    window = await running.json("/v1/audit/events", since=before.isoformat(), until=middle.isoformat())
+    assert len(window["items"]) == 7
+    assert len((await running.json("/v1/audit/events", since=middle.isoformat()))["items"]) == 3
+    # Pages
+    page1 = await running.json("/v1/audit/events", limit=4)
+    page2 = await running.json("/v1/audit/events", limit=4, after=page1["next_after"])
+    page3 = await running.json("/v1/audit/events", limit=4, after=page2["next_after"])
+    seqs = [e["sequence"] for p in (page1, page2, page3) for e in p["items"]]
+    assert seqs == list(range(1, 11))
+    assert page3["next_after"] is None
+    one = await running.json(f"/v1/audit/events/{last}")
+    assert one["aggregate_id"] == "q2"
+    assert one["aggregate_version"] == 3
+    # Bad input: typed errors naming the parameter.
+    bad = await running.http.get("/v1/audit/events", params={"since": "yesterday"})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["field"] == "since"
+    bad = await running.http.get("/v1/audit/events", params={"limit": 0})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["field"] == "limit"
+    assert (await running.http.get("/v1/audit/events/999")).status_code == 404
+
+
+class DenyAgentQ2:
+    """A decision point that denies reading (and erasing) agent q2's data, allows everything else."""
+
+    version = 1
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        if request.resource.id == "agent.q2":
+            return Deny(reason="q2 holds data of another tenant", policies=("tenant-isolation",), policy_version=1)
+        return Allow(policies=("default",), policy_version=1)
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return [await self.decide(r) for r in requests]
+
+
+async def test_details_only_for_callers_allowed_to_read_them(running: Running, writer: Writer) -> None:
+    await writer.agent("q1", 2)
+    last = (await writer.agent("q2", 1))[-1]
+    await running.wait_for(last)
+    # allow-all enforcement: a named caller gets decrypted details; an anonymous one never does.
+    named = await running.http.get(
+        "/v1/audit/events", params={"details": "true"}, headers={"X-Symbi-Principal": 'User::"alice"'}
+    )
+    items = named.json()["items"]
+    assert items[0]["details"]["payload"] == {
+        "type": "agent.touched",
+        "agent_id": "q1",
+        "n": 0,
+        "note": "personal data of the agent's user",
+    }
+    anonymous = (await running.json("/v1/audit/events", details="true"))["items"]
+    assert all(e["details"] is None and e["details_withheld"] for e in anonymous)
+    # A policy that denies data.read on one aggregate.
+    service = running.service
+    service.reader.decisions = DenyAgentQ2()
+    service.decisions = DenyAgentQ2()
+    mixed = await running.http.get(
+        "/v1/audit/events", params={"details": "true"}, headers={"X-Symbi-Principal": "alice"}
+    )
+    by_agent = {e["aggregate_id"]: e for e in mixed.json()["items"]}
+    assert by_agent["q1"]["details"]["payload"]["agent_id"] == "q1"
+    assert by_agent["q2"]["details"] is None
+    assert by_agent["q2"]["details_withheld"]
+    denied = await running.http.post(
+        "/v1/audit/erasures", json={"aggregate": "agent.q2"}, headers={"X-Symbi-Principal": "alice"}
+    )
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "policy_denied"
+
+
+@pytest.fixture
+async def served(settings: Settings, provisioned: NatsClient) -> AsyncIterator[tuple[str, Running]]:
+    """The app under a real uvicorn server (streaming responses need a real HTTP connection)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+        await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        try:
+            yield f"http://127.0.0.1:{port}", Running(app, http, app.state.audit)
+        finally:
+            server.should_exit = True
+            await task
+
+
+async def test_live_feed_over_sse_and_nats_filtered_by_agent_and_type(
+    served: tuple[str, Running], writer: Writer, nats_connect: Callable
+) -> None:
+    url, running = served
+    nc = await nats_connect()
+    on_nats: list[dict] = []
+
+    async def cb(msg) -> None:  # type: ignore[no-untyped-def]
+        on_nats.append(json.loads(msg.data))
+
+    await nc.subscribe("audit.live.agent.live1.>", cb=cb)
+    await nc.flush()
+    received: list[dict] = []
+
+    async def listen() -> None:
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream(
+                "GET", f"{url}/v1/audit/stream", params={"agent": "live1", "event_type": "agent.touched"}
+            ) as resp,
+        ):
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            async for line in resp.aiter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:]))
+                    if len(received) == 3:
+                        return
+
+    listener = asyncio.create_task(listen())
+    for _ in range(100):
+        if running.app.state.audit_live.subscribers:
+            break
+        await asyncio.sleep(0.02)
+    await writer.agent("other", 2)
+    await writer.task("t1", 1)
+    await writer.agent("live1", 3)
+    await asyncio.wait_for(listener, 10)
+    assert [(e["aggregate_id"], e["aggregate_version"]) for e in received] == [("live1", 1), ("live1", 2), ("live1", 3)]
+    for _ in range(50):
+        if len(on_nats) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert [e["aggregate_version"] for e in on_nats] == [1, 2, 3]
+
+
+async def test_erasure_crypto_shreds_while_the_log_still_verifies(
+    running: Running, writer: Writer, provisioned: NatsClient, registry: KeyRegistry
+) -> None:
+    await writer.agent("forget-me", 3)
+    last = (await writer.agent("keep-me", 1))[-1]
+    await running.wait_for(last)
+    principal = {"X-Symbi-Principal": "dpo"}
+    before = await running.http.get(
+        "/v1/audit/events", params={"agent": "forget-me", "details": "true"}, headers=principal
+    )
+    assert before.json()["items"][0]["details"]["payload"]["agent_id"] == "forget-me"
+    resp = await running.http.post(
+        "/v1/audit/erasures",
+        json={"aggregate": "agent.forget-me", "reason": "GDPR art. 17 request #12"},
+        headers=principal,
+    )
+    assert resp.status_code == 201, resp.text
+    result = resp.json()
+    await running.wait_for(result["executed_sequence"])
+    after = await running.http.get(
+        "/v1/audit/events", params={"agent": "forget-me", "details": "true"}, headers=principal
+    )
+    assert all(e["details"] == {"erased": True, "payload": None} for e in after.json()["items"])
+    kept = await running.http.get("/v1/audit/events", params={"agent": "keep-me", "details": "true"}, headers=principal)
+    assert kept.json()["items"][0]["details"]["payload"]["agent_id"] == "keep-me"
+    # The erasure is itself an audited event, and the chain and tree still verify.
+    recorded = (await running.json("/v1/audit/events", aggregate=f"audit.{result['erasure_id']}"))["items"]
+    assert [e["event_type"] for e in recorded] == ["audit.erasure_requested", "audit.erasure_executed"]
+    assert recorded[0]["producer"] == "audit"
+    assert all(e["verified"] for e in recorded)
+    assert (await running.json("/v1/audit/status"))["findings"] == 0
+    report = verify_export(await read_log(provisioned), None, registry)
+    assert report.findings == []
+    # Bad requests are typed.
+    bad = await running.http.post("/v1/audit/erasures", json={"aggregate": "nonsense"})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["field"] == "aggregate"
+    bad = await running.http.post("/v1/audit/erasures", json={"aggregate": 5})
+    assert bad.status_code == 400
+    # Over NATS as well.
+    from symbi_common.commands import CommandClient
+
+    client = CommandClient(provisioned, timeout=5)
+    via_nats = await client.call("audit", "erase", {"aggregate": "agent.keep-me", "principal": "dpo"}, dict)
+    assert via_nats["aggregate"] == "agent.keep-me"
+    assert via_nats["executed_sequence"] > via_nats["requested_sequence"]
+
+
+async def test_compliance_reports_state_their_checkpoint(running: Running, writer: Writer) -> None:
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    await writer.agent("r1", 4)
+    await writer.task("t1", 3)
+    last = (await writer.agent("r2", 3))[-1]
+    await running.wait_for(last)
+    resp = await running.http.post(
+        "/v1/audit/erasures", json={"aggregate": "agent.r2", "reason": "request"}, headers={"X-Symbi-Principal": "dpo"}
+    )
+    executed = resp.json()["executed_sequence"]
+    await running.wait_for(executed)
+    for _ in range(50):  # the interval checkpoint (0.5 s) covers the erasure
+        cp = (await running.json("/v1/audit/status"))["checkpoint"]
+        if cp and cp["size"] >= executed:
+            break
+        await asyncio.sleep(0.1)
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
+    gdpr = await running.json("/v1/audit/reports/gdpr", since=start.isoformat(), until=until)
+    assert gdpr["integrity"]["status"] == "verified"
+    assert gdpr["checkpoint"]["signature_valid"]
+    assert gdpr["checkpoint"]["covers_range"]
+    assert gdpr["checkpoint"]["size"] >= executed
+    processing, erasure = gdpr["sections"]
+    assert processing["count"] == 3  # task.submitted events
+    assert [e["status"] for e in erasure["erasures"]] == ["executed"]
+    assert erasure["erasures"][0]["aggregate"] == "agent.r2"
+    assert erasure["erasures"][0]["reason"] == "request"
+    assert erasure["count"] == 2
+    sox = await running.json("/v1/audit/reports/sox", since=start.isoformat(), until=until)
+    assert sox["sections"][0]["count"] == 2
+    assert sox["integrity"]["findings"] == []
+    hipaa = await running.json("/v1/audit/reports/hipaa", since=start.isoformat(), until=until)
+    assert hipaa["sections"][0]["count"] == 3
+    rows = hipaa["sections"][0]["rows"]
+    assert {"sequence", "occurred_at", "producer", "signing_key_id", "aggregate", "event_type"} <= set(rows[0])
+    csv_resp = await running.http.get(
+        "/v1/audit/reports/gdpr", params={"since": start.isoformat(), "until": until, "format": "csv"}
+    )
+    assert csv_resp.headers["content-type"].startswith("text/csv")
+    lines = csv_resp.text.splitlines()
+    assert lines[0].startswith("# framework: gdpr")
+    assert lines[3].startswith(f"# checkpoint: size {gdpr['checkpoint']['size']}")
+    table = list(csv.reader(io.StringIO("\n".join(lines[4:]))))
+    assert table[0][0] == "section"
+    assert sum(1 for r in table[1:] if r[0] == "processing of personal data") == 3
+    assert any(r[0] == "erasure: erasure" and r[6] == "executed" for r in table[1:])
+    custom = """
+name = "acme"
+title = "ACME evidence"
+[[sections]]
+name = "agent activity"
+event_types = ["agent.*"]
+producers = ["lifecycle"]
+"""
+    resp = await running.http.post(
+        "/v1/audit/reports/custom", content=custom, params={"since": start.isoformat(), "until": until}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["framework"] == "acme"
+    assert resp.json()["sections"][0]["count"] == 7
+    bad = await running.http.post(
+        "/v1/audit/reports/custom", content="name = 'x'\n[[sections]]\nname = 'y'\nbogus = 1\n"
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "framework_invalid"
+    assert (await running.http.get("/v1/audit/reports/pci")).status_code == 404
+    bad = await running.http.get("/v1/audit/reports/sox", params={"format": "xml"})
+    assert bad.status_code == 422
+
+
+async def test_report_shows_findings(running: Running, writer: Writer, provisioned: NatsClient) -> None:
+    await writer.agent("f1", 2)
+    seq = (await provisioned.jetstream().publish("evt.agent.f1", b"garbage")).seq
+    await running.wait_for(seq)
+    sox = await running.json("/v1/audit/reports/sox")
+    assert sox["integrity"]["status"] == "findings"
+    assert [(f["sequence"], f["kind"]) for f in sox["integrity"]["findings"]] == [(seq, "malformed_event")]

@@ -1,0 +1,5 @@
+"""``python -m symbi_context``: run the context service."""
+
+from symbi_context.main import main
+
+main()

@@ -1,0 +1,244 @@
+"""The context service's interfaces: HTTP under ``/v1`` and NATS commands ``cmd.context.<action>``.
+
+HTTP (JSON bodies; errors are ``{"error": {"code", "message", "details"}}`` with the typed error's status)::
+
+    POST /v1/memories                 store    {"agent_id", "owner"?, "memories": [{"kind", "text", "tags"?,
+                                               "metadata"?, "origin"?: {"task_id", "tool_call_id", "message_id"},
+                                               "ttl_s"?}]}  -> {"ids", "sequence"}
+    POST /v1/memories/query           retrieve {"agent_id", "query", "owners"?, "knowledge_bases"?, "kinds"?,
+                                               "tags"?, "metadata"?, "created_from"?, "created_to"?, "limit"?,
+                                               "min_sequence"?}  -> {"results": [...]}
+    POST /v1/memories/forget          forget   {"agent_id", "owner"?, "ids"? | "where"?: {"kinds", "tags",
+                                               "metadata", "task_id", "created_from", "created_to"}}
+    POST /v1/knowledge/{kb}/documents ingest   {"agent_id", "title", "text"? | "content"? (base64),
+                                               "media_type"?, "source"?, "tags"?, "metadata"?, "origin"?}
+    POST /v1/knowledge/{kb}/forget    forget_knowledge {"agent_id", "document_ids"}
+    POST /v1/knowledge/search         search_knowledge {"agent_id", "query", "knowledge_bases", ...}
+    POST /v1/rag/query                rag_query {"agent_id", "query", "knowledge_bases"?, "include_memories"?,
+                                               "limit"?, "min_relevance"?, "min_sequence"?, "generate"?}
+
+Writes answer with ``sequence`` (the stream sequence of the append); pass it as ``min_sequence`` to read your
+own write. The same bodies (with ``kb_id`` where the path has it) are the NATS commands ``cmd.context.store``,
+``retrieve``, ``forget``, ``ingest``, ``forget_knowledge``, ``search_knowledge`` and ``rag_query``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import msgspec
+from fastapi import APIRouter, Request, Response
+from symbi_common.commands import CommandMeta, CommandServer
+from symbi_common.errors import BadRequest
+from symbi_common.openapi import json_body
+
+from symbi_context.application import ContextService, NewMemory, Query, Written
+from symbi_context.domain import MetaValue, Origin
+from symbi_context.errors import InvalidContext
+from symbi_context.rag import RagEngine
+from symbi_context.vectors.port import MetaFilter
+
+T = TypeVar("T")
+_json = msgspec.json.Encoder()
+
+
+class StoreRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    memories: tuple[NewMemory, ...]
+    owner: str | None = None
+
+
+class ForgetWhere(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str | int | bool] = msgspec.field(default_factory=dict)
+    task_id: str | None = None
+    created_from: float | None = None
+    created_to: float | None = None
+
+
+class ForgetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    owner: str | None = None
+    ids: tuple[str, ...] = ()
+    where: ForgetWhere | None = None
+
+
+class IngestRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    title: str
+    kb_id: str = ""
+    text: str | None = None
+    content: bytes | None = None  # base64 in JSON (PDF and other binary documents)
+    media_type: str = "text/plain"
+    source: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    origin: Origin = msgspec.field(default_factory=Origin)
+    document_id: str | None = None
+
+
+class ForgetKnowledgeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    document_ids: tuple[str, ...]
+    kb_id: str = ""
+
+
+class RagRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    query: str
+    knowledge_bases: tuple[str, ...] = ()
+    include_memories: bool = True
+    limit: int = 5
+    min_relevance: float = 0.25
+    min_sequence: int = 0
+    generate: bool = True
+
+
+@dataclasses.dataclass
+class Api:
+    service: ContextService
+    rag: RagEngine
+
+    async def store(self, r: StoreRequest) -> dict[str, Any]:
+        return _written(await self.service.store_memories(r.agent_id, r.memories, owner=r.owner))
+
+    async def retrieve(self, q: Query) -> dict[str, Any]:
+        return {"results": [dataclasses.asdict(x) for x in await self.service.retrieve(q)]}
+
+    async def search_knowledge(self, q: Query) -> dict[str, Any]:
+        if not q.knowledge_bases:
+            raise InvalidContext("name at least one knowledge base", field="knowledge_bases")
+        return await self.retrieve(msgspec.structs.replace(q, include_memories=False))
+
+    async def forget(self, r: ForgetRequest) -> dict[str, Any]:
+        if not r.ids and r.where is None:
+            raise InvalidContext("give ids or a filter ('where')", field="ids")
+        where = None
+        if r.where is not None:
+            w = r.where
+            equals: dict[str, str | int | bool] = {f"metadata.{k}": v for k, v in w.metadata.items()}
+            if w.task_id:
+                equals["task_id"] = w.task_id
+            where = MetaFilter(
+                kinds=w.kinds, tags_any=w.tags, equals=equals, created_from=w.created_from, created_to=w.created_to
+            )
+        return _written(await self.service.forget_memories(r.agent_id, owner=r.owner, ids=r.ids, where=where))
+
+    async def ingest(self, r: IngestRequest) -> dict[str, Any]:
+        if (r.text is None) == (r.content is None):
+            raise InvalidContext("give exactly one of 'text' and 'content' (base64)", field="text")
+        content = r.text.encode() if r.text is not None else (r.content or b"")
+        written = await self.service.ingest(
+            r.agent_id,
+            r.kb_id,
+            title=r.title,
+            content=content,
+            media_type=r.media_type,
+            source=r.source,
+            tags=r.tags,
+            metadata=r.metadata,
+            origin=r.origin,
+            document_id=r.document_id,
+        )
+        return {"document_id": written.ids[0], "sequence": written.sequence}
+
+    async def forget_knowledge(self, r: ForgetKnowledgeRequest) -> dict[str, Any]:
+        return _written(await self.service.forget_documents(r.agent_id, r.kb_id, r.document_ids))
+
+    async def rag_query(self, r: RagRequest) -> dict[str, Any]:
+        if not 1 <= r.limit <= 50:
+            raise InvalidContext("must be between 1 and 50", field="limit")
+        result = await self.rag.query(
+            r.agent_id,
+            r.query,
+            knowledge_bases=r.knowledge_bases,
+            include_memories=r.include_memories,
+            limit=r.limit,
+            min_relevance=r.min_relevance,
+            min_sequence=r.min_sequence,
+            generate=r.generate,
+        )
+        return dataclasses.asdict(result)
+
+
+def _written(w: Written) -> dict[str, Any]:
+    return {"ids": w.ids, "sequence": w.sequence}
+
+
+def _decode(data: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(data or b"{}", type=type_)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _api(request: Request) -> Api:
+    api: Api = request.app.state.context
+    return api
+
+
+def _reply(value: Any, status: int = 200) -> Response:
+    return Response(_json.encode(value), status_code=status, media_type="application/json")
+
+
+router = APIRouter(prefix="/v1", tags=["context"])
+
+
+@router.post("/memories", status_code=201, openapi_extra=json_body(StoreRequest))
+async def store(request: Request) -> Response:
+    return _reply(await _api(request).store(_decode(await request.body(), StoreRequest)), 201)
+
+
+@router.post("/memories/query", openapi_extra=json_body(Query))
+async def retrieve(request: Request) -> Response:
+    return _reply(await _api(request).retrieve(_decode(await request.body(), Query)))
+
+
+@router.post("/memories/forget", openapi_extra=json_body(ForgetRequest))
+async def forget(request: Request) -> Response:
+    return _reply(await _api(request).forget(_decode(await request.body(), ForgetRequest)))
+
+
+@router.post("/knowledge/search", openapi_extra=json_body(Query))
+async def search_knowledge(request: Request) -> Response:
+    return _reply(await _api(request).search_knowledge(_decode(await request.body(), Query)))
+
+
+@router.post("/knowledge/{kb_id}/documents", status_code=201, openapi_extra=json_body(IngestRequest))
+async def ingest(kb_id: str, request: Request) -> Response:
+    body = _decode(await request.body(), IngestRequest)
+    return _reply(await _api(request).ingest(msgspec.structs.replace(body, kb_id=kb_id)), 201)
+
+
+@router.post("/knowledge/{kb_id}/forget", openapi_extra=json_body(ForgetKnowledgeRequest))
+async def forget_knowledge(kb_id: str, request: Request) -> Response:
+    body = _decode(await request.body(), ForgetKnowledgeRequest)
+    return _reply(await _api(request).forget_knowledge(msgspec.structs.replace(body, kb_id=kb_id)))
+
+
+@router.post("/rag/query", openapi_extra=json_body(RagRequest))
+async def rag_query(request: Request) -> Response:
+    return _reply(await _api(request).rag_query(_decode(await request.body(), RagRequest)))
+
+
+def register_commands(server: CommandServer, api: Api) -> None:
+    """Serve ``cmd.context.*`` with the same handlers as HTTP."""
+    routes: dict[str, tuple[type[Any], Any]] = {
+        "store": (StoreRequest, api.store),
+        "retrieve": (Query, api.retrieve),
+        "search_knowledge": (Query, api.search_knowledge),
+        "forget": (ForgetRequest, api.forget),
+        "ingest": (IngestRequest, api.ingest),
+        "forget_knowledge": (ForgetKnowledgeRequest, api.forget_knowledge),
+        "rag_query": (RagRequest, api.rag_query),
+    }
+    for action, (request_type, handler) in routes.items():
+
+        async def run(request: Any, meta: CommandMeta, handler: Any = handler) -> Any:
+            return await handler(request)
+
+        server.register(action, request_type, run)

@@ -1,0 +1,362 @@
+"""The context service's use cases: store, retrieve, forget and ingest, each gated by the policy decision point.
+
+Writes go through the memory / knowledge aggregates (one conditional append per command, so a batch of
+memories or the chunks of a document land atomically); reads go to the vector index, which follows the stream.
+A read asks ``memory.read`` for every memory owner and knowledge base it would touch; what is denied is left
+out of the results and logged, so a denied read returns nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from prometheus_client import Counter
+from symbi_common.aggregate import Repository
+from symbi_common.decisions import DecisionPoint, DecisionRequest, Deny, EntityRef, denied
+from symbi_common.sealing import new_event_id
+
+from symbi_context.chunking import chunk_text, extract_text
+from symbi_context.domain import (
+    KNOWLEDGE_KIND,
+    MEMORY_KINDS,
+    Chunk,
+    ContextState,
+    Forget,
+    IngestDocument,
+    KnowledgeCommand,
+    KnowledgeEvent,
+    KnowledgeIngested,
+    MemoryCommand,
+    MemoryEvent,
+    MemoryKind,
+    MemoryStored,
+    MetaValue,
+    Origin,
+    StoreMemories,
+    check_tags,
+    check_text,
+)
+from symbi_context.embeddings import Embedder
+from symbi_context.errors import InvalidContext
+from symbi_context.index import ContextIndex
+from symbi_context.retrieval import Retrieved, hybrid_search
+from symbi_context.vectors.port import MetaFilter
+
+log = structlog.get_logger(__name__)
+
+DENIED_READS = Counter("symbi_context_denied_reads_total", "Memory reads left out by a policy decision", ["resource"])
+#: Chunks per knowledge event: keeps each event well under the event size limit at 1536 dimensions.
+CHUNKS_PER_EVENT = 64
+_ID_NAMESPACE = uuid.UUID("5b0c8f9e-4d1a-4c55-9a51-6a1f2f6f3c10")
+
+
+class NewMemory(msgspec.Struct, frozen=True, kw_only=True):
+    kind: MemoryKind = "long_term"
+    text: str
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    origin: Origin = msgspec.field(default_factory=Origin)
+    #: Short-term memories expire after this many seconds (default: the configured short-term TTL).
+    ttl_s: float | None = None
+
+
+class Query(msgspec.Struct, frozen=True, kw_only=True):
+    """What a read asks for. ``agent_id`` is who reads; ``owners`` whose memories (default: the reader's own)."""
+
+    agent_id: str
+    query: str
+    owners: tuple[str, ...] = ()
+    knowledge_bases: tuple[str, ...] = ()
+    include_memories: bool = True
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str | int | bool] = msgspec.field(default_factory=dict)
+    created_from: float | None = None
+    created_to: float | None = None
+    limit: int = 10
+    min_sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    ids: list[str]
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContextConfig:
+    short_term_capacity: int = 200
+    short_term_ttl_s: float = 86_400.0
+    knowledge_retention_days: int = 365
+    chunk_chars: int = 1000
+    chunk_overlap_chars: int = 150
+
+
+def _principal(agent_id: str) -> EntityRef:
+    return EntityRef(type="Agent", id=agent_id)
+
+
+def _resource(owner: str, scope: str) -> EntityRef:
+    return EntityRef(type="Memory", id=owner, attrs={"scope": scope})
+
+
+def _check_id(value: str, field: str) -> None:
+    if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
+        raise InvalidContext("must be 1-128 characters of letters, digits, '-' or '_'", field=field)
+
+
+class ContextService:
+    def __init__(
+        self,
+        memories: Repository[ContextState, MemoryCommand, MemoryEvent],
+        knowledge: Repository[ContextState, KnowledgeCommand, KnowledgeEvent],
+        index: ContextIndex,
+        embedder: Embedder,
+        decisions: DecisionPoint,
+        config: ContextConfig,
+    ) -> None:
+        self.memories = memories
+        self.knowledge = knowledge
+        self.index = index
+        self.store = index.store
+        self.embedder = embedder
+        self.decisions = decisions
+        self.config = config
+
+    # --- policy ---------------------------------------------------------------------------------------------
+
+    async def _require(self, agent_id: str, action: str, owner: str, scope: str) -> None:
+        request = DecisionRequest(principal=_principal(agent_id), action=action, resource=_resource(owner, scope))
+        decision = await self.decisions.decide(request)
+        if isinstance(decision, Deny):
+            log.warning("memory write denied", agent_id=agent_id, resource=owner, reason=decision.reason)
+            raise denied(request, decision)
+
+    async def readable(
+        self, agent_id: str, owners: Sequence[str], knowledge_bases: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """The memory owners and knowledge bases ``agent_id`` may read; denials are logged and counted."""
+        asked = [(o, "memory") for o in dict.fromkeys(owners)] + [
+            (k, "knowledge") for k in dict.fromkeys(knowledge_bases)
+        ]
+        if not asked:
+            return [], []
+        requests = [
+            DecisionRequest(principal=_principal(agent_id), action="memory.read", resource=_resource(o, s))
+            for o, s in asked
+        ]
+        decisions = await self.decisions.decide_batch(requests)
+        allowed: dict[str, list[str]] = {"memory": [], "knowledge": []}
+        for (owner, scope), decision in zip(asked, decisions, strict=True):
+            if isinstance(decision, Deny):
+                DENIED_READS.labels(scope).inc()
+                log.warning(
+                    "memory read denied",
+                    agent_id=agent_id,
+                    resource=owner,
+                    scope=scope,
+                    reason=decision.reason,
+                    policies=list(decision.policies),
+                )
+            else:
+                allowed[scope].append(owner)
+        return allowed["memory"], allowed["knowledge"]
+
+    # --- memories -------------------------------------------------------------------------------------------
+
+    async def store_memories(self, agent_id: str, items: Sequence[NewMemory], *, owner: str | None = None) -> Written:
+        """Store memories of ``owner`` (default: the writing agent itself) in one append."""
+        owner = owner or agent_id
+        _check_id(agent_id, "agent_id")
+        _check_id(owner, "owner")
+        if not items:
+            raise InvalidContext("store at least one memory", field="memories")
+        for i, item in enumerate(items):
+            if item.kind not in MEMORY_KINDS:
+                raise InvalidContext(
+                    f"unknown kind {item.kind!r}; use one of {', '.join(MEMORY_KINDS)}", field=f"memories[{i}].kind"
+                )
+            check_text(item.text, f"memories[{i}].text")
+            check_tags(item.tags, f"memories[{i}].tags")
+            if item.ttl_s is not None and item.ttl_s <= 0:
+                raise InvalidContext("must be positive", field=f"memories[{i}].ttl_s")
+        await self._require(agent_id, "memory.write", owner, "memory")
+        vectors = await self.embedder.embed([m.text for m in items])
+        now = time.time()
+        events = tuple(
+            MemoryStored(
+                memory_id=str(uuid.UUID(new_event_id())),
+                kind=item.kind,
+                text=item.text,
+                vector=vec.astype("<f4").tobytes(),
+                model=self.embedder.model,
+                created_at=now,
+                expires_at=(now + (item.ttl_s or self.config.short_term_ttl_s))
+                if item.kind == "short_term"
+                else (now + item.ttl_s if item.ttl_s else None),
+                tags=item.tags,
+                metadata=item.metadata,
+                origin=item.origin,
+            )
+            for item, vec in zip(items, vectors, strict=True)
+        )
+        command = StoreMemories(memories=events, short_term_capacity=self.config.short_term_capacity)
+        _, records = await self.memories.execute(owner, command)
+        return Written([e.memory_id for e in events], records[-1].sequence if records else 0)
+
+    async def forget_memories(
+        self, agent_id: str, *, owner: str | None = None, ids: Sequence[str] = (), where: MetaFilter | None = None
+    ) -> Written:
+        """Forget memories by id, or all of ``owner``'s memories matching ``where``."""
+        owner = owner or agent_id
+        _check_id(owner, "owner")
+        await self._require(agent_id, "memory.write", owner, "memory")
+        chosen = list(ids)
+        if where is not None:
+            scoped = dataclasses.replace(where, owners=(owner,))
+            chosen += [h.id for h in await self.store.scroll(scoped)]
+            if not chosen:
+                return Written([], 0)
+        _, records = await self.memories.execute(owner, Forget(ids=tuple(chosen), missing_ok=where is not None))
+        return Written(chosen, records[-1].sequence if records else 0)
+
+    # --- knowledge ------------------------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        agent_id: str,
+        kb_id: str,
+        *,
+        title: str,
+        content: bytes,
+        media_type: str = "text/plain",
+        source: str = "",
+        tags: Sequence[str] = (),
+        metadata: dict[str, MetaValue] | None = None,
+        origin: Origin | None = None,
+        document_id: str | None = None,
+    ) -> Written:
+        """Chunk, embed and append a document to knowledge base ``kb_id`` (all parts in one atomic append)."""
+        _check_id(kb_id, "kb_id")
+        check_tags(tags)
+        if not title.strip() or len(title) > 500:
+            raise InvalidContext("must be 1-500 characters", field="title")
+        await self._require(agent_id, "memory.write", kb_id, "knowledge")
+        text = extract_text(content, media_type)
+        chunks = chunk_text(
+            text,
+            size=self.config.chunk_chars,
+            overlap=self.config.chunk_overlap_chars,
+            markdown=media_type == "text/markdown",
+        )
+        vectors = await self.embedder.embed([c.text for c in chunks])
+        doc_id = document_id or str(uuid.UUID(new_event_id()))
+        now = time.time()
+        records = [
+            Chunk(
+                chunk_id=str(uuid.uuid5(_ID_NAMESPACE, f"{kb_id}/{doc_id}/{c.position}")),
+                position=c.position,
+                text=c.text,
+                vector=v.astype("<f4").tobytes(),
+            )
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        groups = [records[i : i + CHUNKS_PER_EVENT] for i in range(0, len(records), CHUNKS_PER_EVENT)]
+        parts = tuple(
+            KnowledgeIngested(
+                document_id=doc_id,
+                title=title,
+                source=source,
+                media_type=media_type,
+                model=self.embedder.model,
+                created_at=now,
+                part=i,
+                parts=len(groups),
+                chunks=tuple(group),
+                tags=tuple(tags),
+                metadata=metadata or {},
+                origin=origin or Origin(),
+            )
+            for i, group in enumerate(groups)
+        )
+        _, appended = await self.knowledge.execute(kb_id, IngestDocument(parts=parts))
+        return Written([doc_id], appended[-1].sequence if appended else 0)
+
+    async def forget_documents(self, agent_id: str, kb_id: str, document_ids: Sequence[str]) -> Written:
+        _check_id(kb_id, "kb_id")
+        await self._require(agent_id, "memory.write", kb_id, "knowledge")
+        _, records = await self.knowledge.execute(kb_id, Forget(ids=tuple(document_ids)))
+        return Written(list(document_ids), records[-1].sequence if records else 0)
+
+    # --- reads ----------------------------------------------------------------------------------------------
+
+    def _filter(self, q: Query, owners: list[str], kinds: tuple[str, ...], now: float) -> MetaFilter:
+        created_from = q.created_from
+        if kinds == (KNOWLEDGE_KIND,):
+            # Retention: knowledge older than the configured days is never served (the sweeper forgets it).
+            oldest = now - self.config.knowledge_retention_days * 86_400
+            created_from = max(created_from or oldest, oldest)
+        return MetaFilter(
+            owners=tuple(owners),
+            kinds=kinds,
+            equals={f"metadata.{k}": v for k, v in q.metadata.items()},
+            tags_any=q.tags,
+            created_from=created_from,
+            created_to=q.created_to,
+            alive_at=now,
+        )
+
+    async def retrieve(self, q: Query) -> list[Retrieved]:
+        """Hybrid search over the reader's permitted memories and knowledge, fused and ranked."""
+        _check_id(q.agent_id, "agent_id")
+        if not q.query.strip():
+            raise InvalidContext("must not be empty", field="query")
+        if not 1 <= q.limit <= 100:
+            raise InvalidContext("must be between 1 and 100", field="limit")
+        for kind in q.kinds:
+            if kind not in MEMORY_KINDS:
+                raise InvalidContext(f"unknown kind {kind!r}; use one of {', '.join(MEMORY_KINDS)}", field="kinds")
+        owners_asked = (q.owners or (q.agent_id,)) if q.include_memories else ()
+        owners, kbs = await self.readable(q.agent_id, owners_asked, q.knowledge_bases)
+        if not owners and not kbs:
+            return []
+        if q.min_sequence:
+            await self.index.wait_for(q.min_sequence)
+        now = time.time()
+        filters = []
+        if owners:
+            filters.append(self._filter(q, owners, q.kinds or MEMORY_KINDS, now))
+        if kbs:
+            filters.append(self._filter(q, kbs, (KNOWLEDGE_KIND,), now))
+        vector = (await self.embedder.embed([q.query]))[0]
+        return await hybrid_search(self.store, q.query, vector, filters, limit=q.limit)
+
+    # --- expiry and retention -------------------------------------------------------------------------------
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Forget expired short-term memories and knowledge past its retention, as events. Returns how many."""
+        now = time.time() if now is None else now
+        done = 0
+        expired = await self.store.scroll(MetaFilter(kinds=("short_term",), created_to=now), limit=10_000)
+        by_owner: dict[str, list[str]] = {}
+        for hit in expired:
+            if float(hit.payload.get("expires_at", 0)) <= now:
+                by_owner.setdefault(str(hit.payload["owner"]), []).append(hit.id)
+        for owner, ids in by_owner.items():
+            await self.memories.execute(owner, Forget(ids=tuple(ids), reason="expired", missing_ok=True))
+            done += len(ids)
+        oldest = now - self.config.knowledge_retention_days * 86_400
+        old = await self.store.scroll(MetaFilter(kinds=(KNOWLEDGE_KIND,), created_to=oldest), limit=10_000)
+        docs: dict[str, set[str]] = {}
+        for hit in old:
+            docs.setdefault(str(hit.payload["owner"]), set()).add(str(hit.payload["document_id"]))
+        for kb, doc_ids in docs.items():
+            await self.knowledge.execute(kb, Forget(ids=tuple(sorted(doc_ids)), reason="retention", missing_ok=True))
+            done += len(doc_ids)
+        return done

@@ -1,0 +1,262 @@
+"""Memory and knowledge as event-sourced aggregates: events, state and the pure ``decide`` / ``apply``.
+
+Two aggregate types, both written only by the context service:
+
+- ``memory.<agent_id>`` (subject ``evt.memory.<agent_id>``): one agent's own memories. Short-term memories are
+  bounded (the oldest are evicted in the same append that overflows the bound) and expire; working memories
+  belong to a task and are cleared when it completes; long-term memories stay until forgotten.
+- ``knowledge.<kb_id>`` (subject ``evt.knowledge.<kb_id>``): a knowledge base shared by the agents the policy
+  grants it to. Documents are ingested as chunks; retention drops documents older than the configured days.
+
+Events carry the embedding of every text they add, so the vector index is a pure projection of the stream:
+rebuilding it needs no embedding model and gives the same vectors, hence the same search results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+from symbi_common.events import Event, EventCodec
+
+from symbi_context.errors import InvalidContext, UnknownMemory
+
+MemoryKind = Literal["short_term", "long_term", "working"]
+MEMORY_KINDS: tuple[str, ...] = ("short_term", "long_term", "working")
+#: The kind stored on knowledge chunks in the index, next to the memory kinds.
+KNOWLEDGE_KIND = "knowledge"
+ForgetReason = Literal["request", "evicted", "expired", "task_completed", "retention"]
+MetaValue = str | int | float | bool
+
+MAX_TEXT_CHARS = 32_000
+MAX_TAGS = 32
+
+
+class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What produced a memory: the task, tool call and/or message it came from."""
+
+    task_id: str | None = None
+    tool_call_id: str | None = None
+    message_id: str | None = None
+
+
+# --- memory events ----------------------------------------------------------------------------------------
+
+
+class MemoryStored(Event, frozen=True, kw_only=True, tag="memory.stored"):
+    memory_id: str
+    kind: MemoryKind
+    text: str
+    vector: bytes  # float32 little-endian, the embedding of ``text``
+    model: str
+    created_at: float
+    expires_at: float | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    origin: Origin = msgspec.field(default_factory=Origin)
+
+
+class MemoryForgotten(Event, frozen=True, kw_only=True, tag="memory.forgotten"):
+    memory_ids: tuple[str, ...]
+    reason: ForgetReason
+
+
+MemoryEvent = MemoryStored | MemoryForgotten
+
+
+# --- knowledge events -------------------------------------------------------------------------------------
+
+
+class Chunk(msgspec.Struct, frozen=True, kw_only=True):
+    chunk_id: str
+    position: int
+    text: str
+    vector: bytes
+
+
+class KnowledgeIngested(Event, frozen=True, kw_only=True, tag="knowledge.ingested"):
+    """One part of a document (a large document is several of these in one atomic append)."""
+
+    document_id: str
+    title: str
+    source: str
+    media_type: str
+    model: str
+    created_at: float
+    part: int
+    parts: int
+    chunks: tuple[Chunk, ...]
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    origin: Origin = msgspec.field(default_factory=Origin)
+
+
+class KnowledgeForgotten(Event, frozen=True, kw_only=True, tag="knowledge.forgotten"):
+    document_ids: tuple[str, ...]
+    reason: ForgetReason
+
+
+KnowledgeEvent = KnowledgeIngested | KnowledgeForgotten
+
+
+# --- state ------------------------------------------------------------------------------------------------
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
+    """What decisions need to know about one live memory or document."""
+
+    kind: str
+    created_at: float
+    expires_at: float | None = None
+    task_id: str | None = None
+
+
+class ContextState(msgspec.Struct, frozen=True, kw_only=True):
+    """A memory owner's (or knowledge base's) live entries; ``short_term`` oldest first. Snapshot-able."""
+
+    owner_id: str
+    live: dict[str, Entry] = msgspec.field(default_factory=dict)
+    short_term: tuple[str, ...] = ()
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+class StoreMemories(msgspec.Struct, frozen=True, kw_only=True):
+    memories: tuple[MemoryStored, ...]
+    short_term_capacity: int
+
+
+class Forget(msgspec.Struct, frozen=True, kw_only=True):
+    ids: tuple[str, ...]
+    reason: ForgetReason = "request"
+    #: Ids already gone are skipped instead of refused (sweepers racing with a request).
+    missing_ok: bool = False
+
+
+class IngestDocument(msgspec.Struct, frozen=True, kw_only=True):
+    parts: tuple[KnowledgeIngested, ...]
+
+
+MemoryCommand = StoreMemories | Forget
+KnowledgeCommand = IngestDocument | Forget
+
+
+def check_text(text: str, field: str) -> None:
+    if not text.strip():
+        raise InvalidContext("must not be empty", field=field)
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidContext(f"is {len(text)} characters; at most {MAX_TEXT_CHARS} per memory", field=field)
+
+
+def check_tags(tags: Sequence[str], field: str = "tags") -> None:
+    if len(tags) > MAX_TAGS:
+        raise InvalidContext(f"{len(tags)} tags; at most {MAX_TAGS}", field=field)
+    for tag in tags:
+        if not tag or len(tag) > 128:
+            raise InvalidContext(f"tag {tag!r} must be 1-128 characters", field=field)
+
+
+def _forget(state: ContextState, command: Forget) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(command.ids))
+    if not ids:
+        raise InvalidContext("name at least one id to forget", field="ids")
+    missing = [i for i in ids if i not in state.live]
+    if missing and not command.missing_ok:
+        raise UnknownMemory(f"{len(missing)} id(s) not found for {state.owner_id}: {', '.join(missing[:5])}")
+    return tuple(i for i in ids if i in state.live)
+
+
+def decide_memory(state: ContextState, command: MemoryCommand) -> list[MemoryEvent]:
+    """Events for ``command``. Storing short-term memories past the capacity evicts the oldest ones."""
+    if isinstance(command, Forget):
+        ids = _forget(state, command)
+        return [MemoryForgotten(memory_ids=ids, reason=command.reason)] if ids else []
+    if command.short_term_capacity < 1:
+        raise InvalidContext("must be at least 1", field="short_term_capacity")
+    events: list[MemoryEvent] = []
+    for i, memory in enumerate(command.memories):
+        check_text(memory.text, f"memories[{i}].text")
+        check_tags(memory.tags, f"memories[{i}].tags")
+        if memory.memory_id in state.live:
+            raise InvalidContext(f"memory {memory.memory_id} already exists", field=f"memories[{i}].memory_id")
+        if memory.kind == "working" and not memory.origin.task_id:
+            raise InvalidContext("a working memory belongs to a task: set origin.task_id", field=f"memories[{i}]")
+        events.append(memory)
+    short = [*state.short_term, *(m.memory_id for m in command.memories if m.kind == "short_term")]
+    overflow = len(short) - command.short_term_capacity
+    if overflow > 0:
+        events.append(MemoryForgotten(memory_ids=tuple(short[:overflow]), reason="evicted"))
+    return events
+
+
+def decide_knowledge(state: ContextState, command: KnowledgeCommand) -> list[KnowledgeEvent]:
+    if isinstance(command, Forget):
+        ids = _forget(state, command)
+        return [KnowledgeForgotten(document_ids=ids, reason=command.reason)] if ids else []
+    if not command.parts:
+        raise InvalidContext("a document needs at least one chunk", field="text")
+    document_id = command.parts[0].document_id
+    if document_id in state.live:
+        raise InvalidContext(f"document {document_id} already exists; forget it first", field="document_id")
+    return list(command.parts)
+
+
+def apply_memory(state: ContextState, event: MemoryEvent) -> ContextState:
+    if isinstance(event, MemoryStored):
+        entry = Entry(
+            kind=event.kind, created_at=event.created_at, expires_at=event.expires_at, task_id=event.origin.task_id
+        )
+        short = (*state.short_term, event.memory_id) if event.kind == "short_term" else state.short_term
+        return ContextState(owner_id=state.owner_id, live={**state.live, event.memory_id: entry}, short_term=short)
+    gone = set(event.memory_ids)
+    return ContextState(
+        owner_id=state.owner_id,
+        live={k: v for k, v in state.live.items() if k not in gone},
+        short_term=tuple(i for i in state.short_term if i not in gone),
+    )
+
+
+def apply_knowledge(state: ContextState, event: KnowledgeEvent) -> ContextState:
+    if isinstance(event, KnowledgeIngested):
+        if event.document_id in state.live:
+            return state
+        entry = Entry(kind=KNOWLEDGE_KIND, created_at=event.created_at)
+        return ContextState(owner_id=state.owner_id, live={**state.live, event.document_id: entry})
+    gone = set(event.document_ids)
+    return ContextState(owner_id=state.owner_id, live={k: v for k, v in state.live.items() if k not in gone})
+
+
+class MemoryAggregate:
+    aggregate_type = "memory"
+    codec: EventCodec[MemoryEvent] = EventCodec([MemoryStored, MemoryForgotten])
+    state_type = ContextState
+
+    def initial(self, aggregate_id: str) -> ContextState:
+        return ContextState(owner_id=aggregate_id)
+
+    def apply(self, state: ContextState, event: MemoryEvent) -> ContextState:
+        return apply_memory(state, event)
+
+    def decide(self, state: ContextState, command: MemoryCommand) -> list[MemoryEvent]:
+        return decide_memory(state, command)
+
+
+class KnowledgeAggregate:
+    aggregate_type = "knowledge"
+    codec: EventCodec[KnowledgeEvent] = EventCodec([KnowledgeIngested, KnowledgeForgotten])
+    state_type = ContextState
+
+    def initial(self, aggregate_id: str) -> ContextState:
+        return ContextState(owner_id=aggregate_id)
+
+    def apply(self, state: ContextState, event: KnowledgeEvent) -> ContextState:
+        return apply_knowledge(state, event)
+
+    def decide(self, state: ContextState, command: KnowledgeCommand) -> list[KnowledgeEvent]:
+        return decide_knowledge(state, command)
+
+
+MEMORY = MemoryAggregate()
+KNOWLEDGE = KnowledgeAggregate()

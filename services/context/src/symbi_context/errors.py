@@ -1,0 +1,65 @@
+"""Errors of the context service: one root, a domain branch (bad input) and an infrastructure branch."""
+
+from __future__ import annotations
+
+from symbi_common.errors import DomainError, InfrastructureError, SymbiError
+
+
+class ContextError(SymbiError):
+    """Root of every error raised by the context service."""
+
+    code = "context_error"
+
+
+class InvalidContext(ContextError, DomainError):
+    """A memory, document or query is malformed; ``field`` names what is wrong."""
+
+    code = "invalid_context"
+    http_status = 422
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}", field=field)
+        self.field = field
+
+
+class UnknownMemory(ContextError, DomainError):
+    """A memory or knowledge entry id that does not exist (or was forgotten)."""
+
+    code = "unknown_memory"
+    http_status = 404
+
+
+class DimensionMismatch(ContextError, DomainError):
+    """A vector does not have the dimension the index was created with."""
+
+    code = "dimension_mismatch"
+    http_status = 422
+
+    def __init__(self, *, expected: int, got: int, what: str = "vector") -> None:
+        super().__init__(
+            f"{what} has dimension {got} but the index was created for {expected}; "
+            "use the same embedding model for writes and queries, or rebuild the index",
+            expected=expected,
+            got=got,
+        )
+
+
+class EmbeddingFailed(ContextError, InfrastructureError):
+    """The embedding provider could not embed the texts (model missing, HTTP error, bad answer)."""
+
+    code = "embedding_failed"
+    http_status = 502
+
+
+class VectorStoreError(ContextError, InfrastructureError):
+    """The vector store refused or failed an operation."""
+
+    code = "vector_store_error"
+    http_status = 503
+
+
+class GenerationFailed(ContextError, InfrastructureError):
+    """The chat endpoint that generates RAG answers failed."""
+
+    code = "generation_failed"
+    http_status = 502

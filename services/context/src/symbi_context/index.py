@@ -1,0 +1,270 @@
+"""The vector index as a projection of the event stream.
+
+A consumer reads ``evt.memory.>``, ``evt.knowledge.>`` and ``evt.task.>`` in stream order, verifies each event
+(signature and signer authorisation), decrypts the memory and knowledge payloads and applies them to the
+:class:`VectorStore`; ``task.completed`` clears the working memories of that task. After each batch the store
+records the stream position it reflects. Every change is idempotent (upsert and delete by id), so replaying
+from a position that is not the latest (a crash between the store write and the position write) converges to
+the same content: deleting the index and replaying the stream rebuilds it with the same search results.
+
+An event that fails verification is logged, counted and skipped; an aggregate whose data key was destroyed
+(crypto-shredded) has nothing to index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import numpy as np
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from symbi_common.datakeys import DataKeys
+from symbi_common.errors import DataKeyDestroyed, SymbiError
+from symbi_common.keyring import KeyRegistry
+from symbi_common.sealing import decrypt, open_envelope
+from symbi_common.streams import EVENTS_STREAM
+from symbi_common.telemetry import REJECTED_EVENTS
+
+from symbi_context.domain import (
+    KNOWLEDGE,
+    KNOWLEDGE_KIND,
+    MEMORY,
+    KnowledgeForgotten,
+    KnowledgeIngested,
+    MemoryForgotten,
+    MemoryStored,
+)
+from symbi_context.vectors.keywords import document_keywords
+from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
+
+log = structlog.get_logger(__name__)
+
+SUBJECTS = ("evt.memory.>", "evt.knowledge.>", "evt.task.>")
+TASK_COMPLETED = "task.completed"
+NAME = "context_index"
+
+
+def vector_of(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def memory_point(owner: str, event: MemoryStored, sequence: int) -> VectorPoint:
+    payload: dict[str, Any] = {
+        "owner": owner,
+        "scope": "memory",
+        "kind": event.kind,
+        "text": event.text,
+        "created_at": event.created_at,
+        "expires_at": event.expires_at if event.expires_at is not None else NEVER,
+        "tags": list(event.tags),
+        "metadata": dict(event.metadata),
+        "origin": {
+            k: v
+            for k, v in (
+                ("task_id", event.origin.task_id),
+                ("tool_call_id", event.origin.tool_call_id),
+                ("message_id", event.origin.message_id),
+            )
+            if v
+        },
+        "model": event.model,
+        "sequence": sequence,
+    }
+    if event.origin.task_id:
+        payload["task_id"] = event.origin.task_id
+    return VectorPoint(event.memory_id, vector_of(event.vector), document_keywords(event.text), payload)
+
+
+def knowledge_points(owner: str, event: KnowledgeIngested, sequence: int) -> list[VectorPoint]:
+    points = []
+    for chunk in event.chunks:
+        payload: dict[str, Any] = {
+            "owner": owner,
+            "scope": "knowledge",
+            "kind": KNOWLEDGE_KIND,
+            "text": chunk.text,
+            "document_id": event.document_id,
+            "title": event.title,
+            "source": event.source,
+            "position": chunk.position,
+            "created_at": event.created_at,
+            "expires_at": NEVER,
+            "tags": list(event.tags),
+            "metadata": dict(event.metadata),
+            "origin": {
+                k: v
+                for k, v in (
+                    ("task_id", event.origin.task_id),
+                    ("tool_call_id", event.origin.tool_call_id),
+                    ("message_id", event.origin.message_id),
+                )
+                if v
+            },
+            "model": event.model,
+            "sequence": sequence,
+        }
+        # Keywords see the title too: a chunk is often about its document's subject without naming it.
+        points.append(
+            VectorPoint(
+                chunk.chunk_id, vector_of(chunk.vector), document_keywords(f"{event.title}\n{chunk.text}"), payload
+            )
+        )
+    return points
+
+
+class ContextIndex:
+    """Keeps a :class:`VectorStore` equal to the projection of the stream; ``wait_for`` gives read-your-writes."""
+
+    def __init__(
+        self,
+        js: Any,
+        store: VectorStore,
+        registry: KeyRegistry,
+        datakeys: DataKeys,
+        *,
+        stream: str = EVENTS_STREAM,
+        batch: int = 256,
+        fetch_timeout: float = 0.5,
+    ) -> None:
+        self.js = js
+        self.store = store
+        self.registry = registry
+        self.datakeys = datakeys
+        self.stream = stream
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.position = 0
+        self.consumer_name = f"{NAME}_{uuid.uuid4().hex[:12]}"
+        self._changed = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.rejected = 0
+
+    async def run(self) -> None:
+        """Apply events until :meth:`stop`; failures back off and resume from the store's position."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self._run_consumer()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                log.warning("context index interrupted, resuming", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _run_consumer(self) -> None:
+        self.position = await self.store.position()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_consumer(self.stream, self.consumer_name)
+        config = ConsumerConfig(
+            durable_name=self.consumer_name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.position + 1,
+            ack_policy=AckPolicy.NONE,  # the store's position is the truth, not the consumer's
+            inactive_threshold=300,
+            filter_subjects=list(SUBJECTS),
+        )
+        await self.js.add_consumer(self.stream, config)
+        psub = await self.js.pull_subscribe_bind(durable=self.consumer_name, stream=self.stream)
+        self.ready.set()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
+                except nats.errors.TimeoutError:
+                    continue
+                await self.apply_batch(msgs)
+        finally:
+            await psub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(self.stream, self.consumer_name)
+
+    async def apply_batch(self, msgs: Sequence[Any]) -> None:
+        """Apply messages in order; consecutive upserts go to the store as one batch."""
+        pending: list[VectorPoint] = []
+        last = self.position
+        for msg in msgs:
+            seq = int(msg.metadata.sequence.stream)
+            if seq <= last:
+                continue
+            try:
+                action = await self._decode(msg.subject, seq, bytes(msg.data))
+            except DataKeyDestroyed:
+                action = None  # crypto-shredded: nothing of it may be indexed
+            except SymbiError as err:
+                self.rejected += 1
+                REJECTED_EVENTS.labels(NAME, err.code).inc()
+                log.warning("event rejected", projection=NAME, sequence=seq, subject=msg.subject, error=err.message)
+                action = None
+            if isinstance(action, list):
+                pending.extend(action)
+            elif action is not None:
+                if pending:
+                    await self.store.upsert(pending)
+                    pending = []
+                await action
+            last = seq
+        if pending:
+            await self.store.upsert(pending)
+        if last != self.position:
+            await self.store.set_position(last)
+            async with self._changed:
+                self.position = last
+                self._changed.notify_all()
+
+    async def _decode(self, subject: str, seq: int, data: bytes) -> Any:
+        """Points to upsert (a list), a coroutine that deletes, or None."""
+        opened = open_envelope(data, subject=subject, sequence=seq, registry=self.registry)
+        header = opened.header
+        if header.aggregate_type == "task":
+            if header.event_type != TASK_COMPLETED:
+                return None
+            where = MetaFilter(kinds=("working",), equals={"task_id": header.aggregate_id})
+            return self.store.delete_where(where)
+        if header.aggregate_type not in (MEMORY.aggregate_type, KNOWLEDGE.aggregate_type):
+            return None
+        key = await self.datakeys.by_id(header.data_key_id)
+        payload = decrypt(opened, key)
+        owner = header.aggregate_id
+        if header.aggregate_type == MEMORY.aggregate_type:
+            memory_event = MEMORY.codec.decode(payload, event_type=header.event_type, sequence=seq, subject=subject)
+            if isinstance(memory_event, MemoryStored):
+                return [memory_point(owner, memory_event, seq)]
+            assert isinstance(memory_event, MemoryForgotten)
+            return self.store.delete(list(memory_event.memory_ids))
+        event = KNOWLEDGE.codec.decode(payload, event_type=header.event_type, sequence=seq, subject=subject)
+        if isinstance(event, KnowledgeIngested):
+            return knowledge_points(owner, event, seq)
+        assert isinstance(event, KnowledgeForgotten)
+        return self._forget_documents(owner, event.document_ids)
+
+    async def _forget_documents(self, owner: str, document_ids: Sequence[str]) -> None:
+        for document_id in document_ids:
+            await self.store.delete_where(MetaFilter(owners=(owner,), equals={"document_id": document_id}))
+
+    async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
+        """Wait until events up to stream ``sequence`` are in the index."""
+
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.position >= sequence)
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,122 @@
+"""Entry point: ``symbi-context [--config PATH]`` (or ``python -m symbi_context``).
+
+Settings: the ``[context]`` section (``SYMBIONT_VECTOR_BACKEND``, ``SYMBIONT_VECTOR_DATA_PATH``,
+``SYMBIONT_VECTOR_HOST`` / ``PORT``, ``SYMBI_CONTEXT__*``), plus NATS, keys and policy like every service. The
+context service needs no PostgreSQL: its read model is the vector index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+from symbi_common.errors import ConfigError
+from symbi_common.service import ServiceRuntime, create_app, serve
+from symbi_common.settings import ContextSettings, Settings, load_settings
+
+from symbi_context.api import Api, register_commands, router
+from symbi_context.application import ContextConfig, ContextService
+from symbi_context.domain import KNOWLEDGE, MEMORY
+from symbi_context.embeddings import Embedder, LocalEmbedder, openai_from_env
+from symbi_context.index import ContextIndex
+from symbi_context.rag import RagEngine
+from symbi_context.vectors.edge import EdgeVectorStore
+from symbi_context.vectors.port import VectorStore
+from symbi_context.vectors.qdrant import QdrantVectorStore
+
+SERVICE = "context"
+log = structlog.get_logger(__name__)
+
+
+def make_embedder(cs: ContextSettings) -> Embedder:
+    if cs.embedding_provider == "openai":
+        return openai_from_env(base_url=cs.openai_base_url, model=cs.embedding_model, dimension=cs.embedding_dimension)
+    return LocalEmbedder()
+
+
+async def open_vector_store(cs: ContextSettings, dimension: int) -> VectorStore:
+    if cs.vector_backend == "qdrant":
+        return await QdrantVectorStore.connect(
+            host=cs.qdrant.host, port=cs.qdrant.port, dimension=dimension, quantization=cs.vector_quantization
+        )
+    path = Path(cs.vector_data_path) / f"{dimension}d"
+    return EdgeVectorStore(path, dimension, quantization=cs.vector_quantization)
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The context service's app; its lifespan connects, follows the stream into the index and serves."""
+    runtime = ServiceRuntime(SERVICE, settings, use_database=False)
+    cs = settings.context
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        embedder = make_embedder(cs)
+        store = await open_vector_store(cs, embedder.dimension)
+        index = ContextIndex(rt.js, store, rt.registry, rt.datakeys)
+        memories = rt.repository(MEMORY)
+        knowledge = rt.repository(KNOWLEDGE)
+        service = ContextService(
+            memories,
+            knowledge,
+            index,
+            embedder,
+            await rt.decision_point(),
+            ContextConfig(
+                short_term_capacity=cs.short_term_capacity,
+                short_term_ttl_s=cs.short_term_ttl_s,
+                knowledge_retention_days=cs.knowledge_retention_days,
+                chunk_chars=cs.chunk_chars,
+                chunk_overlap_chars=cs.chunk_overlap_chars,
+            ),
+        )
+        rag = RagEngine(service, chat_model=cs.chat_model, base_url=cs.openai_base_url)
+        api = Api(service, rag)
+        register_commands(rt.commands, api)
+        app.state.context = api
+        app.state.index = index
+        rt.spawn(index.run(), "context:index")
+        rt.spawn(_sweep_forever(service, cs.sweep_interval_s), "context:sweep")
+        rt.spawn(_close_on_stop(index, store), "context:close")
+        await asyncio.wait_for(index.ready.wait(), timeout=30)
+
+    app = create_app(runtime, title="Symbi context", routers=[router], on_start=on_start)
+    return app
+
+
+async def _sweep_forever(service: ContextService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            forgotten = await service.sweep()
+            if forgotten:
+                log.info("swept expired memories and knowledge", forgotten=forgotten)
+        except Exception as exc:  # the next round tries again
+            log.warning("sweep failed", error=str(exc))
+
+
+async def _close_on_stop(index: ContextIndex, store: VectorStore) -> None:
+    """Runs for the service's lifetime; on shutdown (cancelled) stops the index and closes the store."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await index.stop()
+        with contextlib.suppress(Exception):
+            await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="symbi-context", description="Symbi context service")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"symbi-context: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(build_app(settings), settings)

@@ -1,0 +1,107 @@
+"""Pure decide/apply of the memory and knowledge aggregates."""
+
+from __future__ import annotations
+
+import pytest
+from symbi_context.domain import (
+    KNOWLEDGE,
+    MEMORY,
+    Chunk,
+    ContextState,
+    Forget,
+    IngestDocument,
+    KnowledgeForgotten,
+    KnowledgeIngested,
+    MemoryForgotten,
+    MemoryStored,
+    Origin,
+    StoreMemories,
+)
+from symbi_context.errors import InvalidContext, UnknownMemory
+
+
+def memory(i: int, kind: str = "short_term", task: str | None = None) -> MemoryStored:
+    return MemoryStored(
+        memory_id=f"m{i}",
+        kind=kind,  # type: ignore[arg-type]
+        text=f"memory {i}",
+        vector=b"\0" * 16,
+        model="test",
+        created_at=float(i),
+        origin=Origin(task_id=task),
+    )
+
+
+def fold(state: ContextState, events: list) -> ContextState:  # type: ignore[type-arg]
+    for e in events:
+        state = MEMORY.apply(state, e)
+    return state
+
+
+def test_short_term_is_bounded_oldest_evicted_in_the_same_append() -> None:
+    state = MEMORY.initial("ada")
+    for i in range(3):
+        state = fold(state, MEMORY.decide(state, StoreMemories(memories=(memory(i),), short_term_capacity=3)))
+    assert state.short_term == ("m0", "m1", "m2")
+    events = MEMORY.decide(
+        state, StoreMemories(memories=(memory(3), memory(4, "long_term"), memory(5)), short_term_capacity=3)
+    )
+    assert isinstance(events[-1], MemoryForgotten)
+    assert events[-1].memory_ids == ("m0", "m1")
+    assert events[-1].reason == "evicted"
+    state = fold(state, events)
+    assert state.short_term == ("m2", "m3", "m5")
+    assert set(state.live) == {"m2", "m3", "m4", "m5"}
+
+
+def test_working_memory_needs_a_task_and_ids_are_unique() -> None:
+    state = MEMORY.initial("ada")
+    with pytest.raises(InvalidContext, match=r"origin\.task_id"):
+        MEMORY.decide(state, StoreMemories(memories=(memory(1, "working"),), short_term_capacity=5))
+    state = fold(
+        state, MEMORY.decide(state, StoreMemories(memories=(memory(1, "working", "t"),), short_term_capacity=5))
+    )
+    assert state.live["m1"].task_id == "t"
+    with pytest.raises(InvalidContext, match="already exists"):
+        MEMORY.decide(state, StoreMemories(memories=(memory(1, "long_term"),), short_term_capacity=5))
+
+
+def test_forget() -> None:
+    state = fold(MEMORY.initial("ada"), [memory(1, "long_term"), memory(2, "long_term")])
+    with pytest.raises(UnknownMemory, match="m9"):
+        MEMORY.decide(state, Forget(ids=("m1", "m9")))
+    assert MEMORY.decide(state, Forget(ids=("m9",), missing_ok=True)) == []
+    events = MEMORY.decide(state, Forget(ids=("m1", "m1", "m9"), missing_ok=True))
+    assert events == [MemoryForgotten(memory_ids=("m1",), reason="request")]
+    assert set(fold(state, events).live) == {"m2"}
+    with pytest.raises(InvalidContext):
+        MEMORY.decide(state, Forget(ids=()))
+
+
+def test_knowledge_documents() -> None:
+    part = KnowledgeIngested(
+        document_id="d1",
+        title="T",
+        source="",
+        media_type="text/plain",
+        model="m",
+        created_at=5.0,
+        part=0,
+        parts=1,
+        chunks=(Chunk(chunk_id="c", position=0, text="x", vector=b""),),
+    )
+    state = KNOWLEDGE.initial("kb")
+    events = KNOWLEDGE.decide(state, IngestDocument(parts=(part,)))
+    state = KNOWLEDGE.apply(state, events[0])
+    assert state.live["d1"].created_at == 5.0
+    with pytest.raises(InvalidContext, match="already exists"):
+        KNOWLEDGE.decide(state, IngestDocument(parts=(part,)))
+    gone = KNOWLEDGE.decide(state, Forget(ids=("d1",), reason="retention"))
+    assert gone == [KnowledgeForgotten(document_ids=("d1",), reason="retention")]
+    assert KNOWLEDGE.apply(state, gone[0]).live == {}
+
+
+def test_events_round_trip_through_the_codec() -> None:
+    event = memory(7, "working", "t-1")
+    data = MEMORY.codec.encode(event)
+    assert MEMORY.codec.decode(data, event_type="memory.stored") == event

@@ -1,0 +1,240 @@
+"""The initialization controller: what happens to an agent while it is Initializing.
+
+For an agent in Initializing it
+
+1. compiles the DSL definition the agent was registered with (if any) into an :class:`AgentConfig`,
+   every problem becoming a :class:`ConfigIssue` with file, line, column, excerpt and hint;
+2. validates the configuration (:func:`validate_config`);
+3. asks the policy decision point whether the registration may proceed (action ``agent.register``
+   on ``Agent::"<id>"``; principal ``User::"<registered_by>"``), applying ``cap_resources``
+   conditions to the configuration;
+4. sends ``Initialize`` with the outcome, so the agent becomes Ready (the event carries the final
+   config and the decision), Failed (the problems) or Failed by an ``agent.denied`` event.
+
+Registration runs it inline, so the caller's answer already shows Ready/Failed. If the process dies
+in between, or the decision point is unreachable, the agent stays Initializing and the controller's
+sweep (at start-up, then periodically) finishes it. Initializing twice is harmless: the second
+``Initialize`` meets a state that no longer accepts it and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+from symbi_common.aggregate import Loaded, Repository
+from symbi_common.decisions import (
+    AllowWithConditions,
+    Decision,
+    DecisionPoint,
+    DecisionRecord,
+    DecisionRequest,
+    Deny,
+    EntityRef,
+    denied,
+)
+from symbi_common.errors import BadRequest, IllegalTransition, InfrastructureError, PolicyDenied, SymbiError
+from symbi_common.eventstore import Recorded
+from symbi_dsl import DslError, compile_agent
+
+from symbi_lifecycle.config import AgentConfig, ConfigIssue, ResourceLimits, convert_config, validate_config
+from symbi_lifecycle.domain import AgentEvent, AgentState, AgentStatus, Command, Initialize
+
+log = structlog.get_logger(__name__)
+
+ACTION = "agent.register"
+SWEEP_INTERVAL_S = 5.0
+#: The sweep leaves agents registered this recently to the inline initialization of their registration.
+SWEEP_GRACE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What initializing one agent did: the agent after it, the events appended, a denial to report."""
+
+    loaded: Loaded[AgentState]
+    records: list[Recorded[AgentEvent]]
+    denial: PolicyDenied | None = None
+
+
+def issues_of(err: DslError) -> tuple[ConfigIssue, ...]:
+    """A definition's diagnostics as config issues (``field`` is the diagnostic's code)."""
+    return tuple(
+        ConfigIssue(
+            d.code,
+            d.message,
+            file=d.file,
+            line=d.line,
+            column=d.column,
+            excerpt=d.excerpt,
+            hint=d.hint,
+        )
+        for d in err.diagnostics
+    )
+
+
+def compile_state(state: AgentState) -> tuple[AgentConfig | None, tuple[ConfigIssue, ...]]:
+    """The configuration an Initializing agent ends up with, or every problem found. Pure."""
+    assert state.config is not None
+    config = state.config
+    if state.definition:
+        try:
+            raw = compile_agent(state.definition, agent_id=state.agent_id, file=state.source_file or "<definition>")
+        except DslError as err:
+            return None, issues_of(err)
+        try:
+            config = convert_config(raw, prefix="config")
+        except BadRequest as err:
+            return None, (ConfigIssue(str(err.details.get("field", "config")), err.message),)
+    return config, tuple(validate_config(config))
+
+
+def register_request(state: AgentState, config: AgentConfig) -> DecisionRequest:
+    """The ``agent.register`` question for ``config`` (attribute names as in the Cedar schema)."""
+    r = config.resources
+    resources = {
+        "memory_mb": r.memory_mb,
+        "cpu_cores": float(r.cpu_cores),
+        "disk_io_mbps": r.disk_io_mbps,
+        "network_io_mbps": r.network_io_mbps,
+        "execution_timeout_s": float(r.execution_timeout_s),
+    }
+    return DecisionRequest(
+        principal=EntityRef(type="User", id=state.registered_by or "anonymous"),
+        action=ACTION,
+        resource=EntityRef(
+            type="Agent",
+            id=state.agent_id,
+            attrs={
+                "name": config.name,
+                "security_tier": config.security_tier,
+                "capabilities": list(config.capabilities),
+            },
+        ),
+        context={
+            "resources": resources,
+            "security_tier": config.security_tier,
+            "capabilities": list(config.capabilities),
+        },
+    )
+
+
+def _capped(config: AgentConfig, decision: Decision) -> AgentConfig:
+    """``config`` with its resource limits lowered to every ``cap_resources`` condition of ``decision``."""
+    if not isinstance(decision, AllowWithConditions):
+        return config
+    limits = msgspec.structs.asdict(config.resources)
+    for condition in decision.conditions:
+        if condition.kind != "cap_resources":
+            continue
+        for key, cap in condition.params.items():
+            if key in limits and isinstance(cap, int | float):
+                limits[key] = type(limits[key])(min(limits[key], cap))
+    return msgspec.structs.replace(config, resources=ResourceLimits(**limits))
+
+
+def _approval_needed(decision: Decision) -> bool:
+    return isinstance(decision, AllowWithConditions) and any(
+        c.kind == "require_approval" for c in decision.conditions
+    )
+
+
+class InitializationController:
+    """Takes agents out of Initializing; see the module docstring."""
+
+    def __init__(
+        self,
+        repository: Repository[AgentState, Command, AgentEvent],
+        decisions: Callable[[], Awaitable[DecisionPoint]],
+        pool: asyncpg.Pool | None = None,
+        *,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
+    ) -> None:
+        self.repository = repository
+        self.decisions = decisions
+        self.pool = pool
+        self.sweep_interval_s = sweep_interval_s
+
+    async def initialize(
+        self, agent_id: str, *, causation_id: str | None = None, correlation_id: str | None = None
+    ) -> Outcome:
+        """Initialize ``agent_id`` if it is Initializing; the agent as it is afterwards either way.
+
+        An unreachable decision point leaves the agent Initializing (the sweep retries later).
+        """
+        loaded = await self.repository.load(agent_id)
+        state = loaded.state
+        if state.status is not AgentStatus.INITIALIZING:
+            return Outcome(loaded, [])
+        config, issues = await asyncio.to_thread(compile_state, state)
+        command = Initialize(config=config, issues=issues)
+        denial: PolicyDenied | None = None
+        if not issues:
+            assert config is not None
+            request = register_request(state, config)
+            try:
+                decision = await (await self.decisions()).decide(request)
+            except (InfrastructureError, SymbiError) as err:
+                log.warning("decision point unavailable; the agent stays Initializing", agent_id=agent_id, error=str(err))
+                return Outcome(loaded, [])
+            record = DecisionRecord.of(request, decision)
+            if isinstance(decision, Deny):
+                denial = denied(request, decision)
+                command = Initialize(config=config, decision=record)
+            elif _approval_needed(decision):
+                issue = ConfigIssue(
+                    "policy",
+                    "registration requires approval, and approvals are not available for registration",
+                    hint=f"policies: {', '.join(decision.policies)}",
+                )
+                command = Initialize(config=config, issues=(issue,), decision=record)
+            else:
+                command = Initialize(config=_capped(config, decision), decision=record)
+        try:
+            loaded, records = await self.repository.execute(
+                agent_id, command, causation_id=causation_id, correlation_id=correlation_id
+            )
+        except IllegalTransition:  # someone else initialized it meanwhile
+            return Outcome(await self.repository.load(agent_id, fresh=True), [])
+        return Outcome(loaded, records, denial)
+
+    async def sweep(self, *, grace_s: float = SWEEP_GRACE_S) -> int:
+        """Initialize every agent the read model shows Initializing for longer than ``grace_s``."""
+        if self.pool is None:
+            return 0
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace_s)
+        rows = await self.pool.fetch(
+            "SELECT id FROM lifecycle.agents WHERE state = $1 AND updated_at <= $2 ORDER BY updated_at LIMIT 500",
+            AgentStatus.INITIALIZING.value,
+            before,
+        )
+        done = 0
+        for row in rows:
+            try:
+                outcome = await self.initialize(row["id"])
+            except SymbiError as err:
+                log.warning("initialization failed; will retry", agent_id=row["id"], error=str(err))
+                continue
+            done += bool(outcome.records)
+        return done
+
+    async def run(self, ready: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Resume what a crash left Initializing (once ``ready`` says the read model caught up), then sweep."""
+        if ready is not None:
+            await ready()
+        grace = 0.0
+        while True:
+            try:
+                resumed = await self.sweep(grace_s=grace)
+                if resumed:
+                    log.info("initialized agents left Initializing", count=resumed)
+            except Exception as err:  # the loop must survive a database hiccup
+                log.warning("initialization sweep failed", error=str(err))
+            grace = SWEEP_GRACE_S
+            await asyncio.sleep(self.sweep_interval_s)

@@ -1,0 +1,258 @@
+"""Registration with DSL definitions, the Initializing controller, and the agent.register enforcement point.
+
+Everything runs against the real service (NATS JetStream, PostgreSQL); policy decisions come from the
+real Cedar engine of ``symbi_common.policy`` with policies written for the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from symbi_common.decisions import Decision, DecisionRequest
+from symbi_common.policy.cedar import compile_policies
+from symbi_common.policy.engine import PolicyEngine
+from symbi_common.settings import Settings
+from symbi_dsl import compiler as dsl_compiler
+from symbi_dsl import config_name
+from symbi_lifecycle import config as lifecycle_config
+from symbi_lifecycle.domain import Register
+from symbi_lifecycle.main import build_app
+
+from .conftest import Running
+
+EXAMPLES = sorted((Path(__file__).parents[3] / "examples" / "agents").glob("*.symbi"))
+
+
+class CedarPoint:
+    """A decision point over the real Cedar engine with a fixed policy set (version 7)."""
+
+    def __init__(self, text: str) -> None:
+        self.engine = PolicyEngine({"test": compile_policies("test", text)}, 7)
+
+    @property
+    def version(self) -> int:
+        return 7
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        return self.engine.decide(request)
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return self.engine.decide_batch(requests)
+
+
+async def history(http: httpx.AsyncClient, agent_id: str, sequence: int) -> list[dict[str, Any]]:
+    r = await http.get(f"/v1/agents/{agent_id}/events", params={"min_sequence": sequence})
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+async def test_every_example_registers_ready(running: Running, path: Path) -> None:
+    text = path.read_text()
+    agent_id = path.stem
+    r = await running.http.post("/v1/agents", json={"agent_id": agent_id, "definition": text, "file": str(path)})
+    assert r.status_code == 201, r.text
+    agent = r.json()
+    assert agent["state"] == "Ready", agent["errors"]
+    config = agent["config"]
+    assert config["name"] == config_name(config["name"])
+    assert config["workload"]["image"].startswith("symbi/")
+    for policy in config["policies"]:
+        assert f'@id("{agent_id}.{policy["name"]}.1")' in policy["cedar"]
+        assert f'principal == Agent::"{agent_id}"' in policy["cedar"]
+    events = await history(running.http, agent_id, agent["sequence"])
+    assert [e["type"] for e in events] == ["agent.registered", "agent.ready"]
+    assert events[0]["data"]["definition"] == text
+    ready = events[1]["data"]
+    assert ready["config"] == config  # the scheduler and the policy service read the compiled config here
+    assert ready["decision"]["action"] == "agent.register"
+    assert ready["decision"]["policies"] == ["enforcement-disabled"]
+
+
+async def test_schedules_and_policies_reach_the_config(running: Running) -> None:
+    path = next(p for p in EXAMPLES if p.stem == "scheduled-reporter")
+    r = await running.http.post("/v1/agents", json={"agent_id": "rep", "definition": path.read_text()})
+    config = r.json()["config"]
+    assert [(s["name"], s["cron"], s["timezone"], s["priority"]) for s in config["schedules"]] == [
+        ("monday_report", "0 8 * * 1", "America/New_York", "normal"),
+        ("quarter_close", "0 18 31 3,6,9,12 *", "America/New_York", "high"),
+    ]
+    assert config["schedules"][0]["input"] == '{"week":"last"}'
+    assert config["resources"] == {
+        "memory_mb": 512,
+        "cpu_cores": 1.0,
+        "disk_io_mbps": 100,
+        "network_io_mbps": 10,
+        "execution_timeout_s": 600.0,
+    }
+    assert [p["name"] for p in config["policies"]] == ["reporting"]
+    assert "forbid" in config["policies"][0]["cedar"]
+
+
+async def test_a_bad_definition_fails_with_every_diagnostic(running: Running) -> None:
+    text = """agent broken_agent(x: Strng) {
+  capabilities = ["web.fetch"]
+  polcies = [missing]
+  with sandbox = tier3, timeout = 90000h, memory = 1MB {
+    return x
+  }
+}
+
+schedule every_minute {
+  cron: "61 * * * *"
+  agent: nobody
+}
+"""
+    r = await running.http.post("/v1/agents", json={"agent_id": "broken", "definition": text, "file": "broken.symbi"})
+    assert r.status_code == 201, r.text
+    agent = r.json()
+    assert agent["state"] == "Failed"
+    assert agent["name"] == "broken-agent"  # provisional until compiled
+    found = {(e["field"], e["line"], e["column"]) for e in agent["errors"]}
+    assert found == {
+        ("undefined", 1, 23),  # Strng
+        ("unknown_key", 3, 3),  # polcies
+        ("value", 4, 18),  # tier3
+        ("range", 4, 35),  # 90000h
+        ("range", 4, 52),  # 1MB
+        ("cron", 10, 9),
+        ("undefined", 11, 10),  # nobody
+    }
+    by_line = {e["line"]: e for e in agent["errors"]}
+    assert by_line[3]["hint"] == "did you mean 'policies'?"
+    assert by_line[3]["file"] == "broken.symbi"
+    assert by_line[3]["excerpt"].splitlines()[1].endswith("^^^^^^^")
+    events = await history(running.http, "broken", agent["sequence"])
+    assert [e["type"] for e in events] == ["agent.registered", "agent.failed"]
+
+
+async def test_a_syntax_error_fails_the_agent_too(running: Running) -> None:
+    r = await running.http.post("/v1/agents", json={"agent_id": "syn", "definition": "agent a() { x = [1, }"})
+    agent = r.json()
+    assert agent["state"] == "Failed"
+    assert agent["errors"][0]["field"] == "syntax"
+    assert agent["errors"][0]["line"] == 1
+
+
+async def test_config_and_definition_are_exclusive(running: Running) -> None:
+    r = await running.http.post("/v1/agents", json={"definition": "agent a() {}", "config": {"name": "a"}})
+    assert r.status_code == 400
+    r = await running.http.post("/v1/agents", json={})
+    assert r.status_code == 400
+
+
+DENY_TIER1_NETWORK = """
+@id("ops.no-network-in-tier1")
+@reason("tier1 agents may not have network access")
+forbid (principal, action == Action::"agent.register", resource)
+when { context has security_tier && context.security_tier == "tier1" };
+
+@id("ops.register")
+permit (principal, action == Action::"agent.register", resource);
+"""
+
+
+async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(running: Running) -> None:
+    assert running.service.controller is not None
+    point = CedarPoint(DENY_TIER1_NETWORK)
+
+    async def decisions() -> CedarPoint:
+        return point
+
+    running.service.controller.decisions = decisions
+    hello = next(p for p in EXAMPLES if p.stem == "hello").read_text()
+    r = await running.http.post(
+        "/v1/agents", json={"agent_id": "denied", "definition": hello}, headers={"X-Symbi-User": "mallory"}
+    )
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["code"] == "policy_denied"
+    assert "tier1 agents may not have network access" in error["message"]
+    assert error["details"]["policies"] == ["ops.no-network-in-tier1"]
+
+    view = (await running.http.get("/v1/agents/denied")).json()
+    for _ in range(50):
+        if view.get("state") == "Failed":
+            break
+        await asyncio.sleep(0.1)
+        view = (await running.http.get("/v1/agents/denied")).json()
+    assert view["state"] == "Failed"
+    events = await history(running.http, "denied", view["sequence"])
+    assert [e["type"] for e in events] == ["agent.registered", "agent.denied"]
+    assert events[0]["data"]["registered_by"] == "mallory"
+    decision = events[1]["data"]["decision"]
+    assert decision == {
+        "action": "agent.register",
+        "effect": "deny",
+        "policy_version": 7,
+        "policies": ["ops.no-network-in-tier1"],
+        "reason": "tier1 agents may not have network access",
+        "conditions": [],
+    }
+
+    # The same policy set allows a tier2 agent, and records which policy allowed it.
+    pipeline = next(p for p in EXAMPLES if p.stem == "data-pipeline").read_text()
+    r = await running.http.post("/v1/agents", json={"agent_id": "allowed", "definition": pipeline})
+    assert r.status_code == 201, r.text
+    events = await history(running.http, "allowed", r.json()["sequence"])
+    assert events[1]["data"]["decision"]["policies"] == ["ops.register"]
+    assert events[1]["data"]["decision"]["policy_version"] == 7
+
+
+async def test_cap_resources_conditions_lower_the_limits(running: Running) -> None:
+    assert running.service.controller is not None
+    point = CedarPoint(
+        '@id("ops.cap")\n@cap_resources("memory_mb=1024,cpu_cores=1")\n'
+        'permit (principal, action == Action::"agent.register", resource);'
+    )
+
+    async def decisions() -> CedarPoint:
+        return point
+
+    running.service.controller.decisions = decisions
+    pipeline = next(p for p in EXAMPLES if p.stem == "data-pipeline").read_text()
+    r = await running.http.post("/v1/agents", json={"agent_id": "capped", "definition": pipeline})
+    agent = r.json()
+    assert agent["state"] == "Ready"
+    assert agent["config"]["resources"]["memory_mb"] == 1024  # asked for 4GB
+    assert agent["config"]["resources"]["cpu_cores"] == 1.0  # asked for 2
+    events = await history(running.http, "capped", agent["sequence"])
+    assert events[1]["data"]["decision"]["effect"] == "allow_with_conditions"
+
+
+async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings: Settings) -> None:
+    hello = next(p for p in EXAMPLES if p.stem == "hello").read_text()
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        service = app.state.lifecycle
+        # The process "dies" after agent.registered: append it without initializing.
+        provisional = lifecycle_config.AgentConfig(name="hello-agent")
+        await service.repository.execute("orphan", Register(config=provisional, definition=hello))
+        loaded = await service.repository.load("orphan", fresh=True)
+        assert loaded.state.status.value == "Initializing"
+
+    restarted = build_app(settings)
+    async with restarted.router.lifespan_context(restarted):
+        transport = httpx.ASGITransport(app=restarted)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+            state = None
+            for _ in range(100):
+                r = await http.get("/v1/agents/orphan")
+                state = r.json().get("state") if r.status_code == 200 else None
+                if state == "Ready":
+                    break
+                await asyncio.sleep(0.1)
+            assert state == "Ready"
+            events = await history(http, "orphan", 0)
+            assert [e["type"] for e in events] == ["agent.registered", "agent.ready"]
+            assert events[1]["data"]["config"]["workload"]["image"] == "symbi/busybox:1"
+
+
+def test_dsl_bounds_are_the_lifecycle_bounds() -> None:
+    for name in ("MEMORY_MB", "CPU_CORES", "DISK_IO_MBPS", "NETWORK_IO_MBPS", "EXECUTION_TIMEOUT_S"):
+        assert getattr(dsl_compiler, name) == getattr(lifecycle_config, name), name

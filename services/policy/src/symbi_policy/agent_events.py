@@ -1,0 +1,77 @@
+"""Following the agents' events: their own policies become active when they are Ready, retire with them.
+
+An ordered push consumer reads ``evt.agent.>`` from the stream start. Each event is verified and
+decrypted (the lifecycle service's codec). The configuration of ``agent.registered`` is remembered until
+``agent.ready`` activates its policies (or those of the final configuration ``agent.ready`` carries); ``agent.terminated`` retires them. Replaying from the start after a
+restart changes nothing: a set that exists (active or retired) is never registered again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.js.api import DeliverPolicy
+from symbi_common.errors import SymbiError
+from symbi_common.eventstore import EventStore
+from symbi_common.streams import EVENTS_STREAM
+from symbi_lifecycle.config import PolicySpec
+from symbi_lifecycle.domain import CODEC, AgentReady, AgentRegistered, AgentTerminated
+
+from symbi_policy.application import PolicyService
+
+log = structlog.get_logger(__name__)
+
+
+class AgentPolicyFollower:
+    def __init__(
+        self, js: Any, store: EventStore, service: PolicyService, *, on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self.js = js
+        self.store = store
+        self.service = service
+        self.on_error = on_error
+        self._pending: dict[str, tuple[PolicySpec, ...]] = {}
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.js.subscribe(
+            "evt.agent.>",
+            stream=EVENTS_STREAM,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            idle_heartbeat=5.0,
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_msg(self, msg: Any) -> None:
+        sequence = msg.metadata.sequence.stream
+        try:
+            rec = await self.store.open_one(bytes(msg.data), msg.subject, sequence, CODEC)
+            agent_id = rec.header.aggregate_id
+            event = rec.event
+            if isinstance(event, AgentRegistered):
+                if event.config.policies:
+                    self._pending[agent_id] = event.config.policies
+            elif isinstance(event, AgentReady):
+                specs = self._pending.pop(agent_id, ())
+                final = getattr(event, "config", None)  # the configuration as compiled and capped, if recorded
+                if final is not None:
+                    specs = final.policies
+                if specs:
+                    await self.service.activate_agent(agent_id, specs)
+            elif isinstance(event, AgentTerminated):
+                self._pending.pop(agent_id, None)
+                await self.service.retire_agent(agent_id, event.reason)
+        except (SymbiError, ValueError) as exc:  # ValueError: Cedar refused the text
+            log.error("agent policies not applied", subject=msg.subject, sequence=sequence, error=str(exc))
+            if self.on_error is not None:
+                self.on_error(f"agent policies at {msg.subject} ({sequence}): {exc}")

@@ -1,0 +1,67 @@
+"""An agent's own policies: the ``policy`` blocks of its definition, compiled to Cedar, active while it lives.
+
+The lifecycle service records an agent's configuration — ``AgentConfig.policies``, one
+:class:`PolicySpec` per DSL ``policy`` block, already compiled to Cedar — in its ``agent.registered``
+event. When the agent becomes Ready (``agent.ready``) the policy service registers them as policy set
+``agent-<agent_id>``; when it is terminated (``agent.terminated``) the set is retired.
+
+An agent's policies speak for that agent only: a policy whose principal is unconstrained is scoped to
+``principal == Agent::"<agent_id>"``, and one that names any other principal is refused — a definition
+must not grant (or take away) anything of another agent's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import cedarpy
+from symbi_common.errors import ValidationError
+from symbi_common.policy.cedar import PolicyRejected
+from symbi_lifecycle.config import PolicySpec
+
+
+def agent_set_id(agent_id: str) -> str:
+    return f"agent-{agent_id}"
+
+
+def agent_policy_text(agent_id: str, specs: Sequence[PolicySpec]) -> str:
+    """The Cedar text of the agent's policy set: every spec, scoped to the agent, each policy named."""
+    static: dict[str, Any] = {}
+    for spec in specs:
+        try:
+            est = json.loads(cedarpy.policies_to_json_str(spec.cedar))
+        except ValueError as exc:
+            raise PolicyRejected(f"policy {spec.name!r} does not parse: {exc}", policy=spec.name) from None
+        policies = list((est.get("staticPolicies") or {}).values())
+        if est.get("templates"):
+            raise PolicyRejected(f"policy {spec.name!r} is a template; templates are not supported", policy=spec.name)
+        for n, policy in enumerate(policies):
+            policy["principal"] = _scoped(agent_id, spec.name, policy.get("principal") or {"op": "All"})
+            annotations = policy.setdefault("annotations", {})
+            if not annotations.get("id"):
+                annotations["id"] = spec.name if len(policies) == 1 else f"{spec.name}#{n}"
+            static[f"policy{len(static)}"] = policy
+    if not static:
+        raise ValidationError("the agent defines no policy", field="policies")
+    text: str = cedarpy.policies_from_json_str(
+        json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
+    )
+    return text
+
+
+def _scoped(agent_id: str, name: str, principal: dict[str, Any]) -> dict[str, Any]:
+    own = {"type": "Agent", "id": agent_id}
+    op = principal.get("op")
+    if op == "All":
+        return {"op": "==", "entity": own}
+    if op == "is" and principal.get("entity_type") == "Agent" and "in" not in principal:
+        return {"op": "==", "entity": own}
+    if op == "==" and principal.get("entity") == own:
+        return principal
+    raise PolicyRejected(
+        f"policy {name!r} constrains another principal ({json.dumps(principal)}); "
+        f'an agent\'s policies may only apply to Agent::"{agent_id}"',
+        policy=name,
+    )

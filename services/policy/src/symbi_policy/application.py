@@ -1,0 +1,281 @@
+"""The policy service's use cases: change policy sets, decide, store decision logs, what-if.
+
+Changes go through the repositories (decide, append with optimistic concurrency); the service's own
+:class:`PolicyFollower` is its read model and its engine, exactly as in every other process, so the
+version it answers with is the one every embedded decision point reaches after the same events. A
+change is answered only after the follower has applied it, so a decision asked right after a change
+is made against it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import msgspec
+import structlog
+from symbi_common.aggregate import Repository
+from symbi_common.decisions import Decision, DecisionRequest
+from symbi_common.errors import AlreadyExists, NotFound, SymbiError, Timeout, ValidationError
+from symbi_common.eventstore import EventStore
+from symbi_common.policy.cedar import compile_policies
+from symbi_common.policy.decision_log import LogDecisionsTyped, LogReceipt
+from symbi_common.policy.events import (
+    DECISION_LOG_CODEC,
+    DECISION_LOG_SUBJECT,
+    ActionDenied,
+    DecisionLogEvent,
+    LoggedDecision,
+    PolicySetEvent,
+    PolicySetState,
+)
+from symbi_common.policy.follower import PolicyFollower
+from symbi_common.policy.points import BatchResult
+from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_lifecycle.config import PolicySpec
+
+from symbi_policy.agents import agent_policy_text, agent_set_id
+from symbi_policy.domain import (
+    LogBatch,
+    LogState,
+    RegisterSet,
+    RetireSet,
+    SetCommand,
+    UpdateSet,
+    check_set_id,
+    log_id_for,
+)
+from symbi_policy.whatif import WhatIfReport, what_if
+
+log = structlog.get_logger(__name__)
+APPLY_WAIT_S = 5.0
+MAX_BATCH = 10_000
+BASELINE_SET = "baseline"
+
+
+# --- requests and views (the same shapes over HTTP and NATS) --------------------------------------------
+
+
+class RegisterSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    set_id: str
+    cedar: str
+    description: str = ""
+
+
+class UpdateSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    set_id: str = ""
+    cedar: str
+    expected_revision: int | None = None
+
+
+class RetireSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    set_id: str = ""
+    reason: str = "retired"
+    expected_revision: int | None = None
+
+
+class GetSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    set_id: str
+    min_version: int = 0
+
+
+class ListSetsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    include_retired: bool = False
+    min_version: int = 0
+
+
+class DecideBatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    requests: list[DecisionRequest]
+
+
+class WhatIfRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Evaluate ``cedar`` as the new text of ``set_id`` (None: the set retired) on the recorded decisions."""
+
+    set_id: str
+    cedar: str | None = None
+    limit: int = 0
+
+
+class PolicySetView(msgspec.Struct, frozen=True, kw_only=True):
+    set_id: str
+    status: str
+    revision: int
+    description: str
+    origin: str
+    cedar: str
+    policies: list[str]
+    sequence: int
+    """Stream sequence of the set's last event."""
+    policy_version: int
+    """The policy version decisions are made against now (at least ``sequence`` after a change)."""
+
+
+class PolicySetPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[PolicySetView]
+    policy_version: int
+
+
+class PolicyService:
+    """Command handling over the policy-set repository, decisions from the follower's engine."""
+
+    def __init__(
+        self,
+        sets: Repository[PolicySetState, SetCommand, PolicySetEvent],
+        logs: Repository[LogState, LogBatch, DecisionLogEvent],
+        follower: PolicyFollower,
+        store: EventStore,
+        *,
+        what_if_limit: int = 10_000,
+    ) -> None:
+        self.sets = sets
+        self.logs = logs
+        self.follower = follower
+        self.store = store
+        self.what_if_limit = what_if_limit
+
+    # --- policy sets --------------------------------------------------------------------------------
+
+    async def _change(self, set_id: str, command: SetCommand, correlation_id: str | None = None) -> PolicySetView:
+        check_set_id(set_id)
+        loaded, _ = await self.sets.execute(set_id, command, correlation_id=correlation_id)
+        if not await self.follower.wait_for(loaded.tip.sequence, APPLY_WAIT_S):
+            raise Timeout(
+                f"policy set {set_id} was stored at sequence {loaded.tip.sequence} but not applied within "
+                f"{APPLY_WAIT_S} s",
+                sequence=loaded.tip.sequence,
+            )
+        return self._view(loaded.state, loaded.tip.sequence)
+
+    async def register(self, request: RegisterSetRequest, *, origin: str = "operator") -> PolicySetView:
+        command = RegisterSet(cedar=request.cedar, description=request.description, origin=origin)
+        return await self._change(request.set_id, command)
+
+    async def update(self, request: UpdateSetRequest) -> PolicySetView:
+        command = UpdateSet(cedar=request.cedar, expected_revision=request.expected_revision)
+        return await self._change(request.set_id, command)
+
+    async def retire(self, request: RetireSetRequest) -> PolicySetView:
+        command = RetireSet(reason=request.reason, expected_revision=request.expected_revision)
+        return await self._change(request.set_id, command)
+
+    def _view(self, state: PolicySetState, sequence: int) -> PolicySetView:
+        compiled = self.follower.compiled.get(state.set_id, [])
+        return PolicySetView(
+            set_id=state.set_id,
+            status=state.status or "unknown",
+            revision=state.revision,
+            description=state.description,
+            origin=state.origin,
+            cedar=state.cedar,
+            policies=[p.name for p in compiled] if state.active else [],
+            sequence=sequence,
+            policy_version=self.follower.version,
+        )
+
+    async def _caught_up(self, min_version: int) -> None:
+        if min_version > 0 and not await self.follower.wait_for(min_version, APPLY_WAIT_S):
+            raise Timeout(f"policy version {min_version} not reached within {APPLY_WAIT_S} s", min_version=min_version)
+
+    async def get(self, request: GetSetRequest) -> PolicySetView:
+        await self._caught_up(request.min_version)
+        check_set_id(request.set_id)
+        state = self.follower.states.get(request.set_id)
+        if state is None:
+            raise NotFound(f"policy set {request.set_id} does not exist", set_id=request.set_id)
+        return self._view(state, self.follower.tips[request.set_id].sequence)
+
+    async def page(self, request: ListSetsRequest) -> PolicySetPage:
+        await self._caught_up(request.min_version)
+        items = [
+            self._view(state, self.follower.tips[set_id].sequence)
+            for set_id, state in sorted(self.follower.states.items())
+            if state.active or request.include_retired
+        ]
+        return PolicySetPage(items=items, policy_version=self.follower.version)
+
+    # --- decisions ----------------------------------------------------------------------------------
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        return self.follower.engine.decide(request)
+
+    async def decide_batch(self, request: DecideBatchRequest) -> BatchResult:
+        if len(request.requests) > MAX_BATCH:
+            raise ValidationError(f"at most {MAX_BATCH} requests per batch", field="requests")
+        engine = self.follower.engine
+        return BatchResult(decisions=engine.decide_batch(request.requests), policy_version=engine.version)
+
+    # --- decision log and what-if -------------------------------------------------------------------
+
+    async def log_decisions(self, request: LogDecisionsTyped) -> LogReceipt:
+        if not request.batch_id or len(request.batch_id) > 64:
+            raise ValidationError("must be 1-64 characters", field="batch_id")
+        loaded, records = await self.logs.execute(
+            log_id_for(request.source), LogBatch(batch_id=request.batch_id, entries=tuple(request.entries))
+        )
+        return LogReceipt(stored=len(request.entries), sequence=loaded.tip.sequence, duplicate=not records)
+
+    async def history(self, limit: int) -> list[LoggedDecision]:
+        """The most recent ``limit`` logged decisions (every source), oldest first."""
+        recent: deque[LoggedDecision] = deque(maxlen=limit)
+        async for batch in read_subject(self.store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT, after=0):
+            for raw in batch:
+                try:
+                    rec = await self.store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)
+                except SymbiError as exc:
+                    log.warning("decision log event skipped", sequence=raw.sequence, error=str(exc))
+                    continue
+                event = rec.event
+                if isinstance(event, ActionDenied):
+                    recent.append(event.entry)
+                else:
+                    recent.extend(event.entries)
+        return list(recent)
+
+    async def what_if(self, request: WhatIfRequest) -> WhatIfReport:
+        check_set_id(request.set_id)
+        limit = request.limit or self.what_if_limit
+        if not 1 <= limit <= self.what_if_limit:
+            raise ValidationError(f"must be between 1 and {self.what_if_limit}", field="limit")
+        if request.cedar is not None:
+            compile_policies(request.set_id, request.cedar)  # refuse a bad proposal before reading the log
+        engine = self.follower.engine
+        active = {k: v for k, v in self.follower.compiled.items() if k in engine.set_ids}
+        return what_if(active, engine.version, request.set_id, request.cedar, await self.history(limit))
+
+    # --- the baseline and agents' own policies ------------------------------------------------------
+
+    async def ensure_baseline(self, cedar: str) -> PolicySetView | None:
+        """Register ``cedar`` as policy set ``baseline`` if no policy set exists yet."""
+        if self.follower.states:
+            return None
+        try:
+            return await self.register(
+                RegisterSetRequest(
+                    set_id=BASELINE_SET,
+                    cedar=cedar,
+                    description="normal operations of the Symbi services",
+                ),
+                origin="baseline",
+            )
+        except AlreadyExists:  # another replica got there first
+            return None
+
+    async def activate_agent(self, agent_id: str, specs: tuple[PolicySpec, ...]) -> PolicySetView | None:
+        """Register the agent's own policies as ``agent-<agent_id>`` (once; later calls change nothing)."""
+        set_id = agent_set_id(agent_id)
+        if not specs or set_id in self.follower.states:
+            return None
+        cedar = agent_policy_text(agent_id, specs)
+        try:
+            return await self.register(
+                RegisterSetRequest(set_id=set_id, cedar=cedar, description=f"policies of agent {agent_id}"),
+                origin=f"agent:{agent_id}",
+            )
+        except AlreadyExists:
+            return None
+
+    async def retire_agent(self, agent_id: str, reason: str) -> PolicySetView | None:
+        set_id = agent_set_id(agent_id)
+        state = self.follower.states.get(set_id)
+        if state is None or not state.active:
+            return None
+        return await self.retire(RetireSetRequest(set_id=set_id, reason=f"agent terminated: {reason}"[:1000]))

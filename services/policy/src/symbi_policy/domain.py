@@ -1,0 +1,221 @@
+"""The policy service's aggregates: policy sets, and the decision log of each enforcing process.
+
+A **policy set** (``evt.policy.<set_id>``) is registered, updated and retired; each change carries a
+revision number (1, 2, …). Its Cedar text is parsed and validated against the schema in ``decide``, so
+an invalid policy is refused with Cedar's message and line and never becomes an event; the revision
+that was active stays active. Updating to the same text is a no-op.
+
+A **decision log** (``evt.policy.decisions.<source>``) stores the decisions one enforcing process sent,
+a batch per event, and each denial as an :class:`ActionDenied` event of its own. A batch id seen among
+the recent ones is ignored, so a batch retried after a lost reply is stored once.
+
+No I/O here: the repository in :mod:`symbi_policy.application` loads and appends.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import msgspec
+from symbi_common.errors import AlreadyExists, DomainError, IllegalTransition, NotFound, ValidationError
+from symbi_common.policy.cedar import SET_ID_RE, compile_policies
+from symbi_common.policy.events import (
+    AGGREGATE_TYPE,
+    DECISION_LOG_CODEC,
+    DECISION_LOG_PREFIX,
+    POLICY_SET_CODEC,
+    ActionDenied,
+    DecisionLogEvent,
+    DecisionsLogged,
+    LoggedDecision,
+    PolicySetEvent,
+    PolicySetRegistered,
+    PolicySetRetired,
+    PolicySetState,
+    PolicySetUpdated,
+    apply_policy_event,
+)
+
+MAX_TEXT = 1_000
+SOURCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+RECENT_BATCHES = 256
+
+
+class RevisionMismatch(DomainError):
+    """The caller changed a policy set based on a revision that is no longer the current one."""
+
+    code = "revision_mismatch"
+    http_status = 409
+
+
+def check_set_id(set_id: str) -> str:
+    if not SET_ID_RE.match(set_id):
+        raise ValidationError("must be 1-128 letters, digits, '-' or '_'", field="set_id")
+    return set_id
+
+
+# --- policy sets ---------------------------------------------------------------------------------------
+
+
+class RegisterSet(msgspec.Struct, frozen=True, kw_only=True):
+    name: ClassVar[str] = "register"
+    cedar: str
+    description: str = ""
+    origin: str = "operator"
+
+
+class UpdateSet(msgspec.Struct, frozen=True, kw_only=True):
+    name: ClassVar[str] = "update"
+    cedar: str
+    expected_revision: int | None = None
+
+
+class RetireSet(msgspec.Struct, frozen=True, kw_only=True):
+    name: ClassVar[str] = "retire"
+    reason: str = "retired"
+    expected_revision: int | None = None
+
+
+SetCommand = RegisterSet | UpdateSet | RetireSet
+
+
+def _text(field: str, value: str) -> None:
+    if len(value) > MAX_TEXT:
+        raise ValidationError(f"at most {MAX_TEXT} characters", field=field)
+
+
+def _expect(state: PolicySetState, expected: int | None) -> None:
+    if expected is not None and expected != state.revision:
+        raise RevisionMismatch(
+            f"policy set {state.set_id} is at revision {state.revision}, not {expected}; reload it and retry",
+            set_id=state.set_id,
+            revision=state.revision,
+        )
+
+
+def decide_set(state: PolicySetState, command: SetCommand) -> list[PolicySetEvent]:
+    """The events ``command`` causes; typed errors for a refused command (PolicyRejected for bad Cedar)."""
+    match command:
+        case RegisterSet():
+            if state.status is not None:
+                raise AlreadyExists(
+                    f"policy set {state.set_id} already exists (revision {state.revision}, {state.status}); "
+                    "update it or pick another id",
+                    set_id=state.set_id,
+                )
+            _text("description", command.description)
+            compile_policies(state.set_id, command.cedar)
+            return [
+                PolicySetRegistered(
+                    set_id=state.set_id,
+                    cedar=command.cedar,
+                    revision=1,
+                    description=command.description,
+                    origin=command.origin,
+                )
+            ]
+        case UpdateSet():
+            _require_active(state, command.name)
+            _expect(state, command.expected_revision)
+            if command.cedar == state.cedar:
+                return []
+            compile_policies(state.set_id, command.cedar)
+            return [PolicySetUpdated(cedar=command.cedar, revision=state.revision + 1)]
+        case RetireSet():
+            _require_active(state, command.name)
+            _expect(state, command.expected_revision)
+            _text("reason", command.reason)
+            return [PolicySetRetired(reason=command.reason, revision=state.revision + 1)]
+    raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
+
+
+def _require_active(state: PolicySetState, command: str) -> None:
+    if state.status is None:
+        raise NotFound(f"policy set {state.set_id} does not exist; register it first", set_id=state.set_id)
+    if state.status != "active":
+        raise IllegalTransition(state=state.status, command=f"{command} policy set", allowed=[])
+
+
+class PolicySetAggregate:
+    """The policy-set aggregate type, as :class:`symbi_common.aggregate.Repository` expects it."""
+
+    aggregate_type = AGGREGATE_TYPE
+    codec = POLICY_SET_CODEC
+    state_type = PolicySetState
+
+    def initial(self, aggregate_id: str) -> PolicySetState:
+        return PolicySetState(set_id=aggregate_id)
+
+    def apply(self, state: PolicySetState, event: PolicySetEvent) -> PolicySetState:
+        return apply_policy_event(state, event)
+
+    def decide(self, state: PolicySetState, command: SetCommand) -> list[PolicySetEvent]:
+        return decide_set(state, command)
+
+
+POLICY_SET = PolicySetAggregate()
+
+
+# --- decision logs -------------------------------------------------------------------------------------
+
+
+class LogState(msgspec.Struct, frozen=True, kw_only=True):
+    """What a decision log needs to decide: how many it stored and the ids of its recent batches."""
+
+    log_id: str
+    stored: int = 0
+    denials: int = 0
+    recent_batches: tuple[str, ...] = ()
+
+
+class LogBatch(msgspec.Struct, frozen=True, kw_only=True):
+    batch_id: str
+    entries: tuple[LoggedDecision, ...]
+
+
+def log_id_for(source: str) -> str:
+    """The aggregate id of a source's decision log (``decisions.<source>``)."""
+    if not SOURCE_RE.match(source):
+        raise ValidationError("must be 1-128 letters, digits, '-' or '_'", field="source")
+    return f"{DECISION_LOG_PREFIX}{source}"
+
+
+def decide_log(state: LogState, command: LogBatch) -> list[DecisionLogEvent]:
+    if command.batch_id in state.recent_batches or not command.entries:
+        return []
+    allowed = tuple(e for e in command.entries if e.record.effect != "deny")
+    events: list[DecisionLogEvent] = []
+    if allowed:
+        events.append(DecisionsLogged(batch_id=command.batch_id, entries=allowed))
+    events.extend(
+        ActionDenied(batch_id=command.batch_id, entry=e) for e in command.entries if e.record.effect == "deny"
+    )
+    return events
+
+
+def apply_log(state: LogState, event: DecisionLogEvent) -> LogState:
+    recent = state.recent_batches
+    if event.batch_id not in recent:
+        recent = (*recent[-(RECENT_BATCHES - 1) :], event.batch_id)
+    if isinstance(event, DecisionsLogged):
+        return msgspec.structs.replace(state, stored=state.stored + len(event.entries), recent_batches=recent)
+    return msgspec.structs.replace(state, stored=state.stored + 1, denials=state.denials + 1, recent_batches=recent)
+
+
+class DecisionLogAggregate:
+    aggregate_type = AGGREGATE_TYPE
+    codec = DECISION_LOG_CODEC
+    state_type = LogState
+
+    def initial(self, aggregate_id: str) -> LogState:
+        return LogState(log_id=aggregate_id)
+
+    def apply(self, state: LogState, event: DecisionLogEvent) -> LogState:
+        return apply_log(state, event)
+
+    def decide(self, state: LogState, command: LogBatch) -> list[DecisionLogEvent]:
+        return decide_log(state, command)
+
+
+DECISION_LOG = DecisionLogAggregate()

@@ -1,0 +1,79 @@
+"""Entry point: ``symbi-policy [--config PATH]`` (or ``python -m symbi_policy``).
+
+Settings come from the TOML file (``--config`` or ``SYMBI_CONFIG_PATH``) and ``SYMBI_*`` environment
+variables (``SYMBI_NATS_URL``, ``SYMBI_KEYS_DIR``, ``SYMBI_HTTP_PORT`` …). The policy service needs no
+database: the policy sets are rebuilt from the event stream at start, and the decision log is read
+back from it for what-if.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI
+from symbi_common.errors import ConfigError
+from symbi_common.policy.follower import PolicyFollower
+from symbi_common.service import ServiceRuntime, create_app, serve
+from symbi_common.settings import Settings, load_settings
+
+from symbi_policy.agent_events import AgentPolicyFollower
+from symbi_policy.api import register_commands, router
+from symbi_policy.application import PolicyService
+from symbi_policy.domain import DECISION_LOG, POLICY_SET
+
+SERVICE = "policy"
+
+
+def baseline_path(settings: Settings) -> Path:
+    """The baseline policy set: ``[policy] baseline_path``, else the copy shipped with this package."""
+    if settings.policy.baseline_path:
+        path = Path(settings.policy.baseline_path)
+        if not path.is_file():
+            raise ConfigError(f"{path} is not a file", setting="policy.baseline_path")
+        return path
+    return Path(str(resources.files("symbi_policy").joinpath("baseline.cedar")))
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The policy service's app; its lifespan follows the policy and agent events and serves commands."""
+    runtime = ServiceRuntime(SERVICE, settings, use_database=False)
+    baseline = baseline_path(settings).read_text()
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        follower = PolicyFollower(rt.js, rt.registry, rt.datakeys)
+        await follower.start(timeout=settings.policy.startup_timeout_s)
+        service = PolicyService(
+            rt.repository(POLICY_SET),
+            rt.repository(DECISION_LOG),
+            follower,
+            rt.store,
+            what_if_limit=settings.policy.what_if_limit,
+        )
+        register_commands(rt.commands, service)
+        app.state.policy = service
+        app.state.follower = follower
+        await service.ensure_baseline(baseline)
+        agents = AgentPolicyFollower(rt.js, rt.store, service, on_error=rt.note_error)
+        await agents.start()
+        app.state.agent_policies = agents
+
+    app = create_app(runtime, title="Symbi policy", routers=[router], on_start=on_start)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="symbi-policy", description="Symbi policy service")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        app = build_app(settings)
+    except ConfigError as err:
+        print(f"symbi-policy: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(app, settings)

@@ -1,0 +1,90 @@
+"""An agent's own policies (its definition's ``policy`` blocks, compiled to Cedar) live and die with it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
+from symbi_common.eventstore import EventStore
+from symbi_common.policy.cedar import PolicyRejected
+from symbi_common.settings import Settings
+from symbi_lifecycle.config import PolicySpec
+from symbi_lifecycle.domain import CODEC, AgentStatus, AgentTaskCompleted, AgentTerminated
+from symbi_policy.agents import agent_policy_text
+from symbi_policy.main import build_app
+
+from .conftest import RunningPolicy, running_agent
+
+MakeStore = Callable[..., Awaitable[EventStore]]
+
+NO_SHELL = PolicySpec(
+    name="no-shell",
+    cedar='@reason("this agent never uses the shell")\nforbid(principal, action == Action::"tool.invoke", resource == Tool::"shell");',
+    source="deny tool shell",
+)
+
+
+def shell_request(agent_id: str) -> DecisionRequest:
+    return DecisionRequest(
+        principal=EntityRef(type="Agent", id=agent_id),
+        action="tool.invoke",
+        resource=EntityRef(type="Tool", id="shell"),
+    )
+
+
+async def wait_set(policy: RunningPolicy, set_id: str, status: str) -> None:
+    for _ in range(250):
+        state = policy.service.follower.states.get(set_id)
+        if state is not None and state.status == status:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"policy set {set_id} did not become {status}: {policy.runtime.recent_errors}")
+
+
+async def test_an_agents_policies_are_active_while_it_lives(policy: RunningPolicy, make_store: MakeStore) -> None:
+    store = await make_store("lifecycle")
+    tip = await running_agent(store, "careful-1", (NO_SHELL,))
+    await wait_set(policy, "agent-careful-1", "active")
+    view = (await policy.http.get("/v1/policy-sets/agent-careful-1")).json()
+    assert view["origin"] == "agent:careful-1"
+    assert view["policies"] == ["no-shell"]
+    assert 'principal == Agent::"careful-1"' in view["cedar"]
+
+    denied = await policy.service.decide(shell_request("careful-1"))
+    assert isinstance(denied, Deny)
+    assert denied.reason == "this agent never uses the shell"
+    assert isinstance(await policy.service.decide(shell_request("other")), Allow)  # scoped to its own agent
+
+    done = [AgentTaskCompleted(task_id="t1"), AgentTerminated(reason="done", previous=AgentStatus.READY)]
+    await store.append("agent", "careful-1", done, CODEC, expected=tip)
+    await wait_set(policy, "agent-careful-1", "retired")
+    assert isinstance(await policy.service.decide(shell_request("careful-1")), Allow)
+
+
+async def test_policies_of_an_agent_are_activated_once_even_after_a_restart(
+    settings: Settings, make_store: MakeStore
+) -> None:
+    store = await make_store("lifecycle")
+    await running_agent(store, "steady-1", (NO_SHELL,))
+    for _ in range(2):  # a restarted policy service replays the agent events: nothing changes
+        app = build_app(settings)
+        async with app.router.lifespan_context(app):
+            service = app.state.policy
+            for _ in range(250):
+                if "agent-steady-1" in service.follower.states:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            assert service.follower.states["agent-steady-1"].revision == 1
+            assert service.follower.tips["agent-steady-1"].version == 1
+
+
+def test_agent_policies_are_scoped_and_may_not_speak_for_others() -> None:
+    text = agent_policy_text("a1", (NO_SHELL,))
+    assert 'principal == Agent::"a1"' in text
+    assert '@id("no-shell")' in text
+    other = PolicySpec(name="grab", cedar='permit(principal == Agent::"a2", action, resource);')
+    with pytest.raises(PolicyRejected, match="may only apply"):
+        agent_policy_text("a1", (other,))

@@ -1,0 +1,219 @@
+"""Enforcement points: a denied action is refused, logged as an event, and suspends the Running agent.
+
+Runs the real lifecycle service (PostgreSQL) and the real policy service in-process on one nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+from symbi_common.decisions import DecisionRequest, EntityRef
+from symbi_common.errors import PolicyDenied
+from symbi_common.eventstore import EventStore
+from symbi_common.policy import Enforcer
+from symbi_common.policy.conditions import redact, requires_approval
+from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
+from symbi_common.settings import Settings
+from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_policy.main import build_app
+
+from .conftest import RunningPolicy, StartRuntime, example, running_agent
+
+MakeStore = Callable[..., Awaitable[EventStore]]
+PHI = EntityRef(type="Data", id="rec-1", attrs={"classification": "phi"})
+
+
+async def state_of(lifecycle: httpx.AsyncClient, agent_id: str, min_sequence: int = 0) -> str:
+    view = (await lifecycle.get(f"/v1/agents/{agent_id}?min_sequence={min_sequence}")).json()
+    return str(view["state"])
+
+
+async def wait_state(lifecycle: httpx.AsyncClient, agent_id: str, state: str) -> None:
+    for _ in range(200):
+        if await state_of(lifecycle, agent_id) == state:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"agent {agent_id} is {await state_of(lifecycle, agent_id)}, not {state}")
+
+
+async def stored_decisions(policy: RunningPolicy) -> tuple[list[DecisionsLogged], list[ActionDenied]]:
+    logged: list[DecisionsLogged] = []
+    denied: list[ActionDenied] = []
+    store = policy.runtime.store
+    async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
+        for raw in batch:
+            event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
+            (denied if isinstance(event, ActionDenied) else logged).append(event)  # type: ignore[arg-type]
+    return logged, denied
+
+
+async def test_a_denied_action_suspends_the_running_agent_and_is_an_event(
+    policy: RunningPolicy, start_runtime: StartRuntime, lifecycle: httpx.AsyncClient, make_store: MakeStore
+) -> None:
+    await policy.http.post("/v1/policy-sets", json={"set_id": "flow", "cedar": example("data_flow")})
+    runtime = await start_runtime("context")
+    enforcer = await Enforcer.for_runtime(runtime)
+    sequence = (await running_agent(await make_store("lifecycle"), "reader-1")).sequence
+
+    cleared = await enforcer.check_data(EntityRef(type="Agent", id="reader-1", attrs={"clearances": ["phi"]}), PHI)
+    assert cleared.effect == "allow_with_conditions"
+    assert redact({"ssn": "1", "name": "n"}, cleared.conditions) == {"ssn": "[REDACTED]", "name": "n"}
+    assert cleared.policy_version == policy.service.follower.version
+    assert await state_of(lifecycle, "reader-1", sequence) == "Running"
+
+    with pytest.raises(PolicyDenied) as err:
+        await enforcer.check_data(EntityRef(type="Agent", id="reader-1"), PHI)
+    assert err.value.policies == ["phi-read-needs-clearance"]
+    assert "phi data may only be read by an agent with the phi clearance" in str(err.value)
+    await wait_state(lifecycle, "reader-1", "Suspended")
+    history = (await lifecycle.get("/v1/agents/reader-1/events")).json()["items"]
+    suspended = [e for e in history if e["type"] == "agent.suspended"]
+    assert len(suspended) == 1
+    assert suspended[0]["data"]["policy_id"] == "phi-read-needs-clearance"
+
+    # A second denial of a Suspended agent is refused too, and leaves the agent as it is.
+    with pytest.raises(PolicyDenied):
+        await enforcer.check_data(EntityRef(type="Agent", id="reader-1"), PHI)
+    assert await state_of(lifecycle, "reader-1") == "Suspended"
+
+    await enforcer.log.flush()  # type: ignore[union-attr]
+    logged, denied = await stored_decisions(policy)
+    assert [d.entry.record.policies for d in denied] == [("phi-read-needs-clearance",)] * 2
+    assert all(d.entry.service == "context" for d in denied)
+    allowed = [e for event in logged for e in event.entries]
+    assert [e.record.effect for e in allowed] == ["allow_with_conditions"]
+    assert allowed[0].request.principal.id == "reader-1"
+
+
+async def test_denials_of_non_agents_do_not_suspend_anything(
+    policy: RunningPolicy, start_runtime: StartRuntime, lifecycle: httpx.AsyncClient, make_store: MakeStore
+) -> None:
+    sequence = (await running_agent(await make_store("lifecycle"), "bystander")).sequence
+    enforcer = await Enforcer.for_runtime(await start_runtime("scheduler"))
+    user = EntityRef(type="User", id="mallory")
+    with pytest.raises(PolicyDenied):
+        await enforcer.enforce(DecisionRequest(principal=user, action="memory.write", resource=PHI))
+    await asyncio.sleep(0.2)
+    assert await state_of(lifecycle, "bystander", sequence) == "Running"
+
+
+async def test_high_rate_decisions_are_logged_in_batches_and_none_is_lost(
+    policy: RunningPolicy, start_runtime: StartRuntime
+) -> None:
+    runtime = await start_runtime("scheduler")
+    enforcer = await Enforcer.for_runtime(runtime)
+    host = EntityRef(type="Host", id="h1")
+    for i in range(1500):
+        await enforcer.enforce(
+            DecisionRequest(principal=EntityRef(type="Agent", id=f"a{i}"), action="task.allocate", resource=host)
+        )
+    await enforcer.log.flush(timeout=20)  # type: ignore[union-attr]
+    logged, _ = await stored_decisions(policy)
+    ids = [e.request.principal.id for event in logged for e in event.entries]
+    assert ids == [f"a{i}" for i in range(1500)]  # in order, each exactly once
+    assert len(logged) < 1500 / 10  # batched
+    assert all(len(event.entries) <= 200 for event in logged)
+
+
+async def test_a_retried_batch_is_stored_once(policy: RunningPolicy) -> None:
+    from symbi_common.decisions import Allow, DecisionRecord
+    from symbi_common.policy.events import LoggedDecision
+
+    request = DecisionRequest(principal=EntityRef(type="Agent", id="a"), action="task.allocate", resource=PHI)
+    entry = LoggedDecision(
+        request=request, record=DecisionRecord.of(request, Allow(policies=("p",))), at_ns=1, service="scheduler"
+    )
+    body = {"source": "scheduler-x", "batch_id": "b-1", "entries": [entry]}
+    first = await policy.client.call("policy", "log_decisions", body, dict)
+    second = await policy.client.call("policy", "log_decisions", body, dict)
+    assert first["duplicate"] is False
+    assert second["duplicate"] is True
+    logged, _ = await stored_decisions(policy)
+    assert len(logged) == 1
+
+
+async def test_what_if_reports_the_decisions_a_proposal_would_change(
+    policy: RunningPolicy, start_runtime: StartRuntime
+) -> None:
+    enforcer = await Enforcer.for_runtime(await start_runtime("context"))
+    enforcer.suspend_agents = False
+    for i in range(5):
+        try:
+            await enforcer.check_data(
+                EntityRef(type="Agent", id=f"a{i}"), PHI if i % 2 else EntityRef(type="Data", id="d")
+            )
+        except PolicyDenied:  # nothing permits phi reads yet (default deny)
+            assert i % 2
+    await enforcer.log.flush()  # type: ignore[union-attr]
+    response = await policy.http.post("/v1/policy-sets/flow/what-if", json={"cedar": example("data_flow")})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["evaluated"] == 5
+    assert report["changed"] == 2  # the phi reads: default deny -> denied by the data-flow policy
+    assert {tuple(c["proposed"]["policies"]) for c in report["changes"]} == {("phi-read-needs-clearance",)}
+    assert report["allow_to_deny"] == 0
+
+    strict = '@id("no-data")\n@reason("closed")\nforbid(principal, action == Action::"data.read", resource);'
+    report = (await policy.http.post("/v1/policy-sets/lockdown/what-if", json={"cedar": strict})).json()
+    assert report["changed"] == 5
+    assert report["allow_to_deny"] == 3
+    # Nothing was activated.
+    assert (await policy.http.get("/v1/policy-sets/lockdown")).status_code == 404
+    bad = await policy.http.post("/v1/policy-sets/lockdown/what-if", json={"cedar": "forbid(;"})
+    assert bad.status_code == 422
+
+
+async def test_decisions_wait_in_the_log_while_the_policy_service_is_down(
+    settings: Settings, start_runtime: StartRuntime
+) -> None:
+    runtime = await start_runtime("scheduler")  # no policy service yet: no policy set, default deny
+    enforcer = await Enforcer.for_runtime(runtime)
+    enforcer.suspend_agents = False
+    log = enforcer.log
+    assert log is not None
+    log.timeout = 0.1  # a denial waits this long for the log, then stays queued
+    user = EntityRef(type="User", id="u")
+    for i in range(12):
+        with pytest.raises(PolicyDenied):
+            await enforcer.enforce(
+                DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
+            )
+    assert log.pending == 12
+    assert log.failures > 0
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        await log.flush(timeout=15)
+        assert log.pending == 0
+        store = app.state.runtime.store
+        ids = []
+        async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
+            for raw in batch:
+                event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
+                assert isinstance(event, ActionDenied)
+                ids.append(event.entry.request.resource.id)
+        assert ids == [f"d{i}" for i in range(12)]
+
+
+async def test_message_and_tool_hooks_return_the_conditions_to_honour(
+    policy: RunningPolicy, start_runtime: StartRuntime
+) -> None:
+    for name in ("data_flow", "audit"):
+        await policy.http.post("/v1/policy-sets", json={"set_id": name.replace("_", "-"), "cedar": example(name)})
+    enforcer = await Enforcer.for_runtime(await start_runtime("sandbox-agent"))
+    sender = EntityRef(type="Agent", id="s1")
+    with pytest.raises(PolicyDenied) as err:
+        await enforcer.check_message(sender, EntityRef(type="Agent", id="r1"), classification="phi")
+    assert err.value.policies == ["phi-to-agent-needs-clearance"]
+    sent = await enforcer.check_message(sender, EntityRef(type="Channel", id="general"), classification="internal")
+    assert sent.effect == "allow"
+    assert sent.policies == ("baseline-agents-message",)
+    shell = await enforcer.check_tool(sender, EntityRef(type="Tool", id="shell"), arguments=["ls"])
+    assert shell.effect == "allow_with_conditions"
+    assert requires_approval(shell.conditions)
+    with pytest.raises(PolicyDenied):
+        await enforcer.check_tool(sender, EntityRef(type="Tool", id="translate"), classification="phi")
+    written = await enforcer.check_data(sender, EntityRef(type="Data", id="d"), write=True)
+    assert [c.kind for c in written.conditions] == ["log_full"]

@@ -1,0 +1,3 @@
+from symbi_sandbox_agent.main import main
+
+main()

@@ -1,0 +1,642 @@
+"""The sandbox-agent daemon: registers its host, consumes ``work.<host_id>``, runs each task in a sandbox.
+
+Flow of one work item (see docs/contracts/tasks.md): load the task's events, check that its latest
+assignment is for this host and attempt, build the sandbox spec (or refuse), ask the policy
+decision point (``sandbox.start`` on ``Task::"<id>"``), record the task in this host's heartbeat,
+append ``execution.started``, ack the work item, then run the container: input on stdin (and as a
+read-only file), stdout/stderr as ``execution.output`` chunks, usage sampled from the cgroup, a
+hard timeout and an output cap, and one terminal event. The container is always removed.
+
+Crash safety: a task is in this host's ``HOSTS`` entry before its ``execution.started`` exists, and
+its container carries this host's label, so after a crash the start-up reconciliation finds every
+task this host may have been running, removes their containers and reports them failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from symbi_common.aggregate import Repository
+from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.errors import ConfigError
+from symbi_common.service import ServiceRuntime
+from symbi_common.settings import SandboxSettings
+
+from symbi_sandbox_agent.docker_host import CgroupUsage, DockerHost, ExitState, HostInfo, remove_cgroup_tree
+from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
+from symbi_sandbox_agent.events import (
+    HOST_CODEC,
+    ExecutionEvent,
+    ExecutionExited,
+    ExecutionFailed,
+    ExecutionKilled,
+    ExecutionOomKilled,
+    ExecutionOutput,
+    ExecutionPaused,
+    ExecutionRefused,
+    ExecutionResumed,
+    ExecutionStarted,
+    ExecutionTimedOut,
+    HostEvent,
+    HostReconciled,
+    HostRegistered,
+    Usage,
+)
+from symbi_sandbox_agent.execution import EXECUTION, ExecutionState
+from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
+from symbi_sandbox_agent.spec import CGROUP_PARENT, SandboxDefaults, SandboxSpec, build_spec
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+WORK_STREAM = "WORK"
+HOSTS_BUCKET = "HOSTS"
+_HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Output is flushed at least this often while a workload keeps printing less than a chunk.
+FLUSH_INTERVAL_S = 0.5
+SAMPLE_INTERVAL_S = 0.2
+#: Usage is also sampled as output arrives (while the container surely lives), at most this often.
+SAMPLE_MIN_GAP_S = 0.05
+#: After a kill, how long the output stream may take to end before the run gives up on it.
+KILL_GRACE_S = 10.0
+#: Conditions of an allow that a sandbox start honours (it logs everything anyway).
+HONOURED_CONDITIONS = frozenset({"log_full"})
+
+
+class WorkItem(msgspec.Struct, frozen=True):
+    task_id: str
+    attempt: int
+
+
+def resolve_host_id(configured: str) -> str:
+    """``[sandbox] host_id``, or the hostname made safe for NATS subjects and consumer names."""
+    if configured:
+        if not _HOST_ID_RE.match(configured):
+            raise ConfigError(
+                f"{configured!r} is not a valid host id: use 1-64 letters, digits, '-' or '_'",
+                setting="sandbox.host_id",
+            )
+        return configured
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+class _HostAggregate:
+    """``host.<host_id>``: a log of registrations and reconciliations; every event is accepted."""
+
+    aggregate_type = "host"
+    codec = HOST_CODEC
+    state_type = int
+
+    def initial(self, aggregate_id: str) -> int:
+        return 0
+
+    def apply(self, state: int, event: HostEvent) -> int:
+        return state + 1
+
+    def decide(self, state: int, command: HostEvent) -> list[HostEvent]:
+        return [command]
+
+
+@dataclass
+class Running:
+    """One sandbox this daemon runs."""
+
+    spec: SandboxSpec
+    agent_id: str
+    started_at: float = field(default_factory=time.time)
+    container_id: str = ""
+    paused_since: float | None = None
+    paused_total: float = 0.0
+    kill_reason: str = ""
+    killed_at: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: str = ""
+
+    def active_seconds(self, now: float) -> float:
+        """Run time that counts against the timeout (time spent paused does not)."""
+        paused = self.paused_total + (now - self.paused_since if self.paused_since is not None else 0.0)
+        return now - self.started_at - paused
+
+
+class SandboxAgent:
+    def __init__(self, runtime: ServiceRuntime, settings: SandboxSettings, host_id: str) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self.host_id = host_id
+        self.defaults = SandboxDefaults(
+            output_cap_bytes=settings.output_cap_bytes,
+            scratch_mb=settings.scratch_mb,
+            pids_limit=settings.pids_limit,
+            user=settings.user,
+        )
+        self.work_dir = Path(settings.work_dir or Path(tempfile.gettempdir()) / "symbi-sandbox") / host_id
+        self.running: dict[str, Running] = {}
+        self.executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent] = runtime.repository(EXECUTION)
+        self.hosts: Repository[int, HostEvent, HostEvent] = Repository(runtime.store, _HostAggregate(), snapshots=None)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="docker")
+        self.docker: DockerHost
+        self.info: HostInfo
+        self.kv: Any = None
+        self.last_heartbeat = 0.0
+        self.reconciled: HostReconciled | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking Docker call on the daemon's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.docker = await self._call(DockerHost, self.settings.docker_url)
+        self.info = await self._call(self.docker.info)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        await self._ensure_jetstream()
+        await self.reconcile()
+        await self.hosts.execute(
+            self.host_id,
+            HostRegistered(
+                host_id=self.host_id,
+                cpu_cores=self.info.cpu_cores,
+                memory_mb=self.info.memory_mb,
+                tiers=self.info.capabilities.tiers,
+                docker_version=self.info.docker_version,
+                runtimes=self.info.runtimes,
+            ),
+        )
+        await self.heartbeat()
+        self.rt.spawn(self._heartbeat_loop(), "sandbox:heartbeat")
+        sub = await self.rt.js.pull_subscribe(
+            f"work.{self.host_id}",
+            durable=f"sandbox_{self.host_id}",
+            stream=WORK_STREAM,
+            config=ConsumerConfig(ack_wait=60, max_deliver=-1),
+        )
+        self.rt.spawn(self._consume(sub), "sandbox:work")
+        log.info("sandbox-agent started", host_id=self.host_id, tiers=self.info.capabilities.tiers)
+
+    async def _ensure_jetstream(self) -> None:
+        js, replicas = self.rt.js, self.rt.settings.nats.replicas
+        try:
+            await js.stream_info(WORK_STREAM)
+        except nats.js.errors.NotFoundError:
+            config = StreamConfig(
+                name=WORK_STREAM,
+                subjects=["work.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=replicas,
+                duplicate_window=self.rt.settings.nats.duplicate_window_s,
+            )
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await js.stream_info(WORK_STREAM)  # the scheduler created it meanwhile
+        try:
+            self.kv = await js.key_value(HOSTS_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                self.kv = await js.create_key_value(KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=replicas))
+            except nats.js.errors.BadRequestError:
+                self.kv = await js.key_value(HOSTS_BUCKET)
+
+    async def reconcile(self) -> HostReconciled:
+        """Leave nothing running unaccounted: remove this host's containers, report their tasks failed,
+        and kill runtime processes (shims, gVisor sandboxes) whose container Docker no longer knows."""
+        previous: list[str] = []
+        try:
+            entry = await self.kv.get(self.host_id)
+            previous = list(msgspec.json.decode(entry.value).get("running", []))
+        except (nats.js.errors.KeyNotFoundError, msgspec.DecodeError, AttributeError):
+            pass
+        containers = await self._call(self.docker.owned, self.host_id)
+        for c in containers:
+            await self._call(self.docker.remove, c.id)
+        killed = await self._call(self.docker.kill_processes, await self._call(self.docker.leftover_processes))
+        with_container = {c.task_id for c in containers}
+        failed: list[str] = []
+        for task_id in sorted(set(previous) | with_container):
+            if not task_id:
+                continue
+            state = (await self.executions.load(task_id, fresh=True)).state
+            if state.status not in ("running", "paused") or state.host_id != self.host_id:
+                continue
+            reason = (
+                "the sandbox-agent restarted while the task ran; its container was removed"
+                if task_id in with_container
+                else "the task's container vanished while the sandbox-agent was down"
+            )
+            _, recs = await self.executions.execute(task_id, ExecutionFailed(attempt=state.attempt, reason=reason))
+            if recs:
+                failed.append(task_id)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")
+        event = HostReconciled(
+            removed_containers=tuple(c.name for c in containers),
+            failed_tasks=tuple(failed),
+            killed_processes=tuple(killed),
+        )
+        await self.hosts.execute(self.host_id, event)
+        self.reconciled = event
+        if containers or failed or killed:
+            log.warning("reconciled", removed=event.removed_containers, failed=failed, killed_processes=killed)
+        return event
+
+    # --- heartbeat ------------------------------------------------------------------------------
+
+    def host_entry(self) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "cpu_cores": self.info.cpu_cores,
+            "memory_mb": self.info.memory_mb,
+            "tiers": list(self.info.capabilities.tiers),
+            "running": sorted(self.running),
+            "heartbeat_at": time.time(),
+        }
+
+    async def heartbeat(self) -> None:
+        entry = self.host_entry()
+        await self.kv.put(self.host_id, msgspec.json.encode(entry))
+        self.last_heartbeat = entry["heartbeat_at"]
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # NATS away for a moment: the next beat tries again
+                self.rt.note_error(f"heartbeat: {exc}")
+
+    # --- work -----------------------------------------------------------------------------------
+
+    async def _consume(self, sub: Any) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(batch=8, timeout=1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except Exception as exc:
+                self.rt.note_error(f"work fetch: {exc}")
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._on_work(msg)
+
+    async def _on_work(self, msg: Any) -> None:
+        try:
+            item = msgspec.json.decode(msg.data, type=WorkItem)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("malformed work item dropped", error=str(exc), data=msg.data[:200])
+            await msg.term()
+            return
+        try:
+            await self.dispatch(item)
+        except Exception as exc:
+            log.exception("work item failed, redelivering", task_id=item.task_id)
+            self.rt.note_error(f"work {item.task_id}: {exc!r}")
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+
+    async def dispatch(self, item: WorkItem) -> None:
+        """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored."""
+        task_id = item.task_id
+        task = fold_task(task_id, [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)])
+        assigned = task.assigned
+        if assigned is None or assigned.host_id != self.host_id or assigned.attempt != item.attempt or task.ended:
+            log.warning(
+                "stale or misrouted work item ignored",
+                task_id=task_id,
+                attempt=item.attempt,
+                assigned_to=assigned.host_id if assigned else None,
+                assigned_attempt=assigned.attempt if assigned else None,
+                ended=task.ended,
+            )
+            return
+        if task_id in self.running:
+            return
+        state = (await self.executions.load(task_id, fresh=True)).state
+        if state.attempt >= item.attempt:
+            return  # redelivered: this attempt already started or was refused
+        try:
+            spec = build_spec(task, self.host_id, self.info.capabilities, self.defaults)
+            if not await self._call(self.docker.image_present, spec.image):
+                raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
+        except SandboxRefused as err:
+            await self._refuse(item, err.code, str(err), None)
+            return
+        request = self._decision_request(task, spec)
+        decision = await (await self.rt.decision_point()).decide(request)
+        record = DecisionRecord.of(request, decision)
+        if isinstance(decision, Deny):
+            await self._refuse(item, "policy_denied", f"policy denied sandbox.start: {decision.reason}", record)
+            return
+        if isinstance(decision, AllowWithConditions):
+            unmet = [c.kind for c in decision.conditions if c.kind not in HONOURED_CONDITIONS]
+            if unmet:
+                reason = f"the sandbox-agent cannot honour the condition(s) {', '.join(unmet)} of the allow"
+                await self._refuse(item, "condition_not_honoured", reason, record)
+                return
+        run = Running(spec, task.agent_id)
+        self.running[task_id] = run
+        try:
+            await self.heartbeat()  # a crash from here on finds the task in this host's entry
+            _, recs = await self.executions.execute(
+                task_id,
+                ExecutionStarted(
+                    attempt=spec.attempt,
+                    host_id=self.host_id,
+                    tier=spec.tier,
+                    runtime=spec.runtime,
+                    container=spec.name,
+                    image=spec.image,
+                    command=spec.command,
+                    limits=spec.limits,
+                    hardening=spec.hardening(),
+                    decision=record,
+                    risk_score=assigned.risk_score,
+                    risk_factors=dict(assigned.risk_factors),
+                    started_at=run.started_at,
+                ),
+            )
+        except BaseException:
+            self.running.pop(task_id, None)
+            raise
+        if not recs:
+            self.running.pop(task_id, None)
+            return
+        self.rt.spawn(self._run(run, task.input), f"sandbox:{task_id}")
+
+    def _decision_request(self, task: TaskView, spec: SandboxSpec) -> DecisionRequest:
+        return DecisionRequest(
+            principal=EntityRef(type="Agent", id=task.agent_id or "unknown"),
+            action="sandbox.start",
+            resource=EntityRef(
+                type="Task",
+                id=task.task_id,
+                attrs={"agent_id": task.agent_id, "tier": spec.tier, "host_id": self.host_id, "image": spec.image},
+            ),
+            context={
+                "tier": spec.tier,
+                "image": spec.image,
+                "memory_mb": spec.limits.memory_mb,
+                "cpu_cores": spec.limits.cpu_cores,
+                "execution_timeout_s": spec.limits.execution_timeout_s,
+                "network": False,
+            },
+        )
+
+    async def _refuse(self, item: WorkItem, code: str, reason: str, decision: DecisionRecord | None) -> None:
+        log.warning("task refused", task_id=item.task_id, code=code, reason=reason)
+        await self.executions.execute(
+            item.task_id, ExecutionRefused(attempt=item.attempt, code=code, reason=reason, decision=decision)
+        )
+
+    # --- one sandbox ----------------------------------------------------------------------------
+
+    def _stage_input(self, spec: SandboxSpec, data: bytes) -> Path:
+        folder = self.work_dir / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        path = folder / "input"
+        path.write_bytes(data)
+        path.chmod(0o644)
+        return path
+
+    async def _run(self, run: Running, data: bytes) -> None:
+        spec = run.spec
+        collector = OutputCollector(spec.limits.output_cap_bytes)
+        usage: CgroupUsage | None = None
+        terminal: ExecutionEvent
+        try:
+            try:
+                input_file = self._stage_input(spec, data)
+                run.container_id = await self._call(self.docker.create, spec, str(input_file))
+                sock = await self._call(self.docker.attach, run.container_id)
+                await self._call(self.docker.start, run.container_id)
+            except Exception as exc:
+                terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
+                await self._discard(run)
+            else:
+                usage = CgroupUsage(spec.cgroup_parent)
+                usage.sample()
+                exit_state = await self._supervise(run, sock, data, collector, usage)
+                await self._discard(run)
+                terminal = self._terminal(run, exit_state, collector, usage.sample())
+        except asyncio.CancelledError:
+            # The daemon is shutting down: the sandbox must not outlive it unaccounted.
+            run.kill_reason = run.kill_reason or "shutdown"
+            await self._discard(run)
+            await self._append(run, self._terminal(run, None, collector, usage.last if usage else Usage()))
+            self._finish(run)
+            raise
+        await self._append(run, terminal)
+        self._finish(run)
+
+    async def _supervise(
+        self, run: Running, sock: Any, data: bytes, collector: OutputCollector, usage: CgroupUsage
+    ) -> ExitState:
+        """Feed stdin, stream the output, enforce the timeout and the output cap; the container's exit state."""
+        loop = asyncio.get_running_loop()
+        frames: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+
+        def pump() -> None:
+            try:
+                for frame in self.docker.frames(sock):
+                    loop.call_soon_threadsafe(frames.put_nowait, frame)
+            finally:
+                loop.call_soon_threadsafe(frames.put_nowait, None)
+                self.docker.close_socket(sock)
+
+        threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
+        await self._call(self.docker.send_input, sock, data)
+        timeout = run.spec.limits.execution_timeout_s
+        last_flush = last_sample = time.monotonic()
+        while True:
+            now = time.time()
+            if not run.kill_reason and run.active_seconds(now) >= timeout:
+                await self._kill(run, "timeout")
+            if run.killed_at is not None and now - run.killed_at > KILL_GRACE_S:
+                log.error("output stream did not end after kill", container=run.spec.name)
+                break
+            try:
+                frame = await asyncio.wait_for(frames.get(), timeout=SAMPLE_INTERVAL_S)
+            except TimeoutError:
+                frame = (0, b"")
+            if frame is None:
+                break
+            stream, chunk = frame
+            if chunk:
+                for s, piece in collector.feed(STREAMS.get(stream, "stderr"), chunk):
+                    await self._emit(run, s, piece)
+                if collector.exceeded and not run.kill_reason:
+                    await self._kill(run, "output_cap")
+            mono = time.monotonic()
+            if mono - last_sample >= SAMPLE_MIN_GAP_S:
+                usage.sample()
+                last_sample = mono
+            if not chunk or mono - last_flush >= FLUSH_INTERVAL_S:
+                for s, piece in collector.flush():
+                    await self._emit(run, s, piece)
+                last_flush = mono
+        usage.sample()
+        for s, piece in collector.flush():
+            await self._emit(run, s, piece)
+        return await self._call(self.docker.wait, run.container_id, KILL_GRACE_S)
+
+    async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
+        event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=0, data=data)
+        await self.executions.execute(run.spec.task_id, event)
+
+    async def _kill(self, run: Running, reason: str) -> None:
+        run.kill_reason = run.kill_reason or reason
+        run.killed_at = time.time()
+        if run.container_id:
+            await self._call(self.docker.kill, run.container_id)
+
+    def _terminal(
+        self, run: Running, exit_state: ExitState | None, collector: OutputCollector, usage: Usage
+    ) -> ExecutionEvent:
+        spec = run.spec
+        common: dict[str, Any] = {
+            "attempt": spec.attempt,
+            "exit_code": exit_state.exit_code if exit_state else None,
+            "usage": usage,
+            "output": collector.digest(),
+            "duration_s": round(time.time() - run.started_at, 3),
+        }
+        if run.kill_reason == "timeout":
+            return ExecutionTimedOut(
+                **common,
+                timeout_s=spec.limits.execution_timeout_s,
+                reason=f"ran past its {spec.limits.execution_timeout_s} s timeout",
+            )
+        if exit_state is not None and exit_state.oom_killed:
+            limit = spec.limits.memory_mb * 1024 * 1024
+            return ExecutionOomKilled(
+                **common, memory_limit_bytes=limit, reason=f"allocated past its {spec.limits.memory_mb} MB limit"
+            )
+        if run.kill_reason:
+            reasons = {
+                "output_cap": f"printed more than {spec.limits.output_cap_bytes} bytes",
+                "terminated": "terminated by command",
+                "shutdown": "the sandbox-agent shut down",
+            }
+            return ExecutionKilled(**common, reason=run.kill_reason + ": " + reasons.get(run.kill_reason, ""))
+        if exit_state is None or exit_state.exit_code is None:
+            why = exit_state.error if exit_state else "unknown"
+            return ExecutionFailed(**common, reason=f"no exit status: {why}")
+        return ExecutionExited(**common)
+
+    async def _discard(self, run: Running) -> None:
+        """Remove the container (and, for gVisor, any runtime processes it left) and the staged input."""
+        try:
+            if run.container_id:
+                await self._call(self.docker.remove, run.container_id)
+            if run.spec.runtime == "runsc":
+                await self._call(self.docker.kill_processes, await self._call(self.docker.leftover_processes))
+        except Exception as exc:
+            log.error("sandbox clean-up failed", container=run.spec.name, error=str(exc))
+            self.rt.note_error(f"clean-up {run.spec.name}: {exc}")
+        shutil.rmtree(self.work_dir / run.spec.name, ignore_errors=True)
+
+    def _release_cgroup(self, run: Running) -> None:
+        remove_cgroup_tree(run.spec.cgroup_parent)
+
+    async def _append(self, run: Running, terminal: ExecutionEvent) -> None:
+        run.outcome = type(terminal).__struct_config__.tag  # type: ignore[assignment]
+        try:
+            await self.executions.execute(run.spec.task_id, terminal)
+        except Exception as exc:
+            log.error("terminal event not stored", task_id=run.spec.task_id, error=str(exc))
+            self.rt.note_error(f"terminal {run.spec.task_id}: {exc!r}")
+
+    def _finish(self, run: Running) -> None:
+        self._release_cgroup(run)
+        self.running.pop(run.spec.task_id, None)
+        run.done.set()
+
+    # --- control --------------------------------------------------------------------------------
+
+    def _get(self, task_id: str) -> Running:
+        run = self.running.get(task_id)
+        if run is None:
+            raise UnknownExecution(f"task {task_id} is not running on host {self.host_id}", task_id=task_id)
+        return run
+
+    async def suspend(self, task_id: str) -> dict[str, Any]:
+        run = self._get(task_id)
+        if run.paused_since is not None:
+            raise ExecutionStateError(f"task {task_id} is already suspended")
+        if not run.container_id or run.kill_reason:
+            raise ExecutionStateError(f"task {task_id} is not running (starting or being stopped)")
+        await self._call(self.docker.pause, run.container_id)
+        run.paused_since = time.time()
+        await self.executions.execute(task_id, ExecutionPaused(attempt=run.spec.attempt))
+        return {"task_id": task_id, "status": "paused"}
+
+    async def resume(self, task_id: str) -> dict[str, Any]:
+        run = self._get(task_id)
+        if run.paused_since is None:
+            raise ExecutionStateError(f"task {task_id} is not suspended")
+        await self._call(self.docker.unpause, run.container_id)
+        run.paused_total += time.time() - run.paused_since
+        run.paused_since = None
+        await self.executions.execute(task_id, ExecutionResumed(attempt=run.spec.attempt))
+        return {"task_id": task_id, "status": "running"}
+
+    async def terminate(self, task_id: str) -> dict[str, Any]:
+        run = self.running.get(task_id)
+        if run is None:
+            state = (await self.executions.load(task_id, fresh=True)).state
+            if state.status == "ended":
+                return {"task_id": task_id, "status": "ended", "outcome": state.outcome}
+            raise UnknownExecution(f"task {task_id} is not running on host {self.host_id}", task_id=task_id)
+        await self._kill(run, "terminated")
+        run.paused_since = None
+        await asyncio.wait_for(run.done.wait(), timeout=KILL_GRACE_S + 5)
+        return {"task_id": task_id, "status": "ended", "outcome": run.outcome.removeprefix("execution.")}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.host_entry(),
+            "heartbeat_at": self.last_heartbeat,
+            "docker_version": self.info.docker_version,
+            "runtimes": list(self.info.runtimes),
+            "blkio_device": self.info.capabilities.blkio_device,
+            "tasks": [
+                {
+                    "task_id": tid,
+                    "attempt": r.spec.attempt,
+                    "tier": r.spec.tier,
+                    "container": r.spec.name,
+                    "paused": r.paused_since is not None,
+                    "running_s": round(time.time() - r.started_at, 1),
+                }
+                for tid, r in sorted(self.running.items())
+            ],
+            "reconciled": msgspec.to_builtins(self.reconciled) if self.reconciled else None,
+        }
+
+    def close(self) -> None:
+        remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")  # only what is empty: nothing runs any more
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "docker"):
+            self.docker.close()

@@ -1,0 +1,358 @@
+"""The Docker side of a host: capabilities, running one container with its stdin/stdout, and clean-up.
+
+Everything here is blocking (the Docker SDK is synchronous); the daemon calls it through
+``asyncio.to_thread``. Resource usage is read straight from the container's cgroup files, which
+is cheap enough to sample several times a second and still works a moment before the container
+exits (the Docker stats API needs about a second per sample).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker  # type: ignore[import-untyped]
+import docker.errors  # type: ignore[import-untyped]
+from docker.utils.socket import frames_iter  # type: ignore[import-untyped]
+
+from symbi_sandbox_agent.errors import DockerUnavailable
+from symbi_sandbox_agent.events import Usage
+from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, SandboxSpec
+
+_CONTAINER_ID = re.compile(r"\b[0-9a-f]{64}\b")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    cpu_cores: float
+    memory_mb: int
+    docker_version: str
+    runtimes: tuple[str, ...]
+    capabilities: HostCapabilities
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedContainer:
+    id: str
+    name: str
+    task_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExitState:
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+
+
+def _block_device_of(path: str) -> str | None:
+    """``/dev/<disk>`` holding ``path`` (the whole disk for a partition), or None if there is none."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    sys_dir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not sys_dir.exists():
+        return None  # overlay, tmpfs, NFS …: no block device to throttle
+    if (sys_dir / "partition").exists():
+        sys_dir = sys_dir.resolve().parent
+    uevent = (sys_dir / "uevent").read_text() if (sys_dir / "uevent").exists() else ""
+    for line in uevent.splitlines():
+        if line.startswith("DEVNAME="):
+            node = "/dev/" + line.split("=", 1)[1]
+            return node if os.path.exists(node) else None
+    return None
+
+
+class DockerHost:
+    """One Docker engine (``base_url`` empty: the environment's, usually ``/var/run/docker.sock``)."""
+
+    def __init__(self, base_url: str = "", timeout: float = 30.0) -> None:
+        try:
+            self.client = (
+                docker.DockerClient(base_url=base_url, timeout=int(timeout))
+                if base_url
+                else docker.from_env(timeout=int(timeout))
+            )
+            self.client.ping()
+        except docker.errors.DockerException as exc:
+            raise DockerUnavailable(
+                f"cannot reach the Docker engine ({base_url or 'from the environment'}): {exc}; "
+                "on a sandbox host run deploy/host/setup-docker.sh"
+            ) from None
+        self.api = self.client.api
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- the host ---------------------------------------------------------------------------------
+
+    def info(self) -> HostInfo:
+        info = self.api.info()
+        runtimes = tuple(sorted(info.get("Runtimes") or {}))
+        caps = HostCapabilities(
+            runtimes=frozenset(runtimes),
+            blkio_device=_block_device_of(info.get("DockerRootDir") or "/var/lib/docker"),
+        )
+        return HostInfo(
+            cpu_cores=float(info.get("NCPU") or os.cpu_count() or 1),
+            memory_mb=int(info.get("MemTotal") or 0) // (1024 * 1024),
+            docker_version=str(info.get("ServerVersion", "")),
+            runtimes=runtimes,
+            capabilities=caps,
+        )
+
+    def image_present(self, image: str) -> bool:
+        try:
+            self.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    # --- one sandbox ------------------------------------------------------------------------------
+
+    def create(self, spec: SandboxSpec, input_file: str) -> str:
+        host_config = self.api.create_host_config(**spec.host_config_kwargs(input_file))
+        created = self.api.create_container(host_config=host_config, **spec.create_kwargs(input_file))
+        return str(created["Id"])
+
+    def attach(self, container_id: str) -> Any:
+        """The container's stdin/stdout/stderr socket; attach before start so no output is missed."""
+        sock = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        sock._sock.settimeout(None)  # a quiet workload is not an error; the daemon owns the timeout
+        return sock
+
+    def start(self, container_id: str) -> None:
+        self.api.start(container_id)
+
+    @staticmethod
+    def send_input(sock: Any, data: bytes) -> None:
+        """Write the task's input and close our side: the workload sees EOF on stdin.
+
+        Closing stdin also matters under gVisor, where a large write to stdout can otherwise stall
+        while stdin is still open."""
+        raw: socket.socket = sock._sock
+        try:
+            if data:
+                raw.sendall(data)
+        except OSError:
+            pass  # the workload exited without reading its input
+        finally:
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def close_socket(sock: Any) -> None:
+        for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
+            with contextlib.suppress(Exception):
+                if part is not None:
+                    part.close()
+
+    @staticmethod
+    def frames(sock: Any) -> Iterator[tuple[int, bytes]]:
+        """``(stream, data)`` frames until the container's output ends (1 = stdout, 2 = stderr)."""
+        try:
+            for stream, data in frames_iter(sock, tty=False):
+                if data:
+                    yield int(stream), bytes(data)
+        except OSError:
+            return
+
+    def wait(self, container_id: str, timeout: float) -> ExitState:
+        try:
+            result = self.api.wait(container_id, timeout=max(1, int(timeout)))
+        except docker.errors.NotFound:
+            return ExitState(None, False, "the container disappeared")
+        except Exception as exc:  # requests' ReadTimeout and friends
+            return ExitState(None, False, f"no exit status within {timeout} s: {exc}")
+        state = self.state(container_id)
+        code = result.get("StatusCode")
+        error = (result.get("Error") or {}).get("Message", "") if isinstance(result.get("Error"), dict) else ""
+        return ExitState(int(code) if code is not None else None, bool(state.get("OOMKilled")), error)
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        try:
+            return dict(self.api.inspect_container(container_id)["State"])
+        except docker.errors.NotFound:
+            return {}
+
+    def pause(self, container_id: str) -> None:
+        self.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        self.api.unpause(container_id)
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL the container; a paused one is thawed first (gVisor cannot kill a frozen sandbox)."""
+        try:
+            if self.state(container_id).get("Paused"):
+                self.api.unpause(container_id)
+            self.api.kill(container_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "is not running" not in str(exc):
+                raise
+
+    def remove(self, container_id: str) -> None:
+        """Stop (if needed) and remove the container; a container that is already gone is fine."""
+        try:
+            self.kill(container_id)
+            self.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc) and "No such container" not in str(exc):
+                raise
+
+    # --- clean-up -------------------------------------------------------------------------------
+
+    def owned(self, host_id: str) -> list[OwnedContainer]:
+        """Every container (running or not) labelled as this host's sandbox."""
+        found = self.api.containers(all=True, filters={"label": f"{LABEL_HOST}={host_id}"})
+        return [
+            OwnedContainer(
+                id=c["Id"],
+                name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                task_id=(c.get("Labels") or {}).get(LABEL_TASK, ""),
+                status=str(c.get("State", "")),
+            )
+            for c in found
+        ]
+
+    def leftover_processes(self) -> list[int]:
+        """Pids of container shims and gVisor processes whose container Docker no longer knows.
+
+        A failed ``runsc`` start (or a container removed while its sandbox hung) can leave its
+        ``containerd-shim`` and ``runsc`` sandbox/gofer processes behind; nothing else would reap them."""
+        known = {c["Id"] for c in self.api.containers(all=True)}
+        pids: list[int] = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            exe = os.path.basename(argv[0].decode(errors="replace")) if argv and argv[0] else ""
+            if not (exe.startswith("containerd-shim") or exe.startswith("runsc")):
+                continue
+            args = b" ".join(argv).decode(errors="replace")
+            if exe.startswith("containerd-shim") and "moby" not in args:
+                continue
+            ids = set(_CONTAINER_ID.findall(args))
+            if ids and not ids & known:
+                pids.append(int(proc.name))
+        return sorted(pids)
+
+    @staticmethod
+    def kill_processes(pids: list[int]) -> list[int]:
+        killed = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                continue
+        return killed
+
+
+# --- usage ----------------------------------------------------------------------------------------
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CgroupUsage:
+    """A sandbox's usage, read from its own parent cgroup (see ``SandboxSpec.cgroup_parent``).
+
+    The container's cgroup disappears the moment it exits, taking its peak memory with it; the parent
+    cgroup accounts for it hierarchically and stays until :meth:`release`, so the final figures are exact
+    even for a workload that is OOM-killed within milliseconds. Works with cgroup v1 and v2."""
+
+    def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
+        self.parent = parent.strip("/")
+        self.root = root
+        self.v2 = (root / "cgroup.controllers").exists()
+        self.last = Usage()
+
+    def _dir(self, controller: str) -> Path:
+        return self.root / self.parent if self.v2 else self.root / controller / self.parent
+
+    def sample(self) -> Usage:
+        usage = self._sample_v2() if self.v2 else self._sample_v1()
+        if usage is not None:
+            self.last = Usage(
+                peak_memory_bytes=max(usage.peak_memory_bytes, self.last.peak_memory_bytes),
+                cpu_seconds=max(usage.cpu_seconds, self.last.cpu_seconds),
+                io_read_bytes=max(usage.io_read_bytes, self.last.io_read_bytes),
+                io_write_bytes=max(usage.io_write_bytes, self.last.io_write_bytes),
+            )
+        return self.last
+
+    def _sample_v1(self) -> Usage | None:
+        peak = _read_int(self._dir("memory") / "memory.max_usage_in_bytes")
+        cpu_ns = _read_int(self._dir("cpuacct") / "cpuacct.usage")
+        if peak is None and cpu_ns is None:
+            return None
+        read = write = 0
+        try:
+            lines = (self._dir("blkio") / "blkio.throttle.io_service_bytes_recursive").read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "Read":
+                read += int(parts[2])
+            elif len(parts) == 3 and parts[1] == "Write":
+                write += int(parts[2])
+        return Usage(
+            peak_memory_bytes=peak or 0, cpu_seconds=(cpu_ns or 0) / 1e9, io_read_bytes=read, io_write_bytes=write
+        )
+
+    def _sample_v2(self) -> Usage | None:
+        path = self._dir("")
+        peak = _read_int(path / "memory.peak") or _read_int(path / "memory.current")
+        cpu_us = 0
+        try:
+            for line in (path / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    cpu_us = int(line.split()[1])
+            io = (path / "io.stat").read_text()
+        except OSError:
+            return None
+        read = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("rbytes="))
+        write = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("wbytes="))
+        return Usage(peak_memory_bytes=peak or 0, cpu_seconds=cpu_us / 1e6, io_read_bytes=read, io_write_bytes=write)
+
+    def release(self) -> None:
+        """Remove the parent cgroup (in every v1 hierarchy); call after the container is removed."""
+        remove_cgroup_tree(self.parent, self.root)
+
+
+def remove_cgroup_tree(relative: str, root: Path = CGROUP_ROOT) -> None:
+    """rmdir ``relative`` (and any empty cgroups under it) in every hierarchy where it exists."""
+    relative = relative.strip("/")
+    bases = [root] if (root / "cgroup.controllers").exists() else [p for p in root.iterdir() if p.is_dir()]
+    for base in bases:
+        top = base / relative
+        if not top.is_dir():
+            continue
+        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()

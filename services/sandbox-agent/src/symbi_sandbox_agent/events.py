@@ -1,0 +1,175 @@
+"""The events the sandbox-agent writes: ``execution.<task_id>`` and ``host.<host_id>`` (see docs/contracts/tasks.md).
+
+Readers (the scheduler) decode them with :data:`EXECUTION_CODEC` and :data:`HOST_CODEC`. Every
+execution event carries the ``attempt`` it belongs to: one task's executions share one aggregate
+across attempts (a task re-queued after its host was lost runs again as attempt n+1).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from symbi_common.decisions import DecisionRecord
+from symbi_common.events import Event, EventCodec
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Resources the sandbox used, measured from its cgroup while it ran."""
+
+    peak_memory_bytes: int = 0
+    cpu_seconds: float = 0.0
+    io_read_bytes: int = 0
+    io_write_bytes: int = 0
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The limits a sandbox was started with (as enforced, after host defaults)."""
+
+    memory_mb: int
+    cpu_cores: float
+    disk_io_mbps: int
+    network_io_mbps: int
+    execution_timeout_s: float
+    pids: int
+    output_cap_bytes: int
+    scratch_mb: int
+
+
+class OutputDigest(msgspec.Struct, frozen=True, kw_only=True):
+    """Sizes and SHA-256 of everything the workload printed (up to the cap), to check a reassembled result."""
+
+    stdout_bytes: int = 0
+    stdout_sha256: str = ""
+    stderr_bytes: int = 0
+    stderr_sha256: str = ""
+    truncated: bool = False
+
+
+class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"):
+    attempt: int
+    host_id: str
+    tier: Literal["tier1", "tier2"]
+    runtime: str
+    container: str
+    image: str
+    command: tuple[str, ...]
+    limits: Limits
+    hardening: dict[str, str]
+    decision: DecisionRecord
+    risk_score: float | None = None
+    risk_factors: dict[str, float] = msgspec.field(default_factory=dict)
+    started_at: float = 0.0
+
+
+class ExecutionOutput(Event, frozen=True, kw_only=True, tag="execution.output"):
+    attempt: int
+    stream: Literal["stdout", "stderr"]
+    offset: int
+    data: bytes
+
+
+class _Ended(Event, frozen=True, kw_only=True):
+    """Fields every terminal event carries."""
+
+    attempt: int
+    exit_code: int | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    output: OutputDigest = msgspec.field(default_factory=OutputDigest)
+    duration_s: float = 0.0
+    reason: str = ""
+
+
+class ExecutionExited(_Ended, frozen=True, kw_only=True, tag="execution.exited"):
+    pass
+
+
+class ExecutionOomKilled(_Ended, frozen=True, kw_only=True, tag="execution.oom_killed"):
+    memory_limit_bytes: int = 0
+
+
+class ExecutionTimedOut(_Ended, frozen=True, kw_only=True, tag="execution.timed_out"):
+    timeout_s: float = 0.0
+
+
+class ExecutionKilled(_Ended, frozen=True, kw_only=True, tag="execution.killed"):
+    """Stopped by us: ``reason`` is ``output_cap``, ``terminated`` (a command) or ``shutdown``."""
+
+
+class ExecutionRefused(_Ended, frozen=True, kw_only=True, tag="execution.refused"):
+    """Never started: the limits cannot be enforced, the tier is missing, or the policy denied it."""
+
+    code: str = ""
+    decision: DecisionRecord | None = None
+
+
+class ExecutionFailed(_Ended, frozen=True, kw_only=True, tag="execution.failed"):
+    """The sandbox could not run or vanished (e.g. its container disappeared while the daemon was down)."""
+
+
+class ExecutionPaused(Event, frozen=True, kw_only=True, tag="execution.paused"):
+    attempt: int
+
+
+class ExecutionResumed(Event, frozen=True, kw_only=True, tag="execution.resumed"):
+    attempt: int
+
+
+Terminal = (
+    ExecutionExited | ExecutionOomKilled | ExecutionTimedOut | ExecutionKilled | ExecutionRefused | ExecutionFailed
+)
+TERMINAL_TYPES: tuple[type[_Ended], ...] = (
+    ExecutionExited,
+    ExecutionOomKilled,
+    ExecutionTimedOut,
+    ExecutionKilled,
+    ExecutionRefused,
+    ExecutionFailed,
+)
+ExecutionEvent = (
+    ExecutionStarted
+    | ExecutionOutput
+    | ExecutionExited
+    | ExecutionOomKilled
+    | ExecutionTimedOut
+    | ExecutionKilled
+    | ExecutionRefused
+    | ExecutionFailed
+    | ExecutionPaused
+    | ExecutionResumed
+)
+EXECUTION_CODEC: EventCodec[ExecutionEvent] = EventCodec(
+    [
+        ExecutionStarted,
+        ExecutionOutput,
+        ExecutionExited,
+        ExecutionOomKilled,
+        ExecutionTimedOut,
+        ExecutionKilled,
+        ExecutionRefused,
+        ExecutionFailed,
+        ExecutionPaused,
+        ExecutionResumed,
+    ]
+)
+
+
+class HostRegistered(Event, frozen=True, kw_only=True, tag="host.registered"):
+    host_id: str
+    cpu_cores: float
+    memory_mb: int
+    tiers: tuple[str, ...]
+    docker_version: str = ""
+    runtimes: tuple[str, ...] = ()
+
+
+class HostReconciled(Event, frozen=True, kw_only=True, tag="host.reconciled"):
+    """What start-up cleaned up: containers removed, tasks reported failed, leftover runtime processes killed."""
+
+    removed_containers: tuple[str, ...] = ()
+    failed_tasks: tuple[str, ...] = ()
+    killed_processes: tuple[int, ...] = ()
+
+
+HostEvent = HostRegistered | HostReconciled
+HOST_CODEC: EventCodec[HostEvent] = EventCodec([HostRegistered, HostReconciled])

@@ -1,0 +1,63 @@
+"""Entry point: ``symbi-sandbox-agent [--config PATH]`` (or ``python -m symbi_sandbox_agent``).
+
+Settings: the ``[sandbox]`` section (``SYMBI_SANDBOX__HOST_ID``, ``SYMBI_SANDBOX__DOCKER_URL`` …) plus the
+common ones (``SYMBI_NATS_URL``, ``SYMBI_KEYS_DIR``, ``SYMBI_HTTP_PORT``). No database. The host needs a
+Docker engine with runc and/or runsc: ``deploy/host/setup-docker.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+from symbi_common.commands import CommandServer
+from symbi_common.errors import ConfigError
+from symbi_common.service import ServiceRuntime, create_app, serve
+from symbi_common.settings import Settings, load_settings
+
+from symbi_sandbox_agent.agent import SandboxAgent, resolve_host_id
+from symbi_sandbox_agent.api import register_commands, router
+
+SERVICE = "sandbox-agent"
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The daemon's app; its lifespan reconciles the host, registers it and starts consuming work."""
+    host_id = resolve_host_id(settings.sandbox.host_id)
+    runtime = ServiceRuntime(SERVICE, settings, use_database=False)
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        # Commands are addressed to this host: cmd.sandbox-agent.<host_id>.<action>.
+        rt.commands = CommandServer(rt.nc, f"{SERVICE}.{host_id}", max_request_bytes=settings.events.max_command_bytes)
+        agent = SandboxAgent(rt, settings.sandbox, host_id)
+        app.state.sandbox = agent
+        rt.spawn(_close_on_stop(agent), "sandbox:close")
+        await agent.start()
+        register_commands(rt.commands, agent)
+
+    app = create_app(runtime, title=f"Symbi sandbox-agent ({host_id})", routers=[router], on_start=on_start)
+    return app
+
+
+async def _close_on_stop(agent: SandboxAgent) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        agent.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="symbi-sandbox-agent", description="Symbi sandbox-agent (one per host)")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        resolve_host_id(settings.sandbox.host_id)
+    except ConfigError as err:
+        print(f"symbi-sandbox-agent: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(build_app(settings), settings)

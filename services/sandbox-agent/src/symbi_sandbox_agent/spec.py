@@ -1,0 +1,215 @@
+"""One sandbox's container specification: limits and hardening, and the checks that refuse a task. Pure.
+
+Every sandbox gets: no network (a task whose definition allows network access is refused, because
+network IO cannot be shaped on this host and it must not run unlimited), a read-only root
+filesystem with a small ``noexec`` tmpfs at ``/tmp``, all capabilities dropped, no-new-privileges,
+a non-root user, a pids limit (at least 128 under gVisor, whose own threads count against it),
+memory without swap, CPU quota, disk read/write bandwidth on the device behind Docker's storage
+(blkio), no log driver (output is streamed from the attach socket and capped), and a hard timeout
+enforced by the daemon.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from symbi_sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
+from symbi_sandbox_agent.events import Limits
+from symbi_sandbox_agent.risk import Tier, parse_tier
+from symbi_sandbox_agent.tasks import TaskView
+
+RUNTIMES: dict[Tier, str] = {"tier1": "runc", "tier2": "runsc"}
+#: gVisor's sentry and gofer threads count against the pids limit; below this a sandbox dies.
+GVISOR_MIN_PIDS = 128
+MIN_MEMORY_MB = 16
+INPUT_PATH = "/symbi/input"
+
+CGROUP_PARENT = "/symbi"
+
+LABEL_HOST = "symbi.host_id"
+LABEL_TASK = "symbi.task_id"
+LABEL_ATTEMPT = "symbi.attempt"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True, slots=True)
+class HostCapabilities:
+    """What this host's Docker engine can enforce."""
+
+    runtimes: frozenset[str]
+    #: The block device behind Docker's storage, for blkio limits; None if it cannot be found.
+    blkio_device: str | None
+    #: Whether network IO can be shaped per container (not with Docker alone).
+    network_shaping: bool = False
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        return tuple(t for t, rt in RUNTIMES.items() if rt in self.runtimes)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxDefaults:
+    """Host-wide settings every sandbox gets (from ``[sandbox]``)."""
+
+    output_cap_bytes: int = 8 * 1024 * 1024
+    scratch_mb: int = 16
+    pids_limit: int = 256
+    user: str = "65534:65534"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    task_id: str
+    attempt: int
+    host_id: str
+    tier: Tier
+    image: str
+    command: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str
+    limits: Limits
+    user: str
+    blkio_device: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIMES[self.tier]
+
+    @property
+    def name(self) -> str:
+        return container_name(self.host_id, self.task_id, self.attempt)
+
+    @property
+    def cgroup_parent(self) -> str:
+        """The sandbox's own parent cgroup: it outlives the container, so the final usage can be read."""
+        return f"{CGROUP_PARENT}/{self.host_id}/{self.name}"
+
+    def hardening(self) -> dict[str, str]:
+        """A readable summary for ``execution.started``."""
+        return {
+            "network": "none",
+            "root_filesystem": "read-only",
+            "scratch": f"/tmp tmpfs {self.limits.scratch_mb} MiB noexec",  # noqa: S108 - the container's /tmp
+            "capabilities": "all dropped",
+            "no_new_privileges": "yes",
+            "user": self.user,
+            "pids_limit": str(self.limits.pids),
+            "swap": "none",
+            "blkio_device": self.blkio_device or "",
+        }
+
+    def create_kwargs(self, input_file: str) -> dict[str, Any]:
+        """Keyword arguments of ``APIClient.create_container`` (without ``host_config``)."""
+        env = {**self.env, "SYMBI_TASK_ID": self.task_id, "SYMBI_INPUT": INPUT_PATH}
+        return {
+            "image": self.image,
+            "command": list(self.command) or None,
+            "name": self.name,
+            "user": self.user,
+            "stdin_open": True,  # with StdinOnce: closing our side of the attach socket is the workload's EOF
+            "environment": env,
+            "working_dir": self.workdir,
+            "network_disabled": True,
+            "labels": self.labels,
+            "runtime": self.runtime,
+            "volumes": [INPUT_PATH],
+        }
+
+    def host_config_kwargs(self, input_file: str) -> dict[str, Any]:
+        """Keyword arguments of ``APIClient.create_host_config``."""
+        mbps = self.limits.disk_io_mbps * 1024 * 1024
+        io = [{"Path": self.blkio_device, "Rate": mbps}] if self.blkio_device else None
+        memory = self.limits.memory_mb * 1024 * 1024
+        return {
+            "binds": {input_file: {"bind": INPUT_PATH, "mode": "ro"}},
+            "network_mode": "none",
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.limits.scratch_mb}m"},  # noqa: S108
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": self.limits.pids,
+            "mem_limit": memory,
+            "memswap_limit": memory,
+            "nano_cpus": int(self.limits.cpu_cores * 1e9),
+            "device_read_bps": io,
+            "device_write_bps": io,
+            "log_config": {"Type": "none", "Config": {}},
+            "runtime": self.runtime,
+            "cgroup_parent": self.cgroup_parent,
+        }
+
+
+def container_name(host_id: str, task_id: str, attempt: int) -> str:
+    return _NAME_UNSAFE.sub("_", f"symbi-{host_id}-{task_id}-{attempt}")
+
+
+def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: SandboxDefaults) -> SandboxSpec:
+    """The sandbox for the task's latest assignment, or a :class:`SandboxRefused` saying why it cannot run here."""
+    assigned = task.assigned
+    if assigned is None:
+        raise InvalidWorkload(f"task {task.task_id} has no task.assigned event")
+    workload = assigned.workload
+    if workload is None or not workload.image.strip():
+        raise InvalidWorkload(f"task {task.task_id}: the agent's definition names no workload image")
+    if not workload.workdir.startswith("/"):
+        raise InvalidWorkload(f"workload.workdir must be an absolute path, not {workload.workdir!r}")
+    for name in workload.env:
+        if not _ENV_NAME.match(name):
+            raise InvalidWorkload(f"workload.env: {name!r} is not a valid environment variable name")
+    tier = parse_tier(assigned.tier)
+    if tier is None:
+        raise InvalidWorkload(f"task.assigned names tier {assigned.tier!r}; the scheduler must choose tier1 or tier2")
+    if RUNTIMES[tier] not in caps.runtimes:
+        raise TierUnavailable(
+            f"{tier} needs the {RUNTIMES[tier]} runtime, which this host's Docker engine does not have "
+            f"(it has: {', '.join(sorted(caps.runtimes)) or 'none'})"
+        )
+    lim = assigned.limits
+    if lim.memory_mb < MIN_MEMORY_MB:
+        raise InvalidWorkload(f"limits.memory_mb is {lim.memory_mb}; a sandbox needs at least {MIN_MEMORY_MB} MB")
+    if lim.cpu_cores <= 0:
+        raise InvalidWorkload(f"limits.cpu_cores is {lim.cpu_cores}; it must be more than 0")
+    if lim.execution_timeout_s <= 0:
+        raise InvalidWorkload(f"limits.execution_timeout_s is {lim.execution_timeout_s}; it must be more than 0")
+    if lim.disk_io_mbps <= 0:
+        raise LimitNotEnforceable(f"limits.disk_io_mbps is {lim.disk_io_mbps}; an unlimited disk IO rate is not run")
+    if caps.blkio_device is None:
+        raise LimitNotEnforceable(
+            "the disk IO limit cannot be enforced on this host: no block device found behind Docker's storage"
+        )
+    if assigned.network_access and not caps.network_shaping:
+        raise LimitNotEnforceable(
+            f"the definition allows network access ({', '.join(assigned.network_access)}) but network IO "
+            f"cannot be limited to {lim.network_io_mbps} MB/s on this host; the task is refused rather than "
+            "run with unlimited network IO"
+        )
+    pids = max(defaults.pids_limit, GVISOR_MIN_PIDS) if tier == "tier2" else defaults.pids_limit
+    limits = Limits(
+        memory_mb=lim.memory_mb,
+        cpu_cores=lim.cpu_cores,
+        disk_io_mbps=lim.disk_io_mbps,
+        network_io_mbps=0,
+        execution_timeout_s=lim.execution_timeout_s,
+        pids=pids,
+        output_cap_bytes=defaults.output_cap_bytes,
+        scratch_mb=defaults.scratch_mb,
+    )
+    return SandboxSpec(
+        task_id=task.task_id,
+        attempt=assigned.attempt,
+        host_id=host_id,
+        tier=tier,
+        image=workload.image,
+        command=tuple(workload.command),
+        env=dict(workload.env),
+        workdir=workload.workdir,
+        limits=limits,
+        user=defaults.user,
+        blkio_device=caps.blkio_device,
+        labels={LABEL_HOST: host_id, LABEL_TASK: task.task_id, LABEL_ATTEMPT: str(assigned.attempt)},
+    )

@@ -1,0 +1,165 @@
+"""Suspend, resume and terminate over NATS; refusals; redelivery; the host's registration and heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import pytest
+from symbi_common.commands import CommandClient
+from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
+from symbi_sandbox_agent.errors import ExecutionStateError, UnknownExecution
+from symbi_sandbox_agent.events import (
+    HOST_CODEC,
+    ExecutionExited,
+    ExecutionKilled,
+    ExecutionOutput,
+    ExecutionPaused,
+    ExecutionRefused,
+    ExecutionResumed,
+    ExecutionStarted,
+    HostReconciled,
+    HostRegistered,
+)
+
+from .conftest import Agent, Scheduler, containers_of, limits
+
+TICKS = "i=0; while [ $i -lt 20 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"
+
+
+def outputs(events: list[Any]) -> int:
+    return sum(1 for e in events if isinstance(e, ExecutionOutput))
+
+
+async def command(agent: Agent, action: str, task_id: str) -> dict[str, Any]:
+    client = CommandClient(agent.app.state.runtime.nc, timeout=30)
+    result: dict[str, Any] = await client.call(f"sandbox-agent.{agent.host_id}", action, {"task_id": task_id}, dict)
+    return result
+
+
+@pytest.mark.parametrize("tier", ["tier1", "tier2"])
+async def test_suspend_freezes_and_resume_continues(
+    agent: Agent, scheduler: Scheduler, docker_client: Any, tier: str
+) -> None:
+    # 2 s of work, paused for 3 s, under a 5 s timeout: time spent suspended does not count.
+    task_id = await scheduler.submit(agent.host_id, ["sh", "-c", TICKS], tier=tier, lim=limits(execution_timeout_s=5))
+    await scheduler.wait_for(task_id, lambda ev: outputs(ev) >= 1)
+    assert (await command(agent, "suspend", task_id))["status"] == "paused"
+    [container] = containers_of(docker_client, agent.host_id)
+    assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"] is True
+    frozen = outputs(await scheduler.events(task_id))
+    await asyncio.sleep(3)
+    assert outputs(await scheduler.events(task_id)) == frozen
+    with pytest.raises(ExecutionStateError):
+        await command(agent, "suspend", task_id)
+    assert (await command(agent, "resume", task_id))["status"] == "running"
+    r = await scheduler.result(task_id)
+    assert isinstance(r.terminal, ExecutionExited) and r.terminal.exit_code == 0, r.terminal
+    assert r.stdout == b"".join(f"tick {i}\n".encode() for i in range(20))
+    assert len(r.of(ExecutionPaused)) == len(r.of(ExecutionResumed)) == 1
+
+
+async def test_terminate_stops_and_removes_even_a_suspended_gvisor_sandbox(
+    agent: Agent, scheduler: Scheduler, docker_client: Any
+) -> None:
+    task_id = await scheduler.submit(agent.host_id, ["sh", "-c", "echo up; sleep 60"], tier="tier2")
+    await scheduler.wait_for(task_id, lambda ev: outputs(ev) >= 1)
+    await command(agent, "suspend", task_id)
+    reply = await command(agent, "terminate", task_id)
+    assert reply == {"task_id": task_id, "status": "ended", "outcome": "killed"}
+    r = await scheduler.result(task_id)
+    assert isinstance(r.terminal, ExecutionKilled) and r.terminal.reason.startswith("terminated")
+    assert containers_of(docker_client, agent.host_id) == []
+    # Terminating again answers with the outcome; an unknown task is a typed error.
+    assert (await command(agent, "terminate", task_id))["outcome"] == "killed"
+    with pytest.raises(UnknownExecution):
+        await command(agent, "suspend", "no-such-task")
+
+
+async def test_a_task_with_network_access_is_refused_not_run_unlimited(
+    agent: Agent, scheduler: Scheduler, docker_client: Any
+) -> None:
+    task_id = await scheduler.submit(agent.host_id, ["echo", "hi"], network_access=["api.example.com"])
+    r = await scheduler.result(task_id)
+    assert isinstance(r.terminal, ExecutionRefused)
+    assert r.terminal.code == "limit_not_enforceable"
+    assert "network IO cannot be limited" in r.terminal.reason
+    assert len(r.events) == 1 and containers_of(docker_client, agent.host_id) == []
+
+
+async def test_a_missing_image_is_refused(agent: Agent, scheduler: Scheduler) -> None:
+    task_id = await scheduler.submit(agent.host_id, ["true"], publish=False)
+    # Same task, a second attempt whose workload names an image this host does not have.
+    assigned = scheduler.tips[task_id]
+    assert assigned.version == 2
+    from .conftest import TASKS, Assigned
+
+    [first] = [r.event for r in await scheduler.store.load("task", task_id, TASKS) if isinstance(r.event, Assigned)]
+    bad = msgspec.structs.replace(first, attempt=2, workload={**first.workload, "image": "nowhere/none:0"})
+    await scheduler.store.append("task", task_id, [bad], TASKS, expected=assigned)
+    await scheduler.publish(agent.host_id, task_id, 2)
+    r = await scheduler.result(task_id)
+    assert isinstance(r.terminal, ExecutionRefused) and r.terminal.attempt == 2
+    assert "nowhere/none:0 is not on host" in r.terminal.reason
+
+
+class DenySandboxes:
+    """A decision point that denies every sandbox start (the policy engine's answer, without its engine)."""
+
+    version = 7
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        if request.action == "sandbox.start":
+            return Deny(reason="tier1 is not allowed for agent-1", policies=("no-tier1",), policy_version=7)
+        return Allow()
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return [await self.decide(r) for r in requests]
+
+
+async def test_a_policy_denial_is_refused_with_its_record(agent: Agent, scheduler: Scheduler) -> None:
+    agent.app.state.runtime._decisions = DenySandboxes()
+    task_id = await scheduler.submit(agent.host_id, ["echo", "hi"])
+    r = await scheduler.result(task_id)
+    assert isinstance(r.terminal, ExecutionRefused) and r.terminal.code == "policy_denied"
+    assert "tier1 is not allowed" in r.terminal.reason
+    assert r.terminal.decision is not None
+    assert (r.terminal.decision.effect, r.terminal.decision.policies) == ("deny", ("no-tier1",))
+    assert r.terminal.decision.action == "sandbox.start" and r.terminal.decision.policy_version == 7
+
+
+async def test_a_redelivered_or_stale_work_item_does_not_run_twice(agent: Agent, scheduler: Scheduler) -> None:
+    task_id = await scheduler.submit(agent.host_id, ["echo", "once"])
+    first = await scheduler.result(task_id)
+    await scheduler.publish(agent.host_id, task_id, 1, msg_id="again")
+    await scheduler.publish(agent.host_id, task_id, 0, msg_id="stale")
+    await scheduler.publish(agent.host_id, "never-submitted", 1)
+    # The consumer drained all three (work-queue retention removes acked items).
+    js = scheduler.nc.jetstream()
+    deadline = time.monotonic() + 10
+    while (await js.stream_info("WORK")).state.messages and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert (await js.stream_info("WORK")).state.messages == 0
+    events = await scheduler.events(task_id)
+    assert events == first.events
+    assert len([e for e in events if isinstance(e, ExecutionStarted)]) == 1
+
+
+async def test_the_host_registers_and_keeps_a_heartbeat(agent: Agent, scheduler: Scheduler) -> None:
+    kv = await scheduler.nc.jetstream().key_value("HOSTS")
+    first = msgspec.json.decode((await kv.get(agent.host_id)).value)
+    assert first["host_id"] == agent.host_id and set(first["tiers"]) == {"tier1", "tier2"}
+    assert first["cpu_cores"] >= 1 and first["memory_mb"] > 0
+    task_id = await scheduler.submit(agent.host_id, ["sleep", "3"])
+    await asyncio.sleep(1.5)
+    later = msgspec.json.decode((await kv.get(agent.host_id)).value)
+    assert later["heartbeat_at"] > first["heartbeat_at"] and later["running"] == [task_id]
+    status = (await agent.http.get("/v1/host")).json()
+    assert status["host_id"] == agent.host_id and [t["task_id"] for t in status["tasks"]] == [task_id]
+    assert status["blkio_device"].startswith("/dev/")
+    await scheduler.result(task_id)
+    host_events = [r.event for r in await scheduler.store.load("host", agent.host_id, HOST_CODEC)]
+    assert isinstance(host_events[0], HostReconciled) and isinstance(host_events[1], HostRegistered)
+    assert host_events[1].tiers == ("tier1", "tier2")

@@ -1,0 +1,222 @@
+"""The pure parts: risk assessment, output chunking, sandbox spec and refusals, the execution aggregate."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import pytest
+from symbi_common.decisions import DecisionRecord
+from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, LimitNotEnforceable, TierUnavailable
+from symbi_sandbox_agent.events import (
+    ExecutionExited,
+    ExecutionOutput,
+    ExecutionPaused,
+    ExecutionRefused,
+    ExecutionResumed,
+    ExecutionStarted,
+    Limits,
+)
+from symbi_sandbox_agent.execution import EXECUTION
+from symbi_sandbox_agent.output import OutputCollector
+from symbi_sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
+from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, build_spec
+from symbi_sandbox_agent.tasks import LimitSpec, TaskAssigned, TaskCompleted, TaskSubmitted, WorkloadSpec, fold_task
+
+# --- risk ------------------------------------------------------------------------------------------
+
+
+def test_low_risk_runs_in_tier1_and_high_risk_in_tier2() -> None:
+    low = RiskFactors(
+        data_sensitivity=0.0, code_trust=1.0, network_access=0.0, filesystem_access=0.0, external_integrations=0.0
+    )
+    high = RiskFactors(
+        data_sensitivity=1.0, code_trust=0.0, network_access=1.0, filesystem_access=0.7, external_integrations=0.5
+    )
+    a, b = assess(low, default_tier="gvisor"), assess(high, default_tier="docker")
+    assert (a.tier, a.score) == ("tier1", 0.0)
+    assert b.tier == "tier2" and b.score >= 0.5
+    assert b.factors["network_access"] == 1.0 and "score" in b.reason
+
+
+def test_threshold_is_inclusive_for_tier2() -> None:
+    # data 0.5*0.3 + trust (1-0.5)*0.25 + net 0.5*0.2 + fs 0.5*0.1 + ext 0.5*0.15 = 0.5
+    half = RiskFactors(
+        data_sensitivity=0.5, code_trust=0.5, network_access=0.5, filesystem_access=0.5, external_integrations=0.5
+    )
+    assert assess(half).score == 0.5
+    assert assess(half).tier == "tier2"
+
+
+def test_unknown_factors_fall_back_to_the_default_tier() -> None:
+    assert assess(RiskFactors(), default_tier="docker").tier == "tier1"
+    assert assess(RiskFactors(), default_tier="gvisor").tier == "tier2"
+    partial = RiskFactors(network_access=0.0, filesystem_access=0.0, external_integrations=0.0)
+    chosen = assess(partial, default_tier="gvisor")
+    assert chosen.tier == "tier2" and set(chosen.unknown) == {"data_sensitivity", "code_trust"}
+    assert assess(partial, default_tier="docker").tier == "tier1"
+
+
+def test_a_forced_tier_wins_but_the_score_is_kept() -> None:
+    high = RiskFactors(data_sensitivity=1.0, code_trust=0.0, network_access=1.0)
+    forced = assess(high, forced="docker")
+    assert forced.tier == "tier1" and forced.score > 0.5 and "forces" in forced.reason
+
+
+def test_factors_from_a_definition() -> None:
+    f = factors_for_agent(
+        network_access=["api.example.com"],
+        filesystem_access=[("/data", "read")],
+        external_apis=["https://a", "https://b"],
+        data_sensitivity="confidential",
+        code_trust="verified",
+    )
+    assert (f.network_access, f.filesystem_access, f.external_integrations) == (0.5, 0.3, 0.5)
+    assert (f.data_sensitivity, f.code_trust) == (0.7, 1.0)
+    assert factors_for_agent(network_access=["*"], filesystem_access=[("/", "write")]).network_access == 1.0
+    with pytest.raises(InvalidWorkload, match="unknown data sensitivity"):
+        factors_for_agent(data_sensitivity="top")
+    with pytest.raises(InvalidWorkload, match="from 0 to 1"):
+        assess(RiskFactors(network_access=2.0))
+    with pytest.raises(InvalidWorkload, match="unknown sandbox tier"):
+        parse_tier("tier3")
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def test_output_is_chunked_at_64k_and_digested() -> None:
+    data = bytes(range(256)) * 1000  # 256_000 bytes
+    out = OutputCollector(cap=10_000_000)
+    chunks = out.feed("stdout", data[:100_000]) + out.feed("stdout", data[100_000:]) + out.flush()
+    assert [len(c) for _, c in chunks] == [65536, 65536, 65536, 59392]
+    assert b"".join(c for _, c in chunks) == data
+    d = out.digest()
+    assert d.stdout_bytes == len(data) and d.stdout_sha256 == hashlib.sha256(data).hexdigest()
+    assert not d.truncated
+
+
+def test_output_past_the_cap_is_dropped_and_flagged() -> None:
+    out = OutputCollector(cap=100)
+    assert out.feed("stderr", b"x" * 60) == []
+    out.feed("stdout", b"y" * 60)
+    assert out.exceeded
+    kept = out.flush()
+    assert sum(len(c) for _, c in kept) == 100
+    assert out.digest().truncated and out.digest().stdout_bytes == 40
+
+
+# --- spec ------------------------------------------------------------------------------------------
+
+CAPS = HostCapabilities(runtimes=frozenset({"runc", "runsc"}), blkio_device="/dev/vda")
+
+
+def task(tier: str = "tier1", network: tuple[str, ...] = (), **lim: float) -> object:
+    assigned = TaskAssigned(
+        host_id="h1",
+        tier=tier,
+        attempt=2,
+        workload=WorkloadSpec(image="img:1", command=("run",), env={"A": "1"}),
+        limits=LimitSpec(**lim),  # type: ignore[arg-type]
+        network_access=network,
+    )
+    return fold_task("t1", [TaskSubmitted(agent_id="a1", input=b"in"), assigned])
+
+
+def test_spec_hardens_every_sandbox() -> None:
+    spec = build_spec(task("tier2", memory_mb=64), "h1", CAPS, SandboxDefaults(pids_limit=64))  # type: ignore[arg-type]
+    hc = spec.host_config_kwargs("/x/input")
+    assert spec.runtime == "runsc" and hc["runtime"] == "runsc"
+    assert hc["network_mode"] == "none" and hc["read_only"] is True and hc["cap_drop"] == ["ALL"]
+    assert hc["security_opt"] == ["no-new-privileges"]
+    assert hc["mem_limit"] == hc["memswap_limit"] == 64 * 1024 * 1024
+    assert hc["pids_limit"] == GVISOR_MIN_PIDS  # raised for gVisor
+    assert hc["device_write_bps"] == [{"Path": "/dev/vda", "Rate": 100 * 1024 * 1024}]
+    assert "noexec" in hc["tmpfs"]["/tmp"]
+    ck = spec.create_kwargs("/x/input")
+    assert ck["user"] == "65534:65534" and ck["network_disabled"] is True and ck["stdin_open"] is True
+    assert ck["labels"] == {"symbi.host_id": "h1", "symbi.task_id": "t1", "symbi.attempt": "2"}
+    assert spec.name == "symbi-h1-t1-2"
+
+
+def test_unenforceable_limits_are_refused() -> None:
+    with pytest.raises(LimitNotEnforceable, match="network IO cannot be limited"):
+        build_spec(task(network=("api.example.com",)), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
+    no_blkio = HostCapabilities(runtimes=frozenset({"runc"}), blkio_device=None)
+    with pytest.raises(LimitNotEnforceable, match="disk IO"):
+        build_spec(task(), "h1", no_blkio, SandboxDefaults())  # type: ignore[arg-type]
+    with pytest.raises(TierUnavailable, match="runsc"):
+        build_spec(task("tier2"), "h1", HostCapabilities(frozenset({"runc"}), "/dev/vda"), SandboxDefaults())  # type: ignore[arg-type]
+    with pytest.raises(InvalidWorkload, match="memory_mb"):
+        build_spec(task(memory_mb=4), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
+    with pytest.raises(LimitNotEnforceable, match="disk_io_mbps"):
+        build_spec(task(disk_io_mbps=0), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
+
+
+def test_task_view_ends_with_completion() -> None:
+    view = fold_task("t", [TaskSubmitted(agent_id="a", input=b"x"), TaskAssigned(host_id="h"), TaskCompleted()])
+    assert view.ended and view.input == b"x" and view.agent_id == "a"
+
+
+# --- execution aggregate -------------------------------------------------------------------------
+
+LIMITS = Limits(
+    memory_mb=64,
+    cpu_cores=1,
+    disk_io_mbps=1,
+    network_io_mbps=0,
+    execution_timeout_s=1,
+    pids=128,
+    output_cap_bytes=10,
+    scratch_mb=1,
+)
+
+
+def started(attempt: int) -> ExecutionStarted:
+    return ExecutionStarted(
+        attempt=attempt,
+        host_id="h1",
+        tier="tier1",
+        runtime="runc",
+        container="c",
+        image="i",
+        command=(),
+        limits=LIMITS,
+        hardening={},
+        decision=DecisionRecord(action="sandbox.start", effect="allow", policy_version=0),
+    )
+
+
+def run(events: list[object]) -> object:
+    state = EXECUTION.initial("t1")
+    for e in events:
+        for accepted in EXECUTION.decide(state, e):  # type: ignore[arg-type]
+            state = EXECUTION.apply(state, accepted)
+    return state
+
+
+def test_a_redelivered_start_or_second_terminal_decides_nothing() -> None:
+    state = run([started(1)])
+    assert EXECUTION.decide(state, started(1)) == []  # type: ignore[arg-type]
+    ended = run([started(1), ExecutionExited(attempt=1, exit_code=0)])
+    assert EXECUTION.decide(ended, ExecutionExited(attempt=1, exit_code=1)) == []  # type: ignore[arg-type]
+    assert EXECUTION.decide(ended, ExecutionRefused(attempt=1, reason="x")) == []  # type: ignore[arg-type]
+    assert EXECUTION.decide(ended, started(2)) == [started(2)]  # type: ignore[arg-type]
+    assert msgspec.structs.asdict(ended)["outcome"] == "exited"  # type: ignore[call-overload]
+
+
+def test_output_offsets_come_from_the_state() -> None:
+    state = run([started(1), ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"abc")])
+    [nxt] = EXECUTION.decide(state, ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"de"))  # type: ignore[arg-type]
+    assert nxt.offset == 3  # type: ignore[union-attr]
+    [err] = EXECUTION.decide(state, ExecutionOutput(attempt=1, stream="stderr", offset=99, data=b"e"))  # type: ignore[arg-type]
+    assert err.offset == 0  # type: ignore[union-attr]
+
+
+def test_pause_and_resume_follow_the_state() -> None:
+    state = run([started(1), ExecutionPaused(attempt=1)])
+    with pytest.raises(ExecutionStateError):
+        EXECUTION.decide(state, ExecutionPaused(attempt=1))  # type: ignore[arg-type]
+    assert EXECUTION.decide(state, ExecutionResumed(attempt=1)) == [ExecutionResumed(attempt=1)]  # type: ignore[arg-type]
+    with pytest.raises(ExecutionStateError):
+        EXECUTION.decide(run([]), ExecutionPaused(attempt=1))  # type: ignore[arg-type]

@@ -1,0 +1,5 @@
+"""``python -m symbi_scheduler``: run the scheduler service."""
+
+from symbi_scheduler.main import main
+
+main()

@@ -1,0 +1,131 @@
+"""The scheduler's interfaces: an HTTP API under ``/v1`` and NATS commands ``cmd.scheduler.*``.
+
+HTTP::
+
+    POST /v1/tasks                     {"agent_id", "input"? | "input_base64"?, "priority"?, "resources"?, "task_id"?}
+                                       -> 201, the task (queued)
+    GET  /v1/tasks/{id}                the task: status, attempt, host, tier, outcome, exit code, decision
+    GET  /v1/tasks/{id}/output?stream=stdout&after=0
+                                       the latest attempt's output from byte ``after`` (base64), ``done``,
+                                       and once ended the size and SHA-256 the sandbox reported (``intact``)
+    POST /v1/tasks/{id}/cancel         {"reason"?}: withdraw a queued task; a placed one is stopped
+    GET  /v1/status                    queue depths, hosts and their free capacity, running tasks
+
+NATS: ``cmd.scheduler.submit|get|output|cancel|status`` with the same bodies (plus ``task_id``), served
+in a queue group by every replica. Errors are ``{"error": {"code", "message", "details"}}`` with the
+status of the typed error (400 undecodable, 404 unknown agent or task, 409 agent cannot take tasks or
+task already exists or finished, 422 invalid field).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from fastapi import APIRouter, Request, Response
+from symbi_common.commands import CommandMeta, CommandServer
+from symbi_common.errors import BadRequest
+from symbi_common.openapi import json_body, json_response
+from symbi_lifecycle.config import decode_json
+
+from symbi_scheduler.application import (
+    CancelRequest,
+    OutputRequest,
+    OutputView,
+    SchedulerService,
+    StatusRequest,
+    SubmitRequest,
+    TaskRef,
+    TaskView,
+)
+
+T = TypeVar("T")
+_json = msgspec.json.Encoder()
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+
+
+def _service(request: Request) -> SchedulerService:
+    service: SchedulerService = request.app.state.scheduler
+    return service
+
+
+def _reply(value: Any, status: int = 200) -> Response:
+    return Response(_json.encode(value), status_code=status, media_type="application/json")
+
+
+def _who(headers: Any) -> str:
+    return str(headers.get("x-submitted-by") or headers.get("Symbi-Submitted-By") or "api")[:128]
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    openapi_extra=json_body(SubmitRequest),
+    responses={201: json_response(TaskView, "The task, queued")},
+)
+async def submit(request: Request) -> Response:
+    """Queue a task for an agent; its input reaches the workload on stdin, its stdout is the result."""
+    body = decode_json(await request.body(), SubmitRequest)
+    return _reply(await _service(request).submit(body, submitted_by=_who(request.headers)), 201)
+
+
+@router.get("/tasks/{task_id}", responses={200: json_response(TaskView)})
+async def get_task(task_id: str, request: Request) -> Response:
+    """One task as the scheduler sees it."""
+    return _reply(_service(request).get(TaskRef(task_id=task_id)))
+
+
+@router.get("/tasks/{task_id}/output", responses={200: json_response(OutputView)})
+async def task_output(task_id: str, request: Request) -> Response:
+    """The latest attempt's output on ``stream`` from byte ``after`` on."""
+    raw = request.query_params.get("after") or "0"
+    try:
+        after = int(raw)
+    except ValueError:
+        raise BadRequest(f"after: expected an integer, got {raw!r}", field="after") from None
+    stream = request.query_params.get("stream") or "stdout"
+    return _reply(await _service(request).output(OutputRequest(task_id=task_id, stream=stream, after=after)))
+
+
+class _CancelBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: str = "cancelled on request"
+
+
+@router.post("/tasks/{task_id}/cancel", openapi_extra=json_body(_CancelBody), responses={200: json_response(TaskView)})
+async def cancel_task(task_id: str, request: Request) -> Response:
+    """Withdraw a queued task; a running one is stopped on its host and completes as killed."""
+    body = decode_json(await request.body(), _CancelBody)
+    view = await _service(request).cancel(CancelRequest(task_id=task_id, reason=body.reason), _who(request.headers))
+    return _reply(view)
+
+
+@router.get("/status")
+async def status(request: Request) -> Response:
+    """Queue depths per priority, hosts with their free capacity, running tasks, and who holds the lease."""
+    return _reply(_service(request).status())
+
+
+def register_commands(server: CommandServer, service: SchedulerService) -> None:
+    """Serve ``cmd.scheduler.*`` with ``service``."""
+
+    async def submit_(request: SubmitRequest, meta: CommandMeta) -> Any:
+        return await service.submit(request, submitted_by=_who(meta.headers))
+
+    async def get_(request: TaskRef, meta: CommandMeta) -> Any:
+        return service.get(request)
+
+    async def output_(request: OutputRequest, meta: CommandMeta) -> Any:
+        return await service.output(request)
+
+    async def cancel_(request: CancelRequest, meta: CommandMeta) -> Any:
+        return await service.cancel(request, _who(meta.headers))
+
+    async def status_(request: StatusRequest, meta: CommandMeta) -> Any:
+        return service.status()
+
+    server.register("submit", SubmitRequest, submit_)
+    server.register("get", TaskRef, get_)
+    server.register("output", OutputRequest, output_)
+    server.register("cancel", CancelRequest, cancel_)
+    server.register("status", StatusRequest, status_)

@@ -1,0 +1,456 @@
+"""The lease holder's work: placing tasks, preempting, finishing what executions report, firing schedules.
+
+One loop, woken by every change the follower or the host watcher applies (and every ``tick_s`` for
+aging, host loss and cron). Each round first does the model's chores — the steps a crash may have left
+half done — then takes scheduling decisions from the pure core until none is left, then fires due
+schedules. Every write is a conditional append through the task repository and is applied to the model
+at once, so the next decision already sees it.
+
+Assignment order (each step is safe to repeat after a crash): ask the decision point (``task.allocate``
+on ``Host::"<id>"``) → ``cmd.lifecycle.assign_task`` (Ready → Running) → append ``task.assigned`` with
+the decision record → publish ``work.<host_id>`` (``Nats-Msg-Id: <task_id>:<attempt>``). A denial is
+appended as ``task.suspended`` (reason ``policy_denied``) and the agent is suspended through the lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from symbi_common.aggregate import Repository
+from symbi_common.decisions import AllowWithConditions, DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.errors import AlreadyExists, DomainError, SymbiError
+from symbi_common.eventstore import Recorded
+from symbi_common.service import ServiceRuntime
+from symbi_lifecycle.config import ResourceLimits
+
+from symbi_scheduler.core import Place, Preempt
+from symbi_scheduler.domain import (
+    Command,
+    Record,
+    Submit,
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskEvent,
+    TaskPreempted,
+    TaskResumed,
+    TaskState,
+    TaskSubmitted,
+    TaskSuspended,
+)
+from symbi_scheduler.lease import Lease
+from symbi_scheduler.model import (
+    AgentDenied,
+    AgentDone,
+    CancelForAgent,
+    Chore,
+    Complete,
+    Dispatch,
+    HostLost,
+    Model,
+    ResumeDenied,
+    ResumePaused,
+)
+from symbi_scheduler.schedules import (
+    Fire,
+    ScheduleEvent,
+    ScheduleFired,
+    ScheduleState,
+    check_spec,
+    due,
+    task_id_for,
+)
+
+log = structlog.get_logger(__name__)
+_json = msgspec.json.Encoder()
+
+MAX_DECISIONS_PER_ROUND = 500
+#: A lifecycle or host command that did not take effect is retried after this long.
+RETRY_AFTER_S = 3.0
+
+
+class Leader:
+    """Runs the scheduling loop while this replica holds the lease."""
+
+    def __init__(
+        self,
+        rt: ServiceRuntime,
+        model: Model,
+        tasks: Repository[TaskState, Command, TaskEvent],
+        schedules: Repository[ScheduleState, Fire, ScheduleEvent],
+        lease: Lease,
+        decisions: DecisionPoint,
+        synced: asyncio.Event,
+        hosts_loaded: asyncio.Event,
+    ) -> None:
+        self.rt = rt
+        self.model = model
+        self.tasks = tasks
+        self.schedules = schedules
+        self.lease = lease
+        self.decisions = decisions
+        self.synced = synced
+        self.hosts_loaded = hosts_loaded
+        self.settings = rt.settings.scheduler
+        self.wake = asyncio.Event()
+        self.leading = False
+        self.decisions_made = 0
+        self._dispatched: set[tuple[str, int]] = set()
+        self._recent: dict[tuple[str, str], float] = {}  # (what, task) -> when last tried
+        self._bad_specs: set[tuple[str, str]] = set()
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def renew(self) -> None:
+        """Keep the lease (or try to take it) every ``lease_ttl_s / 3``."""
+        while True:
+            try:
+                held = await self.lease.tick()
+            except Exception as exc:
+                log.warning("lease check failed", error=repr(exc))
+                held = False
+            if held != self.leading:
+                self.leading = held
+                self._dispatched.clear()
+                self._recent.clear()
+                self.wake.set()
+            await asyncio.sleep(self.settings.lease_ttl_s / 3)
+
+    async def run(self) -> None:
+        await self.synced.wait()
+        await self.hosts_loaded.wait()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.settings.tick_s)
+            self.wake.clear()
+            if not self.leading:
+                continue
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("scheduling round failed")
+                self.rt.note_error(f"scheduling round: {exc!r}")
+                await asyncio.sleep(self.settings.tick_s)
+
+    async def round(self) -> None:
+        now = time.time()
+        for chore in self.model.chores(now, dispatched=self._dispatched):
+            if not self.leading:
+                return
+            try:
+                await self.do(chore)
+            except SymbiError as exc:
+                log.warning("chore failed", chore=repr(chore), error=str(exc))
+        handled: set[str] = set()
+        for _ in range(MAX_DECISIONS_PER_ROUND):
+            if not self.leading:
+                return
+            decision = self.model.core.decide(time.time(), self.model.agent_verdict)
+            if decision is None:
+                break
+            self.decisions_made += 1
+            if isinstance(decision, Place):
+                try:
+                    await self._place(decision)
+                except BaseException:
+                    if self.model.tasks[decision.entry.task_id].status == "queued":
+                        self.model.queue.push(decision.entry)  # not placed: back in its place in line
+                    raise
+            else:
+                if decision.victim.task_id in handled:
+                    break
+                handled.add(decision.victim.task_id)
+                await self._preempt(decision)
+        await self._fire_schedules(now)
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    async def record(self, task_id: str, event: TaskEvent) -> list[Recorded[TaskEvent]]:
+        """Append one decision to the task (conditionally) and apply it to the model at once."""
+        command: Command = Submit(event=event) if isinstance(event, TaskSubmitted) else Record(event=event)
+        _, records = await self.tasks.execute(task_id, command, correlation_id=task_id)
+        self.apply(records)
+        return records
+
+    def apply(self, records: list[Recorded[TaskEvent]]) -> None:
+        for rec in records:
+            h = rec.header
+            self.model.apply("task", h.aggregate_id, h.aggregate_version, rec.sequence, h.occurred_at / 1e9, rec.event)
+
+    def _due(self, what: str, task_id: str) -> bool:
+        """Whether an idempotent side effect for ``task_id`` should be (re)tried now."""
+        key = (what, task_id)
+        now = time.monotonic()
+        if now - self._recent.get(key, -RETRY_AFTER_S) < RETRY_AFTER_S:
+            return False
+        self._recent[key] = now
+        return True
+
+    async def lifecycle(self, action: str, body: dict[str, Any]) -> None:
+        await self.rt.client.call(
+            "lifecycle", action, body, dict, headers={"Symbi-Correlation-Id": str(body.get("task_id", ""))}
+        )
+
+    async def host_command(self, host_id: str, action: str, task_id: str) -> None:
+        try:
+            await self.rt.client.call(f"sandbox-agent.{host_id}", action, {"task_id": task_id}, dict, timeout=15.0)
+        except SymbiError as exc:
+            log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
+
+    async def publish_work(self, task_id: str, attempt: int, host_id: str) -> None:
+        await self.rt.js.publish(
+            f"work.{host_id}",
+            _json.encode({"task_id": task_id, "attempt": attempt}),
+            headers={"Nats-Msg-Id": f"{task_id}:{attempt}"},
+        )
+        self._dispatched.add((task_id, attempt))
+
+    # --- decisions --------------------------------------------------------------------------------
+
+    async def _place(self, place: Place) -> None:
+        entry = place.entry
+        rec = self.model.tasks[entry.task_id]
+        agent = self.model.agents[rec.agent_id]
+        limits = self.model.limits_of(rec)
+        if agent.config is None or agent.config.workload is None or limits is None:
+            await self.record(rec.task_id, TaskCompleted(outcome="refused", attempt=rec.attempt, detail="no workload"))
+            return
+        assessment = self.model.assessment_of(agent)
+        request = DecisionRequest(
+            principal=EntityRef(type="Agent", id=rec.agent_id, attrs={"name": agent.config.name}),
+            action="task.allocate",
+            resource=EntityRef(type="Host", id=place.host_id),
+            context={
+                "task_id": rec.task_id,
+                "priority": rec.priority,
+                "cpu_cores": limits.cpu_cores,
+                "memory_mb": limits.memory_mb,
+                "tier": assessment.tier,
+                "risk_score": assessment.score,
+            },
+        )
+        decision = await self.decisions.decide(request)
+        record = DecisionRecord.of(request, decision)
+        if isinstance(decision, Deny):
+            event = TaskSuspended(reason="policy_denied", attempt=rec.attempt, host_id=place.host_id, decision=record)
+            await self.record(rec.task_id, event)
+            log.info("task.allocate denied", task_id=rec.task_id, reason=decision.reason)
+            await self._agent_denied(AgentDenied(rec.agent_id, rec.task_id, assign_first=True))
+            return
+        if isinstance(decision, AllowWithConditions):
+            limits = _capped(limits, decision)
+        try:
+            if not (agent.status == "Running" and agent.current_task == rec.task_id):
+                await self.lifecycle("assign_task", {"agent_id": rec.agent_id, "task_id": rec.task_id})
+        except DomainError as exc:
+            # The agent changed under us (terminated, suspended): the task waits for its next event.
+            log.info("agent not assignable", agent_id=rec.agent_id, task_id=rec.task_id, error=str(exc))
+            self.model.park(entry)
+            return
+        attempt = rec.attempt + 1
+        assigned = TaskAssigned(
+            host_id=place.host_id,
+            tier=assessment.tier,
+            risk_score=assessment.score,
+            risk_factors=dict(assessment.factors),
+            risk_reason=assessment.reason,
+            workload=agent.config.workload,
+            limits=limits,
+            attempt=attempt,
+            decision=record,
+            network_access=agent.config.network_access,
+        )
+        await self.record(rec.task_id, assigned)
+        log.info("task assigned", task_id=rec.task_id, host=place.host_id, attempt=attempt, priority=rec.priority)
+        await self.publish_work(rec.task_id, attempt, place.host_id)
+
+    async def _preempt(self, preempt: Preempt) -> None:
+        victim = self.model.tasks[preempt.victim.task_id]
+        by = preempt.entry.task_id
+        self.model.queue.push(preempt.entry)  # the critical task stays first in line
+        log.info("preempting", victim=victim.task_id, by=by, mode=preempt.mode, host=victim.host_id)
+        if preempt.mode == "suspend":
+            await self.record(
+                victim.task_id,
+                TaskSuspended(reason="preempted", attempt=victim.attempt, host_id=victim.host_id, by_task=by),
+            )
+            await self.host_command(victim.host_id, "suspend", victim.task_id)
+            return
+        host_id, attempt = victim.host_id, victim.attempt
+        await self.record(
+            victim.task_id, TaskPreempted(host_id=host_id, attempt=attempt, reason="preempted", by_task=by)
+        )
+        await self.host_command(host_id, "terminate", victim.task_id)
+        await self._agent_done(AgentDone(victim.agent_id, victim.task_id, "cancelled"))
+
+    # --- chores -----------------------------------------------------------------------------------
+
+    async def do(self, chore: Chore) -> None:
+        match chore:
+            case Complete():
+                rec = self.model.tasks[chore.task_id]
+                event = TaskCompleted(
+                    outcome=chore.outcome,
+                    attempt=chore.attempt,
+                    host_id=rec.host_id,
+                    exit_code=chore.exit_code,
+                    detail=chore.detail,
+                )
+                await self.record(chore.task_id, event)
+                log.info("task completed", task_id=chore.task_id, outcome=chore.outcome, exit_code=chore.exit_code)
+                outcome = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(chore.outcome, "failed")
+                await self._agent_done(AgentDone(rec.agent_id, rec.task_id, outcome))
+            case Dispatch():
+                await self.publish_work(chore.task_id, chore.attempt, chore.host_id)
+            case AgentDone():
+                await self._agent_done(chore)
+            case AgentDenied():
+                await self._agent_denied(chore)
+            case ResumeDenied():
+                rec = self.model.tasks[chore.task_id]
+                await self.record(chore.task_id, TaskResumed(reason="policy violation cleared", attempt=rec.attempt))
+            case CancelForAgent():
+                await self.record(chore.task_id, TaskCancelled(reason=chore.reason, cancelled_by="scheduler"))
+            case HostLost():
+                await self._host_lost(chore)
+            case ResumePaused():
+                if self._due("resume", chore.task_id):
+                    await self.host_command(chore.host_id, "resume", chore.task_id)
+                    await self.record(
+                        chore.task_id,
+                        TaskResumed(reason="capacity available", attempt=chore.attempt, host_id=chore.host_id),
+                    )
+
+    async def _agent_done(self, chore: AgentDone) -> None:
+        if not self._due("complete", chore.task_id):
+            return
+        try:
+            await self.lifecycle(
+                "complete_task", {"agent_id": chore.agent_id, "task_id": chore.task_id, "outcome": chore.outcome}
+            )
+        except DomainError as exc:  # already done, or the agent moved on: its events will tell
+            log.info("complete_task not applied", agent_id=chore.agent_id, task_id=chore.task_id, error=str(exc))
+
+    async def _agent_denied(self, chore: AgentDenied) -> None:
+        if not self._due("deny", chore.task_id):
+            return
+        rec = self.model.tasks[chore.task_id]
+        reason = rec.decision.reason if isinstance(rec.decision, DecisionRecord) else ""
+        try:
+            if chore.assign_first:
+                await self.lifecycle("assign_task", {"agent_id": chore.agent_id, "task_id": chore.task_id})
+            policies = rec.decision.policies if isinstance(rec.decision, DecisionRecord) else ()
+            await self.lifecycle(
+                "suspend",
+                {
+                    "agent_id": chore.agent_id,
+                    "reason": f"task.allocate denied for task {chore.task_id}: {reason}"[:900],
+                    "policy_id": policies[0] if policies else None,
+                },
+            )
+        except DomainError as exc:
+            log.info("suspend not applied", agent_id=chore.agent_id, task_id=chore.task_id, error=str(exc))
+
+    async def _host_lost(self, chore: HostLost) -> None:
+        rec = self.model.tasks[chore.task_id]
+        if chore.attempt >= self.settings.max_attempts:
+            detail = f"host {chore.host_id} was lost on attempt {chore.attempt} of {self.settings.max_attempts}"
+            await self.record(
+                chore.task_id,
+                TaskCompleted(outcome="lost", attempt=chore.attempt, host_id=chore.host_id, detail=detail),
+            )
+            outcome = "failed"
+        else:
+            await self.record(
+                chore.task_id, TaskPreempted(host_id=chore.host_id, attempt=chore.attempt, reason="host_lost")
+            )
+            outcome = "cancelled"
+        log.warning("host lost", host=chore.host_id, task_id=chore.task_id, requeued=outcome == "cancelled")
+        await self._agent_done(AgentDone(rec.agent_id, rec.task_id, outcome))
+
+    # --- schedules --------------------------------------------------------------------------------
+
+    async def _fire_schedules(self, now: float) -> None:
+        for agent in list(self.model.agents.values()):
+            if agent.config is None or not agent.config.schedules or agent.status not in ("Ready", "Running"):
+                continue
+            for spec in agent.config.schedules:
+                key = (agent.agent_id, spec.name)
+                if key in self._bad_specs:
+                    continue
+                last = self.model.last_fired.get(key)
+                if spec.one_shot and last is not None:
+                    continue
+                try:
+                    check_spec(spec)
+                    firing = due(spec, after=max(last or 0.0, agent.enabled_at), now=now)
+                except SymbiError as exc:
+                    self._bad_specs.add(key)
+                    self.rt.note_error(f"schedule {spec.name} of agent {agent.agent_id}: {exc}")
+                    continue
+                if firing is None:
+                    continue
+                await self._fire(agent.agent_id, firing.spec, firing.fire_at, firing.missed)
+        # A firing recorded without its task (a crash between the two appends): submit it now.
+        for task_id, (agent_id, fired) in list(self.model.fired_pending.items()):
+            await self._submit_fired(task_id, agent_id, fired)
+
+    async def _fire(self, agent_id: str, spec: Any, fire_at: float, missed: int) -> None:
+        task_id = task_id_for(agent_id, spec.name, fire_at)
+        event = ScheduleFired(
+            schedule=spec.name,
+            cron=spec.cron,
+            timezone=spec.timezone,
+            fire_at=fire_at,
+            task_id=task_id,
+            missed=missed,
+            one_shot=spec.one_shot,
+        )
+        _, records = await self.schedules.execute(agent_id, Fire(event=event), correlation_id=task_id)
+        for rec in records:
+            h = rec.header
+            self.model.apply("schedule", agent_id, h.aggregate_version, rec.sequence, h.occurred_at / 1e9, rec.event)
+        if records:
+            log.info("schedule fired", agent_id=agent_id, schedule=spec.name, task_id=task_id, missed=missed)
+            await self._submit_fired(task_id, agent_id, event)
+
+    async def _submit_fired(self, task_id: str, agent_id: str, fired: ScheduleFired) -> None:
+        agent = self.model.agents.get(agent_id)
+        if agent is None or agent.config is None:
+            return
+        spec = next((s for s in agent.config.schedules if s.name == fired.schedule), None)
+        if spec is None:
+            return
+        submitted = TaskSubmitted(
+            agent_id=agent.agent_id,
+            input=spec.input.encode(),
+            priority=spec.priority if spec.priority in ("low", "normal", "high", "critical") else "normal",
+            submitted_by=f"schedule:{spec.name}",
+            schedule=spec.name,
+        )
+        with contextlib.suppress(AlreadyExists):
+            await self.record(task_id, submitted)
+
+
+def _capped(limits: ResourceLimits, decision: AllowWithConditions) -> ResourceLimits:
+    """Apply ``cap_resources`` conditions of an allow to the limits the task runs with."""
+    for condition in decision.conditions:
+        if condition.kind != "cap_resources":
+            continue
+        p = condition.params
+        if isinstance(p.get("memory_mb"), int | float):
+            limits = msgspec.structs.replace(limits, memory_mb=min(limits.memory_mb, int(p["memory_mb"])))
+        if isinstance(p.get("cpu_cores"), int | float):
+            limits = msgspec.structs.replace(limits, cpu_cores=min(limits.cpu_cores, float(p["cpu_cores"])))
+        if isinstance(p.get("execution_timeout_s"), int | float):
+            limits = msgspec.structs.replace(
+                limits, execution_timeout_s=min(limits.execution_timeout_s, float(p["execution_timeout_s"]))
+            )
+    return limits

@@ -1,0 +1,99 @@
+"""Entry point: ``symbi-scheduler [--config PATH]`` (or ``python -m symbi_scheduler``).
+
+Settings come from the TOML file (``--config`` or ``SYMBI_CONFIG_PATH``) and ``SYMBI_*`` environment
+variables (``SYMBI_NATS_URL``, ``SYMBI_KEYS_DIR``, ``SYMBI_HTTP_PORT``, ``SYMBI_SCHEDULER__STRATEGY`` …).
+The scheduler keeps no database: its state is rebuilt from the event stream at every start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+from symbi_common.decisions import DecisionPoint
+from symbi_common.errors import ConfigError
+from symbi_common.service import ServiceRuntime, create_app, serve
+from symbi_common.settings import Settings, load_settings
+
+from symbi_scheduler.api import register_commands, router
+from symbi_scheduler.application import SchedulerService
+from symbi_scheduler.domain import TASK
+from symbi_scheduler.follower import EventFollower, HostWatcher
+from symbi_scheduler.leader import Leader
+from symbi_scheduler.lease import Lease
+from symbi_scheduler.model import Model
+from symbi_scheduler.schedules import SCHEDULE
+from symbi_scheduler.work import ensure_work_stream
+
+SERVICE = "scheduler"
+
+
+def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> FastAPI:
+    """The scheduler's app; its lifespan rebuilds the state from the stream, then schedules while it
+    holds the lease. ``decisions`` replaces the configured decision point (``[policy] enforcement``)."""
+    runtime = ServiceRuntime(SERVICE, settings, use_database=False)
+    s = settings.scheduler
+
+    async def on_start(rt: ServiceRuntime) -> None:
+        model = Model(
+            strategy=s.strategy,
+            reserve=s.reserved_headroom,
+            aging_s=s.aging_interval_s,
+            preemption=s.preemption,
+            host_lost_after_s=s.host_lost_after_s,
+            default_tier=settings.security.default_sandbox_tier,
+        )
+        import time
+
+        model.grace_until = time.time() + s.host_lost_after_s
+        await ensure_work_stream(rt.js, settings)
+        tasks = rt.repository(TASK)
+        schedules = rt.repository(SCHEDULE)
+        lease = Lease(
+            rt.js,
+            s.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+            ttl_s=s.lease_ttl_s,
+            replicas=settings.nats.replicas,
+        )
+        await lease.open()
+        point = decisions if decisions is not None else await rt.decision_point()
+        wake: list[Leader] = []
+
+        def changed() -> None:
+            if wake:
+                wake[0].wake.set()
+
+        follower = EventFollower(rt.js, rt.store, model, changed)
+        hosts = HostWatcher(rt.js, model, changed, replicas=settings.nats.replicas)
+        await hosts.open()
+        leader = Leader(rt, model, tasks, schedules, lease, point, follower.synced, hosts.loaded)
+        wake.append(leader)
+        rt.spawn(follower.run(), "scheduler:follow")
+        rt.spawn(hosts.run(), "scheduler:hosts")
+        await follower.synced.wait()
+        rt.spawn(leader.renew(), "scheduler:lease")
+        rt.spawn(leader.run(), "scheduler:leader")
+        service = SchedulerService(rt, model, tasks, follower, hosts, leader)
+        register_commands(rt.commands, service)
+        app.state.scheduler = service
+        app.state.lease = lease
+
+    app = create_app(runtime, title="Symbi scheduler", routers=[router], on_start=on_start)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Read the settings and serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="symbi-scheduler", description="Symbi task scheduler")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"symbi-scheduler: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(build_app(settings), settings)

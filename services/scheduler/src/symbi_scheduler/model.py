@@ -1,0 +1,693 @@
+"""The scheduler's view of the world, folded from events: tasks, their executions, agents, hosts.
+
+Every replica folds the same events (``evt.task.>``, ``evt.execution.>``, ``evt.agent.>``,
+``evt.schedule.>``) in stream order into one :class:`Model`, so a replica that takes over the lease
+— or a restarted one — has the queues and placements the previous leader had. An event is applied
+at most once: each aggregate's version is remembered and older or repeated versions are ignored (the
+leader applies its own appends at once and sees them again on the stream).
+
+From the folded state the model derives what is left to do (:meth:`Model.chores`): attempts whose
+execution ended but whose task is not completed, assignments whose work item may not have gone out,
+agents whose lifecycle state lags behind their task, hosts that stopped heartbeating. The leader does
+those chores; they are exactly what a crash can leave half done, so a restart finishes them.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from symbi_lifecycle.config import AgentConfig, ResourceLimits
+from symbi_lifecycle.domain import (
+    AgentEvent,
+    AgentFailed,
+    AgentReady,
+    AgentRegistered,
+    AgentResumed,
+    AgentStatus,
+    AgentSuspended,
+    AgentTaskAssigned,
+    AgentTaskCompleted,
+    AgentTerminated,
+)
+from symbi_sandbox_agent.events import (
+    TERMINAL_TYPES,
+    ExecutionEvent,
+    ExecutionOutput,
+    ExecutionPaused,
+    ExecutionResumed,
+    ExecutionStarted,
+)
+from symbi_sandbox_agent.risk import RiskAssessment
+
+from symbi_scheduler.core import (
+    CRITICAL,
+    AgingQueue,
+    Entry,
+    Host,
+    Placer,
+    PreemptMode,
+    Running,
+    Scheduler,
+    Strategy,
+    Verdict,
+)
+from symbi_scheduler.domain import (
+    FINISHED,
+    LEVEL,
+    ResourceRequest,
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskEvent,
+    TaskPreempted,
+    TaskResumed,
+    TaskStatus,
+    TaskSubmitted,
+    TaskSuspended,
+    effective_limits,
+)
+from symbi_scheduler.risk import assess_agent
+from symbi_scheduler.schedules import ScheduleEvent, ScheduleFired
+
+#: The outcome of ``task.completed`` for each terminal execution event type.
+TERMINAL_OUTCOME: dict[str, str] = {
+    "execution.exited": "succeeded",  # or failed, by exit code
+    "execution.oom_killed": "oom_killed",
+    "execution.timed_out": "timed_out",
+    "execution.killed": "killed",
+    "execution.refused": "refused",
+    "execution.failed": "failed",
+}
+_TERMINAL_TAGS = {t.__struct_config__.tag for t in TERMINAL_TYPES}
+
+
+class HostInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A host's heartbeat in the ``HOSTS`` KV bucket (rewritten every second by its sandbox-agent)."""
+
+    host_id: str
+    cpu_cores: float
+    memory_mb: int
+    tiers: tuple[str, ...] = ()
+    running: tuple[str, ...] = ()
+    heartbeat_at: float | str = 0.0
+
+    def heartbeat_s(self) -> float:
+        """The heartbeat as Unix seconds (the value may be a number or an ISO 8601 time)."""
+        if isinstance(self.heartbeat_at, str):
+            try:
+                return dt.datetime.fromisoformat(self.heartbeat_at.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return 0.0
+        return float(self.heartbeat_at)
+
+
+@dataclass(slots=True)
+class Hold:
+    """Resources one attempt holds on a host until its terminal execution event (or the host's loss)."""
+
+    host_id: str
+    cpu: float
+    memory_mb: int
+    paused: bool = False
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class TaskRec:
+    task_id: str
+    agent_id: str
+    priority: str
+    input_size: int
+    resources: ResourceRequest | None
+    submitted_at: float
+    submitted_by: str = ""
+    schedule: str = ""
+    status: TaskStatus = TaskStatus.QUEUED
+    version: int = 0
+    #: Stream sequence at which the task last entered the queue (submission, requeue, resume).
+    queued_seq: int = 0
+    denied_seq: int = 0
+    attempt: int = 0
+    host_id: str = ""
+    tier: str = ""
+    assigned_at: float = 0.0
+    holds: dict[int, Hold] = field(default_factory=dict)
+    started: set[int] = field(default_factory=set)
+    #: attempt -> (terminal event type, exit code, reason)
+    ended: dict[int, tuple[str, int | None, str]] = field(default_factory=dict)
+    exec_version: int = 0
+    output_bytes: dict[str, int] = field(default_factory=dict)
+    outcome: str = ""
+    exit_code: int | None = None
+    detail: str = ""
+    finished_at: float = 0.0
+    decision: Any = None
+    risk_score: float | None = None
+
+    @property
+    def level(self) -> int:
+        return LEVEL[self.priority]
+
+
+@dataclass(slots=True)
+class AgentRec:
+    agent_id: str
+    config: AgentConfig | None = None
+    status: AgentStatus | None = None
+    version: int = 0
+    current_task: str | None = None
+    #: Stream sequences of its latest task assignment and suspension.
+    assigned_seq: int = 0
+    suspended_seq: int = 0
+    #: When it became Ready (its schedules count from here).
+    enabled_at: float = 0.0
+    assessment: RiskAssessment | None = None
+
+
+# --- chores ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Append ``task.completed`` for the attempt whose execution ended."""
+
+    task_id: str
+    attempt: int
+    outcome: str
+    exit_code: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """(Re)publish the work item of an assigned attempt that has not started."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDone:
+    """The agent still runs a task that is over (completed, cancelled or requeued): ``complete_task``."""
+
+    agent_id: str
+    task_id: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDenied:
+    """A denied task's agent is not suspended yet: ``assign_task`` (if Ready), then ``suspend``."""
+
+    agent_id: str
+    task_id: str
+    assign_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeDenied:
+    """The agent's policy violation was cleared: put the denied task back in the queue."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelForAgent:
+    """The agent was terminated (or failed): cancel its task."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostLost:
+    """The host stopped heartbeating while ``task_id`` ran there."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePaused:
+    """A task paused for critical work can run again: its host has room for its CPU."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+Chore = Complete | Dispatch | AgentDone | AgentDenied | ResumeDenied | CancelForAgent | HostLost | ResumePaused
+
+
+def outcome_of(kind: str, exit_code: int | None) -> str:
+    outcome = TERMINAL_OUTCOME.get(kind, "failed")
+    if outcome == "succeeded" and exit_code not in (0, None):
+        return "failed"
+    return outcome
+
+
+class Model:
+    """Tasks, agents and hosts as the events left them, plus the scheduling core over them."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy = "best_fit",
+        reserve: float = 0.2,
+        aging_s: float = 30.0,
+        preemption: PreemptMode = "requeue",
+        host_lost_after_s: float = 5.0,
+        default_tier: str = "gvisor",
+    ) -> None:
+        self.tasks: dict[str, TaskRec] = {}
+        self.agents: dict[str, AgentRec] = {}
+        self.host_info: dict[str, HostInfo] = {}
+        self.placer = Placer(strategy, reserve)
+        self.queue = AgingQueue(aging_s)
+        self.core = Scheduler(self.placer, self.queue, preemption)
+        self.parked: dict[str, list[Entry]] = {}
+        #: agent id -> the task of ours that holds it (assigned or paused).
+        self.busy: dict[str, str] = {}
+        #: schedule aggregate (agent id) -> version; (agent id, schedule name) -> last fired instant (Unix s)
+        self.schedule_versions: dict[str, int] = {}
+        self.last_fired: dict[tuple[str, str], float] = {}
+        #: Firings whose task is not submitted yet: task id -> (agent id, firing).
+        self.fired_pending: dict[str, tuple[str, ScheduleFired]] = {}
+        self.host_lost_after_s = host_lost_after_s
+        self.default_tier = default_tier
+        self.position = 0
+        #: host id -> tasks holding resources there
+        self._by_host: dict[str, set[str]] = {}
+        #: Until this time a host we have no heartbeat from yet is not declared lost (start-up grace).
+        self.grace_until = 0.0
+
+    # --- folding ---------------------------------------------------------------------------------
+
+    def apply(self, kind: str, aggregate_id: str, version: int, sequence: int, at: float, event: Any) -> bool:
+        """Apply one verified event; False if it was applied before (or is out of order, which is ignored)."""
+        self.position = max(self.position, sequence)
+        if kind == "task":
+            rec = self.tasks.get(aggregate_id)
+            if (rec.version if rec else 0) + 1 != version:
+                return False
+            self._task(aggregate_id, event, sequence, at)
+            return True
+        if kind == "execution":
+            task = self.tasks.get(aggregate_id)
+            if task is None or task.exec_version + 1 != version:
+                return False
+            task.exec_version = version
+            self._execution(task, event)
+            return True
+        if kind == "agent":
+            agent = self.agents.setdefault(aggregate_id, AgentRec(aggregate_id))
+            if agent.version + 1 != version:
+                return False
+            agent.version = version
+            self._agent(agent, event, sequence, at)
+            return True
+        if kind == "schedule":
+            if self.schedule_versions.get(aggregate_id, 0) + 1 != version:
+                return False
+            self.schedule_versions[aggregate_id] = version
+            self._schedule(aggregate_id, event)
+            return True
+        return False
+
+    def skip(self, kind: str, aggregate_id: str, version: int) -> None:
+        """An event this build cannot read still takes its version (later ones must not look out of order)."""
+        if kind == "execution" and aggregate_id in self.tasks:
+            task = self.tasks[aggregate_id]
+            task.exec_version = max(task.exec_version, version)
+        elif kind == "agent":
+            agent = self.agents.setdefault(aggregate_id, AgentRec(aggregate_id))
+            agent.version = max(agent.version, version)
+
+    def _task(self, task_id: str, event: TaskEvent, sequence: int, at: float) -> None:
+        if isinstance(event, TaskSubmitted):
+            rec = TaskRec(
+                task_id=task_id,
+                agent_id=event.agent_id,
+                priority=event.priority,
+                input_size=len(event.input),
+                resources=event.resources,
+                submitted_at=at,
+                submitted_by=event.submitted_by,
+                schedule=event.schedule,
+                version=1,
+                queued_seq=sequence,
+            )
+            self.tasks[task_id] = rec
+            self.fired_pending.pop(task_id, None)
+            self._enqueue(rec)
+            return
+        rec = self.tasks[task_id]
+        rec.version += 1
+        match event:
+            case TaskAssigned():
+                self.queue.remove(task_id)
+                self._unpark_task(rec)
+                rec.status = TaskStatus.ASSIGNED
+                rec.attempt, rec.host_id, rec.tier, rec.assigned_at = event.attempt, event.host_id, event.tier, at
+                rec.decision, rec.risk_score = event.decision, event.risk_score
+                rec.holds[event.attempt] = Hold(event.host_id, event.limits.cpu_cores, event.limits.memory_mb)
+                self.busy[rec.agent_id] = task_id
+                self._sync_hold(rec, event.attempt)
+            case TaskPreempted():
+                rec.status, rec.queued_seq = TaskStatus.QUEUED, sequence
+                hold = rec.holds.get(event.attempt)
+                if hold is not None:
+                    # Nothing will report the end of an attempt that never started or whose host is gone.
+                    gone = event.reason == "host_lost" or event.attempt not in rec.started
+                    if gone or event.attempt in rec.ended:
+                        del rec.holds[event.attempt]
+                    else:
+                        hold.stopping = True
+                self._sync_hold(rec, event.attempt)
+                self._release_agent(rec)
+                self._enqueue(rec)
+            case TaskSuspended():
+                if event.reason == "preempted":
+                    rec.status = TaskStatus.PAUSED
+                    hold = rec.holds.get(event.attempt)
+                    if hold is not None:
+                        hold.paused = True
+                    self._sync_hold(rec, event.attempt)
+                else:
+                    self.queue.remove(task_id)
+                    self._unpark_task(rec)
+                    rec.status, rec.denied_seq, rec.decision = TaskStatus.DENIED, sequence, event.decision
+            case TaskResumed():
+                if rec.status == TaskStatus.PAUSED:
+                    rec.status = TaskStatus.ASSIGNED
+                    hold = rec.holds.get(event.attempt)
+                    if hold is not None:
+                        hold.paused = False
+                    self._sync_hold(rec, event.attempt)
+                else:
+                    rec.status, rec.queued_seq = TaskStatus.QUEUED, sequence
+                    self._enqueue(rec)
+            case TaskCompleted():
+                rec.status, rec.outcome, rec.exit_code, rec.detail = (
+                    TaskStatus.COMPLETED,
+                    event.outcome,
+                    event.exit_code,
+                    event.detail,
+                )
+                rec.finished_at = at
+                rec.holds.pop(event.attempt, None)
+                self._sync_hold(rec, event.attempt)
+                self.queue.remove(task_id)
+                self._release_agent(rec)
+            case TaskCancelled():
+                rec.status, rec.outcome, rec.detail, rec.finished_at = (
+                    TaskStatus.CANCELLED,
+                    "cancelled",
+                    event.reason,
+                    at,
+                )
+                self.queue.remove(task_id)
+                self._unpark_task(rec)
+                self._release_agent(rec)
+
+    def _execution(self, task: TaskRec, event: ExecutionEvent) -> None:
+        attempt = getattr(event, "attempt", task.attempt) or task.attempt
+        if isinstance(event, ExecutionStarted):
+            task.started.add(attempt)
+        elif isinstance(event, ExecutionOutput):
+            task.output_bytes[event.stream] = max(
+                task.output_bytes.get(event.stream, 0), event.offset + len(event.data)
+            )
+        elif isinstance(event, ExecutionPaused | ExecutionResumed):
+            pass
+        elif type(event).__struct_config__.tag in _TERMINAL_TAGS:
+            kind = str(type(event).__struct_config__.tag)
+            task.ended[attempt] = (kind, getattr(event, "exit_code", None), getattr(event, "reason", ""))
+            hold = task.holds.get(attempt)
+            if hold is not None and hold.stopping:  # a preempted attempt is gone: free its resources
+                del task.holds[attempt]
+                self._sync_hold(task, attempt)
+
+    def _agent(self, agent: AgentRec, event: AgentEvent, sequence: int, at: float) -> None:
+        match event:
+            case AgentRegistered():
+                agent.config, agent.status = event.config, AgentStatus.INITIALIZING
+                agent.assessment = assess_agent(event.config, self.default_tier)
+            case AgentReady():
+                agent.status, agent.enabled_at = AgentStatus.READY, at
+            case AgentFailed():
+                agent.status = AgentStatus.FAILED
+            case AgentTaskAssigned():
+                agent.status, agent.current_task, agent.assigned_seq = AgentStatus.RUNNING, event.task_id, sequence
+            case AgentTaskCompleted():
+                agent.status, agent.current_task = AgentStatus.READY, None
+            case AgentSuspended():
+                agent.status, agent.suspended_seq = AgentStatus.SUSPENDED, sequence
+            case AgentResumed():
+                agent.status = AgentStatus.RUNNING
+            case AgentTerminated():
+                agent.status, agent.current_task = AgentStatus.TERMINATED, None
+        self._unpark_agent(agent.agent_id)
+
+    def _schedule(self, agent_id: str, event: ScheduleEvent) -> None:
+        if isinstance(event, ScheduleFired):
+            key = (agent_id, event.schedule)
+            self.last_fired[key] = max(self.last_fired.get(key, 0.0), event.fire_at)
+            if event.task_id not in self.tasks:
+                self.fired_pending[event.task_id] = (agent_id, event)
+
+    # --- hosts -----------------------------------------------------------------------------------
+
+    def host_seen(self, info: HostInfo) -> None:
+        """A heartbeat from the ``HOSTS`` bucket."""
+        self.host_info[info.host_id] = info
+        host = self.placer.hosts.get(info.host_id)
+        if host is None:
+            host = Host(info.host_id, info.cpu_cores, info.memory_mb, frozenset(info.tiers))
+            self.placer.upsert(host)
+            self._recount(host)
+        else:
+            host.cpu_cores, host.memory_mb, host.tiers = info.cpu_cores, info.memory_mb, frozenset(info.tiers)
+
+    def host_gone(self, host_id: str) -> None:
+        """The host's key was deleted: it is treated as lost at once."""
+        info = self.host_info.get(host_id)
+        if info is not None:
+            self.host_info[host_id] = msgspec.structs.replace(info, heartbeat_at=0.0)
+
+    def check_hosts(self, now: float) -> None:
+        """Mark hosts alive or lost by the age of their heartbeat."""
+        for host_id, host in self.placer.hosts.items():
+            info = self.host_info.get(host_id)
+            if info is None:
+                host.alive = now < self.grace_until
+            else:
+                host.alive = now - info.heartbeat_s() <= self.host_lost_after_s
+
+    def _host(self, host_id: str) -> Host:
+        host = self.placer.hosts.get(host_id)
+        if host is None:  # placed before we saw a heartbeat (replay): it counts as lost until one arrives
+            host = Host(host_id, 0.0, 0, frozenset())
+            self.placer.upsert(host)
+        return host
+
+    def _holds_on(self, host_id: str) -> Iterator[tuple[TaskRec, int, Hold]]:
+        for task_id in self._by_host.get(host_id, ()):
+            rec = self.tasks[task_id]
+            for attempt, hold in rec.holds.items():
+                if hold.host_id == host_id:
+                    yield rec, attempt, hold
+
+    def _recount(self, host: Host) -> None:
+        cpu = cpu_rel = 0.0
+        mem = mem_rel = 0
+        for _, _, hold in self._holds_on(host.host_id):
+            mem += hold.memory_mb
+            if not hold.paused:
+                cpu += hold.cpu
+            if hold.stopping:
+                cpu_rel += hold.cpu
+                mem_rel += hold.memory_mb
+        host.cpu_used, host.memory_used, host.cpu_releasing, host.memory_releasing = cpu, mem, cpu_rel, mem_rel
+
+    def _sync_hold(self, rec: TaskRec, attempt: int) -> None:
+        """Bring host usage and the running set in line with ``rec``'s holds after a change."""
+        hosts = {h.host_id for h in rec.holds.values()} | ({rec.host_id} if rec.host_id else set())
+        for host_id in hosts:
+            index = self._by_host.setdefault(host_id, set())
+            if any(h.host_id == host_id for h in rec.holds.values()):
+                index.add(rec.task_id)
+            else:
+                index.discard(rec.task_id)
+            self._recount(self._host(host_id))
+        current = rec.holds.get(rec.attempt)
+        if current is not None and rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+            self.core.running[rec.task_id] = Running(
+                rec.task_id,
+                current.host_id,
+                rec.level,
+                rec.assigned_at,
+                current.cpu,
+                current.memory_mb,
+                paused=current.paused,
+                stopping=current.stopping,
+            )
+        else:
+            self.core.running.pop(rec.task_id, None)
+
+    # --- queue -----------------------------------------------------------------------------------
+
+    def limits_of(self, rec: TaskRec) -> ResourceLimits | None:
+        agent = self.agents.get(rec.agent_id)
+        if agent is None or agent.config is None:
+            return None
+        return effective_limits(agent.config.resources, rec.resources)
+
+    def assessment_of(self, agent: AgentRec) -> RiskAssessment:
+        if agent.assessment is None:
+            agent.assessment = assess_agent(agent.config, self.default_tier)
+        return agent.assessment
+
+    def _enqueue(self, rec: TaskRec) -> None:
+        agent = self.agents.get(rec.agent_id)
+        limits = self.limits_of(rec)
+        if agent is None or limits is None:
+            return
+        entry = Entry(
+            rec.task_id,
+            rec.agent_id,
+            rec.level,
+            rec.submitted_at,
+            limits.cpu_cores,
+            limits.memory_mb,
+            self.assessment_of(agent).tier,
+        )
+        self.queue.push(entry)
+
+    def _release_agent(self, rec: TaskRec) -> None:
+        if self.busy.get(rec.agent_id) == rec.task_id:
+            del self.busy[rec.agent_id]
+            self._unpark_agent(rec.agent_id)
+
+    def _unpark_agent(self, agent_id: str) -> None:
+        for entry in self.parked.pop(agent_id, ()):
+            rec = self.tasks.get(entry.task_id)
+            if rec is not None and rec.status == TaskStatus.QUEUED:
+                self.queue.push(entry)
+
+    def _unpark_task(self, rec: TaskRec) -> None:
+        parked = self.parked.get(rec.agent_id)
+        if parked:
+            self.parked[rec.agent_id] = [e for e in parked if e.task_id != rec.task_id]
+
+    def park(self, entry: Entry) -> None:
+        """Keep ``entry`` out of the queue until its agent's next event."""
+        self.parked.setdefault(entry.agent_id, []).append(entry)
+
+    def agent_verdict(self, entry: Entry) -> Verdict:
+        """``take`` if the task's agent can start it now, else ``park`` it until the agent changes."""
+        agent = self.agents.get(entry.agent_id)
+        rec = self.tasks.get(entry.task_id)
+        ok = (
+            agent is not None
+            and rec is not None
+            and entry.agent_id not in self.busy
+            and (
+                agent.status == AgentStatus.READY
+                or (
+                    agent.status == AgentStatus.RUNNING
+                    and agent.current_task == entry.task_id
+                    and agent.assigned_seq > rec.queued_seq
+                )
+            )
+        )
+        if ok:
+            return "take"
+        self.park(entry)
+        return "park"
+
+    def depths(self) -> dict[str, int]:
+        counts = dict.fromkeys(LEVEL, 0)
+        for rec in self.tasks.values():
+            if rec.status == TaskStatus.QUEUED:
+                counts[rec.priority] += 1
+        return counts
+
+    # --- chores ----------------------------------------------------------------------------------
+
+    def chores(self, now: float, *, dispatched: set[tuple[str, int]]) -> list[Chore]:
+        """What the leader has to do besides new placements, most urgent first."""
+        out: list[Chore] = []
+        self.check_hosts(now)
+        for rec in self.tasks.values():
+            if rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+                ended = rec.ended.get(rec.attempt)
+                host = self.placer.hosts.get(rec.host_id)
+                if ended is not None:
+                    kind, code, reason = ended
+                    out.append(Complete(rec.task_id, rec.attempt, outcome_of(kind, code), code, reason))
+                elif host is None or not host.alive:
+                    out.append(HostLost(rec.task_id, rec.attempt, rec.host_id))
+                elif rec.status == TaskStatus.ASSIGNED and rec.attempt not in rec.started:
+                    if (rec.task_id, rec.attempt) not in dispatched:
+                        out.append(Dispatch(rec.task_id, rec.attempt, rec.host_id))
+                elif rec.status == TaskStatus.PAUSED and not self._critical_waiting():
+                    hold = rec.holds.get(rec.attempt)
+                    if host is not None and hold is not None and host.cpu_free >= hold.cpu:
+                        out.append(ResumePaused(rec.task_id, rec.attempt, rec.host_id))
+            elif rec.status == TaskStatus.DENIED:
+                out.extend(self._denied_chores(rec))
+            elif rec.status == TaskStatus.QUEUED:
+                agent = self.agents.get(rec.agent_id)
+                if agent is not None and agent.status in (AgentStatus.TERMINATED, AgentStatus.FAILED):
+                    out.append(CancelForAgent(rec.task_id, f"agent {rec.agent_id} is {agent.status.value}"))
+        for lost in [h for h in self.placer.hosts.values() if not h.alive]:
+            # Stopped attempts on a lost host will never report their end: free what they held.
+            for rec, attempt, hold in list(self._holds_on(lost.host_id)):
+                if hold.stopping and attempt != rec.attempt:
+                    del rec.holds[attempt]
+                    self._sync_hold(rec, attempt)
+        for agent in self.agents.values():
+            if agent.status != AgentStatus.RUNNING or agent.current_task is None:
+                continue
+            current = self.tasks.get(agent.current_task)
+            if current is None:
+                continue
+            rec = current
+            if rec.status in FINISHED:
+                outcome = (
+                    "succeeded"
+                    if rec.outcome == "succeeded"
+                    else "cancelled"
+                    if rec.outcome == "cancelled"
+                    else "failed"
+                )
+                out.append(AgentDone(agent.agent_id, rec.task_id, outcome))
+            elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
+                out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
+        return out
+
+    def _critical_waiting(self) -> bool:
+        return any(e.level >= CRITICAL for e in self.queue.entries.values())
+
+    def _denied_chores(self, rec: TaskRec) -> Iterable[Chore]:
+        agent = self.agents.get(rec.agent_id)
+        if agent is None or agent.status is None:
+            return ()
+        if agent.status in (AgentStatus.TERMINATED, AgentStatus.FAILED):
+            return (CancelForAgent(rec.task_id, f"agent {rec.agent_id} is {agent.status.value}"),)
+        if agent.status == AgentStatus.READY and rec.agent_id not in self.busy:
+            return (AgentDenied(rec.agent_id, rec.task_id, assign_first=True),)
+        if agent.status == AgentStatus.RUNNING and agent.current_task == rec.task_id:
+            if agent.suspended_seq > rec.denied_seq:
+                return (ResumeDenied(rec.task_id),)
+            return (AgentDenied(rec.agent_id, rec.task_id, assign_first=False),)
+        return ()

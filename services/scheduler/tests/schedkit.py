@@ -1,0 +1,330 @@
+"""Helpers of the scheduler tests: app runners, polling, and :class:`FakeHost` (a sandbox host on the wire).
+
+A :class:`FakeHost` does what a sandbox-agent does on the wire, without Docker: it heartbeats into the
+``HOSTS`` bucket, consumes ``work.<host_id>`` from ``WORK``, reads the task's events, appends signed
+``execution.*`` events (as the ``sandbox-agent`` key) and answers ``cmd.sandbox-agent.<host_id>.*``.
+Its workload is a function of the input (upper-casing by default); a held task runs until the test
+finishes it, so tests can control what is running when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats.errors
+import nats.js.errors
+from fastapi import FastAPI
+from nats.aio.client import Client as NatsClient
+from nats.js.api import ConsumerConfig, KeyValueConfig
+from symbi_common.aggregate import Repository
+from symbi_common.commands import CommandMeta, CommandServer
+from symbi_common.decisions import DecisionRecord
+from symbi_common.eventstore import EventStore
+from symbi_common.settings import Settings
+from symbi_sandbox_agent.events import (
+    EXECUTION_CODEC,
+    ExecutionExited,
+    ExecutionKilled,
+    ExecutionOutput,
+    ExecutionPaused,
+    ExecutionResumed,
+    ExecutionStarted,
+    Limits,
+    OutputDigest,
+)
+from symbi_scheduler.domain import CODEC, TaskAssigned, TaskSubmitted
+from symbi_scheduler.work import ensure_work_stream
+
+MakeStore = Callable[..., Awaitable[EventStore]]
+
+WORKLOAD = {"image": "symbi/busybox:1", "command": ["sh", "-c", "tr a-z A-Z"]}
+
+
+def scheduler_env(nats_url: str, keys_dir: Path, **settings: str) -> dict[str, str]:
+    """The ``SYMBI_*`` environment of a scheduler for the test's servers (fast ticks, short lease)."""
+    env = {
+        "SYMBI_NATS_URL": nats_url,
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
+        "SYMBI_SCHEDULER__TICK_S": "0.1",
+        "SYMBI_SCHEDULER__LEASE_TTL_S": "1.5",
+        "SYMBI_SCHEDULER__HOST_LOST_AFTER_S": "2",
+    }
+    env.update({f"SYMBI_SCHEDULER__{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@dataclass
+class App:
+    """A service app running in this test's event loop."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+
+    async def json(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        r = await self.http.request(method, path, json=body)
+        assert r.status_code == status, r.text
+        return r.json()
+
+
+@contextlib.asynccontextmanager
+async def running_app(app: FastAPI, name: str) -> AsyncIterator[App]:
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url=f"http://{name}") as http,
+    ):
+        yield App(app, http)
+
+
+async def register_agent(lifecycle: App, agent_id: str, **config: Any) -> dict[str, Any]:
+    body = {"agent_id": agent_id, "config": {"name": agent_id.lower(), "workload": WORKLOAD, **config}}
+    result: dict[str, Any] = await lifecycle.json("POST", "/v1/agents", body, status=201)
+    return result
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with its last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s; last value: {last!r}")
+
+
+async def task_view(scheduler: App, task_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = await scheduler.json("GET", f"/v1/tasks/{task_id}")
+    return result
+
+
+async def until_status(scheduler: App, task_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        view = await task_view(scheduler, task_id)
+        return view if view["status"] in statuses else None
+
+    result: dict[str, Any] = await eventually(check, timeout)
+    return result
+
+
+async def task_events(store: EventStore, task_id: str) -> list[Any]:
+    return [r.event for r in await store.load("task", task_id, CODEC)]
+
+
+# --- the sandbox side --------------------------------------------------------------------------------
+
+
+@dataclass
+class Execution:
+    task_id: str
+    attempt: int
+    agent_id: str
+    input: bytes
+    assigned: TaskAssigned
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    paused: bool = False
+
+
+class _ExecAggregate:
+    """Appends execution events in order (conditional appends on ``execution.<task_id>``)."""
+
+    aggregate_type = "execution"
+    codec = EXECUTION_CODEC
+    state_type = int
+
+    def initial(self, aggregate_id: str) -> int:
+        return 0
+
+    def apply(self, state: int, event: Any) -> int:
+        return state + 1
+
+    def decide(self, state: int, command: Any) -> list[Any]:
+        return [command]
+
+
+class FakeHost:
+    """One sandbox host on the wire (see the module docstring)."""
+
+    def __init__(
+        self,
+        host_id: str,
+        nc: NatsClient,
+        store: EventStore,
+        *,
+        cpu_cores: float = 4.0,
+        memory_mb: int = 8192,
+        tiers: tuple[str, ...] = ("tier1", "tier2"),
+        hold: bool = False,
+        work: Callable[[bytes], bytes] = bytes.upper,
+    ) -> None:
+        self.host_id = host_id
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.store = store
+        self.cpu_cores = cpu_cores
+        self.memory_mb = memory_mb
+        self.tiers = tiers
+        self.hold = hold
+        self.work = work
+        self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
+        self.running: dict[str, Execution] = {}
+        self.started: list[tuple[str, int]] = []
+        self.commands: list[tuple[str, str]] = []
+        self.max_running = 0
+        self.beating = True
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server = CommandServer(nc, f"sandbox-agent.{host_id}")
+
+    async def start(self, settings: Settings) -> None:
+        await ensure_work_stream(self.js, settings)
+        try:
+            self.kv = await self.js.key_value("HOSTS")
+        except nats.js.errors.BucketNotFoundError:
+            self.kv = await self.js.create_key_value(KeyValueConfig(bucket="HOSTS", history=1))
+        await self.heartbeat()
+        for action in ("suspend", "resume", "terminate"):
+            self._server.register(action, dict, self._command(action))
+        await self._server.start()
+        sub = await self.js.pull_subscribe(
+            f"work.{self.host_id}",
+            durable=f"sandbox_{self.host_id}",
+            stream="WORK",
+            config=ConsumerConfig(ack_wait=30),
+        )
+        self._tasks.append(asyncio.create_task(self._beat()))
+        self._tasks.append(asyncio.create_task(self._consume(sub)))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.stop()
+
+    async def heartbeat(self) -> None:
+        entry = {
+            "host_id": self.host_id,
+            "cpu_cores": self.cpu_cores,
+            "memory_mb": self.memory_mb,
+            "tiers": list(self.tiers),
+            "running": sorted(self.running),
+            "heartbeat_at": time.time(),
+        }
+        await self.kv.put(self.host_id, msgspec.json.encode(entry))
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(0.3)
+            if self.beating:
+                with contextlib.suppress(Exception):
+                    await self.heartbeat()
+
+    async def _consume(self, sub: Any) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(4, timeout=0.5)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            for msg in msgs:
+                item = msgspec.json.decode(msg.data)
+                await self._run(item["task_id"], int(item["attempt"]))
+                await msg.ack()
+
+    async def append(self, task_id: str, event: Any) -> None:
+        await self.executions.execute(task_id, event)
+
+    async def _run(self, task_id: str, attempt: int) -> None:
+        events = await task_events(self.store, task_id)
+        submitted = next(e for e in events if isinstance(e, TaskSubmitted))
+        assigned = [e for e in events if isinstance(e, TaskAssigned) and e.attempt == attempt]
+        if not assigned or (task_id, attempt) in self.started:
+            return
+        a = assigned[0]
+        execution = Execution(task_id, attempt, submitted.agent_id, submitted.input, a)
+        self.running[task_id] = execution
+        self.started.append((task_id, attempt))
+        self.max_running = max(self.max_running, len(self.running))
+        lim = a.limits
+        await self.append(
+            task_id,
+            ExecutionStarted(
+                attempt=attempt,
+                host_id=self.host_id,
+                tier=a.tier,  # type: ignore[arg-type]
+                runtime="runc",
+                container=f"c-{task_id}",
+                image=a.workload.image,
+                command=a.workload.command,
+                limits=Limits(
+                    memory_mb=lim.memory_mb,
+                    cpu_cores=lim.cpu_cores,
+                    disk_io_mbps=lim.disk_io_mbps,
+                    network_io_mbps=lim.network_io_mbps,
+                    execution_timeout_s=lim.execution_timeout_s,
+                    pids=64,
+                    output_cap_bytes=1 << 20,
+                    scratch_mb=64,
+                ),
+                hardening={},
+                decision=DecisionRecord(action="sandbox.start", effect="allow", policy_version=0),
+            ),
+        )
+        if not self.hold:
+            await self.finish(task_id)
+
+    async def finish(self, task_id: str, exit_code: int = 0) -> None:
+        """The workload of ``task_id`` prints its result and exits."""
+        execution = self.running.pop(task_id)
+        out = self.work(execution.input)
+        await self.append(task_id, ExecutionOutput(attempt=execution.attempt, stream="stdout", offset=0, data=out))
+        digest = OutputDigest(stdout_bytes=len(out), stdout_sha256=hashlib.sha256(out).hexdigest())
+        await self.append(task_id, ExecutionExited(attempt=execution.attempt, exit_code=exit_code, output=digest))
+        execution.done.set()
+
+    def _command(self, action: str) -> Callable[[dict[str, Any], CommandMeta], Awaitable[Any]]:
+        async def handle(body: dict[str, Any], meta: CommandMeta) -> Any:
+            task_id = str(body["task_id"])
+            self.commands.append((action, task_id))
+            execution = self.running.get(task_id)
+            if execution is None:
+                return {"task_id": task_id, "status": "unknown"}
+            if action == "terminate":
+                self.running.pop(task_id)
+                await self.append(
+                    task_id, ExecutionKilled(attempt=execution.attempt, exit_code=137, reason="terminated")
+                )
+                execution.done.set()
+            elif action == "suspend":
+                execution.paused = True
+                await self.append(task_id, ExecutionPaused(attempt=execution.attempt))
+            else:
+                execution.paused = False
+                await self.append(task_id, ExecutionResumed(attempt=execution.attempt))
+            return {"task_id": task_id, "status": action}
+
+        return handle
+
+    async def wait_running(self, task_id: str, timeout: float = 10.0) -> Execution:
+        async def check() -> Execution | None:
+            return self.running.get(task_id)
+
+        result: Execution = await eventually(check, timeout)
+        return result
+
+
+async def agent_events(store: EventStore, agent_id: str) -> list[str]:
+    """The agent's event types, straight from the stream (verified)."""
+    from symbi_lifecycle.domain import CODEC as AGENT_CODEC
+
+    return [r.header.event_type for r in await store.load("agent", agent_id, AGENT_CODEC)]

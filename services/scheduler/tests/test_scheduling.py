@@ -1,0 +1,154 @@
+"""Priority order, capacity on several hosts and preemption, end to end over real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from symbi_scheduler.domain import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
+
+from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
+
+ONE_CPU = {"cpu_cores": 1.0, "memory_mb": 256}
+
+
+async def submit(scheduler: App, agent_id: str, priority: str = "normal", text: str = "x", **extra: Any) -> str:
+    body = {"agent_id": agent_id, "input": text, "priority": priority, **extra}
+    view = await scheduler.json("POST", "/v1/tasks", body, status=201)
+    return str(view["task_id"])
+
+
+async def test_queued_tasks_start_in_priority_order(lifecycle: App, start_scheduler: Any, hosts: Any) -> None:
+    for name in ("blocker", "low", "normal", "high"):
+        await register_agent(lifecycle, name, resources=ONE_CPU)
+    host: FakeHost = await hosts("h1", cpu_cores=1.0, hold=True)
+    async with start_scheduler() as scheduler:
+        first = await submit(scheduler, "blocker")
+        await host.wait_running(first)
+        low = await submit(scheduler, "low", "low")
+        normal = await submit(scheduler, "normal", "normal")
+        high = await submit(scheduler, "high", "high")
+        status = await scheduler.json("GET", "/v1/status")
+        assert status["queues"] == {"low": 1, "normal": 1, "high": 1, "critical": 0}
+        assert status["hosts"][0]["cpu_free"] == 0.0
+        order = []
+        for _ in range(3):
+            running = next(iter(host.running))
+            await host.finish(running)
+            order.append(await eventually(lambda: _next_running(host, running)))
+        await host.finish(order[-1])
+        assert order == [high, normal, low]
+        for task_id in (first, low, normal, high):
+            assert (await until_status(scheduler, task_id, "completed"))["outcome"] == "succeeded"
+
+
+async def _next_running(host: FakeHost, previous: str) -> str | None:
+    return next((t for t in host.running if t != previous), None)
+
+
+async def test_placement_honours_capacity_on_several_hosts(lifecycle: App, start_scheduler: Any, hosts: Any) -> None:
+    agents = [f"worker-{i}" for i in range(8)]
+    for name in agents:
+        await register_agent(lifecycle, name, resources=ONE_CPU)
+    fleet: list[FakeHost] = [await hosts(f"h{i}", cpu_cores=2.0, memory_mb=1024, hold=True) for i in range(3)]
+    async with start_scheduler(strategy="first_fit") as scheduler:
+        tasks = [await submit(scheduler, name) for name in agents]
+
+        async def six_running() -> bool:
+            return sum(len(h.running) for h in fleet) == 6
+
+        await eventually(six_running)
+        await asyncio.sleep(0.5)  # nothing more may start while the hosts are full
+        assert [len(h.running) for h in fleet] == [2, 2, 2]
+        status = await scheduler.json("GET", "/v1/status")
+        assert sum(status["queues"].values()) == 2
+        assert all(h["cpu_free"] == 0.0 and h["memory_free_mb"] == 512 for h in status["hosts"])
+        assert len(status["running"]) == 6
+        while any(h.running for h in fleet):
+            for h in fleet:
+                for task_id in list(h.running):
+                    await h.finish(task_id)
+            await asyncio.sleep(0.2)
+        for task_id in tasks:
+            await until_status(scheduler, task_id, "completed")
+        assert max(h.max_running for h in fleet) == 2
+        assert sum(len(h.started) for h in fleet) == 8
+
+
+async def test_critical_task_evicts_the_lowest_priority_task(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    for name in ("background", "routine", "urgent"):
+        await register_agent(lifecycle, name, resources=ONE_CPU)
+    host: FakeHost = await hosts("h1", cpu_cores=2.0, hold=True)
+    async with start_scheduler(preemption="requeue") as scheduler:
+        low = await submit(scheduler, "background", "low")
+        normal = await submit(scheduler, "routine", "normal")
+        await host.wait_running(low)
+        await host.wait_running(normal)
+        critical = await submit(scheduler, "urgent", "critical")
+        await host.wait_running(critical)
+        assert ("terminate", low) in host.commands
+        assert normal in host.running
+        view = await until_status(scheduler, low, "queued")
+        assert view["attempt"] == 1
+        await host.finish(critical)
+        await host.wait_running(low)  # re-queued and started again, as attempt 2
+        await host.finish(low)
+        await host.finish(normal)
+        done = await until_status(scheduler, low, "completed")
+        assert done["attempt"] == 2
+        assert done["outcome"] == "succeeded"
+    store = await make_store("scheduler")
+    events = await task_events(store, low)
+    preempted = [e for e in events if isinstance(e, TaskPreempted)]
+    assert len(preempted) == 1
+    assert preempted[0].by_task == critical
+    assert preempted[0].reason == "preempted"
+    assert preempted[0].requeued
+    assert [e.attempt for e in events if isinstance(e, TaskAssigned)] == [1, 2]
+    # The evicted agent went back to Ready (task cancelled) and ran again.
+    assert await agent_events(store, "background") == [
+        "agent.registered",
+        "agent.ready",
+        "agent.task_assigned",
+        "agent.task_completed",
+        "agent.task_assigned",
+        "agent.task_completed",
+    ]
+
+
+async def test_critical_task_pauses_the_victim_in_suspend_mode(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    for name in ("background", "urgent"):
+        await register_agent(lifecycle, name, resources=ONE_CPU)
+    host: FakeHost = await hosts("h1", cpu_cores=1.0, hold=True)
+    async with start_scheduler(preemption="suspend") as scheduler:
+        low = await submit(scheduler, "background", "low")
+        execution = await host.wait_running(low)
+        critical = await submit(scheduler, "urgent", "critical")
+        await host.wait_running(critical)
+        assert execution.paused
+        assert (await task_view(scheduler, low))["status"] == "paused"
+        await host.finish(critical)
+
+        async def resumed() -> bool:
+            return not execution.paused
+
+        await eventually(resumed)
+        await host.finish(low)
+        done = await until_status(scheduler, low, "completed")
+        assert done["attempt"] == 1
+    store = await make_store("scheduler")
+    events = await task_events(store, low)
+    suspended = [e for e in events if isinstance(e, TaskSuspended)]
+    assert len(suspended) == 1
+    assert suspended[0].reason == "preempted"
+    assert suspended[0].by_task == critical
+    assert any(isinstance(e, TaskResumed) for e in events)
+
+
+async def task_view(scheduler: App, task_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = await scheduler.json("GET", f"/v1/tasks/{task_id}")
+    return result
