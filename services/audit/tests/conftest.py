@@ -34,6 +34,7 @@ class Touched(Event, frozen=True, tag="agent.touched"):
 class TaskNoted(Event, frozen=True, tag="task.submitted"):
     task_id: str
     n: int
+    agent_id: str | None = None
 
 
 AGENT_CODEC: EventCodec[Touched] = EventCodec([Touched])
@@ -57,9 +58,9 @@ class Writer:
         self.tips[f"agent.{agent_id}"] = recs[-1].tip
         return [r.sequence for r in recs]
 
-    async def task(self, task_id: str, count: int = 1) -> list[int]:
+    async def task(self, task_id: str, count: int = 1, agent_id: str | None = None) -> list[int]:
         tip = self.tips.get(f"task.{task_id}", NEW_AGGREGATE)
-        events = [TaskNoted(task_id=task_id, n=tip.version + i) for i in range(count)]
+        events = [TaskNoted(task_id=task_id, n=tip.version + i, agent_id=agent_id) for i in range(count)]
         recs = await self.scheduler.append("task", task_id, events, TASK_CODEC, expected=tip)
         self.tips[f"task.{task_id}"] = recs[-1].tip
         return [r.sequence for r in recs]

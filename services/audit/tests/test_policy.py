@@ -46,9 +46,12 @@ async def enforced(
     env = audit_env(nats_url, database_url, keys_dir, SYMBI_POLICY__ENFORCEMENT="embedded")
     env["SYMBI_POLICY__DECISION_LOG"] = "false"
     app = build_app(load_settings(env=env))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as http:
-            yield Running(app, http, app.state.audit)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://audit") as http,
+    ):
+        yield Running(app, http, app.state.audit)
 
 
 async def test_policy_decides_who_reads_details_and_who_erases(enforced: Running, writer: Writer) -> None:

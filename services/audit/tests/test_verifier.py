@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NatsClient
 from symbi_audit.merkle import verify_consistency, verify_inclusion
 from symbi_audit.notes import verify_checkpoint
@@ -172,3 +173,24 @@ async def test_crafted_messages_written_raw_into_events_are_found(
     # Failed events are leaves too: the tree covers the log exactly as stored.
     status = await running.json("/v1/audit/status")
     assert status["tree_size"] == good[-1] == status["sequence"]
+
+
+async def test_nats_commands(running: Running, writer: Writer, provisioned: NatsClient) -> None:
+    from symbi_common.commands import CommandClient
+    from symbi_common.errors import NotFound
+
+    client = CommandClient(provisioned, timeout=5)
+    with pytest.raises(NotFound, match="no checkpoint"):
+        await client.call("audit", "checkpoint", {}, dict)
+    last = await writer.mixed(8)  # 12 events: one checkpoint at 10
+    await running.wait_for(last)
+    status = await client.call("audit", "status", {}, dict)
+    assert status["sequence"] == last
+    assert status["findings"] == 0
+    cp = await client.call("audit", "checkpoint", {"size": 10}, dict)
+    assert cp["size"] == 10
+    assert cp["note"].startswith("symbi-audit\n10\n")
+    garbage = (await provisioned.jetstream().publish("evt.agent.x", b"junk")).seq
+    await running.wait_for(garbage)
+    found = await client.call("audit", "findings", {"kind": "malformed_event"}, dict)
+    assert [f["sequence"] for f in found["items"]] == [garbage]

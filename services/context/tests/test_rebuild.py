@@ -89,6 +89,15 @@ async def test_replay_into_both_backends_equals_the_live_index(
     finally:
         await edge.close()
         await qdrant.close()
+    # After crypto-shredding Ada's data key a rebuild has nothing of hers, and everything else.
+    await running.app.state.runtime.datakeys.destroy("memory.ada")
+    shredded = EdgeVectorStore(tmp_path / "after-shredding", live_store.dimension)
+    try:
+        await replay(running, shredded, last)
+        assert await shredded.count(MetaFilter(owners=("ada",))) == 0
+        assert await shredded.count() == await live_store.count(MetaFilter(owners=("science",))) > 0
+    finally:
+        await shredded.close()
 
 
 async def test_deleted_index_rebuilds_on_restart(start: Any, settings: Settings, corpus: dict[str, str]) -> None:

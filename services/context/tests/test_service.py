@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
 from symbi_common.errors import PolicyDenied
 from symbi_common.events import Event, EventCodec
 from symbi_common.sealing import ChainTip
+from symbi_context.rag import RagEngine
 
 
 async def ingest_corpus(r: Any, corpus: dict[str, str], kb: str = "science") -> dict[str, str]:
@@ -233,6 +237,8 @@ async def test_denied_reads_return_nothing_and_are_logged(
     denials = [e for e in logs if e["event"] == "memory read denied"]
     assert {(e["agent_id"], e["resource"]) for e in denials} == {("bob", "ada"), ("bob", "networks")}
     assert all(r.action == "memory.read" and r.principal.uid == 'Agent::"bob"' for r in policy.asked)
+    parents = {r.resource.id: r.resource.parents for r in policy.asked}
+    assert parents == {"ada": ('Agent::"ada"',), "health": (), "networks": ()}
     # Writes to another agent's memory are refused with a typed error.
     with pytest.raises(PolicyDenied):
         await running.api.service.forget_memories("bob", owner="ada", ids=out["ids"])
@@ -339,3 +345,76 @@ async def test_nats_commands(running: Any, rule_policy: Any) -> None:
             "context", "store", {"agent_id": "bob", "owner": "ada", "memories": [{"text": "x"}]}, dict
         )
     assert rag["citations"][0]["document_id"] == doc["document_id"]
+
+
+async def test_crypto_shredding_erases_an_agents_memories(running: Any) -> None:
+    out = await running.post(
+        "/v1/memories", {"agent_id": "ada", "memories": [{"text": "Ada's bank PIN hint is her cat's birthday."}]}, 201
+    )
+    await running.post("/v1/memories", {"agent_id": "bob", "memories": [{"text": "Bob's cat is called Pixel."}]}, 201)
+    query = {"agent_id": "ada", "query": "cat birthday", "min_sequence": out["sequence"]}
+    assert (await running.post("/v1/memories/query", query))["results"]
+    await running.app.state.runtime.datakeys.destroy("memory.ada")
+    for _ in range(100):
+        if running.index.shredded:
+            break
+        await asyncio.sleep(0.05)
+    assert (await running.post("/v1/memories/query", query))["results"] == []
+    assert await running.index.store.count() == 1  # Bob's memory stays
+
+
+async def test_pdf_ingest_and_generated_answer(running: Any, make_pdf: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pdf = make_pdf(["Expense policy.", "Hotel costs above 180 euros a night need approval from finance."])
+    out = await running.post(
+        "/v1/knowledge/policies/documents",
+        {
+            "agent_id": "hr",
+            "title": "Expenses",
+            "content": base64.b64encode(pdf).decode(),
+            "media_type": "application/pdf",
+            "source": "expenses.pdf",
+        },
+        201,
+    )
+    chat = FastAPI()
+    asked: list[dict[str, Any]] = []
+
+    @chat.post("/v1/chat/completions")
+    async def completions(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        asked.append(body)
+        context = body["messages"][1]["content"]
+        cited = "[1]" if "180 euros" in context else "(no context)"
+        return {
+            "choices": [{"message": {"role": "assistant", "content": f"Above 180 euros you need approval {cited}."}}]
+        }
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    engine = RagEngine(
+        running.api.service, chat_model="gpt-test", base_url="http://chat/v1", transport=httpx.ASGITransport(app=chat)
+    )
+    answer = await engine.query(
+        "hr",
+        "How expensive may a hotel room be without sign-off?",
+        knowledge_bases=("policies",),
+        include_memories=False,
+        min_sequence=out["sequence"],
+    )
+    assert answer.citations[0].source == "expenses.pdf"
+    assert "180 euros" in answer.context
+    assert answer.answer == "Above 180 euros you need approval [1]."
+    assert asked[0]["model"] == "gpt-test"
+    assert asked[0]["temperature"] == 0
+
+
+async def test_writes_record_the_decision_that_allowed_them(running: Any) -> None:
+    from symbi_context.domain import MEMORY, MemoryStored
+
+    await running.post("/v1/memories", {"agent_id": "ada", "memories": [{"text": "Remember the milk."}]}, 201)
+    records = await running.app.state.runtime.store.load("memory", "ada", MEMORY.codec)
+    event = records[0].event
+    assert isinstance(event, MemoryStored)
+    assert event.decision is not None
+    assert (event.decision.action, event.decision.effect) == ("memory.write", "allow")
+    assert event.decision.policies == ("enforcement-disabled",)
+    assert records[0].header.producer == "context"

@@ -6,6 +6,7 @@ Runs the real lifecycle service (PostgreSQL) and the real policy service in-proc
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -160,6 +161,8 @@ async def test_what_if_reports_the_decisions_a_proposal_would_change(
     report = (await policy.http.post("/v1/policy-sets/lockdown/what-if", json={"cedar": strict})).json()
     assert report["changed"] == 5
     assert report["allow_to_deny"] == 3
+    retire = (await policy.http.post("/v1/policy-sets/baseline/what-if", json={})).json()
+    assert retire["allow_to_deny"] == 3  # without the baseline, the plain data reads lose their permit
     # Nothing was activated.
     assert (await policy.http.get("/v1/policy-sets/lockdown")).status_code == 404
     bad = await policy.http.post("/v1/policy-sets/lockdown/what-if", json={"cedar": "forbid(;"})
@@ -174,13 +177,15 @@ async def test_decisions_wait_in_the_log_while_the_policy_service_is_down(
     enforcer.suspend_agents = False
     log = enforcer.log
     assert log is not None
-    log.timeout = 0.1  # a denial waits this long for the log, then stays queued
     user = EntityRef(type="User", id="u")
+    started = time.perf_counter()
     for i in range(12):
         with pytest.raises(PolicyDenied):
             await enforcer.enforce(
                 DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
             )
+    assert time.perf_counter() - started < 2.0  # denials are not held up while the log cannot be stored
+    assert not log.healthy
     assert log.pending == 12
     assert log.failures > 0
     app = build_app(settings)
@@ -217,3 +222,19 @@ async def test_message_and_tool_hooks_return_the_conditions_to_honour(
         await enforcer.check_tool(sender, EntityRef(type="Tool", id="translate"), classification="phi")
     written = await enforcer.check_data(sender, EntityRef(type="Data", id="d"), write=True)
     assert [c.kind for c in written.conditions] == ["log_full"]
+
+
+async def test_an_oversized_decision_is_logged_without_its_attributes(
+    policy: RunningPolicy, start_runtime: StartRuntime
+) -> None:
+    enforcer = await Enforcer.for_runtime(await start_runtime("context"))
+    huge = EntityRef(type="Data", id="blob", attrs={"classification": "public", "owner": "x" * 300_000})
+    record = await enforcer.check_data(EntityRef(type="Agent", id="a1"), huge)
+    assert record.effect == "allow"
+    await enforcer.log.flush()  # type: ignore[union-attr]
+    logged, _ = await stored_decisions(policy)
+    entry = logged[0].entries[0]
+    assert entry.record == record
+    assert entry.request.resource.id == "blob"
+    assert entry.request.resource.attrs == {}
+    assert entry.request.context["omitted_bytes"] > 300_000

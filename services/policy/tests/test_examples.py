@@ -12,6 +12,7 @@ from symbi_common.decisions import Allow, AllowWithConditions, Decision, Decisio
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.conditions import capped, redact, requires_approval
 from symbi_common.policy.engine import DEFAULT_DENY, PolicyEngine
+from symbi_common.policy.hooks import resources_context
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "policies"
 PACKAGED_BASELINE = Path(__file__).resolve().parents[1] / "src" / "symbi_policy" / "baseline.cedar"
@@ -114,6 +115,11 @@ def test_resource_usage_limits_and_caps() -> None:
     too_many_cores = ask(eng, agent(security_tier="tier2"), "task.allocate", host, resources={"cpu_cores": 6.5})
     assert isinstance(too_many_cores, Deny)
     assert too_many_cores.policies == ("task-cpu-limit",)
+    # cpu_cores given as a whole number still travels as a Cedar decimal
+    for resources in (resources_context(cpu_cores=8), {"cpu_cores": 8}):
+        whole = ask(eng, agent(security_tier="tier2"), "task.allocate", host, resources=resources)
+        assert isinstance(whole, Deny)
+        assert whole.policies == ("task-cpu-limit",)
     tier2 = ask(eng, agent(security_tier="tier2"), "task.allocate", host, resources={"memory_mb": 4096})
     assert isinstance(tier2, Allow)
     tier1 = ask(eng, agent(security_tier="tier1"), "task.allocate", host, resources={"memory_mb": 4096})
@@ -167,12 +173,19 @@ def test_batch_equals_single_decisions() -> None:
     assert eng.decide_batch(requests) == [eng.decide(r) for r in requests]
 
 
-@pytest.mark.parametrize("value", [None, object()])
-def test_a_request_that_is_not_cedar_is_denied_not_crashed(value: object) -> None:
+@pytest.mark.parametrize(
+    ("principal", "resource"),
+    [
+        (agent(x=None), EntityRef(type="Host", id="h")),
+        (agent(x=object()), EntityRef(type="Host", id="h")),
+        (agent(n=2**70), EntityRef(type="Host", id="h")),
+        (agent(), EntityRef(type="not a type", id="h")),
+        (EntityRef(type="Agent", id="a", parents=("a1",)), EntityRef(type="Host", id="h")),
+    ],
+)
+def test_a_request_that_is_not_cedar_is_denied_not_crashed(principal: EntityRef, resource: EntityRef) -> None:
     eng = engine("baseline")
-    decision = eng.decide(
-        DecisionRequest(principal=agent(x=value), action="task.allocate", resource=EntityRef(type="Host", id="h"))
-    )
+    decision = eng.decide(DecisionRequest(principal=principal, action="task.allocate", resource=resource))
     assert isinstance(decision, Deny)
     assert "cannot be evaluated" in decision.reason
 

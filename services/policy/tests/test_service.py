@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from symbi_common.decisions import Allow, AllowWithConditions, Decision, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import NotFound
+from symbi_common.eventstore import EventStore
 from symbi_common.policy import EmbeddedDecisionPoint, RemoteDecisionPoint
 from symbi_common.policy.cedar import PolicyRejected
 
 from .conftest import RunningPolicy, StartRuntime, example
+
+MakeStore = Callable[..., Awaitable[EventStore]]
 
 PHI = EntityRef(type="Data", id="rec-1", attrs={"classification": "phi"})
 
@@ -228,3 +232,34 @@ def _decode_obj(obj: object) -> Decision:
     import msgspec
 
     return msgspec.convert(obj, Decision)  # type: ignore[arg-type]
+
+
+async def test_a_forged_policy_event_changes_nothing(
+    policy: RunningPolicy, start_runtime: StartRuntime, make_store: MakeStore
+) -> None:
+    from symbi_common.policy.events import POLICY_SET_CODEC, PolicySetRegistered
+    from symbi_common.sealing import ChainTip
+
+    point = await (await start_runtime("scheduler")).decision_point()
+    assert isinstance(point, EmbeddedDecisionPoint)
+    request = DecisionRequest(principal=agent(), action="agent.register", resource=agent("a9"))
+    assert isinstance(await point.decide(request), Deny)
+    forger = await make_store("lifecycle")  # a key that may not sign evt.policy.>
+    grant_all = PolicySetRegistered(set_id="evil", cedar='@id("all")\npermit(principal, action, resource);')
+    await forger.append("policy", "evil", [grant_all], POLICY_SET_CODEC, expected=ChainTip())
+    for _ in range(100):
+        if point.follower.rejected and policy.service.follower.rejected:
+            break
+        await asyncio.sleep(0.01)
+    assert "evil" not in point.follower.states
+    assert "UnauthorisedSigner" in point.follower.rejected[-1], point.follower.rejected
+    assert isinstance(await point.decide(request), Deny)
+    assert isinstance(await policy.service.decide(request), Deny)
+
+
+async def test_the_http_api_is_documented(policy: RunningPolicy) -> None:
+    response = await policy.http.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/v1/decisions", "/v1/decisions:batch", "/v1/policy-sets", "/v1/policy-sets/{set_id}/what-if"} <= set(paths)
+    assert "requestBody" in paths["/v1/decisions"]["post"]

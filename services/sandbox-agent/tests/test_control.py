@@ -33,8 +33,8 @@ def outputs(events: list[Any]) -> int:
     return sum(1 for e in events if isinstance(e, ExecutionOutput))
 
 
-async def command(agent: Agent, action: str, task_id: str) -> dict[str, Any]:
-    client = CommandClient(agent.app.state.runtime.nc, timeout=30)
+async def command(agent: Agent, action: str, task_id: str, nc: Any = None) -> dict[str, Any]:
+    client = CommandClient(nc or agent.app.state.runtime.nc, timeout=30)
     result: dict[str, Any] = await client.call(f"sandbox-agent.{agent.host_id}", action, {"task_id": task_id}, dict)
     return result
 
@@ -49,8 +49,9 @@ async def test_suspend_freezes_and_resume_continues(
     assert (await command(agent, "suspend", task_id))["status"] == "paused"
     [container] = containers_of(docker_client, agent.host_id)
     assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"] is True
+    await asyncio.sleep(0.5)  # output printed before the freeze may still be on its way
     frozen = outputs(await scheduler.events(task_id))
-    await asyncio.sleep(3)
+    await asyncio.sleep(2.5)
     assert outputs(await scheduler.events(task_id)) == frozen
     with pytest.raises(ExecutionStateError):
         await command(agent, "suspend", task_id)

@@ -112,7 +112,11 @@ async def task_view(scheduler: App, task_id: str) -> dict[str, Any]:
 
 async def until_status(scheduler: App, task_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
-        view = await task_view(scheduler, task_id)
+        r = await scheduler.http.get(f"/v1/tasks/{task_id}")
+        if r.status_code == 404:  # this replica has not read the submission yet
+            return None
+        assert r.status_code == 200, r.text
+        view: dict[str, Any] = r.json()
         return view if view["status"] in statuses else None
 
     result: dict[str, Any] = await eventually(check, timeout)
@@ -167,6 +171,7 @@ class FakeHost:
         memory_mb: int = 8192,
         tiers: tuple[str, ...] = ("tier1", "tier2"),
         hold: bool = False,
+        delay: float = 0.0,
         work: Callable[[bytes], bytes] = bytes.upper,
     ) -> None:
         self.host_id = host_id
@@ -177,6 +182,7 @@ class FakeHost:
         self.memory_mb = memory_mb
         self.tiers = tiers
         self.hold = hold
+        self.delay = delay
         self.work = work
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
@@ -211,6 +217,7 @@ class FakeHost:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.stop()
+        await self.nc.close()  # its cancelled fetches would make a drain wait for its timeout
 
     async def heartbeat(self) -> None:
         entry = {
@@ -280,7 +287,14 @@ class FakeHost:
                 decision=DecisionRecord(action="sandbox.start", effect="allow", policy_version=0),
             ),
         )
-        if not self.hold:
+        if self.delay:
+            self._tasks.append(asyncio.create_task(self._finish_later(task_id)))
+        elif not self.hold:
+            await self.finish(task_id)
+
+    async def _finish_later(self, task_id: str) -> None:
+        await asyncio.sleep(self.delay)
+        if task_id in self.running:
             await self.finish(task_id)
 
     async def finish(self, task_id: str, exit_code: int = 0) -> None:

@@ -63,7 +63,8 @@ def test_skipped_tasks_keep_their_place_and_parked_ones_leave() -> None:
     for i, name in enumerate(["a", "b", "c"]):
         q.push(entry(name, 1, float(i)))
     taken = q.ordered(10.0, lambda e: "skip" if e.task_id == "a" else "park" if e.task_id == "b" else "take", 5)
-    assert taken is not None and taken.task_id == "c"
+    assert taken is not None
+    assert taken.task_id == "c"
     assert list(q.entries) == ["a"]
     assert drain(q, 10.0) == ["a"]
 
@@ -78,7 +79,8 @@ def test_strategies_choose_their_host(strategy: str, expected: str) -> None:
     a.cpu_used, b.cpu_used, c.cpu_used = 1.0, 2.5, 0.5
     placer.set_hosts([a, b, c])
     chosen = placer.choose(1.0, 100, "tier1", critical=False)
-    assert chosen is not None and chosen.host_id == expected
+    assert chosen is not None
+    assert chosen.host_id == expected
 
 
 def test_priority_strategy_keeps_headroom_for_critical_work() -> None:
@@ -97,7 +99,8 @@ def test_placement_honours_tier_memory_and_liveness() -> None:
     placer.set_hosts([only1, small, dead])
     assert placer.choose(1.0, 512, "tier2", critical=False) is None
     chosen = placer.choose(1.0, 512, "tier1", critical=False)
-    assert chosen is not None and chosen.host_id == "only1"
+    assert chosen is not None
+    assert chosen.host_id == "only1"
 
 
 def test_victim_is_the_lowest_priority_then_the_latest_started() -> None:
@@ -110,7 +113,8 @@ def test_victim_is_the_lowest_priority_then_the_latest_started() -> None:
         Running("high-b", "b", 2, 0.0, 1.0, 100),
     ]
     victim = choose_victim(entry("crit", 3, 0.0), hosts, running, "requeue")
-    assert isinstance(victim, Running) and victim.task_id == "low-new"
+    assert isinstance(victim, Running)
+    assert victim.task_id == "low-new"
 
 
 def test_a_victim_too_small_to_make_room_is_not_chosen() -> None:
@@ -118,7 +122,8 @@ def test_a_victim_too_small_to_make_room_is_not_chosen() -> None:
     hosts["a"].cpu_used = 2.0
     running = [Running("low", "a", 0, 1.0, 0.5, 100), Running("normal", "a", 1, 1.0, 1.5, 100)]
     victim = choose_victim(entry("crit", 3, 0.0, cpu=1.0), hosts, running, "requeue")
-    assert isinstance(victim, Running) and victim.task_id == "normal"
+    assert isinstance(victim, Running)
+    assert victim.task_id == "normal"
     assert choose_victim(entry("crit", 3, 0.0, cpu=3.0), hosts, running, "requeue") is None
 
 

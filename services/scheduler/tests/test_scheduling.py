@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from symbi_scheduler.domain import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
-
 from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
+from symbi_scheduler.domain import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
 
 ONE_CPU = {"cpu_cores": 1.0, "memory_mb": 256}
 
@@ -35,7 +34,7 @@ async def test_queued_tasks_start_in_priority_order(lifecycle: App, start_schedu
         for _ in range(3):
             running = next(iter(host.running))
             await host.finish(running)
-            order.append(await eventually(lambda: _next_running(host, running)))
+            order.append(await eventually(lambda previous=running: _next_running(host, previous)))
         await host.finish(order[-1])
         assert order == [high, normal, low]
         for task_id in (first, low, normal, high):
@@ -64,13 +63,15 @@ async def test_placement_honours_capacity_on_several_hosts(lifecycle: App, start
         assert sum(status["queues"].values()) == 2
         assert all(h["cpu_free"] == 0.0 and h["memory_free_mb"] == 512 for h in status["hosts"])
         assert len(status["running"]) == 6
-        while any(h.running for h in fleet):
+
+        async def all_completed() -> bool:
             for h in fleet:
                 for task_id in list(h.running):
                     await h.finish(task_id)
-            await asyncio.sleep(0.2)
-        for task_id in tasks:
-            await until_status(scheduler, task_id, "completed")
+            views = [await scheduler.json("GET", f"/v1/tasks/{t}") for t in tasks]
+            return all(v["status"] == "completed" for v in views)
+
+        await eventually(all_completed, interval=0.2)
         assert max(h.max_running for h in fleet) == 2
         assert sum(len(h.started) for h in fleet) == 8
 
@@ -99,7 +100,14 @@ async def test_critical_task_evicts_the_lowest_priority_task(
         done = await until_status(scheduler, low, "completed")
         assert done["attempt"] == 2
         assert done["outcome"] == "succeeded"
-    store = await make_store("scheduler")
+        store = await make_store("scheduler")
+        # The evicted agent went back to Ready (its task cancelled) and ran again.
+        expected = ["agent.registered", "agent.ready"] + ["agent.task_assigned", "agent.task_completed"] * 2
+
+        async def agent_history() -> bool:
+            return await agent_events(store, "background") == expected
+
+        await eventually(agent_history)
     events = await task_events(store, low)
     preempted = [e for e in events if isinstance(e, TaskPreempted)]
     assert len(preempted) == 1
@@ -107,15 +115,6 @@ async def test_critical_task_evicts_the_lowest_priority_task(
     assert preempted[0].reason == "preempted"
     assert preempted[0].requeued
     assert [e.attempt for e in events if isinstance(e, TaskAssigned)] == [1, 2]
-    # The evicted agent went back to Ready (task cancelled) and ran again.
-    assert await agent_events(store, "background") == [
-        "agent.registered",
-        "agent.ready",
-        "agent.task_assigned",
-        "agent.task_completed",
-        "agent.task_assigned",
-        "agent.task_completed",
-    ]
 
 
 async def test_critical_task_pauses_the_victim_in_suspend_mode(

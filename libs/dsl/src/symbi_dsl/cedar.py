@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from functools import cache
 from importlib import resources
 
@@ -295,11 +296,15 @@ def rule_to_cedar(rule: A.Rule, policy_id: str, principal: str, source: str) -> 
 
 
 @cache
-def _schema() -> str | None:
+def _schema() -> Any:
+    """The policy service's Cedar schema, parsed once (None where it is not installed)."""
+    import cedarpy
+
     try:
-        return resources.files("symbi_common.policy").joinpath("schema.cedarschema").read_text(encoding="utf-8")
+        text = resources.files("symbi_common.policy").joinpath("schema.cedarschema").read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError):
         return None
+    return cedarpy.Schema.from_str(text)
 
 
 def compile_policy(

@@ -787,8 +787,11 @@ def compile_agent(
         rep.error("undefined", f"agent {chosen!r} is not defined in this file", A.Span(1, 1, 1, 2))
         rep.raise_if_any()
     checker = Checker(program.module, rep)
-    checker.collect()
-    config = checker.agent_config(program.agents[chosen], agent_id)
+    try:
+        checker.collect()
+        config = checker.agent_config(program.agents[chosen], agent_id)
+    except RecursionError:
+        rep.error("too_deep", "the definition nests too deeply to process", A.Span(1, 1, 1, 2))
     rep.raise_if_any()
     assert config is not None
     return config

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from symbi_dsl import ast as A
-from symbi_dsl.diagnostics import DEFAULT_FILE
+from symbi_dsl.diagnostics import DEFAULT_FILE, Diagnostic, DslError
 from symbi_dsl.parser import parse
 
 INDENT = "  "
@@ -32,12 +32,22 @@ _BINARY = {"||": _OR, "&&": _AND, "+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRO
 _ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
 
 
+def _escape(ch: str) -> str:
+    if ch in _ESC:
+        return _ESC[ch]
+    if ord(ch) < 0x20 or ch in "\x7f\x85\u2028\u2029":  # control characters and line separators
+        return f"\\u{ord(ch):04x}"
+    return ch
+
+
 def string(text: str) -> str:
-    return '"' + "".join(_ESC.get(ch, ch) for ch in text) + '"'
+    return '"' + "".join(_escape(ch) for ch in text) + '"'
 
 
 def key(text: str) -> str:
-    return text if _IDENT_RE.match(text) else string(text)
+    """A key as written: bare if it is a name (keywords too: the grammar takes them as keys), except the word
+    operators, which after a value would continue it (``x\n in = 1`` reads as ``x in …``)."""
+    return text if _IDENT_RE.match(text) and text not in ("in", "and", "or") else string(text)
 
 
 def _prec(e: A.Expr) -> int:
@@ -93,17 +103,31 @@ def _expr(e: A.Expr) -> str:
             p = _BINARY.get(e.op, _CMP)
             return f"{expr(e.left, p)} {e.op} {expr(e.right, p + 1)}"
         case A.Member():
-            return f"{expr(e.obj, _POSTFIX)}.{e.name}"
+            return f"{_postfix_obj(e.obj)}.{e.name}"
         case A.Index():
-            return f"{expr(e.obj, _POSTFIX)}[{expr(e.index)}]"
+            return f"{_postfix_obj(e.obj)}[{expr(e.index)}]"
         case A.Call():
-            return f"{expr(e.func, _POSTFIX)}(" + ", ".join(expr(a) for a in e.args) + ")"
+            return f"{_postfix_obj(e.func)}(" + ", ".join(expr(a) for a in e.args) + ")"
         case A.Lambda():
             return f"{e.param} => {expr(e.body)}"
         case A.Match():
             arms = ", ".join(f"{expr(a.pattern)} => {expr(a.body)}" for a in e.arms)
             return f"match {expr(e.subject, _OR)} {{ {arms} }}" if arms else f"match {expr(e.subject, _OR)} {{}}"
     raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+
+def _postfix_obj(e: A.Expr) -> str:
+    """The object of ``.name``/``[i]``/``(args)``; a number in parentheses, so ``(5).minutes`` stays a member."""
+    if isinstance(e, A.Literal_ | A.Secret) and getattr(e, "kind", "") != "string":
+        return f"({_expr(e)})"
+    return expr(e, _POSTFIX)
+
+
+def _starts_ambiguously(s: A.Stmt) -> bool:
+    """Whether ``s`` would continue the previous statement's expression (a call, index or subtraction)."""
+    if not isinstance(s, A.ExprStmt):
+        return False
+    return expr(s.expr)[:1] in ("(", "[", "-")
 
 
 def type_ref(t: A.TypeRef) -> str:
@@ -197,34 +221,36 @@ class _Printer:
 
     # --- statements
     def stmts(self, stmts: Sequence[A.Stmt]) -> None:
-        for s in stmts:
-            self.stmt(s)
+        for i, s in enumerate(stmts):
+            self.stmt(s, stmts[i + 1] if i + 1 < len(stmts) else None)
 
-    def _with_match(self, head: str, value: A.Expr, span: A.Span) -> None:
+    def _with_match(self, head: str, value: A.Expr, span: A.Span, end: str) -> None:
         """``head`` + ``value`` on one line, or a long ``match`` with one arm per line."""
         text = head + expr(value)
         if not isinstance(value, A.Match) or not value.arms or len(INDENT * self.depth + text) <= WIDTH:
-            self.line(text, span)
+            self.line(text + end, span)
             return
         self.comments_before(span.line)
         self.lines.append(INDENT * self.depth + f"{head}match {expr(value.subject, _OR)} {{")
         pad = INDENT * (self.depth + 1)
         self.lines.extend(f"{pad}{expr(a.pattern)} => {expr(a.body)}," for a in value.arms)
-        self.lines.append(INDENT * self.depth + "}")
+        self.lines.append(INDENT * self.depth + "}" + end)
         self.trailing(span.end_line)
 
-    def stmt(self, s: A.Stmt) -> None:
+    def stmt(self, s: A.Stmt, following: A.Stmt | None = None) -> None:
+        # A ';' keeps the next statement from continuing this one ("f; (x)" is not "f(x)").
+        end = ";" if following is not None and (_starts_ambiguously(following) or s == A.Return(None)) else ""
         match s:
             case A.Let():
                 t = f": {type_ref(s.type)}" if s.type is not None else ""
-                self._with_match(f"let {s.name}{t} = ", s.value, s.span)
+                self._with_match(f"let {s.name}{t} = ", s.value, s.span, end)
             case A.Return():
                 if s.value is None:
-                    self.line("return", s.span)
+                    self.line("return" + end, s.span)
                 else:
-                    self._with_match("return ", s.value, s.span)
+                    self._with_match("return ", s.value, s.span, end)
             case A.ExprStmt():
-                self._with_match("", s.expr, s.span)
+                self._with_match("", s.expr, s.span, end)
             case A.For():
                 body = s.body
                 self.block(f"for {s.var} in {expr(s.iterable)}", s.span, lambda: self.stmts(body))
@@ -326,9 +352,14 @@ def _v(entry: A.Entry) -> A.Expr:
 def format_module(module: A.Module) -> str:
     """The canonical text of a parsed module (with its comments)."""
     printer = _Printer(module.comments)
-    for item in module.items:
-        printer.blank()
-        printer.item(item)
+    try:
+        for item in module.items:
+            printer.blank()
+            printer.item(item)
+    except RecursionError:
+        raise DslError(
+            [Diagnostic(code="too_deep", message="the definition nests too deeply to format", line=1, column=1)]
+        ) from None
     printer.comments_before(0)
     text = "\n".join(printer.lines).strip("\n")
     return text + "\n" if text else ""

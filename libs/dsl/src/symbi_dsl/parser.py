@@ -80,7 +80,7 @@ def _tspan(tok: Token) -> A.Span:
 
 
 def unescape(text: str) -> str:
-    """The value of a string literal (without its quotes); unknown escapes keep their character."""
+    """The value of a string literal (without its quotes): ``\\n \\t \\r \\0 \\" \\\\ \\uXXXX``; others keep their character."""
     if "\\" not in text:
         return text
     out: list[str] = []
@@ -89,6 +89,11 @@ def unescape(text: str) -> str:
         ch = text[i]
         if ch == "\\" and i + 1 < len(text):
             nxt = text[i + 1]
+            code = text[i + 2 : i + 6]
+            if nxt == "u" and len(code) == 4 and all(c in "0123456789abcdefABCDEF" for c in code):
+                out.append(chr(int(code, 16)))
+                i += 6
+                continue
             out.append(_ESCAPES.get(nxt, nxt))
             i += 2
         else:

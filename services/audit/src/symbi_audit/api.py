@@ -136,13 +136,20 @@ async def events(request: Request) -> Response:
     return _reply({"items": rows, "next_after": cursor})
 
 
+def _path_int(value: str, name: str) -> int:
+    if not value.isdigit():
+        raise BadQuery(f"expected a positive integer, got {value!r}", field=name)
+    return int(value)
+
+
 @router.get("/events/{sequence}")
-async def event(request: Request, sequence: int) -> Response:
+async def event(request: Request, sequence: str) -> Response:
+    seq = _path_int(sequence, "sequence")
     service = _service(request)
     await _wait(service, request)
-    row = await get_event(service.pool, sequence)
+    row = await get_event(service.pool, seq)
     if row is None:
-        raise NotFound(f"stream sequence {sequence} is not in the audit log (yet)")
+        raise NotFound(f"stream sequence {seq} is not in the audit log (yet)")
     if _bool(request, "details"):
         await _with_details(service, request, [row])
     return _reply(row)
@@ -201,8 +208,8 @@ async def latest_checkpoint(request: Request) -> PlainTextResponse:
 
 
 @router.get("/checkpoints/{size}", response_class=PlainTextResponse)
-async def checkpoint(request: Request, size: int) -> PlainTextResponse:
-    cp = await _service(request).store.checkpoint(size)
+async def checkpoint(request: Request, size: str) -> PlainTextResponse:
+    cp = await _service(request).store.checkpoint(_path_int(size, "size"))
     if cp is None:
         raise NotFound(f"no checkpoint of tree size {size}")
     return PlainTextResponse(cp.note)

@@ -31,9 +31,11 @@ class EventItem(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None
     occurred_at: str
     verified: bool
+    agent_id: str | None = None
+    """The agent the event concerns (its aggregate, or the payload's ``agent_id``), if any."""
 
 
-def event_item(c: Checked) -> EventItem | None:
+def event_item(c: Checked, agent_id: str | None = None) -> EventItem | None:
     if c.opened is None:
         return None
     h = c.opened.header
@@ -50,6 +52,7 @@ def event_item(c: Checked) -> EventItem | None:
         correlation_id=h.correlation_id,
         occurred_at=dt.datetime.fromtimestamp(h.occurred_at / 1e9, dt.UTC).isoformat(),
         verified=not c.findings,
+        agent_id=agent_id,
     )
 
 
@@ -59,7 +62,7 @@ class LiveFilter:
     event_type: str | None = None
 
     def matches(self, item: EventItem) -> bool:
-        if self.agent is not None and (item.aggregate_type, item.aggregate_id) != ("agent", self.agent):
+        if self.agent is not None and item.agent_id != self.agent:
             return False
         return self.event_type is None or item.event_type == self.event_type
 

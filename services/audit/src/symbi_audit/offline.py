@@ -24,7 +24,7 @@ from symbi_common.streams import RawMessage
 from symbi_audit.errors import CheckpointInvalid, ExportMalformed
 from symbi_audit.merkle import TreeBuilder
 from symbi_audit.notes import Checkpoint, verify_checkpoint
-from symbi_audit.rules import Finding, LogVerifier, authenticate
+from symbi_audit.rules import CachedRegistry, Finding, LogVerifier, authenticate
 
 AUDIT_SERVICE = "audit"
 CHECKPOINT_SIGNATURE = "checkpoint_signature"
@@ -96,11 +96,12 @@ def verify_export(messages: Iterable[RawMessage], note: str | None, registry: Ke
         except CheckpointInvalid as err:
             report.findings.append(Finding(kind=CHECKPOINT_SIGNATURE, sequence=0, subject="", reason=err.message))
     report.checkpoint = checkpoint
+    cached = CachedRegistry(registry)
     rules = LogVerifier()
     tree = TreeBuilder()
     last = RawMessage("", 0, b"", {})
     for message in messages:
-        checked = rules.check(message, authenticate(message, registry))
+        checked = rules.check(message, authenticate(message, cached))
         report.findings.extend(checked.findings)
         tree.append(checked.leaf)
         report.events += 1

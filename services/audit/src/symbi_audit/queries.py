@@ -85,16 +85,16 @@ async def list_events(pool: asyncpg.Pool, q: EventQuery) -> tuple[list[dict[str,
         agg_type, sep, agg_id = q.aggregate.partition(".")
         if not sep or not agg_id:
             raise BadQuery(f"expected <type>.<id>, got {q.aggregate!r}", field="aggregate")
-    if q.agent:
-        agg_type, agg_id = "agent", q.agent
     rows = await pool.fetch(
         "SELECT * FROM audit.events WHERE sequence > $1"
         " AND ($2::text IS NULL OR aggregate_type = $2) AND ($3::text IS NULL OR aggregate_id = $3)"
         " AND ($4::text IS NULL OR event_type = $4) AND ($5::text IS NULL OR producer = $5)"
         " AND ($6::text IS NULL OR correlation_id = $6)"
         " AND ($7::timestamptz IS NULL OR occurred_at >= $7) AND ($8::timestamptz IS NULL OR occurred_at < $8)"
+        " AND ($10::text IS NULL OR agent_id = $10)"
         " ORDER BY sequence LIMIT $9",
         q.after, agg_type, agg_id, q.event_type, q.producer, q.correlation_id, q.since, q.until, q.limit + 1,
+        q.agent,
     )  # fmt: skip
     page = [_row(r) for r in rows[: q.limit]]
     return page, (page[-1]["sequence"] if len(rows) > q.limit else None)

@@ -27,6 +27,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import msgspec
+from symbi_common.crypto import Verifier
 from symbi_common.envelope import decode_header, decode_sealed, event_hash
 from symbi_common.errors import IntegrityError, MalformedEvent
 from symbi_common.keyring import KeyRegistry
@@ -60,6 +61,29 @@ def event_leaf(message: RawMessage, stored_hash: bytes | None = None) -> bytes:
     """The Merkle leaf hash of a stored event (``stored_hash``: its :func:`event_hash`, if already known)."""
     digest = stored_hash if stored_hash is not None else event_hash(message.data)
     return leaf_hash(leaf_data(message.sequence, message.subject, digest))
+
+
+class CachedRegistry(KeyRegistry):
+    """The same registry, remembering which (key, subject) pairs it has authorised.
+
+    The registry is immutable once loaded, so a positive answer stays true; refusals are not cached
+    (they raise, with the event's own sequence). Saves the subject-pattern matching on every event
+    of an aggregate after its first.
+    """
+
+    def __init__(self, registry: KeyRegistry, max_entries: int = 100_000) -> None:
+        super().__init__(registry.document)
+        self._authorised: dict[tuple[str, str], Verifier] = {}
+        self._max = max_entries
+
+    def authorise(self, key_id: str, subject: str, *, sequence: int | None = None) -> Verifier:
+        verifier = self._authorised.get((key_id, subject))
+        if verifier is None:
+            verifier = super().authorise(key_id, subject, sequence=sequence)
+            if len(self._authorised) >= self._max:
+                self._authorised.clear()
+            self._authorised[(key_id, subject)] = verifier
+        return verifier
 
 
 def authenticate(message: RawMessage, registry: KeyRegistry) -> OpenedEvent | IntegrityError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureR
 from symbi_audit.live import LiveFeed, event_item
 from symbi_audit.merkle import TreeBuilder
 from symbi_audit.notes import Checkpoint, sign_checkpoint
-from symbi_audit.rules import Checked, Finding, LogVerifier, authenticate_all
+from symbi_audit.rules import CachedRegistry, Checked, Finding, LogVerifier, authenticate_all
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
 
 log = structlog.get_logger(__name__)
@@ -62,15 +63,15 @@ def _time(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
 
 
-def _event_row(c: Checked, leaf_index: int, stored_at: dt.datetime | None) -> tuple[Any, ...]:
+def _event_row(c: Checked, leaf_index: int, stored_at: dt.datetime | None, agent_id: str | None) -> tuple[Any, ...]:
     m = c.message
     if c.opened is None:
-        return (m.sequence, leaf_index, m.subject, *([None] * 11), stored_at, False)
+        return (m.sequence, leaf_index, m.subject, *([None] * 11), stored_at, False, None)
     h = c.opened.header
     return (
         m.sequence, leaf_index, m.subject, h.aggregate_type, h.aggregate_id, h.aggregate_version, h.event_type,
         h.producer, h.signing_key_id, h.event_id, h.correlation_id, h.causation_id, h.data_key_id,
-        _time(h.occurred_at), stored_at, not c.findings,
+        _time(h.occurred_at), stored_at, not c.findings, agent_id,
     )  # fmt: skip
 
 
@@ -92,13 +93,14 @@ class VerifierRunner:
         self.js = js
         self.nc = nc
         self.store = store
-        self.registry = registry
+        self.registry = CachedRegistry(registry)
         self.signer = signer
         self.datakeys = datakeys
         self.settings = settings
         self.live = live
         self.key_name = signer.key_id
-        self.executor = ThreadPoolExecutor(max_workers=settings.verify_threads or None, thread_name_prefix="verify")
+        threads = settings.verify_threads or os.cpu_count() or 1
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
         self.consumer_name = f"audit_verifier_{uuid.uuid4().hex[:12]}"
         self.rules = LogVerifier()
         self.tree = TreeBuilder()
@@ -142,7 +144,9 @@ class VerifierRunner:
             except Exception as exc:
                 if self._stopping.is_set():
                     break
-                log.warning("audit verifier interrupted, resuming from the stored position", error=repr(exc))
+                log.warning(
+                    "audit verifier interrupted, resuming from the stored position", error=repr(exc), exc_info=exc
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
                 delay = min(delay * 2, 5.0)
@@ -176,7 +180,9 @@ class VerifierRunner:
             while not self._stopping.is_set():
                 try:
                     msgs = await psub.fetch(self.settings.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass or, on some paths, the builtin one
+                    msgs = []
+                if not msgs:
                     await self._checkpoint_if_due()
                     continue
                 await self._process(msgs)
@@ -207,8 +213,11 @@ class VerifierRunner:
         checked = self.rules.check_all(raws, auths)
         batch = Batch(self.position, 0, [], [], [], {}, [], [])
         new_checkpoints: list[Checkpoint] = []
+        agents: list[str | None] = []
         for c in checked:
-            batch.events.append(_event_row(c, self.tree.size, stored_at.get(c.message.sequence)))
+            agent_id = await self._agent_of(c.opened) if c.opened is not None else None
+            agents.append(agent_id)
+            batch.events.append(_event_row(c, self.tree.size, stored_at.get(c.message.sequence), agent_id))
             batch.nodes.extend(self.tree.append(c.leaf))
             batch.findings.extend(c.findings)
             if c.opened is not None and c.opened.header.aggregate_type == AGGREGATE_TYPE and not c.findings:
@@ -225,7 +234,7 @@ class VerifierRunner:
         batch.tips = {s: self.rules.state.tips[s] for s in self.rules.changed}
         if not await self.store.commit_batch(batch, expected_sequence=start):
             raise SymbiError("the stored audit position moved under this verifier; reloading")
-        await self._after_commit(checked, batch.findings)
+        await self._after_commit(checked, agents, batch.findings)
         if new_checkpoints:
             CHECKPOINTS.inc(len(new_checkpoints))
             await self._publish_checkpoints()
@@ -236,6 +245,24 @@ class VerifierRunner:
         self.last_checkpoint_size = self.tree.size
         self.last_checkpoint_at = time.monotonic()
         return Checkpoint(self.settings.origin, self.tree.size, self.tree.root())
+
+    async def _agent_of(self, opened: OpenedEvent) -> str | None:
+        """The agent an event concerns: its aggregate for ``agent.*``, else the payload's ``agent_id`` field.
+
+        Other aggregates (tasks, executions, memories) name their agent only inside the encrypted
+        payload; the projection keeps that one field so "events of agent X" finds them all. A payload
+        that no longer decrypts (crypto-shredded) has no agent on record.
+        """
+        header = opened.header
+        if header.aggregate_type == "agent":
+            return header.aggregate_id
+        try:
+            key = await self.datakeys.by_id(header.data_key_id)
+            payload = msgspec.msgpack.decode(decrypt(opened, key))
+        except (SymbiError, msgspec.DecodeError):
+            return None
+        agent = payload.get("agent_id") if isinstance(payload, dict) else None
+        return agent if isinstance(agent, str) else None
 
     async def _erasure_row(self, opened: OpenedEvent) -> tuple[str, str, Any] | None:
         try:
@@ -253,7 +280,7 @@ class VerifierRunner:
             return "executed", opened.header.aggregate_id, (event.aggregate, opened.sequence, at)
         return None  # pragma: no cover - the codec knows only these two
 
-    async def _after_commit(self, checked: list[Checked], findings: list[Finding]) -> None:
+    async def _after_commit(self, checked: list[Checked], agents: list[str | None], findings: list[Finding]) -> None:
         POSITION.set(self.position)
         TREE_SIZE.set(self.tree.size)
         bad = sum(1 for c in checked if c.findings)
@@ -263,8 +290,8 @@ class VerifierRunner:
             FINDINGS.labels(f.kind).inc()
             log.warning("audit finding", kind=f.kind, sequence=f.sequence, subject=f.subject, reason=f.reason)
             await self._notify(ALERT_SUBJECT, _json.encode(f))
-        for c in checked:
-            item = event_item(c)
+        for c, agent_id in zip(checked, agents, strict=True):
+            item = event_item(c, agent_id)
             if item is not None:
                 self.live.publish(item)
                 subject = f"{self.settings.live_subject}.{item.aggregate_type}.{item.aggregate_id}.{item.event_type}"

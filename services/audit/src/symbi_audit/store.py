@@ -55,8 +55,10 @@ SCHEMA = (
         data_key_id text,
         occurred_at timestamptz,
         stored_at timestamptz,
-        verified boolean NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_agent ON audit.events (aggregate_type, aggregate_id, sequence)",
+        verified boolean NOT NULL,
+        agent_id text)""",
+    "CREATE INDEX IF NOT EXISTS events_aggregate ON audit.events (aggregate_type, aggregate_id, sequence)",
+    "CREATE INDEX IF NOT EXISTS events_agent ON audit.events (agent_id, sequence)",
     "CREATE INDEX IF NOT EXISTS events_type ON audit.events (event_type, sequence)",
     "CREATE INDEX IF NOT EXISTS events_producer ON audit.events (producer, sequence)",
     "CREATE INDEX IF NOT EXISTS events_time ON audit.events (occurred_at)",
@@ -93,7 +95,7 @@ POSITION = "verifier"
 EVENT_COLUMNS = (
     "sequence", "leaf_index", "subject", "aggregate_type", "aggregate_id", "aggregate_version", "event_type",
     "producer", "signing_key_id", "event_id", "correlation_id", "causation_id", "data_key_id", "occurred_at",
-    "stored_at", "verified",
+    "stored_at", "verified", "agent_id",
 )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter
 from symbi_common.aggregate import Repository
-from symbi_common.decisions import DecisionPoint, DecisionRequest, Deny, EntityRef, denied
+from symbi_common.decisions import DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef, denied
 from symbi_common.sealing import new_event_id
 
 from symbi_context.chunking import chunk_text, extract_text
@@ -103,7 +103,10 @@ def _principal(agent_id: str) -> EntityRef:
 
 
 def _resource(owner: str, scope: str) -> EntityRef:
-    return EntityRef(type="Memory", id=owner, attrs={"scope": scope})
+    """``Memory::"<owner>"``; an agent's memory has its agent as parent (the policy schema's ``resource in
+    principal``), a knowledge base has none: policies grant it by name."""
+    parents = (f'Agent::"{owner}"',) if scope == "memory" else ()
+    return EntityRef(type="Memory", id=owner, parents=parents)
 
 
 def _check_id(value: str, field: str) -> None:
@@ -131,12 +134,14 @@ class ContextService:
 
     # --- policy ---------------------------------------------------------------------------------------------
 
-    async def _require(self, agent_id: str, action: str, owner: str, scope: str) -> None:
+    async def _require(self, agent_id: str, action: str, owner: str, scope: str) -> DecisionRecord:
+        """The decision allowing ``action``, to record in the event; a denial raises :class:`PolicyDenied`."""
         request = DecisionRequest(principal=_principal(agent_id), action=action, resource=_resource(owner, scope))
         decision = await self.decisions.decide(request)
         if isinstance(decision, Deny):
             log.warning("memory write denied", agent_id=agent_id, resource=owner, reason=decision.reason)
             raise denied(request, decision)
+        return DecisionRecord.of(request, decision)
 
     async def readable(
         self, agent_id: str, owners: Sequence[str], knowledge_bases: Sequence[str]
@@ -186,7 +191,7 @@ class ContextService:
             check_tags(item.tags, f"memories[{i}].tags")
             if item.ttl_s is not None and item.ttl_s <= 0:
                 raise InvalidContext("must be positive", field=f"memories[{i}].ttl_s")
-        await self._require(agent_id, "memory.write", owner, "memory")
+        decision = await self._require(agent_id, "memory.write", owner, "memory")
         vectors = await self.embedder.embed([m.text for m in items])
         now = time.time()
         events = tuple(
@@ -203,6 +208,7 @@ class ContextService:
                 tags=item.tags,
                 metadata=item.metadata,
                 origin=item.origin,
+                decision=decision,
             )
             for item, vec in zip(items, vectors, strict=True)
         )
@@ -216,14 +222,15 @@ class ContextService:
         """Forget memories by id, or all of ``owner``'s memories matching ``where``."""
         owner = owner or agent_id
         _check_id(owner, "owner")
-        await self._require(agent_id, "memory.write", owner, "memory")
+        decision = await self._require(agent_id, "memory.write", owner, "memory")
         chosen = list(ids)
         if where is not None:
             scoped = dataclasses.replace(where, owners=(owner,))
             chosen += [h.id for h in await self.store.scroll(scoped)]
             if not chosen:
                 return Written([], 0)
-        _, records = await self.memories.execute(owner, Forget(ids=tuple(chosen), missing_ok=where is not None))
+        command = Forget(ids=tuple(chosen), missing_ok=where is not None, decision=decision)
+        _, records = await self.memories.execute(owner, command)
         return Written(chosen, records[-1].sequence if records else 0)
 
     # --- knowledge ------------------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ class ContextService:
         check_tags(tags)
         if not title.strip() or len(title) > 500:
             raise InvalidContext("must be 1-500 characters", field="title")
-        await self._require(agent_id, "memory.write", kb_id, "knowledge")
+        decision = await self._require(agent_id, "memory.write", kb_id, "knowledge")
         text = extract_text(content, media_type)
         chunks = chunk_text(
             text,
@@ -282,6 +289,7 @@ class ContextService:
                 tags=tuple(tags),
                 metadata=metadata or {},
                 origin=origin or Origin(),
+                decision=decision,
             )
             for i, group in enumerate(groups)
         )
@@ -290,8 +298,8 @@ class ContextService:
 
     async def forget_documents(self, agent_id: str, kb_id: str, document_ids: Sequence[str]) -> Written:
         _check_id(kb_id, "kb_id")
-        await self._require(agent_id, "memory.write", kb_id, "knowledge")
-        _, records = await self.knowledge.execute(kb_id, Forget(ids=tuple(document_ids)))
+        decision = await self._require(agent_id, "memory.write", kb_id, "knowledge")
+        _, records = await self.knowledge.execute(kb_id, Forget(ids=tuple(document_ids), decision=decision))
         return Written(list(document_ids), records[-1].sequence if records else 0)
 
     # --- reads ----------------------------------------------------------------------------------------------

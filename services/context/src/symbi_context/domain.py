@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
+from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
 from symbi_context.errors import InvalidContext, UnknownMemory
@@ -55,11 +56,14 @@ class MemoryStored(Event, frozen=True, kw_only=True, tag="memory.stored"):
     tags: tuple[str, ...] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
     origin: Origin = msgspec.field(default_factory=Origin)
+    #: The ``memory.write`` decision that allowed the write.
+    decision: DecisionRecord | None = None
 
 
 class MemoryForgotten(Event, frozen=True, kw_only=True, tag="memory.forgotten"):
     memory_ids: tuple[str, ...]
     reason: ForgetReason
+    decision: DecisionRecord | None = None
 
 
 MemoryEvent = MemoryStored | MemoryForgotten
@@ -90,11 +94,13 @@ class KnowledgeIngested(Event, frozen=True, kw_only=True, tag="knowledge.ingeste
     tags: tuple[str, ...] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
     origin: Origin = msgspec.field(default_factory=Origin)
+    decision: DecisionRecord | None = None
 
 
 class KnowledgeForgotten(Event, frozen=True, kw_only=True, tag="knowledge.forgotten"):
     document_ids: tuple[str, ...]
     reason: ForgetReason
+    decision: DecisionRecord | None = None
 
 
 KnowledgeEvent = KnowledgeIngested | KnowledgeForgotten
@@ -131,6 +137,7 @@ class StoreMemories(msgspec.Struct, frozen=True, kw_only=True):
 class Forget(msgspec.Struct, frozen=True, kw_only=True):
     ids: tuple[str, ...]
     reason: ForgetReason = "request"
+    decision: DecisionRecord | None = None
     #: Ids already gone are skipped instead of refused (sweepers racing with a request).
     missing_ok: bool = False
 
@@ -172,7 +179,7 @@ def decide_memory(state: ContextState, command: MemoryCommand) -> list[MemoryEve
     """Events for ``command``. Storing short-term memories past the capacity evicts the oldest ones."""
     if isinstance(command, Forget):
         ids = _forget(state, command)
-        return [MemoryForgotten(memory_ids=ids, reason=command.reason)] if ids else []
+        return [MemoryForgotten(memory_ids=ids, reason=command.reason, decision=command.decision)] if ids else []
     if command.short_term_capacity < 1:
         raise InvalidContext("must be at least 1", field="short_term_capacity")
     events: list[MemoryEvent] = []
@@ -194,7 +201,7 @@ def decide_memory(state: ContextState, command: MemoryCommand) -> list[MemoryEve
 def decide_knowledge(state: ContextState, command: KnowledgeCommand) -> list[KnowledgeEvent]:
     if isinstance(command, Forget):
         ids = _forget(state, command)
-        return [KnowledgeForgotten(document_ids=ids, reason=command.reason)] if ids else []
+        return [KnowledgeForgotten(document_ids=ids, reason=command.reason, decision=command.decision)] if ids else []
     if not command.parts:
         raise InvalidContext("a document needs at least one chunk", field="text")
     document_id = command.parts[0].document_id

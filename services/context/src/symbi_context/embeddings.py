@@ -58,7 +58,7 @@ def _normalise(vectors: npt.NDArray[Any]) -> Vectors:
 class LocalEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX) on the CPU. Loads lazily; inference runs in a worker thread."""
 
-    def __init__(self, *, batch_size: int = 32, threads: int = 0) -> None:
+    def __init__(self, *, batch_size: int = 16, threads: int = 0) -> None:
         self.batch_size = batch_size
         self.threads = threads
         self._session: Any = None

@@ -24,7 +24,7 @@ import nats.js.errors
 import numpy as np
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from symbi_common.datakeys import DataKeys
+from symbi_common.datakeys import DataKeys, DataKeyStore
 from symbi_common.errors import DataKeyDestroyed, SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import decrypt, open_envelope
@@ -145,6 +145,7 @@ class ContextIndex:
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.rejected = 0
+        self.shredded = 0
 
     async def run(self) -> None:
         """Apply events until :meth:`stop`; failures back off and resume from the store's position."""
@@ -255,6 +256,23 @@ class ContextIndex:
     async def _forget_documents(self, owner: str, document_ids: Sequence[str]) -> None:
         for document_id in document_ids:
             await self.store.delete_where(MetaFilter(owners=(owner,), equals={"document_id": document_id}))
+
+    async def follow_shredding(self, keys: DataKeyStore) -> None:
+        """Purge an owner's points the moment its data key is destroyed (crypto-shredding); runs until cancelled.
+
+        The events stay in the stream, unreadable; a rebuild skips them (see :meth:`apply_batch`), and this keeps
+        the live index from serving the plaintext it projected before.
+        """
+        async for name in keys.changes():
+            aggregate_type, _, owner = name.partition(".")
+            if aggregate_type not in (MEMORY.aggregate_type, KNOWLEDGE.aggregate_type) or not owner:
+                continue
+            if await keys.get(name) is not None:
+                continue  # rotated, not destroyed
+            scope = "memory" if aggregate_type == MEMORY.aggregate_type else "knowledge"
+            await self.store.delete_where(MetaFilter(owners=(owner,), equals={"scope": scope}))
+            self.shredded += 1
+            log.info("data key destroyed, owner purged from the index", owner=owner, scope=scope)
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are in the index."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 from fastapi import FastAPI
+from symbi_common.datakeys import KvDataKeyStore
 from symbi_common.errors import ConfigError
 from symbi_common.service import ServiceRuntime, create_app, serve
 from symbi_common.settings import ContextSettings, Settings, load_settings
@@ -80,6 +81,9 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.context = api
         app.state.index = index
         rt.spawn(index.run(), "context:index")
+        rt.spawn(
+            index.follow_shredding(await KvDataKeyStore.open(rt.js, replicas=settings.nats.replicas)), "context:shred"
+        )
         rt.spawn(_sweep_forever(service, cs.sweep_interval_s), "context:sweep")
         rt.spawn(_close_on_stop(index, store), "context:close")
         await asyncio.wait_for(index.ready.wait(), timeout=30)

@@ -183,11 +183,17 @@ class RagAnswer:
 
 class RagEngine:
     def __init__(
-        self, service: ContextService, *, chat_model: str = "", base_url: str = "https://api.openai.com/v1"
+        self,
+        service: ContextService,
+        *,
+        chat_model: str = "",
+        base_url: str = "https://api.openai.com/v1",
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.service = service
         self.chat_model = chat_model
         self.base_url = os.environ.get("OPENAI_BASE_URL", base_url).rstrip("/")
+        self.transport = transport
 
     async def _expand(self, passages: list[Retrieved]) -> list[Retrieved]:
         """Document retrieval: a knowledge chunk is read with its neighbours, so a passage cut mid-thought
@@ -266,7 +272,7 @@ class RagEngine:
         }
         headers = {"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY', '')}"}
         try:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=60.0) as http:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=60.0, transport=self.transport) as http:
                 response = await http.post("/chat/completions", json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise GenerationFailed(f"chat request failed: {exc}") from exc

@@ -15,6 +15,7 @@ task this host may have been running, removes their containers and reports them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -287,17 +288,22 @@ class SandboxAgent:
     # --- work -----------------------------------------------------------------------------------
 
     async def _consume(self, sub: Any) -> None:
-        while True:
-            try:
-                msgs = await sub.fetch(batch=8, timeout=1.0)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            except Exception as exc:
-                self.rt.note_error(f"work fetch: {exc}")
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._on_work(msg)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch=8, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except Exception as exc:
+                    self.rt.note_error(f"work fetch: {exc}")
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await self._on_work(msg)
+        finally:
+            # Drop the fetch's inbox now: a status reply left in it would hold up the connection's drain.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _on_work(self, msg: Any) -> None:
         try:
@@ -634,6 +640,13 @@ class SandboxAgent:
             ],
             "reconciled": msgspec.to_builtins(self.reconciled) if self.reconciled else None,
         }
+
+    async def drain(self, timeout: float = KILL_GRACE_S + 5) -> None:
+        """Wait until every sandbox has been cleaned up and reported (they are being cancelled)."""
+        pending = [r.done.wait() for r in self.running.values()]
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pending), timeout)
 
     def close(self) -> None:
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")  # only what is empty: nothing runs any more

@@ -43,9 +43,11 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 async def _close_on_stop(agent: SandboxAgent) -> None:
+    """On shutdown, let the sandboxes' own clean-up (kill, remove, report) finish, then close Docker."""
     try:
         await asyncio.Event().wait()
     finally:
+        await agent.drain()
         agent.close()
 
 

@@ -107,19 +107,23 @@ class Leader:
     # --- the loop -------------------------------------------------------------------------------
 
     async def renew(self) -> None:
-        """Keep the lease (or try to take it) every ``lease_ttl_s / 3``."""
-        while True:
-            try:
-                held = await self.lease.tick()
-            except Exception as exc:
-                log.warning("lease check failed", error=repr(exc))
-                held = False
-            if held != self.leading:
-                self.leading = held
-                self._dispatched.clear()
-                self._recent.clear()
-                self.wake.set()
-            await asyncio.sleep(self.settings.lease_ttl_s / 3)
+        """Keep the lease (or try to take it) every ``lease_ttl_s / 3``; hand it back on shutdown."""
+        try:
+            while True:
+                try:
+                    held = await self.lease.tick()
+                except Exception as exc:
+                    log.warning("lease check failed", error=repr(exc))
+                    held = False
+                if held != self.leading:
+                    self.leading = held
+                    self._dispatched.clear()
+                    self._recent.clear()
+                    self.wake.set()
+                await asyncio.sleep(self.settings.lease_ttl_s / 3)
+        finally:
+            self.leading = False
+            await asyncio.shield(self.lease.release())
 
     async def run(self) -> None:
         await self.synced.wait()
@@ -329,7 +333,9 @@ class Leader:
                     )
 
     async def _agent_done(self, chore: AgentDone) -> None:
-        if not self._due("complete", chore.task_id):
+        agent = self.model.agents.get(chore.agent_id)
+        # Once per assignment of the agent (a task re-queued and assigned again completes again).
+        if not self._due("complete", f"{chore.task_id}@{agent.assigned_seq if agent else 0}"):
             return
         try:
             await self.lifecycle(
@@ -339,9 +345,9 @@ class Leader:
             log.info("complete_task not applied", agent_id=chore.agent_id, task_id=chore.task_id, error=str(exc))
 
     async def _agent_denied(self, chore: AgentDenied) -> None:
-        if not self._due("deny", chore.task_id):
-            return
         rec = self.model.tasks[chore.task_id]
+        if not self._due("deny", f"{chore.task_id}@{rec.denied_seq}"):
+            return
         reason = rec.decision.reason if isinstance(rec.decision, DecisionRecord) else ""
         try:
             if chore.assign_first:

@@ -112,7 +112,7 @@ def _reject_line(statements: list[Statement], index: int | None) -> int | None:
     return statements[index].line
 
 
-def _parse_error(text: str, statements: list[Statement]) -> PolicyRejected:
+def _parse_error(statements: list[Statement]) -> PolicyRejected:
     """Find the first statement Cedar cannot parse and say where it is."""
     for st in statements:
         try:
@@ -134,7 +134,7 @@ def compile_policies(set_id: str, text: str) -> list[CompiledPolicy]:
     try:
         est = json.loads(cedarpy.policies_to_json_str(text))
     except ValueError:
-        raise _parse_error(text, statements) from None
+        raise _parse_error(statements) from None
     if est.get("templates"):
         raise PolicyRejected("templates (policies with ?principal or ?resource slots) are not supported")
     static: dict[str, dict[str, Any]] = est.get("staticPolicies") or {}

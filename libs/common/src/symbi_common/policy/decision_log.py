@@ -7,7 +7,8 @@ retries and the policy service ignores an id it has already stored, so a batch w
 stored once. Nothing is dropped: a batch that fails is retried with back-off, and when the queue is full
 :meth:`DecisionLog.record` waits for room (back-pressure on the enforcing code) instead of discarding.
 A denial is sent at once and :meth:`DecisionLog.record` waits until it is stored (or ``timeout`` passes,
-after which it stays queued for the next attempt).
+after which it stays queued for the next attempt); while the policy service does not answer, it is queued
+without waiting.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import structlog
 
 from symbi_common.commands import CommandClient
 from symbi_common.decisions import DecisionRecord, DecisionRequest
-from symbi_common.errors import SymbiError
+from symbi_common.errors import InfrastructureError, SymbiError
 from symbi_common.policy.events import LoggedDecision
 from symbi_common.sealing import new_event_id
 
@@ -46,6 +47,18 @@ class LogDecisionsTyped(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     source: str
     batch_id: str
     entries: list[LoggedDecision]
+
+
+def _shrunk(entry: LoggedDecision, size: int) -> LoggedDecision:
+    """``entry`` without entity attributes and context (its decision and who/what/which stay)."""
+    req = entry.request
+    request = msgspec.structs.replace(
+        req,
+        principal=msgspec.structs.replace(req.principal, attrs={}),
+        resource=msgspec.structs.replace(req.resource, attrs={}),
+        context={"omitted_bytes": size},
+    )
+    return msgspec.structs.replace(entry, request=request)
 
 
 class LogReceipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,10 +94,15 @@ class DecisionLog:
         self._enqueued = 0
         self._stored = 0
         self._wake = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.failures = 0
+        #: Decisions the policy service refused to store (a bug, never expected): counted and logged.
+        self.refused = 0
+        #: False from a failed send until the next one succeeds.
+        self.healthy = True
 
     @property
     def pending(self) -> int:
@@ -102,14 +120,22 @@ class DecisionLog:
             async with self._progress:
                 await self._progress.wait_for(lambda: len(self._queue) < self.max_pending)
         entry = LoggedDecision(request=request, record=record, at_ns=time.time_ns(), service=self.service)
-        self._queue.append(_encoder.encode(entry))
+        encoded = _encoder.encode(entry)
+        if len(encoded) > self.batch_bytes:  # keep the decision, not an attribute dump that could never be sent
+            encoded = _encoder.encode(_shrunk(entry, len(encoded)))
+        self._queue.append(encoded)
         self._enqueued += 1
         number = self._enqueued
         if record.effect == "deny" or len(self._queue) >= self.batch_size:
             self._wake.set()
-        if record.effect == "deny":
+        if record.effect == "deny" and self.healthy:
+            # Wait for the denial's event while the log is being stored; when the policy service does not
+            # answer, the denial stays queued and the caller is not held up once per denial.
             with contextlib.suppress(TimeoutError):
-                await self.wait_stored(number, self.timeout)
+                async with self._progress:
+                    await asyncio.wait_for(
+                        self._progress.wait_for(lambda: self._stored >= number or not self.healthy), self.timeout
+                    )
 
     async def wait_stored(self, number: int, timeout: float) -> None:
         """Wait until the first ``number`` queued decisions are stored."""
@@ -120,13 +146,14 @@ class DecisionLog:
         """Wait until everything queued so far is stored."""
         if self._enqueued > self._stored:
             self._wake.set()
+            self._retry_now.set()
             await self.wait_stored(self._enqueued, timeout or self.timeout)
 
     async def close(self) -> None:
         """Send what is queued (bounded by ``timeout``), then stop."""
         self._closing = True
-        try:
-            await self.flush()
+        try:  # a policy service that is not answering gets one more short chance, not the full timeout
+            await self.flush(self.timeout if self.healthy else min(self.timeout, 1.0))
         except TimeoutError:
             log.error("decision log closed with unsent decisions", source=self.source, unsent=len(self._queue))
         if self._task is not None:
@@ -159,17 +186,26 @@ class DecisionLog:
                 batch, batch_id = self._take(), new_event_id()
             try:
                 await self._send(batch_id, batch)
-            except (SymbiError, OSError) as exc:
+            except (InfrastructureError, OSError) as exc:
                 self.failures += 1
+                async with self._progress:
+                    self.healthy = False
+                    self._progress.notify_all()
                 log.warning("decision log batch not stored, retrying", source=self.source, error=str(exc))
-                await asyncio.sleep(delay)
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):  # back off, unless a flush asks for another try now
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            except SymbiError as exc:  # refused, not failed: retrying cannot help and would stop the whole log
+                self.refused += len(batch)
+                log.error("decision log batch refused", source=self.source, entries=len(batch), error=str(exc))
             delay = 0.1
             for _ in batch:
                 self._queue.popleft()
             async with self._progress:
                 self._stored += len(batch)
+                self.healthy = True
                 self._progress.notify_all()
             batch = []
             if not self._closing and len(self._queue) < self.batch_size and not self._wake.is_set():

@@ -63,6 +63,18 @@ def _entity(ref: EntityRef) -> dict[str, Any]:
     }
 
 
+#: Fields of the ``resources`` record the schema types as decimals: a whole number sent for one is one too.
+DECIMAL_RESOURCES = ("cpu_cores", "execution_timeout_s")
+
+
+def _context(context: Mapping[str, Any]) -> dict[str, Any]:
+    resources = context.get("resources")
+    if isinstance(resources, Mapping) and any(isinstance(resources.get(k), int) for k in DECIMAL_RESOURCES):
+        fixed = {k: float(v) if k in DECIMAL_RESOURCES and isinstance(v, int) else v for k, v in resources.items()}
+        context = {**context, "resources": fixed}
+    return {k: cedar_value(v) for k, v in context.items()}
+
+
 def cedar_request(request: DecisionRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``cedarpy`` request and entities of one :class:`DecisionRequest`."""
     p, r = request.principal, request.resource
@@ -71,7 +83,7 @@ def cedar_request(request: DecisionRequest) -> tuple[dict[str, Any], list[dict[s
         "principal": {"type": p.type, "id": p.id},
         "action": {"type": "Action", "id": request.action},
         "resource": {"type": r.type, "id": r.id},
-        "context": {k: cedar_value(v) for k, v in request.context.items()},
+        "context": _json.encode(_context(request.context)).decode(),  # as JSON text: cedarpy passes it through
     }
     return cedar, entities
 
@@ -99,9 +111,9 @@ class PolicyEngine:
     def decide(self, request: DecisionRequest) -> Decision:
         try:
             cedar, entities = cedar_request(request)
-        except ValidationError as exc:
+            result = cedarpy.is_authorized(cedar, self._cedar, _json.encode(entities).decode())
+        except (ValidationError, ValueError) as exc:  # ValueError: Cedar refused the request or its entities
             return Deny(reason=f"the request cannot be evaluated: {exc}", policy_version=self.version)
-        result = cedarpy.is_authorized(cedar, self._cedar, _json.encode(entities).decode())
         return self._decision(result)
 
     def decide_batch(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
@@ -116,6 +128,9 @@ class PolicyEngine:
         return tuple(self._policies[i].name if i in self._policies else i for i in ids)
 
     def _decision(self, result: cedarpy.AuthzResult) -> Decision:
+        if result.decision == cedarpy.Decision.NoDecision:  # Cedar could not even build the request
+            errors = "; ".join(result.diagnostics.errors) or "no decision"
+            return Deny(reason=f"the request cannot be evaluated: {errors}", policy_version=self.version)
         reasons = sorted(result.diagnostics.reasons)  # Cedar reports them in no fixed order
         broken = [
             pid

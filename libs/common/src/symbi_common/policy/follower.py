@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -54,15 +53,10 @@ class PolicyFollower:
         self.compiled: dict[str, list[CompiledPolicy]] = {}
         self._changed = asyncio.Condition()
         self._sub: Any = None
-        self._listeners: list[Callable[[PolicyEngine], None]] = []
 
     @property
     def version(self) -> int:
         return self.engine.version
-
-    def on_change(self, listener: Callable[[PolicyEngine], None]) -> None:
-        """Call ``listener`` with each new engine."""
-        self._listeners.append(listener)
 
     async def start(self, timeout: float = 10.0) -> None:
         """Subscribe from the stream start and return once every stored policy event is applied."""
@@ -139,7 +133,5 @@ class PolicyFollower:
         if self.position == self.engine.version:
             return
         self.engine = PolicyEngine(self.compiled, self.position)
-        for listener in self._listeners:
-            listener(self.engine)
         async with self._changed:
             self._changed.notify_all()

@@ -93,7 +93,7 @@ class EdgeVectorStore:
         self.hnsw_ef_construct = hnsw_ef_construct
         self.hnsw_ef = hnsw_ef
         # Binary codes rank coarsely: rescoring needs a deeper candidate list than int8 codes do.
-        self.oversampling = oversampling or {"binary": 8.0}.get(quantization, 3.0)
+        self.oversampling = oversampling or {"binary": 16.0}.get(quantization, 3.0)
         self.indexing_threads = indexing_threads
         self._shard = self._open()
 

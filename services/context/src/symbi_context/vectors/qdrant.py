@@ -89,7 +89,7 @@ class QdrantVectorStore:
         self._dimension = dimension
         self.collection = collection
         self.quantization = quantization
-        self.oversampling = oversampling or {"binary": 8.0}.get(quantization, 3.0)
+        self.oversampling = oversampling or {"binary": 16.0}.get(quantization, 3.0)
 
     @classmethod
     async def connect(

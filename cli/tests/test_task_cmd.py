@@ -1,0 +1,142 @@
+"""``symbi task run`` and ``symbi task logs`` against a real scheduler (served over HTTP by uvicorn), the real
+lifecycle service, a real nats-server, and a sandbox host played with real events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from symbi_cli.main import app
+from symbi_common.settings import load_settings
+from symbi_lifecycle.main import build_app as build_lifecycle
+from symbi_scheduler.main import build_app as build_scheduler
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services" / "scheduler" / "tests"))
+
+from schedkit import FakeHost, scheduler_env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve(asgi: Any, port: int) -> AsyncIterator[str]:
+    """Run ``asgi`` (lifespan and all) on a real port in this event loop."""
+    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def runtime(
+    nats_url: str, database_url: str, keys_dir: Path, make_store: Any, nats_connect: Any
+) -> AsyncIterator[tuple[str, Callable[..., Any]]]:
+    """Lifecycle (in-process) with agent ``upper`` registered, a scheduler on a real port, and host h1."""
+    env = {
+        "SYMBI_NATS_URL": nats_url,
+        "SYMBI_DATABASE_URL": database_url,
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
+    }
+    lifecycle = build_lifecycle(load_settings(env=env))
+    hosts: list[FakeHost] = []
+    async with lifecycle.router.lifespan_context(lifecycle):
+        transport = httpx.ASGITransport(app=lifecycle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+            config = {"name": "upper", "workload": {"image": "symbi/busybox:1", "command": ["tr", "a-z", "A-Z"]}}
+            r = await http.post("/v1/agents", json={"agent_id": "upper", "config": config})
+            assert r.status_code == 201, r.text
+            settings = load_settings(env=scheduler_env(nats_url, keys_dir))
+            async with serve(build_scheduler(settings), _free_port()) as url:
+
+                async def add_host(**options: Any) -> FakeHost:
+                    nc = await nats_connect()
+                    host = FakeHost("h1", nc, await make_store("sandbox-agent", nc=nc), **options)
+                    await host.start(settings)
+                    hosts.append(host)
+                    return host
+
+                yield url, add_host
+                for host in hosts:
+                    await host.stop()
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+async def test_run_prints_the_result_and_follows_progress(runtime: Any, nats_url: str) -> None:
+    url, add_host = runtime
+    await add_host(delay=0.5)
+    result = await asyncio.to_thread(invoke, "task", "run", "upper", "hello world", "--url", url, "--nats", nats_url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "HELLO WORLD"
+    assert "succeeded on h1" in result.stderr
+
+
+async def test_run_exits_with_the_workloads_exit_code(runtime: Any, nats_url: str) -> None:
+    url, add_host = runtime
+    host: FakeHost = await add_host(hold=True)
+    run = asyncio.create_task(
+        asyncio.to_thread(invoke, "task", "run", "upper", "x", "--task-id", "t-fail", "--url", url, "--nats", nats_url)
+    )
+    await host.wait_running("t-fail")
+    await host.finish("t-fail", exit_code=3)
+    result = await run
+    assert result.exit_code == 3
+    assert "failed" in result.stderr
+
+
+async def test_logs_follow_output_live(runtime: Any, nats_url: str) -> None:
+    url, add_host = runtime
+    host: FakeHost = await add_host(hold=True)
+    submitted = await asyncio.to_thread(
+        invoke, "task", "run", "upper", "abc", "--detach", "--task-id", "t-logs", "--url", url
+    )
+    assert submitted.stdout.strip() == "t-logs"
+    await host.wait_running("t-logs")
+    follow = asyncio.create_task(
+        asyncio.to_thread(
+            invoke, "task", "logs", "t-logs", "--stream", "stdout", "-f", "--url", url, "--nats", nats_url
+        )
+    )
+    await asyncio.sleep(1.0)
+    assert not follow.done()  # still following: the task has not ended
+    await host.finish("t-logs")
+    result = await asyncio.wait_for(follow, 20)
+    assert result.exit_code == 0
+    assert result.stdout == "ABC"
+
+
+def test_unreachable_scheduler_is_a_clear_error() -> None:
+    result = invoke("task", "run", "upper", "x", "--url", f"http://127.0.0.1:{_free_port()}")
+    assert result.exit_code == 2
+    assert "cannot reach the scheduler" in result.stderr
+
+
+async def test_unknown_agent_is_reported(runtime: Any) -> None:
+    url, _ = runtime
+    result = await asyncio.to_thread(invoke, "task", "run", "nobody", "x", "--url", url)
+    assert result.exit_code == 2
+    assert "not registered" in result.stderr

@@ -1,0 +1,79 @@
+"""``task.allocate``: a denial is its own event and suspends the agent through the lifecycle; clearing the
+violation (resume) puts the task back in the queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
+from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
+from symbi_scheduler.domain import TaskAssigned, TaskResumed, TaskSuspended
+
+
+class DenyAgents:
+    """A decision point (the :class:`~symbi_common.decisions.DecisionPoint` port) denying listed agents."""
+
+    def __init__(self, *agents: str) -> None:
+        self.denied = set(agents)
+        self.requests: list[DecisionRequest] = []
+
+    @property
+    def version(self) -> int:
+        return 7
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        if request.principal.id in self.denied:
+            return Deny(reason="host pool closed to this agent", policies=("no-untrusted-hosts",), policy_version=7)
+        return Allow(policies=("allow-known",), policy_version=7)
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return [await self.decide(r) for r in requests]
+
+
+async def test_denied_allocation_suspends_the_agent_until_cleared(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    await register_agent(lifecycle, "shady")
+    host: FakeHost = await hosts("h1")
+    point = DenyAgents("shady")
+    store = await make_store("scheduler")
+    async with start_scheduler(decisions=point) as scheduler:
+        view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "shady", "input": "x"}, status=201)
+        task_id = view["task_id"]
+        denied = await until_status(scheduler, task_id, "denied")
+        assert denied["decision"]["effect"] == "deny"
+        assert denied["decision"]["policies"] == ["no-untrusted-hosts"]
+        request = point.requests[0]
+        assert request.action == "task.allocate"
+        assert request.resource.uid == 'Host::"h1"'
+        assert request.principal.uid == 'Agent::"shady"'
+
+        async def suspended() -> bool:
+            return (await agent_events(store, "shady"))[-1] == "agent.suspended"
+
+        await eventually(suspended)
+        assert host.started == []
+
+        point.denied.clear()  # the policy changed; an operator clears the violation
+        await lifecycle.json("POST", "/v1/agents/shady/resume", {"reason": "policy fixed"})
+        done = await until_status(scheduler, task_id, "completed")
+        assert done["outcome"] == "succeeded"
+        assert done["decision"]["effect"] == "allow"
+
+        async def ready_again() -> bool:
+            return (await agent_events(store, "shady"))[-1] == "agent.task_completed"
+
+        await eventually(ready_again)
+    events = await task_events(store, task_id)
+    suspensions = [e for e in events if isinstance(e, TaskSuspended)]
+    assert len(suspensions) == 1
+    assert suspensions[0].reason == "policy_denied"
+    assert suspensions[0].decision is not None
+    assert suspensions[0].decision.reason == "host pool closed to this agent"
+    assert suspensions[0].decision.policy_version == 7
+    assert any(isinstance(e, TaskResumed) for e in events)
+    assigned = [e for e in events if isinstance(e, TaskAssigned)]
+    assert [a.attempt for a in assigned] == [1]
+    assert assigned[0].decision.policies == ("allow-known",)
+    assert host.started == [(task_id, 1)]
