@@ -12,7 +12,7 @@ its input).
   input on stdin), output and terminal events, ``task.completed``.
 * baseline: ``docker run --rm -i [--runtime runsc] symbi/busybox:1 cat`` with the same input.
 
-Rounds alternate (ABBA) per tier. Target per tier: median ours ≤ 1.3 × median baseline + 50 ms.
+Rounds alternate (ABBA) per tier. Target per tier: median ours <= 1.3 x median baseline + 50 ms.
 Needs Docker with runc (tier1) and runsc (tier2, skipped when missing) and the image
 (``deploy/host/setup-docker.sh``).
 

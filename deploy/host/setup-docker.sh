@@ -57,14 +57,17 @@ if [ ! -f "$DAEMON_JSON" ] || [ "$(cat "$DAEMON_JSON")" != "$want" ]; then
 fi
 
 # 3. Start dockerd (no init system here: in the background, its log in $LOG).
+PIDFILE=/var/run/docker.pid
 running() { docker info >/dev/null 2>&1; }
+dockerd_pid() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null && cat "$PIDFILE"; }
 if running && [ "$config_changed" = 1 ]; then
   step "reloading dockerd for the new runtime config"
-  pkill -HUP -x dockerd || true
+  pid=$(dockerd_pid) || fail "dockerd runs but $PIDFILE does not name it; restart it to load $DAEMON_JSON"
+  kill -HUP "$pid"
   sleep 1
 fi
 if ! running; then
-  if pgrep -x dockerd >/dev/null; then
+  if dockerd_pid >/dev/null; then
     step "dockerd is starting, waiting"
   else
     step "starting dockerd (log: $LOG)"

@@ -25,7 +25,9 @@ def read_definition(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except OSError as err:
-        raise DslError([Diagnostic(code="io", message=f"cannot read the file: {err.strerror}", file=str(path))]) from None
+        raise DslError(
+            [Diagnostic(code="io", message=f"cannot read the file: {err.strerror}", file=str(path))]
+        ) from None
     except UnicodeDecodeError as err:
         raise DslError(
             [Diagnostic(code="encoding", message=f"not UTF-8 text (byte {err.start})", file=str(path))]

@@ -23,11 +23,11 @@ import nats.errors
 import typer
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
-from symbi_common.errors import IntegrityError, KeyringError
+from symbi_audit.rules import CachedRegistry, LogVerifier, authenticate
+from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
-from symbi_common.sealing import ChainTip, check_link, open_envelope
-from symbi_common.streams import EVENTS_STREAM
+from symbi_common.streams import EVENTS_STREAM, RawMessage
 
 DEFAULT_HOME = Path(".symbi")
 
@@ -52,33 +52,31 @@ class EventLine:
 
 
 class StreamVerifier:
-    """Checks events in stream order; remembers each aggregate's chain tip to check the links.
+    """Checks events in stream order with the audit service's rules (:mod:`symbi_audit.rules`).
 
-    An aggregate first seen in the middle of its chain (``--last``/``--since``) is trusted from
-    that event on; everything after is checked against it.
+    ``partial`` (a ``--last`` window or a subject filter): stream sequences are not checked and an
+    aggregate first seen in the middle of its chain is trusted from that event on. Reading the whole
+    stream also reports sequence gaps (removed events).
     """
 
-    def __init__(self, registry: KeyRegistry) -> None:
-        self.registry = registry
-        self.tips: dict[str, ChainTip] = {}
+    def __init__(self, registry: KeyRegistry, *, partial: bool = True) -> None:
+        self.registry = CachedRegistry(registry)
+        self.verifier = LogVerifier(partial=partial)
 
     def check(self, subject: str, sequence: int, data: bytes, headers: dict[str, str], stored_at: str) -> EventLine:
-        fallback_type = headers.get("Symbi-Event-Type", "?")
-        try:
-            opened = open_envelope(data, subject=subject, sequence=sequence, registry=self.registry)
-            header = opened.header
-            prev = self.tips.get(subject)
-            if prev is not None or header.aggregate_version == 1:
-                check_link(prev or ChainTip(), opened)
-            self.tips[subject] = opened.tip
-        except IntegrityError as err:
+        message = RawMessage(subject=subject, sequence=sequence, data=data, headers=headers)
+        checked = self.verifier.check(message, authenticate(message, self.registry))
+        problem = "; ".join(f.reason for f in checked.findings)
+        code = checked.findings[0].kind if checked.findings else ""
+        if checked.opened is None:
             return EventLine(
-                sequence, subject, stored_at, fallback_type, headers.get("Symbi-Producer", "?"), None,
-                "", headers.get("Nats-Msg-Id", ""), False, err.message, err.code,
+                sequence, subject, stored_at, headers.get("Symbi-Event-Type", "?"), headers.get("Symbi-Producer", "?"),
+                None, "", headers.get("Nats-Msg-Id", ""), False, problem, code,
             )  # fmt: skip
+        header = checked.opened.header
         return EventLine(
             sequence, subject, stored_at, header.event_type, header.producer, header.aggregate_version,
-            header.signing_key_id, header.event_id, True, "", "",
+            header.signing_key_id, header.event_id, not checked.findings, problem, code,
         )  # fmt: skip
 
 
@@ -132,7 +130,7 @@ async def tail(
 ) -> AsyncIterator[EventLine]:
     """Verified lines for the stored events (the last ``last`` only, if given)."""
     start = await _first_sequence(nats_url, last) if last else 1
-    verifier = StreamVerifier(registry)
+    verifier = StreamVerifier(registry, partial=bool(last) or subject != "evt.>")
     async for subj, seq, data, headers, stored_at in read_events(
         nats_url, subject, start_sequence=start, follow=follow
     ):

@@ -26,7 +26,7 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
     for service, subjects in SERVICE_SUBJECTS.items():
         events = [p for p in publish_allow(service) if p.startswith("evt.")]
         assert events == list(subjects)
-        assert subscribe_allow(service) == [f"cmd.{service}.*", "_INBOX.>"]
+        assert subscribe_allow(service) == [f"cmd.{service}.>", "_INBOX.>"]
     assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap.", "$KV."))]
 
 

@@ -64,7 +64,7 @@ async def test_events_stream_denies_delete_and_purge(provisioned: NatsClient, js
     assert raw is not None
     assert raw.data == b"history"
     # The audit stream is just as append-only.
-    ack = await js.publish("audit.x", b"entry")
+    ack = await js.publish("audit.checkpoint", b"entry")
     with pytest.raises(APIError):
         await js.purge_stream(AUDIT_STREAM)
     with pytest.raises(APIError):

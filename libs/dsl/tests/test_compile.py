@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cedarpy
 import pytest
-from symbi_common.decisions import Allow, AllowWithConditions, Deny, DecisionRequest, EntityRef
+from symbi_common.decisions import Allow, AllowWithConditions, DecisionRequest, Deny, EntityRef
 from symbi_common.policy.cedar import compile_policies, schema_text
 from symbi_common.policy.engine import PolicyEngine
 from symbi_dsl import DslError, check, compile_agent
@@ -129,7 +129,8 @@ def test_compiled_policies_decide_as_written() -> None:
     )
     engine = PolicyEngine({"a-1": compile_policies("a-1", config["policies"][0]["cedar"])}, 1)
     allowed = engine.decide(_request("data.write", "Data", "lake", destination="lake"))
-    assert isinstance(allowed, Allow) and allowed.policies
+    assert isinstance(allowed, Allow)
+    assert allowed.policies
     denied = engine.decide(_request("data.write", "Data", "lake", destination="pastebin"))
     assert isinstance(denied, Deny)
     assert "deny: data.write" in denied.reason

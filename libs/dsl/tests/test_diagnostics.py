@@ -12,7 +12,7 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     ("agent a() {\n  x = [1, 2\n}\n", [("syntax", 3, 1, "unexpected '}'")]),
     ('agent a() {\n  x = "open\n}\n', [("syntax", 2, 7, "unexpected character")]),
     ("agent a( {\n}\n", [("syntax", 1, 10, "unexpected '{'")]),
-    ("agent a() {\n  capabilities = [\"x\"]\n", [("syntax", 2, 22, "ends early")]),
+    ('agent a() {\n  capabilities = ["x"]\n', [("syntax", 2, 22, "ends early")]),
     ("agent a() { x = 'single' }\n", [("syntax", 1, 17, "unexpected character")]),
     ("metadata { version: 1.0.0 }\n", [("syntax", 1, 25, "unexpected '0'")]),
     ("agent a() { timout = 30s }\n", [("unknown_key", 1, 13, "unknown key 'timout'")]),
@@ -24,15 +24,18 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     ("agent a() { with cpu = 100 { } }\n", [("range", 1, 24, "between 0.1 and 64")]),
     ("agent a() { with sandbox = tier3 { } }\n", [("value", 1, 28, "sandbox must be one of")]),
     ("agent a() { with timeout = 1m { }\n with timeout = 2m { } }\n", [("duplicate", 2, 7, "set twice")]),
-    ("agent a() { capabilities = \"web\" }\n", [("type", 1, 28, "expected a list")]),
-    ("agent a() { capabilities = [\"Web Fetch\"] }\n", [("value", 1, 29, "not a capability name")]),
-    ("agent a() { version = \"latest\" }\n", [("value", 1, 23, "version must be like 1.2.3")]),
-    ("agent a() { apis = [\"http://x.example\"] }\n", [("value", 1, 21, "not an https:// URL")]),
-    ("agent a() { filesystem = [{path: \"rel\", mode: \"rwx\"}] }\n", [
-        ("value", 1, 34, "absolute path"),
-        ("value", 1, 47, "mode must be one of"),
-    ]),
-    ("agent a() { workload = {command: [\"x\"]} }\n", [("missing", 1, 24, "needs an image")]),
+    ('agent a() { capabilities = "web" }\n', [("type", 1, 28, "expected a list")]),
+    ('agent a() { capabilities = ["Web Fetch"] }\n', [("value", 1, 29, "not a capability name")]),
+    ('agent a() { version = "latest" }\n', [("value", 1, 23, "version must be like 1.2.3")]),
+    ('agent a() { apis = ["http://x.example"] }\n', [("value", 1, 21, "not an https:// URL")]),
+    (
+        'agent a() { filesystem = [{path: "rel", mode: "rwx"}] }\n',
+        [
+            ("value", 1, 34, "absolute path"),
+            ("value", 1, 47, "mode must be one of"),
+        ],
+    ),
+    ('agent a() { workload = {command: ["x"]} }\n', [("missing", 1, 24, "needs an image")]),
     ("agent a() { }\nagent a() { }\n", [("duplicate", 2, 1, "defined twice (first on line 1)")]),
     ("type T { a: String }\ntype T = Int\n", [("duplicate", 2, 1, "defined twice")]),
     ("agent a(x: Strnig) { }\n", [("undefined", 1, 12, "type 'Strnig'")]),
@@ -42,23 +45,25 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     (OK_AGENT + 'schedule s { cron: "0 2 * * *", agent: ghost }\n', [("undefined", 4, 40, "agent 'ghost'")]),
     (OK_AGENT + 'schedule s { cron: "0 25 * * *", agent: ok }\n', [("cron", 4, 20, "not a valid cron")]),
     (OK_AGENT + 'schedule s { cron: "every day", agent: ok }\n', [("cron", 4, 20, "not a valid cron")]),
-    (OK_AGENT + 'schedule s { agent: ok }\n', [("missing", 4, 1, "needs 'cron'")]),
-    (OK_AGENT + 'schedule s { cron: "0 * * * *", agent: ok, timezone: "Mars/Olympus" }\n', [
-        ("value", 4, 54, "not a time zone")
-    ]),
-    (OK_AGENT + 'schedule s { cron: "0 * * * *", agent: ok, priority: urgent }\n', [
-        ("value", 4, 54, "priority must be one of")
-    ]),
+    (OK_AGENT + "schedule s { agent: ok }\n", [("missing", 4, 1, "needs 'cron'")]),
+    (
+        OK_AGENT + 'schedule s { cron: "0 * * * *", agent: ok, timezone: "Mars/Olympus" }\n',
+        [("value", 4, 54, "not a time zone")],
+    ),
+    (
+        OK_AGENT + 'schedule s { cron: "0 * * * *", agent: ok, priority: urgent }\n',
+        [("value", 4, 54, "priority must be one of")],
+    ),
     (OK_AGENT + "memory m { retention: 10m }\n", [("range", 4, 23, "out of range")]),
     (OK_AGENT + "memory m { search { vector_weight: 2 } }\n", [("range", 4, 36, "between 0 and 1")]),
     (OK_AGENT + 'webhook w { path: "/h", agent: ok, secret: "plain" }\n', [("type", 4, 44, "secret reference")]),
     (OK_AGENT + "channel c { platform: irc, agent: ok }\n", [("value", 4, 23, "platform must be one of")]),
     ("policy p { allow: launch_missiles }\n", [("policy", 1, 19, "names an action")]),
-    ("policy p { allow: tool.invoke if user.role == \"x\" }\n", [("policy", 1, 34, "unknown name 'user.role'")]),
-    ("policy p { allow: tool.invoke(\"x\") if context.n > 1.5 }\n", [("policy", 1, 51, "no fractional")]),
+    ('policy p { allow: tool.invoke if user.role == "x" }\n', [("policy", 1, 34, "unknown name 'user.role'")]),
+    ('policy p { allow: tool.invoke("x") if context.n > 1.5 }\n', [("policy", 1, 51, "no fractional")]),
     ("policy p { require: data.read }\n", [("policy", 1, 21, "says which condition")]),
-    ("policy p { require: redact(data.read(\"x\"), \"ssn\") }\n", [("policy", 1, 44, "list of strings")]),
-    ("policy p { allow: rocket.launch(\"x\") }\n", [("policy", 1, 19, "which kind of resource")]),
+    ('policy p { require: redact(data.read("x"), "ssn") }\n', [("policy", 1, 44, "list of strings")]),
+    ('policy p { allow: rocket.launch("x") }\n', [("policy", 1, 19, "which kind of resource")]),
     ("policy p { allow: task.frobnicate }\n", [("policy", 1, 12, "policy schema")]),
 ]
 
@@ -74,7 +79,8 @@ def test_each_broken_definition_reports_the_expected_error(
     for diagnostic, (_, _, _, words) in zip(info.value.diagnostics, expected, strict=True):
         assert words in diagnostic.message, diagnostic.message
         assert diagnostic.file == "broken.symbi"
-        assert diagnostic.excerpt and "^" in diagnostic.excerpt.splitlines()[1]
+        assert diagnostic.excerpt
+        assert "^" in diagnostic.excerpt.splitlines()[1]
 
 
 def test_all_errors_of_a_file_at_once() -> None:

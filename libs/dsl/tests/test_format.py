@@ -73,7 +73,9 @@ names = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(lambda n: 
 type_names = st.sampled_from(["String", "Int", "Float", "Bool", "Duration", "Json", "Custom"])
 keys = st.one_of(
     names,
-    st.sampled_from(["policy", "with", "agent", "type", "if", "in", "or", "deny", "let", "true", "catch", "match", "a b", "ä"]),
+    st.sampled_from(
+        ["policy", "with", "agent", "type", "if", "in", "or", "deny", "let", "true", "catch", "match", "a b", "ä"]
+    ),
 )
 strings = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 literals = st.one_of(

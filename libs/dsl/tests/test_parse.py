@@ -27,7 +27,8 @@ def _expr(text: str) -> A.Expr:
     agent = module.items[0]
     assert isinstance(agent, A.Agent)
     entry = agent.items[0]
-    assert isinstance(entry, A.Entry) and not isinstance(entry.value, tuple)
+    assert isinstance(entry, A.Entry)
+    assert not isinstance(entry.value, tuple)
     return entry.value
 
 
@@ -42,7 +43,9 @@ def test_operator_precedence_and_words() -> None:
             A.Binary(
                 "==",
                 A.Unary("!", A.Name("c")),
-                A.Binary("+", A.Literal_("int", 1), A.Binary("*", A.Literal_("int", 2), A.Unary("-", A.Literal_("int", 3)))),
+                A.Binary(
+                    "+", A.Literal_("int", 1), A.Binary("*", A.Literal_("int", 2), A.Unary("-", A.Literal_("int", 3)))
+                ),
             ),
         ),
     )
@@ -53,11 +56,13 @@ def test_operator_precedence_and_words() -> None:
 
 
 def test_postfix_lambdas_records_and_literals() -> None:
-    e = _expr('rows.filter(r => r.amount > 0)[0].id')
-    assert isinstance(e, A.Member) and e.name == "id"
+    e = _expr("rows.filter(r => r.amount > 0)[0].id")
+    assert isinstance(e, A.Member)
+    assert e.name == "id"
     assert isinstance(e.obj, A.Index)
     call = e.obj.obj
-    assert isinstance(call, A.Call) and isinstance(call.args[0], A.Lambda)
+    assert isinstance(call, A.Call)
+    assert isinstance(call.args[0], A.Lambda)
     assert _expr('{a: 1, "b c": true, d: null}') == A.Record(
         (("a", A.Literal_("int", 1)), ("b c", A.Literal_("bool", True)), ("d", A.Literal_("null", None)))
     )
@@ -82,7 +87,8 @@ def test_postfix_lambdas_records_and_literals() -> None:
 )
 def test_durations_and_sizes(text: str, kind: str, value: float) -> None:
     e = _expr(text)
-    assert isinstance(e, A.Quantity) and (e.kind, e.value, e.text) == (kind, value, text)
+    assert isinstance(e, A.Quantity)
+    assert (e.kind, e.value, e.text) == (kind, value, text)
     assert quantity(text).value == value
 
 
@@ -110,7 +116,8 @@ def test_statements_in_with_blocks() -> None:
     kinds = [type(s).__name__ for s in block.body]
     assert kinds == ["Let", "If", "For", "Try", "Let", "Return"]
     branch = block.body[1]
-    assert isinstance(branch, A.If) and isinstance(branch.orelse, A.If)
+    assert isinstance(branch, A.If)
+    assert isinstance(branch.orelse, A.If)
     assert isinstance(branch.orelse.orelse, tuple)
 
 
@@ -129,12 +136,25 @@ agent a() { policy: 1 }
 """
     module = parse(source)
     kinds = [type(i).__name__ for i in module.items]
-    assert kinds == ["Metadata", "TypeRecord", "TypeAlias_", "Function", "Policy", "Block", "Block", "Block", "Block", "Agent"]
+    assert kinds == [
+        "Metadata",
+        "TypeRecord",
+        "TypeAlias_",
+        "Function",
+        "Policy",
+        "Block",
+        "Block",
+        "Block",
+        "Block",
+        "Agent",
+    ]
     channel = module.items[8]
-    assert isinstance(channel, A.Block) and [e.key for e in channel.entries] == ["platform", "agent", "policy", "with"]
+    assert isinstance(channel, A.Block)
+    assert [e.key for e in channel.entries] == ["platform", "agent", "policy", "with"]
     assert module.comments == ((1, 1, "# a file comment"), (7, 61, "// trailing"))
     memory = module.items[6]
-    assert isinstance(memory, A.Block) and isinstance(memory.entries[1].value, tuple)
+    assert isinstance(memory, A.Block)
+    assert isinstance(memory.entries[1].value, tuple)
 
 
 def test_positions_are_one_based_lines_and_columns() -> None:
@@ -143,5 +163,6 @@ def test_positions_are_one_based_lines_and_columns() -> None:
     assert isinstance(agent, A.Agent)
     assert (agent.span.line, agent.span.column) == (3, 1)
     entry = agent.items[0]
-    assert isinstance(entry, A.Entry) and not isinstance(entry.value, tuple)
+    assert isinstance(entry, A.Entry)
+    assert not isinstance(entry.value, tuple)
     assert (entry.span.line, entry.span.column, entry.value.span.column) == (4, 3, 7)

@@ -179,3 +179,29 @@ async def test_data_survives_reopen(kind: str, tmp_path: Path) -> None:
         assert (await again.search(points[4].vector, limit=1))[0].id == points[4].id
     finally:
         await again.close()
+
+
+async def test_embedded_index_is_built_while_writes_and_searches_go_on(tmp_path: Path) -> None:
+    """``optimize`` builds the HNSW graph in a worker thread; upserts and searches keep working meanwhile."""
+    import asyncio
+
+    dim = 384
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(14_000, dim)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    store = EdgeVectorStore(tmp_path / "edge", dim, quantization="int8")
+    empty = document_keywords("")
+    try:
+        await store.upsert([VectorPoint(str(uuid.UUID(int=i + 1)), data[i], empty, {"n": i}) for i in range(12_000)])
+        building = asyncio.create_task(store.optimize())
+        await store.upsert(
+            [VectorPoint(str(uuid.UUID(int=i + 1)), data[i], empty, {"n": i}) for i in range(12_000, 14_000)]
+        )
+        assert (await store.search(data[13_500], limit=1))[0].payload["n"] == 13_500
+        await building
+        await store.optimize()
+        assert store._shard.info().indexed_vectors_count >= 12_000
+        assert await store.count() == 14_000
+        assert (await store.search(data[42], limit=1))[0].payload["n"] == 42
+    finally:
+        await store.close()

@@ -25,6 +25,7 @@ from symbi_lifecycle.main import build_app
 from .conftest import Running
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples" / "agents").glob("*.symbi"))
+TEXTS = {p.stem: p.read_text() for p in EXAMPLES}
 
 
 class CedarPoint:
@@ -53,7 +54,7 @@ async def history(http: httpx.AsyncClient, agent_id: str, sequence: int) -> list
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 async def test_every_example_registers_ready(running: Running, path: Path) -> None:
-    text = path.read_text()
+    text = TEXTS[path.stem]
     agent_id = path.stem
     r = await running.http.post("/v1/agents", json={"agent_id": agent_id, "definition": text, "file": str(path)})
     assert r.status_code == 201, r.text
@@ -75,8 +76,7 @@ async def test_every_example_registers_ready(running: Running, path: Path) -> No
 
 
 async def test_schedules_and_policies_reach_the_config(running: Running) -> None:
-    path = next(p for p in EXAMPLES if p.stem == "scheduled-reporter")
-    r = await running.http.post("/v1/agents", json={"agent_id": "rep", "definition": path.read_text()})
+    r = await running.http.post("/v1/agents", json={"agent_id": "rep", "definition": TEXTS["scheduled-reporter"]})
     config = r.json()["config"]
     assert [(s["name"], s["cron"], s["timezone"], s["priority"]) for s in config["schedules"]] == [
         ("monday_report", "0 8 * * 1", "America/New_York", "normal"),
@@ -165,7 +165,7 @@ async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(run
         return point
 
     running.service.controller.decisions = decisions
-    hello = next(p for p in EXAMPLES if p.stem == "hello").read_text()
+    hello = TEXTS["hello"]
     r = await running.http.post(
         "/v1/agents", json={"agent_id": "denied", "definition": hello}, headers={"X-Symbi-User": "mallory"}
     )
@@ -196,7 +196,7 @@ async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(run
     }
 
     # The same policy set allows a tier2 agent, and records which policy allowed it.
-    pipeline = next(p for p in EXAMPLES if p.stem == "data-pipeline").read_text()
+    pipeline = TEXTS["data-pipeline"]
     r = await running.http.post("/v1/agents", json={"agent_id": "allowed", "definition": pipeline})
     assert r.status_code == 201, r.text
     events = await history(running.http, "allowed", r.json()["sequence"])
@@ -215,7 +215,7 @@ async def test_cap_resources_conditions_lower_the_limits(running: Running) -> No
         return point
 
     running.service.controller.decisions = decisions
-    pipeline = next(p for p in EXAMPLES if p.stem == "data-pipeline").read_text()
+    pipeline = TEXTS["data-pipeline"]
     r = await running.http.post("/v1/agents", json={"agent_id": "capped", "definition": pipeline})
     agent = r.json()
     assert agent["state"] == "Ready"
@@ -226,7 +226,7 @@ async def test_cap_resources_conditions_lower_the_limits(running: Running) -> No
 
 
 async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings: Settings) -> None:
-    hello = next(p for p in EXAMPLES if p.stem == "hello").read_text()
+    hello = TEXTS["hello"]
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         service = app.state.lifecycle

@@ -202,13 +202,18 @@ def _registered(config: AgentConfig = VALID) -> AgentState:
 
 def test_register_leaves_the_agent_initializing_until_initialize() -> None:
     [registered] = decide(initial("a"), Register(config=VALID, definition="agent a() {}", registered_by="alice"))
-    assert isinstance(registered, AgentRegistered) and registered.registered_by == "alice"
+    assert isinstance(registered, AgentRegistered)
+    assert registered.registered_by == "alice"
     state = apply(initial("a"), registered)
-    assert state.status == S.INITIALIZING and state.definition == "agent a() {}"
+    assert state.status == S.INITIALIZING
+    assert state.definition == "agent a() {}"
     [ready] = decide(state, INIT_READY)
-    assert isinstance(ready, AgentReady) and ready.decision == ALLOW and ready.config == VALID
+    assert isinstance(ready, AgentReady)
+    assert ready.decision == ALLOW
+    assert ready.config == VALID
     after = apply(state, ready)
-    assert after.status == S.READY and after.definition == ""  # the text is not kept once compiled
+    assert after.status == S.READY
+    assert after.definition == ""
     with pytest.raises(IllegalTransition):
         decide(after, INIT_READY)
 
@@ -219,9 +224,11 @@ def test_initialize_fails_with_every_problem_or_the_denial() -> None:
     fields = {i.field for i in failed.errors}
     assert {"name", "resources.memory_mb", "resources.cpu_cores"} <= fields
     [denied] = decide(_registered(), INIT_DENIED)
-    assert isinstance(denied, AgentDenied) and denied.decision == DENY
+    assert isinstance(denied, AgentDenied)
+    assert denied.decision == DENY
     state = apply(_registered(), denied)
-    assert state.status == S.FAILED and state.errors[0].message == "no"
+    assert state.status == S.FAILED
+    assert state.errors[0].message == "no"
 
 
 def test_illegal_transition_names_state_command_and_allowed() -> None:

@@ -57,7 +57,8 @@ async def test_suspend_freezes_and_resume_continues(
         await command(agent, "suspend", task_id)
     assert (await command(agent, "resume", task_id))["status"] == "running"
     r = await scheduler.result(task_id)
-    assert isinstance(r.terminal, ExecutionExited) and r.terminal.exit_code == 0, r.terminal
+    assert isinstance(r.terminal, ExecutionExited), r.terminal
+    assert r.terminal.exit_code == 0
     assert r.stdout == b"".join(f"tick {i}\n".encode() for i in range(20))
     assert len(r.of(ExecutionPaused)) == len(r.of(ExecutionResumed)) == 1
 
@@ -71,7 +72,8 @@ async def test_terminate_stops_and_removes_even_a_suspended_gvisor_sandbox(
     reply = await command(agent, "terminate", task_id)
     assert reply == {"task_id": task_id, "status": "ended", "outcome": "killed"}
     r = await scheduler.result(task_id)
-    assert isinstance(r.terminal, ExecutionKilled) and r.terminal.reason.startswith("terminated")
+    assert isinstance(r.terminal, ExecutionKilled)
+    assert r.terminal.reason.startswith("terminated")
     assert containers_of(docker_client, agent.host_id) == []
     # Terminating again answers with the outcome; an unknown task is a typed error.
     assert (await command(agent, "terminate", task_id))["outcome"] == "killed"
@@ -87,7 +89,8 @@ async def test_a_task_with_network_access_is_refused_not_run_unlimited(
     assert isinstance(r.terminal, ExecutionRefused)
     assert r.terminal.code == "limit_not_enforceable"
     assert "network IO cannot be limited" in r.terminal.reason
-    assert len(r.events) == 1 and containers_of(docker_client, agent.host_id) == []
+    assert len(r.events) == 1
+    assert containers_of(docker_client, agent.host_id) == []
 
 
 async def test_a_missing_image_is_refused(agent: Agent, scheduler: Scheduler) -> None:
@@ -102,7 +105,8 @@ async def test_a_missing_image_is_refused(agent: Agent, scheduler: Scheduler) ->
     await scheduler.store.append("task", task_id, [bad], TASKS, expected=assigned)
     await scheduler.publish(agent.host_id, task_id, 2)
     r = await scheduler.result(task_id)
-    assert isinstance(r.terminal, ExecutionRefused) and r.terminal.attempt == 2
+    assert isinstance(r.terminal, ExecutionRefused)
+    assert r.terminal.attempt == 2
     assert "nowhere/none:0 is not on host" in r.terminal.reason
 
 
@@ -124,11 +128,13 @@ async def test_a_policy_denial_is_refused_with_its_record(agent: Agent, schedule
     agent.app.state.runtime._decisions = DenySandboxes()
     task_id = await scheduler.submit(agent.host_id, ["echo", "hi"])
     r = await scheduler.result(task_id)
-    assert isinstance(r.terminal, ExecutionRefused) and r.terminal.code == "policy_denied"
+    assert isinstance(r.terminal, ExecutionRefused)
+    assert r.terminal.code == "policy_denied"
     assert "tier1 is not allowed" in r.terminal.reason
     assert r.terminal.decision is not None
     assert (r.terminal.decision.effect, r.terminal.decision.policies) == ("deny", ("no-tier1",))
-    assert r.terminal.decision.action == "sandbox.start" and r.terminal.decision.policy_version == 7
+    assert r.terminal.decision.action == "sandbox.start"
+    assert r.terminal.decision.policy_version == 7
 
 
 async def test_a_redelivered_or_stale_work_item_does_not_run_twice(agent: Agent, scheduler: Scheduler) -> None:
@@ -140,7 +146,9 @@ async def test_a_redelivered_or_stale_work_item_does_not_run_twice(agent: Agent,
     # The consumer drained all three (work-queue retention removes acked items).
     js = scheduler.nc.jetstream()
     deadline = time.monotonic() + 10
-    while (await js.stream_info("WORK")).state.messages and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if (await js.stream_info("WORK")).state.messages == 0:
+            break
         await asyncio.sleep(0.1)
     assert (await js.stream_info("WORK")).state.messages == 0
     events = await scheduler.events(task_id)
@@ -148,19 +156,51 @@ async def test_a_redelivered_or_stale_work_item_does_not_run_twice(agent: Agent,
     assert len([e for e in events if isinstance(e, ExecutionStarted)]) == 1
 
 
-async def test_the_host_registers_and_keeps_a_heartbeat(agent: Agent, scheduler: Scheduler) -> None:
+async def test_the_host_registers_and_keeps_a_heartbeat(agent: Agent, scheduler: Scheduler, docker_client: Any) -> None:
+    status0 = (await agent.http.get("/v1/host")).json()
     kv = await scheduler.nc.jetstream().key_value("HOSTS")
     first = msgspec.json.decode((await kv.get(agent.host_id)).value)
-    assert first["host_id"] == agent.host_id and set(first["tiers"]) == {"tier1", "tier2"}
-    assert first["cpu_cores"] >= 1 and first["memory_mb"] > 0
+    assert first["host_id"] == agent.host_id
+    assert set(first["tiers"]) == {"tier1", "tier2"}
+    assert first["cpu_cores"] >= 1
+    assert first["memory_mb"] > 0
     task_id = await scheduler.submit(agent.host_id, ["sleep", "3"])
     await asyncio.sleep(1.5)
     later = msgspec.json.decode((await kv.get(agent.host_id)).value)
-    assert later["heartbeat_at"] > first["heartbeat_at"] and later["running"] == [task_id]
+    assert later["heartbeat_at"] > first["heartbeat_at"]
+    assert later["running"] == [task_id]
+    # Docker's own view of the running sandbox: every limit and hardening flag is in place.
+    [container] = containers_of(docker_client, agent.host_id)
+    hc = docker_client.api.inspect_container(container["Id"])["HostConfig"]
+    assert hc["Runtime"] == "runc"
+    assert (hc["NetworkMode"], hc["ReadonlyRootfs"], hc["CapDrop"]) == ("none", True, ["ALL"])
+    assert hc["SecurityOpt"] == ["no-new-privileges"]
+    assert (hc["Memory"], hc["MemorySwap"], hc["NanoCpus"], hc["PidsLimit"]) == (128 * 2**20, 128 * 2**20, 10**9, 256)
+    assert (
+        hc["BlkioDeviceReadBps"] == hc["BlkioDeviceWriteBps"] == [{"Path": status0["blkio_device"], "Rate": 50 * 2**20}]
+    )
+    assert hc["LogConfig"]["Type"] == "none"
+    assert "/tmp" in hc["Tmpfs"]
     status = (await agent.http.get("/v1/host")).json()
-    assert status["host_id"] == agent.host_id and [t["task_id"] for t in status["tasks"]] == [task_id]
+    assert status["host_id"] == agent.host_id
+    assert [t["task_id"] for t in status["tasks"]] == [task_id]
     assert status["blkio_device"].startswith("/dev/")
     await scheduler.result(task_id)
     host_events = [r.event for r in await scheduler.store.load("host", agent.host_id, HOST_CODEC)]
-    assert isinstance(host_events[0], HostReconciled) and isinstance(host_events[1], HostRegistered)
+    assert isinstance(host_events[0], HostReconciled)
+    assert isinstance(host_events[1], HostRegistered)
     assert host_events[1].tiers == ("tier1", "tier2")
+
+
+async def test_a_new_attempt_waits_until_the_old_one_is_stopped(agent: Agent, scheduler: Scheduler) -> None:
+    task_id = await scheduler.submit(agent.host_id, ["sh", "-c", "echo first; sleep 60"])
+    await scheduler.wait_for(task_id, lambda ev: outputs(ev) >= 1)
+    # The scheduler re-assigns the task to this host as attempt 2 before attempt 1 is stopped.
+    await scheduler.submit(agent.host_id, ["sh", "-c", "echo second"], task_id=task_id, attempt=2)
+    await asyncio.sleep(1.0)
+    assert [e.attempt for e in await scheduler.events(task_id) if isinstance(e, ExecutionStarted)] == [1]
+    await command(agent, "terminate", task_id)
+    events = await scheduler.wait_for(task_id, lambda ev: isinstance(ev[-1], ExecutionExited), timeout=20)
+    kinds = [(type(e).__name__, e.attempt) for e in events if not isinstance(e, ExecutionOutput)]
+    assert kinds == [("ExecutionStarted", 1), ("ExecutionKilled", 1), ("ExecutionStarted", 2), ("ExecutionExited", 2)]
+    assert [e.data for e in events if isinstance(e, ExecutionOutput)] == [b"first\n", b"second\n"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from symbi_sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
     ExecutionFailed,
+    ExecutionKilled,
     ExecutionOutput,
     ExecutionStarted,
     HostReconciled,
@@ -43,12 +45,25 @@ async def test_two_daemons_each_run_only_their_hosts_work(
         for task_id, host in tasks.items():
             r = await scheduler.result(task_id)
             [started] = r.of(ExecutionStarted)
-            assert started.host_id == host and started.container.startswith(f"symbi-{host}-")
+            assert started.host_id == host
+            assert started.container.startswith(f"symbi-{host}-")
             assert r.stdout == f"{host}\n".encode()
         kv = await scheduler.nc.jetstream().key_value("HOSTS")
         assert {msgspec.json.decode((await kv.get(h)).value)["host_id"] for h in hosts} == set(hosts)
     for host in hosts:
         assert containers_of(docker_client, host) == []
+
+
+async def test_shutdown_kills_removes_and_reports_running_sandboxes(
+    docker_client: Any, agent_settings: Callable[..., Settings], scheduler: Scheduler, host_id: str
+) -> None:
+    async with running_agent(agent_settings()):
+        task_id = await scheduler.submit(host_id, ["sh", "-c", "echo up; sleep 60"], tier="tier2")
+        await scheduler.wait_for(task_id, lambda ev: any(isinstance(e, ExecutionOutput) for e in ev))
+    r = await scheduler.result(task_id, timeout=5)
+    assert isinstance(r.terminal, ExecutionKilled)
+    assert r.terminal.reason.startswith("shutdown")
+    assert containers_of(docker_client, host_id) == []
 
 
 def shim_pids(container_id: str) -> list[int]:
@@ -75,10 +90,8 @@ def leave_a_runsc_shim_behind(client: docker.DockerClient, host_id: str) -> str:
     )["Id"]
     api.start(cid)
     api.pause(cid)
-    try:
+    with contextlib.suppress(docker.errors.APIError):
         api.remove_container(cid, force=True)  # refused: "PID … is zombie and can not be killed"
-    except docker.errors.APIError:
-        pass
     deadline = time.monotonic() + 20
     try:
         while api.inspect_container(cid)["State"]["Running"] and time.monotonic() < deadline:
@@ -105,7 +118,12 @@ async def test_start_up_removes_its_containers_and_leftover_runtime_processes(
         assert shim_pids(gone) == []
         assert containers_of(docker_client, host_id) == []
         events = [r.event for r in await scheduler.store.load("host", host_id, HOST_CODEC)]
-        assert isinstance(events[0], HostReconciled) and set(leftover) <= set(events[0].killed_processes)
+        assert isinstance(events[0], HostReconciled)
+        assert set(leftover) <= set(events[0].killed_processes)
+
+
+def tail(log: Path) -> str:
+    return log.read_text()[-2000:]
 
 
 def free_port() -> int:
@@ -139,7 +157,7 @@ async def wait_registered(scheduler: Scheduler, host_id: str, after: float, proc
     kv = await scheduler.nc.jetstream().key_value("HOSTS") if after else None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the daemon exited: {log.read_text()[-2000:]}"
+        assert proc.poll() is None, f"the daemon exited: {tail(log)}"
         try:
             kv = kv or await scheduler.nc.jetstream().key_value("HOSTS")
             entry = msgspec.json.decode((await kv.get(host_id)).value)
@@ -148,7 +166,7 @@ async def wait_registered(scheduler: Scheduler, host_id: str, after: float, proc
         except Exception:
             pass
         await asyncio.sleep(0.2)
-    raise AssertionError(f"daemon {host_id} did not register: {log.read_text()[-2000:]}")
+    raise AssertionError(f"daemon {host_id} did not register: {tail(log)}")
 
 
 async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing_orphaned(
@@ -172,14 +190,18 @@ async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing
     with daemon_process(env, log) as second:
         await wait_registered(scheduler, host_id, restarted_at, second, log)
         r1, r2, r3 = [await scheduler.result(t) for t in (running, vanishing, queued)]
-        assert isinstance(r1.terminal, ExecutionFailed) and "restarted while the task ran" in r1.terminal.reason
-        assert isinstance(r2.terminal, ExecutionFailed) and "vanished" in r2.terminal.reason
-        assert isinstance(r3.terminal, ExecutionExited) and r3.stdout == b"after the crash\n"
+        assert isinstance(r1.terminal, ExecutionFailed)
+        assert "restarted while the task ran" in r1.terminal.reason
+        assert isinstance(r2.terminal, ExecutionFailed)
+        assert "vanished" in r2.terminal.reason
+        assert isinstance(r3.terminal, ExecutionExited)
+        assert r3.stdout == b"after the crash\n"
         assert containers_of(docker_client, host_id) == []
         reconciled = [r.event for r in await scheduler.store.load("host", host_id, HOST_CODEC)][-2]
         assert isinstance(reconciled, HostReconciled)
         assert set(reconciled.failed_tasks) == {running, vanishing}
-        assert len(reconciled.removed_containers) == 1 and running in reconciled.removed_containers[0]
+        assert len(reconciled.removed_containers) == 1
+        assert running in reconciled.removed_containers[0]
     # A clean stop: uvicorn re-raises the SIGTERM it handled, after the lifespan shut down.
     assert second.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
     assert "Traceback" not in log.read_text().split("restarted")[-1]

@@ -7,6 +7,9 @@ import hashlib
 import msgspec
 import pytest
 from symbi_common.decisions import DecisionRecord
+from symbi_common.errors import ConfigError
+from symbi_common.settings import SandboxSettings
+from symbi_sandbox_agent.agent import check_settings, resolve_host_id
 from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_sandbox_agent.events import (
     ExecutionExited,
@@ -20,7 +23,7 @@ from symbi_sandbox_agent.events import (
 from symbi_sandbox_agent.execution import EXECUTION
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
-from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, build_spec
+from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
 from symbi_sandbox_agent.tasks import LimitSpec, TaskAssigned, TaskCompleted, TaskSubmitted, WorkloadSpec, fold_task
 
 # --- risk ------------------------------------------------------------------------------------------
@@ -35,8 +38,10 @@ def test_low_risk_runs_in_tier1_and_high_risk_in_tier2() -> None:
     )
     a, b = assess(low, default_tier="gvisor"), assess(high, default_tier="docker")
     assert (a.tier, a.score) == ("tier1", 0.0)
-    assert b.tier == "tier2" and b.score >= 0.5
-    assert b.factors["network_access"] == 1.0 and "score" in b.reason
+    assert b.tier == "tier2"
+    assert b.score >= 0.5
+    assert b.factors["network_access"] == 1.0
+    assert "score" in b.reason
 
 
 def test_threshold_is_inclusive_for_tier2() -> None:
@@ -53,14 +58,17 @@ def test_unknown_factors_fall_back_to_the_default_tier() -> None:
     assert assess(RiskFactors(), default_tier="gvisor").tier == "tier2"
     partial = RiskFactors(network_access=0.0, filesystem_access=0.0, external_integrations=0.0)
     chosen = assess(partial, default_tier="gvisor")
-    assert chosen.tier == "tier2" and set(chosen.unknown) == {"data_sensitivity", "code_trust"}
+    assert chosen.tier == "tier2"
+    assert set(chosen.unknown) == {"data_sensitivity", "code_trust"}
     assert assess(partial, default_tier="docker").tier == "tier1"
 
 
 def test_a_forced_tier_wins_but_the_score_is_kept() -> None:
     high = RiskFactors(data_sensitivity=1.0, code_trust=0.0, network_access=1.0)
     forced = assess(high, forced="docker")
-    assert forced.tier == "tier1" and forced.score > 0.5 and "forces" in forced.reason
+    assert forced.tier == "tier1"
+    assert forced.score > 0.5
+    assert "forces" in forced.reason
 
 
 def test_factors_from_a_definition() -> None:
@@ -92,7 +100,8 @@ def test_output_is_chunked_at_64k_and_digested() -> None:
     assert [len(c) for _, c in chunks] == [65536, 65536, 65536, 59392]
     assert b"".join(c for _, c in chunks) == data
     d = out.digest()
-    assert d.stdout_bytes == len(data) and d.stdout_sha256 == hashlib.sha256(data).hexdigest()
+    assert d.stdout_bytes == len(data)
+    assert d.stdout_sha256 == hashlib.sha256(data).hexdigest()
     assert not d.truncated
 
 
@@ -103,7 +112,8 @@ def test_output_past_the_cap_is_dropped_and_flagged() -> None:
     assert out.exceeded
     kept = out.flush()
     assert sum(len(c) for _, c in kept) == 100
-    assert out.digest().truncated and out.digest().stdout_bytes == 40
+    assert out.digest().truncated
+    assert out.digest().stdout_bytes == 40
 
 
 # --- spec ------------------------------------------------------------------------------------------
@@ -126,15 +136,20 @@ def task(tier: str = "tier1", network: tuple[str, ...] = (), **lim: float) -> ob
 def test_spec_hardens_every_sandbox() -> None:
     spec = build_spec(task("tier2", memory_mb=64), "h1", CAPS, SandboxDefaults(pids_limit=64))  # type: ignore[arg-type]
     hc = spec.host_config_kwargs("/x/input")
-    assert spec.runtime == "runsc" and hc["runtime"] == "runsc"
-    assert hc["network_mode"] == "none" and hc["read_only"] is True and hc["cap_drop"] == ["ALL"]
+    assert spec.runtime == "runsc"
+    assert hc["runtime"] == "runsc"
+    assert hc["network_mode"] == "none"
+    assert hc["read_only"] is True
+    assert hc["cap_drop"] == ["ALL"]
     assert hc["security_opt"] == ["no-new-privileges"]
     assert hc["mem_limit"] == hc["memswap_limit"] == 64 * 1024 * 1024
     assert hc["pids_limit"] == GVISOR_MIN_PIDS  # raised for gVisor
     assert hc["device_write_bps"] == [{"Path": "/dev/vda", "Rate": 100 * 1024 * 1024}]
     assert "noexec" in hc["tmpfs"]["/tmp"]
     ck = spec.create_kwargs("/x/input")
-    assert ck["user"] == "65534:65534" and ck["network_disabled"] is True and ck["stdin_open"] is True
+    assert ck["user"] == "65534:65534"
+    assert ck["network_disabled"] is True
+    assert ck["stdin_open"] is True
     assert ck["labels"] == {"symbi.host_id": "h1", "symbi.task_id": "t1", "symbi.attempt": "2"}
     assert spec.name == "symbi-h1-t1-2"
 
@@ -153,9 +168,30 @@ def test_unenforceable_limits_are_refused() -> None:
         build_spec(task(disk_io_mbps=0), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
 
 
+def test_policy_caps_only_lower_the_limits() -> None:
+    spec = build_spec(task(memory_mb=256, cpu_cores=2.0), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
+    capped = apply_caps(spec, {"memory_mb": 64, "cpu_cores": 4, "execution_timeout_s": 10})
+    assert (capped.limits.memory_mb, capped.limits.cpu_cores, capped.limits.execution_timeout_s) == (64, 2.0, 10.0)
+    with pytest.raises(InvalidWorkload, match="too little"):
+        apply_caps(spec, {"memory_mb": 1})
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"sandbox\.user"):
+        check_settings(SandboxSettings(user="0:0"))
+    with pytest.raises(ConfigError, match="heartbeat_interval_s"):
+        check_settings(SandboxSettings(heartbeat_interval_s=10))
+    with pytest.raises(ConfigError, match=r"sandbox\.host_id"):
+        resolve_host_id("bad.host")
+    check_settings(SandboxSettings())
+    assert resolve_host_id("ok-1") == "ok-1"
+
+
 def test_task_view_ends_with_completion() -> None:
     view = fold_task("t", [TaskSubmitted(agent_id="a", input=b"x"), TaskAssigned(host_id="h"), TaskCompleted()])
-    assert view.ended and view.input == b"x" and view.agent_id == "a"
+    assert view.ended
+    assert view.input == b"x"
+    assert view.agent_id == "a"
 
 
 # --- execution aggregate -------------------------------------------------------------------------

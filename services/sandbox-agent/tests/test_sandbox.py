@@ -38,22 +38,24 @@ async def test_a_task_returns_its_stdout_as_result_in_each_tier(agent: Agent, sc
         assert r.stdout == f"the input\nthe input\nhi 65534 {task_id}\n".encode()
         assert r.stderr == b"to-log\n"
         [started] = r.of(ExecutionStarted)
-        assert started.tier == tier and started.runtime == {"tier1": "runc", "tier2": "runsc"}[tier]
-        assert started.decision.action == "sandbox.start" and started.decision.effect == "allow"
+        assert started.tier == tier
+        assert started.runtime == {"tier1": "runc", "tier2": "runsc"}[tier]
+        assert started.decision.action == "sandbox.start"
+        assert started.decision.effect == "allow"
         assert started.decision.policies == ("enforcement-disabled",)
-        assert started.hardening["network"] == "none" and started.hardening["root_filesystem"] == "read-only"
+        assert started.hardening["network"] == "none"
+        assert started.hardening["root_filesystem"] == "read-only"
         assert r.terminal.output.stdout_sha256 == hashlib.sha256(r.stdout).hexdigest()
         assert r.terminal.usage.peak_memory_bytes > 0
 
 
-async def test_a_megabyte_written_at_once_comes_through_intact_in_each_tier(
-    agent: Agent, scheduler: Scheduler
-) -> None:
+async def test_a_megabyte_written_at_once_comes_through_intact_in_each_tier(agent: Agent, scheduler: Scheduler) -> None:
     # One write(2) of 1 MiB (dd bs=1M) after stdin was consumed: under gVisor this stalls if stdin stays open.
     script = "cat > /dev/null; head -c 1048576 /dev/urandom > /tmp/r; dd if=/tmp/r bs=1048576 count=1 2>/dev/null"
     results = await run_both(agent, scheduler, script, input=b"x" * 200_000)
     for tier, r in results.items():
-        assert isinstance(r.terminal, ExecutionExited) and r.terminal.exit_code == 0, (tier, r.terminal)
+        assert isinstance(r.terminal, ExecutionExited), (tier, r.terminal)
+        assert r.terminal.exit_code == 0
         assert len(r.stdout) == MIB
         assert r.terminal.output.stdout_bytes == MIB
         assert hashlib.sha256(r.stdout).hexdigest() == r.terminal.output.stdout_sha256
@@ -96,7 +98,8 @@ async def test_a_fork_bomb_hits_the_pids_limit(agent: Agent, scheduler: Schedule
 async def test_allocating_past_the_memory_limit_is_an_oom_event(agent: Agent, scheduler: Scheduler) -> None:
     for tier, r in (await run_both(agent, scheduler, "tail /dev/zero", lim=limits(memory_mb=48))).items():
         assert isinstance(r.terminal, ExecutionOomKilled), (tier, r.terminal)
-        assert r.terminal.exit_code == 137 and r.terminal.memory_limit_bytes == 48 * MIB
+        assert r.terminal.exit_code == 137
+        assert r.terminal.memory_limit_bytes == 48 * MIB
         assert r.terminal.usage.peak_memory_bytes > 20 * MIB, (tier, r.terminal.usage)
 
 
@@ -104,7 +107,8 @@ async def test_running_past_the_timeout_is_killed(agent: Agent, scheduler: Sched
     lim = limits(execution_timeout_s=1.5)
     for tier, r in (await run_both(agent, scheduler, "echo begun; sleep 60; echo never", lim=lim)).items():
         assert isinstance(r.terminal, ExecutionTimedOut), (tier, r.terminal)
-        assert r.terminal.timeout_s == 1.5 and 1.5 <= r.terminal.duration_s < 15
+        assert r.terminal.timeout_s == 1.5
+        assert 1.5 <= r.terminal.duration_s < 15
         assert r.stdout == b"begun\n"
 
 
@@ -115,5 +119,6 @@ async def test_printing_past_the_output_cap_is_killed(agent: Agent, scheduler: S
     assert isinstance(r.terminal, ExecutionKilled), r.terminal
     assert r.terminal.reason.startswith("output_cap")
     cap = agent.daemon.settings.output_cap_bytes
-    assert len(r.stdout) == cap and r.terminal.output.truncated
+    assert len(r.stdout) == cap
+    assert r.terminal.output.truncated
     assert r.stdout[:10] == b"spam\nspam\n"

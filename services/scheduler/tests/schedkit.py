@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from symbi_sandbox_agent.events import (
     ExecutionKilled,
     ExecutionOutput,
     ExecutionPaused,
+    ExecutionRefused,
     ExecutionResumed,
     ExecutionStarted,
     Limits,
@@ -54,7 +56,7 @@ def scheduler_env(nats_url: str, keys_dir: Path, **settings: str) -> dict[str, s
     env = {
         "SYMBI_NATS_URL": nats_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_LOG_LEVEL": os.environ.get("SCHEDULER_TEST_LOG_LEVEL", "warning"),
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
         "SYMBI_SCHEDULER__TICK_S": "0.1",
         "SYMBI_SCHEDULER__LEASE_TTL_S": "1.5",
@@ -172,6 +174,7 @@ class FakeHost:
         tiers: tuple[str, ...] = ("tier1", "tier2"),
         hold: bool = False,
         delay: float = 0.0,
+        refuse: bool = False,
         work: Callable[[bytes], bytes] = bytes.upper,
     ) -> None:
         self.host_id = host_id
@@ -183,6 +186,7 @@ class FakeHost:
         self.tiers = tiers
         self.hold = hold
         self.delay = delay
+        self.refuse = refuse
         self.work = work
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
@@ -258,6 +262,14 @@ class FakeHost:
         if not assigned or (task_id, attempt) in self.started:
             return
         a = assigned[0]
+        if self.refuse:  # this host's policy denies sandbox.start
+            deny = DecisionRecord(action="sandbox.start", effect="deny", policy_version=1, reason="no tier2 here")
+            self.started.append((task_id, attempt))
+            await self.append(
+                task_id,
+                ExecutionRefused(attempt=attempt, code="policy_denied", reason="policy denied", decision=deny),
+            )
+            return
         execution = Execution(task_id, attempt, submitted.agent_id, submitted.input, a)
         self.running[task_id] = execution
         self.started.append((task_id, attempt))

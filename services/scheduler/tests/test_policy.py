@@ -77,3 +77,27 @@ async def test_denied_allocation_suspends_the_agent_until_cleared(
     assert [a.attempt for a in assigned] == [1]
     assert assigned[0].decision.policies == ("allow-known",)
     assert host.started == [(task_id, 1)]
+
+
+async def test_sandbox_refusing_on_policy_grounds_suspends_the_agent(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    await register_agent(lifecycle, "refused")
+    await hosts("strict", refuse=True)
+    store = await make_store("scheduler")
+    async with start_scheduler() as scheduler:
+        view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "refused", "input": "x"}, status=201)
+        done = await until_status(scheduler, view["task_id"], "completed")
+        assert done["outcome"] == "refused"
+
+        async def suspended() -> bool:
+            return (await agent_events(store, "refused"))[-1] == "agent.suspended"
+
+        await eventually(suspended)
+        # Clearing the violation lets the agent finish the (already completed) task and become Ready.
+        await lifecycle.json("POST", "/v1/agents/refused/resume", {"reason": "cleared"})
+
+        async def ready() -> bool:
+            return (await agent_events(store, "refused"))[-1] == "agent.task_completed"
+
+        await eventually(ready)

@@ -17,6 +17,13 @@ from symbi_common.keyring import SERVICE_SUBJECTS
 
 OPERATOR = "operator"
 
+#: What a service publishes beyond its events: the task contract (docs/contracts/tasks.md) and audit's subjects.
+_EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
+    "scheduler": ("work.>", "$KV.SCHEDULER.>"),
+    "sandbox-agent": ("$KV.HOSTS.>",),
+    "audit": ("audit.>",),
+}
+
 _COMMON_PUBLISH = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.DATAKEYS.>", "_INBOX.>", "cmd.>")
 
 
@@ -26,15 +33,15 @@ def publish_allow(service: str) -> list[str]:
         return ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>", "cmd.>"]
     own = list(SERVICE_SUBJECTS[service])
     snapshots = [p.replace("evt.", "snap.", 1) for p in own]
-    extra = ["audit.>"] if service == "audit" else []
-    return [*own, *snapshots, *extra, *_COMMON_PUBLISH]
+    return [*own, *snapshots, *_EXTRA_PUBLISH.get(service, ()), *_COMMON_PUBLISH]
 
 
 def subscribe_allow(service: str) -> list[str]:
-    """What ``service`` may subscribe to: its own commands and inboxes (consumers deliver to inboxes)."""
+    """What ``service`` may subscribe to: its own commands (``cmd.sandbox-agent.<host>.<action>`` too) and
+    inboxes (consumers deliver to inboxes)."""
     if service == OPERATOR:
-        return ["_INBOX.>"]
-    return [f"cmd.{service}.*", "_INBOX.>"]
+        return ["_INBOX.>", "audit.alert", "audit.live.>"]
+    return [f"cmd.{service}.>", "_INBOX.>"]
 
 
 def authorization_config(passwords: Mapping[str, str]) -> str:

@@ -75,6 +75,7 @@ class ServiceRuntime:
         self.started_at = time.time()
         self.recent_errors: list[str] = []
         self._decisions: DecisionPoint | None = None
+        self._health_checks: dict[str, Callable[[], bool]] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -166,6 +167,10 @@ class ServiceRuntime:
         self.spawn(runner.run(), f"projection:{projection.name}")
         return runner
 
+    def add_health_check(self, name: str, check: Callable[[], bool]) -> None:
+        """Make readiness also depend on ``check()`` (e.g. a background worker that has caught up)."""
+        self._health_checks[name] = check
+
     async def health(self) -> dict[str, Any]:
         """Readiness of each dependency; ``ok`` only if all are."""
         checks: dict[str, bool] = {"started": self.started}
@@ -177,6 +182,8 @@ class ServiceRuntime:
                 checks["database"] = False
         for runner in self.projections:
             checks[f"projection:{runner.projection.name}"] = runner.ready.is_set()
+        for name, check in self._health_checks.items():
+            checks[name] = bool(check())
         return {"ok": all(checks.values()), "checks": checks}
 
     async def stop(self) -> None:

@@ -69,7 +69,9 @@ def snapshots_config(s: StreamSettings) -> StreamConfig:
 def audit_config(s: StreamSettings) -> StreamConfig:
     return StreamConfig(
         name=AUDIT_STREAM,
-        subjects=["audit.>"],
+        # Only what must be kept: signed checkpoints and integrity alerts. The live feed (``audit.live.>``)
+        # is for whoever listens now and is not stored.
+        subjects=["audit.checkpoint", "audit.alert"],
         storage=StorageType.FILE,
         num_replicas=s.replicas,
         deny_delete=True,

@@ -19,13 +19,11 @@ class Span:
     column: int = 0
     end_line: int = 0
     end_column: int = 0
+    start_pos: int = 0
+    end_pos: int = 0
 
 
 NO_SPAN = Span()
-
-
-def _span() -> Span:
-    return field(default=NO_SPAN, compare=False, repr=False, kw_only=True)  # type: ignore[no-any-return]
 
 
 # --- expressions ---------------------------------------------------------------------------------
@@ -39,7 +37,7 @@ class Literal_:
 
     kind: LiteralKind
     value: str | int | float | bool | None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +47,7 @@ class Quantity:
     text: str
     kind: Literal["duration", "size"]
     value: float
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,32 +55,32 @@ class Secret:
     """A ``vault://path`` reference: resolved at run time, never stored in the configuration as a value."""
 
     path: str
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Name:
     id: str
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Array:
     items: tuple[Expr, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
     fields: tuple[tuple[str, Expr], ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Unary:
     op: Literal["!", "-"]
     operand: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,49 +88,49 @@ class Binary:
     op: str
     left: Expr
     right: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Member:
     obj: Expr
     name: str
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Index:
     obj: Expr
     index: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     func: Expr
     args: tuple[Expr, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Lambda:
     param: str
     body: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Arm:
     pattern: Literal_ | Name
     body: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     subject: Expr
     arms: tuple[Arm, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 Expr: TypeAlias = (
@@ -149,7 +147,7 @@ class TypeRef:
     name: str
     args: tuple[TypeRef, ...] = ()
     optional: bool = False
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 # --- statements ----------------------------------------------------------------------------------
@@ -160,7 +158,7 @@ class Let:
     name: str
     type: TypeRef | None
     value: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +166,7 @@ class If:
     cond: Expr
     then: tuple[Stmt, ...]
     orelse: tuple[Stmt, ...] | If | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +174,7 @@ class For:
     var: str
     iterable: Expr
     body: tuple[Stmt, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,19 +182,19 @@ class Try:
     body: tuple[Stmt, ...]
     error_name: str | None
     handler: tuple[Stmt, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Return:
     value: Expr | None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class ExprStmt:
     expr: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 Stmt: TypeAlias = Let | If | For | Try | Return | ExprStmt
@@ -210,7 +208,7 @@ class Entry:
 
     key: str
     value: Expr | tuple[Entry, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +216,7 @@ class Param:
     name: str
     type: TypeRef
     default: Expr | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 RuleKind = Literal["allow", "deny", "require", "audit"]
@@ -229,14 +227,14 @@ class Rule:
     kind: RuleKind
     action: Expr
     condition: Expr | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     name: str
     rules: tuple[Rule, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +243,7 @@ class With:
 
     settings: tuple[Entry, ...]
     body: tuple[Stmt, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,27 +252,27 @@ class Agent:
     params: tuple[Param, ...]
     returns: TypeRef | None
     items: tuple[Entry | Policy | With, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Metadata:
     entries: tuple[Entry, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class TypeAlias_:
     name: str
     type: TypeRef
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
 class TypeRecord:
     name: str
     fields: tuple[tuple[str, TypeRef], ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +281,7 @@ class Function:
     params: tuple[Param, ...]
     returns: TypeRef | None
     body: tuple[Stmt, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 BlockKind = Literal["schedule", "memory", "webhook", "channel"]
@@ -296,7 +294,7 @@ class Block:
     kind: BlockKind
     name: str
     entries: tuple[Entry, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
 Item: TypeAlias = Metadata | Agent | Policy | TypeAlias_ | TypeRecord | Function | Block
@@ -308,4 +306,4 @@ class Module:
 
     items: tuple[Item, ...]
     comments: tuple[tuple[int, int, str], ...] = field(default=(), compare=False, repr=False)
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)

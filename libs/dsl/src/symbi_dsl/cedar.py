@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import Reporter
@@ -94,7 +94,7 @@ def _one_target(expr: A.Expr) -> Target:
         name, args = dotted(expr), ()
     if name is None or not _ACTION_RE.match(name):
         raise _Bad(
-            "a rule names an action like tool.invoke or data.read(\"reports\")",
+            'a rule names an action like tool.invoke or data.read("reports")',
             expr,
             "write the action as dotted lowercase names, optionally with the resource in parentheses",
         )
@@ -190,12 +190,12 @@ class _Condition:
         if isinstance(e.func, A.Member) and e.func.name == "like" and len(e.args) == 1:
             pattern = e.args[0]
             if not (isinstance(pattern, A.Literal_) and pattern.kind == "string"):
-                raise _Bad("like() takes a string pattern such as \"*.csv\"", pattern)
+                raise _Bad('like() takes a string pattern such as "*.csv"', pattern)
             return self._guarded([e.func.obj], f"{self.expr(e.func.obj)} like {cedar_string(str(pattern.value))}")
         raise _Bad(
             "unknown function in a policy condition",
             e,
-            "conditions may call has(x), x.contains(y), x.containsAll(ys), x.containsAny(ys), x.like(\"pat*\")",
+            'conditions may call has(x), x.contains(y), x.containsAll(ys), x.containsAny(ys), x.like("pat*")',
         )
 
     @staticmethod
@@ -238,7 +238,7 @@ def _annotation_value(kind: str, params: A.Expr | None, call: A.Call) -> str:
             if not (isinstance(item, A.Literal_) and item.kind == "string") or not re.match(
                 r"^[A-Za-z_][A-Za-z0-9_.]*$", str(item.value)
             ):
-                raise _Bad("a field to redact is a string like \"ssn\" or \"patient.dob\"", item)
+                raise _Bad('a field to redact is a string like "ssn" or "patient.dob"', item)
             fields.append(str(item.value))
         return ",".join(fields)
     if not isinstance(params, A.Record) or not params.fields:
@@ -254,7 +254,7 @@ def _annotation_value(kind: str, params: A.Expr | None, call: A.Call) -> str:
 
 
 _REQUIRE_HINT = (
-    "write require: approval(action), redact(action, [\"field\", …]), "
+    'write require: approval(action), redact(action, ["field", …]), '
     "cap_resources(action, {memory_mb: 512, cpu_cores: 1}) or log_full(action)"
 )
 
@@ -279,7 +279,7 @@ def rule_to_cedar(rule: A.Rule, policy_id: str, principal: str, source: str) -> 
         annotations.append(f"@reason({cedar_string(source)})")
     t = target(expr)
     if len(t.actions) == 1:
-        action = f'action == Action::{cedar_string(t.actions[0])}'
+        action = f"action == Action::{cedar_string(t.actions[0])}"
     else:
         action = "action in [" + ", ".join(f"Action::{cedar_string(a)}" for a in t.actions) + "]"
     if t.resource_type is None:

@@ -18,9 +18,10 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 
 from symbi_dsl import ast as A
 from symbi_dsl.cedar import compile_policy, dotted
@@ -402,7 +403,7 @@ class Checker:
                     "cron",
                     f"{cron!r} is not a valid cron expression",
                     _value(got["cron"]).span,
-                    "five fields: minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\"",
+                    'five fields: minute hour day-of-month month day-of-week, e.g. "0 2 * * *"',
                 )
                 ok = False
             spec["cron"] = cron
@@ -474,7 +475,7 @@ class Checker:
         if "secret" in got:
             self.v.secret(_value(got["secret"]))
         if "filter" in got and not isinstance(_value(got["filter"]), A.Record):
-            self.rep.error("type", "filter is a record like {event: \"push\"}", _value(got["filter"]).span)
+            self.rep.error("type", 'filter is a record like {event: "push"}', _value(got["filter"]).span)
         if "description" in got:
             self.v.string(_value(got["description"]))
 
@@ -535,7 +536,9 @@ class Checker:
             apis = v.strings(_value(got["apis"]))
             for url, node in apis:
                 if not url.startswith("https://"):
-                    rep.error("value", f"{url!r} is not an https:// URL", node.span, "external APIs are called over TLS")
+                    rep.error(
+                        "value", f"{url!r} is not an https:// URL", node.span, "external APIs are called over TLS"
+                    )
             config["external_apis"] = [u for u, _ in apis]
         if "filesystem" in got:
             config["filesystem_access"] = self._filesystem(_value(got["filesystem"]))
@@ -550,13 +553,12 @@ class Checker:
         policies = self._agent_policies(agent, got, aid)
         if policies:
             config["policies"] = policies
-        schedules = [
-            s
-            for (kind, _), block in self.program.blocks.items()
-            if kind == "schedule" and _refers_to(block, agent.name)
-            for s in [self._quiet(lambda b=block: self._schedule(b))]
-            if s is not None
-        ]
+        schedules: list[dict[str, Any]] = []
+        for (kind, _), block in self.program.blocks.items():
+            if kind == "schedule" and _refers_to(block, agent.name):
+                spec = self._quiet(partial(self._schedule, block))
+                if spec is not None:
+                    schedules.append(spec)
         if schedules:
             config["schedules"] = [{k: val for k, val in s.items() if k != "agent"} for s in schedules]
         return config if len(rep.diagnostics) == before else None
@@ -690,22 +692,21 @@ class Checker:
         out: list[dict[str, str]] = []
         for policy in chosen:
             top_level = self.program.policies.get(policy.name) is policy
-            compiled = (self._quiet if top_level else _call)(
-                lambda p=policy: compile_policy(p, agent_id=agent_id, reporter=self.rep, describe="policy")
-            )
+            compile_it = partial(compile_policy, policy, agent_id=agent_id, reporter=self.rep, describe="policy")
+            # A top-level policy was already checked (and its problems reported) by the file-wide pass.
+            compiled = self._quiet(compile_it) if top_level else compile_it()
             if compiled is not None:
                 out.append({"name": policy.name, "cedar": compiled[0], "source": _source(self.rep.source, policy)})
         return out
 
 
-def _call(fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
 def _refers_to(block: A.Block, agent: str) -> bool:
-    return any(e.key == "agent" and isinstance(e.value, A.Name | A.Literal_) and (
-        getattr(e.value, "id", None) == agent or getattr(e.value, "value", None) == agent
-    ) for e in block.entries)
+    return any(
+        e.key == "agent"
+        and isinstance(e.value, A.Name | A.Literal_)
+        and (getattr(e.value, "id", None) == agent or getattr(e.value, "value", None) == agent)
+        for e in block.entries
+    )
 
 
 def _name_span(node: Any) -> A.Span:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import DEFAULT_FILE, Diagnostic, DslError
@@ -21,8 +22,37 @@ from symbi_dsl.parser import parse
 INDENT = "  "
 WIDTH = 100
 KEYWORDS = frozenset(
-    "metadata agent policy type function schedule memory webhook channel with allow deny require audit "
-    "let if else for in try catch return match true false null not and or".split()
+    [
+        "metadata",
+        "agent",
+        "policy",
+        "type",
+        "function",
+        "schedule",
+        "memory",
+        "webhook",
+        "channel",
+        "with",
+        "allow",
+        "deny",
+        "require",
+        "audit",
+        "let",
+        "if",
+        "else",
+        "for",
+        "in",
+        "try",
+        "catch",
+        "return",
+        "match",
+        "true",
+        "false",
+        "null",
+        "not",
+        "and",
+        "or",
+    ]
 )
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -196,8 +226,10 @@ class _Printer:
             return
         head = f"{key(e.key)}{sep} "
         value = expr(e.value)
-        if len(INDENT * self.depth + head + value) > WIDTH and isinstance(e.value, A.Array | A.Record) and (
-            e.value.items if isinstance(e.value, A.Array) else e.value.fields
+        if (
+            len(INDENT * self.depth + head + value) > WIDTH
+            and isinstance(e.value, A.Array | A.Record)
+            and (e.value.items if isinstance(e.value, A.Array) else e.value.fields)
         ):
             self._broken(head, e.value, e.span)
         else:
@@ -313,8 +345,7 @@ class _Printer:
                         self.policy(item)
                     case A.With():
                         settings = ", ".join(f"{s.key} = {expr(_v(s))}" for s in item.settings)
-                        stmts = item.body
-                        self.block(f"with {settings}", item.span, lambda: self.stmts(stmts))
+                        self.block(f"with {settings}", item.span, partial(self.stmts, item.body))
 
         self.block(f"agent {a.name}({_params(a.params)}){returns}", a.span, body)
 
@@ -339,7 +370,9 @@ class _Printer:
             case A.Function():
                 returns = f" -> {type_ref(item.returns)}" if item.returns is not None else ""
                 stmts = item.body
-                self.block(f"function {item.name}({_params(item.params)}){returns}", item.span, lambda: self.stmts(stmts))
+                self.block(
+                    f"function {item.name}({_params(item.params)}){returns}", item.span, lambda: self.stmts(stmts)
+                )
             case A.Block():
                 self.block(f"{item.kind} {item.name}", item.span, lambda: self.entries(item.entries, ":"))
 

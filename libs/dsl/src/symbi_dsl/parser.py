@@ -1,6 +1,8 @@
 """Text to syntax tree with lark (LALR, grammar in ``symbiont.lark``), and syntax errors as diagnostics.
 
-lark builds its parse tree (with positions), and :class:`_Build` turns it into :mod:`symbi_dsl.ast` nodes. A syntax error does not stop the search for others: the broken top-level item is blanked out
+The tree is built while lark parses (its inline transformer, :class:`_Build`): no parse tree, no position
+propagation, which keeps a 1,000-line file under 100 ms. Keywords and braces are kept by the grammar
+(``!`` rules) where they mark a node's start or end. A syntax error does not stop the search for others: the broken top-level item is blanked out
 (keeping line numbers) and the file parsed again, so every broken item gets its own diagnostic.
 
 Nothing but :class:`~symbi_dsl.diagnostics.DslError` leaves :func:`parse`, whatever the input.
@@ -12,7 +14,7 @@ import re
 import threading
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import lark
 from lark import Token, v_args
@@ -69,14 +71,60 @@ _TERMINAL_NAMES = {
 }
 
 
-def _span(meta: Any) -> A.Span:
-    if getattr(meta, "empty", True):
-        return A.NO_SPAN
-    return A.Span(meta.line, meta.column, meta.end_line, meta.end_column)
+#: Tokens that carry meaning; the others (keywords, braces, separators) only mark where nodes start and end.
+_VALUE_TOKENS = frozenset(
+    ("NAME", "STRING", "NUMBER", "QUANTITY", "SECRET", "CMP_OP", "ADD_OP", "MUL_OP", "UNARY_OP", "OR_OP", "AND_OP")
+)
 
 
 def _tspan(tok: Token) -> A.Span:
-    return A.Span(tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0)
+    return A.Span(
+        tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0, tok.start_pos or 0, tok.end_pos or 0
+    )
+
+
+def _edge(x: Any, last: bool) -> A.Span | None:
+    """The span of the first (or last) positioned thing in ``x``: a token, a node, or a tuple of them."""
+    if x is None or (isinstance(x, str) and not isinstance(x, Token)):
+        return None
+    if isinstance(x, Token):
+        return _tspan(x)
+    if isinstance(x, tuple):
+        own: A.Span | None = getattr(x, "span", None)
+        if own is not None and own.line:
+            return own
+        for item in reversed(x) if last else x:
+            found = _edge(item, last)
+            if found is not None:
+                return found
+        return None
+    span = getattr(x, "span", None)
+    return span if span is not None and span.line else None
+
+
+def _cover(children: tuple[Any, ...]) -> A.Span:
+    """The span from the first to the last positioned child."""
+    first, last = _edge(children, False), _edge(children, True)
+    if first is None or last is None:
+        return A.NO_SPAN
+    return A.Span(first.line, first.column, last.end_line, last.end_column, first.start_pos, last.end_pos)
+
+
+def _values(children: tuple[Any, ...]) -> list[Any]:
+    """The children that carry meaning (keywords, braces and separators dropped; None placeholders kept)."""
+    return [c for c in children if not isinstance(c, Token) or c.type in _VALUE_TOKENS]
+
+
+class Body(tuple):  # type: ignore[type-arg]
+    """A ``{ … }`` statement block: a tuple of statements that also knows its span (braces included)."""
+
+    span: A.Span = A.NO_SPAN
+
+
+def _body(stmts: Any, span: A.Span) -> Body:
+    body = Body(stmts)
+    body.span = span
+    return body
 
 
 def unescape(text: str) -> str:
@@ -112,208 +160,204 @@ def quantity(text: str) -> A.Quantity:
     return A.Quantity(text, "duration", amount * _DURATION_UNITS[unit.rstrip("s") if len(unit) > 2 else unit])
 
 
-@v_args(meta=True, inline=True)
+@v_args(inline=True)
 class _Build(lark.Transformer[Token, Any]):
-    """Builds :mod:`symbi_dsl.ast` nodes while lark reduces (names are the grammar's rules)."""
+    """Builds :mod:`symbi_dsl.ast` nodes while lark reduces (method names are the grammar's rules)."""
 
     # --- atoms
-    def string(self, meta: Any, tok: Token) -> A.Literal_:
+    def string(self, tok: Token) -> A.Literal_:
         return A.Literal_("string", unescape(tok[1:-1]), span=_tspan(tok))
 
-    def number(self, meta: Any, tok: Token) -> A.Literal_:
+    def number(self, tok: Token) -> A.Literal_:
         text = str(tok)
         if "." in text or "e" in text or "E" in text:
             return A.Literal_("float", float(text), span=_tspan(tok))
         return A.Literal_("int", int(text), span=_tspan(tok))
 
-    def quantity(self, meta: Any, tok: Token) -> A.Quantity:
+    def quantity(self, tok: Token) -> A.Quantity:
         q = quantity(str(tok))
         return A.Quantity(q.text, q.kind, q.value, span=_tspan(tok))
 
-    def secret(self, meta: Any, tok: Token) -> A.Secret:
+    def secret(self, tok: Token) -> A.Secret:
         return A.Secret(str(tok)[len("vault://") :], span=_tspan(tok))
 
-    def true(self, meta: Any) -> A.Literal_:
-        return A.Literal_("bool", True, span=_span(meta))
+    def bool_(self, tok: Token) -> A.Literal_:
+        return A.Literal_("bool", tok == "true", span=_tspan(tok))
 
-    def false(self, meta: Any) -> A.Literal_:
-        return A.Literal_("bool", False, span=_span(meta))
+    def null(self, tok: Token) -> A.Literal_:
+        return A.Literal_("null", None, span=_tspan(tok))
 
-    def null(self, meta: Any) -> A.Literal_:
-        return A.Literal_("null", None, span=_span(meta))
-
-    def name(self, meta: Any, tok: Token) -> A.Name:
+    def name(self, tok: Token) -> A.Name:
         return A.Name(str(tok), span=_tspan(tok))
 
-    def array(self, meta: Any, *items: A.Expr | None) -> A.Array:
-        return A.Array(tuple(i for i in items if i is not None), span=_span(meta))
+    def array(self, *children: Any) -> A.Array:
+        return A.Array(tuple(i for i in _values(children) if i is not None), span=_cover(children))
 
-    def record_field(self, meta: Any, key: Token | A.Literal_, value: A.Expr) -> tuple[str, A.Expr]:
+    def record_field(self, key: Token | A.Literal_, value: A.Expr) -> tuple[str, A.Expr]:
         return (_key(key), value)
 
-    def record(self, meta: Any, *fields: tuple[str, A.Expr] | None) -> A.Record:
-        return A.Record(tuple(f for f in fields if f is not None), span=_span(meta))
+    def record(self, *children: Any) -> A.Record:
+        return A.Record(tuple(f for f in _values(children) if f is not None), span=_cover(children))
 
     # --- operators
-    def binary(self, meta: Any, left: A.Expr, op: Token, right: A.Expr) -> A.Binary:
-        return A.Binary(str(op), left, right, span=_span(meta))
+    def binary(self, left: A.Expr, op: Token, right: A.Expr) -> A.Binary:
+        return A.Binary(str(op), left, right, span=_cover((left, right)))
 
-    def or_word(self, meta: Any, left: A.Expr, right: A.Expr) -> A.Binary:
-        return A.Binary("||", left, right, span=_span(meta))
+    def or_word(self, left: A.Expr, right: A.Expr) -> A.Binary:
+        return A.Binary("||", left, right, span=_cover((left, right)))
 
-    def and_word(self, meta: Any, left: A.Expr, right: A.Expr) -> A.Binary:
-        return A.Binary("&&", left, right, span=_span(meta))
+    def and_word(self, left: A.Expr, right: A.Expr) -> A.Binary:
+        return A.Binary("&&", left, right, span=_cover((left, right)))
 
-    def in_word(self, meta: Any, left: A.Expr, right: A.Expr) -> A.Binary:
-        return A.Binary("in", left, right, span=_span(meta))
+    def in_word(self, left: A.Expr, right: A.Expr) -> A.Binary:
+        return A.Binary("in", left, right, span=_cover((left, right)))
 
-    def unary_op(self, meta: Any, op: Token, operand: A.Expr) -> A.Unary:
-        return A.Unary("!" if op == "!" else "-", operand, span=_span(meta))
+    def unary_op(self, op: Token, operand: A.Expr) -> A.Unary:
+        return A.Unary("!" if op == "!" else "-", operand, span=_cover((op, operand)))
 
-    def not_op(self, meta: Any, operand: A.Expr) -> A.Unary:
-        return A.Unary("!", operand, span=_span(meta))
+    def not_op(self, operand: A.Expr) -> A.Unary:
+        return A.Unary("!", operand, span=_cover((operand,)))
 
-    def call(self, meta: Any, func: A.Expr, args: tuple[A.Expr, ...]) -> A.Call:
-        return A.Call(func, args, span=_span(meta))
+    def call(self, func: A.Expr, args: tuple[A.Expr, ...]) -> A.Call:
+        return A.Call(func, args, span=_cover((func, args)))
 
-    def args(self, meta: Any, *items: A.Expr | None) -> tuple[A.Expr, ...]:
+    def args(self, *items: A.Expr | None) -> tuple[A.Expr, ...]:
         return tuple(i for i in items if i is not None)
 
-    def member(self, meta: Any, obj: A.Expr, name: Token) -> A.Member:
-        return A.Member(obj, str(name), span=_span(meta))
+    def member(self, obj: A.Expr, name: Token) -> A.Member:
+        return A.Member(obj, str(name), span=_cover((obj, name)))
 
-    def index(self, meta: Any, obj: A.Expr, idx: A.Expr) -> A.Index:
-        return A.Index(obj, idx, span=_span(meta))
+    def index(self, obj: A.Expr, idx: A.Expr) -> A.Index:
+        return A.Index(obj, idx, span=_cover((obj, idx)))
 
-    def lambda_(self, meta: Any, param: Token, body: A.Expr) -> A.Lambda:
-        return A.Lambda(str(param), body, span=_span(meta))
+    def lambda_(self, param: Token, body: A.Expr) -> A.Lambda:
+        return A.Lambda(str(param), body, span=_cover((param, body)))
 
-    def arm(self, meta: Any, pattern: A.Literal_ | A.Name, body: A.Expr) -> A.Arm:
-        return A.Arm(pattern, body, span=_span(meta))
+    def arm(self, pattern: A.Literal_ | A.Name, body: A.Expr) -> A.Arm:
+        return A.Arm(pattern, body, span=_cover((pattern, body)))
 
-    def match_(self, meta: Any, subject: A.Expr, *arms: A.Arm) -> A.Match:
-        return A.Match(subject, arms, span=_span(meta))
+    def match_(self, *children: Any) -> A.Match:
+        subject, *arms = _values(children)
+        return A.Match(subject, tuple(arms), span=_cover(children))
 
     # --- types
-    def optional(self, meta: Any, *tok: Token | None) -> bool:
-        return any(t is not None for t in tok)
+    def optional(self, tok: Token | None = None) -> bool:
+        return tok is not None
 
-    def type_args(self, meta: Any, *types: A.TypeRef) -> tuple[A.TypeRef, ...]:
+    def type_args(self, *types: A.TypeRef) -> tuple[A.TypeRef, ...]:
         return types
 
-    def type(self, meta: Any, name: Token, args: tuple[A.TypeRef, ...] | None, optional: bool) -> A.TypeRef:
-        return A.TypeRef(str(name), args or (), optional, span=_span(meta))
+    def type(self, name: Token, args: tuple[A.TypeRef, ...] | None, optional: bool) -> A.TypeRef:
+        return A.TypeRef(str(name), args or (), optional, span=_cover((name, args)))
 
-    def list_type(self, meta: Any, inner: A.TypeRef, optional: bool) -> A.TypeRef:
-        return A.TypeRef("List", (inner,), optional, span=_span(meta))
+    def list_type(self, inner: A.TypeRef, optional: bool) -> A.TypeRef:
+        return A.TypeRef("List", (inner,), optional, span=inner.span)
 
     # --- statements
-    def stmt_block(self, meta: Any, *stmts: A.Stmt) -> tuple[A.Stmt, ...]:
-        return stmts
+    def stmt_block(self, *children: Any) -> Body:
+        return _body(_values(children), _cover(children))
 
-    def let_stmt(self, meta: Any, name: Token, type_: A.TypeRef | None, value: A.Expr) -> A.Let:
-        return A.Let(str(name), type_, value, span=_span(meta))
+    def let_stmt(self, *children: Any) -> A.Let:
+        # "let" NAME (":" type | None None) "=" expr
+        return A.Let(str(children[1]), children[3], children[5], span=_cover(children))
 
-    def if_stmt(self, meta: Any, cond: A.Expr, then: tuple[A.Stmt, ...], orelse: Any) -> A.If:
-        return A.If(cond, then, orelse, span=_span(meta))
+    def if_stmt(self, *children: Any) -> A.If:
+        # "if" expr block ("else" (if | block) | None None)
+        return A.If(children[1], children[2], children[4], span=_cover(children))
 
-    def for_stmt(self, meta: Any, var: Token, iterable: A.Expr, body: tuple[A.Stmt, ...]) -> A.For:
-        return A.For(str(var), iterable, body, span=_span(meta))
+    def for_stmt(self, *children: Any) -> A.For:
+        var, iterable, body = _values(children)
+        return A.For(str(var), iterable, body, span=_cover(children))
 
-    def try_stmt(
-        self, meta: Any, body: tuple[A.Stmt, ...], name: Token | None, handler: tuple[A.Stmt, ...]
-    ) -> A.Try:
-        return A.Try(body, str(name) if name is not None else None, handler, span=_span(meta))
+    def try_stmt(self, *children: Any) -> A.Try:
+        body, name, handler = _values(children)
+        return A.Try(body, str(name) if name is not None else None, handler, span=_cover(children))
 
-    def return_stmt(self, meta: Any, value: A.Expr | None) -> A.Return:
-        return A.Return(value, span=_span(meta))
+    def return_stmt(self, *children: Any) -> A.Return:
+        (value,) = _values(children)
+        return A.Return(value, span=_cover(children))
 
-    def expr_stmt(self, meta: Any, expr: A.Expr) -> A.ExprStmt:
-        return A.ExprStmt(expr, span=_span(meta))
+    def expr_stmt(self, expr: A.Expr) -> A.ExprStmt:
+        return A.ExprStmt(expr, span=_cover((expr,)))
 
     # --- declarations
-    def entry(self, meta: Any, key: Token | A.Literal_, value: A.Expr) -> A.Entry:
-        return A.Entry(_key(key), value, span=_span(meta))
+    def entry(self, key: Token | A.Literal_, value: A.Expr) -> A.Entry:
+        return A.Entry(_key(key), value, span=_cover((key, value)))
 
-    def nested_entry(self, meta: Any, key: Token | A.Literal_, entries: tuple[A.Entry, ...]) -> A.Entry:
-        return A.Entry(_key(key), entries, span=_span(meta))
+    def nested_entry(self, *children: Any) -> A.Entry:
+        key, entries = _values(children)
+        return A.Entry(_key(key), entries, span=_cover(children))
 
-    def entries(self, meta: Any, *entries: A.Entry) -> tuple[A.Entry, ...]:
+    def entries(self, *entries: A.Entry) -> tuple[A.Entry, ...]:
         return entries
 
-    def metadata(self, meta: Any, entries: tuple[A.Entry, ...]) -> A.Metadata:
-        return A.Metadata(entries, span=_span(meta))
+    def metadata(self, *children: Any) -> A.Metadata:
+        (entries,) = _values(children)
+        return A.Metadata(entries, span=_cover(children))
 
-    def key_word(self, meta: Any, tok: Token) -> Token:
+    def key_word(self, tok: Token) -> Token:
         return Token("NAME", str(tok), tok.start_pos, tok.line, tok.column, tok.end_line, tok.end_column, tok.end_pos)
 
-    def block_kind(self, meta: Any, tok: Token) -> str:
-        return str(tok)
+    def block_kind(self, tok: Token) -> Token:
+        return Token("NAME", str(tok), tok.start_pos, tok.line, tok.column, tok.end_line, tok.end_column, tok.end_pos)
 
-    def block(self, meta: Any, kind: A.BlockKind, name: Token, entries: tuple[A.Entry, ...]) -> A.Block:
-        return A.Block(kind, str(name), entries, span=_span(meta))
+    def block(self, *children: Any) -> A.Block:
+        kind, name, entries = _values(children)
+        return A.Block(str(kind), str(name), entries, span=_cover(children))  # type: ignore[arg-type]
 
-    def param(self, meta: Any, name: Token, type_: A.TypeRef, default: A.Expr | None) -> A.Param:
-        return A.Param(str(name), type_, default, span=_span(meta))
+    def param(self, name: Token, type_: A.TypeRef, default: A.Expr | None) -> A.Param:
+        return A.Param(str(name), type_, default, span=_cover((name, type_, default)))
 
-    def params(self, meta: Any, *params: A.Param | None) -> tuple[A.Param, ...]:
+    def params(self, *params: A.Param | None) -> tuple[A.Param, ...]:
         return tuple(p for p in params if p is not None)
 
-    def returns(self, meta: Any, type_: A.TypeRef | None) -> A.TypeRef | None:
+    def returns(self, type_: A.TypeRef | None) -> A.TypeRef | None:
         return type_
 
-    def rule_kind(self, meta: Any, tok: Token) -> str:
-        return str(tok)
+    def rule_kind(self, tok: Token) -> Token:
+        return Token("NAME", str(tok), tok.start_pos, tok.line, tok.column, tok.end_line, tok.end_column, tok.end_pos)
 
-    def rule(self, meta: Any, kind: A.RuleKind, action: A.Expr, condition: A.Expr | None) -> A.Rule:
-        return A.Rule(kind, action, condition, span=_span(meta))
+    def rule(self, kind: Token, action: A.Expr, condition: A.Expr | None) -> A.Rule:
+        return A.Rule(str(kind), action, condition, span=_cover((kind, action, condition)))  # type: ignore[arg-type]
 
-    def policy(self, meta: Any, name: Token, *rules: A.Rule) -> A.Policy:
-        return A.Policy(str(name), rules, span=_span(meta))
+    def policy(self, *children: Any) -> A.Policy:
+        name, *rules = _values(children)
+        return A.Policy(str(name), tuple(rules), span=_cover(children))
 
-    def with_arg(self, meta: Any, key: Token, value: A.Expr) -> A.Entry:
-        return A.Entry(str(key), value, span=_span(meta))
+    def with_arg(self, key: Token, value: A.Expr) -> A.Entry:
+        return A.Entry(str(key), value, span=_cover((key, value)))
 
-    def with_args(self, meta: Any, *args: A.Entry) -> tuple[A.Entry, ...]:
+    def with_args(self, *args: A.Entry) -> tuple[A.Entry, ...]:
         return args
 
-    def with_block(self, meta: Any, settings: tuple[A.Entry, ...], body: tuple[A.Stmt, ...]) -> A.With:
-        return A.With(settings, body, span=_span(meta))
+    def with_block(self, *children: Any) -> A.With:
+        settings, body = _values(children)
+        return A.With(settings, body, span=_cover(children))
 
-    def agent_body(self, meta: Any, *items: A.Entry | A.Policy | A.With) -> tuple[A.Entry | A.Policy | A.With, ...]:
+    def agent_body(self, *items: A.Entry | A.Policy | A.With) -> tuple[A.Entry | A.Policy | A.With, ...]:
         return items
 
-    def agent(
-        self,
-        meta: Any,
-        name: Token,
-        params: tuple[A.Param, ...],
-        returns: A.TypeRef | None,
-        items: tuple[A.Entry | A.Policy | A.With, ...],
-    ) -> A.Agent:
-        return A.Agent(str(name), params, returns, items, span=_span(meta))
+    def agent(self, *children: Any) -> A.Agent:
+        name, params, returns, items = _values(children)
+        return A.Agent(str(name), params, returns, items, span=_cover(children))
 
-    def type_alias(self, meta: Any, name: Token, type_: A.TypeRef) -> A.TypeAlias_:
-        return A.TypeAlias_(str(name), type_, span=_span(meta))
+    def type_alias(self, *children: Any) -> A.TypeAlias_:
+        name, type_ = _values(children)
+        return A.TypeAlias_(str(name), type_, span=_cover(children))
 
-    def field(self, meta: Any, name: Token, type_: A.TypeRef) -> tuple[str, A.TypeRef]:
+    def field(self, name: Token, type_: A.TypeRef) -> tuple[str, A.TypeRef]:
         return (str(name), type_)
 
-    def type_record(self, meta: Any, name: Token, *fields: tuple[str, A.TypeRef]) -> A.TypeRecord:
-        return A.TypeRecord(str(name), fields, span=_span(meta))
+    def type_record(self, *children: Any) -> A.TypeRecord:
+        name, *fields = _values(children)
+        return A.TypeRecord(str(name), tuple(fields), span=_cover(children))
 
-    def function(
-        self,
-        meta: Any,
-        name: Token,
-        params: tuple[A.Param, ...],
-        returns: A.TypeRef | None,
-        body: tuple[A.Stmt, ...],
-    ) -> A.Function:
-        return A.Function(str(name), params, returns, body, span=_span(meta))
+    def function(self, *children: Any) -> A.Function:
+        name, params, returns, body = _values(children)
+        return A.Function(str(name), params, returns, body, span=_cover(children))
 
-    def start(self, meta: Any, *items: A.Item) -> A.Module:
-        return A.Module(items, span=_span(meta))
+    def start(self, *items: A.Item) -> A.Module:
+        return A.Module(items, span=_cover(items))
 
 
 _BUILD = _Build()
@@ -349,8 +393,8 @@ def _parser() -> lark.Lark:
         grammar,
         parser="lalr",
         lexer="contextual",
-        propagate_positions=True,
         maybe_placeholders=True,
+        transformer=_BUILD,
         lexer_callbacks={"COMMENT": _collect_comment},
     )
 
@@ -404,7 +448,8 @@ def _syntax_diagnostic(reporter: Reporter, err: lark.exceptions.UnexpectedInput)
         hint = _hint_for(text, err.expected)
         reporter.error("syntax", f"unexpected {text!r}; expected {_expected(err.expected)}", span, hint)
     elif isinstance(err, lark.exceptions.UnexpectedCharacters):
-        ch = reporter.source[err.pos_in_stream] if 0 <= err.pos_in_stream < len(reporter.source) else "?"
+        pos = err.pos_in_stream if isinstance(err.pos_in_stream, int) else -1
+        ch = reporter.source[pos] if 0 <= pos < len(reporter.source) else "?"
         hint = "strings are written in double quotes" if ch in "'`" else "remove it, or put it inside a string"
         reporter.error("syntax", f"unexpected character {ch!r}", span, hint)
     else:
@@ -450,7 +495,7 @@ def parse(source: str, file: str = DEFAULT_FILE) -> A.Module:
     for _ in range(MAX_SYNTAX_ERRORS):
         _comments.items = []
         try:
-            module: A.Module = _BUILD.transform(_parser().parse(text))
+            module = cast(A.Module, _parser().parse(text))
         except lark.exceptions.UnexpectedInput as err:
             _syntax_diagnostic(reporter, err)
             line = max(1, getattr(err, "line", 1) or 1)

@@ -1,14 +1,12 @@
-"""Typed errors of the audit service (all under :class:`symbi_common.errors.SymbiError`)."""
+"""Typed errors of the audit service.
+
+Each one subclasses the ``symbi_common.errors`` branch it belongs to (integrity, bad request, not
+found, domain), so its HTTP status and wire form follow the rest of the system.
+"""
 
 from __future__ import annotations
 
-from symbi_common.errors import BadRequest, DomainError, IntegrityError, NotFound, SymbiError
-
-
-class AuditError(SymbiError):
-    """Root of the audit service's own errors."""
-
-    code = "audit_error"
+from symbi_common.errors import BadRequest, DomainError, IntegrityError, NotFound
 
 
 class CheckpointInvalid(IntegrityError):

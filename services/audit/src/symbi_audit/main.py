@@ -65,6 +65,7 @@ def build_app(settings: Settings) -> FastAPI:
         register_commands(rt.commands, service)
         app.state.audit = service
         rt.spawn(runner.run(), "audit:verifier")
+        rt.add_health_check("verifier", runner.ready.is_set)
 
     app = create_app(runtime, title="Symbi audit", routers=[router], on_start=on_start)
     app.state.audit_live = live

@@ -145,6 +145,8 @@ class ContextIndex:
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.rejected = 0
+        #: Events applied by this process (the optimizer runs after changes).
+        self.applied = 0
         self.shredded = 0
 
     async def run(self) -> None:
@@ -219,6 +221,7 @@ class ContextIndex:
                     pending = []
                 await action
             last = seq
+            self.applied += 1
         if pending:
             await self.store.upsert(pending)
         if last != self.position:
@@ -256,6 +259,20 @@ class ContextIndex:
     async def _forget_documents(self, owner: str, document_ids: Sequence[str]) -> None:
         for document_id in document_ids:
             await self.store.delete_where(MetaFilter(owners=(owner,), equals={"document_id": document_id}))
+
+    async def optimize_forever(self, interval: float = 5.0) -> None:
+        """Let the engine build and merge its indexes (HNSW, payload indexes) in the background: every
+        ``interval`` seconds after points changed. Searches and writes go on meanwhile; runs until cancelled."""
+        done = 0
+        while True:
+            await asyncio.sleep(interval)
+            if self.applied == done:
+                continue
+            done = self.applied
+            try:
+                await self.store.optimize()
+            except SymbiError as err:
+                log.warning("index optimization failed", error=err.message)
 
     async def follow_shredding(self, keys: DataKeyStore) -> None:
         """Purge an owner's points the moment its data key is destroyed (crypto-shredding); runs until cancelled.

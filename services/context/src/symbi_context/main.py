@@ -81,6 +81,7 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.context = api
         app.state.index = index
         rt.spawn(index.run(), "context:index")
+        rt.spawn(index.optimize_forever(), "context:optimize")
         rt.spawn(
             index.follow_shredding(await KvDataKeyStore.open(rt.js, replicas=settings.nats.replicas)), "context:shred"
         )

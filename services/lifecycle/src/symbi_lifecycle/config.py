@@ -332,7 +332,7 @@ def _validate_memory(issues: list[ConfigIssue], m: MemorySettings) -> None:
 
 
 def _validate_schedules(issues: list[ConfigIssue], schedules: tuple[ScheduleSpec, ...]) -> None:
-    from croniter import croniter
+    from croniter import croniter  # type: ignore[import-untyped]
 
     _check_list(issues, "schedules", tuple(s.name for s in schedules))
     for i, spec in enumerate(schedules):

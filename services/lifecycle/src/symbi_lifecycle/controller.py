@@ -140,9 +140,7 @@ def _capped(config: AgentConfig, decision: Decision) -> AgentConfig:
 
 
 def _approval_needed(decision: Decision) -> bool:
-    return isinstance(decision, AllowWithConditions) and any(
-        c.kind == "require_approval" for c in decision.conditions
-    )
+    return isinstance(decision, AllowWithConditions) and any(c.kind == "require_approval" for c in decision.conditions)
 
 
 class InitializationController:
@@ -181,7 +179,9 @@ class InitializationController:
             try:
                 decision = await (await self.decisions()).decide(request)
             except (InfrastructureError, SymbiError) as err:
-                log.warning("decision point unavailable; the agent stays Initializing", agent_id=agent_id, error=str(err))
+                log.warning(
+                    "decision point unavailable; the agent stays Initializing", agent_id=agent_id, error=str(err)
+                )
                 return Outcome(loaded, [])
             record = DecisionRecord.of(request, decision)
             if isinstance(decision, Deny):

@@ -36,6 +36,8 @@ from nats.js.api import ConsumerConfig, KeyValueConfig, RetentionPolicy, Storage
 from symbi_common.aggregate import Repository
 from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import ConfigError
+from symbi_common.policy.conditions import resource_caps
+from symbi_common.policy.hooks import resources_context
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
 
@@ -61,7 +63,7 @@ from symbi_sandbox_agent.events import (
 )
 from symbi_sandbox_agent.execution import EXECUTION, ExecutionState
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
-from symbi_sandbox_agent.spec import CGROUP_PARENT, SandboxDefaults, SandboxSpec, build_spec
+from symbi_sandbox_agent.spec import CGROUP_PARENT, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
 
 log = structlog.get_logger(__name__)
@@ -77,8 +79,10 @@ SAMPLE_INTERVAL_S = 0.2
 SAMPLE_MIN_GAP_S = 0.05
 #: After a kill, how long the output stream may take to end before the run gives up on it.
 KILL_GRACE_S = 10.0
-#: Conditions of an allow that a sandbox start honours (it logs everything anyway).
-HONOURED_CONDITIONS = frozenset({"log_full"})
+#: Delay before a work item is offered again while an older attempt of its task is still being stopped.
+BUSY_RETRY_S = 0.5
+#: Conditions of an allow that a sandbox start honours: it logs everything anyway, and lowers its limits to caps.
+HONOURED_CONDITIONS = frozenset({"log_full", "cap_resources"})
 
 
 class WorkItem(msgspec.Struct, frozen=True):
@@ -96,6 +100,24 @@ def resolve_host_id(configured: str) -> str:
             )
         return configured
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+def check_settings(s: SandboxSettings) -> None:
+    """Refuse ``[sandbox]`` values that would leave sandboxes unlimited or the host looking lost."""
+    checks = [
+        (s.output_cap_bytes > 0, "output_cap_bytes", "must be more than 0"),
+        (s.scratch_mb >= 1, "scratch_mb", "must be at least 1"),
+        (s.pids_limit >= 16, "pids_limit", "must be at least 16"),
+        (0 < s.heartbeat_interval_s <= 2.5, "heartbeat_interval_s", "must be in (0, 2.5]: a host is lost after 5 s"),
+        (
+            re.fullmatch(r"\d+:\d+", s.user) is not None and not s.user.startswith("0:"),
+            "user",
+            "must be a non-root uid:gid",
+        ),
+    ]
+    for ok, name, message in checks:
+        if not ok:
+            raise ConfigError(message, setting=f"sandbox.{name}")
 
 
 class _HostAggregate:
@@ -229,7 +251,7 @@ class SandboxAgent:
         containers = await self._call(self.docker.owned, self.host_id)
         for c in containers:
             await self._call(self.docker.remove, c.id)
-        killed = await self._call(self.docker.kill_processes, await self._call(self.docker.leftover_processes))
+        killed = await self._kill_leftovers()
         with_container = {c.task_id for c in containers}
         failed: list[str] = []
         for task_id in sorted(set(previous) | with_container):
@@ -259,6 +281,18 @@ class SandboxAgent:
         if containers or failed or killed:
             log.warning("reconciled", removed=event.removed_containers, failed=failed, killed_processes=killed)
         return event
+
+    async def _kill_leftovers(self) -> list[int]:
+        """Kill runtime processes of containers Docker no longer knows, until a scan finds none (a killed
+        shim's runtime may still be spawning helpers while it dies)."""
+        killed: list[int] = []
+        for _ in range(5):
+            found = await self._call(self.docker.kill_processes, await self._call(self.docker.leftover_processes))
+            if not found:
+                break
+            killed.extend(found)
+            await asyncio.sleep(0.3)
+        return killed
 
     # --- heartbeat ------------------------------------------------------------------------------
 
@@ -313,16 +347,21 @@ class SandboxAgent:
             await msg.term()
             return
         try:
-            await self.dispatch(item)
+            handled = await self.dispatch(item)
         except Exception as exc:
             log.exception("work item failed, redelivering", task_id=item.task_id)
             self.rt.note_error(f"work {item.task_id}: {exc!r}")
             await msg.nak(delay=1.0)
             return
-        await msg.ack()
+        if handled:
+            await msg.ack()
+        else:
+            await msg.nak(delay=BUSY_RETRY_S)
 
-    async def dispatch(self, item: WorkItem) -> None:
-        """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored."""
+    async def dispatch(self, item: WorkItem) -> bool:
+        """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored.
+
+        False: not now — an older attempt of the task is still being stopped here; try again shortly."""
         task_id = item.task_id
         task = fold_task(task_id, [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)])
         assigned = task.assigned
@@ -335,31 +374,37 @@ class SandboxAgent:
                 assigned_attempt=assigned.attempt if assigned else None,
                 ended=task.ended,
             )
-            return
-        if task_id in self.running:
-            return
+            return True
+        current = self.running.get(task_id)
+        if current is not None:
+            return current.spec.attempt >= item.attempt  # an older attempt still stopping: retry later
         state = (await self.executions.load(task_id, fresh=True)).state
         if state.attempt >= item.attempt:
-            return  # redelivered: this attempt already started or was refused
+            return True  # redelivered: this attempt already started or was refused
         try:
             spec = build_spec(task, self.host_id, self.info.capabilities, self.defaults)
             if not await self._call(self.docker.image_present, spec.image):
                 raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
         except SandboxRefused as err:
             await self._refuse(item, err.code, str(err), None)
-            return
+            return True
         request = self._decision_request(task, spec)
         decision = await (await self.rt.decision_point()).decide(request)
         record = DecisionRecord.of(request, decision)
         if isinstance(decision, Deny):
             await self._refuse(item, "policy_denied", f"policy denied sandbox.start: {decision.reason}", record)
-            return
+            return True
         if isinstance(decision, AllowWithConditions):
             unmet = [c.kind for c in decision.conditions if c.kind not in HONOURED_CONDITIONS]
             if unmet:
                 reason = f"the sandbox-agent cannot honour the condition(s) {', '.join(unmet)} of the allow"
                 await self._refuse(item, "condition_not_honoured", reason, record)
-                return
+                return True
+            try:
+                spec = apply_caps(spec, resource_caps(decision.conditions))
+            except SandboxRefused as err:
+                await self._refuse(item, err.code, str(err), record)
+                return True
         run = Running(spec, task.agent_id)
         self.running[task_id] = run
         try:
@@ -387,24 +432,27 @@ class SandboxAgent:
             raise
         if not recs:
             self.running.pop(task_id, None)
-            return
+            return True
         self.rt.spawn(self._run(run, task.input), f"sandbox:{task_id}")
+        return True
 
     def _decision_request(self, task: TaskView, spec: SandboxSpec) -> DecisionRequest:
+        """``Agent::"<agent>"`` may ``sandbox.start`` ``Task::"<id>"``, in the policy schema's vocabulary."""
+        lim = spec.limits
         return DecisionRequest(
             principal=EntityRef(type="Agent", id=task.agent_id or "unknown"),
             action="sandbox.start",
-            resource=EntityRef(
-                type="Task",
-                id=task.task_id,
-                attrs={"agent_id": task.agent_id, "tier": spec.tier, "host_id": self.host_id, "image": spec.image},
-            ),
+            resource=EntityRef(type="Task", id=task.task_id, attrs={"agent": task.agent_id}),
             context={
-                "tier": spec.tier,
+                "resources": resources_context(
+                    memory_mb=lim.memory_mb,
+                    cpu_cores=lim.cpu_cores,
+                    disk_io_mbps=lim.disk_io_mbps,
+                    network_io_mbps=0,
+                    execution_timeout_s=lim.execution_timeout_s,
+                ),
+                "security_tier": spec.tier,
                 "image": spec.image,
-                "memory_mb": spec.limits.memory_mb,
-                "cpu_cores": spec.limits.cpu_cores,
-                "execution_timeout_s": spec.limits.execution_timeout_s,
                 "network": False,
             },
         )
@@ -455,6 +503,12 @@ class SandboxAgent:
             raise
         await self._append(run, terminal)
         self._finish(run)
+        if spec.runtime == "runsc":
+            # After the result is out: a gVisor sandbox that failed or hung can leave its shim behind.
+            try:
+                await self._kill_leftovers()
+            except Exception as exc:
+                self.rt.note_error(f"runtime clean-up after {spec.name}: {exc}")
 
     async def _supervise(
         self, run: Running, sock: Any, data: bytes, collector: OutputCollector, usage: CgroupUsage
@@ -552,12 +606,10 @@ class SandboxAgent:
         return ExecutionExited(**common)
 
     async def _discard(self, run: Running) -> None:
-        """Remove the container (and, for gVisor, any runtime processes it left) and the staged input."""
+        """Remove the container and the staged input."""
         try:
             if run.container_id:
                 await self._call(self.docker.remove, run.container_id)
-            if run.spec.runtime == "runsc":
-                await self._call(self.docker.kill_processes, await self._call(self.docker.leftover_processes))
         except Exception as exc:
             log.error("sandbox clean-up failed", container=run.spec.name, error=str(exc))
             self.rt.note_error(f"clean-up {run.spec.name}: {exc}")

@@ -235,7 +235,7 @@ class DockerHost:
         A failed ``runsc`` start (or a container removed while its sandbox hung) can leave its
         ``containerd-shim`` and ``runsc`` sandbox/gofer processes behind; nothing else would reap them."""
         known = {c["Id"] for c in self.api.containers(all=True)}
-        pids: list[int] = []
+        candidates: dict[int, set[str]] = {}
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -251,8 +251,12 @@ class DockerHost:
                 continue
             ids = set(_CONTAINER_ID.findall(args))
             if ids and not ids & known:
-                pids.append(int(proc.name))
-        return sorted(pids)
+                candidates[int(proc.name)] = ids
+        if not candidates:
+            return []
+        # A container created by another daemon after the first listing has a new shim: list again.
+        known = {c["Id"] for c in self.api.containers(all=True)}
+        return sorted(pid for pid, ids in candidates.items() if not ids & known)
 
     @staticmethod
     def kill_processes(pids: list[int]) -> list[int]:

@@ -18,7 +18,7 @@ from symbi_common.errors import ConfigError
 from symbi_common.service import ServiceRuntime, create_app, serve
 from symbi_common.settings import Settings, load_settings
 
-from symbi_sandbox_agent.agent import SandboxAgent, resolve_host_id
+from symbi_sandbox_agent.agent import SandboxAgent, check_settings, resolve_host_id
 from symbi_sandbox_agent.api import register_commands, router
 
 SERVICE = "sandbox-agent"
@@ -27,6 +27,7 @@ SERVICE = "sandbox-agent"
 def build_app(settings: Settings) -> FastAPI:
     """The daemon's app; its lifespan reconciles the host, registers it and starts consuming work."""
     host_id = resolve_host_id(settings.sandbox.host_id)
+    check_settings(settings.sandbox)
     runtime = ServiceRuntime(SERVICE, settings, use_database=False)
 
     async def on_start(rt: ServiceRuntime) -> None:
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_settings(args.config)
         resolve_host_id(settings.sandbox.host_id)
+        check_settings(settings.sandbox)
     except ConfigError as err:
         print(f"symbi-sandbox-agent: {err}", file=sys.stderr)
         raise SystemExit(2) from None

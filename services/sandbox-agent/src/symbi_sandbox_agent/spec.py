@@ -12,8 +12,11 @@ enforced by the daemon.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import msgspec
 
 from symbi_sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_sandbox_agent.events import Limits
@@ -142,6 +145,23 @@ class SandboxSpec:
             "runtime": self.runtime,
             "cgroup_parent": self.cgroup_parent,
         }
+
+
+def apply_caps(spec: SandboxSpec, caps: Mapping[str, float]) -> SandboxSpec:
+    """The spec with its limits lowered to a policy's ``cap_resources`` caps (never raised)."""
+    lim = spec.limits
+    limits = msgspec.structs.replace(
+        lim,
+        memory_mb=int(min(lim.memory_mb, caps.get("memory_mb", lim.memory_mb))),
+        cpu_cores=float(min(lim.cpu_cores, caps.get("cpu_cores", lim.cpu_cores))),
+        disk_io_mbps=int(min(lim.disk_io_mbps, caps.get("disk_io_mbps", lim.disk_io_mbps))),
+        execution_timeout_s=float(
+            min(lim.execution_timeout_s, caps.get("execution_timeout_s", lim.execution_timeout_s))
+        ),
+    )
+    if limits.memory_mb < MIN_MEMORY_MB or limits.cpu_cores <= 0 or limits.disk_io_mbps <= 0:
+        raise InvalidWorkload(f"the policy's resource caps {dict(caps)} leave too little to run a sandbox")
+    return replace(spec, limits=limits)
 
 
 def container_name(host_id: str, task_id: str, attempt: int) -> str:

@@ -47,6 +47,7 @@ from symbi_scheduler.lease import Lease
 from symbi_scheduler.model import (
     AgentDenied,
     AgentDone,
+    AgentViolated,
     CancelForAgent,
     Chore,
     Complete,
@@ -309,12 +310,20 @@ class Leader:
                 )
                 await self.record(chore.task_id, event)
                 log.info("task completed", task_id=chore.task_id, outcome=chore.outcome, exit_code=chore.exit_code)
+                if chore.policy_violation:
+                    # The sandbox refused to start it on the policy's word: a policy violation (Running →
+                    # Suspended). Once resumed, the agent gets complete_task like any other finished task.
+                    await self.do(AgentViolated(rec.agent_id, chore.task_id, f"sandbox.start denied: {chore.detail}"))
+                    return
                 outcome = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(chore.outcome, "failed")
                 await self._agent_done(AgentDone(rec.agent_id, rec.task_id, outcome))
             case Dispatch():
                 await self.publish_work(chore.task_id, chore.attempt, chore.host_id)
             case AgentDone():
                 await self._agent_done(chore)
+            case AgentViolated():
+                if self._due("violation", chore.task_id):
+                    await self._suspend_agent(chore.agent_id, chore.task_id, chore.reason)
             case AgentDenied():
                 await self._agent_denied(chore)
             case ResumeDenied():
@@ -363,6 +372,12 @@ class Leader:
             )
         except DomainError as exc:
             log.info("suspend not applied", agent_id=chore.agent_id, task_id=chore.task_id, error=str(exc))
+
+    async def _suspend_agent(self, agent_id: str, task_id: str, reason: str) -> None:
+        try:
+            await self.lifecycle("suspend", {"agent_id": agent_id, "reason": reason[:900] or "policy violation"})
+        except DomainError as exc:
+            log.info("suspend not applied", agent_id=agent_id, task_id=task_id, error=str(exc))
 
     async def _host_lost(self, chore: HostLost) -> None:
         rec = self.model.tasks[chore.task_id]

@@ -141,12 +141,15 @@ class TaskRec:
     started: set[int] = field(default_factory=set)
     #: attempt -> (terminal event type, exit code, reason)
     ended: dict[int, tuple[str, int | None, str]] = field(default_factory=dict)
+    #: Attempts the sandbox refused because the policy denied ``sandbox.start`` (a policy violation).
+    refused_by_policy: set[int] = field(default_factory=set)
     exec_version: int = 0
     output_bytes: dict[str, int] = field(default_factory=dict)
     outcome: str = ""
     exit_code: int | None = None
     detail: str = ""
     finished_at: float = 0.0
+    finished_seq: int = 0
     decision: Any = None
     risk_score: float | None = None
 
@@ -182,6 +185,8 @@ class Complete:
     outcome: str
     exit_code: int | None
     detail: str
+    #: The sandbox refused it because the policy denied ``sandbox.start``: suspend the agent.
+    policy_violation: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +205,15 @@ class AgentDone:
     agent_id: str
     task_id: str
     outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentViolated:
+    """The sandbox refused the agent's task on the policy's word and the agent is not suspended yet."""
+
+    agent_id: str
+    task_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +258,17 @@ class ResumePaused:
     host_id: str
 
 
-Chore = Complete | Dispatch | AgentDone | AgentDenied | ResumeDenied | CancelForAgent | HostLost | ResumePaused
+Chore = (
+    Complete
+    | Dispatch
+    | AgentDone
+    | AgentViolated
+    | AgentDenied
+    | ResumeDenied
+    | CancelForAgent
+    | HostLost
+    | ResumePaused
+)
 
 
 def outcome_of(kind: str, exit_code: int | None) -> str:
@@ -274,6 +298,8 @@ class Model:
         self.queue = AgingQueue(aging_s)
         self.core = Scheduler(self.placer, self.queue, preemption)
         self.parked: dict[str, list[Entry]] = {}
+        #: Tasks not yet completed or cancelled (the only ones chores look at).
+        self.active: set[str] = set()
         #: agent id -> the task of ours that holds it (assigned or paused).
         self.busy: dict[str, str] = {}
         #: schedule aggregate (agent id) -> version; (agent id, schedule name) -> last fired instant (Unix s)
@@ -346,6 +372,7 @@ class Model:
                 queued_seq=sequence,
             )
             self.tasks[task_id] = rec
+            self.active.add(task_id)
             self.fired_pending.pop(task_id, None)
             self._enqueue(rec)
             return
@@ -402,7 +429,8 @@ class Model:
                     event.exit_code,
                     event.detail,
                 )
-                rec.finished_at = at
+                rec.finished_at, rec.finished_seq = at, sequence
+                self.active.discard(task_id)
                 rec.holds.pop(event.attempt, None)
                 self._sync_hold(rec, event.attempt)
                 self.queue.remove(task_id)
@@ -431,6 +459,9 @@ class Model:
         elif type(event).__struct_config__.tag in _TERMINAL_TAGS:
             kind = str(type(event).__struct_config__.tag)
             task.ended[attempt] = (kind, getattr(event, "exit_code", None), getattr(event, "reason", ""))
+            decision = getattr(event, "decision", None)
+            if getattr(event, "code", "") == "policy_denied" or getattr(decision, "effect", "") == "deny":
+                task.refused_by_policy.add(attempt)
             hold = task.holds.get(attempt)
             if hold is not None and hold.stopping:  # a preempted attempt is gone: free its resources
                 del task.holds[attempt]
@@ -627,13 +658,14 @@ class Model:
         """What the leader has to do besides new placements, most urgent first."""
         out: list[Chore] = []
         self.check_hosts(now)
-        for rec in self.tasks.values():
+        for rec in [self.tasks[t] for t in self.active]:
             if rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
                 ended = rec.ended.get(rec.attempt)
                 host = self.placer.hosts.get(rec.host_id)
                 if ended is not None:
                     kind, code, reason = ended
-                    out.append(Complete(rec.task_id, rec.attempt, outcome_of(kind, code), code, reason))
+                    violation = rec.attempt in rec.refused_by_policy
+                    out.append(Complete(rec.task_id, rec.attempt, outcome_of(kind, code), code, reason, violation))
                 elif host is None or not host.alive:
                     out.append(HostLost(rec.task_id, rec.attempt, rec.host_id))
                 elif rec.status == TaskStatus.ASSIGNED and rec.attempt not in rec.started:
@@ -662,7 +694,13 @@ class Model:
             if current is None:
                 continue
             rec = current
-            if rec.status in FINISHED:
+            if (
+                rec.status in FINISHED
+                and rec.attempt in rec.refused_by_policy
+                and agent.suspended_seq < rec.finished_seq
+            ):
+                out.append(AgentViolated(agent.agent_id, rec.task_id, f"sandbox.start denied: {rec.detail}"))
+            elif rec.status in FINISHED:
                 outcome = (
                     "succeeded"
                     if rec.outcome == "succeeded"

@@ -1,0 +1,148 @@
+"""Memory per registered idle agent in the lifecycle service process (target <= 1 MB per agent).
+
+Set-up as in production: a throwaway nats-server (JetStream), a PostgreSQL server (pgserver), a fresh
+keyring, and the lifecycle service as its own process (``python -m symbi_lifecycle``, policy
+enforcement ``allow-all`` so no policy service is needed). Agents are registered over the HTTP API
+with a realistic DSL definition (``examples/agents/data-pipeline.symbi``: policies, schedule, memory
+settings) and left idle.
+
+* ours: the growth of the service's resident set size (``VmRSS``) per agent, from after a warm-up
+  (the code paths loaded) to after N registrations and a settling pause, divided by N.
+* baseline: the resident set size of the same service process with no agents (the empty process),
+  both in KB, so the ratio says what share of an empty service one idle agent costs.
+
+    uv run python bench/agent_memory.py [--quick] [--agents N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO
+
+import _common
+import httpx
+from symbi_cli.infra import PostgresServer
+
+TARGET_KB = 1024.0
+DEFINITION = (Path(__file__).parents[1] / "examples" / "agents" / "data-pipeline.symbi").read_text()
+CONCURRENCY = 8
+WARMUP = 20
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    with (
+        tempfile.TemporaryDirectory(prefix="symbi-bench-pg-") as tmp,
+        PostgresServer(Path(tmp) / "data", cleanup="delete") as pg,
+    ):
+        yield pg.create_database("memory_bench")
+
+
+def spawn(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "symbi_lifecycle"], env=env, stdout=log, stderr=log)
+
+
+@contextlib.asynccontextmanager
+async def lifecycle(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIterator[tuple[str, int]]:
+    """The lifecycle service as a child process; yields its URL and pid once it is ready."""
+    port = _common.free_port()
+    env = {
+        **os.environ,
+        "SYMBI_NATS_URL": nats_url,
+        "SYMBI_DATABASE_URL": database_url,
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_HTTP_PORT": str(port),
+        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
+    }
+    with tempfile.TemporaryFile() as log:
+        proc = spawn(env, log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            async with httpx.AsyncClient(base_url=url) as http:
+                while True:
+                    if proc.poll() is not None:
+                        log.seek(0)
+                        raise SystemExit(f"lifecycle exited: {log.read().decode()[-3000:]}")
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise SystemExit("lifecycle not ready within 60 s")
+                    await asyncio.sleep(0.1)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def register(url: str, prefix: str, count: int) -> None:
+    """Register ``count`` agents, ``CONCURRENCY`` at a time; every one must come back Ready."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            r = await http.post("/v1/agents", json={"agent_id": f"{prefix}-{i}", "definition": DEFINITION})
+            if r.status_code != 201 or r.json()["state"] != "Ready":
+                raise SystemExit(f"registration {i} failed: {r.status_code} {r.text[:500]}")
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        await asyncio.gather(*(worker(http) for _ in range(CONCURRENCY)))
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small run (200 agents)")
+    ap.add_argument("--agents", type=int, help="agents to register (default 1000, quick 200)")
+    args = ap.parse_args()
+    agents = args.agents or (200 if args.quick else 1000)
+
+    print(_common.machine_summary())
+    with _common.keyring() as keys_dir, postgres() as database_url:
+        async with _common.nats_server() as nats, lifecycle(nats.url, database_url, keys_dir) as (url, pid):
+            await asyncio.sleep(1.0)
+            empty = rss_kb(pid)
+            await register(url, "warm", WARMUP)
+            await asyncio.sleep(1.0)
+            warm = rss_kb(pid)
+            started = time.perf_counter()
+            await register(url, "idle", agents)
+            elapsed = time.perf_counter() - started
+            await asyncio.sleep(3.0)  # let background work (projection, sweeps) settle
+            after = rss_kb(pid)
+
+    per_agent = (after - warm) / agents
+    print(f"agents={agents} (after {WARMUP} warm-up registrations), concurrency={CONCURRENCY}, {elapsed:.1f} s")
+    print(f"RSS empty={empty} KB warm={warm} KB after={after} KB growth={after - warm} KB")
+    print(f"per idle agent: {per_agent:.1f} KB")
+    print(
+        _common.result_line("agent_memory", per_agent, float(empty), "KB", f"<={TARGET_KB:g}", per_agent <= TARGET_KB)
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
