@@ -2,11 +2,13 @@
 
 Set-up as in production: a throwaway nats-server (JetStream, file storage), a PostgreSQL server
 (pgserver) with a fresh database, a fresh keyring, and the lifecycle service as its own process
-(``python -m symbi_lifecycle``). One HTTP client with keep-alive sends requests one at a time.
+(``python -m symbi_lifecycle``) next to the policy service (``python -m symbi_policy``, which registers the
+baseline policy set the lifecycle's embedded decision point decides against). One HTTP client with keep-alive sends requests one at a time.
 
-* ours: ``POST /v1/agents`` with a realistic config. The reply comes after the service validated
-  the config, sealed (encrypt + sign + hash-chain) ``agent.registered`` + ``agent.ready`` and
-  appended both atomically to JetStream.
+* ours: ``POST /v1/agents`` with a realistic config. The reply comes after the service appended
+  ``agent.registered`` (Initializing), validated the config, asked its embedded policy decision point
+  about ``agent.register`` and appended ``agent.ready`` with the decision — each event sealed (encrypt +
+  sign + hash-chain) and appended conditionally to JetStream.
 * baseline: ``GET /healthz`` on the same server and connection: the HTTP floor (routing, JSON,
   middleware, loopback TCP) with no work behind it.
 
@@ -56,24 +58,31 @@ def postgres() -> Iterator[str]:
         yield pg.create_database("lifecycle_bench")
 
 
-def spawn(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "symbi_lifecycle"], env=env, stdout=log, stderr=log)
+def spawn(module: str, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
 
 
 @contextlib.asynccontextmanager
 async def lifecycle(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIterator[str]:
-    """The lifecycle service as a child process; yields its base URL once it is ready."""
-    port = _common.free_port()
+    """The policy and lifecycle services as child processes; yields the lifecycle's URL once both are ready."""
     env = {
         **os.environ,
         "SYMBI_NATS_URL": nats_url,
         "SYMBI_DATABASE_URL": database_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_HTTP_PORT": str(port),
         "SYMBI_LOG_LEVEL": "warning",
     }
+    async with service("symbi_policy", env) as _, service("symbi_lifecycle", env) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def service(module: str, base_env: dict[str, str]) -> AsyncIterator[str]:
+    """``python -m <module>`` as a child process; yields its base URL once ``/readyz`` is green."""
+    port = _common.free_port()
+    env = {**base_env, "SYMBI_HTTP_PORT": str(port)}
     with tempfile.TemporaryFile() as log:
-        proc = spawn(env, log)
+        proc = spawn(module, env, log)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -81,12 +90,12 @@ async def lifecycle(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIt
                 while True:
                     if proc.poll() is not None:
                         log.seek(0)
-                        raise SystemExit(f"lifecycle service exited:\n{log.read().decode(errors='replace')[-3000:]}")
+                        raise SystemExit(f"{module} exited:\n{log.read().decode(errors='replace')[-3000:]}")
                     with contextlib.suppress(httpx.TransportError):
                         if (await http.get("/readyz")).status_code == 200:
                             break
                     if time.monotonic() > deadline:
-                        raise SystemExit("lifecycle service not ready within 60 s")
+                        raise SystemExit(f"{module} not ready within 60 s")
                     await asyncio.sleep(0.1)
             yield url
         finally:

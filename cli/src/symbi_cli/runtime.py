@@ -41,9 +41,10 @@ from symbi_cli.keys import ensure_keyring
 from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor
 
 #: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
+#: Policy starts first: it registers the baseline policy set every other service's decisions need.
 SERVICE_PORT_OFFSETS: Mapping[str, int] = {
-    "lifecycle": 1,
     "policy": 2,
+    "lifecycle": 1,
     "scheduler": 3,
     "audit": 4,
     "sandbox-agent": 5,

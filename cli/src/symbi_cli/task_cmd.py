@@ -125,10 +125,11 @@ async def _events(nats_url: str | None, task_id: str) -> AsyncGenerator[str | No
             nc = None
     try:
         while True:
-            try:
-                yield await asyncio.wait_for(queue.get(), POLL_S)
-            except TimeoutError:
-                yield None
+            event: str | None = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    event = await queue.get()
+            yield event
     finally:
         if nc is not None:
             with contextlib.suppress(Exception):

@@ -256,3 +256,57 @@ async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings
 def test_dsl_bounds_are_the_lifecycle_bounds() -> None:
     for name in ("MEMORY_MB", "CPU_CORES", "DISK_IO_MBPS", "NETWORK_IO_MBPS", "EXECUTION_TIMEOUT_S"):
         assert getattr(dsl_compiler, name) == getattr(lifecycle_config, name), name
+
+
+async def test_configure_replaces_a_ready_agents_config_through_the_decision(running: Running) -> None:
+    http = running.http
+    r = await http.post("/v1/agents", json={"agent_id": "conf", "definition": TEXTS["hello"]})
+    assert r.json()["state"] == "Ready"
+    changed = TEXTS["hello"].replace("timeout = 30s", "timeout = 45s")
+    r = await http.post("/v1/agents/conf/configure", json={"definition": changed, "file": "hello.symbi"})
+    assert r.status_code == 200, r.text
+    agent = r.json()
+    assert agent["state"] == "Ready"
+    assert agent["config"]["resources"]["execution_timeout_s"] == 45.0
+    events = await history(http, "conf", agent["sequence"])
+    assert [e["type"] for e in events] == ["agent.registered", "agent.ready", "agent.configured"]
+    assert events[2]["data"]["decision"]["action"] == "agent.configure"
+
+    # An invalid change is refused with every problem, and nothing is recorded.
+    broken = changed.replace("timeout = 45s", "timeout = 45").replace("sandbox = tier1", "sandbox = tier5")
+    r = await http.post("/v1/agents/conf/configure", json={"definition": broken})
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "invalid_config"
+    assert [(i["field"], i["line"]) for i in error["details"]["issues"]] == [("value", 10), ("type", 10)]
+
+    # A denied change is recorded as its own event and changes nothing.
+    assert running.service.controller is not None
+    point = CedarPoint(
+        '@id("ops.freeze")\n@reason("configuration freeze")\n'
+        'forbid (principal, action == Action::"agent.configure", resource);\n'
+        '@id("ops.all")\npermit (principal, action, resource);'
+    )
+
+    async def decisions() -> CedarPoint:
+        return point
+
+    running.service.controller.decisions = decisions
+    r = await http.post("/v1/agents/conf/configure", json={"definition": TEXTS["hello"]})
+    assert r.status_code == 403
+    assert "configuration freeze" in r.json()["error"]["message"]
+    view = (await http.get("/v1/agents/conf")).json()
+    for _ in range(50):
+        events = await history(http, "conf", 0)
+        if len(events) == 4:
+            break
+        await asyncio.sleep(0.1)
+    assert events[3]["type"] == "agent.configure_denied"
+    assert events[3]["data"]["decision"]["policies"] == ["ops.freeze"]
+    view = (await http.get("/v1/agents/conf", params={"min_sequence": events[3]["sequence"]})).json()
+    assert view["config"]["resources"]["execution_timeout_s"] == 45.0
+
+    # Only Ready agents take a new configuration.
+    await http.post("/v1/agents/conf/assign-task", json={"task_id": "t1"})
+    r = await http.post("/v1/agents/conf/configure", json={"definition": TEXTS["hello"]})
+    assert r.status_code == 409

@@ -14,6 +14,8 @@ from symbi_lifecycle.domain import (
     ALLOWED,
     CODEC,
     TRANSITIONS,
+    AgentConfigured,
+    AgentConfigureDenied,
     AgentDenied,
     AgentFailed,
     AgentReady,
@@ -23,6 +25,8 @@ from symbi_lifecycle.domain import (
     AssignTask,
     Command,
     CompleteTask,
+    ConfigRejected,
+    Configure,
     Initialize,
     Register,
     Resume,
@@ -238,7 +242,7 @@ def test_illegal_transition_names_state_command_and_allowed() -> None:
         decide(state, Resume())
     assert info.value.state == "Ready"
     assert info.value.command == "resume"
-    assert "assign_task, terminate" in str(info.value)
+    assert "assign_task, configure, terminate" in str(info.value)
 
 
 @given(st.lists(commands, max_size=10))
@@ -296,3 +300,21 @@ def test_validation_reports_every_field() -> None:
         "external_apis",
     }
     assert validate_config(VALID) == []
+
+
+def test_configure_changes_the_config_of_a_ready_agent_only() -> None:
+    ready = apply(_registered(), decide(_registered(), INIT_READY)[0])
+    bigger = msgspec.structs.replace(VALID, resources=ResourceLimits(memory_mb=2048))
+    [configured] = decide(ready, Configure(config=bigger, decision=ALLOW))
+    assert isinstance(configured, AgentConfigured)
+    after = apply(ready, configured)
+    assert after.status == S.READY
+    assert after.config == bigger
+    [refused] = decide(ready, Configure(config=bigger, decision=DENY, refused=True))
+    assert isinstance(refused, AgentConfigureDenied)
+    assert apply(ready, refused) == ready
+    with pytest.raises(ConfigRejected) as info:
+        decide(ready, Configure(config=INVALID))
+    assert {i.field for i in info.value.issues} >= {"name", "resources.memory_mb"}
+    with pytest.raises(IllegalTransition):
+        decide(_registered(), Configure(config=bigger))

@@ -257,6 +257,12 @@ async def test_a_forged_policy_event_changes_nothing(
     assert isinstance(await policy.service.decide(request), Deny)
 
 
+async def test_ready_once_the_policy_sets_are_read(policy: RunningPolicy) -> None:
+    report = (await policy.http.get("/readyz")).json()
+    assert report["ok"] is True
+    assert report["checks"]["policy-sets"] is True
+
+
 async def test_the_http_api_is_documented(policy: RunningPolicy) -> None:
     response = await policy.http.get("/openapi.json")
     assert response.status_code == 200

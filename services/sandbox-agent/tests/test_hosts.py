@@ -17,7 +17,11 @@ from typing import Any
 
 import docker
 import msgspec
-from symbi_common.settings import Settings
+import nats
+from symbi_cli.infra import NatsServer
+from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.eventstore import EventStore
+from symbi_common.settings import Settings, load_settings
 from symbi_sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
@@ -206,3 +210,36 @@ async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing
     assert second.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
     assert "Traceback" not in log.read_text().split("restarted")[-1]
     assert containers_of(docker_client, host_id) == []
+
+
+async def test_a_run_rides_out_a_nats_server_restart(
+    docker_client: Any, keys_dir: Path, tmp_path: Path, signer_for: Any, registry: Any, master_key: bytes
+) -> None:
+    """Output and the terminal event produced while NATS is down are stored once it is back."""
+    port = free_port()
+    server = NatsServer(tmp_path / "nats", port=port, log_file=tmp_path / "nats.log").start()
+    host = "nats-" + os.urandom(3).hex()
+    env = agent_env(server.url, keys_dir, host, tmp_path / "work")
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        store = EventStore(
+            nc,
+            signer=signer_for("scheduler"),
+            producer="scheduler",
+            registry=registry,
+            datakeys=DataKeys(await KvDataKeyStore.open(nc.jetstream()), master_key),
+        )
+        scheduler = Scheduler(store, nc)
+        async with running_agent(load_settings(env=env)):
+            task_id = await scheduler.submit(host, ["sh", "-c", "echo begun; sleep 2; echo ended"])
+            await scheduler.wait_for(task_id, lambda ev: any(isinstance(e, ExecutionOutput) for e in ev))
+            server.stop()
+            await asyncio.sleep(3)  # the task prints and exits while NATS is down
+            server = NatsServer(tmp_path / "nats", port=port, log_file=tmp_path / "nats2.log").start()
+            r = await scheduler.result(task_id, timeout=60)
+            assert isinstance(r.terminal, ExecutionExited), r.terminal
+            assert r.stdout == b"begun\nended\n"
+            assert containers_of(docker_client, host) == []
+    finally:
+        await nc.close()
+        server.stop()

@@ -105,7 +105,9 @@ async def test_allocating_past_the_memory_limit_is_an_oom_event(agent: Agent, sc
 
 async def test_running_past_the_timeout_is_killed(agent: Agent, scheduler: Scheduler) -> None:
     lim = limits(execution_timeout_s=1.5)
-    for tier, r in (await run_both(agent, scheduler, "echo begun; sleep 60; echo never", lim=lim)).items():
+    # Half a megabyte of input it never reads (far past a pipe buffer) must not hold up the timeout either.
+    script = "echo begun; sleep 60; echo never"
+    for tier, r in (await run_both(agent, scheduler, script, lim=lim, input=b"i" * (MIB // 2))).items():
         assert isinstance(r.terminal, ExecutionTimedOut), (tier, r.terminal)
         assert r.terminal.timeout_s == 1.5
         assert 1.5 <= r.terminal.duration_s < 15

@@ -67,3 +67,17 @@ async def hosts(
     yield make
     for host in started:
         await host.stop()
+
+
+@pytest.fixture(autouse=True)
+async def _watchdog() -> AsyncIterator[None]:
+    import asyncio
+
+    async def dump() -> None:
+        await asyncio.sleep(40)
+        for t in asyncio.all_tasks():
+            t.print_stack(limit=6, file=sys.stderr)
+
+    task = asyncio.create_task(dump())
+    yield
+    task.cancel()

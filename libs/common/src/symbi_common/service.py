@@ -75,6 +75,7 @@ class ServiceRuntime:
         self.started_at = time.time()
         self.recent_errors: list[str] = []
         self._decisions: DecisionPoint | None = None
+        self._decisions_lock = asyncio.Lock()
         self._health_checks: dict[str, Callable[[], bool]] = {}
 
     async def start(self) -> None:
@@ -144,10 +145,11 @@ class ServiceRuntime:
 
     async def decision_point(self) -> DecisionPoint:
         """This service's policy decision point, as ``[policy] enforcement`` configures it (opened once)."""
-        if self._decisions is None:
-            from symbi_common.policy import open_decision_point
+        async with self._decisions_lock:  # two first callers must not open two followers
+            if self._decisions is None:
+                from symbi_common.policy import open_decision_point
 
-            self._decisions = await open_decision_point(self)
+                self._decisions = await open_decision_point(self)
         return self._decisions
 
     def repository(self, aggregate: Aggregate[S, C, E]) -> Repository[S, C, E]:

@@ -234,6 +234,7 @@ class Rule:
 class Policy:
     name: str
     rules: tuple[Rule, ...]
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -252,6 +253,7 @@ class Agent:
     params: tuple[Param, ...]
     returns: TypeRef | None
     items: tuple[Entry | Policy | With, ...]
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -265,6 +267,7 @@ class Metadata:
 class TypeAlias_:
     name: str
     type: TypeRef
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -272,6 +275,7 @@ class TypeAlias_:
 class TypeRecord:
     name: str
     fields: tuple[tuple[str, TypeRef], ...]
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -281,6 +285,7 @@ class Function:
     params: tuple[Param, ...]
     returns: TypeRef | None
     body: tuple[Stmt, ...]
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -294,6 +299,7 @@ class Block:
     kind: BlockKind
     name: str
     entries: tuple[Entry, ...]
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 

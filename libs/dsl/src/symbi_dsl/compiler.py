@@ -710,6 +710,10 @@ def _refers_to(block: A.Block, agent: str) -> bool:
 
 
 def _name_span(node: Any) -> A.Span:
+    """Where a declaration's name is (its first character when the parser did not record the name)."""
+    named: A.Span = getattr(node, "name_span", A.NO_SPAN)
+    if named.line:
+        return named
     s = node.span
     return A.Span(s.line, s.column, s.line, s.column + 1)
 

@@ -303,7 +303,13 @@ class _Build(lark.Transformer[Token, Any]):
 
     def block(self, *children: Any) -> A.Block:
         kind, name, entries = _values(children)
-        return A.Block(str(kind), str(name), entries, span=_cover(children))  # type: ignore[arg-type]
+        return A.Block(
+            str(kind),  # type: ignore[arg-type]
+            str(name),
+            entries,
+            name_span=_tspan(name),
+            span=_cover(children),
+        )
 
     def param(self, name: Token, type_: A.TypeRef, default: A.Expr | None) -> A.Param:
         return A.Param(str(name), type_, default, span=_cover((name, type_, default)))
@@ -322,7 +328,7 @@ class _Build(lark.Transformer[Token, Any]):
 
     def policy(self, *children: Any) -> A.Policy:
         name, *rules = _values(children)
-        return A.Policy(str(name), tuple(rules), span=_cover(children))
+        return A.Policy(str(name), tuple(rules), name_span=_tspan(name), span=_cover(children))
 
     def with_arg(self, key: Token, value: A.Expr) -> A.Entry:
         return A.Entry(str(key), value, span=_cover((key, value)))
@@ -339,22 +345,22 @@ class _Build(lark.Transformer[Token, Any]):
 
     def agent(self, *children: Any) -> A.Agent:
         name, params, returns, items = _values(children)
-        return A.Agent(str(name), params, returns, items, span=_cover(children))
+        return A.Agent(str(name), params, returns, items, name_span=_tspan(name), span=_cover(children))
 
     def type_alias(self, *children: Any) -> A.TypeAlias_:
         name, type_ = _values(children)
-        return A.TypeAlias_(str(name), type_, span=_cover(children))
+        return A.TypeAlias_(str(name), type_, name_span=_tspan(name), span=_cover(children))
 
     def field(self, name: Token, type_: A.TypeRef) -> tuple[str, A.TypeRef]:
         return (str(name), type_)
 
     def type_record(self, *children: Any) -> A.TypeRecord:
         name, *fields = _values(children)
-        return A.TypeRecord(str(name), tuple(fields), span=_cover(children))
+        return A.TypeRecord(str(name), tuple(fields), name_span=_tspan(name), span=_cover(children))
 
     def function(self, *children: Any) -> A.Function:
         name, params, returns, body = _values(children)
-        return A.Function(str(name), params, returns, body, span=_cover(children))
+        return A.Function(str(name), params, returns, body, name_span=_tspan(name), span=_cover(children))
 
     def start(self, *items: A.Item) -> A.Module:
         return A.Module(items, span=_cover(items))

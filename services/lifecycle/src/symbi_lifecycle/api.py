@@ -2,7 +2,9 @@
 
 HTTP::
 
-    POST /v1/agents                         register ({"agent_id"?, "config": {...}}) -> 201, the agent
+    POST /v1/agents                         register ({"agent_id"?, "config": {...}} or {"agent_id"?,
+                                            "definition": "<.symbi text>", "file"?}) -> 201, the agent
+    POST /v1/agents/{id}/configure          {"config": {...}} or {"definition": "..."} (Ready agents)
     POST /v1/agents/{id}/assign-task        {"task_id", "description"?}
     POST /v1/agents/{id}/complete-task      {"task_id"?, "outcome"?}
     POST /v1/agents/{id}/suspend            {"reason"?, "policy_id"?}
@@ -15,11 +17,14 @@ HTTP::
 Commands answer with the agent as the command left it, including ``sequence`` (the stream sequence
 of its last event); pass it as ``min_sequence`` to a query to read your own write from the read
 model. A body that does not decode is a 400 naming the field; a config that decodes but is invalid
-registers the agent in state Failed with ``errors`` naming every bad field (201). Errors have the
+(or a definition with problems) registers the agent in state Failed with ``errors`` naming every
+bad field, or giving file, line, column, excerpt and hint for definitions (201). Registration and
+configuration are gated by the ``agent.register`` / ``agent.configure`` policy decisions: a denial is
+recorded (``agent.denied`` / ``agent.configure_denied``) and answered with 403 and the reason. Errors have the
 body ``{"error": {"code", "message", "details"}}`` with the status of the typed error (404, 409 for an
 illegal transition or an existing id, 422 for invalid arguments).
 
-NATS: ``cmd.lifecycle.<action>`` for register, assign_task, complete_task, suspend, resume,
+NATS: ``cmd.lifecycle.<action>`` for register, configure, assign_task, complete_task, suspend, resume,
 terminate (the same bodies plus ``agent_id``), get, list and history, served in a queue group.
 """
 
@@ -38,6 +43,7 @@ from symbi_lifecycle.application import (
     AssignTaskRequest,
     CommandContext,
     CompleteTaskRequest,
+    ConfigureRequest,
     GetRequest,
     HistoryRequest,
     LifecycleService,
@@ -96,6 +102,14 @@ async def _change(request: Request, type_: type[R], agent_id: str | None = None,
 async def register(request: Request) -> Response:
     """Register an agent: Ready if its config is valid, Failed (with every bad field) otherwise."""
     return await _change(request, RegisterRequest, status=201)
+
+
+@router.post(
+    "/{agent_id}/configure", openapi_extra=json_body(ConfigureRequest), responses={200: json_response(AgentView)}
+)
+async def configure(agent_id: str, request: Request) -> Response:
+    """Replace a Ready agent's configuration (validated, then gated by an agent.configure decision)."""
+    return await _change(request, ConfigureRequest, agent_id)
 
 
 @router.post(
@@ -175,6 +189,7 @@ async def agent_events(agent_id: str, request: Request) -> Response:
 
 CHANGE_COMMANDS: dict[str, type[AgentRequest]] = {
     "register": RegisterRequest,
+    "configure": ConfigureRequest,
     "assign_task": AssignTaskRequest,
     "complete_task": CompleteTaskRequest,
     "suspend": SuspendRequest,

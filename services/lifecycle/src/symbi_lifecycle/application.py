@@ -97,6 +97,14 @@ class RegisterRequest(AgentRequest):
     file: str = ""
 
 
+class ConfigureRequest(AgentRequest):
+    """Replace a Ready agent's configuration with a JSON ``config`` or a DSL ``definition``."""
+
+    config: dict[str, Any] | None = None
+    definition: str | None = None
+    file: str = ""
+
+
 class AssignTaskRequest(AgentRequest):
     """Assign a task to a Ready agent."""
 
@@ -163,6 +171,8 @@ def to_command(request: AgentRequest) -> Command:
             return AssignTask(task_id=request.task_id, description=request.description)
         case CompleteTaskRequest():
             return CompleteTask(task_id=request.task_id, outcome=request.outcome)
+        case ConfigureRequest():
+            raise TypeError("a configuration change goes through the initialization controller")
         case SuspendRequest():
             return Suspend(reason=request.reason, policy_id=request.policy_id)
         case ResumeRequest():
@@ -228,6 +238,8 @@ class LifecycleService:
         A registration is initialized right away (compile, validate, policy decision), so the answer
         shows Ready or Failed; a denied registration is recorded and then raised as PolicyDenied.
         """
+        if isinstance(request, ConfigureRequest):
+            return await self._configure(request, context)
         if isinstance(request, RegisterRequest):
             command: Command = register_command(request, context.user)
         else:
@@ -251,6 +263,30 @@ class LifecycleService:
             version=loaded.tip.version,
             sequence=loaded.tip.sequence,
             created_at=from_ns(first) if isinstance(command, Register) and first is not None else None,
+            updated_at=from_ns(records[-1].header.occurred_at) if records else None,
+        )
+
+    async def _configure(self, request: ConfigureRequest, context: CommandContext) -> AgentView:
+        if self.controller is None:
+            raise BadRequest("this service does not change configurations", field="config")
+        if (request.config is None) == (request.definition is None):
+            raise BadRequest("give exactly one of config (JSON) and definition (DSL text)", field="config")
+        outcome = await self.controller.configure(
+            check_agent_id(request.agent_id),
+            config=convert_config(request.config) if request.config is not None else None,
+            definition=request.definition,
+            file=request.file,
+            user=context.user,
+            causation_id=context.command_id,
+            correlation_id=context.correlation_id,
+        )
+        if outcome.denial is not None:
+            raise outcome.denial
+        loaded, records = outcome.loaded, outcome.records
+        return AgentView.of(
+            loaded.state,
+            version=loaded.tip.version,
+            sequence=loaded.tip.sequence,
             updated_at=from_ns(records[-1].header.occurred_at) if records else None,
         )
 

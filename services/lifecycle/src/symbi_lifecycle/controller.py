@@ -39,16 +39,33 @@ from symbi_common.decisions import (
     EntityRef,
     denied,
 )
-from symbi_common.errors import BadRequest, IllegalTransition, InfrastructureError, PolicyDenied, SymbiError
+from symbi_common.errors import (
+    BadRequest,
+    IllegalTransition,
+    InfrastructureError,
+    NotFound,
+    PolicyDenied,
+    SymbiError,
+)
 from symbi_common.eventstore import Recorded
 from symbi_dsl import DslError, compile_agent
 
 from symbi_lifecycle.config import AgentConfig, ConfigIssue, ResourceLimits, convert_config, validate_config
-from symbi_lifecycle.domain import AgentEvent, AgentState, AgentStatus, Command, Initialize
+from symbi_lifecycle.domain import (
+    ALLOWED,
+    AgentEvent,
+    AgentState,
+    AgentStatus,
+    Command,
+    ConfigRejected,
+    Configure,
+    Initialize,
+)
 
 log = structlog.get_logger(__name__)
 
 ACTION = "agent.register"
+CONFIGURE_ACTION = "agent.configure"
 SWEEP_INTERVAL_S = 5.0
 #: The sweep leaves agents registered this recently to the inline initialization of their registration.
 SWEEP_GRACE_S = 2.0
@@ -95,8 +112,10 @@ def compile_state(state: AgentState) -> tuple[AgentConfig | None, tuple[ConfigIs
     return config, tuple(validate_config(config))
 
 
-def register_request(state: AgentState, config: AgentConfig) -> DecisionRequest:
-    """The ``agent.register`` question for ``config`` (attribute names as in the Cedar schema)."""
+def register_request(
+    state: AgentState, config: AgentConfig, *, action: str = ACTION, user: str | None = None
+) -> DecisionRequest:
+    """The ``agent.register`` (or ``agent.configure``) question for ``config`` (names as in the Cedar schema)."""
     r = config.resources
     resources = {
         "memory_mb": r.memory_mb,
@@ -106,8 +125,8 @@ def register_request(state: AgentState, config: AgentConfig) -> DecisionRequest:
         "execution_timeout_s": float(r.execution_timeout_s),
     }
     return DecisionRequest(
-        principal=EntityRef(type="User", id=state.registered_by or "anonymous"),
-        action=ACTION,
+        principal=EntityRef(type="User", id=(state.registered_by if user is None else user) or "anonymous"),
+        action=action,
         resource=EntityRef(
             type="Agent",
             id=state.agent_id,
@@ -202,6 +221,64 @@ class InitializationController:
             )
         except IllegalTransition:  # someone else initialized it meanwhile
             return Outcome(await self.repository.load(agent_id, fresh=True), [])
+        return Outcome(loaded, records, denial)
+
+    async def configure(
+        self,
+        agent_id: str,
+        *,
+        config: AgentConfig | None = None,
+        definition: str | None = None,
+        file: str = "",
+        user: str = "",
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Outcome:
+        """Change a Ready agent's configuration, gated by an ``agent.configure`` decision.
+
+        An invalid configuration is refused with :class:`ConfigRejected` (nothing recorded); a denied
+        change is recorded as ``agent.configure_denied`` and reported as the outcome's ``denial``.
+        """
+        loaded = await self.repository.load(agent_id)
+        state = loaded.state
+        if state.status is None:
+            raise NotFound(f"agent {agent_id} is not registered; register it first", agent_id=agent_id)
+        if Configure.name not in ALLOWED[state.status]:
+            raise IllegalTransition(
+                state=state.status.value, command=Configure.name, allowed=list(ALLOWED[state.status])
+            )
+        if definition is not None:
+            try:
+                raw = await asyncio.to_thread(compile_agent, definition, agent_id=agent_id, file=file or "<definition>")
+            except DslError as err:
+                raise ConfigRejected(issues_of(err)) from None
+            new = convert_config(raw, prefix="config")
+        else:
+            assert config is not None
+            new = config
+        issues = validate_config(new)
+        if issues:
+            raise ConfigRejected(issues)
+        request = register_request(state, new, action=CONFIGURE_ACTION, user=user)
+        decision = await (await self.decisions()).decide(request)
+        record = DecisionRecord.of(request, decision)
+        denial: PolicyDenied | None = None
+        if isinstance(decision, Deny):
+            denial = denied(request, decision)
+        elif _approval_needed(decision):
+            denial = PolicyDenied(
+                f"changing the configuration of {agent_id} requires approval, which is not available for it",
+                action=CONFIGURE_ACTION,
+                policies=list(decision.policies),
+                policy_version=decision.policy_version,
+            )
+        if denial is not None:
+            command = Configure(config=new, decision=record, refused=True)
+        else:
+            command = Configure(config=_capped(new, decision), decision=record)
+        loaded, records = await self.repository.execute(
+            agent_id, command, causation_id=causation_id, correlation_id=correlation_id
+        )
         return Outcome(loaded, records, denial)
 
     async def sweep(self, *, grace_s: float = SWEEP_GRACE_S) -> int:

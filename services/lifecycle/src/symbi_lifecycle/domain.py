@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
 from symbi_common.decisions import DecisionRecord
-from symbi_common.errors import AlreadyExists, IllegalTransition, IntegrityError, NotFound, ValidationError
+from symbi_common.errors import (
+    AlreadyExists,
+    DomainError,
+    IllegalTransition,
+    IntegrityError,
+    NotFound,
+    ValidationError,
+)
 from symbi_common.events import Event, EventCodec
 
 from symbi_lifecycle.config import AgentConfig, ConfigIssue, validate_config
@@ -129,13 +137,23 @@ class Terminate(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = "shutdown"
 
 
-Command = Register | Initialize | AssignTask | CompleteTask | Suspend | Resume | Terminate
+class Configure(msgspec.Struct, frozen=True, kw_only=True):
+    """Replace a Ready agent's configuration (already compiled and validated, allowed by ``decision``)."""
+
+    name: ClassVar[str] = "configure"
+    config: AgentConfig
+    decision: DecisionRecord | None = None
+    refused: bool = False
+    """The decision did not let the change happen (a deny, or an approval nobody can give): record, change nothing."""
+
+
+Command = Register | Initialize | Configure | AssignTask | CompleteTask | Suspend | Resume | Terminate
 TASK_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 #: Which commands each state accepts.
 ALLOWED: dict[AgentStatus, tuple[str, ...]] = {
     S.INITIALIZING: (Initialize.name,),
-    S.READY: (AssignTask.name, Terminate.name),
+    S.READY: (AssignTask.name, Configure.name, Terminate.name),
     S.RUNNING: (CompleteTask.name, Suspend.name),
     S.SUSPENDED: (Resume.name, Terminate.name),
     S.FAILED: (Terminate.name,),
@@ -182,6 +200,19 @@ class AgentDenied(Event, frozen=True, tag="agent.denied"):
     errors: tuple[ConfigIssue, ...] = ()
 
 
+class AgentConfigured(Event, frozen=True, tag="agent.configured"):
+    """A Ready agent's configuration was replaced (no state change); ``decision`` allowed it."""
+
+    config: AgentConfig
+    decision: DecisionRecord | None = None
+
+
+class AgentConfigureDenied(Event, frozen=True, tag="agent.configure_denied"):
+    """Policy denied a configuration change; nothing changed. ``decision`` names the deciding policies."""
+
+    decision: DecisionRecord
+
+
 class AgentTaskAssigned(Event, frozen=True, tag="agent.task_assigned"):
     """Ready → Running."""
 
@@ -221,6 +252,8 @@ AgentEvent = (
     | AgentReady
     | AgentFailed
     | AgentDenied
+    | AgentConfigured
+    | AgentConfigureDenied
     | AgentTaskAssigned
     | AgentTaskCompleted
     | AgentSuspended
@@ -232,6 +265,8 @@ EVENT_TYPES: tuple[type[AgentEvent], ...] = (
     AgentReady,
     AgentFailed,
     AgentDenied,
+    AgentConfigured,
+    AgentConfigureDenied,
     AgentTaskAssigned,
     AgentTaskCompleted,
     AgentSuspended,
@@ -303,6 +338,12 @@ def apply(state: AgentState, event: AgentEvent) -> AgentState:
             )
         case AgentDenied():
             return msgspec.structs.replace(state, status=_moved(state, S.FAILED), errors=event.errors, definition="")
+        case AgentConfigured():
+            if state.status is not S.READY:
+                raise IntegrityError(f"agent {state.agent_id}: history configures it in state {state.status}")
+            return msgspec.structs.replace(state, config=event.config)
+        case AgentConfigureDenied():
+            return state
         case AgentTaskAssigned():
             return msgspec.structs.replace(state, status=_moved(state, S.RUNNING), current_task=event.task_id)
         case AgentTaskCompleted():
@@ -364,6 +405,13 @@ def decide(state: AgentState, command: Command) -> list[AgentEvent]:
     match command:
         case Initialize():
             return [_initialized(command)]
+        case Configure():
+            if command.refused and command.decision is not None:
+                return [AgentConfigureDenied(decision=command.decision)]
+            issues = validate_config(command.config)
+            if issues:
+                raise ConfigRejected(issues)
+            return [AgentConfigured(config=command.config, decision=command.decision)]
         case AssignTask():
             if not _TASK_ID_RE.match(command.task_id):
                 raise ValidationError("must be 1-128 letters, digits or '_.:-'", field="task_id")
@@ -388,6 +436,18 @@ def decide(state: AgentState, command: Command) -> list[AgentEvent]:
             _text("reason", command.reason)
             return [AgentTerminated(reason=command.reason, previous=state.status)]
     raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
+
+
+class ConfigRejected(DomainError):
+    """A new configuration breaks the rules; ``issues`` lists every problem (nothing was changed)."""
+
+    code = "invalid_config"
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        first = issues[0] if issues else ConfigIssue("config", "invalid")
+        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+        super().__init__(f"{first.field}: {first.message}{more}", issues=[msgspec.to_builtins(i) for i in issues])
+        self.issues = tuple(issues)
 
 
 def _initialized(command: Initialize) -> AgentEvent:

@@ -35,7 +35,7 @@ import structlog
 from nats.js.api import ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from symbi_common.aggregate import Repository
 from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.errors import ConfigError
+from symbi_common.errors import AppendFailed, ConfigError
 from symbi_common.policy.conditions import resource_caps
 from symbi_common.policy.hooks import resources_context
 from symbi_common.service import ServiceRuntime
@@ -79,6 +79,8 @@ SAMPLE_INTERVAL_S = 0.2
 SAMPLE_MIN_GAP_S = 0.05
 #: After a kill, how long the output stream may take to end before the run gives up on it.
 KILL_GRACE_S = 10.0
+#: Tries to store an output or terminal event (backing off to 5 s between tries: about 2 minutes in all).
+TERMINAL_ATTEMPTS = 30
 #: Delay before a work item is offered again while an older attempt of its task is still being stopped.
 BUSY_RETRY_S = 0.5
 #: Conditions of an allow that a sandbox start honours: it logs everything anyway, and lowers its limits to caps.
@@ -151,6 +153,8 @@ class Running:
     killed_at: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
+    #: Whether the terminal event is stored (until then the task stays in the heartbeat entry).
+    stored: bool = False
 
     def active_seconds(self, now: float) -> float:
         """Run time that counts against the timeout (time spent paused does not)."""
@@ -491,14 +495,26 @@ class SandboxAgent:
             else:
                 usage = CgroupUsage(spec.cgroup_parent)
                 usage.sample()
-                exit_state = await self._supervise(run, sock, data, collector, usage)
-                await self._discard(run)
-                terminal = self._terminal(run, exit_state, collector, usage.sample())
+                try:
+                    exit_state = await self._supervise(run, sock, data, collector, usage)
+                except Exception as exc:  # e.g. output that could not be stored for minutes: stop the run
+                    log.exception("supervising the sandbox failed", container=spec.name)
+                    await self._discard(run)
+                    terminal = ExecutionFailed(
+                        attempt=spec.attempt,
+                        usage=usage.sample(),
+                        output=collector.digest(),
+                        duration_s=round(time.time() - run.started_at, 3),
+                        reason=f"the sandbox-agent could not follow the run: {exc}",
+                    )
+                else:
+                    await self._discard(run)
+                    terminal = self._terminal(run, exit_state, collector, usage.sample())
         except asyncio.CancelledError:
             # The daemon is shutting down: the sandbox must not outlive it unaccounted.
             run.kill_reason = run.kill_reason or "shutdown"
             await self._discard(run)
-            await self._append(run, self._terminal(run, None, collector, usage.last if usage else Usage()))
+            await self._append(run, self._terminal(run, None, collector, usage.last if usage else Usage()), 1)
             self._finish(run)
             raise
         await self._append(run, terminal)
@@ -526,7 +542,8 @@ class SandboxAgent:
                 self.docker.close_socket(sock)
 
         threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
-        await self._call(self.docker.send_input, sock, data)
+        # Not awaited here: a workload that never reads its stdin must still meet its timeout.
+        writer = loop.run_in_executor(self._pool, self.docker.send_input, sock, data)
         timeout = run.spec.limits.execution_timeout_s
         last_flush = last_sample = time.monotonic()
         while True:
@@ -559,11 +576,15 @@ class SandboxAgent:
         usage.sample()
         for s, piece in collector.flush():
             await self._emit(run, s, piece)
-        return await self._call(self.docker.wait, run.container_id, KILL_GRACE_S)
+        exit_state = await self._call(self.docker.wait, run.container_id, KILL_GRACE_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, KILL_GRACE_S)  # the container is gone: the write has failed or ended
+        return exit_state
 
     async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
         event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=0, data=data)
-        await self.executions.execute(run.spec.task_id, event)
+        if not await self._store(run, event, TERMINAL_ATTEMPTS):
+            raise AppendFailed(f"output of {run.spec.task_id} could not be stored; the run is stopped")
 
     async def _kill(self, run: Running, reason: str) -> None:
         run.kill_reason = run.kill_reason or reason
@@ -618,17 +639,32 @@ class SandboxAgent:
     def _release_cgroup(self, run: Running) -> None:
         remove_cgroup_tree(run.spec.cgroup_parent)
 
-    async def _append(self, run: Running, terminal: ExecutionEvent) -> None:
+    async def _append(self, run: Running, terminal: ExecutionEvent, attempts: int = TERMINAL_ATTEMPTS) -> None:
+        """Store the terminal event, retrying while NATS is away. If it never lands, the task stays in this
+        host's heartbeat entry, so the next start-up reports it failed: no task is left without an end."""
         run.outcome = type(terminal).__struct_config__.tag  # type: ignore[assignment]
-        try:
-            await self.executions.execute(run.spec.task_id, terminal)
-        except Exception as exc:
-            log.error("terminal event not stored", task_id=run.spec.task_id, error=str(exc))
-            self.rt.note_error(f"terminal {run.spec.task_id}: {exc!r}")
+        run.stored = await self._store(run, terminal, attempts)
+
+    async def _store(self, run: Running, event: ExecutionEvent, attempts: int) -> bool:
+        """Append ``event``, retrying with back-off while NATS is away; whether it was stored."""
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.executions.execute(run.spec.task_id, event)
+                return True
+            except Exception as exc:
+                kind = type(event).__struct_config__.tag
+                log.error("event not stored", task_id=run.spec.task_id, event=kind, attempt=attempt, error=str(exc))
+                self.rt.note_error(f"{kind} {run.spec.task_id}: {exc!r}")
+                if attempt < attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        return False
 
     def _finish(self, run: Running) -> None:
         self._release_cgroup(run)
-        self.running.pop(run.spec.task_id, None)
+        if run.stored:
+            self.running.pop(run.spec.task_id, None)
         run.done.set()
 
     # --- control --------------------------------------------------------------------------------

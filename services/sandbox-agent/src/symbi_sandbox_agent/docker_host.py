@@ -152,6 +152,9 @@ class DockerHost:
 
     @staticmethod
     def close_socket(sock: Any) -> None:
+        """Close the attach socket; shutting it down first wakes a writer still blocked on stdin."""
+        with contextlib.suppress(Exception):
+            sock._sock.shutdown(socket.SHUT_RDWR)
         for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
             with contextlib.suppress(Exception):
                 if part is not None:

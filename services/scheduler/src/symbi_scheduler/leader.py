@@ -130,8 +130,11 @@ class Leader:
         await self.synced.wait()
         await self.hosts_loaded.wait()
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # coincides with its timeout, and this loop would then outlive the service's shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.settings.tick_s)
+                async with asyncio.timeout(self.settings.tick_s):
+                    await self.wake.wait()
             self.wake.clear()
             if not self.leading:
                 continue
