@@ -18,10 +18,12 @@ from typing import Any
 import docker
 import msgspec
 import nats
+import pytest
 from symbi_cli.infra import NatsServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings, load_settings
+from symbi_sandbox_agent.errors import DockerUnavailable
 from symbi_sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
@@ -31,6 +33,7 @@ from symbi_sandbox_agent.events import (
     ExecutionStarted,
     HostReconciled,
 )
+from symbi_sandbox_agent.main import build_app
 
 from .conftest import IMAGE, Scheduler, agent_env, containers_of, running_agent
 
@@ -243,3 +246,10 @@ async def test_a_run_rides_out_a_nats_server_restart(
     finally:
         await nc.close()
         server.stop()
+
+
+async def test_without_docker_the_daemon_refuses_to_start(agent_settings: Callable[..., Settings]) -> None:
+    app = build_app(agent_settings(**{"SYMBI_SANDBOX__DOCKER_URL": "unix:///nonexistent/docker.sock"}))
+    with pytest.raises(DockerUnavailable, match=r"deploy/host/setup-docker\.sh"):
+        async with app.router.lifespan_context(app):
+            pass

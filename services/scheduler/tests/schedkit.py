@@ -242,7 +242,8 @@ class FakeHost:
                     await self.heartbeat()
 
     async def _consume(self, sub: Any) -> None:
-        while True:
+        task = asyncio.current_task()
+        while task is None or not task.cancelling():  # nats-py's fetch may swallow a cancellation
             try:
                 msgs = await sub.fetch(4, timeout=0.5)
             except (nats.errors.TimeoutError, TimeoutError):

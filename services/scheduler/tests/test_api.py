@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from schedkit import App, register_agent
+from schedkit import App, eventually, register_agent
 from symbi_common.commands import CommandClient
-from symbi_common.errors import BadRequest, NotFound, ValidationError
+from symbi_common.errors import BadRequest, InfrastructureError, NotFound, ValidationError
 from symbi_scheduler.domain import TaskFinished
 
 
@@ -68,6 +68,14 @@ async def test_nats_commands_submit_and_answer_typed_errors(
     await register_agent(lifecycle, "worker")
     client = CommandClient(nc, timeout=10.0)
     async with start_scheduler():
+
+        async def answering() -> bool:  # the command subscription reaches the server asynchronously
+            try:
+                return bool(await client.call("scheduler", "status", {}, dict))
+            except InfrastructureError:
+                return False
+
+        await eventually(answering)
         view = await client.call("scheduler", "submit", {"agent_id": "worker", "input": "hi", "priority": "high"}, dict)
         assert view["status"] == "queued"
         assert view["priority"] == "high"

@@ -101,3 +101,32 @@ async def test_sandbox_refusing_on_policy_grounds_suspends_the_agent(
             return (await agent_events(store, "refused"))[-1] == "agent.task_completed"
 
         await eventually(ready)
+
+
+async def test_suspending_an_agent_pauses_its_running_task_until_resumed(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    await register_agent(lifecycle, "worker")
+    host: FakeHost = await hosts("h1", hold=True)
+    async with start_scheduler() as scheduler:
+        view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "worker", "input": "x"}, status=201)
+        task_id = view["task_id"]
+        execution = await host.wait_running(task_id)
+        await lifecycle.json("POST", "/v1/agents/worker/suspend", {"reason": "data exfiltration attempt"})
+        paused = await until_status(scheduler, task_id, "paused")
+        assert paused["attempt"] == 1
+        assert execution.paused
+        await lifecycle.json("POST", "/v1/agents/worker/resume", {"reason": "cleared"})
+        await until_status(scheduler, task_id, "assigned")
+
+        async def running_again() -> bool:
+            return not execution.paused
+
+        await eventually(running_again)
+        await host.finish(task_id)
+        done = await until_status(scheduler, task_id, "completed")
+        assert done["outcome"] == "succeeded"
+    events = await task_events(await make_store("scheduler"), task_id)
+    suspended = [e for e in events if isinstance(e, TaskSuspended)]
+    assert [e.reason for e in suspended] == ["agent_suspended"]
+    assert sum(isinstance(e, TaskResumed) for e in events) == 1

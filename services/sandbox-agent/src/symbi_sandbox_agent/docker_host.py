@@ -26,6 +26,8 @@ from symbi_sandbox_agent.errors import DockerUnavailable
 from symbi_sandbox_agent.events import Usage
 from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, SandboxSpec
 
+#: Docker Engine API 1.41 = Docker 20.10, the oldest engine this daemon is tested with; newer engines serve it too.
+API_VERSION = "1.41"
 _CONTAINER_ID = re.compile(r"\b[0-9a-f]{64}\b")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -77,19 +79,24 @@ class DockerHost:
     """One Docker engine (``base_url`` empty: the environment's, usually ``/var/run/docker.sock``)."""
 
     def __init__(self, base_url: str = "", timeout: float = 30.0) -> None:
+        client = None
         try:
-            self.client = (
-                docker.DockerClient(base_url=base_url, timeout=int(timeout))
+            # A fixed API version: version detection in the constructor leaks its socket when the engine is down.
+            client = (
+                docker.DockerClient(base_url=base_url, timeout=int(timeout), version=API_VERSION)
                 if base_url
-                else docker.from_env(timeout=int(timeout))
+                else docker.from_env(timeout=int(timeout), version=API_VERSION)
             )
-            self.client.ping()
+            client.ping()
         except docker.errors.DockerException as exc:
+            if client is not None:
+                client.close()
             raise DockerUnavailable(
                 f"cannot reach the Docker engine ({base_url or 'from the environment'}): {exc}; "
                 "on a sandbox host run deploy/host/setup-docker.sh"
             ) from None
-        self.api = self.client.api
+        self.client = client
+        self.api = client.api
 
     def close(self) -> None:
         self.client.close()

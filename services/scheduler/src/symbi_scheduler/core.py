@@ -299,15 +299,25 @@ class Scheduler:
         nowhere is skipped for this decision unless it is critical and a preemption makes room.
         """
         preempt: list[Preempt] = []
+        # Requests that found no host in this decision: a candidate asking for at least as much (same tier,
+        # same class) cannot fit either, so it is skipped without another scan of the hosts.
+        no_room: list[tuple[float, int, str, bool]] = []
 
         def verdict(entry: Entry) -> Verdict:
             if agent_free is not None:
                 v = agent_free(entry)
                 if v != "take":
                     return v
-            if self.placer.choose(entry.cpu, entry.memory_mb, entry.tier, entry.level >= CRITICAL) is not None:
-                return "take"
-            if entry.level >= CRITICAL and not preempt:
+            critical = entry.level >= CRITICAL
+            hopeless = any(
+                entry.cpu >= cpu and entry.memory_mb >= mem and entry.tier == tier and critical == crit
+                for cpu, mem, tier, crit in no_room
+            )
+            if not hopeless:
+                if self.placer.choose(entry.cpu, entry.memory_mb, entry.tier, critical) is not None:
+                    return "take"
+                no_room.append((entry.cpu, entry.memory_mb, entry.tier, critical))
+            if critical and not preempt:
                 victim = choose_victim(entry, self.placer.hosts, self.running.values(), self.preemption)
                 if isinstance(victim, Running):
                     preempt.append(Preempt(entry, victim, self.preemption))

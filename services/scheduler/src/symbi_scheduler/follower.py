@@ -46,6 +46,16 @@ CODECS: dict[str, EventCodec[Any]] = {
 HOSTS_BUCKET = "HOSTS"
 
 
+def stop_requested() -> bool:
+    """Whether the current task has been asked to stop.
+
+    On Python 3.11, ``asyncio.wait_for`` (used inside nats-py's ``fetch`` and requests) can swallow a
+    cancellation that arrives as it times out; loops check this so they still end on shutdown.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class EventFollower:
     """Applies the stream to ``model`` until stopped; calls ``on_change`` after each applied batch."""
 
@@ -65,7 +75,7 @@ class EventFollower:
     async def run(self) -> None:
         """Follow the stream; on a consumer error, start again right after the last applied event."""
         delay = 0.2
-        while True:
+        while not stop_requested():
             try:
                 await self._run_consumer()
             except asyncio.CancelledError:
@@ -91,7 +101,7 @@ class EventFollower:
             self.synced.set()
         psub = await self.js.pull_subscribe_bind(durable=self._name, stream=EVENTS_STREAM)
         try:
-            while True:
+            while not stop_requested():
                 try:
                     msgs = await psub.fetch(self.batch, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
@@ -167,7 +177,7 @@ class HostWatcher:
                 self.kv = await self.js.key_value(HOSTS_BUCKET)
 
     async def run(self) -> None:
-        while True:
+        while not stop_requested():
             watcher = await self.kv.watchall()
             try:
                 async for entry in watcher:

@@ -43,6 +43,7 @@ from symbi_scheduler.domain import (
     TaskSubmitted,
     TaskSuspended,
 )
+from symbi_scheduler.follower import stop_requested
 from symbi_scheduler.lease import Lease
 from symbi_scheduler.model import (
     AgentDenied,
@@ -54,8 +55,10 @@ from symbi_scheduler.model import (
     Dispatch,
     HostLost,
     Model,
+    PauseForAgent,
     ResumeDenied,
     ResumePaused,
+    StopForAgent,
 )
 from symbi_scheduler.schedules import (
     Fire,
@@ -85,9 +88,10 @@ class Leader:
         tasks: Repository[TaskState, Command, TaskEvent],
         schedules: Repository[ScheduleState, Fire, ScheduleEvent],
         lease: Lease,
-        decisions: DecisionPoint,
+        decisions: DecisionPoint | None,
         synced: asyncio.Event,
         hosts_loaded: asyncio.Event,
+        wake: asyncio.Event,
     ) -> None:
         self.rt = rt
         self.model = model
@@ -98,7 +102,8 @@ class Leader:
         self.synced = synced
         self.hosts_loaded = hosts_loaded
         self.settings = rt.settings.scheduler
-        self.wake = asyncio.Event()
+        #: Set by whatever changes the model (new events, heartbeats, submissions): a round runs soon.
+        self.wake = wake
         self.leading = False
         self.decisions_made = 0
         self._dispatched: set[tuple[str, int]] = set()
@@ -110,7 +115,7 @@ class Leader:
     async def renew(self) -> None:
         """Keep the lease (or try to take it) every ``lease_ttl_s / 3``; hand it back on shutdown."""
         try:
-            while True:
+            while not stop_requested():
                 try:
                     held = await self.lease.tick()
                 except Exception as exc:
@@ -129,7 +134,7 @@ class Leader:
     async def run(self) -> None:
         await self.synced.wait()
         await self.hosts_loaded.wait()
-        while True:
+        while not stop_requested():
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
             # coincides with its timeout, and this loop would then outlive the service's shutdown.
             with contextlib.suppress(TimeoutError):
@@ -244,6 +249,8 @@ class Leader:
                 "risk_score": assessment.score,
             },
         )
+        if self.decisions is None:  # opened on first use: the policy events may still be loading at start
+            self.decisions = await self.rt.decision_point()
         decision = await self.decisions.decide(request)
         record = DecisionRecord.of(request, decision)
         if isinstance(decision, Deny):
@@ -336,8 +343,18 @@ class Leader:
                 await self.record(chore.task_id, TaskCancelled(reason=chore.reason, cancelled_by="scheduler"))
             case HostLost():
                 await self._host_lost(chore)
+            case PauseForAgent():
+                if self._due("pause", f"{chore.task_id}:{chore.attempt}"):
+                    await self.record(
+                        chore.task_id,
+                        TaskSuspended(reason="agent_suspended", attempt=chore.attempt, host_id=chore.host_id),
+                    )
+                    await self.host_command(chore.host_id, "suspend", chore.task_id)
+            case StopForAgent():
+                if self._due("stop", f"{chore.task_id}:{chore.attempt}"):
+                    await self.host_command(chore.host_id, "terminate", chore.task_id)
             case ResumePaused():
-                if self._due("resume", chore.task_id):
+                if self._due("resume", f"{chore.task_id}@{self.model.tasks[chore.task_id].version}"):
                     await self.host_command(chore.host_id, "resume", chore.task_id)
                     await self.record(
                         chore.task_id,

@@ -8,9 +8,11 @@ The scheduler keeps no database: its state is rebuilt from the event stream at e
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from fastapi import FastAPI
@@ -47,8 +49,6 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
             host_lost_after_s=s.host_lost_after_s,
             default_tier=settings.security.default_sandbox_tier,
         )
-        import time
-
         model.grace_until = time.time() + s.host_lost_after_s
         await ensure_work_stream(rt.js, settings)
         tasks = rt.repository(TASK)
@@ -60,18 +60,11 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
             replicas=settings.nats.replicas,
         )
         await lease.open()
-        point = decisions if decisions is not None else await rt.decision_point()
-        wake: list[Leader] = []
-
-        def changed() -> None:
-            if wake:
-                wake[0].wake.set()
-
-        follower = EventFollower(rt.js, rt.store, model, changed)
-        hosts = HostWatcher(rt.js, model, changed, replicas=settings.nats.replicas)
+        wake = asyncio.Event()
+        follower = EventFollower(rt.js, rt.store, model, wake.set)
+        hosts = HostWatcher(rt.js, model, wake.set, replicas=settings.nats.replicas)
         await hosts.open()
-        leader = Leader(rt, model, tasks, schedules, lease, point, follower.synced, hosts.loaded)
-        wake.append(leader)
+        leader = Leader(rt, model, tasks, schedules, lease, decisions, follower.synced, hosts.loaded, wake)
         rt.spawn(follower.run(), "scheduler:follow")
         rt.spawn(hosts.run(), "scheduler:hosts")
         await follower.synced.wait()

@@ -75,6 +75,9 @@ from symbi_scheduler.domain import (
 from symbi_scheduler.risk import assess_agent
 from symbi_scheduler.schedules import ScheduleEvent, ScheduleFired
 
+#: ``task.suspended`` reasons that pause the task in place (the others park it as denied).
+PAUSE_REASONS = ("preempted", "agent_suspended")
+
 #: The outcome of ``task.completed`` for each terminal execution event type.
 TERMINAL_OUTCOME: dict[str, str] = {
     "execution.exited": "succeeded",  # or failed, by exit code
@@ -150,6 +153,9 @@ class TaskRec:
     detail: str = ""
     finished_at: float = 0.0
     finished_seq: int = 0
+    assigned_seq: int = 0
+    #: Why a paused task is paused: ``preempted`` (room for critical work) or ``agent_suspended``.
+    pause_reason: str = ""
     decision: Any = None
     risk_score: float | None = None
 
@@ -250,6 +256,24 @@ class HostLost:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseForAgent:
+    """The agent was suspended (policy violation) while its task ran: pause the task in place."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopForAgent:
+    """The agent was terminated while its task was paused: stop the sandbox (the task ends as killed)."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResumePaused:
     """A task paused for critical work can run again: its host has room for its CPU."""
 
@@ -267,6 +291,8 @@ Chore = (
     | ResumeDenied
     | CancelForAgent
     | HostLost
+    | PauseForAgent
+    | StopForAgent
     | ResumePaused
 )
 
@@ -382,7 +408,7 @@ class Model:
             case TaskAssigned():
                 self.queue.remove(task_id)
                 self._unpark_task(rec)
-                rec.status = TaskStatus.ASSIGNED
+                rec.status, rec.assigned_seq = TaskStatus.ASSIGNED, sequence
                 rec.attempt, rec.host_id, rec.tier, rec.assigned_at = event.attempt, event.host_id, event.tier, at
                 rec.decision, rec.risk_score = event.decision, event.risk_score
                 rec.holds[event.attempt] = Hold(event.host_id, event.limits.cpu_cores, event.limits.memory_mb)
@@ -402,8 +428,8 @@ class Model:
                 self._release_agent(rec)
                 self._enqueue(rec)
             case TaskSuspended():
-                if event.reason == "preempted":
-                    rec.status = TaskStatus.PAUSED
+                if event.reason in PAUSE_REASONS:
+                    rec.status, rec.pause_reason = TaskStatus.PAUSED, event.reason
                     hold = rec.holds.get(event.attempt)
                     if hold is not None:
                         hold.paused = True
@@ -671,10 +697,8 @@ class Model:
                 elif rec.status == TaskStatus.ASSIGNED and rec.attempt not in rec.started:
                     if (rec.task_id, rec.attempt) not in dispatched:
                         out.append(Dispatch(rec.task_id, rec.attempt, rec.host_id))
-                elif rec.status == TaskStatus.PAUSED and not self._critical_waiting():
-                    hold = rec.holds.get(rec.attempt)
-                    if host is not None and hold is not None and host.cpu_free >= hold.cpu:
-                        out.append(ResumePaused(rec.task_id, rec.attempt, rec.host_id))
+                else:
+                    out.extend(self._paused_chores(rec, host))
             elif rec.status == TaskStatus.DENIED:
                 out.extend(self._denied_chores(rec))
             elif rec.status == TaskStatus.QUEUED:
@@ -712,6 +736,26 @@ class Model:
             elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
                 out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
         return out
+
+    def _paused_chores(self, rec: TaskRec, host: Host) -> Iterable[Chore]:
+        """A running task whose agent was suspended is paused; a paused one resumes when it may."""
+        agent = self.agents.get(rec.agent_id)
+        agent_status = agent.status if agent is not None else None
+        if rec.status == TaskStatus.ASSIGNED:
+            if agent is not None and agent_status == AgentStatus.SUSPENDED and agent.suspended_seq > rec.assigned_seq:
+                return (PauseForAgent(rec.task_id, rec.attempt, rec.host_id),)
+            return ()
+        if rec.pause_reason == "agent_suspended":
+            if agent_status == AgentStatus.TERMINATED:  # manual override while paused: stop it for good
+                return (StopForAgent(rec.task_id, rec.attempt, rec.host_id),)
+            if agent_status != AgentStatus.RUNNING:
+                return ()
+        elif self._critical_waiting():
+            return ()
+        hold = rec.holds.get(rec.attempt)
+        if hold is not None and host.cpu_free >= hold.cpu:
+            return (ResumePaused(rec.task_id, rec.attempt, rec.host_id),)
+        return ()
 
     def _critical_waiting(self) -> bool:
         return any(e.level >= CRITICAL for e in self.queue.entries.values())
