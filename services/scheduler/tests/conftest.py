@@ -67,21 +67,3 @@ async def hosts(
     yield make
     for host in started:
         await host.stop()
-
-
-@pytest.fixture(autouse=True)
-async def _watchdog() -> AsyncIterator[None]:
-    import asyncio
-    import faulthandler
-
-    async def dump() -> None:
-        await asyncio.sleep(45)
-        print("WATCHDOG", flush=True, file=sys.stderr)
-        for t in asyncio.all_tasks():
-            t.print_stack(limit=8, file=sys.stderr)
-
-    task = asyncio.create_task(dump())
-    yield
-    # teardown of the other fixtures happens after this one's; keep the dump running a while
-    faulthandler.dump_traceback_later(60, exit=False)
-    task.cancel()

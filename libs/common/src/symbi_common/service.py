@@ -33,10 +33,11 @@ from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.decisions import DecisionPoint
-from symbi_common.errors import PayloadTooLarge, SymbiError, to_wire
+from symbi_common.errors import InfrastructureError, PayloadTooLarge, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
+from symbi_common.natsauth import without_credentials
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings
 from symbi_common.snapshots import SnapshotStore
@@ -48,6 +49,10 @@ log = structlog.get_logger(__name__)
 S = TypeVar("S")
 C = TypeVar("C")
 E = TypeVar("E", bound=Event)
+
+
+#: How long a starting service tries to reach NATS before it gives up with a clear error.
+STARTUP_CONNECT_TIMEOUT_S = 30.0
 
 
 class ServiceRuntime:
@@ -86,14 +91,24 @@ class ServiceRuntime:
         self.registry = KeyRegistry.load(Path(s.keys.dir), read_key_file(s.root_public_key_path()))
         signer = load_signer(s.signing_key_path(self.name))
         master = load_master_key(s.master_key_path())
-        self.nc = await nats.connect(
-            s.nats.url,
-            name=f"symbi-{self.name}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            error_cb=self._nats_error,
-        )
+        try:
+            # Reconnect forever once connected, but do not hang at start-up on a wrong or dead URL.
+            self.nc = await asyncio.wait_for(
+                nats.connect(
+                    s.nats.url,
+                    name=f"symbi-{self.name}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=5,
+                    error_cb=self._nats_error,
+                ),
+                timeout=STARTUP_CONNECT_TIMEOUT_S,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise InfrastructureError(
+                f"cannot connect to NATS at {without_credentials(s.nats.url)} within "
+                f"{STARTUP_CONNECT_TIMEOUT_S:g} s: {exc!r}; check nats.url / SYMBI_NATS_URL"
+            ) from None
         self.js = self.nc.jetstream(timeout=s.nats.request_timeout_s)
         await provision_streams(
             self.js,

@@ -79,6 +79,17 @@ class DockerHost:
     """One Docker engine (``base_url`` empty: the environment's, usually ``/var/run/docker.sock``)."""
 
     def __init__(self, base_url: str = "", timeout: float = 30.0) -> None:
+        url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if url.startswith("unix://"):
+            # Checked here first: the SDK leaks its socket when a unix socket does not answer.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(timeout)
+                try:
+                    probe.connect(url.removeprefix("unix://"))
+                except OSError as exc:
+                    raise DockerUnavailable(
+                        f"cannot reach the Docker engine at {url}: {exc}; on a sandbox host run deploy/host/setup-docker.sh"
+                    ) from None
         client = None
         try:
             # A fixed API version: version detection in the constructor leaks its socket when the engine is down.

@@ -11,7 +11,7 @@
 Workload: ``cat`` in ``symbi/busybox:1`` with a 1 KiB input. Rounds alternate (ABBA) per tier.
 Target per tier: median ours <= 1.3 x median baseline + 50 ms. Needs ``deploy/host/setup-docker.sh``.
 
-    uv run python services/sandbox-agent/bench/sandbox_run.py [--quick] [--rounds N]
+    uv run python bench/sandbox_run.py [--quick] [--rounds N]
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-
-import _common  # type: ignore[import-not-found]
+import _common
 import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
