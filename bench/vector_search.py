@@ -414,10 +414,11 @@ async def main() -> None:
                 )
             del data, truth, ftruth, mask
     if not args.skip_http:
-        ours, base, writes = await http_retrieval(200 if args.quick else 1000, 100 if args.quick else 500)
+        memories = 200 if args.quick else 1000
+        ours, base, writes = await http_retrieval(memories, 100 if args.quick else 500)
         p50, p99, b50 = pct(ours, 50), pct(ours, 99), pct(base, 50)
         print(
-            f"\nHTTP context retrieval (POST /v1/memories/query, 1000 memories + corpus): p50 {p50:.1f} ms "
+            f"\nHTTP context retrieval (POST /v1/memories/query, {memories} memories + corpus): p50 {p50:.1f} ms "
             f"p99 {p99:.1f} ms; GET /healthz p50 {b50:.2f} ms; writes {writes:.0f} memories/s through HTTP"
         )
         lines.append(

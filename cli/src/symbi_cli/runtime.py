@@ -51,6 +51,8 @@ SERVICE_PORT_OFFSETS: Mapping[str, int] = {
     "context": 6,
 }
 ALL_SERVICES: tuple[str, ...] = tuple(SERVICE_PORT_OFFSETS)
+#: The services with a PostgreSQL read model (each gets its own database); the others keep none.
+DATABASE_SERVICES: frozenset[str] = frozenset({"lifecycle", "audit"})
 DEFAULT_BASE_PORT = 8080
 DEFAULT_NATS_PORT = 4222
 
@@ -249,11 +251,12 @@ class LocalRuntime:
             self.reporter.step(f"PostgreSQL (pid {_postmaster_pid(pg.data_dir)}, data {pg.data_dir})")
 
         specs = []
+        with_db = [s for s in self.running_services if s in DATABASE_SERVICES]
         for service in self.running_services:
-            db_url = await create_database(admin_url, database_name(service))
+            db_url = await create_database(admin_url, database_name(service)) if service in with_db else ""
             specs.append(self._spec(service, db_url))
-        if self.running_services:
-            self.reporter.step(f"databases {', '.join(database_name(s) for s in self.running_services)}")
+        if with_db:
+            self.reporter.step(f"databases {', '.join(database_name(s) for s in with_db)}")
         if self.not_built:
             self.reporter.step(f"not built yet (skipped): {', '.join(self.not_built)}")
 
@@ -296,6 +299,8 @@ class LocalRuntime:
                 "SYMBI_HTTP_PORT": str(self.options.port_of(service)),
             }
         )
+        if service == "context":
+            env.setdefault("SYMBIONT_VECTOR_DATA_PATH", str(self.home / "vectors"))
         return ServiceSpec(
             name=service,
             argv=service_command(service),

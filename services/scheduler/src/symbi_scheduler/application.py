@@ -299,7 +299,7 @@ class SchedulerService:
                     "memory_mb": host.memory_mb,
                     "memory_free_mb": host.memory_free,
                     "heartbeat_age_s": round(now - info.heartbeat_s(), 2) if info else None,
-                    "tasks": sorted(self.model._by_host.get(host.host_id, ())),
+                    "tasks": self.model.holds_on(host.host_id),
                 }
             )
         running = [

@@ -28,6 +28,21 @@ from symbi_common.eventstore import Recorded
 from symbi_common.service import ServiceRuntime
 from symbi_lifecycle.config import ResourceLimits
 
+from symbi_scheduler.chores import (
+    AgentDenied,
+    AgentDone,
+    AgentViolated,
+    CancelForAgent,
+    Chore,
+    Complete,
+    Dispatch,
+    HostLost,
+    PauseForAgent,
+    ResumeDenied,
+    ResumePaused,
+    StopForAgent,
+)
+from symbi_scheduler.chores import due as chores_due
 from symbi_scheduler.core import Place, Preempt
 from symbi_scheduler.domain import (
     Command,
@@ -45,21 +60,7 @@ from symbi_scheduler.domain import (
 )
 from symbi_scheduler.follower import stop_requested
 from symbi_scheduler.lease import Lease
-from symbi_scheduler.model import (
-    AgentDenied,
-    AgentDone,
-    AgentViolated,
-    CancelForAgent,
-    Chore,
-    Complete,
-    Dispatch,
-    HostLost,
-    Model,
-    PauseForAgent,
-    ResumeDenied,
-    ResumePaused,
-    StopForAgent,
-)
+from symbi_scheduler.model import Model
 from symbi_scheduler.schedules import (
     Fire,
     ScheduleEvent,
@@ -154,7 +155,7 @@ class Leader:
 
     async def round(self) -> None:
         now = time.time()
-        for chore in self.model.chores(now, dispatched=self._dispatched):
+        for chore in chores_due(self.model, now, dispatched=self._dispatched):
             if not self.leading:
                 return
             try:

@@ -1,0 +1,232 @@
+"""What the leader has to do besides placing queued tasks, derived from the model (no I/O).
+
+These are exactly the steps a crash can leave half done — an execution that ended without
+``task.completed``, an assignment whose work item may not have gone out, an agent whose lifecycle state
+lags behind its task, a host that stopped heartbeating — plus the reactions to agents changing state
+(suspended while running, resumed after a denial, terminated with queued tasks). The leader runs
+:func:`due` every round and does each chore; each is safe to repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from symbi_lifecycle.domain import AgentStatus
+
+from symbi_scheduler.core import Host
+from symbi_scheduler.domain import FINISHED, TaskStatus
+from symbi_scheduler.model import Model, TaskRec
+
+#: The outcome of ``task.completed`` for each terminal execution event type.
+TERMINAL_OUTCOME: dict[str, str] = {
+    "execution.exited": "succeeded",  # or failed, by exit code
+    "execution.oom_killed": "oom_killed",
+    "execution.timed_out": "timed_out",
+    "execution.killed": "killed",
+    "execution.refused": "refused",
+    "execution.failed": "failed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Append ``task.completed`` for the attempt whose execution ended."""
+
+    task_id: str
+    attempt: int
+    outcome: str
+    exit_code: int | None
+    detail: str
+    #: The sandbox refused it because the policy denied ``sandbox.start``: suspend the agent.
+    policy_violation: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """(Re)publish the work item of an assigned attempt that has not started."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDone:
+    """The agent still runs a task that is over (completed, cancelled or requeued): ``complete_task``."""
+
+    agent_id: str
+    task_id: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentViolated:
+    """The sandbox refused the agent's task on the policy's word and the agent is not suspended yet."""
+
+    agent_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDenied:
+    """A denied task's agent is not suspended yet: ``assign_task`` (if Ready), then ``suspend``."""
+
+    agent_id: str
+    task_id: str
+    assign_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeDenied:
+    """The agent's policy violation was cleared: put the denied task back in the queue."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelForAgent:
+    """The agent was terminated (or failed): cancel its task."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostLost:
+    """The host stopped heartbeating while ``task_id`` ran there."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PauseForAgent:
+    """The agent was suspended (policy violation) while its task ran: pause the task in place."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopForAgent:
+    """The agent was terminated while its task was paused: stop the sandbox (the task ends as killed)."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePaused:
+    """A task paused for critical work can run again: its host has room for its CPU."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+Chore = (
+    Complete
+    | Dispatch
+    | AgentDone
+    | AgentViolated
+    | AgentDenied
+    | ResumeDenied
+    | CancelForAgent
+    | HostLost
+    | PauseForAgent
+    | StopForAgent
+    | ResumePaused
+)
+
+
+def outcome_of(kind: str, exit_code: int | None) -> str:
+    outcome = TERMINAL_OUTCOME.get(kind, "failed")
+    if outcome == "succeeded" and exit_code not in (0, None):
+        return "failed"
+    return outcome
+
+
+def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[Chore]:
+    """What the leader has to do besides new placements, most urgent first."""
+    out: list[Chore] = []
+    model.check_hosts(now)
+    for rec in [model.tasks[t] for t in model.active]:
+        if rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+            ended = rec.ended.get(rec.attempt)
+            host = model.placer.hosts.get(rec.host_id)
+            if ended is not None:
+                kind, code, reason = ended
+                violation = rec.attempt in rec.refused_by_policy
+                out.append(Complete(rec.task_id, rec.attempt, outcome_of(kind, code), code, reason, violation))
+            elif host is None or not host.alive:
+                out.append(HostLost(rec.task_id, rec.attempt, rec.host_id))
+            elif rec.status == TaskStatus.ASSIGNED and rec.attempt not in rec.started:
+                if (rec.task_id, rec.attempt) not in dispatched:
+                    out.append(Dispatch(rec.task_id, rec.attempt, rec.host_id))
+            else:
+                out.extend(_paused(model, rec, host))
+        elif rec.status == TaskStatus.DENIED:
+            out.extend(_denied(model, rec))
+        elif rec.status == TaskStatus.QUEUED:
+            agent = model.agents.get(rec.agent_id)
+            if agent is not None and agent.status in (AgentStatus.TERMINATED, AgentStatus.FAILED):
+                out.append(CancelForAgent(rec.task_id, f"agent {rec.agent_id} is {agent.status.value}"))
+    model.release_lost_stopped()
+    for agent in model.agents.values():
+        if agent.status != AgentStatus.RUNNING or agent.current_task is None:
+            continue
+        current = model.tasks.get(agent.current_task)
+        if current is None:
+            continue
+        rec = current
+        if rec.status in FINISHED and rec.attempt in rec.refused_by_policy and agent.suspended_seq < rec.finished_seq:
+            out.append(AgentViolated(agent.agent_id, rec.task_id, f"sandbox.start denied: {rec.detail}"))
+        elif rec.status in FINISHED:
+            outcome = (
+                "succeeded" if rec.outcome == "succeeded" else "cancelled" if rec.outcome == "cancelled" else "failed"
+            )
+            out.append(AgentDone(agent.agent_id, rec.task_id, outcome))
+        elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
+            out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
+    return out
+
+
+def _paused(model: Model, rec: TaskRec, host: Host) -> Iterable[Chore]:
+    """A running task whose agent was suspended is paused; a paused one resumes when it may."""
+    agent = model.agents.get(rec.agent_id)
+    agent_status = agent.status if agent is not None else None
+    if rec.status == TaskStatus.ASSIGNED:
+        if agent is not None and agent_status == AgentStatus.SUSPENDED and agent.suspended_seq > rec.assigned_seq:
+            return (PauseForAgent(rec.task_id, rec.attempt, rec.host_id),)
+        return ()
+    if rec.pause_reason == "agent_suspended":
+        if agent_status == AgentStatus.TERMINATED:  # manual override while paused: stop it for good
+            return (StopForAgent(rec.task_id, rec.attempt, rec.host_id),)
+        if agent_status != AgentStatus.RUNNING:
+            return ()
+    elif model.critical_waiting():
+        return ()
+    hold = rec.holds.get(rec.attempt)
+    if hold is not None and host.cpu_free >= hold.cpu:
+        return (ResumePaused(rec.task_id, rec.attempt, rec.host_id),)
+    return ()
+
+
+def _denied(model: Model, rec: TaskRec) -> Iterable[Chore]:
+    agent = model.agents.get(rec.agent_id)
+    if agent is None or agent.status is None:
+        return ()
+    if agent.status in (AgentStatus.TERMINATED, AgentStatus.FAILED):
+        return (CancelForAgent(rec.task_id, f"agent {rec.agent_id} is {agent.status.value}"),)
+    if agent.status == AgentStatus.READY and rec.agent_id not in model.busy:
+        return (AgentDenied(rec.agent_id, rec.task_id, assign_first=True),)
+    if agent.status == AgentStatus.RUNNING and agent.current_task == rec.task_id:
+        if agent.suspended_seq > rec.denied_seq:
+            return (ResumeDenied(rec.task_id),)
+        return (AgentDenied(rec.agent_id, rec.task_id, assign_first=False),)
+    return ()
