@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,21 @@ def service_command(service: str) -> list[str]:
     if _has_module(f"{pkg}.__main__"):
         return [sys.executable, "-m", pkg]
     return [sys.executable, "-c", f"from {pkg}.main import main; main()"]
+
+
+def docker_reachable(env: Mapping[str, str]) -> bool:
+    """Whether a Docker engine answers on ``$DOCKER_HOST`` (a unix socket) or ``/var/run/docker.sock``."""
+    host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True  # a remote engine: the sandbox-agent itself reports whether it answers
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(host.removeprefix("unix://"))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/1.")
+        except OSError:
+            return False
 
 
 def database_name(service: str) -> str:
@@ -183,6 +199,11 @@ class LocalRuntime:
         self.supervisor: Supervisor | None = None
         self.running_services = [s for s in options.services if is_built(s)]
         self.not_built = [s for s in options.services if not is_built(s)]
+        #: Services left out because this machine lacks what they need (service → why).
+        self.unavailable: dict[str, str] = {}
+        if "sandbox-agent" in self.running_services and not docker_reachable(self.env):
+            self.running_services.remove("sandbox-agent")
+            self.unavailable["sandbox-agent"] = "no Docker engine here; run deploy/host/setup-docker.sh (as root)"
         self._owns_state_file = False
 
     # --- addresses ----------------------------------------------------------------------------
@@ -259,6 +280,8 @@ class LocalRuntime:
             self.reporter.step(f"databases {', '.join(database_name(s) for s in with_db)}")
         if self.not_built:
             self.reporter.step(f"not built yet (skipped): {', '.join(self.not_built)}")
+        for service, why in self.unavailable.items():
+            self.reporter.step(f"{service} not started: {why}")
 
         self.supervisor = Supervisor(
             specs,
@@ -404,6 +427,7 @@ class LocalRuntime:
             ),
             "services": services,
             "not_built": self.not_built,
+            "unavailable": self.unavailable,
         }
 
     def _write_state(self) -> None:
