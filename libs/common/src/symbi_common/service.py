@@ -135,7 +135,7 @@ class ServiceRuntime:
         self.commands = CommandServer(self.nc, self.name, max_request_bytes=s.events.max_command_bytes)
         self.client = CommandClient(self.nc, timeout=s.nats.request_timeout_s)
         self.started = True
-        log.info("service started", nats=s.nats.url, signing_key=signer.key_id)
+        log.info("service started", nats=without_credentials(s.nats.url), signing_key=signer.key_id)
 
     async def _nats_error(self, exc: Exception) -> None:
         self.note_error(f"nats: {exc}")
