@@ -9,7 +9,9 @@ projections, drains NATS and closes the pool.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -33,13 +35,13 @@ from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.decisions import DecisionPoint
-from symbi_common.errors import InfrastructureError, PayloadTooLarge, SymbiError, to_wire
+from symbi_common.errors import ConfigError, InfrastructureError, PayloadTooLarge, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
 from symbi_common.natsauth import without_credentials
 from symbi_common.projection import Projection, ProjectionRunner
-from symbi_common.settings import Settings
+from symbi_common.settings import Settings, load_settings
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import StreamSettings, provision_streams
 from symbi_common.telemetry import configure_logging, configure_tracing, extract_trace, flush_tracing
@@ -342,6 +344,31 @@ def create_app(
         app.include_router(router)
     openapi.install(app)
     return app
+
+
+def run_service(
+    prog: str,
+    description: str,
+    build_app: Callable[[Settings], FastAPI],
+    argv: Sequence[str] | None = None,
+    *,
+    needs_database: bool = False,
+) -> None:
+    """Every service's ``main()``: read the settings (``--config`` or ``SYMBI_CONFIG_PATH`` plus ``SYMBI_*``),
+    build the app and serve until SIGTERM/SIGINT. A bad setting ends the process with exit code 2 and a
+    message naming it."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if needs_database and not settings.database.url:
+            raise ConfigError("set SYMBI_DATABASE_URL or [database] url", setting="database.url")
+        app = build_app(settings)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(app, settings)
 
 
 def serve(app: FastAPI, settings: Settings) -> None:

@@ -7,19 +7,16 @@ context service needs no PostgreSQL: its read model is the vector index.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 from fastapi import FastAPI
 from symbi_common.datakeys import KvDataKeyStore
-from symbi_common.errors import ConfigError
-from symbi_common.service import ServiceRuntime, create_app, serve
-from symbi_common.settings import ContextSettings, Settings, load_settings
+from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.settings import ContextSettings, Settings
 
 from symbi_context.api import Api, register_commands, router
 from symbi_context.application import ContextConfig, ContextService
@@ -116,12 +113,4 @@ async def _close_on_stop(index: ContextIndex, store: VectorStore) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Read the settings and serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="symbi-context", description="Symbi context service")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as err:
-        print(f"symbi-context: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(build_app(settings), settings)
+    run_service("symbi-context", "Symbi context service", build_app, argv)

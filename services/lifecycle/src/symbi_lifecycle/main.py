@@ -7,14 +7,11 @@ setting stops start-up with a message naming it.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 
 from fastapi import FastAPI
-from symbi_common.errors import ConfigError
-from symbi_common.service import ServiceRuntime, create_app, serve
-from symbi_common.settings import Settings, load_settings
+from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.settings import Settings
 
 from symbi_lifecycle.api import register_commands, router
 from symbi_lifecycle.application import LifecycleService
@@ -45,15 +42,4 @@ def build_app(settings: Settings) -> FastAPI:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Read the settings and serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="symbi-lifecycle", description="Symbi agent lifecycle service")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as err:
-        print(f"symbi-lifecycle: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if not settings.database.url:
-        print("symbi-lifecycle: setting database.url: set SYMBI_DATABASE_URL or [database] url", file=sys.stderr)
-        raise SystemExit(2)
-    serve(build_app(settings), settings)
+    run_service("symbi-lifecycle", "Symbi agent lifecycle service", build_app, argv, needs_database=True)

@@ -8,8 +8,6 @@ back from it for what-if.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -17,8 +15,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from symbi_common.errors import ConfigError
 from symbi_common.policy.follower import PolicyFollower
-from symbi_common.service import ServiceRuntime, create_app, serve
-from symbi_common.settings import Settings, load_settings
+from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.settings import Settings
 
 from symbi_policy.agent_events import AgentPolicyFollower
 from symbi_policy.api import register_commands, router
@@ -68,13 +66,4 @@ def build_app(settings: Settings) -> FastAPI:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Read the settings and serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="symbi-policy", description="Symbi policy service")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        app = build_app(settings)
-    except ConfigError as err:
-        print(f"symbi-policy: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(app, settings)
+    run_service("symbi-policy", "Symbi policy service", build_app, argv)

@@ -7,16 +7,13 @@ Docker engine with runc and/or runsc: ``deploy/host/setup-docker.sh``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
 
 from fastapi import FastAPI
 from symbi_common.commands import CommandServer
-from symbi_common.errors import ConfigError
-from symbi_common.service import ServiceRuntime, create_app, serve
-from symbi_common.settings import Settings, load_settings
+from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.settings import Settings
 
 from symbi_sandbox_agent.agent import SandboxAgent, check_settings, resolve_host_id
 from symbi_sandbox_agent.api import register_commands, router
@@ -54,14 +51,4 @@ async def _close_on_stop(agent: SandboxAgent) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Read the settings and serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="symbi-sandbox-agent", description="Symbi sandbox-agent (one per host)")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        resolve_host_id(settings.sandbox.host_id)
-        check_settings(settings.sandbox)
-    except ConfigError as err:
-        print(f"symbi-sandbox-agent: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(build_app(settings), settings)
+    run_service("symbi-sandbox-agent", "Symbi sandbox-agent (one per host)", build_app, argv)

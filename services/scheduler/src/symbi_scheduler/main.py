@@ -7,19 +7,16 @@ The scheduler keeps no database: its state is rebuilt from the event stream at e
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import socket
-import sys
 import time
 from collections.abc import Sequence
 
 from fastapi import FastAPI
 from symbi_common.decisions import DecisionPoint
-from symbi_common.errors import ConfigError
-from symbi_common.service import ServiceRuntime, create_app, serve
-from symbi_common.settings import Settings, load_settings
+from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.settings import Settings
 
 from symbi_scheduler.api import register_commands, router
 from symbi_scheduler.application import SchedulerService
@@ -81,12 +78,4 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Read the settings and serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="symbi-scheduler", description="Symbi task scheduler")
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as err:
-        print(f"symbi-scheduler: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(build_app(settings), settings)
+    run_service("symbi-scheduler", "Symbi task scheduler", build_app, argv)
