@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
@@ -136,6 +137,50 @@ async def nats_server() -> AsyncIterator[Server]:
             yield Server(url=f"nats://127.0.0.1:{port}", proc=proc, store_dir=store)
         finally:
             _stop(proc)
+
+
+def _spawn_module(module: str, env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    url: str
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def service_process(
+    module: str, env: dict[str, str], *, ready_timeout: float = 60.0
+) -> AsyncIterator[ServiceProcess]:
+    """``python -m <module>`` as a child process on a free port (``env`` on top of ours); yields its URL and
+    pid once ``/readyz`` is green, and stops it (SIGTERM, then SIGKILL) on exit."""
+    port = free_port()
+    full_env = {**os.environ, "SYMBI_LOG_LEVEL": "warning", **env, "SYMBI_HTTP_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        proc = _spawn_module(module, full_env, log)
+        try:
+            deadline = time.monotonic() + ready_timeout
+            async with httpx.AsyncClient(base_url=url) as http:
+                while True:
+                    if proc.poll() is not None:
+                        log.seek(0)
+                        raise SystemExit(f"{module} exited:\n{log.read().decode(errors='replace')[-3000:]}")
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"{module} not ready within {ready_timeout:g} s")
+                    await asyncio.sleep(0.1)
+            yield ServiceProcess(url, proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 async def connect(url: str) -> NatsClient:

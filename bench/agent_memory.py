@@ -20,14 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO
 
 import _common
 import httpx
@@ -55,47 +51,17 @@ def postgres() -> Iterator[str]:
         yield pg.create_database("memory_bench")
 
 
-def spawn(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "symbi_lifecycle"], env=env, stdout=log, stderr=log)
-
-
 @contextlib.asynccontextmanager
 async def lifecycle(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIterator[tuple[str, int]]:
     """The lifecycle service as a child process; yields its URL and pid once it is ready."""
-    port = _common.free_port()
     env = {
-        **os.environ,
         "SYMBI_NATS_URL": nats_url,
         "SYMBI_DATABASE_URL": database_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_HTTP_PORT": str(port),
-        "SYMBI_LOG_LEVEL": "warning",
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
     }
-    with tempfile.TemporaryFile() as log:
-        proc = spawn(env, log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            async with httpx.AsyncClient(base_url=url) as http:
-                while True:
-                    if proc.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"lifecycle exited: {log.read().decode()[-3000:]}")
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        raise SystemExit("lifecycle not ready within 60 s")
-                    await asyncio.sleep(0.1)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    async with _common.service_process("symbi_lifecycle", env) as svc:
+        yield svc.url, svc.pid
 
 
 async def register(url: str, prefix: str, count: int) -> None:

@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO
 
 import _common
 import httpx
@@ -58,53 +54,12 @@ def postgres() -> Iterator[str]:
         yield pg.create_database("lifecycle_bench")
 
 
-def spawn(module: str, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
-
-
 @contextlib.asynccontextmanager
 async def lifecycle(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIterator[str]:
     """The policy and lifecycle services as child processes; yields the lifecycle's URL once both are ready."""
-    env = {
-        **os.environ,
-        "SYMBI_NATS_URL": nats_url,
-        "SYMBI_DATABASE_URL": database_url,
-        "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_LOG_LEVEL": "warning",
-    }
-    async with service("symbi_policy", env) as _, service("symbi_lifecycle", env) as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def service(module: str, base_env: dict[str, str]) -> AsyncIterator[str]:
-    """``python -m <module>`` as a child process; yields its base URL once ``/readyz`` is green."""
-    port = _common.free_port()
-    env = {**base_env, "SYMBI_HTTP_PORT": str(port)}
-    with tempfile.TemporaryFile() as log:
-        proc = spawn(module, env, log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            async with httpx.AsyncClient(base_url=url) as http:
-                while True:
-                    if proc.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"{module} exited:\n{log.read().decode(errors='replace')[-3000:]}")
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"{module} not ready within 60 s")
-                    await asyncio.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    env = {"SYMBI_NATS_URL": nats_url, "SYMBI_DATABASE_URL": database_url, "SYMBI_KEYS_DIR": str(keys_dir)}
+    async with _common.service_process("symbi_policy", env), _common.service_process("symbi_lifecycle", env) as svc:
+        yield svc.url
 
 
 def pct(values: list[float], p: float) -> float:

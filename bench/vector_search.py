@@ -30,17 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import _common
 import httpx
@@ -201,46 +197,16 @@ async def qdrant_local_upsert(rng: np.random.Generator, n: int = 20_000) -> floa
 # --- the service over HTTP ---------------------------------------------------------------------------------
 
 
-def spawn(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "symbi_context"], env=env, stdout=log, stderr=log)
-
-
 @contextlib.asynccontextmanager
 async def context_service(nats_url: str, keys_dir: Path, vectors: Path) -> AsyncIterator[str]:
-    port = _common.free_port()
     env = {
-        **os.environ,
         "SYMBI_NATS_URL": nats_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_HTTP_PORT": str(port),
-        "SYMBI_LOG_LEVEL": "warning",
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
         "SYMBIONT_VECTOR_DATA_PATH": str(vectors),
     }
-    with tempfile.TemporaryFile() as log:
-        proc = spawn(env, log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            async with httpx.AsyncClient(base_url=url) as http:
-                while True:
-                    if proc.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"context service exited:\n{log.read().decode(errors='replace')[-3000:]}")
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        raise SystemExit("context service not ready within 60 s")
-                    await asyncio.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    async with _common.service_process("symbi_context", env) as svc:
+        yield svc.url
 
 
 QUESTIONS = [
