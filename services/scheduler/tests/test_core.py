@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from symbi_lifecycle.config import AgentConfig, ResourceLimits, Workload
+from symbi_lifecycle.domain import AgentConfigured, AgentReady, AgentRegistered
 from symbi_scheduler.core import (
     AgingQueue,
     Entry,
@@ -17,6 +19,7 @@ from symbi_scheduler.core import (
     brute_force_decide,
     choose_victim,
 )
+from symbi_scheduler.model import Model
 
 
 def entry(task_id: str, level: int, at: float, cpu: float = 1.0, mem: int = 100, tier: str = "tier1") -> Entry:
@@ -182,3 +185,18 @@ def test_decision_matches_the_brute_force_scan(levels: list[int], free: list[flo
     else:
         assert isinstance(ours, Place)
         assert (ours.entry.task_id, ours.host_id) == (baseline.entry.task_id, baseline.host_id)
+
+
+def test_the_final_config_of_agent_ready_and_configured_replaces_the_provisional_one() -> None:
+    """A definition-registered agent's ``agent.registered`` holds a provisional config; the workload and
+    limits the scheduler uses come from ``agent.ready`` and later ``agent.configured``."""
+    model = Model()
+    provisional = AgentConfig(name="reporter")
+    final = AgentConfig(name="reporter", workload=Workload(image="symbi/busybox:1", command=("cat",)))
+    assert model.apply("agent", "a1", 1, 1, 0.0, AgentRegistered(agent_id="a1", config=provisional))
+    assert model.agents["a1"].config == provisional
+    assert model.apply("agent", "a1", 2, 2, 0.0, AgentReady(config=final))
+    assert model.agents["a1"].config == final
+    resized = AgentConfig(name="reporter", workload=final.workload, resources=ResourceLimits(memory_mb=64))
+    assert model.apply("agent", "a1", 3, 3, 0.0, AgentConfigured(config=resized))
+    assert model.agents["a1"].config == resized

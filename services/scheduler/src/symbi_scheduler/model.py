@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from symbi_lifecycle.config import AgentConfig, ResourceLimits
 from symbi_lifecycle.domain import (
+    AgentConfigured,
     AgentEvent,
     AgentFailed,
     AgentReady,
@@ -362,6 +363,12 @@ class Model:
                 agent.assessment = assess_agent(event.config, self.default_tier)
             case AgentReady():
                 agent.status, agent.enabled_at = AgentStatus.READY, at
+                if event.config is not None:  # the final config (compiled from a definition, capped by policy)
+                    agent.config = event.config
+                    agent.assessment = assess_agent(event.config, self.default_tier)
+            case AgentConfigured():
+                agent.config = event.config
+                agent.assessment = assess_agent(event.config, self.default_tier)
             case AgentFailed():
                 agent.status = AgentStatus.FAILED
             case AgentTaskAssigned():
