@@ -33,6 +33,8 @@ import typer
 from nats.js.api import DeliverPolicy
 from rich.console import Console
 
+from symbi_cli.events import operator_url
+
 task_app = typer.Typer(help="Submit tasks and follow their output.", no_args_is_help=True)
 
 DEFAULT_URL = "http://127.0.0.1:8083"
@@ -45,7 +47,7 @@ NatsOption = Annotated[
     str | None,
     typer.Option("--nats", envvar="SYMBI_NATS_URL", help="NATS to follow events on (default: `symbi up`'s)."),
 ]
-HomeOption = Annotated[Path, typer.Option("--home", help="The runtime home of `symbi up`.")]
+HomeOption = Annotated[Path, typer.Option("--home", envvar="SYMBI_HOME", help="The runtime home of `symbi up`.")]
 
 
 class TaskCommandError(Exception):
@@ -53,12 +55,7 @@ class TaskCommandError(Exception):
 
 
 def _nats_url(explicit: str | None, home: Path) -> str:
-    if explicit:
-        return explicit
-    try:
-        return (home / "run" / "nats-operator.url").read_text().strip()
-    except FileNotFoundError:
-        return "nats://127.0.0.1:4222"
+    return explicit or operator_url(home)
 
 
 class SchedulerApi:
@@ -101,6 +98,10 @@ def _who() -> str:
     return f"cli:{os.environ.get('USER') or os.environ.get('USERNAME') or 'unknown'}"
 
 
+async def _quiet(exc: Exception) -> None:
+    """NATS errors while following: the caller falls back to polling the API, so nothing to report."""
+
+
 async def _events(nats_url: str | None, task_id: str) -> AsyncGenerator[str | None, None]:
     """Event types of the task and its execution as they are stored; ``None`` every ``POLL_S`` without one
     (and always, if NATS cannot be reached: the caller then polls the API)."""
@@ -108,7 +109,9 @@ async def _events(nats_url: str | None, task_id: str) -> AsyncGenerator[str | No
     nc: Any = None
     if nats_url:
         try:
-            nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False)
+            nc = await nats.connect(
+                nats_url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0, error_cb=_quiet
+            )
             js = nc.jetstream()
 
             async def on_msg(msg: Any) -> None:

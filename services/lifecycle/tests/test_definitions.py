@@ -278,7 +278,7 @@ async def test_configure_replaces_a_ready_agents_config_through_the_decision(run
     assert r.status_code == 422
     error = r.json()["error"]
     assert error["code"] == "invalid_config"
-    assert [(i["field"], i["line"]) for i in error["details"]["issues"]] == [("value", 10), ("type", 10)]
+    assert [(i["field"], i["line"]) for i in error["details"]["issues"]] == [("value", 8), ("type", 8)]
 
     # A denied change is recorded as its own event and changes nothing.
     assert running.service.controller is not None
