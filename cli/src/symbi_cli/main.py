@@ -23,6 +23,7 @@ from symbi_cli.runtime import (
     RuntimeOptions,
     parse_services,
 )
+from symbi_cli.status_cmd import status
 from symbi_cli.task_cmd import task_app
 from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
 
@@ -38,6 +39,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(dsl_app, name="dsl")
 app.add_typer(agent_app, name="agent")
 app.add_typer(task_app, name="task")
+app.command("status")(status)
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
