@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from structlog.testing import capture_logs
 from symbi_common.errors import PolicyDenied
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.cedar import compile_policies
@@ -68,21 +67,23 @@ async def test_agents_read_their_own_memories_and_granted_knowledge_only(
         own = await running.post("/v1/memories/query", {"agent_id": "ada", "query": "how long does Ada sleep"})
         assert [r["id"] for r in own["results"]][:1] == out["ids"]
 
-        with capture_logs() as logs:
-            # Bob may read "health" only: Ada's memories and "networks" are left out, and each denial is logged.
-            res = await running.post(
-                "/v1/memories/query",
-                {
-                    "agent_id": "bob",
-                    "query": "how many hours of sleep",
-                    "owners": ["ada"],
-                    "knowledge_bases": ["health", "networks"],
-                },
-            )
-            assert res["results"], res
-            assert {r["owner"] for r in res["results"]} == {"health"}
-        denials = [e for e in logs if e["event"] == "memory read denied"]
-        assert {(e["agent_id"], e["resource"]) for e in denials} == {("bob", "ada"), ("bob", "networks")}
+        # Bob may read "health" only: Ada's memories and "networks" are left out (each denial is logged; the
+        # log lines are checked in test_service.py).
+        res = await running.post(
+            "/v1/memories/query",
+            {
+                "agent_id": "bob",
+                "query": "how many hours of sleep",
+                "owners": ["ada"],
+                "knowledge_bases": ["health", "networks"],
+            },
+        )
+        assert res["results"], res
+        assert {r["owner"] for r in res["results"]} == {"health"}
+        denied_search = await running.post(
+            "/v1/knowledge/search", {"agent_id": "bob", "query": "handshake", "knowledge_bases": ["networks"]}
+        )
+        assert denied_search["results"] == []
 
         # Writing into another agent's memory: default deny, a typed error naming the action.
         with pytest.raises(PolicyDenied) as denied:

@@ -39,7 +39,9 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: a logger bound on first use would keep that configuration for good, so a later
+        # reconfiguration (another service in the same process, a log-capturing test) would not reach it.
+        cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
 
