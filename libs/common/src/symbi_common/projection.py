@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -60,6 +60,23 @@ class Projection(Protocol):
     schema: Sequence[str]
 
     async def apply(self, conn: Any, message: RawMessage) -> None: ...
+
+
+async def wait_for_position(
+    changed: asyncio.Condition, position: Callable[[], int], sequence: int, timeout: float
+) -> bool:
+    """Wait until ``position()`` reaches stream ``sequence``; ``changed`` is notified whenever it moves.
+    False on timeout. Every stream follower (projections, the audit verifier, the vector index) uses it."""
+
+    async def _wait() -> None:
+        async with changed:
+            await changed.wait_for(lambda: position() >= sequence)
+
+    try:
+        await asyncio.wait_for(_wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 class ProjectionRunner:
@@ -208,13 +225,4 @@ class ProjectionRunner:
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are applied (read-your-writes for callers)."""
-
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.position >= sequence)
-
-        try:
-            await asyncio.wait_for(_wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for_position(self._changed, lambda: self.position, sequence, timeout)

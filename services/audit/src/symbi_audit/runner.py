@@ -34,6 +34,7 @@ from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.projection import wait_for_position
 from symbi_common.sealing import OpenedEvent, decrypt
 from symbi_common.settings import AuditSettings
 from symbi_common.streams import EVENTS_STREAM, RawMessage
@@ -331,13 +332,4 @@ class VerifierRunner:
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are verified and committed."""
-
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.position >= sequence)
-
-        try:
-            await asyncio.wait_for(_wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for_position(self._changed, lambda: self.position, sequence, timeout)

@@ -27,6 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from symbi_common.datakeys import DataKeys, DataKeyStore
 from symbi_common.errors import DataKeyDestroyed, SymbiError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.projection import wait_for_position
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import REJECTED_EVENTS
@@ -293,13 +294,4 @@ class ContextIndex:
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are in the index."""
-
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.position >= sequence)
-
-        try:
-            await asyncio.wait_for(_wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for_position(self._changed, lambda: self.position, sequence, timeout)
