@@ -16,6 +16,7 @@ from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
 from symbi_cli.events import events_app
 from symbi_cli.keys import keys_app
+from symbi_cli.run_cmd import run
 from symbi_cli.runtime import (
     DEFAULT_BASE_PORT,
     DEFAULT_NATS_PORT,
@@ -40,6 +41,7 @@ app.add_typer(dsl_app, name="dsl")
 app.add_typer(agent_app, name="agent")
 app.add_typer(task_app, name="task")
 app.command("status")(status)
+app.command("run")(run)
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130

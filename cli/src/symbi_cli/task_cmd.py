@@ -54,7 +54,7 @@ class TaskCommandError(Exception):
     """A request to the scheduler failed; the message says what to do."""
 
 
-def _nats_url(explicit: str | None, home: Path) -> str:
+def events_nats_url(explicit: str | None, home: Path) -> str:
     return explicit or operator_url(home)
 
 
@@ -165,7 +165,7 @@ def _describe(view: dict[str, Any], last_event: str, chunks: int) -> str:
     return f"{stage}{where}" + (f" — {chunks} output chunk(s)" if chunks else "")
 
 
-async def _follow_run(api: SchedulerApi, nats_url: str | None, task_id: str, console: Console) -> dict[str, Any]:
+async def follow_run(api: SchedulerApi, nats_url: str | None, task_id: str, console: Console) -> dict[str, Any]:
     """Show the task's progress until it ends; returns its final view."""
     view = await api.task(task_id)
     last, chunks = "task.submitted", 0
@@ -183,7 +183,7 @@ async def _follow_run(api: SchedulerApi, nats_url: str | None, task_id: str, con
     raise AssertionError("the event stream ended")  # pragma: no cover - _events never ends on its own
 
 
-def _input(text: str | None, input_file: Path | None) -> bytes:
+def task_input(text: str | None, input_file: Path | None) -> bytes:
     if text is not None and input_file is not None:
         raise typer.BadParameter("give INPUT or --input-file, not both")
     if input_file is not None:
@@ -210,7 +210,7 @@ def run_command(
 ) -> None:
     """Submit a task, follow its progress live and print its result (the workload's stdout)."""
     console = Console(stderr=True)
-    data = _input(text, input_file)
+    data = task_input(text, input_file)
     resources = {
         k: v
         for k, v in (("cpu_cores", cpu), ("memory_mb", memory), ("execution_timeout_s", timeout_s))
@@ -236,7 +236,7 @@ def run_command(
                 return 0
             console.print(f"[dim]task {tid} submitted to {url}[/dim]")
             started = time.monotonic()
-            final = await _follow_run(api, _nats_url(nats_url, home), tid, console)
+            final = await follow_run(api, events_nats_url(nats_url, home), tid, console)
             out, _ = await api.output(tid, "stdout", 0)
             sys.stdout.buffer.write(out)
             sys.stdout.flush()
@@ -283,7 +283,7 @@ def logs_command(
             view = await drain()
             if not follow or view["done"]:
                 return 0
-            async with contextlib.aclosing(_events(_nats_url(nats_url, home), task_id)) as events:
+            async with contextlib.aclosing(_events(events_nats_url(nats_url, home), task_id)) as events:
                 async for event in events:
                     if event in (None, "execution.output", "task.completed", "task.cancelled", "task.assigned"):
                         view = await drain()

@@ -1,0 +1,406 @@
+"""``symbi run FILE --input …``: one agent run from definition to verified audit receipt.
+
+The command registers the agent from its definition (the lifecycle service compiles and activates its
+policies), submits a task and follows it live (``symbi task run``'s follower: state changes, host and
+sandbox tier, the allocation decision), stores the result as a memory of the agent with the task as
+its origin, and ends with an audit receipt: the task's stored events, the signed checkpoint covering
+them and their inclusion proofs.
+
+The receipt trusts neither the audit service nor this machine's view of it: the events are read as
+stored from the ``EVENTS`` stream and their Merkle leaves computed here; the checkpoint's signature is
+checked against the audit key of the root-signed key registry; each inclusion proof is verified
+against the signed root (RFC 9162). Any mismatch makes the command exit 3.
+
+Exit status: 0 success, 1 registration or service failure, the task's exit code if it failed, 3 if the
+receipt does not verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import nats
+import nats.errors
+import typer
+from rich.console import Console
+from rich.table import Table
+from symbi_audit.errors import CheckpointInvalid
+from symbi_audit.merkle import verify_inclusion
+from symbi_audit.notes import Checkpoint, verify_checkpoint
+from symbi_audit.offline import audit_key
+from symbi_audit.rules import event_leaf
+from symbi_common.errors import SymbiError
+from symbi_common.keyring import KeyRegistry
+from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
+
+from symbi_cli.agent_cmd import registration_body
+from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
+from symbi_cli.status_cmd import read_state
+from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
+
+EXIT_FAILED = 1
+EXIT_RECEIPT = 3
+POLL_S = 0.25
+
+
+class RunError(SymbiError):
+    """A step of ``symbi run`` failed (registration refused, a service unreachable or refusing)."""
+
+    code = "run_failed"
+
+
+class ReceiptInvalid(SymbiError):
+    """The audit receipt does not verify: a checkpoint, leaf or inclusion proof does not match."""
+
+    code = "receipt_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUrls:
+    lifecycle: str
+    scheduler: str
+    audit: str
+    context: str
+
+
+def service_urls(home: Path, base_port: int | None) -> ServiceUrls:
+    """The services' URLs: from ``symbi up``'s state file, or ``127.0.0.1:<base + offset>``."""
+    state = None if base_port is not None else read_state(home.resolve())
+    recorded = state.get("services", {}) if state else {}
+
+    def url(name: str) -> str:
+        entry = recorded.get(name)
+        if isinstance(entry, dict) and isinstance(entry.get("url"), str):
+            return str(entry["url"]).rstrip("/")
+        return f"http://127.0.0.1:{(base_port or DEFAULT_BASE_PORT) + SERVICE_PORT_OFFSETS[name]}"
+
+    return ServiceUrls(url("lifecycle"), url("scheduler"), url("audit"), url("context"))
+
+
+def default_agent_id(file: Path) -> str:
+    """The file's stem plus a short random suffix, so re-running a file registers a fresh agent."""
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in file.stem)[:100] or "agent"
+    return f"{stem}-{secrets.token_hex(3)}"
+
+
+def _read_input(value: str | None) -> bytes:
+    """``-`` is stdin, an existing file is read, anything else (text or JSON) is the input itself."""
+    if value is None:
+        return b""
+    if value == "-" or Path(value).is_file():
+        return task_input(None, Path(value))
+    return value.encode()
+
+
+async def _request(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return await http.request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise RunError(f"cannot reach {url} ({exc}); is `symbi up` running?") from exc
+
+
+def _json_body(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400 or not isinstance(body, dict):
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message") if isinstance(error, dict) else None
+        raise RunError(f"{what} refused ({response.status_code}): {message or response.text[:300]}")
+    return body
+
+
+async def register_agent(http: httpx.AsyncClient, urls: ServiceUrls, file: Path, agent_id: str) -> dict[str, Any]:
+    """Register the agent; it must come out Ready (policies compiled and activated)."""
+    body = registration_body(file, agent_id)
+    agent = _json_body(await _request(http, "POST", f"{urls.lifecycle}/v1/agents", json=body), "registration")
+    if agent.get("state") != "Ready":
+        problems = "; ".join(str(e.get("message", e)) for e in agent.get("errors", []) if isinstance(e, dict))
+        raise RunError(f"agent {agent.get('id')} is {agent.get('state')}, not Ready: {problems or 'no reason given'}")
+    return agent
+
+
+async def agent_ready(http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, timeout: float) -> dict[str, Any]:
+    """The agent once it is Ready again after its task (or as it is when ``timeout`` runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        agent = _json_body(await _request(http, "GET", f"{urls.lifecycle}/v1/agents/{agent_id}"), "agent lookup")
+        if agent.get("state") == "Ready" or time.monotonic() > deadline:
+            return agent
+        await asyncio.sleep(POLL_S)
+
+
+async def store_memory(
+    http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, task_id: str, text: str
+) -> dict[str, Any]:
+    """Keep what the agent produced as its long-term memory, with the task as origin."""
+    body = {
+        "agent_id": agent_id,
+        "memories": [{"kind": "long_term", "text": text, "tags": ["task-result"], "origin": {"task_id": task_id}}],
+    }
+    return _json_body(await _request(http, "POST", f"{urls.context}/v1/memories", json=body), "storing the memory")
+
+
+async def stored_task_events(nats_url: str, task_id: str) -> list[RawMessage]:
+    """The task's and its execution's events exactly as stored, in stream order."""
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    try:
+        found: list[RawMessage] = []
+        for subject in (f"evt.task.{task_id}", f"evt.execution.{task_id}"):
+            async for batch in read_subject(nc, EVENTS_STREAM, subject):
+                found.extend(batch)
+    finally:
+        await nc.drain()
+    return sorted(found, key=lambda m: m.sequence)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def check_proof(proof: dict[str, Any], message: RawMessage, checkpoint: Checkpoint) -> dict[str, Any]:
+    """One receipt line, after checking the served proof against our own leaf and the signed root."""
+    leaf = event_leaf(message)
+    if proof.get("sequence") != message.sequence or proof.get("tree_size") != checkpoint.size:
+        raise ReceiptInvalid(f"the proof served for event {message.sequence} is for another event or tree")
+    if proof.get("leaf_hash") != _b64(leaf):
+        raise ReceiptInvalid(f"event {message.sequence}: the audit log's leaf differs from the stored event's")
+    path = [base64.b64decode(h) for h in proof.get("proof", [])]
+    index = int(proof["leaf_index"])
+    if not verify_inclusion(leaf, index, checkpoint.size, path, checkpoint.root):
+        raise ReceiptInvalid(f"event {message.sequence}: the inclusion proof does not lead to the signed root")
+    return {
+        "sequence": message.sequence,
+        "subject": message.subject,
+        "event_type": message.headers.get("Symbi-Event-Type", ""),
+        "leaf_index": index,
+        "leaf_hash": _b64(leaf),
+        "proof": proof.get("proof", []),
+        "verified": True,
+    }
+
+
+async def _audit_verdict(http: httpx.AsyncClient, urls: ServiceUrls, sequence: int) -> None:
+    """The audit service's own verification of the event (signature, chain) must have passed too."""
+    url = f"{urls.audit}/v1/audit/events/{sequence}"
+    row = _json_body(await _request(http, "GET", url), f"audit event {sequence}")
+    if row.get("verified") is not True:
+        raise ReceiptInvalid(f"event {sequence} failed the audit service's verification (see /v1/audit/findings)")
+
+
+async def audit_receipt(
+    http: httpx.AsyncClient, urls: ServiceUrls, events: list[RawMessage], registry: KeyRegistry, timeout: float
+) -> dict[str, Any]:
+    """Wait for a signed checkpoint covering ``events``, then verify each one's inclusion in it.
+
+    The audit service checkpoints on its own (every ``checkpoint_interval_s``); there is no way to ask for
+    one, so the receipt waits for the first checkpoint whose tree holds every event.
+    """
+    if not events:
+        raise ReceiptInvalid("the task has no stored events")
+    key_name, public_key = audit_key(registry)
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await _request(http, "GET", f"{urls.audit}/v1/audit/checkpoints/latest")
+        if response.status_code == 200:
+            note = response.text
+            try:
+                checkpoint = verify_checkpoint(note, key_name=key_name, public_key=public_key)
+            except CheckpointInvalid as exc:
+                raise ReceiptInvalid(f"checkpoint: {exc}") from exc
+            proofs = []
+            for message in reversed(events):  # the newest first: if it is not covered yet, none of them need asking
+                params = {"sequence": message.sequence, "size": checkpoint.size}
+                answer = await _request(http, "GET", f"{urls.audit}/v1/audit/proofs/inclusion", params=params)
+                if answer.status_code == 404:
+                    break  # not in this checkpoint's tree yet
+                proofs.append(check_proof(_json_body(answer, "inclusion proof"), message, checkpoint))
+                await _audit_verdict(http, urls, message.sequence)
+            else:
+                proofs.reverse()
+                return {
+                    "verified": True,
+                    "checkpoint": {
+                        "origin": checkpoint.origin,
+                        "size": checkpoint.size,
+                        "root": _b64(checkpoint.root),
+                        "key": key_name,
+                        "note": note,
+                    },
+                    "events": proofs,
+                }
+        elif response.status_code != 404:
+            _json_body(response, "latest checkpoint")
+        if time.monotonic() > deadline:
+            raise ReceiptInvalid(f"no audit checkpoint covered the task's {len(events)} events within {timeout:.0f} s")
+        await asyncio.sleep(POLL_S * 2)
+
+
+def _task_summary(view: dict[str, Any]) -> dict[str, Any]:
+    keys = [
+        "task_id",
+        "agent_id",
+        "status",
+        "outcome",
+        "exit_code",
+        "host_id",
+        "tier",
+        "risk_score",
+        "attempt",
+        "decision",
+        "detail",
+    ]
+    return {k: view.get(k) for k in keys}
+
+
+def _tier_line(view: dict[str, Any]) -> str:
+    """Where the task ran and why there: the risk score that chose the tier and the allocation decision."""
+    why = []
+    if view.get("risk_score") is not None:
+        why.append(f"risk score {view['risk_score']:.2f}")
+    decision = view.get("decision")
+    if isinstance(decision, dict):
+        by = ", ".join(decision.get("policies") or []) or "no policy"
+        reason = f": {decision['reason']}" if decision.get("reason") else ""
+        why.append(f"{decision.get('action')} {decision.get('effect')} by {by}{reason}")
+    return f"sandbox {view.get('tier')} on {view.get('host_id')}" + (f" ({'; '.join(why)})" if why else "")
+
+
+async def run_agent(
+    file: Path,
+    data: bytes,
+    *,
+    agent_id: str,
+    urls: ServiceUrls,
+    nats_url: str,
+    keys_dir: Path,
+    console: Console,
+    receipt_timeout: float,
+) -> tuple[int, dict[str, Any]]:
+    """Every step of ``symbi run``; returns the exit status and the document describing the run."""
+    doc: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        agent = await register_agent(http, urls, file, agent_id)
+        doc["agent"] = {"id": agent["id"], "name": agent.get("name"), "version": agent.get("version")}
+        console.print(f"agent [bold]{agent['id']}[/] ({agent.get('name')} {agent.get('version')}): Ready")
+
+        body: dict[str, Any] = {"agent_id": agent_id, "priority": "normal"}
+        try:
+            body["input"] = data.decode()
+        except UnicodeDecodeError:
+            body["input_base64"] = _b64(data)
+        api = SchedulerApi(urls.scheduler)
+        try:
+            try:
+                task_id = (await api.submit(body))["task_id"]
+                console.print(f"task {task_id} submitted")
+                final = await follow_run(api, nats_url, task_id, console)
+                stdout, _ = await api.output(task_id, "stdout", 0)
+            except TaskCommandError as exc:
+                raise RunError(str(exc)) from exc
+        finally:
+            await api.close()
+        result = stdout.decode(errors="replace")
+        doc["task"] = _task_summary(final)
+        doc["result"] = result
+        console.print(_tier_line(final))
+        succeeded = final.get("status") == "completed" and final.get("outcome") == "succeeded"
+        console.print(f"task {final.get('outcome') or final.get('status')}")
+
+        after = await agent_ready(http, urls, agent_id, timeout=10.0)
+        doc["agent"]["state"] = after.get("state")
+        memory = await store_memory(http, urls, agent_id, task_id, result)
+        doc["memory"] = {"ids": memory.get("ids"), "sequence": memory.get("sequence"), "origin": {"task_id": task_id}}
+        console.print(f"result stored as memory {', '.join(memory.get('ids') or [])}")
+
+        events = await stored_task_events(nats_url, task_id)
+        console.print(f"waiting for an audit checkpoint covering the task's {len(events)} events …")
+        registry = KeyRegistry.load(keys_dir)
+        try:
+            doc["receipt"] = await audit_receipt(http, urls, events, registry, receipt_timeout)
+        except ReceiptInvalid as exc:
+            doc["receipt"] = {"verified": False, "error": str(exc)}
+            return EXIT_RECEIPT, doc
+    if succeeded:
+        return 0, doc
+    code = final.get("exit_code")
+    return (code if isinstance(code, int) and 0 < code < 256 else EXIT_FAILED), doc
+
+
+def print_run(console: Console, doc: dict[str, Any]) -> None:
+    """The result on stdout, the receipt as a table."""
+    sys.stdout.write(doc.get("result", ""))
+    sys.stdout.flush()
+    receipt = doc.get("receipt") or {}
+    if not receipt.get("verified"):
+        console.print(f"[red]✗ audit receipt not verified:[/] {receipt.get('error')}")
+        return
+    cp = receipt["checkpoint"]
+    table = Table(title=f"audit receipt — checkpoint {cp['origin']} size {cp['size']}, signed by {cp['key']}")
+    for column in ("sequence", "event", "leaf", "proof", ""):
+        table.add_column(column)
+    for e in receipt["events"]:
+        table.add_row(str(e["sequence"]), e["event_type"], str(e["leaf_index"]), f"{len(e['proof'])} hashes", "✓")
+    console.print(table)
+    console.print(f"[green]✓ {len(receipt['events'])} events included in the signed root {cp['root']}[/]")
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="The agent's definition (.symbi) or JSON configuration.")],
+    input_: Annotated[
+        str | None, typer.Option("--input", help="The task's input: a file, '-' (stdin), or the text/JSON itself.")
+    ] = None,
+    agent_id: Annotated[
+        str | None, typer.Option("--id", help="The agent id (default: the file name and a short suffix).")
+    ] = None,
+    home: Annotated[Path, typer.Option("--home", envvar="SYMBI_HOME", help="The runtime home of `symbi up`.")] = (
+        DEFAULT_HOME
+    ),
+    base_port: Annotated[
+        int | None, typer.Option("--base-port", help="Service ports are base+1 … base+6 (default: the state file).")
+    ] = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats", envvar="SYMBI_NATS_URL", help="NATS (default: `symbi up`'s operator URL).")
+    ] = None,
+    keys_dir: Annotated[
+        Path | None, typer.Option("--keys-dir", envvar="SYMBI_KEYS_DIR", help="Keyring (default: <home>/keys).")
+    ] = None,
+    receipt_timeout: Annotated[
+        float, typer.Option("--receipt-timeout", help="Seconds to wait for a covering audit checkpoint.")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")] = False,
+) -> None:
+    """Register an agent, run one task on it live, remember its result and print a verified audit receipt."""
+    console = Console(stderr=True)
+    data = _read_input(input_)
+    try:
+        code, doc = asyncio.run(
+            run_agent(
+                file,
+                data,
+                agent_id=agent_id or default_agent_id(file),
+                urls=service_urls(home, base_port),
+                nats_url=events_nats_url(nats_url, home),
+                keys_dir=keys_dir or home / "keys",
+                console=console,
+                receipt_timeout=receipt_timeout,
+            )
+        )
+    except (SymbiError, OSError, nats.errors.Error) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print_run(Console(), doc)
+    raise typer.Exit(code)

@@ -1,0 +1,125 @@
+"""``symbi run`` end to end: a real ``symbi up`` runtime (six services, nats-server, PostgreSQL, Docker)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from symbi_audit.merkle import verify_inclusion
+from symbi_audit.notes import parse_checkpoint
+from symbi_cli.events import operator_url
+from symbi_cli.run_cmd import ReceiptInvalid, check_proof, stored_task_events
+from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.supervisor import RestartPolicy
+from symbi_common.streams import RawMessage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_run_registers_runs_remembers_and_proves(
+    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], symbi_exe: str
+) -> None:
+    env = dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1")
+    options = RuntimeOptions(
+        home=runtime_home,
+        base_port=free_base_port,
+        nats_port=None,
+        grace_period=5.0,
+        restart=RestartPolicy(initial_backoff=0.1),
+        env=env,
+    )
+    rt = LocalRuntime(options)
+    try:
+        await rt.start()
+        await rt.wait_ready(timeout=60)
+        proc = await asyncio.create_subprocess_exec(
+            symbi_exe,
+            "run",
+            str(REPO / "examples" / "agents" / "hello.symbi"),
+            "--input",
+            "world",
+            "--home",
+            str(runtime_home),
+            "--json",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+        assert proc.returncode == 0, err.decode()
+        doc = json.loads(out)
+
+        assert doc["result"].strip() == "hello world"
+        assert doc["agent"]["state"] == "Ready"
+        assert doc["agent"]["id"].startswith("hello-")
+        assert doc["task"]["status"] == "completed"
+        assert doc["task"]["outcome"] == "succeeded"
+        assert doc["memory"]["ids"]
+        assert doc["memory"]["origin"] == {"task_id": doc["task"]["task_id"]}
+
+        receipt = doc["receipt"]
+        assert receipt["verified"] is True
+        events = receipt["events"]
+        assert len(events) >= 1
+        assert {e["subject"] for e in events} >= {f"evt.task.{doc['task']['task_id']}"}
+        # Re-check the printed receipt on its own: every proof leads to the signed root.
+        checkpoint, _ = parse_checkpoint(receipt["checkpoint"]["note"])
+        for e in events:
+            path = [base64.b64decode(h) for h in e["proof"]]
+            leaf = base64.b64decode(e["leaf_hash"])
+            assert verify_inclusion(leaf, e["leaf_index"], checkpoint.size, path, checkpoint.root)
+
+        # The memory is there: the agent can read its own result back.
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(
+                f"{rt.url_of('context')}/v1/memories/query",
+                json={
+                    "agent_id": doc["agent"]["id"],
+                    "query": "hello world",
+                    "min_sequence": doc["memory"]["sequence"],
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert any("hello world" in str(hit) for hit in r.json()["results"])
+
+        # The receipt check refuses a proof that does not fit the stored event or the signed root.
+        stored = await stored_task_events(operator_url(runtime_home), doc["task"]["task_id"])
+        assert [m.sequence for m in stored] == [e["sequence"] for e in events]
+        e, message = events[0], stored[0]
+        served = {k: e[k] for k in ("sequence", "leaf_index", "leaf_hash", "proof")} | {"tree_size": checkpoint.size}
+        assert check_proof(served, message, checkpoint)["verified"] is True
+        altered = RawMessage(message.subject, message.sequence, message.data + b" ", message.headers)
+        with pytest.raises(ReceiptInvalid, match="leaf differs"):
+            check_proof(served, altered, checkpoint)
+        forged = served | {"proof": [base64.b64encode(bytes(32)).decode(), *e["proof"][1:]]}
+        with pytest.raises(ReceiptInvalid, match="does not lead to the signed root"):
+            check_proof(forged, message, checkpoint)
+
+        # Without --json: the result on stdout, then the receipt.
+        proc = await asyncio.create_subprocess_exec(
+            symbi_exe,
+            "run",
+            str(REPO / "examples" / "agents" / "hello.symbi"),
+            "--input",
+            "-",
+            "--id",
+            "greeter",
+            "--home",
+            str(runtime_home),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(b"symbi\n"), timeout=90)
+        assert proc.returncode == 0, err.decode()
+        text = out.decode()
+        assert text.startswith("hello symbi\n")
+        assert "events included in the signed root" in text
+        assert "agent greeter" in err.decode()
+    finally:
+        await rt.stop()
