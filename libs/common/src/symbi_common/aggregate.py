@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -33,13 +33,28 @@ log = structlog.get_logger(__name__)
 class Aggregate(Protocol[S, C_contra, E]):
     """The pure part of an aggregate type."""
 
-    aggregate_type: str
-    codec: EventCodec[E]
-    state_type: type[S]
+    @property
+    def aggregate_type(self) -> str: ...
+    @property
+    def codec(self) -> EventCodec[E]: ...
+    @property
+    def state_type(self) -> type[S]: ...
 
     def initial(self, aggregate_id: str) -> S: ...
     def apply(self, state: S, event: E) -> S: ...
     def decide(self, state: S, command: C_contra) -> list[E]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateType(Generic[S, C, E]):
+    """An :class:`Aggregate` made of its pure functions, for the usual case of a module that defines them."""
+
+    aggregate_type: str
+    codec: EventCodec[E]
+    state_type: type[S]
+    initial: Callable[[str], S]
+    apply: Callable[[S, E], S]
+    decide: Callable[[S, C], list[E]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
+from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
@@ -235,35 +236,18 @@ def apply_knowledge(state: ContextState, event: KnowledgeEvent) -> ContextState:
     return ContextState(owner_id=state.owner_id, live={k: v for k, v in state.live.items() if k not in gone})
 
 
-class MemoryAggregate:
-    aggregate_type = "memory"
-    codec: EventCodec[MemoryEvent] = EventCodec([MemoryStored, MemoryForgotten])
-    state_type = ContextState
-
-    def initial(self, aggregate_id: str) -> ContextState:
-        return ContextState(owner_id=aggregate_id)
-
-    def apply(self, state: ContextState, event: MemoryEvent) -> ContextState:
-        return apply_memory(state, event)
-
-    def decide(self, state: ContextState, command: MemoryCommand) -> list[MemoryEvent]:
-        return decide_memory(state, command)
+def _empty(owner_id: str) -> ContextState:
+    return ContextState(owner_id=owner_id)
 
 
-class KnowledgeAggregate:
-    aggregate_type = "knowledge"
-    codec: EventCodec[KnowledgeEvent] = EventCodec([KnowledgeIngested, KnowledgeForgotten])
-    state_type = ContextState
-
-    def initial(self, aggregate_id: str) -> ContextState:
-        return ContextState(owner_id=aggregate_id)
-
-    def apply(self, state: ContextState, event: KnowledgeEvent) -> ContextState:
-        return apply_knowledge(state, event)
-
-    def decide(self, state: ContextState, command: KnowledgeCommand) -> list[KnowledgeEvent]:
-        return decide_knowledge(state, command)
-
-
-MEMORY = MemoryAggregate()
-KNOWLEDGE = KnowledgeAggregate()
+MEMORY: AggregateType[ContextState, MemoryCommand, MemoryEvent] = AggregateType(
+    "memory", EventCodec([MemoryStored, MemoryForgotten]), ContextState, _empty, apply_memory, decide_memory
+)
+KNOWLEDGE: AggregateType[ContextState, KnowledgeCommand, KnowledgeEvent] = AggregateType(
+    "knowledge",
+    EventCodec([KnowledgeIngested, KnowledgeForgotten]),
+    ContextState,
+    _empty,
+    apply_knowledge,
+    decide_knowledge,
+)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
+from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import (
     AlreadyExists,
@@ -465,21 +466,7 @@ def _initialized(command: Initialize) -> AgentEvent:
     return AgentReady(config=command.config, decision=command.decision)
 
 
-class AgentAggregate:
-    """The agent aggregate type, as the :class:`symbi_common.aggregate.Repository` expects it."""
-
-    aggregate_type = AGGREGATE_TYPE
-    codec = CODEC
-    state_type = AgentState
-
-    def initial(self, aggregate_id: str) -> AgentState:
-        return initial(aggregate_id)
-
-    def apply(self, state: AgentState, event: AgentEvent) -> AgentState:
-        return apply(state, event)
-
-    def decide(self, state: AgentState, command: Command) -> list[AgentEvent]:
-        return decide(state, command)
-
-
-AGENT = AgentAggregate()
+#: The agent aggregate type, as the :class:`symbi_common.aggregate.Repository` expects it.
+AGENT: AggregateType[AgentState, Command, AgentEvent] = AggregateType(
+    AGGREGATE_TYPE, CODEC, AgentState, initial, apply, decide
+)

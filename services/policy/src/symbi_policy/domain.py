@@ -18,6 +18,7 @@ import re
 from typing import ClassVar
 
 import msgspec
+from symbi_common.aggregate import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, IllegalTransition, NotFound, ValidationError
 from symbi_common.policy.cedar import SET_ID_RE, compile_policies
 from symbi_common.policy.events import (
@@ -137,24 +138,15 @@ def _require_active(state: PolicySetState, command: str) -> None:
         raise IllegalTransition(state=state.status, command=f"{command} policy set", allowed=[])
 
 
-class PolicySetAggregate:
-    """The policy-set aggregate type, as :class:`symbi_common.aggregate.Repository` expects it."""
-
-    aggregate_type = AGGREGATE_TYPE
-    codec = POLICY_SET_CODEC
-    state_type = PolicySetState
-
-    def initial(self, aggregate_id: str) -> PolicySetState:
-        return PolicySetState(set_id=aggregate_id)
-
-    def apply(self, state: PolicySetState, event: PolicySetEvent) -> PolicySetState:
-        return apply_policy_event(state, event)
-
-    def decide(self, state: PolicySetState, command: SetCommand) -> list[PolicySetEvent]:
-        return decide_set(state, command)
-
-
-POLICY_SET = PolicySetAggregate()
+#: The policy-set aggregate type, as :class:`symbi_common.aggregate.Repository` expects it.
+POLICY_SET: AggregateType[PolicySetState, SetCommand, PolicySetEvent] = AggregateType(
+    AGGREGATE_TYPE,
+    POLICY_SET_CODEC,
+    PolicySetState,
+    lambda set_id: PolicySetState(set_id=set_id),
+    apply_policy_event,
+    decide_set,
+)
 
 
 # --- decision logs -------------------------------------------------------------------------------------
@@ -203,19 +195,6 @@ def apply_log(state: LogState, event: DecisionLogEvent) -> LogState:
     return msgspec.structs.replace(state, stored=state.stored + 1, denials=state.denials + 1, recent_batches=recent)
 
 
-class DecisionLogAggregate:
-    aggregate_type = AGGREGATE_TYPE
-    codec = DECISION_LOG_CODEC
-    state_type = LogState
-
-    def initial(self, aggregate_id: str) -> LogState:
-        return LogState(log_id=aggregate_id)
-
-    def apply(self, state: LogState, event: DecisionLogEvent) -> LogState:
-        return apply_log(state, event)
-
-    def decide(self, state: LogState, command: LogBatch) -> list[DecisionLogEvent]:
-        return decide_log(state, command)
-
-
-DECISION_LOG = DecisionLogAggregate()
+DECISION_LOG: AggregateType[LogState, LogBatch, DecisionLogEvent] = AggregateType(
+    AGGREGATE_TYPE, DECISION_LOG_CODEC, LogState, lambda log_id: LogState(log_id=log_id), apply_log, decide_log
+)

@@ -21,6 +21,7 @@ import re
 from typing import ClassVar
 
 import msgspec
+from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
 from symbi_common.events import Event, EventCodec
@@ -328,21 +329,7 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
     return [event]
 
 
-class TaskAggregate:
-    """The task aggregate type, as :class:`symbi_common.aggregate.Repository` expects it."""
-
-    aggregate_type = AGGREGATE_TYPE
-    codec = CODEC
-    state_type = TaskState
-
-    def initial(self, aggregate_id: str) -> TaskState:
-        return initial(aggregate_id)
-
-    def apply(self, state: TaskState, event: TaskEvent) -> TaskState:
-        return apply(state, event)
-
-    def decide(self, state: TaskState, command: Command) -> list[TaskEvent]:
-        return decide(state, command)
-
-
-TASK = TaskAggregate()
+#: The task aggregate type, as :class:`symbi_common.aggregate.Repository` expects it.
+TASK: AggregateType[TaskState, Command, TaskEvent] = AggregateType(
+    AGGREGATE_TYPE, CODEC, TaskState, initial, apply, decide
+)
