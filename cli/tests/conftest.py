@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
@@ -12,18 +13,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from symbi_cli.runtime import SERVICE_PORT_OFFSETS
 
 
-def _free_port() -> int:
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @pytest.fixture
 def free_base_port() -> int:
-    """A base port whose lifecycle port (base + 1) was free a moment ago."""
-    return _free_port() - 1
+    """A base port whose service ports (base + 1 … base + 6) were all free a moment ago. It is drawn below
+    the kernel's ephemeral range (32768 and up), so outgoing connections cannot take one meanwhile."""
+    last = max(SERVICE_PORT_OFFSETS.values())
+    for _ in range(500):
+        base = random.randrange(20_000, 32_000 - last)
+        if all(_port_free(base + offset) for offset in range(1, last + 1)):
+            return base
+    raise RuntimeError("no free block of service ports between 20000 and 32000")
 
 
 def process_alive(pid: int) -> bool:
