@@ -2,13 +2,19 @@
 
 Nothing is mocked. Each test that asks for NATS gets a fresh nats-server (JetStream store in its
 ``tmp_path``); PostgreSQL is one server per session (pgserver in a temporary directory, or the
-server of ``SYMBI_DATABASE_URL`` when that is set) with a fresh database per test.
+server of ``SYMBI_DATABASE_URL`` when that is set) with a fresh database per test. Whole runtimes
+(``symbi up`` and friends as real processes) get a free block of service ports and a private home.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +26,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from symbi_cli.infra import DATABASE_URL_ENV, NatsServer, create_database, database_url_or_start, drop_database
+from symbi_cli.runtime import SERVICE_PORT_OFFSETS
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
@@ -196,3 +203,100 @@ def make_store(
         )
 
     return make
+
+
+# --- whole runtimes as real processes (``symbi up``, ``symbi run``, end-to-end tests) -------------
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture
+def free_base_port() -> int:
+    """A base port whose service ports (base + 1 … base + 6) were all free a moment ago. It is drawn below
+    the kernel's ephemeral range (32768 and up), so outgoing connections cannot take one meanwhile."""
+    last = max(SERVICE_PORT_OFFSETS.values())
+    for _ in range(500):
+        base = random.randrange(20_000, 32_000 - last)
+        if all(_port_free(base + offset) for offset in range(1, last + 1)):
+            return base
+    raise RuntimeError("no free block of service ports between 20000 and 32000")
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (e.g. a data directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def alive() -> Callable[[int], bool]:
+    return process_alive
+
+
+@pytest.fixture
+def mentioning() -> Callable[[str], list[int]]:
+    return processes_mentioning
+
+
+@pytest.fixture
+def symbi_exe() -> str:
+    """The installed ``symbi`` console script of this environment."""
+    exe = Path(sys.executable).parent / "symbi"
+    assert exe.exists(), f"{exe} is missing; run `uv sync`"
+    return str(exe)
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """The environment for a ``symbi`` subprocess: a private PostgreSQL, wide output, quiet services."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
+    env.update({"COLUMNS": "200", "SYMBI_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture
+def runtime_home() -> Iterator[Path]:
+    """A fresh ``--home`` for a runtime, removed afterwards together with anything still running from it.
+
+    Deliberately not under ``tmp_path``: every pytest session that starts resets ``/tmp/pytest-of-<user>``
+    to mode 0700, and PostgreSQL (which pgserver runs as the unprivileged ``pgserver`` user when we are
+    root) must be able to traverse the path to its data directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="symbi-cli-test-") as tmp:
+        home = Path(tmp) / "home"
+        try:
+            yield home
+        finally:
+            # Safety net for a failed test: nothing it started may outlive it.
+            for pid in processes_mentioning(str(home)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
