@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -90,6 +91,28 @@ def inject_trace(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
 def extract_trace(headers: Mapping[str, str] | None) -> otel_context.Context:
     """The trace context carried by incoming headers (an empty context if none)."""
     return propagate.extract(dict(headers or {}))
+
+
+@contextmanager
+def continue_trace(
+    name: str,
+    headers: Mapping[str, str] | None,
+    *,
+    kind: trace.SpanKind = trace.SpanKind.CONSUMER,
+    attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> Iterator[trace.Span]:
+    """Handle one incoming message (stored event, work item, reply) as a span of the trace it carries.
+
+    The parent is the W3C context in the message's headers, so a task's trace runs on through every
+    service that reacts to its events; events appended inside the block carry this span onward.
+    Without a ``traceparent`` the span starts a trace of its own.
+    """
+    token = otel_context.attach(extract_trace(headers))
+    try:
+        with trace.get_tracer("symbi").start_as_current_span(name, kind=kind, attributes=attributes) as span:
+            yield span
+    finally:
+        otel_context.detach(token)
 
 
 # --- metrics shared by every service ---------------------------------------------------------------
