@@ -113,7 +113,7 @@ async def test_up_restarts_a_killed_service_and_sigint_stops_everything(
     assert "stopping PostgreSQL" in up.output
 
 
-async def test_demo_walks_an_agent_through_its_lifecycle(
+async def test_demo_runs_the_main_job_and_walks_an_agent_through_its_lifecycle(
     tmp_path: Path,
     runtime_home: Path,
     free_base_port: int,
@@ -124,11 +124,16 @@ async def test_demo_walks_an_agent_through_its_lifecycle(
     home = runtime_home
     args = ["demo", "--home", str(home), "--base-port", str(free_base_port), "--nats-port", "0", "--quiet"]
     demo = await start(symbi_exe, *args, env=cli_env, cwd=tmp_path)
-    code = await demo.wait(timeout=90)
+    code = await demo.wait(timeout=150)
     out = demo.output
     assert code == 0, out
 
     expected = [
+        "main job: symbi run",
+        "tier1",
+        "hello world",
+        "audit receipt",
+        "included in the signed root",
         "Initializing → Ready",
         "Ready → Running",
         "Running → Suspended",

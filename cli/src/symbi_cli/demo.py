@@ -1,9 +1,14 @@
-"""``symbi demo``: the runtime as ``symbi up`` runs it, one agent walked through its whole lifecycle.
+"""``symbi demo``: the runtime as ``symbi up`` runs it, its main job, then one agent's whole lifecycle.
 
-Every step goes through the lifecycle service's HTTP API and checks the state it answers with. The
-event history is then read twice: from the service (its verified, decrypted read model) and straight
-from JetStream, where each stored envelope is checked here again against the root-signed key
-registry (signature, signer authorised for the subject, hash chain). The two must agree.
+1. The main job, exactly as ``symbi run`` does it: the example agent ``hello.symbi`` is registered from
+   its definition, one task runs in the sandbox, the result is kept as the agent's memory and the run
+   ends with an audit receipt (the task's events, the signed checkpoint covering them and their
+   inclusion proofs), verified here. It needs a Docker engine (``deploy/host/setup-docker.sh``).
+2. The lifecycle walk-through: every step goes through the lifecycle service's HTTP API and checks the
+   state it answers with. The event history is then read twice: from the service (its verified,
+   decrypted read model) and straight from JetStream, where each stored envelope is checked here again
+   against the root-signed key registry (signature, signer authorised for the subject, hash chain).
+   The two must agree.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.table import Table
+from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 
-from symbi_cli.errors import DemoError, SupervisorError
+from symbi_cli.errors import CliError, DemoError
 from symbi_cli.events import EventLine, tail
+from symbi_cli.run_cmd import ServiceUrls, default_agent_id, print_run, run_agent
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
 
 EXIT_INTERRUPTED = 130
+MAIN_JOB_INPUT = b"world\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +213,30 @@ async def walk_through(runtime: LocalRuntime, console: Console, agents_dir: Path
     console.print("[bold green]demo complete[/]: every event signed by the lifecycle key and verified")
 
 
+async def main_job(runtime: LocalRuntime, console: Console, agents_dir: Path) -> int:
+    """``symbi run examples/agents/hello.symbi --input world`` against this runtime; its exit status."""
+    if "sandbox-agent" not in runtime.running_services:
+        why = runtime.unavailable.get("sandbox-agent", "the sandbox-agent is not running")
+        raise DemoError(f"the main job runs its task in a sandbox: {why}")
+    file = agents_dir / "hello.symbi"
+    console.rule(f"main job: symbi run {file} --input world")
+    urls = ServiceUrls(*(runtime.url_of(name) for name in ("lifecycle", "scheduler", "audit", "context")))
+    code, doc = await run_agent(
+        file,
+        MAIN_JOB_INPUT,
+        agent_id=default_agent_id(file),
+        urls=urls,
+        nats_url=runtime.nats_url,
+        keys_dir=runtime.keys_dir,
+        console=console,
+        receipt_timeout=60.0,
+    )
+    print_run(console, doc)
+    if code != 0:
+        raise DemoError(f"the main job ended with exit status {code}")
+    return code
+
+
 async def run_demo(
     options: RuntimeOptions,
     console: Console,
@@ -223,6 +255,7 @@ async def run_demo(
             if "lifecycle" not in runtime.running_services:
                 raise DemoError("the demo needs the lifecycle service, which is not built")
             await wait_ready_with_progress(runtime, console, stop, ready_timeout)
+            await unless_stopped(main_job(runtime, console, directory), stop)
             await unless_stopped(walk_through(runtime, console, directory), stop)
             if keep_running:
                 console.print(
@@ -234,7 +267,7 @@ async def run_demo(
         except Interrupted:
             console.print("interrupted; stopping …")
             return EXIT_INTERRUPTED
-        except (DemoError, SupervisorError, httpx.HTTPError) as exc:
+        except (CliError, SymbiError, httpx.HTTPError, OSError) as exc:
             console.print(f"[bold red]demo failed:[/] {exc}")
             return 1
         finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -155,12 +157,16 @@ def demo(
     grace_period: GraceOption = 10.0,
     ready_timeout: ReadyTimeoutOption = 60.0,
 ) -> None:
-    """Bring the runtime up, walk an example agent through its lifecycle, show its signed event history."""
+    """Bring the runtime up, run its main job (hello.symbi → result, memory, verified audit receipt), then walk
+    an agent through its lifecycle and show its signed event history."""
     from symbi_cli.demo import run_demo
 
     console = Console()
     try:
         options = build_options(home, "all", base_port, nats_port, grace_period)
+        # A checkpoint every 2 s (not 10): the main job's audit receipt waits for one covering its task.
+        env = {"SYMBI_AUDIT__CHECKPOINT_INTERVAL_S": "2", **os.environ}
+        options = dataclasses.replace(options, env=env)
         code = asyncio.run(
             run_demo(
                 options,

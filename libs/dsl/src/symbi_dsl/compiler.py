@@ -265,7 +265,7 @@ AGENT_KEYS = (
     "memory",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io")
-WORKLOAD_KEYS = ("image", "command", "env", "workdir")
+WORKLOAD_KEYS = ("image", "command", "env", "workdir", "actions")
 SCHEDULE_KEYS = ("cron", "timezone", "agent", "one_shot", "input", "priority", "description")
 MEMORY_KEYS = ("store", "path", "retention", "max_size", "search", "embedding")
 SEARCH_KEYS = ("vector_weight", "keyword_weight")
@@ -622,6 +622,11 @@ class Checker:
                 self.v._bad(env, 'a record like {LOG_LEVEL: "info"}')
             else:
                 out["env"] = {k: s for k, val in env.fields if (s := self.v.string(val)) is not None}
+        if "actions" in got:
+            # Opt-in to the action gateway: stdin becomes the reply channel for `@symbi` requests on stderr.
+            actions = self.v.boolean(_value(got["actions"]))
+            if actions is not None:
+                out["actions"] = actions
         return out
 
     def _with_blocks(self, agent: A.Agent, config: dict[str, Any]) -> None:

@@ -79,6 +79,10 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
     command: tuple[str, ...] = ()
     env: dict[str, str] = msgspec.field(default_factory=dict)
     workdir: str = "/"
+    actions: bool = False
+    """Whether the workload may ask the runtime to act for it while it runs (the action gateway): requests
+    as ``@symbi {json}`` lines on stderr, replies on stdin, which then stays open (the input is only in the
+    file ``$SYMBI_INPUT``). See docs/contracts/tasks.md, "Actions during a task"."""
 
 
 class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
