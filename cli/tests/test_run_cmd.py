@@ -52,6 +52,10 @@ async def test_run_registers_runs_remembers_and_proves(
         out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
         assert proc.returncode == 0, err.decode()
         doc = json.loads(out)
+        # The run's trace id, to find it in Jaeger: in the document and on stderr.
+        assert len(doc["trace_id"]) == 32
+        assert int(doc["trace_id"], 16) != 0
+        assert f"trace {doc['trace_id']}" in err.decode()
 
         assert doc["result"].strip() == "hello world"
         assert doc["agent"]["state"] == "Ready"

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from symbi_common.telemetry import command_trace, inject_trace
 
 from symbi_cli.dsl_cmd import read_definition
 
@@ -72,11 +73,16 @@ def register(
     """Register an agent; exit 0 if it is Ready, 1 if it failed or was denied."""
     body = registration_body(file, agent_id)
     headers = {"X-Symbi-User": user} if user else {}
-    try:
-        response = httpx.post(f"{lifecycle_url(url)}/v1/agents", json=body, headers=headers, timeout=30.0)
-    except httpx.HTTPError as err:
-        typer.echo(f"cannot reach the lifecycle service at {lifecycle_url(url)}: {err}", err=True)
-        raise typer.Exit(2) from None
+    with command_trace("cli", "symbi agent register", {"symbi.file": str(file)}) as span:
+        inject_trace(headers)  # the lifecycle service's work (compile, decide, activate) joins this trace
+        try:
+            response = httpx.post(f"{lifecycle_url(url)}/v1/agents", json=body, headers=headers, timeout=30.0)
+        except httpx.HTTPError as err:
+            response = None
+            typer.echo(f"cannot reach the lifecycle service at {lifecycle_url(url)}: {err}", err=True)
+        span.set_attribute("http.response.status_code", response.status_code if response is not None else 0)
+    if response is None:
+        raise typer.Exit(2)
     data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     if response.status_code >= 400:
         error = data.get("error", {}) if isinstance(data, dict) else {}

@@ -27,7 +27,7 @@ from symbi_audit.rules import CachedRegistry, LogVerifier, authenticate
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
-from symbi_common.streams import EVENTS_STREAM, RawMessage
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
 
 DEFAULT_HOME = Path(".symbi")
 
@@ -95,11 +95,11 @@ async def read_events(
             filter_subject=subject,
         )
         psub = await js.pull_subscribe(subject, durable=None, stream=EVENTS_STREAM, config=config)
+        fetch = BacklogFetch(psub, 256)
         try:
             while True:
-                try:
-                    msgs = await psub.fetch(256, timeout=idle_s)
-                except nats.errors.TimeoutError:
+                msgs = await fetch(timeout=idle_s)
+                if not msgs:
                     if follow:
                         continue
                     return

@@ -31,6 +31,7 @@ import httpx
 import nats
 import nats.errors
 import typer
+from opentelemetry.trace import StatusCode
 from rich.console import Console
 from rich.table import Table
 from symbi_audit.errors import CheckpointInvalid
@@ -41,6 +42,7 @@ from symbi_audit.rules import event_leaf
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
+from symbi_common.telemetry import command_trace, trace_http_request, trace_id_of
 
 from symbi_cli.agent_cmd import registration_body
 from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
@@ -289,7 +291,7 @@ async def run_agent(
 ) -> tuple[int, dict[str, Any]]:
     """Every step of ``symbi run``; returns the exit status and the document describing the run."""
     doc: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=30.0) as http:
+    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}) as http:
         agent = await register_agent(http, urls, file, agent_id)
         doc["agent"] = {"id": agent["id"], "name": agent.get("name"), "version": agent.get("version")}
         console.print(f"agent [bold]{agent['id']}[/] ({agent.get('name')} {agent.get('version')}): Ready")
@@ -383,22 +385,34 @@ def run(
     """Register an agent, run one task on it live, remember its result and print a verified audit receipt."""
     console = Console(stderr=True)
     data = _read_input(input_)
-    try:
-        code, doc = asyncio.run(
-            run_agent(
-                file,
-                data,
-                agent_id=agent_id or default_agent_id(file),
-                urls=service_urls(home, base_port),
-                nats_url=events_nats_url(nats_url, home),
-                keys_dir=keys_dir or home / "keys",
-                console=console,
-                receipt_timeout=receipt_timeout,
+    chosen_id = agent_id or default_agent_id(file)
+    # One trace for the whole run: every request carries it, so each service's work joins it.
+    with command_trace("cli", "symbi run", {"symbi.file": str(file), "symbi.agent_id": chosen_id}) as span:
+        trace_id = trace_id_of(span)
+        console.print(f"trace {trace_id}")
+        try:
+            code, doc = asyncio.run(
+                run_agent(
+                    file,
+                    data,
+                    agent_id=chosen_id,
+                    urls=service_urls(home, base_port),
+                    nats_url=events_nats_url(nats_url, home),
+                    keys_dir=keys_dir or home / "keys",
+                    console=console,
+                    receipt_timeout=receipt_timeout,
+                )
             )
-        )
-    except (SymbiError, OSError, nats.errors.Error) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_FAILED) from None
+        except (SymbiError, OSError, nats.errors.Error) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            span.set_status(StatusCode.ERROR, str(exc))
+            code, doc = EXIT_FAILED, {}
+        span.set_attribute("symbi.exit_code", code)
+        if doc.get("task"):
+            span.set_attribute("symbi.task_id", str(doc["task"].get("task_id")))
+    if not doc:
+        raise typer.Exit(EXIT_FAILED)
+    doc["trace_id"] = trace_id
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:

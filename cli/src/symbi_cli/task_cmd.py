@@ -32,6 +32,7 @@ import nats
 import typer
 from nats.js.api import DeliverPolicy
 from rich.console import Console
+from symbi_common.telemetry import command_trace, trace_http_request
 
 from symbi_cli.events import operator_url
 
@@ -63,7 +64,8 @@ class SchedulerApi:
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=10.0)
+        # Every request carries the caller's trace context (``traceparent``), so the scheduler's work joins it.
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=10.0, event_hooks={"request": [trace_http_request]})
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -251,7 +253,10 @@ def run_command(
         finally:
             await api.close()
 
-    raise typer.Exit(_run(run(), console))
+    with command_trace("cli", "symbi task run", {"symbi.agent_id": agent_id}) as span:
+        code = _run(run(), console)
+        span.set_attribute("symbi.exit_code", code)
+    raise typer.Exit(code)
 
 
 @task_app.command("logs")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType
 from nats.js.errors import APIError
 from symbi_common.errors import InfrastructureError
 from symbi_common.streams import (
     AUDIT_STREAM,
     EVENTS_STREAM,
     SNAPSHOTS_STREAM,
+    BacklogFetch,
     StreamSettings,
     last_on_subject,
     provision_streams,
@@ -108,3 +111,26 @@ async def test_reads_without_stream_are_typed_errors(nc: NatsClient) -> None:
     with pytest.raises(InfrastructureError):
         async for _ in read_subject(nc, EVENTS_STREAM, "evt.agent.a1", timeout=1.0):
             pass
+
+
+async def test_backlog_fetch_asks_for_the_backlog_and_one_when_caught_up(
+    provisioned: NatsClient, js: JetStreamContext
+) -> None:
+    for i in range(10):
+        await js.publish(f"evt.test.{i}", b"x")
+    await js.add_consumer(
+        EVENTS_STREAM,
+        ConsumerConfig(durable_name="bf", ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+    )
+    fetch = BacklogFetch(await js.pull_subscribe_bind(durable="bf", stream=EVENTS_STREAM), limit=4)
+
+    sizes = [len(await fetch(timeout=1.0)) for _ in range(4)]
+    assert sizes == [1, 4, 4, 1]  # unknown backlog: 1; then the reported backlog (9, 5, 1) capped at the limit
+    assert await fetch(timeout=0.2) == []  # caught up: nothing within the timeout
+
+    # A message published while a fetch waits is handed over by that fetch, not held to its timeout.
+    waiting = asyncio.create_task(fetch(timeout=5.0))
+    await asyncio.sleep(0.1)
+    await js.publish("evt.test.live", b"live")
+    msgs = await asyncio.wait_for(waiting, timeout=4.0)
+    assert [m.data for m in msgs] == [b"live"]

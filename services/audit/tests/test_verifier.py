@@ -71,11 +71,12 @@ async def test_untampered_log_verifies_and_is_checkpointed(
 async def test_inclusion_and_consistency_proofs_over_http(running: Running, writer: Writer) -> None:
     last = await writer.mixed(40)
     await running.wait_for(last)
-    for _ in range(50):
+    for _ in range(300):
         status = await running.json("/v1/audit/status")
         if status["checkpoint"] and status["checkpoint"]["size"] == 60:
             break
         await asyncio.sleep(0.1)
+    assert status["checkpoint"] and status["checkpoint"]["size"] == 60, status
     roots = {}
     for size in (10, 20, 30, 40, 50, 60):
         note = (await running.http.get(f"/v1/audit/checkpoints/{size}")).text

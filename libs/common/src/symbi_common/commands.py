@@ -106,13 +106,18 @@ class CommandServer:
         token = otel_context.attach(extract_trace(headers))
         outcome = "ok"
         try:
-            with self._tracer.start_as_current_span(f"cmd.{self.service}.{action}", kind=trace.SpanKind.SERVER):
+            with self._tracer.start_as_current_span(
+                f"cmd.{self.service}.{action}",
+                kind=trace.SpanKind.SERVER,
+                attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject},
+            ) as span:
                 structlog.contextvars.bind_contextvars(command=action)
                 try:
                     result = await self._dispatch(action, msg.data, CommandMeta(headers))
                     body = _json.encode({"ok": True, "result": result})
                 except SymbiError as err:
                     outcome = err.code
+                    span.set_attribute("symbi.error", err.code)
                     body = _json.encode({"ok": False, "error": to_wire(err)})
                 except Exception as exc:
                     outcome = "internal"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import ChainTip, OpenedEvent, check_link, decrypt, new_event_id, open_envelope, seal
 from symbi_common.streams import EVENTS_STREAM, read_subject
-from symbi_common.telemetry import inject_trace
+from symbi_common.telemetry import EVENT_APPEND_SECONDS, EVENTS_APPENDED, inject_trace
 
 E = TypeVar("E", bound=Event)
 
@@ -105,6 +106,7 @@ class EventStore:
         self._replies: dict[str, asyncio.Future[Any]] = {}
         self._deadlines: deque[tuple[float, str]] = deque()  # (deadline, token), oldest first
         self._sweeper: asyncio.TimerHandle | None = None
+        self._metrics: dict[str, tuple[Any, Any]] = {}  # aggregate type -> (appended counter, latency histogram)
 
     # --- write ----------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class EventStore:
         """
         if not events:
             return []
+        started = time.perf_counter()
         subject = subject_for(aggregate_type, aggregate_id)
         key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}")
         sealed: list[tuple[bytes, EventHeader]] = []
@@ -154,6 +157,14 @@ class EventStore:
             prev = event_hash(data)
             hashes.append(prev)
         seqs = await self._publish(subject, sealed, expected.sequence, headers or {})
+        metrics = self._metrics.get(aggregate_type)
+        if metrics is None:
+            metrics = self._metrics[aggregate_type] = (
+                EVENTS_APPENDED.labels(self.producer, aggregate_type),
+                EVENT_APPEND_SECONDS.labels(self.producer, aggregate_type),
+            )
+        metrics[0].inc(len(sealed))
+        metrics[1].observe(time.perf_counter() - started)
         return [
             Recorded(event, header, seq, h)
             for event, (_, header), seq, h in zip(events, sealed, seqs, hashes, strict=True)
@@ -170,7 +181,6 @@ class EventStore:
         if header.correlation_id:
             h[H_CORRELATION] = header.correlation_id
         h.update(extra)
-        inject_trace(h)  # W3C traceparent of the current span, outside the signed bytes
         return h
 
     async def _publish(
@@ -180,6 +190,8 @@ class EventStore:
         expected_seq: int,
         extra: Mapping[str, str],
     ) -> list[int]:
+        # The W3C traceparent of the current span, outside the signed bytes: once for all events of the append.
+        extra = inject_trace(dict(extra))
         for attempt in range(self.attempts):
             try:
                 ack = await self._send(subject, sealed, expected_seq, extra)

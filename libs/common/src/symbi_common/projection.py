@@ -31,8 +31,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from symbi_common.db import apply_schema
 from symbi_common.errors import SymbiError
-from symbi_common.streams import EVENTS_STREAM, RawMessage
-from symbi_common.telemetry import PROJECTION_EVENTS, PROJECTION_POSITION, REJECTED_EVENTS
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
+from symbi_common.telemetry import (
+    PROJECTION_EVENTS,
+    PROJECTION_POSITION,
+    REJECTED_EVENTS,
+    SECURITY_EVENTS,
+    continue_trace,
+    observe_consumed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -163,11 +170,11 @@ class ProjectionRunner:
     async def _run_consumer(self) -> None:
         psub = await self._consumer()
         self.ready.set()
+        fetch = BacklogFetch(psub, self.batch)
         try:
             while not self._stopping.is_set():
-                try:
-                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
+                msgs = await fetch(timeout=self.fetch_timeout)
+                if not msgs:
                     continue
                 await self._apply_batch(msgs)
                 for m in msgs:
@@ -193,9 +200,16 @@ class ProjectionRunner:
                     continue  # already applied before a crash; acknowledged below
                 raw = RawMessage(m.subject, seq, bytes(m.data), {str(k): v for k, v in (m.headers or {}).items()})
                 try:
-                    async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
-                        await self.projection.apply(conn, raw)
+                    # Each event is applied as a span of the trace it carries (the command that appended it).
+                    with continue_trace(
+                        f"project {name}",
+                        raw.headers,
+                        attributes={"symbi.projection": name, "symbi.subject": raw.subject, "symbi.sequence": seq},
+                    ):
+                        async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
+                            await self.projection.apply(conn, raw)
                     applied += 1
+                    observe_consumed(name, m.metadata.timestamp)
                 except SymbiError as err:
                     await conn.execute(
                         "INSERT INTO symbi_projection_rejects (name, sequence, subject, code, message)"
@@ -207,6 +221,7 @@ class ProjectionRunner:
                         err.message,
                     )
                     REJECTED_EVENTS.labels(name, err.code).inc()
+                    SECURITY_EVENTS.labels("rejected_event").inc()
                     log.warning("event rejected", projection=name, sequence=seq, subject=raw.subject, error=err.message)
                 position = seq
             if position != start:

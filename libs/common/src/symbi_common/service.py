@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,10 +24,8 @@ import structlog
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from opentelemetry import context as otel_context
-from opentelemetry import trace
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from symbi_common import openapi
 from symbi_common.aggregate import Aggregate, Repository
@@ -44,7 +42,12 @@ from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings, load_settings
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import StreamSettings, provision_streams
-from symbi_common.telemetry import configure_logging, configure_tracing, extract_trace, flush_tracing
+from symbi_common.telemetry import (
+    configure_logging,
+    configure_tracing,
+    flush_tracing,
+    outside_traces,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +87,7 @@ class ServiceRuntime:
         self._decisions: DecisionPoint | None = None
         self._decisions_lock = asyncio.Lock()
         self._health_checks: dict[str, Callable[[], bool]] = {}
+        self._metric_refreshers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -166,7 +170,10 @@ class ServiceRuntime:
             if self._decisions is None:
                 from symbi_common.policy import open_decision_point
 
-                self._decisions = await open_decision_point(self)
+                # Opened on first use, maybe inside a request: its follower and decision log live on
+                # and must not file every later message under that request's trace.
+                with outside_traces():
+                    self._decisions = await open_decision_point(self)
         return self._decisions
 
     def repository(self, aggregate: Aggregate[S, C, E]) -> Repository[S, C, E]:
@@ -189,6 +196,18 @@ class ServiceRuntime:
     def add_health_check(self, name: str, check: Callable[[], bool]) -> None:
         """Make readiness also depend on ``check()`` (e.g. a background worker that has caught up)."""
         self._health_checks[name] = check
+
+    def add_metrics_refresh(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run ``refresh`` before each ``/metrics`` scrape (gauges read from a read model, e.g. agents by state)."""
+        self._metric_refreshers.append(refresh)
+
+    async def refresh_metrics(self) -> None:
+        """Bring scrape-time gauges up to date; one that fails is logged and left as it was."""
+        for refresh in self._metric_refreshers:
+            try:
+                await refresh()
+            except Exception as exc:
+                log.warning("metrics refresh failed", error=repr(exc))
 
     async def health(self) -> dict[str, Any]:
         """Readiness of each dependency; ``ok`` only if all are."""
@@ -235,19 +254,12 @@ class ServiceRuntime:
         log.info("service stopped")
 
 
-class _TraceMiddleware(BaseHTTPMiddleware):
-    """One server span per HTTP request, continuing an incoming W3C ``traceparent``."""
+#: Paths polled by probes and scrapers: no span for them (each would be a trace of its own).
+_UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path in ("/healthz", "/readyz", "/metrics"):
-            return await call_next(request)
-        token = otel_context.attach(extract_trace(dict(request.headers)))
-        try:
-            tracer = trace.get_tracer("symbi.http")
-            with tracer.start_as_current_span(f"{request.method} {request.url.path}", kind=trace.SpanKind.SERVER):
-                return await call_next(request)
-        finally:
-            otel_context.detach(token)
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in _UNTRACED_PATHS
 
 
 class _BodyLimit:
@@ -316,9 +328,18 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    # FastAPI's own OpenTelemetry instrumentation makes one server span per request, continuing an
+    # incoming W3C ``traceparent`` (route, method and status as attributes). Only traces: metrics are
+    # Prometheus's here, and per-operation spans (dependencies, serialization) would only add cost.
+    telemetry: TelemetryConfig = {
+        "tracing": True,
+        "metrics": False,
+        "logs": False,
+        "operation_spans": False,
+        "exclude": _untraced,
+    }
+    app = FastAPI(title=title, lifespan=lifespan, telemetry=telemetry)
     app.state.runtime = runtime
-    app.add_middleware(_TraceMiddleware)
     app.add_middleware(_BodyLimit, limit=runtime.settings.events.max_command_bytes)
 
     @app.exception_handler(SymbiError)
@@ -338,6 +359,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        await runtime.refresh_metrics()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:

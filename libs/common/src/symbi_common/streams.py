@@ -177,6 +177,33 @@ class _BatchRead:
             await sub.unsubscribe()
 
 
+class BacklogFetch:
+    """Fetches from a pull subscription, each time asking for no more than the consumer's backlog.
+
+    nats-py's ``fetch(n)`` asks the server for ``n`` messages; when fewer are pending, its long-poll
+    can hold a message that arrives meanwhile until the fetch times out (measured: up to 0.9 s of a
+    1 s timeout, for about one live message in ten). Asking for ``min(limit, backlog)`` — the backlog
+    every message reports in its metadata, 1 when caught up — never leaves a pull waiting for more
+    than will come, so a live message is handed over as soon as it arrives while a backlog is still
+    read ``limit`` at a time.
+    """
+
+    def __init__(self, psub: Any, limit: int) -> None:
+        self.psub = psub
+        self.limit = limit
+        self._size = 1  # the backlog is unknown until the first message reports it
+
+    async def __call__(self, timeout: float) -> list[Any]:
+        """The next messages; ``[]`` when none arrived within ``timeout``."""
+        try:
+            msgs: list[Any] = await self.psub.fetch(self._size, timeout=timeout)
+        except (nats.errors.TimeoutError, TimeoutError):
+            self._size = 1
+            return []
+        self._size = max(1, min(self.limit, msgs[-1].metadata.num_pending)) if msgs else 1
+        return msgs
+
+
 async def read_subject(
     nc: NatsClient,
     stream: str,

@@ -1,15 +1,21 @@
 """Logs, traces and metrics.
 
 - Logs: structlog, JSON lines by default, with context bound per message/request through contextvars.
-- Traces: OpenTelemetry; the W3C ``traceparent`` travels in NATS headers (outside the signed bytes);
-  spans are exported over OTLP/HTTP when an endpoint is configured.
-- Metrics: prometheus-client, served at ``/metrics`` by every service.
+- Traces: OpenTelemetry; the W3C ``traceparent`` travels in HTTP and NATS headers (outside the signed
+  bytes); spans are exported over OTLP/HTTP when an endpoint is configured. Consumers of stored events
+  continue the trace each event carries (:func:`continue_trace`), so one task is one trace across every
+  service; without an exporter they only pass the context on (no span per message).
+- Metrics: prometheus-client, served at ``/metrics`` by every service; the shared ones are defined here.
+
+What is traced and every metric name: ``docs/observability.md``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +24,7 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -49,13 +55,17 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
 
 _provider: TracerProvider | None = None
 _exporting_to: set[str] = set()
+#: Span lists of :func:`capture_spans` blocks in progress.
+_sinks: list[list[ReadableSpan]] = []
+_capturing = False
 
 
 def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider:
     """Install this process's tracer provider for ``service``; export over OTLP/HTTP if an endpoint is set.
 
     OpenTelemetry allows one global provider per process, so a second call (a service restarted in
-    the same process, as in tests) reuses it and only adds an exporter for a new endpoint.
+    the same process, as in tests) reuses it and only adds an exporter for a new endpoint. Batches go
+    out every ``OTEL_BSP_SCHEDULE_DELAY`` ms (default 5000).
     """
     global _provider
     if _provider is None:
@@ -72,6 +82,40 @@ def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider:
     return _provider
 
 
+def tracing_enabled() -> bool:
+    """Whether finished spans go anywhere (an OTLP exporter, or a :func:`capture_spans` block).
+
+    Per-message spans are only worth their cost (about 25 us each with the SDK) when they are
+    exported; without an exporter the consumers only pass the incoming trace context on.
+    """
+    return bool(_exporting_to) or bool(_sinks)
+
+
+class _Capture(SpanProcessor):
+    """Hands every finished span to the open :func:`capture_spans` blocks."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for sink in _sinks:
+            sink.append(span)
+
+
+@contextmanager
+def capture_spans() -> Iterator[list[ReadableSpan]]:
+    """Collect the spans finished inside the block (tracing is enabled meanwhile), like structlog's
+    ``capture_logs``: for tests that check what a component traces without an OTLP receiver."""
+    global _capturing
+    provider = configure_tracing("test") if _provider is None else _provider
+    if not _capturing:
+        provider.add_span_processor(_Capture())
+        _capturing = True
+    sink: list[ReadableSpan] = []
+    _sinks.append(sink)
+    try:
+        yield sink
+    finally:
+        _sinks.remove(sink)
+
+
 def flush_tracing(timeout_ms: int = 5000) -> None:
     """Export every finished span now (on shutdown; the provider itself lives as long as the process)."""
     if _provider is not None:
@@ -82,15 +126,29 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
+def trace_id_of(span: trace.Span | ReadableSpan) -> str:
+    """The span's trace id as the 32 hex digits Jaeger shows ("" for no span)."""
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx is not None and ctx.is_valid else ""
+
+
 def inject_trace(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """Add the current W3C trace context (``traceparent``) to NATS or HTTP headers."""
     propagate.inject(headers)
     return headers
 
 
+async def trace_http_request(request: Any) -> None:
+    """An httpx ``request`` event hook: the request carries the caller's current trace context."""
+    propagate.inject(request.headers)
+
+
 def extract_trace(headers: Mapping[str, str] | None) -> otel_context.Context:
     """The trace context carried by incoming headers (an empty context if none)."""
     return propagate.extract(dict(headers or {}))
+
+
+_TRACEPARENT = "traceparent"
 
 
 @contextmanager
@@ -106,7 +164,21 @@ def continue_trace(
     The parent is the W3C context in the message's headers, so a task's trace runs on through every
     service that reacts to its events; events appended inside the block carry this span onward.
     Without a ``traceparent`` the span starts a trace of its own.
+
+    While no span is exported (:func:`tracing_enabled` is false) no span is made: the block runs in
+    the incoming context, so what it appends still carries the caller's trace onward, at the cost of
+    parsing one header.
     """
+    if not tracing_enabled():
+        if not headers or _TRACEPARENT not in headers:
+            yield trace.INVALID_SPAN
+            return
+        token = otel_context.attach(propagate.extract(headers))
+        try:
+            yield trace.get_current_span()
+        finally:
+            otel_context.detach(token)
+        return
     token = otel_context.attach(extract_trace(headers))
     try:
         with trace.get_tracer("symbi").start_as_current_span(name, kind=kind, attributes=attributes) as span:
@@ -115,18 +187,105 @@ def continue_trace(
         otel_context.detach(token)
 
 
+@contextmanager
+def traced(
+    name: str,
+    *,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> Iterator[trace.Span]:
+    """A span for one step (a decision, an initialization) as a child of the current one; nothing
+    (an invalid span) while spans are not exported."""
+    if not tracing_enabled():
+        yield trace.INVALID_SPAN
+        return
+    with trace.get_tracer("symbi").start_as_current_span(name, kind=kind, attributes=attributes) as span:
+        yield span
+
+
+@contextmanager
+def outside_traces() -> Iterator[None]:
+    """Run the block in no trace at all: for starting long-lived work (a follower, a batching loop) that
+    must not make every later message part of the trace of whoever happened to start it."""
+    token = otel_context.attach(otel_context.Context())
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
+def command_trace(
+    service: str, name: str, attributes: Mapping[str, str | int | float | bool] | None = None
+) -> Iterator[trace.Span]:
+    """The root span of a command-line command: tracing configured from ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    for ``symbi-<service>``, the span current inside the block, every span exported before it returns."""
+    configure_tracing(service, os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+    try:
+        with trace.get_tracer("symbi.cli").start_as_current_span(name, attributes=attributes) as span:
+            yield span
+    finally:
+        flush_tracing()
+
+
 # --- metrics shared by every service ---------------------------------------------------------------
+#
+# Every service serves these at ``/metrics`` (prometheus-client's default registry); the services add
+# their own (agents by state, tasks by outcome, audit findings …). Labels stay few and bounded.
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 COMMANDS = Counter("symbi_commands_total", "Commands handled", ["service", "action", "outcome"])
 COMMAND_SECONDS = Histogram(
-    "symbi_command_seconds",
-    "Command handling latency",
-    ["service", "action"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    "symbi_command_seconds", "Command handling latency", ["service", "action"], buckets=_LATENCY_BUCKETS
 )
 EVENTS_APPENDED = Counter("symbi_events_appended_total", "Events appended", ["service", "aggregate_type"])
+EVENT_APPEND_SECONDS = Histogram(
+    "symbi_event_append_seconds",
+    "Latency of one append (seal, publish, JetStream ack) of one or several events",
+    ["service", "aggregate_type"],
+    buckets=_LATENCY_BUCKETS,
+)
 PROJECTION_POSITION = Gauge("symbi_projection_position", "Last stream sequence applied", ["projection"])
 PROJECTION_EVENTS = Counter("symbi_projection_events_total", "Events applied by projections", ["projection"])
+EVENTS_CONSUMED = Counter(
+    "symbi_events_consumed_total",
+    "Stored events processed by a consumer (projection, follower, verifier, index)",
+    ["consumer"],
+)
+EVENT_LAG_SECONDS = Histogram(
+    "symbi_event_lag_seconds",
+    "Time from an event's storage in the stream to its processing by a consumer",
+    ["consumer"],
+    buckets=_LAG_BUCKETS,
+)
 REJECTED_EVENTS = Counter(
     "symbi_rejected_events_total", "Stored events that failed verification or decoding", ["consumer", "reason"]
 )
+POLICY_DECISIONS = Counter(
+    "symbi_policy_decisions_total",
+    "Policy decisions by decision point (embedded, remote, service), action and outcome (allow, deny, conditions)",
+    ["point", "action", "outcome"],
+)
+POLICY_DECISION_SECONDS = Histogram(
+    "symbi_policy_decision_seconds",
+    'Latency of one policy decision (a batch counts once, under action "batch")',
+    ["point", "action"],
+    buckets=_DECISION_BUCKETS,
+)
+SECURITY_EVENTS = Counter(
+    "symbi_security_events_total",
+    "Security-relevant events: policy denials, stored events failing verification, audit findings",
+    ["kind"],
+)
+
+
+def observe_consumed(consumer: str, stored_at: Any, count: int = 1) -> None:
+    """Count ``count`` events processed by ``consumer`` and their lag since ``stored_at`` (the JetStream
+    message's timestamp, a datetime; None if unknown)."""
+    EVENTS_CONSUMED.labels(consumer).inc(count)
+    if stored_at is not None:
+        lag = max(0.0, time.time() - stored_at.timestamp())
+        EVENT_LAG_SECONDS.labels(consumer).observe(lag)

@@ -29,6 +29,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys
@@ -37,7 +38,8 @@ from symbi_common.keyring import KeyRegistry
 from symbi_common.projection import wait_for_position
 from symbi_common.sealing import OpenedEvent, decrypt
 from symbi_common.settings import AuditSettings
-from symbi_common.streams import EVENTS_STREAM, RawMessage
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
+from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
 
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
 from symbi_audit.live import LiveFeed, event_item
@@ -56,6 +58,7 @@ VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit ser
 POSITION = Gauge("symbi_audit_position", "Last stream sequence verified")
 TREE_SIZE = Gauge("symbi_audit_tree_size", "Leaves in the audit Merkle tree")
 CHECKPOINTS = Counter("symbi_audit_checkpoints_total", "Signed checkpoints created")
+CONSUMER = "audit_verifier"
 
 _json = msgspec.json.Encoder()
 
@@ -74,6 +77,31 @@ def _event_row(c: Checked, leaf_index: int, stored_at: dt.datetime | None, agent
         h.producer, h.signing_key_id, h.event_id, h.correlation_id, h.causation_id, h.data_key_id,
         _time(h.occurred_at), stored_at, not c.findings, agent_id,
     )  # fmt: skip
+
+
+def _trace_verified(msgs: list[Any], checked: list[Checked], started_ns: int) -> None:
+    """One ``audit.verify`` span per verified event that carries a trace, as a child of the span that
+    appended it, from the start of its batch to now: so a task's trace shows each of its events verified."""
+    tracer = trace.get_tracer("symbi.audit")
+    headers = {int(m.metadata.sequence.stream): m.headers for m in msgs if m.headers and "traceparent" in m.headers}
+    for c in checked:
+        carried = headers.get(c.message.sequence)
+        if carried is None:
+            continue
+        span = tracer.start_span(
+            "audit.verify",
+            context=extract_trace(carried),
+            kind=trace.SpanKind.CONSUMER,
+            start_time=started_ns,
+            attributes={
+                "symbi.subject": c.message.subject,
+                "symbi.sequence": c.message.sequence,
+                "symbi.audit.verified": not c.findings,
+            },
+        )
+        if c.findings:
+            span.set_attribute("symbi.audit.findings", [f.kind for f in c.findings])
+        span.end()
 
 
 class VerifierRunner:
@@ -177,12 +205,10 @@ class VerifierRunner:
         psub = await self._consumer()
         self.ready.set()
         await self._publish_checkpoints()
+        fetch = BacklogFetch(psub, self.settings.batch)
         try:
             while not self._stopping.is_set():
-                try:
-                    msgs = await psub.fetch(self.settings.batch, timeout=1.0)
-                except TimeoutError:  # nats-py raises its own subclass or, on some paths, the builtin one
-                    msgs = []
+                msgs = await fetch(timeout=1.0)
                 if not msgs:
                     await self._checkpoint_if_due()
                     continue
@@ -197,6 +223,7 @@ class VerifierRunner:
                     await self.js.delete_consumer(EVENTS_STREAM, self.consumer_name)
 
     async def _process(self, msgs: list[Any]) -> None:
+        started_ns = time.time_ns()
         start = self.position
         raws = [
             RawMessage(m.subject, int(m.metadata.sequence.stream), bytes(m.data), {})
@@ -236,6 +263,9 @@ class VerifierRunner:
         if not await self.store.commit_batch(batch, expected_sequence=start):
             raise SymbiError("the stored audit position moved under this verifier; reloading")
         await self._after_commit(checked, agents, batch.findings)
+        observe_consumed(CONSUMER, msgs[-1].metadata.timestamp, len(raws))
+        if tracing_enabled():
+            _trace_verified(msgs, checked, started_ns)
         if new_checkpoints:
             CHECKPOINTS.inc(len(new_checkpoints))
             await self._publish_checkpoints()
@@ -289,6 +319,7 @@ class VerifierRunner:
         VERIFIED.labels("failed").inc(bad)
         for f in findings:
             FINDINGS.labels(f.kind).inc()
+            SECURITY_EVENTS.labels("audit_finding").inc()
             log.warning("audit finding", kind=f.kind, sequence=f.sequence, subject=f.subject, reason=f.reason)
             await self._notify(ALERT_SUBJECT, _json.encode(f))
         for c, agent_id in zip(checked, agents, strict=True):

@@ -45,6 +45,7 @@ from symbi_context.domain import (
 from symbi_context.embeddings import Embedder
 from symbi_context.errors import InvalidContext
 from symbi_context.index import ContextIndex
+from symbi_context.metrics import operation
 from symbi_context.retrieval import Retrieved, hybrid_search
 from symbi_context.vectors.port import MetaFilter
 
@@ -175,6 +176,7 @@ class ContextService:
 
     # --- memories -------------------------------------------------------------------------------------------
 
+    @operation("store")
     async def store_memories(self, agent_id: str, items: Sequence[NewMemory], *, owner: str | None = None) -> Written:
         """Store memories of ``owner`` (default: the writing agent itself) in one append."""
         owner = owner or agent_id
@@ -216,6 +218,7 @@ class ContextService:
         _, records = await self.memories.execute(owner, command)
         return Written([e.memory_id for e in events], records[-1].sequence if records else 0)
 
+    @operation("forget")
     async def forget_memories(
         self, agent_id: str, *, owner: str | None = None, ids: Sequence[str] = (), where: MetaFilter | None = None
     ) -> Written:
@@ -235,6 +238,7 @@ class ContextService:
 
     # --- knowledge ------------------------------------------------------------------------------------------
 
+    @operation("ingest")
     async def ingest(
         self,
         agent_id: str,
@@ -296,6 +300,7 @@ class ContextService:
         _, appended = await self.knowledge.execute(kb_id, IngestDocument(parts=parts))
         return Written([doc_id], appended[-1].sequence if appended else 0)
 
+    @operation("forget_documents")
     async def forget_documents(self, agent_id: str, kb_id: str, document_ids: Sequence[str]) -> Written:
         _check_id(kb_id, "kb_id")
         decision = await self._require(agent_id, "memory.write", kb_id, "knowledge")
@@ -320,6 +325,7 @@ class ContextService:
             alive_at=now,
         )
 
+    @operation("retrieve")
     async def retrieve(self, q: Query) -> list[Retrieved]:
         """Hybrid search over the reader's permitted memories and knowledge, fused and ranked."""
         _check_id(q.agent_id, "agent_id")
@@ -347,6 +353,7 @@ class ContextService:
 
     # --- expiry and retention -------------------------------------------------------------------------------
 
+    @operation("sweep")
     async def sweep(self, now: float | None = None) -> int:
         """Forget expired short-term memories and knowledge past its retention, as events. Returns how many."""
         now = time.time() if now is None else now

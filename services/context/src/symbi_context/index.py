@@ -29,8 +29,8 @@ from symbi_common.errors import DataKeyDestroyed, SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.projection import wait_for_position
 from symbi_common.sealing import decrypt, open_envelope
-from symbi_common.streams import EVENTS_STREAM
-from symbi_common.telemetry import REJECTED_EVENTS
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch
+from symbi_common.telemetry import REJECTED_EVENTS, SECURITY_EVENTS, continue_trace, observe_consumed
 
 from symbi_context.domain import (
     KNOWLEDGE,
@@ -185,11 +185,11 @@ class ContextIndex:
         await self.js.add_consumer(self.stream, config)
         psub = await self.js.pull_subscribe_bind(durable=self.consumer_name, stream=self.stream)
         self.ready.set()
+        fetch = BacklogFetch(psub, self.batch)
         try:
             while not self._stopping.is_set():
-                try:
-                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
+                msgs = await fetch(timeout=self.fetch_timeout)
+                if not msgs:
                     continue
                 await self.apply_batch(msgs)
         finally:
@@ -205,26 +205,33 @@ class ContextIndex:
             seq = int(msg.metadata.sequence.stream)
             if seq <= last:
                 continue
-            try:
-                action = await self._decode(msg.subject, seq, bytes(msg.data))
-            except DataKeyDestroyed:
-                action = None  # crypto-shredded: nothing of it may be indexed
-            except SymbiError as err:
-                self.rejected += 1
-                REJECTED_EVENTS.labels(NAME, err.code).inc()
-                log.warning("event rejected", projection=NAME, sequence=seq, subject=msg.subject, error=err.message)
-                action = None
-            if isinstance(action, list):
-                pending.extend(action)
-            elif action is not None:
-                if pending:
-                    await self.store.upsert(pending)
-                    pending = []
-                await action
+            # Indexing the event is a span of the trace that stored it (a memory written for a task …).
+            with continue_trace(
+                "context.index", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": seq}
+            ):
+                try:
+                    action = await self._decode(msg.subject, seq, bytes(msg.data))
+                except DataKeyDestroyed:
+                    action = None  # crypto-shredded: nothing of it may be indexed
+                except SymbiError as err:
+                    self.rejected += 1
+                    REJECTED_EVENTS.labels(NAME, err.code).inc()
+                    SECURITY_EVENTS.labels("rejected_event").inc()
+                    log.warning("event rejected", projection=NAME, sequence=seq, subject=msg.subject, error=err.message)
+                    action = None
+                if isinstance(action, list):
+                    pending.extend(action)
+                elif action is not None:
+                    if pending:
+                        await self.store.upsert(pending)
+                        pending = []
+                    await action
             last = seq
             self.applied += 1
         if pending:
             await self.store.upsert(pending)
+        if msgs:
+            observe_consumed(NAME, msgs[-1].metadata.timestamp, len(msgs))
         if last != self.position:
             await self.store.set_position(last)
             async with self._changed:

@@ -48,6 +48,7 @@ from symbi_common.errors import (
     SymbiError,
 )
 from symbi_common.eventstore import Recorded
+from symbi_common.telemetry import traced
 from symbi_dsl import DslError, compile_agent
 
 from symbi_lifecycle.config import AgentConfig, ConfigIssue, ResourceLimits, convert_config, validate_config
@@ -61,6 +62,7 @@ from symbi_lifecycle.domain import (
     Configure,
     Initialize,
 )
+from symbi_lifecycle.metrics import INITIALIZATIONS
 
 log = structlog.get_logger(__name__)
 
@@ -185,6 +187,16 @@ class InitializationController:
 
         An unreachable decision point leaves the agent Initializing (the sweep retries later).
         """
+        with traced("lifecycle.initialize", attributes={"symbi.agent_id": agent_id}) as span:
+            outcome = await self._initialize(agent_id, causation_id=causation_id, correlation_id=correlation_id)
+            if outcome.records:
+                status = outcome.loaded.state.status
+                result = "denied" if outcome.denial else "ready" if status is AgentStatus.READY else "failed"
+                INITIALIZATIONS.labels(result).inc()
+                span.set_attribute("symbi.outcome", result)
+        return outcome
+
+    async def _initialize(self, agent_id: str, *, causation_id: str | None, correlation_id: str | None) -> Outcome:
         loaded = await self.repository.load(agent_id)
         state = loaded.state
         if state.status is not AgentStatus.INITIALIZING:
@@ -239,6 +251,19 @@ class InitializationController:
         An invalid configuration is refused with :class:`ConfigRejected` (nothing recorded); a denied
         change is recorded as ``agent.configure_denied`` and reported as the outcome's ``denial``.
         """
+        with traced("lifecycle.configure", attributes={"symbi.agent_id": agent_id}):
+            return await self._configure(agent_id, config, definition, file, user, causation_id, correlation_id)
+
+    async def _configure(
+        self,
+        agent_id: str,
+        config: AgentConfig | None,
+        definition: str | None,
+        file: str,
+        user: str,
+        causation_id: str | None,
+        correlation_id: str | None,
+    ) -> Outcome:
         loaded = await self.repository.load(agent_id)
         state = loaded.state
         if state.status is None:

@@ -17,6 +17,7 @@ from symbi_lifecycle.api import register_commands, router
 from symbi_lifecycle.application import LifecycleService
 from symbi_lifecycle.controller import InitializationController
 from symbi_lifecycle.domain import AGENT
+from symbi_lifecycle.metrics import refresh_agents
 from symbi_lifecycle.projections import AgentProjection
 
 SERVICE = "lifecycle"
@@ -34,6 +35,8 @@ def build_app(settings: Settings) -> FastAPI:
         service = LifecycleService(repository, rt.pool, runner, controller)
         rt.spawn(controller.run(runner.ready.wait), "lifecycle:initialization")
         register_commands(rt.commands, service)
+        pool = rt.pool
+        rt.add_metrics_refresh(lambda: refresh_agents(pool))
         app.state.lifecycle = service
 
     app = create_app(runtime, title="Symbi lifecycle", routers=[router], on_start=on_start)

@@ -17,10 +17,12 @@ from nats.js.api import DeliverPolicy
 from symbi_common.errors import SymbiError
 from symbi_common.eventstore import EventStore
 from symbi_common.streams import EVENTS_STREAM
+from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_lifecycle.config import PolicySpec
 from symbi_lifecycle.domain import CODEC, AgentReady, AgentRegistered, AgentTerminated
 
 from symbi_policy.application import PolicyService
+from symbi_policy.metrics import AGENT_EVENTS
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,14 @@ class AgentPolicyFollower:
 
     async def _on_msg(self, msg: Any) -> None:
         sequence = msg.metadata.sequence.stream
+        # A span of the agent's trace (its registration): activating its policies belongs to it.
+        with continue_trace(
+            "policy.agent_event", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
+        ):
+            await self._handle(msg, sequence)
+        observe_consumed(AGENT_EVENTS, msg.metadata.timestamp)
+
+    async def _handle(self, msg: Any, sequence: int) -> None:
         try:
             rec = await self.store.open_one(bytes(msg.data), msg.subject, sequence, CODEC)
             agent_id = rec.header.aggregate_id

@@ -29,8 +29,10 @@ from symbi_common.policy.events import (
     PolicySetState,
 )
 from symbi_common.policy.follower import PolicyFollower
+from symbi_common.policy.observed import observed, observed_batch
 from symbi_common.policy.points import BatchResult
 from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_common.telemetry import traced
 from symbi_lifecycle.config import PolicySpec
 
 from symbi_policy.agents import agent_policy_text, agent_set_id
@@ -44,6 +46,7 @@ from symbi_policy.domain import (
     check_set_id,
     log_id_for,
 )
+from symbi_policy.metrics import AGENT_POLICY_SETS, POLICY_SETS, POLICY_VERSION
 from symbi_policy.whatif import WhatIfReport, what_if
 
 log = structlog.get_logger(__name__)
@@ -195,13 +198,17 @@ class PolicyService:
     # --- decisions ----------------------------------------------------------------------------------
 
     async def decide(self, request: DecisionRequest) -> Decision:
-        return self.follower.engine.decide(request)
+        with observed("service", request) as out:
+            out.append(self.follower.engine.decide(request))
+        return out[0]
 
     async def decide_batch(self, request: DecideBatchRequest) -> BatchResult:
         if len(request.requests) > MAX_BATCH:
             raise ValidationError(f"at most {MAX_BATCH} requests per batch", field="requests")
         engine = self.follower.engine
-        return BatchResult(decisions=engine.decide_batch(request.requests), policy_version=engine.version)
+        with observed_batch("service", request.requests) as out:
+            out.extend(engine.decide_batch(request.requests))
+        return BatchResult(decisions=out, policy_version=engine.version)
 
     # --- decision log and what-if -------------------------------------------------------------------
 
@@ -264,18 +271,34 @@ class PolicyService:
         set_id = agent_set_id(agent_id)
         if not specs or set_id in self.follower.states:
             return None
-        cedar = agent_policy_text(agent_id, specs)
-        try:
-            return await self.register(
-                RegisterSetRequest(set_id=set_id, cedar=cedar, description=f"policies of agent {agent_id}"),
-                origin=f"agent:{agent_id}",
-            )
-        except AlreadyExists:
-            return None
+        with traced("policy.activate_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
+            cedar = agent_policy_text(agent_id, specs)
+            try:
+                view = await self.register(
+                    RegisterSetRequest(set_id=set_id, cedar=cedar, description=f"policies of agent {agent_id}"),
+                    origin=f"agent:{agent_id}",
+                )
+            except AlreadyExists:
+                return None
+        AGENT_POLICY_SETS.labels("activated").inc()
+        return view
 
     async def retire_agent(self, agent_id: str, reason: str) -> PolicySetView | None:
         set_id = agent_set_id(agent_id)
         state = self.follower.states.get(set_id)
         if state is None or not state.active:
             return None
-        return await self.retire(RetireSetRequest(set_id=set_id, reason=f"agent terminated: {reason}"[:1000]))
+        with traced("policy.retire_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
+            view = await self.retire(RetireSetRequest(set_id=set_id, reason=f"agent terminated: {reason}"[:1000]))
+        AGENT_POLICY_SETS.labels("retired").inc()
+        return view
+
+    async def refresh_metrics(self) -> None:
+        """Policy sets by status and the policy version, as the follower has them now."""
+        counts = {"active": 0, "retired": 0}
+        for state in self.follower.states.values():
+            key = "active" if state.active else "retired"
+            counts[key] += 1
+        for status, n in counts.items():
+            POLICY_SETS.labels(status).set(n)
+        POLICY_VERSION.set(self.follower.version)

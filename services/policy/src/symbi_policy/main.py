@@ -55,6 +55,7 @@ def build_app(settings: Settings) -> FastAPI:
         register_commands(rt.commands, service)
         app.state.policy = service
         app.state.follower = follower
+        rt.add_metrics_refresh(service.refresh_metrics)
         await service.ensure_baseline(baseline)
         agents = AgentPolicyFollower(rt.js, rt.store, service, on_error=rt.note_error)
         await agents.start()

@@ -28,6 +28,7 @@ from symbi_common.decisions import DecisionRecord, DecisionRequest
 from symbi_common.errors import InfrastructureError, SymbiError
 from symbi_common.policy.events import LoggedDecision
 from symbi_common.sealing import new_event_id
+from symbi_common.telemetry import outside_traces
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -115,7 +116,8 @@ class DecisionLog:
     async def record(self, request: DecisionRequest, record: DecisionRecord) -> None:
         """Queue one decision; for a denial, wait (up to ``timeout``) until it is stored."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"decision-log:{self.source}")
+            with outside_traces():  # batches mix decisions of many traces: the loop belongs to none of them
+                self._task = asyncio.get_running_loop().create_task(self._run(), name=f"decision-log:{self.source}")
         if len(self._queue) >= self.max_pending:
             async with self._progress:
                 await self._progress.wait_for(lambda: len(self._queue) < self.max_pending)

@@ -32,6 +32,7 @@ from symbi_common.policy.events import (
 )
 from symbi_common.sealing import ChainTip, check_link, decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM
+from symbi_common.telemetry import SECURITY_EVENTS, continue_trace, observe_consumed
 
 log = structlog.get_logger(__name__)
 
@@ -98,11 +99,18 @@ class PolicyFollower:
         sequence = meta.sequence.stream
         if sequence <= self.position:  # redelivered after the ordered consumer was reset: applied already
             return
-        try:
-            await self._apply(msg.subject, sequence, bytes(msg.data))
-        except Exception as exc:  # a bad event is skipped, never allowed to stop the follower
-            log.error("policy event rejected", subject=msg.subject, sequence=sequence, error=repr(exc))
-            self.rejected = [*self.rejected[-99:], f"{sequence} {msg.subject}: {exc!r}"]
+        # The change as a span of the trace that made it (an agent's policies activated during its registration …).
+        with continue_trace(
+            "policy.follow", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
+        ) as span:
+            try:
+                await self._apply(msg.subject, sequence, bytes(msg.data))
+            except Exception as exc:  # a bad event is skipped, never allowed to stop the follower
+                log.error("policy event rejected", subject=msg.subject, sequence=sequence, error=repr(exc))
+                self.rejected = [*self.rejected[-99:], f"{sequence} {msg.subject}: {exc!r}"]
+                span.set_attribute("symbi.rejected", repr(exc)[:500])
+                SECURITY_EVENTS.labels("rejected_event").inc()
+        observe_consumed("policy_follower", meta.timestamp)
         self.position = sequence
         if meta.num_pending == 0:
             await self._rebuild()

@@ -14,6 +14,7 @@ from symbi_common.commands import CommandClient
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.policy.decision_log import DecisionLog
 from symbi_common.policy.follower import PolicyFollower
+from symbi_common.policy.observed import observed, observed_batch
 
 
 class EmbeddedDecisionPoint:
@@ -28,10 +29,14 @@ class EmbeddedDecisionPoint:
         return self.follower.engine.version
 
     async def decide(self, request: DecisionRequest) -> Decision:
-        return self.follower.engine.decide(request)
+        with observed("embedded", request) as out:
+            out.append(self.follower.engine.decide(request))
+        return out[0]
 
     async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
-        return self.follower.engine.decide_batch(requests)
+        with observed_batch("embedded", requests) as out:
+            out.extend(self.follower.engine.decide_batch(requests))
+        return out
 
     async def close(self) -> None:
         if self.log is not None:
@@ -65,22 +70,26 @@ class RemoteDecisionPoint:
         return self._version
 
     async def decide(self, request: DecisionRequest) -> Decision:
-        decision: Decision = await self.client.call(
-            "policy",
-            "decide",
-            request,
-            Decision,  # type: ignore[arg-type]
-            timeout=self.timeout,
-        )
+        with observed("remote", request) as out:
+            decision: Decision = await self.client.call(
+                "policy",
+                "decide",
+                request,
+                Decision,  # type: ignore[arg-type]
+                timeout=self.timeout,
+            )
+            out.append(decision)
         self._version = decision.policy_version
         return decision
 
     async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
         if not requests:
             return []
-        result = await self.client.call(
-            "policy", "decide_batch", DecisionBatch(requests=requests), BatchResult, timeout=self.timeout
-        )
+        with observed_batch("remote", requests) as out:
+            result = await self.client.call(
+                "policy", "decide_batch", DecisionBatch(requests=requests), BatchResult, timeout=self.timeout
+            )
+            out.extend(result.decisions)
         self._version = result.policy_version
         return result.decisions
 

@@ -1,0 +1,14 @@
+"""The policy service's own metrics (decisions are counted by :mod:`symbi_common.policy.observed`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+POLICY_SETS = Gauge("symbi_policy_sets", "Policy sets by status (active, retired)", ["status"])
+POLICY_VERSION = Gauge("symbi_policy_version", "The policy version decisions are made against")
+AGENT_POLICY_SETS = Counter(
+    "symbi_policy_agent_sets_total",
+    "Agents' own policy sets activated (agent Ready) or retired (terminated)",
+    ["change"],
+)
+AGENT_EVENTS = "policy_agent_events"

@@ -1,0 +1,84 @@
+"""The policy service's part of a trace and its metrics on ``/metrics``: agent policies activated in the
+agent's trace, every process's follower applying the change in it, decisions counted by outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+from opentelemetry import trace
+from prometheus_client.parser import text_string_to_metric_families
+from symbi_common.eventstore import EventStore
+from symbi_common.telemetry import capture_spans, trace_id_of
+
+from .conftest import RunningPolicy, running_agent
+from .test_agent_policies import NO_SHELL, shell_request, wait_set
+
+MakeStore = Callable[..., Awaitable[EventStore]]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(http: httpx.AsyncClient) -> Samples:
+    r = await http.get("/metrics")
+    assert r.status_code == 200, r.text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_agent_policies_join_the_agents_trace_and_decisions_are_counted(
+    policy: RunningPolicy, make_store: MakeStore
+) -> None:
+    before = await scrape(policy.http)
+    assert value(before, "symbi_policy_sets", status="active") == 1  # the baseline
+    store = await make_store("lifecycle")
+    with capture_spans() as spans:
+        with trace.get_tracer("test").start_as_current_span("register careful-2") as registration:
+            await running_agent(store, "careful-2", (NO_SHELL,))
+        await wait_set(policy, "agent-careful-2", "active")
+        for _ in range(100):  # the follower's span ends right after the engine has the new set
+            if any(s.name == "policy.follow" and trace_id_of(s) == trace_id_of(registration) for s in spans):
+                break
+            await asyncio.sleep(0.02)
+    mine = {s.context.span_id: s for s in spans if trace_id_of(s) == trace_id_of(registration)}
+    (activation,) = [s for s in mine.values() if s.name == "policy.activate_agent"]
+    assert activation.parent is not None
+    handled = mine[activation.parent.span_id]
+    assert handled.name == "policy.agent_event"
+    assert handled.parent is not None
+    assert handled.parent.span_id == registration.get_span_context().span_id
+    assert handled.attributes is not None
+    assert handled.attributes["symbi.subject"] == "evt.agent.careful-2"
+    follows = [s for s in mine.values() if s.name == "policy.follow"]
+    assert follows, "the policy follower did not apply the new set in the agent's trace"
+    assert all(s.parent is not None and s.parent.span_id == activation.context.span_id for s in follows)
+
+    body = {
+        "principal": {"type": "Agent", "id": "careful-2"},
+        "action": "tool.invoke",
+        "resource": {"type": "Tool", "id": "shell"},
+    }
+    assert (await policy.http.post("/v1/decisions", json=body)).json()["effect"] == "deny"
+    await policy.service.decide(shell_request("someone-else"))
+    after = await scrape(policy.http)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert value(after, "symbi_policy_sets", status="active") == 2
+    assert value(after, "symbi_policy_version") == policy.service.follower.version
+    assert delta("symbi_policy_agent_sets_total", change="activated") == 1
+    assert delta("symbi_events_consumed_total", consumer="policy_agent_events") == 3
+    assert delta("symbi_events_consumed_total", consumer="policy_follower") >= 1
+    assert delta("symbi_event_lag_seconds_count", consumer="policy_agent_events") == 3
+    assert delta("symbi_policy_decisions_total", point="service", action="tool.invoke", outcome="deny") == 1
+    assert delta("symbi_policy_decisions_total", point="service", action="tool.invoke", outcome="allow") == 1
+    assert delta("symbi_policy_decision_seconds_count", point="service", action="tool.invoke") == 2
+    assert delta("symbi_security_events_total", kind="policy_denial") == 1

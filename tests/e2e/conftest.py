@@ -1,0 +1,155 @@
+"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver.
+
+``otlp_receiver`` is an HTTP server in the test process that accepts what the OpenTelemetry OTLP/HTTP
+exporter of every Symbi process sends (``POST /v1/traces``, ``application/x-protobuf``), decodes each
+``ExportTraceServiceRequest`` and keeps the spans. Point the processes at it with
+``OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint`` (and ``OTEL_BSP_SCHEDULE_DELAY=200`` so their
+batches go out quickly), then read ``otlp_receiver.spans()`` or ``await otlp_receiver.wait_for(...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+@dataclass(frozen=True)
+class SpanRecord:
+    """One received span; ids as lowercase hex, ``parent_span_id`` empty for a root span."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    service: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def _value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return v.bytes_value.hex()
+    return getattr(v, kind) if kind else None
+
+
+def decode_export(body: bytes) -> list[SpanRecord]:
+    """The spans of one OTLP ``ExportTraceServiceRequest`` (protobuf)."""
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    out = []
+    for rs in request.resource_spans:
+        resource = {a.key: _value(a.value) for a in rs.resource.attributes}
+        service = str(resource.get("service.name", ""))
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                out.append(
+                    SpanRecord(
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex(),
+                        name=span.name,
+                        service=service,
+                        attributes={a.key: _value(a.value) for a in span.attributes},
+                    )
+                )
+    return out
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on 127.0.0.1 (a thread of the test process)."""
+
+    def __init__(self) -> None:
+        self._spans: list[SpanRecord] = []
+        self._lock = threading.Lock()
+        #: Requests that were not a decodable ``POST /v1/traces`` (the test should see none).
+        self.refused: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.headers.get("content-encoding", "") == "gzip":
+                    body = gzip.decompress(body)
+                content_type = self.headers.get("content-type", "")
+                if self.path != "/v1/traces" or not content_type.startswith("application/x-protobuf"):
+                    receiver.refused.append(f"{self.path} {content_type}")
+                    self.send_error(404 if self.path != "/v1/traces" else 415)
+                    return
+                try:
+                    spans = decode_export(body)
+                except Exception as exc:  # a body that is not an ExportTraceServiceRequest
+                    receiver.refused.append(f"undecodable body: {exc!r}")
+                    self.send_error(400)
+                    return
+                with receiver._lock:
+                    receiver._spans.extend(spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL for ``OTEL_EXPORTER_OTLP_ENDPOINT`` (the exporters add ``/v1/traces``)."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def spans(self) -> list[SpanRecord]:
+        """Every span received so far, in arrival order."""
+        with self._lock:
+            return list(self._spans)
+
+    async def wait_for(self, predicate: Callable[[list[SpanRecord]], bool], timeout: float = 20.0) -> list[SpanRecord]:
+        """Poll until ``predicate(spans)`` holds and return the spans; :class:`TimeoutError` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            spans = self.spans()
+            if predicate(spans):
+                return spans
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the received spans ({len(spans)}) did not satisfy the condition in {timeout} s")
+            await asyncio.sleep(0.1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP receiver for this test, stopped afterwards."""
+    receiver = OtlpReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
