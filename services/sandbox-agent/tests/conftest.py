@@ -150,19 +150,25 @@ class Scheduler:
         attempt: int = 1,
         task_id: str | None = None,
         publish: bool = True,
+        actions: bool = False,
+        agent_id: str = "agent-1",
+        headers: dict[str, str] | None = None,
     ) -> str:
         task_id = task_id or f"t{uuid.uuid4().hex[:12]}"
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
         events: list[TaskEvent] = []
         if task_id not in self.tips:
-            events.append(Submitted(agent_id="agent-1", input=input, resources={"memory_mb": 64}))
+            events.append(Submitted(agent_id=agent_id, input=input, resources={"memory_mb": 64}))
+        workload: dict[str, Any] = {"image": IMAGE, "command": command, "env": {"GREETING": "hi"}, "workdir": "/"}
+        if actions:
+            workload["actions"] = True
         events.append(
             Assigned(
                 host_id=host_id,
                 tier=tier,
                 risk_score=0.2,
                 risk_factors={"network_access": 0.0},
-                workload={"image": IMAGE, "command": command, "env": {"GREETING": "hi"}, "workdir": "/"},
+                workload=workload,
                 limits=lim or limits(),
                 network_access=network_access or [],
                 attempt=attempt,
@@ -172,13 +178,21 @@ class Scheduler:
         recs = await self.store.append("task", task_id, events, TASKS, expected=self.tips.get(task_id, ChainTip()))
         self.tips[task_id] = recs[-1].tip
         if publish:
-            await self.publish(host_id, task_id, attempt)
+            await self.publish(host_id, task_id, attempt, headers=headers)
         return task_id
 
-    async def publish(self, host_id: str, task_id: str, attempt: int, msg_id: str | None = None) -> None:
+    async def publish(
+        self,
+        host_id: str,
+        task_id: str,
+        attempt: int,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         js = self.nc.jetstream()
         body = msgspec.json.encode({"task_id": task_id, "attempt": attempt})
-        await js.publish(f"work.{host_id}", body, headers={"Nats-Msg-Id": msg_id or f"{task_id}:{attempt}"})
+        hdrs = {**(headers or {}), "Nats-Msg-Id": msg_id or f"{task_id}:{attempt}"}
+        await js.publish(f"work.{host_id}", body, headers=hdrs)
 
     async def events(self, task_id: str) -> list[ExecutionEvent]:
         return [r.event for r in await self.store.load("execution", task_id, EXECUTION_CODEC)]

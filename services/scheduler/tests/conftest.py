@@ -4,8 +4,11 @@ nats-server, and sandbox hosts played with real events (see ``schedkit.py``).
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -67,3 +70,32 @@ async def hosts(
     yield make
     for host in started:
         await host.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def scheduler_process(nats_url: str, keys_dir: Path, tmp_path: Path) -> Iterator[Any]:
+    """``start()`` runs ``python -m symbi_scheduler`` as its own process; every one is killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Any] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        env = {**os.environ, **scheduler_env(nats_url, keys_dir), "SYMBI_HTTP_PORT": str(_free_port())}
+        log = (tmp_path / f"scheduler-{len(procs)}.log").open("wb")
+        logs.append(log)
+        proc = subprocess.Popen([sys.executable, "-m", "symbi_scheduler"], env=env, stdout=log, stderr=log)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for log in logs:
+        log.close()

@@ -4,7 +4,9 @@ A :class:`FakeHost` does what a sandbox-agent does on the wire, without Docker: 
 ``HOSTS`` bucket, consumes ``work.<host_id>`` from ``WORK``, reads the task's events, appends signed
 ``execution.*`` events (as the ``sandbox-agent`` key) and answers ``cmd.sandbox-agent.<host_id>.*``.
 Its workload is a function of the input (upper-casing by default); a held task runs until the test
-finishes it, so tests can control what is running when.
+finishes it, so tests can control what is running when. A running task can ask for an action
+(:meth:`FakeHost.request_action`), decided by the host's ``allow_actions`` like the action gateway does:
+a denial is recorded, the task frozen, and a ``resume`` decides the pending request again.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, KeyValueConfig
 from symbi_common.aggregate import Repository
 from symbi_common.commands import CommandMeta, CommandServer
-from symbi_common.decisions import DecisionRecord
+from symbi_common.decisions import Allow, Decision, DecisionRecord, DecisionRequest, Deny
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings
+from symbi_common.telemetry import continue_trace
+from symbi_sandbox_agent.errors import ActionDenied
 from symbi_sandbox_agent.events import (
     EXECUTION_CODEC,
+    ExecutionAction,
     ExecutionExited,
     ExecutionKilled,
     ExecutionOutput,
@@ -89,6 +94,27 @@ async def running_app(app: FastAPI, name: str) -> AsyncIterator[App]:
         yield App(app, http)
 
 
+class DenyAgents:
+    """A decision point (the :class:`~symbi_common.decisions.DecisionPoint` port) denying listed agents."""
+
+    def __init__(self, *agents: str) -> None:
+        self.denied = set(agents)
+        self.requests: list[DecisionRequest] = []
+
+    @property
+    def version(self) -> int:
+        return 7
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        if request.principal.id in self.denied:
+            return Deny(reason="host pool closed to this agent", policies=("no-untrusted-hosts",), policy_version=7)
+        return Allow(policies=("allow-known",), policy_version=7)
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return [await self.decide(r) for r in requests]
+
+
 async def register_agent(lifecycle: App, agent_id: str, **config: Any) -> dict[str, Any]:
     body = {"agent_id": agent_id, "config": {"name": agent_id.lower(), "workload": WORKLOAD, **config}}
     result: dict[str, Any] = await lifecycle.json("POST", "/v1/agents", body, status=201)
@@ -141,6 +167,14 @@ class Execution:
     assigned: TaskAssigned
     done: asyncio.Event = field(default_factory=asyncio.Event)
     paused: bool = False
+    #: The request left pending by a denial: (action, resource).
+    pending: tuple[str, str] | None = None
+    seq: int = 0
+
+
+NO_MEMORY = DecisionRecord(
+    action="memory.write", effect="deny", policy_version=3, policies=("no-memory-writes",), reason="notes are closed"
+)
 
 
 class _ExecAggregate:
@@ -176,6 +210,7 @@ class FakeHost:
         delay: float = 0.0,
         refuse: bool = False,
         work: Callable[[bytes], bytes] = bytes.upper,
+        allow_actions: bool = True,
     ) -> None:
         self.host_id = host_id
         self.nc = nc
@@ -188,10 +223,12 @@ class FakeHost:
         self.delay = delay
         self.refuse = refuse
         self.work = work
+        self.allow_actions = allow_actions
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
         self.started: list[tuple[str, int]] = []
         self.commands: list[tuple[str, str]] = []
+        self.work_headers: dict[tuple[str, int], dict[str, str]] = {}
         self.max_running = 0
         self.beating = True
         self._tasks: list[asyncio.Task[Any]] = []
@@ -250,7 +287,9 @@ class FakeHost:
                 continue
             for msg in msgs:
                 item = msgspec.json.decode(msg.data)
-                await self._run(item["task_id"], int(item["attempt"]))
+                self.work_headers[(item["task_id"], int(item["attempt"]))] = dict(msg.headers or {})
+                with continue_trace("sandbox.run", msg.headers):  # as the sandbox-agent continues the task's trace
+                    await self._run(item["task_id"], int(item["attempt"]))
                 await msg.ack()
 
     async def append(self, task_id: str, event: Any) -> None:
@@ -319,6 +358,34 @@ class FakeHost:
         await self.append(task_id, ExecutionExited(attempt=execution.attempt, exit_code=exit_code, output=digest))
         execution.done.set()
 
+    async def request_action(self, task_id: str, action: str = "memory.write", resource: str = "notes") -> bool:
+        """The workload of ``task_id`` asks for ``action``; a denial freezes it (False) until a resume allows it."""
+        execution = self.running[task_id]
+        execution.seq += 1
+        if await self._decide(execution, action, resource):
+            return True
+        execution.pending, execution.paused = (action, resource), True
+        await self.append(task_id, ExecutionPaused(attempt=execution.attempt, reason="action_denied"))
+        return False
+
+    async def _decide(self, execution: Execution, action: str, resource: str) -> bool:
+        allowed = self.allow_actions
+        decision = (
+            DecisionRecord(action=action, effect="allow", policy_version=4, policies=("notes-open",))
+            if allowed
+            else NO_MEMORY
+        )
+        event = ExecutionAction(
+            attempt=execution.attempt,
+            seq=execution.seq,
+            action=action,
+            resource=resource,
+            decision=decision,
+            outcome="allowed" if allowed else "denied",
+        )
+        await self.append(execution.task_id, event)
+        return allowed
+
     def _command(self, action: str) -> Callable[[dict[str, Any], CommandMeta], Awaitable[Any]]:
         async def handle(body: dict[str, Any], meta: CommandMeta) -> Any:
             task_id = str(body["task_id"])
@@ -335,6 +402,11 @@ class FakeHost:
             elif action == "suspend":
                 execution.paused = True
                 await self.append(task_id, ExecutionPaused(attempt=execution.attempt))
+            elif execution.pending is not None:  # resume after a denial: decide the request again
+                if not await self._decide(execution, *execution.pending):
+                    raise ActionDenied(f"{execution.pending[0]} is still denied", action=execution.pending[0])
+                execution.pending, execution.paused = None, False
+                await self.append(task_id, ExecutionResumed(attempt=execution.attempt))
             else:
                 execution.paused = False
                 await self.append(task_id, ExecutionResumed(attempt=execution.attempt))

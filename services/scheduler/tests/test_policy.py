@@ -5,30 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
-from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
+from schedkit import App, DenyAgents, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_scheduler.domain import TaskAssigned, TaskResumed, TaskSuspended
-
-
-class DenyAgents:
-    """A decision point (the :class:`~symbi_common.decisions.DecisionPoint` port) denying listed agents."""
-
-    def __init__(self, *agents: str) -> None:
-        self.denied = set(agents)
-        self.requests: list[DecisionRequest] = []
-
-    @property
-    def version(self) -> int:
-        return 7
-
-    async def decide(self, request: DecisionRequest) -> Decision:
-        self.requests.append(request)
-        if request.principal.id in self.denied:
-            return Deny(reason="host pool closed to this agent", policies=("no-untrusted-hosts",), policy_version=7)
-        return Allow(policies=("allow-known",), policy_version=7)
-
-    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
-        return [await self.decide(r) for r in requests]
 
 
 async def test_denied_allocation_suspends_the_agent_until_cleared(

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from nats.aio.client import Client as NatsClient
-from schedkit import App, FakeHost, agent_events, eventually, register_agent, scheduler_env, task_events, until_status
+from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_common.commands import CommandClient
 from symbi_scheduler.domain import TaskAssigned, TaskCompleted, TaskPreempted
 
@@ -88,35 +81,6 @@ async def _leading(app: App) -> bool:
 
 
 # --- kill -9 -------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def scheduler_process(nats_url: str, keys_dir: Path, tmp_path: Path) -> Iterator[Any]:
-    """``start()`` runs ``python -m symbi_scheduler`` as its own process; every one is killed at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        env = {**os.environ, **scheduler_env(nats_url, keys_dir), "SYMBI_HTTP_PORT": str(_free_port())}
-        log = (tmp_path / f"scheduler-{len(procs)}.log").open("wb")
-        logs.append(log)
-        proc = subprocess.Popen([sys.executable, "-m", "symbi_scheduler"], env=env, stdout=log, stderr=log)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for log in logs:
-        log.close()
 
 
 async def test_kill_9_mid_run_leaves_every_task_in_a_defined_state(

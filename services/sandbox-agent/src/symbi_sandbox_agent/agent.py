@@ -40,11 +40,14 @@ from symbi_common.policy.conditions import resource_caps
 from symbi_common.policy.hooks import resources_context
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch
+from symbi_common.telemetry import continue_trace, traced
 
 from symbi_sandbox_agent.docker_host import CgroupUsage, DockerHost, ExitState, HostInfo, remove_cgroup_tree
 from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
 from symbi_sandbox_agent.events import (
     HOST_CODEC,
+    ExecutionAction,
     ExecutionEvent,
     ExecutionExited,
     ExecutionFailed,
@@ -62,9 +65,11 @@ from symbi_sandbox_agent.events import (
     Usage,
 )
 from symbi_sandbox_agent.execution import EXECUTION, ExecutionState
+from symbi_sandbox_agent.gateway import ActionGateway
+from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
 from symbi_sandbox_agent.spec import CGROUP_PARENT, SandboxDefaults, SandboxSpec, apply_caps, build_spec
-from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskAssigned, TaskView, fold_task
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -155,6 +160,8 @@ class Running:
     outcome: str = ""
     #: Whether the terminal event is stored (until then the task stays in the heartbeat entry).
     stored: bool = False
+    #: The action gateway of a workload with ``actions: true`` (set while it runs).
+    gateway: ActionGateway | None = None
 
     def active_seconds(self, now: float) -> float:
         """Run time that counts against the timeout (time spent paused does not)."""
@@ -327,11 +334,10 @@ class SandboxAgent:
 
     async def _consume(self, sub: Any) -> None:
         try:
+            fetch = BacklogFetch(sub, 8)
             while True:
                 try:
-                    msgs = await sub.fetch(batch=8, timeout=1.0)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
+                    msgs = await fetch(timeout=1.0)
                 except Exception as exc:
                     self.rt.note_error(f"work fetch: {exc}")
                     await asyncio.sleep(0.5)
@@ -351,7 +357,11 @@ class SandboxAgent:
             await msg.term()
             return
         try:
-            handled = await self.dispatch(item)
+            headers = await self._trace_headers(item, msg.headers)
+            with continue_trace(
+                "sandbox.work", headers, attributes={"symbi.task_id": item.task_id, "symbi.attempt": item.attempt}
+            ):
+                handled = await self.dispatch(item)
         except Exception as exc:
             log.exception("work item failed, redelivering", task_id=item.task_id)
             self.rt.note_error(f"work {item.task_id}: {exc!r}")
@@ -361,6 +371,21 @@ class SandboxAgent:
             await msg.ack()
         else:
             await msg.nak(delay=BUSY_RETRY_S)
+
+    async def _trace_headers(self, item: WorkItem, headers: dict[str, str] | None) -> dict[str, str]:
+        """The trace a work item continues: the scheduler's ``traceparent`` on the item, else the one stored
+        with the task's latest ``task.assigned`` event."""
+        if headers and "traceparent" in headers:
+            return dict(headers)
+        try:
+            records = await self.rt.store.load("task", item.task_id, TASK_CODEC)
+            assigned = [r for r in records if isinstance(r.event, TaskAssigned)]
+            if assigned:
+                raw = await self.rt.js.get_msg(EVENTS_STREAM, seq=assigned[-1].sequence)
+                return dict(raw.headers or {})
+        except Exception as exc:  # tracing must never hold up a task
+            log.debug("no trace context for work item", task_id=item.task_id, error=str(exc))
+        return dict(headers or {})
 
     async def dispatch(self, item: WorkItem) -> bool:
         """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored.
@@ -390,24 +415,25 @@ class SandboxAgent:
             if not await self._call(self.docker.image_present, spec.image):
                 raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
         except SandboxRefused as err:
-            await self._refuse(item, err.code, str(err), None)
+            await self._refuse(item, err.code, str(err), None, assigned.tier)
             return True
         request = self._decision_request(task, spec)
         decision = await (await self.rt.decision_point()).decide(request)
         record = DecisionRecord.of(request, decision)
         if isinstance(decision, Deny):
-            await self._refuse(item, "policy_denied", f"policy denied sandbox.start: {decision.reason}", record)
+            reason = f"policy denied sandbox.start: {decision.reason}"
+            await self._refuse(item, "policy_denied", reason, record, spec.tier)
             return True
         if isinstance(decision, AllowWithConditions):
             unmet = [c.kind for c in decision.conditions if c.kind not in HONOURED_CONDITIONS]
             if unmet:
                 reason = f"the sandbox-agent cannot honour the condition(s) {', '.join(unmet)} of the allow"
-                await self._refuse(item, "condition_not_honoured", reason, record)
+                await self._refuse(item, "condition_not_honoured", reason, record, spec.tier)
                 return True
             try:
                 spec = apply_caps(spec, resource_caps(decision.conditions))
             except SandboxRefused as err:
-                await self._refuse(item, err.code, str(err), record)
+                await self._refuse(item, err.code, str(err), record, spec.tier)
                 return True
         run = Running(spec, task.agent_id)
         self.running[task_id] = run
@@ -461,11 +487,15 @@ class SandboxAgent:
             },
         )
 
-    async def _refuse(self, item: WorkItem, code: str, reason: str, decision: DecisionRecord | None) -> None:
+    async def _refuse(
+        self, item: WorkItem, code: str, reason: str, decision: DecisionRecord | None, tier: str = ""
+    ) -> None:
         log.warning("task refused", task_id=item.task_id, code=code, reason=reason)
-        await self.executions.execute(
+        _, recs = await self.executions.execute(
             item.task_id, ExecutionRefused(attempt=item.attempt, code=code, reason=reason, decision=decision)
         )
+        if recs:
+            EXECUTIONS.labels("refused", tier or "unknown").inc()
 
     # --- one sandbox ----------------------------------------------------------------------------
 
@@ -483,20 +513,24 @@ class SandboxAgent:
         collector = OutputCollector(spec.limits.output_cap_bytes)
         usage: CgroupUsage | None = None
         terminal: ExecutionEvent
+        attributes = {"symbi.task_id": spec.task_id, "symbi.tier": spec.tier, "symbi.container": spec.name}
         try:
             try:
-                input_file = self._stage_input(spec, data)
-                run.container_id = await self._call(self.docker.create, spec, str(input_file))
-                sock = await self._call(self.docker.attach, run.container_id)
-                await self._call(self.docker.start, run.container_id)
+                with traced("sandbox.container.start", attributes=attributes):
+                    input_file = self._stage_input(spec, data)
+                    run.container_id = await self._call(self.docker.create, spec, str(input_file))
+                    sock = await self._call(self.docker.attach, run.container_id)
+                    await self._call(self.docker.start, run.container_id)
             except Exception as exc:
                 terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
                 await self._discard(run)
             else:
                 usage = CgroupUsage(spec.cgroup_parent)
                 usage.sample()
+                RUNNING.labels(spec.tier).inc()
                 try:
-                    exit_state = await self._supervise(run, sock, data, collector, usage)
+                    with traced("sandbox.container.run", attributes=attributes):
+                        exit_state = await self._supervise(run, sock, data, collector, usage)
                 except Exception as exc:  # e.g. output that could not be stored for minutes: stop the run
                     log.exception("supervising the sandbox failed", container=spec.name)
                     await self._discard(run)
@@ -510,6 +544,8 @@ class SandboxAgent:
                 else:
                     await self._discard(run)
                     terminal = self._terminal(run, exit_state, collector, usage.sample())
+                finally:
+                    RUNNING.labels(spec.tier).dec()
         except asyncio.CancelledError:
             # The daemon is shutting down: the sandbox must not outlive it unaccounted.
             run.kill_reason = run.kill_reason or "shutdown"
@@ -542,8 +578,34 @@ class SandboxAgent:
                 self.docker.close_socket(sock)
 
         threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
-        # Not awaited here: a workload that never reads its stdin must still meet its timeout.
-        writer = loop.run_in_executor(self._pool, self.docker.send_input, sock, data)
+        gateway: ActionGateway | None = None
+        writer: asyncio.Future[None] | None = None
+        if run.spec.actions:
+            # stdin stays open as the reply channel; the input is only the file $SYMBI_INPUT.
+            async def reply(line: bytes) -> None:
+                await self._call(self.docker.send_line, sock, line)
+
+            gateway = run.gateway = ActionGateway(self, run, reply)
+            gateway.start()
+        else:
+            # Not awaited here: a workload that never reads its stdin must still meet its timeout.
+            writer = loop.run_in_executor(self._pool, self.docker.send_input, sock, data)
+        try:
+            return await self._follow(run, frames, collector, usage, gateway, writer)
+        finally:
+            if gateway is not None:
+                await gateway.close()
+
+    async def _follow(
+        self,
+        run: Running,
+        frames: asyncio.Queue[tuple[int, bytes] | None],
+        collector: OutputCollector,
+        usage: CgroupUsage,
+        gateway: ActionGateway | None,
+        writer: asyncio.Future[None] | None,
+    ) -> ExitState:
+        """Stream the output and enforce the timeout and the output cap until the output ends."""
         timeout = run.spec.limits.execution_timeout_s
         last_flush = last_sample = time.monotonic()
         while True:
@@ -561,7 +623,10 @@ class SandboxAgent:
                 break
             stream, chunk = frame
             if chunk:
-                for s, piece in collector.feed(STREAMS.get(stream, "stderr"), chunk):
+                name = STREAMS.get(stream, "stderr")
+                if gateway is not None and name == "stderr":
+                    gateway.feed(chunk)
+                for s, piece in collector.feed(name, chunk):
                     await self._emit(run, s, piece)
                 if collector.exceeded and not run.kill_reason:
                     await self._kill(run, "output_cap")
@@ -576,9 +641,12 @@ class SandboxAgent:
         usage.sample()
         for s, piece in collector.flush():
             await self._emit(run, s, piece)
+        if gateway is not None:
+            await gateway.close()  # the requests still being served are recorded before the terminal event
         exit_state = await self._call(self.docker.wait, run.container_id, KILL_GRACE_S)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, KILL_GRACE_S)  # the container is gone: the write has failed or ended
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, KILL_GRACE_S)  # the container is gone: the write failed or ended
         return exit_state
 
     async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
@@ -644,6 +712,12 @@ class SandboxAgent:
         host's heartbeat entry, so the next start-up reports it failed: no task is left without an end."""
         run.outcome = type(terminal).__struct_config__.tag  # type: ignore[assignment]
         run.stored = await self._store(run, terminal, attempts)
+        tier = run.spec.tier
+        EXECUTIONS.labels(run.outcome.removeprefix("execution."), tier).inc()
+        usage = getattr(terminal, "usage", None)
+        if isinstance(usage, Usage) and run.container_id:
+            CPU_SECONDS.labels(tier).observe(usage.cpu_seconds)
+            PEAK_MEMORY.labels(tier).observe(usage.peak_memory_bytes)
 
     async def _store(self, run: Running, event: ExecutionEvent, attempts: int) -> bool:
         """Append ``event``, retrying with back-off while NATS is away; whether it was stored."""
@@ -660,6 +734,11 @@ class SandboxAgent:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         return False
+
+    async def store_action(self, run: Running, event: ExecutionAction) -> None:
+        """Record one decision of the action gateway (retrying while NATS is away)."""
+        if not await self._store(run, event, TERMINAL_ATTEMPTS):
+            raise AppendFailed(f"execution.action {event.seq} of {run.spec.task_id} could not be stored")
 
     def _finish(self, run: Running) -> None:
         self._release_cgroup(run)
@@ -679,21 +758,36 @@ class SandboxAgent:
         run = self._get(task_id)
         if run.paused_since is not None:
             raise ExecutionStateError(f"task {task_id} is already suspended")
+        await self.freeze(run, "suspended")
+        return {"task_id": task_id, "status": "paused"}
+
+    async def resume(self, task_id: str) -> dict[str, Any]:
+        """Thaw the task; one held by a denied action has it decided again first (see ``gateway``)."""
+        run = self._get(task_id)
+        if run.gateway is not None and run.gateway.pending is not None:
+            return await run.gateway.resume()
+        return await self.thaw(run, "resumed")
+
+    async def freeze(self, run: Running, reason: str) -> None:
+        """Pause the container (cgroup freezer) and record it; a container paused already stays so."""
+        task_id = run.spec.task_id
+        if run.paused_since is not None:
+            return
         if not run.container_id or run.kill_reason:
             raise ExecutionStateError(f"task {task_id} is not running (starting or being stopped)")
         await self._call(self.docker.pause, run.container_id)
         run.paused_since = time.time()
-        await self.executions.execute(task_id, ExecutionPaused(attempt=run.spec.attempt))
-        return {"task_id": task_id, "status": "paused"}
+        await self.executions.execute(task_id, ExecutionPaused(attempt=run.spec.attempt, reason=reason))
 
-    async def resume(self, task_id: str) -> dict[str, Any]:
-        run = self._get(task_id)
+    async def thaw(self, run: Running, reason: str) -> dict[str, Any]:
+        """Unpause the container and record it; the time it spent paused does not count against its timeout."""
+        task_id = run.spec.task_id
         if run.paused_since is None:
             raise ExecutionStateError(f"task {task_id} is not suspended")
         await self._call(self.docker.unpause, run.container_id)
         run.paused_total += time.time() - run.paused_since
         run.paused_since = None
-        await self.executions.execute(task_id, ExecutionResumed(attempt=run.spec.attempt))
+        await self.executions.execute(task_id, ExecutionResumed(attempt=run.spec.attempt, reason=reason))
         return {"task_id": task_id, "status": "running"}
 
     async def terminate(self, task_id: str) -> dict[str, Any]:
@@ -722,6 +816,9 @@ class SandboxAgent:
                     "tier": r.spec.tier,
                     "container": r.spec.name,
                     "paused": r.paused_since is not None,
+                    "pending_action": r.gateway.pending.request.action
+                    if r.gateway is not None and r.gateway.pending is not None
+                    else None,
                     "running_s": round(time.time() - r.started_at, 1),
                 }
                 for tid, r in sorted(self.running.items())

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Request
 from symbi_common.commands import CommandMeta, CommandServer
+from symbi_common.telemetry import continue_trace
 
 from symbi_sandbox_agent.agent import SandboxAgent
 
@@ -25,15 +27,16 @@ class TaskRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def register_commands(server: CommandServer, agent: SandboxAgent) -> None:
-    async def suspend(req: TaskRef, meta: CommandMeta) -> dict[str, Any]:
-        return await agent.suspend(req.task_id)
+    """Each command runs as a span of the trace its request carries (the scheduler's), so the execution
+    events it appends continue the task's trace."""
 
-    async def resume(req: TaskRef, meta: CommandMeta) -> dict[str, Any]:
-        return await agent.resume(req.task_id)
+    def traced(action: str, handler: Callable[[str], Awaitable[dict[str, Any]]]) -> Any:
+        async def run(req: TaskRef, meta: CommandMeta) -> dict[str, Any]:
+            with continue_trace(f"sandbox.{action}", meta.headers, attributes={"symbi.task_id": req.task_id}):
+                return await handler(req.task_id)
 
-    async def terminate(req: TaskRef, meta: CommandMeta) -> dict[str, Any]:
-        return await agent.terminate(req.task_id)
+        return run
 
-    server.register("suspend", TaskRef, suspend)
-    server.register("resume", TaskRef, resume)
-    server.register("terminate", TaskRef, terminate)
+    server.register("suspend", TaskRef, traced("suspend", agent.suspend))
+    server.register("resume", TaskRef, traced("resume", agent.resume))
+    server.register("terminate", TaskRef, traced("terminate", agent.terminate))

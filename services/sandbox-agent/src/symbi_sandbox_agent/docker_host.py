@@ -156,8 +156,8 @@ class DockerHost:
     def send_input(sock: Any, data: bytes) -> None:
         """Write the task's input and close our side: the workload sees EOF on stdin.
 
-        Closing stdin also matters under gVisor, where a large write to stdout can otherwise stall
-        while stdin is still open."""
+        Closing stdin at once keeps the run simple; a workload with the action gateway keeps it open
+        (replies arrive on it), and a large result still comes through under gVisor then (tested)."""
         raw: socket.socket = sock._sock
         try:
             if data:
@@ -167,6 +167,12 @@ class DockerHost:
         finally:
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def send_line(sock: Any, line: bytes) -> None:
+        """Write one reply line to the workload's stdin (which stays open); a workload gone is not an error."""
+        with contextlib.suppress(OSError):
+            sock._sock.sendall(line)
 
     @staticmethod
     def close_socket(sock: Any) -> None:

@@ -7,7 +7,7 @@ across attempts (a task re-queued after its host was lost runs again as attempt 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from symbi_common.decisions import DecisionRecord
@@ -108,11 +108,39 @@ class ExecutionFailed(_Ended, frozen=True, kw_only=True, tag="execution.failed")
 
 
 class ExecutionPaused(Event, frozen=True, kw_only=True, tag="execution.paused"):
+    """The container is frozen: ``reason`` ``suspended`` (a command) or ``action_denied`` (the action gateway)."""
+
     attempt: int
+    reason: str = ""
 
 
 class ExecutionResumed(Event, frozen=True, kw_only=True, tag="execution.resumed"):
+    """The container runs again: ``reason`` ``resumed`` (a command) or ``action_allowed`` (its pending action
+    was decided again, allowed and performed)."""
+
     attempt: int
+    reason: str = ""
+
+
+ActionOutcome = Literal["allowed", "denied", "failed"]
+
+
+class ExecutionAction(Event, frozen=True, kw_only=True, tag="execution.action"):
+    """One decision of the action gateway: a workload's request, or the re-evaluation of a pending one.
+
+    ``seq`` numbers the run's requests from 1 (the reply carries it too). ``outcome``: ``allowed`` (decided
+    allow and performed), ``denied`` (the request stays pending, the container frozen), ``failed`` (no
+    action happened: the request was malformed or unknown, or the performing service refused it; ``detail``
+    starts with the error code). ``decision`` is absent when the request was refused before any decision."""
+
+    attempt: int
+    seq: int
+    action: str
+    resource: str = ""
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    decision: DecisionRecord | None = None
+    outcome: ActionOutcome
+    detail: str = ""
 
 
 Terminal = (
@@ -137,6 +165,7 @@ ExecutionEvent = (
     | ExecutionFailed
     | ExecutionPaused
     | ExecutionResumed
+    | ExecutionAction
 )
 EXECUTION_CODEC: EventCodec[ExecutionEvent] = EventCodec(
     [
@@ -150,6 +179,7 @@ EXECUTION_CODEC: EventCodec[ExecutionEvent] = EventCodec(
         ExecutionFailed,
         ExecutionPaused,
         ExecutionResumed,
+        ExecutionAction,
     ]
 )
 

@@ -78,6 +78,8 @@ class SandboxSpec:
     user: str
     blkio_device: str | None
     labels: dict[str, str] = field(default_factory=dict)
+    #: The action gateway is on: stdin stays open as the reply channel, the input is only the file.
+    actions: bool = False
 
     @property
     def runtime(self) -> str:
@@ -104,6 +106,7 @@ class SandboxSpec:
             "pids_limit": str(self.limits.pids),
             "swap": "none",
             "blkio_device": self.blkio_device or "",
+            "actions": "gateway (requests on stderr, replies on stdin)" if self.actions else "none",
         }
 
     def create_kwargs(self, input_file: str) -> dict[str, Any]:
@@ -232,4 +235,5 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         user=defaults.user,
         blkio_device=caps.blkio_device,
         labels={LABEL_HOST: host_id, LABEL_TASK: task.task_id, LABEL_ATTEMPT: str(assigned.attempt)},
+        actions=workload.actions,
     )

@@ -22,6 +22,8 @@ class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
     command: tuple[str, ...] = ()
     env: dict[str, str] = msgspec.field(default_factory=dict)
     workdir: str = "/"
+    actions: bool = False
+    """Whether the workload uses the action gateway (stdin is then its reply channel)."""
 
 
 class LimitSpec(msgspec.Struct, frozen=True, kw_only=True):

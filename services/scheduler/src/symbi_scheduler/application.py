@@ -21,9 +21,11 @@ from symbi_common.errors import NotFound, ValidationError
 from symbi_common.eventstore import Recorded
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
+from symbi_common.telemetry import inject_trace
 from symbi_lifecycle.domain import AgentStatus
 from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 
+from symbi_scheduler import metrics
 from symbi_scheduler.domain import (
     LEVEL,
     TASK_ID_RE,
@@ -207,6 +209,8 @@ class SchedulerService:
         event = TaskCancelled(reason=request.reason[:500], cancelled_by=cancelled_by)
         _, records = await self.tasks.execute(request.task_id, Record(event=event), correlation_id=request.task_id)
         self._apply(records)
+        for r in records:
+            metrics.recorded(r.event, rec.submitted_at, r.header.occurred_at / 1e9)
         self.leader.wake.set()
         return TaskView.of(self.model.tasks[request.task_id], records[-1].sequence if records else 0)
 
@@ -214,6 +218,8 @@ class SchedulerService:
         for rec in records:
             h = rec.header
             self.model.apply("task", h.aggregate_id, h.aggregate_version, rec.sequence, h.occurred_at / 1e9, rec.event)
+            # The store put the current trace context in the event's headers: the leader continues it.
+            self.model.note_trace("task", h.aggregate_id, inject_trace({}))
 
     async def _agent(self, agent_id: str) -> Any:
         deadline = time.monotonic() + AGENT_WAIT_S

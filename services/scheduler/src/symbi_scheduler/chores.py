@@ -3,8 +3,10 @@
 These are exactly the steps a crash can leave half done — an execution that ended without
 ``task.completed``, an assignment whose work item may not have gone out, an agent whose lifecycle state
 lags behind its task, a host that stopped heartbeating — plus the reactions to agents changing state
-(suspended while running, resumed after a denial, terminated with queued tasks). The leader runs
-:func:`due` every round and does each chore; each is safe to repeat.
+(suspended while running, resumed after a denial, terminated with queued tasks) and to the action
+gateway (a running task whose request the policy denied is paused and its agent suspended; once the
+agent is resumed the sandbox is asked to decide the request again). The leader runs :func:`due` every
+round and does each chore; each is safe to repeat.
 """
 
 from __future__ import annotations
@@ -121,6 +123,46 @@ class StopForAgent:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseForAction:
+    """The policy denied a request of the running attempt (the sandbox froze it): append ``task.suspended``
+    (reason ``action_denied``), then suspend the agent."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendForAction:
+    """The task is paused on a denied request and its agent has not been suspended since: suspend it."""
+
+    agent_id: str
+    task_id: str
+    #: Stream sequence of the denial (one suspension per denial).
+    denied_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeAction:
+    """The agent of a task paused on a denied request was resumed: ask the sandbox to decide it again."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+    #: Stream sequence of the agent's resumption (one request per resumption).
+    resumed_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedOnHost:
+    """The sandbox allowed the request on a second look and unfroze the task: append ``task.resumed``."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResumePaused:
     """A task paused for critical work can run again: its host has room for its CPU."""
 
@@ -140,6 +182,10 @@ Chore = (
     | HostLost
     | PauseForAgent
     | StopForAgent
+    | PauseForAction
+    | SuspendForAction
+    | ResumeAction
+    | ResumedOnHost
     | ResumePaused
 )
 
@@ -197,13 +243,18 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
 
 
 def _paused(model: Model, rec: TaskRec, host: Host) -> Iterable[Chore]:
-    """A running task whose agent was suspended is paused; a paused one resumes when it may."""
+    """A running task whose request was denied or whose agent was suspended is paused; a paused one
+    resumes when it may."""
     agent = model.agents.get(rec.agent_id)
     agent_status = agent.status if agent is not None else None
     if rec.status == TaskStatus.ASSIGNED:
+        if rec.action_denied_seq > rec.running_seq:
+            return (PauseForAction(rec.task_id, rec.attempt, rec.host_id),)
         if agent is not None and agent_status == AgentStatus.SUSPENDED and agent.suspended_seq > rec.assigned_seq:
             return (PauseForAgent(rec.task_id, rec.attempt, rec.host_id),)
         return ()
+    if rec.pause_reason == "action_denied":
+        return _action_denied(model, rec, host)
     if rec.pause_reason == "agent_suspended":
         if agent_status == AgentStatus.TERMINATED:  # manual override while paused: stop it for good
             return (StopForAgent(rec.task_id, rec.attempt, rec.host_id),)
@@ -214,6 +265,26 @@ def _paused(model: Model, rec: TaskRec, host: Host) -> Iterable[Chore]:
     hold = rec.holds.get(rec.attempt)
     if hold is not None and host.cpu_free >= hold.cpu:
         return (ResumePaused(rec.task_id, rec.attempt, rec.host_id),)
+    return ()
+
+
+def _action_denied(model: Model, rec: TaskRec, host: Host) -> Iterable[Chore]:
+    """A task paused on a denied request: suspend its agent, and once the agent is resumed (a policy
+    change) have the sandbox decide the request again; it runs on when the sandbox says it resumed."""
+    if rec.exec_resumed_seq > rec.paused_seq:
+        return (ResumedOnHost(rec.task_id, rec.attempt, rec.host_id),)
+    agent = model.agents.get(rec.agent_id)
+    if agent is None:
+        return ()
+    if agent.status in (AgentStatus.TERMINATED, AgentStatus.FAILED):  # the pending request never happens
+        return (StopForAgent(rec.task_id, rec.attempt, rec.host_id),)
+    if agent.status != AgentStatus.RUNNING or agent.current_task != rec.task_id:
+        return ()
+    if agent.resumed_seq < rec.action_denied_seq:  # not suspended (and resumed) since the latest denial
+        return (SuspendForAction(rec.agent_id, rec.task_id, rec.action_denied_seq),)
+    hold = rec.holds.get(rec.attempt)
+    if hold is not None and host.cpu_free >= hold.cpu:
+        return (ResumeAction(rec.task_id, rec.attempt, rec.host_id, agent.resumed_seq),)
     return ()
 
 

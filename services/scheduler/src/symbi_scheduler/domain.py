@@ -5,11 +5,16 @@ A task's life, as its events tell it::
     task.submitted ─► task.assigned ─► task.completed            (outcome from the terminal execution event)
          ▲   │            │   │
          │   │            │   └─► task.preempted (requeued) ──► back to the queue, attempt + 1
-         │   │            └─────► task.suspended (paused in place by preemption) ─► task.resumed
+         │   │            └─────► task.suspended (paused in place) ─► task.resumed (runs on) ─► …
+         │   │                      reason ``preempted``: room for critical work, resumed when there is CPU
+         │   │                      reason ``agent_suspended``: the agent was suspended while it ran
+         │   │                      reason ``action_denied``: the policy denied a request of the workload
+         │   │                        (the sandbox froze it; the agent is suspended; resumed once the agent
+         │   │                        is resumed and the sandbox allows the request on a second look)
          │   └──────────────────► task.suspended (``task.allocate`` denied; the agent is suspended too)
          │                             └─► task.resumed (the agent's policy violation was cleared) ─┐
          └──────────────────────────────────────────────────────────────────────────────────────────┘
-    any state but completed/cancelled ─► task.cancelled
+    queued or denied ─► task.cancelled         (a placed task is terminated instead and completes as killed)
 
 No I/O here: :mod:`symbi_scheduler.application` loads and appends through a repository.
 """
@@ -68,13 +73,16 @@ class TaskFinished(TaskError):
 class TaskStatus(enum.StrEnum):
     QUEUED = "queued"
     ASSIGNED = "assigned"
-    PAUSED = "paused"  # suspended in place (cgroup freezer) to make room for critical work
+    PAUSED = "paused"  # suspended in place (cgroup freezer): preempted, agent suspended, or action denied
     DENIED = "denied"  # task.allocate denied: waits for the agent's policy violation to be cleared
     COMPLETED = "completed"
     CANCELLED = "cancelled"
 
 
 FINISHED = (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
+
+#: ``task.suspended`` reasons that pause a placed task in place; ``policy_denied`` parks an unplaced one.
+PAUSE_REASONS = ("preempted", "agent_suspended", "action_denied")
 
 
 class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -163,6 +171,9 @@ class TaskSuspended(Event, frozen=True, tag="task.suspended"):
     """The task stopped without leaving its place.
 
     ``reason`` ``preempted``: paused in place on ``host_id`` for ``by_task`` (its memory stays reserved).
+    ``reason`` ``agent_suspended``: paused in place because its agent was suspended while it ran.
+    ``reason`` ``action_denied``: the policy denied a request of the running workload (``decision``); the
+    sandbox froze it already and the agent is suspended.
     ``reason`` ``policy_denied``: ``task.allocate`` was denied (``decision``); the agent is suspended too.
     """
 
@@ -254,7 +265,7 @@ def apply(state: TaskState, event: TaskEvent) -> TaskState:
         case TaskPreempted():
             return r(state, status=TaskStatus.QUEUED, host_id="")
         case TaskSuspended():
-            return r(state, status=TaskStatus.PAUSED if event.reason == "preempted" else TaskStatus.DENIED)
+            return r(state, status=TaskStatus.PAUSED if event.reason in PAUSE_REASONS else TaskStatus.DENIED)
         case TaskResumed():
             return r(state, status=TaskStatus.ASSIGNED if state.status == TaskStatus.PAUSED else TaskStatus.QUEUED)
         case TaskCompleted():

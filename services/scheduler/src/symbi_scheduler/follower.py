@@ -7,6 +7,11 @@ verified (signature, key authorised for its subject) and decrypted before the mo
 fails verification is logged and skipped. ``synced`` is set once the consumer has delivered everything
 that was in the stream when it started: a replica serves and schedules only after that.
 
+Each event's NATS headers carry the W3C trace context of whoever appended it. Once caught up, the
+follower applies each event as a span of that trace, and the model keeps each task's newest context so
+the leader's reactions (assignment, completion …) continue the task's trace. Replayed history at start
+adds no spans to old traces.
+
 :class:`HostWatcher` follows the ``HOSTS`` bucket (each sandbox-agent rewrites its host's key every second).
 """
 
@@ -26,7 +31,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from symbi_common.errors import IntegrityError, KeyringError, SymbiError, UnknownEventType
 from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
-from symbi_common.streams import EVENTS_STREAM
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch
+from symbi_common.telemetry import continue_trace
 from symbi_lifecycle.domain import CODEC as AGENT_CODEC
 from symbi_sandbox_agent.events import EXECUTION_CODEC
 
@@ -100,11 +106,11 @@ class EventFollower:
         if info.num_pending == 0:
             self.synced.set()
         psub = await self.js.pull_subscribe_bind(durable=self._name, stream=EVENTS_STREAM)
+        fetch = BacklogFetch(psub, self.batch)
         try:
             while not stop_requested():
-                try:
-                    msgs = await psub.fetch(self.batch, timeout=1.0)
-                except (nats.errors.TimeoutError, TimeoutError):
+                msgs = await fetch(timeout=1.0)
+                if not msgs:
                     self.synced.set()
                     continue
                 pending = 0
@@ -139,7 +145,15 @@ class EventFollower:
             log.warning("event not readable", subject=msg.subject, sequence=sequence, error=str(exc))
         else:
             h = rec.header
-            self.model.apply(kind, parts[2], h.aggregate_version, sequence, h.occurred_at / 1e9, rec.event)
+            headers = msg.headers or {}
+            if self.synced.is_set() and "traceparent" in headers:
+                with continue_trace(
+                    f"scheduler.apply {h.event_type}", headers, attributes={"symbi.sequence": sequence}
+                ):
+                    self.model.apply(kind, parts[2], h.aggregate_version, sequence, h.occurred_at / 1e9, rec.event)
+            else:
+                self.model.apply(kind, parts[2], h.aggregate_version, sequence, h.occurred_at / 1e9, rec.event)
+            self.model.note_trace(kind, parts[2], headers)
         self.position = sequence
 
 

@@ -10,6 +10,10 @@ Assignment order (each step is safe to repeat after a crash): ask the decision p
 on ``Host::"<id>"``) → ``cmd.lifecycle.assign_task`` (Ready → Running) → append ``task.assigned`` with
 the decision record → publish ``work.<host_id>`` (``Nats-Msg-Id: <task_id>:<attempt>``). A denial is
 appended as ``task.suspended`` (reason ``policy_denied``) and the agent is suspended through the lifecycle.
+
+Tracing: whatever the leader does for a task runs as a span of the trace the task's newest event
+carries (the submitter's, then the sandbox-agent's), and the work item carries it on to the sandbox, so a
+task is one trace from submission to ``task.completed``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from symbi_common.decisions import AllowWithConditions, DecisionPoint, DecisionR
 from symbi_common.errors import AlreadyExists, DomainError, SymbiError
 from symbi_common.eventstore import Recorded
 from symbi_common.service import ServiceRuntime
+from symbi_common.telemetry import continue_trace, inject_trace
 from symbi_lifecycle.config import ResourceLimits
+from symbi_sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
 
+from symbi_scheduler import metrics
 from symbi_scheduler.chores import (
     AgentDenied,
     AgentDone,
@@ -37,10 +44,14 @@ from symbi_scheduler.chores import (
     Complete,
     Dispatch,
     HostLost,
+    PauseForAction,
     PauseForAgent,
+    ResumeAction,
     ResumeDenied,
+    ResumedOnHost,
     ResumePaused,
     StopForAgent,
+    SuspendForAction,
 )
 from symbi_scheduler.chores import due as chores_due
 from symbi_scheduler.core import Place, Preempt
@@ -109,6 +120,8 @@ class Leader:
         self.decisions_made = 0
         self._dispatched: set[tuple[str, int]] = set()
         self._recent: dict[tuple[str, str], float] = {}  # (what, task) -> when last tried
+        #: ``resume`` requests of paused-on-denial tasks the sandbox answered: (task, agent resumption).
+        self._resume_answered: set[tuple[str, int]] = set()
         self._bad_specs: set[tuple[str, str]] = set()
 
     # --- the loop -------------------------------------------------------------------------------
@@ -126,6 +139,7 @@ class Leader:
                     self.leading = held
                     self._dispatched.clear()
                     self._recent.clear()
+                    self._resume_answered.clear()
                     self.wake.set()
                 await asyncio.sleep(self.settings.lease_ttl_s / 3)
         finally:
@@ -159,7 +173,8 @@ class Leader:
             if not self.leading:
                 return
             try:
-                await self.do(chore)
+                with self._traced(f"scheduler.{type(chore).__name__}", chore.task_id):
+                    await self.do(chore)
             except SymbiError as exc:
                 log.warning("chore failed", chore=repr(chore), error=str(exc))
         handled: set[str] = set()
@@ -172,7 +187,8 @@ class Leader:
             self.decisions_made += 1
             if isinstance(decision, Place):
                 try:
-                    await self._place(decision)
+                    with self._traced("scheduler.place", decision.entry.task_id):
+                        await self._place(decision)
                 except BaseException:
                     if self.model.tasks[decision.entry.task_id].status == "queued":
                         self.model.queue.push(decision.entry)  # not placed: back in its place in line
@@ -181,16 +197,27 @@ class Leader:
                 if decision.victim.task_id in handled:
                     break
                 handled.add(decision.victim.task_id)
-                await self._preempt(decision)
+                with self._traced("scheduler.preempt", decision.victim.task_id):
+                    await self._preempt(decision)
         await self._fire_schedules(now)
 
     # --- writing ----------------------------------------------------------------------------------
+
+    def _traced(self, name: str, task_id: str) -> contextlib.AbstractContextManager[Any]:
+        """A span of the task's trace (the one its newest event carries) for what the leader does for it."""
+        rec = self.model.tasks.get(task_id)
+        return continue_trace(name, rec.trace if rec else None, attributes={"symbi.task_id": task_id})
 
     async def record(self, task_id: str, event: TaskEvent) -> list[Recorded[TaskEvent]]:
         """Append one decision to the task (conditionally) and apply it to the model at once."""
         command: Command = Submit(event=event) if isinstance(event, TaskSubmitted) else Record(event=event)
         _, records = await self.tasks.execute(task_id, command, correlation_id=task_id)
         self.apply(records)
+        self.model.note_trace("task", task_id, inject_trace({}))  # what the store put in the event's headers
+        rec = self.model.tasks.get(task_id)
+        for r in records:
+            if rec is not None:
+                metrics.recorded(r.event, rec.submitted_at, r.header.occurred_at / 1e9)
         return records
 
     def apply(self, records: list[Recorded[TaskEvent]]) -> None:
@@ -219,10 +246,10 @@ class Leader:
             log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
 
     async def publish_work(self, task_id: str, attempt: int, host_id: str) -> None:
+        headers = {"Nats-Msg-Id": f"{task_id}:{attempt}"}
+        inject_trace(headers)  # the sandbox-agent runs the task as part of its trace
         await self.rt.js.publish(
-            f"work.{host_id}",
-            _json.encode({"task_id": task_id, "attempt": attempt}),
-            headers={"Nats-Msg-Id": f"{task_id}:{attempt}"},
+            f"work.{host_id}", _json.encode({"task_id": task_id, "attempt": attempt}), headers=headers
         )
         self._dispatched.add((task_id, attempt))
 
@@ -354,6 +381,18 @@ class Leader:
             case StopForAgent():
                 if self._due("stop", f"{chore.task_id}:{chore.attempt}"):
                     await self.host_command(chore.host_id, "terminate", chore.task_id)
+            case PauseForAction():
+                await self._pause_for_action(chore)
+            case SuspendForAction():
+                if self._due("action-suspend", f"{chore.task_id}@{chore.denied_seq}"):
+                    await self._suspend_for_action(chore.agent_id, chore.task_id)
+            case ResumeAction():
+                await self._resume_action(chore)
+            case ResumedOnHost():
+                await self.record(
+                    chore.task_id, TaskResumed(reason="action allowed", attempt=chore.attempt, host_id=chore.host_id)
+                )
+                log.info("task resumed", task_id=chore.task_id, reason="action allowed")
             case ResumePaused():
                 if self._due("resume", f"{chore.task_id}@{self.model.tasks[chore.task_id].version}"):
                     await self.host_command(chore.host_id, "resume", chore.task_id)
@@ -393,6 +432,65 @@ class Leader:
             )
         except DomainError as exc:
             log.info("suspend not applied", agent_id=chore.agent_id, task_id=chore.task_id, error=str(exc))
+
+    async def _pause_for_action(self, chore: PauseForAction) -> None:
+        """The sandbox froze the task on a denied request: record the pause, then suspend the agent."""
+        rec = self.model.tasks[chore.task_id]
+        denial = rec.action_denial
+        event = TaskSuspended(
+            reason="action_denied",
+            attempt=chore.attempt,
+            host_id=chore.host_id,
+            decision=denial.decision if denial is not None else None,
+        )
+        await self.record(chore.task_id, event)
+        log.info("task paused: action denied", task_id=chore.task_id, action=denial.action if denial else "")
+        if self._due("action-suspend", f"{chore.task_id}@{rec.action_denied_seq}"):
+            await self._suspend_for_action(rec.agent_id, chore.task_id)
+
+    async def _suspend_for_action(self, agent_id: str, task_id: str) -> None:
+        """Suspend the agent for the task's latest denied request; the reason names the decision."""
+        rec = self.model.tasks[task_id]
+        denial = rec.action_denial
+        decision = denial.decision if denial is not None else None
+        why = decision.reason if decision is not None and decision.reason else "denied by policy"
+        what = f"{denial.action} on {denial.resource}" if denial is not None else "a request"
+        try:
+            await self.lifecycle(
+                "suspend",
+                {
+                    "agent_id": agent_id,
+                    "reason": f"action {what} denied for task {task_id}: {why}"[:900],
+                    "policy_id": decision.policies[0] if decision is not None and decision.policies else None,
+                },
+            )
+        except DomainError as exc:
+            log.info("suspend not applied", agent_id=agent_id, task_id=task_id, error=str(exc))
+
+    async def _resume_action(self, chore: ResumeAction) -> None:
+        """Ask the sandbox to decide the pending request again (once per resumption of the agent).
+
+        Allowed: the sandbox performs it, unfreezes the task and says so; ``task.resumed`` follows. Still
+        denied (error ``action_denied``): the sandbox appended the new denial, which suspends the agent
+        again (:class:`SuspendForAction`). A command that got no answer is tried again.
+        """
+        key = (chore.task_id, chore.resumed_seq)
+        if key in self._resume_answered or not self._due("action-resume", f"{chore.task_id}@{chore.resumed_seq}"):
+            return
+        try:
+            await self.rt.client.call(
+                f"sandbox-agent.{chore.host_id}", "resume", {"task_id": chore.task_id}, dict, timeout=15.0
+            )
+        except SymbiError as exc:
+            if exc.http_status < 500 or exc.code == "action_denied":  # answered: no use asking again
+                self._resume_answered.add(key)
+            log.info("resume not applied", task_id=chore.task_id, code=exc.code, error=str(exc))
+            return
+        self._resume_answered.add(key)
+        await self.record(
+            chore.task_id, TaskResumed(reason="action allowed", attempt=chore.attempt, host_id=chore.host_id)
+        )
+        log.info("task resumed", task_id=chore.task_id, reason="action allowed")
 
     async def _suspend_agent(self, agent_id: str, task_id: str, reason: str) -> None:
         try:

@@ -24,6 +24,7 @@ from symbi_scheduler.domain import TASK
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.lease import Lease
+from symbi_scheduler.metrics import GAUGES
 from symbi_scheduler.model import Model
 from symbi_scheduler.schedules import SCHEDULE
 from symbi_scheduler.work import ensure_work_stream
@@ -69,11 +70,21 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
         rt.spawn(leader.run(), "scheduler:leader")
         service = SchedulerService(rt, model, tasks, follower, hosts, leader)
         register_commands(rt.commands, service)
+        rt.spawn(_export_gauges(service), "scheduler:gauges")
         app.state.scheduler = service
         app.state.lease = lease
 
     app = create_app(runtime, title="Symbi scheduler", routers=[router], on_start=on_start)
     return app
+
+
+async def _export_gauges(service: SchedulerService) -> None:
+    """Serve this replica's gauges on ``/metrics`` for as long as it runs."""
+    GAUGES.attach(service)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        GAUGES.detach(service)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,7 +14,7 @@ No I/O here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from symbi_lifecycle.domain import (
 )
 from symbi_sandbox_agent.events import (
     TERMINAL_TYPES,
+    ExecutionAction,
     ExecutionEvent,
     ExecutionOutput,
     ExecutionPaused,
@@ -57,6 +58,7 @@ from symbi_scheduler.core import (
 )
 from symbi_scheduler.domain import (
     LEVEL,
+    PAUSE_REASONS,
     ResourceRequest,
     TaskAssigned,
     TaskCancelled,
@@ -72,8 +74,8 @@ from symbi_scheduler.domain import (
 from symbi_scheduler.risk import assess_agent
 from symbi_scheduler.schedules import ScheduleEvent, ScheduleFired
 
-#: ``task.suspended`` reasons that pause the task in place (the others park it as denied).
-PAUSE_REASONS = ("preempted", "agent_suspended")
+#: The W3C trace context headers kept per task (the latest event's), so the leader's reactions continue it.
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 _TERMINAL_TAGS = {t.__struct_config__.tag for t in TERMINAL_TYPES}
 
@@ -142,10 +144,21 @@ class TaskRec:
     finished_at: float = 0.0
     finished_seq: int = 0
     assigned_seq: int = 0
-    #: Why a paused task is paused: ``preempted`` (room for critical work) or ``agent_suspended``.
+    #: Why a paused task is paused: ``preempted``, ``agent_suspended`` or ``action_denied``.
     pause_reason: str = ""
     decision: Any = None
     risk_score: float | None = None
+    #: Stream sequences: the attempt last (re)started running (``task.assigned``/``task.resumed``), and
+    #: the task was last paused in place (``task.suspended``).
+    running_seq: int = 0
+    paused_seq: int = 0
+    #: The latest ``execution.action`` denied for the current attempt: its sequence and what it asked.
+    action_denied_seq: int = 0
+    action_denial: ExecutionAction | None = None
+    #: Sequence of the latest ``execution.resumed`` of the current attempt.
+    exec_resumed_seq: int = 0
+    #: W3C trace headers of the task's latest event (task or execution): the trace its handling continues.
+    trace: dict[str, str] = field(default_factory=dict)
 
     @property
     def level(self) -> int:
@@ -159,9 +172,10 @@ class AgentRec:
     status: AgentStatus | None = None
     version: int = 0
     current_task: str | None = None
-    #: Stream sequences of its latest task assignment and suspension.
+    #: Stream sequences of its latest task assignment, suspension and resumption.
     assigned_seq: int = 0
     suspended_seq: int = 0
+    resumed_seq: int = 0
     #: When it became Ready (its schedules count from here).
     enabled_at: float = 0.0
     assessment: RiskAssessment | None = None
@@ -220,7 +234,7 @@ class Model:
             if task is None or task.exec_version + 1 != version:
                 return False
             task.exec_version = version
-            self._execution(task, event)
+            self._execution(task, event, sequence)
             return True
         if kind == "agent":
             agent = self.agents.setdefault(aggregate_id, AgentRec(aggregate_id))
@@ -236,6 +250,14 @@ class Model:
             self._schedule(aggregate_id, event)
             return True
         return False
+
+    def note_trace(self, kind: str, aggregate_id: str, headers: Mapping[str, str] | None) -> None:
+        """Remember the trace context a task's (or its execution's) newest event carries."""
+        if kind not in ("task", "execution") or not headers or "traceparent" not in headers:
+            return
+        rec = self.tasks.get(aggregate_id)
+        if rec is not None:
+            rec.trace = {k: headers[k] for k in TRACE_HEADERS if k in headers}
 
     def skip(self, kind: str, aggregate_id: str, version: int) -> None:
         """An event this build cannot read still takes its version (later ones must not look out of order)."""
@@ -271,7 +293,7 @@ class Model:
             case TaskAssigned():
                 self.queue.remove(task_id)
                 self._unpark_task(rec)
-                rec.status, rec.assigned_seq = TaskStatus.ASSIGNED, sequence
+                rec.status, rec.assigned_seq, rec.running_seq = TaskStatus.ASSIGNED, sequence, sequence
                 rec.attempt, rec.host_id, rec.tier, rec.assigned_at = event.attempt, event.host_id, event.tier, at
                 rec.decision, rec.risk_score = event.decision, event.risk_score
                 rec.holds[event.attempt] = Hold(event.host_id, event.limits.cpu_cores, event.limits.memory_mb)
@@ -292,7 +314,7 @@ class Model:
                 self._enqueue(rec)
             case TaskSuspended():
                 if event.reason in PAUSE_REASONS:
-                    rec.status, rec.pause_reason = TaskStatus.PAUSED, event.reason
+                    rec.status, rec.pause_reason, rec.paused_seq = TaskStatus.PAUSED, event.reason, sequence
                     hold = rec.holds.get(event.attempt)
                     if hold is not None:
                         hold.paused = True
@@ -303,7 +325,7 @@ class Model:
                     rec.status, rec.denied_seq, rec.decision = TaskStatus.DENIED, sequence, event.decision
             case TaskResumed():
                 if rec.status == TaskStatus.PAUSED:
-                    rec.status = TaskStatus.ASSIGNED
+                    rec.status, rec.running_seq = TaskStatus.ASSIGNED, sequence
                     hold = rec.holds.get(event.attempt)
                     if hold is not None:
                         hold.paused = False
@@ -335,15 +357,21 @@ class Model:
                 self._unpark_task(rec)
                 self._release_agent(rec)
 
-    def _execution(self, task: TaskRec, event: ExecutionEvent) -> None:
+    def _execution(self, task: TaskRec, event: ExecutionEvent, sequence: int) -> None:
         attempt = getattr(event, "attempt", task.attempt) or task.attempt
-        if isinstance(event, ExecutionStarted):
+        if isinstance(event, ExecutionAction):
+            if event.outcome == "denied" and attempt == task.attempt:
+                task.action_denied_seq, task.action_denial = sequence, event
+        elif isinstance(event, ExecutionStarted):
             task.started.add(attempt)
         elif isinstance(event, ExecutionOutput):
             task.output_bytes[event.stream] = max(
                 task.output_bytes.get(event.stream, 0), event.offset + len(event.data)
             )
-        elif isinstance(event, ExecutionPaused | ExecutionResumed):
+        elif isinstance(event, ExecutionResumed):
+            if attempt == task.attempt:
+                task.exec_resumed_seq = sequence
+        elif isinstance(event, ExecutionPaused):
             pass
         elif type(event).__struct_config__.tag in _TERMINAL_TAGS:
             kind = str(type(event).__struct_config__.tag)
@@ -378,7 +406,7 @@ class Model:
             case AgentSuspended():
                 agent.status, agent.suspended_seq = AgentStatus.SUSPENDED, sequence
             case AgentResumed():
-                agent.status = AgentStatus.RUNNING
+                agent.status, agent.resumed_seq = AgentStatus.RUNNING, sequence
             case AgentTerminated():
                 agent.status, agent.current_task = AgentStatus.TERMINATED, None
         self._unpark_agent(agent.agent_id)

@@ -1,0 +1,260 @@
+"""The action gateway's wire format and rules (see docs/contracts/tasks.md, "Actions during a task"). Pure.
+
+A workload with ``actions: true`` asks the runtime to act for it by printing one line on stderr,
+``@symbi {"action": …, "resource": …, "context": {…}, "args": {…}}``, and reads the reply, one JSON line,
+on stdin. This module finds the request lines in the stderr stream (they may arrive split across
+chunks, and a line is read only up to :data:`MAX_REQUEST_BYTES`), parses and checks them, builds the
+policy question for each (principal the agent, resource typed by the action as the Cedar schema wants,
+context validated against the schema) and encodes the replies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import cedarpy
+import msgspec
+from symbi_common.decisions import DecisionRequest, EntityRef
+from symbi_common.errors import ValidationError
+from symbi_common.policy.cedar import schema
+from symbi_common.policy.engine import cedar_request
+
+from symbi_sandbox_agent.errors import (
+    ActionRequestError,
+    ActionRequestTooLarge,
+    MalformedActionRequest,
+    UnknownAction,
+)
+
+PREFIX = b"@symbi "
+#: A request line is read up to this many bytes; a longer one is answered ``request_too_large``.
+MAX_REQUEST_BYTES = 64 * 1024
+#: Requests one run may send; later ones are answered ``too_many_requests`` without being decided.
+MAX_REQUESTS = 1000
+MAX_RESOURCE_CHARS = 256
+
+#: The actions a workload may ask for, and the Cedar entity type of their resource (the schema's ``appliesTo``).
+RESOURCE_TYPES: dict[str, str] = {
+    "memory.read": "Memory",
+    "memory.write": "Memory",
+    "tool.invoke": "Tool",
+    "data.read": "Data",
+    "data.write": "Data",
+    "message.send": "Agent",
+}
+#: The actions the gateway performs once allowed; the others are decided and audited, then refused.
+PERFORMED = frozenset({"memory.read", "memory.write"})
+
+
+MetaValue = str | int | float | bool
+
+
+class MemoryWriteArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``memory.write``: one memory of the agent's own, stored with the task as its origin."""
+
+    text: str
+    kind: str = "long_term"
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    ttl_s: float | None = None
+
+
+class MemoryReadArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``memory.read``: a search of the agent's own memories."""
+
+    query: str
+    limit: int = 5
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+ARGS: dict[str, type[MemoryWriteArgs] | type[MemoryReadArgs]] = {
+    "memory.write": MemoryWriteArgs,
+    "memory.read": MemoryReadArgs,
+}
+#: ``resource`` of a memory request names a collection of the agent's memories; ``*`` means all of them.
+ALL_COLLECTIONS = "*"
+COLLECTION_KEY = "collection"
+
+
+class ActionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One request of a workload, as it printed it."""
+
+    action: str
+    resource: str
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLine:
+    """A complete ``@symbi`` line (without the prefix), or one that was cut off at the length bound."""
+
+    body: bytes
+    too_long: bool = False
+
+
+class RequestLines:
+    """Finds ``@symbi`` request lines in a stream of stderr chunks.
+
+    Only lines that start with the prefix are requests; every other line is log output and is skipped
+    without being kept. A request line is kept up to :data:`MAX_REQUEST_BYTES` and the rest of it dropped,
+    so memory stays bounded whatever the workload prints; a line cut off that way is reported once as
+    ``too_long``."""
+
+    def __init__(self, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.limit = limit
+        self._line = bytearray()
+        self._skipping = False  # inside a line that is not a request, or a request past the limit
+        self._at_start = True
+
+    def feed(self, chunk: bytes) -> list[RequestLine]:
+        found: list[RequestLine] = []
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            self._take(piece, found)
+            if end < 0:
+                break
+            self._end_line(found)
+            start = end + 1
+        return found
+
+    def _take(self, piece: bytes, found: list[RequestLine]) -> None:
+        if self._skipping or not piece:
+            return
+        self._line += piece
+        if len(self._line) < len(PREFIX) and PREFIX.startswith(bytes(self._line)):
+            return  # could still become a request
+        if not self._line.startswith(PREFIX):
+            self._line.clear()
+            self._skipping = True
+        elif len(self._line) > len(PREFIX) + self.limit:
+            found.append(RequestLine(bytes(self._line[len(PREFIX) : len(PREFIX) + 200]), too_long=True))
+            self._line.clear()
+            self._skipping = True
+
+    def _end_line(self, found: list[RequestLine]) -> None:
+        if not self._skipping and self._line.startswith(PREFIX):
+            found.append(RequestLine(bytes(self._line[len(PREFIX) :]).rstrip(b"\r")))
+        self._line.clear()
+        self._skipping = False
+
+
+def parse_request(line: RequestLine) -> ActionRequest:
+    """The request on a line; :class:`ActionRequestError` (with the reply's code) if it is not one."""
+    if line.too_long:
+        raise ActionRequestTooLarge(f"a request line may have at most {MAX_REQUEST_BYTES} bytes after '@symbi '")
+    try:
+        request = msgspec.json.decode(line.body, type=ActionRequest)
+    except msgspec.ValidationError as exc:
+        raise MalformedActionRequest(f"the request does not have the request's shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedActionRequest(f"the request is not a JSON object: {exc}") from None
+    if request.action not in RESOURCE_TYPES:
+        raise UnknownAction(
+            f"{request.action!r} is not an action a workload can ask for; use one of {', '.join(RESOURCE_TYPES)}",
+            action=request.action,
+        )
+    if not request.resource or len(request.resource) > MAX_RESOURCE_CHARS or not request.resource.isprintable():
+        raise MalformedActionRequest(
+            f"resource must be 1-{MAX_RESOURCE_CHARS} printable characters, got {request.resource[:80]!r}"
+        )
+    parse_args(request)
+    return request
+
+
+def parse_args(request: ActionRequest) -> MemoryWriteArgs | MemoryReadArgs | None:
+    """The typed ``args`` of an action the gateway performs (None for the others, which take any)."""
+    kind = ARGS.get(request.action)
+    if kind is None:
+        return None
+    try:
+        return msgspec.convert(request.args, kind)
+    except msgspec.ValidationError as exc:
+        raise MalformedActionRequest(f"args of {request.action}: {exc}") from None
+
+
+def context_store_body(agent_id: str, task_id: str, request: ActionRequest, args: MemoryWriteArgs) -> dict[str, Any]:
+    """``cmd.context.store``: the memory as the agent's own, the task as its origin, the collection in metadata."""
+    memory: dict[str, Any] = {
+        "kind": args.kind,
+        "text": args.text,
+        "tags": list(args.tags),
+        "metadata": {**args.metadata, COLLECTION_KEY: request.resource},
+        "origin": {"task_id": task_id},
+    }
+    if args.ttl_s is not None:
+        memory["ttl_s"] = args.ttl_s
+    return {"agent_id": agent_id, "memories": [memory]}
+
+
+def context_retrieve_body(
+    agent_id: str, request: ActionRequest, args: MemoryReadArgs, min_sequence: int
+) -> dict[str, Any]:
+    """``cmd.context.retrieve`` over the agent's own memories (of one collection unless ``*``); after the
+    run's own writes (``min_sequence``), so a workload reads what it just wrote."""
+    body: dict[str, Any] = {
+        "agent_id": agent_id,
+        "query": args.query,
+        "limit": args.limit,
+        "kinds": list(args.kinds),
+        "tags": list(args.tags),
+        "min_sequence": min_sequence,
+    }
+    if request.resource != ALL_COLLECTIONS:
+        body["metadata"] = {COLLECTION_KEY: request.resource}
+    return body
+
+
+def read_result(found: dict[str, Any]) -> dict[str, Any]:
+    """What a workload gets back from a read: the memories, without the index's internals."""
+    keep = ("id", "text", "kind", "tags", "metadata", "relevance", "created_at")
+    return {"memories": [{k: r.get(k) for k in keep} for r in found.get("results", [])]}
+
+
+def decision_request(agent_id: str, request: ActionRequest) -> DecisionRequest:
+    """``Agent::"<agent>"`` may ``<action>`` ``<Type>::"<resource>"`` in the request's context?
+
+    A Memory belongs to the agent that owns it (the baseline lets an agent use its own memory), and the
+    gateway only ever acts on the asking agent's own memory, so ``Memory::"<resource>"`` has the agent as
+    its parent."""
+    kind = RESOURCE_TYPES[request.action]
+    parents = (f'Agent::"{agent_id}"',) if kind == "Memory" else ()
+    return DecisionRequest(
+        principal=EntityRef(type="Agent", id=agent_id),
+        action=request.action,
+        resource=EntityRef(type=kind, id=request.resource, parents=parents),
+        context=dict(request.context),
+    )
+
+
+@cache
+def _no_policies() -> cedarpy.PolicySet:
+    return cedarpy.PolicySet.from_str("")
+
+
+def check_against_schema(request: DecisionRequest) -> None:
+    """Refuse a request the Cedar schema rejects (an unknown context attribute, a wrong type) with a clear
+    reason, before it is decided: the policies would only ever see it as an evaluation error."""
+    try:
+        cedar, entities = cedar_request(request)
+    except ValidationError as exc:
+        raise MalformedActionRequest(f"the request's context cannot be expressed in Cedar: {exc}") from None
+    result = cedarpy.is_authorized(cedar, _no_policies(), msgspec.json.encode(entities).decode(), schema=schema())
+    if result.decision == cedarpy.Decision.NoDecision:
+        errors = "; ".join(result.diagnostics.errors) or "no decision"
+        raise ActionRequestError(
+            f"the policy schema rejects the request: {errors.removeprefix('failed to build request: ')}"
+        )
+
+
+def allowed_reply(seq: int, result: Any) -> bytes:
+    return msgspec.json.encode({"seq": seq, "outcome": "allowed", "result": result}) + b"\n"
+
+
+def error_reply(seq: int, code: str, message: str) -> bytes:
+    return msgspec.json.encode({"seq": seq, "outcome": "error", "error": {"code": code, "message": message}}) + b"\n"

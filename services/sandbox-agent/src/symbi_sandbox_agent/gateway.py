@@ -1,0 +1,306 @@
+"""The action gateway of one run: decides each request of the workload, performs it or holds it.
+
+Requests are served one at a time, in the order the workload printed them. Each is decided by the
+service's policy decision point and recorded as ``execution.action``; an allowed one is performed
+(``memory.write`` / ``memory.read`` through the context service, as the agent) and answered on stdin.
+A denied one is not answered: the container is frozen, ``execution.paused`` (``action_denied``) is
+appended, and the request waits, pending, for the task's ``resume`` command. Resuming first brings the
+policy view up to the newest policy event in the stream, then decides the request again: allowed, it is
+performed, answered and the container thawed; still denied, the command fails with ``action_denied``
+and the container stays frozen. Terminating the run drops the pending request: it never happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.js.errors
+import structlog
+from symbi_common.decisions import Decision, DecisionRecord, DecisionRequest, Deny
+from symbi_common.errors import SymbiError, Timeout
+from symbi_common.policy.events import POLICY_SETS_SUBJECT
+from symbi_common.streams import EVENTS_STREAM
+from symbi_common.telemetry import traced
+
+from symbi_sandbox_agent.actions import (
+    MAX_REQUESTS,
+    PERFORMED,
+    RESOURCE_TYPES,
+    ActionRequest,
+    MemoryReadArgs,
+    MemoryWriteArgs,
+    RequestLine,
+    RequestLines,
+    allowed_reply,
+    check_against_schema,
+    context_retrieve_body,
+    context_store_body,
+    decision_request,
+    error_reply,
+    parse_args,
+    parse_request,
+    read_result,
+)
+from symbi_sandbox_agent.errors import (
+    ActionDenied,
+    ActionRequestError,
+    TooManyActions,
+    UnsupportedAction,
+)
+from symbi_sandbox_agent.events import ActionOutcome, ExecutionAction
+from symbi_sandbox_agent.metrics import ACTIONS
+
+if TYPE_CHECKING:
+    from symbi_sandbox_agent.agent import Running, SandboxAgent
+
+log = structlog.get_logger(__name__)
+#: How long a ``resume`` waits for the policy follower to reach the newest policy event.
+POLICY_SYNC_TIMEOUT_S = 5.0
+#: How long the performing service may take to answer.
+PERFORM_TIMEOUT_S = 10.0
+#: When the workload ends, how long a request being served may take to finish and be recorded.
+CLOSE_GRACE_S = 5.0
+
+
+@dataclass
+class Pending:
+    """A denied request: held until a ``resume`` decides it allowed, or the run ends."""
+
+    seq: int
+    request: ActionRequest
+    question: DecisionRequest
+    resolved: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ActionGateway:
+    def __init__(self, agent: SandboxAgent, run: Running, reply: Callable[[bytes], Awaitable[None]]) -> None:
+        self.agent = agent
+        self.run = run
+        self.reply = reply
+        self.lines = RequestLines()
+        self.queue: asyncio.Queue[RequestLine] = asyncio.Queue()
+        self.seq = 0
+        self.pending: Pending | None = None
+        #: Stream sequence of the run's last memory write, so a later read sees it.
+        self.last_write = 0
+        self._lock = asyncio.Lock()  # one request (or one resume) at a time
+        self._busy = asyncio.Event()
+        self._busy.set()  # set: idle
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.run.spec.task_id
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"actions:{self.task_id}")
+
+    def feed(self, stderr: bytes) -> None:
+        """A chunk of the workload's stderr, as it arrives."""
+        for line in self.lines.feed(stderr):
+            self.queue.put_nowait(line)
+
+    async def close(self) -> None:
+        """The run is over: let a request being served finish (unless it is held pending), then stop."""
+        if self.pending is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._busy.wait(), CLOSE_GRACE_S)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self.pending = None
+
+    # --- serving requests --------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while True:
+            line = await self.queue.get()
+            self._busy.clear()
+            try:
+                async with self._lock:
+                    pending = await self._handle(line)
+                if pending is not None:
+                    await pending.resolved.wait()  # frozen until a resume allows it (or the run ends)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the container vanished mid-request: the run's end reports it
+                log.exception("action request failed", task_id=self.task_id)
+                self.agent.rt.note_error(f"action of {self.task_id}: {exc!r}")
+            finally:
+                self._busy.set()
+
+    async def _handle(self, line: RequestLine) -> Pending | None:
+        self.seq += 1
+        seq = self.seq
+        if seq > MAX_REQUESTS:
+            err = TooManyActions(f"a run may send at most {MAX_REQUESTS} requests")
+            await self.reply(error_reply(seq, err.code, err.message))
+            return None
+        try:
+            request = parse_request(line)
+        except ActionRequestError as err:
+            await self._refused_before_deciding(seq, _action_named(line), err)
+            return None
+        question = decision_request(self.run.agent_id or "unknown", request)
+        try:
+            check_against_schema(question)
+        except ActionRequestError as err:
+            await self._refused_before_deciding(seq, request.action, err, request)
+            return None
+        with traced(
+            f"action.{request.action}", attributes={"symbi.task_id": self.task_id, "symbi.action.seq": seq}
+        ) as span:
+            try:
+                decision, record = await self._decide(question)
+            except SymbiError as err:  # e.g. a remote decision point that does not answer: nothing happens
+                await self._refused_before_deciding(seq, request.action, err, request)
+                return None
+            span.set_attribute("symbi.decision", record.effect)
+            if isinstance(decision, Deny):
+                await self._record(seq, request, record, "denied", decision.reason)
+                pending = Pending(seq, request, question)
+                self.pending = pending
+                try:
+                    await self.agent.freeze(self.run, "action_denied")
+                except BaseException:
+                    self.pending = None  # the run is ending (killed, exited): nothing to hold
+                    raise
+                return pending
+            await self._perform_and_reply(seq, request, record)
+            return None
+
+    async def _refused_before_deciding(
+        self, seq: int, action: str, err: SymbiError, request: ActionRequest | None = None
+    ) -> None:
+        """Record and answer a request that was not decided (malformed, unknown, or no decision to be had)."""
+        event = ExecutionAction(
+            attempt=self.run.spec.attempt,
+            seq=seq,
+            action=action,
+            resource=request.resource if request else "",
+            context=dict(request.context) if request else {},
+            outcome="failed",
+            detail=f"{err.code}: {err.message}",
+        )
+        await self.agent.store_action(self.run, event)
+        ACTIONS.labels(action if action in RESOURCE_TYPES else "unknown", "failed").inc()
+        await self.reply(error_reply(seq, err.code, err.message))
+
+    async def _decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
+        decision = await (await self.agent.rt.decision_point()).decide(question)
+        return decision, DecisionRecord.of(question, decision)
+
+    async def _record(
+        self, seq: int, request: ActionRequest, record: DecisionRecord, outcome: ActionOutcome, detail: str = ""
+    ) -> None:
+        event = ExecutionAction(
+            attempt=self.run.spec.attempt,
+            seq=seq,
+            action=request.action,
+            resource=request.resource,
+            context=dict(request.context),
+            decision=record,
+            outcome=outcome,
+            detail=detail,
+        )
+        await self.agent.store_action(self.run, event)
+        ACTIONS.labels(request.action, outcome).inc()
+
+    async def _perform_and_reply(self, seq: int, request: ActionRequest, record: DecisionRecord) -> None:
+        """Perform an allowed request, record the outcome, answer the workload."""
+        try:
+            result = await self._perform(request)
+        except SymbiError as err:
+            await self._record(seq, request, record, "failed", f"{err.code}: {err.message}")
+            await self.reply(error_reply(seq, err.code, err.message))
+            return
+        await self._record(seq, request, record, "allowed")
+        await self.reply(allowed_reply(seq, result))
+
+    async def _perform(self, request: ActionRequest) -> dict[str, Any]:
+        if request.action not in PERFORMED:
+            raise UnsupportedAction(
+                f"{request.action} was decided and recorded, but the runtime does not perform it "
+                f"(it performs {', '.join(sorted(PERFORMED))})",
+                action=request.action,
+            )
+        args = parse_args(request)
+        client = self.agent.rt.client
+        agent_id = self.run.agent_id or "unknown"
+        if isinstance(args, MemoryWriteArgs):
+            body = context_store_body(agent_id, self.task_id, request, args)
+            written: dict[str, Any] = await client.call("context", "store", body, dict, timeout=PERFORM_TIMEOUT_S)
+            ids = list(written.get("ids", []))
+            self.last_write = max(self.last_write, int(written.get("sequence", 0)))
+            return {"memory_id": ids[0] if ids else None, "ids": ids, "sequence": written.get("sequence", 0)}
+        assert isinstance(args, MemoryReadArgs)
+        query = context_retrieve_body(agent_id, request, args, self.last_write)
+        found: dict[str, Any] = await client.call("context", "retrieve", query, dict, timeout=PERFORM_TIMEOUT_S)
+        return read_result(found)
+
+    # --- resume of a held request ------------------------------------------------------------------
+
+    async def resume(self) -> dict[str, Any]:
+        """Decide the pending request again against the newest policies; allowed → perform, answer, thaw."""
+        async with self._lock:
+            pending = self.pending
+            if pending is None:
+                return await self.agent.thaw(self.run, "resumed")
+            await self.sync_policy()
+            request = pending.request
+            attributes: dict[str, str | int] = {"symbi.task_id": self.task_id, "symbi.action.seq": pending.seq}
+            with traced(f"action.{request.action}", attributes=attributes) as span:
+                decision, record = await self._decide(pending.question)
+                span.set_attribute("symbi.decision", record.effect)
+                if isinstance(decision, Deny):
+                    await self._record(pending.seq, request, record, "denied", decision.reason)
+                    names = f" [{', '.join(decision.policies)}]" if decision.policies else ""
+                    raise ActionDenied(
+                        f"task {self.task_id} stays suspended: {request.action} {request.resource!r} is still "
+                        f"denied: {decision.reason}{names}",
+                        action=request.action,
+                        policies=list(decision.policies),
+                        policy_version=decision.policy_version,
+                    )
+                await self._perform_and_reply(pending.seq, request, record)
+            self.pending = None
+            pending.resolved.set()
+            return await self.agent.thaw(self.run, "action_allowed")
+
+    async def sync_policy(self) -> None:
+        """Read-your-writes for policies: wait until the decision point has applied the newest ``evt.policy``
+        event in the stream, so a resume sent right after a policy change is decided by the changed policy.
+
+        Only an embedded decision point follows the stream itself; a remote one asks the policy service,
+        which has applied its own writes, and allow-all has nothing to follow."""
+        point = await self.agent.rt.decision_point()
+        follower = getattr(point, "follower", None)
+        if follower is None:
+            return
+        try:
+            last = await self.agent.rt.js.get_last_msg(EVENTS_STREAM, POLICY_SETS_SUBJECT)
+        except nats.js.errors.NotFoundError:
+            return  # no policy event at all
+        if not await follower.wait_for(last.seq, timeout=POLICY_SYNC_TIMEOUT_S):
+            raise Timeout(
+                f"the policy view did not reach policy event {last.seq} within {POLICY_SYNC_TIMEOUT_S} s "
+                f"(it is at {follower.version}); try the resume again"
+            )
+
+
+def _action_named(line: RequestLine) -> str:
+    """The action a refused request named, if it can be read (for the record and the metric)."""
+    if line.too_long:
+        return ""
+    try:
+        raw = msgspec.json.decode(line.body)
+    except Exception:
+        return ""
+    action = raw.get("action") if isinstance(raw, dict) else None
+    return action[:64] if isinstance(action, str) else ""
