@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
 
 
@@ -43,6 +44,8 @@ async def test_runtime_restarts_a_killed_service_and_stops_everything(
         assert await _readyz(url) == 200
         state = json.loads(rt.state_file.read_text())
         first = state["services"]["lifecycle"]["pid"]
+        assert state["services"]["lifecycle"]["restarts"] == 0
+        assert "last_exit" not in state["services"]["lifecycle"]
         nats_pid = state["nats"]["pid"]
         pg_pid = state["postgres"]["pid"]
         assert all(alive(p) for p in (first, nats_pid, pg_pid))
@@ -57,7 +60,9 @@ async def test_runtime_restarts_a_killed_service_and_stops_everything(
         assert second != first
         assert not alive(first)
         assert await _readyz(url) == 200
-        assert json.loads(rt.state_file.read_text())["services"]["lifecycle"]["pid"] == second
+        recorded = json.loads(rt.state_file.read_text())["services"]["lifecycle"]
+        assert recorded["pid"] == second
+        assert (recorded["restarts"], recorded["last_exit"]) == (1, "signal SIGKILL")
     finally:
         await rt.stop()
 
@@ -66,3 +71,17 @@ async def test_runtime_restarts_a_killed_service_and_stops_everything(
     assert not alive(pg_pid)
     assert mentioning(str(runtime_home)) == []
     assert not rt.state_file.exists()
+
+
+def test_each_runtime_home_gets_its_own_sandbox_host_id(tmp_path: Path) -> None:
+    """A sandbox-agent removes every container of its host id at start-up: two homes must not share one."""
+    first = sandbox_host_id(tmp_path / "a", {})
+    assert first is not None
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", first)
+    assert sandbox_host_id(tmp_path / "a", {}) == first  # stable: a restarted runtime finds its own leftovers
+    assert sandbox_host_id(tmp_path / "b", {}) != first
+    # A host id given in the environment or the config file is left alone.
+    assert sandbox_host_id(tmp_path / "a", {"SYMBI_SANDBOX__HOST_ID": "edge-1"}) is None
+    config = tmp_path / "symbi.toml"
+    config.write_text('[sandbox]\nhost_id = "edge-2"\n')
+    assert sandbox_host_id(tmp_path / "a", {"SYMBI_CONFIG_PATH": str(config)}) is None

@@ -156,3 +156,15 @@ def test_report_is_degraded_by_a_failing_check_and_shows_recent_errors() -> None
     assert lifecycle["recent_errors"] == ["12:00:00 boom"]
     assert (lifecycle["rss_mb"], lifecycle["cpu_s"]) == (1.0, 1.5)
     assert build_report(Snapshot(home="/h", state_file=False, services={"policy": _probe(200)}))["status"] == "ok"
+
+
+def test_report_says_a_service_was_restarted_and_how_its_last_process_ended() -> None:
+    restarted = _probe(200)
+    restarted.restarts, restarted.last_exit = 2, "signal SIGKILL"
+    report = build_report(Snapshot(home="/h", state_file=True, services={"scheduler": restarted}))
+    scheduler = by_name(report)["scheduler"]
+    assert scheduler["status"] == "ok"  # restarted and ready again: healthy, but the operator is told
+    assert (scheduler["restarts"], scheduler["last_exit"]) == (2, "signal SIGKILL")
+    assert scheduler["detail"] == "ready; restarted 2x (last: signal SIGKILL)"
+    never = by_name(build_report(Snapshot(home="/h", state_file=True, services={"policy": _probe(200)})))["policy"]
+    assert never["detail"] == "ready"

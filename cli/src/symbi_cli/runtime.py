@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -32,14 +34,15 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import asyncpg
-from symbi_common.errors import KeyringError
+from symbi_common.errors import ConfigError, KeyringError
 from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.natsauth import OPERATOR, authorization_config, with_credentials, without_credentials
+from symbi_common.settings import load_settings
 
 from symbi_cli.errors import StartError
 from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database, pid_alive
 from symbi_cli.keys import ensure_keyring
-from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor
+from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor, describe_exit
 
 #: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
 #: Policy starts first: it registers the baseline policy set every other service's decisions need.
@@ -96,6 +99,29 @@ def docker_reachable(env: Mapping[str, str]) -> bool:
             return sock.recv(12).startswith(b"HTTP/1.")
         except OSError:
             return False
+
+
+#: The environment variable naming the sandbox-agent's host (``[sandbox] host_id``).
+SANDBOX_HOST_ID_ENV = "SYMBI_SANDBOX__HOST_ID"
+
+
+def sandbox_host_id(home: Path, env: Mapping[str, str]) -> str | None:
+    """The sandbox host id ``symbi up`` gives its sandbox-agent: ``<hostname>-<hash of the home>``.
+
+    A sandbox-agent's start-up removes every container labelled with its host id. With the bare hostname
+    (the service's own default), a second runtime on the same Docker engine would remove the first one's
+    running sandboxes; one id per home keeps them apart and stays the same across restarts of a home, so
+    its own leftovers are still found. ``None`` when the environment or the config file names one.
+    """
+    try:
+        configured = load_settings(env=env).sandbox.host_id
+    except ConfigError:
+        return None  # the sandbox-agent reports the broken configuration itself
+    if configured:
+        return None
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
+    hostname = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:55] or "host"
+    return f"{hostname}-{digest}"
 
 
 def database_name(service: str) -> str:
@@ -324,6 +350,10 @@ class LocalRuntime:
         )
         if service == "context":
             env.setdefault("SYMBIONT_VECTOR_DATA_PATH", str(self.home / "vectors"))
+        if service == "sandbox-agent":
+            host_id = sandbox_host_id(self.home, env)
+            if host_id is not None:
+                env[SANDBOX_HOST_ID_ENV] = host_id
         return ServiceSpec(
             name=service,
             argv=service_command(service),
@@ -415,7 +445,14 @@ class LocalRuntime:
         services: dict[str, object] = {}
         pids = self.supervisor.pids() if self.supervisor is not None else {}
         for service in self.running_services:
-            services[service] = {"pid": pids.get(service), "url": self.url_of(service)}
+            entry: dict[str, object] = {"pid": pids.get(service), "url": self.url_of(service), "restarts": 0}
+            if self.supervisor is not None and service in self.supervisor.names:
+                # So `symbi status` can say that a service crashed and was restarted, and how it ended.
+                status = self.supervisor.status(service)
+                entry["restarts"] = max(status.starts - 1, 0)
+                if status.starts > 1:
+                    entry["last_exit"] = describe_exit(status.last_exit)
+            services[service] = entry
         return {
             "supervisor_pid": os.getpid(),
             "home": str(self.home),

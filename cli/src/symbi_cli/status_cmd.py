@@ -7,7 +7,7 @@ every service at its port from ``--base-port``. Fetching (``/proc``, HTTP) is ke
 
 Per component: pid, whether it lives, RSS and CPU seconds (``/proc/<pid>``; PostgreSQL's figures are
 the postmaster's own, not its backends'), each service's readiness checks and recent errors (from
-``/readyz``) and uptime (``/healthz``). Then the scheduler's queues, hosts and running tasks
+``/readyz``), uptime (``/healthz``) and how often the supervisor restarted it. Then the scheduler's queues, hosts and running tasks
 (``GET /v1/status``), agents by state (paging ``GET /v1/agents``) and the audit verifier's position
 and findings (``GET /v1/audit/status``).
 """
@@ -77,6 +77,9 @@ class HttpAnswer:
 class ServiceProbe:
     url: str
     process: ProcessInfo | None = None
+    #: How often the supervisor restarted the service, and how its previous process ended (state file).
+    restarts: int | None = None
+    last_exit: str | None = None
     healthz: HttpAnswer = field(default_factory=HttpAnswer)
     readyz: HttpAnswer = field(default_factory=HttpAnswer)
 
@@ -150,6 +153,8 @@ def _service_component(name: str, probe: ServiceProbe) -> dict[str, Any]:
         status, detail = DOWN, f"pid {probe.process.pid} is not running"
     else:
         status, detail = DOWN, f"not answering: {probe.readyz.error or 'no reply'}"
+    if probe.restarts:
+        detail += f"; restarted {probe.restarts}x" + (f" (last: {probe.last_exit})" if probe.last_exit else "")
     return {
         "name": name,
         "kind": "service",
@@ -159,6 +164,8 @@ def _service_component(name: str, probe: ServiceProbe) -> dict[str, Any]:
         "checks": checks,
         "recent_errors": [str(e) for e in errors[-RECENT_ERRORS:]],
         "uptime_s": health.get("uptime_s"),
+        "restarts": probe.restarts,
+        "last_exit": probe.last_exit,
         **_resources(probe.process),
     }
 
@@ -313,7 +320,13 @@ def local_snapshot(home: Path, base_port: int, host: str) -> Snapshot:
             url = entry.get("url") if isinstance(entry, dict) else None
             if not isinstance(url, str):
                 raise StatusError(f"{home / 'run' / 'state.json'}: service {name!r} has no url")
-            snapshot.services[name] = ServiceProbe(url=url.rstrip("/"), process=_process(entry))
+            restarts, last_exit = entry.get("restarts"), entry.get("last_exit")
+            snapshot.services[name] = ServiceProbe(
+                url=url.rstrip("/"),
+                process=_process(entry),
+                restarts=restarts if isinstance(restarts, int) else None,
+                last_exit=last_exit if isinstance(last_exit, str) else None,
+            )
         for name in state.get("not_built") or []:
             snapshot.skipped[str(name)] = "not built"
         unavailable = state.get("unavailable")

@@ -1,0 +1,217 @@
+"""The main job, end to end: ``symbi run`` on two shipped examples against one real ``symbi up`` runtime.
+
+``hello.symbi`` is Tier 1 (runc), ``text-stats.symbi`` Tier 2 (gVisor runsc). Both run as real
+``symbi run --json`` subprocesses against the six services, nats-server, PostgreSQL and Docker; each run
+is checked for its result, the sandbox it really ran in (the task's ``tier`` and the runtime recorded in
+the sandbox-agent's ``execution.started`` event), the agent back in Ready, its result stored in the
+context service, an audit receipt re-verified here, and one OpenTelemetry trace across the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from symbi_audit.merkle import verify_inclusion
+from symbi_audit.notes import parse_checkpoint
+from symbi_cli.events import operator_url
+from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, sandbox_host_id
+from symbi_cli.supervisor import RestartPolicy
+from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.keyring import KeyRegistry, load_master_key
+from symbi_common.sealing import decrypt, open_envelope
+from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "agents"
+STATS_INPUT = "the quick brown fox\njumps over the lazy dog\n"
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def symbi_run(symbi_exe: str, env: dict[str, str], home: Path, example: str, text: str) -> dict[str, Any]:
+    """``symbi run <example> --input <text> --json`` as a real process; its JSON document."""
+    proc = await asyncio.create_subprocess_exec(
+        symbi_exe,
+        "run",
+        str(EXAMPLES / example),
+        "--input",
+        text,
+        "--home",
+        str(home),
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, f"symbi run {example} exited {proc.returncode}:\n{err.decode()}"
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+async def execution_events(home: Path, task_id: str) -> list[ExecutionEvent]:
+    """The task's ``execution.*`` events as the sandbox-agent stored them: verified and decrypted here."""
+    keys = home / "keys"
+    registry = KeyRegistry.load(keys)
+    nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
+    try:
+        datakeys = DataKeys(await KvDataKeyStore.open(nc.jetstream()), load_master_key(keys / "master.key"))
+        found: list[ExecutionEvent] = []
+        async for batch in read_subject(nc, EVENTS_STREAM, f"evt.execution.{task_id}"):
+            for raw in batch:
+                opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=registry)
+                plaintext = decrypt(opened, await datakeys.by_id(opened.header.data_key_id))
+                found.append(EXECUTION_CODEC.decode(plaintext, event_type=opened.header.event_type))
+        return found
+    finally:
+        await nc.drain()
+
+
+def check_receipt(doc: dict[str, Any]) -> None:
+    """The printed receipt on its own: every event of the task, each proof leading to the signed root."""
+    receipt = doc["receipt"]
+    assert receipt["verified"] is True, receipt
+    task_id = doc["task"]["task_id"]
+    subjects = {e["subject"] for e in receipt["events"]}
+    assert subjects == {f"evt.task.{task_id}", f"evt.execution.{task_id}"}
+    types = [e["event_type"] for e in receipt["events"]]
+    assert types[0] == "task.submitted", types
+    assert types[-1] == "task.completed", types
+    assert {"execution.started", "execution.exited"} <= set(types), types
+    checkpoint, _ = parse_checkpoint(receipt["checkpoint"]["note"])
+    assert checkpoint.size == receipt["checkpoint"]["size"]
+    for e in receipt["events"]:
+        path = [base64.b64decode(h) for h in e["proof"]]
+        leaf = base64.b64decode(e["leaf_hash"])
+        assert verify_inclusion(leaf, e["leaf_index"], checkpoint.size, path, checkpoint.root), e
+
+
+async def check_memory(context_url: str, doc: dict[str, Any], query: str) -> None:
+    """The result is the agent's long-term memory, found again by a query, with the task as its origin."""
+    assert doc["memory"]["ids"]
+    assert doc["memory"]["origin"] == {"task_id": doc["task"]["task_id"]}
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(
+            f"{context_url}/v1/memories/query",
+            json={"agent_id": doc["agent"]["id"], "query": query, "min_sequence": doc["memory"]["sequence"]},
+        )
+    assert r.status_code == 200, r.text
+    hits = [h for h in r.json()["results"] if h["id"] in doc["memory"]["ids"]]
+    assert len(hits) == 1, r.json()["results"]
+    assert hits[0]["text"] == doc["result"]
+    assert (hits[0]["kind"], hits[0]["owner"]) == ("long_term", doc["agent"]["id"])
+    assert hits[0]["origin"] == {"task_id": doc["task"]["task_id"]}
+
+
+async def check_agent_ready(lifecycle_url: str, agent_id: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"{lifecycle_url}/v1/agents/{agent_id}")
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "Ready"
+
+
+async def check_sandbox(home: Path, doc: dict[str, Any], tier: str, runtime: str) -> None:
+    """The task was placed on ``tier`` and the container really ran under ``runtime``."""
+    assert doc["task"]["tier"] == tier
+    started = [e for e in await execution_events(home, doc["task"]["task_id"]) if isinstance(e, ExecutionStarted)]
+    assert len(started) == 1, started
+    assert started[0].tier == tier
+    assert started[0].runtime == runtime
+    assert started[0].host_id == doc["task"]["host_id"]
+    assert started[0].limits.network_io_mbps == 0
+
+
+#: Every process that works on a run: the ``symbi run`` command (the root) and the six services.
+TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))
+
+
+def trace_problems(spans: list[Any], trace_id: str) -> list[str]:
+    """Why the spans of ``trace_id`` are not yet one tree covering every service (empty: they are)."""
+    mine = [s for s in spans if s.trace_id == trace_id]
+    if not mine:
+        return [f"no span of trace {trace_id}"]
+    problems = []
+    ids = {s.span_id for s in mine}
+    roots = [f"{s.service}:{s.name}" for s in mine if not s.parent_span_id]
+    if len(roots) != 1 or not roots[0].startswith("symbi-cli:"):
+        problems.append(f"not one root span from symbi-cli: {roots}")
+    dangling = sorted({f"{s.service}:{s.name}" for s in mine if s.parent_span_id and s.parent_span_id not in ids})
+    if dangling:
+        problems.append(f"spans whose parent is not in the trace: {dangling}")
+    missing = sorted(set(TRACED) - {s.service for s in mine})
+    if missing:
+        problems.append(f"no span from {missing}")
+    return problems
+
+
+async def check_single_trace(otlp_receiver: Any, trace_id: str) -> None:
+    """One trace for the run: a single root (``symbi run``), every span's parent in it, spans from every service."""
+    assert isinstance(trace_id, str), trace_id
+    assert len(trace_id) == 32, trace_id
+    with contextlib.suppress(TimeoutError):  # spans arrive in batches; the assertion below says what is missing
+        await otlp_receiver.wait_for(lambda spans: not trace_problems(spans, trace_id), timeout=20)
+    problems = trace_problems(otlp_receiver.spans(), trace_id)
+    assert not problems, f"trace {trace_id}: {'; '.join(problems)}"
+
+
+async def test_main_job_on_a_tier1_and_a_tier2_example(
+    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], symbi_exe: str, otlp_receiver: Any
+) -> None:
+    env = dict(
+        cli_env,
+        SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    options = RuntimeOptions(
+        home=runtime_home,
+        base_port=free_base_port,
+        nats_port=None,
+        grace_period=5.0,
+        restart=RestartPolicy(initial_backoff=0.1),
+        env=env,
+    )
+    async with LocalRuntime(options) as rt:
+        await rt.wait_ready(timeout=90)
+        hello, stats = await asyncio.gather(
+            symbi_run(symbi_exe, env, runtime_home, "hello.symbi", "world"),
+            symbi_run(symbi_exe, env, runtime_home, "text-stats.symbi", STATS_INPUT),
+        )
+
+        # Tier 1: the greeting, from a runc container.
+        assert hello["result"] == "hello world\n"
+        assert (hello["task"]["status"], hello["task"]["outcome"]) == ("completed", "succeeded")
+        # On this runtime's own sandbox host (one per home, so runtimes side by side leave each other alone).
+        assert hello["task"]["host_id"] == stats["task"]["host_id"] == sandbox_host_id(runtime_home, env)
+        await check_sandbox(runtime_home, hello, "tier1", "runc")
+
+        # Tier 2: the text's counts and fingerprint, computed in gVisor.
+        assert json.loads(stats["result"]) == {
+            "lines": 2,
+            "words": 9,
+            "bytes": len(STATS_INPUT.encode()),
+            "sha256": hashlib.sha256(STATS_INPUT.encode()).hexdigest(),
+        }
+        assert (stats["task"]["status"], stats["task"]["outcome"]) == ("completed", "succeeded")
+        await check_sandbox(runtime_home, stats, "tier2", "runsc")
+
+        for doc, query in ((hello, "hello world"), (stats, "lines words bytes sha256")):
+            assert doc["agent"]["state"] == "Ready"
+            await check_agent_ready(rt.url_of("lifecycle"), doc["agent"]["id"])
+            await check_memory(rt.url_of("context"), doc, query)
+            check_receipt(doc)
+
+        assert hello["trace_id"] != stats["trace_id"]
+        await check_single_trace(otlp_receiver, hello["trace_id"])
+        await check_single_trace(otlp_receiver, stats["trace_id"])
+        assert not otlp_receiver.refused, otlp_receiver.refused
