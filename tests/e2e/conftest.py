@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver.
+"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver, and runtimes that export to it.
 
 ``otlp_receiver`` is an HTTP server in the test process that accepts what the OpenTelemetry OTLP/HTTP
 exporter of every Symbi process sends (``POST /v1/traces``, ``application/x-protobuf``), decodes each
@@ -10,12 +10,14 @@ batches go out quickly), then read ``otlp_receiver.spans()`` or ``await otlp_rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from symbi_cli.runtime import ALL_SERVICES, RuntimeOptions
+from symbi_cli.supervisor import RestartPolicy
+
+#: Every process that works on a run: the ``symbi`` command (the root) and the six services.
+TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,34 @@ class OtlpReceiver:
                 raise TimeoutError(f"the received spans ({len(spans)}) did not satisfy the condition in {timeout} s")
             await asyncio.sleep(0.1)
 
+    def trace_problems(self, trace_id: str) -> list[str]:
+        """Why the spans of ``trace_id`` are not (yet) one tree rooted in the CLI that covers every process of a
+        run — the ``symbi`` command and the six services; empty when they are."""
+        mine = [s for s in self.spans() if s.trace_id == trace_id]
+        if not mine:
+            return [f"no span of trace {trace_id}"]
+        problems = []
+        ids = {s.span_id for s in mine}
+        roots = [f"{s.service}:{s.name}" for s in mine if not s.parent_span_id]
+        if len(roots) != 1 or not roots[0].startswith("symbi-cli:"):
+            problems.append(f"not one root span from symbi-cli: {roots}")
+        dangling = sorted({f"{s.service}:{s.name}" for s in mine if s.parent_span_id and s.parent_span_id not in ids})
+        if dangling:
+            problems.append(f"spans whose parent never arrived: {dangling}")
+        missing = sorted(set(TRACED) - {s.service for s in mine})
+        if missing:
+            problems.append(f"no span from {missing}")
+        return problems
+
+    async def assert_one_trace(self, trace_id: str, timeout: float = 20.0) -> None:
+        """The run's spans form one tree rooted in the CLI with spans from every process (spans arrive in batches)."""
+        assert isinstance(trace_id, str), trace_id
+        assert len(trace_id) == 32, trace_id
+        with contextlib.suppress(TimeoutError):  # the assertion below says what is missing
+            await self.wait_for(lambda _: not self.trace_problems(trace_id), timeout=timeout)
+        problems = self.trace_problems(trace_id)
+        assert not problems, f"trace {trace_id}: {'; '.join(problems)}"
+
     def start(self) -> None:
         self._thread.start()
 
@@ -153,3 +188,25 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         yield receiver
     finally:
         receiver.stop()
+
+
+@pytest.fixture
+def traced_runtime(
+    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], otlp_receiver: OtlpReceiver
+) -> RuntimeOptions:
+    """Options for a whole runtime whose every process exports spans to ``otlp_receiver`` within 0.2 s and
+    whose audit service signs a checkpoint every second; ``options.env`` is also the env for ``symbi`` commands."""
+    env = dict(
+        cli_env,
+        SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    return RuntimeOptions(
+        home=runtime_home,
+        base_port=free_base_port,
+        nats_port=None,
+        grace_period=5.0,
+        restart=RestartPolicy(initial_backoff=0.1),
+        env=env,
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -23,8 +22,7 @@ import pytest
 from symbi_audit.merkle import verify_inclusion
 from symbi_audit.notes import parse_checkpoint
 from symbi_cli.events import operator_url
-from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, sandbox_host_id
-from symbi_cli.supervisor import RestartPolicy
+from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
@@ -131,56 +129,11 @@ async def check_sandbox(home: Path, doc: dict[str, Any], tier: str, runtime: str
     assert started[0].limits.network_io_mbps == 0
 
 
-#: Every process that works on a run: the ``symbi run`` command (the root) and the six services.
-TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))
-
-
-def trace_problems(spans: list[Any], trace_id: str) -> list[str]:
-    """Why the spans of ``trace_id`` are not yet one tree covering every service (empty: they are)."""
-    mine = [s for s in spans if s.trace_id == trace_id]
-    if not mine:
-        return [f"no span of trace {trace_id}"]
-    problems = []
-    ids = {s.span_id for s in mine}
-    roots = [f"{s.service}:{s.name}" for s in mine if not s.parent_span_id]
-    if len(roots) != 1 or not roots[0].startswith("symbi-cli:"):
-        problems.append(f"not one root span from symbi-cli: {roots}")
-    dangling = sorted({f"{s.service}:{s.name}" for s in mine if s.parent_span_id and s.parent_span_id not in ids})
-    if dangling:
-        problems.append(f"spans whose parent is not in the trace: {dangling}")
-    missing = sorted(set(TRACED) - {s.service for s in mine})
-    if missing:
-        problems.append(f"no span from {missing}")
-    return problems
-
-
-async def check_single_trace(otlp_receiver: Any, trace_id: str) -> None:
-    """One trace for the run: a single root (``symbi run``), every span's parent in it, spans from every service."""
-    assert isinstance(trace_id, str), trace_id
-    assert len(trace_id) == 32, trace_id
-    with contextlib.suppress(TimeoutError):  # spans arrive in batches; the assertion below says what is missing
-        await otlp_receiver.wait_for(lambda spans: not trace_problems(spans, trace_id), timeout=20)
-    problems = trace_problems(otlp_receiver.spans(), trace_id)
-    assert not problems, f"trace {trace_id}: {'; '.join(problems)}"
-
-
 async def test_main_job_on_a_tier1_and_a_tier2_example(
-    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], symbi_exe: str, otlp_receiver: Any
+    traced_runtime: RuntimeOptions, runtime_home: Path, symbi_exe: str, otlp_receiver: Any
 ) -> None:
-    env = dict(
-        cli_env,
-        SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1",
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY="200",
-    )
-    options = RuntimeOptions(
-        home=runtime_home,
-        base_port=free_base_port,
-        nats_port=None,
-        grace_period=5.0,
-        restart=RestartPolicy(initial_backoff=0.1),
-        env=env,
-    )
+    options = traced_runtime
+    env = dict(options.env or {})
     async with LocalRuntime(options) as rt:
         await rt.wait_ready(timeout=90)
         hello, stats = await asyncio.gather(
@@ -212,6 +165,6 @@ async def test_main_job_on_a_tier1_and_a_tier2_example(
             check_receipt(doc)
 
         assert hello["trace_id"] != stats["trace_id"]
-        await check_single_trace(otlp_receiver, hello["trace_id"])
-        await check_single_trace(otlp_receiver, stats["trace_id"])
+        await otlp_receiver.assert_one_trace(hello["trace_id"])
+        await otlp_receiver.assert_one_trace(stats["trace_id"])
         assert not otlp_receiver.refused, otlp_receiver.refused

@@ -9,66 +9,23 @@ other span's parent among the received spans, and spans from every process that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
-from symbi_cli.supervisor import RestartPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "agents" / "hello.symbi"
-SERVICES = (
-    "symbi-cli",
-    "symbi-lifecycle",
-    "symbi-policy",
-    "symbi-scheduler",
-    "symbi-sandbox-agent",
-    "symbi-context",
-    "symbi-audit",
-)
-
 pytestmark = pytest.mark.timeout(150)
 
 
-def problems_of(spans: list[Any], trace_id: str) -> list[str]:
-    """What keeps the spans of ``trace_id`` from being one tree over every service (empty: nothing)."""
-    mine = [s for s in spans if s.trace_id == trace_id]
-    if not mine:
-        return [f"no span of trace {trace_id}"]
-    out = []
-    ids = {s.span_id for s in mine}
-    roots = [f"{s.service}:{s.name}" for s in mine if not s.parent_span_id]
-    if len(roots) != 1:
-        out.append(f"{len(roots)} root spans: {roots}")
-    dangling = sorted({f"{s.service}:{s.name}" for s in mine if s.parent_span_id and s.parent_span_id not in ids})
-    if dangling:
-        out.append(f"spans whose parent never arrived: {dangling}")
-    missing = sorted(set(SERVICES) - {s.service for s in mine})
-    if missing:
-        out.append(f"no span from {missing}")
-    return out
-
-
 async def test_one_symbi_run_is_one_trace_across_every_service(
-    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], symbi_exe: str, otlp_receiver: Any
+    traced_runtime: RuntimeOptions, runtime_home: Path, symbi_exe: str, otlp_receiver: Any
 ) -> None:
-    env = dict(
-        cli_env,
-        SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1",
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY="200",
-    )
-    options = RuntimeOptions(
-        home=runtime_home,
-        base_port=free_base_port,
-        nats_port=None,
-        grace_period=5.0,
-        restart=RestartPolicy(initial_backoff=0.1),
-        env=env,
-    )
+    options = traced_runtime
+    env = dict(options.env or {})
     async with LocalRuntime(options) as rt:
         await rt.wait_ready(timeout=60)
         proc = await asyncio.create_subprocess_exec(
@@ -92,11 +49,8 @@ async def test_one_symbi_run_is_one_trace_across_every_service(
         assert int(trace_id, 16) != 0
         assert f"trace {trace_id}" in err.decode()  # the human output names it too
 
-        with contextlib.suppress(TimeoutError):  # reported below, with what is wrong
-            await otlp_receiver.wait_for(lambda spans: not problems_of(spans, trace_id), timeout=30)
+        await otlp_receiver.assert_one_trace(trace_id, timeout=30)
         spans = otlp_receiver.spans()
-        problems = problems_of(spans, trace_id)
-        assert not problems, f"trace {trace_id}: {'; '.join(problems)}"
         assert not otlp_receiver.refused, otlp_receiver.refused
 
         mine = [s for s in spans if s.trace_id == trace_id]
