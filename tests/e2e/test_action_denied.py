@@ -3,8 +3,8 @@
 ``note-keeper.symbi`` asks the runtime (the action gateway) to write its input to the agent's memory; its
 own policy ``confidential_notes`` denies that. The write must not happen, the task must be paused in
 place and the agent Suspended, and the denial must be in the audit trail, linked to the task, with the
-audit verifier finding nothing wrong. After the policy change (the agent's policy set retired) and a
-resume, the same task runs on: the write happens and the task completes with the memory's id.
+audit verifier finding nothing wrong. After the policy change (the suspended agent reconfigured
+without the rule) and a resume, the same task runs on: the write happens and the task completes with the memory's id.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -161,11 +162,22 @@ async def test_a_denied_action_suspends_the_agent_and_a_policy_change_and_resume
         assert r.status_code == 200, r.text
         assert r.json()["findings"] == 0, (await http.get(f"{audit}/v1/audit/findings")).text
 
-        # The policy changes (the agent's own rule is retired) and the agent is resumed: the task runs on.
+        # The operator changes the policy — reconfigures the suspended agent from its definition without the
+        # rule — and, once the policy service has applied it, resumes the agent: the task runs on.
+        definition = re.sub(r"\n  policy confidential_notes \{.*?\n  \}\n", "\n", NOTE_KEEPER.read_text(), flags=re.S)
+        assert "confidential_notes {" not in definition
+        assert "deny: memory.write" not in definition
         r = await http.post(
-            f"{policy}/v1/policy-sets/agent-{agent_id}/retire", json={"reason": "notes may be confidential"}
+            f"{lifecycle}/v1/agents/{agent_id}/configure", json={"definition": definition, "file": "note-keeper.symbi"}
         )
         assert r.status_code == 200, r.text
+        assert r.json()["state"] == "Suspended"
+
+        async def policy_set_status() -> Any:
+            r = await http.get(f"{policy}/v1/policy-sets/agent-{agent_id}")
+            return r.json().get("status")
+
+        await eventually(lambda: _equals(policy_set_status, "retired"), "the agent's own rule is gone")
         r = await http.post(f"{lifecycle}/v1/agents/{agent_id}/resume", json={"reason": "policy changed"})
         assert r.status_code == 200, r.text
         done = await eventually(lambda: _when(task, lambda v: v["status"] == "completed"), "the task completes")

@@ -76,7 +76,8 @@ async def test_inclusion_and_consistency_proofs_over_http(running: Running, writ
         if status["checkpoint"] and status["checkpoint"]["size"] == 60:
             break
         await asyncio.sleep(0.1)
-    assert status["checkpoint"] and status["checkpoint"]["size"] == 60, status
+    assert status["checkpoint"], status
+    assert status["checkpoint"]["size"] == 60, status
     roots = {}
     for size in (10, 20, 30, 40, 50, 60):
         note = (await running.http.get(f"/v1/audit/checkpoints/{size}")).text

@@ -302,7 +302,19 @@ def test_validation_reports_every_field() -> None:
     assert validate_config(VALID) == []
 
 
-def test_configure_changes_the_config_of_a_ready_agent_only() -> None:
+def test_a_suspended_agent_may_be_reconfigured_and_stays_suspended() -> None:
+    ready = apply(_registered(), decide(_registered(), INIT_READY)[0])
+    running = apply(ready, decide(ready, AssignTask(task_id="t1"))[0])
+    suspended = apply(running, decide(running, Suspend(reason="tool.invoke denied"))[0])
+    stricter = msgspec.structs.replace(VALID, resources=ResourceLimits(memory_mb=128))
+    [configured] = decide(suspended, Configure(config=stricter, decision=ALLOW))
+    after = apply(suspended, configured)
+    assert (after.status, after.config, after.current_task) == (S.SUSPENDED, stricter, "t1")
+    with pytest.raises(IllegalTransition):
+        decide(running, Configure(config=stricter, decision=ALLOW))
+
+
+def test_configure_changes_the_config_of_a_ready_agent() -> None:
     ready = apply(_registered(), decide(_registered(), INIT_READY)[0])
     bigger = msgspec.structs.replace(VALID, resources=ResourceLimits(memory_mb=2048))
     [configured] = decide(ready, Configure(config=bigger, decision=ALLOW))

@@ -10,8 +10,15 @@ from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.cedar import PolicyRejected
 from symbi_common.settings import Settings
-from symbi_lifecycle.config import PolicySpec
-from symbi_lifecycle.domain import CODEC, AgentStatus, AgentTaskCompleted, AgentTerminated
+from symbi_lifecycle.config import AgentConfig, PolicySpec
+from symbi_lifecycle.domain import (
+    CODEC,
+    AgentConfigured,
+    AgentStatus,
+    AgentSuspended,
+    AgentTaskCompleted,
+    AgentTerminated,
+)
 from symbi_policy.agents import agent_policy_text
 from symbi_policy.main import build_app
 
@@ -88,3 +95,46 @@ def test_agent_policies_are_scoped_and_may_not_speak_for_others() -> None:
     other = PolicySpec(name="grab", cedar='permit(principal == Agent::"a2", action, resource);')
     with pytest.raises(PolicyRejected, match="may only apply"):
         agent_policy_text("a1", (other,))
+
+
+NO_NET = PolicySpec(
+    name="no-net",
+    cedar='@reason("this agent never fetches")\nforbid(principal, action == Action::"tool.invoke", resource == Tool::"fetch");',
+    source="deny tool fetch",
+)
+
+
+def tool_request(agent_id: str, tool: str) -> DecisionRequest:
+    return DecisionRequest(
+        principal=EntityRef(type="Agent", id=agent_id), action="tool.invoke", resource=EntityRef(type="Tool", id=tool)
+    )
+
+
+async def test_a_suspended_agent_reconfigured_gets_its_new_policies_and_a_replay_keeps_them(
+    settings: Settings, make_store: MakeStore
+) -> None:
+    store = await make_store("lifecycle")
+    tip = await running_agent(store, "changed-1", (NO_SHELL,))
+    changes = [
+        AgentSuspended(reason="tool.invoke denied"),
+        AgentConfigured(config=AgentConfig(name="reader", policies=(NO_NET,))),
+    ]
+    await store.append("agent", "changed-1", changes, CODEC, expected=tip)
+    for restart in range(3):  # the first start applies the configuration; replays after restarts change nothing
+        app = build_app(settings)
+        async with app.router.lifespan_context(app):
+            service = app.state.policy
+            for _ in range(250):
+                state = service.follower.states.get("agent-changed-1")
+                if state is not None and state.revision == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            state = service.follower.states["agent-changed-1"]
+            assert (state.revision, state.status) == (2, "active"), f"after restart {restart}"
+            assert 'Tool::"fetch"' in state.cedar
+            assert 'Tool::"shell"' not in state.cedar
+            assert isinstance(await service.decide(tool_request("changed-1", "shell")), Allow)
+            denied = await service.decide(tool_request("changed-1", "fetch"))
+            assert isinstance(denied, Deny)
+            assert denied.reason == "this agent never fetches"

@@ -4,7 +4,7 @@ HTTP::
 
     POST /v1/agents                         register ({"agent_id"?, "config": {...}} or {"agent_id"?,
                                             "definition": "<.symbi text>", "file"?}) -> 201, the agent
-    POST /v1/agents/{id}/configure          {"config": {...}} or {"definition": "..."} (Ready agents)
+    POST /v1/agents/{id}/configure          {"config": {...}} or {"definition": "..."} (Ready or Suspended agents)
     POST /v1/agents/{id}/assign-task        {"task_id", "description"?}
     POST /v1/agents/{id}/complete-task      {"task_id"?, "outcome"?}
     POST /v1/agents/{id}/suspend            {"reason"?, "policy_id"?}
@@ -108,7 +108,7 @@ async def register(request: Request) -> Response:
     "/{agent_id}/configure", openapi_extra=json_body(ConfigureRequest), responses={200: json_response(AgentView)}
 )
 async def configure(agent_id: str, request: Request) -> Response:
-    """Replace a Ready agent's configuration (validated, then gated by an agent.configure decision)."""
+    """Replace a Ready or Suspended agent's configuration (validated, then gated by an agent.configure decision)."""
     return await _change(request, ConfigureRequest, agent_id)
 
 

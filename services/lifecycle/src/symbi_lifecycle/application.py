@@ -98,7 +98,7 @@ class RegisterRequest(AgentRequest):
 
 
 class ConfigureRequest(AgentRequest):
-    """Replace a Ready agent's configuration with a JSON ``config`` or a DSL ``definition``."""
+    """Replace a Ready or Suspended agent's configuration with a JSON ``config`` or a DSL ``definition``."""
 
     config: dict[str, Any] | None = None
     definition: str | None = None

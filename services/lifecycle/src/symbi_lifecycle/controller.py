@@ -246,7 +246,7 @@ class InitializationController:
         causation_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Outcome:
-        """Change a Ready agent's configuration, gated by an ``agent.configure`` decision.
+        """Change a Ready or Suspended agent's configuration, gated by an ``agent.configure`` decision.
 
         An invalid configuration is refused with :class:`ConfigRejected` (nothing recorded); a denied
         change is recorded as ``agent.configure_denied`` and reported as the outcome's ``denial``.

@@ -139,7 +139,7 @@ class Terminate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Configure(msgspec.Struct, frozen=True, kw_only=True):
-    """Replace a Ready agent's configuration (already compiled and validated, allowed by ``decision``)."""
+    """Replace a Ready or Suspended agent's configuration (already compiled and validated, allowed by ``decision``)."""
 
     name: ClassVar[str] = "configure"
     config: AgentConfig
@@ -156,7 +156,8 @@ ALLOWED: dict[AgentStatus, tuple[str, ...]] = {
     S.INITIALIZING: (Initialize.name,),
     S.READY: (AssignTask.name, Configure.name, Terminate.name),
     S.RUNNING: (CompleteTask.name, Suspend.name),
-    S.SUSPENDED: (Resume.name, Terminate.name),
+    # A suspended agent may be reconfigured (its policies changed) to clear the violation before it resumes.
+    S.SUSPENDED: (Resume.name, Configure.name, Terminate.name),
     S.FAILED: (Terminate.name,),
     S.TERMINATED: (),
 }
@@ -202,7 +203,7 @@ class AgentDenied(Event, frozen=True, tag="agent.denied"):
 
 
 class AgentConfigured(Event, frozen=True, tag="agent.configured"):
-    """A Ready agent's configuration was replaced (no state change); ``decision`` allowed it."""
+    """A Ready or Suspended agent's configuration was replaced (no state change); ``decision`` allowed it."""
 
     config: AgentConfig
     decision: DecisionRecord | None = None
@@ -340,7 +341,7 @@ def apply(state: AgentState, event: AgentEvent) -> AgentState:
         case AgentDenied():
             return msgspec.structs.replace(state, status=_moved(state, S.FAILED), errors=event.errors, definition="")
         case AgentConfigured():
-            if state.status is not S.READY:
+            if state.status not in (S.READY, S.SUSPENDED):
                 raise IntegrityError(f"agent {state.agent_id}: history configures it in state {state.status}")
             return msgspec.structs.replace(state, config=event.config)
         case AgentConfigureDenied():

@@ -2,8 +2,12 @@
 
 An ordered push consumer reads ``evt.agent.>`` from the stream start. Each event is verified and
 decrypted (the lifecycle service's codec). The configuration of ``agent.registered`` is remembered until
-``agent.ready`` activates its policies (or those of the final configuration ``agent.ready`` carries); ``agent.terminated`` retires them. Replaying from the start after a
-restart changes nothing: a set that exists (active or retired) is never registered again.
+``agent.ready`` activates its policies (or those of the final configuration ``agent.ready`` carries);
+``agent.configured`` replaces them (an operator may change a suspended agent's policies to clear a
+violation); ``agent.terminated`` retires them. Replaying from the start after a restart changes
+nothing: a set that exists (active or retired) is never registered again, and configurations are applied
+only once the follower has caught up with the stream, newest per agent, and only where the set's text
+differs — so a replay never brings back an older configuration's policies, not even for a moment.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_lifecycle.config import PolicySpec
-from symbi_lifecycle.domain import CODEC, AgentReady, AgentRegistered, AgentTerminated
+from symbi_lifecycle.domain import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
 
 from symbi_policy.application import PolicyService
 from symbi_policy.metrics import AGENT_EVENTS
@@ -36,6 +40,8 @@ class AgentPolicyFollower:
         self.service = service
         self.on_error = on_error
         self._pending: dict[str, tuple[PolicySpec, ...]] = {}
+        #: The newest configured policies per agent, applied once the follower has caught up.
+        self._configured: dict[str, tuple[PolicySpec, ...]] = {}
         self._sub: Any = None
 
     async def start(self) -> None:
@@ -78,9 +84,16 @@ class AgentPolicyFollower:
                     specs = final.policies
                 if specs:
                     await self.service.activate_agent(agent_id, specs)
+            elif isinstance(event, AgentConfigured):
+                self._configured[agent_id] = event.config.policies
             elif isinstance(event, AgentTerminated):
                 self._pending.pop(agent_id, None)
+                self._configured.pop(agent_id, None)
                 await self.service.retire_agent(agent_id, event.reason)
+            if self._configured and msg.metadata.num_pending == 0:
+                configured, self._configured = self._configured, {}
+                for configured_id, specs in configured.items():
+                    await self.service.reconfigure_agent(configured_id, specs)
         except (SymbiError, ValueError) as exc:  # ValueError: Cedar refused the text
             log.error("agent policies not applied", subject=msg.subject, sequence=sequence, error=str(exc))
             if self.on_error is not None:

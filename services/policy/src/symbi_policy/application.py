@@ -283,6 +283,30 @@ class PolicyService:
         AGENT_POLICY_SETS.labels("activated").inc()
         return view
 
+    async def reconfigure_agent(self, agent_id: str, specs: tuple[PolicySpec, ...]) -> PolicySetView | None:
+        """Make ``agent-<agent_id>`` say what the agent's newest configuration says: a new revision when the
+        text differs, registered if the agent had none, retired if the configuration has no policies. A set
+        retired by an operator stays retired."""
+        set_id = agent_set_id(agent_id)
+        state = self.follower.states.get(set_id)
+        if state is None:
+            return await self.activate_agent(agent_id, specs)
+        if not state.active:
+            return None
+        if not specs:
+            with traced("policy.retire_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
+                view = await self.retire(RetireSetRequest(set_id=set_id, reason="agent reconfigured without policies"))
+            AGENT_POLICY_SETS.labels("retired").inc()
+            return view
+        cedar = agent_policy_text(agent_id, specs)
+        if cedar == state.cedar:
+            return None
+        attributes = {"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}
+        with traced("policy.reconfigure_agent", attributes=attributes):
+            view = await self.update(UpdateSetRequest(set_id=set_id, cedar=cedar))
+        AGENT_POLICY_SETS.labels("updated").inc()
+        return view
+
     async def retire_agent(self, agent_id: str, reason: str) -> PolicySetView | None:
         set_id = agent_set_id(agent_id)
         state = self.follower.states.get(set_id)
