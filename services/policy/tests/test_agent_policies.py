@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
+from symbi_common.errors import Timeout
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.cedar import PolicyRejected
 from symbi_common.settings import Settings
@@ -19,6 +20,7 @@ from symbi_lifecycle.domain import (
     AgentTaskCompleted,
     AgentTerminated,
 )
+from symbi_policy.agent_events import CaughtUpRequest
 from symbi_policy.agents import agent_policy_text
 from symbi_policy.main import build_app
 
@@ -119,11 +121,16 @@ async def test_a_suspended_agent_reconfigured_gets_its_new_policies_and_a_replay
         AgentSuspended(reason="tool.invoke denied"),
         AgentConfigured(config=AgentConfig(name="reader", policies=(NO_NET,))),
     ]
-    await store.append("agent", "changed-1", changes, CODEC, expected=tip)
+    configured = (await store.append("agent", "changed-1", changes, CODEC, expected=tip))[-1].tip.sequence
     for restart in range(3):  # the first start applies the configuration; replays after restarts change nothing
         app = build_app(settings)
         async with app.router.lifespan_context(app):
             service = app.state.policy
+            # What the lifecycle asks after a configuration: answered once it is applied, a typed timeout if not.
+            agents = app.state.agent_policies
+            assert (await agents.caught_up(CaughtUpRequest(sequence=configured))).position >= configured
+            with pytest.raises(Timeout):
+                await agents.caught_up(CaughtUpRequest(sequence=configured + 1_000, timeout_s=0.1))
             for _ in range(250):
                 state = service.follower.states.get("agent-changed-1")
                 if state is not None and state.revision == 2:

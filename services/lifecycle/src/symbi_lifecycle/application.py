@@ -14,14 +14,15 @@ id of the command that caused it).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgspec
+import structlog
 from symbi_common.aggregate import Repository
-from symbi_common.errors import BadRequest, Timeout, ValidationError
+from symbi_common.errors import BadRequest, SymbiError, Timeout, ValidationError
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import new_event_id
 from symbi_dsl import config_name
@@ -50,6 +51,8 @@ from symbi_lifecycle.projections import (
     get_agent,
     list_agents,
 )
+
+log = structlog.get_logger(__name__)
 
 MAX_PAGE = 500
 READ_WAIT_S = 5.0
@@ -224,11 +227,14 @@ class LifecycleService:
         pool: asyncpg.Pool,
         runner: ProjectionRunner | None = None,
         controller: InitializationController | None = None,
+        policy_applied: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.repository = repository
         self.pool = pool
         self.runner = runner
         self.controller = controller
+        #: Waits until the policy service has applied the agent events up to a stream sequence.
+        self.policy_applied = policy_applied
 
     # --- write path ----------------------------------------------------------------------------------
 
@@ -283,6 +289,13 @@ class LifecycleService:
         if outcome.denial is not None:
             raise outcome.denial
         loaded, records = outcome.loaded, outcome.records
+        if records and self.policy_applied is not None:
+            # The agent's own policies change with its configuration: answer once they are in force, so that
+            # the operator's next step (typically resuming a suspended agent) is decided under them.
+            try:
+                await self.policy_applied(records[-1].tip.sequence)
+            except SymbiError as exc:
+                log.warning("configuration recorded; its policies are not applied yet", error=str(exc))
         return AgentView.of(
             loaded.state,
             version=loaded.tip.version,

@@ -32,7 +32,12 @@ def build_app(settings: Settings) -> FastAPI:
         repository = rt.repository(AGENT)
         runner = await rt.add_projection(AgentProjection(rt.store))
         controller = InitializationController(repository, rt.decision_point, rt.pool)
-        service = LifecycleService(repository, rt.pool, runner, controller)
+
+        async def policy_applied(sequence: int) -> None:
+            request = {"sequence": sequence, "timeout_s": 5.0}
+            await rt.client.call("policy", "agent_events_caught_up", request, dict, timeout=6.0)
+
+        service = LifecycleService(repository, rt.pool, runner, controller, policy_applied)
         rt.spawn(controller.run(runner.ready.wait), "lifecycle:initialization")
         register_commands(rt.commands, service)
         pool = rt.pool

@@ -12,13 +12,16 @@ differs — so a replay never brings back an older configuration's policies, not
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import structlog
 from nats.js.api import DeliverPolicy
-from symbi_common.errors import SymbiError
+from symbi_common.commands import CommandMeta
+from symbi_common.errors import SymbiError, Timeout
 from symbi_common.eventstore import EventStore
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import continue_trace, observe_consumed
@@ -29,6 +32,18 @@ from symbi_policy.application import PolicyService
 from symbi_policy.metrics import AGENT_EVENTS
 
 log = structlog.get_logger(__name__)
+
+
+class CaughtUpRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Answer once the agents' events up to stream ``sequence`` are applied to their policy sets."""
+
+    sequence: int
+    timeout_s: float = 5.0
+
+
+class CaughtUp(msgspec.Struct, kw_only=True):
+    #: The stream sequence of the last agent event whose policy consequences are applied.
+    position: int
 
 
 class AgentPolicyFollower:
@@ -43,6 +58,9 @@ class AgentPolicyFollower:
         #: The newest configured policies per agent, applied once the follower has caught up.
         self._configured: dict[str, tuple[PolicySpec, ...]] = {}
         self._sub: Any = None
+        #: The last agent event applied; it stays behind a configuration whose application is deferred.
+        self.position = 0
+        self._advanced = asyncio.Condition()
 
     async def start(self) -> None:
         self._sub = await self.js.subscribe(
@@ -68,6 +86,24 @@ class AgentPolicyFollower:
         ):
             await self._handle(msg, sequence)
         observe_consumed(AGENT_EVENTS, msg.metadata.timestamp)
+        if not self._configured:
+            async with self._advanced:
+                self.position = sequence
+                self._advanced.notify_all()
+
+    async def caught_up(self, request: CaughtUpRequest, meta: CommandMeta | None = None) -> CaughtUp:
+        """Wait (at most ``timeout_s``, capped at 30 s) until the agent events up to ``sequence`` are applied:
+        the lifecycle asks after a configuration change, so that a policy change takes effect before the
+        operator's next step (a resume) is decided."""
+        try:
+            async with asyncio.timeout(min(max(request.timeout_s, 0.0), 30.0)):
+                async with self._advanced:
+                    await self._advanced.wait_for(lambda: self.position >= request.sequence)
+        except TimeoutError:
+            raise Timeout(
+                f"agent events are applied up to sequence {self.position}, not yet {request.sequence}"
+            ) from None
+        return CaughtUp(position=self.position)
 
     async def _handle(self, msg: Any, sequence: int) -> None:
         try:
