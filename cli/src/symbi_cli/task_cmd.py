@@ -150,10 +150,24 @@ _STAGES = {
     "task.resumed": "resumed",
     "execution.paused": "paused",
     "execution.resumed": "running",
+    "execution.exited": "exited",
+    "execution.oom_killed": "out of memory",
+    "execution.timed_out": "timed out",
+    "execution.killed": "killed",
+    "execution.failed": "failed to start",
+    "execution.refused": "refused by the sandbox",
 }
 
 
-def _describe(view: dict[str, Any], last_event: str, chunks: int) -> str:
+_PAUSED_BECAUSE = {
+    "preempted": "to make room for critical work",
+    "agent_suspended": "because its agent was suspended",
+    "action_denied": "because the policy denied an action; waiting for a policy change and the agent's resume",
+}
+
+
+def _describe(view: dict[str, Any], last_event: str) -> str:
+    """The task's state in a few words: where it runs and, when it waits, why."""
     status = view["status"]
     where = f" on {view['host_id']} ({view['tier']}), attempt {view['attempt']}" if view.get("host_id") else ""
     if status == "queued":
@@ -162,24 +176,40 @@ def _describe(view: dict[str, Any], last_event: str, chunks: int) -> str:
         reason = (view.get("decision") or {}).get("reason", "")
         return f"suspended: task.allocate denied ({reason}); waiting for the agent to be resumed"
     if status == "paused":
-        return f"paused{where} to make room for critical work"
+        why = _PAUSED_BECAUSE.get(view.get("pause_reason", ""), "")
+        return f"paused{where}" + (f" {why}" if why else "")
+    if status in ("completed", "cancelled"):
+        return f"{status}{where}: {view.get('outcome') or status}" + (
+            f", exit code {view['exit_code']}" if view.get("exit_code") is not None else ""
+        )
     stage = "running" if view.get("running") else _STAGES.get(last_event, status)
-    return f"{stage}{where}" + (f" — {chunks} output chunk(s)" if chunks else "")
+    return f"{stage}{where}"
 
 
 async def follow_run(api: SchedulerApi, nats_url: str | None, task_id: str, console: Console) -> dict[str, Any]:
-    """Show the task's progress until it ends; returns its final view."""
+    """Show the task's progress until it ends — a line per change of state, timed from the start, and a
+    live status line counting the output — and return its final view."""
+    started = time.monotonic()
     view = await api.task(task_id)
-    last, chunks = "task.submitted", 0
-    with console.status(_describe(view, last, chunks)) as status:
+    last, chunks, shown = "task.submitted", 0, ""
+
+    def show(view: dict[str, Any]) -> str:
+        nonlocal shown
+        text = _describe(view, last)
+        if text != shown:
+            console.print(f"[dim]{time.monotonic() - started:7.3f}s[/] {text}", highlight=False)
+            shown = text
+        return text + (f" — {chunks} output chunk(s)" if chunks else "")
+
+    with console.status(show(view)) as status:
         async with contextlib.aclosing(_events(nats_url, task_id)) as events:
             async for event in events:
-                if event:
+                if event in _STAGES:
                     last = event
-                    chunks += event == "execution.output"
+                chunks += event == "execution.output"
                 if event != "execution.output":
                     view = await api.task(task_id)
-                status.update(_describe(view, last, chunks))
+                status.update(show(view))
                 if view["status"] in ("completed", "cancelled"):
                     return view
     raise AssertionError("the event stream ended")  # pragma: no cover - _events never ends on its own

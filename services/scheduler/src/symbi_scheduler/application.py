@@ -99,6 +99,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     finished_at: float | None
     output_bytes: dict[str, int]
     decision: dict[str, Any] | None
+    #: Why a paused task is paused: ``preempted``, ``agent_suspended`` or ``action_denied``.
+    pause_reason: str = ""
     sequence: int = 0
 
     @classmethod
@@ -122,6 +124,7 @@ class TaskView(msgspec.Struct, kw_only=True):
             finished_at=rec.finished_at or None,
             output_bytes=dict(rec.output_bytes),
             decision=msgspec.to_builtins(rec.decision) if rec.decision is not None else None,
+            pause_reason=rec.pause_reason if rec.status == TaskStatus.PAUSED else "",
             sequence=sequence,
         )
 
