@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from symbi_common.db import apply_schema
 from symbi_common.errors import SymbiError
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage, keep_consuming
 from symbi_common.telemetry import (
     PROJECTION_EVENTS,
     PROJECTION_POSITION,
@@ -129,20 +129,7 @@ class ProjectionRunner:
 
     async def run(self) -> None:
         """Apply events until :meth:`stop`; transient failures back off and resume from the stored position."""
-        delay = 0.2
-        while not self._stopping.is_set():
-            try:
-                await self._run_consumer()
-                delay = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                log.warning("projection interrupted, resuming", projection=self.projection.name, error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, 5.0)
+        await keep_consuming(self._run_consumer, self._stopping, what="projection", projection=self.projection.name)
 
     async def stop(self) -> None:
         self._stopping.set()

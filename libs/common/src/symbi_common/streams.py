@@ -9,13 +9,15 @@ multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -24,6 +26,8 @@ from symbi_common.errors import InfrastructureError, Timeout
 EVENTS_STREAM = "EVENTS"
 SNAPSHOTS_STREAM = "SNAPSHOTS"
 AUDIT_STREAM = "AUDIT"
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,39 @@ class BacklogFetch:
             return []
         self._size = max(1, min(self.limit, msgs[-1].metadata.num_pending)) if msgs else 1
         return msgs
+
+
+async def keep_consuming(
+    consume: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    *,
+    what: str,
+    on_retry: Callable[[], Awaitable[None]] | None = None,
+    **log_fields: Any,
+) -> None:
+    """Run a consumer's loop (``consume``) until ``stopping`` is set.
+
+    A failure (NATS away, the consumer deleted, the database down for a moment) backs off — 0.2 s,
+    doubling up to 5 s, back to 0.2 s after a clean run — and starts the loop again, which resumes from
+    its stored position; ``on_retry`` reloads whatever state the loop resumes from.
+    """
+    delay = 0.2
+    while not stopping.is_set():
+        try:
+            await consume()
+            delay = 0.2
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if stopping.is_set():
+                break
+            log.warning(f"{what} interrupted, resuming from the stored position", error=repr(exc), **log_fields)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            delay = min(delay * 2, 5.0)
+            if on_retry is not None:
+                with contextlib.suppress(Exception):
+                    await on_retry()
 
 
 async def read_subject(

@@ -38,7 +38,7 @@ from symbi_common.keyring import KeyRegistry
 from symbi_common.projection import wait_for_position
 from symbi_common.sealing import OpenedEvent, decrypt
 from symbi_common.settings import AuditSettings
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage, keep_consuming
 from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
 
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
@@ -163,24 +163,9 @@ class VerifierRunner:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        delay = 0.2
-        while not self._stopping.is_set():
-            try:
-                await self._run_consumer()
-                delay = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                log.warning(
-                    "audit verifier interrupted, resuming from the stored position", error=repr(exc), exc_info=exc
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    await self._load()
+        # After a failure, the verifier state is reloaded from PostgreSQL: the batch in flight may be half-applied
+        # in memory but was rolled back in the database.
+        await keep_consuming(self._run_consumer, self._stopping, what="audit verifier", on_retry=self._load)
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -29,7 +29,7 @@ from symbi_common.errors import DataKeyDestroyed, SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.projection import wait_for_position
 from symbi_common.sealing import decrypt, open_envelope
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, keep_consuming
 from symbi_common.telemetry import REJECTED_EVENTS, SECURITY_EVENTS, continue_trace, observe_consumed
 
 from symbi_context.domain import (
@@ -152,20 +152,7 @@ class ContextIndex:
 
     async def run(self) -> None:
         """Apply events until :meth:`stop`; failures back off and resume from the store's position."""
-        delay = 0.2
-        while not self._stopping.is_set():
-            try:
-                await self._run_consumer()
-                delay = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                log.warning("context index interrupted, resuming", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, 5.0)
+        await keep_consuming(self._run_consumer, self._stopping, what="context index")
 
     async def stop(self) -> None:
         self._stopping.set()
