@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from prometheus_client.parser import text_string_to_metric_families
 from symbi_cli.infra import DATABASE_URL_ENV, NatsServer, create_database, database_url_or_start, drop_database
 from symbi_cli.runtime import SERVICE_PORT_OFFSETS
 from symbi_common.crypto import Signer
@@ -300,3 +302,37 @@ def runtime_home() -> Iterator[Path]:
             for pid in processes_mentioning(str(home)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+# --- metrics (a service's ``/metrics``, scraped before and after what a test does) ----------------------
+
+
+class MetricSamples(dict[tuple[str, tuple[tuple[str, str], ...]], float]):
+    """One scrape of ``/metrics``: each sample's value by name and sorted labels."""
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 for a sample not (yet) exposed."""
+        return self.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def since(self, before: MetricSamples, name: str, **labels: str) -> float:
+        """How much the sample moved since ``before``."""
+        return self.value(name, **labels) - before.value(name, **labels)
+
+
+ScrapeMetrics = Callable[[httpx.AsyncClient], Awaitable[MetricSamples]]
+
+
+@pytest.fixture
+def scrape_metrics() -> ScrapeMetrics:
+    """``await scrape_metrics(http)``: the samples on ``/metrics`` of the service ``http`` talks to."""
+
+    async def scrape(http: httpx.AsyncClient) -> MetricSamples:
+        r = await http.get("/metrics")
+        assert r.status_code == 200, r.text
+        return MetricSamples(
+            ((s.name, tuple(sorted(s.labels.items()))), s.value)
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+        )
+
+    return scrape

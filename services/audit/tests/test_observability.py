@@ -3,35 +3,19 @@ an ``audit.verify`` span in it; findings count per kind and as security events."
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
+
 from nats.aio.client import Client as NatsClient
 from opentelemetry import trace
-from prometheus_client.parser import text_string_to_metric_families
 from symbi_common.telemetry import capture_spans, trace_id_of
 
 from .conftest import Running, Writer
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    r = await http.get("/metrics")
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
 
 async def test_verified_events_join_their_traces_and_findings_are_counted(
-    running: Running, writer: Writer, provisioned: NatsClient
+    running: Running, writer: Writer, provisioned: NatsClient, scrape_metrics: Any
 ) -> None:
-    before = await scrape(running.http)
+    before = await scrape_metrics(running.http)
     with capture_spans() as spans:
         with trace.get_tracer("test").start_as_current_span("submit") as submit:
             traced = await writer.task("t-traced", count=2)
@@ -39,7 +23,7 @@ async def test_verified_events_join_their_traces_and_findings_are_counted(
         await provisioned.publish("evt.agent.forged", b"not a stored event")
         last = (await writer.agent("a-untraced"))[-1]
         await running.wait_for(last)
-    after = await scrape(running.http)
+    after = await scrape_metrics(running.http)
 
     verified = [s for s in spans if s.name == "audit.verify"]
     assert sorted(s.attributes["symbi.sequence"] for s in verified if s.attributes) == traced
@@ -51,18 +35,15 @@ async def test_verified_events_join_their_traces_and_findings_are_counted(
         assert span.attributes["symbi.audit.verified"] is True
     assert untraced[0] not in [s.attributes["symbi.sequence"] for s in verified if s.attributes]
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    assert delta("symbi_audit_events_total", outcome="verified") == 4
-    assert delta("symbi_audit_events_total", outcome="failed") == 1
+    assert after.since(before, "symbi_audit_events_total", outcome="verified") == 4
+    assert after.since(before, "symbi_audit_events_total", outcome="failed") == 1
     kinds = {
         labels: v - before.get((name, labels), 0.0)
         for (name, labels), v in after.items()
         if name == "symbi_audit_findings_total" and v - before.get((name, labels), 0.0)
     }
     assert list(kinds.values()) == [1.0], kinds
-    assert delta("symbi_security_events_total", kind="audit_finding") == 1
-    assert delta("symbi_events_consumed_total", consumer="audit_verifier") == 5
-    assert delta("symbi_event_lag_seconds_count", consumer="audit_verifier") >= 1
-    assert value(after, "symbi_audit_position") == last
+    assert after.since(before, "symbi_security_events_total", kind="audit_finding") == 1
+    assert after.since(before, "symbi_events_consumed_total", consumer="audit_verifier") == 5
+    assert after.since(before, "symbi_event_lag_seconds_count", consumer="audit_verifier") >= 1
+    assert after.value("symbi_audit_position") == last

@@ -3,32 +3,16 @@ consumer) and its spans: storing a memory and indexing it are part of the caller
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
+
 from opentelemetry import trace
-from prometheus_client.parser import text_string_to_metric_families
 from symbi_common.telemetry import capture_spans, inject_trace, trace_id_of
 
 from .conftest import Running
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    r = await http.get("/metrics")
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def test_memory_operations_are_counted_and_traced(running: Running) -> None:
-    before = await scrape(running.http)
+async def test_memory_operations_are_counted_and_traced(running: Running, scrape_metrics: Any) -> None:
+    before = await scrape_metrics(running.http)
     memories = [
         {"kind": "long_term", "text": "The capital of France is Paris."},
         {"kind": "short_term", "text": "Met Bob."},
@@ -47,17 +31,17 @@ async def test_memory_operations_are_counted_and_traced(running: Running) -> Non
     assert found["results"]
     bad = await running.http.post("/v1/memories", json={"agent_id": "ada", "memories": []})
     assert bad.status_code == 422, bad.text
-    after = await scrape(running.http)
+    after = await scrape_metrics(running.http)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    assert delta("symbi_context_operations_total", operation="store", outcome="ok") == 1
-    assert delta("symbi_context_operations_total", operation="store", outcome=bad.json()["error"]["code"]) == 1
-    assert delta("symbi_context_operations_total", operation="retrieve", outcome="ok") == 1
-    assert delta("symbi_context_operation_seconds_count", operation="store") == 2
-    assert delta("symbi_events_consumed_total", consumer="context_index") >= 1
-    assert delta("symbi_event_lag_seconds_count", consumer="context_index") >= 1
+    assert after.since(before, "symbi_context_operations_total", operation="store", outcome="ok") == 1
+    assert (
+        after.since(before, "symbi_context_operations_total", operation="store", outcome=bad.json()["error"]["code"])
+        == 1
+    )
+    assert after.since(before, "symbi_context_operations_total", operation="retrieve", outcome="ok") == 1
+    assert after.since(before, "symbi_context_operation_seconds_count", operation="store") == 2
+    assert after.since(before, "symbi_events_consumed_total", consumer="context_index") >= 1
+    assert after.since(before, "symbi_event_lag_seconds_count", consumer="context_index") >= 1
 
     mine = {s.context.span_id: s for s in spans if trace_id_of(s) == trace_id_of(step)}
     (store,) = [s for s in mine.values() if s.name == "context.store"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from opentelemetry import trace
-from prometheus_client.parser import text_string_to_metric_families
 from symbi_common.settings import load_settings
 from symbi_common.telemetry import capture_spans, inject_trace, trace_id_of
 from symbi_lifecycle.main import build_app
@@ -22,50 +22,32 @@ from symbi_lifecycle.main import build_app
 from .conftest import Running, service_env
 from .test_api import GOOD, post, register
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    r = await http.get("/metrics")
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def test_agents_by_state_follow_the_registry(running: Running) -> None:
+async def test_agents_by_state_follow_the_registry(running: Running, scrape_metrics: Any) -> None:
     http = running.http
-    before = await scrape(http)
-    assert value(before, "symbi_agents", state="Ready") == 0
+    before = await scrape_metrics(http)
+    assert before.value("symbi_agents", state="Ready") == 0
     for agent_id in ("m1", "m2", "m3"):
         await register(http, agent_id)
     running = await post(http, "m2", "assign-task", {"task_id": "t1"})
     assert running.status_code == 200, running.text
     # Read-your-writes first: the gauge is read from the read model.
     await http.get("/v1/agents/m2", params={"min_sequence": running.json()["sequence"]})
-    after = await scrape(http)
-    assert value(after, "symbi_agents", state="Ready") == 2
-    assert value(after, "symbi_agents", state="Running") == 1
-    assert value(after, "symbi_agents", state="Failed") == 0
+    after = await scrape_metrics(http)
+    assert after.value("symbi_agents", state="Ready") == 2
+    assert after.value("symbi_agents", state="Running") == 1
+    assert after.value("symbi_agents", state="Failed") == 0
     ready = "symbi_agent_initializations_total"
-    assert value(after, ready, outcome="ready") - value(before, ready, outcome="ready") == 3
+    assert after.since(before, ready, outcome="ready") == 3
     appended = "symbi_events_appended_total"
     labels = {"service": "lifecycle", "aggregate_type": "agent"}
-    assert value(after, appended, **labels) - value(before, appended, **labels) == 7  # 3 x 2 + the assignment
+    assert after.since(before, appended, **labels) == 7  # 3 x 2 + the assignment
     latency = "symbi_event_append_seconds_count"
-    assert value(after, latency, **labels) - value(before, latency, **labels) == 7  # one append per event here
+    assert after.since(before, latency, **labels) == 7  # one append per event here
     consumed = "symbi_events_consumed_total"
-    assert (
-        value(after, consumed, consumer="lifecycle_agents") - value(before, consumed, consumer="lifecycle_agents") == 7
-    )
+    assert after.since(before, consumed, consumer="lifecycle_agents") == 7
     lag = "symbi_event_lag_seconds_count"
-    assert value(after, lag, consumer="lifecycle_agents") - value(before, lag, consumer="lifecycle_agents") == 7
+    assert after.since(before, lag, consumer="lifecycle_agents") == 7
 
 
 @pytest.fixture
@@ -89,8 +71,8 @@ async def until_failed(http: httpx.AsyncClient, agent_id: str) -> None:
     raise AssertionError(f"agent {agent_id} did not show as Failed")
 
 
-async def test_a_denied_registration_is_counted_and_traced(enforcing: httpx.AsyncClient) -> None:
-    before = await scrape(enforcing)
+async def test_a_denied_registration_is_counted_and_traced(enforcing: httpx.AsyncClient, scrape_metrics: Any) -> None:
+    before = await scrape_metrics(enforcing)
     with capture_spans() as spans:
         with trace.get_tracer("test").start_as_current_span("operator") as operator:
             headers = dict(inject_trace({}))
@@ -98,16 +80,16 @@ async def test_a_denied_registration_is_counted_and_traced(enforcing: httpx.Asyn
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "policy_denied"
         await until_failed(enforcing, "nope")
-    after = await scrape(enforcing)
+    after = await scrape_metrics(enforcing)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    assert value(after, "symbi_agents", state="Failed") == 1
-    assert delta("symbi_agent_initializations_total", outcome="denied") == 1
-    assert delta("symbi_policy_decisions_total", point="embedded", action="agent.register", outcome="deny") == 1
-    assert delta("symbi_policy_decision_seconds_count", point="embedded", action="agent.register") == 1
-    assert delta("symbi_security_events_total", kind="policy_denial") == 1
+    assert after.value("symbi_agents", state="Failed") == 1
+    assert after.since(before, "symbi_agent_initializations_total", outcome="denied") == 1
+    assert (
+        after.since(before, "symbi_policy_decisions_total", point="embedded", action="agent.register", outcome="deny")
+        == 1
+    )
+    assert after.since(before, "symbi_policy_decision_seconds_count", point="embedded", action="agent.register") == 1
+    assert after.since(before, "symbi_security_events_total", kind="policy_denial") == 1
 
     mine = {s.context.span_id: s for s in spans if trace_id_of(s) == trace_id_of(operator)}
     (init,) = [s for s in mine.values() if s.name == "lifecycle.initialize"]

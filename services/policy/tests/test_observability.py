@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import httpx
 from opentelemetry import trace
-from prometheus_client.parser import text_string_to_metric_families
 from symbi_common.eventstore import EventStore
 from symbi_common.telemetry import capture_spans, trace_id_of
 
@@ -16,28 +15,13 @@ from .conftest import RunningPolicy, running_agent
 from .test_agent_policies import NO_SHELL, shell_request, wait_set
 
 MakeStore = Callable[..., Awaitable[EventStore]]
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    r = await http.get("/metrics")
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def test_agent_policies_join_the_agents_trace_and_decisions_are_counted(
-    policy: RunningPolicy, make_store: MakeStore
+    policy: RunningPolicy, make_store: MakeStore, scrape_metrics: Any
 ) -> None:
-    before = await scrape(policy.http)
-    assert value(before, "symbi_policy_sets", status="active") == 1  # the baseline
+    before = await scrape_metrics(policy.http)
+    assert before.value("symbi_policy_sets", status="active") == 1  # the baseline
     store = await make_store("lifecycle")
     with capture_spans() as spans:
         with trace.get_tracer("test").start_as_current_span("register careful-2") as registration:
@@ -67,18 +51,19 @@ async def test_agent_policies_join_the_agents_trace_and_decisions_are_counted(
     }
     assert (await policy.http.post("/v1/decisions", json=body)).json()["effect"] == "deny"
     await policy.service.decide(shell_request("someone-else"))
-    after = await scrape(policy.http)
+    after = await scrape_metrics(policy.http)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    assert value(after, "symbi_policy_sets", status="active") == 2
-    assert value(after, "symbi_policy_version") == policy.service.follower.version
-    assert delta("symbi_policy_agent_sets_total", change="activated") == 1
-    assert delta("symbi_events_consumed_total", consumer="policy_agent_events") == 3
-    assert delta("symbi_events_consumed_total", consumer="policy_follower") >= 1
-    assert delta("symbi_event_lag_seconds_count", consumer="policy_agent_events") == 3
-    assert delta("symbi_policy_decisions_total", point="service", action="tool.invoke", outcome="deny") == 1
-    assert delta("symbi_policy_decisions_total", point="service", action="tool.invoke", outcome="allow") == 1
-    assert delta("symbi_policy_decision_seconds_count", point="service", action="tool.invoke") == 2
-    assert delta("symbi_security_events_total", kind="policy_denial") == 1
+    assert after.value("symbi_policy_sets", status="active") == 2
+    assert after.value("symbi_policy_version") == policy.service.follower.version
+    assert after.since(before, "symbi_policy_agent_sets_total", change="activated") == 1
+    assert after.since(before, "symbi_events_consumed_total", consumer="policy_agent_events") == 3
+    assert after.since(before, "symbi_events_consumed_total", consumer="policy_follower") >= 1
+    assert after.since(before, "symbi_event_lag_seconds_count", consumer="policy_agent_events") == 3
+    assert (
+        after.since(before, "symbi_policy_decisions_total", point="service", action="tool.invoke", outcome="deny") == 1
+    )
+    assert (
+        after.since(before, "symbi_policy_decisions_total", point="service", action="tool.invoke", outcome="allow") == 1
+    )
+    assert after.since(before, "symbi_policy_decision_seconds_count", point="service", action="tool.invoke") == 2
+    assert after.since(before, "symbi_security_events_total", kind="policy_denial") == 1

@@ -18,7 +18,6 @@ import docker
 import msgspec
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from prometheus_client.parser import text_string_to_metric_families
 from symbi_common.commands import CommandClient
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.events import (
@@ -99,20 +98,10 @@ def spans() -> Iterator[list[ReadableSpan]]:
         yield finished
 
 
-async def metric_values(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The samples on the daemon's ``/metrics``, by name and labels."""
-    text = (await agent.http.get("/metrics")).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 async def test_an_allowed_write_is_performed_answered_traced_and_counted(
-    agent: Agent, scheduler: Scheduler, context_service: CommandClient, spans: list[ReadableSpan]
+    agent: Agent, scheduler: Scheduler, context_service: CommandClient, spans: list[ReadableSpan], scrape_metrics: Any
 ) -> None:
-    before = await metric_values(agent)
+    before = await scrape_metrics(agent.http)
     cmd = note_keeper()["workload"]["command"]
     trace_id = uuid.uuid4().hex
     task_id = await scheduler.submit(
@@ -157,17 +146,13 @@ async def test_an_allowed_write_is_performed_answered_traced_and_counted(
         assert headers.get("traceparent", "").split("-")[1] == trace_id, type(rec.event).__name__
 
     # Metrics: the execution, its measured usage, the action; nothing left running.
-    after = await metric_values(agent)
+    after = await scrape_metrics(agent.http)
 
-    def delta(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
-
-    assert delta("symbi_sandbox_actions_total", action="memory.write", outcome="allowed") == 1
-    assert delta("symbi_sandbox_executions_total", outcome="exited", tier="tier1") == 1
-    assert delta("symbi_sandbox_container_cpu_seconds_count", tier="tier1") == 1
-    assert delta("symbi_sandbox_container_peak_memory_bytes_count", tier="tier1") == 1
-    assert delta("symbi_sandbox_container_peak_memory_bytes_sum", tier="tier1") > 0
+    assert after.since(before, "symbi_sandbox_actions_total", action="memory.write", outcome="allowed") == 1
+    assert after.since(before, "symbi_sandbox_executions_total", outcome="exited", tier="tier1") == 1
+    assert after.since(before, "symbi_sandbox_container_cpu_seconds_count", tier="tier1") == 1
+    assert after.since(before, "symbi_sandbox_container_peak_memory_bytes_count", tier="tier1") == 1
+    assert after.since(before, "symbi_sandbox_container_peak_memory_bytes_sum", tier="tier1") > 0
     assert after[("symbi_sandbox_running_containers", (("tier", "tier1"),))] == 0
 
 

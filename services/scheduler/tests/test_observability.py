@@ -5,42 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
-from prometheus_client.parser import text_string_to_metric_families
 from schedkit import App, DenyAgents, FakeHost, eventually, register_agent, until_status
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_common.telemetry import capture_spans, trace_id_of
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(app: App) -> Samples:
-    r = await app.http.get("/metrics")
-    assert r.status_code == 200, r.text
-    out: Samples = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            if s.name.startswith("symbi_scheduler_"):
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
-
 
 async def test_metrics_count_tasks_by_outcome_queues_hosts_latencies_and_denials(
-    lifecycle: App, start_scheduler: Any, hosts: Any
+    lifecycle: App, start_scheduler: Any, hosts: Any, scrape_metrics: Any
 ) -> None:
     for agent in ("worker", "other", "shady"):
         await register_agent(lifecycle, agent)
     host: FakeHost = await hosts("h1", hold=True)
     point = DenyAgents("shady")
     async with start_scheduler(decisions=point) as scheduler:
-        before = await scrape(scheduler)
+        before = await scrape_metrics(scheduler.http)
 
         async def submit(agent: str, text: str) -> str:
             view = await scheduler.json("POST", "/v1/tasks", {"agent_id": agent, "input": text}, status=201)
@@ -51,14 +29,14 @@ async def test_metrics_count_tasks_by_outcome_queues_hosts_latencies_and_denials
         c = await submit("other", "c")
         await host.wait_running(a)
         await host.wait_running(c)
-        during = await scrape(scheduler)
-        assert value(during, "symbi_scheduler_running_tasks") == 2
-        assert value(during, "symbi_scheduler_queue_depth", priority="normal") == 1
-        assert value(during, "symbi_scheduler_queue_depth", priority="critical") == 0
-        assert value(during, "symbi_scheduler_hosts_known") == 1
-        assert value(during, "symbi_scheduler_hosts_live") == 1
-        assert value(during, "symbi_scheduler_leader") == 1
-        assert delta(during, before, "symbi_scheduler_submit_to_assign_seconds_count") == 2
+        during = await scrape_metrics(scheduler.http)
+        assert during.value("symbi_scheduler_running_tasks") == 2
+        assert during.value("symbi_scheduler_queue_depth", priority="normal") == 1
+        assert during.value("symbi_scheduler_queue_depth", priority="critical") == 0
+        assert during.value("symbi_scheduler_hosts_known") == 1
+        assert during.value("symbi_scheduler_hosts_live") == 1
+        assert during.value("symbi_scheduler_leader") == 1
+        assert during.since(before, "symbi_scheduler_submit_to_assign_seconds_count") == 2
 
         await scheduler.json("POST", f"/v1/tasks/{b}/cancel", {"reason": "not needed"})
         await host.finish(a)
@@ -67,27 +45,27 @@ async def test_metrics_count_tasks_by_outcome_queues_hosts_latencies_and_denials
         await until_status(scheduler, a, "completed")
         await until_status(scheduler, c, "completed")
         await until_status(scheduler, d, "denied")
-        after = await scrape(scheduler)
-        assert delta(after, before, "symbi_scheduler_tasks_total", outcome="succeeded") == 1
-        assert delta(after, before, "symbi_scheduler_tasks_total", outcome="failed") == 1
-        assert delta(after, before, "symbi_scheduler_tasks_total", outcome="cancelled") == 1
-        assert delta(after, before, "symbi_scheduler_allocate_denials_total") == 1
-        assert delta(after, before, "symbi_scheduler_submit_to_complete_seconds_count") == 2
-        assert delta(after, before, "symbi_scheduler_submit_to_complete_seconds_sum") > 0
-        assert delta(after, before, "symbi_scheduler_submit_to_assign_seconds_count") == 2
-        assert value(after, "symbi_scheduler_running_tasks") == 0
-        assert value(after, "symbi_scheduler_queue_depth", priority="normal") == 0
-        assert value(after, "symbi_scheduler_denied_tasks") == 1
+        after = await scrape_metrics(scheduler.http)
+        assert after.since(before, "symbi_scheduler_tasks_total", outcome="succeeded") == 1
+        assert after.since(before, "symbi_scheduler_tasks_total", outcome="failed") == 1
+        assert after.since(before, "symbi_scheduler_tasks_total", outcome="cancelled") == 1
+        assert after.since(before, "symbi_scheduler_allocate_denials_total") == 1
+        assert after.since(before, "symbi_scheduler_submit_to_complete_seconds_count") == 2
+        assert after.since(before, "symbi_scheduler_submit_to_complete_seconds_sum") > 0
+        assert after.since(before, "symbi_scheduler_submit_to_assign_seconds_count") == 2
+        assert after.value("symbi_scheduler_running_tasks") == 0
+        assert after.value("symbi_scheduler_queue_depth", priority="normal") == 0
+        assert after.value("symbi_scheduler_denied_tasks") == 1
 
     # A restarted replica rebuilds the gauges from the stream and counts no task a second time.
     async with start_scheduler(decisions=point) as again:
         await eventually(lambda: _leading(again))
-        restarted = await scrape(again)
-        assert value(restarted, "symbi_scheduler_denied_tasks") == 1
-        assert value(restarted, "symbi_scheduler_hosts_known") == 1
+        restarted = await scrape_metrics(again.http)
+        assert restarted.value("symbi_scheduler_denied_tasks") == 1
+        assert restarted.value("symbi_scheduler_hosts_known") == 1
         for outcome in ("succeeded", "failed", "cancelled"):
-            assert delta(restarted, before, "symbi_scheduler_tasks_total", outcome=outcome) == 1
-        assert delta(restarted, before, "symbi_scheduler_submit_to_complete_seconds_count") == 2
+            assert restarted.since(before, "symbi_scheduler_tasks_total", outcome=outcome) == 1
+        assert restarted.since(before, "symbi_scheduler_submit_to_complete_seconds_count") == 2
 
 
 async def _leading(app: App) -> bool:
