@@ -28,7 +28,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 from symbi_cli.infra import DATABASE_URL_ENV, NatsServer, create_database, database_url_or_start, drop_database
-from symbi_cli.runtime import SERVICE_PORT_OFFSETS
+from symbi_cli.runtime import SERVICE_PORT_OFFSETS, RuntimeOptions
+from symbi_cli.supervisor import RestartPolicy
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
@@ -302,6 +303,21 @@ def runtime_home() -> Iterator[Path]:
             for pid in processes_mentioning(str(home)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def runtime_options(runtime_home: Path, free_base_port: int, cli_env: dict[str, str]) -> RuntimeOptions:
+    """A whole runtime in ``runtime_home`` on free ports (NATS too), restarting crashed services at once, with a
+    short grace period and an audit checkpoint every second; ``options.env`` is also the environment for
+    ``symbi`` commands run against it."""
+    return RuntimeOptions(
+        home=runtime_home,
+        base_port=free_base_port,
+        nats_port=None,
+        grace_period=5.0,
+        restart=RestartPolicy(initial_backoff=0.1),
+        env=dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1"),
+    )
 
 
 # --- metrics (a service's ``/metrics``, scraped before and after what a test does) ----------------------

@@ -14,24 +14,16 @@ from symbi_audit.notes import parse_checkpoint
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import ReceiptInvalid, check_proof, stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
-from symbi_cli.supervisor import RestartPolicy
 from symbi_common.streams import RawMessage
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_run_registers_runs_remembers_and_proves(
-    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], symbi_exe: str
+    runtime_options: RuntimeOptions, runtime_home: Path, symbi_exe: str
 ) -> None:
-    env = dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1")
-    options = RuntimeOptions(
-        home=runtime_home,
-        base_port=free_base_port,
-        nats_port=None,
-        grace_period=5.0,
-        restart=RestartPolicy(initial_backoff=0.1),
-        env=env,
-    )
+    options = runtime_options
+    env = dict(options.env or {})
     rt = LocalRuntime(options)
     try:
         await rt.start()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +27,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from symbi_cli.runtime import ALL_SERVICES, RuntimeOptions
-from symbi_cli.supervisor import RestartPolicy
 
 #: Every process that works on a run: the ``symbi`` command (the root) and the six services.
 TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))
@@ -191,22 +190,12 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def traced_runtime(
-    runtime_home: Path, free_base_port: int, cli_env: dict[str, str], otlp_receiver: OtlpReceiver
-) -> RuntimeOptions:
-    """Options for a whole runtime whose every process exports spans to ``otlp_receiver`` within 0.2 s and
-    whose audit service signs a checkpoint every second; ``options.env`` is also the env for ``symbi`` commands."""
+def traced_runtime(runtime_options: RuntimeOptions, otlp_receiver: OtlpReceiver) -> RuntimeOptions:
+    """``runtime_options`` whose every process (and every ``symbi`` command run with ``options.env``) exports
+    its spans to ``otlp_receiver`` within 0.2 s."""
     env = dict(
-        cli_env,
-        SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1",
+        runtime_options.env or {},
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="200",
     )
-    return RuntimeOptions(
-        home=runtime_home,
-        base_port=free_base_port,
-        nats_port=None,
-        grace_period=5.0,
-        restart=RestartPolicy(initial_backoff=0.1),
-        env=env,
-    )
+    return dataclasses.replace(runtime_options, env=env)

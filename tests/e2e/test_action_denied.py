@@ -27,7 +27,6 @@ from symbi_cli.agent_cmd import registration_body
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
-from symbi_cli.supervisor import RestartPolicy
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
@@ -74,17 +73,9 @@ async def opened_events(home: Path, task_id: str) -> list[tuple[RawMessage, Task
 
 
 async def test_a_denied_action_suspends_the_agent_and_a_policy_change_and_resume_complete_the_task(
-    runtime_home: Path, free_base_port: int, cli_env: dict[str, str]
+    runtime_options: RuntimeOptions, runtime_home: Path
 ) -> None:
-    env = dict(cli_env, SYMBI_SANDBOX__HOST_ID=f"e2e-{secrets.token_hex(4)}")
-    options = RuntimeOptions(
-        home=runtime_home,
-        base_port=free_base_port,
-        nats_port=None,
-        grace_period=5.0,
-        restart=RestartPolicy(initial_backoff=0.1),
-        env=env,
-    )
+    options = runtime_options
     agent_id = f"note-keeper-{secrets.token_hex(3)}"
     async with LocalRuntime(options) as rt, httpx.AsyncClient(timeout=15) as http:
         await rt.wait_ready(timeout=90)

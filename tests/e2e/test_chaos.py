@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -231,7 +232,7 @@ async def offline_audit(symbi_exe: str, env: dict[str, str], home: Path) -> dict
 
 @pytest.mark.parametrize("victim", VICTIMS, ids=[f"{v}-seed{SEED}" for v in VICTIMS])
 async def test_kill_9_of_a_service_during_20_tasks(
-    victim: str, runtime_home: Path, free_base_port: int, cli_env: dict[str, str], symbi_exe: str
+    victim: str, runtime_options: RuntimeOptions, runtime_home: Path, symbi_exe: str
 ) -> None:
     rng = random.Random(f"{SEED}:{victim}")
     #: The kill comes this long after this many tasks have started (drawn, so runs differ in when it lands:
@@ -239,18 +240,11 @@ async def test_kill_9_of_a_service_during_20_tasks(
     in_flight, delay = rng.randint(1, AGENTS), round(rng.uniform(0, 2 * WORK_S), 2)
     print(f"chaos: seed {SEED}: kill -9 {victim} {delay} s after {in_flight} task(s) run")
 
-    env = dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1")
+    options = dataclasses.replace(runtime_options, restart=RestartPolicy(initial_backoff=0.1, max_backoff=1.0))
+    env = dict(options.env or {})
     #: The sandbox host `symbi up` gives this home (checked below to be where every task ran).
     host_id = sandbox_host_id(runtime_home, env)
     assert host_id is not None
-    options = RuntimeOptions(
-        home=runtime_home,
-        base_port=free_base_port,
-        nats_port=None,
-        grace_period=5.0,
-        restart=RestartPolicy(initial_backoff=0.1, max_backoff=1.0),
-        env=env,
-    )
     rt = LocalRuntime(options)
     try:
         await rt.start()
@@ -359,14 +353,14 @@ async def test_kill_9_of_a_service_during_20_tasks(
             assert findings == [], f"seed {SEED}, {victim} killed: {findings}"
             assert status["findings"] == 0, status
             # And offline, trusting nothing but the keyring: the exported log against the signed checkpoint.
-            report = await offline_audit(symbi_exe, cli_env, runtime_home)
+            report = await offline_audit(symbi_exe, env, runtime_home)
             assert report["ok"] is True, f"seed {SEED}, {victim} killed: {report['findings']}"
             assert report["events"] >= last_sequence
             assert report["checkpoint"] is not None
 
         # What an operator sees: everything healthy again, and which service was restarted after what.
         proc = await asyncio.create_subprocess_exec(
-            symbi_exe, "status", "--home", str(runtime_home), "--json", env=cli_env, stdout=asyncio.subprocess.PIPE
+            symbi_exe, "status", "--home", str(runtime_home), "--json", env=env, stdout=asyncio.subprocess.PIPE
         )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
         health = json.loads(out)
