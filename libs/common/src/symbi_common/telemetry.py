@@ -169,20 +169,17 @@ def continue_trace(
     the incoming context, so what it appends still carries the caller's trace onward, at the cost of
     parsing one header.
     """
-    if not tracing_enabled():
-        if not headers or _TRACEPARENT not in headers:
-            yield trace.INVALID_SPAN
-            return
-        token = otel_context.attach(propagate.extract(headers))
-        try:
-            yield trace.get_current_span()
-        finally:
-            otel_context.detach(token)
+    exported = tracing_enabled()
+    if not exported and _TRACEPARENT not in (headers or {}):
+        yield trace.INVALID_SPAN
         return
     token = otel_context.attach(extract_trace(headers))
     try:
-        with trace.get_tracer("symbi").start_as_current_span(name, kind=kind, attributes=attributes) as span:
-            yield span
+        if exported:
+            with trace.get_tracer("symbi").start_as_current_span(name, kind=kind, attributes=attributes) as span:
+                yield span
+        else:
+            yield trace.get_current_span()
     finally:
         otel_context.detach(token)
 
