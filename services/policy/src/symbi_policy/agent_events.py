@@ -23,6 +23,7 @@ from nats.js.api import DeliverPolicy
 from symbi_common.commands import CommandMeta
 from symbi_common.errors import SymbiError, Timeout
 from symbi_common.eventstore import EventStore
+from symbi_common.projection import wait_for_position
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_lifecycle.config import PolicySpec
@@ -95,14 +96,9 @@ class AgentPolicyFollower:
         """Wait (at most ``timeout_s``, capped at 30 s) until the agent events up to ``sequence`` are applied:
         the lifecycle asks after a configuration change, so that a policy change takes effect before the
         operator's next step (a resume) is decided."""
-        try:
-            async with asyncio.timeout(min(max(request.timeout_s, 0.0), 30.0)):
-                async with self._advanced:
-                    await self._advanced.wait_for(lambda: self.position >= request.sequence)
-        except TimeoutError:
-            raise Timeout(
-                f"agent events are applied up to sequence {self.position}, not yet {request.sequence}"
-            ) from None
+        timeout = min(max(request.timeout_s, 0.0), 30.0)
+        if not await wait_for_position(self._advanced, lambda: self.position, request.sequence, timeout):
+            raise Timeout(f"agent events are applied up to sequence {self.position}, not yet {request.sequence}")
         return CaughtUp(position=self.position)
 
     async def _handle(self, msg: Any, sequence: int) -> None:

@@ -30,6 +30,7 @@ from symbi_common.policy.events import (
     PolicySetState,
     apply_policy_event,
 )
+from symbi_common.projection import wait_for_position
 from symbi_common.sealing import ChainTip, check_link, decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import SECURITY_EVENTS, continue_trace, observe_consumed
@@ -85,14 +86,7 @@ class PolicyFollower:
 
     async def wait_for(self, version: int, timeout: float = 5.0) -> bool:
         """Wait until the engine's version is at least ``version``; False on timeout."""
-        if self.engine.version >= version:
-            return True
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.engine.version >= version), timeout)
-            except TimeoutError:
-                return False
-        return True
+        return await wait_for_position(self._changed, lambda: self.engine.version, version, timeout)
 
     async def _on_msg(self, msg: Any) -> None:
         meta = msg.metadata
