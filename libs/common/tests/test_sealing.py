@@ -22,7 +22,8 @@ from symbi_common.errors import (
     UnknownSigningKey,
     VersionGap,
 )
-from symbi_common.keyring import KeyRegistry, init_keyring, load_signer
+from symbi_common.keyfiles import init_keyring
+from symbi_common.keyring import KeyRegistry, load_signer
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip, OpenedEvent, check_link, decrypt, open_envelope, seal
 
 SUBJECT = "evt.agent.a1"
@@ -34,8 +35,8 @@ class Keys:
     def __init__(self, path: Path) -> None:
         init_keyring(path)
         self.registry = KeyRegistry.load(path)
-        self.lifecycle = load_signer(path / "lifecycle.key")
-        self.policy = load_signer(path / "policy.key")
+        self.lifecycle = load_signer(path / "lifecycle" / "signing.key")
+        self.policy = load_signer(path / "policy" / "signing.key")
         self.data_key = AeadKey("agent.a1/1", os.urandom(32))
 
 

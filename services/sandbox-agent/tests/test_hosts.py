@@ -19,8 +19,7 @@ import docker
 import msgspec
 import nats
 import pytest
-from symbi_cli.infra import NatsServer
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_cli.infra import NatsServer, provision_nats
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings, load_settings
 from symbi_sandbox_agent.errors import DockerUnavailable
@@ -216,11 +215,12 @@ async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing
 
 
 async def test_a_run_rides_out_a_nats_server_restart(
-    docker_client: Any, keys_dir: Path, tmp_path: Path, signer_for: Any, registry: Any, master_key: bytes
+    docker_client: Any, keys_dir: Path, tmp_path: Path, signer_for: Any, registry: Any, datakeys_for: Any
 ) -> None:
     """Output and the terminal event produced while NATS is down are stored once it is back."""
     port = free_port()
     server = NatsServer(tmp_path / "nats", port=port, log_file=tmp_path / "nats.log").start()
+    provision_nats(server.url)
     host = "nats-" + os.urandom(3).hex()
     env = agent_env(server.url, keys_dir, host, tmp_path / "work")
     nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
@@ -230,7 +230,7 @@ async def test_a_run_rides_out_a_nats_server_restart(
             signer=signer_for("scheduler"),
             producer="scheduler",
             registry=registry,
-            datakeys=DataKeys(await KvDataKeyStore.open(nc.jetstream()), master_key),
+            datakeys=await datakeys_for(nc, "scheduler"),
         )
         scheduler = Scheduler(store, nc)
         async with running_agent(load_settings(env=env)):

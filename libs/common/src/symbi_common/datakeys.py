@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -290,3 +291,13 @@ class DataKeys:
     def forget(self, name: str) -> None:
         """Drop a cached key (after another process destroyed or rotated it)."""
         self._cache.pop(name, None)
+
+
+async def open_service_datakeys(js: Any, service_dir: Path, service: str, registry: KeyRegistry) -> DataKeys:
+    """``service``'s :class:`DataKeys` on the ``DATAKEYS`` bucket, with the wrap key from its own directory."""
+    from symbi_common.keyfiles import WRAP_KEY_FILE
+    from symbi_common.keyring import load_wrap_key
+
+    return DataKeys(
+        await KvDataKeyStore.open(js), load_wrap_key(service_dir / WRAP_KEY_FILE), registry, service=service
+    )

@@ -61,7 +61,7 @@ def stream_read_api(stream: str) -> list[str]:
 
 def streams_read_by(service: str) -> tuple[str, ...]:
     if service == OPERATOR:
-        return ("EVENTS", "SNAPSHOTS", "AUDIT")
+        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS")
     return (*_COMMON_READS, *_EXTRA_READS.get(service, ()))
 
 
