@@ -55,10 +55,11 @@ def make(
     version: int = 1,
     prev_hash: bytes = ZERO_HASH,
     payload: bytes = b"payload",
+    producer: str = "lifecycle",
 ) -> bytes:
     data, _ = seal(
         signer=signer or keys.lifecycle,
-        producer="lifecycle",
+        producer=producer,
         data_key=data_key or keys.data_key,
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
@@ -160,6 +161,12 @@ def test_unauthorised_signer(keys: Keys) -> None:
     """The policy service's (registered) key may not write agent events."""
     with pytest.raises(UnauthorisedSigner, match=r"of service policy may not write evt\.agent\.a1"):
         verify(keys, make(keys, signer=keys.policy))
+
+
+def test_producer_must_be_the_signing_key_service(keys: Keys) -> None:
+    """The owner's own key, but the header claims another producer: refused, not misattributed."""
+    with pytest.raises(UnauthorisedSigner, match="names producer 'scheduler' but is signed by a key of lifecycle"):
+        verify(keys, make(keys, producer="scheduler"))
 
 
 def test_bad_signature(keys: Keys) -> None:
