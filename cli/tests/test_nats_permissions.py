@@ -196,3 +196,19 @@ async def test_a_service_does_its_normal_work_with_its_own_credentials(runtime: 
         assert not [e for e in errors if "permissions violation" in e.lower()], errors
     finally:
         await nc.close()
+
+
+async def test_symbi_nats_provision_needs_the_admin_credential(runtime: LocalRuntime) -> None:
+    from symbi_cli.main import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    admin = await asyncio.to_thread(runner.invoke, app, ["nats", "provision", "--url", runtime.nats_url_for("admin")])
+    assert admin.exit_code == 0, admin.output
+    assert "provisioned" in admin.output
+    assert runtime.nats_passwords["admin"] not in admin.output
+    refused = await asyncio.to_thread(
+        runner.invoke, app, ["nats", "provision", "--url", runtime.nats_url_for("context")]
+    )
+    assert refused.exit_code == 1, refused.output
+    assert "failed" in refused.output
