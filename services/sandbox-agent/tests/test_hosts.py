@@ -19,7 +19,7 @@ import docker
 import msgspec
 import nats
 import pytest
-from symbi_cli.infra import NatsServer, provision_nats
+from symbi_cli.infra import NatsServer, provision_nats_async
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings, load_settings
 from symbi_sandbox_agent.errors import DockerUnavailable
@@ -220,7 +220,7 @@ async def test_a_run_rides_out_a_nats_server_restart(
     """Output and the terminal event produced while NATS is down are stored once it is back."""
     port = free_port()
     server = NatsServer(tmp_path / "nats", port=port, log_file=tmp_path / "nats.log").start()
-    provision_nats(server.url)
+    await provision_nats_async(server.url)
     host = "nats-" + os.urandom(3).hex()
     env = agent_env(server.url, keys_dir, host, tmp_path / "work")
     nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
