@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.aggregate import Repository
 from symbi_common.datakeys import open_service_datakeys
@@ -212,3 +213,22 @@ async def test_symbi_nats_provision_needs_the_admin_credential(runtime: LocalRun
     )
     assert refused.exit_code == 1, refused.output
     assert "failed" in refused.output
+
+
+async def test_a_restart_refuses_to_recreate_a_deleted_history_stream(runtime_home: Path, free_base_port: int) -> None:
+    """Even the admin deleting EVENTS is not papered over: the next start refuses instead of starting empty."""
+    env = {k: v for k, v in os.environ.items() if k != "SYMBI_DATABASE_URL"}
+    options = RuntimeOptions(home=runtime_home, services=[], base_port=free_base_port, nats_port=None, env=env)
+    first = LocalRuntime(options)
+    await first.start()
+    try:
+        admin = await _connect(first.nats_url_for("admin"), [])
+        try:
+            await admin.jetstream().delete_stream("EVENTS")
+        finally:
+            await admin.close()
+    finally:
+        await first.stop()
+    again = LocalRuntime(options)
+    with pytest.raises(StartError, match="stream EVENTS is missing"):
+        await again.start()

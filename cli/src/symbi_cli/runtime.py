@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import asyncpg
-from symbi_common.errors import ConfigError, KeyringError
+from symbi_common.errors import ConfigError, InfrastructureError, KeyringError
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,
@@ -276,7 +276,7 @@ class LocalRuntime:
             await self._start()
         except BaseException as exc:
             await self.stop()
-            if isinstance(exc, InfraError | KeyringError | OSError | asyncpg.PostgresError):
+            if isinstance(exc, InfraError | KeyringError | InfrastructureError | OSError | asyncpg.PostgresError):
                 raise StartError(f"the runtime did not start: {_shorten(str(exc))}") from exc
             raise
 
@@ -290,6 +290,7 @@ class LocalRuntime:
 
         self.reporter.step("starting nats-server (JetStream, one least-privilege user per service)")
         auth_file = self._write_nats_auth()
+        existing_store = (self.home / "nats" / "jetstream").exists()
         nats = NatsServer(
             self.home / "nats",
             port=self.options.nats_port,
@@ -301,7 +302,7 @@ class LocalRuntime:
         self._write_secret(self.home / "run" / "nats-operator.url", self.nats_url)
         self.reporter.step(f"nats-server {nats.url} (pid {nats.pid}, store {self.home / 'nats'})")
         # Streams and KV buckets exist before any service starts: services may not create them.
-        await provision_nats_async(self.nats_url_for(ADMIN))
+        await provision_nats_async(self.nats_url_for(ADMIN), existing_store=existing_store)
         self.reporter.step("streams and KV buckets provisioned with the admin credential")
 
         external = self.env.get(DATABASE_URL_ENV, "")

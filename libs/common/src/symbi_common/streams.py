@@ -121,12 +121,28 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
     ]
 
 
-async def provision_streams(js: Any, settings: StreamSettings | None = None) -> None:
+#: Streams whose loss is lost history: never re-created silently on a store that held them.
+HISTORY_STREAMS = (EVENTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
+
+
+async def provision_streams(js: Any, settings: StreamSettings | None = None, *, existing_store: bool = False) -> None:
     """Create the streams and KV buckets if missing, or update the streams to the current configuration.
 
     Idempotent. Needs the NATS ``admin`` credential (``symbi up`` runs it before any service starts).
+    ``existing_store``: the server's store is not new, so a missing history stream (``EVENTS``,
+    ``AUDIT``, KV ``DATAKEYS``) was deleted: raise :class:`InfrastructureError` instead of starting
+    a fresh, empty one.
     """
     s = settings or StreamSettings()
+    if existing_store:
+        for name in HISTORY_STREAMS:
+            try:
+                await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                raise InfrastructureError(
+                    f"the JetStream store exists but stream {name} is missing: its history was deleted; "
+                    "refusing to re-create it empty (restore the store, or start over with a new home)"
+                ) from None
     for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s)):
         try:
             await js.add_stream(cfg)
