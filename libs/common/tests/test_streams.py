@@ -30,7 +30,9 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
     after = {name: (await js.stream_info(name)).config for name in before}
     assert after == before
     names = sorted([s.config.name for s in await js.streams_info()])
-    assert names == sorted([AUDIT_STREAM, EVENTS_STREAM, SNAPSHOTS_STREAM, "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER"])
+    assert names == sorted(
+        [AUDIT_STREAM, EVENTS_STREAM, SNAPSHOTS_STREAM, "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER"]
+    )
 
     events = after[EVENTS_STREAM]
     assert events.subjects == ["evt.>"]
