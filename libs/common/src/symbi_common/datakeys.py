@@ -20,10 +20,13 @@ from typing import Any, Protocol
 
 import msgspec
 import nats.js.errors
+import structlog
 
 from symbi_common.crypto import KEY_SIZE, AeadKey, WrapKey, seal_to
 from symbi_common.errors import DataKeyDestroyed, DataKeyNotEntitled, InfrastructureError, KeyringError
 from symbi_common.keyring import KeyRegistry, readers_of
+
+log = structlog.get_logger(__name__)
 
 DATAKEYS_BUCKET = "DATAKEYS"
 
@@ -148,7 +151,14 @@ class KvDataKeyStore:
                 if entry is not None:  # None marks the end of the entries that existed already
                     yield str(entry.key)
         finally:
-            await watcher.stop()
+            # Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
+            # wait_for would then wait for the cancelled stop forever; closing the connection ends it.
+            stopping = asyncio.ensure_future(watcher.stop())
+            await asyncio.wait({stopping}, timeout=2.0)
+            if not stopping.done():
+                stopping.cancel()
+            elif not stopping.cancelled() and stopping.exception() is not None:
+                log.debug("stopping the data key watcher failed", error=repr(stopping.exception()))
 
 
 def split_key_id(data_key_id: str) -> tuple[str, int]:

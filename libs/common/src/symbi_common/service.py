@@ -132,7 +132,11 @@ class ServiceRuntime:
                 f"{STARTUP_CONNECT_TIMEOUT_S:g} s: {exc!r}; check nats.url / SYMBI_NATS_URL"
             ) from None
         self.js = self.nc.jetstream(timeout=s.nats.request_timeout_s)
-        await require_streams(self.js)
+        try:
+            await require_streams(self.js)  # provisioned by the NATS admin; never created here
+        except BaseException:
+            await self.nc.close()
+            raise
         self.datakeys = DataKeys(await KvDataKeyStore.open(self.js), wrap_key, self.registry, service=self.name)
         self.spawn(self.datakeys.follow_changes(), "datakeys:follow")
         self.store = EventStore(
@@ -250,12 +254,17 @@ class ServiceRuntime:
                 await close()
         for task in list(self._tasks):
             task.cancel()
+        stuck: set[asyncio.Task[Any]] = set()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Bounded: a NATS watch cancelled while it is still being set up may only end when the
+            # connection closes (seen over TLS), so wait for the rest after the drain.
+            _, stuck = await asyncio.wait(set(self._tasks), timeout=5.0)
         try:
             await self.nc.drain()
         except Exception as exc:  # already closed or the server went away
             log.debug("nats drain failed", error=str(exc))
+        if stuck:
+            await asyncio.wait(stuck, timeout=5.0)
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
