@@ -232,3 +232,27 @@ async def test_a_restart_refuses_to_recreate_a_deleted_history_stream(runtime_ho
     again = LocalRuntime(options)
     with pytest.raises(StartError, match="stream EVENTS is missing"):
         await again.start()
+
+
+async def test_each_service_is_given_only_its_own_key_directory(runtime: LocalRuntime) -> None:
+    root_key = runtime.operator_dir / "root.key"
+    assert root_key.exists()
+    assert runtime.keys_dir not in root_key.parents
+    for service in SERVICE_SUBJECTS:
+        env = runtime._spec(service, "").env
+        own = runtime.keys_dir / service
+        assert env["SYMBI_KEYS_DIR"] == str(own)
+        assert {env["SYMBI_SIGNING_KEY_PATH"], env["SYMBI_WRAP_KEY_PATH"], env["SYMBI_ROOT_PUBLIC_KEY_PATH"]} == {
+            str(own / "signing.key"),
+            str(own / "wrap.key"),
+            str(own / "root.pub"),
+        }
+        assert sorted(p.name for p in own.iterdir()) == [
+            "registry.json",
+            "registry.json.sig",
+            "root.pub",
+            "signing.key",
+            "wrap.key",
+        ]
+        assert not [v for v in env.values() if str(runtime.operator_dir) in v], service
+        assert env["SYMBI_NATS_URL"] == runtime.nats_url_for(service)  # its own NATS user, never admin
