@@ -45,7 +45,7 @@ from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     TERMINAL_TYPES,
     ExecutionExited,

@@ -26,8 +26,8 @@ from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import Settings, load_settings
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 from symbi_sandbox_agent.agent import SandboxAgent
-from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 from symbi_sandbox_agent.main import build_app
 
 IMAGE = "symbi/busybox:1"

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from symbi_common.commands import CommandClient
 from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
-from symbi_sandbox_agent.errors import ExecutionStateError, UnknownExecution
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError, UnknownExecution
+from symbi_contracts.sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
     ExecutionKilled,

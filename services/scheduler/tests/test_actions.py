@@ -19,8 +19,8 @@ from schedkit import (
     until_status,
 )
 from symbi_common.commands import CommandClient
-from symbi_lifecycle.domain import CODEC as AGENT_CODEC
-from symbi_lifecycle.domain import AgentSuspended
+from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
+from symbi_contracts.lifecycle.events import AgentSuspended
 from symbi_scheduler.domain import TaskCompleted, TaskResumed, TaskSuspended
 
 

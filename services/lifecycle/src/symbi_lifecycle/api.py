@@ -37,6 +37,7 @@ from fastapi import APIRouter, Request, Response
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body, json_response
+from symbi_contracts.wire import decode_json
 
 from symbi_lifecycle.application import (
     AgentRequest,
@@ -53,7 +54,6 @@ from symbi_lifecycle.application import (
     SuspendRequest,
     TerminateRequest,
 )
-from symbi_lifecycle.config import decode_json
 from symbi_lifecycle.projections import AgentPage, AgentView
 
 R = TypeVar("R", bound=AgentRequest)

@@ -25,15 +25,15 @@ from symbi_common.aggregate import Repository
 from symbi_common.errors import BadRequest, SymbiError, Timeout, ValidationError
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import new_event_id
+from symbi_contracts.lifecycle.config import AgentConfig
+from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import config_name
 
-from symbi_lifecycle.config import AgentConfig, convert_config
+from symbi_lifecycle.config import convert_config
 from symbi_lifecycle.controller import InitializationController
 from symbi_lifecycle.domain import (
     AGENT_ID_RE,
-    AgentEvent,
     AgentState,
-    AgentStatus,
     AssignTask,
     Command,
     CompleteTask,

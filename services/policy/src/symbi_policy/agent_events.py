@@ -26,8 +26,8 @@ from symbi_common.eventstore import EventStore
 from symbi_common.projection import wait_for_position
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import continue_trace, observe_consumed
-from symbi_lifecycle.config import PolicySpec
-from symbi_lifecycle.domain import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
+from symbi_contracts.lifecycle.config import PolicySpec
+from symbi_contracts.lifecycle.events import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
 
 from symbi_policy.application import PolicyService
 from symbi_policy.metrics import AGENT_EVENTS

@@ -22,8 +22,8 @@ from symbi_common.eventstore import Recorded
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import inject_trace
-from symbi_lifecycle.domain import AgentStatus
-from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.lifecycle.events import AgentStatus
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 
 from symbi_scheduler import metrics
 from symbi_scheduler.domain import (

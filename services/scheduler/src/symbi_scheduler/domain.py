@@ -30,7 +30,7 @@ from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
 from symbi_common.events import Event, EventCodec
-from symbi_lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, ResourceLimits, Workload
 
 AGGREGATE_TYPE = "task"
 

@@ -31,8 +31,8 @@ from symbi_common.errors import AlreadyExists, DomainError, SymbiError
 from symbi_common.eventstore import Recorded
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import continue_trace, inject_trace
-from symbi_lifecycle.config import ResourceLimits
-from symbi_sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
+from symbi_contracts.lifecycle.config import ResourceLimits
+from symbi_contracts.sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
 
 from symbi_scheduler import metrics
 from symbi_scheduler.chores import (
