@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
-from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
+from symbi_common.domain import AggregateType
 from symbi_common.errors import (
     AlreadyExists,
     DomainError,

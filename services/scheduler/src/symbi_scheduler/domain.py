@@ -26,8 +26,8 @@ import re
 from typing import ClassVar
 
 import msgspec
-from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
+from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
 from symbi_common.events import Event, EventCodec
 from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, ResourceLimits, Workload
