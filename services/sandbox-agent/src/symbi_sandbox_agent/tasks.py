@@ -95,10 +95,20 @@ TaskEvent = (
 
 
 class _TolerantCodec(EventCodec[TaskEvent]):
-    def decode(self, data: bytes, *, event_type: str, sequence: int | None = None, subject: str | None = None) -> Any:
+    def decode(
+        self,
+        data: bytes,
+        *,
+        event_type: str,
+        schema_version: int | None = None,
+        sequence: int | None = None,
+        subject: str | None = None,
+    ) -> Any:
         if event_type not in self.tags:
             return OtherTaskEvent(event_type=event_type)
-        return super().decode(data, event_type=event_type, sequence=sequence, subject=subject)
+        return super().decode(
+            data, event_type=event_type, schema_version=schema_version, sequence=sequence, subject=subject
+        )
 
 
 TASK_CODEC: EventCodec[TaskEvent] = _TolerantCodec(
