@@ -54,9 +54,9 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     OutputDigest,
 )
+from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCancelled, TaskCompleted, TaskSubmitted
 from symbi_sandbox_agent.spec import LABEL_HOST
-from symbi_scheduler.domain import CODEC as TASK_CODEC
-from symbi_scheduler.domain import TaskAssigned, TaskCancelled, TaskCompleted, TaskSubmitted
 
 AGENTS = 4
 TASKS = 20

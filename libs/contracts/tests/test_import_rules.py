@@ -42,6 +42,7 @@ PURE_MODULES = (
     "symbi_contracts.sandbox_agent.events",
     "symbi_contracts.sandbox_agent.errors",
     "symbi_contracts.sandbox_agent.risk",
+    "symbi_contracts.scheduler.events",
     "symbi_contracts.subjects",
     "symbi_contracts.wire",
     "symbi_common.domain",

@@ -11,10 +11,10 @@ from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
 from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_contracts.diagram import COMMAND, render
-from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
 from symbi_contracts.subjects import CATALOGUE, CLI, SERVICES, EventVersion, Subject, versions
-from symbi_scheduler.domain import CODEC as TASK_CODEC
+from symbi_lifecycle.domain import AGENT
+from symbi_scheduler.domain import TASK
 from symbi_scheduler.schedules import CODEC as SCHEDULE_CODEC
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -22,8 +22,8 @@ PAGE = ROOT / "docs" / "subjects.md"
 
 #: The codec the owner of each event subject writes with.
 WRITTEN_WITH: dict[str, EventCodec] = {  # type: ignore[type-arg]
-    "evt.agent.<agent_id>": AGENT_CODEC,
-    "evt.task.<task_id>": TASK_CODEC,
+    "evt.agent.<agent_id>": AGENT.codec,
+    "evt.task.<task_id>": TASK.codec,
     "evt.schedule.<agent_id>": SCHEDULE_CODEC,
     "evt.execution.<task_id>": EXECUTION_CODEC,
     "evt.host.<host_id>": HOST_CODEC,

@@ -48,7 +48,7 @@ from symbi_contracts.sandbox_agent.events import (
     Limits,
     OutputDigest,
 )
-from symbi_scheduler.domain import CODEC, TaskAssigned, TaskSubmitted
+from symbi_contracts.scheduler.events import CODEC, TaskAssigned, TaskSubmitted
 from symbi_scheduler.work import ensure_work_stream
 
 MakeStore = Callable[..., Awaitable[EventStore]]

@@ -21,7 +21,7 @@ from schedkit import (
 from symbi_common.commands import CommandClient
 from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 from symbi_contracts.lifecycle.events import AgentSuspended
-from symbi_scheduler.domain import TaskCompleted, TaskResumed, TaskSuspended
+from symbi_contracts.scheduler.events import TaskCompleted, TaskResumed, TaskSuspended
 
 
 async def _suspensions(store: Any, agent_id: str) -> list[AgentSuspended]:

@@ -4,6 +4,7 @@ Per owning service, the event types (msgspec tagged unions) and command payloads
 consume, with the subjects they travel on and their schema versions:
 
 - :mod:`symbi_contracts.lifecycle` — the agent configuration and the ``agent.*`` events;
+- :mod:`symbi_contracts.scheduler` — the ``task.*`` events;
 - :mod:`symbi_contracts.sandbox_agent` — the ``execution.*`` and ``host.*`` events, the typed errors of its
   commands, and the risk assessment that picks a task's sandbox tier;
 - :mod:`symbi_contracts.subjects` — the catalogue of subjects between services (who writes, who reads),

@@ -18,6 +18,7 @@ from symbi_common.events import Event
 
 from symbi_contracts.lifecycle import events as agent_events
 from symbi_contracts.sandbox_agent import events as execution_events
+from symbi_contracts.scheduler import events as task_events
 
 LIFECYCLE = "lifecycle"
 SCHEDULER = "scheduler"
@@ -88,15 +89,7 @@ CATALOGUE: tuple[Subject, ...] = (
         SCHEDULER,
         (SANDBOX_AGENT, CONTEXT, AUDIT, CLI),
         "a task: submitted, assigned to a host and tier, paused, completed",
-        _v1(
-            "task.submitted",
-            "task.assigned",
-            "task.preempted",
-            "task.suspended",
-            "task.resumed",
-            "task.completed",
-            "task.cancelled",
-        ),
+        versions(task_events.EVENT_TYPES),
     ),
     Subject(
         "events",

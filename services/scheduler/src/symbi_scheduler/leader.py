@@ -33,6 +33,16 @@ from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import continue_trace, inject_trace
 from symbi_contracts.lifecycle.config import ResourceLimits
 from symbi_contracts.sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
+from symbi_contracts.scheduler.events import (
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskEvent,
+    TaskPreempted,
+    TaskResumed,
+    TaskSubmitted,
+    TaskSuspended,
+)
 
 from symbi_scheduler import metrics
 from symbi_scheduler.chores import (
@@ -55,20 +65,7 @@ from symbi_scheduler.chores import (
 )
 from symbi_scheduler.chores import due as chores_due
 from symbi_scheduler.core import Place, Preempt
-from symbi_scheduler.domain import (
-    Command,
-    Record,
-    Submit,
-    TaskAssigned,
-    TaskCancelled,
-    TaskCompleted,
-    TaskEvent,
-    TaskPreempted,
-    TaskResumed,
-    TaskState,
-    TaskSubmitted,
-    TaskSuspended,
-)
+from symbi_scheduler.domain import Command, Record, Submit, TaskState
 from symbi_scheduler.follower import stop_requested
 from symbi_scheduler.lease import Lease
 from symbi_scheduler.model import Model

@@ -43,6 +43,17 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
 )
 from symbi_contracts.sandbox_agent.risk import RiskAssessment
+from symbi_contracts.scheduler.events import (
+    ResourceRequest,
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskEvent,
+    TaskPreempted,
+    TaskResumed,
+    TaskSubmitted,
+    TaskSuspended,
+)
 
 from symbi_scheduler.core import (
     CRITICAL,
@@ -56,21 +67,7 @@ from symbi_scheduler.core import (
     Strategy,
     Verdict,
 )
-from symbi_scheduler.domain import (
-    LEVEL,
-    PAUSE_REASONS,
-    ResourceRequest,
-    TaskAssigned,
-    TaskCancelled,
-    TaskCompleted,
-    TaskEvent,
-    TaskPreempted,
-    TaskResumed,
-    TaskStatus,
-    TaskSubmitted,
-    TaskSuspended,
-    effective_limits,
-)
+from symbi_scheduler.domain import LEVEL, PAUSE_REASONS, TaskStatus, effective_limits
 from symbi_scheduler.risk import assess_agent
 from symbi_scheduler.schedules import ScheduleEvent, ScheduleFired
 
