@@ -37,8 +37,10 @@ IO_PACKAGES = (
 #: Modules that must stay pure: every contract module, the shared domain building blocks, each domain.
 PURE_MODULES = (
     "symbi_contracts",
+    "symbi_contracts.lifecycle.commands",
     "symbi_contracts.lifecycle.config",
     "symbi_contracts.lifecycle.events",
+    "symbi_contracts.sandbox_agent.commands",
     "symbi_contracts.sandbox_agent.events",
     "symbi_contracts.sandbox_agent.errors",
     "symbi_contracts.sandbox_agent.risk",

@@ -3,10 +3,11 @@
 Per owning service, the event types (msgspec tagged unions) and command payloads that *other* services
 consume, with the subjects they travel on and their schema versions:
 
-- :mod:`symbi_contracts.lifecycle` — the agent configuration and the ``agent.*`` events;
+- :mod:`symbi_contracts.lifecycle` — the agent configuration, the ``agent.*`` events and the commands other
+  services send it;
 - :mod:`symbi_contracts.scheduler` — the ``task.*`` events;
-- :mod:`symbi_contracts.sandbox_agent` — the ``execution.*`` and ``host.*`` events, the typed errors of its
-  commands, and the risk assessment that picks a task's sandbox tier;
+- :mod:`symbi_contracts.sandbox_agent` — the ``execution.*`` and ``host.*`` events, its commands and their
+  typed errors, and the risk assessment that picks a task's sandbox tier;
 - :mod:`symbi_contracts.subjects` — the catalogue of subjects between services (who writes, who reads),
   from which :mod:`symbi_contracts.diagram` draws ``docs/subjects.md``.
 

@@ -1,2 +1,2 @@
-"""The sandbox-agent's contract: ``execution.*``/``host.*`` events (:mod:`.events`), the typed errors of its
-commands (:mod:`.errors`) and the tier choice by risk (:mod:`.risk`)."""
+"""The sandbox-agent's contract: ``execution.*``/``host.*`` events (:mod:`.events`), its commands (:mod:`.commands`)
+and their typed errors (:mod:`.errors`), and the tier choice by risk (:mod:`.risk`)."""
