@@ -37,10 +37,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 def event_type(event: Event) -> str:
     """The stable tag of an event instance."""
-    tag = type(event).__struct_config__.tag
-    if not isinstance(tag, str):
-        raise TypeError(f"{type(event).__name__} has no string tag; declare it with tag='...'")
-    return tag
+    return tag_of(type(event))
 
 
 class EventCodec(Generic[E]):
@@ -56,7 +53,7 @@ class EventCodec(Generic[E]):
         if not types:
             raise ValueError("an EventCodec needs at least one event type")
         self.types = tuple(types)
-        self.by_tag: dict[str, type[E]] = {_tag_of(t): t for t in types}
+        self.by_tag: dict[str, type[E]] = {tag_of(t): t for t in types}
         self.tags = set(self.by_tag)
         self.versions: dict[str, int] = {tag: t.schema_version for tag, t in self.by_tag.items()}
         self.upcasters: dict[tuple[str, int], Upcaster] = dict(upcasters or {})
@@ -132,7 +129,8 @@ class EventCodec(Generic[E]):
             ) from exc
 
 
-def _tag_of(t: type[Event]) -> str:
+def tag_of(t: type[Event]) -> str:
+    """The stable tag of an event class."""
     tag = t.__struct_config__.tag
     if not isinstance(tag, str):
         raise TypeError(f"{t.__name__} has no string tag; declare it with tag='...'")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from symbi_common.events import Event
+from symbi_common.events import Event, tag_of
 
 from symbi_contracts.lifecycle import events as agent_events
 from symbi_contracts.sandbox_agent import events as execution_events
@@ -60,13 +60,7 @@ class Subject:
 
 def versions(types: Iterable[type[Event]]) -> tuple[EventVersion, ...]:
     """The ``(tag, schema_version)`` of each event class."""
-    out: list[EventVersion] = []
-    for t in types:
-        tag = t.__struct_config__.tag
-        if not isinstance(tag, str):
-            raise TypeError(f"{t.__name__} has no string tag")
-        out.append(EventVersion(tag, t.schema_version))
-    return tuple(out)
+    return tuple(EventVersion(tag_of(t), t.schema_version) for t in types)
 
 
 def _v1(*tags: str) -> tuple[EventVersion, ...]:
