@@ -10,11 +10,14 @@ from symbi_common.events import EventCodec
 from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
 from symbi_context.domain import KNOWLEDGE, MEMORY
+from symbi_context.index import SUBJECTS as CONTEXT_FOLLOWS
 from symbi_contracts.diagram import COMMAND, render
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
-from symbi_contracts.subjects import CATALOGUE, CLI, SERVICES, EventVersion, Subject, versions
+from symbi_contracts.subjects import CATALOGUE, CLI, SERVICES, EventVersion, Subject, find, versions
 from symbi_lifecycle.domain import AGENT
+from symbi_lifecycle.projections import AgentProjection
 from symbi_scheduler.domain import TASK
+from symbi_scheduler.follower import SUBJECTS as SCHEDULER_FOLLOWS
 from symbi_scheduler.schedules import CODEC as SCHEDULE_CODEC
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -70,3 +73,26 @@ def test_owners_and_readers_are_known_services() -> None:
         assert s.owner in SERVICES, s
         assert s.readers, s
         assert set(s.readers) <= {*SERVICES, CLI}, s
+
+
+@pytest.mark.parametrize(
+    ("service", "follows"),
+    [
+        ("scheduler", SCHEDULER_FOLLOWS),
+        ("context", CONTEXT_FOLLOWS),
+        ("lifecycle", tuple(AgentProjection.filter_subjects)),
+    ],
+)
+def test_what_a_service_follows_is_in_the_catalogue_as_its_own_or_read_by_it(
+    service: str, follows: tuple[str, ...]
+) -> None:
+    for subject_filter in follows:
+        entry = find(subject_filter)
+        assert service == entry.owner or service in entry.readers, (service, subject_filter)
+
+
+def test_a_filter_names_the_family_of_subjects() -> None:
+    assert find("evt.agent.>").subject == "evt.agent.<agent_id>"
+    assert find("audit.alert").kind == "notice"
+    with pytest.raises(KeyError, match=r"evt\.nothing"):
+        find("evt.nothing.>")

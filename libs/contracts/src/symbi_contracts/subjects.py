@@ -57,6 +57,20 @@ class Subject:
     """What it carries, in a few words."""
     events: tuple[EventVersion, ...] = ()
 
+    @property
+    def filter(self) -> str:
+        """The NATS filter of the whole family: ``evt.agent.<agent_id>`` → ``evt.agent.>``."""
+        head, _, _ = self.subject.partition("<")
+        return f"{head}>" if head != self.subject else self.subject
+
+
+def find(subject_filter: str) -> Subject:
+    """The catalogue entry whose family ``subject_filter`` (e.g. ``evt.agent.>``) is."""
+    for s in CATALOGUE:
+        if s.filter == subject_filter:
+            return s
+    raise KeyError(f"{subject_filter} is not in the catalogue of subjects")
+
 
 def versions(types: Iterable[type[Event]]) -> tuple[EventVersion, ...]:
     """The ``(tag, schema_version)`` of each event class."""
