@@ -34,7 +34,8 @@ IO_PACKAGES = (
     "onnxruntime",
 )
 
-#: Modules that must stay pure: every contract module, the shared domain building blocks, each domain.
+#: Modules that must stay pure: every contract module, the shared domain building blocks, each domain (and the
+#: other pure parts of a service that already stand alone).
 PURE_MODULES = (
     "symbi_contracts",
     "symbi_contracts.lifecycle.commands",
@@ -49,8 +50,11 @@ PURE_MODULES = (
     "symbi_contracts.wire",
     "symbi_common.domain",
     "symbi_common.events",
+    "symbi_dsl",
     "symbi_lifecycle.domain",
+    "symbi_lifecycle.config",
     "symbi_scheduler.domain",
+    "symbi_scheduler.core",
     "symbi_context.domain",
     pytest.param(
         "symbi_policy.domain",
