@@ -41,6 +41,7 @@ PURE_MODULES = (
     "symbi_contracts.lifecycle.commands",
     "symbi_contracts.lifecycle.config",
     "symbi_contracts.lifecycle.events",
+    "symbi_contracts.policy.commands",
     "symbi_contracts.sandbox_agent.commands",
     "symbi_contracts.sandbox_agent.events",
     "symbi_contracts.sandbox_agent.errors",

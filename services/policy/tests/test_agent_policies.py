@@ -20,7 +20,7 @@ from symbi_contracts.lifecycle.events import (
     AgentTaskCompleted,
     AgentTerminated,
 )
-from symbi_policy.agent_events import CaughtUpRequest
+from symbi_contracts.policy.commands import CaughtUpRequest
 from symbi_policy.agents import agent_policy_text
 from symbi_policy.main import build_app
 

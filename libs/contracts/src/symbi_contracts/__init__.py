@@ -6,6 +6,7 @@ consume, with the subjects they travel on and their schema versions:
 - :mod:`symbi_contracts.lifecycle` — the agent configuration, the ``agent.*`` events and the commands other
   services send it;
 - :mod:`symbi_contracts.scheduler` — the ``task.*`` events;
+- :mod:`symbi_contracts.policy` — the command the lifecycle sends the policy service;
 - :mod:`symbi_contracts.sandbox_agent` — the ``execution.*`` and ``host.*`` events, its commands and their
   typed errors, and the risk assessment that picks a task's sandbox tier;
 - :mod:`symbi_contracts.subjects` — the catalogue of subjects between services (who writes, who reads),
