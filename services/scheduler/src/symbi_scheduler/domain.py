@@ -28,7 +28,7 @@ from typing import ClassVar
 import msgspec
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
-from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, ResourceLimits
+from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, PRIORITIES, ResourceLimits
 from symbi_contracts.scheduler.events import (
     AGGREGATE_TYPE,
     CODEC,
@@ -46,7 +46,6 @@ from symbi_contracts.scheduler.events import (
 #: A task id is one NATS subject token (it names ``evt.task.<id>`` and ``evt.execution.<id>``).
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
-PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
 LEVEL: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 CRITICAL = LEVEL["critical"]
 
