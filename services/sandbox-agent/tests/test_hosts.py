@@ -22,8 +22,8 @@ import pytest
 from symbi_cli.infra import NatsServer, provision_nats_async
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings, load_settings
-from symbi_sandbox_agent.errors import DockerUnavailable
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import DockerUnavailable
+from symbi_contracts.sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
     ExecutionFailed,
