@@ -55,7 +55,7 @@ AGGREGATE_READERS: Mapping[str, tuple[str, ...]] = {
     "policy": ("policy", *(s for s in _ALL if s != "policy")),
     "audit": ("audit",),
     "execution": ("sandbox-agent", "scheduler", "audit"),
-    "host": ("sandbox-agent", "scheduler", "audit"),
+    "host": ("sandbox-agent", "audit"),
     "memory": ("context", "audit"),
     "knowledge": ("context", "audit"),
 }
