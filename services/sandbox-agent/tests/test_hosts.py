@@ -123,7 +123,7 @@ async def test_start_up_removes_its_containers_and_leftover_runtime_processes(
         assert reconciled.removed_containers == (stray_name,)
         assert shim_pids(gone) == []
         assert containers_of(docker_client, host_id) == []
-        events = [r.event for r in await scheduler.store.load("host", host_id, HOST_CODEC)]
+        events = [r.event for r in await scheduler.auditor.load("host", host_id, HOST_CODEC)]
         assert isinstance(events[0], HostReconciled)
         assert set(leftover) <= set(events[0].killed_processes)
 
@@ -203,7 +203,7 @@ async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing
         assert isinstance(r3.terminal, ExecutionExited)
         assert r3.stdout == b"after the crash\n"
         assert containers_of(docker_client, host_id) == []
-        reconciled = [r.event for r in await scheduler.store.load("host", host_id, HOST_CODEC)][-2]
+        reconciled = [r.event for r in await scheduler.auditor.load("host", host_id, HOST_CODEC)][-2]
         assert isinstance(reconciled, HostReconciled)
         assert set(reconciled.failed_tasks) == {running, vanishing}
         assert len(reconciled.removed_containers) == 1
