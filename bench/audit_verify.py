@@ -6,7 +6,7 @@ that both see the same machine load; figures are the median of the repeats:
 
 * baseline: raw PyNaCl ``VerifyKey.verify(message, signature)`` over the very (message, signature)
   pairs those events carry — nothing else.
-* ours: the audit verifier's whole per-event work (``symbi_audit.rules``): decode, subject check, key
+* ours: the audit verifier's whole per-event work (``symbi_tlog.rules``): decode, subject check, key
   lookup and authorisation, Ed25519 verify, stream-sequence check, per-aggregate chain and version
   check, Merkle leaf hash and tree append (RFC 6962 node hashes).
 
@@ -37,13 +37,13 @@ from pathlib import Path
 import _common
 import nacl.signing
 from symbi_audit.export import stored_events
-from symbi_audit.merkle import TreeBuilder
-from symbi_audit.rules import CachedRegistry, LogVerifier, authenticate_all
 from symbi_cli.infra import PostgresServer
 from symbi_common.envelope import decode_sealed, signed_message
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip
 from symbi_common.streams import RawMessage
+from symbi_tlog.merkle import TreeBuilder
+from symbi_tlog.rules import CachedRegistry, LogVerifier, authenticate_all
 
 TARGET = 0.8
 AGGREGATES = 200

@@ -15,9 +15,9 @@ import pytest
 import uvicorn
 from nats.aio.client import Client as NatsClient
 from symbi_audit.main import build_app
-from symbi_audit.offline import verify_export
 from symbi_common.keyring import KeyRegistry
 from symbi_common.settings import Settings
+from symbi_tlog.offline import verify_export
 
 from .conftest import Running, Writer, read_log
 

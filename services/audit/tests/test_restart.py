@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 from nats.aio.client import Client as NatsClient
-from symbi_audit.offline import verify_export
 from symbi_common.keyring import KeyRegistry
+from symbi_tlog.offline import verify_export
 
 from .conftest import Writer, audit_env, read_log
 

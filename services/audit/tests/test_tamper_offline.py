@@ -12,18 +12,6 @@ from collections.abc import Callable
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_audit.merkle import TreeBuilder
-from symbi_audit.notes import Checkpoint, sign_checkpoint
-from symbi_audit.offline import (
-    CHECKPOINT_SIGNATURE,
-    LOG_TRUNCATED,
-    ROOT_MISMATCH,
-    OfflineReport,
-    export_line,
-    read_export,
-    verify_export,
-)
-from symbi_audit.rules import SEQUENCE_GAP, SEQUENCE_ORDER, event_leaf
 from symbi_common.crypto import Signer
 from symbi_common.envelope import (
     SealedEvent,
@@ -35,6 +23,18 @@ from symbi_common.envelope import (
 )
 from symbi_common.keyring import KeyRegistry
 from symbi_common.streams import RawMessage
+from symbi_tlog.merkle import TreeBuilder
+from symbi_tlog.notes import Checkpoint, sign_checkpoint
+from symbi_tlog.offline import (
+    CHECKPOINT_SIGNATURE,
+    LOG_TRUNCATED,
+    ROOT_MISMATCH,
+    OfflineReport,
+    export_line,
+    read_export,
+    verify_export,
+)
+from symbi_tlog.rules import SEQUENCE_GAP, SEQUENCE_ORDER, event_leaf
 
 from .conftest import Writer, read_log
 
@@ -209,7 +209,7 @@ def test_partial_reading_trusts_mid_chain_starts_and_ignores_sequence_gaps(
     log: list[RawMessage], registry: KeyRegistry
 ) -> None:
     """How ``symbi events tail --last N --subject …`` reads: a filtered tail of the stream."""
-    from symbi_audit.rules import LogVerifier, authenticate
+    from symbi_tlog.rules import LogVerifier, authenticate
 
     tail = [m for m in log[10:] if m.subject.startswith("evt.agent.")]
     partial = LogVerifier(partial=True)

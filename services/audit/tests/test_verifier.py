@@ -10,9 +10,6 @@ from collections.abc import Callable
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_audit.merkle import verify_consistency, verify_inclusion
-from symbi_audit.notes import verify_checkpoint
-from symbi_audit.offline import verify_export
 from symbi_common.crypto import Signer
 from symbi_common.envelope import (
     SealedEvent,
@@ -25,6 +22,9 @@ from symbi_common.envelope import (
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import ChainTip
 from symbi_common.streams import AUDIT_STREAM, last_on_subject
+from symbi_tlog.merkle import verify_consistency, verify_inclusion
+from symbi_tlog.notes import verify_checkpoint
+from symbi_tlog.offline import verify_export
 
 from .conftest import Running, Writer, read_log
 

@@ -40,18 +40,18 @@ from symbi_common.sealing import OpenedEvent, decrypt
 from symbi_common.settings import AuditSettings
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage, keep_consuming
 from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
+from symbi_tlog.merkle import TreeBuilder
+from symbi_tlog.notes import Checkpoint, sign_checkpoint
+from symbi_tlog.offline import CHECKPOINT_SUBJECT
+from symbi_tlog.rules import CachedRegistry, Checked, Finding, LogVerifier, authenticate_all
 
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
 from symbi_audit.live import LiveFeed, event_item
-from symbi_audit.merkle import TreeBuilder
-from symbi_audit.notes import Checkpoint, sign_checkpoint
-from symbi_audit.rules import CachedRegistry, Checked, Finding, LogVerifier, authenticate_all
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
 
 log = structlog.get_logger(__name__)
 
 ALERT_SUBJECT = "audit.alert"
-CHECKPOINT_SUBJECT = "audit.checkpoint"
 
 FINDINGS = Counter("symbi_audit_findings_total", "Verification failures found in the event log", ["kind"])
 VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit service", ["outcome"])

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 from symbi_common.db import apply_schema
 from symbi_common.sealing import ChainTip
+from symbi_tlog.merkle import Node, range_nodes
+from symbi_tlog.rules import AggregateTip, Finding, VerifierState
 
 from symbi_audit.errors import ProofUnavailable
-from symbi_audit.merkle import Node, range_nodes
-from symbi_audit.rules import AggregateTip, Finding, VerifierState
 
 SCHEMA = (
     "CREATE SCHEMA IF NOT EXISTS audit",
