@@ -40,13 +40,14 @@ from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
 from symbi_common.streams import AUDIT_STREAM, EVENTS_STREAM, last_on_subject, read_subject
 from symbi_tlog.cosign import WitnessKey
-from symbi_tlog.notes import parse_checkpoint
+from symbi_tlog.notes import parse_checkpoint, verifier_key
 from symbi_tlog.offline import (
     CHECKPOINT_MISSING,
     CHECKPOINT_SUBJECT,
     DEFAULT_ORIGIN,
     OfflineReport,
     TrustAnchor,
+    audit_key,
     export_line,
     read_export,
     verify_export,
@@ -222,3 +223,18 @@ def verify_command(
         raise typer.Exit(2) from None
     _print_report(console, report, as_json)
     raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("log-key")
+def log_key_command(
+    keys_dir: Annotated[Path | None, typer.Option("--keys-dir", envvar="SYMBI_KEYS_DIR")] = None,
+    home: Annotated[Path, typer.Option("--home", envvar="SYMBI_HOME")] = DEFAULT_HOME,
+    origin: Annotated[str, typer.Option("--origin")] = DEFAULT_ORIGIN,
+) -> None:
+    """Print ORIGIN=VKEY of the audit log's active checkpoint key (for `symbi witness serve --log`)."""
+    try:
+        name, public_key = audit_key(KeyRegistry.load(keys_dir or home / "keys"))
+    except SymbiError as err:
+        Console(stderr=True).print(f"[red]symbi audit log-key: {err}[/]")
+        raise typer.Exit(2) from None
+    typer.echo(f"{origin}={verifier_key(name, public_key)}")

@@ -24,7 +24,7 @@ from symbi_common.sealing import ChainTip
 from symbi_common.streams import AUDIT_STREAM, last_on_subject
 from symbi_tlog.merkle import verify_consistency, verify_inclusion
 from symbi_tlog.notes import verify_checkpoint
-from symbi_tlog.offline import verify_export
+from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Running, Writer, read_log
 
@@ -63,7 +63,7 @@ async def test_untampered_log_verifies_and_is_checkpointed(
     latest = await running.http.get("/v1/audit/checkpoints/latest")
     assert latest.text == cps[0]["note"]
     # The service's tree is the offline verifier's tree.
-    report = verify_export(await read_log(provisioned), latest.text, registry)
+    report = verify_export(await read_log(provisioned), latest.text, TrustAnchor(registry))
     assert report.findings == []
     assert report.events == 60
 

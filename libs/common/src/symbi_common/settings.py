@@ -181,6 +181,15 @@ class SandboxSettings(_Section):
     heartbeat_interval_s: float = 1.0
 
 
+class WitnessSettings(_Section):
+    """One C2SP tlog-witness the audit service asks to cosign its checkpoints."""
+
+    #: The witness's submission prefix (``<url>/add-checkpoint``).
+    url: str
+    #: Its verifier key ``<name>+<hex key id>+<base64(0x04 ‖ Ed25519 key)>`` (``symbi witness init`` prints it).
+    key: str
+
+
 class AuditSettings(_Section):
     """The audit verifier and checkpoints (owned by the audit service's code)."""
 
@@ -194,6 +203,12 @@ class AuditSettings(_Section):
     verify_threads: int = 0
     #: NATS subject prefix of the live feed: ``<prefix>.<aggregate type>.<id>.<event type>``.
     live_subject: str = "audit.live"
+    #: Witnesses asked to cosign each checkpoint before it is published (``[[audit.witnesses]]``).
+    witnesses: list[WitnessSettings] = msgspec.field(default_factory=list)
+    #: Cosignatures a checkpoint needs before it is published (at most the number of witnesses).
+    min_witnesses: int = 0
+    #: Seconds between checks that the ``EVENTS`` stream still holds what the last signed checkpoint covers.
+    guard_interval_s: float = 10.0
 
 
 class Settings(_Section):

@@ -137,18 +137,24 @@ def check_checkpoint(
             )
         )
     signed_by: RegisteredKey | None = None
+    altered = False
     for key in log_keys(anchor.registry):
         if not any(n == key.key_id and h == key_hash(key.key_id, key.public_key) for n, h, _ in signatures):
             continue
         try:
             verify_checkpoint(note, key_name=key.key_id, public_key=key.public_key)
         except CheckpointInvalid:
+            altered = True
             continue
         if signed_by is None or key.status == "active":
             signed_by = key
     if signed_by is None:
         names = ", ".join(n for n, _, _ in signatures) or "none"
-        reason = f"{what} carries no valid signature by the audit service's key in the registry (signed by: {names})"
+        reason = (
+            f"the signature of the audit service's key on the {what} does not verify: the checkpoint is forged or altered"
+            if altered
+            else f"{what} carries no signature by the audit service's key in the registry (signed by: {names})"
+        )
         return None, [*findings, _cp_finding(CHECKPOINT_SIGNATURE, reason, what)]
     if signed_by.status != "active":
         reason = f"{what} is signed by audit key {signed_by.key_id}, which the registry marks {signed_by.status}"

@@ -2,7 +2,7 @@
 
 HTTP::
 
-    GET  /v1/audit/status                                   position, tree size, findings, latest checkpoint
+    GET  /v1/audit/status                                   position, tree size, findings, latest checkpoint, critical
     GET  /v1/audit/findings?kind=&after=&limit=             typed findings (paged by id)
     GET  /v1/audit/events?agent=&event_type=&producer=&aggregate=&correlation_id=&since=&until=
                          &after=&limit=&details=&min_sequence=
@@ -76,6 +76,7 @@ async def _status(service: AuditService) -> dict[str, Any]:
     status = await service.store.status()
     latest = await service.store.checkpoint()
     status["checkpoint"] = None if latest is None else {"size": latest.size, "note": latest.note}
+    status["critical"] = dict(service.guard.critical) if service.guard is not None else {}
     return status
 
 

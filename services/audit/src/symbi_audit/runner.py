@@ -48,6 +48,7 @@ from symbi_tlog.rules import CachedRegistry, Checked, Finding, LogVerifier, auth
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
 from symbi_audit.live import LiveFeed, event_item
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
+from symbi_audit.witnesses import WitnessPool
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +119,9 @@ class VerifierRunner:
         datakeys: DataKeys,
         settings: AuditSettings,
         live: LiveFeed,
+        witnesses: WitnessPool | None = None,
     ) -> None:
+        self.witnesses = witnesses
         self.js = js
         self.nc = nc
         self.store = store
@@ -338,9 +341,17 @@ class VerifierRunner:
             await self._publish(cp)
 
     async def _publish(self, cp: StoredCheckpoint) -> None:
+        note = cp.note
+        if self.witnesses is not None and self.witnesses.enabled:
+            cosigned = await self.witnesses.cosign(cp.note, cp.size)
+            if cosigned is None:
+                return  # not enough cosignatures: stays unpublished, asked again with the next checkpoint
+            if cosigned != cp.note:
+                await self.store.replace_note(cp.size, cosigned)
+            note = cosigned
         headers = {"Nats-Msg-Id": f"checkpoint:{self.settings.origin}:{cp.size}", "Symbi-Tree-Size": str(cp.size)}
         try:
-            await self.js.publish(CHECKPOINT_SUBJECT, cp.note.encode(), headers=headers)
+            await self.js.publish(CHECKPOINT_SUBJECT, note.encode(), headers=headers)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("checkpoint not published yet", size=cp.size, error=str(exc))
             return
