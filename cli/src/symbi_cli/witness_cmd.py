@@ -96,7 +96,10 @@ def build_witness_app(
             origin = parsed.note.partition("\n")[0]
             decision = decide(parsed, by_origin, state.latest.get(origin))
             if decision.status != 200 or decision.checkpoint is None:
-                return Response(decision.body, status_code=decision.status, media_type=decision.content_type)
+                # The content type exactly as the protocol names it (no charset added for text/x.tlog.size).
+                return Response(
+                    decision.body, status_code=decision.status, headers={"content-type": decision.content_type}
+                )
             cp = decision.checkpoint
             state.latest[cp.origin] = (cp.size, cp.root)
             await asyncio.to_thread(state.save)
