@@ -68,7 +68,7 @@ class LogGuard:
 
     async def _compare(self) -> dict[str, str]:
         latest = await self.store.checkpoint()
-        if latest is None:
+        if latest is None or latest.size == 0:
             return {}
         covered = f"the signed checkpoint of size {latest.size} covers up to sequence {latest.last_sequence}"
         try:

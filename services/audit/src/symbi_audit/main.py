@@ -65,6 +65,7 @@ def build_app(settings: Settings) -> FastAPI:
         await runner.setup()
         guard = LogGuard(js=rt.js, nc=rt.nc, store=store)
         await guard.check()  # before anything else: a rolled-back log is never taken for a fresh start
+        runner.hold = lambda: not guard.intact
 
         decisions = await rt.decision_point()
         service = AuditService(

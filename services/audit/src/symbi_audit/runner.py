@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -122,6 +123,8 @@ class VerifierRunner:
         witnesses: WitnessPool | None = None,
     ) -> None:
         self.witnesses = witnesses
+        self.hold: Callable[[], bool] = lambda: False
+        """True while the log guard reports the stream missing, shorter or rolled back."""
         self.js = js
         self.nc = nc
         self.store = store
@@ -196,6 +199,11 @@ class VerifierRunner:
         fetch = BacklogFetch(psub, self.settings.batch)
         try:
             while not self._stopping.is_set():
+                if self.hold():
+                    # The stream no longer holds what was signed: verifying what it holds now would grow the
+                    # signed tree with another history. Wait until an operator restores it.
+                    await asyncio.sleep(1.0)
+                    continue
                 msgs = await fetch(timeout=1.0)
                 if not msgs:
                     await self._checkpoint_if_due()
