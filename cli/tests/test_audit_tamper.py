@@ -385,3 +385,23 @@ def test_split_view(export: Export) -> None:
 
 def test_entries_not_covered_by_the_checkpoint(export: Export) -> None:
     assert export.kinds(export.log, export.note(export.log[:35])) == (1, ["entries_uncovered"])
+
+
+def test_verifying_on_several_processes_finds_the_same(export: Export) -> None:
+    i = at(export.log, "evt.agent.a1", 4)
+    data = bytearray(export.log[i].data)
+    data[-70] ^= 1
+    tampered = list(export.log)
+    tampered[i] = RawMessage(export.log[i].subject, export.log[i].sequence, bytes(data), {})
+    path = export.write(tampered, export.note(export.log))
+    one = export.verify(path, "--workers", "1")
+    two = export.verify(path, "--workers", "2")
+    assert one == two
+    assert [(f["sequence"], f["kind"]) for f in two[1]["findings"]] == [(i + 1, "bad_signature"), (40, "root_mismatch")]
+    path = export.write(export.log, export.note(export.log), "good")
+    assert export.verify(path, "--workers", "2")[0] == 0
+    # A malformed line, found by a worker process: unusable input, exit 2, naming the line.
+    path.write_bytes(path.read_bytes() + b"not json\n")
+    result = CliRunner().invoke(audit_app, ["verify", str(path), "--keys-dir", str(export.keys), "--workers", "2"])
+    assert result.exit_code == 2
+    assert "line 41" in result.output

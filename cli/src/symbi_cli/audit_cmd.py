@@ -49,8 +49,7 @@ from symbi_tlog.offline import (
     TrustAnchor,
     audit_key,
     export_line,
-    read_export,
-    verify_export,
+    verify_export_file,
 )
 
 from symbi_cli.events import DEFAULT_HOME, operator_url
@@ -215,8 +214,8 @@ def verify_command(
         if workers == 0:
             workers = (os.cpu_count() or 1) if log.stat().st_size >= PARALLEL_BYTES else 1
         with log.open("rb") as fh:
-            report = verify_export(
-                read_export(fh), note, anchor, previous=seen, workers=workers, require_checkpoint=not no_checkpoint
+            report = verify_export_file(
+                fh, note, anchor, previous=seen, workers=workers, require_checkpoint=not no_checkpoint
             )
     except (OSError, SymbiError) as err:
         console.print(f"[red]symbi audit verify: {err}[/]")

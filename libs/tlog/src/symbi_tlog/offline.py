@@ -77,9 +77,9 @@ def export_line(message: RawMessage) -> bytes:
     )
 
 
-def read_export(lines: Iterable[bytes]) -> Iterator[RawMessage]:
+def read_export(lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawMessage]:
     """The stored events of an export, in file order; :class:`ExportMalformed` names a bad line."""
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first_line):
         if not line.strip():
             continue
         try:
@@ -202,37 +202,45 @@ def _init_worker(document: bytes) -> None:
     _worker_registry = CachedRegistry(KeyRegistry(msgspec.json.decode(document, type=RegistryDocument)))
 
 
-def _verdicts(chunk: list[tuple[str, int, bytes]]) -> list[Verdict]:
+def _verdicts_of_lines(first_line: int, lines: list[bytes]) -> list[Verdict]:
     assert _worker_registry is not None, "the pool initializer loads the registry"
     registry = _worker_registry
-    return [verdict(RawMessage(s, q, d, {}), registry) for s, q, d in chunk]
+    return [verdict(m, registry) for m in read_export(lines, first_line)]
 
 
-def verdicts(
-    messages: Iterable[RawMessage], registry: KeyRegistry, *, workers: int = 1, chunk: int = 1024
+def _line_chunks(lines: Iterable[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
+    part: list[bytes] = []
+    first = 1
+    for number, line in enumerate(lines, 1):
+        if not part:
+            first = number
+        part.append(line)
+        if len(part) >= size:
+            yield first, part
+            part = []
+    if part:
+        yield first, part
+
+
+def verdicts_of_lines(
+    lines: Iterable[bytes], registry: KeyRegistry, *, workers: int = 1, chunk: int = 1024
 ) -> Iterator[Verdict]:
-    """Stage 1 of every message, in order; on ``workers`` processes when more than one.
+    """Stage 1 of every line of an export, in order; parsing and signatures on ``workers`` processes.
 
     The registry was verified against the pinned root already; the workers get its document.
     """
     if workers <= 1:
         cached = CachedRegistry(registry)
-        for m in messages:
+        for m in read_export(lines):
             yield verdict(m, cached)
         return
     document = msgspec.json.encode(registry.document)
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(document,)) as pool:
         pending: deque[Future[list[Verdict]]] = deque()
-        part: list[tuple[str, int, bytes]] = []
-        for m in messages:
-            part.append((m.subject, m.sequence, m.data))
-            if len(part) >= chunk:
-                pending.append(pool.submit(_verdicts, part))
-                part = []
-                while len(pending) > workers * 2:
-                    yield from pending.popleft().result()
-        if part:
-            pending.append(pool.submit(_verdicts, part))
+        for first, part in _line_chunks(lines, chunk):
+            pending.append(pool.submit(_verdicts_of_lines, first, part))
+            while len(pending) > workers * 2:
+                yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
 
@@ -246,11 +254,39 @@ def verify_export(
     anchor: TrustAnchor,
     *,
     previous: str | None = None,
+    require_checkpoint: bool = True,
+) -> OfflineReport:
+    """Verify stored events (in stream order) against the trust anchor, in this process; see :func:`verify`."""
+    cached = CachedRegistry(anchor.registry)
+    return verify(
+        (verdict(m, cached) for m in messages), note, anchor, previous=previous, require_checkpoint=require_checkpoint
+    )
+
+
+def verify_export_file(
+    lines: Iterable[bytes],
+    note: str | None,
+    anchor: TrustAnchor,
+    *,
+    previous: str | None = None,
     workers: int = 1,
     require_checkpoint: bool = True,
 ) -> OfflineReport:
-    """Verify an export against the trust anchor; ``previous``: a checkpoint seen before, ``workers``:
-    processes for the signatures. ``note`` None: a ``checkpoint_missing`` finding, unless
+    """Verify the lines of an export file; ``workers`` > 1: parsing and signatures on that many processes."""
+    entries = verdicts_of_lines(lines, anchor.registry, workers=workers)
+    return verify(entries, note, anchor, previous=previous, require_checkpoint=require_checkpoint)
+
+
+def verify(
+    entries: Iterable[Verdict],
+    note: str | None,
+    anchor: TrustAnchor,
+    *,
+    previous: str | None = None,
+    require_checkpoint: bool = True,
+) -> OfflineReport:
+    """Verify the stage-1 verdicts of an export's entries against the trust anchor; ``previous``: a checkpoint
+    seen before. ``note`` None: a ``checkpoint_missing`` finding, unless
     ``require_checkpoint`` is False (chains and signatures only; ``not_checked`` says what is missing)."""
     report = OfflineReport()
     checkpoint: Checkpoint | None = None
@@ -283,17 +319,12 @@ def verify_export(
         elif prev.size == checkpoint.size and prev.root != checkpoint.root:
             reason = f"two checkpoints of size {prev.size} with different roots: the log shows different views"
             report.findings.append(_cp_finding(SPLIT_VIEW, reason, "checkpoint"))
-    _check_entries(report, messages, anchor, checkpoint, prev, workers)
+    _check_entries(report, entries, checkpoint, prev)
     return report
 
 
 def _check_entries(
-    report: OfflineReport,
-    messages: Iterable[RawMessage],
-    anchor: TrustAnchor,
-    checkpoint: Checkpoint | None,
-    prev: Checkpoint | None,
-    workers: int,
+    report: OfflineReport, entries: Iterable[Verdict], checkpoint: Checkpoint | None, prev: Checkpoint | None
 ) -> None:
     rules = LogVerifier()
     tree = TreeBuilder()
@@ -301,7 +332,7 @@ def _check_entries(
     cp_size = checkpoint.size if checkpoint is not None else -1
     prev_size = prev.size if prev is not None and (checkpoint is None or prev.size != checkpoint.size) else -1
     last: Verdict | None = None
-    for v in verdicts(messages, anchor.registry, workers=workers):
+    for v in entries:
         found = rules.apply(v)
         if found:
             findings.extend(found)
