@@ -23,8 +23,6 @@ here, in order.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -62,7 +60,8 @@ WITNESS_FORGED = "witness_cosignature_invalid"
 class ExportLine(msgspec.Struct, frozen=True):
     sequence: int
     subject: str
-    data: str
+    data: bytes
+    """The exact stored bytes; base64 (standard alphabet, padded) in the file."""
 
 
 _line_encoder = msgspec.json.Encoder()
@@ -71,10 +70,7 @@ _line_decoder = msgspec.json.Decoder(ExportLine)
 
 def export_line(message: RawMessage) -> bytes:
     """One line of an export (with its newline)."""
-    return (
-        _line_encoder.encode(ExportLine(message.sequence, message.subject, base64.b64encode(message.data).decode()))
-        + b"\n"
-    )
+    return _line_encoder.encode(ExportLine(message.sequence, message.subject, message.data)) + b"\n"
 
 
 def read_export(lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawMessage]:
@@ -84,10 +80,9 @@ def read_export(lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawMess
             continue
         try:
             item = _line_decoder.decode(line)
-            data = base64.b64decode(item.data, validate=True)
-        except (msgspec.DecodeError, msgspec.ValidationError, binascii.Error) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ExportMalformed(f"line {number} of the export is not an exported event: {exc}") from None
-        yield RawMessage(item.subject, item.sequence, data, {})
+        yield RawMessage(item.subject, item.sequence, item.data, {})
 
 
 def log_keys(registry: KeyRegistry) -> list[RegisteredKey]:
@@ -202,10 +197,15 @@ def _init_worker(document: bytes) -> None:
     _worker_registry = CachedRegistry(KeyRegistry(msgspec.json.decode(document, type=RegistryDocument)))
 
 
-def _verdicts_of_lines(first_line: int, lines: list[bytes]) -> list[Verdict]:
+_verdicts_encoder = msgspec.msgpack.Encoder()
+_verdicts_decoder = msgspec.msgpack.Decoder(list[Verdict])
+
+
+def _verdicts_of_lines(first_line: int, lines: list[bytes]) -> bytes:
+    """A worker's part: the verdicts of ``lines``, MessagePack-encoded (cheaper to pass back than pickled)."""
     assert _worker_registry is not None, "the pool initializer loads the registry"
     registry = _worker_registry
-    return [verdict(m, registry) for m in read_export(lines, first_line)]
+    return _verdicts_encoder.encode([verdict(m, registry) for m in read_export(lines, first_line)])
 
 
 def _line_chunks(lines: Iterable[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
@@ -236,13 +236,13 @@ def verdicts_of_lines(
         return
     document = msgspec.json.encode(registry.document)
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(document,)) as pool:
-        pending: deque[Future[list[Verdict]]] = deque()
+        pending: deque[Future[bytes]] = deque()
         for first, part in _line_chunks(lines, chunk):
             pending.append(pool.submit(_verdicts_of_lines, first, part))
             while len(pending) > workers * 2:
-                yield from pending.popleft().result()
+                yield from _verdicts_decoder.decode(pending.popleft().result())
         while pending:
-            yield from pending.popleft().result()
+            yield from _verdicts_decoder.decode(pending.popleft().result())
 
 
 # --- the verifier ------------------------------------------------------------------------------------
