@@ -103,7 +103,8 @@ def build_witness_app(
             cp = decision.checkpoint
             state.latest[cp.origin] = (cp.size, cp.root)
             await asyncio.to_thread(state.save)
-        line = cosign(cp.body(), signer, name, int(clock if clock is not None else time.time()))
+        body = parsed.note.partition("\n\n")[0] + "\n"  # with any extension lines, exactly as signed
+        line = cosign(body, signer, name, int(clock if clock is not None else time.time()))
         return Response(line, status_code=200, media_type="text/plain; charset=utf-8")
 
     @app.get("/healthz")
