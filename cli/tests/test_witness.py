@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -228,3 +229,26 @@ async def test_audit_service_publishes_only_witnessed_checkpoints(
         msg = await last_on_subject(provisioned, AUDIT_STREAM, CHECKPOINT_SUBJECT)
         assert msg is not None
         assert msg.data.decode().split("\n")[1] == "9"
+    # Everything the operator holds is wiped — the streams and the audit service's database — and the log
+    # starts again: the witness, which keeps its own state, has cosigned more than the new log has. Critical.
+    witness.start()
+    js = provisioned.jetstream()
+    for stream in ("EVENTS", "AUDIT"):
+        await js.delete_stream(stream)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DROP SCHEMA audit CASCADE")
+    finally:
+        await conn.close()
+    app = build_app(load_settings(config, env=env))
+    async with app.router.lifespan_context(app):
+        store = await make_store("lifecycle")
+        await store.append("agent", "w2", [Noted(n=i) for i in range(3)], CODEC, expected=NEW_AGGREGATE)
+        guard = app.state.audit_guard
+        for _ in range(200):
+            await guard.check()
+            if "witness_ahead" in guard.critical:
+                break
+            await asyncio.sleep(0.05)
+        assert "cosigned a tree of size 9" in guard.critical["witness_ahead"]
+        assert not guard.intact

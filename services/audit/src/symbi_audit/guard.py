@@ -3,7 +3,8 @@
 The audit service remembers its checkpoints in its own PostgreSQL schema, outside the stream it
 checks. At start and every ``guard_interval_s`` it compares: a stream that is missing, ends before
 the checkpoint's last event, or holds other events than the tree at the first and last covered
-positions (deleted and re-created, rolled back, rewritten) is a CRITICAL problem — on ``/readyz``
+positions (deleted and re-created, rolled back, rewritten) — or a witness that already cosigned a
+larger tree than the log now has (both the stream and this service's state were lost) — is a CRITICAL problem — on ``/readyz``
 (check ``log_intact``), in ``/v1/audit/status`` (``critical``), in the ``symbi_audit_critical``
 gauge and as a finding — and never a fresh start: the verifier keeps its tree and position.
 """
@@ -21,13 +22,14 @@ from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_tlog.rules import Finding, event_leaf
 
 from symbi_audit.store import AuditStore
+from symbi_audit.witnesses import WitnessPool
 
 log = structlog.get_logger(__name__)
 
 CRITICAL = Gauge(
     "symbi_audit_critical", "1 while the event log is missing, shorter or rolled back against the signed tree", ["kind"]
 )
-KINDS = ("stream_missing", "stream_shorter", "stream_rolled_back")
+KINDS = ("stream_missing", "stream_shorter", "stream_rolled_back", "witness_ahead")
 
 
 async def _event_at(nc: Any, sequence: int) -> RawMessage | None:
@@ -39,7 +41,8 @@ async def _event_at(nc: Any, sequence: int) -> RawMessage | None:
 class LogGuard:
     """Checks the stream against the last signed checkpoint; ``critical`` holds the problems found."""
 
-    def __init__(self, *, js: Any, nc: Any, store: AuditStore) -> None:
+    def __init__(self, *, js: Any, nc: Any, store: AuditStore, witnesses: WitnessPool | None = None) -> None:
+        self.witnesses = witnesses
         self.js = js
         self.nc = nc
         self.store = store
@@ -58,6 +61,8 @@ class LogGuard:
         except (nats.errors.Error, nats.js.errors.Error, SymbiError) as exc:
             log.warning("log guard could not read the stream", error=str(exc))
             return self.critical
+        if self.witnesses is not None and self.witnesses.ahead:
+            problems["witness_ahead"] = "; ".join(self.witnesses.ahead.values())
         for kind in KINDS:
             CRITICAL.labels(kind).set(1 if kind in problems else 0)
         for kind, reason in problems.items():

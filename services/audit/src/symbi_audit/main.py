@@ -63,7 +63,7 @@ def build_app(settings: Settings) -> FastAPI:
             witnesses=witnesses,
         )
         await runner.setup()
-        guard = LogGuard(js=rt.js, nc=rt.nc, store=store)
+        guard = LogGuard(js=rt.js, nc=rt.nc, store=store, witnesses=witnesses)
         await guard.check()  # before anything else: a rolled-back log is never taken for a fresh start
         runner.hold = lambda: not guard.intact
 

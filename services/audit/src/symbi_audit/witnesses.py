@@ -45,6 +45,8 @@ class WitnessPool:
         self.store = store
         self.sizes: dict[str, int] = {}
         self.timeout = timeout
+        self.ahead: dict[str, str] = {}
+        """Witnesses that cosigned a larger tree than the log now has (name → reason): a rolled-back log."""
 
     @property
     def enabled(self) -> bool:
@@ -73,6 +75,10 @@ class WitnessPool:
             if old > size:
                 log.error("witness is ahead of the log", witness=key.name, witness_size=old, size=size)
                 COSIGNATURES.labels(key.name, "ahead").inc()
+                self.ahead[key.name] = (
+                    f"witness {key.name} cosigned a tree of size {old}, the log now signs size {size}: "
+                    "the log was rolled back or its state lost"
+                )
                 return None
             body = format_add_checkpoint(old, await self._proof(old, size), note)
             try:
@@ -94,6 +100,7 @@ class WitnessPool:
                 COSIGNATURES.labels(key.name, "invalid").inc()
                 return None
             self.sizes[key.name] = size
+            self.ahead.pop(key.name, None)
             COSIGNATURES.labels(key.name, "cosigned").inc()
             return mine
         return None
