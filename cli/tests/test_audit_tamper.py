@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,20 @@ def test_stale_checkpoint(export: Export) -> None:
     code, doc = export.verify(path, "--previous", str(seen))
     assert code == 1
     assert [f["kind"] for f in doc["findings"]] == ["stale_checkpoint"]
+
+
+def test_stale_checkpoint_by_the_witnesses_clock(export: Export) -> None:
+    """Without a checkpoint seen before: the witness's cosignature dates the checkpoint; an old one is stale."""
+    old = export.log[:30]
+    path = export.write(old, export.note(old))  # cosigned at 1,700,000,000 (November 2023)
+    code, doc = export.verify(path, "--witness-key", export.witness_key, "--max-age", "3600")
+    assert code == 1
+    assert [f["kind"] for f in doc["findings"]] == ["stale_checkpoint"]
+    assert "s old" in doc["findings"][0]["reason"]
+    fresh = export.note(old, cosigned=False)
+    fresh += cosign(fresh.partition("\n\n")[0] + "\n", export.witness, WITNESS, int(time.time()))
+    path = export.write(old, fresh)
+    assert export.verify(path, "--witness-key", export.witness_key, "--max-age", "3600")[0] == 0
 
 
 def test_other_origin(export: Export) -> None:

@@ -14,6 +14,7 @@ exactly the stored events of the ``EVENTS`` stream that it covers, byte for byte
   a deleted aggregate tail, a renumbering or an event moved between aggregates cannot pass);
 - ``--previous CHECKPOINT`` (one seen before): no rollback, no fork, no split view;
 - ``--witness-key VKEY`` … ``--min-witnesses K``: K of the given witnesses cosigned the checkpoint;
+  ``--max-age S``: the newest of those cosignatures is at most S seconds old (no stale checkpoint);
 - every event: signature, that its key may write its subject, per-aggregate hash chain, versions and
   stream sequences.
 
@@ -160,13 +161,17 @@ def export_command(
         console.print(f"wrote checkpoint (tree size {size}) to {checkpoint_out}", highlight=False)
 
 
-def _anchor(keys_dir: Path, origin: str, witness_keys: list[str], min_witnesses: int | None) -> TrustAnchor:
+def _anchor(
+    keys_dir: Path, origin: str, witness_keys: list[str], min_witnesses: int | None, max_age: float | None
+) -> TrustAnchor:
     registry = KeyRegistry.load(keys_dir)
     witnesses = tuple(WitnessKey.parse(k) for k in witness_keys)
     k = len(witnesses) if min_witnesses is None else min_witnesses
     if k > len(witnesses):
         raise typer.BadParameter(f"--min-witnesses {k} but only {len(witnesses)} --witness-key given")
-    return TrustAnchor(registry, origin, witnesses, k)
+    if max_age is not None and not witnesses:
+        raise typer.BadParameter("--max-age needs --witness-key: only a witness's cosignature dates a checkpoint")
+    return TrustAnchor(registry, origin, witnesses, k, max_age)
 
 
 @audit_app.command("verify")
@@ -190,6 +195,10 @@ def verify_command(
     min_witnesses: Annotated[
         int | None, typer.Option("--min-witnesses", min=0, help="Cosignatures required (default: every --witness-key).")
     ] = None,
+    max_age: Annotated[
+        float | None,
+        typer.Option("--max-age", min=0, help="Seconds: the newest witness cosignature may be at most this old."),
+    ] = None,
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="Processes verifying signatures (0: one per core for large logs).")
     ] = 0,
@@ -208,7 +217,7 @@ def verify_command(
     if checkpoint is not None and no_checkpoint:
         raise typer.BadParameter("--checkpoint and --no-checkpoint exclude each other")
     try:
-        anchor = _anchor(keys_dir or home / "keys", origin, witness_key or [], min_witnesses)
+        anchor = _anchor(keys_dir or home / "keys", origin, witness_key or [], min_witnesses, max_age)
         note = checkpoint.read_text() if checkpoint is not None else None
         seen = previous.read_text() if previous is not None else None
         if workers == 0:

@@ -24,6 +24,7 @@ here, in order.
 from __future__ import annotations
 
 import gc
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -109,6 +110,10 @@ class TrustAnchor:
     origin: str = DEFAULT_ORIGIN
     witnesses: tuple[WitnessKey, ...] = ()
     min_witnesses: int = 0
+    max_age_s: float | None = None
+    """If set: the newest valid witness cosignature must be at most this old (a stale checkpoint fails)."""
+    now: float | None = None
+    """The time to judge ``max_age_s`` against (default: now)."""
 
 
 def _cp_finding(kind: str, reason: str, what: str) -> Finding:
@@ -156,8 +161,10 @@ def check_checkpoint(
     if signed_by.status != "active":
         reason = f"{what} is signed by audit key {signed_by.key_id}, which the registry marks {signed_by.status}"
         return None, [*findings, _cp_finding(CHECKPOINT_KEY_REVOKED, reason, what)]
-    if witnessed and (anchor.witnesses or anchor.min_witnesses):
+    if witnessed and (anchor.witnesses or anchor.min_witnesses or anchor.max_age_s is not None):
         cosigned = verify_cosignatures(note, anchor.witnesses)
+        if anchor.max_age_s is not None:
+            findings.extend(_freshness(cosigned.valid, anchor, what))
         for name in cosigned.forged:
             findings.append(
                 _cp_finding(WITNESS_FORGED, f"the cosignature of witness {name!r} on the {what} does not verify", what)
@@ -170,6 +177,21 @@ def check_checkpoint(
             )
             findings.append(_cp_finding(WITNESS_MISSING, reason, what))
     return checkpoint, findings
+
+
+def _freshness(valid: dict[str, int], anchor: TrustAnchor, what: str) -> list[Finding]:
+    assert anchor.max_age_s is not None
+    if not valid:
+        return [_cp_finding(STALE_CHECKPOINT, f"no witness cosignature on the {what} says how recent it is", what)]
+    now = anchor.now if anchor.now is not None else time.time()
+    age = now - max(valid.values())
+    if age > anchor.max_age_s:
+        reason = (
+            f"the newest witness cosignature on the {what} is {age:.0f} s old (at most {anchor.max_age_s:.0f} s "
+            "allowed): a stale checkpoint, the log may have been rolled back since"
+        )
+        return [_cp_finding(STALE_CHECKPOINT, reason, what)]
+    return []
 
 
 @dataclass
