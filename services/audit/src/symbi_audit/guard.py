@@ -47,6 +47,8 @@ class LogGuard:
         self.nc = nc
         self.store = store
         self.critical: dict[str, str] = {}
+        self.checked = False
+        """Whether the last comparison could be made (a guard that cannot read the stream is not ready either)."""
         for kind in KINDS:
             CRITICAL.labels(kind).set(0)
 
@@ -60,7 +62,9 @@ class LogGuard:
             problems = await self._compare()
         except (nats.errors.Error, nats.js.errors.Error, SymbiError) as exc:
             log.warning("log guard could not read the stream", error=str(exc))
+            self.checked = False
             return self.critical
+        self.checked = True
         if self.witnesses is not None and self.witnesses.ahead:
             problems["witness_ahead"] = "; ".join(self.witnesses.ahead.values())
         for kind in KINDS:

@@ -85,6 +85,7 @@ def build_app(settings: Settings) -> FastAPI:
         rt.spawn(_guard_loop(guard, settings.audit.guard_interval_s), "audit:guard")
         rt.add_health_check("verifier", runner.ready.is_set)
         rt.add_health_check("log_intact", lambda: guard.intact)
+        rt.add_health_check("log_checked", lambda: guard.checked)
 
     app = create_app(runtime, title="Symbi audit", routers=[router], on_start=on_start)
     app.state.audit_live = live
