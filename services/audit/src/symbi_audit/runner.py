@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import asyncpg
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -144,6 +145,7 @@ class VerifierRunner:
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._changed = asyncio.Condition()
+        self._publish_due = asyncio.Event()
 
     async def setup(self) -> None:
         await self.store.setup()
@@ -171,7 +173,13 @@ class VerifierRunner:
     async def _run(self) -> None:
         # After a failure, the verifier state is reloaded from PostgreSQL: the batch in flight may be half-applied
         # in memory but was rolled back in the database.
-        await keep_consuming(self._run_consumer, self._stopping, what="audit verifier", on_retry=self._load)
+        publisher = asyncio.create_task(self._publisher(), name="audit:publisher")
+        try:
+            await keep_consuming(self._run_consumer, self._stopping, what="audit verifier", on_retry=self._load)
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -345,15 +353,29 @@ class VerifierRunner:
         await self._publish_checkpoints()
 
     async def _publish_checkpoints(self) -> None:
-        for cp in await self.store.unpublished_checkpoints():
-            await self._publish(cp)
+        """Wake the publisher: gathering cosignatures may wait on witnesses, so it never holds up verification."""
+        self._publish_due.set()
 
-    async def _publish(self, cp: StoredCheckpoint) -> None:
+    async def _publisher(self) -> None:
+        """Publishes stored, unpublished checkpoints in order, when woken and every ``checkpoint_interval_s``
+        (so a checkpoint held back for lack of cosignatures goes out once the witnesses answer again)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publish_due.wait(), timeout=self.settings.checkpoint_interval_s)
+            self._publish_due.clear()
+            try:
+                for cp in await self.store.unpublished_checkpoints():
+                    if not await self._publish(cp):
+                        break  # in order: a later checkpoint waits for an earlier one
+            except (SymbiError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("checkpoints not published yet", error=str(exc))
+
+    async def _publish(self, cp: StoredCheckpoint) -> bool:
         note = cp.note
         if self.witnesses is not None and self.witnesses.enabled:
             cosigned = await self.witnesses.cosign(cp.note, cp.size)
             if cosigned is None:
-                return  # not enough cosignatures: stays unpublished, asked again with the next checkpoint
+                return False  # not enough cosignatures: stays unpublished, asked again later
             if cosigned != cp.note:
                 await self.store.replace_note(cp.size, cosigned)
             note = cosigned
@@ -362,8 +384,9 @@ class VerifierRunner:
             await self.js.publish(CHECKPOINT_SUBJECT, note.encode(), headers=headers)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("checkpoint not published yet", size=cp.size, error=str(exc))
-            return
+            return False
         await self.store.mark_published(cp.size)
+        return True
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are verified and committed."""
