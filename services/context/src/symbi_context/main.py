@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,8 +26,11 @@ from symbi_context.embeddings import Embedder, LocalEmbedder, openai_from_env
 from symbi_context.index import ContextIndex
 from symbi_context.rag import RagEngine
 from symbi_context.vectors.edge import EdgeVectorStore
+from symbi_context.vectors.files import private_dir
+from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.port import VectorStore
 from symbi_context.vectors.qdrant import QdrantVectorStore
+from symbi_context.vectors.sealed import SealedVectorStore
 
 SERVICE = "context"
 log = structlog.get_logger(__name__)
@@ -39,11 +43,14 @@ def make_embedder(cs: ContextSettings) -> Embedder:
 
 
 async def open_vector_store(cs: ContextSettings, dimension: int) -> VectorStore:
+    """The configured backend. Embedded ones live under ``vector_data_path``, made private (0700) first."""
     if cs.vector_backend == "qdrant":
         return await QdrantVectorStore.connect(
             host=cs.qdrant.host, port=cs.qdrant.port, dimension=dimension, quantization=cs.vector_quantization
         )
-    path = Path(cs.vector_data_path) / f"{dimension}d"
+    path = private_dir(Path(cs.vector_data_path)) / f"{dimension}d"
+    if cs.vector_backend == "lancedb":
+        return await asyncio.to_thread(LanceVectorStore, path, dimension, quantization=cs.vector_quantization)
     return EdgeVectorStore(path, dimension, quantization=cs.vector_quantization)
 
 
@@ -54,7 +61,8 @@ def build_app(settings: Settings) -> FastAPI:
 
     async def on_start(rt: ServiceRuntime) -> None:
         embedder = make_embedder(cs)
-        store = await open_vector_store(cs, embedder.dimension)
+        # The engine keeps only ids and sealed content: erasing the owner's data key erases it on disk too.
+        store = SealedVectorStore(await open_vector_store(cs, embedder.dimension), rt.datakeys)
         index = ContextIndex(rt.js, store, rt.registry, rt.datakeys)
         memories = rt.repository(MEMORY)
         knowledge = rt.repository(KNOWLEDGE)
@@ -112,5 +120,6 @@ async def _close_on_stop(index: ContextIndex, store: VectorStore) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Read the settings and serve until SIGTERM/SIGINT."""
+    """Read the settings and serve until SIGTERM/SIGINT; what the service writes is readable by its user only."""
+    os.umask(0o077)
     run_service("symbi-context", "Symbi context service", build_app, argv)

@@ -39,7 +39,9 @@ from symbi_scheduler.domain import (
     TaskState,
     TaskStatus,
     TaskSubmitted,
+    effective_limits,
 )
+from symbi_scheduler.core import never_fits
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.model import Model, TaskRec
@@ -191,6 +193,7 @@ class SchedulerService:
                 f"agent {request.agent_id} has no workload (image and command) to run tasks in; register it with one",
                 agent_id=request.agent_id,
             )
+        self._check_placeable(agent, request)
         event = TaskSubmitted(
             agent_id=request.agent_id,
             input=data,
@@ -202,6 +205,15 @@ class SchedulerService:
         self._apply(records)
         self.leader.wake.set()
         return TaskView.of(self.model.tasks[task_id], records[-1].sequence if records else 0)
+
+    def _check_placeable(self, agent: Any, request: SubmitRequest) -> None:
+        """Refuse a task that no live host could ever run (its limits exceed every host's whole capacity)."""
+        limits = effective_limits(agent.config.resources, request.resources)
+        tier = self.model.assessment_of(agent).tier
+        self.model.check_hosts(time.time())
+        reason = never_fits(limits.cpu_cores, limits.memory_mb, tier, self.model.placer.hosts.values())
+        if reason is not None:
+            raise TaskNotAssignable(f"task can never be placed: {reason}", agent_id=request.agent_id)
 
     async def cancel(self, request: CancelRequest, cancelled_by: str = "api") -> TaskView:
         """Withdraw a queued (or denied) task; a placed one is stopped on its host and completes as killed."""
