@@ -12,8 +12,8 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 from symbi_context.errors import DimensionMismatch, VectorStoreError
 from symbi_context.vectors.edge import EdgeVectorStore
-from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.keywords import document_keywords, query_keywords
+from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
 from symbi_context.vectors.qdrant import QdrantVectorStore
 

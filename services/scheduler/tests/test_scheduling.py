@@ -167,7 +167,9 @@ async def test_a_task_no_host_could_ever_run_is_refused_at_submit(
         await eventually(host_known)
         body = {"agent_id": "huge", "input": "x"}
         refused = await scheduler.json("POST", "/v1/tasks", body, status=409)
-        assert "can never be placed" in str(refused) and "65536 MB" in str(refused) and "1024 MB" in str(refused)
+        assert "can never be placed" in str(refused)
+        assert "65536 MB" in str(refused)
+        assert "1024 MB" in str(refused)
         # Asking for less than the agent's limit makes it placeable; a fitting task is accepted as before.
         small_enough = {**body, "resources": {"memory_mb": 512}}
         assert (await scheduler.json("POST", "/v1/tasks", small_enough, status=201))["task_id"]

@@ -17,10 +17,11 @@ import structlog
 from fastapi import FastAPI
 from symbi_common.datakeys import KvDataKeyStore
 from symbi_common.service import ServiceRuntime, create_app, run_service
-from symbi_common.settings import ContextSettings, Settings
+from symbi_common.settings import ContextSettings, Settings, parse_size
 
 from symbi_context.api import Api, register_commands, router
 from symbi_context.application import ContextConfig, ContextService
+from symbi_context.cache import CachedEmbedder
 from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_context.embeddings import Embedder, LocalEmbedder, openai_from_env
 from symbi_context.index import ContextIndex
@@ -37,9 +38,13 @@ log = structlog.get_logger(__name__)
 
 
 def make_embedder(cs: ContextSettings) -> Embedder:
+    """The configured provider behind the in-memory embedding cache of ``context_cache_size``."""
+    inner: Embedder
     if cs.embedding_provider == "openai":
-        return openai_from_env(base_url=cs.openai_base_url, model=cs.embedding_model, dimension=cs.embedding_dimension)
-    return LocalEmbedder()
+        inner = openai_from_env(base_url=cs.openai_base_url, model=cs.embedding_model, dimension=cs.embedding_dimension)
+    else:
+        inner = LocalEmbedder()
+    return CachedEmbedder(inner, parse_size(cs.context_cache_size, setting="context.context_cache_size"))
 
 
 async def open_vector_store(cs: ContextSettings, dimension: int) -> VectorStore:

@@ -26,6 +26,7 @@ from symbi_lifecycle.domain import AgentStatus
 from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 
 from symbi_scheduler import metrics
+from symbi_scheduler.core import never_fits
 from symbi_scheduler.domain import (
     LEVEL,
     TASK_ID_RE,
@@ -41,7 +42,6 @@ from symbi_scheduler.domain import (
     TaskSubmitted,
     effective_limits,
 )
-from symbi_scheduler.core import never_fits
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.model import Model, TaskRec

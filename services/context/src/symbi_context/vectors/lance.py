@@ -236,7 +236,9 @@ class LanceVectorStore:
         scored: list[tuple[float, dict[str, Any]]] = []
         for row in self._scan(predicate, ["id", "kw_idx", "kw_val", "payload"]):
             score = sum(
-                weights[t] * float(v) * idf[t] for t, v in zip(row["kw_idx"], row["kw_val"], strict=True) if t in weights
+                weights[t] * float(v) * idf[t]
+                for t, v in zip(row["kw_idx"], row["kw_val"], strict=True)
+                if t in weights
             )
             if score > 0:
                 scored.append((score, row))
