@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import msgspec
+from symbi_common.bounds import check_ints
 from symbi_common.errors import BadRequest
 
 T = TypeVar("T")
@@ -224,12 +225,14 @@ def convert_config(raw: Any, *, prefix: str = "config") -> AgentConfig:
 def decode_json(data: bytes, type_: type[T]) -> T:
     """Decode a request body; malformed JSON or a wrong type is a :class:`BadRequest` naming the field."""
     try:
-        return msgspec.json.decode(data or b"{}", type=type_)
+        body = msgspec.json.decode(data or b"{}", type=type_)
     except msgspec.ValidationError as exc:
         field, message = decode_error_field(exc)
         raise BadRequest(f"{field}: {message}", field=field) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", field="(body)") from None
+    check_ints(body)
+    return body
 
 
 # --- validation ------------------------------------------------------------------------------------
