@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.settings import load_settings
 
 from .conftest import service_env
@@ -96,3 +98,49 @@ async def test_no_plaintext_on_disk_after_forget_and_erasure(
     assert stat.S_IMODE(vectors.stat().st_mode) == 0o700
     for path in [vectors, *files_under(vectors)]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+DPO_POLICY = """
+permit(principal == User::"dpo", action == Action::"data.write", resource is Data)
+when { context has purpose && context.purpose == "erasure" };
+"""
+
+
+async def test_a_whole_runtime_keeps_no_plaintext_after_forget_and_audited_erasure(
+    runtime_options: RuntimeOptions, runtime_home: Path
+) -> None:
+    """``symbi up``'s runtime (every service, nats-server, PostgreSQL): store, forget, erase through the audit
+    service's API, stop, then no file under the runtime's home holds the text."""
+    rt = LocalRuntime(runtime_options)
+    try:
+        await rt.start()
+        await rt.wait_ready(timeout=60)
+        context, audit = rt.url_of("context"), rt.url_of("audit")
+        async with httpx.AsyncClient(timeout=30) as http:
+            body = {"agent_id": "ada", "memories": [{"text": SECRET, "tags": [TAG], "metadata": {"topic": META}}]}
+            r = await http.post(f"{context}/v1/memories", json=body)
+            assert r.status_code == 201, r.text
+            stored = r.json()
+            query = {"agent_id": "ada", "query": "vault code", "min_sequence": stored["sequence"]}
+            r = await http.post(f"{context}/v1/memories/query", json=query)
+            assert [h["text"] for h in r.json()["results"]] == [SECRET]
+            r = await http.post(f"{context}/v1/memories/forget", json={"agent_id": "ada", "ids": stored["ids"]})
+            assert r.status_code == 200, r.text
+            # The data protection officer may erase (the baseline policy lets no one).
+            r = await http.post(f"{rt.url_of('policy')}/v1/policy-sets", json={"set_id": "dpo", "cedar": DPO_POLICY})
+            assert r.status_code == 201, r.text
+            for _ in range(100):
+                r = await http.post(
+                    f"{audit}/v1/audit/erasures",
+                    json={"aggregate": "memory.ada", "reason": "erasure request"},
+                    headers={"X-Symbi-Principal": "dpo"},
+                )
+                if r.status_code != 403:  # until the audit service's decision point has the new policy set
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status_code == 201, r.text
+            r = await http.post(f"{context}/v1/memories/query", json={**query, "min_sequence": 0})
+            assert r.json()["results"] == []
+    finally:
+        await rt.stop()
+    assert traces(runtime_home) == []
