@@ -103,6 +103,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     decision: dict[str, Any] | None
     #: Why a paused task is paused: ``preempted``, ``agent_suspended`` or ``action_denied``.
     pause_reason: str = ""
+    #: Why a queued task has not started, when something other than a moment's wait keeps it.
+    wait_reason: str = ""
     sequence: int = 0
 
     @classmethod
@@ -255,7 +257,33 @@ class SchedulerService:
         return rec
 
     def get(self, request: TaskRef) -> TaskView:
-        return TaskView.of(self.get_rec(request.task_id))
+        rec = self.get_rec(request.task_id)
+        view = TaskView.of(rec)
+        if rec.status == TaskStatus.QUEUED:
+            view.wait_reason = self._wait_reason(rec)
+        return view
+
+    def _wait_reason(self, rec: TaskRec) -> str:
+        """What keeps a queued task from starting: no host could ever run it, none is alive, or the runtime's
+        limit of running tasks is reached ("" when it only waits for room or its turn)."""
+        agent = self.model.agents.get(rec.agent_id)
+        limits = self.model.limits_of(rec)
+        if agent is None or limits is None:
+            return f"agent {rec.agent_id} is not known to the scheduler yet"
+        self.model.check_hosts(time.time())
+        hosts = list(self.model.placer.hosts.values())
+        if not any(h.alive for h in hosts):
+            return "no sandbox host is alive"
+        tier = self.model.assessment_of(agent).tier
+        never = never_fits(limits.cpu_cores, limits.memory_mb, tier, hosts)
+        if never is not None:
+            return f"no host could ever run it: {never}"
+        if not any(h.alive and tier in h.tiers for h in hosts):
+            return f"no live host offers sandbox tier {tier}"
+        running, limit = len(self.model.core.running), self.model.core.max_running
+        if running >= limit:
+            return f"{running} tasks are running, the most runtime.max_concurrent_agents allows"
+        return ""
 
     async def output(self, request: OutputRequest) -> OutputView:
         """Reassemble the latest attempt's output from its verified ``execution.output`` events."""
