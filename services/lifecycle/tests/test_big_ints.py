@@ -37,6 +37,23 @@ async def test_huge_integers_in_bodies_and_queries_are_400s_naming_the_field(run
         assert r.json()["error"]["details"]["field"] == field
 
 
+async def test_huge_numbers_in_a_definition_are_refused_not_a_500(running: Running) -> None:
+    for i, line in enumerate((f"memory = {HUGE}MB", f"memory = {HUGE}GB", f"cpu = {HUGE}", f"timeout = {HUGE}s")):
+        definition = f"""agent big(x: String) -> String {{
+  version = "1.0.0"
+  capabilities = [text.generate]
+  workload = {{image: "symbi/busybox:1", command: ["true"]}}
+  with sandbox = tier1, {line} {{
+    return x
+  }}
+}}
+"""
+        r = await running.http.post("/v1/agents", json={"agent_id": f"big-{i}", "definition": definition})
+        assert r.status_code in (201, 400, 422), (line, r.text)
+        if r.status_code == 201:
+            assert r.json()["state"] == "Failed", (line, r.text)
+
+
 def test_bounds() -> None:
     assert parse_int(str(INT64_MAX), "x") == INT64_MAX
     assert parse_int(" -5 ", "x") == -5
