@@ -3,7 +3,8 @@
 ``vector_backend = "lancedb"``. One Lance table holds each point's id, dense vector, keyword vector (term ids and
 weights), the filtered payload keys as columns and the whole payload as JSON. Filters become LanceDB SQL
 (prefiltered, so a limit counts matching points only). Dense search is exact (a flat cosine scan, which LanceDB
-runs vectorised); keyword search scores BM25 with IDF over the whole collection, as Qdrant's IDF modifier does.
+runs vectorised); keyword search scores BM25 with IDF over the whole collection, as Qdrant's IDF modifier does
+(document frequencies are counted once per table version, then each query scans only the points it filters to).
 Vector quantization is not offered by this backend: the settings refuse it. ``optimize`` compacts the files and
 removes old table versions, so deleted rows leave the disk too. Engine calls run in worker threads.
 """
@@ -17,6 +18,7 @@ import os
 import shutil
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -101,6 +103,7 @@ class LanceVectorStore:
         self.path = Path(path)
         self._dimension = dimension
         self._lock = threading.Lock()
+        self._df: tuple[int, int, Counter[int]] | None = None
         self._schema = pa.schema(
             [
                 pa.field("id", pa.string(), nullable=False),
@@ -223,16 +226,21 @@ class LanceVectorStore:
         rows: list[dict[str, Any]] = q.limit(limit).to_arrow().to_pylist()
         return rows
 
+    def _frequencies(self) -> tuple[int, Counter[int]]:
+        """Points and, per term, how many points have it: computed once per table version."""
+        version = self._table.version
+        if self._df is None or self._df[0] != version:
+            rows = self._scan(None, ["kw_idx"])
+            df: Counter[int] = Counter()
+            for row in rows:
+                df.update(set(row["kw_idx"] or ()))
+            self._df = (version, len(rows), df)
+        return self._df[1], self._df[2]
+
     def _search_keywords(self, query: SparseVector, predicate: str | None, limit: int) -> list[Hit]:
         weights = dict(zip(query.indices, query.values, strict=True))
-        everything = self._scan(None, ["id", "kw_idx"])
-        n = len(everything)
-        df = dict.fromkeys(weights, 0)
-        for row in everything:
-            for t in set(row["kw_idx"] or ()):
-                if t in df:
-                    df[t] += 1
-        idf = {t: math.log((n - k + 0.5) / (k + 0.5) + 1.0) for t, k in df.items()}
+        n, df = self._frequencies()
+        idf = {t: math.log((n - df[t] + 0.5) / (df[t] + 0.5) + 1.0) for t in weights}
         scored: list[tuple[float, dict[str, Any]]] = []
         for row in self._scan(predicate, ["id", "kw_idx", "kw_val", "payload"]):
             score = sum(
@@ -293,6 +301,7 @@ class LanceVectorStore:
             (self.path / _POSITION_FILE).unlink(missing_ok=True)
             self._db = lancedb.connect(str(self.path / "lance"))
             self._table = self._open_table()
+            self._df = None  # the new table's versions start again
 
     async def reset(self) -> None:
         await self._run(self._reset)
