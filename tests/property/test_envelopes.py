@@ -26,9 +26,9 @@ from symbi_common.keyring import KeyRegistry, init_keyring, load_signer
 from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
 from symbi_common.sealing import NEW_AGGREGATE, check_link, decrypt, open_envelope, seal
 from symbi_context.domain import KNOWLEDGE, MEMORY
-from symbi_lifecycle.domain import CODEC as LIFECYCLE_CODEC
-from symbi_sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
-from symbi_scheduler.domain import CODEC as TASK_CODEC
+from symbi_contracts.lifecycle.events import CODEC as LIFECYCLE_CODEC
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
+from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 from symbi_scheduler.schedules import CODEC as SCHEDULE_CODEC
 
 CODECS: dict[str, EventCodec[Any]] = {

@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import parse_int
+from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.openapi import json_body, json_response
-from symbi_lifecycle.config import decode_json
+from symbi_contracts.wire import decode_json
 
 from symbi_scheduler.application import (
     CancelRequest,
@@ -67,6 +67,7 @@ def _who(headers: Any) -> str:
 async def submit(request: Request) -> Response:
     """Queue a task for an agent; its input reaches the workload on stdin, its stdout is the result."""
     body = decode_json(await request.body(), SubmitRequest)
+    check_ints(body)
     return _reply(await _service(request).submit(body, submitted_by=_who(request.headers)), 201)
 
 

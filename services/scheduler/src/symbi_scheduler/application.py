@@ -22,8 +22,9 @@ from symbi_common.eventstore import Recorded
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import inject_trace
-from symbi_lifecycle.domain import AgentStatus
-from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.lifecycle.events import AgentStatus
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.scheduler.events import ResourceRequest, TaskCancelled, TaskEvent, TaskSubmitted
 
 from symbi_scheduler import metrics
 from symbi_scheduler.core import never_fits
@@ -32,14 +33,10 @@ from symbi_scheduler.domain import (
     TASK_ID_RE,
     Command,
     Record,
-    ResourceRequest,
     Submit,
-    TaskCancelled,
-    TaskEvent,
     TaskNotAssignable,
     TaskState,
     TaskStatus,
-    TaskSubmitted,
     effective_limits,
 )
 from symbi_scheduler.follower import EventFollower, HostWatcher
