@@ -54,6 +54,13 @@ async def test_huge_numbers_in_a_definition_are_refused_not_a_500(running: Runni
             assert r.json()["state"] == "Failed", (line, r.text)
 
 
+async def test_huge_integers_in_nats_commands_are_bad_requests(running: Running) -> None:
+    body = {"agent_id": "big-cmd", "config": {**GOOD, "resources": {"memory_mb": HUGE}}}
+    with pytest.raises(BadRequest) as exc:
+        await running.client.call("lifecycle", "register", body, dict)
+    assert exc.value.details["field"] == "config.resources.memory_mb"
+
+
 def test_bounds() -> None:
     assert parse_int(str(INT64_MAX), "x") == INT64_MAX
     assert parse_int(" -5 ", "x") == -5
