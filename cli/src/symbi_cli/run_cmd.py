@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import secrets
 import sys
@@ -143,15 +144,43 @@ async def agent_ready(http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str,
         await asyncio.sleep(POLL_S)
 
 
+#: The longest result kept whole as a memory; a longer one is kept as its beginning, with a note and its digest.
+MEMORY_MAX_CHARS = 16_000
+
+
+def result_memory(result: str) -> tuple[str, dict[str, Any]] | None:
+    """The memory text and metadata for a task's output; None for an output with nothing in it."""
+    if not result.strip():
+        return None
+    if len(result) <= MEMORY_MAX_CHARS:
+        return result, {}
+    digest = hashlib.sha256(result.encode()).hexdigest()
+    note = f"\n[… truncated: the first {{kept}} of {len(result)} characters; sha256 of the whole result {digest}]"
+    kept = MEMORY_MAX_CHARS - len(note.format(kept=MEMORY_MAX_CHARS))
+    text = result[:kept] + note.format(kept=kept)
+    return text, {"truncated": True, "result_chars": len(result), "result_sha256": digest}
+
+
 async def store_memory(
     http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, task_id: str, text: str
 ) -> dict[str, Any]:
-    """Keep what the agent produced as its long-term memory, with the task as origin."""
-    body = {
-        "agent_id": agent_id,
-        "memories": [{"kind": "long_term", "text": text, "tags": ["task-result"], "origin": {"task_id": task_id}}],
-    }
-    return _json_body(await _request(http, "POST", f"{urls.context}/v1/memories", json=body), "storing the memory")
+    """Keep what the agent produced as its long-term memory, with the task as origin.
+
+    An empty output is not stored (there is nothing to remember; ``skipped`` says so); a long one is stored
+    as its beginning with a note and the SHA-256 of the whole output (``truncated``).
+    """
+    memory = result_memory(text)
+    if memory is None:
+        return {"skipped": "the task printed nothing; no memory stored"}
+    kept, metadata = memory
+    item: dict[str, Any] = {"kind": "long_term", "text": kept, "tags": ["task-result"], "origin": {"task_id": task_id}}
+    if metadata:
+        item["metadata"] = metadata
+    body = {"agent_id": agent_id, "memories": [item]}
+    stored = _json_body(await _request(http, "POST", f"{urls.context}/v1/memories", json=body), "storing the memory")
+    if metadata:
+        stored["truncated"] = {"kept_chars": len(kept), "result_chars": metadata["result_chars"]}
+    return stored
 
 
 async def stored_task_events(nats_url: str, task_id: str) -> list[RawMessage]:
@@ -337,8 +366,19 @@ async def run_agent(
         after = await agent_ready(http, urls, agent_id, timeout=10.0)
         doc["agent"]["state"] = after.get("state")
         memory = await store_memory(http, urls, agent_id, task_id, result)
-        doc["memory"] = {"ids": memory.get("ids"), "sequence": memory.get("sequence"), "origin": {"task_id": task_id}}
-        console.print(f"result stored as memory {', '.join(memory.get('ids') or [])}")
+        if "skipped" in memory:
+            doc["memory"] = {"skipped": memory["skipped"]}
+            console.print(memory["skipped"])
+        else:
+            doc["memory"] = {
+                "ids": memory.get("ids"),
+                "sequence": memory.get("sequence"),
+                "origin": {"task_id": task_id},
+            }
+            if "truncated" in memory:
+                doc["memory"]["truncated"] = memory["truncated"]
+            note = " (truncated: the output is longer than a memory holds)" if "truncated" in memory else ""
+            console.print(f"result stored as memory {', '.join(memory.get('ids') or [])}{note}")
 
         events = await stored_task_events(nats_url, task_id)
         console.print(f"waiting for an audit checkpoint covering the task's {len(events)} events …")
