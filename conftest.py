@@ -34,6 +34,7 @@ from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.operator_tokens import default_operator_dir, issue_token, load_issuer_key
 from symbi_common.streams import provision_streams
 
 # --- NATS ----------------------------------------------------------------------------------------
@@ -168,6 +169,26 @@ def signer_for(keys_dir: Path) -> Callable[[str], Signer]:
 @pytest.fixture
 def master_key(keys_dir: Path) -> bytes:
     return load_master_key(keys_dir / "master.key")
+
+
+IssueOperatorToken = Callable[..., str]
+
+
+@pytest.fixture
+def issue_operator_token(keys_dir: Path) -> IssueOperatorToken:
+    """``issue_operator_token(role="auditor", name="ann", ttl_s=60)``: an operator token from the keyring's issuer."""
+
+    def issue(role: str = "admin", name: str = "test-admin", ttl_s: int = 3600) -> str:
+        token, _ = issue_token(load_issuer_key(default_operator_dir(keys_dir)), name=name, role=role, ttl_s=ttl_s)
+        return token
+
+    return issue
+
+
+@pytest.fixture
+def operator_headers(issue_operator_token: IssueOperatorToken) -> dict[str, str]:
+    """The ``Authorization`` header of an admin operator, for tests that call the services' APIs."""
+    return {"Authorization": f"Bearer {issue_operator_token()}"}
 
 
 MakeStore = Callable[..., Awaitable[EventStore]]
