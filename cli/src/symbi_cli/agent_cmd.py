@@ -17,6 +17,7 @@ import httpx
 import typer
 from symbi_common.telemetry import command_trace, inject_trace
 
+from symbi_cli.credentials import auth_headers
 from symbi_cli.dsl_cmd import read_definition
 
 agent_app = typer.Typer(help="Register and inspect agents through the lifecycle API.", no_args_is_help=True)
@@ -73,6 +74,7 @@ def register(
     """Register an agent; exit 0 if it is Ready, 1 if it failed or was denied."""
     body = registration_body(file, agent_id)
     headers = {"X-Symbi-User": user} if user else {}
+    headers.update(auth_headers())
     with command_trace("cli", "symbi agent register", {"symbi.file": str(file)}) as span:
         inject_trace(headers)  # the lifecycle service's work (compile, decide, activate) joins this trace
         try:
