@@ -192,6 +192,24 @@ def operator_headers(issue_operator_token: IssueOperatorToken) -> dict[str, str]
 
 
 MakeStore = Callable[..., Awaitable[EventStore]]
+RegisterOperatorPolicies = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+def register_operator_policies(make_store: MakeStore) -> RegisterOperatorPolicies:
+    """``await register_operator_policies()``: policy set ``operators`` (the baseline's rules for the three
+    operator roles), for tests that enforce policy without the baseline but call the APIs."""
+
+    async def register() -> None:
+        from symbi_common.operator_auth import OPERATOR_POLICIES
+        from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
+        from symbi_common.sealing import NEW_AGGREGATE
+
+        store = await make_store("policy")
+        event = PolicySetRegistered(set_id="operators", cedar=OPERATOR_POLICIES)
+        await store.append(AGGREGATE_TYPE, "operators", [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
+
+    return register
 
 
 @pytest.fixture

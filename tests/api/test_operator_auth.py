@@ -264,3 +264,11 @@ async def revoke(apps: dict[str, FastAPI], keys_dir: Path, token: str, *, wait: 
         while claims.tid not in app.state.operator_guard.revocations.revoked:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
+
+
+def test_the_baseline_carries_the_operator_rules() -> None:
+    from symbi_common.operator_auth import OPERATOR_POLICIES
+
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "examples/policies/baseline.cedar", root / "services/policy/src/symbi_policy/baseline.cedar"):
+        assert OPERATOR_POLICIES in path.read_text(), path

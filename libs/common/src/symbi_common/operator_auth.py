@@ -62,6 +62,24 @@ ADMIN_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/v1/audit/erasures"),
     }
 )
+#: The Cedar rules of the three roles, as in the baseline policy set (a test keeps the two the same).
+OPERATOR_POLICIES = """\
+@id("baseline-operators-admin")
+permit(
+  principal is Operator,
+  action in [Action::"api.read", Action::"api.write", Action::"api.admin"],
+  resource is ApiRoute
+)
+when { principal.role == "admin" };
+
+@id("baseline-operators-operate")
+permit(principal is Operator, action in [Action::"api.read", Action::"api.write"], resource is ApiRoute)
+when { principal.role == "operator" };
+
+@id("baseline-operators-audit")
+permit(principal is Operator, action == Action::"api.read", resource is ApiRoute)
+when { principal.role == "auditor" };
+"""
 #: ``openapi_extra`` key with which a route can state its access level itself (``read``/``write``/``admin``).
 ACCESS_EXTENSION = "x-symbi-access"
 _MAX_CACHED_TOKENS = 10_000
