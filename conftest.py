@@ -355,7 +355,8 @@ def runtime_options(runtime_home: Path, free_base_port: int, cli_env: dict[str, 
         nats_port=None,
         grace_period=5.0,
         restart=RestartPolicy(initial_backoff=0.1),
-        env=dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1"),
+        # SYMBI_HOME: `symbi` commands run with this environment find the home's operator token.
+        env=dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1", SYMBI_HOME=str(runtime_home)),
     )
 
 

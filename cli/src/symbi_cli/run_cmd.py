@@ -46,6 +46,7 @@ from symbi_common.telemetry import command_trace, trace_http_request, trace_id_o
 
 from symbi_cli.agent_cmd import registration_body
 from symbi_cli.credentials import auth_headers
+from symbi_cli.errors import CliError
 from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 from symbi_cli.status_cmd import read_state
 from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
@@ -409,7 +410,7 @@ def run(
                     receipt_timeout=receipt_timeout,
                 )
             )
-        except (SymbiError, OSError, nats.errors.Error) as exc:
+        except (SymbiError, CliError, OSError, nats.errors.Error) as exc:
             console.print(f"[red]error:[/] {exc}")
             span.set_status(StatusCode.ERROR, str(exc))
             code, doc = EXIT_FAILED, {}

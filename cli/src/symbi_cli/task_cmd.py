@@ -35,6 +35,7 @@ from rich.console import Console
 from symbi_common.telemetry import command_trace, trace_http_request
 
 from symbi_cli.credentials import auth_headers
+from symbi_cli.errors import CliError
 from symbi_cli.events import operator_url
 
 task_app = typer.Typer(help="Submit tasks and follow their output.", no_args_is_help=True)
@@ -343,7 +344,7 @@ def _run(coro: Any, console: Console) -> int:
     try:
         code: int = asyncio.run(coro)
         return code
-    except TaskCommandError as exc:
+    except (TaskCommandError, CliError) as exc:  # CliError: no operator credential
         console.print(f"[red]error:[/red] {exc}")
         return 2
     except KeyboardInterrupt:
