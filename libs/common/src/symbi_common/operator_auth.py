@@ -192,6 +192,8 @@ class OperatorGuard:
             log.warning("the operator token revocation list is not loaded yet; API calls are refused until it is")
 
     def authenticate(self, token: str) -> OperatorClaims:
+        """The claims of a valid, unexpired, unrevoked ``token``; :class:`Unauthenticated` otherwise (503 while
+        the revocation list is not loaded). A token's signature is verified once, then cached."""
         claims = self._cache.get(token)
         if claims is None:
             claims = verify_token(token, self.issuers)
@@ -260,12 +262,15 @@ class OperatorAuth:
         self.guard = guard
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)  # lifespan, and the probes
             return
         try:
             claims = self.guard.authenticate(bearer_token(scope.get("headers") or []))
         except SymbiError as err:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": err.message[:120]})
+                return
             headers = {"WWW-Authenticate": 'Bearer realm="symbi"'} if isinstance(err, Unauthenticated) else None
             response = JSONResponse({"error": to_wire(err)}, status_code=err.http_status, headers=headers)
             await response(scope, receive, send)
