@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from schedkit import App, DenyAgents, FakeHost, agent_events, eventually, register_agent, task_events, until_status
-from symbi_scheduler.domain import TaskAssigned, TaskResumed, TaskSuspended
+from symbi_contracts.scheduler.events import TaskAssigned, TaskResumed, TaskSuspended
 
 
 async def test_denied_allocation_suspends_the_agent_until_cleared(
