@@ -186,8 +186,8 @@ def init_keyring(keys_dir: Path, services: Iterable[str] | None = None) -> list[
     from symbi_common.operator_tokens import ISSUER_KEY_FILE, default_operator_dir, ensure_issuer_key
 
     issuer, issuer_created = ensure_issuer_key(default_operator_dir(keys_dir))
-    if issuer_created:
-        created.append(ISSUER_KEY_FILE)
+    if issuer_created:  # next to the keyring, not in it: no service is given this directory
+        created.append(str(default_operator_dir(keys_dir) / ISSUER_KEY_FILE))
     for name in names:
         path = keys_dir / f"{name}.key"
         if not path.exists():
