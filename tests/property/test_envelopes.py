@@ -87,7 +87,7 @@ class Keys:
     def __init__(self, path: Path) -> None:
         init_keyring(path)
         self.registry = KeyRegistry.load(path)
-        self.signer = load_signer(path / "lifecycle.key")
+        self.signer = load_signer(path / "lifecycle" / "signing.key")
         self.data_key = AeadKey("agent.a1/1", os.urandom(32))
 
 

@@ -37,6 +37,7 @@ from symbi_common.keyring import (
     encode_registry,
     load_signer,
     load_wrap_key,
+    with_operator_issuer,
     with_revocation,
     with_service_key,
     write_key_file,
@@ -139,6 +140,13 @@ def init_keyring(
     root = _root(operator_dir, created)
     doc = _current_document(keys_dir, root)
     before = doc.version
+    from symbi_common.operator_tokens import ISSUER_KEY_FILE, ensure_issuer_key
+
+    issuer, issuer_created = ensure_issuer_key(operator_dir)  # operator-only, like the root key
+    if issuer_created:
+        created.append(str(operator_dir / ISSUER_KEY_FILE))
+    if issuer.key_id not in {i.key_id for i in doc.operator_issuers}:
+        doc = with_operator_issuer(doc, issuer.public_key)
     for name in services if services is not None else SERVICE_SUBJECTS:
         if name not in SERVICE_SUBJECTS:
             raise KeyringError(f"unknown service {name!r}")

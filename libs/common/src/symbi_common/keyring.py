@@ -101,6 +101,14 @@ class RegisteredKey(msgspec.Struct, frozen=True):
     revoked_after_sequence: int | None = None
 
 
+class OperatorIssuer(msgspec.Struct, frozen=True):
+    """A key that issues operator tokens for the HTTP APIs (see :mod:`symbi_common.operator_tokens`)."""
+
+    key_id: str
+    public_key: bytes
+    status: str = "active"
+
+
 class RegistryChange(msgspec.Struct, frozen=True):
     """One registry version's change: ``add``, ``rotate`` or ``revoke`` of ``key_id``."""
 
@@ -118,6 +126,8 @@ class RegistryDocument(msgspec.Struct, frozen=True):
     root_key_id: str
     keys: list[RegisteredKey]
     changes: list[RegistryChange] = msgspec.field(default_factory=list)
+    #: Keys whose operator tokens the services accept; their private halves stay with the root key.
+    operator_issuers: list[OperatorIssuer] = msgspec.field(default_factory=list)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -224,8 +234,26 @@ class KeyRegistry:
             raise KeyringError(f"the key registry has no active wrap key for service {service}")
         return wrap_key_id_for(key.wrap_public_key), key.wrap_public_key
 
+    def operator_issuers(self) -> dict[str, Verifier]:
+        """The active operator-token issuer keys (key id → verifier)."""
+        return {i.key_id: Verifier(i.public_key) for i in self.document.operator_issuers if i.status == "active"}
+
 
 # --- registry changes (pure: a document in, the next version out) --------------------------------
+
+
+def with_operator_issuer(doc: RegistryDocument, public_key: bytes) -> RegistryDocument:
+    """The next version with ``public_key`` as an (active) operator-token issuer."""
+    at = _now()
+    issuer = OperatorIssuer(key_id=key_id_for(public_key), public_key=public_key)
+    change = RegistryChange(version=doc.version + 1, at=at, kind="add-issuer", service="operator", key_id=issuer.key_id)
+    return msgspec.structs.replace(
+        doc,
+        version=doc.version + 1,
+        issued_at=at,
+        operator_issuers=[*doc.operator_issuers, issuer],
+        changes=[*doc.changes, change],
+    )
 
 
 def empty_registry(root: Signer) -> RegistryDocument:
@@ -252,7 +280,9 @@ def with_service_key(
         )
     )
     change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
-    return RegistryDocument(doc.version + 1, at, doc.root_key_id, keys, [*doc.changes, change])
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
 
 
 def with_revocation(doc: RegistryDocument, key_id: str, *, after_sequence: int | None) -> RegistryDocument:
@@ -275,7 +305,9 @@ def with_revocation(doc: RegistryDocument, key_id: str, *, after_sequence: int |
         version=doc.version + 1, at=at, kind="revoke", service=target.service, key_id=key_id,
         after_sequence=after_sequence,
     )  # fmt: skip
-    return RegistryDocument(doc.version + 1, at, doc.root_key_id, keys, [*doc.changes, change])
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
 
 
 def encode_registry(doc: RegistryDocument) -> bytes:

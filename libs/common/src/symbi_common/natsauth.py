@@ -31,7 +31,7 @@ _EXTRA_READS: Mapping[str, tuple[str, ...]] = {
     "sandbox-agent": ("WORK", "KV_HOSTS"),
     "audit": ("AUDIT",),
 }
-_COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS")
+_COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS")
 
 #: What a service publishes beyond its events, snapshots and data keys (docs/contracts/tasks.md, audit's subjects).
 _EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
@@ -61,7 +61,7 @@ def stream_read_api(stream: str) -> list[str]:
 
 def streams_read_by(service: str) -> tuple[str, ...]:
     if service == OPERATOR:
-        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS")
+        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS")
     return (*_COMMON_READS, *_EXTRA_READS.get(service, ()))
 
 
@@ -84,7 +84,7 @@ def publish_allow(service: str) -> list[str]:
         api.extend(x for x in stream_read_api(stream) if x not in api)
     common = [*api, "$JS.FC.>", "_INBOX.>", "cmd.>"]
     if service == OPERATOR:
-        return common
+        return [*common, "$KV.OPERATOR_REVOCATIONS.>"]  # `symbi token revoke` (services only read that bucket)
     return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common]
 
 

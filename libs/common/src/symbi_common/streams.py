@@ -36,6 +36,8 @@ WORK_STREAM = "WORK"
 DATAKEYS_BUCKET = "DATAKEYS"
 HOSTS_BUCKET = "HOSTS"
 SCHEDULER_BUCKET = "SCHEDULER"
+#: Revoked operator tokens (written by the operator's `symbi token revoke`, read by every service).
+OPERATOR_REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
 #: What every service needs before it starts.
 REQUIRED_STREAMS = (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
 
@@ -115,6 +117,7 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
     return [
         KeyValueConfig(bucket=DATAKEYS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=s.replicas),
+        KeyValueConfig(bucket=OPERATOR_REVOCATIONS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(
             bucket=SCHEDULER_BUCKET, history=1, ttl=s.lease_ttl_s, storage=StorageType.FILE, replicas=s.replicas
         ),
