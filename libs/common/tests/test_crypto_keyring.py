@@ -127,7 +127,7 @@ def test_init_keyring_layout_one_directory_per_service_root_key_outside(tmp_path
     keys, operator = tmp_path / "keys", tmp_path / "operator"
     created = init_keyring(keys)
     assert str(operator / "root.key") in created
-    assert f"{REGISTRY_FILE} v{len(SERVICE_SUBJECTS)}" in created
+    assert f"{REGISTRY_FILE} v{len(SERVICE_SUBJECTS) + 1}" in created  # and the operator-token issuer
     assert stat.S_IMODE(operator.stat().st_mode) == 0o700
     assert stat.S_IMODE((operator / "root.key").stat().st_mode) == 0o600
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
@@ -154,7 +154,7 @@ def test_init_keyring_layout_one_directory_per_service_root_key_outside(tmp_path
     assert _files(tmp_path) == before
     # A lost service key is made anew and registered; the old one retires; the others stay.
     (keys / "audit" / "signing.key").unlink()
-    assert init_keyring(keys) == ["audit/signing.key", f"{REGISTRY_FILE} v{len(SERVICE_SUBJECTS) + 1}"]
+    assert init_keyring(keys) == ["audit/signing.key", f"{REGISTRY_FILE} v{len(SERVICE_SUBJECTS) + 2}"]
     assert (keys / "lifecycle" / "signing.key").read_bytes() == before["keys/lifecycle/signing.key"]
     registry = KeyRegistry.load(keys / "lifecycle")
     audit = registry.active_key("audit")
