@@ -31,7 +31,16 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
     assert after == before
     names = sorted([s.config.name for s in await js.streams_info()])
     assert names == sorted(
-        [AUDIT_STREAM, EVENTS_STREAM, SNAPSHOTS_STREAM, "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER"]
+        [
+            AUDIT_STREAM,
+            EVENTS_STREAM,
+            SNAPSHOTS_STREAM,
+            "WORK",
+            "KV_DATAKEYS",
+            "KV_HOSTS",
+            "KV_SCHEDULER",
+            "KV_OPERATOR_REVOCATIONS",
+        ]
     )
 
     events = after[EVENTS_STREAM]
