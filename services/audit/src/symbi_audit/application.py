@@ -8,8 +8,10 @@ from typing import Any
 
 import asyncpg
 from symbi_common.crypto import Signer
-from symbi_common.decisions import DecisionPoint, DecisionRequest, Deny, EntityRef, denied
+from symbi_common.decisions import DecisionPoint, DecisionRequest, EntityRef
 from symbi_common.eventstore import EventStore
+from symbi_common.policy.enforcement import AUDIT_ERASE
+from symbi_common.policy.hooks import Enforcer
 
 from symbi_audit.erasure import EraseRequest, ErasureResult, check_aggregate, erase
 from symbi_audit.errors import BadQuery, CheckpointInvalid, ProofUnavailable
@@ -172,7 +174,7 @@ class AuditService:
             resource=EntityRef(type="Data", id=aggregate),
             context={"purpose": "erasure"},
         )
-        decision = await self.decisions.decide(decision_request)
-        if isinstance(decision, Deny):
-            raise denied(decision_request, decision)
+        verdict = await Enforcer.around(self.decisions).decide(decision_request, AUDIT_ERASE)
+        if not verdict.allowed:
+            raise verdict.denial()
         return await erase(self.events, self.events.datakeys, request, principal=who.uid)

@@ -33,7 +33,6 @@ from symbi_common.decisions import (
     AllowWithConditions,
     Decision,
     DecisionPoint,
-    DecisionRecord,
     DecisionRequest,
     Deny,
     EntityRef,
@@ -48,6 +47,8 @@ from symbi_common.errors import (
     SymbiError,
 )
 from symbi_common.eventstore import Recorded
+from symbi_common.policy.enforcement import LIFECYCLE_AGENT_CONFIG
+from symbi_common.policy.hooks import Enforcer
 from symbi_common.telemetry import traced
 from symbi_dsl import DslError, compile_agent
 
@@ -208,13 +209,19 @@ class InitializationController:
             assert config is not None
             request = register_request(state, config)
             try:
-                decision = await (await self.decisions()).decide(request)
+                point = await self.decisions()
             except (InfrastructureError, SymbiError) as err:
                 log.warning(
                     "decision point unavailable; the agent stays Initializing", agent_id=agent_id, error=str(err)
                 )
                 return Outcome(loaded, [])
-            record = DecisionRecord.of(request, decision)
+            verdict = await Enforcer.around(point).decide(request, LIFECYCLE_AGENT_CONFIG)
+            decision, record = verdict.decision, verdict.record
+            if isinstance(decision, Deny) and decision.code in ("policy_unavailable", "policy_timeout"):
+                log.warning(
+                    "no policy decision; the agent stays Initializing", agent_id=agent_id, error=decision.reason
+                )
+                return Outcome(loaded, [])
             if isinstance(decision, Deny):
                 denial = denied(request, decision)
                 command = Initialize(config=config, decision=record)
@@ -285,8 +292,8 @@ class InitializationController:
         if issues:
             raise ConfigRejected(issues)
         request = register_request(state, new, action=CONFIGURE_ACTION, user=user)
-        decision = await (await self.decisions()).decide(request)
-        record = DecisionRecord.of(request, decision)
+        verdict = await Enforcer.around(await self.decisions()).decide(request, LIFECYCLE_AGENT_CONFIG)
+        decision, record = verdict.decision, verdict.record
         denial: PolicyDenied | None = None
         if isinstance(decision, Deny):
             denial = denied(request, decision)

@@ -5,7 +5,8 @@
 - ``allow-all``: enforcement explicitly off (every decision record says ``enforcement-disabled``).
 
 Either real point carries the process's :class:`DecisionLog`; :class:`Enforcer` (in :mod:`.hooks`) is
-what services call to gate an action.
+what services call to gate an action — every enforcement point (:mod:`.enforcement`) decides through it,
+so every decision is checked against the point's conditions and logged. ``docs/policy.md`` has the rules.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from typing import Any
 from symbi_common.decisions import AllowAll, DecisionPoint
 from symbi_common.errors import ConfigError
 from symbi_common.policy.decision_log import DecisionLog
+from symbi_common.policy.enforcement import EnforcementPoint
 from symbi_common.policy.follower import PolicyFollower
-from symbi_common.policy.hooks import Enforcer
+from symbi_common.policy.hooks import Enforcer, Verdict
 from symbi_common.policy.points import EmbeddedDecisionPoint, RemoteDecisionPoint
 
 __all__ = [
     "DecisionLog",
     "EmbeddedDecisionPoint",
+    "EnforcementPoint",
     "Enforcer",
     "PolicyFollower",
     "RemoteDecisionPoint",
+    "Verdict",
     "open_decision_point",
 ]
 
@@ -53,5 +57,7 @@ async def open_decision_point(runtime: Any) -> DecisionPoint:
     if mode == "embedded":
         follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys)
         await follower.start(timeout=runtime.settings.policy.startup_timeout_s)
+        # A halted policy set (an event that could not be applied) makes the service unready: it denies all.
+        runtime.add_health_check("policy-sets", lambda: follower.healthy)
         return EmbeddedDecisionPoint(follower, _decision_log(runtime))
     raise ConfigError(f"unknown enforcement mode {mode!r}", setting="policy.enforcement")
