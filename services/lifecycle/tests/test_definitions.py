@@ -186,6 +186,7 @@ async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(run
     assert [e["type"] for e in events] == ["agent.registered", "agent.denied"]
     assert events[0]["data"]["registered_by"] == "mallory"
     decision = events[1]["data"]["decision"]
+    assert decision.pop("decision_id")  # the id the decision log has it under
     assert decision == {
         "action": "agent.register",
         "effect": "deny",
@@ -193,6 +194,8 @@ async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(run
         "policies": ["ops.no-network-in-tier1"],
         "reason": "tier1 agents may not have network access",
         "conditions": [],
+        "reason_code": "forbidden",
+        "point": "lifecycle.agent_config",
     }
 
     # The same policy set allows a tier2 agent, and records which policy allowed it.
