@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import cedarpy
@@ -26,7 +27,7 @@ import msgspec
 
 from symbi_common.decisions import Allow, AllowWithConditions, Condition, Decision, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import ValidationError
-from symbi_common.policy.cedar import CompiledPolicy, combine
+from symbi_common.policy.cedar import CompiledPolicy, combine, schema
 from symbi_common.policy.conditions import conditions_of
 
 _UID_RE = re.compile(r'^([A-Za-z_][A-Za-z0-9_:]*)::"((?:[^"\\]|\\.)*)"$')
@@ -89,6 +90,24 @@ def cedar_request(request: DecisionRequest) -> tuple[dict[str, Any], list[dict[s
         "context": _json.encode(_context(request.context)).decode(),  # as JSON text: cedarpy passes it through
     }
     return cedar, entities
+
+
+@cache
+def _no_policies() -> cedarpy.PolicySet:
+    return cedarpy.PolicySet.from_str("")
+
+
+def schema_errors(request: DecisionRequest) -> str | None:
+    """Why the Cedar schema rejects ``request`` (an unknown context attribute, a wrong type), or None.
+
+    For an enforcement point that refuses a malformed request with a clear reason before deciding it (the
+    policies would only ever see it as an evaluation error). It never allows anything: no policy is
+    consulted. :class:`ValidationError` if the request cannot be expressed in Cedar at all."""
+    cedar, entities = cedar_request(request)
+    result = cedarpy.is_authorized(cedar, _no_policies(), _json.encode(entities).decode(), schema=schema())
+    if result.decision == cedarpy.Decision.NoDecision:
+        return "; ".join(result.diagnostics.errors) or "no decision"
+    return None
 
 
 class PolicyEngine:
