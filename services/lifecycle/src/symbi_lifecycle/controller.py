@@ -217,10 +217,8 @@ class InitializationController:
                 return Outcome(loaded, [])
             verdict = await Enforcer.around(point).decide(request, LIFECYCLE_AGENT_CONFIG)
             decision, record = verdict.decision, verdict.record
-            if isinstance(decision, Deny) and decision.code in ("policy_unavailable", "policy_timeout"):
-                log.warning(
-                    "no policy decision; the agent stays Initializing", agent_id=agent_id, error=decision.reason
-                )
+            if verdict.undecided:
+                log.warning("no policy decision; the agent stays Initializing", agent_id=agent_id, error=record.reason)
                 return Outcome(loaded, [])
             if isinstance(decision, Deny):
                 denial = denied(request, decision)

@@ -29,7 +29,7 @@ from symbi_common.errors import SymbiError, Timeout
 from symbi_common.policy.conditions import redact
 from symbi_common.policy.enforcement import GATEWAY_ACTION, GATEWAY_READ
 from symbi_common.policy.events import POLICY_SETS_SUBJECT
-from symbi_common.policy.hooks import Enforcer
+from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
 
@@ -71,8 +71,6 @@ POLICY_SYNC_TIMEOUT_S = 5.0
 PERFORM_TIMEOUT_S = 10.0
 #: When the workload ends, how long a request being served may take to finish and be recorded.
 CLOSE_GRACE_S = 5.0
-#: Denials that are no decision at all (the decision point failed): the request fails, the run goes on.
-UNDECIDED = frozenset({"policy_unavailable", "policy_timeout"})
 
 
 @dataclass

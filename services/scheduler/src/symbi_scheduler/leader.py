@@ -27,7 +27,7 @@ import msgspec
 import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.decisions import AllowWithConditions, DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.errors import AlreadyExists, DomainError, SymbiError
+from symbi_common.errors import AlreadyExists, DomainError, InfrastructureError, SymbiError
 from symbi_common.eventstore import Recorded
 from symbi_common.policy.enforcement import SCHEDULER_TASK_ALLOCATE
 from symbi_common.policy.hooks import Enforcer
@@ -283,6 +283,8 @@ class Leader:
             self.decisions = await self.rt.decision_point()
         verdict = await Enforcer.around(self.decisions).decide(request, SCHEDULER_TASK_ALLOCATE)
         decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: the task stays queued, tried again next round
+            raise InfrastructureError(f"task.allocate for task {rec.task_id} not decided: {record.reason}")
         if isinstance(decision, Deny):
             event = TaskSuspended(reason="policy_denied", attempt=rec.attempt, host_id=place.host_id, decision=record)
             await self.record(rec.task_id, event)

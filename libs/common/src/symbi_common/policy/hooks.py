@@ -79,6 +79,11 @@ def resources_context(
     return out
 
 
+#: Denial codes that mean no decision could be had (the decision point failed), not that policy said no:
+#: a caller may try again later instead of treating it as a policy violation (it must not act meanwhile).
+UNDECIDED = frozenset({"policy_unavailable", "policy_timeout"})
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """One decision as an enforcement point received it: checked against the point, logged, with its record."""
@@ -90,6 +95,11 @@ class Verdict:
     @property
     def allowed(self) -> bool:
         return not isinstance(self.decision, Deny)
+
+    @property
+    def undecided(self) -> bool:
+        """Denied because no decision could be had (see :data:`UNDECIDED`)."""
+        return isinstance(self.decision, Deny) and self.decision.code in UNDECIDED
 
     @property
     def conditions(self) -> tuple[Condition, ...]:
