@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -246,9 +247,10 @@ async def test_an_oversized_decision_is_logged_without_its_attributes(
 
 
 async def test_a_condition_the_point_cannot_enforce_denies_and_is_logged(
-    policy: RunningPolicy, start_runtime: StartRuntime
+    policy: RunningPolicy, start_runtime: StartRuntime, scrape_metrics: Any
 ) -> None:
     """data_flow grants a cleared phi read with redact + log_full: a point enforcing only redact must refuse."""
+    before = await scrape_metrics(policy.http)
     await policy.http.post("/v1/policy-sets", json={"set_id": "flow", "cedar": example("data_flow")})
     enforcer = await Enforcer.for_runtime(await start_runtime("audit"), suspend_agents=False)
     cleared = EntityRef(type="Agent", id="reader-2", attrs={"clearances": ["phi"]})
@@ -268,6 +270,10 @@ async def test_a_condition_the_point_cannot_enforce_denies_and_is_logged(
     capped = AllowWithConditions(conditions=(Condition(kind="cap_resources", params={"cpu_cores": 1}, policy="p"),))
     assert caps_memory.unenforceable(capped.conditions) == ["cap_resources of cpu_cores (policy p)"]
     assert EVERYTHING.check(capped) is capped
+    after = await scrape_metrics(policy.http)  # the enforcer runs in this process: its counter shows here
+    denials = "symbi_policy_enforcer_denials_total"
+    assert after.since(before, denials, point="test.redacts", code="unenforceable_condition") == 1
+    assert after.since(before, denials, point="unspecified", code="unenforceable_condition") == 1
     await enforcer.log.flush()  # type: ignore[union-attr]
     _, denied = await stored_decisions(policy)
     logged = [d.entry.record for d in denied if d.entry.request.principal.id == "reader-2"]
@@ -305,6 +311,7 @@ async def test_an_unreachable_or_slow_policy_service_denies_with_a_typed_reason(
 
     # Hung: something takes the requests and never answers; the caller's timeout denies.
     hung = await policy.runtime.nc.subscribe("cmd.policy.*", queue="policy", cb=_ignore)
+    await policy.runtime.nc.flush()  # the server has the subscription before the request is sent
     point.timeout = 0.3
     try:
         slow = await enforcer.decide(request)

@@ -114,8 +114,13 @@ AUDIT_EVENT_DETAILS = EnforcementPoint(
 #: audit: crypto-shredding an aggregate. No condition is enforced there.
 AUDIT_ERASE = EnforcementPoint("audit.erase", actions=frozenset({"data.write"}))
 
+#: Operator requests on the services' HTTP APIs (Cedar on operator role, action, resource): no condition
+#: is enforced there.
+HTTP_API = EnforcementPoint("http.api")
+
 #: Every enforcement point wired in the services (for docs and tests).
 POINTS: tuple[EnforcementPoint, ...] = (
+    HTTP_API,
     LIFECYCLE_AGENT_CONFIG,
     SCHEDULER_TASK_ALLOCATE,
     SANDBOX_START,

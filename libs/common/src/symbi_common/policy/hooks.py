@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
 from symbi_common.commands import CommandClient
 from symbi_common.decisions import (
@@ -49,6 +50,12 @@ from symbi_common.policy.enforcement import UNSPECIFIED, EnforcementPoint
 from symbi_common.sealing import new_event_id
 
 log = structlog.get_logger(__name__)
+ENFORCER_DENIALS = Counter(
+    "symbi_policy_enforcer_denials_total",
+    "Denials the enforcer made itself: no decision could be had (policy_unavailable, policy_timeout, "
+    "invalid_request) or the allow had a condition the point cannot enforce (unenforceable_condition)",
+    ["point", "code"],
+)
 
 
 def agent(agent_id: str, **attrs: Any) -> EntityRef:
@@ -165,7 +172,9 @@ class Enforcer:
             decision = await self.decisions.decide(request)
         except Exception as exc:  # fail closed: whatever went wrong, the action is not allowed
             log.warning("no policy decision; denied", action=request.action, error=repr(exc))
-            decision = unavailable(exc, self.decisions.version)
+            denial = unavailable(exc, self.decisions.version)
+            ENFORCER_DENIALS.labels(point.name, denial.code).inc()
+            decision = denial
         return await self._received(request, decision, point)
 
     async def decide_batch(
@@ -178,11 +187,17 @@ class Enforcer:
             decisions = await self.decisions.decide_batch(list(requests))
         except Exception as exc:  # fail closed, every request of the batch
             log.warning("no policy decisions; denied", requests=len(requests), error=repr(exc))
-            decisions = [unavailable(exc, self.decisions.version)] * len(requests)
+            denial = unavailable(exc, self.decisions.version)
+            ENFORCER_DENIALS.labels(point.name, denial.code).inc(len(requests))
+            decisions = [denial] * len(requests)
         return [await self._received(r, d, point) for r, d in zip(requests, decisions, strict=True)]
 
     async def _received(self, request: DecisionRequest, decision: Decision, point: EnforcementPoint) -> Verdict:
-        decision = point.check(decision)
+        checked = point.check(decision)
+        if checked is not decision:
+            ENFORCER_DENIALS.labels(point.name, "unenforceable_condition").inc()
+            log.warning("allow with an unenforceable condition denied", point=point.name, action=request.action)
+        decision = checked
         record = DecisionRecord.of(request, decision, decision_id=new_event_id(), point=point.name)
         if self.log is not None:
             await self.log.record(request, record)
