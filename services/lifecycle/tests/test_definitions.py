@@ -228,6 +228,23 @@ async def test_cap_resources_conditions_lower_the_limits(running: Running) -> No
     assert events[1]["data"]["decision"]["effect"] == "allow_with_conditions"
 
 
+async def test_a_condition_registration_cannot_enforce_denies_it(running: Running) -> None:
+    assert running.service.controller is not None
+    point = CedarPoint(
+        '@id("ops.redacted")\n@redact("ssn")\npermit (principal, action == Action::"agent.register", resource);'
+    )
+
+    async def decisions() -> CedarPoint:
+        return point
+
+    running.service.controller.decisions = decisions
+    r = await running.http.post("/v1/agents", json={"agent_id": "unkept", "definition": TEXTS["hello"]})
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["details"]["reason_code"] == "unenforceable_condition"
+    assert "lifecycle.agent_config cannot enforce redact (policy ops.redacted)" in error["message"]
+
+
 async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings: Settings) -> None:
     hello = TEXTS["hello"]
     app = build_app(settings)
