@@ -295,6 +295,7 @@ async def test_an_unreachable_or_slow_policy_service_denies_with_a_typed_reason(
     host = EntityRef(type="Host", id="h1")
     request = DecisionRequest(principal=EntityRef(type="Agent", id="a1"), action="task.allocate", resource=host)
     assert (await enforcer.decide(request)).allowed  # the baseline allows it while the service answers
+    assert (await runtime.health())["checks"]["policy-service"] is True
 
     # Unreachable: the policy service is gone (its command server stopped, nothing answers).
     await policy.runtime.commands.stop()
@@ -303,6 +304,7 @@ async def test_an_unreachable_or_slow_policy_service_denies_with_a_typed_reason(
     assert not gone.allowed
     assert gone.record.reason_code == "policy_unavailable"
     assert "no policy service is answering" in gone.record.reason
+    assert (await runtime.health())["checks"]["policy-service"] is False
     batch = await enforcer.decide_batch([request, request])
     assert [v.record.reason_code for v in batch] == ["policy_unavailable"] * 2
     with pytest.raises(PolicyDenied) as err:

@@ -66,6 +66,13 @@ async def test_an_event_that_cannot_be_applied_halts_the_set_until_a_later_event
     assert over_http["code"] == "policy_halted"
     assert "legacy" not in follower.compiled  # the text never became current
 
+    remote_runtime = await start_runtime("context", enforcement="remote")  # asks the halted policy service
+    remote = await remote_runtime.decision_point()
+    remote_answer = await remote.decide(SHELL)
+    assert isinstance(remote_answer, Deny)
+    assert remote_answer.code == "policy_halted"
+    assert (await remote_runtime.health())["checks"]["policy-service"] is False
+
     ready = await policy.http.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["policy-sets"] is False
@@ -84,6 +91,8 @@ async def test_an_event_that_cannot_be_applied_halts_the_set_until_a_later_event
     assert isinstance(await policy.service.decide(SHELL), Allow)
     assert (await policy.http.get("/readyz")).status_code == 200
     assert (await runtime.health())["checks"]["policy-sets"] is True
+    assert isinstance(await remote.decide(SHELL), Allow)
+    assert (await remote_runtime.health())["checks"]["policy-service"] is True
     metrics = await scrape_metrics(policy.http)  # type: ignore[operator]
     assert metrics.value("symbi_policy_set_halted", set_id="legacy") == 0
 

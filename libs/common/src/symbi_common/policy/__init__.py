@@ -53,7 +53,10 @@ async def open_decision_point(runtime: Any) -> DecisionPoint:
     if mode == "allow-all":
         return AllowAll()
     if mode == "remote":
-        return RemoteDecisionPoint(runtime.client, _decision_log(runtime))
+        remote = RemoteDecisionPoint(runtime.client, _decision_log(runtime))
+        # The policy service not answering, or answering that a policy set is halted, makes the service unready.
+        runtime.add_health_check("policy-service", lambda: remote.healthy)
+        return remote
     if mode == "embedded":
         follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys)
         await follower.start(timeout=runtime.settings.policy.startup_timeout_s)
