@@ -65,6 +65,9 @@ async def test_an_event_that_cannot_be_applied_halts_the_set_until_a_later_event
     assert over_http["effect"] == "deny"
     assert over_http["code"] == "policy_halted"
     assert "legacy" not in follower.compiled  # the text never became current
+    shown = (await policy.http.get("/v1/policy-sets/legacy")).json()
+    assert "no longer compiles" in shown["halted"]
+    assert "legacy" in (await policy.http.get("/v1/policy-sets")).json()["halted"]
 
     remote_runtime = await start_runtime("context", enforcement="remote")  # asks the halted policy service
     remote = await remote_runtime.decision_point()
@@ -86,6 +89,7 @@ async def test_an_event_that_cannot_be_applied_halts_the_set_until_a_later_event
     )
     assert fixed.status_code == 200, fixed.text
     assert follower.halted == {}
+    assert fixed.json()["halted"] == ""
     await until(lambda: not point.follower.halted and point.version == follower.version)
     assert isinstance(await point.decide(SHELL), Allow)
     assert isinstance(await policy.service.decide(SHELL), Allow)
