@@ -7,6 +7,7 @@ sandbox-agent with its embedded decision point and the decision log on (as in pr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,23 @@ async def test_each_action_names_the_logged_decision_that_allowed_it_and_conditi
     assert (
         msgspec.json.decode(msgspec.json.encode(logged[read_decision.decision_id].request))["action"] == "memory.read"
     )
+
+
+async def test_no_sandbox_starts_without_a_decision_and_the_task_runs_once_one_can_be_had(
+    scheduler: Scheduler, agent_settings: Callable[..., Settings], nats_url: str, keys_dir: Path
+) -> None:
+    settings = agent_settings(SYMBI_POLICY__ENFORCEMENT="remote", SYMBI_NATS__REQUEST_TIMEOUT_S="1")
+    async with running_agent(settings) as agent:
+        task_id = await scheduler.submit(agent.host_id, ["sh", "-c", "echo ran"])
+        await asyncio.sleep(3.0)  # the work item is offered again and again: the policy service is not running
+        assert await scheduler.events(task_id) == []  # neither started nor refused
+        assert (await agent.app.state.runtime.health())["checks"]["policy-service"] is False
+        env = {"SYMBI_NATS_URL": nats_url, "SYMBI_KEYS_DIR": str(keys_dir), "SYMBI_LOG_LEVEL": "warning"}
+        app = build_policy_app(load_settings(env=env))
+        async with app.router.lifespan_context(app):  # the policy service comes up: the task is decided and runs
+            r = await scheduler.result(task_id)
+        assert isinstance(r.terminal, ExecutionExited), r.terminal
+        assert r.stdout == b"ran\n"
+        [started] = [e for e in r.events if isinstance(e, ExecutionStarted)]
+        assert started.decision is not None
+        assert started.decision.effect == "allow"

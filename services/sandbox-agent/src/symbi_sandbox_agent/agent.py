@@ -35,7 +35,7 @@ import structlog
 from nats.js.api import ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from symbi_common.aggregate import Repository
 from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.errors import AppendFailed, ConfigError
+from symbi_common.errors import AppendFailed, ConfigError, InfrastructureError
 from symbi_common.policy.conditions import resource_caps
 from symbi_common.policy.enforcement import SANDBOX_START
 from symbi_common.policy.hooks import Enforcer, resources_context
@@ -423,6 +423,8 @@ class SandboxAgent:
         # (an unenforceable one denies) and logs the decision under the id the event below records.
         verdict = await Enforcer.around(await self.rt.decision_point()).decide(request, SANDBOX_START)
         decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: nothing starts, the work item comes back later
+            raise InfrastructureError(f"sandbox.start for task {task_id} not decided: {record.reason}")
         if isinstance(decision, Deny):
             reason = f"policy denied sandbox.start: {decision.reason}"
             code = "condition_not_honoured" if decision.code == "unenforceable_condition" else "policy_denied"
