@@ -45,6 +45,7 @@ from symbi_common.errors import (
     NotFound,
     PolicyDenied,
     SymbiError,
+    Timeout,
 )
 from symbi_common.eventstore import Recorded
 from symbi_common.policy.enforcement import LIFECYCLE_AGENT_CONFIG
@@ -292,6 +293,9 @@ class InitializationController:
         request = register_request(state, new, action=CONFIGURE_ACTION, user=user)
         verdict = await Enforcer.around(await self.decisions()).decide(request, LIFECYCLE_AGENT_CONFIG)
         decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: nothing changes, nothing is recorded (503 / 504)
+            error = Timeout if record.reason_code == "policy_timeout" else InfrastructureError
+            raise error(f"changing the configuration of {agent_id} could not be decided: {record.reason}")
         denial: PolicyDenied | None = None
         if isinstance(decision, Deny):
             denial = denied(request, decision)
