@@ -7,7 +7,7 @@ from typing import Any
 
 from schedkit import App, DenyAgents, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_common.errors import InfrastructureError
-from symbi_scheduler.domain import TaskAssigned, TaskResumed, TaskSuspended
+from symbi_contracts.scheduler.events import TaskAssigned, TaskResumed, TaskSuspended
 
 
 async def test_denied_allocation_suspends_the_agent_until_cleared(

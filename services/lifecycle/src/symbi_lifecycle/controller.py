@@ -51,19 +51,12 @@ from symbi_common.eventstore import Recorded
 from symbi_common.policy.enforcement import LIFECYCLE_AGENT_CONFIG
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.telemetry import traced
+from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue, ResourceLimits
+from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import DslError, compile_agent
 
-from symbi_lifecycle.config import AgentConfig, ConfigIssue, ResourceLimits, convert_config, validate_config
-from symbi_lifecycle.domain import (
-    ALLOWED,
-    AgentEvent,
-    AgentState,
-    AgentStatus,
-    Command,
-    ConfigRejected,
-    Configure,
-    Initialize,
-)
+from symbi_lifecycle.config import convert_config, validate_config
+from symbi_lifecycle.domain import ALLOWED, AgentState, Command, ConfigRejected, Configure, Initialize
 from symbi_lifecycle.metrics import INITIALIZATIONS
 
 log = structlog.get_logger(__name__)

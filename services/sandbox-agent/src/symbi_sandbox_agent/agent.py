@@ -43,10 +43,8 @@ from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch
 from symbi_common.telemetry import continue_trace, traced
-
-from symbi_sandbox_agent.docker_host import CgroupUsage, DockerHost, ExitState, HostInfo, remove_cgroup_tree
-from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
+from symbi_contracts.sandbox_agent.events import (
     HOST_CODEC,
     ExecutionAction,
     ExecutionEvent,
@@ -65,12 +63,15 @@ from symbi_sandbox_agent.events import (
     HostRegistered,
     Usage,
 )
+from symbi_contracts.scheduler.events import TaskAssigned
+
+from symbi_sandbox_agent.docker_host import CgroupUsage, DockerHost, ExitState, HostInfo, remove_cgroup_tree
 from symbi_sandbox_agent.execution import EXECUTION, ExecutionState
 from symbi_sandbox_agent.gateway import ActionGateway
 from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
 from symbi_sandbox_agent.spec import CGROUP_PARENT, SandboxDefaults, SandboxSpec, apply_caps, build_spec
-from symbi_sandbox_agent.tasks import TASK_CODEC, TaskAssigned, TaskView, fold_task
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -21,9 +21,9 @@ from typing import Any
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 from docker.utils.socket import frames_iter  # type: ignore[import-untyped]
+from symbi_contracts.sandbox_agent.errors import DockerUnavailable
+from symbi_contracts.sandbox_agent.events import Usage
 
-from symbi_sandbox_agent.errors import DockerUnavailable
-from symbi_sandbox_agent.events import Usage
 from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, SandboxSpec
 
 #: Docker Engine API 1.41 = Docker 20.10, the oldest engine this daemon is tested with; newer engines serve it too.

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-
-from symbi_sandbox_agent.errors import ExecutionStateError
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError
+from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     TERMINAL_TYPES,
     ExecutionEvent,
