@@ -25,8 +25,8 @@ from symbi_common.policy.events import (
 )
 from symbi_common.settings import Settings, load_settings
 from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_contracts.sandbox_agent.events import ExecutionExited, ExecutionKilled, ExecutionStarted
 from symbi_policy.main import build_app as build_policy_app
-from symbi_sandbox_agent.events import ExecutionExited, ExecutionKilled, ExecutionStarted
 
 from .conftest import Scheduler, running_agent
 from .test_actions import actions, context_service, paused, replies
