@@ -204,6 +204,8 @@ async def context_service(nats_url: str, keys_dir: Path, vectors: Path) -> Async
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
         "SYMBIONT_VECTOR_DATA_PATH": str(vectors),
+        # The queries repeat: without this the embedding cache would answer them and flatter the latency.
+        "SYMBI_CONTEXT__CONTEXT_CACHE_SIZE": "0",
     }
     async with _common.service_process("symbi_context", env) as svc:
         yield svc.url

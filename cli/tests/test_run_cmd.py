@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from symbi_audit.merkle import verify_inclusion
-from symbi_audit.notes import parse_checkpoint
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import ReceiptInvalid, check_proof, stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.streams import RawMessage
+from symbi_tlog.merkle import verify_inclusion
+from symbi_tlog.notes import parse_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

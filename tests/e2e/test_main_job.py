@@ -19,8 +19,6 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from symbi_audit.merkle import verify_inclusion
-from symbi_audit.notes import parse_checkpoint
 from symbi_cli.events import operator_url
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
@@ -28,6 +26,8 @@ from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
+from symbi_tlog.merkle import verify_inclusion
+from symbi_tlog.notes import parse_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "agents"

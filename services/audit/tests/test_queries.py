@@ -15,9 +15,9 @@ import pytest
 import uvicorn
 from nats.aio.client import Client as NatsClient
 from symbi_audit.main import build_app
-from symbi_audit.offline import verify_export
 from symbi_common.keyring import KeyRegistry
 from symbi_common.settings import Settings
+from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Running, Writer, read_log
 
@@ -183,7 +183,7 @@ async def test_erasure_crypto_shreds_while_the_log_still_verifies(
     assert recorded[0]["producer"] == "audit"
     assert all(e["verified"] for e in recorded)
     assert (await running.json("/v1/audit/status"))["findings"] == 0
-    report = verify_export(await read_log(provisioned), None, registry)
+    report = verify_export(await read_log(provisioned), None, TrustAnchor(registry), require_checkpoint=False)
     assert report.findings == []
     # Bad requests are typed.
     bad = await running.http.post("/v1/audit/erasures", json={"aggregate": "nonsense"})

@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 from nats.aio.client import Client as NatsClient
-from symbi_audit.offline import verify_export
 from symbi_common.keyring import KeyRegistry
+from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Writer, audit_env, read_log
 
@@ -107,6 +107,6 @@ async def test_kill_9_and_restart_skips_nothing_and_repeats_nothing(
     finally:
         await conn.close()
     # The stored tree is exactly the tree of the log: nothing skipped, nothing twice.
-    report = verify_export(await read_log(provisioned), note, registry)
+    report = verify_export(await read_log(provisioned), note, TrustAnchor(registry))
     assert report.findings == []
     assert report.events == last
