@@ -229,7 +229,7 @@ async def http_retrieval(memories: int, requests: int) -> tuple[list[float], lis
         async with (
             _common.nats_server() as nats,
             context_service(nats.url, keys_dir, Path(vec)) as url,
-            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            httpx.AsyncClient(base_url=url, timeout=30, headers=_common.AUTH) as http,
         ):
             last = 0
             t0 = time.perf_counter()

@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
@@ -262,7 +263,7 @@ async def test_kill_9_of_a_service_during_20_tasks(
         await rt.wait_ready(timeout=90)
         assert rt.supervisor is not None
         supervisor = rt.supervisor
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=auth_headers(rt.home)) as http:
             # Half the agents run in runc (Tier 1), half in gVisor (Tier 2): both kinds of sandbox get interrupted.
             tiers = {f"chaos-{i}": ("tier1", "tier2")[i % 2] for i in range(AGENTS)}
             agents = list(tiers)

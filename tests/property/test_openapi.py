@@ -3,8 +3,7 @@ that the document allows (and much that it does not), the answer is never a serv
 
 Each service runs for real (uvicorn on a free port, real nats-server, PostgreSQL for lifecycle, the local
 embedding model for context), policy enforcement ``allow-all`` so requests reach the handlers. Requests carry
-the headers of :func:`operator_headers` (none are needed today; an API that demands operator credentials gets
-them there).
+the headers of :func:`operator_headers`: an admin operator's token (every API demands one).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +28,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from symbi_cli.infra import NatsServer, create_database, drop_database
 from symbi_common.keyring import init_keyring
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
 from symbi_context.main import build_app as build_context
 from symbi_lifecycle.main import build_app as build_lifecycle
@@ -111,9 +112,9 @@ def context_api(backing: dict[str, str]) -> Iterator[Served]:
 
 
 @pytest.fixture
-def operator_headers() -> dict[str, str]:
-    """Headers every generated request carries (operator credentials, when the APIs demand them)."""
-    return {}
+def operator_headers(backing: dict[str, str]) -> dict[str, str]:
+    """Headers every generated request carries: an admin operator's token from the module's keyring."""
+    return bearer_header(issue_local_token(Path(backing["SYMBI_KEYS_DIR"])))
 
 
 def _schema(served: Served, headers: dict[str, str]) -> Any:

@@ -47,6 +47,8 @@ from symbi_tlog.offline import TrustAnchor, audit_key, check_checkpoint
 from symbi_tlog.rules import CachedRegistry, LogVerifier, event_leaf, verdict
 
 from symbi_cli.agent_cmd import registration_body
+from symbi_cli.credentials import auth_headers
+from symbi_cli.errors import CliError
 from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 from symbi_cli.status_cmd import read_state
 from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
@@ -332,10 +334,14 @@ async def run_agent(
     keys_dir: Path,
     console: Console,
     receipt_timeout: float,
+    home: Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Every step of ``symbi run``; returns the exit status and the document describing the run."""
+    """Every step of ``symbi run``; returns the exit status and the document describing the run.
+
+    Every call carries the operator credential of ``home`` (``$SYMBI_OPERATOR_TOKEN`` first)."""
     doc: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}) as http:
+    headers = auth_headers(home)
+    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}, headers=headers) as http:
         agent = await register_agent(http, urls, file, agent_id)
         doc["agent"] = {"id": agent["id"], "name": agent.get("name"), "version": agent.get("version")}
         console.print(f"agent [bold]{agent['id']}[/] ({agent.get('name')} {agent.get('version')}): Ready")
@@ -345,7 +351,7 @@ async def run_agent(
             body["input"] = data.decode()
         except UnicodeDecodeError:
             body["input_base64"] = _b64(data)
-        api = SchedulerApi(urls.scheduler)
+        api = SchedulerApi(urls.scheduler, headers)
         try:
             try:
                 task_id = (await api.submit(body))["task_id"]
@@ -454,11 +460,12 @@ def run(
                     urls=service_urls(home, base_port),
                     nats_url=events_nats_url(nats_url, home),
                     keys_dir=keys_dir or home / "keys",
+                    home=home,
                     console=console,
                     receipt_timeout=receipt_timeout,
                 )
             )
-        except (SymbiError, OSError, nats.errors.Error) as exc:
+        except (SymbiError, CliError, OSError, nats.errors.Error) as exc:
             console.print(f"[red]error:[/] {exc}")
             span.set_status(StatusCode.ERROR, str(exc))
             code, doc = EXIT_FAILED, {}

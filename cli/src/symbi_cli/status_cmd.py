@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
 from symbi_cli.runtime import ALL_SERVICES, DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 
@@ -340,7 +341,11 @@ def local_snapshot(home: Path, base_port: int, host: str) -> Snapshot:
 async def fetch_snapshot(home: Path, base_port: int = DEFAULT_BASE_PORT, host: str = "127.0.0.1") -> Snapshot:
     """Everything the report needs: the state file, ``/proc`` and each service's HTTP answers."""
     snapshot = await asyncio.to_thread(local_snapshot, home, base_port, host)
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+    try:  # health needs no credential; the agent count and the scheduler's status do
+        headers = auth_headers(home)
+    except CliError:
+        headers = {}
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as http:
         await asyncio.gather(*(_probe(http, p) for p in snapshot.services.values()))
 
         async def scheduler() -> None:

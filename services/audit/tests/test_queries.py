@@ -9,6 +9,7 @@ import io
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 from symbi_audit.main import build_app
 from symbi_common.keyring import KeyRegistry
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings
 from symbi_tlog.offline import TrustAnchor, verify_export
 
@@ -99,7 +101,8 @@ async def served(settings: Settings, provisioned: NatsClient) -> AsyncIterator[t
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
         await asyncio.sleep(0.02)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+    headers = bearer_header(issue_local_token(Path(settings.keys.dir)))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
         try:
             yield f"http://127.0.0.1:{port}", Running(app, http, app.state.audit)
         finally:
@@ -123,7 +126,7 @@ async def test_live_feed_over_sse_and_nats_filtered_by_agent_and_type(
 
     async def listen() -> None:
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(timeout=10, headers=dict(running.http.headers)) as client,
             client.stream(
                 "GET", f"{url}/v1/audit/stream", params={"agent": "live1", "event_type": "agent.touched"}
             ) as resp,
