@@ -61,13 +61,14 @@ async def test_an_event_that_cannot_be_applied_halts_the_set_until_a_later_event
         assert decision.code == "policy_halted"
         assert decision.policies == ("legacy",)
         assert "no longer compiles" in decision.reason
-    over_http = (await policy.http.post("/v1/decisions", content=_encode(SHELL))).json()
-    assert over_http["effect"] == "deny"
-    assert over_http["code"] == "policy_halted"
+    # The operator API is gated by the same enforcer: it is refused too while the policy is halted.
+    over_http = await policy.http.post("/v1/decisions", content=_encode(SHELL))
+    assert over_http.status_code == 403
+    assert over_http.json()["error"]["details"]["reason_code"] == "policy_halted"
     assert "legacy" not in follower.compiled  # the text never became current
-    shown = (await policy.http.get("/v1/policy-sets/legacy")).json()
+    shown = await policy.client.call("policy", "get", {"set_id": "legacy"}, dict)
     assert "no longer compiles" in shown["halted"]
-    assert "legacy" in (await policy.http.get("/v1/policy-sets")).json()["halted"]
+    assert "legacy" in (await policy.client.call("policy", "list", {}, dict))["halted"]
 
     remote_runtime = await start_runtime("context", enforcement="remote")  # asks the halted policy service
     remote = await remote_runtime.decision_point()
@@ -84,12 +85,12 @@ async def test_an_event_that_cannot_be_applied_halts_the_set_until_a_later_event
     assert metrics.value("symbi_policy_set_halted", set_id="legacy") == 1
 
     # Fixed by a later event of the set that applies: an update whose text compiles.
-    fixed = await policy.http.put(
-        "/v1/policy-sets/legacy", json={"cedar": '@id("ok")\npermit(principal, action, resource);'}
+    # (through the policy service's command, with the admin's NATS credential: its HTTP API is refused now)
+    fixed = await policy.client.call(
+        "policy", "update", {"set_id": "legacy", "cedar": '@id("ok")\npermit(principal, action, resource);'}, dict
     )
-    assert fixed.status_code == 200, fixed.text
     assert follower.halted == {}
-    assert fixed.json()["halted"] == ""
+    assert fixed["halted"] == ""
     await until(lambda: not point.follower.halted and point.version == follower.version)
     assert isinstance(await point.decide(SHELL), Allow)
     assert isinstance(await policy.service.decide(SHELL), Allow)

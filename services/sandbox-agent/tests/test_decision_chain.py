@@ -46,13 +46,15 @@ permit(principal is Agent, action == Action::"tool.invoke", resource == Tool::"s
 
 
 @pytest.fixture
-async def policy_service(nats_url: str, keys_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def policy_service(
+    nats_url: str, keys_dir: Path, operator_headers: dict[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real policy service (it registers the baseline) with the conditions above; yields its HTTP client."""
     env = {"SYMBI_NATS_URL": nats_url, "SYMBI_KEYS_DIR": str(keys_dir), "SYMBI_LOG_LEVEL": "warning"}
     app = build_policy_app(load_settings(env=env))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://policy", headers=operator_headers) as http:
             created = await http.post("/v1/policy-sets", json={"set_id": "conditions", "cedar": CONDITIONS})
             assert created.status_code == 201, created.text
             yield http
