@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import httpx
-from symbi_cli.run_cmd import MEMORY_MAX_CHARS, result_memory
 from symbi_cli.credentials import auth_headers
+from symbi_cli.run_cmd import MEMORY_MAX_CHARS, result_memory
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 
 AGENT = """agent {name}(x: String) -> String {{
