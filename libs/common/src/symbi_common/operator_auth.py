@@ -31,6 +31,7 @@ from symbi_common.crypto import Verifier
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError, Unauthenticated, to_wire
 from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_revocation, verify_token
+from symbi_common.policy.enforcement import HTTP_API
 
 log = structlog.get_logger(__name__)
 
@@ -225,7 +226,7 @@ class OperatorGuard:
             ),
             context={"token_id": claims.tid, "target": target},
         )
-        record = await self.enforcer.enforce(request)  # PolicyDenied (403) if denied, after logging it
+        record = await self.enforcer.enforce(request, HTTP_API)  # PolicyDenied (403) if denied, after logging it
         if record.conditions:
             kinds = ", ".join(sorted({c.kind for c in record.conditions}))
             raise PolicyDenied(
