@@ -296,3 +296,23 @@ def document_security(app: FastAPI) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def acting_for(request: Request, asserted: str | None) -> str | None:
+    """The principal a request acts for, when it names one (e.g. ``X-Symbi-Principal``).
+
+    The authenticated operator speaks for itself; only an admin may act for another principal (a user
+    or an agent). Anything else is refused: a header is a claim, and a claim needs the authority to make it.
+    """
+    if not asserted:
+        return None
+    claims = request.scope.get("state", {}).get("operator")
+    if not isinstance(claims, OperatorClaims):
+        raise Unauthenticated("no authenticated operator for this request")
+    if claims.role == "admin" or asserted in (claims.sub, f'User::"{claims.sub}"'):
+        return asserted
+    raise PolicyDenied(
+        f"operator {claims.sub!r} (role {claims.role}) may not act as {asserted!r}: "
+        "only an admin acts for another principal",
+        action="act_as",
+    )
