@@ -103,7 +103,7 @@ def test_no_credential_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_token_from_another_issuer_does_not_verify(keys_dir: Path, tmp_path: Path) -> None:
-    from symbi_common.keyring import init_keyring
+    from symbi_common.keyfiles import init_keyring
 
     other = tmp_path / "other" / "keys"
     init_keyring(other)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient
 from symbi_common.datakeys import DataKeys, MemoryDataKeyStore
+from symbi_common.keyfiles import load_service_keys
+from symbi_common.keyring import KeyRegistry
 from symbi_context.errors import VectorStoreError
 from symbi_context.vectors.edge import EdgeVectorStore
 from symbi_context.vectors.keywords import document_keywords
@@ -52,8 +53,11 @@ def on_disk(root: Path, needle: bytes) -> list[str]:
 
 
 @pytest.mark.parametrize("backend", ["edge", "qdrant", "lancedb"])
-async def test_only_sealed_content_reaches_the_engine(backend: str, tmp_path: Path) -> None:
-    keys = DataKeys(MemoryDataKeyStore(), os.urandom(32))
+async def test_only_sealed_content_reaches_the_engine(
+    backend: str, tmp_path: Path, keys_dir: Path, registry: KeyRegistry
+) -> None:
+    own = load_service_keys(keys_dir / "context", "context")
+    keys = DataKeys(MemoryDataKeyStore(), own.wrap, registry, service="context")
     ada = (await keys.current("memory.ada")).key_id
     bob = (await keys.current("memory.bob")).key_id
     inner = await open_inner(backend, tmp_path)
