@@ -73,7 +73,8 @@ from nats.js.api import DeliverPolicy
 from symbi_cli.runtime import SERVICE_PORT_OFFSETS, LocalRuntime, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
 from symbi_common.eventstore import H_EVENT_TYPE
-from symbi_sandbox_agent.docker_host import DockerHost, remove_cgroup_tree
+from symbi_sandbox_agent.cgroups import remove_cgroup_tree
+from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.spec import CGROUP_PARENT, GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, build_spec
 from symbi_sandbox_agent.tasks import LimitSpec, TaskAssigned, TaskSubmitted, WorkloadSpec, fold_task
 
@@ -298,14 +299,15 @@ class RawDocker:
         started = time.perf_counter()
         input_file = self.work / spec.name
         input_file.write_bytes(INPUT)
-        cid = self.docker.create(spec, str(input_file))
+        runner = self.docker.runner(spec.runtime)
+        cid = runner.create(spec, str(input_file))
         try:
-            sock = self.docker.attach(cid)
-            self.docker.start(cid)
-            self.docker.send_input(sock, INPUT)
-            out = b"".join(data for stream, data in self.docker.frames(sock) if stream == 1)
-            self.docker.close_socket(sock)
-            state = self.docker.wait(cid, TIMEOUT_S)
+            sock = runner.attach(cid)
+            runner.start(cid)
+            runner.send_input(sock, INPUT)
+            out = b"".join(data for stream, data in runner.frames(sock) if stream == 1)
+            runner.close_socket(sock)
+            state = runner.wait(cid, TIMEOUT_S)
         finally:
             self.docker.remove(cid)
             remove_cgroup_tree(spec.cgroup_parent)

@@ -26,8 +26,8 @@ from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import Settings, load_settings
-from symbi_sandbox_agent.agent import SandboxAgent
 from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_sandbox_agent.host import SandboxHost
 from symbi_sandbox_agent.main import build_app
 
 IMAGE = "symbi/busybox:1"
@@ -240,7 +240,7 @@ def agent_env(nats_url: str, keys_dir: Path, host_id: str, work_dir: Path, **ext
 class Agent:
     app: FastAPI
     http: httpx.AsyncClient
-    daemon: SandboxAgent
+    daemon: SandboxHost
     host_id: str
 
 
@@ -264,7 +264,7 @@ async def running_agent(settings: Settings) -> AsyncIterator[Agent]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sandbox-agent") as http:
-            daemon: SandboxAgent = app.state.sandbox
+            daemon: SandboxHost = app.state.sandbox
             yield Agent(app, http, daemon, daemon.host_id)
 
 

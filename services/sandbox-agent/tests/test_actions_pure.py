@@ -21,6 +21,7 @@ from symbi_sandbox_agent.actions import (
     error_reply,
     parse_request,
 )
+from symbi_sandbox_agent.domain import EXECUTION
 from symbi_sandbox_agent.errors import (
     ActionRequestError,
     ActionRequestTooLarge,
@@ -34,7 +35,6 @@ from symbi_sandbox_agent.events import (
     ExecutionStarted,
     Limits,
 )
-from symbi_sandbox_agent.execution import EXECUTION
 
 
 def lines(*chunks: bytes, limit: int = MAX_REQUEST_BYTES) -> list[RequestLine]:

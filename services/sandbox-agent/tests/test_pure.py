@@ -9,7 +9,8 @@ import pytest
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import ConfigError
 from symbi_common.settings import SandboxSettings
-from symbi_sandbox_agent.agent import check_settings, resolve_host_id
+from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.domain import EXECUTION
 from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_sandbox_agent.events import (
     ExecutionExited,
@@ -20,7 +21,6 @@ from symbi_sandbox_agent.events import (
     ExecutionStarted,
     Limits,
 )
-from symbi_sandbox_agent.execution import EXECUTION
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
