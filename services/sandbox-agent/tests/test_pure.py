@@ -174,6 +174,10 @@ def test_policy_caps_only_lower_the_limits() -> None:
     assert (capped.limits.memory_mb, capped.limits.cpu_cores, capped.limits.execution_timeout_s) == (64, 2.0, 10.0)
     with pytest.raises(InvalidWorkload, match="too little"):
         apply_caps(spec, {"memory_mb": 1})
+    # Limits that are not policy resources are the host's, not the policy's: a cap on them is not applied.
+    assert apply_caps(spec, {"pids": 16, "output_cap_bytes": 1}).limits == spec.limits
+    with pytest.raises(InvalidWorkload, match="cannot be honoured"):
+        apply_caps(spec, {"memory_mb": "lots"})  # type: ignore[dict-item]
 
 
 def test_bad_settings_are_refused() -> None:

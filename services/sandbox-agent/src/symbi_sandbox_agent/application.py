@@ -22,8 +22,8 @@ from typing import Any
 
 import structlog
 from symbi_common.aggregate import Repository
+from symbi_common.caps import resource_caps
 from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.policy.conditions import resource_caps
 from symbi_common.policy.hooks import resources_context
 from symbi_common.service import ServiceRuntime
 
