@@ -10,16 +10,21 @@ from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import ConfigError
 from symbi_common.settings import SandboxSettings
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
-from symbi_sandbox_agent.domain import EXECUTION
+from symbi_sandbox_agent.domain import EXECUTION, ExitState, terminal_event
 from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_sandbox_agent.events import (
     ExecutionExited,
+    ExecutionFailed,
+    ExecutionKilled,
+    ExecutionOomKilled,
     ExecutionOutput,
     ExecutionPaused,
     ExecutionRefused,
     ExecutionResumed,
     ExecutionStarted,
+    ExecutionTimedOut,
     Limits,
+    Usage,
 )
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
@@ -260,3 +265,30 @@ def test_pause_and_resume_follow_the_state() -> None:
     assert EXECUTION.decide(state, ExecutionResumed(attempt=1)) == [ExecutionResumed(attempt=1)]  # type: ignore[arg-type]
     with pytest.raises(ExecutionStateError):
         EXECUTION.decide(run([]), ExecutionPaused(attempt=1))  # type: ignore[arg-type]
+
+
+def test_how_a_run_ended_decides_its_terminal_event() -> None:
+    spec = build_spec(task(memory_mb=64, execution_timeout_s=5), "h1", CAPS, SandboxDefaults(output_cap_bytes=10))  # type: ignore[arg-type]
+    digest, usage = OutputCollector(10).digest(), Usage(cpu_seconds=0.5)
+
+    def end(exit_state: ExitState | None, kill_reason: str = "") -> object:
+        return terminal_event(spec, exit_state, kill_reason, digest, usage, 1.5)
+
+    exited = end(ExitState(3, False, ""))
+    assert isinstance(exited, ExecutionExited)
+    assert (exited.exit_code, exited.usage, exited.duration_s) == (3, usage, 1.5)
+    # A timeout wins over the exit state; an OOM kill over a kill by the daemon.
+    timed_out = end(ExitState(137, True, ""), "timeout")
+    assert isinstance(timed_out, ExecutionTimedOut)
+    assert timed_out.timeout_s == 5
+    oom = end(ExitState(137, True, ""), "output_cap")
+    assert isinstance(oom, ExecutionOomKilled)
+    assert oom.memory_limit_bytes == 64 * 1024 * 1024
+    killed = end(ExitState(137, False, ""), "output_cap")
+    assert isinstance(killed, ExecutionKilled)
+    assert killed.reason == "output_cap: printed more than 10 bytes"
+    assert end(None, "shutdown").reason == "shutdown: the sandbox-agent shut down"  # type: ignore[attr-defined]
+    failed = end(ExitState(None, False, "the container disappeared"))
+    assert isinstance(failed, ExecutionFailed)
+    assert failed.reason == "no exit status: the container disappeared"
+    assert EXECUTION.decide(run([started(spec.attempt)]), exited) == [exited]  # type: ignore[arg-type]
