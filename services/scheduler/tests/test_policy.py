@@ -118,7 +118,7 @@ class CapEverything:
 
     async def decide(self, request: DecisionRequest) -> Decision:
         conditions = (
-            Condition(kind="cap_resources", params={"memory_mb": 256, "cpu_cores": 2, "disk_io_mbps": 40}, policy="a"),
+            Condition(kind="cap_resources", params={"memory_mb": 256, "cpu_cores": 2}, policy="a"),
             Condition(kind="cap_resources", params={"memory_mb": 128.9, "execution_timeout_s": 30}, policy="b"),
         )
         return AllowWithConditions(conditions=conditions, policies=("a", "b"), policy_version=7)
@@ -139,6 +139,6 @@ async def test_cap_resources_conditions_of_the_allocation_lower_the_task_limits(
     [assigned] = [e for e in await task_events(store, view["task_id"]) if isinstance(e, TaskAssigned)]
     # The tightest cap of each resource, never raised (cpu stays 1.0), truncated to whole MB.
     assert assigned.limits == ResourceLimits(
-        memory_mb=128, cpu_cores=1.0, disk_io_mbps=40, network_io_mbps=10, execution_timeout_s=30.0
+        memory_mb=128, cpu_cores=1.0, disk_io_mbps=100, network_io_mbps=10, execution_timeout_s=30.0
     )
     assert host.started == [(view["task_id"], 1)]
