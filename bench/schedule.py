@@ -27,10 +27,10 @@ import time
 
 import _common
 from symbi_common.decisions import DecisionRecord
-from symbi_lifecycle.config import AgentConfig, ResourceLimits, Workload
-from symbi_lifecycle.domain import AgentReady, AgentRegistered
+from symbi_contracts.lifecycle.config import PRIORITIES, AgentConfig, ResourceLimits, Workload
+from symbi_contracts.lifecycle.events import AgentReady, AgentRegistered
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
 from symbi_scheduler.core import Place, brute_force_decide
-from symbi_scheduler.domain import PRIORITIES, TaskAssigned, TaskCompleted, TaskSubmitted
 from symbi_scheduler.model import HostInfo, Model
 
 TARGET_MS = 1.0

@@ -31,9 +31,9 @@ from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import RawMessage
-from symbi_sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEvent
-from symbi_scheduler.domain import CODEC as TASK_CODEC
-from symbi_scheduler.domain import TaskEvent, TaskSuspended
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEvent
+from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
+from symbi_contracts.scheduler.events import TaskEvent, TaskSuspended
 
 REPO = Path(__file__).resolve().parents[2]
 NOTE_KEEPER = REPO / "examples" / "agents" / "note-keeper.symbi"

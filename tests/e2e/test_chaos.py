@@ -45,7 +45,7 @@ from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     TERMINAL_TYPES,
     ExecutionExited,
@@ -54,9 +54,9 @@ from symbi_sandbox_agent.events import (
     ExecutionStarted,
     OutputDigest,
 )
+from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCancelled, TaskCompleted, TaskSubmitted
 from symbi_sandbox_agent.spec import LABEL_HOST
-from symbi_scheduler.domain import CODEC as TASK_CODEC
-from symbi_scheduler.domain import TaskAssigned, TaskCancelled, TaskCompleted, TaskSubmitted
 
 AGENTS = 4
 TASKS = 20

@@ -27,7 +27,7 @@ from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
-from symbi_sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "agents"

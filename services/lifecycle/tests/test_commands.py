@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from symbi_common.errors import AlreadyExists, BadRequest, IllegalTransition, NotFound, ValidationError
-from symbi_lifecycle.domain import AgentStatus
+from symbi_contracts.lifecycle.events import AgentStatus
 from symbi_lifecycle.projections import AgentPage, AgentView
 
 from .conftest import Running

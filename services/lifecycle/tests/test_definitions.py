@@ -16,9 +16,8 @@ from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.engine import PolicyEngine
 from symbi_common.settings import Settings
-from symbi_dsl import compiler as dsl_compiler
+from symbi_contracts.lifecycle.config import AgentConfig
 from symbi_dsl import config_name
-from symbi_lifecycle import config as lifecycle_config
 from symbi_lifecycle.domain import Register
 from symbi_lifecycle.main import build_app
 
@@ -231,7 +230,7 @@ async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings
     async with app.router.lifespan_context(app):
         service = app.state.lifecycle
         # The process "dies" after agent.registered: append it without initializing.
-        provisional = lifecycle_config.AgentConfig(name="hello-agent")
+        provisional = AgentConfig(name="hello-agent")
         await service.repository.execute("orphan", Register(config=provisional, definition=hello))
         loaded = await service.repository.load("orphan", fresh=True)
         assert loaded.state.status.value == "Initializing"
@@ -251,11 +250,6 @@ async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings
             events = await history(http, "orphan", 0)
             assert [e["type"] for e in events] == ["agent.registered", "agent.ready"]
             assert events[1]["data"]["config"]["workload"]["image"] == "symbi/busybox:1"
-
-
-def test_dsl_bounds_are_the_lifecycle_bounds() -> None:
-    for name in ("MEMORY_MB", "CPU_CORES", "DISK_IO_MBPS", "NETWORK_IO_MBPS", "EXECUTION_TIMEOUT_S"):
-        assert getattr(dsl_compiler, name) == getattr(lifecycle_config, name), name
 
 
 async def test_configure_replaces_a_ready_agents_config_through_the_decision(running: Running) -> None:

@@ -9,19 +9,22 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AlreadyExists, IllegalTransition, NotFound, SymbiError, ValidationError
-from symbi_lifecycle.config import AgentConfig, ResourceLimits, convert_config, validate_config
-from symbi_lifecycle.domain import (
-    ALLOWED,
+from symbi_contracts.lifecycle.config import AgentConfig, ResourceLimits
+from symbi_contracts.lifecycle.events import (
     CODEC,
-    TRANSITIONS,
     AgentConfigured,
     AgentConfigureDenied,
     AgentDenied,
     AgentFailed,
     AgentReady,
     AgentRegistered,
-    AgentState,
     AgentStatus,
+)
+from symbi_lifecycle.config import convert_config, validate_config
+from symbi_lifecycle.domain import (
+    ALLOWED,
+    TRANSITIONS,
+    AgentState,
     AssignTask,
     Command,
     CompleteTask,

@@ -19,8 +19,9 @@ from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import ChainTip
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import RawMessage
-from symbi_lifecycle.config import AgentConfig
-from symbi_lifecycle.domain import AGENT, CODEC, AgentRegistered, AssignTask, CompleteTask, Initialize, Register
+from symbi_contracts.lifecycle.config import AgentConfig
+from symbi_contracts.lifecycle.events import CODEC, AgentRegistered
+from symbi_lifecycle.domain import AGENT, AssignTask, CompleteTask, Initialize, Register
 from symbi_lifecycle.projections import AgentProjection
 
 from .conftest import Running

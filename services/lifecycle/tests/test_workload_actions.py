@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 from symbi_common.errors import BadRequest
-from symbi_lifecycle.config import AgentConfig, Workload, convert_config, validate_config
+from symbi_contracts.lifecycle.config import AgentConfig, Workload
+from symbi_lifecycle.config import convert_config, validate_config
 
 BASE = {"name": "note-keeper", "workload": {"image": "symbi/busybox:1", "command": ["sh", "-c", "true"]}}
 

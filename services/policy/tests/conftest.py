@@ -18,8 +18,8 @@ from symbi_common.eventstore import EventStore
 from symbi_common.sealing import ChainTip
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
-from symbi_lifecycle.config import AgentConfig, PolicySpec
-from symbi_lifecycle.domain import CODEC, AgentReady, AgentRegistered, AgentTaskAssigned
+from symbi_contracts.lifecycle.config import AgentConfig, PolicySpec
+from symbi_contracts.lifecycle.events import CODEC, AgentReady, AgentRegistered, AgentTaskAssigned
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_policy.application import PolicyService
 from symbi_policy.main import build_app

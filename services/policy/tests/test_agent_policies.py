@@ -11,8 +11,8 @@ from symbi_common.errors import Timeout
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.cedar import PolicyRejected
 from symbi_common.settings import Settings
-from symbi_lifecycle.config import AgentConfig, PolicySpec
-from symbi_lifecycle.domain import (
+from symbi_contracts.lifecycle.config import AgentConfig, PolicySpec
+from symbi_contracts.lifecycle.events import (
     CODEC,
     AgentConfigured,
     AgentStatus,
@@ -20,7 +20,7 @@ from symbi_lifecycle.domain import (
     AgentTaskCompleted,
     AgentTerminated,
 )
-from symbi_policy.agent_events import CaughtUpRequest
+from symbi_contracts.policy.commands import CaughtUpRequest
 from symbi_policy.agents import agent_policy_text
 from symbi_policy.main import build_app
 

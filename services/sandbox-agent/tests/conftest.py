@@ -22,11 +22,13 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 from symbi_common.decisions import DecisionRecord
-from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import Settings, load_settings
-from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.scheduler.events import CODEC as TASKS
+from symbi_contracts.scheduler.events import ResourceRequest, TaskAssigned, TaskEvent, TaskSubmitted
 from symbi_sandbox_agent.host import SandboxHost
 from symbi_sandbox_agent.main import build_app
 
@@ -60,40 +62,12 @@ def containers_of(client: docker.DockerClient, host_id: str) -> list[dict[str, A
     return list(client.api.containers(all=True, filters={"label": f"symbi.host_id={host_id}"}))
 
 
-# --- the scheduler's side of the contract ----------------------------------------------------------
+# --- the scheduler's side of the contract (its types: symbi_contracts.scheduler.events) --------------
 
 
-class Submitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
-    agent_id: str
-    input: bytes
-    priority: str = "normal"
-    resources: dict[str, Any] | None = None
-    submitted_by: str = "test"
-
-
-class Assigned(Event, frozen=True, kw_only=True, tag="task.assigned"):
-    host_id: str
-    tier: str
-    risk_score: float
-    risk_factors: dict[str, float]
-    workload: dict[str, Any]
-    limits: dict[str, Any]
-    network_access: list[str]
-    attempt: int
-    decision: DecisionRecord
-
-
-class Completed(Event, frozen=True, kw_only=True, tag="task.completed"):
-    outcome: str
-
-
-TaskEvent = Submitted | Assigned | Completed
-TASKS: EventCodec[TaskEvent] = EventCodec([Submitted, Assigned, Completed])  # type: ignore[list-item]
-
-
-def limits(**overrides: Any) -> dict[str, Any]:
+def limits(**overrides: Any) -> ResourceLimits:
     base = {"memory_mb": 128, "cpu_cores": 1.0, "disk_io_mbps": 50, "network_io_mbps": 10, "execution_timeout_s": 20}
-    return {**base, **overrides}
+    return ResourceLimits(**{**base, **overrides})
 
 
 @dataclass
@@ -145,7 +119,7 @@ class Scheduler:
         *,
         tier: str = "tier1",
         input: bytes = b"",
-        lim: dict[str, Any] | None = None,
+        lim: ResourceLimits | None = None,
         network_access: list[str] | None = None,
         attempt: int = 1,
         task_id: str | None = None,
@@ -158,19 +132,25 @@ class Scheduler:
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
         events: list[TaskEvent] = []
         if task_id not in self.tips:
-            events.append(Submitted(agent_id=agent_id, input=input, resources={"memory_mb": 64}))
-        workload: dict[str, Any] = {"image": IMAGE, "command": command, "env": {"GREETING": "hi"}, "workdir": "/"}
-        if actions:
-            workload["actions"] = True
+            events.append(
+                TaskSubmitted(
+                    agent_id=agent_id,
+                    input=input,
+                    priority="normal",
+                    resources=ResourceRequest(memory_mb=64),
+                    submitted_by="test",
+                )
+            )
+        workload = Workload(image=IMAGE, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions)
         events.append(
-            Assigned(
+            TaskAssigned(
                 host_id=host_id,
                 tier=tier,
                 risk_score=0.2,
                 risk_factors={"network_access": 0.0},
                 workload=workload,
                 limits=lim or limits(),
-                network_access=network_access or [],
+                network_access=tuple(network_access or ()),
                 attempt=attempt,
                 decision=decision,
             )

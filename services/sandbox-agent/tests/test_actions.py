@@ -31,9 +31,8 @@ from symbi_common.settings import Settings, load_settings
 from symbi_common.telemetry import capture_spans, trace_id_of, traced
 from symbi_context.domain import MEMORY, MemoryStored
 from symbi_context.main import build_app as build_context_app
-from symbi_dsl import compile_agent
-from symbi_sandbox_agent.errors import ActionDenied
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ActionDenied
+from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     ExecutionAction,
     ExecutionExited,
@@ -41,6 +40,7 @@ from symbi_sandbox_agent.events import (
     ExecutionPaused,
     ExecutionResumed,
 )
+from symbi_dsl import compile_agent
 
 from .conftest import Agent, Scheduler, containers_of, limits, running_agent
 from .test_control import command

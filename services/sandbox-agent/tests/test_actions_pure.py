@@ -6,6 +6,13 @@ from __future__ import annotations
 import msgspec
 import pytest
 from symbi_common.decisions import DecisionRecord
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionAction,
+    ExecutionExited,
+    ExecutionPaused,
+    ExecutionStarted,
+    Limits,
+)
 from symbi_sandbox_agent.actions import (
     MAX_REQUEST_BYTES,
     ActionRequest,
@@ -27,13 +34,6 @@ from symbi_sandbox_agent.errors import (
     ActionRequestTooLarge,
     MalformedActionRequest,
     UnknownAction,
-)
-from symbi_sandbox_agent.events import (
-    ExecutionAction,
-    ExecutionExited,
-    ExecutionPaused,
-    ExecutionStarted,
-    Limits,
 )
 
 

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from symbi_common.commands import CommandClient
 from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
-from symbi_sandbox_agent.errors import ExecutionStateError, UnknownExecution
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError, UnknownExecution
+from symbi_contracts.sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
     ExecutionKilled,
@@ -23,6 +23,8 @@ from symbi_sandbox_agent.events import (
     HostReconciled,
     HostRegistered,
 )
+from symbi_contracts.scheduler.events import CODEC as TASKS
+from symbi_contracts.scheduler.events import TaskAssigned
 
 from .conftest import Agent, Scheduler, containers_of, limits
 
@@ -98,10 +100,10 @@ async def test_a_missing_image_is_refused(agent: Agent, scheduler: Scheduler) ->
     # Same task, a second attempt whose workload names an image this host does not have.
     assigned = scheduler.tips[task_id]
     assert assigned.version == 2
-    from .conftest import TASKS, Assigned
-
-    [first] = [r.event for r in await scheduler.store.load("task", task_id, TASKS) if isinstance(r.event, Assigned)]
-    bad = msgspec.structs.replace(first, attempt=2, workload={**first.workload, "image": "nowhere/none:0"})
+    [first] = [r.event for r in await scheduler.store.load("task", task_id, TASKS) if isinstance(r.event, TaskAssigned)]
+    bad = msgspec.structs.replace(
+        first, attempt=2, workload=msgspec.structs.replace(first.workload, image="nowhere/none:0")
+    )
     await scheduler.store.append("task", task_id, [bad], TASKS, expected=assigned)
     await scheduler.publish(agent.host_id, task_id, 2)
     r = await scheduler.result(task_id)

@@ -23,8 +23,8 @@ from symbi_cli.infra import NatsServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings, load_settings
-from symbi_sandbox_agent.errors import DockerUnavailable
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import DockerUnavailable
+from symbi_contracts.sandbox_agent.events import (
     HOST_CODEC,
     ExecutionExited,
     ExecutionFailed,

@@ -15,7 +15,7 @@ from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import Settings
-from symbi_sandbox_agent.events import ExecutionExited, ExecutionRefused
+from symbi_contracts.sandbox_agent.events import ExecutionExited, ExecutionRefused
 
 from .conftest import Scheduler, containers_of, running_agent
 

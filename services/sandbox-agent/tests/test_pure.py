@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 import pytest
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import ConfigError
 from symbi_common.settings import SandboxSettings
-from symbi_sandbox_agent.config import check_settings, resolve_host_id
-from symbi_sandbox_agent.domain import EXECUTION, ExitState, terminal_event
-from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, LimitNotEnforceable, TierUnavailable
-from symbi_sandbox_agent.events import (
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.sandbox_agent.errors import (
+    ExecutionStateError,
+    InvalidWorkload,
+    LimitNotEnforceable,
+    TierUnavailable,
+)
+from symbi_contracts.sandbox_agent.events import (
     ExecutionExited,
     ExecutionFailed,
     ExecutionKilled,
@@ -26,10 +31,13 @@ from symbi_sandbox_agent.events import (
     Limits,
     Usage,
 )
+from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
+from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.domain import EXECUTION, ExitState, terminal_event
 from symbi_sandbox_agent.output import OutputCollector
-from symbi_sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
-from symbi_sandbox_agent.tasks import LimitSpec, TaskAssigned, TaskCompleted, TaskSubmitted, WorkloadSpec, fold_task
+from symbi_sandbox_agent.tasks import fold_task
 
 # --- risk ------------------------------------------------------------------------------------------
 
@@ -123,19 +131,27 @@ def test_output_past_the_cap_is_dropped_and_flagged() -> None:
 
 # --- spec ------------------------------------------------------------------------------------------
 
+ALLOWED = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
 CAPS = HostCapabilities(runtimes=frozenset({"runc", "runsc"}), blkio_device="/dev/vda")
 
 
 def task(tier: str = "tier1", network: tuple[str, ...] = (), **lim: float) -> object:
-    assigned = TaskAssigned(
-        host_id="h1",
-        tier=tier,
-        attempt=2,
-        workload=WorkloadSpec(image="img:1", command=("run",), env={"A": "1"}),
-        limits=LimitSpec(**lim),  # type: ignore[arg-type]
-        network_access=network,
-    )
-    return fold_task("t1", [TaskSubmitted(agent_id="a1", input=b"in"), assigned])
+    assigned = assigned_event(tier=tier, network_access=network, limits=ResourceLimits(**lim))  # type: ignore[arg-type]
+    return fold_task("t1", [TaskSubmitted(agent_id="a1", input=b"in", priority="normal"), assigned])
+
+
+def assigned_event(**fields: Any) -> TaskAssigned:
+    base: dict[str, Any] = {
+        "host_id": "h1",
+        "tier": "tier1",
+        "risk_score": 0.1,
+        "risk_factors": {},
+        "workload": Workload(image="img:1", command=("run",), env={"A": "1"}),
+        "limits": ResourceLimits(),
+        "attempt": 2,
+        "decision": ALLOWED,
+    }
+    return TaskAssigned(**{**base, **fields})
 
 
 def test_spec_hardens_every_sandbox() -> None:
@@ -197,7 +213,12 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_task_view_ends_with_completion() -> None:
-    view = fold_task("t", [TaskSubmitted(agent_id="a", input=b"x"), TaskAssigned(host_id="h"), TaskCompleted()])
+    events = [
+        TaskSubmitted(agent_id="a", input=b"x", priority="normal"),
+        assigned_event(host_id="h"),
+        TaskCompleted(outcome="succeeded", attempt=2),
+    ]
+    view = fold_task("t", events)
     assert view.ended
     assert view.input == b"x"
     assert view.agent_id == "a"

@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.events import (
     ExecutionExited,
     ExecutionKilled,
     ExecutionOomKilled,

@@ -34,8 +34,8 @@ from symbi_common.decisions import Allow, Decision, DecisionRecord, DecisionRequ
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings
 from symbi_common.telemetry import continue_trace
-from symbi_sandbox_agent.errors import ActionDenied
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ActionDenied
+from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     ExecutionAction,
     ExecutionExited,
@@ -48,7 +48,7 @@ from symbi_sandbox_agent.events import (
     Limits,
     OutputDigest,
 )
-from symbi_scheduler.domain import CODEC, TaskAssigned, TaskSubmitted
+from symbi_contracts.scheduler.events import CODEC, TaskAssigned, TaskSubmitted
 from symbi_scheduler.work import ensure_work_stream
 
 MakeStore = Callable[..., Awaitable[EventStore]]
@@ -424,6 +424,6 @@ class FakeHost:
 
 async def agent_events(store: EventStore, agent_id: str) -> list[str]:
     """The agent's event types, straight from the stream (verified)."""
-    from symbi_lifecycle.domain import CODEC as AGENT_CODEC
+    from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 
     return [r.header.event_type for r in await store.load("agent", agent_id, AGENT_CODEC)]

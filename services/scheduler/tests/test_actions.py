@@ -19,9 +19,9 @@ from schedkit import (
     until_status,
 )
 from symbi_common.commands import CommandClient
-from symbi_lifecycle.domain import CODEC as AGENT_CODEC
-from symbi_lifecycle.domain import AgentSuspended
-from symbi_scheduler.domain import TaskCompleted, TaskResumed, TaskSuspended
+from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
+from symbi_contracts.lifecycle.events import AgentSuspended
+from symbi_contracts.scheduler.events import TaskCompleted, TaskResumed, TaskSuspended
 
 
 async def _suspensions(store: Any, agent_id: str) -> list[AgentSuspended]:

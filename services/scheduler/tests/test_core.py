@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from symbi_lifecycle.config import AgentConfig, ResourceLimits, Workload
-from symbi_lifecycle.domain import AgentConfigured, AgentReady, AgentRegistered
+from symbi_contracts.lifecycle.config import AgentConfig, ResourceLimits, Workload
+from symbi_contracts.lifecycle.events import AgentConfigured, AgentReady, AgentRegistered
 from symbi_scheduler.core import (
     AgingQueue,
     Entry,

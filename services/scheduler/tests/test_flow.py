@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 from schedkit import App, FakeHost, agent_events, register_agent, task_events, until_status
-from symbi_scheduler.domain import TaskAssigned, TaskCompleted, TaskSubmitted
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
 
 
 async def test_task_runs_to_its_result(lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 from schedkit import App, DenyAgents, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_common.decisions import AllowWithConditions, Condition, Decision, DecisionRequest
-from symbi_scheduler.domain import ResourceLimits, TaskAssigned, TaskResumed, TaskSuspended
+from symbi_contracts.lifecycle.config import ResourceLimits
+from symbi_contracts.scheduler.events import TaskAssigned, TaskResumed, TaskSuspended
 
 
 async def test_denied_allocation_suspends_the_agent_until_cleared(

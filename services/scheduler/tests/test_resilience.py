@@ -10,7 +10,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_common.commands import CommandClient
-from symbi_scheduler.domain import TaskAssigned, TaskCompleted, TaskPreempted
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskPreempted
 
 
 async def test_tasks_of_a_lost_host_are_requeued(

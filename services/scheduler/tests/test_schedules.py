@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from schedkit import App, FakeHost, eventually, register_agent, until_status
 from symbi_common.errors import ValidationError
-from symbi_lifecycle.config import ScheduleSpec
+from symbi_contracts.lifecycle.config import ScheduleSpec
 from symbi_scheduler.schedules import CODEC, ScheduleFired, check_spec, due, next_firing, task_id_for
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
-from symbi_scheduler.domain import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
+from symbi_contracts.scheduler.events import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
 
 ONE_CPU = {"cpu_cores": 1.0, "memory_mb": 256}
 

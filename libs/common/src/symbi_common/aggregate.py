@@ -1,7 +1,6 @@
-"""Aggregates as pure functions over events, and the repository that loads and changes them.
+"""The repository that loads and changes aggregates (their pure functions are in :mod:`symbi_common.domain`).
 
-An aggregate type supplies ``initial``, ``apply`` (state + event -> state) and ``decide``
-(state + command -> events, or a typed domain error). The repository keeps recently used aggregates
+The repository keeps recently used aggregates
 in memory, loads others from a snapshot plus the events after it, and runs the write path:
 decide, append with optimistic concurrency, and on a conflict catch up and decide again (bounded).
 """
@@ -10,51 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import structlog
 
+from symbi_common.domain import Aggregate
 from symbi_common.errors import ConcurrencyConflict
-from symbi_common.events import Event, EventCodec
+from symbi_common.events import Event
 from symbi_common.eventstore import EventStore, Recorded
 from symbi_common.sealing import ChainTip
 from symbi_common.snapshots import SnapshotStore
 
 S = TypeVar("S")
 C = TypeVar("C")
-C_contra = TypeVar("C_contra", contravariant=True)
 E = TypeVar("E", bound=Event)
 
 log = structlog.get_logger(__name__)
-
-
-class Aggregate(Protocol[S, C_contra, E]):
-    """The pure part of an aggregate type."""
-
-    @property
-    def aggregate_type(self) -> str: ...
-    @property
-    def codec(self) -> EventCodec[E]: ...
-    @property
-    def state_type(self) -> type[S]: ...
-
-    def initial(self, aggregate_id: str) -> S: ...
-    def apply(self, state: S, event: E) -> S: ...
-    def decide(self, state: S, command: C_contra) -> list[E]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AggregateType(Generic[S, C, E]):
-    """An :class:`Aggregate` made of its pure functions, for the usual case of a module that defines them."""
-
-    aggregate_type: str
-    codec: EventCodec[E]
-    state_type: type[S]
-    initial: Callable[[str], S]
-    apply: Callable[[S, E], S]
-    decide: Callable[[S, C], list[E]]
 
 
 @dataclass(frozen=True, slots=True)

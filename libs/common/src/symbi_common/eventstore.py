@@ -372,7 +372,11 @@ class EventStore:
         key = await self.datakeys.by_id(opened.header.data_key_id)
         plaintext = decrypt(opened, key)
         event = codec.decode(
-            plaintext, event_type=opened.header.event_type, sequence=opened.sequence, subject=opened.subject
+            plaintext,
+            event_type=opened.header.event_type,
+            schema_version=opened.header.schema_version,
+            sequence=opened.sequence,
+            subject=opened.subject,
         )
         return Recorded(event, opened.header, opened.sequence, opened.hash)
 

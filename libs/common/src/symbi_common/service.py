@@ -28,11 +28,12 @@ from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from symbi_common import openapi
-from symbi_common.aggregate import Aggregate, Repository
+from symbi_common.aggregate import Repository
 from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.decisions import DecisionPoint
+from symbi_common.domain import Aggregate
 from symbi_common.errors import ConfigError, InfrastructureError, PayloadTooLarge, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore

@@ -3,8 +3,8 @@
 :func:`check` reports every problem of a file at once (unknown keys, wrong types, out-of-range
 durations and sizes, duplicate names, undefined references, bad cron expressions, policies without a
 Cedar meaning). :func:`compile_agent` returns the configuration as a plain ``dict`` in the shape of
-``symbi_lifecycle.config.AgentConfig`` (the lifecycle service converts it; this package does not
-import the lifecycle, which imports this package).
+``symbi_contracts.lifecycle.config.AgentConfig`` (the lifecycle service converts it), within the same
+bounds (imported from there).
 
 DSL names are identifiers (``data_pipeline``); agent configurations are named with DNS labels, so
 ``_`` becomes ``-``.
@@ -22,24 +22,25 @@ from functools import partial
 from typing import Any
 
 from croniter import croniter  # type: ignore[import-untyped]
+from symbi_contracts.lifecycle.config import (
+    CPU_CORES,
+    DISK_IO_MBPS,
+    EXECUTION_TIMEOUT_S,
+    MEMORY_MB,
+    MEMORY_STORES,
+    NETWORK_IO_MBPS,
+    PRIORITIES,
+)
 
 from symbi_dsl import ast as A
 from symbi_dsl.cedar import compile_policy, dotted
 from symbi_dsl.diagnostics import DEFAULT_FILE, Reporter
 from symbi_dsl.parser import parse
 
-# The same bounds as symbi_lifecycle.config (a lifecycle test keeps them equal).
-MEMORY_MB = (16, 65_536)
-CPU_CORES = (0.1, 64.0)
-DISK_IO_MBPS = (1, 10_000)
-NETWORK_IO_MBPS = (0, 10_000)
-EXECUTION_TIMEOUT_S = (1.0, 86_400.0)
 RETENTION_S = (3_600.0, 10 * 366 * 86_400.0)  # 1 hour .. 10 years
 MEMORY_STORE_BYTES = (1_000_000, 1_000_000_000_000)
 
 TIERS = {"tier1": "tier1", "tier2": "tier2", "auto": "auto", "docker": "tier1", "runc": "tier1", "gvisor": "tier2"}
-PRIORITIES = ("low", "normal", "high", "critical")
-MEMORY_STORES = ("markdown", "vector", "kv")
 WEBHOOK_METHODS = ("GET", "POST", "PUT")
 WEBHOOK_PROVIDERS = ("github", "gitlab", "stripe", "slack", "custom")
 CHANNEL_PLATFORMS = ("slack", "teams", "mattermost", "discord")

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
-from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
+from symbi_common.domain import AggregateType
 from symbi_common.events import Event, EventCodec
 
 from symbi_context.errors import InvalidContext, UnknownMemory

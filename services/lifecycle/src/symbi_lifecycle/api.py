@@ -37,12 +37,11 @@ from fastapi import APIRouter, Request, Response
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body, json_response
+from symbi_contracts.lifecycle.commands import AgentRequest, AssignTaskRequest, CompleteTaskRequest, SuspendRequest
+from symbi_contracts.wire import decode_json
 
 from symbi_lifecycle.application import (
-    AgentRequest,
-    AssignTaskRequest,
     CommandContext,
-    CompleteTaskRequest,
     ConfigureRequest,
     GetRequest,
     HistoryRequest,
@@ -50,10 +49,8 @@ from symbi_lifecycle.application import (
     ListRequest,
     RegisterRequest,
     ResumeRequest,
-    SuspendRequest,
     TerminateRequest,
 )
-from symbi_lifecycle.config import decode_json
 from symbi_lifecycle.projections import AgentPage, AgentView
 
 R = TypeVar("R", bound=AgentRequest)

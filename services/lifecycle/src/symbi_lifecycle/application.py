@@ -25,15 +25,16 @@ from symbi_common.aggregate import Repository
 from symbi_common.errors import BadRequest, SymbiError, Timeout, ValidationError
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import new_event_id
+from symbi_contracts.lifecycle.commands import AgentRequest, AssignTaskRequest, CompleteTaskRequest, SuspendRequest
+from symbi_contracts.lifecycle.config import AgentConfig
+from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import config_name
 
-from symbi_lifecycle.config import AgentConfig, convert_config
+from symbi_lifecycle.config import convert_config
 from symbi_lifecycle.controller import InitializationController
 from symbi_lifecycle.domain import (
     AGENT_ID_RE,
-    AgentEvent,
     AgentState,
-    AgentStatus,
     AssignTask,
     Command,
     CompleteTask,
@@ -83,12 +84,6 @@ class CommandContext:
 # --- requests (the same shapes over HTTP and NATS; over HTTP agent_id comes from the path) ---------
 
 
-class AgentRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Base of the requests that address one agent; unknown keys are refused."""
-
-    agent_id: str = ""
-
-
 class RegisterRequest(AgentRequest):
     """Register an agent with a JSON ``config`` or a DSL ``definition``; without ``agent_id`` the service picks one.
 
@@ -106,27 +101,6 @@ class ConfigureRequest(AgentRequest):
     config: dict[str, Any] | None = None
     definition: str | None = None
     file: str = ""
-
-
-class AssignTaskRequest(AgentRequest):
-    """Assign a task to a Ready agent."""
-
-    task_id: str
-    description: str = ""
-
-
-class CompleteTaskRequest(AgentRequest):
-    """Complete the running task."""
-
-    task_id: str | None = None
-    outcome: str = "succeeded"
-
-
-class SuspendRequest(AgentRequest):
-    """Suspend a running agent after a policy violation."""
-
-    reason: str = "policy violation"
-    policy_id: str | None = None
 
 
 class ResumeRequest(AgentRequest):

@@ -9,7 +9,8 @@ Two kinds of problem are kept apart on purpose:
   problem is recorded as a :class:`ConfigIssue` whose ``field`` is the dotted path inside the config
   (``resources.memory_mb``, ``network_access[2]``). :func:`validate_config` returns *all* of them.
 
-Everything here is pure: no I/O.
+The types themselves are the lifecycle's contract (:mod:`symbi_contracts.lifecycle.config`); this module
+holds the rules. Everything here is pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,23 +19,30 @@ import ipaddress
 import re
 import zoneinfo
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from symbi_common.errors import BadRequest
-
-T = TypeVar("T")
-
-#: The sandbox tier an agent asks for; ``auto`` lets risk assessment choose.
-SECURITY_TIERS = ("tier1", "tier2", "auto")
-FILESYSTEM_MODES = ("read", "read_write")
-
-# Ranges are inclusive. They bound what one agent may ask for, not what a host has.
-MEMORY_MB = (16, 65_536)  # symbi_dsl.compiler keeps the same bounds
-CPU_CORES = (0.1, 64.0)
-DISK_IO_MBPS = (1, 10_000)
-NETWORK_IO_MBPS = (0, 10_000)  # 0: no network at all
-EXECUTION_TIMEOUT_S = (1.0, 86_400.0)  # 1 s .. 24 h
+from symbi_contracts.lifecycle.config import (
+    CPU_CORES,
+    DISK_IO_MBPS,
+    EXECUTION_TIMEOUT_S,
+    FILESYSTEM_MODES,
+    MEMORY_MB,
+    MEMORY_STORES,
+    NETWORK_IO_MBPS,
+    PRIORITIES,
+    SECURITY_TIERS,
+    AgentConfig,
+    ConfigIssue,
+    MemorySettings,
+    PathAccess,
+    PolicySpec,
+    ResourceLimits,
+    ScheduleSpec,
+    Workload,
+)
+from symbi_contracts.wire import decode_error_field, join_path
 
 MAX_CAPABILITIES = 64
 MAX_LIST = 256
@@ -55,157 +63,35 @@ MAX_ENV = 128
 _API_RE = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[^\s]*)?$")
 
 
-class ResourceLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """What one agent may use (the resource manager enforces these)."""
-
-    memory_mb: int = 512
-    cpu_cores: float = 1.0
-    disk_io_mbps: int = 100
-    network_io_mbps: int = 10
-    execution_timeout_s: float = 300.0
-
-
-class PathAccess(msgspec.Struct, frozen=True, kw_only=True):
-    """One filesystem path the agent may use, read-only or read-write."""
-
-    path: str
-    mode: str = "read"
-
-
-class Workload(msgspec.Struct, frozen=True, kw_only=True):
-    """What runs in the sandbox for each task: an OCI image and its command (input on stdin, result on stdout)."""
-
-    image: str
-    command: tuple[str, ...] = ()
-    env: dict[str, str] = msgspec.field(default_factory=dict)
-    workdir: str = "/"
-    actions: bool = False
-    """Whether the workload may ask the runtime to act for it while it runs (the action gateway): requests
-    as ``@symbi {json}`` lines on stderr, replies on stdin, which then stays open (the input is only in the
-    file ``$SYMBI_INPUT``). See docs/contracts/tasks.md, "Actions during a task"."""
-
-
-class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A recurring (or one-shot) task for this agent; the scheduler submits ``input`` at each cron firing."""
-
-    name: str
-    cron: str
-    timezone: str = "UTC"
-    one_shot: bool = False
-    input: str = ""
-    priority: str = "normal"
-
-
-class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One of the agent's own policies, compiled to Cedar; the policy service activates it with the agent."""
-
-    name: str
-    cedar: str
-    source: str = ""
-    """The definition's text it was compiled from (for people reading a decision)."""
-
-
-class MemorySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The agent's long-term memory (a ``memory`` block of its definition); the context service reads it."""
-
-    name: str
-    store: str = "markdown"
-    path: str = ""
-    retention_s: float | None = None
-    max_bytes: int | None = None
-    embedding: str = ""
-    vector_weight: float | None = None
-    keyword_weight: float | None = None
-
-
-class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The configuration an agent is registered with. Evolve only by adding fields with defaults."""
-
-    name: str
-    version: str = "0.1.0"
-    description: str = ""
-    capabilities: tuple[str, ...] = ()
-    resources: ResourceLimits = msgspec.field(default_factory=ResourceLimits)
-    security_tier: str = "auto"
-    network_access: tuple[str, ...] = ()
-    """Allow-list of hosts (``api.example.com``, ``*.example.com``, ``10.0.0.5``, optionally ``:port``)."""
-    filesystem_access: tuple[PathAccess, ...] = ()
-    external_apis: tuple[str, ...] = ()
-    """Base URLs (https) of external APIs the agent calls."""
-    workload: Workload | None = None
-    """The container each task runs in; an agent without one can be registered but not given tasks."""
-    schedules: tuple[ScheduleSpec, ...] = ()
-    policies: tuple[PolicySpec, ...] = ()
-    memory: MemorySettings | None = None
-
-
 _CONFIG_KEYS = frozenset(AgentConfig.__struct_fields__)
 _LIMIT_KEYS = frozenset(ResourceLimits.__struct_fields__)
 _PATH_KEYS = frozenset(PathAccess.__struct_fields__)
 _WORKLOAD_KEYS = frozenset(Workload.__struct_fields__)
 
 
-class ConfigIssue(msgspec.Struct, frozen=True):
-    """One validation problem: ``field`` is a dotted path inside the config.
-
-    Problems found in a DSL definition also say where: ``file``, ``line``, ``column``, the source line
-    with a caret (``excerpt``) and a ``hint``; ``field`` is then the diagnostic's code (``syntax``,
-    ``unknown_key``, ``range`` …).
-    """
-
-    field: str
-    message: str
-    file: str = ""
-    line: int = 0
-    column: int = 0
-    excerpt: str = ""
-    hint: str = ""
-
-
 # --- decoding --------------------------------------------------------------------------------------
-
-_AT_RE = re.compile(r" - at `\$\.?([^`]*)`$")
-_FIELD_RE = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
-
-
-def _join(prefix: str, name: str) -> str:
-    if not prefix:
-        return name
-    return f"{prefix}{name}" if name.startswith("[") else f"{prefix}.{name}"
 
 
 def _unknown_keys(raw: dict[str, Any], prefix: str) -> Iterator[str]:
     """Paths of keys in a config object that the config types do not declare."""
     for key in raw:
         if key not in _CONFIG_KEYS:
-            yield _join(prefix, str(key))
+            yield join_path(prefix, str(key))
     limits = raw.get("resources")
     if isinstance(limits, dict):
         for key in limits:
             if key not in _LIMIT_KEYS:
-                yield _join(prefix, f"resources.{key}")
+                yield join_path(prefix, f"resources.{key}")
     workload = raw.get("workload")
     if isinstance(workload, dict):
         for key in workload:
             if key not in _WORKLOAD_KEYS:
-                yield _join(prefix, f"workload.{key}")
+                yield join_path(prefix, f"workload.{key}")
     paths = raw.get("filesystem_access")
     for i, entry in enumerate(paths if isinstance(paths, list) else ()):
         for key in entry if isinstance(entry, dict) else ():
             if key not in _PATH_KEYS:
-                yield _join(prefix, f"filesystem_access[{i}].{key}")
-
-
-def decode_error_field(exc: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
-    """The dotted path and the message of a msgspec validation error, e.g. ``("resources.memory_mb", …)``."""
-    text = str(exc)
-    m = _AT_RE.search(text)
-    path = m.group(1) if m else ""
-    message = text[: m.start()] if m else text
-    named = _FIELD_RE.search(message)
-    if named:
-        path = _join(path, named.group(1))
-    return _join(prefix, path) if path else (prefix or "(body)"), message
+                yield join_path(prefix, f"filesystem_access[{i}].{key}")
 
 
 def convert_config(raw: Any, *, prefix: str = "config") -> AgentConfig:
@@ -219,17 +105,6 @@ def convert_config(raw: Any, *, prefix: str = "config") -> AgentConfig:
     except msgspec.ValidationError as exc:
         field, message = decode_error_field(exc, prefix)
         raise BadRequest(f"{field}: {message}", field=field) from None
-
-
-def decode_json(data: bytes, type_: type[T]) -> T:
-    """Decode a request body; malformed JSON or a wrong type is a :class:`BadRequest` naming the field."""
-    try:
-        return msgspec.json.decode(data or b"{}", type=type_)
-    except msgspec.ValidationError as exc:
-        field, message = decode_error_field(exc)
-        raise BadRequest(f"{field}: {message}", field=field) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", field="(body)") from None
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -319,10 +194,6 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
     _validate_schedules(issues, config.schedules)
     _validate_policies(issues, config.policies)
     return issues
-
-
-MEMORY_STORES = ("markdown", "vector", "kv")
-PRIORITIES = ("low", "normal", "high", "critical")
 
 
 def _validate_memory(issues: list[ConfigIssue], m: MemorySettings) -> None:

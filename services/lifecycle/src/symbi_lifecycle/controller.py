@@ -50,19 +50,12 @@ from symbi_common.errors import (
 )
 from symbi_common.eventstore import Recorded
 from symbi_common.telemetry import traced
+from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
+from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import DslError, compile_agent
 
-from symbi_lifecycle.config import AgentConfig, ConfigIssue, convert_config, validate_config
-from symbi_lifecycle.domain import (
-    ALLOWED,
-    AgentEvent,
-    AgentState,
-    AgentStatus,
-    Command,
-    ConfigRejected,
-    Configure,
-    Initialize,
-)
+from symbi_lifecycle.config import convert_config, validate_config
+from symbi_lifecycle.domain import ALLOWED, AgentState, Command, ConfigRejected, Configure, Initialize
 from symbi_lifecycle.metrics import INITIALIZATIONS
 
 log = structlog.get_logger(__name__)

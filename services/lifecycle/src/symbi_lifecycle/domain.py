@@ -19,14 +19,13 @@ No I/O here: the repository in :mod:`symbi_lifecycle.application` does the loadi
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
-from symbi_common.aggregate import AggregateType
 from symbi_common.decisions import DecisionRecord
+from symbi_common.domain import AggregateType
 from symbi_common.errors import (
     AlreadyExists,
     DomainError,
@@ -35,28 +34,32 @@ from symbi_common.errors import (
     NotFound,
     ValidationError,
 )
-from symbi_common.events import Event, EventCodec
+from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
+from symbi_contracts.lifecycle.events import (
+    AGGREGATE_TYPE,
+    CODEC,
+    AgentConfigured,
+    AgentConfigureDenied,
+    AgentDenied,
+    AgentEvent,
+    AgentFailed,
+    AgentReady,
+    AgentRegistered,
+    AgentResumed,
+    AgentStatus,
+    AgentSuspended,
+    AgentTaskAssigned,
+    AgentTaskCompleted,
+    AgentTerminated,
+)
 
-from symbi_lifecycle.config import AgentConfig, ConfigIssue, validate_config
-
-AGGREGATE_TYPE = "agent"
+from symbi_lifecycle.config import validate_config
 
 #: An agent id is one NATS subject token: letters, digits, '-' and '_' only.
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_TEXT = 1_000
 MAX_DEFINITION = 1_000_000
-
-
-class AgentStatus(enum.StrEnum):
-    """The lifecycle states of an agent."""
-
-    INITIALIZING = "Initializing"
-    READY = "Ready"
-    RUNNING = "Running"
-    SUSPENDED = "Suspended"
-    TERMINATED = "Terminated"
-    FAILED = "Failed"
 
 
 S = AgentStatus
@@ -161,121 +164,6 @@ ALLOWED: dict[AgentStatus, tuple[str, ...]] = {
     S.FAILED: (Terminate.name,),
     S.TERMINATED: (),
 }
-
-
-# --- events ----------------------------------------------------------------------------------------
-
-
-class AgentRegistered(Event, frozen=True, tag="agent.registered"):
-    """An agent was registered and is Initializing (``definition``: the DSL text it was registered with)."""
-
-    agent_id: str
-    config: AgentConfig
-    definition: str = ""
-    source_file: str = ""
-    registered_by: str = ""
-
-
-class AgentReady(Event, frozen=True, tag="agent.ready"):
-    """The configuration validated and registration was allowed: Initializing → Ready.
-
-    ``config`` is the final configuration (compiled from the definition, capped by policy conditions);
-    ``decision`` is the ``agent.register`` policy decision that allowed it.
-    """
-
-    config: AgentConfig | None = None
-    decision: DecisionRecord | None = None
-
-
-class AgentFailed(Event, frozen=True, tag="agent.failed"):
-    """The configuration did not validate: Initializing → Failed, with every problem found."""
-
-    errors: tuple[ConfigIssue, ...]
-    config: AgentConfig | None = None
-    decision: DecisionRecord | None = None
-
-
-class AgentDenied(Event, frozen=True, tag="agent.denied"):
-    """Policy denied the registration: Initializing → Failed; ``decision`` names the deciding policies."""
-
-    decision: DecisionRecord
-    errors: tuple[ConfigIssue, ...] = ()
-
-
-class AgentConfigured(Event, frozen=True, tag="agent.configured"):
-    """A Ready or Suspended agent's configuration was replaced (no state change); ``decision`` allowed it."""
-
-    config: AgentConfig
-    decision: DecisionRecord | None = None
-
-
-class AgentConfigureDenied(Event, frozen=True, tag="agent.configure_denied"):
-    """Policy denied a configuration change; nothing changed. ``decision`` names the deciding policies."""
-
-    decision: DecisionRecord
-
-
-class AgentTaskAssigned(Event, frozen=True, tag="agent.task_assigned"):
-    """Ready → Running."""
-
-    task_id: str
-    description: str = ""
-
-
-class AgentTaskCompleted(Event, frozen=True, tag="agent.task_completed"):
-    """Running → Ready."""
-
-    task_id: str
-    outcome: str = "succeeded"
-
-
-class AgentSuspended(Event, frozen=True, tag="agent.suspended"):
-    """Running → Suspended (policy violation)."""
-
-    reason: str
-    policy_id: str | None = None
-
-
-class AgentResumed(Event, frozen=True, tag="agent.resumed"):
-    """Suspended → Running (policy cleared)."""
-
-    reason: str = ""
-
-
-class AgentTerminated(Event, frozen=True, tag="agent.terminated"):
-    """Ready, Suspended or Failed → Terminated."""
-
-    reason: str
-    previous: AgentStatus
-
-
-AgentEvent = (
-    AgentRegistered
-    | AgentReady
-    | AgentFailed
-    | AgentDenied
-    | AgentConfigured
-    | AgentConfigureDenied
-    | AgentTaskAssigned
-    | AgentTaskCompleted
-    | AgentSuspended
-    | AgentResumed
-    | AgentTerminated
-)
-EVENT_TYPES: tuple[type[AgentEvent], ...] = (
-    AgentRegistered,
-    AgentReady,
-    AgentFailed,
-    AgentDenied,
-    AgentConfigured,
-    AgentConfigureDenied,
-    AgentTaskAssigned,
-    AgentTaskCompleted,
-    AgentSuspended,
-    AgentResumed,
-    AgentTerminated,
-)
-CODEC: EventCodec[AgentEvent] = EventCodec(EVENT_TYPES)
 
 
 # --- state -----------------------------------------------------------------------------------------

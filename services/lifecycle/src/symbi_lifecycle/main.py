@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 from symbi_common.service import ServiceRuntime, create_app, run_service
 from symbi_common.settings import Settings
+from symbi_contracts.policy.commands import AGENT_EVENTS_CAUGHT_UP, CaughtUp, CaughtUpRequest
 
 from symbi_lifecycle.api import register_commands, router
 from symbi_lifecycle.application import LifecycleService
@@ -34,8 +35,8 @@ def build_app(settings: Settings) -> FastAPI:
         controller = InitializationController(repository, rt.decision_point, rt.pool)
 
         async def policy_applied(sequence: int) -> None:
-            request = {"sequence": sequence, "timeout_s": 5.0}
-            await rt.client.call("policy", "agent_events_caught_up", request, dict, timeout=6.0)
+            request = CaughtUpRequest(sequence=sequence, timeout_s=5.0)
+            await rt.client.call("policy", AGENT_EVENTS_CAUGHT_UP, request, CaughtUp, timeout=6.0)
 
         service = LifecycleService(repository, rt.pool, runner, controller, policy_applied)
         rt.spawn(controller.run(runner.ready.wait), "lifecycle:initialization")

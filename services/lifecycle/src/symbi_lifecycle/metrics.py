@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 from prometheus_client import Counter, Gauge
-
-from symbi_lifecycle.domain import AgentStatus
+from symbi_contracts.lifecycle.events import AgentStatus
 
 AGENTS = Gauge("symbi_agents", "Registered agents by state (from the registry read model)", ["state"])
 INITIALIZATIONS = Counter(

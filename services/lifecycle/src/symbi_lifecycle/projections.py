@@ -24,9 +24,10 @@ import msgspec
 from symbi_common.errors import BadRequest, BrokenChain, IntegrityError, NotFound, VersionGap
 from symbi_common.eventstore import EventStore
 from symbi_common.streams import RawMessage
+from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
+from symbi_contracts.lifecycle.events import AGGREGATE_TYPE, CODEC, AgentStatus
 
-from symbi_lifecycle.config import AgentConfig, ConfigIssue
-from symbi_lifecycle.domain import AGGREGATE_TYPE, CODEC, AgentState, AgentStatus, apply, initial
+from symbi_lifecycle.domain import AgentState, apply, initial
 
 PROJECTION_NAME = "lifecycle_agents"
 

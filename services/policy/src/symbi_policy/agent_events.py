@@ -17,7 +17,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import structlog
 from nats.js.api import DeliverPolicy
 from symbi_common.commands import CommandMeta
@@ -26,25 +25,14 @@ from symbi_common.eventstore import EventStore
 from symbi_common.projection import wait_for_position
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import continue_trace, observe_consumed
-from symbi_lifecycle.config import PolicySpec
-from symbi_lifecycle.domain import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
+from symbi_contracts.lifecycle.config import PolicySpec
+from symbi_contracts.lifecycle.events import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
+from symbi_contracts.policy.commands import CaughtUp, CaughtUpRequest
 
 from symbi_policy.application import PolicyService
 from symbi_policy.metrics import AGENT_EVENTS
 
 log = structlog.get_logger(__name__)
-
-
-class CaughtUpRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Answer once the agents' events up to stream ``sequence`` are applied to their policy sets."""
-
-    sequence: int
-    timeout_s: float = 5.0
-
-
-class CaughtUp(msgspec.Struct, kw_only=True):
-    #: The stream sequence of the last agent event whose policy consequences are applied.
-    position: int
 
 
 class AgentPolicyFollower:

@@ -19,7 +19,7 @@ from typing import Any
 import cedarpy
 from symbi_common.errors import ValidationError
 from symbi_common.policy.cedar import PolicyRejected
-from symbi_lifecycle.config import PolicySpec
+from symbi_contracts.lifecycle.config import PolicySpec
 
 
 def agent_set_id(agent_id: str) -> str:

@@ -33,7 +33,7 @@ from symbi_common.policy.observed import observed, observed_batch
 from symbi_common.policy.points import BatchResult
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_common.telemetry import traced
-from symbi_lifecycle.config import PolicySpec
+from symbi_contracts.lifecycle.config import PolicySpec
 
 from symbi_policy.agents import agent_policy_text, agent_set_id
 from symbi_policy.domain import (

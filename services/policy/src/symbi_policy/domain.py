@@ -18,7 +18,7 @@ import re
 from typing import ClassVar
 
 import msgspec
-from symbi_common.aggregate import AggregateType
+from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, IllegalTransition, NotFound, ValidationError
 from symbi_common.policy.cedar import SET_ID_RE, compile_policies
 from symbi_common.policy.events import (

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from fastapi import APIRouter, Request
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.telemetry import continue_trace
+from symbi_contracts.sandbox_agent.commands import TaskRef
 
 from symbi_sandbox_agent.application import SandboxService
 from symbi_sandbox_agent.host import SandboxHost
@@ -21,10 +21,6 @@ router = APIRouter()
 async def host_status(request: Request) -> dict[str, Any]:
     host: SandboxHost = request.app.state.sandbox
     return host.status()
-
-
-class TaskRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    task_id: str
 
 
 def register_commands(server: CommandServer, service: SandboxService) -> None:

@@ -26,10 +26,8 @@ from symbi_common.caps import resource_caps
 from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.policy.hooks import resources_context
 from symbi_common.service import ServiceRuntime
-
-from symbi_sandbox_agent.domain import ExecutionState, WorkItem
-from symbi_sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
+from symbi_contracts.sandbox_agent.events import (
     ExecutionAction,
     ExecutionEvent,
     ExecutionPaused,
@@ -37,6 +35,8 @@ from symbi_sandbox_agent.events import (
     ExecutionResumed,
     ExecutionStarted,
 )
+
+from symbi_sandbox_agent.domain import ExecutionState, WorkItem
 from symbi_sandbox_agent.metrics import EXECUTIONS
 from symbi_sandbox_agent.recorder import ExecutionRecorder
 from symbi_sandbox_agent.run import Running

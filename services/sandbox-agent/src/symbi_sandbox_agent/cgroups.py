@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from symbi_sandbox_agent.events import Usage
+from symbi_contracts.sandbox_agent.events import Usage
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

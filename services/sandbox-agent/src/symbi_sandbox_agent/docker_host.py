@@ -22,9 +22,9 @@ from typing import Any
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 from docker.utils.socket import frames_iter  # type: ignore[import-untyped]
+from symbi_contracts.sandbox_agent.errors import DockerUnavailable
 
 from symbi_sandbox_agent.domain import ExitState
-from symbi_sandbox_agent.errors import DockerUnavailable
 from symbi_sandbox_agent.runner import HostInfo, OwnedContainer, SandboxRunner
 from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, SandboxSpec
 

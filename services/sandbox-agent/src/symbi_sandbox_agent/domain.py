@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
-
-from symbi_sandbox_agent.errors import ExecutionStateError
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError
+from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     HOST_CODEC,
     TERMINAL_TYPES,
@@ -38,6 +37,7 @@ from symbi_sandbox_agent.events import (
     OutputDigest,
     Usage,
 )
+
 from symbi_sandbox_agent.spec import SandboxSpec
 
 Status = Literal["none", "running", "paused", "ended"]

@@ -1,57 +1,9 @@
-"""Typed errors of the sandbox-agent."""
+"""Typed errors of the sandbox-agent's action gateway (the errors its commands return are in
+:mod:`symbi_contracts.sandbox_agent.errors`)."""
 
 from __future__ import annotations
 
-from symbi_common.errors import DomainError, InfrastructureError, NotFound, PolicyDenied
-
-
-class SandboxRefused(DomainError):
-    """A task cannot run on this host as requested; the reason becomes its ``execution.refused`` event."""
-
-    code = "sandbox_refused"
-
-
-class LimitNotEnforceable(SandboxRefused):
-    """A resource limit of the task cannot be enforced here, so the task is refused instead of running unlimited."""
-
-    code = "limit_not_enforceable"
-
-
-class TierUnavailable(SandboxRefused):
-    """The task's tier needs a container runtime this host's Docker engine does not have."""
-
-    code = "tier_unavailable"
-
-
-class InvalidWorkload(SandboxRefused):
-    """The task's workload (image, command, env, limits) is missing or malformed."""
-
-    code = "invalid_workload"
-
-
-class UnknownExecution(NotFound):
-    """No execution of that task runs on this host."""
-
-    code = "unknown_execution"
-
-
-class ExecutionStateError(DomainError):
-    """The execution is not in a state that allows the command (e.g. resume of a running task)."""
-
-    code = "execution_state"
-    http_status = 409
-
-
-class DockerUnavailable(InfrastructureError):
-    """The Docker engine cannot be reached or refused an operation."""
-
-    code = "docker_unavailable"
-
-
-class ActionDenied(PolicyDenied):
-    """A pending action of a suspended task is still denied by the policies, so the task cannot resume."""
-
-    code = "action_denied"
+from symbi_common.errors import DomainError
 
 
 class ActionRequestError(DomainError):

@@ -26,6 +26,8 @@ from symbi_common.policy.events import POLICY_SETS_SUBJECT
 from symbi_common.service import ServiceRuntime
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
+from symbi_contracts.sandbox_agent.errors import ActionDenied
+from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
 from symbi_sandbox_agent.actions import (
     MAX_REQUESTS,
@@ -46,13 +48,7 @@ from symbi_sandbox_agent.actions import (
     parse_request,
     read_result,
 )
-from symbi_sandbox_agent.errors import (
-    ActionDenied,
-    ActionRequestError,
-    TooManyActions,
-    UnsupportedAction,
-)
-from symbi_sandbox_agent.events import ActionOutcome, ExecutionAction
+from symbi_sandbox_agent.errors import ActionRequestError, TooManyActions, UnsupportedAction
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.run import Pending, Running
 

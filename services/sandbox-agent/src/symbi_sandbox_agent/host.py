@@ -26,18 +26,25 @@ from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch
 from symbi_common.telemetry import continue_trace
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionEvent,
+    ExecutionFailed,
+    HostEvent,
+    HostReconciled,
+    HostRegistered,
+)
+from symbi_contracts.scheduler.events import TaskAssigned
 
 from symbi_sandbox_agent.application import SandboxService
 from symbi_sandbox_agent.cgroups import remove_cgroup_tree
 from symbi_sandbox_agent.config import sandbox_defaults
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
-from symbi_sandbox_agent.events import ExecutionEvent, ExecutionFailed, HostEvent, HostReconciled, HostRegistered
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
 from symbi_sandbox_agent.spec import CGROUP_PARENT
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
-from symbi_sandbox_agent.tasks import TASK_CODEC, TaskAssigned
+from symbi_sandbox_agent.tasks import TASK_CODEC
 
 log = structlog.get_logger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from symbi_sandbox_agent.events import OutputDigest
+from symbi_contracts.sandbox_agent.events import OutputDigest
 
 Stream = Literal["stdout", "stderr"]
 CHUNK_BYTES = 64 * 1024

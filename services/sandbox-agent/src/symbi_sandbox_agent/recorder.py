@@ -13,9 +13,9 @@ import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.errors import AppendFailed
 from symbi_common.service import ServiceRuntime
+from symbi_contracts.sandbox_agent.events import ExecutionAction, ExecutionEvent
 
 from symbi_sandbox_agent.domain import ExecutionState
-from symbi_sandbox_agent.events import ExecutionAction, ExecutionEvent
 from symbi_sandbox_agent.run import Running
 
 log = structlog.get_logger(__name__)

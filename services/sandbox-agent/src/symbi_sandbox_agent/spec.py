@@ -18,10 +18,10 @@ from typing import Any
 
 from symbi_common.caps import lower_to_caps
 from symbi_common.errors import ValidationError
+from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
+from symbi_contracts.sandbox_agent.events import Limits
+from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
 
-from symbi_sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
-from symbi_sandbox_agent.events import Limits
-from symbi_sandbox_agent.risk import Tier, parse_tier
 from symbi_sandbox_agent.tasks import TaskView
 
 RUNTIMES: dict[Tier, str] = {"tier1": "runc", "tier2": "runsc"}

@@ -22,10 +22,10 @@ import structlog
 from symbi_common.errors import AppendFailed
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import traced
+from symbi_contracts.sandbox_agent.events import ExecutionEvent, ExecutionFailed, ExecutionOutput, Usage
 
 from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
 from symbi_sandbox_agent.domain import ExitState, terminal_event
-from symbi_sandbox_agent.events import ExecutionEvent, ExecutionFailed, ExecutionOutput, Usage
 from symbi_sandbox_agent.gateway import ActionGateway, GatewayHost
 from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream

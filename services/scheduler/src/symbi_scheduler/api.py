@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request, Response
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body, json_response
-from symbi_lifecycle.config import decode_json
+from symbi_contracts.wire import decode_json
 
 from symbi_scheduler.application import (
     CancelRequest,

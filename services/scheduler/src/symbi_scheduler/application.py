@@ -22,24 +22,12 @@ from symbi_common.eventstore import Recorded
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import inject_trace
-from symbi_lifecycle.domain import AgentStatus
-from symbi_sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.lifecycle.events import AgentStatus
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.scheduler.events import ResourceRequest, TaskCancelled, TaskEvent, TaskSubmitted
 
 from symbi_scheduler import metrics
-from symbi_scheduler.domain import (
-    LEVEL,
-    TASK_ID_RE,
-    Command,
-    Record,
-    ResourceRequest,
-    Submit,
-    TaskCancelled,
-    TaskEvent,
-    TaskNotAssignable,
-    TaskState,
-    TaskStatus,
-    TaskSubmitted,
-)
+from symbi_scheduler.domain import LEVEL, TASK_ID_RE, Command, Record, Submit, TaskNotAssignable, TaskState, TaskStatus
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.model import Model, TaskRec

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from symbi_lifecycle.domain import AgentStatus
+from symbi_contracts.lifecycle.events import AgentStatus
 
 from symbi_scheduler.core import Host
 from symbi_scheduler.domain import FINISHED, TaskStatus

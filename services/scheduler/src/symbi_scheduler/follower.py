@@ -33,10 +33,10 @@ from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch
 from symbi_common.telemetry import continue_trace
-from symbi_lifecycle.domain import CODEC as AGENT_CODEC
-from symbi_sandbox_agent.events import EXECUTION_CODEC
+from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC
+from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 
-from symbi_scheduler.domain import CODEC as TASK_CODEC
 from symbi_scheduler.model import HostInfo, Model
 from symbi_scheduler.schedules import CODEC as SCHEDULE_CODEC
 

@@ -32,8 +32,20 @@ from symbi_common.errors import AlreadyExists, DomainError, SymbiError
 from symbi_common.eventstore import Recorded
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import continue_trace, inject_trace
-from symbi_lifecycle.config import ResourceLimits
-from symbi_sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
+from symbi_contracts.lifecycle.commands import COMMANDS as LIFECYCLE_COMMANDS
+from symbi_contracts.lifecycle.config import ResourceLimits
+from symbi_contracts.sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
+from symbi_contracts.sandbox_agent.commands import TaskRef, service_for
+from symbi_contracts.scheduler.events import (
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskEvent,
+    TaskPreempted,
+    TaskResumed,
+    TaskSubmitted,
+    TaskSuspended,
+)
 
 from symbi_scheduler import metrics
 from symbi_scheduler.chores import (
@@ -56,20 +68,7 @@ from symbi_scheduler.chores import (
 )
 from symbi_scheduler.chores import due as chores_due
 from symbi_scheduler.core import Place, Preempt
-from symbi_scheduler.domain import (
-    Command,
-    Record,
-    Submit,
-    TaskAssigned,
-    TaskCancelled,
-    TaskCompleted,
-    TaskEvent,
-    TaskPreempted,
-    TaskResumed,
-    TaskState,
-    TaskSubmitted,
-    TaskSuspended,
-)
+from symbi_scheduler.domain import Command, Record, Submit, TaskState
 from symbi_scheduler.follower import stop_requested
 from symbi_scheduler.lease import Lease
 from symbi_scheduler.model import Model
@@ -236,13 +235,14 @@ class Leader:
         return True
 
     async def lifecycle(self, action: str, body: dict[str, Any]) -> None:
+        request = msgspec.convert(body, LIFECYCLE_COMMANDS[action])  # the body as the lifecycle's contract has it
         await self.rt.client.call(
-            "lifecycle", action, body, dict, headers={"Symbi-Correlation-Id": str(body.get("task_id", ""))}
+            "lifecycle", action, request, dict, headers={"Symbi-Correlation-Id": str(body.get("task_id", ""))}
         )
 
     async def host_command(self, host_id: str, action: str, task_id: str) -> None:
         try:
-            await self.rt.client.call(f"sandbox-agent.{host_id}", action, {"task_id": task_id}, dict, timeout=15.0)
+            await self.rt.client.call(service_for(host_id), action, TaskRef(task_id=task_id), dict, timeout=15.0)
         except SymbiError as exc:
             log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
 
@@ -480,7 +480,7 @@ class Leader:
             return
         try:
             await self.rt.client.call(
-                f"sandbox-agent.{chore.host_id}", "resume", {"task_id": chore.task_id}, dict, timeout=15.0
+                service_for(chore.host_id), "resume", TaskRef(task_id=chore.task_id), dict, timeout=15.0
             )
         except SymbiError as exc:
             if exc.http_status < 500 or exc.code == "action_denied":  # answered: no use asking again

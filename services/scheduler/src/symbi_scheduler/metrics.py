@@ -16,16 +16,9 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCancelled, TaskCompleted, TaskEvent, TaskSuspended
 
-from symbi_scheduler.domain import (
-    LEVEL,
-    TaskAssigned,
-    TaskCancelled,
-    TaskCompleted,
-    TaskEvent,
-    TaskStatus,
-    TaskSuspended,
-)
+from symbi_scheduler.domain import LEVEL, TaskStatus
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from symbi_lifecycle.config import AgentConfig, ResourceLimits
-from symbi_lifecycle.domain import (
+from symbi_contracts.lifecycle.config import AgentConfig, ResourceLimits
+from symbi_contracts.lifecycle.events import (
     AgentConfigured,
     AgentEvent,
     AgentFailed,
@@ -33,7 +33,7 @@ from symbi_lifecycle.domain import (
     AgentTaskCompleted,
     AgentTerminated,
 )
-from symbi_sandbox_agent.events import (
+from symbi_contracts.sandbox_agent.events import (
     TERMINAL_TYPES,
     ExecutionAction,
     ExecutionEvent,
@@ -42,7 +42,18 @@ from symbi_sandbox_agent.events import (
     ExecutionResumed,
     ExecutionStarted,
 )
-from symbi_sandbox_agent.risk import RiskAssessment
+from symbi_contracts.sandbox_agent.risk import RiskAssessment
+from symbi_contracts.scheduler.events import (
+    ResourceRequest,
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskEvent,
+    TaskPreempted,
+    TaskResumed,
+    TaskSubmitted,
+    TaskSuspended,
+)
 
 from symbi_scheduler.core import (
     CRITICAL,
@@ -56,21 +67,7 @@ from symbi_scheduler.core import (
     Strategy,
     Verdict,
 )
-from symbi_scheduler.domain import (
-    LEVEL,
-    PAUSE_REASONS,
-    ResourceRequest,
-    TaskAssigned,
-    TaskCancelled,
-    TaskCompleted,
-    TaskEvent,
-    TaskPreempted,
-    TaskResumed,
-    TaskStatus,
-    TaskSubmitted,
-    TaskSuspended,
-    effective_limits,
-)
+from symbi_scheduler.domain import LEVEL, PAUSE_REASONS, TaskStatus, effective_limits
 from symbi_scheduler.risk import assess_agent
 from symbi_scheduler.schedules import ScheduleEvent, ScheduleFired
 

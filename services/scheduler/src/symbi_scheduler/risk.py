@@ -1,4 +1,4 @@
-"""The sandbox tier of an agent's tasks, by the shared risk assessment of :mod:`symbi_sandbox_agent.risk`.
+"""The sandbox tier of an agent's tasks, by the shared risk assessment of :mod:`symbi_contracts.sandbox_agent.risk`.
 
 The factors the definition itself gives (network allow-list, filesystem grants, external APIs) are
 always known; the data sensitivity of the input and the trust in the code's source are not declared
@@ -10,8 +10,8 @@ The model assesses an agent once, when its ``agent.registered`` event arrives (a
 from __future__ import annotations
 
 from symbi_common.errors import SymbiError
-from symbi_lifecycle.config import AgentConfig
-from symbi_sandbox_agent.risk import RiskAssessment, assess, factors_for_agent
+from symbi_contracts.lifecycle.config import AgentConfig
+from symbi_contracts.sandbox_agent.risk import RiskAssessment, assess, factors_for_agent
 
 
 def assess_agent(config: AgentConfig | None, default_tier: str) -> RiskAssessment:

@@ -29,7 +29,7 @@ import msgspec
 from croniter import croniter  # type: ignore[import-untyped]
 from symbi_common.errors import ValidationError
 from symbi_common.events import Event, EventCodec
-from symbi_lifecycle.config import ScheduleSpec
+from symbi_contracts.lifecycle.config import ScheduleSpec
 
 AGGREGATE_TYPE = "schedule"
 #: How many missed instants are counted at most (a per-second cron after a month's outage stops counting).

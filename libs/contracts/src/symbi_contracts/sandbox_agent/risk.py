@@ -35,7 +35,7 @@ from typing import Literal
 
 import msgspec
 
-from symbi_sandbox_agent.errors import InvalidWorkload
+from symbi_contracts.sandbox_agent.errors import InvalidWorkload
 
 Tier = Literal["tier1", "tier2"]
 

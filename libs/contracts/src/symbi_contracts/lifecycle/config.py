@@ -1,0 +1,129 @@
+"""The agent configuration: the typed document an agent is registered with (owned by the lifecycle service).
+
+Other services read it from the ``agent.*`` events: the scheduler (workload, resources, schedules,
+network and filesystem grants for the tier choice), the policy service (the agent's own policies), the
+context service (memory settings). Its rules (ranges, formats) are checked by the lifecycle service; the
+bounds are here because the DSL compiler and the scheduler apply the same ones. Pure: no I/O.
+
+Evolve only by adding fields with defaults (old events must still decode).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+#: The sandbox tier an agent asks for; ``auto`` lets risk assessment choose.
+SECURITY_TIERS = ("tier1", "tier2", "auto")
+FILESYSTEM_MODES = ("read", "read_write")
+
+# Ranges are inclusive. They bound what one agent may ask for, not what a host has.
+MEMORY_MB = (16, 65_536)  # symbi_dsl.compiler applies the same bounds
+CPU_CORES = (0.1, 64.0)
+DISK_IO_MBPS = (1, 10_000)
+NETWORK_IO_MBPS = (0, 10_000)  # 0: no network at all
+EXECUTION_TIMEOUT_S = (1.0, 86_400.0)  # 1 s .. 24 h
+
+#: Memory stores an agent may ask for, and task priorities.
+MEMORY_STORES = ("markdown", "vector", "kv")
+PRIORITIES = ("low", "normal", "high", "critical")
+
+
+class ResourceLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one agent may use (the resource manager enforces these)."""
+
+    memory_mb: int = 512
+    cpu_cores: float = 1.0
+    disk_io_mbps: int = 100
+    network_io_mbps: int = 10
+    execution_timeout_s: float = 300.0
+
+
+class PathAccess(msgspec.Struct, frozen=True, kw_only=True):
+    """One filesystem path the agent may use, read-only or read-write."""
+
+    path: str
+    mode: str = "read"
+
+
+class Workload(msgspec.Struct, frozen=True, kw_only=True):
+    """What runs in the sandbox for each task: an OCI image and its command (input on stdin, result on stdout)."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    workdir: str = "/"
+    actions: bool = False
+    """Whether the workload may ask the runtime to act for it while it runs (the action gateway): requests
+    as ``@symbi {json}`` lines on stderr, replies on stdin, which then stays open (the input is only in the
+    file ``$SYMBI_INPUT``). See docs/contracts/tasks.md, "Actions during a task"."""
+
+
+class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A recurring (or one-shot) task for this agent; the scheduler submits ``input`` at each cron firing."""
+
+    name: str
+    cron: str
+    timezone: str = "UTC"
+    one_shot: bool = False
+    input: str = ""
+    priority: str = "normal"
+
+
+class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the agent's own policies, compiled to Cedar; the policy service activates it with the agent."""
+
+    name: str
+    cedar: str
+    source: str = ""
+    """The definition's text it was compiled from (for people reading a decision)."""
+
+
+class MemorySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent's long-term memory (a ``memory`` block of its definition); the context service reads it."""
+
+    name: str
+    store: str = "markdown"
+    path: str = ""
+    retention_s: float | None = None
+    max_bytes: int | None = None
+    embedding: str = ""
+    vector_weight: float | None = None
+    keyword_weight: float | None = None
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The configuration an agent is registered with. Evolve only by adding fields with defaults."""
+
+    name: str
+    version: str = "0.1.0"
+    description: str = ""
+    capabilities: tuple[str, ...] = ()
+    resources: ResourceLimits = msgspec.field(default_factory=ResourceLimits)
+    security_tier: str = "auto"
+    network_access: tuple[str, ...] = ()
+    """Allow-list of hosts (``api.example.com``, ``*.example.com``, ``10.0.0.5``, optionally ``:port``)."""
+    filesystem_access: tuple[PathAccess, ...] = ()
+    external_apis: tuple[str, ...] = ()
+    """Base URLs (https) of external APIs the agent calls."""
+    workload: Workload | None = None
+    """The container each task runs in; an agent without one can be registered but not given tasks."""
+    schedules: tuple[ScheduleSpec, ...] = ()
+    policies: tuple[PolicySpec, ...] = ()
+    memory: MemorySettings | None = None
+
+
+class ConfigIssue(msgspec.Struct, frozen=True):
+    """One validation problem: ``field`` is a dotted path inside the config.
+
+    Problems found in a DSL definition also say where: ``file``, ``line``, ``column``, the source line
+    with a caret (``excerpt``) and a ``hint``; ``field`` is then the diagnostic's code (``syntax``,
+    ``unknown_key``, ``range`` …).
+    """
+
+    field: str
+    message: str
+    file: str = ""
+    line: int = 0
+    column: int = 0
+    excerpt: str = ""
+    hint: str = ""

@@ -1,0 +1,1 @@
+"""The policy service's contract: the commands other services send it (:mod:`.commands`)."""

@@ -1,0 +1,1 @@
+"""The scheduler's contract: the ``task.*`` events (:mod:`.events`)."""

@@ -1,0 +1,121 @@
+"""The ``task.<task_id>`` events the scheduler writes (subject ``evt.task.<task_id>``).
+
+Readers: the sandbox-agents (what to run, where, with which limits: ``task.assigned``; whether it still should
+run), the context service (``task.completed`` clears the task's working memory), the audit service and the
+CLI. Decode them with :data:`CODEC` (docs/contracts/tasks.md is the prose contract). Evolve an event only by
+adding fields with defaults; anything else needs a new ``schema_version`` and an upcaster
+(see :mod:`symbi_common.events`).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from symbi_common.decisions import DecisionRecord
+from symbi_common.events import Event, EventCodec
+
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+
+AGGREGATE_TYPE = "task"
+
+
+class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What one task asks for, instead of its agent's configured limits (each at most the agent's)."""
+
+    cpu_cores: float | None = None
+    memory_mb: int | None = None
+    execution_timeout_s: float | None = None
+
+
+class TaskSubmitted(Event, frozen=True, tag="task.submitted"):
+    """A task entered the queue. ``schedule`` names the agent's schedule that fired it, if any."""
+
+    agent_id: str
+    input: bytes
+    priority: str
+    resources: ResourceRequest | None = None
+    submitted_by: str = ""
+    schedule: str = ""
+
+
+class TaskAssigned(Event, frozen=True, tag="task.assigned"):
+    """The task was placed on a host; the sandbox-agent of ``host_id`` runs attempt ``attempt``."""
+
+    host_id: str
+    tier: str
+    risk_score: float
+    risk_factors: dict[str, float]
+    workload: Workload
+    limits: ResourceLimits
+    attempt: int
+    decision: DecisionRecord
+    network_access: tuple[str, ...] = ()
+    """The definition's network allow-list; empty: the sandbox gets no network."""
+    risk_reason: str = ""
+
+
+class TaskPreempted(Event, frozen=True, tag="task.preempted"):
+    """The attempt was stopped and the task went back to the queue (``requeued``).
+
+    ``reason`` is ``preempted`` (evicted for ``by_task``) or ``host_lost`` (its host stopped heartbeating).
+    """
+
+    host_id: str
+    attempt: int
+    reason: str
+    by_task: str = ""
+    requeued: bool = True
+
+
+class TaskSuspended(Event, frozen=True, tag="task.suspended"):
+    """The task stopped without leaving its place.
+
+    ``reason`` ``preempted``: paused in place on ``host_id`` for ``by_task`` (its memory stays reserved).
+    ``reason`` ``agent_suspended``: paused in place because its agent was suspended while it ran.
+    ``reason`` ``action_denied``: the policy denied a request of the running workload (``decision``); the
+    sandbox froze it already and the agent is suspended.
+    ``reason`` ``policy_denied``: ``task.allocate`` was denied (``decision``); the agent is suspended too.
+    """
+
+    reason: str
+    attempt: int
+    host_id: str = ""
+    by_task: str = ""
+    decision: DecisionRecord | None = None
+
+
+class TaskResumed(Event, frozen=True, tag="task.resumed"):
+    """A paused task runs again on its host, or a denied task goes back to the queue."""
+
+    reason: str
+    attempt: int
+    host_id: str = ""
+
+
+class TaskCompleted(Event, frozen=True, tag="task.completed"):
+    """The task ended; appended after the terminal execution event, before the capacity is freed."""
+
+    outcome: str
+    attempt: int
+    host_id: str = ""
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class TaskCancelled(Event, frozen=True, tag="task.cancelled"):
+    """The task was withdrawn (by a person, or because its agent was terminated)."""
+
+    reason: str
+    cancelled_by: str = ""
+
+
+TaskEvent = TaskSubmitted | TaskAssigned | TaskPreempted | TaskSuspended | TaskResumed | TaskCompleted | TaskCancelled
+EVENT_TYPES: tuple[type[TaskEvent], ...] = (
+    TaskSubmitted,
+    TaskAssigned,
+    TaskPreempted,
+    TaskSuspended,
+    TaskResumed,
+    TaskCompleted,
+    TaskCancelled,
+)
+CODEC: EventCodec[TaskEvent] = EventCodec(EVENT_TYPES)

@@ -1,0 +1,98 @@
+"""The catalogue of subjects says what the code does, and docs/subjects.md is the catalogue as drawn now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from symbi_audit.erasure import CODEC as AUDIT_CODEC
+from symbi_common.events import EventCodec
+from symbi_common.keyring import SERVICE_SUBJECTS
+from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
+from symbi_context.domain import KNOWLEDGE, MEMORY
+from symbi_context.index import SUBJECTS as CONTEXT_FOLLOWS
+from symbi_contracts.diagram import COMMAND, render
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
+from symbi_contracts.subjects import CATALOGUE, CLI, SERVICES, EventVersion, Subject, find, versions
+from symbi_lifecycle.domain import AGENT
+from symbi_lifecycle.projections import AgentProjection
+from symbi_scheduler.domain import TASK
+from symbi_scheduler.follower import SUBJECTS as SCHEDULER_FOLLOWS
+from symbi_scheduler.schedules import CODEC as SCHEDULE_CODEC
+
+ROOT = Path(__file__).resolve().parents[3]
+PAGE = ROOT / "docs" / "subjects.md"
+
+#: The codec the owner of each event subject writes with.
+WRITTEN_WITH: dict[str, EventCodec] = {  # type: ignore[type-arg]
+    "evt.agent.<agent_id>": AGENT.codec,
+    "evt.task.<task_id>": TASK.codec,
+    "evt.schedule.<agent_id>": SCHEDULE_CODEC,
+    "evt.execution.<task_id>": EXECUTION_CODEC,
+    "evt.host.<host_id>": HOST_CODEC,
+    "evt.policy.<set_id>": POLICY_SET_CODEC,
+    "evt.policy.decisions.<source>": DECISION_LOG_CODEC,
+    "evt.memory.<owner>": MEMORY.codec,
+    "evt.knowledge.<kb_id>": KNOWLEDGE.codec,
+    "evt.audit.<erasure_id>": AUDIT_CODEC,
+}
+EVENT_SUBJECTS = [s for s in CATALOGUE if s.kind == "events"]
+
+
+def test_the_committed_page_is_the_catalogue_drawn_now() -> None:
+    assert PAGE.read_text() == render(), f"docs/subjects.md is stale: run `uv run {COMMAND}`"
+
+
+def test_a_changed_catalogue_draws_a_different_page() -> None:
+    extra = Subject(
+        "events", "evt.widget.<id>", "context", ("scheduler",), "widgets", (EventVersion("widget.made", 2),)
+    )
+    page = render((*CATALOGUE, extra))
+    assert page != render()
+    assert "`widget.made` v2" in page
+    assert 'context -- "evt.memory.*<br/>evt.knowledge.*" --> audit' in page
+
+
+def test_every_event_stream_is_in_the_catalogue() -> None:
+    assert sorted(s.subject for s in EVENT_SUBJECTS) == sorted(WRITTEN_WITH)
+
+
+@pytest.mark.parametrize("subject", EVENT_SUBJECTS, ids=lambda s: s.subject)
+def test_event_types_and_versions_are_those_the_owner_writes(subject: Subject) -> None:
+    assert subject.events == versions(WRITTEN_WITH[subject.subject].types)
+
+
+@pytest.mark.parametrize("subject", EVENT_SUBJECTS, ids=lambda s: s.subject)
+def test_the_owner_is_the_service_whose_key_may_sign_the_subject(subject: Subject) -> None:
+    aggregate = subject.subject.split(".")[1]
+    assert f"evt.{aggregate}.>" in SERVICE_SUBJECTS[subject.owner]
+
+
+def test_owners_and_readers_are_known_services() -> None:
+    for s in CATALOGUE:
+        assert s.owner in SERVICES, s
+        assert s.readers, s
+        assert set(s.readers) <= {*SERVICES, CLI}, s
+
+
+@pytest.mark.parametrize(
+    ("service", "follows"),
+    [
+        ("scheduler", SCHEDULER_FOLLOWS),
+        ("context", CONTEXT_FOLLOWS),
+        ("lifecycle", tuple(AgentProjection.filter_subjects)),
+    ],
+)
+def test_what_a_service_follows_is_in_the_catalogue_as_its_own_or_read_by_it(
+    service: str, follows: tuple[str, ...]
+) -> None:
+    for subject_filter in follows:
+        entry = find(subject_filter)
+        assert service == entry.owner or service in entry.readers, (service, subject_filter)
+
+
+def test_a_filter_names_the_family_of_subjects() -> None:
+    assert find("evt.agent.>").subject == "evt.agent.<agent_id>"
+    assert find("audit.alert").kind == "notice"
+    with pytest.raises(KeyError, match=r"evt\.nothing"):
+        find("evt.nothing.>")
