@@ -34,6 +34,7 @@ from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.operator_tokens import default_operator_dir, issue_token, load_issuer_key
 from symbi_common.streams import provision_streams
 
 # --- NATS ----------------------------------------------------------------------------------------
@@ -170,7 +171,45 @@ def master_key(keys_dir: Path) -> bytes:
     return load_master_key(keys_dir / "master.key")
 
 
+IssueOperatorToken = Callable[..., str]
+
+
+@pytest.fixture
+def issue_operator_token(keys_dir: Path) -> IssueOperatorToken:
+    """``issue_operator_token(role="auditor", name="ann", ttl_s=60)``: an operator token from the keyring's issuer."""
+
+    def issue(role: str = "admin", name: str = "test-admin", ttl_s: int = 3600) -> str:
+        token, _ = issue_token(load_issuer_key(default_operator_dir(keys_dir)), name=name, role=role, ttl_s=ttl_s)
+        return token
+
+    return issue
+
+
+@pytest.fixture
+def operator_headers(issue_operator_token: IssueOperatorToken) -> dict[str, str]:
+    """The ``Authorization`` header of an admin operator, for tests that call the services' APIs."""
+    return {"Authorization": f"Bearer {issue_operator_token()}"}
+
+
 MakeStore = Callable[..., Awaitable[EventStore]]
+RegisterOperatorPolicies = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+def register_operator_policies(make_store: MakeStore) -> RegisterOperatorPolicies:
+    """``await register_operator_policies()``: policy set ``operators`` (the baseline's rules for the three
+    operator roles), for tests that enforce policy without the baseline but call the APIs."""
+
+    async def register() -> None:
+        from symbi_common.operator_auth import OPERATOR_POLICIES
+        from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
+        from symbi_common.sealing import NEW_AGGREGATE
+
+        store = await make_store("policy")
+        event = PolicySetRegistered(set_id="operators", cedar=OPERATOR_POLICIES)
+        await store.append(AGGREGATE_TYPE, "operators", [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
+
+    return register
 
 
 @pytest.fixture
@@ -316,7 +355,8 @@ def runtime_options(runtime_home: Path, free_base_port: int, cli_env: dict[str, 
         nats_port=None,
         grace_period=5.0,
         restart=RestartPolicy(initial_backoff=0.1),
-        env=dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1"),
+        # SYMBI_HOME: `symbi` commands run with this environment find the home's operator token.
+        env=dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1", SYMBI_HOME=str(runtime_home)),
     )
 
 

@@ -29,6 +29,7 @@ from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.streams import provision_streams
 
 # --- a small, realistic event ----------------------------------------------------------------------
@@ -189,6 +190,9 @@ async def connect(url: str) -> NatsClient:
 
 # --- keyring and event store ----------------------------------------------------------------------
 
+#: The ``Authorization`` header of an admin operator of the last :func:`keyring` (every API call needs one).
+AUTH: dict[str, str] = {}
+
 
 @contextlib.contextmanager
 def keyring() -> Any:
@@ -196,6 +200,8 @@ def keyring() -> Any:
     with tempfile.TemporaryDirectory(prefix="symbi-bench-keys-") as tmp:
         keys_dir = Path(tmp) / "keys"
         init_keyring(keys_dir)
+        AUTH.clear()
+        AUTH.update(bearer_header(issue_local_token(keys_dir, name="bench")))
         yield keys_dir
 
 

@@ -77,7 +77,7 @@ async def register(url: str, prefix: str, count: int) -> None:
             if r.status_code != 201 or r.json()["state"] != "Ready":
                 raise SystemExit(f"registration {i} failed: {r.status_code} {r.text[:500]}")
 
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=_common.AUTH) as http:
         await asyncio.gather(*(worker(http) for _ in range(CONCURRENCY)))
 
 

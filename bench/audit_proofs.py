@@ -29,7 +29,10 @@ from pathlib import Path
 
 import _common
 import nacl.signing
-from symbi_audit.merkle import (
+from symbi_audit.store import AuditStore
+from symbi_cli.infra import PostgresServer
+from symbi_common.db import open_pool
+from symbi_tlog.merkle import (
     Node,
     TreeBuilder,
     consistency_ranges,
@@ -41,9 +44,6 @@ from symbi_audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from symbi_audit.store import AuditStore
-from symbi_cli.infra import PostgresServer
-from symbi_common.db import open_pool
 
 TARGET_US = 1000.0
 

@@ -70,6 +70,7 @@ import _common
 import httpx
 import nats
 from nats.js.api import DeliverPolicy
+from symbi_cli.credentials import auth_headers
 from symbi_cli.runtime import SERVICE_PORT_OFFSETS, LocalRuntime, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
 from symbi_common.decisions import DecisionRecord
@@ -788,8 +789,12 @@ async def main() -> None:
                 flush=True,
             )
             async with (
-                httpx.AsyncClient(base_url=rt.url_of("lifecycle"), timeout=30) as lifecycle,
-                httpx.AsyncClient(base_url=rt.url_of("scheduler"), timeout=30) as scheduler,
+                httpx.AsyncClient(
+                    base_url=rt.url_of("lifecycle"), timeout=30, headers=auth_headers(rt.home)
+                ) as lifecycle,
+                httpx.AsyncClient(
+                    base_url=rt.url_of("scheduler"), timeout=30, headers=auth_headers(rt.home)
+                ) as scheduler,
             ):
                 ours = Ours(scheduler, watch)
                 for tier in tiers:

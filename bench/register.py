@@ -70,7 +70,7 @@ def pct(values: list[float], p: float) -> float:
 async def measure(url: str, warmup: int, requests: int) -> tuple[list[float], list[float]]:
     ours: list[float] = []
     base: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers=_common.AUTH) as http:
         for i in range(warmup + requests):
             t0 = time.perf_counter()
             r = await http.get("/healthz")

@@ -119,7 +119,9 @@ async def main() -> None:
                 sandbox = build_sandbox(load_settings(env=sandbox_env))
                 await stack.enter_async_context(sandbox.router.lifespan_context(sandbox))
                 transport = httpx.ASGITransport(app=lifecycle)
-                async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://lifecycle", headers=_common.AUTH
+                ) as http:
                     for tier in tiers:
                         config = {
                             "name": f"e2e-{tier}",

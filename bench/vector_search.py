@@ -204,6 +204,8 @@ async def context_service(nats_url: str, keys_dir: Path, vectors: Path) -> Async
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
         "SYMBIONT_VECTOR_DATA_PATH": str(vectors),
+        # The queries repeat: without this the embedding cache would answer them and flatter the latency.
+        "SYMBI_CONTEXT__CONTEXT_CACHE_SIZE": "0",
     }
     async with _common.service_process("symbi_context", env) as svc:
         yield svc.url
@@ -227,7 +229,7 @@ async def http_retrieval(memories: int, requests: int) -> tuple[list[float], lis
         async with (
             _common.nats_server() as nats,
             context_service(nats.url, keys_dir, Path(vec)) as url,
-            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            httpx.AsyncClient(base_url=url, timeout=30, headers=_common.AUTH) as http,
         ):
             last = 0
             t0 = time.perf_counter()

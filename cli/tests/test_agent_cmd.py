@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from symbi_cli.main import app
+from symbi_common.operator_tokens import issue_local_token
 from typer.testing import CliRunner, Result
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "agents"
@@ -44,6 +45,7 @@ async def lifecycle_url(nats_url: str, database_url: str, keys_dir: Path, tmp_pa
         "SYMBI_LOG_LEVEL": "warning",
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
     }
+    TOKEN["token"] = issue_local_token(keys_dir)
     proc = _spawn(env, tmp_path / "lifecycle.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,8 +68,13 @@ async def lifecycle_url(nats_url: str, database_url: str, keys_dir: Path, tmp_pa
             proc.wait()
 
 
+#: The operator token the commands send (the lifecycle service's keyring issued it); set by ``lifecycle_url``.
+TOKEN: dict[str, str] = {}
+
+
 async def invoke(*args: str) -> Result:
-    return await asyncio.to_thread(CliRunner().invoke, app, ["agent", *args])
+    runner = CliRunner(env={"SYMBI_OPERATOR_TOKEN": TOKEN.get("token", ""), "SYMBI_HOME": None})
+    return await asyncio.to_thread(runner.invoke, app, ["agent", *args])
 
 
 async def test_register_a_definition_and_a_json_config(lifecycle_url: str) -> None:

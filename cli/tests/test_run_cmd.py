@@ -9,12 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from symbi_audit.merkle import verify_inclusion
-from symbi_audit.notes import parse_checkpoint
+from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import ReceiptInvalid, check_proof, stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.streams import RawMessage
+from symbi_tlog.merkle import verify_inclusion
+from symbi_tlog.notes import parse_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +71,7 @@ async def test_run_registers_runs_remembers_and_proves(
             assert verify_inclusion(leaf, e["leaf_index"], checkpoint.size, path, checkpoint.root)
 
         # The memory is there: the agent can read its own result back.
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=auth_headers(rt.home)) as http:
             r = await http.post(
                 f"{rt.url_of('context')}/v1/memories/query",
                 json={

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from symbi_cli.credentials import auth_headers
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_cli.status_cmd import HttpAnswer, ProcessInfo, ServiceProbe, Snapshot, build_report, read_process
 from symbi_cli.supervisor import RestartPolicy
@@ -82,7 +83,9 @@ async def test_status_reports_components_agents_and_a_killed_service(
         assert [c["name"] for c in report["components"]] == ["policy", "lifecycle", "scheduler", "audit"]
         assert set(report["skipped"]) == {"sandbox-agent", "context"}
 
-        async with httpx.AsyncClient(base_url=rt.url_of("lifecycle"), timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=rt.url_of("lifecycle"), timeout=30, headers=auth_headers(rt.home)
+        ) as http:
             r = await http.post(
                 "/v1/agents", json={"agent_id": "status-hello", "config": json.loads(HELLO.read_text())}
             )

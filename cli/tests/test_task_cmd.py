@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 from symbi_cli.main import app
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_scheduler.main import build_app as build_scheduler
@@ -63,7 +64,9 @@ async def runtime(
     hosts: list[FakeHost] = []
     async with lifecycle.router.lifespan_context(lifecycle):
         transport = httpx.ASGITransport(app=lifecycle)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+        TOKEN["token"] = issue_local_token(keys_dir)
+        headers = bearer_header(TOKEN["token"])
+        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle", headers=headers) as http:
             config = {"name": "upper", "workload": {"image": "symbi/busybox:1", "command": ["tr", "a-z", "A-Z"]}}
             r = await http.post("/v1/agents", json={"agent_id": "upper", "config": config})
             assert r.status_code == 201, r.text
@@ -82,8 +85,13 @@ async def runtime(
                     await host.stop()
 
 
+#: The operator token the commands send (from the test's keyring); set where the services start.
+TOKEN: dict[str, str] = {}
+
+
 def invoke(*args: str) -> Any:
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+    env = {"SYMBI_OPERATOR_TOKEN": TOKEN.get("token", "unused-for-an-unreachable-scheduler"), "SYMBI_HOME": None}
+    return CliRunner(env=env).invoke(app, list(args), catch_exceptions=False)
 
 
 async def test_run_prints_the_result_and_follows_progress(runtime: Any, nats_url: str) -> None:

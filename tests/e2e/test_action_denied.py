@@ -24,6 +24,7 @@ import msgspec
 import nats
 import pytest
 from symbi_cli.agent_cmd import registration_body
+from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
@@ -79,6 +80,7 @@ async def test_a_denied_action_suspends_the_agent_and_a_policy_change_and_resume
     agent_id = f"note-keeper-{secrets.token_hex(3)}"
     async with LocalRuntime(options) as rt, httpx.AsyncClient(timeout=15) as http:
         await rt.wait_ready(timeout=90)
+        http.headers.update(auth_headers(rt.home))
         lifecycle, scheduler, context = rt.url_of("lifecycle"), rt.url_of("scheduler"), rt.url_of("context")
         audit, policy = rt.url_of("audit"), rt.url_of("policy")
 

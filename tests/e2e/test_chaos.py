@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
@@ -213,19 +214,30 @@ def containers_of(host_id: str) -> list[str]:
     return out.stdout.splitlines()
 
 
-async def offline_audit(symbi_exe: str, env: dict[str, str], home: Path) -> dict[str, Any]:
-    """``symbi audit export`` then ``symbi audit verify --json`` as real processes: the offline verifier's report."""
+async def offline_audit(symbi_exe: str, env: dict[str, str], home: Path, at_least: int) -> dict[str, Any]:
+    """``symbi audit export`` then ``symbi audit verify --json`` as real processes: the offline verifier's report.
+
+    The export holds exactly the events its checkpoint covers: it is taken again until a published checkpoint
+    covers ``at_least`` events."""
     log = home / "audit-log.jsonl"
     checkpoint = log.with_suffix(".checkpoint")
-    for argv in (
-        ["audit", "export", "--home", str(home), "--out", str(log), "--checkpoint-out", str(checkpoint)],
-        ["audit", "verify", str(log), "--checkpoint", str(checkpoint), "--home", str(home), "--json"],
-    ):
+    export = ["audit", "export", "--home", str(home), "--out", str(log), "--checkpoint-out", str(checkpoint)]
+    verify = ["audit", "verify", str(log), "--checkpoint", str(checkpoint), "--home", str(home), "--json"]
+
+    async def symbi(argv: list[str]) -> bytes:
         proc = await asyncio.create_subprocess_exec(
             symbi_exe, *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
         assert proc.returncode in (0, 1), f"symbi {' '.join(argv[:2])}: {err.decode()}"
+        return out
+
+    for _ in range(40):
+        await symbi(export)
+        if checkpoint.exists() and int(checkpoint.read_text().split("\n")[1]) >= at_least:
+            break
+        await asyncio.sleep(0.5)
+    out = await symbi(verify)
     report: dict[str, Any] = json.loads(out)
     return report
 
@@ -251,7 +263,7 @@ async def test_kill_9_of_a_service_during_20_tasks(
         await rt.wait_ready(timeout=90)
         assert rt.supervisor is not None
         supervisor = rt.supervisor
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=auth_headers(rt.home)) as http:
             # Half the agents run in runc (Tier 1), half in gVisor (Tier 2): both kinds of sandbox get interrupted.
             tiers = {f"chaos-{i}": ("tier1", "tier2")[i % 2] for i in range(AGENTS)}
             agents = list(tiers)
@@ -353,7 +365,7 @@ async def test_kill_9_of_a_service_during_20_tasks(
             assert findings == [], f"seed {SEED}, {victim} killed: {findings}"
             assert status["findings"] == 0, status
             # And offline, trusting nothing but the keyring: the exported log against the signed checkpoint.
-            report = await offline_audit(symbi_exe, env, runtime_home)
+            report = await offline_audit(symbi_exe, env, runtime_home, last_sequence)
             assert report["ok"] is True, f"seed {SEED}, {victim} killed: {report['findings']}"
             assert report["events"] >= last_sequence
             assert report["checkpoint"] is not None

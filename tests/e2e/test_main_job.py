@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from symbi_audit.merkle import verify_inclusion
-from symbi_audit.notes import parse_checkpoint
+from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
@@ -28,6 +27,8 @@ from symbi_common.keyring import KeyRegistry, load_master_key
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
+from symbi_tlog.merkle import verify_inclusion
+from symbi_tlog.notes import parse_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "agents"
@@ -94,11 +95,11 @@ def check_receipt(doc: dict[str, Any]) -> None:
         assert verify_inclusion(leaf, e["leaf_index"], checkpoint.size, path, checkpoint.root), e
 
 
-async def check_memory(context_url: str, doc: dict[str, Any], query: str) -> None:
+async def check_memory(context_url: str, doc: dict[str, Any], query: str, home: Path) -> None:
     """The result is the agent's long-term memory, found again by a query, with the task as its origin."""
     assert doc["memory"]["ids"]
     assert doc["memory"]["origin"] == {"task_id": doc["task"]["task_id"]}
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=auth_headers(home)) as http:
         r = await http.post(
             f"{context_url}/v1/memories/query",
             json={"agent_id": doc["agent"]["id"], "query": query, "min_sequence": doc["memory"]["sequence"]},
@@ -111,8 +112,8 @@ async def check_memory(context_url: str, doc: dict[str, Any], query: str) -> Non
     assert hits[0]["origin"] == {"task_id": doc["task"]["task_id"]}
 
 
-async def check_agent_ready(lifecycle_url: str, agent_id: str) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
+async def check_agent_ready(lifecycle_url: str, agent_id: str, home: Path) -> None:
+    async with httpx.AsyncClient(timeout=10, headers=auth_headers(home)) as http:
         r = await http.get(f"{lifecycle_url}/v1/agents/{agent_id}")
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "Ready"
@@ -160,8 +161,8 @@ async def test_main_job_on_a_tier1_and_a_tier2_example(
 
         for doc, query in ((hello, "hello world"), (stats, "lines words bytes sha256")):
             assert doc["agent"]["state"] == "Ready"
-            await check_agent_ready(rt.url_of("lifecycle"), doc["agent"]["id"])
-            await check_memory(rt.url_of("context"), doc, query)
+            await check_agent_ready(rt.url_of("lifecycle"), doc["agent"]["id"], rt.home)
+            await check_memory(rt.url_of("context"), doc, query, rt.home)
             check_receipt(doc)
 
         assert hello["trace_id"] != stats["trace_id"]

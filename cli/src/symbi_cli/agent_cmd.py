@@ -17,7 +17,9 @@ import httpx
 import typer
 from symbi_common.telemetry import command_trace, inject_trace
 
+from symbi_cli.credentials import auth_headers
 from symbi_cli.dsl_cmd import read_definition
+from symbi_cli.errors import CliError
 
 agent_app = typer.Typer(help="Register and inspect agents through the lifecycle API.", no_args_is_help=True)
 
@@ -69,10 +71,18 @@ def register(
     url: Url = None,
     user: Annotated[str | None, typer.Option("--user", help="Who registers (sent as X-Symbi-User)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON")] = False,
+    home: Annotated[
+        Path | None, typer.Option("--home", envvar="SYMBI_HOME", help="Runtime home (its operator.token is sent).")
+    ] = None,
 ) -> None:
     """Register an agent; exit 0 if it is Ready, 1 if it failed or was denied."""
     body = registration_body(file, agent_id)
     headers = {"X-Symbi-User": user} if user else {}
+    try:
+        headers.update(auth_headers(home))
+    except CliError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
     with command_trace("cli", "symbi agent register", {"symbi.file": str(file)}) as span:
         inject_trace(headers)  # the lifecycle service's work (compile, decide, activate) joins this trace
         try:

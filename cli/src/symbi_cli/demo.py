@@ -24,6 +24,7 @@ from rich.table import Table
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 
+from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError, DemoError
 from symbi_cli.events import EventLine, tail
 from symbi_cli.run_cmd import ServiceUrls, default_agent_id, print_run, run_agent
@@ -167,7 +168,8 @@ async def walk_through(runtime: LocalRuntime, console: Console, agents_dir: Path
     """Register the example agents, drive them through their states, print their verified histories."""
     hello = load_config(agents_dir / "hello.json")
     invalid = load_config(agents_dir / "invalid.json")
-    async with httpx.AsyncClient(base_url=runtime.url_of("lifecycle"), timeout=15.0) as http:
+    headers = auth_headers(runtime.home)
+    async with httpx.AsyncClient(base_url=runtime.url_of("lifecycle"), timeout=15.0, headers=headers) as http:
         api = LifecycleApi(http)
 
         console.rule(f"agent {hello.get('name')} ({agents_dir / 'hello.json'})")
@@ -230,6 +232,7 @@ async def main_job(runtime: LocalRuntime, console: Console, agents_dir: Path) ->
         keys_dir=runtime.keys_dir,
         console=console,
         receipt_timeout=60.0,
+        home=runtime.home,
     )
     print_run(console, doc)
     if code != 0:

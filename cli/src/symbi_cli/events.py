@@ -23,11 +23,11 @@ import nats.errors
 import typer
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
-from symbi_audit.rules import CachedRegistry, LogVerifier, authenticate
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
+from symbi_tlog.rules import CachedRegistry, LogVerifier, authenticate
 
 DEFAULT_HOME = Path(".symbi")
 
@@ -52,7 +52,7 @@ class EventLine:
 
 
 class StreamVerifier:
-    """Checks events in stream order with the audit service's rules (:mod:`symbi_audit.rules`).
+    """Checks events in stream order with the audit service's rules (:mod:`symbi_tlog.rules`).
 
     ``partial`` (a ``--last`` window or a subject filter): stream sequences are not checked and an
     aggregate first seen in the middle of its chain is trusted from that event on. Reading the whole

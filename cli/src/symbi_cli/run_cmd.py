@@ -7,9 +7,11 @@ its origin, and ends with an audit receipt: the task's stored events, the signed
 them and their inclusion proofs.
 
 The receipt trusts neither the audit service nor this machine's view of it: the events are read as
-stored from the ``EVENTS`` stream and their Merkle leaves computed here; the checkpoint's signature is
-checked against the audit key of the root-signed key registry; each inclusion proof is verified
-against the signed root (RFC 9162). Any mismatch makes the command exit 3.
+stored from the ``EVENTS`` stream, their signatures, signers and hash chains checked here and their
+Merkle leaves computed here (the audit API's ``verified`` flag is never consulted); the checkpoint's
+signature is checked against the audit key of the root-signed key registry and its origin against the
+expected one; each inclusion proof is verified against the signed root (RFC 9162). Any mismatch
+makes the command exit 3.
 
 Exit status: 0 success, 1 registration or service failure, the task's exit code if it failed, 3 if the
 receipt does not verify.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import secrets
 import sys
@@ -34,17 +37,18 @@ import typer
 from opentelemetry.trace import StatusCode
 from rich.console import Console
 from rich.table import Table
-from symbi_audit.errors import CheckpointInvalid
-from symbi_audit.merkle import verify_inclusion
-from symbi_audit.notes import Checkpoint, verify_checkpoint
-from symbi_audit.offline import audit_key
-from symbi_audit.rules import event_leaf
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_common.telemetry import command_trace, trace_http_request, trace_id_of
+from symbi_tlog.merkle import verify_inclusion
+from symbi_tlog.notes import Checkpoint
+from symbi_tlog.offline import TrustAnchor, audit_key, check_checkpoint
+from symbi_tlog.rules import CachedRegistry, LogVerifier, event_leaf, verdict
 
 from symbi_cli.agent_cmd import registration_body
+from symbi_cli.credentials import auth_headers
+from symbi_cli.errors import CliError
 from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 from symbi_cli.status_cmd import read_state
 from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
@@ -142,15 +146,43 @@ async def agent_ready(http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str,
         await asyncio.sleep(POLL_S)
 
 
+#: The longest result kept whole as a memory; a longer one is kept as its beginning, with a note and its digest.
+MEMORY_MAX_CHARS = 16_000
+
+
+def result_memory(result: str) -> tuple[str, dict[str, Any]] | None:
+    """The memory text and metadata for a task's output; None for an output with nothing in it."""
+    if not result.strip():
+        return None
+    if len(result) <= MEMORY_MAX_CHARS:
+        return result, {}
+    digest = hashlib.sha256(result.encode()).hexdigest()
+    note = f"\n[… truncated: the first {{kept}} of {len(result)} characters; sha256 of the whole result {digest}]"
+    kept = MEMORY_MAX_CHARS - len(note.format(kept=MEMORY_MAX_CHARS))
+    text = result[:kept] + note.format(kept=kept)
+    return text, {"truncated": True, "result_chars": len(result), "result_sha256": digest}
+
+
 async def store_memory(
     http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, task_id: str, text: str
 ) -> dict[str, Any]:
-    """Keep what the agent produced as its long-term memory, with the task as origin."""
-    body = {
-        "agent_id": agent_id,
-        "memories": [{"kind": "long_term", "text": text, "tags": ["task-result"], "origin": {"task_id": task_id}}],
-    }
-    return _json_body(await _request(http, "POST", f"{urls.context}/v1/memories", json=body), "storing the memory")
+    """Keep what the agent produced as its long-term memory, with the task as origin.
+
+    An empty output is not stored (there is nothing to remember; ``skipped`` says so); a long one is stored
+    as its beginning with a note and the SHA-256 of the whole output (``truncated``).
+    """
+    memory = result_memory(text)
+    if memory is None:
+        return {"skipped": "the task printed nothing; no memory stored"}
+    kept, metadata = memory
+    item: dict[str, Any] = {"kind": "long_term", "text": kept, "tags": ["task-result"], "origin": {"task_id": task_id}}
+    if metadata:
+        item["metadata"] = metadata
+    body = {"agent_id": agent_id, "memories": [item]}
+    stored = _json_body(await _request(http, "POST", f"{urls.context}/v1/memories", json=body), "storing the memory")
+    if metadata:
+        stored["truncated"] = {"kept_chars": len(kept), "result_chars": metadata["result_chars"]}
+    return stored
 
 
 async def stored_task_events(nats_url: str, task_id: str) -> list[RawMessage]:
@@ -192,12 +224,30 @@ def check_proof(proof: dict[str, Any], message: RawMessage, checkpoint: Checkpoi
     }
 
 
-async def _audit_verdict(http: httpx.AsyncClient, urls: ServiceUrls, sequence: int) -> None:
-    """The audit service's own verification of the event (signature, chain) must have passed too."""
-    url = f"{urls.audit}/v1/audit/events/{sequence}"
-    row = _json_body(await _request(http, "GET", url), f"audit event {sequence}")
-    if row.get("verified") is not True:
-        raise ReceiptInvalid(f"event {sequence} failed the audit service's verification (see /v1/audit/findings)")
+def check_events(events: list[RawMessage], registry: KeyRegistry) -> None:
+    """Each stored event, checked here and not taken from the audit service's word: its signature, that its
+    key may write its subject, and each aggregate's hash chain from its first version on."""
+    rules = LogVerifier(partial=True)  # the task's subjects only: stream sequences have gaps
+    cached = CachedRegistry(registry)
+    first: set[str] = set()
+    for message in events:
+        v = verdict(message, cached)
+        if message.subject not in first:
+            first.add(message.subject)
+            if v.version != 1:
+                raise ReceiptInvalid(f"{message.subject} does not start at version 1: its first events are missing")
+        findings = rules.apply(v)
+        if findings:
+            f = findings[0]
+            raise ReceiptInvalid(f"event {message.sequence} ({message.subject}) does not verify: {f.kind}: {f.reason}")
+
+
+def trusted_checkpoint(note: str, registry: KeyRegistry) -> Checkpoint:
+    """The checkpoint of ``note`` if the pinned audit key signed it for the expected origin."""
+    checkpoint, findings = check_checkpoint(note, TrustAnchor(registry))
+    if checkpoint is None or findings:
+        raise ReceiptInvalid("checkpoint: " + "; ".join(f.reason for f in findings))
+    return checkpoint
 
 
 async def audit_receipt(
@@ -210,16 +260,13 @@ async def audit_receipt(
     """
     if not events:
         raise ReceiptInvalid("the task has no stored events")
-    key_name, public_key = audit_key(registry)
+    check_events(events, registry)
     deadline = time.monotonic() + timeout
     while True:
         response = await _request(http, "GET", f"{urls.audit}/v1/audit/checkpoints/latest")
         if response.status_code == 200:
             note = response.text
-            try:
-                checkpoint = verify_checkpoint(note, key_name=key_name, public_key=public_key)
-            except CheckpointInvalid as exc:
-                raise ReceiptInvalid(f"checkpoint: {exc}") from exc
+            checkpoint = trusted_checkpoint(note, registry)
             proofs = []
             for message in reversed(events):  # the newest first: if it is not covered yet, none of them need asking
                 params = {"sequence": message.sequence, "size": checkpoint.size}
@@ -227,7 +274,6 @@ async def audit_receipt(
                 if answer.status_code == 404:
                     break  # not in this checkpoint's tree yet
                 proofs.append(check_proof(_json_body(answer, "inclusion proof"), message, checkpoint))
-                await _audit_verdict(http, urls, message.sequence)
             else:
                 proofs.reverse()
                 return {
@@ -236,7 +282,7 @@ async def audit_receipt(
                         "origin": checkpoint.origin,
                         "size": checkpoint.size,
                         "root": _b64(checkpoint.root),
-                        "key": key_name,
+                        "key": audit_key(registry)[0],
                         "note": note,
                     },
                     "events": proofs,
@@ -288,10 +334,14 @@ async def run_agent(
     keys_dir: Path,
     console: Console,
     receipt_timeout: float,
+    home: Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Every step of ``symbi run``; returns the exit status and the document describing the run."""
+    """Every step of ``symbi run``; returns the exit status and the document describing the run.
+
+    Every call carries the operator credential of ``home`` (``$SYMBI_OPERATOR_TOKEN`` first)."""
     doc: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}) as http:
+    headers = auth_headers(home)
+    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}, headers=headers) as http:
         agent = await register_agent(http, urls, file, agent_id)
         doc["agent"] = {"id": agent["id"], "name": agent.get("name"), "version": agent.get("version")}
         console.print(f"agent [bold]{agent['id']}[/] ({agent.get('name')} {agent.get('version')}): Ready")
@@ -301,7 +351,7 @@ async def run_agent(
             body["input"] = data.decode()
         except UnicodeDecodeError:
             body["input_base64"] = _b64(data)
-        api = SchedulerApi(urls.scheduler)
+        api = SchedulerApi(urls.scheduler, headers)
         try:
             try:
                 task_id = (await api.submit(body))["task_id"]
@@ -322,8 +372,19 @@ async def run_agent(
         after = await agent_ready(http, urls, agent_id, timeout=10.0)
         doc["agent"]["state"] = after.get("state")
         memory = await store_memory(http, urls, agent_id, task_id, result)
-        doc["memory"] = {"ids": memory.get("ids"), "sequence": memory.get("sequence"), "origin": {"task_id": task_id}}
-        console.print(f"result stored as memory {', '.join(memory.get('ids') or [])}")
+        if "skipped" in memory:
+            doc["memory"] = {"skipped": memory["skipped"]}
+            console.print(memory["skipped"])
+        else:
+            doc["memory"] = {
+                "ids": memory.get("ids"),
+                "sequence": memory.get("sequence"),
+                "origin": {"task_id": task_id},
+            }
+            if "truncated" in memory:
+                doc["memory"]["truncated"] = memory["truncated"]
+            note = " (truncated: the output is longer than a memory holds)" if "truncated" in memory else ""
+            console.print(f"result stored as memory {', '.join(memory.get('ids') or [])}{note}")
 
         events = await stored_task_events(nats_url, task_id)
         console.print(f"waiting for an audit checkpoint covering the task's {len(events)} events …")
@@ -399,11 +460,12 @@ def run(
                     urls=service_urls(home, base_port),
                     nats_url=events_nats_url(nats_url, home),
                     keys_dir=keys_dir or home / "keys",
+                    home=home,
                     console=console,
                     receipt_timeout=receipt_timeout,
                 )
             )
-        except (SymbiError, OSError, nats.errors.Error) as exc:
+        except (SymbiError, CliError, OSError, nats.errors.Error) as exc:
             console.print(f"[red]error:[/] {exc}")
             span.set_status(StatusCode.ERROR, str(exc))
             code, doc = EXIT_FAILED, {}

@@ -39,6 +39,7 @@ from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.natsauth import OPERATOR, authorization_config, with_credentials, without_credentials
 from symbi_common.settings import load_settings
 
+from symbi_cli.credentials import write_local_token
 from symbi_cli.errors import StartError
 from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database, pid_alive
 from symbi_cli.keys import ensure_keyring
@@ -271,6 +272,8 @@ class LocalRuntime:
             self.reporter.step(f"keyring created in {self.keys_dir}: {', '.join(created)}")
         else:
             self.reporter.step(f"keyring {self.keys_dir}")
+        token_file = write_local_token(self.home, self.keys_dir)
+        self.reporter.step(f"local admin operator token {token_file} (mode 0600)")
 
         self.reporter.step("starting nats-server (JetStream, one least-privilege user per service)")
         auth_file = self._write_nats_auth()

@@ -3,7 +3,8 @@
 Reads ``<home>/run/state.json`` (written by ``symbi up``) for the pids and addresses; without it, probes
 every service at its port from ``--base-port``. Fetching (``/proc``, HTTP) is kept apart from
 :func:`build_report`, which turns what was fetched into the report, so the rules deciding "ok",
-"degraded" and "down" are plain functions of data. Exit status: 0 when ok, 1 otherwise.
+"degraded" and "down" are plain functions of data. Exit status: 0 when ok, 2 when the audit
+service reports its log missing, shorter or rolled back (critical), 1 otherwise.
 
 Per component: pid, whether it lives, RSS and CPU seconds (``/proc/<pid>``; PostgreSQL's figures are
 the postmaster's own, not its backends'), each service's readiness checks and recent errors (from
@@ -28,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
 from symbi_cli.runtime import ALL_SERVICES, DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 
@@ -217,7 +219,7 @@ def build_report(snapshot: Snapshot) -> dict[str, Any]:
         "skipped": dict(snapshot.skipped),
         "scheduler": _section(snapshot.scheduler, ("queues", "parked", "hosts", "running", "leader", "synced")),
         "agents": _agents(snapshot.agents),
-        "audit": _section(snapshot.audit, ("sequence", "tree_size", "findings", "checkpoint")),
+        "audit": _section(snapshot.audit, ("sequence", "tree_size", "findings", "checkpoint", "critical")),
     }
 
 
@@ -339,7 +341,11 @@ def local_snapshot(home: Path, base_port: int, host: str) -> Snapshot:
 async def fetch_snapshot(home: Path, base_port: int = DEFAULT_BASE_PORT, host: str = "127.0.0.1") -> Snapshot:
     """Everything the report needs: the state file, ``/proc`` and each service's HTTP answers."""
     snapshot = await asyncio.to_thread(local_snapshot, home, base_port, host)
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+    try:  # health needs no credential; the agent count and the scheduler's status do
+        headers = auth_headers(home)
+    except CliError:
+        headers = {}
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as http:
         await asyncio.gather(*(_probe(http, p) for p in snapshot.services.values()))
 
         async def scheduler() -> None:
@@ -442,6 +448,8 @@ def render(report: Mapping[str, Any], console: Console) -> None:
             f"audit: verified to sequence {audit.get('sequence')}, tree size {audit.get('tree_size')}, "
             f"findings {audit.get('findings')}, latest checkpoint size {checkpoint.get('size', 'none')}"
         )
+        for kind, reason in (audit.get("critical") or {}).items():
+            console.print(f"[bold red]CRITICAL audit log {kind}:[/] {reason}", highlight=False, soft_wrap=True)
 
 
 def status(
@@ -463,4 +471,16 @@ def status(
         typer.echo(json.dumps(report, indent=2))
     else:
         render(report, Console())
+    if audit_critical(report):
+        raise typer.Exit(EXIT_CRITICAL)
     raise typer.Exit(0 if report["status"] == OK else 1)
+
+
+EXIT_CRITICAL = 2
+
+
+def audit_critical(report: Mapping[str, Any]) -> dict[str, str]:
+    """The audit service's critical findings (its log missing, shorter or rolled back), if any."""
+    audit = report.get("audit") or {}
+    critical = audit.get("critical") if isinstance(audit, dict) else None
+    return critical if isinstance(critical, dict) else {}

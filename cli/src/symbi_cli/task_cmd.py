@@ -23,7 +23,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +34,8 @@ from nats.js.api import DeliverPolicy
 from rich.console import Console
 from symbi_common.telemetry import command_trace, trace_http_request
 
+from symbi_cli.credentials import auth_headers
+from symbi_cli.errors import CliError
 from symbi_cli.events import operator_url
 
 task_app = typer.Typer(help="Submit tasks and follow their output.", no_args_is_help=True)
@@ -62,10 +64,16 @@ def events_nats_url(explicit: str | None, home: Path) -> str:
 class SchedulerApi:
     """The few calls the commands make, with errors turned into readable messages."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
-        # Every request carries the caller's trace context (``traceparent``), so the scheduler's work joins it.
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=10.0, event_hooks={"request": [trace_http_request]})
+        # Every request carries the caller's trace context (``traceparent``), so the scheduler's work joins it,
+        # and the operator credential.
+        self.http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=10.0,
+            event_hooks={"request": [trace_http_request]},
+            headers=dict(headers) if headers is not None else auth_headers(),
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -259,7 +267,7 @@ def run_command(
         body["task_id"] = task_id
 
     async def run() -> int:
-        api = SchedulerApi(url)
+        api = SchedulerApi(url, auth_headers(home))
         try:
             view = await api.submit(body)
             tid = view["task_id"]
@@ -302,7 +310,7 @@ def logs_command(
     console = Console(stderr=True)
 
     async def logs() -> int:
-        api = SchedulerApi(url)
+        api = SchedulerApi(url, auth_headers(home))
         offset = 0
         try:
 
@@ -336,7 +344,7 @@ def _run(coro: Any, console: Console) -> int:
     try:
         code: int = asyncio.run(coro)
         return code
-    except TaskCommandError as exc:
+    except (TaskCommandError, CliError) as exc:  # CliError: no operator credential
         console.print(f"[red]error:[/red] {exc}")
         return 2
     except KeyboardInterrupt:

@@ -27,7 +27,9 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
         events = [p for p in publish_allow(service) if p.startswith("evt.")]
         assert events == list(subjects)
         assert subscribe_allow(service) == [f"cmd.{service}.>", "_INBOX.>"]
-    assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap.", "$KV."))]
+    # The operator writes no events or data keys; only revocations of operator tokens (`symbi token revoke`).
+    assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap."))]
+    assert [p for p in publish_allow(OPERATOR) if p.startswith("$KV.")] == ["$KV.OPERATOR_REVOCATIONS.>"]
 
 
 def test_deployment_users_file_is_generated_from_the_code() -> None:

@@ -14,11 +14,18 @@ from symbi_common.settings import Settings, load_settings
 
 def _settings(nats_url: str, database_url: str, keys_dir: Path) -> Settings:
     return load_settings(
-        env={"SYMBI_NATS_URL": nats_url, "SYMBI_DATABASE_URL": database_url, "SYMBI_KEYS_DIR": str(keys_dir)}
+        env={
+            "SYMBI_NATS_URL": nats_url,
+            "SYMBI_DATABASE_URL": database_url,
+            "SYMBI_KEYS_DIR": str(keys_dir),
+            "SYMBI_POLICY__ENFORCEMENT": "allow-all",  # no policy service here; operator tokens are still checked
+        }
     )
 
 
-async def test_lifespan_health_metrics_and_errors(nats_url: str, database_url: str, keys_dir: Path) -> None:
+async def test_lifespan_health_metrics_and_errors(
+    nats_url: str, database_url: str, keys_dir: Path, operator_headers: dict[str, str]
+) -> None:
     runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
     router = APIRouter()
 
@@ -40,11 +47,17 @@ async def test_lifespan_health_metrics_and_errors(nats_url: str, database_url: s
             assert health.json()["service"] == "lifecycle"
             ready = await http.get("/readyz")
             assert ready.status_code == 200, ready.text
-            assert ready.json()["checks"] == {"started": True, "nats": True, "database": True}
+            assert ready.json()["checks"] == {
+                "started": True,
+                "nats": True,
+                "database": True,
+                "operator_revocations": True,
+            }
             metrics = await http.get("/metrics")
             assert metrics.status_code == 200
             assert "symbi_commands_total" in metrics.text
-            err = await http.get("/v1/boom")
+            assert (await http.get("/v1/boom")).status_code == 401  # no operator token
+            err = await http.get("/v1/boom", headers=operator_headers)
             assert err.status_code == 409
             assert err.json()["error"]["code"] == "illegal_transition"
             assert err.json()["error"]["details"] == {"state": "Ready", "command": "resume"}

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 from symbi_common.errors import ConfigError
-from symbi_common.settings import ENV_ALIASES, Settings, load_settings
+from symbi_common.settings import ENV_ALIASES, Settings, load_settings, parse_size
+from symbi_common.settings_checks import UNSUPPORTED
+
+EXAMPLE = Path(__file__).parents[3] / "examples" / "symbi.toml"
 
 TOML = """
 [runtime]
@@ -19,6 +22,9 @@ duplicate_window_s = 60.0
 
 [telemetry]
 log_level = "warning"
+
+[context]
+vector_backend = "qdrant"
 
 [context.qdrant]
 host = "qdrant.file"
@@ -47,7 +53,8 @@ def test_toml_file(config: Path) -> None:
     s = load_settings(config, env={})
     assert s.runtime.max_concurrent_agents == 50
     assert s.runtime.mode == "production"
-    assert s.runtime.scheduler_threads == 8  # untouched keys keep their defaults
+    assert s.runtime.mode == "production"
+    assert s.nats.replicas == 1  # untouched keys keep their defaults
     assert s.nats.url == "nats://file:4222"
     assert s.nats.duplicate_window_s == 60.0
     assert s.telemetry.log_level == "warning"
@@ -63,13 +70,13 @@ def test_environment_beats_file(config: Path) -> None:
         "SYMBI_RUNTIME__MAX_CONCURRENT_AGENTS": "75",  # section key, converted from text
         "SYMBI_NATS_URL": "nats://env:4222",  # documented alias
         "SYMBI_LOG_LEVEL": "debug",
+        "SYMBIONT_VECTOR_BACKEND": "qdrant",
         "SYMBIONT_VECTOR_PORT": "7000",
         "SYMBI_CONTEXT__QDRANT__HOST": "qdrant.env",  # nested section
-        "MCP_SERVER_DISCOVERY": "false",
         "SYMBI_DATABASE_URL": "postgresql://db/symbi",
         "SYMBI_KEYS_DIR": "/keys",
         "SYMBI_HTTP_PORT": "9000",
-        "SYMBI_SECURITY__ENFORCE_POLICIES": "0",
+        "SYMBI_SECURITY__CRYPTO_PROVIDER": "libsodium",
         "SYMBI_LOG_FORMAT": "",  # empty: not set
         "UNRELATED": "x",
     }
@@ -81,10 +88,9 @@ def test_environment_beats_file(config: Path) -> None:
     assert s.telemetry.log_format == "json"
     assert s.context.qdrant.port == 7000
     assert s.context.qdrant.host == "qdrant.env"
-    assert s.mcp.discovery_enabled is False
     assert s.database.url == "postgresql://db/symbi"
     assert s.service.http_port == 9000
-    assert s.security.enforce_policies is False
+    assert s.security.crypto_provider == "libsodium"
     assert s.signing_key_path("policy") == Path("/keys/policy.key")
 
 
@@ -101,6 +107,8 @@ def test_key_paths_can_be_set_one_by_one() -> None:
 
 def test_every_alias_names_a_real_setting() -> None:
     for name, dotted in ENV_ALIASES.items():
+        if dotted.split(".")[0] in UNSUPPORTED:
+            continue  # documented, refused with a reason (test_unhonoured_keys_are_refused)
         node: object = Settings()
         for part in dotted.split("."):
             assert hasattr(node, part), f"{name} -> {dotted}"
@@ -154,3 +162,63 @@ def test_scalar_where_a_section_is_expected() -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(env={"SYMBI_RUNTIME": "x", "SYMBI_NATS__URL__X": "y"})
     assert exc.value.setting == "nats.url"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "setting", "says"),
+    [
+        ("[security]\nenforce_policies = false\n", {}, "security.enforce_policies", "never runs without policy"),
+        ("", {"SYMBI_SECURITY__AUDIT_ENABLED": "false"}, "security.audit_enabled", "cannot be turned off"),
+        ("", {"SYMBI_AUDIT_STORAGE": "s3"}, "security.audit_storage", "not available"),
+        ("[security]\ncrypto_provider = 'ring'\n", {}, "security.crypto_provider", "libsodium"),
+        ("", {"SYMBI_CRYPTO_PROVIDER": "openssl"}, "security.crypto_provider", "libsodium"),
+        ("[runtime]\nscheduler_threads = 8\n", {}, "runtime.scheduler_threads", "not supported"),
+        ("[runtime]\nmessage_buffer_size = 1\n", {}, "runtime.message_buffer_size", "not supported"),
+        ("", {"SYMBI_RUNTIME__GC_INTERVAL_MS": "100"}, "runtime.gc_interval_ms", "not supported"),
+        ("[runtime]\nmax_concurrent_agents = 0\n", {}, "runtime.max_concurrent_agents", "at least 1"),
+        ("[mcp]\ndiscovery_enabled = true\n", {}, "mcp.discovery_enabled", "no MCP client"),
+        ("", {"MCP_SERVER_DISCOVERY": "true"}, "mcp.discovery_enabled", "no MCP client"),
+        ("[context]\ncontext_cache_size = 'big'\n", {}, "context.context_cache_size", "not a size"),
+        ("[context]\nembedding_dimension = 1536\n", {}, "context.embedding_dimension", "384"),
+        ("[context]\nembedding_model = 'x'\n", {}, "context.embedding_model", "openai"),
+        ("[context.qdrant]\nhost = 'q'\n", {}, "context.qdrant.host", "only used with"),
+        (
+            "[context]\nvector_backend = 'lancedb'\nvector_quantization = 'int8'\n",
+            {},
+            "context.vector_quantization",
+            "unquantized",
+        ),
+        ("", {"SYMBIONT_VECTOR_DIMENSION": "3"}, "SYMBIONT_VECTOR_DIMENSION", "unknown variable"),
+        (
+            "[runtime]\nmode = 'production'\n",
+            {"SYMBI_POLICY__ENFORCEMENT": "allow-all"},
+            "policy.enforcement",
+            "production",
+        ),
+    ],
+)
+def test_unhonoured_keys_are_refused(tmp_path: Path, toml: str, env: dict[str, str], setting: str, says: str) -> None:
+    """A documented key is honoured or refused at start-up, never accepted and ignored."""
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env=env)
+    assert exc.value.setting == setting
+    assert says in str(exc.value)
+
+
+def test_the_documented_example_starts() -> None:
+    s = load_settings(EXAMPLE, env={})
+    assert s.security.enforce_policies is True
+    assert load_settings(EXAMPLE, env={"SYMBIONT_VECTOR_BACKEND": "lancedb"}).context.vector_backend == "lancedb"
+    assert load_settings(
+        env={"SYMBI_CONTEXT__EMBEDDING_PROVIDER": "openai", "SYMBI_CONTEXT__EMBEDDING_DIMENSION": "3072"}
+    )
+
+
+def test_sizes() -> None:
+    assert parse_size("1GB", setting="x") == 10**9
+    assert parse_size("512 MiB", setting="x") == 512 * 2**20
+    assert parse_size("0", setting="x") == 0
+    with pytest.raises(ConfigError):
+        parse_size("-1GB", setting="x")

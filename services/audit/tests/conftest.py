@@ -122,9 +122,11 @@ class Running:
 
 
 @pytest.fixture
-async def running(settings: Settings, provisioned: NatsClient) -> AsyncIterator[Running]:
+async def running(
+    settings: Settings, provisioned: NatsClient, operator_headers: dict[str, str]
+) -> AsyncIterator[Running]:
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http:
             yield Running(app, http, app.state.audit)

@@ -39,6 +39,15 @@ async def test_bad_path_and_query_parameters_are_typed(running: Running) -> None
         ("/v1/audit/proofs/inclusion", {}, "sequence"),
         ("/v1/audit/proofs/inclusion", {"sequence": "one"}, "sequence"),
         ("/v1/audit/events", {"after": "z"}, "after"),
+        # Past 64 bits (PostgreSQL bigint): typed, not a 500.
+        (f"/v1/audit/events/{10**21}", {}, "sequence"),
+        (f"/v1/audit/checkpoints/{2**63}", {}, "size"),
+        ("/v1/audit/events/\u00b2", {}, "sequence"),
+        ("/v1/audit/proofs/inclusion", {"sequence": str(10**21)}, "sequence"),
+        ("/v1/audit/proofs/inclusion", {"sequence": "1", "size": str(2**63)}, "size"),
+        ("/v1/audit/proofs/consistency", {"from": str(10**30), "to": "2"}, "from"),
+        ("/v1/audit/events", {"after": str(-(10**21))}, "after"),
+        ("/v1/audit/events", {"limit": str(10**21)}, "limit"),
     ]:
         resp = await running.http.get(path, params=params)
         assert resp.status_code == 422, (path, resp.text)

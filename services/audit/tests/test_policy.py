@@ -34,7 +34,10 @@ async def enforced(
     nats_url: str,
     database_url: str,
     keys_dir: Path,
+    register_operator_policies: Callable[[], Awaitable[None]],
+    operator_headers: dict[str, str],
 ) -> AsyncIterator[Running]:
+    await register_operator_policies()
     policy = await make_store("policy")
     await policy.append(
         AGGREGATE_TYPE,
@@ -49,7 +52,7 @@ async def enforced(
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://audit") as http,
+        httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http,
     ):
         yield Running(app, http, app.state.audit)
 

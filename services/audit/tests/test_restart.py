@@ -14,8 +14,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 from nats.aio.client import Client as NatsClient
-from symbi_audit.offline import verify_export
 from symbi_common.keyring import KeyRegistry
+from symbi_common.operator_tokens import bearer_header, issue_local_token
+from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Writer, audit_env, read_log
 
@@ -62,7 +63,9 @@ async def test_kill_9_and_restart_skips_nothing_and_repeats_nothing(
     writing = asyncio.create_task(writer.mixed(total_rounds))
     proc = _start(env, log)
     killed_at = None
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=5, headers=bearer_header(issue_local_token(keys_dir))
+    ) as http:
         try:
             for _ in range(1000):
                 status = await _status(http, proc, log)
@@ -107,6 +110,6 @@ async def test_kill_9_and_restart_skips_nothing_and_repeats_nothing(
     finally:
         await conn.close()
     # The stored tree is exactly the tree of the log: nothing skipped, nothing twice.
-    report = verify_export(await read_log(provisioned), note, registry)
+    report = verify_export(await read_log(provisioned), note, TrustAnchor(registry))
     assert report.findings == []
     assert report.events == last

@@ -12,18 +12,6 @@ from collections.abc import Callable
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_audit.merkle import TreeBuilder
-from symbi_audit.notes import Checkpoint, sign_checkpoint
-from symbi_audit.offline import (
-    CHECKPOINT_SIGNATURE,
-    LOG_TRUNCATED,
-    ROOT_MISMATCH,
-    OfflineReport,
-    export_line,
-    read_export,
-    verify_export,
-)
-from symbi_audit.rules import SEQUENCE_GAP, SEQUENCE_ORDER, event_leaf
 from symbi_common.crypto import Signer
 from symbi_common.envelope import (
     SealedEvent,
@@ -35,6 +23,19 @@ from symbi_common.envelope import (
 )
 from symbi_common.keyring import KeyRegistry
 from symbi_common.streams import RawMessage
+from symbi_tlog.merkle import TreeBuilder
+from symbi_tlog.notes import Checkpoint, sign_checkpoint
+from symbi_tlog.offline import (
+    CHECKPOINT_SIGNATURE,
+    LOG_TRUNCATED,
+    ROOT_MISMATCH,
+    OfflineReport,
+    TrustAnchor,
+    export_line,
+    read_export,
+    verify_export,
+)
+from symbi_tlog.rules import SEQUENCE_GAP, SEQUENCE_ORDER, event_leaf
 
 from .conftest import Writer, read_log
 
@@ -80,7 +81,7 @@ def index_of_version(messages: list[RawMessage], subject: str, version: int) -> 
 
 
 def test_untampered_log_has_no_findings(log: list[RawMessage], checkpoint: Callable, registry: KeyRegistry) -> None:
-    report = verify_export(round_trip(log), checkpoint(log), registry)
+    report = verify_export(round_trip(log), checkpoint(log), TrustAnchor(registry))
     assert report.findings == []
     assert report.events == len(log) == 45
     assert report.checkpoint is not None
@@ -96,7 +97,7 @@ def test_edited_payload(log: list[RawMessage], checkpoint: Callable, registry: K
     tampered[i] = RawMessage(
         log[i].subject, log[i].sequence, encode_sealed(SealedEvent(sealed.header, ciphertext, sealed.signature)), {}
     )
-    report = verify_export(round_trip(tampered), note, registry)
+    report = verify_export(round_trip(tampered), note, TrustAnchor(registry))
     assert kinds_at(report) == [(log[i].sequence, "bad_signature"), (log[-1].sequence, ROOT_MISMATCH)]
 
 
@@ -104,12 +105,12 @@ def test_deleted_event(log: list[RawMessage], checkpoint: Callable, registry: Ke
     note = checkpoint(log)
     i = index_of_version(log, "evt.agent.a2", 3)
     tampered = log[:i] + log[i + 1 :]
-    report = verify_export(round_trip(tampered), note, registry)
+    report = verify_export(round_trip(tampered), note, TrustAnchor(registry))
     nxt = index_of_version(log, "evt.agent.a2", 4)
     assert kinds_at(report)[:2] == [(log[i + 1].sequence, SEQUENCE_GAP), (log[nxt].sequence, "version_gap")]
     assert (log[-1].sequence, LOG_TRUNCATED) in kinds_at(report)
     # Renumbered so no sequence is missing: the broken chain still points at the gap.
-    report = verify_export(renumber(tampered), note, registry)
+    report = verify_export(renumber(tampered), note, TrustAnchor(registry))
     assert kinds_at(report)[0] == (nxt, "version_gap")
 
 
@@ -119,17 +120,17 @@ def test_swapped_events(log: list[RawMessage], checkpoint: Callable, registry: K
     j = index_of_version(log, "evt.agent.a0", 6)
     tampered = list(log)
     tampered[i], tampered[j] = tampered[j], tampered[i]
-    report = verify_export(renumber(tampered), note, registry)
+    report = verify_export(renumber(tampered), note, TrustAnchor(registry))
     assert kinds_at(report) == [(i + 1, "version_gap"), (j + 1, "version_gap"), (len(log), ROOT_MISMATCH)]
     # Keeping the original sequence numbers also shows the reordering itself.
-    report = verify_export(tampered, note, registry)
+    report = verify_export(tampered, note, TrustAnchor(registry))
     assert kinds_at(report)[:2] == [(log[j].sequence, SEQUENCE_GAP), (log[j].sequence, "version_gap")]
     assert (log[i].sequence, SEQUENCE_ORDER) in kinds_at(report)
     # Two events of different aggregates swapped: no chain notices, the signed root does.
     k = index_of_version(log, "evt.task.t1", 2)
     tampered = list(log)
     tampered[k], tampered[k + 1] = tampered[k + 1], tampered[k]
-    report = verify_export(renumber(tampered), note, registry)
+    report = verify_export(renumber(tampered), note, TrustAnchor(registry))
     assert kinds_at(report) == [(len(log), ROOT_MISMATCH)]
 
 
@@ -141,9 +142,9 @@ def test_inserted_events(
     i = index_of_version(log, "evt.agent.a1", 2)
     at = index_of_version(log, "evt.agent.a1", 6)
     tampered = [*log[: at + 1], log[i], *log[at + 1 :]]
-    report = verify_export(renumber(tampered), note, registry)
+    report = verify_export(renumber(tampered), note, TrustAnchor(registry))
     assert kinds_at(report)[0] == (at + 2, "version_gap")
-    assert [k for _, k in kinds_at(report)] == ["version_gap", ROOT_MISMATCH]
+    assert [k for _, k in kinds_at(report)] == ["version_gap", ROOT_MISMATCH, "entries_uncovered"]
     # A forged event, signed by a key the registry does not know.
     forger = Signer.generate()
     sealed = decode_sealed(log[at].data)
@@ -151,9 +152,9 @@ def test_inserted_events(
     hb = encode_header(header)
     forged = encode_sealed(SealedEvent(hb, sealed.ciphertext, forger.sign(signed_message(hb, sealed.ciphertext))))
     tampered = [*log[: at + 1], RawMessage(log[at].subject, 0, forged, {}), *log[at + 1 :]]
-    report = verify_export(renumber(tampered), note, registry)
+    report = verify_export(renumber(tampered), note, TrustAnchor(registry))
     assert kinds_at(report)[0] == (at + 2, "unknown_signing_key")
-    assert [k for _, k in kinds_at(report)] == ["unknown_signing_key", ROOT_MISMATCH]
+    assert [k for _, k in kinds_at(report)] == ["unknown_signing_key", ROOT_MISMATCH, "entries_uncovered"]
 
 
 def test_event_resigned_by_an_unauthorised_key(
@@ -167,7 +168,7 @@ def test_event_resigned_by_an_unauthorised_key(
     data = encode_sealed(SealedEvent(hb, sealed.ciphertext, scheduler.sign(signed_message(hb, sealed.ciphertext))))
     tampered = list(log)
     tampered[i] = RawMessage(log[i].subject, log[i].sequence, data, {})
-    report = verify_export(round_trip(tampered), note, registry)
+    report = verify_export(round_trip(tampered), note, TrustAnchor(registry))
     assert kinds_at(report) == [(log[i].sequence, "unauthorised_signer"), (log[-1].sequence, ROOT_MISMATCH)]
 
 
@@ -176,7 +177,7 @@ def test_event_replayed_on_another_subject(log: list[RawMessage], checkpoint: Ca
     i = index_of_version(log, "evt.agent.a0", 3)
     tampered = list(log)
     tampered[i] = RawMessage("evt.agent.a1", log[i].sequence, log[i].data, {})
-    report = verify_export(round_trip(tampered), note, registry)
+    report = verify_export(round_trip(tampered), note, TrustAnchor(registry))
     assert kinds_at(report)[0] == (log[i].sequence, "subject_mismatch")
     nxt = index_of_version(log, "evt.agent.a0", 4)
     assert (log[nxt].sequence, "version_gap") in kinds_at(report)
@@ -187,29 +188,29 @@ def test_forged_checkpoint(log: list[RawMessage], checkpoint: Callable, registry
     body, sig = note.split("\n\n")
     lines = body.split("\n")
     forged_size = f"{lines[0]}\n{int(lines[1]) - 1}\n{lines[2]}\n\n{sig}"
-    report = verify_export(log, forged_size, registry)
+    report = verify_export(log, forged_size, TrustAnchor(registry))
     assert kinds_at(report) == [(0, CHECKPOINT_SIGNATURE)]
     assert "does not verify" in report.findings[0].reason
     other = Signer.generate()
     by_other = sign_checkpoint(Checkpoint("symbi-audit", len(log), report.root), other, other.key_id)
-    report = verify_export(log, by_other, registry)
+    report = verify_export(log, by_other, TrustAnchor(registry))
     assert kinds_at(report) == [(0, CHECKPOINT_SIGNATURE)]
 
 
 def test_truncated_export(log: list[RawMessage], checkpoint: Callable, registry: KeyRegistry) -> None:
     note = checkpoint(log)
-    report = verify_export(round_trip(log[:-3]), note, registry)
+    report = verify_export(round_trip(log[:-3]), note, TrustAnchor(registry))
     assert kinds_at(report) == [(log[-4].sequence, LOG_TRUNCATED)]
-    # A longer log than the checkpoint is fine: the checkpoint covers its prefix.
-    report = verify_export(log, checkpoint(log[:20]), registry)
-    assert report.findings == []
+    # A longer log than the checkpoint: nothing vouches for the entries after its size.
+    report = verify_export(log, checkpoint(log[:20]), TrustAnchor(registry))
+    assert kinds_at(report) == [(log[-1].sequence, "entries_uncovered")]
 
 
 def test_partial_reading_trusts_mid_chain_starts_and_ignores_sequence_gaps(
     log: list[RawMessage], registry: KeyRegistry
 ) -> None:
     """How ``symbi events tail --last N --subject …`` reads: a filtered tail of the stream."""
-    from symbi_audit.rules import LogVerifier, authenticate
+    from symbi_tlog.rules import LogVerifier, authenticate
 
     tail = [m for m in log[10:] if m.subject.startswith("evt.agent.")]
     partial = LogVerifier(partial=True)

@@ -10,9 +10,6 @@ from collections.abc import Callable
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_audit.merkle import verify_consistency, verify_inclusion
-from symbi_audit.notes import verify_checkpoint
-from symbi_audit.offline import verify_export
 from symbi_common.crypto import Signer
 from symbi_common.envelope import (
     SealedEvent,
@@ -25,6 +22,9 @@ from symbi_common.envelope import (
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import ChainTip
 from symbi_common.streams import AUDIT_STREAM, last_on_subject
+from symbi_tlog.merkle import verify_consistency, verify_inclusion
+from symbi_tlog.notes import verify_checkpoint
+from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Running, Writer, read_log
 
@@ -63,7 +63,7 @@ async def test_untampered_log_verifies_and_is_checkpointed(
     latest = await running.http.get("/v1/audit/checkpoints/latest")
     assert latest.text == cps[0]["note"]
     # The service's tree is the offline verifier's tree.
-    report = verify_export(await read_log(provisioned), latest.text, registry)
+    report = verify_export(await read_log(provisioned), latest.text, TrustAnchor(registry))
     assert report.findings == []
     assert report.events == 60
 

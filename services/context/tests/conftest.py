@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 from symbi_common.commands import CommandClient
 from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings, load_settings
 from symbi_context.api import Api
 from symbi_context.index import ContextIndex
@@ -34,6 +35,11 @@ def service_env(nats_url: str, keys_dir: Path, vectors: Path, **extra: str) -> d
     }
     env.update(extra)
     return env
+
+
+def _operator_headers(app: FastAPI) -> dict[str, str]:
+    """An admin operator's token header for ``app``'s keyring."""
+    return bearer_header(issue_local_token(Path(app.state.runtime.settings.keys.dir)))
 
 
 @pytest.fixture
@@ -60,7 +66,9 @@ class Running:
 async def _running(app: FastAPI) -> AsyncIterator[Running]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://context") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://context", headers=_operator_headers(app)
+        ) as http:
             rt = app.state.runtime
             yield Running(app, http, app.state.context, app.state.index, CommandClient(rt.nc, timeout=10.0))
 

@@ -78,3 +78,29 @@ async def test_openai_provider(local: LocalEmbedder) -> None:
     await wrong.close()
     with pytest.raises(EmbeddingFailed, match="OPENAI_API_KEY"):
         OpenAIEmbedder(api_key="")
+
+
+async def test_the_embedding_cache_returns_the_same_vectors_within_its_size() -> None:
+    from symbi_context.cache import ENTRY_OVERHEAD, CachedEmbedder
+    from symbi_context.embeddings import LocalEmbedder
+
+    inner = LocalEmbedder()
+    one = 384 * 4 + ENTRY_OVERHEAD
+    cache = CachedEmbedder(inner, max_bytes=2 * one)
+    texts = ["the pump failed", "revenue grew", "the cat sleeps"]
+    first = await cache.embed(texts[:2])
+    again = await cache.embed(texts[:2])
+    assert cache.hits == 2
+    assert cache.misses == 2
+    assert np.array_equal(first, again)
+    assert np.allclose(first, await inner.embed(texts[:2]), atol=1e-6)
+    await cache.embed([texts[2]])  # a third entry evicts the least recently used one
+    assert cache.bytes <= 2 * one
+    await cache.embed([texts[0]])
+    assert cache.misses == 4
+    none = CachedEmbedder(inner, max_bytes=0)
+    await none.embed(texts)
+    await none.embed(texts)
+    assert none.hits == 0
+    assert none.bytes == 0
+    assert (await cache.embed([])).shape == (0, 384)

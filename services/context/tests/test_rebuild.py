@@ -13,8 +13,10 @@ from symbi_context.embeddings import LocalEmbedder
 from symbi_context.index import ContextIndex
 from symbi_context.retrieval import hybrid_search
 from symbi_context.vectors.edge import EdgeVectorStore
+from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.port import MetaFilter, VectorStore
 from symbi_context.vectors.qdrant import QdrantVectorStore
+from symbi_context.vectors.sealed import SealedVectorStore
 
 
 async def populate(r: Any, corpus: dict[str, str]) -> int:
@@ -69,7 +71,7 @@ async def replay(running: Any, store: VectorStore, last: int) -> None:
         await index.stop()
 
 
-async def test_replay_into_both_backends_equals_the_live_index(
+async def test_replay_into_every_backend_equals_the_live_index(
     running: Any, corpus: dict[str, str], questions: list[tuple[str, str]], tmp_path: Path
 ) -> None:
     last = await populate(running, corpus)
@@ -79,19 +81,24 @@ async def test_replay_into_both_backends_equals_the_live_index(
     assert sum(len(r) for r in live) > 0
     assert "bread" not in str(await live_store.scroll(MetaFilter(equals={"title": "sourdough"})))
 
-    edge = EdgeVectorStore(tmp_path / "rebuilt", live_store.dimension)
-    qdrant = await QdrantVectorStore.open(AsyncQdrantClient(location=":memory:"), live_store.dimension)
+    keys = running.app.state.runtime.datakeys
+    edge = SealedVectorStore(EdgeVectorStore(tmp_path / "rebuilt", live_store.dimension), keys)
+    qdrant = SealedVectorStore(
+        await QdrantVectorStore.open(AsyncQdrantClient(location=":memory:"), live_store.dimension), keys
+    )
+    lance = SealedVectorStore(LanceVectorStore(tmp_path / "lance", live_store.dimension), keys)
     try:
-        for store in (edge, qdrant):
+        for store in (edge, qdrant, lance):
             await replay(running, store, last)
             assert await store.count() == await live_store.count()
             assert await results(store, queries) == live
     finally:
         await edge.close()
         await qdrant.close()
+        await lance.close()
     # After crypto-shredding Ada's data key a rebuild has nothing of hers, and everything else.
     await running.app.state.runtime.datakeys.destroy("memory.ada")
-    shredded = EdgeVectorStore(tmp_path / "after-shredding", live_store.dimension)
+    shredded = SealedVectorStore(EdgeVectorStore(tmp_path / "after-shredding", live_store.dimension), keys)
     try:
         await replay(running, shredded, last)
         assert await shredded.count(MetaFilter(owners=("ada",))) == 0

@@ -304,6 +304,14 @@ async def test_bad_input_gets_typed_errors(running: Any) -> None:
             "invalid_context",
         ),
         ("/v1/rag/query", {"agent_id": "ada", "query": "kind:nonsense hello"}, 422, "invalid_context"),
+        # Letters beyond ASCII are not ids: NATS subjects and key names refuse them.
+        ("/v1/knowledge/k\u00ba/documents", {"agent_id": "ada", "title": "t", "text": "x"}, 422, "invalid_context"),
+        (
+            "/v1/memories",
+            {"agent_id": "ada", "memories": [{"text": "x", "metadata": {"n": 2**64}}]},
+            400,
+            "bad_request",
+        ),
     ]
     for path, body, status, code in cases:
         response = await running.http.post(path, json=body)

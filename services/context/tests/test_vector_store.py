@@ -1,4 +1,4 @@
-"""One conformance suite for every ``VectorStore``: the embedded engine (plain and quantized) and Qdrant
+"""One conformance suite for every ``VectorStore``: the embedded engine (plain and quantized), LanceDB and Qdrant
 through qdrant-client (local mode, the same API and code path as a server)."""
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from qdrant_client import AsyncQdrantClient
 from symbi_context.errors import DimensionMismatch, VectorStoreError
 from symbi_context.vectors.edge import EdgeVectorStore
 from symbi_context.vectors.keywords import document_keywords, query_keywords
+from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
 from symbi_context.vectors.qdrant import QdrantVectorStore
 
 DIM = 32
-BACKENDS = ["edge", "edge-int8", "qdrant"]
+BACKENDS = ["edge", "edge-int8", "qdrant", "lancedb"]
 
 
 async def open_store(kind: str, path: Path) -> VectorStore:
     if kind == "qdrant":
         return await QdrantVectorStore.open(AsyncQdrantClient(path=str(path / "qdrant")), DIM)
+    if kind == "lancedb":
+        return LanceVectorStore(path / "lance", DIM)
     quantization = {"edge": "none", "edge-int8": "int8", "edge-binary": "binary"}[kind]
     return EdgeVectorStore(path / "edge", DIM, quantization=quantization)  # type: ignore[arg-type]
 
@@ -107,6 +110,9 @@ async def test_filters(store: VectorStore) -> None:
     ids = (points[5].id, points[6].id)
     assert await ns(MetaFilter(ids=ids)) == {5, 6}
     assert await ns(MetaFilter(owners=("agent-0",), kinds=("long_term",))) == set()
+    assert await ns(MetaFilter(any_of=(("tags", ("odd", "none")), ("owner", ("agent-1",))))) == {
+        i for i in range(60) if i % 2 and i % 3 == 1
+    }
     assert await store.count(MetaFilter(owners=("agent-2",))) == 20
     assert {h.payload["n"] for h in await store.scroll(MetaFilter(owners=("agent-0",), tags_any=("even",)))} == {
         i for i in range(60) if i % 6 == 0
@@ -165,7 +171,7 @@ async def test_position_and_reset(store: VectorStore) -> None:
     assert await store.count() == 3
 
 
-@pytest.mark.parametrize("kind", ["edge", "qdrant"])
+@pytest.mark.parametrize("kind", ["edge", "qdrant", "lancedb"])
 async def test_data_survives_reopen(kind: str, tmp_path: Path) -> None:
     store = await open_store(kind, tmp_path)
     points = corpus(12)

@@ -48,11 +48,13 @@ class Running:
 
 
 @pytest.fixture
-async def running(settings: Settings) -> AsyncIterator[Running]:
+async def running(settings: Settings, operator_headers: dict[str, str]) -> AsyncIterator[Running]:
     """The real app with its lifespan run (NATS, PostgreSQL, projection, command server)."""
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://lifecycle", headers=operator_headers
+        ) as http:
             runtime = app.state.runtime
             yield Running(app, http, app.state.lifecycle, CommandClient(runtime.nc, timeout=5.0))

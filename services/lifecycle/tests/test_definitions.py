@@ -224,7 +224,9 @@ async def test_cap_resources_conditions_lower_the_limits(running: Running) -> No
     assert events[1]["data"]["decision"]["effect"] == "allow_with_conditions"
 
 
-async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings: Settings) -> None:
+async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(
+    settings: Settings, operator_headers: dict[str, str]
+) -> None:
     hello = TEXTS["hello"]
     app = build_app(settings)
     async with app.router.lifespan_context(app):
@@ -238,7 +240,9 @@ async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(settings
     restarted = build_app(settings)
     async with restarted.router.lifespan_context(restarted):
         transport = httpx.ASGITransport(app=restarted)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://lifecycle", headers=operator_headers
+        ) as http:
             state = None
             for _ in range(100):
                 r = await http.get("/v1/agents/orphan")

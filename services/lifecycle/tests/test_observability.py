@@ -51,13 +51,24 @@ async def test_agents_by_state_follow_the_registry(running: Running, scrape_metr
 
 
 @pytest.fixture
-async def enforcing(nats_url: str, database_url: str, keys_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The lifecycle service deciding with its embedded point and no policy set at all: default deny."""
+async def enforcing(
+    nats_url: str,
+    database_url: str,
+    keys_dir: Path,
+    register_operator_policies: Any,
+    operator_headers: dict[str, str],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The lifecycle service deciding with its embedded point and no policy set but the operators' rules:
+    default deny for agents."""
+    await register_operator_policies()
     env = service_env(nats_url, database_url, keys_dir)
     env.update({"SYMBI_POLICY__ENFORCEMENT": "embedded", "SYMBI_POLICY__DECISION_LOG": "false"})
     app = build_app(load_settings(env=env))
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://lc") as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://lc", headers=operator_headers) as http,
+    ):
         yield http
 
 
@@ -100,7 +111,11 @@ async def test_a_denied_registration_is_counted_and_traced(enforcing: httpx.Asyn
     assert server.name == "POST /v1/agents"
     assert server.parent is not None
     assert server.parent.span_id == operator.get_span_context().span_id
-    (decide,) = [s for s in mine.values() if s.name == "policy.decide"]
+    decisions = [s for s in mine.values() if s.name == "policy.decide"]
+    (api,) = [s for s in decisions if (s.attributes or {}).get("symbi.policy.action") == "api.write"]
+    assert api.attributes is not None
+    assert api.attributes["symbi.policy.decision"] == "allow"  # the operator may call the API …
+    (decide,) = [s for s in decisions if (s.attributes or {}).get("symbi.policy.action") == "agent.register"]
     assert decide.parent is not None
     assert decide.parent.span_id == init.context.span_id
     assert decide.attributes is not None

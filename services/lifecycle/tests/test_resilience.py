@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 from symbi_cli.infra import NatsServer
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
 from symbi_lifecycle.main import build_app
 
@@ -41,7 +42,11 @@ async def test_nats_server_restart(tmp_path: Path, database_url: str, keys_dir: 
         app = build_app(load_settings(env=service_env(server.url, database_url, keys_dir)))
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lifecycle") as http,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://lifecycle",
+                headers=bearer_header(issue_local_token(keys_dir)),
+            ) as http,
         ):
             await _ready(http)
             r = await http.post("/v1/agents", json={"agent_id": "before", "config": GOOD})

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from symbi_common.aggregate import Repository
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_lifecycle.domain import AGENT
 
 from .conftest import service_env
@@ -86,6 +87,7 @@ async def test_kill_9_mid_burst_then_restart_rebuilds_consistently(
 ) -> None:
     port = free_port()
     service = ServiceProcess(service_env(nats_url, database_url, keys_dir, port), tmp_path / "service.log")
+    headers = bearer_header(issue_local_token(keys_dir))
     acknowledged: dict[str, int] = {}  # agent id -> highest aggregate version a reply confirmed
     done = 0
     enough = asyncio.Event()
@@ -106,7 +108,7 @@ async def test_kill_9_mid_burst_then_restart_rebuilds_consistently(
 
     service.start()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as http:
             await service.wait_ready(http)
             tasks = [asyncio.create_task(burst(http, f"agent-{n:02d}")) for n in range(AGENTS)]
             await asyncio.wait_for(enough.wait(), 60)
@@ -116,7 +118,7 @@ async def test_kill_9_mid_burst_then_restart_rebuilds_consistently(
             assert all(isinstance(r, httpx.TransportError) for r in results), results
 
         service.start()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as http:
             await service.wait_ready(http)
             info = await js.stream_info("EVENTS", subjects_filter="evt.agent.>")
             per_subject: dict[str, int] = dict(info.state.subjects or {})

@@ -54,12 +54,12 @@ class RunningPolicy:
 
 
 @pytest.fixture
-async def policy(settings: Settings) -> AsyncIterator[RunningPolicy]:
+async def policy(settings: Settings, operator_headers: dict[str, str]) -> AsyncIterator[RunningPolicy]:
     """The real policy service app with its lifespan run (NATS, followers, command server)."""
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://policy", headers=operator_headers) as http:
             runtime = app.state.runtime
             yield RunningPolicy(app, http, app.state.policy, CommandClient(runtime.nc, timeout=5.0), runtime)
 
@@ -89,12 +89,16 @@ async def start_runtime(nats_url: str, keys_dir: Path) -> AsyncIterator[StartRun
 
 
 @pytest.fixture
-async def lifecycle(nats_url: str, keys_dir: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def lifecycle(
+    nats_url: str, keys_dir: Path, database_url: str, operator_headers: dict[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real lifecycle service in-process; yields its HTTP client."""
     app = build_lifecycle(load_settings(env=service_env(nats_url, keys_dir, database_url)))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lifecycle") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://lifecycle", headers=operator_headers
+        ) as http:
             yield http
 
 

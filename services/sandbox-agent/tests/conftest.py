@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 from symbi_common.decisions import DecisionRecord
 from symbi_common.eventstore import EventStore
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import Settings, load_settings
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
@@ -37,6 +38,11 @@ SETUP = "deploy/host/setup-docker.sh"
 
 
 # --- Docker ----------------------------------------------------------------------------------------
+
+
+def _operator_headers(app: FastAPI) -> dict[str, str]:
+    """An admin operator's token header for ``app``'s keyring."""
+    return bearer_header(issue_local_token(Path(app.state.runtime.settings.keys.dir)))
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +249,9 @@ async def running_agent(settings: Settings) -> AsyncIterator[Agent]:
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox-agent") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://sandbox-agent", headers=_operator_headers(app)
+        ) as http:
             daemon: SandboxHost = app.state.sandbox
             yield Agent(app, http, daemon, daemon.host_id)
 

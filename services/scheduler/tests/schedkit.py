@@ -32,6 +32,7 @@ from symbi_common.aggregate import Repository
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Allow, Decision, DecisionRecord, DecisionRequest, Deny
 from symbi_common.eventstore import EventStore
+from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.errors import ActionDenied
@@ -87,9 +88,10 @@ class App:
 @contextlib.asynccontextmanager
 async def running_app(app: FastAPI, name: str) -> AsyncIterator[App]:
     transport = httpx.ASGITransport(app=app)
+    headers = bearer_header(issue_local_token(Path(app.state.runtime.settings.keys.dir)))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url=f"http://{name}") as http,
+        httpx.AsyncClient(transport=transport, base_url=f"http://{name}", headers=headers) as http,
     ):
         yield App(app, http)
 

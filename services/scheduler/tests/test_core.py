@@ -18,6 +18,7 @@ from symbi_scheduler.core import (
     Scheduler,
     brute_force_decide,
     choose_victim,
+    never_fits,
 )
 from symbi_scheduler.domain import ResourceRequest, effective_limits
 from symbi_scheduler.model import Model
@@ -105,6 +106,37 @@ def test_placement_honours_tier_memory_and_liveness() -> None:
     chosen = placer.choose(1.0, 512, "tier1", critical=False)
     assert chosen is not None
     assert chosen.host_id == "only1"
+
+
+def test_a_task_larger_than_every_host_never_fits() -> None:
+    hosts = [host("a", cpu=4, mem=1024), host("b", cpu=2, mem=8192, tiers=("tier2",))]
+    assert never_fits(1.0, 512, "tier1", hosts) is None
+    reason = never_fits(1.0, 2048, "tier1", hosts)  # b is large enough but not of tier1
+    assert reason is not None
+    assert "2048 MB" in reason
+    assert "1024 MB" in reason
+    assert never_fits(8.0, 10, "tier2", hosts) is not None
+    assert never_fits(1.0, 10**9, "tier1", []) is None  # no host known yet: the task waits for one
+    hosts[0].alive = False
+    assert never_fits(1.0, 2048, "tier1", hosts) is None
+
+
+def test_no_task_starts_while_max_running_tasks_run() -> None:
+    placer = Placer("first_fit")
+    placer.set_hosts([host("a", cpu=8)])
+    queue = AgingQueue(aging_s=1000)
+    core = Scheduler(placer, queue, max_running=1)
+    queue.push(entry("t1", 1, 0.0))
+    queue.push(entry("t2", 1, 1.0))
+    first = core.decide(2.0)
+    assert isinstance(first, Place)
+    assert first.entry.task_id == "t1"
+    core.running["t1"] = Running("t1", "a", 1, 2.0, 1.0, 100)
+    assert core.decide(3.0) is None  # room on the host, but the runtime's limit is reached
+    del core.running["t1"]
+    second = core.decide(4.0)
+    assert isinstance(second, Place)
+    assert second.entry.task_id == "t2"
 
 
 def test_victim_is_the_lowest_priority_then_the_latest_started() -> None:

@@ -151,3 +151,43 @@ async def test_critical_task_pauses_the_victim_in_suspend_mode(
 async def task_view(scheduler: App, task_id: str) -> dict[str, Any]:
     result: dict[str, Any] = await scheduler.json("GET", f"/v1/tasks/{task_id}")
     return result
+
+
+async def test_a_task_no_host_could_ever_run_is_refused_at_submit(
+    lifecycle: App, start_scheduler: Any, hosts: Any
+) -> None:
+    await register_agent(lifecycle, "huge", resources={"cpu_cores": 1.0, "memory_mb": 64 * 1024})
+    await register_agent(lifecycle, "small", resources=ONE_CPU)
+    await hosts("h1", cpu_cores=2.0, memory_mb=1024)
+    async with start_scheduler() as scheduler:
+
+        async def host_known() -> bool:
+            return bool((await scheduler.json("GET", "/v1/status"))["hosts"])
+
+        await eventually(host_known)
+        body = {"agent_id": "huge", "input": "x"}
+        refused = await scheduler.json("POST", "/v1/tasks", body, status=409)
+        assert "can never be placed" in str(refused)
+        assert "65536 MB" in str(refused)
+        assert "1024 MB" in str(refused)
+        # Asking for less than the agent's limit makes it placeable; a fitting task is accepted as before.
+        small_enough = {**body, "resources": {"memory_mb": 512}}
+        assert (await scheduler.json("POST", "/v1/tasks", small_enough, status=201))["task_id"]
+        assert await submit(scheduler, "small")
+
+
+async def test_a_queued_task_says_why_it_waits(lifecycle: App, start_scheduler: Any, hosts: Any) -> None:
+    await register_agent(lifecycle, "huge", resources={"cpu_cores": 1.0, "memory_mb": 64 * 1024})
+    async with start_scheduler() as scheduler:
+        # No host is known at submission: accepted, and the task says what it waits for.
+        task = await submit(scheduler, "huge")
+        view = await scheduler.json("GET", f"/v1/tasks/{task}")
+        assert view["status"] == "queued"
+        assert view["wait_reason"] == "no sandbox host is alive"
+        await hosts("h1", cpu_cores=2.0, memory_mb=1024)
+
+        async def never_runs() -> bool:
+            reason = (await scheduler.json("GET", f"/v1/tasks/{task}"))["wait_reason"]
+            return reason.startswith("no host could ever run it") and "65536 MB" in reason
+
+        await eventually(never_runs)

@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from symbi_common.bounds import check_ints
 from symbi_common.errors import (
     BadRequest,
     InfrastructureError,
@@ -144,6 +145,7 @@ class CommandServer:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             field = _field_of(str(exc))
             raise BadRequest(f"{self.service}.{action}: {exc}", field=field) from exc
+        check_ints(request)
         return await route.handler(request, meta)
 
 

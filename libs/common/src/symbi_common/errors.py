@@ -88,6 +88,13 @@ class PolicyDenied(DomainError):
         self.policy_version = policy_version
 
 
+class Unauthenticated(SymbiError):
+    """A request to an API carries no valid operator credential (missing, malformed, expired or revoked token)."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
 # --- integrity (verification of stored events) ---------------------------------------------------
 
 

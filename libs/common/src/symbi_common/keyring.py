@@ -46,11 +46,21 @@ class RegisteredKey(msgspec.Struct, frozen=True):
     status: str = "active"
 
 
+class OperatorIssuer(msgspec.Struct, frozen=True):
+    """A key that issues operator tokens for the HTTP APIs (see :mod:`symbi_common.operator_tokens`)."""
+
+    key_id: str
+    public_key: bytes
+    status: str = "active"
+
+
 class RegistryDocument(msgspec.Struct, frozen=True):
     version: int
     issued_at: str
     root_key_id: str
     keys: list[RegisteredKey]
+    #: Keys whose operator tokens the services accept; their private halves stay with the root key.
+    operator_issuers: list[OperatorIssuer] = msgspec.field(default_factory=list)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -121,6 +131,10 @@ class KeyRegistry:
         key = self._keys.get(key_id)
         return key.service if key else None
 
+    def operator_issuers(self) -> dict[str, Verifier]:
+        """The active operator-token issuer keys (key id → verifier)."""
+        return {i.key_id: Verifier(i.public_key) for i in self.document.operator_issuers if i.status == "active"}
+
 
 # --- key files -----------------------------------------------------------------------------------
 
@@ -169,6 +183,11 @@ def init_keyring(keys_dir: Path, services: Iterable[str] | None = None) -> list[
         write_key_file(keys_dir / "root.pub", root.public_key, private=False)
         created.append("root.key")
     root = load_signer(root_path)
+    from symbi_common.operator_tokens import ISSUER_KEY_FILE, default_operator_dir, ensure_issuer_key
+
+    issuer, issuer_created = ensure_issuer_key(default_operator_dir(keys_dir))
+    if issuer_created:  # next to the keyring, not in it: no service is given this directory
+        created.append(str(default_operator_dir(keys_dir) / ISSUER_KEY_FILE))
     for name in names:
         path = keys_dir / f"{name}.key"
         if not path.exists():
@@ -179,13 +198,15 @@ def init_keyring(keys_dir: Path, services: Iterable[str] | None = None) -> list[
         write_key_file(master, os.urandom(KEY_SIZE), private=True)
         created.append("master.key")
     if created or not (keys_dir / REGISTRY_FILE).exists():
-        issue_registry(keys_dir, root, names)
+        issue_registry(keys_dir, root, names, issuers=[issuer.public_key])
         created.append(REGISTRY_FILE)
     return created
 
 
-def issue_registry(keys_dir: Path, root: Signer, services: Iterable[str]) -> RegistryDocument:
-    """Write and sign a registry of the services' current public keys."""
+def issue_registry(
+    keys_dir: Path, root: Signer, services: Iterable[str], *, issuers: Iterable[bytes] = ()
+) -> RegistryDocument:
+    """Write and sign a registry of the services' current public keys (and the operator-token issuers)."""
     keys = []
     for name in services:
         signer = load_signer(keys_dir / f"{name}.key")
@@ -202,6 +223,7 @@ def issue_registry(keys_dir: Path, root: Signer, services: Iterable[str]) -> Reg
         issued_at=dt.datetime.now(dt.UTC).isoformat(),
         root_key_id=root.key_id,
         keys=keys,
+        operator_issuers=[OperatorIssuer(key_id=key_id_for(pub), public_key=pub) for pub in issuers],
     )
     data = msgspec.json.format(msgspec.json.encode(doc), indent=2)
     (keys_dir / REGISTRY_FILE).write_bytes(data)

@@ -30,7 +30,8 @@ _COMMON_PUBLISH = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.DATAKEYS.>", "_INB
 def publish_allow(service: str) -> list[str]:
     """What ``service`` may publish: its own events and snapshots, plus the common set."""
     if service == OPERATOR:
-        return ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>", "cmd.>"]
+        # $KV.OPERATOR_REVOCATIONS: `symbi token revoke` (services only read that bucket).
+        return ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>", "cmd.>", "$KV.OPERATOR_REVOCATIONS.>"]
     own = list(SERVICE_SUBJECTS[service])
     snapshots = [p.replace("evt.", "snap.", 1) for p in own]
     return [*own, *snapshots, *_EXTRA_PUBLISH.get(service, ()), *_COMMON_PUBLISH]

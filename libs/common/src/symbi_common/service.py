@@ -22,7 +22,7 @@ import asyncpg
 import nats
 import structlog
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,6 +39,7 @@ from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
 from symbi_common.natsauth import without_credentials
+from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings, load_settings
 from symbi_common.snapshots import SnapshotStore
@@ -316,7 +317,12 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     on_start: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """The service's HTTP app; its lifespan starts and stops ``runtime``."""
+    """The service's HTTP app; its lifespan starts and stops ``runtime``.
+
+    Every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs an operator token and an allowing
+    policy decision (:mod:`symbi_common.operator_auth`).
+    """
+    guard = OperatorGuard(runtime.name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -324,6 +330,7 @@ def create_app(
         try:
             if on_start is not None:
                 await on_start(runtime)
+            await guard.start(runtime)
             await runtime.commands.start()
             yield
         finally:
@@ -339,9 +346,11 @@ def create_app(
         "operation_spans": False,
         "exclude": _untraced,
     }
-    app = FastAPI(title=title, lifespan=lifespan, telemetry=telemetry)
+    app = FastAPI(title=title, lifespan=lifespan, telemetry=telemetry, dependencies=[Depends(authorize_request)])
     app.state.runtime = runtime
     app.add_middleware(_BodyLimit, limit=runtime.settings.events.max_command_bytes)
+    app.add_middleware(OperatorAuth, guard=guard)  # outermost: nothing is read for an unauthorized caller
+    app.state.operator_guard = guard
 
     @app.exception_handler(SymbiError)
     async def _symbi_error(request: Request, exc: SymbiError) -> JSONResponse:
@@ -366,6 +375,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     openapi.install(app)
+    document_security(app)
     return app
 
 

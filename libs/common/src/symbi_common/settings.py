@@ -18,6 +18,8 @@ from typing import Any, Literal
 import msgspec
 
 from symbi_common.errors import ConfigError
+from symbi_common.settings_checks import check_settings, refuse_unsupported
+from symbi_common.settings_checks import parse_size as parse_size
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -25,19 +27,21 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class RuntimeSettings(_Section):
+    #: Tasks (each one agent's) the scheduler lets run at once in the whole runtime; more wait in the queue.
     max_concurrent_agents: int = 10_000
-    scheduler_threads: int = 8
-    message_buffer_size: int = 1_048_576
-    gc_interval_ms: int = 100
+    #: ``production`` refuses ``policy.enforcement = "allow-all"``.
     mode: Literal["development", "production"] = "development"
 
 
 class SecuritySettings(_Section):
     default_sandbox_tier: Literal["docker", "gvisor"] = "gvisor"
+    #: Only ``true``: the runtime never runs without policy (``policy.enforcement`` chooses how it decides).
     enforce_policies: bool = True
+    #: Only ``true``: every event is signed into the audited stream.
     audit_enabled: bool = True
-    #: Accepted for compatibility with existing configs; Ed25519 is libsodium and AES-GCM is OpenSSL either way.
-    crypto_provider: Literal["ring", "libsodium", "openssl"] = "ring"
+    #: Ed25519 signatures come from libsodium (PyNaCl); the only provider there is.
+    crypto_provider: Literal["ring", "libsodium", "openssl"] = "libsodium"
+    #: Only ``jetstream``: the audit trail is the signed, hash-chained event stream.
     audit_storage: str = "jetstream"
 
 
@@ -47,9 +51,12 @@ class QdrantSettings(_Section):
 
 
 class ContextSettings(_Section):
-    vector_backend: Literal["embedded", "qdrant"] = "embedded"
+    #: ``embedded`` (Qdrant Edge) and ``lancedb`` keep the index under ``vector_data_path``; ``qdrant``: a server.
+    vector_backend: Literal["embedded", "lancedb", "qdrant"] = "embedded"
     vector_data_path: str = "./data/vectors"
+    #: The ``openai`` provider's dimension; the ``local`` model has 384 (any other value is refused).
     embedding_dimension: int = 1536
+    #: Memory for recently computed embeddings (``"512MB"``, ``"1GB"``, bytes; ``"0"``: none). Holds no text.
     context_cache_size: str = "1GB"
     knowledge_retention_days: int = 365
     qdrant: QdrantSettings = msgspec.field(default_factory=QdrantSettings)
@@ -69,13 +76,6 @@ class ContextSettings(_Section):
     chunk_overlap_chars: int = 150
     #: How often expired short-term memories and knowledge past its retention are forgotten.
     sweep_interval_s: float = 60.0
-
-
-class McpSettings(_Section):
-    discovery_enabled: bool = True
-    tool_verification: Literal["strict", "permissive", "off"] = "strict"
-    connection_timeout_s: int = 30
-    max_concurrent_connections: int = 100
 
 
 class NatsSettings(_Section):
@@ -181,6 +181,15 @@ class SandboxSettings(_Section):
     heartbeat_interval_s: float = 1.0
 
 
+class WitnessSettings(_Section):
+    """One C2SP tlog-witness the audit service asks to cosign its checkpoints."""
+
+    #: The witness's submission prefix (``<url>/add-checkpoint``).
+    url: str
+    #: Its verifier key ``<name>+<hex key id>+<base64(0x04 ‖ Ed25519 key)>`` (``symbi witness init`` prints it).
+    key: str
+
+
 class AuditSettings(_Section):
     """The audit verifier and checkpoints (owned by the audit service's code)."""
 
@@ -194,13 +203,18 @@ class AuditSettings(_Section):
     verify_threads: int = 0
     #: NATS subject prefix of the live feed: ``<prefix>.<aggregate type>.<id>.<event type>``.
     live_subject: str = "audit.live"
+    #: Witnesses asked to cosign each checkpoint before it is published (``[[audit.witnesses]]``).
+    witnesses: list[WitnessSettings] = msgspec.field(default_factory=list)
+    #: Cosignatures a checkpoint needs before it is published (at most the number of witnesses).
+    min_witnesses: int = 0
+    #: Seconds between checks that the ``EVENTS`` stream still holds what the last signed checkpoint covers.
+    guard_interval_s: float = 10.0
 
 
 class Settings(_Section):
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     context: ContextSettings = msgspec.field(default_factory=ContextSettings)
-    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     keys: KeysSettings = msgspec.field(default_factory=KeysSettings)
@@ -242,7 +256,7 @@ ENV_ALIASES: Mapping[str, str] = {
     "SYMBIONT_VECTOR_HOST": "context.qdrant.host",
     "SYMBIONT_VECTOR_PORT": "context.qdrant.port",
     "SYMBIONT_VECTOR_DATA_PATH": "context.vector_data_path",
-    "MCP_SERVER_DISCOVERY": "mcp.discovery_enabled",
+    "MCP_SERVER_DISCOVERY": "mcp.discovery_enabled",  # refused: see UNSUPPORTED
 }
 
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
@@ -258,6 +272,13 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError("is not a section", setting=p)
         node = child
     node[leaf] = value
+
+
+def _refuse_env(env: Mapping[str, str]) -> None:
+    for name in env:
+        if name.startswith("SYMBIONT_VECTOR_") and name not in ENV_ALIASES:
+            known = ", ".join(sorted(n for n in ENV_ALIASES if n.startswith("SYMBIONT_")))
+            raise ConfigError(f"unknown variable; the SYMBIONT_VECTOR_* variables are {known}", setting=name)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -295,8 +316,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file} is not valid TOML: {exc}", setting="SYMBI_CONFIG_PATH") from None
     tree = _merge(tree, _env_overrides(env))
+    _refuse_env(env)
+    refuse_unsupported(tree)
     try:
-        return msgspec.convert(tree, Settings, strict=False)
+        settings = msgspec.convert(tree, Settings, strict=False)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         m = _PATH_RE.search(msg)
@@ -306,3 +329,5 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             where = f"{where}.{u.group(1)}" if where else u.group(1)
             raise ConfigError("unknown setting", setting=where) from None
         raise ConfigError(msg.split(" - at ")[0], setting=where or "(root)") from None
+    check_settings(settings, tree)
+    return settings

@@ -1,1 +1,2 @@
-"""Symbi audit service. Not built yet: this package exists so the workspace is complete and later work only fills it."""
+"""Symbi audit service: continuous verification of the event log, its RFC 6962 tree, witnessed signed
+checkpoints, the log guard, proofs, queries and compliance reports (the verification itself: ``symbi_tlog``)."""

@@ -2,7 +2,7 @@
 
 HTTP::
 
-    GET  /v1/audit/status                                   position, tree size, findings, latest checkpoint
+    GET  /v1/audit/status                                   position, tree size, findings, latest checkpoint, critical
     GET  /v1/audit/findings?kind=&after=&limit=             typed findings (paged by id)
     GET  /v1/audit/events?agent=&event_type=&producer=&aggregate=&correlation_id=&since=&until=
                          &after=&limit=&details=&min_sequence=
@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from symbi_common.bounds import INT64_MAX, check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import json_body
@@ -63,9 +64,9 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
-    except ValueError:
-        raise BadQuery(f"expected an integer, got {raw!r}", field=name) from None
+        return parse_int(raw, name)
+    except BadRequest:
+        raise BadQuery(f"expected a 64-bit integer, got {raw!r}", field=name) from None
 
 
 def _bool(request: Request, name: str) -> bool:
@@ -76,6 +77,7 @@ async def _status(service: AuditService) -> dict[str, Any]:
     status = await service.store.status()
     latest = await service.store.checkpoint()
     status["checkpoint"] = None if latest is None else {"size": latest.size, "note": latest.note}
+    status["critical"] = dict(service.guard.critical) if service.guard is not None else {}
     return status
 
 
@@ -137,8 +139,8 @@ async def events(request: Request) -> Response:
 
 
 def _path_int(value: str, name: str) -> int:
-    if not value.isdigit():
-        raise BadQuery(f"expected a positive integer, got {value!r}", field=name)
+    if not value.isascii() or not value.isdigit() or len(value) > 30 or int(value) > INT64_MAX:
+        raise BadQuery(f"expected a positive 64-bit integer, got {value!r}", field=name)
     return int(value)
 
 
@@ -258,9 +260,11 @@ async def custom_report(request: Request) -> Response:
 
 def _decode(body: bytes, type_: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(body or b"{}", type=type_)
+        decoded = msgspec.json.decode(body or b"{}", type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"request body: {exc}") from None
+    check_ints(decoded)
+    return decoded
 
 
 @router.post("/erasures", openapi_extra=json_body(EraseRequest))

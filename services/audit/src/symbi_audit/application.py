@@ -10,11 +10,12 @@ import asyncpg
 from symbi_common.crypto import Signer
 from symbi_common.decisions import DecisionPoint, DecisionRequest, Deny, EntityRef, denied
 from symbi_common.eventstore import EventStore
+from symbi_tlog.merkle import consistency_ranges, fold_range, inclusion_ranges, nodes_for, range_nodes
+from symbi_tlog.notes import verify_checkpoint
 
 from symbi_audit.erasure import EraseRequest, ErasureResult, check_aggregate, erase
 from symbi_audit.errors import BadQuery, CheckpointInvalid, ProofUnavailable
-from symbi_audit.merkle import consistency_ranges, fold_range, inclusion_ranges, nodes_for, range_nodes
-from symbi_audit.notes import verify_checkpoint
+from symbi_audit.guard import LogGuard
 from symbi_audit.queries import DetailReader
 from symbi_audit.reports import CheckpointRef, Framework, ReportInput, build_report
 from symbi_audit.runner import VerifierRunner
@@ -39,7 +40,9 @@ class AuditService:
         reader: DetailReader,
         decisions: DecisionPoint,
         signer: Signer,
+        guard: LogGuard | None = None,
     ) -> None:
+        self.guard = guard
         self.pool = pool
         self.store = store
         self.runner = runner

@@ -6,19 +6,10 @@ found, domain), so its HTTP status and wire form follow the rest of the system.
 
 from __future__ import annotations
 
-from symbi_common.errors import BadRequest, DomainError, IntegrityError, NotFound
+from symbi_common.errors import DomainError, NotFound
+from symbi_tlog.errors import CheckpointInvalid, ExportMalformed
 
-
-class CheckpointInvalid(IntegrityError):
-    """A checkpoint note is malformed, names another log, or its signature does not verify."""
-
-    code = "checkpoint_invalid"
-
-
-class ExportMalformed(BadRequest):
-    """An exported log file cannot be read (bad JSON line, missing field, bad base64)."""
-
-    code = "export_malformed"
+__all__ = ["BadQuery", "CheckpointInvalid", "ExportMalformed", "FrameworkInvalid", "ProofUnavailable"]
 
 
 class ProofUnavailable(NotFound):

@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from symbi_common.streams import AUDIT_STREAM, EVENTS_STREAM, RawMessage, last_on_subject, read_subject
-
-from symbi_audit.runner import CHECKPOINT_SUBJECT
+from symbi_tlog.offline import CHECKPOINT_SUBJECT
 
 
 async def stored_events(nc: Any, *, after: int = 0, timeout: float = 5.0) -> AsyncIterator[list[RawMessage]]:

@@ -12,8 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import msgspec
-
-from symbi_audit.rules import Checked
+from symbi_tlog.rules import Checked
 
 
 class EventItem(msgspec.Struct, frozen=True, kw_only=True):

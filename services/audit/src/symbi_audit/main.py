@@ -8,6 +8,7 @@ message naming it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from fastapi import FastAPI
@@ -18,18 +19,28 @@ from symbi_common.settings import Settings
 
 from symbi_audit.api import register_commands, router
 from symbi_audit.application import AuditService
+from symbi_audit.guard import LogGuard
 from symbi_audit.live import LiveFeed
 from symbi_audit.queries import DetailReader
 from symbi_audit.runner import VerifierRunner
 from symbi_audit.store import AuditStore
+from symbi_audit.witnesses import WitnessPool
 
 SERVICE = "audit"
+
+
+async def _guard_loop(guard: LogGuard, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await guard.check()
 
 
 def build_app(settings: Settings) -> FastAPI:
     """The audit service's app; its lifespan starts the verifier and serves queries, proofs and commands."""
     if settings.audit.checkpoint_every < 1 or settings.audit.checkpoint_interval_s <= 0:
         raise ConfigError("checkpoint_every and checkpoint_interval_s must be positive", setting="audit")
+    if settings.audit.guard_interval_s <= 0:
+        raise ConfigError("must be positive", setting="audit.guard_interval_s")
     if settings.audit.batch < 1:
         raise ConfigError("must be at least 1", setting="audit.batch")
     runtime = ServiceRuntime(SERVICE, settings)
@@ -39,6 +50,7 @@ def build_app(settings: Settings) -> FastAPI:
         assert rt.pool is not None, "the audit service runs with a database"
         signer = load_signer(settings.signing_key_path(SERVICE))
         store = AuditStore(rt.pool)
+        witnesses = WitnessPool(settings.audit, store)
         runner = VerifierRunner(
             js=rt.js,
             nc=rt.nc,
@@ -48,8 +60,13 @@ def build_app(settings: Settings) -> FastAPI:
             datakeys=rt.datakeys,
             settings=settings.audit,
             live=live,
+            witnesses=witnesses,
         )
         await runner.setup()
+        guard = LogGuard(js=rt.js, nc=rt.nc, store=store, witnesses=witnesses)
+        await guard.check()  # before anything else: a rolled-back log is never taken for a fresh start
+        runner.hold = lambda: not guard.intact
+
         decisions = await rt.decision_point()
         service = AuditService(
             pool=rt.pool,
@@ -59,11 +76,16 @@ def build_app(settings: Settings) -> FastAPI:
             reader=DetailReader(rt.nc, rt.registry, rt.datakeys, decisions),
             decisions=decisions,
             signer=signer,
+            guard=guard,
         )
         register_commands(rt.commands, service)
         app.state.audit = service
+        app.state.audit_guard = guard
         rt.spawn(runner.run(), "audit:verifier")
+        rt.spawn(_guard_loop(guard, settings.audit.guard_interval_s), "audit:guard")
         rt.add_health_check("verifier", runner.ready.is_set)
+        rt.add_health_check("log_intact", lambda: guard.intact)
+        rt.add_health_check("log_checked", lambda: guard.checked)
 
     app = create_app(runtime, title="Symbi audit", routers=[router], on_start=on_start)
     app.state.audit_live = live

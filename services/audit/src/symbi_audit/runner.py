@@ -21,9 +21,11 @@ import datetime as dt
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import asyncpg
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -40,18 +42,19 @@ from symbi_common.sealing import OpenedEvent, decrypt
 from symbi_common.settings import AuditSettings
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage, keep_consuming
 from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
+from symbi_tlog.merkle import TreeBuilder
+from symbi_tlog.notes import Checkpoint, sign_checkpoint
+from symbi_tlog.offline import CHECKPOINT_SUBJECT
+from symbi_tlog.rules import CachedRegistry, Checked, Finding, LogVerifier, authenticate_all
 
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
 from symbi_audit.live import LiveFeed, event_item
-from symbi_audit.merkle import TreeBuilder
-from symbi_audit.notes import Checkpoint, sign_checkpoint
-from symbi_audit.rules import CachedRegistry, Checked, Finding, LogVerifier, authenticate_all
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
+from symbi_audit.witnesses import WitnessPool
 
 log = structlog.get_logger(__name__)
 
 ALERT_SUBJECT = "audit.alert"
-CHECKPOINT_SUBJECT = "audit.checkpoint"
 
 FINDINGS = Counter("symbi_audit_findings_total", "Verification failures found in the event log", ["kind"])
 VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit service", ["outcome"])
@@ -118,7 +121,11 @@ class VerifierRunner:
         datakeys: DataKeys,
         settings: AuditSettings,
         live: LiveFeed,
+        witnesses: WitnessPool | None = None,
     ) -> None:
+        self.witnesses = witnesses
+        self.hold: Callable[[], bool] = lambda: False
+        """True while the log guard reports the stream missing, shorter or rolled back."""
         self.js = js
         self.nc = nc
         self.store = store
@@ -138,6 +145,7 @@ class VerifierRunner:
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._changed = asyncio.Condition()
+        self._publish_due = asyncio.Event()
 
     async def setup(self) -> None:
         await self.store.setup()
@@ -165,7 +173,13 @@ class VerifierRunner:
     async def _run(self) -> None:
         # After a failure, the verifier state is reloaded from PostgreSQL: the batch in flight may be half-applied
         # in memory but was rolled back in the database.
-        await keep_consuming(self._run_consumer, self._stopping, what="audit verifier", on_retry=self._load)
+        publisher = asyncio.create_task(self._publisher(), name="audit:publisher")
+        try:
+            await keep_consuming(self._run_consumer, self._stopping, what="audit verifier", on_retry=self._load)
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -193,6 +207,11 @@ class VerifierRunner:
         fetch = BacklogFetch(psub, self.settings.batch)
         try:
             while not self._stopping.is_set():
+                if self.hold():
+                    # The stream no longer holds what was signed: verifying what it holds now would grow the
+                    # signed tree with another history. Wait until an operator restores it.
+                    await asyncio.sleep(1.0)
+                    continue
                 msgs = await fetch(timeout=1.0)
                 if not msgs:
                     await self._checkpoint_if_due()
@@ -334,17 +353,40 @@ class VerifierRunner:
         await self._publish_checkpoints()
 
     async def _publish_checkpoints(self) -> None:
-        for cp in await self.store.unpublished_checkpoints():
-            await self._publish(cp)
+        """Wake the publisher: gathering cosignatures may wait on witnesses, so it never holds up verification."""
+        self._publish_due.set()
 
-    async def _publish(self, cp: StoredCheckpoint) -> None:
+    async def _publisher(self) -> None:
+        """Publishes stored, unpublished checkpoints in order, when woken and every ``checkpoint_interval_s``
+        (so a checkpoint held back for lack of cosignatures goes out once the witnesses answer again)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publish_due.wait(), timeout=self.settings.checkpoint_interval_s)
+            self._publish_due.clear()
+            try:
+                for cp in await self.store.unpublished_checkpoints():
+                    if not await self._publish(cp):
+                        break  # in order: a later checkpoint waits for an earlier one
+            except (SymbiError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("checkpoints not published yet", error=str(exc))
+
+    async def _publish(self, cp: StoredCheckpoint) -> bool:
+        note = cp.note
+        if self.witnesses is not None and self.witnesses.enabled:
+            cosigned = await self.witnesses.cosign(cp.note, cp.size)
+            if cosigned is None:
+                return False  # not enough cosignatures: stays unpublished, asked again later
+            if cosigned != cp.note:
+                await self.store.replace_note(cp.size, cosigned)
+            note = cosigned
         headers = {"Nats-Msg-Id": f"checkpoint:{self.settings.origin}:{cp.size}", "Symbi-Tree-Size": str(cp.size)}
         try:
-            await self.js.publish(CHECKPOINT_SUBJECT, cp.note.encode(), headers=headers)
+            await self.js.publish(CHECKPOINT_SUBJECT, note.encode(), headers=headers)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("checkpoint not published yet", size=cp.size, error=str(exc))
-            return
+            return False
         await self.store.mark_published(cp.size)
+        return True
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are verified and committed."""

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 from symbi_common.db import apply_schema
 from symbi_common.sealing import ChainTip
+from symbi_tlog.merkle import Node, range_nodes
+from symbi_tlog.rules import AggregateTip, Finding, VerifierState
 
 from symbi_audit.errors import ProofUnavailable
-from symbi_audit.merkle import Node, range_nodes
-from symbi_audit.rules import AggregateTip, Finding, VerifierState
 
 SCHEMA = (
     "CREATE SCHEMA IF NOT EXISTS audit",
@@ -269,6 +269,20 @@ class AuditStore:
             limit,
         )
         return [_checkpoint(r) for r in rows]
+
+    async def sequence_of_leaf(self, leaf_index: int) -> int | None:
+        value = await self.pool.fetchval("SELECT sequence FROM audit.events WHERE leaf_index = $1", leaf_index)
+        return None if value is None else int(value)
+
+    async def add_findings(self, findings: Sequence[Finding]) -> None:
+        await self.pool.executemany(
+            "INSERT INTO audit.findings (sequence, subject, kind, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [(f.sequence, f.subject, f.kind, f.reason) for f in findings],
+        )
+
+    async def replace_note(self, size: int, note: str) -> None:
+        """The checkpoint's note with the witnesses' cosignatures added."""
+        await self.pool.execute("UPDATE audit.checkpoints SET note = $2 WHERE size = $1", size, note)
 
     async def leaf_index(self, sequence: int) -> int | None:
         value = await self.pool.fetchval("SELECT leaf_index FROM audit.events WHERE sequence = $1", sequence)

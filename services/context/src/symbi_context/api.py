@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
+from symbi_common.bounds import check_ints
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body
@@ -169,11 +170,13 @@ def _written(w: Written) -> dict[str, Any]:
 
 def _decode(data: bytes, type_: type[T]) -> T:
     try:
-        return msgspec.json.decode(data or b"{}", type=type_)
+        decoded = msgspec.json.decode(data or b"{}", type=type_)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    check_ints(decoded)
+    return decoded
 
 
 def _api(request: Request) -> Api:

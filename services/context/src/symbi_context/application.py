@@ -111,8 +111,8 @@ def _resource(owner: str, scope: str) -> EntityRef:
 
 
 def _check_id(value: str, field: str) -> None:
-    if not value or len(value) > 128 or not all(c.isalnum() or c in "-_" for c in value):
-        raise InvalidContext("must be 1-128 characters of letters, digits, '-' or '_'", field=field)
+    if not value or len(value) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise InvalidContext("must be 1-128 characters of ASCII letters, digits, '-' or '_'", field=field)
 
 
 class ContextService:

@@ -55,7 +55,7 @@ def vector_of(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
-def memory_point(owner: str, event: MemoryStored, sequence: int) -> VectorPoint:
+def memory_point(owner: str, event: MemoryStored, sequence: int, data_key_id: str) -> VectorPoint:
     payload: dict[str, Any] = {
         "owner": owner,
         "scope": "memory",
@@ -76,13 +76,14 @@ def memory_point(owner: str, event: MemoryStored, sequence: int) -> VectorPoint:
         },
         "model": event.model,
         "sequence": sequence,
+        "data_key_id": data_key_id,
     }
     if event.origin.task_id:
         payload["task_id"] = event.origin.task_id
     return VectorPoint(event.memory_id, vector_of(event.vector), document_keywords(event.text), payload)
 
 
-def knowledge_points(owner: str, event: KnowledgeIngested, sequence: int) -> list[VectorPoint]:
+def knowledge_points(owner: str, event: KnowledgeIngested, sequence: int, data_key_id: str) -> list[VectorPoint]:
     points = []
     for chunk in event.chunks:
         payload: dict[str, Any] = {
@@ -109,6 +110,7 @@ def knowledge_points(owner: str, event: KnowledgeIngested, sequence: int) -> lis
             },
             "model": event.model,
             "sequence": sequence,
+            "data_key_id": data_key_id,
         }
         # Keywords see the title too: a chunk is often about its document's subject without naming it.
         points.append(
@@ -242,12 +244,12 @@ class ContextIndex:
         if header.aggregate_type == MEMORY.aggregate_type:
             memory_event = MEMORY.codec.decode(payload, event_type=header.event_type, sequence=seq, subject=subject)
             if isinstance(memory_event, MemoryStored):
-                return [memory_point(owner, memory_event, seq)]
+                return [memory_point(owner, memory_event, seq, header.data_key_id)]
             assert isinstance(memory_event, MemoryForgotten)
             return self.store.delete(list(memory_event.memory_ids))
         event = KNOWLEDGE.codec.decode(payload, event_type=header.event_type, sequence=seq, subject=subject)
         if isinstance(event, KnowledgeIngested):
-            return knowledge_points(owner, event, seq)
+            return knowledge_points(owner, event, seq, header.data_key_id)
         assert isinstance(event, KnowledgeForgotten)
         return self._forget_documents(owner, event.document_ids)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,34 +17,45 @@ import structlog
 from fastapi import FastAPI
 from symbi_common.datakeys import KvDataKeyStore
 from symbi_common.service import ServiceRuntime, create_app, run_service
-from symbi_common.settings import ContextSettings, Settings
+from symbi_common.settings import ContextSettings, Settings, parse_size
 
 from symbi_context.api import Api, register_commands, router
 from symbi_context.application import ContextConfig, ContextService
+from symbi_context.cache import CachedEmbedder
 from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_context.embeddings import Embedder, LocalEmbedder, openai_from_env
 from symbi_context.index import ContextIndex
 from symbi_context.rag import RagEngine
 from symbi_context.vectors.edge import EdgeVectorStore
+from symbi_context.vectors.files import private_dir
+from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.port import VectorStore
 from symbi_context.vectors.qdrant import QdrantVectorStore
+from symbi_context.vectors.sealed import SealedVectorStore
 
 SERVICE = "context"
 log = structlog.get_logger(__name__)
 
 
 def make_embedder(cs: ContextSettings) -> Embedder:
+    """The configured provider behind the in-memory embedding cache of ``context_cache_size``."""
+    inner: Embedder
     if cs.embedding_provider == "openai":
-        return openai_from_env(base_url=cs.openai_base_url, model=cs.embedding_model, dimension=cs.embedding_dimension)
-    return LocalEmbedder()
+        inner = openai_from_env(base_url=cs.openai_base_url, model=cs.embedding_model, dimension=cs.embedding_dimension)
+    else:
+        inner = LocalEmbedder()
+    return CachedEmbedder(inner, parse_size(cs.context_cache_size, setting="context.context_cache_size"))
 
 
 async def open_vector_store(cs: ContextSettings, dimension: int) -> VectorStore:
+    """The configured backend. Embedded ones live under ``vector_data_path``, made private (0700) first."""
     if cs.vector_backend == "qdrant":
         return await QdrantVectorStore.connect(
             host=cs.qdrant.host, port=cs.qdrant.port, dimension=dimension, quantization=cs.vector_quantization
         )
-    path = Path(cs.vector_data_path) / f"{dimension}d"
+    path = private_dir(Path(cs.vector_data_path)) / f"{dimension}d"
+    if cs.vector_backend == "lancedb":
+        return await asyncio.to_thread(LanceVectorStore, path, dimension, quantization=cs.vector_quantization)
     return EdgeVectorStore(path, dimension, quantization=cs.vector_quantization)
 
 
@@ -54,7 +66,8 @@ def build_app(settings: Settings) -> FastAPI:
 
     async def on_start(rt: ServiceRuntime) -> None:
         embedder = make_embedder(cs)
-        store = await open_vector_store(cs, embedder.dimension)
+        # The engine keeps only ids and sealed content: erasing the owner's data key erases it on disk too.
+        store = SealedVectorStore(await open_vector_store(cs, embedder.dimension), rt.datakeys)
         index = ContextIndex(rt.js, store, rt.registry, rt.datakeys)
         memories = rt.repository(MEMORY)
         knowledge = rt.repository(KNOWLEDGE)
@@ -112,5 +125,6 @@ async def _close_on_stop(index: ContextIndex, store: VectorStore) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Read the settings and serve until SIGTERM/SIGINT."""
+    """Read the settings and serve until SIGTERM/SIGINT; what the service writes is readable by its user only."""
+    os.umask(0o077)
     run_service("symbi-context", "Symbi context service", build_app, argv)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
+from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body, json_response
@@ -73,14 +74,12 @@ def _int(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {raw!r}", field=name) from None
+    return parse_int(raw, name)
 
 
 async def _change(request: Request, type_: type[R], agent_id: str | None = None, status: int = 200) -> Response:
     body = decode_json(await request.body(), type_)
+    check_ints(body)
     if agent_id is not None:
         if body.agent_id and body.agent_id != agent_id:
             raise BadRequest("agent_id in the body differs from the one in the path", field="agent_id")

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
+from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import BadRequest
@@ -59,11 +60,13 @@ def _reply(value: Any, status: int = 200) -> Response:
 
 async def _body(request: Request, type_: type[T]) -> T:
     try:
-        return msgspec.json.decode((await request.body()) or b"{}", type=type_)
+        body = msgspec.json.decode((await request.body()) or b"{}", type=type_)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", field="(body)") from None
+    check_ints(body)
+    return body
 
 
 def _same_id(body_id: str, path_id: str) -> str:
@@ -73,11 +76,7 @@ def _same_id(body_id: str, path_id: str) -> str:
 
 
 def _int(request: Request, name: str) -> int:
-    raw = request.query_params.get(name) or "0"
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {raw!r}", field=name) from None
+    return parse_int(request.query_params.get(name) or "0", name)
 
 
 @router.post("/decisions", openapi_extra=json_body(DecisionRequest), responses={200: json_response(Decision)})

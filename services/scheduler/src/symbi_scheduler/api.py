@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
+from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
-from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body, json_response
 from symbi_contracts.wire import decode_json
 
@@ -67,6 +67,7 @@ def _who(headers: Any) -> str:
 async def submit(request: Request) -> Response:
     """Queue a task for an agent; its input reaches the workload on stdin, its stdout is the result."""
     body = decode_json(await request.body(), SubmitRequest)
+    check_ints(body)
     return _reply(await _service(request).submit(body, submitted_by=_who(request.headers)), 201)
 
 
@@ -79,11 +80,7 @@ async def get_task(task_id: str, request: Request) -> Response:
 @router.get("/tasks/{task_id}/output", responses={200: json_response(OutputView)})
 async def task_output(task_id: str, request: Request) -> Response:
     """The latest attempt's output on ``stream`` from byte ``after`` on."""
-    raw = request.query_params.get("after") or "0"
-    try:
-        after = int(raw)
-    except ValueError:
-        raise BadRequest(f"after: expected an integer, got {raw!r}", field="after") from None
+    after = parse_int(request.query_params.get("after") or "0", "after")
     stream = request.query_params.get("stream") or "stdout"
     return _reply(await _service(request).output(OutputRequest(task_id=task_id, stream=stream, after=after)))
 

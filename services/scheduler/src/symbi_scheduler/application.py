@@ -27,7 +27,18 @@ from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES
 from symbi_contracts.scheduler.events import ResourceRequest, TaskCancelled, TaskEvent, TaskSubmitted
 
 from symbi_scheduler import metrics
-from symbi_scheduler.domain import LEVEL, TASK_ID_RE, Command, Record, Submit, TaskNotAssignable, TaskState, TaskStatus
+from symbi_scheduler.core import never_fits
+from symbi_scheduler.domain import (
+    LEVEL,
+    TASK_ID_RE,
+    Command,
+    Record,
+    Submit,
+    TaskNotAssignable,
+    TaskState,
+    TaskStatus,
+    effective_limits,
+)
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.model import Model, TaskRec
@@ -89,6 +100,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     decision: dict[str, Any] | None
     #: Why a paused task is paused: ``preempted``, ``agent_suspended`` or ``action_denied``.
     pause_reason: str = ""
+    #: Why a queued task has not started, when something other than a moment's wait keeps it.
+    wait_reason: str = ""
     sequence: int = 0
 
     @classmethod
@@ -179,6 +192,7 @@ class SchedulerService:
                 f"agent {request.agent_id} has no workload (image and command) to run tasks in; register it with one",
                 agent_id=request.agent_id,
             )
+        self._check_placeable(agent, request)
         event = TaskSubmitted(
             agent_id=request.agent_id,
             input=data,
@@ -190,6 +204,15 @@ class SchedulerService:
         self._apply(records)
         self.leader.wake.set()
         return TaskView.of(self.model.tasks[task_id], records[-1].sequence if records else 0)
+
+    def _check_placeable(self, agent: Any, request: SubmitRequest) -> None:
+        """Refuse a task that no live host could ever run (its limits exceed every host's whole capacity)."""
+        limits = effective_limits(agent.config.resources, request.resources)
+        tier = self.model.assessment_of(agent).tier
+        self.model.check_hosts(time.time())
+        reason = never_fits(limits.cpu_cores, limits.memory_mb, tier, self.model.placer.hosts.values())
+        if reason is not None:
+            raise TaskNotAssignable(f"task can never be placed: {reason}", agent_id=request.agent_id)
 
     async def cancel(self, request: CancelRequest, cancelled_by: str = "api") -> TaskView:
         """Withdraw a queued (or denied) task; a placed one is stopped on its host and completes as killed."""
@@ -231,7 +254,33 @@ class SchedulerService:
         return rec
 
     def get(self, request: TaskRef) -> TaskView:
-        return TaskView.of(self.get_rec(request.task_id))
+        rec = self.get_rec(request.task_id)
+        view = TaskView.of(rec)
+        if rec.status == TaskStatus.QUEUED:
+            view.wait_reason = self._wait_reason(rec)
+        return view
+
+    def _wait_reason(self, rec: TaskRec) -> str:
+        """What keeps a queued task from starting: no host could ever run it, none is alive, or the runtime's
+        limit of running tasks is reached ("" when it only waits for room or its turn)."""
+        agent = self.model.agents.get(rec.agent_id)
+        limits = self.model.limits_of(rec)
+        if agent is None or limits is None:
+            return f"agent {rec.agent_id} is not known to the scheduler yet"
+        self.model.check_hosts(time.time())
+        hosts = list(self.model.placer.hosts.values())
+        if not any(h.alive for h in hosts):
+            return "no sandbox host is alive"
+        tier = self.model.assessment_of(agent).tier
+        never = never_fits(limits.cpu_cores, limits.memory_mb, tier, hosts)
+        if never is not None:
+            return f"no host could ever run it: {never}"
+        if not any(h.alive and tier in h.tiers for h in hosts):
+            return f"no live host offers sandbox tier {tier}"
+        running, limit = len(self.model.core.running), self.model.core.max_running
+        if running >= limit:
+            return f"{running} tasks are running, the most runtime.max_concurrent_agents allows"
+        return ""
 
     async def output(self, request: OutputRequest) -> OutputView:
         """Reassemble the latest attempt's output from its verified ``execution.output`` events."""

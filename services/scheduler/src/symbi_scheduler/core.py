@@ -282,6 +282,22 @@ def choose_victim(
     return best
 
 
+def never_fits(cpu: float, memory_mb: int, tier: str, hosts: Iterable[Host]) -> str | None:
+    """Why no live host of the tier could ever run this, even empty (None: one could, or none is known yet,
+    so the task waits for hosts to join)."""
+    offering = [h for h in hosts if h.alive and tier in h.tiers]
+    if not offering:
+        return None
+    if any(h.cpu_cores >= cpu and h.memory_mb >= memory_mb for h in offering):
+        return None
+    most_memory = max(h.memory_mb for h in offering)
+    most_cpu = max(h.cpu_cores for h in offering)
+    return (
+        f"asks for {cpu:g} CPU cores and {memory_mb} MB of memory; the largest {tier} host has "
+        f"{most_cpu:g} cores and {most_memory} MB"
+    )
+
+
 @dataclass(slots=True)
 class Scheduler:
     """Queue + placer + the running set: one ``decide`` call is one scheduling decision."""
@@ -291,13 +307,18 @@ class Scheduler:
     preemption: PreemptMode = "requeue"
     max_skips: int = 32
     running: dict[str, Running] = field(default_factory=dict)
+    #: Tasks (each one agent's) that may run at once in the whole runtime (``runtime.max_concurrent_agents``).
+    max_running: int = 10_000
 
     def decide(self, now: float, agent_free: Callable[[Entry], Verdict] | None = None) -> Decision | None:
         """The next decision, or None if nothing queued can run now.
 
         A task whose agent is busy is parked by ``agent_free`` (returns ``"park"``); a task that fits
-        nowhere is skipped for this decision unless it is critical and a preemption makes room.
+        nowhere is skipped for this decision unless it is critical and a preemption makes room. Nothing
+        starts while ``max_running`` tasks run.
         """
+        if len(self.running) >= self.max_running:
+            return None
         preempt: list[Preempt] = []
         # Requests that found no host in this decision: a candidate asking for at least as much (same tier,
         # same class) cannot fit either, so it is skipped without another scan of the hosts.

@@ -46,6 +46,7 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
             preemption=s.preemption,
             host_lost_after_s=s.host_lost_after_s,
             default_tier=settings.security.default_sandbox_tier,
+            max_running=settings.runtime.max_concurrent_agents,
         )
         model.grace_until = time.time() + s.host_lost_after_s
         await ensure_work_stream(rt.js, settings)

@@ -190,13 +190,14 @@ class Model:
         preemption: PreemptMode = "requeue",
         host_lost_after_s: float = 5.0,
         default_tier: str = "gvisor",
+        max_running: int = 10_000,
     ) -> None:
         self.tasks: dict[str, TaskRec] = {}
         self.agents: dict[str, AgentRec] = {}
         self.host_info: dict[str, HostInfo] = {}
         self.placer = Placer(strategy, reserve)
         self.queue = AgingQueue(aging_s)
-        self.core = Scheduler(self.placer, self.queue, preemption)
+        self.core = Scheduler(self.placer, self.queue, preemption, max_running=max_running)
         self.parked: dict[str, list[Entry]] = {}
         #: Tasks not yet completed or cancelled (the only ones chores look at).
         self.active: set[str] = set()

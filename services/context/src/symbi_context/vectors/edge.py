@@ -19,6 +19,7 @@ import numpy.typing as npt
 import qdrant_edge as qe
 
 from symbi_context.errors import DimensionMismatch, VectorStoreError
+from symbi_context.vectors.files import private_dir, restrict_tree
 from symbi_context.vectors.port import (
     DENSE,
     INDEXED_FLOATS,
@@ -52,6 +53,8 @@ def edge_filter(where: MetaFilter | None) -> qe.Filter | None:
         must.append(qe.FieldCondition("created_at", range=qe.RangeFloat(gte=where.created_from, lte=where.created_to)))
     if where.alive_at is not None:
         must.append(qe.FieldCondition("expires_at", range=qe.RangeFloat(gt=where.alive_at)))
+    for key, values in where.any_of:
+        must.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))
     if where.ids:
         must.append(qe.HasIdCondition(set(where.ids)))
     return qe.Filter(must=must) if must else None
@@ -126,9 +129,12 @@ class EdgeVectorStore:
     def _open(self) -> qe.EdgeShard:
         shard_path = self.path / _SHARD_DIR
         try:
+            private_dir(self.path)
             if shard_path.exists() and any(shard_path.iterdir()):
-                return qe.EdgeShard.load(str(shard_path))
-            shard_path.mkdir(parents=True, exist_ok=True)
+                shard = qe.EdgeShard.load(str(shard_path))
+                restrict_tree(self.path)
+                return shard
+            private_dir(shard_path)
             shard = qe.EdgeShard.create(str(shard_path), self._config())
         except Exception as exc:
             raise VectorStoreError(f"cannot open the vector store in {shard_path}: {exc}") from exc
@@ -136,6 +142,7 @@ class EdgeVectorStore:
             shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
         for key in INDEXED_FLOATS:
             shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Float))
+        restrict_tree(self.path)
         return shard
 
     def _check(self, vector: npt.NDArray[np.float32], what: str) -> list[float]:
@@ -255,5 +262,9 @@ class EdgeVectorStore:
     async def reset(self) -> None:
         await self._run(self._reset)
 
+    def _close(self) -> None:
+        self._shard.close()
+        restrict_tree(self.path)
+
     async def close(self) -> None:
-        await self._run(self._shard.close)
+        await self._run(self._close)

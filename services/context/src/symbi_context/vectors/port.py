@@ -21,7 +21,7 @@ Quantization = Literal["none", "int8", "binary"]
 DENSE = "dense"
 KEYWORDS = "keywords"
 #: Payload keys with an index in every backend (filters on them must stay fast).
-INDEXED_KEYWORDS = ("owner", "kind", "task_id", "document_id", "tags")
+INDEXED_KEYWORDS = ("owner", "kind", "task_id", "document_id", "tags", "terms")
 INDEXED_FLOATS = ("created_at", "expires_at")
 #: ``expires_at`` of points that never expire (a range filter needs a number).
 NEVER = 1e18
@@ -63,6 +63,8 @@ class MetaFilter:
     #: Only points not expired at this time (``expires_at`` > it).
     alive_at: float | None = None
     ids: tuple[str, ...] = ()
+    #: For each ``(key, values)``: the payload key (a string or a list of strings) matches one of ``values``.
+    any_of: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class VectorStore(Protocol):

@@ -52,6 +52,8 @@ def qdrant_filter(where: MetaFilter | None) -> m.Filter | None:
         must.append(m.FieldCondition(key="created_at", range=m.Range(gte=where.created_from, lte=where.created_to)))
     if where.alive_at is not None:
         must.append(m.FieldCondition(key="expires_at", range=m.Range(gt=where.alive_at)))
+    for key, values in where.any_of:
+        must.append(m.FieldCondition(key=key, match=m.MatchAny(any=list(values))))
     if where.ids:
         must.append(m.HasIdCondition(has_id=list(where.ids)))
     return m.Filter(must=must) if must else None

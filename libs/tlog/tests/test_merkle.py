@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from symbi_audit.merkle import (
+from symbi_tlog.merkle import (
     TreeBuilder,
     consistency_ranges,
     hashes_for,
@@ -80,7 +80,7 @@ def test_roots_match_the_reference_for_every_size(tree: tuple[list[bytes], dict,
 
 def test_builder_restarts_from_its_frontier(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
     data, nodes, roots = tree
-    from symbi_audit.merkle import range_nodes
+    from symbi_tlog.merkle import range_nodes
 
     frontier = [nodes[n] for n in range_nodes(0, 77)]
     builder = TreeBuilder(77, frontier)

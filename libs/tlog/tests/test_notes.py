@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
-from symbi_audit.errors import CheckpointInvalid
-from symbi_audit.notes import Checkpoint, key_hash, parse_checkpoint, sign_checkpoint, verify_checkpoint
 from symbi_common.crypto import Signer
+from symbi_tlog.errors import CheckpointInvalid
+from symbi_tlog.notes import Checkpoint, key_hash, parse_checkpoint, sign_checkpoint, verify_checkpoint
 
 
 def test_round_trip_and_exact_format() -> None:

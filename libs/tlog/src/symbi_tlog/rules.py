@@ -25,16 +25,17 @@ import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 from symbi_common.crypto import Verifier
-from symbi_common.envelope import decode_header, decode_sealed, event_hash
-from symbi_common.errors import IntegrityError, MalformedEvent
+from symbi_common.envelope import ZERO_HASH, decode_header, decode_sealed, event_hash
+from symbi_common.errors import BrokenChain, IntegrityError, MalformedEvent, VersionGap
 from symbi_common.keyring import KeyRegistry
-from symbi_common.sealing import ChainTip, OpenedEvent, check_link, open_envelope
+from symbi_common.sealing import ChainTip, OpenedEvent, open_envelope
 from symbi_common.streams import RawMessage
 
-from symbi_audit.merkle import leaf_hash
+from symbi_tlog.merkle import leaf_hash
 
 LEAF_DOMAIN = b"symbi.audit.leaf.v1\x00"
 
@@ -137,8 +138,22 @@ class Checked:
     leaf: bytes
 
 
-def _finding(err: IntegrityError, message: RawMessage) -> Finding:
-    return Finding(kind=err.code, sequence=message.sequence, subject=message.subject, reason=err.message)
+class Verdict(NamedTuple):
+    """Stage 1 for one event in compact, picklable form: all the in-order rules and the tree need.
+
+    ``version`` is the aggregate version (the one a rejected event claims, None if it does not even
+    decode); ``error_code``/``error`` are empty when the event authenticated.
+    """
+
+    sequence: int
+    subject: str
+    leaf: bytes
+    hash: bytes
+    version: int | None
+    prev_hash: bytes
+    event_id: str
+    error_code: str = ""
+    error: str = ""
 
 
 def _claimed_version(message: RawMessage) -> int | None:
@@ -148,6 +163,42 @@ def _claimed_version(message: RawMessage) -> int | None:
     except MalformedEvent:
         return None
     return header.aggregate_version if header.subject == message.subject else None
+
+
+def to_verdict(message: RawMessage, auth: OpenedEvent | IntegrityError) -> Verdict:
+    """The compact form of :func:`authenticate`'s outcome for ``message``."""
+    if isinstance(auth, IntegrityError):
+        digest = event_hash(message.data)
+        return Verdict(
+            message.sequence, message.subject, leaf_hash(leaf_data(message.sequence, message.subject, digest)), digest,
+            _claimed_version(message), ZERO_HASH, "", auth.code, auth.message,
+        )  # fmt: skip
+    header = auth.header
+    return Verdict(
+        message.sequence, message.subject, event_leaf(message, auth.hash), auth.hash, header.aggregate_version,
+        header.prev_hash, header.event_id,
+    )  # fmt: skip
+
+
+def verdict(message: RawMessage, registry: KeyRegistry) -> Verdict:
+    """Stage 1 for one event, in compact form."""
+    return to_verdict(message, authenticate(message, registry))
+
+
+def _link_error(prev: ChainTip, v: Verdict) -> IntegrityError | None:
+    """The event must follow ``prev``: aggregate version + 1 and hash link (as ``sealing.check_link``)."""
+    if v.version != prev.version + 1:
+        return VersionGap(
+            f"aggregate version {v.version} does not follow {prev.version}", sequence=v.sequence, subject=v.subject
+        )
+    if v.prev_hash != prev.hash:
+        return BrokenChain(
+            f"prev_hash of event {v.event_id} does not match the previous event "
+            f"(expected {prev.hash.hex()[:16]}…, found {v.prev_hash.hex()[:16]}…)",
+            sequence=v.sequence,
+            subject=v.subject,
+        )
+    return None
 
 
 class LogVerifier:
@@ -165,61 +216,63 @@ class LogVerifier:
         self.changed: set[str] = set()
 
     def check(self, message: RawMessage, auth: OpenedEvent | IntegrityError) -> Checked:
+        v = to_verdict(message, auth)
+        return Checked(message, None if isinstance(auth, IntegrityError) else auth, self.apply(v), v.leaf)
+
+    def apply(self, v: Verdict) -> list[Finding]:
+        """The in-order rules for one event's verdict: its findings (empty if it verified)."""
         findings: list[Finding] = []
         if not self.partial:
-            gap = self._sequence(message)
+            gap = self._sequence(v.sequence, v.subject)
             if gap is not None:
                 findings.append(gap)
-        if isinstance(auth, IntegrityError):
-            findings.append(_finding(auth, message))
-            self._rejected(message)
-            return Checked(message, None, findings, event_leaf(message))
-        link = self._link(auth)
+        if v.error_code:
+            findings.append(Finding(kind=v.error_code, sequence=v.sequence, subject=v.subject, reason=v.error))
+            self._rejected(v)
+            return findings
+        link = self._link(v)
         if link is not None:
-            findings.append(_finding(link, message))
-        return Checked(message, auth, findings, event_leaf(message, auth.hash))
+            findings.append(Finding(kind=link.code, sequence=v.sequence, subject=v.subject, reason=link.message))
+        return findings
 
-    def _sequence(self, message: RawMessage) -> Finding | None:
+    def _sequence(self, seq: int, subject: str) -> Finding | None:
         """Stream sequences must go up by exactly one (``deny_delete``: nothing is ever removed)."""
         state = self.state
-        seq, last = message.sequence, state.last_sequence
+        last = state.last_sequence
         state.last_sequence = max(last, seq)
         if seq == last + 1:
             return None
         if seq > last + 1:
             missing = f"{last + 1}" if seq == last + 2 else f"{last + 1}..{seq - 1}"
             reason = f"stream sequence {missing} missing before {seq}: events were removed"
-            return Finding(kind=SEQUENCE_GAP, sequence=seq, subject=message.subject, reason=reason)
+            return Finding(kind=SEQUENCE_GAP, sequence=seq, subject=subject, reason=reason)
         reason = f"stream sequence {seq} comes after {last}: events were reordered or repeated"
-        return Finding(kind=SEQUENCE_ORDER, sequence=seq, subject=message.subject, reason=reason)
+        return Finding(kind=SEQUENCE_ORDER, sequence=seq, subject=subject, reason=reason)
 
-    def _rejected(self, message: RawMessage) -> None:
-        version = _claimed_version(message)
-        current = self.state.tips.get(message.subject)
+    def _rejected(self, v: Verdict) -> None:
+        current = self.state.tips.get(v.subject)
         prev = current.tip if current else ChainTip()
-        if version == prev.version + 1:
-            self.state.tips[message.subject] = AggregateTip(prev, pending_version=version)
-            self.changed.add(message.subject)
+        if v.version == prev.version + 1:
+            self.state.tips[v.subject] = AggregateTip(prev, pending_version=v.version)
+            self.changed.add(v.subject)
 
-    def _link(self, opened: OpenedEvent) -> IntegrityError | None:
-        subject = opened.subject
-        version = opened.header.aggregate_version
+    def _link(self, v: Verdict) -> IntegrityError | None:
+        subject = v.subject
+        version = v.version if v.version is not None else 0
+        tip = ChainTip(v.sequence, version, v.hash)
         current = self.state.tips.get(subject)
         if current is None:
             if self.partial and version != 1:
-                self.state.tips[subject] = AggregateTip(opened.tip)
+                self.state.tips[subject] = AggregateTip(tip)
                 self.changed.add(subject)
                 return None
             current = AggregateTip(ChainTip())
-        error: IntegrityError | None = None
-        try:
-            check_link(current.tip, opened)
-        except IntegrityError as err:
-            # It may follow a rejected (altered) event instead; that one was already reported.
-            if current.pending_version is None or version != current.pending_version + 1:
-                error = err
+        error = _link_error(current.tip, v)
+        # It may follow a rejected (altered) event instead; that one was already reported.
+        if error is not None and current.pending_version is not None and version == current.pending_version + 1:
+            error = None
         if error is None or version > current.tip.version:
-            self.state.tips[subject] = AggregateTip(opened.tip)
+            self.state.tips[subject] = AggregateTip(tip)
             self.changed.add(subject)
         return error
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from symbi_common.crypto import Signer, Verifier
 
-from symbi_audit.errors import CheckpointInvalid
+from symbi_tlog.errors import CheckpointInvalid
 
 ED25519_TYPE = b"\x01"
 _DASH = "\u2014 "

@@ -1,0 +1,297 @@
+"""Authentication and authorization of every HTTP API call, installed once by :func:`symbi_common.service.create_app`.
+
+Every request except ``/healthz``, ``/readyz`` and ``/metrics`` (left open for probes and scrapers) must
+carry ``Authorization: Bearer <operator token>`` (:mod:`symbi_common.operator_tokens`). The middleware
+
+1. verifies the token against the operator-token issuers of the root-signed key registry (a verified
+   token is cached, so its signature is checked once; expiry is checked on every call);
+2. refuses a token whose id is in the revocation list (the ``OPERATOR_REVOCATIONS`` KV bucket, watched
+   live; entries not signed by an issuer are ignored, a deleted entry never un-revokes);
+3. (a dependency of every route, :func:`authorize_request`) asks the service's one :class:`~symbi_common.policy.Enforcer` for a Cedar decision on
+   ``Operator::"<name>"`` (attribute ``role``) doing ``Action::"api.read" | "api.write" | "api.admin"``
+   on ``ApiRoute::"<service> <METHOD> <path template>"``; the decision goes to the decision log.
+
+Missing or bad credentials → 401, a denial → 403, the revocation list not loaded yet → 503, each with
+the typed error body of every other Symbi error. A request for a path no route serves is authenticated
+and then left to answer 404; the OpenAPI document and ``/docs`` need a token but no decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import nats.js.errors
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from symbi_common.crypto import Verifier
+from symbi_common.decisions import DecisionRequest, EntityRef
+from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError, Unauthenticated, to_wire
+from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_revocation, verify_token
+
+log = structlog.get_logger(__name__)
+
+#: Paths anyone who can reach the port may call: probes and the Prometheus scrape.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: The JetStream KV bucket holding signed revocations (key: token id). Written with the operator credential.
+REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
+
+ACCESS_LEVELS = ("read", "write", "admin")
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: POST routes that change nothing (a query travels in the body): ``api.read``.
+READ_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("POST", "/v1/decisions"),
+        ("POST", "/v1/decisions:batch"),
+        ("POST", "/v1/policy-sets/{set_id}/what-if"),
+        ("POST", "/v1/memories/query"),
+        ("POST", "/v1/knowledge/search"),
+        ("POST", "/v1/rag/query"),
+        ("POST", "/v1/audit/reports/custom"),
+    }
+)
+#: Routes that change what every other decision or record rests on: ``api.admin``.
+ADMIN_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("POST", "/v1/policy-sets"),
+        ("PUT", "/v1/policy-sets/{set_id}"),
+        ("POST", "/v1/policy-sets/{set_id}/retire"),
+        ("POST", "/v1/audit/erasures"),
+    }
+)
+#: The Cedar rules of the three roles, as in the baseline policy set (a test keeps the two the same).
+OPERATOR_POLICIES = """\
+@id("baseline-operators-admin")
+permit(
+  principal is Operator,
+  action in [Action::"api.read", Action::"api.write", Action::"api.admin"],
+  resource is ApiRoute
+)
+when { principal.role == "admin" };
+
+@id("baseline-operators-operate")
+permit(principal is Operator, action in [Action::"api.read", Action::"api.write"], resource is ApiRoute)
+when { principal.role == "operator" };
+
+@id("baseline-operators-audit")
+permit(principal is Operator, action == Action::"api.read", resource is ApiRoute)
+when { principal.role == "auditor" };
+"""
+#: ``openapi_extra`` key with which a route can state its access level itself (``read``/``write``/``admin``).
+ACCESS_EXTENSION = "x-symbi-access"
+_MAX_CACHED_TOKENS = 10_000
+#: How long a starting service waits for the revocation list before it serves (refusing calls) anyway.
+REVOCATIONS_STARTUP_TIMEOUT_S = 10.0
+
+
+def route_access(method: str, path: str, openapi_extra: Mapping[str, Any] | None = None) -> str:
+    """The access level (``read``, ``write`` or ``admin``) of a route: stated by the route, listed here,
+    else ``read`` for GET/HEAD and ``write`` for everything else."""
+    stated = (openapi_extra or {}).get(ACCESS_EXTENSION)
+    if stated in ACCESS_LEVELS:
+        return str(stated)
+    if (method, path) in ADMIN_ROUTES:
+        return "admin"
+    if method in _READ_METHODS or (method, path) in READ_ROUTES:
+        return "read"
+    return "write"
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
+    """The bearer token of the ``Authorization`` header; :class:`Unauthenticated` if there is none."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the Authorization header must be 'Bearer <operator token>'")
+            return token.strip()
+    raise Unauthenticated(
+        "this API needs an operator token: send 'Authorization: Bearer <token>' "
+        "(`symbi up` writes one to <home>/operator.token; `symbi token issue` makes more)"
+    )
+
+
+class Revocations:
+    """The revoked token ids, kept current from the ``OPERATOR_REVOCATIONS`` bucket."""
+
+    def __init__(self, issuers: Mapping[str, Verifier]) -> None:
+        self.issuers = issuers
+        self.revoked: set[str] = set()
+        self.loaded = asyncio.Event()
+        self.ignored = 0
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """One bucket entry; a deletion or an entry no issuer signed changes nothing."""
+        if not value:
+            return
+        revocation = verify_revocation(value, self.issuers)
+        if revocation is None or revocation.tid != key:
+            self.ignored += 1
+            log.warning("ignored a revocation entry no operator-token issuer signed", key=key)
+            return
+        self.revoked.add(revocation.tid)
+
+    async def follow(self, js: Any) -> None:
+        """Watch the bucket (from its start) until cancelled; ``loaded`` is set once the existing entries are in."""
+        kv = await open_revocations_bucket(js)
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the entries that existed are all in
+                    self.loaded.set()
+                    continue
+                self.apply(str(entry.key), None if entry.value is None else bytes(entry.value))
+        finally:
+            await watcher.stop()
+
+
+async def open_revocations_bucket(js: Any, *, create: bool = True) -> Any:
+    """The ``OPERATOR_REVOCATIONS`` KV bucket, created if missing (and ``create``)."""
+    try:
+        return await js.key_value(REVOCATIONS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        if not create:
+            raise
+        try:
+            return await js.create_key_value(bucket=REVOCATIONS_BUCKET, history=1)
+        except nats.js.errors.BadRequestError:
+            return await js.key_value(REVOCATIONS_BUCKET)
+
+
+class OperatorGuard:
+    """Authenticates and authorizes the requests of one service's app."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.issuers: dict[str, Verifier] = {}
+        self.revocations = Revocations(self.issuers)
+        self.enforcer: Any = None
+        self._cache: dict[str, OperatorClaims] = {}
+
+    async def start(self, runtime: Any) -> None:
+        """Load the issuers, follow the revocations and open the enforcer; call once the runtime is started."""
+        from symbi_common.policy import Enforcer
+        from symbi_common.streams import keep_consuming
+
+        self.issuers.update(runtime.registry.operator_issuers())
+        if not self.issuers:
+            log.warning("the key registry lists no operator-token issuer: every API call will be refused")
+        self.enforcer = await Enforcer.for_runtime(runtime)
+        stopping = asyncio.Event()
+        runtime.spawn(
+            keep_consuming(lambda: self.revocations.follow(runtime.js), stopping, what="operator revocations"),
+            "operator-revocations",
+        )
+        runtime.add_health_check("operator_revocations", self.revocations.loaded.is_set)
+        try:  # serve only once the revocations are in (until then every call would be refused with 503)
+            await asyncio.wait_for(self.revocations.loaded.wait(), timeout=REVOCATIONS_STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the operator token revocation list is not loaded yet; API calls are refused until it is")
+
+    def authenticate(self, token: str) -> OperatorClaims:
+        """The claims of a valid, unexpired, unrevoked ``token``; :class:`Unauthenticated` otherwise (503 while
+        the revocation list is not loaded). A token's signature is verified once, then cached."""
+        claims = self._cache.get(token)
+        if claims is None:
+            claims = verify_token(token, self.issuers)
+            if len(self._cache) >= _MAX_CACHED_TOKENS:
+                self._cache.clear()
+            self._cache[token] = claims
+        else:
+            check_claims(claims)
+        if not self.revocations.loaded.is_set():
+            raise InfrastructureError("the operator token revocation list is not loaded yet; retry in a moment")
+        if claims.tid in self.revocations.revoked:
+            raise Unauthenticated(f"the bearer token {claims.tid} was revoked")
+        return claims
+
+    async def authorize(self, claims: OperatorClaims, method: str, route: Any, target: str) -> None:
+        """A Cedar decision (through the enforcer, so it is logged) on ``claims`` calling ``route``;
+        :class:`PolicyDenied` unless it allows without conditions."""
+        if self.enforcer is None:
+            raise InfrastructureError(f"the {self.service} service is still starting; retry in a moment")
+        template = str(route.path)
+        access = route_access(method, template, getattr(route, "openapi_extra", None))
+        request = DecisionRequest(
+            principal=EntityRef(type="Operator", id=claims.sub, attrs={"role": claims.role}),
+            action=f"api.{access}",
+            resource=EntityRef(
+                type="ApiRoute",
+                id=f"{self.service} {method} {template}",
+                attrs={"service": self.service, "method": method, "path": template},
+            ),
+            context={"token_id": claims.tid, "target": target},
+        )
+        record = await self.enforcer.enforce(request)  # PolicyDenied (403) if denied, after logging it
+        if record.conditions:
+            kinds = ", ".join(sorted({c.kind for c in record.conditions}))
+            raise PolicyDenied(
+                f"Operator::{claims.sub!r} may not {request.action} {request.resource.id}: unenforceable condition "
+                f"({kinds}); the HTTP API enforces no conditions",
+                action=request.action,
+                policies=list(record.policies),
+                policy_version=record.policy_version,
+            )
+
+
+async def authorize_request(request: Request) -> None:
+    """The app-wide FastAPI dependency: every API route (but the open ones) gets a policy decision.
+
+    The middleware has authenticated the caller already; a request that reached a route without an
+    authenticated operator (the middleware missing) is refused, never let through.
+    """
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if path in OPEN_PATHS:
+        return
+    claims = request.scope.get("state", {}).get("operator")
+    guard: OperatorGuard | None = getattr(request.app.state, "operator_guard", None)
+    if not isinstance(claims, OperatorClaims) or guard is None or route is None:
+        raise Unauthenticated("no authenticated operator for this request")
+    await guard.authorize(claims, request.method, route, request.url.path)
+
+
+class OperatorAuth:
+    """ASGI middleware: every request but :data:`OPEN_PATHS` must carry a valid operator token (401 otherwise)."""
+
+    def __init__(self, app: Any, guard: OperatorGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)  # lifespan, and the probes
+            return
+        try:
+            claims = self.guard.authenticate(bearer_token(scope.get("headers") or []))
+        except SymbiError as err:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": err.message[:120]})
+                return
+            headers = {"WWW-Authenticate": 'Bearer realm="symbi"'} if isinstance(err, Unauthenticated) else None
+            response = JSONResponse({"error": to_wire(err)}, status_code=err.http_status, headers=headers)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["operator"] = claims
+        await self.app(scope, receive, send)
+
+
+def document_security(app: FastAPI) -> None:
+    """State the bearer scheme and each operation's access level in ``app``'s OpenAPI document."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = default()  # cached by symbi_common.openapi: the changes below are made to the same document
+        schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["operatorToken"] = {"type": "http", "scheme": "bearer", "bearerFormat": "symbi operator token"}
+        for path, operations in doc.get("paths", {}).items():
+            for method, operation in operations.items():
+                if isinstance(operation, dict):
+                    operation["security"] = [{"operatorToken": []}]
+                    operation[ACCESS_EXTENSION] = route_access(method.upper(), path, operation)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,411 @@
+"""The exported log and its offline verification against a trust anchor: no data key, no running system.
+
+An export is JSON Lines, one stored event per line, in stream order::
+
+    {"sequence": 17, "subject": "evt.agent.a1", "data": "<base64 of the exact stored bytes>"}
+
+and a checkpoint note next to it. :func:`verify_export` trusts nothing in the files themselves:
+
+- the checkpoint must be signed by an active key of the audit service in the root-signed key
+  registry (the pinned log key) and name the expected origin; with witnesses configured, it must
+  carry at least ``min_witnesses`` valid cosignatures of trusted witnesses;
+- its tree must cover exactly the exported entries: as many entries as its size, and the RFC 6962
+  tree rebuilt from them (each leaf commits to the entry's stream sequence, subject and stored
+  bytes, at its position) has its root — so every entry is included at its position, and nothing
+  was removed, added, reordered, renumbered or moved between aggregates;
+- a previously seen checkpoint must be consistent with it: not larger (rollback), not the same size
+  with another root (split view), and its root must be the root over the first ``size`` entries (fork);
+- every event passes the same rules as the live verifier (:mod:`symbi_tlog.rules`).
+
+Stage 1 (signatures) may run on several processes (``workers``); the in-order rules and the tree run
+here, in order.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import msgspec
+from symbi_common.keyring import KeyRegistry, RegisteredKey, RegistryDocument
+from symbi_common.streams import RawMessage
+
+from symbi_tlog.cosign import WitnessKey, verify_cosignatures
+from symbi_tlog.errors import CheckpointInvalid, ExportMalformed
+from symbi_tlog.merkle import TreeBuilder
+from symbi_tlog.notes import Checkpoint, key_hash, parse_checkpoint, verify_checkpoint
+from symbi_tlog.rules import CachedRegistry, Finding, LogVerifier, Verdict, verdict
+
+AUDIT_SERVICE = "audit"
+CHECKPOINT_SUBJECT = "audit.checkpoint"
+"""Where the audit service publishes its signed (and cosigned) checkpoints, on the ``AUDIT`` stream."""
+DEFAULT_ORIGIN = "symbi-audit"
+
+CHECKPOINT_MISSING = "checkpoint_missing"
+CHECKPOINT_SIGNATURE = "checkpoint_signature"
+CHECKPOINT_KEY_REVOKED = "checkpoint_key_revoked"
+CHECKPOINT_ORIGIN = "checkpoint_origin"
+LOG_TRUNCATED = "log_truncated"
+ENTRIES_UNCOVERED = "entries_uncovered"
+ROOT_MISMATCH = "root_mismatch"
+STALE_CHECKPOINT = "stale_checkpoint"
+SPLIT_VIEW = "split_view"
+INCONSISTENT_CHECKPOINT = "inconsistent_checkpoint"
+WITNESS_MISSING = "witness_cosignature_missing"
+WITNESS_FORGED = "witness_cosignature_invalid"
+
+
+class ExportLine(msgspec.Struct, frozen=True):
+    sequence: int
+    subject: str
+    data: bytes
+    """The exact stored bytes; base64 (standard alphabet, padded) in the file."""
+
+
+_line_encoder = msgspec.json.Encoder()
+_line_decoder = msgspec.json.Decoder(ExportLine)
+
+
+def export_line(message: RawMessage) -> bytes:
+    """One line of an export (with its newline)."""
+    return _line_encoder.encode(ExportLine(message.sequence, message.subject, message.data)) + b"\n"
+
+
+def read_export(lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawMessage]:
+    """The stored events of an export, in file order; :class:`ExportMalformed` names a bad line."""
+    for number, line in enumerate(lines, first_line):
+        if not line.strip():
+            continue
+        try:
+            item = _line_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ExportMalformed(f"line {number} of the export is not an exported event: {exc}") from None
+        yield RawMessage(item.subject, item.sequence, item.data, {})
+
+
+def log_keys(registry: KeyRegistry) -> list[RegisteredKey]:
+    """Every key of the audit service in the registry (the log's note keys), whatever its status."""
+    return [k for k in registry.document.keys if k.service == AUDIT_SERVICE]
+
+
+def audit_key(registry: KeyRegistry) -> tuple[str, bytes]:
+    """The audit service's active checkpoint key (key id used as the note key name, public key)."""
+    for key in log_keys(registry):
+        if key.status == "active":
+            return key.key_id, key.public_key
+    raise CheckpointInvalid("the key registry has no active key of the audit service")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustAnchor:
+    """What a verifier trusts: the root-signed registry (its audit keys sign checkpoints), the log's
+    origin, and the witnesses of which at least ``min_witnesses`` must cosign a checkpoint."""
+
+    registry: KeyRegistry
+    origin: str = DEFAULT_ORIGIN
+    witnesses: tuple[WitnessKey, ...] = ()
+    min_witnesses: int = 0
+    max_age_s: float | None = None
+    """If set: the newest valid witness cosignature must be at most this old (a stale checkpoint fails)."""
+    now: float | None = None
+    """The time to judge ``max_age_s`` against (default: now)."""
+
+
+def _cp_finding(kind: str, reason: str, what: str) -> Finding:
+    return Finding(kind=kind, sequence=0, subject=what, reason=reason)
+
+
+def check_checkpoint(
+    note: str, anchor: TrustAnchor, *, what: str = "checkpoint", witnessed: bool = True
+) -> tuple[Checkpoint | None, list[Finding]]:
+    """The checkpoint of ``note`` if signed by the pinned log key (else None), and every finding about it.
+
+    ``witnessed``: also demand the anchor's witness cosignatures.
+    """
+    try:
+        checkpoint, signatures = parse_checkpoint(note)
+    except CheckpointInvalid as err:
+        return None, [_cp_finding(CHECKPOINT_SIGNATURE, f"{what}: {err.message}", what)]
+    findings: list[Finding] = []
+    if checkpoint.origin != anchor.origin:
+        findings.append(
+            _cp_finding(
+                CHECKPOINT_ORIGIN, f"{what} is for log {checkpoint.origin!r}, not the expected {anchor.origin!r}", what
+            )
+        )
+    signed_by: RegisteredKey | None = None
+    altered = False
+    for key in log_keys(anchor.registry):
+        if not any(n == key.key_id and h == key_hash(key.key_id, key.public_key) for n, h, _ in signatures):
+            continue
+        try:
+            verify_checkpoint(note, key_name=key.key_id, public_key=key.public_key)
+        except CheckpointInvalid:
+            altered = True
+            continue
+        if signed_by is None or key.status == "active":
+            signed_by = key
+    if signed_by is None:
+        names = ", ".join(n for n, _, _ in signatures) or "none"
+        reason = (
+            f"the signature of the audit service's key on the {what} does not verify: the checkpoint is forged or altered"
+            if altered
+            else f"{what} carries no signature by the audit service's key in the registry (signed by: {names})"
+        )
+        return None, [*findings, _cp_finding(CHECKPOINT_SIGNATURE, reason, what)]
+    if signed_by.status != "active":
+        reason = f"{what} is signed by audit key {signed_by.key_id}, which the registry marks {signed_by.status}"
+        return None, [*findings, _cp_finding(CHECKPOINT_KEY_REVOKED, reason, what)]
+    if witnessed and (anchor.witnesses or anchor.min_witnesses or anchor.max_age_s is not None):
+        cosigned = verify_cosignatures(note, anchor.witnesses)
+        if anchor.max_age_s is not None:
+            findings.extend(_freshness(cosigned.valid, anchor, what))
+        for name in cosigned.forged:
+            findings.append(
+                _cp_finding(WITNESS_FORGED, f"the cosignature of witness {name!r} on the {what} does not verify", what)
+            )
+        if len(cosigned.valid) < anchor.min_witnesses:
+            have = ", ".join(sorted(cosigned.valid)) or "none"
+            reason = (
+                f"{what} has {len(cosigned.valid)} valid witness cosignatures ({have}), "
+                f"{anchor.min_witnesses} of {len(anchor.witnesses)} are required"
+            )
+            findings.append(_cp_finding(WITNESS_MISSING, reason, what))
+    return checkpoint, findings
+
+
+def _freshness(valid: dict[str, int], anchor: TrustAnchor, what: str) -> list[Finding]:
+    assert anchor.max_age_s is not None
+    if not valid:
+        return [_cp_finding(STALE_CHECKPOINT, f"no witness cosignature on the {what} says how recent it is", what)]
+    now = anchor.now if anchor.now is not None else time.time()
+    age = now - max(valid.values())
+    if age > anchor.max_age_s:
+        reason = (
+            f"the newest witness cosignature on the {what} is {age:.0f} s old (at most {anchor.max_age_s:.0f} s "
+            "allowed): a stale checkpoint, the log may have been rolled back since"
+        )
+        return [_cp_finding(STALE_CHECKPOINT, reason, what)]
+    return []
+
+
+@dataclass
+class OfflineReport:
+    """What the offline verifier found. ``ok`` only if there are no findings at all."""
+
+    events: int = 0
+    checkpoint: Checkpoint | None = None
+    previous: Checkpoint | None = None
+    root: bytes = b""
+    findings: list[Finding] = field(default_factory=list)
+    not_checked: list[str] = field(default_factory=list)
+    """What this run did not check (no checkpoint: completeness, order, tail; no previous: rollback)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+# --- stage 1 on several processes ------------------------------------------------------------------
+
+_worker_registry: CachedRegistry | None = None
+
+
+def _init_worker(document: bytes) -> None:
+    global _worker_registry
+    # A forked worker inherits the parent's heap: keep the garbage collector from walking (and so copying) it.
+    gc.freeze()
+    _worker_registry = CachedRegistry(KeyRegistry(msgspec.json.decode(document, type=RegistryDocument)))
+
+
+_verdicts_encoder = msgspec.msgpack.Encoder()
+_verdicts_decoder = msgspec.msgpack.Decoder(list[Verdict])
+
+
+def _verdicts_of_block(first_line: int, block: bytes) -> bytes:
+    """A worker's part: the verdicts of the lines in ``block``, MessagePack-encoded (cheaper to pass back than
+    pickled)."""
+    assert _worker_registry is not None, "the pool initializer loads the registry"
+    registry = _worker_registry
+    return _verdicts_encoder.encode([verdict(m, registry) for m in read_export(block.split(b"\n"), first_line)])
+
+
+def _blocks(fh: BinaryIO, size: int) -> Iterator[tuple[int, bytes]]:
+    """The file in blocks of whole lines (about ``size`` bytes each), with the number of each block's first line."""
+    first, rest = 1, b""
+    while True:
+        data = fh.read(size)
+        if not data:
+            break
+        data = rest + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest = data
+            continue
+        block, rest = data[:cut], data[cut:]
+        yield first, block
+        first += block.count(b"\n")
+    if rest:
+        yield first, rest
+
+
+def verdicts_of_file(
+    fh: BinaryIO, registry: KeyRegistry, *, workers: int = 1, block: int = 512 * 1024
+) -> Iterator[Verdict]:
+    """Stage 1 of every line of an export file, in order; parsing and signatures on ``workers`` processes.
+
+    The registry was verified against the pinned root already; the workers get its document. Each worker
+    gets whole blocks of lines (one bytes object each, so handing them over costs a copy, not a pickle per
+    line) and hands back its verdicts MessagePack-encoded.
+    """
+    if workers <= 1:
+        cached = CachedRegistry(registry)
+        for m in read_export(fh):
+            yield verdict(m, cached)
+        return
+    document = msgspec.json.encode(registry.document)
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(document,)) as pool:
+        pending: deque[Future[bytes]] = deque()
+        for first, part in _blocks(fh, block):
+            pending.append(pool.submit(_verdicts_of_block, first, part))
+            while len(pending) > workers * 2:
+                yield from _verdicts_decoder.decode(pending.popleft().result())
+        while pending:
+            yield from _verdicts_decoder.decode(pending.popleft().result())
+
+
+# --- the verifier ------------------------------------------------------------------------------------
+
+
+def verify_export(
+    messages: Iterable[RawMessage],
+    note: str | None,
+    anchor: TrustAnchor,
+    *,
+    previous: str | None = None,
+    require_checkpoint: bool = True,
+) -> OfflineReport:
+    """Verify stored events (in stream order) against the trust anchor, in this process; see :func:`verify`."""
+    cached = CachedRegistry(anchor.registry)
+    return verify(
+        (verdict(m, cached) for m in messages), note, anchor, previous=previous, require_checkpoint=require_checkpoint
+    )
+
+
+def verify_export_file(
+    fh: BinaryIO,
+    note: str | None,
+    anchor: TrustAnchor,
+    *,
+    previous: str | None = None,
+    workers: int = 1,
+    require_checkpoint: bool = True,
+) -> OfflineReport:
+    """Verify an export file (opened binary); ``workers`` > 1: parsing and signatures on that many processes."""
+    entries = verdicts_of_file(fh, anchor.registry, workers=workers)
+    return verify(entries, note, anchor, previous=previous, require_checkpoint=require_checkpoint)
+
+
+def verify(
+    entries: Iterable[Verdict],
+    note: str | None,
+    anchor: TrustAnchor,
+    *,
+    previous: str | None = None,
+    require_checkpoint: bool = True,
+) -> OfflineReport:
+    """Verify the stage-1 verdicts of an export's entries against the trust anchor; ``previous``: a checkpoint
+    seen before. ``note`` None: a ``checkpoint_missing`` finding, unless
+    ``require_checkpoint`` is False (chains and signatures only; ``not_checked`` says what is missing)."""
+    report = OfflineReport()
+    checkpoint: Checkpoint | None = None
+    if note is None and require_checkpoint:
+        report.findings.append(
+            _cp_finding(
+                CHECKPOINT_MISSING,
+                "no checkpoint: without a signed tree head nothing shows the log is complete, in order and unaltered",
+                "checkpoint",
+            )
+        )
+    elif note is not None:
+        checkpoint, found = check_checkpoint(note, anchor)
+        report.findings.extend(found)
+    report.checkpoint = checkpoint
+    prev: Checkpoint | None = None
+    if previous is not None:
+        prev, found = check_checkpoint(previous, anchor, what="previous checkpoint", witnessed=False)
+        report.findings.extend(found)
+    else:
+        report.not_checked.append("rollback and fork against a previously seen checkpoint (no --previous)")
+    report.previous = prev
+    if prev is not None and checkpoint is not None:
+        if prev.size > checkpoint.size:
+            reason = (
+                f"the checkpoint (size {checkpoint.size}) is older than one seen before (size {prev.size}): "
+                "the log was rolled back or a stale checkpoint was exported"
+            )
+            report.findings.append(_cp_finding(STALE_CHECKPOINT, reason, "checkpoint"))
+        elif prev.size == checkpoint.size and prev.root != checkpoint.root:
+            reason = f"two checkpoints of size {prev.size} with different roots: the log shows different views"
+            report.findings.append(_cp_finding(SPLIT_VIEW, reason, "checkpoint"))
+    _check_entries(report, entries, checkpoint, prev)
+    return report
+
+
+def _check_entries(
+    report: OfflineReport, entries: Iterable[Verdict], checkpoint: Checkpoint | None, prev: Checkpoint | None
+) -> None:
+    rules = LogVerifier()
+    tree = TreeBuilder()
+    findings = report.findings
+    cp_size = checkpoint.size if checkpoint is not None else -1
+    prev_size = prev.size if prev is not None and (checkpoint is None or prev.size != checkpoint.size) else -1
+    last: Verdict | None = None
+    for v in entries:
+        found = rules.apply(v)
+        if found:
+            findings.extend(found)
+        tree.append(v.leaf)
+        last = v
+        if tree.size == prev_size and prev is not None and tree.root() != prev.root:
+            reason = (
+                f"the previously seen checkpoint (size {prev.size}) is not a prefix of this log: "
+                "history was rewritten (fork)"
+            )
+            findings.append(
+                Finding(kind=INCONSISTENT_CHECKPOINT, sequence=v.sequence, subject=v.subject, reason=reason)
+            )
+        if tree.size == cp_size and checkpoint is not None:
+            report.root = tree.root()
+            if report.root != checkpoint.root:
+                reason = (
+                    f"the first {checkpoint.size} entries hash to a different root than the signed checkpoint: "
+                    "entries were altered, removed, inserted, reordered, renumbered or moved"
+                )
+                findings.append(Finding(kind=ROOT_MISMATCH, sequence=v.sequence, subject=v.subject, reason=reason))
+    report.events = tree.size
+    seq, subj = (last.sequence, last.subject) if last is not None else (0, "")
+    if checkpoint is None:
+        report.root = tree.root()
+        report.not_checked.append(
+            "that the log is complete and unaltered: no signed checkpoint, so a deleted tail (of the log or of "
+            "one aggregate), renumbered, reordered or moved events can go unnoticed"
+        )
+        return
+    if tree.size < checkpoint.size:
+        reason = f"the export ends after {tree.size} entries but the signed checkpoint covers {checkpoint.size}"
+        findings.append(Finding(kind=LOG_TRUNCATED, sequence=seq, subject=subj, reason=reason))
+    elif tree.size > checkpoint.size:
+        reason = (
+            f"the export has {tree.size - checkpoint.size} entries after the {checkpoint.size} the signed checkpoint "
+            "covers: nothing vouches for them"
+        )
+        findings.append(Finding(kind=ENTRIES_UNCOVERED, sequence=seq, subject=subj, reason=reason))
+    if prev is not None and prev.size > tree.size and prev.size <= checkpoint.size:
+        reason = f"the previously seen checkpoint (size {prev.size}) covers more entries than the export holds"
+        findings.append(Finding(kind=LOG_TRUNCATED, sequence=seq, subject=subj, reason=reason))

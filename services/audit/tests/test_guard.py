@@ -1,0 +1,80 @@
+"""The log guard: a stream that is missing, shorter or rolled back against the last signed checkpoint is a
+critical finding on ``/readyz``, ``/v1/audit/status`` and ``/metrics`` — at once and after a restart — and
+never a fresh start."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+from nats.aio.client import Client as NatsClient
+from symbi_audit.main import build_app
+from symbi_common.settings import load_settings
+from symbi_common.streams import EVENTS_STREAM, provision_streams
+
+from .conftest import Writer, audit_env
+
+
+async def _wait_critical(http: httpx.AsyncClient, kind: str) -> dict:
+    for _ in range(100):
+        status = (await http.get("/v1/audit/status")).json()
+        if kind in status["critical"]:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no critical {kind}: {status}")
+
+
+async def _critical_everywhere(http: httpx.AsyncClient, kind: str) -> None:
+    status = await _wait_critical(http, kind)
+    assert list(status["critical"]) == [kind]
+    ready = await http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["log_intact"] is False
+    metrics = (await http.get("/metrics")).text
+    assert f'symbi_audit_critical{{kind="{kind}"}} 1.0' in metrics
+    findings = (await http.get("/v1/audit/findings", params={"kind": kind})).json()["items"]
+    assert len(findings) == 1
+
+
+async def test_a_deleted_shortened_or_rewritten_stream_is_critical_and_never_a_fresh_start(
+    writer: Writer, provisioned: NatsClient, nats_url: str, database_url: str, keys_dir: Path
+) -> None:
+    settings = load_settings(env=audit_env(nats_url, database_url, keys_dir, SYMBI_AUDIT__GUARD_INTERVAL_S="0.1"))
+    js = provisioned.jetstream()
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as http:
+            service = app.state.audit
+            last = await writer.mixed(20)
+            assert await service.runner.wait_for(last)
+            for _ in range(100):
+                if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
+                    break
+                await asyncio.sleep(0.05)
+            signed = await service.store.status()
+            assert (await http.get("/readyz")).status_code == 200
+            assert (await http.get("/v1/audit/status")).json()["critical"] == {}
+
+            await js.delete_stream(EVENTS_STREAM)  # what a stolen admin credential can do
+            await _critical_everywhere(http, "stream_missing")
+
+            await provision_streams(js)  # re-created, empty, and written again: shorter than what was signed
+            writer.tips.clear()
+            await writer.agent("x", 3)
+            await _critical_everywhere(http, "stream_shorter")
+
+            await writer.agent("x", last)  # now longer again, but another history
+            await _critical_everywhere(http, "stream_rolled_back")
+            # Nothing of the new stream entered the signed tree: no fresh start, no grafting.
+            await asyncio.sleep(0.3)
+            assert await service.store.status() == {**signed, "findings": signed["findings"] + 3}
+    # A restart finds it at once, from its own memory of what it signed.
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as http:
+            status = (await http.get("/v1/audit/status")).json()
+            assert list(status["critical"]) == ["stream_rolled_back"]
+            assert (await http.get("/readyz")).status_code == 503
