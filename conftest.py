@@ -27,13 +27,21 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
-from symbi_cli.infra import DATABASE_URL_ENV, NatsServer, create_database, database_url_or_start, drop_database
+from symbi_cli.infra import (
+    DATABASE_URL_ENV,
+    NatsServer,
+    create_database,
+    database_url_or_start,
+    drop_database,
+    provision_nats,
+)
 from symbi_cli.runtime import SERVICE_PORT_OFFSETS, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.keyfiles import init_keyring, load_service_keys
+from symbi_common.keyring import KeyRegistry
 from symbi_common.operator_tokens import default_operator_dir, issue_token, load_issuer_key
 from symbi_common.streams import provision_streams
 
@@ -42,8 +50,13 @@ from symbi_common.streams import provision_streams
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A fresh JetStream-enabled nats-server for this test; its log is ``tmp_path/nats.log``."""
+    """A fresh JetStream-enabled nats-server for this test; its log is ``tmp_path/nats.log``.
+
+    Its streams and KV buckets are provisioned, as the admin does before any service starts
+    (services never create them).
+    """
     with NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log") as server:
+        provision_nats(server.url)
         yield server
 
 
@@ -145,7 +158,10 @@ async def database_url(pg_server: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def keys_dir(tmp_path: Path) -> Path:
-    """A complete keyring (root, every service's key, signed registry, master key)."""
+    """A complete keyring: one directory per service (signing + wrap key), the signed registry.
+
+    The root key is in ``tmp_path / "operator"``, outside the keyring.
+    """
     path = tmp_path / "keys"
     init_keyring(path)
     return path
@@ -161,14 +177,20 @@ def signer_for(keys_dir: Path) -> Callable[[str], Signer]:
     """``signer_for("lifecycle")``: that service's signing key from the keyring."""
 
     def load(service: str) -> Signer:
-        return load_signer(keys_dir / f"{service}.key")
+        return load_service_keys(keys_dir / service, service).signer
 
     return load
 
 
 @pytest.fixture
-def master_key(keys_dir: Path) -> bytes:
-    return load_master_key(keys_dir / "master.key")
+def datakeys_for(keys_dir: Path, registry: KeyRegistry) -> Callable[[NatsClient, str], Awaitable[DataKeys]]:
+    """``await datakeys_for(nc, "audit")``: that service's :class:`DataKeys` (its own wrap key) on ``DATAKEYS``."""
+
+    async def make(client: NatsClient, service: str) -> DataKeys:
+        keys = load_service_keys(keys_dir / service, service)
+        return DataKeys(await KvDataKeyStore.open(client.jetstream()), keys.wrap, registry, service=service)
+
+    return make
 
 
 IssueOperatorToken = Callable[..., str]
@@ -217,7 +239,7 @@ def make_store(
     provisioned: NatsClient,
     signer_for: Callable[[str], Signer],
     registry: KeyRegistry,
-    master_key: bytes,
+    datakeys_for: Callable[[NatsClient, str], Awaitable[DataKeys]],
 ) -> MakeStore:
     """``await make_store("lifecycle")``: an :class:`EventStore` signing as that service.
 
@@ -234,13 +256,12 @@ def make_store(
         **options: Any,
     ) -> EventStore:
         client = nc if nc is not None else provisioned
-        kv = await KvDataKeyStore.open(client.jetstream())
         return store_class(
             client,
             signer=signer_for(service),
             producer=service,
             registry=registry,
-            datakeys=DataKeys(kv, master_key),
+            datakeys=await datakeys_for(client, service),
             **options,
         )
 

@@ -25,10 +25,12 @@ import httpx
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_cli.infra import provision_nats_async
+from symbi_common.datakeys import open_service_datakeys
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import KeyRegistry, init_keyring, load_master_key, load_signer
+from symbi_common.keyfiles import init_keyring
+from symbi_common.keyring import KeyRegistry, load_signer
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.streams import provision_streams
 
@@ -135,7 +137,9 @@ async def nats_server() -> AsyncIterator[Server]:
                     if time.monotonic() > deadline:
                         raise SystemExit("nats-server did not start within 15 s") from None
                     await asyncio.sleep(0.05)
-            yield Server(url=f"nats://127.0.0.1:{port}", proc=proc, store_dir=store)
+            url = f"nats://127.0.0.1:{port}"
+            await provision_nats_async(url)  # as the admin does before any service starts
+            yield Server(url=url, proc=proc, store_dir=store)
         finally:
             _stop(proc)
 
@@ -208,10 +212,10 @@ def keyring() -> Any:
 async def make_store(nc: NatsClient, keys_dir: Path, *, producer: str = PRODUCER) -> EventStore:
     js = nc.jetstream()
     await provision_streams(js)
-    datakeys = DataKeys(await KvDataKeyStore.open(js), load_master_key(keys_dir / "master.key"))
+    datakeys = await open_service_datakeys(js, keys_dir / producer, producer, KeyRegistry.load(keys_dir))
     return EventStore(
         nc,
-        signer=load_signer(keys_dir / f"{producer}.key"),
+        signer=load_signer(keys_dir / producer / "signing.key"),
         producer=producer,
         registry=KeyRegistry.load(keys_dir),
         datakeys=datakeys,

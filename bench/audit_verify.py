@@ -132,9 +132,8 @@ async def live(nats_url: str, keys_dir: Path, n: int) -> float:
     from symbi_audit.live import LiveFeed
     from symbi_audit.runner import VerifierRunner
     from symbi_audit.store import AuditStore
-    from symbi_common.datakeys import DataKeys, KvDataKeyStore
+    from symbi_common.datakeys import open_service_datakeys
     from symbi_common.db import open_pool
-    from symbi_common.keyring import load_master_key
     from symbi_common.settings import AuditSettings
 
     with (
@@ -151,8 +150,8 @@ async def live(nats_url: str, keys_dir: Path, n: int) -> float:
                 nc=nc,
                 store=AuditStore(pool),
                 registry=KeyRegistry.load(keys_dir),
-                signer=load_signer(keys_dir / "audit.key"),
-                datakeys=DataKeys(await KvDataKeyStore.open(js), load_master_key(keys_dir / "master.key")),
+                signer=load_signer(keys_dir / "audit" / "signing.key"),
+                datakeys=await open_service_datakeys(js, keys_dir / "audit", "audit", KeyRegistry.load(keys_dir)),
                 settings=AuditSettings(checkpoint_every=10_000, checkpoint_interval_s=3600),
                 live=LiveFeed(),
             )
@@ -205,7 +204,7 @@ async def main() -> None:
             tree = TreeBuilder()
             for m in raws:
                 tree.append(event_leaf(m))
-            audit = load_signer(keys_dir / "audit.key")
+            audit = load_signer(keys_dir / "audit" / "signing.key")
             note = sign_checkpoint(Checkpoint("symbi-audit", tree.size, tree.root()), audit, audit.key_id)
             anchor = TrustAnchor(registry)
             sealed = [decode_sealed(r.data) for r in raws]

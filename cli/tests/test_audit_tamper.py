@@ -116,7 +116,9 @@ def public_keys(keys_dir: Path, to: Path, document: RegistryDocument | None = No
     else:
         data = msgspec.json.encode(document)
         (to / REGISTRY_FILE).write_bytes(data)
-        (to / REGISTRY_SIG_FILE).write_bytes(base64.b64encode(load_signer(keys_dir / "root.key").sign(data)))
+        (to / REGISTRY_SIG_FILE).write_bytes(
+            base64.b64encode(load_signer(keys_dir.parent / "operator" / "root.key").sign(data))
+        )
     return to
 
 
@@ -140,7 +142,11 @@ async def export(make_store: Callable[..., Any], provisioned: NatsClient, keys_d
     work = tmp_path / "export"
     work.mkdir()
     return Export(
-        log, work, public_keys(keys_dir, tmp_path / "public"), load_signer(keys_dir / "audit.key"), Signer.generate()
+        log,
+        work,
+        public_keys(keys_dir, tmp_path / "public"),
+        load_signer(keys_dir / "audit" / "signing.key"),
+        Signer.generate(),
     )
 
 
@@ -286,13 +292,13 @@ def test_foreign_signer(export: Export) -> None:
 
 
 def test_wrong_services_signer(export: Export, keys_dir: Path) -> None:
-    scheduler = load_signer(keys_dir / "scheduler.key")  # in the registry, but for evt.task.* only
+    scheduler = load_signer(keys_dir / "scheduler" / "signing.key")  # in the registry, but for evt.task.* only
     i = at(export.log, "evt.agent.a0", 3)
     tampered = list(export.log)
     tampered[i] = resign(tampered[i], scheduler)
     assert export.kinds(tampered) == (1, ["unauthorised_signer", "root_mismatch"])
     # A checkpoint signed by a registered key of another service than audit.
-    lifecycle = load_signer(keys_dir / "lifecycle.key")
+    lifecycle = load_signer(keys_dir / "lifecycle" / "signing.key")
     assert export.kinds(export.log, export.note(export.log, signer=lifecycle)) == (1, ["checkpoint_signature"])
 
 
@@ -308,8 +314,8 @@ def test_revoked_key(export: Export, keys_dir: Path, tmp_path: Path) -> None:
     code, report = export.verify(path, keys=public_keys(keys_dir, tmp_path / "no-lifecycle", revoked("lifecycle")))
     kinds = [f["kind"] for f in report["findings"]]
     assert code == 1
-    assert kinds.count("unauthorised_signer") == 30
-    assert set(kinds) == {"unauthorised_signer"}
+    assert kinds.count("key_revoked") == 30  # a revoked key: KeyRevoked, an UnauthorisedSigner
+    assert set(kinds) == {"key_revoked"}
     code, report = export.verify(path, keys=public_keys(keys_dir, tmp_path / "no-audit", revoked("audit")))
     assert code == 1
     assert [f["kind"] for f in report["findings"]] == ["checkpoint_key_revoked"]

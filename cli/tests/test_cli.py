@@ -161,19 +161,19 @@ async def test_demo_runs_the_main_job_and_walks_an_agent_through_its_lifecycle(
 
 
 def _assert_no_private_key_material(home: Path, output: str) -> None:
-    """No private key (root, service seeds, master key) in the output, the logs, the stream or the database."""
-    keys_dir = home / "keys"
+    """No private key (root, service signing and wrap keys) in the output, the logs, the stream or the database."""
+    keys_dir, operator_dir = home / "keys", home / "operator"
     secrets: list[bytes] = []
-    for key_file in keys_dir.glob("*.key"):
+    for key_file in [*keys_dir.glob("*/*.key"), *operator_dir.glob("*.key")]:
         encoded = key_file.read_bytes().strip()
         raw = base64.b64decode(encoded)
         secrets += [raw, encoded, raw.hex().encode()]
-    assert len(secrets) >= 3 * 8  # root, six services, master
+    assert len(secrets) >= 3 * 13  # root, six services' signing and wrap keys
     for secret in secrets[1::3] + secrets[2::3]:
         assert secret.decode() not in output
     scanned = 0
     for path in home.rglob("*"):
-        if path.is_file() and keys_dir not in path.parents:
+        if path.is_file() and keys_dir not in path.parents and operator_dir not in path.parents:
             data = path.read_bytes()
             scanned += 1
             for secret in secrets:

@@ -1,4 +1,4 @@
-"""``symbi keys init`` / ``symbi keys show`` against a real keyring directory."""
+"""``symbi keys init / show / rotate / revoke`` against a real keyring directory."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ import base64
 import stat
 from pathlib import Path
 
+import pytest
 from symbi_cli.main import app
-from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry
+from symbi_common.errors import KeyRevoked
+from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, load_signer
 from typer.testing import CliRunner
 
 runner = CliRunner(env={"COLUMNS": "200"})
-PRIVATE = ["root.key", "master.key", *(f"{s}.key" for s in SERVICE_SUBJECTS)]
+PRIVATE = ["../operator/root.key", *(f"{s}/{f}" for s in SERVICE_SUBJECTS for f in ("signing.key", "wrap.key"))]
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_init_creates_keyring_with_private_files_0600_and_never_prints_them(tmp_path: Path) -> None:
@@ -28,9 +34,12 @@ def test_init_creates_keyring_with_private_files_0600_and_never_prints_them(tmp_
         secret = (keys / name).read_text().strip()
         assert secret not in result.output
         assert base64.b64decode(secret).hex() not in result.output
+    assert _mode(tmp_path / "operator") == 0o700
+    for service in SERVICE_SUBJECTS:
+        assert _mode(keys / service) == 0o700
     assert _mode(keys / "root.pub") == 0o644
-    assert "root.key" in result.output
-    assert "master.key" in result.output
+    assert "operator/root.key" in result.output
+    assert "lifecycle/wrap.key" in result.output
     registry = KeyRegistry.load(keys)
     for key in registry.document.keys:
         assert key.key_id in result.output
@@ -40,22 +49,22 @@ def test_init_creates_keyring_with_private_files_0600_and_never_prints_them(tmp_
 def test_init_is_idempotent(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     assert runner.invoke(app, ["keys", "init", "--dir", str(keys)]).exit_code == 0
-    before = {p.name: p.read_bytes() for p in keys.iterdir()}
+    before = _files(tmp_path)
 
     again = runner.invoke(app, ["keys", "init", "--dir", str(keys)])
     assert again.exit_code == 0, again.output
     assert "nothing created" in again.output
-    assert {p.name: p.read_bytes() for p in keys.iterdir()} == before
+    assert _files(tmp_path) == before
 
-    # A lost service key is recreated, the others are kept, and the registry is re-issued for the new key.
-    (keys / "audit.key").unlink()
+    # A lost service key is recreated, the others are kept, and the registry gets a new version.
+    (keys / "audit" / "signing.key").unlink()
     repaired = runner.invoke(app, ["keys", "init", "--dir", str(keys)])
     assert repaired.exit_code == 0, repaired.output
-    assert "audit.key" in repaired.output
-    assert (keys / "lifecycle.key").read_bytes() == before["lifecycle.key"]
-    assert (keys / "audit.key").read_bytes() != before["audit.key"]
-    assert _mode(keys / "audit.key") == 0o600
-    KeyRegistry.load(keys)  # still verifies against the pinned root key
+    assert "audit/signing.key" in repaired.output
+    assert (keys / "lifecycle" / "signing.key").read_bytes() == before["keys/lifecycle/signing.key"]
+    assert (keys / "audit" / "signing.key").read_bytes() != before["keys/audit/signing.key"]
+    assert _mode(keys / "audit" / "signing.key") == 0o600
+    KeyRegistry.load(keys / "audit")  # still verifies against the pinned root key
 
 
 def test_show_lists_public_information_only(tmp_path: Path) -> None:
@@ -70,8 +79,45 @@ def test_show_lists_public_information_only(tmp_path: Path) -> None:
     for subjects in SERVICE_SUBJECTS.values():
         for subject in subjects:
             assert subject in result.output
+    assert "mode 0600" in result.output
     for name in PRIVATE:
         assert (keys / name).read_text().strip() not in result.output
+
+
+def test_rotate_and_revoke(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert runner.invoke(app, ["keys", "init", "--dir", str(keys)]).exit_code == 0
+    old = load_signer(keys / "policy" / "signing.key")
+
+    rotated = runner.invoke(app, ["keys", "rotate", "policy", "--dir", str(keys)])
+    assert rotated.exit_code == 0, rotated.output
+    new = load_signer(keys / "policy" / "signing.key")
+    assert new.key_id in rotated.output
+    assert new.key_id != old.key_id
+
+    usage = runner.invoke(app, ["keys", "revoke", old.key_id, "--dir", str(keys)])
+    assert usage.exit_code == 2
+    assert "--after-sequence" in usage.output
+
+    revoked = runner.invoke(app, ["keys", "revoke", old.key_id, "--after-sequence", "5", "--dir", str(keys)])
+    assert revoked.exit_code == 0, revoked.output
+    assert "after sequence 5" in revoked.output
+    registry = KeyRegistry.load(keys / "policy")
+    registry.authorise(old.key_id, "evt.policy.p", sequence=5)
+    with pytest.raises(KeyRevoked):
+        registry.authorise(old.key_id, "evt.policy.p", sequence=6)
+    registry.authorise(new.key_id, "evt.policy.p", sequence=6)
+
+    shown = runner.invoke(app, ["keys", "show", "--dir", str(keys)])
+    assert "revoked after seq 5" in shown.output
+    assert "retired" not in shown.output  # the rotated-out key is now revoked
+
+    again = runner.invoke(app, ["keys", "revoke", old.key_id, "--from-start", "--dir", str(keys)])
+    assert again.exit_code == 1
+    assert "already revoked" in again.output
+    unknown = runner.invoke(app, ["keys", "rotate", "nobody", "--dir", str(keys)])
+    assert unknown.exit_code == 1
+    assert "unknown service" in unknown.output
 
 
 def test_show_refuses_a_tampered_registry(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,8 +12,19 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
-from symbi_common.streams import provision_streams
+from symbi_common.aggregate import Repository
+from symbi_common.datakeys import open_service_datakeys
+from symbi_common.eventstore import EventStore
+from symbi_common.keyfiles import load_service_keys
+from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry
+from symbi_common.snapshots import SnapshotStore
+from symbi_common.streams import require_streams
+from symbi_lifecycle.config import AgentConfig
+from symbi_lifecycle.domain import AGENT, Register
+
+ALL_STREAMS = ("EVENTS", "SNAPSHOTS", "AUDIT", "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER")
 
 
 @pytest.fixture
@@ -62,7 +74,6 @@ async def test_a_service_may_only_write_its_own_subjects(runtime: LocalRuntime) 
     operator = await _connect(runtime.nats_url, errors)
     lifecycle = await _connect(runtime.nats_url_for("lifecycle"), errors)
     try:
-        await provision_streams(lifecycle.jetstream())  # services may manage streams through the JS API
         ack = await lifecycle.request("evt.agent.a1", b"own subject", timeout=3)
         assert b'"seq"' in ack.data
 
@@ -84,3 +95,164 @@ async def test_a_service_may_only_write_its_own_subjects(runtime: LocalRuntime) 
     finally:
         await lifecycle.close()
         await operator.close()
+
+
+async def _all_refused(
+    client: NatsClient, errors: list[str], requests: list[tuple[str, bytes, dict[str, str]]]
+) -> None:
+    """Every request is a permission violation for ``client``: no answer, and the server says why for each."""
+
+    async def one(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        with pytest.raises(nats.errors.TimeoutError):
+            await client.request(subject, payload, timeout=1.0, headers=headers or None)
+
+    await asyncio.gather(*(one(*r) for r in requests))
+    await asyncio.sleep(0.1)
+    reported = " ".join(e.lower() for e in errors if "permissions violation" in e.lower())
+    missing = [subject for subject, _, _ in requests if f'"{subject.lower()}"' not in reported]
+    assert not missing, f"no permissions violation reported for {missing}"
+
+
+async def test_no_service_credential_can_delete_purge_or_reconfigure_streams_or_other_buckets(
+    runtime: LocalRuntime,
+) -> None:
+    errors: list[str] = []
+    admin = await _connect(runtime.nats_url_for("admin"), errors)
+    try:
+        ajs = admin.jetstream()
+        # Something to lose, each written by its owner: an event, data keys, a host, the lease.
+        for user, bucket, key in (
+            ("lifecycle", "DATAKEYS", "agent.a1"),
+            ("context", "DATAKEYS", "memory.m1"),
+            ("scheduler", "DATAKEYS", "task.t1"),
+            ("sandbox-agent", "HOSTS", "h1"),
+            ("scheduler", "SCHEDULER", "lease"),
+        ):
+            owner = await _connect(runtime.nats_url_for(user), errors)
+            try:
+                await (await owner.jetstream().key_value(bucket)).put(key, b"sealed")
+                if user == "lifecycle":
+                    await owner.jetstream().publish("evt.agent.a1", b"history")
+            finally:
+                await owner.close()
+        kept = [n for n in ALL_STREAMS if n != "KV_SCHEDULER"]  # the lease expires by itself (TTL)
+        before = {name: (await ajs.stream_info(name)).state.messages for name in kept}
+
+        purge = {"KV-Operation": "PURGE"}
+        for user in [*SERVICE_SUBJECTS, "operator"]:
+            requests: list[tuple[str, bytes, dict[str, str]]] = []
+            for stream in ALL_STREAMS:
+                for verb in ("DELETE", "PURGE", "UPDATE", "CREATE"):
+                    requests.append((f"$JS.API.STREAM.{verb}.{stream}", b"{}", {}))
+                requests.append((f"$JS.API.STREAM.MSG.DELETE.{stream}", b'{"seq":1}', {}))
+            requests.append(("$JS.API.STREAM.CREATE.EVIL", b'{"name":"EVIL","subjects":["evt.>"]}', {}))
+            # Another service's data key: neither purged nor overwritten (audit erases any: crypto-shredding).
+            for key in ("agent.a1", "memory.m1", "task.t1"):
+                if user != "audit" and f"evt.{key.split('.')[0]}.>" not in SERVICE_SUBJECTS.get(user, ()):
+                    requests.append((f"$KV.DATAKEYS.{key}", b"", purge))
+            for bucket, key, owner in (("HOSTS", "h1", "sandbox-agent"), ("SCHEDULER", "lease", "scheduler")):
+                if user != owner:
+                    requests.append((f"$KV.{bucket}.{key}", b"", purge))
+            errors.clear()
+            client = await _connect(runtime.nats_url_for(user), errors)
+            try:
+                await _all_refused(client, errors, requests)
+            finally:
+                await client.close()
+
+        after = {name: (await ajs.stream_info(name)).state.messages for name in kept}
+        assert after == before
+        assert (await (await ajs.key_value("DATAKEYS")).get("memory.m1")).value == b"sealed"
+    finally:
+        await admin.close()
+
+
+async def test_a_service_does_its_normal_work_with_its_own_credentials(runtime: LocalRuntime) -> None:
+    """Append and read back events, snapshots, data keys (create, watch, rotate), consumers: all allowed."""
+    errors: list[str] = []
+    nc = await _connect(runtime.nats_url_for("lifecycle"), errors)
+    try:
+        registry = KeyRegistry.load(runtime.keys_dir / "lifecycle")
+        keys = load_service_keys(runtime.keys_dir / "lifecycle", "lifecycle")
+        datakeys = await open_service_datakeys(nc.jetstream(), runtime.keys_dir / "lifecycle", "lifecycle", registry)
+        follower = asyncio.create_task(datakeys.follow_changes())
+        store = EventStore(nc, signer=keys.signer, producer="lifecycle", registry=registry, datakeys=datakeys)
+        await require_streams(nc.jetstream())
+        key = await datakeys.current("agent.w1")
+        assert key.key_id == "agent.w1/1"
+        assert await datakeys.rotate("agent.w1") == "agent.w1/2"
+        snapshots = SnapshotStore(nc, signer=keys.signer, registry=registry, datakeys=datakeys)
+        repo = Repository(store, AGENT, snapshots=snapshots, snapshot_every=1)
+        await repo.execute("w1", Register(config=AgentConfig(name="w1")))
+        await repo.drain()
+        loaded = await Repository(store, AGENT).load("w1", fresh=True)
+        assert loaded.tip.version == 1
+        psub = await nc.jetstream().pull_subscribe("evt.agent.>", durable="lifecycle-test", stream="EVENTS")
+        msgs = await psub.fetch(1, timeout=3)
+        await msgs[0].ack()
+        await nc.jetstream().delete_consumer("EVENTS", "lifecycle-test")
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        assert not [e for e in errors if "permissions violation" in e.lower()], errors
+    finally:
+        await nc.close()
+
+
+async def test_symbi_nats_provision_needs_the_admin_credential(runtime: LocalRuntime) -> None:
+    from symbi_cli.main import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    admin = await asyncio.to_thread(runner.invoke, app, ["nats", "provision", "--url", runtime.nats_url_for("admin")])
+    assert admin.exit_code == 0, admin.output
+    assert "provisioned" in admin.output
+    assert runtime.nats_passwords["admin"] not in admin.output
+    refused = await asyncio.to_thread(
+        runner.invoke, app, ["nats", "provision", "--url", runtime.nats_url_for("context")]
+    )
+    assert refused.exit_code == 1, refused.output
+    assert "failed" in refused.output
+
+
+async def test_a_restart_refuses_to_recreate_a_deleted_history_stream(runtime_home: Path, free_base_port: int) -> None:
+    """Even the admin deleting EVENTS is not papered over: the next start refuses instead of starting empty."""
+    env = {k: v for k, v in os.environ.items() if k != "SYMBI_DATABASE_URL"}
+    options = RuntimeOptions(home=runtime_home, services=[], base_port=free_base_port, nats_port=None, env=env)
+    first = LocalRuntime(options)
+    await first.start()
+    try:
+        admin = await _connect(first.nats_url_for("admin"), [])
+        try:
+            await admin.jetstream().delete_stream("EVENTS")
+        finally:
+            await admin.close()
+    finally:
+        await first.stop()
+    again = LocalRuntime(options)
+    with pytest.raises(StartError, match="stream EVENTS is missing"):
+        await again.start()
+
+
+async def test_each_service_is_given_only_its_own_key_directory(runtime: LocalRuntime) -> None:
+    root_key = runtime.operator_dir / "root.key"
+    assert root_key.exists()
+    assert runtime.keys_dir not in root_key.parents
+    for service in SERVICE_SUBJECTS:
+        env = runtime._spec(service, "").env
+        own = runtime.keys_dir / service
+        assert env["SYMBI_KEYS_DIR"] == str(own)
+        assert {env["SYMBI_SIGNING_KEY_PATH"], env["SYMBI_WRAP_KEY_PATH"], env["SYMBI_ROOT_PUBLIC_KEY_PATH"]} == {
+            str(own / "signing.key"),
+            str(own / "wrap.key"),
+            str(own / "root.pub"),
+        }
+        assert sorted(p.name for p in own.iterdir()) == [
+            "registry.json",
+            "registry.json.sig",
+            "root.pub",
+            "signing.key",
+            "wrap.key",
+        ]
+        assert not [v for v in env.values() if str(runtime.operator_dir) in v], service
+        assert env["SYMBI_NATS_URL"] == runtime.nats_url_for(service)  # its own NATS user, never admin

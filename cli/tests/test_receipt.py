@@ -50,14 +50,16 @@ async def test_receipt_checks_events_checkpoint_and_proofs_itself(
     for m in events:
         for level, idx, h in tree.append(event_leaf(m)):
             nodes[(level, idx)] = h
-    audit = load_signer(keys_dir / "audit.key")
+    audit = load_signer(keys_dir / "audit" / "signing.key")
     note = sign_checkpoint(Checkpoint("symbi-audit", tree.size, tree.root()), audit, audit.key_id)
     checkpoint = trusted_checkpoint(note, registry)
     for wrong in (
         sign_checkpoint(Checkpoint("another-log", tree.size, tree.root()), audit, audit.key_id),
         sign_checkpoint(Checkpoint("symbi-audit", tree.size, tree.root()), (s := Signer.generate()), s.key_id),
         sign_checkpoint(
-            Checkpoint("symbi-audit", tree.size, tree.root()), (k := load_signer(keys_dir / "scheduler.key")), k.key_id
+            Checkpoint("symbi-audit", tree.size, tree.root()),
+            (k := load_signer(keys_dir / "scheduler" / "signing.key")),
+            k.key_id,
         ),
     ):
         with pytest.raises(ReceiptInvalid, match="checkpoint"):

@@ -25,7 +25,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.keyring import load_signer
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
-from symbi_common.streams import AUDIT_STREAM, last_on_subject
+from symbi_common.streams import AUDIT_STREAM, last_on_subject, provision_streams
 from symbi_tlog.cosign import WitnessKey, verify_cosignatures
 from symbi_tlog.merkle import TreeBuilder, consistency_ranges, hashes_for
 from symbi_tlog.notes import Checkpoint, sign_checkpoint
@@ -129,7 +129,7 @@ def post(w: Witness, old: int, proof: list[bytes], note: str) -> httpx.Response:
 
 
 def test_add_checkpoint_answers_as_the_protocol_says(witness: Witness, keys_dir: Path) -> None:
-    audit = load_signer(keys_dir / "audit.key")
+    audit = load_signer(keys_dir / "audit" / "signing.key")
     log = Log(audit)
     note = log.grow(10)
     # Unknown origin, no trusted signature, malformed, old size above the size.
@@ -235,6 +235,7 @@ async def test_audit_service_publishes_only_witnessed_checkpoints(
     js = provisioned.jetstream()
     for stream in ("EVENTS", "AUDIT"):
         await js.delete_stream(stream)
+    await provision_streams(js)  # the operator's admin starts the log again (services never create streams)
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("DROP SCHEMA audit CASCADE")

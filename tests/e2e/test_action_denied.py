@@ -28,8 +28,8 @@ from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
-from symbi_common.keyring import KeyRegistry, load_master_key
+from symbi_common.datakeys import open_service_datakeys
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import RawMessage
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEvent
@@ -61,7 +61,7 @@ async def opened_events(home: Path, task_id: str) -> list[tuple[RawMessage, Task
     registry = KeyRegistry.load(keys)
     nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
     try:
-        datakeys = DataKeys(await KvDataKeyStore.open(nc.jetstream()), load_master_key(keys / "master.key"))
+        datakeys = await open_service_datakeys(nc.jetstream(), keys / "audit", "audit", registry)
         out: list[tuple[RawMessage, TaskEvent | ExecutionEvent]] = []
         for raw in await stored_task_events(operator_url(home), task_id):
             opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=registry)

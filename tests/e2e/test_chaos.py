@@ -41,9 +41,9 @@ from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.datakeys import DataKeys, open_service_datakeys
 from symbi_common.events import Event, EventCodec, event_type
-from symbi_common.keyring import KeyRegistry, load_master_key
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import (
@@ -117,12 +117,14 @@ class EventReader:
     def __init__(self, nc: Any, keys_dir: Path) -> None:
         self.nc = nc
         self.registry = KeyRegistry.load(keys_dir)
-        self.master_key = load_master_key(keys_dir / "master.key")
+        self.keys_dir = keys_dir
         self.datakeys: DataKeys | None = None
 
     async def read(self, subject: str, codec: EventCodec[Any]) -> list[Recorded]:
         if self.datakeys is None:
-            self.datakeys = DataKeys(await KvDataKeyStore.open(self.nc.jetstream()), self.master_key)
+            self.datakeys = await open_service_datakeys(
+                self.nc.jetstream(), self.keys_dir / "audit", "audit", self.registry
+            )
         found = []
         async for batch in read_subject(self.nc, EVENTS_STREAM, subject):
             for raw in batch:

@@ -22,8 +22,8 @@ import pytest
 from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
-from symbi_common.keyring import KeyRegistry, load_master_key
+from symbi_common.datakeys import open_service_datakeys
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
@@ -64,7 +64,7 @@ async def execution_events(home: Path, task_id: str) -> list[ExecutionEvent]:
     registry = KeyRegistry.load(keys)
     nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
     try:
-        datakeys = DataKeys(await KvDataKeyStore.open(nc.jetstream()), load_master_key(keys / "master.key"))
+        datakeys = await open_service_datakeys(nc.jetstream(), keys / "audit", "audit", registry)
         found: list[ExecutionEvent] = []
         async for batch in read_subject(nc, EVENTS_STREAM, f"evt.execution.{task_id}"):
             for raw in batch:

@@ -46,6 +46,8 @@ __all__ = [
     "database_url_or_start",
     "drop_database",
     "find_nats_server",
+    "provision_nats",
+    "provision_nats_async",
     "with_database",
 ]
 
@@ -227,6 +229,30 @@ class NatsServer:
 
     def __repr__(self) -> str:
         return f"NatsServer(store_dir={str(self.store_dir)!r}, url={self._url!r})"
+
+
+async def provision_nats_async(
+    url: str, settings: Any = None, *, existing_store: bool = False, **connect_options: Any
+) -> None:
+    """Create or update every stream and KV bucket at ``url`` (the admin's job, before services start).
+
+    ``existing_store``: refuse to re-create a deleted history stream (see ``provision_streams``).
+    """
+    import nats
+    from symbi_common.streams import provision_streams
+
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, **connect_options)
+    try:
+        await provision_streams(nc.jetstream(), settings, existing_store=existing_store)
+    finally:
+        await nc.drain()
+
+
+def provision_nats(url: str, settings: Any = None, **connect_options: Any) -> None:
+    """:func:`provision_nats_async` for synchronous callers (test fixtures, tools)."""
+    import asyncio
+
+    asyncio.run(provision_nats_async(url, settings, **connect_options))
 
 
 def _answers_info(url: str) -> bool:

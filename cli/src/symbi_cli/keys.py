@@ -1,8 +1,9 @@
-"""``symbi keys``: create the keyring and show its public half.
+"""``symbi keys``: create the keyring, show its public half, rotate and revoke service keys.
 
-The private halves (``root.key``, ``<service>.key``, ``master.key``) are written with mode 0600 by
-:func:`symbi_common.keyring.init_keyring` and never read for display: what is shown comes from the
-root-signed registry and ``root.pub``.
+The root key lives in an operator-only directory (``<home>/operator``, 0700) and never in the
+keyring that services are given; each service gets ``<keys>/<service>/`` (0700) with its own
+signing and wrap keys (0600). Private keys are never read for display: what is shown comes from
+the root-signed registry and ``root.pub``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from symbi_common.crypto import key_id_for
+from symbi_common.crypto import key_id_for, wrap_key_id_for
 from symbi_common.errors import KeyringError
-from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, init_keyring, read_key_file
+from symbi_common.keyfiles import (
+    ROOT_KEY_FILE,
+    SIGNING_KEY_FILE,
+    WRAP_KEY_FILE,
+    default_operator_dir,
+    init_keyring,
+    revoke_key,
+    rotate_service_key,
+)
+from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, RegistryChange, read_key_file
 
 DEFAULT_KEYS_DIR = Path(".symbi/keys")
 
-#: Files that hold secrets; each must be readable by its owner only.
-PRIVATE_FILES = ("root.key", "master.key", *(f"{name}.key" for name in SERVICE_SUBJECTS))
+#: Files that hold secrets, relative to the keyring; each must be readable by its owner only.
+PRIVATE_FILES = tuple(f"{name}/{file}" for name in SERVICE_SUBJECTS for file in (SIGNING_KEY_FILE, WRAP_KEY_FILE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +41,7 @@ class KeyRow:
 
     service: str
     key_id: str
+    wrap_key_id: str
     subjects: tuple[str, ...]
     status: str
     private_file_mode: str
@@ -42,14 +53,16 @@ class KeyringSummary:
 
     keys_dir: Path
     root_key_id: str
+    root_key_mode: str
+    version: int
     issued_at: str
     keys: tuple[KeyRow, ...]
-    master_key_mode: str
+    changes: tuple[RegistryChange, ...]
 
 
-def ensure_keyring(keys_dir: Path) -> list[str]:
-    """Create whatever is missing of the keyring (idempotent); returns the files created."""
-    return init_keyring(keys_dir)
+def ensure_keyring(keys_dir: Path, operator_dir: Path | None = None) -> list[str]:
+    """Create whatever is missing of the keyring (idempotent); returns what was created."""
+    return init_keyring(keys_dir, operator_dir=operator_dir)
 
 
 def _mode(path: Path) -> str:
@@ -59,7 +72,7 @@ def _mode(path: Path) -> str:
         return "missing"
 
 
-def describe_keyring(keys_dir: Path) -> KeyringSummary:
+def describe_keyring(keys_dir: Path, operator_dir: Path | None = None) -> KeyringSummary:
     """Load and verify the registry against ``root.pub``; raises :class:`KeyringError` if it does not verify."""
     root_pub = read_key_file(keys_dir / "root.pub")
     registry = KeyRegistry.load(keys_dir, root_pub)
@@ -68,67 +81,129 @@ def describe_keyring(keys_dir: Path) -> KeyringSummary:
         KeyRow(
             service=k.service,
             key_id=k.key_id,
+            wrap_key_id=wrap_key_id_for(k.wrap_public_key) if k.wrap_public_key else "-",
             subjects=tuple(k.subjects),
-            status=k.status,
-            private_file_mode=_mode(keys_dir / f"{k.service}.key"),
+            status=k.status
+            + (f" after seq {k.revoked_after_sequence}" if k.revoked_after_sequence is not None else ""),
+            private_file_mode=_mode(keys_dir / k.service / SIGNING_KEY_FILE) if k.status == "active" else "-",
         )
         for k in doc.keys
     )
     return KeyringSummary(
         keys_dir=keys_dir,
         root_key_id=key_id_for(root_pub),
+        root_key_mode=_mode((operator_dir or default_operator_dir(keys_dir)) / ROOT_KEY_FILE),
+        version=doc.version,
         issued_at=doc.issued_at,
         keys=rows,
-        master_key_mode=_mode(keys_dir / "master.key"),
+        changes=tuple(doc.changes),
     )
 
 
 def print_summary(console: Console, summary: KeyringSummary) -> None:
     console.print(f"keyring [bold]{summary.keys_dir}[/]  (registry signature verified against root.pub)")
-    console.print(f"root key   [cyan]{summary.root_key_id}[/]  (registry issued {summary.issued_at})")
-    console.print(f"master key master.key (mode {summary.master_key_mode})")
-    table = Table(title="service signing keys")
+    console.print(
+        f"root key   [cyan]{summary.root_key_id}[/]  (operator-only root.key, mode {summary.root_key_mode}; "
+        f"registry v{summary.version} issued {summary.issued_at})"
+    )
+    table = Table(title="service keys (one directory per service)")
     table.add_column("service", style="bold")
-    table.add_column("key id", style="cyan", no_wrap=True)
+    table.add_column("signing key", style="cyan", no_wrap=True)
+    table.add_column("wrap key", no_wrap=True)
     table.add_column("may write", no_wrap=True, min_width=15)
     table.add_column("status")
     table.add_column("mode")
     for row in summary.keys:
-        table.add_row(row.service, row.key_id, "\n".join(row.subjects), row.status, row.private_file_mode)
+        table.add_row(
+            row.service, row.key_id, row.wrap_key_id, "\n".join(row.subjects), row.status, row.private_file_mode
+        )
     console.print(table)
 
 
-keys_app = typer.Typer(help="Create and inspect the keyring (root key, service keys, signed registry, master key).")
+keys_app = typer.Typer(help="Create, inspect, rotate and revoke keys (offline root key, per-service keys, registry).")
 
 KeysDirOption = Annotated[
     Path, typer.Option("--dir", help="Keyring directory.", envvar="SYMBI_KEYS_DIR", show_default=True)
 ]
+OperatorDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--operator-dir",
+        envvar="SYMBI_OPERATOR_DIR",
+        help="Operator-only directory of root.key (default: ../operator).",
+    ),
+]
+
+
+def _fail(exc: KeyringError) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/] {exc}")
+    return typer.Exit(1)
 
 
 @keys_app.command("init")
-def keys_init(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR) -> None:
+def keys_init(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR, operator_dir: OperatorDirOption = None) -> None:
     """Create the keyring, keeping any keys that already exist."""
     console = Console()
-    created = ensure_keyring(keys_dir)
+    try:
+        created = ensure_keyring(keys_dir, operator_dir)
+    except KeyringError as exc:
+        raise _fail(exc) from None
     if created:
-        console.print(f"created in [bold]{keys_dir}[/]:")
+        console.print(f"created in [bold]{keys_dir}[/] (private files mode 0600, directories 0700):")
         for name in created:
-            what = "key registry + registry.json.sig" if name.startswith("registry") else "private, mode 0600"
-            console.print(f"  {name}  ({what})")
-        if "root.key" in created:
-            console.print("  root.pub  (root public key; every service pins it)")
+            console.print(f"  {name}")
     else:
         console.print(f"keyring in [bold]{keys_dir}[/] is complete; nothing created")
-    print_summary(console, describe_keyring(keys_dir))
+    print_summary(console, describe_keyring(keys_dir, operator_dir))
 
 
 @keys_app.command("show")
-def keys_show(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR) -> None:
+def keys_show(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR, operator_dir: OperatorDirOption = None) -> None:
     """Show key ids, services and the subjects each key may write (public information only)."""
-    console = Console()
     try:
-        summary = describe_keyring(keys_dir)
+        summary = describe_keyring(keys_dir, operator_dir)
     except KeyringError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    print_summary(console, summary)
+        raise _fail(exc) from None
+    print_summary(Console(), summary)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    service: Annotated[str, typer.Argument(help="The service whose signing key to replace.")],
+    keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
+    operator_dir: OperatorDirOption = None,
+) -> None:
+    """Give a service a new signing key (a new registry version signed by the root key).
+
+    The old key retires: events it signed stay valid. Restart the service to use the new key.
+    """
+    try:
+        key = rotate_service_key(keys_dir, service, operator_dir=operator_dir)
+    except KeyringError as exc:
+        raise _fail(exc) from None
+    Console().print(f"{service}: new signing key [cyan]{key.key_id}[/]; restart {service} to use it")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The signing key id, e.g. ed25519:0123456789abcdef.")],
+    after_sequence: Annotated[
+        int | None,
+        typer.Option("--after-sequence", min=0, help="Events it signed after this EVENTS stream sequence are refused."),
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Refuse every event it ever signed (compromised since issued).")
+    ] = False,
+    keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
+    operator_dir: OperatorDirOption = None,
+) -> None:
+    """Revoke a signing key (a new registry version signed by the root key)."""
+    if (after_sequence is None) == (not from_start):
+        Console(stderr=True).print("[red]error:[/] give exactly one of --after-sequence N or --from-start")
+        raise typer.Exit(2)
+    try:
+        key = revoke_key(keys_dir, key_id, after_sequence=after_sequence, operator_dir=operator_dir)
+    except KeyringError as exc:
+        raise _fail(exc) from None
+    when = "every event it signed" if after_sequence is None else f"events it signed after sequence {after_sequence}"
+    Console().print(f"revoked {key.key_id} of {key.service}: {when} are now refused; restart the services")

@@ -18,6 +18,7 @@ from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
 from symbi_cli.events import events_app
 from symbi_cli.keys import keys_app
+from symbi_cli.nats_cmd import nats_app
 from symbi_cli.run_cmd import run
 from symbi_cli.runtime import (
     DEFAULT_BASE_PORT,
@@ -39,6 +40,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(nats_app, name="nats")
 app.add_typer(events_app, name="events")
 app.add_typer(audit_app, name="audit")
 app.add_typer(dsl_app, name="dsl")

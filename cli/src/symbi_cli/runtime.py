@@ -34,14 +34,28 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import asyncpg
-from symbi_common.errors import ConfigError, KeyringError
-from symbi_common.keyring import SERVICE_SUBJECTS
-from symbi_common.natsauth import OPERATOR, authorization_config, with_credentials, without_credentials
+from symbi_common.errors import ConfigError, InfrastructureError, KeyringError
+from symbi_common.natsauth import (
+    ADMIN,
+    OPERATOR,
+    authorization_config,
+    nats_users,
+    with_credentials,
+    without_credentials,
+)
 from symbi_common.settings import load_settings
 
 from symbi_cli.credentials import write_local_token
 from symbi_cli.errors import StartError
-from symbi_cli.infra import DATABASE_URL_ENV, InfraError, NatsServer, PostgresServer, create_database, pid_alive
+from symbi_cli.infra import (
+    DATABASE_URL_ENV,
+    InfraError,
+    NatsServer,
+    PostgresServer,
+    create_database,
+    pid_alive,
+    provision_nats_async,
+)
 from symbi_cli.keys import ensure_keyring
 from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor, describe_exit
 
@@ -217,6 +231,8 @@ class LocalRuntime:
         self.reporter: Reporter = reporter or SilentReporter()
         self.home = options.home.resolve()
         self.keys_dir = self.home / "keys"
+        #: Operator-only: the root key (and other operator credentials); never given to a service.
+        self.operator_dir = self.home / "operator"
         self.state_file = self.home / "run" / "state.json"
         self.env: dict[str, str] = dict(os.environ if options.env is None else options.env)
         self.nats: NatsServer | None = None
@@ -261,13 +277,13 @@ class LocalRuntime:
             await self._start()
         except BaseException as exc:
             await self.stop()
-            if isinstance(exc, InfraError | KeyringError | OSError | asyncpg.PostgresError):
+            if isinstance(exc, InfraError | KeyringError | InfrastructureError | OSError | asyncpg.PostgresError):
                 raise StartError(f"the runtime did not start: {_shorten(str(exc))}") from exc
             raise
 
     async def _start(self) -> None:
         self._claim_home()
-        created = ensure_keyring(self.keys_dir)
+        created = ensure_keyring(self.keys_dir, self.operator_dir)
         if created:
             self.reporter.step(f"keyring created in {self.keys_dir}: {', '.join(created)}")
         else:
@@ -277,6 +293,7 @@ class LocalRuntime:
 
         self.reporter.step("starting nats-server (JetStream, one least-privilege user per service)")
         auth_file = self._write_nats_auth()
+        existing_store = (self.home / "nats" / "jetstream").exists()
         nats = NatsServer(
             self.home / "nats",
             port=self.options.nats_port,
@@ -287,6 +304,9 @@ class LocalRuntime:
         await _in_thread(nats.start)
         self._write_secret(self.home / "run" / "nats-operator.url", self.nats_url)
         self.reporter.step(f"nats-server {nats.url} (pid {nats.pid}, store {self.home / 'nats'})")
+        # Streams and KV buckets exist before any service starts: services may not create them.
+        await provision_nats_async(self.nats_url_for(ADMIN), existing_store=existing_store)
+        self.reporter.step("streams and KV buckets provisioned with the admin credential")
 
         external = self.env.get(DATABASE_URL_ENV, "")
         if external:
@@ -323,7 +343,7 @@ class LocalRuntime:
         self._write_state()
 
     def _write_nats_auth(self) -> Path:
-        users = [*SERVICE_SUBJECTS, OPERATOR]
+        users = nats_users()
         self.nats_passwords = {user: secrets.token_urlsafe(24) for user in users}
         path = self.home / "nats-auth.conf"
         self._write_secret(path, authorization_config(self.nats_passwords))
@@ -345,8 +365,11 @@ class LocalRuntime:
                 "PYTHONUNBUFFERED": "1",
                 "SYMBI_NATS_URL": self.nats_url_for(service),
                 "SYMBI_DATABASE_URL": database_url,
-                "SYMBI_KEYS_DIR": str(self.keys_dir),
-                "SYMBI_SIGNING_KEY_PATH": str(self.keys_dir / f"{service}.key"),
+                # The service's own key directory only: its keys, root.pub and the signed registry.
+                "SYMBI_KEYS_DIR": str(self.keys_dir / service),
+                "SYMBI_SIGNING_KEY_PATH": str(self.keys_dir / service / "signing.key"),
+                "SYMBI_WRAP_KEY_PATH": str(self.keys_dir / service / "wrap.key"),
+                "SYMBI_ROOT_PUBLIC_KEY_PATH": str(self.keys_dir / service / "root.pub"),
                 "SYMBI_HTTP_HOST": self.options.host,
                 "SYMBI_HTTP_PORT": str(self.options.port_of(service)),
             }

@@ -9,20 +9,29 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from symbi_common.crypto import AeadKey, Signer, Verifier, key_id_for
-from symbi_common.errors import KeyringError, RegistrySignatureInvalid, UnauthorisedSigner, UnknownSigningKey
+from symbi_common.crypto import AeadKey, Signer, Verifier, WrapKey, key_id_for, seal_to
+from symbi_common.errors import (
+    KeyRevoked,
+    KeyringError,
+    RegistrySignatureInvalid,
+    UnauthorisedSigner,
+    UnknownSigningKey,
+)
+from symbi_common.keyfiles import init_keyring, load_service_keys, revoke_key, rotate_service_key
 from symbi_common.keyring import (
+    AGGREGATE_READERS,
     REGISTRY_FILE,
     REGISTRY_SIG_FILE,
     SERVICE_SUBJECTS,
     KeyRegistry,
-    init_keyring,
-    issue_registry,
-    load_master_key,
     load_signer,
+    load_wrap_key,
     read_key_file,
+    readers_of,
     subject_matches,
+    with_revocation,
     write_key_file,
+    writer_of,
 )
 
 # --- primitives ----------------------------------------------------------------------------------
@@ -82,6 +91,17 @@ def test_subject_matches(pattern: str, subject: str, matches: bool) -> None:
 # --- key files and keyring -----------------------------------------------------------------------
 
 
+def test_wrap_key_seals_to_one_holder_only() -> None:
+    alice, bob = WrapKey.generate(), WrapKey.generate()
+    sealed = seal_to(alice.public_key, b"data key")
+    assert alice.unseal(sealed) == b"data key"
+    assert bob.unseal(sealed) is None
+    assert alice.unseal(sealed[:-1] + bytes([sealed[-1] ^ 1])) is None
+    assert alice.unseal(b"short") is None
+    assert WrapKey(alice.private_bytes()).key_id == alice.key_id
+    assert alice.private_bytes().hex() not in repr(alice)
+
+
 def test_key_files(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "x.key"
     write_key_file(path, b"\x01" * 32, private=True)
@@ -95,35 +115,72 @@ def test_key_files(tmp_path: Path) -> None:
     write_key_file(tmp_path / "short.key", b"\x01" * 8, private=True)
     with pytest.raises(KeyringError, match="32-byte Ed25519 seed"):
         load_signer(tmp_path / "short.key")
-    with pytest.raises(KeyringError, match="32-byte AES-256 key"):
-        load_master_key(tmp_path / "short.key")
+    with pytest.raises(KeyringError, match="32-byte X25519 key"):
+        load_wrap_key(tmp_path / "short.key")
 
 
-def test_init_keyring_creates_once_and_keeps_keys(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_init_keyring_layout_one_directory_per_service_root_key_outside(tmp_path: Path) -> None:
+    keys, operator = tmp_path / "keys", tmp_path / "operator"
     created = init_keyring(keys)
-    assert set(created) >= {"root.key", "master.key", REGISTRY_FILE, *(f"{s}.key" for s in SERVICE_SUBJECTS)}
-    for name in ("root.key", "master.key", "lifecycle.key"):
-        assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600
-    before = {p.name: p.read_bytes() for p in keys.iterdir()}
-    assert init_keyring(keys) == []
-    assert {p.name: p.read_bytes() for p in keys.iterdir()} == before
-    # A missing service key is added and the registry re-issued; existing keys stay.
-    (keys / "audit.key").unlink()
-    assert init_keyring(keys) == ["audit.key", REGISTRY_FILE]
-    assert (keys / "lifecycle.key").read_bytes() == before["lifecycle.key"]
-    assert (keys / "audit.key").read_bytes() != before["audit.key"]
+    assert str(operator / "root.key") in created
+    assert f"{REGISTRY_FILE} v{len(SERVICE_SUBJECTS) + 1}" in created  # and the operator-token issuer
+    assert stat.S_IMODE(operator.stat().st_mode) == 0o700
+    assert stat.S_IMODE((operator / "root.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert not list(keys.rglob("root.key")), "the root key is never in the keyring"
+    assert sorted(p.name for p in keys.iterdir() if p.is_file()) == ["registry.json", "registry.json.sig", "root.pub"]
     registry = KeyRegistry.load(keys)
-    assert registry.service_of(load_signer(keys / "audit.key").key_id) == "audit"
+    for service in SERVICE_SUBJECTS:
+        directory = keys / service
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        names = sorted(p.name for p in directory.iterdir())
+        assert names == ["registry.json", "registry.json.sig", "root.pub", "signing.key", "wrap.key"], names
+        for private in ("signing.key", "wrap.key"):
+            assert stat.S_IMODE((directory / private).stat().st_mode) == 0o600
+        # Each directory is complete on its own: the registry verifies against its own root.pub.
+        own = load_service_keys(directory, service)
+        active = KeyRegistry.load(directory).active_key(service)
+        assert active is not None
+        assert active.key_id == own.signer.key_id
+        assert active.wrap_public_key == own.wrap.public_key
+        assert registry.service_of(own.signer.key_id) == service
+
+    before = _files(tmp_path)
+    assert init_keyring(keys) == []
+    assert _files(tmp_path) == before
+    # A lost service key is made anew and registered; the old one retires; the others stay.
+    (keys / "audit" / "signing.key").unlink()
+    assert init_keyring(keys) == ["audit/signing.key", f"{REGISTRY_FILE} v{len(SERVICE_SUBJECTS) + 2}"]
+    assert (keys / "lifecycle" / "signing.key").read_bytes() == before["keys/lifecycle/signing.key"]
+    registry = KeyRegistry.load(keys / "lifecycle")
+    audit = registry.active_key("audit")
+    assert audit is not None
+    assert audit.key_id == load_signer(keys / "audit" / "signing.key").key_id
+    assert [k.status for k in registry.document.keys if k.service == "audit"] == ["retired", "active"]
+
+
+def test_readers_table() -> None:
+    for aggregate_type, readers in AGGREGATE_READERS.items():
+        assert readers[0] == writer_of(aggregate_type), aggregate_type  # the writer reads its own
+        assert "audit" in readers
+    assert set(readers_of("policy")) == set(SERVICE_SUBJECTS)  # every embedded decision point
+    assert "context" not in readers_of("agent")
+    assert "lifecycle" not in readers_of("memory")
+    assert writer_of("nothing") is None
 
 
 def test_registry_authorises_by_subject(keys_dir: Path, registry: KeyRegistry) -> None:
-    lifecycle = load_signer(keys_dir / "lifecycle.key")
-    policy = load_signer(keys_dir / "policy.key")
+    lifecycle = load_signer(keys_dir / "lifecycle" / "signing.key")
+    policy = load_signer(keys_dir / "policy" / "signing.key")
     assert registry.authorise(lifecycle.key_id, "evt.agent.a1").key_id == lifecycle.key_id
     assert registry.authorise(policy.key_id, "evt.policy.p1").key_id == policy.key_id
     assert registry.service_of(policy.key_id) == "policy"
     assert registry.service_of("ed25519:nope") is None
+    # A valid key of the wrong service is refused.
     with pytest.raises(UnauthorisedSigner, match=r"of service policy may not write evt\.agent\.x") as exc:
         registry.authorise(policy.key_id, "evt.agent.x", sequence=3)
     assert exc.value.sequence == 3
@@ -136,14 +193,61 @@ def test_registry_authorises_by_subject(keys_dir: Path, registry: KeyRegistry) -
         registry.verifier(stranger.key_id)
 
 
-def test_revoked_key_is_unauthorised(keys_dir: Path) -> None:
-    root = load_signer(keys_dir / "root.key")
-    doc = issue_registry(keys_dir, root, ["lifecycle"])
-    revoked = msgspec.structs.replace(doc, keys=[msgspec.structs.replace(doc.keys[0], status="revoked")])
+def test_revocation_refuses_events_after_its_position_only(keys_dir: Path) -> None:
+    old = load_signer(keys_dir / "lifecycle" / "signing.key")
+    revoked = revoke_key(keys_dir, old.key_id, after_sequence=10)
+    assert revoked.key_id == old.key_id
+    for where in (keys_dir, keys_dir / "lifecycle", keys_dir / "audit"):  # published to every directory
+        registry = KeyRegistry.load(where)
+        assert registry.authorise(old.key_id, "evt.agent.a1", sequence=10).key_id == old.key_id
+        with pytest.raises(KeyRevoked, match="revoked after stream sequence 10") as exc:
+            registry.authorise(old.key_id, "evt.agent.a1", sequence=11)
+        assert exc.value.code == "key_revoked"
+        assert isinstance(exc.value, UnauthorisedSigner)
+        with pytest.raises(KeyRevoked):  # position unknown: refused (fail closed)
+            registry.authorise(old.key_id, "evt.agent.a1")
+    # The service got a new active key, and the change is recorded as a registry version.
+    registry = KeyRegistry.load(keys_dir)
+    new = load_signer(keys_dir / "lifecycle" / "signing.key")
+    assert new.key_id != old.key_id
+    assert registry.active_key("lifecycle") == registry.key(new.key_id)
+    assert registry.authorise(new.key_id, "evt.agent.a1", sequence=11)
+    kinds = [(c.kind, c.key_id, c.after_sequence) for c in registry.document.changes[-2:]]
+    assert kinds == [("revoke", old.key_id, 10), ("rotate", new.key_id, None)]
+    with pytest.raises(KeyringError, match="already revoked"):
+        revoke_key(keys_dir, old.key_id, after_sequence=12)
+    with pytest.raises(KeyringError, match="not in the key registry"):
+        revoke_key(keys_dir, "ed25519:nope", after_sequence=1)
+
+
+def test_revoked_from_the_start_refuses_every_event(keys_dir: Path) -> None:
+    root = load_signer(keys_dir.parent / "operator" / "root.key")
+    doc = KeyRegistry.load(keys_dir).document
+    key = doc.keys[0]
+    revoked = with_revocation(doc, key.key_id, after_sequence=None)
     data = msgspec.json.encode(revoked)
     registry = KeyRegistry.from_signed(data, root.sign(data), root.public_key)
-    with pytest.raises(UnauthorisedSigner):
-        registry.authorise(doc.keys[0].key_id, "evt.agent.a1")
+    with pytest.raises(KeyRevoked):
+        registry.authorise(key.key_id, SERVICE_SUBJECTS[key.service][0].replace(">", "x"), sequence=1)
+
+
+def test_rotation_retires_the_old_key_whose_events_stay_valid(keys_dir: Path) -> None:
+    old = load_service_keys(keys_dir / "scheduler", "scheduler")
+    new = rotate_service_key(keys_dir, "scheduler")
+    registry = KeyRegistry.load(keys_dir / "scheduler")
+    assert new.key_id == load_signer(keys_dir / "scheduler" / "signing.key").key_id != old.signer.key_id
+    assert new.wrap_public_key == old.wrap.public_key  # data keys sealed to it stay readable
+    assert registry.key(old.signer.key_id) is not None
+    assert registry.key(old.signer.key_id).status == "retired"  # type: ignore[union-attr]
+    assert registry.authorise(old.signer.key_id, "evt.task.t1", sequence=99)
+    assert registry.document.changes[-1].kind == "rotate"
+    with pytest.raises(KeyringError, match="unknown service"):
+        rotate_service_key(keys_dir, "nobody")
+
+
+def test_a_keyring_without_the_operator_directory_cannot_change_the_registry(keys_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(KeyringError, match="does not exist"):
+        rotate_service_key(keys_dir, "audit", operator_dir=tmp_path / "elsewhere")
 
 
 def test_registry_edited_after_signing_is_refused(keys_dir: Path) -> None:
@@ -185,6 +289,6 @@ def test_registry_missing_or_malformed(tmp_path: Path, keys_dir: Path) -> None:
     (keys_dir / REGISTRY_SIG_FILE).unlink()
     with pytest.raises(KeyringError, match="no key registry"):
         KeyRegistry.load(keys_dir)
-    root = load_signer(keys_dir / "root.key")
+    root = load_signer(keys_dir.parent / "operator" / "root.key")
     with pytest.raises(KeyringError, match="malformed"):
         KeyRegistry.from_signed(b"{nope", root.sign(b"{nope"), root.public_key)

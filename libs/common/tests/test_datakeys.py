@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
@@ -17,7 +17,11 @@ from symbi_common.datakeys import (
     MemoryDataKeyStore,
     split_key_id,
 )
-from symbi_common.errors import DataKeyDestroyed, KeyringError
+from symbi_common.errors import DataKeyDestroyed, DataKeyNotEntitled, InfrastructureError, KeyringError
+from symbi_common.keyfiles import load_service_keys
+from symbi_common.keyring import KeyRegistry
+
+Make = Callable[..., DataKeys]
 
 
 @pytest.fixture(params=["kv", "memory"])
@@ -27,8 +31,19 @@ async def store(request: pytest.FixtureRequest, js: JetStreamContext) -> DataKey
     return await KvDataKeyStore.open(js)
 
 
-async def test_current_is_created_once_and_shared(store: DataKeyStore, master_key: bytes) -> None:
-    a, b = DataKeys(store, master_key), DataKeys(store, master_key)
+@pytest.fixture
+def make(store: DataKeyStore, keys_dir: Path, registry: KeyRegistry) -> Make:
+    """``make("scheduler")``: a process of that service (own cache, own wrap key) over the shared store."""
+
+    def build(service: str = "lifecycle", *, on: DataKeyStore | None = None) -> DataKeys:
+        keys = load_service_keys(keys_dir / service, service)
+        return DataKeys(on or store, keys.wrap, registry, service=service)
+
+    return build
+
+
+async def test_current_is_created_once_and_shared(make: Make) -> None:
+    a, b = make(), make()
     # Many first uses at once, from two "processes": one record wins, everyone uses its key.
     keys = await asyncio.gather(*(dk.current("agent.a1") for dk in (a, b) for _ in range(5)))
     assert {k.key_id for k in keys} == {"agent.a1/1"}
@@ -36,21 +51,21 @@ async def test_current_is_created_once_and_shared(store: DataKeyStore, master_ke
     for k in keys[1:]:
         assert k.decrypt(nonce, ct, b"aad") == b"secret"
     assert (await a.by_id("agent.a1/1")).decrypt(nonce, ct, b"aad") == b"secret"
-    assert (await DataKeys(store, master_key).by_id("agent.a1/1")).decrypt(nonce, ct, b"aad") == b"secret"
+    assert (await make().by_id("agent.a1/1")).decrypt(nonce, ct, b"aad") == b"secret"
     # Each aggregate has its own key.
     other = await a.current("agent.a2")
     assert other.key_id == "agent.a2/1"
     assert other.decrypt(nonce, ct, b"aad") is None
 
 
-async def test_rotation(store: DataKeyStore, master_key: bytes) -> None:
-    dk = DataKeys(store, master_key)
+async def test_rotation(make: Make) -> None:
+    dk = make()
     gen1 = await dk.current("agent.r")
     nonce, ct = gen1.encrypt(b"old", b"")
     assert await dk.rotate("agent.r") == "agent.r/2"
     assert await dk.rotate("agent.r") == "agent.r/3"
     assert (await dk.current("agent.r")).key_id == "agent.r/3"
-    fresh = DataKeys(store, master_key)
+    fresh = make()
     assert (await fresh.current("agent.r")).key_id == "agent.r/3"
     assert (await fresh.by_id("agent.r/1")).decrypt(nonce, ct, b"") == b"old"
     # A process that cached an older generation finds newer ones on demand.
@@ -61,17 +76,17 @@ async def test_rotation(store: DataKeyStore, master_key: bytes) -> None:
     assert await dk.rotate("agent.new") == "agent.new/2"
 
 
-async def test_destroy(store: DataKeyStore, master_key: bytes) -> None:
-    dk = DataKeys(store, master_key)
+async def test_destroy(make: Make) -> None:
+    dk = make()
     await dk.current("agent.d")
-    other = DataKeys(store, master_key)
+    other = make()
     await other.by_id("agent.d/1")  # cached elsewhere
     await dk.destroy("agent.d")
     with pytest.raises(DataKeyDestroyed) as exc:
         await dk.by_id("agent.d/1")
     assert exc.value.details["key_id"] == "agent.d/1"
     with pytest.raises(DataKeyDestroyed):
-        await DataKeys(store, master_key).by_id("agent.d/1")
+        await make().by_id("agent.d/1")
     # Another process keeps its cached key until told to forget it.
     await other.by_id("agent.d/1")
     other.forget("agent.d")
@@ -79,30 +94,51 @@ async def test_destroy(store: DataKeyStore, master_key: bytes) -> None:
         await other.by_id("agent.d/1")
     # A destroyed key is never re-created (that would reuse its id for another key).
     with pytest.raises(DataKeyDestroyed):
-        await DataKeys(store, master_key).current("agent.d")
+        await make().current("agent.d")
     with pytest.raises(DataKeyDestroyed):
         await dk.rotate("agent.d")
     with pytest.raises(DataKeyDestroyed):
-        await DataKeys(store, master_key).by_id("agent.never/1")
+        await make().by_id("agent.never/1")
 
 
-async def test_wrong_master_key(store: DataKeyStore, master_key: bytes) -> None:
-    await DataKeys(store, master_key).current("agent.m")
-    with pytest.raises(KeyringError, match="wrapped by master key"):
-        await DataKeys(store, os.urandom(32)).by_id("agent.m/1")
+async def test_only_entitled_services_read(make: Make) -> None:
+    """A data key is sealed to the writer and the declared readers of its aggregate type only."""
+    writer = make("lifecycle")
+    key = await writer.current("agent.m")
+    nonce, ct = key.encrypt(b"secret", b"")
+    for reader in ("scheduler", "policy", "audit"):
+        assert (await make(reader).by_id("agent.m/1")).decrypt(nonce, ct, b"") == b"secret", reader
+    for outsider in ("context", "sandbox-agent"):
+        with pytest.raises(DataKeyNotEntitled, match=f"service {outsider} is not entitled") as exc:
+            await make(outsider).by_id("agent.m/1")
+        assert exc.value.code == "data_key_not_entitled"
+    memory = await make("context").current("memory.m")
+    nonce, ct = memory.encrypt(b"note", b"")
+    assert (await make("audit").by_id("memory.m/1")).decrypt(nonce, ct, b"") == b"note"
+    for outsider in ("lifecycle", "scheduler", "policy", "sandbox-agent"):
+        with pytest.raises(DataKeyNotEntitled):
+            await make(outsider).by_id("memory.m/1")
+    # Rotation seals the new generation to the same readers.
+    await writer.rotate("agent.m")
+    assert (await make("scheduler").by_id("agent.m/2")).key_id == "agent.m/2"
+    with pytest.raises(DataKeyNotEntitled):
+        await make("context").by_id("agent.m/2")
 
 
-async def test_wrapped_keys_are_bound_to_their_id(store: DataKeyStore, master_key: bytes) -> None:
-    """A wrapped key copied under another aggregate's name does not unwrap there."""
-    await DataKeys(store, master_key).current("agent.src")
+async def test_wrapped_keys_are_bound_to_their_id(make: Make, store: DataKeyStore) -> None:
+    """A sealed key copied under another aggregate's name does not open there."""
+    await make().current("agent.src")
     got = await store.get("agent.src")
     assert got is not None
     assert await store.create("agent.dst", got[0])
-    with pytest.raises(KeyringError, match="cannot be unwrapped"):
-        await DataKeys(store, master_key).by_id("agent.dst/1")
+    with pytest.raises(KeyringError, match="does not open"):
+        await make().by_id("agent.dst/1")
+    assert await store.create("agent.junk", b"\x01not a record")
+    with pytest.raises(KeyringError, match="malformed"):
+        await make().by_id("agent.junk/1")
 
 
-async def test_kv_bucket_is_opened_idempotently(js: JetStreamContext) -> None:
+async def test_kv_bucket_is_opened_not_created(js: JetStreamContext) -> None:
     first = await KvDataKeyStore.open(js)
     second = await KvDataKeyStore.open(js)
     assert await first.create("x", b"1")
@@ -114,6 +150,10 @@ async def test_kv_bucket_is_opened_idempotently(js: JetStreamContext) -> None:
     assert not await first.update("x", b"4", got[1])  # stale revision
     status = await (await js.key_value(DATAKEYS_BUCKET)).status()
     assert status.bucket == DATAKEYS_BUCKET
+    # Services never create the bucket: the admin provisions it.
+    await js.delete_key_value(DATAKEYS_BUCKET)
+    with pytest.raises(InfrastructureError, match="provisioned by the NATS admin"):
+        await KvDataKeyStore.open(js)
 
 
 def test_split_key_id() -> None:
@@ -132,8 +172,8 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> 
     return False
 
 
-async def test_other_processes_forget_destroyed_and_rotated_keys(store: DataKeyStore, master_key: bytes) -> None:
-    reader, writer = DataKeys(store, master_key), DataKeys(store, master_key)
+async def test_other_processes_forget_destroyed_and_rotated_keys(make: Make) -> None:
+    reader, writer = make(), make()
     follower = asyncio.create_task(reader.follow_changes())
     try:
         await asyncio.sleep(0.1)  # the watch is up

@@ -11,7 +11,7 @@ async def test_nats_fixture_round_trip(nc, js):
     msg = await sub.next_msg(timeout=2)
     assert msg.data == b"world"
     info = await js.account_info()
-    assert info.streams == 0
+    assert info.streams == 8  # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK and four KV buckets
 
 
 async def test_database_url_is_fresh(database_url):
@@ -31,12 +31,22 @@ async def test_database_url_is_fresh_again(database_url):
         await conn.close()
 
 
-async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_for, master_key, make_store):
-    assert sorted([s.config.name for s in await js.streams_info()]) == ["AUDIT", "EVENTS", "SNAPSHOTS"]
+async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_for, datakeys_for, make_store):
+    names = sorted([s.config.name for s in await js.streams_info()])
+    assert names == [
+        "AUDIT",
+        "EVENTS",
+        "KV_DATAKEYS",
+        "KV_HOSTS",
+        "KV_OPERATOR_REVOCATIONS",
+        "KV_SCHEDULER",
+        "SNAPSHOTS",
+        "WORK",
+    ]
     assert (keys_dir / "registry.json").exists()
     lifecycle = signer_for("lifecycle")
     assert registry.service_of(lifecycle.key_id) == "lifecycle"
-    assert len(master_key) == 32
+    assert (await datakeys_for(provisioned, "audit")).service == "audit"
     store = await make_store("policy", max_event_bytes=1234)
     assert store.producer == "policy"
     assert store.signer.key_id == signer_for("policy").key_id

@@ -10,9 +10,11 @@ import pytest
 from symbi_cli.infra import find_nats_server
 from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.natsauth import (
+    ADMIN,
     OPERATOR,
     authorization_config,
     deployment_authorization_config,
+    nats_users,
     publish_allow,
     subscribe_allow,
     with_credentials,
@@ -32,6 +34,24 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
     assert [p for p in publish_allow(OPERATOR) if p.startswith("$KV.")] == ["$KV.OPERATOR_REVOCATIONS.>"]
 
 
+def test_only_admin_may_manage_streams() -> None:
+    for user in [*SERVICE_SUBJECTS, OPERATOR]:
+        allowed = publish_allow(user)
+        assert "$JS.API.>" not in allowed, user
+        for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
+            assert not [p for p in allowed if p.startswith(f"$JS.API.STREAM.{verb}")], (user, verb)
+        assert not [p for p in allowed if p.startswith("$JS.API.STREAM.MSG.DELETE")], user
+        # Data keys: only its own aggregates' (the audit service crypto-shreds any on erasure).
+        own = {p for p in allowed if p.startswith("$KV.DATAKEYS.")}
+        if user == "audit":
+            assert own == {"$KV.DATAKEYS.audit.>", "$KV.DATAKEYS.>"}
+        elif user != OPERATOR:
+            assert own == {p.replace("evt.", "$KV.DATAKEYS.", 1) for p in SERVICE_SUBJECTS[user]}
+    assert publish_allow(ADMIN) == ["$JS.API.>", "_INBOX.>"]
+    assert "$KV.SCHEDULER.>" in publish_allow("scheduler")
+    assert "$KV.SCHEDULER.>" not in publish_allow("sandbox-agent")
+
+
 def test_deployment_users_file_is_generated_from_the_code() -> None:
     text = (DEPLOY / "users.conf").read_text()
     assert text.split("\n", 1)[1] == deployment_authorization_config()
@@ -42,11 +62,11 @@ def test_configs_are_valid_for_nats_server(tmp_path: Path, config: str) -> None:
     env = dict(os.environ)
     if config == "generated":
         path = tmp_path / "auth.conf"
-        path.write_text(authorization_config({u: f"pw-{u}" for u in [*SERVICE_SUBJECTS, OPERATOR]}))
+        path.write_text(authorization_config({u: f"pw-{u}" for u in nats_users()}))
     else:
         path = DEPLOY / "nats.conf"
         env["NATS_SERVER_NAME"] = "test"
-        for user in [*SERVICE_SUBJECTS, OPERATOR]:
+        for user in nats_users():
             env["NATS_" + user.upper().replace("-", "_") + "_PASSWORD"] = "secret"
     done = subprocess.run(
         [str(find_nats_server()), "-c", str(path), "-t"], capture_output=True, text=True, env=env, timeout=30

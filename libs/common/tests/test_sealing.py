@@ -22,7 +22,8 @@ from symbi_common.errors import (
     UnknownSigningKey,
     VersionGap,
 )
-from symbi_common.keyring import KeyRegistry, init_keyring, load_signer
+from symbi_common.keyfiles import init_keyring
+from symbi_common.keyring import KeyRegistry, load_signer
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip, OpenedEvent, check_link, decrypt, open_envelope, seal
 
 SUBJECT = "evt.agent.a1"
@@ -34,8 +35,8 @@ class Keys:
     def __init__(self, path: Path) -> None:
         init_keyring(path)
         self.registry = KeyRegistry.load(path)
-        self.lifecycle = load_signer(path / "lifecycle.key")
-        self.policy = load_signer(path / "policy.key")
+        self.lifecycle = load_signer(path / "lifecycle" / "signing.key")
+        self.policy = load_signer(path / "policy" / "signing.key")
         self.data_key = AeadKey("agent.a1/1", os.urandom(32))
 
 
@@ -54,10 +55,11 @@ def make(
     version: int = 1,
     prev_hash: bytes = ZERO_HASH,
     payload: bytes = b"payload",
+    producer: str = "lifecycle",
 ) -> bytes:
     data, _ = seal(
         signer=signer or keys.lifecycle,
-        producer="lifecycle",
+        producer=producer,
         data_key=data_key or keys.data_key,
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
@@ -159,6 +161,12 @@ def test_unauthorised_signer(keys: Keys) -> None:
     """The policy service's (registered) key may not write agent events."""
     with pytest.raises(UnauthorisedSigner, match=r"of service policy may not write evt\.agent\.a1"):
         verify(keys, make(keys, signer=keys.policy))
+
+
+def test_producer_must_be_the_signing_key_service(keys: Keys) -> None:
+    """The owner's own key, but the header claims another producer: refused, not misattributed."""
+    with pytest.raises(UnauthorisedSigner, match="names producer 'scheduler' but is signed by a key of lifecycle"):
+        verify(keys, make(keys, producer="scheduler"))
 
 
 def test_bad_signature(keys: Keys) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import APIRouter
-from symbi_common.errors import IllegalTransition, KeyringError, RegistrySignatureInvalid
+from symbi_common.errors import IllegalTransition, InfrastructureError, KeyringError, RegistrySignatureInvalid
 from symbi_common.service import ServiceRuntime, create_app
 from symbi_common.settings import Settings, load_settings
 
@@ -82,16 +82,40 @@ async def test_readyz_reports_a_dead_database(nats_url: str, database_url: str, 
 
 
 async def test_a_service_refuses_to_start_without_its_key(nats_url: str, database_url: str, keys_dir: Path) -> None:
-    (keys_dir / "lifecycle.key").unlink()
+    (keys_dir / "lifecycle" / "wrap.key").unlink()
     runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
-    with pytest.raises(KeyringError, match=r"lifecycle\.key does not exist"):
+    with pytest.raises(KeyringError, match=r"wrap\.key does not exist"):
         await runtime.start()
+
+
+async def test_a_service_refuses_a_key_the_registry_does_not_list_as_its_own(
+    nats_url: str, database_url: str, keys_dir: Path
+) -> None:
+    # Another service's key in its place: refused before it touches anything.
+    (keys_dir / "lifecycle" / "signing.key").write_bytes((keys_dir / "policy" / "signing.key").read_bytes())
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    with pytest.raises(KeyringError, match="is not the active key of lifecycle"):
+        await runtime.start()
+
+
+async def test_a_service_refuses_to_start_without_its_streams(nats_url: str, database_url: str, keys_dir: Path) -> None:
+    import nats as nats_client
+
+    nc = await nats_client.connect(nats_url)
+    try:
+        await nc.jetstream().delete_stream("SNAPSHOTS")
+    finally:
+        await nc.drain()
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    with pytest.raises(InfrastructureError, match="stream SNAPSHOTS does not exist"):
+        await runtime.start()
+    await runtime.stop()
 
 
 async def test_a_service_refuses_a_registry_not_signed_by_the_pinned_root(
     nats_url: str, database_url: str, keys_dir: Path
 ) -> None:
-    registry = keys_dir / "registry.json"
+    registry = keys_dir / "lifecycle" / "registry.json"
     registry.write_bytes(registry.read_bytes().replace(b'"evt.agent.>"', b'"evt.>"'))
     runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
     with pytest.raises(RegistrySignatureInvalid):

@@ -44,9 +44,10 @@ def test_defaults() -> None:
     assert s.runtime.max_concurrent_agents == 10_000
     assert s.nats.url == "nats://127.0.0.1:4222"
     assert s.telemetry.log_level == "info"
-    assert s.signing_key_path("lifecycle") == Path(".symbi/keys/lifecycle.key")
-    assert s.master_key_path() == Path(".symbi/keys/master.key")
+    assert s.signing_key_path("lifecycle") == Path(".symbi/keys/signing.key")
+    assert s.wrap_key_path("lifecycle") == Path(".symbi/keys/wrap.key")
     assert s.root_public_key_path() == Path(".symbi/keys/root.pub")
+    assert s.nats.tls_ca == ""
 
 
 def test_toml_file(config: Path) -> None:
@@ -91,7 +92,7 @@ def test_environment_beats_file(config: Path) -> None:
     assert s.database.url == "postgresql://db/symbi"
     assert s.service.http_port == 9000
     assert s.security.crypto_provider == "libsodium"
-    assert s.signing_key_path("policy") == Path("/keys/policy.key")
+    assert s.signing_key_path("policy") == Path("/keys/signing.key")
 
 
 def test_section_variable_beats_alias() -> None:
@@ -100,9 +101,25 @@ def test_section_variable_beats_alias() -> None:
 
 
 def test_key_paths_can_be_set_one_by_one() -> None:
-    s = load_settings(env={"SYMBI_SIGNING_KEY_PATH": "/run/secrets/sign.key", "SYMBI_MASTER_KEY_PATH": "/m.key"})
+    s = load_settings(env={"SYMBI_SIGNING_KEY_PATH": "/run/secrets/sign.key", "SYMBI_WRAP_KEY_PATH": "/w.key"})
     assert s.signing_key_path("anything") == Path("/run/secrets/sign.key")
-    assert s.master_key_path() == Path("/m.key")
+    assert s.wrap_key_path("anything") == Path("/w.key")
+
+
+def test_keys_dir_is_a_service_directory_or_a_whole_keyring(tmp_path: Path) -> None:
+    from symbi_common.keyfiles import init_keyring
+
+    init_keyring(tmp_path / "keys")
+    own = load_settings(env={"SYMBI_KEYS_DIR": str(tmp_path / "keys" / "audit")})
+    assert own.signing_key_path("audit") == tmp_path / "keys" / "audit" / "signing.key"
+    assert own.root_public_key_path("audit") == tmp_path / "keys" / "audit" / "root.pub"
+    whole = load_settings(env={"SYMBI_KEYS_DIR": str(tmp_path / "keys")})
+    assert whole.wrap_key_path("context") == tmp_path / "keys" / "context" / "wrap.key"
+
+
+def test_nats_tls_settings() -> None:
+    s = load_settings(env={"SYMBI_NATS_TLS_CA": "/ca.pem", "SYMBI_NATS_TLS_CERT": "/c.pem", "SYMBI_NATS_TLS_KEY": "/k"})
+    assert (s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key) == ("/ca.pem", "/c.pem", "/k")
 
 
 def test_every_alias_names_a_real_setting() -> None:

@@ -30,7 +30,18 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
     after = {name: (await js.stream_info(name)).config for name in before}
     assert after == before
     names = sorted([s.config.name for s in await js.streams_info()])
-    assert names == sorted([AUDIT_STREAM, EVENTS_STREAM, SNAPSHOTS_STREAM])
+    assert names == sorted(
+        [
+            AUDIT_STREAM,
+            EVENTS_STREAM,
+            SNAPSHOTS_STREAM,
+            "WORK",
+            "KV_DATAKEYS",
+            "KV_HOSTS",
+            "KV_SCHEDULER",
+            "KV_OPERATOR_REVOCATIONS",
+        ]
+    )
 
     events = after[EVENTS_STREAM]
     assert events.subjects == ["evt.>"]
@@ -106,6 +117,7 @@ async def test_raw_reads(provisioned: NatsClient, js: JetStreamContext) -> None:
 
 
 async def test_reads_without_stream_are_typed_errors(nc: NatsClient) -> None:
+    await nc.jetstream().delete_stream(EVENTS_STREAM)  # the fixture's server is provisioned
     with pytest.raises(InfrastructureError):
         await last_on_subject(nc, EVENTS_STREAM, "evt.agent.a1", timeout=1.0)
     with pytest.raises(InfrastructureError):

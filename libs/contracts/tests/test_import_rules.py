@@ -59,15 +59,7 @@ PURE_MODULES = (
     "symbi_common.caps",
     "symbi_scheduler.core",
     "symbi_context.domain",
-    pytest.param(
-        "symbi_policy.domain",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="symbi_common/policy/__init__.py imports the policy follower and decision log (nats, asyncpg), "
-            "so importing symbi_common.policy.cedar loads them; make that package's __init__ import nothing "
-            "with I/O, then drop this mark",
-        ),
-    ),
+    "symbi_policy.domain",
 )
 
 

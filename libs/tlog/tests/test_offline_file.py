@@ -21,7 +21,7 @@ from symbi_tlog.rules import event_leaf
 
 
 def _log(keys_dir: Path, n: int) -> list[RawMessage]:
-    signer = load_signer(keys_dir / "lifecycle.key")
+    signer = load_signer(keys_dir / "lifecycle" / "signing.key")
     key = AeadKey("dk-1", os.urandom(32))
     out, prev = [], ZERO_HASH
     for i in range(n):
@@ -40,7 +40,7 @@ def test_blocks_and_processes_change_nothing(keys_dir: Path, registry: KeyRegist
     tree = TreeBuilder()
     for m in log:
         tree.append(event_leaf(m))
-    audit = load_signer(keys_dir / "audit.key")
+    audit = load_signer(keys_dir / "audit" / "signing.key")
     note = sign_checkpoint(Checkpoint("symbi-audit", tree.size, tree.root()), audit, audit.key_id)
     data = b"".join(export_line(m) for m in log)
     data = data[:-1]  # no final newline

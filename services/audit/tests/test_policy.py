@@ -87,3 +87,45 @@ async def test_policy_decides_who_reads_details_and_who_erases(enforced: Running
     await enforced.wait_for(allowed.json()["executed_sequence"])
     alice = await details('User::"alice"')
     assert alice["q1/1"] == {"erased": True, "payload": None}
+
+
+CONDITIONED = """
+@id("carol-redacted")
+@redact("agent_id")
+permit(principal == User::"carol", action == Action::"data.read", resource == Data::"agent.q1");
+@id("dave-needs-approval")
+@require_approval("true")
+permit(principal == User::"dave", action == Action::"data.read", resource == Data::"agent.q1");
+"""
+
+
+async def test_conditions_on_details_are_enforced_or_the_details_withheld(
+    enforced: Running, writer: Writer, make_store: Callable[..., Awaitable[EventStore]]
+) -> None:
+    policy = await make_store("policy")
+    [change] = await policy.append(
+        AGGREGATE_TYPE,
+        "conditioned",
+        [PolicySetRegistered(set_id="conditioned", cedar=CONDITIONED)],
+        POLICY_SET_CODEC,
+        expected=NEW_AGGREGATE,
+    )
+    point = enforced.service.decisions
+    assert await point.follower.wait_for(change.sequence)  # type: ignore[attr-defined]
+    last = (await writer.agent("q1", 1))[-1]
+    await enforced.wait_for(last)
+
+    async def first_details(principal: str) -> dict[str, object]:
+        resp = await enforced.http.get(
+            "/v1/audit/events", params={"details": "true", "agent": "q1"}, headers={"X-Symbi-Principal": principal}
+        )
+        assert resp.status_code == 200, resp.text
+        event: dict[str, object] = resp.json()["items"][0]
+        return event
+
+    carol = await first_details('User::"carol"')  # allowed with redact, which the audit query enforces
+    assert carol["details"]["payload"]["agent_id"] == "[REDACTED]"  # type: ignore[index]
+    assert carol["details"]["payload"]["n"] == 0  # type: ignore[index]
+    dave = await first_details('User::"dave"')  # allowed only with an approval nobody here can give
+    assert dave["details"] is None
+    assert dave["details_withheld"] is True

@@ -185,6 +185,7 @@ async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(run
     assert [e["type"] for e in events] == ["agent.registered", "agent.denied"]
     assert events[0]["data"]["registered_by"] == "mallory"
     decision = events[1]["data"]["decision"]
+    assert decision.pop("decision_id")  # the id the decision log has it under
     assert decision == {
         "action": "agent.register",
         "effect": "deny",
@@ -192,6 +193,8 @@ async def test_a_denied_registration_is_recorded_and_refused_with_the_reason(run
         "policies": ["ops.no-network-in-tier1"],
         "reason": "tier1 agents may not have network access",
         "conditions": [],
+        "reason_code": "forbidden",
+        "point": "lifecycle.agent_config",
     }
 
     # The same policy set allows a tier2 agent, and records which policy allowed it.
@@ -222,6 +225,23 @@ async def test_cap_resources_conditions_lower_the_limits(running: Running) -> No
     assert agent["config"]["resources"]["cpu_cores"] == 1.0  # asked for 2
     events = await history(running.http, "capped", agent["sequence"])
     assert events[1]["data"]["decision"]["effect"] == "allow_with_conditions"
+
+
+async def test_a_condition_registration_cannot_enforce_denies_it(running: Running) -> None:
+    assert running.service.controller is not None
+    point = CedarPoint(
+        '@id("ops.redacted")\n@redact("ssn")\npermit (principal, action == Action::"agent.register", resource);'
+    )
+
+    async def decisions() -> CedarPoint:
+        return point
+
+    running.service.controller.decisions = decisions
+    r = await running.http.post("/v1/agents", json={"agent_id": "unkept", "definition": TEXTS["hello"]})
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["details"]["reason_code"] == "unenforceable_condition"
+    assert "lifecycle.agent_config cannot enforce redact (policy ops.redacted)" in error["message"]
 
 
 async def test_agents_left_initializing_by_a_crash_are_resumed_on_start(

@@ -11,10 +11,10 @@ import asyncpg
 import msgspec
 import pytest
 from symbi_common.aggregate import Repository
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_common.datakeys import open_service_datakeys
 from symbi_common.db import open_pool
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import KeyRegistry, load_master_key, load_signer
+from symbi_common.keyring import KeyRegistry, load_signer
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import ChainTip
 from symbi_common.snapshots import SnapshotStore
@@ -145,10 +145,12 @@ async def test_config_in_read_model_round_trips(running: Running) -> None:
 
 async def test_snapshot_and_full_replay_agree(make_store: Any, provisioned: Any, keys_dir: Path) -> None:
     store: EventStore = await make_store("lifecycle")
-    datakeys = DataKeys(await KvDataKeyStore.open(provisioned.jetstream()), load_master_key(keys_dir / "master.key"))
+    datakeys = await open_service_datakeys(
+        provisioned.jetstream(), keys_dir / "lifecycle", "lifecycle", KeyRegistry.load(keys_dir)
+    )
     snapshots = SnapshotStore(
         provisioned,
-        signer=load_signer(keys_dir / "lifecycle.key"),
+        signer=load_signer(keys_dir / "lifecycle" / "signing.key"),
         registry=KeyRegistry.load(keys_dir),
         datakeys=datakeys,
     )

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import httpx
-from symbi_cli.infra import NatsServer
+from symbi_cli.infra import NatsServer, provision_nats_async
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
 from symbi_lifecycle.main import build_app
@@ -38,6 +38,7 @@ async def test_nats_server_restart(tmp_path: Path, database_url: str, keys_dir: 
     port = _free_port()
     store = tmp_path / "nats"
     server = NatsServer(store, port=port, log_file=tmp_path / "nats.log").start()
+    await provision_nats_async(server.url)
     try:
         app = build_app(load_settings(env=service_env(server.url, database_url, keys_dir)))
         async with (

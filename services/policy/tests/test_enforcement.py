@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,8 @@ from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import PolicyDenied
 from symbi_common.eventstore import EventStore
 from symbi_common.policy import Enforcer
-from symbi_common.policy.conditions import redact, requires_approval
+from symbi_common.policy.conditions import CONDITION_KINDS, redact, requires_approval
+from symbi_common.policy.enforcement import ALL_CAPS, EnforcementPoint
 from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
 from symbi_common.settings import Settings
 from symbi_common.streams import EVENTS_STREAM, read_subject
@@ -25,6 +27,8 @@ from .conftest import RunningPolicy, StartRuntime, example, running_agent
 
 MakeStore = Callable[..., Awaitable[EventStore]]
 PHI = EntityRef(type="Data", id="rec-1", attrs={"classification": "phi"})
+#: A point that enforces every condition (the tests below check what the hooks hand it).
+EVERYTHING = EnforcementPoint("test.everything", conditions=frozenset(CONDITION_KINDS), caps=ALL_CAPS)
 
 
 async def state_of(lifecycle: httpx.AsyncClient, agent_id: str, min_sequence: int = 0) -> str:
@@ -59,7 +63,9 @@ async def test_a_denied_action_suspends_the_running_agent_and_is_an_event(
     enforcer = await Enforcer.for_runtime(runtime)
     sequence = (await running_agent(await make_store("lifecycle"), "reader-1")).sequence
 
-    cleared = await enforcer.check_data(EntityRef(type="Agent", id="reader-1", attrs={"clearances": ["phi"]}), PHI)
+    cleared = await enforcer.check_data(
+        EntityRef(type="Agent", id="reader-1", attrs={"clearances": ["phi"]}), PHI, point=EVERYTHING
+    )
     assert cleared.effect == "allow_with_conditions"
     assert redact({"ssn": "1", "name": "n"}, cleared.conditions) == {"ssn": "[REDACTED]", "name": "n"}
     assert cleared.policy_version == policy.service.follower.version
@@ -216,12 +222,12 @@ async def test_message_and_tool_hooks_return_the_conditions_to_honour(
     sent = await enforcer.check_message(sender, EntityRef(type="Channel", id="general"), classification="internal")
     assert sent.effect == "allow"
     assert sent.policies == ("baseline-agents-message",)
-    shell = await enforcer.check_tool(sender, EntityRef(type="Tool", id="shell"), arguments=["ls"])
+    shell = await enforcer.check_tool(sender, EntityRef(type="Tool", id="shell"), arguments=["ls"], point=EVERYTHING)
     assert shell.effect == "allow_with_conditions"
     assert requires_approval(shell.conditions)
     with pytest.raises(PolicyDenied):
         await enforcer.check_tool(sender, EntityRef(type="Tool", id="translate"), classification="phi")
-    written = await enforcer.check_data(sender, EntityRef(type="Data", id="d"), write=True)
+    written = await enforcer.check_data(sender, EntityRef(type="Data", id="d"), write=True, point=EVERYTHING)
     assert [c.kind for c in written.conditions] == ["log_full"]
 
 
@@ -239,3 +245,84 @@ async def test_an_oversized_decision_is_logged_without_its_attributes(
     assert entry.request.resource.id == "blob"
     assert entry.request.resource.attrs == {}
     assert entry.request.context["omitted_bytes"] > 300_000
+
+
+async def test_a_condition_the_point_cannot_enforce_denies_and_is_logged(
+    policy: RunningPolicy, start_runtime: StartRuntime, scrape_metrics: Any
+) -> None:
+    """data_flow grants a cleared phi read with redact + log_full: a point enforcing only redact must refuse."""
+    before = await scrape_metrics(policy.http)
+    await policy.http.post("/v1/policy-sets", json={"set_id": "flow", "cedar": example("data_flow")})
+    enforcer = await Enforcer.for_runtime(await start_runtime("audit"), suspend_agents=False)
+    cleared = EntityRef(type="Agent", id="reader-2", attrs={"clearances": ["phi"]})
+    redacts_only = EnforcementPoint("test.redacts", conditions=frozenset({"redact"}))
+    with pytest.raises(PolicyDenied) as err:
+        await enforcer.check_data(cleared, PHI, point=redacts_only)
+    assert err.value.details["reason_code"] == "unenforceable_condition"
+    assert "unenforceable condition: test.redacts cannot enforce log_full (policy phi-read-cleared)" in str(err.value)
+    # The default point enforces nothing: any condition denies there.
+    verdict = await enforcer.decide(DecisionRequest(principal=cleared, action="data.read", resource=PHI))
+    assert not verdict.allowed
+    assert verdict.record.reason_code == "unenforceable_condition"
+    # A cap on a resource the point cannot lower is as unenforceable as an unknown kind.
+    caps_memory = EnforcementPoint("test.caps", conditions=frozenset({"cap_resources"}), caps=frozenset({"memory_mb"}))
+    from symbi_common.decisions import AllowWithConditions, Condition
+
+    capped = AllowWithConditions(conditions=(Condition(kind="cap_resources", params={"cpu_cores": 1}, policy="p"),))
+    assert caps_memory.unenforceable(capped.conditions) == ["cap_resources of cpu_cores (policy p)"]
+    assert EVERYTHING.check(capped) is capped
+    after = await scrape_metrics(policy.http)  # the enforcer runs in this process: its counter shows here
+    denials = "symbi_policy_enforcer_denials_total"
+    assert after.since(before, denials, point="test.redacts", code="unenforceable_condition") == 1
+    assert after.since(before, denials, point="unspecified", code="unenforceable_condition") == 1
+    await enforcer.log.flush()  # type: ignore[union-attr]
+    _, denied = await stored_decisions(policy)
+    logged = [d.entry.record for d in denied if d.entry.request.principal.id == "reader-2"]
+    assert [r.reason_code for r in logged] == ["unenforceable_condition"] * 2
+    assert logged[0].point == "test.redacts"
+    assert logged[1].decision_id == verdict.record.decision_id
+
+
+async def test_an_unreachable_or_slow_policy_service_denies_with_a_typed_reason(
+    policy: RunningPolicy, start_runtime: StartRuntime
+) -> None:
+    from symbi_common.policy import RemoteDecisionPoint
+
+    runtime = await start_runtime("scheduler", enforcement="remote")
+    point = await runtime.decision_point()
+    assert isinstance(point, RemoteDecisionPoint)
+    point.timeout = 2.0
+    enforcer = Enforcer.around(point)
+    host = EntityRef(type="Host", id="h1")
+    request = DecisionRequest(principal=EntityRef(type="Agent", id="a1"), action="task.allocate", resource=host)
+    assert (await enforcer.decide(request)).allowed  # the baseline allows it while the service answers
+    assert (await runtime.health())["checks"]["policy-service"] is True
+
+    # Unreachable: the policy service is gone (its command server stopped, nothing answers).
+    await policy.runtime.commands.stop()
+    await policy.runtime.nc.flush()  # the server has seen the unsubscribe: no responder is left
+    gone = await enforcer.decide(request)
+    assert not gone.allowed
+    assert gone.record.reason_code == "policy_unavailable"
+    assert "no policy service is answering" in gone.record.reason
+    assert (await runtime.health())["checks"]["policy-service"] is False
+    batch = await enforcer.decide_batch([request, request])
+    assert [v.record.reason_code for v in batch] == ["policy_unavailable"] * 2
+    with pytest.raises(PolicyDenied) as err:
+        await enforcer.enforce(request)
+    assert err.value.details["reason_code"] == "policy_unavailable"
+
+    # Hung: something takes the requests and never answers; the caller's timeout denies.
+    hung = await policy.runtime.nc.subscribe("cmd.policy.*", queue="policy", cb=_ignore)
+    await policy.runtime.nc.flush()  # the server has the subscription before the request is sent
+    point.timeout = 0.3
+    try:
+        slow = await enforcer.decide(request)
+    finally:
+        await hung.unsubscribe()
+    assert not slow.allowed
+    assert slow.record.reason_code == "policy_timeout"
+
+
+async def _ignore(msg: object) -> None:
+    """A responder that takes every request and never answers."""

@@ -152,7 +152,7 @@ def test_forbid_wins_over_any_permit() -> None:
     }
     eng = PolicyEngine(sets, 3)
     decision = ask(eng, agent(), "tool.invoke", EntityRef(type="Tool", id="shell"))
-    assert decision == Deny(reason="shell is off", policies=("no-shell",), policy_version=3)
+    assert decision == Deny(reason="shell is off", policies=("no-shell",), policy_version=3, code="forbidden")
 
 
 def test_batch_equals_single_decisions() -> None:
@@ -205,4 +205,5 @@ def test_a_forbid_that_errors_denies() -> None:
     assert isinstance(decision, Deny)
     assert decision.policies == ("size-guard",)
     assert "could not be evaluated" in decision.reason
+    assert decision.code == "forbid_error"
     assert isinstance(ask(eng, agent(), "message.send", agent("a2"), size_bytes=0), Allow)

@@ -234,29 +234,6 @@ def _decode_obj(obj: object) -> Decision:
     return msgspec.convert(obj, Decision)  # type: ignore[arg-type]
 
 
-async def test_a_forged_policy_event_changes_nothing(
-    policy: RunningPolicy, start_runtime: StartRuntime, make_store: MakeStore
-) -> None:
-    from symbi_common.policy.events import POLICY_SET_CODEC, PolicySetRegistered
-    from symbi_common.sealing import ChainTip
-
-    point = await (await start_runtime("scheduler")).decision_point()
-    assert isinstance(point, EmbeddedDecisionPoint)
-    request = DecisionRequest(principal=agent(), action="agent.register", resource=agent("a9"))
-    assert isinstance(await point.decide(request), Deny)
-    forger = await make_store("lifecycle")  # a key that may not sign evt.policy.>
-    grant_all = PolicySetRegistered(set_id="evil", cedar='@id("all")\npermit(principal, action, resource);')
-    await forger.append("policy", "evil", [grant_all], POLICY_SET_CODEC, expected=ChainTip())
-    for _ in range(100):
-        if point.follower.rejected and policy.service.follower.rejected:
-            break
-        await asyncio.sleep(0.01)
-    assert "evil" not in point.follower.states
-    assert "UnauthorisedSigner" in point.follower.rejected[-1], point.follower.rejected
-    assert isinstance(await point.decide(request), Deny)
-    assert isinstance(await policy.service.decide(request), Deny)
-
-
 async def test_ready_once_the_policy_sets_are_read(policy: RunningPolicy) -> None:
     report = (await policy.http.get("/readyz")).json()
     assert report["ok"] is True

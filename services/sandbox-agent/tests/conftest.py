@@ -117,6 +117,8 @@ class Scheduler:
     store: EventStore
     nc: NatsClient
     tips: dict[str, ChainTip] = field(default_factory=dict)
+    #: Reads host events, which only the sandbox agent and the audit service may decrypt.
+    auditor: EventStore | None = None
 
     async def submit(
         self,
@@ -203,7 +205,7 @@ class Scheduler:
 
 @pytest.fixture
 async def scheduler(make_store: Any, provisioned: NatsClient) -> Scheduler:
-    return Scheduler(await make_store("scheduler"), provisioned)
+    return Scheduler(await make_store("scheduler"), provisioned, auditor=await make_store("audit"))
 
 
 # --- the daemon ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,19 @@ async def context_service(nats_url: str, keys_dir: Path, tmp_path: Path) -> Asyn
         yield CommandClient(app.state.runtime.nc, timeout=10.0)
 
 
-async def memories(scheduler: Scheduler, agent_id: str = AGENT) -> list[MemoryStored]:
-    """The memories the context service stored for the agent (its own signed events)."""
-    return [r.event for r in await scheduler.store.load("memory", agent_id, MEMORY.codec)]
+Memories = Callable[[], Awaitable[list[MemoryStored]]]
+
+
+@pytest.fixture
+async def memories(make_store: Any) -> Memories:
+    """The memories the context service stored for the agent (its own signed events), read as the audit
+    service reads them: memory payloads are sealed to the context and audit services only."""
+    reader = await make_store("audit")
+
+    async def read() -> list[MemoryStored]:
+        return [r.event for r in await reader.load("memory", AGENT, MEMORY.codec)]
+
+    return read
 
 
 def actions(events: list[Any]) -> list[ExecutionAction]:
@@ -99,7 +109,12 @@ def spans() -> Iterator[list[ReadableSpan]]:
 
 
 async def test_an_allowed_write_is_performed_answered_traced_and_counted(
-    agent: Agent, scheduler: Scheduler, context_service: CommandClient, spans: list[ReadableSpan], scrape_metrics: Any
+    agent: Agent,
+    scheduler: Scheduler,
+    context_service: CommandClient,
+    spans: list[ReadableSpan],
+    scrape_metrics: Any,
+    memories: Memories,
 ) -> None:
     before = await scrape_metrics(agent.http)
     cmd = note_keeper()["workload"]["command"]
@@ -126,7 +141,7 @@ async def test_an_allowed_write_is_performed_answered_traced_and_counted(
     assert action.decision.effect == "allow"
     assert action.decision.action == "memory.write"
     # The memory exists, as the agent's own, with the task as origin.
-    [memory] = await memories(scheduler)
+    [memory] = await memories()
     assert memory.memory_id == out["memory_id"]
     assert memory.text == "Remember: the launch is Friday"
     assert memory.origin.task_id == task_id
@@ -181,7 +196,7 @@ async def test_gvisor_serves_actions_and_a_large_result_still_comes_through(
 
 
 async def test_bad_requests_get_error_replies_and_the_task_goes_on(
-    agent: Agent, scheduler: Scheduler, context_service: CommandClient, spans: list[ReadableSpan]
+    agent: Agent, scheduler: Scheduler, context_service: CommandClient, spans: list[ReadableSpan], memories: Memories
 ) -> None:
     requests = [
         "not json",
@@ -229,7 +244,7 @@ async def test_bad_requests_get_error_replies_and_the_task_goes_on(
     assert recorded[6].decision is not None
     assert recorded[6].decision.effect == "allow"
     assert recorded[6].detail.startswith("unsupported_action")
-    [memory] = await memories(scheduler)
+    [memory] = await memories()
     assert memory.text == "split note"
 
 
@@ -258,6 +273,7 @@ async def test_a_denied_write_freezes_the_task_until_a_policy_change_and_resume(
     docker_client: docker.DockerClient,
     context_service: CommandClient,
     host_id: str,
+    memories: Memories,
 ) -> None:
     config = note_keeper()
     [own] = config["policies"]
@@ -281,7 +297,7 @@ async def test_a_denied_write_freezes_the_task_until_a_policy_change_and_resume(
             assert pause.reason == "action_denied"
         containers = {c["Labels"]["symbi.task_id"]: c["Id"] for c in containers_of(docker_client, host_id)}
         assert all(docker_client.api.inspect_container(c)["State"]["Paused"] for c in containers.values())
-        assert await memories(scheduler) == []  # the action did not happen
+        assert await memories() == []  # the action did not happen
 
         # Terminating a held task: killed, and its write never happens.
         reply = await command(agent, "terminate", dropped)
@@ -314,6 +330,6 @@ async def test_a_denied_write_freezes_the_task_until_a_policy_change_and_resume(
         assert resumed.reason == "action_allowed"
         killed = await scheduler.result(dropped)
         assert isinstance(killed.terminal, ExecutionKilled)
-        [memory] = await memories(scheduler)
+        [memory] = await memories()
         assert (memory.memory_id, memory.text, memory.origin.task_id) == (out["memory_id"], "keep this", kept)
     assert not containers_of(docker_client, host_id)

@@ -188,7 +188,7 @@ async def test_the_host_registers_and_keeps_a_heartbeat(agent: Agent, scheduler:
     assert [t["task_id"] for t in status["tasks"]] == [task_id]
     assert status["blkio_device"].startswith("/dev/")
     await scheduler.result(task_id)
-    host_events = [r.event for r in await scheduler.store.load("host", agent.host_id, HOST_CODEC)]
+    host_events = [r.event for r in await scheduler.auditor.load("host", agent.host_id, HOST_CODEC)]
     assert isinstance(host_events[0], HostReconciled)
     assert isinstance(host_events[1], HostRegistered)
     assert host_events[1].tiers == ("tier1", "tier2")

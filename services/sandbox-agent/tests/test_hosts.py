@@ -19,8 +19,7 @@ import docker
 import msgspec
 import nats
 import pytest
-from symbi_cli.infra import NatsServer
-from symbi_common.datakeys import DataKeys, KvDataKeyStore
+from symbi_cli.infra import NatsServer, provision_nats_async
 from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings, load_settings
 from symbi_contracts.sandbox_agent.errors import DockerUnavailable
@@ -124,7 +123,7 @@ async def test_start_up_removes_its_containers_and_leftover_runtime_processes(
         assert reconciled.removed_containers == (stray_name,)
         assert shim_pids(gone) == []
         assert containers_of(docker_client, host_id) == []
-        events = [r.event for r in await scheduler.store.load("host", host_id, HOST_CODEC)]
+        events = [r.event for r in await scheduler.auditor.load("host", host_id, HOST_CODEC)]
         assert isinstance(events[0], HostReconciled)
         assert set(leftover) <= set(events[0].killed_processes)
 
@@ -204,7 +203,7 @@ async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing
         assert isinstance(r3.terminal, ExecutionExited)
         assert r3.stdout == b"after the crash\n"
         assert containers_of(docker_client, host_id) == []
-        reconciled = [r.event for r in await scheduler.store.load("host", host_id, HOST_CODEC)][-2]
+        reconciled = [r.event for r in await scheduler.auditor.load("host", host_id, HOST_CODEC)][-2]
         assert isinstance(reconciled, HostReconciled)
         assert set(reconciled.failed_tasks) == {running, vanishing}
         assert len(reconciled.removed_containers) == 1
@@ -216,11 +215,12 @@ async def test_kill_9_mid_run_then_restart_leaves_every_task_defined_and_nothing
 
 
 async def test_a_run_rides_out_a_nats_server_restart(
-    docker_client: Any, keys_dir: Path, tmp_path: Path, signer_for: Any, registry: Any, master_key: bytes
+    docker_client: Any, keys_dir: Path, tmp_path: Path, signer_for: Any, registry: Any, datakeys_for: Any
 ) -> None:
     """Output and the terminal event produced while NATS is down are stored once it is back."""
     port = free_port()
     server = NatsServer(tmp_path / "nats", port=port, log_file=tmp_path / "nats.log").start()
+    await provision_nats_async(server.url)
     host = "nats-" + os.urandom(3).hex()
     env = agent_env(server.url, keys_dir, host, tmp_path / "work")
     nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
@@ -230,7 +230,7 @@ async def test_a_run_rides_out_a_nats_server_restart(
             signer=signer_for("scheduler"),
             producer="scheduler",
             registry=registry,
-            datakeys=DataKeys(await KvDataKeyStore.open(nc.jetstream()), master_key),
+            datakeys=await datakeys_for(nc, "scheduler"),
         )
         scheduler = Scheduler(store, nc)
         async with running_agent(load_settings(env=env)):

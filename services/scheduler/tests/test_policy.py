@@ -7,6 +7,7 @@ from typing import Any
 
 from schedkit import App, DenyAgents, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_common.decisions import AllowWithConditions, Condition, Decision, DecisionRequest
+from symbi_common.errors import InfrastructureError
 from symbi_contracts.lifecycle.config import ResourceLimits
 from symbi_contracts.scheduler.events import TaskAssigned, TaskResumed, TaskSuspended
 
@@ -143,3 +144,45 @@ async def test_cap_resources_conditions_of_the_allocation_lower_the_task_limits(
         memory_mb=128, cpu_cores=1.0, disk_io_mbps=100, network_io_mbps=10, execution_timeout_s=30.0
     )
     assert host.started == [(view["task_id"], 1)]
+
+
+class PolicyOutage(DenyAgents):
+    """A decision point that cannot be asked (the policy service unreachable) until ``down`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def decide(self, request: Any) -> Any:
+        if self.down:
+            self.requests.append(request)
+            raise InfrastructureError("no policy service is answering cmd.policy.decide; is it running?")
+        return await super().decide(request)
+
+
+async def test_a_policy_outage_places_nothing_and_suspends_no_one(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    await register_agent(lifecycle, "patient")
+    host: FakeHost = await hosts("h1")
+    point = PolicyOutage()
+    store = await make_store("scheduler")
+    async with start_scheduler(decisions=point) as scheduler:
+        view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "patient", "input": "x"}, status=201)
+        task_id = view["task_id"]
+
+        async def asked_twice() -> bool:
+            return len(point.requests) >= 2  # tried, denied for want of a decision, tried again
+
+        await eventually(asked_twice)
+        queued = await scheduler.json("GET", f"/v1/tasks/{task_id}")
+        assert queued["status"] == "queued"
+        assert host.started == []
+        assert "agent.suspended" not in await agent_events(store, "patient")
+
+        point.down = False  # the policy service is back: the task is decided and placed
+        done = await until_status(scheduler, task_id, "completed")
+        assert done["outcome"] == "succeeded"
+        assert done["decision"]["effect"] == "allow"
+        assert done["decision"]["point"] == "scheduler.task_allocate"
+        assert done["decision"]["decision_id"]

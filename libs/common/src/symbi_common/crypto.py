@@ -1,4 +1,4 @@
-"""Cryptographic primitives: Ed25519 signing (PyNaCl) and AES-256-GCM (cryptography).
+"""Cryptographic primitives: Ed25519 signing and X25519 sealed boxes (PyNaCl), AES-256-GCM (cryptography).
 
 Private key material never appears in ``repr``, logs or errors.
 """
@@ -9,6 +9,7 @@ import hashlib
 import os
 
 import nacl.exceptions
+import nacl.public
 import nacl.signing
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -90,6 +91,52 @@ class AeadKey:
 
     def __repr__(self) -> str:
         return f"AeadKey(key_id={self.key_id!r})"
+
+
+def wrap_key_id_for(public_key: bytes) -> str:
+    """A short stable id for an X25519 public key: ``x25519:`` + first 16 hex chars of its SHA-256."""
+    return "x25519:" + hashlib.sha256(public_key).hexdigest()[:16]
+
+
+class WrapKey:
+    """An X25519 private key that opens data keys sealed for it (anonymous sealed boxes).
+
+    Writers seal a data key to each entitled reader's public key with :func:`seal_to`; only the
+    holder of the private half can open it. ``repr`` never shows the key.
+    """
+
+    __slots__ = ("_box", "_key", "key_id", "public_key")
+
+    def __init__(self, private_key: bytes) -> None:
+        if len(private_key) != 32:
+            raise ValueError("an X25519 private key is 32 bytes")
+        self._key = nacl.public.PrivateKey(private_key)
+        self._box = nacl.public.SealedBox(self._key)
+        self.public_key = bytes(self._key.public_key)
+        self.key_id = wrap_key_id_for(self.public_key)
+
+    @classmethod
+    def generate(cls) -> WrapKey:
+        return cls(bytes(nacl.public.PrivateKey.generate()))
+
+    def private_bytes(self) -> bytes:
+        """The private key, for writing the key file only."""
+        return bytes(self._key)
+
+    def unseal(self, sealed: bytes) -> bytes | None:
+        """The plaintext of a box sealed to this key, or None if it was not (or was tampered with)."""
+        try:
+            return bytes(self._box.decrypt(sealed))
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            return None
+
+    def __repr__(self) -> str:
+        return f"WrapKey(key_id={self.key_id!r})"
+
+
+def seal_to(public_key: bytes, plaintext: bytes) -> bytes:
+    """Seal ``plaintext`` so that only the holder of the X25519 private key of ``public_key`` can open it."""
+    return bytes(nacl.public.SealedBox(nacl.public.PublicKey(public_key)).encrypt(plaintext))
 
 
 def new_nonce() -> bytes:

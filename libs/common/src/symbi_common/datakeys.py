@@ -1,10 +1,13 @@
-"""Per-aggregate AES-256-GCM data keys, wrapped by the master key and kept in a JetStream KV bucket.
+"""Per-aggregate AES-256-GCM data keys, sealed per reader and kept in a JetStream KV bucket.
 
-One KV entry per aggregate (``<type>.<id>``) holds every generation of its data key, each wrapped
-(AES-GCM) by the master key with the data key id as associated data. A data key id is
-``<type>.<id>/<generation>``: rotation adds a generation and new events use it, while events sealed
-under older generations still decrypt. Destroying the entry crypto-shreds every payload of that
-aggregate while the signed, hash-chained envelopes stay verifiable.
+One KV entry per aggregate (``<type>.<id>``) holds every generation of its data key, each sealed
+(X25519 sealed box, PyNaCl) to the wrap key of every service entitled to read that aggregate type
+(:data:`symbi_common.keyring.AGGREGATE_READERS`; the wrap public keys come from the root-signed
+key registry). A service opens only the copies sealed to its own wrap key, so it can decrypt only
+what it is entitled to. A data key id is ``<type>.<id>/<generation>``: rotation adds a generation
+and new events use it, while events sealed under older generations still decrypt. Destroying the
+entry crypto-shreds every sealed copy of every generation while the signed, hash-chained envelopes
+stay verifiable.
 """
 
 from __future__ import annotations
@@ -12,26 +15,26 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 import nats.js.errors
+import structlog
 
-from symbi_common.crypto import KEY_SIZE, AeadKey, key_id_for
-from symbi_common.errors import DataKeyDestroyed, KeyringError
+from symbi_common.crypto import KEY_SIZE, AeadKey, WrapKey, seal_to
+from symbi_common.errors import DataKeyDestroyed, DataKeyNotEntitled, InfrastructureError, KeyringError
+from symbi_common.keyring import KeyRegistry, readers_of
+
+log = structlog.get_logger(__name__)
 
 DATAKEYS_BUCKET = "DATAKEYS"
 
 
-class WrappedKey(msgspec.Struct, frozen=True):
-    nonce: bytes
-    wrapped: bytes
-
-
 class DataKeyRecord(msgspec.Struct, frozen=True):
-    master_key_id: str
     current: int
-    generations: dict[int, WrappedKey]
+    #: generation → wrap key id → ``<data key id> NUL <key>`` sealed to that wrap key
+    generations: dict[int, dict[str, bytes]]
 
 
 _record_encoder = msgspec.msgpack.Encoder()
@@ -102,13 +105,15 @@ class KvDataKeyStore:
 
     @classmethod
     async def open(cls, js: Any, *, replicas: int = 1) -> KvDataKeyStore:
+        """Open the bucket, which the admin provisions (:func:`provision_datakeys`); a missing bucket is an error."""
+        del replicas  # the admin's provisioning decides
         try:
             kv = await js.key_value(DATAKEYS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
-            try:
-                kv = await js.create_key_value(bucket=DATAKEYS_BUCKET, history=1, replicas=replicas)
-            except nats.js.errors.BadRequestError:
-                kv = await js.key_value(DATAKEYS_BUCKET)
+            raise InfrastructureError(
+                f"the KV bucket {DATAKEYS_BUCKET} does not exist; it is provisioned by the NATS admin "
+                "(`symbi up`, or symbi_common.streams.provision_streams with the admin credential)"
+            ) from None
         return cls(kv)
 
     async def get(self, name: str) -> tuple[bytes, int] | None:
@@ -146,7 +151,14 @@ class KvDataKeyStore:
                 if entry is not None:  # None marks the end of the entries that existed already
                     yield str(entry.key)
         finally:
-            await watcher.stop()
+            # Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
+            # wait_for would then wait for the cancelled stop forever; closing the connection ends it.
+            stopping = asyncio.ensure_future(watcher.stop())
+            await asyncio.wait({stopping}, timeout=2.0)
+            if not stopping.done():
+                stopping.cancel()
+            elif not stopping.cancelled() and stopping.exception() is not None:
+                log.debug("stopping the data key watcher failed", error=repr(stopping.exception()))
 
 
 def split_key_id(data_key_id: str) -> tuple[str, int]:
@@ -157,41 +169,63 @@ def split_key_id(data_key_id: str) -> tuple[str, int]:
 
 
 class DataKeys:
-    """Creates, caches, rotates and destroys data keys; the only place the master key is used."""
+    """Creates, caches, rotates and destroys data keys; the only place a service's wrap key is used.
 
-    def __init__(self, store: DataKeyStore, master_key: bytes) -> None:
+    ``wrap_key`` is this service's X25519 private key; ``registry`` gives the wrap public keys of
+    the readers that new data keys are sealed to.
+    """
+
+    def __init__(self, store: DataKeyStore, wrap_key: WrapKey, registry: KeyRegistry, *, service: str) -> None:
         self._store = store
-        self._master = AeadKey(key_id_for(master_key).replace("ed25519", "aes256"), master_key)
+        self._wrap_key = wrap_key
+        self._registry = registry
+        self.service = service
+        #: name → (current generation, the generations this service may open)
         self._cache: dict[str, tuple[int, dict[int, AeadKey]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _unwrap(self, name: str, record: DataKeyRecord) -> tuple[int, dict[int, AeadKey]]:
-        if record.master_key_id != self._master.key_id:
-            raise KeyringError(f"data key {name} is wrapped by master key {record.master_key_id}, not ours")
         keys: dict[int, AeadKey] = {}
-        for gen, wk in record.generations.items():
+        for gen, sealed_copies in record.generations.items():
             kid = f"{name}/{gen}"
-            raw = self._master.decrypt(wk.nonce, wk.wrapped, kid.encode())
-            if raw is None:
-                raise KeyringError(f"data key {kid} cannot be unwrapped with the master key")
-            keys[gen] = AeadKey(kid, raw)
+            sealed = sealed_copies.get(self._wrap_key.key_id)
+            if sealed is None:
+                continue  # not sealed to us: this service may not read this generation
+            opened = self._wrap_key.unseal(sealed)
+            prefix = kid.encode() + b"\0"
+            if opened is None or not opened.startswith(prefix) or len(opened) != len(prefix) + KEY_SIZE:
+                raise KeyringError(f"data key {kid} sealed to {self._wrap_key.key_id} does not open")
+            keys[gen] = AeadKey(kid, opened[len(prefix) :])
         return record.current, keys
 
-    def _wrap(self, name: str, gen: int) -> WrappedKey:
-        nonce, wrapped = self._master.encrypt(os.urandom(KEY_SIZE), f"{name}/{gen}".encode())
-        return WrappedKey(nonce=nonce, wrapped=wrapped)
+    def _seal(self, name: str, gen: int) -> dict[str, bytes]:
+        """A fresh data key for generation ``gen``, sealed to every entitled reader (and this service)."""
+        kid = f"{name}/{gen}"
+        plaintext = kid.encode() + b"\0" + os.urandom(KEY_SIZE)
+        recipients = dict(self._registry.wrap_key_of(s) for s in readers_of(name.split(".", 1)[0]))
+        recipients[self._wrap_key.key_id] = self._wrap_key.public_key
+        return {key_id: seal_to(public, plaintext) for key_id, public in recipients.items()}
 
     async def _load(self, name: str) -> tuple[tuple[int, dict[int, AeadKey]], int] | None:
         got = await self._store.get(name)
         if got is None:
             return None
         raw, revision = got
-        return self._unwrap(name, _record_decoder.decode(raw)), revision
+        try:
+            record = _record_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise KeyringError(f"data key record {name} is malformed: {exc}") from None
+        return self._unwrap(name, record), revision
+
+    def _not_entitled(self, data_key_id: str) -> DataKeyNotEntitled:
+        return DataKeyNotEntitled(
+            f"service {self.service} is not entitled to read data key {data_key_id}", key_id=data_key_id
+        )
 
     async def current(self, name: str) -> AeadKey:
         """The key new events of ``name`` (``<type>.<id>``) are sealed with; created on first use."""
         cached = self._cache.get(name)
-        if cached is not None:
+        if cached is not None and cached[0] in cached[1]:
             return cached[1][cached[0]]
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
@@ -199,9 +233,7 @@ class DataKeys:
             if cached is None:
                 loaded = await self._load(name)
                 if loaded is None:
-                    record = DataKeyRecord(
-                        master_key_id=self._master.key_id, current=1, generations={1: self._wrap(name, 1)}
-                    )
+                    record = DataKeyRecord(current=1, generations={1: self._seal(name, 1)})
                     await self._store.create(name, _record_encoder.encode(record))
                     loaded = await self._load(name)  # the winner's record if another writer raced us
                     if loaded is None:
@@ -211,10 +243,16 @@ class DataKeys:
                 cached = loaded[0]
                 self._cache[name] = cached
         self._locks.pop(name, None)
+        if cached[0] not in cached[1]:
+            raise self._not_entitled(f"{name}/{cached[0]}")
         return cached[1][cached[0]]
 
     async def by_id(self, data_key_id: str) -> AeadKey:
-        """The key with this id, for decryption. Raises :class:`DataKeyDestroyed` if it was destroyed."""
+        """The key with this id, for decryption.
+
+        Raises :class:`DataKeyDestroyed` if it was destroyed, :class:`DataKeyNotEntitled` if it
+        exists but is not sealed to this service.
+        """
         name, gen = split_key_id(data_key_id)
         cached = self._cache.get(name)
         if cached is None or gen not in cached[1]:
@@ -223,6 +261,8 @@ class DataKeys:
                 raise DataKeyDestroyed(f"data key {data_key_id} does not exist or was destroyed", key_id=data_key_id)
             cached = loaded[0]
             self._cache[name] = cached
+            if gen not in cached[1] and gen <= cached[0]:
+                raise self._not_entitled(data_key_id)
         try:
             return cached[1][gen]
         except KeyError:
@@ -238,18 +278,14 @@ class DataKeys:
             raw, revision = got
             record = _record_decoder.decode(raw)
             gen = max(record.generations) + 1
-            new = DataKeyRecord(
-                master_key_id=record.master_key_id,
-                current=gen,
-                generations={**record.generations, gen: self._wrap(name, gen)},
-            )
+            new = DataKeyRecord(current=gen, generations={**record.generations, gen: self._seal(name, gen)})
             if await self._store.update(name, _record_encoder.encode(new), revision):
                 self._cache.pop(name, None)
                 return f"{name}/{gen}"
         raise KeyringError(f"could not rotate data key {name}: too many concurrent updates")
 
     async def destroy(self, name: str) -> None:
-        """Crypto-shred every generation of ``name``'s data key."""
+        """Crypto-shred every generation of ``name``'s data key (every reader's sealed copy)."""
         await self._store.destroy(name)
         self._cache.pop(name, None)
 
@@ -265,3 +301,13 @@ class DataKeys:
     def forget(self, name: str) -> None:
         """Drop a cached key (after another process destroyed or rotated it)."""
         self._cache.pop(name, None)
+
+
+async def open_service_datakeys(js: Any, service_dir: Path, service: str, registry: KeyRegistry) -> DataKeys:
+    """``service``'s :class:`DataKeys` on the ``DATAKEYS`` bucket, with the wrap key from its own directory."""
+    from symbi_common.keyfiles import WRAP_KEY_FILE
+    from symbi_common.keyring import load_wrap_key
+
+    return DataKeys(
+        await KvDataKeyStore.open(js), load_wrap_key(service_dir / WRAP_KEY_FILE), registry, service=service
+    )

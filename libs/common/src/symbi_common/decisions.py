@@ -80,10 +80,25 @@ class Allow(msgspec.Struct, frozen=True, kw_only=True, tag="allow", tag_field="e
     policy_version: int = 0
 
 
+#: Why a request was denied, as a code a caller can act on (``Deny.code``, ``DecisionRecord.reason_code``).
+DenyCode = Literal[
+    "forbidden",  # a forbid policy matched
+    "default_deny",  # no permit applies
+    "forbid_error",  # a forbid could not be evaluated, so it denies
+    "invalid_request",  # the request cannot be evaluated (not expressible in Cedar, or refused by it)
+    "policy_halted",  # a policy event could not be applied: every decision denies until it is fixed
+    "policy_unavailable",  # the decision point could not be asked (policy service unreachable)
+    "policy_timeout",  # the decision point did not answer in time
+    "unenforceable_condition",  # the allow carries a condition the enforcement point cannot enforce
+    "",
+]
+
+
 class Deny(msgspec.Struct, frozen=True, kw_only=True, tag="deny", tag_field="effect"):
     reason: str
     policies: tuple[str, ...] = ()
     policy_version: int = 0
+    code: DenyCode = ""
 
 
 class AllowWithConditions(msgspec.Struct, frozen=True, kw_only=True, tag="allow_with_conditions", tag_field="effect"):
@@ -104,9 +119,16 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     policies: tuple[str, ...] = ()
     reason: str = ""
     conditions: tuple[Condition, ...] = ()
+    #: The id the decision log stores this decision under (set by the enforcer): the decision → action link.
+    decision_id: str = ""
+    reason_code: str = ""
+    #: The enforcement point that received the decision (and enforces its conditions).
+    point: str = ""
 
     @classmethod
-    def of(cls, request: DecisionRequest, decision: Decision) -> DecisionRecord:
+    def of(
+        cls, request: DecisionRequest, decision: Decision, *, decision_id: str = "", point: str = ""
+    ) -> DecisionRecord:
         if isinstance(decision, Deny):
             return cls(
                 action=request.action,
@@ -114,6 +136,9 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
                 policy_version=decision.policy_version,
                 policies=decision.policies,
                 reason=decision.reason,
+                decision_id=decision_id,
+                reason_code=decision.code,
+                point=point,
             )
         conditions = decision.conditions if isinstance(decision, AllowWithConditions) else ()
         return cls(
@@ -122,18 +147,23 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
             policy_version=decision.policy_version,
             policies=decision.policies,
             conditions=conditions,
+            decision_id=decision_id,
+            point=point,
         )
 
 
 def denied(request: DecisionRequest, decision: Deny) -> PolicyDenied:
     """The error a caller raises (after recording the denial) when ``decision`` denied ``request``."""
     names = f" [{', '.join(decision.policies)}]" if decision.policies else ""
-    return PolicyDenied(
+    err = PolicyDenied(
         f"{request.principal.uid} may not {request.action} {request.resource.uid}: {decision.reason}{names}",
         action=request.action,
         policies=list(decision.policies),
         policy_version=decision.policy_version,
     )
+    if decision.code:  # the typed reason travels with the error (``details.reason_code`` on the wire)
+        err.details["reason_code"] = decision.code
+    return err
 
 
 class DecisionPoint(Protocol):

@@ -137,6 +137,12 @@ class UnauthorisedSigner(IntegrityError):
     code = "unauthorised_signer"
 
 
+class KeyRevoked(UnauthorisedSigner):
+    """The signing key was revoked in the key registry before the event's stream position."""
+
+    code = "key_revoked"
+
+
 class BadSignature(IntegrityError):
     """The Ed25519 signature does not match the stored header and ciphertext."""
 
@@ -187,6 +193,13 @@ class DataKeyDestroyed(KeyringError):
 
     code = "data_key_destroyed"
     http_status = 410
+
+
+class DataKeyNotEntitled(KeyringError):
+    """This service's wrap key has no sealed copy of the data key: it is not entitled to read it."""
+
+    code = "data_key_not_entitled"
+    http_status = 403
 
 
 # --- infrastructure ------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""The keyring: a pinned root key, per-service Ed25519 signing keys, the signed key registry, the master key.
+"""The key registry: which service owns which key, what each key may sign, who may read what.
 
-Layout under the keys directory (``./.symbi/keys`` by default)::
+The registry is a document signed by the offline root key (see :mod:`symbi_common.keyfiles` for
+the files). Each entry binds an Ed25519 signing key to one service and to the subjects that
+service writes, and carries the service's X25519 wrap key, to which writers seal data keys.
+Rotation and revocation are new registry versions, each recorded in ``changes``:
 
-    root.key, root.pub        root Ed25519 key; only ``symbi keys`` uses the private half
-    <service>.key             each service's Ed25519 seed (mode 0600); a service loads only its own
-    registry.json             which public key may write which subjects, ...
-    registry.json.sig         ... signed by the root key over the exact file bytes
-    master.key                the AES-256 key that wraps per-aggregate data keys
+- rotation retires a service's signing key: events it signed stay valid;
+- revocation names a stream position: events the key signed after it are refused
+  (:class:`~symbi_common.errors.KeyRevoked`), events before it stay valid.
 
 Every service pins the root public key and refuses a registry that the root key did not sign.
 """
@@ -16,13 +17,19 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
 
-from symbi_common.crypto import KEY_SIZE, Signer, Verifier, key_id_for
-from symbi_common.errors import KeyringError, RegistrySignatureInvalid, UnauthorisedSigner, UnknownSigningKey
+from symbi_common.crypto import Signer, Verifier, WrapKey, key_id_for, wrap_key_id_for
+from symbi_common.errors import (
+    KeyRevoked,
+    KeyringError,
+    RegistrySignatureInvalid,
+    UnauthorisedSigner,
+    UnknownSigningKey,
+)
 
 #: Which subjects each service's signing key may write. Exactly one service writes each aggregate type.
 SERVICE_SUBJECTS: Mapping[str, tuple[str, ...]] = {
@@ -34,16 +41,64 @@ SERVICE_SUBJECTS: Mapping[str, tuple[str, ...]] = {
     "context": ("evt.memory.>", "evt.knowledge.>"),
 }
 
+_ALL = tuple(SERVICE_SUBJECTS)
+
+#: Which services may decrypt the payloads of each aggregate type (the writer first). Derived from
+#: what each service reads: its own aggregates; the embedded policy decision point in every service
+#: reads policy sets; the scheduler follows agents and executions; the policy service follows
+#: agents; the sandbox agent loads its tasks; the context index follows tasks; the audit service
+#: reads the ``agent_id`` of every event and shows event details to auditors.
+AGGREGATE_READERS: Mapping[str, tuple[str, ...]] = {
+    "agent": ("lifecycle", "scheduler", "policy", "audit"),
+    "task": ("scheduler", "sandbox-agent", "context", "audit"),
+    "schedule": ("scheduler", "audit"),
+    "policy": ("policy", *(s for s in _ALL if s != "policy")),
+    "audit": ("audit",),
+    "execution": ("sandbox-agent", "scheduler", "audit"),
+    "host": ("sandbox-agent", "audit"),
+    "memory": ("context", "audit"),
+    "knowledge": ("context", "audit"),
+}
+
 REGISTRY_FILE = "registry.json"
 REGISTRY_SIG_FILE = "registry.json.sig"
 
+ACTIVE, RETIRED, REVOKED = "active", "retired", "revoked"
+
+
+def writer_of(aggregate_type: str) -> str | None:
+    """The one service whose key may write ``evt.<aggregate_type>.…``."""
+    subject = f"evt.{aggregate_type}.x"
+    for service, patterns in SERVICE_SUBJECTS.items():
+        if any(subject_matches(p, subject) for p in patterns):
+            return service
+    return None
+
+
+def readers_of(aggregate_type: str) -> tuple[str, ...]:
+    """The services entitled to decrypt ``aggregate_type`` payloads: the table, else writer + audit."""
+    readers = AGGREGATE_READERS.get(aggregate_type)
+    if readers is not None:
+        return readers
+    writer = writer_of(aggregate_type)
+    return tuple(dict.fromkeys(s for s in (writer, "audit") if s is not None))
+
 
 class RegisteredKey(msgspec.Struct, frozen=True):
+    """One signing key: its service, the subjects it may sign, and the service's wrap key."""
+
     key_id: str
     service: str
     public_key: bytes
     subjects: list[str]
-    status: str = "active"
+    status: str = ACTIVE
+    #: The service's X25519 public key; writers seal data keys to it.
+    wrap_public_key: bytes | None = None
+    added_at: str = ""
+    revoked_at: str | None = None
+    #: Events signed by this key at stream sequences greater than this are refused. ``None`` on a
+    #: revoked key: every event it signed is refused.
+    revoked_after_sequence: int | None = None
 
 
 class OperatorIssuer(msgspec.Struct, frozen=True):
@@ -54,11 +109,23 @@ class OperatorIssuer(msgspec.Struct, frozen=True):
     status: str = "active"
 
 
+class RegistryChange(msgspec.Struct, frozen=True):
+    """One registry version's change: ``add``, ``rotate`` or ``revoke`` of ``key_id``."""
+
+    version: int
+    at: str
+    kind: str
+    service: str
+    key_id: str
+    after_sequence: int | None = None
+
+
 class RegistryDocument(msgspec.Struct, frozen=True):
     version: int
     issued_at: str
     root_key_id: str
     keys: list[RegisteredKey]
+    changes: list[RegistryChange] = msgspec.field(default_factory=list)
     #: Keys whose operator tokens the services accept; their private halves stay with the root key.
     operator_issuers: list[OperatorIssuer] = msgspec.field(default_factory=list)
 
@@ -75,8 +142,12 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(s_tokens) == len(p_tokens)
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
 class KeyRegistry:
-    """The verified key registry: resolves key ids and checks subject authorisation."""
+    """The verified key registry: resolves key ids and checks what a key may sign, and when."""
 
     def __init__(self, document: RegistryDocument) -> None:
         self.document = document
@@ -99,6 +170,7 @@ class KeyRegistry:
 
     @classmethod
     def load(cls, keys_dir: Path, root_public_key: bytes | None = None) -> KeyRegistry:
+        """Load ``registry.json`` from ``keys_dir`` (a keyring or one service's directory) and verify it."""
         root_pub = root_public_key if root_public_key is not None else read_key_file(keys_dir / "root.pub")
         try:
             data = (keys_dir / REGISTRY_FILE).read_bytes()
@@ -116,14 +188,30 @@ class KeyRegistry:
             ) from None
 
     def authorise(self, key_id: str, subject: str, *, sequence: int | None = None) -> Verifier:
-        """The verifier for ``key_id`` if it may write ``subject``; typed errors otherwise."""
+        """The verifier for ``key_id`` if it may sign an event on ``subject`` at stream ``sequence``.
+
+        Raises :class:`UnknownSigningKey` for a key not in the registry, :class:`UnauthorisedSigner`
+        for a key of a service that does not own ``subject``, and :class:`KeyRevoked` for a revoked
+        key when ``sequence`` is after its revocation point, or unknown (``None``: fail closed).
+        """
         verifier = self.verifier(key_id, subject=subject, sequence=sequence)
         key = self._keys[key_id]
-        if key.status != "active" or not any(subject_matches(p, subject) for p in key.subjects):
+        if not any(subject_matches(p, subject) for p in key.subjects):
             raise UnauthorisedSigner(
-                f"key {key_id} of service {key.service} may not write {subject}",
-                subject=subject,
-                sequence=sequence,
+                f"key {key_id} of service {key.service} may not write {subject}", subject=subject, sequence=sequence
+            )
+        if key.status == REVOKED:
+            cutoff = key.revoked_after_sequence
+            if cutoff is None or sequence is None or sequence > cutoff:
+                after = "" if cutoff is None else f" after stream sequence {cutoff}"
+                raise KeyRevoked(
+                    f"key {key_id} of service {key.service} was revoked{after} ({key.revoked_at})",
+                    subject=subject,
+                    sequence=sequence,
+                )
+        elif key.status not in (ACTIVE, RETIRED):
+            raise UnauthorisedSigner(
+                f"key {key_id} has unknown status {key.status!r}", subject=subject, sequence=sequence
             )
         return verifier
 
@@ -131,20 +219,112 @@ class KeyRegistry:
         key = self._keys.get(key_id)
         return key.service if key else None
 
+    def key(self, key_id: str) -> RegisteredKey | None:
+        return self._keys.get(key_id)
+
+    def active_key(self, service: str) -> RegisteredKey | None:
+        """The service's current signing key (the newest active one), if any."""
+        active = [k for k in self.document.keys if k.service == service and k.status == ACTIVE]
+        return active[-1] if active else None
+
+    def wrap_key_of(self, service: str) -> tuple[str, bytes]:
+        """``(wrap key id, X25519 public key)`` of ``service``, to seal data keys to it."""
+        key = self.active_key(service)
+        if key is None or key.wrap_public_key is None:
+            raise KeyringError(f"the key registry has no active wrap key for service {service}")
+        return wrap_key_id_for(key.wrap_public_key), key.wrap_public_key
+
     def operator_issuers(self) -> dict[str, Verifier]:
         """The active operator-token issuer keys (key id → verifier)."""
         return {i.key_id: Verifier(i.public_key) for i in self.document.operator_issuers if i.status == "active"}
+
+
+# --- registry changes (pure: a document in, the next version out) --------------------------------
+
+
+def with_operator_issuer(doc: RegistryDocument, public_key: bytes) -> RegistryDocument:
+    """The next version with ``public_key`` as an (active) operator-token issuer."""
+    at = _now()
+    issuer = OperatorIssuer(key_id=key_id_for(public_key), public_key=public_key)
+    change = RegistryChange(version=doc.version + 1, at=at, kind="add-issuer", service="operator", key_id=issuer.key_id)
+    return msgspec.structs.replace(
+        doc,
+        version=doc.version + 1,
+        issued_at=at,
+        operator_issuers=[*doc.operator_issuers, issuer],
+        changes=[*doc.changes, change],
+    )
+
+
+def empty_registry(root: Signer) -> RegistryDocument:
+    return RegistryDocument(version=0, issued_at=_now(), root_key_id=root.key_id, keys=[])
+
+
+def with_service_key(
+    doc: RegistryDocument, service: str, signer: Signer, wrap_public_key: bytes, *, kind: str = "add"
+) -> RegistryDocument:
+    """The next version with ``signer`` as ``service``'s active key; its previous active keys retire."""
+    at = _now()
+    keys = [
+        msgspec.structs.replace(k, status=RETIRED) if k.service == service and k.status == ACTIVE else k
+        for k in doc.keys
+    ]
+    keys.append(
+        RegisteredKey(
+            key_id=signer.key_id,
+            service=service,
+            public_key=signer.public_key,
+            subjects=list(SERVICE_SUBJECTS.get(service, ())),
+            wrap_public_key=wrap_public_key,
+            added_at=at,
+        )
+    )
+    change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+def with_revocation(doc: RegistryDocument, key_id: str, *, after_sequence: int | None) -> RegistryDocument:
+    """The next version with ``key_id`` revoked after stream sequence ``after_sequence`` (``None``: from the start)."""
+    if after_sequence is not None and after_sequence < 0:
+        raise KeyringError("the revocation point must be a stream sequence >= 0")
+    target = next((k for k in doc.keys if k.key_id == key_id), None)
+    if target is None:
+        raise KeyringError(f"key {key_id} is not in the key registry")
+    if target.status == REVOKED:
+        raise KeyringError(f"key {key_id} is already revoked")
+    at = _now()
+    keys = [
+        msgspec.structs.replace(k, status=REVOKED, revoked_at=at, revoked_after_sequence=after_sequence)
+        if k.key_id == key_id
+        else k
+        for k in doc.keys
+    ]
+    change = RegistryChange(
+        version=doc.version + 1, at=at, kind="revoke", service=target.service, key_id=key_id,
+        after_sequence=after_sequence,
+    )  # fmt: skip
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+def encode_registry(doc: RegistryDocument) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2)
 
 
 # --- key files -----------------------------------------------------------------------------------
 
 
 def write_key_file(path: Path, data: bytes, *, private: bool) -> None:
+    """Write base64 key material atomically; private files are created 0600 (never briefly wider)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as fh:
         fh.write(base64.b64encode(data) + b"\n")
+    os.chmod(tmp, 0o600 if private else 0o644)
     os.replace(tmp, path)
 
 
@@ -158,74 +338,16 @@ def read_key_file(path: Path) -> bytes:
 
 
 def load_signer(path: Path) -> Signer:
-    """Load one service's private signing key."""
+    """Load one service's private Ed25519 signing key."""
     seed = read_key_file(path)
     if len(seed) != 32:
         raise KeyringError(f"key file {path} does not hold a 32-byte Ed25519 seed")
     return Signer(seed)
 
 
-def load_master_key(path: Path) -> bytes:
-    key = read_key_file(path)
-    if len(key) != KEY_SIZE:
-        raise KeyringError(f"master key file {path} does not hold a 32-byte AES-256 key")
-    return key
-
-
-def init_keyring(keys_dir: Path, services: Iterable[str] | None = None) -> list[str]:
-    """Create whatever is missing of the keyring; returns what was created. Existing keys are kept."""
-    created: list[str] = []
-    names = list(services if services is not None else SERVICE_SUBJECTS)
-    root_path = keys_dir / "root.key"
-    if not root_path.exists():
-        root = Signer.generate()
-        write_key_file(root_path, root.seed(), private=True)
-        write_key_file(keys_dir / "root.pub", root.public_key, private=False)
-        created.append("root.key")
-    root = load_signer(root_path)
-    from symbi_common.operator_tokens import ISSUER_KEY_FILE, default_operator_dir, ensure_issuer_key
-
-    issuer, issuer_created = ensure_issuer_key(default_operator_dir(keys_dir))
-    if issuer_created:  # next to the keyring, not in it: no service is given this directory
-        created.append(str(default_operator_dir(keys_dir) / ISSUER_KEY_FILE))
-    for name in names:
-        path = keys_dir / f"{name}.key"
-        if not path.exists():
-            write_key_file(path, Signer.generate().seed(), private=True)
-            created.append(path.name)
-    master = keys_dir / "master.key"
-    if not master.exists():
-        write_key_file(master, os.urandom(KEY_SIZE), private=True)
-        created.append("master.key")
-    if created or not (keys_dir / REGISTRY_FILE).exists():
-        issue_registry(keys_dir, root, names, issuers=[issuer.public_key])
-        created.append(REGISTRY_FILE)
-    return created
-
-
-def issue_registry(
-    keys_dir: Path, root: Signer, services: Iterable[str], *, issuers: Iterable[bytes] = ()
-) -> RegistryDocument:
-    """Write and sign a registry of the services' current public keys (and the operator-token issuers)."""
-    keys = []
-    for name in services:
-        signer = load_signer(keys_dir / f"{name}.key")
-        keys.append(
-            RegisteredKey(
-                key_id=signer.key_id,
-                service=name,
-                public_key=signer.public_key,
-                subjects=list(SERVICE_SUBJECTS.get(name, ())),
-            )
-        )
-    doc = RegistryDocument(
-        version=1,
-        issued_at=dt.datetime.now(dt.UTC).isoformat(),
-        root_key_id=root.key_id,
-        keys=keys,
-        operator_issuers=[OperatorIssuer(key_id=key_id_for(pub), public_key=pub) for pub in issuers],
-    )
-    data = msgspec.json.format(msgspec.json.encode(doc), indent=2)
-    (keys_dir / REGISTRY_FILE).write_bytes(data)
-    (keys_dir / REGISTRY_SIG_FILE).write_bytes(base64.b64encode(root.sign(data)) + b"\n")
-    return doc
+def load_wrap_key(path: Path) -> WrapKey:
+    """Load one service's private X25519 wrap key (opens the data keys sealed to it)."""
+    raw = read_key_file(path)
+    if len(raw) != 32:
+        raise KeyringError(f"key file {path} does not hold a 32-byte X25519 key")
+    return WrapKey(raw)

@@ -1,40 +1,91 @@
-"""Least-privilege NATS users: one per service, plus an ``operator`` for people and tools.
+"""Least-privilege NATS users: one per service, ``operator`` for people's tools, ``admin`` for provisioning.
 
 A service may publish only its own aggregates' events and snapshots (the same subjects its signing
-key is authorised for in the key registry), commands to other services, the JetStream API it needs
-(stream/consumer management, direct gets, acks, flow control), the ``DATAKEYS`` bucket and replies;
-it may subscribe only to its own commands and to inboxes. So a compromised service cannot even
-*store* an event under another service's subject — and if it could, every verifier would reject it.
+key is authorised for in the key registry), its own data keys in ``DATAKEYS``, commands, and the
+exact JetStream API calls it needs: stream info, direct/message gets and consumers on the streams
+it reads, acks. It may not create, update, purge or delete a stream or a KV bucket, nor write
+another service's KV keys: only ``admin`` may manage streams, and ``admin`` is used by ``symbi up``
+(or a deployment's provisioning job) before the services start, never given to a service.
+Anonymous connections are refused. TLS between hosts is :func:`tls_config` (server) and
+:func:`client_tls` (clients), switched on by ``[nats] tls_ca / tls_cert / tls_key``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from symbi_common.keyring import SERVICE_SUBJECTS
 
 OPERATOR = "operator"
+ADMIN = "admin"
 
-#: What a service publishes beyond its events: the task contract (docs/contracts/tasks.md) and audit's subjects.
+_API = "$JS.API"
+
+#: Streams (and ``KV_<bucket>`` streams) each service reads, beyond EVENTS, SNAPSHOTS and KV_DATAKEYS.
+_EXTRA_READS: Mapping[str, tuple[str, ...]] = {
+    "scheduler": ("WORK", "KV_HOSTS", "KV_SCHEDULER"),
+    "sandbox-agent": ("WORK", "KV_HOSTS"),
+    "audit": ("AUDIT",),
+}
+_COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS")
+
+#: What a service publishes beyond its events, snapshots and data keys (docs/contracts/tasks.md, audit's subjects).
 _EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
     "scheduler": ("work.>", "$KV.SCHEDULER.>"),
     "sandbox-agent": ("$KV.HOSTS.>",),
-    "audit": ("audit.>",),
+    # The audit service crypto-shreds any aggregate's data key on an audited erasure (a KV purge).
+    "audit": ("audit.>", "$KV.DATAKEYS.>"),
 }
 
-_COMMON_PUBLISH = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.DATAKEYS.>", "_INBOX.>", "cmd.>")
+
+def stream_read_api(stream: str) -> list[str]:
+    """The JetStream API subjects to read ``stream``: info, gets, and consumers (create, info, next, delete)."""
+    return [
+        f"{_API}.STREAM.INFO.{stream}",
+        f"{_API}.STREAM.MSG.GET.{stream}",
+        f"{_API}.DIRECT.GET.{stream}",
+        f"{_API}.DIRECT.GET.{stream}.>",
+        f"{_API}.CONSUMER.CREATE.{stream}",
+        f"{_API}.CONSUMER.CREATE.{stream}.>",
+        f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.*",
+        f"{_API}.CONSUMER.INFO.{stream}.*",
+        f"{_API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"{_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.ACK.{stream}.>",
+    ]
+
+
+def streams_read_by(service: str) -> tuple[str, ...]:
+    if service == OPERATOR:
+        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS")
+    return (*_COMMON_READS, *_EXTRA_READS.get(service, ()))
+
+
+def _own_subjects(service: str) -> list[str]:
+    own = list(SERVICE_SUBJECTS[service])
+    snapshots = [p.replace("evt.", "snap.", 1) for p in own]
+    datakeys = [p.replace("evt.", "$KV.DATAKEYS.", 1) for p in own]
+    return [*own, *snapshots, *datakeys]
 
 
 def publish_allow(service: str) -> list[str]:
-    """What ``service`` may publish: its own events and snapshots, plus the common set."""
+    """What ``service`` may publish: its own events, snapshots and data keys, and the API calls it needs."""
+    if service == ADMIN:
+        return [f"{_API}.>", "_INBOX.>"]
+    api = [f"{_API}.STREAM.NAMES"]  # which stream holds a subject (subscribing without naming the stream)
+    for stream in (*streams_read_by(service), "AUDIT"):
+        if stream == "AUDIT" and service not in (OPERATOR, "audit"):
+            api.append(f"{_API}.STREAM.INFO.AUDIT")  # checked at start-up, never read
+            continue
+        api.extend(x for x in stream_read_api(stream) if x not in api)
+    common = [*api, "$JS.FC.>", "_INBOX.>", "cmd.>"]
     if service == OPERATOR:
-        # $KV.OPERATOR_REVOCATIONS: `symbi token revoke` (services only read that bucket).
-        return ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>", "cmd.>", "$KV.OPERATOR_REVOCATIONS.>"]
-    own = list(SERVICE_SUBJECTS[service])
-    snapshots = [p.replace("evt.", "snap.", 1) for p in own]
-    return [*own, *snapshots, *_EXTRA_PUBLISH.get(service, ()), *_COMMON_PUBLISH]
+        return [*common, "$KV.OPERATOR_REVOCATIONS.>"]  # `symbi token revoke` (services only read that bucket)
+    return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common]
 
 
 def subscribe_allow(service: str) -> list[str]:
@@ -42,7 +93,14 @@ def subscribe_allow(service: str) -> list[str]:
     inboxes (consumers deliver to inboxes)."""
     if service == OPERATOR:
         return ["_INBOX.>", "audit.alert", "audit.live.>"]
+    if service == ADMIN:
+        return ["_INBOX.>"]
     return [f"cmd.{service}.>", "_INBOX.>"]
+
+
+def nats_users() -> list[str]:
+    """Every NATS user: one per service, ``operator`` and ``admin``."""
+    return [*SERVICE_SUBJECTS, OPERATOR, ADMIN]
 
 
 def authorization_config(passwords: Mapping[str, str]) -> str:
@@ -52,8 +110,7 @@ def authorization_config(passwords: Mapping[str, str]) -> str:
 
 def deployment_authorization_config() -> str:
     """The same block for a deployment: each password from ``$NATS_<USER>_PASSWORD`` in the environment."""
-    users = [*SERVICE_SUBJECTS, OPERATOR]
-    return _authorization({u: "$NATS_" + u.upper().replace("-", "_") + "_PASSWORD" for u in users})
+    return _authorization({u: "$NATS_" + u.upper().replace("-", "_") + "_PASSWORD" for u in nats_users()})
 
 
 def _authorization(password_values: Mapping[str, str]) -> str:
@@ -62,6 +119,36 @@ def _authorization(password_values: Mapping[str, str]) -> str:
         perms = {"publish": {"allow": publish_allow(user)}, "subscribe": {"allow": subscribe_allow(user)}}
         users.append(f"    {{user: {json.dumps(user)}, password: {password}, permissions: {json.dumps(perms)}}}")
     return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
+
+
+# --- TLS -------------------------------------------------------------------------------------------
+
+
+def tls_config(*, cert_file: str, key_file: str, ca_file: str, verify: bool = True) -> str:
+    """A nats-server ``tls`` block: the server's certificate, and (``verify``) client certificates
+    checked against ``ca_file``."""
+    block = {"cert_file": cert_file, "key_file": key_file, "ca_file": ca_file, "verify": verify}
+    return "tls " + json.dumps(block) + "\n"
+
+
+def client_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext | None:
+    """The client side: trust ``ca_file`` and present ``cert_file``/``key_file`` (mutual TLS). ``None`` without a CA."""
+    if not ca_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file or None)
+    return context
+
+
+def connect_options(tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> dict[str, Any]:
+    """Extra ``nats.connect`` keyword arguments for the ``[nats]`` TLS settings (empty when TLS is off)."""
+    context = client_tls(tls_ca, tls_cert, tls_key)
+    return {} if context is None else {"tls": context}
+
+
+# --- URLs -----------------------------------------------------------------------------------------
 
 
 def with_credentials(url: str, user: str, password: str) -> str:
@@ -77,3 +164,20 @@ def without_credentials(url: str) -> str:
     parts = urlsplit(url)
     netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+__all__: Sequence[str] = [
+    "ADMIN",
+    "OPERATOR",
+    "authorization_config",
+    "client_tls",
+    "connect_options",
+    "deployment_authorization_config",
+    "nats_users",
+    "publish_allow",
+    "stream_read_api",
+    "subscribe_allow",
+    "tls_config",
+    "with_credentials",
+    "without_credentials",
+]

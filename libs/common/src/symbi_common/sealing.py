@@ -26,7 +26,14 @@ from symbi_common.envelope import (
     signed_message,
     subject_for,
 )
-from symbi_common.errors import BadSignature, BrokenChain, DecryptionFailed, SubjectMismatch, VersionGap
+from symbi_common.errors import (
+    BadSignature,
+    BrokenChain,
+    DecryptionFailed,
+    SubjectMismatch,
+    UnauthorisedSigner,
+    VersionGap,
+)
 from symbi_common.keyring import KeyRegistry
 
 
@@ -116,6 +123,13 @@ def open_envelope(data: bytes, *, subject: str, sequence: int, registry: KeyRegi
             subject=subject,
         )
     verifier = registry.authorise(header.signing_key_id, subject, sequence=sequence)
+    signer_service = registry.service_of(header.signing_key_id)
+    if header.producer != signer_service:
+        raise UnauthorisedSigner(
+            f"event {header.event_id} names producer {header.producer!r} but is signed by a key of {signer_service}",
+            sequence=sequence,
+            subject=subject,
+        )
     if not verifier.verify(signed_message(sealed.header, sealed.ciphertext), sealed.signature):
         raise BadSignature(
             f"signature of event {header.event_id} does not verify with key {header.signing_key_id}",

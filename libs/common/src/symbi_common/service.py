@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,20 +29,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from symbi_common import openapi
 from symbi_common.aggregate import Repository
 from symbi_common.commands import CommandClient, CommandServer
+from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.decisions import DecisionPoint
 from symbi_common.domain import Aggregate
-from symbi_common.errors import ConfigError, InfrastructureError, PayloadTooLarge, SymbiError, to_wire
+from symbi_common.errors import ConfigError, InfrastructureError, KeyringError, PayloadTooLarge, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import KeyRegistry, load_master_key, load_signer, read_key_file
-from symbi_common.natsauth import without_credentials
+from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
+from symbi_common.natsauth import connect_options, without_credentials
 from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings, load_settings
 from symbi_common.snapshots import SnapshotStore
-from symbi_common.streams import StreamSettings, provision_streams
+from symbi_common.streams import require_streams
 from symbi_common.telemetry import (
     configure_logging,
     configure_tracing,
@@ -60,6 +60,23 @@ E = TypeVar("E", bound=Event)
 
 #: How long a starting service tries to reach NATS before it gives up with a clear error.
 STARTUP_CONNECT_TIMEOUT_S = 30.0
+
+
+def load_service_keyring(service: str, s: Settings) -> tuple[KeyRegistry, Signer, WrapKey]:
+    """The root-verified registry and this service's own keys; refuses a key the registry does not
+    list as the service's active key (a rotated-out or revoked key must not sign again)."""
+    registry = KeyRegistry.load(s.service_keys_dir(service), read_key_file(s.root_public_key_path(service)))
+    signer = load_signer(s.signing_key_path(service))
+    wrap_key = load_wrap_key(s.wrap_key_path(service))
+    active = registry.active_key(service)
+    if active is None or active.key_id != signer.key_id:
+        raise KeyringError(
+            f"signing key {signer.key_id} is not the active key of {service} in the key registry "
+            f"(active: {active.key_id if active else 'none'}); run `symbi keys init` or hand out the current keys"
+        )
+    if active.wrap_public_key != wrap_key.public_key:
+        raise KeyringError(f"the wrap key of {service} does not match the key registry")
+    return registry, signer, wrap_key
 
 
 class ServiceRuntime:
@@ -96,9 +113,7 @@ class ServiceRuntime:
         configure_logging(self.name, s.telemetry.log_level, s.telemetry.log_format)
         configure_tracing(self.name, s.telemetry.otlp_endpoint)
         # Keys first: a service without its keys must not touch anything.
-        self.registry = KeyRegistry.load(Path(s.keys.dir), read_key_file(s.root_public_key_path()))
-        signer = load_signer(s.signing_key_path(self.name))
-        master = load_master_key(s.master_key_path())
+        self.registry, signer, wrap_key = load_service_keyring(self.name, s)
         try:
             # Reconnect forever once connected, but do not hang at start-up on a wrong or dead URL.
             self.nc = await asyncio.wait_for(
@@ -109,6 +124,7 @@ class ServiceRuntime:
                     reconnect_time_wait=0.5,
                     connect_timeout=5,
                     error_cb=self._nats_error,
+                    **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key),
                 ),
                 timeout=STARTUP_CONNECT_TIMEOUT_S,
             )
@@ -118,15 +134,12 @@ class ServiceRuntime:
                 f"{STARTUP_CONNECT_TIMEOUT_S:g} s: {exc!r}; check nats.url / SYMBI_NATS_URL"
             ) from None
         self.js = self.nc.jetstream(timeout=s.nats.request_timeout_s)
-        await provision_streams(
-            self.js,
-            StreamSettings(
-                replicas=s.nats.replicas,
-                events_max_bytes=s.nats.events_max_bytes,
-                duplicate_window_s=s.nats.duplicate_window_s,
-            ),
-        )
-        self.datakeys = DataKeys(await KvDataKeyStore.open(self.js, replicas=s.nats.replicas), master)
+        try:
+            await require_streams(self.js)  # provisioned by the NATS admin; never created here
+        except BaseException:
+            await self.nc.close()
+            raise
+        self.datakeys = DataKeys(await KvDataKeyStore.open(self.js), wrap_key, self.registry, service=self.name)
         self.spawn(self.datakeys.follow_changes(), "datakeys:follow")
         self.store = EventStore(
             self.nc,
@@ -243,12 +256,17 @@ class ServiceRuntime:
                 await close()
         for task in list(self._tasks):
             task.cancel()
+        stuck: set[asyncio.Task[Any]] = set()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Bounded: a NATS watch cancelled while it is still being set up may only end when the
+            # connection closes (seen over TLS), so wait for the rest after the drain.
+            _, stuck = await asyncio.wait(set(self._tasks), timeout=5.0)
         try:
             await self.nc.drain()
         except Exception as exc:  # already closed or the server went away
             log.debug("nats drain failed", error=str(exc))
+        if stuck:
+            await asyncio.wait(stuck, timeout=5.0)
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

@@ -84,6 +84,11 @@ class NatsSettings(_Section):
     events_max_bytes: int = 10 * 1024**3
     duplicate_window_s: float = 300.0
     request_timeout_s: float = 5.0
+    #: TLS to the NATS server (between hosts): the CA that signed the server's certificate; setting
+    #: it switches TLS on. ``tls_cert``/``tls_key``: this client's certificate for mutual TLS.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 class DatabaseSettings(_Section):
@@ -93,10 +98,13 @@ class DatabaseSettings(_Section):
 
 
 class KeysSettings(_Section):
+    #: This service's own key directory (``<keyring>/<service>``); a whole keyring (tests, tools)
+    #: also works: then ``<dir>/<service>/`` is used.
     dir: str = ".symbi/keys"
-    #: This service's private signing key; default ``<dir>/<service>.key``.
+    #: This service's private Ed25519 signing key; default ``<service dir>/signing.key``.
     signing_key_path: str = ""
-    master_key_path: str = ""
+    #: This service's private X25519 wrap key (opens the data keys sealed to it); default ``<service dir>/wrap.key``.
+    wrap_key_path: str = ""
     root_public_key_path: str = ""
 
 
@@ -226,14 +234,23 @@ class Settings(_Section):
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
 
+    def service_keys_dir(self, service: str) -> Path:
+        """The service's own key directory: ``keys.dir``, or ``keys.dir/<service>`` if that is a keyring."""
+        base = Path(self.keys.dir)
+        own = base / service
+        if not (base / "signing.key").exists() and (own / "signing.key").exists():
+            return own
+        return base
+
     def signing_key_path(self, service: str) -> Path:
-        return Path(self.keys.signing_key_path or Path(self.keys.dir) / f"{service}.key")
+        return Path(self.keys.signing_key_path or self.service_keys_dir(service) / "signing.key")
 
-    def master_key_path(self) -> Path:
-        return Path(self.keys.master_key_path or Path(self.keys.dir) / "master.key")
+    def wrap_key_path(self, service: str) -> Path:
+        return Path(self.keys.wrap_key_path or self.service_keys_dir(service) / "wrap.key")
 
-    def root_public_key_path(self) -> Path:
-        return Path(self.keys.root_public_key_path or Path(self.keys.dir) / "root.pub")
+    def root_public_key_path(self, service: str | None = None) -> Path:
+        base = self.service_keys_dir(service) if service else Path(self.keys.dir)
+        return Path(self.keys.root_public_key_path or base / "root.pub")
 
 
 #: Documented environment variables and the setting each one sets.
@@ -244,10 +261,13 @@ ENV_ALIASES: Mapping[str, str] = {
     "SYMBI_CRYPTO_PROVIDER": "security.crypto_provider",
     "SYMBI_AUDIT_STORAGE": "security.audit_storage",
     "SYMBI_NATS_URL": "nats.url",
+    "SYMBI_NATS_TLS_CA": "nats.tls_ca",
+    "SYMBI_NATS_TLS_CERT": "nats.tls_cert",
+    "SYMBI_NATS_TLS_KEY": "nats.tls_key",
     "SYMBI_DATABASE_URL": "database.url",
     "SYMBI_KEYS_DIR": "keys.dir",
     "SYMBI_SIGNING_KEY_PATH": "keys.signing_key_path",
-    "SYMBI_MASTER_KEY_PATH": "keys.master_key_path",
+    "SYMBI_WRAP_KEY_PATH": "keys.wrap_key_path",
     "SYMBI_ROOT_PUBLIC_KEY_PATH": "keys.root_public_key_path",
     "SYMBI_HTTP_HOST": "service.http_host",
     "SYMBI_HTTP_PORT": "service.http_port",

@@ -1,5 +1,9 @@
 """JetStream stream provisioning and raw reads (batched direct get).
 
+Provisioning (:func:`provision_streams`) creates or updates every stream and KV bucket and needs
+the NATS ``admin`` credential: services may not create, update, purge or delete streams, so they
+only check that what they need exists (:func:`require_streams`) and fail with a clear error if not.
+
 ``EVENTS`` is the append-only history (``evt.>``): file storage, no per-subject cap, ``discard=new``
 with a byte limit so a full store refuses writes instead of dropping history, ``deny_delete`` and
 ``deny_purge``, a de-duplication window, direct get for batched reads and atomic batch publish for
@@ -19,13 +23,23 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from symbi_common.errors import InfrastructureError, Timeout
 
 EVENTS_STREAM = "EVENTS"
 SNAPSHOTS_STREAM = "SNAPSHOTS"
 AUDIT_STREAM = "AUDIT"
+WORK_STREAM = "WORK"
+#: KV buckets: per-aggregate data keys (every service, each only its own keys), sandbox hosts
+#: (written by sandbox agents, read by the scheduler), the scheduler's lease.
+DATAKEYS_BUCKET = "DATAKEYS"
+HOSTS_BUCKET = "HOSTS"
+SCHEDULER_BUCKET = "SCHEDULER"
+#: Revoked operator tokens (written by the operator's `symbi token revoke`, read by every service).
+OPERATOR_REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
+#: What every service needs before it starts.
+REQUIRED_STREAMS = (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +50,8 @@ class StreamSettings:
     events_max_bytes: int = 10 * 1024**3
     duplicate_window_s: float = 300.0
     max_msg_size: int = 1024 * 1024
+    #: The scheduler lease's expiry (KV bucket ``SCHEDULER`` TTL).
+    lease_ttl_s: float = 5.0
 
 
 def events_config(s: StreamSettings) -> StreamConfig:
@@ -85,16 +101,79 @@ def audit_config(s: StreamSettings) -> StreamConfig:
     )
 
 
-async def provision_streams(js: Any, settings: StreamSettings | None = None) -> None:
-    """Create the streams if missing, or update their configuration to the current one. Idempotent."""
+def work_config(s: StreamSettings) -> StreamConfig:
+    """``WORK``: work items for the sandbox agents (``work.<host_id>``, work-queue retention)."""
+    return StreamConfig(
+        name=WORK_STREAM,
+        subjects=["work.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        duplicate_window=s.duplicate_window_s,
+    )
+
+
+def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(bucket=DATAKEYS_BUCKET, history=1, replicas=s.replicas),
+        KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=s.replicas),
+        KeyValueConfig(bucket=OPERATOR_REVOCATIONS_BUCKET, history=1, replicas=s.replicas),
+        KeyValueConfig(
+            bucket=SCHEDULER_BUCKET, history=1, ttl=s.lease_ttl_s, storage=StorageType.FILE, replicas=s.replicas
+        ),
+    ]
+
+
+#: Streams whose loss is lost history: never re-created silently on a store that held them.
+HISTORY_STREAMS = (EVENTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
+
+
+async def provision_streams(js: Any, settings: StreamSettings | None = None, *, existing_store: bool = False) -> None:
+    """Create the streams and KV buckets if missing, or update the streams to the current configuration.
+
+    Idempotent. Needs the NATS ``admin`` credential (``symbi up`` runs it before any service starts).
+    ``existing_store``: the server's store is not new, so a missing history stream (``EVENTS``,
+    ``AUDIT``, KV ``DATAKEYS``) was deleted: raise :class:`InfrastructureError` instead of starting
+    a fresh, empty one.
+    """
     s = settings or StreamSettings()
-    for cfg in (events_config(s), snapshots_config(s), audit_config(s)):
+    if existing_store:
+        for name in HISTORY_STREAMS:
+            try:
+                await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                raise InfrastructureError(
+                    f"the JetStream store exists but stream {name} is missing: its history was deleted; "
+                    "refusing to re-create it empty (restore the store, or start over with a new home)"
+                ) from None
+    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s)):
         try:
             await js.add_stream(cfg)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
                 raise
             await js.update_stream(cfg)
+    for kv in bucket_configs(s):
+        try:
+            await js.key_value(kv.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(kv)
+
+
+async def require_streams(js: Any, names: tuple[str, ...] = REQUIRED_STREAMS) -> None:
+    """Check that the streams (and KV buckets, ``KV_<bucket>``) a service needs exist; never creates them.
+
+    Raises :class:`InfrastructureError` naming what is missing: a service does not re-create a
+    stream that was deleted (that would silently start a fresh, short history).
+    """
+    for name in names:
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            raise InfrastructureError(
+                f"JetStream stream {name} does not exist; streams and KV buckets are provisioned by the "
+                "NATS admin before services start (`symbi up`, or provision_streams with the admin credential)"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)

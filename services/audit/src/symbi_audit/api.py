@@ -103,8 +103,9 @@ async def _with_details(service: AuditService, request: Request, rows: list[dict
     allowed = await service.reader.allowed(principal, aggregates)
     for r in rows:
         agg = f"{r['aggregate_type']}.{r['aggregate_id']}" if r.get("aggregate_type") else None
-        if agg is not None and allowed.get(agg):
-            r["details"] = await service.reader.details(int(r["sequence"]))
+        conditions = allowed.get(agg) if agg is not None else None
+        if conditions is not None:
+            r["details"] = await service.reader.details(int(r["sequence"]), conditions)
         else:
             r["details"] = None
             r["details_withheld"] = True

@@ -8,8 +8,10 @@ from typing import Any
 
 import asyncpg
 from symbi_common.crypto import Signer
-from symbi_common.decisions import DecisionPoint, DecisionRequest, Deny, EntityRef, denied
+from symbi_common.decisions import DecisionPoint, DecisionRequest, EntityRef
 from symbi_common.eventstore import EventStore
+from symbi_common.policy.enforcement import AUDIT_ERASE
+from symbi_common.policy.hooks import Enforcer
 from symbi_tlog.merkle import consistency_ranges, fold_range, inclusion_ranges, nodes_for, range_nodes
 from symbi_tlog.notes import verify_checkpoint
 
@@ -175,7 +177,7 @@ class AuditService:
             resource=EntityRef(type="Data", id=aggregate),
             context={"purpose": "erasure"},
         )
-        decision = await self.decisions.decide(decision_request)
-        if isinstance(decision, Deny):
-            raise denied(decision_request, decision)
+        verdict = await Enforcer.around(self.decisions).decide(decision_request, AUDIT_ERASE)
+        if not verdict.allowed:
+            raise verdict.denial()
         return await erase(self.events, self.events.datakeys, request, principal=who.uid)

@@ -19,15 +19,19 @@ import asyncpg
 import msgspec
 import nats.errors
 from symbi_common.datakeys import DataKeys
-from symbi_common.decisions import Allow, AllowWithConditions, DecisionPoint, DecisionRequest, EntityRef
+from symbi_common.decisions import Condition, DecisionPoint, DecisionRequest, EntityRef
 from symbi_common.errors import DataKeyDestroyed, InfrastructureError, IntegrityError, Timeout
 from symbi_common.keyring import KeyRegistry
+from symbi_common.policy.conditions import redact
+from symbi_common.policy.enforcement import AUDIT_EVENT_DETAILS
+from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 
 from symbi_audit.errors import BadQuery
 
 PRINCIPAL_HEADER = "X-Symbi-Principal"
+Conditions = tuple[Condition, ...]
 MAX_LIMIT = 1000
 
 
@@ -124,20 +128,22 @@ class DetailReader:
         self.datakeys = datakeys
         self.decisions = decisions
 
-    async def allowed(self, principal: EntityRef | None, aggregates: list[str]) -> dict[str, bool]:
-        """Which of ``aggregates`` (``<type>.<id>``) ``principal`` may read."""
+    async def allowed(self, principal: EntityRef | None, aggregates: list[str]) -> dict[str, Conditions | None]:
+        """For each of ``aggregates`` (``<type>.<id>``): None if ``principal`` may not read it, else the
+        conditions to honour (:data:`AUDIT_EVENT_DETAILS` enforces ``redact``; any other condition denies)."""
         unique = sorted(set(aggregates))
         if principal is None or not unique:
-            return dict.fromkeys(unique, False)
+            return dict.fromkeys(unique)
         requests = [
             DecisionRequest(principal=principal, action="data.read", resource=EntityRef(type="Data", id=a))
             for a in unique
         ]
-        decisions = await self.decisions.decide_batch(requests)
-        return {a: isinstance(d, Allow | AllowWithConditions) for a, d in zip(unique, decisions, strict=True)}
+        verdicts = await Enforcer.around(self.decisions).decide_batch(requests, AUDIT_EVENT_DETAILS)
+        return {a: v.conditions if v.allowed else None for a, v in zip(unique, verdicts, strict=True)}
 
-    async def details(self, sequence: int) -> dict[str, Any]:
-        """``{"payload": …}`` decoded from msgpack, or ``{"erased": true}`` / ``{"error": …}``."""
+    async def details(self, sequence: int, conditions: Conditions = ()) -> dict[str, Any]:
+        """``{"payload": …}`` decoded from msgpack (``redact`` conditions applied), or ``{"erased": true}`` /
+        ``{"error": …}``."""
         try:
             msg = await self.nc.request(
                 f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", json.dumps({"seq": sequence}).encode(), timeout=5.0
@@ -157,4 +163,7 @@ class DetailReader:
             return {"erased": True, "payload": None}
         except IntegrityError as err:
             return {"erased": False, "payload": None, "error": err.code}
-        return {"erased": False, "payload": _jsonable(msgspec.msgpack.decode(plaintext))}
+        payload = _jsonable(msgspec.msgpack.decode(plaintext))
+        if conditions:  # the only kind AUDIT_EVENT_DETAILS lets through is redact
+            payload = redact({"payload": payload}, conditions)["payload"]
+        return {"erased": False, "payload": payload}

@@ -18,7 +18,9 @@ import msgspec
 import structlog
 from prometheus_client import Counter
 from symbi_common.aggregate import Repository
-from symbi_common.decisions import DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef, denied
+from symbi_common.decisions import DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.policy.enforcement import CONTEXT_MEMORY_READ, CONTEXT_MEMORY_WRITE
+from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import new_event_id
 
 from symbi_context.chunking import chunk_text, extract_text
@@ -138,11 +140,11 @@ class ContextService:
     async def _require(self, agent_id: str, action: str, owner: str, scope: str) -> DecisionRecord:
         """The decision allowing ``action``, to record in the event; a denial raises :class:`PolicyDenied`."""
         request = DecisionRequest(principal=_principal(agent_id), action=action, resource=_resource(owner, scope))
-        decision = await self.decisions.decide(request)
-        if isinstance(decision, Deny):
-            log.warning("memory write denied", agent_id=agent_id, resource=owner, reason=decision.reason)
-            raise denied(request, decision)
-        return DecisionRecord.of(request, decision)
+        verdict = await Enforcer.around(self.decisions).decide(request, CONTEXT_MEMORY_WRITE)
+        if not verdict.allowed:
+            log.warning("memory write denied", agent_id=agent_id, resource=owner, reason=verdict.record.reason)
+            raise verdict.denial()
+        return verdict.record
 
     async def readable(
         self, agent_id: str, owners: Sequence[str], knowledge_bases: Sequence[str]
@@ -157,9 +159,10 @@ class ContextService:
             DecisionRequest(principal=_principal(agent_id), action="memory.read", resource=_resource(o, s))
             for o, s in asked
         ]
-        decisions = await self.decisions.decide_batch(requests)
+        verdicts = await Enforcer.around(self.decisions).decide_batch(requests, CONTEXT_MEMORY_READ)
         allowed: dict[str, list[str]] = {"memory": [], "knowledge": []}
-        for (owner, scope), decision in zip(asked, decisions, strict=True):
+        for (owner, scope), verdict in zip(asked, verdicts, strict=True):
+            decision = verdict.decision
             if isinstance(decision, Deny):
                 DENIED_READS.labels(scope).inc()
                 log.warning(

@@ -34,7 +34,6 @@ from symbi_common.decisions import (
     AllowWithConditions,
     Decision,
     DecisionPoint,
-    DecisionRecord,
     DecisionRequest,
     Deny,
     EntityRef,
@@ -47,8 +46,11 @@ from symbi_common.errors import (
     NotFound,
     PolicyDenied,
     SymbiError,
+    Timeout,
 )
 from symbi_common.eventstore import Recorded
+from symbi_common.policy.enforcement import LIFECYCLE_AGENT_CONFIG
+from symbi_common.policy.hooks import Enforcer
 from symbi_common.telemetry import traced
 from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
 from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
@@ -195,13 +197,17 @@ class InitializationController:
             assert config is not None
             request = register_request(state, config)
             try:
-                decision = await (await self.decisions()).decide(request)
+                point = await self.decisions()
             except (InfrastructureError, SymbiError) as err:
                 log.warning(
                     "decision point unavailable; the agent stays Initializing", agent_id=agent_id, error=str(err)
                 )
                 return Outcome(loaded, [])
-            record = DecisionRecord.of(request, decision)
+            verdict = await Enforcer.around(point).decide(request, LIFECYCLE_AGENT_CONFIG)
+            decision, record = verdict.decision, verdict.record
+            if verdict.undecided:
+                log.warning("no policy decision; the agent stays Initializing", agent_id=agent_id, error=record.reason)
+                return Outcome(loaded, [])
             if isinstance(decision, Deny):
                 denial = denied(request, decision)
                 command = Initialize(config=config, decision=record)
@@ -272,8 +278,11 @@ class InitializationController:
         if issues:
             raise ConfigRejected(issues)
         request = register_request(state, new, action=CONFIGURE_ACTION, user=user)
-        decision = await (await self.decisions()).decide(request)
-        record = DecisionRecord.of(request, decision)
+        verdict = await Enforcer.around(await self.decisions()).decide(request, LIFECYCLE_AGENT_CONFIG)
+        decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: nothing changes, nothing is recorded (503 / 504)
+            error = Timeout if record.reason_code == "policy_timeout" else InfrastructureError
+            raise error(f"changing the configuration of {agent_id} could not be decided: {record.reason}")
         denial: PolicyDenied | None = None
         if isinstance(decision, Deny):
             denial = denied(request, decision)

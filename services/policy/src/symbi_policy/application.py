@@ -110,11 +110,15 @@ class PolicySetView(msgspec.Struct, frozen=True, kw_only=True):
     """Stream sequence of the set's last event."""
     policy_version: int
     """The policy version decisions are made against now (at least ``sequence`` after a change)."""
+    halted: str = ""
+    """Why the set is halted (an event of it could not be applied; every decision denies), else empty."""
 
 
 class PolicySetPage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[PolicySetView]
     policy_version: int
+    halted: dict[str, str] = msgspec.field(default_factory=dict)
+    """Every halted policy set (including one whose first event never applied) and why."""
 
 
 class PolicyService:
@@ -172,6 +176,7 @@ class PolicyService:
             policies=[p.name for p in compiled] if state.active else [],
             sequence=sequence,
             policy_version=self.follower.version,
+            halted=self.follower.halted.get(state.set_id, ""),
         )
 
     async def _caught_up(self, min_version: int) -> None:
@@ -193,7 +198,7 @@ class PolicyService:
             for set_id, state in sorted(self.follower.states.items())
             if state.active or request.include_retired
         ]
-        return PolicySetPage(items=items, policy_version=self.follower.version)
+        return PolicySetPage(items=items, policy_version=self.follower.version, halted=dict(self.follower.halted))
 
     # --- decisions ----------------------------------------------------------------------------------
 

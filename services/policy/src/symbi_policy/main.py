@@ -45,7 +45,7 @@ def build_app(settings: Settings) -> FastAPI:
     async def on_start(rt: ServiceRuntime) -> None:
         follower = PolicyFollower(rt.js, rt.registry, rt.datakeys)
         await follower.start(timeout=settings.policy.startup_timeout_s)
-        rt.add_health_check("policy-sets", follower.ready.is_set)
+        rt.add_health_check("policy-sets", lambda: follower.healthy)  # read, and no policy set halted
         service = PolicyService(
             rt.repository(POLICY_SET),
             rt.repository(DECISION_LOG),

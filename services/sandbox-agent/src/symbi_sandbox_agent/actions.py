@@ -11,15 +11,12 @@ context validated against the schema) and encodes the replies.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-import cedarpy
 import msgspec
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import ValidationError
-from symbi_common.policy.cedar import schema
-from symbi_common.policy.engine import cedar_request
+from symbi_common.policy.engine import schema_errors
 
 from symbi_sandbox_agent.errors import (
     ActionRequestError,
@@ -232,21 +229,14 @@ def decision_request(agent_id: str, request: ActionRequest) -> DecisionRequest:
     )
 
 
-@cache
-def _no_policies() -> cedarpy.PolicySet:
-    return cedarpy.PolicySet.from_str("")
-
-
 def check_against_schema(request: DecisionRequest) -> None:
     """Refuse a request the Cedar schema rejects (an unknown context attribute, a wrong type) with a clear
     reason, before it is decided: the policies would only ever see it as an evaluation error."""
     try:
-        cedar, entities = cedar_request(request)
+        errors = schema_errors(request)
     except ValidationError as exc:
         raise MalformedActionRequest(f"the request's context cannot be expressed in Cedar: {exc}") from None
-    result = cedarpy.is_authorized(cedar, _no_policies(), msgspec.json.encode(entities).decode(), schema=schema())
-    if result.decision == cedarpy.Decision.NoDecision:
-        errors = "; ".join(result.diagnostics.errors) or "no decision"
+    if errors is not None:
         raise ActionRequestError(
             f"the policy schema rejects the request: {errors.removeprefix('failed to build request: ')}"
         )

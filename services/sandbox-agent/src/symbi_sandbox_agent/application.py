@@ -24,7 +24,9 @@ import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.caps import resource_caps
 from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.policy.hooks import resources_context
+from symbi_common.errors import InfrastructureError
+from symbi_common.policy.enforcement import SANDBOX_START
+from symbi_common.policy.hooks import Enforcer, resources_context
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
 from symbi_contracts.sandbox_agent.events import (
@@ -48,7 +50,7 @@ from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
 log = structlog.get_logger(__name__)
 
 #: Conditions of an allow that a sandbox start honours: it logs everything anyway, and lowers its limits to caps.
-HONOURED_CONDITIONS = frozenset({"log_full", "cap_resources"})
+HONOURED_CONDITIONS = SANDBOX_START.conditions
 
 
 class SandboxService:
@@ -114,18 +116,18 @@ class SandboxService:
             await self._refuse(item, err.code, str(err), None, assigned.tier)
             return True
         request = self._decision_request(task, spec)
-        decision = await (await self.rt.decision_point()).decide(request)
-        record = DecisionRecord.of(request, decision)
+        # The service's one enforcer: checks the allow's conditions against what a sandbox start enforces
+        # (an unenforceable one denies) and logs the decision under the id the event below records.
+        verdict = await Enforcer.around(await self.rt.decision_point()).decide(request, SANDBOX_START)
+        decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: nothing starts, the work item comes back later
+            raise InfrastructureError(f"sandbox.start for task {task_id} not decided: {record.reason}")
         if isinstance(decision, Deny):
             reason = f"policy denied sandbox.start: {decision.reason}"
-            await self._refuse(item, "policy_denied", reason, record, spec.tier)
+            code = "condition_not_honoured" if decision.code == "unenforceable_condition" else "policy_denied"
+            await self._refuse(item, code, reason, record, spec.tier)
             return True
         if isinstance(decision, AllowWithConditions):
-            unmet = [c.kind for c in decision.conditions if c.kind not in HONOURED_CONDITIONS]
-            if unmet:
-                reason = f"the sandbox-agent cannot honour the condition(s) {', '.join(unmet)} of the allow"
-                await self._refuse(item, "condition_not_honoured", reason, record, spec.tier)
-                return True
             try:
                 spec = apply_caps(spec, resource_caps(decision.conditions))
             except SandboxRefused as err:

@@ -1,7 +1,10 @@
 """The action gateway of one run: decides each request of the workload, performs it or holds it.
 
-Requests are served one at a time, in the order the workload printed them. Each is decided by the
-service's policy decision point and recorded as ``execution.action``; an allowed one is performed
+Requests are served one at a time, in the order the workload printed them. Each is decided through the
+service's one :class:`~symbi_common.policy.hooks.Enforcer` (enforcement points ``GATEWAY_READ``, which
+enforces ``redact`` on what a read returns, and ``GATEWAY_ACTION``, which enforces no condition: an allow
+with a condition the point cannot enforce is a denial) and recorded as ``execution.action`` with the
+decision's id; an allowed one is performed
 (``memory.write`` / ``memory.read`` through the context service, as the agent) and answered on stdin.
 A denied one is not answered: the container is frozen, ``execution.paused`` (``action_denied``) is
 appended, and the request waits, pending, for the task's ``resume`` command. Resuming first brings the
@@ -22,7 +25,10 @@ import nats.js.errors
 import structlog
 from symbi_common.decisions import Decision, DecisionRecord, DecisionRequest, Deny
 from symbi_common.errors import SymbiError, Timeout
+from symbi_common.policy.conditions import redact
+from symbi_common.policy.enforcement import GATEWAY_ACTION, GATEWAY_READ
 from symbi_common.policy.events import POLICY_SETS_SUBJECT
+from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_common.service import ServiceRuntime
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
@@ -153,12 +159,14 @@ class ActionGateway:
         with traced(
             f"action.{request.action}", attributes={"symbi.task_id": self.task_id, "symbi.action.seq": seq}
         ) as span:
-            try:
-                decision, record = await self._decide(question)
-            except SymbiError as err:  # e.g. a remote decision point that does not answer: nothing happens
-                await self._refused_before_deciding(seq, request.action, err, request)
-                return None
+            decision, record = await self._decide(question)
             span.set_attribute("symbi.decision", record.effect)
+            if isinstance(decision, Deny) and decision.code in UNDECIDED:
+                # No decision could be had (e.g. the policy service does not answer): nothing happens, the
+                # workload is told why and may ask again; the run is not frozen for an outage.
+                await self._record(seq, request, record, "failed", f"{decision.code}: {decision.reason}")
+                await self.reply(error_reply(seq, decision.code, decision.reason))
+                return None
             if isinstance(decision, Deny):
                 await self._record(seq, request, record, "denied", decision.reason)
                 pending = Pending(seq, request, question)
@@ -190,8 +198,11 @@ class ActionGateway:
         await self.reply(error_reply(seq, err.code, err.message))
 
     async def _decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
-        decision = await (await self.agent.rt.decision_point()).decide(question)
-        return decision, DecisionRecord.of(question, decision)
+        """Decide through the service's one enforcer: a failed decision point denies (typed), a condition
+        the gateway cannot enforce denies, and the decision is logged under the id its event records."""
+        point = GATEWAY_READ if question.action == "memory.read" else GATEWAY_ACTION
+        verdict = await Enforcer.around(await self.agent.rt.decision_point()).decide(question, point)
+        return verdict.decision, verdict.record
 
     async def _record(
         self, seq: int, request: ActionRequest, record: DecisionRecord, outcome: ActionOutcome, detail: str = ""
@@ -217,6 +228,8 @@ class ActionGateway:
             await self._record(seq, request, record, "failed", f"{err.code}: {err.message}")
             await self.reply(error_reply(seq, err.code, err.message))
             return
+        if record.conditions:  # only conditions the point enforces get here: redact what goes back
+            result = redact(result, record.conditions)
         await self._record(seq, request, record, "allowed")
         await self.reply(allowed_reply(seq, result))
 

@@ -20,11 +20,11 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.api import ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig
 from symbi_common.aggregate import Repository
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, require_streams
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.events import (
     ExecutionEvent,
@@ -117,29 +117,9 @@ class SandboxHost:
         log.info("sandbox-agent started", host_id=self.host_id, tiers=self.info.capabilities.tiers)
 
     async def _ensure_jetstream(self) -> None:
-        js, replicas = self.rt.js, self.rt.settings.nats.replicas
-        try:
-            await js.stream_info(WORK_STREAM)
-        except nats.js.errors.NotFoundError:
-            config = StreamConfig(
-                name=WORK_STREAM,
-                subjects=["work.>"],
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                num_replicas=replicas,
-                duplicate_window=self.rt.settings.nats.duplicate_window_s,
-            )
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await js.stream_info(WORK_STREAM)  # the scheduler created it meanwhile
-        try:
-            self.kv = await js.key_value(HOSTS_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                self.kv = await js.create_key_value(KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=replicas))
-            except nats.js.errors.BadRequestError:
-                self.kv = await js.key_value(HOSTS_BUCKET)
+        """The ``WORK`` stream and ``HOSTS`` bucket are provisioned by the NATS admin; refuse to start without them."""
+        await require_streams(self.rt.js, (WORK_STREAM, "KV_" + HOSTS_BUCKET))
+        self.kv = await self.rt.js.key_value(HOSTS_BUCKET)
 
     async def reconcile(self) -> HostReconciled:
         """Leave nothing running unaccounted: remove this host's containers, report their tasks failed,

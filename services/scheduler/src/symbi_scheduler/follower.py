@@ -27,8 +27,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
-from symbi_common.errors import IntegrityError, KeyringError, SymbiError, UnknownEventType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from symbi_common.errors import InfrastructureError, IntegrityError, KeyringError, SymbiError, UnknownEventType
 from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch
@@ -183,12 +183,9 @@ class HostWatcher:
         try:
             self.kv = await self.js.key_value(HOSTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
-            try:
-                self.kv = await self.js.create_key_value(
-                    KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=self.replicas)
-                )
-            except nats.js.errors.BadRequestError:  # a sandbox-agent created it meanwhile
-                self.kv = await self.js.key_value(HOSTS_BUCKET)
+            raise InfrastructureError(
+                f"KV bucket {HOSTS_BUCKET} does not exist; the NATS admin provisions it"
+            ) from None
 
     async def run(self) -> None:
         while not stop_requested():

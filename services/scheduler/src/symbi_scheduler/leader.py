@@ -28,8 +28,10 @@ import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.caps import cap_limits
 from symbi_common.decisions import AllowWithConditions, DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.errors import AlreadyExists, DomainError, SymbiError
+from symbi_common.errors import AlreadyExists, DomainError, InfrastructureError, SymbiError
 from symbi_common.eventstore import Recorded
+from symbi_common.policy.enforcement import SCHEDULER_TASK_ALLOCATE
+from symbi_common.policy.hooks import Enforcer
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import continue_trace, inject_trace
 from symbi_contracts.lifecycle.commands import COMMANDS as LIFECYCLE_COMMANDS
@@ -280,8 +282,10 @@ class Leader:
         )
         if self.decisions is None:  # opened on first use: the policy events may still be loading at start
             self.decisions = await self.rt.decision_point()
-        decision = await self.decisions.decide(request)
-        record = DecisionRecord.of(request, decision)
+        verdict = await Enforcer.around(self.decisions).decide(request, SCHEDULER_TASK_ALLOCATE)
+        decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: the task stays queued, tried again next round
+            raise InfrastructureError(f"task.allocate for task {rec.task_id} not decided: {record.reason}")
         if isinstance(decision, Deny):
             event = TaskSuspended(reason="policy_denied", attempt=rec.attempt, host_id=place.host_id, decision=record)
             await self.record(rec.task_id, event)

@@ -16,7 +16,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.api import KeyValueConfig, StorageType
+from symbi_common.errors import InfrastructureError
 
 log = structlog.get_logger(__name__)
 
@@ -40,13 +40,11 @@ class Lease:
         return self.revision is not None
 
     async def open(self) -> None:
-        config = KeyValueConfig(
-            bucket=BUCKET, history=1, ttl=self.ttl_s, storage=StorageType.FILE, replicas=self.replicas
-        )
+        # Provisioned by the NATS admin with the lease TTL (symbi_common.streams.bucket_configs).
         try:
-            self.kv = await self.js.create_key_value(config)
-        except nats.js.errors.BadRequestError:  # exists with another configuration: use it as it is
             self.kv = await self.js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            raise InfrastructureError(f"KV bucket {BUCKET} does not exist; the NATS admin provisions it") from None
 
     async def holder(self) -> str | None:
         """The replica holding the lease now, if any."""

@@ -1,34 +1,19 @@
 """The ``WORK`` stream: work items for the sandbox-agents (``work.<host_id>``, work-queue retention).
 
-Created by whichever side starts first, with the same configuration on both sides.
+Provisioned by the NATS admin (``symbi_common.streams.provision_streams``); services only check it exists.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import nats.js.errors
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from symbi_common.settings import Settings
+from symbi_common.streams import HOSTS_BUCKET, SCHEDULER_BUCKET, WORK_STREAM, require_streams
 
-WORK_STREAM = "WORK"
+__all__ = ["WORK_STREAM", "ensure_work_stream"]
 
 
 async def ensure_work_stream(js: Any, settings: Settings) -> None:
-    try:
-        await js.stream_info(WORK_STREAM)
-        return
-    except nats.js.errors.NotFoundError:
-        pass
-    config = StreamConfig(
-        name=WORK_STREAM,
-        subjects=["work.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=settings.nats.replicas,
-        duplicate_window=settings.nats.duplicate_window_s,
-    )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.stream_info(WORK_STREAM)  # a sandbox-agent created it meanwhile
+    """Refuse to start without the ``WORK`` stream (a service never creates streams)."""
+    del settings
+    await require_streams(js, (WORK_STREAM, "KV_" + HOSTS_BUCKET, "KV_" + SCHEDULER_BUCKET))

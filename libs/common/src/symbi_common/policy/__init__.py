@@ -5,53 +5,48 @@
 - ``allow-all``: enforcement explicitly off (every decision record says ``enforcement-disabled``).
 
 Either real point carries the process's :class:`DecisionLog`; :class:`Enforcer` (in :mod:`.hooks`) is
-what services call to gate an action.
+what services call to gate an action — every enforcement point (:mod:`.enforcement`) decides through it,
+so every decision is checked against the point's conditions and logged. ``docs/policy.md`` has the rules.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from symbi_common.decisions import AllowAll, DecisionPoint
-from symbi_common.errors import ConfigError
-from symbi_common.policy.decision_log import DecisionLog
-from symbi_common.policy.follower import PolicyFollower
-from symbi_common.policy.hooks import Enforcer
-from symbi_common.policy.points import EmbeddedDecisionPoint, RemoteDecisionPoint
+if TYPE_CHECKING:  # imported on first use (below): importing this package must load no I/O module
+    from symbi_common.policy.decision_log import DecisionLog
+    from symbi_common.policy.enforcement import EnforcementPoint
+    from symbi_common.policy.follower import PolicyFollower
+    from symbi_common.policy.hooks import Enforcer, Verdict
+    from symbi_common.policy.points import EmbeddedDecisionPoint, RemoteDecisionPoint
+    from symbi_common.policy.wiring import open_decision_point
 
 __all__ = [
     "DecisionLog",
     "EmbeddedDecisionPoint",
+    "EnforcementPoint",
     "Enforcer",
     "PolicyFollower",
     "RemoteDecisionPoint",
+    "Verdict",
     "open_decision_point",
 ]
 
-
-def _decision_log(runtime: Any) -> DecisionLog | None:
-    s = runtime.settings.policy
-    if not s.decision_log:
-        return None
-    return DecisionLog(
-        runtime.client,
-        service=runtime.name,
-        batch_size=s.log_batch_size,
-        interval=s.log_interval_s,
-        max_pending=s.log_max_pending,
-        timeout=runtime.settings.nats.request_timeout_s,
-    )
+_HOMES = {
+    "DecisionLog": "decision_log",
+    "EmbeddedDecisionPoint": "points",
+    "EnforcementPoint": "enforcement",
+    "Enforcer": "hooks",
+    "PolicyFollower": "follower",
+    "RemoteDecisionPoint": "points",
+    "Verdict": "hooks",
+    "open_decision_point": "wiring",
+}
 
 
-async def open_decision_point(runtime: Any) -> DecisionPoint:
-    """The decision point ``runtime.settings.policy.enforcement`` asks for, ready to decide."""
-    mode = runtime.settings.policy.enforcement
-    if mode == "allow-all":
-        return AllowAll()
-    if mode == "remote":
-        return RemoteDecisionPoint(runtime.client, _decision_log(runtime))
-    if mode == "embedded":
-        follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys)
-        await follower.start(timeout=runtime.settings.policy.startup_timeout_s)
-        return EmbeddedDecisionPoint(follower, _decision_log(runtime))
-    raise ConfigError(f"unknown enforcement mode {mode!r}", setting="policy.enforcement")
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

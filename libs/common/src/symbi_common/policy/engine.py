@@ -6,7 +6,10 @@ On top of that:
 - a ``Deny`` names the forbids that decided it and gives their ``@reason`` annotations as its reason;
 - an allow carries the conditions of the permits that granted it (``AllowWithConditions``);
 - a forbid that could not be evaluated (an error, e.g. a missing entity) denies: a broken guard must not
-  open the door it was written to keep shut. A permit that errors simply does not grant.
+  open the door it was written to keep shut. A permit that errors simply does not grant;
+- while a policy set is halted (an event of it could not be applied), every decision denies.
+
+Every ``Deny`` carries a typed ``code`` (:data:`symbi_common.decisions.DenyCode`).
 
 An engine is immutable. Followers of the policy events build a new one on each change and swap it in,
 so a decision is always made against exactly one policy version.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import cedarpy
@@ -23,7 +27,7 @@ import msgspec
 
 from symbi_common.decisions import Allow, AllowWithConditions, Condition, Decision, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import ValidationError
-from symbi_common.policy.cedar import CompiledPolicy, combine
+from symbi_common.policy.cedar import CompiledPolicy, combine, schema
 from symbi_common.policy.conditions import conditions_of
 
 _UID_RE = re.compile(r'^([A-Za-z_][A-Za-z0-9_:]*)::"((?:[^"\\]|\\.)*)"$')
@@ -88,11 +92,34 @@ def cedar_request(request: DecisionRequest) -> tuple[dict[str, Any], list[dict[s
     return cedar, entities
 
 
+@cache
+def _no_policies() -> cedarpy.PolicySet:
+    return cedarpy.PolicySet.from_str("")
+
+
+def schema_errors(request: DecisionRequest) -> str | None:
+    """Why the Cedar schema rejects ``request`` (an unknown context attribute, a wrong type), or None.
+
+    For an enforcement point that refuses a malformed request with a clear reason before deciding it (the
+    policies would only ever see it as an evaluation error). It never allows anything: no policy is
+    consulted. :class:`ValidationError` if the request cannot be expressed in Cedar at all."""
+    cedar, entities = cedar_request(request)
+    result = cedarpy.is_authorized(cedar, _no_policies(), _json.encode(entities).decode(), schema=schema())
+    if result.decision == cedarpy.Decision.NoDecision:
+        return "; ".join(result.diagnostics.errors) or "no decision"
+    return None
+
+
 class PolicyEngine:
     """Decisions against one version of the active policy sets."""
 
-    def __init__(self, sets: Mapping[str, Sequence[CompiledPolicy]], version: int) -> None:
+    def __init__(
+        self, sets: Mapping[str, Sequence[CompiledPolicy]], version: int, *, halted: Mapping[str, str] | None = None
+    ) -> None:
         self.version = version
+        #: Policy sets stopped by an event that could not be applied (set id -> why): while any is, every
+        #: decision denies (``policy_halted``) — the engine cannot know what the stopped set would forbid.
+        self.halted = dict(halted or {})
         self.set_ids = tuple(sorted(sets))
         self._policies = {p.internal_id: p for policies in sets.values() for p in policies}
         self._conditions = {
@@ -109,11 +136,15 @@ class PolicyEngine:
         return len(self._policies)
 
     def decide(self, request: DecisionRequest) -> Decision:
+        if self.halted:
+            return self._halted_denial()
         try:
             cedar, entities = cedar_request(request)
             result = cedarpy.is_authorized(cedar, self._cedar, _json.encode(entities).decode())
         except (ValidationError, ValueError) as exc:  # ValueError: Cedar refused the request or its entities
-            return Deny(reason=f"the request cannot be evaluated: {exc}", policy_version=self.version)
+            return Deny(
+                reason=f"the request cannot be evaluated: {exc}", policy_version=self.version, code="invalid_request"
+            )
         return self._decision(result)
 
     def decide_batch(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
@@ -124,13 +155,24 @@ class PolicyEngine:
         """
         return [self.decide(r) for r in requests]
 
+    def _halted_denial(self) -> Deny:
+        stopped = "; ".join(f"{set_id}: {why}" for set_id, why in sorted(self.halted.items()))
+        return Deny(
+            reason=f"policy halted until fixed, every request is denied: {stopped}"[:2000],
+            policies=tuple(sorted(self.halted)),
+            policy_version=self.version,
+            code="policy_halted",
+        )
+
     def _names(self, ids: Sequence[str]) -> tuple[str, ...]:
         return tuple(self._policies[i].name if i in self._policies else i for i in ids)
 
     def _decision(self, result: cedarpy.AuthzResult) -> Decision:
         if result.decision == cedarpy.Decision.NoDecision:  # Cedar could not even build the request
             errors = "; ".join(result.diagnostics.errors) or "no decision"
-            return Deny(reason=f"the request cannot be evaluated: {errors}", policy_version=self.version)
+            return Deny(
+                reason=f"the request cannot be evaluated: {errors}", policy_version=self.version, code="invalid_request"
+            )
         reasons = sorted(result.diagnostics.reasons)  # Cedar reports them in no fixed order
         broken = [
             pid
@@ -150,14 +192,15 @@ class PolicyEngine:
                 reason=f"a forbid policy could not be evaluated, so it denies: {errors}",
                 policies=self._names(broken),
                 policy_version=self.version,
+                code="forbid_error",
             )
         forbids = [pid for pid in reasons if pid in self._policies and self._policies[pid].effect == "forbid"]
         if not forbids:
-            return Deny(reason=DEFAULT_DENY, policy_version=self.version)
+            return Deny(reason=DEFAULT_DENY, policy_version=self.version, code="default_deny")
         texts = [self._policies[pid].annotations.get("reason", "") for pid in forbids]
         names = self._names(forbids)
         reason = "; ".join(t for t in texts if t) or f"forbidden by {', '.join(names)}"
-        return Deny(reason=reason, policies=names, policy_version=self.version)
+        return Deny(reason=reason, policies=names, policy_version=self.version, code="forbidden")
 
 
 EMPTY = PolicyEngine({}, 0)

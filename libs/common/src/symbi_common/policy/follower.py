@@ -2,12 +2,20 @@
 
 An ordered push consumer on ``evt.policy.*`` reads the stream from its start and then stays live, so a
 change reaches every follower as soon as JetStream stores it (well within a second). Every event is
-verified (signature, signer authorised for ``evt.policy.>``, hash chain per set) and decrypted before
-it is applied; one that fails is logged and skipped — a forged event never changes a decision.
+verified (signature, signer authorised for ``evt.policy.>``, hash chain per set), decrypted and, for an
+active set, compiled before it is applied.
+
+Fail closed: an event that cannot be applied (forged, out of chain, undecryptable, undecodable, or a
+text that no longer compiles) is never skipped. It **halts** its policy set: while any set is halted the
+engine denies every request (``policy_halted``), the follower is not healthy (``/readyz`` says so under
+``policy-sets``) and ``symbi_policy_set_halted{set_id}`` is 1. The set is fixed by a later event of it
+that applies — one that follows the set's last applied event, verifies and compiles (an update with text
+that compiles, or a retirement) — and nothing else. A forged event in the middle of a set's chain can
+only be removed by an operator with the stream admin credential; then the followers are restarted.
 
 The engine is rebuilt after each change once the follower has caught up (during the initial replay
-only once, at the end). Its version is the stream sequence of the last policy event applied: the same
-number in every process that has applied the same events.
+only once, at the end). Its version is the stream sequence of the last policy event read: the same
+number in every process that has read the same events.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 
 import structlog
 from nats.js.api import DeliverPolicy
+from prometheus_client import Gauge
 
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError, Timeout
@@ -36,6 +45,16 @@ from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import SECURITY_EVENTS, continue_trace, observe_consumed
 
 log = structlog.get_logger(__name__)
+POLICY_SET_HALTED = Gauge(
+    "symbi_policy_set_halted",
+    "1 while a policy set is halted (an event of it could not be applied): every decision denies",
+    ["set_id"],
+)
+
+
+def set_id_of(subject: str) -> str:
+    """The policy set a policy-set event's subject (``evt.policy.<set_id>``) belongs to."""
+    return subject.split(".", 2)[-1]
 
 
 class PolicyFollower:
@@ -50,6 +69,8 @@ class PolicyFollower:
         self.states: dict[str, PolicySetState] = {}
         self.tips: dict[str, ChainTip] = {}
         self.rejected: list[str] = []
+        #: Halted policy sets: set id -> why (the event that could not be applied). Every decision denies.
+        self.halted: dict[str, str] = {}
         self.position = 0
         self.ready = asyncio.Event()
         self.compiled: dict[str, list[CompiledPolicy]] = {}
@@ -59,6 +80,11 @@ class PolicyFollower:
     @property
     def version(self) -> int:
         return self.engine.version
+
+    @property
+    def healthy(self) -> bool:
+        """Every stored policy event read, and no policy set halted (the health check of every enforcer)."""
+        return self.ready.is_set() and not self.halted
 
     async def start(self, timeout: float = 10.0) -> None:
         """Subscribe from the stream start and return once every stored policy event is applied."""
@@ -99,16 +125,26 @@ class PolicyFollower:
         ) as span:
             try:
                 await self._apply(msg.subject, sequence, bytes(msg.data))
-            except Exception as exc:  # a bad event is skipped, never allowed to stop the follower
-                log.error("policy event rejected", subject=msg.subject, sequence=sequence, error=repr(exc))
-                self.rejected = [*self.rejected[-99:], f"{sequence} {msg.subject}: {exc!r}"]
+            except Exception as exc:  # never skipped: the set is halted (every decision denies) until fixed
+                self._halt(set_id_of(msg.subject), sequence, f"{sequence} {msg.subject}: {exc!r}")
                 span.set_attribute("symbi.rejected", repr(exc)[:500])
-                SECURITY_EVENTS.labels("rejected_event").inc()
         observe_consumed("policy_follower", meta.timestamp)
         self.position = sequence
         if meta.num_pending == 0:
             await self._rebuild()
             self.ready.set()
+
+    def _halt(self, set_id: str, sequence: int, why: str) -> None:
+        log.error("policy event not applied: policy set halted, every decision denies", set_id=set_id, error=why)
+        self.rejected = [*self.rejected[-99:], why]
+        self.halted[set_id] = f"event {sequence} could not be applied: {why}"[:1000]
+        POLICY_SET_HALTED.labels(set_id).set(1)
+        SECURITY_EVENTS.labels("rejected_event").inc()
+
+    def _fixed(self, set_id: str) -> None:
+        if self.halted.pop(set_id, None) is not None:
+            log.warning("policy set fixed: no longer halted", set_id=set_id)
+            POLICY_SET_HALTED.labels(set_id).set(0)
 
     async def _apply(self, subject: str, sequence: int, data: bytes) -> None:
         opened = open_envelope(data, subject=subject, sequence=sequence, registry=self.registry)
@@ -124,16 +160,19 @@ class PolicyFollower:
         self.states[set_id] = state
         if state.active:
             try:
-                self.compiled[set_id] = compile_policies(set_id, state.cedar)
-            except SymbiError as exc:  # stored before the schema changed: keep what was active before
-                log.error("stored policy set no longer compiles", set_id=set_id, error=str(exc))
-                self.rejected = [*self.rejected[-99:], f"{sequence} {set_id}: {exc}"]
+                compiled = compile_policies(set_id, state.cedar)
+            except SymbiError as exc:  # e.g. stored before the schema changed: the old text must not stay in force
+                self.compiled.pop(set_id, None)
+                self._halt(set_id, sequence, f"{sequence} {set_id}: the set no longer compiles: {exc}")
+                return
+            self.compiled[set_id] = compiled
         else:
             self.compiled.pop(set_id, None)
+        self._fixed(set_id)
 
     async def _rebuild(self) -> None:
         if self.position == self.engine.version:
             return
-        self.engine = PolicyEngine(self.compiled, self.position)
+        self.engine = PolicyEngine(self.compiled, self.position, halted=self.halted)
         async with self._changed:
             self._changed.notify_all()

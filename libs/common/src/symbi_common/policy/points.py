@@ -11,7 +11,8 @@ from __future__ import annotations
 import msgspec
 
 from symbi_common.commands import CommandClient
-from symbi_common.decisions import Decision, DecisionRequest
+from symbi_common.decisions import Decision, DecisionRequest, Deny
+from symbi_common.errors import InfrastructureError
 from symbi_common.policy.decision_log import DecisionLog
 from symbi_common.policy.follower import PolicyFollower
 from symbi_common.policy.observed import observed, observed_batch
@@ -63,6 +64,19 @@ class RemoteDecisionPoint:
         self.log = log
         self.timeout = timeout
         self._version = 0
+        #: False after a call the policy service did not answer, until one it answers.
+        self.reachable = True
+        #: True while the policy service answers that a policy set is halted (it denies everything).
+        self.halted = False
+
+    @property
+    def healthy(self) -> bool:
+        """The policy service answered the last call, and not with a halted policy (the health check)."""
+        return self.reachable and not self.halted
+
+    def _answered(self, decisions: list[Decision]) -> None:
+        self.reachable = True
+        self.halted = any(isinstance(d, Deny) and d.code == "policy_halted" for d in decisions)
 
     @property
     def version(self) -> int:
@@ -71,14 +85,19 @@ class RemoteDecisionPoint:
 
     async def decide(self, request: DecisionRequest) -> Decision:
         with observed("remote", request) as out:
-            decision: Decision = await self.client.call(
-                "policy",
-                "decide",
-                request,
-                Decision,  # type: ignore[arg-type]
-                timeout=self.timeout,
-            )
+            try:
+                decision: Decision = await self.client.call(
+                    "policy",
+                    "decide",
+                    request,
+                    Decision,  # type: ignore[arg-type]
+                    timeout=self.timeout,
+                )
+            except InfrastructureError:
+                self.reachable = False
+                raise
             out.append(decision)
+        self._answered([decision])
         self._version = decision.policy_version
         return decision
 
@@ -86,10 +105,15 @@ class RemoteDecisionPoint:
         if not requests:
             return []
         with observed_batch("remote", requests) as out:
-            result = await self.client.call(
-                "policy", "decide_batch", DecisionBatch(requests=requests), BatchResult, timeout=self.timeout
-            )
+            try:
+                result = await self.client.call(
+                    "policy", "decide_batch", DecisionBatch(requests=requests), BatchResult, timeout=self.timeout
+                )
+            except InfrastructureError:
+                self.reachable = False
+                raise
             out.extend(result.decisions)
+        self._answered(result.decisions)
         self._version = result.policy_version
         return result.decisions
 

@@ -1,0 +1,210 @@
+"""The keyring on disk: an operator-only root key and one directory per service.
+
+Layout (``<home>`` is ``.symbi`` for ``symbi up``)::
+
+    <home>/operator/            0700, never mounted into a service
+        root.key                root Ed25519 seed (0600): signs the key registry and its changes
+    <home>/keys/                0700, the keyring: what the operator hands out
+        root.pub                root public key, every service and verifier pins it
+        registry.json(.sig)     the root-signed key registry (public)
+        <service>/              0700, the only directory a service is given (SYMBI_KEYS_DIR)
+            signing.key         its Ed25519 seed (0600)
+            wrap.key            its X25519 private key (0600): opens the data keys sealed to it
+            root.pub, registry.json, registry.json.sig   copies of the public files
+
+A service never sees the root key, another service's keys, or a data key it is not entitled to
+read (data keys are sealed per reader, see :mod:`symbi_common.datakeys`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from symbi_common.crypto import Signer, WrapKey
+from symbi_common.errors import KeyringError
+from symbi_common.keyring import (
+    REGISTRY_FILE,
+    REGISTRY_SIG_FILE,
+    SERVICE_SUBJECTS,
+    KeyRegistry,
+    RegisteredKey,
+    RegistryDocument,
+    empty_registry,
+    encode_registry,
+    load_signer,
+    load_wrap_key,
+    with_operator_issuer,
+    with_revocation,
+    with_service_key,
+    write_key_file,
+)
+
+ROOT_KEY_FILE = "root.key"
+ROOT_PUB_FILE = "root.pub"
+SIGNING_KEY_FILE = "signing.key"
+WRAP_KEY_FILE = "wrap.key"
+PUBLIC_FILES = (ROOT_PUB_FILE, REGISTRY_FILE, REGISTRY_SIG_FILE)
+
+
+def default_operator_dir(keys_dir: Path) -> Path:
+    """Where the root key lives unless told otherwise: ``operator/`` next to the keyring."""
+    return keys_dir.parent / "operator"
+
+
+def service_dir(keys_dir: Path, service: str) -> Path:
+    return keys_dir / service
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKeys:
+    """One service's private keys, as loaded from its own directory."""
+
+    service: str
+    signer: Signer
+    wrap: WrapKey
+
+
+def load_service_keys(directory: Path, service: str) -> ServiceKeys:
+    """Load ``signing.key`` and ``wrap.key`` from one service's directory."""
+    return ServiceKeys(service, load_signer(directory / SIGNING_KEY_FILE), load_wrap_key(directory / WRAP_KEY_FILE))
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _root(operator_dir: Path, created: list[str]) -> Signer:
+    _private_dir(operator_dir)
+    path = operator_dir / ROOT_KEY_FILE
+    if not path.exists():
+        write_key_file(path, Signer.generate().seed(), private=True)
+        created.append(str(path))
+    return load_signer(path)
+
+
+def _current_document(keys_dir: Path, root: Signer) -> RegistryDocument:
+    if not (keys_dir / REGISTRY_FILE).exists():
+        return empty_registry(root)
+    return KeyRegistry.load(keys_dir, root.public_key).document
+
+
+def publish_registry(keys_dir: Path, root: Signer, doc: RegistryDocument) -> None:
+    """Sign ``doc`` with the root key and write it, with ``root.pub``, to the keyring and every service directory."""
+    data = encode_registry(doc)
+    sig = base64.b64encode(root.sign(data)) + b"\n"
+    targets = [keys_dir, *(p for p in sorted(keys_dir.iterdir()) if p.is_dir() and p.name in SERVICE_SUBJECTS)]
+    for target in targets:
+        write_key_file(target / ROOT_PUB_FILE, root.public_key, private=False)
+        _write_public(target / REGISTRY_FILE, data)
+        _write_public(target / REGISTRY_SIG_FILE, sig)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _migrate_flat_layout(keys_dir: Path, operator_dir: Path, created: list[str]) -> None:
+    """Move an older flat keyring's root key out of the keyring and its service keys into their directories."""
+    old_root = keys_dir / ROOT_KEY_FILE
+    if old_root.exists() and not (operator_dir / ROOT_KEY_FILE).exists():
+        _private_dir(operator_dir)
+        os.replace(old_root, operator_dir / ROOT_KEY_FILE)
+        created.append(f"moved {old_root} to {operator_dir / ROOT_KEY_FILE}")
+    for name in SERVICE_SUBJECTS:
+        old = keys_dir / f"{name}.key"
+        if old.exists() and not (keys_dir / name / SIGNING_KEY_FILE).exists():
+            _private_dir(keys_dir / name)
+            os.replace(old, keys_dir / name / SIGNING_KEY_FILE)
+
+
+def init_keyring(
+    keys_dir: Path, services: Iterable[str] | None = None, *, operator_dir: Path | None = None
+) -> list[str]:
+    """Create whatever is missing of the keyring; returns what was created. Existing keys are kept.
+
+    A service whose signing key is not the registry's active key for it gets it registered (a new
+    registry version, signed by the root key).
+    """
+    created: list[str] = []
+    operator_dir = operator_dir or default_operator_dir(keys_dir)
+    _private_dir(keys_dir)
+    _migrate_flat_layout(keys_dir, operator_dir, created)
+    root = _root(operator_dir, created)
+    doc = _current_document(keys_dir, root)
+    before = doc.version
+    from symbi_common.operator_tokens import ISSUER_KEY_FILE, ensure_issuer_key
+
+    issuer, issuer_created = ensure_issuer_key(operator_dir)  # operator-only, like the root key
+    if issuer_created:
+        created.append(str(operator_dir / ISSUER_KEY_FILE))
+    if issuer.key_id not in {i.key_id for i in doc.operator_issuers}:
+        doc = with_operator_issuer(doc, issuer.public_key)
+    for name in services if services is not None else SERVICE_SUBJECTS:
+        if name not in SERVICE_SUBJECTS:
+            raise KeyringError(f"unknown service {name!r}")
+        directory = service_dir(keys_dir, name)
+        _private_dir(directory)
+        if not (directory / SIGNING_KEY_FILE).exists():
+            write_key_file(directory / SIGNING_KEY_FILE, Signer.generate().seed(), private=True)
+            created.append(f"{name}/{SIGNING_KEY_FILE}")
+        if not (directory / WRAP_KEY_FILE).exists():
+            write_key_file(directory / WRAP_KEY_FILE, WrapKey.generate().private_bytes(), private=True)
+            created.append(f"{name}/{WRAP_KEY_FILE}")
+        keys = load_service_keys(directory, name)
+        active = KeyRegistry(doc).active_key(name)
+        if active is None or active.key_id != keys.signer.key_id or active.wrap_public_key != keys.wrap.public_key:
+            doc = with_service_key(doc, name, keys.signer, keys.wrap.public_key)
+    if doc.version != before or not (keys_dir / REGISTRY_FILE).exists():
+        created.append(f"{REGISTRY_FILE} v{doc.version}")
+    publish_registry(keys_dir, root, doc)
+    return created
+
+
+def rotate_service_key(keys_dir: Path, service: str, *, operator_dir: Path | None = None) -> RegisteredKey:
+    """Give ``service`` a new signing key; the old one retires (events it signed stay valid).
+
+    The wrap key is kept: data keys sealed to it stay readable. The service picks up the new key
+    when it restarts.
+    """
+    if service not in SERVICE_SUBJECTS:
+        raise KeyringError(f"unknown service {service!r}")
+    root = load_signer((operator_dir or default_operator_dir(keys_dir)) / ROOT_KEY_FILE)
+    doc = _current_document(keys_dir, root)
+    directory = service_dir(keys_dir, service)
+    wrap = load_wrap_key(directory / WRAP_KEY_FILE)
+    signer = Signer.generate()
+    doc = with_service_key(doc, service, signer, wrap.public_key, kind="rotate")
+    publish_registry(keys_dir, root, doc)  # registry first: a key on disk is always a registered key
+    write_key_file(directory / SIGNING_KEY_FILE, signer.seed(), private=True)
+    return doc.keys[-1]
+
+
+def revoke_key(
+    keys_dir: Path, key_id: str, *, after_sequence: int | None, operator_dir: Path | None = None
+) -> RegisteredKey:
+    """Revoke ``key_id``: events it signed after stream sequence ``after_sequence`` are refused.
+
+    If it was its service's active key, the service gets a new one (it must not go on signing
+    with a revoked key).
+    """
+    root = load_signer((operator_dir or default_operator_dir(keys_dir)) / ROOT_KEY_FILE)
+    doc = with_revocation(_current_document(keys_dir, root), key_id, after_sequence=after_sequence)
+    revoked = next(k for k in doc.keys if k.key_id == key_id)
+    directory = service_dir(keys_dir, revoked.service)
+    replacement: Signer | None = None
+    if KeyRegistry(doc).active_key(revoked.service) is None and (directory / WRAP_KEY_FILE).exists():
+        replacement = Signer.generate()
+        doc = with_service_key(doc, revoked.service, replacement, load_wrap_key(directory / WRAP_KEY_FILE).public_key,
+                               kind="rotate")  # fmt: skip
+    publish_registry(keys_dir, root, doc)
+    if replacement is not None:
+        write_key_file(directory / SIGNING_KEY_FILE, replacement.seed(), private=True)
+    return revoked
