@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import httpx
+from symbi_cli.credentials import auth_headers
 from symbi_cli.run_cmd import MEMORY_MAX_CHARS, result_memory
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 
@@ -73,7 +74,7 @@ async def test_run_finishes_with_its_receipt_whatever_the_output_size(
         doc = await _run(symbi_exe, chatty, runtime_home, env)
         assert doc["result"] == "y\n" * (LONG // 2)
         assert doc["memory"]["truncated"] == {"kept_chars": MEMORY_MAX_CHARS, "result_chars": LONG}
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=auth_headers(runtime_home)) as http:
             query = {"agent_id": doc["agent"]["id"], "query": "yyyy", "min_sequence": doc["memory"]["sequence"]}
             r = await http.post(f"{rt.url_of('context')}/v1/memories/query", json=query)
             assert r.status_code == 200, r.text

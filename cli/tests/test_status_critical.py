@@ -35,6 +35,7 @@ async def test_status_exits_2_on_a_critical_audit_finding(
     keys_dir: Path,
     free_base_port: int,
     tmp_path: Path,
+    issue_operator_token: Callable[..., str],
 ) -> None:
     settings = load_settings(
         env={
@@ -64,14 +65,15 @@ async def test_status_exits_2_on_a_critical_audit_finding(
                 break
             await asyncio.sleep(0.05)
         argv = ["status", "--home", str(tmp_path / "none"), "--base-port", str(free_base_port), "--json"]
-        result = await asyncio.to_thread(CliRunner().invoke, symbi, argv)
+        env = {"SYMBI_OPERATOR_TOKEN": issue_operator_token(role="auditor")}  # the audit status needs a reader
+        result = await asyncio.to_thread(CliRunner().invoke, symbi, argv, env=env)
         assert result.exit_code == 0, result.output
         await provisioned.jetstream().delete_stream(EVENTS_STREAM)
         for _ in range(100):
             if service.guard.critical:
                 break
             await asyncio.sleep(0.05)
-        result = await asyncio.to_thread(CliRunner().invoke, symbi, argv[:-1])
+        result = await asyncio.to_thread(CliRunner().invoke, symbi, argv[:-1], env=env)
         assert result.exit_code == 2, result.output
         assert "CRITICAL audit log stream_missing" in result.output
     finally:

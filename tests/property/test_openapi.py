@@ -26,8 +26,8 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from symbi_cli.infra import NatsServer, create_database, drop_database
-from symbi_common.keyring import init_keyring
+from symbi_cli.infra import NatsServer, create_database, drop_database, provision_nats
+from symbi_common.keyfiles import init_keyring
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
 from symbi_context.main import build_app as build_context
@@ -81,6 +81,7 @@ def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     base = tmp_path_factory.mktemp("openapi")
     init_keyring(base / "keys")
     with NatsServer(base / "nats", log_file=base / "nats.log") as nats:
+        provision_nats(nats.url)  # streams and buckets, as the admin provisions them before services start
         yield {
             "SYMBI_NATS_URL": nats.url,
             "SYMBI_KEYS_DIR": str(base / "keys"),

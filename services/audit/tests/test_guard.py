@@ -38,14 +38,19 @@ async def _critical_everywhere(http: httpx.AsyncClient, kind: str) -> None:
 
 
 async def test_a_deleted_shortened_or_rewritten_stream_is_critical_and_never_a_fresh_start(
-    writer: Writer, provisioned: NatsClient, nats_url: str, database_url: str, keys_dir: Path
+    writer: Writer,
+    provisioned: NatsClient,
+    nats_url: str,
+    database_url: str,
+    keys_dir: Path,
+    operator_headers: dict[str, str],
 ) -> None:
     settings = load_settings(env=audit_env(nats_url, database_url, keys_dir, SYMBI_AUDIT__GUARD_INTERVAL_S="0.1"))
     js = provisioned.jetstream()
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http:
             service = app.state.audit
             last = await writer.mixed(20)
             assert await service.runner.wait_for(last)
@@ -74,7 +79,7 @@ async def test_a_deleted_shortened_or_rewritten_stream_is_critical_and_never_a_f
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http:
             status = (await http.get("/v1/audit/status")).json()
             assert list(status["critical"]) == ["stream_rolled_back"]
             assert (await http.get("/readyz")).status_code == 503

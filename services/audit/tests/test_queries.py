@@ -90,6 +90,31 @@ async def test_details_for_named_callers_under_allow_all(running: Running, write
     assert all(e["details"] is None and e["details_withheld"] for e in anonymous)
 
 
+async def test_only_an_admin_acts_for_another_principal(
+    running: Running, writer: Writer, issue_operator_token: Callable[..., str]
+) -> None:
+    """``X-Symbi-Principal`` is a claim: an auditor may name itself, never someone else (no details, no erasure)."""
+    last = (await writer.agent("q3", 1))[-1]
+    await running.wait_for(last)
+    auditor = {"Authorization": f"Bearer {issue_operator_token(role='auditor', name='ann')}"}
+    as_other = await running.http.get(
+        "/v1/audit/events", params={"details": "true"}, headers={**auditor, "X-Symbi-Principal": 'User::"alice"'}
+    )
+    assert as_other.status_code == 403, as_other.text
+    assert as_other.json()["error"]["code"] == "policy_denied"
+    assert "only an admin acts for another principal" in as_other.json()["error"]["message"]
+    as_self = await running.http.get(
+        "/v1/audit/events", params={"details": "true"}, headers={**auditor, "X-Symbi-Principal": "ann"}
+    )
+    assert as_self.status_code == 200, as_self.text
+    operator = {"Authorization": f"Bearer {issue_operator_token(role='operator', name='olaf')}"}  # may write
+    erase = await running.http.post(
+        "/v1/audit/erasures", json={"aggregate": "agent.q3"}, headers={**operator, "X-Symbi-Principal": "dpo"}
+    )
+    assert erase.status_code == 403, erase.text
+    assert "only an admin acts for another principal" in erase.json()["error"]["message"]
+
+
 @pytest.fixture
 async def served(settings: Settings, provisioned: NatsClient) -> AsyncIterator[tuple[str, Running]]:
     """The app under a real uvicorn server (streaming responses need a real HTTP connection)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from symbi_cli.credentials import auth_headers
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.settings import load_settings
 
@@ -116,7 +117,7 @@ async def test_a_whole_runtime_keeps_no_plaintext_after_forget_and_audited_erasu
         await rt.start()
         await rt.wait_ready(timeout=60)
         context, audit = rt.url_of("context"), rt.url_of("audit")
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, headers=auth_headers(runtime_home)) as http:
             body = {"agent_id": "ada", "memories": [{"text": SECRET, "tags": [TAG], "metadata": {"topic": META}}]}
             r = await http.post(f"{context}/v1/memories", json=body)
             assert r.status_code == 201, r.text

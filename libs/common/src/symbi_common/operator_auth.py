@@ -31,6 +31,7 @@ from symbi_common.crypto import Verifier
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError, Unauthenticated, to_wire
 from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_revocation, verify_token
+from symbi_common.policy.enforcement import HTTP_API
 
 log = structlog.get_logger(__name__)
 
@@ -225,7 +226,7 @@ class OperatorGuard:
             ),
             context={"token_id": claims.tid, "target": target},
         )
-        record = await self.enforcer.enforce(request)  # PolicyDenied (403) if denied, after logging it
+        record = await self.enforcer.enforce(request, HTTP_API)  # PolicyDenied (403) if denied, after logging it
         if record.conditions:
             kinds = ", ".join(sorted({c.kind for c in record.conditions}))
             raise PolicyDenied(
@@ -295,3 +296,23 @@ def document_security(app: FastAPI) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def acting_for(request: Request, asserted: str | None) -> str | None:
+    """The principal a request acts for, when it names one (e.g. ``X-Symbi-Principal``).
+
+    The authenticated operator speaks for itself; only an admin may act for another principal (a user
+    or an agent). Anything else is refused: a header is a claim, and a claim needs the authority to make it.
+    """
+    if not asserted:
+        return None
+    claims = request.scope.get("state", {}).get("operator")
+    if not isinstance(claims, OperatorClaims):
+        raise Unauthenticated("no authenticated operator for this request")
+    if claims.role == "admin" or asserted in (claims.sub, f'User::"{claims.sub}"'):
+        return asserted
+    raise PolicyDenied(
+        f"operator {claims.sub!r} (role {claims.role}) may not act as {asserted!r}: "
+        "only an admin acts for another principal",
+        action="act_as",
+    )

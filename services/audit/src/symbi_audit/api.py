@@ -16,7 +16,8 @@ HTTP::
     POST /v1/audit/reports/custom?since=&until=&format=     body: the framework in TOML
     POST /v1/audit/erasures                                 {"aggregate": "agent.a1", "reason"?} crypto-shred
 
-The caller is named by the ``X-Symbi-Principal`` header (``User::"alice"`` or ``alice``); event
+The caller is named by the ``X-Symbi-Principal`` header (``User::"alice"`` or ``alice``) — an operator may
+name only itself, an admin anyone (``operator_auth.acting_for``); event
 details (decrypted payloads) are returned only where the policy allows it ``data.read`` on
 ``Data::"<type>.<id>"``, and an erasure needs ``data.write`` (context ``purpose = "erasure"``) on the same resource.
 
@@ -38,6 +39,7 @@ from symbi_common.bounds import INT64_MAX, check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import json_body
+from symbi_common.operator_auth import acting_for
 
 from symbi_audit.application import AuditService
 from symbi_audit.erasure import EraseRequest
@@ -98,7 +100,7 @@ async def findings(request: Request) -> Response:
 
 
 async def _with_details(service: AuditService, request: Request, rows: list[dict[str, Any]]) -> None:
-    principal = parse_principal(request.headers.get(PRINCIPAL_HEADER))
+    principal = parse_principal(acting_for(request, request.headers.get(PRINCIPAL_HEADER)))
     aggregates = [f"{r['aggregate_type']}.{r['aggregate_id']}" for r in rows if r.get("aggregate_type")]
     allowed = await service.reader.allowed(principal, aggregates)
     for r in rows:
@@ -271,7 +273,7 @@ def _decode(body: bytes, type_: type[Any]) -> Any:
 @router.post("/erasures", openapi_extra=json_body(EraseRequest))
 async def erasures(request: Request) -> Response:
     body = _decode(await request.body(), EraseRequest)
-    principal = parse_principal(request.headers.get(PRINCIPAL_HEADER))
+    principal = parse_principal(acting_for(request, request.headers.get(PRINCIPAL_HEADER)))
     result = await _service(request).erase(body, principal)
     return _reply(result, status=201)
 
