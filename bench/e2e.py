@@ -73,10 +73,14 @@ from nats.js.api import DeliverPolicy
 from symbi_cli.credentials import auth_headers
 from symbi_cli.runtime import SERVICE_PORT_OFFSETS, LocalRuntime, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
+from symbi_common.decisions import DecisionRecord
 from symbi_common.eventstore import H_EVENT_TYPE
-from symbi_sandbox_agent.docker_host import DockerHost, remove_cgroup_tree
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
+from symbi_sandbox_agent.cgroups import remove_cgroup_tree
+from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.spec import CGROUP_PARENT, GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, build_spec
-from symbi_sandbox_agent.tasks import LimitSpec, TaskAssigned, TaskSubmitted, WorkloadSpec, fold_task
+from symbi_sandbox_agent.tasks import fold_task
 
 IMAGE = "symbi/busybox:1"
 COMMAND = ("cat",)
@@ -252,8 +256,8 @@ class Limits:
     memory_mb: int
     cpu_cores: float
 
-    def spec(self) -> LimitSpec:
-        return LimitSpec(
+    def spec(self) -> ResourceLimits:
+        return ResourceLimits(
             memory_mb=self.memory_mb,
             cpu_cores=self.cpu_cores,
             disk_io_mbps=DISK_IO_MBPS,
@@ -291,22 +295,27 @@ class RawDocker:
         assigned = TaskAssigned(
             host_id=self.host_id,
             tier=tier,
-            workload=WorkloadSpec(image=IMAGE, command=COMMAND),
+            workload=Workload(image=IMAGE, command=COMMAND),
             limits=self.limits.spec(),
+            risk_score=0.0,
+            risk_factors={},
+            attempt=1,
+            decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
         )
-        task = fold_task(task_id, [TaskSubmitted(agent_id="raw", input=INPUT), assigned])
+        task = fold_task(task_id, [TaskSubmitted(agent_id="raw", input=INPUT, priority="normal"), assigned])
         spec = build_spec(task, self.host_id, self.caps, SandboxDefaults())
         started = time.perf_counter()
         input_file = self.work / spec.name
         input_file.write_bytes(INPUT)
-        cid = self.docker.create(spec, str(input_file))
+        runner = self.docker.runner(spec.runtime)
+        cid = runner.create(spec, str(input_file))
         try:
-            sock = self.docker.attach(cid)
-            self.docker.start(cid)
-            self.docker.send_input(sock, INPUT)
-            out = b"".join(data for stream, data in self.docker.frames(sock) if stream == 1)
-            self.docker.close_socket(sock)
-            state = self.docker.wait(cid, TIMEOUT_S)
+            sock = runner.attach(cid)
+            runner.start(cid)
+            runner.send_input(sock, INPUT)
+            out = b"".join(data for stream, data in runner.frames(sock) if stream == 1)
+            runner.close_socket(sock)
+            state = runner.wait(cid, TIMEOUT_S)
         finally:
             self.docker.remove(cid)
             remove_cgroup_tree(spec.cgroup_parent)

@@ -31,10 +31,12 @@ from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import load_settings
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.main import build_app
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, build_spec
-from symbi_sandbox_agent.tasks import LimitSpec, TaskAssigned, TaskSubmitted, WorkloadSpec, fold_task
+from symbi_sandbox_agent.tasks import fold_task
 
 IMAGE = "symbi/busybox:1"
 HOST = "bench"
@@ -103,21 +105,26 @@ def baseline(docker: DockerHost, caps: HostCapabilities, tier: str, work: Path) 
     assigned = TaskAssigned(
         host_id=HOST,
         tier=tier,
-        workload=WorkloadSpec(image=IMAGE, command=("cat",)),
-        limits=LimitSpec(**LIMITS),  # type: ignore[arg-type]
+        workload=Workload(image=IMAGE, command=("cat",)),
+        limits=ResourceLimits(**LIMITS),
+        risk_score=0.0,
+        risk_factors={},
+        attempt=1,
+        decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
     )
-    task = fold_task(uuid.uuid4().hex[:16], [TaskSubmitted(agent_id="bench", input=INPUT), assigned])
+    task = fold_task(uuid.uuid4().hex[:16], [TaskSubmitted(agent_id="bench", input=INPUT, priority="normal"), assigned])
     spec = build_spec(task, "bench-raw", caps, SandboxDefaults())
     started = time.perf_counter()
     input_file = work / spec.name
     input_file.write_bytes(INPUT)
-    cid = docker.create(spec, str(input_file))
-    sock = docker.attach(cid)
-    docker.start(cid)
-    docker.send_input(sock, INPUT)
-    out = b"".join(data for stream, data in docker.frames(sock) if stream == 1)
-    docker.close_socket(sock)
-    state = docker.wait(cid, 30)
+    runner = docker.runner(spec.runtime)
+    cid = runner.create(spec, str(input_file))
+    sock = runner.attach(cid)
+    runner.start(cid)
+    runner.send_input(sock, INPUT)
+    out = b"".join(data for stream, data in runner.frames(sock) if stream == 1)
+    runner.close_socket(sock)
+    state = runner.wait(cid, 30)
     docker.remove(cid)
     elapsed = time.perf_counter() - started
     if out != INPUT or state.exit_code != 0:

@@ -55,6 +55,8 @@ PURE_MODULES = (
     "symbi_lifecycle.domain",
     "symbi_lifecycle.config",
     "symbi_scheduler.domain",
+    "symbi_sandbox_agent.domain",
+    "symbi_common.caps",
     "symbi_scheduler.core",
     "symbi_context.domain",
     "symbi_policy.domain",

@@ -30,7 +30,7 @@ from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import ResourceRequest, TaskAssigned, TaskEvent, TaskSubmitted
-from symbi_sandbox_agent.agent import SandboxAgent
+from symbi_sandbox_agent.host import SandboxHost
 from symbi_sandbox_agent.main import build_app
 
 IMAGE = "symbi/busybox:1"
@@ -228,7 +228,7 @@ def agent_env(nats_url: str, keys_dir: Path, host_id: str, work_dir: Path, **ext
 class Agent:
     app: FastAPI
     http: httpx.AsyncClient
-    daemon: SandboxAgent
+    daemon: SandboxHost
     host_id: str
 
 
@@ -254,7 +254,7 @@ async def running_agent(settings: Settings) -> AsyncIterator[Agent]:
         async with httpx.AsyncClient(
             transport=transport, base_url="http://sandbox-agent", headers=_operator_headers(app)
         ) as http:
-            daemon: SandboxAgent = app.state.sandbox
+            daemon: SandboxHost = app.state.sandbox
             yield Agent(app, http, daemon, daemon.host_id)
 
 

@@ -28,13 +28,13 @@ from symbi_sandbox_agent.actions import (
     error_reply,
     parse_request,
 )
+from symbi_sandbox_agent.domain import EXECUTION
 from symbi_sandbox_agent.errors import (
     ActionRequestError,
     ActionRequestTooLarge,
     MalformedActionRequest,
     UnknownAction,
 )
-from symbi_sandbox_agent.execution import EXECUTION
 
 
 def lines(*chunks: bytes, limit: int = MAX_REQUEST_BYTES) -> list[RequestLine]:

@@ -19,17 +19,22 @@ from symbi_contracts.sandbox_agent.errors import (
 )
 from symbi_contracts.sandbox_agent.events import (
     ExecutionExited,
+    ExecutionFailed,
+    ExecutionKilled,
+    ExecutionOomKilled,
     ExecutionOutput,
     ExecutionPaused,
     ExecutionRefused,
     ExecutionResumed,
     ExecutionStarted,
+    ExecutionTimedOut,
     Limits,
+    Usage,
 )
 from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
-from symbi_sandbox_agent.agent import check_settings, resolve_host_id
-from symbi_sandbox_agent.execution import EXECUTION
+from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.domain import EXECUTION, ExitState, terminal_event
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
 from symbi_sandbox_agent.tasks import fold_task
@@ -190,6 +195,10 @@ def test_policy_caps_only_lower_the_limits() -> None:
     assert (capped.limits.memory_mb, capped.limits.cpu_cores, capped.limits.execution_timeout_s) == (64, 2.0, 10.0)
     with pytest.raises(InvalidWorkload, match="too little"):
         apply_caps(spec, {"memory_mb": 1})
+    # Limits that are not policy resources are the host's, not the policy's: a cap on them is not applied.
+    assert apply_caps(spec, {"pids": 16, "output_cap_bytes": 1}).limits == spec.limits
+    with pytest.raises(InvalidWorkload, match="cannot be honoured"):
+        apply_caps(spec, {"memory_mb": "lots"})  # type: ignore[dict-item]
 
 
 def test_bad_settings_are_refused() -> None:
@@ -277,3 +286,30 @@ def test_pause_and_resume_follow_the_state() -> None:
     assert EXECUTION.decide(state, ExecutionResumed(attempt=1)) == [ExecutionResumed(attempt=1)]  # type: ignore[arg-type]
     with pytest.raises(ExecutionStateError):
         EXECUTION.decide(run([]), ExecutionPaused(attempt=1))  # type: ignore[arg-type]
+
+
+def test_how_a_run_ended_decides_its_terminal_event() -> None:
+    spec = build_spec(task(memory_mb=64, execution_timeout_s=5), "h1", CAPS, SandboxDefaults(output_cap_bytes=10))  # type: ignore[arg-type]
+    digest, usage = OutputCollector(10).digest(), Usage(cpu_seconds=0.5)
+
+    def end(exit_state: ExitState | None, kill_reason: str = "") -> object:
+        return terminal_event(spec, exit_state, kill_reason, digest, usage, 1.5)
+
+    exited = end(ExitState(3, False, ""))
+    assert isinstance(exited, ExecutionExited)
+    assert (exited.exit_code, exited.usage, exited.duration_s) == (3, usage, 1.5)
+    # A timeout wins over the exit state; an OOM kill over a kill by the daemon.
+    timed_out = end(ExitState(137, True, ""), "timeout")
+    assert isinstance(timed_out, ExecutionTimedOut)
+    assert timed_out.timeout_s == 5
+    oom = end(ExitState(137, True, ""), "output_cap")
+    assert isinstance(oom, ExecutionOomKilled)
+    assert oom.memory_limit_bytes == 64 * 1024 * 1024
+    killed = end(ExitState(137, False, ""), "output_cap")
+    assert isinstance(killed, ExecutionKilled)
+    assert killed.reason == "output_cap: printed more than 10 bytes"
+    assert end(None, "shutdown").reason == "shutdown: the sandbox-agent shut down"  # type: ignore[attr-defined]
+    failed = end(ExitState(None, False, "the container disappeared"))
+    assert isinstance(failed, ExecutionFailed)
+    assert failed.reason == "no exit status: the container disappeared"
+    assert EXECUTION.decide(run([started(spec.attempt)]), exited) == [exited]  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from symbi_scheduler.core import (
     choose_victim,
     never_fits,
 )
+from symbi_scheduler.domain import ResourceRequest, effective_limits
 from symbi_scheduler.model import Model
 
 
@@ -232,3 +233,11 @@ def test_the_final_config_of_agent_ready_and_configured_replaces_the_provisional
     resized = AgentConfig(name="reporter", workload=final.workload, resources=ResourceLimits(memory_mb=64))
     assert model.apply("agent", "a1", 3, 3, 0.0, AgentConfigured(config=resized))
     assert model.agents["a1"].config == resized
+
+
+def test_a_task_request_lowers_its_agents_limits_and_never_raises_them() -> None:
+    agent = ResourceLimits(memory_mb=512, cpu_cores=2.0, execution_timeout_s=300.0)
+    assert effective_limits(agent, None) is agent
+    asked = ResourceRequest(cpu_cores=0.5, memory_mb=1024, execution_timeout_s=None)
+    assert effective_limits(agent, asked) == ResourceLimits(memory_mb=512, cpu_cores=0.5, execution_timeout_s=300.0)
+    assert effective_limits(agent, ResourceRequest(execution_timeout_s=20)).execution_timeout_s == 20.0

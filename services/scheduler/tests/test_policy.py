@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from schedkit import App, DenyAgents, FakeHost, agent_events, eventually, register_agent, task_events, until_status
+from symbi_common.decisions import AllowWithConditions, Condition, Decision, DecisionRequest
 from symbi_common.errors import InfrastructureError
+from symbi_contracts.lifecycle.config import ResourceLimits
 from symbi_contracts.scheduler.events import TaskAssigned, TaskResumed, TaskSuspended
 
 
@@ -109,6 +111,39 @@ async def test_suspending_an_agent_pauses_its_running_task_until_resumed(
     suspended = [e for e in events if isinstance(e, TaskSuspended)]
     assert [e.reason for e in suspended] == ["agent_suspended"]
     assert sum(isinstance(e, TaskResumed) for e in events) == 1
+
+
+class CapEverything:
+    """A decision point (the DecisionPoint port) that allows every allocation with ``cap_resources`` conditions."""
+
+    version = 7
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        conditions = (
+            Condition(kind="cap_resources", params={"memory_mb": 256, "cpu_cores": 2}, policy="a"),
+            Condition(kind="cap_resources", params={"memory_mb": 128.9, "execution_timeout_s": 30}, policy="b"),
+        )
+        return AllowWithConditions(conditions=conditions, policies=("a", "b"), policy_version=7)
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return [await self.decide(r) for r in requests]
+
+
+async def test_cap_resources_conditions_of_the_allocation_lower_the_task_limits(
+    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    await register_agent(lifecycle, "capped", resources={"memory_mb": 512, "cpu_cores": 1.0})
+    host: FakeHost = await hosts("h1")
+    store = await make_store("scheduler")
+    async with start_scheduler(decisions=CapEverything()) as scheduler:
+        view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "capped", "input": "x"}, status=201)
+        await until_status(scheduler, view["task_id"], "completed")
+    [assigned] = [e for e in await task_events(store, view["task_id"]) if isinstance(e, TaskAssigned)]
+    # The tightest cap of each resource, never raised (cpu stays 1.0), truncated to whole MB.
+    assert assigned.limits == ResourceLimits(
+        memory_mb=128, cpu_cores=1.0, disk_io_mbps=100, network_io_mbps=10, execution_timeout_s=30.0
+    )
+    assert host.started == [(view["task_id"], 1)]
 
 
 class PolicyOutage(DenyAgents):

@@ -29,6 +29,7 @@ import asyncpg
 import msgspec
 import structlog
 from symbi_common.aggregate import Loaded, Repository
+from symbi_common.caps import cap_limits
 from symbi_common.decisions import (
     AllowWithConditions,
     Decision,
@@ -51,7 +52,7 @@ from symbi_common.eventstore import Recorded
 from symbi_common.policy.enforcement import LIFECYCLE_AGENT_CONFIG
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.telemetry import traced
-from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue, ResourceLimits
+from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
 from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import DslError, compile_agent
 
@@ -145,14 +146,7 @@ def _capped(config: AgentConfig, decision: Decision) -> AgentConfig:
     """``config`` with its resource limits lowered to every ``cap_resources`` condition of ``decision``."""
     if not isinstance(decision, AllowWithConditions):
         return config
-    limits = msgspec.structs.asdict(config.resources)
-    for condition in decision.conditions:
-        if condition.kind != "cap_resources":
-            continue
-        for key, cap in condition.params.items():
-            if key in limits and isinstance(cap, int | float):
-                limits[key] = type(limits[key])(min(limits[key], cap))
-    return msgspec.structs.replace(config, resources=ResourceLimits(**limits))
+    return msgspec.structs.replace(config, resources=cap_limits(config.resources, decision.conditions))
 
 
 def _approval_needed(decision: Decision) -> bool:

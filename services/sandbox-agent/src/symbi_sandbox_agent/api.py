@@ -11,18 +11,19 @@ from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.commands import TaskRef
 
-from symbi_sandbox_agent.agent import SandboxAgent
+from symbi_sandbox_agent.application import SandboxService
+from symbi_sandbox_agent.host import SandboxHost
 
 router = APIRouter()
 
 
 @router.get("/v1/host", summary="This host: capacity, tiers, heartbeat, running sandboxes, last reconciliation")
 async def host_status(request: Request) -> dict[str, Any]:
-    agent: SandboxAgent = request.app.state.sandbox
-    return agent.status()
+    host: SandboxHost = request.app.state.sandbox
+    return host.status()
 
 
-def register_commands(server: CommandServer, agent: SandboxAgent) -> None:
+def register_commands(server: CommandServer, service: SandboxService) -> None:
     """Each command runs as a span of the trace its request carries (the scheduler's), so the execution
     events it appends continue the task's trace."""
 
@@ -33,6 +34,6 @@ def register_commands(server: CommandServer, agent: SandboxAgent) -> None:
 
         return run
 
-    server.register("suspend", TaskRef, traced("suspend", agent.suspend))
-    server.register("resume", TaskRef, traced("resume", agent.resume))
-    server.register("terminate", TaskRef, traced("terminate", agent.terminate))
+    server.register("suspend", TaskRef, traced("suspend", service.suspend))
+    server.register("resume", TaskRef, traced("resume", service.resume))
+    server.register("terminate", TaskRef, traced("terminate", service.terminate))

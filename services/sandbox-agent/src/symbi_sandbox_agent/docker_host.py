@@ -1,9 +1,11 @@
-"""The Docker side of a host: capabilities, running one container with its stdin/stdout, and clean-up.
+"""The Docker side of a host: capabilities, the runc and runsc runners, and clean-up.
 
-Everything here is blocking (the Docker SDK is synchronous); the daemon calls it through
-``asyncio.to_thread``. Resource usage is read straight from the container's cgroup files, which
-is cheap enough to sample several times a second and still works a moment before the container
-exits (the Docker stats API needs about a second per sample).
+:class:`DockerHost` is the engine (:class:`~symbi_sandbox_agent.runner.SandboxEngine`): what it can run,
+the containers labelled as this host's, runtime processes left behind. :class:`RuncRunner` (tier1) and
+:class:`RunscRunner` (tier2, gVisor) are its :class:`~symbi_sandbox_agent.runner.SandboxRunner` s: they
+share the engine's client and differ in the runtime they create containers with, and in that a gVisor
+run may leave its shim and sandbox processes behind. Everything here is blocking (the Docker SDK is
+synchronous); the daemon calls it on its own threads.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import re
 import signal
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,38 +23,14 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 from docker.utils.socket import frames_iter  # type: ignore[import-untyped]
 from symbi_contracts.sandbox_agent.errors import DockerUnavailable
-from symbi_contracts.sandbox_agent.events import Usage
 
+from symbi_sandbox_agent.domain import ExitState
+from symbi_sandbox_agent.runner import HostInfo, OwnedContainer, SandboxRunner
 from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, SandboxSpec
 
 #: Docker Engine API 1.41 = Docker 20.10, the oldest engine this daemon is tested with; newer engines serve it too.
 API_VERSION = "1.41"
 _CONTAINER_ID = re.compile(r"\b[0-9a-f]{64}\b")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-@dataclass(frozen=True, slots=True)
-class HostInfo:
-    cpu_cores: float
-    memory_mb: int
-    docker_version: str
-    runtimes: tuple[str, ...]
-    capabilities: HostCapabilities
-
-
-@dataclass(frozen=True, slots=True)
-class OwnedContainer:
-    id: str
-    name: str
-    task_id: str
-    status: str
-
-
-@dataclass(frozen=True, slots=True)
-class ExitState:
-    exit_code: int | None
-    oom_killed: bool
-    error: str
 
 
 def _block_device_of(path: str) -> str | None:
@@ -112,6 +89,10 @@ class DockerHost:
     def close(self) -> None:
         self.client.close()
 
+    def runner(self, runtime: str) -> SandboxRunner:
+        """The runner of ``runtime``; :class:`KeyError` for one this daemon has no runner for."""
+        return RUNNERS[runtime](self)
+
     # --- the host ---------------------------------------------------------------------------------
 
     def info(self) -> HostInfo:
@@ -136,87 +117,11 @@ class DockerHost:
             return False
         return True
 
-    # --- one sandbox ------------------------------------------------------------------------------
-
-    def create(self, spec: SandboxSpec, input_file: str) -> str:
-        host_config = self.api.create_host_config(**spec.host_config_kwargs(input_file))
-        created = self.api.create_container(host_config=host_config, **spec.create_kwargs(input_file))
-        return str(created["Id"])
-
-    def attach(self, container_id: str) -> Any:
-        """The container's stdin/stdout/stderr socket; attach before start so no output is missed."""
-        sock = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        sock._sock.settimeout(None)  # a quiet workload is not an error; the daemon owns the timeout
-        return sock
-
-    def start(self, container_id: str) -> None:
-        self.api.start(container_id)
-
-    @staticmethod
-    def send_input(sock: Any, data: bytes) -> None:
-        """Write the task's input and close our side: the workload sees EOF on stdin.
-
-        Closing stdin at once keeps the run simple; a workload with the action gateway keeps it open
-        (replies arrive on it), and a large result still comes through under gVisor then (tested)."""
-        raw: socket.socket = sock._sock
-        try:
-            if data:
-                raw.sendall(data)
-        except OSError:
-            pass  # the workload exited without reading its input
-        finally:
-            with contextlib.suppress(OSError):
-                raw.shutdown(socket.SHUT_WR)
-
-    @staticmethod
-    def send_line(sock: Any, line: bytes) -> None:
-        """Write one reply line to the workload's stdin (which stays open); a workload gone is not an error."""
-        with contextlib.suppress(OSError):
-            sock._sock.sendall(line)
-
-    @staticmethod
-    def close_socket(sock: Any) -> None:
-        """Close the attach socket; shutting it down first wakes a writer still blocked on stdin."""
-        with contextlib.suppress(Exception):
-            sock._sock.shutdown(socket.SHUT_RDWR)
-        for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
-            with contextlib.suppress(Exception):
-                if part is not None:
-                    part.close()
-
-    @staticmethod
-    def frames(sock: Any) -> Iterator[tuple[int, bytes]]:
-        """``(stream, data)`` frames until the container's output ends (1 = stdout, 2 = stderr)."""
-        try:
-            for stream, data in frames_iter(sock, tty=False):
-                if data:
-                    yield int(stream), bytes(data)
-        except OSError:
-            return
-
-    def wait(self, container_id: str, timeout: float) -> ExitState:
-        try:
-            result = self.api.wait(container_id, timeout=max(1, int(timeout)))
-        except docker.errors.NotFound:
-            return ExitState(None, False, "the container disappeared")
-        except Exception as exc:  # requests' ReadTimeout and friends
-            return ExitState(None, False, f"no exit status within {timeout} s: {exc}")
-        state = self.state(container_id)
-        code = result.get("StatusCode")
-        error = (result.get("Error") or {}).get("Message", "") if isinstance(result.get("Error"), dict) else ""
-        return ExitState(int(code) if code is not None else None, bool(state.get("OOMKilled")), error)
-
     def state(self, container_id: str) -> dict[str, Any]:
         try:
             return dict(self.api.inspect_container(container_id)["State"])
         except docker.errors.NotFound:
             return {}
-
-    def pause(self, container_id: str) -> None:
-        self.api.pause(container_id)
-
-    def unpause(self, container_id: str) -> None:
-        self.api.unpause(container_id)
 
     def kill(self, container_id: str) -> None:
         """SIGKILL the container; a paused one is thawed first (gVisor cannot kill a frozen sandbox)."""
@@ -297,93 +202,110 @@ class DockerHost:
         return killed
 
 
-# --- usage ----------------------------------------------------------------------------------------
+class DockerRunner:
+    """One sandbox's container on the Docker engine, with the runtime :attr:`runtime`."""
 
+    runtime = ""
+    leaves_processes = False
 
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    def __init__(self, engine: DockerHost) -> None:
+        self.engine = engine
+        self.api = engine.api
 
+    def create(self, spec: SandboxSpec, input_file: str) -> str:
+        if spec.runtime != self.runtime:
+            raise ValueError(f"the {self.runtime} runner cannot run {spec.name}, which needs {spec.runtime}")
+        host_config = self.api.create_host_config(**spec.host_config_kwargs(input_file))
+        created = self.api.create_container(host_config=host_config, **spec.create_kwargs(input_file))
+        return str(created["Id"])
 
-class CgroupUsage:
-    """A sandbox's usage, read from its own parent cgroup (see ``SandboxSpec.cgroup_parent``).
+    def attach(self, container_id: str) -> Any:
+        """The container's stdin/stdout/stderr socket; attach before start so no output is missed."""
+        sock = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        sock._sock.settimeout(None)  # a quiet workload is not an error; the daemon owns the timeout
+        return sock
 
-    The container's cgroup disappears the moment it exits, taking its peak memory with it; the parent
-    cgroup accounts for it hierarchically and stays until :meth:`release`, so the final figures are exact
-    even for a workload that is OOM-killed within milliseconds. Works with cgroup v1 and v2."""
+    def start(self, container_id: str) -> None:
+        self.api.start(container_id)
 
-    def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
-        self.parent = parent.strip("/")
-        self.root = root
-        self.v2 = (root / "cgroup.controllers").exists()
-        self.last = Usage()
+    @staticmethod
+    def send_input(sock: Any, data: bytes) -> None:
+        """Write the task's input and close our side: the workload sees EOF on stdin.
 
-    def _dir(self, controller: str) -> Path:
-        return self.root / self.parent if self.v2 else self.root / controller / self.parent
-
-    def sample(self) -> Usage:
-        usage = self._sample_v2() if self.v2 else self._sample_v1()
-        if usage is not None:
-            self.last = Usage(
-                peak_memory_bytes=max(usage.peak_memory_bytes, self.last.peak_memory_bytes),
-                cpu_seconds=max(usage.cpu_seconds, self.last.cpu_seconds),
-                io_read_bytes=max(usage.io_read_bytes, self.last.io_read_bytes),
-                io_write_bytes=max(usage.io_write_bytes, self.last.io_write_bytes),
-            )
-        return self.last
-
-    def _sample_v1(self) -> Usage | None:
-        peak = _read_int(self._dir("memory") / "memory.max_usage_in_bytes")
-        cpu_ns = _read_int(self._dir("cpuacct") / "cpuacct.usage")
-        if peak is None and cpu_ns is None:
-            return None
-        read = write = 0
+        Closing stdin at once keeps the run simple; a workload with the action gateway keeps it open
+        (replies arrive on it), and a large result still comes through under gVisor then (tested)."""
+        raw: socket.socket = sock._sock
         try:
-            lines = (self._dir("blkio") / "blkio.throttle.io_service_bytes_recursive").read_text().splitlines()
+            if data:
+                raw.sendall(data)
         except OSError:
-            lines = []
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 3 and parts[1] == "Read":
-                read += int(parts[2])
-            elif len(parts) == 3 and parts[1] == "Write":
-                write += int(parts[2])
-        return Usage(
-            peak_memory_bytes=peak or 0, cpu_seconds=(cpu_ns or 0) / 1e9, io_read_bytes=read, io_write_bytes=write
-        )
-
-    def _sample_v2(self) -> Usage | None:
-        path = self._dir("")
-        peak = _read_int(path / "memory.peak") or _read_int(path / "memory.current")
-        cpu_us = 0
-        try:
-            for line in (path / "cpu.stat").read_text().splitlines():
-                if line.startswith("usage_usec "):
-                    cpu_us = int(line.split()[1])
-            io = (path / "io.stat").read_text()
-        except OSError:
-            return None
-        read = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("rbytes="))
-        write = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("wbytes="))
-        return Usage(peak_memory_bytes=peak or 0, cpu_seconds=cpu_us / 1e6, io_read_bytes=read, io_write_bytes=write)
-
-    def release(self) -> None:
-        """Remove the parent cgroup (in every v1 hierarchy); call after the container is removed."""
-        remove_cgroup_tree(self.parent, self.root)
-
-
-def remove_cgroup_tree(relative: str, root: Path = CGROUP_ROOT) -> None:
-    """rmdir ``relative`` (and any empty cgroups under it) in every hierarchy where it exists."""
-    relative = relative.strip("/")
-    bases = [root] if (root / "cgroup.controllers").exists() else [p for p in root.iterdir() if p.is_dir()]
-    for base in bases:
-        top = base / relative
-        if not top.is_dir():
-            continue
-        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            pass  # the workload exited without reading its input
+        finally:
             with contextlib.suppress(OSError):
-                path.rmdir()
+                raw.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def send_line(sock: Any, line: bytes) -> None:
+        """Write one reply line to the workload's stdin (which stays open); a workload gone is not an error."""
         with contextlib.suppress(OSError):
-            top.rmdir()
+            sock._sock.sendall(line)
+
+    @staticmethod
+    def close_socket(sock: Any) -> None:
+        """Close the attach socket; shutting it down first wakes a writer still blocked on stdin."""
+        with contextlib.suppress(Exception):
+            sock._sock.shutdown(socket.SHUT_RDWR)
+        for part in (sock, getattr(sock, "_sock", None), getattr(sock, "_response", None)):
+            with contextlib.suppress(Exception):
+                if part is not None:
+                    part.close()
+
+    @staticmethod
+    def frames(sock: Any) -> Iterator[tuple[int, bytes]]:
+        """``(stream, data)`` frames until the container's output ends (1 = stdout, 2 = stderr)."""
+        try:
+            for stream, data in frames_iter(sock, tty=False):
+                if data:
+                    yield int(stream), bytes(data)
+        except OSError:
+            return
+
+    def wait(self, container_id: str, timeout: float) -> ExitState:
+        try:
+            result = self.api.wait(container_id, timeout=max(1, int(timeout)))
+        except docker.errors.NotFound:
+            return ExitState(None, False, "the container disappeared")
+        except Exception as exc:  # requests' ReadTimeout and friends
+            return ExitState(None, False, f"no exit status within {timeout} s: {exc}")
+        state = self.engine.state(container_id)
+        code = result.get("StatusCode")
+        error = (result.get("Error") or {}).get("Message", "") if isinstance(result.get("Error"), dict) else ""
+        return ExitState(int(code) if code is not None else None, bool(state.get("OOMKilled")), error)
+
+    def pause(self, container_id: str) -> None:
+        self.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        self.api.unpause(container_id)
+
+    def kill(self, container_id: str) -> None:
+        self.engine.kill(container_id)
+
+    def remove(self, container_id: str) -> None:
+        self.engine.remove(container_id)
+
+
+class RuncRunner(DockerRunner):
+    """tier1: the default OCI runtime."""
+
+    runtime = "runc"
+
+
+class RunscRunner(DockerRunner):
+    """tier2: gVisor. A failed or hung sandbox can leave its shim and sandbox processes behind."""
+
+    runtime = "runsc"
+    leaves_processes = True
+
+
+RUNNERS: dict[str, type[DockerRunner]] = {"runc": RuncRunner, "runsc": RunscRunner}

@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 import nats.js.errors
@@ -30,6 +29,7 @@ from symbi_common.policy.conditions import redact
 from symbi_common.policy.enforcement import GATEWAY_ACTION, GATEWAY_READ
 from symbi_common.policy.events import POLICY_SETS_SUBJECT
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
+from symbi_common.service import ServiceRuntime
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
 from symbi_contracts.sandbox_agent.errors import ActionDenied
@@ -56,9 +56,7 @@ from symbi_sandbox_agent.actions import (
 )
 from symbi_sandbox_agent.errors import ActionRequestError, TooManyActions, UnsupportedAction
 from symbi_sandbox_agent.metrics import ACTIONS
-
-if TYPE_CHECKING:
-    from symbi_sandbox_agent.agent import Running, SandboxAgent
+from symbi_sandbox_agent.run import Pending, Running
 
 log = structlog.get_logger(__name__)
 #: How long a ``resume`` waits for the policy follower to reach the newest policy event.
@@ -69,18 +67,21 @@ PERFORM_TIMEOUT_S = 10.0
 CLOSE_GRACE_S = 5.0
 
 
-@dataclass
-class Pending:
-    """A denied request: held until a ``resume`` decides it allowed, or the run ends."""
+class GatewayHost(Protocol):
+    """What a gateway needs of the daemon: its runtime, freezing and thawing the run, recording a decision."""
 
-    seq: int
-    request: ActionRequest
-    question: DecisionRequest
-    resolved: asyncio.Event = field(default_factory=asyncio.Event)
+    @property
+    def rt(self) -> ServiceRuntime: ...
+
+    async def freeze(self, run: Running, reason: str) -> None: ...
+
+    async def thaw(self, run: Running, reason: str) -> dict[str, Any]: ...
+
+    async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
 
 
 class ActionGateway:
-    def __init__(self, agent: SandboxAgent, run: Running, reply: Callable[[bytes], Awaitable[None]]) -> None:
+    def __init__(self, agent: GatewayHost, run: Running, reply: Callable[[bytes], Awaitable[None]]) -> None:
         self.agent = agent
         self.run = run
         self.reply = reply

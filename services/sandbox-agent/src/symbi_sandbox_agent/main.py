@@ -15,8 +15,9 @@ from symbi_common.commands import CommandServer
 from symbi_common.service import ServiceRuntime, create_app, run_service
 from symbi_common.settings import Settings
 
-from symbi_sandbox_agent.agent import SandboxAgent, check_settings, resolve_host_id
 from symbi_sandbox_agent.api import register_commands, router
+from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.host import SandboxHost
 
 SERVICE = "sandbox-agent"
 
@@ -30,17 +31,17 @@ def build_app(settings: Settings) -> FastAPI:
     async def on_start(rt: ServiceRuntime) -> None:
         # Commands are addressed to this host: cmd.sandbox-agent.<host_id>.<action>.
         rt.commands = CommandServer(rt.nc, f"{SERVICE}.{host_id}", max_request_bytes=settings.events.max_command_bytes)
-        agent = SandboxAgent(rt, settings.sandbox, host_id)
+        agent = SandboxHost(rt, settings.sandbox, host_id)
         app.state.sandbox = agent
         rt.spawn(_close_on_stop(agent), "sandbox:close")
         await agent.start()
-        register_commands(rt.commands, agent)
+        register_commands(rt.commands, agent.service)
 
     app = create_app(runtime, title=f"Symbi sandbox-agent ({host_id})", routers=[router], on_start=on_start)
     return app
 
 
-async def _close_on_stop(agent: SandboxAgent) -> None:
+async def _close_on_stop(agent: SandboxHost) -> None:
     """On shutdown, let the sandboxes' own clean-up (kill, remove, report) finish, then close Docker."""
     try:
         await asyncio.Event().wait()

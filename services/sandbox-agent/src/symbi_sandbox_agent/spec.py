@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgspec
+from symbi_common.caps import lower_to_caps
+from symbi_common.errors import ValidationError
 from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
@@ -151,17 +152,12 @@ class SandboxSpec:
 
 
 def apply_caps(spec: SandboxSpec, caps: Mapping[str, float]) -> SandboxSpec:
-    """The spec with its limits lowered to a policy's ``cap_resources`` caps (never raised)."""
-    lim = spec.limits
-    limits = msgspec.structs.replace(
-        lim,
-        memory_mb=int(min(lim.memory_mb, caps.get("memory_mb", lim.memory_mb))),
-        cpu_cores=float(min(lim.cpu_cores, caps.get("cpu_cores", lim.cpu_cores))),
-        disk_io_mbps=int(min(lim.disk_io_mbps, caps.get("disk_io_mbps", lim.disk_io_mbps))),
-        execution_timeout_s=float(
-            min(lim.execution_timeout_s, caps.get("execution_timeout_s", lim.execution_timeout_s))
-        ),
-    )
+    """The spec with its limits lowered to a policy's ``cap_resources`` caps (never raised), by the one
+    capping rule (:func:`symbi_common.caps.lower_to_caps`); refused if too little is left."""
+    try:
+        limits = lower_to_caps(spec.limits, caps)
+    except ValidationError as err:
+        raise InvalidWorkload(f"the policy's resource caps cannot be honoured: {err}") from None
     if limits.memory_mb < MIN_MEMORY_MB or limits.cpu_cores <= 0 or limits.disk_io_mbps <= 0:
         raise InvalidWorkload(f"the policy's resource caps {dict(caps)} leave too little to run a sandbox")
     return replace(spec, limits=limits)

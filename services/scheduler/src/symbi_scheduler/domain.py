@@ -26,6 +26,7 @@ import re
 from typing import ClassVar
 
 import msgspec
+from symbi_common.caps import lower_to_caps
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
 from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, PRIORITIES, ResourceLimits
@@ -109,19 +110,14 @@ def check_request(request: ResourceRequest | None) -> list[str]:
 
 
 def effective_limits(agent: ResourceLimits, request: ResourceRequest | None) -> ResourceLimits:
-    """The limits a task runs with: its request where given, capped by the agent's own limits."""
+    """The limits a task runs with: its request where given, capped by the agent's own limits.
+
+    The same rule as a policy's ``cap_resources`` (:func:`symbi_common.caps.lower_to_caps`): the agent's
+    limits lowered to what the task asks for, never raised."""
     if request is None:
         return agent
-    return msgspec.structs.replace(
-        agent,
-        cpu_cores=min(agent.cpu_cores, request.cpu_cores) if request.cpu_cores is not None else agent.cpu_cores,
-        memory_mb=min(agent.memory_mb, request.memory_mb) if request.memory_mb is not None else agent.memory_mb,
-        execution_timeout_s=(
-            min(agent.execution_timeout_s, request.execution_timeout_s)
-            if request.execution_timeout_s is not None
-            else agent.execution_timeout_s
-        ),
-    )
+    asked = {name: value for name, value in msgspec.structs.asdict(request).items() if value is not None}
+    return lower_to_caps(agent, asked)
 
 
 # --- state -----------------------------------------------------------------------------------------

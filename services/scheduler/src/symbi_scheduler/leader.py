@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import structlog
 from symbi_common.aggregate import Repository
+from symbi_common.caps import cap_limits
 from symbi_common.decisions import AllowWithConditions, DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import AlreadyExists, DomainError, InfrastructureError, SymbiError
 from symbi_common.eventstore import Recorded
@@ -584,17 +585,5 @@ class Leader:
 
 
 def _capped(limits: ResourceLimits, decision: AllowWithConditions) -> ResourceLimits:
-    """Apply ``cap_resources`` conditions of an allow to the limits the task runs with."""
-    for condition in decision.conditions:
-        if condition.kind != "cap_resources":
-            continue
-        p = condition.params
-        if isinstance(p.get("memory_mb"), int | float):
-            limits = msgspec.structs.replace(limits, memory_mb=min(limits.memory_mb, int(p["memory_mb"])))
-        if isinstance(p.get("cpu_cores"), int | float):
-            limits = msgspec.structs.replace(limits, cpu_cores=min(limits.cpu_cores, float(p["cpu_cores"])))
-        if isinstance(p.get("execution_timeout_s"), int | float):
-            limits = msgspec.structs.replace(
-                limits, execution_timeout_s=min(limits.execution_timeout_s, float(p["execution_timeout_s"]))
-            )
-    return limits
+    """Apply ``cap_resources`` conditions of an allow to the limits the task runs with (the one capping rule)."""
+    return cap_limits(limits, decision.conditions)

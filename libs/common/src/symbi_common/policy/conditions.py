@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from symbi_common.caps import resource_caps as resource_caps  # the one capping rule lives there
 from symbi_common.decisions import Condition, ConditionKind
 from symbi_common.errors import ValidationError
 
@@ -103,16 +104,6 @@ def redact(payload: Mapping[str, Any], conditions: Sequence[Condition], mask: st
 
     result: dict[str, Any] = walk(payload)
     return result
-
-
-def resource_caps(conditions: Sequence[Condition]) -> dict[str, int | float]:
-    """The tightest cap per resource over every ``cap_resources`` condition."""
-    caps: dict[str, int | float] = {}
-    for c in conditions:
-        if c.kind == "cap_resources":
-            for key, value in c.params.items():
-                caps[key] = min(caps[key], value) if key in caps else value
-    return caps
 
 
 def capped(requested: Mapping[str, int | float], conditions: Sequence[Condition]) -> dict[str, int | float]:

@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from symbi_common.caps import CAPPED_RESOURCES
 from symbi_common.decisions import AllowWithConditions, Condition, ConditionKind, Decision, Deny
 
 #: Resources a ``cap_resources`` condition may name (the schema's ``resources`` record).
-ALL_CAPS = frozenset({"memory_mb", "cpu_cores", "disk_io_mbps", "network_io_mbps", "execution_timeout_s"})
+ALL_CAPS = frozenset(CAPPED_RESOURCES)
 
 
 @dataclass(frozen=True, slots=True)

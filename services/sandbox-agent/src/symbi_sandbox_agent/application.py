@@ -1,0 +1,256 @@
+"""The sandbox-agent's write path: work items become sandboxes (or refusals), commands act on running ones.
+
+Flow of one work item (see docs/contracts/tasks.md): load the task's events, check that its latest
+assignment is for this host and attempt, build the sandbox spec (or refuse), ask the policy
+decision point (``sandbox.start`` on ``Task::"<id>"``), record the task in this host's heartbeat,
+append ``execution.started``, then hand the run to the :class:`~symbi_sandbox_agent.supervisor.Supervisor`.
+
+Crash safety: a task is in this host's ``HOSTS`` entry before its ``execution.started`` exists, and
+its container carries this host's label, so after a crash the start-up reconciliation
+(:mod:`symbi_sandbox_agent.host`) finds every task this host may have been running.
+
+Commands (``suspend``, ``resume``, ``terminate``) pause, thaw or kill a running sandbox and record it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from symbi_common.aggregate import Repository
+from symbi_common.caps import resource_caps
+from symbi_common.decisions import AllowWithConditions, DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.errors import InfrastructureError
+from symbi_common.policy.enforcement import SANDBOX_START
+from symbi_common.policy.hooks import Enforcer, resources_context
+from symbi_common.service import ServiceRuntime
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionAction,
+    ExecutionEvent,
+    ExecutionPaused,
+    ExecutionRefused,
+    ExecutionResumed,
+    ExecutionStarted,
+)
+
+from symbi_sandbox_agent.domain import ExecutionState, WorkItem
+from symbi_sandbox_agent.metrics import EXECUTIONS
+from symbi_sandbox_agent.recorder import ExecutionRecorder
+from symbi_sandbox_agent.run import Running
+from symbi_sandbox_agent.runner import SandboxEngine, Threads
+from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
+from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+
+log = structlog.get_logger(__name__)
+
+#: Conditions of an allow that a sandbox start honours: it logs everything anyway, and lowers its limits to caps.
+HONOURED_CONDITIONS = SANDBOX_START.conditions
+
+
+class SandboxService:
+    """Handles this host's work items and the commands on its running sandboxes."""
+
+    def __init__(
+        self,
+        rt: ServiceRuntime,
+        host_id: str,
+        engine: SandboxEngine,
+        threads: Threads,
+        capabilities: HostCapabilities,
+        defaults: SandboxDefaults,
+        work_dir: Path,
+        running: dict[str, Running],
+        executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent],
+        heartbeat: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.rt = rt
+        self.host_id = host_id
+        self.engine = engine
+        self.threads = threads
+        self.capabilities = capabilities
+        self.defaults = defaults
+        #: The heartbeat that records this host's running tasks (see the crash safety above).
+        self.heartbeat = heartbeat
+        #: The sandboxes this host runs, by task id (shared with the host's heartbeat and status).
+        self.running = running
+        self.executions = executions
+        self.recorder = ExecutionRecorder(rt, self.executions)
+        self.supervisor = Supervisor(rt, engine, threads, self.recorder, self.running, work_dir, controls=self)
+
+    # --- work -----------------------------------------------------------------------------------
+
+    async def dispatch(self, item: WorkItem) -> bool:
+        """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored.
+
+        False: not now — an older attempt of the task is still being stopped here; try again shortly."""
+        task_id = item.task_id
+        task = fold_task(task_id, [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)])
+        assigned = task.assigned
+        if assigned is None or assigned.host_id != self.host_id or assigned.attempt != item.attempt or task.ended:
+            log.warning(
+                "stale or misrouted work item ignored",
+                task_id=task_id,
+                attempt=item.attempt,
+                assigned_to=assigned.host_id if assigned else None,
+                assigned_attempt=assigned.attempt if assigned else None,
+                ended=task.ended,
+            )
+            return True
+        current = self.running.get(task_id)
+        if current is not None:
+            return current.spec.attempt >= item.attempt  # an older attempt still stopping: retry later
+        state = (await self.executions.load(task_id, fresh=True)).state
+        if state.attempt >= item.attempt:
+            return True  # redelivered: this attempt already started or was refused
+        try:
+            spec = build_spec(task, self.host_id, self.capabilities, self.defaults)
+            if not await self.threads(self.engine.image_present, spec.image):
+                raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
+        except SandboxRefused as err:
+            await self._refuse(item, err.code, str(err), None, assigned.tier)
+            return True
+        request = self._decision_request(task, spec)
+        # The service's one enforcer: checks the allow's conditions against what a sandbox start enforces
+        # (an unenforceable one denies) and logs the decision under the id the event below records.
+        verdict = await Enforcer.around(await self.rt.decision_point()).decide(request, SANDBOX_START)
+        decision, record = verdict.decision, verdict.record
+        if verdict.undecided:  # no decision could be had: nothing starts, the work item comes back later
+            raise InfrastructureError(f"sandbox.start for task {task_id} not decided: {record.reason}")
+        if isinstance(decision, Deny):
+            reason = f"policy denied sandbox.start: {decision.reason}"
+            code = "condition_not_honoured" if decision.code == "unenforceable_condition" else "policy_denied"
+            await self._refuse(item, code, reason, record, spec.tier)
+            return True
+        if isinstance(decision, AllowWithConditions):
+            try:
+                spec = apply_caps(spec, resource_caps(decision.conditions))
+            except SandboxRefused as err:
+                await self._refuse(item, err.code, str(err), record, spec.tier)
+                return True
+        run = Running(spec, task.agent_id)
+        self.running[task_id] = run
+        try:
+            await self.heartbeat()  # a crash from here on finds the task in this host's entry
+            _, recs = await self.executions.execute(
+                task_id,
+                ExecutionStarted(
+                    attempt=spec.attempt,
+                    host_id=self.host_id,
+                    tier=spec.tier,
+                    runtime=spec.runtime,
+                    container=spec.name,
+                    image=spec.image,
+                    command=spec.command,
+                    limits=spec.limits,
+                    hardening=spec.hardening(),
+                    decision=record,
+                    risk_score=assigned.risk_score,
+                    risk_factors=dict(assigned.risk_factors),
+                    started_at=run.started_at,
+                ),
+            )
+        except BaseException:
+            self.running.pop(task_id, None)
+            raise
+        if not recs:
+            self.running.pop(task_id, None)
+            return True
+        self.rt.spawn(self.supervisor.run(run, task.input), f"sandbox:{task_id}")
+        return True
+
+    def _decision_request(self, task: TaskView, spec: SandboxSpec) -> DecisionRequest:
+        """``Agent::"<agent>"`` may ``sandbox.start`` ``Task::"<id>"``, in the policy schema's vocabulary."""
+        lim = spec.limits
+        return DecisionRequest(
+            principal=EntityRef(type="Agent", id=task.agent_id or "unknown"),
+            action="sandbox.start",
+            resource=EntityRef(type="Task", id=task.task_id, attrs={"agent": task.agent_id}),
+            context={
+                "resources": resources_context(
+                    memory_mb=lim.memory_mb,
+                    cpu_cores=lim.cpu_cores,
+                    disk_io_mbps=lim.disk_io_mbps,
+                    network_io_mbps=0,
+                    execution_timeout_s=lim.execution_timeout_s,
+                ),
+                "security_tier": spec.tier,
+                "image": spec.image,
+                "network": False,
+            },
+        )
+
+    async def _refuse(
+        self, item: WorkItem, code: str, reason: str, decision: DecisionRecord | None, tier: str = ""
+    ) -> None:
+        log.warning("task refused", task_id=item.task_id, code=code, reason=reason)
+        _, recs = await self.executions.execute(
+            item.task_id, ExecutionRefused(attempt=item.attempt, code=code, reason=reason, decision=decision)
+        )
+        if recs:
+            EXECUTIONS.labels("refused", tier or "unknown").inc()
+
+    # --- control --------------------------------------------------------------------------------
+
+    async def store_action(self, run: Running, event: ExecutionAction) -> None:
+        """Record one decision of a run's action gateway (retrying while NATS is away)."""
+        await self.recorder.store_action(run, event)
+
+    def _get(self, task_id: str) -> Running:
+        run = self.running.get(task_id)
+        if run is None:
+            raise UnknownExecution(f"task {task_id} is not running on host {self.host_id}", task_id=task_id)
+        return run
+
+    async def suspend(self, task_id: str) -> dict[str, Any]:
+        run = self._get(task_id)
+        if run.paused_since is not None:
+            raise ExecutionStateError(f"task {task_id} is already suspended")
+        await self.freeze(run, "suspended")
+        return {"task_id": task_id, "status": "paused"}
+
+    async def resume(self, task_id: str) -> dict[str, Any]:
+        """Thaw the task; one held by a denied action has it decided again first (see ``gateway``)."""
+        run = self._get(task_id)
+        if run.gateway is not None and run.gateway.pending is not None:
+            return await run.gateway.resume()
+        return await self.thaw(run, "resumed")
+
+    async def freeze(self, run: Running, reason: str) -> None:
+        """Pause the container (cgroup freezer) and record it; a container paused already stays so."""
+        task_id = run.spec.task_id
+        if run.paused_since is not None:
+            return
+        if not run.container_id or run.kill_reason:
+            raise ExecutionStateError(f"task {task_id} is not running (starting or being stopped)")
+        await self.threads(self.supervisor.runner(run).pause, run.container_id)
+        run.paused_since = time.time()
+        await self.executions.execute(task_id, ExecutionPaused(attempt=run.spec.attempt, reason=reason))
+
+    async def thaw(self, run: Running, reason: str) -> dict[str, Any]:
+        """Unpause the container and record it; the time it spent paused does not count against its timeout."""
+        task_id = run.spec.task_id
+        if run.paused_since is None:
+            raise ExecutionStateError(f"task {task_id} is not suspended")
+        await self.threads(self.supervisor.runner(run).unpause, run.container_id)
+        run.paused_total += time.time() - run.paused_since
+        run.paused_since = None
+        await self.executions.execute(task_id, ExecutionResumed(attempt=run.spec.attempt, reason=reason))
+        return {"task_id": task_id, "status": "running"}
+
+    async def terminate(self, task_id: str) -> dict[str, Any]:
+        run = self.running.get(task_id)
+        if run is None:
+            state = (await self.executions.load(task_id, fresh=True)).state
+            if state.status == "ended":
+                return {"task_id": task_id, "status": "ended", "outcome": state.outcome}
+            raise UnknownExecution(f"task {task_id} is not running on host {self.host_id}", task_id=task_id)
+        await self.supervisor.kill(run, "terminated")
+        run.paused_since = None
+        await asyncio.wait_for(run.done.wait(), timeout=KILL_GRACE_S + 5)
+        return {"task_id": task_id, "status": "ended", "outcome": run.outcome.removeprefix("execution.")}

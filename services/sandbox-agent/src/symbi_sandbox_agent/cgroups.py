@@ -1,0 +1,103 @@
+"""A sandbox's cgroup: usage read straight from its files, and removing the tree when it is done.
+
+Reading the cgroup files is cheap enough to sample several times a second and still works a moment
+before the container exits (the Docker stats API needs about a second per sample).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from symbi_contracts.sandbox_agent.events import Usage
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CgroupUsage:
+    """A sandbox's usage, read from its own parent cgroup (see ``SandboxSpec.cgroup_parent``).
+
+    The container's cgroup disappears the moment it exits, taking its peak memory with it; the parent
+    cgroup accounts for it hierarchically and stays until :meth:`release`, so the final figures are exact
+    even for a workload that is OOM-killed within milliseconds. Works with cgroup v1 and v2."""
+
+    def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
+        self.parent = parent.strip("/")
+        self.root = root
+        self.v2 = (root / "cgroup.controllers").exists()
+        self.last = Usage()
+
+    def _dir(self, controller: str) -> Path:
+        return self.root / self.parent if self.v2 else self.root / controller / self.parent
+
+    def sample(self) -> Usage:
+        usage = self._sample_v2() if self.v2 else self._sample_v1()
+        if usage is not None:
+            self.last = Usage(
+                peak_memory_bytes=max(usage.peak_memory_bytes, self.last.peak_memory_bytes),
+                cpu_seconds=max(usage.cpu_seconds, self.last.cpu_seconds),
+                io_read_bytes=max(usage.io_read_bytes, self.last.io_read_bytes),
+                io_write_bytes=max(usage.io_write_bytes, self.last.io_write_bytes),
+            )
+        return self.last
+
+    def _sample_v1(self) -> Usage | None:
+        peak = _read_int(self._dir("memory") / "memory.max_usage_in_bytes")
+        cpu_ns = _read_int(self._dir("cpuacct") / "cpuacct.usage")
+        if peak is None and cpu_ns is None:
+            return None
+        read = write = 0
+        try:
+            lines = (self._dir("blkio") / "blkio.throttle.io_service_bytes_recursive").read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "Read":
+                read += int(parts[2])
+            elif len(parts) == 3 and parts[1] == "Write":
+                write += int(parts[2])
+        return Usage(
+            peak_memory_bytes=peak or 0, cpu_seconds=(cpu_ns or 0) / 1e9, io_read_bytes=read, io_write_bytes=write
+        )
+
+    def _sample_v2(self) -> Usage | None:
+        path = self._dir("")
+        peak = _read_int(path / "memory.peak") or _read_int(path / "memory.current")
+        cpu_us = 0
+        try:
+            for line in (path / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    cpu_us = int(line.split()[1])
+            io = (path / "io.stat").read_text()
+        except OSError:
+            return None
+        read = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("rbytes="))
+        write = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("wbytes="))
+        return Usage(peak_memory_bytes=peak or 0, cpu_seconds=cpu_us / 1e6, io_read_bytes=read, io_write_bytes=write)
+
+    def release(self) -> None:
+        """Remove the parent cgroup (in every v1 hierarchy); call after the container is removed."""
+        remove_cgroup_tree(self.parent, self.root)
+
+
+def remove_cgroup_tree(relative: str, root: Path = CGROUP_ROOT) -> None:
+    """rmdir ``relative`` (and any empty cgroups under it) in every hierarchy where it exists."""
+    relative = relative.strip("/")
+    bases = [root] if (root / "cgroup.controllers").exists() else [p for p in root.iterdir() if p.is_dir()]
+    for base in bases:
+        top = base / relative
+        if not top.is_dir():
+            continue
+        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()

@@ -1,0 +1,53 @@
+"""The ``[sandbox]`` settings as the daemon reads them: the host id, and the values it refuses at start-up."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+from symbi_common.errors import ConfigError
+from symbi_common.settings import SandboxSettings
+
+from symbi_sandbox_agent.spec import SandboxDefaults
+
+_HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def resolve_host_id(configured: str) -> str:
+    """``[sandbox] host_id``, or the hostname made safe for NATS subjects and consumer names."""
+    if configured:
+        if not _HOST_ID_RE.match(configured):
+            raise ConfigError(
+                f"{configured!r} is not a valid host id: use 1-64 letters, digits, '-' or '_'",
+                setting="sandbox.host_id",
+            )
+        return configured
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
+
+
+def check_settings(s: SandboxSettings) -> None:
+    """Refuse ``[sandbox]`` values that would leave sandboxes unlimited or the host looking lost."""
+    checks = [
+        (s.output_cap_bytes > 0, "output_cap_bytes", "must be more than 0"),
+        (s.scratch_mb >= 1, "scratch_mb", "must be at least 1"),
+        (s.pids_limit >= 16, "pids_limit", "must be at least 16"),
+        (0 < s.heartbeat_interval_s <= 2.5, "heartbeat_interval_s", "must be in (0, 2.5]: a host is lost after 5 s"),
+        (
+            re.fullmatch(r"\d+:\d+", s.user) is not None and not s.user.startswith("0:"),
+            "user",
+            "must be a non-root uid:gid",
+        ),
+    ]
+    for ok, name, message in checks:
+        if not ok:
+            raise ConfigError(message, setting=f"sandbox.{name}")
+
+
+def sandbox_defaults(s: SandboxSettings) -> SandboxDefaults:
+    """The host-wide settings every sandbox of this host gets."""
+    return SandboxDefaults(
+        output_cap_bytes=s.output_cap_bytes,
+        scratch_mb=s.scratch_mb,
+        pids_limit=s.pids_limit,
+        user=s.user,
+    )

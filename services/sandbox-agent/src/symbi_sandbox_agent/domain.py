@@ -1,0 +1,187 @@
+"""The sandbox-agent's domain: the execution state machine of one task and the host's log. Pure.
+
+``execution.<task_id>``: commands are the events the daemon proposes; :meth:`ExecutionAggregate.decide`
+accepts, drops or refuses them. That makes redelivery harmless: a start for an attempt that already
+started (or was refused) decides to nothing, and so does a second terminal event. Output offsets come
+from the state, so the chunks of a stream are contiguous by construction. :func:`terminal_event` is the
+rule that turns how a container ended (exit state, kill reason) into the one terminal event of its run.
+
+``host.<host_id>``: a log of registrations and reconciliations (:class:`HostAggregate`).
+
+No I/O here: :mod:`symbi_sandbox_agent.application` loads and appends through the repository.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from symbi_contracts.sandbox_agent.errors import ExecutionStateError
+from symbi_contracts.sandbox_agent.events import (
+    EXECUTION_CODEC,
+    HOST_CODEC,
+    TERMINAL_TYPES,
+    ExecutionEvent,
+    ExecutionExited,
+    ExecutionFailed,
+    ExecutionKilled,
+    ExecutionOomKilled,
+    ExecutionOutput,
+    ExecutionPaused,
+    ExecutionRefused,
+    ExecutionResumed,
+    ExecutionStarted,
+    ExecutionTimedOut,
+    HostEvent,
+    OutputDigest,
+    Usage,
+)
+
+from symbi_sandbox_agent.spec import SandboxSpec
+
+Status = Literal["none", "running", "paused", "ended"]
+
+
+class ExecutionState(msgspec.Struct, kw_only=True):
+    task_id: str
+    attempt: int = 0
+    host_id: str = ""
+    status: Status = "none"
+    outcome: str = ""
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+
+
+class ExecutionAggregate:
+    aggregate_type = "execution"
+    codec = EXECUTION_CODEC
+    state_type = ExecutionState
+
+    def initial(self, aggregate_id: str) -> ExecutionState:
+        return ExecutionState(task_id=aggregate_id)
+
+    def apply(self, state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+        s = msgspec.structs.replace(state)
+        if isinstance(event, ExecutionStarted):
+            return ExecutionState(task_id=s.task_id, attempt=event.attempt, host_id=event.host_id, status="running")
+        if isinstance(event, ExecutionRefused):
+            return ExecutionState(task_id=s.task_id, attempt=event.attempt, status="ended", outcome="refused")
+        if isinstance(event, ExecutionOutput):
+            end = event.offset + len(event.data)
+            if event.stream == "stdout":
+                s.stdout_offset = end
+            else:
+                s.stderr_offset = end
+        elif isinstance(event, ExecutionPaused):
+            s.status = "paused"
+        elif isinstance(event, ExecutionResumed):
+            s.status = "running"
+        elif isinstance(event, TERMINAL_TYPES):
+            s.status = "ended"
+            s.outcome = type(event).__struct_config__.tag.removeprefix("execution.")  # type: ignore[union-attr]
+        return s
+
+    def decide(self, state: ExecutionState, command: ExecutionEvent) -> list[ExecutionEvent]:
+        if isinstance(command, ExecutionStarted | ExecutionRefused):
+            # A new attempt may begin whatever happened to older ones; the same attempt only once.
+            return [command] if command.attempt > state.attempt else []
+        if command.attempt != state.attempt or state.status in ("none", "ended"):
+            if isinstance(command, ExecutionPaused | ExecutionResumed):
+                raise ExecutionStateError(
+                    f"execution {state.task_id} attempt {command.attempt} is not running "
+                    f"(current attempt {state.attempt}, {state.status})"
+                )
+            return []  # late output or a second terminal event of an attempt that is over
+        if isinstance(command, ExecutionOutput):
+            offset = state.stdout_offset if command.stream == "stdout" else state.stderr_offset
+            return [msgspec.structs.replace(command, offset=offset)]
+        if isinstance(command, ExecutionPaused):
+            if state.status != "running":
+                raise ExecutionStateError(f"execution {state.task_id} is {state.status}, not running")
+            return [command]
+        if isinstance(command, ExecutionResumed):
+            if state.status != "paused":
+                raise ExecutionStateError(f"execution {state.task_id} is {state.status}, not paused")
+            return [command]
+        return [command]  # a terminal event of the current, running attempt
+
+
+EXECUTION = ExecutionAggregate()
+
+
+class WorkItem(msgspec.Struct, frozen=True):
+    """One message of ``work.<host_id>``: run this attempt of this task."""
+
+    task_id: str
+    attempt: int
+
+
+class HostAggregate:
+    """``host.<host_id>``: a log of registrations and reconciliations; every event is accepted."""
+
+    aggregate_type = "host"
+    codec = HOST_CODEC
+    state_type = int
+
+    def initial(self, aggregate_id: str) -> int:
+        return 0
+
+    def apply(self, state: int, event: HostEvent) -> int:
+        return state + 1
+
+    def decide(self, state: int, command: HostEvent) -> list[HostEvent]:
+        return [command]
+
+
+@dataclass(frozen=True, slots=True)
+class ExitState:
+    """How a container ended, as its runner saw it (``exit_code`` None: no exit status to be had)."""
+
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+
+
+#: Why the daemon killed a run (``kill_reason``), as the terminal event explains it.
+KILL_REASONS = {
+    "output_cap": "printed more than {output_cap_bytes} bytes",
+    "terminated": "terminated by command",
+    "shutdown": "the sandbox-agent shut down",
+}
+
+
+def terminal_event(
+    spec: SandboxSpec,
+    exit_state: ExitState | None,
+    kill_reason: str,
+    output: OutputDigest,
+    usage: Usage,
+    duration_s: float,
+) -> ExecutionEvent:
+    """The one terminal event of a run that started: timed out, OOM-killed, killed, failed or exited."""
+    common: dict[str, Any] = {
+        "attempt": spec.attempt,
+        "exit_code": exit_state.exit_code if exit_state else None,
+        "usage": usage,
+        "output": output,
+        "duration_s": duration_s,
+    }
+    if kill_reason == "timeout":
+        return ExecutionTimedOut(
+            **common,
+            timeout_s=spec.limits.execution_timeout_s,
+            reason=f"ran past its {spec.limits.execution_timeout_s} s timeout",
+        )
+    if exit_state is not None and exit_state.oom_killed:
+        limit = spec.limits.memory_mb * 1024 * 1024
+        return ExecutionOomKilled(
+            **common, memory_limit_bytes=limit, reason=f"allocated past its {spec.limits.memory_mb} MB limit"
+        )
+    if kill_reason:
+        why = KILL_REASONS.get(kill_reason, "").format(output_cap_bytes=spec.limits.output_cap_bytes)
+        return ExecutionKilled(**common, reason=kill_reason + ": " + why)
+    if exit_state is None or exit_state.exit_code is None:
+        why = exit_state.error if exit_state else "unknown"
+        return ExecutionFailed(**common, reason=f"no exit status: {why}")
+    return ExecutionExited(**common)

@@ -1,0 +1,284 @@
+"""The sandbox-agent daemon on one host: registers it, keeps its heartbeat, consumes ``work.<host_id>``.
+
+Start-up: connect to the Docker engine, reconcile (leave nothing running unaccounted: remove this host's
+containers, report their tasks failed, kill runtime processes whose container is gone), append
+``host.registered``, start the heartbeat (``HOSTS`` entry: capacity, tiers and the tasks it runs) and
+the work consumer, which hands each item to :class:`~symbi_sandbox_agent.application.SandboxService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import ConsumerConfig
+from symbi_common.aggregate import Repository
+from symbi_common.service import ServiceRuntime
+from symbi_common.settings import SandboxSettings
+from symbi_common.streams import EVENTS_STREAM, BacklogFetch, require_streams
+from symbi_common.telemetry import continue_trace
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionEvent,
+    ExecutionFailed,
+    HostEvent,
+    HostReconciled,
+    HostRegistered,
+)
+from symbi_contracts.scheduler.events import TaskAssigned
+
+from symbi_sandbox_agent.application import SandboxService
+from symbi_sandbox_agent.cgroups import remove_cgroup_tree
+from symbi_sandbox_agent.config import sandbox_defaults
+from symbi_sandbox_agent.docker_host import DockerHost
+from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
+from symbi_sandbox_agent.run import Running
+from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
+from symbi_sandbox_agent.spec import CGROUP_PARENT
+from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
+from symbi_sandbox_agent.tasks import TASK_CODEC
+
+log = structlog.get_logger(__name__)
+
+WORK_STREAM = "WORK"
+HOSTS_BUCKET = "HOSTS"
+#: Delay before a work item is offered again while an older attempt of its task is still being stopped.
+BUSY_RETRY_S = 0.5
+
+
+class SandboxHost:
+    """This host's daemon: start-up and reconciliation, heartbeat, the work consumer, status and shutdown."""
+
+    def __init__(self, runtime: ServiceRuntime, settings: SandboxSettings, host_id: str) -> None:
+        self.rt = runtime
+        self.settings = settings
+        self.host_id = host_id
+        self.defaults = sandbox_defaults(settings)
+        self.work_dir = Path(settings.work_dir or Path(tempfile.gettempdir()) / "symbi-sandbox") / host_id
+        self.running: dict[str, Running] = {}
+        self.executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent] = runtime.repository(EXECUTION)
+        self.hosts: Repository[int, HostEvent, HostEvent] = Repository(runtime.store, HostAggregate(), snapshots=None)
+        self.threads = Threads()
+        self.docker: SandboxEngine
+        self.info: HostInfo
+        self.service: SandboxService
+        self.kv: Any = None
+        self.last_heartbeat = 0.0
+        self.reconciled: HostReconciled | None = None
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.docker = await self.threads(DockerHost, self.settings.docker_url)
+        self.info = await self.threads(self.docker.info)
+        self.service = SandboxService(
+            self.rt,
+            self.host_id,
+            self.docker,
+            self.threads,
+            self.info.capabilities,
+            self.defaults,
+            self.work_dir,
+            self.running,
+            self.executions,
+            self.heartbeat,
+        )
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        await self._ensure_jetstream()
+        await self.reconcile()
+        await self.hosts.execute(
+            self.host_id,
+            HostRegistered(
+                host_id=self.host_id,
+                cpu_cores=self.info.cpu_cores,
+                memory_mb=self.info.memory_mb,
+                tiers=self.info.capabilities.tiers,
+                docker_version=self.info.docker_version,
+                runtimes=self.info.runtimes,
+            ),
+        )
+        await self.heartbeat()
+        self.rt.spawn(self._heartbeat_loop(), "sandbox:heartbeat")
+        sub = await self.rt.js.pull_subscribe(
+            f"work.{self.host_id}",
+            durable=f"sandbox_{self.host_id}",
+            stream=WORK_STREAM,
+            config=ConsumerConfig(ack_wait=60, max_deliver=-1),
+        )
+        self.rt.spawn(self._consume(sub), "sandbox:work")
+        log.info("sandbox-agent started", host_id=self.host_id, tiers=self.info.capabilities.tiers)
+
+    async def _ensure_jetstream(self) -> None:
+        """The ``WORK`` stream and ``HOSTS`` bucket are provisioned by the NATS admin; refuse to start without them."""
+        await require_streams(self.rt.js, (WORK_STREAM, "KV_" + HOSTS_BUCKET))
+        self.kv = await self.rt.js.key_value(HOSTS_BUCKET)
+
+    async def reconcile(self) -> HostReconciled:
+        """Leave nothing running unaccounted: remove this host's containers, report their tasks failed,
+        and kill runtime processes (shims, gVisor sandboxes) whose container Docker no longer knows."""
+        previous: list[str] = []
+        try:
+            entry = await self.kv.get(self.host_id)
+            previous = list(msgspec.json.decode(entry.value).get("running", []))
+        except (nats.js.errors.KeyNotFoundError, msgspec.DecodeError, AttributeError):
+            pass
+        containers = await self.threads(self.docker.owned, self.host_id)
+        for c in containers:
+            await self.threads(self.docker.remove, c.id)
+        killed = await sweep_leftovers(self.docker, self.threads)
+        with_container = {c.task_id for c in containers}
+        failed: list[str] = []
+        for task_id in sorted(set(previous) | with_container):
+            if not task_id:
+                continue
+            state = (await self.executions.load(task_id, fresh=True)).state
+            if state.status not in ("running", "paused") or state.host_id != self.host_id:
+                continue
+            reason = (
+                "the sandbox-agent restarted while the task ran; its container was removed"
+                if task_id in with_container
+                else "the task's container vanished while the sandbox-agent was down"
+            )
+            _, recs = await self.executions.execute(task_id, ExecutionFailed(attempt=state.attempt, reason=reason))
+            if recs:
+                failed.append(task_id)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")
+        event = HostReconciled(
+            removed_containers=tuple(c.name for c in containers),
+            failed_tasks=tuple(failed),
+            killed_processes=tuple(killed),
+        )
+        await self.hosts.execute(self.host_id, event)
+        self.reconciled = event
+        if containers or failed or killed:
+            log.warning("reconciled", removed=event.removed_containers, failed=failed, killed_processes=killed)
+        return event
+
+    # --- heartbeat ------------------------------------------------------------------------------
+
+    def host_entry(self) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "cpu_cores": self.info.cpu_cores,
+            "memory_mb": self.info.memory_mb,
+            "tiers": list(self.info.capabilities.tiers),
+            "running": sorted(self.running),
+            "heartbeat_at": time.time(),
+        }
+
+    async def heartbeat(self) -> None:
+        entry = self.host_entry()
+        await self.kv.put(self.host_id, msgspec.json.encode(entry))
+        self.last_heartbeat = entry["heartbeat_at"]
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # NATS away for a moment: the next beat tries again
+                self.rt.note_error(f"heartbeat: {exc}")
+
+    # --- work -----------------------------------------------------------------------------------
+
+    async def _consume(self, sub: Any) -> None:
+        try:
+            fetch = BacklogFetch(sub, 8)
+            while True:
+                try:
+                    msgs = await fetch(timeout=1.0)
+                except Exception as exc:
+                    self.rt.note_error(f"work fetch: {exc}")
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await self._on_work(msg)
+        finally:
+            # Drop the fetch's inbox now: a status reply left in it would hold up the connection's drain.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_work(self, msg: Any) -> None:
+        try:
+            item = msgspec.json.decode(msg.data, type=WorkItem)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("malformed work item dropped", error=str(exc), data=msg.data[:200])
+            await msg.term()
+            return
+        try:
+            headers = await self._trace_headers(item, msg.headers)
+            with continue_trace(
+                "sandbox.work", headers, attributes={"symbi.task_id": item.task_id, "symbi.attempt": item.attempt}
+            ):
+                handled = await self.service.dispatch(item)
+        except Exception as exc:
+            log.exception("work item failed, redelivering", task_id=item.task_id)
+            self.rt.note_error(f"work {item.task_id}: {exc!r}")
+            await msg.nak(delay=1.0)
+            return
+        if handled:
+            await msg.ack()
+        else:
+            await msg.nak(delay=BUSY_RETRY_S)
+
+    async def _trace_headers(self, item: WorkItem, headers: dict[str, str] | None) -> dict[str, str]:
+        """The trace a work item continues: the scheduler's ``traceparent`` on the item, else the one stored
+        with the task's latest ``task.assigned`` event."""
+        if headers and "traceparent" in headers:
+            return dict(headers)
+        try:
+            records = await self.rt.store.load("task", item.task_id, TASK_CODEC)
+            assigned = [r for r in records if isinstance(r.event, TaskAssigned)]
+            if assigned:
+                raw = await self.rt.js.get_msg(EVENTS_STREAM, seq=assigned[-1].sequence)
+                return dict(raw.headers or {})
+        except Exception as exc:  # tracing must never hold up a task
+            log.debug("no trace context for work item", task_id=item.task_id, error=str(exc))
+        return dict(headers or {})
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.host_entry(),
+            "heartbeat_at": self.last_heartbeat,
+            "docker_version": self.info.docker_version,
+            "runtimes": list(self.info.runtimes),
+            "blkio_device": self.info.capabilities.blkio_device,
+            "tasks": [
+                {
+                    "task_id": tid,
+                    "attempt": r.spec.attempt,
+                    "tier": r.spec.tier,
+                    "container": r.spec.name,
+                    "paused": r.paused_since is not None,
+                    "pending_action": r.gateway.pending.request.action
+                    if r.gateway is not None and r.gateway.pending is not None
+                    else None,
+                    "running_s": round(time.time() - r.started_at, 1),
+                }
+                for tid, r in sorted(self.running.items())
+            ],
+            "reconciled": msgspec.to_builtins(self.reconciled) if self.reconciled else None,
+        }
+
+    async def drain(self, timeout: float = KILL_GRACE_S + 5) -> None:
+        """Wait until every sandbox has been cleaned up and reported (they are being cancelled)."""
+        pending = [r.done.wait() for r in self.running.values()]
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pending), timeout)
+
+    def close(self) -> None:
+        remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")  # only what is empty: nothing runs any more
+        self.threads.shutdown()
+        if hasattr(self, "docker"):
+            self.docker.close()

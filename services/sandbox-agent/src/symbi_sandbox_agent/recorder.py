@@ -1,0 +1,55 @@
+"""Appending a run's execution events, retrying while NATS is away: the bottom of the write path.
+
+Output chunks, action decisions and the terminal event of a run must not be lost to a short NATS
+outage, so each is retried with back-off (:data:`TERMINAL_ATTEMPTS` tries, about two minutes in all)
+before the run gives up on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from symbi_common.aggregate import Repository
+from symbi_common.errors import AppendFailed
+from symbi_common.service import ServiceRuntime
+from symbi_contracts.sandbox_agent.events import ExecutionAction, ExecutionEvent
+
+from symbi_sandbox_agent.domain import ExecutionState
+from symbi_sandbox_agent.run import Running
+
+log = structlog.get_logger(__name__)
+
+#: Tries to store an output or terminal event (backing off to 5 s between tries: about 2 minutes in all).
+TERMINAL_ATTEMPTS = 30
+
+
+class ExecutionRecorder:
+    """Appends the events of running sandboxes to their ``execution.<task_id>`` aggregates."""
+
+    def __init__(
+        self, rt: ServiceRuntime, executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent]
+    ) -> None:
+        self.rt = rt
+        self.executions = executions
+
+    async def store(self, run: Running, event: ExecutionEvent, attempts: int) -> bool:
+        """Append ``event``, retrying with back-off while NATS is away; whether it was stored."""
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.executions.execute(run.spec.task_id, event)
+                return True
+            except Exception as exc:
+                kind = type(event).__struct_config__.tag
+                log.error("event not stored", task_id=run.spec.task_id, event=kind, attempt=attempt, error=str(exc))
+                self.rt.note_error(f"{kind} {run.spec.task_id}: {exc!r}")
+                if attempt < attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        return False
+
+    async def store_action(self, run: Running, event: ExecutionAction) -> None:
+        """Record one decision of the action gateway (retrying while NATS is away)."""
+        if not await self.store(run, event, TERMINAL_ATTEMPTS):
+            raise AppendFailed(f"execution.action {event.seq} of {run.spec.task_id} could not be stored")

@@ -1,0 +1,291 @@
+"""Supervising one sandbox: start its container, follow its output, enforce its limits, report how it ended.
+
+Flow of one run: stage the input as a read-only file, create, attach and start the container with the
+runner of its runtime, feed stdin (or, with the action gateway, keep stdin as the reply channel), stream
+stdout/stderr as ``execution.output`` chunks, sample usage from the cgroup, enforce the hard timeout
+(time spent paused does not count) and the output cap, and append one terminal event
+(:func:`~symbi_sandbox_agent.domain.terminal_event`). The container is always removed; a run cancelled
+by shutdown still reports its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from symbi_common.errors import AppendFailed
+from symbi_common.service import ServiceRuntime
+from symbi_common.telemetry import traced
+from symbi_contracts.sandbox_agent.events import ExecutionEvent, ExecutionFailed, ExecutionOutput, Usage
+
+from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
+from symbi_sandbox_agent.domain import ExitState, terminal_event
+from symbi_sandbox_agent.gateway import ActionGateway, GatewayHost
+from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
+from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
+from symbi_sandbox_agent.recorder import TERMINAL_ATTEMPTS, ExecutionRecorder
+from symbi_sandbox_agent.run import Running
+from symbi_sandbox_agent.runner import SandboxEngine, SandboxRunner, Threads
+from symbi_sandbox_agent.spec import SandboxSpec
+
+log = structlog.get_logger(__name__)
+
+#: Output is flushed at least this often while a workload keeps printing less than a chunk.
+FLUSH_INTERVAL_S = 0.5
+SAMPLE_INTERVAL_S = 0.2
+#: Usage is also sampled as output arrives (while the container surely lives), at most this often.
+SAMPLE_MIN_GAP_S = 0.05
+#: After a kill, how long the output stream may take to end before the run gives up on it.
+KILL_GRACE_S = 10.0
+
+
+async def sweep_leftovers(engine: SandboxEngine, threads: Threads) -> list[int]:
+    """Kill runtime processes of containers the engine no longer knows, until a scan finds none (a killed
+    shim's runtime may still be spawning helpers while it dies)."""
+    killed: list[int] = []
+    for _ in range(5):
+        found = await threads(engine.kill_processes, await threads(engine.leftover_processes))
+        if not found:
+            break
+        killed.extend(found)
+        await asyncio.sleep(0.3)
+    return killed
+
+
+class Supervisor:
+    """Runs the sandboxes of this host, one :meth:`run` per task attempt."""
+
+    def __init__(
+        self,
+        rt: ServiceRuntime,
+        engine: SandboxEngine,
+        threads: Threads,
+        recorder: ExecutionRecorder,
+        running: dict[str, Running],
+        work_dir: Path,
+        controls: GatewayHost,
+    ) -> None:
+        self.rt = rt
+        self.engine = engine
+        self.threads = threads
+        self.recorder = recorder
+        self.running = running
+        self.work_dir = work_dir
+        #: What the action gateway of a run freezes, thaws and records through.
+        self.controls = controls
+        self._runners: dict[str, SandboxRunner] = {}
+
+    def runner(self, run: Running) -> SandboxRunner:
+        """The runner of the run's runtime (runc for tier1, runsc for tier2)."""
+        runtime = run.spec.runtime
+        if runtime not in self._runners:
+            self._runners[runtime] = self.engine.runner(runtime)
+        return self._runners[runtime]
+
+    def _stage_input(self, spec: SandboxSpec, data: bytes) -> Path:
+        folder = self.work_dir / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        path = folder / "input"
+        path.write_bytes(data)
+        path.chmod(0o644)
+        return path
+
+    async def run(self, run: Running, data: bytes) -> None:
+        """Run the sandbox to its end: start it, follow it, report its terminal event, clean up."""
+        spec = run.spec
+        collector = OutputCollector(spec.limits.output_cap_bytes)
+        usage: CgroupUsage | None = None
+        terminal: ExecutionEvent
+        attributes = {"symbi.task_id": spec.task_id, "symbi.tier": spec.tier, "symbi.container": spec.name}
+        runner = self.runner(run)
+        try:
+            try:
+                with traced("sandbox.container.start", attributes=attributes):
+                    input_file = self._stage_input(spec, data)
+                    run.container_id = await self.threads(runner.create, spec, str(input_file))
+                    sock = await self.threads(runner.attach, run.container_id)
+                    await self.threads(runner.start, run.container_id)
+            except Exception as exc:
+                terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
+                await self._discard(run)
+            else:
+                usage = CgroupUsage(spec.cgroup_parent)
+                usage.sample()
+                RUNNING.labels(spec.tier).inc()
+                try:
+                    with traced("sandbox.container.run", attributes=attributes):
+                        exit_state = await self._supervise(run, sock, data, collector, usage)
+                except Exception as exc:  # e.g. output that could not be stored for minutes: stop the run
+                    log.exception("supervising the sandbox failed", container=spec.name)
+                    await self._discard(run)
+                    terminal = ExecutionFailed(
+                        attempt=spec.attempt,
+                        usage=usage.sample(),
+                        output=collector.digest(),
+                        duration_s=round(time.time() - run.started_at, 3),
+                        reason=f"the sandbox-agent could not follow the run: {exc}",
+                    )
+                else:
+                    await self._discard(run)
+                    terminal = self._terminal(run, exit_state, collector, usage.sample())
+                finally:
+                    RUNNING.labels(spec.tier).dec()
+        except asyncio.CancelledError:
+            # The daemon is shutting down: the sandbox must not outlive it unaccounted.
+            run.kill_reason = run.kill_reason or "shutdown"
+            await self._discard(run)
+            await self._append(run, self._terminal(run, None, collector, usage.last if usage else Usage()), 1)
+            self._finish(run)
+            raise
+        await self._append(run, terminal)
+        self._finish(run)
+        if runner.leaves_processes:
+            # After the result is out: a gVisor sandbox that failed or hung can leave its shim behind.
+            try:
+                await sweep_leftovers(self.engine, self.threads)
+            except Exception as exc:
+                self.rt.note_error(f"runtime clean-up after {spec.name}: {exc}")
+
+    async def _supervise(
+        self, run: Running, sock: Any, data: bytes, collector: OutputCollector, usage: CgroupUsage
+    ) -> ExitState:
+        """Feed stdin, stream the output, enforce the timeout and the output cap; the container's exit state."""
+        loop = asyncio.get_running_loop()
+        frames: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        runner = self.runner(run)
+
+        def pump() -> None:
+            try:
+                for frame in runner.frames(sock):
+                    loop.call_soon_threadsafe(frames.put_nowait, frame)
+            finally:
+                loop.call_soon_threadsafe(frames.put_nowait, None)
+                runner.close_socket(sock)
+
+        threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
+        gateway: ActionGateway | None = None
+        writer: asyncio.Future[None] | None = None
+        if run.spec.actions:
+            # stdin stays open as the reply channel; the input is only the file $SYMBI_INPUT.
+            async def reply(line: bytes) -> None:
+                await self.threads(runner.send_line, sock, line)
+
+            gateway = run.gateway = ActionGateway(self.controls, run, reply)
+            gateway.start()
+        else:
+            # Not awaited here: a workload that never reads its stdin must still meet its timeout.
+            writer = self.threads.submit(runner.send_input, sock, data)
+        try:
+            return await self._follow(run, frames, collector, usage, gateway, writer)
+        finally:
+            if gateway is not None:
+                await gateway.close()
+
+    async def _follow(
+        self,
+        run: Running,
+        frames: asyncio.Queue[tuple[int, bytes] | None],
+        collector: OutputCollector,
+        usage: CgroupUsage,
+        gateway: ActionGateway | None,
+        writer: asyncio.Future[None] | None,
+    ) -> ExitState:
+        """Stream the output and enforce the timeout and the output cap until the output ends."""
+        timeout = run.spec.limits.execution_timeout_s
+        last_flush = last_sample = time.monotonic()
+        while True:
+            now = time.time()
+            if not run.kill_reason and run.active_seconds(now) >= timeout:
+                await self.kill(run, "timeout")
+            if run.killed_at is not None and now - run.killed_at > KILL_GRACE_S:
+                log.error("output stream did not end after kill", container=run.spec.name)
+                break
+            try:
+                frame = await asyncio.wait_for(frames.get(), timeout=SAMPLE_INTERVAL_S)
+            except TimeoutError:
+                frame = (0, b"")
+            if frame is None:
+                break
+            stream, chunk = frame
+            if chunk:
+                name = STREAMS.get(stream, "stderr")
+                if gateway is not None and name == "stderr":
+                    gateway.feed(chunk)
+                for s, piece in collector.feed(name, chunk):
+                    await self._emit(run, s, piece)
+                if collector.exceeded and not run.kill_reason:
+                    await self.kill(run, "output_cap")
+            mono = time.monotonic()
+            if mono - last_sample >= SAMPLE_MIN_GAP_S:
+                usage.sample()
+                last_sample = mono
+            if not chunk or mono - last_flush >= FLUSH_INTERVAL_S:
+                for s, piece in collector.flush():
+                    await self._emit(run, s, piece)
+                last_flush = mono
+        usage.sample()
+        for s, piece in collector.flush():
+            await self._emit(run, s, piece)
+        if gateway is not None:
+            await gateway.close()  # the requests still being served are recorded before the terminal event
+        exit_state = await self.threads(self.runner(run).wait, run.container_id, KILL_GRACE_S)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, KILL_GRACE_S)  # the container is gone: the write failed or ended
+        return exit_state
+
+    async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
+        event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=0, data=data)
+        if not await self.recorder.store(run, event, TERMINAL_ATTEMPTS):
+            raise AppendFailed(f"output of {run.spec.task_id} could not be stored; the run is stopped")
+
+    async def kill(self, run: Running, reason: str) -> None:
+        """Kill the run's container; the first reason given is the one its terminal event reports."""
+        run.kill_reason = run.kill_reason or reason
+        run.killed_at = time.time()
+        if run.container_id:
+            await self.threads(self.runner(run).kill, run.container_id)
+
+    def _terminal(
+        self, run: Running, exit_state: ExitState | None, collector: OutputCollector, usage: Usage
+    ) -> ExecutionEvent:
+        duration = round(time.time() - run.started_at, 3)
+        return terminal_event(run.spec, exit_state, run.kill_reason, collector.digest(), usage, duration)
+
+    async def _discard(self, run: Running) -> None:
+        """Remove the container and the staged input."""
+        try:
+            if run.container_id:
+                await self.threads(self.runner(run).remove, run.container_id)
+        except Exception as exc:
+            log.error("sandbox clean-up failed", container=run.spec.name, error=str(exc))
+            self.rt.note_error(f"clean-up {run.spec.name}: {exc}")
+        shutil.rmtree(self.work_dir / run.spec.name, ignore_errors=True)
+
+    def _release_cgroup(self, run: Running) -> None:
+        remove_cgroup_tree(run.spec.cgroup_parent)
+
+    async def _append(self, run: Running, terminal: ExecutionEvent, attempts: int = TERMINAL_ATTEMPTS) -> None:
+        """Store the terminal event, retrying while NATS is away. If it never lands, the task stays in this
+        host's heartbeat entry, so the next start-up reports it failed: no task is left without an end."""
+        run.outcome = type(terminal).__struct_config__.tag  # type: ignore[assignment]
+        run.stored = await self.recorder.store(run, terminal, attempts)
+        tier = run.spec.tier
+        EXECUTIONS.labels(run.outcome.removeprefix("execution."), tier).inc()
+        usage = getattr(terminal, "usage", None)
+        if isinstance(usage, Usage) and run.container_id:
+            CPU_SECONDS.labels(tier).observe(usage.cpu_seconds)
+            PEAK_MEMORY.labels(tier).observe(usage.peak_memory_bytes)
+
+    def _finish(self, run: Running) -> None:
+        self._release_cgroup(run)
+        if run.stored:
+            self.running.pop(run.spec.task_id, None)
+        run.done.set()
