@@ -60,4 +60,4 @@ async def test_nats_connect_gives_separate_clients(nc, nats_connect):
     sub = await nc.subscribe("ping")
     await nc.flush()  # the server knows the subscription before the other client publishes
     await other.publish("ping", b"from other")
-    assert (await sub.next_msg(timeout=2)).data == b"from other"
+    assert (await sub.next_msg(timeout=10)).data == b"from other"
