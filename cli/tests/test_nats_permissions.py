@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.aggregate import Repository
@@ -111,6 +112,38 @@ async def _all_refused(
     reported = " ".join(e.lower() for e in errors if "permissions violation" in e.lower())
     missing = [subject for subject, _, _ in requests if f'"{subject.lower()}"' not in reported]
     assert not missing, f"no permissions violation reported for {missing}"
+
+
+async def test_a_service_calls_only_the_commands_it_needs(runtime: LocalRuntime) -> None:
+    """No service may replace a policy set, order an erasure or steer another host's sandboxes; the calls its
+    work needs reach their subscriber."""
+    errors: list[str] = []
+    context = await _connect(runtime.nats_url_for("context"), errors)
+    sandbox = await _connect(runtime.nats_url_for("sandbox-agent"), errors)
+    operator = await _connect(runtime.nats_url, errors)
+    try:
+        refused = [
+            ("cmd.policy.update", b"{}", {}),
+            ("cmd.policy.retire", b"{}", {}),
+            ("cmd.audit.erase", b"{}", {}),
+            ("cmd.scheduler.submit", b"{}", {}),
+            ("cmd.sandbox-agent.h1.terminate", b"{}", {}),
+        ]
+        await _all_refused(context, errors, refused)
+        await _all_refused(sandbox, errors, [("cmd.lifecycle.assign_task", b"{}", {})])
+
+        # Allowed calls reach the service that answers them (a stand-in on the context service's credential).
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"ok")
+
+        answered = await context.subscribe("cmd.context.store", cb=answer)
+        await context.flush()
+        assert (await sandbox.request("cmd.context.store", b"{}", timeout=3)).data == b"ok"
+        assert (await context.request("cmd.context.store", b"{}", timeout=3)).data == b"ok"  # its own
+        await answered.unsubscribe()
+    finally:
+        for client in (context, sandbox, operator):
+            await client.close()
 
 
 async def test_no_service_credential_can_delete_purge_or_reconfigure_streams_or_other_buckets(

@@ -96,3 +96,27 @@ def test_a_filter_names_the_family_of_subjects() -> None:
     assert find("audit.alert").kind == "notice"
     with pytest.raises(KeyError, match=r"evt\.nothing"):
         find("evt.nothing.>")
+
+
+def _command_subjects(entry: Subject) -> list[str]:
+    """``cmd.sandbox-agent.<host_id>.suspend|resume`` → the NATS subjects, with ``*`` for a variable token."""
+    prefix, _, actions = entry.subject.rpartition(".")
+    tokens = ["*" if t.startswith("<") else t for t in prefix.split(".")]
+    return [".".join([*tokens, action]) for action in actions.split("|")]
+
+
+def test_nats_command_permissions_are_the_catalogues_callers() -> None:
+    """Each service may call exactly the other services' commands the catalogue names it a caller of."""
+    from symbi_common.natsauth import COMMAND_CALLS
+
+    expected: dict[str, set[str]] = {service: set() for service in SERVICES}
+    for entry in CATALOGUE:
+        if entry.kind != "command":
+            continue
+        for caller in entry.readers:
+            if caller != CLI and caller != entry.owner:
+                expected[caller].update(_command_subjects(entry))
+    granted = {
+        service: {c for c in calls if not c.startswith(f"cmd.{service}.")} for service, calls in COMMAND_CALLS.items()
+    }
+    assert granted == expected

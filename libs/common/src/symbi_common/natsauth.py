@@ -1,7 +1,7 @@
 """Least-privilege NATS users: one per service, ``operator`` for people's tools, ``admin`` for provisioning.
 
 A service may publish only its own aggregates' events and snapshots (the same subjects its signing
-key is authorised for in the key registry), its own data keys in ``DATAKEYS``, commands, and the
+key is authorised for in the key registry), its own data keys in ``DATAKEYS``, the commands it calls (:data:`COMMAND_CALLS`), and the
 exact JetStream API calls it needs: stream info, direct/message gets and consumers on the streams
 it reads, acks. It may not create, update, purge or delete a stream or a KV bucket, nor write
 another service's KV keys: only ``admin`` may manage streams, and ``admin`` is used by ``symbi up``
@@ -39,6 +39,31 @@ _EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
     "sandbox-agent": ("$KV.HOSTS.>",),
     # The audit service crypto-shreds any aggregate's data key on an audited erasure (a KV purge).
     "audit": ("audit.>", "$KV.DATAKEYS.>"),
+}
+
+
+#: What every enforcing service calls on the policy decision point and the lifecycle (remote decisions, the
+#: decision log, suspending an agent after a violation).
+_ENFORCER_CALLS = ("cmd.policy.decide", "cmd.policy.decide_batch", "cmd.policy.log_decisions", "cmd.lifecycle.suspend")
+
+#: The other services' commands each service may call (request/reply). Every service may also call its own
+#: (``cmd.<service>.>``); only the operator calls any command. ``symbi_contracts.subjects`` lists the same
+#: callers per command, and a test keeps the two in line, so a compromised service cannot, say, replace a
+#: policy set (``cmd.policy.update``) or order an erasure (``cmd.audit.erase``).
+COMMAND_CALLS: Mapping[str, tuple[str, ...]] = {
+    "lifecycle": (*_ENFORCER_CALLS, "cmd.policy.agent_events_caught_up"),
+    "scheduler": (
+        *_ENFORCER_CALLS,
+        "cmd.lifecycle.assign_task",
+        "cmd.lifecycle.complete_task",
+        "cmd.sandbox-agent.*.suspend",
+        "cmd.sandbox-agent.*.resume",
+        "cmd.sandbox-agent.*.terminate",
+    ),
+    "policy": (),
+    "audit": _ENFORCER_CALLS,
+    "sandbox-agent": (*_ENFORCER_CALLS, "cmd.context.store", "cmd.context.retrieve"),
+    "context": _ENFORCER_CALLS,
 }
 
 
@@ -82,10 +107,11 @@ def publish_allow(service: str) -> list[str]:
             api.append(f"{_API}.STREAM.INFO.AUDIT")  # checked at start-up, never read
             continue
         api.extend(x for x in stream_read_api(stream) if x not in api)
-    common = [*api, "$JS.FC.>", "_INBOX.>", "cmd.>"]
-    if service == OPERATOR:
-        return [*common, "$KV.OPERATOR_REVOCATIONS.>"]  # `symbi token revoke` (services only read that bucket)
-    return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common]
+    common = [*api, "$JS.FC.>", "_INBOX.>"]
+    if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), and any command
+        return [*common, "$KV.OPERATOR_REVOCATIONS.>", "cmd.>"]
+    commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
+    return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
 
 
 def subscribe_allow(service: str) -> list[str]:
