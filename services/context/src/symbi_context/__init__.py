@@ -1,1 +1,1 @@
-"""Symbi context service. Not built yet: this package exists so the workspace is complete and later work only fills it."""
+"""Symbi context service: agent memory and knowledge bases, embeddings, vector search and retrieval."""

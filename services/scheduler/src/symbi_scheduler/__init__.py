@@ -1,1 +1,1 @@
-"""Symbi scheduler service. Not built yet: this package exists so the workspace is complete and later work only fills it."""
+"""Symbi scheduler service: the task queue, priorities, preemption and resource-aware placement on hosts."""
