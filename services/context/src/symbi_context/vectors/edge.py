@@ -7,7 +7,6 @@ the event loop stays free while a large batch is written or an index is built.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
-from symbi_context.errors import DimensionMismatch, VectorStoreError
+from symbi_context.errors import VectorStoreError
 from symbi_context.vectors.files import private_dir, restrict_tree
 from symbi_context.vectors.port import (
     DENSE,
@@ -30,6 +29,8 @@ from symbi_context.vectors.port import (
     Quantization,
     SparseVector,
     VectorPoint,
+    checked_vector,
+    in_thread,
 )
 
 _POSITION_FILE = "symbi-position"
@@ -146,17 +147,10 @@ class EdgeVectorStore:
         return shard
 
     def _check(self, vector: npt.NDArray[np.float32], what: str) -> list[float]:
-        if vector.shape != (self._dimension,):
-            raise DimensionMismatch(expected=self._dimension, got=int(vector.shape[-1]), what=what)
-        return [float(x) for x in vector]
+        return checked_vector(vector, self._dimension, what)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except (DimensionMismatch, VectorStoreError):
-            raise
-        except Exception as exc:
-            raise VectorStoreError(f"embedded vector store: {exc}") from exc
+        return await in_thread("embedded vector store", fn, *args)
 
     # --- writes ---------------------------------------------------------------------------------------------
 

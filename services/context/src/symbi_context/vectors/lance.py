@@ -11,7 +11,6 @@ removes old table versions, so deleted rows leave the disk too. Engine calls run
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -31,7 +30,16 @@ import pyarrow as pa
 
 from symbi_context.errors import DimensionMismatch, VectorStoreError
 from symbi_context.vectors.files import private_dir, restrict_tree
-from symbi_context.vectors.port import NEVER, Hit, MetaFilter, Quantization, SparseVector, VectorPoint
+from symbi_context.vectors.port import (
+    NEVER,
+    Hit,
+    MetaFilter,
+    Quantization,
+    SparseVector,
+    VectorPoint,
+    checked_vector,
+    in_thread,
+)
 
 _TABLE = "symbi_context"
 _POSITION_FILE = "symbi-position"
@@ -143,17 +151,10 @@ class LanceVectorStore:
         return self._dimension
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except (DimensionMismatch, VectorStoreError):
-            raise
-        except Exception as exc:
-            raise VectorStoreError(f"lancedb: {exc}") from exc
+        return await in_thread("lancedb", fn, *args)
 
     def _check(self, vector: npt.NDArray[np.float32], what: str) -> list[float]:
-        if vector.shape != (self._dimension,):
-            raise DimensionMismatch(expected=self._dimension, got=int(vector.shape[-1]), what=what)
-        return [float(x) for x in vector]
+        return checked_vector(vector, self._dimension, what)
 
     # --- writes ---------------------------------------------------------------------------------------------
 

@@ -9,12 +9,15 @@ The store also keeps the stream position its content reflects (the index is a pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from symbi_context.errors import DimensionMismatch, VectorStoreError
 
 Quantization = Literal["none", "int8", "binary"]
 #: Vector name of the dense embedding and of the sparse keyword vector in every backend.
@@ -25,6 +28,23 @@ INDEXED_KEYWORDS = ("owner", "kind", "task_id", "document_id", "tags", "terms")
 INDEXED_FLOATS = ("created_at", "expires_at")
 #: ``expires_at`` of points that never expire (a range filter needs a number).
 NEVER = 1e18
+
+
+def checked_vector(vector: npt.NDArray[np.float32], dimension: int, what: str) -> list[float]:
+    """``vector`` as floats for an engine, if it has the store's dimension; :class:`DimensionMismatch` otherwise."""
+    if vector.shape != (dimension,):
+        raise DimensionMismatch(expected=dimension, got=int(vector.shape[-1]), what=what)
+    return [float(x) for x in vector]
+
+
+async def in_thread(engine: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking engine call in a thread; its own errors become :class:`VectorStoreError` naming ``engine``."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except (DimensionMismatch, VectorStoreError):
+        raise
+    except Exception as exc:
+        raise VectorStoreError(f"{engine}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from symbi_context.vectors.port import (
     Quantization,
     SparseVector,
     VectorPoint,
+    checked_vector,
 )
 
 _POSITION_ID = str(uuid.UUID(int=1))
@@ -148,9 +149,7 @@ class QdrantVectorStore:
             await self.client.create_collection(position, vectors_config={})
 
     def _check(self, vector: npt.NDArray[np.float32], what: str) -> list[float]:
-        if vector.shape != (self._dimension,):
-            raise DimensionMismatch(expected=self._dimension, got=int(vector.shape[-1]), what=what)
-        return [float(x) for x in vector]
+        return checked_vector(vector, self._dimension, what)
 
     async def upsert(self, points: Sequence[VectorPoint]) -> None:
         batch = [
