@@ -160,7 +160,11 @@ async def event(request: Request, sequence: str) -> Response:
     return _reply(row)
 
 
-@router.get("/stream")
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}},
+)
 async def stream(request: Request) -> StreamingResponse:
     live: LiveFeed = request.app.state.audit_live
     flt = LiveFilter(
@@ -256,7 +260,10 @@ async def builtin_report(request: Request, framework: str) -> Response:
     return await _report(request, BUILT_IN[framework])
 
 
-@router.post("/reports/custom", openapi_extra={"requestBody": {"content": {"application/toml": {}}}})
+@router.post(
+    "/reports/custom",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/toml": {"schema": {"type": "string"}}}}},
+)
 async def custom_report(request: Request) -> Response:
     return await _report(request, parse_framework((await request.body()).decode("utf-8", "replace")))
 

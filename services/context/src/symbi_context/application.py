@@ -227,6 +227,7 @@ class ContextService:
     ) -> Written:
         """Forget memories by id, or all of ``owner``'s memories matching ``where``."""
         owner = owner or agent_id
+        _check_id(agent_id, "agent_id")
         _check_id(owner, "owner")
         decision = await self._require(agent_id, "memory.write", owner, "memory")
         chosen = list(ids)
@@ -332,6 +333,10 @@ class ContextService:
     async def retrieve(self, q: Query) -> list[Retrieved]:
         """Hybrid search over the reader's permitted memories and knowledge, fused and ranked."""
         _check_id(q.agent_id, "agent_id")
+        for i, owner in enumerate(q.owners):  # ids name data keys and index partitions: checked as when written
+            _check_id(owner, f"owners[{i}]")
+        for i, kb_id in enumerate(q.knowledge_bases):
+            _check_id(kb_id, f"knowledge_bases[{i}]")
         if not q.query.strip():
             raise InvalidContext("must not be empty", field="query")
         if not 1 <= q.limit <= 100:
