@@ -38,7 +38,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from symbi_common.bounds import INT64_MAX, check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
-from symbi_common.openapi import json_body
+from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
 from symbi_common.operator_auth import acting_for
 
 from symbi_audit.application import AuditService
@@ -71,6 +71,23 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
         raise BadQuery(f"expected a 64-bit integer, got {raw!r}", field=name) from None
 
 
+def _with_principal(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` plus the optional ``X-Symbi-Principal`` header (who the caller acts for)."""
+    header = {"name": PRINCIPAL_HEADER, "in": "header", "required": False, "schema": TEXT}
+    return {**extra, "parameters": [*extra.get("parameters", ()), header]}
+
+
+_REPORT_QUERY = query_params(since=TIME, until=TIME, format={"type": "string", "enum": ["json", "csv"]})
+
+
+def _limit(request: Request, default: int = 100, most: int = 1000) -> int:
+    """The ``limit`` query parameter: 1 to ``most`` (default ``default``)."""
+    limit = _int(request, "limit", default) or default
+    if not 1 <= limit <= most:
+        raise BadQuery(f"must be between 1 and {most}, got {limit}", field="limit")
+    return limit
+
+
 def _bool(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
@@ -88,13 +105,13 @@ async def status(request: Request) -> Response:
     return _reply(await _status(_service(request)))
 
 
-@router.get("/findings")
+@router.get("/findings", openapi_extra=query_params(kind=TEXT, after=INT64, limit=INT64))
 async def findings(request: Request) -> Response:
     service = _service(request)
     rows = await service.store.findings(
         kind=request.query_params.get("kind") or None,
         after=_int(request, "after", 0) or 0,
-        limit=min(_int(request, "limit", 100) or 100, 1000),
+        limit=_limit(request),
     )
     return _reply({"items": rows})
 
@@ -119,7 +136,24 @@ async def _wait(service: AuditService, request: Request) -> None:
         await service.runner.wait_for(min_seq)
 
 
-@router.get("/events")
+@router.get(
+    "/events",
+    openapi_extra=_with_principal(
+        query_params(
+            agent=TEXT,
+            event_type=TEXT,
+            producer=TEXT,
+            aggregate=TEXT,
+            correlation_id=TEXT,
+            since=TIME,
+            until=TIME,
+            after=INT64,
+            limit=INT64,
+            details=FLAG,
+            min_sequence=INT64,
+        )
+    ),
+)
 async def events(request: Request) -> Response:
     service = _service(request)
     await _wait(service, request)
@@ -147,7 +181,7 @@ def _path_int(value: str, name: str) -> int:
     return int(value)
 
 
-@router.get("/events/{sequence}")
+@router.get("/events/{sequence}", openapi_extra=_with_principal(query_params(details=FLAG, min_sequence=INT64)))
 async def event(request: Request, sequence: str) -> Response:
     seq = _path_int(sequence, "sequence")
     service = _service(request)
@@ -163,6 +197,7 @@ async def event(request: Request, sequence: str) -> Response:
 @router.get(
     "/stream",
     response_class=StreamingResponse,
+    openapi_extra=query_params(agent=TEXT, event_type=TEXT),
     responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}},
 )
 async def stream(request: Request) -> StreamingResponse:
@@ -187,12 +222,10 @@ async def stream(request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/checkpoints")
+@router.get("/checkpoints", openapi_extra=query_params(limit=INT64, before=INT64))
 async def checkpoints(request: Request) -> Response:
     service = _service(request)
-    rows = await service.store.checkpoints(
-        limit=min(_int(request, "limit", 100) or 100, 1000), before=_int(request, "before")
-    )
+    rows = await service.store.checkpoints(limit=_limit(request), before=_int(request, "before"))
     return _reply(
         {
             "items": [
@@ -224,7 +257,7 @@ async def checkpoint(request: Request, size: str) -> PlainTextResponse:
     return PlainTextResponse(cp.note)
 
 
-@router.get("/proofs/inclusion")
+@router.get("/proofs/inclusion", openapi_extra=query_params(sequence=INT64, size=INT64))
 async def inclusion(request: Request) -> Response:
     sequence = _int(request, "sequence")
     if sequence is None:
@@ -232,7 +265,7 @@ async def inclusion(request: Request) -> Response:
     return _reply(await _service(request).inclusion_proof(sequence, _int(request, "size")))
 
 
-@router.get("/proofs/consistency")
+@router.get("/proofs/consistency", openapi_extra=query_params(**{"from": INT64, "to": INT64}))
 async def consistency(request: Request) -> Response:
     old, new = _int(request, "from"), _int(request, "to")
     if old is None or new is None:
@@ -253,7 +286,7 @@ async def _report(request: Request, framework: Framework) -> Response:
     return _reply(report)
 
 
-@router.get("/reports/{framework}")
+@router.get("/reports/{framework}", openapi_extra=_REPORT_QUERY)
 async def builtin_report(request: Request, framework: str) -> Response:
     if framework not in BUILT_IN:
         raise NotFound(f"no built-in framework {framework!r}; known: {', '.join(BUILT_IN)} (or POST reports/custom)")
@@ -262,7 +295,10 @@ async def builtin_report(request: Request, framework: str) -> Response:
 
 @router.post(
     "/reports/custom",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/toml": {"schema": {"type": "string"}}}}},
+    openapi_extra={
+        **_REPORT_QUERY,
+        "requestBody": {"required": True, "content": {"application/toml": {"schema": {"type": "string"}}}},
+    },
 )
 async def custom_report(request: Request) -> Response:
     return await _report(request, parse_framework((await request.body()).decode("utf-8", "replace")))
@@ -277,7 +313,7 @@ def _decode(body: bytes, type_: type[Any]) -> Any:
     return decoded
 
 
-@router.post("/erasures", openapi_extra=json_body(EraseRequest))
+@router.post("/erasures", openapi_extra=_with_principal(json_body(EraseRequest)))
 async def erasures(request: Request) -> Response:
     body = _decode(await request.body(), EraseRequest)
     principal = parse_principal(acting_for(request, request.headers.get(PRINCIPAL_HEADER)))
@@ -311,7 +347,9 @@ def register_commands(server: CommandServer, service: AuditService) -> None:
         return await _status(service)
 
     async def findings_cmd(req: FindingsRequest, meta: CommandMeta) -> dict[str, Any]:
-        rows = await service.store.findings(kind=req.kind, after=req.after, limit=min(req.limit, 1000))
+        if not 1 <= req.limit <= 1000:
+            raise BadQuery(f"must be between 1 and 1000, got {req.limit}", field="limit")
+        rows = await service.store.findings(kind=req.kind, after=req.after, limit=req.limit)
         return {"items": rows}
 
     async def checkpoint_cmd(req: CheckpointRequest, meta: CommandMeta) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from fastapi import APIRouter, Request, Response
 from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
-from symbi_common.openapi import json_body, json_response
+from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
 from symbi_contracts.lifecycle.commands import AgentRequest, AssignTaskRequest, CompleteTaskRequest, SuspendRequest
 from symbi_contracts.wire import decode_json
 
@@ -144,7 +144,11 @@ async def terminate(agent_id: str, request: Request) -> Response:
     return await _change(request, TerminateRequest, agent_id)
 
 
-@router.get("", responses={200: json_response(AgentPage)})
+@router.get(
+    "",
+    responses={200: json_response(AgentPage)},
+    openapi_extra=query_params(state=TEXT, name=TEXT, limit=INT64, cursor=TEXT, min_sequence=INT64),
+)
 async def list_agents(request: Request) -> Response:
     """A page of agents (keyset paging by id); filters ``state`` and ``name``."""
     q = request.query_params
@@ -160,14 +164,14 @@ async def list_agents(request: Request) -> Response:
     return _reply(page)
 
 
-@router.get("/{agent_id}", responses={200: json_response(AgentView)})
+@router.get("/{agent_id}", responses={200: json_response(AgentView)}, openapi_extra=query_params(min_sequence=INT64))
 async def get_agent(agent_id: str, request: Request) -> Response:
     """One agent from the read model (``min_sequence`` waits for the projection)."""
     view = await _service(request).get(GetRequest(agent_id=agent_id, min_sequence=_int(request, "min_sequence", 0)))
     return _reply(view)
 
 
-@router.get("/{agent_id}/events")
+@router.get("/{agent_id}/events", openapi_extra=query_params(after_version=INT64, limit=INT64, min_sequence=INT64))
 async def agent_events(agent_id: str, request: Request) -> Response:
     """The agent's verified, decrypted history, oldest first."""
     events = await _service(request).history(

@@ -26,7 +26,7 @@ from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import BadRequest
-from symbi_common.openapi import json_body, json_response
+from symbi_common.openapi import FLAG, INT64, json_body, json_response, query_params
 from symbi_common.policy.decision_log import LogDecisionsTyped
 from symbi_common.policy.points import BatchResult
 
@@ -126,7 +126,11 @@ async def retire(set_id: str, request: Request) -> Response:
     return _reply(await _service(request).retire(body))
 
 
-@router.get("/policy-sets", responses={200: json_response(PolicySetPage)})
+@router.get(
+    "/policy-sets",
+    responses={200: json_response(PolicySetPage)},
+    openapi_extra=query_params(include_retired=FLAG, min_version=INT64),
+)
 async def list_sets(request: Request) -> Response:
     include = (request.query_params.get("include_retired") or "").lower() in ("1", "true", "yes")
     page = await _service(request).page(
@@ -135,7 +139,11 @@ async def list_sets(request: Request) -> Response:
     return _reply(page)
 
 
-@router.get("/policy-sets/{set_id}", responses={200: json_response(PolicySetView)})
+@router.get(
+    "/policy-sets/{set_id}",
+    responses={200: json_response(PolicySetView)},
+    openapi_extra=query_params(min_version=INT64),
+)
 async def get_set(set_id: str, request: Request) -> Response:
     view = await _service(request).get(GetSetRequest(set_id=set_id, min_version=_int(request, "min_version")))
     return _reply(view)
