@@ -38,6 +38,7 @@ from symbi_common.keyfiles import init_keyring
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings, load_settings
 from symbi_context.main import build_app as build_context
+from symbi_contracts.subjects import SERVICES as ALL_SERVICES
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_policy.main import build_app as build_policy
 from symbi_sandbox_agent.main import build_app as build_sandbox_agent
@@ -263,6 +264,11 @@ def _fuzz(served: Served, headers: dict[str, str]) -> tuple[list[str], dict[str,
                 assert mode is GenerationMode.NEGATIVE, operation.label
                 del sent[key]
     return failures, sent
+
+
+def test_every_service_is_fuzzed() -> None:
+    """A service added to the runtime (the catalogue of subjects lists them all) must be added here too."""
+    assert set(SERVICES) == set(ALL_SERVICES)
 
 
 @pytest.mark.parametrize("name", list(SERVICES))
