@@ -40,6 +40,7 @@ from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
 from symbi_common.operator_auth import acting_for
+from symbi_common.streams import EVENTS_STREAM
 
 from symbi_audit.application import AuditService
 from symbi_audit.erasure import EraseRequest
@@ -132,8 +133,17 @@ async def _with_details(service: AuditService, request: Request, rows: list[dict
 
 async def _wait(service: AuditService, request: Request) -> None:
     min_seq = _int(request, "min_sequence")
-    if min_seq is not None:
-        await service.runner.wait_for(min_seq)
+    if min_seq is None:
+        return
+    if min_seq > service.runner.position:
+        # A position past the stream's end was never answered by a write: refuse it rather than wait for it.
+        last = (await service.runner.js.stream_info(EVENTS_STREAM)).state.last_seq
+        if min_seq > last:
+            raise BadQuery(
+                f"{min_seq} is past the end of the event stream (at {last}); pass the sequence a write answered with",
+                field="min_sequence",
+            )
+    await service.runner.wait_for(min_seq)
 
 
 @router.get(
