@@ -101,8 +101,10 @@ class RequestLines:
     so memory stays bounded whatever the workload prints; a line cut off that way is reported once as
     ``too_long``."""
 
-    def __init__(self, limit: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(self, limit: int = MAX_REQUEST_BYTES, prefix: bytes = PREFIX) -> None:
         self.limit = limit
+        #: Empty on the channel socket, where every line is a request.
+        self.prefix = prefix
         self._line = bytearray()
         self._skipping = False  # inside a line that is not a request, or a request past the limit
         self._at_start = True
@@ -124,19 +126,21 @@ class RequestLines:
         if self._skipping or not piece:
             return
         self._line += piece
-        if len(self._line) < len(PREFIX) and PREFIX.startswith(bytes(self._line)):
+        prefix = self.prefix
+        if len(self._line) < len(prefix) and prefix.startswith(bytes(self._line)):
             return  # could still become a request
-        if not self._line.startswith(PREFIX):
+        if not self._line.startswith(prefix):
             self._line.clear()
             self._skipping = True
-        elif len(self._line) > len(PREFIX) + self.limit:
-            found.append(RequestLine(bytes(self._line[len(PREFIX) : len(PREFIX) + 200]), too_long=True))
+        elif len(self._line) > len(prefix) + self.limit:
+            found.append(RequestLine(bytes(self._line[len(prefix) : len(prefix) + 200]), too_long=True))
             self._line.clear()
             self._skipping = True
 
     def _end_line(self, found: list[RequestLine]) -> None:
-        if not self._skipping and self._line.startswith(PREFIX):
-            found.append(RequestLine(bytes(self._line[len(PREFIX) :]).rstrip(b"\r")))
+        # On the socket (no prefix) an empty line is no request; after the stderr prefix it is a malformed one.
+        if not self._skipping and self._line.startswith(self.prefix) and (self.prefix or self._line.strip()):
+            found.append(RequestLine(bytes(self._line[len(self.prefix) :]).rstrip(b"\r")))
         self._line.clear()
         self._skipping = False
 
