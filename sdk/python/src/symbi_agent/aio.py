@@ -21,6 +21,7 @@ from symbi_agent.namespaces import Knowledge, Memory, Messages, Models, Tools, W
 class AsyncAgent:
     def __init__(self, socket_path: str | None = None, *, stdio: bool = False) -> None:
         self._path = None if stdio else (socket_path or _wire.socket_path())
+        self._named = socket_path is not None
         self.channel = "socket" if self._path else "stdio"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -42,7 +43,10 @@ class AsyncAgent:
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(self._path, limit=_wire.MAX_LINE_BYTES)
         except OSError as exc:
-            raise ChannelError(f"cannot connect to the channel socket {self._path}: {exc}") from None
+            if self._named:
+                raise ChannelError(f"cannot connect to the channel socket {self._path}: {exc}") from None
+            self.channel, self._sync = "stdio", Agent(stdio=True)  # $SYMBI_SOCKET unusable: the fallback
+            return self
         self._pump = asyncio.get_running_loop().create_task(self._read_answers())
         return self
 

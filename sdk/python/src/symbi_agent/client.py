@@ -61,13 +61,20 @@ class _StdioLines:
 
 
 class Agent:
-    """A connection to the agent's gateway. ``socket``: a path (default ``$SYMBI_SOCKET``); ``stdio=True``
-    forces the stdio channel. Without a socket the client falls back to stdio."""
+    """A connection to the agent's gateway. ``socket_path``: a path (default ``$SYMBI_SOCKET``); ``stdio=True``
+    forces the stdio channel. Without a socket, or when ``$SYMBI_SOCKET`` cannot be connected to (e.g. a
+    gVisor sandbox without host sockets), the client falls back to stdio."""
 
     def __init__(self, socket_path: str | None = None, *, stdio: bool = False, timeout: float | None = 60.0) -> None:
         path = None if stdio else (socket_path or _wire.socket_path())
-        self.channel = "socket" if path else "stdio"
-        self._lines: _SocketLines | _StdioLines = _SocketLines(path, timeout) if path else _StdioLines()
+        self._lines: _SocketLines | _StdioLines = _StdioLines()
+        if path:
+            try:
+                self._lines = _SocketLines(path, timeout)
+            except ChannelError:
+                if socket_path:  # asked for by name: no silent fallback
+                    raise
+        self.channel = "socket" if isinstance(self._lines, _SocketLines) else "stdio"
         self._lock = threading.Lock()
         self.memory = Memory(self.call)
         self.knowledge = Knowledge(self.call)
