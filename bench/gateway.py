@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,7 @@ async def echo_server(directory: str) -> asyncio.AbstractServer:
     """A trivial line echo on a second socket in the sandbox's mounted channel directory."""
     path = Path(directory)
     for _ in range(400):
-        if path.is_dir():
+        if await asyncio.to_thread(os.path.isdir, directory):
             break
         await asyncio.sleep(0.01)
 
@@ -197,13 +196,7 @@ async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> d
     return result
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--calls", type=int, default=0)
-    args = parser.parse_args()
-    calls = args.calls or (200 if args.quick else 1000)
-    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), IMAGE], check=True)
+async def main(calls: int) -> None:
     print(_common.machine_summary())
     print(f"load average {os.getloadavg()[0]:.2f}; {calls} calls per mode per tier")
     results: dict[str, dict[str, Any]] = {}
@@ -241,13 +234,16 @@ async def main() -> None:
     for tier, r in results.items():
         for mode in ("raw", "hello", "denied", "recall"):
             m = r[mode]
-            print(
-                f"{tier} {mode:7s} p50 {m['p50']:.3f} ms  p99 {m['p99']:.3f} ms  {m['per_s']:.0f} calls/s sequential"
-            )
+            print(f"{tier} {mode:7s} p50 {m['p50']:.3f} ms  p99 {m['p99']:.3f} ms  {m['per_s']:.0f} calls/s sequential")
         print(f"{tier} denied, 16 in flight: {r['denied_concurrent_per_s']:.0f} calls/s")
     ours, base = results["tier2"]["denied"]["p50"], results["tier2"]["raw"]["p50"]
     print(_common.result_line("gateway", ours, base, "ms", "<2", ours < 2.0))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--calls", type=int, default=0)
+    args = parser.parse_args()
+    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), IMAGE], check=True)
+    asyncio.run(main(args.calls or (200 if args.quick else 1000)))
