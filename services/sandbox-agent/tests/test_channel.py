@@ -23,14 +23,18 @@ from symbi_agent import AsyncAgent, Denied
 from symbi_agent._wire import decode_reply, encode_request, unwrap
 from symbi_agent.errors import ERRORS as SDK_ERRORS
 from symbi_common.commands import CommandClient
+from symbi_common.decisions import DecisionRecord
 from symbi_common.settings import Settings
 from symbi_context.domain import MEMORY
 from symbi_contracts.agent_protocol import ERROR_CODES, Reply, Request, Result, encode_reply, error
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import ExecutionExited
+from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
 from symbi_sandbox_agent.actions import RequestLine
 from symbi_sandbox_agent.channel import Channel
 from symbi_sandbox_agent.config import channel_root
-from symbi_sandbox_agent.spec import channel_dir, container_name
+from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, build_spec, channel_dir, container_name
+from symbi_sandbox_agent.tasks import fold_task
 
 from .conftest import Agent, Scheduler, running_agent
 from .test_actions import BASELINE, actions, context_service, register_policies
@@ -210,3 +214,43 @@ def test_the_sdk_knows_every_error_code_and_speaks_the_contract() -> None:
     with pytest.raises(Denied) as err:
         unwrap(decode_reply(answer))
     assert (err.value.code, err.value.retry_after, err.value.details) == ("denied", 2.0, {"policies": ["p"]})
+
+
+# --- the spec (pure) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tier", "runtimes", "runtime", "has_socket"),
+    [
+        ("tier1", {"runc", "runsc"}, "runc", True),
+        ("tier2", {"runc", "runsc", "runsc-uds"}, "runsc-uds", True),
+        ("tier2", {"runc", "runsc"}, "runsc", False),  # no --host-uds runtime: stdio only
+    ],
+)
+def test_a_gateway_sandbox_gets_its_channel_where_its_tier_can_reach_a_socket(
+    tier: str, runtimes: set[str], runtime: str, has_socket: bool
+) -> None:
+    workload = Workload(image="img:1", command=("run",), actions=True)
+    assigned = TaskAssigned(
+        host_id="h1",
+        tier=tier,
+        risk_score=0.1,
+        risk_factors={},
+        workload=workload,
+        limits=ResourceLimits(),
+        attempt=1,
+        decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
+    )
+    view = fold_task("t1", [TaskSubmitted(agent_id="a1", input=b"", priority="normal"), assigned])
+    caps = HostCapabilities(runtimes=frozenset(runtimes), blkio_device="/dev/vda")
+    spec = build_spec(view, "h1", caps, SandboxDefaults(channel_root="/run/symbi/channels"))
+    binds = spec.host_config_kwargs("/x/input")["binds"]
+    env = spec.create_kwargs("/x/input")["environment"]
+    assert spec.runtime == runtime
+    if has_socket:
+        assert binds[spec.channel_dir] == {"bind": "/symbi/run", "mode": "ro"}
+        assert env["SYMBI_SOCKET"] == "/symbi/run/agent.sock"
+        assert len(f"{spec.channel_dir}/agent.sock") < 108  # sun_path
+        assert spec.owner == (65534, 65534)
+    else:
+        assert (spec.channel_dir, len(binds), "SYMBI_SOCKET" in env) == ("", 1, False)

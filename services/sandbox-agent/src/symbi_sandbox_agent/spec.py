@@ -155,8 +155,10 @@ class SandboxSpec:
         io = [{"Path": self.blkio_device, "Rate": mbps}] if self.blkio_device else None
         memory = self.limits.memory_mb * 1024 * 1024
         binds = {input_file: {"bind": INPUT_PATH, "mode": "ro"}}
-        if self.channel_dir:  # the directory, never the socket file: the socket is made after the mount
-            binds[self.channel_dir] = {"bind": CHANNEL_MOUNT, "mode": "rw"}
+        if self.channel_dir:
+            # The directory, never the socket file; read-only, so the sandbox cannot write files to the host
+            # through it (connect(2) to a socket needs no write access to its filesystem, in runc and gVisor).
+            binds[self.channel_dir] = {"bind": CHANNEL_MOUNT, "mode": "ro"}
         return {
             "binds": binds,
             "network_mode": "none",
