@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -46,7 +47,12 @@ from symbi_sandbox_agent.main import build_app
 from symbi_sandbox_agent.spec import channel_dir, container_name
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE = "symbi/agent-python:bench"
+SDK = ROOT / "sdk" / "python" / "src" / "symbi_agent"
+#: Tagged by the SDK's sources, so a changed SDK gets a fresh image (deploy/host/agent-image.sh keeps an existing tag).
+IMAGE = (
+    "symbi/agent-python:sdk-"
+    + hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sorted(SDK.rglob("*.py")))).hexdigest()[:12]
+)
 HOST = "benchgw"
 AGENT = "agent-bench"
 LIMITS = {"memory_mb": 256, "cpu_cores": 1.0, "disk_io_mbps": 50, "network_io_mbps": 10, "execution_timeout_s": 600}
