@@ -202,6 +202,13 @@ async def test_a_busy_agent_is_not_read_past_its_in_flight_bound(tmp_path: Path)
         assert (running, most) == (4, 4)
         release.set()
         assert [r["channel"] for r in await asyncio.gather(*calls)] == ["socket"] * 40
+    # Connections are bounded too: past the bound one is answered and closed.
+    channel.max_connections = 1
+    async with AsyncAgent(str(channel.path)):
+        reader, writer = await asyncio.open_unix_connection(str(channel.path))
+        refused = json.loads(await reader.readline())
+        assert (refused["error"]["code"], await reader.read()) == ("too_many_requests", b"")
+        writer.close()
     await channel.close()
     assert not (root / "one").exists()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 from symbi_common.decisions import DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError
 from symbi_common.policy.conditions import redact
@@ -47,6 +48,7 @@ from symbi_sandbox_agent.metrics import ACTIONS
 if TYPE_CHECKING:
     from symbi_sandbox_agent.gateway import ActionGateway
 
+log = structlog.get_logger(__name__)
 #: Requests one run may send over the protocol; later ones are answered ``too_many_requests``.
 MAX_REQUESTS_V1 = 100_000
 #: How long a performing service may take.
@@ -79,6 +81,16 @@ class ProtocolServer:
         return self.gateway.run.agent_id or "unknown"
 
     async def answer(self, line: RequestLine, channel: str) -> Reply:
+        """The answer to one request line; a fault of the gateway (e.g. its record could not be stored) is
+        the typed error ``internal``, so the caller is never left waiting."""
+        try:
+            return await self._answer(line, channel)
+        except Exception as exc:
+            log.exception("serving a protocol request failed", task_id=self.gateway.task_id)
+            self.gateway.agent.rt.note_error(f"channel request of {self.gateway.task_id}: {exc!r}")
+            return error(_id_of(line.body), "internal", f"the gateway could not serve the request: {exc}")
+
+    async def _answer(self, line: RequestLine, channel: str) -> Reply:
         self.served += 1
         seq = self.gateway.next_seq()
         if self.served > MAX_REQUESTS_V1:

@@ -8,7 +8,8 @@ Bounds: a request line is read up to :data:`~symbi_contracts.agent_protocol.MAX_
 is skipped and the request answered ``request_too_large``), and at most
 :data:`~symbi_contracts.agent_protocol.MAX_IN_FLIGHT` requests of the sandbox are served at once: past
 that the channel stops reading its connections (the kernel's socket buffer then blocks the writer), so
-memory does not grow with what the workload sends. The directory is removed when the run ends.
+memory does not grow with what the workload sends; and at most :data:`MAX_CONNECTIONS` connections are open
+at once (a further one is answered ``too_many_requests`` and closed). The directory is removed when the run ends.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
-from symbi_contracts.agent_protocol import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, SOCKET_NAME, Reply, encode_reply
+from symbi_contracts.agent_protocol import (
+    MAX_IN_FLIGHT,
+    MAX_REQUEST_BYTES,
+    SOCKET_NAME,
+    Reply,
+    encode_reply,
+    error,
+)
 
 from symbi_sandbox_agent.actions import RequestLine, RequestLines
 
@@ -29,6 +37,8 @@ log = structlog.get_logger(__name__)
 
 Answer = Callable[[RequestLine, str], Awaitable[Reply]]
 READ_CHUNK = 64 * 1024
+#: Connections one sandbox may hold open at once (each may buffer up to one request line).
+MAX_CONNECTIONS = 8
 
 
 def prepare_root(root: str) -> None:
@@ -43,7 +53,15 @@ def prepare_root(root: str) -> None:
 class Channel:
     """One sandbox's socket listener; :meth:`open` before the container is created, :meth:`close` after."""
 
-    def __init__(self, directory: str, owner: tuple[int, int], answer: Answer, max_in_flight: int = MAX_IN_FLIGHT):
+    def __init__(
+        self,
+        directory: str,
+        owner: tuple[int, int],
+        answer: Answer,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.max_connections = max_connections
         self.directory = Path(directory)
         self.path = self.directory / SOCKET_NAME
         self.owner = owner
@@ -66,6 +84,11 @@ class Channel:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= self.max_connections:
+            message = f"a sandbox may hold at most {self.max_connections} channel connections open"
+            writer.write(encode_reply(error(None, "too_many_requests", message)))
+            writer.close()
+            return
         self._connections.add(task)
         try:
             await self._read(reader, writer)
