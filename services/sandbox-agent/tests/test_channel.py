@@ -150,6 +150,49 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert not await asyncio.to_thread(os.path.exists, channel_dir(channel_root(), container_name(host_id, task_id, 1)))
 
 
+KNOWLEDGE_AGENT = """
+import json
+from symbi_agent import Agent, Denied
+with Agent() as a:
+    shared = a.knowledge.share("handbook", "holidays", "Friday the 13th is a company holiday", tags=["hr"])
+    found = a.knowledge.query("handbook", "which day is a holiday")["results"]
+    try:
+        a.knowledge.query("payroll", "salaries")
+        other = "allowed"
+    except Denied as err:
+        other = err.code
+print(json.dumps({"shared": bool(shared["document_id"]), "found": any("Friday" in r["text"] for r in found),
+                  "other": other}))
+"""
+
+HANDBOOK = """
+@id("agent-1-handbook")
+permit(principal == Agent::"agent-1", action in [Action::"memory.read", Action::"memory.write"], resource == Memory::"handbook");
+"""
+
+
+async def test_knowledge_is_shared_and_queried_under_policy(
+    agent_image: str,
+    make_store: Any,
+    scheduler: Scheduler,
+    agent_settings: Callable[..., Settings],
+    context_service: CommandClient,
+) -> None:
+    await register_policies(make_store, {"baseline": BASELINE.read_text(), "handbook": HANDBOOK})
+    settings = agent_settings(SYMBI_POLICY__ENFORCEMENT="embedded", SYMBI_POLICY__DECISION_LOG="false")
+    async with running_agent(settings) as agent:
+        cmd = ["python3", "-c", KNOWLEDGE_AGENT]
+        r = await scheduler.result(await scheduler.submit(agent.host_id, cmd, actions=True, image=agent_image))
+    assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
+    assert json.loads(r.stdout) == {"shared": True, "found": True, "other": "denied"}
+    recorded = actions(r.events)
+    assert [(a.action, a.resource, a.outcome) for a in recorded] == [
+        ("memory.write", "handbook", "allowed"),
+        ("memory.read", "handbook", "allowed"),
+        ("memory.read", "payroll", "refused"),
+    ]
+
+
 STDIO_AGENT = """
 import json
 from symbi_agent import Agent, NotAvailable
