@@ -187,7 +187,7 @@ async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> d
     await nc.jetstream().publish(
         f"work.{HOST}", msgspec.json.encode({"task_id": task_id, "attempt": 1}), headers={"Nats-Msg-Id": task_id}
     )
-    echo = await echo_server(channel_dir(channel_root(), container_name(HOST, task_id, 1)))
+    echo = await echo_server(channel_dir(channel_root(), HOST, container_name(HOST, task_id, 1)))
     try:
         kind = await asyncio.wait_for(done, 900)
     finally:

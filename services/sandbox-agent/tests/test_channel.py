@@ -147,7 +147,9 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert mine == ["the launch is Friday", "still me"]
     assert await reader.load("memory", "agent-2", MEMORY.codec) == []
     # The channel directory went with the container.
-    assert not await asyncio.to_thread(os.path.exists, channel_dir(channel_root(), container_name(host_id, task_id, 1)))
+    assert not await asyncio.to_thread(
+        os.path.exists, channel_dir(channel_root(), host_id, container_name(host_id, task_id, 1))
+    )
 
 
 KNOWLEDGE_AGENT = """
@@ -304,3 +306,12 @@ def test_a_gateway_sandbox_gets_its_channel_where_its_tier_can_reach_a_socket(
         assert spec.owner == (65534, 65534)
     else:
         assert (spec.channel_dir, len(binds), "SYMBI_SOCKET" in env) == ("", 1, False)
+
+
+async def test_a_restarted_host_removes_the_channels_of_its_earlier_sandboxes(
+    docker_client: docker.DockerClient, agent_settings: Callable[..., Settings], host_id: str
+) -> None:
+    stale = Path(channel_dir(channel_root(), host_id, "symbi-before-the-crash-1"))
+    await asyncio.to_thread(stale.mkdir, parents=True)
+    async with running_agent(agent_settings()):
+        assert not await asyncio.to_thread(stale.exists)

@@ -194,9 +194,14 @@ def container_name(host_id: str, task_id: str, attempt: int) -> str:
     return _NAME_UNSAFE.sub("_", f"symbi-{host_id}-{task_id}-{attempt}")
 
 
-def channel_dir(root: str, name: str) -> str:
+def host_channels(root: str, host_id: str) -> str:
+    """The directory of one host's channel directories (removed whole when the host reconciles at start)."""
+    return f"{root.rstrip('/')}/{hashlib.sha256(host_id.encode()).hexdigest()[:8]}"
+
+
+def channel_dir(root: str, host_id: str, name: str) -> str:
     """A sandbox's channel directory: short (a socket path has at most 107 bytes), unique per container."""
-    return f"{root.rstrip('/')}/{hashlib.sha256(name.encode()).hexdigest()[:20]}"
+    return f"{host_channels(root, host_id)}/{hashlib.sha256(name.encode()).hexdigest()[:20]}"
 
 
 def _channel_summary(actions: bool, directory: str) -> str:
@@ -262,7 +267,9 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
     # A socket where the tier can reach one: runc always, gVisor only with its --host-uds runtime.
     socket_ok = tier == "tier1" or UDS_RUNTIME in caps.runtimes
     channel = (
-        channel_dir(defaults.channel_root, name) if workload.actions and defaults.channel_root and socket_ok else ""
+        channel_dir(defaults.channel_root, host_id, name)
+        if workload.actions and defaults.channel_root and socket_ok
+        else ""
     )
     return SandboxSpec(
         task_id=task.task_id,
