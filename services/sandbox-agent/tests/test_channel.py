@@ -23,16 +23,17 @@ from symbi_agent import AsyncAgent, Denied
 from symbi_agent._wire import decode_reply, encode_request, unwrap
 from symbi_agent.errors import ERRORS as SDK_ERRORS
 from symbi_common.commands import CommandClient
-from symbi_common.decisions import DecisionRecord
+from symbi_common.decisions import DecisionRecord, DecisionRequest, EntityRef
 from symbi_common.settings import Settings
 from symbi_context.domain import MEMORY
 from symbi_contracts.agent_protocol import ERROR_CODES, Reply, Request, Result, encode_reply, error
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import ExecutionExited
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
-from symbi_sandbox_agent.actions import RequestLine
+from symbi_sandbox_agent.actions import RequestLine, check_against_schema
 from symbi_sandbox_agent.channel import Channel
 from symbi_sandbox_agent.config import channel_root
+from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, build_spec, channel_dir, container_name
 from symbi_sandbox_agent.tasks import fold_task
 
@@ -315,3 +316,17 @@ async def test_a_restarted_host_removes_the_channels_of_its_earlier_sandboxes(
     await asyncio.to_thread(stale.mkdir, parents=True)
     async with running_agent(agent_settings()):
         assert not await asyncio.to_thread(stale.exists)
+
+
+def test_an_accepted_request_shape_skips_cedar_but_never_a_different_one() -> None:
+    def ask(**context: Any) -> DecisionRequest:
+        resource = EntityRef(type="Memory", id="n", parents=('Agent::"a"',))
+        return DecisionRequest(
+            principal=EntityRef(type="Agent", id="a"), action="memory.write", resource=resource, context=context
+        )
+
+    check_against_schema(ask(classification="secret"))
+    check_against_schema(ask(classification="public"))  # same shape: remembered
+    for bad in (ask(classification=5), ask(classification="x", owner="y"), ask(classification=2**70)):
+        with pytest.raises(ActionRequestError):
+            check_against_schema(bad)
