@@ -69,7 +69,7 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
         await follower.synced.wait()
         rt.spawn(leader.renew(), "scheduler:lease")
         rt.spawn(leader.run(), "scheduler:leader")
-        service = SchedulerService(rt, model, tasks, follower, hosts, leader)
+        service = SchedulerService(rt, model, follower, hosts, leader)
         register_commands(rt.commands, service)
         rt.spawn(_export_gauges(service), "scheduler:gauges")
         app.state.scheduler = service
