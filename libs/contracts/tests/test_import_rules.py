@@ -58,6 +58,11 @@ PURE_MODULES = (
     "symbi_sandbox_agent.domain",
     "symbi_common.caps",
     "symbi_scheduler.core",
+    "symbi_scheduler.records",
+    "symbi_scheduler.model",
+    "symbi_scheduler.chores",
+    "symbi_scheduler.schedules",
+    "symbi_scheduler.risk",
     "symbi_context.domain",
     "symbi_policy.domain",
 )

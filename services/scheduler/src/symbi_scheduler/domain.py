@@ -279,6 +279,13 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
             task_id=state.task_id,
             status=state.status.value,
         )
+    if isinstance(event, TaskSuspended) and (event.reason in PAUSE_REASONS) != (state.status == TaskStatus.ASSIGNED):
+        # Only a placed task is paused in place; only a queued one is denied its placement.
+        raise TaskNotAssignable(
+            f"task {state.task_id} is {state.status.value}; task.suspended for {event.reason!r} does not apply",
+            task_id=state.task_id,
+            status=state.status.value,
+        )
     if isinstance(event, TaskAssigned) and event.attempt != state.attempt + 1:
         raise ValidationError(f"must be {state.attempt + 1}, got {event.attempt}", field="attempt")
     if isinstance(event, TaskCompleted) and event.outcome not in OUTCOMES:
