@@ -59,6 +59,7 @@ PURE_MODULES = (
     "symbi_common.caps",
     "symbi_scheduler.core",
     "symbi_scheduler.records",
+    "symbi_scheduler.capacity",
     "symbi_scheduler.model",
     "symbi_scheduler.chores",
     "symbi_scheduler.schedules",

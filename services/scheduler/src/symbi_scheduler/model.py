@@ -15,10 +15,9 @@ host usage, busy agents). What is left to do from it is derived in :mod:`symbi_s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import msgspec
 from symbi_contracts.lifecycle.config import ResourceLimits
 from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_contracts.sandbox_agent.events import ExecutionEvent
@@ -34,11 +33,11 @@ from symbi_contracts.scheduler.events import (
     TaskSuspended,
 )
 
+from symbi_scheduler.capacity import Capacity
 from symbi_scheduler.core import (
     CRITICAL,
     AgingQueue,
     Entry,
-    Host,
     Placer,
     PreemptMode,
     Running,
@@ -75,8 +74,9 @@ class Model:
     ) -> None:
         self.tasks: dict[str, TaskRec] = {}
         self.agents: dict[str, AgentRec] = {}
-        self.host_info: dict[str, HostInfo] = {}
         self.placer = Placer(strategy, reserve)
+        #: The hosts: heartbeats, and what is held on each (their usage, on the placer's hosts).
+        self.capacity = Capacity(self.placer, host_lost_after_s)
         self.queue = AgingQueue(aging_s)
         self.core = Scheduler(self.placer, self.queue, preemption, max_running=max_running)
         self.parked: dict[str, list[Entry]] = {}
@@ -89,13 +89,8 @@ class Model:
         self.schedule_versions: dict[str, int] = {}
         #: Firings whose task is not submitted yet: task id -> (agent id, firing).
         self.fired_pending: dict[str, tuple[str, ScheduleFired]] = {}
-        self.host_lost_after_s = host_lost_after_s
         self.default_tier = default_tier
         self.position = 0
-        #: host id -> tasks holding resources there
-        self._by_host: dict[str, set[str]] = {}
-        #: Until this time a host we have no heartbeat from yet is not declared lost (start-up grace).
-        self.grace_until = 0.0
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -244,66 +239,19 @@ class Model:
 
     def host_seen(self, info: HostInfo) -> None:
         """A heartbeat from the ``HOSTS`` bucket."""
-        self.host_info[info.host_id] = info
-        host = self.placer.hosts.get(info.host_id)
-        if host is None:
-            host = Host(info.host_id, info.cpu_cores, info.memory_mb, frozenset(info.tiers))
-            self.placer.upsert(host)
-            self._recount(host)
-        else:
-            host.cpu_cores, host.memory_mb, host.tiers = info.cpu_cores, info.memory_mb, frozenset(info.tiers)
+        self.capacity.seen(info)
 
     def host_gone(self, host_id: str) -> None:
         """The host's key was deleted: it is treated as lost at once."""
-        info = self.host_info.get(host_id)
-        if info is not None:
-            self.host_info[host_id] = msgspec.structs.replace(info, heartbeat_at=0.0)
+        self.capacity.gone(host_id)
 
     def check_hosts(self, now: float) -> None:
         """Mark hosts alive or lost by the age of their heartbeat."""
-        for host_id, host in self.placer.hosts.items():
-            info = self.host_info.get(host_id)
-            if info is None:
-                host.alive = now < self.grace_until
-            else:
-                host.alive = now - info.heartbeat_s() <= self.host_lost_after_s
-
-    def _host(self, host_id: str) -> Host:
-        host = self.placer.hosts.get(host_id)
-        if host is None:  # placed before we saw a heartbeat (replay): it counts as lost until one arrives
-            host = Host(host_id, 0.0, 0, frozenset())
-            self.placer.upsert(host)
-        return host
-
-    def _holds_on(self, host_id: str) -> Iterator[tuple[TaskRec, int, Hold]]:
-        for task_id in self._by_host.get(host_id, ()):
-            rec = self.tasks[task_id]
-            for attempt, hold in rec.holds.items():
-                if hold.host_id == host_id:
-                    yield rec, attempt, hold
-
-    def _recount(self, host: Host) -> None:
-        cpu = cpu_rel = 0.0
-        mem = mem_rel = 0
-        for _, _, hold in self._holds_on(host.host_id):
-            mem += hold.memory_mb
-            if not hold.paused:
-                cpu += hold.cpu
-            if hold.stopping:
-                cpu_rel += hold.cpu
-                mem_rel += hold.memory_mb
-        host.cpu_used, host.memory_used, host.cpu_releasing, host.memory_releasing = cpu, mem, cpu_rel, mem_rel
+        self.capacity.check(now)
 
     def _sync_hold(self, rec: TaskRec) -> None:
         """Bring host usage and the running set in line with ``rec``'s holds after a change."""
-        hosts = {h.host_id for h in rec.holds.values()} | ({rec.host_id} if rec.host_id else set())
-        for host_id in hosts:
-            index = self._by_host.setdefault(host_id, set())
-            if any(h.host_id == host_id for h in rec.holds.values()):
-                index.add(rec.task_id)
-            else:
-                index.discard(rec.task_id)
-            self._recount(self._host(host_id))
+        self.capacity.recount_for(rec)
         current = rec.holds.get(rec.attempt)
         if current is not None and rec.state.placed:
             self.core.running[rec.task_id] = Running(
@@ -410,11 +358,11 @@ class Model:
     def release_lost_stopped(self) -> None:
         """Free what stopped attempts held on lost hosts: their end will never be reported."""
         for lost in [h for h in self.placer.hosts.values() if not h.alive]:
-            for rec, attempt, hold in list(self._holds_on(lost.host_id)):
+            for rec, attempt, hold in list(self.capacity.holding(lost.host_id)):
                 if hold.stopping and attempt != rec.attempt:
                     del rec.holds[attempt]
                     self._sync_hold(rec)
 
     def holds_on(self, host_id: str) -> list[str]:
         """The tasks holding resources on ``host_id``."""
-        return sorted(self._by_host.get(host_id, ()))
+        return self.capacity.holds_on(host_id)

@@ -164,7 +164,7 @@ def state_view(model: Model, now: float) -> dict[str, Any]:
     model.check_hosts(now)
     hosts = []
     for host in sorted(model.placer.hosts.values(), key=lambda h: h.host_id):
-        info = model.host_info.get(host.host_id)
+        info = model.capacity.host_info.get(host.host_id)
         hosts.append(
             {
                 "host_id": host.host_id,
