@@ -18,7 +18,7 @@ from symbi_common.errors import SymbiError
 from symbi_contracts.lifecycle.events import AgentStatus
 
 from symbi_scheduler.core import Host
-from symbi_scheduler.domain import FINISHED, TaskStatus, agent_outcome
+from symbi_scheduler.domain import TaskStatus, agent_outcome
 from symbi_scheduler.model import Model, TaskRec
 from symbi_scheduler.schedules import Due, check_spec
 from symbi_scheduler.schedules import due as schedule_due
@@ -205,7 +205,7 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
     out: list[Chore] = []
     model.check_hosts(now)
     for rec in [model.tasks[t] for t in model.active]:
-        if rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+        if rec.state.placed:
             ended = rec.ended.get(rec.attempt)
             host = model.placer.hosts.get(rec.host_id)
             if ended is not None:
@@ -233,9 +233,9 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
         if current is None:
             continue
         rec = current
-        if rec.status in FINISHED and rec.attempt in rec.refused_by_policy and agent.suspended_seq < rec.finished_seq:
+        if rec.state.finished and rec.attempt in rec.refused_by_policy and agent.suspended_seq < rec.finished_seq:
             out.append(AgentViolated(agent.agent_id, rec.task_id, f"sandbox.start denied: {rec.detail}"))
-        elif rec.status in FINISHED:
+        elif rec.state.finished:
             out.append(AgentDone(agent.agent_id, rec.task_id, agent_outcome(rec.outcome)))
         elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
             out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
