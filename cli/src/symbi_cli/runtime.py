@@ -59,6 +59,7 @@ from symbi_cli.infra import (
     provision_nats_async,
 )
 from symbi_cli.keys import ensure_keyring
+from symbi_cli.keys_live import publish_keyring
 from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor, describe_exit
 
 #: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
@@ -309,6 +310,11 @@ class LocalRuntime:
         # Streams and KV buckets exist before any service starts: services may not create them.
         await provision_nats_async(self.nats_url_for(ADMIN), existing_store=existing_store)
         self.reporter.step("streams and KV buckets provisioned with the admin credential")
+        # The key files' registry version on REGISTRY before any service starts: the stream is its record,
+        # and what running services follow. One older than the stream's is a rolled-back keyring: refused.
+        published = await publish_keyring(self.nats_url_for(OPERATOR), self.keys_dir)
+        if published is not None:
+            self.reporter.step(f"key registry v{published} published on REGISTRY")
 
         external = self.env.get(DATABASE_URL_ENV, "")
         if external:
