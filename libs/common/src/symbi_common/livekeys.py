@@ -26,7 +26,7 @@ from typing import Any
 
 import nats.errors
 import structlog
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys
@@ -40,7 +40,7 @@ from symbi_common.keyring import (
     load_wrap_key,
     readers_of,
 )
-from symbi_common.registry_stream import REGISTRY_SUBJECT, decode_signed, latest
+from symbi_common.registry_stream import REGISTRY_SUBJECT, check_history, decode_signed, newest_version, read_history
 from symbi_common.streams import REGISTRY_STREAM
 
 log = structlog.get_logger(__name__)
@@ -93,43 +93,47 @@ class LiveKeys:
         #: Set while the registry names a key of ours that the key directory does not hold yet.
         self.waiting_for_key = False
         self._reseal_needed = False
+        self._next_sequence = 1
 
     # --- start-up ---------------------------------------------------------------------------------
 
     async def start(self, nc: Any) -> None:
-        """Catch up with the newest published version (after its signature check) before serving.
+        """Catch up with the newest valid version on the stream before serving.
 
-        A newer version on the stream than in the key files is used; the service's own keys must
-        then match it, or the start fails (:class:`KeyringError`). Its data keys are re-sealed once
-        following starts: wrap keys may have changed while it was down.
+        A newer version there than in the key files is used; the service's own keys must then
+        match it, or the start fails (:class:`KeyringError`). Problems in the stream's history
+        (rollback attempts, forgeries) are logged. Data keys are re-sealed once following starts:
+        wrap keys may have changed while the service was down.
         """
-        newest = await latest(nc)
-        if newest is not None:
-            try:
-                before = self.registry.advance(newest.registry, newest.signature, self.root_public_key)
-            except KeyringError as exc:
-                self._refused(exc)
-                before = None
-            if before is not None:
-                log.info("key registry newer on the stream than in the key files", version=self.registry.version)
-                self._load_own_keys(strict=True)
+        history = await read_history(nc)
+        for entry in check_history(history, self.root_public_key):
+            if entry.problem is not None:
+                log.warning("REGISTRY stream holds a refused version", sequence=entry.sequence, problem=entry.problem)
+        newest, last_sequence = await newest_version(nc, self.root_public_key, history)
+        self._next_sequence = last_sequence + 1
+        if newest is not None and newest.verified(self.root_public_key).version > self.registry.version:
+            self.registry.advance(newest.registry, newest.signature, self.root_public_key)
+            log.info("key registry newer on the stream than in the key files", version=self.registry.version)
+            self._load_own_keys(strict=True)
         self._reseal_needed = True
 
     # --- following --------------------------------------------------------------------------------
 
     async def follow(self, js: Any) -> None:
-        """Apply every version published from now on (and the newest one); runs until cancelled."""
+        """Apply every version published after :meth:`start`; runs until cancelled."""
         queue: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def on_msg(msg: Any) -> None:
             queue.put_nowait(bytes(msg.data))
 
+        # From the first message after what start() read: nothing is missed, nothing applied twice.
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._next_sequence)
         sub = await js.subscribe(
             REGISTRY_SUBJECT,
             stream=REGISTRY_STREAM,
             cb=on_msg,
+            config=config,
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST,
             inactive_threshold=300.0,
         )
         try:

@@ -27,7 +27,7 @@ from symbi_common.keyring import (
     RegistryChange,
     RegistryDocument,
 )
-from symbi_common.streams import REGISTRY_STREAM, last_on_subject, read_subject
+from symbi_common.streams import REGISTRY_STREAM, read_subject
 
 REGISTRY_SUBJECT = "registry.version"
 
@@ -68,21 +68,16 @@ def read_signed_files(keys_dir: Path) -> SignedRegistry:
     return SignedRegistry(data, sig)
 
 
-async def latest(nc: Any) -> SignedRegistry | None:
-    """The newest version published on the ``REGISTRY`` stream, unverified; ``None`` if none was."""
-    raw = await last_on_subject(nc, REGISTRY_STREAM, REGISTRY_SUBJECT)
-    return None if raw is None else decode_signed(raw.data)
-
-
 async def publish(nc: Any, signed: SignedRegistry, root_public_key: bytes) -> int | None:
-    """Publish ``signed`` to ``REGISTRY`` if it is newer than the stream's newest; returns its version if published.
+    """Publish ``signed`` to ``REGISTRY`` if it is newer than the stream's newest valid version; returns
+    its version if published.
 
     Needs the ``operator`` NATS credential. Refuses (:class:`RegistrySignatureInvalid`) a version the
     root key did not sign, and (:class:`RegistryRollback`) an older one than the stream already holds
     (another document under the same version number too); the same version again is not republished.
     """
     doc = signed.verified(root_public_key)
-    newest = await latest(nc)
+    newest, _ = await newest_version(nc, root_public_key)
     if newest is not None:
         current = newest.verified(root_public_key)
         if current == doc:
@@ -140,6 +135,19 @@ def check_history(messages: list[tuple[int, bytes]], root_public_key: bytes) -> 
         out.append(HistoryEntry(sequence, doc.version, tuple(doc.changes[len(before) :])))
         accepted = doc
     return out
+
+
+async def newest_version(
+    nc: Any, root_public_key: bytes, history: list[tuple[int, bytes]] | None = None
+) -> tuple[SignedRegistry | None, int]:
+    """The newest version on ``REGISTRY`` that :func:`check_history` accepts (``None`` if none), and
+    the stream sequence of the last message (0 if none). A rollback or forgery published after it
+    does not hide it."""
+    messages = await read_history(nc) if history is None else history
+    accepted = [e.sequence for e in check_history(messages, root_public_key) if e.problem is None]
+    by_sequence = dict(messages)
+    newest = decode_signed(by_sequence[accepted[-1]]) if accepted else None
+    return newest, messages[-1][0] if messages else 0
 
 
 async def read_history(nc: Any) -> list[tuple[int, bytes]]:
