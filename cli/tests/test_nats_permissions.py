@@ -298,7 +298,8 @@ async def test_only_the_operator_writes_key_registry_versions(runtime: LocalRunt
     try:
         info = await operator.jetstream().stream_info("REGISTRY")
         assert info.state.messages == 1  # published by `symbi up` before the services started
-        assert info.config.deny_delete and info.config.deny_purge
+        assert info.config.deny_delete
+        assert info.config.deny_purge
         for service in SERVICE_SUBJECTS:
             client = await _connect(runtime.nats_url_for(service), errors)
             try:

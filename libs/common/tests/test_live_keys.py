@@ -7,16 +7,26 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from symbi_common.crypto import Signer
+from symbi_common.datakeys import DataKeyRecord, DataKeys, KvDataKeyStore
 from symbi_common.envelope import ZERO_HASH
-from symbi_common.errors import KeyRevoked, RegistryRollback, SigningKeyRefused
+from symbi_common.errors import KeyRevoked, KeyringError, RegistryRollback, SigningKeyRefused
 from symbi_common.events import Event, EventCodec
-from symbi_common.keyfiles import default_operator_dir, publish_registry, revoke_key, rotate_service_key
+from symbi_common.keyfiles import (
+    default_operator_dir,
+    publish_registry,
+    revoke_key,
+    rotate_service_key,
+    rotate_wrap_key,
+)
 from symbi_common.keyring import (
     KeyRegistry,
     load_signer,
+    load_wrap_key,
     read_key_file,
     with_revocation,
     with_service_key,
@@ -173,3 +183,74 @@ async def test_a_revoked_active_key_stops_signing_until_its_replacement_arrives(
         "task", uuid.uuid4().hex[:12], [Noted(text="y")], codec, expected=NEW_AGGREGATE
     )
     assert recorded.header.signing_key_id == replacement.key_id
+
+
+async def _records(js: JetStreamContext) -> dict[str, DataKeyRecord]:
+    kv = await js.key_value("DATAKEYS")
+    out = {}
+    for name in await kv.keys():
+        entry = await kv.get(name)
+        if entry.value:
+            out[name] = msgspec.msgpack.decode(entry.value, type=DataKeyRecord)
+    return out
+
+
+async def test_a_rotated_wrap_key_is_re_sealed_to_and_the_old_one_opens_nothing_current(
+    services: dict[str, ServiceRuntime], provisioned: NatsClient, keys_dir: Path
+) -> None:
+    lifecycle, scheduler = services["lifecycle"], services["scheduler"]
+    js = provisioned.jetstream()
+    agent, task = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    # Data the scheduler reads: an agent (written by lifecycle) and a task of its own, two data key generations.
+    await lifecycle.store.append("agent", agent, [Noted(text="agent data")], codec, expected=NEW_AGGREGATE)
+    (t1,) = await scheduler.store.append("task", task, [Noted(text="task data 1")], codec, expected=NEW_AGGREGATE)
+    await scheduler.datakeys.rotate(f"task.{task}")
+    await scheduler.store.append("task", task, [Noted(text="task data 2")], codec, expected=t1.tip)
+    old_wrap = load_wrap_key(keys_dir / "scheduler" / "wrap.key")
+    assert any(old_wrap.key_id in copies for r in (await _records(js)).values() for copies in r.generations.values())
+
+    new_id = rotate_wrap_key(keys_dir, "scheduler")
+    assert (keys_dir / "scheduler" / "wrap.old.key").exists()
+    with pytest.raises(KeyringError, match="has not re-sealed"):  # not again before the service is done
+        rotate_wrap_key(keys_dir, "scheduler")
+    await _publish(provisioned, keys_dir)
+
+    def old_key_gone() -> bool:
+        return not (keys_dir / "scheduler" / "wrap.old.key").exists()
+
+    await eventually(old_key_gone, "the scheduler re-sealed its data keys and deleted wrap.old.key")
+    assert scheduler.datakeys.wrap_key_id == new_id
+
+    async def resealed() -> bool:
+        records = await _records(js)
+        return all(old_wrap.key_id not in c for r in records.values() for c in r.generations.values())
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await resealed():  # lifecycle re-seals the agent's data key from its own copy
+        assert asyncio.get_running_loop().time() < deadline, await _records(js)
+        await asyncio.sleep(0.05)
+    records = await _records(js)
+    assert {f"agent.{agent}", f"task.{task}"} <= set(records)
+    for record in records.values():
+        for copies in record.generations.values():
+            assert new_id in copies or not copies.keys() & {new_id, old_wrap.key_id}
+            assert all(old_wrap.unseal(sealed) is None for sealed in copies.values())  # opens nothing current
+    assert set(records[f"task.{task}"].generations) == {1, 2}
+
+    # The scheduler still reads everything, with the new wrap key alone (as after a restart).
+    fresh = DataKeys(
+        await KvDataKeyStore.open(js),
+        load_wrap_key(keys_dir / "scheduler" / "wrap.key"),
+        scheduler.registry,
+        service="scheduler",
+    )
+    for kid in (f"agent.{agent}/1", f"task.{task}/1", f"task.{task}/2"):
+        await fresh.by_id(kid)
+    scheduler.datakeys.forget(f"task.{task}")
+    scheduler.datakeys.forget(f"agent.{agent}")
+    assert [r.event.text for r in await scheduler.store.load("task", task, codec)] == ["task data 1", "task data 2"]  # type: ignore[attr-defined]
+    assert [r.event.text for r in await scheduler.store.load("agent", agent, codec)] == ["agent data"]  # type: ignore[attr-defined]
+    # New data keys are sealed to the new wrap key.
+    other = uuid.uuid4().hex[:12]
+    await lifecycle.store.append("agent", other, [Noted(text="after")], codec, expected=NEW_AGGREGATE)
+    assert new_id in (await _records(js))[f"agent.{other}"].generations[1]
