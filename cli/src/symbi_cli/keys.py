@@ -284,9 +284,9 @@ def keys_history(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR, nats_url: NatsUrlOp
     console = Console()
     for entry in entries:
         if entry.problem is not None:
-            console.print(f"{entry.sequence:>5} [red]✗ {entry.problem}[/]", highlight=False)
+            console.print(f"{entry.sequence:>5} [red]✗ {entry.problem}[/]", highlight=False, soft_wrap=True)
             continue
         changes = ", ".join(f"{c.kind} {c.service} {c.key_id}" for c in entry.changes) or "-"
-        console.print(f"{entry.sequence:>5} v{entry.version} [green]✓[/] {changes}", highlight=False)
+        console.print(f"{entry.sequence:>5} v{entry.version} [green]✓[/] {changes}", highlight=False, soft_wrap=True)
     if any(e.problem for e in entries):
         raise typer.Exit(1)
