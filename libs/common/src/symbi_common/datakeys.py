@@ -365,12 +365,11 @@ class DataKeys:
             self._previous = (self._wrap_key, *self._previous)
             self._wrap_key = wrap_key
 
-    def _resealed(self, name: str, raw: bytes) -> bytes | None:
-        """The record with every generation sealed to exactly the current readers' wrap keys, or
-        ``None`` if it already is. A copy for a wrap key no longer current is dropped; a missing one
-        is sealed from this service's own copy, so the data key never leaves an entitled holder."""
+    def _resealed(self, name: str, raw: bytes, targets: dict[str, bytes]) -> bytes | None:
+        """The record with every generation sealed to exactly ``targets`` (wrap key id → public key),
+        or ``None`` if it already is. A copy for a wrap key no longer current is dropped; a missing
+        one is sealed from this service's own copy, so the data key never leaves an entitled holder."""
         record = _record_decoder.decode(raw)
-        targets = self._recipients(name)
         generations: dict[int, dict[str, bytes]] = {}
         for gen, copies in record.generations.items():
             if copies.keys() == targets.keys():
@@ -388,22 +387,33 @@ class DataKeys:
 
     async def reseal(self, aggregate_types: tuple[str, ...]) -> int:
         """Re-seal every data key of ``aggregate_types`` (those this service writes) to the readers'
-        current wrap keys; returns how many records changed. Run after a reader's wrap key rotated."""
+        current wrap keys; returns how many records changed. Run after a reader's wrap key rotated.
+
+        A record that cannot be re-sealed (malformed, or a copy that does not open) is logged and
+        left as it is; the others are still re-sealed.
+        """
         changed = 0
         for aggregate_type in aggregate_types:
+            targets = self._recipients(f"{aggregate_type}.-")
             async for name, raw, revision in self._store.entries(aggregate_type):
-                for _ in range(10):  # another writer (a rotation) may update the record meanwhile
-                    new = self._resealed(name, raw)
-                    if new is None or await self._store.update(name, new, revision):
-                        changed += new is not None
-                        break
-                    got = await self._store.get(name)
-                    if got is None:  # destroyed meanwhile: stays destroyed
-                        break
-                    raw, revision = got
-                else:
-                    raise KeyringError(f"could not re-seal data key {name}: too many concurrent updates")
+                try:
+                    changed += await self._reseal_one(name, raw, revision, targets)
+                except (KeyringError, msgspec.DecodeError) as exc:
+                    log.error("data key not re-sealed", data_key=name, error=str(exc))
         return changed
+
+    async def _reseal_one(self, name: str, raw: bytes, revision: int, targets: dict[str, bytes]) -> bool:
+        for _ in range(10):  # another writer (a rotation) may update the record meanwhile
+            new = self._resealed(name, raw, targets)
+            if new is None:
+                return False
+            if await self._store.update(name, new, revision):
+                return True
+            got = await self._store.get(name)
+            if got is None:  # destroyed meanwhile: stays destroyed
+                return False
+            raw, revision = got
+        raise KeyringError(f"could not re-seal data key {name}: too many concurrent updates")
 
 
 async def open_service_datakeys(js: Any, service_dir: Path, service: str, registry: KeyRegistry) -> DataKeys:

@@ -10,7 +10,12 @@ Layout (``<home>`` is ``.symbi`` for ``symbi up``)::
         <service>/              0700, the only directory a service is given (SYMBI_KEYS_DIR)
             signing.key         its Ed25519 seed (0600)
             wrap.key            its X25519 private key (0600): opens the data keys sealed to it
+            wrap.old.key        after a wrap key rotation, until the service has re-sealed (0600)
             root.pub, registry.json, registry.json.sig   copies of the public files
+
+Every change is a new root-signed registry version, written here and then published on the
+``REGISTRY`` stream (:mod:`symbi_common.registry_stream`), which running services follow
+(:mod:`symbi_common.livekeys`).
 
 A service never sees the root key, another service's keys, or a data key it is not entitled to
 read (data keys are sealed per reader, see :mod:`symbi_common.datakeys`).

@@ -223,18 +223,18 @@ class LiveKeys:
     async def reseal_if_needed(self) -> None:
         """Re-seal this service's data keys to the current wrap keys, then delete ``wrap.old.key``.
 
-        A failure is logged and tried again a second later. The previous wrap key stays in memory
+        A failure is logged and tried again with the next registry version (or start). The previous wrap key stays in memory
         until the process ends: other writers' copies sealed to it may not be re-sealed yet.
         """
         if not self._reseal_needed or self.waiting_for_key:
             return
+        self._reseal_needed = False  # a failure is not retried until the next registry version
         try:
             changed = await self.datakeys.reseal(written_types(self.service))
         except Exception as exc:
-            log.error("re-sealing data keys failed; trying again", error=repr(exc))
+            log.error("re-sealing data keys failed", error=repr(exc))
             self._on_error(f"re-sealing data keys: {exc!r}")
             return
-        self._reseal_needed = False
         if changed:
             log.info("data keys re-sealed to the current wrap keys", changed=changed)
         if self.old_wrap_key_path.exists():
