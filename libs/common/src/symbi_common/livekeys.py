@@ -94,6 +94,7 @@ class LiveKeys:
         self.waiting_for_key = False
         self._reseal_needed = False
         self._next_sequence = 1
+        self._missing = ""
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -212,19 +213,21 @@ class LiveKeys:
                     log.info("opening data keys with the rotated wrap key", wrap_key=wrap.key_id)
                 else:
                     missing.append(f"the registry's wrap key is not in {self.wrap_key_path}")
-        self.waiting_for_key = bool(missing)
-        if missing:
-            text = f"{self.service}: " + "; ".join(missing)
-            if strict:
-                raise KeyringError(text + "; hand out the current keys (`symbi keys init` / the key directory)")
+        text = f"{self.service}: " + "; ".join(missing) if missing else ""
+        if missing and strict:
+            raise KeyringError(text + "; hand out the current keys (`symbi keys init` / the key directory)")
+        if text and text != self._missing:  # once per state, not on every look
             log.error("key registry names keys this service does not hold yet", detail=text)
             self._on_error(text)
+        self._missing = text
+        self.waiting_for_key = bool(missing)
 
     async def reseal_if_needed(self) -> None:
         """Re-seal this service's data keys to the current wrap keys, then delete ``wrap.old.key``.
 
-        A failure is logged and tried again with the next registry version (or start). The previous wrap key stays in memory
-        until the process ends: other writers' copies sealed to it may not be re-sealed yet.
+        A failure is logged and tried again with the next registry version (or start). The previous
+        wrap key stays in memory until the process ends: other writers' copies sealed to it may not
+        be re-sealed yet.
         """
         if not self._reseal_needed or self.waiting_for_key:
             return
