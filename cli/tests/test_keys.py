@@ -185,3 +185,44 @@ async def test_rotate_publishes_to_the_running_runtime_and_history_checks_it(
 
 async def _symbi(exe: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(subprocess.run, [exe, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+class _Lines:
+    """A runtime reporter that keeps the services' output lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def step(self, message: str) -> None:
+        pass
+
+    def output(self, service: str, line: str) -> None:
+        self.lines.append(f"{service} {line}")
+
+    def event(self, service: str, message: str, kind: str) -> None:
+        pass
+
+
+async def test_a_service_under_symbi_up_applies_a_rotation_with_its_own_credentials(
+    runtime_home: Path, free_base_port: int, symbi_exe: str, cli_env: dict[str, str]
+) -> None:
+    env = dict(cli_env, SYMBI_LOG_LEVEL="info", SYMBI_LOG_FORMAT="json")
+    lines = _Lines()
+    options = RuntimeOptions(
+        home=runtime_home, services=["lifecycle"], base_port=free_base_port, nats_port=None, env=env
+    )
+    rt = LocalRuntime(options, lines)
+    await rt.start()
+    try:
+        await rt.wait_ready(timeout=60)
+        rotated = await _symbi(symbi_exe, cli_env, "keys", "rotate", "lifecycle", "--dir", str(runtime_home / "keys"))
+        assert rotated.returncode == 0, rotated.stderr
+        new_key = load_signer(runtime_home / "keys" / "lifecycle" / "signing.key").key_id
+        deadline = asyncio.get_running_loop().time() + 20
+        while not any("signing with the rotated key" in line and new_key in line for line in lines.lines):
+            assert asyncio.get_running_loop().time() < deadline, "\n".join(lines.lines[-20:])
+            await asyncio.sleep(0.1)
+        assert rt.supervisor is not None
+        assert rt.supervisor.status("lifecycle").starts == 1  # no restart
+    finally:
+        await rt.stop()
