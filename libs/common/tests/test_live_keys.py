@@ -254,3 +254,29 @@ async def test_a_rotated_wrap_key_is_re_sealed_to_and_the_old_one_opens_nothing_
     other = uuid.uuid4().hex[:12]
     await lifecycle.store.append("agent", other, [Noted(text="after")], codec, expected=NEW_AGGREGATE)
     assert new_id in (await _records(js))[f"agent.{other}"].generations[1]
+
+
+async def test_a_service_down_during_its_wrap_rotation_re_seals_when_it_starts(
+    services: dict[str, ServiceRuntime], provisioned: NatsClient, keys_dir: Path
+) -> None:
+    scheduler = services["scheduler"]
+    js = provisioned.jetstream()
+    task = uuid.uuid4().hex[:12]
+    await scheduler.store.append("task", task, [Noted(text="before")], codec, expected=NEW_AGGREGATE)
+    old_wrap = load_wrap_key(keys_dir / "scheduler" / "wrap.key")
+    await scheduler.stop()
+
+    new_id = rotate_wrap_key(keys_dir, "scheduler")
+    await _publish(provisioned, keys_dir)
+    await asyncio.sleep(0.3)
+    assert old_wrap.key_id in (await _records(js))[f"task.{task}"].generations[1]  # nobody re-sealed it yet
+
+    restarted = ServiceRuntime("scheduler", scheduler.settings, use_database=False)
+    services["scheduler"] = restarted  # stopped by the fixture
+    await restarted.start()
+    await eventually(lambda: not (keys_dir / "scheduler" / "wrap.old.key").exists(), "wrap.old.key deleted")
+    copies = (await _records(js))[f"task.{task}"].generations[1]
+    assert new_id in copies
+    assert old_wrap.key_id not in copies
+    assert all(old_wrap.unseal(sealed) is None for sealed in copies.values())
+    assert [r.event.text for r in await restarted.store.load("task", task, codec)] == ["before"]  # type: ignore[attr-defined]
