@@ -84,6 +84,8 @@ async def test_rotation_and_revocation_apply_to_running_services(
     services: dict[str, ServiceRuntime], provisioned: NatsClient, keys_dir: Path
 ) -> None:
     lifecycle, scheduler = services["lifecycle"], services["scheduler"]
+    told: list[str] = []
+    lifecycle.on_signer_change(lambda signer: told.append(signer.key_id))
     first_version = scheduler.registry.version
     before_rotation = read_signed_files(keys_dir)
     old = lifecycle.store.signer
@@ -96,6 +98,7 @@ async def test_rotation_and_revocation_apply_to_running_services(
     await eventually(lambda: lifecycle.store.signer.key_id == new_key.key_id, "lifecycle signs with its new key")
     await eventually(lambda: scheduler.registry.version == first_version + 1, "the scheduler has the new version")
     assert lifecycle.snapshots.signer.key_id == new_key.key_id
+    assert told == [new_key.key_id]
     (second,) = await lifecycle.store.append("agent", agg, [Noted(text="by the new key")], codec, expected=first.tip)
     assert second.header.signing_key_id == new_key.key_id != old.key_id
     # Another service verifies both with the registry it now holds (before, the new key was unknown to it).

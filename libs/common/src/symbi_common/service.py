@@ -110,6 +110,7 @@ class ServiceRuntime:
         self._decisions_lock = asyncio.Lock()
         self._health_checks: dict[str, Callable[[], bool]] = {}
         self._metric_refreshers: list[Callable[[], Awaitable[None]]] = []
+        self._signer_listeners: list[Callable[[Signer], None]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -186,6 +187,13 @@ class ServiceRuntime:
         """Sign with ``signer`` from now on (the registry named it this service's active key)."""
         self.store.signer = signer
         self.snapshots.signer = signer
+        for listener in self._signer_listeners:
+            listener(signer)
+
+    def on_signer_change(self, listener: Callable[[Signer], None]) -> None:
+        """Call ``listener`` with the new signing key whenever a registry version rotates this service's key
+        (for whatever else the service signs with it, e.g. the audit service's checkpoints)."""
+        self._signer_listeners.append(listener)
 
     async def _nats_error(self, exc: Exception) -> None:
         self.note_error(f"nats: {exc}")
