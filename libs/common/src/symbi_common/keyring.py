@@ -256,6 +256,11 @@ class KeyRegistry:
             )
         return verifier
 
+    def is_revoked(self, key_id: str) -> bool:
+        """Whether ``key_id`` is revoked in the version in use (an unknown key is not: it is unknown)."""
+        key = self._state[1].get(key_id)
+        return key is not None and key.status == REVOKED
+
     def service_of(self, key_id: str) -> str | None:
         key = self._state[1].get(key_id)
         return key.service if key else None
