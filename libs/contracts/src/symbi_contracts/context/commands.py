@@ -9,7 +9,7 @@ and answers a typed error. Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -88,7 +88,7 @@ class Recalled(msgspec.Struct, frozen=True, kw_only=True):
     relevance: float
     created_at: float
     tags: list[str] = msgspec.field(default_factory=list)
-    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Retrieved(msgspec.Struct, frozen=True, kw_only=True):
