@@ -69,3 +69,25 @@ async def test_a_suspension_is_typed_end_to_end(running: Running) -> None:
     assert view.state == AgentStatus.SUSPENDED
     with pytest.raises(IllegalTransition):
         await running.client.call("lifecycle", "suspend", SuspendRequest(agent_id="ada"), AgentView)
+
+
+async def test_a_nul_character_is_refused_before_it_can_stop_the_read_model(running: Running) -> None:
+    """PostgreSQL cannot store a NUL: accepted, it stopped the projection of every agent. It is refused at the
+    boundary (HTTP and NATS), naming the field, and the read model keeps up."""
+    bad = {"agent_id": "nul", "config": {**GOOD, "description": "a\x00b"}}
+    r = await running.http.post("/v1/agents", json=bad)
+    assert r.status_code == 400
+    assert r.json()["error"]["details"]["field"] == "config.description"
+    reply = await _command(running, "register", msgspec.json.encode(bad))
+    assert reply["error"]["code"] == "bad_request"
+    assert (await running.http.get("/v1/agents", params={"name": "a\x00"})).status_code == 400
+    r = await running.http.post("/v1/agents", json={"agent_id": "fine", "config": GOOD})
+    assert r.status_code == 201
+    got = await running.http.get("/v1/agents/fine", params={"min_sequence": r.json()["sequence"]})
+    assert got.status_code == 200, got.text
+
+
+async def _command(running: Running, action: str, data: bytes) -> dict[str, Any]:
+    msg = await running.app.state.runtime.nc.request(f"cmd.lifecycle.{action}", data, timeout=10)
+    reply: dict[str, Any] = msgspec.json.decode(msg.data)
+    return reply

@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from symbi_common.bounds import INT64_MAX, check_ints, parse_int
+from symbi_common.bounds import INT64_MAX, check_ints, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
@@ -81,6 +81,14 @@ def _with_principal(extra: dict[str, Any]) -> dict[str, Any]:
 _REPORT_QUERY = query_params(since=TIME, until=TIME, format={"type": "string", "enum": ["json", "csv"]})
 
 
+def _text(request: Request, name: str) -> str | None:
+    """A text query parameter (None if absent): no NUL (PostgreSQL refuses it), at most 1024 characters."""
+    try:
+        return query_text(request.query_params.get(name), name)
+    except BadRequest as exc:
+        raise BadQuery(exc.message.removeprefix(f"{name}: "), field=name) from None
+
+
 def _limit(request: Request, default: int = 100, most: int = 1000) -> int:
     """The ``limit`` query parameter: 1 to ``most`` (default ``default``)."""
     limit = _int(request, "limit", default) or default
@@ -110,7 +118,7 @@ async def status(request: Request) -> Response:
 async def findings(request: Request) -> Response:
     service = _service(request)
     rows = await service.store.findings(
-        kind=request.query_params.get("kind") or None,
+        kind=_text(request, "kind"),
         after=_int(request, "after", 0) or 0,
         limit=_limit(request),
     )
@@ -169,11 +177,11 @@ async def events(request: Request) -> Response:
     await _wait(service, request)
     p = request.query_params
     query = EventQuery(
-        agent=p.get("agent") or None,
-        event_type=p.get("event_type") or None,
-        producer=p.get("producer") or None,
-        aggregate=p.get("aggregate") or None,
-        correlation_id=p.get("correlation_id") or None,
+        agent=_text(request, "agent"),
+        event_type=_text(request, "event_type"),
+        producer=_text(request, "producer"),
+        aggregate=_text(request, "aggregate"),
+        correlation_id=_text(request, "correlation_id"),
         since=parse_time(p.get("since"), "since"),
         until=parse_time(p.get("until"), "until"),
         after=_int(request, "after", 0) or 0,
@@ -212,9 +220,7 @@ async def event(request: Request, sequence: str) -> Response:
 )
 async def stream(request: Request) -> StreamingResponse:
     live: LiveFeed = request.app.state.audit_live
-    flt = LiveFilter(
-        agent=request.query_params.get("agent") or None, event_type=request.query_params.get("event_type") or None
-    )
+    flt = LiveFilter(agent=_text(request, "agent"), event_type=_text(request, "event_type"))
     sub = live.subscribe(flt)  # before the response starts: nothing verified from now on is missed
 
     async def body() -> AsyncIterator[bytes]:

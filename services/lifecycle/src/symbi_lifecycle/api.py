@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, parse_int
+from symbi_common.bounds import check_ints, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
@@ -80,6 +80,7 @@ def _int(request: Request, name: str, default: int) -> int:
 async def _change(request: Request, type_: type[R], agent_id: str | None = None, status: int = 200) -> Response:
     body = decode_json(await request.body(), type_)
     check_ints(body)
+    check_no_nul(body)  # the read model (PostgreSQL) could not store it: refused before it becomes an event
     if agent_id is not None:
         if body.agent_id and body.agent_id != agent_id:
             raise BadRequest("agent_id in the body differs from the one in the path", field="agent_id")
@@ -154,10 +155,10 @@ async def list_agents(request: Request) -> Response:
     q = request.query_params
     page = await _service(request).page(
         ListRequest(
-            state=q.get("state") or None,
-            name=q.get("name") or None,
+            state=query_text(q.get("state"), "state"),
+            name=query_text(q.get("name"), "name"),
             limit=_int(request, "limit", 50),
-            cursor=q.get("cursor") or None,
+            cursor=query_text(q.get("cursor"), "cursor"),
             min_sequence=_int(request, "min_sequence", 0),
         )
     )
@@ -202,6 +203,7 @@ def register_commands(server: CommandServer, service: LifecycleService) -> None:
     """Serve ``cmd.lifecycle.*`` with ``service``."""
 
     async def change(request: AgentRequest, meta: CommandMeta) -> Any:
+        check_no_nul(request)
         return await service.handle(request, CommandContext.from_headers(meta.headers))
 
     for action, request_type in CHANGE_COMMANDS.items():
