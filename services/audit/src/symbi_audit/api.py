@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from symbi_common.bounds import INT64_MAX, check_ints, parse_int, query_text
+from symbi_common.bounds import INT64_MAX, check_ints, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
@@ -326,6 +326,7 @@ def _decode(body: bytes, type_: type[Any]) -> Any:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"request body: {exc}") from None
     check_ints(decoded)
+    check_no_nul(decoded)  # an erasure's reason reaches PostgreSQL through the verifier, which could not store it
     return decoded
 
 
@@ -375,6 +376,7 @@ def register_commands(server: CommandServer, service: AuditService) -> None:
         return {"size": cp.size, "last_sequence": cp.last_sequence, "note": cp.note}
 
     async def erase_cmd(req: EraseCommand, meta: CommandMeta) -> Any:
+        check_no_nul(req)
         principal = parse_principal(req.principal or meta.headers.get(PRINCIPAL_HEADER))
         request = EraseRequest(aggregate=req.aggregate, reason=req.reason, requested_by=req.requested_by)
         return await service.erase(request, principal)
