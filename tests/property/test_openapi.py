@@ -6,7 +6,12 @@ Each service runs for real (uvicorn on a free port, one real nats-server for all
 lifecycle and audit services, the local embedding model for context, Docker for the sandbox-agent), policy
 enforcement ``allow-all`` so requests reach the handlers. Requests carry the headers of :func:`operator_headers`:
 an admin operator's token (every API demands one). The operations come from each service's own document, so a
-route added to any service is fuzzed without anyone remembering to add it.
+route added to any service is fuzzed without anyone remembering to add it; every path parameter also gets the
+values random generation rarely finds (NATS wildcards and separators, overlong ids, numbers past 64 bits).
+
+The same services' NATS commands (``cmd.<service>.<action>``, every action the command server serves) get
+garbage bytes, arbitrary JSON under the request type's field names, and bodies schemathesis generates from the
+request type's JSON schema: the reply is always the result or a typed error, never the internal one.
 """
 
 from __future__ import annotations
@@ -51,8 +56,7 @@ from symbi_scheduler.main import build_app as build_scheduler
 #: time one service's fuzzing may take, shared equally between its operations and modes.
 MAX_EXAMPLES = 25
 BUDGET_S = 20.0
-#: The same for the service's NATS commands (``cmd.<service>.<action>``), with bodies of arbitrary JSON values
-#: under the request type's field names, and garbage bytes.
+#: The same for the service's NATS commands (``cmd.<service>.<action>``).
 COMMAND_EXAMPLES = 15
 COMMAND_BUDGET_S = 10.0
 
