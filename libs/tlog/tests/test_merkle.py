@@ -78,6 +78,14 @@ def test_roots_match_the_reference_for_every_size(tree: tuple[list[bytes], dict,
         assert roots[size] == ref_mth(data[:size]), size
 
 
+def test_push_builds_the_same_tree_as_append(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
+    data, _, roots = tree
+    builder = TreeBuilder()
+    for size, d in enumerate(data, 1):
+        builder.push(hashlib.sha256(b"\x00" + d).digest())
+        assert builder.root() == roots[size], size
+
+
 def test_builder_restarts_from_its_frontier(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
     data, nodes, roots = tree
     from symbi_tlog.merkle import range_nodes

@@ -185,5 +185,15 @@ class TreeBuilder:
         self.size += 1
         return new
 
+    def push(self, leaf: bytes) -> None:
+        """:meth:`append` for a caller that stores no nodes (an offline verifier): the same tree, no node list."""
+        frontier = self.frontier
+        h, i = leaf, self.size
+        while i & 1:
+            h = hashlib.sha256(b"\x01" + frontier.pop() + h).digest()
+            i >>= 1
+        frontier.append(h)
+        self.size += 1
+
     def root(self) -> bytes:
         return fold_range(self.frontier) if self.frontier else EMPTY_ROOT

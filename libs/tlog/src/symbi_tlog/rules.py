@@ -221,6 +221,20 @@ class LogVerifier:
 
     def apply(self, v: Verdict) -> list[Finding]:
         """The in-order rules for one event's verdict: its findings (empty if it verified)."""
+        state = self.state
+        if not v.error_code and not self.partial and v.sequence == state.last_sequence + 1:
+            # The common case, inline: the next stream sequence, authentic, following its aggregate's tip.
+            current = state.tips.get(v.subject)
+            if (
+                current is not None
+                and current.pending_version is None
+                and v.version == current.tip.version + 1
+                and v.prev_hash == current.tip.hash
+            ):
+                state.last_sequence = v.sequence
+                state.tips[v.subject] = AggregateTip(ChainTip(v.sequence, v.version, v.hash))
+                self.changed.add(v.subject)
+                return []
         findings: list[Finding] = []
         if not self.partial:
             gap = self._sequence(v.sequence, v.subject)
