@@ -12,9 +12,11 @@ import hashlib
 import pytest
 from symbi_tlog.merkle import (
     TreeBuilder,
+    consistency_proof,
     consistency_ranges,
     hashes_for,
     inclusion_ranges,
+    subtree_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -134,6 +136,21 @@ def test_consistency_proofs_between_every_pair_of_sizes(tree: tuple[list[bytes],
                 if proof:
                     assert not verify_consistency(old, new, roots[old], roots[new], proof[:-1])
                     assert not verify_consistency(old, new, roots[old], roots[new], [bytes(32), *proof[1:]])
+
+
+def test_proofs_from_the_leaves_alone_match_the_reference(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
+    data, _, roots = tree
+    leaves = [hashlib.sha256(b"\x00" + d).digest() for d in data]
+    for new in range(1, 40):
+        assert subtree_hash(leaves, 0, new) == roots[new]
+        for old in range(1, new + 1):
+            proof = consistency_proof(leaves[:new], old)
+            assert proof == ref_subproof(old, data[:new], True), (old, new)
+            assert verify_consistency(old, new, roots[old], roots[new], proof)
+    # The tree of 20 with one leaf in the middle changed: no proof from it leads to the old root.
+    changed = [*leaves[:20]]
+    changed[7] = hashlib.sha256(b"\x00other").digest()
+    assert not verify_consistency(12, 20, roots[12], subtree_hash(changed, 0, 20), consistency_proof(changed, 12))
 
 
 def test_bad_ranges_are_refused() -> None:
