@@ -160,3 +160,21 @@ def test_bad_ranges_are_refused() -> None:
         consistency_ranges(6, 5)
     with pytest.raises(ValueError, match="no consistency proof"):
         consistency_ranges(0, 5)
+
+
+def test_an_event_leaf_is_the_rfc_6962_leaf_hash_of_its_leaf_data() -> None:
+    from symbi_common.envelope import event_hash
+    from symbi_common.streams import RawMessage
+    from symbi_tlog.merkle import leaf_hash
+    from symbi_tlog.rules import LEAF_DOMAIN, event_leaf, leaf_data
+
+    for sequence, subject, data in ((1, "evt.agent.a1", b"x"), (2**40 + 7, "evt.task.ü-é", b"\0" * 900)):
+        m = RawMessage(subject, sequence, data, {})
+        expected = hashlib.sha256(b"\x00" + leaf_data(sequence, subject, event_hash(data))).digest()
+        assert (
+            event_leaf(m)
+            == event_leaf(m, event_hash(data))
+            == leaf_hash(leaf_data(sequence, subject, event_hash(data)))
+        )
+        assert event_leaf(m) == expected
+        assert leaf_data(sequence, subject, b"h").startswith(LEAF_DOMAIN)

@@ -21,6 +21,7 @@ out-of-order or replayed old event is reported once.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
@@ -58,10 +59,17 @@ def leaf_data(sequence: int, subject: str, stored_hash: bytes) -> bytes:
     return b"".join((LEAF_DOMAIN, struct.pack(">QH", sequence, len(subj)), subj, stored_hash))
 
 
+_LEAF_PREFIX = b"\x00" + LEAF_DOMAIN  # RFC 6962's leaf prefix, then the leaf data's domain
+_pack_position = struct.Struct(">QH").pack
+
+
 def event_leaf(message: RawMessage, stored_hash: bytes | None = None) -> bytes:
-    """The Merkle leaf hash of a stored event (``stored_hash``: its :func:`event_hash`, if already known)."""
+    """The Merkle leaf hash of a stored event (``stored_hash``: its :func:`event_hash`, if already known).
+
+    ``leaf_hash(leaf_data(…))`` in one join and one hash: it runs once per event of every verification."""
     digest = stored_hash if stored_hash is not None else event_hash(message.data)
-    return leaf_hash(leaf_data(message.sequence, message.subject, digest))
+    subj = message.subject.encode()
+    return hashlib.sha256(b"".join((_LEAF_PREFIX, _pack_position(message.sequence, len(subj)), subj, digest))).digest()
 
 
 class CachedRegistry(KeyRegistry):
