@@ -39,7 +39,6 @@ class ExportLine(msgspec.Struct, frozen=True):
 
 _line_encoder = msgspec.json.Encoder()
 _line_decoder = msgspec.json.Decoder(ExportLine)
-_NO_HEADERS: dict[str, str] = {}
 
 
 def export_line(message: RawMessage) -> bytes:
@@ -73,7 +72,7 @@ def verdicts_of_block(block: bytes, registry: KeyRegistry, first_line: int = 1) 
         items = None
     if items is None:
         return [verdict(m, registry) for m in read_export(block.split(b"\n"), first_line)]
-    return [verdict(RawMessage(i.subject, i.sequence, i.data, _NO_HEADERS), registry) for i in items]
+    return [verdict(item, registry) for item in items]
 
 
 def _lines_in(block: bytes) -> int:
