@@ -78,7 +78,7 @@ def build_app(settings: Settings) -> FastAPI:
             signer=signer,
             guard=guard,
         )
-        register_commands(rt.commands, service)
+        register_commands(rt.commands, service, operators=app.state.operator_guard)
         app.state.audit = service
         app.state.audit_guard = guard
         rt.spawn(runner.run(), "audit:verifier")
