@@ -218,6 +218,13 @@ async def test_erasure_crypto_shreds_while_the_log_still_verifies(
     report = verify_export(await read_log(provisioned), None, TrustAnchor(registry), require_checkpoint=False)
     assert report.findings == []
     # Bad requests are typed.
+    posing = await running.http.post(
+        "/v1/audit/erasures",
+        json={"aggregate": "agent.q9", "requested_by": "someone-else"},
+        headers={"X-Symbi-Principal": "dpo"},
+    )
+    assert posing.status_code == 403, posing.text
+    assert "not the acting principal" in posing.json()["error"]["message"]
     bad = await running.http.post("/v1/audit/erasures", json={"aggregate": "nonsense"})
     assert bad.status_code == 422
     assert bad.json()["error"]["details"]["field"] == "aggregate"

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 from symbi_common.crypto import Signer
 from symbi_common.decisions import DecisionPoint, DecisionRequest, EntityRef
+from symbi_common.errors import PolicyDenied
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.enforcement import AUDIT_ERASE
 from symbi_common.policy.hooks import Enforcer
@@ -171,6 +172,12 @@ class AuditService:
     async def erase(self, request: EraseRequest, principal: EntityRef | None) -> ErasureResult:
         aggregate = check_aggregate(request.aggregate)
         who = principal or EntityRef(type="User", id="anonymous")
+        if request.requested_by and request.requested_by not in (who.id, who.uid):
+            raise PolicyDenied(
+                f"requested_by {request.requested_by!r} is not the acting principal {who.uid}: an erasure is "
+                "recorded under the operator who asked for it (an admin may act for another with X-Symbi-Principal)",
+                action="act_as",
+            )
         decision_request = DecisionRequest(
             principal=who,
             action=ERASE_ACTION,
