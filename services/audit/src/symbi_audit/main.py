@@ -77,7 +77,9 @@ def build_app(settings: Settings) -> FastAPI:
             decisions=decisions,
             signer=signer,
             guard=guard,
+            registry=rt.registry,
         )
+        rt.on_signer_change(service.use_signer)
         register_commands(rt.commands, service, operators=app.state.operator_guard)
         app.state.audit = service
         app.state.audit_guard = guard

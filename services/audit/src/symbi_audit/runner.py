@@ -147,6 +147,11 @@ class VerifierRunner:
         self._changed = asyncio.Condition()
         self._publish_due = asyncio.Event()
 
+    def use_signer(self, signer: Signer) -> None:
+        """Sign the next checkpoints with ``signer`` (a rotated audit key), no restart needed."""
+        self.signer = signer
+        self.key_name = signer.key_id
+
     async def setup(self) -> None:
         await self.store.setup()
         await self._load()
