@@ -35,14 +35,16 @@ work) and against everything else busy (an upper bound). How to read it: the run
 task is a fixed cost, so its share depends on the work; for trivial tasks it is of the order of
 the container's own cost, and the per-task figure says how much CPU a task must use before the
 runtime's part drops below 5 %.
-``--trace`` prints when each sequential task's events were stored.
+``--trace`` prints when each sequential task's events were stored. ``--profile DIR`` samples each
+service process with py-spy (``uvx py-spy``, not a dependency; samples holding the GIL, i.e. Python on CPU) during tier 1's throughput windows and
+writes DIR/<service>.txt (collapsed stacks) and a per-function summary of where each one's CPU went.
 
 Target (last line, tier 1 throughput): ours ≥ 0.5 x raw. Per task the runtime stores about eight
 signed, encrypted events, makes two policy decisions and verifies everything for the audit log,
 all on the same cores as Docker; ≥ 0.5 means that costs the machine at most as much again as
 starting the container itself. Needs ``deploy/host/setup-docker.sh`` (tier 2 is skipped without runsc).
 
-    uv run python bench/e2e.py [--quick] [--tasks N] [--rounds N] [--concurrency C] [--trace]
+    uv run python bench/e2e.py [--quick] [--tasks N] [--rounds N] [--concurrency C] [--trace] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import contextlib
 import functools
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -492,6 +495,67 @@ async def register_agent(http: httpx.AsyncClient, agent_id: str, tier: str, limi
 # --- measuring ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def sampled(pids: dict[str, int], out: Path | None) -> Iterator[None]:
+    """py-spy samples each named process (on-CPU stacks only, 200 Hz) while the block runs."""
+    if out is None:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [
+                *("uvx", "py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw"),
+                *("--nonblocking", "--gil", "--output", str(out / f"{name}.txt")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+    time.sleep(2.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(30)
+        summarise_profiles(out, list(pids))
+
+
+def summarise_profiles(out: Path, names: list[str]) -> None:
+    """Per process: the share of samples in each function (self) and under each of our functions (total)."""
+    lines = []
+    for name in names:
+        own: dict[str, int] = {}
+        under: dict[str, int] = {}
+        total = 0
+        path = out / f"{name}.txt"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [
+                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                for f in stack.split(";")
+                if f
+            ]
+            if frames:
+                own[frames[-1]] = own.get(frames[-1], 0) + n
+            for f in set(frames):
+                under[f] = under.get(f, 0) + n
+        lines.append(f"== {name}: {total} samples")
+        lines += [f"  self  {v / total:6.1%}  {k}" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:40]]
+        lines += [f"  total {v / total:6.1%}  {k}" for k, v in sorted(under.items(), key=lambda kv: -kv[1])[:80]]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print(f"  profiles in {out} (summary.txt)", flush=True)
+
+
 async def closed_loop(workers: list[Callable[[], Awaitable[Any]]], n: int) -> float:
     """``n`` calls spread over the workers, each worker one call at a time; returns the wall time."""
     left = n
@@ -540,6 +604,7 @@ async def measure_tier(
     tasks: int,
     idle_s: float,
     trace: bool,
+    profile: Path | None = None,
 ) -> TierResult:
     loop = asyncio.get_running_loop()
     result = TierResult()
@@ -584,8 +649,9 @@ async def measure_tier(
 
     ours_workers: list[Callable[[], Awaitable[Any]]] = [functools.partial(ours_loaded, a) for a in throughput_agents]
     raw_workers: list[Callable[[], Awaitable[Any]]] = [raw_once for _ in throughput_agents]
+    services = {n: p for n, p in sources.runtime_roots.items() if n not in ("nats-server", "postgres")}
     for side in ("ours", "raw", "raw", "ours"):
-        with result.cpu.window(sources, side):
+        with sampled(services, profile if side == "ours" else None), result.cpu.window(sources, side):
             wall = await closed_loop(ours_workers if side == "ours" else raw_workers, half)
         if side == "ours":
             result.ours_wall += wall
@@ -730,6 +796,9 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, default=0, help="tasks per side per tier in the throughput phase")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent tasks (agents per tier)")
     parser.add_argument("--trace", action="store_true", help="print when each sequential task's events were stored")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy each service during tier 1's throughput into this directory"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 30)
     tasks = args.tasks or (16 if args.quick else 160)
@@ -815,6 +884,7 @@ async def main() -> None:
                         tasks=tasks,
                         idle_s=3.0 if args.quick else 6.0,
                         trace=args.trace,
+                        profile=args.profile / tier if args.profile and tier == "tier1" else None,
                     )
                 retries = ours.output_retries
         finally:
