@@ -58,6 +58,22 @@ async def test_current_is_created_once_and_shared(make: Make) -> None:
     assert other.decrypt(nonce, ct, b"aad") is None
 
 
+async def test_current_for_a_new_aggregate_creates_first_and_still_shares_one_key(make: Make) -> None:
+    """``new=True`` (a first append) creates without reading first; racing writers, a record that exists
+    already and a destroyed key all still end on the one stored record (or refuse)."""
+    a, b = make(), make()
+    keys = await asyncio.gather(*(dk.current("task.t1", new=True) for dk in (a, b) for _ in range(3)))
+    assert {k.key_id for k in keys} == {"task.t1/1"}
+    nonce, ct = keys[0].encrypt(b"secret", b"aad")
+    assert all(k.decrypt(nonce, ct, b"aad") == b"secret" for k in keys)
+    # A record that exists (this process never saw it): the create loses and the stored key is used.
+    late = await make().current("task.t1", new=True)
+    assert late.decrypt(nonce, ct, b"aad") == b"secret"
+    await a.destroy("task.t1")
+    with pytest.raises(DataKeyDestroyed):
+        await make().current("task.t1", new=True)
+
+
 async def test_rotation(make: Make) -> None:
     dk = make()
     gen1 = await dk.current("agent.r")

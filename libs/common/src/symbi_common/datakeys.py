@@ -222,8 +222,12 @@ class DataKeys:
             f"service {self.service} is not entitled to read data key {data_key_id}", key_id=data_key_id
         )
 
-    async def current(self, name: str) -> AeadKey:
-        """The key new events of ``name`` (``<type>.<id>``) are sealed with; created on first use."""
+    async def current(self, name: str, *, new: bool = False) -> AeadKey:
+        """The key new events of ``name`` (``<type>.<id>``) are sealed with; created on first use.
+
+        ``new`` says the aggregate has no events yet (its first append): the record is then created
+        straight away (one KV round trip instead of a missed read, the create and a read back); if it
+        exists after all (a retry, a destroyed key's marker) it is read as usual."""
         cached = self._cache.get(name)
         if cached is not None and cached[0] in cached[1]:
             return cached[1][cached[0]]
@@ -231,16 +235,20 @@ class DataKeys:
         async with lock:
             cached = self._cache.get(name)
             if cached is None:
-                loaded = await self._load(name)
-                if loaded is None:
+                loaded = None if new else await self._load(name)
+                if loaded is not None:
+                    cached = loaded[0]
+                else:
                     record = DataKeyRecord(current=1, generations={1: self._seal(name, 1)})
-                    await self._store.create(name, _record_encoder.encode(record))
-                    loaded = await self._load(name)  # the winner's record if another writer raced us
-                    if loaded is None:
-                        raise DataKeyDestroyed(
-                            f"data key {name} was destroyed; {name} takes no new events", key_id=name
-                        )
-                cached = loaded[0]
+                    if await self._store.create(name, _record_encoder.encode(record)):
+                        cached = self._unwrap(name, record)  # ours is the stored record
+                    else:
+                        loaded = await self._load(name)  # the winner's record if another writer raced us
+                        if loaded is None:
+                            raise DataKeyDestroyed(
+                                f"data key {name} was destroyed; {name} takes no new events", key_id=name
+                            )
+                        cached = loaded[0]
                 self._cache[name] = cached
         self._locks.pop(name, None)
         if cached[0] not in cached[1]:

@@ -130,7 +130,7 @@ class EventStore:
             return []
         started = time.perf_counter()
         subject = subject_for(aggregate_type, aggregate_id)
-        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}")
+        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}", new=expected.version == 0)
         sealed: list[tuple[bytes, EventHeader]] = []
         hashes: list[bytes] = []
         prev = expected.hash
