@@ -36,8 +36,9 @@ task is a fixed cost, so its share depends on the work; for trivial tasks it is 
 the container's own cost, and the per-task figure says how much CPU a task must use before the
 runtime's part drops below 5 %.
 ``--trace`` prints when each sequential task's events were stored. ``--profile DIR`` samples each
-service process with py-spy (``uvx py-spy``, not a dependency; samples holding the GIL, i.e. Python on CPU) during tier 1's throughput windows and
-writes DIR/<service>.txt (collapsed stacks) and a per-function summary of where each one's CPU went.
+service process with py-spy (``uvx py-spy``, not a dependency; only samples holding the GIL, i.e.
+Python on CPU) during tier 1's idle window (DIR/tier1/idle) and throughput windows (DIR/tier1), and
+writes <service>.txt (collapsed stacks) and summary.txt (where each one's samples went) there.
 
 Target (last line, tier 1 throughput): ours ≥ 0.5 x raw. Per task the runtime stores about eight
 signed, encrypted events, makes two policy decisions and verifies everything for the audit log,
@@ -640,7 +641,9 @@ async def measure_tier(
         flush=True,
     )
 
-    with result.cpu.window(sources, "idle"):  # the machine's background: an idle runtime and everyone else
+    services = {n: p for n, p in sources.runtime_roots.items() if n not in ("nats-server", "postgres")}
+    # The machine's background: an idle runtime and everyone else.
+    with sampled(services, profile / "idle" if profile else None), result.cpu.window(sources, "idle"):
         await asyncio.sleep(idle_s)
     half = max(1, tasks // 2)
 
@@ -649,7 +652,6 @@ async def measure_tier(
 
     ours_workers: list[Callable[[], Awaitable[Any]]] = [functools.partial(ours_loaded, a) for a in throughput_agents]
     raw_workers: list[Callable[[], Awaitable[Any]]] = [raw_once for _ in throughput_agents]
-    services = {n: p for n, p in sources.runtime_roots.items() if n not in ("nats-server", "postgres")}
     for side in ("ours", "raw", "raw", "ours"):
         with sampled(services, profile if side == "ours" else None), result.cpu.window(sources, side):
             wall = await closed_loop(ours_workers if side == "ours" else raw_workers, half)
@@ -761,6 +763,11 @@ def print_report(results: dict[str, TierResult], concurrency: int, limits: Limit
         )
         parts = sorted(r.cpu.parts["ours"].items(), key=lambda kv: kv[1], reverse=True)
         print("    runtime CPU per task by process: " + ", ".join(f"{n} {v / r.tasks * 1e3:.1f} ms" for n, v in parts))
+        idle_parts = sorted(r.cpu.parts["idle"].items(), key=lambda kv: kv[1], reverse=True)
+        print(
+            "    idle runtime by process (ms CPU per second): "
+            + ", ".join(f"{n} {v / idle.wall * 1e3:.1f}" for n, v in idle_parts)
+        )
 
 
 # --- main -----------------------------------------------------------------------------------------

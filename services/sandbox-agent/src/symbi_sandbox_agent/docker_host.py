@@ -58,11 +58,13 @@ def _one_pool_per_socket(api: Any) -> None:
     docker-py's unix adapter keys its connection pools by the full request URL, which names the
     container, so each call about a new container opened a new connection (and a new pool, closed
     again when evicted): about a third of the sandbox-agent's CPU per task went to connecting and
-    closing. All requests go to the same socket, so one pool serves them all. Other transports
-    (tcp, ssh) are left as they are."""
+    closing. All requests go to the same socket, so one pool serves them all. Nor does a unix socket
+    go through a proxy: requests' look-up of proxy settings in the environment (each request) is off.
+    Other transports (tcp, ssh) are left as they are."""
     adapter = getattr(api, "_custom_adapter", None)
     if adapter is None or not hasattr(adapter, "socket_path"):
         return
+    api.trust_env = False
     get_connection = adapter.get_connection
 
     def shared(_url: str, proxies: Any = None) -> Any:
