@@ -218,3 +218,39 @@ async def test_other_processes_forget_destroyed_and_rotated_keys(make: Make) -> 
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+
+
+async def test_the_notice_of_a_record_a_process_holds_keeps_it_cached(make: Make, store: DataKeyStore) -> None:
+    """Every process sees every record's creation; the one it holds (created or read) stays cached, so the
+    aggregate's next event needs no KV read. A later revision (rotation) is still forgotten."""
+    creator, reader = make(), make()
+    follower_tasks = [asyncio.create_task(dk.follow_changes()) for dk in (creator, reader)]
+    try:
+        await asyncio.sleep(0.1)  # the watches are up
+        key = await creator.current("task.t9", new=True)
+        assert (await reader.by_id(key.key_id)).key_id == key.key_id
+        await asyncio.sleep(0.3)  # the creation notice has reached both
+        reads = 0
+        get = store.get
+
+        async def counting_get(name: str) -> tuple[bytes, int] | None:
+            nonlocal reads
+            reads += 1
+            return await get(name)
+
+        store.get = counting_get  # type: ignore[method-assign]
+        assert (await creator.current("task.t9")).key_id == key.key_id
+        assert (await reader.by_id(key.key_id)).key_id == key.key_id
+        assert reads == 0, "a cached key was dropped on the notice of its own record"
+        new_id = await make().rotate("task.t9")
+
+        async def rotated() -> bool:
+            return (await creator.current("task.t9")).key_id == new_id
+
+        assert await _until(rotated), "the creator kept sealing with the old generation"
+    finally:
+        for t in follower_tasks:
+            t.cancel()
+        for t in follower_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
