@@ -75,6 +75,22 @@ class Cost:
         self.events: collections.Counter[str] = collections.Counter()
         self.msgs: collections.Counter[str] = collections.Counter()
         self.counting = False
+        self.subjects: collections.Counter[str] = collections.Counter()
+
+    async def on_any(self, msg: Any) -> None:
+        if self.counting:
+            parts = msg.subject.split(".")
+            if parts[0] == "_INBOX":
+                key = "_INBOX (replies, pull deliveries)"
+            elif parts[0] == "$JS" and parts[1] == "API":
+                key = ".".join(parts[:4])
+            elif parts[0] == "$JS" and parts[1] == "ACK":
+                key = "$JS.ACK"
+            elif parts[0] == "$JS" and parts[1] == "FC":
+                key = "$JS.FC"
+            else:
+                key = ".".join(parts[:2])
+            self.subjects[key] += 1
 
     async def on_event(self, msg: Any) -> None:
         if self.counting:
@@ -109,6 +125,8 @@ class Cost:
             "NATS messages per task (sent/received by each service's connection): "
             + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(self.msgs.items()))
             + f" (total sent {sum(v for k, v in self.msgs.items() if k.endswith('out_msgs')) / n:.1f})",
+            "NATS messages per task by subject: "
+            + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(self.subjects.items(), key=lambda kv: -kv[1])),
         ]
         return lines
 
@@ -202,6 +220,7 @@ async def main() -> None:
                 apps = {"lifecycle": lifecycle, "scheduler": scheduler, "sandbox-agent": sandbox}
                 cost = Cost(server.proc.pid, {k: a.state.runtime.nc for k, a in apps.items()})
                 await nc.subscribe("evt.>", cb=cost.on_event)
+                await nc.subscribe(">", cb=cost.on_any)
                 try:
                     for tier in tiers:
                         agent = f"e2e-{tier}"
