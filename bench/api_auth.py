@@ -28,8 +28,8 @@ from types import SimpleNamespace
 import _common
 import httpx
 from fastapi import FastAPI
+from symbi_common.body_limit import BodyLimit
 from symbi_common.operator_tokens import bearer_header, issue_local_token
-from symbi_common.service import _BodyLimit
 from symbi_common.settings import load_settings
 from symbi_policy.api import router
 from symbi_policy.main import build_app
@@ -45,7 +45,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def bare_app(app: FastAPI) -> FastAPI:
     """The service's router and state without the operator guard (the unauthenticated baseline)."""
     bare = FastAPI()
-    bare.add_middleware(_BodyLimit, limit=app.state.runtime.settings.events.max_command_bytes)
+    bare.add_middleware(BodyLimit, limit=app.state.runtime.settings.events.max_command_bytes)
     bare.include_router(router)
     bare.state.policy = app.state.policy
     bare.state.runtime = app.state.runtime

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import _common
 from symbi_dsl import check, parse
-from symbi_dsl.parser import raw_parser
+from symbi_dsl.grammar import raw_parser
 
 TARGET_MS = 100.0
 EXAMPLES = Path(__file__).parents[1] / "examples" / "agents"

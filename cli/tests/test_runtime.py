@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
+import pytest
+from symbi_cli.errors import StartError
+from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, check_installed, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
 
 
@@ -85,3 +87,9 @@ def test_each_runtime_home_gets_its_own_sandbox_host_id(tmp_path: Path) -> None:
     config = tmp_path / "symbi.toml"
     config.write_text('[sandbox]\nhost_id = "edge-2"\n')
     assert sandbox_host_id(tmp_path / "a", {"SYMBI_CONFIG_PATH": str(config)}) is None
+
+
+def test_a_service_whose_package_is_missing_stops_the_start_instead_of_being_skipped() -> None:
+    check_installed(ALL_SERVICES)  # every service of the runtime is installed in this workspace
+    with pytest.raises(StartError, match=r"absent not installed \(no symbi_absent\)"):
+        check_installed(["lifecycle", "absent"])

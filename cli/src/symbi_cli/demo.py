@@ -256,7 +256,7 @@ async def run_demo(
         try:
             await unless_stopped(runtime.start(), stop)
             if "lifecycle" not in runtime.running_services:
-                raise DemoError("the demo needs the lifecycle service, which is not built")
+                raise DemoError("the demo needs the lifecycle service (--services must include it)")
             await wait_ready_with_progress(runtime, console, stop, ready_timeout)
             await unless_stopped(main_job(runtime, console, directory), stop)
             await unless_stopped(walk_through(runtime, console, directory), stop)

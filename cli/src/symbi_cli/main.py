@@ -100,8 +100,6 @@ def print_runtime_table(console: Console, runtime: LocalRuntime) -> None:
         else:
             status, pid = ("[green]ready[/]" if st.ready else "[yellow]not ready[/]"), str(st.pid)
         table.add_row(service, runtime.url_of(service), pid, status)
-    for service in runtime.not_built:
-        table.add_row(service, "", "", "[dim]not built yet[/]")
     console.print(table)
 
 

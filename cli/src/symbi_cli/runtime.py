@@ -88,9 +88,12 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def is_built(service: str) -> bool:
-    """A service can run once its package has a ``main`` module (its entry point)."""
-    return _has_module(f"{package_of(service)}.main")
+def check_installed(services: Sequence[str]) -> None:
+    """Refuse to start when a requested service's package (its ``main`` module) is not installed."""
+    missing = [s for s in services if not _has_module(f"{package_of(s)}.main")]
+    if missing:
+        packages = ", ".join(package_of(s) for s in missing)
+        raise StartError(f"service(s) {', '.join(missing)} not installed (no {packages}); run `uv sync`")
 
 
 def service_command(service: str) -> list[str]:
@@ -240,8 +243,8 @@ class LocalRuntime:
         self.nats_passwords: dict[str, str] = {}
         self.postgres: PostgresServer | None = None
         self.supervisor: Supervisor | None = None
-        self.running_services = [s for s in options.services if is_built(s)]
-        self.not_built = [s for s in options.services if not is_built(s)]
+        check_installed(options.services)
+        self.running_services = list(options.services)
         #: Services left out because this machine lacks what they need (service → why).
         self.unavailable: dict[str, str] = {}
         if "sandbox-agent" in self.running_services and not docker_reachable(self.env):
@@ -327,8 +330,6 @@ class LocalRuntime:
             specs.append(self._spec(service, db_url))
         if with_db:
             self.reporter.step(f"databases {', '.join(database_name(s) for s in with_db)}")
-        if self.not_built:
-            self.reporter.step(f"not built yet (skipped): {', '.join(self.not_built)}")
         for service, why in self.unavailable.items():
             self.reporter.step(f"{service} not started: {why}")
 
@@ -489,7 +490,6 @@ class LocalRuntime:
                 else None
             ),
             "services": services,
-            "not_built": self.not_built,
             "unavailable": self.unavailable,
         }
 

@@ -329,8 +329,6 @@ def local_snapshot(home: Path, base_port: int, host: str) -> Snapshot:
                 restarts=restarts if isinstance(restarts, int) else None,
                 last_exit=last_exit if isinstance(last_exit, str) else None,
             )
-        for name in state.get("not_built") or []:
-            snapshot.skipped[str(name)] = "not built"
         unavailable = state.get("unavailable")
         if isinstance(unavailable, dict):
             snapshot.skipped.update({str(k): str(v) for k, v in unavailable.items()})

@@ -60,6 +60,12 @@ PURE_MODULES = (
     "symbi_scheduler.core",
     "symbi_context.domain",
     "symbi_policy.domain",
+    # The policy package's pure parts (its __init__ loads its I/O members only on first use), and the gateway's
+    # action checks that use them.
+    "symbi_common.policy",
+    "symbi_common.policy.engine",
+    "symbi_common.policy.enforcement",
+    "symbi_sandbox_agent.actions",
 )
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from symbi_dsl import ast as A
 from symbi_dsl import format_source, parse
 from symbi_dsl.formatter import KEYWORDS, format_module
-from symbi_dsl.parser import quantity
+from symbi_dsl.literals import quantity
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples" / "agents").glob("*.symbi"))
 

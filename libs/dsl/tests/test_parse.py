@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from symbi_dsl import ast as A
 from symbi_dsl import parse
-from symbi_dsl.parser import quantity
+from symbi_dsl.literals import quantity
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples" / "agents").glob("*.symbi"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,8 @@ from symbi_common.policy import Enforcer
 from symbi_common.policy.conditions import CONDITION_KINDS, redact, requires_approval
 from symbi_common.policy.enforcement import ALL_CAPS, EnforcementPoint
 from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
-from symbi_common.settings import Settings
+from symbi_common.service import ServiceRuntime
+from symbi_common.settings import Settings, load_settings
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_policy.main import build_app
 
@@ -332,3 +334,37 @@ async def test_an_unreachable_or_slow_policy_service_denies_with_a_typed_reason(
 
 async def _ignore(msg: object) -> None:
     """A responder that takes every request and never answers."""
+
+
+async def test_the_policy_services_own_decisions_still_queued_at_stop_are_stored(
+    nats_url: str, keys_dir: Path, operator_headers: dict[str, str]
+) -> None:
+    """Its decision log waits for an interval longer than the test: only the stop can send the decision."""
+    from symbi_policy.main import build_app
+
+    from .conftest import service_env
+
+    settings = load_settings(env=service_env(nats_url, keys_dir, SYMBI_POLICY__LOG_INTERVAL_S="60"))
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        enforcer = await Enforcer.for_runtime(runtime)
+        await enforcer.enforce(
+            DecisionRequest(
+                principal=EntityRef(type="Agent", id="queued-at-stop"), action="task.allocate", resource=PHI
+            )
+        )
+        assert enforcer.log is not None
+        assert enforcer.log.pending >= 1
+    reader = ServiceRuntime("audit", settings, use_database=False)
+    await reader.start()
+    try:
+        ids = []
+        async for batch in read_subject(reader.store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
+            for raw in batch:
+                event = (await reader.store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
+                if isinstance(event, DecisionsLogged):
+                    ids.extend(e.request.principal.id for e in event.entries)
+        assert ids.count("queued-at-stop") == 1
+    finally:
+        await reader.stop()

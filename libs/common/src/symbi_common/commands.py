@@ -84,6 +84,22 @@ class CommandServer:
     def register(self, action: str, request_type: type[T], handler: Callable[[T, CommandMeta], Awaitable[Any]]) -> None:
         self._routes[action] = _Route(request_type, handler)
 
+    def local(self, action: str) -> Callable[[Any], Awaitable[Any]]:
+        """``action`` called in this process, decoded and checked as a request off the wire would be.
+
+        For a service that is itself the recipient of one of its own commands (the policy service's
+        decision log): the call needs no NATS round trip and still works while the service stops, after
+        its subscription has ended. A route not registered (yet) is an infrastructure error, so a caller
+        that retries on those (the decision log) tries again rather than dropping its request.
+        """
+
+        async def call(request: Any) -> Any:
+            if action not in self._routes:
+                raise InfrastructureError(f"{self.service}.{action} is not served by this process yet")
+            return await self._dispatch(action, _json.encode(request), CommandMeta({}))
+
+        return call
+
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"cmd.{self.service}.*", queue=self.service, cb=self._on_msg)
 

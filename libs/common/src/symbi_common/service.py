@@ -28,13 +28,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from symbi_common import openapi
 from symbi_common.aggregate import Repository
+from symbi_common.body_limit import BodyLimit
 from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.decisions import DecisionPoint
 from symbi_common.domain import Aggregate
-from symbi_common.errors import ConfigError, InfrastructureError, KeyringError, PayloadTooLarge, SymbiError, to_wire
+from symbi_common.errors import ConfigError, InfrastructureError, KeyringError, SymbiError, to_wire
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
@@ -282,52 +283,6 @@ def _untraced(scope: MutableMapping[str, Any]) -> bool:
     return scope.get("path") in _UNTRACED_PATHS
 
 
-class _BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with a typed 413 before the app sees them.
-
-    The body (at most ``limit`` bytes) is read here and replayed to the app, so a chunked upload
-    without a Content-Length is bounded too.
-    """
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        parts: list[bytes] = []
-        received = 0
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        size = int(declared) if declared is not None and declared.isdigit() else 0
-        while size <= self.limit:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            parts.append(chunk)
-            received += len(chunk)
-            size = max(size, received)
-            if not message.get("more_body", False):
-                break
-        if size > self.limit:
-            err = PayloadTooLarge(size=size, limit=self.limit, what="request body")
-            await JSONResponse({"error": to_wire(err)}, status_code=err.http_status)(scope, receive, send)
-            return
-        body = b"".join(parts)
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
 def create_app(
     runtime: ServiceRuntime,
     *,
@@ -366,7 +321,7 @@ def create_app(
     }
     app = FastAPI(title=title, lifespan=lifespan, telemetry=telemetry, dependencies=[Depends(authorize_request)])
     app.state.runtime = runtime
-    app.add_middleware(_BodyLimit, limit=runtime.settings.events.max_command_bytes)
+    app.add_middleware(BodyLimit, limit=runtime.settings.events.max_command_bytes)
     app.add_middleware(OperatorAuth, guard=guard)  # outermost: nothing is read for an unauthorized caller
     app.state.operator_guard = guard
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import Reporter
-from symbi_dsl.formatter import rule_text
+from symbi_dsl.expressions import rule_text
 
 #: The resource entity type an action's argument names, by the action's first segment.
 RESOURCE_TYPES = {

@@ -10,13 +10,12 @@ in order: a comment stays before the line it preceded, or at the end of the line
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
 from functools import partial
 
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import DEFAULT_FILE, Diagnostic, DslError
+from symbi_dsl.expressions import OR, expr, key, params_text, rule_text, starts_ambiguously, type_ref
 from symbi_dsl.parser import parse
 
 INDENT = "  "
@@ -54,129 +53,6 @@ KEYWORDS = frozenset(
         "or",
     ]
 )
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# Binding strength; an operand weaker than its context gets parentheses.
-_LAMBDA, _OR, _AND, _CMP, _SUM, _PRODUCT, _UNARY, _POSTFIX, _ATOM = range(9)
-_BINARY = {"||": _OR, "&&": _AND, "+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "%": _PRODUCT}
-_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
-
-
-def _escape(ch: str) -> str:
-    if ch in _ESC:
-        return _ESC[ch]
-    if ord(ch) < 0x20 or ch in "\x7f\x85\u2028\u2029":  # control characters and line separators
-        return f"\\u{ord(ch):04x}"
-    return ch
-
-
-def string(text: str) -> str:
-    return '"' + "".join(_escape(ch) for ch in text) + '"'
-
-
-def key(text: str) -> str:
-    """A key as written: bare if it is a name (keywords too: the grammar takes them as keys), except the word
-    operators, which after a value would continue it (``x\n in = 1`` reads as ``x in …``)."""
-    return text if _IDENT_RE.match(text) and text not in ("in", "and", "or") else string(text)
-
-
-def _prec(e: A.Expr) -> int:
-    match e:
-        case A.Lambda():
-            return _LAMBDA
-        case A.Binary():
-            return _BINARY.get(e.op, _CMP)
-        case A.Unary():
-            return _UNARY
-        case A.Member() | A.Index() | A.Call():
-            return _POSTFIX
-    return _ATOM
-
-
-def _number(value: float | int) -> str:
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "1e999"
-        return repr(value)
-    return str(value)
-
-
-def expr(e: A.Expr, context: int = _LAMBDA) -> str:
-    """``e`` on one line, in parentheses if it binds less tightly than ``context`` requires."""
-    text = _expr(e)
-    return f"({text})" if _prec(e) < context else text
-
-
-def _expr(e: A.Expr) -> str:
-    match e:
-        case A.Literal_(kind="string"):
-            return string(str(e.value))
-        case A.Literal_(kind="bool"):
-            return "true" if e.value else "false"
-        case A.Literal_(kind="null"):
-            return "null"
-        case A.Literal_():
-            return _number(e.value)  # type: ignore[arg-type]
-        case A.Quantity():
-            return e.text
-        case A.Secret():
-            return f"vault://{e.path}"
-        case A.Name():
-            return e.id
-        case A.Array():
-            return "[" + ", ".join(expr(i) for i in e.items) + "]"
-        case A.Record():
-            return "{" + ", ".join(f"{key(k)}: {expr(v)}" for k, v in e.fields) + "}"
-        case A.Unary():
-            return e.op + expr(e.operand, _UNARY)
-        case A.Binary():
-            p = _BINARY.get(e.op, _CMP)
-            return f"{expr(e.left, p)} {e.op} {expr(e.right, p + 1)}"
-        case A.Member():
-            return f"{_postfix_obj(e.obj)}.{e.name}"
-        case A.Index():
-            return f"{_postfix_obj(e.obj)}[{expr(e.index)}]"
-        case A.Call():
-            return f"{_postfix_obj(e.func)}(" + ", ".join(expr(a) for a in e.args) + ")"
-        case A.Lambda():
-            return f"{e.param} => {expr(e.body)}"
-        case A.Match():
-            arms = ", ".join(f"{expr(a.pattern)} => {expr(a.body)}" for a in e.arms)
-            return f"match {expr(e.subject, _OR)} {{ {arms} }}" if arms else f"match {expr(e.subject, _OR)} {{}}"
-    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
-
-
-def _postfix_obj(e: A.Expr) -> str:
-    """The object of ``.name``/``[i]``/``(args)``; a number in parentheses, so ``(5).minutes`` stays a member."""
-    if isinstance(e, A.Literal_ | A.Secret) and getattr(e, "kind", "") != "string":
-        return f"({_expr(e)})"
-    return expr(e, _POSTFIX)
-
-
-def _starts_ambiguously(s: A.Stmt) -> bool:
-    """Whether ``s`` would continue the previous statement's expression (a call, index or subtraction)."""
-    if not isinstance(s, A.ExprStmt):
-        return False
-    return expr(s.expr)[:1] in ("(", "[", "-")
-
-
-def type_ref(t: A.TypeRef) -> str:
-    args = "<" + ", ".join(type_ref(a) for a in t.args) + ">" if t.args else ""
-    return f"{t.name}{args}{'?' if t.optional else ''}"
-
-
-def _params(params: Sequence[A.Param]) -> str:
-    out = []
-    for p in params:
-        default = f" = {expr(p.default)}" if p.default is not None else ""
-        out.append(f"{p.name}: {type_ref(p.type)}{default}")
-    return ", ".join(out)
-
-
-def rule_text(rule: A.Rule) -> str:
-    """A rule as one line (also the human-readable reason of a compiled ``deny``)."""
-    cond = f" if {expr(rule.condition)}" if rule.condition is not None else ""
-    return f"{rule.kind}: {expr(rule.action)}{cond}"
 
 
 class _Printer:
@@ -263,7 +139,7 @@ class _Printer:
             self.line(text + end, span)
             return
         self.comments_before(span.line)
-        self.lines.append(INDENT * self.depth + f"{head}match {expr(value.subject, _OR)} {{")
+        self.lines.append(INDENT * self.depth + f"{head}match {expr(value.subject, OR)} {{")
         pad = INDENT * (self.depth + 1)
         self.lines.extend(f"{pad}{expr(a.pattern)} => {expr(a.body)}," for a in value.arms)
         self.lines.append(INDENT * self.depth + "}" + end)
@@ -271,7 +147,7 @@ class _Printer:
 
     def stmt(self, s: A.Stmt, following: A.Stmt | None = None) -> None:
         # A ';' keeps the next statement from continuing this one ("f; (x)" is not "f(x)").
-        end = ";" if following is not None and (_starts_ambiguously(following) or s == A.Return(None)) else ""
+        end = ";" if following is not None and (starts_ambiguously(following) or s == A.Return(None)) else ""
         match s:
             case A.Let():
                 t = f": {type_ref(s.type)}" if s.type is not None else ""
@@ -347,7 +223,7 @@ class _Printer:
                         settings = ", ".join(f"{s.key} = {expr(_v(s))}" for s in item.settings)
                         self.block(f"with {settings}", item.span, partial(self.stmts, item.body))
 
-        self.block(f"agent {a.name}({_params(a.params)}){returns}", a.span, body)
+        self.block(f"agent {a.name}({params_text(a.params)}){returns}", a.span, body)
 
     def item(self, item: A.Item) -> None:
         match item:
@@ -371,7 +247,7 @@ class _Printer:
                 returns = f" -> {type_ref(item.returns)}" if item.returns is not None else ""
                 stmts = item.body
                 self.block(
-                    f"function {item.name}({_params(item.params)}){returns}", item.span, lambda: self.stmts(stmts)
+                    f"function {item.name}({params_text(item.params)}){returns}", item.span, lambda: self.stmts(stmts)
                 )
             case A.Block():
                 self.block(f"{item.kind} {item.name}", item.span, lambda: self.entries(item.entries, ":"))

@@ -18,6 +18,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -68,6 +69,11 @@ class LogReceipt(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
+#: Sends one batch and returns the policy service's answer (``cmd.policy.log_decisions`` or, inside the
+#: policy service itself, the same command dispatched in-process).
+Send = Callable[[LogDecisions], Awaitable[Any]]
+
+
 class DecisionLog:
     """Queues decisions and sends them to the policy service in batches, in order, until each is stored."""
 
@@ -76,6 +82,7 @@ class DecisionLog:
         client: CommandClient,
         *,
         service: str,
+        send: Send | None = None,
         source: str | None = None,
         batch_size: int = 200,
         batch_bytes: int = 160 * 1024,
@@ -85,6 +92,7 @@ class DecisionLog:
     ) -> None:
         self.client = client
         self.service = service
+        self._send_batch = send
         self.source = source or f"{service}-{uuid.uuid4().hex[:12]}"
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
@@ -217,4 +225,6 @@ class DecisionLog:
 
     async def _send(self, batch_id: str, batch: list[bytes]) -> Any:
         body = LogDecisions(source=self.source, batch_id=batch_id, entries=[msgspec.Raw(b) for b in batch])
+        if self._send_batch is not None:
+            return await asyncio.wait_for(self._send_batch(body), self.timeout)
         return await self.client.call("policy", "log_decisions", body, LogReceipt, timeout=self.timeout)

@@ -1,0 +1,268 @@
+"""An agent's configuration: its entries, ``with`` settings, policies and the schedules that run it,
+compiled to a ``dict`` shaped like ``symbi_contracts.lifecycle.config.AgentConfig``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from symbi_contracts.lifecycle.config import CPU_CORES, DISK_IO_MBPS, EXECUTION_TIMEOUT_S, MEMORY_MB, NETWORK_IO_MBPS
+
+from symbi_dsl import ast as A
+from symbi_dsl.blocks import BlockChecks
+from symbi_dsl.cedar import compile_policy
+from symbi_dsl.declarations import VERSION_RE
+from symbi_dsl.values import did_you_mean, key_span, keyed_entries, name_span, value_of
+
+TIERS = {"tier1": "tier1", "tier2": "tier2", "auto": "auto", "docker": "tier1", "runc": "tier1", "gvisor": "tier2"}
+FS_MODES = ("read", "read_write")
+_CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+AGENT_KEYS = (
+    "version",
+    "description",
+    "capabilities",
+    "policies",
+    "network",
+    "filesystem",
+    "apis",
+    "workload",
+    "memory",
+)
+WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io")
+WORKLOAD_KEYS = ("image", "command", "env", "workdir", "actions")
+
+
+def config_name(name: str) -> str:
+    """The configuration name of a DSL agent name (``data_pipeline`` → ``data-pipeline``)."""
+    return name.replace("_", "-").lower()
+
+
+class Checker(BlockChecks):
+    """Checks one module, collecting every problem into the reporter; also compiles its agents."""
+
+    def agent_config(self, agent: A.Agent, agent_id: str | None = None) -> dict[str, Any] | None:
+        """The configuration ``agent`` compiles to (policies named for ``agent_id``); None after errors."""
+        before = len(self.rep.diagnostics)
+        rep, v = self.rep, self.v
+        self._params(agent.params)
+        if agent.returns is not None:
+            self.check_type(agent.returns)
+        aid = agent_id or agent.name
+        entries = [i for i in agent.items if isinstance(i, A.Entry)]
+        got = keyed_entries(rep, entries, AGENT_KEYS, f"agent {agent.name}", nested=())
+        meta = self.program.metadata
+        config: dict[str, Any] = {"name": config_name(agent.name)}
+        version = v.string(value_of(got["version"])) if "version" in got else meta.get("version")
+        if version is not None:
+            if not VERSION_RE.match(version):
+                span = value_of(got["version"]).span if "version" in got else None
+                rep.error("value", f"version must be like 1.2.3, got {version!r}", span)
+            config["version"] = version
+        description = v.string(value_of(got["description"])) if "description" in got else meta.get("description")
+        if description is not None:
+            config["description"] = description
+        if "capabilities" in got:
+            caps = v.strings(value_of(got["capabilities"]), names_ok=True)
+            for cap, node in caps:
+                if not _CAPABILITY_RE.match(cap):
+                    rep.error("value", f"{cap!r} is not a capability name", node.span, "e.g. web.fetch or data.read")
+            self._no_duplicates([c for c, _ in caps], [n for _, n in caps], "capability")
+            config["capabilities"] = [c for c, _ in caps]
+        if "network" in got:
+            hosts = v.strings(value_of(got["network"]))
+            self._no_duplicates([h for h, _ in hosts], [n for _, n in hosts], "host")
+            config["network_access"] = [h for h, _ in hosts]
+        if "apis" in got:
+            apis = v.strings(value_of(got["apis"]))
+            for url, node in apis:
+                if not url.startswith("https://"):
+                    rep.error(
+                        "value", f"{url!r} is not an https:// URL", node.span, "external APIs are called over TLS"
+                    )
+            config["external_apis"] = [u for u, _ in apis]
+        if "filesystem" in got:
+            config["filesystem_access"] = self._filesystem(value_of(got["filesystem"]))
+        if "workload" in got:
+            config["workload"] = self._workload(value_of(got["workload"]))
+        if "memory" in got:
+            name = self._ref(value_of(got["memory"]), self.program.blocks, "memory", key=lambda s: ("memory", s))
+            if name is not None:
+                block = self.program.blocks[("memory", name)]
+                config["memory"] = self._quiet(lambda: self._memory(block))
+        self._with_blocks(agent, config)
+        policies = self._agent_policies(agent, got, aid)
+        if policies:
+            config["policies"] = policies
+        schedules: list[dict[str, Any]] = []
+        for (kind, _), block in self.program.blocks.items():
+            if kind == "schedule" and _refers_to(block, agent.name):
+                spec = self._quiet(partial(self._schedule, block))
+                if spec is not None:
+                    schedules.append(spec)
+        if schedules:
+            config["schedules"] = [{k: val for k, val in s.items() if k != "agent"} for s in schedules]
+        return config if len(rep.diagnostics) == before else None
+
+    def _quiet(self, fn: Callable[[], Any]) -> Any:
+        """Run a check whose problems were already reported (by the file-wide pass) without repeating them."""
+        saved = list(self.rep.diagnostics)
+        try:
+            return fn()
+        finally:
+            self.rep.diagnostics[:] = saved
+
+    def _no_duplicates(self, values: list[str], nodes: list[A.Expr], what: str) -> None:
+        seen: set[str] = set()
+        for value, node in zip(values, nodes, strict=True):
+            if value in seen:
+                self.rep.error("duplicate", f"{what} {value!r} is listed twice", node.span)
+            seen.add(value)
+
+    def _filesystem(self, e: A.Expr) -> list[dict[str, str]]:
+        if not isinstance(e, A.Array):
+            self.v._bad(e, 'a list of records like {path: "/data", mode: "read"}')
+            return []
+        out: list[dict[str, str]] = []
+        for item in e.items:
+            if not isinstance(item, A.Record):
+                self.v._bad(item, 'a record like {path: "/data", mode: "read"}')
+                continue
+            fields = dict(item.fields)
+            for key in fields:
+                if key not in ("path", "mode"):
+                    self.rep.error("unknown_key", f"unknown key {key!r} in a filesystem entry", item.span)
+            path = self.v.string(fields["path"]) if "path" in fields else None
+            if "path" not in fields:
+                self.rep.error("missing", "a filesystem entry needs a path", item.span)
+            elif path is not None and (not path.startswith("/") or "/../" in f"{path}/"):
+                self.rep.error("value", f"{path!r} must be an absolute path without '..'", fields["path"].span)
+            mode = self.v.word(fields["mode"], FS_MODES, "mode") if "mode" in fields else "read"
+            if path is not None and mode is not None:
+                out.append({"path": path, "mode": mode})
+        return out
+
+    def _workload(self, e: A.Expr) -> dict[str, Any] | None:
+        if not isinstance(e, A.Record):
+            self.v._bad(e, 'a record like {image: "symbi/worker:1", command: ["run"]}')
+            return None
+        entries = [A.Entry(k, val, span=val.span) for k, val in e.fields]
+        got = keyed_entries(self.rep, entries, WORKLOAD_KEYS, "workload")
+        out: dict[str, Any] = {}
+        if "image" not in got:
+            self.rep.error("missing", "a workload needs an image", e.span, 'add image: "registry/name:tag"')
+        else:
+            out["image"] = self.v.string(value_of(got["image"]))
+        if "command" in got:
+            out["command"] = [s for s, _ in self.v.strings(value_of(got["command"]))]
+        if "workdir" in got:
+            out["workdir"] = self.v.string(value_of(got["workdir"]))
+        if "env" in got:
+            env = value_of(got["env"])
+            if not isinstance(env, A.Record):
+                self.v._bad(env, 'a record like {LOG_LEVEL: "info"}')
+            else:
+                out["env"] = {k: s for k, val in env.fields if (s := self.v.string(val)) is not None}
+        if "actions" in got:
+            # Opt-in to the action gateway: stdin becomes the reply channel for `@symbi` requests on stderr.
+            actions = self.v.boolean(value_of(got["actions"]))
+            if actions is not None:
+                out["actions"] = actions
+        return out
+
+    def _with_blocks(self, agent: A.Agent, config: dict[str, Any]) -> None:
+        resources: dict[str, Any] = {}
+        seen: dict[str, A.Entry] = {}
+        for block in (i for i in agent.items if isinstance(i, A.With)):
+            for entry in block.settings:
+                if entry.key not in WITH_KEYS:
+                    hint = did_you_mean(entry.key, WITH_KEYS) or f"known settings: {', '.join(WITH_KEYS)}"
+                    self.rep.error("unknown_key", f"unknown setting {entry.key!r} in with", key_span(entry), hint)
+                    continue
+                if entry.key in seen:
+                    self.rep.error(
+                        "duplicate",
+                        f"{entry.key!r} is set twice (first on line {seen[entry.key].span.line})",
+                        key_span(entry),
+                    )
+                    continue
+                seen[entry.key] = entry
+                value = value_of(entry)
+                match entry.key:
+                    case "sandbox":
+                        tier = self.v.word(value, tuple(TIERS), "sandbox")
+                        if tier is not None:
+                            config["security_tier"] = TIERS[tier]
+                    case "timeout":
+                        resources["execution_timeout_s"] = self.v.duration(value, EXECUTION_TIMEOUT_S)
+                    case "memory":
+                        size = self.v.size(value, (MEMORY_MB[0] * 2**20, MEMORY_MB[1] * 2**20))
+                        if size is not None:
+                            binary = isinstance(value, A.Quantity) and "i" in value.text
+                            resources["memory_mb"] = round(size / (2**20 if binary else 1_000_000))
+                    case "cpu":
+                        resources["cpu_cores"] = self.v.number(value, CPU_CORES, "cores")
+                    case "disk_io":
+                        n = self.v.number(value, DISK_IO_MBPS, "MB/s")
+                        resources["disk_io_mbps"] = int(n) if n is not None else None
+                    case "network_io":
+                        n = self.v.number(value, NETWORK_IO_MBPS, "MB/s")
+                        resources["network_io_mbps"] = int(n) if n is not None else None
+        resources = {k: val for k, val in resources.items() if val is not None}
+        if resources:
+            config["resources"] = resources
+
+    def _agent_policies(self, agent: A.Agent, got: dict[str, A.Entry], agent_id: str) -> list[dict[str, str]]:
+        chosen: list[A.Policy] = []
+        names: set[str] = set()
+        for item in agent.items:
+            if isinstance(item, A.Policy):
+                if item.name in names:
+                    self.rep.error("duplicate", f"policy {item.name!r} is defined twice", name_span(item))
+                names.add(item.name)
+                chosen.append(item)
+        if "policies" in got:
+            refs = value_of(got["policies"])
+            if not isinstance(refs, A.Array):
+                self.v._bad(refs, "a list of policy names")
+            else:
+                for ref in refs.items:
+                    name = self._ref(ref, self.program.policies, "policy")
+                    if name is None:
+                        continue
+                    if name in names:
+                        self.rep.error("duplicate", f"policy {name!r} is used twice by agent {agent.name}", ref.span)
+                        continue
+                    names.add(name)
+                    chosen.append(self.program.policies[name])
+        out: list[dict[str, str]] = []
+        for policy in chosen:
+            top_level = self.program.policies.get(policy.name) is policy
+            compile_it = partial(compile_policy, policy, agent_id=agent_id, reporter=self.rep, describe="policy")
+            # A top-level policy was already checked (and its problems reported) by the file-wide pass.
+            compiled = self._quiet(compile_it) if top_level else compile_it()
+            if compiled is not None:
+                out.append({"name": policy.name, "cedar": compiled[0], "source": _source(self.rep.source, policy)})
+        return out
+
+
+def _refers_to(block: A.Block, agent: str) -> bool:
+    return any(
+        e.key == "agent"
+        and isinstance(e.value, A.Name | A.Literal_)
+        and (getattr(e.value, "id", None) == agent or getattr(e.value, "value", None) == agent)
+        for e in block.entries
+    )
+
+
+def _source(source: str, node: Any) -> str:
+    s = node.span
+    if not s.line:
+        return ""
+    lines = source.splitlines()[s.line - 1 : s.end_line]
+    if not lines:
+        return ""
+    lines[-1] = lines[-1][: s.end_column - 1]
+    lines[0] = lines[0][s.column - 1 :]
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Expressions, types and rules as one line of canonical text, with the fewest parentheses the precedence
+rules allow; :mod:`symbi_dsl.formatter` lays them out, and a compiled ``deny`` quotes its rule with them."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from symbi_dsl import ast as A
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Binding strength; an operand weaker than its context gets parentheses.
+LAMBDA, OR, AND, CMP, SUM, PRODUCT, UNARY, POSTFIX, ATOM = range(9)
+_BINARY = {"||": OR, "&&": AND, "+": SUM, "-": SUM, "*": PRODUCT, "/": PRODUCT, "%": PRODUCT}
+_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
+
+
+def _escape(ch: str) -> str:
+    if ch in _ESC:
+        return _ESC[ch]
+    if ord(ch) < 0x20 or ch in "\x7f\x85\u2028\u2029":  # control characters and line separators
+        return f"\\u{ord(ch):04x}"
+    return ch
+
+
+def string(text: str) -> str:
+    return '"' + "".join(_escape(ch) for ch in text) + '"'
+
+
+def key(text: str) -> str:
+    """A key as written: bare if it is a name (keywords too: the grammar takes them as keys), except the word
+    operators, which after a value would continue it (``x\n in = 1`` reads as ``x in …``)."""
+    return text if _IDENT_RE.match(text) and text not in ("in", "and", "or") else string(text)
+
+
+def _prec(e: A.Expr) -> int:
+    match e:
+        case A.Lambda():
+            return LAMBDA
+        case A.Binary():
+            return _BINARY.get(e.op, CMP)
+        case A.Unary():
+            return UNARY
+        case A.Member() | A.Index() | A.Call():
+            return POSTFIX
+    return ATOM
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "1e999"
+        return repr(value)
+    return str(value)
+
+
+def expr(e: A.Expr, context: int = LAMBDA) -> str:
+    """``e`` on one line, in parentheses if it binds less tightly than ``context`` requires."""
+    text = _expr(e)
+    return f"({text})" if _prec(e) < context else text
+
+
+def _expr(e: A.Expr) -> str:
+    match e:
+        case A.Literal_(kind="string"):
+            return string(str(e.value))
+        case A.Literal_(kind="bool"):
+            return "true" if e.value else "false"
+        case A.Literal_(kind="null"):
+            return "null"
+        case A.Literal_():
+            return _number(e.value)  # type: ignore[arg-type]
+        case A.Quantity():
+            return e.text
+        case A.Secret():
+            return f"vault://{e.path}"
+        case A.Name():
+            return e.id
+        case A.Array():
+            return "[" + ", ".join(expr(i) for i in e.items) + "]"
+        case A.Record():
+            return "{" + ", ".join(f"{key(k)}: {expr(v)}" for k, v in e.fields) + "}"
+        case A.Unary():
+            return e.op + expr(e.operand, UNARY)
+        case A.Binary():
+            p = _BINARY.get(e.op, CMP)
+            return f"{expr(e.left, p)} {e.op} {expr(e.right, p + 1)}"
+        case A.Member():
+            return f"{_postfix_obj(e.obj)}.{e.name}"
+        case A.Index():
+            return f"{_postfix_obj(e.obj)}[{expr(e.index)}]"
+        case A.Call():
+            return f"{_postfix_obj(e.func)}(" + ", ".join(expr(a) for a in e.args) + ")"
+        case A.Lambda():
+            return f"{e.param} => {expr(e.body)}"
+        case A.Match():
+            arms = ", ".join(f"{expr(a.pattern)} => {expr(a.body)}" for a in e.arms)
+            return f"match {expr(e.subject, OR)} {{ {arms} }}" if arms else f"match {expr(e.subject, OR)} {{}}"
+    raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
+
+
+def _postfix_obj(e: A.Expr) -> str:
+    """The object of ``.name``/``[i]``/``(args)``; a number in parentheses, so ``(5).minutes`` stays a member."""
+    if isinstance(e, A.Literal_ | A.Secret) and getattr(e, "kind", "") != "string":
+        return f"({_expr(e)})"
+    return expr(e, POSTFIX)
+
+
+def starts_ambiguously(s: A.Stmt) -> bool:
+    """Whether ``s`` would continue the previous statement's expression (a call, index or subtraction)."""
+    if not isinstance(s, A.ExprStmt):
+        return False
+    return expr(s.expr)[:1] in ("(", "[", "-")
+
+
+def type_ref(t: A.TypeRef) -> str:
+    args = "<" + ", ".join(type_ref(a) for a in t.args) + ">" if t.args else ""
+    return f"{t.name}{args}{'?' if t.optional else ''}"
+
+
+def params_text(params: Sequence[A.Param]) -> str:
+    out = []
+    for p in params:
+        default = f" = {expr(p.default)}" if p.default is not None else ""
+        out.append(f"{p.name}: {type_ref(p.type)}{default}")
+    return ", ".join(out)
+
+
+def rule_text(rule: A.Rule) -> str:
+    """A rule as one line (also the human-readable reason of a compiled ``deny``)."""
+    cond = f" if {expr(rule.condition)}" if rule.condition is not None else ""
+    return f"{rule.kind}: {expr(rule.action)}{cond}"

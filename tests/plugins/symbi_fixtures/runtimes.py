@@ -1,0 +1,128 @@
+"""Whole runtimes as real processes (``symbi up``, ``symbi run``, end-to-end tests): free service ports, a
+private home, the ``symbi`` executable and its environment, and process checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from symbi_cli.runtime import SERVICE_PORT_OFFSETS, RuntimeOptions
+from symbi_cli.supervisor import RestartPolicy
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture
+def free_base_port() -> int:
+    """A base port whose service ports (base + 1 … base + 6) were all free a moment ago. It is drawn below
+    the kernel's ephemeral range (32768 and up), so outgoing connections cannot take one meanwhile."""
+    last = max(SERVICE_PORT_OFFSETS.values())
+    for _ in range(500):
+        base = random.randrange(20_000, 32_000 - last)
+        if all(_port_free(base + offset) for offset in range(1, last + 1)):
+            return base
+    raise RuntimeError("no free block of service ports between 20000 and 32000")
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (e.g. a data directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def alive() -> Callable[[int], bool]:
+    return process_alive
+
+
+@pytest.fixture
+def mentioning() -> Callable[[str], list[int]]:
+    return processes_mentioning
+
+
+@pytest.fixture
+def symbi_exe() -> str:
+    """The installed ``symbi`` console script of this environment."""
+    exe = Path(sys.executable).parent / "symbi"
+    assert exe.exists(), f"{exe} is missing; run `uv sync`"
+    return str(exe)
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """The environment for a ``symbi`` subprocess: a private PostgreSQL, wide output, quiet services."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
+    env.update({"COLUMNS": "200", "SYMBI_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture
+def runtime_home() -> Iterator[Path]:
+    """A fresh ``--home`` for a runtime, removed afterwards together with anything still running from it.
+
+    Deliberately not under ``tmp_path``: every pytest session that starts resets ``/tmp/pytest-of-<user>``
+    to mode 0700, and PostgreSQL (which pgserver runs as the unprivileged ``pgserver`` user when we are
+    root) must be able to traverse the path to its data directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="symbi-cli-test-") as tmp:
+        home = Path(tmp) / "home"
+        try:
+            yield home
+        finally:
+            # Safety net for a failed test: nothing it started may outlive it.
+            for pid in processes_mentioning(str(home)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def runtime_options(runtime_home: Path, free_base_port: int, cli_env: dict[str, str]) -> RuntimeOptions:
+    """A whole runtime in ``runtime_home`` on free ports (NATS too), restarting crashed services at once, with a
+    short grace period and an audit checkpoint every second; ``options.env`` is also the environment for
+    ``symbi`` commands run against it."""
+    return RuntimeOptions(
+        home=runtime_home,
+        base_port=free_base_port,
+        nats_port=None,
+        grace_period=5.0,
+        restart=RestartPolicy(initial_backoff=0.1),
+        # SYMBI_HOME: `symbi` commands run with this environment find the home's operator token.
+        env=dict(cli_env, SYMBI_AUDIT__CHECKPOINT_INTERVAL_S="1", SYMBI_HOME=str(runtime_home)),
+    )
