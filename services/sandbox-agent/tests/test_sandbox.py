@@ -140,3 +140,27 @@ def test_docker_calls_about_different_containers_share_one_connection_pool(docke
         assert len(pools) <= 2, list(pools.keys())  # the constructor's ping, then the shared one
     finally:
         host.close()
+
+
+def test_a_present_image_is_taken_as_present_for_a_while_and_an_absent_one_is_asked_again(
+    docker_client: Any,
+) -> None:
+    from symbi_sandbox_agent.docker_host import DockerHost
+
+    host = DockerHost()
+    try:
+        calls: list[str] = []
+        inspect = host.api.inspect_image
+
+        def counting(image: str) -> Any:
+            calls.append(image)
+            return inspect(image)
+
+        host.api.inspect_image = counting
+        assert host.image_present("symbi/busybox:1")
+        assert host.image_present("symbi/busybox:1")
+        assert not host.image_present("symbi/absent:0")
+        assert not host.image_present("symbi/absent:0")
+        assert calls == ["symbi/busybox:1", "symbi/absent:0", "symbi/absent:0"]
+    finally:
+        host.close()
