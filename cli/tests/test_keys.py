@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 from symbi_cli.main import app
+from symbi_cli.runtime import LocalRuntime, RuntimeOptions
 from symbi_common.errors import KeyRevoked
 from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, load_signer
 from typer.testing import CliRunner
@@ -134,3 +137,92 @@ def test_show_without_a_keyring_says_how_to_create_one(tmp_path: Path) -> None:
     result = runner.invoke(app, ["keys", "show", "--dir", str(tmp_path / "none")])
     assert result.exit_code == 1
     assert "symbi keys init" in result.output
+
+
+def test_rotate_wrap_keeps_the_old_key_until_re_sealed(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert runner.invoke(app, ["keys", "init", "--dir", str(keys)]).exit_code == 0
+    old = (keys / "policy" / "wrap.key").read_bytes()
+
+    rotated = runner.invoke(app, ["keys", "rotate", "policy", "--wrap", "--dir", str(keys)])
+    assert rotated.exit_code == 0, rotated.output
+    assert "no running runtime found" in rotated.output
+    assert (keys / "policy" / "wrap.old.key").read_bytes() == old
+    assert _mode(keys / "policy" / "wrap.old.key") == 0o600
+    assert _mode(keys / "policy" / "wrap.key") == 0o600
+    registry = KeyRegistry.load(keys / "policy")
+    change = registry.document.changes[-1]
+    assert (change.kind, change.service) == ("rotate-wrap", "policy")
+    assert change.key_id in rotated.output
+    assert registry.wrap_key_of("policy")[0] == change.key_id
+
+    again = runner.invoke(app, ["keys", "rotate", "policy", "--wrap", "--dir", str(keys)])
+    assert again.exit_code == 1
+    assert "has not re-sealed" in again.output
+
+
+async def test_rotate_publishes_to_the_running_runtime_and_history_checks_it(
+    runtime_home: Path, free_base_port: int, symbi_exe: str, cli_env: dict[str, str]
+) -> None:
+    rt = LocalRuntime(
+        RuntimeOptions(home=runtime_home, services=[], base_port=free_base_port, nats_port=None, env=cli_env)
+    )
+    await rt.start()
+    try:
+        keys = str(runtime_home / "keys")
+        rotated = await _symbi(symbi_exe, cli_env, "keys", "rotate", "lifecycle", "--dir", keys)
+        assert rotated.returncode == 0, rotated.stderr
+        assert "published on REGISTRY: running services apply it now" in rotated.stdout
+        version = KeyRegistry.load(runtime_home / "keys").version
+        history = await _symbi(symbi_exe, cli_env, "keys", "history", "--dir", keys)
+        assert history.returncode == 0, history.stderr
+        lines = history.stdout.splitlines()
+        assert len(lines) == 2  # the version `symbi up` published, and the rotation
+        assert f"v{version} ✓ rotate lifecycle" in lines[1]
+    finally:
+        await rt.stop()
+
+
+async def _symbi(exe: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [exe, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+class _Lines:
+    """A runtime reporter that keeps the services' output lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def step(self, message: str) -> None:
+        pass
+
+    def output(self, service: str, line: str) -> None:
+        self.lines.append(f"{service} {line}")
+
+    def event(self, service: str, message: str, kind: str) -> None:
+        pass
+
+
+async def test_a_service_under_symbi_up_applies_a_rotation_with_its_own_credentials(
+    runtime_home: Path, free_base_port: int, symbi_exe: str, cli_env: dict[str, str]
+) -> None:
+    env = dict(cli_env, SYMBI_LOG_LEVEL="info", SYMBI_LOG_FORMAT="json")
+    lines = _Lines()
+    options = RuntimeOptions(
+        home=runtime_home, services=["lifecycle"], base_port=free_base_port, nats_port=None, env=env
+    )
+    rt = LocalRuntime(options, lines)
+    await rt.start()
+    try:
+        await rt.wait_ready(timeout=60)
+        rotated = await _symbi(symbi_exe, cli_env, "keys", "rotate", "lifecycle", "--dir", str(runtime_home / "keys"))
+        assert rotated.returncode == 0, rotated.stderr
+        new_key = load_signer(runtime_home / "keys" / "lifecycle" / "signing.key").key_id
+        deadline = asyncio.get_running_loop().time() + 20
+        while not any("signing with the rotated key" in line and new_key in line for line in lines.lines):
+            assert asyncio.get_running_loop().time() < deadline, "\n".join(lines.lines[-20:])
+            await asyncio.sleep(0.1)
+        assert rt.supervisor is not None
+        assert rt.supervisor.status("lifecycle").starts == 1  # no restart
+    finally:
+        await rt.stop()

@@ -289,3 +289,23 @@ async def test_each_service_is_given_only_its_own_key_directory(runtime: LocalRu
         ]
         assert not [v for v in env.values() if str(runtime.operator_dir) in v], service
         assert env["SYMBI_NATS_URL"] == runtime.nats_url_for(service)  # its own NATS user, never admin
+
+
+async def test_only_the_operator_writes_key_registry_versions(runtime: LocalRuntime) -> None:
+    """``symbi up`` published the key files' version with the operator credential; no service may add one."""
+    errors: list[str] = []
+    operator = await _connect(runtime.nats_url, errors)
+    try:
+        info = await operator.jetstream().stream_info("REGISTRY")
+        assert info.state.messages == 1  # published by `symbi up` before the services started
+        assert info.config.deny_delete
+        assert info.config.deny_purge
+        for service in SERVICE_SUBJECTS:
+            client = await _connect(runtime.nats_url_for(service), errors)
+            try:
+                await _all_refused(client, errors, [("registry.version", b"{}", {})])
+            finally:
+                await client.close()
+        assert (await operator.jetstream().stream_info("REGISTRY")).state.messages == 1
+    finally:
+        await operator.close()

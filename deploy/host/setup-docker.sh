@@ -33,7 +33,9 @@ fi
 RUNSC=$(command -v runsc) || fail "runsc is not on PATH after installing it"
 
 # 2. Register runsc as a Docker runtime. gVisor here needs its own network stack off (--network=none);
-#    containers that get no network lose nothing by it.
+#    containers that get no network lose nothing by it. runsc-uds is the same with --host-uds=open: a
+#    Tier 2 sandbox with the action gateway connects to the Unix socket in its mounted channel directory
+#    (docs/agent-protocol.md), which plain runsc refuses with EPERM.
 mkdir -p /etc/docker
 want=$(python3 - "$DAEMON_JSON" "$RUNSC" <<'PY'
 import json, sys
@@ -46,6 +48,7 @@ except FileNotFoundError:
 except json.JSONDecodeError as exc:
     sys.exit(f"{path} is not valid JSON: {exc}")
 cfg.setdefault("runtimes", {})["runsc"] = {"path": runsc, "runtimeArgs": ["--network=none"]}
+cfg["runtimes"]["runsc-uds"] = {"path": runsc, "runtimeArgs": ["--network=none", "--host-uds=open"]}
 print(json.dumps(cfg, indent=2, sort_keys=True))
 PY
 ) || fail "could not update $DAEMON_JSON"
@@ -79,8 +82,10 @@ if ! running; then
   done
   running || fail "dockerd did not come up within 30 s; see $LOG"
 fi
-docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' \
-  || fail "dockerd does not list the runsc runtime; check $DAEMON_JSON and $LOG"
+for rt in runsc runsc-uds; do
+  docker info --format '{{json .Runtimes}}' | grep -q "\"$rt\"" \
+    || fail "dockerd does not list the $rt runtime; check $DAEMON_JSON and $LOG"
+done
 
 # 4. The workload image: a root filesystem with busybox-static and its applets, imported (no pull).
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then

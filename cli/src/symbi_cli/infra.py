@@ -46,6 +46,8 @@ __all__ = [
     "database_url_or_start",
     "drop_database",
     "find_nats_server",
+    "open_private_log",
+    "private_dir",
     "provision_nats",
     "provision_nats_async",
     "with_database",
@@ -59,6 +61,23 @@ _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 class InfraError(RuntimeError):
     """A local server could not be found, started or used."""
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) for its owner only: 0700, also when it already existed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def open_private_log(path: Path) -> IO[bytes]:
+    """Open ``path`` for appending, created 0600 (and narrowed to 0600 if it was wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 # --- NATS ----------------------------------------------------------------------------------------
@@ -131,11 +150,11 @@ class NatsServer:
             raise InfraError("the nats-server is already started")
         binary = self.binary or find_nats_server()
         self._binary_name = binary.name
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         self._ports_dir = tempfile.TemporaryDirectory(prefix="symbi-nats-ports-")
         if self.log_file is not None:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self.log_file.open("ab")
+            private_dir(self.log_file.parent)
+            self._log = open_private_log(self.log_file)
         else:
             self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         args = [
@@ -152,7 +171,10 @@ class NatsServer:
             *self.extra_args,
         ]
         try:
-            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+            # umask 077: the JetStream store (events, data keys, KV) is created 0700/0600, not 0750/0640.
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, umask=0o077
+            )
             self._url = self._wait_ready()
         except BaseException:
             self.stop()
@@ -371,6 +393,8 @@ class PostgresServer:
             except OSError:
                 log = "(no log)"
             raise InfraError(f"PostgreSQL did not start in {self.data_dir}: {exc!r}; server log:\n{log}") from exc
+        with contextlib.suppress(FileNotFoundError):  # pgserver writes its handle list with the default mode
+            os.chmod(self.data_dir / ".handle_pids.json", 0o600)
         return self
 
     @property

@@ -8,6 +8,7 @@ the root-signed registry and ``root.pub``.
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,11 @@ from symbi_common.keyfiles import (
     init_keyring,
     revoke_key,
     rotate_service_key,
+    rotate_wrap_key,
 )
 from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, RegistryChange, read_key_file
+
+from symbi_cli.keys_live import PUBLISH_ERRORS, operator_nats_url, publish_keyring, registry_history
 
 DEFAULT_KEYS_DIR = Path(".symbi/keys")
 
@@ -167,21 +171,63 @@ def keys_show(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR, operator_dir: Operator
     print_summary(Console(), summary)
 
 
+NatsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--nats-url",
+        envvar="SYMBI_OPERATOR_NATS_URL",
+        help="The operator's NATS URL (default: the one `symbi up` left in <home>/run/, if it runs).",
+    ),
+]
+
+
+def _publish(console: Console, keys_dir: Path, nats_url: str | None) -> None:
+    """Publish the keyring's new registry version to the running runtime (which applies it live)."""
+    url = operator_nats_url(keys_dir, nats_url)
+    if url is None:
+        console.print(
+            "no running runtime found: services use the new version when they start (`symbi up` publishes it)"
+        )
+        return
+    try:
+        version = asyncio.run(publish_keyring(url, keys_dir))
+    except (KeyringError, *PUBLISH_ERRORS) as exc:
+        Console(stderr=True).print(
+            f"[red]error:[/] the new registry version is in the key files but was NOT published to the running "
+            f"runtime ({exc!r}); run `symbi keys publish` once NATS answers"
+        )
+        raise typer.Exit(1) from None
+    if version is not None:
+        console.print(f"registry v{version} published on REGISTRY: running services apply it now")
+
+
 @keys_app.command("rotate")
 def keys_rotate(
-    service: Annotated[str, typer.Argument(help="The service whose signing key to replace.")],
+    service: Annotated[str, typer.Argument(help="The service whose key to replace.")],
+    wrap: Annotated[
+        bool, typer.Option("--wrap", help="Replace its X25519 wrap key (data keys get re-sealed) instead.")
+    ] = False,
     keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
     operator_dir: OperatorDirOption = None,
+    nats_url: NatsUrlOption = None,
 ) -> None:
-    """Give a service a new signing key (a new registry version signed by the root key).
+    """Give a service a new signing key, or (--wrap) a new wrap key: a new registry version signed by the root key.
 
-    The old key retires: events it signed stay valid. Restart the service to use the new key.
+    The new private key goes into the service's directory, then the version is published: a running
+    service switches to the new key at once. An old signing key retires (events it signed stay valid);
+    an old wrap key stays in wrap.old.key until the service has re-sealed its data keys to the new one.
     """
+    console = Console()
     try:
-        key = rotate_service_key(keys_dir, service, operator_dir=operator_dir)
+        if wrap:
+            wrap_id = rotate_wrap_key(keys_dir, service, operator_dir=operator_dir)
+            console.print(f"{service}: new wrap key [cyan]{wrap_id}[/] (the old one in wrap.old.key until re-sealed)")
+        else:
+            key = rotate_service_key(keys_dir, service, operator_dir=operator_dir)
+            console.print(f"{service}: new signing key [cyan]{key.key_id}[/]")
     except KeyringError as exc:
         raise _fail(exc) from None
-    Console().print(f"{service}: new signing key [cyan]{key.key_id}[/]; restart {service} to use it")
+    _publish(console, keys_dir, nats_url)
 
 
 @keys_app.command("revoke")
@@ -196,14 +242,51 @@ def keys_revoke(
     ] = False,
     keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
     operator_dir: OperatorDirOption = None,
+    nats_url: NatsUrlOption = None,
 ) -> None:
-    """Revoke a signing key (a new registry version signed by the root key)."""
+    """Revoke a signing key (a new registry version signed by the root key, published to running services)."""
     if (after_sequence is None) == (not from_start):
         Console(stderr=True).print("[red]error:[/] give exactly one of --after-sequence N or --from-start")
         raise typer.Exit(2)
+    console = Console()
     try:
         key = revoke_key(keys_dir, key_id, after_sequence=after_sequence, operator_dir=operator_dir)
     except KeyringError as exc:
         raise _fail(exc) from None
     when = "every event it signed" if after_sequence is None else f"events it signed after sequence {after_sequence}"
-    Console().print(f"revoked {key.key_id} of {key.service}: {when} are now refused; restart the services")
+    console.print(f"revoked {key.key_id} of {key.service}: {when} are now refused")
+    _publish(console, keys_dir, nats_url)
+
+
+@keys_app.command("publish")
+def keys_publish(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR, nats_url: NatsUrlOption = None) -> None:
+    """Publish the keyring's registry version to the running runtime's REGISTRY stream, if newer there."""
+    console = Console()
+    if operator_nats_url(keys_dir, nats_url) is None:
+        Console(stderr=True).print("[red]error:[/] no running runtime found; give --nats-url")
+        raise typer.Exit(1)
+    _publish(console, keys_dir, nats_url)
+
+
+@keys_app.command("history")
+def keys_history(keys_dir: KeysDirOption = DEFAULT_KEYS_DIR, nats_url: NatsUrlOption = None) -> None:
+    """Every registry version on the REGISTRY stream (the registry's audit trail), each checked against root.pub:
+    signed by the root key, newer than the one before, keeping its changes. Exit 1 if any is not."""
+    url = operator_nats_url(keys_dir, nats_url)
+    if url is None:
+        Console(stderr=True).print("[red]error:[/] no running runtime found; give --nats-url")
+        raise typer.Exit(1)
+    try:
+        entries = asyncio.run(registry_history(url, keys_dir))
+    except (KeyringError, *PUBLISH_ERRORS) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc!r}")
+        raise typer.Exit(1) from None
+    console = Console()
+    for entry in entries:
+        if entry.problem is not None:
+            console.print(f"{entry.sequence:>5} [red]✗ {entry.problem}[/]", highlight=False, soft_wrap=True)
+            continue
+        changes = ", ".join(f"{c.kind} {c.service} {c.key_id}" for c in entry.changes) or "-"
+        console.print(f"{entry.sequence:>5} v{entry.version} [green]✓[/] {changes}", highlight=False, soft_wrap=True)
+    if any(e.problem for e in entries):
+        raise typer.Exit(1)

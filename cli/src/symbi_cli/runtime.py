@@ -25,6 +25,7 @@ import re
 import secrets
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,9 +55,11 @@ from symbi_cli.infra import (
     PostgresServer,
     create_database,
     pid_alive,
+    private_dir,
     provision_nats_async,
 )
 from symbi_cli.keys import ensure_keyring
+from symbi_cli.keys_live import publish_keyring
 from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor, describe_exit
 
 #: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
@@ -310,6 +313,11 @@ class LocalRuntime:
         # Streams and KV buckets exist before any service starts: services may not create them.
         await provision_nats_async(self.nats_url_for(ADMIN), existing_store=existing_store)
         self.reporter.step("streams and KV buckets provisioned with the admin credential")
+        # The key files' registry version on REGISTRY before any service starts: the stream is its record,
+        # and what running services follow. One older than the stream's is a rolled-back keyring: refused.
+        published = await publish_keyring(self.nats_url_for(OPERATOR), self.keys_dir)
+        if published is not None:
+            self.reporter.step(f"key registry v{published} published on REGISTRY")
 
         external = self.env.get(DATABASE_URL_ENV, "")
         if external:
@@ -320,6 +328,9 @@ class LocalRuntime:
             pg = PostgresServer(self.home / "pg")
             self.postgres = pg
             await _in_thread(pg.start)
+            # Run as root, pgserver opens the home to group and others (g+rx, o+rx) so that its
+            # ``pgserver`` user reaches the data directory; it needs to traverse the home, not list it.
+            os.chmod(self.home, stat.S_IMODE(self.home.stat().st_mode) & ~0o066)
             admin_url = pg.uri
             self.reporter.step(f"PostgreSQL (pid {_postmaster_pid(pg.data_dir)}, data {pg.data_dir})")
 
@@ -352,8 +363,9 @@ class LocalRuntime:
 
     @staticmethod
     def _write_secret(path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
 
@@ -428,7 +440,9 @@ class LocalRuntime:
     # --- state file ---------------------------------------------------------------------------
 
     def _claim_home(self) -> None:
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        # Everything under the home is for its owner only: directories 0700, files 0600.
+        private_dir(self.home)
+        private_dir(self.state_file.parent)
         previous: dict[str, Any] = {}
         with contextlib.suppress(FileNotFoundError, ValueError):
             previous = json.loads(self.state_file.read_text())
@@ -495,5 +509,7 @@ class LocalRuntime:
 
     def _write_state(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(self.state(), indent=2) + "\n")
         tmp.replace(self.state_file)

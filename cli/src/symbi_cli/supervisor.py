@@ -35,6 +35,8 @@ EventCallback = Callable[[str, str, "EventKind"], None]
 EventKind = Literal["info", "ready", "warning", "error"]
 
 _READ_LIMIT = 1 << 20
+#: The file-creation mask of every supervised process: new files 0600, new directories 0700.
+RUNTIME_UMASK = 0o077
 _PR_SET_PDEATHSIG = 1
 
 
@@ -262,6 +264,8 @@ class Supervisor:
             cwd=spec.cwd,
             start_new_session=True,
             preexec_fn=self._preexec,
+            # What a service writes (vector stores, work files, logs) is for its own user only.
+            umask=RUNTIME_UMASK,
             limit=_READ_LIMIT,
         )
 

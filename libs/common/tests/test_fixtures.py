@@ -11,7 +11,7 @@ async def test_nats_fixture_round_trip(nc, js):
     msg = await sub.next_msg(timeout=2)
     assert msg.data == b"world"
     info = await js.account_info()
-    assert info.streams == 8  # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK and four KV buckets
+    assert info.streams == 9  # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, four KV buckets
 
 
 async def test_database_url_is_fresh(database_url):
@@ -40,6 +40,7 @@ async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_
         "KV_HOSTS",
         "KV_OPERATOR_REVOCATIONS",
         "KV_SCHEDULER",
+        "REGISTRY",
         "SNAPSHOTS",
         "WORK",
     ]

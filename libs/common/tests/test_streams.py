@@ -40,6 +40,7 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
             "KV_HOSTS",
             "KV_SCHEDULER",
             "KV_OPERATOR_REVOCATIONS",
+            "REGISTRY",
         ]
     )
 

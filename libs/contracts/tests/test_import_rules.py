@@ -58,6 +58,12 @@ PURE_MODULES = (
     "symbi_sandbox_agent.domain",
     "symbi_common.caps",
     "symbi_scheduler.core",
+    "symbi_scheduler.records",
+    "symbi_scheduler.capacity",
+    "symbi_scheduler.model",
+    "symbi_scheduler.chores",
+    "symbi_scheduler.schedules",
+    "symbi_scheduler.risk",
     "symbi_context.domain",
     "symbi_policy.domain",
     # The policy package's pure parts (its __init__ loads its I/O members only on first use), and the gateway's

@@ -135,6 +135,7 @@ class Scheduler:
         actions: bool = False,
         agent_id: str = "agent-1",
         headers: dict[str, str] | None = None,
+        image: str = IMAGE,
     ) -> str:
         task_id = task_id or f"t{uuid.uuid4().hex[:12]}"
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
@@ -149,7 +150,7 @@ class Scheduler:
                     submitted_by="test",
                 )
             )
-        workload = Workload(image=IMAGE, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions)
+        workload = Workload(image=image, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions)
         events.append(
             TaskAssigned(
                 host_id=host_id,

@@ -193,7 +193,12 @@ async def test_a_scheduler_killed_around_a_denial_neither_loses_nor_repeats_a_st
 
 
 async def _is(lifecycle: App, agent_id: str, state: str) -> bool:
-    return await _agent_state(lifecycle, agent_id) == state
+    # The lifecycle's registry is a read model: under load it may not have projected the agent yet (404).
+    r = await lifecycle.http.get(f"/v1/agents/{agent_id}")
+    if r.status_code == 404:
+        return False
+    assert r.status_code == 200, r.text
+    return bool(r.json()["state"] == state)
 
 
 async def _has_status(status_of: Any, task_id: str, status: str) -> bool:

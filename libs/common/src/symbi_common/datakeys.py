@@ -51,6 +51,10 @@ class DataKeyStore(Protocol):
 
     async def update(self, name: str, value: bytes, revision: int) -> bool: ...
     async def destroy(self, name: str) -> None: ...
+    def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
+        """``(name, value, revision)`` of every record whose name starts with ``<prefix>.`` (not destroyed ones)."""
+        ...
+
     def changes(self) -> AsyncIterator[str]:
         """Names of records changed (rotated) or destroyed from now on, by any process."""
         ...
@@ -87,6 +91,11 @@ class MemoryDataKeyStore:
 
     async def get(self, name: str) -> tuple[bytes, int] | None:
         return self._data.get(name)
+
+    async def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
+        for name, (value, revision) in list(self._data.items()):
+            if name.startswith(prefix + "."):
+                yield name, value, revision
 
     async def create(self, name: str, value: bytes) -> int:
         if name in self._data or name in self._destroyed:
@@ -154,6 +163,17 @@ class KvDataKeyStore:
     async def destroy(self, name: str) -> None:
         await self._kv.purge(name)
 
+    async def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
+        watcher = await self._kv.watch(f"{prefix}.>", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what exists now
+                    return
+                if entry.value is not None and entry.operation is None:
+                    yield str(entry.key), bytes(entry.value), int(entry.revision)
+        finally:
+            await _stop_watcher(watcher)
+
     async def changes(self) -> AsyncIterator[str]:
         async for name, _ in self.revisions():
             yield name
@@ -166,14 +186,18 @@ class KvDataKeyStore:
                     gone = entry.operation in ("DEL", "PURGE")
                     yield str(entry.key), 0 if gone else int(entry.revision)
         finally:
-            # Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
-            # wait_for would then wait for the cancelled stop forever; closing the connection ends it.
-            stopping = asyncio.ensure_future(watcher.stop())
-            await asyncio.wait({stopping}, timeout=2.0)
-            if not stopping.done():
-                stopping.cancel()
-            elif not stopping.cancelled() and stopping.exception() is not None:
-                log.debug("stopping the data key watcher failed", error=repr(stopping.exception()))
+            await _stop_watcher(watcher)
+
+
+async def _stop_watcher(watcher: Any) -> None:
+    # Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
+    # wait_for would then wait for the cancelled stop forever; closing the connection ends it.
+    stopping = asyncio.ensure_future(watcher.stop())
+    await asyncio.wait({stopping}, timeout=2.0)
+    if not stopping.done():
+        stopping.cancel()
+    elif not stopping.cancelled() and stopping.exception() is not None:
+        log.debug("stopping the data key watcher failed", error=repr(stopping.exception()))
 
 
 def split_key_id(data_key_id: str) -> tuple[str, int]:
@@ -190,9 +214,19 @@ class DataKeys:
     the readers that new data keys are sealed to.
     """
 
-    def __init__(self, store: DataKeyStore, wrap_key: WrapKey, registry: KeyRegistry, *, service: str) -> None:
+    def __init__(
+        self,
+        store: DataKeyStore,
+        wrap_key: WrapKey,
+        registry: KeyRegistry,
+        *,
+        service: str,
+        previous_wrap_keys: tuple[WrapKey, ...] = (),
+    ) -> None:
         self._store = store
         self._wrap_key = wrap_key
+        #: Wrap keys this service used before a rotation: they open copies not yet re-sealed.
+        self._previous = previous_wrap_keys
         self._registry = registry
         self.service = service
         #: name → (current generation, the generations this service may open)
@@ -201,27 +235,47 @@ class DataKeys:
         self._revisions: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    @property
+    def wrap_key_id(self) -> str:
+        return self._wrap_key.key_id
+
+    @property
+    def wrap_public_key(self) -> bytes:
+        return self._wrap_key.public_key
+
+    def _open_copy(self, kid: str, sealed_copies: dict[str, bytes]) -> bytes | None:
+        """``<kid> NUL <key>`` from the copy sealed to this service's wrap key (or a previous one); ``None`` if none is."""
+        for wrap in (self._wrap_key, *self._previous):
+            sealed = sealed_copies.get(wrap.key_id)
+            if sealed is None:
+                continue
+            opened = wrap.unseal(sealed)
+            prefix = kid.encode() + b"\0"
+            if opened is None or not opened.startswith(prefix) or len(opened) != len(prefix) + KEY_SIZE:
+                raise KeyringError(f"data key {kid} sealed to {wrap.key_id} does not open")
+            return opened
+        return None  # not sealed to us: this service may not read this generation
+
     def _unwrap(self, name: str, record: DataKeyRecord) -> tuple[int, dict[int, AeadKey]]:
         keys: dict[int, AeadKey] = {}
         for gen, sealed_copies in record.generations.items():
             kid = f"{name}/{gen}"
-            sealed = sealed_copies.get(self._wrap_key.key_id)
-            if sealed is None:
-                continue  # not sealed to us: this service may not read this generation
-            opened = self._wrap_key.unseal(sealed)
-            prefix = kid.encode() + b"\0"
-            if opened is None or not opened.startswith(prefix) or len(opened) != len(prefix) + KEY_SIZE:
-                raise KeyringError(f"data key {kid} sealed to {self._wrap_key.key_id} does not open")
-            keys[gen] = AeadKey(kid, opened[len(prefix) :])
+            opened = self._open_copy(kid, sealed_copies)
+            if opened is not None:
+                keys[gen] = AeadKey(kid, opened[len(kid) + 1 :])
         return record.current, keys
+
+    def _recipients(self, name: str) -> dict[str, bytes]:
+        """Wrap key id → X25519 public key of every reader entitled to ``name`` now (and this service)."""
+        recipients = dict(self._registry.wrap_key_of(s) for s in readers_of(name.split(".", 1)[0]))
+        recipients[self._wrap_key.key_id] = self._wrap_key.public_key
+        return recipients
 
     def _seal(self, name: str, gen: int) -> dict[str, bytes]:
         """A fresh data key for generation ``gen``, sealed to every entitled reader (and this service)."""
         kid = f"{name}/{gen}"
         plaintext = kid.encode() + b"\0" + os.urandom(KEY_SIZE)
-        recipients = dict(self._registry.wrap_key_of(s) for s in readers_of(name.split(".", 1)[0]))
-        recipients[self._wrap_key.key_id] = self._wrap_key.public_key
-        return {key_id: seal_to(public, plaintext) for key_id, public in recipients.items()}
+        return {key_id: seal_to(public, plaintext) for key_id, public in self._recipients(name).items()}
 
     async def _load(self, name: str) -> tuple[tuple[int, dict[int, AeadKey]], int] | None:
         got = await self._store.get(name)
@@ -331,6 +385,65 @@ class DataKeys:
         """Drop a cached key (after another process destroyed or rotated it)."""
         self._cache.pop(name, None)
         self._revisions.pop(name, None)
+
+    # --- wrap key rotation ------------------------------------------------------------------------
+
+    def use_wrap_key(self, wrap_key: WrapKey) -> None:
+        """Open and seal with ``wrap_key`` from now on; the one in use until now still opens copies
+        sealed to it (other writers may not have re-sealed theirs yet)."""
+        if wrap_key.key_id != self._wrap_key.key_id:
+            self._previous = (self._wrap_key, *self._previous)
+            self._wrap_key = wrap_key
+
+    def _resealed(self, name: str, raw: bytes, targets: dict[str, bytes]) -> bytes | None:
+        """The record with every generation sealed to exactly ``targets`` (wrap key id → public key),
+        or ``None`` if it already is. A copy for a wrap key no longer current is dropped; a missing
+        one is sealed from this service's own copy, so the data key never leaves an entitled holder."""
+        record = _record_decoder.decode(raw)
+        generations: dict[int, dict[str, bytes]] = {}
+        for gen, copies in record.generations.items():
+            if copies.keys() == targets.keys():
+                generations[gen] = copies
+                continue
+            plaintext = self._open_copy(f"{name}/{gen}", copies)
+            if plaintext is None:  # no copy of ours to seal from: leave the generation as it is
+                log.warning("data key not re-sealed: no copy for this service", data_key=f"{name}/{gen}")
+                generations[gen] = copies
+                continue
+            generations[gen] = {kid: copies.get(kid) or seal_to(pub, plaintext) for kid, pub in targets.items()}
+        if generations == record.generations:
+            return None
+        return _record_encoder.encode(DataKeyRecord(current=record.current, generations=generations))
+
+    async def reseal(self, aggregate_types: tuple[str, ...]) -> int:
+        """Re-seal every data key of ``aggregate_types`` (those this service writes) to the readers'
+        current wrap keys; returns how many records changed. Run after a reader's wrap key rotated.
+
+        A record that cannot be re-sealed (malformed, or a copy that does not open) is logged and
+        left as it is; the others are still re-sealed.
+        """
+        changed = 0
+        for aggregate_type in aggregate_types:
+            targets = self._recipients(f"{aggregate_type}.-")
+            async for name, raw, revision in self._store.entries(aggregate_type):
+                try:
+                    changed += await self._reseal_one(name, raw, revision, targets)
+                except (KeyringError, msgspec.DecodeError) as exc:
+                    log.error("data key not re-sealed", data_key=name, error=str(exc))
+        return changed
+
+    async def _reseal_one(self, name: str, raw: bytes, revision: int, targets: dict[str, bytes]) -> bool:
+        for _ in range(10):  # another writer (a rotation) may update the record meanwhile
+            new = self._resealed(name, raw, targets)
+            if new is None:
+                return False
+            if await self._store.update(name, new, revision):
+                return True
+            got = await self._store.get(name)
+            if got is None:  # destroyed meanwhile: stays destroyed
+                return False
+            raw, revision = got
+        raise KeyringError(f"could not re-seal data key {name}: too many concurrent updates")
 
 
 async def open_service_datakeys(js: Any, service_dir: Path, service: str, registry: KeyRegistry) -> DataKeys:

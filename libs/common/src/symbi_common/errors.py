@@ -188,6 +188,23 @@ class RegistrySignatureInvalid(KeyringError):
     code = "registry_signature_invalid"
 
 
+class RegistryRollback(KeyringError):
+    """A key registry version offered to a running service is not newer than the one in use."""
+
+    code = "registry_rollback"
+
+    def __init__(self, message: str, *, offered: int, current: int) -> None:
+        super().__init__(message, offered=offered, current=current)
+        self.offered = offered
+        self.current = current
+
+
+class SigningKeyRefused(KeyringError):
+    """This service's signing key may not sign any more (revoked, or not in the key registry)."""
+
+    code = "signing_key_refused"
+
+
 class DataKeyDestroyed(KeyringError):
     """The data key was destroyed (crypto-shredded); the payload can no longer be read."""
 

@@ -28,10 +28,11 @@ from symbi_common.errors import (
     AppendFailed,
     ConcurrencyConflict,
     PayloadTooLarge,
+    SigningKeyRefused,
     SymbiError,
 )
 from symbi_common.events import Event, EventCodec, event_type
-from symbi_common.keyring import KeyRegistry
+from symbi_common.keyring import REVOKED, KeyRegistry
 from symbi_common.sealing import ChainTip, OpenedEvent, check_link, decrypt, new_event_id, open_envelope, seal
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_common.telemetry import EVENT_APPEND_SECONDS, EVENTS_APPENDED, inject_trace
@@ -110,6 +111,16 @@ class EventStore:
 
     # --- write ----------------------------------------------------------------------------------
 
+    def _check_signer(self) -> None:
+        """Fail closed when the registry (which may change while the service runs) revoked our key."""
+        key = self.registry.key(self.signer.key_id)
+        if key is None or key.status == REVOKED:
+            why = "is not in the key registry" if key is None else "was revoked"
+            raise SigningKeyRefused(
+                f"signing key {self.signer.key_id} of {self.producer} {why}; nothing is written until its "
+                "replacement is in the service's key directory"
+            )
+
     async def append(
         self,
         aggregate_type: str,
@@ -130,6 +141,7 @@ class EventStore:
             return []
         started = time.perf_counter()
         subject = subject_for(aggregate_type, aggregate_id)
+        self._check_signer()
         key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}", new=expected.version == 0)
         sealed: list[tuple[bytes, EventHeader]] = []
         hashes: list[bytes] = []

@@ -10,7 +10,12 @@ Layout (``<home>`` is ``.symbi`` for ``symbi up``)::
         <service>/              0700, the only directory a service is given (SYMBI_KEYS_DIR)
             signing.key         its Ed25519 seed (0600)
             wrap.key            its X25519 private key (0600): opens the data keys sealed to it
+            wrap.old.key        after a wrap key rotation, until the service has re-sealed (0600)
             root.pub, registry.json, registry.json.sig   copies of the public files
+
+Every change is a new root-signed registry version, written here and then published on the
+``REGISTRY`` stream (:mod:`symbi_common.registry_stream`), which running services follow
+(:mod:`symbi_common.livekeys`).
 
 A service never sees the root key, another service's keys, or a data key it is not entitled to
 read (data keys are sealed per reader, see :mod:`symbi_common.datakeys`).
@@ -40,6 +45,7 @@ from symbi_common.keyring import (
     with_operator_issuer,
     with_revocation,
     with_service_key,
+    with_wrap_key,
     write_key_file,
 )
 
@@ -47,6 +53,8 @@ ROOT_KEY_FILE = "root.key"
 ROOT_PUB_FILE = "root.pub"
 SIGNING_KEY_FILE = "signing.key"
 WRAP_KEY_FILE = "wrap.key"
+#: The previous wrap key after a wrap key rotation, until the service has re-sealed its data keys.
+OLD_WRAP_KEY_FILE = "wrap.old.key"
 PUBLIC_FILES = (ROOT_PUB_FILE, REGISTRY_FILE, REGISTRY_SIG_FILE)
 
 
@@ -171,8 +179,9 @@ def init_keyring(
 def rotate_service_key(keys_dir: Path, service: str, *, operator_dir: Path | None = None) -> RegisteredKey:
     """Give ``service`` a new signing key; the old one retires (events it signed stay valid).
 
-    The wrap key is kept: data keys sealed to it stay readable. The service picks up the new key
-    when it restarts.
+    The wrap key is kept: data keys sealed to it stay readable. A running service loads the new key
+    from its directory when the version reaches it on the ``REGISTRY`` stream (``symbi keys rotate``
+    publishes it), or when it restarts.
     """
     if service not in SERVICE_SUBJECTS:
         raise KeyringError(f"unknown service {service!r}")
@@ -185,6 +194,34 @@ def rotate_service_key(keys_dir: Path, service: str, *, operator_dir: Path | Non
     publish_registry(keys_dir, root, doc)  # registry first: a key on disk is always a registered key
     write_key_file(directory / SIGNING_KEY_FILE, signer.seed(), private=True)
     return doc.keys[-1]
+
+
+def rotate_wrap_key(keys_dir: Path, service: str, *, operator_dir: Path | None = None) -> str:
+    """Give ``service`` a new X25519 wrap key; returns its id.
+
+    The old private key moves to ``wrap.old.key`` in the service's directory: the service opens its
+    data keys with it until it has re-sealed them to the new key, then deletes it (writers re-seal
+    their data keys to the new public key from their own copies). Refused while a previous
+    rotation's ``wrap.old.key`` is still there: that key may still be needed.
+    """
+    if service not in SERVICE_SUBJECTS:
+        raise KeyringError(f"unknown service {service!r}")
+    root = load_signer((operator_dir or default_operator_dir(keys_dir)) / ROOT_KEY_FILE)
+    directory = service_dir(keys_dir, service)
+    old_path = directory / OLD_WRAP_KEY_FILE
+    if old_path.exists():
+        raise KeyringError(
+            f"{old_path} is still there: {service} has not re-sealed its data keys since the last wrap key "
+            f"rotation; start {service} (it deletes the file when done) and rotate again"
+        )
+    wrap = WrapKey.generate()
+    doc = with_wrap_key(_current_document(keys_dir, root), service, wrap.public_key)
+    # Keys before the registry: a running service that sees the new version must find the new key,
+    # and the old one must be safe in wrap.old.key before wrap.key is replaced.
+    os.link(directory / WRAP_KEY_FILE, old_path)
+    write_key_file(directory / WRAP_KEY_FILE, wrap.private_bytes(), private=True)
+    publish_registry(keys_dir, root, doc)
+    return wrap.key_id
 
 
 def revoke_key(

@@ -26,6 +26,7 @@ from symbi_common.crypto import Signer, Verifier, WrapKey, key_id_for, wrap_key_
 from symbi_common.errors import (
     KeyRevoked,
     KeyringError,
+    RegistryRollback,
     RegistrySignatureInvalid,
     UnauthorisedSigner,
     UnknownSigningKey,
@@ -110,7 +111,8 @@ class OperatorIssuer(msgspec.Struct, frozen=True):
 
 
 class RegistryChange(msgspec.Struct, frozen=True):
-    """One registry version's change: ``add``, ``rotate`` or ``revoke`` of ``key_id``."""
+    """One registry version's change: ``add``, ``rotate`` or ``revoke`` of signing key ``key_id``,
+    ``rotate-wrap`` (``key_id`` is the new wrap key's id) or ``add-issuer``."""
 
     version: int
     at: str
@@ -128,6 +130,12 @@ class RegistryDocument(msgspec.Struct, frozen=True):
     changes: list[RegistryChange] = msgspec.field(default_factory=list)
     #: Keys whose operator tokens the services accept; their private halves stay with the root key.
     operator_issuers: list[OperatorIssuer] = msgspec.field(default_factory=list)
+
+
+def _indexed(
+    document: RegistryDocument,
+) -> tuple[RegistryDocument, dict[str, RegisteredKey], dict[str, Verifier]]:
+    return document, {k.key_id: k for k in document.keys}, {k.key_id: Verifier(k.public_key) for k in document.keys}
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -150,9 +158,37 @@ class KeyRegistry:
     """The verified key registry: resolves key ids and checks what a key may sign, and when."""
 
     def __init__(self, document: RegistryDocument) -> None:
-        self.document = document
-        self._keys = {k.key_id: k for k in document.keys}
-        self._verifiers = {k.key_id: Verifier(k.public_key) for k in document.keys}
+        self._state = _indexed(document)
+
+    @property
+    def document(self) -> RegistryDocument:
+        """The registry version in use (replaced as a whole by :meth:`advance`)."""
+        return self._state[0]
+
+    @property
+    def version(self) -> int:
+        return self._state[0].version
+
+    def advance(self, registry_bytes: bytes, signature: bytes, root_public_key: bytes) -> RegistryDocument | None:
+        """Switch to a newer root-signed version, in place: every holder of this registry sees it at once.
+
+        Returns the version it replaced, or ``None`` if ``registry_bytes`` is the version in use.
+        Raises :class:`RegistrySignatureInvalid` if the root key in ``root_public_key`` did not sign it
+        and :class:`RegistryRollback` if it is not newer (an older version, or another document under
+        the current version number); the registry in use stays as it was.
+        """
+        offered = KeyRegistry.from_signed(registry_bytes, signature, root_public_key).document
+        current = self._state[0]
+        if offered == current:
+            return None
+        if offered.version <= current.version:
+            raise RegistryRollback(
+                f"refusing key registry v{offered.version}: not newer than v{current.version} in use; keeping v{current.version}",
+                offered=offered.version,
+                current=current.version,
+            )
+        self._state = _indexed(offered)  # one assignment: a reader sees the old or the new version, never a mix
+        return current
 
     @classmethod
     def from_signed(cls, registry_bytes: bytes, signature: bytes, root_public_key: bytes) -> KeyRegistry:
@@ -181,7 +217,7 @@ class KeyRegistry:
 
     def verifier(self, key_id: str, *, subject: str | None = None, sequence: int | None = None) -> Verifier:
         try:
-            return self._verifiers[key_id]
+            return self._state[2][key_id]
         except KeyError:
             raise UnknownSigningKey(
                 f"signing key {key_id} is not in the key registry", subject=subject, sequence=sequence
@@ -194,8 +230,13 @@ class KeyRegistry:
         for a key of a service that does not own ``subject``, and :class:`KeyRevoked` for a revoked
         key when ``sequence`` is after its revocation point, or unknown (``None``: fail closed).
         """
-        verifier = self.verifier(key_id, subject=subject, sequence=sequence)
-        key = self._keys[key_id]
+        _, keys, verifiers = self._state
+        key = keys.get(key_id)
+        if key is None:
+            raise UnknownSigningKey(
+                f"signing key {key_id} is not in the key registry", subject=subject, sequence=sequence
+            )
+        verifier = verifiers[key_id]
         if not any(subject_matches(p, subject) for p in key.subjects):
             raise UnauthorisedSigner(
                 f"key {key_id} of service {key.service} may not write {subject}", subject=subject, sequence=sequence
@@ -215,12 +256,17 @@ class KeyRegistry:
             )
         return verifier
 
+    def is_revoked(self, key_id: str) -> bool:
+        """Whether ``key_id`` is revoked in the version in use (an unknown key is not: it is unknown)."""
+        key = self._state[1].get(key_id)
+        return key is not None and key.status == REVOKED
+
     def service_of(self, key_id: str) -> str | None:
-        key = self._keys.get(key_id)
+        key = self._state[1].get(key_id)
         return key.service if key else None
 
     def key(self, key_id: str) -> RegisteredKey | None:
-        return self._keys.get(key_id)
+        return self._state[1].get(key_id)
 
     def active_key(self, service: str) -> RegisteredKey | None:
         """The service's current signing key (the newest active one), if any."""
@@ -280,6 +326,26 @@ def with_service_key(
         )
     )
     change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+def with_wrap_key(doc: RegistryDocument, service: str, wrap_public_key: bytes) -> RegistryDocument:
+    """The next version with ``wrap_public_key`` as ``service``'s wrap key (on its active signing key's entry).
+
+    Writers seal new data keys to it from then on; the change names the new wrap key id.
+    """
+    active = KeyRegistry(doc).active_key(service)
+    if active is None:
+        raise KeyringError(f"service {service} has no active key in the key registry")
+    if active.wrap_public_key == wrap_public_key:
+        raise KeyringError(f"that is already the wrap key of {service}")
+    at = _now()
+    keys = [msgspec.structs.replace(k, wrap_public_key=wrap_public_key) if k is active else k for k in doc.keys]
+    change = RegistryChange(
+        version=doc.version + 1, at=at, kind="rotate-wrap", service=service, key_id=wrap_key_id_for(wrap_public_key)
+    )
     return msgspec.structs.replace(
         doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
     )

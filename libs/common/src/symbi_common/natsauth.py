@@ -31,7 +31,7 @@ _EXTRA_READS: Mapping[str, tuple[str, ...]] = {
     "sandbox-agent": ("WORK", "KV_HOSTS"),
     "audit": ("AUDIT",),
 }
-_COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS")
+_COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS", "REGISTRY")
 
 #: What a service publishes beyond its events, snapshots and data keys (docs/contracts/tasks.md, audit's subjects).
 _EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
@@ -86,7 +86,7 @@ def stream_read_api(stream: str) -> list[str]:
 
 def streams_read_by(service: str) -> tuple[str, ...]:
     if service == OPERATOR:
-        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS")
+        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS", "REGISTRY")
     return (*_COMMON_READS, *_EXTRA_READS.get(service, ()))
 
 
@@ -108,8 +108,9 @@ def publish_allow(service: str) -> list[str]:
             continue
         api.extend(x for x in stream_read_api(stream) if x not in api)
     common = [*api, "$JS.FC.>", "_INBOX.>"]
-    if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), and any command
-        return [*common, "$KV.OPERATOR_REVOCATIONS.>", "cmd.>"]
+    if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), any command, and the
+        # root-signed key registry versions (`symbi keys`; services only read them, and verify each)
+        return [*common, "$KV.OPERATOR_REVOCATIONS.>", "cmd.>", "registry.version"]
     commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
     return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
 

@@ -39,6 +39,7 @@ from symbi_common.errors import ConfigError, InfrastructureError, KeyringError, 
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
+from symbi_common.livekeys import LiveKeys, previous_wrap_keys
 from symbi_common.natsauth import connect_options, without_credentials
 from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
 from symbi_common.projection import Projection, ProjectionRunner
@@ -90,6 +91,7 @@ class ServiceRuntime:
     snapshots: SnapshotStore
     datakeys: DataKeys
     registry: KeyRegistry
+    keys: LiveKeys
     commands: CommandServer
     client: CommandClient
 
@@ -108,6 +110,7 @@ class ServiceRuntime:
         self._decisions_lock = asyncio.Lock()
         self._health_checks: dict[str, Callable[[], bool]] = {}
         self._metric_refreshers: list[Callable[[], Awaitable[None]]] = []
+        self._signer_listeners: list[Callable[[Signer], None]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -140,7 +143,10 @@ class ServiceRuntime:
         except BaseException:
             await self.nc.close()
             raise
-        self.datakeys = DataKeys(await KvDataKeyStore.open(self.js), wrap_key, self.registry, service=self.name)
+        previous = previous_wrap_keys(s.wrap_key_path(self.name))  # left by `symbi keys rotate --wrap`
+        self.datakeys = DataKeys(
+            await KvDataKeyStore.open(self.js), wrap_key, self.registry, service=self.name, previous_wrap_keys=previous
+        )
         self.spawn(self.datakeys.follow_changes(), "datakeys:follow")
         self.store = EventStore(
             self.nc,
@@ -152,12 +158,42 @@ class ServiceRuntime:
             timeout=s.nats.request_timeout_s,
         )
         self.snapshots = SnapshotStore(self.nc, signer=signer, registry=self.registry, datakeys=self.datakeys)
+        # Registry versions published while the service runs (rotation, revocation) apply live.
+        self.keys = LiveKeys(
+            self.name,
+            self.registry,
+            root_public_key=read_key_file(s.root_public_key_path(self.name)),
+            signing_key_path=s.signing_key_path(self.name),
+            wrap_key_path=s.wrap_key_path(self.name),
+            signer=signer,
+            datakeys=self.datakeys,
+            on_signer=self._use_signer,
+            on_error=self.note_error,
+        )
+        try:
+            await self.keys.start(self.nc)
+        except BaseException:
+            await self.nc.close()
+            raise
+        self.spawn(self.keys.follow(self.js), "keys:follow")
         if self.use_database:
             self.pool = await open_pool(s.database.url, min_size=s.database.pool_min, max_size=s.database.pool_max)
         self.commands = CommandServer(self.nc, self.name, max_request_bytes=s.events.max_command_bytes)
         self.client = CommandClient(self.nc, timeout=s.nats.request_timeout_s)
         self.started = True
         log.info("service started", nats=without_credentials(s.nats.url), signing_key=signer.key_id)
+
+    def _use_signer(self, signer: Signer) -> None:
+        """Sign with ``signer`` from now on (the registry named it this service's active key)."""
+        self.store.signer = signer
+        self.snapshots.signer = signer
+        for listener in self._signer_listeners:
+            listener(signer)
+
+    def on_signer_change(self, listener: Callable[[Signer], None]) -> None:
+        """Call ``listener`` with the new signing key whenever a registry version rotates this service's key
+        (for whatever else the service signs with it, e.g. the audit service's checkpoints)."""
+        self._signer_listeners.append(listener)
 
     async def _nats_error(self, exc: Exception) -> None:
         self.note_error(f"nats: {exc}")

@@ -31,6 +31,8 @@ EVENTS_STREAM = "EVENTS"
 SNAPSHOTS_STREAM = "SNAPSHOTS"
 AUDIT_STREAM = "AUDIT"
 WORK_STREAM = "WORK"
+#: Every root-signed key registry version, in order (written by the operator credential only).
+REGISTRY_STREAM = "REGISTRY"
 #: KV buckets: per-aggregate data keys (every service, each only its own keys), sandbox hosts
 #: (written by sandbox agents, read by the scheduler), the scheduler's lease.
 DATAKEYS_BUCKET = "DATAKEYS"
@@ -39,7 +41,7 @@ SCHEDULER_BUCKET = "SCHEDULER"
 #: Revoked operator tokens (written by the operator's `symbi token revoke`, read by every service).
 OPERATOR_REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
 #: What every service needs before it starts.
-REQUIRED_STREAMS = (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
+REQUIRED_STREAMS = (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET, REGISTRY_STREAM)
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +115,21 @@ def work_config(s: StreamSettings) -> StreamConfig:
     )
 
 
+def registry_config(s: StreamSettings) -> StreamConfig:
+    """``REGISTRY``: each key registry version as the root signed it (``registry.version``), kept for good."""
+    return StreamConfig(
+        name=REGISTRY_STREAM,
+        subjects=["registry.version"],
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=s.duplicate_window_s,
+    )
+
+
 def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
     return [
         KeyValueConfig(bucket=DATAKEYS_BUCKET, history=1, replicas=s.replicas),
@@ -146,7 +163,7 @@ async def provision_streams(js: Any, settings: StreamSettings | None = None, *, 
                     f"the JetStream store exists but stream {name} is missing: its history was deleted; "
                     "refusing to re-create it empty (restore the store, or start over with a new home)"
                 ) from None
-    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s)):
+    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s)):
         try:
             await js.add_stream(cfg)
         except nats.js.errors.BadRequestError as exc:

@@ -65,25 +65,34 @@ def event_leaf(message: RawMessage, stored_hash: bytes | None = None) -> bytes:
 
 
 class CachedRegistry(KeyRegistry):
-    """The same registry, remembering which (key, subject) pairs it has authorised.
+    """The registry it wraps, remembering which (key, subject) pairs it has authorised.
 
-    The registry is immutable once loaded, so a positive answer stays true; refusals are not cached
-    (they raise, with the event's own sequence). Saves the subject-pattern matching on every event
-    of an aggregate after its first.
+    It follows the wrapped registry's version: when that one moves on (a live registry after
+    :meth:`KeyRegistry.advance`), the cache is dropped and the new version decides from the next event
+    on. Only answers that cannot depend on the event's position are kept: a revoked key's answer
+    depends on the sequence (before or after its revocation point), so it is decided every time.
+    Refusals are never cached (they raise, with the event's own sequence). Saves the subject-pattern
+    matching on every event of an aggregate after its first.
     """
 
     def __init__(self, registry: KeyRegistry, max_entries: int = 100_000) -> None:
         super().__init__(registry.document)
+        self._source = registry
         self._authorised: dict[tuple[str, str], Verifier] = {}
         self._max = max_entries
 
     def authorise(self, key_id: str, subject: str, *, sequence: int | None = None) -> Verifier:
+        document = self._source.document
+        if document is not self.document:  # the wrapped registry moved to another version
+            KeyRegistry.__init__(self, document)
+            self._authorised.clear()
         verifier = self._authorised.get((key_id, subject))
         if verifier is None:
             verifier = super().authorise(key_id, subject, sequence=sequence)
-            if len(self._authorised) >= self._max:
-                self._authorised.clear()
-            self._authorised[(key_id, subject)] = verifier
+            if not self.is_revoked(key_id):
+                if len(self._authorised) >= self._max:
+                    self._authorised.clear()
+                self._authorised[(key_id, subject)] = verifier
         return verifier
 
 

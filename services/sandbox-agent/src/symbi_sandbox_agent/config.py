@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import tempfile
 
 from symbi_common.errors import ConfigError
 from symbi_common.settings import SandboxSettings
@@ -50,4 +52,12 @@ def sandbox_defaults(s: SandboxSettings) -> SandboxDefaults:
         scratch_mb=s.scratch_mb,
         pids_limit=s.pids_limit,
         user=s.user,
+        channel_root=channel_root(),
     )
+
+
+def channel_root() -> str:
+    """Where this host's sandbox channel directories go: short, since a socket path has at most 107 bytes."""
+    if os.geteuid() == 0:
+        return "/run/symbi/channels"
+    return f"{tempfile.gettempdir()}/symbi-channels-{os.geteuid()}"

@@ -365,4 +365,10 @@ class RunscRunner(DockerRunner):
     leaves_processes = True
 
 
-RUNNERS: dict[str, type[DockerRunner]] = {"runc": RuncRunner, "runsc": RunscRunner}
+class RunscUdsRunner(RunscRunner):
+    """tier2 with a channel socket: gVisor with ``--host-uds=open`` (the ``runsc-uds`` runtime)."""
+
+    runtime = "runsc-uds"
+
+
+RUNNERS: dict[str, type[DockerRunner]] = {"runc": RuncRunner, "runsc": RunscRunner, "runsc-uds": RunscUdsRunner}

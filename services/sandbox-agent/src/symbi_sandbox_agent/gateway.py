@@ -11,6 +11,10 @@ appended, and the request waits, pending, for the task's ``resume`` command. Res
 policy view up to the newest policy event in the stream, then decides the request again: allowed, it is
 performed, answered and the container thawed; still denied, the command fails with ``action_denied``
 and the container stays frozen. Terminating the run drops the pending request: it never happens.
+
+Requests of the channel protocol (docs/agent-protocol.md) — every line of the run's socket, and a stderr
+line whose JSON names an ``op`` — are answered by :class:`~symbi_sandbox_agent.agent_ops.ProtocolServer`
+through the same enforcer, recorder and performing services; a denial is a typed error there, not a hold.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_common.service import ServiceRuntime
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
+from symbi_contracts.agent_protocol import encode_reply
 from symbi_contracts.sandbox_agent.errors import ActionDenied
 from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
@@ -54,6 +59,8 @@ from symbi_sandbox_agent.actions import (
     parse_request,
     read_result,
 )
+from symbi_sandbox_agent.agent_ops import ProtocolServer
+from symbi_sandbox_agent.channel import Channel
 from symbi_sandbox_agent.errors import ActionRequestError, TooManyActions, UnsupportedAction
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.run import Pending, Running
@@ -80,11 +87,21 @@ class GatewayHost(Protocol):
     async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
 
 
+class _Probe(msgspec.Struct):
+    op: str | None = None
+
+
 class ActionGateway:
-    def __init__(self, agent: GatewayHost, run: Running, reply: Callable[[bytes], Awaitable[None]]) -> None:
+    def __init__(
+        self, agent: GatewayHost, run: Running, reply: Callable[[bytes], Awaitable[None]] | None = None
+    ) -> None:
         self.agent = agent
         self.run = run
-        self.reply = reply
+        #: Writes a reply line to the workload's stdin (set once the container is attached).
+        self.reply: Callable[[bytes], Awaitable[None]] = reply or _no_stdin
+        self.protocol = ProtocolServer(self)
+        #: The run's socket listener, when it has one (see :meth:`open_channel`).
+        self.channel: Channel | None = None
         self.lines = RequestLines()
         self.queue: asyncio.Queue[RequestLine] = asyncio.Queue()
         self.seq = 0
@@ -100,6 +117,25 @@ class ActionGateway:
     def task_id(self) -> str:
         return self.run.spec.task_id
 
+    def next_seq(self) -> int:
+        """The next number of the run's requests (legacy lines and protocol requests share it)."""
+        self.seq += 1
+        return self.seq
+
+    def saw_write(self, sequence: int) -> None:
+        """A write of the run landed at stream ``sequence``: later reads of the run see it."""
+        self.last_write = max(self.last_write, sequence)
+
+    async def open_channel(self, directory: str, owner: tuple[int, int]) -> None:
+        """Serve the protocol on a socket in ``directory`` (mounted into the sandbox), for this run only."""
+        channel = Channel(directory, owner, self.protocol.answer)
+        await channel.open()
+        self.channel = channel
+
+    async def remove_channel(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"actions:{self.task_id}")
 
@@ -110,6 +146,8 @@ class ActionGateway:
 
     async def close(self) -> None:
         """The run is over: let a request being served finish (unless it is held pending), then stop."""
+        if self.channel is not None:
+            await self.channel.drain(CLOSE_GRACE_S)  # requests being served finish and are recorded
         if self.pending is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._busy.wait(), CLOSE_GRACE_S)
@@ -139,8 +177,10 @@ class ActionGateway:
                 self._busy.set()
 
     async def _handle(self, line: RequestLine) -> Pending | None:
-        self.seq += 1
-        seq = self.seq
+        if not line.too_long and _names_op(line.body):
+            await self.reply(encode_reply(await self.protocol.answer(line, "stdio")))
+            return None
+        seq = self.next_seq()
         if seq > MAX_REQUESTS:
             err = TooManyActions(f"a run may send at most {MAX_REQUESTS} requests")
             await self.reply(error_reply(seq, err.code, err.message))
@@ -159,7 +199,7 @@ class ActionGateway:
         with traced(
             f"action.{request.action}", attributes={"symbi.task_id": self.task_id, "symbi.action.seq": seq}
         ) as span:
-            decision, record = await self._decide(question)
+            decision, record = await self.decide(question)
             span.set_attribute("symbi.decision", record.effect)
             if isinstance(decision, Deny) and decision.code in UNDECIDED:
                 # No decision could be had (e.g. the policy service does not answer): nothing happens, the
@@ -192,12 +232,13 @@ class ActionGateway:
             context=dict(request.context) if request else {},
             outcome="failed",
             detail=f"{err.code}: {err.message}",
+            agent_id=self.run.agent_id,
         )
         await self.agent.store_action(self.run, event)
         ACTIONS.labels(action if action in RESOURCE_TYPES else "unknown", "failed").inc()
         await self.reply(error_reply(seq, err.code, err.message))
 
-    async def _decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
+    async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
         """Decide through the service's one enforcer: a failed decision point denies (typed), a condition
         the gateway cannot enforce denies, and the decision is logged under the id its event records."""
         point = GATEWAY_READ if question.action == "memory.read" else GATEWAY_ACTION
@@ -216,6 +257,7 @@ class ActionGateway:
             decision=record,
             outcome=outcome,
             detail=detail,
+            agent_id=self.run.agent_id,
         )
         await self.agent.store_action(self.run, event)
         ACTIONS.labels(request.action, outcome).inc()
@@ -247,7 +289,7 @@ class ActionGateway:
             body = context_store_body(agent_id, self.task_id, request, args)
             written: dict[str, Any] = await client.call("context", "store", body, dict, timeout=PERFORM_TIMEOUT_S)
             ids = list(written.get("ids", []))
-            self.last_write = max(self.last_write, int(written.get("sequence", 0)))
+            self.saw_write(int(written.get("sequence", 0)))
             return {"memory_id": ids[0] if ids else None, "ids": ids, "sequence": written.get("sequence", 0)}
         assert isinstance(args, MemoryReadArgs)
         query = context_retrieve_body(agent_id, request, args, self.last_write)
@@ -266,7 +308,7 @@ class ActionGateway:
             request = pending.request
             attributes: dict[str, str | int] = {"symbi.task_id": self.task_id, "symbi.action.seq": pending.seq}
             with traced(f"action.{request.action}", attributes=attributes) as span:
-                decision, record = await self._decide(pending.question)
+                decision, record = await self.decide(pending.question)
                 span.set_attribute("symbi.decision", record.effect)
                 if isinstance(decision, Deny):
                     await self._record(pending.seq, request, record, "denied", decision.reason)
@@ -314,3 +356,15 @@ def _action_named(line: RequestLine) -> str:
         return ""
     action = raw.get("action") if isinstance(raw, dict) else None
     return action[:64] if isinstance(action, str) else ""
+
+
+def _names_op(body: bytes) -> bool:
+    """Whether a stderr request line is of the channel protocol (a JSON object naming an ``op``)."""
+    try:
+        return msgspec.json.decode(body, type=_Probe).op is not None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+
+
+async def _no_stdin(line: bytes) -> None:
+    raise RuntimeError("the run's stdin is not attached yet")

@@ -42,7 +42,7 @@ from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
-from symbi_sandbox_agent.spec import CGROUP_PARENT
+from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
 from symbi_sandbox_agent.tasks import TASK_CODEC
 
@@ -152,6 +152,8 @@ class SandboxHost:
                 failed.append(task_id)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.defaults.channel_root:  # channel directories of sandboxes that ran before a crash
+            shutil.rmtree(host_channels(self.defaults.channel_root, self.host_id), ignore_errors=True)
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")
         event = HostReconciled(
             removed_containers=tuple(c.name for c in containers),

@@ -6,11 +6,14 @@ filesystem with a small ``noexec`` tmpfs at ``/tmp``, all capabilities dropped, 
 a non-root user, a pids limit (at least 128 under gVisor, whose own threads count against it),
 memory without swap, CPU quota, disk read/write bandwidth on the device behind Docker's storage
 (blkio), no log driver (output is streamed from the attach socket and capped), and a hard timeout
-enforced by the daemon.
+enforced by the daemon. A workload with the action gateway also gets its channel directory (its own
+host directory holding the Unix socket its gateway serves) mounted at ``/symbi/run``; under gVisor that needs
+the ``runsc-uds`` runtime (runsc with ``--host-uds=open``), and without it the run keeps stdio as its channel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,6 +21,7 @@ from typing import Any
 
 from symbi_common.caps import lower_to_caps
 from symbi_common.errors import ValidationError
+from symbi_contracts.agent_protocol import CHANNEL_MOUNT, SOCKET_ENV, SOCKET_NAME
 from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
@@ -25,6 +29,8 @@ from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
 from symbi_sandbox_agent.tasks import TaskView
 
 RUNTIMES: dict[Tier, str] = {"tier1": "runc", "tier2": "runsc"}
+#: gVisor with ``--host-uds=open``: a Tier 2 sandbox may connect to its channel socket (deploy/host/setup-docker.sh).
+UDS_RUNTIME = "runsc-uds"
 #: gVisor's sentry and gofer threads count against the pids limit; below this a sandbox dies.
 GVISOR_MIN_PIDS = 128
 MIN_MEMORY_MB = 16
@@ -63,6 +69,8 @@ class SandboxDefaults:
     scratch_mb: int = 16
     pids_limit: int = 256
     user: str = "65534:65534"
+    #: Where the channel directories of this host's sandboxes are made; empty: no socket, stdio only.
+    channel_root: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +89,20 @@ class SandboxSpec:
     labels: dict[str, str] = field(default_factory=dict)
     #: The action gateway is on: stdin stays open as the reply channel, the input is only the file.
     actions: bool = False
+    #: The host directory mounted at ``/symbi/run`` holding the run's channel socket; empty: stdio only.
+    channel_dir: str = ""
 
     @property
     def runtime(self) -> str:
+        if self.tier == "tier2" and self.channel_dir:
+            return UDS_RUNTIME
         return RUNTIMES[self.tier]
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        """The sandbox's ``uid, gid`` (the channel directory is theirs)."""
+        uid, _, gid = self.user.partition(":")
+        return int(uid), int(gid or uid)
 
     @property
     def name(self) -> str:
@@ -107,12 +125,16 @@ class SandboxSpec:
             "pids_limit": str(self.limits.pids),
             "swap": "none",
             "blkio_device": self.blkio_device or "",
-            "actions": "gateway (requests on stderr, replies on stdin)" if self.actions else "none",
+            "actions": _channel_summary(self.actions, self.channel_dir),
         }
 
     def create_kwargs(self, input_file: str) -> dict[str, Any]:
         """Keyword arguments of ``APIClient.create_container`` (without ``host_config``)."""
         env = {**self.env, "SYMBI_TASK_ID": self.task_id, "SYMBI_INPUT": INPUT_PATH}
+        volumes = [INPUT_PATH]
+        if self.channel_dir:
+            env[SOCKET_ENV] = f"{CHANNEL_MOUNT}/{SOCKET_NAME}"
+            volumes.append(CHANNEL_MOUNT)
         return {
             "image": self.image,
             "command": list(self.command) or None,
@@ -124,7 +146,7 @@ class SandboxSpec:
             "network_disabled": True,
             "labels": self.labels,
             "runtime": self.runtime,
-            "volumes": [INPUT_PATH],
+            "volumes": volumes,
         }
 
     def host_config_kwargs(self, input_file: str) -> dict[str, Any]:
@@ -132,8 +154,13 @@ class SandboxSpec:
         mbps = self.limits.disk_io_mbps * 1024 * 1024
         io = [{"Path": self.blkio_device, "Rate": mbps}] if self.blkio_device else None
         memory = self.limits.memory_mb * 1024 * 1024
+        binds = {input_file: {"bind": INPUT_PATH, "mode": "ro"}}
+        if self.channel_dir:
+            # The directory, never the socket file; read-only, so the sandbox cannot write files to the host
+            # through it (connect(2) to a socket needs no write access to its filesystem, in runc and gVisor).
+            binds[self.channel_dir] = {"bind": CHANNEL_MOUNT, "mode": "ro"}
         return {
-            "binds": {input_file: {"bind": INPUT_PATH, "mode": "ro"}},
+            "binds": binds,
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.limits.scratch_mb}m"},  # noqa: S108
@@ -165,6 +192,24 @@ def apply_caps(spec: SandboxSpec, caps: Mapping[str, float]) -> SandboxSpec:
 
 def container_name(host_id: str, task_id: str, attempt: int) -> str:
     return _NAME_UNSAFE.sub("_", f"symbi-{host_id}-{task_id}-{attempt}")
+
+
+def host_channels(root: str, host_id: str) -> str:
+    """The directory of one host's channel directories (removed whole when the host reconciles at start)."""
+    return f"{root.rstrip('/')}/{hashlib.sha256(host_id.encode()).hexdigest()[:8]}"
+
+
+def channel_dir(root: str, host_id: str, name: str) -> str:
+    """A sandbox's channel directory: short (a socket path has at most 107 bytes), unique per container."""
+    return f"{host_channels(root, host_id)}/{hashlib.sha256(name.encode()).hexdigest()[:20]}"
+
+
+def _channel_summary(actions: bool, directory: str) -> str:
+    if not actions:
+        return "none"
+    if directory:
+        return f"gateway (socket {CHANNEL_MOUNT}/{SOCKET_NAME}; stdio too)"
+    return "gateway (requests on stderr, replies on stdin)"
 
 
 def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: SandboxDefaults) -> SandboxSpec:
@@ -218,6 +263,14 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         output_cap_bytes=defaults.output_cap_bytes,
         scratch_mb=defaults.scratch_mb,
     )
+    name = container_name(host_id, task.task_id, assigned.attempt)
+    # A socket where the tier can reach one: runc always, gVisor only with its --host-uds runtime.
+    socket_ok = tier == "tier1" or UDS_RUNTIME in caps.runtimes
+    channel = (
+        channel_dir(defaults.channel_root, host_id, name)
+        if workload.actions and defaults.channel_root and socket_ok
+        else ""
+    )
     return SandboxSpec(
         task_id=task.task_id,
         attempt=assigned.attempt,
@@ -232,4 +285,5 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         blkio_device=caps.blkio_device,
         labels={LABEL_HOST: host_id, LABEL_TASK: task.task_id, LABEL_ATTEMPT: str(assigned.attempt)},
         actions=workload.actions,
+        channel_dir=channel,
     )

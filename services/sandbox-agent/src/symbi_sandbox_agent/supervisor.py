@@ -5,7 +5,8 @@ runner of its runtime, feed stdin (or, with the action gateway, keep stdin as th
 stdout/stderr as ``execution.output`` chunks, sample usage from the cgroup, enforce the hard timeout
 (time spent paused does not count) and the output cap, and append one terminal event
 (:func:`~symbi_sandbox_agent.domain.terminal_event`). The container is always removed; a run cancelled
-by shutdown still reports its end.
+by shutdown still reports its end. A run with the action gateway and a channel directory gets its socket
+listener before its container is created, and loses it (directory included) when the container is removed.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class Supervisor:
             try:
                 with traced("sandbox.container.start", attributes=attributes):
                     input_file = self._stage_input(spec, data)
+                    if spec.actions:
+                        gateway = run.gateway = ActionGateway(self.controls, run)
+                        if spec.channel_dir:
+                            await gateway.open_channel(spec.channel_dir, spec.owner)
                     run.container_id = await self.threads(runner.create, spec, str(input_file))
                     sock = await self.threads(runner.attach, run.container_id)
                     await self.threads(runner.start, run.container_id)
@@ -172,12 +177,13 @@ class Supervisor:
         threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
         gateway: ActionGateway | None = None
         writer: asyncio.Future[None] | None = None
-        if run.spec.actions:
+        if isinstance(run.gateway, ActionGateway):
             # stdin stays open as the reply channel; the input is only the file $SYMBI_INPUT.
             async def reply(line: bytes) -> None:
                 await self.threads(runner.send_line, sock, line)
 
-            gateway = run.gateway = ActionGateway(self.controls, run, reply)
+            gateway = run.gateway
+            gateway.reply = reply
             gateway.start()
         else:
             # Not awaited here: a workload that never reads its stdin must still meet its timeout.
@@ -268,6 +274,10 @@ class Supervisor:
             log.error("sandbox clean-up failed", container=run.spec.name, error=str(exc))
             self.rt.note_error(f"clean-up {run.spec.name}: {exc}")
         shutil.rmtree(self.work_dir / run.spec.name, ignore_errors=True)
+        if isinstance(run.gateway, ActionGateway):
+            await run.gateway.remove_channel()
+        if run.spec.channel_dir:
+            shutil.rmtree(run.spec.channel_dir, ignore_errors=True)
 
     def _release_cgroup(self, run: Running) -> None:
         remove_cgroup_tree(run.spec.cgroup_parent)

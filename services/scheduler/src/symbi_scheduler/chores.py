@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from symbi_common.errors import SymbiError
 from symbi_contracts.lifecycle.events import AgentStatus
 
 from symbi_scheduler.core import Host
-from symbi_scheduler.domain import FINISHED, TaskStatus
+from symbi_scheduler.domain import TaskStatus, agent_outcome
 from symbi_scheduler.model import Model, TaskRec
+from symbi_scheduler.schedules import Due, check_spec
+from symbi_scheduler.schedules import due as schedule_due
 
 #: The outcome of ``task.completed`` for each terminal execution event type.
 TERMINAL_OUTCOME: dict[str, str] = {
@@ -202,7 +205,7 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
     out: list[Chore] = []
     model.check_hosts(now)
     for rec in [model.tasks[t] for t in model.active]:
-        if rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+        if rec.state.placed:
             ended = rec.ended.get(rec.attempt)
             host = model.placer.hosts.get(rec.host_id)
             if ended is not None:
@@ -230,13 +233,10 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
         if current is None:
             continue
         rec = current
-        if rec.status in FINISHED and rec.attempt in rec.refused_by_policy and agent.suspended_seq < rec.finished_seq:
+        if rec.state.finished and rec.attempt in rec.refused_by_policy and agent.suspended_seq < rec.finished_seq:
             out.append(AgentViolated(agent.agent_id, rec.task_id, f"sandbox.start denied: {rec.detail}"))
-        elif rec.status in FINISHED:
-            outcome = (
-                "succeeded" if rec.outcome == "succeeded" else "cancelled" if rec.outcome == "cancelled" else "failed"
-            )
-            out.append(AgentDone(agent.agent_id, rec.task_id, outcome))
+        elif rec.state.finished:
+            out.append(AgentDone(agent.agent_id, rec.task_id, agent_outcome(rec.outcome)))
         elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
             out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
     return out
@@ -301,3 +301,31 @@ def _denied(model: Model, rec: TaskRec) -> Iterable[Chore]:
             return (ResumeDenied(rec.task_id),)
         return (AgentDenied(rec.agent_id, rec.task_id, assign_first=False),)
     return ()
+
+
+def firings_due(
+    model: Model, now: float, *, broken: set[tuple[str, str]]
+) -> tuple[list[tuple[str, Due]], list[tuple[tuple[str, str], SymbiError]]]:
+    """The schedules to fire now, per agent (Ready or Running), from the latest of their last firing and the
+    agent's becoming Ready; and the (agent, schedule) pairs found unusable (skipped from then on: ``broken``)."""
+    firings: list[tuple[str, Due]] = []
+    bad: list[tuple[tuple[str, str], SymbiError]] = []
+    for agent in list(model.agents.values()):
+        if agent.config is None or not agent.config.schedules or agent.status not in ("Ready", "Running"):
+            continue
+        for spec in agent.config.schedules:
+            key = (agent.agent_id, spec.name)
+            if key in broken:
+                continue
+            last = model.last_fired(agent.agent_id, spec.name)
+            if spec.one_shot and last is not None:
+                continue
+            try:
+                check_spec(spec)
+                firing = schedule_due(spec, after=max(last or 0.0, agent.enabled_at), now=now)
+            except SymbiError as exc:
+                bad.append((key, exc))
+                continue
+            if firing is not None:
+                firings.append((agent.agent_id, firing))
+    return firings, bad

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import msgspec
 from symbi_common.caps import lower_to_caps
+from symbi_common.decisions import DecisionRecord
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
 from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, PRIORITIES, ResourceLimits
@@ -124,7 +125,11 @@ def effective_limits(agent: ResourceLimits, request: ResourceRequest | None) -> 
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as its events left it; ``status`` is None until it is submitted. Snapshot-able."""
+    """A task as its events left it; ``status`` is None until it is submitted. Snapshot-able.
+
+    This is the one derivation of a task's state from its events: the write path checks commands against
+    it and the replica's model (what the leader decides on and what the API shows) keeps one per task,
+    folded with the same :func:`apply`. Fields are added with defaults only (snapshots stay readable)."""
 
     task_id: str
     status: TaskStatus | None = None
@@ -132,13 +137,33 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     priority: str = "normal"
     resources: ResourceRequest | None = None
     schedule: str = ""
+    submitted_by: str = ""
+    input_size: int = 0
     attempt: int = 0
+    #: The host of the latest assignment (kept after a preemption: the attempt may still hold resources there).
     host_id: str = ""
+    tier: str = ""
+    risk_score: float | None = None
+    #: The decision record of the latest assignment, or of the ``task.allocate`` denial.
+    decision: DecisionRecord | None = None
+    #: Why the task was last paused in place: ``preempted``, ``agent_suspended`` or ``action_denied``.
+    pause_reason: str = ""
     outcome: str = ""
+    exit_code: int | None = None
+    detail: str = ""
 
     @property
     def exists(self) -> bool:
         return self.status is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def placed(self) -> bool:
+        """Assigned to a host or paused there: the current attempt holds resources on ``host_id``."""
+        return self.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED)
 
 
 def initial(task_id: str) -> TaskState:
@@ -157,20 +182,43 @@ def apply(state: TaskState, event: TaskEvent) -> TaskState:
                 priority=event.priority,
                 resources=event.resources,
                 schedule=event.schedule,
+                submitted_by=event.submitted_by,
+                input_size=len(event.input),
             )
         case TaskAssigned():
-            return r(state, status=TaskStatus.ASSIGNED, attempt=event.attempt, host_id=event.host_id)
+            return r(
+                state,
+                status=TaskStatus.ASSIGNED,
+                attempt=event.attempt,
+                host_id=event.host_id,
+                tier=event.tier,
+                risk_score=event.risk_score,
+                decision=event.decision,
+            )
         case TaskPreempted():
-            return r(state, status=TaskStatus.QUEUED, host_id="")
+            return r(state, status=TaskStatus.QUEUED)
         case TaskSuspended():
-            return r(state, status=TaskStatus.PAUSED if event.reason in PAUSE_REASONS else TaskStatus.DENIED)
+            if event.reason in PAUSE_REASONS:
+                return r(state, status=TaskStatus.PAUSED, pause_reason=event.reason)
+            return r(state, status=TaskStatus.DENIED, decision=event.decision)
         case TaskResumed():
             return r(state, status=TaskStatus.ASSIGNED if state.status == TaskStatus.PAUSED else TaskStatus.QUEUED)
         case TaskCompleted():
-            return r(state, status=TaskStatus.COMPLETED, outcome=event.outcome)
+            return r(
+                state,
+                status=TaskStatus.COMPLETED,
+                outcome=event.outcome,
+                exit_code=event.exit_code,
+                detail=event.detail,
+            )
         case TaskCancelled():
-            return r(state, status=TaskStatus.CANCELLED, outcome="cancelled")
+            return r(state, status=TaskStatus.CANCELLED, outcome="cancelled", detail=event.reason)
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover - the union is exhaustive
+
+
+def agent_outcome(task_outcome: str) -> str:
+    """The outcome the lifecycle's ``complete_task`` is told for a task that ended with ``task_outcome``."""
+    return task_outcome if task_outcome in ("succeeded", "cancelled") else "failed"
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -228,6 +276,13 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
     if not isinstance(event, ACCEPTS[state.status]):
         raise TaskNotAssignable(
             f"task {state.task_id} is {state.status.value}; {type(event).__name__} does not apply",
+            task_id=state.task_id,
+            status=state.status.value,
+        )
+    if isinstance(event, TaskSuspended) and (event.reason in PAUSE_REASONS) != (state.status == TaskStatus.ASSIGNED):
+        # Only a placed task is paused in place; only a queued one is denied its placement.
+        raise TaskNotAssignable(
+            f"task {state.task_id} is {state.status.value}; task.suspended for {event.reason!r} does not apply",
             task_id=state.task_id,
             status=state.status.value,
         )

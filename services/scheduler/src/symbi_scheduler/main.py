@@ -48,7 +48,7 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
             default_tier=settings.security.default_sandbox_tier,
             max_running=settings.runtime.max_concurrent_agents,
         )
-        model.grace_until = time.time() + s.host_lost_after_s
+        model.capacity.grace_until = time.time() + s.host_lost_after_s
         await ensure_work_stream(rt.js, settings)
         tasks = rt.repository(TASK)
         schedules = rt.repository(SCHEDULE)
@@ -69,7 +69,7 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
         await follower.synced.wait()
         rt.spawn(leader.renew(), "scheduler:lease")
         rt.spawn(leader.run(), "scheduler:leader")
-        service = SchedulerService(rt, model, tasks, follower, hosts, leader)
+        service = SchedulerService(rt, model, follower, hosts, leader)
         register_commands(rt.commands, service)
         rt.spawn(_export_gauges(service), "scheduler:gauges")
         app.state.scheduler = service

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCancelled, TaskCompleted, TaskEvent, TaskSuspended
 
-from symbi_scheduler.domain import LEVEL, TaskStatus
+from symbi_scheduler.domain import TaskStatus
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -86,20 +86,8 @@ class SchedulerGauges(Collector):
         depth = GaugeMetricFamily(
             "symbi_scheduler_queue_depth", "Tasks waiting to be placed, by priority", labels=["priority"]
         )
-        counts = dict.fromkeys(LEVEL, 0)
-        running = paused = denied = 0
-        for task_id in list(model.active):
-            rec = model.tasks.get(task_id)
-            if rec is None:
-                continue
-            if rec.status == TaskStatus.QUEUED:
-                counts[rec.priority] += 1
-            elif rec.status == TaskStatus.ASSIGNED:
-                running += 1
-            elif rec.status == TaskStatus.PAUSED:
-                paused += 1
-            elif rec.status == TaskStatus.DENIED:
-                denied += 1
+        counts, by_status = model.counts()
+        running, paused, denied = (by_status[s] for s in (TaskStatus.ASSIGNED, TaskStatus.PAUSED, TaskStatus.DENIED))
         for priority, n in counts.items():
             depth.add_metric([priority], n)
         yield depth

@@ -1,4 +1,4 @@
-"""The scheduler's view of the world, folded from events: tasks, their executions, agents, hosts.
+"""The scheduler's state, folded from events: tasks, their executions, agents, schedules, hosts (no I/O).
 
 Every replica folds the same events (``evt.task.>``, ``evt.execution.>``, ``evt.agent.>``,
 ``evt.schedule.>``) in stream order into one :class:`Model`, so a replica that takes over the lease
@@ -6,45 +6,23 @@ Every replica folds the same events (``evt.task.>``, ``evt.execution.>``, ``evt.
 at most once: each aggregate's version is remembered and older or repeated versions are ignored (the
 leader applies its own appends at once and sees them again on the stream).
 
-What is left to do from this state (the leader's chores) is derived in :mod:`symbi_scheduler.chores`.
-
-No I/O here.
+This is the one state of the replica: the leader decides on it and the API answers from it. Each task's
+own state is folded by the task aggregate's pure ``apply`` (:mod:`symbi_scheduler.domain`), each agent's
+schedule state by the schedule aggregate's (:mod:`symbi_scheduler.schedules`), the same functions the
+write path checks commands against; the model adds only the indices over them (queue, running set,
+host usage, busy agents). What is left to do from it is derived in :mod:`symbi_scheduler.chores`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-import msgspec
-from symbi_contracts.lifecycle.config import AgentConfig, ResourceLimits
-from symbi_contracts.lifecycle.events import (
-    AgentConfigured,
-    AgentEvent,
-    AgentFailed,
-    AgentReady,
-    AgentRegistered,
-    AgentResumed,
-    AgentStatus,
-    AgentSuspended,
-    AgentTaskAssigned,
-    AgentTaskCompleted,
-    AgentTerminated,
-)
-from symbi_contracts.sandbox_agent.events import (
-    TERMINAL_TYPES,
-    ExecutionAction,
-    ExecutionEvent,
-    ExecutionOutput,
-    ExecutionPaused,
-    ExecutionResumed,
-    ExecutionStarted,
-)
+from symbi_contracts.lifecycle.config import ResourceLimits
+from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
+from symbi_contracts.sandbox_agent.events import ExecutionEvent
 from symbi_contracts.sandbox_agent.risk import RiskAssessment
 from symbi_contracts.scheduler.events import (
-    ResourceRequest,
     TaskAssigned,
     TaskCancelled,
     TaskCompleted,
@@ -55,11 +33,11 @@ from symbi_contracts.scheduler.events import (
     TaskSuspended,
 )
 
+from symbi_scheduler.capacity import Capacity
 from symbi_scheduler.core import (
     CRITICAL,
     AgingQueue,
     Entry,
-    Host,
     Placer,
     PreemptMode,
     Running,
@@ -67,115 +45,17 @@ from symbi_scheduler.core import (
     Strategy,
     Verdict,
 )
-from symbi_scheduler.domain import LEVEL, PAUSE_REASONS, TaskStatus, effective_limits
+from symbi_scheduler.domain import LEVEL, TaskStatus, effective_limits
+from symbi_scheduler.domain import apply as apply_task
+from symbi_scheduler.domain import initial as initial_task
+from symbi_scheduler.records import AgentRec, Hold, HostInfo, TaskRec, fold_agent, fold_execution
 from symbi_scheduler.risk import assess_agent
-from symbi_scheduler.schedules import ScheduleEvent, ScheduleFired
+from symbi_scheduler.schedules import SCHEDULE, ScheduleEvent, ScheduleFired, ScheduleState
+
+__all__ = ["AgentRec", "Hold", "HostInfo", "Model", "TaskRec"]
 
 #: The W3C trace context headers kept per task (the latest event's), so the leader's reactions continue it.
 TRACE_HEADERS = ("traceparent", "tracestate")
-
-_TERMINAL_TAGS = {t.__struct_config__.tag for t in TERMINAL_TYPES}
-
-
-class HostInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A host's heartbeat in the ``HOSTS`` KV bucket (rewritten every second by its sandbox-agent)."""
-
-    host_id: str
-    cpu_cores: float
-    memory_mb: int
-    tiers: tuple[str, ...] = ()
-    running: tuple[str, ...] = ()
-    heartbeat_at: float | str = 0.0
-
-    def heartbeat_s(self) -> float:
-        """The heartbeat as Unix seconds (the value may be a number or an ISO 8601 time)."""
-        if isinstance(self.heartbeat_at, str):
-            try:
-                return dt.datetime.fromisoformat(self.heartbeat_at.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                return 0.0
-        return float(self.heartbeat_at)
-
-
-@dataclass(slots=True)
-class Hold:
-    """Resources one attempt holds on a host until its terminal execution event (or the host's loss)."""
-
-    host_id: str
-    cpu: float
-    memory_mb: int
-    paused: bool = False
-    stopping: bool = False
-
-
-@dataclass(slots=True)
-class TaskRec:
-    task_id: str
-    agent_id: str
-    priority: str
-    input_size: int
-    resources: ResourceRequest | None
-    submitted_at: float
-    submitted_by: str = ""
-    schedule: str = ""
-    status: TaskStatus = TaskStatus.QUEUED
-    version: int = 0
-    #: Stream sequence at which the task last entered the queue (submission, requeue, resume).
-    queued_seq: int = 0
-    denied_seq: int = 0
-    attempt: int = 0
-    host_id: str = ""
-    tier: str = ""
-    assigned_at: float = 0.0
-    holds: dict[int, Hold] = field(default_factory=dict)
-    started: set[int] = field(default_factory=set)
-    #: attempt -> (terminal event type, exit code, reason)
-    ended: dict[int, tuple[str, int | None, str]] = field(default_factory=dict)
-    #: Attempts the sandbox refused because the policy denied ``sandbox.start`` (a policy violation).
-    refused_by_policy: set[int] = field(default_factory=set)
-    exec_version: int = 0
-    output_bytes: dict[str, int] = field(default_factory=dict)
-    outcome: str = ""
-    exit_code: int | None = None
-    detail: str = ""
-    finished_at: float = 0.0
-    finished_seq: int = 0
-    assigned_seq: int = 0
-    #: Why a paused task is paused: ``preempted``, ``agent_suspended`` or ``action_denied``.
-    pause_reason: str = ""
-    decision: Any = None
-    risk_score: float | None = None
-    #: Stream sequences: the attempt last (re)started running (``task.assigned``/``task.resumed``), and
-    #: the task was last paused in place (``task.suspended``).
-    running_seq: int = 0
-    paused_seq: int = 0
-    #: The latest ``execution.action`` denied for the current attempt: its sequence and what it asked.
-    action_denied_seq: int = 0
-    action_denial: ExecutionAction | None = None
-    #: Sequence of the latest ``execution.resumed`` of the current attempt.
-    exec_resumed_seq: int = 0
-    #: W3C trace headers of the task's latest event (task or execution): the trace its handling continues.
-    trace: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def level(self) -> int:
-        return LEVEL[self.priority]
-
-
-@dataclass(slots=True)
-class AgentRec:
-    agent_id: str
-    config: AgentConfig | None = None
-    status: AgentStatus | None = None
-    version: int = 0
-    current_task: str | None = None
-    #: Stream sequences of its latest task assignment, suspension and resumption.
-    assigned_seq: int = 0
-    suspended_seq: int = 0
-    resumed_seq: int = 0
-    #: When it became Ready (its schedules count from here).
-    enabled_at: float = 0.0
-    assessment: RiskAssessment | None = None
 
 
 class Model:
@@ -194,8 +74,9 @@ class Model:
     ) -> None:
         self.tasks: dict[str, TaskRec] = {}
         self.agents: dict[str, AgentRec] = {}
-        self.host_info: dict[str, HostInfo] = {}
         self.placer = Placer(strategy, reserve)
+        #: The hosts: heartbeats, and what is held on each (their usage, on the placer's hosts).
+        self.capacity = Capacity(self.placer, host_lost_after_s)
         self.queue = AgingQueue(aging_s)
         self.core = Scheduler(self.placer, self.queue, preemption, max_running=max_running)
         self.parked: dict[str, list[Entry]] = {}
@@ -203,18 +84,13 @@ class Model:
         self.active: set[str] = set()
         #: agent id -> the task of ours that holds it (assigned or paused).
         self.busy: dict[str, str] = {}
-        #: schedule aggregate (agent id) -> version; (agent id, schedule name) -> last fired instant (Unix s)
+        #: agent id -> its schedule aggregate's state (the last instant each schedule fired for) and version
+        self.schedules: dict[str, ScheduleState] = {}
         self.schedule_versions: dict[str, int] = {}
-        self.last_fired: dict[tuple[str, str], float] = {}
         #: Firings whose task is not submitted yet: task id -> (agent id, firing).
         self.fired_pending: dict[str, tuple[str, ScheduleFired]] = {}
-        self.host_lost_after_s = host_lost_after_s
         self.default_tier = default_tier
         self.position = 0
-        #: host id -> tasks holding resources there
-        self._by_host: dict[str, set[str]] = {}
-        #: Until this time a host we have no heartbeat from yet is not declared lost (start-up grace).
-        self.grace_until = 0.0
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -267,38 +143,29 @@ class Model:
             agent.version = max(agent.version, version)
 
     def _task(self, task_id: str, event: TaskEvent, sequence: int, at: float) -> None:
+        """Fold the task's state with the aggregate's ``apply``, then bring the indices in line with it."""
         if isinstance(event, TaskSubmitted):
-            rec = TaskRec(
-                task_id=task_id,
-                agent_id=event.agent_id,
-                priority=event.priority,
-                input_size=len(event.input),
-                resources=event.resources,
-                submitted_at=at,
-                submitted_by=event.submitted_by,
-                schedule=event.schedule,
-                version=1,
-                queued_seq=sequence,
-            )
+            rec = TaskRec(apply_task(initial_task(task_id), event), submitted_at=at, queued_seq=sequence)
             self.tasks[task_id] = rec
             self.active.add(task_id)
             self.fired_pending.pop(task_id, None)
             self._enqueue(rec)
             return
         rec = self.tasks[task_id]
+        before = rec.status
         rec.version += 1
+        rec.state = apply_task(rec.state, event)
         match event:
             case TaskAssigned():
                 self.queue.remove(task_id)
                 self._unpark_task(rec)
-                rec.status, rec.assigned_seq, rec.running_seq = TaskStatus.ASSIGNED, sequence, sequence
-                rec.attempt, rec.host_id, rec.tier, rec.assigned_at = event.attempt, event.host_id, event.tier, at
-                rec.decision, rec.risk_score = event.decision, event.risk_score
+                rec.assigned_seq = rec.running_seq = sequence
+                rec.assigned_at = at
                 rec.holds[event.attempt] = Hold(event.host_id, event.limits.cpu_cores, event.limits.memory_mb)
                 self.busy[rec.agent_id] = task_id
-                self._sync_hold(rec, event.attempt)
+                self._sync_hold(rec)
             case TaskPreempted():
-                rec.status, rec.queued_seq = TaskStatus.QUEUED, sequence
+                rec.queued_seq = sequence
                 hold = rec.holds.get(event.attempt)
                 if hold is not None:
                     # Nothing will report the end of an attempt that never started or whose host is gone.
@@ -307,181 +174,86 @@ class Model:
                         del rec.holds[event.attempt]
                     else:
                         hold.stopping = True
-                self._sync_hold(rec, event.attempt)
+                self._sync_hold(rec)
                 self._release_agent(rec)
                 self._enqueue(rec)
             case TaskSuspended():
-                if event.reason in PAUSE_REASONS:
-                    rec.status, rec.pause_reason, rec.paused_seq = TaskStatus.PAUSED, event.reason, sequence
-                    hold = rec.holds.get(event.attempt)
-                    if hold is not None:
-                        hold.paused = True
-                    self._sync_hold(rec, event.attempt)
+                if rec.status == TaskStatus.PAUSED:
+                    rec.paused_seq = sequence
+                    self._set_paused(rec, event.attempt, paused=True)
                 else:
                     self.queue.remove(task_id)
                     self._unpark_task(rec)
-                    rec.status, rec.denied_seq, rec.decision = TaskStatus.DENIED, sequence, event.decision
+                    rec.denied_seq = sequence
             case TaskResumed():
-                if rec.status == TaskStatus.PAUSED:
-                    rec.status, rec.running_seq = TaskStatus.ASSIGNED, sequence
-                    hold = rec.holds.get(event.attempt)
-                    if hold is not None:
-                        hold.paused = False
-                    self._sync_hold(rec, event.attempt)
+                if before == TaskStatus.PAUSED:
+                    rec.running_seq = sequence
+                    self._set_paused(rec, event.attempt, paused=False)
                 else:
-                    rec.status, rec.queued_seq = TaskStatus.QUEUED, sequence
+                    rec.queued_seq = sequence
                     self._enqueue(rec)
             case TaskCompleted():
-                rec.status, rec.outcome, rec.exit_code, rec.detail = (
-                    TaskStatus.COMPLETED,
-                    event.outcome,
-                    event.exit_code,
-                    event.detail,
-                )
                 rec.finished_at, rec.finished_seq = at, sequence
                 self.active.discard(task_id)
                 rec.holds.pop(event.attempt, None)
-                self._sync_hold(rec, event.attempt)
+                self._sync_hold(rec)
                 self.queue.remove(task_id)
                 self._release_agent(rec)
             case TaskCancelled():
-                rec.status, rec.outcome, rec.detail, rec.finished_at = (
-                    TaskStatus.CANCELLED,
-                    "cancelled",
-                    event.reason,
-                    at,
-                )
+                rec.finished_at = at
+                self.active.discard(task_id)
                 self.queue.remove(task_id)
                 self._unpark_task(rec)
                 self._release_agent(rec)
 
+    def _set_paused(self, rec: TaskRec, attempt: int, *, paused: bool) -> None:
+        hold = rec.holds.get(attempt)
+        if hold is not None:
+            hold.paused = paused
+        self._sync_hold(rec)
+
     def _execution(self, task: TaskRec, event: ExecutionEvent, sequence: int) -> None:
-        attempt = getattr(event, "attempt", task.attempt) or task.attempt
-        if isinstance(event, ExecutionAction):
-            if event.outcome == "denied" and attempt == task.attempt:
-                task.action_denied_seq, task.action_denial = sequence, event
-        elif isinstance(event, ExecutionStarted):
-            task.started.add(attempt)
-        elif isinstance(event, ExecutionOutput):
-            task.output_bytes[event.stream] = max(
-                task.output_bytes.get(event.stream, 0), event.offset + len(event.data)
-            )
-        elif isinstance(event, ExecutionResumed):
-            if attempt == task.attempt:
-                task.exec_resumed_seq = sequence
-        elif isinstance(event, ExecutionPaused):
-            pass
-        elif type(event).__struct_config__.tag in _TERMINAL_TAGS:
-            kind = str(type(event).__struct_config__.tag)
-            task.ended[attempt] = (kind, getattr(event, "exit_code", None), getattr(event, "reason", ""))
-            decision = getattr(event, "decision", None)
-            if getattr(event, "code", "") == "policy_denied" or getattr(decision, "effect", "") == "deny":
-                task.refused_by_policy.add(attempt)
-            hold = task.holds.get(attempt)
+        ended = fold_execution(task, event, sequence)
+        if ended is not None:
+            hold = task.holds.get(ended)
             if hold is not None and hold.stopping:  # a preempted attempt is gone: free its resources
-                del task.holds[attempt]
-                self._sync_hold(task, attempt)
+                del task.holds[ended]
+                self._sync_hold(task)
 
     def _agent(self, agent: AgentRec, event: AgentEvent, sequence: int, at: float) -> None:
-        match event:
-            case AgentRegistered():
-                agent.config, agent.status = event.config, AgentStatus.INITIALIZING
-                agent.assessment = assess_agent(event.config, self.default_tier)
-            case AgentReady():
-                agent.status, agent.enabled_at = AgentStatus.READY, at
-                if event.config is not None:  # the final config (compiled from a definition, capped by policy)
-                    agent.config = event.config
-                    agent.assessment = assess_agent(event.config, self.default_tier)
-            case AgentConfigured():
-                agent.config = event.config
-                agent.assessment = assess_agent(event.config, self.default_tier)
-            case AgentFailed():
-                agent.status = AgentStatus.FAILED
-            case AgentTaskAssigned():
-                agent.status, agent.current_task, agent.assigned_seq = AgentStatus.RUNNING, event.task_id, sequence
-            case AgentTaskCompleted():
-                agent.status, agent.current_task = AgentStatus.READY, None
-            case AgentSuspended():
-                agent.status, agent.suspended_seq = AgentStatus.SUSPENDED, sequence
-            case AgentResumed():
-                agent.status, agent.resumed_seq = AgentStatus.RUNNING, sequence
-            case AgentTerminated():
-                agent.status, agent.current_task = AgentStatus.TERMINATED, None
+        fold_agent(agent, event, sequence, at, self.default_tier)
         self._unpark_agent(agent.agent_id)
 
     def _schedule(self, agent_id: str, event: ScheduleEvent) -> None:
-        if isinstance(event, ScheduleFired):
-            key = (agent_id, event.schedule)
-            self.last_fired[key] = max(self.last_fired.get(key, 0.0), event.fire_at)
-            if event.task_id not in self.tasks:
-                self.fired_pending[event.task_id] = (agent_id, event)
+        state = self.schedules.get(agent_id) or SCHEDULE.initial(agent_id)
+        self.schedules[agent_id] = SCHEDULE.apply(state, event)
+        if isinstance(event, ScheduleFired) and event.task_id not in self.tasks:
+            self.fired_pending[event.task_id] = (agent_id, event)
+
+    def last_fired(self, agent_id: str, schedule: str) -> float | None:
+        """The last instant ``schedule`` of the agent fired for (None: never)."""
+        state = self.schedules.get(agent_id)
+        return state.last_fired.get(schedule) if state is not None else None
 
     # --- hosts -----------------------------------------------------------------------------------
 
     def host_seen(self, info: HostInfo) -> None:
         """A heartbeat from the ``HOSTS`` bucket."""
-        self.host_info[info.host_id] = info
-        host = self.placer.hosts.get(info.host_id)
-        if host is None:
-            host = Host(info.host_id, info.cpu_cores, info.memory_mb, frozenset(info.tiers))
-            self.placer.upsert(host)
-            self._recount(host)
-        else:
-            host.cpu_cores, host.memory_mb, host.tiers = info.cpu_cores, info.memory_mb, frozenset(info.tiers)
+        self.capacity.seen(info)
 
     def host_gone(self, host_id: str) -> None:
         """The host's key was deleted: it is treated as lost at once."""
-        info = self.host_info.get(host_id)
-        if info is not None:
-            self.host_info[host_id] = msgspec.structs.replace(info, heartbeat_at=0.0)
+        self.capacity.gone(host_id)
 
     def check_hosts(self, now: float) -> None:
         """Mark hosts alive or lost by the age of their heartbeat."""
-        for host_id, host in self.placer.hosts.items():
-            info = self.host_info.get(host_id)
-            if info is None:
-                host.alive = now < self.grace_until
-            else:
-                host.alive = now - info.heartbeat_s() <= self.host_lost_after_s
+        self.capacity.check(now)
 
-    def _host(self, host_id: str) -> Host:
-        host = self.placer.hosts.get(host_id)
-        if host is None:  # placed before we saw a heartbeat (replay): it counts as lost until one arrives
-            host = Host(host_id, 0.0, 0, frozenset())
-            self.placer.upsert(host)
-        return host
-
-    def _holds_on(self, host_id: str) -> Iterator[tuple[TaskRec, int, Hold]]:
-        for task_id in self._by_host.get(host_id, ()):
-            rec = self.tasks[task_id]
-            for attempt, hold in rec.holds.items():
-                if hold.host_id == host_id:
-                    yield rec, attempt, hold
-
-    def _recount(self, host: Host) -> None:
-        cpu = cpu_rel = 0.0
-        mem = mem_rel = 0
-        for _, _, hold in self._holds_on(host.host_id):
-            mem += hold.memory_mb
-            if not hold.paused:
-                cpu += hold.cpu
-            if hold.stopping:
-                cpu_rel += hold.cpu
-                mem_rel += hold.memory_mb
-        host.cpu_used, host.memory_used, host.cpu_releasing, host.memory_releasing = cpu, mem, cpu_rel, mem_rel
-
-    def _sync_hold(self, rec: TaskRec, attempt: int) -> None:
+    def _sync_hold(self, rec: TaskRec) -> None:
         """Bring host usage and the running set in line with ``rec``'s holds after a change."""
-        hosts = {h.host_id for h in rec.holds.values()} | ({rec.host_id} if rec.host_id else set())
-        for host_id in hosts:
-            index = self._by_host.setdefault(host_id, set())
-            if any(h.host_id == host_id for h in rec.holds.values()):
-                index.add(rec.task_id)
-            else:
-                index.discard(rec.task_id)
-            self._recount(self._host(host_id))
+        self.capacity.recount_for(rec)
         current = rec.holds.get(rec.attempt)
-        if current is not None and rec.status in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+        if current is not None and rec.state.placed:
             self.core.running[rec.task_id] = Running(
                 rec.task_id,
                 current.host_id,
@@ -566,12 +338,18 @@ class Model:
         self.park(entry)
         return "park"
 
-    def depths(self) -> dict[str, int]:
-        counts = dict.fromkeys(LEVEL, 0)
-        for rec in self.tasks.values():
+    def counts(self) -> tuple[dict[str, int], dict[TaskStatus, int]]:
+        """The queued tasks by priority, and the unfinished ones by status (``/v1/status`` and the gauges)."""
+        queued = dict.fromkeys(LEVEL, 0)
+        by_status = dict.fromkeys((TaskStatus.QUEUED, TaskStatus.ASSIGNED, TaskStatus.PAUSED, TaskStatus.DENIED), 0)
+        for task_id in list(self.active):
+            rec = self.tasks.get(task_id)
+            if rec is None:
+                continue
+            by_status[rec.status] += 1
             if rec.status == TaskStatus.QUEUED:
-                counts[rec.priority] += 1
-        return counts
+                queued[rec.priority] += 1
+        return queued, by_status
 
     def critical_waiting(self) -> bool:
         """Whether a critical task is queued (paused tasks then stay paused)."""
@@ -580,11 +358,11 @@ class Model:
     def release_lost_stopped(self) -> None:
         """Free what stopped attempts held on lost hosts: their end will never be reported."""
         for lost in [h for h in self.placer.hosts.values() if not h.alive]:
-            for rec, attempt, hold in list(self._holds_on(lost.host_id)):
+            for rec, attempt, hold in list(self.capacity.holding(lost.host_id)):
                 if hold.stopping and attempt != rec.attempt:
                     del rec.holds[attempt]
-                    self._sync_hold(rec, attempt)
+                    self._sync_hold(rec)
 
     def holds_on(self, host_id: str) -> list[str]:
         """The tasks holding resources on ``host_id``."""
-        return sorted(self._by_host.get(host_id, ()))
+        return self.capacity.holds_on(host_id)

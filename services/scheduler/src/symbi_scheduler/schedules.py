@@ -29,7 +29,8 @@ import msgspec
 from croniter import croniter  # type: ignore[import-untyped]
 from symbi_common.errors import ValidationError
 from symbi_common.events import Event, EventCodec
-from symbi_contracts.lifecycle.config import ScheduleSpec
+from symbi_contracts.lifecycle.config import AgentConfig, ScheduleSpec
+from symbi_contracts.scheduler.events import TaskSubmitted
 
 AGGREGATE_TYPE = "schedule"
 #: How many missed instants are counted at most (a per-second cron after a month's outage stops counting).
@@ -101,6 +102,34 @@ def next_firing(spec: ScheduleSpec, *, after: float) -> float:
     """The next instant ``spec`` fires after ``after`` (Unix seconds)."""
     it = croniter(spec.cron, dt.datetime.fromtimestamp(after, zone(spec.timezone)))
     return float(it.get_next(float))
+
+
+def fired_event(agent_id: str, firing: Due) -> ScheduleFired:
+    """The ``schedule.fired`` event of a due firing (its task id derived from agent, schedule and instant)."""
+    spec = firing.spec
+    return ScheduleFired(
+        schedule=spec.name,
+        cron=spec.cron,
+        timezone=spec.timezone,
+        fire_at=firing.fire_at,
+        task_id=task_id_for(agent_id, spec.name, firing.fire_at),
+        missed=firing.missed,
+        one_shot=spec.one_shot,
+    )
+
+
+def submission_for(agent_id: str, config: AgentConfig, fired: ScheduleFired) -> TaskSubmitted | None:
+    """The task a firing submits, from the agent's schedule (None if the agent no longer has it)."""
+    spec = next((s for s in config.schedules if s.name == fired.schedule), None)
+    if spec is None:
+        return None
+    return TaskSubmitted(
+        agent_id=agent_id,
+        input=spec.input.encode(),
+        priority=spec.priority if spec.priority in ("low", "normal", "high", "critical") else "normal",
+        submitted_by=f"schedule:{spec.name}",
+        schedule=spec.name,
+    )
 
 
 # --- the schedule aggregate (``schedule.<agent_id>``) -------------------------------------------------

@@ -122,16 +122,19 @@ class ExecutionResumed(Event, frozen=True, kw_only=True, tag="execution.resumed"
     reason: str = ""
 
 
-ActionOutcome = Literal["allowed", "denied", "failed"]
+ActionOutcome = Literal["allowed", "denied", "failed", "refused"]
 
 
 class ExecutionAction(Event, frozen=True, kw_only=True, tag="execution.action"):
     """One decision of the action gateway: a workload's request, or the re-evaluation of a pending one.
 
-    ``seq`` numbers the run's requests from 1 (the reply carries it too). ``outcome``: ``allowed`` (decided
-    allow and performed), ``denied`` (the request stays pending, the container frozen), ``failed`` (no
-    action happened: the request was malformed or unknown, or the performing service refused it; ``detail``
-    starts with the error code). ``decision`` is absent when the request was refused before any decision."""
+        ``seq`` numbers the run's requests from 1 (the reply carries it too). ``outcome``: ``allowed`` (decided
+        allow and performed), ``denied`` (the request stays pending, the container frozen), ``failed`` (no
+        action happened: the request was malformed or unknown, or the performing service refused it; ``detail``
+        starts with the error code), ``refused`` (decided deny and answered to the agent as the typed error
+    ``denied`` over the channel protocol, docs/agent-protocol.md: nothing happened and the run goes on).
+    ``decision`` is absent when the request was refused before any decision. ``agent_id`` is the agent the
+    gateway served (named by the channel's listener, never by the request)."""
 
     attempt: int
     seq: int
@@ -141,6 +144,7 @@ class ExecutionAction(Event, frozen=True, kw_only=True, tag="execution.action"):
     decision: DecisionRecord | None = None
     outcome: ActionOutcome
     detail: str = ""
+    agent_id: str = ""
 
 
 Terminal = (

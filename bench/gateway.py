@@ -1,0 +1,255 @@
+"""The agent channel: SDK call round trips from inside a sandbox through its mounted Unix socket, per tier.
+
+One task per tier runs Python with the SDK (image from ``deploy/host/agent-image.sh``) in a hardened sandbox
+of the real daemon (in this process, embedded Cedar policies: the baseline plus one forbid). Inside, the
+workload times, in alternating blocks of 50 calls:
+
+* ``raw`` (baseline): a request-sized line to a trivial echo server listening on a second Unix socket in the
+  same mounted directory, served by the same event loop as the gateway — the channel's floor.
+* ``hello``: the SDK's ``hello`` (SDK, framing, protocol parsing; no decision, nothing recorded).
+* ``denied``: ``memory.store`` that the policy forbids: the full gateway path of an action — schema check,
+  the enforcer's decision, the ``execution.action`` event appended (sealed, signed, JetStream ack) and the
+  typed error back. No performing service.
+* ``recall``: ``memory.recall`` allowed and performed by the context service (in this process too): the
+  above plus a NATS request to the context service, its own decision, embedding and vector search.
+
+Also calls/s with 16 requests in flight (``AsyncAgent``) for ``denied``. The RESULT line: ours = p50 of
+``denied`` under gVisor (tier2), baseline = p50 of ``raw`` under gVisor, target p50 < 2 ms.
+
+    uv run python bench/gateway.py [--quick] [--calls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import _common
+import msgspec
+from symbi_common.decisions import DecisionRecord
+from symbi_common.events import Event, EventCodec
+from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
+from symbi_common.sealing import NEW_AGGREGATE, ChainTip
+from symbi_common.settings import load_settings
+from symbi_context.main import build_app as build_context_app
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionOutput
+from symbi_sandbox_agent.config import channel_root
+from symbi_sandbox_agent.main import build_app
+from symbi_sandbox_agent.spec import channel_dir, container_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SDK = ROOT / "sdk" / "python" / "src" / "symbi_agent"
+#: Tagged by the SDK's sources, so a changed SDK gets a fresh image (deploy/host/agent-image.sh keeps an existing tag).
+IMAGE = (
+    "symbi/agent-python:sdk-"
+    + hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sorted(SDK.rglob("*.py")))).hexdigest()[:12]
+)
+HOST = "benchgw"
+AGENT = "agent-bench"
+LIMITS = {"memory_mb": 256, "cpu_cores": 1.0, "disk_io_mbps": 50, "network_io_mbps": 10, "execution_timeout_s": 600}
+TERMINAL = {"execution.exited", "execution.failed", "execution.refused", "execution.killed", "execution.timed_out"}
+NO_SECRETS = """@id("no-secret-memories")
+forbid(principal, action == Action::"memory.write", resource)
+when { context has classification && context.classification == "secret" };
+"""
+
+WORKLOAD = r"""
+import asyncio, json, os, socket, sys, time
+from symbi_agent import Agent, AsyncAgent, Denied
+calls = int(sys.argv[1])
+echo_path = "/symbi/run/echo.sock"
+for _ in range(400):
+    if os.path.exists(echo_path):
+        break
+    time.sleep(0.025)
+raw = socket.socket(socket.AF_UNIX)
+raw.connect(echo_path)
+rf = raw.makefile("rwb")
+line = json.dumps({"v": 1, "id": 1, "op": "memory.store", "args": {"text": "x"}, "context": {"classification": "secret"}}).encode() + b"\n"
+def echo():
+    rf.write(line); rf.flush(); rf.readline()
+agent = Agent()
+def hello():
+    agent.hello()
+def denied():
+    try:
+        agent.memory.store("x", context={"classification": "secret"})
+    except Denied:
+        return
+    raise SystemExit("not denied")
+def recall():
+    assert agent.memory.recall("launch", collection="notes")["memories"]
+agent.memory.store("the launch is Friday", collection="notes")
+modes = {"raw": echo, "hello": hello, "denied": denied, "recall": recall}
+samples = {k: [] for k in modes}
+for f in modes.values():
+    for _ in range(20):
+        f()
+for block in range(max(1, calls // 50)):
+    for k in (list(modes) if block % 2 == 0 else list(reversed(modes))):
+        f, s = modes[k], samples[k]
+        for _ in range(50):
+            t = time.perf_counter(); f(); s.append(time.perf_counter() - t)
+def stats(s):
+    s = sorted(s)
+    return {"n": len(s), "p50": s[len(s) // 2] * 1e3, "p99": s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3,
+            "per_s": len(s) / sum(s)}
+out = {k: stats(v) for k, v in samples.items()}
+async def burst(n, width=16):
+    async with AsyncAgent() as b:
+        async def one():
+            try:
+                await b.memory.store("x", context={"classification": "secret"})
+            except Denied:
+                pass
+        async def lane(k):
+            for _ in range(k):
+                await one()
+        t = time.perf_counter()
+        await asyncio.gather(*(lane(n // width) for _ in range(width)))
+        return (n // width) * width / (time.perf_counter() - t)
+out["denied_concurrent_per_s"] = asyncio.run(burst(max(160, calls)))
+print(json.dumps(out))
+"""
+
+
+class Submitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
+    agent_id: str
+    input: bytes
+    priority: str = "normal"
+
+
+class Assigned(Event, frozen=True, kw_only=True, tag="task.assigned"):
+    host_id: str
+    tier: str
+    risk_score: float
+    risk_factors: dict[str, float]
+    workload: dict[str, Any]
+    limits: dict[str, Any]
+    attempt: int
+    decision: DecisionRecord
+
+
+TASKS: EventCodec[Any] = EventCodec([Submitted, Assigned])
+
+
+async def echo_server(directory: str) -> asyncio.AbstractServer:
+    """A trivial line echo on a second socket in the sandbox's mounted channel directory."""
+    path = Path(directory)
+    for _ in range(400):
+        if await asyncio.to_thread(os.path.isdir, directory):
+            break
+        await asyncio.sleep(0.01)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                writer.write(line)
+                await writer.drain()
+
+    sock = str(path / "echo.sock")
+    server = await asyncio.start_unix_server(serve, path=sock)
+    os.chown(sock, 65534, 65534)
+    return server
+
+
+async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> dict[str, Any]:
+    task_id = uuid.uuid4().hex[:16]
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_event(msg: Any) -> None:
+        kind = (msg.headers or {}).get("Symbi-Event-Type", "")
+        if kind in TERMINAL and not done.done():
+            done.set_result(kind)
+
+    sub = await nc.subscribe(f"evt.execution.{task_id}", cb=on_event)
+    workload = {"image": IMAGE, "command": ["python3", "-c", WORKLOAD, str(calls)], "workdir": "/", "actions": True}
+    assigned = Assigned(
+        host_id=HOST,
+        tier=tier,
+        risk_score=0.0,
+        risk_factors={},
+        workload=workload,
+        limits=LIMITS,
+        attempt=1,
+        decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
+    )
+    await store.append("task", task_id, [Submitted(agent_id=AGENT, input=b""), assigned], TASKS, expected=ChainTip())
+    await nc.jetstream().publish(
+        f"work.{HOST}", msgspec.json.encode({"task_id": task_id, "attempt": 1}), headers={"Nats-Msg-Id": task_id}
+    )
+    echo = await echo_server(channel_dir(channel_root(), HOST, container_name(HOST, task_id, 1)))
+    try:
+        kind = await asyncio.wait_for(done, 900)
+    finally:
+        echo.close()
+        await sub.unsubscribe()
+    events = [r.event for r in await reader.load("execution", task_id, EXECUTION_CODEC)]
+    stdout = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stdout")
+    if kind != "execution.exited" or not stdout:
+        stderr = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stderr")
+        raise SystemExit(f"{tier} task ended with {kind}: {stderr[-2000:].decode(errors='replace')}")
+    result: dict[str, Any] = json.loads(stdout)
+    return result
+
+
+async def main(calls: int) -> None:
+    print(_common.machine_summary())
+    print(f"load average {os.getloadavg()[0]:.2f}; {calls} calls per mode per tier")
+    results: dict[str, dict[str, Any]] = {}
+    async with _common.nats_server() as server:
+        with _common.keyring() as keys_dir, tempfile.TemporaryDirectory(prefix="symbi-bench-gw-") as tmp:
+            nc = await _common.connect(server.url)
+            policy = await _common.make_store(nc, keys_dir, producer="policy")
+            baseline = (ROOT / "services/policy/src/symbi_policy/baseline.cedar").read_text()
+            for set_id, cedar in {"baseline": baseline, "no-secrets": NO_SECRETS}.items():
+                event = PolicySetRegistered(set_id=set_id, cedar=cedar)
+                await policy.append(AGGREGATE_TYPE, set_id, [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
+            env = {"SYMBI_NATS_URL": server.url, "SYMBI_KEYS_DIR": str(keys_dir), "SYMBI_LOG_LEVEL": "warning"}
+            context = build_context_app(
+                load_settings(
+                    env={**env, "SYMBI_POLICY__ENFORCEMENT": "allow-all", "SYMBIONT_VECTOR_DATA_PATH": f"{tmp}/v"}
+                )
+            )
+            daemon = build_app(
+                load_settings(
+                    env={
+                        **env,
+                        "SYMBI_POLICY__ENFORCEMENT": "embedded",
+                        "SYMBI_POLICY__DECISION_LOG": "false",
+                        "SYMBI_SANDBOX__HOST_ID": HOST,
+                        "SYMBI_SANDBOX__WORK_DIR": f"{tmp}/work",
+                    }
+                )
+            )
+            async with context.router.lifespan_context(context), daemon.router.lifespan_context(daemon):
+                store = await _common.make_store(nc, keys_dir, producer="scheduler")
+                reader = await _common.make_store(nc, keys_dir, producer="audit")
+                for tier in ("tier1", "tier2"):
+                    results[tier] = await run_tier(store, reader, nc, tier, calls)
+            await nc.drain()
+    for tier, r in results.items():
+        for mode in ("raw", "hello", "denied", "recall"):
+            m = r[mode]
+            print(f"{tier} {mode:7s} p50 {m['p50']:.3f} ms  p99 {m['p99']:.3f} ms  {m['per_s']:.0f} calls/s sequential")
+        print(f"{tier} denied, 16 in flight: {r['denied_concurrent_per_s']:.0f} calls/s")
+    ours, base = results["tier2"]["denied"]["p50"], results["tier2"]["raw"]["p50"]
+    print(_common.result_line("gateway", ours, base, "ms", "<2", ours < 2.0))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--calls", type=int, default=0)
+    args = parser.parse_args()
+    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), IMAGE], check=True)
+    asyncio.run(main(args.calls or (200 if args.quick else 1000)))

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build a local workload image with Python and the agent SDK (symbi_agent), without a registry pull:
+# the root filesystem of symbi/busybox:1 (deploy/host/setup-docker.sh), the host's Python interpreter with
+# its standard library (tests and GUI modules left out) and the shared libraries it links, and
+# sdk/python/src/symbi_agent in its site-packages; imported with `docker import`.
+#
+# Usage: deploy/host/agent-image.sh [TAG]   (default symbi/agent-python:1). Idempotent: an existing TAG is
+# kept. Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image.
+set -euo pipefail
+
+TAG=${1:-symbi/agent-python:1}
+BASE=${SYMBI_IMAGE:-symbi/busybox:1}
+PY=${PYTHON:-python3}
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
+SDK="$HERE/sdk/python/src/symbi_agent"
+
+fail() { echo "agent-image: $*" >&2; exit 1; }
+docker image inspect "$TAG" >/dev/null 2>&1 && exit 0
+docker image inspect "$BASE" >/dev/null 2>&1 || fail "$BASE is missing; run deploy/host/setup-docker.sh"
+[ -d "$SDK" ] || fail "$SDK not found"
+
+read -r PREFIX VER EXE <<<"$("$PY" -c 'import sys; print(sys.base_prefix, "%d.%d" % sys.version_info[:2], sys.executable)')"
+EXE=$(readlink -f "$EXE")
+STDLIB="$PREFIX/lib/python$VER"
+[ -d "$STDLIB/lib-dynload" ] || fail "no standard library at $STDLIB"
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+cid=$(docker create "$BASE" true)
+docker export "$cid" | tar -C "$root" -x
+docker rm "$cid" >/dev/null
+
+mkdir -p "$root/usr/local/bin" "$root/usr/local/lib"
+cp "$EXE" "$root/usr/local/bin/python$VER"
+ln -sf "python$VER" "$root/usr/local/bin/python3"
+ln -sf "python$VER" "$root/usr/local/bin/python"
+tar -C "$PREFIX/lib" -c \
+  --exclude="python$VER/test" --exclude="python$VER/site-packages" --exclude="python$VER/idlelib" \
+  --exclude="python$VER/tkinter" --exclude="python$VER/ensurepip" --exclude="python$VER/lib2to3" \
+  --exclude="python$VER/turtledemo" --exclude="python$VER/config-*" "python$VER" | tar -C "$root/usr/local/lib" -x
+mkdir -p "$root/usr/local/lib/python$VER/site-packages"
+cp -r "$SDK" "$root/usr/local/lib/python$VER/site-packages/"
+find "$root/usr/local/lib/python$VER/site-packages" -name __pycache__ -prune -exec rm -rf {} +
+
+# Shared libraries of the interpreter and its extension modules, at the same paths as on the host.
+for lib in $( { ldd "$EXE"; for so in "$STDLIB"/lib-dynload/*.so; do ldd "$so" 2>/dev/null || true; done; } \
+    | grep -o '/[^ ]*' | sort -u); do
+  [ -e "$lib" ] || continue
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+
+tar -C "$root" -c . | docker import \
+  --change 'ENV PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin' --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
+  --change 'CMD ["/usr/local/bin/python3"]' - "$TAG" >/dev/null || fail "docker import of $TAG failed"
+echo "agent-image: built $TAG"

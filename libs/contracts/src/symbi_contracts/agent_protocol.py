@@ -1,0 +1,202 @@
+"""The agent channel protocol, version 1: what a sandboxed agent and its host's gateway say (docs/agent-protocol.md).
+
+Language-neutral JSON lines. A request is ``{"v": 1, "id": …, "op": "memory.store", "args": {…}, "context": {…}}``;
+its answer names the same ``id`` and is either ``{"v": 1, "id": …, "type": "result", "result": {…}}`` or
+``{"v": 1, "id": …, "type": "error", "error": {"code", "message", "retry_after"?, "details"?}}``. The same
+messages travel over the per-sandbox Unix socket (one per line) and over stdio (requests on stderr after the
+``@symbi `` prefix, answers on stdin). The agent never names itself: the gateway knows it from the listener.
+Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+#: The protocol versions a gateway speaks; a request with another ``v`` is answered ``unsupported_version``.
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+#: Longest request line the gateway reads (bytes, without the newline); a longer one is ``request_too_large``.
+MAX_REQUEST_BYTES = 1024 * 1024
+#: Requests of one agent being served at once; the gateway stops reading its socket while this many are open.
+MAX_IN_FLIGHT = 16
+MAX_ID_CHARS = 64
+#: Where the channel directory is mounted in the sandbox, the socket in it, and the variable naming it.
+CHANNEL_MOUNT = "/symbi/run"
+SOCKET_NAME = "agent.sock"
+SOCKET_ENV = "SYMBI_SOCKET"
+#: Prefix of a request line on stderr when the channel is stdio (the fallback).
+STDIO_PREFIX = b"@symbi "
+
+ErrorCode = Literal[
+    "malformed_request",
+    "request_too_large",
+    "unsupported_version",
+    "unknown_op",
+    "not_available",
+    "identity_refused",
+    "invalid_request",
+    "denied",
+    "unavailable",
+    "too_many_requests",
+    "internal",
+]
+#: Every code of the protocol itself; a performing service's own code (e.g. ``invalid_context``) passes through.
+ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
+
+RequestId = str | int
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One request of an agent."""
+
+    id: RequestId
+    op: str
+    v: int = PROTOCOL_VERSION
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Cedar context of the decision (e.g. ``{"classification": "confidential"}``), checked against the schema.
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Never trusted: a request that names an agent is refused ``identity_refused`` (the listener names it).
+    agent_id: str | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    #: Seconds after which asking again may succeed (``unavailable``, ``too_many_requests``).
+    retry_after: float | None = None
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True, tag="result", tag_field="type"):
+    id: RequestId | None
+    result: Any
+    v: int = PROTOCOL_VERSION
+
+
+class Error(msgspec.Struct, frozen=True, kw_only=True, tag="error", tag_field="type"):
+    id: RequestId | None
+    error: ErrorBody
+    v: int = PROTOCOL_VERSION
+
+
+Reply = Result | Error
+REPLY_DECODER: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """One answer line (with its newline)."""
+    return _ENCODER.encode(reply) + b"\n"
+
+
+def error(request_id: RequestId | None, code: str, message: str, **extra: Any) -> Error:
+    retry_after = extra.pop("retry_after", None)
+    return Error(id=request_id, error=ErrorBody(code=code, message=message, retry_after=retry_after, details=extra))
+
+
+# --- operations ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """An operation of the protocol: the Cedar action that decides it, and whether this runtime performs it."""
+
+    action: str
+    available: bool
+    #: The issue that brings an operation not performed yet (for the ``not_available`` message).
+    later: str = ""
+
+
+OPS: dict[str, Op] = {
+    "hello": Op("", True),
+    "memory.store": Op("memory.write", True),
+    "memory.recall": Op("memory.read", True),
+    "memory.forget": Op("memory.write", True),
+    "knowledge.share": Op("memory.write", True),
+    "knowledge.query": Op("memory.read", True),
+    "messages.send": Op("message.send", False, "the communication bus between agents"),
+    "messages.publish": Op("message.send", False, "the communication bus between agents"),
+    "messages.request": Op("message.send", False, "the communication bus between agents"),
+    "messages.receive": Op("message.send", False, "the communication bus between agents"),
+    "tools.invoke": Op("tool.invoke", False, "MCP tool sandboxes"),
+    "http.request": Op("http.request", False, "the egress proxy"),
+    "models.complete": Op("model.invoke", False, "the model gateway"),
+}
+
+MetaValue = str | int | float | bool
+
+
+class MemoryStore(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``memory.store``: one memory of the agent's own, in ``collection``, with the task as its origin."""
+
+    text: str
+    collection: str = "default"
+    kind: str = "long_term"
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    ttl_s: float | None = None
+
+
+class MemoryRecall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``memory.recall``: a search of the agent's own memories (of ``collection``; ``*`` means all)."""
+
+    query: str
+    collection: str = "*"
+    limit: int = 5
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+class MemoryForget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``memory.forget``: erase memories of the agent's own, by id."""
+
+    ids: tuple[str, ...]
+
+
+class KnowledgeShare(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``knowledge.share``: add a document to knowledge base ``kb`` (policy decides who may write it)."""
+
+    kb: str
+    title: str
+    text: str
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+
+
+class KnowledgeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``knowledge.query``: search knowledge base ``kb`` (policy decides who may read it)."""
+
+    kb: str
+    query: str
+    limit: int = 5
+
+
+class Hello(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``hello``: the versions the client speaks; the answer names the one chosen and what the gateway offers."""
+
+    versions: tuple[int, ...] = (PROTOCOL_VERSION,)
+    client: str = ""
+
+
+ARGS: dict[str, type[Any]] = {
+    "hello": Hello,
+    "memory.store": MemoryStore,
+    "memory.recall": MemoryRecall,
+    "memory.forget": MemoryForget,
+    "knowledge.share": KnowledgeShare,
+    "knowledge.query": KnowledgeQuery,
+}
+
+
+def resource_of(op: str, args: Any) -> tuple[str, bool]:
+    """The resource an operation acts on and whether it is the agent's own memory (parent: the agent)."""
+    if isinstance(args, MemoryStore | MemoryRecall):
+        return args.collection, True
+    if isinstance(args, MemoryForget):
+        return "*", True
+    if isinstance(args, KnowledgeShare | KnowledgeQuery):
+        return args.kb, False
+    return op, False

@@ -1,0 +1,46 @@
+"""symbi_agent: the SDK an agent inside a Symbi sandbox uses to act (docs/agent-protocol.md).
+
+``Agent`` (synchronous) and ``AsyncAgent`` connect to the sandbox's channel socket named by
+``$SYMBI_SOCKET`` and fall back to stdio (requests on stderr, answers on stdin) where there is none.
+Areas: ``memory`` and ``knowledge`` today; ``messages``, ``tools``, ``http`` and ``models`` answer
+:class:`NotAvailable` until the runtime performs them. Every refusal is a typed :class:`SymbiAgentError`.
+Standard library only.
+"""
+
+from symbi_agent.aio import AsyncAgent
+from symbi_agent.client import Agent
+from symbi_agent.errors import (
+    ActionFailed,
+    ChannelError,
+    Denied,
+    IdentityRefused,
+    Internal,
+    InvalidRequest,
+    MalformedRequest,
+    NotAvailable,
+    RequestTooLarge,
+    SymbiAgentError,
+    TooManyRequests,
+    Unavailable,
+    UnknownOp,
+    UnsupportedVersion,
+)
+
+__all__ = [
+    "ActionFailed",
+    "Agent",
+    "AsyncAgent",
+    "ChannelError",
+    "Denied",
+    "IdentityRefused",
+    "Internal",
+    "InvalidRequest",
+    "MalformedRequest",
+    "NotAvailable",
+    "RequestTooLarge",
+    "SymbiAgentError",
+    "TooManyRequests",
+    "Unavailable",
+    "UnknownOp",
+    "UnsupportedVersion",
+]

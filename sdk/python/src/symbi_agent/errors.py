@@ -1,0 +1,126 @@
+"""Typed errors of the SDK, one per error code of the protocol (docs/agent-protocol.md), under one root.
+
+A gateway's answer ``{"type": "error", "error": {"code", "message", "retry_after"?, "details"?}}`` is raised
+as the class registered for its code (:func:`from_reply`); a code the SDK does not know (a performing
+service's own, e.g. ``invalid_context``) is raised as :class:`ActionFailed` with that code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SymbiAgentError(Exception):
+    """Root of every SDK error: ``code`` (the protocol's), ``message``, ``retry_after`` (s) and ``details``."""
+
+    code = "internal"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ChannelError(SymbiAgentError):
+    """The channel itself failed: no socket and no stdio, or the gateway went away mid-request."""
+
+    code = "channel_closed"
+
+
+class MalformedRequest(SymbiAgentError):
+    code = "malformed_request"
+
+
+class RequestTooLarge(SymbiAgentError):
+    code = "request_too_large"
+
+
+class UnsupportedVersion(SymbiAgentError):
+    code = "unsupported_version"
+
+
+class UnknownOp(SymbiAgentError):
+    code = "unknown_op"
+
+
+class NotAvailable(SymbiAgentError):
+    """The operation is part of the protocol but this runtime does not perform it yet."""
+
+    code = "not_available"
+
+
+class IdentityRefused(SymbiAgentError):
+    """The request named an agent: the gateway knows the caller from its socket and refuses such requests."""
+
+    code = "identity_refused"
+
+
+class InvalidRequest(SymbiAgentError):
+    """The policy schema rejects the request (an unknown context attribute, a wrong type)."""
+
+    code = "invalid_request"
+
+
+class Denied(SymbiAgentError):
+    """The policy denied the action; ``details`` names the policies and the policy version."""
+
+    code = "denied"
+
+
+class Unavailable(SymbiAgentError):
+    """No decision or no performing service right now; ask again after ``retry_after`` seconds."""
+
+    code = "unavailable"
+
+
+class TooManyRequests(SymbiAgentError):
+    code = "too_many_requests"
+
+
+class Internal(SymbiAgentError):
+    code = "internal"
+
+
+class ActionFailed(SymbiAgentError):
+    """The action was allowed but the service performing it refused it (its own code in ``code``)."""
+
+    code = "failed"
+
+
+ERRORS: dict[str, type[SymbiAgentError]] = {
+    cls.code: cls
+    for cls in (
+        MalformedRequest,
+        RequestTooLarge,
+        UnsupportedVersion,
+        UnknownOp,
+        NotAvailable,
+        IdentityRefused,
+        InvalidRequest,
+        Denied,
+        Unavailable,
+        TooManyRequests,
+        Internal,
+    )
+}
+
+
+def from_reply(error: dict[str, Any]) -> SymbiAgentError:
+    """The typed error of an answer's ``error`` object."""
+    code = str(error.get("code", "internal"))
+    cls = ERRORS.get(code, ActionFailed)
+    retry = error.get("retry_after")
+    return cls(
+        str(error.get("message", "")),
+        code=code,
+        retry_after=float(retry) if retry is not None else None,
+        details=error.get("details"),
+    )

@@ -1,0 +1,119 @@
+"""What an agent can ask for, by area. Each method sends one protocol request through the client's ``call``,
+so the same classes serve the synchronous client (a value) and the asynchronous one (an awaitable)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Call = Callable[..., Any]
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class _Area:
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+
+class Memory(_Area):
+    """The agent's own memories, through the context service, each request decided by policy."""
+
+    def store(
+        self,
+        text: str,
+        *,
+        collection: str = "default",
+        kind: str | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl_s: float | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> Any:
+        """Store one memory; the result is ``{"memory_id", "ids", "sequence"}``."""
+        args = _given(
+            text=text, collection=collection, kind=kind, tags=tags and list(tags), metadata=metadata, ttl_s=ttl_s
+        )
+        return self._call("memory.store", args, context)
+
+    def recall(
+        self,
+        query: str,
+        *,
+        collection: str = "*",
+        limit: int = 5,
+        kinds: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> Any:
+        """Search the agent's memories; the result is ``{"memories": [{"id", "text", …}]}``."""
+        args = _given(
+            query=query, collection=collection, limit=limit, kinds=kinds and list(kinds), tags=tags and list(tags)
+        )
+        return self._call("memory.recall", args, context)
+
+    def forget(self, ids: Sequence[str], *, context: dict[str, Any] | None = None) -> Any:
+        """Erase memories of the agent's own by id; the result is ``{"ids", "sequence"}``."""
+        return self._call("memory.forget", {"ids": list(ids)}, context)
+
+
+class Knowledge(_Area):
+    """Knowledge bases shared between agents; policy decides who may share into or query each one."""
+
+    def share(
+        self,
+        kb: str,
+        title: str,
+        text: str,
+        *,
+        tags: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> Any:
+        """Add a document to knowledge base ``kb``; the result is ``{"document_id", "sequence"}``."""
+        args = _given(kb=kb, title=title, text=text, tags=tags and list(tags), metadata=metadata)
+        return self._call("knowledge.share", args, context)
+
+    def query(self, kb: str, query: str, *, limit: int = 5, context: dict[str, Any] | None = None) -> Any:
+        """Search knowledge base ``kb``; the result is ``{"results": [{"id", "text", …}]}``."""
+        return self._call("knowledge.query", {"kb": kb, "query": query, "limit": limit}, context)
+
+
+class Messages(_Area):
+    """Messages between agents (direct, topics, request/reply). Not performed yet: every call raises
+    :class:`~symbi_agent.errors.NotAvailable` from the gateway."""
+
+    def send(self, to: str, body: Any, **kwargs: Any) -> Any:
+        return self._call("messages.send", {"to": to, "body": body, **kwargs})
+
+    def publish(self, topic: str, body: Any, **kwargs: Any) -> Any:
+        return self._call("messages.publish", {"topic": topic, "body": body, **kwargs})
+
+    def request(self, to: str, body: Any, **kwargs: Any) -> Any:
+        return self._call("messages.request", {"to": to, "body": body, **kwargs})
+
+    def receive(self, **kwargs: Any) -> Any:
+        return self._call("messages.receive", kwargs)
+
+
+class Tools(_Area):
+    """MCP tools (not performed yet: :class:`~symbi_agent.errors.NotAvailable`)."""
+
+    def invoke(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
+        return self._call("tools.invoke", {"tool": tool, "arguments": arguments or {}})
+
+
+class Web(_Area):
+    """HTTP through the egress proxy (not performed yet: :class:`~symbi_agent.errors.NotAvailable`)."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        return self._call("http.request", {"method": method, "url": url, **kwargs})
+
+
+class Models(_Area):
+    """Model calls through the model gateway (not performed yet: :class:`~symbi_agent.errors.NotAvailable`)."""
+
+    def complete(self, model: str, prompt: str, **kwargs: Any) -> Any:
+        return self._call("models.complete", {"model": model, "prompt": prompt, **kwargs})
