@@ -254,3 +254,14 @@ async def test_the_notice_of_a_record_a_process_holds_keeps_it_cached(make: Make
         for t in follower_tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+async def test_the_cache_is_bounded_and_an_evicted_key_is_read_again(make: Make) -> None:
+    dk = make()
+    dk.max_cached = 3
+    keys = [await dk.current(f"agent.b{i}", new=True) for i in range(5)]
+    assert len(dk._cache) == 3
+    again = await dk.by_id("agent.b0/1")  # evicted first, read back from the store
+    nonce, ct = keys[0].encrypt(b"kept", b"aad")
+    assert again.decrypt(nonce, ct, b"aad") == b"kept"
+    assert len(dk._cache) == 3

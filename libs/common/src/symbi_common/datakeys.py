@@ -234,6 +234,8 @@ class DataKeys:
         #: name → the store revision of the cached record (a change notice of that revision is not a change)
         self._revisions: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Keys kept in memory at most (two new aggregates per task: without a bound the cache grows forever).
+        self.max_cached = 50_000
 
     @property
     def wrap_key_id(self) -> str:
@@ -289,6 +291,9 @@ class DataKeys:
         return self._unwrap(name, record), revision
 
     def _keep(self, name: str, loaded: tuple[tuple[int, dict[int, AeadKey]], int]) -> tuple[int, dict[int, AeadKey]]:
+        if name not in self._cache and len(self._cache) >= self.max_cached:
+            oldest = next(iter(self._cache))  # dicts keep insertion order: the longest-held key goes first
+            self.forget(oldest)  # (read again from the store when needed)
         self._cache[name], self._revisions[name] = loaded
         return loaded[0]
 
