@@ -141,3 +141,8 @@ def print_report(results: dict[str, TierResult], concurrency: int, limits: Limit
         )
         parts = sorted(r.cpu.parts["ours"].items(), key=lambda kv: kv[1], reverse=True)
         print("    runtime CPU per task by process: " + ", ".join(f"{n} {v / r.tasks * 1e3:.1f} ms" for n, v in parts))
+        idle_parts = sorted(r.cpu.parts["idle"].items(), key=lambda kv: kv[1], reverse=True)
+        print(
+            "    idle runtime by process (ms CPU per second): "
+            + ", ".join(f"{n} {v / idle.wall * 1e3:.1f}" for n, v in idle_parts)
+        )

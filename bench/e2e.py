@@ -42,9 +42,12 @@ signed, encrypted events, makes two policy decisions and verifies everything for
 all on the same cores as Docker; ≥ 0.5 means that costs the machine at most as much again as
 starting the container itself. Needs ``deploy/host/setup-docker.sh`` (tier 2 is skipped without runsc).
 Parts: ``_e2e_workload.py`` (the workload), ``_e2e_raw.py`` (the baseline), ``_e2e_ours.py`` (our side),
-``_e2e_report.py`` (results and report), ``_cpu.py`` (CPU accounting).
+``_e2e_report.py`` (results and report), ``_cpu.py`` (CPU accounting), ``_profile.py`` (``--profile DIR``:
+py-spy, ``uvx py-spy``, not a dependency, samples each service — only samples holding the GIL, i.e. Python
+on CPU — during tier 1's idle window into DIR/tier1/idle and its throughput windows into DIR/tier1:
+<service>.txt collapsed stacks and summary.txt, where each one's samples went).
 
-    uv run python bench/e2e.py [--quick] [--tasks N] [--rounds N] [--concurrency C] [--trace]
+    uv run python bench/e2e.py [--quick] [--tasks N] [--rounds N] [--concurrency C] [--trace] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from _e2e_ours import Ours, TaskWatch, register_agent
 from _e2e_raw import RawDocker
 from _e2e_report import TierResult, ms, print_report
 from _e2e_workload import MEMORY_MB, Limits
+from _profile import sampled
 from symbi_cli.credentials import auth_headers
 from symbi_cli.runtime import SERVICE_PORT_OFFSETS, LocalRuntime, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
@@ -110,6 +114,7 @@ async def measure_tier(
     tasks: int,
     idle_s: float,
     trace: bool,
+    profile: Path | None = None,
 ) -> TierResult:
     loop = asyncio.get_running_loop()
     result = TierResult()
@@ -145,7 +150,9 @@ async def measure_tier(
         flush=True,
     )
 
-    with result.cpu.window(sources, "idle"):  # the machine's background: an idle runtime and everyone else
+    services = {n: p for n, p in sources.runtime_roots.items() if n not in ("nats-server", "postgres")}
+    # The machine's background: an idle runtime and everyone else.
+    with sampled(services, profile / "idle" if profile else None), result.cpu.window(sources, "idle"):
         await asyncio.sleep(idle_s)
     half = max(1, tasks // 2)
 
@@ -155,7 +162,7 @@ async def measure_tier(
     ours_workers: list[Callable[[], Awaitable[Any]]] = [functools.partial(ours_loaded, a) for a in throughput_agents]
     raw_workers: list[Callable[[], Awaitable[Any]]] = [raw_once for _ in throughput_agents]
     for side in ("ours", "raw", "raw", "ours"):
-        with result.cpu.window(sources, side):
+        with sampled(services, profile if side == "ours" else None), result.cpu.window(sources, side):
             wall = await closed_loop(ours_workers if side == "ours" else raw_workers, half)
         if side == "ours":
             result.ours_wall += wall
@@ -199,6 +206,9 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, default=0, help="tasks per side per tier in the throughput phase")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent tasks (agents per tier)")
     parser.add_argument("--trace", action="store_true", help="print when each sequential task's events were stored")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy each service during tier 1's idle and throughput windows into DIR"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 30)
     tasks = args.tasks or (16 if args.quick else 160)
@@ -284,6 +294,7 @@ async def main() -> None:
                         tasks=tasks,
                         idle_s=3.0 if args.quick else 6.0,
                         trace=args.trace,
+                        profile=args.profile / tier if args.profile and tier == "tier1" else None,
                     )
                 retries = ours.output_retries
         finally:

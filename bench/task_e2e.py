@@ -13,6 +13,12 @@ its input).
 * baseline: ``docker run --rm -i [--runtime runsc] symbi/busybox:1 cat`` with the same input.
 
 Rounds alternate (ABBA) per tier. Target per tier: median ours <= 1.3 x median baseline + 50 ms.
+
+Cost per task, over the "ours" tasks only: the CPU time of this process (the three services; the client's
+own share — one command, one subscription — is small) and of nats-server, separately; the events stored
+per task by type (a plain subscription on ``evt.>``) and the NATS messages each service's connection sent
+and received per task (nats-py's counters: publishes, requests, replies, acks, pull requests, KV). The
+idle rate (CPU of this process while nothing runs) is printed too: it is part of each figure.
 Needs Docker with runc (tier1) and runsc (tier2, skipped when missing) and the image
 (``deploy/host/setup-docker.sh``).
 
@@ -24,8 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -46,6 +54,81 @@ from symbi_scheduler.main import build_app as build_scheduler
 IMAGE = "symbi/busybox:1"
 RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
 INPUT = b"hello from the benchmark\n"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pid_cpu(pid: int) -> float:
+    """CPU seconds (utime + stime) of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Cost:
+    """CPU, events and NATS messages summed over the timed "ours" tasks."""
+
+    def __init__(self, nats_pid: int, clients: dict[str, Any]) -> None:
+        self.nats_pid = nats_pid
+        self.clients = clients  # service name → its nats-py client
+        self.tasks = 0
+        self.cpu = 0.0
+        self.nats_cpu = 0.0
+        self.events: collections.Counter[str] = collections.Counter()
+        self.msgs: collections.Counter[str] = collections.Counter()
+        self.counting = False
+        self.subjects: collections.Counter[str] = collections.Counter()
+
+    async def on_any(self, msg: Any) -> None:
+        if self.counting:
+            parts = msg.subject.split(".")
+            if parts[0] == "_INBOX":
+                key = "_INBOX (replies, pull deliveries)"
+            elif parts[0] == "$JS" and parts[1] == "API":
+                key = ".".join(parts[:4])
+            elif parts[0] == "$JS" and parts[1] == "ACK":
+                key = "$JS.ACK"
+            elif parts[0] == "$JS" and parts[1] == "FC":
+                key = "$JS.FC"
+            else:
+                key = ".".join(parts[:2])
+            self.subjects[key] += 1
+
+    async def on_event(self, msg: Any) -> None:
+        if self.counting:
+            self.events[(msg.headers or {}).get("Symbi-Event-Type", msg.subject)] += 1
+
+    def _stats(self) -> dict[str, int]:
+        return {f"{name} {k}": int(nc.stats[k]) for name, nc in self.clients.items() for k in ("out_msgs", "in_msgs")}
+
+    @contextlib.asynccontextmanager
+    async def task(self) -> Any:
+        stats0, cpu0, nats0 = self._stats(), time.process_time(), pid_cpu(self.nats_pid)
+        self.counting = True
+        try:
+            yield
+            await asyncio.sleep(0.3)  # let the followers of the last events finish (counted: they are per task)
+        finally:
+            self.counting = False
+        self.cpu += time.process_time() - cpu0
+        self.nats_cpu += pid_cpu(self.nats_pid) - nats0
+        self.msgs.update({k: v - stats0[k] for k, v in self._stats().items()})
+        self.tasks += 1
+
+    def report(self, idle_cpu_per_s: float) -> list[str]:
+        n = max(1, self.tasks)
+        lines = [
+            f"runtime CPU per task (lifecycle + scheduler + sandbox-agent, this process): {self.cpu / n * 1e3:.1f} ms"
+            f" (of which idle for the 0.3 s settle: {idle_cpu_per_s * 0.3 * 1e3:.1f} ms); nats-server:"
+            f" {self.nats_cpu / n * 1e3:.1f} ms",
+            "events stored per task: "
+            + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(self.events.items(), key=lambda kv: -kv[1]))
+            + f" (total {sum(self.events.values()) / n:.1f})",
+            "NATS messages per task (sent/received by each service's connection): "
+            + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(self.msgs.items()))
+            + f" (total sent {sum(v for k, v in self.msgs.items() if k.endswith('out_msgs')) / n:.1f})",
+            "NATS messages per task by subject: "
+            + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(self.subjects.items(), key=lambda kv: -kv[1])),
+        ]
+        return lines
 
 
 def docker_runtimes() -> set[str]:
@@ -95,6 +178,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=0)
     args = parser.parse_args()
     rounds = args.rounds or (4 if args.quick else 12)
+    cost_lines: list[str] = []
     print(_common.machine_summary())
     available = docker_runtimes()
     tiers = [t for t, runtime in RUNTIMES.items() if runtime in available]
@@ -133,6 +217,10 @@ async def main() -> None:
                 nc = await _common.connect(server.url)
                 client = CommandClient(nc, timeout=30.0)
                 results: dict[str, tuple[float, float]] = {}
+                apps = {"lifecycle": lifecycle, "scheduler": scheduler, "sandbox-agent": sandbox}
+                cost = Cost(server.proc.pid, {k: a.state.runtime.nc for k, a in apps.items()})
+                await nc.subscribe("evt.>", cb=cost.on_event)
+                await nc.subscribe(">", cb=cost.on_any)
                 try:
                     for tier in tiers:
                         agent = f"e2e-{tier}"
@@ -148,13 +236,19 @@ async def main() -> None:
                             order = ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")
                             for side in order:
                                 if side == "ours":
-                                    ours.append((await submit_and_wait(nc, client, agent))[0])
+                                    async with cost.task():
+                                        ours.append((await submit_and_wait(nc, client, agent))[0])
                                 else:
                                     baseline.append(await docker_run(tier))
                             print(
                                 f"  {tier} round {r + 1}: ours {ours[-1] * 1000:7.1f} ms   docker run {baseline[-1] * 1000:7.1f} ms"
                             )
                         results[tier] = (statistics.median(ours), statistics.median(baseline))
+                    cpu0 = time.process_time()
+                    await asyncio.sleep(3.0)
+                    idle = (time.process_time() - cpu0) / 3.0
+                    print(f"idle: this process {idle * 1e3:.1f} ms CPU per second")
+                    cost_lines = cost.report(idle)
                 finally:
                     await nc.close()
         finally:
@@ -169,6 +263,8 @@ async def main() -> None:
         lines.append(_common.result_line(f"task_e2e_{tier}", o * 1000, b * 1000, "ms", "<=1.3x+50ms", ok))
         if worst is None or (o - 0.05) / b > (worst[1] - 0.05) / worst[2]:
             worst = (tier, o, b)
+    for line in cost_lines:
+        print(line)
     for line in lines:
         print(line)
     if worst is not None:

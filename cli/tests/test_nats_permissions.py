@@ -131,6 +131,8 @@ async def test_a_service_calls_only_the_commands_it_needs(runtime: LocalRuntime)
         ]
         await _all_refused(context, errors, refused)
         await _all_refused(sandbox, errors, [("cmd.lifecycle.assign_task", b"{}", {})])
+        # Nor the operator's credential: the CLI sends no command over NATS (it calls the HTTP APIs with a token).
+        await _all_refused(operator, errors, [*refused, ("cmd.lifecycle.suspend", b"{}", {})])
 
         # Allowed calls reach the service that answers them (a stand-in on the context service's credential).
         async def answer(msg: Msg) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
 from symbi_cli.run_cmd import ReceiptInvalid, check_proof, stored_task_events
 from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_common.crypto import Signer
 from symbi_common.streams import RawMessage
+from symbi_tlog.cosign import WitnessKey
 from symbi_tlog.merkle import verify_inclusion
 from symbi_tlog.notes import parse_checkpoint
 
@@ -23,8 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 async def test_run_registers_runs_remembers_and_proves(
     runtime_options: RuntimeOptions, runtime_home: Path, symbi_exe: str
 ) -> None:
-    options = runtime_options
-    env = dict(options.env or {})
+    # The log's origin is configured (not the default): the audit service signs under it, and `symbi run`, given
+    # the same configuration, expects it.
+    env = dict(runtime_options.env or {}, SYMBI_AUDIT__ORIGIN="acme-audit")
+    options = dataclasses.replace(runtime_options, env=env)
     rt = LocalRuntime(options)
     try:
         await rt.start()
@@ -95,6 +100,34 @@ async def test_run_registers_runs_remembers_and_proves(
         forged = served | {"proof": [base64.b64encode(bytes(32)).decode(), *e["proof"][1:]]}
         with pytest.raises(ReceiptInvalid, match="does not lead to the signed root"):
             check_proof(forged, message, checkpoint)
+
+        assert checkpoint.origin == "acme-audit"
+
+        # Another expected origin, or a witness that never cosigned: exit 3, with the typed reason.
+        witness = WitnessKey("witness.example/w1", Signer.generate().public_key)
+        for flags, reason in (
+            (["--origin", "symbi-audit"], "checkpoint_origin"),
+            (["--witness-key", witness.vkey(), "--receipt-timeout", "2"], "witness_cosignature_missing"),
+        ):
+            proc = await asyncio.create_subprocess_exec(
+                symbi_exe,
+                "run",
+                str(REPO / "examples" / "agents" / "hello.symbi"),
+                "--input",
+                "world",
+                "--home",
+                str(runtime_home),
+                "--json",
+                *flags,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+            assert proc.returncode == 3, err.decode()
+            refused = json.loads(out)["receipt"]
+            assert refused["verified"] is False
+            assert refused["reason"] == reason, refused
 
         # Without --json: the result on stdout, then the receipt.
         proc = await asyncio.create_subprocess_exec(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -50,10 +51,12 @@ class Witness:
     env: dict[str, str]
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    tls: tuple[Path, Path] | None = None
+    """(certificate, key): serve HTTPS."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def key(self) -> WitnessKey:
@@ -61,13 +64,16 @@ class Witness:
 
     def start(self) -> None:
         argv = [self.exe, "witness", "serve", "--dir", str(self.dir), "--log", self.log_spec, "--port", str(self.port)]
+        if self.tls is not None:
+            argv += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+        verify: Any = ssl.create_default_context(cafile=self.tls[0]) if self.tls is not None else True
         with open(self.dir.parent / "witness.log", "ab") as log:
             self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.dir.parent / "witness.log").read_text()
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -161,6 +167,83 @@ def test_add_checkpoint_answers_as_the_protocol_says(witness: Witness, keys_dir:
     answer = post(witness, 0, [], log.grow(2))
     assert (answer.status_code, answer.text) == (409, "17\n")
     assert post(witness, 17, log.proof(17), log.grow(0)).status_code == 200
+
+
+def test_state_is_replaced_whole_and_private_whatever_lies_in_the_directory(tmp_path: Path) -> None:
+    """The state file is written to a fresh temporary file (0600, never one someone planted or linked),
+    fsynced, renamed over the old one, and the directory fsynced: a crash leaves the old or the new state."""
+    from symbi_cli.witness_cmd import STATE_FILE, WitnessState
+
+    directory = tmp_path / "witness"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("not the witness's")
+    (directory / "state.tmp").symlink_to(victim)  # a planted link at the old fixed temporary name
+    (directory / f".{STATE_FILE}.planted.tmp").write_text("{}")
+    state = WitnessState(directory / STATE_FILE)
+    for size in (3, 17):
+        state.latest["symbi-audit"] = (size, bytes([size]) * 32)
+        state.save()
+        path = directory / STATE_FILE
+        assert not path.is_symlink()
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert WitnessState(path).latest == {"symbi-audit": (size, bytes([size]) * 32)}
+    assert victim.read_text() == "not the witness's"
+    left = sorted(p.name for p in directory.iterdir())
+    assert left == sorted([STATE_FILE, "state.tmp", f".{STATE_FILE}.planted.tmp"])  # no temporary file of its own
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "witness.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "witness-cert.pem", directory / "witness-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+def test_the_witness_serves_https_with_tls_cert_and_key(witness: Witness, keys_dir: Path, tmp_path: Path) -> None:
+    witness.stop()
+    witness.tls = _self_signed(tmp_path)
+    witness.start()
+    log = Log(load_signer(keys_dir / "audit" / "signing.key"))
+    note = log.grow(3)
+    answer = httpx.post(
+        f"{witness.url}/add-checkpoint",
+        content=format_add_checkpoint(0, [], note),
+        timeout=5,
+        verify=ssl.create_default_context(cafile=witness.tls[0]),
+    )
+    assert answer.status_code == 200, answer.text
+    assert verify_cosignatures(note + answer.text, [witness.key]).valid.keys() == {NAME}
+    with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
+        httpx.get(f"http://127.0.0.1:{witness.port}/healthz", timeout=2)
+    with pytest.raises(httpx.HTTPError):  # nor is a client that does not trust the certificate let through
+        httpx.get(f"{witness.url}/healthz", timeout=2)
 
 
 class Noted(Event, frozen=True, tag="agent.noted"):

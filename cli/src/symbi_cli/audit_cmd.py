@@ -13,7 +13,9 @@ exactly the stored events of the ``EVENTS`` stream that it covers, byte for byte
   tree rebuilt from them has its root (so each entry is included at its position, and a deleted tail,
   a deleted aggregate tail, a renumbering or an event moved between aggregates cannot pass);
 - ``--previous CHECKPOINT`` (one seen before): no rollback, no fork, no split view;
-- ``--witness-key VKEY`` … ``--min-witnesses K``: K of the given witnesses cosigned the checkpoint;
+- ``--witness-key VKEY`` … ``--min-witnesses K``: K of the given witnesses cosigned the checkpoint
+  (without these flags: the ``[[audit.witnesses]]`` and ``min_witnesses`` the audit service is configured
+  with, as the origin defaults to ``[audit] origin`` — :mod:`symbi_cli.trust`);
   ``--max-age S``: the newest of those cosignatures is at most S seconds old (no stale checkpoint);
 - every event: signature, that its key may write its subject, per-aggregate hash chain, versions and
   stream sequences.
@@ -40,20 +42,26 @@ from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
 from symbi_common.streams import AUDIT_STREAM, EVENTS_STREAM, last_on_subject, read_subject
-from symbi_tlog.cosign import WitnessKey
 from symbi_tlog.notes import parse_checkpoint, verifier_key
 from symbi_tlog.offline import (
     CHECKPOINT_MISSING,
     CHECKPOINT_SUBJECT,
-    DEFAULT_ORIGIN,
     OfflineReport,
-    TrustAnchor,
     audit_key,
     export_line,
     verify_export_file,
 )
 
 from symbi_cli.events import DEFAULT_HOME, operator_url
+from symbi_cli.trust import (
+    ConfigOption,
+    MaxAgeOption,
+    MinWitnessesOption,
+    OriginOption,
+    WitnessKeyOption,
+    audit_settings,
+    trust_anchor,
+)
 
 audit_app = typer.Typer(help="Export the audit log and verify it offline.", no_args_is_help=True)
 
@@ -161,19 +169,6 @@ def export_command(
         console.print(f"wrote checkpoint (tree size {size}) to {checkpoint_out}", highlight=False)
 
 
-def _anchor(
-    keys_dir: Path, origin: str, witness_keys: list[str], min_witnesses: int | None, max_age: float | None
-) -> TrustAnchor:
-    registry = KeyRegistry.load(keys_dir)
-    witnesses = tuple(WitnessKey.parse(k) for k in witness_keys)
-    k = len(witnesses) if min_witnesses is None else min_witnesses
-    if k > len(witnesses):
-        raise typer.BadParameter(f"--min-witnesses {k} but only {len(witnesses)} --witness-key given")
-    if max_age is not None and not witnesses:
-        raise typer.BadParameter("--max-age needs --witness-key: only a witness's cosignature dates a checkpoint")
-    return TrustAnchor(registry, origin, witnesses, k, max_age)
-
-
 @audit_app.command("verify")
 def verify_command(
     log: Annotated[Path, typer.Argument(help="An exported log (JSON Lines from `symbi audit export`).")],
@@ -187,18 +182,11 @@ def verify_command(
     no_checkpoint: Annotated[
         bool, typer.Option("--no-checkpoint", help="Check signatures and chains only; completeness is NOT checked.")
     ] = False,
-    origin: Annotated[str, typer.Option("--origin", help="The log's expected origin line.")] = DEFAULT_ORIGIN,
-    witness_key: Annotated[
-        list[str] | None,
-        typer.Option("--witness-key", help="A trusted witness verifier key (name+keyid+base64); repeatable."),
-    ] = None,
-    min_witnesses: Annotated[
-        int | None, typer.Option("--min-witnesses", min=0, help="Cosignatures required (default: every --witness-key).")
-    ] = None,
-    max_age: Annotated[
-        float | None,
-        typer.Option("--max-age", min=0, help="Seconds: the newest witness cosignature may be at most this old."),
-    ] = None,
+    origin: OriginOption = None,
+    witness_key: WitnessKeyOption = None,
+    min_witnesses: MinWitnessesOption = None,
+    max_age: MaxAgeOption = None,
+    config: ConfigOption = None,
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="Processes verifying signatures (0: one per core for large logs).")
     ] = 0,
@@ -217,7 +205,14 @@ def verify_command(
     if checkpoint is not None and no_checkpoint:
         raise typer.BadParameter("--checkpoint and --no-checkpoint exclude each other")
     try:
-        anchor = _anchor(keys_dir or home / "keys", origin, witness_key or [], min_witnesses, max_age)
+        anchor = trust_anchor(
+            KeyRegistry.load(keys_dir or home / "keys"),
+            audit_settings(config),
+            origin=origin,
+            witness_keys=witness_key,
+            min_witnesses=min_witnesses,
+            max_age=max_age,
+        )
         note = checkpoint.read_text() if checkpoint is not None else None
         seen = previous.read_text() if previous is not None else None
         if workers == 0:
@@ -237,9 +232,11 @@ def verify_command(
 def log_key_command(
     keys_dir: Annotated[Path | None, typer.Option("--keys-dir", envvar="SYMBI_KEYS_DIR")] = None,
     home: Annotated[Path, typer.Option("--home", envvar="SYMBI_HOME")] = DEFAULT_HOME,
-    origin: Annotated[str, typer.Option("--origin")] = DEFAULT_ORIGIN,
+    origin: OriginOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Print ORIGIN=VKEY of the audit log's active checkpoint key (for `symbi witness serve --log`)."""
+    origin = origin or audit_settings(config).origin
     try:
         name, public_key = audit_key(KeyRegistry.load(keys_dir or home / "keys"))
     except SymbiError as err:

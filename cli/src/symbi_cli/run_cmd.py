@@ -10,8 +10,11 @@ The receipt trusts neither the audit service nor this machine's view of it: the 
 stored from the ``EVENTS`` stream, their signatures, signers and hash chains checked here and their
 Merkle leaves computed here (the audit API's ``verified`` flag is never consulted); the checkpoint's
 signature is checked against the audit key of the root-signed key registry and its origin against the
-expected one; each inclusion proof is verified against the signed root (RFC 9162). Any mismatch
-makes the command exit 3.
+expected one (``--origin``, default the ``[audit] origin`` the audit service signs under); with witnesses
+(``--witness-key`` … ``--min-witnesses``, default the ``[[audit.witnesses]]`` and ``min_witnesses`` of the
+configuration) at least k of them must have cosigned it; each inclusion proof is verified against the
+signed root (RFC 9162). Any mismatch makes the command exit 3, with a typed ``reason`` in the receipt
+(``checkpoint_origin``, ``witness_cosignature_missing`` …).
 
 Exit status: 0 success, 1 registration or service failure, the task's exit code if it failed, 3 if the
 receipt does not verify.
@@ -43,7 +46,7 @@ from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_common.telemetry import command_trace, trace_http_request, trace_id_of
 from symbi_tlog.merkle import verify_inclusion
 from symbi_tlog.notes import Checkpoint
-from symbi_tlog.offline import TrustAnchor, audit_key, check_checkpoint
+from symbi_tlog.offline import WITNESS_MISSING, TrustAnchor, audit_key, check_checkpoint
 from symbi_tlog.rules import CachedRegistry, LogVerifier, event_leaf, verdict
 
 from symbi_cli.agent_cmd import registration_body
@@ -52,6 +55,15 @@ from symbi_cli.errors import CliError
 from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 from symbi_cli.status_cmd import read_state
 from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
+from symbi_cli.trust import (
+    ConfigOption,
+    MaxAgeOption,
+    MinWitnessesOption,
+    OriginOption,
+    WitnessKeyOption,
+    audit_settings,
+    trust_anchor,
+)
 
 EXIT_FAILED = 1
 EXIT_RECEIPT = 3
@@ -65,9 +77,18 @@ class RunError(SymbiError):
 
 
 class ReceiptInvalid(SymbiError):
-    """The audit receipt does not verify: a checkpoint, leaf or inclusion proof does not match."""
+    """The audit receipt does not verify: a checkpoint, leaf or inclusion proof does not match.
+
+    ``reason`` is the typed cause: a checkpoint finding of the offline verifier (``checkpoint_origin``,
+    ``checkpoint_signature``, ``witness_cosignature_missing`` …) or ``event_invalid``, ``proof_invalid``,
+    ``not_covered``.
+    """
 
     code = "receipt_invalid"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, reason=reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +227,19 @@ def check_proof(proof: dict[str, Any], message: RawMessage, checkpoint: Checkpoi
     """One receipt line, after checking the served proof against our own leaf and the signed root."""
     leaf = event_leaf(message)
     if proof.get("sequence") != message.sequence or proof.get("tree_size") != checkpoint.size:
-        raise ReceiptInvalid(f"the proof served for event {message.sequence} is for another event or tree")
+        raise ReceiptInvalid(
+            f"the proof served for event {message.sequence} is for another event or tree", reason="proof_invalid"
+        )
     if proof.get("leaf_hash") != _b64(leaf):
-        raise ReceiptInvalid(f"event {message.sequence}: the audit log's leaf differs from the stored event's")
+        raise ReceiptInvalid(
+            f"event {message.sequence}: the audit log's leaf differs from the stored event's", reason="proof_invalid"
+        )
     path = [base64.b64decode(h) for h in proof.get("proof", [])]
     index = int(proof["leaf_index"])
     if not verify_inclusion(leaf, index, checkpoint.size, path, checkpoint.root):
-        raise ReceiptInvalid(f"event {message.sequence}: the inclusion proof does not lead to the signed root")
+        raise ReceiptInvalid(
+            f"event {message.sequence}: the inclusion proof does not lead to the signed root", reason="proof_invalid"
+        )
     return {
         "sequence": message.sequence,
         "subject": message.subject,
@@ -235,62 +262,95 @@ def check_events(events: list[RawMessage], registry: KeyRegistry) -> None:
         if message.subject not in first:
             first.add(message.subject)
             if v.version != 1:
-                raise ReceiptInvalid(f"{message.subject} does not start at version 1: its first events are missing")
+                raise ReceiptInvalid(
+                    f"{message.subject} does not start at version 1: its first events are missing",
+                    reason="event_invalid",
+                )
         findings = rules.apply(v)
         if findings:
             f = findings[0]
-            raise ReceiptInvalid(f"event {message.sequence} ({message.subject}) does not verify: {f.kind}: {f.reason}")
+            raise ReceiptInvalid(
+                f"event {message.sequence} ({message.subject}) does not verify: {f.kind}: {f.reason}",
+                reason="event_invalid",
+            )
 
 
-def trusted_checkpoint(note: str, registry: KeyRegistry) -> Checkpoint:
-    """The checkpoint of ``note`` if the pinned audit key signed it for the expected origin."""
-    checkpoint, findings = check_checkpoint(note, TrustAnchor(registry))
+def trusted_checkpoint(note: str, anchor: TrustAnchor) -> Checkpoint:
+    """The checkpoint of ``note`` if the pinned audit key signed it for the anchor's origin and, with witnesses
+    in the anchor, at least ``min_witnesses`` of them cosigned it; else :class:`ReceiptInvalid` with the first
+    finding's kind as its reason."""
+    checkpoint, findings = check_checkpoint(note, anchor)
     if checkpoint is None or findings:
-        raise ReceiptInvalid("checkpoint: " + "; ".join(f.reason for f in findings))
+        reason = findings[0].kind if findings else "checkpoint_signature"
+        raise ReceiptInvalid("checkpoint: " + "; ".join(f.reason for f in findings), reason=reason)
     return checkpoint
 
 
+async def _receipt_from(
+    http: httpx.AsyncClient, urls: ServiceUrls, events: list[RawMessage], note: str, anchor: TrustAnchor
+) -> dict[str, Any] | None:
+    """The receipt against the checkpoint ``note``; None while its tree does not hold every event yet."""
+    checkpoint = trusted_checkpoint(note, anchor)
+    proofs = []
+    for message in reversed(events):  # the newest first: if it is not covered yet, none of them need asking
+        params = {"sequence": message.sequence, "size": checkpoint.size}
+        answer = await _request(http, "GET", f"{urls.audit}/v1/audit/proofs/inclusion", params=params)
+        if answer.status_code == 404:
+            return None  # not in this checkpoint's tree yet
+        proofs.append(check_proof(_json_body(answer, "inclusion proof"), message, checkpoint))
+    proofs.reverse()
+    return {
+        "verified": True,
+        "checkpoint": {
+            "origin": checkpoint.origin,
+            "size": checkpoint.size,
+            "root": _b64(checkpoint.root),
+            "key": audit_key(anchor.registry)[0],
+            "witnesses": sorted(w.name for w in anchor.witnesses),
+            "min_witnesses": anchor.min_witnesses,
+            "note": note,
+        },
+        "events": proofs,
+    }
+
+
 async def audit_receipt(
-    http: httpx.AsyncClient, urls: ServiceUrls, events: list[RawMessage], registry: KeyRegistry, timeout: float
+    http: httpx.AsyncClient, urls: ServiceUrls, events: list[RawMessage], anchor: TrustAnchor, timeout: float
 ) -> dict[str, Any]:
     """Wait for a signed checkpoint covering ``events``, then verify each one's inclusion in it.
 
     The audit service checkpoints on its own (every ``checkpoint_interval_s``); there is no way to ask for
-    one, so the receipt waits for the first checkpoint whose tree holds every event.
+    one, so the receipt waits for the first checkpoint whose tree holds every event. A checkpoint without
+    the cosignatures the anchor demands may still be gathering them: it is asked again until ``timeout``,
+    then refused (``witness_cosignature_missing``); any other checkpoint finding is refused at once.
     """
     if not events:
-        raise ReceiptInvalid("the task has no stored events")
-    check_events(events, registry)
+        raise ReceiptInvalid("the task has no stored events", reason="event_invalid")
+    check_events(events, anchor.registry)
     deadline = time.monotonic() + timeout
+    uncosigned: ReceiptInvalid | None = None
     while True:
         response = await _request(http, "GET", f"{urls.audit}/v1/audit/checkpoints/latest")
         if response.status_code == 200:
-            note = response.text
-            checkpoint = trusted_checkpoint(note, registry)
-            proofs = []
-            for message in reversed(events):  # the newest first: if it is not covered yet, none of them need asking
-                params = {"sequence": message.sequence, "size": checkpoint.size}
-                answer = await _request(http, "GET", f"{urls.audit}/v1/audit/proofs/inclusion", params=params)
-                if answer.status_code == 404:
-                    break  # not in this checkpoint's tree yet
-                proofs.append(check_proof(_json_body(answer, "inclusion proof"), message, checkpoint))
+            try:
+                receipt = await _receipt_from(http, urls, events, response.text, anchor)
+            except ReceiptInvalid as err:
+                if err.reason != WITNESS_MISSING:
+                    raise
+                uncosigned, receipt = err, None
             else:
-                proofs.reverse()
-                return {
-                    "verified": True,
-                    "checkpoint": {
-                        "origin": checkpoint.origin,
-                        "size": checkpoint.size,
-                        "root": _b64(checkpoint.root),
-                        "key": audit_key(registry)[0],
-                        "note": note,
-                    },
-                    "events": proofs,
-                }
+                uncosigned = None
+            if receipt is not None:
+                return receipt
         elif response.status_code != 404:
             _json_body(response, "latest checkpoint")
         if time.monotonic() > deadline:
-            raise ReceiptInvalid(f"no audit checkpoint covered the task's {len(events)} events within {timeout:.0f} s")
+            if uncosigned is not None:
+                raise uncosigned
+            raise ReceiptInvalid(
+                f"no audit checkpoint covered the task's {len(events)} events within {timeout:.0f} s",
+                reason="not_covered",
+            )
         await asyncio.sleep(POLL_S * 2)
 
 
@@ -335,10 +395,14 @@ async def run_agent(
     console: Console,
     receipt_timeout: float,
     home: Path | None = None,
+    anchor: TrustAnchor | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Every step of ``symbi run``; returns the exit status and the document describing the run.
 
-    Every call carries the operator credential of ``home`` (``$SYMBI_OPERATOR_TOKEN`` first)."""
+    Every call carries the operator credential of ``home`` (``$SYMBI_OPERATOR_TOKEN`` first). The receipt is
+    checked against ``anchor`` (default: the registry of ``keys_dir``, origin and witnesses as configured)."""
+    if anchor is None:
+        anchor = trust_anchor(KeyRegistry.load(keys_dir), audit_settings(None))
     doc: dict[str, Any] = {}
     headers = auth_headers(home)
     async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}, headers=headers) as http:
@@ -388,11 +452,10 @@ async def run_agent(
 
         events = await stored_task_events(nats_url, task_id)
         console.print(f"waiting for an audit checkpoint covering the task's {len(events)} events …")
-        registry = KeyRegistry.load(keys_dir)
         try:
-            doc["receipt"] = await audit_receipt(http, urls, events, registry, receipt_timeout)
+            doc["receipt"] = await audit_receipt(http, urls, events, anchor, receipt_timeout)
         except ReceiptInvalid as exc:
-            doc["receipt"] = {"verified": False, "error": str(exc)}
+            doc["receipt"] = {"verified": False, "reason": exc.reason, "error": str(exc)}
             return EXIT_RECEIPT, doc
     if succeeded:
         return 0, doc
@@ -406,7 +469,7 @@ def print_run(console: Console, doc: dict[str, Any]) -> None:
     sys.stdout.flush()
     receipt = doc.get("receipt") or {}
     if not receipt.get("verified"):
-        console.print(f"[red]✗ audit receipt not verified:[/] {receipt.get('error')}")
+        console.print(f"[red]✗ audit receipt not verified ({receipt.get('reason')}):[/] {receipt.get('error')}")
         return
     cp = receipt["checkpoint"]
     table = Table(title=f"audit receipt — checkpoint {cp['origin']} size {cp['size']}, signed by {cp['key']}")
@@ -441,10 +504,30 @@ def run(
     receipt_timeout: Annotated[
         float, typer.Option("--receipt-timeout", help="Seconds to wait for a covering audit checkpoint.")
     ] = 60.0,
+    origin: OriginOption = None,
+    witness_key: WitnessKeyOption = None,
+    min_witnesses: MinWitnessesOption = None,
+    max_age: MaxAgeOption = None,
+    config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")] = False,
 ) -> None:
     """Register an agent, run one task on it live, remember its result and print a verified audit receipt."""
     console = Console(stderr=True)
+    keys = keys_dir or home / "keys"
+    try:
+        registry = KeyRegistry.load(keys)
+    except SymbiError as exc:
+        console.print(f"[red]error:[/] the keyring {keys}: {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    # Before anything runs: a receipt that could never be checked as configured is refused up front.
+    anchor = trust_anchor(
+        registry,
+        audit_settings(config),
+        origin=origin,
+        witness_keys=witness_key,
+        min_witnesses=min_witnesses,
+        max_age=max_age,
+    )
     data = _read_input(input_)
     chosen_id = agent_id or default_agent_id(file)
     # One trace for the whole run: every request carries it, so each service's work joins it.
@@ -459,8 +542,9 @@ def run(
                     agent_id=chosen_id,
                     urls=service_urls(home, base_port),
                     nats_url=events_nats_url(nats_url, home),
-                    keys_dir=keys_dir or home / "keys",
+                    keys_dir=keys,
                     home=home,
+                    anchor=anchor,
                     console=console,
                     receipt_timeout=receipt_timeout,
                 )

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,14 +71,27 @@ class WitnessState:
             self.latest = {o: (int(v["size"]), base64.b64decode(v["root"])) for o, v in doc.items()}
 
     def save(self) -> None:
+        """Replace the file with the current state, crash-safe: a new temporary file (``O_EXCL``, 0600, never a
+        name someone else created or linked), written and fsynced, renamed over the old one, then the directory
+        fsynced so the rename itself survives a power cut. A crash leaves the old state or the new, never half."""
         doc = {o: {"size": s, "root": base64.b64encode(r).decode()} for o, (s, r) in self.latest.items()}
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        directory = self.path.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def build_witness_app(
@@ -138,9 +153,15 @@ def serve_command(
     log: Annotated[list[str], typer.Option("--log", help="ORIGIN=VKEY of a log to witness; repeatable.")],
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 7380,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM, chain included).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's private key (PEM).")] = None,
 ) -> None:
-    """Serve add-checkpoint until interrupted."""
+    """Serve add-checkpoint until interrupted (over HTTPS with --tls-cert and --tls-key)."""
     console = Console(stderr=True, highlight=False)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
     try:
         logs = [parse_log_key(spec) for spec in log]
         signer = load_signer(directory / KEY_FILE)
@@ -149,5 +170,13 @@ def serve_command(
     except (ConfigError, KeyringError, OSError, ValueError) as err:
         console.print(f"[red]symbi witness: {err}[/]")
         raise typer.Exit(2) from None
-    console.print(f"witness {name} for {', '.join(sorted({k.origin for k in logs}))} on http://{host}:{port}")
-    uvicorn.run(build_witness_app(signer, name, logs, state), host=host, port=port, log_level="warning")
+    scheme = "https" if tls_cert is not None else "http"
+    console.print(f"witness {name} for {', '.join(sorted({k.origin for k in logs}))} on {scheme}://{host}:{port}")
+    uvicorn.run(
+        build_witness_app(signer, name, logs, state),
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(tls_cert) if tls_cert is not None else None,
+        ssl_keyfile=str(tls_key) if tls_key is not None else None,
+    )

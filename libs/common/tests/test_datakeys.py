@@ -58,6 +58,22 @@ async def test_current_is_created_once_and_shared(make: Make) -> None:
     assert other.decrypt(nonce, ct, b"aad") is None
 
 
+async def test_current_for_a_new_aggregate_creates_first_and_still_shares_one_key(make: Make) -> None:
+    """``new=True`` (a first append) creates without reading first; racing writers, a record that exists
+    already and a destroyed key all still end on the one stored record (or refuse)."""
+    a, b = make(), make()
+    keys = await asyncio.gather(*(dk.current("task.t1", new=True) for dk in (a, b) for _ in range(3)))
+    assert {k.key_id for k in keys} == {"task.t1/1"}
+    nonce, ct = keys[0].encrypt(b"secret", b"aad")
+    assert all(k.decrypt(nonce, ct, b"aad") == b"secret" for k in keys)
+    # A record that exists (this process never saw it): the create loses and the stored key is used.
+    late = await make().current("task.t1", new=True)
+    assert late.decrypt(nonce, ct, b"aad") == b"secret"
+    await a.destroy("task.t1")
+    with pytest.raises(DataKeyDestroyed):
+        await make().current("task.t1", new=True)
+
+
 async def test_rotation(make: Make) -> None:
     dk = make()
     gen1 = await dk.current("agent.r")
@@ -202,3 +218,50 @@ async def test_other_processes_forget_destroyed_and_rotated_keys(make: Make) -> 
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+
+
+async def test_the_notice_of_a_record_a_process_holds_keeps_it_cached(make: Make, store: DataKeyStore) -> None:
+    """Every process sees every record's creation; the one it holds (created or read) stays cached, so the
+    aggregate's next event needs no KV read. A later revision (rotation) is still forgotten."""
+    creator, reader = make(), make()
+    follower_tasks = [asyncio.create_task(dk.follow_changes()) for dk in (creator, reader)]
+    try:
+        await asyncio.sleep(0.1)  # the watches are up
+        key = await creator.current("task.t9", new=True)
+        assert (await reader.by_id(key.key_id)).key_id == key.key_id
+        await asyncio.sleep(0.3)  # the creation notice has reached both
+        reads = 0
+        get = store.get
+
+        async def counting_get(name: str) -> tuple[bytes, int] | None:
+            nonlocal reads
+            reads += 1
+            return await get(name)
+
+        store.get = counting_get  # type: ignore[method-assign]
+        assert (await creator.current("task.t9")).key_id == key.key_id
+        assert (await reader.by_id(key.key_id)).key_id == key.key_id
+        assert reads == 0, "a cached key was dropped on the notice of its own record"
+        new_id = await make().rotate("task.t9")
+
+        async def rotated() -> bool:
+            return (await creator.current("task.t9")).key_id == new_id
+
+        assert await _until(rotated), "the creator kept sealing with the old generation"
+    finally:
+        for t in follower_tasks:
+            t.cancel()
+        for t in follower_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def test_the_cache_is_bounded_and_an_evicted_key_is_read_again(make: Make) -> None:
+    dk = make()
+    dk.max_cached = 3
+    keys = [await dk.current(f"agent.b{i}", new=True) for i in range(5)]
+    assert len(dk._cache) == 3
+    again = await dk.by_id("agent.b0/1")  # evicted first, read back from the store
+    nonce, ct = keys[0].encrypt(b"kept", b"aad")
+    assert again.decrypt(nonce, ct, b"aad") == b"kept"
+    assert len(dk._cache) == 3

@@ -32,6 +32,8 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
     # The operator writes no events or data keys; only revocations of operator tokens (`symbi token revoke`).
     assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap."))]
     assert [p for p in publish_allow(OPERATOR) if p.startswith("$KV.")] == ["$KV.OPERATOR_REVOCATIONS.>"]
+    # Nor any command: the CLI sends none over NATS.
+    assert not [p for p in publish_allow(OPERATOR) if p.startswith(("cmd.", ">"))]
 
 
 def test_only_admin_may_manage_streams() -> None:

@@ -12,9 +12,11 @@ import hashlib
 import pytest
 from symbi_tlog.merkle import (
     TreeBuilder,
+    consistency_proof,
     consistency_ranges,
     hashes_for,
     inclusion_ranges,
+    subtree_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -78,6 +80,14 @@ def test_roots_match_the_reference_for_every_size(tree: tuple[list[bytes], dict,
         assert roots[size] == ref_mth(data[:size]), size
 
 
+def test_push_builds_the_same_tree_as_append(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
+    data, _, roots = tree
+    builder = TreeBuilder()
+    for size, d in enumerate(data, 1):
+        builder.push(hashlib.sha256(b"\x00" + d).digest())
+        assert builder.root() == roots[size], size
+
+
 def test_builder_restarts_from_its_frontier(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
     data, nodes, roots = tree
     from symbi_tlog.merkle import range_nodes
@@ -128,6 +138,21 @@ def test_consistency_proofs_between_every_pair_of_sizes(tree: tuple[list[bytes],
                     assert not verify_consistency(old, new, roots[old], roots[new], [bytes(32), *proof[1:]])
 
 
+def test_proofs_from_the_leaves_alone_match_the_reference(tree: tuple[list[bytes], dict, list[bytes]]) -> None:
+    data, _, roots = tree
+    leaves = [hashlib.sha256(b"\x00" + d).digest() for d in data]
+    for new in range(1, 40):
+        assert subtree_hash(leaves, 0, new) == roots[new]
+        for old in range(1, new + 1):
+            proof = consistency_proof(leaves[:new], old)
+            assert proof == ref_subproof(old, data[:new], True), (old, new)
+            assert verify_consistency(old, new, roots[old], roots[new], proof)
+    # The tree of 20 with one leaf in the middle changed: no proof from it leads to the old root.
+    changed = [*leaves[:20]]
+    changed[7] = hashlib.sha256(b"\x00other").digest()
+    assert not verify_consistency(12, 20, roots[12], subtree_hash(changed, 0, 20), consistency_proof(changed, 12))
+
+
 def test_bad_ranges_are_refused() -> None:
     with pytest.raises(ValueError, match="not in a tree"):
         inclusion_ranges(5, 5)
@@ -135,3 +160,21 @@ def test_bad_ranges_are_refused() -> None:
         consistency_ranges(6, 5)
     with pytest.raises(ValueError, match="no consistency proof"):
         consistency_ranges(0, 5)
+
+
+def test_an_event_leaf_is_the_rfc_6962_leaf_hash_of_its_leaf_data() -> None:
+    from symbi_common.envelope import event_hash
+    from symbi_common.streams import RawMessage
+    from symbi_tlog.merkle import leaf_hash
+    from symbi_tlog.rules import LEAF_DOMAIN, event_leaf, leaf_data
+
+    for sequence, subject, data in ((1, "evt.agent.a1", b"x"), (2**40 + 7, "evt.task.ü-é", b"\0" * 900)):
+        m = RawMessage(subject, sequence, data, {})
+        expected = hashlib.sha256(b"\x00" + leaf_data(sequence, subject, event_hash(data))).digest()
+        assert (
+            event_leaf(m)
+            == event_leaf(m, event_hash(data))
+            == leaf_hash(leaf_data(sequence, subject, event_hash(data)))
+        )
+        assert event_leaf(m) == expected
+        assert leaf_data(sequence, subject, b"h").startswith(LEAF_DOMAIN)

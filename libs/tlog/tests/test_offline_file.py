@@ -35,7 +35,7 @@ def _log(keys_dir: Path, n: int) -> list[RawMessage]:
     return out
 
 
-def test_blocks_and_processes_change_nothing(keys_dir: Path, registry: KeyRegistry) -> None:
+def test_blocks_and_processes_change_nothing(keys_dir: Path, registry: KeyRegistry, tmp_path: Path) -> None:
     log = _log(keys_dir, 40)
     tree = TreeBuilder()
     for m in log:
@@ -53,3 +53,24 @@ def test_blocks_and_processes_change_nothing(keys_dir: Path, registry: KeyRegist
     for workers in (1, 2):
         with pytest.raises(ExportMalformed, match="line 42"):
             verify_export_file(io.BytesIO(bad), note, anchor, workers=workers)
+    # A regular file: the workers read their blocks from it themselves.
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(data)
+    for block in (50, 333, 4096, 1 << 20):
+        with path.open("rb") as fh:
+            assert list(verdicts_of_file(fh, registry, workers=2, block=block)) == one
+    with path.open("rb") as fh:
+        assert verify_export_file(fh, note, anchor, workers=2).ok
+    path.write_bytes(bad)
+    for block in (50, 4096):
+        with path.open("rb") as fh, pytest.raises(ExportMalformed, match="line 42"):
+            list(verdicts_of_file(fh, registry, workers=2, block=block))
+    middle = data.split(b"\n")
+    middle[17] = b'{"sequence": 18, "subject": 5}'
+    path.write_bytes(b"\n".join(middle))
+    for workers in (1, 2):
+        with path.open("rb") as fh, pytest.raises(ExportMalformed, match="line 18 "):
+            list(verdicts_of_file(fh, registry, workers=workers, block=300))
+    path.write_bytes(b"")
+    with path.open("rb") as fh:
+        assert list(verdicts_of_file(fh, registry, workers=2)) == []

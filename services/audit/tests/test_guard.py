@@ -13,7 +13,7 @@ from symbi_audit.main import build_app
 from symbi_common.settings import load_settings
 from symbi_common.streams import EVENTS_STREAM, provision_streams
 
-from .conftest import Writer, audit_env
+from .conftest import Writer, audit_env, read_log
 
 
 async def _wait_critical(http: httpx.AsyncClient, kind: str) -> dict:
@@ -83,3 +83,49 @@ async def test_a_deleted_shortened_or_rewritten_stream_is_critical_and_never_a_f
             status = (await http.get("/v1/audit/status")).json()
             assert list(status["critical"]) == ["stream_rolled_back"]
             assert (await http.get("/readyz")).status_code == 503
+
+
+async def test_a_stream_rewritten_in_the_middle_with_the_same_length_and_last_event_is_critical(
+    writer: Writer,
+    provisioned: NatsClient,
+    nats_url: str,
+    database_url: str,
+    keys_dir: Path,
+    operator_headers: dict[str, str],
+) -> None:
+    """Same first event, same last event, same length: only a consistency proof from the signed tree to the tree
+    rebuilt from the whole stream shows that one event in the middle is another one."""
+    settings = load_settings(env=audit_env(nats_url, database_url, keys_dir, SYMBI_AUDIT__GUARD_INTERVAL_S="3600"))
+    js = provisioned.jetstream()
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http:
+            service = app.state.audit
+            guard = app.state.audit_guard
+            last = await writer.mixed(20)
+            assert await service.runner.wait_for(last)
+            for _ in range(100):
+                if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
+                    break
+                await asyncio.sleep(0.05)
+            assert await guard.check() == {}
+            stored = await read_log(provisioned)
+            assert [m.sequence for m in stored] == list(range(1, last + 1))
+
+            # An admin re-creates the stream with the same events, but for one in the middle: it carries the
+            # stored bytes of another event of the same aggregate (a validly signed event, moved).
+            middle = len(stored) // 2
+            same_subject = next(m for m in stored[middle + 1 :] if m.subject == stored[middle].subject)
+            await js.delete_stream(EVENTS_STREAM)
+            await provision_streams(js)
+            for i, m in enumerate(stored):
+                data = same_subject.data if i == middle else m.data
+                ack = await js.publish(m.subject, data)
+                assert ack.seq == m.sequence
+            assert (await js.stream_info(EVENTS_STREAM)).state.last_seq == last
+
+            problems = await guard.check()
+            assert list(problems) == ["stream_rolled_back"]
+            assert "consistency proof" in problems["stream_rolled_back"]
+            await _critical_everywhere(http, "stream_rolled_back")

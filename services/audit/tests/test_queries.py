@@ -181,7 +181,11 @@ async def test_live_feed_over_sse_and_nats_filtered_by_agent_and_type(
 
 
 async def test_erasure_crypto_shreds_while_the_log_still_verifies(
-    running: Running, writer: Writer, provisioned: NatsClient, registry: KeyRegistry
+    running: Running,
+    writer: Writer,
+    provisioned: NatsClient,
+    registry: KeyRegistry,
+    issue_operator_token: Callable[..., str],
 ) -> None:
     await writer.agent("forget-me", 3)
     last = (await writer.agent("keep-me", 1))[-1]
@@ -214,6 +218,13 @@ async def test_erasure_crypto_shreds_while_the_log_still_verifies(
     report = verify_export(await read_log(provisioned), None, TrustAnchor(registry), require_checkpoint=False)
     assert report.findings == []
     # Bad requests are typed.
+    posing = await running.http.post(
+        "/v1/audit/erasures",
+        json={"aggregate": "agent.q9", "requested_by": "someone-else"},
+        headers={"X-Symbi-Principal": "dpo"},
+    )
+    assert posing.status_code == 403, posing.text
+    assert "not the acting principal" in posing.json()["error"]["message"]
     bad = await running.http.post("/v1/audit/erasures", json={"aggregate": "nonsense"})
     assert bad.status_code == 422
     assert bad.json()["error"]["details"]["field"] == "aggregate"
@@ -226,11 +237,12 @@ async def test_erasure_crypto_shreds_while_the_log_still_verifies(
     bad = await running.http.get("/v1/audit/events", params={"agent": "keep\x00"})
     assert bad.status_code == 422
     assert bad.json()["error"]["details"]["field"] == "agent"
-    # Over NATS as well.
     from symbi_common.commands import CommandClient
 
     client = CommandClient(provisioned, timeout=5)
-    via_nats = await client.call("audit", "erase", {"aggregate": "agent.keep-me", "principal": "dpo"}, dict)
+    # Over NATS as well, by the operator its token names (symbi_audit.command_auth).
+    token = {"Authorization": f"Bearer {issue_operator_token(name='dpo')}"}
+    via_nats = await client.call("audit", "erase", {"aggregate": "agent.keep-me"}, dict, headers=token)
     assert via_nats["aggregate"] == "agent.keep-me"
     assert via_nats["executed_sequence"] > via_nats["requested_sequence"]
 

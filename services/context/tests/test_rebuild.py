@@ -3,6 +3,7 @@ Qdrant — gives the same search results as the live index, and a deleted index 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,12 @@ async def replay(running: Any, store: VectorStore, last: int) -> None:
         assert await index.wait_for(last, timeout=20)
     finally:
         await index.stop()
+    # The position is stored lazily (not after every batch), but always when the consumer stops.
+    for _ in range(100):
+        if await store.position() >= last:
+            break
+        await asyncio.sleep(0.05)
+    assert await store.position() >= last
 
 
 async def test_replay_into_every_backend_equals_the_live_index(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -313,3 +314,18 @@ def test_how_a_run_ended_decides_its_terminal_event() -> None:
     assert isinstance(failed, ExecutionFailed)
     assert failed.reason == "no exit status: the container disappeared"
     assert EXECUTION.decide(run([started(spec.attempt)]), exited) == [exited]  # type: ignore[arg-type]
+
+
+def test_remove_cgroup_tree_removes_empty_cgroups_deepest_first_in_every_hierarchy(tmp_path: Path) -> None:
+    from symbi_sandbox_agent.cgroups import remove_cgroup_tree
+
+    for hierarchy in ("cpu", "memory"):
+        (tmp_path / hierarchy / "symbi" / "h1" / "t1" / "docker" / "c1").mkdir(parents=True)
+    (tmp_path / "memory" / "symbi" / "h1" / "t2" / "busy").mkdir(parents=True)
+    (tmp_path / "memory" / "symbi" / "h1" / "t2" / "busy" / "tasks").write_text("1\n")  # not empty: stays
+    remove_cgroup_tree("/symbi/h1/t1", tmp_path)
+    assert not (tmp_path / "cpu" / "symbi" / "h1" / "t1").exists()
+    assert not (tmp_path / "memory" / "symbi" / "h1" / "t1").exists()
+    remove_cgroup_tree("/symbi/h1", tmp_path)
+    assert (tmp_path / "memory" / "symbi" / "h1" / "t2" / "busy" / "tasks").exists()
+    assert not (tmp_path / "cpu" / "symbi" / "h1").exists()

@@ -124,3 +124,43 @@ async def test_printing_past_the_output_cap_is_killed(agent: Agent, scheduler: S
     assert len(r.stdout) == cap
     assert r.terminal.output.truncated
     assert r.stdout[:10] == b"spam\nspam\n"
+
+
+def test_docker_calls_about_different_containers_share_one_connection_pool(docker_client: Any) -> None:
+    """docker-py keys its unix-socket pools by URL (which names the container): without the fix every
+    container got a fresh connection; a removed container that is gone already is fine."""
+    from symbi_sandbox_agent.docker_host import DockerHost
+
+    host = DockerHost()
+    try:
+        for i in range(5):
+            assert host.state(f"symbi-test-absent-{i}") == {}
+            host.remove(f"symbi-test-absent-{i}")
+        pools = host.api._custom_adapter.pools
+        assert len(pools) <= 2, list(pools.keys())  # the constructor's ping, then the shared one
+    finally:
+        host.close()
+
+
+def test_a_present_image_is_taken_as_present_for_a_while_and_an_absent_one_is_asked_again(
+    docker_client: Any,
+) -> None:
+    from symbi_sandbox_agent.docker_host import DockerHost
+
+    host = DockerHost()
+    try:
+        calls: list[str] = []
+        inspect = host.api.inspect_image
+
+        def counting(image: str) -> Any:
+            calls.append(image)
+            return inspect(image)
+
+        host.api.inspect_image = counting
+        assert host.image_present("symbi/busybox:1")
+        assert host.image_present("symbi/busybox:1")
+        assert not host.image_present("symbi/absent:0")
+        assert not host.image_present("symbi/absent:0")
+        assert calls == ["symbi/busybox:1", "symbi/absent:0", "symbi/absent:0"]
+    finally:
+        host.close()

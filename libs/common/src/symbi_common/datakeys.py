@@ -45,7 +45,10 @@ class DataKeyStore(Protocol):
     """Where wrapped data key records live. ``revision`` gives optimistic concurrency on updates."""
 
     async def get(self, name: str) -> tuple[bytes, int] | None: ...
-    async def create(self, name: str, value: bytes) -> bool: ...
+    async def create(self, name: str, value: bytes) -> int:
+        """The new record's revision; 0 (nothing written) if ``name`` exists or was destroyed."""
+        ...
+
     async def update(self, name: str, value: bytes, revision: int) -> bool: ...
     async def destroy(self, name: str) -> None: ...
     def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
@@ -56,6 +59,10 @@ class DataKeyStore(Protocol):
         """Names of records changed (rotated) or destroyed from now on, by any process."""
         ...
 
+    def revisions(self) -> AsyncIterator[tuple[str, int]]:
+        """``(name, revision)`` of records written from now on, by any process; revision 0: destroyed."""
+        ...
+
 
 class MemoryDataKeyStore:
     """In-process store for tests and tools; same contract as :class:`KvDataKeyStore`."""
@@ -63,14 +70,18 @@ class MemoryDataKeyStore:
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, int]] = {}
         self._destroyed: set[str] = set()
-        self._watchers: list[asyncio.Queue[str]] = []
+        self._watchers: list[asyncio.Queue[tuple[str, int]]] = []
 
-    def _changed(self, name: str) -> None:
+    def _changed(self, name: str, revision: int) -> None:
         for queue in self._watchers:
-            queue.put_nowait(name)
+            queue.put_nowait((name, revision))
 
     async def changes(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        async for name, _ in self.revisions():
+            yield name
+
+    async def revisions(self) -> AsyncIterator[tuple[str, int]]:
+        queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self._watchers.append(queue)
         try:
             while True:
@@ -86,24 +97,24 @@ class MemoryDataKeyStore:
             if name.startswith(prefix + "."):
                 yield name, value, revision
 
-    async def create(self, name: str, value: bytes) -> bool:
+    async def create(self, name: str, value: bytes) -> int:
         if name in self._data or name in self._destroyed:
-            return False
+            return 0
         self._data[name] = (value, 1)
-        return True
+        return 1
 
     async def update(self, name: str, value: bytes, revision: int) -> bool:
         cur = self._data.get(name)
         if cur is None or cur[1] != revision:
             return False
         self._data[name] = (value, revision + 1)
-        self._changed(name)
+        self._changed(name, revision + 1)
         return True
 
     async def destroy(self, name: str) -> None:
         self._data.pop(name, None)
         self._destroyed.add(name)
-        self._changed(name)
+        self._changed(name, 0)
 
 
 class KvDataKeyStore:
@@ -134,14 +145,13 @@ class KvDataKeyStore:
             return None
         return bytes(entry.value), int(entry.revision)
 
-    async def create(self, name: str, value: bytes) -> bool:
+    async def create(self, name: str, value: bytes) -> int:
         # Not kv.create(): that re-creates over a purge marker, and a destroyed key must stay destroyed
         # (a new generation 1 would reuse the destroyed key's id for another key).
         try:
-            await self._kv.update(name, value, last=0)
+            return int(await self._kv.update(name, value, last=0))
         except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        return True
+            return 0
 
     async def update(self, name: str, value: bytes, revision: int) -> bool:
         try:
@@ -165,11 +175,16 @@ class KvDataKeyStore:
             await _stop_watcher(watcher)
 
     async def changes(self) -> AsyncIterator[str]:
+        async for name, _ in self.revisions():
+            yield name
+
+    async def revisions(self) -> AsyncIterator[tuple[str, int]]:
         watcher = await self._kv.watchall(meta_only=True)
         try:
             async for entry in watcher:
                 if entry is not None:  # None marks the end of the entries that existed already
-                    yield str(entry.key)
+                    gone = entry.operation in ("DEL", "PURGE")
+                    yield str(entry.key), 0 if gone else int(entry.revision)
         finally:
             await _stop_watcher(watcher)
 
@@ -216,7 +231,11 @@ class DataKeys:
         self.service = service
         #: name → (current generation, the generations this service may open)
         self._cache: dict[str, tuple[int, dict[int, AeadKey]]] = {}
+        #: name → the store revision of the cached record (a change notice of that revision is not a change)
+        self._revisions: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Keys kept in memory at most (two new aggregates per task: without a bound the cache grows forever).
+        self.max_cached = 50_000
 
     @property
     def wrap_key_id(self) -> str:
@@ -271,13 +290,24 @@ class DataKeys:
             raise KeyringError(f"data key record {name} is malformed: {exc}") from None
         return self._unwrap(name, record), revision
 
+    def _keep(self, name: str, loaded: tuple[tuple[int, dict[int, AeadKey]], int]) -> tuple[int, dict[int, AeadKey]]:
+        if name not in self._cache and len(self._cache) >= self.max_cached:
+            oldest = next(iter(self._cache))  # dicts keep insertion order: the longest-held key goes first
+            self.forget(oldest)  # (read again from the store when needed)
+        self._cache[name], self._revisions[name] = loaded
+        return loaded[0]
+
     def _not_entitled(self, data_key_id: str) -> DataKeyNotEntitled:
         return DataKeyNotEntitled(
             f"service {self.service} is not entitled to read data key {data_key_id}", key_id=data_key_id
         )
 
-    async def current(self, name: str) -> AeadKey:
-        """The key new events of ``name`` (``<type>.<id>``) are sealed with; created on first use."""
+    async def current(self, name: str, *, new: bool = False) -> AeadKey:
+        """The key new events of ``name`` (``<type>.<id>``) are sealed with; created on first use.
+
+        ``new`` says the aggregate has no events yet (its first append): the record is then created
+        straight away (one KV round trip instead of a missed read, the create and a read back); if it
+        exists after all (a retry, a destroyed key's marker) it is read as usual."""
         cached = self._cache.get(name)
         if cached is not None and cached[0] in cached[1]:
             return cached[1][cached[0]]
@@ -285,17 +315,19 @@ class DataKeys:
         async with lock:
             cached = self._cache.get(name)
             if cached is None:
-                loaded = await self._load(name)
+                loaded = None if new else await self._load(name)
                 if loaded is None:
                     record = DataKeyRecord(current=1, generations={1: self._seal(name, 1)})
-                    await self._store.create(name, _record_encoder.encode(record))
-                    loaded = await self._load(name)  # the winner's record if another writer raced us
-                    if loaded is None:
-                        raise DataKeyDestroyed(
-                            f"data key {name} was destroyed; {name} takes no new events", key_id=name
-                        )
-                cached = loaded[0]
-                self._cache[name] = cached
+                    revision = await self._store.create(name, _record_encoder.encode(record))
+                    if revision:
+                        loaded = self._unwrap(name, record), revision  # ours is the stored record
+                    else:
+                        loaded = await self._load(name)  # the winner's record if another writer raced us
+                        if loaded is None:
+                            raise DataKeyDestroyed(
+                                f"data key {name} was destroyed; {name} takes no new events", key_id=name
+                            )
+                cached = self._keep(name, loaded)
         self._locks.pop(name, None)
         if cached[0] not in cached[1]:
             raise self._not_entitled(f"{name}/{cached[0]}")
@@ -313,8 +345,7 @@ class DataKeys:
             loaded = await self._load(name)
             if loaded is None:
                 raise DataKeyDestroyed(f"data key {data_key_id} does not exist or was destroyed", key_id=data_key_id)
-            cached = loaded[0]
-            self._cache[name] = cached
+            cached = self._keep(name, loaded)
             if gen not in cached[1] and gen <= cached[0]:
                 raise self._not_entitled(data_key_id)
         try:
@@ -334,27 +365,31 @@ class DataKeys:
             gen = max(record.generations) + 1
             new = DataKeyRecord(current=gen, generations={**record.generations, gen: self._seal(name, gen)})
             if await self._store.update(name, _record_encoder.encode(new), revision):
-                self._cache.pop(name, None)
+                self.forget(name)
                 return f"{name}/{gen}"
         raise KeyringError(f"could not rotate data key {name}: too many concurrent updates")
 
     async def destroy(self, name: str) -> None:
         """Crypto-shred every generation of ``name``'s data key (every reader's sealed copy)."""
         await self._store.destroy(name)
-        self._cache.pop(name, None)
+        self.forget(name)
 
     async def follow_changes(self) -> None:
         """Forget cached keys as soon as any process rotates or destroys them; runs until cancelled.
 
         Without this a process keeps decrypting with a cached key that another process has
-        crypto-shredded.
+        crypto-shredded. A notice of the very record this process holds (its creation, seen by every
+        process; each task creates two) changes nothing: dropping it cost a KV read and an unseal per
+        process for the aggregate's next event.
         """
-        async for name in self._store.changes():
-            self.forget(name)
+        async for name, revision in self._store.revisions():
+            if revision == 0 or self._revisions.get(name) != revision:
+                self.forget(name)
 
     def forget(self, name: str) -> None:
         """Drop a cached key (after another process destroyed or rotated it)."""
         self._cache.pop(name, None)
+        self._revisions.pop(name, None)
 
     # --- wrap key rotation ------------------------------------------------------------------------
 

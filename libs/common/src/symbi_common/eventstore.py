@@ -142,7 +142,7 @@ class EventStore:
         started = time.perf_counter()
         subject = subject_for(aggregate_type, aggregate_id)
         self._check_signer()
-        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}")
+        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}", new=expected.version == 0)
         sealed: list[tuple[bytes, EventHeader]] = []
         hashes: list[bytes] = []
         prev = expected.hash

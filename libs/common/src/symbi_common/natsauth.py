@@ -67,6 +67,11 @@ COMMAND_CALLS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+#: The commands the operator's tools send over NATS: none. The CLI reads streams and calls the services' HTTP
+#: APIs with an operator token; so a leaked operator NATS credential orders no erasure, policy change or task.
+OPERATOR_COMMANDS: tuple[str, ...] = ()
+
+
 def stream_read_api(stream: str) -> list[str]:
     """The JetStream API subjects to read ``stream``: info, gets, and consumers (create, info, next, delete)."""
     return [
@@ -108,9 +113,9 @@ def publish_allow(service: str) -> list[str]:
             continue
         api.extend(x for x in stream_read_api(stream) if x not in api)
     common = [*api, "$JS.FC.>", "_INBOX.>"]
-    if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), any command, and the
+    if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), the CLI's commands, and the
         # root-signed key registry versions (`symbi keys`; services only read them, and verify each)
-        return [*common, "$KV.OPERATOR_REVOCATIONS.>", "cmd.>", "registry.version"]
+        return [*common, "$KV.OPERATOR_REVOCATIONS.>", *OPERATOR_COMMANDS, "registry.version"]
     commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
     return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
 

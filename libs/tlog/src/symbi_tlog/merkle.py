@@ -104,6 +104,24 @@ def hashes_for(ranges: Sequence[tuple[int, int]], lookup: Callable[[Node], bytes
     return [fold_range([lookup(n) for n in range_nodes(s, e)]) for s, e in ranges]
 
 
+def subtree_hash(leaves: Sequence[bytes], start: int, end: int) -> bytes:
+    """RFC 6962 ``MTH`` of ``leaves[start:end]`` (leaf hashes), from the leaves themselves: ``O(end - start)``."""
+    if start >= end:
+        return EMPTY_ROOT
+
+    def perfect(level: int, index: int) -> bytes:
+        if level == 0:
+            return leaves[index]
+        return node_hash(perfect(level - 1, 2 * index), perfect(level - 1, 2 * index + 1))
+
+    return fold_range([perfect(level, index) for level, index in range_nodes(start, end)])
+
+
+def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
+    """RFC 6962 ``PROOF(old_size, D[len(leaves)])`` computed from all the leaf hashes of the new tree."""
+    return [subtree_hash(leaves, s, e) for s, e in consistency_ranges(old_size, len(leaves))]
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """RFC 9162 §2.1.3.2: does ``proof`` show leaf hash ``leaf`` at ``index`` in the tree of ``size`` with ``root``?"""
     if not 0 <= index < size:
@@ -184,6 +202,16 @@ class TreeBuilder:
         self.frontier.append(h)
         self.size += 1
         return new
+
+    def push(self, leaf: bytes) -> None:
+        """:meth:`append` for a caller that stores no nodes (an offline verifier): the same tree, no node list."""
+        frontier = self.frontier
+        h, i = leaf, self.size
+        while i & 1:
+            h = hashlib.sha256(b"\x01" + frontier.pop() + h).digest()
+            i >>= 1
+        frontier.append(h)
+        self.size += 1
 
     def root(self) -> bytes:
         return fold_range(self.frontier) if self.frontier else EMPTY_ROOT

@@ -17,26 +17,23 @@ and a checkpoint note next to it. :func:`verify_export` trusts nothing in the fi
   with another root (split view), and its root must be the root over the first ``size`` entries (fork);
 - every event passes the same rules as the live verifier (:mod:`symbi_tlog.rules`).
 
-Stage 1 (signatures) may run on several processes (``workers``); the in-order rules and the tree run
-here, in order.
+Stage 1 (parsing, signatures, leaves) may run on several processes (``workers``,
+:mod:`symbi_tlog.export`); the in-order rules and the tree run here, in order.
 """
 
 from __future__ import annotations
 
-import gc
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import msgspec
-from symbi_common.keyring import KeyRegistry, RegisteredKey, RegistryDocument
+from symbi_common.keyring import KeyRegistry, RegisteredKey
 from symbi_common.streams import RawMessage
 
 from symbi_tlog.cosign import WitnessKey, verify_cosignatures
-from symbi_tlog.errors import CheckpointInvalid, ExportMalformed
+from symbi_tlog.errors import CheckpointInvalid
+from symbi_tlog.export import ExportLine, export_line, read_export, verdicts_of_file
 from symbi_tlog.merkle import TreeBuilder
 from symbi_tlog.notes import Checkpoint, key_hash, parse_checkpoint, verify_checkpoint
 from symbi_tlog.rules import CachedRegistry, Finding, LogVerifier, Verdict, verdict
@@ -59,33 +56,7 @@ INCONSISTENT_CHECKPOINT = "inconsistent_checkpoint"
 WITNESS_MISSING = "witness_cosignature_missing"
 WITNESS_FORGED = "witness_cosignature_invalid"
 
-
-class ExportLine(msgspec.Struct, frozen=True):
-    sequence: int
-    subject: str
-    data: bytes
-    """The exact stored bytes; base64 (standard alphabet, padded) in the file."""
-
-
-_line_encoder = msgspec.json.Encoder()
-_line_decoder = msgspec.json.Decoder(ExportLine)
-
-
-def export_line(message: RawMessage) -> bytes:
-    """One line of an export (with its newline)."""
-    return _line_encoder.encode(ExportLine(message.sequence, message.subject, message.data)) + b"\n"
-
-
-def read_export(lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawMessage]:
-    """The stored events of an export, in file order; :class:`ExportMalformed` names a bad line."""
-    for number, line in enumerate(lines, first_line):
-        if not line.strip():
-            continue
-        try:
-            item = _line_decoder.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ExportMalformed(f"line {number} of the export is not an exported event: {exc}") from None
-        yield RawMessage(item.subject, item.sequence, item.data, {})
+__all__ = ["ExportLine", "export_line", "read_export", "verdicts_of_file"]  # the export format, re-exported
 
 
 def log_keys(registry: KeyRegistry) -> list[RegisteredKey]:
@@ -211,74 +182,6 @@ class OfflineReport:
         return not self.findings
 
 
-# --- stage 1 on several processes ------------------------------------------------------------------
-
-_worker_registry: CachedRegistry | None = None
-
-
-def _init_worker(document: bytes) -> None:
-    global _worker_registry
-    # A forked worker inherits the parent's heap: keep the garbage collector from walking (and so copying) it.
-    gc.freeze()
-    _worker_registry = CachedRegistry(KeyRegistry(msgspec.json.decode(document, type=RegistryDocument)))
-
-
-_verdicts_encoder = msgspec.msgpack.Encoder()
-_verdicts_decoder = msgspec.msgpack.Decoder(list[Verdict])
-
-
-def _verdicts_of_block(first_line: int, block: bytes) -> bytes:
-    """A worker's part: the verdicts of the lines in ``block``, MessagePack-encoded (cheaper to pass back than
-    pickled)."""
-    assert _worker_registry is not None, "the pool initializer loads the registry"
-    registry = _worker_registry
-    return _verdicts_encoder.encode([verdict(m, registry) for m in read_export(block.split(b"\n"), first_line)])
-
-
-def _blocks(fh: BinaryIO, size: int) -> Iterator[tuple[int, bytes]]:
-    """The file in blocks of whole lines (about ``size`` bytes each), with the number of each block's first line."""
-    first, rest = 1, b""
-    while True:
-        data = fh.read(size)
-        if not data:
-            break
-        data = rest + data
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            rest = data
-            continue
-        block, rest = data[:cut], data[cut:]
-        yield first, block
-        first += block.count(b"\n")
-    if rest:
-        yield first, rest
-
-
-def verdicts_of_file(
-    fh: BinaryIO, registry: KeyRegistry, *, workers: int = 1, block: int = 512 * 1024
-) -> Iterator[Verdict]:
-    """Stage 1 of every line of an export file, in order; parsing and signatures on ``workers`` processes.
-
-    The registry was verified against the pinned root already; the workers get its document. Each worker
-    gets whole blocks of lines (one bytes object each, so handing them over costs a copy, not a pickle per
-    line) and hands back its verdicts MessagePack-encoded.
-    """
-    if workers <= 1:
-        cached = CachedRegistry(registry)
-        for m in read_export(fh):
-            yield verdict(m, cached)
-        return
-    document = msgspec.json.encode(registry.document)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(document,)) as pool:
-        pending: deque[Future[bytes]] = deque()
-        for first, part in _blocks(fh, block):
-            pending.append(pool.submit(_verdicts_of_block, first, part))
-            while len(pending) > workers * 2:
-                yield from _verdicts_decoder.decode(pending.popleft().result())
-        while pending:
-            yield from _verdicts_decoder.decode(pending.popleft().result())
-
-
 # --- the verifier ------------------------------------------------------------------------------------
 
 
@@ -370,7 +273,7 @@ def _check_entries(
         found = rules.apply(v)
         if found:
             findings.extend(found)
-        tree.append(v.leaf)
+        tree.push(v.leaf)
         last = v
         if tree.size == prev_size and prev is not None and tree.root() != prev.root:
             reason = (

@@ -22,7 +22,9 @@ details (decrypted payloads) are returned only where the policy allows it ``data
 ``Data::"<type>.<id>"``, and an erasure needs ``data.write`` (context ``purpose = "erasure"``) on the same resource.
 
 NATS: ``cmd.audit.status``, ``cmd.audit.findings`` ({"kind"?, "after"?, "limit"?}),
-``cmd.audit.checkpoint`` ({"size"?}) and ``cmd.audit.erase`` (the erasure body plus ``principal``).
+``cmd.audit.checkpoint`` ({"size"?}) and ``cmd.audit.erase`` (the erasure body; the sender is the operator of
+the ``Authorization: Bearer <operator token>`` header it carries, which must be allowed ``api.admin`` —
+:mod:`symbi_audit.command_auth`).
 Findings are also published on ``audit.alert`` and verified events on ``audit.live.<type>.<id>.<event type>``.
 """
 
@@ -39,10 +41,11 @@ from symbi_common.bounds import INT64_MAX, check_ints, check_no_nul, parse_int, 
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
-from symbi_common.operator_auth import acting_for
+from symbi_common.operator_auth import OperatorGuard, acting_for
 from symbi_common.streams import EVENTS_STREAM
 
 from symbi_audit.application import AuditService
+from symbi_audit.command_auth import command_operator, own_principal
 from symbi_audit.erasure import EraseRequest
 from symbi_audit.errors import BadQuery
 from symbi_audit.live import LiveFeed, LiveFilter
@@ -352,6 +355,7 @@ class CheckpointRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EraseCommand(EraseRequest, frozen=True, kw_only=True):
+    #: Optional; if given, it must be the operator the command's token names (the principal is never taken from it).
     principal: str = ""
 
 
@@ -359,7 +363,9 @@ class Empty(msgspec.Struct, frozen=True):
     pass
 
 
-def register_commands(server: CommandServer, service: AuditService) -> None:
+def register_commands(server: CommandServer, service: AuditService, operators: OperatorGuard | None = None) -> None:
+    """The ``cmd.audit.*`` commands; ``operators`` authenticates the sender of ``erase`` (its operator token)."""
+
     async def status_cmd(_: Empty, meta: CommandMeta) -> dict[str, Any]:
         return await _status(service)
 
@@ -377,8 +383,9 @@ def register_commands(server: CommandServer, service: AuditService) -> None:
 
     async def erase_cmd(req: EraseCommand, meta: CommandMeta) -> Any:
         check_no_nul(req)
-        principal = parse_principal(req.principal or meta.headers.get(PRINCIPAL_HEADER))
-        request = EraseRequest(aggregate=req.aggregate, reason=req.reason, requested_by=req.requested_by)
+        claims = await command_operator(operators, meta.headers, "cmd.audit.erase")
+        principal = own_principal(claims, req.principal, meta.headers.get(PRINCIPAL_HEADER, ""), req.requested_by)
+        request = EraseRequest(aggregate=req.aggregate, reason=req.reason, requested_by=claims.sub)
         return await service.erase(request, principal)
 
     server.register("status", Empty, status_cmd)

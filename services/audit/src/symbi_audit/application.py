@@ -9,7 +9,9 @@ from typing import Any
 import asyncpg
 from symbi_common.crypto import Signer
 from symbi_common.decisions import DecisionPoint, DecisionRequest, EntityRef
+from symbi_common.errors import PolicyDenied
 from symbi_common.eventstore import EventStore
+from symbi_common.keyring import KeyRegistry
 from symbi_common.policy.enforcement import AUDIT_ERASE
 from symbi_common.policy.hooks import Enforcer
 from symbi_tlog.merkle import consistency_ranges, fold_range, inclusion_ranges, nodes_for, range_nodes
@@ -43,8 +45,10 @@ class AuditService:
         decisions: DecisionPoint,
         signer: Signer,
         guard: LogGuard | None = None,
+        registry: KeyRegistry | None = None,
     ) -> None:
         self.guard = guard
+        self.registry = registry
         self.pool = pool
         self.store = store
         self.runner = runner
@@ -110,12 +114,32 @@ class AuditService:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    def use_signer(self, signer: Signer) -> None:
+        """Sign from now on with ``signer`` (the registry rotated the audit service's key)."""
+        self.signer = signer
+        self.runner.use_signer(signer)
+
+    def log_keys(self) -> list[tuple[str, bytes]]:
+        """The keys a checkpoint of this log may be signed with: the one in use, and earlier audit keys
+        the registry has not revoked (a checkpoint signed before a rotation stays valid)."""
+        keys = [(self.signer.key_id, self.signer.public_key)]
+        if self.registry is not None:
+            keys += [
+                (k.key_id, k.public_key)
+                for k in self.registry.document.keys
+                if k.service == "audit" and k.key_id != self.signer.key_id and not self.registry.is_revoked(k.key_id)
+            ]
+        return keys
+
     def checkpoint_ref(self, cp: StoredCheckpoint) -> CheckpointRef:
-        try:
-            verify_checkpoint(cp.note, key_name=self.signer.key_id, public_key=self.signer.public_key)
+        valid = False
+        for key_name, public_key in self.log_keys():
+            try:
+                verify_checkpoint(cp.note, key_name=key_name, public_key=public_key)
+            except CheckpointInvalid:
+                continue
             valid = True
-        except CheckpointInvalid:
-            valid = False
+            break
         return CheckpointRef(cp.size, b64(cp.root), cp.last_sequence, cp.note, valid)
 
     # --- reports --------------------------------------------------------------------------------
@@ -171,6 +195,12 @@ class AuditService:
     async def erase(self, request: EraseRequest, principal: EntityRef | None) -> ErasureResult:
         aggregate = check_aggregate(request.aggregate)
         who = principal or EntityRef(type="User", id="anonymous")
+        if request.requested_by and request.requested_by not in (who.id, who.uid):
+            raise PolicyDenied(
+                f"requested_by {request.requested_by!r} is not the acting principal {who.uid}: an erasure is "
+                "recorded under the operator who asked for it (an admin may act for another with X-Symbi-Principal)",
+                action="act_as",
+            )
         decision_request = DecisionRequest(
             principal=who,
             action=ERASE_ACTION,

@@ -1,10 +1,13 @@
 """The log guard: the ``EVENTS`` stream must still hold what the last signed checkpoint covers.
 
 The audit service remembers its checkpoints in its own PostgreSQL schema, outside the stream it
-checks. At start and every ``guard_interval_s`` it compares: a stream that is missing, ends before
-the checkpoint's last event, or holds other events than the tree at the first and last covered
-positions (deleted and re-created, rolled back, rewritten) — or a witness that already cosigned a
-larger tree than the log now has (both the stream and this service's state were lost) — is a CRITICAL problem — on ``/readyz``
+checks. At start and every ``guard_interval_s`` it rebuilds the RFC 6962 tree from the events the
+stream holds now (their leaves, as the verifier made them) and verifies an RFC 9162 consistency proof
+from the last signed checkpoint (size, root) to that tree. A stream that is missing, ends before the
+checkpoint's last event, holds fewer events than the signed tree, or whose tree the signed one is not a
+prefix of (deleted and re-created, rolled back, or rewritten anywhere — even in the middle with the same
+length and the same last event) — or a witness that already cosigned a larger tree than the log now has
+(both the stream and this service's state were lost) — is a CRITICAL problem — on ``/readyz``
 (check ``log_intact``), in ``/v1/audit/status`` (``critical``), in the ``symbi_audit_critical``
 gauge and as a finding — and never a fresh start: the verifier keeps its tree and position.
 """
@@ -18,7 +21,8 @@ import nats.js.errors
 import structlog
 from prometheus_client import Gauge
 from symbi_common.errors import SymbiError
-from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
+from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_tlog.merkle import consistency_proof, subtree_hash, verify_consistency
 from symbi_tlog.rules import Finding, event_leaf
 
 from symbi_audit.store import AuditStore
@@ -32,9 +36,28 @@ CRITICAL = Gauge(
 KINDS = ("stream_missing", "stream_shorter", "stream_rolled_back", "witness_ahead")
 
 
-async def _event_at(nc: Any, sequence: int) -> RawMessage | None:
-    async for batch in read_subject(nc, EVENTS_STREAM, "evt.>", after=sequence - 1, batch=1):
-        return batch[0] if batch and batch[0].sequence == sequence else None
+async def stream_leaves(nc: Any, last_sequence: int) -> list[bytes]:
+    """The Merkle leaves (as the verifier makes them) of the stored events up to stream ``last_sequence``, in order."""
+    leaves: list[bytes] = []
+    async for batch in read_subject(nc, EVENTS_STREAM, "evt.>"):
+        for message in batch:
+            if message.sequence > last_sequence:
+                return leaves
+            leaves.append(event_leaf(message))
+    return leaves
+
+
+def inconsistency(size: int, root: bytes, leaves: list[bytes]) -> str | None:
+    """Why the signed tree (``size``, ``root``) is not a prefix of the tree over ``leaves`` (None if it is):
+    an RFC 9162 consistency proof, computed from the rebuilt tree, must lead to both roots."""
+    if len(leaves) < size:
+        return f"the EVENTS stream holds {len(leaves)} events, fewer than the {size} of the signed tree"
+    rebuilt = subtree_hash(leaves, 0, len(leaves))
+    if not verify_consistency(size, len(leaves), root, rebuilt, consistency_proof(leaves, size)):
+        return (
+            f"the tree rebuilt from the {len(leaves)} events of the EVENTS stream is not consistent with the signed "
+            f"checkpoint of size {size} (the consistency proof fails): its history was rewritten or rolled back"
+        )
     return None
 
 
@@ -89,14 +112,12 @@ class LogGuard:
             return await self._found(
                 "stream_shorter", latest.last_sequence, f"the EVENTS stream ends at sequence {last}; {covered}"
             )
-        first_leaf_index, last_leaf_index = 0, latest.size - 1
-        stored = await self.store.nodes([(0, first_leaf_index), (0, last_leaf_index)])
-        first_seq = await self.store.sequence_of_leaf(first_leaf_index)
-        for index, sequence in ((first_leaf_index, first_seq), (last_leaf_index, latest.last_sequence)):
-            event = await _event_at(self.nc, sequence) if sequence is not None else None
-            if event is None or event_leaf(event) != stored[(0, index)]:
-                reason = f"the EVENTS stream holds another event at sequence {sequence} than the signed tree; {covered}"
-                return await self._found("stream_rolled_back", sequence or 0, reason)
+        leaves = await stream_leaves(self.nc, last)
+        problem = inconsistency(latest.size, latest.root, leaves)
+        if problem is not None:
+            kind = "stream_shorter" if len(leaves) < latest.size else "stream_rolled_back"
+            # At the checkpoint's last sequence: one finding per kind and signed tree, however often it is seen.
+            return await self._found(kind, latest.last_sequence, f"{problem}; {covered}")
         return {}
 
     async def _found(self, kind: str, sequence: int, reason: str) -> dict[str, str]:

@@ -77,8 +77,10 @@ def build_app(settings: Settings) -> FastAPI:
             decisions=decisions,
             signer=signer,
             guard=guard,
+            registry=rt.registry,
         )
-        register_commands(rt.commands, service)
+        rt.on_signer_change(service.use_signer)
+        register_commands(rt.commands, service, operators=app.state.operator_guard)
         app.state.audit = service
         app.state.audit_guard = guard
         rt.spawn(runner.run(), "audit:verifier")

@@ -7,6 +7,7 @@ before the container exits (the Docker stats API needs about a second per sample
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from symbi_contracts.sandbox_agent.events import Usage
@@ -96,8 +97,7 @@ def remove_cgroup_tree(relative: str, root: Path = CGROUP_ROOT) -> None:
         top = base / relative
         if not top.is_dir():
             continue
-        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        # Deepest first; os.walk reads each directory once (no stat of every control file, as rglob did).
+        for path, _dirs, _files in os.walk(top, topdown=False):
             with contextlib.suppress(OSError):
-                path.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
+                os.rmdir(path)

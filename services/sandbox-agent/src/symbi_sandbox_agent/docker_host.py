@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, S
 
 #: Docker Engine API 1.41 = Docker 20.10, the oldest engine this daemon is tested with; newer engines serve it too.
 API_VERSION = "1.41"
+#: How long a present image is taken as present without asking the engine again.
+IMAGE_SEEN_S = 30.0
 _CONTAINER_ID = re.compile(r"\b[0-9a-f]{64}\b")
 
 
@@ -50,6 +53,27 @@ def _block_device_of(path: str) -> str | None:
             node = "/dev/" + line.split("=", 1)[1]
             return node if os.path.exists(node) else None
     return None
+
+
+def _one_pool_per_socket(api: Any) -> None:
+    """Let every request reuse the pooled connections to the engine's unix socket.
+
+    docker-py's unix adapter keys its connection pools by the full request URL, which names the
+    container, so each call about a new container opened a new connection (and a new pool, closed
+    again when evicted): about a third of the sandbox-agent's CPU per task went to connecting and
+    closing. All requests go to the same socket, so one pool serves them all. Nor does a unix socket
+    go through a proxy: requests' look-up of proxy settings in the environment (each request) is off.
+    Other transports (tcp, ssh) are left as they are."""
+    adapter = getattr(api, "_custom_adapter", None)
+    if adapter is None or not hasattr(adapter, "socket_path"):
+        return
+    api.trust_env = False
+    get_connection = adapter.get_connection
+
+    def shared(_url: str, proxies: Any = None) -> Any:
+        return get_connection("http+docker://localhost", proxies)
+
+    adapter.get_connection = shared
 
 
 class DockerHost:
@@ -85,6 +109,13 @@ class DockerHost:
             ) from None
         self.client = client
         self.api = client.api
+        _one_pool_per_socket(self.api)
+        #: Containers this process created and has not removed, and which of them it paused: for these it
+        #: knows whether a thaw is needed before removal without asking the engine.
+        self.created: set[str] = set()
+        self.paused: set[str] = set()
+        #: image → until when (monotonic) its presence is taken as known.
+        self._images: dict[str, float] = {}
 
     def close(self) -> None:
         self.client.close()
@@ -111,10 +142,16 @@ class DockerHost:
         )
 
     def image_present(self, image: str) -> bool:
+        """Whether the engine has ``image``; a positive answer is reused for ``IMAGE_SEEN_S`` (a task whose
+        image is deleted meanwhile fails at create instead of being refused: images are never pulled)."""
+        if self._images.get(image, 0.0) > time.monotonic():
+            return True
         try:
             self.api.inspect_image(image)
         except docker.errors.ImageNotFound:
+            self._images.pop(image, None)
             return False
+        self._images[image] = time.monotonic() + IMAGE_SEEN_S
         return True
 
     def state(self, container_id: str) -> dict[str, Any]:
@@ -128,6 +165,7 @@ class DockerHost:
         try:
             if self.state(container_id).get("Paused"):
                 self.api.unpause(container_id)
+                self.paused.discard(container_id)
             self.api.kill(container_id)
         except docker.errors.NotFound:
             pass
@@ -136,15 +174,31 @@ class DockerHost:
                 raise
 
     def remove(self, container_id: str) -> None:
-        """Stop (if needed) and remove the container; a container that is already gone is fine."""
+        """Stop (if needed) and remove the container; a container that is already gone is fine.
+
+        ``force`` kills a running container; a paused one is thawed first (gVisor cannot kill a frozen
+        sandbox). A container this process created and did not pause needs no inspect first; if its
+        removal fails anyway (paused by someone else), it is inspected, thawed and removed."""
         try:
-            self.kill(container_id)
+            if container_id in self.created and container_id not in self.paused:
+                try:
+                    self.api.remove_container(container_id, force=True)
+                    return
+                except docker.errors.NotFound:
+                    raise
+                except docker.errors.APIError:
+                    pass  # paused by someone else, …: inspect, thaw and remove as below
+            if self.state(container_id).get("Paused"):
+                self.api.unpause(container_id)
             self.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
             if "already in progress" not in str(exc) and "No such container" not in str(exc):
                 raise
+        finally:
+            self.created.discard(container_id)
+            self.paused.discard(container_id)
 
     # --- clean-up -------------------------------------------------------------------------------
 
@@ -217,6 +271,7 @@ class DockerRunner:
             raise ValueError(f"the {self.runtime} runner cannot run {spec.name}, which needs {spec.runtime}")
         host_config = self.api.create_host_config(**spec.host_config_kwargs(input_file))
         created = self.api.create_container(host_config=host_config, **spec.create_kwargs(input_file))
+        self.engine.created.add(str(created["Id"]))
         return str(created["Id"])
 
     def attach(self, container_id: str) -> Any:
@@ -283,10 +338,12 @@ class DockerRunner:
         return ExitState(int(code) if code is not None else None, bool(state.get("OOMKilled")), error)
 
     def pause(self, container_id: str) -> None:
+        self.engine.paused.add(container_id)  # before: a pause that fails half-way still gets a thaw
         self.api.pause(container_id)
 
     def unpause(self, container_id: str) -> None:
         self.api.unpause(container_id)
+        self.engine.paused.discard(container_id)
 
     def kill(self, container_id: str) -> None:
         self.engine.kill(container_id)

@@ -1,0 +1,49 @@
+"""A rotated audit key signs the next checkpoints without a restart; earlier checkpoints stay valid."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nats.aio.client import Client as NatsClient
+from symbi_common.keyfiles import rotate_service_key
+from symbi_common.keyring import read_key_file
+from symbi_common.registry_stream import publish, read_signed_files
+from symbi_tlog.notes import verify_checkpoint
+
+from .conftest import Running, Writer
+
+
+async def _checkpoint_covering(running: Running, sequence: int) -> dict[str, object]:
+    for _ in range(100):
+        cp = (await running.json("/v1/audit/status"))["checkpoint"]
+        if cp and cp["size"] >= sequence:
+            return dict(cp)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no checkpoint covers sequence {sequence}")
+
+
+async def test_checkpoints_after_a_rotation_are_signed_by_the_new_key(
+    running: Running, writer: Writer, provisioned: NatsClient, keys_dir: Path
+) -> None:
+    before = await _checkpoint_covering(running, (await writer.agent("k1", 2))[-1])
+    old_key = running.service.signer
+
+    new_key = rotate_service_key(keys_dir, "audit")
+    await publish(provisioned, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
+    for _ in range(100):
+        if running.service.runner.key_name == new_key.key_id:
+            break
+        await asyncio.sleep(0.1)
+    assert running.service.runner.key_name == new_key.key_id, "the audit service did not take its rotated key"
+
+    after = await _checkpoint_covering(running, (await writer.agent("k2", 2))[-1])
+    note = str(after["note"])
+    verify_checkpoint(note, key_name=new_key.key_id, public_key=new_key.public_key)  # raises if not signed by it
+    assert old_key.key_id not in note
+    # Reports check checkpoints against every audit key the registry has not revoked: the checkpoint signed
+    # before the rotation (old key, now retired) and the one after are both valid.
+    for cp in (before, after):
+        stored = await running.service.store.checkpoint(int(str(cp["size"])))
+        assert stored is not None
+        assert running.service.checkpoint_ref(stored).signature_valid
