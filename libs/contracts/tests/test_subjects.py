@@ -125,9 +125,11 @@ def test_nats_command_permissions_are_the_catalogues_callers() -> None:
 def test_a_command_names_its_typed_body_per_action_or_one_for_all() -> None:
     """The commands between services whose bodies the contracts type: each has one per action, or one for all."""
     typed = {s.subject: s for s in CATALOGUE if s.kind == "command" and s.bodies}
-    assert {"cmd.lifecycle.suspend", "cmd.context.store|retrieve", "cmd.lifecycle.assign_task|complete_task"} <= set(
-        typed
-    )
+    assert {
+        "cmd.lifecycle.suspend",
+        "cmd.context.store|retrieve|forget|ingest|search_knowledge",
+        "cmd.lifecycle.assign_task|complete_task",
+    } <= set(typed)
     for entry in typed.values():
         actions = entry.subject.rpartition(".")[2].split("|")
         assert len(entry.bodies) in (1, len(actions)), entry.subject

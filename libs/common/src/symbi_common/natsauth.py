@@ -62,7 +62,14 @@ COMMAND_CALLS: Mapping[str, tuple[str, ...]] = {
     ),
     "policy": (),
     "audit": _ENFORCER_CALLS,
-    "sandbox-agent": (*_ENFORCER_CALLS, "cmd.context.store", "cmd.context.retrieve"),
+    "sandbox-agent": (
+        *_ENFORCER_CALLS,
+        "cmd.context.store",
+        "cmd.context.retrieve",
+        "cmd.context.forget",
+        "cmd.context.ingest",
+        "cmd.context.search_knowledge",
+    ),
     "context": _ENFORCER_CALLS,
 }
 

@@ -225,10 +225,16 @@ CATALOGUE: tuple[Subject, ...] = (
     ),
     Subject(
         "command",
-        "cmd.context.store|retrieve",
+        "cmd.context.store|retrieve|forget|ingest|search_knowledge",
         CONTEXT,
         (SANDBOX_AGENT,),
-        "a workload's memory actions through the action gateway",
-        bodies=(context_commands.StoreRequest, context_commands.Query),
+        "a workload's memory and knowledge actions through the action gateway",
+        bodies=(
+            context_commands.StoreRequest,
+            context_commands.Query,
+            context_commands.ForgetRequest,
+            context_commands.IngestRequest,
+            context_commands.Query,
+        ),
     ),
 )

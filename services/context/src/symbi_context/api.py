@@ -33,46 +33,15 @@ from symbi_common.bounds import check_ints
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body
-from symbi_contracts.context.commands import Query, StoreRequest
+from symbi_contracts.context.commands import ForgetRequest, IngestRequest, Query, StoreRequest
 
 from symbi_context.application import ContextService, Written
-from symbi_context.domain import MetaValue, Origin
 from symbi_context.errors import InvalidContext
 from symbi_context.rag import RagEngine
 from symbi_context.vectors.port import MetaFilter
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder()
-
-
-class ForgetWhere(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    kinds: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, str | int | bool] = msgspec.field(default_factory=dict)
-    task_id: str | None = None
-    created_from: float | None = None
-    created_to: float | None = None
-
-
-class ForgetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    agent_id: str
-    owner: str | None = None
-    ids: tuple[str, ...] = ()
-    where: ForgetWhere | None = None
-
-
-class IngestRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    agent_id: str
-    title: str
-    kb_id: str = ""
-    text: str | None = None
-    content: bytes | None = None  # base64 in JSON (PDF and other binary documents)
-    media_type: str = "text/plain"
-    source: str = ""
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
-    origin: Origin = msgspec.field(default_factory=Origin)
-    document_id: str | None = None
 
 
 class ForgetKnowledgeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

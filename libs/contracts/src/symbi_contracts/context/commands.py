@@ -1,7 +1,8 @@
 """The context service's commands that other services send (``cmd.context.<action>``, JSON bodies).
 
-The sandbox-agent's action gateway stores a workload's memories (``store``) and reads them back
-(``retrieve``) on the agent's behalf; the context service's HTTP API takes the same bodies
+The sandbox-agent's action gateway stores a workload's memories (``store``), reads them back
+(``retrieve``), forgets them (``forget``), and shares and queries knowledge (``ingest``,
+``search_knowledge``, whose body is a ``Query``) on the agent's behalf; the context service's HTTP API takes the same bodies
 (``POST /v1/memories``, ``POST /v1/memories/query``). Unknown keys are refused, so a misspelt field is an
 error rather than silently ignored; the service checks the rest (ids, kinds, text and tag sizes, limits)
 and answers a typed error. Pure: no I/O.
@@ -95,3 +96,33 @@ class Retrieved(msgspec.Struct, frozen=True, kw_only=True):
     """The answer to ``retrieve``: the results, best first."""
 
     results: list[Recalled]
+
+
+class ForgetWhere(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str | int | bool] = msgspec.field(default_factory=dict)
+    task_id: str | None = None
+    created_from: float | None = None
+    created_to: float | None = None
+
+
+class ForgetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    owner: str | None = None
+    ids: tuple[str, ...] = ()
+    where: ForgetWhere | None = None
+
+
+class IngestRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent_id: str
+    title: str
+    kb_id: str = ""
+    text: str | None = None
+    content: bytes | None = None  # base64 in JSON (PDF and other binary documents)
+    media_type: str = "text/plain"
+    source: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    origin: Origin = msgspec.field(default_factory=Origin)
+    document_id: str | None = None
