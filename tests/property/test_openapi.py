@@ -26,7 +26,9 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from symbi_cli.infra import NatsServer, create_database, drop_database, provision_nats
+from symbi_cli.nats_server import NatsServer
+from symbi_cli.postgres_server import create_database, drop_database
+from symbi_cli.provisioning import provision_nats
 from symbi_common.keyfiles import init_keyring
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
