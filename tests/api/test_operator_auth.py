@@ -36,6 +36,7 @@ from symbi_common.operator_tokens import (
 )
 from symbi_common.settings import Settings, load_settings
 from symbi_context.main import build_app as build_context
+from symbi_contracts.subjects import SERVICES
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_policy.main import build_app as build_policy
 from symbi_sandbox_agent.main import build_app as build_sandbox_agent
@@ -122,6 +123,11 @@ async def call(app: FastAPI, method: str, path: str, headers: dict[str, str] | N
     async with httpx.AsyncClient(transport=transport, base_url="http://svc", headers=headers or {}) as http:
         body = None if method in ("GET", "HEAD") else b"{}"
         return await http.request(method, path, content=body, headers={"content-type": "application/json"})
+
+
+def test_every_service_is_checked(apps: dict[str, FastAPI]) -> None:
+    """A service added to the runtime (the catalogue of subjects lists them all) must be added here too."""
+    assert set(apps) == set(SERVICES)
 
 
 def test_every_route_is_documented_or_open(apps: dict[str, FastAPI]) -> None:

@@ -38,6 +38,7 @@ IO_PACKAGES = (
 #: other pure parts of a service that already stand alone).
 PURE_MODULES = (
     "symbi_contracts",
+    "symbi_contracts.context.commands",
     "symbi_contracts.lifecycle.commands",
     "symbi_contracts.lifecycle.config",
     "symbi_contracts.lifecycle.events",

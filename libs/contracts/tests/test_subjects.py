@@ -120,3 +120,16 @@ def test_nats_command_permissions_are_the_catalogues_callers() -> None:
         service: {c for c in calls if not c.startswith(f"cmd.{service}.")} for service, calls in COMMAND_CALLS.items()
     }
     assert granted == expected
+
+
+def test_a_command_names_its_typed_body_per_action_or_one_for_all() -> None:
+    """The commands between services whose bodies the contracts type: each has one per action, or one for all."""
+    typed = {s.subject: s for s in CATALOGUE if s.kind == "command" and s.bodies}
+    assert {"cmd.lifecycle.suspend", "cmd.context.store|retrieve", "cmd.lifecycle.assign_task|complete_task"} <= set(
+        typed
+    )
+    for entry in typed.values():
+        actions = entry.subject.rpartition(".")[2].split("|")
+        assert len(entry.bodies) in (1, len(actions)), entry.subject
+        for body in entry.bodies:
+            assert body.__struct_config__.forbid_unknown_fields, f"{body.__name__} must refuse unknown keys"

@@ -230,6 +230,13 @@ async def test_erasure_crypto_shreds_while_the_log_still_verifies(
     assert bad.json()["error"]["details"]["field"] == "aggregate"
     bad = await running.http.post("/v1/audit/erasures", json={"aggregate": 5})
     assert bad.status_code == 400
+    # A NUL could not be stored by the verifier (PostgreSQL) and would stop it: refused at the door.
+    bad = await running.http.post("/v1/audit/erasures", json={"aggregate": "agent.keep-me", "reason": "a\x00"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"]["field"] == "reason"
+    bad = await running.http.get("/v1/audit/events", params={"agent": "keep\x00"})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["field"] == "agent"
     from symbi_common.commands import CommandClient
 
     client = CommandClient(provisioned, timeout=5)

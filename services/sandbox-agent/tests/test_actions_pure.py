@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 from symbi_common.decisions import DecisionRecord
+from symbi_contracts.context.commands import Query, StoreRequest
 from symbi_contracts.sandbox_agent.events import (
     ExecutionAction,
     ExecutionExited,
@@ -126,7 +127,8 @@ def test_a_context_the_schema_rejects_is_refused_before_any_decision(context: di
 def test_the_context_service_bodies_carry_the_agent_the_task_and_the_collection() -> None:
     req = ActionRequest(action="memory.write", resource="notes")
     body = context_store_body("a1", "t9", req, MemoryWriteArgs(text="hi", tags=("x",), metadata={"k": 1}))
-    assert body == {
+    assert isinstance(body, StoreRequest)
+    assert msgspec.json.decode(msgspec.json.encode(body)) == {  # as it goes on the wire
         "agent_id": "a1",
         "memories": [
             {
@@ -135,16 +137,27 @@ def test_the_context_service_bodies_carry_the_agent_the_task_and_the_collection(
                 "tags": ["x"],
                 "metadata": {"k": 1, "collection": "notes"},
                 "origin": {"task_id": "t9"},
+                "ttl_s": None,
             }
         ],
+        "owner": None,
     }
     read = context_retrieve_body("a1", req, MemoryReadArgs(query="q"), min_sequence=42)
-    assert read["metadata"] == {"collection": "notes"}
-    assert read["min_sequence"] == 42
+    assert isinstance(read, Query)
+    assert read.metadata == {"collection": "notes"}
+    assert read.min_sequence == 42
     everything = context_retrieve_body(
         "a1", ActionRequest(action="memory.read", resource="*"), MemoryReadArgs(query="q"), 0
     )
-    assert "metadata" not in everything
+    assert everything.metadata == {}
+
+
+def test_arguments_the_context_contract_refuses_are_the_workloads_malformed_request() -> None:
+    req = ActionRequest(action="memory.write", resource="notes")
+    with pytest.raises(MalformedActionRequest, match=r"memory\.write"):
+        context_store_body("a1", "t9", req, MemoryWriteArgs(text="hi", kind="forever"))
+    with pytest.raises(MalformedActionRequest, match=r"memory\.write"):
+        context_store_body("a1", "t9", req, MemoryWriteArgs(text="x" * 40_000))
 
 
 def test_replies_are_single_json_lines() -> None:

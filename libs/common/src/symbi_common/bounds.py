@@ -15,6 +15,8 @@ from symbi_common.errors import BadRequest
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+#: The longest text a query parameter may carry (ids, names, cursors, filters).
+QUERY_TEXT_CHARS = 1024
 
 
 def int64(value: int, field: str) -> int:
@@ -33,6 +35,18 @@ def parse_int(raw: str, field: str) -> int:
     return int64(int(text), field)
 
 
+def query_text(raw: str | None, field: str, max_chars: int = QUERY_TEXT_CHARS) -> str | None:
+    """A text query parameter (None when absent or empty) that PostgreSQL can store and compare: no NUL
+    character (``text`` refuses it) and at most ``max_chars`` characters; :class:`BadRequest` naming it otherwise."""
+    if not raw:
+        return None
+    if "\x00" in raw:
+        raise BadRequest(f"{field}: must not contain a NUL character", field=field)
+    if len(raw) > max_chars:
+        raise BadRequest(f"{field}: {len(raw)} characters, at most {max_chars}", field=field)
+    return raw
+
+
 def check_ints(value: Any, field: str = "") -> None:
     """Every integer inside a decoded body (structs, mappings, sequences) is 64-bit; raises naming its path."""
     if isinstance(value, bool):
@@ -48,3 +62,23 @@ def check_ints(value: Any, field: str = "") -> None:
     elif isinstance(value, list | tuple | set | frozenset):
         for i, v in enumerate(value):
             check_ints(v, f"{field}[{i}]")
+
+
+def check_no_nul(value: Any, field: str = "") -> None:
+    """No string inside a decoded body (structs, mappings and their keys, sequences) holds a NUL character,
+    which PostgreSQL's ``text`` and ``jsonb`` refuse: for bodies that end up in a read model. Raises
+    :class:`BadRequest` naming the first offending path."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest(f"{field or '(body)'}: must not contain a NUL character", field=field or "(body)")
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            check_no_nul(getattr(value, name), f"{field}.{name}" if field else name)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{field}.{k}" if field else str(k)
+            check_no_nul(k, path)
+            check_no_nul(v, path)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for i, v in enumerate(value):
+            check_no_nul(v, f"{field}[{i}]")

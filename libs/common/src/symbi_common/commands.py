@@ -84,6 +84,11 @@ class CommandServer:
     def register(self, action: str, request_type: type[T], handler: Callable[[T, CommandMeta], Awaitable[Any]]) -> None:
         self._routes[action] = _Route(request_type, handler)
 
+    @property
+    def actions(self) -> dict[str, type[Any]]:
+        """Each served action and the request type its body is decoded into."""
+        return {action: route.request_type for action, route in self._routes.items()}
+
     def local(self, action: str) -> Callable[[Any], Awaitable[Any]]:
         """``action`` called in this process, decoded and checked as a request off the wire would be.
 

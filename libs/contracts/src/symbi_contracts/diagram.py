@@ -52,12 +52,16 @@ def _events_table(catalogue: Iterable[Subject]) -> list[str]:
 
 
 def _others_table(catalogue: Iterable[Subject]) -> list[str]:
-    rows = ["| subject | kind | served / written by | used / read by | carries |", "|---|---|---|---|---|"]
+    rows = [
+        "| subject | kind | served / written by | used / read by | carries | body (`symbi_contracts`) |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in catalogue:
         if s.kind == "events":
             continue
         subject = s.subject.replace("|", "\\|")
-        rows.append(f"| `{subject}` | {s.kind} | {s.owner} | {', '.join(s.readers)} | {s.what} |")
+        bodies = ", ".join(f"`{t.__module__.removeprefix('symbi_contracts.')}.{t.__name__}`" for t in s.bodies)
+        rows.append(f"| `{subject}` | {s.kind} | {s.owner} | {', '.join(s.readers)} | {s.what} | {bodies} |")
     return rows
 
 

@@ -14,9 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
 from symbi_common.events import Event, tag_of
 
+from symbi_contracts.context import commands as context_commands
+from symbi_contracts.lifecycle import commands as lifecycle_commands
 from symbi_contracts.lifecycle import events as agent_events
+from symbi_contracts.policy import commands as policy_commands
+from symbi_contracts.sandbox_agent import commands as sandbox_commands
 from symbi_contracts.sandbox_agent import events as execution_events
 from symbi_contracts.scheduler import events as task_events
 
@@ -56,6 +61,9 @@ class Subject:
     what: str
     """What it carries, in a few words."""
     events: tuple[EventVersion, ...] = ()
+    bodies: tuple[type[msgspec.Struct], ...] = ()
+    """A command's request types, one per action in the order of the subject's ``a|b`` (one for all: the same
+    body for every action); the server decodes them strictly (unknown keys, wrong types → a typed error)."""
 
     @property
     def filter(self) -> str:
@@ -175,9 +183,15 @@ CATALOGUE: tuple[Subject, ...] = (
         LIFECYCLE,
         (SCHEDULER,),
         "move an agent Ready → Running → Ready with its task",
+        bodies=(lifecycle_commands.AssignTaskRequest, lifecycle_commands.CompleteTaskRequest),
     ),
     Subject(
-        "command", "cmd.lifecycle.suspend", LIFECYCLE, ENFORCING, "suspend a running agent after a policy violation"
+        "command",
+        "cmd.lifecycle.suspend",
+        LIFECYCLE,
+        ENFORCING,
+        "suspend a running agent after a policy violation",
+        bodies=(lifecycle_commands.SuspendRequest,),
     ),
     Subject(
         "command",
@@ -199,6 +213,7 @@ CATALOGUE: tuple[Subject, ...] = (
         POLICY,
         (LIFECYCLE,),
         "wait until the agents' own policies of an agent event are active",
+        bodies=(policy_commands.CaughtUpRequest,),
     ),
     Subject(
         "command",
@@ -206,6 +221,7 @@ CATALOGUE: tuple[Subject, ...] = (
         SANDBOX_AGENT,
         (SCHEDULER,),
         "freeze, thaw or stop a task's sandbox",
+        bodies=(sandbox_commands.TaskRef,),
     ),
     Subject(
         "command",
@@ -213,5 +229,6 @@ CATALOGUE: tuple[Subject, ...] = (
         CONTEXT,
         (SANDBOX_AGENT,),
         "a workload's memory actions through the action gateway",
+        bodies=(context_commands.StoreRequest, context_commands.Query),
     ),
 )

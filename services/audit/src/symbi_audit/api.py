@@ -37,11 +37,12 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from symbi_common.bounds import INT64_MAX, check_ints, parse_int
+from symbi_common.bounds import INT64_MAX, check_ints, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
-from symbi_common.openapi import json_body
+from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
 from symbi_common.operator_auth import OperatorGuard, acting_for
+from symbi_common.streams import EVENTS_STREAM
 
 from symbi_audit.application import AuditService
 from symbi_audit.command_auth import command_operator, own_principal
@@ -74,6 +75,31 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
         raise BadQuery(f"expected a 64-bit integer, got {raw!r}", field=name) from None
 
 
+def _with_principal(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` plus the optional ``X-Symbi-Principal`` header (who the caller acts for)."""
+    header = {"name": PRINCIPAL_HEADER, "in": "header", "required": False, "schema": TEXT}
+    return {**extra, "parameters": [*extra.get("parameters", ()), header]}
+
+
+_REPORT_QUERY = query_params(since=TIME, until=TIME, format={"type": "string", "enum": ["json", "csv"]})
+
+
+def _text(request: Request, name: str) -> str | None:
+    """A text query parameter (None if absent): no NUL (PostgreSQL refuses it), at most 1024 characters."""
+    try:
+        return query_text(request.query_params.get(name), name)
+    except BadRequest as exc:
+        raise BadQuery(exc.message.removeprefix(f"{name}: "), field=name) from None
+
+
+def _limit(request: Request, default: int = 100, most: int = 1000) -> int:
+    """The ``limit`` query parameter: 1 to ``most`` (default ``default``)."""
+    limit = _int(request, "limit", default) or default
+    if not 1 <= limit <= most:
+        raise BadQuery(f"must be between 1 and {most}, got {limit}", field="limit")
+    return limit
+
+
 def _bool(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
@@ -91,13 +117,13 @@ async def status(request: Request) -> Response:
     return _reply(await _status(_service(request)))
 
 
-@router.get("/findings")
+@router.get("/findings", openapi_extra=query_params(kind=TEXT, after=INT64, limit=INT64))
 async def findings(request: Request) -> Response:
     service = _service(request)
     rows = await service.store.findings(
-        kind=request.query_params.get("kind") or None,
+        kind=_text(request, "kind"),
         after=_int(request, "after", 0) or 0,
-        limit=min(_int(request, "limit", 100) or 100, 1000),
+        limit=_limit(request),
     )
     return _reply({"items": rows})
 
@@ -118,21 +144,47 @@ async def _with_details(service: AuditService, request: Request, rows: list[dict
 
 async def _wait(service: AuditService, request: Request) -> None:
     min_seq = _int(request, "min_sequence")
-    if min_seq is not None:
-        await service.runner.wait_for(min_seq)
+    if min_seq is None:
+        return
+    if min_seq > service.runner.position:
+        # A position past the stream's end was never answered by a write: refuse it rather than wait for it.
+        last = (await service.runner.js.stream_info(EVENTS_STREAM)).state.last_seq
+        if min_seq > last:
+            raise BadQuery(
+                f"{min_seq} is past the end of the event stream (at {last}); pass the sequence a write answered with",
+                field="min_sequence",
+            )
+    await service.runner.wait_for(min_seq)
 
 
-@router.get("/events")
+@router.get(
+    "/events",
+    openapi_extra=_with_principal(
+        query_params(
+            agent=TEXT,
+            event_type=TEXT,
+            producer=TEXT,
+            aggregate=TEXT,
+            correlation_id=TEXT,
+            since=TIME,
+            until=TIME,
+            after=INT64,
+            limit=INT64,
+            details=FLAG,
+            min_sequence=INT64,
+        )
+    ),
+)
 async def events(request: Request) -> Response:
     service = _service(request)
     await _wait(service, request)
     p = request.query_params
     query = EventQuery(
-        agent=p.get("agent") or None,
-        event_type=p.get("event_type") or None,
-        producer=p.get("producer") or None,
-        aggregate=p.get("aggregate") or None,
-        correlation_id=p.get("correlation_id") or None,
+        agent=_text(request, "agent"),
+        event_type=_text(request, "event_type"),
+        producer=_text(request, "producer"),
+        aggregate=_text(request, "aggregate"),
+        correlation_id=_text(request, "correlation_id"),
         since=parse_time(p.get("since"), "since"),
         until=parse_time(p.get("until"), "until"),
         after=_int(request, "after", 0) or 0,
@@ -150,7 +202,7 @@ def _path_int(value: str, name: str) -> int:
     return int(value)
 
 
-@router.get("/events/{sequence}")
+@router.get("/events/{sequence}", openapi_extra=_with_principal(query_params(details=FLAG, min_sequence=INT64)))
 async def event(request: Request, sequence: str) -> Response:
     seq = _path_int(sequence, "sequence")
     service = _service(request)
@@ -163,12 +215,15 @@ async def event(request: Request, sequence: str) -> Response:
     return _reply(row)
 
 
-@router.get("/stream")
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    openapi_extra=query_params(agent=TEXT, event_type=TEXT),
+    responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}},
+)
 async def stream(request: Request) -> StreamingResponse:
     live: LiveFeed = request.app.state.audit_live
-    flt = LiveFilter(
-        agent=request.query_params.get("agent") or None, event_type=request.query_params.get("event_type") or None
-    )
+    flt = LiveFilter(agent=_text(request, "agent"), event_type=_text(request, "event_type"))
     sub = live.subscribe(flt)  # before the response starts: nothing verified from now on is missed
 
     async def body() -> AsyncIterator[bytes]:
@@ -186,12 +241,10 @@ async def stream(request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/checkpoints")
+@router.get("/checkpoints", openapi_extra=query_params(limit=INT64, before=INT64))
 async def checkpoints(request: Request) -> Response:
     service = _service(request)
-    rows = await service.store.checkpoints(
-        limit=min(_int(request, "limit", 100) or 100, 1000), before=_int(request, "before")
-    )
+    rows = await service.store.checkpoints(limit=_limit(request), before=_int(request, "before"))
     return _reply(
         {
             "items": [
@@ -223,7 +276,7 @@ async def checkpoint(request: Request, size: str) -> PlainTextResponse:
     return PlainTextResponse(cp.note)
 
 
-@router.get("/proofs/inclusion")
+@router.get("/proofs/inclusion", openapi_extra=query_params(sequence=INT64, size=INT64))
 async def inclusion(request: Request) -> Response:
     sequence = _int(request, "sequence")
     if sequence is None:
@@ -231,7 +284,7 @@ async def inclusion(request: Request) -> Response:
     return _reply(await _service(request).inclusion_proof(sequence, _int(request, "size")))
 
 
-@router.get("/proofs/consistency")
+@router.get("/proofs/consistency", openapi_extra=query_params(**{"from": INT64, "to": INT64}))
 async def consistency(request: Request) -> Response:
     old, new = _int(request, "from"), _int(request, "to")
     if old is None or new is None:
@@ -252,14 +305,20 @@ async def _report(request: Request, framework: Framework) -> Response:
     return _reply(report)
 
 
-@router.get("/reports/{framework}")
+@router.get("/reports/{framework}", openapi_extra=_REPORT_QUERY)
 async def builtin_report(request: Request, framework: str) -> Response:
     if framework not in BUILT_IN:
         raise NotFound(f"no built-in framework {framework!r}; known: {', '.join(BUILT_IN)} (or POST reports/custom)")
     return await _report(request, BUILT_IN[framework])
 
 
-@router.post("/reports/custom", openapi_extra={"requestBody": {"content": {"application/toml": {}}}})
+@router.post(
+    "/reports/custom",
+    openapi_extra={
+        **_REPORT_QUERY,
+        "requestBody": {"required": True, "content": {"application/toml": {"schema": {"type": "string"}}}},
+    },
+)
 async def custom_report(request: Request) -> Response:
     return await _report(request, parse_framework((await request.body()).decode("utf-8", "replace")))
 
@@ -270,10 +329,11 @@ def _decode(body: bytes, type_: type[Any]) -> Any:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"request body: {exc}") from None
     check_ints(decoded)
+    check_no_nul(decoded)  # an erasure's reason reaches PostgreSQL through the verifier, which could not store it
     return decoded
 
 
-@router.post("/erasures", openapi_extra=json_body(EraseRequest))
+@router.post("/erasures", openapi_extra=_with_principal(json_body(EraseRequest)))
 async def erasures(request: Request) -> Response:
     body = _decode(await request.body(), EraseRequest)
     principal = parse_principal(acting_for(request, request.headers.get(PRINCIPAL_HEADER)))
@@ -310,7 +370,9 @@ def register_commands(server: CommandServer, service: AuditService, operators: O
         return await _status(service)
 
     async def findings_cmd(req: FindingsRequest, meta: CommandMeta) -> dict[str, Any]:
-        rows = await service.store.findings(kind=req.kind, after=req.after, limit=min(req.limit, 1000))
+        if not 1 <= req.limit <= 1000:
+            raise BadQuery(f"must be between 1 and 1000, got {req.limit}", field="limit")
+        rows = await service.store.findings(kind=req.kind, after=req.after, limit=req.limit)
         return {"items": rows}
 
     async def checkpoint_cmd(req: CheckpointRequest, meta: CommandMeta) -> dict[str, Any]:
@@ -320,6 +382,7 @@ def register_commands(server: CommandServer, service: AuditService, operators: O
         return {"size": cp.size, "last_sequence": cp.last_sequence, "note": cp.note}
 
     async def erase_cmd(req: EraseCommand, meta: CommandMeta) -> Any:
+        check_no_nul(req)
         claims = await command_operator(operators, meta.headers, "cmd.audit.erase")
         principal = own_principal(claims, req.principal, meta.headers.get(PRINCIPAL_HEADER, ""), req.requested_by)
         request = EraseRequest(aggregate=req.aggregate, reason=req.reason, requested_by=claims.sub)

@@ -33,8 +33,9 @@ from symbi_common.bounds import check_ints
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import json_body
+from symbi_contracts.context.commands import Query, StoreRequest
 
-from symbi_context.application import ContextService, NewMemory, Query, Written
+from symbi_context.application import ContextService, Written
 from symbi_context.domain import MetaValue, Origin
 from symbi_context.errors import InvalidContext
 from symbi_context.rag import RagEngine
@@ -42,12 +43,6 @@ from symbi_context.vectors.port import MetaFilter
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder()
-
-
-class StoreRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    agent_id: str
-    memories: tuple[NewMemory, ...]
-    owner: str | None = None
 
 
 class ForgetWhere(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

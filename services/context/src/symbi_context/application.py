@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import msgspec
 import structlog
 from prometheus_client import Counter
 from symbi_common.aggregate import Repository
@@ -22,6 +21,7 @@ from symbi_common.decisions import DecisionPoint, DecisionRecord, DecisionReques
 from symbi_common.policy.enforcement import CONTEXT_MEMORY_READ, CONTEXT_MEMORY_WRITE
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import new_event_id
+from symbi_contracts.context.commands import NewMemory, Query
 
 from symbi_context.chunking import chunk_text, extract_text
 from symbi_context.domain import (
@@ -36,7 +36,6 @@ from symbi_context.domain import (
     KnowledgeIngested,
     MemoryCommand,
     MemoryEvent,
-    MemoryKind,
     MemoryStored,
     MetaValue,
     Origin,
@@ -57,33 +56,6 @@ DENIED_READS = Counter("symbi_context_denied_reads_total", "Memory reads left ou
 #: Chunks per knowledge event: keeps each event well under the event size limit at 1536 dimensions.
 CHUNKS_PER_EVENT = 64
 _ID_NAMESPACE = uuid.UUID("5b0c8f9e-4d1a-4c55-9a51-6a1f2f6f3c10")
-
-
-class NewMemory(msgspec.Struct, frozen=True, kw_only=True):
-    kind: MemoryKind = "long_term"
-    text: str
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
-    origin: Origin = msgspec.field(default_factory=Origin)
-    #: Short-term memories expire after this many seconds (default: the configured short-term TTL).
-    ttl_s: float | None = None
-
-
-class Query(msgspec.Struct, frozen=True, kw_only=True):
-    """What a read asks for. ``agent_id`` is who reads; ``owners`` whose memories (default: the reader's own)."""
-
-    agent_id: str
-    query: str
-    owners: tuple[str, ...] = ()
-    knowledge_bases: tuple[str, ...] = ()
-    include_memories: bool = True
-    kinds: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, str | int | bool] = msgspec.field(default_factory=dict)
-    created_from: float | None = None
-    created_to: float | None = None
-    limit: int = 10
-    min_sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +199,7 @@ class ContextService:
     ) -> Written:
         """Forget memories by id, or all of ``owner``'s memories matching ``where``."""
         owner = owner or agent_id
+        _check_id(agent_id, "agent_id")
         _check_id(owner, "owner")
         decision = await self._require(agent_id, "memory.write", owner, "memory")
         chosen = list(ids)
@@ -332,6 +305,10 @@ class ContextService:
     async def retrieve(self, q: Query) -> list[Retrieved]:
         """Hybrid search over the reader's permitted memories and knowledge, fused and ranked."""
         _check_id(q.agent_id, "agent_id")
+        for i, owner in enumerate(q.owners):  # ids name data keys and index partitions: checked as when written
+            _check_id(owner, f"owners[{i}]")
+        for i, kb_id in enumerate(q.knowledge_bases):
+            _check_id(kb_id, f"knowledge_bases[{i}]")
         if not q.query.strip():
             raise InvalidContext("must not be empty", field="query")
         if not 1 <= q.limit <= 100:

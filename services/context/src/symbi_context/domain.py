@@ -21,26 +21,18 @@ import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.domain import AggregateType
 from symbi_common.events import Event, EventCodec
+from symbi_contracts.context.commands import MAX_TAGS as MAX_TAGS
+from symbi_contracts.context.commands import MAX_TEXT_CHARS as MAX_TEXT_CHARS
+from symbi_contracts.context.commands import MEMORY_KINDS as MEMORY_KINDS
+from symbi_contracts.context.commands import MemoryKind as MemoryKind
+from symbi_contracts.context.commands import MetaValue as MetaValue
+from symbi_contracts.context.commands import Origin as Origin
 
 from symbi_context.errors import InvalidContext, UnknownMemory
 
-MemoryKind = Literal["short_term", "long_term", "working"]
-MEMORY_KINDS: tuple[str, ...] = ("short_term", "long_term", "working")
 #: The kind stored on knowledge chunks in the index, next to the memory kinds.
 KNOWLEDGE_KIND = "knowledge"
 ForgetReason = Literal["request", "evicted", "expired", "task_completed", "retention"]
-MetaValue = str | int | float | bool
-
-MAX_TEXT_CHARS = 32_000
-MAX_TAGS = 32
-
-
-class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What produced a memory: the task, tool call and/or message it came from."""
-
-    task_id: str | None = None
-    tool_call_id: str | None = None
-    message_id: str | None = None
 
 
 # --- memory events ----------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 import httpx
 import structlog
+from symbi_contracts.context.commands import Query
 
-from symbi_context.application import ContextService, Query
+from symbi_context.application import ContextService
 from symbi_context.domain import MEMORY_KINDS
 from symbi_context.errors import GenerationFailed, InvalidContext
 from symbi_context.retrieval import Retrieved, rank

@@ -34,10 +34,10 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, parse_int
+from symbi_common.bounds import check_ints, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
-from symbi_common.openapi import json_body, json_response
+from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
 from symbi_contracts.lifecycle.commands import AgentRequest, AssignTaskRequest, CompleteTaskRequest, SuspendRequest
 from symbi_contracts.wire import decode_json
 
@@ -80,6 +80,7 @@ def _int(request: Request, name: str, default: int) -> int:
 async def _change(request: Request, type_: type[R], agent_id: str | None = None, status: int = 200) -> Response:
     body = decode_json(await request.body(), type_)
     check_ints(body)
+    check_no_nul(body)  # the read model (PostgreSQL) could not store it: refused before it becomes an event
     if agent_id is not None:
         if body.agent_id and body.agent_id != agent_id:
             raise BadRequest("agent_id in the body differs from the one in the path", field="agent_id")
@@ -144,30 +145,34 @@ async def terminate(agent_id: str, request: Request) -> Response:
     return await _change(request, TerminateRequest, agent_id)
 
 
-@router.get("", responses={200: json_response(AgentPage)})
+@router.get(
+    "",
+    responses={200: json_response(AgentPage)},
+    openapi_extra=query_params(state=TEXT, name=TEXT, limit=INT64, cursor=TEXT, min_sequence=INT64),
+)
 async def list_agents(request: Request) -> Response:
     """A page of agents (keyset paging by id); filters ``state`` and ``name``."""
     q = request.query_params
     page = await _service(request).page(
         ListRequest(
-            state=q.get("state") or None,
-            name=q.get("name") or None,
+            state=query_text(q.get("state"), "state"),
+            name=query_text(q.get("name"), "name"),
             limit=_int(request, "limit", 50),
-            cursor=q.get("cursor") or None,
+            cursor=query_text(q.get("cursor"), "cursor"),
             min_sequence=_int(request, "min_sequence", 0),
         )
     )
     return _reply(page)
 
 
-@router.get("/{agent_id}", responses={200: json_response(AgentView)})
+@router.get("/{agent_id}", responses={200: json_response(AgentView)}, openapi_extra=query_params(min_sequence=INT64))
 async def get_agent(agent_id: str, request: Request) -> Response:
     """One agent from the read model (``min_sequence`` waits for the projection)."""
     view = await _service(request).get(GetRequest(agent_id=agent_id, min_sequence=_int(request, "min_sequence", 0)))
     return _reply(view)
 
 
-@router.get("/{agent_id}/events")
+@router.get("/{agent_id}/events", openapi_extra=query_params(after_version=INT64, limit=INT64, min_sequence=INT64))
 async def agent_events(agent_id: str, request: Request) -> Response:
     """The agent's verified, decrypted history, oldest first."""
     events = await _service(request).history(
@@ -198,6 +203,7 @@ def register_commands(server: CommandServer, service: LifecycleService) -> None:
     """Serve ``cmd.lifecycle.*`` with ``service``."""
 
     async def change(request: AgentRequest, meta: CommandMeta) -> Any:
+        check_no_nul(request)
         return await service.handle(request, CommandContext.from_headers(meta.headers))
 
     for action, request_type in CHANGE_COMMANDS.items():

@@ -283,6 +283,15 @@ class LifecycleService:
         """Wait until the read model has applied stream sequence ``min_sequence`` (read-your-writes)."""
         if min_sequence <= 0 or self.runner is None:
             return
+        if min_sequence > self.runner.position:
+            # A position past the stream's end was never answered by a write: refuse it rather than wait for it.
+            last = (await self.runner.js.stream_info(self.runner.stream)).state.last_seq
+            if min_sequence > last:
+                raise ValidationError(
+                    f"{min_sequence} is past the end of the event stream (at {last}); pass the sequence a write "
+                    "answered with",
+                    field="min_sequence",
+                )
         if not await self.runner.wait_for(min_sequence, READ_WAIT_S):
             raise Timeout(
                 f"the read model has not reached sequence {min_sequence} within {READ_WAIT_S} s; retry later",

@@ -25,11 +25,14 @@ from fastapi import APIRouter, Request, Response
 from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Decision, DecisionRequest
-from symbi_common.errors import BadRequest
-from symbi_common.openapi import json_body, json_response
+from symbi_common.errors import BadRequest, ValidationError
+from symbi_common.openapi import FLAG, INT64, json_body, json_response, query_params
 from symbi_common.policy.decision_log import LogDecisionsTyped
 from symbi_common.policy.points import BatchResult
+from symbi_common.streams import EVENTS_STREAM
+from symbi_contracts.policy.commands import AGENT_EVENTS_CAUGHT_UP, CaughtUp, CaughtUpRequest
 
+from symbi_policy.agent_events import AgentPolicyFollower
 from symbi_policy.application import (
     DecideBatchRequest,
     GetSetRequest,
@@ -126,7 +129,11 @@ async def retire(set_id: str, request: Request) -> Response:
     return _reply(await _service(request).retire(body))
 
 
-@router.get("/policy-sets", responses={200: json_response(PolicySetPage)})
+@router.get(
+    "/policy-sets",
+    responses={200: json_response(PolicySetPage)},
+    openapi_extra=query_params(include_retired=FLAG, min_version=INT64),
+)
 async def list_sets(request: Request) -> Response:
     include = (request.query_params.get("include_retired") or "").lower() in ("1", "true", "yes")
     page = await _service(request).page(
@@ -135,7 +142,11 @@ async def list_sets(request: Request) -> Response:
     return _reply(page)
 
 
-@router.get("/policy-sets/{set_id}", responses={200: json_response(PolicySetView)})
+@router.get(
+    "/policy-sets/{set_id}",
+    responses={200: json_response(PolicySetView)},
+    openapi_extra=query_params(min_version=INT64),
+)
 async def get_set(set_id: str, request: Request) -> Response:
     view = await _service(request).get(GetSetRequest(set_id=set_id, min_version=_int(request, "min_version")))
     return _reply(view)
@@ -203,3 +214,19 @@ def register_commands(server: CommandServer, service: PolicyService) -> None:
     server.register("list", ListSetsRequest, list_)
     server.register("what_if", WhatIfRequest, what_if)
     server.register("log_decisions", LogDecisionsTyped, log_decisions)
+
+
+def register_caught_up(server: CommandServer, js: Any, agents: AgentPolicyFollower) -> None:
+    """Serve ``cmd.policy.agent_events_caught_up``; a sequence past the stream's end is refused at once (no
+    write answered with it, so waiting for it could only time out)."""
+
+    async def caught_up(request: CaughtUpRequest, meta: CommandMeta) -> CaughtUp:
+        if request.sequence > agents.position:
+            last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+            if request.sequence > last:
+                raise ValidationError(
+                    f"{request.sequence} is past the end of the event stream (at {last})", field="sequence"
+                )
+        return await agents.caught_up(request, meta)
+
+    server.register(AGENT_EVENTS_CAUGHT_UP, CaughtUpRequest, caught_up)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 
 import msgspec
+import nats.js.errors
 import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.decisions import Decision, DecisionRequest
@@ -22,6 +23,7 @@ from symbi_common.policy.decision_log import LogDecisionsTyped, LogReceipt
 from symbi_common.policy.events import (
     DECISION_LOG_CODEC,
     DECISION_LOG_SUBJECT,
+    POLICY_SETS_SUBJECT,
     ActionDenied,
     DecisionLogEvent,
     LoggedDecision,
@@ -180,6 +182,18 @@ class PolicyService:
         )
 
     async def _caught_up(self, min_version: int) -> None:
+        if min_version > self.follower.version:
+            # Every stored policy event applied and still short: the version asked for was never written.
+            try:
+                last = (await self.follower.js.get_last_msg(EVENTS_STREAM, POLICY_SETS_SUBJECT)).seq
+            except nats.js.errors.NotFoundError:
+                last = 0
+            if last <= self.follower.position:
+                raise ValidationError(
+                    f"{min_version} is past the current policy version {self.follower.version}; pass the "
+                    "policy_version a change answered with",
+                    field="min_version",
+                )
         if min_version > 0 and not await self.follower.wait_for(min_version, APPLY_WAIT_S):
             raise Timeout(f"policy version {min_version} not reached within {APPLY_WAIT_S} s", min_version=min_version)
 

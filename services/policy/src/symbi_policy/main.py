@@ -17,10 +17,9 @@ from symbi_common.errors import ConfigError
 from symbi_common.policy.follower import PolicyFollower
 from symbi_common.service import ServiceRuntime, create_app, run_service
 from symbi_common.settings import Settings
-from symbi_contracts.policy.commands import AGENT_EVENTS_CAUGHT_UP, CaughtUpRequest
 
 from symbi_policy.agent_events import AgentPolicyFollower
-from symbi_policy.api import register_commands, router
+from symbi_policy.api import register_caught_up, register_commands, router
 from symbi_policy.application import PolicyService
 from symbi_policy.domain import DECISION_LOG, POLICY_SET
 
@@ -60,7 +59,7 @@ def build_app(settings: Settings) -> FastAPI:
         await service.ensure_baseline(baseline)
         agents = AgentPolicyFollower(rt.js, rt.store, service, on_error=rt.note_error)
         await agents.start()
-        rt.commands.register(AGENT_EVENTS_CAUGHT_UP, CaughtUpRequest, agents.caught_up)
+        register_caught_up(rt.commands, rt.js, agents)
         app.state.agent_policies = agents
 
     app = create_app(runtime, title="Symbi policy", routers=[router], on_start=on_start)

@@ -11,12 +11,13 @@ context validated against the schema) and encodes the replies.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import ValidationError
 from symbi_common.policy.engine import schema_errors
+from symbi_contracts.context.commands import Query, Retrieved, StoreRequest
 
 from symbi_sandbox_agent.errors import (
     ActionRequestError,
@@ -25,6 +26,7 @@ from symbi_sandbox_agent.errors import (
     UnknownAction,
 )
 
+T = TypeVar("T")
 PREFIX = b"@symbi "
 #: A request line is read up to this many bytes; a longer one is answered ``request_too_large``.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -179,23 +181,23 @@ def parse_args(request: ActionRequest) -> MemoryWriteArgs | MemoryReadArgs | Non
         raise MalformedActionRequest(f"args of {request.action}: {exc}") from None
 
 
-def context_store_body(agent_id: str, task_id: str, request: ActionRequest, args: MemoryWriteArgs) -> dict[str, Any]:
-    """``cmd.context.store``: the memory as the agent's own, the task as its origin, the collection in metadata."""
-    memory: dict[str, Any] = {
+def context_store_body(agent_id: str, task_id: str, request: ActionRequest, args: MemoryWriteArgs) -> StoreRequest:
+    """``cmd.context.store``: the memory as the agent's own, the task as its origin, the collection in metadata.
+
+    Built through the contract's own decoder, so arguments it refuses (an unknown kind, a text or tag list over
+    its bounds) are the workload's :class:`MalformedActionRequest`, not a command the context service refuses."""
+    memory = {
         "kind": args.kind,
         "text": args.text,
         "tags": list(args.tags),
         "metadata": {**args.metadata, COLLECTION_KEY: request.resource},
         "origin": {"task_id": task_id},
+        "ttl_s": args.ttl_s,
     }
-    if args.ttl_s is not None:
-        memory["ttl_s"] = args.ttl_s
-    return {"agent_id": agent_id, "memories": [memory]}
+    return _contract({"agent_id": agent_id, "memories": [memory]}, StoreRequest, "memory.write")
 
 
-def context_retrieve_body(
-    agent_id: str, request: ActionRequest, args: MemoryReadArgs, min_sequence: int
-) -> dict[str, Any]:
+def context_retrieve_body(agent_id: str, request: ActionRequest, args: MemoryReadArgs, min_sequence: int) -> Query:
     """``cmd.context.retrieve`` over the agent's own memories (of one collection unless ``*``); after the
     run's own writes (``min_sequence``), so a workload reads what it just wrote."""
     body: dict[str, Any] = {
@@ -208,13 +210,19 @@ def context_retrieve_body(
     }
     if request.resource != ALL_COLLECTIONS:
         body["metadata"] = {COLLECTION_KEY: request.resource}
-    return body
+    return _contract(body, Query, "memory.read")
 
 
-def read_result(found: dict[str, Any]) -> dict[str, Any]:
+def _contract(body: dict[str, Any], type_: type[T], action: str) -> T:
+    try:
+        return msgspec.convert(body, type_)
+    except msgspec.ValidationError as exc:
+        raise MalformedActionRequest(f"args of {action}: {exc}") from None
+
+
+def read_result(found: Retrieved) -> dict[str, Any]:
     """What a workload gets back from a read: the memories, without the index's internals."""
-    keep = ("id", "text", "kind", "tags", "metadata", "relevance", "created_at")
-    return {"memories": [{k: r.get(k) for k in keep} for r in found.get("results", [])]}
+    return {"memories": [msgspec.structs.asdict(r) for r in found.results]}
 
 
 def decision_request(agent_id: str, request: ActionRequest) -> DecisionRequest:

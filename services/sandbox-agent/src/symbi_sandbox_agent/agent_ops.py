@@ -39,6 +39,7 @@ from symbi_contracts.agent_protocol import (
     error,
     resource_of,
 )
+from symbi_contracts.context.commands import Retrieved
 from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
@@ -239,7 +240,7 @@ class ProtocolServer:
             }
             if args.collection != "*":
                 body["metadata"] = {"collection": args.collection}
-            return read_result(await call("retrieve", body))
+            return read_result(msgspec.convert(await call("retrieve", body), Retrieved))
         if isinstance(args, MemoryForget):
             forgotten = await call("forget", {"agent_id": agent, "ids": list(args.ids)})
             self.gateway.saw_write(int(forgotten.get("sequence", 0)))
@@ -267,7 +268,7 @@ class ProtocolServer:
             "limit": args.limit,
             "min_sequence": min_sequence,
         }
-        return {"results": read_result(await call("search_knowledge", query))["memories"]}
+        return {"results": read_result(msgspec.convert(await call("search_knowledge", query), Retrieved))["memories"]}
 
     async def _refuse(
         self,

@@ -37,6 +37,7 @@ from symbi_common.service import ServiceRuntime
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
 from symbi_contracts.agent_protocol import encode_reply
+from symbi_contracts.context.commands import Retrieved, Stored
 from symbi_contracts.sandbox_agent.errors import ActionDenied
 from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
@@ -287,13 +288,13 @@ class ActionGateway:
         agent_id = self.run.agent_id or "unknown"
         if isinstance(args, MemoryWriteArgs):
             body = context_store_body(agent_id, self.task_id, request, args)
-            written: dict[str, Any] = await client.call("context", "store", body, dict, timeout=PERFORM_TIMEOUT_S)
-            ids = list(written.get("ids", []))
-            self.saw_write(int(written.get("sequence", 0)))
-            return {"memory_id": ids[0] if ids else None, "ids": ids, "sequence": written.get("sequence", 0)}
+            written = await client.call("context", "store", body, Stored, timeout=PERFORM_TIMEOUT_S)
+            ids = written.ids
+            self.saw_write(written.sequence)
+            return {"memory_id": ids[0] if ids else None, "ids": ids, "sequence": written.sequence}
         assert isinstance(args, MemoryReadArgs)
         query = context_retrieve_body(agent_id, request, args, self.last_write)
-        found: dict[str, Any] = await client.call("context", "retrieve", query, dict, timeout=PERFORM_TIMEOUT_S)
+        found = await client.call("context", "retrieve", query, Retrieved, timeout=PERFORM_TIMEOUT_S)
         return read_result(found)
 
     # --- resume of a held request ------------------------------------------------------------------

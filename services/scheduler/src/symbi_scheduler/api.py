@@ -25,7 +25,7 @@ import msgspec
 from fastapi import APIRouter, Request, Response
 from symbi_common.bounds import check_ints, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
-from symbi_common.openapi import json_body, json_response
+from symbi_common.openapi import INT64, json_body, json_response, query_params
 from symbi_contracts.wire import decode_json
 
 from symbi_scheduler.application import (
@@ -77,7 +77,11 @@ async def get_task(task_id: str, request: Request) -> Response:
     return _reply(_service(request).get(TaskRef(task_id=task_id)))
 
 
-@router.get("/tasks/{task_id}/output", responses={200: json_response(OutputView)})
+@router.get(
+    "/tasks/{task_id}/output",
+    responses={200: json_response(OutputView)},
+    openapi_extra=query_params(stream={"type": "string", "enum": ["stdout", "stderr"]}, after=INT64),
+)
 async def task_output(task_id: str, request: Request) -> Response:
     """The latest attempt's output on ``stream`` from byte ``after`` on."""
     after = parse_int(request.query_params.get("after") or "0", "after")

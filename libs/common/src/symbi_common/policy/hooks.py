@@ -128,6 +128,24 @@ def unavailable(exc: BaseException, version: int) -> Deny:
     return Deny(reason=f"no policy decision could be had: {exc}", policy_version=version, code="policy_unavailable")
 
 
+#: The longest ``reason`` and ``policy_id`` a suspension carries (the lifecycle's ``SuspendRequest`` refuses
+#: longer ones, and a refused suspension would leave the agent running).
+SUSPEND_REASON_CHARS = 1000
+SUSPEND_POLICY_ID_CHARS = 512
+
+
+def suspend_body(request: DecisionRequest, decision: Deny) -> dict[str, Any]:
+    """The body of ``cmd.lifecycle.suspend`` for a denied agent: the fields of the lifecycle's
+    ``symbi_contracts.lifecycle.commands.SuspendRequest`` (this library cannot import the contracts, which
+    build on it; a contract test decodes this body strictly into that type)."""
+    reason = f"policy violation: {request.action} on {request.resource.uid} denied: {decision.reason}"
+    return {
+        "agent_id": request.principal.id,
+        "reason": reason[:SUSPEND_REASON_CHARS],
+        "policy_id": decision.policies[0][:SUSPEND_POLICY_ID_CHARS] if decision.policies else None,
+    }
+
+
 class Enforcer:
     """The one enforcer of a service: its decision point, decision log and lifecycle client.
 
@@ -235,13 +253,8 @@ class Enforcer:
 
     async def _suspend(self, request: DecisionRequest, decision: Deny) -> None:
         assert self.client is not None
-        body = {
-            "agent_id": request.principal.id,
-            "reason": f"policy violation: {request.action} on {request.resource.uid} denied: {decision.reason}"[:1000],
-            "policy_id": decision.policies[0] if decision.policies else None,
-        }
         try:
-            await self.client.call("lifecycle", "suspend", body, dict)
+            await self.client.call("lifecycle", "suspend", suspend_body(request, decision), dict)
         except DomainError as err:  # not Running (or not registered): nothing to suspend
             log.debug("agent not suspended", agent_id=request.principal.id, reason=str(err))
         except SymbiError as err:  # the lifecycle service is unreachable; the action is still refused

@@ -6,7 +6,14 @@ enforcing service asks for ``suspend`` after a policy violation. Unknown keys ar
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+#: The longest suspension ``reason`` (a policy denial's reason is cut to this by the enforcers).
+MAX_REASON_CHARS = 1000
+#: The longest id of the policy that caused a suspension.
+MAX_POLICY_ID_CHARS = 512
 
 
 class AgentRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,8 +39,8 @@ class CompleteTaskRequest(AgentRequest):
 class SuspendRequest(AgentRequest):
     """Suspend a running agent after a policy violation."""
 
-    reason: str = "policy violation"
-    policy_id: str | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)] = "policy violation"
+    policy_id: Annotated[str, msgspec.Meta(max_length=MAX_POLICY_ID_CHARS)] | None = None
 
 
 #: The commands other services send, by action (``cmd.lifecycle.<action>``).

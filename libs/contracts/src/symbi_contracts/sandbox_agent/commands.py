@@ -7,16 +7,23 @@ that runs it; each appends the matching ``execution.*`` event. Errors come back 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 #: The actions each host serves.
 ACTIONS = ("suspend", "resume", "terminate")
 
 
+#: A task id as the scheduler makes them: one NATS subject token (the host's replies and events are addressed
+#: by it), so anything else is refused when the command is decoded.
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+
+
 class TaskRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The task whose sandbox the command is about."""
 
-    task_id: str
+    task_id: Annotated[str, msgspec.Meta(pattern=TASK_ID_PATTERN)]
 
 
 def service_for(host_id: str) -> str:
