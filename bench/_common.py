@@ -25,12 +25,13 @@ import httpx
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
-from symbi_cli.infra import provision_nats_async
+from symbi_cli.provisioning import provision_nats_async
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
+from symbi_common.key_material import load_signer
 from symbi_common.keyfiles import init_keyring
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.streams import provision_streams
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import _common
 import httpx
-from symbi_cli.infra import PostgresServer
+from symbi_cli.postgres_server import PostgresServer
 
 TARGET_KB = 1024.0
 DEFINITION = (Path(__file__).parents[1] / "examples" / "agents" / "data-pipeline.symbi").read_text()

@@ -30,7 +30,7 @@ from pathlib import Path
 import _common
 import nacl.signing
 from symbi_audit.store import AuditStore
-from symbi_cli.infra import PostgresServer
+from symbi_cli.postgres_server import PostgresServer
 from symbi_common.db import open_pool
 from symbi_tlog.merkle import (
     Node,

@@ -36,9 +36,10 @@ from pathlib import Path
 import _common
 import nacl.signing
 from symbi_audit.export import stored_events
-from symbi_cli.infra import PostgresServer
+from symbi_cli.postgres_server import PostgresServer
 from symbi_common.envelope import decode_sealed, signed_message
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.key_material import load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip
 from symbi_common.streams import RawMessage
 from symbi_tlog.merkle import TreeBuilder

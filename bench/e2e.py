@@ -76,7 +76,8 @@ from _e2e_report import TierResult, ms, print_report
 from _e2e_workload import MEMORY_MB, Limits
 from _profile import sampled
 from symbi_cli.credentials import auth_headers
-from symbi_cli.runtime import SERVICE_PORT_OFFSETS, LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import SERVICE_PORT_OFFSETS, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
 from symbi_sandbox_agent.spec import CGROUP_PARENT
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import _common
 import httpx
-from symbi_cli.infra import PostgresServer
+from symbi_cli.postgres_server import PostgresServer
 
 TARGET_P99_MS = 50.0
 CONFIG = {

@@ -23,8 +23,8 @@ import time
 import uuid
 
 import _common
+from symbi_common.key_material import read_key_file
 from symbi_common.keyfiles import rotate_service_key, rotate_wrap_key
-from symbi_common.keyring import read_key_file
 from symbi_common.registry_stream import encode_signed, publish, read_signed_files
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings

@@ -44,7 +44,7 @@ from typing import Any
 
 import _common
 import httpx
-from symbi_cli.infra import create_database, database_url_or_start
+from symbi_cli.postgres_server import create_database, database_url_or_start
 from symbi_common.commands import CommandClient
 from symbi_common.settings import load_settings
 from symbi_lifecycle.main import build_app as build_lifecycle

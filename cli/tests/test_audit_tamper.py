@@ -33,7 +33,8 @@ from symbi_common.envelope import (
 )
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import REGISTRY_FILE, REGISTRY_SIG_FILE, RegistryDocument, load_signer
+from symbi_common.key_material import load_signer
+from symbi_common.registry_document import REGISTRY_FILE, REGISTRY_SIG_FILE, RegistryDocument
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_tlog.cosign import WitnessKey, cosign

@@ -12,15 +12,14 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
-from symbi_cli.infra import (
+from symbi_cli.errors import InfraError
+from symbi_cli.nats_server import NatsServer, find_nats_server
+from symbi_cli.postgres_server import (
     DATABASE_URL_ENV,
-    InfraError,
-    NatsServer,
     PostgresServer,
     create_database,
     database_url_or_start,
     drop_database,
-    find_nats_server,
     with_database,
 )
 

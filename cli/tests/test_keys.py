@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 from symbi_cli.main import app
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
+from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.errors import KeyRevoked
-from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, load_signer
+from symbi_common.key_material import load_signer
+from symbi_common.keyring import KeyRegistry
 from typer.testing import CliRunner
 
 runner = CliRunner(env={"COLUMNS": "200"})

@@ -14,12 +14,14 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from symbi_cli.errors import StartError
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.aggregate import Repository
 from symbi_common.datakeys import open_service_datakeys
+from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.eventstore import EventStore
 from symbi_common.keyfiles import load_service_keys
-from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry
+from symbi_common.keyring import KeyRegistry
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import require_streams
 from symbi_lifecycle.config import AgentConfig

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_cli.run_cmd import ReceiptInvalid, check_events, check_proof, trusted_checkpoint
+from symbi_cli.run_receipt import ReceiptInvalid, check_events, check_proof, trusted_checkpoint
 from symbi_cli.trust import trust_anchor
 from symbi_common.crypto import Signer
 from symbi_common.events import Event, EventCodec
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.key_material import load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
-from symbi_cli.run_cmd import ReceiptInvalid, check_proof, stored_task_events
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.run_receipt import ReceiptInvalid, check_proof, stored_task_events
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.crypto import Signer
 from symbi_common.streams import RawMessage
 from symbi_tlog.cosign import WitnessKey

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 from symbi_cli.credentials import auth_headers
-from symbi_cli.run_cmd import MEMORY_MAX_CHARS, result_memory
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.run_memory import MEMORY_MAX_CHARS, result_memory
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 
 AGENT = """agent {name}(x: String) -> String {{
   version = "1.0.0"

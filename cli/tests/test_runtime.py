@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from symbi_cli.errors import StartError
-from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, check_installed, sandbox_host_id
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions, check_installed, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
 
 

@@ -8,7 +8,8 @@ import stat
 import sys
 from pathlib import Path
 
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 from symbi_cli.supervisor import ServiceSpec, Supervisor
 from symbi_common.keyfiles import PUBLIC_FILES
 

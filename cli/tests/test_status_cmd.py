@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 from symbi_cli.credentials import auth_headers
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
-from symbi_cli.status_cmd import HttpAnswer, ProcessInfo, ServiceProbe, Snapshot, build_report, read_process
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
+from symbi_cli.status_probes import HttpAnswer, ProcessInfo, ServiceProbe, Snapshot, read_process
+from symbi_cli.status_report import build_report
 from symbi_cli.supervisor import RestartPolicy
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "agents" / "hello.json"

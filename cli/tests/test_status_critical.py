@@ -12,7 +12,7 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 from symbi_audit.main import build_app
 from symbi_cli.main import app as symbi
-from symbi_cli.runtime import SERVICE_PORT_OFFSETS
+from symbi_cli.runtime_options import SERVICE_PORT_OFFSETS
 from symbi_common.events import Event, EventCodec
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings

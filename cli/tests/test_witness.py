@@ -23,7 +23,7 @@ from symbi_cli.audit_cmd import audit_app, export_log
 from symbi_common.crypto import Signer
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import load_signer
+from symbi_common.key_material import load_signer
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
 from symbi_common.streams import AUDIT_STREAM, last_on_subject, provision_streams

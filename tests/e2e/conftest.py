@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from symbi_cli.runtime import ALL_SERVICES, RuntimeOptions
+from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions
 
 #: Every process that works on a run: the ``symbi`` command (the root) and the six services.
 TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))

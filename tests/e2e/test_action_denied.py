@@ -26,8 +26,9 @@ import pytest
 from symbi_cli.agent_cmd import registration_body
 from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
-from symbi_cli.run_cmd import stored_task_events
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.run_receipt import stored_task_events
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import decrypt, open_envelope

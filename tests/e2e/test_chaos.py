@@ -39,7 +39,8 @@ import nats
 import pytest
 from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
-from symbi_cli.runtime import ALL_SERVICES, LocalRuntime, RuntimeOptions, sandbox_host_id
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
 from symbi_common.datakeys import DataKeys, open_service_datakeys
 from symbi_common.events import Event, EventCodec, event_type

@@ -21,7 +21,8 @@ import nats
 import pytest
 from symbi_cli.credentials import auth_headers
 from symbi_cli.events import operator_url
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions, sandbox_host_id
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions, sandbox_host_id
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import decrypt, open_envelope

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "agents" / "hello.symbi"

@@ -22,8 +22,9 @@ from symbi_common.crypto import AeadKey
 from symbi_common.envelope import SealedEvent, decode_header, decode_sealed, encode_sealed, signed_message
 from symbi_common.errors import SymbiError
 from symbi_common.events import EventCodec
+from symbi_common.key_material import load_signer
 from symbi_common.keyfiles import init_keyring
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
 from symbi_common.sealing import NEW_AGGREGATE, check_link, decrypt, open_envelope, seal
 from symbi_context.domain import KNOWLEDGE, MEMORY

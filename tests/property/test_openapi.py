@@ -41,7 +41,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from symbi_audit.main import build_app as build_audit
-from symbi_cli.infra import NatsServer, create_database, drop_database, provision_nats
+from symbi_cli.nats_server import NatsServer
+from symbi_cli.postgres_server import create_database, drop_database
+from symbi_cli.provisioning import provision_nats
 from symbi_common.keyfiles import init_keyring
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings, load_settings

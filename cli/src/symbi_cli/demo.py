@@ -27,8 +27,10 @@ from symbi_common.keyring import KeyRegistry
 from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError, DemoError
 from symbi_cli.events import EventLine, tail
-from symbi_cli.run_cmd import ServiceUrls, default_agent_id, print_run, run_agent
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.run_cmd import default_agent_id, print_run, run_agent
+from symbi_cli.run_services import ServiceUrls
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
 
 EXIT_INTERRUPTED = 130

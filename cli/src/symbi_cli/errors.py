@@ -17,3 +17,7 @@ class SupervisorError(CliError):
 
 class DemoError(CliError):
     """A step of ``symbi demo`` did not do what it should."""
+
+
+class InfraError(RuntimeError):
+    """A local server could not be found, started or used."""

@@ -18,7 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from symbi_common.crypto import key_id_for, wrap_key_id_for
+from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.errors import KeyringError
+from symbi_common.key_material import read_key_file
 from symbi_common.keyfiles import (
     ROOT_KEY_FILE,
     SIGNING_KEY_FILE,
@@ -29,7 +31,8 @@ from symbi_common.keyfiles import (
     rotate_service_key,
     rotate_wrap_key,
 )
-from symbi_common.keyring import SERVICE_SUBJECTS, KeyRegistry, RegistryChange, read_key_file
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_document import RegistryChange
 
 from symbi_cli.keys_live import PUBLISH_ERRORS, operator_nats_url, publish_keyring, registry_history
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
-from symbi_common.keyring import read_key_file
+from symbi_common.key_material import read_key_file
 from symbi_common.registry_stream import HistoryEntry, check_history, publish, read_history, read_signed_files
 
 #: Where ``symbi up`` leaves the operator's NATS URL, relative to its home.

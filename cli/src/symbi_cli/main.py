@@ -20,13 +20,8 @@ from symbi_cli.events import events_app
 from symbi_cli.keys import keys_app
 from symbi_cli.nats_cmd import nats_app
 from symbi_cli.run_cmd import run
-from symbi_cli.runtime import (
-    DEFAULT_BASE_PORT,
-    DEFAULT_NATS_PORT,
-    LocalRuntime,
-    RuntimeOptions,
-    parse_services,
-)
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import DEFAULT_BASE_PORT, DEFAULT_NATS_PORT, RuntimeOptions, parse_services
 from symbi_cli.status_cmd import status
 from symbi_cli.task_cmd import task_app
 from symbi_cli.token_cmd import token_app

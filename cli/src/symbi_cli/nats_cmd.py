@@ -12,7 +12,7 @@ from symbi_common.natsauth import connect_options, without_credentials
 from symbi_common.settings import load_settings
 from symbi_common.streams import StreamSettings
 
-from symbi_cli.infra import provision_nats_async
+from symbi_cli.provisioning import provision_nats_async
 
 nats_app = typer.Typer(help="NATS administration (needs the admin credential, never given to a service).")
 

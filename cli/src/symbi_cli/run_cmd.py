@@ -23,18 +23,13 @@ receipt does not verify.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import secrets
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import nats
 import nats.errors
 import typer
 from opentelemetry.trace import StatusCode
@@ -42,18 +37,29 @@ from rich.console import Console
 from rich.table import Table
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_common.telemetry import command_trace, trace_http_request, trace_id_of
-from symbi_tlog.merkle import verify_inclusion
-from symbi_tlog.notes import Checkpoint
-from symbi_tlog.offline import WITNESS_MISSING, TrustAnchor, audit_key, check_checkpoint
-from symbi_tlog.rules import CachedRegistry, LogVerifier, event_leaf, verdict
+from symbi_tlog.offline import TrustAnchor
 
-from symbi_cli.agent_cmd import registration_body
 from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
-from symbi_cli.runtime import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
-from symbi_cli.status_cmd import read_state
+from symbi_cli.run_memory import MEMORY_MAX_CHARS, result_memory, store_memory
+from symbi_cli.run_receipt import (
+    ReceiptInvalid,
+    audit_receipt,
+    b64,
+    check_events,
+    check_proof,
+    stored_task_events,
+    trusted_checkpoint,
+)
+from symbi_cli.run_services import (
+    POLL_S,
+    RunError,
+    ServiceUrls,
+    agent_ready,
+    register_agent,
+    service_urls,
+)
 from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
 from symbi_cli.trust import (
     ConfigOption,
@@ -67,50 +73,31 @@ from symbi_cli.trust import (
 
 EXIT_FAILED = 1
 EXIT_RECEIPT = 3
-POLL_S = 0.25
 
-
-class RunError(SymbiError):
-    """A step of ``symbi run`` failed (registration refused, a service unreachable or refusing)."""
-
-    code = "run_failed"
-
-
-class ReceiptInvalid(SymbiError):
-    """The audit receipt does not verify: a checkpoint, leaf or inclusion proof does not match.
-
-    ``reason`` is the typed cause: a checkpoint finding of the offline verifier (``checkpoint_origin``,
-    ``checkpoint_signature``, ``witness_cosignature_missing`` …) or ``event_invalid``, ``proof_invalid``,
-    ``not_covered``.
-    """
-
-    code = "receipt_invalid"
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message, reason=reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceUrls:
-    lifecycle: str
-    scheduler: str
-    audit: str
-    context: str
-
-
-def service_urls(home: Path, base_port: int | None) -> ServiceUrls:
-    """The services' URLs: from ``symbi up``'s state file, or ``127.0.0.1:<base + offset>``."""
-    state = None if base_port is not None else read_state(home.resolve())
-    recorded = state.get("services", {}) if state else {}
-
-    def url(name: str) -> str:
-        entry = recorded.get(name)
-        if isinstance(entry, dict) and isinstance(entry.get("url"), str):
-            return str(entry["url"]).rstrip("/")
-        return f"http://127.0.0.1:{(base_port or DEFAULT_BASE_PORT) + SERVICE_PORT_OFFSETS[name]}"
-
-    return ServiceUrls(url("lifecycle"), url("scheduler"), url("audit"), url("context"))
+#: Re-exported: these lived here before ``symbi run`` was split into its steps.
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_RECEIPT",
+    "MEMORY_MAX_CHARS",
+    "POLL_S",
+    "ReceiptInvalid",
+    "RunError",
+    "ServiceUrls",
+    "agent_ready",
+    "audit_receipt",
+    "check_events",
+    "check_proof",
+    "default_agent_id",
+    "print_run",
+    "register_agent",
+    "result_memory",
+    "run",
+    "run_agent",
+    "service_urls",
+    "store_memory",
+    "stored_task_events",
+    "trusted_checkpoint",
+]
 
 
 def default_agent_id(file: Path) -> str:
@@ -126,232 +113,6 @@ def _read_input(value: str | None) -> bytes:
     if value == "-" or Path(value).is_file():
         return task_input(None, Path(value))
     return value.encode()
-
-
-async def _request(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    try:
-        return await http.request(method, url, **kwargs)
-    except httpx.HTTPError as exc:
-        raise RunError(f"cannot reach {url} ({exc}); is `symbi up` running?") from exc
-
-
-def _json_body(response: httpx.Response, what: str) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400 or not isinstance(body, dict):
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        message = error.get("message") if isinstance(error, dict) else None
-        raise RunError(f"{what} refused ({response.status_code}): {message or response.text[:300]}")
-    return body
-
-
-async def register_agent(http: httpx.AsyncClient, urls: ServiceUrls, file: Path, agent_id: str) -> dict[str, Any]:
-    """Register the agent; it must come out Ready (policies compiled and activated)."""
-    body = registration_body(file, agent_id)
-    agent = _json_body(await _request(http, "POST", f"{urls.lifecycle}/v1/agents", json=body), "registration")
-    if agent.get("state") != "Ready":
-        problems = "; ".join(str(e.get("message", e)) for e in agent.get("errors", []) if isinstance(e, dict))
-        raise RunError(f"agent {agent.get('id')} is {agent.get('state')}, not Ready: {problems or 'no reason given'}")
-    return agent
-
-
-async def agent_ready(http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, timeout: float) -> dict[str, Any]:
-    """The agent once it is Ready again after its task (or as it is when ``timeout`` runs out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        agent = _json_body(await _request(http, "GET", f"{urls.lifecycle}/v1/agents/{agent_id}"), "agent lookup")
-        if agent.get("state") == "Ready" or time.monotonic() > deadline:
-            return agent
-        await asyncio.sleep(POLL_S)
-
-
-#: The longest result kept whole as a memory; a longer one is kept as its beginning, with a note and its digest.
-MEMORY_MAX_CHARS = 16_000
-
-
-def result_memory(result: str) -> tuple[str, dict[str, Any]] | None:
-    """The memory text and metadata for a task's output; None for an output with nothing in it."""
-    if not result.strip():
-        return None
-    if len(result) <= MEMORY_MAX_CHARS:
-        return result, {}
-    digest = hashlib.sha256(result.encode()).hexdigest()
-    note = f"\n[… truncated: the first {{kept}} of {len(result)} characters; sha256 of the whole result {digest}]"
-    kept = MEMORY_MAX_CHARS - len(note.format(kept=MEMORY_MAX_CHARS))
-    text = result[:kept] + note.format(kept=kept)
-    return text, {"truncated": True, "result_chars": len(result), "result_sha256": digest}
-
-
-async def store_memory(
-    http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, task_id: str, text: str
-) -> dict[str, Any]:
-    """Keep what the agent produced as its long-term memory, with the task as origin.
-
-    An empty output is not stored (there is nothing to remember; ``skipped`` says so); a long one is stored
-    as its beginning with a note and the SHA-256 of the whole output (``truncated``).
-    """
-    memory = result_memory(text)
-    if memory is None:
-        return {"skipped": "the task printed nothing; no memory stored"}
-    kept, metadata = memory
-    item: dict[str, Any] = {"kind": "long_term", "text": kept, "tags": ["task-result"], "origin": {"task_id": task_id}}
-    if metadata:
-        item["metadata"] = metadata
-    body = {"agent_id": agent_id, "memories": [item]}
-    stored = _json_body(await _request(http, "POST", f"{urls.context}/v1/memories", json=body), "storing the memory")
-    if metadata:
-        stored["truncated"] = {"kept_chars": len(kept), "result_chars": metadata["result_chars"]}
-    return stored
-
-
-async def stored_task_events(nats_url: str, task_id: str) -> list[RawMessage]:
-    """The task's and its execution's events exactly as stored, in stream order."""
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
-    try:
-        found: list[RawMessage] = []
-        for subject in (f"evt.task.{task_id}", f"evt.execution.{task_id}"):
-            async for batch in read_subject(nc, EVENTS_STREAM, subject):
-                found.extend(batch)
-    finally:
-        await nc.drain()
-    return sorted(found, key=lambda m: m.sequence)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def check_proof(proof: dict[str, Any], message: RawMessage, checkpoint: Checkpoint) -> dict[str, Any]:
-    """One receipt line, after checking the served proof against our own leaf and the signed root."""
-    leaf = event_leaf(message)
-    if proof.get("sequence") != message.sequence or proof.get("tree_size") != checkpoint.size:
-        raise ReceiptInvalid(
-            f"the proof served for event {message.sequence} is for another event or tree", reason="proof_invalid"
-        )
-    if proof.get("leaf_hash") != _b64(leaf):
-        raise ReceiptInvalid(
-            f"event {message.sequence}: the audit log's leaf differs from the stored event's", reason="proof_invalid"
-        )
-    path = [base64.b64decode(h) for h in proof.get("proof", [])]
-    index = int(proof["leaf_index"])
-    if not verify_inclusion(leaf, index, checkpoint.size, path, checkpoint.root):
-        raise ReceiptInvalid(
-            f"event {message.sequence}: the inclusion proof does not lead to the signed root", reason="proof_invalid"
-        )
-    return {
-        "sequence": message.sequence,
-        "subject": message.subject,
-        "event_type": message.headers.get("Symbi-Event-Type", ""),
-        "leaf_index": index,
-        "leaf_hash": _b64(leaf),
-        "proof": proof.get("proof", []),
-        "verified": True,
-    }
-
-
-def check_events(events: list[RawMessage], registry: KeyRegistry) -> None:
-    """Each stored event, checked here and not taken from the audit service's word: its signature, that its
-    key may write its subject, and each aggregate's hash chain from its first version on."""
-    rules = LogVerifier(partial=True)  # the task's subjects only: stream sequences have gaps
-    cached = CachedRegistry(registry)
-    first: set[str] = set()
-    for message in events:
-        v = verdict(message, cached)
-        if message.subject not in first:
-            first.add(message.subject)
-            if v.version != 1:
-                raise ReceiptInvalid(
-                    f"{message.subject} does not start at version 1: its first events are missing",
-                    reason="event_invalid",
-                )
-        findings = rules.apply(v)
-        if findings:
-            f = findings[0]
-            raise ReceiptInvalid(
-                f"event {message.sequence} ({message.subject}) does not verify: {f.kind}: {f.reason}",
-                reason="event_invalid",
-            )
-
-
-def trusted_checkpoint(note: str, anchor: TrustAnchor) -> Checkpoint:
-    """The checkpoint of ``note`` if the pinned audit key signed it for the anchor's origin and, with witnesses
-    in the anchor, at least ``min_witnesses`` of them cosigned it; else :class:`ReceiptInvalid` with the first
-    finding's kind as its reason."""
-    checkpoint, findings = check_checkpoint(note, anchor)
-    if checkpoint is None or findings:
-        reason = findings[0].kind if findings else "checkpoint_signature"
-        raise ReceiptInvalid("checkpoint: " + "; ".join(f.reason for f in findings), reason=reason)
-    return checkpoint
-
-
-async def _receipt_from(
-    http: httpx.AsyncClient, urls: ServiceUrls, events: list[RawMessage], note: str, anchor: TrustAnchor
-) -> dict[str, Any] | None:
-    """The receipt against the checkpoint ``note``; None while its tree does not hold every event yet."""
-    checkpoint = trusted_checkpoint(note, anchor)
-    proofs = []
-    for message in reversed(events):  # the newest first: if it is not covered yet, none of them need asking
-        params = {"sequence": message.sequence, "size": checkpoint.size}
-        answer = await _request(http, "GET", f"{urls.audit}/v1/audit/proofs/inclusion", params=params)
-        if answer.status_code == 404:
-            return None  # not in this checkpoint's tree yet
-        proofs.append(check_proof(_json_body(answer, "inclusion proof"), message, checkpoint))
-    proofs.reverse()
-    return {
-        "verified": True,
-        "checkpoint": {
-            "origin": checkpoint.origin,
-            "size": checkpoint.size,
-            "root": _b64(checkpoint.root),
-            "key": audit_key(anchor.registry)[0],
-            "witnesses": sorted(w.name for w in anchor.witnesses),
-            "min_witnesses": anchor.min_witnesses,
-            "note": note,
-        },
-        "events": proofs,
-    }
-
-
-async def audit_receipt(
-    http: httpx.AsyncClient, urls: ServiceUrls, events: list[RawMessage], anchor: TrustAnchor, timeout: float
-) -> dict[str, Any]:
-    """Wait for a signed checkpoint covering ``events``, then verify each one's inclusion in it.
-
-    The audit service checkpoints on its own (every ``checkpoint_interval_s``); there is no way to ask for
-    one, so the receipt waits for the first checkpoint whose tree holds every event. A checkpoint without
-    the cosignatures the anchor demands may still be gathering them: it is asked again until ``timeout``,
-    then refused (``witness_cosignature_missing``); any other checkpoint finding is refused at once.
-    """
-    if not events:
-        raise ReceiptInvalid("the task has no stored events", reason="event_invalid")
-    check_events(events, anchor.registry)
-    deadline = time.monotonic() + timeout
-    uncosigned: ReceiptInvalid | None = None
-    while True:
-        response = await _request(http, "GET", f"{urls.audit}/v1/audit/checkpoints/latest")
-        if response.status_code == 200:
-            try:
-                receipt = await _receipt_from(http, urls, events, response.text, anchor)
-            except ReceiptInvalid as err:
-                if err.reason != WITNESS_MISSING:
-                    raise
-                uncosigned, receipt = err, None
-            else:
-                uncosigned = None
-            if receipt is not None:
-                return receipt
-        elif response.status_code != 404:
-            _json_body(response, "latest checkpoint")
-        if time.monotonic() > deadline:
-            if uncosigned is not None:
-                raise uncosigned
-            raise ReceiptInvalid(
-                f"no audit checkpoint covered the task's {len(events)} events within {timeout:.0f} s",
-                reason="not_covered",
-            )
-        await asyncio.sleep(POLL_S * 2)
 
 
 def _task_summary(view: dict[str, Any]) -> dict[str, Any]:
@@ -414,7 +175,7 @@ async def run_agent(
         try:
             body["input"] = data.decode()
         except UnicodeDecodeError:
-            body["input_base64"] = _b64(data)
+            body["input_base64"] = b64(data)
         api = SchedulerApi(urls.scheduler, headers)
         try:
             try:

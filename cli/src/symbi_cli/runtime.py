@@ -17,25 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import importlib.util
-import json
 import os
-import re
 import secrets
-import signal
-import socket
 import stat
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
 
 import asyncpg
-from symbi_common.errors import ConfigError, InfrastructureError, KeyringError
+from symbi_common.errors import InfrastructureError, KeyringError
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,
@@ -44,120 +34,56 @@ from symbi_common.natsauth import (
     with_credentials,
     without_credentials,
 )
-from symbi_common.settings import load_settings
 
 from symbi_cli.credentials import write_local_token
-from symbi_cli.errors import StartError
-from symbi_cli.infra import (
-    DATABASE_URL_ENV,
-    InfraError,
-    NatsServer,
-    PostgresServer,
-    create_database,
-    pid_alive,
-    private_dir,
-    provision_nats_async,
-)
+from symbi_cli.errors import InfraError, StartError
 from symbi_cli.keys import ensure_keyring
 from symbi_cli.keys_live import publish_keyring
-from symbi_cli.supervisor import EventKind, RestartPolicy, ServiceSpec, Supervisor, describe_exit
+from symbi_cli.nats_server import NatsServer
+from symbi_cli.postgres_server import DATABASE_URL_ENV, PostgresServer, create_database
+from symbi_cli.private_files import private_dir
+from symbi_cli.provisioning import provision_nats_async
+from symbi_cli.runtime_options import (
+    ALL_SERVICES,
+    DATABASE_SERVICES,
+    DEFAULT_BASE_PORT,
+    DEFAULT_NATS_PORT,
+    SANDBOX_HOST_ID_ENV,
+    SERVICE_PORT_OFFSETS,
+    Reporter,
+    RuntimeOptions,
+    SilentReporter,
+    check_installed,
+    database_name,
+    docker_reachable,
+    package_of,
+    parse_services,
+    sandbox_host_id,
+    service_command,
+)
+from symbi_cli.runtime_state import claim_home, write_state
+from symbi_cli.supervisor import EventKind, ServiceSpec, Supervisor, describe_exit
 
-#: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
-#: Policy starts first: it registers the baseline policy set every other service's decisions need.
-SERVICE_PORT_OFFSETS: Mapping[str, int] = {
-    "policy": 2,
-    "lifecycle": 1,
-    "scheduler": 3,
-    "audit": 4,
-    "sandbox-agent": 5,
-    "context": 6,
-}
-ALL_SERVICES: tuple[str, ...] = tuple(SERVICE_PORT_OFFSETS)
-#: The services with a PostgreSQL read model (each gets its own database); the others keep none.
-DATABASE_SERVICES: frozenset[str] = frozenset({"lifecycle", "audit"})
-DEFAULT_BASE_PORT = 8080
-DEFAULT_NATS_PORT = 4222
-
-
-def package_of(service: str) -> str:
-    """The import name of a service's package: ``sandbox-agent`` → ``symbi_sandbox_agent``."""
-    return "symbi_" + service.replace("-", "_")
-
-
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def check_installed(services: Sequence[str]) -> None:
-    """Refuse to start when a requested service's package (its ``main`` module) is not installed."""
-    missing = [s for s in services if not _has_module(f"{package_of(s)}.main")]
-    if missing:
-        packages = ", ".join(package_of(s) for s in missing)
-        raise StartError(f"service(s) {', '.join(missing)} not installed (no {packages}); run `uv sync`")
-
-
-def service_command(service: str) -> list[str]:
-    """How to start a service as its own process: ``python -m <package>`` (or its ``main`` module)."""
-    pkg = package_of(service)
-    if _has_module(f"{pkg}.__main__"):
-        return [sys.executable, "-m", pkg]
-    return [sys.executable, "-c", f"from {pkg}.main import main; main()"]
-
-
-def docker_reachable(env: Mapping[str, str]) -> bool:
-    """Whether a Docker engine answers on ``$DOCKER_HOST`` (a unix socket) or ``/var/run/docker.sock``."""
-    host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
-        return True  # a remote engine: the sandbox-agent itself reports whether it answers
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        try:
-            sock.connect(host.removeprefix("unix://"))
-            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-            return sock.recv(12).startswith(b"HTTP/1.")
-        except OSError:
-            return False
-
-
-#: The environment variable naming the sandbox-agent's host (``[sandbox] host_id``).
-SANDBOX_HOST_ID_ENV = "SYMBI_SANDBOX__HOST_ID"
-
-
-def sandbox_host_id(home: Path, env: Mapping[str, str]) -> str | None:
-    """The sandbox host id ``symbi up`` gives its sandbox-agent: ``<hostname>-<hash of the home>``.
-
-    A sandbox-agent's start-up removes every container labelled with its host id. With the bare hostname
-    (the service's own default), a second runtime on the same Docker engine would remove the first one's
-    running sandboxes; one id per home keeps them apart and stays the same across restarts of a home, so
-    its own leftovers are still found. ``None`` when the environment or the config file names one.
-    """
-    try:
-        configured = load_settings(env=env).sandbox.host_id
-    except ConfigError:
-        return None  # the sandbox-agent reports the broken configuration itself
-    if configured:
-        return None
-    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
-    hostname = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:55] or "host"
-    return f"{hostname}-{digest}"
-
-
-def database_name(service: str) -> str:
-    return package_of(service)
-
-
-def parse_services(text: str | None) -> list[str]:
-    """``"lifecycle,policy"`` → the named services in start order; ``None``/``""``/``"all"`` → every service."""
-    if not text or text.strip() == "all":
-        return list(ALL_SERVICES)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SERVICE_PORT_OFFSETS]
-    if unknown:
-        raise StartError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(ALL_SERVICES)}")
-    return [n for n in ALL_SERVICES if n in names]
+#: Re-exported: these lived here before the runtime's options and state file got their own modules.
+__all__ = [
+    "ALL_SERVICES",
+    "DATABASE_SERVICES",
+    "DEFAULT_BASE_PORT",
+    "DEFAULT_NATS_PORT",
+    "SANDBOX_HOST_ID_ENV",
+    "SERVICE_PORT_OFFSETS",
+    "LocalRuntime",
+    "Reporter",
+    "RuntimeOptions",
+    "SilentReporter",
+    "check_installed",
+    "database_name",
+    "docker_reachable",
+    "package_of",
+    "parse_services",
+    "sandbox_host_id",
+    "service_command",
+]
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -184,49 +110,6 @@ async def _in_thread(fn: Callable[[], object]) -> None:
         with contextlib.suppress(Exception):
             await work
         raise
-
-
-class Reporter(Protocol):
-    """Where the runtime reports progress; the CLI prints, tests collect."""
-
-    def step(self, message: str) -> None: ...
-
-    def output(self, service: str, line: str) -> None: ...
-
-    def event(self, service: str, message: str, kind: EventKind) -> None: ...
-
-
-class SilentReporter:
-    """Reports nothing (the default when a test or script drives the runtime)."""
-
-    def step(self, message: str) -> None:
-        pass
-
-    def output(self, service: str, line: str) -> None:
-        pass
-
-    def event(self, service: str, message: str, kind: EventKind) -> None:
-        pass
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeOptions:
-    """What to run and where: ``symbi up``'s options."""
-
-    home: Path = Path(".symbi")
-    services: Sequence[str] = ALL_SERVICES
-    base_port: int = DEFAULT_BASE_PORT
-    #: ``None`` lets nats-server pick a free port.
-    nats_port: int | None = DEFAULT_NATS_PORT
-    host: str = "127.0.0.1"
-    grace_period: float = 10.0
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    #: The environment the services inherit (``os.environ`` if ``None``); ``SYMBI_DATABASE_URL`` here
-    #: names an existing PostgreSQL server to use instead of starting one.
-    env: Mapping[str, str] | None = None
-
-    def port_of(self, service: str) -> int:
-        return self.base_port + SERVICE_PORT_OFFSETS[service]
 
 
 class LocalRuntime:
@@ -440,46 +323,9 @@ class LocalRuntime:
     # --- state file ---------------------------------------------------------------------------
 
     def _claim_home(self) -> None:
-        # Everything under the home is for its owner only: directories 0700, files 0600.
-        private_dir(self.home)
-        private_dir(self.state_file.parent)
-        previous: dict[str, Any] = {}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            previous = json.loads(self.state_file.read_text())
-        other = previous.get("supervisor_pid")
-        if isinstance(other, int) and other != os.getpid() and pid_alive(other):
-            raise StartError(
-                f"a runtime is already running from {self.home} (pid {other}); stop it first or use another --home"
-            )
-        if previous:
-            self._reap_leftovers(previous)
+        claim_home(self.home, self.state_file, self.reporter)
         self._owns_state_file = True
         self._write_state()
-
-    def _reap_leftovers(self, previous: Mapping[str, Any]) -> None:
-        """A previous supervisor died without stopping its nats-server: stop it before reusing its store.
-
-        (Services die with the supervisor by themselves, and pgserver reuses and later stops a
-        PostgreSQL still running on the data directory.)
-        """
-        nats = previous.get("nats") or {}
-        pid = nats.get("pid") if isinstance(nats, dict) else None
-        if not isinstance(pid, int) or not pid_alive(pid):
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return
-        if str(self.home / "nats").encode() not in cmdline:
-            return  # the pid was reused by something else
-        self.reporter.step(f"stopping nats-server pid {pid} left over from a runtime that did not stop cleanly")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
     def state(self) -> dict[str, object]:
         """Pids and addresses of everything running."""
@@ -508,8 +354,4 @@ class LocalRuntime:
         }
 
     def _write_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(self.state(), indent=2) + "\n")
-        tmp.replace(self.state_file)
+        write_state(self.state_file, self.state())

@@ -11,7 +11,8 @@ from typing import TypeVar
 from rich.console import Console
 from rich.text import Text
 
-from symbi_cli.runtime import ALL_SERVICES, LocalRuntime
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import ALL_SERVICES
 from symbi_cli.supervisor import EventKind
 
 T = TypeVar("T")

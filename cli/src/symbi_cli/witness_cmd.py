@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request, Response
 from rich.console import Console
 from symbi_common.crypto import Signer
 from symbi_common.errors import ConfigError, KeyringError
-from symbi_common.keyring import load_signer, write_key_file
+from symbi_common.key_material import load_signer, write_key_file
 from symbi_tlog.cosign import WitnessKey, cosign
 from symbi_tlog.errors import WitnessRequestMalformed
 from symbi_tlog.notes import ED25519_TYPE, key_hash

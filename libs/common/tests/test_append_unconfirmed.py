@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_cli.infra import NatsServer
+from symbi_cli.nats_server import NatsServer
 from symbi_common.errors import AppendFailed
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from symbi_common.crypto import AeadKey, Signer, Verifier, WrapKey, key_id_for, seal_to
+from symbi_common.entitlements import AGGREGATE_READERS, SERVICE_SUBJECTS, readers_of, subject_matches, writer_of
 from symbi_common.errors import (
     KeyRevoked,
     KeyringError,
@@ -17,22 +18,11 @@ from symbi_common.errors import (
     UnauthorisedSigner,
     UnknownSigningKey,
 )
+from symbi_common.key_material import load_signer, load_wrap_key, read_key_file, write_key_file
 from symbi_common.keyfiles import init_keyring, load_service_keys, revoke_key, rotate_service_key
-from symbi_common.keyring import (
-    AGGREGATE_READERS,
-    REGISTRY_FILE,
-    REGISTRY_SIG_FILE,
-    SERVICE_SUBJECTS,
-    KeyRegistry,
-    load_signer,
-    load_wrap_key,
-    read_key_file,
-    readers_of,
-    subject_matches,
-    with_revocation,
-    write_key_file,
-    writer_of,
-)
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_changes import with_revocation
+from symbi_common.registry_document import REGISTRY_FILE, REGISTRY_SIG_FILE
 
 # --- primitives ----------------------------------------------------------------------------------
 

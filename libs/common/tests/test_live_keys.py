@@ -16,6 +16,7 @@ from symbi_common.datakeys import DataKeyRecord, DataKeys, KvDataKeyStore
 from symbi_common.envelope import ZERO_HASH
 from symbi_common.errors import KeyRevoked, KeyringError, RegistryRollback, SigningKeyRefused
 from symbi_common.events import Event, EventCodec
+from symbi_common.key_material import load_signer, load_wrap_key, read_key_file, write_key_file
 from symbi_common.keyfiles import (
     default_operator_dir,
     publish_registry,
@@ -23,15 +24,8 @@ from symbi_common.keyfiles import (
     rotate_service_key,
     rotate_wrap_key,
 )
-from symbi_common.keyring import (
-    KeyRegistry,
-    load_signer,
-    load_wrap_key,
-    read_key_file,
-    with_revocation,
-    with_service_key,
-    write_key_file,
-)
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_changes import with_revocation, with_service_key
 from symbi_common.registry_stream import (
     REGISTRY_SUBJECT,
     SignedRegistry,

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from symbi_cli.infra import find_nats_server
-from symbi_common.keyring import SERVICE_SUBJECTS
+from symbi_cli.nats_server import find_nats_server
+from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from symbi_common.keyring import AGGREGATE_READERS, SERVICE_SUBJECTS, readers_of, writer_of
+from symbi_common.entitlements import AGGREGATE_READERS, SERVICE_SUBJECTS, readers_of, writer_of
 from symbi_contracts.subjects import CATALOGUE, CLI
 
 

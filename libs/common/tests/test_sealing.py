@@ -22,8 +22,9 @@ from symbi_common.errors import (
     UnknownSigningKey,
     VersionGap,
 )
+from symbi_common.key_material import load_signer
 from symbi_common.keyfiles import init_keyring
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip, OpenedEvent, check_link, decrypt, open_envelope, seal
 
 SUBJECT = "evt.agent.a1"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from symbi_audit.erasure import CODEC as AUDIT_CODEC
+from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.events import EventCodec
-from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
 from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_context.index import SUBJECTS as CONTEXT_FOLLOWS

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.errors import KeyRevoked
-from symbi_common.keyring import (
-    KeyRegistry,
-    empty_registry,
-    encode_registry,
-    with_revocation,
-    with_service_key,
-)
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_changes import empty_registry, encode_registry, with_revocation, with_service_key
 from symbi_tlog.rules import CachedRegistry
 
 SUBJECT = "evt.agent.a1"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from symbi_common.crypto import AeadKey
 from symbi_common.envelope import event_hash
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.key_material import load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import ZERO_HASH, seal
 from symbi_common.streams import RawMessage
 from symbi_tlog.errors import ExportMalformed

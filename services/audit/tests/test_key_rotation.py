@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
+from symbi_common.key_material import read_key_file
 from symbi_common.keyfiles import rotate_service_key
-from symbi_common.keyring import read_key_file
 from symbi_common.registry_stream import publish, read_signed_files
 from symbi_tlog.notes import verify_checkpoint
 

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from symbi_cli.credentials import auth_headers
-from symbi_cli.runtime import LocalRuntime, RuntimeOptions
+from symbi_cli.runtime import LocalRuntime
+from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.settings import load_settings
 
 from .conftest import service_env

@@ -14,7 +14,8 @@ from symbi_common.aggregate import Repository
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.db import open_pool
 from symbi_common.eventstore import EventStore
-from symbi_common.keyring import KeyRegistry, load_signer
+from symbi_common.key_material import load_signer
+from symbi_common.keyring import KeyRegistry
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import ChainTip
 from symbi_common.snapshots import SnapshotStore

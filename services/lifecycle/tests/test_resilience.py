@@ -7,7 +7,8 @@ import socket
 from pathlib import Path
 
 import httpx
-from symbi_cli.infra import NatsServer, provision_nats_async
+from symbi_cli.nats_server import NatsServer
+from symbi_cli.provisioning import provision_nats_async
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
 from symbi_lifecycle.main import build_app

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from symbi_cli.infra import DATABASE_URL_ENV, create_database, database_url_or_start, drop_database
+from symbi_cli.postgres_server import DATABASE_URL_ENV, create_database, database_url_or_start, drop_database
 
 
 @pytest.fixture(scope="session")

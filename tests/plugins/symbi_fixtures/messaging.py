@@ -10,7 +10,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from symbi_cli.infra import NatsServer, provision_nats
+from symbi_cli.nats_server import NatsServer
+from symbi_cli.provisioning import provision_nats
 from symbi_common.streams import provision_streams
 
 

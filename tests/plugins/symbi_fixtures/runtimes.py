@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from symbi_cli.runtime import SERVICE_PORT_OFFSETS, RuntimeOptions
+from symbi_cli.runtime_options import SERVICE_PORT_OFFSETS, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
 
 

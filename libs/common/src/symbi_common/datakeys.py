@@ -23,8 +23,9 @@ import nats.js.errors
 import structlog
 
 from symbi_common.crypto import KEY_SIZE, AeadKey, WrapKey, seal_to
+from symbi_common.entitlements import readers_of
 from symbi_common.errors import DataKeyDestroyed, DataKeyNotEntitled, InfrastructureError, KeyringError
-from symbi_common.keyring import KeyRegistry, readers_of
+from symbi_common.keyring import KeyRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -453,8 +454,8 @@ class DataKeys:
 
 async def open_service_datakeys(js: Any, service_dir: Path, service: str, registry: KeyRegistry) -> DataKeys:
     """``service``'s :class:`DataKeys` on the ``DATAKEYS`` bucket, with the wrap key from its own directory."""
+    from symbi_common.key_material import load_wrap_key
     from symbi_common.keyfiles import WRAP_KEY_FILE
-    from symbi_common.keyring import load_wrap_key
 
     return DataKeys(
         await KvDataKeyStore.open(js), load_wrap_key(service_dir / WRAP_KEY_FILE), registry, service=service

@@ -30,24 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from symbi_common.crypto import Signer, WrapKey
+from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.errors import KeyringError
-from symbi_common.keyring import (
-    REGISTRY_FILE,
-    REGISTRY_SIG_FILE,
-    SERVICE_SUBJECTS,
-    KeyRegistry,
-    RegisteredKey,
-    RegistryDocument,
+from symbi_common.key_material import load_signer, load_wrap_key, write_key_file
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_changes import (
     empty_registry,
     encode_registry,
-    load_signer,
-    load_wrap_key,
     with_operator_issuer,
     with_revocation,
     with_service_key,
     with_wrap_key,
-    write_key_file,
 )
+from symbi_common.registry_document import REGISTRY_FILE, REGISTRY_SIG_FILE, RegisteredKey, RegistryDocument
 
 ROOT_KEY_FILE = "root.key"
 ROOT_PUB_FILE = "root.pub"

@@ -15,14 +15,12 @@ Every service pins the root public key and refuses a registry that the root key 
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
 
-from symbi_common.crypto import Signer, Verifier, WrapKey, key_id_for, wrap_key_id_for
+from symbi_common.crypto import Verifier, key_id_for, wrap_key_id_for
+from symbi_common.entitlements import AGGREGATE_READERS, SERVICE_SUBJECTS, readers_of, subject_matches, writer_of
 from symbi_common.errors import (
     KeyRevoked,
     KeyringError,
@@ -31,127 +29,64 @@ from symbi_common.errors import (
     UnauthorisedSigner,
     UnknownSigningKey,
 )
+from symbi_common.key_material import load_signer, load_wrap_key, read_key_file, write_key_file
+from symbi_common.registry_changes import (
+    empty_registry,
+    encode_registry,
+    with_operator_issuer,
+    with_revocation,
+    with_service_key,
+    with_wrap_key,
+)
+from symbi_common.registry_document import (
+    ACTIVE,
+    REGISTRY_FILE,
+    REGISTRY_SIG_FILE,
+    RETIRED,
+    REVOKED,
+    OperatorIssuer,
+    RegisteredKey,
+    RegistryChange,
+    RegistryDocument,
+    newest_active_key,
+)
 
-#: Which subjects each service's signing key may write. Exactly one service writes each aggregate type.
-SERVICE_SUBJECTS: Mapping[str, tuple[str, ...]] = {
-    "lifecycle": ("evt.agent.>",),
-    "scheduler": ("evt.task.>", "evt.schedule.>"),
-    "policy": ("evt.policy.>",),
-    "audit": ("evt.audit.>",),
-    "sandbox-agent": ("evt.execution.>", "evt.host.>"),
-    "context": ("evt.memory.>", "evt.knowledge.>"),
-}
-
-_ALL = tuple(SERVICE_SUBJECTS)
-
-#: Which services may decrypt the payloads of each aggregate type (the writer first). Derived from
-#: what each service reads: its own aggregates; the embedded policy decision point in every service
-#: reads policy sets; the scheduler follows agents and executions; the policy service follows
-#: agents; the sandbox agent loads its tasks; the context index follows tasks; the audit service
-#: reads the ``agent_id`` of every event and shows event details to auditors.
-AGGREGATE_READERS: Mapping[str, tuple[str, ...]] = {
-    "agent": ("lifecycle", "scheduler", "policy", "audit"),
-    "task": ("scheduler", "sandbox-agent", "context", "audit"),
-    "schedule": ("scheduler", "audit"),
-    "policy": ("policy", *(s for s in _ALL if s != "policy")),
-    "audit": ("audit",),
-    "execution": ("sandbox-agent", "scheduler", "audit"),
-    "host": ("sandbox-agent", "audit"),
-    "memory": ("context", "audit"),
-    "knowledge": ("context", "audit"),
-}
-
-REGISTRY_FILE = "registry.json"
-REGISTRY_SIG_FILE = "registry.json.sig"
-
-ACTIVE, RETIRED, REVOKED = "active", "retired", "revoked"
-
-
-def writer_of(aggregate_type: str) -> str | None:
-    """The one service whose key may write ``evt.<aggregate_type>.…``."""
-    subject = f"evt.{aggregate_type}.x"
-    for service, patterns in SERVICE_SUBJECTS.items():
-        if any(subject_matches(p, subject) for p in patterns):
-            return service
-    return None
-
-
-def readers_of(aggregate_type: str) -> tuple[str, ...]:
-    """The services entitled to decrypt ``aggregate_type`` payloads: the table, else writer + audit."""
-    readers = AGGREGATE_READERS.get(aggregate_type)
-    if readers is not None:
-        return readers
-    writer = writer_of(aggregate_type)
-    return tuple(dict.fromkeys(s for s in (writer, "audit") if s is not None))
-
-
-class RegisteredKey(msgspec.Struct, frozen=True):
-    """One signing key: its service, the subjects it may sign, and the service's wrap key."""
-
-    key_id: str
-    service: str
-    public_key: bytes
-    subjects: list[str]
-    status: str = ACTIVE
-    #: The service's X25519 public key; writers seal data keys to it.
-    wrap_public_key: bytes | None = None
-    added_at: str = ""
-    revoked_at: str | None = None
-    #: Events signed by this key at stream sequences greater than this are refused. ``None`` on a
-    #: revoked key: every event it signed is refused.
-    revoked_after_sequence: int | None = None
-
-
-class OperatorIssuer(msgspec.Struct, frozen=True):
-    """A key that issues operator tokens for the HTTP APIs (see :mod:`symbi_common.operator_tokens`)."""
-
-    key_id: str
-    public_key: bytes
-    status: str = "active"
-
-
-class RegistryChange(msgspec.Struct, frozen=True):
-    """One registry version's change: ``add``, ``rotate`` or ``revoke`` of signing key ``key_id``,
-    ``rotate-wrap`` (``key_id`` is the new wrap key's id) or ``add-issuer``."""
-
-    version: int
-    at: str
-    kind: str
-    service: str
-    key_id: str
-    after_sequence: int | None = None
-
-
-class RegistryDocument(msgspec.Struct, frozen=True):
-    version: int
-    issued_at: str
-    root_key_id: str
-    keys: list[RegisteredKey]
-    changes: list[RegistryChange] = msgspec.field(default_factory=list)
-    #: Keys whose operator tokens the services accept; their private halves stay with the root key.
-    operator_issuers: list[OperatorIssuer] = msgspec.field(default_factory=list)
+#: Re-exported: the registry document, its changes, the entitlements and the key files lived here before
+#: they got their own modules (:mod:`symbi_common.registry_document`, :mod:`symbi_common.registry_changes`,
+#: :mod:`symbi_common.entitlements`, :mod:`symbi_common.key_material`).
+__all__ = [
+    "ACTIVE",
+    "AGGREGATE_READERS",
+    "REGISTRY_FILE",
+    "REGISTRY_SIG_FILE",
+    "RETIRED",
+    "REVOKED",
+    "SERVICE_SUBJECTS",
+    "KeyRegistry",
+    "OperatorIssuer",
+    "RegisteredKey",
+    "RegistryChange",
+    "RegistryDocument",
+    "empty_registry",
+    "encode_registry",
+    "load_signer",
+    "load_wrap_key",
+    "read_key_file",
+    "readers_of",
+    "subject_matches",
+    "with_operator_issuer",
+    "with_revocation",
+    "with_service_key",
+    "with_wrap_key",
+    "write_key_file",
+    "writer_of",
+]
 
 
 def _indexed(
     document: RegistryDocument,
 ) -> tuple[RegistryDocument, dict[str, RegisteredKey], dict[str, Verifier]]:
     return document, {k.key_id: k for k in document.keys}, {k.key_id: Verifier(k.public_key) for k in document.keys}
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` matches one token, a trailing ``>`` one or more."""
-    p_tokens = pattern.split(".")
-    s_tokens = subject.split(".")
-    for i, tok in enumerate(p_tokens):
-        if tok == ">":
-            return len(s_tokens) > i
-        if i >= len(s_tokens) or (tok != "*" and tok != s_tokens[i]):
-            return False
-    return len(s_tokens) == len(p_tokens)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
 
 
 class KeyRegistry:
@@ -270,8 +205,7 @@ class KeyRegistry:
 
     def active_key(self, service: str) -> RegisteredKey | None:
         """The service's current signing key (the newest active one), if any."""
-        active = [k for k in self.document.keys if k.service == service and k.status == ACTIVE]
-        return active[-1] if active else None
+        return newest_active_key(self.document, service)
 
     def wrap_key_of(self, service: str) -> tuple[str, bytes]:
         """``(wrap key id, X25519 public key)`` of ``service``, to seal data keys to it."""
@@ -283,137 +217,3 @@ class KeyRegistry:
     def operator_issuers(self) -> dict[str, Verifier]:
         """The active operator-token issuer keys (key id → verifier)."""
         return {i.key_id: Verifier(i.public_key) for i in self.document.operator_issuers if i.status == "active"}
-
-
-# --- registry changes (pure: a document in, the next version out) --------------------------------
-
-
-def with_operator_issuer(doc: RegistryDocument, public_key: bytes) -> RegistryDocument:
-    """The next version with ``public_key`` as an (active) operator-token issuer."""
-    at = _now()
-    issuer = OperatorIssuer(key_id=key_id_for(public_key), public_key=public_key)
-    change = RegistryChange(version=doc.version + 1, at=at, kind="add-issuer", service="operator", key_id=issuer.key_id)
-    return msgspec.structs.replace(
-        doc,
-        version=doc.version + 1,
-        issued_at=at,
-        operator_issuers=[*doc.operator_issuers, issuer],
-        changes=[*doc.changes, change],
-    )
-
-
-def empty_registry(root: Signer) -> RegistryDocument:
-    return RegistryDocument(version=0, issued_at=_now(), root_key_id=root.key_id, keys=[])
-
-
-def with_service_key(
-    doc: RegistryDocument, service: str, signer: Signer, wrap_public_key: bytes, *, kind: str = "add"
-) -> RegistryDocument:
-    """The next version with ``signer`` as ``service``'s active key; its previous active keys retire."""
-    at = _now()
-    keys = [
-        msgspec.structs.replace(k, status=RETIRED) if k.service == service and k.status == ACTIVE else k
-        for k in doc.keys
-    ]
-    keys.append(
-        RegisteredKey(
-            key_id=signer.key_id,
-            service=service,
-            public_key=signer.public_key,
-            subjects=list(SERVICE_SUBJECTS.get(service, ())),
-            wrap_public_key=wrap_public_key,
-            added_at=at,
-        )
-    )
-    change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
-    return msgspec.structs.replace(
-        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
-    )
-
-
-def with_wrap_key(doc: RegistryDocument, service: str, wrap_public_key: bytes) -> RegistryDocument:
-    """The next version with ``wrap_public_key`` as ``service``'s wrap key (on its active signing key's entry).
-
-    Writers seal new data keys to it from then on; the change names the new wrap key id.
-    """
-    active = KeyRegistry(doc).active_key(service)
-    if active is None:
-        raise KeyringError(f"service {service} has no active key in the key registry")
-    if active.wrap_public_key == wrap_public_key:
-        raise KeyringError(f"that is already the wrap key of {service}")
-    at = _now()
-    keys = [msgspec.structs.replace(k, wrap_public_key=wrap_public_key) if k is active else k for k in doc.keys]
-    change = RegistryChange(
-        version=doc.version + 1, at=at, kind="rotate-wrap", service=service, key_id=wrap_key_id_for(wrap_public_key)
-    )
-    return msgspec.structs.replace(
-        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
-    )
-
-
-def with_revocation(doc: RegistryDocument, key_id: str, *, after_sequence: int | None) -> RegistryDocument:
-    """The next version with ``key_id`` revoked after stream sequence ``after_sequence`` (``None``: from the start)."""
-    if after_sequence is not None and after_sequence < 0:
-        raise KeyringError("the revocation point must be a stream sequence >= 0")
-    target = next((k for k in doc.keys if k.key_id == key_id), None)
-    if target is None:
-        raise KeyringError(f"key {key_id} is not in the key registry")
-    if target.status == REVOKED:
-        raise KeyringError(f"key {key_id} is already revoked")
-    at = _now()
-    keys = [
-        msgspec.structs.replace(k, status=REVOKED, revoked_at=at, revoked_after_sequence=after_sequence)
-        if k.key_id == key_id
-        else k
-        for k in doc.keys
-    ]
-    change = RegistryChange(
-        version=doc.version + 1, at=at, kind="revoke", service=target.service, key_id=key_id,
-        after_sequence=after_sequence,
-    )  # fmt: skip
-    return msgspec.structs.replace(
-        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
-    )
-
-
-def encode_registry(doc: RegistryDocument) -> bytes:
-    return msgspec.json.format(msgspec.json.encode(doc), indent=2)
-
-
-# --- key files -----------------------------------------------------------------------------------
-
-
-def write_key_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Write base64 key material atomically; private files are created 0600 (never briefly wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(base64.b64encode(data) + b"\n")
-    os.chmod(tmp, 0o600 if private else 0o644)
-    os.replace(tmp, path)
-
-
-def read_key_file(path: Path) -> bytes:
-    try:
-        return base64.b64decode(path.read_bytes().strip(), validate=True)
-    except FileNotFoundError:
-        raise KeyringError(f"key file {path} does not exist; create the keyring with `symbi keys init`") from None
-    except ValueError:
-        raise KeyringError(f"key file {path} is not valid base64") from None
-
-
-def load_signer(path: Path) -> Signer:
-    """Load one service's private Ed25519 signing key."""
-    seed = read_key_file(path)
-    if len(seed) != 32:
-        raise KeyringError(f"key file {path} does not hold a 32-byte Ed25519 seed")
-    return Signer(seed)
-
-
-def load_wrap_key(path: Path) -> WrapKey:
-    """Load one service's private X25519 wrap key (opens the data keys sealed to it)."""
-    raw = read_key_file(path)
-    if len(raw) != 32:
-        raise KeyringError(f"key file {path} does not hold a 32-byte X25519 key")
-    return WrapKey(raw)

@@ -28,7 +28,7 @@ import msgspec
 
 from symbi_common.crypto import Signer, Verifier
 from symbi_common.errors import KeyringError, Unauthenticated, ValidationError
-from symbi_common.keyring import load_signer, write_key_file
+from symbi_common.key_material import load_signer, write_key_file
 
 #: The roles an operator token can carry: admin (everything), operator (read and change), auditor (read only).
 ROLES: tuple[str, ...] = ("admin", "operator", "auditor")

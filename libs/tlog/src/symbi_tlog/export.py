@@ -23,7 +23,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import BinaryIO
 
 import msgspec
-from symbi_common.keyring import KeyRegistry, RegistryDocument
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_document import RegistryDocument
 from symbi_common.streams import RawMessage
 
 from symbi_tlog.errors import ExportMalformed

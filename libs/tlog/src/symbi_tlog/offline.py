@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from symbi_common.keyring import KeyRegistry, RegisteredKey
+from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_document import RegisteredKey
 from symbi_common.streams import RawMessage
 
 from symbi_tlog.cosign import WitnessKey, verify_cosignatures

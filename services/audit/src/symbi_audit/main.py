@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI
 from symbi_common.errors import ConfigError
-from symbi_common.keyring import load_signer
+from symbi_common.key_material import load_signer
 from symbi_common.service import ServiceRuntime, create_app, run_service
 from symbi_common.settings import Settings
 

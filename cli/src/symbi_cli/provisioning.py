@@ -1,0 +1,29 @@
+"""The NATS side of a fresh runtime: every stream and KV bucket, created with the admin credential."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def provision_nats_async(
+    url: str, settings: Any = None, *, existing_store: bool = False, **connect_options: Any
+) -> None:
+    """Create or update every stream and KV bucket at ``url`` (the admin's job, before services start).
+
+    ``existing_store``: refuse to re-create a deleted history stream (see ``provision_streams``).
+    """
+    import nats
+    from symbi_common.streams import provision_streams
+
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, **connect_options)
+    try:
+        await provision_streams(nc.jetstream(), settings, existing_store=existing_store)
+    finally:
+        await nc.drain()
+
+
+def provision_nats(url: str, settings: Any = None, **connect_options: Any) -> None:
+    """:func:`provision_nats_async` for synchronous callers (test fixtures, tools)."""
+    import asyncio
+
+    asyncio.run(provision_nats_async(url, settings, **connect_options))

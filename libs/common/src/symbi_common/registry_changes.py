@@ -1,0 +1,120 @@
+"""Key registry changes, pure: a document in, the next version out (recorded in its ``changes``).
+
+The operator signs the result with the root key (see :mod:`symbi_common.keyfiles`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from symbi_common.crypto import Signer, key_id_for, wrap_key_id_for
+from symbi_common.entitlements import SERVICE_SUBJECTS
+from symbi_common.errors import KeyringError
+from symbi_common.registry_document import (
+    ACTIVE,
+    RETIRED,
+    REVOKED,
+    OperatorIssuer,
+    RegisteredKey,
+    RegistryChange,
+    RegistryDocument,
+    newest_active_key,
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def with_operator_issuer(doc: RegistryDocument, public_key: bytes) -> RegistryDocument:
+    """The next version with ``public_key`` as an (active) operator-token issuer."""
+    at = _now()
+    issuer = OperatorIssuer(key_id=key_id_for(public_key), public_key=public_key)
+    change = RegistryChange(version=doc.version + 1, at=at, kind="add-issuer", service="operator", key_id=issuer.key_id)
+    return msgspec.structs.replace(
+        doc,
+        version=doc.version + 1,
+        issued_at=at,
+        operator_issuers=[*doc.operator_issuers, issuer],
+        changes=[*doc.changes, change],
+    )
+
+
+def empty_registry(root: Signer) -> RegistryDocument:
+    return RegistryDocument(version=0, issued_at=_now(), root_key_id=root.key_id, keys=[])
+
+
+def with_service_key(
+    doc: RegistryDocument, service: str, signer: Signer, wrap_public_key: bytes, *, kind: str = "add"
+) -> RegistryDocument:
+    """The next version with ``signer`` as ``service``'s active key; its previous active keys retire."""
+    at = _now()
+    keys = [
+        msgspec.structs.replace(k, status=RETIRED) if k.service == service and k.status == ACTIVE else k
+        for k in doc.keys
+    ]
+    keys.append(
+        RegisteredKey(
+            key_id=signer.key_id,
+            service=service,
+            public_key=signer.public_key,
+            subjects=list(SERVICE_SUBJECTS.get(service, ())),
+            wrap_public_key=wrap_public_key,
+            added_at=at,
+        )
+    )
+    change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+def with_wrap_key(doc: RegistryDocument, service: str, wrap_public_key: bytes) -> RegistryDocument:
+    """The next version with ``wrap_public_key`` as ``service``'s wrap key (on its active signing key's entry).
+
+    Writers seal new data keys to it from then on; the change names the new wrap key id.
+    """
+    active = newest_active_key(doc, service)
+    if active is None:
+        raise KeyringError(f"service {service} has no active key in the key registry")
+    if active.wrap_public_key == wrap_public_key:
+        raise KeyringError(f"that is already the wrap key of {service}")
+    at = _now()
+    keys = [msgspec.structs.replace(k, wrap_public_key=wrap_public_key) if k is active else k for k in doc.keys]
+    change = RegistryChange(
+        version=doc.version + 1, at=at, kind="rotate-wrap", service=service, key_id=wrap_key_id_for(wrap_public_key)
+    )
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+def with_revocation(doc: RegistryDocument, key_id: str, *, after_sequence: int | None) -> RegistryDocument:
+    """The next version with ``key_id`` revoked after stream sequence ``after_sequence`` (``None``: from the start)."""
+    if after_sequence is not None and after_sequence < 0:
+        raise KeyringError("the revocation point must be a stream sequence >= 0")
+    target = next((k for k in doc.keys if k.key_id == key_id), None)
+    if target is None:
+        raise KeyringError(f"key {key_id} is not in the key registry")
+    if target.status == REVOKED:
+        raise KeyringError(f"key {key_id} is already revoked")
+    at = _now()
+    keys = [
+        msgspec.structs.replace(k, status=REVOKED, revoked_at=at, revoked_after_sequence=after_sequence)
+        if k.key_id == key_id
+        else k
+        for k in doc.keys
+    ]
+    change = RegistryChange(
+        version=doc.version + 1, at=at, kind="revoke", service=target.service, key_id=key_id,
+        after_sequence=after_sequence,
+    )  # fmt: skip
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+def encode_registry(doc: RegistryDocument) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2)
