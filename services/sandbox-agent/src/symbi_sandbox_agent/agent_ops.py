@@ -10,7 +10,7 @@ channel's in-flight bound.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
@@ -47,7 +47,10 @@ from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.metrics import ACTIONS
 
 if TYPE_CHECKING:
-    from symbi_sandbox_agent.gateway import ActionGateway
+    from symbi_common.decisions import Decision
+    from symbi_common.service import ServiceRuntime
+
+    from symbi_sandbox_agent.run import Running
 
 log = structlog.get_logger(__name__)
 #: Requests one run may send over the protocol; later ones are answered ``too_many_requests``.
@@ -70,10 +73,39 @@ def _id_of(body: bytes) -> RequestId | None:
         return None
 
 
+class RunHost(Protocol):
+    """What the protocol server needs of the daemon (see ``gateway.GatewayHost``, which is the same)."""
+
+    @property
+    def rt(self) -> ServiceRuntime: ...
+
+    async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
+
+
+class RunGateway(Protocol):
+    """What the protocol server needs of the run's gateway: its run, action numbering, a policy decision
+    and the read-your-writes mark (``gateway.ActionGateway`` is the one implementation)."""
+
+    run: Running
+    last_write: int
+
+    @property
+    def agent(self) -> RunHost: ...
+
+    @property
+    def task_id(self) -> str: ...
+
+    def next_seq(self) -> int: ...
+
+    def saw_write(self, sequence: int) -> None: ...
+
+    async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]: ...
+
+
 class ProtocolServer:
     """Answers the run's protocol requests; ``channel`` is ``socket`` or ``stdio`` (told in ``hello``)."""
 
-    def __init__(self, gateway: ActionGateway) -> None:
+    def __init__(self, gateway: RunGateway) -> None:
         self.gateway = gateway
         self.served = 0
 
