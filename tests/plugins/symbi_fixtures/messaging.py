@@ -33,8 +33,10 @@ def nats_url(nats_server: NatsServer) -> str:
 
 
 async def _connect(url: str, **options: Any) -> NatsClient:
-    # Tests fail fast instead of reconnecting forever.
+    # Tests fail fast instead of reconnecting forever, and a drain at teardown that is stuck behind a pull
+    # subscription's outstanding request (seen once under load: 30 s, nats-py's default) gives up after 5 s.
     options.setdefault("allow_reconnect", False)
+    options.setdefault("drain_timeout", 5)
     options.setdefault("connect_timeout", 5)
     return await nats.connect(url, **options)
 
