@@ -14,191 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
-import nats.js.errors
 import structlog
 
 from symbi_common.crypto import KEY_SIZE, AeadKey, WrapKey, seal_to
+from symbi_common.datakey_stores import DATAKEYS_BUCKET as DATAKEYS_BUCKET
+from symbi_common.datakey_stores import RECORD_DECODER, RECORD_ENCODER
+from symbi_common.datakey_stores import DataKeyRecord as DataKeyRecord
+from symbi_common.datakey_stores import DataKeyStore as DataKeyStore
+from symbi_common.datakey_stores import KvDataKeyStore as KvDataKeyStore
+from symbi_common.datakey_stores import MemoryDataKeyStore as MemoryDataKeyStore
 from symbi_common.entitlements import readers_of
-from symbi_common.errors import DataKeyDestroyed, DataKeyNotEntitled, InfrastructureError, KeyringError
+from symbi_common.errors import DataKeyDestroyed, DataKeyNotEntitled, KeyringError
 from symbi_common.keyring import KeyRegistry
 
 log = structlog.get_logger(__name__)
-
-DATAKEYS_BUCKET = "DATAKEYS"
-
-
-class DataKeyRecord(msgspec.Struct, frozen=True):
-    current: int
-    #: generation → wrap key id → ``<data key id> NUL <key>`` sealed to that wrap key
-    generations: dict[int, dict[str, bytes]]
-
-
-_record_encoder = msgspec.msgpack.Encoder()
-_record_decoder = msgspec.msgpack.Decoder(DataKeyRecord)
-
-
-class DataKeyStore(Protocol):
-    """Where wrapped data key records live. ``revision`` gives optimistic concurrency on updates."""
-
-    async def get(self, name: str) -> tuple[bytes, int] | None: ...
-    async def create(self, name: str, value: bytes) -> int:
-        """The new record's revision; 0 (nothing written) if ``name`` exists or was destroyed."""
-        ...
-
-    async def update(self, name: str, value: bytes, revision: int) -> bool: ...
-    async def destroy(self, name: str) -> None: ...
-    def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
-        """``(name, value, revision)`` of every record whose name starts with ``<prefix>.`` (not destroyed ones)."""
-        ...
-
-    def changes(self) -> AsyncIterator[str]:
-        """Names of records changed (rotated) or destroyed from now on, by any process."""
-        ...
-
-    def revisions(self) -> AsyncIterator[tuple[str, int]]:
-        """``(name, revision)`` of records written from now on, by any process; revision 0: destroyed."""
-        ...
-
-
-class MemoryDataKeyStore:
-    """In-process store for tests and tools; same contract as :class:`KvDataKeyStore`."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[bytes, int]] = {}
-        self._destroyed: set[str] = set()
-        self._watchers: list[asyncio.Queue[tuple[str, int]]] = []
-
-    def _changed(self, name: str, revision: int) -> None:
-        for queue in self._watchers:
-            queue.put_nowait((name, revision))
-
-    async def changes(self) -> AsyncIterator[str]:
-        async for name, _ in self.revisions():
-            yield name
-
-    async def revisions(self) -> AsyncIterator[tuple[str, int]]:
-        queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
-        self._watchers.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._watchers.remove(queue)
-
-    async def get(self, name: str) -> tuple[bytes, int] | None:
-        return self._data.get(name)
-
-    async def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
-        for name, (value, revision) in list(self._data.items()):
-            if name.startswith(prefix + "."):
-                yield name, value, revision
-
-    async def create(self, name: str, value: bytes) -> int:
-        if name in self._data or name in self._destroyed:
-            return 0
-        self._data[name] = (value, 1)
-        return 1
-
-    async def update(self, name: str, value: bytes, revision: int) -> bool:
-        cur = self._data.get(name)
-        if cur is None or cur[1] != revision:
-            return False
-        self._data[name] = (value, revision + 1)
-        self._changed(name, revision + 1)
-        return True
-
-    async def destroy(self, name: str) -> None:
-        self._data.pop(name, None)
-        self._destroyed.add(name)
-        self._changed(name, 0)
-
-
-class KvDataKeyStore:
-    """Data key records in the JetStream KV bucket ``DATAKEYS`` (history 1; destroy purges, the purge marker stays)."""
-
-    def __init__(self, kv: Any) -> None:
-        self._kv = kv
-
-    @classmethod
-    async def open(cls, js: Any, *, replicas: int = 1) -> KvDataKeyStore:
-        """Open the bucket, which the admin provisions (:func:`provision_datakeys`); a missing bucket is an error."""
-        del replicas  # the admin's provisioning decides
-        try:
-            kv = await js.key_value(DATAKEYS_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            raise InfrastructureError(
-                f"the KV bucket {DATAKEYS_BUCKET} does not exist; it is provisioned by the NATS admin "
-                "(`symbi up`, or symbi_common.streams.provision_streams with the admin credential)"
-            ) from None
-        return cls(kv)
-
-    async def get(self, name: str) -> tuple[bytes, int] | None:
-        try:
-            entry = await self._kv.get(name)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        if entry.value is None or entry.operation is not None:
-            return None
-        return bytes(entry.value), int(entry.revision)
-
-    async def create(self, name: str, value: bytes) -> int:
-        # Not kv.create(): that re-creates over a purge marker, and a destroyed key must stay destroyed
-        # (a new generation 1 would reuse the destroyed key's id for another key).
-        try:
-            return int(await self._kv.update(name, value, last=0))
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return 0
-
-    async def update(self, name: str, value: bytes, revision: int) -> bool:
-        try:
-            await self._kv.update(name, value, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        return True
-
-    async def destroy(self, name: str) -> None:
-        await self._kv.purge(name)
-
-    async def entries(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
-        watcher = await self._kv.watch(f"{prefix}.>", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what exists now
-                    return
-                if entry.value is not None and entry.operation is None:
-                    yield str(entry.key), bytes(entry.value), int(entry.revision)
-        finally:
-            await _stop_watcher(watcher)
-
-    async def changes(self) -> AsyncIterator[str]:
-        async for name, _ in self.revisions():
-            yield name
-
-    async def revisions(self) -> AsyncIterator[tuple[str, int]]:
-        watcher = await self._kv.watchall(meta_only=True)
-        try:
-            async for entry in watcher:
-                if entry is not None:  # None marks the end of the entries that existed already
-                    gone = entry.operation in ("DEL", "PURGE")
-                    yield str(entry.key), 0 if gone else int(entry.revision)
-        finally:
-            await _stop_watcher(watcher)
-
-
-async def _stop_watcher(watcher: Any) -> None:
-    # Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
-    # wait_for would then wait for the cancelled stop forever; closing the connection ends it.
-    stopping = asyncio.ensure_future(watcher.stop())
-    await asyncio.wait({stopping}, timeout=2.0)
-    if not stopping.done():
-        stopping.cancel()
-    elif not stopping.cancelled() and stopping.exception() is not None:
-        log.debug("stopping the data key watcher failed", error=repr(stopping.exception()))
 
 
 def split_key_id(data_key_id: str) -> tuple[str, int]:
@@ -286,7 +119,7 @@ class DataKeys:
             return None
         raw, revision = got
         try:
-            record = _record_decoder.decode(raw)
+            record = RECORD_DECODER.decode(raw)
         except msgspec.DecodeError as exc:
             raise KeyringError(f"data key record {name} is malformed: {exc}") from None
         return self._unwrap(name, record), revision
@@ -319,7 +152,7 @@ class DataKeys:
                 loaded = None if new else await self._load(name)
                 if loaded is None:
                     record = DataKeyRecord(current=1, generations={1: self._seal(name, 1)})
-                    revision = await self._store.create(name, _record_encoder.encode(record))
+                    revision = await self._store.create(name, RECORD_ENCODER.encode(record))
                     if revision:
                         loaded = self._unwrap(name, record), revision  # ours is the stored record
                     else:
@@ -362,10 +195,10 @@ class DataKeys:
                 await self.current(name)
                 continue
             raw, revision = got
-            record = _record_decoder.decode(raw)
+            record = RECORD_DECODER.decode(raw)
             gen = max(record.generations) + 1
             new = DataKeyRecord(current=gen, generations={**record.generations, gen: self._seal(name, gen)})
-            if await self._store.update(name, _record_encoder.encode(new), revision):
+            if await self._store.update(name, RECORD_ENCODER.encode(new), revision):
                 self.forget(name)
                 return f"{name}/{gen}"
         raise KeyringError(f"could not rotate data key {name}: too many concurrent updates")
@@ -405,7 +238,7 @@ class DataKeys:
         """The record with every generation sealed to exactly ``targets`` (wrap key id → public key),
         or ``None`` if it already is. A copy for a wrap key no longer current is dropped; a missing
         one is sealed from this service's own copy, so the data key never leaves an entitled holder."""
-        record = _record_decoder.decode(raw)
+        record = RECORD_DECODER.decode(raw)
         generations: dict[int, dict[str, bytes]] = {}
         for gen, copies in record.generations.items():
             if copies.keys() == targets.keys():
@@ -419,7 +252,7 @@ class DataKeys:
             generations[gen] = {kid: copies.get(kid) or seal_to(pub, plaintext) for kid, pub in targets.items()}
         if generations == record.generations:
             return None
-        return _record_encoder.encode(DataKeyRecord(current=record.current, generations=generations))
+        return RECORD_ENCODER.encode(DataKeyRecord(current=record.current, generations=generations))
 
     async def reseal(self, aggregate_types: tuple[str, ...]) -> int:
         """Re-seal every data key of ``aggregate_types`` (those this service writes) to the readers'
