@@ -55,6 +55,8 @@ def _directory(source: str, parts: Sequence[str]) -> Iterator[int]:
             try:
                 child = os.open(part, _DIR, dir_fd=fd)
             except OSError as exc:
+                if exc.errno == errno.ENOTDIR and _is_symlink(part, fd):  # O_DIRECTORY|O_NOFOLLOW on a link
+                    exc = OSError(errno.ELOOP, "a symlink")
                 raise _walk_error(exc, parts[: i + 1]) from None
             os.close(fd)
             fd = child
@@ -158,6 +160,13 @@ def write(source: str, parts: Sequence[str], data: bytes, mode: str, owner: tupl
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+def _is_symlink(name: str, parent: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _exists(name: str, parent: int) -> bool:
