@@ -76,7 +76,9 @@ async def test_a_sandbox_sees_its_grants_mounted_read_only_unless_granted_write_
 ) -> None:
     await register_policies(make_store, {"baseline": BASELINE.read_text()})
     async with running_agent(with_roots(agent_settings, roots)) as agent:
-        task_id = await scheduler.submit(agent.host_id, ["sh", "-c", MOUNTED], tier=tier, filesystem_access=grants(roots))
+        task_id = await scheduler.submit(
+            agent.host_id, ["sh", "-c", MOUNTED], tier=tier, filesystem_access=grants(roots)
+        )
         r = await scheduler.result(task_id)
     assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
     assert r.stdout.decode().splitlines() == [
@@ -237,12 +239,15 @@ async def test_data_requests_over_the_socket_are_confined_decided_and_audited(
     assert wrote.context == {"access": "gateway", "path": "report.txt", "size_bytes": 5}
     assert wrote.decision is not None
     assert (wrote.decision.effect, wrote.decision.point) == ("allow", "sandbox-agent.gateway_action")
-    assert ro.detail.startswith("read_only") and ro.decision is None
-    assert exists.detail.startswith("exists") and exists.decision is not None  # decided, then the file existed
+    assert ro.detail.startswith("read_only")
+    assert ro.decision is None
+    assert exists.detail.startswith("exists")
+    assert exists.decision is not None
     assert ungranted.detail.startswith("denied: no filesystem grant")
     assert private.decision is not None
     assert private.decision.policies == ("outbox-private",)
-    assert big.detail.startswith("too_large") and big.decision is None
+    assert big.detail.startswith("too_large")
+    assert big.decision is None
     assert missing.detail.startswith("not_found")
     assert escape.detail.startswith("malformed_request")
     assert listed.detail == "data.list 1 entries"

@@ -138,7 +138,11 @@ def test_a_symlink_leading_out_of_the_root_is_refused_and_one_inside_is_mounted_
     with pytest.raises(GrantRefused, match="a symlink may not lead out of a root"):
         resolve([PathAccess(path="/symbi/data/logs/out")], disk)
     [mount] = resolve([PathAccess(path="/symbi/data/logs/in", mode="read_write")], disk)
-    assert (mount.source, mount.target, mount.read_only) == (str(tmp_path / "logs" / "app"), "/symbi/data/logs/in", False)
+    assert (mount.source, mount.target, mount.read_only) == (
+        str(tmp_path / "logs" / "app"),
+        "/symbi/data/logs/in",
+        False,
+    )
     with pytest.raises(GrantRefused, match="not an existing directory"):
         resolve([PathAccess(path="/symbi/data/logs/missing")], disk)
     with pytest.raises(GrantRefused, match="not an existing directory"):
@@ -178,7 +182,9 @@ def test_data_roots_come_from_the_settings_and_unknown_keys_are_refused(tmp_path
         load_settings(config, env={})
 
 
-def test_the_data_files_never_follow_a_symlink_and_cap_what_they_read(disk: dict[str, DataRoot], tmp_path: Path) -> None:
+def test_the_data_files_never_follow_a_symlink_and_cap_what_they_read(
+    disk: dict[str, DataRoot], tmp_path: Path
+) -> None:
     source = disk["logs"].path
     assert data_files.read(source, ("app", "x.log"), 0, None, 100) == (b"line 1\n", 7)
     assert data_files.read(source, ("app", "x.log"), 5, 1, 100) == (b"1", 7)
@@ -205,7 +211,9 @@ def test_the_data_files_never_follow_a_symlink_and_cap_what_they_read(disk: dict
     assert data_files.listing(source, ("app",), 1)[1] is True
 
 
-def test_the_data_files_write_in_three_modes_and_not_through_symlinks(disk: dict[str, DataRoot], tmp_path: Path) -> None:
+def test_the_data_files_write_in_three_modes_and_not_through_symlinks(
+    disk: dict[str, DataRoot], tmp_path: Path
+) -> None:
     source, uid_gid = disk["logs"].path, (os.getuid(), os.getgid())
     assert data_files.write(source, ("app", "new.txt"), b"abc", "create", uid_gid) == 3
     assert data_files.write(source, ("app", "new.txt"), b"de", "append", uid_gid) == 5
