@@ -111,12 +111,19 @@ NO_WRITABLE_OUTBOX = """
 forbid(principal, action == Action::"data.write", resource == Data::"outbox")
 when { context has access && context.access == "mount" };
 """
+#: Reading reports is allowed only if every access is logged in full: a mount cannot honour that.
+REPORTS_LOGGED = """
+@id("reports-logged")
+@log_full("true")
+permit(principal, action == Action::"data.read", resource == Data::"reports");
+"""
 
 
 async def test_a_grant_the_policy_denies_or_that_leaves_the_roots_refuses_the_task(
     roots: Path, make_store: Any, scheduler: Scheduler, agent_settings: Callable[..., Settings]
 ) -> None:
-    await register_policies(make_store, {"baseline": BASELINE.read_text(), "no-writable-outbox": NO_WRITABLE_OUTBOX})
+    sets = {"baseline": BASELINE.read_text(), "no-writable-outbox": NO_WRITABLE_OUTBOX, "logged": REPORTS_LOGGED}
+    await register_policies(make_store, sets)
     async with running_agent(with_roots(agent_settings, roots)) as agent:
 
         async def run(*access: PathAccess) -> Any:
@@ -128,6 +135,7 @@ async def test_a_grant_the_policy_denies_or_that_leaves_the_roots_refuses_the_ta
         classified = await run(PathAccess(path="/symbi/data/secrets"))  # the baseline permits no "secret" data
         outside = await run(PathAccess(path="/etc"))
         escape = await run(PathAccess(path="/symbi/data/reports/../secrets"))
+        logged = await run(PathAccess(path="/symbi/data/reports"))
     assert isinstance(writable, ExecutionRefused)
     assert writable.code == "policy_denied"
     assert "/symbi/data/outbox" in writable.reason
@@ -142,6 +150,10 @@ async def test_a_grant_the_policy_denies_or_that_leaves_the_roots_refuses_the_ta
     assert "outside every data root" in outside.reason
     assert isinstance(escape, ExecutionRefused)
     assert escape.code == "grant_refused"
+    assert isinstance(logged, ExecutionRefused)
+    assert logged.code == "condition_not_honoured"
+    assert logged.decision is not None
+    assert logged.decision.reason_code == "unenforceable_condition"
 
 
 DATA_AGENT = """
