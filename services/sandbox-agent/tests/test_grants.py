@@ -13,6 +13,7 @@ from symbi_common.settings import DataRootSettings, load_settings
 from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
 from symbi_sandbox_agent import data_files
+from symbi_sandbox_agent.config import check_settings
 from symbi_sandbox_agent.data_files import DataFileError
 from symbi_sandbox_agent.data_roots import load_roots, resolve
 from symbi_sandbox_agent.grants import (
@@ -149,6 +150,21 @@ def test_a_symlink_leading_out_of_the_root_is_refused_and_one_inside_is_mounted_
         resolve([PathAccess(path="/symbi/data/logs/app/x.log")], disk)  # a grant names a directory
 
 
+def test_a_granted_directory_swapped_for_a_symlink_after_the_check_is_not_followed(
+    disk: dict[str, DataRoot], tmp_path: Path
+) -> None:
+    [mount] = resolve([PathAccess(path="/symbi/data/logs/app")], disk)
+    assert mount.anchor == (disk["logs"].path, ("app",))
+    base, above = mount.anchor
+    assert data_files.read(base, (*above, "x.log"), 0, None, 100)[0] == b"line 1\n"
+    (tmp_path / "logs" / "app").rename(tmp_path / "logs" / "app.old")
+    (tmp_path / "logs" / "app").symlink_to(tmp_path / "secret")  # a writer of the root swaps it
+    (tmp_path / "secret" / "x.log").write_text("secret")
+    with pytest.raises(DataFileError) as err:
+        data_files.read(base, (*above, "x.log"), 0, None, 100)
+    assert err.value.code == "denied"
+
+
 def test_data_roots_are_checked_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "a")
@@ -168,6 +184,11 @@ def test_data_roots_are_checked_at_start_up(tmp_path: Path) -> None:
         load_roots({"a": str(tmp_path / "a"), "b": str(tmp_path / "a" / "b")})
     with pytest.raises(ConfigError, match="daemon's own directory"):
         load_roots({"a": str(tmp_path / "a")}, own=[str(tmp_path / "a" / "b")])
+    # The daemon's start-up check (build_app) refuses a bad root before anything starts.
+    missing = load_settings(env={"SYMBI_SANDBOX__DATA_ROOTS__LOGS": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="not an existing directory") as err:
+        check_settings(missing.sandbox)
+    assert err.value.details["setting"] == "sandbox.data_roots.logs"
 
 
 def test_data_roots_come_from_the_settings_and_unknown_keys_are_refused(tmp_path: Path) -> None:

@@ -155,18 +155,22 @@ class DataOps:
     ) -> tuple[dict[str, Any], str]:
         """The result, and what the record says was done (sizes and digests, never the content)."""
         shown = "/".join((mount.root, *mount.parts, *parts))
+        if not parts and not isinstance(args, DataList):
+            raise DataFileError("invalid_request", f"{shown} is a granted directory, not a file: use data.list")
+        base, above = mount.anchor
+        parts = (*above, *parts)
         if isinstance(args, DataList):
             limit = max(0, min(args.limit, MAX_LIST_ENTRIES))
-            entries, truncated = data_files.listing(mount.source, parts, limit)
+            entries, truncated = data_files.listing(base, parts, limit)
             return {"path": shown, "entries": entries, "truncated": truncated}, f"{len(entries)} entries"
         if isinstance(args, DataWrite):
             owner = self.gateway.run.spec.owner
-            size = data_files.write(mount.source, parts, content, args.mode, owner)
+            size = data_files.write(base, parts, content, args.mode, owner)
             sha = data_files.digest(content)
             result = {"path": shown, "written": len(content), "size": size, "sha256": sha}
             return result, f"{args.mode} {len(content)} bytes sha256={sha}"
         assert isinstance(args, DataRead)
-        data, size = data_files.read(mount.source, parts, args.offset, args.length, MAX_DATA_BYTES)
+        data, size = data_files.read(base, parts, args.offset, args.length, MAX_DATA_BYTES)
         sha = data_files.digest(data)
         if args.encoding == "base64":
             text = base64.b64encode(data).decode()

@@ -91,6 +91,17 @@ class DataMount:
     target: str
     read_only: bool
     classification: str = ""
+    #: The root's real path (``source`` is inside it): requests walk from here, never through a symlink.
+    root_path: str = ""
+
+    @property
+    def anchor(self) -> tuple[str, tuple[str, ...]]:
+        """Where a ``data.*`` request starts walking — the root — and the components down to ``source``, so
+        that a directory of the root swapped for a symlink after the grant was checked is refused too."""
+        if not self.root_path or not confined(self.root_path, self.source):
+            return self.source, ()
+        below = self.source[len(self.root_path.rstrip("/")) :].strip("/")
+        return self.root_path, tuple(below.split("/")) if below else ()
 
     @property
     def mode(self) -> str:
@@ -176,6 +187,7 @@ def mount_of(grant: Grant, real: str) -> DataMount:
         target=grant.target,
         read_only=not grant.writable,
         classification=grant.root.classification,
+        root_path=grant.root.path,
     )
 
 
