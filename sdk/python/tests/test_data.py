@@ -58,6 +58,7 @@ def notes_agent(agent: Agent) -> dict[str, Any]:
         caught(lambda: agent.data.write("notes/todo.txt", "overwritten"), ReadOnly),
         caught(lambda: agent.data.read("notes/missing.txt"), NotFound),
         caught(lambda: agent.data.write("drafts/big.txt", "x" * (MAX_DATA_BYTES + 1)), TooLarge),
+        caught(lambda: agent.data.read("notes/todo.txt", length=MAX_DATA_BYTES + 1), TooLarge),
         caught(lambda: agent.data.write("drafts/plan.bin", "again", mode="create"), Exists),
         caught(lambda: agent.data.read("elsewhere/file"), Denied),
     ]
@@ -78,7 +79,7 @@ async def test_a_callable_agent_uses_its_grants_through_a_real_gateway_and_meets
         "todo": "ship the SDK\n",
         "wrote": hashlib.sha256(b"\x00\x01\xff").hexdigest(),
         "back": "0001ff",
-        "errors": ["read_only", "not_found", "too_large", "exists", "denied"],
+        "errors": ["read_only", "not_found", "too_large", "too_large", "exists", "denied"],
         "policy": ["drafts-secret"],
     }
     assert (data / "notes" / "todo.txt").read_text() == "ship the SDK\n"
@@ -96,6 +97,7 @@ async def test_a_callable_agent_uses_its_grants_through_a_real_gateway_and_meets
         ("data.write", "failed"),
         ("data.read", "failed"),
         ("data.write", "failed"),
+        ("data.read", "failed"),
         ("data.write", "failed"),
         ("data.read", "failed"),
         ("data.read", "refused"),

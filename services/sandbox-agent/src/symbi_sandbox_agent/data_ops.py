@@ -113,6 +113,11 @@ class DataOps:
                 )
             context["size_bytes"] = len(content)
         elif isinstance(args, DataRead) and args.length is not None:
+            if not 0 <= args.length <= MAX_DATA_BYTES:
+                message = f"one data.read returns 0 to {MAX_DATA_BYTES} bytes (asked {args.length}); read in pieces"
+                return await self._fail(
+                    seq, request, action, mount.root, context, "too_large", message, max_bytes=MAX_DATA_BYTES
+                )
             context["size_bytes"] = args.length
         attrs = {"classification": mount.classification} if mount.classification else {}
         question = DecisionRequest(
