@@ -67,6 +67,7 @@ if echo x > /symbi/data/reports/q1/new 2>/dev/null; then echo ro:WROTE; else ech
 if echo out > /symbi/data/outbox/result.txt; then echo rw:ok; fi
 echo roots: $(ls /symbi/data)
 if [ -e /symbi/data/secrets ]; then echo secrets:VISIBLE; else echo secrets:absent; fi
+grep " /symbi/data/" /proc/mounts | awk '{split($4, o, ","); print "mount:", $2, o[1]}' | sort
 """
 
 
@@ -87,6 +88,8 @@ async def test_a_sandbox_sees_its_grants_mounted_read_only_unless_granted_write_
         "rw:ok",
         "roots: outbox reports",
         "secrets:absent",
+        "mount: /symbi/data/outbox rw",  # the kernel's (runc) or the sentry's (gVisor) view of the flags
+        "mount: /symbi/data/reports/q1 ro",
     ]
     assert not (roots / "reports" / "q1" / "new").exists()
     written = roots / "outbox" / "result.txt"
