@@ -26,7 +26,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import Settings, load_settings
-from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import ResourceRequest, TaskAssigned, TaskEvent, TaskSubmitted
@@ -136,6 +136,7 @@ class Scheduler:
         agent_id: str = "agent-1",
         headers: dict[str, str] | None = None,
         image: str = IMAGE,
+        filesystem_access: tuple[PathAccess, ...] = (),
     ) -> str:
         task_id = task_id or f"t{uuid.uuid4().hex[:12]}"
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
@@ -160,6 +161,7 @@ class Scheduler:
                 workload=workload,
                 limits=lim or limits(),
                 network_access=tuple(network_access or ()),
+                filesystem_access=filesystem_access,
                 attempt=attempt,
                 decision=decision,
             )

@@ -13,7 +13,7 @@ PACKAGE = Path(symbi_sandbox_agent.__file__).parent
 #: Modules that must stay pure: importing them loads no messaging, Docker, database, HTTP or asyncio.
 #: (``actions`` is pure code too, but the ``symbi_common.policy`` package it takes the Cedar schema from
 #: loads the whole enforcement point on import.)
-PURE = ("domain", "spec", "tasks", "output", "errors", "config")
+PURE = ("domain", "spec", "tasks", "output", "errors", "config", "grants", "data_roots")
 IO_PACKAGES = ("nats", "docker", "asyncpg", "asyncio", "fastapi", "prometheus_client", "opentelemetry", "structlog")
 
 

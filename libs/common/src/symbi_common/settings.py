@@ -168,6 +168,15 @@ class SchedulerSettings(_Section):
     replica_id: str = ""
 
 
+class DataRootSettings(_Section):
+    """One data root written as a table: ``logs = { path = "/var/log/app", classification = "internal" }``."""
+
+    #: The host directory (absolute; it must exist when the daemon starts).
+    path: str
+    #: The Cedar ``Data`` entity's ``classification`` for everything under the root (empty: none).
+    classification: str = ""
+
+
 class SandboxSettings(_Section):
     """The sandbox-agent daemon of this host (owned by the sandbox-agent's code)."""
 
@@ -187,6 +196,10 @@ class SandboxSettings(_Section):
     work_dir: str = ""
     #: How often the host's entry in the ``HOSTS`` KV bucket is rewritten.
     heartbeat_interval_s: float = 1.0
+    #: Host directories agents may be granted (docs/grants.md): ``name = "/host/path"`` or a table with
+    #: ``path`` and ``classification``. A grant ``/symbi/data/<name>/…`` in an agent's definition is mounted
+    #: there in its sandbox. ``SYMBI_SANDBOX__DATA_ROOTS__<NAME>=/host/path`` sets one from the environment.
+    data_roots: dict[str, str | DataRootSettings] = msgspec.field(default_factory=dict)
 
 
 class WitnessSettings(_Section):

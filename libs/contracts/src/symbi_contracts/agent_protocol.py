@@ -42,6 +42,10 @@ ErrorCode = Literal[
     "unavailable",
     "too_many_requests",
     "internal",
+    "not_found",
+    "too_large",
+    "read_only",
+    "exists",
 ]
 #: Every code of the protocol itself; a performing service's own code (e.g. ``invalid_context``) passes through.
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
@@ -117,6 +121,9 @@ OPS: dict[str, Op] = {
     "memory.forget": Op("memory.write", True),
     "knowledge.share": Op("memory.write", True),
     "knowledge.query": Op("memory.read", True),
+    "data.read": Op("data.read", True),
+    "data.list": Op("data.read", True),
+    "data.write": Op("data.write", True),
     "messages.send": Op("message.send", False, "the communication bus between agents"),
     "messages.publish": Op("message.send", False, "the communication bus between agents"),
     "messages.request": Op("message.send", False, "the communication bus between agents"),
@@ -174,6 +181,43 @@ class KnowledgeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     limit: int = 5
 
 
+#: Bytes one ``data.read`` returns or one ``data.write`` writes at most (read larger files in pieces with
+#: ``offset``/``length``, write them with ``mode = "append"``); past it the answer is ``too_large``.
+MAX_DATA_BYTES = 512 * 1024
+#: Entries one ``data.list`` returns at most (then ``truncated`` is true).
+MAX_LIST_ENTRIES = 1000
+DataEncoding = Literal["utf-8", "base64"]
+
+
+class DataRead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``data.read``: a file under ``/symbi/data`` (``<root>/<dir>/<file>``), within the agent's grants."""
+
+    path: str
+    offset: int = 0
+    #: Bytes to read from ``offset``; none: to the end of the file (at most :data:`MAX_DATA_BYTES`).
+    length: int | None = None
+    encoding: DataEncoding = "utf-8"
+
+
+class DataList(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``data.list``: the entries of a granted directory (``<root>`` or ``<root>/<dir>``)."""
+
+    path: str
+    limit: int = MAX_LIST_ENTRIES
+
+
+class DataWrite(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``data.write``: write a file under a grant with mode ``read_write`` (its directory must exist).
+
+    ``mode``: ``overwrite`` (create or replace), ``append`` (create or add to the end), ``create`` (only a
+    new file: an existing one is the error ``exists``)."""
+
+    path: str
+    content: str
+    encoding: DataEncoding = "utf-8"
+    mode: Literal["overwrite", "append", "create"] = "overwrite"
+
+
 class Hello(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``hello``: the versions the client speaks; the answer names the one chosen and what the gateway offers."""
 
@@ -188,6 +232,9 @@ ARGS: dict[str, type[Any]] = {
     "memory.forget": MemoryForget,
     "knowledge.share": KnowledgeShare,
     "knowledge.query": KnowledgeQuery,
+    "data.read": DataRead,
+    "data.list": DataList,
+    "data.write": DataWrite,
 }
 
 
@@ -199,4 +246,6 @@ def resource_of(op: str, args: Any) -> tuple[str, bool]:
         return "*", True
     if isinstance(args, KnowledgeShare | KnowledgeQuery):
         return args.kb, False
+    if isinstance(args, DataRead | DataList | DataWrite):
+        return args.path, False
     return op, False

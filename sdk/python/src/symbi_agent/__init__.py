@@ -2,7 +2,7 @@
 
 ``Agent`` (synchronous) and ``AsyncAgent`` connect to the sandbox's channel socket named by
 ``$SYMBI_SOCKET`` and fall back to stdio (requests on stderr, answers on stdin) where there is none.
-Areas: ``memory`` and ``knowledge`` today; ``messages``, ``tools``, ``http`` and ``models`` answer
+Areas: ``memory``, ``knowledge`` and ``data`` (the agent's filesystem grants) today; ``messages``, ``tools``, ``http`` and ``models`` answer
 :class:`NotAvailable` until the runtime performs them. Every refusal is a typed :class:`SymbiAgentError`.
 Standard library only.
 """
@@ -13,13 +13,17 @@ from symbi_agent.errors import (
     ActionFailed,
     ChannelError,
     Denied,
+    Exists,
     IdentityRefused,
     Internal,
     InvalidRequest,
     MalformedRequest,
     NotAvailable,
+    NotFound,
+    ReadOnly,
     RequestTooLarge,
     SymbiAgentError,
+    TooLarge,
     TooManyRequests,
     Unavailable,
     UnknownOp,
@@ -32,13 +36,17 @@ __all__ = [
     "AsyncAgent",
     "ChannelError",
     "Denied",
+    "Exists",
     "IdentityRefused",
     "Internal",
     "InvalidRequest",
     "MalformedRequest",
     "NotAvailable",
+    "NotFound",
+    "ReadOnly",
     "RequestTooLarge",
     "SymbiAgentError",
+    "TooLarge",
     "TooManyRequests",
     "Unavailable",
     "UnknownOp",

@@ -14,6 +14,7 @@ from typing import Any
 
 from symbi_agent import _wire
 from symbi_agent.client import Agent
+from symbi_agent.data import Data
 from symbi_agent.errors import ChannelError
 from symbi_agent.namespaces import Knowledge, Memory, Messages, Models, Tools, Web
 
@@ -31,6 +32,7 @@ class AsyncAgent:
         self._stdio_lock = asyncio.Lock()
         self.memory = Memory(self.call)
         self.knowledge = Knowledge(self.call)
+        self.data = Data(self.call)
         self.messages = Messages(self.call)
         self.tools = Tools(self.call)
         self.http = Web(self.call)

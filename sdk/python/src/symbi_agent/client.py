@@ -19,6 +19,7 @@ import threading
 from typing import Any, BinaryIO
 
 from symbi_agent import _wire
+from symbi_agent.data import Data
 from symbi_agent.errors import ChannelError
 from symbi_agent.namespaces import Knowledge, Memory, Messages, Models, Tools, Web
 
@@ -78,6 +79,7 @@ class Agent:
         self._lock = threading.Lock()
         self.memory = Memory(self.call)
         self.knowledge = Knowledge(self.call)
+        self.data = Data(self.call)
         self.messages = Messages(self.call)
         self.tools = Tools(self.call)
         self.http = Web(self.call)

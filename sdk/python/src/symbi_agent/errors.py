@@ -113,6 +113,33 @@ ERRORS: dict[str, type[SymbiAgentError]] = {
 }
 
 
+class NotFound(SymbiAgentError):
+    """The file or directory a ``data`` request names does not exist."""
+
+    code = "not_found"
+
+
+class TooLarge(SymbiAgentError):
+    """More bytes than one ``data`` request may carry: read in pieces (offset, length), write with append."""
+
+    code = "too_large"
+
+
+class ReadOnly(SymbiAgentError):
+    """A ``data.write`` under a grant that is read-only."""
+
+    code = "read_only"
+
+
+class Exists(SymbiAgentError):
+    """A ``data.write`` with mode ``create`` of a file that exists already."""
+
+    code = "exists"
+
+
+ERRORS.update({cls.code: cls for cls in (NotFound, TooLarge, ReadOnly, Exists)})
+
+
 def from_reply(error: dict[str, Any]) -> SymbiAgentError:
     """The typed error of an answer's ``error`` object."""
     code = str(error.get("code", "internal"))

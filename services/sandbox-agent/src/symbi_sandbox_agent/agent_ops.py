@@ -43,6 +43,7 @@ from symbi_contracts.context.commands import Retrieved
 from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
+from symbi_sandbox_agent.data_ops import DATA_OPS, DataOps
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.metrics import ACTIONS
 
@@ -108,6 +109,7 @@ class ProtocolServer:
     def __init__(self, gateway: RunGateway) -> None:
         self.gateway = gateway
         self.served = 0
+        self.data = DataOps(gateway, self._record)
 
     @property
     def agent_id(self) -> str:
@@ -158,6 +160,8 @@ class ProtocolServer:
         if not op.available:
             message = f"{request.op} is not available in this runtime yet (it comes with {op.later})"
             return await self._refuse(seq, request.id, op.action, "not_available", message, op=request.op)
+        if request.op in DATA_OPS:  # data.* (data_ops): confined to the run's grants, then decided
+            return await self.data.answer(seq, request, self.agent_id)
         try:
             args = msgspec.convert(request.args, ARGS[request.op])
         except msgspec.ValidationError as exc:

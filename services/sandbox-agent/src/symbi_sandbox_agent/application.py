@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,11 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
 )
 
+from symbi_sandbox_agent.data_roots import resolve
 from symbi_sandbox_agent.domain import ExecutionState, WorkItem
+from symbi_sandbox_agent.grants import DataRoot
 from symbi_sandbox_agent.metrics import EXECUTIONS
+from symbi_sandbox_agent.mounts import MountDenied, MountUndecided, decide_mounts
 from symbi_sandbox_agent.recorder import ExecutionRecorder
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import SandboxEngine, Threads
@@ -68,6 +72,7 @@ class SandboxService:
         running: dict[str, Running],
         executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent],
         heartbeat: Callable[[], Awaitable[None]],
+        data_roots: Mapping[str, DataRoot] | None = None,
     ) -> None:
         self.rt = rt
         self.host_id = host_id
@@ -80,6 +85,8 @@ class SandboxService:
         #: The sandboxes this host runs, by task id (shared with the host's heartbeat and status).
         self.running = running
         self.executions = executions
+        #: The operator's data roots, which the agents' filesystem grants are mounted from (docs/grants.md).
+        self.data_roots = dict(data_roots or {})
         self.recorder = ExecutionRecorder(rt, self.executions)
         self.supervisor = Supervisor(rt, engine, threads, self.recorder, self.running, work_dir, controls=self)
 
@@ -112,13 +119,15 @@ class SandboxService:
             spec = build_spec(task, self.host_id, self.capabilities, self.defaults)
             if not await self.threads(self.engine.image_present, spec.image):
                 raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
+            grants = await self.threads(resolve, assigned.filesystem_access, self.data_roots)
         except SandboxRefused as err:
             await self._refuse(item, err.code, str(err), None, assigned.tier)
             return True
         request = self._decision_request(task, spec)
         # The service's one enforcer: checks the allow's conditions against what a sandbox start enforces
         # (an unenforceable one denies) and logs the decision under the id the event below records.
-        verdict = await Enforcer.around(await self.rt.decision_point()).decide(request, SANDBOX_START)
+        enforcer = Enforcer.around(await self.rt.decision_point())
+        verdict = await enforcer.decide(request, SANDBOX_START)
         decision, record = verdict.decision, verdict.record
         if verdict.undecided:  # no decision could be had: nothing starts, the work item comes back later
             raise InfrastructureError(f"sandbox.start for task {task_id} not decided: {record.reason}")
@@ -133,6 +142,14 @@ class SandboxService:
             except SandboxRefused as err:
                 await self._refuse(item, err.code, str(err), record, spec.tier)
                 return True
+        try:  # each grant is a decision of its own (enforcement point sandbox-agent.data_mount)
+            mounts = await decide_mounts(enforcer, task.agent_id, grants)
+        except MountUndecided as exc:
+            raise InfrastructureError(f"task {task_id}: {exc}") from None
+        except MountDenied as err:
+            await self._refuse(item, err.code, str(err), err.decision, spec.tier)
+            return True
+        spec = replace(spec, data_mounts=tuple(m.mount for m in mounts))
         run = Running(spec, task.agent_id)
         self.running[task_id] = run
         try:
@@ -153,6 +170,7 @@ class SandboxService:
                     risk_score=assigned.risk_score,
                     risk_factors=dict(assigned.risk_factors),
                     started_at=run.started_at,
+                    data_mounts=tuple(m.record() for m in mounts),
                 ),
             )
         except BaseException:

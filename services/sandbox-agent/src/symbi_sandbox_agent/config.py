@@ -10,6 +10,8 @@ import tempfile
 from symbi_common.errors import ConfigError
 from symbi_common.settings import SandboxSettings
 
+from symbi_sandbox_agent.data_roots import load_roots
+from symbi_sandbox_agent.grants import DataRoot
 from symbi_sandbox_agent.spec import SandboxDefaults
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -43,6 +45,17 @@ def check_settings(s: SandboxSettings) -> None:
     for ok, name, message in checks:
         if not ok:
             raise ConfigError(message, setting=f"sandbox.{name}")
+    data_roots(s)
+
+
+def work_root(s: SandboxSettings) -> str:
+    """Where the daemon stages each sandbox's input (one directory per host id below it)."""
+    return s.work_dir or f"{tempfile.gettempdir()}/symbi-sandbox"
+
+
+def data_roots(s: SandboxSettings) -> dict[str, DataRoot]:
+    """The data roots agents may be granted (docs/grants.md), each checked: a bad one stops start-up."""
+    return load_roots(s.data_roots, own=(work_root(s), channel_root()))
 
 
 def sandbox_defaults(s: SandboxSettings) -> SandboxDefaults:

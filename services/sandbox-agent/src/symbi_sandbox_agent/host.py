@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from symbi_contracts.scheduler.events import TaskAssigned
 
 from symbi_sandbox_agent.application import SandboxService
 from symbi_sandbox_agent.cgroups import remove_cgroup_tree
-from symbi_sandbox_agent.config import sandbox_defaults
+from symbi_sandbox_agent.config import data_roots, sandbox_defaults, work_root
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
 from symbi_sandbox_agent.run import Running
@@ -62,7 +61,8 @@ class SandboxHost:
         self.settings = settings
         self.host_id = host_id
         self.defaults = sandbox_defaults(settings)
-        self.work_dir = Path(settings.work_dir or Path(tempfile.gettempdir()) / "symbi-sandbox") / host_id
+        self.work_dir = Path(work_root(settings)) / host_id
+        self.data_roots = data_roots(settings)
         self.running: dict[str, Running] = {}
         self.executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent] = runtime.repository(EXECUTION)
         self.hosts: Repository[int, HostEvent, HostEvent] = Repository(runtime.store, HostAggregate(), snapshots=None)
@@ -90,6 +90,7 @@ class SandboxHost:
             self.running,
             self.executions,
             self.heartbeat,
+            self.data_roots,
         )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         await self._ensure_jetstream()

@@ -9,6 +9,8 @@ memory without swap, CPU quota, disk read/write bandwidth on the device behind D
 enforced by the daemon. A workload with the action gateway also gets its channel directory (its own
 host directory holding the Unix socket its gateway serves) mounted at ``/symbi/run``; under gVisor that needs
 the ``runsc-uds`` runtime (runsc with ``--host-uds=open``), and without it the run keeps stdio as its channel.
+The agent's filesystem grants, checked and decided (:mod:`.grants`, :mod:`.mounts`), are bind mounts at
+``/symbi/data/<root>/…``, read-only unless granted write (Docker's ``ReadOnly``, honoured by runc and gVisor).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforc
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
 
+from symbi_sandbox_agent.grants import DataMount
 from symbi_sandbox_agent.tasks import TaskView
 
 RUNTIMES: dict[Tier, str] = {"tier1": "runc", "tier2": "runsc"}
@@ -91,6 +94,8 @@ class SandboxSpec:
     actions: bool = False
     #: The host directory mounted at ``/symbi/run`` holding the run's channel socket; empty: stdio only.
     channel_dir: str = ""
+    #: The agent's filesystem grants, checked and decided, in mounting order.
+    data_mounts: tuple[DataMount, ...] = ()
 
     @property
     def runtime(self) -> str:
@@ -126,6 +131,7 @@ class SandboxSpec:
             "swap": "none",
             "blkio_device": self.blkio_device or "",
             "actions": _channel_summary(self.actions, self.channel_dir),
+            "data": ", ".join(f"{m.target} {'ro' if m.read_only else 'rw'}" for m in self.data_mounts) or "none",
         }
 
     def create_kwargs(self, input_file: str) -> dict[str, Any]:
@@ -159,8 +165,13 @@ class SandboxSpec:
             # The directory, never the socket file; read-only, so the sandbox cannot write files to the host
             # through it (connect(2) to a socket needs no write access to its filesystem, in runc and gVisor).
             binds[self.channel_dir] = {"bind": CHANNEL_MOUNT, "mode": "ro"}
+        # Data grants as Mounts, not binds: a path may hold ':' or ',', and two grants may share a source.
+        mounts = [
+            {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only} for m in self.data_mounts
+        ]
         return {
             "binds": binds,
+            "mounts": mounts or None,
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.limits.scratch_mb}m"},  # noqa: S108

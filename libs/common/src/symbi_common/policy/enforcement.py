@@ -92,6 +92,14 @@ SANDBOX_START = EnforcementPoint(
     conditions=frozenset({"cap_resources", "log_full"}),
     caps=frozenset({"memory_mb", "cpu_cores", "disk_io_mbps", "execution_timeout_s"}),
 )
+#: sandbox-agent: mounting a filesystem grant of the agent's definition into its sandbox (``data.read`` for
+#: every grant, ``data.write`` too for a writable one; resource ``Data::"<data root>"``, context ``access``
+#: ``mount`` and ``path``). No condition is enforced there: once mounted, the sandbox reads and writes
+#: without asking, so nothing can be redacted, logged in full or approved per access — an allow with such
+#: a condition denies the mount (the agent can still use ``data.read`` / ``data.write`` over its gateway).
+SANDBOX_DATA_MOUNT = EnforcementPoint(
+    "sandbox-agent.data_mount", actions=frozenset({"data.read", "data.write"}), conditions=frozenset()
+)
 #: sandbox-agent action gateway, ``memory.read`` of a workload: ``redact`` masks the named fields in
 #: what is returned to the workload.
 GATEWAY_READ = EnforcementPoint(
@@ -125,6 +133,7 @@ POINTS: tuple[EnforcementPoint, ...] = (
     LIFECYCLE_AGENT_CONFIG,
     SCHEDULER_TASK_ALLOCATE,
     SANDBOX_START,
+    SANDBOX_DATA_MOUNT,
     GATEWAY_READ,
     GATEWAY_ACTION,
     CONTEXT_MEMORY_WRITE,

@@ -46,6 +46,18 @@ class OutputDigest(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool = False
 
 
+class DataMountRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One filesystem grant mounted into the sandbox (docs/grants.md): the data root and the path under it,
+    where it appears in the sandbox, ``read`` or ``read_write``, and the decisions that allowed it
+    (``data.read``, and ``data.write`` for a writable one)."""
+
+    root: str
+    path: str
+    target: str
+    mode: str
+    decisions: tuple[DecisionRecord, ...] = ()
+
+
 class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"):
     attempt: int
     host_id: str
@@ -60,6 +72,8 @@ class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"
     risk_score: float | None = None
     risk_factors: dict[str, float] = msgspec.field(default_factory=dict)
     started_at: float = 0.0
+    #: The filesystem grants mounted into the sandbox, each with its decisions.
+    data_mounts: tuple[DataMountRecord, ...] = ()
 
 
 class ExecutionOutput(Event, frozen=True, kw_only=True, tag="execution.output"):

@@ -13,7 +13,7 @@ import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
-from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
 
 AGGREGATE_TYPE = "task"
 
@@ -51,6 +51,8 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     network_access: tuple[str, ...] = ()
     """The definition's network allow-list; empty: the sandbox gets no network."""
     risk_reason: str = ""
+    filesystem_access: tuple[PathAccess, ...] = ()
+    """The definition's filesystem grants: the sandbox-agent mounts them from its data roots (docs/grants.md)."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):
