@@ -243,6 +243,8 @@ class Follower:
                 await self.positions.idle()
                 if self.on_idle is not None:
                     await self.on_idle()
+            if stop_requested():
+                self._stopping.set()  # a cancellation swallowed by nats-py: end instead of starting again
         finally:
             try:
                 await psub.unsubscribe()
