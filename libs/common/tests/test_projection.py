@@ -87,7 +87,8 @@ async def test_replicas_apply_every_event_exactly_once(
     # Each runner had a consumer of its own, named for its service, that expires once nobody pulls from it
     # (services may not delete consumers).
     ours = {r.consumer_name for r in runners}
-    assert len(ours) == 3 and all(n.startswith("symbi_recorder_") for n in ours)
+    assert len(ours) == 3
+    assert all(n.startswith("symbi_recorder_") for n in ours)
     infos = [c for c in await js.consumers_info("EVENTS") if c.name in ours]
     assert [c.config.inactive_threshold for c in infos] == [INACTIVE_THRESHOLD_S] * 3
 
