@@ -249,3 +249,32 @@ async def test_an_old_version_event_is_upcast_by_the_reader(make_store: MakeStor
     finally:
         await _stop(follower, task)
     assert read == [Noted(title="hello", body="world")]
+
+
+async def test_a_delivery_taken_by_another_client_is_read_again(
+    make_store: MakeStore, provisioned: NatsClient, pool: asyncpg.Pool
+) -> None:
+    """Another client pulling from the follower's consumer takes an event away from it; the gap in the
+    consumer's delivery sequence makes the follower read again from its stored position, so nothing is lost."""
+    js = provisioned.jetstream()
+    store = await make_store()
+    first = await _append(store, 2)
+    held = False
+    positions = await _positions(pool, "robbed")
+    follower = _follower(js, positions, Recorder("only"), hold=lambda: held)
+    task = asyncio.create_task(follower.run())
+    try:
+        assert await follower.wait_for(first, 15)
+        held = True
+        await asyncio.sleep(2.5)  # the follower's last fetch is over; it fetches nothing while held
+        thief = await js.pull_subscribe_bind(durable=follower.consumer_name, stream="EVENTS")
+        taken_seq = await _append(store, 1)
+        (taken,) = await thief.fetch(1, timeout=10)
+        assert taken.metadata.sequence.stream == taken_seq
+        await thief.unsubscribe()
+        last = await _append(store, 2)
+        held = False
+        assert await follower.wait_for(last, 20)
+    finally:
+        await _stop(follower, task)
+    assert [s for s, _ in await _effects(pool)] == list(range(1, last + 1))

@@ -9,7 +9,9 @@ Every projection and reactor reads the stream through a :class:`Follower`:
    applied already by another replica), hands the rest to the handler and advances the position to the
    batch's last sequence. Effect and position commit together (one PostgreSQL transaction for
    :class:`~symbi_common.positions.PgPositions`); only then is the batch acknowledged.
-3. A handler that raises has applied nothing: the unit rolls back, the position stays, and the follower is
+3. A gap in the consumer's delivery sequence (a pull that timed out as its message arrived, another client
+   pulling from this consumer) is :class:`DeliveryGap`: the consumer is created again from the stored position.
+4. A handler that raises has applied nothing: the unit rolls back, the position stays, and the follower is
    *halted* (:attr:`Follower.halted`, a :class:`FollowerHalted`; ``symbi_follower_halted{follower}`` is 1, an
    error is logged). It starts again from the stored position with a growing back-off (NATS or the database
    may only have been away a moment) and is no longer halted once the batch applies. Nothing is skipped:
@@ -86,6 +88,20 @@ class FollowerHalted(InfrastructureError):
         self.follower = follower
         self.first = first
         self.last = last
+
+
+class DeliveryGap(InfrastructureError):
+    """The consumer delivered something this follower never received: it starts again from its position."""
+
+    code = "delivery_gap"
+    http_status = 503
+
+    def __init__(self, follower: str, seen: int, got: int) -> None:
+        super().__init__(
+            f"{follower}: consumer delivery {got} follows {seen}; deliveries in between were lost or taken by "
+            "another client, so it reads again from its stored position",
+            follower=follower,
+        )
 
 
 def consumer_prefix(service: str, name: str) -> str:
@@ -224,6 +240,7 @@ class Follower:
         if self.on_start is not None:
             await self.on_start()
         fetch = BacklogFetch(psub, self.batch)
+        delivered = 0  # the consumer's deliveries seen: its sequence has no gap unless one was lost or taken
         try:
             while not self._stopping.is_set() and not stop_requested():
                 if self.hold is not None and self.hold():
@@ -233,6 +250,7 @@ class Follower:
                 if msgs and len(msgs) < self.batch and self.linger > 0:
                     msgs += await self._more(psub, self.batch - len(msgs))
                 if msgs:
+                    delivered = self._check_deliveries(msgs, delivered)
                     await self._apply_batch(msgs)
                     if self.acks:
                         await msgs[-1].ack()  # AckPolicy.ALL: the whole batch, after it committed
@@ -254,6 +272,20 @@ class Follower:
                 await self.positions.close()
             except Exception as exc:  # replayed from the older position next time (idempotent)
                 log.warning("position not stored on stop", follower=self.name, error=repr(exc))
+
+    def _check_deliveries(self, msgs: list[Any], delivered: int) -> int:
+        """The consumer sequence after ``msgs``; a gap before or inside them raises :class:`DeliveryGap`.
+
+        A delivery this follower never saw (a pull that timed out as its message arrived, or another client
+        pulling from this consumer) would otherwise be passed over for good once a later event's position is
+        stored: instead the consumer is created again from the stored position, and nothing is lost.
+        """
+        for m in msgs:
+            sequence = int(m.metadata.sequence.consumer)
+            if sequence != delivered + 1:
+                raise DeliveryGap(self.name, delivered, sequence)
+            delivered = sequence
+        return delivered
 
     async def _more(self, psub: Any, limit: int) -> list[Any]:
         """What else arrives within ``linger`` of a short batch: one unit and one ack for them all."""
@@ -298,6 +330,7 @@ class Follower:
 __all__ = [
     "FOLLOWER_HALTED",
     "Delivery",
+    "DeliveryGap",
     "Follower",
     "FollowerHalted",
     "Handler",

@@ -88,7 +88,8 @@ def stream_read_api(stream: str) -> list[str]:
     name (``<service>_<follower>_<random>``, :mod:`symbi_common.follower`), so the names cannot be listed
     either. Consumers are therefore never deleted by their followers: they expire on the server once nobody
     pulls from them (``inactive_threshold``). Listing consumers is not allowed, so a service cannot learn
-    another's random consumer name to pull from it.
+    another's random consumer name; pulling from one anyway only makes that follower read again from its
+    stored position (:class:`symbi_common.follower.DeliveryGap`).
     """
     return [
         f"{_API}.STREAM.INFO.{stream}",
