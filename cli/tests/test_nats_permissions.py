@@ -264,7 +264,7 @@ async def test_a_service_cannot_delete_another_services_consumer(runtime: LocalR
         await asyncio.wait_for(follower.ready.wait(), 10)
         name = follower.consumer_name
         assert name.startswith("scheduler_model_")
-        delete = [(f"$JS.API.CONSUMER.DELETE.EVENTS.{name}", b"", {})]
+        delete: list[tuple[str, bytes, dict[str, str]]] = [(f"$JS.API.CONSUMER.DELETE.EVENTS.{name}", b"", {})]
         await _all_refused(context, errors, delete)
         errors.clear()
         await _all_refused(scheduler, errors, delete)
