@@ -20,8 +20,10 @@ from symbi_common.aggregate import Repository
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.eventstore import EventStore
+from symbi_common.follower import Delivery, Follower
 from symbi_common.keyfiles import load_service_keys
 from symbi_common.keyring import KeyRegistry
+from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import require_streams
 from symbi_lifecycle.config import AgentConfig
@@ -227,13 +229,56 @@ async def test_a_service_does_its_normal_work_with_its_own_credentials(runtime: 
         psub = await nc.jetstream().pull_subscribe("evt.agent.>", durable="lifecycle-test", stream="EVENTS")
         msgs = await psub.fetch(1, timeout=3)
         await msgs[0].ack()
-        await nc.jetstream().delete_consumer("EVENTS", "lifecycle-test")
+        await psub.unsubscribe()  # not deleted: only admin deletes consumers (test below)
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         assert not [e for e in errors if "permissions violation" in e.lower()], errors
     finally:
         await nc.close()
+
+
+async def test_a_service_cannot_delete_another_services_consumer(runtime: LocalRuntime) -> None:
+    """A follower on the scheduler's credential has a consumer named for the scheduler; the context service's
+    credential cannot delete it (nor can the scheduler's own: consumers expire), and the follower goes on."""
+    errors: list[str] = []
+    scheduler = await _connect(runtime.nats_url_for("scheduler"), errors)
+    context = await _connect(runtime.nats_url_for("context"), errors)
+    admin = await _connect(runtime.nats_url_for("admin"), errors)
+    seen: list[int] = []
+
+    async def record(unit: Unit, batch: list[Delivery]) -> None:
+        seen.extend(d.sequence for d in batch)
+
+    follower = Follower(
+        scheduler.jetstream(),
+        service="scheduler",
+        name="model",
+        subjects=("evt.task.>", "evt.execution.>"),
+        positions=MemoryPositions(),
+        handler=record,
+        acks=False,
+    )
+    task = asyncio.create_task(follower.run())
+    try:
+        await asyncio.wait_for(follower.ready.wait(), 10)
+        name = follower.consumer_name
+        assert name.startswith("scheduler_model_")
+        delete: list[tuple[str, bytes, dict[str, str]]] = [(f"$JS.API.CONSUMER.DELETE.EVENTS.{name}", b"", {})]
+        await _all_refused(context, errors, delete)
+        errors.clear()
+        await _all_refused(scheduler, errors, delete)
+        assert (await admin.jetstream().consumer_info("EVENTS", name)).name == name
+        ack = await scheduler.jetstream().publish("evt.task.t1", b"still followed")
+        assert await follower.wait_for(ack.seq, timeout=10)
+        assert seen[-1] == ack.seq
+    finally:
+        await follower.stop()
+        await asyncio.wait_for(task, 10)
+        for client in (scheduler, context, admin):
+            await client.close()
+    # Everything else the follower did (create, bind, pull) was allowed.
+    assert [e for e in errors if "permissions violation" in e.lower() and "consumer.delete" not in e.lower()] == []
 
 
 async def test_symbi_nats_provision_needs_the_admin_credential(runtime: LocalRuntime) -> None:

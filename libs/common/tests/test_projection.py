@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 from symbi_common.errors import MalformedEvent
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
+from symbi_common.follower import INACTIVE_THRESHOLD_S
 from symbi_common.projection import ProjectionRunner
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.streams import RawMessage
@@ -83,9 +84,13 @@ async def test_replicas_apply_every_event_exactly_once(
             await r.stop()
         await asyncio.gather(*tasks)
         await pool.close()
-    # Each runner removed its own consumer on a clean stop.
-    names = [c.name for c in await js.consumers_info("EVENTS")]
-    assert not [n for n in names if n.startswith("recorder_")]
+    # Each runner had a consumer of its own, named for its service, that expires once nobody pulls from it
+    # (services may not delete consumers).
+    ours = {r.consumer_name for r in runners}
+    assert len(ours) == 3
+    assert all(n.startswith("symbi_recorder_") for n in ours)
+    infos = [c for c in await js.consumers_info("EVENTS") if c.name in ours]
+    assert [c.config.inactive_threshold for c in infos] == [INACTIVE_THRESHOLD_S] * 3
 
 
 async def test_a_restarted_runner_resumes_after_the_stored_position(

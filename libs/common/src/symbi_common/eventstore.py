@@ -14,8 +14,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -33,7 +32,9 @@ from symbi_common.errors import (
 )
 from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import REVOKED, KeyRegistry
-from symbi_common.sealing import ChainTip, OpenedEvent, check_link, decrypt, new_event_id, open_envelope, seal
+from symbi_common.reader import Recorded as Recorded  # re-exported: the write path returns it
+from symbi_common.reader import decode_opened
+from symbi_common.sealing import ChainTip, OpenedEvent, check_link, new_event_id, open_envelope, seal
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_common.telemetry import EVENT_APPEND_SECONDS, EVENTS_APPENDED, inject_trace
 
@@ -59,20 +60,6 @@ class _PubAck(msgspec.Struct):
 
 
 _ack_decoder = msgspec.json.Decoder(_PubAck)
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded(Generic[E]):
-    """An event as appended or loaded: its verified header, its place in the stream and its payload."""
-
-    event: E
-    header: EventHeader
-    sequence: int
-    hash: bytes
-
-    @property
-    def tip(self) -> ChainTip:
-        return ChainTip(self.sequence, self.header.aggregate_version, self.hash)
 
 
 class EventStore:
@@ -381,16 +368,7 @@ class EventStore:
         return out
 
     async def _decode(self, opened: OpenedEvent, codec: EventCodec[E]) -> Recorded[E]:
-        key = await self.datakeys.by_id(opened.header.data_key_id)
-        plaintext = decrypt(opened, key)
-        event = codec.decode(
-            plaintext,
-            event_type=opened.header.event_type,
-            schema_version=opened.header.schema_version,
-            sequence=opened.sequence,
-            subject=opened.subject,
-        )
-        return Recorded(event, opened.header, opened.sequence, opened.hash)
+        return await decode_opened(opened, self.datakeys, codec)
 
     async def open_one(self, data: bytes, subject: str, sequence: int, codec: EventCodec[E]) -> Recorded[E]:
         """Verify (no chain check), decrypt and decode one stored message, e.g. in a projection."""

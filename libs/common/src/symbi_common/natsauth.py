@@ -80,7 +80,17 @@ OPERATOR_COMMANDS: tuple[str, ...] = ()
 
 
 def stream_read_api(stream: str) -> list[str]:
-    """The JetStream API subjects to read ``stream``: info, gets, and consumers (create, info, next, delete)."""
+    """The JetStream API subjects to read ``stream``: info, gets, and consumers (create, info, next).
+
+    No service may delete a consumer (only ``admin``): otherwise one service could delete another's and stall
+    its read model. NATS permissions match whole subject tokens and a consumer name is one token, so a rule
+    cannot say "consumers whose name starts with ``<service>_``"; and each replica's consumer has a random
+    name (``<service>_<follower>_<random>``, :mod:`symbi_common.follower`), so the names cannot be listed
+    either. Consumers are therefore never deleted by their followers: they expire on the server once nobody
+    pulls from them (``inactive_threshold``). Listing consumers is not allowed, so a service cannot learn
+    another's random consumer name; pulling from one anyway only makes that follower read again from its
+    stored position (:class:`symbi_common.follower.DeliveryGap`).
+    """
     return [
         f"{_API}.STREAM.INFO.{stream}",
         f"{_API}.STREAM.MSG.GET.{stream}",
@@ -91,7 +101,6 @@ def stream_read_api(stream: str) -> list[str]:
         f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.*",
         f"{_API}.CONSUMER.INFO.{stream}.*",
         f"{_API}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"{_API}.CONSUMER.DELETE.{stream}.*",
         f"$JS.ACK.{stream}.>",
     ]
 

@@ -239,7 +239,7 @@ class ServiceRuntime:
     async def add_projection(self, projection: Projection) -> ProjectionRunner:
         if self.pool is None:
             raise RuntimeError("projections need a database; create the runtime with use_database=True")
-        runner = ProjectionRunner(self.js, self.pool, projection)
+        runner = ProjectionRunner(self.js, self.pool, projection, service=self.name)
         await runner.setup()
         self.projections.append(runner)
         self.spawn(runner.run(), f"projection:{projection.name}")

@@ -1,8 +1,8 @@
 """The live verifier: follows the whole ``EVENTS`` stream from its first event, exactly once.
 
-Like :class:`symbi_common.projection.ProjectionRunner` it reads through a durable pull consumer and
-keeps its position in PostgreSQL, written in the same transaction as everything a batch produced
-(tree nodes, event metadata, findings, chain tips, checkpoints). It has its own loop rather than a
+It reads through a :class:`symbi_common.follower.Follower` in batch mode and keeps its position in
+PostgreSQL, written in the same transaction as everything a batch produced (tree nodes, event metadata,
+findings, chain tips, checkpoints; :class:`~symbi_common.positions.HandlerPositions`). It is not a
 ``Projection`` because it must see a whole batch at once — to verify its signatures on several
 threads — and must never skip an event that fails verification: a failure is a finding, and the
 event is still a leaf of the tree.
@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import os
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,17 +29,18 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
+from symbi_common.follower import Delivery, Follower
 from symbi_common.keyring import KeyRegistry
-from symbi_common.projection import wait_for_position
+from symbi_common.positions import HandlerPositions, Unit
+from symbi_common.reader import decode_opened
 from symbi_common.sealing import OpenedEvent, decrypt
 from symbi_common.settings import AuditSettings
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage, keep_consuming
+from symbi_common.streams import RawMessage
 from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
 from symbi_tlog.merkle import TreeBuilder
 from symbi_tlog.notes import Checkpoint, sign_checkpoint
@@ -85,11 +85,11 @@ def _event_row(c: Checked, leaf_index: int, stored_at: dt.datetime | None, agent
     )  # fmt: skip
 
 
-def _trace_verified(msgs: list[Any], checked: list[Checked], started_ns: int) -> None:
+def _trace_verified(msgs: list[Delivery], checked: list[Checked], started_ns: int) -> None:
     """One ``audit.verify`` span per verified event that carries a trace, as a child of the span that
     appended it, from the start of its batch to now: so a task's trace shows each of its events verified."""
     tracer = trace.get_tracer("symbi.audit")
-    headers = {int(m.metadata.sequence.stream): m.headers for m in msgs if m.headers and "traceparent" in m.headers}
+    headers = {m.sequence: m.headers for m in msgs if "traceparent" in m.headers}
     for c in checked:
         carried = headers.get(c.message.sequence)
         if carried is None:
@@ -143,15 +143,30 @@ class VerifierRunner:
         self.key_name = signer.key_id
         threads = settings.verify_threads or os.cpu_count() or 1
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
-        self.consumer_name = f"audit_verifier_{uuid.uuid4().hex[:12]}"
         self.rules = LogVerifier()
         self.tree = TreeBuilder()
         self.last_checkpoint_size = 0
         self.last_checkpoint_at = time.monotonic()
-        self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._changed = asyncio.Condition()
         self._publish_due = asyncio.Event()
+        # commit_batch stores the position with the batch's rows (one transaction): the handler's own.
+        self.follower = Follower(
+            js,
+            service="audit",
+            name="verifier",
+            subjects=("evt.>",),
+            positions=HandlerPositions(lambda: self.position),
+            handler=self._process,
+            batch=settings.batch,
+            linger=linger,
+            hold=lambda: self.hold(),
+            on_start=self._publish_checkpoints,
+            on_idle=self._checkpoint_if_due,
+            # After a failure the verifier state is reloaded from PostgreSQL: the batch in flight may be
+            # half-applied in memory but was rolled back in the database.
+            on_retry=self._load,
+        )
+        self.ready = self.follower.ready
 
     def use_signer(self, signer: Signer) -> None:
         """Sign the next checkpoints with ``signer`` (a rotated audit key), no restart needed."""
@@ -182,11 +197,9 @@ class VerifierRunner:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        # After a failure, the verifier state is reloaded from PostgreSQL: the batch in flight may be half-applied
-        # in memory but was rolled back in the database.
         publisher = asyncio.create_task(self._publisher(), name="audit:publisher")
         try:
-            await keep_consuming(self._run_consumer, self._stopping, what="audit verifier", on_retry=self._load)
+            await self.follower.run()
         finally:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -194,72 +207,14 @@ class VerifierRunner:
 
     async def stop(self) -> None:
         self._stopping.set()
+        await self.follower.stop()
 
-    async def _consumer(self) -> Any:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.js.delete_consumer(EVENTS_STREAM, self.consumer_name)
-        config = ConsumerConfig(
-            durable_name=self.consumer_name,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.position + 1,
-            ack_policy=AckPolicy.ALL,
-            ack_wait=60,
-            max_ack_pending=self.settings.batch * 4,
-            inactive_threshold=300,
-            filter_subject="evt.>",
-        )
-        await self.js.add_consumer(EVENTS_STREAM, config)
-        return await self.js.pull_subscribe_bind(durable=self.consumer_name, stream=EVENTS_STREAM)
-
-    async def _run_consumer(self) -> None:
-        psub = await self._consumer()
-        self.ready.set()
-        await self._publish_checkpoints()
-        fetch = BacklogFetch(psub, self.settings.batch)
-        try:
-            while not self._stopping.is_set():
-                if self.hold():
-                    # The stream no longer holds what was signed: verifying what it holds now would grow the
-                    # signed tree with another history. Wait until an operator restores it.
-                    await asyncio.sleep(1.0)
-                    continue
-                msgs = await fetch(timeout=1.0)
-                if not msgs:
-                    await self._checkpoint_if_due()
-                    continue
-                if len(msgs) < self.settings.batch and self.linger > 0:
-                    msgs += await self._more(psub, self.settings.batch - len(msgs))
-                await self._process(msgs)
-                await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
-                await self._checkpoint_if_due()
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-            if self._stopping.is_set():
-                with contextlib.suppress(Exception):
-                    await self.js.delete_consumer(EVENTS_STREAM, self.consumer_name)
-
-    async def _more(self, psub: Any, limit: int) -> list[Any]:
-        """What else arrives within ``linger`` of a short batch (live events come one by one): one
-        transaction and one ack for them all instead of one each. Verification waits that long."""
-        await asyncio.sleep(self.linger)
-        try:
-            more: list[Any] = await psub.fetch(limit, timeout=0.05)  # takes what is there, waits for nothing more
-        except (nats.errors.TimeoutError, TimeoutError):
-            return []
-        return more
-
-    async def _process(self, msgs: list[Any]) -> None:
+    async def _process(self, unit: Unit, msgs: list[Delivery]) -> None:
+        """Verify a batch and commit its rows with the new position (``commit_batch``), then tell the world."""
         started_ns = time.time_ns()
-        start = self.position
-        raws = [
-            RawMessage(m.subject, int(m.metadata.sequence.stream), bytes(m.data), {})
-            for m in msgs
-            if int(m.metadata.sequence.stream) > start
-        ]
-        if not raws:
-            return
-        stored_at = {int(m.metadata.sequence.stream): m.metadata.timestamp for m in msgs}
+        start = unit.position
+        raws = [RawMessage(m.subject, m.sequence, m.data, {}) for m in msgs]
+        stored_at = {m.sequence: m.stored_at for m in msgs}
         if len(raws) > 64:
             auths = await asyncio.to_thread(authenticate_all, raws, self.registry, self.executor)
         else:
@@ -290,14 +245,12 @@ class VerifierRunner:
         if not await self.store.commit_batch(batch, expected_sequence=start):
             raise SymbiError("the stored audit position moved under this verifier; reloading")
         await self._after_commit(checked, agents, batch.findings)
-        observe_consumed(CONSUMER, msgs[-1].metadata.timestamp, len(raws))
+        observe_consumed(CONSUMER, msgs[-1].stored_at, len(raws))
         if tracing_enabled():
             _trace_verified(msgs, checked, started_ns)
         if new_checkpoints:
             CHECKPOINTS.inc(len(new_checkpoints))
             await self._publish_checkpoints()
-        async with self._changed:
-            self._changed.notify_all()
 
     def _checkpoint(self) -> Checkpoint:
         self.last_checkpoint_size = self.tree.size
@@ -324,8 +277,7 @@ class VerifierRunner:
 
     async def _erasure_row(self, opened: OpenedEvent) -> tuple[str, str, Any] | None:
         try:
-            key = await self.datakeys.by_id(opened.header.data_key_id)
-            event = CODEC.decode(decrypt(opened, key), event_type=opened.header.event_type)
+            event = (await decode_opened(opened, self.datakeys, CODEC)).event
         except SymbiError as err:
             log.warning("audit event unreadable", sequence=opened.sequence, error=err.message)
             return None
@@ -413,4 +365,4 @@ class VerifierRunner:
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are verified and committed."""
-        return await wait_for_position(self._changed, lambda: self.position, sequence, timeout)
+        return await self.follower.wait_for(sequence, timeout)

@@ -1,6 +1,6 @@
 """The vector index as a projection of the event stream.
 
-A consumer reads ``evt.memory.>``, ``evt.knowledge.>`` and ``evt.task.>`` in stream order, verifies each event
+A :class:`~symbi_common.follower.Follower` reads ``evt.memory.>``, ``evt.knowledge.>`` and ``evt.task.>`` in stream order, verifies each event
 (signature and signer authorisation), decrypts the memory and knowledge payloads and applies them to the
 :class:`VectorStore`; ``task.completed`` clears the working memories of that task. After each batch the store
 records the stream position it reflects. Every change is idempotent (upsert and delete by id), so replaying
@@ -17,22 +17,19 @@ An event that fails verification is logged, counted and skipped; an aggregate wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 import numpy as np
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from symbi_common.datakeys import DataKeys, DataKeyStore
 from symbi_common.errors import DataKeyDestroyed, SymbiError
+from symbi_common.follower import Delivery, Follower
 from symbi_common.keyring import KeyRegistry
-from symbi_common.projection import wait_for_position
-from symbi_common.sealing import decrypt, open_envelope
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, keep_consuming
+from symbi_common.positions import PeriodicPositions, Unit
+from symbi_common.reader import decode_opened
+from symbi_common.sealing import open_envelope
+from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import REJECTED_EVENTS, SECURITY_EVENTS, continue_trace, observe_consumed
 
 from symbi_context.domain import (
@@ -139,77 +136,51 @@ class ContextIndex:
         fetch_timeout: float = 0.5,
         persist_interval: float = 2.0,
     ) -> None:
-        self.js = js
         self.store = store
         self.registry = registry
         self.datakeys = datakeys
-        self.stream = stream
-        self.batch = batch
-        self.fetch_timeout = fetch_timeout
-        self.position = 0
-        self.persist_interval = persist_interval
-        #: The position last stored in the vector store, and when (monotonic clock).
-        self._stored = 0
-        self._stored_at = 0.0
-        self.consumer_name = f"{NAME}_{uuid.uuid4().hex[:12]}"
-        self._changed = asyncio.Condition()
-        self._stopping = asyncio.Event()
-        self.ready = asyncio.Event()
         self.rejected = 0
         #: Events applied by this process (the optimizer runs after changes).
         self.applied = 0
         self.shredded = 0
+        # The store's position is the truth, not the consumer's (no acks); written at most every persist_interval.
+        self.positions = PeriodicPositions(store.position, store.set_position, interval=persist_interval)
+        self.follower = Follower(
+            js,
+            service="context",
+            name=NAME,
+            subjects=SUBJECTS,
+            positions=self.positions,
+            handler=self._apply_batch,
+            stream=stream,
+            batch=batch,
+            fetch_timeout=fetch_timeout,
+            acks=False,
+        )
+        self.ready = self.follower.ready
+
+    @property
+    def position(self) -> int:
+        return self.follower.position
 
     async def run(self) -> None:
         """Apply events until :meth:`stop`; failures back off and resume from the store's position."""
-        await keep_consuming(self._run_consumer, self._stopping, what="context index")
+        await self.follower.run()
 
     async def stop(self) -> None:
-        self._stopping.set()
+        await self.follower.stop()
 
-    async def _run_consumer(self) -> None:
-        self.position = self._stored = await self.store.position()
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.js.delete_consumer(self.stream, self.consumer_name)
-        config = ConsumerConfig(
-            durable_name=self.consumer_name,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.position + 1,
-            ack_policy=AckPolicy.NONE,  # the store's position is the truth, not the consumer's
-            inactive_threshold=300,
-            filter_subjects=list(SUBJECTS),
-        )
-        await self.js.add_consumer(self.stream, config)
-        psub = await self.js.pull_subscribe_bind(durable=self.consumer_name, stream=self.stream)
-        self.ready.set()
-        fetch = BacklogFetch(psub, self.batch)
-        try:
-            while not self._stopping.is_set():
-                msgs = await fetch(timeout=self.fetch_timeout)
-                if msgs:
-                    await self.apply_batch(msgs)
-                await self.persist(force=False)
-        finally:
-            with contextlib.suppress(SymbiError):
-                await self.persist(force=True)
-            await psub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await self.js.delete_consumer(self.stream, self.consumer_name)
-
-    async def apply_batch(self, msgs: Sequence[Any]) -> None:
-        """Apply messages in order; consecutive upserts go to the store as one batch."""
+    async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        """Apply deliveries in order; consecutive upserts go to the store as one batch."""
         pending: list[VectorPoint] = []
-        last = self.position
-        for msg in msgs:
-            seq = int(msg.metadata.sequence.stream)
-            if seq <= last:
-                continue
+        for msg in batch:
+            seq = msg.sequence
             # Indexing the event is a span of the trace that stored it (a memory written for a task …).
             with continue_trace(
                 "context.index", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": seq}
             ):
                 try:
-                    action = await self._decode(msg.subject, seq, bytes(msg.data))
+                    action = await self._decode(msg.subject, seq, msg.data)
                 except DataKeyDestroyed:
                     action = None  # crypto-shredded: nothing of it may be indexed
                 except SymbiError as err:
@@ -225,24 +196,10 @@ class ContextIndex:
                         await self.store.upsert(pending)
                         pending = []
                     await action
-            last = seq
             self.applied += 1
         if pending:
             await self.store.upsert(pending)
-        if msgs:
-            observe_consumed(NAME, msgs[-1].metadata.timestamp, len(msgs))
-        if last != self.position:
-            async with self._changed:
-                self.position = last
-                self._changed.notify_all()
-
-    async def persist(self, *, force: bool) -> None:
-        """Store the position (the engine flushes first) if it moved, at most once per ``persist_interval``."""
-        now = asyncio.get_running_loop().time()
-        if self.position != self._stored and (force or now - self._stored_at >= self.persist_interval):
-            position = self.position
-            await self.store.set_position(position)
-            self._stored, self._stored_at = position, now
+        observe_consumed(NAME, batch[-1].stored_at, len(batch))
 
     async def _decode(self, subject: str, seq: int, data: bytes) -> Any:
         """Points to upsert (a list), a coroutine that deletes, or None."""
@@ -255,16 +212,14 @@ class ContextIndex:
             return self.store.delete_where(where)
         if header.aggregate_type not in (MEMORY.aggregate_type, KNOWLEDGE.aggregate_type):
             return None
-        key = await self.datakeys.by_id(header.data_key_id)
-        payload = decrypt(opened, key)
         owner = header.aggregate_id
         if header.aggregate_type == MEMORY.aggregate_type:
-            memory_event = MEMORY.codec.decode(payload, event_type=header.event_type, sequence=seq, subject=subject)
+            memory_event = (await decode_opened(opened, self.datakeys, MEMORY.codec)).event
             if isinstance(memory_event, MemoryStored):
                 return [memory_point(owner, memory_event, seq, header.data_key_id)]
             assert isinstance(memory_event, MemoryForgotten)
             return self.store.delete(list(memory_event.memory_ids))
-        event = KNOWLEDGE.codec.decode(payload, event_type=header.event_type, sequence=seq, subject=subject)
+        event = (await decode_opened(opened, self.datakeys, KNOWLEDGE.codec)).event
         if isinstance(event, KnowledgeIngested):
             return knowledge_points(owner, event, seq, header.data_key_id)
         assert isinstance(event, KnowledgeForgotten)
@@ -291,7 +246,7 @@ class ContextIndex:
     async def follow_shredding(self, keys: DataKeyStore) -> None:
         """Purge an owner's points the moment its data key is destroyed (crypto-shredding); runs until cancelled.
 
-        The events stay in the stream, unreadable; a rebuild skips them (see :meth:`apply_batch`), and this keeps
+        The events stay in the stream, unreadable; a rebuild skips them (see :meth:`_apply_batch`), and this keeps
         the live index from serving the plaintext it projected before.
         """
         async for name in keys.changes():
@@ -307,4 +262,4 @@ class ContextIndex:
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are in the index."""
-        return await wait_for_position(self._changed, lambda: self.position, sequence, timeout)
+        return await self.follower.wait_for(sequence, timeout)

@@ -1,6 +1,6 @@
 """Following the agents' events: their own policies become active when they are Ready, retire with them.
 
-An ordered push consumer reads ``evt.agent.>`` from the stream start. Each event is verified and
+A :class:`~symbi_common.follower.Follower` (position in memory) reads ``evt.agent.>`` from the stream start. Each event is verified and
 decrypted (the lifecycle service's codec). The configuration of ``agent.registered`` is remembered until
 ``agent.ready`` activates its policies (or those of the final configuration ``agent.ready`` carries);
 ``agent.configured`` replaces them (an operator may change a suspended agent's policies to clear a
@@ -13,17 +13,15 @@ differs — so a replay never brings back an older configuration's policies, not
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from nats.js.api import DeliverPolicy
 from symbi_common.commands import CommandMeta
 from symbi_common.errors import SymbiError, Timeout
 from symbi_common.eventstore import EventStore
-from symbi_common.projection import wait_for_position
-from symbi_common.streams import EVENTS_STREAM
+from symbi_common.follower import Delivery, Follower, wait_for_position
+from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_contracts.lifecycle.config import PolicySpec
 from symbi_contracts.lifecycle.events import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
@@ -37,7 +35,13 @@ log = structlog.get_logger(__name__)
 
 class AgentPolicyFollower:
     def __init__(
-        self, js: Any, store: EventStore, service: PolicyService, *, on_error: Callable[[str], None] | None = None
+        self,
+        js: Any,
+        store: EventStore,
+        service: PolicyService,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        fetch_timeout: float = 5.0,
     ) -> None:
         self.js = js
         self.store = store
@@ -46,35 +50,45 @@ class AgentPolicyFollower:
         self._pending: dict[str, tuple[PolicySpec, ...]] = {}
         #: The newest configured policies per agent, applied once the follower has caught up.
         self._configured: dict[str, tuple[PolicySpec, ...]] = {}
-        self._sub: Any = None
         #: The last agent event applied; it stays behind a configuration whose application is deferred.
         self.position = 0
         self._advanced = asyncio.Condition()
-
-    async def start(self) -> None:
-        self._sub = await self.js.subscribe(
-            "evt.agent.>",
-            stream=EVENTS_STREAM,
-            cb=self._on_msg,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            idle_heartbeat=5.0,
+        self._task: asyncio.Task[Any] | None = None
+        self.follower = Follower(
+            js,
+            service="policy",
+            name="agent_policies",
+            subjects=("evt.agent.>",),
+            positions=MemoryPositions(),
+            handler=self._apply_batch,
+            fetch_timeout=fetch_timeout,
+            acks=False,
         )
 
-    async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+    async def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]] | None = None) -> None:
+        """Start following (in a task of ``spawn``, a service runtime's, or of its own ended by :meth:`stop`)."""
+        run = self.follower.run()
+        self._task = spawn(run, "policy:agent-events") if spawn else asyncio.create_task(run)
 
-    async def _on_msg(self, msg: Any) -> None:
-        sequence = msg.metadata.sequence.stream
+    async def stop(self) -> None:
+        await self.follower.stop()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        for msg in batch:
+            await self._on_msg(msg)
+
+    async def _on_msg(self, msg: Delivery) -> None:
+        sequence = msg.sequence
         # A span of the agent's trace (its registration): activating its policies belongs to it.
         with continue_trace(
             "policy.agent_event", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
         ):
             await self._handle(msg, sequence)
-        observe_consumed(AGENT_EVENTS, msg.metadata.timestamp)
+        observe_consumed(AGENT_EVENTS, msg.stored_at)
         if not self._configured:
             async with self._advanced:
                 self.position = sequence
@@ -89,9 +103,9 @@ class AgentPolicyFollower:
             raise Timeout(f"agent events are applied up to sequence {self.position}, not yet {request.sequence}")
         return CaughtUp(position=self.position)
 
-    async def _handle(self, msg: Any, sequence: int) -> None:
+    async def _handle(self, msg: Delivery, sequence: int) -> None:
         try:
-            rec = await self.store.open_one(bytes(msg.data), msg.subject, sequence, CODEC)
+            rec = await self.store.open_one(msg.data, msg.subject, sequence, CODEC)
             agent_id = rec.header.aggregate_id
             event = rec.event
             if isinstance(event, AgentRegistered):
@@ -110,7 +124,7 @@ class AgentPolicyFollower:
                 self._pending.pop(agent_id, None)
                 self._configured.pop(agent_id, None)
                 await self.service.retire_agent(agent_id, event.reason)
-            if self._configured and msg.metadata.num_pending == 0:
+            if self._configured and msg.num_pending == 0:
                 configured, self._configured = self._configured, {}
                 for configured_id, specs in configured.items():
                     await self.service.reconfigure_agent(configured_id, specs)

@@ -42,8 +42,8 @@ def build_app(settings: Settings) -> FastAPI:
     baseline = baseline_path(settings).read_text()
 
     async def on_start(rt: ServiceRuntime) -> None:
-        follower = PolicyFollower(rt.js, rt.registry, rt.datakeys)
-        await follower.start(timeout=settings.policy.startup_timeout_s)
+        follower = PolicyFollower(rt.js, rt.registry, rt.datakeys, service=SERVICE)
+        await follower.start(timeout=settings.policy.startup_timeout_s, spawn=rt.spawn)
         rt.add_health_check("policy-sets", lambda: follower.healthy)  # read, and no policy set halted
         service = PolicyService(
             rt.repository(POLICY_SET),
@@ -58,7 +58,7 @@ def build_app(settings: Settings) -> FastAPI:
         rt.add_metrics_refresh(service.refresh_metrics)
         await service.ensure_baseline(baseline)
         agents = AgentPolicyFollower(rt.js, rt.store, service, on_error=rt.note_error)
-        await agents.start()
+        await agents.start(spawn=rt.spawn)
         register_caught_up(rt.commands, rt.js, agents)
         app.state.agent_policies = agents
 

@@ -1,7 +1,8 @@
 """Feeding the model: every verified event of the subjects the scheduler reads, and host heartbeats.
 
 :class:`EventFollower` reads ``evt.task.>``, ``evt.execution.>``, ``evt.agent.>`` and ``evt.schedule.>``
-from the start of ``EVENTS`` through one ephemeral pull consumer, so the events of all four arrive in
+from the start of ``EVENTS`` through one :class:`~symbi_common.follower.Follower` (positions in memory: the
+model is rebuilt in every process), so the events of all four arrive in
 stream order (an execution's end is never seen before the assignment it belongs to). Each event is
 verified (signature, key authorised for its subject) and decrypted before the model sees it; one that
 fails verification is logged and skipped. ``synced`` is set once the consumer has delivered everything
@@ -19,19 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from symbi_common.errors import InfrastructureError, IntegrityError, KeyringError, SymbiError, UnknownEventType
 from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch
+from symbi_common.follower import Delivery, Follower, stop_requested
+from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC
@@ -50,16 +49,7 @@ CODECS: dict[str, EventCodec[Any]] = {
     "schedule": SCHEDULE_CODEC,
 }
 HOSTS_BUCKET = "HOSTS"
-
-
-def stop_requested() -> bool:
-    """Whether the current task has been asked to stop.
-
-    On Python 3.11, ``asyncio.wait_for`` (used inside nats-py's ``fetch`` and requests) can swallow a
-    cancellation that arrives as it times out; loops check this so they still end on shutdown.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+__all__ = ["EventFollower", "HostWatcher", "stop_requested"]
 
 
 class EventFollower:
@@ -68,75 +58,47 @@ class EventFollower:
     def __init__(
         self, js: Any, store: EventStore, model: Model, on_change: Callable[[], None], *, batch: int = 512
     ) -> None:
-        self.js = js
         self.store = store
         self.model = model
         self.on_change = on_change
-        self.batch = batch
-        self.synced = asyncio.Event()
-        self.position = 0
         self.rejected = 0
-        self._name = f"scheduler_{uuid.uuid4().hex[:12]}"
+        # The model is rebuilt from the stream's start in every process: the position lives in memory only.
+        self.follower = Follower(
+            js,
+            service="scheduler",
+            name="model",
+            subjects=SUBJECTS,
+            positions=MemoryPositions(),
+            handler=self._apply_batch,
+            batch=batch,
+            acks=False,
+        )
+        self.synced = self.follower.synced
+
+    @property
+    def position(self) -> int:
+        return self.follower.position
 
     async def run(self) -> None:
         """Follow the stream; on a consumer error, start again right after the last applied event."""
-        delay = 0.2
-        while not stop_requested():
-            try:
-                await self._run_consumer()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away, consumer gone: resume from our position
-                log.warning("event follower restarting", error=repr(exc), position=self.position)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self.follower.run()
 
-    async def _run_consumer(self) -> None:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.js.delete_consumer(EVENTS_STREAM, self._name)
-        config = ConsumerConfig(
-            durable_name=self._name,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.position + 1,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=60,
-            filter_subjects=list(SUBJECTS),
-        )
-        info = await self.js.add_consumer(EVENTS_STREAM, config)
-        if info.num_pending == 0:
-            self.synced.set()
-        psub = await self.js.pull_subscribe_bind(durable=self._name, stream=EVENTS_STREAM)
-        fetch = BacklogFetch(psub, self.batch)
-        try:
-            while not stop_requested():
-                msgs = await fetch(timeout=1.0)
-                if not msgs:
-                    self.synced.set()
-                    continue
-                pending = 0
-                for msg in msgs:
-                    await self._apply(msg)
-                    pending = msg.metadata.num_pending
-                self.on_change()
-                if pending == 0:
-                    self.synced.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await self.js.delete_consumer(EVENTS_STREAM, self._name)
+    async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        for d in batch:
+            await self._apply(d)
+        self.on_change()
 
-    async def _apply(self, msg: Any) -> None:
-        sequence = msg.metadata.sequence.stream
+    async def _apply(self, msg: Delivery) -> None:
+        sequence = msg.sequence
         parts = msg.subject.split(".", 2)
         if len(parts) != 3 or parts[1] not in CODECS:
             return
         kind = parts[1]
         try:
-            rec = await self.store.open_one(bytes(msg.data), msg.subject, sequence, CODECS[kind])
+            rec = await self.store.open_one(msg.data, msg.subject, sequence, CODECS[kind])
         except UnknownEventType:
             # A newer event type of another service: it still takes its place in the aggregate's versions.
-            self.model.skip(kind, parts[2], _version_of(msg))
+            self.model.skip(kind, parts[2], _version_of(msg.data))
         except (IntegrityError, KeyringError) as exc:
             self.rejected += 1
             log.warning("event rejected", subject=msg.subject, sequence=sequence, error=str(exc))
@@ -145,7 +107,7 @@ class EventFollower:
             log.warning("event not readable", subject=msg.subject, sequence=sequence, error=str(exc))
         else:
             h = rec.header
-            headers = msg.headers or {}
+            headers = msg.headers
             if self.synced.is_set() and "traceparent" in headers:
                 with continue_trace(
                     f"scheduler.apply {h.event_type}", headers, attributes={"symbi.sequence": sequence}
@@ -154,15 +116,14 @@ class EventFollower:
             else:
                 self.model.apply(kind, parts[2], h.aggregate_version, sequence, h.occurred_at / 1e9, rec.event)
             self.model.note_trace(kind, parts[2], headers)
-        self.position = sequence
 
 
-def _version_of(msg: Any) -> int:
+def _version_of(data: bytes) -> int:
     """The aggregate version of a stored event, read from its (verified-later) header bytes."""
     from symbi_common.envelope import EventHeader, SealedEvent
 
     try:
-        sealed = msgspec.msgpack.decode(bytes(msg.data), type=SealedEvent)
+        sealed = msgspec.msgpack.decode(data, type=SealedEvent)
         return msgspec.msgpack.decode(sealed.header, type=EventHeader).aggregate_version
     except (msgspec.DecodeError, msgspec.ValidationError, AttributeError):
         return 0

@@ -1,7 +1,8 @@
 """Following the policy-set events: the active policy sets of the whole runtime, in every process.
 
-An ordered push consumer on ``evt.policy.*`` reads the stream from its start and then stays live, so a
-change reaches every follower as soon as JetStream stores it (well within a second). Every event is
+A :class:`~symbi_common.follower.Follower` on ``evt.policy.*`` (position in memory) reads the stream from its
+start and then stays live, so a change reaches every follower as soon as JetStream stores it (well within a
+second: its pull waits for the next event). Every event is
 verified (signature, signer authorised for ``evt.policy.>``, hash chain per set), decrypted and, for an
 active set, compiled before it is applied.
 
@@ -21,15 +22,15 @@ number in every process that has read the same events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from nats.js.api import DeliverPolicy
 from prometheus_client import Gauge
 
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError, Timeout
+from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.keyring import KeyRegistry
 from symbi_common.policy.cedar import CompiledPolicy, compile_policies
 from symbi_common.policy.engine import EMPTY, PolicyEngine
@@ -39,8 +40,9 @@ from symbi_common.policy.events import (
     PolicySetState,
     apply_policy_event,
 )
-from symbi_common.projection import wait_for_position
-from symbi_common.sealing import ChainTip, check_link, decrypt, open_envelope
+from symbi_common.positions import MemoryPositions, Unit
+from symbi_common.reader import decode_opened
+from symbi_common.sealing import ChainTip, check_link, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import SECURITY_EVENTS, continue_trace, observe_consumed
 
@@ -60,7 +62,16 @@ def set_id_of(subject: str) -> str:
 class PolicyFollower:
     """The policy sets as the event stream has them, and the engine built from the active ones."""
 
-    def __init__(self, js: Any, registry: KeyRegistry, datakeys: DataKeys, *, stream: str = EVENTS_STREAM) -> None:
+    def __init__(
+        self,
+        js: Any,
+        registry: KeyRegistry,
+        datakeys: DataKeys,
+        *,
+        stream: str = EVENTS_STREAM,
+        service: str = "symbi",
+        fetch_timeout: float = 5.0,
+    ) -> None:
         self.js = js
         self.registry = registry
         self.datakeys = datakeys
@@ -72,10 +83,23 @@ class PolicyFollower:
         #: Halted policy sets: set id -> why (the event that could not be applied). Every decision denies.
         self.halted: dict[str, str] = {}
         self.position = 0
-        self.ready = asyncio.Event()
         self.compiled: dict[str, list[CompiledPolicy]] = {}
         self._changed = asyncio.Condition()
-        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        # Every process rebuilds the policy sets from the stream's start: the position lives in memory.
+        self.follower = Follower(
+            js,
+            service=service,
+            name="policy",
+            subjects=(POLICY_SETS_SUBJECT,),
+            positions=MemoryPositions(),
+            handler=self._apply_batch,
+            stream=stream,
+            fetch_timeout=fetch_timeout,
+            acks=False,
+        )
+        #: Set once every policy event stored when the follower started is applied.
+        self.ready = self.follower.synced
 
     @property
     def version(self) -> int:
@@ -86,53 +110,55 @@ class PolicyFollower:
         """Every stored policy event read, and no policy set halted (the health check of every enforcer)."""
         return self.ready.is_set() and not self.halted
 
-    async def start(self, timeout: float = 10.0) -> None:
-        """Subscribe from the stream start and return once every stored policy event is applied."""
-        self._sub = await self.js.subscribe(
-            POLICY_SETS_SUBJECT,
-            stream=self.stream,
-            cb=self._on_msg,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            idle_heartbeat=5.0,
-        )
-        info = await self._sub.consumer_info()
-        if info.num_pending == 0 and (info.delivered.consumer_seq or 0) == 0:
-            self.ready.set()  # no policy event stored at all (nothing delivered, nothing pending)
+    async def start(
+        self,
+        timeout: float = 10.0,
+        *,
+        spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]] | None = None,
+    ) -> None:
+        """Follow from the stream start and return once every stored policy event is applied.
+
+        ``spawn`` runs the follower (a service runtime's, so that it stops with the service); by default a task
+        of its own, ended by :meth:`stop`.
+        """
+        name = f"policy-follower:{self.follower.service}"
+        self._task = spawn(self.follower.run(), name) if spawn else asyncio.create_task(self.follower.run(), name=name)
         try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self.ready.wait()), timeout)
         except TimeoutError:
+            await self.stop()
             raise Timeout(f"the policy events were not read within {timeout} s; is JetStream up?") from None
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await self.follower.stop()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def wait_for(self, version: int, timeout: float = 5.0) -> bool:
         """Wait until the engine's version is at least ``version``; False on timeout."""
         return await wait_for_position(self._changed, lambda: self.engine.version, version, timeout)
 
-    async def _on_msg(self, msg: Any) -> None:
-        meta = msg.metadata
-        sequence = meta.sequence.stream
-        if sequence <= self.position:  # redelivered after the ordered consumer was reset: applied already
-            return
+    async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        for msg in batch:
+            await self._on_msg(msg)
+
+    async def _on_msg(self, msg: Delivery) -> None:
+        sequence = msg.sequence
         # The change as a span of the trace that made it (an agent's policies activated during its registration …).
         with continue_trace(
             "policy.follow", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
         ) as span:
             try:
-                await self._apply(msg.subject, sequence, bytes(msg.data))
+                await self._apply(msg.subject, sequence, msg.data)
             except Exception as exc:  # never skipped: the set is halted (every decision denies) until fixed
                 self._halt(set_id_of(msg.subject), sequence, f"{sequence} {msg.subject}: {exc!r}")
                 span.set_attribute("symbi.rejected", repr(exc)[:500])
-        observe_consumed("policy_follower", meta.timestamp)
+        observe_consumed("policy_follower", msg.stored_at)
         self.position = sequence
-        if meta.num_pending == 0:
+        if msg.num_pending == 0:
             await self._rebuild()
-            self.ready.set()
 
     def _halt(self, set_id: str, sequence: int, why: str) -> None:
         log.error("policy event not applied: policy set halted, every decision denies", set_id=set_id, error=why)
@@ -151,10 +177,7 @@ class PolicyFollower:
         set_id = opened.header.aggregate_id
         tip = self.tips.get(set_id, ChainTip())
         check_link(tip, opened)
-        key = await self.datakeys.by_id(opened.header.data_key_id)
-        event = POLICY_SET_CODEC.decode(
-            decrypt(opened, key), event_type=opened.header.event_type, sequence=sequence, subject=subject
-        )
+        event = (await decode_opened(opened, self.datakeys, POLICY_SET_CODEC)).event
         state = apply_policy_event(self.states.get(set_id, PolicySetState(set_id=set_id)), event)
         self.tips[set_id] = opened.tip
         self.states[set_id] = state

@@ -41,8 +41,8 @@ async def open_decision_point(runtime: Any) -> DecisionPoint:
         runtime.add_health_check("policy-service", lambda: remote.healthy)
         return remote
     if mode == "embedded":
-        follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys)
-        await follower.start(timeout=runtime.settings.policy.startup_timeout_s)
+        follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys, service=runtime.name)
+        await follower.start(timeout=runtime.settings.policy.startup_timeout_s, spawn=runtime.spawn)
         # A halted policy set (an event that could not be applied) makes the service unready: it denies all.
         runtime.add_health_check("policy-sets", lambda: follower.healthy)
         return EmbeddedDecisionPoint(follower, _decision_log(runtime))
