@@ -271,7 +271,8 @@ class ServiceRuntime:
             except Exception:
                 checks["database"] = False
         for runner in self.projections:
-            checks[f"projection:{runner.projection.name}"] = runner.ready.is_set()
+            # Caught up once, and not halted: a read model that cannot apply its next batch serves stale state.
+            checks[f"projection:{runner.projection.name}"] = runner.healthy
         for name, check in self._health_checks.items():
             checks[name] = bool(check())
         return {"ok": all(checks.values()), "checks": checks}
