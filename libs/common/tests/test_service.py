@@ -8,7 +8,8 @@ import httpx
 import pytest
 from fastapi import APIRouter
 from symbi_common.errors import IllegalTransition, InfrastructureError, KeyringError, RegistrySignatureInvalid
-from symbi_common.service import ServiceRuntime, create_app
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app
 from symbi_common.settings import Settings, load_settings
 
 

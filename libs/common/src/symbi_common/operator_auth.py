@@ -1,4 +1,4 @@
-"""Authentication and authorization of every HTTP API call, installed once by :func:`symbi_common.service.create_app`.
+"""Authentication and authorization of every HTTP API call, installed once by :func:`symbi_common.service_app.create_app`.
 
 Every request except ``/healthz``, ``/readyz`` and ``/metrics`` (left open for probes and scrapers) must
 carry ``Authorization: Bearer <operator token>`` (:mod:`symbi_common.operator_tokens`). The middleware

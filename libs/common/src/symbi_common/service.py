@@ -1,49 +1,37 @@
-"""The service base: one runtime object that opens NATS/JetStream, keys and PostgreSQL, and one
-FastAPI app factory with ``/healthz``, ``/readyz``, ``/metrics`` and typed error responses.
+"""The service base: one runtime object that opens NATS/JetStream, keys and PostgreSQL.
 
 A service builds a :class:`ServiceRuntime`, registers its command handlers and projections in an
-``on_start`` hook, and hands both to :func:`create_app`; :func:`serve` runs it under uvicorn. On
-shutdown (SIGTERM/Ctrl-C) the lifespan stops command intake, lets in-flight work finish, stops the
-projections, drains NATS and closes the pool.
+``on_start`` hook, and hands it to :func:`symbi_common.service_app.create_app` (the FastAPI app with
+``/healthz``, ``/readyz``, ``/metrics`` and typed error responses). On shutdown the runtime stops command
+intake, lets in-flight work finish, stops the projections, drains NATS and closes the pool.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
 import nats
 import structlog
-import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
-from fastapi.telemetry import TelemetryConfig
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from symbi_common import openapi
 from symbi_common.aggregate import Repository
-from symbi_common.body_limit import BodyLimit
 from symbi_common.commands import CommandClient, CommandServer
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
 from symbi_common.decisions import DecisionPoint
 from symbi_common.domain import Aggregate
-from symbi_common.errors import ConfigError, InfrastructureError, KeyringError, SymbiError, to_wire
+from symbi_common.errors import InfrastructureError, KeyringError
 from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
 from symbi_common.livekeys import LiveKeys, previous_wrap_keys
 from symbi_common.natsauth import connect_options, without_credentials
-from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
 from symbi_common.projection import Projection, ProjectionRunner
-from symbi_common.settings import Settings, load_settings
+from symbi_common.settings import Settings
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import require_streams
 from symbi_common.telemetry import (
@@ -313,115 +301,3 @@ class ServiceRuntime:
 
 
 #: Paths polled by probes and scrapers: no span for them (each would be a trace of its own).
-_UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-def _untraced(scope: MutableMapping[str, Any]) -> bool:
-    return scope.get("path") in _UNTRACED_PATHS
-
-
-def create_app(
-    runtime: ServiceRuntime,
-    *,
-    title: str,
-    routers: Sequence[APIRouter] = (),
-    on_start: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
-) -> FastAPI:
-    """The service's HTTP app; its lifespan starts and stops ``runtime``.
-
-    Every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs an operator token and an allowing
-    policy decision (:mod:`symbi_common.operator_auth`).
-    """
-    guard = OperatorGuard(runtime.name)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            if on_start is not None:
-                await on_start(runtime)
-            await guard.start(runtime)
-            await runtime.commands.start()
-            yield
-        finally:
-            await runtime.stop()
-
-    # FastAPI's own OpenTelemetry instrumentation makes one server span per request, continuing an
-    # incoming W3C ``traceparent`` (route, method and status as attributes). Only traces: metrics are
-    # Prometheus's here, and per-operation spans (dependencies, serialization) would only add cost.
-    telemetry: TelemetryConfig = {
-        "tracing": True,
-        "metrics": False,
-        "logs": False,
-        "operation_spans": False,
-        "exclude": _untraced,
-    }
-    app = FastAPI(title=title, lifespan=lifespan, telemetry=telemetry, dependencies=[Depends(authorize_request)])
-    app.state.runtime = runtime
-    app.add_middleware(BodyLimit, limit=runtime.settings.events.max_command_bytes)
-    app.add_middleware(OperatorAuth, guard=guard)  # outermost: nothing is read for an unauthorized caller
-    app.state.operator_guard = guard
-
-    @app.exception_handler(SymbiError)
-    async def _symbi_error(request: Request, exc: SymbiError) -> JSONResponse:
-        return JSONResponse({"error": to_wire(exc)}, status_code=exc.http_status)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "service": runtime.name, "uptime_s": round(time.time() - runtime.started_at, 1)}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        report = await runtime.health()
-        report["service"] = runtime.name
-        report["recent_errors"] = runtime.recent_errors[-5:]
-        return JSONResponse(report, status_code=200 if report["ok"] else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        await runtime.refresh_metrics()
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    for router in routers:
-        app.include_router(router)
-    openapi.install(app)
-    document_security(app)
-    return app
-
-
-def run_service(
-    prog: str,
-    description: str,
-    build_app: Callable[[Settings], FastAPI],
-    argv: Sequence[str] | None = None,
-    *,
-    needs_database: bool = False,
-) -> None:
-    """Every service's ``main()``: read the settings (``--config`` or ``SYMBI_CONFIG_PATH`` plus ``SYMBI_*``),
-    build the app and serve until SIGTERM/SIGINT. A bad setting ends the process with exit code 2 and a
-    message naming it."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: $SYMBI_CONFIG_PATH)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        if needs_database and not settings.database.url:
-            raise ConfigError("set SYMBI_DATABASE_URL or [database] url", setting="database.url")
-        app = build_app(settings)
-    except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(app, settings)
-
-
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Run the app under uvicorn until SIGTERM/SIGINT; the lifespan shuts the runtime down cleanly."""
-    uvicorn.run(
-        app,
-        host=settings.service.http_host,
-        port=settings.service.http_port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )

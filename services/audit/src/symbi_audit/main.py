@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 from symbi_common.errors import ConfigError
 from symbi_common.key_material import load_signer
-from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
 
 from symbi_audit.api import register_commands, router

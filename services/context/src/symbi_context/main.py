@@ -16,7 +16,8 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 from symbi_common.datakeys import KvDataKeyStore
-from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import ContextSettings, Settings, parse_size
 
 from symbi_context.api import Api, register_commands, router

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import FastAPI
-from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
 from symbi_contracts.policy.commands import AGENT_EVENTS_CAUGHT_UP, CaughtUp, CaughtUpRequest
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from symbi_common.errors import ConfigError
 from symbi_common.policy.follower import PolicyFollower
-from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
 
 from symbi_policy.agent_events import AgentPolicyFollower

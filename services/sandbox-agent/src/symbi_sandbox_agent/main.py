@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI
 from symbi_common.commands import CommandServer
-from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
 
 from symbi_sandbox_agent.api import register_commands, router

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI
 from symbi_common.decisions import DecisionPoint
-from symbi_common.service import ServiceRuntime, create_app, run_service
+from symbi_common.service import ServiceRuntime
+from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
 
 from symbi_scheduler.api import register_commands, router
