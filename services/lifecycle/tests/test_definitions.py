@@ -116,7 +116,7 @@ schedule every_minute {
     assert found == {
         ("undefined", 1, 23),  # Strng
         ("unknown_key", 3, 3),  # polcies
-        ("value", 4, 18),  # tier3
+        ("unsupported", 4, 18),  # tier3: a Symbiont sandbox Symbi does not have
         ("range", 4, 35),  # 90000h
         ("range", 4, 52),  # 1MB
         ("cron", 10, 9),
