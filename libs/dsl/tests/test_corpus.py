@@ -113,3 +113,15 @@ def test_registration_accepts_what_is_only_stricter() -> None:
     config = compile_agent(source)
     assert config["security_tier"] == "tier2"
     assert config["resources"]["execution_timeout_s"] == 120
+
+
+def test_registration_refuses_only_what_concerns_the_agent_registered() -> None:
+    source = (CORPUS / "constructs" / "agent_without_params.symbi").read_text() + (
+        '\nagent other {\n  with sandbox = "e2b" {\n    run();\n  }\n}\n'
+    )
+    assert compile_agent(source, agent="greeter")["name"] == "greeter"
+    with pytest.raises(DslError) as info:
+        compile_agent(source, agent="other")
+    assert [(d.code, d.line, d.message) for d in info.value.diagnostics] == [
+        ("unsupported", 7, "Symbi has no e2b sandbox")
+    ]

@@ -78,7 +78,9 @@ def compile_agent(
     ``Agent::"<agent_id>"`` (default: the agent's name). :class:`DslError` with every problem otherwise.
     """
     program = check(source, file)
-    refused = _unsupported(program.warnings)
+    # What another agent of the file asks for does not stop this one; the rest of the file does.
+    others = [a.span for name, a in program.agents.items() if agent is not None and name != agent]
+    refused = [d for d in _unsupported(program.warnings) if not any(s.line <= d.line <= s.end_line for s in others)]
     if refused:
         raise DslError(refused)
     rep = Reporter(source, file)
