@@ -205,6 +205,7 @@ class _Build(lark.Transformer[Token, Any]):
         return _body(_values(children), _cover(children))
 
     arm_block = stmt_block
+    if_block = stmt_block
 
     def let_stmt(self, *children: Any) -> A.Let:
         # "let" NAME (":" type | None None) "=" expr

@@ -123,16 +123,18 @@ class _Printer:
         else:
             self.line(head + value, e.span)
 
-    def _broken(self, head: str, value: A.Array | A.Record, span: A.Span) -> None:
+    def _broken(self, head: str, value: A.Array | A.Record | A.TypeLiteral, span: A.Span, end: str = "") -> None:
         self.comments_before(span.line)
         opening, closing = ("[", "]") if isinstance(value, A.Array) else ("{", "}")
+        if isinstance(value, A.TypeLiteral):
+            opening = f"{value.name} {{"
         self.lines.append(INDENT * self.depth + head + opening)
         if isinstance(value, A.Array):
             parts = [expr(i) for i in value.items]
         else:
             parts = [f"{key(k)}: {expr(v)}" for k, v in value.fields]
         self.lines.extend(INDENT * (self.depth + 1) + p + "," for p in parts)
-        self.lines.append(INDENT * self.depth + closing)
+        self.lines.append(INDENT * self.depth + closing + end)
         self.trailing(span.end_line)
 
     def entries(self, entries: Sequence[A.Entry], sep: str) -> None:
@@ -147,6 +149,10 @@ class _Printer:
     def _with_match(self, lead: str, value: A.Expr, span: A.Span, end: str) -> None:
         """``lead`` + ``value`` on one line, or a long ``match`` with one arm per line (block arms as blocks)."""
         text = lead + expr(value)
+        too_long = len(INDENT * self.depth + text + end) > WIDTH
+        if too_long and lead and isinstance(value, A.Array | A.Record | A.TypeLiteral) and len(_parts(value)) > 1:
+            self._broken(lead, value, span, end)  # one item or field per line
+            return
         blocks = isinstance(value, A.Match) and any(isinstance(a.body, tuple) for a in value.arms)
         if (
             not isinstance(value, A.Match)
@@ -288,6 +294,10 @@ class _Printer:
                 self.function(item)
             case A.Block():
                 self.block(f"{item.kind} {item.name}", item.span, partial(self.block_body, item.entries))
+
+
+def _parts(value: A.Array | A.Record | A.TypeLiteral) -> tuple[object, ...]:
+    return value.items if isinstance(value, A.Array) else value.fields
 
 
 def _v(entry: A.Entry) -> A.Expr:
