@@ -9,6 +9,9 @@ with policies and ``with`` bodies, schedules, memory/webhook/channel blocks, com
   the floor set by the parsing library. For scale, ``json.loads`` and ``tomllib.loads`` of a document
   of the same size are printed too, and the full ``check`` (validation and Cedar compilation).
 
+The body interpreter (``symbi_dsl.interpreter``) is measured too: statements per second running a loop
+written in the DSL, against the same loop as plain Python (the ratio is printed; no target yet).
+
 Runs alternate baseline / ours after a warm-up; figures are medians.
 
     uv run python bench/dsl_parse.py [--quick] [--runs N]
@@ -27,8 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import _common
+from symbi_dsl import ast as A
 from symbi_dsl import check, parse
 from symbi_dsl.grammar import raw_parser
+from symbi_dsl.interpreter import Budget, Interpreter
 
 TARGET_MS = 100.0
 EXAMPLES = Path(__file__).parents[1] / "examples" / "agents"
@@ -85,6 +90,46 @@ def toml_document(size: int) -> str:
     return "\n".join(lines)
 
 
+BODY = """
+function work(items: [int]) -> int {
+  let total = 0;
+  for x in items {
+    if x % 3 == 0 {
+      total += x * 2;
+    } else {
+      total -= 1;
+    }
+  }
+  return total;
+}
+"""
+
+
+def work_python(items: list[int]) -> int:
+    """The same logic as ``BODY`` in plain Python."""
+    total = 0
+    for x in items:
+        if x % 3 == 0:
+            total += x * 2
+        else:
+            total -= 1
+    return total
+
+
+def interpreter_rate(n: int, runs: int) -> tuple[float, float, int]:
+    """Statements per second: the interpreter, plain Python (same statements), and the statements per run."""
+    fn = next(i for i in parse(BODY).items if isinstance(i, A.Function))
+    items = list(range(n))
+    interp = Interpreter(functions=[fn], budget=Budget(steps=10**9, seconds=600))
+    main = parse("function main() { return work(items) }").items[0]
+    assert isinstance(main, A.Function)
+    assert interp.run(main.body, {"items": items}) == work_python(items)
+    steps = interp.budget.used
+    ours = statistics.median(timed(lambda: interp.run(main.body, {"items": items})) for _ in range(runs))
+    plain = statistics.median(timed(lambda: work_python(items)) for _ in range(runs))
+    return steps / (ours / 1000), steps / (plain / 1000), steps
+
+
 def timed(fn: Callable[[], object]) -> float:
     gc.collect()
     t = time.perf_counter()
@@ -117,6 +162,8 @@ def main() -> None:
     toml_ms = statistics.median(timed(lambda: tomllib.loads(as_toml)) for _ in range(runs))
     check_ms = statistics.median(timed(lambda: check(text)) for _ in range(max(3, runs // 4)))
 
+    rate, plain_rate, steps = interpreter_rate(2_000 if args.quick else 20_000, max(3, runs // 4))
+
     p50, b50 = statistics.median(ours), statistics.median(base)
     print(_common.machine_summary())
     print(f"definition: {lines} lines, {len(text)} bytes, {len(module.items)} declarations, runs={runs}")
@@ -125,6 +172,10 @@ def main() -> None:
     print(f"json.loads        median={json_ms:.2f} ms ({len(as_json)} bytes)")
     print(f"tomllib.loads     median={toml_ms:.2f} ms ({len(as_toml)} bytes)")
     print(f"symbi_dsl.check   median={check_ms:.1f} ms (parse + validation + Cedar compilation)")
+    print(
+        f"interpreter       {rate:,.0f} statements/s; the same in plain Python {plain_rate:,.0f}/s "
+        f"({steps} statements a run; Python is {plain_rate / rate:.0f}x faster; no target yet)"
+    )
     print(_common.result_line("dsl_parse", p50, b50, "ms", f"<{TARGET_MS:g}", p50 < TARGET_MS))
 
 

@@ -36,7 +36,39 @@ def test_check_reports_every_problem_with_caret_and_hint(tmp_path: Path) -> None
     assert "      |   ^^^^^^^^^^^" in out
     assert "hint: did you mean 'capabilities'?" in out
     assert f"{bad}:3:18: error[range]: 90000h is out of range" in out
-    assert f"{bad}: 2 problem(s)" in out
+    assert f"{bad}: 2 error(s), 0 warning(s)" in out
+
+
+SYMBIONT_STYLE = """metadata {
+  version = "1.0"
+}
+
+agent greeter {
+  capabilities = ["greet"]
+  with sandbox = "Tier1", timeout = 5000 {
+    let name = "world";
+    log("INFO", "hello " + name);
+  }
+}
+"""
+
+
+def test_warnings_print_with_caret_and_exit_0_unless_strict(tmp_path: Path) -> None:
+    path = tmp_path / "greeter.symbi"
+    path.write_text(SYMBIONT_STYLE)
+    result = runner.invoke(dsl_app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"{path}:2:13: warning[value]: version should be like 1.2.3, got '1.0'; it is ignored" in out
+    assert "hint: write 1.0.0" in out
+    assert f"{path}:7:18: warning[value]: write the sandbox as tier1" in out
+    assert '    7 |   with sandbox = "Tier1", timeout = 5000 {\n      |                  ^^^^^^^' in out
+    assert f"{path}: ok (greeter), 3 warning(s)" in out
+
+    strict = runner.invoke(dsl_app, ["check", "--strict", str(path)])
+    assert strict.exit_code == 1
+    assert f"{path}:2:13: error[value]: version should be like 1.2.3" in strict.output
+    assert f"{path}: 3 error(s), 0 warning(s)" in strict.output
 
 
 def test_check_json_for_editors(tmp_path: Path) -> None:

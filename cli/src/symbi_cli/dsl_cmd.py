@@ -1,7 +1,9 @@
 """``symbi dsl``: Check and format agent definitions (.symbi files).
 
 ``symbi dsl check FILE…`` prints every problem of every file (``file:line:col``, the line with a caret,
-a hint) and exits 1 if there is any; ``--json`` prints them as JSON for editors. ``symbi dsl fmt FILE…``
+a hint) and exits 1 if there is any error. Warnings (what Symbiont accepts but Symbi is stricter about, or
+cannot honour) are printed and leave the exit code 0; ``--strict`` makes them errors. ``--json`` prints
+the diagnostics as JSON for editors. ``symbi dsl fmt FILE…``
 rewrites files in the canonical layout; ``--check`` only reports which files differ (exit 1), for CI.
 """
 
@@ -34,41 +36,47 @@ def read_definition(path: Path) -> str:
         ) from None
 
 
-def check_file(path: Path) -> tuple[list[Diagnostic], dict[str, Any]]:
-    """Every diagnostic of one file, and the configurations of its agents when there are none."""
+def check_file(path: Path, *, strict: bool = False) -> tuple[list[Diagnostic], dict[str, Any]]:
+    """Every diagnostic (errors and warnings) of one file, and the configurations of its agents when no
+    diagnostic is an error."""
     try:
-        program = check(read_definition(path), str(path))
+        program = check(read_definition(path), str(path), strict=strict)
     except DslError as err:
         return list(err.diagnostics), {}
-    return [], program.configs
+    return list(program.warnings), program.configs
 
 
 @dsl_app.command("check")
 def check_cmd(
     files: Files,
     as_json: Annotated[bool, typer.Option("--json", help="Print the diagnostics as JSON")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors")] = False,
 ) -> None:
-    """Parse and validate definitions; exit 1 if any has a problem."""
+    """Parse and validate definitions; exit 1 if any has an error (``--strict``: or a warning)."""
     report: list[dict[str, Any]] = []
     failed = False
     for path in files:
-        diagnostics, configs = check_file(path)
-        failed = failed or bool(diagnostics)
+        diagnostics, configs = check_file(path, strict=strict)
+        errors = [d for d in diagnostics if d.severity == "error"]
+        failed = failed or bool(errors)
         if as_json:
             report.append(
                 {
                     "file": str(path),
-                    "ok": not diagnostics,
+                    "ok": not errors,
                     "agents": sorted(configs),
                     "diagnostics": [msgspec.to_builtins(d) for d in diagnostics],
                 }
             )
-        elif diagnostics:
+        else:
             for d in diagnostics:
                 typer.echo(d.render() + "\n", err=True)
-            typer.echo(f"{path}: {len(diagnostics)} problem(s)", err=True)
-        else:
-            typer.echo(f"{path}: ok ({', '.join(sorted(configs)) or 'no agents'})")
+            warned = len(diagnostics) - len(errors)
+            if errors:
+                typer.echo(f"{path}: {len(errors)} error(s), {warned} warning(s)", err=True)
+            else:
+                more = f", {warned} warning(s)" if warned else ""
+                typer.echo(f"{path}: ok ({', '.join(sorted(configs)) or 'no agents'}){more}")
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     if failed:

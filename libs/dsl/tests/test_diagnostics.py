@@ -1,4 +1,7 @@
-"""Broken definitions: each yields the expected error at the expected position, all errors at once."""
+"""Broken definitions: each yields the expected error at the expected position, all errors at once.
+
+Checked with ``strict=True``: what Symbiont accepts and we only warn about is then an error too (the
+lenient side is in test_lenient.py)."""
 
 from __future__ import annotations
 
@@ -17,16 +20,17 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     ("metadata { version: 1.0.0 }\n", [("syntax", 1, 25, "unexpected '0'")]),
     ("agent a() { timout = 30s }\n", [("unknown_key", 1, 13, "unknown key 'timout'")]),
     ("agent a() { with timout = 30s { } }\n", [("unknown_key", 1, 18, "unknown setting 'timout'")]),
-    ("agent a() { with timeout = 30 { } }\n", [("type", 1, 28, "expected a duration")]),
+    ('agent a() { with timeout = "soon" { } }\n', [("type", 1, 28, "expected a duration")]),
     ("agent a() { with timeout = 2d { } }\n", [("range", 1, 28, "2d is out of range")]),
     ("agent a() { with memory = 1TB { } }\n", [("range", 1, 27, "1TB is out of range")]),
     ("agent a() { with memory = 8MB { } }\n", [("range", 1, 27, "8MB is out of range")]),
     ("agent a() { with cpu = 100 { } }\n", [("range", 1, 24, "between 0.1 and 64")]),
-    ("agent a() { with sandbox = tier3 { } }\n", [("value", 1, 28, "sandbox must be one of")]),
+    ("agent a() { with sandbox = tier3 { } }\n", [("unsupported", 1, 28, "no tier3 sandbox")]),
+    ("agent a() { with sandbox = tier9 { } }\n", [("value", 1, 28, "sandbox must be one of")]),
     ("agent a() { with timeout = 1m { }\n with timeout = 2m { } }\n", [("duplicate", 2, 7, "set twice")]),
     ('agent a() { capabilities = "web" }\n', [("type", 1, 28, "expected a list")]),
     ('agent a() { capabilities = ["Web Fetch"] }\n', [("value", 1, 29, "not a capability name")]),
-    ('agent a() { version = "latest" }\n', [("value", 1, 23, "version must be like 1.2.3")]),
+    ('agent a() { version = "latest" }\n', [("value", 1, 23, "like 1.2.3")]),
     ('agent a() { apis = ["http://x.example"] }\n', [("value", 1, 21, "not an https:// URL")]),
     (
         'agent a() { filesystem = [{path: "rel", mode: "rwx"}] }\n',
@@ -45,7 +49,11 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     (OK_AGENT + 'schedule s { cron: "0 2 * * *", agent: ghost }\n', [("undefined", 4, 40, "agent 'ghost'")]),
     (OK_AGENT + 'schedule s { cron: "0 25 * * *", agent: ok }\n', [("cron", 4, 20, "not a valid cron")]),
     (OK_AGENT + 'schedule s { cron: "every day", agent: ok }\n', [("cron", 4, 20, "not a valid cron")]),
-    (OK_AGENT + "schedule s { agent: ok }\n", [("missing", 4, 10, "needs 'cron'")]),
+    (OK_AGENT + "schedule s { agent: ok }\n", [("missing", 4, 10, "neither 'cron' nor 'at'")]),
+    (
+        OK_AGENT + 'schedule s { cron: "0 * * * *", at: "2030-01-01T00:00:00Z", agent: ok }\n',
+        [("missing", 4, 10, "both 'cron' and 'at'")],
+    ),
     (
         OK_AGENT + 'schedule s { cron: "0 * * * *", agent: ok, timezone: "Mars/Olympus" }\n',
         [("value", 4, 54, "not a time zone")],
@@ -57,7 +65,8 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     (OK_AGENT + "memory m { retention: 10m }\n", [("range", 4, 23, "out of range")]),
     (OK_AGENT + "memory m { search { vector_weight: 2 } }\n", [("range", 4, 36, "between 0 and 1")]),
     (OK_AGENT + 'webhook w { path: "/h", agent: ok, secret: "plain" }\n', [("type", 4, 44, "secret reference")]),
-    (OK_AGENT + "channel c { platform: irc, agent: ok }\n", [("value", 4, 23, "platform must be one of")]),
+    (OK_AGENT + "channel c { platform: irc, agent: ok }\n", [("unsupported", 4, 23, "connects")]),
+    (OK_AGENT + "channel c { agent: ok }\n", [("missing", 4, 9, "needs 'platform'")]),
     ("policy p { allow: launch_missiles }\n", [("policy", 1, 19, "names an action")]),
     ('policy p { allow: tool.invoke if user.role == "x" }\n', [("policy", 1, 34, "unknown name 'user.role'")]),
     ('policy p { allow: tool.invoke("x") if context.n > 1.5 }\n', [("policy", 1, 51, "no fractional")]),
@@ -73,7 +82,7 @@ def test_each_broken_definition_reports_the_expected_error(
     source: str, expected: list[tuple[str, int, int, str]]
 ) -> None:
     with pytest.raises(DslError) as info:
-        check(source, "broken.symbi")
+        check(source, "broken.symbi", strict=True)
     got = [(d.code, d.line, d.column) for d in info.value.diagnostics]
     assert got == [(code, line, column) for code, line, column, _ in expected], info.value.render()
     for diagnostic, (_, _, _, words) in zip(info.value.diagnostics, expected, strict=True):

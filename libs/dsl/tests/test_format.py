@@ -90,6 +90,11 @@ literals = st.one_of(
 )
 
 
+def _stmt(e: A.Expr) -> A.Stmt:
+    """An expression as a statement: an ``if`` standing alone is the ``if`` statement itself."""
+    return e if isinstance(e, A.If) else A.ExprStmt(e)
+
+
 def _extend(children: st.SearchStrategy[A.Expr]) -> st.SearchStrategy[A.Expr]:
     small = st.lists(children, max_size=3).map(tuple)
     return st.one_of(
@@ -104,6 +109,18 @@ def _extend(children: st.SearchStrategy[A.Expr]) -> st.SearchStrategy[A.Expr]:
         st.tuples(children, names).map(lambda t: A.Member(*t)),
         st.tuples(children, children).map(lambda t: A.Index(*t)),
         st.tuples(children, small).map(lambda t: A.Call(*t)),
+        st.tuples(children, st.lists(st.builds(A.NamedArg, names, children), min_size=1, max_size=2)).map(
+            lambda t: A.Call(t[0], tuple(t[1]))
+        ),
+        st.tuples(st.sampled_from(["Custom", "Result", "X1"]), st.lists(st.tuples(keys, children), max_size=2)).map(
+            lambda t: A.TypeLiteral(t[0], tuple(t[1]))
+        ),
+        st.tuples(children, children, st.none() | children).map(
+            lambda t: A.If(t[0], (_stmt(t[1]),), None if t[2] is None else (_stmt(t[2]),))
+        ),
+        st.tuples(children, st.lists(children, min_size=1, max_size=2)).map(
+            lambda t: A.Match(t[0], (A.Arm(A.Name("_"), tuple(_stmt(e) for e in t[1])),))
+        ),
         st.tuples(names, children).map(lambda t: A.Lambda(*t)),
         st.tuples(
             children,
@@ -125,11 +142,28 @@ type_refs = st.recursive(
 )
 
 
+targets = st.one_of(names.map(A.Name), st.tuples(names, names).map(lambda t: A.Member(A.Name(t[0]), t[1])))
+destructures = st.one_of(
+    names.map(A.Destructure),
+    st.tuples(st.sampled_from(["Some", "Ok"]), st.lists(names.map(A.Destructure), max_size=2)).map(
+        lambda t: A.Destructure(t[0], tuple(t[1]))
+    ),
+)
+
+
+def catches(inner: st.SearchStrategy[tuple[A.Stmt, ...]]) -> st.SearchStrategy[A.Catch]:
+    return st.one_of(
+        st.builds(A.Catch, st.none(), st.none() | names, inner),
+        st.builds(A.Catch, type_names, names, inner),
+    )
+
+
 def _stmts(depth: int) -> st.SearchStrategy[tuple[A.Stmt, ...]]:
     simple: st.SearchStrategy[A.Stmt] = st.one_of(
         st.builds(A.Let, names, st.none() | type_refs, exprs),
         st.builds(A.Return, st.none() | exprs),
-        st.builds(A.ExprStmt, exprs),
+        exprs.map(_stmt),
+        st.builds(A.Assign, targets, st.sampled_from(["=", "+=", "-=", "*=", "/=", "%="]), exprs),
     )
     if depth > 0:
         inner = _stmts(depth - 1)
@@ -137,7 +171,8 @@ def _stmts(depth: int) -> st.SearchStrategy[tuple[A.Stmt, ...]]:
             simple,
             st.builds(A.If, exprs, inner, st.none() | inner),
             st.builds(A.For, names, exprs, inner),
-            st.builds(A.Try, inner, st.none() | names, inner),
+            st.builds(A.Try, inner, st.lists(catches(inner), min_size=1, max_size=2).map(tuple)),
+            st.builds(A.If, st.builds(A.LetCond, destructures, exprs), inner, st.none() | inner),
         )
     return st.lists(simple, max_size=3).map(tuple)
 
@@ -148,11 +183,13 @@ rules = st.lists(
     st.builds(A.Rule, st.sampled_from(["allow", "deny", "require", "audit"]), exprs, st.none() | exprs), max_size=3
 ).map(tuple)
 policies = st.builds(A.Policy, names, rules)
+with_values = st.one_of(literals, st.lists(literals, max_size=2).map(lambda i: A.Array(tuple(i))))
 agent_items = st.lists(
     st.one_of(
         st.builds(A.Entry, keys, exprs),
         policies,
-        st.builds(A.With, st.lists(st.builds(A.Entry, names, exprs), min_size=1, max_size=2).map(tuple), _stmts(1)),
+        st.builds(A.With, st.lists(st.builds(A.Entry, names, with_values), max_size=2).map(tuple), _stmts(1)),
+        st.builds(A.Function, names, params, st.none() | type_refs, _stmts(1)),
     ),
     max_size=4,
 ).map(tuple)
@@ -163,7 +200,12 @@ items = st.one_of(
     st.builds(A.TypeAlias_, names, type_refs),
     st.builds(A.TypeRecord, names, st.lists(st.tuples(names, type_refs), max_size=3).map(tuple)),
     st.builds(A.Function, names, params, st.none() | type_refs, _stmts(2)),
-    st.builds(A.Block, st.sampled_from(["schedule", "memory", "webhook", "channel"]), names, entries),
+    st.builds(
+        A.Block,
+        st.sampled_from(["schedule", "memory", "webhook", "channel"]),
+        names,
+        st.lists(st.one_of(st.builds(A.Entry, keys, exprs), policies), max_size=3).map(tuple),
+    ),
 )
 modules = st.lists(items, max_size=4).map(lambda i: A.Module(tuple(i)))
 

@@ -166,3 +166,19 @@ def test_positions_are_one_based_lines_and_columns() -> None:
     assert isinstance(entry, A.Entry)
     assert not isinstance(entry.value, tuple)
     assert (entry.span.line, entry.span.column, entry.value.span.column) == (4, 3, 7)
+
+
+def test_a_minus_after_a_loop_or_try_starts_a_statement_after_an_if_continues_it() -> None:
+    def body(text: str) -> tuple[A.Stmt, ...]:
+        item = parse(f"function f() {{\n{text}\n}}\n").items[0]
+        assert isinstance(item, A.Function)
+        return item.body
+
+    for head in ("for x in xs { }", "try { } catch (e) { }"):
+        stmts = body(f"{head}\n-1")
+        assert stmts[1] == A.ExprStmt(A.Unary("-", A.Literal_("int", 1)))
+    # an `if` is an expression too: `-1` on the next line subtracts (write `;` to end the `if`)
+    (only,) = body("let y = if c { 1 } else { 2 }\n-1")
+    assert isinstance(only, A.Let)
+    assert isinstance(only.value, A.Binary)
+    assert len(body("if c { }; -1")) == 2

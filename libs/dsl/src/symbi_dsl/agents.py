@@ -14,10 +14,14 @@ from symbi_dsl import ast as A
 from symbi_dsl.blocks import BlockChecks
 from symbi_dsl.cedar import compile_policy
 from symbi_dsl.declarations import VERSION_RE
+from symbi_dsl.literals import quantity
 from symbi_dsl.values import did_you_mean, key_span, keyed_entries, name_span, value_of
 
 TIERS = {"tier1": "tier1", "tier2": "tier2", "auto": "auto", "docker": "tier1", "runc": "tier1", "gvisor": "tier2"}
+#: Sandboxes Symbiont knows that Symbi does not have.
+OTHER_TIERS = ("tier3", "firecracker", "e2b")
 FS_MODES = ("read", "read_write")
+_QUANTITY_RE = re.compile(r"^\d+(\.\d+)?\.?(ms|s|m|h|d|w|milliseconds?|seconds?|minutes?|hours?|days?|weeks?)$")
 _CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 AGENT_KEYS = (
     "version",
@@ -31,6 +35,10 @@ AGENT_KEYS = (
     "memory",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io")
+#: Symbiont's spellings of ours.
+WITH_ALIASES = {"max_memory_mb": "memory", "max_cpu_cores": "cpu"}
+#: Settings Symbiont's agents use that Symbi has no counterpart for (named as not honoured, never a typo).
+SYMBIONT_SETTINGS = ("privacy", "security", "network_policy", "coordination", "requires", "encryption")
 WORKLOAD_KEYS = ("image", "command", "env", "workdir", "actions")
 
 
@@ -44,11 +52,15 @@ class Checker(BlockChecks):
 
     def agent_config(self, agent: A.Agent, agent_id: str | None = None) -> dict[str, Any] | None:
         """The configuration ``agent`` compiles to (policies named for ``agent_id``); None after errors."""
-        before = len(self.rep.diagnostics)
+        before = len(self.rep.errors)
         rep, v = self.rep, self.v
         self._params(agent.params)
         if agent.returns is not None:
             self.check_type(agent.returns)
+        for f in (i for i in agent.items if isinstance(i, A.Function)):
+            self._params(f.params)
+            if f.returns is not None:
+                self.check_type(f.returns)
         aid = agent_id or agent.name
         entries = [i for i in agent.items if isinstance(i, A.Entry)]
         got = keyed_entries(rep, entries, AGENT_KEYS, f"agent {agent.name}", nested=())
@@ -56,10 +68,14 @@ class Checker(BlockChecks):
         config: dict[str, Any] = {"name": config_name(agent.name)}
         version = v.string(value_of(got["version"])) if "version" in got else meta.get("version")
         if version is not None:
-            if not VERSION_RE.match(version):
-                span = value_of(got["version"]).span if "version" in got else None
-                rep.error("value", f"version must be like 1.2.3, got {version!r}", span)
-            config["version"] = version
+            if VERSION_RE.match(version):
+                config["version"] = version
+            elif "version" in got:
+                rep.warn(
+                    "value",
+                    f"version should be like 1.2.3, got {version!r}; it is ignored",
+                    value_of(got["version"]).span,
+                )
         description = v.string(value_of(got["description"])) if "description" in got else meta.get("description")
         if description is not None:
             config["description"] = description
@@ -103,7 +119,7 @@ class Checker(BlockChecks):
                     schedules.append(spec)
         if schedules:
             config["schedules"] = [{k: val for k, val in s.items() if k != "agent"} for s in schedules]
-        return config if len(rep.diagnostics) == before else None
+        return config if len(rep.errors) == before else None
 
     def _quiet(self, fn: Callable[[], Any]) -> Any:
         """Run a check whose problems were already reported (by the file-wide pass) without repeating them."""
@@ -176,26 +192,36 @@ class Checker(BlockChecks):
         seen: dict[str, A.Entry] = {}
         for block in (i for i in agent.items if isinstance(i, A.With)):
             for entry in block.settings:
-                if entry.key not in WITH_KEYS:
-                    hint = did_you_mean(entry.key, WITH_KEYS) or f"known settings: {', '.join(WITH_KEYS)}"
-                    self.rep.error("unknown_key", f"unknown setting {entry.key!r} in with", key_span(entry), hint)
+                key = WITH_ALIASES.get(entry.key, entry.key)
+                if key not in WITH_KEYS:
+                    close = "" if entry.key in SYMBIONT_SETTINGS else did_you_mean(entry.key, WITH_KEYS)
+                    if close:  # a near miss of ours is a typo
+                        self.rep.error("unknown_key", f"unknown setting {entry.key!r} in with", key_span(entry), close)
+                    else:  # Symbiont reads any setting: one Symbi lacks is named, not dropped silently
+                        message = f"the setting {entry.key!r} is not honoured by Symbi"
+                        self.rep.warn("unsupported", message, key_span(entry), f"known: {', '.join(WITH_KEYS)}")
                     continue
-                if entry.key in seen:
-                    self.rep.error(
-                        "duplicate",
-                        f"{entry.key!r} is set twice (first on line {seen[entry.key].span.line})",
-                        key_span(entry),
+                if key == "memory" and _word(value_of(entry)) is not None:
+                    self._memory_mode(value_of(entry))
+                    continue
+                if key in seen:
+                    first = seen[key].span.line
+                    self.rep.warn(
+                        "duplicate", f"{key!r} is set twice (first on line {first}, which counts)", key_span(entry)
                     )
                     continue
-                seen[entry.key] = entry
+                seen[key] = entry
                 value = value_of(entry)
-                match entry.key:
+                if entry.key in WITH_ALIASES and isinstance(value, A.Literal_) and value.kind in ("int", "float"):
+                    unit = "MB" if key == "memory" else ""
+                    value = _at(quantity(f"{value.value}{unit}"), value.span) if unit else value
+                match key:
                     case "sandbox":
-                        tier = self.v.word(value, tuple(TIERS), "sandbox")
-                        if tier is not None:
-                            config["security_tier"] = TIERS[tier]
+                        self._sandbox(value, config)
                     case "timeout":
-                        resources["execution_timeout_s"] = self.v.duration(value, EXECUTION_TIMEOUT_S)
+                        resources["execution_timeout_s"] = self.v.duration(
+                            self._lenient_duration(value), EXECUTION_TIMEOUT_S
+                        )
                     case "memory":
                         size = self.v.size(value, (MEMORY_MB[0] * 2**20, MEMORY_MB[1] * 2**20))
                         if size is not None:
@@ -212,6 +238,41 @@ class Checker(BlockChecks):
         resources = {k: val for k, val in resources.items() if val is not None}
         if resources:
             config["resources"] = resources
+
+    def _memory_mode(self, value: A.Expr) -> None:
+        """Symbiont's ``memory = "ephemeral" | "persistent" | …``: a mode, not a size."""
+        word = _word(value)
+        if word == "ephemeral":
+            self.rep.warn("value", "sandbox memory is ephemeral anyway; write a size like 512MB", value.span)
+            return
+        hint = "declare a memory block and name it with memory = … in the agent"
+        self.rep.warn("unsupported", f"memory = {word!r} is not honoured by Symbi", value.span, hint)
+
+    def _sandbox(self, value: A.Expr, config: dict[str, Any]) -> None:
+        word = _word(value)
+        if word is not None and word.lower() in OTHER_TIERS:
+            tiers = ", ".join(TIERS)
+            self.rep.warn("unsupported", f"Symbi has no {word} sandbox", value.span, f"one of {tiers}")
+            return
+        if word is not None and word not in TIERS and word.lower() in TIERS:
+            self.rep.warn("value", f"write the sandbox as {word.lower()}", value.span)
+            word = word.lower()
+            value = A.Name(word, span=value.span)
+        tier = self.v.word(value, tuple(TIERS), "sandbox")
+        if tier is not None:
+            config["security_tier"] = TIERS[tier]
+
+    def _lenient_duration(self, value: A.Expr) -> A.Expr:
+        """Symbiont's timeouts: ``"30s"`` as a string, or a number of milliseconds (warned, then read)."""
+        if isinstance(value, A.Literal_) and value.kind == "string" and _QUANTITY_RE.match(str(value.value)):
+            self.rep.warn("type", "write the duration without quotes", value.span, str(value.value))
+            return _at(quantity(str(value.value)), value.span)
+        if isinstance(value, A.Literal_) and value.kind == "int":
+            self.rep.warn(
+                "type", f"a bare number is read as milliseconds: {value.value}ms", value.span, "write 30s, 5m …"
+            )
+            return _at(quantity(f"{value.value}ms"), value.span)
+        return value
 
     def _agent_policies(self, agent: A.Agent, got: dict[str, A.Entry], agent_id: str) -> list[dict[str, str]]:
         chosen: list[A.Policy] = []
@@ -247,9 +308,20 @@ class Checker(BlockChecks):
         return out
 
 
+def _at(q: A.Quantity, span: A.Span) -> A.Quantity:
+    return A.Quantity(q.text, q.kind, q.value, span=span)
+
+
+def _word(value: A.Expr) -> str | None:
+    if isinstance(value, A.Name):
+        return value.id
+    return str(value.value) if isinstance(value, A.Literal_) and value.kind == "string" else None
+
+
 def _refers_to(block: A.Block, agent: str) -> bool:
     return any(
-        e.key == "agent"
+        isinstance(e, A.Entry)
+        and e.key == "agent"
         and isinstance(e.value, A.Name | A.Literal_)
         and (getattr(e.value, "id", None) == agent or getattr(e.value, "value", None) == agent)
         for e in block.entries

@@ -106,9 +106,27 @@ class Index:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedArg:
+    """``name = value`` (or ``name: value``) among a call's arguments."""
+
+    name: str
+    value: Expr
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     func: Expr
-    args: tuple[Expr, ...]
+    args: tuple[Expr | NamedArg, ...]
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLiteral:
+    """``Name { field: value, … }``: a record that says which type it is."""
+
+    name: str
+    fields: tuple[tuple[str, Expr], ...]
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -121,8 +139,10 @@ class Lambda:
 
 @dataclass(frozen=True, slots=True)
 class Arm:
+    """``pattern => value`` or ``pattern => { statements }`` (``body`` is then a tuple of statements)."""
+
     pattern: Literal_ | Name
-    body: Expr
+    body: Expr | tuple[Stmt, ...]
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -133,8 +153,50 @@ class Match:
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Destructure:
+    """The pattern of ``if let``: a name (``_`` matches anything) or ``Name(pattern, …)``."""
+
+    name: str
+    args: tuple[Destructure, ...] | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class LetCond:
+    """The condition of ``if let Pattern = value``."""
+
+    pattern: Destructure
+    value: Expr
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class If:
+    """``if cond { … } else …``: a statement, or an expression (the value of the branch taken)."""
+
+    cond: Expr | LetCond
+    then: tuple[Stmt, ...]
+    orelse: tuple[Stmt, ...] | If | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
 Expr: TypeAlias = (
-    Literal_ | Quantity | Secret | Name | Array | Record | Unary | Binary | Member | Index | Call | Lambda | Match
+    Literal_
+    | Quantity
+    | Secret
+    | Name
+    | Array
+    | Record
+    | TypeLiteral
+    | Unary
+    | Binary
+    | Member
+    | Index
+    | Call
+    | Lambda
+    | Match
+    | If
 )
 
 # --- types ---------------------------------------------------------------------------------------
@@ -162,14 +224,6 @@ class Let:
 
 
 @dataclass(frozen=True, slots=True)
-class If:
-    cond: Expr
-    then: tuple[Stmt, ...]
-    orelse: tuple[Stmt, ...] | If | None = None
-    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
-
-
-@dataclass(frozen=True, slots=True)
 class For:
     var: str
     iterable: Expr
@@ -178,10 +232,29 @@ class For:
 
 
 @dataclass(frozen=True, slots=True)
+class Catch:
+    """``catch { … }``, ``catch (e) { … }`` or ``catch (ErrorType e) { … }``."""
+
+    type_name: str | None
+    name: str | None
+    body: tuple[Stmt, ...]
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Try:
     body: tuple[Stmt, ...]
-    error_name: str | None
-    handler: tuple[Stmt, ...]
+    catches: tuple[Catch, ...]
+    span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """``target = value`` or a compound ``target += value`` (``-=``, ``*=``, ``/=``, ``%=``)."""
+
+    target: Expr
+    op: str
+    value: Expr
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
@@ -197,7 +270,7 @@ class ExprStmt:
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
 
-Stmt: TypeAlias = Let | If | For | Try | Return | ExprStmt
+Stmt: TypeAlias = Let | If | For | Try | Assign | Return | ExprStmt
 
 # --- declarations --------------------------------------------------------------------------------
 
@@ -252,7 +325,7 @@ class Agent:
     name: str
     params: tuple[Param, ...]
     returns: TypeRef | None
-    items: tuple[Entry | Policy | With, ...]
+    items: tuple[Entry | Policy | With | Function, ...]
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 
@@ -294,11 +367,12 @@ BlockKind = Literal["schedule", "memory", "webhook", "channel"]
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """A ``schedule``, ``memory``, ``webhook`` or ``channel`` block: a name and its settings."""
+    """A ``schedule``, ``memory``, ``webhook`` or ``channel`` block: a name, its settings and (channels)
+    its named policies, in source order."""
 
     kind: BlockKind
     name: str
-    entries: tuple[Entry, ...]
+    entries: tuple[Entry | Policy, ...]
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
     span: Span = field(default=NO_SPAN, compare=False, repr=False, kw_only=True)
 

@@ -14,7 +14,21 @@ from symbi_dsl.literals import quantity, unescape
 
 #: Tokens that carry meaning; the others (keywords, braces, separators) only mark where nodes start and end.
 _VALUE_TOKENS = frozenset(
-    ("NAME", "STRING", "NUMBER", "QUANTITY", "SECRET", "CMP_OP", "ADD_OP", "MUL_OP", "UNARY_OP", "OR_OP", "AND_OP")
+    (
+        "NAME",
+        "STRING",
+        "NUMBER",
+        "QUANTITY",
+        "SECRET",
+        "CMP_OP",
+        "ADD_OP",
+        "MUL_OP",
+        "UNARY_OP",
+        "OR_OP",
+        "AND_OP",
+        "ASSIGN_OP",
+        "TYPE_OPEN",
+    )
 )
 
 
@@ -77,7 +91,7 @@ class _Build(lark.Transformer[Token, Any]):
         return A.Literal_("string", unescape(tok[1:-1]), span=_tspan(tok))
 
     def number(self, tok: Token) -> A.Literal_:
-        text = str(tok)
+        text = str(tok).replace("_", "")
         if "." in text or "e" in text or "E" in text:
             return A.Literal_("float", float(text), span=_tspan(tok))
         return A.Literal_("int", int(text), span=_tspan(tok))
@@ -107,6 +121,14 @@ class _Build(lark.Transformer[Token, Any]):
     def record(self, *children: Any) -> A.Record:
         return A.Record(tuple(f for f in _values(children) if f is not None), span=_cover(children))
 
+    def type_literal(self, opening: Token, *children: Any) -> A.TypeLiteral:
+        name = str(opening)[:-1].rstrip()
+        fields = tuple(f for f in _values(children) if f is not None)
+        return A.TypeLiteral(name, fields, span=_cover((opening, *children)))
+
+    def unary_value(self, op: Token, tok: Token) -> A.Unary:
+        return self.unary_op(op, self.number(tok))
+
     # --- operators
     def binary(self, left: A.Expr, op: Token, right: A.Expr) -> A.Binary:
         return A.Binary(str(op), left, right, span=_cover((left, right)))
@@ -129,8 +151,11 @@ class _Build(lark.Transformer[Token, Any]):
     def call(self, func: A.Expr, args: tuple[A.Expr, ...]) -> A.Call:
         return A.Call(func, args, span=_cover((func, args)))
 
-    def args(self, *items: A.Expr | None) -> tuple[A.Expr, ...]:
+    def args(self, *items: A.Expr | A.NamedArg | None) -> tuple[A.Expr | A.NamedArg, ...]:
         return tuple(i for i in items if i is not None)
+
+    def named_arg(self, name: Token, value: A.Expr) -> A.NamedArg:
+        return A.NamedArg(str(name), value, span=_cover((name, value)))
 
     def member(self, obj: A.Expr, name: Token) -> A.Member:
         return A.Member(obj, str(name), span=_cover((obj, name)))
@@ -141,8 +166,22 @@ class _Build(lark.Transformer[Token, Any]):
     def lambda_(self, param: Token, body: A.Expr) -> A.Lambda:
         return A.Lambda(str(param), body, span=_cover((param, body)))
 
-    def arm(self, pattern: A.Literal_ | A.Name, body: A.Expr) -> A.Arm:
+    def arm(self, pattern: A.Literal_ | A.Name, body: A.Expr | Body) -> A.Arm:
         return A.Arm(pattern, body, span=_cover((pattern, body)))
+
+    def if_(self, *children: Any) -> A.If:
+        # "if" (expr | let_cond) block ("else" (if | block) | None None)
+        return A.If(children[1], children[2], children[4], span=_cover(children))
+
+    def let_cond(self, *children: Any) -> A.LetCond:
+        pattern, value = _values(children)
+        return A.LetCond(pattern, value, span=_cover(children))
+
+    def destructure(self, *children: Any) -> A.Destructure:
+        name, *rest = _values(children)
+        has_args = any(isinstance(c, Token) and c.type == "LPAR" for c in children)
+        args = tuple(r for r in rest if r is not None) if has_args else None
+        return A.Destructure(str(name), args, span=_cover(children))
 
     def match_(self, *children: Any) -> A.Match:
         subject, *arms = _values(children)
@@ -165,27 +204,40 @@ class _Build(lark.Transformer[Token, Any]):
     def stmt_block(self, *children: Any) -> Body:
         return _body(_values(children), _cover(children))
 
+    arm_block = stmt_block
+    if_block = stmt_block
+
     def let_stmt(self, *children: Any) -> A.Let:
         # "let" NAME (":" type | None None) "=" expr
         return A.Let(str(children[1]), children[3], children[5], span=_cover(children))
-
-    def if_stmt(self, *children: Any) -> A.If:
-        # "if" expr block ("else" (if | block) | None None)
-        return A.If(children[1], children[2], children[4], span=_cover(children))
 
     def for_stmt(self, *children: Any) -> A.For:
         var, iterable, body = _values(children)
         return A.For(str(var), iterable, body, span=_cover(children))
 
     def try_stmt(self, *children: Any) -> A.Try:
-        body, name, handler = _values(children)
-        return A.Try(body, str(name) if name is not None else None, handler, span=_cover(children))
+        body, *catches = _values(children)
+        return A.Try(body, tuple(catches), span=_cover(children))
+
+    def catch_clause(self, *children: Any) -> A.Catch:
+        body = children[-1]
+        given = [str(c) for c in children if isinstance(c, Token) and c.type == "NAME"]
+        type_name, name = (given[0], given[1]) if len(given) == 2 else (None, given[0] if given else None)
+        return A.Catch(type_name, name, body, span=_cover(children))
+
+    def assign_op(self, tok: Token) -> Token:
+        return tok
+
+    def assign_stmt(self, target: A.Expr, op: Token, value: A.Expr) -> A.Assign:
+        return A.Assign(target, str(op), value, span=_cover((target, value)))
 
     def return_stmt(self, *children: Any) -> A.Return:
         (value,) = _values(children)
         return A.Return(value, span=_cover(children))
 
-    def expr_stmt(self, expr: A.Expr) -> A.ExprStmt:
+    def expr_stmt(self, expr: A.Expr) -> A.ExprStmt | A.If:
+        if isinstance(expr, A.If):  # an `if` standing alone is the statement
+            return expr
         return A.ExprStmt(expr, span=_cover((expr,)))
 
     # --- declarations
@@ -208,6 +260,9 @@ class _Build(lark.Transformer[Token, Any]):
 
     def block_kind(self, tok: Token) -> Token:
         return Token("NAME", str(tok), tok.start_pos, tok.line, tok.column, tok.end_line, tok.end_column, tok.end_pos)
+
+    def block_body(self, *entries: A.Entry | A.Policy) -> tuple[A.Entry | A.Policy, ...]:
+        return entries
 
     def block(self, *children: Any) -> A.Block:
         kind, name, entries = _values(children)
@@ -248,12 +303,13 @@ class _Build(lark.Transformer[Token, Any]):
         settings, body = _values(children)
         return A.With(settings, body, span=_cover(children))
 
-    def agent_body(self, *items: A.Entry | A.Policy | A.With) -> tuple[A.Entry | A.Policy | A.With, ...]:
+    def agent_body(self, *items: A.Entry | A.Policy | A.With | A.Function) -> tuple[Any, ...]:
         return items
 
     def agent(self, *children: Any) -> A.Agent:
-        name, params, returns, items = _values(children)
-        return A.Agent(str(name), params, returns, items, name_span=_tspan(name), span=_cover(children))
+        # "agent" NAME ("(" params ")" | None None None) returns "{" body "}"
+        name, params, returns, items = children[1], children[3], children[5], children[7]
+        return A.Agent(str(name), params or (), returns, items, name_span=_tspan(name), span=_cover(children))
 
     def type_alias(self, *children: Any) -> A.TypeAlias_:
         name, type_ = _values(children)
@@ -264,7 +320,8 @@ class _Build(lark.Transformer[Token, Any]):
 
     def type_record(self, *children: Any) -> A.TypeRecord:
         name, *fields = _values(children)
-        return A.TypeRecord(str(name), tuple(fields), name_span=_tspan(name), span=_cover(children))
+        kept = tuple(f for f in fields if f is not None)
+        return A.TypeRecord(str(name), kept, name_span=_tspan(name), span=_cover(children))
 
     def function(self, *children: Any) -> A.Function:
         name, params, returns, body = _values(children)

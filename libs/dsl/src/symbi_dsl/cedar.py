@@ -89,7 +89,7 @@ def _one_target(expr: A.Expr) -> Target:
         name: str | None = str(expr.value)
         args: tuple[A.Expr, ...] = ()
     elif isinstance(expr, A.Call):
-        name, args = dotted(expr.func), expr.args
+        name, args = dotted(expr.func), _positional(expr)
     else:
         name, args = dotted(expr), ()
     if name is None or not _ACTION_RE.match(name):
@@ -114,6 +114,14 @@ def _one_target(expr: A.Expr) -> Target:
         )
     rid = str(arg.value)
     return Target((name,), RESOURCE_TYPES[prefix], None if rid == "*" else rid)
+
+
+def _positional(call: A.Call) -> tuple[A.Expr, ...]:
+    """A call's arguments, which in a policy are all positional."""
+    for arg in call.args:
+        if isinstance(arg, A.NamedArg):
+            raise _Bad(f"a named argument ({arg.name} = …) has no meaning in a policy", call)
+    return tuple(a for a in call.args if not isinstance(a, A.NamedArg))
 
 
 def target(expr: A.Expr) -> Target:
@@ -177,18 +185,19 @@ class _Condition:
         raise _Bad("this expression has no Cedar equivalent in a policy condition", e)
 
     def _call(self, e: A.Call) -> str:
-        if isinstance(e.func, A.Name) and e.func.id == "has" and len(e.args) == 1:
-            path = dotted(e.args[0])
+        args = _positional(e)
+        if isinstance(e.func, A.Name) and e.func.id == "has" and len(args) == 1:
+            path = dotted(args[0])
             if path is None or "." not in path or path.split(".")[0] not in ROOTS:
                 raise _Bad("has() takes an attribute like context.purpose", e)
             guards = self._guards(path)
             return "(" + " && ".join(guards) + ")"
         if isinstance(e.func, A.Member) and e.func.name in _METHODS:
             obj = self.expr(e.func.obj)
-            args = ", ".join(self.expr(a) for a in e.args)
-            return self._guarded([e.func.obj, *e.args], f"{obj}.{e.func.name}({args})")
-        if isinstance(e.func, A.Member) and e.func.name == "like" and len(e.args) == 1:
-            pattern = e.args[0]
+            text = ", ".join(self.expr(a) for a in args)
+            return self._guarded([e.func.obj, *args], f"{obj}.{e.func.name}({text})")
+        if isinstance(e.func, A.Member) and e.func.name == "like" and len(args) == 1:
+            pattern = args[0]
             if not (isinstance(pattern, A.Literal_) and pattern.kind == "string"):
                 raise _Bad('like() takes a string pattern such as "*.csv"', pattern)
             return self._guarded([e.func.obj], f"{self.expr(e.func.obj)} like {cedar_string(str(pattern.value))}")
@@ -266,13 +275,14 @@ def rule_to_cedar(rule: A.Rule, policy_id: str, principal: str, source: str) -> 
     if rule.kind == "require":
         if not (isinstance(expr, A.Call) and isinstance(expr.func, A.Name) and expr.func.id in CONDITION_FUNCTIONS):
             raise _Bad("require: says which condition applies", expr, _REQUIRE_HINT)
-        if not 1 <= len(expr.args) <= 2:
+        args = _positional(expr)
+        if not 1 <= len(args) <= 2:
             raise _Bad(f"{expr.func.id}() takes the action and at most one more argument", expr, _REQUIRE_HINT)
         kind = expr.func.id
-        value = _annotation_value(kind, expr.args[1] if len(expr.args) == 2 else None, expr)
+        value = _annotation_value(kind, args[1] if len(args) == 2 else None, expr)
         key = "require_approval" if kind == "approval" else kind
         annotations.append(f"@{key}({cedar_string(value)})")
-        expr = expr.args[0]
+        expr = args[0]
     elif rule.kind == "audit":
         annotations.append('@log_full("true")')
     elif rule.kind == "deny":
@@ -310,7 +320,10 @@ def _schema() -> Any:
 def compile_policy(
     policy: A.Policy, *, agent_id: str, reporter: Reporter, describe: str
 ) -> tuple[str, list[str]] | None:
-    """The Cedar text of ``policy`` for agent ``agent_id`` and the ids of its policies; None after errors."""
+    """The Cedar text of ``policy`` for agent ``agent_id`` and the ids of its policies.
+
+    A rule with no Cedar meaning (Symbiont accepts any expression) is a warning (code ``policy``, refused at
+    registration: Symbi does not enforce it) and is left out; None only when no rule compiles."""
     import cedarpy
 
     principal = f"Agent::{cedar_string(agent_id)}"
@@ -324,8 +337,8 @@ def compile_policy(
         try:
             text = rule_to_cedar(rule, pid, principal, source)
         except _Bad as bad:
-            reporter.error("policy", bad.message, getattr(bad.node, "span", rule.span), bad.hint)
-            ok = False
+            message = f"{bad.message}: this rule is not enforced"
+            reporter.warn("policy", message, getattr(bad.node, "span", rule.span), bad.hint)
             continue
         try:
             cedarpy.policies_to_json_str(text)
@@ -337,14 +350,13 @@ def compile_policy(
             result = cedarpy.validate_policies(text, schema)
             if not result.validation_passed:
                 message = "; ".join(e.error for e in result.errors)
-                reporter.error(
+                reporter.warn(
                     "policy",
-                    f"the rule does not fit the policy schema: {message}",
+                    f"the rule does not fit the policy schema: {message}; it is not enforced",
                     rule.span,
                     "check the action name and the resource kind against symbi_common/policy/schema.cedarschema",
                 )
-                ok = False
                 continue
         texts.append(text)
         ids.append(pid)
-    return ("\n\n".join(texts), ids) if ok else None
+    return ("\n\n".join(texts), ids) if ok and texts else None

@@ -2,7 +2,10 @@
 
 :func:`check` reports every problem of a file at once (unknown keys, wrong types, out-of-range
 durations and sizes, duplicate names, undefined references, bad cron expressions, policies without a
-Cedar meaning). :func:`compile_agent` returns the configuration as a plain ``dict`` in the shape of
+Cedar meaning). What Symbiont itself rejects is an error; what it accepts but we are stricter about, or
+what Symbi cannot honour, is a warning (an error with ``strict``). :func:`compile_agent`, used when an
+agent is registered, refuses the warnings that name something Symbi would not honour
+(:data:`~symbi_dsl.diagnostics.UNSUPPORTED`), so nothing written is silently dropped. :func:`compile_agent` returns the configuration as a plain ``dict`` in the shape of
 ``symbi_contracts.lifecycle.config.AgentConfig`` (the lifecycle service converts it), within the same
 bounds (imported from there).
 
@@ -18,17 +21,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from symbi_dsl import ast as A
 from symbi_dsl.agents import Checker
 from symbi_dsl.agents import config_name as config_name
 from symbi_dsl.declarations import Program as Program
-from symbi_dsl.diagnostics import DEFAULT_FILE, Reporter
+from symbi_dsl.diagnostics import DEFAULT_FILE, UNSUPPORTED, Diagnostic, DslError, Reporter
 from symbi_dsl.parser import parse
 
 
-def check_module(module: A.Module, source: str, file: str = DEFAULT_FILE) -> Program:
-    """Check everything in ``module``; :class:`DslError` with every problem, else the program."""
-    rep = Reporter(source, file)
+def check_module(module: A.Module, source: str, file: str = DEFAULT_FILE, *, strict: bool = False) -> Program:
+    """Check everything in ``module``; :class:`DslError` with every problem if any is an error, else the
+    program (its ``warnings`` listed). ``strict``: warnings are errors."""
+    rep = Reporter(source, file, strict=strict)
     checker = Checker(module, rep)
     try:
         checker.collect()
@@ -40,12 +46,24 @@ def check_module(module: A.Module, source: str, file: str = DEFAULT_FILE) -> Pro
     except RecursionError:
         rep.error("too_deep", "the definition nests too deeply to process", A.Span(1, 1, 1, 2))
     rep.raise_if_any()
+    checker.program.warnings = rep.warnings
     return checker.program
 
 
-def check(source: str, file: str = DEFAULT_FILE) -> Program:
-    """Parse and check ``source``; :class:`DslError` with every problem found."""
-    return check_module(parse(source, file), source, file)
+def check(source: str, file: str = DEFAULT_FILE, *, strict: bool = False) -> Program:
+    """Parse and check ``source``; :class:`DslError` with every problem found (warnings too) if any is an
+    error, else the program with its ``warnings``. ``strict``: warnings are errors."""
+    return check_module(parse(source, file), source, file, strict=strict)
+
+
+def _unsupported(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """The warnings naming what Symbi would not honour, as errors (registration refuses them)."""
+    out = []
+    for d in diagnostics:
+        if d.severity == "warning" and d.code in UNSUPPORTED:
+            hint = d.hint or "Symbi does not honour this; remove it or rewrite it in Symbi's terms"
+            out.append(Diagnostic(**{**msgspec.structs.asdict(d), "severity": "error", "hint": hint}))
+    return out
 
 
 def compile_agent(
@@ -53,10 +71,18 @@ def compile_agent(
 ) -> dict[str, Any]:
     """The configuration (a dict shaped like ``AgentConfig``) of the one agent in ``source``.
 
+    Used at registration: besides errors, every warning naming something Symbi would not honour (a policy
+    rule with no Cedar meaning, a sandbox or setting Symbi lacks) is refused, each with its position.
+
     ``agent`` picks one when the file defines several; policies are compiled for principal
     ``Agent::"<agent_id>"`` (default: the agent's name). :class:`DslError` with every problem otherwise.
     """
     program = check(source, file)
+    # What another agent of the file asks for does not stop this one; the rest of the file does.
+    others = [a.span for name, a in program.agents.items() if agent is not None and name != agent]
+    refused = [d for d in _unsupported(program.warnings) if not any(s.line <= d.line <= s.end_line for s in others)]
+    if refused:
+        raise DslError(refused)
     rep = Reporter(source, file)
     names = list(program.agents)
     if agent is None and len(names) != 1:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from symbi_dsl import ast as A
-from symbi_dsl.diagnostics import Reporter
+from symbi_dsl.diagnostics import Diagnostic, Reporter
 from symbi_dsl.values import Values, did_you_mean, keyed_entries, name_span, value_of
 
 BUILTIN_TYPES = {
@@ -17,6 +17,9 @@ BUILTIN_TYPES = {
     "Int": 0,
     "Float": 0,
     "Bool": 0,
+    "int": 0,
+    "float": 0,
+    "bool": 0,
     "Duration": 0,
     "Size": 0,
     "Bytes": 0,
@@ -45,6 +48,7 @@ class Program:
     functions: dict[str, A.Function] = field(default_factory=dict)
     blocks: dict[tuple[str, str], A.Block] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[Diagnostic] = field(default_factory=list)
 
 
 METADATA_KEYS = ("name", "version", "author", "description", "tags", "license", "homepage")
@@ -97,20 +101,37 @@ class Declarations:
                     self._declare(p.blocks, (item.kind, item.name), item, item.kind)
 
     def _metadata(self, item: A.Metadata) -> None:
-        got = keyed_entries(self.rep, item.entries, METADATA_KEYS, "metadata")
+        # Symbiont reads any metadata key and value: ours are checked, but only as warnings.
+        got = keyed_entries(self.rep, item.entries, METADATA_KEYS, "metadata", lenient=True)
         for key, entry in got.items():
-            if key == "tags":
-                self.program.metadata[key] = [t for t, _ in self.v.strings(value_of(entry))]
+            value = value_of(entry)
+            if key == "tags" and isinstance(value, A.Array):
+                self.program.metadata[key] = [str(i.value) for i in value.items if isinstance(i, A.Literal_)]
+            elif isinstance(value, A.Literal_) and value.kind == "string":
+                self.program.metadata[key] = str(value.value)
             else:
-                value = self.v.string(value_of(entry))
-                if value is not None:
-                    self.program.metadata[key] = value
+                what = "a list of strings" if key == "tags" else "a string"
+                self.rep.warn("type", f"metadata {key} should be {what}; it is ignored", value.span)
         version = self.program.metadata.get("version")
         if version is not None and not VERSION_RE.match(version):
-            self.rep.error("value", f"version must be like 1.2.3, got {version!r}", value_of(got["version"]).span)
+            self.rep.warn(
+                "value",
+                f"version should be like 1.2.3, got {version!r}; it is ignored",
+                value_of(got["version"]).span,
+                f"write {version}.0" if re.match(r"^\d+\.\d+$", version) else "",
+            )
+            del self.program.metadata["version"]
 
-    def _ref(self, e: A.Expr, table: dict[Any, Any], what: str, key: Callable[[str], Any] = lambda s: s) -> str | None:
-        """A reference by name to a declaration of this file."""
+    def _ref(
+        self,
+        e: A.Expr,
+        table: dict[Any, Any],
+        what: str,
+        key: Callable[[str], Any] = lambda s: s,
+        *,
+        lenient: bool = False,
+    ) -> str | None:
+        """A reference by name to a declaration of this file (``lenient``: one elsewhere is only a warning)."""
         name = e.id if isinstance(e, A.Name) else e.value if isinstance(e, A.Literal_) and e.kind == "string" else None
         if not isinstance(name, str):
             self.rep.error("type", f"expected the name of a {what}", e.span)
@@ -118,7 +139,8 @@ class Declarations:
         if key(name) not in table:
             names = [k[1] if isinstance(k, tuple) else k for k in table]
             hint = did_you_mean(name, names) or (f"defined: {', '.join(names)}" if names else f"define the {what}")
-            self.rep.error("undefined", f"{what} {name!r} is not defined in this file", e.span, hint)
+            report = self.rep.warn if lenient else self.rep.error
+            report("undefined", f"{what} {name!r} is not defined in this file", e.span, hint)
             return None
         return name
 
@@ -128,10 +150,11 @@ class Declarations:
         if t.name in BUILTIN_TYPES:
             arity = BUILTIN_TYPES[t.name]
             if len(t.args) != arity:
-                self.rep.error("type", f"{t.name} takes {arity} type argument(s), got {len(t.args)}", t.span)
+                self.rep.warn("type", f"{t.name} takes {arity} type argument(s), got {len(t.args)}", t.span)
         elif t.name not in self.program.types:
+            # Symbiont does not resolve type names: an unknown one is only a warning (types are not checked).
             hint = did_you_mean(t.name, [*BUILTIN_TYPES, *self.program.types]) or "define it with type …"
-            self.rep.error("undefined", f"type {t.name!r} is not defined", t.span, hint)
+            self.rep.warn("undefined", f"type {t.name!r} is not defined", t.span, hint)
         elif t.args:
             self.rep.error("type", f"{t.name} takes no type arguments", t.span)
         for arg in t.args:

@@ -16,12 +16,16 @@ from symbi_dsl.ast import Span
 
 DEFAULT_FILE = "<definition>"
 
+#: Warning codes for what Symbi cannot honour at run time: shown by ``check``, refused at registration.
+UNSUPPORTED = frozenset({"unsupported", "policy"})
+
 
 class Diagnostic(msgspec.Struct, frozen=True, kw_only=True):
     """One problem in a definition. ``line``/``column`` are 1-based; ``excerpt`` is the line plus a caret."""
 
     code: str
     message: str
+    severity: str = "error"
     file: str = DEFAULT_FILE
     line: int = 0
     column: int = 0
@@ -32,7 +36,7 @@ class Diagnostic(msgspec.Struct, frozen=True, kw_only=True):
     def render(self) -> str:
         """``file:line:col: error: message``, the excerpt, and the hint (the format compilers use)."""
         where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
-        parts = [f"{where}: error[{self.code}]: {self.message}"]
+        parts = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
         if self.excerpt:
             parts.append(self.excerpt)
         if self.hint:
@@ -57,12 +61,26 @@ def excerpt(source: str, line: int, column: int, length: int = 1) -> str:
 class Reporter:
     """Collects the diagnostics of one file, computing each one's excerpt from the source."""
 
-    def __init__(self, source: str, file: str = DEFAULT_FILE) -> None:
+    def __init__(self, source: str, file: str = DEFAULT_FILE, *, strict: bool = False) -> None:
         self.source = source
         self.file = file
+        self.strict = strict
         self.diagnostics: list[Diagnostic] = []
 
-    def error(self, code: str, message: str, span: Span | None, hint: str = "") -> None:
+    def warn(self, code: str, message: str, span: Span | None, hint: str = "") -> None:
+        """A problem Symbiont itself accepts (our extra strictness, or what Symbi cannot honour): printed, but
+        only an error under ``strict``. Codes in :data:`UNSUPPORTED` are refused when an agent is registered."""
+        self.error(code, message, span, hint, severity="error" if self.strict else "warning")
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "warning"]
+
+    def error(self, code: str, message: str, span: Span | None, hint: str = "", severity: str = "error") -> None:
         line, column = (span.line, span.column) if span is not None else (0, 0)
         length = 1
         if span is not None and span.end_line == span.line and span.end_column > span.column:
@@ -71,6 +89,7 @@ class Reporter:
             Diagnostic(
                 code=code,
                 message=message,
+                severity=severity,
                 file=self.file,
                 line=line,
                 column=column,
@@ -81,18 +100,20 @@ class Reporter:
         )
 
     def raise_if_any(self) -> None:
-        if self.diagnostics:
+        """:class:`DslError` (with the warnings too) if any error was reported."""
+        if self.errors:
             raise DslError(self.diagnostics)
 
 
 class DslError(DomainError):
-    """A definition has problems; ``diagnostics`` lists every one found, in source order."""
+    """A definition has problems; ``diagnostics`` lists every one found (warnings too), in source order."""
 
     code = "dsl_error"
 
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
         ordered = sorted(diagnostics, key=lambda d: (d.file, d.line, d.column))
-        first = ordered[0].render().splitlines()[0] if ordered else "invalid definition"
+        worst = next((d for d in ordered if d.severity == "error"), ordered[0] if ordered else None)
+        first = worst.render().splitlines()[0] if worst is not None else "invalid definition"
         more = f" (and {len(ordered) - 1} more)" if len(ordered) > 1 else ""
         details: dict[str, Any] = {"diagnostics": [msgspec.to_builtins(d) for d in ordered]}
         super().__init__(f"{first}{more}", **details)

@@ -48,6 +48,83 @@ def _prec(e: A.Expr) -> int:
     return ATOM
 
 
+_ENDS_IN_TYPE_NAME = re.compile(r"(?<![\w.])[A-Z][A-Za-z0-9_]*$")
+
+
+def head(e: A.Expr) -> str:
+    """``e`` where a ``{`` follows (a condition, a loop's iterable, a match's subject): in parentheses if it
+    ends in a capitalised name, which the ``{`` would otherwise open as a type literal (``if Ready {``)."""
+    text = expr(e, OR)
+    return f"({text})" if _ENDS_IN_TYPE_NAME.search(text) else text
+
+
+def cond_text(c: A.Expr | A.LetCond) -> str:
+    """An ``if``'s condition: an expression or ``let Pattern = value``."""
+    if isinstance(c, A.LetCond):
+        return f"let {destructure(c.pattern)} = {head(c.value)}"
+    return head(c)
+
+
+def destructure(p: A.Destructure) -> str:
+    if p.args is None:
+        return p.name
+    return p.name + "(" + ", ".join(destructure(a) for a in p.args) + ")"
+
+
+def fields_text(fields: Sequence[tuple[str, A.Expr]]) -> str:
+    return ", ".join(f"{key(k)}: {expr(v)}" for k, v in fields)
+
+
+def arg_text(a: A.Expr | A.NamedArg) -> str:
+    return f"{a.name} = {expr(a.value)}" if isinstance(a, A.NamedArg) else expr(a)
+
+
+def block_inline(stmts: Sequence[A.Stmt]) -> str:
+    """A ``{ … }`` block on one line, statements separated by ``;``."""
+    return "{ " + "; ".join(stmt_inline(s) for s in stmts) + " }" if stmts else "{}"
+
+
+def catch_head(c: A.Catch) -> str:
+    if c.name is None:
+        return "catch"
+    return f"catch ({c.type_name} {c.name})" if c.type_name else f"catch ({c.name})"
+
+
+def if_text(s: A.If) -> str:
+    text = f"if {cond_text(s.cond)} {block_inline(s.then)}"
+    if isinstance(s.orelse, A.If):
+        return f"{text} else {if_text(s.orelse)}"
+    return f"{text} else {block_inline(s.orelse)}" if s.orelse is not None else text
+
+
+def stmt_inline(s: A.Stmt) -> str:
+    """A statement on one line (inside an expression: an ``if`` expression's branch, a match arm's block)."""
+    match s:
+        case A.Let():
+            t = f": {type_ref(s.type)}" if s.type is not None else ""
+            return f"let {s.name}{t} = {expr(s.value)}"
+        case A.Assign():
+            return f"{expr(s.target, POSTFIX)} {s.op} {expr(s.value)}"
+        case A.Return():
+            return "return" if s.value is None else f"return {expr(s.value)}"
+        case A.ExprStmt():
+            return expr(s.expr)
+        case A.If():
+            return if_text(s)
+        case A.For():
+            return f"for {s.var} in {head(s.iterable)} {block_inline(s.body)}"
+        case A.Try():
+            return f"try {block_inline(s.body)} " + " ".join(
+                f"{catch_head(c)} {block_inline(c.body)}" for c in s.catches
+            )
+    raise AssertionError(f"unknown statement {s!r}")  # pragma: no cover
+
+
+def arm_text(a: A.Arm) -> str:
+    body = block_inline(a.body) if isinstance(a.body, tuple) else expr(a.body)
+    return f"{expr(a.pattern)} => {body}"
+
+
 def _number(value: float | int) -> str:
     if isinstance(value, float):
         if math.isinf(value):
@@ -81,7 +158,11 @@ def _expr(e: A.Expr) -> str:
         case A.Array():
             return "[" + ", ".join(expr(i) for i in e.items) + "]"
         case A.Record():
-            return "{" + ", ".join(f"{key(k)}: {expr(v)}" for k, v in e.fields) + "}"
+            return "{" + fields_text(e.fields) + "}"
+        case A.TypeLiteral():
+            return f"{e.name} {{ {fields_text(e.fields)} }}" if e.fields else f"{e.name} {{}}"
+        case A.If():
+            return if_text(e)
         case A.Unary():
             return e.op + expr(e.operand, UNARY)
         case A.Binary():
@@ -92,12 +173,12 @@ def _expr(e: A.Expr) -> str:
         case A.Index():
             return f"{_postfix_obj(e.obj)}[{expr(e.index)}]"
         case A.Call():
-            return f"{_postfix_obj(e.func)}(" + ", ".join(expr(a) for a in e.args) + ")"
+            return f"{_postfix_obj(e.func)}(" + ", ".join(arg_text(a) for a in e.args) + ")"
         case A.Lambda():
             return f"{e.param} => {expr(e.body)}"
         case A.Match():
-            arms = ", ".join(f"{expr(a.pattern)} => {expr(a.body)}" for a in e.arms)
-            return f"match {expr(e.subject, OR)} {{ {arms} }}" if arms else f"match {expr(e.subject, OR)} {{}}"
+            arms = ", ".join(arm_text(a) for a in e.arms)
+            return f"match {head(e.subject)} {{ {arms} }}" if arms else f"match {head(e.subject)} {{}}"
     raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
 
 
@@ -110,6 +191,8 @@ def _postfix_obj(e: A.Expr) -> str:
 
 def starts_ambiguously(s: A.Stmt) -> bool:
     """Whether ``s`` would continue the previous statement's expression (a call, index or subtraction)."""
+    if isinstance(s, A.Assign):
+        return expr(s.target, POSTFIX)[:1] in ("(", "[", "-")
     if not isinstance(s, A.ExprStmt):
         return False
     return expr(s.expr)[:1] in ("(", "[", "-")

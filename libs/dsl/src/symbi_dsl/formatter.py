@@ -15,7 +15,19 @@ from functools import partial
 
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import DEFAULT_FILE, Diagnostic, DslError
-from symbi_dsl.expressions import OR, expr, key, params_text, rule_text, starts_ambiguously, type_ref
+from symbi_dsl.expressions import (
+    POSTFIX,
+    arm_text,
+    catch_head,
+    cond_text,
+    expr,
+    head,
+    key,
+    params_text,
+    rule_text,
+    starts_ambiguously,
+    type_ref,
+)
 from symbi_dsl.parser import parse
 
 INDENT = "  "
@@ -111,16 +123,18 @@ class _Printer:
         else:
             self.line(head + value, e.span)
 
-    def _broken(self, head: str, value: A.Array | A.Record, span: A.Span) -> None:
+    def _broken(self, head: str, value: A.Array | A.Record | A.TypeLiteral, span: A.Span, end: str = "") -> None:
         self.comments_before(span.line)
         opening, closing = ("[", "]") if isinstance(value, A.Array) else ("{", "}")
+        if isinstance(value, A.TypeLiteral):
+            opening = f"{value.name} {{"
         self.lines.append(INDENT * self.depth + head + opening)
         if isinstance(value, A.Array):
             parts = [expr(i) for i in value.items]
         else:
             parts = [f"{key(k)}: {expr(v)}" for k, v in value.fields]
         self.lines.extend(INDENT * (self.depth + 1) + p + "," for p in parts)
-        self.lines.append(INDENT * self.depth + closing)
+        self.lines.append(INDENT * self.depth + closing + end)
         self.trailing(span.end_line)
 
     def entries(self, entries: Sequence[A.Entry], sep: str) -> None:
@@ -132,16 +146,33 @@ class _Printer:
         for i, s in enumerate(stmts):
             self.stmt(s, stmts[i + 1] if i + 1 < len(stmts) else None)
 
-    def _with_match(self, head: str, value: A.Expr, span: A.Span, end: str) -> None:
-        """``head`` + ``value`` on one line, or a long ``match`` with one arm per line."""
-        text = head + expr(value)
-        if not isinstance(value, A.Match) or not value.arms or len(INDENT * self.depth + text) <= WIDTH:
+    def _with_match(self, lead: str, value: A.Expr, span: A.Span, end: str) -> None:
+        """``lead`` + ``value`` on one line, or a long ``match`` with one arm per line (block arms as blocks)."""
+        text = lead + expr(value)
+        too_long = len(INDENT * self.depth + text + end) > WIDTH
+        if too_long and lead and isinstance(value, A.Array | A.Record | A.TypeLiteral) and len(_parts(value)) > 1:
+            self._broken(lead, value, span, end)  # one item or field per line
+            return
+        blocks = isinstance(value, A.Match) and any(isinstance(a.body, tuple) for a in value.arms)
+        if (
+            not isinstance(value, A.Match)
+            or not value.arms
+            or (len(INDENT * self.depth + text) <= WIDTH and not blocks)
+        ):
             self.line(text + end, span)
             return
         self.comments_before(span.line)
-        self.lines.append(INDENT * self.depth + f"{head}match {expr(value.subject, OR)} {{")
-        pad = INDENT * (self.depth + 1)
-        self.lines.extend(f"{pad}{expr(a.pattern)} => {expr(a.body)}," for a in value.arms)
+        self.lines.append(INDENT * self.depth + f"{lead}match {head(value.subject)} {{")
+        self.depth += 1
+        for arm in value.arms:
+            if isinstance(arm.body, tuple):
+                self.comments_before(arm.span.line)
+                self.lines.append(INDENT * self.depth + f"{expr(arm.pattern)} => {{")
+                self._inner(arm.body)
+                self.lines.append(INDENT * self.depth + "},")
+            else:
+                self.line(arm_text(arm) + ",", arm.span)
+        self.depth -= 1
         self.lines.append(INDENT * self.depth + "}" + end)
         self.trailing(span.end_line)
 
@@ -157,38 +188,41 @@ class _Printer:
                     self.line("return" + end, s.span)
                 else:
                     self._with_match("return ", s.value, s.span, end)
+            case A.Assign():
+                self._with_match(f"{expr(s.target, POSTFIX)} {s.op} ", s.value, s.span, end)
             case A.ExprStmt():
                 self._with_match("", s.expr, s.span, end)
             case A.For():
                 body = s.body
-                self.block(f"for {s.var} in {expr(s.iterable)}", s.span, lambda: self.stmts(body))
+                self.block(f"for {s.var} in {head(s.iterable)}", s.span, lambda: self.stmts(body))
             case A.Try():
                 self._try(s)
             case A.If():
-                self._if(s, "if")
+                # An `if` is an expression too: a `;` keeps `(`, `[` or `-` on the next line from continuing it.
+                self._if(s, ";" if following is not None and starts_ambiguously(following) else "")
 
-    def _if(self, s: A.If, word: str) -> None:
+    def _if(self, s: A.If, end: str) -> None:
         self.comments_before(s.span.line)
-        self.lines.append(INDENT * self.depth + f"{word} {expr(s.cond)} {{")
+        self.lines.append(INDENT * self.depth + f"if {cond_text(s.cond)} {{")
         self._inner(s.then)
         orelse = s.orelse
         while isinstance(orelse, A.If):
-            self.lines.append(INDENT * self.depth + f"}} else if {expr(orelse.cond)} {{")
+            self.lines.append(INDENT * self.depth + f"}} else if {cond_text(orelse.cond)} {{")
             self._inner(orelse.then)
             orelse = orelse.orelse
         if orelse is not None:
             self.lines.append(INDENT * self.depth + "} else {")
             self._inner(orelse)
-        self.lines.append(INDENT * self.depth + "}")
+        self.lines.append(INDENT * self.depth + "}" + end)
         self.trailing(s.span.end_line)
 
     def _try(self, s: A.Try) -> None:
         self.comments_before(s.span.line)
         self.lines.append(INDENT * self.depth + "try {")
         self._inner(s.body)
-        name = f" {s.error_name}" if s.error_name else ""
-        self.lines.append(INDENT * self.depth + f"}} catch{name} {{")
-        self._inner(s.handler)
+        for c in s.catches:
+            self.lines.append(INDENT * self.depth + f"}} {catch_head(c)} {{")
+            self._inner(c.body)
         self.lines.append(INDENT * self.depth + "}")
         self.trailing(s.span.end_line)
 
@@ -221,9 +255,22 @@ class _Printer:
                         self.policy(item)
                     case A.With():
                         settings = ", ".join(f"{s.key} = {expr(_v(s))}" for s in item.settings)
-                        self.block(f"with {settings}", item.span, partial(self.stmts, item.body))
+                        self.block(f"with {settings}".rstrip(), item.span, partial(self.stmts, item.body))
+                    case A.Function():
+                        self.function(item)
 
         self.block(f"agent {a.name}({params_text(a.params)}){returns}", a.span, body)
+
+    def function(self, f: A.Function) -> None:
+        returns = f" -> {type_ref(f.returns)}" if f.returns is not None else ""
+        self.block(f"function {f.name}({params_text(f.params)}){returns}", f.span, partial(self.stmts, f.body))
+
+    def block_body(self, entries: Sequence[A.Entry | A.Policy]) -> None:
+        for e in entries:
+            if isinstance(e, A.Policy):
+                self.policy(e)
+            else:
+                self.entry(e, ":")
 
     def item(self, item: A.Item) -> None:
         match item:
@@ -242,15 +289,15 @@ class _Printer:
                     for name, t in fields:
                         self.lines.append(INDENT * self.depth + f"{name}: {type_ref(t)}")
 
-                self.block(f"type {item.name}", item.span, body)
+                self.block(f"type {item.name} =", item.span, body)
             case A.Function():
-                returns = f" -> {type_ref(item.returns)}" if item.returns is not None else ""
-                stmts = item.body
-                self.block(
-                    f"function {item.name}({params_text(item.params)}){returns}", item.span, lambda: self.stmts(stmts)
-                )
+                self.function(item)
             case A.Block():
-                self.block(f"{item.kind} {item.name}", item.span, lambda: self.entries(item.entries, ":"))
+                self.block(f"{item.kind} {item.name}", item.span, partial(self.block_body, item.entries))
+
+
+def _parts(value: A.Array | A.Record | A.TypeLiteral) -> tuple[object, ...]:
+    return value.items if isinstance(value, A.Array) else value.fields
 
 
 def _v(entry: A.Entry) -> A.Expr:

@@ -27,10 +27,27 @@ _TERMINAL_NAMES = {
     "OR_OP": "'||'",
     "AND_OP": "'&&'",
     "$END": "the end of the file",
+    "TYPE_OPEN": "a type literal",
 }
 
 
-_EXPR_START = {"NAME", "NUMBER", "STRING", "QUANTITY", "SECRET", "LSQB", "LBRACE", "LPAR", "UNARY_OP", "NOT", "MATCH"}
+_EXPR_START = {
+    "NAME",
+    "NUMBER",
+    "STRING",
+    "QUANTITY",
+    "SECRET",
+    "LSQB",
+    "LBRACE",
+    "LPAR",
+    "UNARY_OP",
+    "NOT",
+    "MATCH",
+    "IF",
+    "TYPE_OPEN",
+}
+#: Continuations too rare to suggest: compound assignments (``x += 1`` is not what a broken file misses).
+_NOT_SUGGESTED = frozenset(("+=", "-=", "*=", "/=", "%="))
 
 
 def _expected(names: set[str] | frozenset[str]) -> str:
@@ -47,6 +64,8 @@ def _expected(names: set[str] | frozenset[str]) -> str:
             pattern = parser.get_terminal(name).pattern
         except KeyError:
             readable.add(name.lower())
+            continue
+        if pattern.type == "str" and pattern.value in _NOT_SUGGESTED:
             continue
         readable.add(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
     return ", ".join(sorted(readable))

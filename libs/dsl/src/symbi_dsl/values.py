@@ -125,17 +125,33 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 def keyed_entries(
-    rep: Reporter, entries: Sequence[A.Entry], allowed: Sequence[str], where: str, nested: Sequence[str] = ()
+    rep: Reporter,
+    entries: Sequence[A.Entry | A.Policy],
+    allowed: Sequence[str],
+    where: str,
+    nested: Sequence[str] = (),
+    *,
+    lenient: bool = False,
+    either: Sequence[str] = (),
 ) -> dict[str, A.Entry]:
-    """The entries by key; unknown, duplicate and wrongly nested keys are reported."""
+    """The entries by key; unknown (a warning where ``lenient``), duplicate and wrongly nested keys are reported
+    (a key in ``either`` may be a value or a block)."""
     out: dict[str, A.Entry] = {}
     for entry in entries:
+        if not isinstance(entry, A.Entry):
+            continue
         if entry.key not in allowed:
             hint = did_you_mean(entry.key, allowed) or f"known keys: {', '.join(allowed)}"
-            rep.error("unknown_key", f"unknown key {entry.key!r} in {where}", key_span(entry), hint)
+            if lenient:
+                rep.warn("unknown_key", f"unknown key {entry.key!r} in {where} is ignored", key_span(entry), hint)
+            else:
+                rep.error("unknown_key", f"unknown key {entry.key!r} in {where}", key_span(entry), hint)
             continue
         if entry.key in out:
             rep.error("duplicate", f"{entry.key!r} is set twice in {where}", key_span(entry), "remove one of them")
+            continue
+        if entry.key in either:
+            out[entry.key] = entry
             continue
         if isinstance(entry.value, tuple) and entry.key not in nested:
             rep.error("type", f"{entry.key!r} takes a value, not a block", key_span(entry), f"write {entry.key}: …")
