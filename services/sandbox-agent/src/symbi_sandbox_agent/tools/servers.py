@@ -50,7 +50,8 @@ def sandbox_command(reg: ToolServerRegistered, *, memory_mb: int = 256, pids: in
     args = ["docker", "run", "-i", "--rm", "--name", name, "--label", f"symbi.tool_server={reg.server}"]
     args += ["--network", "none", "--runtime", RUNTIMES[reg.tier], "--read-only", "--cap-drop", "ALL"]
     args += ["--security-opt", "no-new-privileges", "--user", "65534:65534", "--pids-limit", str(pids)]
-    args += ["--memory", f"{memory_mb}m", "--tmpfs", "/tmp:rw,nosuid,nodev,size=16m", "--log-driver", "none"]
+    # /tmp inside the container: a small private tmpfs, not the host's.
+    args += ["--memory", f"{memory_mb}m", "--tmpfs", "/tmp:rw,nosuid,nodev,size=16m", "--log-driver", "none"]  # noqa: S108
     for key, value in sorted(reg.env.items()):
         args += ["-e", f"{key}={value}"]
     return [*args, reg.image, *reg.command]

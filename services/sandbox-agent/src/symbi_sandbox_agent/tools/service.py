@@ -11,6 +11,7 @@ result size cap and a rate limit per agent and tool. Results are untrusted data:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -252,10 +253,8 @@ class ToolService:
         if conn is None:
             raise UnknownTool(f"no connected tool server named {server!r}")
         if conn.changed.is_set():
-            try:
+            with contextlib.suppress(ToolRefused):  # a colliding listing leaves nothing callable
                 await self.refresh(server)
-            except ToolRefused:
-                pass
         state = await self.registry.state(server)
         record = state.tools.get(tool)
         if record is None or tool not in self.definitions.get(server, {}):
