@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
-import io
 import re
+import shutil
 import subprocess
 import sys
-import tarfile
+import tempfile
 from pathlib import Path
 
 from schemapin.bundle import SchemaPinTrustBundle, create_bundled_discovery
@@ -64,33 +64,50 @@ def _closure(names: list[str]) -> list[md.Distribution]:
     return list(seen.values())
 
 
+def _shared_libraries(site: Path) -> dict[str, Path]:
+    """The host libraries the extension modules under ``site`` link (libgcc_s, librt, …) but the C library."""
+    found: dict[str, Path] = {}
+    for module in site.rglob("*.so*"):
+        out = subprocess.run(["ldd", str(module)], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split("=>")
+            if len(parts) == 2 and parts[1].strip().startswith("/"):
+                lib = Path(parts[1].split()[0])
+                if not lib.name.startswith(("libc.so", "ld-linux")):
+                    found[lib.name] = lib.resolve()
+    return found
+
+
 def toolbox_image(base: str) -> str:
     """An image with the toolbox, ``mcp`` and ``schemapin`` (this environment's installed files) on top of
     ``base`` (the agent image: this host's Python); built once per content. Returns its id (sha256:…)."""
     dists = _closure(["mcp", "schemapin"])
-    digest = hashlib.sha256(TOOLBOX.read_bytes() + base.encode())
+    digest = hashlib.sha256(Path(__file__).read_bytes() + TOOLBOX.read_bytes() + base.encode())
     for dist in sorted(dists, key=lambda d: d.metadata["Name"]):
         digest.update(f"{dist.metadata['Name']}=={dist.version}".encode())
     tag = f"symbi/mcp-toolbox:{digest.hexdigest()[:12]}"
     found = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True)
     if found.returncode == 0:
         return found.stdout.strip()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
+    with tempfile.TemporaryDirectory(prefix="symbi-toolbox-") as tmp:
+        root = Path(tmp)
         for dist in dists:
             for file in dist.files or []:
                 path = Path(str(dist.locate_file(file)))
-                if path.is_file() and "__pycache__" not in file.parts and not str(file).startswith(".."):
-                    tar.add(path, arcname=f"site/{file}")
-        tar.add(TOOLBOX, arcname="toolbox.py")
-        dockerfile = (
-            f"FROM {base}\nCOPY site /opt/site\nCOPY toolbox.py /opt/toolbox.py\n"
-            "ENV PYTHONPATH=/opt/site PYTHONDONTWRITEBYTECODE=1\n"
-        ).encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=context.getvalue(), check=True, capture_output=True)
+                if path.is_file() and "__pycache__" not in file.parts and ".." not in file.parts:
+                    target = root / "site" / file
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+        shutil.copyfile(TOOLBOX, root / "toolbox.py")
+        (root / "lib").mkdir()
+        for name, lib in _shared_libraries(root / "site").items():
+            shutil.copyfile(lib, root / "lib" / name)
+        (root / "Containerfile.symbi").write_text(
+            f"FROM {base}\nCOPY site /opt/site\nCOPY toolbox.py /opt/toolbox.py\nCOPY lib /opt/lib\n"
+            "ENV PYTHONPATH=/opt/site LD_LIBRARY_PATH=/opt/lib PYTHONDONTWRITEBYTECODE=1\n"
+        )
+        build = ["docker", "build", "-q", "-f", str(root / "Containerfile.symbi"), "-t", tag, str(root)]
+        subprocess.run(build, check=True, capture_output=True)
     out = subprocess.run(
         ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True, check=True
     )

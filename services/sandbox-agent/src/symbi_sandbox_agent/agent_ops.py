@@ -45,6 +45,7 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.metrics import ACTIONS
+from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
 if TYPE_CHECKING:
     from symbi_common.decisions import Decision
@@ -108,6 +109,7 @@ class ProtocolServer:
     def __init__(self, gateway: RunGateway) -> None:
         self.gateway = gateway
         self.served = 0
+        self.tool_ops = ToolOps(self, gateway.decide, lambda: getattr(gateway.agent, "tools", None))
 
     @property
     def agent_id(self) -> str:
@@ -158,6 +160,8 @@ class ProtocolServer:
         if not op.available:
             message = f"{request.op} is not available in this runtime yet (it comes with {op.later})"
             return await self._refuse(seq, request.id, op.action, "not_available", message, op=request.op)
+        if request.op in TOOL_OPS:
+            return await self.tool_ops.answer(seq, request, op.action)
         try:
             args = msgspec.convert(request.args, ARGS[request.op])
         except msgspec.ValidationError as exc:
