@@ -5,21 +5,19 @@ by digest, no network), started by the ToolService with ``docker run -i``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 from symbi_common.commands import CommandClient
-from symbi_common.eventstore import EventStore
 from symbi_common.settings import Settings
 from symbi_contracts.sandbox_agent.events import ExecutionExited
-from symbi_contracts.tools.events import ToolServerRegistered
-from symbi_sandbox_agent.tools.limits import ToolLimits
-from symbi_sandbox_agent.tools.servers import sandbox_command
-from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
 
-from .conftest import Scheduler, running_agent
+from .conftest import Agent, Scheduler, running_agent
 from .test_actions import BASELINE, actions, context_service, register_policies
 from .test_channel import agent_image
 from .tools_support import DOMAIN, bundle, keypair, toolbox_image
@@ -70,44 +68,51 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-async def tool_host(make_store: Callable[..., Awaitable[EventStore]], agent_image: str) -> AsyncIterator[ToolService]:
-    image = toolbox_image(agent_image)
-    tools = ToolService(
-        StoredRegistry(await make_store("sandbox-agent")),
-        bundle(PUBLIC),
-        limits=ToolLimits(timeout_s=3.0, max_result_bytes=10_000),
+def tool_settings(agent_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    """The daemon with real Cedar policies and a trust bundle for the toolbox's domain."""
+    trust = tmp_path / "trust-bundle.json"
+    trust.write_text(json.dumps(bundle(PUBLIC).to_dict()))
+    return agent_settings(
+        SYMBI_POLICY__ENFORCEMENT="embedded",
+        SYMBI_POLICY__DECISION_LOG="false",
+        SYMBI_SANDBOX__TOOLS_TRUST_BUNDLE=str(trust),
+        SYMBI_SANDBOX__TOOLS_TIMEOUT_S="3",
+        SYMBI_SANDBOX__TOOLS_MAX_RESULT_BYTES="10000",
     )
-    reg = ToolServerRegistered(
-        server="box",
-        transport="stdio",
-        image=image,
-        command=("python3", "/opt/toolbox.py"),
-        domain=DOMAIN,
-        env={"TOOLBOX_SIGNING_KEY": KEY, "TOOLBOX_POISON": "1"},
-    )
-    assert "--network" in sandbox_command(reg)
-    state = await tools.register(reg)
-    assert {t.verification for t in state.tools.values()} == {"verified"}
+
+
+async def add_toolbox(agent: Agent, image: str) -> dict[str, Any]:
+    """Register the toolbox through the operator API and approve four of its tools."""
+    body = {
+        "server": "box",
+        "image": image,
+        "command": ["python3", "/opt/toolbox.py"],
+        "domain": DOMAIN,
+        "env": {"TOOLBOX_SIGNING_KEY": KEY, "TOOLBOX_POISON": "1"},
+    }
+    added = await agent.http.post("/v1/tools/servers", json=body)
+    assert added.status_code == 200, added.text
     for tool in ("add", "echo", "sleep", "poisoned"):
-        await tools.approve(f"box.{tool}", by="op")
-    yield tools
-    await tools.close()
+        approved = await agent.http.post(f"/v1/tools/box.{tool}/approve", json={})
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["status"] == "approved"
+    return dict(added.json())
 
 
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
 async def test_an_agent_calls_tools_through_the_gateway(
     tier: str,
-    tool_host: ToolService,
     agent_image: str,
     make_store: Any,
     scheduler: Scheduler,
-    agent_settings: Callable[..., Settings],
+    tool_settings: Settings,
     context_service: CommandClient,
 ) -> None:
+    image = toolbox_image(agent_image)
     await register_policies(make_store, {"baseline": BASELINE.read_text(), "tools": TOOL_POLICIES})
-    settings = agent_settings(SYMBI_POLICY__ENFORCEMENT="embedded", SYMBI_POLICY__DECISION_LOG="false")
-    async with running_agent(settings) as agent:
-        agent.daemon.service.tools = tool_host
+    async with running_agent(tool_settings) as agent:
+        added = await add_toolbox(agent, image)
+        assert {t["verification"] for t in added["tools"]} == {"verified"}
         task_id = await scheduler.submit(
             agent.host_id, ["python3", "-c", TOOL_AGENT], tier=tier, actions=True, image=agent_image
         )
@@ -140,3 +145,44 @@ async def test_an_agent_calls_tools_through_the_gateway(
     assert recorded[0].decision is not None
     assert recorded[2].decision is not None
     assert "no-system-paths" in recorded[2].decision.policies
+
+
+async def test_operator_api_and_the_server_sandbox(
+    agent_image: str, make_store: Any, tool_settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    image = toolbox_image(agent_image)
+    await register_policies(make_store, {"baseline": BASELINE.read_text()})
+    async with running_agent(tool_settings) as agent:
+        await add_toolbox(agent, image)
+        running = docker_client.api.containers(filters={"label": "symbi.tool_server=box"})
+        assert len(running) == 1
+        host_config = docker_client.api.inspect_container(running[0]["Id"])["HostConfig"]
+        assert (host_config["NetworkMode"], host_config["ReadonlyRootfs"], host_config["CapDrop"]) == (
+            "none",
+            True,
+            ["ALL"],
+        )
+        assert running[0]["ImageID"] == image
+        listed = {t["name"]: t for t in (await agent.http.get("/v1/tools")).json()["tools"]}
+        assert listed["box.add"]["status"] == "approved"
+        assert listed["box.big"]["status"] == "pending"
+        assert "instruction_like" in listed["box.poisoned"]["flags"]
+        shown = (await agent.http.get("/v1/tools/box.big")).json()
+        assert shown["definition"]["name"] == "big"
+        assert shown["verification"] == "verified"
+        wrong = await agent.http.post("/v1/tools/box.big/approve", json={"pin": "sha256:" + "0" * 64})
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "tool_refused")
+        revoked = await agent.http.post("/v1/tools/box.add/revoke", json={"reason": "test"})
+        assert revoked.json()["status"] == "revoked"
+        missing = await agent.http.get("/v1/tools/box.nope")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown_tool")
+        unpinned = await agent.http.post(
+            "/v1/tools/servers", json={"server": "x", "image": "python:3", "command": ["a"]}
+        )
+        assert (unpinned.status_code, unpinned.json()["error"]["code"]) == (422, "tool_refused")
+    # The daemon's shutdown stopped the server's container (docker run --rm).
+    for _ in range(50):
+        if not docker_client.api.containers(all=True, filters={"label": "symbi.tool_server=box"}):
+            break
+        await asyncio.sleep(0.2)
+    assert not docker_client.api.containers(all=True, filters={"label": "symbi.tool_server=box"})

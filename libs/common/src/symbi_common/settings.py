@@ -187,6 +187,14 @@ class SandboxSettings(_Section):
     work_dir: str = ""
     #: How often the host's entry in the ``HOSTS`` KV bucket is rewritten.
     heartbeat_interval_s: float = 1.0
+    #: The SchemaPin trust bundle (JSON file) MCP tool signatures are verified against, offline; empty: none,
+    #: so only tool servers registered without a SchemaPin domain can be approved.
+    tools_trust_bundle: str = ""
+    #: Seconds an MCP tool server has to answer a call, the largest result passed on (bytes), and the calls
+    #: per second (with a burst of twice as many) each agent may make of each tool.
+    tools_timeout_s: float = 30.0
+    tools_max_result_bytes: int = 256 * 1024
+    tools_rate_per_s: float = 10.0
 
 
 class WitnessSettings(_Section):
