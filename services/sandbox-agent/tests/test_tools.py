@@ -26,6 +26,7 @@ from symbi_contracts.tools.events import (
     CODEC,
     ToolDefinitionChanged,
     ToolKeyPinned,
+    ToolListingRefused,
     ToolServerEvent,
     ToolServerRegistered,
 )
@@ -136,9 +137,12 @@ async def test_a_server_without_a_domain_is_unsigned_and_may_be_approved(tools: 
     assert (await tools.call("plain.add", {"a": 1, "b": 1})).result["structuredContent"] == {"result": 2}
 
 
-async def test_collisions_are_refused(tools: ToolService) -> None:
+async def test_collisions_are_refused(tools: ToolService, store: EventStore) -> None:
     with pytest.raises(ToolRefused, match="collide"):
         await tools.register(local_server("dup", TOOLBOX_SIGNING_KEY=KEY, TOOLBOX_COLLIDE="1"))
+    refused = [e for e in await history(store, "dup") if isinstance(e, ToolListingRefused)]
+    assert len(refused) == 1
+    assert "'add' and 'Add'" in refused[0].reason
     with pytest.raises(UnknownTool):
         await tools.callable_record("dup.add")
     await tools.register(local_server("one", TOOLBOX_SIGNING_KEY=KEY))

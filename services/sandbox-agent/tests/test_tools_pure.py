@@ -226,3 +226,18 @@ def test_schemapin_outcomes_and_no_pin_on_failure() -> None:
         "key_revoked"
     )
     assert json.loads(json.dumps(bundle.to_dict()))["documents"][0]["domain"] == "tools.example.com"
+
+
+def test_the_pure_tool_modules_load_no_io() -> None:
+    import subprocess
+    import sys
+
+    modules = ("canon", "names", "scan", "registry", "limits")
+    code = (
+        "import sys\n"
+        + "".join(f"import symbi_sandbox_agent.tools.{m}\n" for m in modules)
+        + "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        + "{'nats', 'docker', 'asyncio', 'httpx', 'requests', 'mcp', 'fastapi', 'structlog'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -79,7 +79,22 @@ class ToolKeyPinned(Event, frozen=True, kw_only=True, tag="toolserver.key_pinned
     fingerprint: str
 
 
-ToolServerEvent = ToolServerRegistered | ToolSeen | ToolApproved | ToolDefinitionChanged | ToolRevoked | ToolKeyPinned
+class ToolListingRefused(Event, frozen=True, kw_only=True, tag="toolserver.listing_refused"):
+    """The server's tool list was refused (colliding or malformed names): none of its tools is callable until
+    it lists acceptable names again."""
+
+    reason: str
+
+
+ToolServerEvent = (
+    ToolServerRegistered
+    | ToolSeen
+    | ToolApproved
+    | ToolDefinitionChanged
+    | ToolRevoked
+    | ToolKeyPinned
+    | ToolListingRefused
+)
 EVENT_TYPES: tuple[type[ToolServerEvent], ...] = (
     ToolServerRegistered,
     ToolSeen,
@@ -87,5 +102,6 @@ EVENT_TYPES: tuple[type[ToolServerEvent], ...] = (
     ToolDefinitionChanged,
     ToolRevoked,
     ToolKeyPinned,
+    ToolListingRefused,
 )
 CODEC: EventCodec[ToolServerEvent] = EventCodec(list(EVENT_TYPES))

@@ -19,6 +19,7 @@ from symbi_contracts.tools.events import (
     ToolApproved,
     ToolDefinitionChanged,
     ToolKeyPinned,
+    ToolListingRefused,
     ToolRevoked,
     ToolSeen,
     ToolServerEvent,
@@ -60,6 +61,8 @@ class ServerState(msgspec.Struct, kw_only=True):
     registration: ToolServerRegistered | None = None
     key_fingerprint: str = ""
     tools: dict[str, ToolRecord] = msgspec.field(default_factory=dict)
+    #: Why the last listing was refused ("" once one was accepted).
+    listing_refused: str = ""
 
 
 # --- commands ------------------------------------------------------------------------------------------
@@ -75,6 +78,11 @@ class Observe:
     flags: tuple[str, ...]
     verification: str
     key_fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseListing:
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,7 @@ class PinKey:
     fingerprint: str
 
 
-Command = ToolServerRegistered | Observe | Approve | Revoke | PinKey
+Command = ToolServerRegistered | Observe | Approve | Revoke | PinKey | RefuseListing
 
 
 class ToolServerAggregate:
@@ -116,7 +124,10 @@ class ToolServerAggregate:
             s.registration = event
         elif isinstance(event, ToolKeyPinned):
             s.key_fingerprint = event.fingerprint
+        elif isinstance(event, ToolListingRefused):
+            s.listing_refused = event.reason
         elif isinstance(event, ToolSeen):
+            s.listing_refused = ""
             old = tools.get(event.tool) or ToolRecord(name=event.tool)
             tools[event.tool] = msgspec.structs.replace(
                 old,
@@ -154,6 +165,8 @@ class ToolServerAggregate:
             return [ToolKeyPinned(domain=command.domain, fingerprint=command.fingerprint)]
         if isinstance(command, Observe):
             return _observe(state, command)
+        if isinstance(command, RefuseListing):
+            return [] if state.listing_refused == command.reason else [ToolListingRefused(reason=command.reason)]
         record = state.tools.get(command.tool)
         if record is None:
             raise UnknownTool(f"server {state.server!r} has listed no tool {command.tool!r}")

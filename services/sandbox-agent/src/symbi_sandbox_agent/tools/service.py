@@ -40,6 +40,7 @@ from symbi_sandbox_agent.tools.registry import (
     Command,
     Observe,
     PinKey,
+    RefuseListing,
     Revoke,
     ServerState,
     ToolRecord,
@@ -169,6 +170,7 @@ class ToolService:
             names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
         except NameRefused as exc:
             self.definitions[server] = {}  # nothing of a colliding listing is callable
+            await self.registry.execute(server, RefuseListing(str(exc)))
             raise ToolRefused(str(exc)) from None
         others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
         definitions: dict[str, dict[str, Any]] = {}
