@@ -16,6 +16,7 @@ import pytest
 from symbi_common.commands import CommandClient
 from symbi_common.settings import Settings
 from symbi_contracts.sandbox_agent.events import ExecutionExited
+from symbi_dsl import compile_agent
 
 from .conftest import Agent, Scheduler, running_agent
 from .test_actions import BASELINE, actions, context_service, register_policies
@@ -30,10 +31,23 @@ TOOL_POLICIES = """
 @id("no-system-paths")
 forbid(principal, action == Action::"tool.invoke", resource == Tool::"box.echo")
 when { context has arguments_json && context.arguments_json like "*/etc/*" };
+"""
 
-@id("no-flagged-tools")
-forbid(principal, action == Action::"tool.invoke", resource)
-when { context has flags && context.flags.contains("instruction_like") };
+#: The agent's own rules in the DSL: they compile to the same Cedar on the same context.
+TOOL_USER = """
+agent tool_user(x: String) -> String {
+  version = "1.0.0"
+  description = "Calls MCP tools"
+  capabilities = [tool.invoke]
+  workload = { image: "symbi/busybox:1", command: ["true"], actions: true }
+  policy tool_limits {
+    deny: tool.invoke("box.echo") if "text=forbidden" in context.argument_values
+    deny: tool.invoke if "instruction_like" in context.flags
+  }
+  with sandbox = tier1, timeout = 60s, memory = 64MB, cpu = 0.5 {
+    return x
+  }
+}
 """
 
 TOOL_AGENT = """
@@ -58,6 +72,7 @@ with Agent() as a:
     out["forbidden"] = code(lambda: a.tools.call("box.echo", {"text": "/etc/passwd"}))
     out["spoofed"] = code(lambda: a.tools.call("box.echo", {"text": "/etc/x"}, context={"arguments_json": "{}"}))
     out["flagged"] = code(lambda: a.tools.call("box.poisoned", {"path": "x"}))
+    out["dsl"] = code(lambda: a.tools.call("box.echo", {"text": "forbidden"}))
     out["pending"] = code(lambda: a.tools.call("box.big", {"n": 1}))
     out["unknown"] = code(lambda: a.tools.call("box.nope", {}))
     out["slow"] = code(lambda: a.tools.call("box.sleep", {"seconds": 60}))
@@ -109,7 +124,9 @@ async def test_an_agent_calls_tools_through_the_gateway(
     context_service: CommandClient,
 ) -> None:
     image = toolbox_image(agent_image)
-    await register_policies(make_store, {"baseline": BASELINE.read_text(), "tools": TOOL_POLICIES})
+    [own] = compile_agent(TOOL_USER, agent_id="agent-1")["policies"]
+    sets = {"baseline": BASELINE.read_text(), "tools": TOOL_POLICIES, "agent-agent-1": own["cedar"]}
+    await register_policies(make_store, sets)
     async with running_agent(tool_settings) as agent:
         added = await add_toolbox(agent, image)
         assert {t["verification"] for t in added["tools"]} == {"verified"}
@@ -124,7 +141,7 @@ async def test_an_agent_calls_tools_through_the_gateway(
     assert out["names"] == ["box.add", "box.echo", "box.poisoned", "box.sleep"]
     assert (out["add"], out["echo"], out["after"]) == ({"result": 5}, {"result": "hello"}, {"result": 2})
     assert out["digest"].startswith("sha256:")
-    assert (out["forbidden"], out["spoofed"], out["flagged"]) == ("denied", "denied", "denied")
+    assert (out["forbidden"], out["spoofed"], out["flagged"], out["dsl"]) == ("denied",) * 4
     assert (out["pending"], out["unknown"]) == ("tool_not_approved", "unknown_tool")
     assert (out["slow"], out["oversized"]) == ("tool_timeout", "tool_result_too_large")
     recorded = [a for a in actions(r.events) if a.action == "tool.invoke"]
@@ -134,6 +151,7 @@ async def test_an_agent_calls_tools_through_the_gateway(
         ("box.echo", "refused"),
         ("box.echo", "refused"),
         ("box.poisoned", "refused"),
+        ("box.echo", "refused"),
         ("box.big", "failed"),
         ("box.nope", "failed"),
         ("box.sleep", "failed"),
@@ -145,6 +163,10 @@ async def test_an_agent_calls_tools_through_the_gateway(
     assert recorded[0].decision is not None
     assert recorded[2].decision is not None
     assert "no-system-paths" in recorded[2].decision.policies
+    assert recorded[4].decision is not None
+    assert recorded[5].decision is not None
+    assert "agent-1.tool_limits.2" in recorded[4].decision.policies
+    assert "agent-1.tool_limits.1" in recorded[5].decision.policies
 
 
 async def test_operator_api_and_the_server_sandbox(
