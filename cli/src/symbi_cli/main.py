@@ -25,6 +25,7 @@ from symbi_cli.runtime_options import DEFAULT_BASE_PORT, DEFAULT_NATS_PORT, Runt
 from symbi_cli.status_cmd import status
 from symbi_cli.task_cmd import task_app
 from symbi_cli.token_cmd import token_app
+from symbi_cli.tools_cmd import tools_app
 from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
 from symbi_cli.witness_cmd import witness_app
 
@@ -42,6 +43,7 @@ app.add_typer(dsl_app, name="dsl")
 app.add_typer(agent_app, name="agent")
 app.add_typer(task_app, name="task")
 app.add_typer(token_app, name="token")
+app.add_typer(tools_app, name="tools")
 app.add_typer(witness_app, name="witness")
 app.command("status")(status)
 app.command("run")(run)

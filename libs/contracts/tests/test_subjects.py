@@ -14,6 +14,7 @@ from symbi_context.index import SUBJECTS as CONTEXT_FOLLOWS
 from symbi_contracts.diagram import COMMAND, render
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
 from symbi_contracts.subjects import CATALOGUE, CLI, SERVICES, EventVersion, Subject, find, versions
+from symbi_contracts.tools.events import CODEC as TOOLSERVER_CODEC
 from symbi_lifecycle.domain import AGENT
 from symbi_lifecycle.projections import AgentProjection
 from symbi_scheduler.domain import TASK
@@ -30,6 +31,7 @@ WRITTEN_WITH: dict[str, EventCodec] = {  # type: ignore[type-arg]
     "evt.schedule.<agent_id>": SCHEDULE_CODEC,
     "evt.execution.<task_id>": EXECUTION_CODEC,
     "evt.host.<host_id>": HOST_CODEC,
+    "evt.toolserver.<server>": TOOLSERVER_CODEC,
     "evt.policy.<set_id>": POLICY_SET_CODEC,
     "evt.policy.decisions.<source>": DECISION_LOG_CODEC,
     "evt.memory.<owner>": MEMORY.codec,

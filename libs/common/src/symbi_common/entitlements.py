@@ -14,7 +14,7 @@ SERVICE_SUBJECTS: Mapping[str, tuple[str, ...]] = {
     "scheduler": ("evt.task.>", "evt.schedule.>"),
     "policy": ("evt.policy.>",),
     "audit": ("evt.audit.>",),
-    "sandbox-agent": ("evt.execution.>", "evt.host.>"),
+    "sandbox-agent": ("evt.execution.>", "evt.host.>", "evt.toolserver.>"),
     "context": ("evt.memory.>", "evt.knowledge.>"),
 }
 
@@ -33,6 +33,7 @@ AGGREGATE_READERS: Mapping[str, tuple[str, ...]] = {
     "audit": ("audit",),
     "execution": ("sandbox-agent", "scheduler", "audit"),
     "host": ("sandbox-agent", "audit"),
+    "toolserver": ("sandbox-agent", "audit"),
     "memory": ("context", "audit"),
     "knowledge": ("context", "audit"),
 }

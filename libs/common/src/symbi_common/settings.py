@@ -200,6 +200,14 @@ class SandboxSettings(_Section):
     #: ``path`` and ``classification``. A grant ``/symbi/data/<name>/…`` in an agent's definition is mounted
     #: there in its sandbox. ``SYMBI_SANDBOX__DATA_ROOTS__<NAME>=/host/path`` sets one from the environment.
     data_roots: dict[str, str | DataRootSettings] = msgspec.field(default_factory=dict)
+    #: The SchemaPin trust bundle (JSON file) MCP tool signatures are verified against, offline; empty: none,
+    #: so only tool servers registered without a SchemaPin domain can be approved.
+    tools_trust_bundle: str = ""
+    #: Seconds an MCP tool server has to answer a call, the largest result passed on (bytes), and the calls
+    #: per second (with a burst of twice as many) each agent may make of each tool.
+    tools_timeout_s: float = 30.0
+    tools_max_result_bytes: int = 256 * 1024
+    tools_rate_per_s: float = 10.0
 
 
 class WitnessSettings(_Section):

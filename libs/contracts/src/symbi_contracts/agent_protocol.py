@@ -128,7 +128,9 @@ OPS: dict[str, Op] = {
     "messages.publish": Op("message.send", False, "the communication bus between agents"),
     "messages.request": Op("message.send", False, "the communication bus between agents"),
     "messages.receive": Op("message.send", False, "the communication bus between agents"),
-    "tools.invoke": Op("tool.invoke", False, "MCP tool sandboxes"),
+    "tools.list": Op("", True),
+    "tools.call": Op("tool.invoke", True),
+    "tools.invoke": Op("tool.invoke", True),
     "http.request": Op("http.request", False, "the egress proxy"),
     "models.complete": Op("model.invoke", False, "the model gateway"),
 }

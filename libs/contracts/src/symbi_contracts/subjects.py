@@ -24,6 +24,7 @@ from symbi_contracts.policy import commands as policy_commands
 from symbi_contracts.sandbox_agent import commands as sandbox_commands
 from symbi_contracts.sandbox_agent import events as execution_events
 from symbi_contracts.scheduler import events as task_events
+from symbi_contracts.tools import events as tool_events
 
 LIFECYCLE = "lifecycle"
 SCHEDULER = "scheduler"
@@ -130,6 +131,14 @@ CATALOGUE: tuple[Subject, ...] = (
         (AUDIT,),
         "a host's registration and start-up reconciliation",
         versions(execution_events.HOST_CODEC.types),
+    ),
+    Subject(
+        "events",
+        "evt.toolserver.<server>",
+        SANDBOX_AGENT,
+        (AUDIT,),
+        "an MCP tool server: registered, each tool's definition seen (pin, flags, SchemaPin), approved, changed, revoked",
+        versions(tool_events.EVENT_TYPES),
     ),
     Subject(
         "events",

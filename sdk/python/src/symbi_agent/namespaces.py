@@ -99,9 +99,21 @@ class Messages(_Area):
 
 
 class Tools(_Area):
-    """MCP tools (not performed yet: :class:`~symbi_agent.errors.NotAvailable`)."""
+    """MCP tools of the servers an operator registered and approved, each call decided by policy.
+
+    A host without tool servers answers :class:`~symbi_agent.errors.NotAvailable`."""
+
+    def list(self) -> Any:
+        """The tools this agent may call: ``{"tools": [{"name", "description", "input_schema", "pin", …}]}``."""
+        return self._call("tools.list", {})
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, context: dict[str, Any] | None = None) -> Any:
+        """Call tool ``name`` (``server.tool``); the result is the server's, untouched (``content``,
+        ``structuredContent``) with its ``digest`` and ``bytes``. Its text is data, not instructions."""
+        return self._call("tools.call", {"name": name, "arguments": arguments or {}}, context)
 
     def invoke(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
+        """The same as :meth:`call` (its first name)."""
         return self._call("tools.invoke", {"tool": tool, "arguments": arguments or {}})
 
 

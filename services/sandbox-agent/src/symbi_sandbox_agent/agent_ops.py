@@ -46,6 +46,7 @@ from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_a
 from symbi_sandbox_agent.data_ops import DATA_OPS, DataOps
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.metrics import ACTIONS
+from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
 if TYPE_CHECKING:
     from symbi_common.decisions import Decision
@@ -110,6 +111,7 @@ class ProtocolServer:
         self.gateway = gateway
         self.served = 0
         self.data = DataOps(gateway, self._record)
+        self.tool_ops = ToolOps(self, gateway.decide, lambda: getattr(gateway.agent, "tools", None))
 
     @property
     def agent_id(self) -> str:
@@ -162,6 +164,8 @@ class ProtocolServer:
             return await self._refuse(seq, request.id, op.action, "not_available", message, op=request.op)
         if request.op in DATA_OPS:  # data.* (data_ops): confined to the run's grants, then decided
             return await self.data.answer(seq, request, self.agent_id)
+        if request.op in TOOL_OPS:
+            return await self.tool_ops.answer(seq, request, op.action)
         try:
             args = msgspec.convert(request.args, ARGS[request.op])
         except msgspec.ValidationError as exc:

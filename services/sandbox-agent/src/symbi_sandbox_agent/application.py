@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from symbi_common.aggregate import Repository
@@ -50,6 +50,9 @@ from symbi_sandbox_agent.runner import SandboxEngine, Threads
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+
+if TYPE_CHECKING:
+    from symbi_sandbox_agent.tools.service import ToolService
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +91,8 @@ class SandboxService:
         #: The operator's data roots, which the agents' filesystem grants are mounted from (docs/grants.md).
         self.data_roots = dict(data_roots or {})
         self.recorder = ExecutionRecorder(rt, self.executions)
+        #: The MCP tools agents of this host may call (``tools.*`` of the protocol); None: none configured.
+        self.tools: ToolService | None = None
         self.supervisor = Supervisor(rt, engine, threads, self.recorder, self.running, work_dir, controls=self)
 
     # --- work -----------------------------------------------------------------------------------

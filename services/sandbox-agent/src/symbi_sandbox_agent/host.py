@@ -44,6 +44,7 @@ from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
 from symbi_sandbox_agent.tasks import TASK_CODEC
+from symbi_sandbox_agent.tools.wiring import attach_all, tool_service
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +93,7 @@ class SandboxHost:
             self.heartbeat,
             self.data_roots,
         )
+        self.service.tools = tool_service(self.rt, self.settings)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         await self._ensure_jetstream()
         await self.reconcile()
@@ -115,6 +117,7 @@ class SandboxHost:
             config=ConsumerConfig(ack_wait=60, max_deliver=-1),
         )
         self.rt.spawn(self._consume(sub), "sandbox:work")
+        self.rt.spawn(attach_all(self.rt, self.service.tools), "sandbox:tools")
         log.info("sandbox-agent started", host_id=self.host_id, tiers=self.info.capabilities.tiers)
 
     async def _ensure_jetstream(self) -> None:
@@ -275,6 +278,8 @@ class SandboxHost:
 
     async def drain(self, timeout: float = KILL_GRACE_S + 5) -> None:
         """Wait until every sandbox has been cleaned up and reported (they are being cancelled)."""
+        if getattr(self, "service", None) is not None and self.service.tools is not None:
+            await self.service.tools.close()
         pending = [r.done.wait() for r in self.running.values()]
         if pending:
             with contextlib.suppress(TimeoutError):

@@ -19,6 +19,7 @@ from symbi_common.settings import Settings
 from symbi_sandbox_agent.api import register_commands, router
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
 from symbi_sandbox_agent.host import SandboxHost
+from symbi_sandbox_agent.tools_api import router as tools_router
 
 SERVICE = "sandbox-agent"
 
@@ -38,7 +39,9 @@ def build_app(settings: Settings) -> FastAPI:
         await agent.start()
         register_commands(rt.commands, agent.service)
 
-    app = create_app(runtime, title=f"Symbi sandbox-agent ({host_id})", routers=[router], on_start=on_start)
+    app = create_app(
+        runtime, title=f"Symbi sandbox-agent ({host_id})", routers=[router, tools_router], on_start=on_start
+    )
     return app
 
 

@@ -1,0 +1,34 @@
+"""The limits of tool calls: timeout, result size cap and a per-agent, per-tool rate limit. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ToolLimits:
+    #: Seconds a server has to answer a call.
+    timeout_s: float = 30.0
+    #: Largest result passed on to the agent (bytes of its JSON); a larger one is dropped, not truncated.
+    max_result_bytes: int = 256 * 1024
+    #: Sustained calls per second per agent and tool, and the burst allowed above it.
+    rate_per_s: float = 10.0
+    burst: int = 20
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A token bucket per key; :meth:`take` answers 0 when a call may go now, else the seconds to wait."""
+
+    rate_per_s: float
+    burst: int
+    _buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, key: tuple[str, str], now: float) -> float:
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate_per_s)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate_per_s if self.rate_per_s > 0 else float("inf")

@@ -1,0 +1,163 @@
+"""Connections to MCP servers, with the ``mcp`` SDK as client. I/O.
+
+A stdio server runs in its own sandbox container: ``docker run -i`` of its image pinned by digest, without
+network, read-only, all capabilities dropped, as nobody, with the tier's runtime (``runc`` or gVisor's
+``runsc``) and only the environment its registration names. A streamable-HTTP server is reached at its URL.
+:func:`local_command` runs a stdio server as a plain child process instead: for development and the
+benchmark, never chosen by a registration.
+
+The connection keeps one ``ClientSession`` open in a task of its own (the SDK's transports are anyio
+context managers that must be left in the task that entered them). ``tools/list`` is asked each time
+:meth:`McpConnection.list_tools` is called, never cached, and a ``notifications/tools/list_changed`` from the
+server sets :attr:`McpConnection.changed` so the registry re-reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import mcp.types as mt
+from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable, ToolTimeout
+from symbi_contracts.tools.events import ToolServerRegistered
+
+#: An image a server may run from: pinned by content, ``sha256:<id>`` or ``name@sha256:<digest>``.
+PINNED_IMAGE = re.compile(r"(?:[^\s@]+@)?sha256:[0-9a-f]{64}")
+#: The runtime of each tier (the same ones the task sandboxes use).
+RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
+START_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT = -32001
+
+Transport = Callable[[], AbstractAsyncContextManager[Any]]
+
+
+def sandbox_command(reg: ToolServerRegistered, *, memory_mb: int = 256, pids: int = 128) -> list[str]:
+    """The ``docker run`` that runs a stdio server in its sandbox; refuses an image not pinned by digest."""
+    if not PINNED_IMAGE.fullmatch(reg.image):
+        raise ToolRefused(f"server {reg.server!r}: image {reg.image!r} is not pinned by digest (sha256:…)")
+    if not reg.command:
+        raise ToolRefused(f"server {reg.server!r}: a stdio server needs a command")
+    name = f"symbi-tool-{reg.server}-{uuid.uuid4().hex[:8]}"
+    args = ["docker", "run", "-i", "--rm", "--name", name, "--label", f"symbi.tool_server={reg.server}"]
+    args += ["--network", "none", "--runtime", RUNTIMES[reg.tier], "--read-only", "--cap-drop", "ALL"]
+    args += ["--security-opt", "no-new-privileges", "--user", "65534:65534", "--pids-limit", str(pids)]
+    # /tmp inside the container: a small private tmpfs, not the host's.
+    args += ["--memory", f"{memory_mb}m", "--tmpfs", "/tmp:rw,nosuid,nodev,size=16m", "--log-driver", "none"]  # noqa: S108
+    for key, value in sorted(reg.env.items()):
+        args += ["-e", f"{key}={value}"]
+    return [*args, reg.image, *reg.command]
+
+
+def transport_for(reg: ToolServerRegistered, *, local: bool = False) -> Transport:
+    """How to reach ``reg``'s server; ``local`` runs a stdio command as a child of this process."""
+    if reg.transport == "http":
+        if not reg.url.startswith(("http://", "https://")):
+            raise ToolRefused(f"server {reg.server!r}: {reg.url!r} is not an http(s) URL")
+        return lambda: streamable_http_client(reg.url)
+    argv = list(reg.command) if local else sandbox_command(reg)
+    if not argv:
+        raise ToolRefused(f"server {reg.server!r}: a stdio server needs a command")
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(reg.env))
+    return lambda: stdio_client(params)
+
+
+class McpConnection:
+    """One open MCP client session to one server."""
+
+    def __init__(self, server: str, transport: Transport) -> None:
+        self.server = server
+        self.transport = transport
+        self.session: ClientSession | None = None
+        #: Set when the server said its tool list changed; cleared by :meth:`list_tools`.
+        self.changed = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, mt.ToolListChangedNotification):
+            self.changed.set()
+
+    async def _run(self) -> None:
+        try:
+            async with (
+                self.transport() as (read, write),
+                ClientSession(read, write, message_handler=self._on_message) as session,
+            ):
+                await session.initialize()
+                self.session = session
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        finally:
+            self.session = None
+            self._ready.set()
+
+    async def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start the server (or connect to it) and initialise the session."""
+        self._task = asyncio.create_task(self._run(), name=f"mcp-{self.server}")
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            await self.close()
+            raise ToolServerUnavailable(f"tool server {self.server!r} did not start in {timeout:.0f} s") from None
+        if self.session is None:
+            await self.close()
+            raise ToolServerUnavailable(f"tool server {self.server!r} could not be started: {self._failure!r}")
+
+    def _live(self) -> ClientSession:
+        if self.session is None:
+            raise ToolServerUnavailable(f"tool server {self.server!r} is not running: {self._failure!r}")
+        return self.session
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        """Every tool the server lists now (all pages), in wire form; never from a cache."""
+        self.changed.clear()
+        session, tools, cursor = self._live(), [], None
+        for _ in range(100):
+            params: mt.PaginatedRequestParams | None = mt.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await session.list_tools(params=params)
+            tools += [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in page.tools]
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+        raise ToolRefused(f"tool server {self.server!r} lists more than 100 pages of tools")
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> mt.CallToolResult:
+        """Call ``tool``; a server that does not answer in ``timeout`` seconds raises :class:`ToolTimeout`."""
+        try:
+            return await self._live().call_tool(tool, arguments, read_timeout_seconds=timeout)
+        except MCPError as exc:
+            if exc.code == REQUEST_TIMEOUT:
+                raise ToolTimeout(f"{self.server}.{tool} did not answer in {timeout:g} s", timeout_s=timeout) from None
+            raise
+
+    async def close(self) -> None:
+        """Close the session and stop the server; idempotent."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 10)
+            self._task = None
+
+
+@contextlib.asynccontextmanager
+async def connected(server: str, transport: Transport) -> AsyncIterator[McpConnection]:
+    conn = McpConnection(server, transport)
+    await conn.start()
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,311 @@
+"""The tools an agent may use: registered servers, their live connections and the registry's state. I/O.
+
+:class:`ToolService` is what the gateway (``tool_ops``) and an operator's commands call. Reading a server's
+tools (:meth:`ToolService.refresh`) lists them fresh from the server, refuses colliding names, canonicalises
+and pins each definition, scans it for poisoning, verifies its SchemaPin signature offline, and records what
+changed in the server's event stream (a changed approved definition blocks the tool). A call
+(:meth:`ToolService.call`) is served only for an approved tool whose verification holds and whose server still
+lists the approved definition (a server that said its list changed is re-read first); it has a timeout, a
+result size cap and a rate limit per agent and tool. Results are untrusted data: passed on, never interpreted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import mcp.types as mt
+from schemapin.bundle import SchemaPinTrustBundle
+from symbi_common.aggregate import Repository
+from symbi_common.eventstore import EventStore
+from symbi_contracts.tools.errors import (
+    ToolCallFailed,
+    ToolNotApproved,
+    ToolRefused,
+    ToolResultTooLarge,
+    ToolVerificationFailed,
+    UnknownTool,
+)
+from symbi_contracts.tools.events import ToolServerEvent, ToolServerRegistered
+
+from symbi_sandbox_agent.tools.canon import canonical_json, definition_of, digest_of, pin_of
+from symbi_sandbox_agent.tools.limits import TokenBucket, ToolLimits
+from symbi_sandbox_agent.tools.names import NameRefused, check_server_name, check_tool_names, qualified, split
+from symbi_sandbox_agent.tools.registry import (
+    TOOLSERVER,
+    TRUSTED,
+    Approve,
+    Command,
+    Observe,
+    PinKey,
+    RefuseListing,
+    Revoke,
+    ServerState,
+    ToolRecord,
+)
+from symbi_sandbox_agent.tools.scan import scan
+from symbi_sandbox_agent.tools.servers import McpConnection, transport_for
+from symbi_sandbox_agent.tools.verify import signature_of, verify
+
+
+class RegistryPort(Protocol):
+    """Where the registry's events live: :class:`StoredRegistry` (the event store) is the one in use."""
+
+    async def state(self, server: str, *, fresh: bool = False) -> ServerState: ...
+
+    async def execute(self, server: str, command: Command) -> ServerState: ...
+
+
+class StoredRegistry:
+    """The registry in the signed event store (``evt.toolserver.<server>``, written by the sandbox-agent).
+
+    A state read for a call may be up to ``max_age_s`` old: changes made by another process (another host's
+    daemon) are seen within that time; changes made through this one at once."""
+
+    def __init__(self, store: EventStore, *, max_age_s: float = 1.0) -> None:
+        self.repo: Repository[ServerState, Command, ToolServerEvent] = Repository(store, TOOLSERVER)
+        self.max_age_s = max_age_s
+        self._read_at: dict[str, float] = {}
+
+    async def state(self, server: str, *, fresh: bool = False) -> ServerState:
+        now = time.monotonic()
+        stale = now - self._read_at.get(server, -1e9) > self.max_age_s
+        loaded = await self.repo.load(server, fresh=fresh or stale)
+        if fresh or stale:
+            self._read_at[server] = now
+        return loaded.state
+
+    async def execute(self, server: str, command: Command) -> ServerState:
+        loaded, _ = await self.repo.execute(server, command)
+        self._read_at[server] = time.monotonic()
+        return loaded.state
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A tool as an agent or operator sees it."""
+
+    name: str
+    server: str
+    tool: str
+    status: str
+    pin: str
+    verification: str
+    flags: tuple[str, ...]
+    description: str
+    input_schema: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "pin": self.pin,
+            "verification": self.verification,
+            "flags": list(self.flags),
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Called:
+    """A call's result as passed on: the server's content, untouched, with its size and digest."""
+
+    result: dict[str, Any]
+    size: int
+    digest: str
+
+
+class ToolService:
+    def __init__(
+        self,
+        registry: RegistryPort,
+        bundle: SchemaPinTrustBundle,
+        *,
+        limits: ToolLimits | None = None,
+        local: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.bundle = bundle
+        self.limits = limits or ToolLimits()
+        #: Run stdio servers as child processes instead of sandbox containers (development, benchmark).
+        self.local = local
+        self.connections: dict[str, McpConnection] = {}
+        self.definitions: dict[str, dict[str, dict[str, Any]]] = {}
+        self.bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
+
+    # --- servers ---------------------------------------------------------------------------------------
+
+    async def register(self, reg: ToolServerRegistered) -> ServerState:
+        """Record ``reg`` (refused if its name collides or its image is not pinned), start its server and
+        read its tools."""
+        try:
+            check_server_name(reg.server, self.connections)
+        except NameRefused as exc:
+            raise ToolRefused(str(exc)) from None
+        transport_for(reg, local=self.local)  # refuses an unpinned image or a bad URL before anything is recorded
+        await self.registry.execute(reg.server, reg)
+        return await self.attach(reg.server)
+
+    async def attach(self, server: str) -> ServerState:
+        """Connect to an already registered server and read its tools."""
+        state = await self.registry.state(server, fresh=True)
+        if state.registration is None:
+            raise UnknownTool(f"no server named {server!r} is registered")
+        if server not in self.connections:
+            conn = McpConnection(server, transport_for(state.registration, local=self.local))
+            await conn.start()
+            self.connections[server] = conn
+        return await self.refresh(server)
+
+    async def refresh(self, server: str) -> ServerState:
+        """Read ``server``'s tools from the server and record what changed."""
+        conn = self._connection(server)
+        listed = await conn.list_tools()
+        state = await self.registry.state(server, fresh=True)
+        assert state.registration is not None
+        try:
+            names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
+        except NameRefused as exc:
+            self.definitions[server] = {}  # nothing of a colliding listing is callable
+            await self.registry.execute(server, RefuseListing(str(exc)))
+            raise ToolRefused(str(exc)) from None
+        others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
+        definitions: dict[str, dict[str, Any]] = {}
+        for name, tool in zip(names, listed, strict=True):
+            definition = definition_of(tool)
+            try:
+                pin = pin_of(definition)
+            except ValueError as exc:
+                raise ToolRefused(f"{server}.{name}: the definition is not plain JSON: {exc}") from None
+            checked = verify(
+                server,
+                definition,
+                signature_of(tool),
+                domain=state.registration.domain,
+                bundle=self.bundle,
+                pinned=state.key_fingerprint,
+            )
+            if checked.valid and not state.key_fingerprint:
+                state = await self.registry.execute(server, PinKey(state.registration.domain, checked.fingerprint))
+            observed = Observe(
+                name,
+                pin,
+                str(definition.get("description", "")),
+                scan(server, definition, others),
+                checked.outcome,
+                checked.fingerprint,
+            )
+            state = await self.registry.execute(server, observed)
+            definitions[name] = definition
+        self.definitions[server] = definitions
+        return state
+
+    async def approve(self, name: str, pin: str = "", by: str = "") -> ToolRecord:
+        server, tool = split(name)
+        state = await self.registry.execute(server, Approve(tool, pin, by))
+        return state.tools[tool]
+
+    async def revoke(self, name: str, by: str = "", reason: str = "") -> ToolRecord:
+        server, tool = split(name)
+        state = await self.registry.execute(server, Revoke(tool, by, reason))
+        return state.tools[tool]
+
+    # --- what agents see and call ----------------------------------------------------------------------
+
+    async def list(self, *, refresh: bool = True, callable_only: bool = False) -> list[Listed]:
+        """Every tool of every connected server (re-read from the servers first when ``refresh``)."""
+        out = []
+        for server in sorted(self.connections):
+            if refresh:
+                try:
+                    await self.refresh(server)
+                except ToolRefused:
+                    continue
+            state = await self.registry.state(server)
+            for tool, definition in sorted(self.definitions.get(server, {}).items()):
+                record = state.tools.get(tool)
+                if record is None or (callable_only and not record.callable):
+                    continue
+                out.append(
+                    Listed(
+                        name=qualified(server, tool),
+                        server=server,
+                        tool=tool,
+                        status=record.status,
+                        pin=record.seen_pin,
+                        verification=record.verification,
+                        flags=record.flags,
+                        description=record.description,
+                        input_schema=dict(definition.get("inputSchema") or {}),
+                    )
+                )
+        return out
+
+    async def callable_record(self, name: str) -> ToolRecord:
+        """The tool's record if it may be called now; else the typed refusal (unknown, not approved, failed
+        verification, or a definition listed now that is not the one approved)."""
+        try:
+            server, tool = split(name)
+        except NameRefused as exc:
+            raise UnknownTool(str(exc)) from None
+        conn = self.connections.get(server)
+        if conn is None:
+            raise UnknownTool(f"no connected tool server named {server!r}")
+        if conn.changed.is_set():
+            with contextlib.suppress(ToolRefused):  # a colliding listing leaves nothing callable
+                await self.refresh(server)
+        state = await self.registry.state(server)
+        record = state.tools.get(tool)
+        if record is None or tool not in self.definitions.get(server, {}):
+            raise UnknownTool(f"server {server!r} lists no tool {tool!r}")
+        if record.verification not in TRUSTED:
+            raise ToolVerificationFailed(
+                f"{name} failed SchemaPin verification: {record.verification}", verification=record.verification
+            )
+        if record.status != "approved":
+            hint = {
+                "pending": "an operator has not approved it yet",
+                "blocked": "its definition changed after it was approved; an operator must review and re-approve it",
+                "revoked": "an operator revoked it",
+            }.get(record.status, record.status)
+            raise ToolNotApproved(f"{name} may not be called: {hint}", status=record.status, pin=record.seen_pin)
+        if pin_of(self.definitions[server][tool]) != record.approved_pin:
+            raise ToolNotApproved(f"{name} is listed with a definition that was not approved", status="blocked")
+        return record
+
+    def rate_wait(self, agent: str, name: str) -> float:
+        """0 if ``agent`` may call ``name`` now, else the seconds until it may."""
+        return self.bucket.take((agent, name), time.monotonic())
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> Called:
+        """Call an approved tool (:meth:`callable_record` first); the server's error result is
+        :class:`ToolCallFailed`, an oversized one :class:`ToolResultTooLarge`."""
+        server, tool = split(name)
+        answer: mt.CallToolResult = await self._connection(server).call(tool, arguments, self.limits.timeout_s)
+        result = answer.model_dump(by_alias=True, exclude_none=True, mode="json")
+        result.pop("_meta", None)
+        size = len(canonical_json(result))
+        if size > self.limits.max_result_bytes:
+            raise ToolResultTooLarge(
+                f"{name} answered {size} bytes; at most {self.limits.max_result_bytes} are passed on",
+                size=size,
+                max_result_bytes=self.limits.max_result_bytes,
+            )
+        if answer.is_error:
+            text = " ".join(c.get("text", "") for c in result.get("content", []) if isinstance(c, dict))
+            raise ToolCallFailed(f"{name} answered with an error: {text[:500]}", digest=digest_of(result))
+        return Called(result=result, size=size, digest=digest_of(result))
+
+    def _connection(self, server: str) -> McpConnection:
+        conn = self.connections.get(server)
+        if conn is None:
+            raise UnknownTool(f"no connected tool server named {server!r}")
+        return conn
+
+    async def close(self) -> None:
+        for conn in list(self.connections.values()):
+            await conn.close()
+        self.connections.clear()

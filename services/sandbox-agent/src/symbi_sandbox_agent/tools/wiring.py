@@ -1,0 +1,55 @@
+"""The host's :class:`ToolService` from its ``[sandbox]`` settings, and the servers registered before it
+started, connected again (each in the background: one server that does not start holds up no other)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+from symbi_common.errors import ConfigError, SymbiError
+from symbi_common.service import ServiceRuntime
+from symbi_common.settings import SandboxSettings
+from symbi_common.streams import EVENTS_STREAM
+
+from symbi_sandbox_agent.tools.limits import ToolLimits
+from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.verify import empty_bundle, load_bundle
+
+log = structlog.get_logger(__name__)
+
+
+def tool_service(rt: ServiceRuntime, settings: SandboxSettings) -> ToolService:
+    """Refuses (``ConfigError``) a trust bundle that cannot be read."""
+    bundle = empty_bundle()
+    if settings.tools_trust_bundle:
+        try:
+            bundle = load_bundle(Path(settings.tools_trust_bundle).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the trust bundle: {exc}", setting="sandbox.tools_trust_bundle") from None
+    limits = ToolLimits(
+        timeout_s=settings.tools_timeout_s,
+        max_result_bytes=settings.tools_max_result_bytes,
+        rate_per_s=settings.tools_rate_per_s,
+        burst=max(1, int(2 * settings.tools_rate_per_s)),
+    )
+    return ToolService(StoredRegistry(rt.store), bundle, limits=limits)
+
+
+async def registered_servers(js: Any) -> list[str]:
+    """The servers that have a ``evt.toolserver.<server>`` stream."""
+    info = await js.stream_info(EVENTS_STREAM, subjects_filter="evt.toolserver.*")
+    return sorted(subject.split(".", 2)[2] for subject in (info.state.subjects or {}))
+
+
+async def attach_all(rt: ServiceRuntime, tools: ToolService) -> None:
+    try:
+        servers = await registered_servers(rt.js)
+    except Exception as exc:
+        log.warning("could not list the registered tool servers", error=repr(exc))
+        return
+    for server in servers:
+        try:
+            await tools.attach(server)
+        except (SymbiError, OSError) as exc:
+            log.warning("tool server not connected", server=server, error=repr(exc))
