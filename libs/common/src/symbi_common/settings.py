@@ -187,6 +187,10 @@ class SandboxSettings(_Section):
     work_dir: str = ""
     #: How often the host's entry in the ``HOSTS`` KV bucket is rewritten.
     heartbeat_interval_s: float = 1.0
+    #: Messages per second each agent of this host may send on the bus (a burst of one second's worth).
+    bus_messages_per_s: float = 1000.0
+    #: Payload bytes per second each agent of this host may send on the bus.
+    bus_bytes_per_s: float = 8 * 1024 * 1024
 
 
 class WitnessSettings(_Section):

@@ -41,6 +41,8 @@ ErrorCode = Literal[
     "denied",
     "unavailable",
     "too_many_requests",
+    "rate_limited",
+    "timeout",
     "internal",
 ]
 #: Every code of the protocol itself; a performing service's own code (e.g. ``invalid_context``) passes through.
@@ -117,10 +119,10 @@ OPS: dict[str, Op] = {
     "memory.forget": Op("memory.write", True),
     "knowledge.share": Op("memory.write", True),
     "knowledge.query": Op("memory.read", True),
-    "messages.send": Op("message.send", False, "the communication bus between agents"),
-    "messages.publish": Op("message.send", False, "the communication bus between agents"),
-    "messages.request": Op("message.send", False, "the communication bus between agents"),
-    "messages.receive": Op("message.send", False, "the communication bus between agents"),
+    "messages.send": Op("message.send", True),
+    "messages.publish": Op("message.send", True),
+    "messages.request": Op("message.send", True),
+    "messages.receive": Op("message.receive", True),
     "tools.invoke": Op("tool.invoke", False, "MCP tool sandboxes"),
     "http.request": Op("http.request", False, "the egress proxy"),
     "models.complete": Op("model.invoke", False, "the model gateway"),

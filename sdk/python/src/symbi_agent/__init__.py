@@ -2,7 +2,7 @@
 
 ``Agent`` (synchronous) and ``AsyncAgent`` connect to the sandbox's channel socket named by
 ``$SYMBI_SOCKET`` and fall back to stdio (requests on stderr, answers on stdin) where there is none.
-Areas: ``memory`` and ``knowledge`` today; ``messages``, ``tools``, ``http`` and ``models`` answer
+Areas: ``memory``, ``knowledge`` and ``messages`` today; ``tools``, ``http`` and ``models`` answer
 :class:`NotAvailable` until the runtime performs them. Every refusal is a typed :class:`SymbiAgentError`.
 Standard library only.
 """
@@ -18,8 +18,10 @@ from symbi_agent.errors import (
     InvalidRequest,
     MalformedRequest,
     NotAvailable,
+    RateLimited,
     RequestTooLarge,
     SymbiAgentError,
+    Timeout,
     TooManyRequests,
     Unavailable,
     UnknownOp,
@@ -37,8 +39,10 @@ __all__ = [
     "InvalidRequest",
     "MalformedRequest",
     "NotAvailable",
+    "RateLimited",
     "RequestTooLarge",
     "SymbiAgentError",
+    "Timeout",
     "TooManyRequests",
     "Unavailable",
     "UnknownOp",

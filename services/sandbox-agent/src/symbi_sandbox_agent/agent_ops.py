@@ -44,6 +44,8 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
 from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
+from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
 
 if TYPE_CHECKING:
@@ -108,6 +110,13 @@ class ProtocolServer:
     def __init__(self, gateway: RunGateway) -> None:
         self.gateway = gateway
         self.served = 0
+        self._messages: MessageOps | None = None
+
+    @property
+    def messages(self) -> MessageOps:
+        if self._messages is None:
+            self._messages = MessageOps(self.gateway.agent.rt, self.agent_id, self.gateway.decide, self._record)
+        return self._messages
 
     @property
     def agent_id(self) -> str:
@@ -155,6 +164,8 @@ class ProtocolServer:
             return await self._refuse(seq, request.id, "", "unknown_op", message)
         if request.op == "hello":
             return self._hello(request, channel)
+        if request.op in MESSAGE_OPS:  # the bus between agents (message_ops)
+            return await self.messages.answer(seq, request)
         if not op.available:
             message = f"{request.op} is not available in this runtime yet (it comes with {op.later})"
             return await self._refuse(seq, request.id, op.action, "not_available", message, op=request.op)
