@@ -120,7 +120,8 @@ async def test_two_agents_exchange_direct_topic_and_request_messages(
         ("message.send", "bob", "refused"),
     ]
     refused = actions(ra.events)[4]
-    assert refused.decision is not None and refused.decision.policies == ("phi-to-agent-needs-clearance",)
+    assert refused.decision is not None
+    assert refused.decision.policies == ("phi-to-agent-needs-clearance",)
     assert {a.agent_id for a in actions(ra.events)} == {"alice"}
     received = [a for a in actions(rb.events) if a.action == "message.receive" and a.detail.startswith("received")]
     assert sum(a.detail.count("<alice") for a in received) == 3
