@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from symbi_common.bus_streams import inbox_name
 from symbi_common.settings import Settings
 from symbi_contracts.bus import DEADLETTER_STREAM, MESSAGES_STREAM
 from symbi_contracts.sandbox_agent.events import ExecutionExited
-from symbi_sandbox_agent.bus.carrier import inbox_name
 
 from .conftest import Scheduler, limits, running_agent
 from .test_actions import BASELINE, actions, register_policies

@@ -9,21 +9,27 @@ could not be delivered, with its reason, for ``symbi bus dlq``.
 
 from __future__ import annotations
 
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
-MESSAGES_STREAM = "MESSAGES"
-DEADLETTER_STREAM = "DEADLETTER"
-#: KV bucket of the agents' identity public keys, each signed by the host that holds the private key.
-AGENT_KEYS_BUCKET = "AGENT_KEYS"
-#: KV bucket of the ids of messages handed to an agent (``<agent_id>.<message id>``).
-DELIVERED_BUCKET = "BUS_DELIVERED"
-#: Messages waiting in one inbox (or one topic) at most.
-INBOX_DEPTH = 1000
-#: How long a delivered id is remembered (longer than the stream's duplicate window).
-DELIVERED_TTL_S = 24 * 3600.0
-#: How long an undelivered message is kept at most.
-MESSAGE_MAX_AGE_S = 7 * 24 * 3600.0
-DEAD_MAX_AGE_S = 30 * 24 * 3600.0
+from symbi_common.bus_names import (
+    AGENT_KEYS_BUCKET,
+    DEAD_MAX_AGE_S,
+    DEADLETTER_STREAM,
+    DELIVERED_BUCKET,
+    DELIVERED_TTL_S,
+    INBOX_DEPTH,
+    MESSAGE_MAX_AGE_S,
+    MESSAGES_STREAM,
+)
 
 
 def messages_config(replicas: int, duplicate_window_s: float, max_msg_size: int) -> StreamConfig:
@@ -59,3 +65,26 @@ def bus_buckets(replicas: int) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=AGENT_KEYS_BUCKET, history=1, replicas=replicas),
         KeyValueConfig(bucket=DELIVERED_BUCKET, history=1, ttl=DELIVERED_TTL_S, replicas=replicas),
     ]
+
+
+#: Deliveries of one message to an inbox before it goes to the dead letters (``max_deliveries``).
+MAX_DELIVER = 5
+ACK_WAIT_S = 30.0
+
+
+def inbox_name(agent_id: str) -> str:
+    """The durable consumer that is ``agent_id``'s inbox."""
+    return f"inbox-{agent_id}"
+
+
+def inbox_config(agent_id: str, filter_subjects: list[str]) -> ConsumerConfig:
+    """``agent_id``'s inbox: its direct subject and its topics, in stream order, each message acked."""
+    return ConsumerConfig(
+        durable_name=inbox_name(agent_id),
+        filter_subjects=filter_subjects,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=MAX_DELIVER,
+        ack_wait=ACK_WAIT_S,
+        max_ack_pending=INBOX_DEPTH,
+    )

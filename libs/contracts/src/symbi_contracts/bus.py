@@ -14,11 +14,11 @@ import re
 from typing import Any, Literal
 
 import msgspec
-from symbi_common.bus_streams import AGENT_KEYS_BUCKET as AGENT_KEYS_BUCKET
-from symbi_common.bus_streams import DEADLETTER_STREAM as DEADLETTER_STREAM
-from symbi_common.bus_streams import DELIVERED_BUCKET as DELIVERED_BUCKET
-from symbi_common.bus_streams import INBOX_DEPTH as INBOX_DEPTH
-from symbi_common.bus_streams import MESSAGES_STREAM as MESSAGES_STREAM
+from symbi_common.bus_names import AGENT_KEYS_BUCKET as AGENT_KEYS_BUCKET
+from symbi_common.bus_names import DEADLETTER_STREAM as DEADLETTER_STREAM
+from symbi_common.bus_names import DELIVERED_BUCKET as DELIVERED_BUCKET
+from symbi_common.bus_names import INBOX_DEPTH as INBOX_DEPTH
+from symbi_common.bus_names import MESSAGES_STREAM as MESSAGES_STREAM
 
 Kind = Literal["direct", "topic", "request", "reply"]
 #: Why a message went to the dead letters.

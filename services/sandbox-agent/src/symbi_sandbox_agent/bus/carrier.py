@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from symbi_common.bus_streams import inbox_config, inbox_name
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
 from symbi_contracts.bus import (
@@ -49,8 +49,6 @@ from symbi_sandbox_agent.bus.limits import RateLimiter
 
 #: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
 REPLAYED_AT = "Symbi-Replayed-At"
-MAX_DELIVER = 5
-ACK_WAIT_S = 30.0
 #: Ids remembered in memory per inbox (the KV record covers the rest).
 RECENT_IDS = 10_000
 #: NATS error code: the subject holds its maximum of messages (discard new per subject).
@@ -92,10 +90,6 @@ class Delivered:
             if getattr(m, name):
                 out[name] = getattr(m, name)
         return out
-
-
-def inbox_name(agent_id: str) -> str:
-    return f"inbox-{agent_id}"
 
 
 class Carrier:
@@ -215,16 +209,7 @@ class Carrier:
             except nats.js.errors.NotFoundError:
                 pass
             wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
-            config = ConsumerConfig(
-                durable_name=name,
-                filter_subjects=wanted,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                max_deliver=MAX_DELIVER,
-                ack_wait=ACK_WAIT_S,
-                max_ack_pending=INBOX_DEPTH,
-            )
-            await self.js.add_consumer(MESSAGES_STREAM, config)
+            await self.js.add_consumer(MESSAGES_STREAM, inbox_config(agent_id, wanted))
             self._inboxes.add(agent_id)
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:

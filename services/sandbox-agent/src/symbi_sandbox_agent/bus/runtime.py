@@ -10,10 +10,11 @@ from typing import Any
 
 import nats.js.errors
 import structlog
+from symbi_common.bus_streams import inbox_name
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.bus import AGENT_KEYS_BUCKET, DELIVERED_BUCKET, MESSAGES_STREAM
 
-from symbi_sandbox_agent.bus.carrier import Carrier, inbox_name
+from symbi_sandbox_agent.bus.carrier import Carrier
 from symbi_sandbox_agent.bus.identity import Identities
 from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
 
