@@ -12,6 +12,7 @@ go to the dead letters). Each send, and each receive that handed something over,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -24,13 +25,15 @@ from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publis
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
-from symbi_sandbox_agent.bus.carrier import Carrier, RateLimited
+from symbi_sandbox_agent.bus.carrier import Carrier, Delivered, RateLimited
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.run import Running
 
 SEND = "message.send"
 RECEIVE = "message.receive"
 RETRY_AFTER_S = 1.0
+SUSPENDED_POLL_S = 0.1
 ARGS: dict[str, type[Any]] = {
     "messages.send": Send,
     "messages.publish": Publish,
@@ -48,9 +51,10 @@ class Decide(Protocol):
 class MessageOps:
     """The ``messages.*`` operations of one run's agent; ``record`` appends an ``execution.action``."""
 
-    def __init__(self, rt: Any, agent_id: str, decide: Decide, record: Record) -> None:
+    def __init__(self, rt: Any, run: Running, decide: Decide, record: Record) -> None:
         self.rt = rt
-        self.agent_id = agent_id
+        self.run = run
+        self.agent_id = run.agent_id or "unknown"
         self.decide = decide
         self.record = record
         self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
@@ -166,8 +170,7 @@ class MessageOps:
             if most == 0:
                 return Result(id=request_id, result={"messages": []})
             async with self._receiving:
-                fetched = await carrier.fetch(self.agent_id, most, wait)
-                got = await carrier.take(self.agent_id, fetched, self._check_delivery) if fetched else []
+                got = await self._fetch(carrier, most, wait)
         except SymbiError as err:
             await self.record(seq, RECEIVE, "inbox", {}, None, "failed", f"{err.code}: {err.message}")
             return error(request_id, err.code, err.message)
@@ -175,3 +178,19 @@ class MessageOps:
             detail = "received " + " ".join(f"{d.meta.id}<{d.meta.sender}" for d in got)
             await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", detail[:2000])
         return Result(id=request_id, result={"messages": [d.as_dict() for d in got]})
+
+    def _suspended(self) -> bool:
+        return self.run.paused_since is not None and not self.run.done.is_set()
+
+    async def _fetch(self, carrier: Carrier, most: int, wait: float) -> list[Delivered]:
+        """The waiting messages, never taken while the run is suspended: a batch fetched just as it was
+        suspended is handed back (it waits in the inbox) and fetched again once the run is resumed."""
+        deadline = time.monotonic() + wait
+        while True:
+            while self._suspended():  # noqa: ASYNC110 (a run has no resumed event; a resume is rare)
+                await asyncio.sleep(SUSPENDED_POLL_S)
+            fetched = await carrier.fetch(self.agent_id, most, max(deadline - time.monotonic(), 0.0))
+            if fetched and self._suspended():
+                await carrier.release(fetched)
+                continue
+            return await carrier.take(self.agent_id, fetched, self._check_delivery) if fetched else []

@@ -285,6 +285,10 @@ class Carrier:
         await asyncio.gather(*(m.ack() for m in msgs))
         return out
 
+    async def release(self, msgs: Sequence[Any]) -> None:
+        """Hand a fetched batch back to the inbox, untouched (it is delivered again, in order)."""
+        await asyncio.gather(*(m.nak() for m in msgs))
+
     async def _seen(self, agent_id: str, message_id: str) -> bool:
         """Whether a redelivered message was handed over before (the batch records of the agent's inbox)."""
         recent, _ = self._recent[agent_id]
