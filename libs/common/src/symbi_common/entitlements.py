@@ -35,8 +35,6 @@ AGGREGATE_READERS: Mapping[str, tuple[str, ...]] = {
     "host": ("sandbox-agent", "audit"),
     "memory": ("context", "audit"),
     "knowledge": ("context", "audit"),
-    # Messages between agents (``message.<sender>.<recipient or topic>``): only hosts open them, and audit.
-    "message": ("sandbox-agent", "audit"),
 }
 
 

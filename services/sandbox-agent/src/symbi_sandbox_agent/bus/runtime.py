@@ -66,8 +66,8 @@ async def follow_max_deliveries(carrier: Carrier, sub: Any) -> None:
                 stored = await carrier.js.get_msg(MESSAGES_STREAM, seq)
                 recipient = consumer.removeprefix(inbox_name(""))
                 detail = f"delivered {advisory.get('deliveries', '?')} times to {consumer} without an acknowledgement"
+                # The message itself stays in MESSAGES until its max age (a service may delete no message).
                 await carrier.dead_letter(stored.data or b"", recipient, "max_deliveries", detail)
-                await carrier.js.delete_msg(MESSAGES_STREAM, seq)
             except (nats.js.errors.NotFoundError, KeyError, ValueError) as exc:
                 log.warning("a max-deliveries advisory could not be dead-lettered", error=repr(exc))
     finally:
