@@ -115,7 +115,7 @@ class ProtocolServer:
     @property
     def messages(self) -> MessageOps:
         if self._messages is None:
-            self._messages = MessageOps(self.gateway.agent.rt, self.gateway.run, self.gateway.decide, self._record)
+            self._messages = MessageOps(self.gateway.agent.rt, self.gateway.run, self._record)
         return self._messages
 
     @property

@@ -14,18 +14,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
-from symbi_common.decisions import DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.decisions import Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import SymbiError
-from symbi_common.policy.hooks import UNDECIDED
+from symbi_common.policy.enforcement import GATEWAY_ACTION
+from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
 from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
 from symbi_sandbox_agent.bus.carrier import Carrier, Delivered, RateLimited
+from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.run import Running
@@ -44,18 +46,13 @@ ARGS: dict[str, type[Any]] = {
 Record = Callable[[int, str, str, dict[str, Any], DecisionRecord | None, ActionOutcome, str], Awaitable[None]]
 
 
-class Decide(Protocol):
-    async def __call__(self, question: DecisionRequest) -> tuple[Any, DecisionRecord]: ...
-
-
 class MessageOps:
     """The ``messages.*`` operations of one run's agent; ``record`` appends an ``execution.action``."""
 
-    def __init__(self, rt: Any, run: Running, decide: Decide, record: Record) -> None:
+    def __init__(self, rt: Any, run: Running, record: Record) -> None:
         self.rt = rt
         self.run = run
         self.agent_id = run.agent_id or "unknown"
-        self.decide = decide
         self.record = record
         self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
 
@@ -70,6 +67,12 @@ class MessageOps:
         if isinstance(args, Receive):
             return await self._receive(seq, request.id, args, carrier)
         return await self._send(seq, request, args, carrier)
+
+    async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
+        """Through the one enforcer (point ``GATEWAY_ACTION``), its answers remembered per policy version."""
+        point = remembered(await self.rt.decision_point())
+        verdict = await Enforcer.around(point).decide(question, GATEWAY_ACTION)
+        return verdict.decision, verdict.record
 
     # --- sending -----------------------------------------------------------------------------------
 
@@ -193,4 +196,6 @@ class MessageOps:
             if fetched and self._suspended():
                 await carrier.release(fetched)
                 continue
-            return await carrier.take(self.agent_id, fetched, self._check_delivery) if fetched else []
+            got = await carrier.take(self.agent_id, fetched, self._check_delivery) if fetched else []
+            if got or time.monotonic() >= deadline:
+                return got  # (a batch of only refused or duplicate messages: wait on for the rest of the time)

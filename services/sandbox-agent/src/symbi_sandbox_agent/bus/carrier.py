@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +55,17 @@ RECENT_IDS = 10_000
 #: NATS error code: the subject holds its maximum of messages (discard new per subject).
 _SUBJECT_FULL = 10077
 
+#: After the server refused a message to a full inbox, how long sends to it are refused without asking.
+FULL_BACKOFF_S = 0.005
+#: Envelopes remembered as signed by this process (their digests), at most.
+SEALED_HERE = 100_000
+
 #: Delivery-time policy question: (sender, recipient, meta) → ``None`` if allowed, else why not.
 Check = Callable[[str, str, Meta], Awaitable[str | None]]
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class BusError(SymbiError):
@@ -105,6 +115,10 @@ class Carrier:
         self._subs: dict[str, Any] = {}
         self._recent: dict[str, tuple[set[str], deque[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Inboxes (or topics) the server refused as full, until when sends to them are refused here.
+        self._full: dict[str, float] = {}
+        #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
+        self._sealed_here: OrderedDict[bytes, None] = OrderedDict()
 
     # --- sending ---------------------------------------------------------------------------------------
 
@@ -126,7 +140,11 @@ class Carrier:
         if not valid_name(target):
             raise BadAddress(f"{target[:80]!r} is not an agent id or topic (1-64 letters, digits, '-' or '_')")
         payload = body_bytes(body)
-        wait = self.limiter.take(sender, len(payload), time.monotonic())
+        now = time.monotonic()
+        full_until = self._full.get(to or topic, 0.0)
+        if full_until > now:  # refused just now: do not seal, sign and send what the server would refuse
+            raise RateLimited(f"{to or topic}'s inbox is full; try again later", retry_after=full_until - now)
+        wait = self.limiter.take(sender, len(payload), now)
         if wait:
             raise RateLimited(f"agent {sender} is over its send rate; try again in {wait:.3f} s", retry_after=wait)
         meta = Meta(
@@ -151,7 +169,15 @@ class Carrier:
         else:
             subject = direct_subject(to)
             await self.ensure_inbox(to)
-        await self.publish(subject, encode(envelope), meta.id)
+        data = encode(envelope)
+        try:
+            await self.publish(subject, data, meta.id)
+        except RateLimited:
+            self._full[to or topic] = time.monotonic() + FULL_BACKOFF_S
+            raise
+        self._sealed_here[_digest(data)] = None
+        if len(self._sealed_here) > SEALED_HERE:
+            self._sealed_here.popitem(last=False)
         return meta
 
     async def publish(self, subject: str, data: bytes, message_id: str, headers: dict[str, str] | None = None) -> None:
@@ -230,17 +256,24 @@ class Carrier:
             envelope = ENVELOPE_DECODER.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Refused("refused", f"not a message envelope: {exc}") from None
-        return await self.open_envelope(envelope, recipient, replayed_at)
+        return await self.open_envelope(
+            envelope, recipient, replayed_at, signed_here=_digest(data) in self._sealed_here
+        )
 
-    async def open_envelope(self, envelope: Envelope, recipient: str, replayed_at: float = 0.0) -> Delivered:
+    async def open_envelope(
+        self, envelope: Envelope, recipient: str, replayed_at: float = 0.0, *, signed_here: bool = False
+    ) -> Delivered:
+        """``signed_here``: these exact bytes were signed by this process (a message between two agents of
+        this host): verifying our own signature over identical bytes again would prove nothing new."""
         meta = envelope.meta
         if expired(meta, time.time(), replayed_at):
             raise Refused("expired", f"message {meta.id} expired {meta.ttl_s} s after it was sent")
-        try:
-            verifier = await self.identities.verifier(meta.sender)
-        except UnknownSender as exc:
-            raise Refused("unknown_sender_key", exc.message) from None
-        check_signature(envelope, verifier)
+        if not signed_here:
+            try:
+                verifier = await self.identities.verifier(meta.sender)
+            except UnknownSender as exc:
+                raise Refused("unknown_sender_key", exc.message) from None
+            check_signature(envelope, verifier)
         try:
             key = await self.datakeys.by_id(envelope.key_id)
         except SymbiError as exc:
