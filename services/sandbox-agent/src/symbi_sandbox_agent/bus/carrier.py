@@ -314,8 +314,10 @@ class Carrier:
                 order.append(i)
             while len(order) > RECENT_IDS:
                 recent.discard(order.popleft())
-        await asyncio.gather(*dead)
-        await asyncio.gather(*(m.ack() for m in msgs))
+        for letter in dead:
+            await letter
+        for m in msgs:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
+            await m.ack()
         return out
 
     async def release(self, msgs: Sequence[Any]) -> None:
