@@ -11,7 +11,8 @@ of senders in flight, same consumer batch, in the same run:
 * raw (baseline): nats-py ``js.publish`` of the same payload bytes to a stream of the same configuration
   (interest retention, file storage), a pull consumer fetching the same batches and acking each message.
 
-Throughput: ``--messages`` sent by ``--senders`` concurrent senders while one receiver drains. Latency:
+Throughput: ``--messages`` sent by ``--senders`` concurrent senders while one receiver drains, with at most
+``WINDOW`` messages sent and not yet received (both paths). Latency:
 one message at a time (send → handed to the receiver), p50/p99. Not included: the agent's socket round
 trip and the ``execution.action`` audit record per send (bench/gateway.py measures that path).
 
@@ -47,6 +48,9 @@ from symbi_sandbox_agent.bus.runtime import open_carrier
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
+#: Messages sent and not yet received, at most (credit-based flow control, the same for both paths): below the
+#: inbox bound, so senders wait for the receiver instead of having sends refused as the inbox is full.
+WINDOW = 512
 RAW_STREAM = "RAWBENCH"
 
 
@@ -69,6 +73,7 @@ class Ours:
         )
 
     async def send(self, i: int) -> str:
+        self.carrier.check_room("bob")  # as the gateway does: a full inbox is refused before deciding
         verdict = await self.enforcer.decide(self.question, GATEWAY_ACTION)
         if isinstance(verdict.decision, Deny):
             raise SystemExit(f"the bench's message was denied: {verdict.decision.reason}")
@@ -116,8 +121,11 @@ async def throughput(path: Ours | Raw, n: int, senders: int) -> float:
     """Messages/s from first send to last message received (senders and receiver run together)."""
     received = 0
 
+    credits = asyncio.Semaphore(WINDOW)
+
     async def sender(k: int) -> None:
         for i in range(k, n, senders):
+            await credits.acquire()
             while True:  # an inbox holds INBOX_DEPTH messages at most: both paths wait for the receiver
                 try:
                     await path.send(i)
@@ -130,7 +138,10 @@ async def throughput(path: Ours | Raw, n: int, senders: int) -> float:
     async def receiver() -> None:
         nonlocal received
         while received < n:
-            received += len(await path.receive())
+            got = len(await path.receive())
+            received += got
+            for _ in range(got):
+                credits.release()
 
     start = time.perf_counter()
     await asyncio.gather(receiver(), *(sender(k) for k in range(senders)))

@@ -92,10 +92,14 @@ class MessageOps:
         question = self.question(self.agent_id, to, topic, dict(request.context), size)
         target = to or topic
         try:
+            carrier.check_room(target)
             check_against_schema(question)
         except ActionRequestError as err:
             await self.record(seq, SEND, target, question.context, None, "failed", f"invalid_request: {err.message}")
             return error(request.id, "invalid_request", err.message)
+        except RateLimited as err:
+            await self.record(seq, SEND, target, question.context, None, "failed", f"rate_limited: {err.message}")
+            return error(request.id, "rate_limited", err.message, retry_after=err.details["retry_after"])
         decision, record = await self.decide(question)
         if isinstance(decision, Deny):
             if decision.code in UNDECIDED:
