@@ -148,16 +148,18 @@ async def throughput(path: Ours | Raw, n: int, senders: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def latency(path: Ours | Raw, n: int) -> list[float]:
-    """One message at a time: send → handed to the receiver (a long poll already waiting)."""
-    samples: list[float] = []
+async def latency(ours: Ours, raw: Raw, n: int) -> tuple[list[float], list[float]]:
+    """One message at a time: send → handed to the receiver (a long poll already waiting); the two paths
+    alternate message by message, so a load spike of the shared machine hits both alike."""
+    samples: tuple[list[float], list[float]] = ([], [])
     for i in range(n):
-        waiting = asyncio.ensure_future(_first(path))
-        await asyncio.sleep(0)
-        start = time.perf_counter()
-        await path.send(1_000_000 + i)
-        await waiting
-        samples.append(time.perf_counter() - start)
+        for path, out in ((ours, samples[0]), (raw, samples[1])):
+            waiting = asyncio.ensure_future(_first(path))
+            await asyncio.sleep(0)
+            start = time.perf_counter()
+            await path.send(1_000_000 + i)
+            await waiting
+            out.append(time.perf_counter() - start)
     return samples
 
 
@@ -201,8 +203,8 @@ async def run(n: int, senders: int, size: int, rounds: int) -> None:
                     rates["raw"].append(await throughput(raw, n, senders))
                     rates["ours"].append(await throughput(ours, n, senders))
                 lat_n = max(200, n // 10)
-                lat_raw = percentiles(await latency(raw, lat_n))
-                lat_ours = percentiles(await latency(ours, lat_n))
+                ours_lat, raw_lat = await latency(ours, raw, lat_n)
+                lat_ours, lat_raw = percentiles(ours_lat), percentiles(raw_lat)
             finally:
                 await rt.stop()
                 await nc.close()
