@@ -202,10 +202,14 @@ async def test_expired_and_forged_messages_go_to_the_dead_letters_and_replay_dec
     assert [(m["from"], m["body"]) for m in got] == [("alice", "one")]
     after = {letter.reason for _, letter in await dead_letters(js, "bob")}
     assert after == {"bad_signature", "unknown_sender_key", "refused"}
-    recorded = [a.detail for a in actions(second.events) if a.action == "message.receive"]
-    assert len(recorded) == 1
-    assert recorded[0].startswith("received ")
-    assert "<alice" in recorded[0]
+    recorded = [(a.outcome, a.detail) for a in actions(second.events) if a.action == "message.receive"]
+    assert [outcome for outcome, _ in recorded] == ["refused", "allowed"]
+    assert recorded[0][1].endswith(" refused")  # the restricted one, decided again at delivery
+    assert recorded[1][1].startswith("received ")
+    assert "<alice" in recorded[1][1]
+    refusals = " ".join(a.detail for a in actions(first.events) if a.outcome == "refused")
+    for reason in ("expired", "unknown_sender_key", "bad_signature"):
+        assert reason in refusals
 
 
 RATE = """

@@ -176,11 +176,15 @@ class MessageOps:
                 await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", f"subscribed {', '.join(args.subscribe)}")
             if most == 0:
                 return Result(id=request_id, result={"messages": []})
+            refused: list[str] = []
             async with self._receiving:
-                got = await self._fetch(carrier, most, wait)
+                got = await self._fetch(carrier, most, wait, refused)
         except SymbiError as err:
             await self.record(seq, RECEIVE, "inbox", {}, None, "failed", f"{err.code}: {err.message}")
             return error(request_id, err.code, err.message)
+        if refused:  # refused at delivery (dead letters): on the recipient's trail too, metadata only
+            detail = "refused at delivery (dead letters): " + ", ".join(refused)
+            await self.record(seq, RECEIVE, "inbox", {}, None, "refused", detail[:2000])
         if got:
             detail = "received " + " ".join(f"{d.meta.id}<{d.meta.sender}" for d in got)
             await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", detail[:2000])
@@ -189,7 +193,7 @@ class MessageOps:
     def _suspended(self) -> bool:
         return self.run.paused_since is not None and not self.run.done.is_set()
 
-    async def _fetch(self, carrier: Carrier, most: int, wait: float) -> list[Delivered]:
+    async def _fetch(self, carrier: Carrier, most: int, wait: float, refused: list[str]) -> list[Delivered]:
         """The waiting messages, never taken while the run is suspended: a batch fetched just as it was
         suspended is handed back (it waits in the inbox) and fetched again once the run is resumed."""
         deadline = time.monotonic() + wait
@@ -200,6 +204,6 @@ class MessageOps:
             if fetched and self._suspended():
                 await carrier.release(fetched)
                 continue
-            got = await carrier.take(self.agent_id, fetched, self._check_delivery) if fetched else []
+            got = await carrier.take(self.agent_id, fetched, self._check_delivery, refused) if fetched else []
             if got or time.monotonic() >= deadline:
                 return got  # (a batch of only refused or duplicate messages: wait on for the rest of the time)

@@ -68,6 +68,13 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+def _message_id(data: bytes) -> str:
+    try:
+        return ENVELOPE_DECODER.decode(data).meta.id[:64]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "?"
+
+
 class BusError(SymbiError):
     """Root of the bus's errors (typed, answered to the agent with their code)."""
 
@@ -287,9 +294,12 @@ class Carrier:
             raise Refused("refused", f"message {meta.id} is sealed under another sender's key {envelope.key_id}")
         return Delivered(meta, open_payload(envelope, key))
 
-    async def take(self, agent_id: str, msgs: Sequence[Any], check: Check) -> list[Delivered]:
-        """Open a fetched batch for ``agent_id``: refused ones go to the dead letters, duplicates are dropped,
-        the rest are recorded as delivered (one record per batch), then the whole batch is acked."""
+    async def take(
+        self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None
+    ) -> list[Delivered]:
+        """Open a fetched batch for ``agent_id``: refused ones go to the dead letters (``<id> <reason>`` added to
+        ``refused``), duplicates are dropped, the rest are recorded as delivered (one record per batch), then
+        the whole batch is acked."""
         recent, order = self._recent.setdefault(agent_id, (set(), deque()))
         out: list[Delivered] = []
         dead: list[Awaitable[None]] = []
@@ -308,6 +318,8 @@ class Carrier:
                         raise Refused("refused", why)
             except Refused as refusal:
                 dead.append(self.dead_letter(msg.data, agent_id, refusal.reason, refusal.detail))
+                if refused is not None:
+                    refused.append(f"{_message_id(msg.data)} {refusal.reason}")
                 continue
             out.append(got)
         if out:
