@@ -17,10 +17,16 @@ import pytest
 from symbi_cli.bus_cmd import dead_letters, replay, tail
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats
+from symbi_common.datakeys import open_service_datakeys
+from symbi_common.eventstore import EventStore
+from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import ADMIN, OPERATOR, authorization_config, nats_users, with_credentials
+from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
-from symbi_sandbox_agent.bus.carrier import Carrier
+from symbi_contracts.lifecycle.events import CODEC as AGENT_EVENTS
+from symbi_contracts.lifecycle.events import AgentStatus, AgentTerminated
+from symbi_sandbox_agent.bus.carrier import Carrier, RecipientTerminated
 from symbi_sandbox_agent.bus.runtime import bus_of
 
 PASSWORDS = {user: f"pw-{user}-{i}" for i, user in enumerate(nats_users())}
@@ -103,3 +109,49 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
     violations = [e for e in [*rt.recent_errors, *map(str, operator_errors)] if "ermission" in str(e)]
     assert violations == []
     assert not operator_errors
+
+
+async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
+    secured: str, keys_dir: Path, signer_for: Any, registry: KeyRegistry
+) -> None:
+    """The termination is a signed lifecycle event (written as the ``lifecycle`` user); the sandbox-agent
+    reads only its authenticated header (it may not decrypt agent events)."""
+    lifecycle_nc = await nats.connect(
+        with_credentials(secured, "lifecycle", PASSWORDS["lifecycle"]), allow_reconnect=False
+    )
+    env = {
+        "SYMBI_NATS_URL": with_credentials(secured, "sandbox-agent", PASSWORDS["sandbox-agent"]),
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
+    }
+    rt = ServiceRuntime("sandbox-agent", load_settings(env=env), use_database=False)
+    await rt.start()
+    try:
+        datakeys = await open_service_datakeys(lifecycle_nc.jetstream(), keys_dir / "lifecycle", "lifecycle", registry)
+        lifecycle = EventStore(
+            lifecycle_nc, signer=signer_for("lifecycle"), producer="lifecycle", registry=registry, datakeys=datakeys
+        )
+        ended = AgentTerminated(reason="retired by the operator", previous=AgentStatus.READY)
+        await lifecycle.append("agent", "carol", [ended], AGENT_EVENTS, expected=NEW_AGGREGATE)
+        carrier = await bus_of(rt)
+        await carrier.send("alice", "direct", "still there?", to="dave")  # a live agent: its inbox
+        deadline = asyncio.get_running_loop().time() + 10
+        while "carol" not in carrier.terminated:
+            assert asyncio.get_running_loop().time() < deadline, "the termination was not followed"
+            await asyncio.sleep(0.05)
+        with pytest.raises(RecipientTerminated):
+            await carrier.send("alice", "direct", "hello carol", to="carol")
+        operator = await nats.connect(with_credentials(secured, OPERATOR, PASSWORDS[OPERATOR]), allow_reconnect=False)
+        try:  # (the sandbox-agent only writes dead letters; the operator reads them)
+            dead = await dead_letters(operator.jetstream(), "carol")
+        finally:
+            await operator.close()
+        assert [(letter.reason, letter.envelope.meta.sender) for _, letter in dead] == [
+            ("recipient_terminated", "alice")
+        ]
+        assert "dave" not in carrier.terminated
+    finally:
+        await rt.stop()
+        await lifecycle_nc.close()
+    assert [e for e in rt.recent_errors if "ermission" in e] == []

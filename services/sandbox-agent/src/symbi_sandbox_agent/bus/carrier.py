@@ -47,6 +47,7 @@ from symbi_contracts.bus import (
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
 from symbi_sandbox_agent.bus.limits import RateLimiter
+from symbi_sandbox_agent.bus.terminated import TerminatedAgents
 
 #: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
 REPLAYED_AT = "Symbi-Replayed-At"
@@ -89,6 +90,10 @@ class BadAddress(BusError):
     code = "invalid_request"
 
 
+class RecipientTerminated(BusError):
+    code = "recipient_terminated"
+
+
 class NoReply(BusError):
     code = "timeout"
 
@@ -122,6 +127,8 @@ class Carrier:
         self._subs: dict[str, Any] = {}
         self._recent: dict[str, tuple[set[str], deque[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Agents known to be terminated (kept current by the bus runtime's follower).
+        self.terminated = TerminatedAgents(identities.registry)
         #: Inboxes (or topics) the server refused as full, until when sends to them are refused here.
         self._full: dict[str, float] = {}
         #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
@@ -173,6 +180,11 @@ class Carrier:
             subject = topic_subject(topic)
         else:
             subject = direct_subject(to)
+            if to in self.terminated:
+                await self.dead_letter(encode(envelope), to, "recipient_terminated", f"agent {to} is terminated")
+                raise RecipientTerminated(
+                    f"agent {to} is terminated: message {meta.id} went to the dead letters", message_id=meta.id
+                )
             await self.ensure_inbox(to)
         data = encode(envelope)
         try:

@@ -50,6 +50,7 @@ async def bus_of(rt: ServiceRuntime) -> Carrier:
             carrier = await open_carrier(rt)
             sub = await rt.nc.subscribe(MAX_DELIVERIES_ADVISORY)
             rt.spawn(follow_max_deliveries(carrier, sub), "bus:max-deliveries")
+            rt.spawn(carrier.terminated.follow(rt.js), "bus:terminated-agents")
             _buses[rt] = carrier
     return carrier
 
