@@ -43,6 +43,7 @@ ErrorCode = Literal[
     "too_many_requests",
     "rate_limited",
     "timeout",
+    "recipient_terminated",
     "internal",
 ]
 #: Every code of the protocol itself; a performing service's own code (e.g. ``invalid_context``) passes through.

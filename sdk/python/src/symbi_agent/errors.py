@@ -97,6 +97,12 @@ class Timeout(SymbiAgentError):
     code = "timeout"
 
 
+class RecipientTerminated(SymbiAgentError):
+    """The addressed agent is terminated; the message went to the dead letters."""
+
+    code = "recipient_terminated"
+
+
 class Internal(SymbiAgentError):
     code = "internal"
 
@@ -122,6 +128,7 @@ ERRORS: dict[str, type[SymbiAgentError]] = {
         TooManyRequests,
         RateLimited,
         Timeout,
+        RecipientTerminated,
         Internal,
     )
 }
