@@ -11,7 +11,8 @@ async def test_nats_fixture_round_trip(nc, js):
     msg = await sub.next_msg(timeout=2)
     assert msg.data == b"world"
     info = await js.account_info()
-    assert info.streams == 9  # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, four KV buckets
+    # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, MESSAGES, DEADLETTER, six KV buckets
+    assert info.streams == 13
 
 
 async def test_database_url_is_fresh(database_url):
@@ -35,11 +36,15 @@ async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_
     names = sorted([s.config.name for s in await js.streams_info()])
     assert names == [
         "AUDIT",
+        "DEADLETTER",
         "EVENTS",
+        "KV_AGENT_KEYS",
+        "KV_BUS_DELIVERED",
         "KV_DATAKEYS",
         "KV_HOSTS",
         "KV_OPERATOR_REVOCATIONS",
         "KV_SCHEDULER",
+        "MESSAGES",
         "REGISTRY",
         "SNAPSHOTS",
         "WORK",

@@ -28,7 +28,9 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
     for service, subjects in SERVICE_SUBJECTS.items():
         events = [p for p in publish_allow(service) if p.startswith("evt.")]
         assert events == list(subjects)
-        assert subscribe_allow(service) == [f"cmd.{service}.>", "_INBOX.>"]
+        assert subscribe_allow(service)[:2] == [f"cmd.{service}.>", "_INBOX.>"]
+        # Beyond: only the sandbox-agent, the replies to its agents' requests and the bus's advisories.
+        assert not subscribe_allow(service)[2:] or service == "sandbox-agent"
     # The operator writes no events or data keys; only revocations of operator tokens (`symbi token revoke`).
     assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap."))]
     assert [p for p in publish_allow(OPERATOR) if p.startswith("$KV.")] == ["$KV.OPERATOR_REVOCATIONS.>"]
@@ -40,13 +42,20 @@ def test_only_admin_may_manage_streams() -> None:
     for user in [*SERVICE_SUBJECTS, OPERATOR]:
         allowed = publish_allow(user)
         assert "$JS.API.>" not in allowed, user
+        # The one exception: the operator drops dead letters (`symbi bus dlq replay|purge`), nothing else.
+        dead = {"$JS.API.STREAM.PURGE.DEADLETTER", "$JS.API.STREAM.MSG.DELETE.DEADLETTER"}
         for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
-            assert not [p for p in allowed if p.startswith(f"$JS.API.STREAM.{verb}")], (user, verb)
-        assert not [p for p in allowed if p.startswith("$JS.API.STREAM.MSG.DELETE")], user
+            found = [p for p in allowed if p.startswith(f"$JS.API.STREAM.{verb}") and p not in dead]
+            assert not found, (user, verb)
+        assert not [p for p in allowed if p.startswith("$JS.API.STREAM.MSG.DELETE") and p not in dead], user
+        assert not [p for p in allowed if p in dead] or user == OPERATOR
         # Data keys: only its own aggregates' (the audit service crypto-shreds any on erasure).
         own = {p for p in allowed if p.startswith("$KV.DATAKEYS.")}
         if user == "audit":
             assert own == {"$KV.DATAKEYS.audit.>", "$KV.DATAKEYS.>"}
+        elif user == "sandbox-agent":  # and the data keys of messages between agents
+            expected = {p.replace("evt.", "$KV.DATAKEYS.", 1) for p in SERVICE_SUBJECTS[user]}
+            assert own == {*expected, "$KV.DATAKEYS.message.>"}
         elif user != OPERATOR:
             assert own == {p.replace("evt.", "$KV.DATAKEYS.", 1) for p in SERVICE_SUBJECTS[user]}
     assert publish_allow(ADMIN) == ["$JS.API.>", "_INBOX.>"]

@@ -41,6 +41,10 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
             "KV_SCHEDULER",
             "KV_OPERATOR_REVOCATIONS",
             "REGISTRY",
+            "MESSAGES",  # the bus between agents (symbi_common.bus_streams)
+            "DEADLETTER",
+            "KV_AGENT_KEYS",
+            "KV_BUS_DELIVERED",
         ]
     )
 

@@ -82,7 +82,7 @@ with Agent() as a:
     out["recalled"] = [m["id"] for m in found] == [stored["memory_id"]]
     out["secret"] = code(lambda: a.memory.store("x", context={"classification": "secret"}))
     out["big"] = code(lambda: a.memory.store("x" * 1100000))
-    out["send"] = code(lambda: a.messages.send("agent-2", "hi"))
+    out["tools"] = code(lambda: a.tools.invoke("search"))
     out["owner"] = code(lambda: a.call("memory.store", {"text": "t", "owner": "agent-2"}))
     raw = socket.socket(socket.AF_UNIX)
     raw.connect(os.environ["SYMBI_SOCKET"])
@@ -131,7 +131,7 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert out["channel"] == "socket"
     assert (out["hello"]["agent_id"], out["hello"]["task_id"], out["hello"]["version"]) == ("agent-1", task_id, 1)
     assert out["recalled"] is True
-    assert (out["secret"], out["big"], out["send"]) == ("denied", "request_too_large", "not_available")
+    assert (out["secret"], out["big"], out["tools"]) == ("denied", "request_too_large", "not_available")
     assert (out["owner"], out["forged"], out["after"]) == ("malformed_request", "identity_refused", "ok")
     assert out["concurrent"] == 20
     # Every request is on the task's audit trail, as the listener's agent (hello is not an action).

@@ -207,6 +207,8 @@ def test_bad_settings_are_refused() -> None:
         check_settings(SandboxSettings(user="0:0"))
     with pytest.raises(ConfigError, match="heartbeat_interval_s"):
         check_settings(SandboxSettings(heartbeat_interval_s=10))
+    with pytest.raises(ConfigError, match="bus_messages_per_s"):
+        check_settings(SandboxSettings(bus_messages_per_s=0))
     with pytest.raises(ConfigError, match=r"sandbox\.host_id"):
         resolve_host_id("bad.host")
     check_settings(SandboxSettings())

@@ -28,7 +28,7 @@ _API = "$JS.API"
 #: Streams (and ``KV_<bucket>`` streams) each service reads, beyond EVENTS, SNAPSHOTS and KV_DATAKEYS.
 _EXTRA_READS: Mapping[str, tuple[str, ...]] = {
     "scheduler": ("WORK", "KV_HOSTS", "KV_SCHEDULER"),
-    "sandbox-agent": ("WORK", "KV_HOSTS"),
+    "sandbox-agent": ("WORK", "KV_HOSTS", "MESSAGES", "KV_AGENT_KEYS", "KV_BUS_DELIVERED"),
     "audit": ("AUDIT",),
 }
 _COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS", "REGISTRY")
@@ -36,7 +36,16 @@ _COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS"
 #: What a service publishes beyond its events, snapshots and data keys (docs/contracts/tasks.md, audit's subjects).
 _EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
     "scheduler": ("work.>", "$KV.SCHEDULER.>"),
-    "sandbox-agent": ("$KV.HOSTS.>",),
+    # The bus between agents: messages and dead letters, the agents' identity keys, delivered ids, and the
+    # data keys of messages (``message.<sender>.<recipient>``, which no event subject covers).
+    "sandbox-agent": (
+        "$KV.HOSTS.>",
+        "msg.>",
+        "dlq.>",
+        "$KV.AGENT_KEYS.>",
+        "$KV.BUS_DELIVERED.>",
+        "$KV.DATAKEYS.message.>",
+    ),
     # The audit service crypto-shreds any aggregate's data key on an audited erasure (a KV purge).
     "audit": ("audit.>", "$KV.DATAKEYS.>"),
 }
@@ -105,9 +114,28 @@ def stream_read_api(stream: str) -> list[str]:
     ]
 
 
+#: What the operator's ``symbi bus dlq`` may do beyond reading: replay a dead letter into its recipient's inbox,
+#: and drop dead letters (they are operational leftovers, not history: no other stream's messages may go).
+_OPERATOR_BUS = ("msg.direct.*", "$JS.API.STREAM.MSG.DELETE.DEADLETTER", "$JS.API.STREAM.PURGE.DEADLETTER")
+#: What a service subscribes to beyond its commands and inboxes: the sandbox-agent, the replies to its agents'
+#: requests and JetStream's max-deliveries advisories of the agents' inboxes (they become dead letters).
+_EXTRA_SUBSCRIBE: Mapping[str, tuple[str, ...]] = {
+    "sandbox-agent": ("msg.reply.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESSAGES.*"),
+}
+
+
 def streams_read_by(service: str) -> tuple[str, ...]:
     if service == OPERATOR:
-        return ("EVENTS", "SNAPSHOTS", "AUDIT", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS", "REGISTRY")
+        return (
+            "EVENTS",
+            "SNAPSHOTS",
+            "AUDIT",
+            "KV_DATAKEYS",
+            "KV_OPERATOR_REVOCATIONS",
+            "REGISTRY",
+            "MESSAGES",
+            "DEADLETTER",
+        )
     return (*_COMMON_READS, *_EXTRA_READS.get(service, ()))
 
 
@@ -131,7 +159,7 @@ def publish_allow(service: str) -> list[str]:
     common = [*api, "$JS.FC.>", "_INBOX.>"]
     if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), the CLI's commands, and the
         # root-signed key registry versions (`symbi keys`; services only read them, and verify each)
-        return [*common, "$KV.OPERATOR_REVOCATIONS.>", *OPERATOR_COMMANDS, "registry.version"]
+        return [*common, "$KV.OPERATOR_REVOCATIONS.>", *OPERATOR_COMMANDS, "registry.version", *_OPERATOR_BUS]
     commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
     return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
 
@@ -140,10 +168,10 @@ def subscribe_allow(service: str) -> list[str]:
     """What ``service`` may subscribe to: its own commands (``cmd.sandbox-agent.<host>.<action>`` too) and
     inboxes (consumers deliver to inboxes)."""
     if service == OPERATOR:
-        return ["_INBOX.>", "audit.alert", "audit.live.>"]
+        return ["_INBOX.>", "audit.alert", "audit.live.>", "msg.>"]  # msg.>: `symbi bus tail` (metadata only)
     if service == ADMIN:
         return ["_INBOX.>"]
-    return [f"cmd.{service}.>", "_INBOX.>"]
+    return [f"cmd.{service}.>", "_INBOX.>", *_EXTRA_SUBSCRIBE.get(service, ())]
 
 
 def nats_users() -> list[str]:

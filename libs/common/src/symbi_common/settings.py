@@ -208,6 +208,10 @@ class SandboxSettings(_Section):
     tools_timeout_s: float = 30.0
     tools_max_result_bytes: int = 256 * 1024
     tools_rate_per_s: float = 10.0
+    #: Messages per second each agent of this host may send on the bus (a burst of one second's worth).
+    bus_messages_per_s: float = 1000.0
+    #: Payload bytes per second each agent of this host may send on the bus.
+    bus_bytes_per_s: float = 8 * 1024 * 1024
 
 
 class WitnessSettings(_Section):

@@ -25,6 +25,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
+from symbi_common.bus_streams import bus_buckets, deadletter_config, messages_config
 from symbi_common.errors import InfrastructureError, Timeout
 
 EVENTS_STREAM = "EVENTS"
@@ -163,14 +164,15 @@ async def provision_streams(js: Any, settings: StreamSettings | None = None, *, 
                     f"the JetStream store exists but stream {name} is missing: its history was deleted; "
                     "refusing to re-create it empty (restore the store, or start over with a new home)"
                 ) from None
-    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s)):
+    bus = (messages_config(s.replicas, s.duplicate_window_s, s.max_msg_size), deadletter_config(s.replicas))
+    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *bus):
         try:
             await js.add_stream(cfg)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
                 raise
             await js.update_stream(cfg)
-    for kv in bucket_configs(s):
+    for kv in (*bucket_configs(s), *bus_buckets(s.replicas)):
         try:
             await js.key_value(kv.bucket)
         except nats.js.errors.BucketNotFoundError:

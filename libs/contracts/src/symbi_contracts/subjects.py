@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 from symbi_common.events import Event, tag_of
 
+from symbi_contracts import bus
 from symbi_contracts.context import commands as context_commands
 from symbi_contracts.lifecycle import commands as lifecycle_commands
 from symbi_contracts.lifecycle import events as agent_events
@@ -39,7 +40,7 @@ SERVICES = (LIFECYCLE, SCHEDULER, POLICY, AUDIT, SANDBOX_AGENT, CONTEXT)
 #: ``cmd.policy.decide``); it logs its decisions and asks the lifecycle to suspend an agent on a violation.
 ENFORCING = (LIFECYCLE, SCHEDULER, AUDIT, SANDBOX_AGENT, CONTEXT)
 
-Kind = Literal["events", "command", "work", "kv", "notice"]
+Kind = Literal["events", "command", "work", "kv", "notice", "message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,29 @@ CATALOGUE: tuple[Subject, ...] = (
     Subject("kv", "HOSTS.<host_id>", SANDBOX_AGENT, (SCHEDULER,), "a host's capacity, tiers, running tasks, heartbeat"),
     Subject("notice", "audit.checkpoint", AUDIT, (CLI,), "each signed checkpoint of the event log"),
     Subject("notice", "audit.alert", AUDIT, (CLI,), "each integrity finding"),
+    # --- the bus between agents (symbi_contracts.bus; hosts carry their agents' messages) -------------
+    Subject(
+        "message",
+        "msg.direct.<agent_id>|topic.<topic>|reply.<agent_id>.<id>",
+        SANDBOX_AGENT,
+        (SANDBOX_AGENT, CLI),
+        "a signed message between agents: metadata in clear, body encrypted (stream MESSAGES)",
+        bodies=(bus.Envelope,),
+    ),
+    Subject(
+        "message",
+        "dlq.<agent_id>",
+        SANDBOX_AGENT,
+        (CLI,),
+        "a message that could not be delivered, with why (stream DEADLETTER)",
+        bodies=(bus.DeadLetter,),
+    ),
+    Subject(
+        "kv", "AGENT_KEYS.<agent_id>", SANDBOX_AGENT, (SANDBOX_AGENT,), "an agent's identity key, signed by its host"
+    ),
+    Subject(
+        "kv", "BUS_DELIVERED.<agent_id>.<seq>", SANDBOX_AGENT, (SANDBOX_AGENT,), "ids of messages handed to an agent"
+    ),
     # --- commands (request/reply; JSON) -------------------------------------------------------------
     Subject(
         "command",

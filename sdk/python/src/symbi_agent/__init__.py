@@ -2,7 +2,8 @@
 
 ``Agent`` (synchronous) and ``AsyncAgent`` connect to the sandbox's channel socket named by
 ``$SYMBI_SOCKET`` and fall back to stdio (requests on stderr, answers on stdin) where there is none.
-Areas: ``memory``, ``knowledge`` and ``data`` (the agent's filesystem grants) today; ``messages``, ``tools``, ``http`` and ``models`` answer
+Areas: ``memory``, ``knowledge``, ``data`` (the agent's filesystem grants), ``messages`` and ``tools``
+today; ``http`` and ``models`` answer
 :class:`NotAvailable` until the runtime performs them. Every refusal is a typed :class:`SymbiAgentError`.
 Standard library only.
 """
@@ -20,9 +21,11 @@ from symbi_agent.errors import (
     MalformedRequest,
     NotAvailable,
     NotFound,
+    RateLimited,
     ReadOnly,
     RequestTooLarge,
     SymbiAgentError,
+    Timeout,
     TooLarge,
     TooManyRequests,
     Unavailable,
@@ -43,9 +46,11 @@ __all__ = [
     "MalformedRequest",
     "NotAvailable",
     "NotFound",
+    "RateLimited",
     "ReadOnly",
     "RequestTooLarge",
     "SymbiAgentError",
+    "Timeout",
     "TooLarge",
     "TooManyRequests",
     "Unavailable",

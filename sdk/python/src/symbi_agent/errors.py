@@ -85,6 +85,24 @@ class TooManyRequests(SymbiAgentError):
     code = "too_many_requests"
 
 
+class RateLimited(SymbiAgentError):
+    """The agent is over its message rate, or the recipient's inbox is full: try again after ``retry_after``."""
+
+    code = "rate_limited"
+
+
+class Timeout(SymbiAgentError):
+    """No answer in time (e.g. no reply to ``messages.request``)."""
+
+    code = "timeout"
+
+
+class RecipientTerminated(SymbiAgentError):
+    """The addressed agent is terminated; the message went to the dead letters."""
+
+    code = "recipient_terminated"
+
+
 class Internal(SymbiAgentError):
     code = "internal"
 
@@ -108,6 +126,9 @@ ERRORS: dict[str, type[SymbiAgentError]] = {
         Denied,
         Unavailable,
         TooManyRequests,
+        RateLimited,
+        Timeout,
+        RecipientTerminated,
         Internal,
     )
 }

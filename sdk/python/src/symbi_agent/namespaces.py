@@ -82,20 +82,36 @@ class Knowledge(_Area):
 
 
 class Messages(_Area):
-    """Messages between agents (direct, topics, request/reply). Not performed yet: every call raises
-    :class:`~symbi_agent.errors.NotAvailable` from the gateway."""
+    """Messages between agents: direct, topics, request/reply. Signed and encrypted by the host, each send
+    decided by policy (``classification`` in ``context`` drives data-flow rules). A received message is
+    ``{"id", "kind", "from", "body", "sent_at", "to"?, "topic"?, "classification"?}``."""
 
-    def send(self, to: str, body: Any, **kwargs: Any) -> Any:
-        return self._call("messages.send", {"to": to, "body": body, **kwargs})
+    def send(self, to: str, body: Any, *, ttl_s: float | None = None, context: dict[str, Any] | None = None) -> Any:
+        """A direct message to agent ``to``; the result is ``{"id", "sent_at"}``."""
+        return self._call("messages.send", _given(to=to, body=body, ttl_s=ttl_s), context)
 
-    def publish(self, topic: str, body: Any, **kwargs: Any) -> Any:
-        return self._call("messages.publish", {"topic": topic, "body": body, **kwargs})
+    def publish(
+        self, topic: str, body: Any, *, ttl_s: float | None = None, context: dict[str, Any] | None = None
+    ) -> Any:
+        """A message to every agent subscribed to ``topic``; the result is ``{"id", "sent_at"}``."""
+        return self._call("messages.publish", _given(topic=topic, body=body, ttl_s=ttl_s), context)
 
-    def request(self, to: str, body: Any, **kwargs: Any) -> Any:
-        return self._call("messages.request", {"to": to, "body": body, **kwargs})
+    def request(self, to: str, body: Any, *, timeout_s: float = 10.0, context: dict[str, Any] | None = None) -> Any:
+        """Ask agent ``to`` and wait for its reply (a received message); :class:`Timeout` if none comes."""
+        return self._call("messages.request", {"to": to, "body": body, "timeout_s": timeout_s}, context)
 
-    def receive(self, **kwargs: Any) -> Any:
-        return self._call("messages.receive", kwargs)
+    def reply(self, message: dict[str, Any], body: Any, *, context: dict[str, Any] | None = None) -> Any:
+        """Answer a received request (``message`` as :meth:`receive` returned it)."""
+        return self._call("messages.send", {"to": message["from"], "body": body, "in_reply_to": message["id"]}, context)
+
+    def subscribe(self, *topics: str) -> Any:
+        """Have messages on ``topics`` delivered to this agent's inbox from now on."""
+        return self._call("messages.receive", {"max": 0, "timeout_s": 0, "subscribe": list(topics)})
+
+    def receive(self, *, max: int = 10, timeout_s: float = 5.0) -> Any:
+        """Up to ``max`` waiting messages, waiting up to ``timeout_s`` for the first; the result is
+        ``{"messages": [...]}`` (empty when none came)."""
+        return self._call("messages.receive", {"max": max, "timeout_s": timeout_s})
 
 
 class Tools(_Area):

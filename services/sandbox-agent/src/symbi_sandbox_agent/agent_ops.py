@@ -45,6 +45,8 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
 from symbi_sandbox_agent.data_ops import DATA_OPS, DataOps
 from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
+from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
@@ -112,6 +114,13 @@ class ProtocolServer:
         self.served = 0
         self.data = DataOps(gateway, self._record)
         self.tool_ops = ToolOps(self, gateway.decide, lambda: getattr(gateway.agent, "tools", None))
+        self._messages: MessageOps | None = None
+
+    @property
+    def messages(self) -> MessageOps:
+        if self._messages is None:
+            self._messages = MessageOps(self.gateway.agent.rt, self.gateway.run, self._record)
+        return self._messages
 
     @property
     def agent_id(self) -> str:
@@ -159,6 +168,8 @@ class ProtocolServer:
             return await self._refuse(seq, request.id, "", "unknown_op", message)
         if request.op == "hello":
             return self._hello(request, channel)
+        if request.op in MESSAGE_OPS:  # the bus between agents (message_ops)
+            return await self.messages.answer(seq, request)
         if not op.available:
             message = f"{request.op} is not available in this runtime yet (it comes with {op.later})"
             return await self._refuse(seq, request.id, op.action, "not_available", message, op=request.op)

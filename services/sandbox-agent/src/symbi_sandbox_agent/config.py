@@ -36,6 +36,8 @@ def check_settings(s: SandboxSettings) -> None:
         (s.scratch_mb >= 1, "scratch_mb", "must be at least 1"),
         (s.pids_limit >= 16, "pids_limit", "must be at least 16"),
         (0 < s.heartbeat_interval_s <= 2.5, "heartbeat_interval_s", "must be in (0, 2.5]: a host is lost after 5 s"),
+        (s.bus_messages_per_s > 0, "bus_messages_per_s", "must be more than 0"),
+        (s.bus_bytes_per_s > 0, "bus_bytes_per_s", "must be more than 0"),
         (
             re.fullmatch(r"\d+:\d+", s.user) is not None and not s.user.startswith("0:"),
             "user",

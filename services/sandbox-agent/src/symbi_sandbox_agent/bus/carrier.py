@@ -1,0 +1,387 @@
+"""The bus's carrier on JetStream: sealing and publishing messages, and each agent's inbox.
+
+An agent's inbox is the durable pull consumer ``inbox-<agent>`` on ``MESSAGES``, filtered on its direct
+subject and the topics it subscribed to; it exists from the first message sent to the agent (interest
+retention keeps the message for it), so a message to an agent that is not running, or is suspended, waits.
+Publishing names the message id (``Nats-Msg-Id``: a resend within the duplicate window is stored once); a
+delivered batch is recorded in ``BUS_DELIVERED`` before it is handed over, so a redelivered message (the
+host died before acking) is recognised and not handed to the agent's handler again. Order per
+sender→recipient pair is the stream's order: one consumer per inbox, fetched in order, acked per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from symbi_common.bus_streams import inbox_config, inbox_name
+from symbi_common.datakeys import DataKeys
+from symbi_common.errors import SymbiError
+from symbi_contracts.bus import (
+    DEADLETTER_STREAM,
+    ENVELOPE_DECODER,
+    INBOX_DEPTH,
+    MESSAGES_STREAM,
+    DeadLetter,
+    Envelope,
+    Kind,
+    Meta,
+    dead_subject,
+    direct_subject,
+    encode,
+    reply_subject,
+    topic_subject,
+    valid_name,
+)
+
+from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
+from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
+from symbi_sandbox_agent.bus.limits import RateLimiter
+from symbi_sandbox_agent.bus.terminated import TerminatedAgents
+
+#: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
+REPLAYED_AT = "Symbi-Replayed-At"
+#: Ids remembered in memory per inbox (the KV record covers the rest).
+RECENT_IDS = 10_000
+#: NATS error code: the subject holds its maximum of messages (discard new per subject).
+_SUBJECT_FULL = 10077
+
+#: After the server refused a message to a full inbox, how long sends to it are refused without asking.
+FULL_BACKOFF_S = 0.005
+#: Envelopes remembered as signed by this process (their digests), at most.
+SEALED_HERE = 100_000
+
+#: Delivery-time policy question: (sender, recipient, meta) → ``None`` if allowed, else why not.
+Check = Callable[[str, str, Meta], Awaitable[str | None]]
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _message_id(data: bytes) -> str:
+    try:
+        return ENVELOPE_DECODER.decode(data).meta.id[:64]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "?"
+
+
+class BusError(SymbiError):
+    """Root of the bus's errors (typed, answered to the agent with their code)."""
+
+    code = "bus_error"
+
+
+class RateLimited(BusError):
+    code = "rate_limited"
+
+
+class BadAddress(BusError):
+    code = "invalid_request"
+
+
+class RecipientTerminated(BusError):
+    code = "recipient_terminated"
+
+
+class NoReply(BusError):
+    code = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One message handed to its recipient: metadata and the decrypted body."""
+
+    meta: Meta
+    body: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.meta
+        out: dict[str, Any] = {"id": m.id, "kind": m.kind, "from": m.sender, "body": self.body, "sent_at": m.sent_at}
+        for name in ("to", "topic", "classification", "in_reply_to"):
+            if getattr(m, name):
+                out[name] = getattr(m, name)
+        return out
+
+
+class Carrier:
+    def __init__(
+        self, js: Any, nc: Any, datakeys: DataKeys, identities: Identities, delivered: Any, limiter: RateLimiter
+    ):
+        self.js, self.nc = js, nc
+        self.datakeys = datakeys
+        self.identities = identities
+        self.delivered = delivered
+        self.limiter = limiter
+        self._inboxes: set[str] = set()
+        self._subs: dict[str, Any] = {}
+        self._recent: dict[str, tuple[set[str], deque[str]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Agents known to be terminated (kept current by the bus runtime's follower).
+        self.terminated = TerminatedAgents(identities.registry)
+        #: Inboxes (or topics) the server refused as full, until when sends to them are refused here.
+        self._full: dict[str, float] = {}
+        #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
+        self._sealed_here: OrderedDict[bytes, None] = OrderedDict()
+
+    # --- sending ---------------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        sender: str,
+        kind: Kind,
+        body: Any,
+        *,
+        to: str = "",
+        topic: str = "",
+        ttl_s: float = 0.0,
+        classification: str = "",
+        in_reply_to: str = "",
+        message_id: str = "",
+    ) -> Meta:
+        """Seal and publish one message as ``sender``; ``RateLimited`` when the sender or the inbox is full."""
+        target = to or topic
+        if not valid_name(target):
+            raise BadAddress(f"{target[:80]!r} is not an agent id or topic (1-64 letters, digits, '-' or '_')")
+        payload = body_bytes(body)
+        now = time.monotonic()
+        self.check_room(target, now)
+        wait = self.limiter.take(sender, len(payload), now)
+        if wait:
+            raise RateLimited(f"agent {sender} is over its send rate; try again in {wait:.3f} s", retry_after=wait)
+        meta = Meta(
+            id=message_id or os.urandom(16).hex(),  # (uuid4 costs ten times as much)
+            kind=kind,
+            sender=sender,
+            sent_at=time.time(),
+            to=to,
+            topic=topic,
+            ttl_s=ttl_s,
+            reply_to=reply_subject(sender, message_id) if kind == "request" else "",
+            in_reply_to=in_reply_to,
+            classification=classification,
+            size=len(payload),
+        )
+        key = await self.datakeys.current(f"message.{sender}.{to or 'topic-' + topic}")
+        envelope = seal(meta, payload, key, await self.identities.signer(sender))
+        if kind == "reply":
+            subject = reply_subject(to, in_reply_to)
+        elif topic:
+            subject = topic_subject(topic)
+        else:
+            subject = direct_subject(to)
+            if to in self.terminated:
+                await self.dead_letter(encode(envelope), to, "recipient_terminated", f"agent {to} is terminated")
+                raise RecipientTerminated(
+                    f"agent {to} is terminated: message {meta.id} went to the dead letters", message_id=meta.id
+                )
+            await self.ensure_inbox(to)
+        data = encode(envelope)
+        try:
+            await self.publish(subject, data, meta.id)
+        except RateLimited:
+            self._full[to or topic] = time.monotonic() + FULL_BACKOFF_S
+            raise
+        self._sealed_here[_digest(data)] = None
+        if len(self._sealed_here) > SEALED_HERE:
+            self._sealed_here.popitem(last=False)
+        return meta
+
+    def check_room(self, target: str, now: float | None = None) -> None:
+        """:class:`RateLimited` if ``target``'s inbox (or topic) was refused as full a moment ago: what the
+        server would refuse is not decided, sealed, signed and sent again."""
+        now = time.monotonic() if now is None else now
+        full_until = self._full.get(target, 0.0)
+        if full_until > now:
+            raise RateLimited(f"{target}'s inbox is full; try again later", retry_after=full_until - now)
+
+    async def publish(self, subject: str, data: bytes, message_id: str, headers: dict[str, str] | None = None) -> None:
+        try:
+            # (no expected-stream header: msg.> is MESSAGES' alone, and every header costs each receiver a parse)
+            await self.js.publish(subject, data, headers={**(headers or {}), "Nats-Msg-Id": message_id})
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _SUBJECT_FULL:
+                raise RateLimited(
+                    f"{subject} already holds {INBOX_DEPTH} undelivered messages; try again later", retry_after=1.0
+                ) from None
+            raise
+
+    async def request(self, sender: str, to: str, body: Any, timeout_s: float, **extra: Any) -> Delivered:
+        """Send a request and wait for its reply (from ``to`` only)."""
+        message_id = os.urandom(16).hex()
+        sub = await self.nc.subscribe(reply_subject(sender, message_id))
+        try:
+            await self.send(sender, "request", body, to=to, message_id=message_id, **extra)
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    break
+                try:
+                    got = await self.open(msg.data, sender)
+                except Refused:
+                    continue
+                if got.meta.sender == to and got.meta.in_reply_to == message_id:
+                    return got
+        finally:
+            await sub.unsubscribe()
+        raise NoReply(f"no reply from {to} to request {message_id} within {timeout_s} s", retry_after=0.0)
+
+    # --- receiving -------------------------------------------------------------------------------------
+
+    async def ensure_inbox(self, agent_id: str, topics: Sequence[str] = ()) -> None:
+        """The agent's inbox exists (and listens to ``topics`` too)."""
+        if agent_id in self._inboxes and not topics:
+            return
+        for topic in topics:
+            if not valid_name(topic):
+                raise BadAddress(f"{topic[:80]!r} is not a topic (1-64 letters, digits, '-' or '_')")
+        name = inbox_name(agent_id)
+        async with self._locks.setdefault(agent_id, asyncio.Lock()):
+            filters = [direct_subject(agent_id)]
+            try:
+                info = await self.js.consumer_info(MESSAGES_STREAM, name)
+                filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
+                if not topics:
+                    self._inboxes.add(agent_id)
+                    return
+            except nats.js.errors.NotFoundError:
+                pass
+            wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
+            await self.js.add_consumer(MESSAGES_STREAM, inbox_config(agent_id, wanted))
+            self._inboxes.add(agent_id)
+
+    async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
+        """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
+        await self.ensure_inbox(agent_id)
+        sub = self._subs.get(agent_id)
+        if sub is None:
+            sub = await self.js.pull_subscribe_bind(inbox_name(agent_id), MESSAGES_STREAM)
+            self._subs[agent_id] = sub
+        try:
+            return list(await sub.fetch(most, timeout=max(timeout_s, 0.05)))
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
+
+    async def open(self, data: bytes, recipient: str, replayed_at: float = 0.0) -> Delivered:
+        """Verify and decrypt one stored message for ``recipient``; :class:`Refused` says why it may not be."""
+        try:
+            envelope = ENVELOPE_DECODER.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Refused("refused", f"not a message envelope: {exc}") from None
+        return await self.open_envelope(
+            envelope, recipient, replayed_at, signed_here=_digest(data) in self._sealed_here
+        )
+
+    async def open_envelope(
+        self, envelope: Envelope, recipient: str, replayed_at: float = 0.0, *, signed_here: bool = False
+    ) -> Delivered:
+        """``signed_here``: these exact bytes were signed by this process (a message between two agents of
+        this host): verifying our own signature over identical bytes again would prove nothing new."""
+        meta = envelope.meta
+        if expired(meta, time.time(), replayed_at):
+            raise Refused("expired", f"message {meta.id} expired {meta.ttl_s} s after it was sent")
+        if not signed_here:
+            try:
+                verifier = await self.identities.verifier(meta.sender)
+            except UnknownSender as exc:
+                raise Refused("unknown_sender_key", exc.message) from None
+            check_signature(envelope, verifier)
+        try:
+            key = await self.datakeys.by_id(envelope.key_id)
+        except SymbiError as exc:
+            raise Refused("undecryptable", exc.message) from None
+        if not envelope.key_id.startswith(f"message.{meta.sender}."):
+            raise Refused("refused", f"message {meta.id} is sealed under another sender's key {envelope.key_id}")
+        return Delivered(meta, open_payload(envelope, key))
+
+    async def take(
+        self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None
+    ) -> list[Delivered]:
+        """Open a fetched batch for ``agent_id``: refused ones go to the dead letters (``<id> <reason>`` added to
+        ``refused``), duplicates are dropped, the rest are recorded as delivered (one record per batch), then
+        the whole batch is acked."""
+        recent, order = self._recent.setdefault(agent_id, (set(), deque()))
+        out: list[Delivered] = []
+        dead: list[Awaitable[None]] = []
+        for msg in msgs:
+            headers = msg.headers or {}
+            replayed = float(headers.get(REPLAYED_AT, 0) or 0)
+            try:
+                got = await self.open(msg.data, agent_id, replayed)
+                if got.meta.id in recent or (
+                    msg.metadata.num_delivered > 1 and await self._seen(agent_id, got.meta.id)
+                ):
+                    continue
+                if got.meta.topic or replayed:  # a direct message was decided when it was sent
+                    why = await check(got.meta.sender, agent_id, got.meta)
+                    if why is not None:
+                        raise Refused("refused", why)
+            except Refused as refusal:
+                dead.append(self.dead_letter(msg.data, agent_id, refusal.reason, refusal.detail))
+                if refused is not None:
+                    refused.append(f"{_message_id(msg.data)} {refusal.reason}")
+                continue
+            out.append(got)
+        if out:
+            ids = [d.meta.id for d in out]
+            last = msgs[-1].metadata.sequence.stream
+            await self.delivered.put(f"{agent_id}.{last}", msgspec.json.encode(ids))
+            for i in ids:
+                recent.add(i)
+                order.append(i)
+            while len(order) > RECENT_IDS:
+                recent.discard(order.popleft())
+        for letter in dead:
+            await letter
+        for m in msgs:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
+            await m.ack()
+        return out
+
+    async def release(self, msgs: Sequence[Any]) -> None:
+        """Hand a fetched batch back to the inbox, untouched (it is delivered again, in order)."""
+        await asyncio.gather(*(m.nak() for m in msgs))
+
+    async def _seen(self, agent_id: str, message_id: str) -> bool:
+        """Whether a redelivered message was handed over before (the batch records of the agent's inbox)."""
+        recent, _ = self._recent[agent_id]
+        try:
+            keys = await self.delivered.keys(filters=[f"{agent_id}."])
+        except nats.js.errors.NoKeysError:
+            return False
+        for key in (k for k in keys if k.startswith(f"{agent_id}.")):
+            entry = await self.delivered.get(key)
+            if entry is not None and entry.value:
+                recent.update(msgspec.json.decode(entry.value, type=list[str]))
+        return message_id in recent
+
+    async def dead_letter(self, data: bytes, recipient: str, reason: str, detail: str) -> None:
+        """Keep an undeliverable message, with why, in ``DEADLETTER``."""
+        try:
+            envelope = ENVELOPE_DECODER.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # not a message at all: nothing to keep or replay
+        letter = DeadLetter(reason=reason, detail=detail, recipient=recipient, dead_at=time.time(), envelope=envelope)
+        await self.js.publish(
+            dead_subject(recipient),
+            encode(letter),
+            stream=DEADLETTER_STREAM,
+            headers={"Nats-Msg-Id": f"dead-{envelope.meta.id}-{recipient}-{reason}", "Symbi-Reason": reason},
+        )
+
+    async def close(self) -> None:
+        for sub in self._subs.values():
+            with contextlib.suppress(Exception):  # the connection may be closed already
+                await sub.unsubscribe()
+        self._subs.clear()

@@ -1,0 +1,53 @@
+"""Sealing and opening one message envelope (pure: keys in, bytes out).
+
+The payload is the message body as JSON, AES-256-GCM encrypted with the metadata as associated data; the
+sender's identity key signs metadata, key id, nonce and ciphertext. Opening checks the signature first,
+then decrypts: a message whose metadata or payload was changed on the way does not open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from symbi_common.crypto import AeadKey, Signer, Verifier
+from symbi_contracts.bus import Envelope, Meta, meta_bytes, signed_bytes
+
+_body_encoder = msgspec.json.Encoder()
+
+
+class Refused(Exception):
+    """A message that may not be handed to its recipient; ``reason`` is its dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def body_bytes(body: Any) -> bytes:
+    return _body_encoder.encode(body)
+
+
+def seal(meta: Meta, payload: bytes, key: AeadKey, signer: Signer) -> Envelope:
+    nonce, ciphertext = key.encrypt(payload, meta_bytes(meta))
+    signature = signer.sign(signed_bytes(meta, key.key_id, nonce, ciphertext))
+    return Envelope(meta=meta, key_id=key.key_id, nonce=nonce, ciphertext=ciphertext, signature=signature)
+
+
+def check_signature(envelope: Envelope, verifier: Verifier) -> None:
+    signed = signed_bytes(envelope.meta, envelope.key_id, envelope.nonce, envelope.ciphertext)
+    if not verifier.verify(signed, envelope.signature):
+        raise Refused("bad_signature", f"message {envelope.meta.id} is not signed by {envelope.meta.sender}'s key")
+
+
+def open_payload(envelope: Envelope, key: AeadKey) -> Any:
+    plaintext = key.decrypt(envelope.nonce, envelope.ciphertext, meta_bytes(envelope.meta))
+    if plaintext is None:
+        raise Refused("undecryptable", f"message {envelope.meta.id} does not decrypt under {envelope.key_id}")
+    return msgspec.json.decode(plaintext)
+
+
+def expired(meta: Meta, now: float, replayed_at: float = 0.0) -> bool:
+    """Whether the message's TTL passed (counted from a replay, when the operator replayed it)."""
+    return meta.ttl_s > 0 and max(meta.sent_at, replayed_at) + meta.ttl_s < now

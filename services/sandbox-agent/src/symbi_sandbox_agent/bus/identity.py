@@ -1,0 +1,97 @@
+"""Agents' identity keys: held by the host's sandbox-agent, never inside a container.
+
+An agent's Ed25519 key is derived from the host service's signing key (HMAC-SHA256 of its seed and the agent
+id), so every host holding the sandbox-agent key signs as the same agent key, and nothing extra is stored.
+Its public key is registered in KV bucket ``AGENT_KEYS`` with the host key's signature over it; a receiver
+trusts a sender key only through that signature, checked against the root-signed key registry (an unknown
+or badly signed entry is refused: fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import nats.js.errors
+from symbi_common.crypto import Signer, Verifier
+from symbi_common.errors import KeyringError
+from symbi_common.keyring import KeyRegistry
+from symbi_contracts.bus import AGENT_KEY_DECODER, AgentKey, agent_key_statement, encode
+
+HOST_SERVICE = "sandbox-agent"
+
+
+class UnknownSender(KeyringError):
+    """No trusted identity key is registered for the sending agent."""
+
+    code = "unknown_sender_key"
+
+
+def derive(host: Signer, agent_id: str) -> Signer:
+    """The agent's identity key under ``host``'s key (deterministic, so hosts sharing the key agree)."""
+    return Signer(hmac.new(host.seed(), b"symbi-agent-identity\0" + agent_id.encode(), hashlib.sha256).digest())
+
+
+class Identities:
+    """Signing keys of the agents this host runs, and verified public keys of any agent."""
+
+    def __init__(self, kv: Any, host: Signer, registry: KeyRegistry) -> None:
+        self.kv = kv
+        self.host = host
+        self.registry = registry
+        self._signers: dict[str, Signer] = {}
+        self._verifiers: dict[str, Verifier] = {}
+        self._signed_by = host.key_id
+
+    async def signer(self, agent_id: str) -> Signer:
+        """The agent's signing key; its public key registered (once per process) before first use."""
+        found = self._signers.get(agent_id)
+        if found is not None and self._signed_by == self.host.key_id:
+            return found
+        if self._signed_by != self.host.key_id:  # the host key rotated: register every agent key again
+            self._signers.clear()
+            self._signed_by = self.host.key_id
+        signer = derive(self.host, agent_id)
+        entry = AgentKey(
+            agent_id=agent_id,
+            public_key=signer.public_key,
+            host_key_id=self.host.key_id,
+            host_signature=self.host.sign(agent_key_statement(agent_id, signer.public_key)),
+        )
+        await self.kv.put(agent_id, encode(entry))
+        self._signers[agent_id] = signer
+        self._verifiers[agent_id] = Verifier(signer.public_key)
+        return signer
+
+    async def verifier(self, agent_id: str) -> Verifier:
+        """The sender's verified public key; :class:`UnknownSender` if none is registered or trusted."""
+        found = self._verifiers.get(agent_id)
+        if found is not None:
+            return found
+        try:
+            got = await self.kv.get(agent_id)
+        except nats.js.errors.KeyNotFoundError:
+            raise UnknownSender(f"no identity key is registered for agent {agent_id}") from None
+        if got is None or not got.value:
+            raise UnknownSender(f"no identity key is registered for agent {agent_id}")
+        try:
+            entry = AGENT_KEY_DECODER.decode(got.value)
+        except Exception as exc:
+            raise UnknownSender(f"the identity key entry of agent {agent_id} is malformed: {exc}") from None
+        try:
+            host = self.registry.verifier(entry.host_key_id)
+        except KeyringError as exc:
+            raise UnknownSender(f"agent {agent_id}'s key is vouched for by an unknown key: {exc}") from None
+        if self.registry.service_of(entry.host_key_id) != HOST_SERVICE or self.registry.is_revoked(entry.host_key_id):
+            raise UnknownSender(f"agent {agent_id}'s key is vouched for by {entry.host_key_id}, not a host key")
+        if entry.agent_id != agent_id or not host.verify(
+            agent_key_statement(agent_id, entry.public_key), entry.host_signature
+        ):
+            raise UnknownSender(f"the identity key entry of agent {agent_id} is not signed by its host")
+        verifier = Verifier(entry.public_key)
+        self._verifiers[agent_id] = verifier
+        return verifier
+
+    def forget(self, agent_id: str) -> None:
+        self._verifiers.pop(agent_id, None)

@@ -1,0 +1,75 @@
+"""The bus of one sandbox-agent process: its carrier, opened once on the service's connection and keys, and
+the listener that turns JetStream's max-deliveries advisories into dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from typing import Any
+
+import nats.js.errors
+import structlog
+from symbi_common.bus_streams import inbox_name
+from symbi_common.service import ServiceRuntime
+from symbi_contracts.bus import AGENT_KEYS_BUCKET, DELIVERED_BUCKET, MESSAGES_STREAM
+
+from symbi_sandbox_agent.bus.carrier import Carrier
+from symbi_sandbox_agent.bus.identity import Identities
+from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
+
+log = structlog.get_logger(__name__)
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{MESSAGES_STREAM}.*"
+
+_buses: weakref.WeakKeyDictionary[ServiceRuntime, Carrier] = weakref.WeakKeyDictionary()
+_opening: weakref.WeakKeyDictionary[ServiceRuntime, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def open_carrier(rt: ServiceRuntime, limits: SendLimits | None = None) -> Carrier:
+    """A carrier on ``rt``'s connection, data keys and host key (the bus's KV buckets must be provisioned)."""
+    agent_keys = await rt.js.key_value(AGENT_KEYS_BUCKET)
+    delivered = await rt.js.key_value(DELIVERED_BUCKET)
+    identities = Identities(agent_keys, rt.store.signer, rt.registry)
+    rt.on_signer_change(lambda signer: setattr(identities, "host", signer))
+    return Carrier(rt.js, rt.nc, rt.datakeys, identities, delivered, RateLimiter(limits or limits_of(rt)))
+
+
+def limits_of(rt: ServiceRuntime) -> SendLimits:
+    s = rt.settings.sandbox
+    return SendLimits(messages_per_s=s.bus_messages_per_s, bytes_per_s=s.bus_bytes_per_s)
+
+
+async def bus_of(rt: ServiceRuntime) -> Carrier:
+    """The process's carrier, opened on first use (with its advisory listener)."""
+    carrier = _buses.get(rt)
+    if carrier is not None:
+        return carrier
+    async with _opening.setdefault(rt, asyncio.Lock()):
+        carrier = _buses.get(rt)
+        if carrier is None:
+            carrier = await open_carrier(rt)
+            sub = await rt.nc.subscribe(MAX_DELIVERIES_ADVISORY)
+            rt.spawn(follow_max_deliveries(carrier, sub), "bus:max-deliveries")
+            rt.spawn(carrier.terminated.follow(rt.js), "bus:terminated-agents")
+            _buses[rt] = carrier
+    return carrier
+
+
+async def follow_max_deliveries(carrier: Carrier, sub: Any) -> None:
+    """A message an inbox delivered ``MAX_DELIVER`` times without an ack goes to the dead letters."""
+    try:
+        async for msg in sub.messages:
+            try:
+                advisory = json.loads(msg.data)
+                consumer, seq = str(advisory["consumer"]), int(advisory["stream_seq"])
+                if not consumer.startswith("inbox-"):
+                    continue
+                stored = await carrier.js.get_msg(MESSAGES_STREAM, seq)
+                recipient = consumer.removeprefix(inbox_name(""))
+                detail = f"delivered {advisory.get('deliveries', '?')} times to {consumer} without an acknowledgement"
+                # The message itself stays in MESSAGES until its max age (a service may delete no message).
+                await carrier.dead_letter(stored.data or b"", recipient, "max_deliveries", detail)
+            except (nats.js.errors.NotFoundError, KeyError, ValueError) as exc:
+                log.warning("a max-deliveries advisory could not be dead-lettered", error=repr(exc))
+    finally:
+        await sub.unsubscribe()

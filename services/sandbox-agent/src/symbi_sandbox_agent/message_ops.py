@@ -1,0 +1,209 @@
+"""Serving the protocol's ``messages.*`` operations: the communication bus between agents, for one run.
+
+The sender is the listener's agent, never anything the request says. ``send``, ``publish`` and ``request``
+are decided through the gateway's one enforcer as ``message.send`` (resource ``Agent::"<to>"`` or
+``Channel::"<topic>"``, context ``classification`` / ``topic`` / ``size_bytes``); a denial is the typed error
+``denied`` and recorded ``refused``. ``receive`` hands over the agent's waiting messages (a topic message and
+a replayed one are decided again at delivery, as ``message.send`` from its sender to this agent; refused ones
+go to the dead letters). Each send, and each receive that handed something over, is recorded as an
+``execution.action`` (metadata only: ids, peers, sizes; never a body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from symbi_common.decisions import Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.errors import SymbiError
+from symbi_common.policy.enforcement import GATEWAY_ACTION
+from symbi_common.policy.hooks import UNDECIDED, Enforcer
+from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
+from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send
+from symbi_contracts.sandbox_agent.events import ActionOutcome
+
+from symbi_sandbox_agent.actions import check_against_schema
+from symbi_sandbox_agent.bus.carrier import Carrier, Delivered, RateLimited
+from symbi_sandbox_agent.bus.decisions import remembered
+from symbi_sandbox_agent.bus.runtime import bus_of
+from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.run import Running
+
+SEND = "message.send"
+RECEIVE = "message.receive"
+RETRY_AFTER_S = 1.0
+SUSPENDED_POLL_S = 0.1
+ARGS: dict[str, type[Any]] = {
+    "messages.send": Send,
+    "messages.publish": Publish,
+    "messages.request": Ask,
+    "messages.receive": Receive,
+}
+
+Record = Callable[[int, str, str, dict[str, Any], DecisionRecord | None, ActionOutcome, str], Awaitable[None]]
+
+
+class MessageOps:
+    """The ``messages.*`` operations of one run's agent; ``record`` appends an ``execution.action``."""
+
+    def __init__(self, rt: Any, run: Running, record: Record) -> None:
+        self.rt = rt
+        self.run = run
+        self.agent_id = run.agent_id or "unknown"
+        self.record = record
+        self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
+
+    async def answer(self, seq: int, request: Request) -> Reply:
+        try:
+            args = msgspec.convert(request.args, ARGS[request.op])
+        except msgspec.ValidationError as exc:
+            message = f"args of {request.op}: {exc}"
+            await self.record(seq, SEND, "", {}, None, "failed", f"malformed_request: {message}")
+            return error(request.id, "malformed_request", message)
+        carrier = await bus_of(self.rt)
+        if isinstance(args, Receive):
+            return await self._receive(seq, request.id, args, carrier)
+        return await self._send(seq, request, args, carrier)
+
+    async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
+        """Through the one enforcer (point ``GATEWAY_ACTION``), its answers remembered per policy version."""
+        point = remembered(await self.rt.decision_point())
+        verdict = await Enforcer.around(point).decide(question, GATEWAY_ACTION)
+        return verdict.decision, verdict.record
+
+    # --- sending -----------------------------------------------------------------------------------
+
+    def question(self, sender: str, meta_to: str, topic: str, context: dict[str, Any], size: int) -> DecisionRequest:
+        resource = EntityRef(type="Channel", id=topic) if topic and not meta_to else EntityRef(type="Agent", id=meta_to)
+        ctx = {**context, "size_bytes": size}
+        if topic:
+            ctx["topic"] = topic
+        return DecisionRequest(
+            principal=EntityRef(type="Agent", id=sender), action=SEND, resource=resource, context=ctx
+        )
+
+    async def _send(self, seq: int, request: Request, args: Send | Publish | Ask, carrier: Carrier) -> Reply:
+        to = "" if isinstance(args, Publish) else args.to
+        topic = args.topic if isinstance(args, Publish) else ""
+        size = len(msgspec.json.encode(args.body))
+        question = self.question(self.agent_id, to, topic, dict(request.context), size)
+        target = to or topic
+        try:
+            carrier.check_room(target)
+            check_against_schema(question)
+        except ActionRequestError as err:
+            await self.record(seq, SEND, target, question.context, None, "failed", f"invalid_request: {err.message}")
+            return error(request.id, "invalid_request", err.message)
+        except RateLimited as err:
+            await self.record(seq, SEND, target, question.context, None, "failed", f"rate_limited: {err.message}")
+            return error(request.id, "rate_limited", err.message, retry_after=err.details["retry_after"])
+        decision, record = await self.decide(question)
+        if isinstance(decision, Deny):
+            if decision.code in UNDECIDED:
+                await self.record(
+                    seq, SEND, target, question.context, record, "failed", f"unavailable: {decision.reason}"
+                )
+                return error(request.id, "unavailable", decision.reason, retry_after=RETRY_AFTER_S, cause=decision.code)
+            await self.record(seq, SEND, target, question.context, record, "refused", decision.reason)
+            return error(
+                request.id,
+                "denied",
+                f"{request.op} to {target!r} is denied: {decision.reason}",
+                policies=list(decision.policies),
+                policy_version=decision.policy_version,
+            )
+        classification = str(request.context.get("classification", ""))
+        try:
+            if isinstance(args, Ask):
+                wait = min(max(args.timeout_s, 0.0), MAX_WAIT_S)
+                got = await carrier.request(self.agent_id, to, args.body, wait, classification=classification)
+                await self.record(
+                    seq, SEND, target, question.context, record, "allowed", f"{request.op} replied {got.meta.id}"
+                )
+                return Result(id=request.id, result=got.as_dict())
+            if isinstance(args, Publish):
+                meta = await carrier.send(
+                    self.agent_id, "topic", args.body, topic=topic, ttl_s=args.ttl_s, classification=classification
+                )
+            else:
+                kind: Kind = "reply" if args.in_reply_to else "direct"
+                meta = await carrier.send(
+                    self.agent_id,
+                    kind,
+                    args.body,
+                    to=to,
+                    ttl_s=args.ttl_s,
+                    classification=classification,
+                    in_reply_to=args.in_reply_to,
+                )
+        except SymbiError as err:
+            outcome: ActionOutcome = "failed"
+            await self.record(seq, SEND, target, question.context, record, outcome, f"{err.code}: {err.message}")
+            extra = (
+                {"retry_after": err.details.get("retry_after", RETRY_AFTER_S)} if isinstance(err, RateLimited) else {}
+            )
+            return error(request.id, err.code, err.message, **extra)
+        await self.record(seq, SEND, target, question.context, record, "allowed", f"{request.op} {meta.id}")
+        return Result(id=request.id, result={"id": meta.id, "sent_at": meta.sent_at})
+
+    # --- receiving ---------------------------------------------------------------------------------
+
+    async def _check_delivery(self, sender: str, recipient: str, meta: Meta) -> str | None:
+        """A topic (or replayed) message is decided again for its recipient: ``None`` if it may have it."""
+        ctx: dict[str, Any] = {"size_bytes": meta.size}
+        if meta.classification:
+            ctx["classification"] = meta.classification
+        if meta.topic:
+            ctx["topic"] = meta.topic
+        question = DecisionRequest(
+            principal=EntityRef(type="Agent", id=sender),
+            action=SEND,
+            resource=EntityRef(type="Agent", id=recipient),
+            context=ctx,
+        )
+        decision, _ = await self.decide(question)
+        return decision.reason if isinstance(decision, Deny) else None
+
+    async def _receive(self, seq: int, request_id: RequestId, args: Receive, carrier: Carrier) -> Reply:
+        most = min(max(args.max, 0), MAX_RECEIVE)
+        wait = min(max(args.timeout_s, 0.0), MAX_WAIT_S)
+        try:
+            if args.subscribe:
+                await carrier.ensure_inbox(self.agent_id, args.subscribe)
+                await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", f"subscribed {', '.join(args.subscribe)}")
+            if most == 0:
+                return Result(id=request_id, result={"messages": []})
+            refused: list[str] = []
+            async with self._receiving:
+                got = await self._fetch(carrier, most, wait, refused)
+        except SymbiError as err:
+            await self.record(seq, RECEIVE, "inbox", {}, None, "failed", f"{err.code}: {err.message}")
+            return error(request_id, err.code, err.message)
+        if refused:  # refused at delivery (dead letters): on the recipient's trail too, metadata only
+            detail = "refused at delivery (dead letters): " + ", ".join(refused)
+            await self.record(seq, RECEIVE, "inbox", {}, None, "refused", detail[:2000])
+        if got:
+            detail = "received " + " ".join(f"{d.meta.id}<{d.meta.sender}" for d in got)
+            await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", detail[:2000])
+        return Result(id=request_id, result={"messages": [d.as_dict() for d in got]})
+
+    def _suspended(self) -> bool:
+        return self.run.paused_since is not None and not self.run.done.is_set()
+
+    async def _fetch(self, carrier: Carrier, most: int, wait: float, refused: list[str]) -> list[Delivered]:
+        """The waiting messages, never taken while the run is suspended: a batch fetched just as it was
+        suspended is handed back (it waits in the inbox) and fetched again once the run is resumed."""
+        deadline = time.monotonic() + wait
+        while True:
+            while self._suspended():  # noqa: ASYNC110 (a run has no resumed event; a resume is rare)
+                await asyncio.sleep(SUSPENDED_POLL_S)
+            fetched = await carrier.fetch(self.agent_id, most, max(deadline - time.monotonic(), 0.0))
+            if fetched and self._suspended():
+                await carrier.release(fetched)
+                continue
+            got = await carrier.take(self.agent_id, fetched, self._check_delivery, refused) if fetched else []
+            if got or time.monotonic() >= deadline:
+                return got  # (a batch of only refused or duplicate messages: wait on for the rest of the time)

@@ -1,0 +1,126 @@
+"""The bus's pure parts: sealing and opening envelopes, send limits, agent identity keys (no I/O but a dict KV)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from symbi_common.crypto import AeadKey, Signer, Verifier
+from symbi_common.keyring import KeyRegistry
+from symbi_contracts.bus import ENVELOPE_DECODER, AgentKey, Meta, encode, valid_name
+from symbi_sandbox_agent.bus.codec import Refused, check_signature, expired, open_payload, seal
+from symbi_sandbox_agent.bus.identity import Identities, UnknownSender, derive
+from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
+
+KEY = AeadKey("message.alice.bob/1", os.urandom(32))
+ALICE = Signer.generate()
+META = Meta(id="m1", kind="direct", sender="alice", sent_at=100.0, to="bob", classification="internal", size=5)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_a_sealed_body_opens_to_itself_through_the_wire_encoding(body: Any) -> None:
+    envelope = seal(META, msgspec.json.encode(body), KEY, ALICE)
+    wire = ENVELOPE_DECODER.decode(encode(envelope))
+    check_signature(wire, Verifier(ALICE.public_key))
+    assert open_payload(wire, KEY) == body
+
+
+def test_changed_metadata_or_payload_or_another_key_is_refused() -> None:
+    envelope = seal(META, b'"hello"', KEY, ALICE)
+    verifier = Verifier(ALICE.public_key)
+    rerouted = msgspec.structs.replace(envelope, meta=msgspec.structs.replace(META, to="mallory"))
+    with pytest.raises(Refused) as refused:
+        check_signature(rerouted, verifier)
+    assert refused.value.reason == "bad_signature"
+    flipped = bytes([envelope.ciphertext[0] ^ 1]) + envelope.ciphertext[1:]
+    with pytest.raises(Refused, match="bad_signature"):
+        check_signature(msgspec.structs.replace(envelope, ciphertext=flipped), verifier)
+    with pytest.raises(Refused, match="bad_signature"):
+        check_signature(envelope, Verifier(Signer.generate().public_key))
+    # Metadata is the payload's associated data: re-signed metadata still does not open the old payload.
+    with pytest.raises(Refused) as undecryptable:
+        open_payload(rerouted, KEY)
+    assert undecryptable.value.reason == "undecryptable"
+
+
+def test_ttl_counts_from_sending_or_from_a_replay() -> None:
+    short = msgspec.structs.replace(META, ttl_s=5.0)
+    assert not expired(short, 104.0)
+    assert expired(short, 106.0)
+    assert not expired(short, 106.0, replayed_at=103.0)
+    assert not expired(META, 1e12)  # no TTL: never
+
+
+def test_rate_limits_refuse_with_the_wait_and_refill_over_time() -> None:
+    limiter = RateLimiter(SendLimits(messages_per_s=2, bytes_per_s=1000))
+    assert [limiter.take("a", 10, 0.0) for _ in range(2)] == [0.0, 0.0]
+    wait = limiter.take("a", 10, 0.0)
+    assert wait == pytest.approx(0.5)
+    assert limiter.take("b", 10, 0.0) == 0.0  # per agent
+    assert limiter.take("a", 10, 0.5) == 0.0
+    assert limiter.take("c", 900, 0.0) == 0.0
+    assert limiter.take("c", 200, 0.0) == pytest.approx(0.1)  # bytes/s too
+
+
+def test_agent_names_are_single_subject_tokens() -> None:
+    assert valid_name("agent-1")
+    assert not valid_name("a.b")
+    assert not valid_name("a>")
+    assert not valid_name("")
+    assert not valid_name("x" * 65)
+
+
+class DictKv:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.data[key] = value
+        return len(self.data)
+
+    async def get(self, key: str) -> Any:
+        value = self.data.get(key)
+        return None if value is None else type("Entry", (), {"value": value})()
+
+
+async def test_agent_keys_are_derived_on_the_host_and_trusted_only_through_its_signature(
+    registry: KeyRegistry, signer_for: Any
+) -> None:
+    host = signer_for("sandbox-agent")
+    kv = DictKv()
+    identities = Identities(kv, host, registry)
+    alice = await identities.signer("alice")
+    assert alice.public_key == derive(host, "alice").public_key != derive(host, "bob").public_key
+    # Another process reading the bucket trusts the key through the host's signature.
+    reader = Identities(kv, signer_for("sandbox-agent"), registry)
+    assert (await reader.verifier("alice")).public_key == alice.public_key
+    with pytest.raises(UnknownSender):
+        await reader.verifier("nobody")
+    # An entry vouched for by another service's key, or altered, is not trusted.
+    other = signer_for("context")
+    forged = Signer.generate()
+    statement = b"symbi-agent-key-v1\0mallory\0" + forged.public_key
+    kv.data["mallory"] = encode(
+        AgentKey(
+            agent_id="mallory",
+            public_key=forged.public_key,
+            host_key_id=other.key_id,
+            host_signature=other.sign(statement),
+        )
+    )
+    with pytest.raises(UnknownSender, match="not a host key"):
+        await reader.verifier("mallory")
+    entry = msgspec.json.decode(kv.data["alice"], type=AgentKey)
+    kv.data["carol"] = encode(msgspec.structs.replace(entry, agent_id="carol"))
+    with pytest.raises(UnknownSender, match="not signed by its host"):
+        await reader.verifier("carol")
