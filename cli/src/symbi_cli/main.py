@@ -14,6 +14,7 @@ from rich.table import Table
 
 from symbi_cli.agent_cmd import agent_app
 from symbi_cli.audit_cmd import audit_app
+from symbi_cli.console.command import console
 from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
 from symbi_cli.events import events_app
@@ -45,6 +46,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(witness_app, name="witness")
 app.command("status")(status)
 app.command("run")(run)
+app.command("console")(console)
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130

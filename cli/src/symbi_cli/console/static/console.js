@@ -1,0 +1,56 @@
+// The console's own script: small bar charts (Chart.js) and the live event tail (EventSource).
+"use strict";
+
+function drawCharts(root) {
+  for (const canvas of root.querySelectorAll("canvas.chart")) {
+    if (canvas.dataset.drawn) continue;
+    canvas.dataset.drawn = "1";
+    new Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: JSON.parse(canvas.dataset.labels),
+        datasets: [{ label: canvas.dataset.title, data: JSON.parse(canvas.dataset.values),
+                     backgroundColor: ["#3b7dd8", "#b8c4d2"] }],
+      },
+      options: { animation: false, responsive: false, indexAxis: "y",
+                 plugins: { title: { display: true, text: canvas.dataset.title }, legend: { display: false } } },
+    });
+  }
+}
+
+function startTail() {
+  const table = document.querySelector("#tail tbody");
+  if (!table) return;
+  const state = document.getElementById("tail-state");
+  let source = null;
+  const value = (id) => document.getElementById(id).value.trim();
+  function connect() {
+    if (source) source.close();
+    const params = new URLSearchParams({ event_type: value("f-type"), agent: value("f-agent") });
+    source = new EventSource("/events/stream?" + params);
+    source.onopen = () => { state.textContent = "live"; };
+    source.onerror = () => { state.textContent = "reconnecting…"; };
+    source.addEventListener("failed", (e) => { state.textContent = "refused: " + e.data; source.close(); });
+    source.addEventListener("audit", (e) => {
+      const item = JSON.parse(e.data);
+      const aggregate = item.aggregate_type + "." + item.aggregate_id;
+      if (!item.subject.startsWith(value("f-subject"))) return;
+      if (value("f-aggregate") && aggregate !== value("f-aggregate")) return;
+      const row = table.insertRow(0);
+      row.className = "tail-row";
+      for (const text of [item.sequence, item.subject, item.event_type, aggregate, item.producer, item.signing_key_id]) {
+        row.insertCell().textContent = String(text);
+      }
+      const link = document.createElement("a");
+      link.href = "/audit/proof/" + item.sequence;
+      link.textContent = "proof";
+      row.insertCell().appendChild(link);
+      while (table.rows.length > 500) table.deleteRow(-1);
+    });
+  }
+  document.getElementById("tail-apply").addEventListener("click", connect);
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", () => { drawCharts(document); startTail(); });
+document.addEventListener("htmx:afterSwap", (e) => drawCharts(e.target));
