@@ -49,6 +49,11 @@ class Ctx:
         values.update(me=self.session.claims, can_change=self.session.can_change, csrf=self.session.csrf)
         return templates.TemplateResponse(self.request, name, values)
 
+    def writer(self) -> None:
+        """Refuse a page that only serves to change state to a read-only role."""
+        if not self.session.can_change:
+            raise Forbidden(f"role {self.session.claims.role!r} is read-only in the console; it may not change state")
+
     def change(self, csrf: str) -> None:
         """Refuse a state change from a read-only role or a post without the CSRF token (before any call)."""
         require_change(self.session, csrf)
@@ -95,6 +100,10 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         return templates.TemplateResponse(
             request, "error.html", {"message": str(exc), "status": status}, status_code=status
         )
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> Response:

@@ -45,7 +45,7 @@ async def agents(c: CtxDep) -> Response:
 @router.get("/agents/{agent_id}", response_class=HTMLResponse)
 async def agent(agent_id: str, c: CtxDep) -> Response:
     view = await c.services.get("lifecycle", f"/v1/agents/{agent_id}")
-    history = (await c.services.get("lifecycle", f"/v1/agents/{agent_id}/events", limit=1000))["items"]
+    history = (await c.services.get("lifecycle", f"/v1/agents/{agent_id}/events", limit=500))["items"]
     audited = {e["sequence"]: e for e in await audit_events(c.services, newest=1000, agent=agent_id)}
     timeline = [{"event": h, "audit": audited.get(h["sequence"])} for h in history]
     related = [e for seq, e in sorted(audited.items()) if e["aggregate_type"] != "agent"]
@@ -102,6 +102,7 @@ async def cancel(task_id: str, c: CtxDep, csrf: Annotated[str, Form()] = "") -> 
 
 @router.get("/run", response_class=HTMLResponse)
 async def run_form(c: CtxDep) -> Response:
+    c.writer()
     return c.page("run.html", definition=DEFAULT_DEFINITION)
 
 
