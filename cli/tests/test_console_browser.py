@@ -162,6 +162,14 @@ def _drive(console: Console, downloads: Path, admin: str, auditor: str) -> dict[
     c.shot("audit")
     d.find_element(By.ID, "report-sox-csv").click()
     c.wait("the report downloaded", lambda d: [p for p in downloads.glob("symbi-sox-report*.csv") if p.stat().st_size])
+    # Hosts and load: the host's capacity, and the load chart sampling the scheduler's status.
+    c.open("/hosts")
+    assert d.find_elements(By.CSS_SELECTOR, "#hosts td")
+    c.wait(
+        "the load chart has samples",
+        lambda d: d.execute_script("return Chart.getChart('load-chart').data.labels.length") >= 2,
+    )
+    c.shot("hosts")
     times["admin_flow_s"] = time.monotonic() - t0
 
     # The auditor: no state-changing button anywhere, and the server refuses such a post anyway.
@@ -222,7 +230,7 @@ async def test_console_in_a_real_browser(
         reports = list((tmp_path / "downloads").glob("symbi-sox-report*.csv"))
         assert reports, f"no report downloaded to {tmp_path / 'downloads'}"
         assert reports[0].read_text().strip()
-        assert len(list(shots.glob("*.png"))) >= 8
+        assert len(list(shots.glob("*.png"))) >= 10
         times["total_s"] = time.monotonic() - started
         print("console browser test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     finally:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from symbi_cli.console.pages_hosts import load_numbers
 from symbi_cli.console.sessions import Forbidden, LoginRefused, Sessions, require_change
 from symbi_cli.console.views import agent_risk, group_tasks, inclusion_path, what_if_diff
 from symbi_common.crypto import Signer
@@ -137,3 +138,26 @@ def test_sessions_refuse_a_token_of_another_issuer_or_garbage(keys_dir: Path) ->
         sessions.login("not a token")
     with pytest.raises(LoginRefused, match="paste"):
         sessions.login("  ")
+
+
+def test_load_numbers_from_the_scheduler_status() -> None:
+    status = {
+        "queues": {"critical": 0, "high": 1, "normal": 3, "low": 0},
+        "running": [{"task_id": "t1"}],
+        "hosts": [
+            {
+                "host_id": "h1",
+                "cpu_cores": 2.0,
+                "cpu_free": 1.5,
+                "memory_mb": 1024,
+                "memory_free_mb": 768,
+                "tasks": ["t1"],
+            }
+        ],
+    }
+    numbers = load_numbers(status)
+    assert numbers["queues"]["normal"] == 3
+    assert numbers["running"] == 1
+    assert numbers["hosts"] == [
+        {"host_id": "h1", "cpu_used": 0.5, "cpu": 2.0, "memory_used_mb": 256, "memory_mb": 1024.0, "tasks": 1}
+    ]

@@ -54,3 +54,32 @@ function startTail() {
 
 document.addEventListener("DOMContentLoaded", () => { drawCharts(document); startTail(); });
 document.addEventListener("htmx:afterSwap", (e) => drawCharts(e.target));
+
+// The hosts page: queue depths and running tasks over time, sampled from /hosts/numbers.
+function startLoadChart() {
+  const canvas = document.getElementById("load-chart");
+  if (!canvas) return;
+  const series = ["critical", "high", "normal", "low", "running"];
+  const chart = new Chart(canvas, {
+    type: "line",
+    data: { labels: [], datasets: series.map((name) => ({ label: name, data: [], tension: 0.2 })) },
+    options: { animation: false, responsive: false, scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } },
+  });
+  async function sample() {
+    const response = await fetch("/hosts/numbers");
+    if (!response.ok) return;
+    const numbers = await response.json();
+    chart.data.labels.push(new Date().toLocaleTimeString());
+    series.forEach((name, i) => {
+      chart.data.datasets[i].data.push(name === "running" ? numbers.running : numbers.queues[name] || 0);
+    });
+    if (chart.data.labels.length > 200) {
+      chart.data.labels.shift();
+      chart.data.datasets.forEach((d) => d.data.shift());
+    }
+    chart.update();
+  }
+  sample();
+  setInterval(sample, 3000);
+}
+document.addEventListener("DOMContentLoaded", startLoadChart);
