@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -87,7 +87,21 @@ class Console:
         self.wait("logged in", lambda d: d.find_elements(By.ID, "whoami"))
 
 
-def _drive(console: Console, downloads: Path, admin: str, auditor: str) -> dict[str, float]:
+def tamper(export: Path) -> Path:
+    """A copy of ``export`` with one byte of its first event's sealed data changed."""
+    lines = export.read_text().splitlines()
+    entry = json.loads(lines[0])
+    data = entry["data"]
+    entry["data"] = data[:40] + ("A" if data[40] != "A" else "B") + data[41:]
+    lines[0] = json.dumps(entry)
+    out = export.with_name("tampered.jsonl")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _drive(
+    console: Console, downloads: Path, admin: str, auditor: str, exported: Callable[[Path], Path]
+) -> dict[str, float]:
     c, d, times = console, console.d, {}
     t0 = time.monotonic()
     c.login(admin)
@@ -154,12 +168,27 @@ def _drive(console: Console, downloads: Path, admin: str, auditor: str) -> dict[
     c.wait("the what-if diff", lambda d: d.find_elements(By.ID, "whatif-report"))
     assert int(c.text("whatif-changed")) > 0
     assert d.find_elements(By.CSS_SELECTOR, "table.diff.now_deny tr td")
+    d.execute_script("document.getElementById('whatif-report').scrollIntoView()")
     c.shot("what-if")
 
     # A compliance report, downloaded through the browser.
     c.open("/audit")
     assert c.text("checkpoint-verified").startswith("✔")
     c.shot("audit")
+    # Verify an export: as `symbi audit export` wrote it, then with one event's bytes altered.
+    export = exported(downloads.parent)
+    verdict_js = "return (document.getElementById('verify-verdict') || {}).textContent || ''"
+    for log, verdict in ((export, "✔"), (tamper(export), "✘")):
+        d.execute_script("document.getElementById('verify-result').innerHTML = ''")
+        d.find_element(By.ID, "export-file").send_keys(str(log))
+        d.find_element(By.ID, "export-checkpoint").send_keys(str(export.with_suffix(".checkpoint")))
+        d.find_element(By.ID, "verify").click()
+        c.wait("the verdict", lambda d, v=verdict: d.execute_script(verdict_js).strip().startswith(v))
+        d.find_element(By.ID, "export-file").clear()
+        d.find_element(By.ID, "export-checkpoint").clear()
+    assert "bad_signature" in c.text("verify-findings")
+    d.execute_script("document.getElementById('verify-result').scrollIntoView()")
+    c.shot("verify-export")
     d.find_element(By.ID, "report-sox-csv").click()
     c.wait("the report downloaded", lambda d: [p for p in downloads.glob("symbi-sox-report*.csv") if p.stat().st_size])
     # Hosts and load: the host's capacity, and the load chart sampling the scheduler's status.
@@ -185,6 +214,9 @@ def _drive(console: Console, downloads: Path, admin: str, auditor: str) -> dict[
         fetch('/run', {method: 'POST', body}).then(r => done(r.status));"""
     )
     assert status == 403
+    c.open("/audit")
+    assert c.text("checkpoint-verified").startswith("✔")
+    assert d.find_elements(By.ID, "verify")  # verifying an upload reads, it changes nothing
     c.open("/run")
     assert d.find_elements(By.ID, "error")
     assert "read-only" in c.text("error")
@@ -217,12 +249,21 @@ async def test_console_in_a_real_browser(
                     pass
                 await asyncio.sleep(0.2)
         admin = (runtime_home / "operator.token").read_text().strip()
+
+        def export(where: Path) -> Path:
+            out = where / "export.jsonl"
+            subprocess.run(
+                [symbi_exe, "audit", "export", "-o", str(out), "--home", str(runtime_home)],
+                env=runtime_options.env, check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            return out
+
         auditor = issue_local_token(runtime_home / "keys", name="ada", role="auditor")
         shots = tmp_path / "screenshots"
         print(f"console screenshots: {shots}")
         driven = Console(browser, url, shots)
         try:
-            times = await asyncio.to_thread(_drive, driven, tmp_path / "downloads", admin, auditor)
+            times = await asyncio.to_thread(_drive, driven, tmp_path / "downloads", admin, auditor, export)
         except Exception:
             driven.shot("failure")
             raise

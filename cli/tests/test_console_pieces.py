@@ -80,6 +80,7 @@ def test_what_if_diff_splits_new_denials_and_new_allows() -> None:
     assert [r["action"] for r in diff["now_deny"]] == ["task.allocate", "sandbox.start"]
     assert [r["action"] for r in diff["now_allow"]] == ["memory.write"]
     assert [r["action"] for r in diff["other"]] == ["agent.register"]
+    assert diff["now_deny"][0]["principal"] == 'Agent::"a1"'
 
 
 def test_tasks_are_grouped_queued_by_priority_running_finished() -> None:

@@ -97,6 +97,8 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         if exc.status == 401:  # the token was revoked or expired: log in again
             request.app.state.sessions.logout(request.cookies.get(COOKIE))
         status = exc.status if exc.status >= 400 else 502
+        if request.headers.get("HX-Request"):  # a fragment for the target the form swaps (htmx config in base.html)
+            return templates.TemplateResponse(request, "error_fragment.html", {"message": str(exc)}, status_code=status)
         return templates.TemplateResponse(
             request, "error.html", {"message": str(exc), "status": status}, status_code=status
         )

@@ -119,6 +119,13 @@ def inclusion_path(proof: dict[str, Any], signed_root: bytes) -> ProofView:
     return ProofView(index, size, proof["leaf_hash"], _b64(signed_root), steps, _b64(acc), ok)
 
 
+def entity(ref: Any) -> str:
+    """A Cedar entity reference as Cedar writes it: ``Type::"id"``."""
+    if isinstance(ref, dict) and "type" in ref and "id" in ref:
+        return f'{ref["type"]}::"{ref["id"]}"'
+    return str(ref or "")
+
+
 def what_if_diff(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The what-if's changed decisions split into would-now-deny and would-now-allow rows."""
     out: dict[str, list[dict[str, Any]]] = {"now_deny": [], "now_allow": [], "other": []}
@@ -127,9 +134,9 @@ def what_if_diff(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         after = str((change.get("proposed") or {}).get("effect", ""))
         request = change.get("request") or {}
         row = {
-            "principal": request.get("principal"),
+            "principal": entity(request.get("principal")),
             "action": request.get("action"),
-            "resource": request.get("resource"),
+            "resource": entity(request.get("resource")),
             "before": before,
             "after": after,
             "policies_before": (change.get("current") or {}).get("policies", []),
