@@ -1,7 +1,8 @@
 """``symbi console`` in a real browser (Debian's chromium through chromedriver, driven by Selenium) against a
 real ``symbi up`` runtime: log in, run the main job and watch its task finish live, open the agent's timeline
-and an inclusion proof, run a what-if, download a report, tail events; an auditor sees no state-changing
-button and is refused one server-side too. Screenshots of each page go to ``<tmp_path>/screenshots``."""
+and an inclusion proof, run a what-if, verify an export (and a tampered one), download a report, tail events,
+chart the load; an auditor sees no state-changing button and is refused one server-side too; a revoked token
+ends its session. Screenshots of each page go to ``<tmp_path>/screenshots``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ import httpx
 import pytest
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
-from symbi_common.operator_tokens import issue_local_token
+from symbi_common.operator_tokens import (
+    OperatorClaims,
+    default_operator_dir,
+    issue_local_token,
+    issue_token,
+    load_issuer_key,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -100,7 +107,13 @@ def tamper(export: Path) -> Path:
 
 
 def _drive(
-    console: Console, downloads: Path, admin: str, auditor: str, exported: Callable[[Path], Path]
+    console: Console,
+    downloads: Path,
+    admin: str,
+    auditor: str,
+    exported: Callable[[Path], Path],
+    revocable: tuple[str, OperatorClaims],
+    revoke: Callable[[str], None],
 ) -> dict[str, float]:
     c, d, times = console, console.d, {}
     t0 = time.monotonic()
@@ -221,6 +234,14 @@ def _drive(
     assert d.find_elements(By.ID, "error")
     assert "read-only" in c.text("error")
     c.shot("auditor-refused")
+
+    # A revoked token ends the session at its next call: the services refuse it (401), the console logs out.
+    token, claims = revocable
+    c.login(token)
+    assert c.text("role") == "operator"
+    revoke(claims.tid)
+    c.wait("the session ends", lambda d: (d.get(c.url + "/agents") or True) and "/login" in d.current_url)
+    c.shot("revoked")
     return times
 
 
@@ -259,11 +280,23 @@ async def test_console_in_a_real_browser(
             return out
 
         auditor = issue_local_token(runtime_home / "keys", name="ada", role="auditor")
+        revocable = issue_token(
+            load_issuer_key(default_operator_dir(runtime_home / "keys")), name="otto", role="operator", ttl_s=3600
+        )
+
+        def revoke(token_id: str) -> None:
+            subprocess.run(
+                [symbi_exe, "token", "revoke", token_id, "--home", str(runtime_home)],
+                env=runtime_options.env, check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+
         shots = tmp_path / "screenshots"
         print(f"console screenshots: {shots}")
         driven = Console(browser, url, shots)
         try:
-            times = await asyncio.to_thread(_drive, driven, tmp_path / "downloads", admin, auditor, export)
+            times = await asyncio.to_thread(
+                _drive, driven, tmp_path / "downloads", admin, auditor, export, revocable, revoke
+            )
         except Exception:
             driven.shot("failure")
             raise

@@ -28,4 +28,5 @@ def console(
     """Serve the operator console in the browser: agents, tasks, live events, audit proofs, policy."""
     config = ConsoleConfig(urls=service_urls(home, base_port), keys_dir=keys_dir or home / "keys")
     typer.echo(f"symbi console on http://{host}:{port}/ (services: {', '.join(sorted(config.urls))})")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+    # Open live tails (Server-Sent Events) never end by themselves: Ctrl-C closes them after a few seconds.
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
