@@ -148,6 +148,16 @@ def _drive(
     c.shot("events-tail")
     d.switch_to.new_window("tab")
 
+    # The queues: the task among the finished ones; the agent in the list with its tier, host and risk.
+    c.open("/tasks")
+    assert task_id in c.text("tasks-finished")
+    c.shot("tasks")
+    c.open("/agents")
+    row = next(r for r in d.find_elements(By.CSS_SELECTOR, "#agents tr") if "hello-agent" in r.text)
+    assert "tier1" in row.text
+    assert "network_access=0" in row.text
+    c.shot("agents")
+
     # The agent's timeline: every event in the audit log with the audit service's verdict.
     c.open(f"/tasks/{task_id}")
     d.find_element(By.ID, "task-agent").click()
@@ -304,7 +314,7 @@ async def test_console_in_a_real_browser(
         reports = list((tmp_path / "downloads").glob("symbi-sox-report*.csv"))
         assert reports, f"no report downloaded to {tmp_path / 'downloads'}"
         assert reports[0].read_text().strip()
-        assert len(list(shots.glob("*.png"))) >= 10
+        assert len(list(shots.glob("*.png"))) >= 13
         times["total_s"] = time.monotonic() - started
         print("console browser test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     finally:
