@@ -15,6 +15,7 @@ from rich.table import Table
 from symbi_cli.agent_cmd import agent_app
 from symbi_cli.audit_cmd import audit_app
 from symbi_cli.bus_cmd import bus_app
+from symbi_cli.console.command import console
 from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
 from symbi_cli.events import events_app
@@ -49,6 +50,7 @@ app.add_typer(witness_app, name="witness")
 app.add_typer(bus_app, name="bus")
 app.command("status")(status)
 app.command("run")(run)
+app.command("console")(console)
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130

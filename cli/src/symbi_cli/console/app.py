@@ -1,0 +1,139 @@
+"""The console's FastAPI app: login, the shared page context, and the error pages.
+
+Every page handler gets a :class:`Ctx` (the logged-in operator and a :class:`Services` client carrying that
+operator's token). Pages are server-rendered (Jinja2); htmx swaps fragments for the live parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from symbi_cli.console.services import ServiceCallFailed, Services
+from symbi_cli.console.sessions import COOKIE, Forbidden, LoginRefused, Session, Sessions, require_change
+from symbi_cli.console.views import when
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["when"] = when
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    urls: dict[str, str]
+    keys_dir: Path
+    #: Where the main job's definition is read from (the "Run" form's default).
+    examples_dir: Path | None = None
+
+
+class NotLoggedIn(Exception):
+    """No (current) session: the browser is sent to the login page."""
+
+
+@dataclass(frozen=True)
+class Ctx:
+    request: Request
+    session: Session
+    services: Services
+
+    def page(self, name: str, **values: Any) -> HTMLResponse:
+        values.update(me=self.session.claims, can_change=self.session.can_change, csrf=self.session.csrf)
+        return templates.TemplateResponse(self.request, name, values)
+
+    def writer(self) -> None:
+        """Refuse a page that only serves to change state to a read-only role."""
+        if not self.session.can_change:
+            raise Forbidden(f"role {self.session.claims.role!r} is read-only in the console; it may not change state")
+
+    def change(self, csrf: str) -> None:
+        """Refuse a state change from a read-only role or a post without the CSRF token (before any call)."""
+        require_change(self.session, csrf)
+
+
+def ctx(request: Request) -> Ctx:
+    state = request.app.state
+    session = state.sessions.get(request.cookies.get(COOKIE))
+    if session is None:
+        raise NotLoggedIn
+    return Ctx(request, session, Services(state.config.urls, session.token, state.http))
+
+
+CtxDep = Annotated[Ctx, Depends(ctx)]
+
+
+def create_app(config: ConsoleConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            app.state.http = http
+            yield
+
+    app = FastAPI(title="Symbi console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = config
+    app.state.sessions = Sessions(config.keys_dir)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.exception_handler(NotLoggedIn)
+    async def to_login(request: Request, exc: NotLoggedIn) -> Response:
+        if request.headers.get("HX-Request"):
+            return Response(status_code=401, headers={"HX-Redirect": "/login"})
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return templates.TemplateResponse(request, "error.html", {"message": str(exc), "status": 403}, status_code=403)
+
+    @app.exception_handler(ServiceCallFailed)
+    async def refused(request: Request, exc: ServiceCallFailed) -> Response:
+        if exc.status == 401:  # the token was revoked or expired: log in again
+            request.app.state.sessions.logout(request.cookies.get(COOKIE))
+        status = exc.status if exc.status >= 400 else 502
+        if request.headers.get("HX-Request"):  # a fragment for the target the form swaps (htmx config in base.html)
+            return templates.TemplateResponse(request, "error_fragment.html", {"message": str(exc)}, status_code=status)
+        return templates.TemplateResponse(
+            request, "error.html", {"message": str(exc), "status": status}, status_code=status
+        )
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "login.html", {"error": None})
+
+    @app.post("/login")
+    async def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+        try:
+            sid, session = app.state.sessions.login(token)
+            # The services are the judges: one read proves they accept this token (not revoked, role allowed).
+            await Services(config.urls, session.token, app.state.http).get("lifecycle", "/v1/agents", limit=1)
+        except (LoginRefused, ServiceCallFailed) as exc:
+            return templates.TemplateResponse(request, "login.html", {"error": str(exc)}, status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, sid, httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        app.state.sessions.logout(request.cookies.get(COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    from symbi_cli.console import pages_audit, pages_hosts, pages_policy, pages_runtime
+
+    app.include_router(pages_runtime.router)
+    app.include_router(pages_audit.router)
+    app.include_router(pages_policy.router)
+    app.include_router(pages_hosts.router)
+    return app
