@@ -16,8 +16,9 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from symbi_common.errors import ConfigError
 from symbi_common.keyring import SERVICE_SUBJECTS
 
 OPERATOR = "operator"
@@ -199,10 +200,38 @@ def with_credentials(url: str, user: str, password: str) -> str:
 
 
 def without_credentials(url: str) -> str:
-    """The URL with any ``user:password@`` removed, for display."""
-    parts = urlsplit(url)
+    """The URL (or comma-separated URLs) with any ``user:password@`` removed, for display."""
+    return ",".join(_bare(u) for u in url.split(","))
+
+
+def _bare(url: str) -> str:
+    parts = urlsplit(url.strip())
     netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def server_options(url: str) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for ``url``: one URL or several, comma-separated (cluster members).
+
+    Credentials in a URL become the ``user``/``password`` options, so they go to every server of the
+    pool, including the members the client only learns from the cluster: nats-py sends a URL's
+    credentials only to that URL, and a reconnect to a discovered member would be refused.
+    Raises :class:`ConfigError` when there is no URL or the URLs name different users.
+    """
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError("no NATS URL given", setting="nats.url")
+    users = {(unquote(p.username), unquote(p.password or "")) for p in map(urlsplit, urls) if p.username}
+    if len(users) > 1:
+        raise ConfigError(
+            "the URLs name different users; every member must be reached as the same user", setting="nats.url"
+        )
+    options: dict[str, Any] = {"servers": [_bare(u) for u in urls]}
+    if users:
+        user, password = users.pop()
+        options["user"] = user
+        options["password"] = password
+    return options
 
 
 __all__: Sequence[str] = [
@@ -214,6 +243,7 @@ __all__: Sequence[str] = [
     "deployment_authorization_config",
     "nats_users",
     "publish_allow",
+    "server_options",
     "stream_read_api",
     "subscribe_allow",
     "tls_config",
