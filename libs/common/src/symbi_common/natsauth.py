@@ -210,6 +210,18 @@ def _bare(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+#: How a long-running client (every service) keeps its connection: reconnect forever, every 0.5 s, and
+#: give up on a server that stopped answering (frozen, cut off) after about 8 s of silence — nats-py's
+#: defaults (a ping every 2 minutes, 2 outstanding) would wait 4 to 6 minutes before moving to another
+#: member of the cluster.
+RESILIENT_CLIENT: Mapping[str, Any] = {
+    "max_reconnect_attempts": -1,
+    "reconnect_time_wait": 0.5,
+    "ping_interval": 2,
+    "max_outstanding_pings": 3,
+}
+
+
 def server_options(url: str) -> dict[str, Any]:
     """``nats.connect`` keyword arguments for ``url``: one URL or several, comma-separated (cluster members).
 
@@ -237,6 +249,7 @@ def server_options(url: str) -> dict[str, Any]:
 __all__: Sequence[str] = [
     "ADMIN",
     "OPERATOR",
+    "RESILIENT_CLIENT",
     "authorization_config",
     "client_tls",
     "connect_options",

@@ -40,7 +40,7 @@ from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
 from symbi_common.livekeys import LiveKeys, previous_wrap_keys
-from symbi_common.natsauth import connect_options, server_options, without_credentials
+from symbi_common.natsauth import RESILIENT_CLIENT, connect_options, server_options, without_credentials
 from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings, load_settings
@@ -123,9 +123,8 @@ class ServiceRuntime:
             self.nc = await asyncio.wait_for(
                 nats.connect(
                     **server_options(s.nats.url),
+                    **RESILIENT_CLIENT,
                     name=f"symbi-{self.name}",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
                     connect_timeout=5,
                     error_cb=self._nats_error,
                     **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key),
