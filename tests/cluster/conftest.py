@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -57,6 +58,11 @@ def nats_cluster_servers(tmp_path: Path) -> Iterator[Cluster]:
 @pytest.fixture
 async def nats_cluster(nats_cluster_servers: Cluster) -> Cluster:
     """The cluster with every stream and KV bucket at three replicas, ``EVENTS`` led and fully current."""
+    for member in nats_cluster_servers.servers.members:  # every member fsyncs each write before its ack
+        async with httpx.AsyncClient(timeout=5) as http:
+            varz = (await http.get(member.monitoring_url + "/varz")).json()
+        assert varz["jetstream"]["config"]["sync_always"] is True, varz["jetstream"]
+        assert varz["cluster"]["name"] == nats_cluster_servers.servers.name
     admin = await nats_cluster_servers.connect(ADMIN, allow_reconnect=False)
     try:
         js = admin.jetstream(timeout=10)

@@ -47,7 +47,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 class NatsCluster:
     """``size`` nats-servers in one JetStream cluster, stores under ``base_dir/n<i>/``, logs next to them.
 
-    ``config`` is more configuration text for every member (e.g. an ``authorization`` block). The
+    ``config`` is more configuration text for every member (e.g. an ``authorization`` block); each
+    member's HTTP monitoring endpoint is open (``members[i].monitoring_url``). The
     route ports are picked free before the start (JetStream needs every route configured up front);
     client ports are chosen by the servers and kept across a member's restart.
     """
@@ -151,6 +152,7 @@ class NatsCluster:
             cluster=ClusterRoutes(self.name, self._route_ports[index], self._routes()),
             sync_interval=self.sync_interval,
             config=self.config,
+            monitoring=True,
         )
 
     def _running(self, index: int) -> NatsServer:

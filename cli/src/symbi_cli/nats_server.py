@@ -64,7 +64,8 @@ class NatsServer:
     ``log_file`` when given (appended), else to an anonymous temporary file that is only read to
     explain a failed start.
 
-    ``server_name``, ``cluster``, ``sync_interval`` and ``config`` (more configuration text, e.g. an
+    ``monitoring=True`` opens the HTTP monitoring endpoint on a port of the server's choosing
+    (:attr:`monitoring_url`). ``server_name``, ``cluster``, ``sync_interval`` and ``config`` (more configuration text, e.g. an
     ``authorization`` block) go into a configuration file the server is started with; ``extra_args``
     must then not name another one.
     """
@@ -83,6 +84,7 @@ class NatsServer:
         cluster: ClusterRoutes | None = None,
         sync_interval: str | None = None,
         config: str = "",
+        monitoring: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port
@@ -95,6 +97,8 @@ class NatsServer:
         self.cluster = cluster
         self.sync_interval = sync_interval
         self.config = config
+        self.monitoring = monitoring
+        self._monitoring_url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._ports_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -115,6 +119,13 @@ class NatsServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def monitoring_url(self) -> str:
+        """The HTTP monitoring endpoint (``/varz``, ``/jsz`` …), with ``monitoring=True``, while running."""
+        if self._monitoring_url is None:
+            raise InfraError("the nats-server is not running with monitoring=True")
+        return self._monitoring_url
 
     @property
     def client_port(self) -> int:
@@ -188,6 +199,7 @@ class NatsServer:
             "--ports_file_dir",
             self._ports_dir.name,
             *config_args,
+            *(["--http_port", "-1"] if self.monitoring else []),
             *self.extra_args,
         ]
         try:
@@ -209,20 +221,22 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise InfraError(f"nats-server exited with status {self._proc.returncode}: {self._log_tail()}")
-            url = self._read_ports_file(ports_file)
-            if url is not None and _answers_info(url):
-                return url
+            ports = self._read_ports_file(ports_file)
+            urls = ports.get("nats") or []
+            monitoring = ports.get("monitoring") or []
+            if urls and (monitoring or not self.monitoring) and _answers_info(str(urls[0])):
+                self._monitoring_url = str(monitoring[0]) if monitoring else None
+                return str(urls[0])
             time.sleep(0.02)
         raise InfraError(f"nats-server did not accept connections within {self.startup_timeout}s: {self._log_tail()}")
 
     @staticmethod
-    def _read_ports_file(path: Path) -> str | None:
+    def _read_ports_file(path: Path) -> dict[str, list[str]]:
         try:
             ports = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):  # not written yet, or being written
-            return None
-        urls = ports.get("nats") or []
-        return str(urls[0]) if urls else None
+            return {}
+        return ports if isinstance(ports, dict) else {}
 
     def _log_tail(self, limit: int = 4000) -> str:
         if self.log_file is not None:
@@ -242,6 +256,7 @@ class NatsServer:
         """Stop the server: SIGTERM (a clean JetStream shutdown), then SIGKILL after ``timeout`` seconds."""
         proc, self._proc = self._proc, None
         self._url = None
+        self._monitoring_url = None
         try:
             if proc is not None:
                 if proc.poll() is None:
