@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver, and runtimes that export to it.
+"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver, runtimes that export to it, and the
+pinned Go tools (natscli, Jaeger) as built by ``deploy/host/tools.sh``.
 
 ``otlp_receiver`` is an HTTP server in the test process that accepts what the OpenTelemetry OTLP/HTTP
 exporter of every Symbi process sends (``POST /v1/traces``, ``application/x-protobuf``), decodes each
@@ -13,11 +14,13 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,3 +202,38 @@ def traced_runtime(runtime_options: RuntimeOptions, otlp_receiver: OtlpReceiver)
         OTEL_BSP_SCHEDULE_DELAY="200",
     )
     return dataclasses.replace(runtime_options, env=env)
+
+
+# --- the pinned Go tools ----------------------------------------------------------------------------
+
+TOOLS_SH = Path(__file__).resolve().parents[2] / "deploy" / "host" / "tools.sh"
+
+
+def go_tool(name: str) -> Path:
+    """The cached binary of a pinned Go tool (``natscli``, ``jaeger``); built by ``deploy/host/tools.sh`` when
+    it is not in the cache yet (once: minutes for Jaeger). A tool that cannot be built fails the test."""
+    found = subprocess.run([str(TOOLS_SH), "--print", name], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        print(f"{name} is not in the tool cache: building it with deploy/host/tools.sh {name} (once, minutes)")
+        built = subprocess.run([str(TOOLS_SH), name], capture_output=True, text=True, check=False, timeout=3600)
+        if built.returncode != 0:
+            pytest.fail(
+                f"{name} could not be built by deploy/host/tools.sh {name} (it needs Go 1.26 and the Go module "
+                f"proxy); its output:\n{(built.stdout + built.stderr)[-3000:]}"
+            )
+        found = subprocess.run([str(TOOLS_SH), "--print", name], capture_output=True, text=True, check=True)
+    binary = Path(found.stdout.strip())
+    assert binary.is_file(), binary
+    return binary
+
+
+@pytest.fixture(scope="session")
+def nats_cli() -> Path:
+    """The NATS CLI, natscli v0.5.0 (``nats``)."""
+    return go_tool("natscli")
+
+
+@pytest.fixture(scope="session")
+def jaeger_binary() -> Path:
+    """Jaeger v1.75.0 all-in-one (``jaeger``)."""
+    return go_tool("jaeger")
