@@ -32,6 +32,9 @@ binary_path() {
 }
 
 need_go() {
+    if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+        export PATH="/usr/local/go/bin:$PATH" # the Go tarball's place, often not on a non-login PATH
+    fi
     if ! command -v go >/dev/null 2>&1; then
         echo "error: the go command is not on PATH; install Go 1.26 (Debian: golang-go, or the go.dev tarball)" >&2
         exit 1
