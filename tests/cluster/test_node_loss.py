@@ -48,7 +48,13 @@ from symbi_tlog.rules import LogVerifier, authenticate
 
 from .conftest import REPLICAS, Cluster
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [
+    pytest.mark.timeout(420),
+    # nats-py leaves the socket of a reconnect attempt open when the member it reached accepts the TCP
+    # connection but never sends its INFO (a SIGSTOPped server: the kernel still completes the handshake);
+    # the client gives up on it and moves on, and the socket is closed when collected, with this warning.
+    pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning"),
+]
 
 WRITERS = 6
 #: Each writer's pause between appends: load enough to keep every member busy, not so much that the two
