@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
 import pytest
 from symbi_cli.errors import InfraError
@@ -146,3 +147,15 @@ def test_database_url_from_environment(tmp_path: Path) -> None:
     url, server = database_url_or_start(tmp_path / "pg", env={DATABASE_URL_ENV: "postgresql://elsewhere/db"})
     assert (url, server) == ("postgresql://elsewhere/db", None)
     assert not (tmp_path / "pg").exists()
+
+
+def test_nats_server_sync_always_in_its_generated_config(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "js", sync_interval="always", monitoring=True) as server:
+        varz = httpx.get(server.monitoring_url + "/varz", timeout=5).json()
+        assert varz["jetstream"]["config"]["sync_always"] is True
+    with NatsServer(tmp_path / "js") as default, pytest.raises(InfraError, match="monitoring=True"):
+        _ = default.monitoring_url
+    clash = NatsServer(tmp_path / "js", sync_interval="always", extra_args=("--config", str(tmp_path / "x.conf")))
+    with pytest.raises(InfraError, match="pass its text as config="):
+        clash.start()
+    assert not clash.running

@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver, and runtimes that export to it.
+"""Fixtures of the end-to-end tests: a real OTLP/HTTP trace receiver, runtimes that export to it, and the
+pinned Go tools (natscli, Jaeger) as built by ``deploy/host/tools.sh``.
 
 ``otlp_receiver`` is an HTTP server in the test process that accepts what the OpenTelemetry OTLP/HTTP
 exporter of every Symbi process sends (``POST /v1/traces``, ``application/x-protobuf``), decodes each
@@ -13,11 +14,17 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import json
+import random
+import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,3 +206,146 @@ def traced_runtime(runtime_options: RuntimeOptions, otlp_receiver: OtlpReceiver)
         OTEL_BSP_SCHEDULE_DELAY="200",
     )
     return dataclasses.replace(runtime_options, env=env)
+
+
+# --- the pinned Go tools ----------------------------------------------------------------------------
+
+TOOLS_SH = Path(__file__).resolve().parents[2] / "deploy" / "host" / "tools.sh"
+
+
+def go_tool(name: str) -> Path:
+    """The cached binary of a pinned Go tool (``natscli``, ``jaeger``); built by ``deploy/host/tools.sh`` when
+    it is not in the cache yet (once: minutes for Jaeger). A tool that cannot be built fails the test."""
+    found = subprocess.run([str(TOOLS_SH), "--print", name], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        print(f"{name} is not in the tool cache: building it with deploy/host/tools.sh {name} (once, minutes)")
+        built = subprocess.run([str(TOOLS_SH), name], capture_output=True, text=True, check=False, timeout=3600)
+        if built.returncode != 0:
+            pytest.fail(
+                f"{name} could not be built by deploy/host/tools.sh {name} (it needs Go 1.26 and the Go module "
+                f"proxy); its output:\n{(built.stdout + built.stderr)[-3000:]}"
+            )
+        found = subprocess.run([str(TOOLS_SH), "--print", name], capture_output=True, text=True, check=True)
+    binary = Path(found.stdout.strip())
+    assert binary.is_file(), binary
+    return binary
+
+
+@pytest.fixture(scope="session")
+def nats_cli() -> Path:
+    """The NATS CLI, natscli v0.5.0 (``nats``)."""
+    return go_tool("natscli")
+
+
+@pytest.fixture(scope="session")
+def jaeger_binary() -> Path:
+    """Jaeger v1.75.0 all-in-one (``jaeger``)."""
+    return go_tool("jaeger")
+
+
+#: Jaeger v2 (``cmd/jaeger``) as a test needs it: OTLP/HTTP in, the in-memory store, the query API; every
+#: listener on loopback at a port of the test's choosing (the all-in-one defaults are fixed ports).
+JAEGER_CONFIG = """\
+service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:{health}
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 10000
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp}
+processors:
+  batch:
+    timeout: 200ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+@dataclass(frozen=True)
+class Jaeger:
+    """A running Jaeger: where to send OTLP/HTTP and where its query API answers."""
+
+    otlp_endpoint: str
+    query_url: str
+
+
+def _free_ports(count: int) -> list[int]:
+    # Below the ephemeral range (32768 and up), so no outgoing connection takes one before Jaeger binds it.
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(json.load(answer).get("healthy"))
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture
+def jaeger(jaeger_binary: Path, tmp_path: Path) -> Iterator[Jaeger]:
+    """A real Jaeger for this test (in-memory store), healthy before the test starts; stopped afterwards."""
+    health, query, query_grpc, otlp = _free_ports(4)
+    config = tmp_path / "jaeger.yaml"
+    config.write_text(JAEGER_CONFIG.format(health=health, query=query, query_grpc=query_grpc, otlp=otlp))
+    log = tmp_path / "jaeger.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(jaeger_binary), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jaeger exited with status {proc.returncode}: {log.read_text()[-3000:]}")
+            if _healthy(f"http://127.0.0.1:{health}/status"):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"jaeger was not healthy within 60 s: {log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield Jaeger(otlp_endpoint=f"http://127.0.0.1:{otlp}", query_url=f"http://127.0.0.1:{query}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -2,6 +2,9 @@
 
 with NatsServer(Path(".symbi/nats")) as nats:
     print(nats.url)
+
+One member of a cluster names itself and its routes (:class:`ClusterRoutes`); :mod:`symbi_cli.nats_cluster`
+starts three of them. ``sync_interval="always"`` makes JetStream fsync every write before it acknowledges it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -37,6 +41,20 @@ def find_nats_server() -> Path:
     return Path(found)
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterRoutes:
+    """This server's place in a cluster: the cluster's name, the port it listens on for routes (on the
+    server's host) and the route URLs of every member (its own included; the server skips itself)."""
+
+    name: str
+    port: int
+    routes: tuple[str, ...]
+
+
+#: JetStream's fsync policies (``jetstream { sync_interval }``): ``always`` syncs every write before the ack.
+SYNC_ALWAYS = "always"
+
+
 class NatsServer:
     """A nats-server child process with JetStream, its store in ``store_dir``.
 
@@ -45,6 +63,11 @@ class NatsServer:
     returns once the server answers a client connection with its ``INFO`` line. Logs go to
     ``log_file`` when given (appended), else to an anonymous temporary file that is only read to
     explain a failed start.
+
+    ``monitoring=True`` opens the HTTP monitoring endpoint on a port of the server's choosing
+    (:attr:`monitoring_url`). ``server_name``, ``cluster``, ``sync_interval`` and ``config`` (more configuration text, e.g. an
+    ``authorization`` block) go into a configuration file the server is started with; ``extra_args``
+    must then not name another one.
     """
 
     def __init__(
@@ -57,6 +80,11 @@ class NatsServer:
         binary: Path | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 15.0,
+        server_name: str | None = None,
+        cluster: ClusterRoutes | None = None,
+        sync_interval: str | None = None,
+        config: str = "",
+        monitoring: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port
@@ -65,6 +93,12 @@ class NatsServer:
         self.binary = binary
         self.extra_args = tuple(extra_args)
         self.startup_timeout = startup_timeout
+        self.server_name = server_name
+        self.cluster = cluster
+        self.sync_interval = sync_interval
+        self.config = config
+        self.monitoring = monitoring
+        self._monitoring_url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._ports_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -86,6 +120,55 @@ class NatsServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def monitoring_url(self) -> str:
+        """The HTTP monitoring endpoint (``/varz``, ``/jsz`` …), with ``monitoring=True``, while running."""
+        if self._monitoring_url is None:
+            raise InfraError("the nats-server is not running with monitoring=True")
+        return self._monitoring_url
+
+    @property
+    def client_port(self) -> int:
+        """The port clients connect to (the chosen one when ``port=None``). Only valid while running."""
+        return urlsplit(self.url).port or 4222
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the server process (e.g. ``SIGSTOP``/``SIGCONT`` to freeze and resume it)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise InfraError(f"the nats-server is not running; cannot send it {sig.name}")
+        self._proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """``kill -9``: no clean shutdown, no flush; the store is left as the crash leaves it."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self.stop()
+
+    def _config_file(self) -> list[str]:
+        """Write the configuration the options call for; the ``--config`` arguments (none if not needed)."""
+        if self.server_name is None and self.cluster is None and self.sync_interval is None and not self.config:
+            return []
+        if "--config" in self.extra_args or "-c" in self.extra_args:
+            raise InfraError("extra_args name a configuration file; pass its text as config= instead")
+        assert self._ports_dir is not None
+        lines = []  # the store directory stays a command-line flag (naming it in both is refused)
+        if self.sync_interval is not None:
+            lines.append(f"jetstream {json.dumps({'sync_interval': self.sync_interval})}")
+        if self.server_name is not None:
+            lines.append(f"server_name: {json.dumps(self.server_name)}")
+        if self.cluster is not None:
+            block = {
+                "name": self.cluster.name,
+                "listen": f"{self.host}:{self.cluster.port}",
+                "routes": list(self.cluster.routes),
+            }
+            lines.append(f"cluster {json.dumps(block)}")
+        lines.append(self.config)
+        path = Path(self._ports_dir.name) / "nats-server.conf"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)  # may hold passwords
+        return ["--config", str(path)]
+
     def start(self) -> NatsServer:
         """Start the server and wait until it accepts connections; returns ``self``."""
         if self._proc is not None:
@@ -99,6 +182,11 @@ class NatsServer:
             self._log = open_private_log(self.log_file)
         else:
             self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        try:
+            config_args = self._config_file()
+        except BaseException:
+            self.stop()
+            raise
         args = [
             str(binary),
             "--jetstream",
@@ -110,6 +198,8 @@ class NatsServer:
             str(self.port if self.port is not None else -1),
             "--ports_file_dir",
             self._ports_dir.name,
+            *config_args,
+            *(["--http_port", "-1"] if self.monitoring else []),
             *self.extra_args,
         ]
         try:
@@ -131,20 +221,22 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise InfraError(f"nats-server exited with status {self._proc.returncode}: {self._log_tail()}")
-            url = self._read_ports_file(ports_file)
-            if url is not None and _answers_info(url):
-                return url
+            ports = self._read_ports_file(ports_file)
+            urls = ports.get("nats") or []
+            monitoring = ports.get("monitoring") or []
+            if urls and (monitoring or not self.monitoring) and _answers_info(str(urls[0])):
+                self._monitoring_url = str(monitoring[0]) if monitoring else None
+                return str(urls[0])
             time.sleep(0.02)
         raise InfraError(f"nats-server did not accept connections within {self.startup_timeout}s: {self._log_tail()}")
 
     @staticmethod
-    def _read_ports_file(path: Path) -> str | None:
+    def _read_ports_file(path: Path) -> dict[str, list[str]]:
         try:
             ports = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):  # not written yet, or being written
-            return None
-        urls = ports.get("nats") or []
-        return str(urls[0]) if urls else None
+            return {}
+        return ports if isinstance(ports, dict) else {}
 
     def _log_tail(self, limit: int = 4000) -> str:
         if self.log_file is not None:
@@ -164,6 +256,7 @@ class NatsServer:
         """Stop the server: SIGTERM (a clean JetStream shutdown), then SIGKILL after ``timeout`` seconds."""
         proc, self._proc = self._proc, None
         self._url = None
+        self._monitoring_url = None
         try:
             if proc is not None:
                 if proc.poll() is None:

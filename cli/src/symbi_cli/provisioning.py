@@ -13,9 +13,11 @@ async def provision_nats_async(
     ``existing_store``: refuse to re-create a deleted history stream (see ``provision_streams``).
     """
     import nats
+    from symbi_common.natsauth import server_options
     from symbi_common.streams import provision_streams
 
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, **connect_options)
+    # Any member of a cluster will do (comma-separated URLs); JetStream's meta leader answers through it.
+    nc = await nats.connect(**server_options(url), allow_reconnect=False, connect_timeout=5, **connect_options)
     try:
         await provision_streams(nc.jetstream(), settings, existing_store=existing_store)
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from symbi_cli.nats_server import find_nats_server
 from symbi_common.entitlements import SERVICE_SUBJECTS
+from symbi_common.errors import ConfigError
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,
@@ -16,6 +17,7 @@ from symbi_common.natsauth import (
     deployment_authorization_config,
     nats_users,
     publish_allow,
+    server_options,
     subscribe_allow,
     with_credentials,
     without_credentials,
@@ -90,3 +92,32 @@ def test_credentials_in_urls() -> None:
     url = with_credentials("nats://127.0.0.1:4222", "sandbox-agent", "p@ss/word")
     assert url == "nats://sandbox-agent:p%40ss%2Fword@127.0.0.1:4222"
     assert without_credentials(url) == "nats://127.0.0.1:4222"
+
+
+def test_server_options_send_the_credentials_to_every_member() -> None:
+    one = with_credentials("nats://127.0.0.1:4222", "audit", "p@ss/word")
+    assert server_options(one) == {
+        "servers": ["nats://127.0.0.1:4222"],
+        "user": "audit",
+        "password": "p@ss/word",
+    }
+    many = ",".join(with_credentials(f"nats://127.0.0.1:{p}", "audit", "pw") for p in (4222, 4223))
+    assert server_options(many + ",nats://127.0.0.1:4224") == {
+        "servers": ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"],
+        "user": "audit",
+        "password": "pw",
+    }
+    assert without_credentials(many) == "nats://127.0.0.1:4222,nats://127.0.0.1:4223"
+    assert server_options("nats://127.0.0.1:4222") == {"servers": ["nats://127.0.0.1:4222"]}
+
+
+def test_server_options_refuse_what_cannot_be_meant() -> None:
+    with pytest.raises(ConfigError, match=r"nats\.url.*no NATS URL"):
+        server_options(" , ")
+    mixed = (
+        with_credentials("nats://127.0.0.1:4222", "audit", "a")
+        + ","
+        + with_credentials("nats://127.0.0.1:4223", "policy", "b")
+    )
+    with pytest.raises(ConfigError, match="different users"):
+        server_options(mixed)

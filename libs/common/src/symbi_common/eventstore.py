@@ -42,6 +42,9 @@ E = TypeVar("E", bound=Event)
 
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 WRONG_LAST_SEQUENCE = 10071
+#: The same refusal from a replicated stream (R3) while another message of the subject is still in flight
+#: through Raft: "wrong last sequence" without the number. Nothing was stored; a conflict like 10071.
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
 _WRONG_LAST_RE = re.compile(r"wrong last sequence: (\d+)")
 
 # Headers in clear, so events are readable with ordinary NATS tools; they are not trusted by verifiers.
@@ -215,7 +218,7 @@ class EventStore:
             if ack.error is not None:
                 code = int(ack.error.get("err_code", 0))
                 desc = str(ack.error.get("description", ""))
-                if code == WRONG_LAST_SEQUENCE:
+                if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
                     if attempt > 0:
                         # JetStream checks the expected sequence before de-duplicating, so a retry of an
                         # append that did land in the meantime looks like a conflict: check which it is.

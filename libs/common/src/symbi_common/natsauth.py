@@ -16,8 +16,9 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from symbi_common.errors import ConfigError
 from symbi_common.keyring import SERVICE_SUBJECTS
 
 OPERATOR = "operator"
@@ -236,21 +237,63 @@ def with_credentials(url: str, user: str, password: str) -> str:
 
 
 def without_credentials(url: str) -> str:
-    """The URL with any ``user:password@`` removed, for display."""
-    parts = urlsplit(url)
+    """The URL (or comma-separated URLs) with any ``user:password@`` removed, for display."""
+    return ",".join(_bare(u) for u in url.split(","))
+
+
+def _bare(url: str) -> str:
+    parts = urlsplit(url.strip())
     netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+#: How a long-running client (every service) keeps its connection: reconnect forever, every 0.5 s, and
+#: give up on a server that stopped answering (frozen, cut off) after about 8 s of silence — nats-py's
+#: defaults (a ping every 2 minutes, 2 outstanding) would wait 4 to 6 minutes before moving to another
+#: member of the cluster.
+RESILIENT_CLIENT: Mapping[str, Any] = {
+    "max_reconnect_attempts": -1,
+    "reconnect_time_wait": 0.5,
+    "ping_interval": 2,
+    "max_outstanding_pings": 3,
+}
+
+
+def server_options(url: str) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for ``url``: one URL or several, comma-separated (cluster members).
+
+    Credentials in a URL become the ``user``/``password`` options, so they go to every server of the
+    pool, including the members the client only learns from the cluster: nats-py sends a URL's
+    credentials only to that URL, and a reconnect to a discovered member would be refused.
+    Raises :class:`ConfigError` when there is no URL or the URLs name different users.
+    """
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError("no NATS URL given", setting="nats.url")
+    users = {(unquote(p.username), unquote(p.password or "")) for p in map(urlsplit, urls) if p.username}
+    if len(users) > 1:
+        raise ConfigError(
+            "the URLs name different users; every member must be reached as the same user", setting="nats.url"
+        )
+    options: dict[str, Any] = {"servers": [_bare(u) for u in urls]}
+    if users:
+        user, password = users.pop()
+        options["user"] = user
+        options["password"] = password
+    return options
 
 
 __all__: Sequence[str] = [
     "ADMIN",
     "OPERATOR",
+    "RESILIENT_CLIENT",
     "authorization_config",
     "client_tls",
     "connect_options",
     "deployment_authorization_config",
     "nats_users",
     "publish_allow",
+    "server_options",
     "stream_read_api",
     "subscribe_allow",
     "tls_config",

@@ -29,7 +29,7 @@ from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
 from symbi_common.livekeys import LiveKeys, previous_wrap_keys
-from symbi_common.natsauth import connect_options, without_credentials
+from symbi_common.natsauth import RESILIENT_CLIENT, connect_options, server_options, without_credentials
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings
 from symbi_common.snapshots import SnapshotStore
@@ -110,10 +110,9 @@ class ServiceRuntime:
             # Reconnect forever once connected, but do not hang at start-up on a wrong or dead URL.
             self.nc = await asyncio.wait_for(
                 nats.connect(
-                    s.nats.url,
+                    **server_options(s.nats.url),
+                    **RESILIENT_CLIENT,
                     name=f"symbi-{self.name}",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
                     connect_timeout=5,
                     error_cb=self._nats_error,
                     **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key),

@@ -1,0 +1,226 @@
+"""A JetStream cluster of nats-servers on one host (loopback), each a :class:`NatsServer`::
+
+    with NatsCluster(Path(".symbi/cluster")) as cluster:
+        print(cluster.urls)            # every member's client URL
+        cluster.kill(1)                # kill -9 the second member
+        cluster.restart(1)             # back on the same ports, with the same store
+
+Members are named ``n0`` … ``n<size-1>``; every one lists every route, so any member can be restarted
+alone and find the others. JetStream fsyncs every write before acknowledging it (``sync_interval:
+always``) unless told otherwise: with the default policy a power-loss-style crash of a majority can
+lose acknowledged writes (Jepsen's analysis of NATS 2.12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+
+from symbi_cli.errors import InfraError
+from symbi_cli.nats_server import SYNC_ALWAYS, ClusterRoutes, NatsServer
+
+#: How often to try again when a route port picked as free was taken before the server bound it.
+_PORT_ATTEMPTS = 3
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` right now (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class NatsCluster:
+    """``size`` nats-servers in one JetStream cluster, stores under ``base_dir/n<i>/``, logs next to them.
+
+    ``config`` is more configuration text for every member (e.g. an ``authorization`` block); each
+    member's HTTP monitoring endpoint is open (``members[i].monitoring_url``). The
+    route ports are picked free before the start (JetStream needs every route configured up front);
+    client ports are chosen by the servers and kept across a member's restart.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        size: int = 3,
+        name: str = "symbi",
+        host: str = "127.0.0.1",
+        sync_interval: str | None = SYNC_ALWAYS,
+        config: str = "",
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if size < 1:
+            raise InfraError(f"a cluster needs at least one member, not {size}")
+        self.base_dir = Path(base_dir)
+        self.size = size
+        self.name = name
+        self.host = host
+        self.sync_interval = sync_interval
+        self.config = config
+        self.startup_timeout = startup_timeout
+        self._route_ports: list[int] = []
+        self._client_ports: list[int | None] = [None] * size
+        self.members: list[NatsServer] = []
+
+    # --- whole cluster ----------------------------------------------------------------------------
+
+    def start(self) -> NatsCluster:
+        """Start every member; returns once each accepts client connections (JetStream may still be
+        electing its meta leader: see :func:`wait_for_jetstream`)."""
+        if self.members:
+            raise InfraError("the cluster is already started")
+        for attempt in range(_PORT_ATTEMPTS):
+            self._route_ports = free_ports(self.size, self.host)
+            self.members = [self._member(i) for i in range(self.size)]
+            try:
+                for member in self.members:
+                    member.start()
+            except InfraError as exc:
+                self.stop()
+                if "address already in use" not in str(exc) or attempt + 1 == _PORT_ATTEMPTS:
+                    raise
+                continue
+            break
+        self._client_ports = [m.client_port for m in self.members]
+        return self
+
+    def stop(self) -> None:
+        """Stop every member (SIGTERM, SIGKILL after a while); a frozen one is resumed first. Idempotent."""
+        for member in self.members:
+            if member.running:
+                member.send_signal(signal.SIGCONT)
+            member.stop()
+        self.members = []
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- members ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def member_name(index: int) -> str:
+        """The server name of member ``index`` (what JetStream reports as a stream's leader)."""
+        return f"n{index}"
+
+    def index_of(self, server_name: str) -> int:
+        """The member named ``server_name``."""
+        for i in range(self.size):
+            if self.member_name(i) == server_name:
+                return i
+        raise InfraError(f"no member of the cluster is named {server_name!r}")
+
+    @property
+    def urls(self) -> list[str]:
+        """Every member's client URL (running or not: a restarted member comes back on the same port)."""
+        ports = self._client_ports
+        if not self.members or any(p is None for p in ports):
+            raise InfraError("the cluster is not running")
+        return [f"nats://{self.host}:{port}" for port in ports]
+
+    def _routes(self) -> tuple[str, ...]:
+        return tuple(f"nats-route://{self.host}:{port}" for port in self._route_ports)
+
+    def _member(self, index: int) -> NatsServer:
+        directory = self.base_dir / self.member_name(index)
+        return NatsServer(
+            directory / "store",
+            port=self._client_ports[index],
+            host=self.host,
+            log_file=directory / "nats.log",
+            startup_timeout=self.startup_timeout,
+            server_name=self.member_name(index),
+            cluster=ClusterRoutes(self.name, self._route_ports[index], self._routes()),
+            sync_interval=self.sync_interval,
+            config=self.config,
+            monitoring=True,
+        )
+
+    def _running(self, index: int) -> NatsServer:
+        member = self.members[index]
+        if not member.running:
+            raise InfraError(f"member {self.member_name(index)} is not running")
+        return member
+
+    def kill(self, index: int) -> None:
+        """``kill -9`` member ``index``."""
+        self._running(index).kill()
+
+    def freeze(self, index: int) -> None:
+        """``SIGSTOP`` member ``index``: it stays connected but answers nothing until :meth:`thaw`."""
+        self._running(index).send_signal(signal.SIGSTOP)
+
+    def thaw(self, index: int) -> None:
+        """``SIGCONT`` member ``index`` after :meth:`freeze`."""
+        self._running(index).send_signal(signal.SIGCONT)
+
+    def restart(self, index: int) -> NatsServer:
+        """Start member ``index`` again (after :meth:`kill`): same name, ports and store."""
+        if self.members[index].running:
+            raise InfraError(f"member {self.member_name(index)} is still running; kill or stop it first")
+        member = self._member(index)
+        self.members[index] = member
+        return member.start()
+
+    def pids(self) -> Sequence[int | None]:
+        return [m.pid for m in self.members]
+
+
+# --- asking the cluster (any JetStream context of a client connected to it) ----------------------
+
+
+async def wait_for_jetstream(js: Any, *, timeout: float = 60.0) -> None:
+    """Wait until the cluster answers JetStream API calls (it has elected its meta leader)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await js.account_info()
+            return
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise InfraError(f"the JetStream cluster did not answer within {timeout:g} s: {exc!r}") from None
+        await asyncio.sleep(0.25)
+
+
+async def stream_leader(js: Any, stream: str, *, timeout: float = 60.0, replicas: int | None = None) -> str:
+    """The server name of ``stream``'s leader, once it has one and (with ``replicas``) that many peers
+    are current: the leader and ``replicas - 1`` followers that are online and caught up."""
+    deadline = time.monotonic() + timeout
+    last: str = "no answer"
+    while True:
+        try:
+            info = await js.stream_info(stream)
+            cluster = info.cluster
+            leader = cluster.leader if cluster is not None else None
+            if leader:
+                peers = (cluster.replicas or []) if cluster is not None else []
+                current = 1 + sum(1 for p in peers if p.current and not p.offline)
+                if replicas is None or current >= replicas:
+                    return str(leader)
+                last = f"leader {leader}, {current} of {replicas} replicas current"
+            else:
+                last = "no leader"
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            last = repr(exc)
+        if time.monotonic() > deadline:
+            raise InfraError(f"stream {stream} is not ready within {timeout:g} s: {last}")
+        await asyncio.sleep(0.25)

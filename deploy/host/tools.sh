@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build the pinned Go tools the tests and operators use, once, into a cache keyed by tool and version:
+#
+#   natscli  v0.5.0   `nats`    the NATS CLI (docs/operators.md, "Reading the streams with the NATS CLI")
+#   jaeger   v1.75.0  `jaeger`  Jaeger all-in-one: OTLP receiver, in-memory store, query API (tests/e2e/test_jaeger.py)
+#
+# Both come from the Go module proxy and are built here with the machine's Go (1.26; nothing is downloaded
+# prebuilt). Jaeger's dependency set is pinned by deploy/tools/jaeger/go.mod and go.sum (made with
+# `go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0`). A tool already in the cache is never
+# rebuilt; delete its directory to force a build. Jaeger takes several minutes on two cores.
+#
+# Usage:  deploy/host/tools.sh [natscli|jaeger]...     (no argument: all)
+#         deploy/host/tools.sh --print [natscli|jaeger] (print the cached binary's path; exit 1 if not built)
+# Cache:  ${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}/<tool>-<version>/<binary>
+set -euo pipefail
+
+NATSCLI_VERSION=v0.5.0
+JAEGER_VERSION=v1.75.0
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cache="${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}"
+
+binary_path() {
+    case "$1" in
+        natscli) echo "$cache/natscli-$NATSCLI_VERSION/nats" ;;
+        jaeger) echo "$cache/jaeger-$JAEGER_VERSION/jaeger" ;;
+        *)
+            echo "error: unknown tool '$1' (known: natscli, jaeger)" >&2
+            return 2
+            ;;
+    esac
+}
+
+need_go() {
+    if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+        export PATH="/usr/local/go/bin:$PATH" # the Go tarball's place, often not on a non-login PATH
+    fi
+    if ! command -v go >/dev/null 2>&1; then
+        echo "error: the go command is not on PATH; install Go 1.26 (Debian: golang-go, or the go.dev tarball)" >&2
+        exit 1
+    fi
+}
+
+# Build into a temporary directory and move the binary into place last, so an interrupted build never
+# leaves a half-written binary that later runs would take for a cached one.
+build() {
+    local tool="$1" dest tmp started
+    dest="$(binary_path "$tool")"
+    if [ -x "$dest" ]; then
+        echo "--- $tool: cached at $dest"
+        return 0
+    fi
+    need_go
+    mkdir -p "$(dirname "$dest")"
+    tmp="$(mktemp -d "$(dirname "$dest")/.build-XXXXXX")"
+    started=$SECONDS
+    echo "--- $tool: building (go $(go env GOVERSION)), this takes a while the first time"
+    case "$tool" in
+        natscli)
+            CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS=-trimpath \
+                go install "github.com/nats-io/natscli/nats@$NATSCLI_VERSION"
+            ;;
+        jaeger)
+            (cd "$repo/deploy/tools/jaeger" \
+                && CGO_ENABLED=0 go build -trimpath -mod=readonly -o "$tmp/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
+            ;;
+    esac
+    mv "$tmp/$(basename "$dest")" "$dest"
+    rmdir "$tmp"
+    echo "--- $tool: built in $((SECONDS - started)) s -> $dest"
+}
+
+if [ "${1:-}" = "--print" ]; then
+    dest="$(binary_path "${2:?usage: tools.sh --print natscli|jaeger}")"
+    [ -x "$dest" ] || exit 1
+    echo "$dest"
+    exit 0
+fi
+
+tools=("$@")
+[ ${#tools[@]} -gt 0 ] || tools=(natscli jaeger)
+for tool in "${tools[@]}"; do
+    binary_path "$tool" >/dev/null
+    build "$tool"
+done
