@@ -29,12 +29,9 @@ from symbi_common.operator_tokens import (
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-webdriver = pytest.importorskip("selenium.webdriver")
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMEDRIVER).exists(), reason="needs Debian's chromium and chromium-driver"),
-    pytest.mark.timeout(420),
-]
+pytestmark = [pytest.mark.timeout(420)]
 
+from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
