@@ -82,7 +82,7 @@ with Agent() as a:
     out["recalled"] = [m["id"] for m in found] == [stored["memory_id"]]
     out["secret"] = code(lambda: a.memory.store("x", context={"classification": "secret"}))
     out["big"] = code(lambda: a.memory.store("x" * 1100000))
-    out["tools"] = code(lambda: a.tools.invoke("search"))
+    out["later"] = code(lambda: a.models.complete("m", "hi"))
     out["owner"] = code(lambda: a.call("memory.store", {"text": "t", "owner": "agent-2"}))
     raw = socket.socket(socket.AF_UNIX)
     raw.connect(os.environ["SYMBI_SOCKET"])
@@ -131,7 +131,7 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert out["channel"] == "socket"
     assert (out["hello"]["agent_id"], out["hello"]["task_id"], out["hello"]["version"]) == ("agent-1", task_id, 1)
     assert out["recalled"] is True
-    assert (out["secret"], out["big"], out["tools"]) == ("denied", "request_too_large", "not_available")
+    assert (out["secret"], out["big"], out["later"]) == ("denied", "request_too_large", "not_available")
     assert (out["owner"], out["forged"], out["after"]) == ("malformed_request", "identity_refused", "ok")
     assert out["concurrent"] == 20
     # Every request is on the task's audit trail, as the listener's agent (hello is not an action).
@@ -203,11 +203,11 @@ with Agent(stdio=True) as a:
     stored = a.memory.store("kept over stdio")
     found = a.memory.recall("kept")["memories"]
     try:
-        a.tools.invoke("search")
+        a.models.complete("m", "hi")
         late = "no error"
     except NotAvailable as err:
         late = err.code
-print(json.dumps({"channel": a.channel, "same": found[0]["id"] == stored["memory_id"], "tools": late}))
+print(json.dumps({"channel": a.channel, "same": found[0]["id"] == stored["memory_id"], "later": late}))
 """
 
 
@@ -218,7 +218,7 @@ async def test_stdio_is_the_fallback_with_the_same_protocol(
     task_id = await scheduler.submit(agent.host_id, cmd, actions=True, image=agent_image)
     r = await scheduler.result(task_id)
     assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
-    assert json.loads(r.stdout) == {"channel": "stdio", "same": True, "tools": "not_available"}
+    assert json.loads(r.stdout) == {"channel": "stdio", "same": True, "later": "not_available"}
     assert [a.outcome for a in actions(r.events)] == ["allowed", "allowed", "failed"]
 
 
