@@ -13,12 +13,14 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from symbi_common.errors import BadRequest
+
 SERVER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 #: What MCP allows in a tool name (2025-06 spec: 1-128 of these).
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 
 
-class NameRefused(ValueError):
+class NameRefused(BadRequest, ValueError):
     """A server or tool name that is malformed or collides with another."""
 
 
