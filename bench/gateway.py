@@ -30,6 +30,7 @@ import os
 import subprocess
 import tempfile
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,19 @@ async def echo_server(directory: str) -> asyncio.AbstractServer:
     return server
 
 
-async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> dict[str, Any]:
+async def run_task(
+    store: Any,
+    reader: Any,
+    nc: Any,
+    *,
+    host: str,
+    tier: str,
+    workload: dict[str, Any],
+    serving: Callable[[str], contextlib.AbstractAsyncContextManager[object]] | None = None,
+) -> Any:
+    """Runs ``workload`` as one task on the sandbox-agent of ``host`` (its task events appended as the scheduler
+    would, then its work item) and returns the JSON the workload printed; ``serving(task_id)`` is entered while
+    the task runs (e.g. a socket the workload reaches)."""
     task_id = uuid.uuid4().hex[:16]
     done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -172,9 +185,8 @@ async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> d
             done.set_result(kind)
 
     sub = await nc.subscribe(f"evt.execution.{task_id}", cb=on_event)
-    workload = {"image": IMAGE, "command": ["python3", "-c", WORKLOAD, str(calls)], "workdir": "/", "actions": True}
     assigned = Assigned(
-        host_id=HOST,
+        host_id=host,
         tier=tier,
         risk_score=0.0,
         risk_factors={},
@@ -185,20 +197,35 @@ async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> d
     )
     await store.append("task", task_id, [Submitted(agent_id=AGENT, input=b""), assigned], TASKS, expected=ChainTip())
     await nc.jetstream().publish(
-        f"work.{HOST}", msgspec.json.encode({"task_id": task_id, "attempt": 1}), headers={"Nats-Msg-Id": task_id}
+        f"work.{host}", msgspec.json.encode({"task_id": task_id, "attempt": 1}), headers={"Nats-Msg-Id": task_id}
     )
-    echo = await echo_server(channel_dir(channel_root(), HOST, container_name(HOST, task_id, 1)))
     try:
-        kind = await asyncio.wait_for(done, 900)
+        async with serving(task_id) if serving is not None else contextlib.nullcontext():
+            kind = await asyncio.wait_for(done, 900)
     finally:
-        echo.close()
         await sub.unsubscribe()
     events = [r.event for r in await reader.load("execution", task_id, EXECUTION_CODEC)]
     stdout = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stdout")
     if kind != "execution.exited" or not stdout:
         stderr = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stderr")
         raise SystemExit(f"{tier} task ended with {kind}: {stderr[-2000:].decode(errors='replace')}")
-    result: dict[str, Any] = json.loads(stdout)
+    return json.loads(stdout)
+
+
+@contextlib.asynccontextmanager
+async def echo_serving(task_id: str) -> AsyncIterator[object]:
+    echo = await echo_server(channel_dir(channel_root(), HOST, container_name(HOST, task_id, 1)))
+    try:
+        yield echo
+    finally:
+        echo.close()
+
+
+async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> dict[str, Any]:
+    workload = {"image": IMAGE, "command": ["python3", "-c", WORKLOAD, str(calls)], "workdir": "/", "actions": True}
+    result: dict[str, Any] = await run_task(
+        store, reader, nc, host=HOST, tier=tier, workload=workload, serving=echo_serving
+    )
     return result
 
 

@@ -27,22 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import _common
-from gateway import IMAGE, LIMITS, TASKS, TERMINAL, Assigned, Submitted
+from gateway import IMAGE, run_task
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from schemapin.bundle import SchemaPinTrustBundle, create_bundled_discovery
 from schemapin.crypto import KeyManager
 from schemapin.utils import SchemaSigningWorkflow, create_well_known_response
-from symbi_common.decisions import DecisionRecord
 from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
-from symbi_common.sealing import NEW_AGGREGATE, ChainTip
+from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
-from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionOutput
 from symbi_contracts.tools.events import ToolServerRegistered
 from symbi_sandbox_agent.main import build_app
 from symbi_sandbox_agent.tools.canon import definition_of
@@ -51,7 +48,6 @@ from symbi_sandbox_agent.tools.verify import verify
 ROOT = Path(__file__).resolve().parents[1]
 TOOLBOX = ROOT / "services" / "sandbox-agent" / "tests" / "mcp_servers" / "toolbox.py"
 HOST = "benchtools"
-AGENT = "agent-bench"
 DOMAIN = "tools.example.com"
 
 WORKLOAD = r"""
@@ -97,40 +93,8 @@ async def direct(url: str, calls: int) -> list[float]:
 
 
 async def run_tier(store: Any, reader: Any, nc: Any, tier: str, calls: int) -> dict[str, list[float]]:
-    task_id = uuid.uuid4().hex[:16]
-    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def on_event(msg: Any) -> None:
-        kind = (msg.headers or {}).get("Symbi-Event-Type", "")
-        if kind in TERMINAL and not done.done():
-            done.set_result(kind)
-
-    sub = await nc.subscribe(f"evt.execution.{task_id}", cb=on_event)
     workload = {"image": IMAGE, "command": ["python3", "-c", WORKLOAD, str(calls)], "workdir": "/", "actions": True}
-    assigned = Assigned(
-        host_id=HOST,
-        tier=tier,
-        risk_score=0.0,
-        risk_factors={},
-        workload=workload,
-        limits=LIMITS,
-        attempt=1,
-        decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
-    )
-    await store.append("task", task_id, [Submitted(agent_id=AGENT, input=b""), assigned], TASKS, expected=ChainTip())
-    await nc.jetstream().publish(
-        f"work.{HOST}", json.dumps({"task_id": task_id, "attempt": 1}).encode(), headers={"Nats-Msg-Id": task_id}
-    )
-    try:
-        kind = await asyncio.wait_for(done, 900)
-    finally:
-        await sub.unsubscribe()
-    events = [r.event for r in await reader.load("execution", task_id, EXECUTION_CODEC)]
-    stdout = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stdout")
-    if kind != "execution.exited" or not stdout:
-        stderr = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stderr")
-        raise SystemExit(f"{tier} task ended with {kind}: {stderr[-2000:].decode(errors='replace')}")
-    result: dict[str, list[float]] = json.loads(stdout)
+    result: dict[str, list[float]] = await run_task(store, reader, nc, host=HOST, tier=tier, workload=workload)
     return result
 
 
