@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from symbi_common.service import ServiceRuntime
 
     from symbi_sandbox_agent.run import Running
+    from symbi_sandbox_agent.tools.service import ToolService
 
 log = structlog.get_logger(__name__)
 #: Requests one run may send over the protocol; later ones are answered ``too_many_requests``.
@@ -82,6 +83,9 @@ class RunHost(Protocol):
 
     @property
     def rt(self) -> ServiceRuntime: ...
+
+    #: The MCP tools agents of this host may call; None: none configured (``tools.*`` is ``not_available``).
+    tools: ToolService | None
 
     async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
 
@@ -113,7 +117,7 @@ class ProtocolServer:
         self.gateway = gateway
         self.served = 0
         self.data = DataOps(gateway, self._record)
-        self.tool_ops = ToolOps(self, gateway.decide, lambda: getattr(gateway.agent, "tools", None))
+        self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools)
         self._messages: MessageOps | None = None
 
     @property

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import nats.js.errors
@@ -66,6 +66,9 @@ from symbi_sandbox_agent.errors import ActionRequestError, TooManyActions, Unsup
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.run import Pending, Running
 
+if TYPE_CHECKING:
+    from symbi_sandbox_agent.tools.service import ToolService
+
 log = structlog.get_logger(__name__)
 #: How long a ``resume`` waits for the policy follower to reach the newest policy event.
 POLICY_SYNC_TIMEOUT_S = 5.0
@@ -80,6 +83,9 @@ class GatewayHost(Protocol):
 
     @property
     def rt(self) -> ServiceRuntime: ...
+
+    #: The MCP tools agents of this host may call; None: none configured.
+    tools: ToolService | None
 
     async def freeze(self, run: Running, reason: str) -> None: ...
 
