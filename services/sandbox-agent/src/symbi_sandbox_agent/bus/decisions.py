@@ -41,7 +41,9 @@ class RememberedDecisions:
         return int(self.point.version)
 
     async def decide(self, request: DecisionRequest) -> Decision:
-        if not isinstance(self.point, EmbeddedDecisionPoint):
+        # A remote point, or a policy set halted (the follower halts it in place, before the engine is
+        # replaced): asked every time, so a remembered allow never outlives a halt.
+        if not isinstance(self.point, EmbeddedDecisionPoint) or self.point.follower.halted:
             decision: Decision = await self.point.decide(request)
             return decision
         engine = self.point.follower.engine
