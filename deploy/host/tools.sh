@@ -4,6 +4,9 @@
 #   natscli  v0.5.0   `nats`    the NATS CLI (docs/operators.md, "Reading the streams with the NATS CLI")
 #   jaeger   v1.75.0  `jaeger`  Jaeger all-in-one: OTLP receiver, in-memory store, query API (tests/e2e/test_jaeger.py)
 #
+# With no argument it also makes sure Debian's chromium and chromium-driver are installed (apt, as root): the
+# console's browser test (cli/tests/test_console_browser.py) drives them; no browser is downloaded.
+#
 # Both come from the Go module proxy and are built here with the machine's Go (1.26; nothing is downloaded
 # prebuilt). Jaeger's dependency set is pinned by deploy/tools/jaeger/go.mod and go.sum (made with
 # `go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0`). A tool already in the cache is never
@@ -77,8 +80,25 @@ if [ "${1:-}" = "--print" ]; then
     exit 0
 fi
 
+install_browser() {
+    if command -v chromedriver >/dev/null 2>&1; then
+        echo "--- chromium: chromedriver at $(command -v chromedriver)"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: chromedriver is missing and apt-get is not usable: install chromium and chromium-driver" >&2
+        exit 1
+    fi
+    echo "--- chromium: installing chromium and chromium-driver (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+}
+
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(natscli jaeger)
+if [ ${#tools[@]} -eq 0 ]; then
+    tools=(natscli jaeger)
+    install_browser
+fi
 for tool in "${tools[@]}"; do
     binary_path "$tool" >/dev/null
     build "$tool"
