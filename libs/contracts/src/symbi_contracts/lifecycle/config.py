@@ -110,6 +110,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     schedules: tuple[ScheduleSpec, ...] = ()
     policies: tuple[PolicySpec, ...] = ()
     memory: MemorySettings | None = None
+    tenant: str = "default"
+    """The tenant the agent belongs to: quotas and budgets per tenant and day count all of its agents."""
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):

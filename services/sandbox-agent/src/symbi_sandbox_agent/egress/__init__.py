@@ -1,0 +1,1 @@
+"""The network path of a sandbox: the host-side egress proxy its socket leads to (docs/network.md)."""
