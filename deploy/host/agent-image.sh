@@ -2,10 +2,13 @@
 # Build a local workload image with Python and the agent SDK (symbi_agent), without a registry pull:
 # the root filesystem of symbi/busybox:1 (deploy/host/setup-docker.sh), the host's Python interpreter with
 # its standard library (tests and GUI modules left out) and the shared libraries it links, and
-# sdk/python/src/symbi_agent in its site-packages; imported with `docker import`.
+# sdk/python/src/symbi_agent in its site-packages; imported with `docker import`. Also the DSL body runner
+# (`python3 -m symbi_agent.dsl_run`, docs/dsl.md): libs/dsl's symbi_dsl with what its parser and interpreter
+# import (lark, msgspec from the workspace's .venv, and symbi_common's errors module; nothing else of it).
 #
 # Usage: deploy/host/agent-image.sh [TAG]   (default symbi/agent-python:1). Idempotent: an existing TAG is
-# kept. Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image.
+# kept. Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image,
+# SYMBI_SITE_PACKAGES where lark and msgspec are (default the workspace's .venv, built for the same Python).
 set -euo pipefail
 
 TAG=${1:-symbi/agent-python:1}
@@ -13,16 +16,23 @@ BASE=${SYMBI_IMAGE:-symbi/busybox:1}
 PY=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 SDK="$HERE/sdk/python/src/symbi_agent"
+DSL="$HERE/libs/dsl/src/symbi_dsl"
+COMMON="$HERE/libs/common/src/symbi_common"
 
 fail() { echo "agent-image: $*" >&2; exit 1; }
 docker image inspect "$TAG" >/dev/null 2>&1 && exit 0
 docker image inspect "$BASE" >/dev/null 2>&1 || fail "$BASE is missing; run deploy/host/setup-docker.sh"
 [ -d "$SDK" ] || fail "$SDK not found"
+[ -d "$DSL" ] || fail "$DSL not found"
 
 read -r PREFIX VER EXE <<<"$("$PY" -c 'import sys; print(sys.base_prefix, "%d.%d" % sys.version_info[:2], sys.executable)')"
 EXE=$(readlink -f "$EXE")
 STDLIB="$PREFIX/lib/python$VER"
 [ -d "$STDLIB/lib-dynload" ] || fail "no standard library at $STDLIB"
+SITE=${SYMBI_SITE_PACKAGES:-$HERE/.venv/lib/python$VER/site-packages}
+[ -d "$SITE/lark" ] || fail "lark not found in $SITE (run uv sync, or set SYMBI_SITE_PACKAGES)"
+ls "$SITE/msgspec/"_core.cpython-"${VER/./}"-*.so >/dev/null 2>&1 \
+  || fail "no msgspec built for Python $VER in $SITE (set SYMBI_SITE_PACKAGES)"
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
@@ -39,11 +49,14 @@ tar -C "$PREFIX/lib" -c \
   --exclude="python$VER/tkinter" --exclude="python$VER/ensurepip" --exclude="python$VER/lib2to3" \
   --exclude="python$VER/turtledemo" --exclude="python$VER/config-*" "python$VER" | tar -C "$root/usr/local/lib" -x
 mkdir -p "$root/usr/local/lib/python$VER/site-packages"
-cp -r "$SDK" "$root/usr/local/lib/python$VER/site-packages/"
+SP="$root/usr/local/lib/python$VER/site-packages"
+cp -r "$SDK" "$DSL" "$SITE/lark" "$SITE/msgspec" "$SP/"
+mkdir -p "$SP/symbi_common"
+cp "$COMMON/__init__.py" "$COMMON/errors.py" "$SP/symbi_common/"
 find "$root/usr/local/lib/python$VER/site-packages" -name __pycache__ -prune -exec rm -rf {} +
 
-# Shared libraries of the interpreter and its extension modules, at the same paths as on the host.
-for lib in $( { ldd "$EXE"; for so in "$STDLIB"/lib-dynload/*.so; do ldd "$so" 2>/dev/null || true; done; } \
+# Shared libraries of the interpreter and its extension modules (msgspec's too), at the same paths as on the host.
+for lib in $( { ldd "$EXE"; for so in "$STDLIB"/lib-dynload/*.so "$SITE"/msgspec/*.so; do ldd "$so" 2>/dev/null || true; done; } \
     | grep -o '/[^ ]*' | sort -u); do
   [ -e "$lib" ] || continue
   mkdir -p "$root$(dirname "$lib")"

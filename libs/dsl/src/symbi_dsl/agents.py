@@ -12,6 +12,7 @@ from symbi_contracts.lifecycle.config import CPU_CORES, DISK_IO_MBPS, EXECUTION_
 
 from symbi_dsl import ast as A
 from symbi_dsl.blocks import BlockChecks
+from symbi_dsl.body import STEPS_BOUNDS
 from symbi_dsl.cedar import compile_policy
 from symbi_dsl.declarations import VERSION_RE
 from symbi_dsl.literals import quantity
@@ -34,7 +35,7 @@ AGENT_KEYS = (
     "workload",
     "memory",
 )
-WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io")
+WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io", "steps")
 #: Symbiont's spellings of ours.
 WITH_ALIASES = {"max_memory_mb": "memory", "max_cpu_cores": "cpu"}
 #: Settings Symbiont's agents use that Symbi has no counterpart for (named as not honoured, never a typo).
@@ -235,6 +236,11 @@ class Checker(BlockChecks):
                     case "network_io":
                         n = self.v.number(value, NETWORK_IO_MBPS, "MB/s")
                         resources["network_io_mbps"] = int(n) if n is not None else None
+                    case "steps":  # the body's step budget (symbi_dsl.body reads it when it runs)
+                        if isinstance(value, A.Literal_) and value.kind == "float":
+                            self.v._bad(value, "a whole number of steps")
+                        else:
+                            self.v.number(value, STEPS_BOUNDS, "steps")
         resources = {k: val for k, val in resources.items() if val is not None}
         if resources:
             config["resources"] = resources

@@ -26,6 +26,7 @@ import msgspec
 from symbi_dsl import ast as A
 from symbi_dsl.agents import Checker
 from symbi_dsl.agents import config_name as config_name
+from symbi_dsl.body import DEFAULT_RUNNER_IMAGE, BodyError, has_body, runner_workload
 from symbi_dsl.declarations import Program as Program
 from symbi_dsl.diagnostics import DEFAULT_FILE, UNSUPPORTED, Diagnostic, DslError, Reporter
 from symbi_dsl.parser import parse
@@ -67,7 +68,12 @@ def _unsupported(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 
 def compile_agent(
-    source: str, *, agent_id: str | None = None, agent: str | None = None, file: str = DEFAULT_FILE
+    source: str,
+    *,
+    agent_id: str | None = None,
+    agent: str | None = None,
+    file: str = DEFAULT_FILE,
+    runner_image: str = DEFAULT_RUNNER_IMAGE,
 ) -> dict[str, Any]:
     """The configuration (a dict shaped like ``AgentConfig``) of the one agent in ``source``.
 
@@ -76,6 +82,10 @@ def compile_agent(
 
     ``agent`` picks one when the file defines several; policies are compiled for principal
     ``Agent::"<agent_id>"`` (default: the agent's name). :class:`DslError` with every problem otherwise.
+
+    An agent with a body (statements in its ``with`` blocks) and no ``workload`` of its own gets the body
+    runner's (:func:`symbi_dsl.body.runner_workload`, image ``runner_image``): the file's text travels in its
+    environment, so the body that runs is the one registered.
     """
     program = check(source, file)
     # What another agent of the file asks for does not stop this one; the rest of the file does.
@@ -101,4 +111,14 @@ def compile_agent(
         rep.error("too_deep", "the definition nests too deeply to process", A.Span(1, 1, 1, 2))
     rep.raise_if_any()
     assert config is not None
+    chosen_agent = program.agents[chosen]
+    if "workload" not in config and has_body(chosen_agent):
+        timeout = config.get("resources", {}).get("execution_timeout_s")
+        try:
+            config["workload"] = runner_workload(
+                source, file=file, agent=chosen_agent, timeout_s=timeout, image=runner_image
+            )
+        except BodyError as err:
+            rep.error("too_long", str(err), chosen_agent.name_span, "split the file, or give the agent a workload")
+            rep.raise_if_any()
     return config
