@@ -137,7 +137,10 @@ class Scheduler:
         headers: dict[str, str] | None = None,
         image: str = IMAGE,
         filesystem_access: tuple[PathAccess, ...] = (),
+        workload: Workload | None = None,
     ) -> str:
+        """Submit and assign a task; ``workload`` (e.g. an agent's compiled one) replaces the one made of
+        ``image``, ``command`` and ``actions``."""
         task_id = task_id or f"t{uuid.uuid4().hex[:12]}"
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
         events: list[TaskEvent] = []
@@ -151,7 +154,9 @@ class Scheduler:
                     submitted_by="test",
                 )
             )
-        workload = Workload(image=image, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions)
+        workload = workload or Workload(
+            image=image, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions
+        )
         events.append(
             TaskAssigned(
                 host_id=host_id,

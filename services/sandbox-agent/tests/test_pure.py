@@ -301,6 +301,20 @@ def test_how_a_run_ended_decides_its_terminal_event() -> None:
     exited = end(ExitState(3, False, ""))
     assert isinstance(exited, ExecutionExited)
     assert (exited.exit_code, exited.usage, exited.duration_s) == (3, usage, 1.5)
+    assert exited.reason == "exited with status 3"
+    assert end(ExitState(0, False, "")).reason == ""  # type: ignore[attr-defined]
+    # A failed exit names the last line the workload logged (a DSL body's file:line:column: message).
+    logged = OutputCollector(10_000)
+    logged.feed("stderr", b"starting\nagent.symbi:4:13: cannot apply + to a number and a string\n")
+    logged.feed("stderr", b'@symbi {"v": 1}\n')
+    failed_exit = terminal_event(spec, ExitState(1, False, ""), "", digest, usage, 1.5, logged.last_error_line())
+    assert failed_exit.reason == "exited with status 1: agent.symbi:4:13: cannot apply + to a number and a string"
+    long = OutputCollector(100_000)
+    long.feed("stderr", b"x" * 10_000)
+    assert long.last_error_line() == "x" * 499 + "…"
+    coloured = OutputCollector(100)
+    coloured.feed("stderr", b"\x1b[31mred\n\n")
+    assert coloured.last_error_line() == "?[31mred"
     # A timeout wins over the exit state; an OOM kill over a kill by the daemon.
     timed_out = end(ExitState(137, True, ""), "timeout")
     assert isinstance(timed_out, ExecutionTimedOut)

@@ -158,8 +158,10 @@ def terminal_event(
     output: OutputDigest,
     usage: Usage,
     duration_s: float,
+    last_error: str = "",
 ) -> ExecutionEvent:
-    """The one terminal event of a run that started: timed out, OOM-killed, killed, failed or exited."""
+    """The one terminal event of a run that started: timed out, OOM-killed, killed, failed or exited.
+    ``last_error``: the last line of the workload's stderr, the reason of an exit with a non-zero status."""
     common: dict[str, Any] = {
         "attempt": spec.attempt,
         "exit_code": exit_state.exit_code if exit_state else None,
@@ -184,4 +186,7 @@ def terminal_event(
     if exit_state is None or exit_state.exit_code is None:
         why = exit_state.error if exit_state else "unknown"
         return ExecutionFailed(**common, reason=f"no exit status: {why}")
+    if exit_state.exit_code != 0:
+        detail = f": {last_error}" if last_error else ""
+        return ExecutionExited(**common, reason=f"exited with status {exit_state.exit_code}{detail}")
     return ExecutionExited(**common)

@@ -17,6 +17,9 @@ from symbi_contracts.sandbox_agent.events import OutputDigest
 Stream = Literal["stdout", "stderr"]
 CHUNK_BYTES = 64 * 1024
 STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
+#: How much of the end of stderr is kept for the reason of a failed exit, and how long that reason may be.
+TAIL_BYTES = 4096
+REASON_CHARS = 500
 
 
 class OutputCollector:
@@ -30,6 +33,7 @@ class OutputCollector:
         self._pending: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._sizes: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self._hashes = {"stdout": hashlib.sha256(), "stderr": hashlib.sha256()}
+        self._tail = bytearray()
 
     def feed(self, stream: Stream, data: bytes) -> list[tuple[Stream, bytes]]:
         """Take what the workload printed; returns the full chunks now ready to emit."""
@@ -42,6 +46,9 @@ class OutputCollector:
         self.total += len(data)
         self._sizes[stream] += len(data)
         self._hashes[stream].update(data)
+        if stream == "stderr":
+            self._tail += data
+            del self._tail[:-TAIL_BYTES]
         pending = self._pending[stream]
         pending += data
         out: list[tuple[Stream, bytes]] = []
@@ -58,6 +65,16 @@ class OutputCollector:
                 out.append((stream, bytes(pending)))
                 pending.clear()
         return out
+
+    def last_error_line(self) -> str:
+        """The last line the workload logged on stderr (not an action request), printable and shortened: what
+        a failed exit reports as its reason (e.g. a DSL body's ``file:line:column: message``)."""
+        for line in reversed(bytes(self._tail).splitlines()):
+            text = line.decode("utf-8", errors="replace").strip()
+            if text and not text.startswith("@symbi "):
+                text = "".join(c if c.isprintable() else "?" for c in text)
+                return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+        return ""
 
     def digest(self) -> OutputDigest:
         return OutputDigest(

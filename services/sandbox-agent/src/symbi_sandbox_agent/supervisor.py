@@ -263,7 +263,8 @@ class Supervisor:
         self, run: Running, exit_state: ExitState | None, collector: OutputCollector, usage: Usage
     ) -> ExecutionEvent:
         duration = round(time.time() - run.started_at, 3)
-        return terminal_event(run.spec, exit_state, run.kill_reason, collector.digest(), usage, duration)
+        last_error = collector.last_error_line()
+        return terminal_event(run.spec, exit_state, run.kill_reason, collector.digest(), usage, duration, last_error)
 
     async def _discard(self, run: Running) -> None:
         """Remove the container and the staged input."""
