@@ -179,8 +179,8 @@ async def test_a_dsl_agent_calls_a_tool(
         r = await scheduler.result(task_id, timeout=90)
     assert output(r) == {"has_add": True, "sum": 5, "refused": "Denied"}
     recorded = [(a.action, a.resource, a.outcome) for a in actions(r.events)]
+    # Listing is not an action (nothing happens); each call is one, decided by the tool policies.
     assert recorded == [
-        ("tool.list", "tools", "allowed"),
         ("tool.invoke", "box.add", "allowed"),
         ("tool.invoke", "box.echo", "refused"),
     ]
