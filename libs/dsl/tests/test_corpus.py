@@ -117,7 +117,7 @@ def test_registration_accepts_what_is_only_stricter() -> None:
 
 def test_registration_refuses_only_what_concerns_the_agent_registered() -> None:
     source = (CORPUS / "constructs" / "agent_without_params.symbi").read_text() + (
-        '\nagent other {\n  with sandbox = "e2b" {\n    run();\n  }\n}\n'
+        '\nagent other {\n  with sandbox = "e2b" {\n    log("run");\n  }\n}\n'
     )
     assert compile_agent(source, agent="greeter")["name"] == "greeter"
     with pytest.raises(DslError) as info:

@@ -12,7 +12,7 @@ from symbi_contracts.lifecycle.config import CPU_CORES, DISK_IO_MBPS, EXECUTION_
 
 from symbi_dsl import ast as A
 from symbi_dsl.blocks import BlockChecks
-from symbi_dsl.body import STEPS_BOUNDS
+from symbi_dsl.body import AREAS, BUILTINS, STEPS_BOUNDS, has_body, unknown_calls
 from symbi_dsl.cedar import compile_policy
 from symbi_dsl.declarations import VERSION_RE
 from symbi_dsl.literals import quantity
@@ -109,6 +109,10 @@ class Checker(BlockChecks):
                 block = self.program.blocks[("memory", name)]
                 config["memory"] = self._quiet(lambda: self._memory(block))
         self._with_blocks(agent, config)
+        if "workload" not in got and has_body(agent):  # Symbi runs the body: what it calls must exist
+            for call in unknown_calls(self.module, agent):
+                hint = f"Symbi's builtins: {', '.join(AREAS)} (e.g. memory.store), {', '.join(BUILTINS)}"
+                rep.warn("unsupported", f"the body calls {call.id}(), which Symbi does not provide", call.span, hint)
         policies = self._agent_policies(agent, got, aid)
         if policies:
             config["policies"] = policies

@@ -39,6 +39,12 @@ DEFAULT_SECONDS = 60.0
 STARTUP_MARGIN_S = 3.0
 
 
+#: What a body can call besides its functions: the SDK's areas (``memory.store(…)``) and single names
+#: (``symbi_agent.dsl_run`` maps each to an SDK action; Symbiont's spellings are aliases of ours).
+AREAS = ("memory", "knowledge", "messages", "tools", "data", "http", "models")
+BUILTINS = ("remember", "recall", "send", "log", "now", "invoke_tool", "memory_search", "memory_write", "send_to")
+
+
 class BodyError(ValueError):
     """The body cannot be run as given (no such agent, a definition missing from the environment)."""
 
@@ -157,3 +163,36 @@ def render(value: Any) -> str:
 def _opaque(value: Any) -> str:
     """Functions and secret references have no JSON form; the result names them instead."""
     return f"<{type(value).__name__.lower()}>"
+
+
+def unknown_calls(module: A.Module, agent: A.Agent) -> list[A.Name]:
+    """The names the agent's body calls that nothing provides: no builtin, no function, no variable of the body
+    (a variable may hold a lambda). Each would fail when reached; registration names them first."""
+    bound = {p.name for p in agent.params} | {f.name for f in functions_of(module, agent)}
+    calls: list[A.Name] = []
+    roots: list[object] = [agent.items]
+    while roots:
+        node = roots.pop()
+        if isinstance(node, tuple | list):
+            roots.extend(node)
+            continue
+        match node:
+            case A.Let() | A.Function() | A.Destructure():
+                bound.add(node.name)
+            case A.For():
+                bound.add(node.var)
+            case A.Lambda():
+                bound.add(node.param)
+            case A.Param():
+                bound.add(node.name)
+            case A.Catch() if node.name is not None:
+                bound.add(node.name)
+            case A.Assign() if isinstance(node.target, A.Name):
+                bound.add(node.target.id)
+            case A.Call() if isinstance(node.func, A.Name):
+                calls.append(node.func)
+        fields = getattr(node, "__dataclass_fields__", None)
+        if fields and not isinstance(node, A.Entry | A.Policy):
+            roots.extend(getattr(node, name) for name in fields)
+    known = bound | set(AREAS) | set(BUILTINS)
+    return sorted((c for c in calls if c.id not in known), key=lambda c: (c.span.line, c.span.column))

@@ -290,7 +290,13 @@ class Interpreter:
         fn = self.eval(e.func, env)
         args = [self.eval(a, env) for a in e.args if not isinstance(a, A.NamedArg)]
         kwargs = {a.name: self.eval(a.value, env) for a in e.args if isinstance(a, A.NamedArg)}
-        return self.call(fn, args, kwargs, e.span)
+        try:
+            return self.call(fn, args, kwargs, e.span)
+        except DslRuntimeError as err:
+            if err.span.line:
+                raise
+            # Raised where no position is known (a lambda run by a method like map): the call's position.
+            raise type(err)(err.message, e.span, err.file, err.kind) from None
 
     def _match(self, e: A.Match, env: dict[str, Any]) -> Any:
         subject = self.eval(e.subject, env)

@@ -11,7 +11,9 @@ every action is decided by policy and recorded on the audit trail like any other
 receive``, ``tools.list/call/invoke``, ``data.read/list/write``, ``http.*`` and ``models.*`` (whatever the SDK
 offers; where the runtime does not perform an action yet, the call fails with a ``NotAvailable`` error the
 body can catch), and the shorthands ``remember(text)``, ``recall(query)`` (the memories found), ``send(to,
-body)`` and ``log(value)`` (a line on stderr).
+body)``, ``log(value)`` (a line on stderr) and ``now()`` (UTC, ISO 8601), with Symbiont's spellings
+``invoke_tool(name, args)``, ``memory_search``, ``memory_write``, ``send_to``. The list is
+``symbi_dsl.body.AREAS`` and ``BUILTINS``: registration refuses a body that calls anything else.
 
 Exit status: 0 with the result; 1 when the body failed (stderr's last line is ``file:line:column: message``,
 which the sandbox-agent reports as the task's failure reason); 2 when there is nothing runnable.
@@ -22,11 +24,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from symbi_dsl.body import (
     AGENT_ENV,
+    AREAS,
     DEFAULT_SECONDS,
     FILE_ENV,
     SECONDS_ENV,
@@ -46,9 +50,6 @@ from symbi_dsl.interpreter import Budget, DslRuntimeError, Interpreter
 from symbi_dsl.parser import parse
 
 from symbi_agent.client import Agent
-
-#: The SDK areas a body may use, by the name it uses them under.
-AREAS = ("memory", "knowledge", "messages", "tools", "data", "http", "models")
 
 
 def _methods(area: object) -> dict[str, Callable[..., Any]]:
@@ -72,7 +73,15 @@ def builtins(agent: Agent) -> dict[str, Any]:
         line = " ".join(render(v) for v in values).replace("\n", " ")
         print(line if not line.startswith("@symbi") else f" {line}", file=sys.stderr, flush=True)
 
-    names.update(remember=remember, recall=recall, send=agent.messages.send, log=log)
+    def now() -> str:
+        return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+    def invoke_tool(name: str, arguments: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        return agent.tools.call(name, arguments if arguments is not None else kwargs)
+
+    names.update(remember=remember, recall=recall, send=agent.messages.send, log=log, now=now)
+    # Symbiont's spellings of the same actions.
+    names.update(invoke_tool=invoke_tool, memory_search=recall, memory_write=remember, send_to=agent.messages.send)
     return names
 
 
