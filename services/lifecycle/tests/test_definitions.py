@@ -330,3 +330,34 @@ async def test_configure_replaces_a_ready_agents_config_through_the_decision(run
     await http.post("/v1/agents/conf/assign-task", json={"task_id": "t1"})
     r = await http.post("/v1/agents/conf/configure", json={"definition": TEXTS["hello"]})
     assert r.status_code == 409
+
+
+DSL_ONLY = """agent memo(note: String) {
+  capabilities = [memory]
+  with timeout = 30s, steps = 2_000 {
+    let stored = memory.store(note, collection: "notes")
+    return recall(note)
+  }
+}
+"""
+
+
+async def test_an_agent_written_only_in_the_dsl_registers_with_the_body_runner(running: Running) -> None:
+    r = await running.http.post("/v1/agents", json={"agent_id": "memo", "definition": DSL_ONLY, "file": "memo.symbi"})
+    agent = r.json()
+    assert agent["state"] == "Ready", agent["errors"]
+    workload = agent["config"]["workload"]
+    assert (workload["command"], workload["actions"]) == (["python3", "-m", "symbi_agent.dsl_run"], True)
+    env = workload["env"]
+    assert (env["SYMBI_DSL_FILE"], env["SYMBI_DSL_AGENT"], env["SYMBI_DSL_STEPS"]) == ("memo.symbi", "memo", "2000")
+    # The body that runs is the one registered: its text is in the recorded, signed configuration.
+    assert env["SYMBI_DSL_SOURCE_000"] == DSL_ONLY
+    events = await history(running.http, "memo", agent["sequence"])
+    assert events[1]["data"]["config"]["workload"]["env"]["SYMBI_DSL_SOURCE_000"] == DSL_ONLY
+    # A body calling what Symbi does not provide is refused at registration, with its position.
+    unknown = DSL_ONLY.replace("return recall(note)", "return summarise(note)")
+    r = await running.http.post("/v1/agents", json={"agent_id": "memo-2", "definition": unknown, "file": "m.symbi"})
+    failed = r.json()
+    assert failed["state"] == "Failed"
+    assert [(e["field"], e["line"], e["column"]) for e in failed["errors"]] == [("unsupported", 5, 12)]
+    assert "summarise()" in failed["errors"][0]["message"]
