@@ -216,6 +216,16 @@ class Interpreter:
 
     def eval(self, e: A.Expr, env: dict[str, Any]) -> Any:
         """The value of ``e`` in ``env``."""
+        # The commonest nodes first, by exact type: the match below tries its cases one by one.
+        if type(e) is A.Name:
+            return env[e.id] if e.id in env else self._lookup(e, env)
+        if type(e) is A.Literal_:
+            return e.value
+        if type(e) is A.Binary and e.op not in ("&&", "||"):
+            left, right = self.eval(e.left, env), self.eval(e.right, env)
+            if e.op in _ARITHMETIC:
+                return arithmetic(e.op, left, right, self._error_at(e.span))
+            return compare(e.op, left, right, self._error_at(e.span))
         match e:
             case A.Literal_():
                 return e.value
@@ -326,6 +336,7 @@ class Interpreter:
 
 
 _NOTHING = object()
+_ARITHMETIC = frozenset("+-*/%")
 
 
 def _bind(p: A.Destructure, value: Any, env: dict[str, Any]) -> bool:
