@@ -6,8 +6,9 @@
 # (`python3 -m symbi_agent.dsl_run`, docs/dsl.md): libs/dsl's symbi_dsl with what its parser and interpreter
 # import (lark, msgspec from the workspace's .venv, and symbi_common's errors module; nothing else of it).
 #
-# Usage: deploy/host/agent-image.sh [TAG]   (default symbi/agent-python:1). Idempotent: an existing TAG is
-# kept. Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image,
+# Usage: deploy/host/agent-image.sh [TAG]   (default symbi/agent-python:1). Idempotent: an existing TAG built
+# from the same content (this script, the SDK, symbi_dsl, the Python version: label org.symbi.content) is
+# kept; one built from other content is rebuilt under the same tag. Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image,
 # SYMBI_SITE_PACKAGES where lark and msgspec are (default the workspace's .venv, built for the same Python).
 set -euo pipefail
 
@@ -20,7 +21,10 @@ DSL="$HERE/libs/dsl/src/symbi_dsl"
 COMMON="$HERE/libs/common/src/symbi_common"
 
 fail() { echo "agent-image: $*" >&2; exit 1; }
-docker image inspect "$TAG" >/dev/null 2>&1 && exit 0
+CONTENT=$( { "${PYTHON:-python3}" -V 2>&1; cat "$0"; find "$SDK" "$DSL" -name '*.py' -o -name '*.lark' | LC_ALL=C sort \
+  | xargs cat; } | sha256sum | cut -c1-16)
+have=$(docker image inspect -f '{{index .Config.Labels "org.symbi.content"}}' "$TAG" 2>/dev/null || true)
+[ "$have" = "$CONTENT" ] && exit 0
 docker image inspect "$BASE" >/dev/null 2>&1 || fail "$BASE is missing; run deploy/host/setup-docker.sh"
 [ -d "$SDK" ] || fail "$SDK not found"
 [ -d "$DSL" ] || fail "$DSL not found"
@@ -65,5 +69,5 @@ done
 
 tar -C "$root" -c . | docker import \
   --change 'ENV PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin' --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
-  --change 'CMD ["/usr/local/bin/python3"]' - "$TAG" >/dev/null || fail "docker import of $TAG failed"
+  --change 'CMD ["/usr/local/bin/python3"]' --change "LABEL org.symbi.content=$CONTENT" - "$TAG" >/dev/null || fail "docker import of $TAG failed"
 echo "agent-image: built $TAG"
