@@ -154,7 +154,6 @@ async def test_concurrent_calls_on_two_hosts_cannot_overspend(
     assert {(e["code"], e["scope"], e["unit"]) for e in refused} == {("budget_exceeded", "agent", "tokens")}
     assert all(e["left"] < e["requested"] == per_call for e in refused)
     await first.drain()
-    print('CONFLICTS', first.ledger.conflicts, second.ledger.conflicts)
     state = await usage_of(second)
     assert not state.open
     assert state.used["agent-1"].tokens == 5 * per_call
@@ -219,3 +218,68 @@ async def test_a_failed_upstream_releases_its_reservation(
     assert not state.used
     await gw.aclose()
     await closed.aclose()
+
+
+async def test_a_reservation_decided_on_a_stale_state_is_decided_again(
+    daemon: Agent, upstream: Upstream, make_store: Any
+) -> None:
+    """Host A read the budget while it had room for one call; host B took it; A's append names the old
+    version, is refused, and A decides again on the caught-up state: denied, nothing overspent."""
+    per_call = chat_prompt_tokens(json.loads(chat())) + 16
+    upstream.provider.usage = (per_call - 16, 16)
+    settings = models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 1_000_000}})
+    host_a = gateway(daemon.daemon.rt, settings)
+    host_b = gateway(daemon.daemon.rt, settings, store=await make_store("sandbox-agent"))
+    task = await assign(await make_store("scheduler"), daemon.host_id, budget=AgentBudget(tokens_per_day=per_call))
+    listed = await host_a.handle(caller(task), InternalRequest("GET", "/v1/models", {}, b""))  # A reads the day
+    assert listed.status == 200
+    assert (await host_b.handle(caller(task), post("/v1/chat/completions", chat()))).status == 200
+    late = await host_a.handle(caller(task), post("/v1/chat/completions", chat()))
+    error = json.loads(await body_of(late))["error"]
+    assert late.status == 429
+    assert (error["scope"], error["left"]) == ("agent", 0)
+    assert host_a.ledger.conflicts == 1
+    assert upstream.provider.calls == 1
+    await host_b.aclose()
+    await host_a.aclose()
+
+
+NO_BUDGET_POLICIES = "\n".join(
+    line for line in BASELINE.read_text().split("\n\n") if "baseline-models-budget-tokens" not in line
+)
+
+
+@pytest.mark.parametrize("policy", ["baseline", "without-the-token-budget-rule"])
+async def test_over_budget_is_a_policy(
+    policy: str, upstream: Upstream, make_store: Any, model_settings: Settings
+) -> None:
+    """The same call over the agent's token budget: denied under the baseline, allowed once the baseline's
+    token budget rule is removed (the budget is policy, not code)."""
+    baseline = BASELINE.read_text() if policy == "baseline" else NO_BUDGET_POLICIES
+    await register_policies(make_store, {"baseline": baseline, "models": MODEL_POLICY})
+    async with running_agent(model_settings) as daemon:
+        gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca))
+        task = await assign(await make_store("scheduler"), daemon.host_id, budget=AgentBudget(tokens_per_day=10))
+        answer = await gw.handle(caller(task), post("/v1/chat/completions", chat(max_tokens=100)))
+        body = json.loads(await body_of(answer))
+        await gw.aclose()
+    if policy == "baseline":
+        assert answer.status == 429
+        assert (body["error"]["scope"], body["error"]["unit"], body["error"]["left"]) == ("agent", "tokens", 10)
+    else:
+        assert answer.status == 200
+        assert body["usage"]["total_tokens"] == 12
+
+
+async def test_a_call_no_budget_limits_is_refused(daemon: Agent, upstream: Upstream, make_store: Any) -> None:
+    """Fail closed: neither the agent nor its tenant has a budget, so the baseline denies, saying how to fix it."""
+    gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca))
+    task = await assign(await make_store("scheduler"), daemon.host_id)
+    answer = await gw.handle(caller(task), post("/v1/chat/completions", chat()))
+    error = json.loads(await body_of(answer))["error"]
+    assert answer.status == 403
+    assert error["code"] == "denied"
+    assert "no budget applies to agent agent-1" in error["message"]
+    assert "[models.tenants.default]" in error["message"]
+    assert upstream.provider.calls == 0
+    await gw.aclose()
