@@ -82,7 +82,15 @@ def gateway(rt: ServiceRuntime, settings: ModelsSettings, store: EventStore | No
 
 
 async def assign(
-    store: EventStore, host_id: str, *, budget: AgentBudget | None = None, tenant: str = "default", agent: str = AGENT
+    store: EventStore,
+    host_id: str,
+    *,
+    budget: AgentBudget | None = None,
+    tenant: str = "default",
+    agent: str = AGENT,
+    tier: str = "tier1",
+    image: str = IMAGE,
+    command: tuple[str, ...] = ("true",),
 ) -> str:
     """A task of ``agent`` assigned to ``host_id`` with its tenant and budget (as the scheduler writes it)."""
     task_id = f"t{uuid.uuid4().hex[:12]}"
@@ -91,10 +99,10 @@ async def assign(
         TaskSubmitted(agent_id=agent, input=b"", priority="normal", submitted_by="test"),
         TaskAssigned(
             host_id=host_id,
-            tier="tier1",
+            tier=tier,
             risk_score=0.1,
             risk_factors={},
-            workload=Workload(image=IMAGE, command=("true",)),
+            workload=Workload(image=image, command=command, actions=True),
             limits=limits(),
             attempt=1,
             decision=decision,
