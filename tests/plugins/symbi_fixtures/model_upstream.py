@@ -215,3 +215,26 @@ def serving(provider: Provider, cert: Path, key: Path, port: int | None = None) 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def main() -> None:
+    """``python model_upstream.py <port> <tls dir> <api key>``: serve until killed (benchmarks run it apart)."""
+    import sys
+
+    port, directory, key = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    cert, private = directory / "server.pem", directory / "server.key"
+    config = uvicorn.Config(
+        Provider(api_key=key).app(),
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(private),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
