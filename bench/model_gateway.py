@@ -88,15 +88,9 @@ async def main(calls: int) -> None:
     samples: dict[str, list[float]] = {"direct": [], "ours": [], "direct_ttft": [], "ours_ttft": []}
     with tempfile.TemporaryDirectory(prefix="symbi-bench-models-") as tmp:
         ca, _, _ = make_ca_and_server_cert(Path(tmp) / "tls")
-        upstream = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "tests/plugins/symbi_fixtures/model_upstream.py"),
-                str(port),
-                f"{tmp}/tls",
-                KEY,
-            ],
-            stdout=subprocess.DEVNULL,
+        provider = str(ROOT / "tests/plugins/symbi_fixtures/model_upstream.py")
+        upstream = await asyncio.create_subprocess_exec(
+            sys.executable, provider, str(port), f"{tmp}/tls", KEY, stdout=subprocess.DEVNULL
         )
         try:
             async with _common.nats_server() as server:
