@@ -37,6 +37,9 @@ class BudgetReconciled(Event, frozen=True, kw_only=True, tag="budget.reconciled"
     output_tokens: int
     micro_usd: int
     estimated: bool = False
+    #: The reservation's agent and model again, so usage reports read this event alone.
+    agent_id: str = ""
+    model: str = ""
 
 
 class BudgetReleased(Event, frozen=True, kw_only=True, tag="budget.released"):

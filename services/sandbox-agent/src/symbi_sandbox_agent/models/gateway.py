@@ -272,6 +272,8 @@ class ModelGateway:
             output_tokens=used[1],
             micro_usd=cost(call.route.price, used[0], used[1]),
             estimated=estimated,
+            agent_id=call.hold.event.agent_id,
+            model=call.route.name,
         )
         self._settle(call.hold, event)
 
