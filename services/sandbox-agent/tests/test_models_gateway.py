@@ -283,3 +283,24 @@ async def test_a_call_no_budget_limits_is_refused(daemon: Agent, upstream: Upstr
     assert "[models.tenants.default]" in error["message"]
     assert upstream.provider.calls == 0
     await gw.aclose()
+
+
+async def test_a_cancelled_call_releases_its_reservation(daemon: Agent, upstream: Upstream, make_store: Any) -> None:
+    """The caller goes away while the provider is still thinking: the reservation is given back."""
+    gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 1_000}}))
+    task = await assign(await make_store("scheduler"), daemon.host_id)
+    upstream.provider.delay_s = 5.0
+    call = asyncio.ensure_future(gw.handle(caller(task), post("/v1/chat/completions", chat())))
+    for _ in range(100):  # the reservation is made and the request is at the provider
+        await asyncio.sleep(0.05)
+        if upstream.provider.calls:
+            break
+    state = await gw.ledger.state("default")
+    assert len(state.open) == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    state = await usage_of(gw)
+    assert not state.open
+    assert not state.used
+    await gw.aclose()
