@@ -3,8 +3,10 @@ so the same classes serve the synchronous client (a value) and the asynchronous 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from symbi_agent.model_stream import stream_chat
 
 Call = Callable[..., Any]
 
@@ -161,3 +163,20 @@ class Models(_Area):
         OpenAI client at ``http://models.symbi.internal/v1`` (through the sandbox's proxy)."""
         args = _given(model=model, prompt=prompt, messages=messages and list(messages), max_tokens=max_tokens)
         return self._call("models.complete", {**kwargs, **args}, context)
+
+    def stream(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """A streamed chat completion: yields the OpenAI chunks as they come (``choices[0].delta.content``; the
+        last one carries ``usage``). It goes over HTTP to ``models.symbi.internal`` through the sandbox's proxy,
+        not over the channel (whose requests have one answer each); blocking, in the async client too."""
+        if messages is None:
+            messages = [{"role": "user", "content": prompt or ""}]
+        body = {**kwargs, **_given(model=model, messages=list(messages), max_tokens=max_tokens)}
+        return stream_chat(body)
