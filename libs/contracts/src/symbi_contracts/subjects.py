@@ -146,7 +146,7 @@ CATALOGUE: tuple[Subject, ...] = (
         "events",
         "evt.budget.<YYYYMMDD>-<tenant>",
         SANDBOX_AGENT,
-        (SANDBOX_AGENT, AUDIT),
+        (AUDIT,),
         "a tenant's model budgets of one day: each call reserved, reconciled with its usage, or released",
         versions(budget_events.EVENT_TYPES),
     ),
