@@ -45,6 +45,7 @@ from symbi_sandbox_agent.models.pricing import (
     reservation,
     text_tokens,
 )
+from symbi_sandbox_agent.models.relay import Relay
 from symbi_sandbox_agent.models.upstream import Upstreams
 from symbi_sandbox_agent.models.wire import (
     JSON,
@@ -244,26 +245,20 @@ class ModelGateway:
         self._reconcile(call, used, estimated)
         return data, reply
 
-    async def _relay(self, call: _Call) -> AsyncIterator[bytes]:
-        """Pass a stream on as it comes; reconcile with its reported usage (or what was counted) at the end,
-        release when nothing came at all."""
-        sent = False
-        try:
-            async for chunk in call.response.aiter_bytes():
-                call.tally.feed(chunk)
-                sent = True
-                yield chunk
-        except httpx.HTTPError as exc:
-            log.warning("model stream broke off", model=call.route.name, error=str(exc))
-        finally:
-            rid = call.hold.event.reservation_id
+    def _relay(self, call: _Call) -> Relay:
+        """Pass a stream on as it comes; when it ends (or is closed, or breaks off) reconcile with its reported
+        usage or what was counted, or release when nothing came at all."""
+
+        def finish(sent: bool) -> None:
             if call.tally.usage is not None:
                 self._reconcile(call, call.tally.usage, False)
             elif sent:
                 self._reconcile(call, (call.prompt_tokens, call.tally.text_tokens), True)
             else:
-                self._settle(call.hold, BudgetReleased(reservation_id=rid, reason="the stream ended before any data"))
-            await call.response.aclose()
+                reason = "the stream ended before any data"
+                self._settle(call.hold, BudgetReleased(reservation_id=call.hold.event.reservation_id, reason=reason))
+
+        return Relay(call.response, call.tally, finish)
 
     def _reconcile(self, call: _Call, used: tuple[int, int], estimated: bool) -> None:
         event = BudgetReconciled(
