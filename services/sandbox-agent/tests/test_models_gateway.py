@@ -304,3 +304,20 @@ async def test_a_cancelled_call_releases_its_reservation(daemon: Agent, upstream
     assert not state.open
     assert not state.used
     await gw.aclose()
+
+
+async def test_a_provider_refusing_the_key_does_not_echo_it(daemon: Agent, upstream: Upstream, make_store: Any) -> None:
+    """Providers echo parts of a refused key in their error; the sandbox gets none of it."""
+    gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 10_000}}))
+    task = await assign(await make_store("scheduler"), daemon.host_id)
+    upstream.provider.api_key = "another-key"  # the provider no longer accepts the host's: 401
+    refused = await gw.handle(caller(task), post("/v1/chat/completions", chat()))
+    text = await body_of(refused)
+    assert refused.status == 502
+    assert b"refused the host's credential" in text
+    assert API_KEY.encode()[-8:] not in text
+    two = await gw.handle(caller(task), post("/v1/chat/completions", b'{"model": "small", "messages": [], "n": 0}'))
+    assert two.status == 400
+    state = await usage_of(gw)
+    assert not state.open
+    await gw.aclose()

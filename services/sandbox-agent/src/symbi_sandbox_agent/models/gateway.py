@@ -181,6 +181,10 @@ class ModelGateway:
             if not isinstance(body.get("messages"), list) or not body["messages"]:
                 raise BadModelRequest("a chat completion needs messages: a list of {role, content}")
             prompt, completion = chat_prompt_tokens(body), max_completion_tokens(body, self.default_max_tokens)
+            choices = body.get("n", 1)
+            if not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= 128:
+                raise BadModelRequest(f"n must be a whole number from 1 to 128, got {choices!r}")
+            completion *= choices  # each choice may use max_tokens
         else:
             prompt, completion = embedding_input_tokens(body), 0
             if prompt == 0:
@@ -213,7 +217,7 @@ class ModelGateway:
             raise
         if response.status_code >= 400:
             try:
-                detail = (await response.aread())[:300].decode("utf-8", "replace")
+                detail = self.upstreams.scrub(route.provider, response.status_code, await response.aread())
             finally:
                 await response.aclose()
             reason = f"provider {route.provider} answered {response.status_code}"

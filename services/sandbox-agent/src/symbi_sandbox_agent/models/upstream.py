@@ -92,6 +92,17 @@ class Upstreams:
             # The exception's text names the URL, never the headers: safe to pass on.
             raise UpstreamFailed(f"provider {provider} could not be reached: {type(exc).__name__}: {exc}") from None
 
+    def scrub(self, provider: str, status: int, body: bytes) -> str:
+        """What of a provider's error answer may reach the sandbox: nothing of an authentication failure (providers
+        echo parts of the key), never the credential, at most 300 characters."""
+        if status in (401, 403):
+            return "the provider refused the host's credential for it (an operator must check it)"
+        text = body[:2000].decode("utf-8", "replace")
+        cached = self._credentials.get(provider)
+        if cached is not None and cached[1]:
+            text = text.replace(cached[1], "[credential]")
+        return text[:300]
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
