@@ -12,6 +12,7 @@ from symbi_common.policy.events import DECISION_LOG_CODEC, POLICY_SET_CODEC
 from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_context.index import SUBJECTS as CONTEXT_FOLLOWS
 from symbi_contracts.diagram import COMMAND, render
+from symbi_contracts.models.events import CODEC as BUDGET_CODEC
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, HOST_CODEC
 from symbi_contracts.subjects import CATALOGUE, CLI, SERVICES, EventVersion, Subject, find, versions
 from symbi_contracts.tools.events import CODEC as TOOLSERVER_CODEC
@@ -32,6 +33,7 @@ WRITTEN_WITH: dict[str, EventCodec] = {  # type: ignore[type-arg]
     "evt.execution.<task_id>": EXECUTION_CODEC,
     "evt.host.<host_id>": HOST_CODEC,
     "evt.toolserver.<server>": TOOLSERVER_CODEC,
+    "evt.budget.<YYYYMMDD>-<tenant>": BUDGET_CODEC,
     "evt.policy.<set_id>": POLICY_SET_CODEC,
     "evt.policy.decisions.<source>": DECISION_LOG_CODEC,
     "evt.memory.<owner>": MEMORY.codec,

@@ -6,7 +6,7 @@ maps one-to-one onto ``cedarpy.is_authorized``:
 - ``principal`` — who acts: ``Agent::"<agent_id>"``, ``Service::"scheduler"``, ``User::"alice"``.
 - ``action`` — what: ``Action::"<name>"``; the names used by the enforcement points are in :data:`ACTIONS`.
 - ``resource`` — on what: ``Agent::"<id>"``, ``Host::"<id>"``, ``Task::"<id>"``, ``Tool::"<name>"``,
-  ``Data::"<id>"``, ``Memory::"<id>"``, ``Channel::"<name>"``.
+  ``Data::"<id>"``, ``Memory::"<id>"``, ``Channel::"<name>"``, ``Model::"<provider>/<model>"``.
 - entity ``attrs`` (e.g. ``principal.clearances``, ``resource.classification``) and ``parents``
   travel with the request; ``context`` holds the rest (requested resources, tier, destination …).
 
@@ -39,6 +39,7 @@ ACTIONS: tuple[str, ...] = (
     "data.write",
     "memory.read",  # context: read memories / knowledge (resource: Memory)
     "memory.write",
+    "model.invoke",  # model gateway: call a model (resource: Model "provider/model"; context: budget)
 )
 
 

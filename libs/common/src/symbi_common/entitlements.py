@@ -14,7 +14,7 @@ SERVICE_SUBJECTS: Mapping[str, tuple[str, ...]] = {
     "scheduler": ("evt.task.>", "evt.schedule.>"),
     "policy": ("evt.policy.>",),
     "audit": ("evt.audit.>",),
-    "sandbox-agent": ("evt.execution.>", "evt.host.>", "evt.toolserver.>"),
+    "sandbox-agent": ("evt.execution.>", "evt.host.>", "evt.toolserver.>", "evt.budget.>"),
     "context": ("evt.memory.>", "evt.knowledge.>"),
 }
 
@@ -34,6 +34,7 @@ AGGREGATE_READERS: Mapping[str, tuple[str, ...]] = {
     "execution": ("sandbox-agent", "scheduler", "audit"),
     "host": ("sandbox-agent", "audit"),
     "toolserver": ("sandbox-agent", "audit"),
+    "budget": ("sandbox-agent", "audit"),
     "memory": ("context", "audit"),
     "knowledge": ("context", "audit"),
 }

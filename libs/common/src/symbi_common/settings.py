@@ -244,6 +244,49 @@ class AuditSettings(_Section):
     guard_interval_s: float = 10.0
 
 
+class ModelPrice(_Section):
+    """What one model costs, in micro-dollars (1 USD = 1 000 000) per million input and output tokens."""
+
+    input_micro_usd_per_mtok: int = 0
+    output_micro_usd_per_mtok: int = 0
+
+
+class ModelProviderSettings(_Section):
+    """One upstream speaking the OpenAI protocol (``[models.providers.<name>]``; docs/models.md)."""
+
+    #: The provider's API root, with its version: ``https://api.openai.com/v1``.
+    base_url: str
+    #: The credential the gateway sends (``Authorization: Bearer``): a ``vault://`` secret name; empty: none.
+    api_key: str = ""
+    #: The models callable through this provider (Cedar resource ``Model::"<provider>/<model>"``).
+    models: list[str] = msgspec.field(default_factory=list)
+    #: Each model's price; a listed model without one is refused at start-up (its money cannot be counted).
+    prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+    #: A CA bundle (PEM) to trust for this provider instead of the system's; empty: the system's.
+    ca_file: str = ""
+    timeout_s: float = 120.0
+
+
+class TenantBudgetSettings(_Section):
+    """A tenant's model budget per UTC day (``[models.tenants.<tenant>]``); unset: no tenant budget."""
+
+    tokens_per_day: int | None = None
+    micro_usd_per_day: int | None = None
+
+
+class ModelsSettings(_Section):
+    """The model gateway of the sandbox-agent (docs/models.md)."""
+
+    providers: dict[str, ModelProviderSettings] = msgspec.field(default_factory=dict)
+    tenants: dict[str, TenantBudgetSettings] = msgspec.field(default_factory=dict)
+    #: Keep-alive connections per provider.
+    max_connections: int = 100
+    #: The completion tokens reserved for a request that names no ``max_tokens``.
+    default_max_tokens: int = 1024
+    #: The largest request body (bytes) the gateway reads.
+    max_request_bytes: int = 4 * 1024 * 1024
+
+
 class Settings(_Section):
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
@@ -258,6 +301,7 @@ class Settings(_Section):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
 
     def service_keys_dir(self, service: str) -> Path:
         """The service's own key directory: ``keys.dir``, or ``keys.dir/<service>`` if that is a keyring."""

@@ -49,6 +49,7 @@ ErrorCode = Literal[
     "too_large",
     "read_only",
     "exists",
+    "budget_exceeded",
 ]
 #: Every code of the protocol itself; a performing service's own code (e.g. ``invalid_context``) passes through.
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
@@ -135,7 +136,7 @@ OPS: dict[str, Op] = {
     "tools.call": Op("tool.invoke", True),
     "tools.invoke": Op("tool.invoke", True),
     "http.request": Op("http.request", False, "the egress proxy"),
-    "models.complete": Op("model.invoke", False, "the model gateway"),
+    "models.complete": Op("model.invoke", True),
 }
 
 MetaValue = str | int | float | bool

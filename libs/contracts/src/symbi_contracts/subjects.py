@@ -21,6 +21,7 @@ from symbi_contracts import bus
 from symbi_contracts.context import commands as context_commands
 from symbi_contracts.lifecycle import commands as lifecycle_commands
 from symbi_contracts.lifecycle import events as agent_events
+from symbi_contracts.models import events as budget_events
 from symbi_contracts.policy import commands as policy_commands
 from symbi_contracts.sandbox_agent import commands as sandbox_commands
 from symbi_contracts.sandbox_agent import events as execution_events
@@ -140,6 +141,14 @@ CATALOGUE: tuple[Subject, ...] = (
         (AUDIT,),
         "an MCP tool server: registered, each tool's definition seen (pin, flags, SchemaPin), approved, changed, revoked",
         versions(tool_events.EVENT_TYPES),
+    ),
+    Subject(
+        "events",
+        "evt.budget.<YYYYMMDD>-<tenant>",
+        SANDBOX_AGENT,
+        (AUDIT,),
+        "a tenant's model budgets of one day: each call reserved, reconciled with its usage, or released",
+        versions(budget_events.EVENT_TYPES),
     ),
     Subject(
         "events",

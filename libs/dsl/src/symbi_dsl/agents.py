@@ -34,6 +34,7 @@ AGENT_KEYS = (
     "apis",
     "workload",
     "memory",
+    "budget",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io", "steps")
 #: Symbiont's spellings of ours.
@@ -41,6 +42,8 @@ WITH_ALIASES = {"max_memory_mb": "memory", "max_cpu_cores": "cpu"}
 #: Settings Symbiont's agents use that Symbi has no counterpart for (named as not honoured, never a typo).
 SYMBIONT_SETTINGS = ("privacy", "security", "network_policy", "coordination", "requires", "encryption")
 WORKLOAD_KEYS = ("image", "command", "env", "workdir", "actions")
+#: An agent's model budget per day (docs/models.md): tokens, and money in US dollars (stored in micro-dollars).
+BUDGET_KEYS = ("tokens_per_day", "usd_per_day")
 
 
 def config_name(name: str) -> str:
@@ -103,6 +106,8 @@ class Checker(BlockChecks):
             config["filesystem_access"] = self._filesystem(value_of(got["filesystem"]))
         if "workload" in got:
             config["workload"] = self._workload(value_of(got["workload"]))
+        if "budget" in got:
+            config["budget"] = self._budget(value_of(got["budget"]))
         if "memory" in got:
             name = self._ref(value_of(got["memory"]), self.program.blocks, "memory", key=lambda s: ("memory", s))
             if name is not None:
@@ -190,6 +195,23 @@ class Checker(BlockChecks):
             actions = self.v.boolean(value_of(got["actions"]))
             if actions is not None:
                 out["actions"] = actions
+        return out
+
+    def _budget(self, e: A.Expr) -> dict[str, int]:
+        if not isinstance(e, A.Record):
+            self.v._bad(e, "a record like {tokens_per_day: 200000, usd_per_day: 5}")
+            return {}
+        entries = [A.Entry(k, val, span=val.span) for k, val in e.fields]
+        got = keyed_entries(self.rep, entries, BUDGET_KEYS, "budget")
+        out: dict[str, int] = {}
+        if "tokens_per_day" in got:
+            tokens = self.v.number(value_of(got["tokens_per_day"]), (0, 1e15), "tokens")
+            if tokens is not None:
+                out["tokens_per_day"] = int(tokens)
+        if "usd_per_day" in got:
+            usd = self.v.number(value_of(got["usd_per_day"]), (0, 1e9), "USD")
+            if usd is not None:
+                out["micro_usd_per_day"] = round(usd * 1_000_000)
         return out
 
     def _with_blocks(self, agent: A.Agent, config: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from symbi_dsl.expressions import rule_text
 #: The resource entity type an action's argument names, by the action's first segment.
 RESOURCE_TYPES = {
     "tool": "Tool",
+    "model": "Model",
     "data": "Data",
     "memory": "Memory",
     "message": "Agent",

@@ -2,9 +2,8 @@
 
 ``Agent`` (synchronous) and ``AsyncAgent`` connect to the sandbox's channel socket named by
 ``$SYMBI_SOCKET`` and fall back to stdio (requests on stderr, answers on stdin) where there is none.
-Areas: ``memory``, ``knowledge``, ``data`` (the agent's filesystem grants), ``messages`` and ``tools``
-today; ``http`` and ``models`` answer
-:class:`NotAvailable` until the runtime performs them. Every refusal is a typed :class:`SymbiAgentError`.
+Areas: ``memory``, ``knowledge``, ``data`` (the agent's filesystem grants), ``messages``, ``tools`` and
+``models`` (the model gateway); ``http`` answers :class:`NotAvailable` until the runtime performs it. Every refusal is a typed :class:`SymbiAgentError`.
 Standard library only.
 """
 
@@ -12,6 +11,7 @@ from symbi_agent.aio import AsyncAgent
 from symbi_agent.client import Agent
 from symbi_agent.errors import (
     ActionFailed,
+    BudgetExceeded,
     ChannelError,
     Denied,
     Exists,
@@ -37,6 +37,7 @@ __all__ = [
     "ActionFailed",
     "Agent",
     "AsyncAgent",
+    "BudgetExceeded",
     "ChannelError",
     "Denied",
     "Exists",

@@ -158,7 +158,30 @@ class Exists(SymbiAgentError):
     code = "exists"
 
 
-ERRORS.update({cls.code: cls for cls in (NotFound, TooLarge, ReadOnly, Exists)})
+class BudgetExceeded(SymbiAgentError):
+    """A model call does not fit a budget of today: ``scope`` (``agent`` or ``tenant``), ``unit`` (``tokens``
+    or ``micro_usd``), what is ``left`` of it and what the call would have ``requested``."""
+
+    code = "budget_exceeded"
+
+    @property
+    def scope(self) -> str:
+        return str(self.details.get("scope", ""))
+
+    @property
+    def unit(self) -> str:
+        return str(self.details.get("unit", ""))
+
+    @property
+    def left(self) -> int:
+        return int(self.details.get("left", 0))
+
+    @property
+    def requested(self) -> int:
+        return int(self.details.get("requested", 0))
+
+
+ERRORS.update({cls.code: cls for cls in (NotFound, TooLarge, ReadOnly, Exists, BudgetExceeded)})
 
 
 def from_reply(error: dict[str, Any]) -> SymbiAgentError:

@@ -3,8 +3,10 @@ so the same classes serve the synchronous client (a value) and the asynchronous 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from symbi_agent.model_stream import stream_chat
 
 Call = Callable[..., Any]
 
@@ -141,7 +143,40 @@ class Web(_Area):
 
 
 class Models(_Area):
-    """Model calls through the model gateway (not performed yet: :class:`~symbi_agent.errors.NotAvailable`)."""
+    """Model calls through the host's model gateway: the provider's credentials stay with the host, policy
+    decides which models the agent may call, and each call counts against the day's budgets
+    (:class:`~symbi_agent.errors.BudgetExceeded` names the budget and what is left of it)."""
 
-    def complete(self, model: str, prompt: str, **kwargs: Any) -> Any:
-        return self._call("models.complete", {"model": model, "prompt": prompt, **kwargs})
+    def complete(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        context: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One chat completion of ``model`` (``provider/model``) for ``prompt`` (one user message) or
+        ``messages``; other OpenAI fields (``temperature`` …) are passed on. The result is the provider's reply
+        (``choices``, ``usage``) with ``text``, the first choice's content. Not streamed: to stream, point an
+        OpenAI client at ``http://models.symbi.internal/v1`` (through the sandbox's proxy)."""
+        args = _given(model=model, prompt=prompt, messages=messages and list(messages), max_tokens=max_tokens)
+        return self._call("models.complete", {**kwargs, **args}, context)
+
+    def stream(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """A streamed chat completion: yields the OpenAI chunks as they come (``choices[0].delta.content``; the
+        last one carries ``usage``). It goes over HTTP to ``models.symbi.internal`` through the sandbox's proxy,
+        not over the channel (whose requests have one answer each); blocking, in the async client too."""
+        if messages is None:
+            messages = [{"role": "user", "content": prompt or ""}]
+        body = {**kwargs, **_given(model=model, messages=list(messages), max_tokens=max_tokens)}
+        return stream_chat(body)

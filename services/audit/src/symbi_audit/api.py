@@ -12,7 +12,7 @@ HTTP::
     GET  /v1/audit/checkpoints/latest, /checkpoints/{size}  the signed note (text/plain)
     GET  /v1/audit/proofs/inclusion?sequence=&size=         RFC 6962 inclusion proof (size: default latest checkpoint)
     GET  /v1/audit/proofs/consistency?from=&to=             RFC 6962 consistency proof between two tree sizes
-    GET  /v1/audit/reports/{hipaa|gdpr|sox}?since=&until=&format=json|csv
+    GET  /v1/audit/reports/{hipaa|gdpr|sox|models}?since=&until=&format=json|csv
     POST /v1/audit/reports/custom?since=&until=&format=     body: the framework in TOML
     POST /v1/audit/erasures                                 {"aggregate": "agent.a1", "reason"?} crypto-shred
 

@@ -21,7 +21,7 @@ from symbi_audit.erasure import EraseRequest, ErasureResult, check_aggregate, er
 from symbi_audit.errors import BadQuery, CheckpointInvalid, ProofUnavailable
 from symbi_audit.guard import LogGuard
 from symbi_audit.queries import DetailReader
-from symbi_audit.reports import CheckpointRef, Framework, ReportInput, build_report
+from symbi_audit.reports import USAGE_EVENT, CheckpointRef, Framework, ReportInput, build_report
 from symbi_audit.runner import VerifierRunner
 from symbi_audit.store import AuditStore, StoredCheckpoint
 
@@ -176,6 +176,13 @@ class AuditService:
                 until,
             )
         ]
+        usage: list[dict[str, Any]] = []
+        if any(s.usage for s in framework.sections):
+            for e in events:
+                if e.get("event_type") == USAGE_EVENT:
+                    payload = (await self.reader.details(int(e["sequence"])))["payload"]
+                    if isinstance(payload, dict):
+                        usage.append(payload)
         cp = (await self.store.checkpoint_covering(last)) if last else None
         cp = cp or await self.store.checkpoint()
         data = ReportInput(
@@ -187,6 +194,7 @@ class AuditService:
             checkpoint=self.checkpoint_ref(cp) if cp else None,
             generated_at=dt.datetime.now(dt.UTC).isoformat(),
             last_sequence=last,
+            usage=usage,
         )
         return build_report(framework, data)
 

@@ -38,6 +38,8 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     producers: list[str] = msgspec.field(default_factory=list)
     erasures: bool = False
     """List the erasure requests and their execution (GDPR)."""
+    usage: bool = False
+    """Sum the model usage of the range (``budget.reconciled`` events) per agent and model."""
 
     def matches(self, row: dict[str, Any]) -> bool:
         etype = row.get("event_type") or ""
@@ -105,7 +107,35 @@ SOX = Framework(
         Section(name="policy changes", description="Every change of the policy set", event_types=["policy.*"]),
     ],
 )
-BUILT_IN = {f.name: f for f in (HIPAA, GDPR, SOX)}
+MODELS = Framework(
+    name="models",
+    title="Model usage: calls, tokens and money per agent and model, and every budget event",
+    sections=[
+        Section(
+            name="model usage",
+            description="Model calls through the model gateway: reserved, reconciled with the provider's usage, released",
+            event_types=["budget.*"],
+            usage=True,
+        ),
+    ],
+)
+BUILT_IN = {f.name: f for f in (HIPAA, GDPR, SOX, MODELS)}
+#: The event a usage section sums, and the fields of its rows.
+USAGE_EVENT = "budget.reconciled"
+USAGE_FIELDS = ("agent_id", "model", "calls", "input_tokens", "output_tokens", "micro_usd", "estimated_calls")
+
+
+def usage_rows(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Model usage per (agent, model), from the payloads of ``budget.reconciled`` events (sorted by agent, model)."""
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in payloads:
+        key = (str(p.get("agent_id", "")), str(p.get("model", "")))
+        row = totals.setdefault(key, dict.fromkeys(USAGE_FIELDS, 0) | {"agent_id": key[0], "model": key[1]})
+        row["calls"] += 1
+        row["estimated_calls"] += 1 if p.get("estimated") else 0
+        for f in ("input_tokens", "output_tokens", "micro_usd"):
+            row[f] += int(p.get(f, 0) or 0)
+    return [totals[k] for k in sorted(totals)]
 
 
 def parse_framework(text: str) -> Framework:
@@ -144,6 +174,8 @@ class ReportInput:
     checkpoint: CheckpointRef | None
     generated_at: str
     last_sequence: int = field(default=0)
+    #: Payloads of the range's ``budget.reconciled`` events (read only for a framework with a usage section).
+    usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 ROW_FIELDS = ("sequence", "occurred_at", "producer", "signing_key_id", "aggregate", "event_type", "correlation_id",
@@ -177,6 +209,8 @@ def build_report(framework: Framework, data: ReportInput) -> dict[str, Any]:
                 {**e, "status": "executed" if e.get("executed_sequence") is not None else "pending"}
                 for e in data.erasures
             ]
+        if s.usage:
+            section["usage"] = usage_rows(data.usage)
         sections.append(section)
     return {
         "framework": framework.name,
@@ -228,4 +262,6 @@ def report_csv(report: dict[str, Any]) -> str:
                  e.get("executed_at") or e.get("requested_at"), "audit", "", e["aggregate"], e["status"],
                  e["erasure_id"], ""]
             )  # fmt: skip
+        for u in section.get("usage", []):
+            writer.writerow([f"{section['name']}: usage", *(u[f] for f in USAGE_FIELDS)])
     return out.getvalue()

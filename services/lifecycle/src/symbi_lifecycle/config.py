@@ -193,6 +193,10 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
         _validate_memory(issues, config.memory)
     _validate_schedules(issues, config.schedules)
     _validate_policies(issues, config.policies)
+    for unit in ("tokens_per_day", "micro_usd_per_day"):
+        value = getattr(config.budget, unit)
+        if value is not None and not 0 <= value <= 10**15:
+            issues.append(ConfigIssue(f"budget.{unit}", "must be between 0 and 10^15 (or left out: no budget)"))
     return issues
 
 

@@ -48,12 +48,14 @@ from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
+from symbi_sandbox_agent.model_ops import MODEL_OPS, ModelOps
 from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
 if TYPE_CHECKING:
     from symbi_common.decisions import Decision
     from symbi_common.service import ServiceRuntime
 
+    from symbi_sandbox_agent.models.gateway import ModelGateway
     from symbi_sandbox_agent.run import Running
     from symbi_sandbox_agent.tools.service import ToolService
 
@@ -86,6 +88,8 @@ class RunHost(Protocol):
 
     #: The MCP tools agents of this host may call; None: none configured (``tools.*`` is ``not_available``).
     tools: ToolService | None
+    #: The model gateway; None: no model providers configured (``models.*`` is ``not_available``).
+    models: ModelGateway | None
 
     async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
 
@@ -118,6 +122,7 @@ class ProtocolServer:
         self.served = 0
         self.data = DataOps(gateway, self._record)
         self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools)
+        self.model_ops = ModelOps(self, gateway.task_id, gateway.run.spec.tier, lambda: gateway.agent.models)
         self._messages: MessageOps | None = None
 
     @property
@@ -181,6 +186,8 @@ class ProtocolServer:
             return await self.data.answer(seq, request, self.agent_id)
         if request.op in TOOL_OPS:
             return await self.tool_ops.answer(seq, request, op.action)
+        if request.op in MODEL_OPS:
+            return await self.model_ops.answer(seq, request)
         try:
             args = msgspec.convert(request.args, ARGS[request.op])
         except msgspec.ValidationError as exc:

@@ -52,6 +52,7 @@ from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
 
 if TYPE_CHECKING:
+    from symbi_sandbox_agent.models.gateway import ModelGateway
     from symbi_sandbox_agent.tools.service import ToolService
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,8 @@ class SandboxService:
         self.recorder = ExecutionRecorder(rt, self.executions)
         #: The MCP tools agents of this host may call (``tools.*`` of the protocol); None: none configured.
         self.tools: ToolService | None = None
+        #: The model gateway (``models.*`` of the protocol, and ``models.symbi.internal``); None: no providers.
+        self.models: ModelGateway | None = None
         self.supervisor = Supervisor(rt, engine, threads, self.recorder, self.running, work_dir, controls=self)
 
     # --- work -----------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.run import Pending, Running
 
 if TYPE_CHECKING:
+    from symbi_sandbox_agent.models.gateway import ModelGateway
     from symbi_sandbox_agent.tools.service import ToolService
 
 log = structlog.get_logger(__name__)
@@ -86,6 +87,8 @@ class GatewayHost(Protocol):
 
     #: The MCP tools agents of this host may call; None: none configured.
     tools: ToolService | None
+    #: The model gateway; None: no model providers configured.
+    models: ModelGateway | None
 
     async def freeze(self, run: Running, reason: str) -> None: ...
 

@@ -21,6 +21,7 @@ import nats.js.errors
 import structlog
 from nats.js.api import ConsumerConfig
 from symbi_common.aggregate import Repository
+from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
 from symbi_common.streams import EVENTS_STREAM, BacklogFetch, require_streams
@@ -39,6 +40,7 @@ from symbi_sandbox_agent.cgroups import remove_cgroup_tree
 from symbi_sandbox_agent.config import data_roots, sandbox_defaults, work_root
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
+from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
@@ -57,8 +59,12 @@ BUSY_RETRY_S = 0.5
 class SandboxHost:
     """This host's daemon: start-up and reconciliation, heartbeat, the work consumer, status and shutdown."""
 
-    def __init__(self, runtime: ServiceRuntime, settings: SandboxSettings, host_id: str) -> None:
+    def __init__(
+        self, runtime: ServiceRuntime, settings: SandboxSettings, host_id: str, secrets: SecretSource | None = None
+    ) -> None:
         self.rt = runtime
+        #: Where provider credentials are read from (the secrets store); None: no provider may name one.
+        self.secrets = secrets
         self.settings = settings
         self.host_id = host_id
         self.defaults = sandbox_defaults(settings)
@@ -94,6 +100,7 @@ class SandboxHost:
             self.data_roots,
         )
         self.service.tools = tool_service(self.rt, self.settings)
+        self.service.models = model_gateway(self.rt, self.rt.settings.models, self.secrets)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         await self._ensure_jetstream()
         await self.reconcile()
@@ -280,6 +287,8 @@ class SandboxHost:
         """Wait until every sandbox has been cleaned up and reported (they are being cancelled)."""
         if getattr(self, "service", None) is not None and self.service.tools is not None:
             await self.service.tools.close()
+        if getattr(self, "service", None) is not None and self.service.models is not None:
+            await self.service.models.aclose()
         pending = [r.done.wait() for r in self.running.values()]
         if pending:
             with contextlib.suppress(TimeoutError):

@@ -91,6 +91,16 @@ class MemorySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     keyword_weight: float | None = None
 
 
+class AgentBudget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the agent may spend on model calls per UTC day (docs/models.md). ``None``: no budget of the agent's
+    own is set; then only its tenant's budget limits it, and a call no budget limits at all is refused by the
+    baseline policy (fail closed). ``0`` allows nothing."""
+
+    tokens_per_day: int | None = None
+    #: Money, in micro-dollars (1 USD = 1 000 000).
+    micro_usd_per_day: int | None = None
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The configuration an agent is registered with. Evolve only by adding fields with defaults."""
 
@@ -112,6 +122,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     memory: MemorySettings | None = None
     tenant: str = "default"
     """The tenant the agent belongs to: quotas and budgets per tenant and day count all of its agents."""
+    budget: AgentBudget = msgspec.field(default_factory=AgentBudget)
+    """The agent's own model budget per day (default: none set; see :class:`AgentBudget`)."""
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):

@@ -13,7 +13,7 @@ import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
-from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import AgentBudget, PathAccess, ResourceLimits, Workload
 
 AGGREGATE_TYPE = "task"
 
@@ -53,6 +53,10 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     risk_reason: str = ""
     filesystem_access: tuple[PathAccess, ...] = ()
     """The definition's filesystem grants: the sandbox-agent mounts them from its data roots (docs/grants.md)."""
+    tenant: str = "default"
+    """The agent's tenant (per-tenant budgets count it)."""
+    budget: AgentBudget = msgspec.field(default_factory=AgentBudget)
+    """The agent's own model budget (the model gateway reads it from here: docs/models.md)."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):

@@ -1,0 +1,61 @@
+"""The body of a streamed answer: the provider's chunks passed on as they come, read as they pass.
+
+Whoever serves it (the egress proxy) iterates it and closes it (``aclose``); the end of the stream, an error
+of the provider's connection, a cancellation or a close before the end all *finish* it exactly once: the
+reservation is reconciled with what the stream reported or carried, or released when nothing came at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import structlog
+
+from symbi_sandbox_agent.models.wire import StreamTally
+
+log = structlog.get_logger(__name__)
+
+
+class Relay:
+    """``finish(sent)`` settles the call (``sent``: whether any chunk went out)."""
+
+    def __init__(self, response: httpx.Response, tally: StreamTally, finish: Callable[[bool], None]) -> None:
+        self.response = response
+        self.tally = tally
+        self._finish = finish
+        self._chunks: AsyncIterator[bytes] | None = None
+        self.sent = False
+        self.finished = False
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.finished:
+            raise StopAsyncIteration
+        if self._chunks is None:
+            self._chunks = self.response.aiter_bytes()
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except httpx.HTTPError as exc:
+            log.warning("a model stream broke off", error=str(exc))
+            await self.aclose()
+            raise StopAsyncIteration from None
+        except BaseException:
+            await self.aclose()
+            raise
+        self.tally.feed(chunk)
+        self.sent = True
+        return chunk
+
+    async def aclose(self) -> None:
+        """Finish the call (once) and give the provider's connection back to the pool."""
+        if self.finished:
+            return
+        self.finished = True
+        self._finish(self.sent)
+        await self.response.aclose()

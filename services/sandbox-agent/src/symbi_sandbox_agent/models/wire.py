@@ -1,0 +1,118 @@
+"""The OpenAI protocol as the gateway speaks it: request bodies, error answers, usage in replies and streams. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from symbi_sandbox_agent.models.errors import BadModelRequest, ModelError
+from symbi_sandbox_agent.models.pricing import text_tokens
+
+JSON = "application/json"
+SSE = "text/event-stream"
+_decode_object = msgspec.json.Decoder(dict[str, Any])
+_encode = msgspec.json.Encoder()
+
+
+def parse_body(body: bytes, limit: int) -> dict[str, Any]:
+    """The request's JSON object; :class:`BadModelRequest` for anything else."""
+    if len(body) > limit:
+        raise BadModelRequest(f"the request body has {len(body)} bytes; the gateway reads at most {limit}")
+    try:
+        parsed = _decode_object.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadModelRequest(f"the request body is not a JSON object: {exc}") from None
+    return parsed
+
+
+def max_completion_tokens(body: dict[str, Any], default: int) -> int:
+    """The completion tokens a chat request allows (``max_completion_tokens``, else ``max_tokens``)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadModelRequest(f"{key} must be a positive whole number, got {value!r}")
+        return value
+    return default
+
+
+def encode(value: Any) -> bytes:
+    return _encode.encode(value)
+
+
+def error_body(err: ModelError) -> bytes:
+    """``{"error": {"message", "type", "code", …details}}`` as OpenAI clients read it."""
+    detail = {k: v for k, v in err.details.items() if isinstance(v, str | int | float | bool)}
+    return encode({"error": {"message": err.message, "type": err.openai_type, "code": err.code, **detail}})
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """Usage as the provider reported it (``estimated``: it did not, and the gateway counted)."""
+
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+
+
+def usage_of(reply: dict[str, Any]) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` of an OpenAI reply's ``usage``, if it has one."""
+    usage = reply.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return prompt, completion
+
+
+def reply_text(reply: dict[str, Any]) -> str:
+    """The text of a chat reply's choices (counted when no usage is reported)."""
+    parts = []
+    for choice in reply.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message") or choice.get("delta") or {}
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                parts.append(message["content"])
+    return "".join(parts)
+
+
+class StreamTally:
+    """Reads a server-sent event stream as it passes: the usage of its last chunk (asked for with
+    ``stream_options.include_usage``), else the text it carried, to count."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.usage: tuple[int, int] | None = None
+        self.text_tokens = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        self._read(lines)
+
+    def _read(self, lines: Iterable[bytes]) -> None:
+        for raw in lines:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                event = _decode_object.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            found = usage_of(event)
+            if found is not None:
+                self.usage = found
+            text = reply_text(event)
+            if text:
+                self.text_tokens += text_tokens(text)
