@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import nats
 import nats.errors
 import typer
@@ -58,7 +59,7 @@ async def _store(url: str, home: Path) -> tuple[NatsClient, KvSecretStore]:
     key = load_secrets_key(default_operator_dir(home / "keys") / SECRETS_KEY_FILE)
     nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
     try:
-        return nc, await KvSecretStore.open(nc.jetstream(), key)
+        return nc, await KvSecretStore.open(nc, key)
     except BaseException:
         await nc.close()
         raise
@@ -150,15 +151,23 @@ def rm_command(
 
 
 @secrets_app.command("list")
-def list_command(home: HomeOption = Path(".symbi"), nats_url: NatsOption = None) -> None:
+def list_command(
+    home: HomeOption = Path(".symbi"),
+    nats_url: NatsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per secret, one per line.")] = False,
+) -> None:
     """The stored secrets: names, versions, when and by whom they were set. Never values."""
     try:
         infos = asyncio.run(_list(nats_url or operator_url(home), home))
     except (SymbiError, OSError, nats.errors.Error) as err:
         raise _fail(f"the secrets could not be listed: {err}") from None
+    if as_json:
+        for info in infos:
+            typer.echo(msgspec.json.encode(info).decode())
+        return
     table = Table(title="secrets")
     for column in ("name", "version", "set at", "set by", "key"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for info in infos:
         table.add_row(info.name, str(info.version), info.set_at, info.set_by, info.key_id)
     Console().print(table)

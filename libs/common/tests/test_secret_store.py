@@ -43,7 +43,7 @@ def secrets_key(keys_dir: Path) -> AeadKey:
 
 
 async def test_set_get_list_remove_with_versions(provisioned: NatsClient, secrets_key: AeadKey) -> None:
-    store = await KvSecretStore.open(provisioned.jetstream(), secrets_key)
+    store = await KvSecretStore.open(provisioned, secrets_key)
     source: SecretSource = store  # the port the model gateway and the sandbox-agent read through
     with pytest.raises(SecretNotFound, match="symbi secrets set"):
         await source.get("providers/openai/api_key")
@@ -57,13 +57,15 @@ async def test_set_get_list_remove_with_versions(provisioned: NatsClient, secret
     )
     assert await source.get("providers/openai/api_key") == VALUE
     second = await store.set("providers/openai/api_key", b"rotated")
-    assert second.version == 2 and second.revision > first.revision
+    assert second.version == 2
+    assert second.revision > first.revision
     assert await store.get("providers/openai/api_key") == b"rotated"
     await store.set("webhooks/github.token", b"ghp-token")
 
     listed = await store.list()
     assert [(i.name, i.version) for i in listed] == [("providers/openai/api_key", 2), ("webhooks/github.token", 1)]
-    assert b"rotated" not in repr(listed).encode() and b"ghp-token" not in repr(listed).encode()
+    assert b"rotated" not in repr(listed).encode()
+    assert b"ghp-token" not in repr(listed).encode()
 
     assert await store.remove("webhooks/github.token") is not None
     assert await store.remove("webhooks/github.token") is None
@@ -76,12 +78,13 @@ async def test_set_get_list_remove_with_versions(provisioned: NatsClient, secret
 
 async def test_values_are_sealed_at_rest_and_bound_to_their_name(provisioned: NatsClient, secrets_key: AeadKey) -> None:
     js = provisioned.jetstream()
-    store = await KvSecretStore.open(js, secrets_key)
+    store = await KvSecretStore.open(provisioned, secrets_key)
     await store.set("a/one", VALUE)
     await store.set("a/two", b"other value")
     kv = await js.key_value(SECRETS_BUCKET)
     stored = (await kv.get(bucket_key("a/one"))).value
-    assert VALUE not in stored and b"sk-live" not in stored
+    assert VALUE not in stored
+    assert b"sk-live" not in stored
 
     # A ciphertext moved under another name does not open there (name and version are associated data).
     await kv.put(bucket_key("a/two"), stored)
@@ -95,7 +98,7 @@ async def test_values_are_sealed_at_rest_and_bound_to_their_name(provisioned: Na
     # Another key opens nothing, and says which key it would need.
     other = AeadKey("aes:other", b"\x01" * 32)
     with pytest.raises(SecretCorrupt, match="sealed with key"):
-        await (await KvSecretStore.open(js, other)).get("a/one")
+        await (await KvSecretStore.open(provisioned, other)).get("a/one")
 
 
 @pytest.mark.parametrize("bad", ["", "UPPER", "a//b", "/a", "a/", "../etc", "a..b", "a b", "x" * 70])
@@ -112,7 +115,7 @@ def test_bucket_keys_round_trip_and_foreign_keys_are_refused() -> None:
 
 
 async def test_empty_and_oversized_values_are_refused(provisioned: NatsClient, secrets_key: AeadKey) -> None:
-    store = await KvSecretStore.open(provisioned.jetstream(), secrets_key)
+    store = await KvSecretStore.open(provisioned, secrets_key)
     with pytest.raises(ValidationError, match="empty"):
         await store.set("a/b", b"")
     with pytest.raises(ValidationError, match="at most"):
@@ -163,15 +166,15 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
     agent = await _as(secured, "sandbox-agent")
     scheduler = await _as(secured, "scheduler")
     try:
-        await (await KvSecretStore.open(operator.jetstream(), secrets_key)).set("db/password", VALUE)
-        readers = await KvSecretStore.open(agent.jetstream(timeout=2), secrets_key)
+        await (await KvSecretStore.open(operator, secrets_key)).set("db/password", VALUE)
+        readers = await KvSecretStore.open(agent, secrets_key, timeout=2)
         assert await readers.get("db/password") == VALUE
         # The sandbox-agent reads but cannot write, nor remove.
         with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
             await readers.set("db/password", b"replaced by a compromised host")
         with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
             await readers.remove("db/password")
-        assert await (await KvSecretStore.open(operator.jetstream(), secrets_key)).get("db/password") == VALUE
+        assert await (await KvSecretStore.open(operator, secrets_key)).get("db/password") == VALUE
         # The audit service reads the sealed entries (metadata; it holds no key).
         audit = await _as(secured, "audit")
         try:
@@ -181,7 +184,7 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
             await audit.drain()
         # A service with no need cannot even read the sealed entries.
         with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-            await (await KvSecretStore.open(scheduler.jetstream(timeout=2), secrets_key)).get("db/password")
+            await (await KvSecretStore.open(scheduler, secrets_key, timeout=2)).get("db/password")
     finally:
         for client in (operator, agent, scheduler):
             if not client.is_closed:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 
 from symbi_common.crypto import KEY_SIZE, AeadKey
 from symbi_common.errors import InfrastructureError, KeyringError
@@ -40,7 +41,7 @@ from symbi_common.secret_records import (
     secrets_key_id,
 )
 from symbi_common.secret_source import SecretNotFound
-from symbi_common.streams import SECRETS_BUCKET
+from symbi_common.streams import SECRETS_BUCKET, RawMessage, read_subject
 
 SECRETS_KEY_FILE = "secrets.key"
 #: The services given a copy of the secrets key: those that hand secret values to agents.
@@ -89,25 +90,27 @@ def _now() -> str:
 class KvSecretStore:
     """The secrets store over the ``SECRETS`` bucket; a :class:`~symbi_common.secret_source.SecretSource`.
 
-    Build it with :meth:`open` (``await KvSecretStore.open(js, load_secrets_key(path))``). A reader needs the
+    Build it with :meth:`open` (``await KvSecretStore.open(nc, load_secrets_key(path))``). A reader needs the
     NATS permission to read ``KV_SECRETS``; :meth:`set` and :meth:`remove` need the operator's credential.
     """
 
-    def __init__(self, js: Any, kv: Any, key: AeadKey) -> None:
+    def __init__(self, nc: NatsClient, js: Any, kv: Any, key: AeadKey) -> None:
+        self._nc = nc
         self._js = js
         self._kv = kv
         self._key = key
 
     @classmethod
-    async def open(cls, js: Any, key: AeadKey) -> KvSecretStore:
-        """Bind to the bucket; :class:`InfrastructureError` if it was not provisioned."""
+    async def open(cls, nc: NatsClient, key: AeadKey, *, timeout: float = 5.0) -> KvSecretStore:
+        """Bind to the bucket over ``nc``; :class:`InfrastructureError` if it was not provisioned."""
+        js = nc.jetstream(timeout=timeout)
         try:
             kv = await js.key_value(SECRETS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             raise InfrastructureError(
                 f"the {SECRETS_BUCKET} KV bucket does not exist; provision the streams (`symbi up` does)"
             ) from None
-        return cls(js, kv, key)
+        return cls(nc, js, kv, key)
 
     async def _sealed(self, name: str) -> tuple[SealedSecret, int] | None:
         try:
@@ -162,17 +165,14 @@ class KvSecretStore:
         return int(ack.seq)
 
     async def list(self) -> list[SecretInfo]:
-        """Every stored secret's metadata, by name."""
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        infos: list[SecretInfo] = []
-        for key in keys:
-            try:
-                entry = await self._kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue  # removed meanwhile
-            if entry.value:
-                infos.append(info_of(decode_sealed(entry.value), entry.revision))
+        """Every stored secret's metadata, by name (read from the bucket's stream: one batched direct get)."""
+        latest: dict[str, RawMessage] = {}
+        async for batch in read_subject(self._nc, f"KV_{SECRETS_BUCKET}", f"$KV.{SECRETS_BUCKET}.>"):
+            for msg in batch:
+                latest[msg.subject] = msg
+        infos = [
+            info_of(decode_sealed(msg.data), msg.sequence)
+            for msg in latest.values()
+            if msg.data and msg.headers.get("KV-Operation") not in ("DEL", "PURGE")
+        ]
         return sorted(infos, key=lambda i: i.name)

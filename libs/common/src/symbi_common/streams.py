@@ -139,7 +139,7 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=DATAKEYS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=OPERATOR_REVOCATIONS_BUCKET, history=1, replicas=s.replicas),
-        KeyValueConfig(bucket=SECRETS_BUCKET, history=1, replicas=s.replicas),
+        KeyValueConfig(bucket=SECRETS_BUCKET, history=1, replicas=s.replicas, direct=True),
         KeyValueConfig(
             bucket=SCHEDULER_BUCKET, history=1, ttl=s.lease_ttl_s, storage=StorageType.FILE, replicas=s.replicas
         ),

@@ -90,6 +90,7 @@ def build_app(settings: Settings) -> FastAPI:
         rt.spawn(_guard_loop(guard, settings.audit.guard_interval_s), "audit:guard")
         secrets = SecretChangeRecorder(rt.js, rt.store, PgPositions(rt.pool, "audit_secret_changes"))
         await secrets.setup()
+        app.state.audit_secret_changes = secrets
         rt.spawn(secrets.run(), "audit:secret-changes")
         rt.add_health_check("secret_changes", lambda: secrets.follower.halted is None)
         rt.add_health_check("verifier", runner.ready.is_set)
