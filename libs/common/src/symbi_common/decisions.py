@@ -39,6 +39,7 @@ ACTIONS: tuple[str, ...] = (
     "data.write",
     "memory.read",  # context: read memories / knowledge (resource: Memory)
     "memory.write",
+    "secret.read",  # sandbox-agent: give a runtime secret to a task's sandbox (resource: Secret)
 )
 
 

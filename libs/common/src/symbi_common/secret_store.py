@@ -126,10 +126,14 @@ class KvSecretStore:
 
     async def get(self, name: str) -> bytes:
         """The current value of ``name``; :class:`SecretNotFound` if it is not stored."""
+        return (await self.get_versioned(name))[0]
+
+    async def get_versioned(self, name: str) -> tuple[bytes, int]:
+        """The current value of ``name`` and its version; :class:`SecretNotFound` if it is not stored."""
         found = await self._sealed(check_name(name))
         if found is None:
             raise SecretNotFound(f"secret {name!r} is not in the secrets store; set it with `symbi secrets set`")
-        return open_secret(self._key, found[0])
+        return open_secret(self._key, found[0]), found[0].version
 
     async def info(self, name: str) -> SecretInfo | None:
         """The metadata of ``name`` (never its value), or None."""

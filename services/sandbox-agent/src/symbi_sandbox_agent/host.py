@@ -41,6 +41,7 @@ from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
+from symbi_sandbox_agent.secret_files import host_secrets, open_secrets
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
 from symbi_sandbox_agent.tasks import TASK_CODEC
@@ -94,6 +95,7 @@ class SandboxHost:
             self.data_roots,
         )
         self.service.tools = tool_service(self.rt, self.settings)
+        self.service.secrets = await open_secrets(self.rt)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         await self._ensure_jetstream()
         await self.reconcile()
@@ -158,6 +160,8 @@ class SandboxHost:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.defaults.channel_root:  # channel directories of sandboxes that ran before a crash
             shutil.rmtree(host_channels(self.defaults.channel_root, self.host_id), ignore_errors=True)
+        if self.defaults.secrets_root:  # and their secret files
+            shutil.rmtree(host_secrets(self.defaults.secrets_root, self.host_id), ignore_errors=True)
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")
         event = HostReconciled(
             removed_containers=tuple(c.name for c in containers),

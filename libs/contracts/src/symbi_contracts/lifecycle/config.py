@@ -112,6 +112,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     memory: MemorySettings | None = None
     tenant: str = "default"
     """The tenant the agent belongs to: quotas and budgets per tenant and day count all of its agents."""
+    secrets: tuple[str, ...] = ()
+    """Names of runtime secrets (``providers/openai/api_key``; ``vault://`` optional) each task gets as a file
+    ``/symbi/secrets/<name>``, when policy allows (``secret.read``); ``vault://<name>`` as a ``workload.env``
+    value does the same and sets the variable to the file's path (docs/secrets.md)."""
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):

@@ -53,6 +53,8 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     risk_reason: str = ""
     filesystem_access: tuple[PathAccess, ...] = ()
     """The definition's filesystem grants: the sandbox-agent mounts them from its data roots (docs/grants.md)."""
+    secrets: tuple[str, ...] = ()
+    """The definition's secrets (names, never values): files in the sandbox when policy allows (docs/secrets.md)."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):
