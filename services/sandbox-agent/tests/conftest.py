@@ -137,6 +137,8 @@ class Scheduler:
         headers: dict[str, str] | None = None,
         image: str = IMAGE,
         filesystem_access: tuple[PathAccess, ...] = (),
+        secrets: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> str:
         task_id = task_id or f"t{uuid.uuid4().hex[:12]}"
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
@@ -151,7 +153,9 @@ class Scheduler:
                     submitted_by="test",
                 )
             )
-        workload = Workload(image=image, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions)
+        workload = Workload(
+            image=image, command=tuple(command), env=env or {"GREETING": "hi"}, workdir="/", actions=actions
+        )
         events.append(
             TaskAssigned(
                 host_id=host_id,
@@ -162,6 +166,7 @@ class Scheduler:
                 limits=lim or limits(),
                 network_access=tuple(network_access or ()),
                 filesystem_access=filesystem_access,
+                secrets=secrets,
                 attempt=attempt,
                 decision=decision,
             )

@@ -228,6 +228,7 @@ class SandboxService:
         directory = secrets_dir(self.defaults.secrets_root, self.host_id, spec.name)
         remove_secret_files(directory)  # a previous attempt's leftovers, if its clean-up did not run
         records = await self.threads(write_secret_files, directory, values, spec.owner, self.defaults.secrets_root)
+        log.info("secret files written", task_id=spec.task_id, secrets=[f"{r.name} v{r.version}" for r in records])
         return replace(spec, secrets_dir=directory), records
 
     def _decision_request(self, task: TaskView, spec: SandboxSpec) -> DecisionRequest:
