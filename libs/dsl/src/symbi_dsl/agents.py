@@ -33,6 +33,7 @@ AGENT_KEYS = (
     "apis",
     "workload",
     "memory",
+    "secrets",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io")
 #: Symbiont's spellings of ours.
@@ -102,6 +103,8 @@ class Checker(BlockChecks):
             config["filesystem_access"] = self._filesystem(value_of(got["filesystem"]))
         if "workload" in got:
             config["workload"] = self._workload(value_of(got["workload"]))
+        if "secrets" in got:  # runtime secrets, given to each task as files (docs/secrets.md)
+            config["secrets"] = self._secrets(value_of(got["secrets"]))
         if "memory" in got:
             name = self._ref(value_of(got["memory"]), self.program.blocks, "memory", key=lambda s: ("memory", s))
             if name is not None:
@@ -179,13 +182,25 @@ class Checker(BlockChecks):
             if not isinstance(env, A.Record):
                 self.v._bad(env, 'a record like {LOG_LEVEL: "info"}')
             else:
-                out["env"] = {k: s for k, val in env.fields if (s := self.v.string(val)) is not None}
+                out["env"] = {k: s for k, val in env.fields if (s := self._env_value(val)) is not None}
         if "actions" in got:
             # Opt-in to the action gateway: stdin becomes the reply channel for `@symbi` requests on stderr.
             actions = self.v.boolean(value_of(got["actions"]))
             if actions is not None:
                 out["actions"] = actions
         return out
+
+    def _env_value(self, e: A.Expr) -> str | None:
+        """A string, or a ``vault://`` reference: the variable then holds the secret file's path, not its value."""
+        return self.v.secret(e) if isinstance(e, A.Secret) else self.v.string(e)
+
+    def _secrets(self, e: A.Expr) -> list[str]:
+        if not isinstance(e, A.Array):
+            self.v._bad(e, "a list of secret references like [vault://providers/openai/api_key]")
+            return []
+        refs = [(ref, item) for item in e.items if (ref := self.v.secret(item)) is not None]
+        self._no_duplicates([r for r, _ in refs], [n for _, n in refs], "secret")
+        return [r.removeprefix("vault://") for r, _ in refs]
 
     def _with_blocks(self, agent: A.Agent, config: dict[str, Any]) -> None:
         resources: dict[str, Any] = {}
