@@ -190,6 +190,10 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"external_apis[{i}]", f"{url!r} is not an https:// URL"))
     if config.external_apis and r.network_io_mbps == 0:
         issues.append(ConfigIssue("external_apis", "external APIs are listed but resources.network_io_mbps is 0"))
+    if config.quota.concurrent_tasks < 0:
+        issues.append(ConfigIssue("quota.concurrent_tasks", "must be 0 (unlimited) or more"))
+    if not 0 <= config.quota.cpu_seconds_per_day <= 86_400 * CPU_CORES[1]:
+        issues.append(ConfigIssue("quota.cpu_seconds_per_day", "must be 0 (unlimited) or a number of CPU-seconds"))
     _check_list(issues, "secrets", config.secrets, MAX_SECRETS)
     for i, ref in enumerate(config.secrets):
         if not _secret_name_ok(ref):

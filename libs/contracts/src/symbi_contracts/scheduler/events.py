@@ -103,6 +103,10 @@ class TaskCompleted(Event, frozen=True, tag="task.completed"):
     host_id: str = ""
     exit_code: int | None = None
     detail: str = ""
+    code: str = ""
+    """For a refusal by the scheduler, why: ``quota_exceeded`` (``detail`` names the quota and its use)."""
+    decision: DecisionRecord | None = None
+    """The decision that refused it, if one did."""
 
 
 class TaskCancelled(Event, frozen=True, tag="task.cancelled"):
