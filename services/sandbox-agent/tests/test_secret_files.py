@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
+from symbi_common.crypto import AeadKey
 from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, ensure_secrets_key, load_secrets_key
 from symbi_common.settings import Settings
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
@@ -145,10 +146,17 @@ async def test_allowed_secrets_are_read_only_files_and_in_no_output_event_or_log
     assert_nowhere([out.encode(), err.encode()], "the logs")
 
 
-async def test_a_denied_or_missing_secret_refuses_the_task_with_a_typed_reason(
-    stored_secrets: KvSecretStore, make_store: Any, scheduler: Scheduler, agent_settings: Callable[..., Settings]
+async def test_a_denied_missing_or_unreadable_secret_refuses_the_task_with_a_typed_reason(
+    stored_secrets: KvSecretStore,
+    provisioned: NatsClient,
+    make_store: Any,
+    scheduler: Scheduler,
+    agent_settings: Callable[..., Settings],
 ) -> None:
     await register_policies(make_store, {"baseline": BASELINE.read_text(), "grant": GRANT})
+    # Sealed with a key that is not the runtime's: it must not open, and must not be retried forever.
+    foreign = await KvSecretStore.open(provisioned, AeadKey("aes:foreign", b"\x02" * 32))
+    await foreign.set("providers/openai/api_key", b"planted")
     async with running_agent(embedded(agent_settings)) as agent:
 
         async def refused(**kw: Any) -> ExecutionRefused:
@@ -161,6 +169,7 @@ async def test_a_denied_or_missing_secret_refuses_the_task_with_a_typed_reason(
         baseline_only = await refused(env={"K": "vault://webhooks/github"})
         missing = await refused(secrets=("not/stored",))
         malformed = await refused(secrets=("../etc/passwd",))
+        unreadable = await refused(secrets=("providers/openai/api_key",))
     assert other_agent.code == "secret_denied"
     assert 'Secret::"db/password"' in other_agent.reason
     assert other_agent.decision is not None
@@ -170,6 +179,8 @@ async def test_a_denied_or_missing_secret_refuses_the_task_with_a_typed_reason(
     assert missing.code == "secret_missing"
     assert "symbi secrets set not/stored" in missing.reason
     assert malformed.code == "invalid_workload"
+    assert unreadable.code == "secrets_unavailable"
+    assert "cannot be opened" in unreadable.reason
 
 
 async def test_a_host_without_the_secrets_key_refuses_tasks_that_need_secrets(

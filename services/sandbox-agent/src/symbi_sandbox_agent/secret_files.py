@@ -27,6 +27,7 @@ from symbi_common.decisions import DecisionRecord, DecisionRequest, Deny, Entity
 from symbi_common.errors import InfrastructureError, KeyringError
 from symbi_common.policy.enforcement import SANDBOX_SECRET_FILE
 from symbi_common.policy.hooks import Enforcer, Verdict
+from symbi_common.secret_records import SecretCorrupt
 from symbi_common.secret_source import SecretNotFound
 from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, load_secrets_key
 from symbi_common.service import ServiceRuntime
@@ -125,6 +126,8 @@ async def fetch_secrets(
             raise SecretMissing(
                 f"secret {d.name!r} is not in the secrets store (`symbi secrets set {d.name}`)"
             ) from None
+        except SecretCorrupt as err:  # altered, moved or sealed with another key: refused, not retried as is
+            raise SecretsUnavailable(f"secret {d.name!r} cannot be opened on this host: {err}") from None
         out.append((d, value, version))
     return out
 
