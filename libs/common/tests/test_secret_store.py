@@ -10,6 +10,8 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats
@@ -23,6 +25,8 @@ from symbi_common.secret_records import (
     decode_sealed,
     encode_sealed,
     name_of_bucket_key,
+    open_secret,
+    seal_secret,
 )
 from symbi_common.secret_source import SecretNotFound, SecretSource
 from symbi_common.secret_store import (
@@ -167,6 +171,8 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
     scheduler = await _as(secured, "scheduler")
     try:
         await (await KvSecretStore.open(operator, secrets_key)).set("db/password", VALUE)
+        listed = await (await KvSecretStore.open(operator, secrets_key)).list()
+        assert [(i.name, i.version) for i in listed] == [("db/password", 1)]
         readers = await KvSecretStore.open(agent, secrets_key, timeout=2)
         assert await readers.get("db/password") == VALUE
         # The sandbox-agent reads but cannot write, nor remove.
@@ -189,3 +195,19 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
         for client in (operator, agent, scheduler):
             if not client.is_closed:
                 await client.drain()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.from_regex(r"[a-z0-9][a-z0-9_-]{0,10}(/[a-z0-9][a-z0-9_-]{0,10}){0,3}", fullmatch=True),
+    value=st.binary(min_size=1, max_size=2048),
+    version=st.integers(min_value=1, max_value=2**40),
+)
+def test_sealed_secrets_round_trip_and_never_hold_the_value_in_clear(name: str, value: bytes, version: int) -> None:
+    key = AeadKey("aes:prop", b"\x07" * 32)
+    sealed = seal_secret(key, name, version, value, set_at="2026-12-05T00:00:00Z", set_by="prop")
+    stored = encode_sealed(sealed)
+    assert open_secret(key, decode_sealed(stored)) == value
+    assert name_of_bucket_key(bucket_key(name)) == name
+    if len(value) >= 8:
+        assert value not in stored
