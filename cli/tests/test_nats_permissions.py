@@ -29,7 +29,7 @@ from symbi_common.streams import require_streams
 from symbi_lifecycle.config import AgentConfig
 from symbi_lifecycle.domain import AGENT, Register
 
-ALL_STREAMS = ("EVENTS", "SNAPSHOTS", "AUDIT", "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER")
+ALL_STREAMS = ("EVENTS", "SNAPSHOTS", "AUDIT", "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER", "KV_SECRETS")
 
 
 @pytest.fixture
@@ -189,7 +189,13 @@ async def test_no_service_credential_can_delete_purge_or_reconfigure_streams_or_
             for key in ("agent.a1", "memory.m1", "task.t1"):
                 if user != "audit" and f"evt.{key.split('.')[0]}.>" not in SERVICE_SUBJECTS.get(user, ()):
                     requests.append((f"$KV.DATAKEYS.{key}", b"", purge))
-            for bucket, key, owner in (("HOSTS", "h1", "sandbox-agent"), ("SCHEDULER", "lease", "scheduler")):
+            # A sealed secret (only `symbi secrets`, the operator's credential, writes the SECRETS bucket).
+            owned = (
+                ("HOSTS", "h1", "sandbox-agent"),
+                ("SCHEDULER", "lease", "scheduler"),
+                ("SECRETS", "6462", "operator"),
+            )
+            for bucket, key, owner in owned:
                 if user != owner:
                     requests.append((f"$KV.{bucket}.{key}", b"", purge))
             errors.clear()
