@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats
 from symbi_common.crypto import AeadKey
 from symbi_common.errors import KeyringError, ValidationError
+from symbi_common.follower import Delivery, Follower
 from symbi_common.natsauth import ADMIN, OPERATOR, authorization_config, nats_users, with_credentials
+from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.secret_records import (
     SecretCorrupt,
     bucket_key,
@@ -181,11 +184,33 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
         with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
             await readers.remove("db/password")
         assert await (await KvSecretStore.open(operator, secrets_key)).get("db/password") == VALUE
-        # The audit service reads the sealed entries (metadata; it holds no key).
+        # The audit service reads the sealed entries (metadata; it holds no key), and follows the bucket's stream
+        # as its secret-change recorder does.
         audit = await _as(secured, "audit")
         try:
             kv = await audit.jetstream(timeout=2).key_value(SECRETS_BUCKET)
             assert decode_sealed((await kv.get(bucket_key("db/password"))).value).version == 1
+            seen: list[str] = []
+
+            async def collect(unit: Unit, deliveries: list[Delivery]) -> None:
+                seen.extend(d.subject for d in deliveries)
+
+            follower = Follower(
+                audit.jetstream(timeout=2),
+                service="audit",
+                name="secrets",
+                subjects=(f"$KV.{SECRETS_BUCKET}.>",),
+                stream=f"KV_{SECRETS_BUCKET}",
+                positions=MemoryPositions(),
+                handler=collect,
+            )
+            running = asyncio.create_task(follower.run())
+            try:
+                assert await follower.wait_for(1, timeout=10)
+            finally:
+                await follower.stop()
+                await asyncio.wait_for(running, 10)
+            assert seen == [f"$KV.{SECRETS_BUCKET}.{bucket_key('db/password')}"]
         finally:
             await audit.drain()
         # A service with no need cannot even read the sealed entries.
