@@ -189,3 +189,19 @@ def test_bad_secret_references_are_errors(source: str, message: str) -> None:
     with pytest.raises(DslError) as info:
         compile_agent(source, agent_id="id-1")
     assert message in str(info.value)
+
+
+def test_an_agents_quota_compiles_to_its_config() -> None:
+    import msgspec
+    from symbi_contracts.lifecycle.config import AgentConfig, AgentQuota
+
+    config = compile_agent(
+        'agent batch() {\n  quota = {concurrent_tasks: 2, cpu_seconds_per_day: 3600}\n  workload = {image: "x/y:1"}\n}\n',
+        agent_id="id-1",
+    )
+    assert config["quota"] == {"concurrent_tasks": 2, "cpu_seconds_per_day": 3600.0}
+    assert msgspec.convert(config, AgentConfig).quota == AgentQuota(concurrent_tasks=2, cpu_seconds_per_day=3600.0)
+    with pytest.raises(DslError, match="must be between"):
+        compile_agent("agent b() { quota = {cpu_seconds_per_day: 99999999999} }\n", agent_id="id-1")
+    with pytest.raises(DslError, match="unknown key"):
+        compile_agent("agent b() { quota = {tokens: 5} }\n", agent_id="id-1")

@@ -34,6 +34,7 @@ AGENT_KEYS = (
     "workload",
     "memory",
     "secrets",
+    "quota",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io")
 #: Symbiont's spellings of ours.
@@ -41,6 +42,9 @@ WITH_ALIASES = {"max_memory_mb": "memory", "max_cpu_cores": "cpu"}
 #: Settings Symbiont's agents use that Symbi has no counterpart for (named as not honoured, never a typo).
 SYMBIONT_SETTINGS = ("privacy", "security", "network_policy", "coordination", "requires", "encryption")
 WORKLOAD_KEYS = ("image", "command", "env", "workdir", "actions")
+QUOTA_KEYS = ("concurrent_tasks", "cpu_seconds_per_day")
+#: At most a day of the largest agent's cores (symbi_lifecycle.config applies the same bound).
+MAX_CPU_SECONDS_PER_DAY = 86_400 * CPU_CORES[1]
 
 
 def config_name(name: str) -> str:
@@ -105,6 +109,8 @@ class Checker(BlockChecks):
             config["workload"] = self._workload(value_of(got["workload"]))
         if "secrets" in got:  # runtime secrets, given to each task as files (docs/secrets.md)
             config["secrets"] = self._secrets(value_of(got["secrets"]))
+        if "quota" in got:  # quotas beyond one task (docs/policy.md, "Quotas")
+            config["quota"] = self._quota(value_of(got["quota"]))
         if "memory" in got:
             name = self._ref(value_of(got["memory"]), self.program.blocks, "memory", key=lambda s: ("memory", s))
             if name is not None:
@@ -188,6 +194,23 @@ class Checker(BlockChecks):
             actions = self.v.boolean(value_of(got["actions"]))
             if actions is not None:
                 out["actions"] = actions
+        return out
+
+    def _quota(self, e: A.Expr) -> dict[str, float]:
+        if not isinstance(e, A.Record):
+            self.v._bad(e, "a record like {concurrent_tasks: 2, cpu_seconds_per_day: 3600}")
+            return {}
+        entries = [A.Entry(k, val, span=val.span) for k, val in e.fields]
+        got = keyed_entries(self.rep, entries, QUOTA_KEYS, "quota")
+        out: dict[str, float] = {}
+        if "concurrent_tasks" in got:
+            n = self.v.number(value_of(got["concurrent_tasks"]), (0, 10_000), "tasks")
+            if n is not None:
+                out["concurrent_tasks"] = int(n)
+        if "cpu_seconds_per_day" in got:
+            s = self.v.number(value_of(got["cpu_seconds_per_day"]), (0, MAX_CPU_SECONDS_PER_DAY), "CPU-seconds")
+            if s is not None:
+                out["cpu_seconds_per_day"] = s
         return out
 
     def _env_value(self, e: A.Expr) -> str | None:
