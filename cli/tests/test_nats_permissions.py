@@ -29,7 +29,7 @@ from symbi_common.streams import require_streams
 from symbi_lifecycle.config import AgentConfig
 from symbi_lifecycle.domain import AGENT, Register
 
-ALL_STREAMS = ("EVENTS", "SNAPSHOTS", "AUDIT", "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER")
+ALL_STREAMS = ("EVENTS", "SNAPSHOTS", "AUDIT", "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER", "KV_SECRETS")
 
 
 @pytest.fixture
@@ -189,7 +189,13 @@ async def test_no_service_credential_can_delete_purge_or_reconfigure_streams_or_
             for key in ("agent.a1", "memory.m1", "task.t1"):
                 if user != "audit" and f"evt.{key.split('.')[0]}.>" not in SERVICE_SUBJECTS.get(user, ()):
                     requests.append((f"$KV.DATAKEYS.{key}", b"", purge))
-            for bucket, key, owner in (("HOSTS", "h1", "sandbox-agent"), ("SCHEDULER", "lease", "scheduler")):
+            # A sealed secret (only `symbi secrets`, the operator's credential, writes the SECRETS bucket).
+            owned = (
+                ("HOSTS", "h1", "sandbox-agent"),
+                ("SCHEDULER", "lease", "scheduler"),
+                ("SECRETS", "6462", "operator"),
+            )
+            for bucket, key, owner in owned:
                 if user != owner:
                     requests.append((f"$KV.{bucket}.{key}", b"", purge))
             errors.clear()
@@ -329,13 +335,11 @@ async def test_each_service_is_given_only_its_own_key_directory(runtime: LocalRu
             str(own / "wrap.key"),
             str(own / "root.pub"),
         }
-        assert sorted(p.name for p in own.iterdir()) == [
-            "registry.json",
-            "registry.json.sig",
-            "root.pub",
-            "signing.key",
-            "wrap.key",
-        ]
+        # The sandbox-agent also holds its copy of the secrets key (docs/secrets.md): it hands secrets to sandboxes.
+        secrets_key = ["secrets.key"] if service == "sandbox-agent" else []
+        assert sorted(p.name for p in own.iterdir()) == sorted(
+            ["registry.json", "registry.json.sig", "root.pub", *secrets_key, "signing.key", "wrap.key"]
+        )
         assert not [v for v in env.values() if str(runtime.operator_dir) in v], service
         assert env["SYMBI_NATS_URL"] == runtime.nats_url_for(service)  # its own NATS user, never admin
 

@@ -33,6 +33,7 @@ from symbi_common.keyfiles import (
 )
 from symbi_common.keyring import KeyRegistry
 from symbi_common.registry_document import RegistryChange
+from symbi_common.secret_store import ensure_secrets_key
 
 from symbi_cli.keys_live import PUBLISH_ERRORS, operator_nats_url, publish_keyring, registry_history
 
@@ -68,8 +69,9 @@ class KeyringSummary:
 
 
 def ensure_keyring(keys_dir: Path, operator_dir: Path | None = None) -> list[str]:
-    """Create whatever is missing of the keyring (idempotent); returns what was created."""
-    return init_keyring(keys_dir, operator_dir=operator_dir)
+    """Create whatever is missing of the keyring (idempotent), the secrets key with it; returns what was created."""
+    created = init_keyring(keys_dir, operator_dir=operator_dir)
+    return [*created, *ensure_secrets_key(keys_dir, operator_dir or default_operator_dir(keys_dir))]
 
 
 def _mode(path: Path) -> str:

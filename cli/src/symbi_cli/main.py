@@ -24,6 +24,7 @@ from symbi_cli.nats_cmd import nats_app
 from symbi_cli.run_cmd import run
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import DEFAULT_BASE_PORT, DEFAULT_NATS_PORT, RuntimeOptions, parse_services
+from symbi_cli.secrets_cmd import secrets_app
 from symbi_cli.status_cmd import status
 from symbi_cli.task_cmd import task_app
 from symbi_cli.token_cmd import token_app
@@ -48,6 +49,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(tools_app, name="tools")
 app.add_typer(witness_app, name="witness")
 app.add_typer(bus_app, name="bus")
+app.add_typer(secrets_app, name="secrets")
 app.command("status")(status)
 app.command("run")(run)
 app.command("console")(console)

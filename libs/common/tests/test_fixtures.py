@@ -11,8 +11,8 @@ async def test_nats_fixture_round_trip(nc, js):
     msg = await sub.next_msg(timeout=2)
     assert msg.data == b"world"
     info = await js.account_info()
-    # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, MESSAGES, DEADLETTER, six KV buckets
-    assert info.streams == 13
+    # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, MESSAGES, DEADLETTER, seven KV buckets
+    assert info.streams == 14
 
 
 async def test_database_url_is_fresh(database_url):
@@ -44,6 +44,7 @@ async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_
         "KV_HOSTS",
         "KV_OPERATOR_REVOCATIONS",
         "KV_SCHEDULER",
+        "KV_SECRETS",
         "MESSAGES",
         "REGISTRY",
         "SNAPSHOTS",

@@ -33,9 +33,15 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
         assert subscribe_allow(service)[:2] == [f"cmd.{service}.>", "_INBOX.>"]
         # Beyond: only the sandbox-agent, the replies to its agents' requests and the bus's advisories.
         assert not subscribe_allow(service)[2:] or service == "sandbox-agent"
-    # The operator writes no events or data keys; only revocations of operator tokens (`symbi token revoke`).
+    # The operator writes no events or data keys; only revocations of operator tokens (`symbi token revoke`)
+    # and sealed secrets (`symbi secrets`), which no service may write.
     assert not [p for p in publish_allow(OPERATOR) if p.startswith(("evt.", "snap."))]
-    assert [p for p in publish_allow(OPERATOR) if p.startswith("$KV.")] == ["$KV.OPERATOR_REVOCATIONS.>"]
+    assert [p for p in publish_allow(OPERATOR) if p.startswith("$KV.")] == [
+        "$KV.OPERATOR_REVOCATIONS.>",
+        "$KV.SECRETS.>",
+    ]
+    for service in SERVICE_SUBJECTS:
+        assert not [p for p in publish_allow(service) if p.startswith(("$KV.SECRETS.", "$KV.>"))]
     # Nor any command: the CLI sends none over NATS.
     assert not [p for p in publish_allow(OPERATOR) if p.startswith(("cmd.", ">"))]
 

@@ -40,6 +40,7 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
             "KV_HOSTS",
             "KV_SCHEDULER",
             "KV_OPERATOR_REVOCATIONS",
+            "KV_SECRETS",  # the secrets store (symbi_common.secret_store)
             "REGISTRY",
             "MESSAGES",  # the bus between agents (symbi_common.bus_streams)
             "DEADLETTER",

@@ -38,7 +38,7 @@ WRITTEN_WITH: dict[str, EventCodec] = {  # type: ignore[type-arg]
     "evt.policy.decisions.<source>": DECISION_LOG_CODEC,
     "evt.memory.<owner>": MEMORY.codec,
     "evt.knowledge.<kb_id>": KNOWLEDGE.codec,
-    "evt.audit.<erasure_id>": AUDIT_CODEC,
+    "evt.audit.<record_id>": AUDIT_CODEC,
 }
 EVENT_SUBJECTS = [s for s in CATALOGUE if s.kind == "events"]
 

@@ -157,3 +157,51 @@ def test_a_policy_used_twice_is_an_error() -> None:
     with pytest.raises(DslError) as info:
         check("policy p { deny: tool.invoke }\nagent a() {\n  policies = [p, p]\n}\n")
     assert [(d.code, d.line) for d in info.value.diagnostics] == [("duplicate", 3)]
+
+
+def test_secrets_and_vault_env_values_compile_to_names_never_values() -> None:
+    import msgspec
+    from symbi_contracts.lifecycle.config import AgentConfig
+
+    config = compile_agent(
+        """agent caller() {
+  secrets = [vault://providers/openai/api_key]
+  workload = {image: "symbi/x:1", env: {DB_PASSWORD_FILE: vault://db/password, MODE: "fast"}}
+}
+""",
+        agent_id="id-1",
+    )
+    assert config["secrets"] == ["providers/openai/api_key"]
+    assert config["workload"]["env"] == {"DB_PASSWORD_FILE": "vault://db/password", "MODE": "fast"}
+    assert msgspec.convert(config, AgentConfig).secrets == ("providers/openai/api_key",)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ('agent a() { secrets = ["providers/key"] }\n', "expected a secret reference"),
+        ("agent a() { secrets = [vault://Upper/Case] }\n", "names no secret the store can hold"),
+        ("agent a() { secrets = [vault://a/b, vault://a/b] }\n", "listed twice"),
+        ("agent a() { secrets = vault://a/b }\n", "a list of secret references"),
+    ],
+)
+def test_bad_secret_references_are_errors(source: str, message: str) -> None:
+    with pytest.raises(DslError) as info:
+        compile_agent(source, agent_id="id-1")
+    assert message in str(info.value)
+
+
+def test_an_agents_quota_compiles_to_its_config() -> None:
+    import msgspec
+    from symbi_contracts.lifecycle.config import AgentConfig, AgentQuota
+
+    config = compile_agent(
+        'agent batch() {\n  quota = {concurrent_tasks: 2, cpu_seconds_per_day: 3600}\n  workload = {image: "x/y:1"}\n}\n',
+        agent_id="id-1",
+    )
+    assert config["quota"] == {"concurrent_tasks": 2, "cpu_seconds_per_day": 3600.0}
+    assert msgspec.convert(config, AgentConfig).quota == AgentQuota(concurrent_tasks=2, cpu_seconds_per_day=3600.0)
+    with pytest.raises(DslError, match="must be between"):
+        compile_agent("agent b() { quota = {cpu_seconds_per_day: 99999999999} }\n", agent_id="id-1")
+    with pytest.raises(DslError, match="unknown key"):
+        compile_agent("agent b() { quota = {tokens: 5} }\n", agent_id="id-1")

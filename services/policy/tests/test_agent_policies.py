@@ -145,3 +145,20 @@ async def test_a_suspended_agent_reconfigured_gets_its_new_policies_and_a_replay
             denied = await service.decide(tool_request("changed-1", "fetch"))
             assert isinstance(denied, Deny)
             assert denied.reason == "this agent never fetches"
+
+
+@pytest.mark.parametrize(
+    "cedar",
+    [
+        'permit(principal, action == Action::"secret.read", resource);',
+        'permit(principal, action in [Action::"tool.invoke", Action::"secret.read"], resource);',
+        "permit(principal, action, resource);",
+    ],
+)
+def test_an_agent_may_not_grant_itself_a_secret(cedar: str) -> None:
+    with pytest.raises(PolicyRejected, match="cannot grant secrets"):
+        agent_policy_text("a1", (PolicySpec(name="grab-secrets", cedar=cedar),))
+    # Forbidding itself a secret is fine, and so is permitting a named action.
+    forbid = PolicySpec(name="no-secrets", cedar='forbid(principal, action == Action::"secret.read", resource);')
+    tools = PolicySpec(name="tools", cedar='permit(principal, action == Action::"tool.invoke", resource);')
+    assert "secret.read" in agent_policy_text("a1", (forbid, tools))

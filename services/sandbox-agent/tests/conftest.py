@@ -138,6 +138,8 @@ class Scheduler:
         image: str = IMAGE,
         filesystem_access: tuple[PathAccess, ...] = (),
         workload: Workload | None = None,
+        secrets: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> str:
         """Submit and assign a task; ``workload`` (e.g. an agent's compiled one) replaces the one made of
         ``image``, ``command`` and ``actions``."""
@@ -155,7 +157,7 @@ class Scheduler:
                 )
             )
         workload = workload or Workload(
-            image=image, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions
+            image=image, command=tuple(command), env=env or {"GREETING": "hi"}, workdir="/", actions=actions
         )
         events.append(
             TaskAssigned(
@@ -167,6 +169,7 @@ class Scheduler:
                 limits=lim or limits(),
                 network_access=tuple(network_access or ()),
                 filesystem_access=filesystem_access,
+                secrets=secrets,
                 attempt=attempt,
                 decision=decision,
             )

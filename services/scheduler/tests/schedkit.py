@@ -48,6 +48,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     Limits,
     OutputDigest,
+    Usage,
 )
 from symbi_contracts.scheduler.events import CODEC, TaskAssigned, TaskSubmitted
 from symbi_scheduler.work import ensure_work_stream
@@ -213,6 +214,7 @@ class FakeHost:
         refuse: bool = False,
         work: Callable[[bytes], bytes] = bytes.upper,
         allow_actions: bool = True,
+        cpu_seconds: float = 0.0,
     ) -> None:
         self.host_id = host_id
         self.nc = nc
@@ -226,6 +228,8 @@ class FakeHost:
         self.refuse = refuse
         self.work = work
         self.allow_actions = allow_actions
+        #: The CPU-seconds each task's terminal event reports as used.
+        self.cpu_seconds = cpu_seconds
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
         self.started: list[tuple[str, int]] = []
@@ -357,7 +361,9 @@ class FakeHost:
         out = self.work(execution.input)
         await self.append(task_id, ExecutionOutput(attempt=execution.attempt, stream="stdout", offset=0, data=out))
         digest = OutputDigest(stdout_bytes=len(out), stdout_sha256=hashlib.sha256(out).hexdigest())
-        await self.append(task_id, ExecutionExited(attempt=execution.attempt, exit_code=exit_code, output=digest))
+        usage = Usage(cpu_seconds=self.cpu_seconds)
+        exited = ExecutionExited(attempt=execution.attempt, exit_code=exit_code, output=digest, usage=usage)
+        await self.append(task_id, exited)
         execution.done.set()
 
     async def request_action(self, task_id: str, action: str = "memory.write", resource: str = "notes") -> bool:

@@ -40,6 +40,7 @@ ACTIONS: tuple[str, ...] = (
     "memory.read",  # context: read memories / knowledge (resource: Memory)
     "memory.write",
     "model.invoke",  # model gateway: call a model (resource: Model "provider/model"; context: budget)
+    "secret.read",  # sandbox-agent: give a runtime secret to a task's sandbox (resource: Secret)
 )
 
 

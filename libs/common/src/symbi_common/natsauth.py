@@ -29,8 +29,9 @@ _API = "$JS.API"
 #: Streams (and ``KV_<bucket>`` streams) each service reads, beyond EVENTS, SNAPSHOTS and KV_DATAKEYS.
 _EXTRA_READS: Mapping[str, tuple[str, ...]] = {
     "scheduler": ("WORK", "KV_HOSTS", "KV_SCHEDULER"),
-    "sandbox-agent": ("WORK", "KV_HOSTS", "MESSAGES", "KV_AGENT_KEYS", "KV_BUS_DELIVERED"),
-    "audit": ("AUDIT",),
+    "sandbox-agent": ("WORK", "KV_HOSTS", "MESSAGES", "KV_AGENT_KEYS", "KV_BUS_DELIVERED", "KV_SECRETS"),
+    # The audit service records every change of the secrets store (metadata only: it holds no secrets key).
+    "audit": ("AUDIT", "KV_SECRETS"),
 }
 _COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS", "REGISTRY")
 
@@ -136,6 +137,7 @@ def streams_read_by(service: str) -> tuple[str, ...]:
             "REGISTRY",
             "MESSAGES",
             "DEADLETTER",
+            "KV_SECRETS",
         )
     return (*_COMMON_READS, *_EXTRA_READS.get(service, ()))
 
@@ -159,8 +161,16 @@ def publish_allow(service: str) -> list[str]:
         api.extend(x for x in stream_read_api(stream) if x not in api)
     common = [*api, "$JS.FC.>", "_INBOX.>"]
     if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), the CLI's commands, and the
-        # root-signed key registry versions (`symbi keys`; services only read them, and verify each)
-        return [*common, "$KV.OPERATOR_REVOCATIONS.>", *OPERATOR_COMMANDS, "registry.version", *_OPERATOR_BUS]
+        # root-signed key registry versions (`symbi keys`; services only read them, and verify each), and the
+        # sealed secrets of `symbi secrets` (no service may write them)
+        return [
+            *common,
+            "$KV.OPERATOR_REVOCATIONS.>",
+            "$KV.SECRETS.>",
+            *OPERATOR_COMMANDS,
+            "registry.version",
+            *_OPERATOR_BUS,
+        ]
     commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
     return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
 

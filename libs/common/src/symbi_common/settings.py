@@ -147,6 +147,13 @@ class PolicySettings(_Section):
     what_if_limit: int = 10_000
 
 
+class TenantQuotaSettings(_Section):
+    """One tenant's quotas (``[scheduler.tenant_quotas.<tenant>]``); 0 is unlimited (docs/policy.md, "Quotas")."""
+
+    concurrent_tasks: int = 0
+    cpu_seconds_per_day: float = 0.0
+
+
 class SchedulerSettings(_Section):
     """Task placement (owned by the scheduler's code)."""
 
@@ -166,6 +173,8 @@ class SchedulerSettings(_Section):
     tick_s: float = 0.5
     #: This replica's name in the lease; empty means ``<hostname>-<pid>``.
     replica_id: str = ""
+    #: Quotas per tenant (an agent's ``tenant``); a tenant not listed has none.
+    tenant_quotas: dict[str, TenantQuotaSettings] = msgspec.field(default_factory=dict)
 
 
 class DataRootSettings(_Section):

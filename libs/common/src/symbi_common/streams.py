@@ -41,6 +41,9 @@ HOSTS_BUCKET = "HOSTS"
 SCHEDULER_BUCKET = "SCHEDULER"
 #: Revoked operator tokens (written by the operator's `symbi token revoke`, read by every service).
 OPERATOR_REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
+#: Sealed runtime secrets (written by the operator's `symbi secrets`, read by the sandbox-agent; docs/secrets.md).
+#: One version per name: a replaced value is gone, not history.
+SECRETS_BUCKET = "SECRETS"
 #: What every service needs before it starts.
 REQUIRED_STREAMS = (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET, REGISTRY_STREAM)
 
@@ -136,6 +139,7 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=DATAKEYS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=OPERATOR_REVOCATIONS_BUCKET, history=1, replicas=s.replicas),
+        KeyValueConfig(bucket=SECRETS_BUCKET, history=1, replicas=s.replicas, direct=True),
         KeyValueConfig(
             bucket=SCHEDULER_BUCKET, history=1, ttl=s.lease_ttl_s, storage=StorageType.FILE, replicas=s.replicas
         ),

@@ -184,11 +184,11 @@ CATALOGUE: tuple[Subject, ...] = (
     ),
     Subject(
         "events",
-        "evt.audit.<erasure_id>",
+        "evt.audit.<record_id>",
         AUDIT,
         (CLI,),
-        "crypto-shredding: erasure requested, executed",
-        _v1("audit.erasure_requested", "audit.erasure_executed"),
+        "crypto-shredding (erasure requested, executed); each change of the secrets store, never its value",
+        _v1("audit.erasure_requested", "audit.erasure_executed", "audit.secret_changed"),
     ),
     # --- other streams and buckets ------------------------------------------------------------------
     Subject("work", "work.<host_id>", SCHEDULER, (SANDBOX_AGENT,), "a work item {task_id, attempt} for one host"),

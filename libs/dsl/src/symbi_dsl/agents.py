@@ -35,6 +35,8 @@ AGENT_KEYS = (
     "workload",
     "memory",
     "budget",
+    "secrets",
+    "quota",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io", "steps")
 #: Symbiont's spellings of ours.
@@ -44,6 +46,9 @@ SYMBIONT_SETTINGS = ("privacy", "security", "network_policy", "coordination", "r
 WORKLOAD_KEYS = ("image", "command", "env", "workdir", "actions")
 #: An agent's model budget per day (docs/models.md): tokens, and money in US dollars (stored in micro-dollars).
 BUDGET_KEYS = ("tokens_per_day", "usd_per_day")
+QUOTA_KEYS = ("concurrent_tasks", "cpu_seconds_per_day")
+#: At most a day of the largest agent's cores (symbi_lifecycle.config applies the same bound).
+MAX_CPU_SECONDS_PER_DAY = 86_400 * CPU_CORES[1]
 
 
 def config_name(name: str) -> str:
@@ -108,6 +113,10 @@ class Checker(BlockChecks):
             config["workload"] = self._workload(value_of(got["workload"]))
         if "budget" in got:
             config["budget"] = self._budget(value_of(got["budget"]))
+        if "secrets" in got:  # runtime secrets, given to each task as files (docs/secrets.md)
+            config["secrets"] = self._secrets(value_of(got["secrets"]))
+        if "quota" in got:  # quotas beyond one task (docs/policy.md, "Quotas")
+            config["quota"] = self._quota(value_of(got["quota"]))
         if "memory" in got:
             name = self._ref(value_of(got["memory"]), self.program.blocks, "memory", key=lambda s: ("memory", s))
             if name is not None:
@@ -189,7 +198,7 @@ class Checker(BlockChecks):
             if not isinstance(env, A.Record):
                 self.v._bad(env, 'a record like {LOG_LEVEL: "info"}')
             else:
-                out["env"] = {k: s for k, val in env.fields if (s := self.v.string(val)) is not None}
+                out["env"] = {k: s for k, val in env.fields if (s := self._env_value(val)) is not None}
         if "actions" in got:
             # Opt-in to the action gateway: stdin becomes the reply channel for `@symbi` requests on stderr.
             actions = self.v.boolean(value_of(got["actions"]))
@@ -213,6 +222,35 @@ class Checker(BlockChecks):
             if usd is not None:
                 out["micro_usd_per_day"] = round(usd * 1_000_000)
         return out
+
+    def _quota(self, e: A.Expr) -> dict[str, float]:
+        if not isinstance(e, A.Record):
+            self.v._bad(e, "a record like {concurrent_tasks: 2, cpu_seconds_per_day: 3600}")
+            return {}
+        entries = [A.Entry(k, val, span=val.span) for k, val in e.fields]
+        got = keyed_entries(self.rep, entries, QUOTA_KEYS, "quota")
+        out: dict[str, float] = {}
+        if "concurrent_tasks" in got:
+            n = self.v.number(value_of(got["concurrent_tasks"]), (0, 10_000), "tasks")
+            if n is not None:
+                out["concurrent_tasks"] = int(n)
+        if "cpu_seconds_per_day" in got:
+            s = self.v.number(value_of(got["cpu_seconds_per_day"]), (0, MAX_CPU_SECONDS_PER_DAY), "CPU-seconds")
+            if s is not None:
+                out["cpu_seconds_per_day"] = s
+        return out
+
+    def _env_value(self, e: A.Expr) -> str | None:
+        """A string, or a ``vault://`` reference: the variable then holds the secret file's path, not its value."""
+        return self.v.secret(e) if isinstance(e, A.Secret) else self.v.string(e)
+
+    def _secrets(self, e: A.Expr) -> list[str]:
+        if not isinstance(e, A.Array):
+            self.v._bad(e, "a list of secret references like [vault://providers/openai/api_key]")
+            return []
+        refs = [(ref, item) for item in e.items if (ref := self.v.secret(item)) is not None]
+        self._no_duplicates([r for r, _ in refs], [n for _, n in refs], "secret")
+        return [r.removeprefix("vault://") for r, _ in refs]
 
     def _with_blocks(self, agent: A.Agent, config: dict[str, Any]) -> None:
         resources: dict[str, Any] = {}

@@ -11,6 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from symbi_common.errors import ValidationError
+from symbi_common.secret_records import check_name
+
 from symbi_dsl import ast as A
 from symbi_dsl.cedar import dotted
 from symbi_dsl.diagnostics import Reporter
@@ -99,7 +102,14 @@ class Values:
         return out
 
     def secret(self, e: A.Expr) -> str | None:
+        """A ``vault://`` reference, its path a name the secrets store can hold (docs/secrets.md)."""
         if isinstance(e, A.Secret):
+            try:
+                check_name(e.path)
+            except ValidationError:
+                hint = "lower-case segments of letters, digits, '_', '-', '.' joined by '/'"
+                self.rep.error("value", f"vault://{e.path} names no secret the store can hold", e.span, hint)
+                return None
             return f"vault://{e.path}"
         self._bad(e, "a secret reference like vault://path/to/secret", "secrets are never written as plain values")
         return None

@@ -17,6 +17,7 @@ from symbi_common.errors import ValidationError
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.sealing import NEW_AGGREGATE, new_event_id
+from symbi_contracts.secrets.events import SecretChanged
 
 AGGREGATE_TYPE = "audit"
 _AGGREGATE_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+$")
@@ -34,8 +35,9 @@ class ErasureExecuted(Event, frozen=True, tag="audit.erasure_executed"):
     data_key: str
 
 
-AuditEvent = ErasureRequested | ErasureExecuted
-CODEC: EventCodec[AuditEvent] = EventCodec([ErasureRequested, ErasureExecuted])
+#: The audit aggregate's events: erasures, and each change of the secrets store (:mod:`symbi_audit.secret_changes`).
+AuditEvent = ErasureRequested | ErasureExecuted | SecretChanged
+CODEC: EventCodec[AuditEvent] = EventCodec([ErasureRequested, ErasureExecuted, SecretChanged])
 
 
 class EraseRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 from symbi_common.errors import ConfigError
 from symbi_common.key_material import load_signer
+from symbi_common.positions import PgPositions
 from symbi_common.service import ServiceRuntime
 from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
@@ -24,6 +25,7 @@ from symbi_audit.guard import LogGuard
 from symbi_audit.live import LiveFeed
 from symbi_audit.queries import DetailReader
 from symbi_audit.runner import VerifierRunner
+from symbi_audit.secret_changes import SecretChangeRecorder
 from symbi_audit.store import AuditStore
 from symbi_audit.witnesses import WitnessPool
 
@@ -86,6 +88,11 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.audit_guard = guard
         rt.spawn(runner.run(), "audit:verifier")
         rt.spawn(_guard_loop(guard, settings.audit.guard_interval_s), "audit:guard")
+        secrets = SecretChangeRecorder(rt.js, rt.store, PgPositions(rt.pool, "audit_secret_changes"))
+        await secrets.setup()
+        app.state.audit_secret_changes = secrets
+        rt.spawn(secrets.run(), "audit:secret-changes")
+        rt.add_health_check("secret_changes", lambda: secrets.follower.halted is None)
         rt.add_health_check("verifier", runner.ready.is_set)
         rt.add_health_check("log_intact", lambda: guard.intact)
         rt.add_health_check("log_checked", lambda: guard.checked)

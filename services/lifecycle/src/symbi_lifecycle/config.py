@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from symbi_common.errors import BadRequest
+from symbi_common.errors import BadRequest, ValidationError
+from symbi_common.secret_records import check_name
+from symbi_common.secret_source import VAULT_SCHEME
 from symbi_contracts.lifecycle.config import (
     CPU_CORES,
     DISK_IO_MBPS,
@@ -60,6 +62,7 @@ _IMAGE_RE = re.compile(
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_COMMAND_ARGS = 256
 MAX_ENV = 128
+MAX_SECRETS = 64
 _API_RE = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[^\s]*)?$")
 
 
@@ -187,6 +190,14 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"external_apis[{i}]", f"{url!r} is not an https:// URL"))
     if config.external_apis and r.network_io_mbps == 0:
         issues.append(ConfigIssue("external_apis", "external APIs are listed but resources.network_io_mbps is 0"))
+    if config.quota.concurrent_tasks < 0:
+        issues.append(ConfigIssue("quota.concurrent_tasks", "must be 0 (unlimited) or more"))
+    if not 0 <= config.quota.cpu_seconds_per_day <= 86_400 * CPU_CORES[1]:
+        issues.append(ConfigIssue("quota.cpu_seconds_per_day", "must be 0 (unlimited) or a number of CPU-seconds"))
+    _check_list(issues, "secrets", config.secrets, MAX_SECRETS)
+    for i, ref in enumerate(config.secrets):
+        if not _secret_name_ok(ref):
+            issues.append(ConfigIssue(f"secrets[{i}]", f"{ref!r} is not a secret name like providers/openai/api_key"))
     if config.workload is not None:
         _validate_workload(issues, config.workload)
     if config.memory is not None:
@@ -240,6 +251,14 @@ def _validate_policies(issues: list[ConfigIssue], policies: tuple[PolicySpec, ..
             issues.append(ConfigIssue(f"policies[{i}].cedar", f"is not valid Cedar: {err}"))
 
 
+def _secret_name_ok(ref: str) -> bool:
+    try:
+        check_name(ref)
+    except ValidationError:
+        return False
+    return True
+
+
 def _validate_workload(issues: list[ConfigIssue], w: Workload) -> None:
     if not _IMAGE_RE.match(w.image) or len(w.image) > 255:
         issues.append(ConfigIssue("workload.image", f"{w.image!r} is not an image reference like 'symbi/busybox:1'"))
@@ -255,5 +274,7 @@ def _validate_workload(issues: list[ConfigIssue], w: Workload) -> None:
             issues.append(ConfigIssue(f"workload.env.{key}", "is not an environment variable name"))
         elif "\x00" in value or len(value) > 4096:
             issues.append(ConfigIssue(f"workload.env.{key}", "must be at most 4096 characters without NUL"))
+        elif value.startswith(VAULT_SCHEME) and not _secret_name_ok(value):
+            issues.append(ConfigIssue(f"workload.env.{key}", f"{value!r} is not a secret reference (docs/secrets.md)"))
     if not w.workdir.startswith("/") or "/../" in f"{w.workdir}/" or "\x00" in w.workdir:
         issues.append(ConfigIssue("workload.workdir", "must be an absolute path without '..'"))

@@ -7,7 +7,8 @@ event. When the agent becomes Ready (``agent.ready``) the policy service registe
 
 An agent's policies speak for that agent only: a policy whose principal is unconstrained is scoped to
 ``principal == Agent::"<agent_id>"``, and one that names any other principal is refused — a definition
-must not grant (or take away) anything of another agent's.
+must not grant (or take away) anything of another agent's. Nor may it permit itself ``secret.read`` (or
+every action): secrets are granted by the operator's policy sets (docs/secrets.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def agent_policy_text(agent_id: str, specs: Sequence[PolicySpec]) -> str:
             raise PolicyRejected(f"policy {spec.name!r} is a template; templates are not supported", policy=spec.name)
         for n, policy in enumerate(policies):
             policy["principal"] = _scoped(agent_id, spec.name, policy.get("principal") or {"op": "All"})
+            _no_secret_grant(spec.name, policy)
             annotations = policy.setdefault("annotations", {})
             if not annotations.get("id"):
                 annotations["id"] = spec.name if len(policies) == 1 else f"{spec.name}#{n}"
@@ -49,6 +51,22 @@ def agent_policy_text(agent_id: str, specs: Sequence[PolicySpec]) -> str:
         json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
     )
     return text
+
+
+def _no_secret_grant(name: str, policy: dict[str, Any]) -> None:
+    """An agent's own policy may not permit ``secret.read``: secrets are granted by the operator (docs/secrets.md).
+
+    Otherwise whoever may register an agent could give it any secret of the store."""
+    if policy.get("effect") != "permit":
+        return
+    action = policy.get("action") or {"op": "All"}
+    ids = [action.get("entity", {})] if action.get("op") == "==" else list(action.get("entities") or [])
+    if action.get("op") == "All" or any(e.get("id") == "secret.read" for e in ids):
+        raise PolicyRejected(
+            f"policy {name!r} permits secret.read (or every action): an agent's own policies cannot grant "
+            "secrets; the operator grants them in a policy set of its own (docs/secrets.md)",
+            policy=name,
+        )
 
 
 def _scoped(agent_id: str, name: str, principal: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,13 @@ from symbi_common.errors import InfrastructureError
 from symbi_common.policy.enforcement import SANDBOX_START
 from symbi_common.policy.hooks import Enforcer, resources_context
 from symbi_common.service import ServiceRuntime
-from symbi_contracts.sandbox_agent.errors import ExecutionStateError, InvalidWorkload, SandboxRefused, UnknownExecution
+from symbi_contracts.sandbox_agent.errors import (
+    ExecutionStateError,
+    InvalidWorkload,
+    SandboxRefused,
+    SecretsUnavailable,
+    UnknownExecution,
+)
 from symbi_contracts.sandbox_agent.events import (
     ExecutionAction,
     ExecutionEvent,
@@ -37,6 +43,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionRefused,
     ExecutionResumed,
     ExecutionStarted,
+    SecretFileRecord,
 )
 
 from symbi_sandbox_agent.data_roots import resolve
@@ -47,6 +54,15 @@ from symbi_sandbox_agent.mounts import MountDenied, MountUndecided, decide_mount
 from symbi_sandbox_agent.recorder import ExecutionRecorder
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import SandboxEngine, Threads
+from symbi_sandbox_agent.secret_files import (
+    SecretUndecided,
+    VersionedSecrets,
+    decide_secrets,
+    fetch_secrets,
+    remove_secret_files,
+    secrets_dir,
+    write_secret_files,
+)
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
@@ -96,6 +112,8 @@ class SandboxService:
         self.tools: ToolService | None = None
         #: The model gateway (``models.*`` of the protocol, and ``models.symbi.internal``); None: no providers.
         self.models: ModelGateway | None = None
+        #: The secrets store the tasks' secret files are read from (docs/secrets.md); None: no secrets here.
+        self.secrets: VersionedSecrets | None = None
         self.supervisor = Supervisor(rt, engine, threads, self.recorder, self.running, work_dir, controls=self)
 
     # --- work -----------------------------------------------------------------------------------
@@ -158,6 +176,13 @@ class SandboxService:
             await self._refuse(item, err.code, str(err), err.decision, spec.tier)
             return True
         spec = replace(spec, data_mounts=tuple(m.mount for m in mounts))
+        try:  # each secret is a decision of its own (enforcement point sandbox-agent.secret_file)
+            spec, secret_files = await self._secret_files(spec, task.agent_id, enforcer)
+        except SecretUndecided as exc:
+            raise InfrastructureError(f"task {task_id}: {exc}") from None
+        except SandboxRefused as err:
+            await self._refuse(item, err.code, str(err), getattr(err, "decision", None), spec.tier)
+            return True
         run = Running(spec, task.agent_id)
         self.running[task_id] = run
         try:
@@ -179,16 +204,35 @@ class SandboxService:
                     risk_factors=dict(assigned.risk_factors),
                     started_at=run.started_at,
                     data_mounts=tuple(m.record() for m in mounts),
+                    secret_files=tuple(secret_files),
                 ),
             )
         except BaseException:
             self.running.pop(task_id, None)
+            remove_secret_files(spec.secrets_dir)
             raise
         if not recs:
             self.running.pop(task_id, None)
+            remove_secret_files(spec.secrets_dir)
             return True
         self.rt.spawn(self.supervisor.run(run, task.input), f"sandbox:{task_id}")
         return True
+
+    async def _secret_files(
+        self, spec: SandboxSpec, agent_id: str, enforcer: Enforcer
+    ) -> tuple[SandboxSpec, list[SecretFileRecord]]:
+        """The task's secrets decided, read and written to tmpfs: the spec with their directory, and the records."""
+        if not spec.secrets:
+            return spec, []
+        decided = await decide_secrets(enforcer, agent_id, spec.secrets)
+        values = await fetch_secrets(self.secrets, decided)
+        if not self.defaults.secrets_root:
+            raise SecretsUnavailable("this host has no secrets directory ([sandbox] secrets on tmpfs) configured")
+        directory = secrets_dir(self.defaults.secrets_root, self.host_id, spec.name)
+        remove_secret_files(directory)  # a previous attempt's leftovers, if its clean-up did not run
+        records = await self.threads(write_secret_files, directory, values, spec.owner, self.defaults.secrets_root)
+        log.info("secret files written", task_id=spec.task_id, secrets=[f"{r.name} v{r.version}" for r in records])
+        return replace(spec, secrets_dir=directory), records
 
     def _decision_request(self, task: TaskView, spec: SandboxSpec) -> DecisionRequest:
         """``Agent::"<agent>"`` may ``sandbox.start`` ``Task::"<id>"``, in the policy schema's vocabulary."""

@@ -57,7 +57,7 @@ def work_root(s: SandboxSettings) -> str:
 
 def data_roots(s: SandboxSettings) -> dict[str, DataRoot]:
     """The data roots agents may be granted (docs/grants.md), each checked: a bad one stops start-up."""
-    return load_roots(s.data_roots, own=(work_root(s), channel_root()))
+    return load_roots(s.data_roots, own=(work_root(s), channel_root(), secrets_root()))
 
 
 def sandbox_defaults(s: SandboxSettings) -> SandboxDefaults:
@@ -68,7 +68,17 @@ def sandbox_defaults(s: SandboxSettings) -> SandboxDefaults:
         pids_limit=s.pids_limit,
         user=s.user,
         channel_root=channel_root(),
+        secrets_root=secrets_root(),
     )
+
+
+def secrets_root() -> str:
+    """Where this host's sandbox secret files go: ``/dev/shm`` (tmpfs), so a value never reaches a disk.
+
+    ``/dev/shm`` is shared: :func:`~symbi_sandbox_agent.secret_files.write_secret_files` refuses a root that is a
+    link, is not ours or others may write."""
+    uid = os.geteuid()
+    return "/dev/shm/symbi-secrets" if uid == 0 else f"/dev/shm/symbi-secrets-{uid}"  # noqa: S108 - checked
 
 
 def channel_root() -> str:

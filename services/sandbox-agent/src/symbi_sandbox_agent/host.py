@@ -43,6 +43,7 @@ from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate,
 from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
+from symbi_sandbox_agent.secret_files import host_secrets, open_secrets
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
 from symbi_sandbox_agent.tasks import TASK_CODEC
@@ -63,7 +64,7 @@ class SandboxHost:
         self, runtime: ServiceRuntime, settings: SandboxSettings, host_id: str, secrets: SecretSource | None = None
     ) -> None:
         self.rt = runtime
-        #: Where provider credentials are read from (the secrets store); None: no provider may name one.
+        #: Where provider credentials are read from (default: the secrets store); None: no provider may name one.
         self.secrets = secrets
         self.settings = settings
         self.host_id = host_id
@@ -100,6 +101,10 @@ class SandboxHost:
             self.data_roots,
         )
         self.service.tools = tool_service(self.rt, self.settings)
+        store = await open_secrets(self.rt)
+        self.service.secrets = store
+        # Provider credentials come from the same store unless one was given (tests give their own).
+        self.secrets = self.secrets or store
         self.service.models = model_gateway(self.rt, self.rt.settings.models, self.secrets)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         await self._ensure_jetstream()
@@ -165,6 +170,8 @@ class SandboxHost:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.defaults.channel_root:  # channel directories of sandboxes that ran before a crash
             shutil.rmtree(host_channels(self.defaults.channel_root, self.host_id), ignore_errors=True)
+        if self.defaults.secrets_root:  # and their secret files
+            shutil.rmtree(host_secrets(self.defaults.secrets_root, self.host_id), ignore_errors=True)
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")
         event = HostReconciled(
             removed_containers=tuple(c.name for c in containers),

@@ -11,6 +11,8 @@ host directory holding the Unix socket its gateway serves) mounted at ``/symbi/r
 the ``runsc-uds`` runtime (runsc with ``--host-uds=open``), and without it the run keeps stdio as its channel.
 The agent's filesystem grants, checked and decided (:mod:`.grants`, :mod:`.mounts`), are bind mounts at
 ``/symbi/data/<root>/…``, read-only unless granted write (Docker's ``ReadOnly``, honoured by runc and gVisor).
+The secrets policy allowed (:mod:`.secret_refs`, :mod:`.secret_files`) are files in a host tmpfs directory
+bound read-only at ``/symbi/secrets``; a ``vault://`` environment value becomes the file's path.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
 
 from symbi_sandbox_agent.grants import DataMount
+from symbi_sandbox_agent.secret_refs import SECRETS_MOUNT, env_with_secret_paths, requested_secrets
 from symbi_sandbox_agent.tasks import TaskView
 
 RUNTIMES: dict[Tier, str] = {"tier1": "runc", "tier2": "runsc"}
@@ -74,6 +77,8 @@ class SandboxDefaults:
     user: str = "65534:65534"
     #: Where the channel directories of this host's sandboxes are made; empty: no socket, stdio only.
     channel_root: str = ""
+    #: The tmpfs directory the secret files of this host's sandboxes are written under (docs/secrets.md).
+    secrets_root: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,9 @@ class SandboxSpec:
     channel_dir: str = ""
     #: The agent's filesystem grants, checked and decided, in mounting order.
     data_mounts: tuple[DataMount, ...] = ()
+    #: The secrets the task asks for (names), and the host tmpfs directory holding their files once decided.
+    secrets: tuple[str, ...] = ()
+    secrets_dir: str = ""
 
     @property
     def runtime(self) -> str:
@@ -132,6 +140,7 @@ class SandboxSpec:
             "blkio_device": self.blkio_device or "",
             "actions": _channel_summary(self.actions, self.channel_dir),
             "data": ", ".join(f"{m.target} {'ro' if m.read_only else 'rw'}" for m in self.data_mounts) or "none",
+            "secrets": f"{SECRETS_MOUNT} ro tmpfs, {len(self.secrets)} file(s)" if self.secrets_dir else "none",
         }
 
     def create_kwargs(self, input_file: str) -> dict[str, Any]:
@@ -141,6 +150,8 @@ class SandboxSpec:
         if self.channel_dir:
             env[SOCKET_ENV] = f"{CHANNEL_MOUNT}/{SOCKET_NAME}"
             volumes.append(CHANNEL_MOUNT)
+        if self.secrets_dir:
+            volumes.append(SECRETS_MOUNT)
         return {
             "image": self.image,
             "command": list(self.command) or None,
@@ -165,6 +176,8 @@ class SandboxSpec:
             # The directory, never the socket file; read-only, so the sandbox cannot write files to the host
             # through it (connect(2) to a socket needs no write access to its filesystem, in runc and gVisor).
             binds[self.channel_dir] = {"bind": CHANNEL_MOUNT, "mode": "ro"}
+        if self.secrets_dir:  # never a secret without its decided directory: nothing else is mounted there
+            binds[self.secrets_dir] = {"bind": SECRETS_MOUNT, "mode": "ro"}
         # Data grants as Mounts, not binds: a path may hold ':' or ',', and two grants may share a source.
         mounts = [
             {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only} for m in self.data_mounts
@@ -236,6 +249,7 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
     for name in workload.env:
         if not _ENV_NAME.match(name):
             raise InvalidWorkload(f"workload.env: {name!r} is not a valid environment variable name")
+    secrets = requested_secrets(assigned.secrets, workload.env)
     tier = parse_tier(assigned.tier)
     if tier is None:
         raise InvalidWorkload(f"task.assigned names tier {assigned.tier!r}; the scheduler must choose tier1 or tier2")
@@ -289,7 +303,7 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         tier=tier,
         image=workload.image,
         command=tuple(workload.command),
-        env=dict(workload.env),
+        env=env_with_secret_paths(workload.env),
         workdir=workload.workdir,
         limits=limits,
         user=defaults.user,
@@ -297,4 +311,5 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         labels={LABEL_HOST: host_id, LABEL_TASK: task.task_id, LABEL_ATTEMPT: str(assigned.attempt)},
         actions=workload.actions,
         channel_dir=channel,
+        secrets=secrets,
     )

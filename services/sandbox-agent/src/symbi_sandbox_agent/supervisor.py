@@ -279,6 +279,8 @@ class Supervisor:
             await run.gateway.remove_channel()
         if run.spec.channel_dir:
             shutil.rmtree(run.spec.channel_dir, ignore_errors=True)
+        if run.spec.secrets_dir:  # the secret files go with the container (docs/secrets.md)
+            shutil.rmtree(run.spec.secrets_dir, ignore_errors=True)
 
     def _release_cgroup(self, run: Running) -> None:
         remove_cgroup_tree(run.spec.cgroup_parent)

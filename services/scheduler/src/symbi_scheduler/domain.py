@@ -210,6 +210,7 @@ def apply(state: TaskState, event: TaskEvent) -> TaskState:
                 outcome=event.outcome,
                 exit_code=event.exit_code,
                 detail=event.detail,
+                decision=event.decision if event.decision is not None else state.decision,
             )
         case TaskCancelled():
             return r(state, status=TaskStatus.CANCELLED, outcome="cancelled", detail=event.reason)

@@ -25,7 +25,14 @@ import time
 import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.caps import cap_limits
-from symbi_common.decisions import AllowWithConditions, DecisionPoint, DecisionRequest, Deny, EntityRef
+from symbi_common.decisions import (
+    AllowWithConditions,
+    DecisionPoint,
+    DecisionRecord,
+    DecisionRequest,
+    Deny,
+    EntityRef,
+)
 from symbi_common.errors import DomainError, InfrastructureError, SymbiError
 from symbi_common.policy.enforcement import SCHEDULER_TASK_ALLOCATE
 from symbi_common.policy.hooks import Enforcer
@@ -43,6 +50,7 @@ from symbi_scheduler.firing import ScheduleFirer
 from symbi_scheduler.follower import stop_requested
 from symbi_scheduler.lease import Lease
 from symbi_scheduler.model import Model
+from symbi_scheduler.quotas import QuotaDenial, quota_denial
 from symbi_scheduler.schedules import Fire, ScheduleEvent, ScheduleState
 
 log = structlog.get_logger(__name__)
@@ -169,6 +177,7 @@ class Leader:
             )
             return
         assessment = self.model.assessment_of(agent)
+        usage = self.model.quota_usage(rec, time.time())
         request = DecisionRequest(
             principal=EntityRef(type="Agent", id=rec.agent_id, attrs={"name": agent.config.name}),
             action="task.allocate",
@@ -180,6 +189,7 @@ class Leader:
                 "memory_mb": limits.memory_mb,
                 "tier": assessment.tier,
                 "risk_score": assessment.score,
+                "quota": usage.context(),  # the baseline's quota-* policies deny over a quota (quotas.py)
             },
         )
         if self.decisions is None:  # opened on first use: the policy events may still be loading at start
@@ -188,6 +198,9 @@ class Leader:
         decision, record = verdict.decision, verdict.record
         if verdict.undecided:  # no decision could be had: the task stays queued, tried again next round
             raise InfrastructureError(f"task.allocate for task {rec.task_id} not decided: {record.reason}")
+        if isinstance(decision, Deny) and (denial := quota_denial(decision.policies, usage)) is not None:
+            await self._over_quota(place, denial, record)
+            return
         if isinstance(decision, Deny):
             event = TaskSuspended(reason="policy_denied", attempt=rec.attempt, host_id=place.host_id, decision=record)
             await self.fx.record(rec.task_id, event)
@@ -219,10 +232,25 @@ class Leader:
             filesystem_access=agent.config.filesystem_access,
             tenant=agent.config.tenant,
             budget=agent.config.budget,
+            secrets=agent.config.secrets,
         )
         await self.fx.record(rec.task_id, assigned)
         log.info("task assigned", task_id=rec.task_id, host=place.host_id, attempt=attempt, priority=rec.priority)
         await self.fx.publish_work(rec.task_id, attempt, place.host_id)
+
+    async def _over_quota(self, place: Place, denial: QuotaDenial, record: DecisionRecord) -> None:
+        """A task over a quota: it waits for a concurrency quota, and is refused over a CPU-seconds one."""
+        rec = self.model.tasks[place.entry.task_id]
+        if denial.action == "wait":
+            if rec.task_id not in self.model.deferred:
+                log.info("task waits for a quota", task_id=rec.task_id, agent_id=rec.agent_id, reason=denial.reason)
+            self.model.defer(place.entry, denial.reason)
+            return
+        log.info("task refused over quota", task_id=rec.task_id, agent_id=rec.agent_id, reason=denial.reason)
+        refused = TaskCompleted(
+            outcome="refused", attempt=rec.attempt, code="quota_exceeded", detail=denial.reason, decision=record
+        )
+        await self.fx.record(rec.task_id, refused)
 
     async def _preempt(self, preempt: Preempt) -> None:
         victim = self.model.tasks[preempt.victim.task_id]

@@ -27,6 +27,7 @@ from symbi_scheduler.leader import Leader
 from symbi_scheduler.lease import Lease
 from symbi_scheduler.metrics import GAUGES
 from symbi_scheduler.model import Model
+from symbi_scheduler.quotas import QuotaLimits
 from symbi_scheduler.schedules import SCHEDULE
 from symbi_scheduler.work import ensure_work_stream
 
@@ -48,6 +49,9 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
             host_lost_after_s=s.host_lost_after_s,
             default_tier=settings.security.default_sandbox_tier,
             max_running=settings.runtime.max_concurrent_agents,
+            tenant_quotas={
+                t: QuotaLimits(q.concurrent_tasks, q.cpu_seconds_per_day) for t, q in s.tenant_quotas.items()
+            },
         )
         model.capacity.grace_until = time.time() + s.host_lost_after_s
         await ensure_work_stream(rt.js, settings)

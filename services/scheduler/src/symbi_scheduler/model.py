@@ -20,7 +20,7 @@ from typing import Any
 
 from symbi_contracts.lifecycle.config import ResourceLimits
 from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
-from symbi_contracts.sandbox_agent.events import ExecutionEvent
+from symbi_contracts.sandbox_agent.events import TERMINAL_TYPES, ExecutionEvent
 from symbi_contracts.sandbox_agent.risk import RiskAssessment
 from symbi_contracts.scheduler.events import (
     TaskAssigned,
@@ -48,6 +48,7 @@ from symbi_scheduler.core import (
 from symbi_scheduler.domain import LEVEL, TaskStatus, effective_limits
 from symbi_scheduler.domain import apply as apply_task
 from symbi_scheduler.domain import initial as initial_task
+from symbi_scheduler.quotas import CpuLedger, QuotaLimits, QuotaUsage
 from symbi_scheduler.records import AgentRec, Hold, HostInfo, TaskRec, fold_agent, fold_execution
 from symbi_scheduler.risk import assess_agent
 from symbi_scheduler.schedules import SCHEDULE, ScheduleEvent, ScheduleFired, ScheduleState
@@ -71,6 +72,7 @@ class Model:
         host_lost_after_s: float = 5.0,
         default_tier: str = "gvisor",
         max_running: int = 10_000,
+        tenant_quotas: Mapping[str, QuotaLimits] | None = None,
     ) -> None:
         self.tasks: dict[str, TaskRec] = {}
         self.agents: dict[str, AgentRec] = {}
@@ -91,6 +93,11 @@ class Model:
         self.fired_pending: dict[str, tuple[str, ScheduleFired]] = {}
         self.default_tier = default_tier
         self.position = 0
+        #: Quotas beyond one task (:mod:`symbi_scheduler.quotas`): the tenants' limits, CPU-seconds used per
+        #: day, and the tasks waiting for a concurrency quota (task id -> entry, why), re-queued when a task ends.
+        self.tenant_quotas = dict(tenant_quotas or {})
+        self.cpu = CpuLedger()
+        self.deferred: dict[str, tuple[Entry, str]] = {}
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -109,6 +116,8 @@ class Model:
                 return False
             task.exec_version = version
             self._execution(task, event, sequence)
+            if isinstance(event, TERMINAL_TYPES) and event.usage.cpu_seconds > 0:
+                self.cpu.record(task.agent_id, self.tenant_of(task.agent_id), at, event.usage.cpu_seconds)
             return True
         if kind == "agent":
             agent = self.agents.setdefault(aggregate_id, AgentRec(aggregate_id))
@@ -223,6 +232,7 @@ class Model:
     def _agent(self, agent: AgentRec, event: AgentEvent, sequence: int, at: float) -> None:
         fold_agent(agent, event, sequence, at, self.default_tier)
         self._unpark_agent(agent.agent_id)
+        self._undefer()  # its quota may have changed
 
     def _schedule(self, agent_id: str, event: ScheduleEvent) -> None:
         state = self.schedules.get(agent_id) or SCHEDULE.initial(agent_id)
@@ -300,6 +310,7 @@ class Model:
         if self.busy.get(rec.agent_id) == rec.task_id:
             del self.busy[rec.agent_id]
             self._unpark_agent(rec.agent_id)
+        self._undefer()  # a task ended: one waiting for a concurrency quota may fit now
 
     def _unpark_agent(self, agent_id: str) -> None:
         for entry in self.parked.pop(agent_id, ()):
@@ -307,7 +318,49 @@ class Model:
             if rec is not None and rec.status == TaskStatus.QUEUED:
                 self.queue.push(entry)
 
+    # --- quotas ------------------------------------------------------------------------------------
+
+    def tenant_of(self, agent_id: str) -> str:
+        agent = self.agents.get(agent_id)
+        return agent.config.tenant if agent is not None and agent.config is not None else "default"
+
+    def quota_usage(self, rec: TaskRec, now: float) -> QuotaUsage:
+        """The running tasks and today's CPU-seconds of the task's agent and tenant, and their limits."""
+        tenant = self.tenant_of(rec.agent_id)
+        agent_running = tenant_running = 0
+        for task_id in self.active:
+            other = self.tasks.get(task_id)
+            if other is None or other.status not in (TaskStatus.ASSIGNED, TaskStatus.PAUSED):
+                continue
+            if other.agent_id == rec.agent_id:
+                agent_running += 1
+            if self.tenant_of(other.agent_id) == tenant:
+                tenant_running += 1
+        agent = self.agents.get(rec.agent_id)
+        quota = agent.config.quota if agent is not None and agent.config is not None else None
+        return QuotaUsage(
+            tenant=tenant,
+            agent_running=agent_running,
+            tenant_running=tenant_running,
+            agent_cpu_seconds_today=self.cpu.agent_today(rec.agent_id, now),
+            tenant_cpu_seconds_today=self.cpu.tenant_today(tenant, now),
+            agent_limits=QuotaLimits(quota.concurrent_tasks, quota.cpu_seconds_per_day) if quota else QuotaLimits(),
+            tenant_limits=self.tenant_quotas.get(tenant, QuotaLimits()),
+        )
+
+    def defer(self, entry: Entry, reason: str) -> None:
+        """Keep ``entry`` out of the queue until a task ends (or an agent changes): it waits for a quota."""
+        self.deferred[entry.task_id] = (entry, reason)
+
+    def _undefer(self) -> None:
+        waiting, self.deferred = self.deferred, {}
+        for entry, _ in waiting.values():
+            rec = self.tasks.get(entry.task_id)
+            if rec is not None and rec.status == TaskStatus.QUEUED:
+                self.queue.push(entry)
+
     def _unpark_task(self, rec: TaskRec) -> None:
+        self.deferred.pop(rec.task_id, None)
         parked = self.parked.get(rec.agent_id)
         if parked:
             self.parked[rec.agent_id] = [e for e in parked if e.task_id != rec.task_id]

@@ -98,6 +98,9 @@ def task_view(model: Model, rec: TaskRec, now: float) -> TaskView:
 def wait_reason(model: Model, rec: TaskRec, now: float) -> str:
     """What keeps a queued task from starting: no host could ever run it, none is alive, or the runtime's
     limit of running tasks is reached ("" when it only waits for room or its turn)."""
+    deferred = model.deferred.get(rec.task_id)
+    if deferred is not None:  # a task.allocate denied by a concurrency quota (symbi_scheduler.quotas)
+        return deferred[1]
     agent = model.agents.get(rec.agent_id)
     limits = model.limits_of(rec)
     if agent is None or limits is None:

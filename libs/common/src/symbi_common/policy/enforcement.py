@@ -100,6 +100,9 @@ SANDBOX_START = EnforcementPoint(
 SANDBOX_DATA_MOUNT = EnforcementPoint(
     "sandbox-agent.data_mount", actions=frozenset({"data.read", "data.write"}), conditions=frozenset()
 )
+#: sandbox-agent: giving a secret the agent's definition names to its sandbox, as a file on tmpfs
+#: (``secret.read`` on ``Secret::"<name>"``, docs/secrets.md). No condition is enforced there.
+SANDBOX_SECRET_FILE = EnforcementPoint("sandbox-agent.secret_file", actions=frozenset({"secret.read"}))
 #: sandbox-agent action gateway, ``memory.read`` of a workload: ``redact`` masks the named fields in
 #: what is returned to the workload.
 GATEWAY_READ = EnforcementPoint(
@@ -134,6 +137,7 @@ POINTS: tuple[EnforcementPoint, ...] = (
     SCHEDULER_TASK_ALLOCATE,
     SANDBOX_START,
     SANDBOX_DATA_MOUNT,
+    SANDBOX_SECRET_FILE,
     GATEWAY_READ,
     GATEWAY_ACTION,
     CONTEXT_MEMORY_WRITE,

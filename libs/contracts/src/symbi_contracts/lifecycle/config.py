@@ -58,6 +58,16 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
     file ``$SYMBI_INPUT``). See docs/contracts/tasks.md, "Actions during a task"."""
 
 
+class AgentQuota(msgspec.Struct, frozen=True, kw_only=True):
+    """Quotas beyond one task (docs/policy.md, "Quotas"): 0 is unlimited. The scheduler gives the counts and these
+    limits to Cedar with each ``task.allocate``; the baseline's ``quota-*`` policies deny a task over them."""
+
+    concurrent_tasks: int = 0
+    """Tasks of the agent running at once; over it, a task waits in the queue."""
+    cpu_seconds_per_day: float = 0.0
+    """CPU-seconds the agent's tasks may use per UTC day; over it, a task is refused (``quota_exceeded``)."""
+
+
 class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A recurring (or one-shot) task for this agent; the scheduler submits ``input`` at each cron firing."""
 
@@ -124,6 +134,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The tenant the agent belongs to: quotas and budgets per tenant and day count all of its agents."""
     budget: AgentBudget = msgspec.field(default_factory=AgentBudget)
     """The agent's own model budget per day (default: none set; see :class:`AgentBudget`)."""
+    quota: AgentQuota = msgspec.field(default_factory=AgentQuota)
+    """The agent's quotas (the tenant's come from the scheduler's ``[scheduler.tenant_quotas]``)."""
+    secrets: tuple[str, ...] = ()
+    """Names of runtime secrets (``providers/openai/api_key``; ``vault://`` optional) each task gets as a file
+    ``/symbi/secrets/<name>``, when policy allows (``secret.read``); ``vault://<name>`` as a ``workload.env``
+    value does the same and sets the variable to the file's path (docs/secrets.md)."""
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):

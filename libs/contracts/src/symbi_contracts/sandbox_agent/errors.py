@@ -33,6 +33,24 @@ class InvalidWorkload(SandboxRefused):
     code = "invalid_workload"
 
 
+class SecretDenied(SandboxRefused):
+    """The policy did not allow the agent a secret its definition names (``secret.read`` on ``Secret::"<name>"``)."""
+
+    code = "secret_denied"
+
+
+class SecretMissing(SandboxRefused):
+    """A secret the definition names is not in the secrets store (``symbi secrets set`` it)."""
+
+    code = "secret_missing"
+
+
+class SecretsUnavailable(SandboxRefused):
+    """The task needs secrets but this host cannot hand them out (no secrets key, no store, not root)."""
+
+    code = "secrets_unavailable"
+
+
 class UnknownExecution(NotFound):
     """No execution of that task runs on this host."""
 

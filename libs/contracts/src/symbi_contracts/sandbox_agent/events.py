@@ -58,6 +58,16 @@ class DataMountRecord(msgspec.Struct, frozen=True, kw_only=True):
     decisions: tuple[DecisionRecord, ...] = ()
 
 
+class SecretFileRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One secret given to the sandbox as a file (docs/secrets.md): its name, version and path in the sandbox,
+    and the ``secret.read`` decision that allowed it. Never the value."""
+
+    name: str
+    version: int
+    target: str
+    decision: DecisionRecord
+
+
 class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"):
     attempt: int
     host_id: str
@@ -74,6 +84,8 @@ class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"
     started_at: float = 0.0
     #: The filesystem grants mounted into the sandbox, each with its decisions.
     data_mounts: tuple[DataMountRecord, ...] = ()
+    #: The secrets given to the sandbox as files on tmpfs, each with its decision (never a value).
+    secret_files: tuple[SecretFileRecord, ...] = ()
 
 
 class ExecutionOutput(Event, frozen=True, kw_only=True, tag="execution.output"):

@@ -57,6 +57,8 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     """The agent's tenant (per-tenant budgets count it)."""
     budget: AgentBudget = msgspec.field(default_factory=AgentBudget)
     """The agent's own model budget (the model gateway reads it from here: docs/models.md)."""
+    secrets: tuple[str, ...] = ()
+    """The definition's secrets (names, never values): files in the sandbox when policy allows (docs/secrets.md)."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):
@@ -105,6 +107,10 @@ class TaskCompleted(Event, frozen=True, tag="task.completed"):
     host_id: str = ""
     exit_code: int | None = None
     detail: str = ""
+    code: str = ""
+    """For a refusal by the scheduler, why: ``quota_exceeded`` (``detail`` names the quota and its use)."""
+    decision: DecisionRecord | None = None
+    """The decision that refused it, if one did."""
 
 
 class TaskCancelled(Event, frozen=True, tag="task.cancelled"):
