@@ -48,7 +48,7 @@ async def _no_answer(sender: str, recipient: str, meta: Any) -> str | None:
 
 async def _serve_one_request(carrier: Carrier, agent_id: str) -> None:
     while True:
-        got = await carrier.take(agent_id, await carrier.fetch(agent_id, 10, 1.0), _no_answer)
+        got = await carrier.receive(agent_id, 10, 1.0, _no_answer)
         for m in got:
             if m.meta.kind == "request":
                 await carrier.send(agent_id, "reply", {"echo": m.body}, to=m.meta.sender, in_reply_to=m.meta.id)
@@ -84,7 +84,7 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
         await carrier.send("alice", "topic", {"n": 2}, topic="news")
         await carrier.send("alice", "direct", "late", to="bob", ttl_s=1.0)
         await asyncio.sleep(1.2)
-        got = await carrier.take("bob", await carrier.fetch("bob", 10, 2.0), _no_answer)
+        got = await carrier.receive("bob", 10, 2.0, _no_answer)
         assert [m.body for m in got] == [{"n": 1}, {"n": 2}]
         serving = asyncio.ensure_future(_serve_one_request(carrier, "bob"))
         answer = await carrier.request("alice", "bob", {"q": 1}, 10.0)
@@ -95,7 +95,7 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
         dead = await dead_letters(js, "bob")
         assert [(letter.reason, letter.envelope.meta.sender) for _, letter in dead] == [("expired", "alice")]
         await replay(js, dead[0][0])  # its TTL counts from now
-        again = await carrier.take("bob", await carrier.fetch("bob", 10, 2.0), _no_answer)
+        again = await carrier.receive("bob", 10, 2.0, _no_answer)
         assert [m.body for m in again] == ["late"]
         assert await dead_letters(js, "bob") == []
         stop.set()

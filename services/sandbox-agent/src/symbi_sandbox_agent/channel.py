@@ -36,6 +36,8 @@ from symbi_sandbox_agent.actions import RequestLine, RequestLines
 log = structlog.get_logger(__name__)
 
 Answer = Callable[[RequestLine, str], Awaitable[Reply]]
+#: Told, after each answer, whether it was written to the connection (in the kernel's socket buffer) or not.
+Written = Callable[[Reply, bool], Awaitable[None]]
 READ_CHUNK = 64 * 1024
 #: Connections one sandbox may hold open at once (each may buffer up to one request line).
 MAX_CONNECTIONS = 8
@@ -60,7 +62,9 @@ class Channel:
         answer: Answer,
         max_in_flight: int = MAX_IN_FLIGHT,
         max_connections: int = MAX_CONNECTIONS,
+        written: Written | None = None,
     ) -> None:
+        self.written = written
         self.max_connections = max_connections
         self.directory = Path(directory)
         self.path = self.directory / SOCKET_NAME
@@ -90,6 +94,9 @@ class Channel:
             writer.close()
             return
         self._connections.add(task)
+        # No write buffering in this process: a drained answer is in the kernel, which the peer reads even
+        # if this daemon dies right after (what ``written`` is told relies on it).
+        writer.transport.set_write_buffer_limits(high=0)
         try:
             await self._read(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -110,17 +117,25 @@ class Channel:
                 task.add_done_callback(self._requests.discard)
 
     async def _serve(self, line: RequestLine, writer: asyncio.StreamWriter) -> None:
+        reply: Reply | None = None
+        ok = False
         try:
             reply = await self.answer(line, "socket")
             if not writer.is_closing():
                 writer.write(encode_reply(reply))
                 await writer.drain()
+                ok = True
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("serving a channel request failed", channel=str(self.directory))
         finally:
             self.in_flight.release()
+        if reply is not None and self.written is not None:
+            try:
+                await self.written(reply, ok)
+            except Exception:
+                log.exception("settling a written answer failed", channel=str(self.directory))
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; let the requests being served finish (up to ``grace_s``), then stop the rest."""

@@ -135,7 +135,7 @@ class ActionGateway:
 
     async def open_channel(self, directory: str, owner: tuple[int, int]) -> None:
         """Serve the protocol on a socket in ``directory`` (mounted into the sandbox), for this run only."""
-        channel = Channel(directory, owner, self.protocol.answer)
+        channel = Channel(directory, owner, self.protocol.answer, written=self.protocol.written)
         await channel.open()
         self.channel = channel
 
@@ -185,7 +185,13 @@ class ActionGateway:
 
     async def _handle(self, line: RequestLine) -> Pending | None:
         if not line.too_long and _names_op(line.body):
-            await self.reply(encode_reply(await self.protocol.answer(line, "stdio")))
+            answer = await self.protocol.answer(line, "stdio")
+            try:
+                await self.reply(encode_reply(answer))
+            except BaseException:
+                await self.protocol.written(answer, False)
+                raise
+            await self.protocol.written(answer, True)
             return None
         seq = self.next_seq()
         if seq > MAX_REQUESTS:

@@ -26,7 +26,7 @@ from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publis
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
-from symbi_sandbox_agent.bus.carrier import Carrier, Delivered, RateLimited
+from symbi_sandbox_agent.bus.carrier import Batch, Carrier, RateLimited
 from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
@@ -55,6 +55,8 @@ class MessageOps:
         self.agent_id = run.agent_id or "unknown"
         self.record = record
         self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
+        #: Batches handed over in an answer not yet written, by the answer's identity (see :meth:`written`).
+        self._unwritten: dict[int, tuple[Reply, Batch]] = {}
 
     async def answer(self, seq: int, request: Request) -> Reply:
         try:
@@ -178,22 +180,40 @@ class MessageOps:
                 return Result(id=request_id, result={"messages": []})
             refused: list[str] = []
             async with self._receiving:
-                got = await self._fetch(carrier, most, wait, refused)
+                batch = await self._fetch(carrier, most, wait, refused)
         except SymbiError as err:
             await self.record(seq, RECEIVE, "inbox", {}, None, "failed", f"{err.code}: {err.message}")
             return error(request_id, err.code, err.message)
         if refused:  # refused at delivery (dead letters): on the recipient's trail too, metadata only
             detail = "refused at delivery (dead letters): " + ", ".join(refused)
             await self.record(seq, RECEIVE, "inbox", {}, None, "refused", detail[:2000])
+        got = batch.delivered
         if got:
             detail = "received " + " ".join(f"{d.meta.id}<{d.meta.sender}" for d in got)
             await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", detail[:2000])
-        return Result(id=request_id, result={"messages": [d.as_dict() for d in got]})
+        reply = Result(id=request_id, result={"messages": [d.as_dict() for d in got]})
+        if batch.held:
+            self._unwritten[id(reply)] = (reply, batch)
+        return reply
+
+    async def written(self, reply: Reply, ok: bool) -> None:
+        """``reply`` was written to the agent's channel (``ok``) or could not be: the batch it hands over is
+        committed (recorded as delivered, acked), or handed back to the inbox to be delivered again. Until
+        then it is neither: a crash in between redelivers it, and the SDK drops an id it already has."""
+        found = self._unwritten.pop(id(reply), None)
+        if found is None or found[0] is not reply:
+            return
+        carrier = await bus_of(self.rt)
+        batch = found[1]
+        if ok:
+            await carrier.commit(batch)
+        else:
+            await carrier.release(batch.held)
 
     def _suspended(self) -> bool:
         return self.run.paused_since is not None and not self.run.done.is_set()
 
-    async def _fetch(self, carrier: Carrier, most: int, wait: float, refused: list[str]) -> list[Delivered]:
+    async def _fetch(self, carrier: Carrier, most: int, wait: float, refused: list[str]) -> Batch:
         """The waiting messages, never taken while the run is suspended: a batch fetched just as it was
         suspended is handed back (it waits in the inbox) and fetched again once the run is resumed."""
         deadline = time.monotonic() + wait
@@ -204,6 +224,6 @@ class MessageOps:
             if fetched and self._suspended():
                 await carrier.release(fetched)
                 continue
-            got = await carrier.take(self.agent_id, fetched, self._check_delivery, refused) if fetched else []
-            if got or time.monotonic() >= deadline:
+            got = await carrier.take(self.agent_id, fetched, self._check_delivery, refused)
+            if got.delivered or time.monotonic() >= deadline:
                 return got  # (a batch of only refused or duplicate messages: wait on for the rest of the time)

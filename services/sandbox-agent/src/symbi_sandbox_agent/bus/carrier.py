@@ -3,9 +3,11 @@
 An agent's inbox is the durable pull consumer ``inbox-<agent>`` on ``MESSAGES``, filtered on its direct
 subject and the topics it subscribed to; it exists from the first message sent to the agent (interest
 retention keeps the message for it), so a message to an agent that is not running, or is suspended, waits.
-Publishing names the message id (``Nats-Msg-Id``: a resend within the duplicate window is stored once); a
-delivered batch is recorded in ``BUS_DELIVERED`` before it is handed over, so a redelivered message (the
-host died before acking) is recognised and not handed to the agent's handler again. Order per
+Publishing names the message id (``Nats-Msg-Id``: a resend within the duplicate window is stored once). A
+fetched batch is recorded in ``BUS_DELIVERED`` and acked only once the agent's answer holding it has been
+written to its channel (:meth:`Carrier.commit`): a crash before that redelivers it (at least once), a
+redelivery of a committed message is recognised by that record and not handed over again, and the agent's
+SDK drops an id it already handled (the redelivery of a batch written but not committed). Order per
 sender→recipient pair is the stream's order: one consumer per inbox, fetched in order, acked per batch.
 """
 
@@ -45,6 +47,11 @@ from symbi_contracts.bus import (
 )
 
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
+from symbi_sandbox_agent.bus.errors import BadAddress as BadAddress
+from symbi_sandbox_agent.bus.errors import BusError as BusError
+from symbi_sandbox_agent.bus.errors import NoReply as NoReply
+from symbi_sandbox_agent.bus.errors import RateLimited as RateLimited
+from symbi_sandbox_agent.bus.errors import RecipientTerminated as RecipientTerminated
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
 from symbi_sandbox_agent.bus.limits import RateLimiter
 from symbi_sandbox_agent.bus.terminated import TerminatedAgents
@@ -76,28 +83,6 @@ def _message_id(data: bytes) -> str:
         return "?"
 
 
-class BusError(SymbiError):
-    """Root of the bus's errors (typed, answered to the agent with their code)."""
-
-    code = "bus_error"
-
-
-class RateLimited(BusError):
-    code = "rate_limited"
-
-
-class BadAddress(BusError):
-    code = "invalid_request"
-
-
-class RecipientTerminated(BusError):
-    code = "recipient_terminated"
-
-
-class NoReply(BusError):
-    code = "timeout"
-
-
 @dataclass(frozen=True, slots=True)
 class Delivered:
     """One message handed to its recipient: metadata and the decrypted body."""
@@ -112,6 +97,16 @@ class Delivered:
             if getattr(m, name):
                 out[name] = getattr(m, name)
         return out
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages opened for ``agent_id`` and handed over, their fetched originals ``held`` un-acked until
+    the carrier's ``commit`` (or handed back with ``release``)."""
+
+    agent_id: str
+    delivered: list[Delivered]
+    held: list[Any]
 
 
 class Carrier:
@@ -306,14 +301,14 @@ class Carrier:
             raise Refused("refused", f"message {meta.id} is sealed under another sender's key {envelope.key_id}")
         return Delivered(meta, open_payload(envelope, key))
 
-    async def take(
-        self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None
-    ) -> list[Delivered]:
+    async def take(self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None) -> Batch:
         """Open a fetched batch for ``agent_id``: refused ones go to the dead letters (``<id> <reason>`` added to
-        ``refused``), duplicates are dropped, the rest are recorded as delivered (one record per batch), then
-        the whole batch is acked."""
-        recent, order = self._recent.setdefault(agent_id, (set(), deque()))
+        ``refused``) and duplicates are dropped, both acked now; the rest are the batch to hand over, neither
+        recorded nor acked until :meth:`commit` (after the agent has its answer) or :meth:`release`."""
+        recent, _ = self._recent.setdefault(agent_id, (set(), deque()))
         out: list[Delivered] = []
+        held: list[Any] = []
+        done: list[Any] = []
         dead: list[Awaitable[None]] = []
         for msg in msgs:
             headers = msg.headers or {}
@@ -323,6 +318,7 @@ class Carrier:
                 if got.meta.id in recent or (
                     msg.metadata.num_delivered > 1 and await self._seen(agent_id, got.meta.id)
                 ):
+                    done.append(msg)
                     continue
                 if got.meta.topic or replayed:  # a direct message was decided when it was sent
                     why = await check(got.meta.sender, agent_id, got.meta)
@@ -332,25 +328,42 @@ class Carrier:
                 dead.append(self.dead_letter(msg.data, agent_id, refusal.reason, refusal.detail))
                 if refused is not None:
                     refused.append(f"{_message_id(msg.data)} {refusal.reason}")
+                done.append(msg)
                 continue
             out.append(got)
-        if out:
-            ids = [d.meta.id for d in out]
-            last = msgs[-1].metadata.sequence.stream
-            await self.delivered.put(f"{agent_id}.{last}", msgspec.json.encode(ids))
-            for i in ids:
-                recent.add(i)
-                order.append(i)
-            while len(order) > RECENT_IDS:
-                recent.discard(order.popleft())
+            held.append(msg)
         for letter in dead:
             await letter
-        for m in msgs:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
+        for m in done:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
             await m.ack()
-        return out
+        return Batch(agent_id, out, held)
+
+    async def commit(self, batch: Batch) -> None:
+        """The agent has ``batch`` (its answer is written): record the ids as handed over (one KV record per
+        batch, so a redelivery is recognised), then ack. A crash before this redelivers the batch."""
+        if not batch.held:
+            return
+        recent, order = self._recent.setdefault(batch.agent_id, (set(), deque()))
+        ids = [d.meta.id for d in batch.delivered]
+        last = batch.held[-1].metadata.sequence.stream
+        await self.delivered.put(f"{batch.agent_id}.{last}", msgspec.json.encode(ids))
+        for i in ids:
+            recent.add(i)
+            order.append(i)
+        while len(order) > RECENT_IDS:
+            recent.discard(order.popleft())
+        for m in batch.held:
+            await m.ack()
+        batch.held = []
+
+    async def receive(self, agent_id: str, most: int, timeout_s: float, check: Check) -> list[Delivered]:
+        """Fetch, open and commit at once: for a handler in this process (no channel between)."""
+        batch = await self.take(agent_id, await self.fetch(agent_id, most, timeout_s), check)
+        await self.commit(batch)
+        return batch.delivered
 
     async def release(self, msgs: Sequence[Any]) -> None:
-        """Hand a fetched batch back to the inbox, untouched (it is delivered again, in order)."""
+        """Hand fetched messages back to the inbox, untouched (they are delivered again, in order)."""
         await asyncio.gather(*(m.nak() for m in msgs))
 
     async def _seen(self, agent_id: str, message_id: str) -> bool:
