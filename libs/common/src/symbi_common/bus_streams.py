@@ -77,9 +77,15 @@ def inbox_name(agent_id: str) -> str:
     return f"inbox-{agent_id}"
 
 
-def inbox_config(agent_id: str, filter_subjects: list[str]) -> ConsumerConfig:
-    """``agent_id``'s inbox: its direct subject and its topics, in stream order, each message acked."""
+#: Inbox consumer metadata: the depth the agent's definition declares (sending hosts refuse past it).
+QUEUE_DEPTH_KEY = "symbi_queue_depth"
+
+
+def inbox_config(agent_id: str, filter_subjects: list[str], queue_depth: int | None = None) -> ConsumerConfig:
+    """``agent_id``'s inbox: its direct subject and its topics, in stream order, each message acked;
+    ``queue_depth`` (from the agent's definition) is kept in its metadata."""
     return ConsumerConfig(
+        metadata={QUEUE_DEPTH_KEY: str(queue_depth)} if queue_depth is not None else None,
         durable_name=inbox_name(agent_id),
         filter_subjects=filter_subjects,
         ack_policy=AckPolicy.EXPLICIT,

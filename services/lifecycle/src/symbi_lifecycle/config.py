@@ -23,7 +23,12 @@ from typing import Any
 
 import msgspec
 from symbi_common.errors import BadRequest
+from symbi_contracts.bus import valid_name
 from symbi_contracts.lifecycle.config import (
+    BUS_BYTES_PER_S,
+    BUS_MESSAGE_BYTES,
+    BUS_MESSAGES_PER_S,
+    BUS_QUEUE_DEPTH,
     CPU_CORES,
     DISK_IO_MBPS,
     EXECUTION_TIMEOUT_S,
@@ -36,6 +41,7 @@ from symbi_contracts.lifecycle.config import (
     AgentConfig,
     ConfigIssue,
     MemorySettings,
+    Messaging,
     PathAccess,
     PolicySpec,
     ResourceLimits,
@@ -193,7 +199,21 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
         _validate_memory(issues, config.memory)
     _validate_schedules(issues, config.schedules)
     _validate_policies(issues, config.policies)
+    _validate_messaging(issues, config.messaging)
     return issues
+
+
+def _validate_messaging(issues: list[ConfigIssue], m: Messaging) -> None:
+    _in_range(issues, "messaging.messages_per_s", m.messages_per_s, BUS_MESSAGES_PER_S, "messages/s")
+    _in_range(issues, "messaging.bytes_per_s", m.bytes_per_s, BUS_BYTES_PER_S, "bytes/s")
+    _in_range(issues, "messaging.max_message_bytes", m.max_message_bytes, BUS_MESSAGE_BYTES, "bytes")
+    _in_range(issues, "messaging.queue_depth", m.queue_depth, BUS_QUEUE_DEPTH, "messages")
+    _check_list(issues, "messaging.subscriptions", m.subscriptions)
+    for i, topic in enumerate(m.subscriptions):
+        if not valid_name(topic):
+            issues.append(
+                ConfigIssue(f"messaging.subscriptions[{i}]", f"{topic!r} is not a topic (1-64 of A-Z a-z 0-9 - _)")
+            )
 
 
 def _validate_memory(issues: list[ConfigIssue], m: MemorySettings) -> None:

@@ -138,6 +138,8 @@ class ActionGateway:
         channel = Channel(directory, owner, self.protocol.answer, written=self.protocol.written)
         await channel.open()
         self.channel = channel
+        if self.run.spec.messaging is not None:  # its inbox, as declared, before it runs (docs/bus.md)
+            await self.protocol.messages.declare_now()
 
     async def remove_channel(self) -> None:
         if self.channel is not None:

@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from symbi_common.decisions import Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
+import nats.errors
+import structlog
+from symbi_common.caps import resource_caps
+from symbi_common.decisions import AllowWithConditions, Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import SymbiError
-from symbi_common.policy.enforcement import GATEWAY_ACTION
+from symbi_common.policy.enforcement import BUS_SEND
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
 from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send
@@ -28,10 +31,12 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome
 from symbi_sandbox_agent.actions import check_against_schema
 from symbi_sandbox_agent.bus.carrier import Batch, Carrier, RateLimited
 from symbi_sandbox_agent.bus.decisions import remembered
+from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.run import Running
 
+log = structlog.get_logger(__name__)
 SEND = "message.send"
 RECEIVE = "message.receive"
 RETRY_AFTER_S = 1.0
@@ -57,6 +62,9 @@ class MessageOps:
         self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
         #: Batches handed over in an answer not yet written, by the answer's identity (see :meth:`written`).
         self._unwritten: dict[int, tuple[Reply, Batch]] = {}
+        #: The definition's bus limits and subscriptions (none: the host's defaults, no topics).
+        self.messaging = run.spec.messaging
+        self._declared = False
 
     async def answer(self, seq: int, request: Request) -> Reply:
         try:
@@ -66,14 +74,36 @@ class MessageOps:
             await self.record(seq, SEND, "", {}, None, "failed", f"malformed_request: {message}")
             return error(request.id, "malformed_request", message)
         carrier = await bus_of(self.rt)
+        await self.declare(carrier)
         if isinstance(args, Receive):
             return await self._receive(seq, request.id, args, carrier)
         return await self._send(seq, request, args, carrier)
 
+    async def declare(self, carrier: Carrier) -> None:
+        """Once per run: the agent's inbox exists with the depth and the topics its definition declares."""
+        if self._declared or self.messaging is None:
+            return
+        depth = carrier.limiter.limits.lowered(self.messaging).queue_depth
+        await carrier.ensure_inbox(self.agent_id, self.messaging.subscriptions, depth=depth)
+        self._declared = True
+
+    async def declare_now(self) -> None:
+        """:meth:`declare` at the start of the run; if the bus cannot be reached now, its first
+        ``messages.*`` request declares it (the run is not held up for it)."""
+        try:
+            await self.declare(await bus_of(self.rt))
+        except (SymbiError, OSError, nats.errors.Error) as exc:
+            log.warning("the agent's inbox could not be declared at the start of its run", error=repr(exc))
+
+    def limits(self, host: SendLimits, decision: Decision) -> SendLimits:
+        """The sender's limits for one allowed message: host, definition and the policy's caps, tightest."""
+        caps = resource_caps(decision.conditions) if isinstance(decision, AllowWithConditions) else {}
+        return host.lowered(self.messaging, caps)
+
     async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
-        """Through the one enforcer (point ``GATEWAY_ACTION``), its answers remembered per policy version."""
+        """Through the one enforcer (point ``BUS_SEND``), its answers remembered per policy version."""
         point = remembered(await self.rt.decision_point())
-        verdict = await Enforcer.around(point).decide(question, GATEWAY_ACTION)
+        verdict = await Enforcer.around(point).decide(question, BUS_SEND)
         return verdict.decision, verdict.record
 
     # --- sending -----------------------------------------------------------------------------------
@@ -118,17 +148,26 @@ class MessageOps:
                 policy_version=decision.policy_version,
             )
         classification = str(request.context.get("classification", ""))
+        limits = self.limits(carrier.limiter.limits, decision)
         try:
             if isinstance(args, Ask):
                 wait = min(max(args.timeout_s, 0.0), MAX_WAIT_S)
-                got = await carrier.request(self.agent_id, to, args.body, wait, classification=classification)
+                got = await carrier.request(
+                    self.agent_id, to, args.body, wait, classification=classification, limits=limits
+                )
                 await self.record(
                     seq, SEND, target, question.context, record, "allowed", f"{request.op} replied {got.meta.id}"
                 )
                 return Result(id=request.id, result=got.as_dict())
             if isinstance(args, Publish):
                 meta = await carrier.send(
-                    self.agent_id, "topic", args.body, topic=topic, ttl_s=args.ttl_s, classification=classification
+                    self.agent_id,
+                    "topic",
+                    args.body,
+                    topic=topic,
+                    ttl_s=args.ttl_s,
+                    classification=classification,
+                    limits=limits,
                 )
             else:
                 kind: Kind = "reply" if args.in_reply_to else "direct"
@@ -140,6 +179,7 @@ class MessageOps:
                     ttl_s=args.ttl_s,
                     classification=classification,
                     in_reply_to=args.in_reply_to,
+                    limits=limits,
                 )
         except SymbiError as err:
             outcome: ActionOutcome = "failed"

@@ -24,6 +24,7 @@ from typing import Any
 from symbi_common.caps import lower_to_caps
 from symbi_common.errors import ValidationError
 from symbi_contracts.agent_protocol import CHANNEL_MOUNT, SOCKET_ENV, SOCKET_NAME
+from symbi_contracts.lifecycle.config import Messaging
 from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
@@ -96,6 +97,8 @@ class SandboxSpec:
     channel_dir: str = ""
     #: The agent's filesystem grants, checked and decided, in mounting order.
     data_mounts: tuple[DataMount, ...] = ()
+    #: The definition's bus limits and subscriptions (none: the host's defaults).
+    messaging: Messaging | None = None
 
     @property
     def runtime(self) -> str:
@@ -297,4 +300,5 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         labels={LABEL_HOST: host_id, LABEL_TASK: task.task_id, LABEL_ATTEMPT: str(assigned.attempt)},
         actions=workload.actions,
         channel_dir=channel,
+        messaging=assigned.messaging,
     )

@@ -217,6 +217,7 @@ class Leader:
             decision=record,
             network_access=agent.config.network_access,
             filesystem_access=agent.config.filesystem_access,
+            messaging=agent.config.messaging,
         )
         await self.fx.record(rec.task_id, assigned)
         log.info("task assigned", task_id=rec.task_id, host=place.host_id, attempt=attempt, priority=rec.priority)

@@ -13,7 +13,7 @@ import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
-from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import Messaging, PathAccess, ResourceLimits, Workload
 
 AGGREGATE_TYPE = "task"
 
@@ -53,6 +53,8 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     risk_reason: str = ""
     filesystem_access: tuple[PathAccess, ...] = ()
     """The definition's filesystem grants: the sandbox-agent mounts them from its data roots (docs/grants.md)."""
+    messaging: Messaging | None = None
+    """The definition's bus limits and subscriptions (docs/bus.md); none: the host's defaults."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):

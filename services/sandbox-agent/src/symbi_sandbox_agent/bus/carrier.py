@@ -20,13 +20,12 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import nats.errors
 import nats.js.errors
-from symbi_common.bus_streams import inbox_config, inbox_name
+from symbi_common.bus_streams import QUEUE_DEPTH_KEY, inbox_config, inbox_name
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
 from symbi_contracts.bus import (
@@ -47,13 +46,17 @@ from symbi_contracts.bus import (
 )
 
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
+from symbi_sandbox_agent.bus.delivered import Batch as Batch
+from symbi_sandbox_agent.bus.delivered import Delivered as Delivered
+from symbi_sandbox_agent.bus.depth import InboxDepths
 from symbi_sandbox_agent.bus.errors import BadAddress as BadAddress
 from symbi_sandbox_agent.bus.errors import BusError as BusError
 from symbi_sandbox_agent.bus.errors import NoReply as NoReply
 from symbi_sandbox_agent.bus.errors import RateLimited as RateLimited
 from symbi_sandbox_agent.bus.errors import RecipientTerminated as RecipientTerminated
+from symbi_sandbox_agent.bus.errors import TooLarge as TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
-from symbi_sandbox_agent.bus.limits import RateLimiter
+from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
 from symbi_sandbox_agent.bus.terminated import TerminatedAgents
 
 #: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
@@ -83,32 +86,6 @@ def _message_id(data: bytes) -> str:
         return "?"
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """One message handed to its recipient: metadata and the decrypted body."""
-
-    meta: Meta
-    body: Any
-
-    def as_dict(self) -> dict[str, Any]:
-        m = self.meta
-        out: dict[str, Any] = {"id": m.id, "kind": m.kind, "from": m.sender, "body": self.body, "sent_at": m.sent_at}
-        for name in ("to", "topic", "classification", "in_reply_to"):
-            if getattr(m, name):
-                out[name] = getattr(m, name)
-        return out
-
-
-@dataclass(slots=True)
-class Batch:
-    """Messages opened for ``agent_id`` and handed over, their fetched originals ``held`` un-acked until
-    the carrier's ``commit`` (or handed back with ``release``)."""
-
-    agent_id: str
-    delivered: list[Delivered]
-    held: list[Any]
-
-
 class Carrier:
     def __init__(
         self, js: Any, nc: Any, datakeys: DataKeys, identities: Identities, delivered: Any, limiter: RateLimiter
@@ -128,6 +105,9 @@ class Carrier:
         self._full: dict[str, float] = {}
         #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
         self._sealed_here: OrderedDict[bytes, None] = OrderedDict()
+        self.depths = InboxDepths(js)
+        #: The inbox depth this host declared for each agent it serves (from its definition).
+        self._declared: dict[str, int] = {}
 
     # --- sending ---------------------------------------------------------------------------------------
 
@@ -143,15 +123,25 @@ class Carrier:
         classification: str = "",
         in_reply_to: str = "",
         message_id: str = "",
+        limits: SendLimits | None = None,
     ) -> Meta:
-        """Seal and publish one message as ``sender``; ``RateLimited`` when the sender or the inbox is full."""
+        """Seal and publish one message as ``sender`` under ``limits`` (default: the host's); ``RateLimited``
+        when the sender or the inbox is full, ``TooLarge`` past the largest body."""
         target = to or topic
         if not valid_name(target):
             raise BadAddress(f"{target[:80]!r} is not an agent id or topic (1-64 letters, digits, '-' or '_')")
         payload = body_bytes(body)
+        lim = limits or self.limiter.limits
+        if len(payload) > lim.max_message_bytes:
+            raise TooLarge(
+                f"the message body has {len(payload)} bytes; agent {sender} may send at most {lim.max_message_bytes}",
+                max_message_bytes=lim.max_message_bytes,
+            )
         now = time.monotonic()
         self.check_room(target, now)
-        wait = self.limiter.take(sender, len(payload), now)
+        if to and kind != "reply":
+            await self.depths.check(to)
+        wait = self.limiter.take(sender, len(payload), now, lim)
         if wait:
             raise RateLimited(f"agent {sender} is over its send rate; try again in {wait:.3f} s", retry_after=wait)
         meta = Meta(
@@ -235,9 +225,11 @@ class Carrier:
 
     # --- receiving -------------------------------------------------------------------------------------
 
-    async def ensure_inbox(self, agent_id: str, topics: Sequence[str] = ()) -> None:
-        """The agent's inbox exists (and listens to ``topics`` too)."""
-        if agent_id in self._inboxes and not topics:
+    async def ensure_inbox(self, agent_id: str, topics: Sequence[str] = (), depth: int | None = None) -> None:
+        """The agent's inbox exists (and listens to ``topics`` too; ``depth``: the depth its definition declares,
+        given by the host serving it)."""
+        declare = depth is not None and self._declared.get(agent_id) != depth
+        if agent_id in self._inboxes and not topics and not declare:
             return
         for topic in topics:
             if not valid_name(topic):
@@ -245,17 +237,25 @@ class Carrier:
         name = inbox_name(agent_id)
         async with self._locks.setdefault(agent_id, asyncio.Lock()):
             filters = [direct_subject(agent_id)]
+            kept: str | None = None
             try:
                 info = await self.js.consumer_info(MESSAGES_STREAM, name)
                 filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
-                if not topics:
+                kept = (info.config.metadata or {}).get(QUEUE_DEPTH_KEY)
+                if kept == str(depth):
+                    declare = False
+                    self._declared[agent_id] = int(kept)
+                if not declare and all(topic_subject(t) in filters for t in topics):
                     self._inboxes.add(agent_id)
                     return
             except nats.js.errors.NotFoundError:
                 pass
             wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
-            await self.js.add_consumer(MESSAGES_STREAM, inbox_config(agent_id, wanted))
+            keep = depth if depth is not None else (int(kept) if kept and kept.isdigit() else None)
+            await self.js.add_consumer(MESSAGES_STREAM, inbox_config(agent_id, wanted, keep))
             self._inboxes.add(agent_id)
+            if depth is not None:
+                self._declared[agent_id] = depth
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
         """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""

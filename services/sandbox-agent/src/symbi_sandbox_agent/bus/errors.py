@@ -25,3 +25,7 @@ class RecipientTerminated(BusError):
 
 class NoReply(BusError):
     code = "timeout"
+
+
+class TooLarge(BusError):
+    code = "too_large"
