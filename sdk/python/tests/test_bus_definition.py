@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from symbi_agent import Agent, RateLimited, SymbiAgentError
+from symbi_agent import Agent, Denied, RateLimited, SymbiAgentError
 from symbi_agent.testing import agent_program
 from symbi_contracts.lifecycle.config import Messaging
 from symbi_sandbox_agent.harness import GatewayHarness
 
 ROOT = Path(__file__).resolve().parents[3]
 BASELINE = ROOT / "services" / "policy" / "src" / "symbi_policy" / "baseline.cedar"
+DATA_FLOW = ROOT / "examples" / "policies" / "data_flow.cedar"  # phi only to agents cleared for phi
 
 #: Messages from ``capped`` may go at most one a second, with bodies of at most 64 bytes.
 CAPPED = """
@@ -26,7 +27,7 @@ permit(principal == Agent::"capped", action == Action::"message.send", resource)
 
 @pytest.fixture
 def policies() -> dict[str, str]:
-    return {"baseline": BASELINE.read_text(), "capped": CAPPED}
+    return {"baseline": BASELINE.read_text(), "capped": CAPPED, "data-flow": DATA_FLOW.read_text()}
 
 
 def code_of(call: Any) -> str:
@@ -103,3 +104,30 @@ async def test_an_inbox_holds_what_its_definition_declares_and_its_subscriptions
     got = (await harness.run_callable(agent_program(drain), agent_id="small", messaging=small)).value
     assert [m["body"] for m in got] == [{"n": 0}, {"n": 1}, {"n": 2}, {"level": "high"}]
     assert got[-1]["topic"] == "alerts"
+
+
+def send_phi(agent: Agent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for to in ("ward", "stranger"):
+        try:
+            agent.messages.send(to, {"patient": 7}, context={"classification": "phi"})
+            out[to] = "ok"
+        except Denied as err:
+            out[to] = err.details["policies"]
+    return out
+
+
+def read_phi(agent: Agent) -> list[Any]:
+    return [m["classification"] for m in agent.messages.receive(max=10, timeout_s=2)["messages"]]
+
+
+async def test_a_policy_sees_the_recipients_clearances_from_its_definition(harness: GatewayHarness) -> None:
+    # "ward" is cleared for phi by its definition, "stranger" declares no clearance; both ran once.
+    await harness.run_callable(agent_program(idle), agent_id="ward", messaging=Messaging(clearances=("phi",)))
+    await harness.run_callable(agent_program(idle), agent_id="stranger", messaging=Messaging())
+    run = await harness.run_callable(agent_program(send_phi), agent_id="clinic")
+    assert run.value == {"ward": "ok", "stranger": ["phi-to-agent-needs-clearance"]}
+    refused = [a for a in run.actions if a.action == "message.send" and a.outcome == "refused"]
+    assert [a.resource for a in refused] == ["stranger"]
+    got = await harness.run_callable(agent_program(read_phi), agent_id="ward", messaging=Messaging(clearances=("phi",)))
+    assert got.value == ["phi"]

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 import nats.errors
 import structlog
+from symbi_common.bus_streams import inbox_metadata
 from symbi_common.caps import resource_caps
 from symbi_common.decisions import AllowWithConditions, Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import SymbiError
 from symbi_common.policy.enforcement import BUS_SEND
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
-from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send
+from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send, valid_name
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
@@ -84,7 +85,8 @@ class MessageOps:
         if self._declared or self.messaging is None:
             return
         depth = carrier.limiter.limits.lowered(self.messaging).queue_depth
-        await carrier.ensure_inbox(self.agent_id, self.messaging.subscriptions, depth=depth)
+        declared = inbox_metadata(depth, self.messaging.clearances)
+        await carrier.ensure_inbox(self.agent_id, self.messaging.subscriptions, declared)
         self._declared = True
 
     async def declare_now(self) -> None:
@@ -108,8 +110,16 @@ class MessageOps:
 
     # --- sending -----------------------------------------------------------------------------------
 
-    def question(self, sender: str, meta_to: str, topic: str, context: dict[str, Any], size: int) -> DecisionRequest:
-        resource = EntityRef(type="Channel", id=topic) if topic and not meta_to else EntityRef(type="Agent", id=meta_to)
+    def question(
+        self, sender: str, meta_to: str, topic: str, context: dict[str, Any], size: int, clearances: Sequence[str] = ()
+    ) -> DecisionRequest:
+        """``message.send`` from ``sender``; the recipient agent carries the ``clearances`` its definition declares."""
+        attrs = {"clearances": sorted(clearances)} if clearances else {}
+        resource = (
+            EntityRef(type="Channel", id=topic)
+            if topic and not meta_to
+            else EntityRef(type="Agent", id=meta_to, attrs=attrs)
+        )
         ctx = {**context, "size_bytes": size}
         if topic:
             ctx["topic"] = topic
@@ -121,7 +131,8 @@ class MessageOps:
         to = "" if isinstance(args, Publish) else args.to
         topic = args.topic if isinstance(args, Publish) else ""
         size = len(msgspec.json.encode(args.body))
-        question = self.question(self.agent_id, to, topic, dict(request.context), size)
+        clearances = await carrier.recipients.clearances(to) if valid_name(to) else ()
+        question = self.question(self.agent_id, to, topic, dict(request.context), size, clearances)
         target = to or topic
         try:
             carrier.check_room(target)
@@ -200,10 +211,12 @@ class MessageOps:
             ctx["classification"] = meta.classification
         if meta.topic:
             ctx["topic"] = meta.topic
+        mine = self.messaging.clearances if self.messaging is not None else ()
+        attrs = {"clearances": sorted(mine)} if mine else {}
         question = DecisionRequest(
             principal=EntityRef(type="Agent", id=sender),
             action=SEND,
-            resource=EntityRef(type="Agent", id=recipient),
+            resource=EntityRef(type="Agent", id=recipient, attrs=attrs),
             context=ctx,
         )
         decision, _ = await self.decide(question)

@@ -101,8 +101,8 @@ BUS_QUEUE_DEPTH = (1, INBOX_DEPTH)
 
 class Messaging(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The agent on the bus between agents: how fast and how much it may send (a burst of one second's
-    worth), the largest message body, how many messages its inbox holds, and the topics it receives from its
-    first run on. The defaults are the hosts' defaults; a host's own settings and a policy's
+    worth), the largest message body, how many messages its inbox holds, the topics it receives from its
+    first run on, and the clearances policies see on it as a recipient. The defaults are the hosts' defaults; a host's own settings and a policy's
     ``@cap_resources`` on ``message.send`` can only lower them."""
 
     messages_per_s: float = 1000.0
@@ -110,6 +110,8 @@ class Messaging(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_message_bytes: int = 1024 * 1024
     queue_depth: int = INBOX_DEPTH
     subscriptions: tuple[str, ...] = ()
+    clearances: tuple[str, ...] = ()
+    """Classifications of data the agent may be sent (``resource.clearances`` of ``message.send``)."""
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):

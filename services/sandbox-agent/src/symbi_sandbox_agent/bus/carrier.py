@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
-from symbi_common.bus_streams import QUEUE_DEPTH_KEY, inbox_config, inbox_name
+from symbi_common.bus_streams import inbox_config, inbox_name
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
 from symbi_contracts.bus import (
@@ -48,7 +48,6 @@ from symbi_contracts.bus import (
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
 from symbi_sandbox_agent.bus.delivered import Batch as Batch
 from symbi_sandbox_agent.bus.delivered import Delivered as Delivered
-from symbi_sandbox_agent.bus.depth import InboxDepths
 from symbi_sandbox_agent.bus.errors import BadAddress as BadAddress
 from symbi_sandbox_agent.bus.errors import BusError as BusError
 from symbi_sandbox_agent.bus.errors import NoReply as NoReply
@@ -57,6 +56,7 @@ from symbi_sandbox_agent.bus.errors import RecipientTerminated as RecipientTermi
 from symbi_sandbox_agent.bus.errors import TooLarge as TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
 from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
+from symbi_sandbox_agent.bus.recipients import Recipients
 from symbi_sandbox_agent.bus.terminated import TerminatedAgents
 
 #: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
@@ -105,9 +105,9 @@ class Carrier:
         self._full: dict[str, float] = {}
         #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
         self._sealed_here: OrderedDict[bytes, None] = OrderedDict()
-        self.depths = InboxDepths(js)
-        #: The inbox depth this host declared for each agent it serves (from its definition).
-        self._declared: dict[str, int] = {}
+        self.recipients = Recipients(js)
+        #: What this host declared on the inbox of each agent it serves (from its definition).
+        self._declared: dict[str, dict[str, str]] = {}
 
     # --- sending ---------------------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class Carrier:
         now = time.monotonic()
         self.check_room(target, now)
         if to and kind != "reply":
-            await self.depths.check(to)
+            await self.recipients.check(to)
         wait = self.limiter.take(sender, len(payload), now, lim)
         if wait:
             raise RateLimited(f"agent {sender} is over its send rate; try again in {wait:.3f} s", retry_after=wait)
@@ -225,10 +225,12 @@ class Carrier:
 
     # --- receiving -------------------------------------------------------------------------------------
 
-    async def ensure_inbox(self, agent_id: str, topics: Sequence[str] = (), depth: int | None = None) -> None:
-        """The agent's inbox exists (and listens to ``topics`` too; ``depth``: the depth its definition declares,
-        given by the host serving it)."""
-        declare = depth is not None and self._declared.get(agent_id) != depth
+    async def ensure_inbox(
+        self, agent_id: str, topics: Sequence[str] = (), declared: dict[str, str] | None = None
+    ) -> None:
+        """The agent's inbox exists (and listens to ``topics`` too; ``declared``: the metadata its definition
+        declares, :func:`~symbi_common.bus_streams.inbox_metadata`, given by the host serving it)."""
+        declare = declared is not None and self._declared.get(agent_id) != declared
         if agent_id in self._inboxes and not topics and not declare:
             return
         for topic in topics:
@@ -237,25 +239,26 @@ class Carrier:
         name = inbox_name(agent_id)
         async with self._locks.setdefault(agent_id, asyncio.Lock()):
             filters = [direct_subject(agent_id)]
-            kept: str | None = None
+            kept: dict[str, str] | None = None
             try:
                 info = await self.js.consumer_info(MESSAGES_STREAM, name)
                 filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
-                kept = (info.config.metadata or {}).get(QUEUE_DEPTH_KEY)
-                if kept == str(depth):
+                kept = info.config.metadata or None
+                if declared is not None and kept == declared:
                     declare = False
-                    self._declared[agent_id] = int(kept)
+                    self._declared[agent_id] = declared
                 if not declare and all(topic_subject(t) in filters for t in topics):
                     self._inboxes.add(agent_id)
                     return
             except nats.js.errors.NotFoundError:
                 pass
             wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
-            keep = depth if depth is not None else (int(kept) if kept and kept.isdigit() else None)
-            await self.js.add_consumer(MESSAGES_STREAM, inbox_config(agent_id, wanted, keep))
+            await self.js.add_consumer(
+                MESSAGES_STREAM, inbox_config(agent_id, wanted, declared if declared is not None else kept)
+            )
             self._inboxes.add(agent_id)
-            if depth is not None:
-                self._declared[agent_id] = depth
+            if declared is not None:
+                self._declared[agent_id] = declared
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
         """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
