@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from symbi_common.errors import BadRequest
 from symbi_contracts.bus import valid_name
+from symbi_contracts.grant_paths import grant_path_problem
 from symbi_contracts.lifecycle.config import (
     BUS_BYTES_PER_S,
     BUS_MESSAGE_BYTES,
@@ -182,8 +183,9 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
 
     _check_list(issues, "filesystem_access", tuple(p.path for p in config.filesystem_access))
     for i, access in enumerate(config.filesystem_access):
-        if not access.path.startswith("/") or "/../" in f"{access.path}/" or "\x00" in access.path:
-            issues.append(ConfigIssue(f"filesystem_access[{i}].path", "must be an absolute path without '..'"))
+        problem = grant_path_problem(access.path)
+        if problem is not None:
+            issues.append(ConfigIssue(f"filesystem_access[{i}].path", problem))
         if access.mode not in FILESYSTEM_MODES:
             issues.append(ConfigIssue(f"filesystem_access[{i}].mode", f"must be one of {', '.join(FILESYSTEM_MODES)}"))
 
