@@ -16,9 +16,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
+from symbi_cli.events import operator_url
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
+from symbi_common.bus_names import MESSAGES_STREAM
+from symbi_common.bus_streams import inbox_metadata, inbox_name
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "examples" / "agents" / "pipeline"
@@ -88,5 +92,13 @@ async def test_the_collector_and_the_summariser_talk_through_the_bus(
         assert summary["first"] == "The disk on db-2 is 91% full"  # in the order sent
         assert summary["answer"].startswith("denied by ")  # its own policy: it only listens
         assert summary_doc["receipt"]["verified"] is True
+        # The summariser's messaging block went from its definition through task.assigned to its host, which
+        # declared it on its inbox.
+        nc = await nats.connect(operator_url(runtime_home))
+        try:
+            info = await nc.jetstream().consumer_info(MESSAGES_STREAM, inbox_name("summariser"))
+        finally:
+            await nc.close()
+        assert inbox_metadata(200, ["internal"]).items() <= (info.config.metadata or {}).items()
     finally:
         await rt.stop()

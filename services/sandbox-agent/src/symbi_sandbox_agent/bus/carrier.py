@@ -243,7 +243,8 @@ class Carrier:
             try:
                 info = await self.js.consumer_info(MESSAGES_STREAM, name)
                 filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
-                kept = info.config.metadata or None
+                # (the server adds its own ``_nats.*`` entries: only what a host declared counts)
+                kept = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")} or None
                 if declared is not None and kept == declared:
                     declare = False
                     self._declared[agent_id] = declared
