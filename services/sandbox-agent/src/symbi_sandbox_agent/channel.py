@@ -39,6 +39,8 @@ Answer = Callable[[RequestLine, str], Awaitable[Reply]]
 #: Told, after each answer, whether it was written to the connection (in the kernel's socket buffer) or not.
 Written = Callable[[Reply, bool], Awaitable[None]]
 READ_CHUNK = 64 * 1024
+#: How often an answer larger than the socket's buffer is checked for having left this process.
+FLUSH_POLL_S = 0.001
 #: Connections one sandbox may hold open at once (each may buffer up to one request line).
 MAX_CONNECTIONS = 8
 
@@ -94,18 +96,17 @@ class Channel:
             writer.close()
             return
         self._connections.add(task)
-        # No write buffering in this process: a drained answer is in the kernel, which the peer reads even
-        # if this daemon dies right after (what ``written`` is told relies on it).
-        writer.transport.set_write_buffer_limits(high=0)
         try:
             await self._read(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            # (cancelled: the channel is closing. Ending normally, not cancelled, matters: asyncio 3.11's
+            # stream callback fails on a cancelled connection task and leaves its transport open.)
             pass
         finally:
             self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await writer.wait_closed()
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lines = RequestLines(MAX_REQUEST_BYTES, prefix=b"")
@@ -124,7 +125,11 @@ class Channel:
             if not writer.is_closing():
                 writer.write(encode_reply(reply))
                 await writer.drain()
-                ok = True
+                # Until nothing of it is left in this process: then it is in the kernel, which the peer reads
+                # even if this daemon dies right after (what ``written`` is told relies on it). Usually at once.
+                while writer.transport.get_write_buffer_size() and not writer.is_closing():  # noqa: ASYNC110 (no flushed event)
+                    await asyncio.sleep(FLUSH_POLL_S)
+                ok = not writer.is_closing()
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
