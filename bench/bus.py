@@ -81,8 +81,7 @@ class Ours:
         return meta.id
 
     async def receive(self) -> list[str]:
-        fetched = await self.carrier.fetch("bob", BATCH, 1.0)
-        got = await self.carrier.take("bob", fetched, _never) if fetched else []
+        got = await self.carrier.receive("bob", BATCH, 1.0, _never)
         return [d.meta.id for d in got]
 
 

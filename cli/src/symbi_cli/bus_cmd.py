@@ -5,14 +5,15 @@ each entry is a message that expired, was delivered too often without an acknowl
 delivery (unknown sender key, bad signature, policy), with its reason. ``replay`` puts the message, as it
 was signed, back into its recipient's inbox, marked replayed: its TTL counts from the replay and the
 recipient's gateway decides policy for it again before handing it over. ``symbi bus tail`` prints each
-message's metadata as it passes (bodies are encrypted; the operator never sees them here).
+message's metadata as it passes; bodies are encrypted, and only ``--decrypt`` shows them, to an operator who
+holds the wrap key of a service the message keys are sealed to (the audit service's, in ``--keys-dir``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,9 @@ import nats.js.errors
 import typer
 from rich.console import Console
 from symbi_common.bus_streams import inbox_config, inbox_name
+from symbi_common.datakeys import open_service_datakeys
+from symbi_common.errors import SymbiError
+from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
 from symbi_contracts.bus import (
     DEAD_DECODER,
@@ -30,10 +34,12 @@ from symbi_contracts.bus import (
     ENVELOPE_DECODER,
     MESSAGES_STREAM,
     DeadLetter,
+    Envelope,
     Meta,
     dead_subject,
     direct_subject,
     encode,
+    meta_bytes,
     topic_subject,
     valid_name,
 )
@@ -124,10 +130,41 @@ def describe(meta: Meta) -> str:
     return f"{meta.id} {meta.kind} {meta.sender} {target} {meta.size} B{extra}"
 
 
+#: How ``tail`` shows a body: the envelope in, its plaintext (or why not) out.
+Opener = Callable[[Envelope], Awaitable[str]]
+#: The service whose wrap key opens message data keys (they are sealed to the audit service and the sender's host).
+MESSAGE_KEY_READER = "audit"
+
+
+async def body_opener(js: Any, keys_dir: Path, service: str = MESSAGE_KEY_READER) -> Opener:
+    """An :data:`Opener` with ``service``'s wrap key from ``keys_dir``: an operator who holds it reads bodies."""
+    try:
+        registry = KeyRegistry.load(keys_dir)
+        datakeys = await open_service_datakeys(js, keys_dir / service, service, registry)
+    except (SymbiError, OSError) as exc:
+        raise BusCommandError(f"cannot open message keys as {service} from {keys_dir}: {exc}") from None
+
+    async def open_body(envelope: Envelope) -> str:
+        try:
+            key = await datakeys.by_id(envelope.key_id)
+        except SymbiError as exc:
+            return f"(not decrypted: {exc.code})"
+        plain = key.decrypt(envelope.nonce, envelope.ciphertext, meta_bytes(envelope.meta))
+        return plain.decode(errors="replace") if plain is not None else "(not decrypted: it does not open)"
+
+    return open_body
+
+
 async def tail(
-    nc: Any, on_line: Callable[[str], None], agent: str | None, topic: str | None, stop: asyncio.Event
+    nc: Any,
+    on_line: Callable[[str], None],
+    agent: str | None,
+    topic: str | None,
+    stop: asyncio.Event,
+    opener: Opener | None = None,
 ) -> None:
-    """Print the metadata of every message passing (to or from ``agent``; on ``topic``) until ``stop``."""
+    """Print the metadata of every message passing (to or from ``agent``; on ``topic``) until ``stop``; with
+    ``opener``, each body too."""
     subject = topic_subject(topic) if topic else "msg.>"
     sub = await nc.subscribe(subject)
     try:
@@ -137,11 +174,13 @@ async def tail(
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             try:
-                meta = ENVELOPE_DECODER.decode(msg.data).meta
+                envelope = ENVELOPE_DECODER.decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
+            meta = envelope.meta
             if agent is None or agent in (meta.sender, meta.to):
-                on_line(f"{time.strftime('%H:%M:%S')} {msg.subject} {describe(meta)}")
+                body = f" body={await opener(envelope)}" if opener is not None else ""
+                on_line(f"{time.strftime('%H:%M:%S')} {msg.subject} {describe(meta)}{body}")
     finally:
         await sub.unsubscribe()
 
@@ -224,13 +263,23 @@ def dlq_purge(
 def bus_tail(
     agent: AgentOption = None,
     topic: Annotated[str | None, typer.Option("--topic", help="Only this topic.")] = None,
+    decrypt: Annotated[
+        bool, typer.Option("--decrypt", help="Show bodies too (needs the audit service's wrap key in --keys-dir).")
+    ] = False,
+    keys_dir: Annotated[Path | None, typer.Option("--keys-dir", envvar="SYMBI_KEYS_DIR")] = None,
     home: HomeOption = DEFAULT_HOME,
     nats_url: UrlOption = None,
 ) -> None:
-    """Show messages live as they pass: subject and metadata (who, to whom, kind, size), never a body."""
+    """Show messages live as they pass: subject and metadata (who, to whom, kind, size); bodies only with
+    --decrypt, for an operator who holds the keys."""
     console = Console(highlight=False)
     stop = asyncio.Event()
+
+    async def job(nc: Any) -> None:
+        opener = await body_opener(nc.jetstream(), keys_dir or home / "keys") if decrypt else None
+        await tail(nc, console.print, agent, topic, stop, opener)
+
     try:
-        _run(nats_url or operator_url(home), lambda nc: tail(nc, console.print, agent, topic, stop))
+        _run(nats_url or operator_url(home), job)
     except KeyboardInterrupt:
         stop.set()

@@ -39,6 +39,7 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
             ("value", 1, 47, "mode must be one of"),
         ],
     ),
+    ('agent a() { filesystem = [{path: "/data/logs/."}] }\n', [("value", 1, 34, "'.', '..' or '//'")]),
     ('agent a() { workload = {command: ["x"]} }\n', [("missing", 1, 24, "needs an image")]),
     ("agent a() { }\nagent a() { }\n", [("duplicate", 2, 7, "defined twice (first on line 1)")]),
     ("type T { a: String }\ntype T = Int\n", [("duplicate", 2, 6, "defined twice")]),

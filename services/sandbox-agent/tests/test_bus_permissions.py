@@ -14,7 +14,7 @@ from typing import Any
 
 import nats
 import pytest
-from symbi_cli.bus_cmd import dead_letters, replay, tail
+from symbi_cli.bus_cmd import BusCommandError, body_opener, dead_letters, replay, tail
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats
 from symbi_common.datakeys import open_service_datakeys
@@ -48,7 +48,7 @@ async def _no_answer(sender: str, recipient: str, meta: Any) -> str | None:
 
 async def _serve_one_request(carrier: Carrier, agent_id: str) -> None:
     while True:
-        got = await carrier.take(agent_id, await carrier.fetch(agent_id, 10, 1.0), _no_answer)
+        got = await carrier.receive(agent_id, 10, 1.0, _no_answer)
         for m in got:
             if m.meta.kind == "request":
                 await carrier.send(agent_id, "reply", {"echo": m.body}, to=m.meta.sender, in_reply_to=m.meta.id)
@@ -84,7 +84,7 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
         await carrier.send("alice", "topic", {"n": 2}, topic="news")
         await carrier.send("alice", "direct", "late", to="bob", ttl_s=1.0)
         await asyncio.sleep(1.2)
-        got = await carrier.take("bob", await carrier.fetch("bob", 10, 2.0), _no_answer)
+        got = await carrier.receive("bob", 10, 2.0, _no_answer)
         assert [m.body for m in got] == [{"n": 1}, {"n": 2}]
         serving = asyncio.ensure_future(_serve_one_request(carrier, "bob"))
         answer = await carrier.request("alice", "bob", {"q": 1}, 10.0)
@@ -95,7 +95,7 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
         dead = await dead_letters(js, "bob")
         assert [(letter.reason, letter.envelope.meta.sender) for _, letter in dead] == [("expired", "alice")]
         await replay(js, dead[0][0])  # its TTL counts from now
-        again = await carrier.take("bob", await carrier.fetch("bob", 10, 2.0), _no_answer)
+        again = await carrier.receive("bob", 10, 2.0, _no_answer)
         assert [m.body for m in again] == ["late"]
         assert await dead_letters(js, "bob") == []
         stop.set()
@@ -154,4 +154,51 @@ async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
     finally:
         await rt.stop()
         await lifecycle_nc.close()
+    assert [e for e in rt.recent_errors if "ermission" in e] == []
+
+
+async def test_tail_shows_bodies_only_to_an_operator_who_holds_the_keys(secured: str, keys_dir: Path) -> None:
+    """``symbi bus tail --decrypt``: as the ``operator`` NATS user, with the audit service's wrap key; without
+    it (metadata only) or with a wrap key the message keys are not sealed to, no body."""
+    env = {
+        "SYMBI_NATS_URL": with_credentials(secured, "sandbox-agent", PASSWORDS["sandbox-agent"]),
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
+    }
+    rt = ServiceRuntime("sandbox-agent", load_settings(env=env), use_database=False)
+    await rt.start()
+    operator = await nats.connect(with_credentials(secured, OPERATOR, PASSWORDS[OPERATOR]), allow_reconnect=False)
+    try:
+        carrier = await bus_of(rt)
+        await carrier.ensure_inbox("bob")
+        js = operator.jetstream()
+        shown: dict[str, list[str]] = {"audit": [], "none": [], "context": []}
+        stop = asyncio.Event()
+        tails = [
+            asyncio.ensure_future(
+                tail(operator, shown["audit"].append, "alice", None, stop, await body_opener(js, keys_dir))
+            ),
+            asyncio.ensure_future(tail(operator, shown["none"].append, "alice", None, stop)),
+            asyncio.ensure_future(
+                tail(operator, shown["context"].append, "alice", None, stop, await body_opener(js, keys_dir, "context"))
+            ),
+        ]
+        await asyncio.sleep(0.3)
+        await carrier.send("alice", "direct", {"secret": "s3"}, to="bob")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not all(shown.values()):
+            assert asyncio.get_running_loop().time() < deadline, f"tail showed too little: {shown}"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*tails)
+        assert shown["audit"][0].endswith(' body={"secret":"s3"}')
+        assert "s3" not in shown["none"][0]
+        assert "body=" not in shown["none"][0]
+        assert shown["context"][0].endswith("body=(not decrypted: data_key_not_entitled)")
+        with pytest.raises(BusCommandError):  # no keyring there
+            await body_opener(js, keys_dir.parent / "nowhere")
+    finally:
+        await operator.close()
+        await rt.stop()
     assert [e for e in rt.recent_errors if "ermission" in e] == []

@@ -124,3 +124,19 @@ async def test_agent_keys_are_derived_on_the_host_and_trusted_only_through_its_s
     kv.data["carol"] = encode(msgspec.structs.replace(entry, agent_id="carol"))
     with pytest.raises(UnknownSender, match="not signed by its host"):
         await reader.verifier("carol")
+
+
+def test_an_agents_limits_are_the_tightest_of_host_definition_and_policy() -> None:
+    from symbi_contracts.lifecycle.config import Messaging
+
+    host = SendLimits(messages_per_s=100, bytes_per_s=1000)
+    assert host.lowered(None) == host
+    mine = host.lowered(Messaging(messages_per_s=5, bytes_per_s=10**9, max_message_bytes=50, queue_depth=7))
+    assert (mine.messages_per_s, mine.bytes_per_s, mine.max_message_bytes, mine.queue_depth) == (5, 1000, 50, 7)
+    capped = mine.lowered(None, {"messages_per_s": 2, "max_message_bytes": 500, "memory_mb": 1})
+    assert (capped.messages_per_s, capped.max_message_bytes) == (2, 50)  # lowered, never raised
+    limiter = RateLimiter(host)
+    assert [limiter.take("a", 1, 0.0, capped) for _ in range(2)] == [0.0, 0.0]
+    assert limiter.take("a", 1, 0.0, capped) == pytest.approx(0.5)  # at the capped rate
+    assert limiter.take("a", 1, 0.0) == pytest.approx(0.01)  # the host's rate again: it fills at 100/s
+    assert limiter.take("a", 1, 0.01) == 0.0

@@ -9,6 +9,8 @@ could not be delivered, with its reason, for ``symbi bus dlq``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -77,9 +79,27 @@ def inbox_name(agent_id: str) -> str:
     return f"inbox-{agent_id}"
 
 
-def inbox_config(agent_id: str, filter_subjects: list[str]) -> ConsumerConfig:
-    """``agent_id``'s inbox: its direct subject and its topics, in stream order, each message acked."""
+#: Inbox consumer metadata, written by the host serving the agent from its definition: the inbox depth
+#: (sending hosts refuse past it) and the agent's clearances (what policies see on it as a recipient).
+QUEUE_DEPTH_KEY = "symbi_queue_depth"
+CLEARANCES_KEY = "symbi_clearances"
+
+
+def inbox_metadata(queue_depth: int, clearances: Sequence[str]) -> dict[str, str]:
+    """What the host serving an agent declares on its inbox (clearances comma-separated, sorted)."""
+    return {QUEUE_DEPTH_KEY: str(queue_depth), CLEARANCES_KEY: ",".join(sorted(set(clearances)))}
+
+
+def declared_clearances(metadata: dict[str, str] | None) -> tuple[str, ...]:
+    """The clearances an inbox's metadata declares (none when undeclared)."""
+    return tuple(c for c in (metadata or {}).get(CLEARANCES_KEY, "").split(",") if c)
+
+
+def inbox_config(agent_id: str, filter_subjects: list[str], metadata: dict[str, str] | None = None) -> ConsumerConfig:
+    """``agent_id``'s inbox: its direct subject and its topics, in stream order, each message acked;
+    ``metadata``: what its host declared from its definition (:func:`inbox_metadata`)."""
     return ConsumerConfig(
+        metadata=metadata or None,
         durable_name=inbox_name(agent_id),
         filter_subjects=filter_subjects,
         ack_policy=AckPolicy.EXPLICIT,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from symbi_contracts.grant_paths import grant_path_problem
 from symbi_contracts.lifecycle.config import CPU_CORES, DISK_IO_MBPS, EXECUTION_TIMEOUT_S, MEMORY_MB, NETWORK_IO_MBPS
 
 from symbi_dsl import ast as A
@@ -171,8 +172,8 @@ class Checker(BlockChecks):
             path = self.v.string(fields["path"]) if "path" in fields else None
             if "path" not in fields:
                 self.rep.error("missing", "a filesystem entry needs a path", item.span)
-            elif path is not None and (not path.startswith("/") or "/../" in f"{path}/"):
-                self.rep.error("value", f"{path!r} must be an absolute path without '..'", fields["path"].span)
+            elif path is not None and (problem := grant_path_problem(path)) is not None:
+                self.rep.error("value", problem, fields["path"].span)
             mode = self.v.word(fields["mode"], FS_MODES, "mode") if "mode" in fields else "read"
             if path is not None and mode is not None:
                 out.append({"path": path, "mode": mode})

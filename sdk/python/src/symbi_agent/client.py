@@ -41,8 +41,12 @@ class _SocketLines:
         return self.file.readline(_wire.MAX_LINE_BYTES)
 
     def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+        try:
+            self.file.close()  # flushes what is buffered: fails on a channel its host closed
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
 
 
 class _StdioLines:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from symbi_agent.model_stream import stream_chat
+from symbi_agent.seen import SEEN
 
 Call = Callable[..., Any]
 
@@ -112,8 +113,9 @@ class Messages(_Area):
 
     def receive(self, *, max: int = 10, timeout_s: float = 5.0) -> Any:
         """Up to ``max`` waiting messages, waiting up to ``timeout_s`` for the first; the result is
-        ``{"messages": [...]}`` (empty when none came)."""
-        return self._call("messages.receive", {"max": max, "timeout_s": timeout_s})
+        ``{"messages": [...]}`` (empty when none came). A message is handed over once per process: one
+        delivered again (its host restarted before recording it) is dropped here, by id."""
+        return SEEN.filter(self._call("messages.receive", {"max": max, "timeout_s": timeout_s}))
 
 
 class Tools(_Area):

@@ -25,7 +25,13 @@ import msgspec
 from symbi_common.errors import BadRequest, ValidationError
 from symbi_common.secret_records import check_name
 from symbi_common.secret_source import VAULT_SCHEME
+from symbi_contracts.bus import valid_name
+from symbi_contracts.grant_paths import grant_path_problem
 from symbi_contracts.lifecycle.config import (
+    BUS_BYTES_PER_S,
+    BUS_MESSAGE_BYTES,
+    BUS_MESSAGES_PER_S,
+    BUS_QUEUE_DEPTH,
     CPU_CORES,
     DISK_IO_MBPS,
     EXECUTION_TIMEOUT_S,
@@ -38,6 +44,7 @@ from symbi_contracts.lifecycle.config import (
     AgentConfig,
     ConfigIssue,
     MemorySettings,
+    Messaging,
     PathAccess,
     PolicySpec,
     ResourceLimits,
@@ -179,8 +186,9 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
 
     _check_list(issues, "filesystem_access", tuple(p.path for p in config.filesystem_access))
     for i, access in enumerate(config.filesystem_access):
-        if not access.path.startswith("/") or "/../" in f"{access.path}/" or "\x00" in access.path:
-            issues.append(ConfigIssue(f"filesystem_access[{i}].path", "must be an absolute path without '..'"))
+        problem = grant_path_problem(access.path)
+        if problem is not None:
+            issues.append(ConfigIssue(f"filesystem_access[{i}].path", problem))
         if access.mode not in FILESYSTEM_MODES:
             issues.append(ConfigIssue(f"filesystem_access[{i}].mode", f"must be one of {', '.join(FILESYSTEM_MODES)}"))
 
@@ -208,7 +216,21 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
         value = getattr(config.budget, unit)
         if value is not None and not 0 <= value <= 10**15:
             issues.append(ConfigIssue(f"budget.{unit}", "must be between 0 and 10^15 (or left out: no budget)"))
+    _validate_messaging(issues, config.messaging)
     return issues
+
+
+def _validate_messaging(issues: list[ConfigIssue], m: Messaging) -> None:
+    _in_range(issues, "messaging.messages_per_s", m.messages_per_s, BUS_MESSAGES_PER_S, "messages/s")
+    _in_range(issues, "messaging.bytes_per_s", m.bytes_per_s, BUS_BYTES_PER_S, "bytes/s")
+    _in_range(issues, "messaging.max_message_bytes", m.max_message_bytes, BUS_MESSAGE_BYTES, "bytes")
+    _in_range(issues, "messaging.queue_depth", m.queue_depth, BUS_QUEUE_DEPTH, "messages")
+    _check_list(issues, "messaging.subscriptions", m.subscriptions)
+    for i, topic in enumerate(m.subscriptions):
+        if not valid_name(topic):
+            issues.append(
+                ConfigIssue(f"messaging.subscriptions[{i}]", f"{topic!r} is not a topic (1-64 of A-Z a-z 0-9 - _)")
+            )
 
 
 def _validate_memory(issues: list[ConfigIssue], m: MemorySettings) -> None:

@@ -135,6 +135,12 @@ class ProtocolServer:
     def agent_id(self) -> str:
         return self.gateway.run.agent_id or "unknown"
 
+    async def written(self, reply: Reply, ok: bool) -> None:
+        """``reply`` reached the agent's channel (``ok``) or could not: what it handed over is committed or
+        handed back (messages: delivery is acknowledged only once the agent has its answer)."""
+        if self._messages is not None:
+            await self._messages.written(reply, ok)
+
     async def answer(self, line: RequestLine, channel: str) -> Reply:
         """The answer to one request line; a fault of the gateway (e.g. its record could not be stored) is
         the typed error ``internal``, so the caller is never left waiting."""

@@ -36,7 +36,11 @@ from symbi_sandbox_agent.actions import RequestLine, RequestLines
 log = structlog.get_logger(__name__)
 
 Answer = Callable[[RequestLine, str], Awaitable[Reply]]
+#: Told, after each answer, whether it was written to the connection (in the kernel's socket buffer) or not.
+Written = Callable[[Reply, bool], Awaitable[None]]
 READ_CHUNK = 64 * 1024
+#: How often an answer larger than the socket's buffer is checked for having left this process.
+FLUSH_POLL_S = 0.001
 #: Connections one sandbox may hold open at once (each may buffer up to one request line).
 MAX_CONNECTIONS = 8
 
@@ -60,7 +64,9 @@ class Channel:
         answer: Answer,
         max_in_flight: int = MAX_IN_FLIGHT,
         max_connections: int = MAX_CONNECTIONS,
+        written: Written | None = None,
     ) -> None:
+        self.written = written
         self.max_connections = max_connections
         self.directory = Path(directory)
         self.path = self.directory / SOCKET_NAME
@@ -92,13 +98,15 @@ class Channel:
         self._connections.add(task)
         try:
             await self._read(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            # (cancelled: the channel is closing. Ending normally, not cancelled, matters: asyncio 3.11's
+            # stream callback fails on a cancelled connection task and leaves its transport open.)
             pass
         finally:
             self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await writer.wait_closed()
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lines = RequestLines(MAX_REQUEST_BYTES, prefix=b"")
@@ -110,17 +118,29 @@ class Channel:
                 task.add_done_callback(self._requests.discard)
 
     async def _serve(self, line: RequestLine, writer: asyncio.StreamWriter) -> None:
+        reply: Reply | None = None
+        ok = False
         try:
             reply = await self.answer(line, "socket")
             if not writer.is_closing():
                 writer.write(encode_reply(reply))
                 await writer.drain()
+                # Until nothing of it is left in this process: then it is in the kernel, which the peer reads
+                # even if this daemon dies right after (what ``written`` is told relies on it). Usually at once.
+                while writer.transport.get_write_buffer_size() and not writer.is_closing():  # noqa: ASYNC110 (no flushed event)
+                    await asyncio.sleep(FLUSH_POLL_S)
+                ok = not writer.is_closing()
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("serving a channel request failed", channel=str(self.directory))
         finally:
             self.in_flight.release()
+        if reply is not None and self.written is not None:
+            try:
+                await self.written(reply, ok)
+            except Exception:
+                log.exception("settling a written answer failed", channel=str(self.directory))
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; let the requests being served finish (up to ``grace_s``), then stop the rest."""

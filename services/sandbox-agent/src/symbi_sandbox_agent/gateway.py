@@ -138,9 +138,11 @@ class ActionGateway:
 
     async def open_channel(self, directory: str, owner: tuple[int, int]) -> None:
         """Serve the protocol on a socket in ``directory`` (mounted into the sandbox), for this run only."""
-        channel = Channel(directory, owner, self.protocol.answer)
+        channel = Channel(directory, owner, self.protocol.answer, written=self.protocol.written)
         await channel.open()
         self.channel = channel
+        if self.run.spec.messaging is not None:  # its inbox, as declared, before it runs (docs/bus.md)
+            await self.protocol.messages.declare_now()
 
     async def remove_channel(self) -> None:
         if self.channel is not None:
@@ -188,7 +190,13 @@ class ActionGateway:
 
     async def _handle(self, line: RequestLine) -> Pending | None:
         if not line.too_long and _names_op(line.body):
-            await self.reply(encode_reply(await self.protocol.answer(line, "stdio")))
+            answer = await self.protocol.answer(line, "stdio")
+            try:
+                await self.reply(encode_reply(answer))
+            except BaseException:
+                await self.protocol.written(answer, False)
+                raise
+            await self.protocol.written(answer, True)
             return None
         seq = self.next_seq()
         if seq > MAX_REQUESTS:

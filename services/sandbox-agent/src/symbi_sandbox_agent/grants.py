@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from symbi_contracts.grant_paths import BadPath, path_components
 from symbi_contracts.sandbox_agent.errors import SandboxRefused
 
 #: Where granted directories appear in a sandbox.
@@ -27,8 +28,6 @@ DATA_MOUNT = "/symbi/data"
 MODES = ("read", "read_write")
 #: A data root's name: it becomes a path component and a Cedar ``Data`` id.
 ROOT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-MAX_COMPONENT_CHARS = 255
-MAX_COMPONENTS = 32
 
 
 class GrantRefused(SandboxRefused):
@@ -114,19 +113,12 @@ class DataMount:
 
 def components(path: str, what: str) -> tuple[str, ...]:
     """The components of a ``/``-separated path, refusing ``.``, ``..``, empty ones (``//``), NUL and
-    control characters, over-long components and over-deep paths. A trailing ``/`` is allowed."""
-    body = path.strip("/") if path.startswith("/") else path.rstrip("/")
-    if not body:
-        return ()
-    parts = tuple(body.split("/"))
-    if len(parts) > MAX_COMPONENTS:
-        raise BadDataPath(f"{what} {path[:120]!r} has more than {MAX_COMPONENTS} components")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise BadDataPath(f"{what} {path[:120]!r} must not contain '.', '..' or '//' components")
-        if len(part) > MAX_COMPONENT_CHARS or not part.isprintable():
-            raise BadDataPath(f"{what} {path[:120]!r} has a component that is too long or not printable")
-    return parts
+    control characters, over-long components and over-deep paths (the rule of
+    :mod:`symbi_contracts.grant_paths`, which registration applies too). A trailing ``/`` is allowed."""
+    try:
+        return path_components(path, what)
+    except BadPath as err:
+        raise BadDataPath(str(err)) from None
 
 
 def check_root_name(name: str) -> None:

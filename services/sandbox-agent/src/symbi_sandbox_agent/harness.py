@@ -29,7 +29,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.policy.enforcement import SANDBOX_START, SCHEDULER_TASK_ALLOCATE
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import ChainTip
-from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import Messaging, PathAccess, ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     TERMINAL_TYPES,
@@ -106,6 +106,7 @@ class GatewayHarness:
         agent_id: str = "agent-1",
         filesystem_access: Sequence[PathAccess] = (),
         task_id: str | None = None,
+        messaging: Messaging | None = None,
     ) -> HarnessRun:
         """Serve ``program`` (given the socket path) as a run of agent ``agent_id``; its exception is raised
         after the run is recorded, its value is :attr:`HarnessRun.value`."""
@@ -140,6 +141,7 @@ class GatewayHarness:
             actions=True,
             channel_dir=channel_dir(svc.defaults.channel_root or channel_root(), svc.host_id, name),
             data_mounts=tuple(m.mount for m in mounts),
+            messaging=messaging,
         )
         run = Running(spec, agent_id)
         await svc.executions.execute(task_id, _started(spec, verdict.record, [m.record() for m in mounts], run))
@@ -180,6 +182,7 @@ class GatewayHarness:
         actions: bool = True,
         limits: ResourceLimits | None = None,
         timeout: float = 120.0,
+        messaging: Messaging | None = None,
     ) -> HarnessRun:
         """Run ``image`` as a task of agent ``agent_id`` on this daemon's host, and wait for its end."""
         if self.tasks is None:
@@ -208,6 +211,7 @@ class GatewayHarness:
                 attempt=1,
                 decision=verdict.record,
                 filesystem_access=tuple(filesystem_access),
+                messaging=messaging,
             ),
         ]
         await self.tasks.append("task", task_id, events, TASK_EVENTS, expected=ChainTip())

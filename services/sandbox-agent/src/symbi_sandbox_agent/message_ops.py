@@ -13,25 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from symbi_common.decisions import Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
+import nats.errors
+import structlog
+from symbi_common.bus_streams import inbox_metadata
+from symbi_common.caps import resource_caps
+from symbi_common.decisions import AllowWithConditions, Decision, DecisionRecord, DecisionRequest, Deny, EntityRef
 from symbi_common.errors import SymbiError
-from symbi_common.policy.enforcement import GATEWAY_ACTION
+from symbi_common.policy.enforcement import BUS_SEND
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
-from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send
+from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send, valid_name
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
-from symbi_sandbox_agent.bus.carrier import Carrier, Delivered, RateLimited
+from symbi_sandbox_agent.bus.carrier import Batch, Carrier, RateLimited
 from symbi_sandbox_agent.bus.decisions import remembered
+from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.run import Running
 
+log = structlog.get_logger(__name__)
 SEND = "message.send"
 RECEIVE = "message.receive"
 RETRY_AFTER_S = 1.0
@@ -55,6 +61,11 @@ class MessageOps:
         self.agent_id = run.agent_id or "unknown"
         self.record = record
         self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
+        #: Batches handed over in an answer not yet written, by the answer's identity (see :meth:`written`).
+        self._unwritten: dict[int, tuple[Reply, Batch]] = {}
+        #: The definition's bus limits and subscriptions (none: the host's defaults, no topics).
+        self.messaging = run.spec.messaging
+        self._declared = False
 
     async def answer(self, seq: int, request: Request) -> Reply:
         try:
@@ -64,20 +75,51 @@ class MessageOps:
             await self.record(seq, SEND, "", {}, None, "failed", f"malformed_request: {message}")
             return error(request.id, "malformed_request", message)
         carrier = await bus_of(self.rt)
+        await self.declare(carrier)
         if isinstance(args, Receive):
             return await self._receive(seq, request.id, args, carrier)
         return await self._send(seq, request, args, carrier)
 
+    async def declare(self, carrier: Carrier) -> None:
+        """Once per run: the agent's inbox exists with the depth and the topics its definition declares."""
+        if self._declared or self.messaging is None:
+            return
+        depth = carrier.limiter.limits.lowered(self.messaging).queue_depth
+        declared = inbox_metadata(depth, self.messaging.clearances)
+        await carrier.ensure_inbox(self.agent_id, self.messaging.subscriptions, declared)
+        self._declared = True
+
+    async def declare_now(self) -> None:
+        """:meth:`declare` at the start of the run; if the bus cannot be reached now, its first
+        ``messages.*`` request declares it (the run is not held up for it)."""
+        try:
+            await self.declare(await bus_of(self.rt))
+        except (SymbiError, OSError, nats.errors.Error) as exc:
+            log.warning("the agent's inbox could not be declared at the start of its run", error=repr(exc))
+
+    def limits(self, host: SendLimits, decision: Decision) -> SendLimits:
+        """The sender's limits for one allowed message: host, definition and the policy's caps, tightest."""
+        caps = resource_caps(decision.conditions) if isinstance(decision, AllowWithConditions) else {}
+        return host.lowered(self.messaging, caps)
+
     async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]:
-        """Through the one enforcer (point ``GATEWAY_ACTION``), its answers remembered per policy version."""
+        """Through the one enforcer (point ``BUS_SEND``), its answers remembered per policy version."""
         point = remembered(await self.rt.decision_point())
-        verdict = await Enforcer.around(point).decide(question, GATEWAY_ACTION)
+        verdict = await Enforcer.around(point).decide(question, BUS_SEND)
         return verdict.decision, verdict.record
 
     # --- sending -----------------------------------------------------------------------------------
 
-    def question(self, sender: str, meta_to: str, topic: str, context: dict[str, Any], size: int) -> DecisionRequest:
-        resource = EntityRef(type="Channel", id=topic) if topic and not meta_to else EntityRef(type="Agent", id=meta_to)
+    def question(
+        self, sender: str, meta_to: str, topic: str, context: dict[str, Any], size: int, clearances: Sequence[str] = ()
+    ) -> DecisionRequest:
+        """``message.send`` from ``sender``; the recipient agent carries the ``clearances`` its definition declares."""
+        attrs = {"clearances": sorted(clearances)} if clearances else {}
+        resource = (
+            EntityRef(type="Channel", id=topic)
+            if topic and not meta_to
+            else EntityRef(type="Agent", id=meta_to, attrs=attrs)
+        )
         ctx = {**context, "size_bytes": size}
         if topic:
             ctx["topic"] = topic
@@ -89,7 +131,8 @@ class MessageOps:
         to = "" if isinstance(args, Publish) else args.to
         topic = args.topic if isinstance(args, Publish) else ""
         size = len(msgspec.json.encode(args.body))
-        question = self.question(self.agent_id, to, topic, dict(request.context), size)
+        clearances = await carrier.recipients.clearances(to) if valid_name(to) else ()
+        question = self.question(self.agent_id, to, topic, dict(request.context), size, clearances)
         target = to or topic
         try:
             carrier.check_room(target)
@@ -116,17 +159,26 @@ class MessageOps:
                 policy_version=decision.policy_version,
             )
         classification = str(request.context.get("classification", ""))
+        limits = self.limits(carrier.limiter.limits, decision)
         try:
             if isinstance(args, Ask):
                 wait = min(max(args.timeout_s, 0.0), MAX_WAIT_S)
-                got = await carrier.request(self.agent_id, to, args.body, wait, classification=classification)
+                got = await carrier.request(
+                    self.agent_id, to, args.body, wait, classification=classification, limits=limits
+                )
                 await self.record(
                     seq, SEND, target, question.context, record, "allowed", f"{request.op} replied {got.meta.id}"
                 )
                 return Result(id=request.id, result=got.as_dict())
             if isinstance(args, Publish):
                 meta = await carrier.send(
-                    self.agent_id, "topic", args.body, topic=topic, ttl_s=args.ttl_s, classification=classification
+                    self.agent_id,
+                    "topic",
+                    args.body,
+                    topic=topic,
+                    ttl_s=args.ttl_s,
+                    classification=classification,
+                    limits=limits,
                 )
             else:
                 kind: Kind = "reply" if args.in_reply_to else "direct"
@@ -138,6 +190,7 @@ class MessageOps:
                     ttl_s=args.ttl_s,
                     classification=classification,
                     in_reply_to=args.in_reply_to,
+                    limits=limits,
                 )
         except SymbiError as err:
             outcome: ActionOutcome = "failed"
@@ -158,10 +211,12 @@ class MessageOps:
             ctx["classification"] = meta.classification
         if meta.topic:
             ctx["topic"] = meta.topic
+        mine = self.messaging.clearances if self.messaging is not None else ()
+        attrs = {"clearances": sorted(mine)} if mine else {}
         question = DecisionRequest(
             principal=EntityRef(type="Agent", id=sender),
             action=SEND,
-            resource=EntityRef(type="Agent", id=recipient),
+            resource=EntityRef(type="Agent", id=recipient, attrs=attrs),
             context=ctx,
         )
         decision, _ = await self.decide(question)
@@ -178,22 +233,40 @@ class MessageOps:
                 return Result(id=request_id, result={"messages": []})
             refused: list[str] = []
             async with self._receiving:
-                got = await self._fetch(carrier, most, wait, refused)
+                batch = await self._fetch(carrier, most, wait, refused)
         except SymbiError as err:
             await self.record(seq, RECEIVE, "inbox", {}, None, "failed", f"{err.code}: {err.message}")
             return error(request_id, err.code, err.message)
         if refused:  # refused at delivery (dead letters): on the recipient's trail too, metadata only
             detail = "refused at delivery (dead letters): " + ", ".join(refused)
             await self.record(seq, RECEIVE, "inbox", {}, None, "refused", detail[:2000])
+        got = batch.delivered
         if got:
             detail = "received " + " ".join(f"{d.meta.id}<{d.meta.sender}" for d in got)
             await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", detail[:2000])
-        return Result(id=request_id, result={"messages": [d.as_dict() for d in got]})
+        reply = Result(id=request_id, result={"messages": [d.as_dict() for d in got]})
+        if batch.held:
+            self._unwritten[id(reply)] = (reply, batch)
+        return reply
+
+    async def written(self, reply: Reply, ok: bool) -> None:
+        """``reply`` was written to the agent's channel (``ok``) or could not be: the batch it hands over is
+        committed (recorded as delivered, acked), or handed back to the inbox to be delivered again. Until
+        then it is neither: a crash in between redelivers it, and the SDK drops an id it already has."""
+        found = self._unwritten.pop(id(reply), None)
+        if found is None or found[0] is not reply:
+            return
+        carrier = await bus_of(self.rt)
+        batch = found[1]
+        if ok:
+            await carrier.commit(batch)
+        else:
+            await carrier.release(batch.held)
 
     def _suspended(self) -> bool:
         return self.run.paused_since is not None and not self.run.done.is_set()
 
-    async def _fetch(self, carrier: Carrier, most: int, wait: float, refused: list[str]) -> list[Delivered]:
+    async def _fetch(self, carrier: Carrier, most: int, wait: float, refused: list[str]) -> Batch:
         """The waiting messages, never taken while the run is suspended: a batch fetched just as it was
         suspended is handed back (it waits in the inbox) and fetched again once the run is resumed."""
         deadline = time.monotonic() + wait
@@ -204,6 +277,6 @@ class MessageOps:
             if fetched and self._suspended():
                 await carrier.release(fetched)
                 continue
-            got = await carrier.take(self.agent_id, fetched, self._check_delivery, refused) if fetched else []
-            if got or time.monotonic() >= deadline:
+            got = await carrier.take(self.agent_id, fetched, self._check_delivery, refused)
+            if got.delivered or time.monotonic() >= deadline:
                 return got  # (a batch of only refused or duplicate messages: wait on for the rest of the time)

@@ -26,6 +26,7 @@ from typing import Any
 from symbi_common.caps import lower_to_caps
 from symbi_common.errors import ValidationError
 from symbi_contracts.agent_protocol import CHANNEL_MOUNT, SOCKET_ENV, SOCKET_NAME
+from symbi_contracts.lifecycle.config import Messaging
 from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
@@ -104,6 +105,8 @@ class SandboxSpec:
     #: The secrets the task asks for (names), and the host tmpfs directory holding their files once decided.
     secrets: tuple[str, ...] = ()
     secrets_dir: str = ""
+    #: The definition's bus limits and subscriptions (none: the host's defaults).
+    messaging: Messaging | None = None
 
     @property
     def runtime(self) -> str:
@@ -312,4 +315,5 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         actions=workload.actions,
         channel_dir=channel,
         secrets=secrets,
+        messaging=assigned.messaging,
     )

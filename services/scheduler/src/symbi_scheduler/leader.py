@@ -233,6 +233,7 @@ class Leader:
             tenant=agent.config.tenant,
             budget=agent.config.budget,
             secrets=agent.config.secrets,
+            messaging=agent.config.messaging,
         )
         await self.fx.record(rec.task_id, assigned)
         log.info("task assigned", task_id=rec.task_id, host=place.host_id, attempt=attempt, priority=rec.priority)

@@ -111,7 +111,15 @@ GATEWAY_READ = EnforcementPoint(
 #: sandbox-agent action gateway, every other action a workload asks for: no condition is enforced there.
 GATEWAY_ACTION = EnforcementPoint(
     "sandbox-agent.gateway_action",
-    actions=frozenset({"memory.write", "tool.invoke", "data.read", "data.write", "message.send"}),
+    actions=frozenset({"memory.write", "tool.invoke", "data.read", "data.write"}),
+)
+#: sandbox-agent bus: an agent's ``message.send`` (direct, topic, request; and each delivery decided again).
+#: Caps lower the sender's limits for that message: its send rates and the largest body (docs/bus.md).
+BUS_SEND = EnforcementPoint(
+    "sandbox-agent.bus_send",
+    actions=frozenset({"message.send"}),
+    conditions=frozenset({"cap_resources"}),
+    caps=frozenset({"messages_per_s", "bytes_per_s", "max_message_bytes"}),
 )
 #: context: storing memories. ``log_full`` holds: the event stores every memory in full (encrypted).
 CONTEXT_MEMORY_WRITE = EnforcementPoint(
@@ -140,6 +148,7 @@ POINTS: tuple[EnforcementPoint, ...] = (
     SANDBOX_SECRET_FILE,
     GATEWAY_READ,
     GATEWAY_ACTION,
+    BUS_SEND,
     CONTEXT_MEMORY_WRITE,
     CONTEXT_MEMORY_READ,
     AUDIT_EVENT_DETAILS,

@@ -11,6 +11,7 @@ Evolve only by adding fields with defaults (old events must still decode).
 from __future__ import annotations
 
 import msgspec
+from symbi_common.bus_names import INBOX_DEPTH
 
 #: The sandbox tier an agent asks for; ``auto`` lets risk assessment choose.
 SECURITY_TIERS = ("tier1", "tier2", "auto")
@@ -111,6 +112,28 @@ class AgentBudget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     micro_usd_per_day: int | None = None
 
 
+#: Bounds of a definition's ``messaging`` block (the bus between agents); the lifecycle service checks them.
+BUS_MESSAGES_PER_S = (0.01, 100_000.0)
+BUS_BYTES_PER_S = (1.0, 1024.0**3)
+BUS_MESSAGE_BYTES = (1, 1024 * 1024)  # at most a protocol request line (agent_protocol.MAX_REQUEST_BYTES)
+BUS_QUEUE_DEPTH = (1, INBOX_DEPTH)
+
+
+class Messaging(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent on the bus between agents: how fast and how much it may send (a burst of one second's
+    worth), the largest message body, how many messages its inbox holds, the topics it receives from its
+    first run on, and the clearances policies see on it as a recipient. The defaults are the hosts' defaults; a host's own settings and a policy's
+    ``@cap_resources`` on ``message.send`` can only lower them."""
+
+    messages_per_s: float = 1000.0
+    bytes_per_s: float = 8 * 1024 * 1024
+    max_message_bytes: int = 1024 * 1024
+    queue_depth: int = INBOX_DEPTH
+    subscriptions: tuple[str, ...] = ()
+    clearances: tuple[str, ...] = ()
+    """Classifications of data the agent may be sent (``resource.clearances`` of ``message.send``)."""
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The configuration an agent is registered with. Evolve only by adding fields with defaults."""
 
@@ -130,6 +153,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     schedules: tuple[ScheduleSpec, ...] = ()
     policies: tuple[PolicySpec, ...] = ()
     memory: MemorySettings | None = None
+    messaging: Messaging = msgspec.field(default_factory=Messaging)
+    """Limits and subscriptions on the bus between agents (docs/bus.md)."""
     tenant: str = "default"
     """The tenant the agent belongs to: quotas and budgets per tenant and day count all of its agents."""
     budget: AgentBudget = msgspec.field(default_factory=AgentBudget)

@@ -13,7 +13,7 @@ import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
-from symbi_contracts.lifecycle.config import AgentBudget, PathAccess, ResourceLimits, Workload
+from symbi_contracts.lifecycle.config import AgentBudget, Messaging, PathAccess, ResourceLimits, Workload
 
 AGGREGATE_TYPE = "task"
 
@@ -59,6 +59,8 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     """The agent's own model budget (the model gateway reads it from here: docs/models.md)."""
     secrets: tuple[str, ...] = ()
     """The definition's secrets (names, never values): files in the sandbox when policy allows (docs/secrets.md)."""
+    messaging: Messaging | None = None
+    """The definition's bus limits and subscriptions (docs/bus.md); none: the host's defaults."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):

@@ -3,9 +3,11 @@
 An agent's inbox is the durable pull consumer ``inbox-<agent>`` on ``MESSAGES``, filtered on its direct
 subject and the topics it subscribed to; it exists from the first message sent to the agent (interest
 retention keeps the message for it), so a message to an agent that is not running, or is suspended, waits.
-Publishing names the message id (``Nats-Msg-Id``: a resend within the duplicate window is stored once); a
-delivered batch is recorded in ``BUS_DELIVERED`` before it is handed over, so a redelivered message (the
-host died before acking) is recognised and not handed to the agent's handler again. Order per
+Publishing names the message id (``Nats-Msg-Id``: a resend within the duplicate window is stored once). A
+fetched batch is recorded in ``BUS_DELIVERED`` and acked only once the agent's answer holding it has been
+written to its channel (:meth:`Carrier.commit`): a crash before that redelivers it (at least once), a
+redelivery of a committed message is recognised by that record and not handed over again, and the agent's
+SDK drops an id it already handled (the redelivery of a batch written but not committed). Order per
 sender→recipient pair is the stream's order: one consumer per inbox, fetched in order, acked per batch.
 """
 
@@ -18,7 +20,6 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -45,8 +46,17 @@ from symbi_contracts.bus import (
 )
 
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
+from symbi_sandbox_agent.bus.delivered import Batch as Batch
+from symbi_sandbox_agent.bus.delivered import Delivered as Delivered
+from symbi_sandbox_agent.bus.errors import BadAddress as BadAddress
+from symbi_sandbox_agent.bus.errors import BusError as BusError
+from symbi_sandbox_agent.bus.errors import NoReply as NoReply
+from symbi_sandbox_agent.bus.errors import RateLimited as RateLimited
+from symbi_sandbox_agent.bus.errors import RecipientTerminated as RecipientTerminated
+from symbi_sandbox_agent.bus.errors import TooLarge as TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
-from symbi_sandbox_agent.bus.limits import RateLimiter
+from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
+from symbi_sandbox_agent.bus.recipients import Recipients
 from symbi_sandbox_agent.bus.terminated import TerminatedAgents
 
 #: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
@@ -76,44 +86,6 @@ def _message_id(data: bytes) -> str:
         return "?"
 
 
-class BusError(SymbiError):
-    """Root of the bus's errors (typed, answered to the agent with their code)."""
-
-    code = "bus_error"
-
-
-class RateLimited(BusError):
-    code = "rate_limited"
-
-
-class BadAddress(BusError):
-    code = "invalid_request"
-
-
-class RecipientTerminated(BusError):
-    code = "recipient_terminated"
-
-
-class NoReply(BusError):
-    code = "timeout"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """One message handed to its recipient: metadata and the decrypted body."""
-
-    meta: Meta
-    body: Any
-
-    def as_dict(self) -> dict[str, Any]:
-        m = self.meta
-        out: dict[str, Any] = {"id": m.id, "kind": m.kind, "from": m.sender, "body": self.body, "sent_at": m.sent_at}
-        for name in ("to", "topic", "classification", "in_reply_to"):
-            if getattr(m, name):
-                out[name] = getattr(m, name)
-        return out
-
-
 class Carrier:
     def __init__(
         self, js: Any, nc: Any, datakeys: DataKeys, identities: Identities, delivered: Any, limiter: RateLimiter
@@ -133,6 +105,9 @@ class Carrier:
         self._full: dict[str, float] = {}
         #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
         self._sealed_here: OrderedDict[bytes, None] = OrderedDict()
+        self.recipients = Recipients(js)
+        #: What this host declared on the inbox of each agent it serves (from its definition).
+        self._declared: dict[str, dict[str, str]] = {}
 
     # --- sending ---------------------------------------------------------------------------------------
 
@@ -148,15 +123,25 @@ class Carrier:
         classification: str = "",
         in_reply_to: str = "",
         message_id: str = "",
+        limits: SendLimits | None = None,
     ) -> Meta:
-        """Seal and publish one message as ``sender``; ``RateLimited`` when the sender or the inbox is full."""
+        """Seal and publish one message as ``sender`` under ``limits`` (default: the host's); ``RateLimited``
+        when the sender or the inbox is full, ``TooLarge`` past the largest body."""
         target = to or topic
         if not valid_name(target):
             raise BadAddress(f"{target[:80]!r} is not an agent id or topic (1-64 letters, digits, '-' or '_')")
         payload = body_bytes(body)
+        lim = limits or self.limiter.limits
+        if len(payload) > lim.max_message_bytes:
+            raise TooLarge(
+                f"the message body has {len(payload)} bytes; agent {sender} may send at most {lim.max_message_bytes}",
+                max_message_bytes=lim.max_message_bytes,
+            )
         now = time.monotonic()
         self.check_room(target, now)
-        wait = self.limiter.take(sender, len(payload), now)
+        if to and kind != "reply":
+            await self.recipients.check(to)
+        wait = self.limiter.take(sender, len(payload), now, lim)
         if wait:
             raise RateLimited(f"agent {sender} is over its send rate; try again in {wait:.3f} s", retry_after=wait)
         meta = Meta(
@@ -240,9 +225,13 @@ class Carrier:
 
     # --- receiving -------------------------------------------------------------------------------------
 
-    async def ensure_inbox(self, agent_id: str, topics: Sequence[str] = ()) -> None:
-        """The agent's inbox exists (and listens to ``topics`` too)."""
-        if agent_id in self._inboxes and not topics:
+    async def ensure_inbox(
+        self, agent_id: str, topics: Sequence[str] = (), declared: dict[str, str] | None = None
+    ) -> None:
+        """The agent's inbox exists (and listens to ``topics`` too; ``declared``: the metadata its definition
+        declares, :func:`~symbi_common.bus_streams.inbox_metadata`, given by the host serving it)."""
+        declare = declared is not None and self._declared.get(agent_id) != declared
+        if agent_id in self._inboxes and not topics and not declare:
             return
         for topic in topics:
             if not valid_name(topic):
@@ -250,17 +239,27 @@ class Carrier:
         name = inbox_name(agent_id)
         async with self._locks.setdefault(agent_id, asyncio.Lock()):
             filters = [direct_subject(agent_id)]
+            kept: dict[str, str] | None = None
             try:
                 info = await self.js.consumer_info(MESSAGES_STREAM, name)
                 filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
-                if not topics:
+                # (the server adds its own ``_nats.*`` entries: only what a host declared counts)
+                kept = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")} or None
+                if declared is not None and kept == declared:
+                    declare = False
+                    self._declared[agent_id] = declared
+                if not declare and all(topic_subject(t) in filters for t in topics):
                     self._inboxes.add(agent_id)
                     return
             except nats.js.errors.NotFoundError:
                 pass
             wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
-            await self.js.add_consumer(MESSAGES_STREAM, inbox_config(agent_id, wanted))
+            await self.js.add_consumer(
+                MESSAGES_STREAM, inbox_config(agent_id, wanted, declared if declared is not None else kept)
+            )
             self._inboxes.add(agent_id)
+            if declared is not None:
+                self._declared[agent_id] = declared
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
         """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
@@ -306,14 +305,14 @@ class Carrier:
             raise Refused("refused", f"message {meta.id} is sealed under another sender's key {envelope.key_id}")
         return Delivered(meta, open_payload(envelope, key))
 
-    async def take(
-        self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None
-    ) -> list[Delivered]:
+    async def take(self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None) -> Batch:
         """Open a fetched batch for ``agent_id``: refused ones go to the dead letters (``<id> <reason>`` added to
-        ``refused``), duplicates are dropped, the rest are recorded as delivered (one record per batch), then
-        the whole batch is acked."""
-        recent, order = self._recent.setdefault(agent_id, (set(), deque()))
+        ``refused``) and duplicates are dropped, both acked now; the rest are the batch to hand over, neither
+        recorded nor acked until :meth:`commit` (after the agent has its answer) or :meth:`release`."""
+        recent, _ = self._recent.setdefault(agent_id, (set(), deque()))
         out: list[Delivered] = []
+        held: list[Any] = []
+        done: list[Any] = []
         dead: list[Awaitable[None]] = []
         for msg in msgs:
             headers = msg.headers or {}
@@ -323,6 +322,7 @@ class Carrier:
                 if got.meta.id in recent or (
                     msg.metadata.num_delivered > 1 and await self._seen(agent_id, got.meta.id)
                 ):
+                    done.append(msg)
                     continue
                 if got.meta.topic or replayed:  # a direct message was decided when it was sent
                     why = await check(got.meta.sender, agent_id, got.meta)
@@ -332,25 +332,42 @@ class Carrier:
                 dead.append(self.dead_letter(msg.data, agent_id, refusal.reason, refusal.detail))
                 if refused is not None:
                     refused.append(f"{_message_id(msg.data)} {refusal.reason}")
+                done.append(msg)
                 continue
             out.append(got)
-        if out:
-            ids = [d.meta.id for d in out]
-            last = msgs[-1].metadata.sequence.stream
-            await self.delivered.put(f"{agent_id}.{last}", msgspec.json.encode(ids))
-            for i in ids:
-                recent.add(i)
-                order.append(i)
-            while len(order) > RECENT_IDS:
-                recent.discard(order.popleft())
+            held.append(msg)
         for letter in dead:
             await letter
-        for m in msgs:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
+        for m in done:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
             await m.ack()
-        return out
+        return Batch(agent_id, out, held)
+
+    async def commit(self, batch: Batch) -> None:
+        """The agent has ``batch`` (its answer is written): record the ids as handed over (one KV record per
+        batch, so a redelivery is recognised), then ack. A crash before this redelivers the batch."""
+        if not batch.held:
+            return
+        recent, order = self._recent.setdefault(batch.agent_id, (set(), deque()))
+        ids = [d.meta.id for d in batch.delivered]
+        last = batch.held[-1].metadata.sequence.stream
+        await self.delivered.put(f"{batch.agent_id}.{last}", msgspec.json.encode(ids))
+        for i in ids:
+            recent.add(i)
+            order.append(i)
+        while len(order) > RECENT_IDS:
+            recent.discard(order.popleft())
+        for m in batch.held:
+            await m.ack()
+        batch.held = []
+
+    async def receive(self, agent_id: str, most: int, timeout_s: float, check: Check) -> list[Delivered]:
+        """Fetch, open and commit at once: for a handler in this process (no channel between)."""
+        batch = await self.take(agent_id, await self.fetch(agent_id, most, timeout_s), check)
+        await self.commit(batch)
+        return batch.delivered
 
     async def release(self, msgs: Sequence[Any]) -> None:
-        """Hand a fetched batch back to the inbox, untouched (it is delivered again, in order)."""
+        """Hand fetched messages back to the inbox, untouched (they are delivered again, in order)."""
         await asyncio.gather(*(m.nak() for m in msgs))
 
     async def _seen(self, agent_id: str, message_id: str) -> bool:

@@ -1,0 +1,31 @@
+"""The bus's typed errors: each is answered to the agent with its code."""
+
+from __future__ import annotations
+
+from symbi_common.errors import SymbiError
+
+
+class BusError(SymbiError):
+    """Root of the bus's errors (typed, answered to the agent with their code)."""
+
+    code = "bus_error"
+
+
+class RateLimited(BusError):
+    code = "rate_limited"
+
+
+class BadAddress(BusError):
+    code = "invalid_request"
+
+
+class RecipientTerminated(BusError):
+    code = "recipient_terminated"
+
+
+class NoReply(BusError):
+    code = "timeout"
+
+
+class TooLarge(BusError):
+    code = "too_large"
