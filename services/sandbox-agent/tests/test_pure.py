@@ -177,7 +177,7 @@ def test_spec_hardens_every_sandbox() -> None:
 
 
 def test_unenforceable_limits_are_refused() -> None:
-    with pytest.raises(LimitNotEnforceable, match="network IO cannot be limited"):
+    with pytest.raises(LimitNotEnforceable, match="only through the egress proxy socket"):
         build_spec(task(network=("api.example.com",)), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
     no_blkio = HostCapabilities(runtimes=frozenset({"runc"}), blkio_device=None)
     with pytest.raises(LimitNotEnforceable, match="disk IO"):

@@ -39,6 +39,7 @@ ACTIONS: tuple[str, ...] = (
     "data.write",
     "memory.read",  # context: read memories / knowledge (resource: Memory)
     "memory.write",
+    "network.connect",  # sandbox-agent egress proxy: one connection of a sandbox (resource: Endpoint)
 )
 
 

@@ -110,6 +110,9 @@ GATEWAY_ACTION = EnforcementPoint(
     "sandbox-agent.gateway_action",
     actions=frozenset({"memory.write", "tool.invoke", "data.read", "data.write", "message.send"}),
 )
+#: sandbox-agent egress proxy: each connection of a sandbox (``network.connect`` on ``Endpoint::"host:port"``,
+#: docs/network.md). No condition is enforced there: a connection is carried or refused whole.
+SANDBOX_EGRESS = EnforcementPoint("sandbox-agent.egress", actions=frozenset({"network.connect"}))
 #: context: storing memories. ``log_full`` holds: the event stores every memory in full (encrypted).
 CONTEXT_MEMORY_WRITE = EnforcementPoint(
     "context.memory_write", actions=frozenset({"memory.write"}), conditions=frozenset({"log_full"})
@@ -136,6 +139,7 @@ POINTS: tuple[EnforcementPoint, ...] = (
     SANDBOX_DATA_MOUNT,
     GATEWAY_READ,
     GATEWAY_ACTION,
+    SANDBOX_EGRESS,
     CONTEXT_MEMORY_WRITE,
     CONTEXT_MEMORY_READ,
     AUDIT_EVENT_DETAILS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from symbi_sandbox_agent.egress.bucket import TokenBucket
 
@@ -18,18 +18,16 @@ class Meter:
 
     bucket: TokenBucket | None
     total: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def pay(self, n: int) -> None:
-        """Count ``n`` bytes and wait until the bucket lets them go."""
+        """Count ``n`` bytes and wait until the bucket lets them go (the bucket goes into debt, so concurrent
+        connections of the agent queue behind each other's bytes without a lock)."""
         self.total += n
         if self.bucket is None:
             return
-        # One waiter at a time per direction: the bucket is shared by every connection of the agent.
-        async with self.lock:
-            wait = self.bucket.take(n, time.monotonic())
-            if wait > 0:
-                await asyncio.sleep(wait)
+        wait = self.bucket.take(n, time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meter: Meter, counter: list[int]) -> None:

@@ -113,7 +113,8 @@ class EgressProxy:
         """Listen on ``path`` (its directory is made ``0700`` for ``owner`` if it is not there)."""
         directory = Path(path).parent
         if not directory.exists():
-            directory.mkdir(mode=0o700, parents=True)
+            directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700)
             if owner is not None:
                 os.chown(directory, *owner)
         with contextlib.suppress(FileNotFoundError):
