@@ -77,8 +77,8 @@ def classify(address: Address) -> str | None:
         ("link_local", address.is_link_local),
         ("multicast", address.is_multicast),
         ("shared", isinstance(address, ipaddress.IPv4Address) and address in _SHARED),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         ("not_global", not address.is_global),
     )
     return next((name for name, hit in checks if hit), None)
