@@ -48,10 +48,13 @@ def test_names_are_normalised_and_bad_entries_refused() -> None:
     assert parse_authority("API.Example.COM.:443") == Target("api.example.com", 443)
     assert parse_authority("[::FFFF:127.0.0.2]:443") == Target("::ffff:7f00:2", 443)
     assert parse_authority("example.com", 80) == Target("example.com", 80)
+    with pytest.raises(BadTarget):
+        parse_authority("::1:80", 80)  # a Host header: ambiguous without brackets
     for bad in ("*", "0.0.0.0/0", "*example.com", "a.*.example.com", "*.com", "exa mple.com", "10.0.0.0/8"):
         with pytest.raises(BadTarget):
             parse_entry(bad)
-    for bad in ("example.com:0", "example.com:99999", "::1:443", "[::1", "a..b:443"):
+    assert parse_authority("::ffff:127.0.0.2:443") == Target("::ffff:7f00:2", 443)  # unbracketed, port required
+    for bad in ("example.com:0", "example.com:99999", "a:b:443", "[::1", "a..b:443"):
         with pytest.raises(BadTarget):
             parse_authority(bad)
 
@@ -159,7 +162,7 @@ def test_the_bucket_refills_and_caps_its_burst() -> None:
     assert bucket.take(500, 0.0) == 0.0
     assert bucket.take(100, 0.0) == pytest.approx(0.1)
     assert bucket.grant(10_000, 100.0) == 500  # refilled, but never above the burst
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate and a burst"):
         TokenBucket(rate=0, burst=1)
 
 

@@ -6,10 +6,15 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from symbi_sandbox_agent.egress.bucket import TokenBucket
 
 READ_SIZE = 256 * 1024
+#: Once the sandbox has closed its side, how long the upstream has to finish its answer. (HTTP and TLS
+#: clients do not half-close; a server that waits for a TLS close_notify the sandbox never sends would
+#: otherwise hold the connection, and its record, open for its own shutdown timeout.)
+DRAIN_AFTER_CLIENT_S = 1.0
 
 
 @dataclass(slots=True)
@@ -30,12 +35,24 @@ class Meter:
             await asyncio.sleep(wait)
 
 
-async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meter: Meter, counter: list[int]) -> None:
-    """Copy until ``reader`` ends, then half-close ``writer``; ``counter[0]`` counts this connection's bytes."""
+class Counted(Protocol):
+    """The record of one connection, whose byte counts grow as its bytes go (so a cancelled one has them)."""
+
+    bytes_out: int
+    bytes_in: int
+
+
+async def copy(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, meter: Meter, conn: Counted, outgoing: bool
+) -> None:
+    """Copy until ``reader`` ends, then half-close ``writer``, counting into ``conn`` as the bytes go."""
     try:
         while data := await reader.read(READ_SIZE):
             await meter.pay(len(data))
-            counter[0] += len(data)
+            if outgoing:
+                conn.bytes_out += len(data)
+            else:
+                conn.bytes_in += len(data)
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
@@ -49,19 +66,20 @@ async def splice(
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     out: Meter,
     into: Meter,
-) -> tuple[int, int]:
-    """Both directions until the upstream's side ends; ``(bytes_out, bytes_in)`` of the connection."""
-    sent, received = [0], [0]
-    up = asyncio.ensure_future(copy(client[0], upstream[1], out, sent))
-    down = asyncio.ensure_future(copy(upstream[0], client[1], into, received))
+    conn: Counted,
+) -> None:
+    """Both directions until the upstream's side ends (or the sandbox's, and then a short drain)."""
+    up = asyncio.ensure_future(copy(client[0], upstream[1], out, conn, True))
+    down = asyncio.ensure_future(copy(upstream[0], client[1], into, conn, False))
     try:
-        await down  # the response ended (or the upstream closed): the connection is over
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(up), 0.05)
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if down in done:  # the upstream ended: the connection is over
+            await asyncio.wait({up}, timeout=0.05)
+        else:  # the sandbox ended its side: the upstream may finish its answer
+            await asyncio.wait({down}, timeout=DRAIN_AFTER_CLIENT_S)
     finally:
         for t in (up, down):
             t.cancel()
         for t in (up, down):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-    return sent[0], received[0]

@@ -197,10 +197,12 @@ class EgressProxy:
         hello = await self._client_hello(reader, target)
         upstream = await self.policy.open(address, target.port)
         upstream[1].write(hello)
-        self.out.total += len(hello)
-        conn.bytes_out, conn.bytes_in = await splice((reader, writer), upstream, self.out, self.into)
+        await self.out.pay(len(hello))
         conn.bytes_out += len(hello)
-        upstream[1].close()
+        try:
+            await splice((reader, writer), upstream, self.out, self.into, conn)
+        finally:
+            upstream[1].close()
 
     async def _client_hello(self, reader: asyncio.StreamReader, target: Target) -> bytes:
         """The tunnel's first bytes, up to a whole ClientHello whose server name is ``target``'s host."""
@@ -248,9 +250,11 @@ class EgressProxy:
         first = http1.encode_request(head.method, request.path, http1.forwarded_headers(head))
         upstream[1].write(first)
         await self.out.pay(len(first))
-        conn.bytes_out, conn.bytes_in = await splice((reader, writer), upstream, self.out, self.into)
         conn.bytes_out += len(first)
-        upstream[1].close()
+        try:
+            await splice((reader, writer), upstream, self.out, self.into, conn)
+        finally:
+            upstream[1].close()
 
     def _check_enabled(self) -> None:
         if not self.enabled:

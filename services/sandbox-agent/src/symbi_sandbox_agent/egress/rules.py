@@ -88,7 +88,11 @@ def parse_authority(authority: str, default_port: int | None = None) -> Target:
     elif a.count(":") == 1:
         host, _, port_text = a.partition(":")
     elif a.count(":") > 1:
-        raise BadTarget(f"{authority[:80]!r}: write an IPv6 literal in brackets, [addr]:port")
+        # ``CONNECT ::1:443``, as some clients (Python's http.client before 3.12) send it: with a port required
+        # the last field is the port; without one, an unbracketed IPv6 literal is ambiguous.
+        host, _, port_text = a.rpartition(":")
+        if default_port is not None or ip_literal(host) is None:
+            raise BadTarget(f"{authority[:80]!r}: write an IPv6 literal in brackets, [addr]:port")
     else:
         host, port_text = a, ""
     if port_text:
