@@ -137,6 +137,7 @@ class Scheduler:
         headers: dict[str, str] | None = None,
         image: str = IMAGE,
         filesystem_access: tuple[PathAccess, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> str:
         task_id = task_id or f"t{uuid.uuid4().hex[:12]}"
         decision = DecisionRecord(action="task.allocate", effect="allow", policy_version=0)
@@ -151,7 +152,8 @@ class Scheduler:
                     submitted_by="test",
                 )
             )
-        workload = Workload(image=image, command=tuple(command), env={"GREETING": "hi"}, workdir="/", actions=actions)
+        env = {"GREETING": "hi", **(env or {})}
+        workload = Workload(image=image, command=tuple(command), env=env, workdir="/", actions=actions)
         events.append(
             TaskAssigned(
                 host_id=host_id,

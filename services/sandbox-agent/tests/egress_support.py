@@ -134,10 +134,10 @@ def server_context(ca: CertFiles) -> ssl.SSLContext:
 
 
 @contextlib.asynccontextmanager
-async def upstream(ctx: ssl.SSLContext | None = None) -> AsyncIterator[Upstream]:
-    """An HTTP (or, with ``ctx``, HTTPS) server on 127.0.0.2, on a free port."""
+async def upstream(ctx: ssl.SSLContext | None = None, bind: str = UPSTREAM_ADDRESS) -> AsyncIterator[Upstream]:
+    """An HTTP (or, with ``ctx``, HTTPS) server on 127.0.0.2 (or ``bind``), on a free port."""
     up = Upstream()
-    up.server = await asyncio.start_server(up._serve, UPSTREAM_ADDRESS, 0, ssl=ctx)
+    up.server = await asyncio.start_server(up._serve, bind, 0, ssl=ctx)
     up.port = up.server.sockets[0].getsockname()[1]
     try:
         yield up
