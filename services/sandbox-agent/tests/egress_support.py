@@ -154,7 +154,10 @@ def egress_toml(path: Path, ca: CertFiles | None = None) -> Path:
         "loop.test": "127.0.0.1",
         "meta.test": "169.254.169.254",
     }
-    lines = ["[egress]", "system_resolver = false", f'allow_addresses = ["{UPSTREAM_ADDRESS}/32"]', "[egress.hosts]"]
+    lines = ["[egress]", "system_resolver = false", f'allow_addresses = ["{UPSTREAM_ADDRESS}/32"]']
+    if ca is not None:
+        lines.append(f'ca_file = "{ca.ca_pem}"')
+    lines.append("[egress.hosts]")
     lines += [f'"{k}" = "{v}"' for k, v in hosts.items()]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -86,6 +86,19 @@ out["direct_host"] = direct(OUT, H)
 out["direct_internet"] = direct("1.1.1.1", 443)
 out["dns"] = resolve()
 out["udp_dns"] = udp_dns()
+if os.environ.get("SDK"):
+    from symbi_agent import Agent, SymbiAgentError
+    with Agent() as a:
+        r = a.http.get(f"https://allowed.test:{P}/hello")
+        out["sdk_https"] = [r["status"], json.loads(r["body"])]
+        r = a.http.request("POST", f"http://allowed.test:{H}/echo", body="hello", headers={"X-Symbi-Agent": "x"})
+        out["sdk_http"] = [r["status"], json.loads(r["body"])]
+        for name, url in (("sdk_loopback", f"https://loop.test:{P}/"), ("sdk_other", f"http://other.test:{H}/")):
+            try:
+                a.http.get(url)
+                out[name] = "allowed"
+            except SymbiAgentError as e:
+                out[name] = [e.code, e.details.get("reason")]
 if os.environ.get("FETCH"):
     started = time.monotonic()
     with urllib.request.urlopen(f"https://allowed.test:{P}/bytes?n={os.environ['FETCH']}", timeout=60) as r:
@@ -114,12 +127,14 @@ def host_ip() -> str:
 @pytest.fixture
 async def world(tmp_path: Path, agent_settings: Callable[..., Settings]) -> AsyncIterator[World]:
     ca = make_ca(tmp_path / "ca")
-    config = egress_toml(tmp_path / "symbi.toml")
+    config = egress_toml(tmp_path / "symbi.toml", ca)
     async with upstream(server_context(ca)) as tls_up, upstream(bind="0.0.0.0") as plain_up:
         yield World(ca, tls_up.port, plain_up.port, host_ip(), agent_settings(SYMBI_CONFIG_PATH=str(config)))
 
 
-async def run(world: World, scheduler: Scheduler, image: str, tier: str, **env: str) -> tuple[dict[str, Any], Any]:
+async def run(
+    world: World, scheduler: Scheduler, image: str, tier: str, actions: bool = False, **env: str
+) -> tuple[dict[str, Any], Any]:
     async with running_agent(world.settings) as agent:
         allow = [f"allowed.test:{world.https}", f"allowed.test:{world.http}", f"loop.test:{world.https}"]
         allow += ["meta.test", f"[::1]:{world.http}"]
@@ -128,6 +143,7 @@ async def run(world: World, scheduler: Scheduler, image: str, tier: str, **env: 
             ["python3", "-c", WORKLOAD],
             tier=tier,
             image=image,
+            actions=actions,
             input=world.ca.ca_pem.read_bytes(),
             network_access=allow,
             lim=limits(network_io_mbps=int(env.pop("MBPS", "10")), execution_timeout_s=90),
@@ -147,7 +163,7 @@ async def run(world: World, scheduler: Scheduler, image: str, tier: str, **env: 
 
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
 async def test_the_proxy_is_the_only_way_out(world: World, scheduler: Scheduler, agent_image: str, tier: str) -> None:
-    out, result = await run(world, scheduler, agent_image, tier)
+    out, result = await run(world, scheduler, agent_image, tier, actions=True, SDK="1")
     assert out["proxy_env"] == "http://127.0.0.1:3128"
     # An allowed name works with an ordinary client, over HTTPS (CONNECT) and plain HTTP.
     assert out["https"][0] == 200
@@ -167,6 +183,14 @@ async def test_the_proxy_is_the_only_way_out(world: World, scheduler: Scheduler,
     assert out["direct_internet"].startswith("errno")
     assert out["dns"].startswith("errno")
     assert out["udp_dns"].startswith("errno")
+    # The SDK's http.request: the runtime makes the request through the same proxy and rules.
+    assert out["sdk_https"][0] == 200
+    assert out["sdk_https"][1]["host"] == f"allowed.test:{world.https}"
+    assert out["sdk_http"][0] == 200
+    assert (out["sdk_http"][1]["method"], out["sdk_http"][1]["body"]) == ("POST", 5)
+    assert out["sdk_http"][1]["symbi_headers"] == []
+    assert out["sdk_loopback"] == ["denied", "blocked_address"]
+    assert out["sdk_other"] == ["denied", "not_allowed"]
 
     started = result.of(ExecutionStarted)[0]
     assert started.hardening["network"].startswith("none; egress proxy /symbi/run/egress.sock")
@@ -175,9 +199,11 @@ async def test_the_proxy_is_the_only_way_out(world: World, scheduler: Scheduler,
     egress = result.of(ExecutionEgress)
     allowed = [e for e in egress if e.outcome == "allowed"]
     denied = {e.reason: e for e in egress if e.outcome == "denied"}
-    assert {(e.method, e.host, e.address) for e in allowed} == {
-        ("CONNECT", "allowed.test", "127.0.0.2"),
-        ("GET", "allowed.test", "127.0.0.2"),
+    assert {(e.method, e.host, e.address, e.access) for e in allowed} == {
+        ("CONNECT", "allowed.test", "127.0.0.2", "proxy"),
+        ("GET", "allowed.test", "127.0.0.2", "proxy"),
+        ("CONNECT", "allowed.test", "127.0.0.2", "gateway"),
+        ("POST", "allowed.test", "127.0.0.2", "gateway"),
     }
     assert all(e.bytes_in > 0 and e.bytes_out > 0 and e.decision is not None for e in allowed)
     assert set(denied) >= {"not_allowed", "blocked_address", "ip_literal", "host_mismatch", "sni_mismatch"}

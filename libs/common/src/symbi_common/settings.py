@@ -227,6 +227,9 @@ class EgressSettings(_Section):
     allow_addresses: list[str] = msgspec.field(default_factory=list)
     #: Seconds an upstream has to accept a connection.
     connect_timeout_s: float = 10.0
+    #: CA certificates (PEM file) the SDK's ``http.request`` trusts besides the system's (the daemon makes
+    #: those TLS connections itself; a workload's own clients use the certificates of its image).
+    ca_file: str = ""
 
 
 class WitnessSettings(_Section):

@@ -8,6 +8,7 @@ which all import it and nothing of each other's upwards.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +44,13 @@ class NetworkPath(Protocol):
     @property
     def bytes(self) -> tuple[int, int]:
         """``(out, in)``: what the run sent and received through it."""
+        ...
+
+    #: What the daemon's own TLS connections through it trust.
+    tls: ssl.SSLContext
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection into the proxy for the SDK's ``http.request`` (the same rules as the sandbox's own)."""
         ...
 
     async def close(self) -> None: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,8 @@ class RunEgress:
     proxy: EgressProxy
     attempt: int
     store: Store
+    #: What the daemon's own TLS connections (``http.request``) trust.
+    tls: ssl.SSLContext
     _stores: set[asyncio.Task[None]] = field(default_factory=set)
 
     def record(self, conn: Connection) -> None:
@@ -74,6 +77,10 @@ class RunEgress:
         task = asyncio.get_running_loop().create_task(self.store(event))
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection into the run's proxy for the SDK's ``http.request`` (recorded as ``gateway``)."""
+        return await self.proxy.connect("gateway")
 
     @property
     def bytes(self) -> tuple[int, int]:
@@ -96,6 +103,9 @@ class EgressHost:
         self.addresses = AddressPolicy.parse(settings.allow_addresses)
         self.resolver = resolver or resolver_of(settings)
         self.services: dict[str, InternalService] = {}
+        self.tls = ssl.create_default_context(cafile=settings.ca_file or None)
+        if settings.ca_file:
+            self.tls.load_default_certs()
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
     def register(self, name: str, service: InternalService) -> None:
@@ -139,7 +149,7 @@ class EgressHost:
     ) -> RunEgress:
         """Open a run's proxy on ``socket_path``."""
         proxy = self.proxy(caller, allow, mbps, enforcer)
-        run = RunEgress(proxy, attempt, store)
+        run = RunEgress(proxy, attempt, store, self.tls)
         proxy.record = run.record
         await proxy.open(socket_path, owner)
         return run

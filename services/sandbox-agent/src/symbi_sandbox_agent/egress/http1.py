@@ -142,3 +142,43 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def parse_response(raw: bytes) -> Response:
+    """A whole response read to the end of its connection (``Connection: close``), chunked or not."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise BadRequest("the answer ended inside its head")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise BadRequest(f"{lines[0][:100]!r} is not an HTTP/1.x status line")
+    headers = tuple((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line))
+    if any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in headers):
+        body = decode_chunked(body)
+    return Response(int(parts[1]), headers, body)
+
+
+def decode_chunked(data: bytes) -> bytes:
+    """The body of a chunked transfer (trailers dropped); :class:`BadRequest` if it is cut short."""
+    out = bytearray()
+    i = 0
+    while True:
+        end = data.find(b"\r\n", i)
+        if end < 0:
+            raise BadRequest("the chunked body ended inside a chunk size")
+        size = int(data[i:end].split(b";", 1)[0] or b"0", 16)
+        if size == 0:
+            return bytes(out)
+        start = end + 2
+        if start + size > len(data):
+            raise BadRequest("the chunked body ended inside a chunk")
+        out += data[start : start + size]
+        i = start + size + 2

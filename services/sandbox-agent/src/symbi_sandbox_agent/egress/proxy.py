@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -150,10 +151,26 @@ class EgressProxy:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def connect(self, access: str = "gateway") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection into this proxy from the daemon itself (the SDK's ``http.request``): the same rules,
+        recorded with ``access``."""
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=theirs, limit=http1.MAX_HEAD)
+        task = asyncio.get_running_loop().create_task(self._serve_internal(reader, writer, access))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.open_connection(sock=ours, limit=256 * 1024)
+
+    async def _serve_internal(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, access: str) -> None:
+        try:
+            await self.handle(reader, writer, access)
+        finally:
+            writer.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, access: str = "proxy") -> None:
         """Serve one connection of the sandbox: read its request, decide, carry it, record it."""
         started = time.monotonic()
-        conn = Connection(host="", port=0, method="")
+        conn = Connection(host="", port=0, method="", access=access)
         try:
             try:
                 raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
@@ -190,7 +207,7 @@ class EgressProxy:
         target = http1.connect_target(head)
         conn.host, conn.port = target.host, target.port
         self._check_enabled()
-        address = await self.policy.authorize(self.caller, target, "proxy", conn)
+        address = await self.policy.authorize(self.caller, target, conn.access, conn)
         writer.write(ESTABLISHED)
         conn.status = 200
         await writer.drain()
@@ -244,7 +261,7 @@ class EgressProxy:
             )
             return
         self._check_enabled()
-        address = await self.policy.authorize(self.caller, target, "proxy", conn)
+        address = await self.policy.authorize(self.caller, target, conn.access, conn)
         upstream = await self.policy.open(address, target.port)
         conn.status = 200  # from here the upstream answers
         first = http1.encode_request(head.method, request.path, http1.forwarded_headers(head))
