@@ -22,6 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from symbi_common.decisions import Decision, DecisionRequest
+from symbi_common.policy.cedar import compile_policies
+from symbi_common.policy.engine import PolicyEngine
 
 UPSTREAM_ADDRESS = "127.0.0.2"
 NAMES = ("allowed.test", "other.test", "loop.test", "meta.test", "api.wild.test")
@@ -161,3 +164,20 @@ def egress_toml(path: Path, ca: CertFiles | None = None) -> Path:
     lines += [f'"{k}" = "{v}"' for k, v in hosts.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class CedarPoint:
+    """A decision point over real Cedar policies (compiled and validated against the schema), no bus."""
+
+    def __init__(self, cedar: str) -> None:
+        self.engine = PolicyEngine({"egress-test": compile_policies("egress-test", cedar)}, 1)
+
+    @property
+    def version(self) -> int:
+        return 1
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        return self.engine.decide(request)
+
+    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
+        return self.engine.decide_batch(requests)

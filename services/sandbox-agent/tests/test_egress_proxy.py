@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from symbi_agent.forward import Forwarder
-from symbi_common.decisions import Allow, AllowAll, Decision, DecisionRequest, Deny
+from symbi_common.decisions import AllowAll
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.settings import EgressSettings
 from symbi_sandbox_agent.egress.decisions import Connection
@@ -24,26 +24,15 @@ from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import MODELS_HOST, Caller, InternalRequest, InternalResponse
 from symbi_sandbox_agent.egress.proxy import EgressProxy
 
-from .egress_support import UPSTREAM_ADDRESS, CertFiles, make_ca, server_context, upstream
+from .egress_support import UPSTREAM_ADDRESS, CedarPoint, CertFiles, make_ca, server_context, upstream
 
-
-class DenyName:
-    """A decision point denying ``network.connect`` to one host (Cedar's answer is not what is tested here)."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-
-    @property
-    def version(self) -> int:
-        return 1
-
-    async def decide(self, request: DecisionRequest) -> Decision:
-        if request.context.get("host") == self.host:
-            return Deny(reason=f"no connections to {self.host}", policies=("deny-host",), policy_version=1)
-        return Allow(policies=("allow",), policy_version=1)
-
-    async def decide_batch(self, requests: list[DecisionRequest]) -> list[Decision]:
-        return [await self.decide(r) for r in requests]
+#: Connections are allowed, except to other.test, and never to port 22 (real Cedar, schema-checked).
+POLICY = """
+permit(principal, action == Action::"network.connect", resource);
+@reason("no connections to other.test")
+forbid(principal, action == Action::"network.connect", resource) when { context has host && context.host == "other.test" };
+forbid(principal, action == Action::"network.connect", resource) when { resource has port && resource.port == 22 };
+"""
 
 
 @dataclass
@@ -146,7 +135,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             "127.0.0.1",
             UPSTREAM_ADDRESS + f":{plain_up.port}",
         )
-        enforcer = Enforcer.around(DenyName("other.test"))
+        enforcer = Enforcer.around(CedarPoint(POLICY))
         proxy = host.proxy(
             Caller(agent_id="agent-7", task_id="t1"), (*allow, f"other.test:{tls_up.port}"), 100, enforcer
         )
