@@ -100,8 +100,11 @@ async def forward_role(socket_path: str, port_file: str) -> None:
 # --- the client -----------------------------------------------------------------------------------
 
 
-async def fetch(host: str, port: int, target: str, n: int) -> int:
-    reader, writer = await asyncio.open_connection(host, port, limit=1024 * 1024)
+async def fetch(host: str, port: int | str, target: str, n: int) -> int:
+    if isinstance(port, str):  # the proxy's Unix socket itself, without the forwarder
+        reader, writer = await asyncio.open_unix_connection(port, limit=1024 * 1024)
+    else:
+        reader, writer = await asyncio.open_connection(host, port, limit=1024 * 1024)
     writer.write(f"GET {target} HTTP/1.1\r\nHost: {NAME}:{UP}\r\n\r\n".encode())
     await reader.readuntil(b"\r\n\r\n")
     got = 0
@@ -114,7 +117,7 @@ async def fetch(host: str, port: int, target: str, n: int) -> int:
     return got
 
 
-async def latency(port: int, via_proxy: bool, requests: int) -> list[float]:
+async def latency(port: int | str, via_proxy: bool, requests: int) -> list[float]:
     target = f"http://{NAME}:{UP}/hello" if via_proxy else "/hello"
     out = []
     for _ in range(requests):
@@ -124,7 +127,7 @@ async def latency(port: int, via_proxy: bool, requests: int) -> list[float]:
     return out
 
 
-async def throughput(port: int, via_proxy: bool, streams: int, mb: int) -> float:
+async def throughput(port: int | str, via_proxy: bool, streams: int, mb: int) -> float:
     n = mb * 1_000_000
     target = f"http://{NAME}:{UP}/bytes?n={n}" if via_proxy else f"/bytes?n={n}"
     started = time.perf_counter()
@@ -168,14 +171,16 @@ async def main(requests: int, streams: int, mb: int) -> None:
             fwd = wait_file(Path(f"{tmp}/fwd"))
             await latency(UP, False, 20)  # warm up both paths
             await latency(fwd, True, 20)
-            direct_ms, proxy_ms = [], []
-            for _ in range(4):  # interleaved rounds: a load spike hits both paths alike
+            direct_ms, proxy_ms, socket_ms = [], [], []
+            for _ in range(4):  # interleaved rounds: a load spike hits every path alike
                 direct_ms += await latency(UP, False, requests // 4)
                 proxy_ms += await latency(fwd, True, requests // 4)
-            direct_tp, proxy_tp = [], []
+                socket_ms += await latency(sock, True, requests // 4)
+            direct_tp, proxy_tp, socket_tp = [], [], []
             for _ in range(3):
                 direct_tp.append(await throughput(UP, False, streams, mb))
                 proxy_tp.append(await throughput(fwd, True, streams, mb))
+                socket_tp.append(await throughput(sock, True, streams, mb))
         finally:
             for p in procs:
                 p.terminate()
@@ -187,8 +192,11 @@ async def main(requests: int, streams: int, mb: int) -> None:
     p99 = statistics.quantiles(proxy_ms, n=100)[98]
     added = p50 - d50
     dtp, ptp = statistics.median(direct_tp), statistics.median(proxy_tp)
+    s50, stp = statistics.median(socket_ms), statistics.median(socket_tp)
     print(f"latency direct   p50 {d50:.3f} ms  p99 {d99:.3f} ms (new connection, 2-byte body)")
     print(f"latency proxied  p50 {p50:.3f} ms  p99 {p99:.3f} ms  added p50 {added:.3f} ms")
+    print(f"latency proxy socket only (no forwarder: what a Tier-1 network to the proxy could save) p50 {s50:.3f} ms")
+    print(f"throughput proxy socket only {stp:.0f} MB/s")
     print(f"throughput direct  {dtp:.0f} MB/s  (rounds {', '.join(f'{x:.0f}' for x in direct_tp)})")
     print(f"throughput proxied {ptp:.0f} MB/s  (rounds {', '.join(f'{x:.0f}' for x in proxy_tp)})")
     ok = ptp >= 0.5 * dtp and added <= 1.0
