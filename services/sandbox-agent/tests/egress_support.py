@@ -125,8 +125,12 @@ class Upstream:
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, ValueError, KeyError):
             pass
         finally:
-            # Closed at once, without waiting for the client's TLS close_notify (asyncio's server would wait
-            # up to 30 s for it, as many servers on the internet do not).
+            # Closed once all is sent, without waiting for the client's TLS close_notify (asyncio's server
+            # would wait up to 30 s for it; many servers on the internet do not).
+            for _ in range(6000):
+                if not writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+                    break
+                await asyncio.sleep(0.01)
             writer.transport.abort()
 
 

@@ -11,7 +11,6 @@ proxy's, on the host. Stdlib only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -25,15 +24,48 @@ DEFAULT_PORT = 3128
 READ_SIZE = 256 * 1024
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(READ_SIZE):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        pass
+class _Relay(asyncio.Protocol):
+    """One direction: what its transport reads is written to ``peer``; reading pauses while the peer's
+    write buffer is full (asyncio tells the peer's protocol, which is the other relay)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: asyncio.Transport | None = None
+        self.other: _Relay | None = None
+        self.pending = bytearray()  # bytes read before the peer was connected
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.pending += data
+        else:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.peer is not None and self.peer.can_write_eof() and not self.peer.is_closing():
+            self.peer.write_eof()
+        if self.other is not None and self.other.eof:  # both sides are done: the connection is over
+            if self.peer is not None:
+                self.peer.close()
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
 
 
 class Forwarder:
@@ -47,25 +79,37 @@ class Forwarder:
 
     async def start(self) -> int:
         """Start listening; the port (useful with ``port=0``)."""
-        self.server = await asyncio.start_server(self._carry, self.host, self.port, limit=READ_SIZE)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._accepted, self.host, self.port, backlog=256)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
-    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accepted(self) -> _Relay:
+        client = _Relay()
+        asyncio.get_running_loop().create_task(self._connect(client))
+        return client
+
+    async def _connect(self, client: _Relay) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path, limit=READ_SIZE)
+            transport, upstream = await loop.create_unix_connection(_Relay, self.socket_path)
         except OSError as exc:
-            body = f"the egress proxy socket {self.socket_path} cannot be reached: {exc}\n".encode()
-            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            writer.close()
+            if client.transport is not None:
+                body = f"the egress proxy socket {self.socket_path} cannot be reached: {exc}\n".encode()
+                client.transport.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                client.transport.close()
             return
-        up = asyncio.ensure_future(_copy(reader, up_writer))
-        await _copy(up_reader, writer)
-        up.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await up
-        for w in (writer, up_writer):
-            w.close()
+        assert client.transport is not None
+        assert isinstance(transport, asyncio.Transport)
+        client.peer, upstream.peer = transport, client.transport
+        client.other, upstream.other = upstream, client
+        if client.pending:
+            transport.write(bytes(client.pending))
+            client.pending.clear()
+        if client.eof:
+            transport.write_eof()
+        if client.transport.is_closing():
+            transport.close()
 
     async def close(self) -> None:
         if self.server is not None:
