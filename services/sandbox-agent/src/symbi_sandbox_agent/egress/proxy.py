@@ -173,7 +173,8 @@ class EgressProxy:
         conn = Connection(host="", port=0, method="", access=access)
         try:
             try:
-                raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+                async with asyncio.timeout(HEAD_TIMEOUT_S):  # no task per connection, unlike wait_for
+                    raw = await reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                 return  # nothing was asked: nothing to record
             try:
