@@ -63,8 +63,6 @@ class HostCapabilities:
     runtimes: frozenset[str]
     #: The block device behind Docker's storage, for blkio limits; None if it cannot be found.
     blkio_device: str | None
-    #: Whether network IO can be shaped per container (not with Docker alone).
-    network_shaping: bool = False
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
