@@ -7,7 +7,7 @@ and the SDK's forwarder (``symbi_agent.forward``, the container's side, TCP 127.
 The client measures, with the same concurrency both ways:
 
 - latency: sequential small GETs, one new connection each, direct vs ``forwarder → proxy → upstream``;
-  added = p50(proxy) − p50(direct);
+  added = p50(proxy) - p50(direct);
 - throughput: ``--streams`` concurrent connections each downloading ``--mb`` MB, direct vs through both.
 
 Plain HTTP (no TLS), so the proxy's own cost is not hidden behind encryption. The RESULT line: ours =
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
 NAME = "bench.test"
 CHUNK = b"x" * (256 * 1024)
@@ -38,6 +38,10 @@ POLICY = 'permit(principal, action == Action::"network.connect", resource);\n'
 
 
 # --- roles (each runs in its own process) ---------------------------------------------------------
+
+
+def write_port(path: str, port: int) -> None:
+    Path(path).write_text(str(port))
 
 
 async def upstream_role(port_file: str) -> None:
@@ -57,7 +61,7 @@ async def upstream_role(port_file: str) -> None:
             writer.transport.abort() if writer.transport.is_closing() else writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
-    Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+    write_port(port_file, server.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
 
 
@@ -82,7 +86,9 @@ async def proxy_role(socket_path: str, port: int) -> None:
 
     settings = EgressSettings(hosts={NAME: "127.0.0.1"}, system_resolver=False, allow_addresses=["127.0.0.1/32"])
     host = EgressHost(settings)
-    proxy = host.proxy(Caller(agent_id="bench", task_id="bench"), (f"{NAME}:{port}",), 100_000, Enforcer.around(Point()))
+    proxy = host.proxy(
+        Caller(agent_id="bench", task_id="bench"), (f"{NAME}:{port}",), 100_000, Enforcer.around(Point())
+    )
     records: list[object] = []
     proxy.record = records.append
     await proxy.open(socket_path)
@@ -93,7 +99,7 @@ async def forward_role(socket_path: str, port_file: str) -> None:
     from symbi_agent.forward import Forwarder
 
     forwarder = Forwarder(socket_path, 0)
-    Path(port_file).write_text(str(await forwarder.start()))
+    write_port(port_file, await forwarder.start())
     await asyncio.Event().wait()
 
 
@@ -144,6 +150,14 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, "--role", *args])
 
 
+def wait_socket(path: str) -> None:
+    for _ in range(300):
+        if Path(path).exists():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{path} did not appear: the proxy did not start")
+
+
 def wait_file(path: Path) -> int:
     for _ in range(300):
         if path.exists() and path.read_text():
@@ -163,10 +177,7 @@ async def main(requests: int, streams: int, mb: int) -> None:
             UP = wait_file(Path(f"{tmp}/up"))
             sock = f"{tmp}/egress.sock"
             procs.append(spawn("proxy", sock, str(UP)))
-            for _ in range(300):
-                if Path(sock).exists():
-                    break
-                time.sleep(0.05)
+            wait_socket(sock)
             procs.append(spawn("forward", sock, f"{tmp}/fwd"))
             fwd = wait_file(Path(f"{tmp}/fwd"))
             await latency(UP, False, 20)  # warm up both paths

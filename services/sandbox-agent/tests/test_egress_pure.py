@@ -197,3 +197,19 @@ def test_hop_by_hop_proxy_and_symbi_headers_are_dropped() -> None:
     refused = http1.refusal(403, "not_allowed", "x is not allowed")
     assert refused.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert b"X-Symbi-Egress-Refused: not_allowed\r\n" in refused
+
+
+def test_bad_egress_settings_stop_the_start() -> None:
+    from symbi_common.errors import ConfigError
+    from symbi_common.settings import EgressSettings
+    from symbi_sandbox_agent.egress.host import check_egress_settings
+
+    check_egress_settings(
+        EgressSettings(hosts={"a.test": ["192.0.2.1", "2001:db8::1"]}, allow_addresses=["10.0.0.0/8"])
+    )
+    with pytest.raises(ConfigError, match=r"egress\.allow_addresses"):
+        check_egress_settings(EgressSettings(allow_addresses=["ten.0.0.0/8"]))
+    with pytest.raises(ConfigError, match=r"egress\.hosts"):
+        check_egress_settings(EgressSettings(hosts={"a.test": "not-an-address"}))
+    with pytest.raises(ConfigError, match=r"egress\.ca_file"):
+        check_egress_settings(EgressSettings(ca_file="/nonexistent/ca.pem"))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from symbi_common.decisions import DecisionRequest
+from symbi_common.errors import ConfigError
 from symbi_common.policy.enforcement import SANDBOX_EGRESS
 from symbi_common.policy.hooks import Enforcer, Verdict
 from symbi_common.settings import EgressSettings
@@ -31,6 +33,22 @@ from symbi_sandbox_agent.egress.resolver import Resolver, StaticResolver, System
 from symbi_sandbox_agent.egress.rules import AllowList
 
 Store = Callable[[ExecutionEgress], Coroutine[Any, Any, None]]
+
+
+def check_egress_settings(settings: EgressSettings) -> None:
+    """Refuse ``[egress]`` values the proxy could not use, naming the setting (at start-up, not per connection)."""
+    try:
+        AddressPolicy.parse(settings.allow_addresses)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; write CIDRs such as 203.0.113.0/24", setting="egress.allow_addresses") from None
+    try:
+        StaticResolver(settings.hosts)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; map names to IP addresses", setting="egress.hosts") from None
+    if settings.connect_timeout_s <= 0:
+        raise ConfigError("must be more than 0", setting="egress.connect_timeout_s")
+    if settings.ca_file and not os.path.isfile(settings.ca_file):
+        raise ConfigError(f"{settings.ca_file} is not a file", setting="egress.ca_file")
 
 
 def resolver_of(settings: EgressSettings) -> Resolver:
