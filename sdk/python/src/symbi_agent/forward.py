@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    return child.wait()
+    code = child.wait()
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's 128 + signal number
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from symbi_contracts.sandbox_agent.events import (
     Usage,
 )
 
+from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
 from symbi_sandbox_agent.domain import ExitState, terminal_event
 from symbi_sandbox_agent.egress.host import EgressHost
@@ -182,7 +183,9 @@ class Supervisor:
             if not await self.recorder.store(run, event, TERMINAL_ATTEMPTS):
                 log.error("an egress record was not stored", task_id=spec.task_id, host=event.host)
 
-        enforcer = Enforcer.around(await self.rt.decision_point())
+        # One decision per connection through the one enforcer (logged, its own id); the embedded engine's
+        # answer to an identical question is remembered per policy version, as for the bus's sends.
+        enforcer = Enforcer.around(remembered(await self.rt.decision_point()))
         caller = Caller(agent_id=run.agent_id, task_id=spec.task_id, tier=spec.tier)
         run.egress = await self.egress.start(
             caller,
