@@ -24,9 +24,10 @@ DEFAULT_PORT = 3128
 READ_SIZE = 256 * 1024
 
 
-class _Relay(asyncio.Protocol):
+class _Relay(asyncio.BufferedProtocol):
     """One direction: what its transport reads is written to ``peer``; reading pauses while the peer's
-    write buffer is full (asyncio tells the peer's protocol, which is the other relay)."""
+    write buffer is full (asyncio tells the peer's protocol, which is the other relay). It reads into a
+    buffer of its own, replaced only when the peer kept part of what it was given."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -34,16 +35,23 @@ class _Relay(asyncio.Protocol):
         self.other: _Relay | None = None
         self.pending = bytearray()  # bytes read before the peer was connected
         self.eof = False
+        self._buffer = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self._buffer[:nbytes]
         if self.peer is None:
             self.pending += data
         else:
             self.peer.write(data)
+            if self.peer.get_write_buffer_size():
+                self._buffer = memoryview(bytearray(READ_SIZE))
 
     def eof_received(self) -> bool:
         self.eof = True
