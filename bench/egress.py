@@ -1,8 +1,9 @@
 """Throughput and added latency of the egress proxy against a direct connection, on loopback, same run.
 
 Processes, as in production: an upstream HTTP server (standing in for the internet, on 127.0.0.1), the
-daemon's egress proxy on a Unix socket (allow-list, static resolver, address checks, a real embedded Cedar
-decision per connection, token buckets with a limit far above the traffic, one record per connection),
+daemon's egress proxy on a Unix socket (allow-list, static resolver, address checks, a decision per
+connection through the enforcer and the embedded Cedar point with its answers remembered per policy
+version, as in the daemon; token buckets with a limit far above the traffic; one record per connection),
 and the SDK's forwarder (``symbi_agent.forward``, the container's side, TCP 127.0.0.1 → the socket).
 The client measures, with the same concurrency both ways:
 
@@ -68,27 +69,22 @@ async def upstream_role(port_file: str) -> None:
 async def proxy_role(socket_path: str, port: int) -> None:
     from symbi_common.policy.cedar import compile_policies
     from symbi_common.policy.engine import PolicyEngine
+    from symbi_common.policy.follower import PolicyFollower
     from symbi_common.policy.hooks import Enforcer
+    from symbi_common.policy.points import EmbeddedDecisionPoint
     from symbi_common.settings import EgressSettings
+    from symbi_sandbox_agent.bus.decisions import remembered
     from symbi_sandbox_agent.egress.host import EgressHost
     from symbi_sandbox_agent.egress.internal import Caller
 
-    class Point:
-        def __init__(self) -> None:
-            self.engine = PolicyEngine({"bench": compile_policies("bench", POLICY)}, 1)
-            self.version = 1
-
-        async def decide(self, request):  # type: ignore[no-untyped-def]
-            return self.engine.decide(request)
-
-        async def decide_batch(self, requests):  # type: ignore[no-untyped-def]
-            return self.engine.decide_batch(requests)
-
+    # The daemon's decision path: the embedded point over a policy engine (here built directly instead of
+    # followed from the event stream), its answers remembered per policy version, the one enforcer.
+    follower = PolicyFollower(None, None, None)  # type: ignore[arg-type]  # never started: no stream to follow
+    follower.engine = PolicyEngine({"bench": compile_policies("bench", POLICY)}, 1)
+    enforcer = Enforcer.around(remembered(EmbeddedDecisionPoint(follower)))
     settings = EgressSettings(hosts={NAME: "127.0.0.1"}, system_resolver=False, allow_addresses=["127.0.0.1/32"])
     host = EgressHost(settings)
-    proxy = host.proxy(
-        Caller(agent_id="bench", task_id="bench"), (f"{NAME}:{port}",), 100_000, Enforcer.around(Point())
-    )
+    proxy = host.proxy(Caller(agent_id="bench", task_id="bench"), (f"{NAME}:{port}",), 100_000, enforcer)
     records: list[object] = []
     proxy.record = records.append
     await proxy.open(socket_path)
@@ -166,7 +162,7 @@ def wait_file(path: Path) -> int:
     raise SystemExit(f"{path} was not written: a role did not start")
 
 
-async def main(requests: int, streams: int, mb: int) -> None:
+async def main(requests: int, streams: int, mb: int, rounds: int) -> None:
     global UP
     print(_common.machine_summary())
     print(f"load average {os.getloadavg()[0]:.2f}; {requests} requests, {streams} streams x {mb} MB")
@@ -188,7 +184,7 @@ async def main(requests: int, streams: int, mb: int) -> None:
                 proxy_ms += await latency(fwd, True, requests // 4)
                 socket_ms += await latency(sock, True, requests // 4)
             direct_tp, proxy_tp, socket_tp = [], [], []
-            for _ in range(3):
+            for _ in range(rounds):
                 direct_tp.append(await throughput(UP, False, streams, mb))
                 proxy_tp.append(await throughput(fwd, True, streams, mb))
                 socket_tp.append(await throughput(sock, True, streams, mb))
@@ -232,5 +228,10 @@ if __name__ == "__main__":
             asyncio.run(forward_role(rest[0], rest[1]))
     else:
         asyncio.run(
-            main(args.requests or (200 if args.quick else 2000), args.streams, args.mb or (16 if args.quick else 64))
+            main(
+                args.requests or (200 if args.quick else 2000),
+                args.streams,
+                args.mb or (16 if args.quick else 64),
+                3 if args.quick else 5,
+            )
         )

@@ -35,6 +35,7 @@ class _Relay(asyncio.BufferedProtocol):
         self.other: _Relay | None = None
         self.pending = bytearray()  # bytes read before the peer was connected
         self.eof = False
+        self.lost = False
         self._buffer = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,6 +65,7 @@ class _Relay(asyncio.BufferedProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.peer is not None:
             self.peer.close()
 
@@ -76,14 +78,50 @@ class _Relay(asyncio.BufferedProtocol):
             self.other.transport.resume_reading()
 
 
+Opened = tuple[asyncio.BaseTransport, _Relay]
+
+
+class _Client(_Relay):
+    """The relay of an accepted client: once its transport is there, its upstream is connected."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        super().__init__()
+        self.forwarder = forwarder
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        task = asyncio.get_running_loop().create_task(self.forwarder._connect(self))
+        self.forwarder.tasks.add(task)  # held: the loop keeps only a weak reference to a task
+        task.add_done_callback(self.forwarder.tasks.discard)
+
+
 class Forwarder:
-    """Listens on ``host:port`` and carries every connection to the Unix socket ``socket_path``."""
+    """Listens on ``host:port`` and carries every connection to the Unix socket ``socket_path``.
+
+    One connection to the socket is kept open ahead (the proxy serves one request per connection), so a new
+    client's bytes do not wait for a connect; a spare the proxy closed while idle is replaced."""
 
     def __init__(self, socket_path: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> None:
         self.socket_path = socket_path
         self.host = host
         self.port = port
         self.server: asyncio.AbstractServer | None = None
+        self._spare: asyncio.Task[Opened] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def _open(self) -> asyncio.Task[Opened]:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.create_unix_connection(_Relay, self.socket_path))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an unused failure is not an error
+        return task
+
+    async def _upstream(self) -> Opened:
+        spare = self._spare or self._open()
+        self._spare = self._open()  # the next client's, opened ahead
+        transport, relay = await spare
+        if relay.lost or transport.is_closing():  # closed by the proxy while it waited
+            transport, relay = await asyncio.get_running_loop().create_unix_connection(_Relay, self.socket_path)
+        return transport, relay
 
     async def start(self) -> int:
         """Start listening; the port (useful with ``port=0``)."""
@@ -93,14 +131,11 @@ class Forwarder:
         return self.port
 
     def _accepted(self) -> _Relay:
-        client = _Relay()
-        asyncio.get_running_loop().create_task(self._connect(client))
-        return client
+        return _Client(self)
 
     async def _connect(self, client: _Relay) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            transport, upstream = await loop.create_unix_connection(_Relay, self.socket_path)
+            transport, upstream = await self._upstream()
         except OSError as exc:
             if client.transport is not None:
                 body = f"the egress proxy socket {self.socket_path} cannot be reached: {exc}\n".encode()
@@ -122,6 +157,10 @@ class Forwarder:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self._spare is not None:
+            self._spare.cancel()
+            if self._spare.done() and not self._spare.cancelled() and self._spare.exception() is None:
+                self._spare.result()[0].close()
 
 
 def serve_in_thread(socket_path: str, port: int) -> int:
