@@ -35,7 +35,6 @@ class _Relay(asyncio.BufferedProtocol):
         self.other: _Relay | None = None
         self.pending = bytearray()  # bytes read before the peer was connected
         self.eof = False
-        self.lost = False
         self._buffer = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,7 +64,6 @@ class _Relay(asyncio.BufferedProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
         if self.peer is not None:
             self.peer.close()
 
@@ -76,9 +74,6 @@ class _Relay(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.other is not None and self.other.transport is not None:
             self.other.transport.resume_reading()
-
-
-Opened = tuple[asyncio.BaseTransport, _Relay]
 
 
 class _Client(_Relay):
@@ -96,32 +91,14 @@ class _Client(_Relay):
 
 
 class Forwarder:
-    """Listens on ``host:port`` and carries every connection to the Unix socket ``socket_path``.
-
-    One connection to the socket is kept open ahead (the proxy serves one request per connection), so a new
-    client's bytes do not wait for a connect; a spare the proxy closed while idle is replaced."""
+    """Listens on ``host:port`` and carries every connection to the Unix socket ``socket_path``."""
 
     def __init__(self, socket_path: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> None:
         self.socket_path = socket_path
         self.host = host
         self.port = port
         self.server: asyncio.AbstractServer | None = None
-        self._spare: asyncio.Task[Opened] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-
-    def _open(self) -> asyncio.Task[Opened]:
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.create_unix_connection(_Relay, self.socket_path))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an unused failure is not an error
-        return task
-
-    async def _upstream(self) -> Opened:
-        spare = self._spare or self._open()
-        self._spare = self._open()  # the next client's, opened ahead
-        transport, relay = await spare
-        if relay.lost or transport.is_closing():  # closed by the proxy while it waited
-            transport, relay = await asyncio.get_running_loop().create_unix_connection(_Relay, self.socket_path)
-        return transport, relay
 
     async def start(self) -> int:
         """Start listening; the port (useful with ``port=0``)."""
@@ -135,7 +112,7 @@ class Forwarder:
 
     async def _connect(self, client: _Relay) -> None:
         try:
-            transport, upstream = await self._upstream()
+            transport, upstream = await asyncio.get_running_loop().create_unix_connection(_Relay, self.socket_path)
         except OSError as exc:
             if client.transport is not None:
                 body = f"the egress proxy socket {self.socket_path} cannot be reached: {exc}\n".encode()
@@ -157,10 +134,6 @@ class Forwarder:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        if self._spare is not None:
-            self._spare.cancel()
-            if self._spare.done() and not self._spare.cancelled() and self._spare.exception() is None:
-                self._spare.result()[0].close()
 
 
 def serve_in_thread(socket_path: str, port: int) -> int:
