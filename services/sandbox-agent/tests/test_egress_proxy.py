@@ -70,19 +70,37 @@ class Setup:
         return self.records[-1]
 
 
+class Body:
+    """A streamed body that notes being closed (the model gateway settles a reservation then)."""
+
+    def __init__(self, chunks: list[bytes], closed: list[bool]) -> None:
+        self.chunks = iter(chunks)
+        self.closed = closed
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self.chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self.closed.append(True)
+
+
 class Recorder:
     def __init__(self) -> None:
         self.service_calls: list[tuple[Caller, InternalRequest]] = []
+        self.closed: list[bool] = []
 
     async def handle(self, caller: Caller, request: InternalRequest) -> InternalResponse:
         self.service_calls.append((caller, request))
 
-        async def body() -> AsyncIterator[bytes]:
-            for word in (b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"):
-                yield word
-
         if request.path.startswith("/v1/stream"):
-            return InternalResponse(200, [("content-type", "text/event-stream")], body())
+            events = Body([b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"], self.closed)
+            return InternalResponse(200, [("content-type", "text/event-stream")], events)
         data = json.dumps({"path": request.path, "body": request.body.decode(), "agent": caller.agent_id}).encode()
 
         async def whole() -> AsyncIterator[bytes]:
@@ -281,6 +299,7 @@ async def test_an_internal_service_answers_its_reserved_name(setup: Setup) -> No
     assert headers["Transfer-Encoding"] == "chunked"
     assert body == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n"
     service: Recorder = setup.proxy.services[MODELS_HOST]  # type: ignore[assignment]
+    assert service.closed == [True]  # the streamed body was closed once served
     caller, request = service.service_calls[0]
     assert caller == Caller(agent_id="agent-7", task_id="t1")
     assert "x-symbi-agent" not in request.headers

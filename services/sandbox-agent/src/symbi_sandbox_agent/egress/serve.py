@@ -44,20 +44,28 @@ async def internal(
     body = await reader.readexactly(length) if length else b""
     response = await service.handle(caller, request_of(head, path, body))
     head_bytes = http1.response_head(response.status, response.headers, response.length)
-    writer.write(head_bytes)
-    sent = len(head_bytes)
-    async for piece in response.body:
-        if not piece:
-            continue
-        data = piece if response.length is not None else http1.chunk(piece)
-        await into.pay(len(data))
-        writer.write(data)
-        sent += len(data)
+    sent = 0
+    try:
+        writer.write(head_bytes)
+        sent = len(head_bytes)
+        async for piece in response.body:
+            if not piece:
+                continue
+            data = piece if response.length is not None else http1.chunk(piece)
+            await into.pay(len(data))
+            writer.write(data)
+            sent += len(data)
+            await writer.drain()
+        if response.length is None:
+            writer.write(http1.LAST_CHUNK)
+            sent += len(http1.LAST_CHUNK)
         await writer.drain()
-    if response.length is None:
-        writer.write(http1.LAST_CHUNK)
-        sent += len(http1.LAST_CHUNK)
-    await writer.drain()
+    finally:
+        # The body is closed whatever happened (its end, a sandbox that went away, a cancellation): a
+        # streamed model answer settles its budget reservation when it is closed.
+        close = getattr(response.body, "aclose", None)
+        if close is not None:
+            await close()
     return response.status, len(raw_head(head)) + length, sent
 
 
