@@ -22,6 +22,8 @@ EGRESS_SOCKET_ENV = "SYMBI_EGRESS_SOCKET"
 DEFAULT_SOCKET = "/symbi/run/egress.sock"
 DEFAULT_PORT = 3128
 READ_SIZE = 256 * 1024
+#: A relay's first buffer: most connections carry one request and its answer.
+FIRST_READ_SIZE = 16 * 1024
 
 
 class _Relay(asyncio.BufferedProtocol):
@@ -35,7 +37,7 @@ class _Relay(asyncio.BufferedProtocol):
         self.other: _Relay | None = None
         self.pending = bytearray()  # bytes read before the peer was connected
         self.eof = False
-        self._buffer = memoryview(bytearray(READ_SIZE))
+        self._buffer = memoryview(bytearray(FIRST_READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -50,7 +52,7 @@ class _Relay(asyncio.BufferedProtocol):
             self.pending += data
         else:
             self.peer.write(data)
-            if self.peer.get_write_buffer_size():
+            if self.peer.get_write_buffer_size() or nbytes == len(self._buffer) < READ_SIZE:
                 self._buffer = memoryview(bytearray(READ_SIZE))
 
     def eof_received(self) -> bool:

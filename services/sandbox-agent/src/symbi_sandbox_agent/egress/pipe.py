@@ -50,7 +50,9 @@ class Counted(Protocol):
     bytes_in: int
 
 
-#: The buffer a relay reads into.
+#: The buffer a relay reads into: small at first (most connections carry a request and an answer), grown
+#: to the large one once a read fills it.
+FIRST_READ_SIZE = 16 * 1024
 READ_SIZE = 256 * 1024
 
 
@@ -59,7 +61,8 @@ class Relay(asyncio.BufferedProtocol):
 
     It reads into a buffer of its own, reused while the peer's transport sends what it is given at once (a
     fresh 256 KiB ``bytes`` per read costs an allocation and its page faults); when the peer buffered part
-    of it (a transport may keep a view of the data), the next read gets a new buffer."""
+    of it (a transport may keep a view of the data), or a read filled the small first one, the next read
+    gets a new (large) buffer."""
 
     def __init__(self, peer: asyncio.Transport, meter: Meter, conn: Counted, outgoing: bool) -> None:
         self.peer = peer
@@ -72,7 +75,7 @@ class Relay(asyncio.BufferedProtocol):
         self._peer_full = False
         self._in_debt = False
         self._stream: asyncio.BaseProtocol | None = None
-        self._buffer = memoryview(bytearray(READ_SIZE))
+        self._buffer = memoryview(bytearray(FIRST_READ_SIZE))
 
     def start(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -87,7 +90,7 @@ class Relay(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(self._buffer[:nbytes])
         if self.peer.get_write_buffer_size():
-            self._buffer = memoryview(bytearray(READ_SIZE))
+            self._buffer = memoryview(bytearray(FIRST_READ_SIZE))
 
     def data_received(self, data: bytes | memoryview) -> None:
         n = len(data)

@@ -69,6 +69,8 @@ def normalise_host(host: str) -> str:
 def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address ``host`` spells (``1.2.3.4``, ``::1``, ``[::1]``, ``::ffff:1.2.3.4``), else None."""
     h = host.strip("[]").split("%", 1)[0]
+    if ":" not in h and not h.replace(".", "").isdigit():
+        return None  # a name: no need to let ipaddress fail on it (slow)
     try:
         return ipaddress.ip_address(h)
     except ValueError:
