@@ -22,6 +22,9 @@ EGRESS_SOCKET_ENV = "SYMBI_EGRESS_SOCKET"
 DEFAULT_SOCKET = "/symbi/run/egress.sock"
 DEFAULT_PORT = 3128
 READ_SIZE = 256 * 1024
+#: Python 3.11's socket transport copies what it cannot send at once; later ones may keep a view of it, so
+#: a buffer the transport still holds part of is not reused there.
+KEEPS_VIEWS = sys.version_info >= (3, 12)
 #: A relay's first buffer: most connections carry one request and its answer.
 FIRST_READ_SIZE = 16 * 1024
 
@@ -52,7 +55,7 @@ class _Relay(asyncio.BufferedProtocol):
             self.pending += data
         else:
             self.peer.write(data)
-            if self.peer.get_write_buffer_size() or nbytes == len(self._buffer) < READ_SIZE:
+            if (KEEPS_VIEWS and self.peer.get_write_buffer_size()) or nbytes == len(self._buffer) < READ_SIZE:
                 self._buffer = memoryview(bytearray(READ_SIZE))
 
     def eof_received(self) -> bool:

@@ -9,6 +9,7 @@ bucket is in debt, and resumes when both allow.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,6 +55,9 @@ class Counted(Protocol):
 #: to the large one once a read fills it.
 FIRST_READ_SIZE = 16 * 1024
 READ_SIZE = 256 * 1024
+#: Python 3.11's socket transport copies what it cannot send at once; later ones may keep a view of it, so
+#: a buffer the transport still holds part of is not reused there.
+KEEPS_VIEWS = sys.version_info >= (3, 12)
 
 
 class Relay(asyncio.BufferedProtocol):
@@ -89,8 +93,8 @@ class Relay(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(self._buffer[:nbytes])
-        if self.peer.get_write_buffer_size():
-            self._buffer = memoryview(bytearray(FIRST_READ_SIZE))
+        if (KEEPS_VIEWS and self.peer.get_write_buffer_size()) or nbytes == len(self._buffer) < READ_SIZE:
+            self._buffer = memoryview(bytearray(READ_SIZE))
 
     def data_received(self, data: bytes | memoryview) -> None:
         n = len(data)
