@@ -31,6 +31,7 @@ from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforc
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
 
+from symbi_sandbox_agent.egress.rules import AllowList, BadTarget
 from symbi_sandbox_agent.grants import DataMount
 from symbi_sandbox_agent.tasks import TaskView
 
@@ -308,7 +309,7 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         else ""
     )
     if network:
-        check_network(workload.command, channel, tier)
+        check_network(workload.command, channel, tier, network)
     return SandboxSpec(
         task_id=task.task_id,
         attempt=assigned.attempt,
@@ -328,9 +329,13 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
     )
 
 
-def check_network(command: list[str] | tuple[str, ...], channel: str, tier: Tier) -> None:
-    """A network-enabled workload needs its channel socket (the proxy's only way in) and its own command
-    (run under the SDK's forwarder)."""
+def check_network(command: list[str] | tuple[str, ...], channel: str, tier: Tier, allow: tuple[str, ...]) -> None:
+    """A network-enabled workload needs an allow-list the proxy can apply, its channel socket (the proxy's
+    only way in) and its own command (run under the SDK's forwarder)."""
+    try:
+        AllowList.parse(allow)
+    except BadTarget as exc:
+        raise InvalidWorkload(f"network_access: {exc}") from None
     if not channel:
         raise LimitNotEnforceable(
             f"the definition allows network access, which goes only through the egress proxy socket, and this "
