@@ -229,3 +229,31 @@ async def test_bandwidth_is_held_to_the_definitions_limit(
     fetched = max(result.of(ExecutionEgress), key=lambda e: e.bytes_in)
     assert fetched.bytes_in >= n
     assert result.terminal.usage.net_in_bytes >= n
+
+
+NO_NETWORK = r"""
+import json
+from symbi_agent import Agent, SymbiAgentError
+with Agent() as a:
+    try:
+        a.http.get("https://allowed.test/")
+        print(json.dumps("allowed"))
+    except SymbiAgentError as e:
+        print(json.dumps([e.code, e.message]))
+"""
+
+
+async def test_without_network_access_http_request_is_not_available(
+    world: World, scheduler: Scheduler, agent_image: str
+) -> None:
+    async with running_agent(world.settings) as agent:
+        task_id = await scheduler.submit(
+            agent.host_id, ["python3", "-c", NO_NETWORK], image=agent_image, actions=True, lim=limits()
+        )
+        result = await scheduler.result(task_id, timeout=90)
+    assert isinstance(result.terminal, ExecutionExited), result.stderr[-2000:]
+    code, message = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert code == "not_available"
+    assert "no network" in message
+    assert result.of(ExecutionEgress) == []
+    assert result.of(ExecutionStarted)[0].hardening["network"] == "none"
