@@ -156,9 +156,8 @@ class Scheduler:
                     submitted_by="test",
                 )
             )
-        workload = workload or Workload(
-            image=image, command=tuple(command), env=env or {"GREETING": "hi"}, workdir="/", actions=actions
-        )
+        env = {"GREETING": "hi", **(env or {})}
+        workload = workload or Workload(image=image, command=tuple(command), env=env, workdir="/", actions=actions)
         events.append(
             TaskAssigned(
                 host_id=host_id,

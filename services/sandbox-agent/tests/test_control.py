@@ -83,18 +83,6 @@ async def test_terminate_stops_and_removes_even_a_suspended_gvisor_sandbox(
         await command(agent, "suspend", "no-such-task")
 
 
-async def test_a_task_with_network_access_is_refused_not_run_unlimited(
-    agent: Agent, scheduler: Scheduler, docker_client: Any
-) -> None:
-    task_id = await scheduler.submit(agent.host_id, ["echo", "hi"], network_access=["api.example.com"])
-    r = await scheduler.result(task_id)
-    assert isinstance(r.terminal, ExecutionRefused)
-    assert r.terminal.code == "limit_not_enforceable"
-    assert "network IO cannot be limited" in r.terminal.reason
-    assert len(r.events) == 1
-    assert containers_of(docker_client, agent.host_id) == []
-
-
 async def test_a_missing_image_is_refused(agent: Agent, scheduler: Scheduler) -> None:
     task_id = await scheduler.submit(agent.host_id, ["true"], publish=False)
     # Same task, a second attempt whose workload names an image this host does not have.

@@ -13,20 +13,50 @@ PACKAGE = Path(symbi_sandbox_agent.__file__).parent
 #: Modules that must stay pure: importing them loads no messaging, Docker, database, HTTP or asyncio.
 #: (``actions`` is pure code too, but the ``symbi_common.policy`` package it takes the Cedar schema from
 #: loads the whole enforcement point on import.)
-PURE = ("domain", "spec", "tasks", "output", "errors", "config", "grants", "data_roots")
+PURE = (
+    "domain",
+    "spec",
+    "tasks",
+    "output",
+    "errors",
+    "config",
+    "grants",
+    "data_roots",
+    "egress.rules",
+    "egress.addresses",
+    "egress.tls",
+    "egress.bucket",
+    "egress.http1",
+    "egress.decisions",
+    "egress.internal",
+)
 IO_PACKAGES = ("nats", "docker", "asyncpg", "asyncio", "fastapi", "prometheus_client", "opentelemetry", "structlog")
 
 
+def module_name(path: Path) -> str:
+    """``egress/rules.py`` → ``egress.rules``; a subpackage's ``__init__.py`` is the subpackage."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports_within_package() -> dict[str, set[str]]:
+    """Every module of the package (subpackages included) and the modules of the package it imports."""
+    paths = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py"]
+    modules = {module_name(p) for p in paths}
     graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in paths:
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if isinstance(node, ast.Import):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module
+                names = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}".partition(".")[2] in modules else base for a in node.names
+                ]
+            elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            deps.update(n.split(".")[1] for n in names if n.startswith("symbi_sandbox_agent."))
-        graph[path.stem] = deps
+            deps.update(n.partition(".")[2] for n in names if n.startswith("symbi_sandbox_agent."))
+        graph[module_name(path)] = deps - {module_name(path)}
     return graph
 
 

@@ -177,8 +177,22 @@ def test_spec_hardens_every_sandbox() -> None:
 
 
 def test_unenforceable_limits_are_refused() -> None:
-    with pytest.raises(LimitNotEnforceable, match="network IO cannot be limited"):
+    with pytest.raises(LimitNotEnforceable, match="only through the egress proxy socket"):
         build_spec(task(network=("api.example.com",)), "h1", CAPS, SandboxDefaults())  # type: ignore[arg-type]
+    with_channel = SandboxDefaults(channel_root="/run/symbi/channels")
+    with pytest.raises(InvalidWorkload, match="network_access: '\\*'"):
+        build_spec(task(network=("*",)), "h1", CAPS, with_channel)  # type: ignore[arg-type]
+    spec = build_spec(task(network=("api.example.com",), network_io_mbps=5), "h1", CAPS, with_channel)  # type: ignore[arg-type]
+    ck = spec.create_kwargs("/x/input")
+    assert ck["command"] == ["python3", "-m", "symbi_agent.forward", "--", "run"]
+    assert ck["environment"]["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+    assert ck["environment"]["SYMBI_EGRESS_SOCKET"] == "/symbi/run/egress.sock"
+    assert spec.host_config_kwargs("/x/input")["network_mode"] == "none"
+    assert spec.limits.network_io_mbps == 5
+    # 0 MB/s is no network: no proxy, no forwarder.
+    quiet = build_spec(task(network=("api.example.com",), network_io_mbps=0), "h1", CAPS, with_channel)  # type: ignore[arg-type]
+    assert not quiet.network
+    assert quiet.create_kwargs("/x/input")["command"] == ["run"]
     no_blkio = HostCapabilities(runtimes=frozenset({"runc"}), blkio_device=None)
     with pytest.raises(LimitNotEnforceable, match="disk IO"):
         build_spec(task(), "h1", no_blkio, SandboxDefaults())  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ ACTIONS: tuple[str, ...] = (
     "memory.write",
     "model.invoke",  # model gateway: call a model (resource: Model "provider/model"; context: budget)
     "secret.read",  # sandbox-agent: give a runtime secret to a task's sandbox (resource: Secret)
+    "network.connect",  # sandbox-agent egress proxy: one connection of a sandbox (resource: Endpoint)
 )
 
 

@@ -223,6 +223,24 @@ class SandboxSettings(_Section):
     bus_bytes_per_s: float = 8 * 1024 * 1024
 
 
+class EgressSettings(_Section):
+    """The egress proxy of this host's sandboxes (docs/network.md; owned by the sandbox-agent's code)."""
+
+    #: Names the proxy answers itself instead of asking the system's resolver: ``name = "addr"`` or a list
+    #: of addresses (for tests and air-gapped hosts).
+    hosts: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
+    #: Whether names not in ``hosts`` are resolved by the system's resolver (false: they do not resolve).
+    system_resolver: bool = True
+    #: Networks (CIDR) the proxy may connect to although they are private, loopback, link-local … (and
+    #: IP-literal targets in them, when the allow-list names the literal). Empty: public addresses only.
+    allow_addresses: list[str] = msgspec.field(default_factory=list)
+    #: Seconds an upstream has to accept a connection.
+    connect_timeout_s: float = 10.0
+    #: CA certificates (PEM file) the SDK's ``http.request`` trusts besides the system's (the daemon makes
+    #: those TLS connections itself; a workload's own clients use the certificates of its image).
+    ca_file: str = ""
+
+
 class WitnessSettings(_Section):
     """One C2SP tlog-witness the audit service asks to cosign its checkpoints."""
 
@@ -309,6 +327,7 @@ class Settings(_Section):
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
+    egress: EgressSettings = msgspec.field(default_factory=EgressSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
 

@@ -27,6 +27,9 @@ MAX_ID_CHARS = 64
 CHANNEL_MOUNT = "/symbi/run"
 SOCKET_NAME = "agent.sock"
 SOCKET_ENV = "SYMBI_SOCKET"
+#: The egress proxy's socket in the same channel directory (docs/network.md), and the variable naming it.
+EGRESS_SOCKET_NAME = "egress.sock"
+EGRESS_SOCKET_ENV = "SYMBI_EGRESS_SOCKET"
 #: Prefix of a request line on stderr when the channel is stdio (the fallback).
 STDIO_PREFIX = b"@symbi "
 
@@ -135,7 +138,7 @@ OPS: dict[str, Op] = {
     "tools.list": Op("", True),
     "tools.call": Op("tool.invoke", True),
     "tools.invoke": Op("tool.invoke", True),
-    "http.request": Op("http.request", False, "the egress proxy"),
+    "http.request": Op("network.connect", True),
     "models.complete": Op("model.invoke", True),
 }
 

@@ -3,6 +3,7 @@ so the same classes serve the synchronous client (a value) and the asynchronous 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -138,10 +139,32 @@ class Tools(_Area):
 
 
 class Web(_Area):
-    """HTTP through the egress proxy (not performed yet: :class:`~symbi_agent.errors.NotAvailable`)."""
+    """HTTP(S) requests the runtime makes for the agent through its egress proxy (docs/network.md): the
+    same allow-list, address checks and policy (``network.connect``) as the agent's own clients behind
+    ``HTTPS_PROXY``. A refused one raises :class:`~symbi_agent.errors.Denied` naming the reason."""
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        return self._call("http.request", {"method": method, "url": url, **kwargs})
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: str | bytes | None = None,
+        timeout_s: float | None = None,
+        max_bytes: int | None = None,
+    ) -> Any:
+        """The answer as ``{"status", "headers": [[name, value], …], "body"}`` (``body_b64`` for bytes that are
+        not UTF-8)."""
+        args = _given(method=method, url=url, headers=headers, timeout_s=timeout_s, max_bytes=max_bytes)
+        if isinstance(body, bytes):
+            args["body_b64"] = base64.b64encode(body).decode()
+        elif body is not None:
+            args["body"] = body
+        return self._call("http.request", args)
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        """``request("GET", url, …)``."""
+        return self.request("GET", url, **kwargs)
 
 
 class Models(_Area):

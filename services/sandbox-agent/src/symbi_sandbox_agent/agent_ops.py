@@ -45,6 +45,7 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
 from symbi_sandbox_agent.data_ops import DATA_OPS, DataOps
 from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.http_ops import HttpOps
 from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
@@ -124,6 +125,7 @@ class ProtocolServer:
         self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools)
         self.model_ops = ModelOps(self, gateway.task_id, gateway.run.spec.tier, lambda: gateway.agent.models)
         self._messages: MessageOps | None = None
+        self.http = HttpOps(gateway.run, self._record)
 
     @property
     def messages(self) -> MessageOps:
@@ -194,6 +196,8 @@ class ProtocolServer:
             return await self.tool_ops.answer(seq, request, op.action)
         if request.op in MODEL_OPS:
             return await self.model_ops.answer(seq, request)
+        if request.op == "http.request":  # through the run's egress proxy (http_ops)
+            return await self.http.answer(seq, request)
         try:
             args = msgspec.convert(request.args, ARGS[request.op])
         except msgspec.ValidationError as exc:

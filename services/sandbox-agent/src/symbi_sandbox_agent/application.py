@@ -246,12 +246,12 @@ class SandboxService:
                     memory_mb=lim.memory_mb,
                     cpu_cores=lim.cpu_cores,
                     disk_io_mbps=lim.disk_io_mbps,
-                    network_io_mbps=0,
+                    network_io_mbps=lim.network_io_mbps,
                     execution_timeout_s=lim.execution_timeout_s,
                 ),
                 "security_tier": spec.tier,
                 "image": spec.image,
-                "network": False,
+                "network": spec.network,
             },
         )
 

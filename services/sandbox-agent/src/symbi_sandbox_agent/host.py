@@ -40,6 +40,7 @@ from symbi_sandbox_agent.cgroups import remove_cgroup_tree
 from symbi_sandbox_agent.config import data_roots, sandbox_defaults, work_root
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
+from symbi_sandbox_agent.egress.internal import MODELS_HOST
 from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
@@ -106,6 +107,8 @@ class SandboxHost:
         # Provider credentials come from the same store unless one was given (tests give their own).
         self.secrets = self.secrets or store
         self.service.models = model_gateway(self.rt, self.rt.settings.models, self.secrets)
+        if self.service.models is not None:  # ordinary OpenAI clients in a sandbox: http://models.symbi.internal/v1
+            self.service.supervisor.egress.register(MODELS_HOST, self.service.models)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         await self._ensure_jetstream()
         await self.reconcile()

@@ -18,6 +18,7 @@ from symbi_common.settings import Settings
 
 from symbi_sandbox_agent.api import register_commands, router
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.egress.host import check_egress_settings
 from symbi_sandbox_agent.host import SandboxHost
 from symbi_sandbox_agent.tools_api import router as tools_router
 
@@ -28,6 +29,7 @@ def build_app(settings: Settings) -> FastAPI:
     """The daemon's app; its lifespan reconciles the host, registers it and starts consuming work."""
     host_id = resolve_host_id(settings.sandbox.host_id)
     check_settings(settings.sandbox)
+    check_egress_settings(settings.egress)
     runtime = ServiceRuntime(SERVICE, settings, use_database=False)
 
     async def on_start(rt: ServiceRuntime) -> None:

@@ -8,6 +8,7 @@ which all import it and nothing of each other's upwards.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +38,24 @@ class HeldActions(Protocol):
     async def resume(self) -> dict[str, Any]: ...
 
 
+class NetworkPath(Protocol):
+    """What the supervision sees of a run's egress proxy (:mod:`symbi_sandbox_agent.egress.host`)."""
+
+    @property
+    def bytes(self) -> tuple[int, int]:
+        """``(out, in)``: what the run sent and received through it."""
+        ...
+
+    #: What the daemon's own TLS connections through it trust.
+    tls: ssl.SSLContext
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection into the proxy for the SDK's ``http.request`` (the same rules as the sandbox's own)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class Running:
     """One sandbox this daemon runs."""
@@ -55,6 +74,8 @@ class Running:
     stored: bool = False
     #: The action gateway of a workload with ``actions: true`` (set while it runs).
     gateway: HeldActions | None = None
+    #: The egress proxy of a network-enabled run (set while it runs).
+    egress: NetworkPath | None = None
 
     def active_seconds(self, now: float) -> float:
         """Run time that counts against the timeout (time spent paused does not)."""

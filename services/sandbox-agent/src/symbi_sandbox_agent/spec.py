@@ -1,7 +1,10 @@
 """One sandbox's container specification: limits and hardening, and the checks that refuse a task. Pure.
 
-Every sandbox gets: no network (a task whose definition allows network access is refused, because
-network IO cannot be shaped on this host and it must not run unlimited), a read-only root
+Every sandbox gets: no network (``network_mode none``: no route out). A task whose definition allows
+network access (and a network IO limit above 0) reaches the outside only through its egress proxy, the
+socket ``egress.sock`` in its channel directory (docs/network.md): its command runs under the SDK's
+forwarder (``python3 -m symbi_agent.forward -- <command>``), which ``HTTP(S)_PROXY`` point at on the
+container's own loopback. Then a read-only root
 filesystem with a small ``noexec`` tmpfs at ``/tmp``, all capabilities dropped, no-new-privileges,
 a non-root user, a pids limit (at least 128 under gVisor, whose own threads count against it),
 memory without swap, CPU quota, disk read/write bandwidth on the device behind Docker's storage
@@ -25,12 +28,13 @@ from typing import Any
 
 from symbi_common.caps import lower_to_caps
 from symbi_common.errors import ValidationError
-from symbi_contracts.agent_protocol import CHANNEL_MOUNT, SOCKET_ENV, SOCKET_NAME
+from symbi_contracts.agent_protocol import CHANNEL_MOUNT, EGRESS_SOCKET_ENV, EGRESS_SOCKET_NAME, SOCKET_ENV, SOCKET_NAME
 from symbi_contracts.lifecycle.config import Messaging
 from symbi_contracts.sandbox_agent.errors import InvalidWorkload, LimitNotEnforceable, TierUnavailable
 from symbi_contracts.sandbox_agent.events import Limits
 from symbi_contracts.sandbox_agent.risk import Tier, parse_tier
 
+from symbi_sandbox_agent.egress.rules import AllowList, BadTarget
 from symbi_sandbox_agent.grants import DataMount
 from symbi_sandbox_agent.secret_refs import SECRETS_MOUNT, env_with_secret_paths, requested_secrets
 from symbi_sandbox_agent.tasks import TaskView
@@ -42,6 +46,10 @@ UDS_RUNTIME = "runsc-uds"
 GVISOR_MIN_PIDS = 128
 MIN_MEMORY_MB = 16
 INPUT_PATH = "/symbi/input"
+#: The forwarder's port on the container's own loopback (each sandbox has its own network namespace).
+FORWARD_PORT = 3128
+FORWARD_COMMAND = ("python3", "-m", "symbi_agent.forward", "--")
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 
 CGROUP_PARENT = "/symbi"
 
@@ -60,8 +68,6 @@ class HostCapabilities:
     runtimes: frozenset[str]
     #: The block device behind Docker's storage, for blkio limits; None if it cannot be found.
     blkio_device: str | None
-    #: Whether network IO can be shaped per container (not with Docker alone).
-    network_shaping: bool = False
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
@@ -107,6 +113,17 @@ class SandboxSpec:
     secrets_dir: str = ""
     #: The definition's bus limits and subscriptions (none: the host's defaults).
     messaging: Messaging | None = None
+    #: The definition's network allow-list; non-empty: the run gets its egress proxy (docs/network.md).
+    network_access: tuple[str, ...] = ()
+
+    @property
+    def network(self) -> bool:
+        return bool(self.network_access)
+
+    @property
+    def egress_socket(self) -> str:
+        """The host path of the run's egress proxy socket (in its channel directory)."""
+        return f"{self.channel_dir}/{EGRESS_SOCKET_NAME}"
 
     @property
     def runtime(self) -> str:
@@ -131,8 +148,14 @@ class SandboxSpec:
 
     def hardening(self) -> dict[str, str]:
         """A readable summary for ``execution.started``."""
+        network = "none"
+        if self.network:
+            network = (
+                f"none; egress proxy {CHANNEL_MOUNT}/{EGRESS_SOCKET_NAME} for {', '.join(self.network_access)} "
+                f"at {self.limits.network_io_mbps} MB/s"
+            )
         return {
-            "network": "none",
+            "network": network,
             "root_filesystem": "read-only",
             "scratch": f"/tmp tmpfs {self.limits.scratch_mb} MiB noexec",  # noqa: S108 - the container's /tmp
             "capabilities": "all dropped",
@@ -151,13 +174,20 @@ class SandboxSpec:
         env = {**self.env, "SYMBI_TASK_ID": self.task_id, "SYMBI_INPUT": INPUT_PATH}
         volumes = [INPUT_PATH]
         if self.channel_dir:
-            env[SOCKET_ENV] = f"{CHANNEL_MOUNT}/{SOCKET_NAME}"
+            if self.actions:
+                env[SOCKET_ENV] = f"{CHANNEL_MOUNT}/{SOCKET_NAME}"
             volumes.append(CHANNEL_MOUNT)
         if self.secrets_dir:
             volumes.append(SECRETS_MOUNT)
+        command = list(self.command)
+        if self.network:
+            env[EGRESS_SOCKET_ENV] = f"{CHANNEL_MOUNT}/{EGRESS_SOCKET_NAME}"
+            env.update(dict.fromkeys(PROXY_ENV, f"http://127.0.0.1:{FORWARD_PORT}"))
+            env["NO_PROXY"] = env["no_proxy"] = ""
+            command = [*FORWARD_COMMAND, *command]
         return {
             "image": self.image,
-            "command": list(self.command) or None,
+            "command": command or None,
             "name": self.name,
             "user": self.user,
             "stdin_open": True,  # with StdinOnce: closing our side of the attach socket is the workload's EOF
@@ -274,18 +304,14 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         raise LimitNotEnforceable(
             "the disk IO limit cannot be enforced on this host: no block device found behind Docker's storage"
         )
-    if assigned.network_access and not caps.network_shaping:
-        raise LimitNotEnforceable(
-            f"the definition allows network access ({', '.join(assigned.network_access)}) but network IO "
-            f"cannot be limited to {lim.network_io_mbps} MB/s on this host; the task is refused rather than "
-            "run with unlimited network IO"
-        )
+    # Network IO 0 MB/s is no network, whatever the allow-list says.
+    network = tuple(assigned.network_access) if lim.network_io_mbps > 0 else ()
     pids = max(defaults.pids_limit, GVISOR_MIN_PIDS) if tier == "tier2" else defaults.pids_limit
     limits = Limits(
         memory_mb=lim.memory_mb,
         cpu_cores=lim.cpu_cores,
         disk_io_mbps=lim.disk_io_mbps,
-        network_io_mbps=0,
+        network_io_mbps=lim.network_io_mbps if network else 0,
         execution_timeout_s=lim.execution_timeout_s,
         pids=pids,
         output_cap_bytes=defaults.output_cap_bytes,
@@ -296,9 +322,11 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
     socket_ok = tier == "tier1" or UDS_RUNTIME in caps.runtimes
     channel = (
         channel_dir(defaults.channel_root, host_id, name)
-        if workload.actions and defaults.channel_root and socket_ok
+        if (workload.actions or network) and defaults.channel_root and socket_ok
         else ""
     )
+    if network:
+        check_network(workload.command, channel, tier, network)
     return SandboxSpec(
         task_id=task.task_id,
         attempt=assigned.attempt,
@@ -316,4 +344,24 @@ def build_spec(task: TaskView, host_id: str, caps: HostCapabilities, defaults: S
         channel_dir=channel,
         secrets=secrets,
         messaging=assigned.messaging,
+        network_access=network,
     )
+
+
+def check_network(command: list[str] | tuple[str, ...], channel: str, tier: Tier, allow: tuple[str, ...]) -> None:
+    """A network-enabled workload needs an allow-list the proxy can apply, its channel socket (the proxy's
+    only way in) and its own command (run under the SDK's forwarder)."""
+    try:
+        AllowList.parse(allow)
+    except BadTarget as exc:
+        raise InvalidWorkload(f"network_access: {exc}") from None
+    if not channel:
+        raise LimitNotEnforceable(
+            f"the definition allows network access, which goes only through the egress proxy socket, and this "
+            f"host cannot give a {tier} sandbox a socket (no channel directory, or gVisor without {UDS_RUNTIME})"
+        )
+    if not command:
+        raise InvalidWorkload(
+            "a network-enabled workload must name its command: it runs under the SDK's forwarder "
+            f"({' '.join(FORWARD_COMMAND)} <command>), which needs Python and symbi_agent in the image"
+        )

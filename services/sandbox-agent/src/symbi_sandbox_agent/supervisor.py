@@ -7,6 +7,8 @@ stdout/stderr as ``execution.output`` chunks, sample usage from the cgroup, enfo
 (:func:`~symbi_sandbox_agent.domain.terminal_event`). The container is always removed; a run cancelled
 by shutdown still reports its end. A run with the action gateway and a channel directory gets its socket
 listener before its container is created, and loses it (directory included) when the container is removed.
+A network-enabled run gets its egress proxy (``egress.sock`` in the same directory, docs/network.md) the same
+way; its connections are recorded before its terminal event, whose usage carries the bytes they moved.
 """
 
 from __future__ import annotations
@@ -19,14 +21,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 from symbi_common.errors import AppendFailed
+from symbi_common.policy.hooks import Enforcer
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import traced
-from symbi_contracts.sandbox_agent.events import ExecutionEvent, ExecutionFailed, ExecutionOutput, Usage
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionEgress,
+    ExecutionEvent,
+    ExecutionFailed,
+    ExecutionOutput,
+    Usage,
+)
 
+from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
 from symbi_sandbox_agent.domain import ExitState, terminal_event
+from symbi_sandbox_agent.egress.host import EgressHost
+from symbi_sandbox_agent.egress.internal import Caller
 from symbi_sandbox_agent.gateway import ActionGateway, GatewayHost
 from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
@@ -71,6 +84,7 @@ class Supervisor:
         running: dict[str, Running],
         work_dir: Path,
         controls: GatewayHost,
+        egress: EgressHost | None = None,
     ) -> None:
         self.rt = rt
         self.engine = engine
@@ -81,6 +95,8 @@ class Supervisor:
         #: What the action gateway of a run freezes, thaws and records through.
         self.controls = controls
         self._runners: dict[str, SandboxRunner] = {}
+        #: The egress settings and agents' token buckets of this host (network-enabled runs).
+        self.egress = egress or EgressHost(rt.settings.egress)
 
     def runner(self, run: Running) -> SandboxRunner:
         """The runner of the run's runtime (runc for tier1, runsc for tier2)."""
@@ -114,6 +130,8 @@ class Supervisor:
                         gateway = run.gateway = ActionGateway(self.controls, run)
                         if spec.channel_dir:
                             await gateway.open_channel(spec.channel_dir, spec.owner)
+                    if spec.network:
+                        await self._open_egress(run)
                     run.container_id = await self.threads(runner.create, spec, str(input_file))
                     sock = await self.threads(runner.attach, run.container_id)
                     await self.threads(runner.start, run.container_id)
@@ -158,6 +176,28 @@ class Supervisor:
             except Exception as exc:
                 self.rt.note_error(f"runtime clean-up after {spec.name}: {exc}")
 
+    async def _open_egress(self, run: Running) -> None:
+        spec = run.spec
+
+        async def store(event: ExecutionEgress) -> None:
+            if not await self.recorder.store(run, event, TERMINAL_ATTEMPTS):
+                log.error("an egress record was not stored", task_id=spec.task_id, host=event.host)
+
+        # One decision per connection through the one enforcer (logged, its own id); the embedded engine's
+        # answer to an identical question is remembered per policy version, as for the bus's sends.
+        enforcer = Enforcer.around(remembered(await self.rt.decision_point()))
+        caller = Caller(agent_id=run.agent_id, task_id=spec.task_id, tier=spec.tier)
+        run.egress = await self.egress.start(
+            caller,
+            spec.network_access,
+            spec.limits.network_io_mbps,
+            enforcer,
+            attempt=spec.attempt,
+            store=store,
+            socket_path=spec.egress_socket,
+            owner=spec.owner,
+        )
+
     async def _supervise(
         self, run: Running, sock: Any, data: bytes, collector: OutputCollector, usage: CgroupUsage
     ) -> ExitState:
@@ -193,6 +233,8 @@ class Supervisor:
         finally:
             if gateway is not None:
                 await gateway.close()
+            if run.egress is not None:
+                await run.egress.close()  # its connections are recorded before the terminal event
 
     async def _follow(
         self,
@@ -263,6 +305,9 @@ class Supervisor:
         self, run: Running, exit_state: ExitState | None, collector: OutputCollector, usage: Usage
     ) -> ExecutionEvent:
         duration = round(time.time() - run.started_at, 3)
+        if run.egress is not None:
+            out, into = run.egress.bytes
+            usage = msgspec.structs.replace(usage, net_out_bytes=out, net_in_bytes=into)
         last_error = collector.last_error_line()
         return terminal_event(run.spec, exit_state, run.kill_reason, collector.digest(), usage, duration, last_error)
 
@@ -277,6 +322,8 @@ class Supervisor:
         shutil.rmtree(self.work_dir / run.spec.name, ignore_errors=True)
         if isinstance(run.gateway, ActionGateway):
             await run.gateway.remove_channel()
+        if run.egress is not None:
+            await run.egress.close()
         if run.spec.channel_dir:
             shutil.rmtree(run.spec.channel_dir, ignore_errors=True)
         if run.spec.secrets_dir:  # the secret files go with the container (docs/secrets.md)

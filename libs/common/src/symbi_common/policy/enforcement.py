@@ -121,6 +121,9 @@ BUS_SEND = EnforcementPoint(
     conditions=frozenset({"cap_resources"}),
     caps=frozenset({"messages_per_s", "bytes_per_s", "max_message_bytes"}),
 )
+#: sandbox-agent egress proxy: each connection of a sandbox (``network.connect`` on ``Endpoint::"host:port"``,
+#: docs/network.md). No condition is enforced there: a connection is carried or refused whole.
+SANDBOX_EGRESS = EnforcementPoint("sandbox-agent.egress", actions=frozenset({"network.connect"}))
 #: context: storing memories. ``log_full`` holds: the event stores every memory in full (encrypted).
 CONTEXT_MEMORY_WRITE = EnforcementPoint(
     "context.memory_write", actions=frozenset({"memory.write"}), conditions=frozenset({"log_full"})
@@ -149,6 +152,7 @@ POINTS: tuple[EnforcementPoint, ...] = (
     GATEWAY_READ,
     GATEWAY_ACTION,
     BUS_SEND,
+    SANDBOX_EGRESS,
     CONTEXT_MEMORY_WRITE,
     CONTEXT_MEMORY_READ,
     AUDIT_EVENT_DETAILS,

@@ -21,6 +21,9 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     cpu_seconds: float = 0.0
     io_read_bytes: int = 0
     io_write_bytes: int = 0
+    #: Bytes the sandbox sent and received through its egress proxy (docs/network.md).
+    net_out_bytes: int = 0
+    net_in_bytes: int = 0
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,6 +176,37 @@ class ExecutionAction(Event, frozen=True, kw_only=True, tag="execution.action"):
     agent_id: str = ""
 
 
+EgressOutcome = Literal["allowed", "denied"]
+
+
+class ExecutionEgress(Event, frozen=True, kw_only=True, tag="execution.egress"):
+    """One connection of the sandbox through its egress proxy (docs/network.md), recorded when it ends.
+
+    ``host`` and ``port`` are what the sandbox asked for, ``address`` the resolved address the connection was
+    pinned to (or the blocked one that refused it), ``method`` ``CONNECT`` or the plain request's method,
+    ``access`` ``proxy`` (HTTP(S)_PROXY), ``gateway`` (the SDK's ``http.request``) or ``internal`` (a host
+    service answered it). ``outcome`` ``denied`` carries the ``reason`` code (``not_allowed``,
+    ``blocked_address``, ``sni_mismatch``, ``host_mismatch``, ``ip_literal``, ``policy_denied`` …) and
+    ``detail``; ``rule`` is the allow-list entry that matched. ``decision`` is Cedar's ``network.connect``."""
+
+    attempt: int
+    host: str
+    port: int
+    address: str = ""
+    method: str = ""
+    access: str = "proxy"
+    outcome: EgressOutcome
+    reason: str = ""
+    detail: str = ""
+    rule: str = ""
+    status: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    duration_s: float = 0.0
+    decision: DecisionRecord | None = None
+    agent_id: str = ""
+
+
 Terminal = (
     ExecutionExited | ExecutionOomKilled | ExecutionTimedOut | ExecutionKilled | ExecutionRefused | ExecutionFailed
 )
@@ -196,6 +230,7 @@ ExecutionEvent = (
     | ExecutionPaused
     | ExecutionResumed
     | ExecutionAction
+    | ExecutionEgress
 )
 EXECUTION_CODEC: EventCodec[ExecutionEvent] = EventCodec(
     [
@@ -210,6 +245,7 @@ EXECUTION_CODEC: EventCodec[ExecutionEvent] = EventCodec(
         ExecutionPaused,
         ExecutionResumed,
         ExecutionAction,
+        ExecutionEgress,
     ]
 )
 
