@@ -32,7 +32,8 @@ case "${1:-}" in
         uv run symbi deploy init "$dir" --images "$images" \
             --base-port "${SYMBI_COMPOSE_BASE_PORT:-8080}" --nats-port "${SYMBI_COMPOSE_NATS_PORT:-4222}" \
             --jaeger-port "${SYMBI_COMPOSE_JAEGER_PORT:-16686}" \
-            --prometheus-port "${SYMBI_COMPOSE_PROMETHEUS_PORT:-9090}" >/dev/null
+            --prometheus-port "${SYMBI_COMPOSE_PROMETHEUS_PORT:-9090}" \
+            --docker-root "$(docker info -f '{{.DockerRootDir}}')" >/dev/null
         ;;
 esac
 [ -f "$dir/compose.env" ] || { echo "compose: $dir/compose.env is missing; run: deploy/compose.sh up -d" >&2; exit 1; }

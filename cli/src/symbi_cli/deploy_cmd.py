@@ -34,6 +34,9 @@ def init(
     nats_port: Annotated[int, typer.Option("--nats-port", help="Published NATS client port.")] = 4222,
     jaeger_port: Annotated[int, typer.Option("--jaeger-port", help="Published Jaeger UI/query port.")] = 16686,
     prometheus_port: Annotated[int, typer.Option("--prometheus-port", help="Published Prometheus port.")] = 9090,
+    docker_root: Annotated[
+        str, typer.Option("--docker-root", help="The engine's data root (`docker info -f '{{.DockerRootDir}}'`).")
+    ] = "/var/lib/docker",
     uid: Annotated[int, typer.Option("--uid", help="The uid the service containers run as.")] = SERVICE_UID,
 ) -> None:
     """Create or complete the deployment directory: keyring, per-service credentials, compose.env.
@@ -46,6 +49,7 @@ def init(
         jaeger_port=jaeger_port,
         prometheus_port=prometheus_port,
         images=parse_images(images),
+        docker_root=docker_root,
     )
     try:
         env_file = init_deploy_dir(directory, config, uid=uid)

@@ -48,6 +48,9 @@ class DeployConfig:
     jaeger_port: int = 16686
     prometheus_port: int = 9090
     images: Mapping[str, str] = field(default_factory=dict)
+    #: The Docker engine's data root (``docker info``'s DockerRootDir): the sandbox-agent finds the disk
+    #: behind it to enforce sandboxes' disk IO limits.
+    docker_root: str = "/var/lib/docker"
 
 
 def password_env_name(user: str) -> str:
@@ -81,10 +84,35 @@ def service_env(service: str, passwords: Mapping[str, str], pg_password: str) ->
     return env
 
 
-def compose_env(directory: Path, config: DeployConfig) -> dict[str, str]:
-    """The variables docker-compose.yml interpolates: where the directory is, ports and images."""
+def block_device_of(path: str) -> str | None:
+    """``/dev/<disk>`` holding ``path`` (the whole disk for a partition), or None (overlay, tmpfs, NFS …)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    sys_dir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not sys_dir.exists():
+        return None
+    if (sys_dir / "partition").exists():
+        sys_dir = sys_dir.resolve().parent
+    try:
+        uevent = (sys_dir / "uevent").read_text()
+    except OSError:
+        return None
+    names = [line.split("=", 1)[1] for line in uevent.splitlines() if line.startswith("DEVNAME=")]
+    return f"/dev/{names[0]}" if names and os.path.exists(f"/dev/{names[0]}") else None
+
+
+def compose_env(directory: Path, config: DeployConfig, docker_disk: str | None = None) -> dict[str, str]:
+    """The variables docker-compose.yml interpolates: where the directory is, ports, images, Docker's disk.
+
+    With no disk behind Docker's data root, ``/dev/null`` stands in (the sandbox-agent then refuses tasks
+    that ask for a disk IO limit, as it would on the host).
+    """
     env = {
         "SYMBI_DEPLOY_DIR": str(directory),
+        "SYMBI_DOCKER_ROOT": config.docker_root,
+        "SYMBI_DOCKER_DISK": docker_disk or "/dev/null",
         "SYMBI_NATS_PORT": str(config.nats_port),
         "SYMBI_JAEGER_PORT": str(config.jaeger_port),
         "SYMBI_PROMETHEUS_PORT": str(config.prometheus_port),
@@ -164,5 +192,5 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
         (directory / shared).mkdir(exist_ok=True)
     _chown_tree(directory / "vectors", uid)
     env_file = directory / "compose.env"
-    _write(env_file, env_text(compose_env(directory, config)))
+    _write(env_file, env_text(compose_env(directory, config, block_device_of(config.docker_root))))
     return env_file
