@@ -1,7 +1,6 @@
-"""The compose stack as the deployment tests use it: images built here, brought up once per module, torn down.
-
-These tests are marked ``deploy`` and are left out of a plain ``pytest`` run (and so of ``.ci/run``): they
-build images and start eleven containers, which takes minutes on two cores. Run them with::
+"""Deployment tests. Those marked ``deploy`` (test_compose.py: the compose stack) are left out of a plain
+``pytest`` run, and so of ``.ci/run``: they build images and start eleven containers, which takes minutes on
+two cores. The others (replicas, Kubernetes manifests) run by default. Run the ``deploy`` ones with::
 
     uv run pytest -m deploy tests/deploy
 
