@@ -3,19 +3,19 @@
 #
 #   natscli  v0.5.0   `nats`    the NATS CLI (docs/operators.md, "Reading the streams with the NATS CLI")
 #   jaeger   v1.75.0  `jaeger`  Jaeger all-in-one: OTLP receiver, in-memory store, query API (tests/e2e/test_jaeger.py)
-#   prometheus v0.316.0 (Prometheus 3.16.0) `prometheus`, scraping the compose stack (tests/deploy)
-#
-# `tools.sh compose` installs Debian's docker-compose 1.29.2 (apt, as root), which runs docker-compose.yml.
+#   prometheus  v0.316.0 (the Go module version of Prometheus 3.16.0)  `prometheus`  scrapes the compose stack
 #
 # With no argument it also makes sure Debian's chromium and chromium-driver are installed (apt, as root): the
-# console's browser test (cli/tests/test_console_browser.py) drives them; no browser is downloaded.
+# console's browser test (cli/tests/test_console_browser.py) drives them; no browser is downloaded. The compose
+# stack's tools are asked for by name (tests/deploy, deploy/images/build.sh): `prometheus`, and `compose`,
+# which installs Debian's docker-compose 1.29.2 (apt, as root), the compose docker-compose.yml is tested with.
 #
-# Both come from the Go module proxy and are built here with the machine's Go (1.26; nothing is downloaded
-# prebuilt). Jaeger's dependency set is pinned by deploy/tools/jaeger/go.mod and go.sum (made with
-# `go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0`). A tool already in the cache is never
-# rebuilt; delete its directory to force a build. Jaeger takes several minutes on two cores.
+# All come from the Go module proxy and are built here with the machine's Go (1.26; nothing is downloaded
+# prebuilt). Jaeger's and Prometheus's dependency sets are pinned by deploy/tools/<tool>/go.mod and go.sum
+# (made with `go get -tool <module>/cmd/<tool>@<version>`). A tool already in the cache is never rebuilt;
+# delete its directory to force a build. Jaeger takes about 9 minutes on two cores, Prometheus about 11.
 #
-# Usage:  deploy/host/tools.sh [natscli|jaeger|prometheus|compose]...  (no argument: all)
+# Usage:  deploy/host/tools.sh [natscli|jaeger|prometheus|compose]...  (no argument: natscli, jaeger, chromium)
 #         deploy/host/tools.sh --print natscli|jaeger|prometheus (the cached binary's path; exit 1 if not built)
 # Cache:  ${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}/<tool>-<version>/<binary>
 set -euo pipefail
@@ -122,7 +122,7 @@ install_browser() {
 
 tools=("$@")
 if [ ${#tools[@]} -eq 0 ]; then
-    tools=(natscli jaeger prometheus compose)
+    tools=(natscli jaeger) # what the default test run uses; prometheus and compose serve tests/deploy (-m deploy)
     install_browser
 fi
 for tool in "${tools[@]}"; do
