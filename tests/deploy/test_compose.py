@@ -206,7 +206,7 @@ def test_every_service_is_ready_in_its_container(stack: Stack) -> None:
     assert sorted(ready) == sorted(ALL_SERVICES)
     print(f"up -d and every /readyz green in {stack.env['SYMBI_TEST_UP_S']} s: {ready}")
     ps = stack.compose("ps", "-q").stdout.split()
-    assert len(ps) == 11  # nats, postgres, jaeger, prometheus, provision (exited), six services
+    assert len(ps) == 12  # nats, postgres, jaeger, prometheus, provision (exited), six services, a policy replica
     provision = stack.compose("ps", "provision").stdout
     assert "Exit 0" in provision, provision
 
@@ -258,6 +258,21 @@ def test_prometheus_scrapes_every_service_and_the_documented_metrics(stack: Stac
     assert sorted(health) == sorted(ALL_SERVICES)
 
 
+def test_every_dashboard_query_evaluates_in_prometheus(stack: Stack, main_job: dict[str, Any]) -> None:
+    exprs = [
+        target["expr"]
+        for path in sorted((REPO / "deploy" / "dashboards").glob("*.json"))
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    assert exprs
+    with httpx.Client(base_url=stack.prometheus_url, timeout=10) as http:
+        answered = {expr: _prometheus(http, "/api/v1/query", query=expr)["result"] for expr in exprs}
+    empty = [expr for expr, result in answered.items() if not result]
+    # Counters of things that did not happen (audit findings, rejected events …) have no series yet.
+    assert len(empty) <= len(exprs) // 2, f"no data for {empty}"
+
+
 def test_jaeger_holds_the_tasks_trace_across_every_service(stack: Stack, main_job: dict[str, Any]) -> None:
     trace_id = main_job["trace_id"]
     deadline = time.monotonic() + 60
@@ -271,6 +286,16 @@ def test_jaeger_holds_the_tasks_trace_across_every_service(stack: Stack, main_jo
             assert time.monotonic() < deadline, f"trace {trace_id}: services {sorted(services)}"
             time.sleep(2)
     assert len(data) == 1
+
+
+def test_with_one_policy_replica_killed_the_main_job_still_runs(stack: Stack, main_job: dict[str, Any]) -> None:
+    stack.compose("kill", "policy")
+    assert "Exit" in stack.compose("ps", "policy").stdout
+    assert "Up" in stack.compose("ps", "policy-2").stdout
+    again = _run_main_job(stack, "replica")
+    assert again["task"]["outcome"] == "succeeded"
+    assert again["result"].strip() == "hello replica"
+    assert again["receipt"]["verified"] is True
 
 
 def test_down_removes_everything(stack: Stack, main_job: dict[str, Any]) -> None:
