@@ -15,6 +15,8 @@
 #
 # Usage:  deploy/images/build.sh [runtime|jaeger|prometheus]...   (no argument: all three)
 #         deploy/images/build.sh --env   (build all, print SYMBI_<NAME>_IMAGE=<tag> lines for docker-compose)
+#         deploy/images/build.sh --prune (build all, then remove older symbi/{runtime,jaeger,prometheus} tags
+#                                         that no container uses: each is a whole root filesystem)
 # Needs:  Docker, uv, symbi/busybox:1 (deploy/host/setup-docker.sh), and for jaeger/prometheus the Go
 #         toolchain the first time (deploy/host/tools.sh builds and caches the binaries).
 # From a registry instead: deploy/Dockerfile builds the same runtime from python:3.11-slim.
@@ -154,6 +156,22 @@ build() {
     esac
 }
 
+if [ "${1:-}" = "--prune" ]; then
+    keep=()
+    for name in runtime jaeger prometheus; do keep+=("$(build "$name")"); done
+    used="$(docker ps -a --format '{{.Image}}')"
+    for name in runtime jaeger prometheus; do
+        for tag in $(docker images "symbi/$name" --format '{{.Repository}}:{{.Tag}}'); do
+            case " ${keep[*]} " in *" $tag "*) continue ;; esac
+            if grep -qxF "$tag" <<<"$used"; then
+                log "keeping $tag: a container uses it"
+                continue
+            fi
+            docker rmi "$tag" >/dev/null && log "removed $tag"
+        done
+    done
+    exit 0
+fi
 if [ "${1:-}" = "--env" ]; then
     for name in runtime jaeger prometheus; do
         echo "SYMBI_${name^^}_IMAGE=$(build "$name")"

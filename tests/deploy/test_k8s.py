@@ -7,6 +7,7 @@ them in its wheel.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ K8S = REPO / "deploy" / "k8s"
 K8S_VERSION = "1.37.0"
 
 
+@functools.cache
 def manifests() -> dict[str, list[dict[str, Any]]]:
     """Each resource file of the kustomization, as its documents."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
