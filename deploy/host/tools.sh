@@ -76,7 +76,9 @@ build() {
             # Pinned by deploy/tools/prometheus/go.mod (`go get -tool .../cmd/prometheus@v0.316.0`). Built without
             # the `builtinassets` tag: the web UI's compiled assets are not in the module, the HTTP API is.
             (cd "$repo/deploy/tools/prometheus" \
-                && CGO_ENABLED=0 go build -trimpath -mod=readonly -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+                && CGO_ENABLED=0 go build -trimpath -mod=readonly \
+                    -ldflags "-X github.com/prometheus/common/version.Version=3.${PROMETHEUS_VERSION#v0.3}" \
+                    -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
             ;;
     esac
     mv "$tmp/$(basename "$dest")" "$dest"
