@@ -9,6 +9,7 @@ not part of a plain ``pytest`` run (see the conftest for how to run it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -186,9 +187,9 @@ DOCUMENTED_METRICS = {
 }
 
 
-def _run_main_job(stack: Stack, name: str) -> dict[str, Any]:
+def _run_main_job(stack: Stack, name: str, agent: Path = HELLO) -> dict[str, Any]:
     done = stack.symbi(
-        "run", str(HELLO), "--input", name, "--home", str(stack.directory),
+        "run", str(agent), "--input", name, "--home", str(stack.directory),
         "--base-port", str(stack.base_port), "--json",
     )  # fmt: skip
     assert done.returncode == 0, f"symbi run exited {done.returncode}: {done.stderr[-3000:]}\n{stack.logs()}"
@@ -223,6 +224,16 @@ def test_the_main_job_runs_end_to_end_with_a_verified_receipt(main_job: dict[str
     assert types[0] == "task.submitted", types
     assert "task.completed" in types, types
     assert all(e["leaf_index"] < receipt["checkpoint"]["size"] for e in receipt["events"])
+
+
+def test_a_tier2_task_runs_in_gvisor_from_the_containerised_sandbox_agent(stack: Stack) -> None:
+    text = "one two three\nfour five\n"
+    doc = _run_main_job(stack, text, REPO / "examples" / "agents" / "text-stats.symbi")
+    assert (doc["task"]["outcome"], doc["task"]["tier"]) == ("succeeded", "tier2")
+    stats = json.loads(doc["result"])
+    assert (stats["lines"], stats["words"], stats["bytes"]) == (2, 5, len(text.encode()))
+    assert stats["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert doc["receipt"]["verified"] is True
 
 
 def test_every_stored_event_verifies_against_the_deployment_keyring(stack: Stack, main_job: dict[str, Any]) -> None:
