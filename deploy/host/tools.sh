@@ -3,22 +3,26 @@
 #
 #   natscli  v0.5.0   `nats`    the NATS CLI (docs/operators.md, "Reading the streams with the NATS CLI")
 #   jaeger   v1.75.0  `jaeger`  Jaeger all-in-one: OTLP receiver, in-memory store, query API (tests/e2e/test_jaeger.py)
+#   prometheus  v0.316.0 (the Go module version of Prometheus 3.16.0)  `prometheus`  scrapes the compose stack
 #
 # With no argument it also makes sure Debian's chromium and chromium-driver are installed (apt, as root): the
-# console's browser test (cli/tests/test_console_browser.py) drives them; no browser is downloaded.
+# console's browser test (cli/tests/test_console_browser.py) drives them; no browser is downloaded. The compose
+# stack's tools are asked for by name (tests/deploy, deploy/images/build.sh): `prometheus`, and `compose`,
+# which installs Debian's docker-compose 1.29.2 (apt, as root), the compose docker-compose.yml is tested with.
 #
-# Both come from the Go module proxy and are built here with the machine's Go (1.26; nothing is downloaded
-# prebuilt). Jaeger's dependency set is pinned by deploy/tools/jaeger/go.mod and go.sum (made with
-# `go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0`). A tool already in the cache is never
-# rebuilt; delete its directory to force a build. Jaeger takes several minutes on two cores.
+# All come from the Go module proxy and are built here with the machine's Go (1.26; nothing is downloaded
+# prebuilt). Jaeger's and Prometheus's dependency sets are pinned by deploy/tools/<tool>/go.mod and go.sum
+# (made with `go get -tool <module>/cmd/<tool>@<version>`). A tool already in the cache is never rebuilt;
+# delete its directory to force a build. Jaeger takes about 9 minutes on two cores, Prometheus about 11.
 #
-# Usage:  deploy/host/tools.sh [natscli|jaeger]...     (no argument: all)
-#         deploy/host/tools.sh --print [natscli|jaeger] (print the cached binary's path; exit 1 if not built)
+# Usage:  deploy/host/tools.sh [natscli|jaeger|prometheus|compose]...  (no argument: natscli, jaeger, chromium)
+#         deploy/host/tools.sh --print natscli|jaeger|prometheus (the cached binary's path; exit 1 if not built)
 # Cache:  ${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}/<tool>-<version>/<binary>
 set -euo pipefail
 
 NATSCLI_VERSION=v0.5.0
 JAEGER_VERSION=v1.75.0
+PROMETHEUS_VERSION=v0.316.0
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}"
@@ -27,8 +31,9 @@ binary_path() {
     case "$1" in
         natscli) echo "$cache/natscli-$NATSCLI_VERSION/nats" ;;
         jaeger) echo "$cache/jaeger-$JAEGER_VERSION/jaeger" ;;
+        prometheus) echo "$cache/prometheus-$PROMETHEUS_VERSION/prometheus" ;;
         *)
-            echo "error: unknown tool '$1' (known: natscli, jaeger)" >&2
+            echo "error: unknown tool '$1' (known: natscli, jaeger, prometheus, compose)" >&2
             return 2
             ;;
     esac
@@ -67,6 +72,14 @@ build() {
             (cd "$repo/deploy/tools/jaeger" \
                 && CGO_ENABLED=0 go build -trimpath -mod=readonly -o "$tmp/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
             ;;
+        prometheus)
+            # Pinned by deploy/tools/prometheus/go.mod (`go get -tool .../cmd/prometheus@v0.316.0`). Built without
+            # the `builtinassets` tag: the web UI's compiled assets are not in the module, the HTTP API is.
+            (cd "$repo/deploy/tools/prometheus" \
+                && CGO_ENABLED=0 go build -trimpath -mod=readonly \
+                    -ldflags "-X github.com/prometheus/common/version.Version=3.${PROMETHEUS_VERSION#v0.3}" \
+                    -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+            ;;
     esac
     mv "$tmp/$(basename "$dest")" "$dest"
     rmdir "$tmp"
@@ -79,6 +92,21 @@ if [ "${1:-}" = "--print" ]; then
     echo "$dest"
     exit 0
 fi
+
+# Debian's docker-compose (1.29.2 on bookworm), the compose implementation docker-compose.yml is tested with.
+install_compose() {
+    if command -v docker-compose >/dev/null 2>&1; then
+        echo "--- compose: $(docker-compose version --short 2>/dev/null) at $(command -v docker-compose)"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: docker-compose is missing and apt-get is not usable: install docker-compose (Debian package)" >&2
+        exit 1
+    fi
+    echo "--- compose: installing docker-compose (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+}
 
 install_browser() {
     if command -v chromedriver >/dev/null 2>&1; then
@@ -96,10 +124,14 @@ install_browser() {
 
 tools=("$@")
 if [ ${#tools[@]} -eq 0 ]; then
-    tools=(natscli jaeger)
+    tools=(natscli jaeger) # what the default test run uses; prometheus and compose serve tests/deploy (-m deploy)
     install_browser
 fi
 for tool in "${tools[@]}"; do
+    if [ "$tool" = compose ]; then
+        install_compose
+        continue
+    fi
     binary_path "$tool" >/dev/null
     build "$tool"
 done

@@ -16,6 +16,7 @@ from symbi_cli.agent_cmd import agent_app
 from symbi_cli.audit_cmd import audit_app
 from symbi_cli.bus_cmd import bus_app
 from symbi_cli.console.command import console
+from symbi_cli.deploy_cmd import deploy_app
 from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
 from symbi_cli.events import events_app
@@ -50,6 +51,7 @@ app.add_typer(tools_app, name="tools")
 app.add_typer(witness_app, name="witness")
 app.add_typer(bus_app, name="bus")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(deploy_app, name="deploy")
 app.command("status")(status)
 app.command("run")(run)
 app.command("console")(console)

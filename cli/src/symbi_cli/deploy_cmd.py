@@ -1,0 +1,59 @@
+"""``symbi deploy``: the deployment directory the compose stack mounts (:mod:`symbi_cli.deploy_dir`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from symbi_common.errors import KeyringError
+
+from symbi_cli.deploy_dir import SERVICE_UID, DeployConfig, init_deploy_dir, parse_env
+
+deploy_app = typer.Typer(help="Deployment: the keys, credentials and settings the compose stack mounts.")
+
+
+def parse_images(text: str) -> dict[str, str]:
+    """``SYMBI_<NAME>_IMAGE=<tag>`` lines (what ``deploy/images/build.sh --env`` prints) → name → tag."""
+    images: dict[str, str] = {}
+    for key, value in parse_env(text).items():
+        if not (key.startswith("SYMBI_") and key.endswith("_IMAGE")) or not value.strip():
+            raise typer.BadParameter(f"{key!r}: expected SYMBI_<NAME>_IMAGE=<tag> lines")
+        images[key.removeprefix("SYMBI_").removesuffix("_IMAGE").lower()] = value.strip()
+    return images
+
+
+@deploy_app.command("init")
+def init(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory (created 0700).")],
+    images: Annotated[
+        str, typer.Option("--images", help="SYMBI_<NAME>_IMAGE=<tag> lines, as `deploy/images/build.sh --env` prints.")
+    ] = "",
+    base_port: Annotated[int, typer.Option("--base-port", help="Published service ports are base+1 … base+6.")] = 8080,
+    nats_port: Annotated[int, typer.Option("--nats-port", help="Published NATS client port.")] = 4222,
+    jaeger_port: Annotated[int, typer.Option("--jaeger-port", help="Published Jaeger UI/query port.")] = 16686,
+    prometheus_port: Annotated[int, typer.Option("--prometheus-port", help="Published Prometheus port.")] = 9090,
+    docker_root: Annotated[
+        str, typer.Option("--docker-root", help="The engine's data root (`docker info -f '{{.DockerRootDir}}'`).")
+    ] = "/var/lib/docker",
+    uid: Annotated[int, typer.Option("--uid", help="The uid the service containers run as.")] = SERVICE_UID,
+) -> None:
+    """Create or complete the deployment directory: keyring, per-service credentials, compose.env.
+
+    Existing keys and passwords are kept. Then: ``docker-compose --env-file DIR/compose.env up -d``.
+    """
+    config = DeployConfig(
+        base_port=base_port,
+        nats_port=nats_port,
+        jaeger_port=jaeger_port,
+        prometheus_port=prometheus_port,
+        images=parse_images(images),
+        docker_root=docker_root,
+    )
+    try:
+        env_file = init_deploy_dir(directory, config, uid=uid)
+    except (OSError, KeyringError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] cannot prepare {directory}: {exc}")
+        raise typer.Exit(1) from None
+    print(env_file)

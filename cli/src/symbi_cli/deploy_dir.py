@@ -1,0 +1,196 @@
+"""The deployment directory the compose stack mounts: keys, credentials and configuration, one part per service.
+
+``symbi deploy init DIR`` writes (idempotently: existing keys and passwords are kept)::
+
+    DIR/keys/<service>/        each service's keys, root.pub and the signed registry (mounted read-only as /keys)
+    DIR/keys/                  the whole keyring: the provisioning job and the operator's CLI only
+    DIR/operator/              the root key and the operator-token issuer key: mounted into no container
+    DIR/env/<service>.env      that service's NATS user and password, and its database URL (env_file)
+    DIR/env/nats.env           every NATS user's password, for nats-server's users.conf ($NATS_<USER>_PASSWORD)
+    DIR/env/provision.env      the admin and operator NATS URLs, for the provisioning job only
+    DIR/postgres/password      the PostgreSQL superuser's password (initdb --pwfile)
+    DIR/operator.token         an admin operator token for the CLI (``--home DIR``)
+    DIR/run/nats-operator.url  the operator's NATS URL as seen from the host
+    DIR/compose.env            ``docker-compose --env-file``: the directory, published ports and image tags
+
+It is the compose counterpart of what ``symbi up`` provisions for its processes (:mod:`symbi_cli.runtime`):
+the same keyring, one least-privilege NATS user per service, a database per service that keeps one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from symbi_common.natsauth import ADMIN, OPERATOR, nats_users, with_credentials
+
+from symbi_cli.credentials import write_local_token
+from symbi_cli.keys import ensure_keyring
+from symbi_cli.private_files import private_dir
+from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES, SERVICE_PORT_OFFSETS, database_name
+
+#: The uid the service containers run as (deploy/images/build.sh): owner of what they must read.
+SERVICE_UID = 10001
+#: Inside the compose network.
+NATS_URL = "nats://nats:4222"
+POSTGRES_HOST = "postgres:5432"
+
+
+@dataclass(frozen=True, slots=True)
+class DeployConfig:
+    """What a deployment directory is made for: published ports and the image tags to run."""
+
+    base_port: int = 8080
+    nats_port: int = 4222
+    jaeger_port: int = 16686
+    prometheus_port: int = 9090
+    images: Mapping[str, str] = field(default_factory=dict)
+    #: The Docker engine's data root (``docker info``'s DockerRootDir): the sandbox-agent finds the disk
+    #: behind it to enforce sandboxes' disk IO limits.
+    docker_root: str = "/var/lib/docker"
+
+
+def password_env_name(user: str) -> str:
+    """``$NATS_<USER>_PASSWORD``, the variable deploy/nats/users.conf reads for ``user``."""
+    return f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+def env_text(values: Mapping[str, str]) -> str:
+    """An env file; values must be single-line (compose takes everything after ``=`` literally)."""
+    for key, value in values.items():
+        if "\n" in value or "\n" in key:
+            raise ValueError(f"{key}: an env file value must be one line")
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """The ``KEY=value`` lines of an env file (comments and blank lines skipped)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value
+    return out
+
+
+def service_env(service: str, passwords: Mapping[str, str], pg_password: str) -> dict[str, str]:
+    """One service's credentials: its own NATS user, and its own database if it keeps one."""
+    env = {"SYMBI_NATS_URL": with_credentials(NATS_URL, service, passwords[service])}
+    if service in DATABASE_SERVICES:
+        env["SYMBI_DATABASE_URL"] = f"postgresql://postgres:{pg_password}@{POSTGRES_HOST}/{database_name(service)}"
+    return env
+
+
+def block_device_of(path: str) -> str | None:
+    """``/dev/<disk>`` holding ``path`` (the whole disk for a partition), or None (overlay, tmpfs, NFS …)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    sys_dir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not sys_dir.exists():
+        return None
+    if (sys_dir / "partition").exists():
+        sys_dir = sys_dir.resolve().parent
+    try:
+        uevent = (sys_dir / "uevent").read_text()
+    except OSError:
+        return None
+    names = [line.split("=", 1)[1] for line in uevent.splitlines() if line.startswith("DEVNAME=")]
+    return f"/dev/{names[0]}" if names and os.path.exists(f"/dev/{names[0]}") else None
+
+
+def compose_env(directory: Path, config: DeployConfig, docker_disk: str | None = None) -> dict[str, str]:
+    """The variables docker-compose.yml interpolates: where the directory is, ports, images, Docker's disk.
+
+    With no disk behind Docker's data root, ``/dev/null`` stands in (the sandbox-agent then refuses tasks
+    that ask for a disk IO limit, as it would on the host).
+    """
+    env = {
+        "SYMBI_DEPLOY_DIR": str(directory),
+        "SYMBI_DOCKER_ROOT": config.docker_root,
+        "SYMBI_DOCKER_DISK": docker_disk or "/dev/null",
+        "SYMBI_NATS_PORT": str(config.nats_port),
+        "SYMBI_JAEGER_PORT": str(config.jaeger_port),
+        "SYMBI_PROMETHEUS_PORT": str(config.prometheus_port),
+    }
+    for service in ALL_SERVICES:
+        env[f"SYMBI_{service.upper().replace('-', '_')}_PORT"] = str(config.base_port + SERVICE_PORT_OFFSETS[service])
+    for name, tag in sorted(config.images.items()):
+        env[f"SYMBI_{name.upper()}_IMAGE"] = tag
+    return env
+
+
+def _write(path: Path, text: str, *, mode: int = 0o600, uid: int | None = None) -> None:
+    private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    if uid is not None:
+        os.chown(tmp, uid, uid)
+    os.replace(tmp, path)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            os.chown(os.path.join(dirpath, name), uid, uid)
+
+
+def _read_passwords(path: Path) -> dict[str, str]:
+    try:
+        by_var = parse_env(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return {user: by_var[password_env_name(user)] for user in nats_users() if password_env_name(user) in by_var}
+
+
+def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE_UID) -> Path:
+    """Create or complete ``directory`` for the compose stack; returns its ``compose.env``.
+
+    Keys and passwords already there are kept, so running it again (e.g. with new image tags) changes
+    nothing a running stack depends on. Needs root when ``uid`` is not the caller's (the key directories
+    are handed to the containers' user).
+    """
+    # Containers get single files and directories bind-mounted: their user needs rights on those only.
+    directory = private_dir(directory.resolve())
+    keys, operator = directory / "keys", directory / "operator"
+    ensure_keyring(keys, operator)
+    for service in ALL_SERVICES:
+        _chown_tree(keys / service, uid)
+
+    nats_env = directory / "env" / "nats.env"
+    passwords = _read_passwords(nats_env)
+    for user in nats_users():
+        passwords.setdefault(user, secrets.token_urlsafe(24))
+    pg_file = directory / "postgres" / "password"
+    pg_password = pg_file.read_text().strip() if pg_file.exists() else secrets.token_urlsafe(24)
+
+    _write(nats_env, env_text({password_env_name(u): passwords[u] for u in nats_users()}))
+    for service in ALL_SERVICES:
+        _write(directory / "env" / f"{service}.env", env_text(service_env(service, passwords, pg_password)))
+    _write(
+        directory / "env" / "provision.env",
+        env_text(
+            {
+                "SYMBI_NATS_URL": with_credentials(NATS_URL, ADMIN, passwords[ADMIN]),
+                "SYMBI_OPERATOR_NATS_URL": with_credentials(NATS_URL, OPERATOR, passwords[OPERATOR]),
+            }
+        ),
+    )
+    _write(pg_file, pg_password + "\n", mode=0o400, uid=uid)
+    write_local_token(directory, keys)
+    host_nats = f"nats://127.0.0.1:{config.nats_port}"
+    _write(directory / "run" / "nats-operator.url", with_credentials(host_nats, OPERATOR, passwords[OPERATOR]) + "\n")
+    for shared in ("work", "vectors"):
+        (directory / shared).mkdir(exist_ok=True)
+    _chown_tree(directory / "vectors", uid)
+    env_file = directory / "compose.env"
+    _write(env_file, env_text(compose_env(directory, config, block_device_of(config.docker_root))))
+    return env_file

@@ -1,0 +1,318 @@
+"""docker-compose.yml, brought up for real from the images deploy/images/build.sh makes here.
+
+One stack per module (tests/deploy/conftest.py): every service ready through its published port, the main job
+run against it with the CLI (agent registration → task in a sandbox on the host's Docker → result → memory →
+a verified audit receipt), the event log verified event by event, Prometheus scraping every service, Jaeger
+holding the task's trace, and ``down -v`` leaving no container, volume or network behind. Marked ``deploy``:
+not part of a plain ``pytest`` run (see the conftest for how to run it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from symbi_cli.runtime_options import ALL_SERVICES, SERVICE_PORT_OFFSETS
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1800)]
+
+REPO = Path(__file__).resolve().parents[2]
+#: Published ports above the service block: NATS, Jaeger's query API, Prometheus.
+NATS_OFFSET, JAEGER_OFFSET, PROMETHEUS_OFFSET = 7, 8, 9
+READY_TIMEOUT_S = 600.0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_block(size: int) -> int:
+    """A base port with base + 1 … base + size free, below the ephemeral range."""
+    for _ in range(500):
+        base = random.randrange(20_000, 32_000 - size)
+        if all(_port_free(base + offset) for offset in range(1, size + 1)):
+            return base
+    raise RuntimeError("no free block of ports between 20000 and 32000")
+
+
+def compose_command() -> list[str]:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail("docker-compose is not installed: run deploy/host/tools.sh compose")
+    return [exe]
+
+
+@dataclass
+class Stack:
+    """A running compose project: where its directory is, how to reach it, how to run compose on it."""
+
+    project: str
+    directory: Path
+    base_port: int
+    images: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def compose(self, *args: str, timeout: float = 600.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [*compose_command(), "-p", self.project, "--env-file", str(self.directory / "compose.env"), *args]
+        done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            pytest.fail(f"{' '.join(args)} exited {done.returncode}: {done.stderr[-3000:]}")
+        return done
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.base_port + SERVICE_PORT_OFFSETS[service]}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.base_port + PROMETHEUS_OFFSET}"
+
+    @property
+    def jaeger_url(self) -> str:
+        return f"http://127.0.0.1:{self.base_port + JAEGER_OFFSET}"
+
+    def symbi(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        exe = Path(sys.executable).parent / "symbi"
+        return subprocess.run(
+            [str(exe), *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Containers, volumes and networks of this project that still exist."""
+        label = f"label=com.docker.compose.project={self.project}"
+        found = {}
+        for kind, cmd in {
+            "containers": ["docker", "ps", "-aq", "--filter", label],
+            "volumes": ["docker", "volume", "ls", "-q", "--filter", label],
+            "networks": ["docker", "network", "ls", "-q", "--filter", label],
+        }.items():
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+            found[kind] = out
+        return found
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "40", check=False).stdout[-8000:]
+
+
+def build_images() -> dict[str, str]:
+    done = subprocess.run(
+        [str(REPO / "deploy/images/build.sh"), "--env"], cwd=REPO, capture_output=True, text=True, timeout=3600
+    )
+    if done.returncode != 0:
+        pytest.fail(f"deploy/images/build.sh failed: {done.stderr[-3000:]}")
+    images = dict(line.split("=", 1) for line in done.stdout.split())
+    assert set(images) == {"SYMBI_RUNTIME_IMAGE", "SYMBI_JAEGER_IMAGE", "SYMBI_PROMETHEUS_IMAGE"}, done.stdout
+    return images
+
+
+def wait_ready(stack: Stack, timeout: float = READY_TIMEOUT_S) -> dict[str, float]:
+    """Seconds until each service's /readyz answered 200 (through its published port)."""
+    started = time.monotonic()
+    ready: dict[str, float] = {}
+    with httpx.Client(timeout=3.0) as http:
+        while len(ready) < len(ALL_SERVICES):
+            for service in ALL_SERVICES:
+                if service in ready:
+                    continue
+                try:
+                    if http.get(f"{stack.url(service)}/readyz").status_code == 200:
+                        ready[service] = time.monotonic() - started
+                except httpx.HTTPError:
+                    pass
+            if time.monotonic() - started > timeout:
+                missing = sorted(set(ALL_SERVICES) - set(ready))
+                pytest.fail(f"not ready within {timeout:.0f} s: {missing}\n{stack.logs()}")
+            time.sleep(1.0)
+    return ready
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole compose stack on free loopback ports, ready; ``down -v`` afterwards whatever happened."""
+    if os.geteuid() != 0:
+        pytest.fail("the compose tests need root (key directories are handed to the containers' uid)")
+    images = build_images()
+    base = free_block(PROMETHEUS_OFFSET)
+    project = f"symbitest{secrets.token_hex(4)}"
+    directory = tmp_path_factory.mktemp("compose") / "deploy"
+    env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_HOME", "SYMBI_KEYS_DIR", "SYMBI_NATS_URL")}
+    env.update({"COLUMNS": "200", "SYMBI_HOST_ID": project, "SYMBI_HOME": str(directory)})
+    stack = Stack(project=project, directory=directory, base_port=base, images=images, env=env)
+    init = stack.symbi(
+        "deploy", "init", str(directory), "--images", "\n".join(f"{k}={v}" for k, v in images.items()),
+        "--base-port", str(base), "--nats-port", str(base + NATS_OFFSET),
+        "--jaeger-port", str(base + JAEGER_OFFSET), "--prometheus-port", str(base + PROMETHEUS_OFFSET),
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    try:
+        started = time.monotonic()
+        stack.compose("up", "-d", timeout=READY_TIMEOUT_S)
+        stack.env["SYMBI_TEST_READY"] = json.dumps(wait_ready(stack))
+        stack.env["SYMBI_TEST_UP_S"] = f"{time.monotonic() - started:.1f}"
+        yield stack
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+
+
+HELLO = REPO / "examples" / "agents" / "hello.symbi"
+#: Documented metrics (docs/observability.md), each with a service that must export it.
+DOCUMENTED_METRICS = {
+    "symbi_agents": "lifecycle",
+    "symbi_agent_initializations_total": "lifecycle",
+    "symbi_policy_version": "policy",
+    "symbi_policy_decisions_total": "scheduler",
+    "symbi_commands_total": "lifecycle",
+    "symbi_events_appended_total": "sandbox-agent",
+    "symbi_audit_tree_size": "audit",
+    "symbi_audit_events_total": "audit",
+    "symbi_context_operations_total": "context",
+}
+
+
+def _run_main_job(stack: Stack, name: str, agent: Path = HELLO) -> dict[str, Any]:
+    done = stack.symbi(
+        "run", str(agent), "--input", name, "--home", str(stack.directory),
+        "--base-port", str(stack.base_port), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, f"symbi run exited {done.returncode}: {done.stderr[-3000:]}\n{stack.logs()}"
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def main_job(stack: Stack) -> dict[str, Any]:
+    return _run_main_job(stack, "compose")
+
+
+def test_every_service_is_ready_in_its_container(stack: Stack) -> None:
+    ready = json.loads(stack.env["SYMBI_TEST_READY"])
+    assert sorted(ready) == sorted(ALL_SERVICES)
+    print(f"up -d and every /readyz green in {stack.env['SYMBI_TEST_UP_S']} s: {ready}")
+    ps = stack.compose("ps", "-q").stdout.split()
+    assert len(ps) == 12  # nats, postgres, jaeger, prometheus, provision (exited), six services, a policy replica
+    provision = stack.compose("ps", "provision").stdout
+    assert "Exit 0" in provision, provision
+
+
+def test_the_main_job_runs_end_to_end_with_a_verified_receipt(main_job: dict[str, Any]) -> None:
+    assert main_job["agent"]["state"] == "Ready"
+    task = main_job["task"]
+    assert (task["status"], task["outcome"], task["tier"]) == ("completed", "succeeded", "tier1")
+    assert main_job["result"].strip() == "hello compose"
+    assert main_job["memory"], "the result was not stored as the agent's memory"
+    receipt = main_job["receipt"]
+    assert receipt["verified"] is True
+    types = [e["event_type"] for e in receipt["events"]]
+    assert types[0] == "task.submitted", types
+    assert "task.completed" in types, types
+    assert all(e["leaf_index"] < receipt["checkpoint"]["size"] for e in receipt["events"])
+
+
+def test_a_tier2_task_runs_in_gvisor_from_the_containerised_sandbox_agent(stack: Stack) -> None:
+    text = "one two three\nfour five\n"
+    doc = _run_main_job(stack, text, REPO / "examples" / "agents" / "text-stats.symbi")
+    assert (doc["task"]["outcome"], doc["task"]["tier"]) == ("succeeded", "tier2")
+    stats = json.loads(doc["result"])
+    assert (stats["lines"], stats["words"], stats["bytes"]) == (2, 5, len(text.encode()))
+    assert stats["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert doc["receipt"]["verified"] is True
+
+
+def test_every_stored_event_verifies_against_the_deployment_keyring(stack: Stack, main_job: dict[str, Any]) -> None:
+    done = stack.symbi("events", "tail", "--json", "--home", str(stack.directory))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    task_id = main_job["task"]["task_id"]
+    assert all(line["verified"] for line in lines)
+    assert any(task_id in line["subject"] for line in lines), "the task's events are not in the stream"
+
+
+def _prometheus(http: httpx.Client, path: str, **params: str) -> Any:
+    body = http.get(path, params=params).json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_prometheus_scrapes_every_service_and_the_documented_metrics(stack: Stack, main_job: dict[str, Any]) -> None:
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=stack.prometheus_url, timeout=10) as http:
+        while True:
+            targets = _prometheus(http, "/api/v1/targets")["activeTargets"]
+            health = {t["labels"]["service"]: t["health"] for t in targets}
+            missing = {
+                metric: service
+                for metric, service in DOCUMENTED_METRICS.items()
+                if not _prometheus(http, "/api/v1/query", query=f'{metric}{{service="{service}"}}')["result"]
+            }
+            if all(health.get(s) == "up" for s in ALL_SERVICES) and not missing:
+                break
+            assert time.monotonic() < deadline, f"targets {health}; series missing: {missing}"
+            time.sleep(2)
+    assert sorted(health) == sorted(ALL_SERVICES)
+
+
+def test_every_dashboard_query_evaluates_in_prometheus(stack: Stack, main_job: dict[str, Any]) -> None:
+    exprs = [
+        target["expr"]
+        for path in sorted((REPO / "deploy" / "dashboards").glob("*.json"))
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    assert exprs
+    with httpx.Client(base_url=stack.prometheus_url, timeout=10) as http:
+        answered = {expr: _prometheus(http, "/api/v1/query", query=expr)["result"] for expr in exprs}
+    empty = [expr for expr, result in answered.items() if not result]
+    # Counters of things that did not happen (audit findings, rejected events …) have no series yet.
+    assert len(empty) <= len(exprs) // 2, f"no data for {empty}"
+
+
+def test_jaeger_holds_the_tasks_trace_across_every_service(stack: Stack, main_job: dict[str, Any]) -> None:
+    trace_id = main_job["trace_id"]
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=stack.jaeger_url, timeout=10) as http:
+        while True:
+            response = http.get(f"/api/traces/{trace_id}")
+            data = response.json().get("data") or [] if response.status_code == 200 else []
+            services = {p["serviceName"] for t in data for p in t["processes"].values()}
+            if {f"symbi-{s}" for s in ALL_SERVICES} <= services:
+                break
+            assert time.monotonic() < deadline, f"trace {trace_id}: services {sorted(services)}"
+            time.sleep(2)
+    assert len(data) == 1
+
+
+def test_with_one_policy_replica_killed_the_main_job_still_runs(stack: Stack, main_job: dict[str, Any]) -> None:
+    stack.compose("kill", "policy")
+    assert "Exit" in stack.compose("ps", "policy").stdout
+    assert "Up" in stack.compose("ps", "policy-2").stdout
+    again = _run_main_job(stack, "replica")
+    assert again["task"]["outcome"] == "succeeded"
+    assert again["result"].strip() == "hello replica"
+    assert again["receipt"]["verified"] is True
+
+
+def test_down_removes_everything(stack: Stack, main_job: dict[str, Any]) -> None:
+    stack.compose("down", "-v", "--remove-orphans")
+    assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
+    # Only the deployment directory stays (the operator's keys and credentials), as docs/security.md says.
+    assert (stack.directory / "operator").is_dir()
+    # The sandbox-agent's work root keeps its per-host directory, but no task's files.
+    assert not [p for p in Path(stack.directory / "work").rglob("*") if not p.is_dir()]

@@ -1,0 +1,113 @@
+"""deploy/k8s, validated offline: every manifest against the Kubernetes 1.37 schemas (kubernetes-validate,
+strict: an unknown field is an error), and the properties the deployment promises checked on the objects.
+
+No cluster runs here. kubeconform would need its schemas downloaded at run time; kubernetes-validate ships
+them in its wheel.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from symbi_cli.runtime_options import ALL_SERVICES
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+K8S_VERSION = "1.37.0"
+
+
+@functools.cache
+def manifests() -> dict[str, list[dict[str, Any]]]:
+    """Each resource file of the kustomization, as its documents."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return {name: [d for d in yaml.safe_load_all((K8S / name).read_text()) if d] for name in kustomization["resources"]}
+
+
+def objects() -> list[dict[str, Any]]:
+    return [doc for docs in manifests().values() for doc in docs]
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
+def test_every_file_is_listed_and_every_object_passes_the_schema_strictly() -> None:
+    listed = set(manifests())
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk, "a manifest is missing from kustomization.yaml (or listed but absent)"
+    for doc in objects():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises with the path of the error
+
+
+def test_the_validator_refuses_what_a_cluster_would() -> None:
+    broken = find("Deployment", "symbi-policy")
+    broken = {**broken, "spec": {**broken["spec"], "replicas": "two"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    unknown = {**find("Service", "nats"), "specification": {}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(unknown, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+def test_each_service_runs_with_only_its_own_secrets(service: str) -> None:
+    kind = "DaemonSet" if service == "sandbox-agent" else "Deployment"
+    obj = find(kind, f"symbi-{service}")
+    spec = pod_spec(obj)
+    secrets = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    (container,) = spec["containers"]
+    secrets |= {e["secretRef"]["name"] for e in container.get("envFrom", [])}
+    assert secrets == {f"symbi-{service}-keys", f"symbi-{service}-env"}
+    assert container["command"] == ["python", "-m", f"symbi_{service.replace('-', '_')}"]
+    assert {"readinessProbe", "livenessProbe", "resources"} <= set(container)
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_replicas_are_several_where_commands_share_a_queue_group_and_one_where_order_matters() -> None:
+    replicas = {s: find("Deployment", f"symbi-{s}")["spec"]["replicas"] for s in ALL_SERVICES if s != "sandbox-agent"}
+    assert replicas["audit"] == 1  # the single writer of the Merkle tree and the checkpoints
+    assert all(n >= 2 for s, n in replicas.items() if s != "audit"), replicas
+    for service, n in replicas.items():
+        if n > 1:
+            assert find("PodDisruptionBudget", f"symbi-{service}")["spec"]["minAvailable"] == 1
+
+
+def test_nats_is_a_three_node_cluster_that_fsyncs_every_write() -> None:
+    sts = find("StatefulSet", "symbi-nats")
+    assert sts["spec"]["replicas"] == 3
+    conf = find("ConfigMap", "symbi-nats-config")["data"]["nats.conf"]
+    assert "sync_interval: always" in conf
+    for i in range(3):
+        assert f"nats://symbi-nats-{i}.symbi-nats:6222" in conf
+    assert find("Job", "symbi-provision")["spec"]["template"]["spec"]["containers"][0]["env"] == [
+        {"name": "SYMBI_NATS__REPLICAS", "value": "3"}
+    ]
+
+
+def test_copies_of_the_compose_configuration_match_their_sources() -> None:
+    postgres = find("ConfigMap", "symbi-postgres-start")["data"]["start.sh"]
+    assert postgres == (REPO / "deploy/postgres/start.sh").read_text()
+    jaeger = find("ConfigMap", "symbi-jaeger-config")["data"]["jaeger.yaml"]
+    assert jaeger == (REPO / "deploy/jaeger/jaeger.yaml").read_text()
+
+
+def test_the_root_key_is_mounted_nowhere() -> None:
+    text = "\n".join((K8S / name).read_text() for name in manifests())
+    assert "root.key" not in text
+    pods = [o for o in objects() if "template" in o.get("spec", {})]
+    mounted = {v["secret"]["secretName"] for o in pods for v in pod_spec(o).get("volumes", []) if "secret" in v}
+    assert not {name for name in mounted if "operator" in name or "root" in name}, mounted
