@@ -6,7 +6,7 @@ run:
 up:
 	uv run symbi up
 test:
-	uv run pytest -q
+	uv run pytest -q -n 2 --dist worksteal
 lint:
 	uv run ruff check . && uv run ruff format --check .
 typecheck:

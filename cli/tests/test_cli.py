@@ -51,7 +51,7 @@ async def start(exe: str, *args: str, env: dict[str, str], cwd: Path) -> Running
     return Running(proc)
 
 
-async def test_up_restarts_a_killed_service_and_sigint_stops_everything(
+async def test_up_recovers_after_the_supervisor_was_killed_restarts_a_killed_service_and_sigint_stops_everything(
     tmp_path: Path,
     runtime_home: Path,
     free_base_port: int,
@@ -60,12 +60,28 @@ async def test_up_restarts_a_killed_service_and_sigint_stops_everything(
     alive: Callable[[int], bool],
     mentioning: Callable[[str], list[int]],
 ) -> None:
+    """One home, two runs of ``symbi up`` (each start of a whole runtime costs seconds, so the checks share them):
+    the first one's supervisor is killed; the second cleans up after it, refuses a third, restarts a killed
+    service and stops everything on SIGINT."""
     home = runtime_home
     args = ["up", "--home", str(home), "--base-port", str(free_base_port), "--nats-port", "0", "--grace-period", "5"]
+    crashed = await start(symbi_exe, *args, env=cli_env, cwd=tmp_path)
+    await crashed.wait_for("all services ready")
+    assert all(name in crashed.output for name in ("policy", "lifecycle", "scheduler", "audit", "context"))
+    crashed_state = json.loads((home / "run" / "state.json").read_text())
+    crashed.proc.kill()  # no chance to clean up
+    await crashed.wait()
+
+    # The services die with their supervisor (PR_SET_PDEATHSIG); nats-server and PostgreSQL do not.
+    deadline = time.monotonic() + 10
+    while alive(crashed_state["services"]["lifecycle"]["pid"]):
+        assert time.monotonic() < deadline, "lifecycle outlived its supervisor"
+        await asyncio.sleep(0.05)
+
     up = await start(symbi_exe, *args, env=cli_env, cwd=tmp_path)
     try:
         await up.wait_for("all services ready")
-        assert all(name in up.output for name in ("policy", "lifecycle", "scheduler", "audit", "context"))
+        assert "left over from a runtime that did not stop cleanly" in up.output
         state = json.loads((home / "run" / "state.json").read_text())
         first = state["services"]["lifecycle"]["pid"]
         url = state["services"]["lifecycle"]["url"]
@@ -107,6 +123,8 @@ async def test_up_restarts_a_killed_service_and_sigint_stops_everything(
 
     still = {name: pid for name, pid in pids.items() if alive(pid)}
     assert still == {}, f"left running: {still}\n{up.output}"
+    assert not alive(crashed_state["nats"]["pid"])
+    assert not alive(crashed_state["postgres"]["pid"])
     assert mentioning(str(home)) == []
     assert not (home / "run" / "state.json").exists()
     assert "stopping nats-server" in up.output
@@ -179,41 +197,3 @@ def _assert_no_private_key_material(home: Path, output: str) -> None:
             for secret in secrets:
                 assert secret not in data, f"private key material found in {path}"
     assert scanned > 10  # the NATS store, PostgreSQL's files and the logs were all looked at
-
-
-async def test_up_recovers_after_the_supervisor_was_killed(
-    tmp_path: Path,
-    runtime_home: Path,
-    free_base_port: int,
-    symbi_exe: str,
-    cli_env: dict[str, str],
-    alive: Callable[[int], bool],
-    mentioning: Callable[[str], list[int]],
-) -> None:
-    home = runtime_home
-    args = ["up", "--home", str(home), "--base-port", str(free_base_port), "--nats-port", "0"]
-    crashed = await start(symbi_exe, *args, env=cli_env, cwd=tmp_path)
-    await crashed.wait_for("all services ready")
-    state = json.loads((home / "run" / "state.json").read_text())
-    crashed.proc.kill()  # no chance to clean up
-    await crashed.wait()
-
-    # The services die with their supervisor (PR_SET_PDEATHSIG); nats-server and PostgreSQL do not.
-    deadline = time.monotonic() + 10
-    while alive(state["services"]["lifecycle"]["pid"]):
-        assert time.monotonic() < deadline, "lifecycle outlived its supervisor"
-        await asyncio.sleep(0.05)
-
-    up = await start(symbi_exe, *args, env=cli_env, cwd=tmp_path)
-    try:
-        await up.wait_for("all services ready")
-        assert "left over from a runtime that did not stop cleanly" in up.output
-        up.proc.send_signal(signal.SIGINT)
-        assert await up.wait() == 0, up.output
-    finally:
-        if up.proc.returncode is None:
-            up.proc.kill()
-            await up.proc.wait()
-    assert not alive(state["nats"]["pid"])
-    assert not alive(state["postgres"]["pid"])
-    assert mentioning(str(home)) == []

@@ -34,6 +34,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions
+from symbi_fixtures.runtimes import worker_ports
 
 #: Every process that works on a run: the ``symbi`` command (the root) and the six services.
 TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))
@@ -298,10 +299,12 @@ class Jaeger:
 
 
 def _free_ports(count: int) -> list[int]:
-    # Below the ephemeral range (32768 and up), so no outgoing connection takes one before Jaeger binds it.
+    # Below the ephemeral range (32768 and up), so no outgoing connection takes one before Jaeger binds it; from
+    # this pytest-xdist worker's share, so the other worker never draws the same one.
     ports: list[int] = []
+    share = worker_ports()
     while len(ports) < count:
-        port = random.randrange(20_000, 32_000)
+        port = random.randrange(share.start, share.stop)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -84,7 +84,14 @@ agent chaos_worker(text: String) -> String {{
 
 def _seed() -> int:
     given = os.environ.get("SYMBI_CHAOS_SEED", "")
-    return int(given) if given else random.SystemRandom().randrange(1_000_000)
+    if given:
+        return int(given)
+    # Under pytest-xdist every worker collects the tests and they must agree on the ids (the seed is in them):
+    # the seed comes from the run's id, new for every run and the same in each of its workers.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    if run:
+        return int(hashlib.sha256(run.encode()).hexdigest(), 16) % 1_000_000
+    return random.SystemRandom().randrange(1_000_000)
 
 
 def _victims(seed: int) -> list[str]:

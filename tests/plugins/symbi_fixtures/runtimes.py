@@ -27,16 +27,35 @@ def _port_free(port: int) -> bool:
         return True
 
 
+#: Fixed ports for tests are drawn from here: below the kernel's ephemeral range (32768 and up), so outgoing
+#: connections cannot take one between the check and the bind.
+TEST_PORTS = range(20_000, 32_000)
+
+
+def worker_ports() -> range:
+    """This pytest process's share of :data:`TEST_PORTS`: all of it, or under pytest-xdist (``-n N``) the
+    worker's own N-th, so two workers of one run never draw the same port (another run may still)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return TEST_PORTS
+    index = int(worker[2:]) % count
+    size = len(TEST_PORTS) // count
+    start = TEST_PORTS.start + index * size
+    return range(start, start + size)
+
+
 @pytest.fixture
 def free_base_port() -> int:
-    """A base port whose service ports (base + 1 … base + 6) were all free a moment ago. It is drawn below
-    the kernel's ephemeral range (32768 and up), so outgoing connections cannot take one meanwhile."""
+    """A base port whose service ports (base + 1 … base + 6) were all free a moment ago, from this worker's
+    share of the test ports (:func:`worker_ports`)."""
     last = max(SERVICE_PORT_OFFSETS.values())
+    ports = worker_ports()
     for _ in range(500):
-        base = random.randrange(20_000, 32_000 - last)
+        base = random.randrange(ports.start, ports.stop - last)
         if all(_port_free(base + offset) for offset in range(1, last + 1)):
             return base
-    raise RuntimeError("no free block of service ports between 20000 and 32000")
+    raise RuntimeError(f"no free block of service ports between {ports.start} and {ports.stop}")
 
 
 def process_alive(pid: int) -> bool:

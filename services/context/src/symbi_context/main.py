@@ -29,9 +29,7 @@ from symbi_context.index import ContextIndex
 from symbi_context.rag import RagEngine
 from symbi_context.vectors.edge import EdgeVectorStore
 from symbi_context.vectors.files import private_dir
-from symbi_context.vectors.lance import LanceVectorStore
 from symbi_context.vectors.port import VectorStore
-from symbi_context.vectors.qdrant import QdrantVectorStore
 from symbi_context.vectors.sealed import SealedVectorStore
 
 SERVICE = "context"
@@ -49,13 +47,20 @@ def make_embedder(cs: ContextSettings) -> Embedder:
 
 
 async def open_vector_store(cs: ContextSettings, dimension: int) -> VectorStore:
-    """The configured backend. Embedded ones live under ``vector_data_path``, made private (0700) first."""
+    """The configured backend. Embedded ones live under ``vector_data_path``, made private (0700) first.
+
+    The Qdrant and LanceDB clients are imported only when configured: together they take seconds of CPU to
+    import, which every start of the service (the default backend is the embedded one) would otherwise pay."""
     if cs.vector_backend == "qdrant":
+        from symbi_context.vectors.qdrant import QdrantVectorStore
+
         return await QdrantVectorStore.connect(
             host=cs.qdrant.host, port=cs.qdrant.port, dimension=dimension, quantization=cs.vector_quantization
         )
     path = private_dir(Path(cs.vector_data_path)) / f"{dimension}d"
     if cs.vector_backend == "lancedb":
+        from symbi_context.vectors.lance import LanceVectorStore
+
         return await asyncio.to_thread(LanceVectorStore, path, dimension, quantization=cs.vector_quantization)
     return EdgeVectorStore(path, dimension, quantization=cs.vector_quantization)
 
