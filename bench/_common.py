@@ -33,6 +33,9 @@ from symbi_common.key_material import load_signer
 from symbi_common.keyfiles import init_keyring
 from symbi_common.keyring import KeyRegistry
 from symbi_common.operator_tokens import bearer_header, issue_local_token
+from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_SET
+from symbi_common.policy.events import POLICY_SET_CODEC, PolicySetRegistered
+from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.streams import provision_streams
 
 # --- a small, realistic event ----------------------------------------------------------------------
@@ -221,6 +224,30 @@ async def make_store(nc: NatsClient, keys_dir: Path, *, producer: str = PRODUCER
         registry=KeyRegistry.load(keys_dir),
         datakeys=datakeys,
     )
+
+
+#: The policy service's baseline set, as the benches that decide with the embedded Cedar point register it.
+BASELINE_CEDAR = Path(__file__).resolve().parent.parent / "services/policy/src/symbi_policy/baseline.cedar"
+
+
+async def register_policy_sets(nc: NatsClient, keys_dir: Path, sets: dict[str, str]) -> None:
+    """Register policy sets (id → Cedar text) on the stream as the policy service does."""
+    policy = await make_store(nc, keys_dir, producer="policy")
+    for set_id, cedar in sets.items():
+        event = PolicySetRegistered(set_id=set_id, cedar=cedar)
+        await policy.append(POLICY_SET, set_id, [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
+
+
+def embedded_policy_env(url: str, keys_dir: Path, **extra: str) -> dict[str, str]:
+    """Service settings that decide with the embedded Cedar point (no decision log), plus ``extra``."""
+    return {
+        "SYMBI_NATS_URL": url,
+        "SYMBI_KEYS_DIR": str(keys_dir),
+        "SYMBI_LOG_LEVEL": "warning",
+        "SYMBI_POLICY__ENFORCEMENT": "embedded",
+        "SYMBI_POLICY__DECISION_LOG": "false",
+        **extra,
+    }
 
 
 # --- reporting ------------------------------------------------------------------------------------

@@ -36,9 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from symbi_common.bus_streams import messages_config
 from symbi_common.decisions import DecisionRequest, Deny, EntityRef
 from symbi_common.policy.enforcement import GATEWAY_ACTION
-from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
 from symbi_common.policy.hooks import Enforcer
-from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 from symbi_sandbox_agent.bus.carrier import Carrier, RateLimited
@@ -173,21 +171,12 @@ async def run(n: int, senders: int, size: int, rounds: int) -> None:
     async with _common.nats_server() as server:
         with _common.keyring() as keys_dir:
             nc = await _common.connect(server.url)
-            policy = await _common.make_store(nc, keys_dir, producer="policy")
             sets = {
-                "baseline": (ROOT / "services/policy/src/symbi_policy/baseline.cedar").read_text(),
+                "baseline": _common.BASELINE_CEDAR.read_text(),
                 "data-flow": (ROOT / "examples/policies/data_flow.cedar").read_text(),
             }
-            for set_id, cedar in sets.items():
-                event = PolicySetRegistered(set_id=set_id, cedar=cedar)
-                await policy.append(AGGREGATE_TYPE, set_id, [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
-            env = {
-                "SYMBI_NATS_URL": server.url,
-                "SYMBI_KEYS_DIR": str(keys_dir),
-                "SYMBI_LOG_LEVEL": "warning",
-                "SYMBI_POLICY__ENFORCEMENT": "embedded",
-                "SYMBI_POLICY__DECISION_LOG": "false",
-            }
+            await _common.register_policy_sets(nc, keys_dir, sets)
+            env = _common.embedded_policy_env(server.url, keys_dir)
             rt = ServiceRuntime("sandbox-agent", load_settings(env=env), use_database=False)
             await rt.start()
             try:

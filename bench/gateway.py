@@ -38,8 +38,7 @@ import _common
 import msgspec
 from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
-from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
-from symbi_common.sealing import NEW_AGGREGATE, ChainTip
+from symbi_common.sealing import ChainTip
 from symbi_common.settings import load_settings
 from symbi_context.main import build_app as build_context_app
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionOutput
@@ -236,11 +235,8 @@ async def main(calls: int) -> None:
     async with _common.nats_server() as server:
         with _common.keyring() as keys_dir, tempfile.TemporaryDirectory(prefix="symbi-bench-gw-") as tmp:
             nc = await _common.connect(server.url)
-            policy = await _common.make_store(nc, keys_dir, producer="policy")
-            baseline = (ROOT / "services/policy/src/symbi_policy/baseline.cedar").read_text()
-            for set_id, cedar in {"baseline": baseline, "no-secrets": NO_SECRETS}.items():
-                event = PolicySetRegistered(set_id=set_id, cedar=cedar)
-                await policy.append(AGGREGATE_TYPE, set_id, [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
+            sets = {"baseline": _common.BASELINE_CEDAR.read_text(), "no-secrets": NO_SECRETS}
+            await _common.register_policy_sets(nc, keys_dir, sets)
             env = {"SYMBI_NATS_URL": server.url, "SYMBI_KEYS_DIR": str(keys_dir), "SYMBI_LOG_LEVEL": "warning"}
             context = build_context_app(
                 load_settings(
@@ -249,13 +245,9 @@ async def main(calls: int) -> None:
             )
             daemon = build_app(
                 load_settings(
-                    env={
-                        **env,
-                        "SYMBI_POLICY__ENFORCEMENT": "embedded",
-                        "SYMBI_POLICY__DECISION_LOG": "false",
-                        "SYMBI_SANDBOX__HOST_ID": HOST,
-                        "SYMBI_SANDBOX__WORK_DIR": f"{tmp}/work",
-                    }
+                    env=_common.embedded_policy_env(
+                        server.url, keys_dir, SYMBI_SANDBOX__HOST_ID=HOST, SYMBI_SANDBOX__WORK_DIR=f"{tmp}/work"
+                    )
                 )
             )
             async with context.router.lifespan_context(context), daemon.router.lifespan_context(daemon):

@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "plugins"))
 
 from symbi_common.decisions import DecisionRecord  # noqa: E402
-from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered  # noqa: E402
-from symbi_common.sealing import NEW_AGGREGATE, ChainTip  # noqa: E402
+from symbi_common.sealing import ChainTip  # noqa: E402
 from symbi_common.settings import ModelsSettings, load_settings  # noqa: E402
 from symbi_contracts.lifecycle.config import AgentBudget, ResourceLimits, Workload  # noqa: E402
 from symbi_contracts.scheduler.events import CODEC as TASKS  # noqa: E402
@@ -96,19 +95,14 @@ async def main(calls: int) -> None:
             async with _common.nats_server() as server:
                 with _common.keyring() as keys_dir:
                     nc = await _common.connect(server.url)
-                    policy = await _common.make_store(nc, keys_dir, producer="policy")
-                    cedar = (ROOT / "services/policy/src/symbi_policy/baseline.cedar").read_text() + "\n" + POLICY
-                    event = PolicySetRegistered(set_id="baseline", cedar=cedar)
-                    await policy.append(AGGREGATE_TYPE, "baseline", [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
-                    env = {
-                        "SYMBI_NATS_URL": server.url,
-                        "SYMBI_KEYS_DIR": str(keys_dir),
-                        "SYMBI_LOG_LEVEL": "warning",
-                        "SYMBI_POLICY__ENFORCEMENT": "embedded",
-                        "SYMBI_POLICY__DECISION_LOG": "false",
-                        "SYMBI_SANDBOX__HOST_ID": HOST,
-                        "SYMBI_SANDBOX__WORK_DIR": f"{tmp}/work",
-                    }
+                    cedar = _common.BASELINE_CEDAR.read_text() + "\n" + POLICY
+                    await _common.register_policy_sets(nc, keys_dir, {"baseline": cedar})
+                    env = _common.embedded_policy_env(
+                        server.url,
+                        keys_dir,
+                        SYMBI_SANDBOX__HOST_ID=HOST,
+                        SYMBI_SANDBOX__WORK_DIR=f"{tmp}/work",
+                    )
                     daemon = build_app(load_settings(env=env))
                     async with daemon.router.lifespan_context(daemon):
                         rt = daemon.state.sandbox.rt

@@ -37,8 +37,6 @@ from mcp.client.streamable_http import streamable_http_client
 from schemapin.bundle import SchemaPinTrustBundle, create_bundled_discovery
 from schemapin.crypto import KeyManager
 from schemapin.utils import SchemaSigningWorkflow, create_well_known_response
-from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
-from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
 from symbi_contracts.tools.events import ToolServerRegistered
 from symbi_sandbox_agent.main import build_app
@@ -133,21 +131,15 @@ async def main(calls: int) -> None:
             with _common.keyring() as keys_dir, tempfile.TemporaryDirectory(prefix="symbi-bench-tools-") as tmp:
                 (Path(tmp) / "trust.json").write_text(json.dumps(trust.to_dict()))
                 nc = await _common.connect(server.url)
-                policy = await _common.make_store(nc, keys_dir, producer="policy")
-                cedar = (ROOT / "services/policy/src/symbi_policy/baseline.cedar").read_text()
-                event = PolicySetRegistered(set_id="baseline", cedar=cedar)
-                await policy.append(AGGREGATE_TYPE, "baseline", [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
-                env = {
-                    "SYMBI_NATS_URL": server.url,
-                    "SYMBI_KEYS_DIR": str(keys_dir),
-                    "SYMBI_LOG_LEVEL": "warning",
-                    "SYMBI_POLICY__ENFORCEMENT": "embedded",
-                    "SYMBI_POLICY__DECISION_LOG": "false",
-                    "SYMBI_SANDBOX__HOST_ID": HOST,
-                    "SYMBI_SANDBOX__WORK_DIR": f"{tmp}/work",
-                    "SYMBI_SANDBOX__TOOLS_TRUST_BUNDLE": f"{tmp}/trust.json",
-                    "SYMBI_SANDBOX__TOOLS_RATE_PER_S": "1000000",
-                }
+                await _common.register_policy_sets(nc, keys_dir, {"baseline": _common.BASELINE_CEDAR.read_text()})
+                env = _common.embedded_policy_env(
+                    server.url,
+                    keys_dir,
+                    SYMBI_SANDBOX__HOST_ID=HOST,
+                    SYMBI_SANDBOX__WORK_DIR=f"{tmp}/work",
+                    SYMBI_SANDBOX__TOOLS_TRUST_BUNDLE=f"{tmp}/trust.json",
+                    SYMBI_SANDBOX__TOOLS_RATE_PER_S="1000000",
+                )
                 daemon = build_app(load_settings(env=env))
                 async with daemon.router.lifespan_context(daemon):
                     tools = daemon.state.sandbox.service.tools
