@@ -99,16 +99,21 @@ class BudgetLedger:
                 decision, record = await ask(context)
                 if record.effect == "deny":
                     return decision, record, context
-                try:
-                    records = await self.store.append(AGGREGATE_TYPE, aggregate, [event], CODEC, expected=loaded.tip)
-                except ConcurrencyConflict:
-                    self.conflicts += 1
-                    await self._caught_up(aggregate)
-                else:
-                    self._fold(aggregate, loaded, records)
+                if await self._append(aggregate, loaded, event):
                     return Hold(aggregate, event, decision, record)
             await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # let the other writer finish
         raise ModelUnavailable(f"the budget of tenant {tenant} is too contended; try again", retry_after=1.0)
+
+    async def _append(self, aggregate: str, loaded: Loaded, event: BudgetEvent) -> bool:
+        """Append ``event`` at ``loaded``'s tip and fold it; False (caught up again) if another writer was first."""
+        try:
+            records = await self.store.append(AGGREGATE_TYPE, aggregate, [event], CODEC, expected=loaded.tip)
+        except ConcurrencyConflict:
+            self.conflicts += 1
+            await self._caught_up(aggregate)
+            return False
+        self._fold(aggregate, loaded, records)
+        return True
 
     async def settle(self, aggregate: str, event: BudgetEvent) -> None:
         """Append a reconciliation or release of a reservation of ``aggregate`` (no decision: it only gives back)."""
@@ -116,13 +121,7 @@ class BudgetLedger:
         for attempt in range(MAX_ATTEMPTS):
             async with lock:
                 loaded = self._cache.get(aggregate) or await self._caught_up(aggregate)
-                try:
-                    records = await self.store.append(AGGREGATE_TYPE, aggregate, [event], CODEC, expected=loaded.tip)
-                except ConcurrencyConflict:
-                    self.conflicts += 1
-                    await self._caught_up(aggregate)
-                else:
-                    self._fold(aggregate, loaded, records)
+                if await self._append(aggregate, loaded, event):
                     return
             await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         raise ModelUnavailable(f"the budget {aggregate} is too contended to settle a reservation")
