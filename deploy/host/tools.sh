@@ -93,34 +93,27 @@ if [ "${1:-}" = "--print" ]; then
     exit 0
 fi
 
-# Debian's docker-compose (1.29.2 on bookworm), the compose implementation docker-compose.yml is tested with.
-install_compose() {
-    if command -v docker-compose >/dev/null 2>&1; then
-        echo "--- compose: $(docker-compose version --short 2>/dev/null) at $(command -v docker-compose)"
+# A Debian package that provides COMMAND, installed with apt when COMMAND is missing (root only).
+# Usage: apt_tool LABEL COMMAND PACKAGE...
+apt_tool() {
+    local label=$1 command=$2
+    shift 2
+    if command -v "$command" >/dev/null 2>&1; then
+        echo "--- $label: $command at $(command -v "$command")"
         return 0
     fi
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: docker-compose is missing and apt-get is not usable: install docker-compose (Debian package)" >&2
+        echo "error: $command is missing and apt-get is not usable: install $* (Debian packages)" >&2
         exit 1
     fi
-    echo "--- compose: installing docker-compose (apt)"
+    echo "--- $label: installing $* (apt)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-install_browser() {
-    if command -v chromedriver >/dev/null 2>&1; then
-        echo "--- chromium: chromedriver at $(command -v chromedriver)"
-        return 0
-    fi
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: chromedriver is missing and apt-get is not usable: install chromium and chromium-driver" >&2
-        exit 1
-    fi
-    echo "--- chromium: installing chromium and chromium-driver (apt)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
-}
+# Debian's docker-compose (1.29.2 on bookworm), the compose implementation docker-compose.yml is tested with.
+install_compose() { apt_tool compose docker-compose docker-compose; }
+install_browser() { apt_tool chromium chromedriver chromium chromium-driver; }
 
 tools=("$@")
 if [ ${#tools[@]} -eq 0 ]; then
