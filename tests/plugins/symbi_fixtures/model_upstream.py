@@ -188,11 +188,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def serving(provider: Provider, cert: Path, key: Path, port: int | None = None) -> Iterator[str]:
-    """Serve ``provider`` over HTTPS on 127.0.0.1 in a thread of its own; yields its base URL (``…/v1``)."""
-    port = port or free_port()
-    config = uvicorn.Config(
+def _config(provider: Provider, cert: Path, key: Path, port: int) -> uvicorn.Config:
+    """``provider`` over HTTPS on 127.0.0.1:``port``, quietly."""
+    return uvicorn.Config(
         provider.app(),
         host="127.0.0.1",
         port=port,
@@ -202,7 +200,13 @@ def serving(provider: Provider, cert: Path, key: Path, port: int | None = None) 
         lifespan="off",
         access_log=False,
     )
-    server = uvicorn.Server(config)
+
+
+@contextmanager
+def serving(provider: Provider, cert: Path, key: Path, port: int | None = None) -> Iterator[str]:
+    """Serve ``provider`` over HTTPS on 127.0.0.1 in a thread of its own; yields its base URL (``…/v1``)."""
+    port = port or free_port()
+    server = uvicorn.Server(_config(provider, cert, key, port))
     thread = threading.Thread(target=server.run, name="model-provider", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -223,17 +227,7 @@ def main() -> None:
 
     port, directory, key = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     cert, private = directory / "server.pem", directory / "server.key"
-    config = uvicorn.Config(
-        Provider(api_key=key).app(),
-        host="127.0.0.1",
-        port=port,
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(private),
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(_config(Provider(api_key=key), cert, private, port)).run()
 
 
 if __name__ == "__main__":
