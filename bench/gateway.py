@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
-import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,23 +35,23 @@ from typing import Any
 
 import _common
 import msgspec
-from symbi_common.decisions import DecisionRecord
-from symbi_common.events import Event, EventCodec
-from symbi_common.sealing import ChainTip
-from symbi_common.settings import load_settings
-from symbi_context.main import build_app as build_context_app
-from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionOutput
-from symbi_sandbox_agent.config import channel_root
-from symbi_sandbox_agent.main import build_app
-from symbi_sandbox_agent.spec import channel_dir, container_name
 
 ROOT = Path(__file__).resolve().parents[1]
-SDK = ROOT / "sdk" / "python" / "src" / "symbi_agent"
-#: Tagged by the SDK's sources, so a changed SDK gets a fresh image (deploy/host/agent-image.sh keeps an existing tag).
-IMAGE = (
-    "symbi/agent-python:sdk-"
-    + hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sorted(SDK.rglob("*.py")))).hexdigest()[:12]
-)
+sys.path.insert(0, str(ROOT / "tests" / "plugins"))
+
+from symbi_common.decisions import DecisionRecord  # noqa: E402
+from symbi_common.events import Event, EventCodec  # noqa: E402
+from symbi_common.sealing import ChainTip  # noqa: E402
+from symbi_common.settings import load_settings  # noqa: E402
+from symbi_context.main import build_app as build_context_app  # noqa: E402
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionOutput  # noqa: E402
+from symbi_fixtures.agent_images import agent_image_tag, build_agent_image  # noqa: E402
+from symbi_sandbox_agent.config import channel_root  # noqa: E402
+from symbi_sandbox_agent.main import build_app  # noqa: E402
+from symbi_sandbox_agent.spec import channel_dir, container_name  # noqa: E402
+
+#: The agent image (deploy/host/agent-image.sh), tagged by what it is made of; built by ``build_agent_image``.
+IMAGE = agent_image_tag()
 HOST = "benchgw"
 AGENT = "agent-bench"
 LIMITS = {"memory_mb": 256, "cpu_cores": 1.0, "disk_io_mbps": 50, "network_io_mbps": 10, "execution_timeout_s": 600}
@@ -270,5 +269,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--calls", type=int, default=0)
     args = parser.parse_args()
-    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), IMAGE], check=True)
+    build_agent_image()
     asyncio.run(main(args.calls or (200 if args.quick else 1000)))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from gateway import IMAGE, run_task
+from gateway import IMAGE, build_agent_image, run_task
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from schemapin.bundle import SchemaPinTrustBundle, create_bundled_discovery
@@ -179,5 +179,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--calls", type=int, default=0)
     args = parser.parse_args()
-    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), IMAGE], check=True)
+    build_agent_image()
     asyncio.run(main(args.calls or (200 if args.quick else 1000)))

@@ -10,9 +10,7 @@ ends with a verified audit receipt.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,16 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.bus_names import MESSAGES_STREAM
 from symbi_common.bus_streams import inbox_metadata, inbox_name
+from symbi_fixtures.agent_images import build_agent_image
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "examples" / "agents" / "pipeline"
-SDK = REPO / "sdk" / "python" / "src" / "symbi_agent"
 TEXT = "The disk on db-2 is 91% full. Backups of db-2 failed twice! Who owns db-2?"
 
 
 def agent_image() -> str:
     """The agent image with this tree's SDK (the examples name ``symbi/agent-python:1``)."""
-    digest = hashlib.sha256()
-    for path in sorted(SDK.rglob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    tag = f"symbi/agent-python:sdk-{digest.hexdigest()[:12]}"
-    subprocess.run([str(REPO / "deploy" / "host" / "agent-image.sh"), tag], check=True, capture_output=True)
-    return tag
+    return build_agent_image()
 
 
 def with_image(name: str, image: str, into: Path) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ from symbi_agent.data import MAX_DATA_BYTES, content_bytes
 from symbi_agent.testing import agent_program, call_agent, is_async
 from symbi_contracts.lifecycle.config import PathAccess
 from symbi_contracts.sandbox_agent.events import ExecutionExited
+from symbi_fixtures.agent_images import build_agent_image
 from symbi_sandbox_agent.harness import GatewayHarness
 from symbi_sandbox_agent.mounts import MountDenied
 
 ROOT = Path(__file__).resolve().parents[3]
-SDK = ROOT / "sdk" / "python" / "src" / "symbi_agent"
 GRANTS = (PathAccess(path="/symbi/data/notes"), PathAccess(path="/symbi/data/drafts", mode="read_write"))
 
 DRAFTS_SECRET = """
@@ -144,13 +143,6 @@ async def test_an_agent_error_is_raised_after_its_run_is_recorded_and_a_denied_g
     assert err.value.decision.point == "sandbox-agent.data_mount"
 
 
-def agent_image_tag() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(SDK.rglob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return f"symbi/agent-python:sdk-{digest.hexdigest()[:12]}"
-
-
 CONTAINER_AGENT = """
 import json
 from symbi_agent import Agent
@@ -163,9 +155,7 @@ print(json.dumps({"channel": a.channel, "same": mounted == read}))
 
 
 async def test_the_harness_runs_a_container_agent_like_a_scheduled_task(harness: GatewayHarness, data: Path) -> None:
-    tag = agent_image_tag()
-    build = [str(ROOT / "deploy" / "host" / "agent-image.sh"), tag]
-    await asyncio.to_thread(subprocess.run, build, check=True, capture_output=True)
+    tag = await asyncio.to_thread(build_agent_image)
     run = await harness.run_container(tag, ["python3", "-c", CONTAINER_AGENT], filesystem_access=GRANTS)
     assert isinstance(run.terminal, ExecutionExited), (run.terminal, run.output("stderr")[-2000:])
     assert json.loads(run.output()) == {"channel": "socket", "same": True}

@@ -1,17 +1,15 @@
 """The agent channel against real Docker (runc and gVisor), a real context service and real Cedar policies.
 
 The workload is Python with the SDK (``symbi_agent``) in the image built by ``deploy/host/agent-image.sh``
-(tagged by a hash of the SDK's sources, so a changed SDK gets a fresh image). It talks to its gateway over
+(tagged by a hash of what it is made of, so a changed SDK or DSL runner gets a fresh image). It talks to its gateway over
 the socket mounted at ``/symbi/run`` (docs/agent-protocol.md), or over stdio.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from symbi_contracts.agent_protocol import ERROR_CODES, Reply, Request, Result, 
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import ExecutionExited
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
+from symbi_fixtures.agent_images import build_agent_image
 from symbi_sandbox_agent.actions import RequestLine, check_against_schema
 from symbi_sandbox_agent.channel import Channel
 from symbi_sandbox_agent.config import channel_root
@@ -42,23 +41,11 @@ from .test_actions import BASELINE, actions, context_service, register_policies
 
 __all__ = ["context_service"]  # a fixture, used by name
 
-ROOT = Path(__file__).resolve().parents[3]
-SDK = ROOT / "sdk" / "python" / "src" / "symbi_agent"
-
-
-def agent_image_tag() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(SDK.rglob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return f"symbi/agent-python:sdk-{digest.hexdigest()[:12]}"
-
 
 @pytest.fixture(scope="session")
 def agent_image(docker_client: docker.DockerClient) -> str:
-    """The workload image with Python and the SDK (built once per SDK version, in a few seconds)."""
-    tag = agent_image_tag()
-    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), tag], check=True, capture_output=True)
-    return tag
+    """The workload image with Python, the SDK and the DSL runner (built once per content, in a few seconds)."""
+    return build_agent_image()
 
 
 SOCKET_AGENT = """

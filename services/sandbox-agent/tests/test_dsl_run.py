@@ -11,15 +11,10 @@ another agent over the bus. A runtime error and an exhausted budget end the task
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 from collections.abc import Callable
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 from symbi_common.commands import CommandClient
 from symbi_common.settings import Settings
@@ -35,34 +30,6 @@ from .test_tools_gateway import TOOL_POLICIES, add_toolbox, tool_settings
 from .tools_support import toolbox_image
 
 __all__ = ["agent_image", "context_service", "tool_settings"]  # fixtures, used by name
-
-ROOT = Path(__file__).resolve().parents[3]
-#: What the agent image's DSL runner is made of: a change to any of it builds a fresh image.
-IMAGE_SOURCES = (
-    ROOT / "deploy" / "host" / "agent-image.sh",
-    ROOT / "sdk" / "python" / "src" / "symbi_agent",
-    ROOT / "libs" / "dsl" / "src" / "symbi_dsl",
-    ROOT / "libs" / "common" / "src" / "symbi_common" / "errors.py",
-)
-
-
-def dsl_image_tag() -> str:
-    digest = hashlib.sha256()
-    for source in IMAGE_SOURCES:
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.suffix in (".py", ".lark"))
-        for path in files:
-            digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
-    for dist in ("lark", "msgspec"):
-        digest.update(f"{dist}=={metadata.version(dist)}".encode())
-    return f"symbi/agent-python:dsl-{digest.hexdigest()[:12]}"
-
-
-@pytest.fixture(scope="session")
-def dsl_image(docker_client: docker.DockerClient) -> str:
-    """The agent base image with the SDK and the DSL runner (built once per content, in a few seconds)."""
-    tag = dsl_image_tag()
-    subprocess.run([str(ROOT / "deploy" / "host" / "agent-image.sh"), tag], check=True, capture_output=True)
-    return tag
 
 
 def workload(source: str, file: str, image: str, agent_id: str) -> Workload:
@@ -110,14 +77,14 @@ when { context has classification && context.classification == "secret" };
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
 async def test_a_dsl_agent_remembers_and_recalls(
     tier: str,
-    dsl_image: str,
+    agent_image: str,
     make_store: Any,
     scheduler: Scheduler,
     agent_settings: Callable[..., Settings],
     context_service: CommandClient,
 ) -> None:
     await register_policies(make_store, {"baseline": BASELINE.read_text(), "no-secrets": NO_SECRETS})
-    w = workload(MEMO, "memo.symbi", dsl_image, "agent-1")
+    w = workload(MEMO, "memo.symbi", agent_image, "agent-1")
     async with running_agent(embedded(agent_settings)) as agent:
         task_id = await scheduler.submit(
             agent.host_id,
@@ -162,7 +129,6 @@ agent adder(pair: Json) {
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
 async def test_a_dsl_agent_calls_a_tool(
     tier: str,
-    dsl_image: str,
     agent_image: str,
     make_store: Any,
     scheduler: Scheduler,
@@ -170,7 +136,7 @@ async def test_a_dsl_agent_calls_a_tool(
     context_service: CommandClient,
 ) -> None:
     await register_policies(make_store, {"baseline": BASELINE.read_text(), "tools": TOOL_POLICIES})
-    w = workload(ADDER, "adder.symbi", dsl_image, "agent-1")
+    w = workload(ADDER, "adder.symbi", agent_image, "agent-1")
     async with running_agent(tool_settings) as agent:
         await add_toolbox(agent, toolbox_image(agent_image))
         task_id = await scheduler.submit(
@@ -213,10 +179,10 @@ print(json.dumps(got))
 
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
 async def test_a_dsl_agent_messages_another_agent(
-    tier: str, dsl_image: str, agent_image: str, make_store: Any, scheduler: Scheduler, agent_settings: Any
+    tier: str, agent_image: str, make_store: Any, scheduler: Scheduler, agent_settings: Any
 ) -> None:
     await policies(make_store)
-    w = workload(ASKER, "asker.symbi", dsl_image, "alice")
+    w = workload(ASKER, "asker.symbi", agent_image, "alice")
     lim = limits(execution_timeout_s=90)
     async with running_agent(embedded(agent_settings)) as agent:
         bob = await scheduler.submit(
@@ -259,7 +225,7 @@ SPINNER = """agent spinner {
 
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
 async def test_a_runtime_error_and_an_exhausted_budget_are_the_tasks_failure_reason(
-    tier: str, dsl_image: str, make_store: Any, scheduler: Scheduler, agent_settings: Callable[..., Settings]
+    tier: str, agent_image: str, make_store: Any, scheduler: Scheduler, agent_settings: Callable[..., Settings]
 ) -> None:
     await register_policies(make_store, {"baseline": BASELINE.read_text()})
     async with running_agent(embedded(agent_settings)) as agent:
@@ -269,11 +235,11 @@ async def test_a_runtime_error_and_an_exhausted_budget_are_the_tasks_failure_rea
             [],
             tier=tier,
             input=b"4",
-            workload=workload(FAULTY, "faulty.symbi", dsl_image, "agent-1"),
+            workload=workload(FAULTY, "faulty.symbi", agent_image, "agent-1"),
             lim=lim,
         )
         spinner = await scheduler.submit(
-            agent.host_id, [], tier=tier, workload=workload(SPINNER, "spinner.symbi", dsl_image, "agent-1"), lim=lim
+            agent.host_id, [], tier=tier, workload=workload(SPINNER, "spinner.symbi", agent_image, "agent-1"), lim=lim
         )
         rf, rs = await scheduler.result(faulty, timeout=60), await scheduler.result(spinner, timeout=60)
     for r in (rf, rs):
