@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from symbi_common.block_devices import block_device_of
 from symbi_common.natsauth import ADMIN, OPERATOR, nats_users, with_credentials
 
 from symbi_cli.credentials import write_local_token
@@ -82,25 +83,6 @@ def service_env(service: str, passwords: Mapping[str, str], pg_password: str) ->
     if service in DATABASE_SERVICES:
         env["SYMBI_DATABASE_URL"] = f"postgresql://postgres:{pg_password}@{POSTGRES_HOST}/{database_name(service)}"
     return env
-
-
-def block_device_of(path: str) -> str | None:
-    """``/dev/<disk>`` holding ``path`` (the whole disk for a partition), or None (overlay, tmpfs, NFS …)."""
-    try:
-        dev = os.stat(path).st_dev
-    except OSError:
-        return None
-    sys_dir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-    if not sys_dir.exists():
-        return None
-    if (sys_dir / "partition").exists():
-        sys_dir = sys_dir.resolve().parent
-    try:
-        uevent = (sys_dir / "uevent").read_text()
-    except OSError:
-        return None
-    names = [line.split("=", 1)[1] for line in uevent.splitlines() if line.startswith("DEVNAME=")]
-    return f"/dev/{names[0]}" if names and os.path.exists(f"/dev/{names[0]}") else None
 
 
 def compose_env(directory: Path, config: DeployConfig, docker_disk: str | None = None) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 from docker.utils.socket import frames_iter  # type: ignore[import-untyped]
+from symbi_common.block_devices import block_device_of
 from symbi_contracts.sandbox_agent.errors import DockerUnavailable
 
 from symbi_sandbox_agent.domain import ExitState
@@ -34,25 +35,6 @@ API_VERSION = "1.41"
 #: How long a present image is taken as present without asking the engine again.
 IMAGE_SEEN_S = 30.0
 _CONTAINER_ID = re.compile(r"\b[0-9a-f]{64}\b")
-
-
-def _block_device_of(path: str) -> str | None:
-    """``/dev/<disk>`` holding ``path`` (the whole disk for a partition), or None if there is none."""
-    try:
-        dev = os.stat(path).st_dev
-    except OSError:
-        return None
-    sys_dir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-    if not sys_dir.exists():
-        return None  # overlay, tmpfs, NFS …: no block device to throttle
-    if (sys_dir / "partition").exists():
-        sys_dir = sys_dir.resolve().parent
-    uevent = (sys_dir / "uevent").read_text() if (sys_dir / "uevent").exists() else ""
-    for line in uevent.splitlines():
-        if line.startswith("DEVNAME="):
-            node = "/dev/" + line.split("=", 1)[1]
-            return node if os.path.exists(node) else None
-    return None
 
 
 def _one_pool_per_socket(api: Any) -> None:
@@ -131,7 +113,7 @@ class DockerHost:
         runtimes = tuple(sorted(info.get("Runtimes") or {}))
         caps = HostCapabilities(
             runtimes=frozenset(runtimes),
-            blkio_device=_block_device_of(info.get("DockerRootDir") or "/var/lib/docker"),
+            blkio_device=block_device_of(info.get("DockerRootDir") or "/var/lib/docker"),
         )
         return HostInfo(
             cpu_cores=float(info.get("NCPU") or os.cpu_count() or 1),
