@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -14,12 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
-from symbi_cli.nats_server import NatsServer
-from symbi_cli.provisioning import provision_nats
 from symbi_common.crypto import AeadKey
 from symbi_common.errors import KeyringError, ValidationError
 from symbi_common.follower import Delivery, Follower
-from symbi_common.natsauth import ADMIN, OPERATOR, authorization_config, nats_users, with_credentials
+from symbi_common.natsauth import OPERATOR, with_credentials
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.secret_records import (
     SecretCorrupt,
@@ -39,6 +36,7 @@ from symbi_common.secret_store import (
     ensure_secrets_key,
     load_secrets_key,
 )
+from symbi_fixtures.messaging import DEPLOYMENT_PASSWORDS
 
 VALUE = b"sk-live-7f3a9c1e5b2d4f6a8c0e"
 
@@ -147,31 +145,21 @@ def test_the_key_file_is_private_copied_to_readers_and_never_replaced(keys_dir: 
         load_secrets_key(operator / SECRETS_KEY_FILE)
 
 
-PASSWORDS = {user: f"pw-{user}-{i}" for i, user in enumerate(nats_users())}
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[str]:
-    """A nats-server that knows only the deployment's users, provisioned by ``admin``."""
-    conf = tmp_path / "auth.conf"
-    conf.write_text(authorization_config(PASSWORDS))
-    with NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log", extra_args=["-c", str(conf)]) as server:
-        provision_nats(with_credentials(server.url, ADMIN, PASSWORDS[ADMIN]))
-        yield server.url
-
-
 async def _as(url: str, user: str) -> NatsClient:
     return await nats.connect(
-        with_credentials(url, user, PASSWORDS[user]), allow_reconnect=False, connect_timeout=5, drain_timeout=5
+        with_credentials(url, user, DEPLOYMENT_PASSWORDS[user]),
+        allow_reconnect=False,
+        connect_timeout=5,
+        drain_timeout=5,
     )
 
 
 async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_read(
-    secured: str, secrets_key: AeadKey
+    secured_nats: str, secrets_key: AeadKey
 ) -> None:
-    operator = await _as(secured, OPERATOR)
-    agent = await _as(secured, "sandbox-agent")
-    scheduler = await _as(secured, "scheduler")
+    operator = await _as(secured_nats, OPERATOR)
+    agent = await _as(secured_nats, "sandbox-agent")
+    scheduler = await _as(secured_nats, "scheduler")
     try:
         await (await KvSecretStore.open(operator, secrets_key)).set("db/password", VALUE)
         listed = await (await KvSecretStore.open(operator, secrets_key)).list()
@@ -186,7 +174,7 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
         assert await (await KvSecretStore.open(operator, secrets_key)).get("db/password") == VALUE
         # The audit service reads the sealed entries (metadata; it holds no key), and follows the bucket's stream
         # as its secret-change recorder does.
-        audit = await _as(secured, "audit")
+        audit = await _as(secured_nats, "audit")
         try:
             kv = await audit.jetstream(timeout=2).key_value(SECRETS_BUCKET)
             assert decode_sealed((await kv.get(bucket_key("db/password"))).value).version == 1

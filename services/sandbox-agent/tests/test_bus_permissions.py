@@ -8,38 +8,24 @@ A permission missing from users.conf shows up here as a NATS permissions violati
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from symbi_cli.bus_cmd import BusCommandError, body_opener, dead_letters, replay, tail
-from symbi_cli.nats_server import NatsServer
-from symbi_cli.provisioning import provision_nats
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import ADMIN, OPERATOR, authorization_config, nats_users, with_credentials
+from symbi_common.natsauth import OPERATOR, with_credentials
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 from symbi_contracts.lifecycle.events import CODEC as AGENT_EVENTS
 from symbi_contracts.lifecycle.events import AgentStatus, AgentTerminated
+from symbi_fixtures.messaging import DEPLOYMENT_PASSWORDS
 from symbi_sandbox_agent.bus.carrier import Carrier, RecipientTerminated
 from symbi_sandbox_agent.bus.runtime import bus_of
-
-PASSWORDS = {user: f"pw-{user}-{i}" for i, user in enumerate(nats_users())}
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[str]:
-    """A nats-server that knows only the deployment's users, provisioned by ``admin``; its plain URL."""
-    conf = tmp_path / "auth.conf"
-    conf.write_text(authorization_config(PASSWORDS))
-    with NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log", extra_args=["-c", str(conf)]) as server:
-        provision_nats(with_credentials(server.url, ADMIN, PASSWORDS[ADMIN]))
-        yield server.url
 
 
 async def _no_answer(sender: str, recipient: str, meta: Any) -> str | None:
@@ -55,8 +41,8 @@ async def _serve_one_request(carrier: Carrier, agent_id: str) -> None:
                 return
 
 
-async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secured: str, keys_dir: Path) -> None:
-    url = with_credentials(secured, "sandbox-agent", PASSWORDS["sandbox-agent"])
+async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secured_nats: str, keys_dir: Path) -> None:
+    url = with_credentials(secured_nats, "sandbox-agent", DEPLOYMENT_PASSWORDS["sandbox-agent"])
     env = {
         "SYMBI_NATS_URL": url,
         "SYMBI_KEYS_DIR": str(keys_dir),
@@ -71,7 +57,9 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
         operator_errors.append(exc)
 
     operator = await nats.connect(
-        with_credentials(secured, OPERATOR, PASSWORDS[OPERATOR]), error_cb=on_error, allow_reconnect=False
+        with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR]),
+        error_cb=on_error,
+        allow_reconnect=False,
     )
     try:
         carrier = await bus_of(rt)
@@ -112,15 +100,15 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
 
 
 async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
-    secured: str, keys_dir: Path, signer_for: Any, registry: KeyRegistry
+    secured_nats: str, keys_dir: Path, signer_for: Any, registry: KeyRegistry
 ) -> None:
     """The termination is a signed lifecycle event (written as the ``lifecycle`` user); the sandbox-agent
     reads only its authenticated header (it may not decrypt agent events)."""
     lifecycle_nc = await nats.connect(
-        with_credentials(secured, "lifecycle", PASSWORDS["lifecycle"]), allow_reconnect=False
+        with_credentials(secured_nats, "lifecycle", DEPLOYMENT_PASSWORDS["lifecycle"]), allow_reconnect=False
     )
     env = {
-        "SYMBI_NATS_URL": with_credentials(secured, "sandbox-agent", PASSWORDS["sandbox-agent"]),
+        "SYMBI_NATS_URL": with_credentials(secured_nats, "sandbox-agent", DEPLOYMENT_PASSWORDS["sandbox-agent"]),
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_LOG_LEVEL": "warning",
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
@@ -142,7 +130,9 @@ async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
             await asyncio.sleep(0.05)
         with pytest.raises(RecipientTerminated):
             await carrier.send("alice", "direct", "hello carol", to="carol")
-        operator = await nats.connect(with_credentials(secured, OPERATOR, PASSWORDS[OPERATOR]), allow_reconnect=False)
+        operator = await nats.connect(
+            with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR]), allow_reconnect=False
+        )
         try:  # (the sandbox-agent only writes dead letters; the operator reads them)
             dead = await dead_letters(operator.jetstream(), "carol")
         finally:
@@ -157,18 +147,20 @@ async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
     assert [e for e in rt.recent_errors if "ermission" in e] == []
 
 
-async def test_tail_shows_bodies_only_to_an_operator_who_holds_the_keys(secured: str, keys_dir: Path) -> None:
+async def test_tail_shows_bodies_only_to_an_operator_who_holds_the_keys(secured_nats: str, keys_dir: Path) -> None:
     """``symbi bus tail --decrypt``: as the ``operator`` NATS user, with the audit service's wrap key; without
     it (metadata only) or with a wrap key the message keys are not sealed to, no body."""
     env = {
-        "SYMBI_NATS_URL": with_credentials(secured, "sandbox-agent", PASSWORDS["sandbox-agent"]),
+        "SYMBI_NATS_URL": with_credentials(secured_nats, "sandbox-agent", DEPLOYMENT_PASSWORDS["sandbox-agent"]),
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_LOG_LEVEL": "warning",
         "SYMBI_POLICY__ENFORCEMENT": "allow-all",
     }
     rt = ServiceRuntime("sandbox-agent", load_settings(env=env), use_database=False)
     await rt.start()
-    operator = await nats.connect(with_credentials(secured, OPERATOR, PASSWORDS[OPERATOR]), allow_reconnect=False)
+    operator = await nats.connect(
+        with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR]), allow_reconnect=False
+    )
     try:
         carrier = await bus_of(rt)
         await carrier.ensure_inbox("bob")

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats
+from symbi_common.natsauth import ADMIN, authorization_config, nats_users, with_credentials
 from symbi_common.streams import provision_streams
 
 
@@ -80,3 +81,17 @@ async def provisioned(nc: NatsClient, js: JetStreamContext) -> NatsClient:
     """``nc`` on a server with the Symbi streams (EVENTS, SNAPSHOTS, AUDIT) provisioned."""
     await provision_streams(js)
     return nc
+
+
+#: A password for each of the deployment's NATS users (the only users a ``secured_nats`` server knows).
+DEPLOYMENT_PASSWORDS = {user: f"pw-{user}-{i}" for i, user in enumerate(nats_users())}
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[str]:
+    """A nats-server that knows only the deployment's users, provisioned by ``admin``; its plain URL."""
+    conf = tmp_path / "auth.conf"
+    conf.write_text(authorization_config(DEPLOYMENT_PASSWORDS))
+    with NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log", extra_args=["-c", str(conf)]) as server:
+        provision_nats(with_credentials(server.url, ADMIN, DEPLOYMENT_PASSWORDS[ADMIN]))
+        yield server.url
