@@ -20,9 +20,7 @@ AGENT = """agent {name}(x: String) -> String {{
   capabilities = [text.generate]
   workload = {{image: "symbi/busybox:1", command: ["sh", "-c", "{command}"]}}
 
-  with sandbox = tier1, timeout = 30s, memory = 256MB, cpu = 0.5, network_io = 0 {{
-    return x
-  }}
+  with sandbox = tier1, timeout = 30s, memory = 256MB, cpu = 0.5, network_io = 0 {{}}
 }}
 """
 LONG = 100_000

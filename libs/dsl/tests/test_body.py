@@ -54,14 +54,27 @@ def test_an_agent_with_a_body_and_no_workload_gets_the_runners() -> None:
     )
 
 
-def test_default_budgets_and_an_explicit_workload_wins() -> None:
+def test_default_budgets_and_a_bodiless_agent() -> None:
     plain = MEMO.replace(", timeout = 30s, steps = 5_000", "")
     env = compile_agent(plain)["workload"]["env"]
     assert (env["SYMBI_DSL_STEPS"], env["SYMBI_DSL_SECONDS"]) == (str(DEFAULT_STEPS), f"{DEFAULT_SECONDS:g}")
-    own = MEMO.replace("  capabilities", '  workload = {image: "symbi/busybox:1", command: ["true"]}\n  capabilities')
-    assert compile_agent(own)["workload"] == {"image": "symbi/busybox:1", "command": ["true"]}
     bodiless = "agent idle {\n  capabilities = [memory]\n}\n"
     assert "workload" not in compile_agent(bodiless)
+
+
+def test_a_workload_and_a_body_are_refused_where_the_workload_is() -> None:
+    """Only one of them can run; neither is dropped silently: check and registration both name the conflict."""
+    own = MEMO.replace("  capabilities", '  workload = {image: "symbi/busybox:1", command: ["true"]}\n  capabilities')
+    for run in (lambda: check(own, "memo.symbi"), lambda: compile_agent(own, file="memo.symbi")):
+        with pytest.raises(DslError) as info:
+            run()
+        [d] = [d for d in info.value.diagnostics if d.severity == "error"]
+        assert (d.file, d.code, d.line, d.column) == ("memo.symbi", "conflict", 2, 3)
+        assert "agent memo has both a workload and a body (line 5)" in d.message
+        assert str(info.value).startswith("memo.symbi:2:3: error[conflict]")
+    # Settings without statements are the workload's: the agent runs its container.
+    settings_only = own.replace(MEMO[MEMO.index("    let") : MEMO.rindex("  }")], "")
+    assert compile_agent(settings_only)["workload"] == {"image": "symbi/busybox:1", "command": ["true"]}
 
 
 @pytest.mark.parametrize(("steps", "message"), [("0", "between 1"), ("2.5", "a whole number"), ("x", "a number")])
@@ -92,9 +105,6 @@ def test_registration_refuses_a_body_calling_what_symbi_does_not_provide() -> No
     with pytest.raises(DslError) as info:
         compile_agent(source, file="worker.symbi")
     assert [(d.severity, d.code, d.line) for d in info.value.diagnostics] == [("error", "unsupported", 9)]
-    # With a workload of its own the body is not Symbi's to run: nothing to refuse.
-    own = source.replace("  function", '  workload = {image: "symbi/busybox:1"}\n  function')
-    assert compile_agent(own)["workload"]["image"] == "symbi/busybox:1"
 
 
 def test_a_definition_too_long_to_carry_is_refused() -> None:

@@ -43,9 +43,7 @@ async def test_huge_numbers_in_a_definition_are_refused_not_a_500(running: Runni
   version = "1.0.0"
   capabilities = [text.generate]
   workload = {{image: "symbi/busybox:1", command: ["true"]}}
-  with sandbox = tier1, {line} {{
-    return x
-  }}
+  with sandbox = tier1, {line} {{}}
 }}
 """
         r = await running.http.post("/v1/agents", json={"agent_id": f"big-{i}", "definition": definition})

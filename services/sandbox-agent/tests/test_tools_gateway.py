@@ -44,9 +44,7 @@ agent tool_user(x: String) -> String {
     deny: tool.invoke("box.echo") if "text=forbidden" in context.argument_values
     deny: tool.invoke if "instruction_like" in context.flags
   }
-  with sandbox = tier1, timeout = 60s, memory = 64MB, cpu = 0.5 {
-    return x
-  }
+  with sandbox = tier1, timeout = 60s, memory = 64MB, cpu = 0.5 {}
 }
 """
 

@@ -21,7 +21,6 @@ DEFAULT_DEFINITION = """agent hello_agent(name: String) -> String {
   workload = {image: "symbi/busybox:1", command: ["sh", "-c", "read name; echo hello $name"]}
 
   with sandbox = tier1, timeout = 30s, memory = 256MB, cpu = 0.5, network_io = 0 {
-    return "Hello, " + name + "!"
   }
 }
 """

@@ -13,7 +13,7 @@ from symbi_contracts.lifecycle.config import CPU_CORES, DISK_IO_MBPS, EXECUTION_
 
 from symbi_dsl import ast as A
 from symbi_dsl.blocks import BlockChecks
-from symbi_dsl.body import AREAS, BUILTINS, STEPS_BOUNDS, has_body, unknown_calls
+from symbi_dsl.body import AREAS, BUILTINS, STEPS_BOUNDS, body_of, has_body, unknown_calls
 from symbi_dsl.cedar import compile_policy
 from symbi_dsl.declarations import VERSION_RE
 from symbi_dsl.literals import quantity
@@ -124,6 +124,8 @@ class Checker(BlockChecks):
                 block = self.program.blocks[("memory", name)]
                 config["memory"] = self._quiet(lambda: self._memory(block))
         self._with_blocks(agent, config)
+        if "workload" in got and has_body(agent):
+            self._workload_and_body(agent, got["workload"])
         if "workload" not in got and has_body(agent):  # Symbi runs the body: what it calls must exist
             for call in unknown_calls(self.module, agent):
                 hint = f"Symbi's builtins: {', '.join(AREAS)} (e.g. memory.store), {', '.join(BUILTINS)}"
@@ -140,6 +142,19 @@ class Checker(BlockChecks):
         if schedules:
             config["schedules"] = [{k: val for k, val in s.items() if k != "agent"} for s in schedules]
         return config if len(rep.errors) == before else None
+
+    def _workload_and_body(self, agent: A.Agent, workload: A.Entry) -> None:
+        """Refuse an agent with both a workload and a body: only one can run, and running the workload while the
+        body (what a Symbiont definition says the agent does) is dropped would be a silent surprise."""
+        first = body_of(agent)[0]
+        line = getattr(first, "span", A.NO_SPAN).line
+        at = f" (line {line})" if line else ""
+        self.rep.error(
+            "conflict",
+            f"agent {agent.name} has both a workload and a body{at}; only one of them can run",
+            key_span(workload),
+            "remove the workload to run the body (in the agent image), or empty the with block to run the workload",
+        )
 
     def _quiet(self, fn: Callable[[], Any]) -> Any:
         """Run a check whose problems were already reported (by the file-wide pass) without repeating them."""
