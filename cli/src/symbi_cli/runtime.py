@@ -35,6 +35,7 @@ from symbi_common.natsauth import (
     without_credentials,
 )
 
+from symbi_cli.agent_image import configured_agent_image, ensure_agent_image
 from symbi_cli.credentials import write_local_token
 from symbi_cli.errors import InfraError, StartError
 from symbi_cli.keys import ensure_keyring
@@ -226,6 +227,10 @@ class LocalRuntime:
             self.reporter.step(f"databases {', '.join(database_name(s) for s in with_db)}")
         for service, why in self.unavailable.items():
             self.reporter.step(f"{service} not started: {why}")
+        tag = configured_agent_image(self.env)
+        if "sandbox-agent" in self.running_services and tag:
+            # DSL bodies and SDK agents run in it: built (or found up to date) before any task can need it.
+            self.reporter.step(await asyncio.to_thread(ensure_agent_image, tag, self.env))
 
         self.supervisor = Supervisor(
             specs,

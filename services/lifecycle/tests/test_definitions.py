@@ -361,3 +361,10 @@ async def test_an_agent_written_only_in_the_dsl_registers_with_the_body_runner(r
     assert failed["state"] == "Failed"
     assert [(e["field"], e["line"], e["column"]) for e in failed["errors"]] == [("unsupported", 5, 12)]
     assert "summarise()" in failed["errors"][0]["message"]
+    # A body and a workload: only one could run, so neither is dropped silently; the agent is refused.
+    both = DSL_ONLY.replace("  with", '  workload = {image: "symbi/busybox:1", command: ["true"]}\n  with')
+    r = await running.http.post("/v1/agents", json={"agent_id": "memo-3", "definition": both, "file": "m.symbi"})
+    failed = r.json()
+    assert failed["state"] == "Failed"
+    assert [(e["field"], e["line"], e["column"]) for e in failed["errors"]] == [("conflict", 3, 3)]
+    assert "both a workload and a body (line 5)" in failed["errors"][0]["message"]

@@ -17,6 +17,8 @@ import pytest
 from symbi_cli.runtime_options import SERVICE_PORT_OFFSETS, RuntimeOptions
 from symbi_cli.supervisor import RestartPolicy
 
+from symbi_fixtures.agent_images import agent_image_tag
+
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
@@ -109,6 +111,9 @@ def cli_env() -> dict[str, str]:
     """The environment for a ``symbi`` subprocess: a private PostgreSQL, wide output, quiet services."""
     env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
     env.update({"COLUMNS": "200", "SYMBI_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
+    # The agent image tagged by its content, not the shared symbi/agent-python:1: `symbi up` builds it when
+    # missing, and runtimes of other checkouts on this Docker engine keep theirs.
+    env["SYMBI_RUNTIME__AGENT_IMAGE"] = agent_image_tag()
     return env
 
 

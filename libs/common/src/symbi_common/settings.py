@@ -31,6 +31,9 @@ class RuntimeSettings(_Section):
     max_concurrent_agents: int = 10_000
     #: ``production`` refuses ``policy.enforcement = "allow-all"``.
     mode: Literal["development", "production"] = "development"
+    #: The image a DSL agent's body runs in (``deploy/host/agent-image.sh``'s tag: Python, the SDK, the body
+    #: runner); the lifecycle gives it to agents with a body, and ``symbi up`` builds it when it is missing.
+    agent_image: str = "symbi/agent-python:1"
 
 
 class SecuritySettings(_Section):

@@ -55,6 +55,7 @@ from symbi_common.telemetry import traced
 from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
 from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import DslError, compile_agent
+from symbi_dsl.body import DEFAULT_RUNNER_IMAGE
 
 from symbi_lifecycle.config import convert_config, validate_config
 from symbi_lifecycle.domain import ALLOWED, AgentState, Command, ConfigRejected, Configure, Initialize
@@ -94,13 +95,21 @@ def issues_of(err: DslError) -> tuple[ConfigIssue, ...]:
     )
 
 
-def compile_state(state: AgentState) -> tuple[AgentConfig | None, tuple[ConfigIssue, ...]]:
-    """The configuration an Initializing agent ends up with, or every problem found. Pure."""
+def compile_state(
+    state: AgentState, runner_image: str = DEFAULT_RUNNER_IMAGE
+) -> tuple[AgentConfig | None, tuple[ConfigIssue, ...]]:
+    """The configuration an Initializing agent ends up with, or every problem found (a body runs in
+    ``runner_image``). Pure."""
     assert state.config is not None
     config = state.config
     if state.definition:
         try:
-            raw = compile_agent(state.definition, agent_id=state.agent_id, file=state.source_file or "<definition>")
+            raw = compile_agent(
+                state.definition,
+                agent_id=state.agent_id,
+                file=state.source_file or "<definition>",
+                runner_image=runner_image,
+            )
         except DslError as err:
             return None, issues_of(err)
         try:
@@ -163,8 +172,11 @@ class InitializationController:
         pool: asyncpg.Pool | None = None,
         *,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
+        runner_image: str = DEFAULT_RUNNER_IMAGE,
     ) -> None:
         self.repository = repository
+        #: The image DSL bodies run in (``runtime.agent_image``).
+        self.runner_image = runner_image
         self.decisions = decisions
         self.pool = pool
         self.sweep_interval_s = sweep_interval_s
@@ -190,7 +202,7 @@ class InitializationController:
         state = loaded.state
         if state.status is not AgentStatus.INITIALIZING:
             return Outcome(loaded, [])
-        config, issues = await asyncio.to_thread(compile_state, state)
+        config, issues = await asyncio.to_thread(compile_state, state, self.runner_image)
         command = Initialize(config=config, issues=issues)
         denial: PolicyDenied | None = None
         if not issues:
@@ -267,7 +279,13 @@ class InitializationController:
             )
         if definition is not None:
             try:
-                raw = await asyncio.to_thread(compile_agent, definition, agent_id=agent_id, file=file or "<definition>")
+                raw = await asyncio.to_thread(
+                    compile_agent,
+                    definition,
+                    agent_id=agent_id,
+                    file=file or "<definition>",
+                    runner_image=self.runner_image,
+                )
             except DslError as err:
                 raise ConfigRejected(issues_of(err)) from None
             new = convert_config(raw, prefix="config")

@@ -33,7 +33,9 @@ def build_app(settings: Settings) -> FastAPI:
         assert rt.pool is not None, "the lifecycle service runs with a database"
         repository = rt.repository(AGENT)
         runner = await rt.add_projection(AgentProjection(rt.store))
-        controller = InitializationController(repository, rt.decision_point, rt.pool)
+        controller = InitializationController(
+            repository, rt.decision_point, rt.pool, runner_image=settings.runtime.agent_image
+        )
 
         async def policy_applied(sequence: int) -> None:
             request = CaughtUpRequest(sequence=sequence, timeout_s=5.0)
