@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
@@ -134,3 +135,25 @@ async def test_replicas_share_the_load(nc: NatsClient, server: CommandServer) ->
     assert len(texts) == 40
     assert 0 < len(hits) < 40
     await second.stop()
+
+
+async def test_a_started_server_answers_and_a_stopped_one_is_gone_for_other_connections_at_once(
+    nats_connect: Callable[..., Awaitable[NatsClient]],
+) -> None:
+    """``start``/``stop`` return once the server has the subscription / has dropped it (``synced``): a caller
+    on another connection, asking right then, is answered / told nobody answers — never "no responders" from
+    a server that is up, nor a request lost to one that is gone (a timeout)."""
+    serving, calling = await nats_connect(), await nats_connect()
+    client = CommandClient(calling, timeout=5.0)
+
+    async def greet(req: Greet, meta: CommandMeta) -> Greeting:
+        return Greeting(f"hello {req.name}")
+
+    for i in range(100):
+        srv = CommandServer(serving, f"flip{i}")
+        srv.register("greet", Greet, greet)
+        await srv.start()
+        assert (await client.call(f"flip{i}", "greet", {"name": "x"}, Greeting)).text == "hello x"
+        await srv.stop()
+        with pytest.raises(InfrastructureError, match="is answering"):
+            await client.call(f"flip{i}", "greet", {"name": "x"}, Greeting)

@@ -9,6 +9,7 @@ served in a queue group, so several replicas of a service share the load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from symbi_common.errors import (
     from_wire,
     to_wire,
 )
+from symbi_common.server_sync import synced
 from symbi_common.telemetry import COMMAND_SECONDS, COMMANDS, extract_trace, inject_trace
 
 T = TypeVar("T")
@@ -106,12 +108,18 @@ class CommandServer:
         return call
 
     async def start(self) -> None:
+        """Serve the commands; on return the server delivers them here (a caller on another connection gets
+        an answer, not "no responders")."""
         self._sub = await self.nc.subscribe(f"cmd.{self.service}.*", queue=self.service, cb=self._on_msg)
+        await synced(self.nc)
 
     async def stop(self) -> None:
+        """Stop taking commands (on return the server sends none here) and finish the ones being handled."""
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+            with contextlib.suppress(nats.errors.Error):  # a closed connection takes no command either
+                await synced(self.nc)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
