@@ -58,6 +58,13 @@ async def stored_decisions(policy: RunningPolicy) -> tuple[list[DecisionsLogged]
     return logged, denied
 
 
+async def own_decisions_stored(policy: RunningPolicy) -> None:
+    """Wait until the policy service's own decision log has stored what it holds."""
+    log = getattr(await policy.runtime.decision_point(), "log", None)
+    assert log is not None, "the policy service logs its own decisions"
+    await log.flush(timeout=10)
+
+
 async def test_a_denied_action_suspends_the_running_agent_and_is_an_event(
     policy: RunningPolicy, start_runtime: StartRuntime, lifecycle: httpx.AsyncClient, make_store: MakeStore
 ) -> None:
@@ -159,6 +166,10 @@ async def test_what_if_reports_the_decisions_a_proposal_would_change(
         except PolicyDenied:  # nothing permits phi reads yet (default deny)
             assert i % 2
     await enforcer.log.flush()  # type: ignore[union-attr]
+    # The what-if replays every logged decision, the policy service's own too: each what-if call is an operator
+    # API call it authorises (api.read, allowed by the baseline) and logs a moment later. Stored before each
+    # next call, they are counted, so the numbers below do not depend on how fast that log is.
+    await own_decisions_stored(policy)
     response = await policy.http.post("/v1/policy-sets/flow/what-if", json={"cedar": example("data_flow")})
     assert response.status_code == 200, response.text
     report = response.json()
@@ -168,11 +179,15 @@ async def test_what_if_reports_the_decisions_a_proposal_would_change(
     assert report["allow_to_deny"] == 0
 
     strict = '@id("no-data")\n@reason("closed")\nforbid(principal, action == Action::"data.read", resource);'
+    await own_decisions_stored(policy)
     report = (await policy.http.post("/v1/policy-sets/lockdown/what-if", json={"cedar": strict})).json()
-    assert report["changed"] == 5
-    assert report["allow_to_deny"] == 3
+    assert (report["evaluated"], report["changed"], report["allow_to_deny"]) == (6, 5, 3)  # the data reads only
+    await own_decisions_stored(policy)
     retire = (await policy.http.post("/v1/policy-sets/baseline/what-if", json={})).json()
-    assert retire["allow_to_deny"] == 3  # without the baseline, the plain data reads lose their permit
+    # Without the baseline the plain data reads lose their permit, and so do the two operator calls before.
+    assert (retire["evaluated"], retire["allow_to_deny"]) == (7, 5)
+    flipped = [(c["request"]["principal"]["type"], c["request"]["action"]) for c in retire["changes"]]
+    assert sorted(flipped) == sorted([("Agent", "data.read")] * 3 + [("Operator", "api.read")] * 2)
     # Nothing was activated.
     assert (await policy.http.get("/v1/policy-sets/lockdown")).status_code == 404
     bad = await policy.http.post("/v1/policy-sets/lockdown/what-if", json={"cedar": "forbid(;"})
