@@ -3,13 +3,13 @@ agent's trace, every process's follower applying the change in it, decisions cou
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import trace
 from symbi_common.eventstore import EventStore
 from symbi_common.telemetry import capture_spans, trace_id_of
+from symbi_contracts.policy.commands import CaughtUpRequest
 
 from .conftest import RunningPolicy, running_agent
 from .test_agent_policies import NO_SHELL, shell_request, wait_set
@@ -25,12 +25,12 @@ async def test_agent_policies_join_the_agents_trace_and_decisions_are_counted(
     store = await make_store("lifecycle")
     with capture_spans() as spans:
         with trace.get_tracer("test").start_as_current_span("register careful-2") as registration:
-            await running_agent(store, "careful-2", (NO_SHELL,))
+            tip = await running_agent(store, "careful-2", (NO_SHELL,))
+        # Both ends, not a guess at how long they take: the agent-events consumer has handled the agent's three
+        # events (its spans ended, its counter counted them) and the follower has the new set (its span ends in
+        # the same step as the state changes, with no await between).
+        await policy.app.state.agent_policies.caught_up(CaughtUpRequest(sequence=tip.sequence, timeout_s=30))
         await wait_set(policy, "agent-careful-2", "active")
-        for _ in range(100):  # the follower's span ends right after the engine has the new set
-            if any(s.name == "policy.follow" and trace_id_of(s) == trace_id_of(registration) for s in spans):
-                break
-            await asyncio.sleep(0.02)
     mine = {s.context.span_id: s for s in spans if trace_id_of(s) == trace_id_of(registration)}
     (activation,) = [s for s in mine.values() if s.name == "policy.activate_agent"]
     assert activation.parent is not None

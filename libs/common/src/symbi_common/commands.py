@@ -118,8 +118,9 @@ class CommandServer:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-            with contextlib.suppress(nats.errors.Error):  # a closed connection takes no command either
-                await synced(self.nc)
+            if self.nc.is_connected:  # a connection that is down takes no command either: no round trip to wait
+                with contextlib.suppress(nats.errors.Error):
+                    await synced(self.nc)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
