@@ -133,3 +133,14 @@ async def test_add_list_show_approve_revoke(sandbox_url: str) -> None:
     missing = await invoke(sandbox_url, "show", "web.nope")
     assert missing.exit_code == 1
     assert "unknown_tool" in missing.output
+    removed = await invoke(sandbox_url, "rm", "web", "--reason", "retired")
+    assert removed.exit_code == 0, removed.output
+    assert "web: removed (web.add," in removed.output
+    gone = await invoke(sandbox_url, "show", "web.add")
+    assert (gone.exit_code, "unknown_tool" in gone.output) == (1, True)
+    twice = await invoke(sandbox_url, "rm", "web")
+    assert (twice.exit_code, "unknown_tool" in twice.output) == (1, True)
+    # Added again, the same name starts fresh: the tool revoked before is pending approval.
+    again = await invoke(sandbox_url, "add", "web", "--server-url", TOKEN["server"], "--domain", DOMAIN, "--json")
+    assert again.exit_code == 0, again.output
+    assert {t["name"]: t["status"] for t in json.loads(again.output)["tools"]}["web.add"] == "pending"

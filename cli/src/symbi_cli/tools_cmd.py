@@ -1,6 +1,6 @@
 """``symbi tools``: MCP tool servers and their tools, through the sandbox-agent's operator API.
 
-``add`` registers a server (an image pinned by digest + command over stdio, run in a sandbox without network;
+``add`` registers a server (``rm`` removes one) (an image pinned by digest + command over stdio, run in a sandbox without network;
 or a streamable-HTTP URL) with the SchemaPin domain its tools must be signed for; ``list`` and ``show`` print
 each tool's status, pin, SchemaPin verification and poisoning flags; ``approve`` and ``revoke`` decide what
 agents may call. The sandbox-agent's API is ``--url``, ``$SYMBI_SANDBOX_URL``, default
@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import httpx
 import typer
@@ -23,7 +24,7 @@ from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
 
 tools_app = typer.Typer(
-    help="MCP tool servers and their tools: add, list, show, approve, revoke.", no_args_is_help=True
+    help="MCP tool servers and their tools: add, rm, list, show, approve, revoke.", no_args_is_help=True
 )
 
 DEFAULT_URL = "http://127.0.0.1:8085"
@@ -102,6 +103,20 @@ def add(
         typer.echo(json.dumps(data, indent=2))
     else:
         _table(data["tools"])
+
+
+@tools_app.command("rm")
+def remove(
+    server: Annotated[str, typer.Argument(help="The server's name")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded)")] = "",
+    url: Url = None,
+    home: Home = None,
+) -> None:
+    """Remove a server: its sandbox is stopped and its tools are unknown; adding the name again starts fresh
+    (every tool pending approval again)."""
+    data = _request("DELETE", url, f"/v1/tools/servers/{server}?{urlencode({'reason': reason})}", home)
+    tools = ", ".join(data["tools"]) or "no tools"
+    typer.echo(f"{data['server']}: removed ({tools})")
 
 
 @tools_app.command("list")

@@ -1,6 +1,7 @@
 """The operator's interface to MCP tools (``symbi tools``): HTTP routes of the sandbox-agent.
 
-``POST /v1/tools/servers`` registers a server (admin), ``GET /v1/tools`` lists every tool with its status,
+``POST /v1/tools/servers`` registers a server and ``DELETE /v1/tools/servers/{server}`` removes one (admin),
+``GET /v1/tools`` lists every tool with its status,
 pin, SchemaPin verification and flags (re-read from the servers), ``GET /v1/tools/{name}`` shows one with
 its definition, ``POST /v1/tools/{name}/approve`` and ``/revoke`` (admin) change what agents may call.
 Each change is an event of ``evt.toolserver.<server>`` naming the operator.
@@ -96,6 +97,16 @@ async def add_server(request: Request) -> dict[str, Any]:
     )
     state = await _tools(request).register(reg)
     return {"server": body.server, "tools": [_record(f"{body.server}.{t}", r) for t, r in sorted(state.tools.items())]}
+
+
+@router.delete(
+    "/servers/{server}",
+    summary="Remove a server: its sandbox stopped, its tools unknown; adding the name again starts fresh",
+    openapi_extra=ADMIN,
+)
+async def remove_server(server: str, request: Request, reason: str = "") -> dict[str, Any]:
+    removed = await _tools(request).remove(server, by=_operator(request), reason=reason)
+    return {"server": server, "removed": True, "tools": removed}
 
 
 @router.get("", summary="Every tool: status, pin, SchemaPin verification and poisoning flags")

@@ -86,6 +86,15 @@ class ToolListingRefused(Event, frozen=True, kw_only=True, tag="toolserver.listi
     reason: str
 
 
+class ToolServerRemoved(Event, frozen=True, kw_only=True, tag="toolserver.removed"):
+    """An operator removed the server: its connections are closed, its sandbox is gone and its tools are
+    unknown. Everything before this event is history only: registering the same name again starts fresh
+    (no tool approved, no key pinned)."""
+
+    removed_by: str = ""
+    reason: str = ""
+
+
 ToolServerEvent = (
     ToolServerRegistered
     | ToolSeen
@@ -94,6 +103,7 @@ ToolServerEvent = (
     | ToolRevoked
     | ToolKeyPinned
     | ToolListingRefused
+    | ToolServerRemoved
 )
 EVENT_TYPES: tuple[type[ToolServerEvent], ...] = (
     ToolServerRegistered,
@@ -103,5 +113,6 @@ EVENT_TYPES: tuple[type[ToolServerEvent], ...] = (
     ToolRevoked,
     ToolKeyPinned,
     ToolListingRefused,
+    ToolServerRemoved,
 )
 CODEC: EventCodec[ToolServerEvent] = EventCodec(list(EVENT_TYPES))

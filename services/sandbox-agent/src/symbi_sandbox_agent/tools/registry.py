@@ -24,6 +24,7 @@ from symbi_contracts.tools.events import (
     ToolSeen,
     ToolServerEvent,
     ToolServerRegistered,
+    ToolServerRemoved,
 )
 
 Status = Literal["pending", "approved", "blocked", "revoked"]
@@ -106,7 +107,13 @@ class PinKey:
     fingerprint: str
 
 
-Command = ToolServerRegistered | Observe | Approve | Revoke | PinKey | RefuseListing
+@dataclass(frozen=True, slots=True)
+class Remove:
+    by: str = ""
+    reason: str = ""
+
+
+Command = ToolServerRegistered | Observe | Approve | Revoke | PinKey | RefuseListing | Remove
 
 
 class ToolServerAggregate:
@@ -118,6 +125,8 @@ class ToolServerAggregate:
         return ServerState(server=aggregate_id)
 
     def apply(self, state: ServerState, event: ToolServerEvent) -> ServerState:
+        if isinstance(event, ToolServerRemoved):
+            return self.initial(state.server)  # what came before is history: a new registration starts fresh
         tools = dict(state.tools)
         s = msgspec.structs.replace(state, tools=tools)
         if isinstance(event, ToolServerRegistered):
@@ -157,6 +166,8 @@ class ToolServerAggregate:
             raise ToolRefused(f"server {state.server!r} is already registered with another configuration")
         if state.registration is None:
             raise UnknownTool(f"no server named {state.server!r} is registered; add it with `symbi tools add`")
+        if isinstance(command, Remove):
+            return [ToolServerRemoved(removed_by=command.by, reason=command.reason)]
         if isinstance(command, PinKey):
             if state.key_fingerprint == command.fingerprint:
                 return []

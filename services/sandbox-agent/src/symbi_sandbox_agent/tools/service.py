@@ -25,6 +25,7 @@ from symbi_contracts.tools.errors import (
     ToolNotApproved,
     ToolRefused,
     ToolResultTooLarge,
+    ToolServerUnavailable,
     ToolVerificationFailed,
     UnknownTool,
 )
@@ -41,12 +42,13 @@ from symbi_sandbox_agent.tools.registry import (
     Observe,
     PinKey,
     RefuseListing,
+    Remove,
     Revoke,
     ServerState,
     ToolRecord,
 )
 from symbi_sandbox_agent.tools.scan import scan
-from symbi_sandbox_agent.tools.servers import McpConnection, transport_for
+from symbi_sandbox_agent.tools.servers import McpConnection, container_name, transport_for
 from symbi_sandbox_agent.tools.verify import signature_of, verify
 
 
@@ -154,18 +156,54 @@ class ToolService:
         state = await self.registry.state(server, fresh=True)
         if state.registration is None:
             raise UnknownTool(f"no server named {server!r} is registered")
+        conn = self.connections.get(server)
+        if conn is not None and conn.registration != state.registration:
+            await self._drop(server)  # made for an earlier registration of the name
         if server not in self.connections:
-            conn = McpConnection(server, transport_for(state.registration, local=self.local))
+            reg = state.registration
+            sandboxed = reg.transport == "stdio" and not self.local
+            container = container_name(server) if sandboxed else ""
+            transport = transport_for(reg, local=self.local, container=container)
+            conn = McpConnection(server, transport, registration=reg, container=container)
             await conn.start()
             self.connections[server] = conn
         return await self.refresh(server)
+
+    async def remove(self, server: str, by: str = "", reason: str = "") -> list[str]:
+        """Remove ``server`` (recorded, naming the operator): its connection is closed, its sandbox container
+        removed, its tools unknown from now on. Returns the names of the tools it had."""
+        state = await self.registry.execute(server, Remove(by, reason))
+        before = sorted(self.definitions.get(server, {}))
+        await self._drop(server)
+        assert state.registration is None
+        return [qualified(server, tool) for tool in before]
+
+    async def _drop(self, server: str) -> None:
+        self.definitions.pop(server, None)
+        conn = self.connections.pop(server, None)
+        if conn is not None:
+            await conn.close()
+
+    async def _current(self, server: str, *, fresh: bool = False) -> ServerState:
+        """``server``'s state, its connection dropped if the server was removed since (through any daemon) and
+        made again if it was registered anew: raises :class:`UnknownTool` for a server no longer registered."""
+        state = await self.registry.state(server, fresh=fresh)
+        conn = self.connections.get(server)
+        if state.registration is None:
+            await self._drop(server)
+            raise UnknownTool(f"tool server {server!r} was removed")
+        if conn is not None and conn.registration != state.registration:
+            state = await self.attach(server)
+        return state
 
     async def refresh(self, server: str) -> ServerState:
         """Read ``server``'s tools from the server and record what changed."""
         conn = self._connection(server)
         listed = await conn.list_tools()
         state = await self.registry.state(server, fresh=True)
-        assert state.registration is not None
+        if state.registration is None or state.registration != conn.registration:
+            await self._drop(server)  # removed (or registered anew) meanwhile: what it listed is no longer its
+            raise UnknownTool(f"tool server {server!r} was removed")
         try:
             names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
         except NameRefused as exc:
@@ -219,12 +257,12 @@ class ToolService:
         """Every tool of every connected server (re-read from the servers first when ``refresh``)."""
         out = []
         for server in sorted(self.connections):
-            if refresh:
-                try:
+            try:
+                if refresh:
                     await self.refresh(server)
-                except ToolRefused:
-                    continue
-            state = await self.registry.state(server)
+                state = await self._current(server)
+            except (ToolRefused, UnknownTool):
+                continue
             for tool, definition in sorted(self.definitions.get(server, {}).items()):
                 record = state.tools.get(tool)
                 if record is None or (callable_only and not record.callable):
@@ -251,13 +289,12 @@ class ToolService:
             server, tool = split(name)
         except NameRefused as exc:
             raise UnknownTool(str(exc)) from None
-        conn = self.connections.get(server)
-        if conn is None:
+        if server not in self.connections:
             raise UnknownTool(f"no connected tool server named {server!r}")
-        if conn.changed.is_set():
+        state = await self._current(server)
+        if self.connections[server].changed.is_set():
             with contextlib.suppress(ToolRefused):  # a colliding listing leaves nothing callable
-                await self.refresh(server)
-        state = await self.registry.state(server)
+                state = await self.refresh(server)
         record = state.tools.get(tool)
         if record is None or tool not in self.definitions.get(server, {}):
             raise UnknownTool(f"server {server!r} lists no tool {tool!r}")
@@ -307,5 +344,6 @@ class ToolService:
 
     async def close(self) -> None:
         for conn in list(self.connections.values()):
-            await conn.close()
+            with contextlib.suppress(ToolServerUnavailable):  # one container that will not go holds up no other
+                await conn.close()
         self.connections.clear()

@@ -50,6 +50,8 @@ async def attach_all(rt: ServiceRuntime, tools: ToolService) -> None:
         return
     for server in servers:
         try:
+            if (await tools.registry.state(server, fresh=True)).registration is None:
+                continue  # removed: its stream is history only
             await tools.attach(server)
         except (SymbiError, OSError) as exc:
             log.warning("tool server not connected", server=server, error=repr(exc))
