@@ -78,7 +78,10 @@ def add(
     command: Annotated[list[str] | None, typer.Option("--command", help="The command in the image (repeat)")] = None,
     server_url: Annotated[str, typer.Option("--server-url", help="A streamable-HTTP server's URL instead")] = "",
     domain: Annotated[str, typer.Option("--domain", help="The SchemaPin domain its tools must be signed for")] = "",
-    tier: Annotated[str, typer.Option("--tier", help="tier1 (runc) or tier2 (gVisor)")] = "tier1",
+    tier: Annotated[
+        str,
+        typer.Option("--tier", help="tier1 (runc) or tier2 (gVisor); default and minimum: the risk assessment's"),
+    ] = "",
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the server (repeat)")] = None,
     url: Url = None,
     home: Home = None,
@@ -102,6 +105,9 @@ def add(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
+        sandbox = data["sandbox"]
+        factors = ", ".join(sandbox["risk_factors"]) or "no risk factors"
+        typer.echo(f"{server}: {sandbox['tier']} (assessed {sandbox['assessed_tier']}: {factors})")
         _table(data["tools"])
 
 
@@ -131,7 +137,8 @@ def list_tools(url: Url = None, home: Home = None, as_json: AsJson = False) -> N
 
 @tools_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="SERVER.TOOL")], url: Url = None, home: Home = None) -> None:
-    """One tool: status, pins, SchemaPin verification and key, flags, and its definition (JSON)."""
+    """One tool: status, pins, SchemaPin verification and key, flags, its server (sandbox tier and the risk
+    assessment behind it) and its definition (JSON)."""
     typer.echo(json.dumps(_request("GET", url, f"/v1/tools/{name}", home), indent=2, ensure_ascii=True))
 
 

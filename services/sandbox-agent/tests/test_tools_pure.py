@@ -258,7 +258,7 @@ def test_the_pure_tool_modules_load_no_io() -> None:
     import subprocess
     import sys
 
-    modules = ("canon", "names", "scan", "registry", "limits")
+    modules = ("canon", "names", "scan", "registry", "limits", "risk")
     code = (
         "import sys\n"
         + "".join(f"import symbi_sandbox_agent.tools.{m}\n" for m in modules)

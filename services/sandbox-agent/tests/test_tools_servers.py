@@ -14,15 +14,18 @@ from typing import Any
 
 import docker
 import pytest
+from symbi_common.commands import CommandClient
 from symbi_common.settings import Settings
+from symbi_contracts.sandbox_agent.events import ExecutionExited
 from symbi_contracts.tools.errors import ToolNotApproved, UnknownTool
-from symbi_contracts.tools.events import CODEC, ToolServerRegistered, ToolServerRemoved
+from symbi_contracts.tools.events import CODEC, ToolServerRegistered, ToolServerRemoved, ToolServerTierRaised
 
-from .conftest import running_agent
+from .conftest import Scheduler, running_agent
+from .test_actions import actions, context_service
 from .test_channel import agent_image
 from .tools_support import DOMAIN, bundle, keypair, toolbox_image
 
-__all__ = ["agent_image"]  # fixtures, used by name
+__all__ = ["agent_image", "context_service"]  # fixtures, used by name
 
 KEY, PUBLIC = keypair()
 
@@ -100,3 +103,80 @@ async def test_a_removed_server_is_gone_and_added_again_from_scratch(
     assert [e.reason for e in removals] == ["retired", ""]
     assert all(e.removed_by for e in removals)  # the operator who removed it
     assert sum(isinstance(e, ToolServerRegistered) for e in history) == 2
+
+
+async def test_the_tier_is_assessed_and_raised_by_flagged_tools(
+    agent_image: str, make_store: Any, tool_settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    image = toolbox_image(agent_image)
+    server = f"tier{uuid.uuid4().hex[:6]}"
+    async with running_agent(tool_settings) as agent:
+        # A signing key passed in the environment is a secret: tier1 is refused, saying why.
+        low = await agent.http.post("/v1/tools/servers", json=server_body(server, image, tier="tier1"))
+        assert (low.status_code, low.json()["error"]["code"]) == (422, "tool_tier_refused")
+        assert "secrets_passed:TOOLBOX_SIGNING_KEY" in low.json()["error"]["message"]
+        # No secret passed, a SchemaPin domain set: tier1, until the server lists a poisoned tool.
+        body = server_body(server, image, env={"TOOLBOX_POISON": "1"})
+        added = await agent.http.post("/v1/tools/servers", json=body)
+        assert added.status_code == 200, added.text
+        sandbox = added.json()["sandbox"]
+        assert (sandbox["tier"], sandbox["assessed_tier"], sandbox["requested_tier"]) == ("tier2", "tier2", "")
+        assert sandbox["risk_factors"] == [f"flagged_tools:{server}.poisoned"]
+        [container] = containers(docker_client, server)  # the tier1 one is gone
+        runtime = docker_client.api.inspect_container(container["Id"])["HostConfig"]["Runtime"]
+        assert runtime == "runsc"
+        shown = (await agent.http.get(f"/v1/tools/{server}.add")).json()
+        assert shown["server"]["tier"] == "tier2"
+        assert shown["server"]["risk_factors"] == [f"flagged_tools:{server}.poisoned"]
+        # The same registration again is no change (the raise is not a new configuration).
+        same = await agent.http.post("/v1/tools/servers", json=body)
+        assert same.status_code == 200, same.text
+        await agent.http.delete(f"/v1/tools/servers/{server}")
+    assert await gone(docker_client, server)
+    store = await make_store("audit")
+    history = [r.event for r in await store.load("toolserver", server, CODEC)]
+    [reg] = [e for e in history if isinstance(e, ToolServerRegistered)]
+    assert (reg.tier, reg.assessed_tier, reg.risk_factors) == ("tier1", "tier1", ())
+    [bump] = [e for e in history if isinstance(e, ToolServerTierRaised)]
+    assert (bump.tier, bump.factors) == ("tier2", (f"flagged_tools:{server}.poisoned",))
+
+
+TIER2_AGENT = """
+import json
+from symbi_agent import Agent
+with Agent() as a:
+    names = sorted(t["name"] for t in a.tools.list()["tools"])
+    added = a.tools.call("SERVER.add", {"a": 20, "b": 22})
+print(json.dumps({"names": names, "add": added["structuredContent"]}))
+"""
+
+
+async def test_an_agent_calls_a_tool_of_a_server_under_gvisor(
+    agent_image: str,
+    scheduler: Scheduler,
+    tool_settings: Settings,
+    docker_client: docker.DockerClient,
+    context_service: CommandClient,
+) -> None:
+    image = toolbox_image(agent_image)
+    server = f"g{uuid.uuid4().hex[:6]}"
+    async with running_agent(tool_settings) as agent:
+        added = await agent.http.post("/v1/tools/servers", json=server_body(server, image))
+        assert added.status_code == 200, added.text
+        assert added.json()["sandbox"]["tier"] == "tier2"
+        approved = await agent.http.post(f"/v1/tools/{server}.add/approve", json={})
+        assert approved.json()["status"] == "approved"
+        [container] = containers(docker_client, server)
+        host_config = docker_client.api.inspect_container(container["Id"])["HostConfig"]
+        assert (host_config["Runtime"], host_config["NetworkMode"]) == ("runsc", "none")
+        assert host_config["PidsLimit"] >= 128
+        code = TIER2_AGENT.replace("SERVER", server)
+        task_id = await scheduler.submit(agent.host_id, ["python3", "-c", code], actions=True, image=agent_image)
+        r = await scheduler.result(task_id, timeout=120)
+    assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
+    assert r.stdout, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out == {"names": [f"{server}.add"], "add": {"result": 42}}
+    recorded = [(a.resource, a.outcome) for a in actions(r.events) if a.action == "tool.invoke"]
+    assert recorded == [(f"{server}.add", "allowed")]
+    assert await gone(docker_client, server)

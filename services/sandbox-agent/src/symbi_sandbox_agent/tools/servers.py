@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -30,8 +29,8 @@ from mcp.shared.exceptions import MCPError
 from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable, ToolTimeout
 from symbi_contracts.tools.events import ToolServerRegistered
 
-#: An image a server may run from: pinned by content, ``sha256:<id>`` or ``name@sha256:<digest>``.
-PINNED_IMAGE = re.compile(r"(?:[^\s@]+@)?sha256:[0-9a-f]{64}")
+from symbi_sandbox_agent.tools.risk import PINNED_IMAGE
+
 #: The runtime of each tier (the same ones the task sandboxes use).
 RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
 START_TIMEOUT_S = 60.0

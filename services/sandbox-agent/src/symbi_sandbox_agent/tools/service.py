@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import mcp.types as mt
+import msgspec
 from schemapin.bundle import SchemaPinTrustBundle
 from symbi_common.aggregate import Repository
 from symbi_common.eventstore import EventStore
@@ -41,12 +42,14 @@ from symbi_sandbox_agent.tools.registry import (
     Command,
     Observe,
     PinKey,
+    RaiseTier,
     RefuseListing,
     Remove,
     Revoke,
     ServerState,
     ToolRecord,
 )
+from symbi_sandbox_agent.tools.risk import assess, chosen_tier, raised
 from symbi_sandbox_agent.tools.scan import scan
 from symbi_sandbox_agent.tools.servers import McpConnection, container_name, transport_for
 from symbi_sandbox_agent.tools.verify import signature_of, verify
@@ -141,13 +144,16 @@ class ToolService:
     # --- servers ---------------------------------------------------------------------------------------
 
     async def register(self, reg: ToolServerRegistered) -> ServerState:
-        """Record ``reg`` (refused if its name collides or its image is not pinned), start its server and
-        read its tools."""
+        """Record ``reg`` (refused if its name collides, its image is not pinned or its ``requested_tier`` is
+        below its risk assessment) in the tier assessed, start its server and read its tools."""
         try:
             check_server_name(reg.server, self.connections)
         except NameRefused as exc:
             raise ToolRefused(str(exc)) from None
         transport_for(reg, local=self.local)  # refuses an unpinned image or a bad URL before anything is recorded
+        assessment = assess(transport=reg.transport, image=reg.image, domain=reg.domain, env=reg.env)
+        tier = chosen_tier(reg.requested_tier, assessment, reg.server)
+        reg = msgspec.structs.replace(reg, tier=tier, assessed_tier=assessment.tier, risk_factors=assessment.factors)
         await self.registry.execute(reg.server, reg)
         return await self.attach(reg.server)
 
@@ -239,6 +245,20 @@ class ToolService:
             state = await self.registry.execute(server, observed)
             definitions[name] = definition
         self.definitions[server] = definitions
+        return await self._reassess(server, conn, state)
+
+    async def _reassess(self, server: str, conn: McpConnection, state: ServerState) -> ServerState:
+        """Raise the server's tier if it listed flagged tools; a sandboxed server is started again in it."""
+        assert state.registration is not None
+        flagged = [qualified(server, t) for t, r in state.tools.items() if r.flags and t in self.definitions[server]]
+        bump = raised(state.registration.tier, flagged)
+        if bump is None:
+            return state
+        state = await self.registry.execute(server, RaiseTier(bump.tier, bump.factors))
+        if conn.container:
+            await self._drop(server)
+            return await self.attach(server)
+        conn.registration = state.registration  # a URL or a local child: no sandbox to move
         return state
 
     async def approve(self, name: str, pin: str = "", by: str = "") -> ToolRecord:
