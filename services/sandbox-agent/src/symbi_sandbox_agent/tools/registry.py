@@ -176,7 +176,12 @@ class ToolServerAggregate:
                 return [command]
             if _configuration(state.registration) == _configuration(command):
                 return []
-            raise ToolRefused(f"server {state.server!r} is already registered with another configuration")
+            raise ToolRefused(
+                f"server {state.server!r} is already registered with another configuration (by "
+                f"{state.registration.registered_by or 'an operator'}); it is never merged: remove it first "
+                "(`symbi tools rm`) or use another name",
+                server=state.server,
+            )
         if state.registration is None:
             raise UnknownTool(f"no server named {state.server!r} is registered; add it with `symbi tools add`")
         if isinstance(command, RaiseTier):

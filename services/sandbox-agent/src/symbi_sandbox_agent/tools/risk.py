@@ -19,12 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from symbi_contracts.tools.declarations import PINNED_IMAGE
 from symbi_contracts.tools.errors import ToolTierRefused
 
 Tier = Literal["tier1", "tier2"]
 TIERS: tuple[Tier, ...] = ("tier1", "tier2")
-#: An image a server may run from: pinned by content, ``sha256:<id>`` or ``name@sha256:<digest>``.
-PINNED_IMAGE = re.compile(r"(?:[^\s@]+@)?sha256:[0-9a-f]{64}")
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 VAULT_REF = "vault://"
 

@@ -26,10 +26,9 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from symbi_contracts.tools.declarations import PINNED_IMAGE
 from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable, ToolTimeout
 from symbi_contracts.tools.events import ToolServerRegistered
-
-from symbi_sandbox_agent.tools.risk import PINNED_IMAGE
 
 #: The runtime of each tier (the same ones the task sandboxes use).
 RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
