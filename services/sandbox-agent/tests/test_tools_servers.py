@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import msgspec
 import pytest
 from symbi_common.commands import CommandClient
 from symbi_common.settings import Settings
-from symbi_contracts.sandbox_agent.events import ExecutionExited
+from symbi_contracts.lifecycle.config import AgentConfig
+from symbi_contracts.sandbox_agent.events import ExecutionExited, ExecutionRefused
 from symbi_contracts.tools.errors import ToolNotApproved, UnknownTool
 from symbi_contracts.tools.events import CODEC, ToolServerRegistered, ToolServerRemoved, ToolServerTierRaised
+from symbi_dsl import compile_agent
 
 from .conftest import Scheduler, running_agent
 from .test_actions import actions, context_service
@@ -180,3 +183,86 @@ async def test_an_agent_calls_a_tool_of_a_server_under_gvisor(
     recorded = [(a.resource, a.outcome) for a in actions(r.events) if a.action == "tool.invoke"]
     assert recorded == [(f"{server}.add", "allowed")]
     assert await gone(docker_client, server)
+
+
+DECLARING_AGENT = """
+agent files_user {
+  version = "1.0.0"
+  capabilities = [tool.invoke]
+  workload = { image: "@IMAGE@", command: ["true"], actions: true }
+  mcp_servers = [
+    {name: "@SERVER@", image: "@TOOLBOX@", command: ["python3", "/opt/toolbox.py"], domain: "@DOMAIN@",
+     env: {TOOLBOX_SIGNING_KEY: "@KEY@"}}
+  ]
+}
+"""
+
+DECLARED_USE = """
+import json
+from symbi_agent import Agent, SymbiAgentError
+with Agent() as a:
+    names = [t["name"] for t in a.tools.list()["tools"]]
+    try:
+        a.tools.call("SERVER.add", {"a": 1, "b": 2})
+        called = "ok"
+    except SymbiAgentError as err:
+        called = err.code
+print(json.dumps({"names": names, "called": called}))
+"""
+
+
+async def test_servers_declared_in_a_definition_are_registered_when_its_task_starts(
+    agent_image: str,
+    make_store: Any,
+    scheduler: Scheduler,
+    tool_settings: Settings,
+    docker_client: docker.DockerClient,
+    context_service: CommandClient,
+) -> None:
+    image = toolbox_image(agent_image)
+    server = f"d{uuid.uuid4().hex[:6]}"
+    source = (
+        DECLARING_AGENT.replace("@TOOLBOX@", image)
+        .replace("@IMAGE@", agent_image)
+        .replace("@SERVER@", server)
+        .replace("@DOMAIN@", DOMAIN)
+        .replace("@KEY@", KEY.replace("\n", "\\n"))
+    )
+    config = msgspec.convert(compile_agent(source, agent_id="agent-1"), AgentConfig)
+    [declared] = config.mcp_servers
+    assert (declared.name, declared.image, declared.env) == (server, image, {"TOOLBOX_SIGNING_KEY": KEY})
+    code = DECLARED_USE.replace("SERVER", server)
+    command = ["python3", "-c", code]
+    async with running_agent(tool_settings) as agent:
+        first = await scheduler.submit(
+            agent.host_id, command, actions=True, image=agent_image, mcp_servers=config.mcp_servers
+        )
+        r = await scheduler.result(first, timeout=120)
+        assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
+        # Registered, but a definition approves nothing: the agent sees no tool and may call none.
+        assert json.loads(r.stdout) == {"names": [], "called": "tool_not_approved"}
+        shown = (await agent.http.get(f"/v1/tools/{server}.add")).json()
+        assert (shown["status"], shown["server"]["registered_by"]) == ("pending", "agent:agent-1")
+        assert shown["server"]["tier"] == "tier2"  # the signing key is a secret passed
+        approved = await agent.http.post(f"/v1/tools/{server}.add/approve", json={})
+        assert approved.json()["status"] == "approved"
+        # The same declaration again: no change, the approval stands, the same sandbox serves it.
+        [before] = containers(docker_client, server)
+        second = await scheduler.submit(
+            agent.host_id, command, actions=True, image=agent_image, mcp_servers=config.mcp_servers
+        )
+        r2 = await scheduler.result(second, timeout=120)
+        assert isinstance(r2.terminal, ExecutionExited), (r2.terminal, r2.stderr[-2000:])
+        assert json.loads(r2.stdout) == {"names": [f"{server}.add"], "called": "ok"}
+        assert [c["Id"] for c in containers(docker_client, server)] == [before["Id"]]
+        # Another configuration under the same name is refused, never merged: the task does not start.
+        changed = msgspec.structs.replace(declared, env={**declared.env, "EXTRA": "1"})
+        third = await scheduler.submit(agent.host_id, command, actions=True, image=agent_image, mcp_servers=(changed,))
+        r3 = await scheduler.result(third, timeout=60)
+        assert isinstance(r3.terminal, ExecutionRefused)
+        assert r3.terminal.code == "tool_refused"
+        assert "another configuration" in r3.terminal.reason
+        await agent.http.delete(f"/v1/tools/servers/{server}")
+    store = await make_store("audit")
+    history = [r.event for r in await store.load("toolserver", server, CODEC)]
+    assert [e.registered_by for e in history if isinstance(e, ToolServerRegistered)] == ["agent:agent-1"]
