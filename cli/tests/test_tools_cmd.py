@@ -60,8 +60,11 @@ async def sandbox_url(provisioned: NatsClient, nats_url: str, keys_dir: Path, tm
     toolbox = await asyncio.create_subprocess_exec(
         sys.executable, str(TOOLBOX), env=toolbox_env, stderr=subprocess.DEVNULL
     )
+    # The toolbox listens on loopback, which the egress rules refuse unless allowed.
+    (tmp_path / "symbi.toml").write_text('[egress]\nallow_addresses = ["127.0.0.1/32"]\n')
     env = {
         **os.environ,
+        "SYMBI_CONFIG_PATH": str(tmp_path / "symbi.toml"),
         "SYMBI_NATS_URL": nats_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_HTTP_PORT": str(port),

@@ -30,12 +30,15 @@ from symbi_contracts.tools.events import (
     ToolServerEvent,
     ToolServerRegistered,
 )
+from symbi_sandbox_agent.egress.addresses import AddressPolicy
 from symbi_sandbox_agent.tools.limits import ToolLimits
 from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.url_egress import UrlEgress
 
 from .tools_support import DOMAIN, TOOLBOX, bundle, keypair, local_server
 
 KEY, PUBLIC = keypair()
+LOOPBACK = UrlEgress(AddressPolicy.parse(["127.0.0.0/8"]))
 
 
 @pytest.fixture
@@ -46,7 +49,11 @@ async def store(make_store: Callable[..., Awaitable[EventStore]]) -> EventStore:
 @pytest.fixture
 async def tools(store: EventStore) -> AsyncIterator[ToolService]:
     service = ToolService(
-        StoredRegistry(store), bundle(PUBLIC), limits=ToolLimits(timeout_s=2.0, max_result_bytes=10_000), local=True
+        StoredRegistry(store),
+        bundle(PUBLIC),
+        limits=ToolLimits(timeout_s=2.0, max_result_bytes=10_000),
+        local=True,
+        egress=LOOPBACK,  # the streamable-HTTP test server listens on 127.0.0.1
     )
     yield service
     await service.close()

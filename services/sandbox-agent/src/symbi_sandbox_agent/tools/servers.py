@@ -30,6 +30,8 @@ from symbi_contracts.tools.declarations import PINNED_IMAGE
 from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable, ToolTimeout
 from symbi_contracts.tools.events import ToolServerRegistered
 
+from symbi_sandbox_agent.tools.url_egress import UrlEgress, checked_streams
+
 #: The runtime of each tier (the same ones the task sandboxes use).
 RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
 START_TIMEOUT_S = 60.0
@@ -61,12 +63,18 @@ def sandbox_command(reg: ToolServerRegistered, *, name: str = "", memory_mb: int
     return [*args, reg.image, *reg.command]
 
 
-def transport_for(reg: ToolServerRegistered, *, local: bool = False, container: str = "") -> Transport:
+def transport_for(
+    reg: ToolServerRegistered, *, local: bool = False, container: str = "", egress: UrlEgress | None = None
+) -> Transport:
     """How to reach ``reg``'s server; ``local`` runs a stdio command as a child of this process, else it runs
-    in the sandbox container ``container`` (a fresh name when empty)."""
+    in the sandbox container ``container`` (a fresh name when empty). A URL is reached under ``egress``'s
+    address rules (None: unchecked, for development only)."""
     if reg.transport == "http":
         if not reg.url.startswith(("http://", "https://")):
             raise ToolRefused(f"server {reg.server!r}: {reg.url!r} is not an http(s) URL")
+        if egress is not None:
+            checked = egress
+            return lambda: checked_streams(reg.url, checked)
         return lambda: streamable_http_client(reg.url)
     argv = list(reg.command) if local else sandbox_command(reg, name=container)
     if not argv:

@@ -52,6 +52,7 @@ from symbi_sandbox_agent.tools.registry import (
 from symbi_sandbox_agent.tools.risk import assess, chosen_tier, raised
 from symbi_sandbox_agent.tools.scan import scan
 from symbi_sandbox_agent.tools.servers import McpConnection, container_name, transport_for
+from symbi_sandbox_agent.tools.url_egress import UrlEgress
 from symbi_sandbox_agent.tools.verify import signature_of, verify
 
 
@@ -131,12 +132,15 @@ class ToolService:
         *,
         limits: ToolLimits | None = None,
         local: bool = False,
+        egress: UrlEgress | None = None,
     ) -> None:
         self.registry = registry
         self.bundle = bundle
         self.limits = limits or ToolLimits()
         #: Run stdio servers as child processes instead of sandbox containers (development, benchmark).
         self.local = local
+        #: The address rules a server's URL is reached under (default: public addresses only).
+        self.egress = egress or UrlEgress()
         self.connections: dict[str, McpConnection] = {}
         self.definitions: dict[str, dict[str, dict[str, Any]]] = {}
         self.bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
@@ -151,6 +155,8 @@ class ToolService:
         except NameRefused as exc:
             raise ToolRefused(str(exc)) from None
         transport_for(reg, local=self.local)  # refuses an unpinned image or a bad URL before anything is recorded
+        if reg.transport == "http":
+            await self.egress.check_url(reg.server, reg.url)
         assessment = assess(transport=reg.transport, image=reg.image, domain=reg.domain, env=reg.env)
         tier = chosen_tier(reg.requested_tier, assessment, reg.server)
         reg = msgspec.structs.replace(reg, tier=tier, assessed_tier=assessment.tier, risk_factors=assessment.factors)
@@ -169,7 +175,7 @@ class ToolService:
             reg = state.registration
             sandboxed = reg.transport == "stdio" and not self.local
             container = container_name(server) if sandboxed else ""
-            transport = transport_for(reg, local=self.local, container=container)
+            transport = transport_for(reg, local=self.local, container=container, egress=self.egress)
             conn = McpConnection(server, transport, registration=reg, container=container)
             await conn.start()
             self.connections[server] = conn
@@ -207,9 +213,12 @@ class ToolService:
         conn = self._connection(server)
         listed = await conn.list_tools()
         state = await self.registry.state(server, fresh=True)
-        if state.registration is None or state.registration != conn.registration:
-            await self._drop(server)  # removed (or registered anew) meanwhile: what it listed is no longer its
+        if state.registration is None:
+            await self._drop(server)  # removed meanwhile (through any daemon): what it listed is no longer its
             raise UnknownTool(f"tool server {server!r} was removed")
+        if state.registration != conn.registration:
+            await self._drop(server)  # registered anew through another daemon: connect to that registration
+            return await self.attach(server)
         try:
             names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
         except NameRefused as exc:
