@@ -124,6 +124,8 @@ async def test_add_list_show_approve_revoke(sandbox_url: str) -> None:
     assert shown.exit_code == 0, shown.output
     detail = json.loads(shown.output)
     assert detail["definition"]["description"] == "Add two integers."
+    # Signed for a domain, nothing secret passed: the assessment finds nothing.
+    assert (detail["server"]["tier"], detail["server"]["risk_factors"]) == ("tier1", [])
     wrong = await invoke(sandbox_url, "approve", "web.add", "--pin", "sha256:" + "0" * 64)
     assert wrong.exit_code == 1
     assert "tool_refused" in wrong.output
@@ -144,6 +146,11 @@ async def test_add_list_show_approve_revoke(sandbox_url: str) -> None:
     twice = await invoke(sandbox_url, "rm", "web")
     assert (twice.exit_code, "unknown_tool" in twice.output) == (1, True)
     # Added again, the same name starts fresh: the tool revoked before is pending approval.
-    again = await invoke(sandbox_url, "add", "web", "--server-url", TOKEN["server"], "--domain", DOMAIN, "--json")
+    again = await invoke(sandbox_url, "add", "web", "--server-url", TOKEN["server"], "--env", "API_TOKEN=x")
     assert again.exit_code == 0, again.output
-    assert {t["name"]: t["status"] for t in json.loads(again.output)["tools"]}["web.add"] == "pending"
+    assert "web: tier2 (assessed tier2: secrets_passed:API_TOKEN, no_schemapin_domain)" in again.output
+    assert "web.add" in again.output
+    assert "pending" in again.output
+    lower = await invoke(sandbox_url, "add", "low", "--server-url", TOKEN["server"], "--tier", "tier1")
+    assert (lower.exit_code, "tool_tier_refused" in lower.output) == (1, True)
+    assert "no_schemapin_domain" in lower.output

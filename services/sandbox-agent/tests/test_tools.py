@@ -209,3 +209,32 @@ async def test_streamable_http_server(tools: ToolService) -> None:
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_another_daemon_sees_a_removal_and_a_new_registration(tools: ToolService, store: EventStore) -> None:
+    """Two daemons share the registry: what one removes or registers anew, the other follows within its
+    registry's max age (its connection dropped, or made again for the new registration)."""
+    other = ToolService(StoredRegistry(store, max_age_s=0.2), bundle(PUBLIC), local=True)
+    try:
+        await tools.register(local_server("shared", TOOLBOX_SIGNING_KEY=KEY))
+        await tools.approve("shared.add")
+        await other.attach("shared")
+        assert (await other.callable_record("shared.add")).status == "approved"
+        await tools.remove("shared", by="op")
+        await asyncio.sleep(0.3)
+        with pytest.raises(UnknownTool, match="was removed"):
+            await other.callable_record("shared.add")
+        assert "shared" not in other.connections
+        assert not [t for t in await other.list() if t.server == "shared"]
+
+        await tools.register(local_server("shared", TOOLBOX_SIGNING_KEY=KEY))
+        await other.attach("shared")
+        first = other.connections["shared"]
+        await tools.remove("shared", by="op")
+        await tools.register(local_server("shared", TOOLBOX_SIGNING_KEY=KEY, TOOLBOX_POISON="1"))
+        listed = {t.name: t.status for t in await other.list() if t.server == "shared"}
+        assert listed["shared.poisoned"] == "pending"  # what the new registration's server lists
+        assert listed["shared.add"] == "pending"  # the approval went with the removal
+        assert other.connections["shared"] is not first
+    finally:
+        await other.close()
