@@ -39,8 +39,10 @@ from schemapin.crypto import KeyManager
 from schemapin.utils import SchemaSigningWorkflow, create_well_known_response
 from symbi_common.settings import load_settings
 from symbi_contracts.tools.events import ToolServerRegistered
+from symbi_sandbox_agent.egress.addresses import AddressPolicy
 from symbi_sandbox_agent.main import build_app
 from symbi_sandbox_agent.tools.canon import definition_of
+from symbi_sandbox_agent.tools.url_egress import UrlEgress
 from symbi_sandbox_agent.tools.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +145,8 @@ async def main(calls: int) -> None:
                 daemon = build_app(load_settings(env=env))
                 async with daemon.router.lifespan_context(daemon):
                     tools = daemon.state.sandbox.service.tools
+                    # The toolbox listens on loopback, which the egress rules refuse unless allowed.
+                    tools.egress = UrlEgress(AddressPolicy.parse(["127.0.0.1/32"]))
                     for _ in range(100):
                         try:
                             reg = ToolServerRegistered(server="box", transport="http", url=url, domain=DOMAIN)

@@ -60,8 +60,11 @@ async def sandbox_url(provisioned: NatsClient, nats_url: str, keys_dir: Path, tm
     toolbox = await asyncio.create_subprocess_exec(
         sys.executable, str(TOOLBOX), env=toolbox_env, stderr=subprocess.DEVNULL
     )
+    # The toolbox listens on loopback, which the egress rules refuse unless allowed.
+    (tmp_path / "symbi.toml").write_text('[egress]\nallow_addresses = ["127.0.0.1/32"]\n')
     env = {
         **os.environ,
+        "SYMBI_CONFIG_PATH": str(tmp_path / "symbi.toml"),
         "SYMBI_NATS_URL": nats_url,
         "SYMBI_KEYS_DIR": str(keys_dir),
         "SYMBI_HTTP_PORT": str(port),
@@ -121,6 +124,8 @@ async def test_add_list_show_approve_revoke(sandbox_url: str) -> None:
     assert shown.exit_code == 0, shown.output
     detail = json.loads(shown.output)
     assert detail["definition"]["description"] == "Add two integers."
+    # Signed for a domain, nothing secret passed: the assessment finds nothing.
+    assert (detail["server"]["tier"], detail["server"]["risk_factors"]) == ("tier1", [])
     wrong = await invoke(sandbox_url, "approve", "web.add", "--pin", "sha256:" + "0" * 64)
     assert wrong.exit_code == 1
     assert "tool_refused" in wrong.output
@@ -133,3 +138,19 @@ async def test_add_list_show_approve_revoke(sandbox_url: str) -> None:
     missing = await invoke(sandbox_url, "show", "web.nope")
     assert missing.exit_code == 1
     assert "unknown_tool" in missing.output
+    removed = await invoke(sandbox_url, "rm", "web", "--reason", "retired")
+    assert removed.exit_code == 0, removed.output
+    assert "web: removed (web.add," in removed.output
+    gone = await invoke(sandbox_url, "show", "web.add")
+    assert (gone.exit_code, "unknown_tool" in gone.output) == (1, True)
+    twice = await invoke(sandbox_url, "rm", "web")
+    assert (twice.exit_code, "unknown_tool" in twice.output) == (1, True)
+    # Added again, the same name starts fresh: the tool revoked before is pending approval.
+    again = await invoke(sandbox_url, "add", "web", "--server-url", TOKEN["server"], "--env", "API_TOKEN=x")
+    assert again.exit_code == 0, again.output
+    assert "web: tier2 (assessed tier2: secrets_passed:API_TOKEN, no_schemapin_domain)" in again.output
+    assert "web.add" in again.output
+    assert "pending" in again.output
+    lower = await invoke(sandbox_url, "add", "low", "--server-url", TOKEN["server"], "--tier", "tier1")
+    assert (lower.exit_code, "tool_tier_refused" in lower.output) == (1, True)
+    assert "no_schemapin_domain" in lower.output

@@ -1,6 +1,6 @@
 """``symbi tools``: MCP tool servers and their tools, through the sandbox-agent's operator API.
 
-``add`` registers a server (an image pinned by digest + command over stdio, run in a sandbox without network;
+``add`` registers a server (``rm`` removes one) (an image pinned by digest + command over stdio, run in a sandbox without network;
 or a streamable-HTTP URL) with the SchemaPin domain its tools must be signed for; ``list`` and ``show`` print
 each tool's status, pin, SchemaPin verification and poisoning flags; ``approve`` and ``revoke`` decide what
 agents may call. The sandbox-agent's API is ``--url``, ``$SYMBI_SANDBOX_URL``, default
@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import httpx
 import typer
@@ -23,7 +24,7 @@ from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
 
 tools_app = typer.Typer(
-    help="MCP tool servers and their tools: add, list, show, approve, revoke.", no_args_is_help=True
+    help="MCP tool servers and their tools: add, rm, list, show, approve, revoke.", no_args_is_help=True
 )
 
 DEFAULT_URL = "http://127.0.0.1:8085"
@@ -77,7 +78,10 @@ def add(
     command: Annotated[list[str] | None, typer.Option("--command", help="The command in the image (repeat)")] = None,
     server_url: Annotated[str, typer.Option("--server-url", help="A streamable-HTTP server's URL instead")] = "",
     domain: Annotated[str, typer.Option("--domain", help="The SchemaPin domain its tools must be signed for")] = "",
-    tier: Annotated[str, typer.Option("--tier", help="tier1 (runc) or tier2 (gVisor)")] = "tier1",
+    tier: Annotated[
+        str,
+        typer.Option("--tier", help="tier1 (runc) or tier2 (gVisor); default and minimum: the risk assessment's"),
+    ] = "",
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the server (repeat)")] = None,
     url: Url = None,
     home: Home = None,
@@ -101,7 +105,24 @@ def add(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
+        sandbox = data["sandbox"]
+        factors = ", ".join(sandbox["risk_factors"]) or "no risk factors"
+        typer.echo(f"{server}: {sandbox['tier']} (assessed {sandbox['assessed_tier']}: {factors})")
         _table(data["tools"])
+
+
+@tools_app.command("rm")
+def remove(
+    server: Annotated[str, typer.Argument(help="The server's name")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded)")] = "",
+    url: Url = None,
+    home: Home = None,
+) -> None:
+    """Remove a server: its sandbox is stopped and its tools are unknown; adding the name again starts fresh
+    (every tool pending approval again)."""
+    data = _request("DELETE", url, f"/v1/tools/servers/{server}?{urlencode({'reason': reason})}", home)
+    tools = ", ".join(data["tools"]) or "no tools"
+    typer.echo(f"{data['server']}: removed ({tools})")
 
 
 @tools_app.command("list")
@@ -116,7 +137,8 @@ def list_tools(url: Url = None, home: Home = None, as_json: AsJson = False) -> N
 
 @tools_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="SERVER.TOOL")], url: Url = None, home: Home = None) -> None:
-    """One tool: status, pins, SchemaPin verification and key, flags, and its definition (JSON)."""
+    """One tool: status, pins, SchemaPin verification and key, flags, its server (sandbox tier and the risk
+    assessment behind it) and its definition (JSON)."""
     typer.echo(json.dumps(_request("GET", url, f"/v1/tools/{name}", home), indent=2, ensure_ascii=True))
 
 

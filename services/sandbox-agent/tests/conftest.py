@@ -30,6 +30,7 @@ from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workloa
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import ResourceRequest, TaskAssigned, TaskEvent, TaskSubmitted
+from symbi_contracts.tools.declarations import McpServerSpec
 from symbi_sandbox_agent.host import SandboxHost
 from symbi_sandbox_agent.main import build_app
 
@@ -140,6 +141,7 @@ class Scheduler:
         workload: Workload | None = None,
         secrets: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        mcp_servers: tuple[McpServerSpec, ...] = (),
     ) -> str:
         """Submit and assign a task; ``workload`` (e.g. an agent's compiled one) replaces the one made of
         ``image``, ``command`` and ``actions``."""
@@ -169,6 +171,7 @@ class Scheduler:
                 network_access=tuple(network_access or ()),
                 filesystem_access=filesystem_access,
                 secrets=secrets,
+                mcp_servers=mcp_servers,
                 attempt=attempt,
                 decision=decision,
             )

@@ -30,12 +30,15 @@ from symbi_contracts.tools.events import (
     ToolServerEvent,
     ToolServerRegistered,
 )
+from symbi_sandbox_agent.egress.addresses import AddressPolicy
 from symbi_sandbox_agent.tools.limits import ToolLimits
 from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.url_egress import UrlEgress
 
 from .tools_support import DOMAIN, TOOLBOX, bundle, keypair, local_server
 
 KEY, PUBLIC = keypair()
+LOOPBACK = UrlEgress(AddressPolicy.parse(["127.0.0.0/8"]))
 
 
 @pytest.fixture
@@ -46,7 +49,11 @@ async def store(make_store: Callable[..., Awaitable[EventStore]]) -> EventStore:
 @pytest.fixture
 async def tools(store: EventStore) -> AsyncIterator[ToolService]:
     service = ToolService(
-        StoredRegistry(store), bundle(PUBLIC), limits=ToolLimits(timeout_s=2.0, max_result_bytes=10_000), local=True
+        StoredRegistry(store),
+        bundle(PUBLIC),
+        limits=ToolLimits(timeout_s=2.0, max_result_bytes=10_000),
+        local=True,
+        egress=LOOPBACK,  # the streamable-HTTP test server listens on 127.0.0.1
     )
     yield service
     await service.close()
@@ -202,3 +209,32 @@ async def test_streamable_http_server(tools: ToolService) -> None:
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_another_daemon_sees_a_removal_and_a_new_registration(tools: ToolService, store: EventStore) -> None:
+    """Two daemons share the registry: what one removes or registers anew, the other follows within its
+    registry's max age (its connection dropped, or made again for the new registration)."""
+    other = ToolService(StoredRegistry(store, max_age_s=0.2), bundle(PUBLIC), local=True)
+    try:
+        await tools.register(local_server("shared", TOOLBOX_SIGNING_KEY=KEY))
+        await tools.approve("shared.add")
+        await other.attach("shared")
+        assert (await other.callable_record("shared.add")).status == "approved"
+        await tools.remove("shared", by="op")
+        await asyncio.sleep(0.3)
+        with pytest.raises(UnknownTool, match="was removed"):
+            await other.callable_record("shared.add")
+        assert "shared" not in other.connections
+        assert not [t for t in await other.list() if t.server == "shared"]
+
+        await tools.register(local_server("shared", TOOLBOX_SIGNING_KEY=KEY))
+        await other.attach("shared")
+        first = other.connections["shared"]
+        await tools.remove("shared", by="op")
+        await tools.register(local_server("shared", TOOLBOX_SIGNING_KEY=KEY, TOOLBOX_POISON="1"))
+        listed = {t.name: t.status for t in await other.list() if t.server == "shared"}
+        assert listed["shared.poisoned"] == "pending"  # what the new registration's server lists
+        assert listed["shared.add"] == "pending"  # the approval went with the removal
+        assert other.connections["shared"] is not first
+    finally:
+        await other.close()

@@ -15,7 +15,16 @@ from symbi_contracts.tools.errors import ToolRefused, UnknownTool
 from symbi_contracts.tools.events import CODEC, ToolApproved, ToolDefinitionChanged, ToolSeen, ToolServerRegistered
 from symbi_sandbox_agent.tools.canon import definition_of, pin_of
 from symbi_sandbox_agent.tools.names import NameRefused, check_server_name, check_tool_names, split
-from symbi_sandbox_agent.tools.registry import TOOLSERVER, Approve, Observe, PinKey, Revoke, ServerState, fold
+from symbi_sandbox_agent.tools.registry import (
+    TOOLSERVER,
+    Approve,
+    Observe,
+    PinKey,
+    Remove,
+    Revoke,
+    ServerState,
+    fold,
+)
 from symbi_sandbox_agent.tools.scan import scan
 from symbi_sandbox_agent.tools.verify import verify
 
@@ -168,6 +177,23 @@ def test_revoke_and_refusals() -> None:
         _state(REG, PinKey("example.com", "sha256:k"), PinKey("example.com", "sha256:other"))
 
 
+def test_removal_forgets_everything_and_a_new_registration_starts_fresh() -> None:
+    seen = Observe("add", "sha256:1", "Adds.", (), "verified", "sha256:k")
+    state = _state(REG, PinKey("example.com", "sha256:k"), seen, Approve("add"))
+    assert TOOLSERVER.decide(state, Remove(by="op", reason="retired"))[0].removed_by == "op"  # type: ignore[union-attr]
+    removed = _state(REG, PinKey("example.com", "sha256:k"), seen, Approve("add"), Remove(by="op"))
+    assert removed == TOOLSERVER.initial("math")
+    with pytest.raises(UnknownTool, match="no server named 'math'"):
+        _state(REG, seen, Remove(), Approve("add"))
+    with pytest.raises(UnknownTool):
+        _state(REG, Remove(), Remove())
+    # Added again, even with another configuration: the same definition is pending, no key is pinned.
+    other = ToolServerRegistered(server="math", transport="http", url="http://x")
+    again = _state(REG, seen, Approve("add"), Remove(), other, seen)
+    assert again.registration == other
+    assert (again.tools["add"].status, again.key_fingerprint) == ("pending", "")
+
+
 def test_fold_rebuilds_the_state() -> None:
     events = [REG, ToolSeen(tool="add", pin="sha256:1"), ToolApproved(tool="add", pin="sha256:1")]
     assert fold("math", events).tools["add"].status == "approved"
@@ -232,7 +258,7 @@ def test_the_pure_tool_modules_load_no_io() -> None:
     import subprocess
     import sys
 
-    modules = ("canon", "names", "scan", "registry", "limits")
+    modules = ("canon", "names", "scan", "registry", "limits", "risk")
     code = (
         "import sys\n"
         + "".join(f"import symbi_sandbox_agent.tools.{m}\n" for m in modules)

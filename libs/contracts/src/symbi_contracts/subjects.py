@@ -139,7 +139,7 @@ CATALOGUE: tuple[Subject, ...] = (
         "evt.toolserver.<server>",
         SANDBOX_AGENT,
         (AUDIT,),
-        "an MCP tool server: registered, each tool's definition seen (pin, flags, SchemaPin), approved, changed, revoked",
+        "an MCP tool server: registered, each tool's definition seen (pin, flags, SchemaPin), approved, changed, revoked; tier raised; removed",
         versions(tool_events.EVENT_TYPES),
     ),
     Subject(

@@ -17,6 +17,7 @@ from symbi_dsl.body import AREAS, BUILTINS, STEPS_BOUNDS, body_of, has_body, unk
 from symbi_dsl.cedar import compile_policy
 from symbi_dsl.declarations import VERSION_RE
 from symbi_dsl.literals import quantity
+from symbi_dsl.tool_servers import mcp_servers
 from symbi_dsl.values import did_you_mean, key_span, keyed_entries, name_span, value_of
 
 TIERS = {"tier1": "tier1", "tier2": "tier2", "auto": "auto", "docker": "tier1", "runc": "tier1", "gvisor": "tier2"}
@@ -38,6 +39,7 @@ AGENT_KEYS = (
     "budget",
     "secrets",
     "quota",
+    "mcp_servers",
 )
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io", "steps")
 #: Symbiont's spellings of ours.
@@ -116,6 +118,8 @@ class Checker(BlockChecks):
             config["budget"] = self._budget(value_of(got["budget"]))
         if "secrets" in got:  # runtime secrets, given to each task as files (docs/secrets.md)
             config["secrets"] = self._secrets(value_of(got["secrets"]))
+        if "mcp_servers" in got:  # the MCP servers it uses (docs/tools.md): Symbi's key, Symbiont has none
+            config["mcp_servers"] = mcp_servers(self.rep, self.v, value_of(got["mcp_servers"]))
         if "quota" in got:  # quotas beyond one task (docs/policy.md, "Quotas")
             config["quota"] = self._quota(value_of(got["quota"]))
         if "memory" in got:

@@ -51,6 +51,7 @@ from symbi_contracts.lifecycle.config import (
     ScheduleSpec,
     Workload,
 )
+from symbi_contracts.tools.declarations import declaration_problems
 from symbi_contracts.wire import decode_error_field, join_path
 
 MAX_CAPABILITIES = 64
@@ -217,6 +218,7 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
         if value is not None and not 0 <= value <= 10**15:
             issues.append(ConfigIssue(f"budget.{unit}", "must be between 0 and 10^15 (or left out: no budget)"))
     _validate_messaging(issues, config.messaging)
+    issues += [ConfigIssue(f"mcp_servers{at}", msg) for at, msg in declaration_problems(config.mcp_servers)]
     return issues
 
 

@@ -45,6 +45,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     SecretFileRecord,
 )
+from symbi_contracts.tools.errors import ToolError, ToolServerUnavailable
 
 from symbi_sandbox_agent.data_roots import resolve
 from symbi_sandbox_agent.domain import ExecutionState, WorkItem
@@ -66,6 +67,7 @@ from symbi_sandbox_agent.secret_files import (
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+from symbi_sandbox_agent.tools.declared import register_declared
 
 if TYPE_CHECKING:
     from symbi_sandbox_agent.models.gateway import ModelGateway
@@ -167,6 +169,12 @@ class SandboxService:
                 spec = apply_caps(spec, resource_caps(decision.conditions))
             except SandboxRefused as err:
                 await self._refuse(item, err.code, str(err), record, spec.tier)
+                return True
+        if assigned.mcp_servers:  # the definition's MCP servers, registered as `symbi tools add` would
+            try:
+                await register_declared(self.tools, task.agent_id, assigned.mcp_servers)
+            except (ToolError, ToolServerUnavailable) as err:
+                await self._refuse(item, err.code, f"the definition's MCP servers: {err}", record, spec.tier)
                 return True
         try:  # each grant is a decision of its own (enforcement point sandbox-agent.data_mount)
             mounts = await decide_mounts(enforcer, task.agent_id, grants)

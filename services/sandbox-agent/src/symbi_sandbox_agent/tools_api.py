@@ -1,6 +1,7 @@
 """The operator's interface to MCP tools (``symbi tools``): HTTP routes of the sandbox-agent.
 
-``POST /v1/tools/servers`` registers a server (admin), ``GET /v1/tools`` lists every tool with its status,
+``POST /v1/tools/servers`` registers a server and ``DELETE /v1/tools/servers/{server}`` removes one (admin),
+``GET /v1/tools`` lists every tool with its status,
 pin, SchemaPin verification and flags (re-read from the servers), ``GET /v1/tools/{name}`` shows one with
 its definition, ``POST /v1/tools/{name}/approve`` and ``/revoke`` (admin) change what agents may call.
 Each change is an event of ``evt.toolserver.<server>`` naming the operator.
@@ -17,7 +18,7 @@ from symbi_common.operator_tokens import OperatorClaims
 from symbi_contracts.tools.errors import ToolServerUnavailable
 from symbi_contracts.tools.events import ToolServerRegistered
 
-from symbi_sandbox_agent.tools.registry import ToolRecord
+from symbi_sandbox_agent.tools.registry import ServerState, ToolRecord
 from symbi_sandbox_agent.tools.service import ToolService
 
 router = APIRouter(prefix="/v1/tools", tags=["tools"])
@@ -31,7 +32,8 @@ class ServerBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     command: list[str] = msgspec.field(default_factory=list)
     url: str = ""
     domain: str = ""
-    tier: Literal["tier1", "tier2"] = "tier1"
+    #: The sandbox tier asked for; "" (or none): the risk assessment's. Never lower than the assessment.
+    tier: str = ""
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -78,6 +80,27 @@ def _record(name: str, record: ToolRecord) -> dict[str, Any]:
     }
 
 
+def _server(state: ServerState) -> dict[str, Any]:
+    """The server as registered, with its sandbox tier and the risk assessment behind it (environment
+    variables by name only: their values may be secrets)."""
+    reg = state.registration
+    if reg is None:
+        return {"server": state.server, "registered": False}
+    return {
+        "server": reg.server,
+        "transport": reg.transport,
+        "image": reg.image,
+        "url": reg.url,
+        "domain": reg.domain,
+        "env": sorted(reg.env),
+        "tier": reg.tier,
+        "requested_tier": reg.requested_tier,
+        "assessed_tier": reg.assessed_tier,
+        "risk_factors": list(reg.risk_factors),
+        "registered_by": reg.registered_by,
+    }
+
+
 @router.post(
     "/servers", summary="Register an MCP server (an image pinned by digest + command, or a URL)", openapi_extra=ADMIN
 )
@@ -90,12 +113,23 @@ async def add_server(request: Request) -> dict[str, Any]:
         command=tuple(body.command),
         url=body.url,
         domain=body.domain,
-        tier=body.tier,
+        requested_tier=body.tier,
         env=body.env,
         registered_by=_operator(request),
     )
     state = await _tools(request).register(reg)
-    return {"server": body.server, "tools": [_record(f"{body.server}.{t}", r) for t, r in sorted(state.tools.items())]}
+    tools = [_record(f"{body.server}.{t}", r) for t, r in sorted(state.tools.items())]
+    return {"server": body.server, "sandbox": _server(state), "tools": tools}
+
+
+@router.delete(
+    "/servers/{server}",
+    summary="Remove a server: its sandbox stopped, its tools unknown; adding the name again starts fresh",
+    openapi_extra=ADMIN,
+)
+async def remove_server(server: str, request: Request, reason: str = "") -> dict[str, Any]:
+    removed = await _tools(request).remove(server, by=_operator(request), reason=reason)
+    return {"server": server, "removed": True, "tools": removed}
 
 
 @router.get("", summary="Every tool: status, pin, SchemaPin verification and poisoning flags")
@@ -113,7 +147,11 @@ async def show_tool(name: str, request: Request) -> dict[str, Any]:
         from symbi_contracts.tools.errors import UnknownTool
 
         raise UnknownTool(f"no tool named {name!r}; `symbi tools list` shows them")
-    return {**_record(name, state.tools[tool]), "definition": tools.definitions[server][tool]}
+    return {
+        **_record(name, state.tools[tool]),
+        "server": _server(state),
+        "definition": tools.definitions[server][tool],
+    }
 
 
 @router.post(

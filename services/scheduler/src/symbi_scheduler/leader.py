@@ -234,6 +234,7 @@ class Leader:
             budget=agent.config.budget,
             secrets=agent.config.secrets,
             messaging=agent.config.messaging,
+            mcp_servers=agent.config.mcp_servers,
         )
         await self.fx.record(rec.task_id, assigned)
         log.info("task assigned", task_id=rec.task_id, host=place.host_id, attempt=attempt, priority=rec.priority)

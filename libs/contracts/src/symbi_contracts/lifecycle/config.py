@@ -13,6 +13,8 @@ from __future__ import annotations
 import msgspec
 from symbi_common.bus_names import INBOX_DEPTH
 
+from symbi_contracts.tools.declarations import McpServerSpec
+
 #: The sandbox tier an agent asks for; ``auto`` lets risk assessment choose.
 SECURITY_TIERS = ("tier1", "tier2", "auto")
 FILESYSTEM_MODES = ("read", "read_write")
@@ -165,6 +167,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Names of runtime secrets (``providers/openai/api_key``; ``vault://`` optional) each task gets as a file
     ``/symbi/secrets/<name>``, when policy allows (``secret.read``); ``vault://<name>`` as a ``workload.env``
     value does the same and sets the variable to the file's path (docs/secrets.md)."""
+    mcp_servers: tuple[McpServerSpec, ...] = ()
+    """MCP servers the agent uses, registered when a task of it starts like ``symbi tools add`` would (a
+    conflicting registration of the same name refuses the task); their tools still need an operator's
+    approval (docs/tools.md)."""
 
 
 class ConfigIssue(msgspec.Struct, frozen=True):

@@ -14,6 +14,7 @@ from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 
 from symbi_contracts.lifecycle.config import AgentBudget, Messaging, PathAccess, ResourceLimits, Workload
+from symbi_contracts.tools.declarations import McpServerSpec
 
 AGGREGATE_TYPE = "task"
 
@@ -61,6 +62,8 @@ class TaskAssigned(Event, frozen=True, tag="task.assigned"):
     """The definition's secrets (names, never values): files in the sandbox when policy allows (docs/secrets.md)."""
     messaging: Messaging | None = None
     """The definition's bus limits and subscriptions (docs/bus.md); none: the host's defaults."""
+    mcp_servers: tuple[McpServerSpec, ...] = ()
+    """The definition's MCP servers: the sandbox-agent registers them before the task starts (docs/tools.md)."""
 
 
 class TaskPreempted(Event, frozen=True, tag="task.preempted"):

@@ -28,6 +28,13 @@ class ToolRefused(ToolError):
     code = "tool_refused"
 
 
+class ToolTierRefused(ToolRefused):
+    """The sandbox tier asked for is lower than the server's risk assessment (or not a tier); ``details`` carry
+    ``requested``, ``assessed`` and the ``factors`` that set the assessment."""
+
+    code = "tool_tier_refused"
+
+
 class ToolNotApproved(ToolError):
     """The tool is pending approval, blocked because its definition changed, or revoked."""
 

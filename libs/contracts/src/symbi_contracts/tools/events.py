@@ -22,7 +22,10 @@ Verification = str
 class ToolServerRegistered(Event, frozen=True, kw_only=True, tag="toolserver.registered"):
     """An operator registered an MCP server: an image (pinned by digest) + command speaking stdio, run in a
     sandbox without network, or a streamable-HTTP URL. ``domain`` is the SchemaPin domain its tools must be
-    signed for (from the operator, never from the server); empty means its tools are not signed."""
+    signed for (from the operator, never from the server); empty means its tools are not signed.
+
+    ``tier`` is the sandbox tier it runs in: the operator's ``requested_tier`` if given, never lower than the
+    risk assessment (``assessed_tier`` and the ``risk_factors`` that set it, docs/tools.md)."""
 
     server: str
     transport: Transport
@@ -34,6 +37,11 @@ class ToolServerRegistered(Event, frozen=True, kw_only=True, tag="toolserver.reg
     #: Environment of the server process: named explicitly, nothing inherited.
     env: dict[str, str] = msgspec.field(default_factory=dict)
     registered_by: str = ""
+    #: The tier the operator asked for ("" : the assessment's).
+    requested_tier: str = ""
+    assessed_tier: Literal["tier1", "tier2"] = "tier1"
+    #: What set the assessment: ``secrets_passed:<VAR>``, ``no_schemapin_domain``, ``network_granted`` …
+    risk_factors: tuple[str, ...] = ()
 
 
 class ToolSeen(Event, frozen=True, kw_only=True, tag="toolserver.tool_seen"):
@@ -86,6 +94,23 @@ class ToolListingRefused(Event, frozen=True, kw_only=True, tag="toolserver.listi
     reason: str
 
 
+class ToolServerTierRaised(Event, frozen=True, kw_only=True, tag="toolserver.tier_raised"):
+    """What the server listed raised its risk assessment (``flagged_tools:<server.tool>``): its sandbox is
+    started again in ``tier``."""
+
+    tier: Literal["tier1", "tier2"]
+    factors: tuple[str, ...] = ()
+
+
+class ToolServerRemoved(Event, frozen=True, kw_only=True, tag="toolserver.removed"):
+    """An operator removed the server: its connections are closed, its sandbox is gone and its tools are
+    unknown. Everything before this event is history only: registering the same name again starts fresh
+    (no tool approved, no key pinned)."""
+
+    removed_by: str = ""
+    reason: str = ""
+
+
 ToolServerEvent = (
     ToolServerRegistered
     | ToolSeen
@@ -94,6 +119,8 @@ ToolServerEvent = (
     | ToolRevoked
     | ToolKeyPinned
     | ToolListingRefused
+    | ToolServerTierRaised
+    | ToolServerRemoved
 )
 EVENT_TYPES: tuple[type[ToolServerEvent], ...] = (
     ToolServerRegistered,
@@ -103,5 +130,7 @@ EVENT_TYPES: tuple[type[ToolServerEvent], ...] = (
     ToolRevoked,
     ToolKeyPinned,
     ToolListingRefused,
+    ToolServerTierRaised,
+    ToolServerRemoved,
 )
 CODEC: EventCodec[ToolServerEvent] = EventCodec(list(EVENT_TYPES))

@@ -24,6 +24,8 @@ from symbi_contracts.tools.events import (
     ToolSeen,
     ToolServerEvent,
     ToolServerRegistered,
+    ToolServerRemoved,
+    ToolServerTierRaised,
 )
 
 Status = Literal["pending", "approved", "blocked", "revoked"]
@@ -58,6 +60,7 @@ class ToolRecord(msgspec.Struct, kw_only=True):
 
 class ServerState(msgspec.Struct, kw_only=True):
     server: str
+    #: As registered, with ``tier``, ``assessed_tier`` and ``risk_factors`` raised by what it listed since.
     registration: ToolServerRegistered | None = None
     key_fingerprint: str = ""
     tools: dict[str, ToolRecord] = msgspec.field(default_factory=dict)
@@ -106,7 +109,19 @@ class PinKey:
     fingerprint: str
 
 
-Command = ToolServerRegistered | Observe | Approve | Revoke | PinKey | RefuseListing
+@dataclass(frozen=True, slots=True)
+class RaiseTier:
+    tier: Literal["tier1", "tier2"]
+    factors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    by: str = ""
+    reason: str = ""
+
+
+Command = ToolServerRegistered | Observe | Approve | Revoke | PinKey | RefuseListing | RaiseTier | Remove
 
 
 class ToolServerAggregate:
@@ -118,10 +133,17 @@ class ToolServerAggregate:
         return ServerState(server=aggregate_id)
 
     def apply(self, state: ServerState, event: ToolServerEvent) -> ServerState:
+        if isinstance(event, ToolServerRemoved):
+            return self.initial(state.server)  # what came before is history: a new registration starts fresh
         tools = dict(state.tools)
         s = msgspec.structs.replace(state, tools=tools)
         if isinstance(event, ToolServerRegistered):
             s.registration = event
+        elif isinstance(event, ToolServerTierRaised) and s.registration is not None:
+            factors = tuple(dict.fromkeys((*s.registration.risk_factors, *event.factors)))
+            s.registration = msgspec.structs.replace(
+                s.registration, tier=event.tier, assessed_tier=event.tier, risk_factors=factors
+            )
         elif isinstance(event, ToolKeyPinned):
             s.key_fingerprint = event.fingerprint
         elif isinstance(event, ToolListingRefused):
@@ -152,11 +174,22 @@ class ToolServerAggregate:
         if isinstance(command, ToolServerRegistered):
             if state.registration is None:
                 return [command]
-            if state.registration == msgspec.structs.replace(command, registered_by=state.registration.registered_by):
+            if _configuration(state.registration) == _configuration(command):
                 return []
-            raise ToolRefused(f"server {state.server!r} is already registered with another configuration")
+            raise ToolRefused(
+                f"server {state.server!r} is already registered with another configuration (by "
+                f"{state.registration.registered_by or 'an operator'}); it is never merged: remove it first "
+                "(`symbi tools rm`) or use another name",
+                server=state.server,
+            )
         if state.registration is None:
             raise UnknownTool(f"no server named {state.server!r} is registered; add it with `symbi tools add`")
+        if isinstance(command, RaiseTier):
+            if state.registration.tier == command.tier:
+                return []
+            return [ToolServerTierRaised(tier=command.tier, factors=command.factors)]
+        if isinstance(command, Remove):
+            return [ToolServerRemoved(removed_by=command.by, reason=command.reason)]
         if isinstance(command, PinKey):
             if state.key_fingerprint == command.fingerprint:
                 return []
@@ -187,6 +220,12 @@ class ToolServerAggregate:
         if record.revoked:
             return []
         return [ToolRevoked(tool=command.tool, revoked_by=command.by, reason=command.reason)]
+
+
+def _configuration(reg: ToolServerRegistered) -> ToolServerRegistered:
+    """What the operator chose of a registration: who registered it and what was assessed (or raised since)
+    left out, so registering the same server again is no change."""
+    return msgspec.structs.replace(reg, registered_by="", tier="tier1", assessed_tier="tier1", risk_factors=())
 
 
 def _observe(state: ServerState, seen: Observe) -> list[ToolServerEvent]:

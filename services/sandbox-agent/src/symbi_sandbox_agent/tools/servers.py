@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -27,11 +26,12 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from symbi_contracts.tools.declarations import PINNED_IMAGE
 from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable, ToolTimeout
 from symbi_contracts.tools.events import ToolServerRegistered
 
-#: An image a server may run from: pinned by content, ``sha256:<id>`` or ``name@sha256:<digest>``.
-PINNED_IMAGE = re.compile(r"(?:[^\s@]+@)?sha256:[0-9a-f]{64}")
+from symbi_sandbox_agent.tools.url_egress import UrlEgress, checked_streams
+
 #: The runtime of each tier (the same ones the task sandboxes use).
 RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
 START_TIMEOUT_S = 60.0
@@ -40,13 +40,19 @@ REQUEST_TIMEOUT = -32001
 Transport = Callable[[], AbstractAsyncContextManager[Any]]
 
 
-def sandbox_command(reg: ToolServerRegistered, *, memory_mb: int = 256, pids: int = 128) -> list[str]:
-    """The ``docker run`` that runs a stdio server in its sandbox; refuses an image not pinned by digest."""
+def container_name(server: str) -> str:
+    """A fresh name for ``server``'s sandbox container (one per connection)."""
+    return f"symbi-tool-{server}-{uuid.uuid4().hex[:8]}"
+
+
+def sandbox_command(reg: ToolServerRegistered, *, name: str = "", memory_mb: int = 256, pids: int = 128) -> list[str]:
+    """The ``docker run`` that runs a stdio server in its sandbox container ``name``; refuses an image not
+    pinned by digest."""
     if not PINNED_IMAGE.fullmatch(reg.image):
         raise ToolRefused(f"server {reg.server!r}: image {reg.image!r} is not pinned by digest (sha256:…)")
     if not reg.command:
         raise ToolRefused(f"server {reg.server!r}: a stdio server needs a command")
-    name = f"symbi-tool-{reg.server}-{uuid.uuid4().hex[:8]}"
+    name = name or container_name(reg.server)
     args = ["docker", "run", "-i", "--rm", "--name", name, "--label", f"symbi.tool_server={reg.server}"]
     args += ["--network", "none", "--runtime", RUNTIMES[reg.tier], "--read-only", "--cap-drop", "ALL"]
     args += ["--security-opt", "no-new-privileges", "--user", "65534:65534", "--pids-limit", str(pids)]
@@ -57,13 +63,20 @@ def sandbox_command(reg: ToolServerRegistered, *, memory_mb: int = 256, pids: in
     return [*args, reg.image, *reg.command]
 
 
-def transport_for(reg: ToolServerRegistered, *, local: bool = False) -> Transport:
-    """How to reach ``reg``'s server; ``local`` runs a stdio command as a child of this process."""
+def transport_for(
+    reg: ToolServerRegistered, *, local: bool = False, container: str = "", egress: UrlEgress | None = None
+) -> Transport:
+    """How to reach ``reg``'s server; ``local`` runs a stdio command as a child of this process, else it runs
+    in the sandbox container ``container`` (a fresh name when empty). A URL is reached under ``egress``'s
+    address rules (None: unchecked, for development only)."""
     if reg.transport == "http":
         if not reg.url.startswith(("http://", "https://")):
             raise ToolRefused(f"server {reg.server!r}: {reg.url!r} is not an http(s) URL")
+        if egress is not None:
+            checked = egress
+            return lambda: checked_streams(reg.url, checked)
         return lambda: streamable_http_client(reg.url)
-    argv = list(reg.command) if local else sandbox_command(reg)
+    argv = list(reg.command) if local else sandbox_command(reg, name=container)
     if not argv:
         raise ToolRefused(f"server {reg.server!r}: a stdio server needs a command")
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(reg.env))
@@ -73,9 +86,21 @@ def transport_for(reg: ToolServerRegistered, *, local: bool = False) -> Transpor
 class McpConnection:
     """One open MCP client session to one server."""
 
-    def __init__(self, server: str, transport: Transport) -> None:
+    def __init__(
+        self,
+        server: str,
+        transport: Transport,
+        *,
+        registration: ToolServerRegistered | None = None,
+        container: str = "",
+    ) -> None:
         self.server = server
         self.transport = transport
+        #: The registration this connection was made for: another one (the server removed and added again,
+        #: perhaps through another daemon) means this connection is stale.
+        self.registration = registration
+        #: The sandbox container the server runs in ("" for a URL or a local child process).
+        self.container = container
         self.session: ClientSession | None = None
         #: Set when the server said its tool list changed; cleared by :meth:`list_tools`.
         self.changed = asyncio.Event()
@@ -145,12 +170,26 @@ class McpConnection:
             raise
 
     async def close(self) -> None:
-        """Close the session and stop the server; idempotent."""
+        """Close the session and stop the server, its sandbox container removed; idempotent."""
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, 10)
             self._task = None
+        if self.container:
+            await remove_container(self.container)
+            self.container = ""
+
+
+async def remove_container(name: str) -> None:
+    """Remove container ``name`` if it is still there (``docker run --rm`` normally has: closing the server's
+    stdin ends it; a server that ignores that is killed here)."""
+    proc = await asyncio.create_subprocess_exec(
+        "docker", "rm", "-f", name, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode and b"No such container" not in err and b"already in progress" not in err:
+        raise ToolServerUnavailable(f"could not remove the sandbox container {name}: {err.decode(errors='replace')}")
 
 
 @contextlib.asynccontextmanager

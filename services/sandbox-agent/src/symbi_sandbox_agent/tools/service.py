@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import mcp.types as mt
+import msgspec
 from schemapin.bundle import SchemaPinTrustBundle
 from symbi_common.aggregate import Repository
 from symbi_common.eventstore import EventStore
@@ -25,6 +26,7 @@ from symbi_contracts.tools.errors import (
     ToolNotApproved,
     ToolRefused,
     ToolResultTooLarge,
+    ToolServerUnavailable,
     ToolVerificationFailed,
     UnknownTool,
 )
@@ -40,13 +42,17 @@ from symbi_sandbox_agent.tools.registry import (
     Command,
     Observe,
     PinKey,
+    RaiseTier,
     RefuseListing,
+    Remove,
     Revoke,
     ServerState,
     ToolRecord,
 )
+from symbi_sandbox_agent.tools.risk import assess, chosen_tier, raised
 from symbi_sandbox_agent.tools.scan import scan
-from symbi_sandbox_agent.tools.servers import McpConnection, transport_for
+from symbi_sandbox_agent.tools.servers import McpConnection, container_name, transport_for
+from symbi_sandbox_agent.tools.url_egress import UrlEgress
 from symbi_sandbox_agent.tools.verify import signature_of, verify
 
 
@@ -126,12 +132,15 @@ class ToolService:
         *,
         limits: ToolLimits | None = None,
         local: bool = False,
+        egress: UrlEgress | None = None,
     ) -> None:
         self.registry = registry
         self.bundle = bundle
         self.limits = limits or ToolLimits()
         #: Run stdio servers as child processes instead of sandbox containers (development, benchmark).
         self.local = local
+        #: The address rules a server's URL is reached under (default: public addresses only).
+        self.egress = egress or UrlEgress()
         self.connections: dict[str, McpConnection] = {}
         self.definitions: dict[str, dict[str, dict[str, Any]]] = {}
         self.bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
@@ -139,13 +148,18 @@ class ToolService:
     # --- servers ---------------------------------------------------------------------------------------
 
     async def register(self, reg: ToolServerRegistered) -> ServerState:
-        """Record ``reg`` (refused if its name collides or its image is not pinned), start its server and
-        read its tools."""
+        """Record ``reg`` (refused if its name collides, its image is not pinned or its ``requested_tier`` is
+        below its risk assessment) in the tier assessed, start its server and read its tools."""
         try:
             check_server_name(reg.server, self.connections)
         except NameRefused as exc:
             raise ToolRefused(str(exc)) from None
         transport_for(reg, local=self.local)  # refuses an unpinned image or a bad URL before anything is recorded
+        if reg.transport == "http":
+            await self.egress.check_url(reg.server, reg.url)
+        assessment = assess(transport=reg.transport, image=reg.image, domain=reg.domain, env=reg.env)
+        tier = chosen_tier(reg.requested_tier, assessment, reg.server)
+        reg = msgspec.structs.replace(reg, tier=tier, assessed_tier=assessment.tier, risk_factors=assessment.factors)
         await self.registry.execute(reg.server, reg)
         return await self.attach(reg.server)
 
@@ -154,18 +168,57 @@ class ToolService:
         state = await self.registry.state(server, fresh=True)
         if state.registration is None:
             raise UnknownTool(f"no server named {server!r} is registered")
+        conn = self.connections.get(server)
+        if conn is not None and conn.registration != state.registration:
+            await self._drop(server)  # made for an earlier registration of the name
         if server not in self.connections:
-            conn = McpConnection(server, transport_for(state.registration, local=self.local))
+            reg = state.registration
+            sandboxed = reg.transport == "stdio" and not self.local
+            container = container_name(server) if sandboxed else ""
+            transport = transport_for(reg, local=self.local, container=container, egress=self.egress)
+            conn = McpConnection(server, transport, registration=reg, container=container)
             await conn.start()
             self.connections[server] = conn
         return await self.refresh(server)
+
+    async def remove(self, server: str, by: str = "", reason: str = "") -> list[str]:
+        """Remove ``server`` (recorded, naming the operator): its connection is closed, its sandbox container
+        removed, its tools unknown from now on. Returns the names of the tools it had."""
+        state = await self.registry.execute(server, Remove(by, reason))
+        before = sorted(self.definitions.get(server, {}))
+        await self._drop(server)
+        assert state.registration is None
+        return [qualified(server, tool) for tool in before]
+
+    async def _drop(self, server: str) -> None:
+        self.definitions.pop(server, None)
+        conn = self.connections.pop(server, None)
+        if conn is not None:
+            await conn.close()
+
+    async def _current(self, server: str, *, fresh: bool = False) -> ServerState:
+        """``server``'s state, its connection dropped if the server was removed since (through any daemon) and
+        made again if it was registered anew: raises :class:`UnknownTool` for a server no longer registered."""
+        state = await self.registry.state(server, fresh=fresh)
+        conn = self.connections.get(server)
+        if state.registration is None:
+            await self._drop(server)
+            raise UnknownTool(f"tool server {server!r} was removed")
+        if conn is not None and conn.registration != state.registration:
+            state = await self.attach(server)
+        return state
 
     async def refresh(self, server: str) -> ServerState:
         """Read ``server``'s tools from the server and record what changed."""
         conn = self._connection(server)
         listed = await conn.list_tools()
         state = await self.registry.state(server, fresh=True)
-        assert state.registration is not None
+        if state.registration is None:
+            await self._drop(server)  # removed meanwhile (through any daemon): what it listed is no longer its
+            raise UnknownTool(f"tool server {server!r} was removed")
+        if state.registration != conn.registration:
+            await self._drop(server)  # registered anew through another daemon: connect to that registration
+            return await self.attach(server)
         try:
             names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
         except NameRefused as exc:
@@ -201,6 +254,20 @@ class ToolService:
             state = await self.registry.execute(server, observed)
             definitions[name] = definition
         self.definitions[server] = definitions
+        return await self._reassess(server, conn, state)
+
+    async def _reassess(self, server: str, conn: McpConnection, state: ServerState) -> ServerState:
+        """Raise the server's tier if it listed flagged tools; a sandboxed server is started again in it."""
+        assert state.registration is not None
+        flagged = [qualified(server, t) for t, r in state.tools.items() if r.flags and t in self.definitions[server]]
+        bump = raised(state.registration.tier, flagged)
+        if bump is None:
+            return state
+        state = await self.registry.execute(server, RaiseTier(bump.tier, bump.factors))
+        if conn.container:
+            await self._drop(server)
+            return await self.attach(server)
+        conn.registration = state.registration  # a URL or a local child: no sandbox to move
         return state
 
     async def approve(self, name: str, pin: str = "", by: str = "") -> ToolRecord:
@@ -219,12 +286,12 @@ class ToolService:
         """Every tool of every connected server (re-read from the servers first when ``refresh``)."""
         out = []
         for server in sorted(self.connections):
-            if refresh:
-                try:
+            try:
+                if refresh:
                     await self.refresh(server)
-                except ToolRefused:
-                    continue
-            state = await self.registry.state(server)
+                state = await self._current(server)
+            except (ToolRefused, UnknownTool):
+                continue
             for tool, definition in sorted(self.definitions.get(server, {}).items()):
                 record = state.tools.get(tool)
                 if record is None or (callable_only and not record.callable):
@@ -251,13 +318,12 @@ class ToolService:
             server, tool = split(name)
         except NameRefused as exc:
             raise UnknownTool(str(exc)) from None
-        conn = self.connections.get(server)
-        if conn is None:
+        if server not in self.connections:
             raise UnknownTool(f"no connected tool server named {server!r}")
-        if conn.changed.is_set():
+        state = await self._current(server)
+        if self.connections[server].changed.is_set():
             with contextlib.suppress(ToolRefused):  # a colliding listing leaves nothing callable
-                await self.refresh(server)
-        state = await self.registry.state(server)
+                state = await self.refresh(server)
         record = state.tools.get(tool)
         if record is None or tool not in self.definitions.get(server, {}):
             raise UnknownTool(f"server {server!r} lists no tool {tool!r}")
@@ -307,5 +373,6 @@ class ToolService:
 
     async def close(self) -> None:
         for conn in list(self.connections.values()):
-            await conn.close()
+            with contextlib.suppress(ToolServerUnavailable):  # one container that will not go holds up no other
+                await conn.close()
         self.connections.clear()

@@ -14,6 +14,7 @@ from symbi_common.streams import EVENTS_STREAM
 
 from symbi_sandbox_agent.tools.limits import ToolLimits
 from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.url_egress import UrlEgress
 from symbi_sandbox_agent.tools.verify import empty_bundle, load_bundle
 
 log = structlog.get_logger(__name__)
@@ -33,7 +34,7 @@ def tool_service(rt: ServiceRuntime, settings: SandboxSettings) -> ToolService:
         rate_per_s=settings.tools_rate_per_s,
         burst=max(1, int(2 * settings.tools_rate_per_s)),
     )
-    return ToolService(StoredRegistry(rt.store), bundle, limits=limits)
+    return ToolService(StoredRegistry(rt.store), bundle, limits=limits, egress=UrlEgress.of(rt.settings.egress))
 
 
 async def registered_servers(js: Any) -> list[str]:
@@ -50,6 +51,8 @@ async def attach_all(rt: ServiceRuntime, tools: ToolService) -> None:
         return
     for server in servers:
         try:
+            if (await tools.registry.state(server, fresh=True)).registration is None:
+                continue  # removed: its stream is history only
             await tools.attach(server)
         except (SymbiError, OSError) as exc:
             log.warning("tool server not connected", server=server, error=repr(exc))
