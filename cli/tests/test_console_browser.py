@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -91,6 +91,43 @@ class Console:
         self.wait("logged in", lambda d: d.find_elements(By.ID, "whoami"))
 
 
+class ConsoleProcess:
+    """``symbi console`` as a child process on a fixed port, which the test can restart."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str] | None, log: Path, url: str) -> None:
+        self.argv, self.env, self.log, self.url = argv, env, log, url
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/login", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, f"the console exited; see {self.log}"
+            time.sleep(0.2)
+        raise AssertionError(f"the console did not answer within 60 s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # an open event stream may hold uvicorn's graceful exit: then kill it
+        try:
+            self.proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 def tamper(export: Path) -> Path:
     """A copy of ``export`` with one byte of its first event's sealed data changed."""
     lines = export.read_text().splitlines()
@@ -111,6 +148,7 @@ def _drive(
     exported: Callable[[Path], Path],
     revocable: tuple[str, OperatorClaims],
     revoke: Callable[[str], None],
+    restart: Callable[[], None],
 ) -> dict[str, float]:
     c, d, times = console, console.d, {}
     t0 = time.monotonic()
@@ -149,6 +187,13 @@ def _drive(
     c.open("/tasks")
     assert task_id in c.text("tasks-finished")
     c.shot("tasks")
+
+    # Restarting the console logs nobody out: the session is sealed on disk under the console's key.
+    restart()
+    c.open("/agents")
+    assert "/login" not in d.current_url
+    assert c.text("role") == "admin"
+    times["restart_s"] = time.monotonic() - t0
     c.open("/agents")
     row = next(r for r in d.find_elements(By.CSS_SELECTOR, "#agents tr") if "hello-agent" in r.text)
     assert "tier1" in row.text
@@ -258,24 +303,14 @@ async def test_console_in_a_real_browser(
     rt = LocalRuntime(runtime_options)
     port = _free_port()
     started = time.monotonic()
-    console = None
+    console: ConsoleProcess | None = None
     try:
         await rt.start()
         await rt.wait_ready(timeout=90)
-        with (tmp_path / "console.log").open("wb") as log:  # the child keeps its own copy of the descriptor
-            console = await asyncio.create_subprocess_exec(
-                symbi_exe, "console", "--home", str(runtime_home), "--port", str(port),
-                env=runtime_options.env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as http:
-            for _ in range(100):
-                try:
-                    if (await http.get(url + "/login")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
+        argv = [symbi_exe, "console", "--home", str(runtime_home), "--port", str(port)]
+        console = ConsoleProcess(argv, runtime_options.env, tmp_path / "console.log", url)
+        await asyncio.to_thread(console.start)
         admin = (runtime_home / "operator.token").read_text().strip()
 
         def export(where: Path) -> Path:
@@ -302,7 +337,7 @@ async def test_console_in_a_real_browser(
         driven = Console(browser, url, shots)
         try:
             times = await asyncio.to_thread(
-                _drive, driven, tmp_path / "downloads", admin, auditor, export, revocable, revoke
+                _drive, driven, tmp_path / "downloads", admin, auditor, export, revocable, revoke, console.restart
             )
         except Exception:
             driven.shot("failure")
@@ -316,10 +351,5 @@ async def test_console_in_a_real_browser(
         print("console browser test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     finally:
         if console is not None:
-            console.terminate()  # an open event stream may hold uvicorn's graceful exit: then kill it
-            try:
-                await asyncio.wait_for(console.wait(), timeout=5)
-            except TimeoutError:
-                console.kill()
-                await console.wait()
+            await asyncio.to_thread(console.stop)
         await rt.stop()

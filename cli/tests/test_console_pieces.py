@@ -111,10 +111,12 @@ def test_agent_risk_uses_the_schedulers_rules() -> None:
     assert agent_risk(None) is None
 
 
-def test_sessions_take_the_role_from_a_verified_token(keys_dir: Path, issue_operator_token: Callable[..., str]) -> None:
-    sessions = Sessions(keys_dir)
+def test_sessions_take_the_role_from_a_verified_token(
+    keys_dir: Path, tmp_path: Path, issue_operator_token: Callable[..., str]
+) -> None:
+    sessions = Sessions(keys_dir, tmp_path / "console")
     sid, auditor = sessions.login(issue_operator_token(role="auditor", name="ada"))
-    assert sessions.get(sid) is auditor
+    assert sessions.get(sid) == auditor
     assert auditor.claims.role == "auditor"
     assert not auditor.can_change
     with pytest.raises(Forbidden, match="read-only"):
@@ -130,8 +132,8 @@ def test_sessions_take_the_role_from_a_verified_token(keys_dir: Path, issue_oper
     assert sessions.get(sid) is None
 
 
-def test_sessions_refuse_a_token_of_another_issuer_or_garbage(keys_dir: Path) -> None:
-    sessions = Sessions(keys_dir)
+def test_sessions_refuse_a_token_of_another_issuer_or_garbage(keys_dir: Path, tmp_path: Path) -> None:
+    sessions = Sessions(keys_dir, tmp_path / "console")
     foreign, _ = issue_token(Signer.generate(), name="mallory", role="admin", ttl_s=60)
     with pytest.raises(LoginRefused, match="not an operator issuer"):
         sessions.login(foreign)

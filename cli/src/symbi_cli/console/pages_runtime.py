@@ -103,6 +103,7 @@ async def cancel(task_id: str, c: CtxDep, csrf: Annotated[str, Form()] = "") -> 
 @router.get("/run", response_class=HTMLResponse)
 async def run_form(c: CtxDep) -> Response:
     c.writer()
+    await c.probe()
     return c.page("run.html", definition=DEFAULT_DEFINITION)
 
 
