@@ -185,7 +185,9 @@ def _drive(
 
     # The queues: the task among the finished ones; the agent in the list with its tier, host and risk.
     c.open("/tasks")
-    assert task_id in c.text("tasks-finished")
+    assert task_id in c.text("tasks-finished")  # from the scheduler's GET /v1/tasks?state=finished
+    assert c.text("count-finished").startswith("1 of 1")
+    assert c.text("count-queued") == "0 of 0"
     c.shot("tasks")
 
     # Restarting the console logs nobody out: the session is sealed on disk under the console's key.

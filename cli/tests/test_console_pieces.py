@@ -1,4 +1,4 @@
-"""The console's pure pieces: the inclusion path it folds itself, the what-if diff, the task queues, and its
+"""The console's pure pieces: the inclusion path it folds itself, the what-if diff, risk, and its
 sessions (role from a verified token; a read-only role or a missing CSRF token refused)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from symbi_cli.console.pages_hosts import load_numbers
 from symbi_cli.console.sessions import Forbidden, LoginRefused, Sessions, require_change
-from symbi_cli.console.views import agent_risk, group_tasks, inclusion_path, what_if_diff
+from symbi_cli.console.views import agent_risk, inclusion_path, what_if_diff
 from symbi_common.crypto import Signer
 from symbi_common.operator_tokens import issue_token
 from symbi_tlog.merkle import inclusion_ranges, leaf_hash, subtree_hash
@@ -81,22 +81,6 @@ def test_what_if_diff_splits_new_denials_and_new_allows() -> None:
     assert [r["action"] for r in diff["now_allow"]] == ["memory.write"]
     assert [r["action"] for r in diff["other"]] == ["agent.register"]
     assert diff["now_deny"][0]["principal"] == 'Agent::"a1"'
-
-
-def test_tasks_are_grouped_queued_by_priority_running_finished() -> None:
-    tasks = [
-        {"task_id": "low", "priority": "low", "status": "queued", "submitted_at": 1},
-        {"task_id": "crit", "priority": "critical", "status": "queued", "submitted_at": 5},
-        {"task_id": "n2", "priority": "normal", "status": "queued", "submitted_at": 4},
-        {"task_id": "n1", "priority": "normal", "status": "queued", "submitted_at": 2},
-        {"task_id": "run", "priority": "normal", "status": "running", "submitted_at": 0},
-        {"task_id": "old", "priority": "normal", "status": "completed", "finished_at": 10},
-        {"task_id": "new", "priority": "normal", "status": "failed", "finished_at": 20},
-    ]
-    groups = group_tasks(tasks)
-    assert [t["task_id"] for t in groups["queued"]] == ["crit", "n1", "n2", "low"]
-    assert [t["task_id"] for t in groups["running"]] == ["run"]
-    assert [t["task_id"] for t in groups["finished"]] == ["new", "old"]
 
 
 def test_agent_risk_uses_the_schedulers_rules() -> None:

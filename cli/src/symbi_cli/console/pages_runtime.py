@@ -9,8 +9,8 @@ from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from symbi_cli.console.app import Ctx, CtxDep
-from symbi_cli.console.reads import audit_events, host_of, recent_tasks
-from symbi_cli.console.views import FINISHED, agent_risk, group_tasks, task_usage
+from symbi_cli.console.reads import audit_events, host_of, recent_tasks, task_groups
+from symbi_cli.console.views import FINISHED, agent_risk, task_usage
 
 router = APIRouter()
 
@@ -36,7 +36,7 @@ async def home() -> Response:
 async def agents(c: CtxDep) -> Response:
     page = await c.services.get("lifecycle", "/v1/agents", limit=200)
     latest: dict[str, dict[str, Any]] = {}
-    for task in await recent_tasks(c.services):
+    for task in await recent_tasks(c.services, newest=1000):
         latest[task["agent_id"]] = task  # oldest first: the last one wins
     rows = [{"agent": a, "risk": agent_risk(a.get("config")), "task": latest.get(a["id"])} for a in page["items"]]
     return c.page("agents.html", rows=rows)
@@ -64,7 +64,7 @@ async def tasks_live(c: CtxDep) -> Response:
 
 async def _tasks(c: Ctx) -> dict[str, Any]:
     status = await c.services.get("scheduler", "/v1/status")
-    return {"groups": group_tasks(await recent_tasks(c.services)), "status": status}
+    return {"groups": await task_groups(c.services), "status": status}
 
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)

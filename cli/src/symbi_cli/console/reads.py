@@ -24,21 +24,23 @@ async def audit_events(services: Services, *, newest: int = 50, **filters: Any) 
     return rows
 
 
+#: The task groups of the tasks page, as the scheduler's ``GET /v1/tasks`` names its states.
+TASK_STATES = ("queued", "running", "finished")
+
+
 async def recent_tasks(services: Services, newest: int = 50) -> list[dict[str, Any]]:
-    """The scheduler's view of the tasks most recently submitted (found through their audit events)."""
-    submitted = await audit_events(services, newest=newest, event_type="task.submitted")
+    """The ``newest`` tasks most recently submitted, oldest first (the scheduler's list of every task)."""
+    page = await services.get("scheduler", "/v1/tasks", limit=1000)
+    tasks: list[dict[str, Any]] = sorted(page["items"], key=lambda t: t.get("submitted_at") or 0)
+    return tasks[-newest:]
 
-    async def one(task_id: str) -> dict[str, Any] | None:
-        try:
-            task: dict[str, Any] = await services.get("scheduler", f"/v1/tasks/{task_id}")
-            return task
-        except ServiceCallFailed as exc:
-            if exc.status == 404:
-                return None
-            raise
 
-    found = await asyncio.gather(*(one(e["aggregate_id"]) for e in submitted))
-    return [t for t in found if t is not None]
+async def task_groups(services: Services, limit: int = 50) -> dict[str, dict[str, Any]]:
+    """Queued (by priority), running and finished (newest first) tasks, as the scheduler orders them."""
+    pages = await asyncio.gather(
+        *(services.get("scheduler", "/v1/tasks", state=state, limit=limit) for state in TASK_STATES)
+    )
+    return dict(zip(TASK_STATES, pages, strict=True))
 
 
 async def host_of(services: Services) -> dict[str, Any] | None:

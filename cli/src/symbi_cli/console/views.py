@@ -14,8 +14,6 @@ from typing import Any
 from symbi_contracts.sandbox_agent.risk import assess, factors_for_agent
 from symbi_tlog.merkle import inclusion_ranges, node_hash, verify_inclusion
 
-#: Scheduling order of the queues (highest first), as the scheduler serves them.
-PRIORITIES = ("critical", "high", "normal", "low")
 FINISHED = frozenset({"completed", "failed", "cancelled", "killed"})
 
 
@@ -42,17 +40,6 @@ def agent_risk(config: dict[str, Any] | None, default_tier: str = "tier1") -> Ri
     except Exception:  # an invalid definition: its agent is Failed and never runs
         a = assess(factors, default_tier=default_tier)
     return RiskView(score=round(a.score, 3), tier=a.tier, factors=dict(a.factors))
-
-
-def group_tasks(tasks: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Queued (by priority, then age), running, finished (newest first)."""
-    rank = {p: i for i, p in enumerate(PRIORITIES)}
-    queued = [t for t in tasks if t.get("status") in ("queued", "submitted", "paused")]
-    queued.sort(key=lambda t: (rank.get(str(t.get("priority")), 9), t.get("submitted_at") or 0))
-    finished = [t for t in tasks if t.get("status") in FINISHED]
-    finished.sort(key=lambda t: -(t.get("finished_at") or 0))
-    running = [t for t in tasks if t not in queued and t not in finished]
-    return {"queued": queued, "running": running, "finished": finished}
 
 
 def task_usage(task: dict[str, Any], agent: dict[str, Any] | None, host: dict[str, Any] | None) -> dict[str, Any]:
