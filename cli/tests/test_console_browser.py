@@ -161,17 +161,36 @@ def _drive(
     tail_tab = d.current_window_handle
     d.switch_to.new_window("tab")
     c.open("/run")
+    # A workload that says something, waits, then says more: the first line must reach the page while it runs.
+    d.execute_script(
+        "arguments[0].value = arguments[0].value.replace('echo hello $name', 'echo hello $name; sleep 6; echo bye $name')",
+        d.find_element(By.ID, "definition"),
+    )
     d.find_element(By.ID, "input").clear()
     d.find_element(By.ID, "input").send_keys("browser")
     d.find_element(By.ID, "run").click()
     c.wait("the task page", lambda d: "/tasks/" in d.current_url)
     task_id = d.current_url.rsplit("/", 1)[1]
+    d.execute_script("window.sameDocument = true")
+    assert not d.find_elements(By.CSS_SELECTOR, "[hx-trigger]")  # nothing polls: the page is fed by its stream
     c.shot("task-live")
-    # htmx polls the task fragment: the status changes on this page without a reload.
+    # The output is streamed (Server-Sent Events): the first line arrives while the task still runs.
+    status_at_first_line = c.wait(
+        "the first line streamed",
+        lambda d: "hello browser" in d.find_element(By.ID, "stdout").text and c.text("task-status"),
+    )
+    assert status_at_first_line not in ("completed", "cancelled"), status_at_first_line
+    assert "bye browser" not in c.text("stdout")
+    c.shot("task-streaming")
     c.wait("the task finishes live", lambda d: d.find_element(By.ID, "task-status").text == "completed")
     assert c.text("task-outcome") == "succeeded"
-    c.wait("its output", lambda d: "hello browser" in d.find_element(By.ID, "stdout").text)
-    assert d.execute_script("return document.querySelectorAll('canvas.chart[data-drawn]').length") == 3
+    c.wait("its last line", lambda d: "bye browser" in d.find_element(By.ID, "stdout").text)
+    assert d.execute_script("return window.sameDocument === true")  # no reload: the stream changed the page
+    assert int(d.find_element(By.ID, "task-live").get_attribute("data-streamed") or 0) >= 3
+    c.wait(
+        "the charts drawn",
+        lambda d: d.execute_script("return document.querySelectorAll('canvas.chart[data-drawn]').length") == 3,
+    )
     times["run_to_finish_s"] = time.monotonic() - t0
     c.shot("task-finished")
 
@@ -348,7 +367,7 @@ async def test_console_in_a_real_browser(
         reports = list((tmp_path / "downloads").glob("symbi-sox-report*.csv"))
         assert reports, f"no report downloaded to {tmp_path / 'downloads'}"
         assert reports[0].read_text().strip()
-        assert len(list(shots.glob("*.png"))) >= 13
+        assert len(list(shots.glob("*.png"))) >= 14
         times["total_s"] = time.monotonic() - started
         print("console browser test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     finally:

@@ -137,9 +137,10 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         response.delete_cookie(COOKIE)
         return response
 
-    from symbi_cli.console import pages_audit, pages_hosts, pages_policy, pages_runtime
+    from symbi_cli.console import pages_audit, pages_hosts, pages_policy, pages_runtime, pages_task
 
     app.include_router(pages_runtime.router)
+    app.include_router(pages_task.router)
     app.include_router(pages_audit.router)
     app.include_router(pages_policy.router)
     app.include_router(pages_hosts.router)

@@ -1,16 +1,15 @@
-"""Agents, tasks and running the main job."""
+"""Agents, the task lists and running the main job (one task's page: :mod:`symbi_cli.console.pages_task`)."""
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from symbi_cli.console.app import Ctx, CtxDep
-from symbi_cli.console.reads import audit_events, host_of, recent_tasks, task_groups
-from symbi_cli.console.views import FINISHED, agent_risk, task_usage
+from symbi_cli.console.reads import audit_events, recent_tasks, task_groups
+from symbi_cli.console.views import agent_risk
 
 router = APIRouter()
 
@@ -65,39 +64,6 @@ async def tasks_live(c: CtxDep) -> Response:
 async def _tasks(c: Ctx) -> dict[str, Any]:
     status = await c.services.get("scheduler", "/v1/status")
     return {"groups": await task_groups(c.services), "status": status}
-
-
-@router.get("/tasks/{task_id}", response_class=HTMLResponse)
-async def task(task_id: str, c: CtxDep) -> Response:
-    return c.page("task.html", **(await _task(c, task_id)))
-
-
-@router.get("/tasks/{task_id}/live", response_class=HTMLResponse)
-async def task_live(task_id: str, c: CtxDep) -> Response:
-    return c.page("task_live.html", **(await _task(c, task_id)))
-
-
-async def _task(c: Ctx, task_id: str) -> dict[str, Any]:
-    view = await c.services.get("scheduler", f"/v1/tasks/{task_id}")
-    out = await c.services.get("scheduler", f"/v1/tasks/{task_id}/output", stream="stdout", after=0)
-    err = await c.services.get("scheduler", f"/v1/tasks/{task_id}/output", stream="stderr", after=0)
-    agent = await c.services.get("lifecycle", f"/v1/agents/{view['agent_id']}")
-    return {
-        "task": view,
-        "finished": view.get("status") in FINISHED,
-        "stdout": base64.b64decode(out["data_base64"]).decode(errors="replace"),
-        "stderr": base64.b64decode(err["data_base64"]).decode(errors="replace"),
-        "usage": task_usage(view, agent, await host_of(c.services)),
-    }
-
-
-@router.post("/tasks/{task_id}/cancel")
-async def cancel(task_id: str, c: CtxDep, csrf: Annotated[str, Form()] = "") -> Response:
-    c.change(csrf)
-    await c.services.post(
-        "scheduler", f"/v1/tasks/{task_id}/cancel", {"reason": f"cancelled in the console by {c.session.claims.sub}"}
-    )
-    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
 
 
 @router.get("/run", response_class=HTMLResponse)
