@@ -17,10 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from symbi_cli.console.services import service_urls
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.operator_tokens import (
     OperatorClaims,
+    bearer_header,
     default_operator_dir,
     issue_local_token,
     issue_token,
@@ -149,6 +151,7 @@ def _drive(
     revocable: tuple[str, OperatorClaims],
     revoke: Callable[[str], None],
     restart: Callable[[], None],
+    remember: Callable[[str, str], None],
 ) -> dict[str, float]:
     c, d, times = console, console.d, {}
     t0 = time.monotonic()
@@ -223,6 +226,8 @@ def _drive(
 
     # The agent's timeline: every event in the audit log with the audit service's verdict.
     c.open(f"/tasks/{task_id}")
+    agent_id = d.find_element(By.ID, "task-agent").text
+    remember(agent_id, "prefers short greetings")  # a memory of its own, stored through the context API
     d.find_element(By.ID, "task-agent").click()
     c.wait("the timeline", lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline .tl-event"))
     c.wait(
@@ -237,6 +242,15 @@ def _drive(
     assert types[:2] == ["agent.registered", "agent.ready"]
     assert "agent.task_completed" in types
     c.shot("agent-timeline")
+    # Its memory (the context service's list, decided there) and its messages (its audit trail's bus actions).
+    c.wait(
+        "its memory listed",
+        lambda d: "prefers short greetings" in d.find_element(By.ID, "memories").text or d.refresh(),
+    )
+    assert "long_term" in c.text("memories")
+    assert d.find_elements(By.CSS_SELECTOR, "#messages tr")  # this agent used no bus: "none you may see"
+    d.execute_script("document.getElementById('agent-memory').scrollIntoView()")
+    c.shot("agent-memory-messages")
 
     # An inclusion proof, folded by the console up to the root of a checkpoint it verified itself.
     links = d.find_elements(By.CSS_SELECTOR, "#timeline a.proof-link")
@@ -353,12 +367,28 @@ async def test_console_in_a_real_browser(
                 env=runtime_options.env, check=True, capture_output=True, timeout=60,
             )  # fmt: skip
 
+        context_url = service_urls(runtime_home, None)["context"]
+
+        def remember(agent_id: str, text: str) -> None:
+            body = {"agent_id": agent_id, "memories": [{"kind": "long_term", "text": text}]}
+            r = httpx.post(context_url + "/v1/memories", json=body, headers=bearer_header(admin), timeout=60)
+            assert r.status_code == 201, r.text
+
         shots = tmp_path / "screenshots"
         print(f"console screenshots: {shots}")
         driven = Console(browser, url, shots)
         try:
             times = await asyncio.to_thread(
-                _drive, driven, tmp_path / "downloads", admin, auditor, export, revocable, revoke, console.restart
+                _drive,
+                driven,
+                tmp_path / "downloads",
+                admin,
+                auditor,
+                export,
+                revocable,
+                revoke,
+                console.restart,
+                remember,
             )
         except Exception:
             driven.shot("failure")
@@ -367,7 +397,7 @@ async def test_console_in_a_real_browser(
         reports = list((tmp_path / "downloads").glob("symbi-sox-report*.csv"))
         assert reports, f"no report downloaded to {tmp_path / 'downloads'}"
         assert reports[0].read_text().strip()
-        assert len(list(shots.glob("*.png"))) >= 14
+        assert len(list(shots.glob("*.png"))) >= 15
         times["total_s"] = time.monotonic() - started
         print("console browser test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     finally:

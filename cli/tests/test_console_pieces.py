@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from symbi_cli.console.pages_hosts import load_numbers
 from symbi_cli.console.sessions import Forbidden, LoginRefused, Sessions, require_change
-from symbi_cli.console.views import agent_risk, inclusion_path, what_if_diff
+from symbi_cli.console.views import agent_messages, agent_risk, inclusion_path, what_if_diff
 from symbi_common.crypto import Signer
 from symbi_common.operator_tokens import issue_token
 from symbi_tlog.merkle import inclusion_ranges, leaf_hash, subtree_hash
@@ -148,3 +148,30 @@ def test_load_numbers_from_the_scheduler_status() -> None:
     assert numbers["hosts"] == [
         {"host_id": "h1", "cpu_used": 0.5, "cpu": 2.0, "memory_used_mb": 256, "memory_mb": 1024.0, "tasks": 1}
     ]
+
+
+def test_agent_messages_shows_bus_actions_and_counts_what_is_withheld() -> None:
+    def row(seq: int, payload: dict[str, object] | None, *, withheld: bool = False) -> dict[str, object]:
+        base: dict[str, object] = {"sequence": seq, "occurred_at": "2026-01-01T00:00:00", "aggregate_id": "t1"}
+        if withheld:
+            return {**base, "details": None, "details_withheld": True}
+        return {**base, "details": {"erased": payload is None, "payload": payload}}
+
+    send = {
+        "action": "message.send",
+        "resource": 'Agent::"summariser"',
+        "outcome": "allowed",
+        "detail": "m-1",
+        "context": {"classification": "internal"},
+        "decision": {"effect": "allow", "policies": ["bus-ok"]},
+    }
+    receive = {"action": "message.receive", "resource": "inbox", "outcome": "allowed", "detail": "m-7<writer"}
+    tool = {"action": "tool.invoke", "resource": "search", "outcome": "allowed"}
+    view = agent_messages([row(3, send), row(5, tool), row(8, receive), row(9, None, withheld=True), row(11, None)])
+    assert [m["sequence"] for m in view.messages] == [8, 3]  # newest first, messages only
+    assert view.messages[1]["peer"] == 'Agent::"summariser"'
+    assert view.messages[1]["classification"] == "internal"
+    assert view.messages[1]["effect"] == "allow"
+    assert view.messages[0]["detail"] == "m-7<writer"
+    assert view.withheld == 1  # its payload stays withheld: not guessed at, only counted
+    assert view.unreadable == 1

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from symbi_cli.console.app import Ctx, CtxDep
-from symbi_cli.console.reads import audit_events, recent_tasks, task_groups
-from symbi_cli.console.views import agent_risk
+from symbi_cli.console.reads import agent_actions, agent_memories, audit_events, recent_tasks, task_groups
+from symbi_cli.console.views import agent_messages, agent_risk
 
 router = APIRouter()
 
@@ -48,7 +48,17 @@ async def agent(agent_id: str, c: CtxDep) -> Response:
     audited = {e["sequence"]: e for e in await audit_events(c.services, newest=1000, agent=agent_id)}
     timeline = [{"event": h, "audit": audited.get(h["sequence"])} for h in history]
     related = [e for seq, e in sorted(audited.items()) if e["aggregate_type"] != "agent"]
-    return c.page("agent.html", agent=view, timeline=timeline, related=related, risk=agent_risk(view.get("config")))
+    memories = await agent_memories(c.services, agent_id)
+    messages = agent_messages(await agent_actions(c.services, agent_id, c.session.claims.sub))
+    return c.page(
+        "agent.html",
+        agent=view,
+        timeline=timeline,
+        related=related,
+        risk=agent_risk(view.get("config")),
+        memories=memories,
+        messages=messages,
+    )
 
 
 @router.get("/tasks", response_class=HTMLResponse)

@@ -52,3 +52,31 @@ async def host_of(services: Services) -> dict[str, Any] | None:
         if exc.status in (0, 404):
             return None
         raise
+
+
+async def agent_memories(services: Services, agent_id: str, limit: int = 50) -> dict[str, Any]:
+    """The agent's own memories as the context service lists them to it (``memory.read`` decided there);
+    ``{"error": …}`` when the context service refuses or cannot be reached (a 401 still ends the session)."""
+    try:
+        page: dict[str, Any] = await services.get("context", "/v1/memories", agent_id=agent_id, limit=limit)
+        return page
+    except ServiceCallFailed as exc:
+        if exc.status == 401:
+            raise
+        return {"error": str(exc), "items": [], "total": 0}
+
+
+async def agent_actions(services: Services, agent_id: str, operator: str, newest: int = 200) -> list[dict[str, Any]]:
+    """The agent's gateway actions (``execution.action`` events) with their payloads where the policy lets this
+    operator read them (``data.read``, decided by the audit service for the operator itself, never as the agent)."""
+    latest = await audit_events(services, newest=newest, agent=agent_id, event_type="execution.action")
+    if not latest:
+        return []
+    # Details only for the newest ones: the page that starts just before the first of them.
+    after = int(latest[0]["sequence"]) - 1
+    params = {"agent": agent_id, "event_type": "execution.action", "details": "true", "after": after, "limit": newest}
+    response = await services.call(
+        "audit", "GET", "/v1/audit/events", params=params, headers={"X-Symbi-Principal": operator}
+    )
+    rows: list[dict[str, Any]] = response.json()["items"]
+    return rows

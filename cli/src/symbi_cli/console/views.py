@@ -59,6 +59,51 @@ def task_usage(task: dict[str, Any], agent: dict[str, Any] | None, host: dict[st
 
 
 @dataclass(frozen=True)
+class MessageView:
+    """The bus traffic of one agent that its audit trail shows this operator."""
+
+    messages: list[dict[str, Any]]
+    #: Gateway actions whose payload the policy withholds from this operator (messages among them or not).
+    withheld: int
+    #: Actions whose payload was crypto-shredded (erased) or could not be opened.
+    unreadable: int
+
+
+def agent_messages(rows: list[dict[str, Any]]) -> MessageView:
+    """The ``message.*`` actions among an agent's ``execution.action`` events (audit rows with details), newest
+    first: who it sent to or received from, the decision and outcome. Bodies are never in the audit trail."""
+    messages, withheld, unreadable = [], 0, 0
+    for row in rows:
+        if row.get("details_withheld"):
+            withheld += 1
+            continue
+        payload = (row.get("details") or {}).get("payload")
+        if not isinstance(payload, dict):
+            unreadable += 1
+            continue
+        action = str(payload.get("action", ""))
+        if not action.startswith("message."):
+            continue
+        decision = payload.get("decision") or {}
+        messages.append(
+            {
+                "sequence": row.get("sequence"),
+                "at": row.get("occurred_at"),
+                "task_id": row.get("aggregate_id"),
+                "action": action,
+                "peer": payload.get("resource", ""),
+                "outcome": payload.get("outcome", ""),
+                "detail": payload.get("detail", ""),
+                "classification": (payload.get("context") or {}).get("classification", ""),
+                "effect": decision.get("effect", ""),
+                "policies": decision.get("policies", []),
+            }
+        )
+    messages.sort(key=lambda m: -(m["sequence"] or 0))
+    return MessageView(messages, withheld, unreadable)
+
+
+@dataclass(frozen=True)
 class PathStep:
     """One step up the tree: the node reached so far, the sibling it is hashed with, and the parent."""
 
