@@ -80,8 +80,8 @@ async def _follow_feed(c: Ctx, task_id: str, wake: asyncio.Queue[str | None]) ->
                     wake.put_nowait(str(item.get("event_type")))
             elif line.startswith(b"event: overflow"):
                 break
-    except ServiceCallFailed:
-        pass
+    except (ServiceCallFailed, ValueError):
+        pass  # refused, unreachable or not the feed's format: the stream reports that the feed ended
     finally:
         wake.put_nowait(None)
 
