@@ -12,15 +12,17 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
+from symbi_cli.console.services import service_urls
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.operator_tokens import (
     OperatorClaims,
+    bearer_header,
     default_operator_dir,
     issue_local_token,
     issue_token,
@@ -91,6 +93,43 @@ class Console:
         self.wait("logged in", lambda d: d.find_elements(By.ID, "whoami"))
 
 
+class ConsoleProcess:
+    """``symbi console`` as a child process on a fixed port, which the test can restart."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str] | None, log: Path, url: str) -> None:
+        self.argv, self.env, self.log, self.url = argv, env, log, url
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/login", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, f"the console exited; see {self.log}"
+            time.sleep(0.2)
+        raise AssertionError(f"the console did not answer within 60 s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # an open event stream may hold uvicorn's graceful exit: then kill it
+        try:
+            self.proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 def tamper(export: Path) -> Path:
     """A copy of ``export`` with one byte of its first event's sealed data changed."""
     lines = export.read_text().splitlines()
@@ -111,6 +150,8 @@ def _drive(
     exported: Callable[[Path], Path],
     revocable: tuple[str, OperatorClaims],
     revoke: Callable[[str], None],
+    restart: Callable[[], None],
+    remember: Callable[[str, str], None],
 ) -> dict[str, float]:
     c, d, times = console, console.d, {}
     t0 = time.monotonic()
@@ -123,17 +164,36 @@ def _drive(
     tail_tab = d.current_window_handle
     d.switch_to.new_window("tab")
     c.open("/run")
+    # A workload that says something, waits, then says more: the first line must reach the page while it runs.
+    d.execute_script(
+        "arguments[0].value = arguments[0].value.replace('echo hello $name', 'echo hello $name; sleep 6; echo bye $name')",
+        d.find_element(By.ID, "definition"),
+    )
     d.find_element(By.ID, "input").clear()
     d.find_element(By.ID, "input").send_keys("browser")
     d.find_element(By.ID, "run").click()
     c.wait("the task page", lambda d: "/tasks/" in d.current_url)
     task_id = d.current_url.rsplit("/", 1)[1]
+    d.execute_script("window.sameDocument = true")
+    assert not d.find_elements(By.CSS_SELECTOR, "[hx-trigger]")  # nothing polls: the page is fed by its stream
     c.shot("task-live")
-    # htmx polls the task fragment: the status changes on this page without a reload.
+    # The output is streamed (Server-Sent Events): the first line arrives while the task still runs.
+    status_at_first_line = c.wait(
+        "the first line streamed",
+        lambda d: "hello browser" in d.find_element(By.ID, "stdout").text and c.text("task-status"),
+    )
+    assert status_at_first_line not in ("completed", "cancelled"), status_at_first_line
+    assert "bye browser" not in c.text("stdout")
+    c.shot("task-streaming")
     c.wait("the task finishes live", lambda d: d.find_element(By.ID, "task-status").text == "completed")
     assert c.text("task-outcome") == "succeeded"
-    c.wait("its output", lambda d: "hello browser" in d.find_element(By.ID, "stdout").text)
-    assert d.execute_script("return document.querySelectorAll('canvas.chart[data-drawn]').length") == 3
+    c.wait("its last line", lambda d: "bye browser" in d.find_element(By.ID, "stdout").text)
+    assert d.execute_script("return window.sameDocument === true")  # no reload: the stream changed the page
+    assert int(d.find_element(By.ID, "task-live").get_attribute("data-streamed") or 0) >= 3
+    c.wait(
+        "the charts drawn",
+        lambda d: d.execute_script("return document.querySelectorAll('canvas.chart[data-drawn]').length") == 3,
+    )
     times["run_to_finish_s"] = time.monotonic() - t0
     c.shot("task-finished")
 
@@ -147,8 +207,17 @@ def _drive(
 
     # The queues: the task among the finished ones; the agent in the list with its tier, host and risk.
     c.open("/tasks")
-    assert task_id in c.text("tasks-finished")
+    assert task_id in c.text("tasks-finished")  # from the scheduler's GET /v1/tasks?state=finished
+    assert c.text("count-finished").startswith("1 of 1")
+    assert c.text("count-queued") == "0 of 0"
     c.shot("tasks")
+
+    # Restarting the console logs nobody out: the session is sealed on disk under the console's key.
+    restart()
+    c.open("/agents")
+    assert "/login" not in d.current_url
+    assert c.text("role") == "admin"
+    times["restart_s"] = time.monotonic() - t0
     c.open("/agents")
     row = next(r for r in d.find_elements(By.CSS_SELECTOR, "#agents tr") if "hello-agent" in r.text)
     assert "tier1" in row.text
@@ -157,6 +226,8 @@ def _drive(
 
     # The agent's timeline: every event in the audit log with the audit service's verdict.
     c.open(f"/tasks/{task_id}")
+    agent_id = d.find_element(By.ID, "task-agent").text
+    remember(agent_id, "prefers short greetings")  # a memory of its own, stored through the context API
     d.find_element(By.ID, "task-agent").click()
     c.wait("the timeline", lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline .tl-event"))
     c.wait(
@@ -171,6 +242,15 @@ def _drive(
     assert types[:2] == ["agent.registered", "agent.ready"]
     assert "agent.task_completed" in types
     c.shot("agent-timeline")
+    # Its memory (the context service's list, decided there) and its messages (its audit trail's bus actions).
+    c.wait(
+        "its memory listed",
+        lambda d: "prefers short greetings" in d.find_element(By.ID, "memories").text or d.refresh(),
+    )
+    assert "long_term" in c.text("memories")
+    assert d.find_elements(By.CSS_SELECTOR, "#messages tr")  # this agent used no bus: "none you may see"
+    d.execute_script("document.getElementById('agent-memory').scrollIntoView()")
+    c.shot("agent-memory-messages")
 
     # An inclusion proof, folded by the console up to the root of a checkpoint it verified itself.
     links = d.find_elements(By.CSS_SELECTOR, "#timeline a.proof-link")
@@ -258,24 +338,14 @@ async def test_console_in_a_real_browser(
     rt = LocalRuntime(runtime_options)
     port = _free_port()
     started = time.monotonic()
-    console = None
+    console: ConsoleProcess | None = None
     try:
         await rt.start()
         await rt.wait_ready(timeout=90)
-        with (tmp_path / "console.log").open("wb") as log:  # the child keeps its own copy of the descriptor
-            console = await asyncio.create_subprocess_exec(
-                symbi_exe, "console", "--home", str(runtime_home), "--port", str(port),
-                env=runtime_options.env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as http:
-            for _ in range(100):
-                try:
-                    if (await http.get(url + "/login")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
+        argv = [symbi_exe, "console", "--home", str(runtime_home), "--port", str(port)]
+        console = ConsoleProcess(argv, runtime_options.env, tmp_path / "console.log", url)
+        await asyncio.to_thread(console.start)
         admin = (runtime_home / "operator.token").read_text().strip()
 
         def export(where: Path) -> Path:
@@ -297,12 +367,28 @@ async def test_console_in_a_real_browser(
                 env=runtime_options.env, check=True, capture_output=True, timeout=60,
             )  # fmt: skip
 
+        context_url = service_urls(runtime_home, None)["context"]
+
+        def remember(agent_id: str, text: str) -> None:
+            body = {"agent_id": agent_id, "memories": [{"kind": "long_term", "text": text}]}
+            r = httpx.post(context_url + "/v1/memories", json=body, headers=bearer_header(admin), timeout=60)
+            assert r.status_code == 201, r.text
+
         shots = tmp_path / "screenshots"
         print(f"console screenshots: {shots}")
         driven = Console(browser, url, shots)
         try:
             times = await asyncio.to_thread(
-                _drive, driven, tmp_path / "downloads", admin, auditor, export, revocable, revoke
+                _drive,
+                driven,
+                tmp_path / "downloads",
+                admin,
+                auditor,
+                export,
+                revocable,
+                revoke,
+                console.restart,
+                remember,
             )
         except Exception:
             driven.shot("failure")
@@ -311,15 +397,10 @@ async def test_console_in_a_real_browser(
         reports = list((tmp_path / "downloads").glob("symbi-sox-report*.csv"))
         assert reports, f"no report downloaded to {tmp_path / 'downloads'}"
         assert reports[0].read_text().strip()
-        assert len(list(shots.glob("*.png"))) >= 13
+        assert len(list(shots.glob("*.png"))) >= 15
         times["total_s"] = time.monotonic() - started
         print("console browser test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     finally:
         if console is not None:
-            console.terminate()  # an open event stream may hold uvicorn's graceful exit: then kill it
-            try:
-                await asyncio.wait_for(console.wait(), timeout=5)
-            except TimeoutError:
-                console.kill()
-                await console.wait()
+            await asyncio.to_thread(console.stop)
         await rt.stop()

@@ -1,4 +1,4 @@
-"""The console's pure pieces: the inclusion path it folds itself, the what-if diff, the task queues, and its
+"""The console's pure pieces: the inclusion path it folds itself, the what-if diff, risk, and its
 sessions (role from a verified token; a read-only role or a missing CSRF token refused)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from symbi_cli.console.pages_hosts import load_numbers
 from symbi_cli.console.sessions import Forbidden, LoginRefused, Sessions, require_change
-from symbi_cli.console.views import agent_risk, group_tasks, inclusion_path, what_if_diff
+from symbi_cli.console.views import agent_messages, agent_risk, inclusion_path, what_if_diff
 from symbi_common.crypto import Signer
 from symbi_common.operator_tokens import issue_token
 from symbi_tlog.merkle import inclusion_ranges, leaf_hash, subtree_hash
@@ -83,22 +83,6 @@ def test_what_if_diff_splits_new_denials_and_new_allows() -> None:
     assert diff["now_deny"][0]["principal"] == 'Agent::"a1"'
 
 
-def test_tasks_are_grouped_queued_by_priority_running_finished() -> None:
-    tasks = [
-        {"task_id": "low", "priority": "low", "status": "queued", "submitted_at": 1},
-        {"task_id": "crit", "priority": "critical", "status": "queued", "submitted_at": 5},
-        {"task_id": "n2", "priority": "normal", "status": "queued", "submitted_at": 4},
-        {"task_id": "n1", "priority": "normal", "status": "queued", "submitted_at": 2},
-        {"task_id": "run", "priority": "normal", "status": "running", "submitted_at": 0},
-        {"task_id": "old", "priority": "normal", "status": "completed", "finished_at": 10},
-        {"task_id": "new", "priority": "normal", "status": "failed", "finished_at": 20},
-    ]
-    groups = group_tasks(tasks)
-    assert [t["task_id"] for t in groups["queued"]] == ["crit", "n1", "n2", "low"]
-    assert [t["task_id"] for t in groups["running"]] == ["run"]
-    assert [t["task_id"] for t in groups["finished"]] == ["new", "old"]
-
-
 def test_agent_risk_uses_the_schedulers_rules() -> None:
     quiet = agent_risk({"network_access": [], "filesystem_access": [], "external_apis": [], "security_tier": "tier1"})
     assert quiet is not None
@@ -111,10 +95,12 @@ def test_agent_risk_uses_the_schedulers_rules() -> None:
     assert agent_risk(None) is None
 
 
-def test_sessions_take_the_role_from_a_verified_token(keys_dir: Path, issue_operator_token: Callable[..., str]) -> None:
-    sessions = Sessions(keys_dir)
+def test_sessions_take_the_role_from_a_verified_token(
+    keys_dir: Path, tmp_path: Path, issue_operator_token: Callable[..., str]
+) -> None:
+    sessions = Sessions(keys_dir, tmp_path / "console")
     sid, auditor = sessions.login(issue_operator_token(role="auditor", name="ada"))
-    assert sessions.get(sid) is auditor
+    assert sessions.get(sid) == auditor
     assert auditor.claims.role == "auditor"
     assert not auditor.can_change
     with pytest.raises(Forbidden, match="read-only"):
@@ -130,8 +116,8 @@ def test_sessions_take_the_role_from_a_verified_token(keys_dir: Path, issue_oper
     assert sessions.get(sid) is None
 
 
-def test_sessions_refuse_a_token_of_another_issuer_or_garbage(keys_dir: Path) -> None:
-    sessions = Sessions(keys_dir)
+def test_sessions_refuse_a_token_of_another_issuer_or_garbage(keys_dir: Path, tmp_path: Path) -> None:
+    sessions = Sessions(keys_dir, tmp_path / "console")
     foreign, _ = issue_token(Signer.generate(), name="mallory", role="admin", ttl_s=60)
     with pytest.raises(LoginRefused, match="not an operator issuer"):
         sessions.login(foreign)
@@ -162,3 +148,30 @@ def test_load_numbers_from_the_scheduler_status() -> None:
     assert numbers["hosts"] == [
         {"host_id": "h1", "cpu_used": 0.5, "cpu": 2.0, "memory_used_mb": 256, "memory_mb": 1024.0, "tasks": 1}
     ]
+
+
+def test_agent_messages_shows_bus_actions_and_counts_what_is_withheld() -> None:
+    def row(seq: int, payload: dict[str, object] | None, *, withheld: bool = False) -> dict[str, object]:
+        base: dict[str, object] = {"sequence": seq, "occurred_at": "2026-01-01T00:00:00", "aggregate_id": "t1"}
+        if withheld:
+            return {**base, "details": None, "details_withheld": True}
+        return {**base, "details": {"erased": payload is None, "payload": payload}}
+
+    send = {
+        "action": "message.send",
+        "resource": 'Agent::"summariser"',
+        "outcome": "allowed",
+        "detail": "m-1",
+        "context": {"classification": "internal"},
+        "decision": {"effect": "allow", "policies": ["bus-ok"]},
+    }
+    receive = {"action": "message.receive", "resource": "inbox", "outcome": "allowed", "detail": "m-7<writer"}
+    tool = {"action": "tool.invoke", "resource": "search", "outcome": "allowed"}
+    view = agent_messages([row(3, send), row(5, tool), row(8, receive), row(9, None, withheld=True), row(11, None)])
+    assert [m["sequence"] for m in view.messages] == [8, 3]  # newest first, messages only
+    assert view.messages[1]["peer"] == 'Agent::"summariser"'
+    assert view.messages[1]["classification"] == "internal"
+    assert view.messages[1]["effect"] == "allow"
+    assert view.messages[0]["detail"] == "m-7<writer"
+    assert view.withheld == 1  # its payload stays withheld: not guessed at, only counted
+    assert view.unreadable == 1

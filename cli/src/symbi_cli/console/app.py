@@ -31,6 +31,8 @@ templates.env.filters["when"] = when
 class ConsoleConfig:
     urls: dict[str, str]
     keys_dir: Path
+    #: The console's key and its sealed sessions (``<home>/console``): sessions outlive a restart.
+    state_dir: Path
     #: Where the main job's definition is read from (the "Run" form's default).
     examples_dir: Path | None = None
 
@@ -48,6 +50,11 @@ class Ctx:
     def page(self, name: str, **values: Any) -> HTMLResponse:
         values.update(me=self.session.claims, can_change=self.session.can_change, csrf=self.session.csrf)
         return templates.TemplateResponse(self.request, name, values)
+
+    async def probe(self) -> None:
+        """One cheap read, so a page that calls no service still has the token checked (revocation, expiry)
+        by a service: a refused token ends the session like on every other page."""
+        await self.services.get("lifecycle", "/v1/agents", limit=1)
 
     def writer(self) -> None:
         """Refuse a page that only serves to change state to a read-only role."""
@@ -79,7 +86,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
 
     app = FastAPI(title="Symbi console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
-    app.state.sessions = Sessions(config.keys_dir)
+    app.state.sessions = Sessions(config.keys_dir, config.state_dir)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.exception_handler(NotLoggedIn)
@@ -130,9 +137,10 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         response.delete_cookie(COOKIE)
         return response
 
-    from symbi_cli.console import pages_audit, pages_hosts, pages_policy, pages_runtime
+    from symbi_cli.console import pages_audit, pages_hosts, pages_policy, pages_runtime, pages_task
 
     app.include_router(pages_runtime.router)
+    app.include_router(pages_task.router)
     app.include_router(pages_audit.router)
     app.include_router(pages_policy.router)
     app.include_router(pages_hosts.router)

@@ -26,7 +26,9 @@ def console(
     ] = None,
 ) -> None:
     """Serve the operator console in the browser: agents, tasks, live events, audit proofs, policy."""
-    config = ConsoleConfig(urls=service_urls(home, base_port), keys_dir=keys_dir or home / "keys")
+    config = ConsoleConfig(
+        urls=service_urls(home, base_port), keys_dir=keys_dir or home / "keys", state_dir=home / "console"
+    )
     typer.echo(f"symbi console on http://{host}:{port}/ (services: {', '.join(sorted(config.urls))})")
     # Open live tails (Server-Sent Events) never end by themselves: Ctrl-C closes them after a few seconds.
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

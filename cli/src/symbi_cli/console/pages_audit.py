@@ -73,7 +73,8 @@ async def verify_export(
     export: Annotated[UploadFile, File()], c: CtxDep, checkpoint: Annotated[UploadFile | None, File()] = None
 ) -> Response:
     """Verify an uploaded export (`symbi audit export`) in this process against the pinned log key: no service
-    is asked. Reading, not changing: the auditor may do it."""
+    is asked (but one, so a revoked token ends the session here too). Reading, not changing: the auditor may."""
+    await c.probe()
     note = (await checkpoint.read()).decode() if checkpoint is not None and checkpoint.filename else None
     with tempfile.TemporaryDirectory(prefix="symbi-console-") as tmp:
         path = Path(tmp) / "export.jsonl"
@@ -108,6 +109,7 @@ async def report(framework: str, c: CtxDep, format: str = "csv") -> Response:
 
 @router.get("/events", response_class=HTMLResponse)
 async def events(c: CtxDep) -> Response:
+    await c.probe()
     return c.page("events.html")
 
 

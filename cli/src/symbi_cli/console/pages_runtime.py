@@ -1,16 +1,15 @@
-"""Agents, tasks and running the main job."""
+"""Agents, the task lists and running the main job (one task's page: :mod:`symbi_cli.console.pages_task`)."""
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from symbi_cli.console.app import Ctx, CtxDep
-from symbi_cli.console.reads import audit_events, host_of, recent_tasks
-from symbi_cli.console.views import FINISHED, agent_risk, group_tasks, task_usage
+from symbi_cli.console.reads import agent_actions, agent_memories, audit_events, recent_tasks, task_groups
+from symbi_cli.console.views import agent_messages, agent_risk
 
 router = APIRouter()
 
@@ -35,7 +34,7 @@ async def home() -> Response:
 async def agents(c: CtxDep) -> Response:
     page = await c.services.get("lifecycle", "/v1/agents", limit=200)
     latest: dict[str, dict[str, Any]] = {}
-    for task in await recent_tasks(c.services):
+    for task in await recent_tasks(c.services, newest=1000):
         latest[task["agent_id"]] = task  # oldest first: the last one wins
     rows = [{"agent": a, "risk": agent_risk(a.get("config")), "task": latest.get(a["id"])} for a in page["items"]]
     return c.page("agents.html", rows=rows)
@@ -48,7 +47,17 @@ async def agent(agent_id: str, c: CtxDep) -> Response:
     audited = {e["sequence"]: e for e in await audit_events(c.services, newest=1000, agent=agent_id)}
     timeline = [{"event": h, "audit": audited.get(h["sequence"])} for h in history]
     related = [e for seq, e in sorted(audited.items()) if e["aggregate_type"] != "agent"]
-    return c.page("agent.html", agent=view, timeline=timeline, related=related, risk=agent_risk(view.get("config")))
+    memories = await agent_memories(c.services, agent_id)
+    messages = agent_messages(await agent_actions(c.services, agent_id, c.session.claims.sub))
+    return c.page(
+        "agent.html",
+        agent=view,
+        timeline=timeline,
+        related=related,
+        risk=agent_risk(view.get("config")),
+        memories=memories,
+        messages=messages,
+    )
 
 
 @router.get("/tasks", response_class=HTMLResponse)
@@ -63,45 +72,13 @@ async def tasks_live(c: CtxDep) -> Response:
 
 async def _tasks(c: Ctx) -> dict[str, Any]:
     status = await c.services.get("scheduler", "/v1/status")
-    return {"groups": group_tasks(await recent_tasks(c.services)), "status": status}
-
-
-@router.get("/tasks/{task_id}", response_class=HTMLResponse)
-async def task(task_id: str, c: CtxDep) -> Response:
-    return c.page("task.html", **(await _task(c, task_id)))
-
-
-@router.get("/tasks/{task_id}/live", response_class=HTMLResponse)
-async def task_live(task_id: str, c: CtxDep) -> Response:
-    return c.page("task_live.html", **(await _task(c, task_id)))
-
-
-async def _task(c: Ctx, task_id: str) -> dict[str, Any]:
-    view = await c.services.get("scheduler", f"/v1/tasks/{task_id}")
-    out = await c.services.get("scheduler", f"/v1/tasks/{task_id}/output", stream="stdout", after=0)
-    err = await c.services.get("scheduler", f"/v1/tasks/{task_id}/output", stream="stderr", after=0)
-    agent = await c.services.get("lifecycle", f"/v1/agents/{view['agent_id']}")
-    return {
-        "task": view,
-        "finished": view.get("status") in FINISHED,
-        "stdout": base64.b64decode(out["data_base64"]).decode(errors="replace"),
-        "stderr": base64.b64decode(err["data_base64"]).decode(errors="replace"),
-        "usage": task_usage(view, agent, await host_of(c.services)),
-    }
-
-
-@router.post("/tasks/{task_id}/cancel")
-async def cancel(task_id: str, c: CtxDep, csrf: Annotated[str, Form()] = "") -> Response:
-    c.change(csrf)
-    await c.services.post(
-        "scheduler", f"/v1/tasks/{task_id}/cancel", {"reason": f"cancelled in the console by {c.session.claims.sub}"}
-    )
-    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
+    return {"groups": await task_groups(c.services), "status": status}
 
 
 @router.get("/run", response_class=HTMLResponse)
 async def run_form(c: CtxDep) -> Response:
     c.writer()
+    await c.probe()
     return c.page("run.html", definition=DEFAULT_DEFINITION)
 
 

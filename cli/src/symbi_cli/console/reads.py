@@ -24,21 +24,23 @@ async def audit_events(services: Services, *, newest: int = 50, **filters: Any) 
     return rows
 
 
+#: The task groups of the tasks page, as the scheduler's ``GET /v1/tasks`` names its states.
+TASK_STATES = ("queued", "running", "finished")
+
+
 async def recent_tasks(services: Services, newest: int = 50) -> list[dict[str, Any]]:
-    """The scheduler's view of the tasks most recently submitted (found through their audit events)."""
-    submitted = await audit_events(services, newest=newest, event_type="task.submitted")
+    """The ``newest`` tasks most recently submitted, oldest first (the scheduler's list of every task)."""
+    page = await services.get("scheduler", "/v1/tasks", limit=1000)
+    tasks: list[dict[str, Any]] = sorted(page["items"], key=lambda t: t.get("submitted_at") or 0)
+    return tasks[-newest:]
 
-    async def one(task_id: str) -> dict[str, Any] | None:
-        try:
-            task: dict[str, Any] = await services.get("scheduler", f"/v1/tasks/{task_id}")
-            return task
-        except ServiceCallFailed as exc:
-            if exc.status == 404:
-                return None
-            raise
 
-    found = await asyncio.gather(*(one(e["aggregate_id"]) for e in submitted))
-    return [t for t in found if t is not None]
+async def task_groups(services: Services, limit: int = 50) -> dict[str, dict[str, Any]]:
+    """Queued (by priority), running and finished (newest first) tasks, as the scheduler orders them."""
+    pages = await asyncio.gather(
+        *(services.get("scheduler", "/v1/tasks", state=state, limit=limit) for state in TASK_STATES)
+    )
+    return dict(zip(TASK_STATES, pages, strict=True))
 
 
 async def host_of(services: Services) -> dict[str, Any] | None:
@@ -50,3 +52,31 @@ async def host_of(services: Services) -> dict[str, Any] | None:
         if exc.status in (0, 404):
             return None
         raise
+
+
+async def agent_memories(services: Services, agent_id: str, limit: int = 50) -> dict[str, Any]:
+    """The agent's own memories as the context service lists them to it (``memory.read`` decided there);
+    ``{"error": …}`` when the context service refuses or cannot be reached (a 401 still ends the session)."""
+    try:
+        page: dict[str, Any] = await services.get("context", "/v1/memories", agent_id=agent_id, limit=limit)
+        return page
+    except ServiceCallFailed as exc:
+        if exc.status == 401:
+            raise
+        return {"error": str(exc), "items": [], "total": 0}
+
+
+async def agent_actions(services: Services, agent_id: str, operator: str, newest: int = 200) -> list[dict[str, Any]]:
+    """The agent's gateway actions (``execution.action`` events) with their payloads where the policy lets this
+    operator read them (``data.read``, decided by the audit service for the operator itself, never as the agent)."""
+    latest = await audit_events(services, newest=newest, agent=agent_id, event_type="execution.action")
+    if not latest:
+        return []
+    # Details only for the newest ones: the page that starts just before the first of them.
+    after = int(latest[0]["sequence"]) - 1
+    params = {"agent": agent_id, "event_type": "execution.action", "details": "true", "after": after, "limit": newest}
+    response = await services.call(
+        "audit", "GET", "/v1/audit/events", params=params, headers={"X-Symbi-Principal": operator}
+    )
+    rows: list[dict[str, Any]] = response.json()["items"]
+    return rows

@@ -14,8 +14,6 @@ from typing import Any
 from symbi_contracts.sandbox_agent.risk import assess, factors_for_agent
 from symbi_tlog.merkle import inclusion_ranges, node_hash, verify_inclusion
 
-#: Scheduling order of the queues (highest first), as the scheduler serves them.
-PRIORITIES = ("critical", "high", "normal", "low")
 FINISHED = frozenset({"completed", "failed", "cancelled", "killed"})
 
 
@@ -44,17 +42,6 @@ def agent_risk(config: dict[str, Any] | None, default_tier: str = "tier1") -> Ri
     return RiskView(score=round(a.score, 3), tier=a.tier, factors=dict(a.factors))
 
 
-def group_tasks(tasks: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Queued (by priority, then age), running, finished (newest first)."""
-    rank = {p: i for i, p in enumerate(PRIORITIES)}
-    queued = [t for t in tasks if t.get("status") in ("queued", "submitted", "paused")]
-    queued.sort(key=lambda t: (rank.get(str(t.get("priority")), 9), t.get("submitted_at") or 0))
-    finished = [t for t in tasks if t.get("status") in FINISHED]
-    finished.sort(key=lambda t: -(t.get("finished_at") or 0))
-    running = [t for t in tasks if t not in queued and t not in finished]
-    return {"queued": queued, "running": running, "finished": finished}
-
-
 def task_usage(task: dict[str, Any], agent: dict[str, Any] | None, host: dict[str, Any] | None) -> dict[str, Any]:
     """The numbers the task page charts: run time against the timeout, the limits against the host's capacity."""
     resources = ((agent or {}).get("config") or {}).get("resources") or {}
@@ -69,6 +56,51 @@ def task_usage(task: dict[str, Any], agent: dict[str, Any] | None, host: dict[st
         "host_cpu": (host or {}).get("cpu_cores"),
         "output_bytes": task.get("output_bytes") or {},
     }
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """The bus traffic of one agent that its audit trail shows this operator."""
+
+    messages: list[dict[str, Any]]
+    #: Gateway actions whose payload the policy withholds from this operator (messages among them or not).
+    withheld: int
+    #: Actions whose payload was crypto-shredded (erased) or could not be opened.
+    unreadable: int
+
+
+def agent_messages(rows: list[dict[str, Any]]) -> MessageView:
+    """The ``message.*`` actions among an agent's ``execution.action`` events (audit rows with details), newest
+    first: who it sent to or received from, the decision and outcome. Bodies are never in the audit trail."""
+    messages, withheld, unreadable = [], 0, 0
+    for row in rows:
+        if row.get("details_withheld"):
+            withheld += 1
+            continue
+        payload = (row.get("details") or {}).get("payload")
+        if not isinstance(payload, dict):
+            unreadable += 1
+            continue
+        action = str(payload.get("action", ""))
+        if not action.startswith("message."):
+            continue
+        decision = payload.get("decision") or {}
+        messages.append(
+            {
+                "sequence": row.get("sequence"),
+                "at": row.get("occurred_at"),
+                "task_id": row.get("aggregate_id"),
+                "action": action,
+                "peer": payload.get("resource", ""),
+                "outcome": payload.get("outcome", ""),
+                "detail": payload.get("detail", ""),
+                "classification": (payload.get("context") or {}).get("classification", ""),
+                "effect": decision.get("effect", ""),
+                "policies": decision.get("policies", []),
+            }
+        )
+    messages.sort(key=lambda m: -(m["sequence"] or 0))
+    return MessageView(messages, withheld, unreadable)
 
 
 @dataclass(frozen=True)

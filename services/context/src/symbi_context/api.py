@@ -5,6 +5,9 @@ HTTP (JSON bodies; errors are ``{"error": {"code", "message", "details"}}`` with
     POST /v1/memories                 store    {"agent_id", "owner"?, "memories": [{"kind", "text", "tags"?,
                                                "metadata"?, "origin"?: {"task_id", "tool_call_id", "message_id"},
                                                "ttl_s"?}]}  -> {"ids", "sequence"}
+    GET  /v1/memories?agent_id=&owner=&kind=&limit=50
+                                      list     the memories ``agent_id`` may read of ``owner`` (default: its own),
+                                               newest first: {"owner", "items", "total", "denied"}
     POST /v1/memories/query           retrieve {"agent_id", "query", "owners"?, "knowledge_bases"?, "kinds"?,
                                                "tags"?, "metadata"?, "created_from"?, "created_to"?, "limit"?,
                                                "min_sequence"?}  -> {"results": [...]}
@@ -29,14 +32,16 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints
+from symbi_common.bounds import check_ints, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
-from symbi_common.openapi import json_body
+from symbi_common.openapi import INT64, TEXT, json_body, query_params
 from symbi_contracts.context.commands import ForgetRequest, IngestRequest, Query, StoreRequest
 
 from symbi_context.application import ContextService, Written
+from symbi_context.domain import MEMORY_KINDS
 from symbi_context.errors import InvalidContext
+from symbi_context.listing import list_memories
 from symbi_context.rag import RagEngine
 from symbi_context.vectors.port import MetaFilter
 
@@ -158,6 +163,24 @@ router = APIRouter(prefix="/v1", tags=["context"])
 @router.post("/memories", status_code=201, openapi_extra=json_body(StoreRequest))
 async def store(request: Request) -> Response:
     return _reply(await _api(request).store(_decode(await request.body(), StoreRequest)), 201)
+
+
+@router.get(
+    "/memories",
+    openapi_extra=query_params(
+        agent_id=TEXT, owner=TEXT, kind={"type": "string", "enum": list(MEMORY_KINDS)}, limit=INT64
+    ),
+)
+async def list_(request: Request) -> Response:
+    """An agent's memories (or another owner's it may read), newest first; ``denied`` when the policy says no."""
+    q = request.query_params
+    agent_id = query_text(q.get("agent_id"), "agent_id")
+    if agent_id is None:
+        raise InvalidContext("name the reading agent", field="agent_id")
+    kinds = tuple(k for k in q.getlist("kind") if k)
+    limit = parse_int(q.get("limit") or "50", "limit")
+    owner = query_text(q.get("owner"), "owner") or ""
+    return _reply(await list_memories(_api(request).service, agent_id, owner=owner, kinds=kinds, limit=limit))
 
 
 @router.post("/memories/query", openapi_extra=json_body(Query))

@@ -84,7 +84,7 @@ def _resource(owner: str, scope: str) -> EntityRef:
     return EntityRef(type="Memory", id=owner, parents=parents)
 
 
-def _check_id(value: str, field: str) -> None:
+def check_id(value: str, field: str) -> None:
     if not value or len(value) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
         raise InvalidContext("must be 1-128 characters of ASCII letters, digits, '-' or '_'", field=field)
 
@@ -155,8 +155,8 @@ class ContextService:
     async def store_memories(self, agent_id: str, items: Sequence[NewMemory], *, owner: str | None = None) -> Written:
         """Store memories of ``owner`` (default: the writing agent itself) in one append."""
         owner = owner or agent_id
-        _check_id(agent_id, "agent_id")
-        _check_id(owner, "owner")
+        check_id(agent_id, "agent_id")
+        check_id(owner, "owner")
         if not items:
             raise InvalidContext("store at least one memory", field="memories")
         for i, item in enumerate(items):
@@ -199,8 +199,8 @@ class ContextService:
     ) -> Written:
         """Forget memories by id, or all of ``owner``'s memories matching ``where``."""
         owner = owner or agent_id
-        _check_id(agent_id, "agent_id")
-        _check_id(owner, "owner")
+        check_id(agent_id, "agent_id")
+        check_id(owner, "owner")
         decision = await self._require(agent_id, "memory.write", owner, "memory")
         chosen = list(ids)
         if where is not None:
@@ -230,7 +230,7 @@ class ContextService:
         document_id: str | None = None,
     ) -> Written:
         """Chunk, embed and append a document to knowledge base ``kb_id`` (all parts in one atomic append)."""
-        _check_id(kb_id, "kb_id")
+        check_id(kb_id, "kb_id")
         check_tags(tags)
         if not title.strip() or len(title) > 500:
             raise InvalidContext("must be 1-500 characters", field="title")
@@ -278,7 +278,7 @@ class ContextService:
 
     @operation("forget_documents")
     async def forget_documents(self, agent_id: str, kb_id: str, document_ids: Sequence[str]) -> Written:
-        _check_id(kb_id, "kb_id")
+        check_id(kb_id, "kb_id")
         decision = await self._require(agent_id, "memory.write", kb_id, "knowledge")
         _, records = await self.knowledge.execute(kb_id, Forget(ids=tuple(document_ids), decision=decision))
         return Written(list(document_ids), records[-1].sequence if records else 0)
@@ -304,11 +304,11 @@ class ContextService:
     @operation("retrieve")
     async def retrieve(self, q: Query) -> list[Retrieved]:
         """Hybrid search over the reader's permitted memories and knowledge, fused and ranked."""
-        _check_id(q.agent_id, "agent_id")
+        check_id(q.agent_id, "agent_id")
         for i, owner in enumerate(q.owners):  # ids name data keys and index partitions: checked as when written
-            _check_id(owner, f"owners[{i}]")
+            check_id(owner, f"owners[{i}]")
         for i, kb_id in enumerate(q.knowledge_bases):
-            _check_id(kb_id, f"knowledge_bases[{i}]")
+            check_id(kb_id, f"knowledge_bases[{i}]")
         if not q.query.strip():
             raise InvalidContext("must not be empty", field="query")
         if not 1 <= q.limit <= 100:

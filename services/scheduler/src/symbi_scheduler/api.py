@@ -4,6 +4,9 @@ HTTP::
 
     POST /v1/tasks                     {"agent_id", "input"? | "input_base64"?, "priority"?, "resources"?, "task_id"?}
                                        -> 201, the task (queued)
+    GET  /v1/tasks?state=&agent=&limit=50
+                                       the tasks (queued by priority, running, finished newest first), filtered
+                                       by state (queued|running|finished) and agent: {"items", "total"}
     GET  /v1/tasks/{id}                the task: status, attempt, host, tier, outcome, exit code, decision
     GET  /v1/tasks/{id}/output?stream=stdout&after=0
                                        the latest attempt's output from byte ``after`` (base64), ``done``,
@@ -23,9 +26,9 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, parse_int
+from symbi_common.bounds import check_ints, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
-from symbi_common.openapi import INT64, json_body, json_response, query_params
+from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
 from symbi_contracts.wire import decode_json
 
 from symbi_scheduler.application import (
@@ -38,6 +41,7 @@ from symbi_scheduler.application import (
     TaskRef,
     TaskView,
 )
+from symbi_scheduler.listing import DEFAULT_LIMIT, STATES, TaskList
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder()
@@ -69,6 +73,19 @@ async def submit(request: Request) -> Response:
     body = decode_json(await request.body(), SubmitRequest)
     check_ints(body)
     return _reply(await _service(request).submit(body, submitted_by=_who(request.headers)), 201)
+
+
+@router.get(
+    "/tasks",
+    responses={200: json_response(TaskList)},
+    openapi_extra=query_params(state={"type": "string", "enum": list(STATES)}, agent=TEXT, limit=INT64),
+)
+async def tasks(request: Request) -> Response:
+    """The tasks of this replica's state: queued by priority, running, finished newest first."""
+    q = request.query_params
+    limit = parse_int(q.get("limit") or str(DEFAULT_LIMIT), "limit")
+    state, agent = query_text(q.get("state"), "state"), query_text(q.get("agent"), "agent")
+    return _reply(_service(request).tasks(state=state, agent=agent, limit=limit))
 
 
 @router.get("/tasks/{task_id}", responses={200: json_response(TaskView)})

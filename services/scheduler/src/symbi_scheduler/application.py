@@ -25,6 +25,7 @@ from symbi_scheduler.core import never_fits
 from symbi_scheduler.domain import LEVEL, TASK_ID_RE, TaskNotAssignable, effective_limits
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
+from symbi_scheduler.listing import TaskList, list_tasks
 from symbi_scheduler.model import Model, TaskRec
 from symbi_scheduler.projections import OutputView, TaskView, read_output, state_view, task_view
 
@@ -171,6 +172,10 @@ class SchedulerService:
         if rec is None:
             raise NotFound(f"task {task_id} does not exist", task_id=task_id)
         return rec
+
+    def tasks(self, *, state: str | None, agent: str | None, limit: int) -> TaskList:
+        """The tasks in ``state`` of ``agent`` (either may be None: all), at most ``limit``."""
+        return list_tasks(self.model, time.time(), state=state, agent=agent, limit=limit)
 
     def get(self, request: TaskRef) -> TaskView:
         return task_view(self.model, self.get_rec(request.task_id), time.time())

@@ -1,4 +1,4 @@
-// The console's own script: small bar charts (Chart.js) and the live event tail (EventSource).
+// The console's own script: small bar charts (Chart.js), the live event tail and a task's live output (EventSource).
 "use strict";
 
 function drawCharts(root) {
@@ -83,3 +83,40 @@ function startLoadChart() {
   setInterval(sample, 3000);
 }
 document.addEventListener("DOMContentLoaded", startLoadChart);
+
+// A task's page while it runs: its output and status arrive as Server-Sent Events from /tasks/{id}/stream.
+// An output event at offset 0 carries the whole stream so far (a new connection starts there).
+function startTaskStream() {
+  const box = document.querySelector("#task-live[data-stream]");
+  if (!box) return;
+  const source = new EventSource(box.dataset.stream);
+  const seen = () => { box.dataset.streamed = String(Number(box.dataset.streamed) + 1); };
+  source.addEventListener("output", (e) => {
+    const chunk = JSON.parse(e.data);
+    const pre = document.getElementById(chunk.stream);
+    pre.textContent = chunk.offset === 0 ? chunk.text : pre.textContent + chunk.text;
+    if (chunk.stream === "stderr" && chunk.text) document.getElementById("stderr-box").hidden = false;
+    seen();
+  });
+  source.addEventListener("status", (e) => {
+    document.getElementById("task-state").innerHTML = JSON.parse(e.data);
+    seen();
+  });
+  source.addEventListener("charts", (e) => {
+    const charts = document.getElementById("task-charts");
+    charts.innerHTML = JSON.parse(e.data);
+    drawCharts(charts);
+    seen();
+  });
+  source.addEventListener("done", () => {
+    source.close();
+    document.getElementById("output-state").textContent = "";
+    box.removeAttribute("data-stream");
+    seen();
+  });
+  source.addEventListener("failed", (e) => {
+    source.close();
+    document.getElementById("output-state").textContent = "(stream stopped: " + JSON.parse(e.data) + ")";
+  });
+}
+document.addEventListener("DOMContentLoaded", startTaskStream);
