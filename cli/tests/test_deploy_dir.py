@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,22 @@ def test_compose_env_names_every_variable_docker_compose_yml_requires(deploy_dir
     assert env["SYMBI_LIFECYCLE_PORT"] == "18001"
     assert env["SYMBI_SANDBOX_AGENT_PORT"] == "18005"
     assert env["SYMBI_DOCKER_DISK"] == "/dev/null"
+
+
+def test_nats_server_accepts_every_generated_password(tmp_path: Path) -> None:
+    """nats-server reads a ``$VAR`` value that starts with '-' as a number and refuses the whole configuration;
+    passwords are made so none does (a bare ``token_urlsafe`` did one time in 64 per password). The real
+    nats-server checks users.conf with the passwords of 20 deployment directories."""
+    nats_server = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    assert nats_server is not None
+    conf = tmp_path / "nats.conf"  # includes are relative to the including file
+    shutil.copy(REPO / "deploy" / "nats" / "users.conf", tmp_path / "users.conf")
+    conf.write_text('port: -1\ninclude "users.conf"\n')
+    for n in range(20):
+        directory = tmp_path / f"deploy-{n}"
+        init_deploy_dir(directory, DeployConfig(images=IMAGES), uid=os.getuid())
+        passwords = parse_env((directory / "env" / "nats.env").read_text())
+        assert all(p[0].isalpha() for p in passwords.values()), passwords
+        env = dict(os.environ, **passwords)
+        done = subprocess.run([nats_server, "-c", str(conf), "-t"], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr

@@ -7,8 +7,11 @@
 # import (lark, msgspec from the workspace's .venv, and symbi_common's errors module; nothing else of it).
 #
 # Usage: deploy/host/agent-image.sh [TAG]   (default symbi/agent-python:1). Idempotent: an existing TAG built
-# from the same content (this script, the SDK, symbi_dsl, the Python version: label org.symbi.content) is
-# kept; one built from other content is rebuilt under the same tag. Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image,
+# from the same content (this script, the SDK, symbi_dsl, symbi_common's errors module, the lark and msgspec
+# versions, the Python version: label org.symbi.content) is kept; one built from other content is rebuilt
+# under the same tag.
+#        deploy/host/agent-image.sh --tag   prints symbi/agent-python:<content hash>, the tag
+#        deploy/host/agent-image.sh --content-tagged   builds under that tag and prints it (deploy/images/build.sh). Environment: PYTHON (default python3) names the interpreter to copy, SYMBI_IMAGE the busybox image,
 # SYMBI_SITE_PACKAGES where lark and msgspec are (default the workspace's .venv, built for the same Python).
 set -euo pipefail
 
@@ -21,19 +24,25 @@ DSL="$HERE/libs/dsl/src/symbi_dsl"
 COMMON="$HERE/libs/common/src/symbi_common"
 
 fail() { echo "agent-image: $*" >&2; exit 1; }
-CONTENT=$( { "${PYTHON:-python3}" -V 2>&1; cat "$0"; find "$SDK" "$DSL" -name '*.py' -o -name '*.lark' | LC_ALL=C sort \
-  | xargs cat; } | sha256sum | cut -c1-16)
+read -r PREFIX VER EXE <<<"$("$PY" -c 'import sys; print(sys.base_prefix, "%d.%d" % sys.version_info[:2], sys.executable)')"
+SITE=${SYMBI_SITE_PACKAGES:-$HERE/.venv/lib/python$VER/site-packages}
+CONTENT=$( { "$PY" -V 2>&1; cat "$0"; find "$SDK" "$DSL" -name '*.py' -o -name '*.lark' | LC_ALL=C sort \
+  | xargs cat; cat "$COMMON/__init__.py" "$COMMON/errors.py"; ls -d "$SITE"/lark-*.dist-info "$SITE"/msgspec-*.dist-info \
+  2>/dev/null | xargs -rn1 basename; } | sha256sum | cut -c1-16)
+case "$TAG" in
+  --tag) echo "symbi/agent-python:$CONTENT"; exit 0 ;;
+  --content-tagged) TAG="symbi/agent-python:$CONTENT"; PRINT_TAG=1 ;;
+esac
 have=$(docker image inspect -f '{{index .Config.Labels "org.symbi.content"}}' "$TAG" 2>/dev/null || true)
-[ "$have" = "$CONTENT" ] && exit 0
+done_() { [ -z "${PRINT_TAG:-}" ] || echo "$TAG"; exit 0; }
+[ "$have" = "$CONTENT" ] && done_
 docker image inspect "$BASE" >/dev/null 2>&1 || fail "$BASE is missing; run deploy/host/setup-docker.sh"
 [ -d "$SDK" ] || fail "$SDK not found"
 [ -d "$DSL" ] || fail "$DSL not found"
 
-read -r PREFIX VER EXE <<<"$("$PY" -c 'import sys; print(sys.base_prefix, "%d.%d" % sys.version_info[:2], sys.executable)')"
 EXE=$(readlink -f "$EXE")
 STDLIB="$PREFIX/lib/python$VER"
 [ -d "$STDLIB/lib-dynload" ] || fail "no standard library at $STDLIB"
-SITE=${SYMBI_SITE_PACKAGES:-$HERE/.venv/lib/python$VER/site-packages}
 [ -d "$SITE/lark" ] || fail "lark not found in $SITE (run uv sync, or set SYMBI_SITE_PACKAGES)"
 ls "$SITE/msgspec/"_core.cpython-"${VER/./}"-*.so >/dev/null 2>&1 \
   || fail "no msgspec built for Python $VER in $SITE (set SYMBI_SITE_PACKAGES)"
@@ -70,4 +79,5 @@ done
 tar -C "$root" -c . | docker import \
   --change 'ENV PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin' --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
   --change 'CMD ["/usr/local/bin/python3"]' --change "LABEL org.symbi.content=$CONTENT" - "$TAG" >/dev/null || fail "docker import of $TAG failed"
-echo "agent-image: built $TAG"
+echo "agent-image: built $TAG" >&2
+done_

@@ -4,6 +4,10 @@
 #   natscli  v0.5.0   `nats`    the NATS CLI (docs/operators.md, "Reading the streams with the NATS CLI")
 #   jaeger   v1.75.0  `jaeger`  Jaeger all-in-one: OTLP receiver, in-memory store, query API (tests/e2e/test_jaeger.py)
 #   prometheus  v0.316.0 (the Go module version of Prometheus 3.16.0)  `prometheus`  scrapes the compose stack
+#   compose-v5  v5.6.0   `docker-compose`  Docker Compose v5 (github.com/docker/compose/v5, its ./cmd): what
+#               deploy/compose.sh and tests/deploy run docker-compose.yml with when it is built (it works with
+#               Docker Engine 20.10.24, API 1.41); also usable as the `docker compose` plugin (link it into
+#               ~/.docker/cli-plugins/)
 #
 # With no argument it also makes sure Debian's chromium and chromium-driver are installed (apt, as root): the
 # console's browser test (cli/tests/test_console_browser.py) drives them; no browser is downloaded. The compose
@@ -15,14 +19,21 @@
 # (made with `go get -tool <module>/cmd/<tool>@<version>`). A tool already in the cache is never rebuilt;
 # delete its directory to force a build. Jaeger takes about 9 minutes on two cores, Prometheus about 11.
 #
-# Usage:  deploy/host/tools.sh [natscli|jaeger|prometheus|compose]...  (no argument: natscli, jaeger, chromium)
-#         deploy/host/tools.sh --print natscli|jaeger|prometheus (the cached binary's path; exit 1 if not built)
+# Compose v5 is built inside its own module (downloaded with `go mod download`, verified with the Go
+# checksum database like any module), from that module's go.mod and go.sum: `go install ...@v5.6.0` refuses
+# it, because its go.mod has `exclude` directives, which only a main module may have.
+#
+# Usage:  deploy/host/tools.sh [natscli|jaeger|prometheus|compose|compose-v5]...  (no argument: natscli, jaeger,
+#         chromium)
+#         deploy/host/tools.sh --print natscli|jaeger|prometheus|compose-v5 (the cached binary's path; exit 1 if
+#         not built)
 # Cache:  ${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}/<tool>-<version>/<binary>
 set -euo pipefail
 
 NATSCLI_VERSION=v0.5.0
 JAEGER_VERSION=v1.75.0
 PROMETHEUS_VERSION=v0.316.0
+COMPOSE_VERSION=v5.6.0
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${SYMBI_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/tools}"
@@ -32,8 +43,9 @@ binary_path() {
         natscli) echo "$cache/natscli-$NATSCLI_VERSION/nats" ;;
         jaeger) echo "$cache/jaeger-$JAEGER_VERSION/jaeger" ;;
         prometheus) echo "$cache/prometheus-$PROMETHEUS_VERSION/prometheus" ;;
+        compose-v5) echo "$cache/compose-$COMPOSE_VERSION/docker-compose" ;;
         *)
-            echo "error: unknown tool '$1' (known: natscli, jaeger, prometheus, compose)" >&2
+            echo "error: unknown tool '$1' (known: natscli, jaeger, prometheus, compose, compose-v5)" >&2
             return 2
             ;;
     esac
@@ -80,6 +92,16 @@ build() {
                     -ldflags "-X github.com/prometheus/common/version.Version=3.${PROMETHEUS_VERSION#v0.3}" \
                     -o "$tmp/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
             ;;
+        compose-v5)
+            local module
+            module="$(go mod download -json "github.com/docker/compose/v5@$COMPOSE_VERSION" \
+                | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+            [ -f "$module/go.mod" ] || { echo "error: go mod download gave no module directory" >&2; exit 1; }
+            (cd "$module" \
+                && CGO_ENABLED=0 go build -trimpath -mod=readonly \
+                    -ldflags "-w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION" \
+                    -o "$tmp/docker-compose" ./cmd)
+            ;;
     esac
     mv "$tmp/$(basename "$dest")" "$dest"
     rmdir "$tmp"
@@ -87,7 +109,7 @@ build() {
 }
 
 if [ "${1:-}" = "--print" ]; then
-    dest="$(binary_path "${2:?usage: tools.sh --print natscli|jaeger}")"
+    dest="$(binary_path "${2:?usage: tools.sh --print natscli|jaeger|prometheus|compose-v5}")"
     [ -x "$dest" ] || exit 1
     echo "$dest"
     exit 0

@@ -8,19 +8,26 @@
 #                                        dependencies) at /app/.venv, on the busybox root of symbi/busybox:1
 #   jaeger      symbi/jaeger:<hash>      Jaeger v1.75.0 (deploy/host/tools.sh jaeger), on symbi/busybox:1
 #   prometheus  symbi/prometheus:<hash>  Prometheus (deploy/host/tools.sh prometheus), on symbi/busybox:1
+#   agent       symbi/agent-python:<hash>  the agent base image: the host's Python, the agent SDK (symbi_agent)
+#                                        and the DSL body runner on symbi/busybox:1, made by
+#                                        deploy/host/agent-image.sh (the script the tests' agent images come
+#                                        from), tagged by its content hash. Agent definitions name it as their
+#                                        workload image; the sandbox-agent runs it on the host's engine.
 #
 # Each root filesystem is assembled in a temporary directory and brought in with `docker import`; shared
 # libraries are copied from the host at the paths `ldd` names. The runtime hash covers uv.lock, every
 # pyproject.toml and source file of the workspace members, the interpreter's version and this script.
 #
-# Usage:  deploy/images/build.sh [runtime|jaeger|prometheus]...   (no argument: all three)
+# Usage:  deploy/images/build.sh [runtime|jaeger|prometheus|agent]...   (no argument: all four)
 #         deploy/images/build.sh --env   (build all, print SYMBI_<NAME>_IMAGE=<tag> lines for docker-compose)
 #         deploy/images/build.sh --prune (build all, then remove older symbi/{runtime,jaeger,prometheus} tags
-#                                         that no container uses: each is a whole root filesystem)
+#                                         that no container uses: each is a whole root filesystem; agent
+#                                         images are left alone, the tests make them too)
 # Needs:  Docker, uv, symbi/busybox:1 (deploy/host/setup-docker.sh), and for jaeger/prometheus the Go
 #         toolchain the first time (deploy/host/tools.sh builds and caches the binaries).
 # From a registry instead: deploy/Dockerfile builds the same runtime from python:3.11-slim.
 set -euo pipefail
+shopt -s inherit_errexit # a failed build inside $(...) stops the script instead of printing an empty tag
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BASE=${SYMBI_IMAGE:-symbi/busybox:1}
@@ -111,7 +118,9 @@ build_runtime() {
     mkdir -p "$root$prefix/lib/python$ver/site-packages"
 
     venv="$root/app/.venv"
-    (cd "$repo" && UV_PROJECT_ENVIRONMENT="$venv" uv sync --frozen --no-dev --no-editable --python "$py" -q) \
+    # Copies, not hard links into uv's cache: a link shares its inode with every other venv of the machine, and
+    # another sync touching it while tar reads the root fails the import ("file changed as we read it").
+    (cd "$repo" && UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT="$venv" uv sync --frozen --no-dev --no-editable --python "$py" -q) \
         || fail "uv sync into the image's venv failed"
     # Scripts name the venv's interpreter by its build path; in the image it is /app/.venv.
     grep -rlI "^#!$venv/bin/" "$venv/bin" | xargs -r sed -i "1s|^#!$venv/bin/|#!/app/.venv/bin/|"
@@ -152,7 +161,8 @@ build() {
     case "$1" in
         runtime) build_runtime ;;
         jaeger | prometheus) build_tool "$1" ;;
-        *) fail "unknown image '$1' (known: runtime, jaeger, prometheus)" ;;
+        agent) "$repo/deploy/host/agent-image.sh" --content-tagged || fail "deploy/host/agent-image.sh failed" ;;
+        *) fail "unknown image '$1' (known: runtime, jaeger, prometheus, agent)" ;;
     esac
 }
 
@@ -173,13 +183,17 @@ if [ "${1:-}" = "--prune" ]; then
     exit 0
 fi
 if [ "${1:-}" = "--env" ]; then
-    for name in runtime jaeger prometheus; do
-        echo "SYMBI_${name^^}_IMAGE=$(build "$name")"
+    lines=()
+    for name in runtime jaeger prometheus agent; do
+        tag="$(build "$name")"
+        [ -n "$tag" ] || fail "no $name image was built"
+        lines+=("SYMBI_${name^^}_IMAGE=$tag")
     done
+    printf '%s\n' "${lines[@]}"
     exit 0
 fi
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(runtime jaeger prometheus)
+[ ${#names[@]} -gt 0 ] || names=(runtime jaeger prometheus agent)
 for name in "${names[@]}"; do
     build "$name"
 done

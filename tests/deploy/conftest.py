@@ -1,12 +1,13 @@
-"""Deployment tests. Those marked ``deploy`` (test_compose.py: the compose stack) are left out of a plain
-``pytest`` run, and so of ``.ci/run``: they build images and start eleven containers, which takes minutes on
-two cores. The others (replicas, Kubernetes manifests) run by default. Run the ``deploy`` ones with::
+"""Deployment tests. Those marked ``deploy`` (test_compose.py: the compose stack, with each compose;
+test_dockerfile.py: deploy/Dockerfile on a stand-in base) are left out of a plain ``pytest`` run: they build
+images and start twelve containers, which takes minutes on two cores. ``.ci/run`` runs them as a step of its own
+after the main run. The others (replicas, Kubernetes manifests) run by default. Run the ``deploy`` ones with::
 
-    uv run pytest -m deploy tests/deploy
+    deploy/host/tools.sh compose compose-v5 prometheus && uv run pytest -m deploy tests/deploy
 
-They need root (the deployment directory's key directories are handed to the containers' uid), Docker with
-symbi/busybox:1 (deploy/host/setup-docker.sh), docker-compose (deploy/host/tools.sh compose) and the cached
-Jaeger and Prometheus builds (deploy/host/tools.sh; built here when missing).
+They need root (the deployment directory's key directories are handed to the containers' uid; debootstrap),
+Docker with symbi/busybox:1 (deploy/host/setup-docker.sh), Docker Compose v5 and Debian's docker-compose, and
+the cached Jaeger and Prometheus builds (deploy/host/tools.sh; built here when missing).
 """
 
 from __future__ import annotations

@@ -54,7 +54,19 @@ def free_block(size: int) -> int:
     raise RuntimeError("no free block of ports between 20000 and 32000")
 
 
-def compose_command() -> list[str]:
+#: The compose implementations the stack is brought up with (each runs the whole module once):
+#: Docker Compose v5.6.0 built from the Go module proxy, and Debian's docker-compose 1.29.2.
+COMPOSES = ("compose-v5", "docker-compose")
+
+
+def compose_command(implementation: str) -> list[str]:
+    if implementation == "compose-v5":
+        done = subprocess.run(
+            [str(REPO / "deploy/host/tools.sh"), "--print", "compose-v5"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.fail("Docker Compose v5 is not built: run deploy/host/tools.sh compose-v5")
+        return [done.stdout.strip()]
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail("docker-compose is not installed: run deploy/host/tools.sh compose")
@@ -66,13 +78,14 @@ class Stack:
     """A running compose project: where its directory is, how to reach it, how to run compose on it."""
 
     project: str
+    command: list[str]
     directory: Path
     base_port: int
     images: dict[str, str]
     env: dict[str, str] = field(default_factory=dict)
 
     def compose(self, *args: str, timeout: float = 600.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [*compose_command(), "-p", self.project, "--env-file", str(self.directory / "compose.env"), *args]
+        cmd = [*self.command, "-p", self.project, "--env-file", str(self.directory / "compose.env"), *args]
         done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             pytest.fail(f"{' '.join(args)} exited {done.returncode}: {done.stderr[-3000:]}")
@@ -94,6 +107,15 @@ class Stack:
         return subprocess.run(
             [str(exe), *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
         )
+
+    def statuses(self, service: str = "") -> list[str]:
+        """``docker ps -a`` statuses of the project's containers (of ``service``): the same whichever compose
+        made them, as both label what they create."""
+        filters = ["--filter", f"label=com.docker.compose.project={self.project}"]
+        if service:
+            filters += ["--filter", f"label=com.docker.compose.service={service}"]
+        cmd = ["docker", "ps", "-a", *filters, "--format", "{{.Status}}"]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, volumes and networks of this project that still exist."""
@@ -119,7 +141,8 @@ def build_images() -> dict[str, str]:
     if done.returncode != 0:
         pytest.fail(f"deploy/images/build.sh failed: {done.stderr[-3000:]}")
     images = dict(line.split("=", 1) for line in done.stdout.split())
-    assert set(images) == {"SYMBI_RUNTIME_IMAGE", "SYMBI_JAEGER_IMAGE", "SYMBI_PROMETHEUS_IMAGE"}, done.stdout
+    expected = {"SYMBI_RUNTIME_IMAGE", "SYMBI_JAEGER_IMAGE", "SYMBI_PROMETHEUS_IMAGE", "SYMBI_AGENT_IMAGE"}
+    assert set(images) == expected, done.stdout
     return images
 
 
@@ -144,8 +167,8 @@ def wait_ready(stack: Stack, timeout: float = READY_TIMEOUT_S) -> dict[str, floa
     return ready
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=COMPOSES)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole compose stack on free loopback ports, ready; ``down -v`` afterwards whatever happened."""
     if os.geteuid() != 0:
         pytest.fail("the compose tests need root (key directories are handed to the containers' uid)")
@@ -155,7 +178,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("compose") / "deploy"
     env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_HOME", "SYMBI_KEYS_DIR", "SYMBI_NATS_URL")}
     env.update({"COLUMNS": "200", "SYMBI_HOST_ID": project, "SYMBI_HOME": str(directory)})
-    stack = Stack(project=project, directory=directory, base_port=base, images=images, env=env)
+    command = compose_command(request.param)
+    stack = Stack(project=project, command=command, directory=directory, base_port=base, images=images, env=env)
     init = stack.symbi(
         "deploy", "init", str(directory), "--images", "\n".join(f"{k}={v}" for k, v in images.items()),
         "--base-port", str(base), "--nats-port", str(base + NATS_OFFSET),
@@ -206,10 +230,11 @@ def test_every_service_is_ready_in_its_container(stack: Stack) -> None:
     ready = json.loads(stack.env["SYMBI_TEST_READY"])
     assert sorted(ready) == sorted(ALL_SERVICES)
     print(f"up -d and every /readyz green in {stack.env['SYMBI_TEST_UP_S']} s: {ready}")
-    ps = stack.compose("ps", "-q").stdout.split()
-    assert len(ps) == 12  # nats, postgres, jaeger, prometheus, provision (exited), six services, a policy replica
-    provision = stack.compose("ps", "provision").stdout
-    assert "Exit 0" in provision, provision
+    print(stack.compose("version").stdout.strip())
+    statuses = stack.statuses()
+    assert len(statuses) == 12, statuses  # nats, postgres, jaeger, prometheus, provision, six services, policy-2
+    assert [s.split(" (")[0] for s in stack.statuses("provision")] == ["Exited"], stack.statuses("provision")
+    assert stack.statuses("provision")[0].startswith("Exited (0)")
 
 
 def test_the_main_job_runs_end_to_end_with_a_verified_receipt(main_job: dict[str, Any]) -> None:
@@ -234,6 +259,33 @@ def test_a_tier2_task_runs_in_gvisor_from_the_containerised_sandbox_agent(stack:
     assert (stats["lines"], stats["words"], stats["bytes"]) == (2, 5, len(text.encode()))
     assert stats["sha256"] == hashlib.sha256(text.encode()).hexdigest()
     assert doc["receipt"]["verified"] is True
+
+
+#: An agent written with the SDK: it stores a memory through its host and recalls it (the sandbox-agent in its
+#: container forwards both to the context service).
+SDK_AGENT = """\
+import json, os
+from symbi_agent import Agent
+name = open(os.environ["SYMBI_INPUT"]).read().strip()
+with Agent() as a:
+    stored = a.memory.store("deployed for " + name, collection="notes")
+    found = a.memory.recall("deployed", collection="notes")["memories"]
+print(json.dumps({"stored": stored["memory_id"], "recalled": [m["id"] for m in found]}))
+"""
+
+
+def test_an_sdk_agent_runs_in_the_agent_image_built_for_the_stack(stack: Stack, tmp_path: Path) -> None:
+    image = stack.images["SYMBI_AGENT_IMAGE"]
+    assert (stack.directory / "compose.env").read_text().count(f"SYMBI_AGENT_IMAGE={image}") == 1
+    definition = json.loads((REPO / "examples" / "agents" / "hello.json").read_text())
+    definition.update(name="sdk-agent", description="Stores and recalls a memory with the agent SDK.")
+    definition["workload"] = {"image": image, "command": ["python3", "-c", SDK_AGENT], "actions": True}
+    path = tmp_path / "sdk-agent.json"
+    path.write_text(json.dumps(definition))
+    doc = _run_main_job(stack, "compose", path)
+    assert (doc["task"]["outcome"], doc["receipt"]["verified"]) == ("succeeded", True), doc["task"]
+    out = json.loads(doc["result"])
+    assert out["recalled"] == [out["stored"]], out
 
 
 def test_every_stored_event_verifies_against_the_deployment_keyring(stack: Stack, main_job: dict[str, Any]) -> None:
@@ -301,8 +353,8 @@ def test_jaeger_holds_the_tasks_trace_across_every_service(stack: Stack, main_jo
 
 def test_with_one_policy_replica_killed_the_main_job_still_runs(stack: Stack, main_job: dict[str, Any]) -> None:
     stack.compose("kill", "policy")
-    assert "Exit" in stack.compose("ps", "policy").stdout
-    assert "Up" in stack.compose("ps", "policy-2").stdout
+    assert stack.statuses("policy")[0].startswith("Exited"), stack.statuses("policy")
+    assert stack.statuses("policy-2")[0].startswith("Up"), stack.statuses("policy-2")
     again = _run_main_job(stack, "replica")
     assert again["task"]["outcome"] == "succeeded"
     assert again["result"].strip() == "hello replica"

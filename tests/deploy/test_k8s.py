@@ -8,6 +8,7 @@ them in its wheel.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,52 @@ def test_the_root_key_is_mounted_nowhere() -> None:
     pods = [o for o in objects() if "template" in o.get("spec", {})]
     mounted = {v["secret"]["secretName"] for o in pods for v in pod_spec(o).get("volumes", []) if "secret" in v}
     assert not {name for name in mounted if "operator" in name or "root" in name}, mounted
+
+
+def test_prometheus_discovers_and_labels_every_service_pod() -> None:
+    """The pod-discovery relabelling, applied to each service's pod template as Prometheus would: every
+    service is kept, at its HTTP container port and metrics path, with the ``service`` label the dashboards use."""
+    config = yaml.safe_load(find("ConfigMap", "symbi-prometheus-config")["data"]["prometheus.yml"])
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["symbi"]}}]
+    for service in ALL_SERVICES:
+        obj = find("DaemonSet" if service == "sandbox-agent" else "Deployment", f"symbi-{service}")
+        template = obj["spec"]["template"]
+        meta = {"__meta_kubernetes_pod_ip": "10.0.0.7", "__meta_kubernetes_pod_name": f"symbi-{service}-0"}
+        for key, value in {**template["metadata"]["annotations"], **template["metadata"]["labels"]}.items():
+            kind = "annotation" if key in template["metadata"].get("annotations", {}) else "label"
+            meta[f"__meta_kubernetes_pod_{kind}_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"] = value
+        target = relabel(meta, job["relabel_configs"])
+        assert target is not None, f"{service}'s pods are not scraped"
+        (container,) = pod_spec(obj)["containers"]
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+        assert target["__address__"] == f"10.0.0.7:{port}"
+        assert target["__metrics_path__"] == "/metrics"
+        assert target["service"] == service
+    unannotated = {"__meta_kubernetes_pod_ip": "10.0.0.9", "__meta_kubernetes_pod_name": "symbi-postgres-0"}
+    assert relabel(unannotated, job["relabel_configs"]) is None
+
+
+def relabel(labels: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, str] | None:
+    """Prometheus's ``keep`` and ``replace`` relabel actions (anchored regex, ``;``-joined sources); None
+    when the target is dropped."""
+    out = dict(labels)
+    for rule in rules:
+        value = ";".join(out.get(name, "") for name in rule["source_labels"])
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if rule.get("action", "replace") == "keep":
+            if match is None:
+                return None
+        elif match is not None:
+            out[rule["target_label"]] = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    return out
+
+
+def test_prometheus_may_only_read_pods_of_its_namespace() -> None:
+    role = find("Role", "symbi-prometheus")
+    assert {verb for rule in role["rules"] for verb in rule["verbs"]} == {"get", "list", "watch"}
+    binding = find("RoleBinding", "symbi-prometheus")
+    assert binding["roleRef"]["name"] == "symbi-prometheus"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "symbi-prometheus", "namespace": "symbi"}]
+    assert pod_spec(find("Deployment", "symbi-prometheus"))["serviceAccountName"] == "symbi-prometheus"
+    assert not [o for o in objects() if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]

@@ -8,7 +8,10 @@ SIGKILL part-way. Every registration is answered (a request lost with the killed
 either succeeds or is refused as already registered, never applied twice), the survivor serves the rest, and
 the stream holds exactly one registration event per set. The failover time (kill → next answer) is printed.
 The same for two lifecycle replicas sharing one PostgreSQL read model (agents registered over
-``cmd.lifecycle.register``): each agent registered once, and its row projected exactly once per event.
+``cmd.lifecycle.register``): each agent registered once, and its row projected exactly once per event. And for
+two context replicas, each with its own vector index (as the Kubernetes Deployment runs them), taking documents
+over ``cmd.context.ingest`` from concurrent writers: each document stored once, and found once in the index of
+the survivor.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions, service_command
 from symbi_cli.supervisor import RestartPolicy, ServiceSpec, Supervisor
 from symbi_common.commands import CommandClient
-from symbi_common.errors import AlreadyExists, InfrastructureError, NotFound
+from symbi_common.errors import AlreadyExists, InfrastructureError, NotFound, SymbiError
 from symbi_common.keyring import KeyRegistry
 
 pytestmark = pytest.mark.timeout(300)  # about 10 s; in the default run
@@ -66,14 +69,14 @@ def replica_spec(
     )
 
 
-async def served_registrations(port: int) -> float:
-    """``symbi_commands_total{action="register", outcome="ok"}`` of the replica on ``port`` (any service)."""
+async def served_registrations(port: int, action: str = "register") -> float:
+    """``symbi_commands_total{action=<action>, outcome="ok"}`` of the replica on ``port`` (any service)."""
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("symbi_commands_total{") and 'action="register"' in line and 'outcome="ok"' in line
+        if line.startswith("symbi_commands_total{") and f'action="{action}"' in line and 'outcome="ok"' in line
     )
 
 
@@ -253,3 +256,100 @@ async def projected(client: CommandClient, agent_id: str, version: int, within_s
             return row
         await asyncio.sleep(0.1)
     return row
+
+
+#: Knowledge bases are granted by name (symbi_context.application._resource: no owning agent).
+KB_GRANT = (
+    'permit (principal == Agent::"librarian", action in [Action::"memory.read", Action::"memory.write"], '
+    'resource == Memory::"replicas");'
+)
+
+
+async def ingest_document(client: CommandClient, doc_id: str, text: str) -> tuple[str, int]:
+    """Ingest ``text`` as document ``doc_id`` (the caller names it, so a retry cannot store it twice)."""
+    body = {"agent_id": "librarian", "kb_id": "replicas", "title": doc_id, "text": text, "document_id": doc_id}
+    for attempt in range(1, 6):
+        try:
+            await client.call("context", "ingest", body, dict, timeout=10.0)
+            return "ingested", attempt
+        except InfrastructureError:
+            await asyncio.sleep(0.2)
+        except SymbiError as exc:
+            if "already exists" not in str(exc):
+                raise
+            return "already-ingested", attempt  # an earlier attempt took effect before its replica died
+    return "unanswered", 5
+
+
+async def test_killing_one_context_replica_under_load_stores_each_document_once(
+    tmp_path: Path, free_base_port: int, cli_env: dict[str, str]
+) -> None:
+    options = RuntimeOptions(
+        home=tmp_path / "home", base_port=free_base_port, nats_port=None, services=["policy"], env=cli_env
+    )
+    ports = {"context-a": free_base_port + 7, "context-b": free_base_port + 8}
+    documents, writers = 24, 4
+    texts = {
+        f"doc-{i:02d}": f"replica ledger entry {i}: {' '.join(f'w{i}x{j}' for j in range(8))}" for i in range(documents)
+    }
+    async with LocalRuntime(options) as rt:
+        await rt.wait_ready(timeout=180)
+        specs = []
+        for name, port in ports.items():
+            spec = replica_spec(rt, name, port, cli_env, "context")
+            spec.env["SYMBIONT_VECTOR_DATA_PATH"] = str(tmp_path / f"vectors-{name}")  # one index per replica
+            specs.append(spec)
+        replicas = Supervisor(specs, policy=RestartPolicy(initial_backoff=600), grace_period=5)
+        async with replicas:
+            await replicas.wait_ready(timeout=180)
+            nc = await nats.connect(rt.nats_url_for("context"), connect_timeout=5)
+            client = CommandClient(nc, timeout=10.0)
+            admin = await nats.connect(rt.nats_url_for("policy"), connect_timeout=5)
+            grant = {"set_id": "replicas-kb", "cedar": KB_GRANT}
+            await CommandClient(admin, timeout=10.0).call("policy", "register", grant, dict)
+            await admin.drain()
+            outcomes: dict[str, tuple[str, int]] = {}
+            queue = list(texts)
+            killed = asyncio.Event()
+
+            async def writer() -> None:
+                while queue:
+                    doc_id = queue.pop(0)
+                    outcomes[doc_id] = await ingest_document(client, doc_id, texts[doc_id])
+                    if len(outcomes) >= documents // 3 and not killed.is_set():
+                        killed.set()
+                        served = {name: await served_registrations(port, "ingest") for name, port in ports.items()}
+                        assert all(served.values()), f"one replica served every command before the kill: {served}"
+                        os.kill(replicas.pids()["context-a"], signal.SIGKILL)  # the other writers keep going
+
+            try:
+                await asyncio.gather(*(writer() for _ in range(writers)))
+                assert not replicas.status("context-a").running
+                assert not {d: o for d, o in outcomes.items() if o[0] == "unanswered"}
+                # Every document is in the survivor's index exactly once (it follows the stream).
+                found = {}
+                for doc_id, text in texts.items():
+                    query = {"agent_id": "librarian", "query": text, "knowledge_bases": ["replicas"], "limit": 50}
+                    deadline = time.monotonic() + 30
+                    while True:
+                        results = (await client.call("context", "search_knowledge", query, dict))["results"]
+                        found[doc_id] = [r for r in results if r["document_id"] == doc_id]
+                        if found[doc_id] or time.monotonic() > deadline:
+                            break
+                        await asyncio.sleep(0.2)
+            finally:
+                await nc.drain()
+            assert {d: len(hits) for d, hits in found.items() if len(hits) != 1} == {}
+            registry = KeyRegistry.load(rt.keys_dir)
+            # One knowledge.ingested event per document (payloads are sealed: counted, with distinct versions).
+            versions = [
+                line.aggregate_version
+                async for line in tail(rt.nats_url, registry, "evt.knowledge.replicas", last=None, follow=False)
+                if line.verified and line.event_type == "knowledge.ingested"
+            ]
+            assert len(versions) == documents, f"{len(versions)} documents stored for {documents} ingested"
+            assert sorted(versions) == list(range(1, documents + 1)), versions
+            retried = {d: o for d, o in outcomes.items() if o[1] > 1}
+            print(
+                f"\n{documents} documents from {writers} writers through 2 context replicas, one SIGKILLed: retried {retried}"
+            )

@@ -150,7 +150,9 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
     nats_env = directory / "env" / "nats.env"
     passwords = _read_passwords(nats_env)
     for user in nats_users():
-        passwords.setdefault(user, secrets.token_urlsafe(24))
+        # A leading letter: nats-server reads `$VAR` values that start with '-' as numbers and refuses the
+        # configuration ("Expected a digit"), which a bare token_urlsafe does one time in 64.
+        passwords.setdefault(user, "p" + secrets.token_urlsafe(24))
     pg_file = directory / "postgres" / "password"
     pg_password = pg_file.read_text().strip() if pg_file.exists() else secrets.token_urlsafe(24)
 
