@@ -27,6 +27,7 @@ after ``inactive_threshold``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ INACTIVE_THRESHOLD_S = 120.0
 #: How long a follower's pull request stays open (a new one then replaces it): the idle cost is one request
 #: per follower per this many seconds. Well under ``INACTIVE_THRESHOLD_S``.
 PULL_EXPIRES_S = 30.0
+#: A follower acknowledges (AckPolicy.ALL: everything up to the last applied event) at most this often while
+#: events come, and whenever it is idle or stops: an ack per live event would be a message per event per
+#: follower. The consumer's ack_wait (60 s) is far off; the stored position, not the ack, is the truth.
+ACK_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +254,10 @@ class Follower:
         if self.on_start is not None:
             await self.on_start()
         delivered = 0  # the consumer's deliveries seen: its sequence has no gap unless one was lost or taken
+        unacked: Any = None  # the last applied delivery not acknowledged yet
+        unacked_count = 0  # (kept under max_ack_pending: a replay acknowledges every full batch)
+        acked_at = 0.0
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set() and not stop_requested():
                 if self.hold is not None and self.hold():
@@ -262,18 +271,26 @@ class Follower:
                 if msgs:
                     delivered = self._check_deliveries(msgs, delivered)
                     await self._apply_batch(msgs)
-                    if self.acks:
-                        await msgs[-1].ack()  # AckPolicy.ALL: the whole batch, after it committed
+                    if self.acks:  # acknowledged once committed, never before
+                        unacked, unacked_count = msgs[-1], unacked_count + len(msgs)
                     if msgs[-1].metadata.num_pending == 0:
                         self.synced.set()
                 else:
                     self.synced.set()
+                if unacked is not None and (
+                    not msgs or unacked_count >= self.batch or loop.time() - acked_at >= ACK_EVERY_S
+                ):
+                    last, unacked, unacked_count, acked_at = unacked, None, 0, loop.time()
+                    await last.ack()
                 await self.positions.idle()
                 if self.on_idle is not None:
                     await self.on_idle()
             if stop_requested():
                 self._stopping.set()  # a cancellation swallowed by nats-py: end instead of starting again
         finally:
+            if unacked is not None:  # best effort: unacknowledged, they are only delivered again to no one
+                with contextlib.suppress(Exception):
+                    await unacked.ack()
             try:
                 await feed.close()
             except Exception as exc:  # the connection may be gone; the consumer expires anyway
