@@ -265,3 +265,45 @@ async def test_the_cache_is_bounded_and_an_evicted_key_is_read_again(make: Make)
     nonce, ct = keys[0].encrypt(b"kept", b"aad")
     assert again.decrypt(nonce, ct, b"aad") == b"kept"
     assert len(dk._cache) == 3
+
+
+async def test_a_key_another_process_created_is_opened_from_its_notice(make: Make, store: DataKeyStore) -> None:
+    """The creation notice carries the sealed record: a reader opens its copy from it, with no store read; a
+    destroyed key's notice drops it again, and a service with no copy keeps nothing."""
+    writer, reader, other = make("scheduler"), make("sandbox-agent"), make("policy")
+    tasks = [asyncio.create_task(dk.follow_changes()) for dk in (reader, other)]
+    reads = 0
+    get = store.get
+
+    async def counting_get(name: str) -> tuple[bytes, int] | None:
+        nonlocal reads
+        reads += 1
+        return await get(name)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    try:
+        await asyncio.sleep(0.1)  # the watches are up
+        key = await writer.current("task.t7", new=True)
+        assert await _until(lambda: _true("task.t7" in reader._announced)), "the creation notice never came"
+        assert "task.t7" not in other._announced  # policy does not read tasks: nothing sealed to it
+        opened = await reader.by_id(key.key_id)
+        nonce, ct = key.encrypt(b"input", b"aad")
+        assert opened.decrypt(nonce, ct, b"aad") == b"input"
+        assert reads == 0, "the reader asked the store for a record its notice had brought"
+
+        second = await writer.current("task.t8", new=True)
+        assert await _until(lambda: _true("task.t8" in reader._announced))
+        await writer.destroy("task.t8")
+        assert await _until(lambda: _true("task.t8" not in reader._announced)), "a destroyed record was kept"
+        with pytest.raises(DataKeyDestroyed):
+            await reader.by_id(second.key_id)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def _true(value: bool) -> bool:
+    return value

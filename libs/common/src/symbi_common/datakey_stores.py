@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import msgspec
 import nats.js.errors
 import structlog
+from nats.js.api import DeliverPolicy
 
 from symbi_common.errors import InfrastructureError
 
@@ -53,6 +54,11 @@ class DataKeyStore(Protocol):
         """``(name, revision)`` of records written from now on, by any process; revision 0: destroyed."""
         ...
 
+    def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
+        """``(name, revision, value)`` of records written from now on, by any process (created ones too);
+        revision 0 and no value: destroyed."""
+        ...
+
 
 class MemoryDataKeyStore:
     """In-process store for tests and tools; same contract as :class:`KvDataKeyStore`."""
@@ -60,18 +66,22 @@ class MemoryDataKeyStore:
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, int]] = {}
         self._destroyed: set[str] = set()
-        self._watchers: list[asyncio.Queue[tuple[str, int]]] = []
+        self._watchers: list[asyncio.Queue[tuple[str, int, bytes | None]]] = []
 
-    def _changed(self, name: str, revision: int) -> None:
+    def _changed(self, name: str, revision: int, value: bytes | None = None) -> None:
         for queue in self._watchers:
-            queue.put_nowait((name, revision))
+            queue.put_nowait((name, revision, value))
 
     async def changes(self) -> AsyncIterator[str]:
         async for name, _ in self.revisions():
             yield name
 
     async def revisions(self) -> AsyncIterator[tuple[str, int]]:
-        queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        async for name, revision, _ in self.records():
+            yield name, revision
+
+    async def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
+        queue: asyncio.Queue[tuple[str, int, bytes | None]] = asyncio.Queue()
         self._watchers.append(queue)
         try:
             while True:
@@ -91,6 +101,7 @@ class MemoryDataKeyStore:
         if name in self._data or name in self._destroyed:
             return 0
         self._data[name] = (value, 1)
+        self._changed(name, 1, value)
         return 1
 
     async def update(self, name: str, value: bytes, revision: int) -> bool:
@@ -98,7 +109,7 @@ class MemoryDataKeyStore:
         if cur is None or cur[1] != revision:
             return False
         self._data[name] = (value, revision + 1)
-        self._changed(name, revision + 1)
+        self._changed(name, revision + 1, value)
         return True
 
     async def destroy(self, name: str) -> None:
@@ -178,11 +189,42 @@ class KvDataKeyStore:
         finally:
             await _stop_watcher(watcher)
 
+    async def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
+        """Records written from now on only (an ordered consumer delivering new messages: unlike a KV watch, a
+        process starting is not sent the last value of every record there is)."""
+        queue: asyncio.Queue[tuple[str, int, bytes | None]] = asyncio.Queue()
+        prefix = f"$KV.{DATAKEYS_BUCKET}."
+
+        async def on_msg(msg: Any) -> None:
+            name, headers = msg.subject[len(prefix) :], msg.headers or {}
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                queue.put_nowait((name, 0, None))
+            else:
+                queue.put_nowait((name, int(msg.metadata.sequence.stream), bytes(msg.data)))
+
+        # nats-py's KeyValue keeps its JetStream context private; its own watch subscribes through it so.
+        sub = await self._kv._js.subscribe(
+            prefix + ">",
+            stream=f"KV_{DATAKEYS_BUCKET}",
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            inactive_threshold=300.0,
+        )
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            await _stop_watcher(sub)
+
 
 async def _stop_watcher(watcher: Any) -> None:
-    # Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
-    # wait_for would then wait for the cancelled stop forever; closing the connection ends it.
-    stopping = asyncio.ensure_future(watcher.stop())
+    """Stop a KV watcher (or unsubscribe a subscription).
+
+    Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
+    wait_for would then wait for the cancelled stop forever; closing the connection ends it."""
+    stop = watcher.stop if hasattr(watcher, "stop") else watcher.unsubscribe
+    stopping = asyncio.ensure_future(stop())
     await asyncio.wait({stopping}, timeout=2.0)
     if not stopping.done():
         stopping.cancel()

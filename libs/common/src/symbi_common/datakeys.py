@@ -70,6 +70,11 @@ class DataKeys:
         self._locks: dict[str, asyncio.Lock] = {}
         #: Keys kept in memory at most (two new aggregates per task: without a bound the cache grows forever).
         self.max_cached = 50_000
+        #: name → (record, revision) as another process's write announced it, not opened yet: the first read of
+        #: a key created elsewhere opens this copy instead of asking the store (one KV round trip per process
+        #: and new aggregate). Only records with a copy sealed to this service; the oldest go first.
+        self._announced: dict[str, tuple[DataKeyRecord, int]] = {}
+        self.max_announced = 4096
 
     @property
     def wrap_key_id(self) -> str:
@@ -114,6 +119,9 @@ class DataKeys:
         return {key_id: seal_to(public, plaintext) for key_id, public in self._recipients(name).items()}
 
     async def _load(self, name: str) -> tuple[tuple[int, dict[int, AeadKey]], int] | None:
+        announced = self._announced.pop(name, None)
+        if announced is not None:
+            return self._unwrap(name, announced[0]), announced[1]
         got = await self._store.get(name)
         if got is None:
             return None
@@ -212,18 +220,35 @@ class DataKeys:
         """Forget cached keys as soon as any process rotates or destroys them; runs until cancelled.
 
         Without this a process keeps decrypting with a cached key that another process has
-        crypto-shredded. A notice of the very record this process holds (its creation, seen by every
+        crypto-shredded. A record written elsewhere (created or rotated) is kept as announced, so this
+        process's first read of it needs no store round trip; a destroyed one is dropped. A notice of the very record this process holds (its creation, seen by every
         process; each task creates two) changes nothing: dropping it cost a KV read and an unseal per
         process for the aggregate's next event.
         """
-        async for name, revision in self._store.revisions():
+        async for name, revision, value in self._store.records():
             if revision == 0 or self._revisions.get(name) != revision:
                 self.forget(name)
+                if value is not None:
+                    self._announce(name, value, revision)
+
+    def _announce(self, name: str, value: bytes, revision: int) -> None:
+        """Keep a record another process wrote, if it holds a copy for this service, until it is first needed."""
+        try:
+            record = RECORD_DECODER.decode(value)
+        except msgspec.DecodeError:
+            return  # read (and refused) from the store if it is ever needed
+        ours = {w.key_id for w in (self._wrap_key, *self._previous)}
+        if not any(ours & copies.keys() for copies in record.generations.values()):
+            return
+        if len(self._announced) >= self.max_announced:
+            self._announced.pop(next(iter(self._announced)))
+        self._announced[name] = (record, revision)
 
     def forget(self, name: str) -> None:
         """Drop a cached key (after another process destroyed or rotated it)."""
         self._cache.pop(name, None)
         self._revisions.pop(name, None)
+        self._announced.pop(name, None)
 
     # --- wrap key rotation ------------------------------------------------------------------------
 

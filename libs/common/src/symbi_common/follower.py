@@ -4,7 +4,8 @@ Every projection and reactor reads the stream through a :class:`Follower`:
 
 1. On each (re)start it reads its position from its :class:`~symbi_common.positions.PositionStore` and
    creates a pull consumer of its own, starting right after it. The store is the truth, not the consumer.
-2. It fetches batches (:class:`~symbi_common.streams.BacklogFetch`), opens a unit of work on the store,
+2. It takes batches through one open pull request at a time (:class:`~symbi_common.live_pull.LivePull`: no
+   round trip per live event), opens a unit of work on the store,
    drops what is at or below the unit's position (redelivered after a crash between commit and ack, or
    applied already by another replica), hands the rest to the handler and advances the position to the
    batch's last sequence. Effect and position commit together (one PostgreSQL transaction for
@@ -26,19 +27,20 @@ after ``inactive_threshold``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Gauge
 
 from symbi_common.errors import InfrastructureError
+from symbi_common.live_pull import LivePull
 from symbi_common.positions import PositionStore, Unit
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage, keep_consuming
+from symbi_common.streams import EVENTS_STREAM, RawMessage, keep_consuming
 from symbi_common.telemetry import PROJECTION_POSITION
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,13 @@ FOLLOWER_HALTED = Gauge(
 )
 #: A consumer whose follower stopped or died expires after this long without a pull.
 INACTIVE_THRESHOLD_S = 120.0
+#: How long a follower's pull request stays open (a new one then replaces it): the idle cost is one request
+#: per follower per this many seconds. Well under ``INACTIVE_THRESHOLD_S``.
+PULL_EXPIRES_S = 30.0
+#: A follower acknowledges (AckPolicy.ALL: everything up to the last applied event) at most this often while
+#: events come, and whenever it is idle or stops: an ack per live event would be a message per event per
+#: follower. The consumer's ack_wait (60 s) is far off; the stored position, not the ack, is the truth.
+ACK_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +167,7 @@ class Follower:
         stream: str = EVENTS_STREAM,
         batch: int = 256,
         fetch_timeout: float = 1.0,
+        pull_expires: float | None = None,
         acks: bool = True,
         linger: float = 0.0,
         hold: Callable[[], bool] | None = None,
@@ -173,7 +183,11 @@ class Follower:
         self.handler = handler
         self.stream = stream
         self.batch = batch
+        #: The longest wait for events before ``on_idle`` and ``positions.idle()`` run (local: no request).
         self.fetch_timeout = fetch_timeout
+        #: How long each pull request stays open. A follower that may ``hold`` keeps it to ``fetch_timeout``:
+        #: holding then stops deliveries within that time (what was delivered meanwhile waits in memory).
+        self.pull_expires = pull_expires or (fetch_timeout if hold is not None else PULL_EXPIRES_S)
         #: Acknowledge each batch after it commits (AckPolicy.ALL); off, the consumer acknowledges nothing.
         self.acks = acks
         #: After a short batch, how long to wait for more before applying them together (0: never).
@@ -211,7 +225,7 @@ class Follower:
         """Wait until events up to stream ``sequence`` are applied (read-your-writes for callers)."""
         return await wait_for_position(self._changed, lambda: self.position, sequence, timeout)
 
-    async def _consumer(self) -> tuple[Any, Any]:
+    async def _consumer(self) -> tuple[LivePull, Any]:
         self.position = await self.positions.load()
         # A fresh name per start: the previous consumer (if any) expires on the server, services may not delete.
         self.consumer_name = f"{consumer_prefix(self.service, self.name)}{uuid.uuid4().hex[:12]}"
@@ -229,43 +243,56 @@ class Follower:
             filter_subjects=subjects if len(subjects) > 1 else None,
         )
         info = await self.js.add_consumer(self.stream, config)
-        psub = await self.js.pull_subscribe_bind(durable=self.consumer_name, stream=self.stream)
-        return psub, info
+        feed = LivePull(self.js, self.stream, self.consumer_name, batch=self.batch, expires=self.pull_expires)
+        return await feed.open(), info
 
     async def _run_consumer(self) -> None:
-        psub, info = await self._consumer()
+        feed, info = await self._consumer()
         if info.num_pending == 0:
             self.synced.set()
         self.ready.set()
         if self.on_start is not None:
             await self.on_start()
-        fetch = BacklogFetch(psub, self.batch)
         delivered = 0  # the consumer's deliveries seen: its sequence has no gap unless one was lost or taken
+        unacked: Any = None  # the last applied delivery not acknowledged yet
+        unacked_count = 0  # (kept under max_ack_pending: a replay acknowledges every full batch)
+        acked_at = 0.0
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set() and not stop_requested():
                 if self.hold is not None and self.hold():
                     await asyncio.sleep(1.0)
                     continue
-                msgs = await fetch(timeout=self.fetch_timeout)
+                msgs = await feed.take(self.batch, self.fetch_timeout)
                 if msgs and len(msgs) < self.batch and self.linger > 0:
-                    msgs += await self._more(psub, self.batch - len(msgs))
+                    # A short batch: what else arrives within ``linger`` goes into the same unit and ack.
+                    await asyncio.sleep(self.linger)
+                    msgs += feed.ready(self.batch - len(msgs))
                 if msgs:
                     delivered = self._check_deliveries(msgs, delivered)
                     await self._apply_batch(msgs)
-                    if self.acks:
-                        await msgs[-1].ack()  # AckPolicy.ALL: the whole batch, after it committed
+                    if self.acks:  # acknowledged once committed, never before
+                        unacked, unacked_count = msgs[-1], unacked_count + len(msgs)
                     if msgs[-1].metadata.num_pending == 0:
                         self.synced.set()
                 else:
                     self.synced.set()
+                if unacked is not None and (
+                    not msgs or unacked_count >= self.batch or loop.time() - acked_at >= ACK_EVERY_S
+                ):
+                    last, unacked, unacked_count, acked_at = unacked, None, 0, loop.time()
+                    await last.ack()
                 await self.positions.idle()
                 if self.on_idle is not None:
                     await self.on_idle()
             if stop_requested():
                 self._stopping.set()  # a cancellation swallowed by nats-py: end instead of starting again
         finally:
+            if unacked is not None:  # best effort: unacknowledged, they are only delivered again to no one
+                with contextlib.suppress(Exception):
+                    await unacked.ack()
             try:
-                await psub.unsubscribe()
+                await feed.close()
             except Exception as exc:  # the connection may be gone; the consumer expires anyway
                 log.debug("unsubscribe failed", follower=self.name, error=repr(exc))
             try:
@@ -286,15 +313,6 @@ class Follower:
                 raise DeliveryGap(self.name, delivered, sequence)
             delivered = sequence
         return delivered
-
-    async def _more(self, psub: Any, limit: int) -> list[Any]:
-        """What else arrives within ``linger`` of a short batch: one unit and one ack for them all."""
-        await asyncio.sleep(self.linger)
-        try:
-            more: list[Any] = await psub.fetch(limit, timeout=0.05)  # takes what is there, waits for nothing more
-        except (nats.errors.TimeoutError, TimeoutError):
-            return []
-        return more
 
     async def _apply_batch(self, msgs: list[Any]) -> None:
         """Apply the messages above the stored position and store the new position with their effect."""

@@ -21,10 +21,11 @@ import nats.js.errors
 import structlog
 from nats.js.api import ConsumerConfig
 from symbi_common.aggregate import Repository
+from symbi_common.live_pull import LivePull
 from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import SandboxSettings
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, require_streams
+from symbi_common.streams import EVENTS_STREAM, require_streams
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.events import (
     ExecutionEvent,
@@ -56,6 +57,8 @@ WORK_STREAM = "WORK"
 HOSTS_BUCKET = "HOSTS"
 #: Delay before a work item is offered again while an older attempt of its task is still being stopped.
 BUSY_RETRY_S = 0.5
+#: How long the work pull request stays open before a new one replaces it (the idle cost: one request per this).
+WORK_PULL_EXPIRES_S = 30.0
 
 
 class SandboxHost:
@@ -125,13 +128,7 @@ class SandboxHost:
         )
         await self.heartbeat()
         self.rt.spawn(self._heartbeat_loop(), "sandbox:heartbeat")
-        sub = await self.rt.js.pull_subscribe(
-            f"work.{self.host_id}",
-            durable=f"sandbox_{self.host_id}",
-            stream=WORK_STREAM,
-            config=ConsumerConfig(ack_wait=60, max_deliver=-1),
-        )
-        self.rt.spawn(self._consume(sub), "sandbox:work")
+        self.rt.spawn(self._consume(await self._work_feed()), "sandbox:work")
         self.rt.spawn(attach_all(self.rt, self.service.tools), "sandbox:tools")
         log.info("sandbox-agent started", host_id=self.host_id, tiers=self.info.capabilities.tiers)
 
@@ -214,12 +211,24 @@ class SandboxHost:
 
     # --- work -----------------------------------------------------------------------------------
 
-    async def _consume(self, sub: Any) -> None:
+    async def _work_feed(self) -> LivePull:
+        """This host's work items (durable consumer ``sandbox_<host>``, created on first start) through one open
+        pull request: no request per work item, and one per ``WORK_PULL_EXPIRES_S`` while none come."""
+        durable = f"sandbox_{self.host_id}"
         try:
-            fetch = BacklogFetch(sub, 8)
+            await self.rt.js.consumer_info(WORK_STREAM, durable)
+        except nats.js.errors.NotFoundError:
+            config = ConsumerConfig(
+                name=durable, durable_name=durable, filter_subject=f"work.{self.host_id}", ack_wait=60, max_deliver=-1
+            )
+            await self.rt.js.add_consumer(WORK_STREAM, config)
+        return await LivePull(self.rt.js, WORK_STREAM, durable, batch=8, expires=WORK_PULL_EXPIRES_S).open()
+
+    async def _consume(self, feed: LivePull) -> None:
+        try:
             while True:
                 try:
-                    msgs = await fetch(timeout=1.0)
+                    msgs = await feed.take(8, timeout=WORK_PULL_EXPIRES_S)
                 except Exception as exc:
                     self.rt.note_error(f"work fetch: {exc}")
                     await asyncio.sleep(0.5)
@@ -227,9 +236,9 @@ class SandboxHost:
                 for msg in msgs:
                     await self._on_work(msg)
         finally:
-            # Drop the fetch's inbox now: a status reply left in it would hold up the connection's drain.
+            # Drop the inbox now: a status reply left in it would hold up the connection's drain.
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await feed.close()
 
     async def _on_work(self, msg: Any) -> None:
         try:

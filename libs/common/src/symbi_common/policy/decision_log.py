@@ -103,6 +103,8 @@ class DecisionLog:
         self._enqueued = 0
         self._stored = 0
         self._wake = asyncio.Event()
+        #: Set when a decision is queued: the sender sleeps on it while the queue is empty.
+        self._queued = asyncio.Event()
         self._retry_now = asyncio.Event()
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +136,7 @@ class DecisionLog:
         if len(encoded) > self.batch_bytes:  # keep the decision, not an attribute dump that could never be sent
             encoded = _encoder.encode(_shrunk(entry, len(encoded)))
         self._queue.append(encoded)
+        self._queued.set()
         self._enqueued += 1
         number = self._enqueued
         if record.effect == "deny" or len(self._queue) >= self.batch_size:
@@ -189,8 +192,11 @@ class DecisionLog:
         while True:
             if not self._queue:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                self._queued.clear()
+                await self._queued.wait()  # no timer while nothing is queued (an idle service sleeps)
+                if not self._wake.is_set():  # gather for up to ``interval`` unless a denial or a full batch waits
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.interval)
                 continue
             if not batch:
                 batch, batch_id = self._take(), new_event_id()
