@@ -137,7 +137,7 @@ async def live(nats_url: str, keys_dir: Path, n: int) -> float:
     from symbi_audit.store import AuditStore
     from symbi_common.datakeys import open_service_datakeys
     from symbi_common.db import open_pool
-    from symbi_common.settings import AuditSettings
+    from symbi_common.settings_sections import AuditSettings
 
     with (
         tempfile.TemporaryDirectory(prefix="symbi-bench-pg-") as tmp,

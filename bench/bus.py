@@ -39,8 +39,9 @@ from symbi_common.policy.enforcement import GATEWAY_ACTION
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
-from symbi_sandbox_agent.bus.carrier import Carrier, RateLimited
+from symbi_sandbox_agent.bus.carrier import Carrier
 from symbi_sandbox_agent.bus.decisions import remembered
+from symbi_sandbox_agent.bus.errors import RateLimited
 from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import open_carrier
 

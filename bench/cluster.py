@@ -44,7 +44,7 @@ from symbi_common.errors import ConcurrencyConflict, SymbiError
 from symbi_common.eventstore import EventStore
 from symbi_common.natsauth import RESILIENT_CLIENT
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip
-from symbi_common.settings import NatsSettings
+from symbi_common.settings_sections import NatsSettings
 from symbi_common.streams import EVENTS_STREAM, StreamSettings, events_config, provision_streams, read_subject
 
 THROUGHPUT_TARGET = 0.5

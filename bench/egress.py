@@ -72,7 +72,7 @@ async def proxy_role(socket_path: str, port: int) -> None:
     from symbi_common.policy.follower import PolicyFollower
     from symbi_common.policy.hooks import Enforcer
     from symbi_common.policy.points import EmbeddedDecisionPoint
-    from symbi_common.settings import EgressSettings
+    from symbi_common.settings_sandbox import EgressSettings
     from symbi_sandbox_agent.bus.decisions import remembered
     from symbi_sandbox_agent.egress.host import EgressHost
     from symbi_sandbox_agent.egress.internal import Caller

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "tests" / "plugins"))
 
 from symbi_common.decisions import DecisionRecord  # noqa: E402
 from symbi_common.sealing import ChainTip  # noqa: E402
-from symbi_common.settings import ModelsSettings, load_settings  # noqa: E402
+from symbi_common.settings import load_settings  # noqa: E402
+from symbi_common.settings_sandbox import ModelsSettings  # noqa: E402
 from symbi_contracts.lifecycle.config import AgentBudget, ResourceLimits, Workload  # noqa: E402
 from symbi_contracts.scheduler.events import CODEC as TASKS  # noqa: E402
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted  # noqa: E402

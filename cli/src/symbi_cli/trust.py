@@ -18,7 +18,8 @@ from typing import Annotated
 import typer
 from symbi_common.errors import ConfigError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.settings import AuditSettings, load_settings
+from symbi_common.settings import load_settings
+from symbi_common.settings_sections import AuditSettings
 from symbi_tlog.cosign import WitnessKey
 from symbi_tlog.errors import CosignatureInvalid
 from symbi_tlog.offline import TrustAnchor

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from symbi_common.errors import ConfigError
-from symbi_common.settings import ENV_ALIASES, Settings, load_settings, parse_size
-from symbi_common.settings_checks import UNSUPPORTED
+from symbi_common.settings import Settings, load_settings
+from symbi_common.settings_checks import UNSUPPORTED, parse_size
+from symbi_common.settings_env import ENV_ALIASES
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "symbi.toml"
 

@@ -13,7 +13,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.sealing import ChainTip
 from symbi_common.secret_source import SecretNotFound
 from symbi_common.service import ServiceRuntime
-from symbi_common.settings import ModelsSettings
+from symbi_common.settings_sandbox import ModelsSettings
 from symbi_contracts.lifecycle.config import AgentBudget, Workload
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted

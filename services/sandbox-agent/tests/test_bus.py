@@ -255,7 +255,7 @@ async def test_a_full_inbox_refuses_more_with_rate_limited(
     agent_image: str, make_store: Any, scheduler: Scheduler, agent_settings: Callable[..., Settings]
 ) -> None:
     from symbi_common.bus_names import INBOX_DEPTH
-    from symbi_sandbox_agent.bus.carrier import RateLimited
+    from symbi_sandbox_agent.bus.errors import RateLimited
     from symbi_sandbox_agent.bus.limits import SendLimits
     from symbi_sandbox_agent.bus.runtime import open_carrier
 

@@ -24,7 +24,8 @@ from symbi_common.settings import load_settings
 from symbi_contracts.lifecycle.events import CODEC as AGENT_EVENTS
 from symbi_contracts.lifecycle.events import AgentStatus, AgentTerminated
 from symbi_fixtures.messaging import DEPLOYMENT_PASSWORDS
-from symbi_sandbox_agent.bus.carrier import Carrier, RecipientTerminated
+from symbi_sandbox_agent.bus.carrier import Carrier
+from symbi_sandbox_agent.bus.errors import RecipientTerminated
 from symbi_sandbox_agent.bus.runtime import bus_of
 
 

@@ -18,7 +18,7 @@ import pytest
 from symbi_agent.forward import Forwarder
 from symbi_common.decisions import AllowAll
 from symbi_common.policy.hooks import Enforcer
-from symbi_common.settings import EgressSettings
+from symbi_common.settings_sandbox import EgressSettings
 from symbi_sandbox_agent.egress.decisions import Connection
 from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import MODELS_HOST, Caller, InternalRequest, InternalResponse

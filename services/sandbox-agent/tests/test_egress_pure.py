@@ -201,7 +201,7 @@ def test_hop_by_hop_proxy_and_symbi_headers_are_dropped() -> None:
 
 def test_bad_egress_settings_stop_the_start() -> None:
     from symbi_common.errors import ConfigError
-    from symbi_common.settings import EgressSettings
+    from symbi_common.settings_sandbox import EgressSettings
     from symbi_sandbox_agent.egress.host import check_egress_settings
 
     check_egress_settings(

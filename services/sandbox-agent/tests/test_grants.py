@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import ConfigError
-from symbi_common.settings import DataRootSettings, load_settings
+from symbi_common.settings import load_settings
+from symbi_common.settings_sandbox import DataRootSettings
 from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
 from symbi_sandbox_agent import data_files

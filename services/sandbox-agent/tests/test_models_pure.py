@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from symbi_common.errors import ConfigError
-from symbi_common.settings import ModelsSettings
+from symbi_common.settings_sandbox import ModelsSettings
 from symbi_contracts.models.events import BudgetReconciled, BudgetReleased, BudgetReserved
 from symbi_sandbox_agent.models.budget import (
     BudgetState,

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import ConfigError
-from symbi_common.settings import SandboxSettings
+from symbi_common.settings_sandbox import SandboxSettings
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.errors import (
     ExecutionStateError,

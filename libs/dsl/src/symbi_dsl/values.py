@@ -1,7 +1,7 @@
 """Typed reads of a definition's values and entries; a wrong one is reported with its position.
 
-The checks of :mod:`symbi_dsl.declarations`, :mod:`symbi_dsl.blocks` and :mod:`symbi_dsl.agents` read
-every value through these, so a problem is worded the same way wherever it is found.
+The checks of :mod:`symbi_dsl.declarations`, :mod:`symbi_dsl.blocks`, :mod:`symbi_dsl.agents` and the agent's
+per-key parsers read every value through these, so a problem is worded the same way wherever it is found.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from symbi_common.keyring import KeyRegistry
 from symbi_common.positions import HandlerPositions, Unit
 from symbi_common.reader import decode_opened
 from symbi_common.sealing import OpenedEvent, decrypt
-from symbi_common.settings import AuditSettings
+from symbi_common.settings_sections import AuditSettings
 from symbi_common.streams import RawMessage
 from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
 from symbi_tlog.merkle import TreeBuilder

@@ -14,7 +14,7 @@ import httpx
 import structlog
 from prometheus_client import Counter
 from symbi_common.errors import ConfigError
-from symbi_common.settings import AuditSettings
+from symbi_common.settings_sections import AuditSettings
 from symbi_tlog.cosign import WitnessKey, add_signatures, verify_cosignatures
 from symbi_tlog.errors import CosignatureInvalid
 from symbi_tlog.merkle import consistency_ranges, hashes_for, nodes_for

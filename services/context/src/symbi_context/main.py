@@ -18,7 +18,9 @@ from fastapi import FastAPI
 from symbi_common.datakeys import KvDataKeyStore
 from symbi_common.service import ServiceRuntime
 from symbi_common.service_app import create_app, run_service
-from symbi_common.settings import ContextSettings, Settings, parse_size
+from symbi_common.settings import Settings
+from symbi_common.settings_checks import parse_size
+from symbi_common.settings_sections import ContextSettings
 
 from symbi_context.api import Api, register_commands, router
 from symbi_context.application import ContextConfig, ContextService

@@ -8,7 +8,7 @@ import socket
 import tempfile
 
 from symbi_common.errors import ConfigError
-from symbi_common.settings import SandboxSettings
+from symbi_common.settings_sandbox import SandboxSettings
 
 from symbi_sandbox_agent.data_roots import load_roots
 from symbi_sandbox_agent.grants import DataRoot

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from symbi_common.errors import ConfigError
-from symbi_common.settings import DataRootSettings
+from symbi_common.settings_sandbox import DataRootSettings
 from symbi_contracts.lifecycle.config import PathAccess
 
 from symbi_sandbox_agent.grants import (

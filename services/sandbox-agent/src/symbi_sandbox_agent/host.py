@@ -24,7 +24,7 @@ from symbi_common.aggregate import Repository
 from symbi_common.live_pull import LivePull
 from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
-from symbi_common.settings import SandboxSettings
+from symbi_common.settings_sandbox import SandboxSettings
 from symbi_common.streams import EVENTS_STREAM, require_streams
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.events import (

@@ -30,8 +30,10 @@ from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publis
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
-from symbi_sandbox_agent.bus.carrier import Batch, Carrier, RateLimited
+from symbi_sandbox_agent.bus.carrier import Carrier
 from symbi_sandbox_agent.bus.decisions import remembered
+from symbi_sandbox_agent.bus.delivered import Batch
+from symbi_sandbox_agent.bus.errors import RateLimited
 from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError

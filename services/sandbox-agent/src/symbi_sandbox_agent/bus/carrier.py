@@ -9,12 +9,12 @@ written to its channel (:meth:`Carrier.commit`): a crash before that redelivers 
 redelivery of a committed message is recognised by that record and not handed over again, and the agent's
 SDK drops an id it already handled (the redelivery of a batch written but not committed). Order per
 sender→recipient pair is the stream's order: one consumer per inbox, fetched in order, acked per batch.
+The inbox consumers themselves are made and fetched from by :mod:`symbi_sandbox_agent.bus.inboxes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import time
@@ -25,14 +25,12 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
-from symbi_common.bus_streams import inbox_config, inbox_name
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
 from symbi_contracts.bus import (
     DEADLETTER_STREAM,
     ENVELOPE_DECODER,
     INBOX_DEPTH,
-    MESSAGES_STREAM,
     DeadLetter,
     Envelope,
     Kind,
@@ -46,15 +44,10 @@ from symbi_contracts.bus import (
 )
 
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
-from symbi_sandbox_agent.bus.delivered import Batch as Batch
-from symbi_sandbox_agent.bus.delivered import Delivered as Delivered
-from symbi_sandbox_agent.bus.errors import BadAddress as BadAddress
-from symbi_sandbox_agent.bus.errors import BusError as BusError
-from symbi_sandbox_agent.bus.errors import NoReply as NoReply
-from symbi_sandbox_agent.bus.errors import RateLimited as RateLimited
-from symbi_sandbox_agent.bus.errors import RecipientTerminated as RecipientTerminated
-from symbi_sandbox_agent.bus.errors import TooLarge as TooLarge
+from symbi_sandbox_agent.bus.delivered import Batch, Delivered
+from symbi_sandbox_agent.bus.errors import BadAddress, NoReply, RateLimited, RecipientTerminated, TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
+from symbi_sandbox_agent.bus.inboxes import Inboxes
 from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
 from symbi_sandbox_agent.bus.recipients import Recipients
 from symbi_sandbox_agent.bus.terminated import TerminatedAgents
@@ -95,10 +88,8 @@ class Carrier:
         self.identities = identities
         self.delivered = delivered
         self.limiter = limiter
-        self._inboxes: set[str] = set()
-        self._subs: dict[str, Any] = {}
+        self.inboxes = Inboxes(js)
         self._recent: dict[str, tuple[set[str], deque[str]]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         #: Agents known to be terminated (kept current by the bus runtime's follower).
         self.terminated = TerminatedAgents(identities.registry)
         #: Inboxes (or topics) the server refused as full, until when sends to them are refused here.
@@ -106,8 +97,6 @@ class Carrier:
         #: Digests of envelopes this process sealed and signed: the same bytes coming back need no verification.
         self._sealed_here: OrderedDict[bytes, None] = OrderedDict()
         self.recipients = Recipients(js)
-        #: What this host declared on the inbox of each agent it serves (from its definition).
-        self._declared: dict[str, dict[str, str]] = {}
 
     # --- sending ---------------------------------------------------------------------------------------
 
@@ -230,48 +219,11 @@ class Carrier:
     ) -> None:
         """The agent's inbox exists (and listens to ``topics`` too; ``declared``: the metadata its definition
         declares, :func:`~symbi_common.bus_streams.inbox_metadata`, given by the host serving it)."""
-        declare = declared is not None and self._declared.get(agent_id) != declared
-        if agent_id in self._inboxes and not topics and not declare:
-            return
-        for topic in topics:
-            if not valid_name(topic):
-                raise BadAddress(f"{topic[:80]!r} is not a topic (1-64 letters, digits, '-' or '_')")
-        name = inbox_name(agent_id)
-        async with self._locks.setdefault(agent_id, asyncio.Lock()):
-            filters = [direct_subject(agent_id)]
-            kept: dict[str, str] | None = None
-            try:
-                info = await self.js.consumer_info(MESSAGES_STREAM, name)
-                filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
-                # (the server adds its own ``_nats.*`` entries: only what a host declared counts)
-                kept = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")} or None
-                if declared is not None and kept == declared:
-                    declare = False
-                    self._declared[agent_id] = declared
-                if not declare and all(topic_subject(t) in filters for t in topics):
-                    self._inboxes.add(agent_id)
-                    return
-            except nats.js.errors.NotFoundError:
-                pass
-            wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
-            await self.js.add_consumer(
-                MESSAGES_STREAM, inbox_config(agent_id, wanted, declared if declared is not None else kept)
-            )
-            self._inboxes.add(agent_id)
-            if declared is not None:
-                self._declared[agent_id] = declared
+        await self.inboxes.ensure(agent_id, topics, declared)
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
         """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
-        await self.ensure_inbox(agent_id)
-        sub = self._subs.get(agent_id)
-        if sub is None:
-            sub = await self.js.pull_subscribe_bind(inbox_name(agent_id), MESSAGES_STREAM)
-            self._subs[agent_id] = sub
-        try:
-            return list(await sub.fetch(most, timeout=max(timeout_s, 0.05)))
-        except (nats.errors.TimeoutError, TimeoutError):
-            return []
+        return await self.inboxes.fetch(agent_id, most, timeout_s)
 
     async def open(self, data: bytes, recipient: str, replayed_at: float = 0.0) -> Delivered:
         """Verify and decrypt one stored message for ``recipient``; :class:`Refused` says why it may not be."""
@@ -398,7 +350,4 @@ class Carrier:
         )
 
     async def close(self) -> None:
-        for sub in self._subs.values():
-            with contextlib.suppress(Exception):  # the connection may be closed already
-                await sub.unsubscribe()
-        self._subs.clear()
+        await self.inboxes.close()

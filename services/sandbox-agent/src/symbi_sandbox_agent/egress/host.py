@@ -20,7 +20,7 @@ from symbi_common.decisions import DecisionRequest
 from symbi_common.errors import ConfigError
 from symbi_common.policy.enforcement import SANDBOX_EGRESS
 from symbi_common.policy.hooks import Enforcer, Verdict
-from symbi_common.settings import EgressSettings
+from symbi_common.settings_sandbox import EgressSettings
 from symbi_contracts.sandbox_agent.events import ExecutionEgress
 
 from symbi_sandbox_agent.egress.addresses import AddressPolicy

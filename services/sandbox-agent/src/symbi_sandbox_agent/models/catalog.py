@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from symbi_common.errors import ConfigError
 from symbi_common.secret_source import SECRET_NAME, VAULT_SCHEME
-from symbi_common.settings import ModelProviderSettings
+from symbi_common.settings_sandbox import ModelProviderSettings
 
 from symbi_sandbox_agent.models.errors import UnknownModel
 from symbi_sandbox_agent.models.pricing import Price

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import httpx
 from symbi_common.errors import ConfigError
 from symbi_common.secret_source import SecretNotFound, SecretSource
-from symbi_common.settings import ModelProviderSettings
+from symbi_common.settings_sandbox import ModelProviderSettings
 
 from symbi_sandbox_agent.models.catalog import secret_name
 from symbi_sandbox_agent.models.errors import ModelUnavailable, UpstreamFailed

@@ -20,7 +20,7 @@ import httpcore2
 import httpx2
 from httpcore2._backends.auto import AutoBackend  # the pool's default backend, not exported
 from mcp.client.streamable_http import streamable_http_client
-from symbi_common.settings import EgressSettings
+from symbi_common.settings_sandbox import EgressSettings
 from symbi_contracts.tools.errors import ToolRefused
 
 from symbi_sandbox_agent.egress.addresses import Address, AddressPolicy

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from symbi_common.errors import ConfigError, SymbiError
 from symbi_common.service import ServiceRuntime
-from symbi_common.settings import SandboxSettings
+from symbi_common.settings_sandbox import SandboxSettings
 from symbi_common.streams import EVENTS_STREAM
 
 from symbi_sandbox_agent.tools.limits import ToolLimits

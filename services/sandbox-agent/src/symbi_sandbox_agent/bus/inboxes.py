@@ -1,0 +1,82 @@
+"""Each agent's inbox on JetStream: the durable pull consumer ``inbox-<agent>`` on ``MESSAGES``, filtered on the
+agent's direct subject and the topics it subscribed to, with the metadata its host declared on it; and the pull
+subscription the agent's messages are fetched through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from symbi_common.bus_streams import inbox_config, inbox_name
+from symbi_contracts.bus import MESSAGES_STREAM, direct_subject, topic_subject, valid_name
+
+from symbi_sandbox_agent.bus.errors import BadAddress
+
+
+class Inboxes:
+    """The inboxes this process has made sure of, and its pull subscriptions to them."""
+
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self._inboxes: set[str] = set()
+        self._subs: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: What this host declared on the inbox of each agent it serves (from its definition).
+        self._declared: dict[str, dict[str, str]] = {}
+
+    async def ensure(self, agent_id: str, topics: Sequence[str] = (), declared: dict[str, str] | None = None) -> None:
+        """The agent's inbox exists (and listens to ``topics`` too; ``declared``: the metadata its definition
+        declares, :func:`~symbi_common.bus_streams.inbox_metadata`, given by the host serving it)."""
+        declare = declared is not None and self._declared.get(agent_id) != declared
+        if agent_id in self._inboxes and not topics and not declare:
+            return
+        for topic in topics:
+            if not valid_name(topic):
+                raise BadAddress(f"{topic[:80]!r} is not a topic (1-64 letters, digits, '-' or '_')")
+        name = inbox_name(agent_id)
+        async with self._locks.setdefault(agent_id, asyncio.Lock()):
+            filters = [direct_subject(agent_id)]
+            kept: dict[str, str] | None = None
+            try:
+                info = await self.js.consumer_info(MESSAGES_STREAM, name)
+                filters = list(info.config.filter_subjects or [info.config.filter_subject or filters[0]])
+                # (the server adds its own ``_nats.*`` entries: only what a host declared counts)
+                kept = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")} or None
+                if declared is not None and kept == declared:
+                    declare = False
+                    self._declared[agent_id] = declared
+                if not declare and all(topic_subject(t) in filters for t in topics):
+                    self._inboxes.add(agent_id)
+                    return
+            except nats.js.errors.NotFoundError:
+                pass
+            wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
+            await self.js.add_consumer(
+                MESSAGES_STREAM, inbox_config(agent_id, wanted, declared if declared is not None else kept)
+            )
+            self._inboxes.add(agent_id)
+            if declared is not None:
+                self._declared[agent_id] = declared
+
+    async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
+        """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
+        await self.ensure(agent_id)
+        sub = self._subs.get(agent_id)
+        if sub is None:
+            sub = await self.js.pull_subscribe_bind(inbox_name(agent_id), MESSAGES_STREAM)
+            self._subs[agent_id] = sub
+        try:
+            return list(await sub.fetch(most, timeout=max(timeout_s, 0.05)))
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
+
+    async def close(self) -> None:
+        """Unsubscribe from every inbox (the consumers stay: the messages wait for the agents)."""
+        for sub in self._subs.values():
+            with contextlib.suppress(Exception):  # the connection may be closed already
+                await sub.unsubscribe()
+        self._subs.clear()
