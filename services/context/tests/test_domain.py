@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from symbi_context.domain import (
     KNOWLEDGE,
@@ -17,7 +18,7 @@ from symbi_context.domain import (
     Origin,
     StoreMemories,
 )
-from symbi_context.errors import InvalidContext, UnknownMemory
+from symbi_context.errors import InvalidContext, MemoryConflict, UnknownMemory
 
 
 def memory(i: int, kind: str = "short_term", task: str | None = None) -> MemoryStored:
@@ -62,8 +63,36 @@ def test_working_memory_needs_a_task_and_ids_are_unique() -> None:
         state, MEMORY.decide(state, StoreMemories(memories=(memory(1, "working", "t"),), short_term_capacity=5))
     )
     assert state.live["m1"].task_id == "t"
-    with pytest.raises(InvalidContext, match="already exists"):
+    with pytest.raises(MemoryConflict, match="kind, origin") as caught:
         MEMORY.decide(state, StoreMemories(memories=(memory(1, "long_term"),), short_term_capacity=5))
+    assert caught.value.differs == ["kind", "origin"]
+    twice = StoreMemories(memories=(memory(2), memory(2)), short_term_capacity=5)
+    with pytest.raises(InvalidContext, match="given twice"):
+        MEMORY.decide(state, twice)
+
+
+def test_storing_a_stored_memory_again_is_a_no_op_and_other_content_a_conflict() -> None:
+    state = fold(MEMORY.initial("ada"), [memory(1, "short_term")])
+    retry = msgspec.structs.replace(memory(1, "short_term"), created_at=99.0, vector=b"\1" * 16)
+    # Times and vectors are made anew by a retry; the content is the same, so nothing is appended.
+    assert MEMORY.decide(state, StoreMemories(memories=(retry,), short_term_capacity=1)) == []
+    # A batch retry stores only the new memory, and bounds short-term memory counting only what is new.
+    events = MEMORY.decide(state, StoreMemories(memories=(retry, memory(2)), short_term_capacity=2))
+    assert events == [memory(2)]
+    for change, differs in [
+        ({"text": "other"}, ["text"]),
+        ({"tags": ("t",)}, ["tags"]),
+        ({"metadata": {"k": 1}}, ["metadata"]),
+        ({"origin": Origin(message_id="x")}, ["origin"]),
+    ]:
+        changed = msgspec.structs.replace(memory(1), **change)
+        with pytest.raises(MemoryConflict) as caught:
+            MEMORY.decide(state, StoreMemories(memories=(changed,), short_term_capacity=5))
+        assert (caught.value.memory_id, caught.value.differs, caught.value.code) == ("m1", differs, "memory_conflict")
+    # A memory from a snapshot taken before digests were kept cannot be compared: refused, not guessed.
+    old = ContextState(owner_id="ada", live={"m1": msgspec.structs.replace(state.live["m1"], digest=None)})
+    with pytest.raises(MemoryConflict, match="cannot be compared"):
+        MEMORY.decide(old, StoreMemories(memories=(memory(1),), short_term_capacity=5))
 
 
 def test_forget() -> None:
