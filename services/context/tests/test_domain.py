@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from symbi_context.domain import (
     KNOWLEDGE,
     MEMORY,
@@ -134,3 +138,28 @@ def test_events_round_trip_through_the_codec() -> None:
     event = memory(7, "working", "t-1")
     data = MEMORY.codec.encode(event)
     assert MEMORY.codec.decode(data, event_type="memory.stored") == event
+
+
+_texts = st.text(min_size=1, max_size=40).filter(str.strip)
+_tags = st.lists(st.text(min_size=1, max_size=8), max_size=3).map(tuple)
+_meta = st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=6) | st.booleans(), max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=_texts, tags=_tags, metadata=_meta, other=_texts, field=st.sampled_from(["text", "tags", "metadata"]))
+def test_a_stored_memory_is_stored_once_and_a_changed_field_is_named(
+    text: str, tags: tuple[str, ...], metadata: dict[str, Any], other: str, field: str
+) -> None:
+    stored = msgspec.structs.replace(memory(1, "long_term"), text=text, tags=tags, metadata=metadata)
+    state = fold(MEMORY.initial("ada"), [stored])
+    again = msgspec.structs.replace(stored, created_at=stored.created_at + 5, vector=b"\1" * 16)
+    assert MEMORY.decide(state, StoreMemories(memories=(again,), short_term_capacity=1)) == []
+    changed_value = {"text": other, "tags": (*tags, other[:8]), "metadata": {**metadata, "__x": other}}[field]
+    if changed_value == getattr(stored, field):
+        return
+    with pytest.raises(MemoryConflict) as caught:
+        MEMORY.decide(
+            state,
+            StoreMemories(memories=(msgspec.structs.replace(stored, **{field: changed_value}),), short_term_capacity=1),
+        )
+    assert caught.value.differs == [field]
