@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 from symbi_cli.credentials import auth_headers
-from symbi_cli.run_memory import MEMORY_MAX_CHARS, result_memory
+from symbi_cli.run_memory import MEMORY_MAX_CHARS, result_memory, result_memory_id
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 
@@ -82,3 +82,11 @@ async def test_run_finishes_with_its_receipt_whatever_the_output_size(
             assert hit["metadata"]["result_sha256"] == hashlib.sha256(b"y\n" * (LONG // 2)).hexdigest()
     finally:
         await rt.stop()
+
+
+def test_a_tasks_result_memory_has_one_id_so_storing_it_again_stores_it_once() -> None:
+    first = result_memory_id("agent-1", "task-9")
+    assert first == result_memory_id("agent-1", "task-9")
+    assert first != result_memory_id("agent-1", "task-10")
+    assert first != result_memory_id("agent-2", "task-9")
+    assert all(c.isalnum() or c == "-" for c in first)  # the context service's id alphabet

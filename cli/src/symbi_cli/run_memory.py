@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any
 
 import httpx
 
 from symbi_cli.run_services import ServiceUrls, json_body, request
+
+#: Names the result memory of a task, so storing it again (a retry) does not store it twice.
+_RESULT_NAMESPACE = uuid.UUID("0f4e5c2a-7b1d-4e8f-9a36-2c5d8e1b7a40")
 
 #: The longest result kept whole as a memory; a longer one is kept as its beginning, with a note and its digest.
 MEMORY_MAX_CHARS = 16_000
@@ -26,6 +30,11 @@ def result_memory(result: str) -> tuple[str, dict[str, Any]] | None:
     return text, {"truncated": True, "result_chars": len(result), "result_sha256": digest}
 
 
+def result_memory_id(agent_id: str, task_id: str) -> str:
+    """The id of a task's result memory: the same for every attempt to store it."""
+    return str(uuid.uuid5(_RESULT_NAMESPACE, f"{agent_id}/{task_id}/result"))
+
+
 async def store_memory(
     http: httpx.AsyncClient, urls: ServiceUrls, agent_id: str, task_id: str, text: str
 ) -> dict[str, Any]:
@@ -38,7 +47,13 @@ async def store_memory(
     if memory is None:
         return {"skipped": "the task printed nothing; no memory stored"}
     kept, metadata = memory
-    item: dict[str, Any] = {"kind": "long_term", "text": kept, "tags": ["task-result"], "origin": {"task_id": task_id}}
+    item: dict[str, Any] = {
+        "id": result_memory_id(agent_id, task_id),
+        "kind": "long_term",
+        "text": kept,
+        "tags": ["task-result"],
+        "origin": {"task_id": task_id},
+    }
     if metadata:
         item["metadata"] = metadata
     body = {"agent_id": agent_id, "memories": [item]}

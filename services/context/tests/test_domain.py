@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from symbi_context.domain import (
     KNOWLEDGE,
     MEMORY,
@@ -17,7 +22,7 @@ from symbi_context.domain import (
     Origin,
     StoreMemories,
 )
-from symbi_context.errors import InvalidContext, UnknownMemory
+from symbi_context.errors import InvalidContext, MemoryConflict, UnknownMemory
 
 
 def memory(i: int, kind: str = "short_term", task: str | None = None) -> MemoryStored:
@@ -62,8 +67,36 @@ def test_working_memory_needs_a_task_and_ids_are_unique() -> None:
         state, MEMORY.decide(state, StoreMemories(memories=(memory(1, "working", "t"),), short_term_capacity=5))
     )
     assert state.live["m1"].task_id == "t"
-    with pytest.raises(InvalidContext, match="already exists"):
+    with pytest.raises(MemoryConflict, match="kind, origin") as caught:
         MEMORY.decide(state, StoreMemories(memories=(memory(1, "long_term"),), short_term_capacity=5))
+    assert caught.value.differs == ["kind", "origin"]
+    twice = StoreMemories(memories=(memory(2), memory(2)), short_term_capacity=5)
+    with pytest.raises(InvalidContext, match="given twice"):
+        MEMORY.decide(state, twice)
+
+
+def test_storing_a_stored_memory_again_is_a_no_op_and_other_content_a_conflict() -> None:
+    state = fold(MEMORY.initial("ada"), [memory(1, "short_term")])
+    retry = msgspec.structs.replace(memory(1, "short_term"), created_at=99.0, vector=b"\1" * 16)
+    # Times and vectors are made anew by a retry; the content is the same, so nothing is appended.
+    assert MEMORY.decide(state, StoreMemories(memories=(retry,), short_term_capacity=1)) == []
+    # A batch retry stores only the new memory, and bounds short-term memory counting only what is new.
+    events = MEMORY.decide(state, StoreMemories(memories=(retry, memory(2)), short_term_capacity=2))
+    assert events == [memory(2)]
+    for change, differs in [
+        ({"text": "other"}, ["text"]),
+        ({"tags": ("t",)}, ["tags"]),
+        ({"metadata": {"k": 1}}, ["metadata"]),
+        ({"origin": Origin(message_id="x")}, ["origin"]),
+    ]:
+        changed = msgspec.structs.replace(memory(1), **change)
+        with pytest.raises(MemoryConflict) as caught:
+            MEMORY.decide(state, StoreMemories(memories=(changed,), short_term_capacity=5))
+        assert (caught.value.memory_id, caught.value.differs, caught.value.code) == ("m1", differs, "memory_conflict")
+    # A memory from a snapshot taken before digests were kept cannot be compared: refused, not guessed.
+    old = ContextState(owner_id="ada", live={"m1": msgspec.structs.replace(state.live["m1"], digest=None)})
+    with pytest.raises(MemoryConflict, match="cannot be compared"):
+        MEMORY.decide(old, StoreMemories(memories=(memory(1),), short_term_capacity=5))
 
 
 def test_forget() -> None:
@@ -105,3 +138,28 @@ def test_events_round_trip_through_the_codec() -> None:
     event = memory(7, "working", "t-1")
     data = MEMORY.codec.encode(event)
     assert MEMORY.codec.decode(data, event_type="memory.stored") == event
+
+
+_texts = st.text(min_size=1, max_size=40).filter(str.strip)
+_tags = st.lists(st.text(min_size=1, max_size=8), max_size=3).map(tuple)
+_meta = st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=6) | st.booleans(), max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=_texts, tags=_tags, metadata=_meta, other=_texts, field=st.sampled_from(["text", "tags", "metadata"]))
+def test_a_stored_memory_is_stored_once_and_a_changed_field_is_named(
+    text: str, tags: tuple[str, ...], metadata: dict[str, Any], other: str, field: str
+) -> None:
+    stored = msgspec.structs.replace(memory(1, "long_term"), text=text, tags=tags, metadata=metadata)
+    state = fold(MEMORY.initial("ada"), [stored])
+    again = msgspec.structs.replace(stored, created_at=stored.created_at + 5, vector=b"\1" * 16)
+    assert MEMORY.decide(state, StoreMemories(memories=(again,), short_term_capacity=1)) == []
+    changed_value = {"text": other, "tags": (*tags, other[:8]), "metadata": {**metadata, "__x": other}}[field]
+    if changed_value == getattr(stored, field):
+        return
+    with pytest.raises(MemoryConflict) as caught:
+        MEMORY.decide(
+            state,
+            StoreMemories(memories=(msgspec.structs.replace(stored, **{field: changed_value}),), short_term_capacity=1),
+        )
+    assert caught.value.differs == [field]

@@ -132,6 +132,7 @@ def test_the_context_service_bodies_carry_the_agent_the_task_and_the_collection(
         "agent_id": "a1",
         "memories": [
             {
+                "id": None,
                 "kind": "long_term",
                 "text": "hi",
                 "tags": ["x"],
@@ -142,6 +143,8 @@ def test_the_context_service_bodies_carry_the_agent_the_task_and_the_collection(
         ],
         "owner": None,
     }
+    named = context_store_body("a1", "t9", req, MemoryWriteArgs(text="hi", memory_id="note-1"))
+    assert named.memories[0].id == "note-1"  # the workload's id goes through: its retries store once
     read = context_retrieve_body("a1", req, MemoryReadArgs(query="q"), min_sequence=42)
     assert isinstance(read, Query)
     assert read.metadata == {"collection": "notes"}

@@ -79,6 +79,11 @@ with Agent() as a:
     f.flush()
     out["forged"] = json.loads(f.readline())["error"]["code"]
     out["after"] = code(lambda: a.memory.store("still me"))
+    # A retry (after ``unavailable``, say) with the same memory_id is answered again and stores nothing.
+    again = a.memory.store("the launch is Friday", collection="notes", memory_id=stored["memory_id"])
+    out["retried"] = again["ids"] == [stored["memory_id"]]
+    out["conflict"] = code(lambda: a.memory.store("the launch is Monday", collection="notes",
+                                                  memory_id=stored["memory_id"]))
 
 async def many():
     async with AsyncAgent() as b:  # more requests in flight than the gateway serves at once
@@ -121,9 +126,14 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert (out["secret"], out["big"], out["later"]) == ("denied", "request_too_large", "not_available")
     assert (out["owner"], out["forged"], out["after"]) == ("malformed_request", "identity_refused", "ok")
     assert out["concurrent"] == 20
+    assert (out["retried"], out["conflict"]) == (True, "memory_conflict")
     # Every request is on the task's audit trail, as the listener's agent (hello is not an action).
     recorded = actions(r.events)
-    assert [a.outcome for a in recorded] == ["allowed", "allowed", "refused", *["failed"] * 4, *["allowed"] * 21]
+    assert [a.outcome for a in recorded] == [
+        *["allowed", "allowed", "refused", *["failed"] * 4, "allowed"],
+        *["allowed", "failed"],  # the retried store and the conflicting one
+        *["allowed"] * 20,
+    ]
     assert {a.agent_id for a in recorded} == {"agent-1"}
     refused = recorded[2]
     assert refused.decision is not None

@@ -146,7 +146,10 @@ MetaValue = str | int | float | bool
 
 
 class MemoryStore(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``memory.store``: one memory of the agent's own, in ``collection``, with the task as its origin."""
+    """``memory.store``: one memory of the agent's own, in ``collection``, with the task as its origin.
+
+    ``memory_id`` (1-128 ASCII letters, digits, ``-``, ``_``) makes a retry safe: the same id and content is
+    answered again without storing twice; the same id with other content is refused (``memory_conflict``)."""
 
     text: str
     collection: str = "default"
@@ -154,6 +157,7 @@ class MemoryStore(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tags: tuple[str, ...] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
     ttl_s: float | None = None
+    memory_id: str | None = None
 
 
 class MemoryRecall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

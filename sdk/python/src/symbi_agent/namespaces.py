@@ -4,6 +4,7 @@ so the same classes serve the synchronous client (a value) and the asynchronous 
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -34,11 +35,22 @@ class Memory(_Area):
         tags: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
         ttl_s: float | None = None,
+        memory_id: str | None = None,
         context: dict[str, Any] | None = None,
     ) -> Any:
-        """Store one memory; the result is ``{"memory_id", "ids", "sequence"}``."""
+        """Store one memory; the result is ``{"memory_id", "ids", "sequence"}``.
+
+        Every store is sent with an id (``memory_id``, else a new UUID), so the runtime stores it at most once.
+        To retry a store whose answer was lost (a timeout), pass the same ``memory_id`` and content again: the
+        answer is the same memory; the same id with other content raises an error coded ``memory_conflict``."""
         args = _given(
-            text=text, collection=collection, kind=kind, tags=tags and list(tags), metadata=metadata, ttl_s=ttl_s
+            text=text,
+            collection=collection,
+            kind=kind,
+            tags=tags and list(tags),
+            metadata=metadata,
+            ttl_s=ttl_s,
+            memory_id=memory_id or str(uuid.uuid4()),
         )
         return self._call("memory.store", args, context)
 

@@ -2,9 +2,11 @@
 
 HTTP (JSON bodies; errors are ``{"error": {"code", "message", "details"}}`` with the typed error's status)::
 
-    POST /v1/memories                 store    {"agent_id", "owner"?, "memories": [{"kind", "text", "tags"?,
+    POST /v1/memories                 store    {"agent_id", "owner"?, "memories": [{"id"?, "kind", "text", "tags"?,
                                                "metadata"?, "origin"?: {"task_id", "tool_call_id", "message_id"},
-                                               "ttl_s"?}]}  -> {"ids", "sequence"}
+                                               "ttl_s"?}]}  -> {"ids", "sequence"}; retry-safe with "id":
+                                               an id stored with the same content appends nothing and is
+                                               answered again, with other content it is 409 memory_conflict
     GET  /v1/memories?agent_id=&owner=&kind=&limit=50
                                       list     the memories ``agent_id`` may read of ``owner`` (default: its own),
                                                newest first: {"owner", "items", "total", "denied"}

@@ -153,7 +153,12 @@ class ContextService:
 
     @operation("store")
     async def store_memories(self, agent_id: str, items: Sequence[NewMemory], *, owner: str | None = None) -> Written:
-        """Store memories of ``owner`` (default: the writing agent itself) in one append."""
+        """Store memories of ``owner`` (default: the writing agent itself) in one append.
+
+        Retry-safe when the caller names each memory (``id``): ids already stored with the same content append
+        nothing and are answered as before; the same id with other content raises :class:`MemoryConflict`.
+        Two replicas racing on the same request both append against the version they read; the loser's append
+        conflicts, it catches up and decides again, and then finds the memory stored."""
         owner = owner or agent_id
         check_id(agent_id, "agent_id")
         check_id(owner, "owner")
@@ -168,12 +173,16 @@ class ContextService:
             check_tags(item.tags, f"memories[{i}].tags")
             if item.ttl_s is not None and item.ttl_s <= 0:
                 raise InvalidContext("must be positive", field=f"memories[{i}].ttl_s")
+            if item.id is not None:
+                check_id(item.id, f"memories[{i}].id")
+                if any(other.id == item.id for other in items[:i]):
+                    raise InvalidContext(f"memory id {item.id} is given twice", field=f"memories[{i}].id")
         decision = await self._require(agent_id, "memory.write", owner, "memory")
         vectors = await self.embedder.embed([m.text for m in items])
         now = time.time()
         events = tuple(
             MemoryStored(
-                memory_id=str(uuid.UUID(new_event_id())),
+                memory_id=item.id or str(uuid.UUID(new_event_id())),
                 kind=item.kind,
                 text=item.text,
                 vector=vec.astype("<f4").tobytes(),
@@ -190,8 +199,9 @@ class ContextService:
             for item, vec in zip(items, vectors, strict=True)
         )
         command = StoreMemories(memories=events, short_term_capacity=self.config.short_term_capacity)
-        _, records = await self.memories.execute(owner, command)
-        return Written([e.memory_id for e in events], records[-1].sequence if records else 0)
+        loaded, records = await self.memories.execute(owner, command)
+        # Nothing appended: every memory was already stored (a retry); its append is at or before the tip.
+        return Written([e.memory_id for e in events], records[-1].sequence if records else loaded.tip.sequence)
 
     @operation("forget")
     async def forget_memories(

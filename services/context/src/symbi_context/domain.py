@@ -14,8 +14,9 @@ rebuilding it needs no embedding model and gives the same vectors, hence the sam
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from symbi_common.decisions import DecisionRecord
@@ -28,7 +29,7 @@ from symbi_contracts.context.commands import MemoryKind as MemoryKind
 from symbi_contracts.context.commands import MetaValue as MetaValue
 from symbi_contracts.context.commands import Origin as Origin
 
-from symbi_context.errors import InvalidContext, UnknownMemory
+from symbi_context.errors import InvalidContext, MemoryConflict, UnknownMemory
 
 #: The kind stored on knowledge chunks in the index, next to the memory kinds.
 KNOWLEDGE_KIND = "knowledge"
@@ -102,6 +103,16 @@ KnowledgeEvent = KnowledgeIngested | KnowledgeForgotten
 # --- state ------------------------------------------------------------------------------------------------
 
 
+class Digest(msgspec.Struct, frozen=True, kw_only=True):
+    """Short hashes of a stored memory's content, field by field: enough to tell a retried store (same id, same
+    content) from a conflicting one (same id, other content) and to say which field differs."""
+
+    text: str
+    tags: str
+    metadata: str
+    origin: str
+
+
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
     """What decisions need to know about one live memory or document."""
 
@@ -109,6 +120,8 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     expires_at: float | None = None
     task_id: str | None = None
+    #: The content digest of a memory (``None`` for knowledge, and for memories in snapshots taken before it).
+    digest: Digest | None = None
 
 
 class ContextState(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +171,29 @@ def check_tags(tags: Sequence[str], field: str = "tags") -> None:
             raise InvalidContext(f"tag {tag!r} must be 1-128 characters", field=field)
 
 
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def _hash(value: Any) -> str:
+    return hashlib.blake2b(_canonical.encode(value), digest_size=12).hexdigest()
+
+
+def digest(memory: MemoryStored) -> Digest:
+    """The content digest of ``memory`` (not its times, vector or decision, which a retry makes anew)."""
+    return Digest(
+        text=_hash(memory.text), tags=_hash(memory.tags), metadata=_hash(memory.metadata), origin=_hash(memory.origin)
+    )
+
+
+def differences(entry: Entry, memory: MemoryStored) -> list[str]:
+    """The fields in which ``memory`` differs from the stored ``entry`` of the same id (empty: the same)."""
+    if entry.digest is None:
+        return ["content (stored before content digests were kept; it cannot be compared)"]
+    new = digest(memory)
+    fields = ["kind"] if entry.kind != memory.kind else []
+    return fields + [f for f in Digest.__struct_fields__ if getattr(entry.digest, f) != getattr(new, f)]
+
+
 def _forget(state: ContextState, command: Forget) -> tuple[str, ...]:
     ids = tuple(dict.fromkeys(command.ids))
     if not ids:
@@ -175,20 +211,32 @@ def decide_memory(state: ContextState, command: MemoryCommand) -> list[MemoryEve
         return [MemoryForgotten(memory_ids=ids, reason=command.reason, decision=command.decision)] if ids else []
     if command.short_term_capacity < 1:
         raise InvalidContext("must be at least 1", field="short_term_capacity")
-    events: list[MemoryEvent] = []
+    events: list[MemoryStored] = []
+    seen: set[str] = set()
     for i, memory in enumerate(command.memories):
         check_text(memory.text, f"memories[{i}].text")
         check_tags(memory.tags, f"memories[{i}].tags")
-        if memory.memory_id in state.live:
-            raise InvalidContext(f"memory {memory.memory_id} already exists", field=f"memories[{i}].memory_id")
+        if memory.memory_id in seen:
+            raise InvalidContext(f"memory id {memory.memory_id} is given twice", field=f"memories[{i}].id")
+        seen.add(memory.memory_id)
         if memory.kind == "working" and not memory.origin.task_id:
             raise InvalidContext("a working memory belongs to a task: set origin.task_id", field=f"memories[{i}]")
-        events.append(memory)
-    short = [*state.short_term, *(m.memory_id for m in command.memories if m.kind == "short_term")]
+        stored = state.live.get(memory.memory_id)
+        if stored is None:
+            events.append(memory)
+            continue
+        # A retry of a store that already landed: the same content appends nothing, other content is refused.
+        differ = differences(stored, memory)
+        if differ:
+            raise MemoryConflict(memory.memory_id, differ, field=f"memories[{i}]")
+    if not events:
+        return []
+    short = [*state.short_term, *(m.memory_id for m in events if m.kind == "short_term")]
     overflow = len(short) - command.short_term_capacity
+    result: list[MemoryEvent] = list(events)
     if overflow > 0:
-        events.append(MemoryForgotten(memory_ids=tuple(short[:overflow]), reason="evicted"))
-    return events
+        result.append(MemoryForgotten(memory_ids=tuple(short[:overflow]), reason="evicted"))
+    return result
 
 
 def decide_knowledge(state: ContextState, command: KnowledgeCommand) -> list[KnowledgeEvent]:
@@ -206,7 +254,11 @@ def decide_knowledge(state: ContextState, command: KnowledgeCommand) -> list[Kno
 def apply_memory(state: ContextState, event: MemoryEvent) -> ContextState:
     if isinstance(event, MemoryStored):
         entry = Entry(
-            kind=event.kind, created_at=event.created_at, expires_at=event.expires_at, task_id=event.origin.task_id
+            kind=event.kind,
+            created_at=event.created_at,
+            expires_at=event.expires_at,
+            task_id=event.origin.task_id,
+            digest=digest(event),
         )
         short = (*state.short_term, event.memory_id) if event.kind == "short_term" else state.short_term
         return ContextState(owner_id=state.owner_id, live={**state.live, event.memory_id: entry}, short_term=short)

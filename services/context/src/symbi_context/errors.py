@@ -29,6 +29,26 @@ class UnknownMemory(ContextError, DomainError):
     http_status = 404
 
 
+class MemoryConflict(ContextError, DomainError):
+    """A memory id that is already stored with other content: a retry must send the same memory, a new memory
+    a new id. ``memory_id`` names it, ``differs`` the fields whose content differs."""
+
+    code = "memory_conflict"
+    http_status = 409
+
+    def __init__(self, memory_id: str, differs: list[str], *, field: str) -> None:
+        super().__init__(
+            f"{field}: memory {memory_id} is already stored with a different {', '.join(differs)}; "
+            "resend the same content to retry, or use a new id for a new memory",
+            memory_id=memory_id,
+            differs=differs,
+            field=field,
+        )
+        self.memory_id = memory_id
+        self.differs = differs
+        self.field = field
+
+
 class DimensionMismatch(ContextError, DomainError):
     """A vector does not have the dimension the index was created with."""
 

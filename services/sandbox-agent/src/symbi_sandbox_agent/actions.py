@@ -58,6 +58,8 @@ class MemoryWriteArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     tags: tuple[str, ...] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
     ttl_s: float | None = None
+    #: The workload's id for the memory: a retried write with the same id and content stores it once.
+    memory_id: str | None = None
 
 
 class MemoryReadArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -194,6 +196,8 @@ def context_store_body(agent_id: str, task_id: str, request: ActionRequest, args
         "origin": {"task_id": task_id},
         "ttl_s": args.ttl_s,
     }
+    if args.memory_id is not None:
+        memory["id"] = args.memory_id
     return _contract({"agent_id": agent_id, "memories": [memory]}, StoreRequest, "memory.write")
 
 

@@ -297,6 +297,8 @@ class ProtocolServer:
             }
             if args.ttl_s is not None:
                 memory["ttl_s"] = args.ttl_s
+            if args.memory_id is not None:  # the workload's id: its retries store the memory once
+                memory["id"] = args.memory_id
             written = await call("store", {"agent_id": agent, "memories": [memory]})
             ids = list(written.get("ids", []))
             self.gateway.saw_write(int(written.get("sequence", 0)))

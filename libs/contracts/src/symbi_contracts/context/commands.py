@@ -36,8 +36,14 @@ class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class NewMemory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One memory to store."""
+    """One memory to store.
 
+    ``id`` makes the store retry-safe: a memory whose id is already stored with the same content is not stored
+    again (the answer names the same id), one with other content is refused (``memory_conflict``). Without an
+    id the service makes one up, so a retried request stores the memory twice. Give a fresh id (a UUID) per
+    memory and reuse it only to retry."""
+
+    id: Id | None = None
     kind: MemoryKind = "long_term"
     text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
     tags: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_TAGS)] = ()
@@ -74,7 +80,10 @@ class Query(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class Stored(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer to ``store``: the new memories' ids and the stream sequence of the append."""
+    """The answer to ``store``: the memories' ids (in request order) and the stream sequence of the append.
+
+    When every memory was already stored (a retry), nothing is appended and ``sequence`` is the owner's
+    latest, which is at or after the original append, so it still serves as ``min_sequence``."""
 
     ids: list[str]
     sequence: int
