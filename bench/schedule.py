@@ -60,7 +60,8 @@ def build(agents: int, tasks: int, hosts: int, strategy: str, seed: int = 7) -> 
                 memory_mb=rng.choice((65536, 131072)),
                 tiers=tiers,
                 heartbeat_at=now + 1e6,
-            )
+            ),
+            now,
         )
     weights = (0.4, 0.35, 0.2, 0.05)
     for i in range(tasks):

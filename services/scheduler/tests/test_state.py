@@ -44,7 +44,9 @@ def ready_model(schedules: tuple[ScheduleSpec, ...] = ()) -> Model:
     )
     model.apply("agent", "a1", 1, 1, NOW, AgentRegistered(agent_id="a1", config=config))
     model.apply("agent", "a1", 2, 2, NOW, AgentReady())
-    model.host_seen(HostInfo(host_id="h1", cpu_cores=4.0, memory_mb=4096, tiers=("tier1", "tier2"), heartbeat_at=NOW))
+    model.host_seen(
+        HostInfo(host_id="h1", cpu_cores=4.0, memory_mb=4096, tiers=("tier1", "tier2"), heartbeat_at=NOW), NOW
+    )
     model.check_hosts(NOW)
     return model
 
@@ -278,3 +280,28 @@ def test_the_agent_is_told_succeeded_cancelled_or_failed() -> None:
         "failed",
         "failed",
     ]
+
+
+def test_only_a_heartbeat_that_changes_placement_wakes_the_leader() -> None:
+    """An unchanged heartbeat of a live host needs no scheduling round; a new host, other capacity or
+    tiers, and a host coming back after its loss (or deletion) do."""
+    model = Model(host_lost_after_s=3.0)
+
+    def beat(at: float, cpu: float = 4.0, tiers: tuple[str, ...] = ("tier1",)) -> bool:
+        info = HostInfo(host_id="h1", cpu_cores=cpu, memory_mb=4096, tiers=tiers, heartbeat_at=at)
+        return model.host_seen(info, at)
+
+    assert beat(NOW)  # a new host
+    model.check_hosts(NOW)
+    assert not beat(NOW + 1)  # same capacity, alive
+    assert not beat(NOW + 2)
+    assert beat(NOW + 3, cpu=2.0)  # capacity changed
+    assert beat(NOW + 4, cpu=2.0, tiers=("tier1", "tier2"))  # tiers changed
+    assert not beat(NOW + 5, cpu=2.0, tiers=("tier1", "tier2"))
+    # silent for longer than host_lost_after_s: the next heartbeat brings it back, even before a check
+    assert beat(NOW + 20, cpu=2.0, tiers=("tier1", "tier2"))
+    model.check_hosts(NOW + 20)
+    assert not beat(NOW + 21, cpu=2.0, tiers=("tier1", "tier2"))
+    model.host_gone("h1")
+    model.check_hosts(NOW + 21)
+    assert beat(NOW + 22, cpu=2.0, tiers=("tier1", "tier2"))  # deleted, then back

@@ -314,10 +314,12 @@ class DockerRunner:
             return ExitState(None, False, "the container disappeared")
         except Exception as exc:  # requests' ReadTimeout and friends
             return ExitState(None, False, f"no exit status within {timeout} s: {exc}")
-        state = self.engine.state(container_id)
         code = result.get("StatusCode")
         error = (result.get("Error") or {}).get("Message", "") if isinstance(result.get("Error"), dict) else ""
-        return ExitState(int(code) if code is not None else None, bool(state.get("OOMKilled")), error)
+        # Only a run that did not succeed can have been OOM-killed as far as its outcome goes: a clean exit
+        # needs no inspect (one Docker API call per task less); the wait's answer does not carry the flag.
+        oom = code != 0 and bool(self.engine.state(container_id).get("OOMKilled"))
+        return ExitState(int(code) if code is not None else None, oom, error)
 
     def pause(self, container_id: str) -> None:
         self.engine.paused.add(container_id)  # before: a pause that fails half-way still gets a thaw

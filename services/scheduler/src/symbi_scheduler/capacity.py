@@ -29,16 +29,24 @@ class Capacity:
         #: host id -> the tasks holding resources there
         self._by_host: dict[str, dict[str, TaskRec]] = {}
 
-    def seen(self, info: HostInfo) -> None:
-        """A heartbeat from the ``HOSTS`` bucket."""
+    def seen(self, info: HostInfo, now: float) -> bool:
+        """A heartbeat from the ``HOSTS`` bucket; whether it changes what placement sees.
+
+        It does when the host is new, its capacity or tiers changed, or it was not counted alive (lost,
+        deleted, or never heard from); an unchanged heartbeat of a live host only keeps it alive."""
+        previous = self.host_info.get(info.host_id)
         self.host_info[info.host_id] = info
         host = self.placer.hosts.get(info.host_id)
+        tiers = frozenset(info.tiers)
         if host is None:
-            host = Host(info.host_id, info.cpu_cores, info.memory_mb, frozenset(info.tiers))
+            host = Host(info.host_id, info.cpu_cores, info.memory_mb, tiers)
             self.placer.upsert(host)
             self._recount(host)
-        else:
-            host.cpu_cores, host.memory_mb, host.tiers = info.cpu_cores, info.memory_mb, frozenset(info.tiers)
+            return True
+        changed = (host.cpu_cores, host.memory_mb, host.tiers) != (info.cpu_cores, info.memory_mb, tiers)
+        host.cpu_cores, host.memory_mb, host.tiers = info.cpu_cores, info.memory_mb, tiers
+        was_alive = host.alive and previous is not None and now - previous.heartbeat_s() <= self.host_lost_after_s
+        return changed or not was_alive
 
     def gone(self, host_id: str) -> None:
         """The host's key was deleted: it is treated as lost at once."""

@@ -13,13 +13,15 @@ follower applies each event as a span of that trace, and the model keeps each ta
 the leader's reactions (assignment, completion …) continue the task's trace. Replayed history at start
 adds no spans to old traces.
 
-:class:`HostWatcher` follows the ``HOSTS`` bucket (each sandbox-agent rewrites its host's key every second).
+:class:`HostWatcher` follows the ``HOSTS`` bucket (each sandbox-agent rewrites its host's key every second) and
+wakes the leader only for a heartbeat that changes what placement sees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -156,8 +158,8 @@ class HostWatcher:
                     if entry is None:
                         self.loaded.set()
                         continue
-                    self._apply(entry)
-                    self.on_change()
+                    if self._apply(entry):
+                        self.on_change()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -167,16 +169,18 @@ class HostWatcher:
                 with contextlib.suppress(Exception):
                     await watcher.stop()
 
-    def _apply(self, entry: Any) -> None:
+    def _apply(self, entry: Any) -> bool:
+        """Apply one entry; whether the leader should run a round for it. An unchanged heartbeat of a live
+        host does not wake it (one per host and second); its ``tick_s`` round still notices a host's loss."""
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self.model.host_gone(entry.key)
-            return
+            return True
         try:
             info = msgspec.json.decode(entry.value, type=HostInfo)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("malformed host entry", host=entry.key, error=str(exc))
-            return
+            return False
         if info.host_id != entry.key or info.cpu_cores <= 0 or info.memory_mb <= 0:
             log.warning("inconsistent host entry", host=entry.key)
-            return
-        self.model.host_seen(info)
+            return False
+        return self.model.host_seen(info, time.time())

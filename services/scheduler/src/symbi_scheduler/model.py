@@ -247,9 +247,10 @@ class Model:
 
     # --- hosts -----------------------------------------------------------------------------------
 
-    def host_seen(self, info: HostInfo) -> None:
-        """A heartbeat from the ``HOSTS`` bucket."""
-        self.capacity.seen(info)
+    def host_seen(self, info: HostInfo, now: float) -> bool:
+        """A heartbeat from the ``HOSTS`` bucket; whether it changes what placement sees (a new host, other
+        capacity or tiers, a host not counted alive until now)."""
+        return self.capacity.seen(info, now)
 
     def host_gone(self, host_id: str) -> None:
         """The host's key was deleted: it is treated as lost at once."""
