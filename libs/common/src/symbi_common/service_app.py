@@ -8,6 +8,7 @@ authentication on every other route, and the lifespan that starts and stops its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -20,11 +21,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from uvicorn.config import STARTUP_FAILURE
 
 from symbi_common import openapi
 from symbi_common.body_limit import BodyLimit
 from symbi_common.errors import ConfigError, SymbiError, to_wire
 from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
+from symbi_common.quiet_server import QuietServer
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
 
@@ -134,7 +137,7 @@ def run_service(
 
 def serve(app: FastAPI, settings: Settings) -> None:
     """Run the app under uvicorn until SIGTERM/SIGINT; the lifespan shuts the runtime down cleanly."""
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.service.http_host,
         port=settings.service.http_port,
@@ -143,3 +146,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    server = QuietServer(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)  # as uvicorn.run ends when the app did not start
