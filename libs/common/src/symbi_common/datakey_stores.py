@@ -16,10 +16,13 @@ import structlog
 from nats.js.api import DeliverPolicy
 
 from symbi_common.errors import InfrastructureError
+from symbi_common.ordered_pull import OrderedPull
 
 log = structlog.get_logger(__name__)
 
 DATAKEYS_BUCKET = "DATAKEYS"
+#: How long a follower of the bucket waits per pull while nothing changes.
+IDLE_WAIT_S = 30.0
 
 
 class DataKeyRecord(msgspec.Struct, frozen=True):
@@ -180,50 +183,47 @@ class KvDataKeyStore:
             yield name
 
     async def revisions(self) -> AsyncIterator[tuple[str, int]]:
-        watcher = await self._kv.watchall(meta_only=True)
-        try:
-            async for entry in watcher:
-                if entry is not None:  # None marks the end of the entries that existed already
-                    gone = entry.operation in ("DEL", "PURGE")
-                    yield str(entry.key), 0 if gone else int(entry.revision)
-        finally:
-            await _stop_watcher(watcher)
+        """Every record's current revision (0: destroyed), then each change as it happens (a KV watch, headers
+        only)."""
+        async for name, revision, _ in self._follow(DeliverPolicy.LAST_PER_SUBJECT, headers_only=True):
+            yield name, revision
 
     async def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
-        """Records written from now on only (an ordered consumer delivering new messages: unlike a KV watch, a
-        process starting is not sent the last value of every record there is)."""
-        queue: asyncio.Queue[tuple[str, int, bytes | None]] = asyncio.Queue()
+        """Records written from now on only (unlike a KV watch, a process starting is not sent the last value
+        of every record there is)."""
+        async for record in self._follow(DeliverPolicy.NEW, headers_only=False):
+            yield record
+
+    async def _follow(
+        self, policy: DeliverPolicy, *, headers_only: bool
+    ) -> AsyncIterator[tuple[str, int, bytes | None]]:
         prefix = f"$KV.{DATAKEYS_BUCKET}."
-
-        async def on_msg(msg: Any) -> None:
-            name, headers = msg.subject[len(prefix) :], msg.headers or {}
-            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
-                queue.put_nowait((name, 0, None))
-            else:
-                queue.put_nowait((name, int(msg.metadata.sequence.stream), bytes(msg.data)))
-
-        # nats-py's KeyValue keeps its JetStream context private; its own watch subscribes through it so.
-        sub = await self._kv._js.subscribe(
-            prefix + ">",
+        feed = OrderedPull(
+            self._kv._js,  # nats-py's KeyValue keeps its JetStream context private; its own watch uses it so
             stream=f"KV_{DATAKEYS_BUCKET}",
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-            inactive_threshold=300.0,
+            subject=prefix + ">",
+            deliver_policy=policy,
+            headers_only=headers_only,
         )
+        await feed.open()
         try:
             while True:
-                yield await queue.get()
+                for msg in await feed.take(IDLE_WAIT_S):
+                    name, headers = msg.subject[len(prefix) :], msg.headers or {}
+                    if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                        yield name, 0, None
+                    else:
+                        yield name, int(msg.metadata.sequence.stream), None if headers_only else bytes(msg.data)
         finally:
-            await _stop_watcher(sub)
+            await _stop_watcher(feed)
 
 
 async def _stop_watcher(watcher: Any) -> None:
-    """Stop a KV watcher (or unsubscribe a subscription).
+    """Stop a KV watcher (or close an :class:`OrderedPull`).
 
     Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
     wait_for would then wait for the cancelled stop forever; closing the connection ends it."""
-    stop = watcher.stop if hasattr(watcher, "stop") else watcher.unsubscribe
+    stop = watcher.stop if hasattr(watcher, "stop") else watcher.close
     stopping = asyncio.ensure_future(stop())
     await asyncio.wait({stopping}, timeout=2.0)
     if not stopping.done():

@@ -26,7 +26,7 @@ from typing import Any
 
 import nats.errors
 import structlog
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys
@@ -40,6 +40,7 @@ from symbi_common.keyring import (
     load_wrap_key,
     readers_of,
 )
+from symbi_common.ordered_pull import OrderedPull
 from symbi_common.registry_stream import REGISTRY_SUBJECT, check_history, decode_signed, newest_version, read_history
 from symbi_common.streams import REGISTRY_STREAM
 
@@ -47,6 +48,8 @@ log = structlog.get_logger(__name__)
 
 #: How often a service looks again for a private key the registry names but its directory lacks yet.
 KEY_FILE_RETRY_S = 1.0
+#: How long following waits for a new version while nothing is to be retried.
+IDLE_WAIT_S = 30.0
 
 
 def written_types(service: str) -> tuple[str, ...]:
@@ -122,35 +125,31 @@ class LiveKeys:
 
     async def follow(self, js: Any) -> None:
         """Apply every version published after :meth:`start`; runs until cancelled."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def on_msg(msg: Any) -> None:
-            queue.put_nowait(bytes(msg.data))
-
         # From the first message after what start() read: nothing is missed, nothing applied twice.
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._next_sequence)
-        sub = await js.subscribe(
-            REGISTRY_SUBJECT,
+        feed = OrderedPull(
+            js,
             stream=REGISTRY_STREAM,
-            cb=on_msg,
-            config=config,
-            ordered_consumer=True,
-            inactive_threshold=300.0,
+            subject=REGISTRY_SUBJECT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            start_sequence=self._next_sequence,
         )
+        await feed.open()
         try:
             await self.reseal_if_needed()
             while True:
-                try:
-                    data = await asyncio.wait_for(queue.get(), timeout=KEY_FILE_RETRY_S)
-                except TimeoutError:
+                # Idle, nothing to retry: wake only for a new version (or the pull request's renewal).
+                retrying = self.waiting_for_key or self._reseal_needed
+                msgs = await feed.take(KEY_FILE_RETRY_S if retrying else IDLE_WAIT_S)
+                if not msgs:
                     if self.waiting_for_key:
                         self._load_own_keys(strict=False)
                     await self.reseal_if_needed()
                     continue
-                await self.offer(data)
+                for msg in msgs:
+                    await self.offer(bytes(msg.data))
         finally:
-            with contextlib.suppress(nats.errors.Error, asyncio.CancelledError):
-                await asyncio.wait_for(sub.unsubscribe(), timeout=2.0)
+            with contextlib.suppress(nats.errors.Error, asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(feed.close(), timeout=2.0)
 
     async def offer(self, data: bytes) -> bool:
         """Apply one ``REGISTRY`` message; ``False`` if it was refused (logged) or is the version in use."""

@@ -26,11 +26,13 @@ import nats.js.errors
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from nats.js.api import DeliverPolicy
 
 from symbi_common.crypto import Verifier
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError, Unauthenticated, to_wire
 from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_revocation, verify_token
+from symbi_common.ordered_pull import OrderedPull
 from symbi_common.policy.enforcement import HTTP_API
 
 log = structlog.get_logger(__name__)
@@ -39,6 +41,8 @@ log = structlog.get_logger(__name__)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: The JetStream KV bucket holding signed revocations (key: token id). Written with the operator credential.
 REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
+#: How long the revocation follower waits per pull while nothing is revoked (a revocation wakes it at once).
+REVOCATIONS_WAIT_S = 30.0
 
 ACCESS_LEVELS = ("read", "write", "admin")
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -137,16 +141,22 @@ class Revocations:
 
     async def follow(self, js: Any) -> None:
         """Watch the bucket (from its start) until cancelled; ``loaded`` is set once the existing entries are in."""
-        kv = await open_revocations_bucket(js)
-        watcher = await kv.watchall()
+        await open_revocations_bucket(js)
+        prefix = f"$KV.{REVOCATIONS_BUCKET}."
+        feed = OrderedPull(
+            js, stream=f"KV_{REVOCATIONS_BUCKET}", subject=prefix + ">", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+        )
+        await feed.open()
         try:
-            async for entry in watcher:
-                if entry is None:  # the entries that existed are all in
+            while True:
+                if feed.caught_up:
                     self.loaded.set()
-                    continue
-                self.apply(str(entry.key), None if entry.value is None else bytes(entry.value))
+                for msg in await feed.take(REVOCATIONS_WAIT_S):
+                    headers = msg.headers or {}
+                    deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
+                    self.apply(msg.subject[len(prefix) :], None if deleted else bytes(msg.data))
         finally:
-            await watcher.stop()
+            await feed.close()
 
 
 async def open_revocations_bucket(js: Any, *, create: bool = True) -> Any:

@@ -177,7 +177,7 @@ class PeriodicPositions:
         self.interval = interval
         self.position = 0
         self.stored = 0
-        self._stored_at = 0.0
+        self._stored_at = float("-inf")  # the first idle stores: loop time may be below the interval (soon after boot)
 
     async def load(self) -> int:
         self.position = self.stored = await self._load()
