@@ -16,7 +16,6 @@ restart), ends the consumer, and a new one starts right after the last stream se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from typing import Any
 
@@ -32,8 +31,10 @@ log = structlog.get_logger(__name__)
 
 #: How long a pull request stays open; an idle follower sends one per period.
 EXPIRES_S = 30.0
-#: A consumer nobody pulls from for this long is removed by the server (the process died).
-INACTIVE_THRESHOLD_S = 300.0
+#: A consumer nobody pulls from for this long is removed by the server. Followers never delete their
+#: consumers (a service may not: :func:`symbi_common.natsauth.stream_read_api`); a stopped or restarted one
+#: is left to expire. Well over ``EXPIRES_S``, so an idle follower's open pull request keeps it.
+INACTIVE_THRESHOLD_S = 120.0
 
 
 class OrderedPull:
@@ -83,7 +84,7 @@ class OrderedPull:
         return self
 
     async def close(self) -> None:
-        """Stop; the consumer is deleted (or expires on the server if that fails). Idempotent."""
+        """Stop; the consumer expires on the server (``INACTIVE_THRESHOLD_S``). Idempotent."""
         self._closed = True
         await self._stop()
 
@@ -157,8 +158,6 @@ class OrderedPull:
         if feed is None:
             return
         await feed.close()
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            await self.js.delete_consumer(self.stream, self._consumer)
 
 
 __all__ = ["OrderedPull"]
