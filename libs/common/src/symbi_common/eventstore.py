@@ -260,10 +260,10 @@ class EventStore:
         going through Raft, and nothing of ours was stored. It settles within a Raft round; the answer after
         it (stored, or a 10071 conflict naming the subject's sequence) tells a conflict how far to catch up."""
         ack = await self._send(subject, sealed, expected_seq, extra)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        delay = 0.001
+        delay, deadline = 0.001, None
         while ack.error is not None and int(ack.error.get("err_code", 0)) == WRONG_LAST_SEQUENCE_IN_FLIGHT:
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout
             if loop.time() + delay > deadline:
                 break  # still undecided: a conflict without a sequence
             await asyncio.sleep(delay)

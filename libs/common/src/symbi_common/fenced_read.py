@@ -1,14 +1,15 @@
 """Reads of one subject that reach a sequence known to be stored there: read-after-write on a replicated stream.
 
 Batched direct get (:func:`symbi_common.streams.read_subject`) is answered by any replica of the stream, and a
-follower stores what the leader committed a moment later. NATS hands a request to a replica on the server the
-client is connected to first, so a lagging follower answers every read of its clients. nats-server cannot be
-asked for "at least sequence N" on a direct get (a ``min_last_seq`` request field was tried before 2.12 and
-removed; 2.15 ignores it and answers from whatever it has). So :func:`read_subject_at_least` checks the answer
-itself: when the read ends, its last message must be at ``at_least`` or later. If it is not, the replica is
-behind, and the rest is read from the stream leader (``STREAM.MSG.GET``, which only the leader answers and which
-holds every acknowledged message), again a little later while a newly elected leader has not stored it yet, and
-:class:`StaleRead` once ``timeout`` has passed: never a short history passed off as the current one.
+follower stores what the leader committed a moment later, so a read right after a write may be answered by a
+replica that does not have it yet (a mirror with direct get answers too, and may lag for longer). nats-server
+cannot be asked for "at least sequence N" on a direct get: a ``min_last_seq`` request field was tried before
+2.12 and removed, and 2.15 ignores it and answers from whatever it has. So :func:`read_subject_at_least` checks
+the answer itself: when the read ends, its last message must be at ``at_least`` or later. If it is not, the
+replica is behind, and the rest is read from the stream leader (``STREAM.MSG.GET``, which only the leader
+answers and which holds every acknowledged message), again a little later while a newly elected leader has not
+stored it yet, and :class:`StaleRead` once ``timeout`` has passed: never a short history passed off as the
+current one.
 """
 
 from __future__ import annotations
