@@ -267,6 +267,12 @@ class Timeout(InfrastructureError):
     http_status = 504
 
 
+class StaleRead(InfrastructureError):
+    """No replica of a stream returned a subject's messages up to a sequence this process already saw there."""
+
+    code = "stale_read"
+
+
 class ConfigError(SymbiError):
     """A setting is missing or invalid; ``setting`` names it."""
 

@@ -4,6 +4,10 @@ Appends use ``Nats-Expected-Last-Subject-Sequence`` (optimistic concurrency per 
 ``Nats-Msg-Id`` = event id (de-duplication). Several events of one command go out as one JetStream
 atomic batch: all land or none. After a timeout the store checks whether the event landed before it
 tries again, so a retry never writes an event twice.
+
+Read-after-write per aggregate: the store remembers, for the aggregates it used last, the highest sequence it
+knows each holds (its own acks, the sequence a conflict named, its reads), and a load reads at least that far
+(:mod:`symbi_common.fenced_read`), also when a lagging follower replica answers the direct get.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from symbi_common.errors import (
     SymbiError,
 )
 from symbi_common.events import Event, EventCodec, event_type
+from symbi_common.fenced_read import KnownSequences, read_subject_at_least
 from symbi_common.keyring import REVOKED, KeyRegistry
 from symbi_common.reader import Recorded as Recorded  # re-exported: the write path returns it
 from symbi_common.reader import decode_opened
 from symbi_common.sealing import ChainTip, OpenedEvent, check_link, new_event_id, open_envelope, seal
-from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import EVENT_APPEND_SECONDS, EVENTS_APPENDED, inject_trace
 
 E = TypeVar("E", bound=Event)
@@ -98,6 +103,8 @@ class EventStore:
         self._deadlines: deque[tuple[float, str]] = deque()  # (deadline, token), oldest first
         self._sweeper: asyncio.TimerHandle | None = None
         self._metrics: dict[str, tuple[Any, Any]] = {}  # aggregate type -> (appended counter, latency histogram)
+        self._known = KnownSequences()
+        self._saw = self._known.saw
 
     # --- write ----------------------------------------------------------------------------------
 
@@ -159,6 +166,7 @@ class EventStore:
             prev = event_hash(data)
             hashes.append(prev)
         seqs = await self._publish(subject, sealed, expected.sequence, headers or {})
+        self._saw(subject, seqs[-1])
         metrics = self._metrics.get(aggregate_type)
         if metrics is None:
             metrics = self._metrics[aggregate_type] = (
@@ -194,14 +202,16 @@ class EventStore:
     ) -> list[int]:
         # The W3C traceparent of the current span, outside the signed bytes: once for all events of the append.
         extra = inject_trace(dict(extra))
+        unconfirmed = False  # an earlier attempt timed out: it may have landed
         for attempt in range(self.attempts):
             try:
-                ack = await self._send(subject, sealed, expected_seq, extra)
+                ack = await self._send_settled(subject, sealed, expected_seq, extra)
             except nats.errors.NoRespondersError:
                 raise AppendFailed(
                     f"no stream stores {subject}; is JetStream up and the {self.stream} stream provisioned?"
                 ) from None
             except (TimeoutError, nats.errors.TimeoutError):
+                unconfirmed = True
                 # Did it land? Look right after the expected sequence before trying again.
                 try:
                     landed = await self._landed(subject, sealed, expected_seq)
@@ -219,42 +229,76 @@ class EventStore:
                 code = int(ack.error.get("err_code", 0))
                 desc = str(ack.error.get("description", ""))
                 if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
-                    if attempt > 0:
+                    m = _WRONG_LAST_RE.search(desc)
+                    actual = int(m.group(1)) if m else None
+                    if actual is not None:
+                        self._saw(subject, actual)  # the subject's last sequence, as the leader has it
+                    if unconfirmed:
                         # JetStream checks the expected sequence before de-duplicating, so a retry of an
                         # append that did land in the meantime looks like a conflict: check which it is.
                         landed = await self._landed(subject, sealed, expected_seq)
                         if landed is not None:
                             return landed
-                    m = _WRONG_LAST_RE.search(desc)
                     raise ConcurrencyConflict(
                         f"{subject} is no longer at sequence {expected_seq}: {desc}",
                         subject=subject,
                         expected=expected_seq,
-                        actual=int(m.group(1)) if m else None,
+                        actual=actual,
                     )
                 raise AppendFailed(f"JetStream refused the append to {subject}: {desc} (code {code})", code=code)
             return list(range(ack.seq - len(sealed) + 1, ack.seq + 1))
         raise AppendFailed(f"append to {subject} failed")  # pragma: no cover - loop always returns or raises
+
+    async def _send_settled(
+        self,
+        subject: str,
+        sealed: list[tuple[bytes, EventHeader]],
+        expected_seq: int,
+        extra: Mapping[str, str],
+    ) -> _PubAck:
+        """:meth:`_send`, sent again while the leader answers 10164: another message of the subject is still
+        going through Raft, and nothing of ours was stored. It settles within a Raft round; the answer after
+        it (stored, or a 10071 conflict naming the subject's sequence) tells a conflict how far to catch up."""
+        ack = await self._send(subject, sealed, expected_seq, extra)
+        delay, deadline = 0.001, None
+        while ack.error is not None and int(ack.error.get("err_code", 0)) == WRONG_LAST_SEQUENCE_IN_FLIGHT:
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout
+            if loop.time() + delay > deadline:
+                break  # still undecided: a conflict without a sequence
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            ack = await self._send(subject, sealed, expected_seq, extra)
+        return ack
 
     async def _landed(
         self, subject: str, sealed: list[tuple[bytes, EventHeader]], expected_seq: int
     ) -> list[int] | None:
         """The stream sequences of ``sealed`` if they are stored right after ``expected_seq``; None if nothing
         is; :class:`ConcurrencyConflict` if another writer's event is there."""
-        async for batch in read_subject(
-            self.nc, self.stream, subject, after=expected_seq, batch=len(sealed), timeout=self.timeout
+        found: list[int] = []
+        async for batch in read_subject_at_least(
+            self.nc,
+            self.stream,
+            subject,
+            after=expected_seq,
+            at_least=self._known.of(subject),
+            batch=len(sealed),
+            timeout=self.timeout,
         ):
             first = batch[0]
-            if first.headers.get("Nats-Msg-Id") != sealed[0][1].event_id:
+            if not found and first.headers.get("Nats-Msg-Id") != sealed[0][1].event_id:
+                self._saw(subject, first.sequence)
                 raise ConcurrencyConflict(
                     f"{subject} moved on to sequence {first.sequence} while our append was unconfirmed",
                     subject=subject,
                     expected=expected_seq,
                     actual=first.sequence,
                 )
-            ours = [m.sequence for m in batch[: len(sealed)]]
-            return ours if len(ours) == len(sealed) else None
-        return None
+            found.extend(m.sequence for m in batch)
+            if len(found) >= len(sealed):
+                break
+        return found[: len(sealed)] if len(found) >= len(sealed) else None
 
     async def _send(
         self,
@@ -362,12 +406,16 @@ class EventStore:
         subject = subject_for(aggregate_type, aggregate_id)
         tip = after or ChainTip()
         out: list[Recorded[E]] = []
-        async for batch in read_subject(self.nc, self.stream, subject, after=tip.sequence, timeout=self.timeout):
+        async for batch in read_subject_at_least(
+            self.nc, self.stream, subject, after=tip.sequence, at_least=self._known.of(subject), timeout=self.timeout
+        ):
             for raw in batch:
                 opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=self.registry)
                 check_link(tip, opened)
                 out.append(await self._decode(opened, codec))
                 tip = opened.tip
+        if out:
+            self._saw(subject, tip.sequence)  # monotonic reads: a later load does not go back before this one
         return out
 
     async def _decode(self, opened: OpenedEvent, codec: EventCodec[E]) -> Recorded[E]:
