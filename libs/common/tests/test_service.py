@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,31 @@ async def test_lifespan_health_metrics_and_errors(
         assert info.config.deny_purge
     assert runtime.started is False
     await runtime.stop()  # idempotent
+
+
+async def test_closers_run_after_the_background_tasks_have_ended(
+    nats_url: str, database_url: str, keys_dir: Path
+) -> None:
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    await runtime.start()
+    steps: list[str] = []
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:  # cancelled on stop: its last write still needs what the closer closes
+            await asyncio.sleep(0.2)
+            steps.append("worker ended")
+
+    async def close(name: str) -> None:
+        steps.append(f"closed {name}")
+
+    runtime.spawn(worker(), "test:worker")
+    runtime.close_on_stop(lambda: close("first"))
+    runtime.close_on_stop(lambda: close("second"))
+    await asyncio.sleep(0)  # the worker starts
+    await runtime.stop()
+    assert steps == ["worker ended", "closed second", "closed first"]
 
 
 async def test_readyz_reports_a_dead_database(nats_url: str, database_url: str, keys_dir: Path) -> None:

@@ -62,6 +62,7 @@ PURE_MODULES = (
     "symbi_scheduler.records",
     "symbi_scheduler.capacity",
     "symbi_scheduler.model",
+    "symbi_scheduler.admission",
     "symbi_scheduler.chores",
     "symbi_scheduler.schedules",
     "symbi_scheduler.risk",

@@ -3,7 +3,8 @@
 A service builds a :class:`ServiceRuntime`, registers its command handlers and projections in an
 ``on_start`` hook, and hands it to :func:`symbi_common.service_app.create_app` (the FastAPI app with
 ``/healthz``, ``/readyz``, ``/metrics`` and typed error responses). On shutdown the runtime stops command
-intake, lets in-flight work finish, stops the projections, drains NATS and closes the pool.
+intake, lets in-flight work finish, stops the projections and the background tasks, drains NATS, runs the
+closers (:meth:`ServiceRuntime.close_on_stop`) and closes the pool.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class ServiceRuntime:
         self._health_checks: dict[str, Callable[[], bool]] = {}
         self._metric_refreshers: list[Callable[[], Awaitable[None]]] = []
         self._signer_listeners: list[Callable[[Signer], None]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -203,6 +205,11 @@ class ServiceRuntime:
         task.add_done_callback(_done)
         return task
 
+    def close_on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run ``close`` on shutdown once the background work has ended (a store its tasks write to must stay
+        open until they have); closers run in reverse order of registration, a failure is logged."""
+        self._closers.append(close)
+
     async def decision_point(self) -> DecisionPoint:
         """This service's policy decision point, as ``[policy] enforcement`` configures it (opened once)."""
         async with self._decisions_lock:  # two first callers must not open two followers
@@ -292,6 +299,11 @@ class ServiceRuntime:
             log.debug("nats drain failed", error=str(exc))
         if stuck:
             await asyncio.wait(stuck, timeout=5.0)
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("close on stop failed", error=repr(exc))
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

@@ -8,7 +8,6 @@ context service needs no PostgreSQL: its read model is the vector index.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +103,7 @@ def build_app(settings: Settings) -> FastAPI:
             index.follow_shredding(await KvDataKeyStore.open(rt.js, replicas=settings.nats.replicas)), "context:shred"
         )
         rt.spawn(_sweep_forever(service, cs.sweep_interval_s), "context:sweep")
-        rt.spawn(_close_on_stop(index, store), "context:close")
+        rt.close_on_stop(store.close)  # after every task using it has ended (the index stores its position last)
         await asyncio.wait_for(index.ready.wait(), timeout=30)
 
     app = create_app(runtime, title="Symbi context", routers=[router], on_start=on_start)
@@ -120,16 +119,6 @@ async def _sweep_forever(service: ContextService, interval: float) -> None:
                 log.info("swept expired memories and knowledge", forgotten=forgotten)
         except Exception as exc:  # the next round tries again
             log.warning("sweep failed", error=str(exc))
-
-
-async def _close_on_stop(index: ContextIndex, store: VectorStore) -> None:
-    """Runs for the service's lifetime; on shutdown (cancelled) stops the index and closes the store."""
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await index.stop()
-        with contextlib.suppress(Exception):
-            await store.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
