@@ -145,9 +145,13 @@ class SandboxService:
             return True  # redelivered: this attempt already started or was refused
         try:
             spec = build_spec(task, self.host_id, self.capabilities, self.defaults)
-            if not await self.threads(self.engine.image_present, spec.image):
+            # No thread hop for what needs no I/O: an image seen present a moment ago, a task without grants.
+            if not self.engine.image_known(spec.image) and not await self.threads(
+                self.engine.image_present, spec.image
+            ):
                 raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
-            grants = await self.threads(resolve, assigned.filesystem_access, self.data_roots)
+            access = assigned.filesystem_access
+            grants = await self.threads(resolve, access, self.data_roots) if access else ()
         except SandboxRefused as err:
             await self._refuse(item, err.code, str(err), None, assigned.tier)
             return True

@@ -14,9 +14,7 @@ way; its connections are recorded before its terminal event, whose usage carries
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -132,9 +130,7 @@ class Supervisor:
                             await gateway.open_channel(spec.channel_dir, spec.owner)
                     if spec.network:
                         await self._open_egress(run)
-                    run.container_id = await self.threads(runner.create, spec, str(input_file))
-                    sock = await self.threads(runner.attach, run.container_id)
-                    await self.threads(runner.start, run.container_id)
+                    sock = await self.threads(runner.launch, spec, str(input_file), run.created)
             except Exception as exc:
                 terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
                 await self._discard(run)
@@ -144,7 +140,7 @@ class Supervisor:
                 RUNNING.labels(spec.tier).inc()
                 try:
                     with traced("sandbox.container.run", attributes=attributes):
-                        exit_state = await self._supervise(run, sock, data, collector, usage)
+                        await self._supervise(run, sock, data, collector, usage)
                 except Exception as exc:  # e.g. output that could not be stored for minutes: stop the run
                     log.exception("supervising the sandbox failed", container=spec.name)
                     await self._discard(run)
@@ -156,6 +152,7 @@ class Supervisor:
                         reason=f"the sandbox-agent could not follow the run: {exc}",
                     )
                 else:
+                    exit_state = await self._finish_container(run)
                     await self._discard(run)
                     terminal = self._terminal(run, exit_state, collector, usage.sample())
                 finally:
@@ -200,41 +197,43 @@ class Supervisor:
 
     async def _supervise(
         self, run: Running, sock: Any, data: bytes, collector: OutputCollector, usage: CgroupUsage
-    ) -> ExitState:
-        """Feed stdin, stream the output, enforce the timeout and the output cap; the container's exit state."""
-        loop = asyncio.get_running_loop()
+    ) -> None:
+        """Feed stdin, stream the output, enforce the timeout and the output cap (the exit state comes after,
+        from :meth:`_finish_container`)."""
         frames: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
-        runner = self.runner(run)
+        stdio = self.runner(run).stdio(sock)
 
-        def pump() -> None:
+        async def pump() -> None:  # on the event loop: no output thread per run
             try:
-                for frame in runner.frames(sock):
-                    loop.call_soon_threadsafe(frames.put_nowait, frame)
+                async for frame in stdio.frames():
+                    frames.put_nowait(frame)
             finally:
-                loop.call_soon_threadsafe(frames.put_nowait, None)
-                runner.close_socket(sock)
+                frames.put_nowait(None)
+                await stdio.aclose()
 
-        threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
+        reader = asyncio.ensure_future(pump())
         gateway: ActionGateway | None = None
         writer: asyncio.Future[None] | None = None
         if isinstance(run.gateway, ActionGateway):
             # stdin stays open as the reply channel; the input is only the file $SYMBI_INPUT.
-            async def reply(line: bytes) -> None:
-                await self.threads(runner.send_line, sock, line)
-
             gateway = run.gateway
-            gateway.reply = reply
+            gateway.reply = stdio.send
             gateway.start()
         else:
             # Not awaited here: a workload that never reads its stdin must still meet its timeout.
-            writer = self.threads.submit(runner.send_input, sock, data)
+            writer = asyncio.ensure_future(stdio.send_input(data))
         try:
-            return await self._follow(run, frames, collector, usage, gateway, writer)
+            await self._follow(run, frames, collector, usage, gateway)
         finally:
             if gateway is not None:
                 await gateway.close()
             if run.egress is not None:
                 await run.egress.close()  # its connections are recorded before the terminal event
+            if not reader.done():  # stopped waiting for the output (after a kill): stop reading it
+                reader.cancel()
+            await asyncio.wait((reader,))  # then the socket is closed, and a write still blocked stopped
+            if writer is not None and not writer.done():
+                writer.cancel()
 
     async def _follow(
         self,
@@ -243,9 +242,9 @@ class Supervisor:
         collector: OutputCollector,
         usage: CgroupUsage,
         gateway: ActionGateway | None,
-        writer: asyncio.Future[None] | None,
-    ) -> ExitState:
-        """Stream the output and enforce the timeout and the output cap until the output ends."""
+    ) -> None:
+        """Stream the output and enforce the timeout and the output cap until the output ends (or does not
+        end within ``KILL_GRACE_S`` of a kill)."""
         timeout = run.spec.limits.execution_timeout_s
         last_flush = last_sample = time.monotonic()
         while True:
@@ -283,11 +282,17 @@ class Supervisor:
             await self._emit(run, s, piece)
         if gateway is not None:
             await gateway.close()  # the requests still being served are recorded before the terminal event
-        exit_state = await self.threads(self.runner(run).wait, run.container_id, KILL_GRACE_S)
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, KILL_GRACE_S)  # the container is gone: the write failed or ended
-        return exit_state
+
+    async def _finish_container(self, run: Running) -> ExitState:
+        """Wait for the container's exit and remove it, in one thread hop (a removal that fails is noted, and
+        tried again by the clean-up)."""
+        state, failed = await self.threads(self.runner(run).finish, run.container_id, KILL_GRACE_S)
+        if failed:
+            log.error("sandbox clean-up failed", container=run.spec.name, error=failed)
+            self.rt.note_error(f"clean-up {run.spec.name}: {failed}")
+        else:
+            run.removed = True
+        return state
 
     async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
         event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=0, data=data)
@@ -314,7 +319,7 @@ class Supervisor:
     async def _discard(self, run: Running) -> None:
         """Remove the container and the staged input."""
         try:
-            if run.container_id:
+            if run.container_id and not run.removed:
                 await self.threads(self.runner(run).remove, run.container_id)
         except Exception as exc:
             log.error("sandbox clean-up failed", container=run.spec.name, error=str(exc))
