@@ -50,9 +50,9 @@ log = structlog.get_logger(__name__)
 
 #: Output is flushed at least this often while a workload keeps printing less than a chunk.
 FLUSH_INTERVAL_S = 0.5
+#: Usage is sampled while the container runs at most this often (and once more as its output ends, and
+#: after its removal: the sandbox's parent cgroup keeps the final figures, see ``CgroupUsage``).
 SAMPLE_INTERVAL_S = 0.2
-#: Usage is also sampled as output arrives (while the container surely lives), at most this often.
-SAMPLE_MIN_GAP_S = 0.05
 #: After a kill, how long the output stream may take to end before the run gives up on it.
 KILL_GRACE_S = 10.0
 
@@ -136,7 +136,6 @@ class Supervisor:
                 await self._discard(run)
             else:
                 usage = CgroupUsage(spec.cgroup_parent)
-                usage.sample()
                 RUNNING.labels(spec.tier).inc()
                 try:
                     with traced("sandbox.container.run", attributes=attributes):
@@ -161,7 +160,7 @@ class Supervisor:
             # The daemon is shutting down: the sandbox must not outlive it unaccounted.
             run.kill_reason = run.kill_reason or "shutdown"
             await self._discard(run)
-            await self._append(run, self._terminal(run, None, collector, usage.last if usage else Usage()), 1)
+            await self._append(run, self._terminal(run, None, collector, usage.sample() if usage else Usage()), 1)
             self._finish(run)
             raise
         await self._append(run, terminal)
@@ -270,7 +269,7 @@ class Supervisor:
                 if collector.exceeded and not run.kill_reason:
                     await self.kill(run, "output_cap")
             mono = time.monotonic()
-            if mono - last_sample >= SAMPLE_MIN_GAP_S:
+            if mono - last_sample >= SAMPLE_INTERVAL_S:
                 usage.sample()
                 last_sample = mono
             if not chunk or mono - last_flush >= FLUSH_INTERVAL_S:
