@@ -66,7 +66,7 @@ from symbi_sandbox_agent.secret_files import (
 )
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
-from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent, TaskView, fold_task
 from symbi_sandbox_agent.tools.declared import register_declared
 
 if TYPE_CHECKING:
@@ -120,12 +120,15 @@ class SandboxService:
 
     # --- work -----------------------------------------------------------------------------------
 
-    async def dispatch(self, item: WorkItem) -> bool:
+    async def dispatch(self, item: WorkItem, events: list[TaskEvent] | None = None) -> bool:
         """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored.
+        ``events``: the task's events if the caller has just read them (else they are read here).
 
         False: not now — an older attempt of the task is still being stopped here; try again shortly."""
         task_id = item.task_id
-        task = fold_task(task_id, [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)])
+        if events is None:
+            events = [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)]
+        task = fold_task(task_id, events)
         assigned = task.assigned
         if assigned is None or assigned.host_id != self.host_id or assigned.attempt != item.attempt or task.ended:
             log.warning(
