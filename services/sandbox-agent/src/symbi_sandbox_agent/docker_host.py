@@ -141,6 +141,12 @@ class DockerHost:
         """Whether ``image`` was seen present less than ``IMAGE_SEEN_S`` ago (no I/O)."""
         return self._images.get(image, 0.0) > time.monotonic()
 
+    def die_events(self, host_id: str, since: int) -> Iterator[dict[str, Any]]:
+        """The engine's ``die`` events of this host's containers since ``since`` (Unix time), as they come;
+        the stream blocks while none come and ends when closed (``close()``) or when the engine goes away."""
+        filters = {"type": ["container"], "event": ["die"], "label": [f"{LABEL_HOST}={host_id}"]}
+        return self.api.events(since=since, filters=filters, decode=True)  # type: ignore[no-any-return]
+
     def state(self, container_id: str) -> dict[str, Any]:
         try:
             return dict(self.api.inspect_container(container_id)["State"])
@@ -339,15 +345,19 @@ class DockerRunner:
             return ExitState(None, False, f"no exit status within {timeout} s: {exc}")
         code = result.get("StatusCode")
         error = (result.get("Error") or {}).get("Message", "") if isinstance(result.get("Error"), dict) else ""
-        # Only a run that did not succeed can have been OOM-killed as far as its outcome goes: a clean exit
-        # needs no inspect (one Docker API call per task less); the wait's answer does not carry the flag.
-        oom = code != 0 and bool(self.engine.state(container_id).get("OOMKilled"))
-        return ExitState(int(code) if code is not None else None, oom, error)
+        return self.exit_state(container_id, int(code) if code is not None else None, error)
 
-    def finish(self, container_id: str, timeout: float) -> tuple[ExitState, str]:
-        """Wait for the exit, then remove the container: one thread hop. The exit state, and why the removal
-        failed ('' when it did not)."""
-        state = self.wait(container_id, timeout)
+    def exit_state(self, container_id: str, code: int | None, error: str = "") -> ExitState:
+        """How the container ended, given its exit code. Only a run that did not succeed can have been OOM-killed
+        as far as its outcome goes: a clean exit needs no inspect (one Docker API call per task less); neither
+        the wait's answer nor the ``die`` event carries the flag."""
+        oom = code != 0 and bool(self.engine.state(container_id).get("OOMKilled"))
+        return ExitState(code, oom, error)
+
+    def finish(self, container_id: str, timeout: float, exit_code: int | None = None) -> tuple[ExitState, str]:
+        """Wait for the exit (unless its ``exit_code`` is known already), then remove the container: one thread
+        hop. The exit state, and why the removal failed ('' when it did not)."""
+        state = self.wait(container_id, timeout) if exit_code is None else self.exit_state(container_id, exit_code)
         try:
             self.remove(container_id)
         except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from symbi_sandbox_agent.config import data_roots, sandbox_defaults, work_root
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
 from symbi_sandbox_agent.egress.internal import MODELS_HOST
+from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
@@ -86,6 +88,7 @@ class SandboxHost:
         self.kv: Any = None
         self.last_heartbeat = 0.0
         self.reconciled: HostReconciled | None = None
+        self.exits: ExitWatch | None = None
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -105,6 +108,11 @@ class SandboxHost:
             self.heartbeat,
             self.data_roots,
         )
+        # Exit codes come from one stream of the engine's die events (no wait call per run); started before
+        # any run, with the stream replaying from a second before it was opened.
+        self.exits = ExitWatch(functools.partial(self.docker.die_events, self.host_id))
+        self.exits.start()
+        self.service.supervisor.exits = self.exits
         self.service.tools = tool_service(self.rt, self.settings)
         store = await open_secrets(self.rt)
         self.service.secrets = store
@@ -319,6 +327,8 @@ class SandboxHost:
 
     def close(self) -> None:
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")  # only what is empty: nothing runs any more
+        if self.exits is not None:
+            self.exits.close()
         self.threads.shutdown()
         if hasattr(self, "docker"):
             self.docker.close()

@@ -8,7 +8,7 @@ method blocks (the Docker SDK is synchronous): the daemon calls them on its own 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -54,8 +54,9 @@ class SandboxRunner(Protocol):
         """The attach socket for the event loop: stdin written, stdout/stderr frames read."""
         ...
 
-    def finish(self, container_id: str, timeout: float) -> tuple[ExitState, str]:
-        """Wait for the exit, then remove the container: the exit state, and why the removal failed ('' if not)."""
+    def finish(self, container_id: str, timeout: float, exit_code: int | None = None) -> tuple[ExitState, str]:
+        """Wait for the exit (unless its ``exit_code`` is known already), then remove the container: the exit
+        state, and why the removal failed ('' if not)."""
         ...
 
     def pause(self, container_id: str) -> None: ...
@@ -79,6 +80,11 @@ class SandboxEngine(Protocol):
         ...
 
     def image_present(self, image: str) -> bool: ...
+
+    def die_events(self, host_id: str, since: int) -> Iterator[dict[str, Any]]:
+        """The engine's ``die`` events of this host's containers since ``since`` (Unix time), as they come
+        (blocking; the stream has a ``close()``)."""
+        ...
 
     def image_known(self, image: str) -> bool:
         """Whether ``image`` is known to be present without asking the engine (no I/O: no thread needed)."""

@@ -38,6 +38,7 @@ from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
 from symbi_sandbox_agent.domain import ExitState, terminal_event
 from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import Caller
+from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.gateway import ActionGateway, GatewayHost
 from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
@@ -55,6 +56,8 @@ FLUSH_INTERVAL_S = 0.5
 SAMPLE_INTERVAL_S = 0.2
 #: After a kill, how long the output stream may take to end before the run gives up on it.
 KILL_GRACE_S = 10.0
+#: After the output ends, how long the engine's die event may take before the run asks with ``wait``.
+EXIT_EVENT_GRACE_S = 2.0
 
 
 async def sweep_leftovers(engine: SandboxEngine, threads: Threads) -> list[int]:
@@ -95,6 +98,8 @@ class Supervisor:
         self._runners: dict[str, SandboxRunner] = {}
         #: The egress settings and agents' token buckets of this host (network-enabled runs).
         self.egress = egress or EgressHost(rt.settings.egress)
+        #: The exit codes the engine reports (None: each run asks with ``wait``).
+        self.exits: ExitWatch | None = None
 
     def runner(self, run: Running) -> SandboxRunner:
         """The runner of the run's runtime (runc for tier1, runsc for tier2)."""
@@ -283,9 +288,10 @@ class Supervisor:
             await gateway.close()  # the requests still being served are recorded before the terminal event
 
     async def _finish_container(self, run: Running) -> ExitState:
-        """Wait for the container's exit and remove it, in one thread hop (a removal that fails is noted, and
-        tried again by the clean-up)."""
-        state, failed = await self.threads(self.runner(run).finish, run.container_id, KILL_GRACE_S)
+        """The container's exit (from the engine's die event, else a ``wait``) and its removal, in one thread hop
+        (a removal that fails is noted, and tried again by the clean-up)."""
+        code = await self.exits.exit_code(run.container_id, EXIT_EVENT_GRACE_S) if self.exits is not None else None
+        state, failed = await self.threads(self.runner(run).finish, run.container_id, KILL_GRACE_S, code)
         if failed:
             log.error("sandbox clean-up failed", container=run.spec.name, error=failed)
             self.rt.note_error(f"clean-up {run.spec.name}: {failed}")
