@@ -16,9 +16,21 @@ from symbi_contracts.sandbox_agent.events import Usage
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def _read(path: Path) -> str:
+    """A control file's text: plain reads, no text-mode machinery (a sample reads three of them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = [os.read(fd, 65536)]
+        while parts[-1]:
+            parts.append(os.read(fd, 65536))
+        return b"".join(parts).decode()
+    finally:
+        os.close(fd)
+
+
 def _read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().split()[0])
+        return int(_read(path).split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -63,7 +75,7 @@ class CgroupUsage:
             return None
         read = write = 0
         try:
-            lines = self._io.read_text().splitlines()
+            lines = _read(self._io).splitlines()
         except OSError:
             lines = []
         for line in lines:
@@ -80,10 +92,10 @@ class CgroupUsage:
         peak = _read_int(self._peak) or _read_int(self._current)
         cpu_us = 0
         try:
-            for line in self._cpu.read_text().splitlines():
+            for line in _read(self._cpu).splitlines():
                 if line.startswith("usage_usec "):
                     cpu_us = int(line.split()[1])
-            io = self._io.read_text()
+            io = _read(self._io)
         except OSError:
             return None
         read = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("rbytes="))

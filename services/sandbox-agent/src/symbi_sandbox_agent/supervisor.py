@@ -51,8 +51,9 @@ log = structlog.get_logger(__name__)
 
 #: Output is flushed at least this often while a workload keeps printing less than a chunk.
 FLUSH_INTERVAL_S = 0.5
-#: Usage is sampled while the container runs at most this often (and once more as its output ends, and
-#: after its removal: the sandbox's parent cgroup keeps the final figures, see ``CgroupUsage``).
+#: Usage is sampled while the container runs at most this often, and once after its removal: the sandbox's
+#: parent cgroup keeps the final figures (peak memory, CPU, and block I/O, which a removed child's
+#: cgroup hands on to it), see ``CgroupUsage``.
 SAMPLE_INTERVAL_S = 0.2
 #: After a kill, how long the output stream may take to end before the run gives up on it.
 KILL_GRACE_S = 10.0
@@ -281,7 +282,6 @@ class Supervisor:
                 for s, piece in collector.flush():
                     await self._emit(run, s, piece)
                 last_flush = mono
-        usage.sample()
         for s, piece in collector.flush():
             await self._emit(run, s, piece)
         if gateway is not None:
