@@ -66,7 +66,7 @@ from symbi_sandbox_agent.secret_files import (
 )
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
-from symbi_sandbox_agent.tasks import TASK_CODEC, TaskView, fold_task
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent, TaskView, fold_task
 from symbi_sandbox_agent.tools.declared import register_declared
 
 if TYPE_CHECKING:
@@ -120,12 +120,15 @@ class SandboxService:
 
     # --- work -----------------------------------------------------------------------------------
 
-    async def dispatch(self, item: WorkItem) -> bool:
+    async def dispatch(self, item: WorkItem, events: list[TaskEvent] | None = None) -> bool:
         """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored.
+        ``events``: the task's events if the caller has just read them (else they are read here).
 
         False: not now — an older attempt of the task is still being stopped here; try again shortly."""
         task_id = item.task_id
-        task = fold_task(task_id, [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)])
+        if events is None:
+            events = [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)]
+        task = fold_task(task_id, events)
         assigned = task.assigned
         if assigned is None or assigned.host_id != self.host_id or assigned.attempt != item.attempt or task.ended:
             log.warning(
@@ -145,9 +148,13 @@ class SandboxService:
             return True  # redelivered: this attempt already started or was refused
         try:
             spec = build_spec(task, self.host_id, self.capabilities, self.defaults)
-            if not await self.threads(self.engine.image_present, spec.image):
+            # No thread hop for what needs no I/O: an image seen present a moment ago, a task without grants.
+            if not self.engine.image_known(spec.image) and not await self.threads(
+                self.engine.image_present, spec.image
+            ):
                 raise InvalidWorkload(f"image {spec.image} is not on host {self.host_id}; images are not pulled here")
-            grants = await self.threads(resolve, assigned.filesystem_access, self.data_roots)
+            access = assigned.filesystem_access
+            grants = await self.threads(resolve, access, self.data_roots) if access else ()
         except SandboxRefused as err:
             await self._refuse(item, err.code, str(err), None, assigned.tier)
             return True

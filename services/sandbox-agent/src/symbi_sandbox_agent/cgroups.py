@@ -7,6 +7,7 @@ before the container exits (the Docker stats API needs about a second per sample
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -15,9 +16,21 @@ from symbi_contracts.sandbox_agent.events import Usage
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def _read(path: Path) -> str:
+    """A control file's text: plain reads, no text-mode machinery (a sample reads three of them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = [os.read(fd, 65536)]
+        while parts[-1]:
+            parts.append(os.read(fd, 65536))
+        return b"".join(parts).decode()
+    finally:
+        os.close(fd)
+
+
 def _read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().split()[0])
+        return int(_read(path).split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -32,11 +45,17 @@ class CgroupUsage:
     def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
         self.parent = parent.strip("/")
         self.root = root
-        self.v2 = (root / "cgroup.controllers").exists()
+        self.v2 = _is_v2(root)
         self.last = Usage()
-
-    def _dir(self, controller: str) -> Path:
-        return self.root / self.parent if self.v2 else self.root / controller / self.parent
+        # The files read per sample, named once (a sample is a few reads, no path building).
+        if self.v2:
+            base = root / self.parent
+            self._peak, self._cpu, self._io = base / "memory.peak", base / "cpu.stat", base / "io.stat"
+            self._current = base / "memory.current"
+        else:
+            self._peak = root / "memory" / self.parent / "memory.max_usage_in_bytes"
+            self._cpu = root / "cpuacct" / self.parent / "cpuacct.usage"
+            self._io = root / "blkio" / self.parent / "blkio.throttle.io_service_bytes_recursive"
 
     def sample(self) -> Usage:
         usage = self._sample_v2() if self.v2 else self._sample_v1()
@@ -50,13 +69,13 @@ class CgroupUsage:
         return self.last
 
     def _sample_v1(self) -> Usage | None:
-        peak = _read_int(self._dir("memory") / "memory.max_usage_in_bytes")
-        cpu_ns = _read_int(self._dir("cpuacct") / "cpuacct.usage")
+        peak = _read_int(self._peak)
+        cpu_ns = _read_int(self._cpu)
         if peak is None and cpu_ns is None:
             return None
         read = write = 0
         try:
-            lines = (self._dir("blkio") / "blkio.throttle.io_service_bytes_recursive").read_text().splitlines()
+            lines = _read(self._io).splitlines()
         except OSError:
             lines = []
         for line in lines:
@@ -70,14 +89,13 @@ class CgroupUsage:
         )
 
     def _sample_v2(self) -> Usage | None:
-        path = self._dir("")
-        peak = _read_int(path / "memory.peak") or _read_int(path / "memory.current")
+        peak = _read_int(self._peak) or _read_int(self._current)
         cpu_us = 0
         try:
-            for line in (path / "cpu.stat").read_text().splitlines():
+            for line in _read(self._cpu).splitlines():
                 if line.startswith("usage_usec "):
                     cpu_us = int(line.split()[1])
-            io = (path / "io.stat").read_text()
+            io = _read(self._io)
         except OSError:
             return None
         read = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("rbytes="))
@@ -92,12 +110,31 @@ class CgroupUsage:
 def remove_cgroup_tree(relative: str, root: Path = CGROUP_ROOT) -> None:
     """rmdir ``relative`` (and any empty cgroups under it) in every hierarchy where it exists."""
     relative = relative.strip("/")
-    bases = [root] if (root / "cgroup.controllers").exists() else [p for p in root.iterdir() if p.is_dir()]
-    for base in bases:
-        top = base / relative
-        if not top.is_dir():
+    for base in _hierarchies(root):
+        top = os.path.join(base, relative)
+        try:
+            os.rmdir(top)  # a sandbox's cgroup is usually a leaf by now: one call per hierarchy
+            continue
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass  # not empty (cgroups under it), or not a directory
+        if not os.path.isdir(top):
             continue
         # Deepest first; os.walk reads each directory once (no stat of every control file, as rglob did).
         for path, _dirs, _files in os.walk(top, topdown=False):
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+@functools.cache
+def _is_v2(root: Path) -> bool:
+    return (root / "cgroup.controllers").exists()
+
+
+@functools.cache
+def _hierarchies(root: Path) -> tuple[str, ...]:
+    """The cgroup hierarchies mounted under ``root`` (v2: ``root`` itself); they do not change while we run."""
+    if _is_v2(root):
+        return (str(root),)
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in sorted(root.iterdir()) if p.is_dir()))

@@ -16,7 +16,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from symbi_contracts.sandbox_agent.errors import DockerUnavailable
 from symbi_sandbox_agent.domain import ExitState
 from symbi_sandbox_agent.runner import HostInfo, OwnedContainer, SandboxRunner
 from symbi_sandbox_agent.spec import LABEL_HOST, LABEL_TASK, HostCapabilities, SandboxSpec
+from symbi_sandbox_agent.stdio import AttachStream
 
 #: Docker Engine API 1.41 = Docker 20.10, the oldest engine this daemon is tested with; newer engines serve it too.
 API_VERSION = "1.41"
@@ -126,7 +127,7 @@ class DockerHost:
     def image_present(self, image: str) -> bool:
         """Whether the engine has ``image``; a positive answer is reused for ``IMAGE_SEEN_S`` (a task whose
         image is deleted meanwhile fails at create instead of being refused: images are never pulled)."""
-        if self._images.get(image, 0.0) > time.monotonic():
+        if self.image_known(image):
             return True
         try:
             self.api.inspect_image(image)
@@ -135,6 +136,16 @@ class DockerHost:
             return False
         self._images[image] = time.monotonic() + IMAGE_SEEN_S
         return True
+
+    def image_known(self, image: str) -> bool:
+        """Whether ``image`` was seen present less than ``IMAGE_SEEN_S`` ago (no I/O)."""
+        return self._images.get(image, 0.0) > time.monotonic()
+
+    def die_events(self, host_id: str, since: int) -> Iterator[dict[str, Any]]:
+        """The engine's ``die`` events of this host's containers since ``since`` (Unix time), as they come;
+        the stream blocks while none come and ends when closed (``close()``) or when the engine goes away."""
+        filters = {"type": ["container"], "event": ["die"], "label": [f"{LABEL_HOST}={host_id}"]}
+        return self.api.events(since=since, filters=filters, decode=True)  # type: ignore[no-any-return]
 
     def state(self, container_id: str) -> dict[str, Any]:
         try:
@@ -265,6 +276,24 @@ class DockerRunner:
     def start(self, container_id: str) -> None:
         self.api.start(container_id)
 
+    def launch(self, spec: SandboxSpec, input_file: str, created: Callable[[str], None]) -> Any:
+        """Create, attach and start the container: one thread hop for the daemon instead of three. ``created``
+        learns the container's id as soon as it exists, so a failure after that still gets it removed."""
+        container_id = self.create(spec, input_file)
+        created(container_id)
+        sock = self.attach(container_id)
+        try:
+            self.start(container_id)
+        except BaseException:
+            self.close_socket(sock)
+            raise
+        return sock
+
+    @classmethod
+    def stdio(cls, sock: Any) -> AttachStream:
+        """The attach socket for the event loop (no output thread; see :mod:`symbi_sandbox_agent.stdio`)."""
+        return AttachStream(sock._sock, release=lambda: cls.close_socket(sock))
+
     @staticmethod
     def send_input(sock: Any, data: bytes) -> None:
         """Write the task's input and close our side: the workload sees EOF on stdin.
@@ -316,10 +345,24 @@ class DockerRunner:
             return ExitState(None, False, f"no exit status within {timeout} s: {exc}")
         code = result.get("StatusCode")
         error = (result.get("Error") or {}).get("Message", "") if isinstance(result.get("Error"), dict) else ""
-        # Only a run that did not succeed can have been OOM-killed as far as its outcome goes: a clean exit
-        # needs no inspect (one Docker API call per task less); the wait's answer does not carry the flag.
+        return self.exit_state(container_id, int(code) if code is not None else None, error)
+
+    def exit_state(self, container_id: str, code: int | None, error: str = "") -> ExitState:
+        """How the container ended, given its exit code. Only a run that did not succeed can have been OOM-killed
+        as far as its outcome goes: a clean exit needs no inspect (one Docker API call per task less); neither
+        the wait's answer nor the ``die`` event carries the flag."""
         oom = code != 0 and bool(self.engine.state(container_id).get("OOMKilled"))
-        return ExitState(int(code) if code is not None else None, oom, error)
+        return ExitState(code, oom, error)
+
+    def finish(self, container_id: str, timeout: float, exit_code: int | None = None) -> tuple[ExitState, str]:
+        """Wait for the exit (unless its ``exit_code`` is known already), then remove the container: one thread
+        hop. The exit state, and why the removal failed ('' when it did not)."""
+        state = self.wait(container_id, timeout) if exit_code is None else self.exit_state(container_id, exit_code)
+        try:
+            self.remove(container_id)
+        except Exception as exc:
+            return state, str(exc) or type(exc).__name__
+        return state, ""
 
     def pause(self, container_id: str) -> None:
         self.engine.paused.add(container_id)  # before: a pause that fails half-way still gets a thaw

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import structlog
 from nats.js.api import ConsumerConfig
 from symbi_common.aggregate import Repository
 from symbi_common.live_pull import LivePull
+from symbi_common.reader import Recorded
 from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings_sandbox import SandboxSettings
@@ -42,13 +44,14 @@ from symbi_sandbox_agent.config import data_roots, sandbox_defaults, work_root
 from symbi_sandbox_agent.docker_host import DockerHost
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
 from symbi_sandbox_agent.egress.internal import MODELS_HOST
+from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
 from symbi_sandbox_agent.secret_files import host_secrets, open_secrets
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
-from symbi_sandbox_agent.tasks import TASK_CODEC
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent
 from symbi_sandbox_agent.tools.wiring import attach_all, tool_service
 
 log = structlog.get_logger(__name__)
@@ -85,6 +88,7 @@ class SandboxHost:
         self.kv: Any = None
         self.last_heartbeat = 0.0
         self.reconciled: HostReconciled | None = None
+        self.exits: ExitWatch | None = None
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -104,6 +108,11 @@ class SandboxHost:
             self.heartbeat,
             self.data_roots,
         )
+        # Exit codes come from one stream of the engine's die events (no wait call per run); started before
+        # any run, with the stream replaying from a second before it was opened.
+        self.exits = ExitWatch(functools.partial(self.docker.die_events, self.host_id))
+        self.exits.start()
+        self.service.supervisor.exits = self.exits
         self.service.tools = tool_service(self.rt, self.settings)
         store = await open_secrets(self.rt)
         self.service.secrets = store
@@ -248,11 +257,13 @@ class SandboxHost:
             await msg.term()
             return
         try:
-            headers = await self._trace_headers(item, msg.headers)
+            # The task's events are read once: for the trace the item continues and for the task itself.
+            records = await self.rt.store.load("task", item.task_id, TASK_CODEC)
+            headers = await self._trace_headers(item, records, msg.headers)
             with continue_trace(
                 "sandbox.work", headers, attributes={"symbi.task_id": item.task_id, "symbi.attempt": item.attempt}
             ):
-                handled = await self.service.dispatch(item)
+                handled = await self.service.dispatch(item, [r.event for r in records])
         except Exception as exc:
             log.exception("work item failed, redelivering", task_id=item.task_id)
             self.rt.note_error(f"work {item.task_id}: {exc!r}")
@@ -263,13 +274,14 @@ class SandboxHost:
         else:
             await msg.nak(delay=BUSY_RETRY_S)
 
-    async def _trace_headers(self, item: WorkItem, headers: dict[str, str] | None) -> dict[str, str]:
+    async def _trace_headers(
+        self, item: WorkItem, records: list[Recorded[TaskEvent]], headers: dict[str, str] | None
+    ) -> dict[str, str]:
         """The trace a work item continues: the scheduler's ``traceparent`` on the item, else the one stored
-        with the task's latest ``task.assigned`` event."""
+        with the task's latest ``task.assigned`` event (of ``records``, the task's events)."""
         if headers and "traceparent" in headers:
             return dict(headers)
         try:
-            records = await self.rt.store.load("task", item.task_id, TASK_CODEC)
             assigned = [r for r in records if isinstance(r.event, TaskAssigned)]
             if assigned:
                 raw = await self.rt.js.get_msg(EVENTS_STREAM, seq=assigned[-1].sequence)
@@ -315,6 +327,8 @@ class SandboxHost:
 
     def close(self) -> None:
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")  # only what is empty: nothing runs any more
+        if self.exits is not None:
+            self.exits.close()
         self.threads.shutdown()
         if hasattr(self, "docker"):
             self.docker.close()

@@ -64,6 +64,8 @@ class Running:
     agent_id: str
     started_at: float = field(default_factory=time.time)
     container_id: str = ""
+    #: Whether the container is removed (then the clean-up has no Docker call to make).
+    removed: bool = False
     paused_since: float | None = None
     paused_total: float = 0.0
     kill_reason: str = ""
@@ -76,6 +78,10 @@ class Running:
     gateway: HeldActions | None = None
     #: The egress proxy of a network-enabled run (set while it runs).
     egress: NetworkPath | None = None
+
+    def created(self, container_id: str) -> None:
+        """The container exists (called from the thread that creates it)."""
+        self.container_id = container_id
 
     def active_seconds(self, now: float) -> float:
         """Run time that counts against the timeout (time spent paused does not)."""

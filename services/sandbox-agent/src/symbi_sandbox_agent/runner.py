@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from symbi_sandbox_agent.domain import ExitState
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxSpec
+from symbi_sandbox_agent.stdio import AttachStream
 
 T = TypeVar("T")
 
@@ -44,31 +45,19 @@ class SandboxRunner(Protocol):
     #: Whether a run may leave runtime processes behind (gVisor's shim and sandbox after a failed start).
     leaves_processes: bool
 
-    def create(self, spec: SandboxSpec, input_file: str) -> str:
-        """Create the container (not started); its id."""
+    def launch(self, spec: SandboxSpec, input_file: str, created: Callable[[str], None]) -> Any:
+        """Create, attach and start the container (attached before it starts, so no output is missed); its
+        attach socket. ``created`` is called with the container's id as soon as it exists."""
         ...
 
-    def attach(self, container_id: str) -> Any:
-        """The container's stdin/stdout/stderr socket; attach before start so no output is missed."""
+    def stdio(self, sock: Any) -> AttachStream:
+        """The attach socket for the event loop: stdin written, stdout/stderr frames read."""
         ...
 
-    def start(self, container_id: str) -> None: ...
-
-    def send_input(self, sock: Any, data: bytes) -> None:
-        """Write the task's input and close stdin."""
+    def finish(self, container_id: str, timeout: float, exit_code: int | None = None) -> tuple[ExitState, str]:
+        """Wait for the exit (unless its ``exit_code`` is known already), then remove the container: the exit
+        state, and why the removal failed ('' if not)."""
         ...
-
-    def send_line(self, sock: Any, line: bytes) -> None:
-        """Write one reply line to stdin, which stays open."""
-        ...
-
-    def close_socket(self, sock: Any) -> None: ...
-
-    def frames(self, sock: Any) -> Iterator[tuple[int, bytes]]:
-        """``(stream, data)`` frames until the container's output ends (1 = stdout, 2 = stderr)."""
-        ...
-
-    def wait(self, container_id: str, timeout: float) -> ExitState: ...
 
     def pause(self, container_id: str) -> None: ...
 
@@ -91,6 +80,15 @@ class SandboxEngine(Protocol):
         ...
 
     def image_present(self, image: str) -> bool: ...
+
+    def die_events(self, host_id: str, since: int) -> Iterator[dict[str, Any]]:
+        """The engine's ``die`` events of this host's containers since ``since`` (Unix time), as they come
+        (blocking; the stream has a ``close()``)."""
+        ...
+
+    def image_known(self, image: str) -> bool:
+        """Whether ``image`` is known to be present without asking the engine (no I/O: no thread needed)."""
+        ...
 
     def owned(self, host_id: str) -> list[OwnedContainer]:
         """Every container (running or not) labelled as this host's sandbox."""

@@ -14,9 +14,7 @@ way; its connections are recorded before its terminal event, whose usage carries
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
 from symbi_sandbox_agent.domain import ExitState, terminal_event
 from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import Caller
+from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.gateway import ActionGateway, GatewayHost
 from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
 from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
@@ -52,11 +51,14 @@ log = structlog.get_logger(__name__)
 
 #: Output is flushed at least this often while a workload keeps printing less than a chunk.
 FLUSH_INTERVAL_S = 0.5
+#: Usage is sampled while the container runs at most this often, and once after its removal: the sandbox's
+#: parent cgroup keeps the final figures (peak memory, CPU, and block I/O, which a removed child's
+#: cgroup hands on to it), see ``CgroupUsage``.
 SAMPLE_INTERVAL_S = 0.2
-#: Usage is also sampled as output arrives (while the container surely lives), at most this often.
-SAMPLE_MIN_GAP_S = 0.05
 #: After a kill, how long the output stream may take to end before the run gives up on it.
 KILL_GRACE_S = 10.0
+#: After the output ends, how long the engine's die event may take before the run asks with ``wait``.
+EXIT_EVENT_GRACE_S = 2.0
 
 
 async def sweep_leftovers(engine: SandboxEngine, threads: Threads) -> list[int]:
@@ -97,6 +99,8 @@ class Supervisor:
         self._runners: dict[str, SandboxRunner] = {}
         #: The egress settings and agents' token buckets of this host (network-enabled runs).
         self.egress = egress or EgressHost(rt.settings.egress)
+        #: The exit codes the engine reports (None: each run asks with ``wait``).
+        self.exits: ExitWatch | None = None
 
     def runner(self, run: Running) -> SandboxRunner:
         """The runner of the run's runtime (runc for tier1, runsc for tier2)."""
@@ -132,19 +136,16 @@ class Supervisor:
                             await gateway.open_channel(spec.channel_dir, spec.owner)
                     if spec.network:
                         await self._open_egress(run)
-                    run.container_id = await self.threads(runner.create, spec, str(input_file))
-                    sock = await self.threads(runner.attach, run.container_id)
-                    await self.threads(runner.start, run.container_id)
+                    sock = await self.threads(runner.launch, spec, str(input_file), run.created)
             except Exception as exc:
                 terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
                 await self._discard(run)
             else:
                 usage = CgroupUsage(spec.cgroup_parent)
-                usage.sample()
                 RUNNING.labels(spec.tier).inc()
                 try:
                     with traced("sandbox.container.run", attributes=attributes):
-                        exit_state = await self._supervise(run, sock, data, collector, usage)
+                        await self._supervise(run, sock, data, collector, usage)
                 except Exception as exc:  # e.g. output that could not be stored for minutes: stop the run
                     log.exception("supervising the sandbox failed", container=spec.name)
                     await self._discard(run)
@@ -156,6 +157,7 @@ class Supervisor:
                         reason=f"the sandbox-agent could not follow the run: {exc}",
                     )
                 else:
+                    exit_state = await self._finish_container(run)
                     await self._discard(run)
                     terminal = self._terminal(run, exit_state, collector, usage.sample())
                 finally:
@@ -164,7 +166,7 @@ class Supervisor:
             # The daemon is shutting down: the sandbox must not outlive it unaccounted.
             run.kill_reason = run.kill_reason or "shutdown"
             await self._discard(run)
-            await self._append(run, self._terminal(run, None, collector, usage.last if usage else Usage()), 1)
+            await self._append(run, self._terminal(run, None, collector, usage.sample() if usage else Usage()), 1)
             self._finish(run)
             raise
         await self._append(run, terminal)
@@ -200,41 +202,43 @@ class Supervisor:
 
     async def _supervise(
         self, run: Running, sock: Any, data: bytes, collector: OutputCollector, usage: CgroupUsage
-    ) -> ExitState:
-        """Feed stdin, stream the output, enforce the timeout and the output cap; the container's exit state."""
-        loop = asyncio.get_running_loop()
+    ) -> None:
+        """Feed stdin, stream the output, enforce the timeout and the output cap (the exit state comes after,
+        from :meth:`_finish_container`)."""
         frames: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
-        runner = self.runner(run)
+        stdio = self.runner(run).stdio(sock)
 
-        def pump() -> None:
+        async def pump() -> None:  # on the event loop: no output thread per run
             try:
-                for frame in runner.frames(sock):
-                    loop.call_soon_threadsafe(frames.put_nowait, frame)
+                async for frame in stdio.frames():
+                    frames.put_nowait(frame)
             finally:
-                loop.call_soon_threadsafe(frames.put_nowait, None)
-                runner.close_socket(sock)
+                frames.put_nowait(None)
+                await stdio.aclose()
 
-        threading.Thread(target=pump, name=f"output:{run.spec.name}", daemon=True).start()
+        reader = asyncio.ensure_future(pump())
         gateway: ActionGateway | None = None
         writer: asyncio.Future[None] | None = None
         if isinstance(run.gateway, ActionGateway):
             # stdin stays open as the reply channel; the input is only the file $SYMBI_INPUT.
-            async def reply(line: bytes) -> None:
-                await self.threads(runner.send_line, sock, line)
-
             gateway = run.gateway
-            gateway.reply = reply
+            gateway.reply = stdio.send
             gateway.start()
         else:
             # Not awaited here: a workload that never reads its stdin must still meet its timeout.
-            writer = self.threads.submit(runner.send_input, sock, data)
+            writer = asyncio.ensure_future(stdio.send_input(data))
         try:
-            return await self._follow(run, frames, collector, usage, gateway, writer)
+            await self._follow(run, frames, collector, usage, gateway)
         finally:
             if gateway is not None:
                 await gateway.close()
             if run.egress is not None:
                 await run.egress.close()  # its connections are recorded before the terminal event
+            if not reader.done():  # stopped waiting for the output (after a kill): stop reading it
+                reader.cancel()
+            await asyncio.wait((reader,))  # then the socket is closed, and a write still blocked stopped
+            if writer is not None and not writer.done():
+                writer.cancel()
 
     async def _follow(
         self,
@@ -243,9 +247,9 @@ class Supervisor:
         collector: OutputCollector,
         usage: CgroupUsage,
         gateway: ActionGateway | None,
-        writer: asyncio.Future[None] | None,
-    ) -> ExitState:
-        """Stream the output and enforce the timeout and the output cap until the output ends."""
+    ) -> None:
+        """Stream the output and enforce the timeout and the output cap until the output ends (or does not
+        end within ``KILL_GRACE_S`` of a kill)."""
         timeout = run.spec.limits.execution_timeout_s
         last_flush = last_sample = time.monotonic()
         while True:
@@ -271,23 +275,29 @@ class Supervisor:
                 if collector.exceeded and not run.kill_reason:
                     await self.kill(run, "output_cap")
             mono = time.monotonic()
-            if mono - last_sample >= SAMPLE_MIN_GAP_S:
+            if mono - last_sample >= SAMPLE_INTERVAL_S:
                 usage.sample()
                 last_sample = mono
             if not chunk or mono - last_flush >= FLUSH_INTERVAL_S:
                 for s, piece in collector.flush():
                     await self._emit(run, s, piece)
                 last_flush = mono
-        usage.sample()
         for s, piece in collector.flush():
             await self._emit(run, s, piece)
         if gateway is not None:
             await gateway.close()  # the requests still being served are recorded before the terminal event
-        exit_state = await self.threads(self.runner(run).wait, run.container_id, KILL_GRACE_S)
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, KILL_GRACE_S)  # the container is gone: the write failed or ended
-        return exit_state
+
+    async def _finish_container(self, run: Running) -> ExitState:
+        """The container's exit (from the engine's die event, else a ``wait``) and its removal, in one thread hop
+        (a removal that fails is noted, and tried again by the clean-up)."""
+        code = await self.exits.exit_code(run.container_id, EXIT_EVENT_GRACE_S) if self.exits is not None else None
+        state, failed = await self.threads(self.runner(run).finish, run.container_id, KILL_GRACE_S, code)
+        if failed:
+            log.error("sandbox clean-up failed", container=run.spec.name, error=failed)
+            self.rt.note_error(f"clean-up {run.spec.name}: {failed}")
+        else:
+            run.removed = True
+        return state
 
     async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
         event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=0, data=data)
@@ -314,7 +324,7 @@ class Supervisor:
     async def _discard(self, run: Running) -> None:
         """Remove the container and the staged input."""
         try:
-            if run.container_id:
+            if run.container_id and not run.removed:
                 await self.threads(self.runner(run).remove, run.container_id)
         except Exception as exc:
             log.error("sandbox clean-up failed", container=run.spec.name, error=str(exc))
