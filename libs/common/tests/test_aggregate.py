@@ -125,6 +125,29 @@ async def test_execute_appends_and_caches(make_store: MakeStore) -> None:
     assert not (await repo.load(new_id())).exists
 
 
+async def test_assume_new_skips_the_read_and_is_safe_when_wrong(
+    make_store: MakeStore, nats_connect: Callable[..., Awaitable[NatsClient]]
+) -> None:
+    """A new aggregate is written without a read; one another process wrote meanwhile is a conflict, caught up."""
+    store = await make_store(store_class=CountingStore)
+    repo: Repository[CounterState, Any, Event] = Repository(store, Counter())
+    agg = new_id()
+    repo.assume_new(agg)
+    loaded, _ = await repo.execute(agg, Increment("me"))
+    assert loaded.state.value == 1
+    assert store.loaded == []  # no read of the empty subject
+    other = await make_store(nc=await nats_connect(), store_class=CountingStore)
+    late: Repository[CounterState, Any, Event] = Repository(other, Counter())
+    late.assume_new(agg)  # wrong: it exists
+    loaded, recs = await late.execute(agg, Increment("late"))
+    assert other.conflicts == 1  # refused by the stream, then decided again on the caught-up state
+    assert loaded.state.value == 2
+    assert loaded.state.by == ["me", "late"]
+    assert [r.header.aggregate_version for r in recs] == [2]
+    repo.assume_new(agg)  # cached already: changes nothing
+    assert (await repo.load(agg)).state.value == 1
+
+
 async def test_domain_errors_and_no_op_commands(make_store: MakeStore, js: JetStreamContext) -> None:
     repo: Repository[CounterState, Any, Event] = Repository(await make_store(), Counter())
     agg = new_id()

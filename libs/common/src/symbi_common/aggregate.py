@@ -75,6 +75,14 @@ class Repository(Generic[S, C, E]):
         else:
             self._cache.pop(aggregate_id, None)
 
+    def assume_new(self, aggregate_id: str) -> None:
+        """Let the next command on ``aggregate_id`` start from no events, without reading the stream, for a
+        caller with reason to think the aggregate is new (e.g. an id it has never seen). Safe when wrong:
+        an append is conditional on the subject's last sequence, so an aggregate that exists after all is a
+        conflict, caught up and decided again like any other."""
+        if aggregate_id not in self._cache:
+            self._remember(aggregate_id, Loaded(self.aggregate.initial(aggregate_id), ChainTip()))
+
     def _fold(self, loaded: Loaded[S], records: list[Recorded[E]]) -> Loaded[S]:
         state, tip = loaded.state, loaded.tip
         for rec in records:

@@ -59,6 +59,11 @@ class Effects:
     async def record(self, task_id: str, event: TaskEvent) -> list[Recorded[TaskEvent]]:
         """Append one event to the task (conditionally), apply it to the model at once and count it."""
         command: Command = Submit(event=event) if isinstance(event, TaskSubmitted) else Record(event=event)
+        if isinstance(event, TaskSubmitted) and task_id not in self.model.tasks:
+            # A task id this replica has not seen: no read of its (most likely empty) subject first. The
+            # append is conditional on the subject being empty, so a task that exists after all (another
+            # replica's, not applied here yet) is a conflict, caught up and refused by Submit's decide.
+            self.tasks.assume_new(task_id)
         _, records = await self.tasks.execute(task_id, command, correlation_id=task_id)
         for r in records:
             h = r.header

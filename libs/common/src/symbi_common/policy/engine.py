@@ -13,6 +13,13 @@ Every ``Deny`` carries a typed ``code`` (:data:`symbi_common.decisions.DenyCode`
 
 An engine is immutable. Followers of the policy events build a new one on each change and swap it in,
 so a decision is always made against exactly one policy version.
+
+A decision is a pure function of the engine's policies and the request, so an engine remembers the
+decisions it made (bounded): a repeated request is answered without Cedar. The memo lives and dies with
+the engine — a changed, added, retired or halted policy set is a new engine with an empty memo. Its key
+is everything Cedar can read: principal, action, resource (with their attributes and parents) and those
+context attributes some policy of the engine names (``context.x`` / ``context has x``); the context
+whole if any policy uses it otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +41,34 @@ _UID_RE = re.compile(r'^([A-Za-z_][A-Za-z0-9_:]*)::"((?:[^"\\]|\\.)*)"$')
 _ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
 DEFAULT_DENY = "no policy permits it (default deny)"
 _json = msgspec.json.Encoder()
+#: Decisions an engine remembers; the memo starts over when full.
+MEMO_SIZE = 4096
+_CONTEXT = {"Var": "context"}
+
+
+def context_attributes(policies: Sequence[CompiledPolicy]) -> frozenset[str] | None:
+    """The context attributes ``policies`` can read (``context.x``, ``context has x``); None if one uses
+    ``context`` any other way (then all of it counts)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            if node == _CONTEXT:
+                return False
+            for op in (".", "has"):
+                inner = node.get(op)
+                if isinstance(inner, dict) and inner.get("left") == _CONTEXT and isinstance(inner.get("attr"), str):
+                    names.add(inner["attr"])
+                    return True
+            return all(walk(v) for v in node.values())
+        if isinstance(node, list):
+            return all(walk(v) for v in node)
+        return True
+
+    for p in policies:
+        if not walk({k: v for k, v in p.est.items() if k != "annotations"}):
+            return None
+    return frozenset(names)
 
 
 def parse_uid(text: str) -> dict[str, str]:
@@ -126,6 +161,8 @@ class PolicyEngine:
             p.internal_id: conditions_of(p.annotations, p.name) for p in self._policies.values() if p.effect == "permit"
         }
         self._cedar = combine(list(self._policies.values()))
+        self._context_attrs = context_attributes(list(self._policies.values()))
+        self._memo: dict[bytes, Decision] = {}
 
     @property
     def cedar_policies(self) -> cedarpy.PolicySet:
@@ -138,6 +175,27 @@ class PolicyEngine:
     def decide(self, request: DecisionRequest) -> Decision:
         if self.halted:
             return self._halted_denial()
+        key = self._memo_key(request)
+        decision = self._memo.get(key) if key is not None else None
+        if decision is None:
+            decision = self._decide(request)
+            if key is not None:
+                if len(self._memo) >= MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = decision
+        return decision
+
+    def _memo_key(self, request: DecisionRequest) -> bytes | None:
+        """Everything of ``request`` the policies can read, as bytes; None if it cannot be encoded."""
+        context = request.context
+        if self._context_attrs is not None:
+            context = {k: v for k, v in context.items() if k in self._context_attrs}
+        try:
+            return _json.encode((request.principal, request.action, request.resource, context))
+        except (TypeError, ValueError):
+            return None
+
+    def _decide(self, request: DecisionRequest) -> Decision:
         try:
             cedar, entities = cedar_request(request)
             result = cedarpy.is_authorized(cedar, self._cedar, _json.encode(entities).decode())
