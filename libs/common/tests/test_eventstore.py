@@ -320,3 +320,16 @@ async def test_open_one_verifies_without_chain(make_store: MakeStore, provisione
     assert got.hash == recs[-1].hash
     with pytest.raises(SubjectMismatch):
         await store.open_one(raw.data, "evt.agent.other", raw.sequence, codec)
+
+
+async def test_a_load_carries_the_trace_each_event_was_appended_in(make_store: MakeStore) -> None:
+    store = await make_store()
+    agg = new_id()
+    parent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    first = await store.append("agent", agg, [Noted(text="plain")], codec, expected=NEW_AGGREGATE)
+    await store.append(
+        "agent", agg, [Noted(text="in a trace")], codec, expected=first[0].tip, headers={"traceparent": parent}
+    )
+    untraced, traced = await (await make_store()).load("agent", agg, codec)
+    assert untraced.trace is None  # no trace context active when it was appended: none is made up
+    assert traced.trace == {"traceparent": parent}

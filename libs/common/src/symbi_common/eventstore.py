@@ -13,10 +13,9 @@ knows each holds (its own acks, the sequence a conflict named, its reads), and a
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import re
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from symbi_common.ack_requests import AckRequests
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys
 from symbi_common.envelope import EventHeader, event_hash, subject_for
@@ -58,6 +58,7 @@ H_EVENT_ID = "Symbi-Event-Id"
 H_AGGREGATE = "Symbi-Aggregate"
 H_PRODUCER = "Symbi-Producer"
 H_CORRELATION = "Symbi-Correlation-Id"
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 class _PubAck(msgspec.Struct):
@@ -95,13 +96,7 @@ class EventStore:
         self.max_event_bytes = max_event_bytes
         self.timeout = timeout
         self.attempts = attempts
-        # Acks come back on this store's own reply subscription (see _request).
-        self._reply_prefix: str | None = None
-        self._reply_lock = asyncio.Lock()
-        self._reply_ids = itertools.count(1)
-        self._replies: dict[str, asyncio.Future[Any]] = {}
-        self._deadlines: deque[tuple[float, str]] = deque()  # (deadline, token), oldest first
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._acks = AckRequests(nc, timeout)  # acks come back on this store's own reply subscription
         self._metrics: dict[str, tuple[Any, Any]] = {}  # aggregate type -> (appended counter, latency histogram)
         self._known = KnownSequences()
         self._saw = self._known.saw
@@ -311,7 +306,7 @@ class EventStore:
             data, header = sealed[0]
             h = self._headers(header, extra)
             h["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-            msg = await self._request(subject, data, h)
+            msg = await self._acks.request(subject, data, h)
             return _ack_decoder.decode(msg.data)
         batch_id = new_event_id()
         n = len(sealed)
@@ -325,72 +320,9 @@ class EventStore:
                 await self.nc.publish(subject, data, headers=h)
             else:
                 h["Nats-Batch-Commit"] = "1"
-                msg = await self._request(subject, data, h)
+                msg = await self._acks.request(subject, data, h)
                 return _ack_decoder.decode(msg.data)
         raise AssertionError("unreachable")
-
-    async def _request(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
-        """Publish ``data`` and wait for its ack, like ``nc.request`` but cheaper per call.
-
-        Acks arrive on one wildcard reply subscription of this store, keyed by a counter token,
-        and one timer sweeps expired requests: no NUID, random bytes, ``wait_for`` or timer per
-        append (together about 7 us of CPU per append). Raises ``nats.errors.TimeoutError`` or
-        ``NoRespondersError`` as ``nc.request`` does.
-        """
-        prefix = self._reply_prefix
-        if prefix is None:
-            prefix = await self._start_replies()
-        token = str(next(self._reply_ids))
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Any] = loop.create_future()
-        replies, deadlines = self._replies, self._deadlines
-        replies[token] = reply
-        while deadlines and deadlines[0][1] not in replies:  # drop entries of answered requests
-            deadlines.popleft()
-        deadline = loop.time() + self.timeout
-        deadlines.append((deadline, token))
-        if self._sweeper is None:
-            self._sweeper = loop.call_at(deadline, self._sweep)
-        try:
-            await self.nc.publish(subject, data, reply=prefix + token, headers=headers)
-            msg = await reply
-        finally:
-            replies.pop(token, None)
-        if msg.headers and msg.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        return msg
-
-    def _sweep(self) -> None:
-        """Fail every request past its deadline; re-arm for the oldest one still waiting."""
-        self._sweeper = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        replies, deadlines = self._replies, self._deadlines
-        while deadlines:
-            deadline, token = deadlines[0]
-            reply = replies.get(token)
-            if reply is not None and deadline > now:
-                self._sweeper = loop.call_at(deadline, self._sweep)
-                return
-            deadlines.popleft()
-            if reply is not None and not reply.done():
-                reply.set_exception(nats.errors.TimeoutError())
-
-    async def _start_replies(self) -> str:
-        async with self._reply_lock:
-            if self._reply_prefix is None:
-                prefix = self.nc.new_inbox() + "."
-                offset = len(prefix)
-                replies = self._replies
-
-                async def on_reply(msg: Any) -> None:
-                    reply = replies.get(msg.subject[offset:])
-                    if reply is not None and not reply.done():
-                        reply.set_result(msg)
-
-                await self.nc.subscribe(prefix + "*", cb=on_reply)
-                self._reply_prefix = prefix
-            return self._reply_prefix
 
     # --- read -----------------------------------------------------------------------------------
 
@@ -412,7 +344,11 @@ class EventStore:
             for raw in batch:
                 opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=self.registry)
                 check_link(tip, opened)
-                out.append(await self._decode(opened, codec))
+                recorded = await self._decode(opened, codec)
+                if "traceparent" in raw.headers:
+                    trace = {k: raw.headers[k] for k in _TRACE_HEADERS if k in raw.headers}
+                    recorded = dataclasses.replace(recorded, trace=trace)
+                out.append(recorded)
                 tip = opened.tip
         if out:
             self._saw(subject, tip.sequence)  # monotonic reads: a later load does not go back before this one

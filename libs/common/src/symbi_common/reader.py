@@ -8,6 +8,7 @@ service is upcast (:class:`symbi_common.events.EventCodec`) before any handler s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic
 
@@ -26,6 +27,9 @@ class Recorded(Generic[E]):
     header: EventHeader
     sequence: int
     hash: bytes
+    #: The W3C trace context (``traceparent``, ``tracestate``) the stored message carried, when loaded from the
+    #: stream; outside the signed bytes, so it only says which trace to continue, never anything trusted.
+    trace: Mapping[str, str] | None = None
 
     @property
     def tip(self) -> ChainTip:

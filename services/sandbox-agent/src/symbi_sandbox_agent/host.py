@@ -27,7 +27,7 @@ from symbi_common.reader import Recorded
 from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings_sandbox import SandboxSettings
-from symbi_common.streams import EVENTS_STREAM, require_streams
+from symbi_common.streams import require_streams
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.events import (
     ExecutionEvent,
@@ -259,7 +259,7 @@ class SandboxHost:
         try:
             # The task's events are read once: for the trace the item continues and for the task itself.
             records = await self.rt.store.load("task", item.task_id, TASK_CODEC)
-            headers = await self._trace_headers(item, records, msg.headers)
+            headers = self._trace_headers(records, msg.headers)
             with continue_trace(
                 "sandbox.work", headers, attributes={"symbi.task_id": item.task_id, "symbi.attempt": item.attempt}
             ):
@@ -274,20 +274,15 @@ class SandboxHost:
         else:
             await msg.nak(delay=BUSY_RETRY_S)
 
-    async def _trace_headers(
-        self, item: WorkItem, records: list[Recorded[TaskEvent]], headers: dict[str, str] | None
-    ) -> dict[str, str]:
+    @staticmethod
+    def _trace_headers(records: list[Recorded[TaskEvent]], headers: dict[str, str] | None) -> dict[str, str]:
         """The trace a work item continues: the scheduler's ``traceparent`` on the item, else the one stored
-        with the task's latest ``task.assigned`` event (of ``records``, the task's events)."""
+        with the task's latest ``task.assigned`` event (of ``records``, the task's events as loaded)."""
         if headers and "traceparent" in headers:
             return dict(headers)
-        try:
-            assigned = [r for r in records if isinstance(r.event, TaskAssigned)]
-            if assigned:
-                raw = await self.rt.js.get_msg(EVENTS_STREAM, seq=assigned[-1].sequence)
-                return dict(raw.headers or {})
-        except Exception as exc:  # tracing must never hold up a task
-            log.debug("no trace context for work item", task_id=item.task_id, error=str(exc))
+        assigned = [r for r in records if isinstance(r.event, TaskAssigned)]
+        if assigned and assigned[-1].trace:
+            return {**(headers or {}), **assigned[-1].trace}
         return dict(headers or {})
 
     def status(self) -> dict[str, Any]:
