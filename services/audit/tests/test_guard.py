@@ -129,3 +129,87 @@ async def test_a_stream_rewritten_in_the_middle_with_the_same_length_and_last_ev
             assert list(problems) == ["stream_rolled_back"]
             assert "consistency proof" in problems["stream_rolled_back"]
             await _critical_everywhere(http, "stream_rolled_back")
+
+
+async def test_the_guard_reads_only_new_events_until_the_stream_changes(
+    writer: Writer,
+    provisioned: NatsClient,
+    nats_url: str,
+    database_url: str,
+    keys_dir: Path,
+    operator_headers: dict[str, str],
+) -> None:
+    """A check extends the tree rebuilt so far with the events signed since; another incarnation of the
+    stream makes it read from the first event again."""
+    env = audit_env(nats_url, database_url, keys_dir, SYMBI_AUDIT__GUARD_INTERVAL_S="3600")
+    settings = load_settings(env={**env, "SYMBI_AUDIT__CHECKPOINT_EVERY": "5"})
+    js = provisioned.jetstream()
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        service = app.state.audit
+        guard = app.state.audit_guard
+
+        async def signed_through(last: int) -> int:
+            assert await service.runner.wait_for(last)
+            for _ in range(100):
+                if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
+                    return int(cp.size)
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"no checkpoint up to sequence {last}")
+
+        size = await signed_through(await writer.mixed(10))
+        assert await guard.check() == {}
+        first = guard.rebuilt
+        assert first is not None
+        assert (first.tree.size, first.sequence) == (
+            size,
+            (await service.store.checkpoint()).last_sequence,
+        )
+
+        last = await writer.mixed(10)
+        size = await signed_through(last)
+        assert await guard.check() == {}
+        assert guard.rebuilt is first  # extended, not rebuilt: only the new events were read
+        assert (first.tree.size, first.sequence) == (size, last)
+        assert first.tree.root() == (await service.store.checkpoint()).root
+
+        # The stream allows no message deletes or purges: changing it means re-creating it. Re-created with the
+        # very same events, it is intact, and read from its first event again (another incarnation).
+        stored = await read_log(provisioned)
+        await js.delete_stream(EVENTS_STREAM)
+        await provision_streams(js)
+        for m in stored:
+            assert (await js.publish(m.subject, m.data)).seq == m.sequence
+        assert await guard.check() == {}
+        assert guard.rebuilt is not None
+        assert guard.rebuilt is not first
+        assert (guard.rebuilt.tree.size, guard.rebuilt.sequence) == (size, last)
+
+
+async def test_the_guard_reads_everything_again_after_its_full_interval(
+    writer: Writer,
+    provisioned: NatsClient,
+    nats_url: str,
+    database_url: str,
+    keys_dir: Path,
+    operator_headers: dict[str, str],
+) -> None:
+    env = audit_env(nats_url, database_url, keys_dir, SYMBI_AUDIT__GUARD_INTERVAL_S="3600")
+    settings = load_settings(env={**env, "SYMBI_AUDIT__GUARD_FULL_INTERVAL_S": "0.01"})
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        service = app.state.audit
+        guard = app.state.audit_guard
+        last = await writer.mixed(10)
+        assert await service.runner.wait_for(last)
+        for _ in range(100):
+            if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
+                break
+            await asyncio.sleep(0.05)
+        assert await guard.check() == {}
+        before = guard.rebuilt
+        await asyncio.sleep(0.02)
+        assert await guard.check() == {}
+        assert guard.rebuilt is not before
+        assert guard.rebuilt is not None
+        assert guard.rebuilt.sequence == last

@@ -197,3 +197,6 @@ class AuditSettings(Section):
     min_witnesses: int = 0
     #: Seconds between checks that the ``EVENTS`` stream still holds what the last signed checkpoint covers.
     guard_interval_s: float = 10.0
+    #: Seconds after which the guard rebuilds the tree from the stream's first event again instead of extending
+    #: what it rebuilt (it also does on start and whenever the stream was re-created, purged or lost a message).
+    guard_full_interval_s: float = 3600.0

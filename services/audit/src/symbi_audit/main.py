@@ -44,6 +44,8 @@ def build_app(settings: Settings) -> FastAPI:
         raise ConfigError("checkpoint_every and checkpoint_interval_s must be positive", setting="audit")
     if settings.audit.guard_interval_s <= 0:
         raise ConfigError("must be positive", setting="audit.guard_interval_s")
+    if settings.audit.guard_full_interval_s <= 0:
+        raise ConfigError("must be positive", setting="audit.guard_full_interval_s")
     if settings.audit.batch < 1:
         raise ConfigError("must be at least 1", setting="audit.batch")
     runtime = ServiceRuntime(SERVICE, settings)
@@ -66,7 +68,9 @@ def build_app(settings: Settings) -> FastAPI:
             witnesses=witnesses,
         )
         await runner.setup()
-        guard = LogGuard(js=rt.js, nc=rt.nc, store=store, witnesses=witnesses)
+        guard = LogGuard(
+            js=rt.js, nc=rt.nc, store=store, witnesses=witnesses, full_interval_s=settings.audit.guard_full_interval_s
+        )
         await guard.check()  # before anything else: a rolled-back log is never taken for a fresh start
         runner.hold = lambda: not guard.intact
 
