@@ -181,6 +181,27 @@ def loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def runtime_options(tmp: Path, host_id: str) -> RuntimeOptions:
+    """The whole runtime as ``symbi up`` starts it, in ``tmp``, its sandbox-agent as host ``host_id``; quiet logs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
+    env.update(
+        {
+            "SYMBI_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+            "SYMBI_SANDBOX__HOST_ID": host_id,
+            "SYMBI_SANDBOX__WORK_DIR": str(tmp / "work"),
+        }
+    )
+    return RuntimeOptions(
+        home=tmp / "home",
+        base_port=free_base_port(),
+        nats_port=None,
+        grace_period=5.0,
+        restart=RestartPolicy(initial_backoff=0.1),
+        env=env,
+    )
+
+
 def free_base_port() -> int:
     """A base port whose service ports are free, below the ephemeral range."""
     last = max(SERVICE_PORT_OFFSETS.values())
@@ -228,24 +249,7 @@ async def main() -> None:
         limits = raw.limits = Limits(MEMORY_MB, cores)
         tiers = list(raw.tiers)
         print(f"tiers {tiers}; {rounds} sequential rounds, {tasks} tasks per side at concurrency {concurrency}")
-        env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
-        env.update(
-            {
-                "SYMBI_LOG_LEVEL": "warning",
-                "PYTHONUNBUFFERED": "1",
-                "SYMBI_SANDBOX__HOST_ID": host_id,
-                "SYMBI_SANDBOX__WORK_DIR": str(Path(tmp) / "work"),
-            }
-        )
-        options = RuntimeOptions(
-            home=Path(tmp) / "home",
-            base_port=free_base_port(),
-            nats_port=None,
-            grace_period=5.0,
-            restart=RestartPolicy(initial_backoff=0.1),
-            env=env,
-        )
-        rt = LocalRuntime(options)
+        rt = LocalRuntime(runtime_options(Path(tmp), host_id))
         watch = TaskWatch()
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="raw")
         results: dict[str, TierResult] = {}

@@ -30,11 +30,9 @@ import httpx
 from _cpu import CLK_TCK, CpuSources, proc_stats, tree_cpu
 from _e2e_ours import Ours, TaskWatch, register_agent
 from _e2e_workload import MEMORY_MB, Limits
-from e2e import closed_loop, free_base_port, loadavg
+from e2e import closed_loop, loadavg, runtime_options
 from symbi_cli.credentials import auth_headers
 from symbi_cli.runtime import LocalRuntime
-from symbi_cli.runtime_options import RuntimeOptions
-from symbi_cli.supervisor import RestartPolicy
 
 SERVICES = ("scheduler", "lifecycle", "sandbox-agent", "audit", "policy", "context")
 
@@ -87,24 +85,7 @@ async def main() -> None:
     print(f"load average before: {loadavg()}", flush=True)
     host_id = f"sc-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="symbi-bench-sc-") as tmp:
-        env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
-        env.update(
-            {
-                "SYMBI_LOG_LEVEL": "warning",
-                "PYTHONUNBUFFERED": "1",
-                "SYMBI_SANDBOX__HOST_ID": host_id,
-                "SYMBI_SANDBOX__WORK_DIR": str(Path(tmp) / "work"),
-            }
-        )
-        options = RuntimeOptions(
-            home=Path(tmp) / "home",
-            base_port=free_base_port(),
-            nats_port=None,
-            grace_period=5.0,
-            restart=RestartPolicy(initial_backoff=0.1),
-            env=env,
-        )
-        rt = LocalRuntime(options)
+        rt = LocalRuntime(runtime_options(Path(tmp), host_id))
         watch = TaskWatch()
         limits = Limits(MEMORY_MB, min(0.5, int((os.cpu_count() or 2) / args.concurrency * 10) / 10))
         spies: list[subprocess.Popen[bytes]] = []

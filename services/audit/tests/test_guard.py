@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
@@ -23,6 +24,16 @@ async def _wait_critical(http: httpx.AsyncClient, kind: str) -> dict:
             return status
         await asyncio.sleep(0.05)
     raise AssertionError(f"no critical {kind}: {status}")
+
+
+async def _signed_through(service: Any, last: int) -> int:
+    """Waits until the verifier took every event up to ``last`` and signed a checkpoint ending there; its size."""
+    assert await service.runner.wait_for(last)
+    for _ in range(100):
+        if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
+            return int(cp.size)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no checkpoint up to sequence {last}")
 
 
 async def _critical_everywhere(http: httpx.AsyncClient, kind: str) -> None:
@@ -53,11 +64,7 @@ async def test_a_deleted_shortened_or_rewritten_stream_is_critical_and_never_a_f
         async with httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http:
             service = app.state.audit
             last = await writer.mixed(20)
-            assert await service.runner.wait_for(last)
-            for _ in range(100):
-                if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
-                    break
-                await asyncio.sleep(0.05)
+            await _signed_through(service, last)
             signed = await service.store.status()
             assert (await http.get("/readyz")).status_code == 200
             assert (await http.get("/v1/audit/status")).json()["critical"] == {}
@@ -104,11 +111,7 @@ async def test_a_stream_rewritten_in_the_middle_with_the_same_length_and_last_ev
             service = app.state.audit
             guard = app.state.audit_guard
             last = await writer.mixed(20)
-            assert await service.runner.wait_for(last)
-            for _ in range(100):
-                if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
-                    break
-                await asyncio.sleep(0.05)
+            await _signed_through(service, last)
             assert await guard.check() == {}
             stored = await read_log(provisioned)
             assert [m.sequence for m in stored] == list(range(1, last + 1))
@@ -149,15 +152,7 @@ async def test_the_guard_reads_only_new_events_until_the_stream_changes(
         service = app.state.audit
         guard = app.state.audit_guard
 
-        async def signed_through(last: int) -> int:
-            assert await service.runner.wait_for(last)
-            for _ in range(100):
-                if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
-                    return int(cp.size)
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"no checkpoint up to sequence {last}")
-
-        size = await signed_through(await writer.mixed(10))
+        size = await _signed_through(service, await writer.mixed(10))
         assert await guard.check() == {}
         first = guard.rebuilt
         assert first is not None
@@ -167,7 +162,7 @@ async def test_the_guard_reads_only_new_events_until_the_stream_changes(
         )
 
         last = await writer.mixed(10)
-        size = await signed_through(last)
+        size = await _signed_through(service, last)
         assert await guard.check() == {}
         assert guard.rebuilt is first  # extended, not rebuilt: only the new events were read
         assert (first.tree.size, first.sequence) == (size, last)
@@ -201,11 +196,7 @@ async def test_the_guard_reads_everything_again_after_its_full_interval(
         service = app.state.audit
         guard = app.state.audit_guard
         last = await writer.mixed(10)
-        assert await service.runner.wait_for(last)
-        for _ in range(100):
-            if (cp := await service.store.checkpoint()) is not None and cp.last_sequence == last:
-                break
-            await asyncio.sleep(0.05)
+        await _signed_through(service, last)
         assert await guard.check() == {}
         before = guard.rebuilt
         await asyncio.sleep(0.02)
