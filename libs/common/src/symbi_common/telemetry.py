@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +26,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from prometheus_client import Counter, Gauge, Histogram
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -149,6 +150,22 @@ def extract_trace(headers: Mapping[str, str] | None) -> otel_context.Context:
 
 
 _TRACEPARENT = "traceparent"
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_ids = RandomIdGenerator()
+
+
+def request_trace(raw_headers: Iterable[tuple[bytes, bytes]]) -> otel_context.Context:
+    """The trace context of an incoming HTTP request (ASGI headers): the caller's, else a new trace of its own
+    (a non-recording span: nothing is exported, but what the request appends carries the new trace id)."""
+    carried = {k.decode(): v.decode("latin-1") for k, v in raw_headers if k in _TRACE_HEADERS}
+    if _TRACEPARENT in carried:
+        return extract_trace(carried)
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            _ids.generate_trace_id(), _ids.generate_span_id(), is_remote=False, trace_flags=trace.TraceFlags(1)
+        )
+    )
+    return trace.set_span_in_context(span)
 
 
 @contextmanager
