@@ -305,3 +305,19 @@ def test_only_a_heartbeat_that_changes_placement_wakes_the_leader() -> None:
     model.host_gone("h1")
     model.check_hosts(NOW + 21)
     assert beat(NOW + 22, cpu=2.0, tiers=("tier1", "tier2"))  # deleted, then back
+
+
+def test_an_event_applied_when_it_was_appended_is_known_by_its_version() -> None:
+    """The follower skips (no verify, no decrypt) what the model has: the leader's own appends coming back."""
+    model = ready_model()
+    model.apply("task", "t1", 1, 10, NOW, TaskSubmitted(agent_id="a1", input=b"hi", priority="normal"))
+    assert model.has("task", "t1", 1, 12)
+    assert model.position == 12
+    assert not model.has("task", "t1", 2, 13)  # the next version: to be verified and applied
+    assert not model.has("task", "t1", 0, 13)  # a header that could not be read: verified (and rejected)
+    assert not model.has("task", "t2", 1, 13)
+    assert not model.has("execution", "t1", 1, 13)
+    assert model.has("agent", "a1", 2, 14)
+    assert not model.has("agent", "a1", 3, 15)
+    assert not model.has("schedule", "a1", 1, 15)
+    assert model.position == 14

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 import nats.js.errors
 import structlog
+from symbi_common.envelope import EventHeader, SealedEvent
 from symbi_common.errors import InfrastructureError, IntegrityError, KeyringError, SymbiError, UnknownEventType
 from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
@@ -96,6 +97,10 @@ class EventFollower:
         if len(parts) != 3 or parts[1] not in CODECS:
             return
         kind = parts[1]
+        if self.model.has(kind, parts[2], _version_of(msg.data), sequence):
+            # Applied when this process appended it (or a repeat): verifying and decrypting it again would change
+            # nothing, as the model ignores a version it has. The audit service verifies every stored event.
+            return
         try:
             rec = await self.store.open_one(msg.data, msg.subject, sequence, CODECS[kind])
         except UnknownEventType:
@@ -121,9 +126,8 @@ class EventFollower:
 
 
 def _version_of(data: bytes) -> int:
-    """The aggregate version of a stored event, read from its (verified-later) header bytes."""
-    from symbi_common.envelope import EventHeader, SealedEvent
-
+    """The aggregate version of a stored event, read from its header bytes (not verified: only to skip or to
+    keep the version of an event that is not applied)."""
     try:
         sealed = msgspec.msgpack.decode(data, type=SealedEvent)
         return msgspec.msgpack.decode(sealed.header, type=EventHeader).aggregate_version

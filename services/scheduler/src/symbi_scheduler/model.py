@@ -78,6 +78,25 @@ class Model(Admission):
 
     # --- folding ---------------------------------------------------------------------------------
 
+    def has(self, kind: str, aggregate_id: str, version: int, sequence: int) -> bool:
+        """Whether the aggregate's ``version`` is applied already (an event this process appended and applied
+        itself, coming back from the stream): then it moves the position to ``sequence`` and nothing else."""
+        if kind == "task":
+            rec = self.tasks.get(aggregate_id)
+            applied = rec.version if rec else 0
+        elif kind == "execution":
+            task = self.tasks.get(aggregate_id)
+            applied = task.exec_version if task else 0
+        elif kind == "agent":
+            agent = self.agents.get(aggregate_id)
+            applied = agent.version if agent else 0
+        else:
+            applied = self.schedule_versions.get(aggregate_id, 0)
+        if version < 1 or version > applied:
+            return False
+        self.position = max(self.position, sequence)
+        return True
+
     def apply(self, kind: str, aggregate_id: str, version: int, sequence: int, at: float, event: Any) -> bool:
         """Apply one verified event; False if it was applied before (or is out of order, which is ignored)."""
         self.position = max(self.position, sequence)
