@@ -22,7 +22,6 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from symbi_common.bounds import check_ints
@@ -36,7 +35,7 @@ from symbi_common.errors import (
     to_wire,
 )
 from symbi_common.server_sync import synced
-from symbi_common.telemetry import COMMAND_SECONDS, COMMANDS, extract_trace, inject_trace
+from symbi_common.telemetry import COMMAND_SECONDS, COMMANDS, continue_trace, inject_trace
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -81,7 +80,6 @@ class CommandServer:
         self._routes: dict[str, _Route[Any]] = {}
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tracer = trace.get_tracer("symbi.commands")
 
     def register(self, action: str, request_type: type[T], handler: Callable[[T, CommandMeta], Awaitable[Any]]) -> None:
         self._routes[action] = _Route(request_type, handler)
@@ -134,11 +132,12 @@ class CommandServer:
         action = msg.subject.rsplit(".", 1)[-1]
         headers = dict(msg.headers or {})
         started = time.perf_counter()
-        token = otel_context.attach(extract_trace(headers))
         outcome = "ok"
         try:
-            with self._tracer.start_as_current_span(
+            # A span while spans are exported; else only the caller's trace, carried on to what is appended.
+            with continue_trace(
                 f"cmd.{self.service}.{action}",
+                headers,
                 kind=trace.SpanKind.SERVER,
                 attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject},
             ) as span:
@@ -160,7 +159,6 @@ class CommandServer:
             if msg.reply:
                 await msg.respond(body)
         finally:
-            otel_context.detach(token)
             COMMANDS.labels(self.service, action, outcome).inc()
             COMMAND_SECONDS.labels(self.service, action).observe(time.perf_counter() - started)
 
