@@ -120,3 +120,32 @@ async def test_a_missing_executable_is_reported_and_retried() -> None:
         await until(lambda: len(rec.backoffs()) >= 2)
         assert sup.status("ghost").starts == 0
     assert any("cannot start" in msg and kind == "error" for _, msg, kind in rec.events)
+
+
+async def test_a_stop_last_service_is_stopped_after_the_others_have_ended(tmp_path: Path) -> None:
+    """The policy service stores the others' last decision-log batches: it gets SIGTERM once they are gone."""
+    log = tmp_path / "order"
+    slow_exit = (
+        "import signal, sys, time\n"
+        f"def bye(*_):\n    time.sleep(0.3); open({str(log)!r}, 'a').write('client gone\\n'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    last = (
+        "import signal, sys, time\n"
+        f"def bye(*_):\n    open({str(log)!r}, 'a').write('policy told to stop\\n'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    rec = Recorder()
+    client = python(slow_exit, "lifecycle")
+    policy = ServiceSpec(name="policy", argv=[sys.executable, "-c", last], env=dict(os.environ), stop_last=True)
+    sup = Supervisor([policy, client], on_output=rec.output, grace_period=5)
+    await sup.start()
+    await until(lambda: ("lifecycle", "ready") in rec.lines and ("policy", "ready") in rec.lines)
+    await sup.stop()
+    assert log.read_text().splitlines() == ["client gone", "policy told to stop"]
+    assert sup.status("policy").last_exit == 0
+    assert sup.status("lifecycle").last_exit == 0

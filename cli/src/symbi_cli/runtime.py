@@ -287,6 +287,7 @@ class LocalRuntime:
             env=env,
             ready_url=f"{self.url_of(service)}/readyz",
             cwd=self.home,
+            stop_last=service == "policy",  # the others' decision logs flush to it on their way out
         )
 
     def _on_event(self, service: str, message: str, kind: EventKind) -> None:

@@ -1,7 +1,8 @@
 """A small process supervisor: runs each service as its own OS process, restarts it when it crashes.
 
 Each child runs in its own session (process group), so a Ctrl-C in the terminal reaches only the
-supervisor, which then stops the children in order: SIGTERM to each group, a grace period, SIGKILL.
+supervisor, which then stops the children in order: SIGTERM to each group, a grace period, SIGKILL; a
+service marked ``stop_last`` (the policy service) only once the others have ended.
 On Linux every child also gets ``PR_SET_PDEATHSIG`` so that it dies with the supervisor even if the
 supervisor itself is killed with SIGKILL and never gets to clean up.
 
@@ -50,6 +51,8 @@ class ServiceSpec:
     #: Polled after every (re)start; a 200 marks the service ready. ``None``: ready once started.
     ready_url: str | None = None
     cwd: Path | None = None
+    #: Stopped only once the others have ended (the policy service: it stores their last decision-log batches).
+    stop_last: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,37 +209,44 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        """Stop every service: SIGTERM, wait up to the grace period, then SIGKILL. Idempotent."""
+        """Stop every service: SIGTERM, wait up to the grace period, then SIGKILL; the ``stop_last`` ones
+        after the others have ended. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        self._stopping.set()
-        running = [svc for svc in self._services.values() if svc.running]
-        for svc in running:
-            assert svc.proc is not None
-            self._on_event(svc.spec.name, f"stopping (SIGTERM to pid {svc.proc.pid})", "info")
-            _signal_group(svc.proc, signal.SIGTERM)
-        tasks = [svc.task for svc in self._services.values() if svc.task is not None]
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=self.grace_period)
-            if pending:
-                for svc in self._services.values():
-                    if svc.running:
-                        assert svc.proc is not None
-                        self._on_event(
-                            svc.spec.name,
-                            f"still running after {self.grace_period:.0f} s; SIGKILL to pid {svc.proc.pid}",
-                            "warning",
-                        )
-                        _signal_group(svc.proc, signal.SIGKILL)
-                await asyncio.gather(*pending, return_exceptions=True)
-        for svc in self._services.values():
+        self._stopping.set()  # no restarts from here on
+        services = list(self._services.values())
+        for wave in ([s for s in services if not s.spec.stop_last], [s for s in services if s.spec.stop_last]):
+            await self._stop_wave(wave)
+        for svc in services:
             # Anything a service left behind in its process group goes too.
             if svc.proc is not None:
                 _signal_group(svc.proc, signal.SIGKILL)
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    async def _stop_wave(self, wave: list[_Managed]) -> None:
+        for svc in wave:
+            if svc.running:
+                assert svc.proc is not None
+                self._on_event(svc.spec.name, f"stopping (SIGTERM to pid {svc.proc.pid})", "info")
+                _signal_group(svc.proc, signal.SIGTERM)
+        tasks = [svc.task for svc in wave if svc.task is not None]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=self.grace_period)
+        if pending:
+            for svc in wave:
+                if svc.running:
+                    assert svc.proc is not None
+                    self._on_event(
+                        svc.spec.name,
+                        f"still running after {self.grace_period:.0f} s; SIGKILL to pid {svc.proc.pid}",
+                        "warning",
+                    )
+                    _signal_group(svc.proc, signal.SIGKILL)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def __aenter__(self) -> Supervisor:
         await self.start()
