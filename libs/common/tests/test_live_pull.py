@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -95,3 +96,16 @@ async def test_a_closed_feed_leaves_nothing_to_its_open_request(provisioned: Nat
         assert msgs[0].metadata.num_delivered == 1
     finally:
         await feed.close()
+
+
+async def test_closing_after_the_connection_is_gone_raises_nothing(nats_url: str, provisioned: NatsClient) -> None:
+    """Shutdown order varies (the connection may be drained first): closing then is a no-op, not an error."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await _consumer(js, "lp-gone")
+    feed = await LivePull(js, EVENTS_STREAM, "lp-gone", batch=10, expires=30.0).open()
+    await nc.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await nc.publish("evt.test.after", b"")  # the connection is really gone
+    await feed.close()
+    await feed.close()

@@ -215,16 +215,15 @@ class KvDataKeyStore:
                     else:
                         yield name, int(msg.metadata.sequence.stream), None if headers_only else bytes(msg.data)
         finally:
-            await _stop_watcher(feed)
+            await feed.close()
 
 
 async def _stop_watcher(watcher: Any) -> None:
-    """Stop a KV watcher (or close an :class:`OrderedPull`).
+    """Stop a KV watcher.
 
     Bounded, and not wait_for: stopping the watcher can hang on shutdown (seen over TLS), and
     wait_for would then wait for the cancelled stop forever; closing the connection ends it."""
-    stop = watcher.stop if hasattr(watcher, "stop") else watcher.close
-    stopping = asyncio.ensure_future(stop())
+    stopping = asyncio.ensure_future(watcher.stop())
     await asyncio.wait({stopping}, timeout=2.0)
     if not stopping.done():
         stopping.cancel()

@@ -291,10 +291,7 @@ class Follower:
             if unacked is not None:  # best effort: unacknowledged, they are only delivered again to no one
                 with contextlib.suppress(Exception):
                     await unacked.ack()
-            try:
-                await feed.close()
-            except Exception as exc:  # the connection may be gone; the consumer expires anyway
-                log.debug("unsubscribe failed", follower=self.name, error=repr(exc))
+            await feed.close()  # the consumer expires on the server
             try:
                 await self.positions.close()
             except Exception as exc:  # replayed from the older position next time (idempotent)

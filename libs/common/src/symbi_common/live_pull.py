@@ -18,7 +18,12 @@ import collections
 import json
 from typing import Any
 
+import nats.errors
+import structlog
+
 from symbi_common.errors import InfrastructureError
+
+log = structlog.get_logger(__name__)
 
 #: A heartbeat; 408: the request expired (the usual end of a request that was not filled).
 _HEARTBEAT = "100"
@@ -57,10 +62,14 @@ class LivePull:
         return self
 
     async def close(self) -> None:
-        """Stop receiving (the request in flight expires on the server); idempotent."""
+        """Stop receiving (the request in flight expires on the server); idempotent. On a connection that is
+        gone there is nothing left to unsubscribe: that failure is logged, not raised."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe failed", consumer=self.consumer, error=repr(exc))
 
     def ready(self, most: int) -> list[Any]:
         """What has arrived and not been taken, at most ``most``, without waiting."""

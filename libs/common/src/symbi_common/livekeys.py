@@ -18,13 +18,10 @@ copies with the previous key (kept in ``wrap.old.key`` until then) and deletes t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.js.api import DeliverPolicy
 
@@ -148,8 +145,7 @@ class LiveKeys:
                 for msg in msgs:
                     await self.offer(bytes(msg.data))
         finally:
-            with contextlib.suppress(nats.errors.Error, asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(feed.close(), timeout=2.0)
+            await feed.close()
 
     async def offer(self, data: bytes) -> bool:
         """Apply one ``REGISTRY`` message; ``False`` if it was refused (logged) or is the version in use."""

@@ -246,8 +246,7 @@ class SandboxHost:
                     await self._on_work(msg)
         finally:
             # Drop the inbox now: a status reply left in it would hold up the connection's drain.
-            with contextlib.suppress(Exception):
-                await feed.close()
+            await feed.close()
 
     async def _on_work(self, msg: Any) -> None:
         try:
