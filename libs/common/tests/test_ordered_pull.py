@@ -96,3 +96,17 @@ async def test_idle_it_keeps_one_pull_request_open(provisioned: NatsClient, js: 
         assert [bytes(m.data) for m in await asyncio.wait_for(waiting, 5.0)] == [b"x"]
     finally:
         await feed.close()
+
+
+def test_a_kv_message_names_its_key_and_whether_it_removes_it() -> None:
+    from types import SimpleNamespace
+
+    from symbi_common.ordered_pull import kv_change
+
+    def msg(headers: dict[str, str] | None) -> SimpleNamespace:
+        return SimpleNamespace(subject="$KV.DATAKEYS.task.t1", headers=headers)
+
+    assert kv_change(msg(None), "$KV.DATAKEYS.") == ("task.t1", False)
+    assert kv_change(msg({"KV-Operation": "DEL"}), "$KV.DATAKEYS.") == ("task.t1", True)
+    assert kv_change(msg({"KV-Operation": "PURGE"}), "$KV.DATAKEYS.") == ("task.t1", True)
+    assert kv_change(msg({"Nats-Marker-Reason": "MaxAge"}), "$KV.DATAKEYS.") == ("task.t1", True)

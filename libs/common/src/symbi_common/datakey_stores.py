@@ -16,7 +16,7 @@ import structlog
 from nats.js.api import DeliverPolicy
 
 from symbi_common.errors import InfrastructureError
-from symbi_common.ordered_pull import OrderedPull
+from symbi_common.ordered_pull import OrderedPull, kv_change
 
 log = structlog.get_logger(__name__)
 
@@ -209,8 +209,8 @@ class KvDataKeyStore:
         try:
             while True:
                 for msg in await feed.take(IDLE_WAIT_S):
-                    name, headers = msg.subject[len(prefix) :], msg.headers or {}
-                    if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                    name, removed = kv_change(msg, prefix)
+                    if removed:
                         yield name, 0, None
                     else:
                         yield name, int(msg.metadata.sequence.stream), None if headers_only else bytes(msg.data)

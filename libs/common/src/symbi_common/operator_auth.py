@@ -32,7 +32,7 @@ from symbi_common.crypto import Verifier
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError, Unauthenticated, to_wire
 from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_revocation, verify_token
-from symbi_common.ordered_pull import OrderedPull
+from symbi_common.ordered_pull import OrderedPull, kv_change
 from symbi_common.policy.enforcement import HTTP_API
 
 log = structlog.get_logger(__name__)
@@ -152,9 +152,8 @@ class Revocations:
                 if feed.caught_up:
                     self.loaded.set()
                 for msg in await feed.take(REVOCATIONS_WAIT_S):
-                    headers = msg.headers or {}
-                    deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
-                    self.apply(msg.subject[len(prefix) :], None if deleted else bytes(msg.data))
+                    key, removed = kv_change(msg, prefix)
+                    self.apply(key, None if removed else bytes(msg.data))
         finally:
             await feed.close()
 

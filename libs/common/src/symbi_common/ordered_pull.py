@@ -160,4 +160,13 @@ class OrderedPull:
         await feed.close()
 
 
-__all__ = ["OrderedPull"]
+def kv_change(msg: Any, prefix: str) -> tuple[str, bool]:
+    """A message of a KV bucket's stream, taken through an :class:`OrderedPull` on ``$KV.<bucket>.>`` (``prefix``
+    is ``$KV.<bucket>.``): its key, and whether it removes the key (a delete, a purge, or the marker the server
+    leaves for a key whose value aged out)."""
+    headers = msg.headers or {}
+    removed = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+    return msg.subject[len(prefix) :], removed
+
+
+__all__ = ["OrderedPull", "kv_change"]
