@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from symbi_common.ordered_pull import OrderedPull
+from symbi_common.ordered_pull import OrderedPull, kv_change
 from symbi_common.streams import EVENTS_STREAM
 
 
@@ -99,10 +100,6 @@ async def test_idle_it_keeps_one_pull_request_open(provisioned: NatsClient, js: 
 
 
 def test_a_kv_message_names_its_key_and_whether_it_removes_it() -> None:
-    from types import SimpleNamespace
-
-    from symbi_common.ordered_pull import kv_change
-
     def msg(headers: dict[str, str] | None) -> SimpleNamespace:
         return SimpleNamespace(subject="$KV.DATAKEYS.task.t1", headers=headers)
 
