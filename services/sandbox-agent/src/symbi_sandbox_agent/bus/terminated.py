@@ -13,14 +13,18 @@ from typing import Any
 import structlog
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.ordered_pull import OrderedPull
 from symbi_common.sealing import open_envelope
+from symbi_common.streams import EVENTS_STREAM
 
 log = structlog.get_logger(__name__)
 TERMINATED = "agent.terminated"
+#: How long the follower waits per pull while no agent event comes (an event wakes it at once).
+IDLE_WAIT_S = 30.0
 
 
 class TerminatedAgents:
-    """The set of terminated agents, kept current by :meth:`follow` (an ordered consumer of ``evt.agent.>``)."""
+    """The set of terminated agents, kept current by :meth:`follow` (an :class:`OrderedPull` of ``evt.agent.>``)."""
 
     def __init__(self, registry: KeyRegistry) -> None:
         self.registry = registry
@@ -40,9 +44,11 @@ class TerminatedAgents:
             self.agents.add(opened.header.aggregate_id)
 
     async def follow(self, js: Any) -> None:
-        sub = await js.subscribe("evt.agent.>", ordered_consumer=True)
+        """Every agent event from the stream's start, in order; runs until cancelled."""
+        feed = await OrderedPull(js, stream=EVENTS_STREAM, subject="evt.agent.>").open()
         try:
-            async for msg in sub.messages:
-                self.apply(msg.data, msg.subject, msg.metadata.sequence.stream)
+            while True:
+                for msg in await feed.take(IDLE_WAIT_S):
+                    self.apply(msg.data, msg.subject, msg.metadata.sequence.stream)
         finally:
-            await sub.unsubscribe()
+            await feed.close()
