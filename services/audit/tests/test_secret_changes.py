@@ -21,7 +21,10 @@ from symbi_cli.main import app as cli
 from symbi_cli.secrets_cmd import wait_audited
 from symbi_common.eventstore import EventStore
 from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, ensure_secrets_key, load_secrets_key
+from symbi_common.streams import AUDIT_STREAM, last_on_subject
 from symbi_contracts.secrets.events import SecretChanged
+from symbi_tlog.notes import parse_checkpoint
+from symbi_tlog.offline import CHECKPOINT_SUBJECT
 from typer.testing import CliRunner
 
 from .conftest import Running, read_log
@@ -32,6 +35,15 @@ VALUE = "hunter2-3b1f9a7c0d5e"
 async def _cli(*args: str, stdin: str = "") -> tuple[int, str]:
     result = await asyncio.to_thread(CliRunner().invoke, cli, list(args), input=stdin, env={"COLUMNS": "200"})
     return result.exit_code, result.output
+
+
+async def _published_checkpoint_covers(nc: NatsClient, size: int) -> None:
+    for _ in range(200):
+        msg = await last_on_subject(nc, AUDIT_STREAM, CHECKPOINT_SUBJECT)
+        if msg is not None and parse_checkpoint(msg.data.decode())[0].size >= size:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no published checkpoint covers the {size} stored events")
 
 
 async def test_set_and_remove_are_audited_without_the_value(
@@ -95,8 +107,10 @@ async def test_set_and_remove_are_audited_without_the_value(
     # Nowhere in the stored log either (encrypted payloads aside, the headers are in clear).
     assert all(VALUE.encode() not in m.data for m in log)
 
-    # `symbi audit export` carries the records; the audit API lists them.
+    # `symbi audit export` carries the records (it writes what the published checkpoint covers: wait for the one
+    # covering the whole log, published after the verifier's commit); the audit API lists them.
     await running.wait_for(log[-1].sequence)
+    await _published_checkpoint_covers(provisioned, len(log))
     out_file = tmp_path / "log.jsonl"
     await export_log(nats_url, out_file, None)
     exported = [json.loads(line) for line in out_file.read_text().splitlines()]
