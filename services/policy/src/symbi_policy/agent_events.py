@@ -8,6 +8,10 @@ violation); ``agent.terminated`` retires them. Replaying from the start after a 
 nothing: a set that exists (active or retired) is never registered again, and configurations are applied
 only once the follower has caught up with the stream, newest per agent, and only where the set's text
 differs — so a replay never brings back an older configuration's policies, not even for a moment.
+
+The agent events this follower never acts on (:data:`IGNORED_TYPES`: two of them come with every task) are
+skipped by their type header before they are verified, decrypted and decoded; their position is passed
+like any other's.
 """
 
 from __future__ import annotations
@@ -19,18 +23,54 @@ from typing import Any
 import structlog
 from symbi_common.commands import CommandMeta
 from symbi_common.errors import SymbiError, Timeout
-from symbi_common.eventstore import EventStore
+from symbi_common.events import tag_of
+from symbi_common.eventstore import H_EVENT_TYPE, EventStore
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_contracts.lifecycle.config import PolicySpec
-from symbi_contracts.lifecycle.events import CODEC, AgentConfigured, AgentReady, AgentRegistered, AgentTerminated
+from symbi_contracts.lifecycle.events import (
+    CODEC,
+    AgentConfigured,
+    AgentConfigureDenied,
+    AgentDenied,
+    AgentFailed,
+    AgentReady,
+    AgentRegistered,
+    AgentResumed,
+    AgentSuspended,
+    AgentTaskAssigned,
+    AgentTaskCompleted,
+    AgentTerminated,
+)
 from symbi_contracts.policy.commands import CaughtUp, CaughtUpRequest
 
 from symbi_policy.application import PolicyService
 from symbi_policy.metrics import AGENT_EVENTS
 
 log = structlog.get_logger(__name__)
+
+#: The agent event types :meth:`AgentPolicyFollower._handle` has no branch for, skipped by the event's type
+#: header (``Symbi-Event-Type``) before verification: verifying and decrypting them only to do nothing cost
+#: CPU on every task (``agent.task_assigned`` and ``agent.task_completed``). The header is not signed, so a
+#: skipped event is never acted on; only the types the follower acts on (registered, ready, configured,
+#: terminated) must be verified first. A type not named here (an unknown or newer one, or no header) takes
+#: the full path as before, so a newer type is refused and reported as it was. A header naming a type of this
+#: set on an event whose signed type is acted on could only come from the lifecycle service (the only service
+#: that may publish on ``evt.agent.>``, with the key that signs these events), which could as well leave the
+#: event out; the audit service verifies every stored event. A type gets a branch → it leaves this set.
+IGNORED_TYPES = frozenset(
+    tag_of(t)
+    for t in (
+        AgentTaskAssigned,
+        AgentTaskCompleted,
+        AgentSuspended,
+        AgentResumed,
+        AgentFailed,
+        AgentDenied,
+        AgentConfigureDenied,
+    )
+)
 
 
 class AgentPolicyFollower:
@@ -52,6 +92,8 @@ class AgentPolicyFollower:
         self._configured: dict[str, tuple[PolicySpec, ...]] = {}
         #: The last agent event applied; it stays behind a configuration whose application is deferred.
         self.position = 0
+        #: Deliveries skipped by their type header (:data:`IGNORED_TYPES`), never verified.
+        self.skipped = 0
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[Any] | None = None
         self.follower = Follower(
@@ -83,11 +125,15 @@ class AgentPolicyFollower:
 
     async def _on_msg(self, msg: Delivery) -> None:
         sequence = msg.sequence
-        # A span of the agent's trace (its registration): activating its policies belongs to it.
-        with continue_trace(
-            "policy.agent_event", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
-        ):
-            await self._handle(msg, sequence)
+        if msg.headers.get(H_EVENT_TYPE) in IGNORED_TYPES:
+            self.skipped += 1
+            await self._handle(msg, sequence, ignored=True)
+        else:
+            # A span of the agent's trace (its registration): activating its policies belongs to it.
+            with continue_trace(
+                "policy.agent_event", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
+            ):
+                await self._handle(msg, sequence)
         observe_consumed(AGENT_EVENTS, msg.stored_at)
         if not self._configured:
             async with self._advanced:
@@ -103,27 +149,11 @@ class AgentPolicyFollower:
             raise Timeout(f"agent events are applied up to sequence {self.position}, not yet {request.sequence}")
         return CaughtUp(position=self.position)
 
-    async def _handle(self, msg: Delivery, sequence: int) -> None:
+    async def _handle(self, msg: Delivery, sequence: int, *, ignored: bool = False) -> None:
         try:
-            rec = await self.store.open_one(msg.data, msg.subject, sequence, CODEC)
-            agent_id = rec.header.aggregate_id
-            event = rec.event
-            if isinstance(event, AgentRegistered):
-                if event.config.policies:
-                    self._pending[agent_id] = event.config.policies
-            elif isinstance(event, AgentReady):
-                specs = self._pending.pop(agent_id, ())
-                final = getattr(event, "config", None)  # the configuration as compiled and capped, if recorded
-                if final is not None:
-                    specs = final.policies
-                if specs:
-                    await self.service.activate_agent(agent_id, specs)
-            elif isinstance(event, AgentConfigured):
-                self._configured[agent_id] = event.config.policies
-            elif isinstance(event, AgentTerminated):
-                self._pending.pop(agent_id, None)
-                self._configured.pop(agent_id, None)
-                await self.service.retire_agent(agent_id, event.reason)
+            if not ignored:
+                await self._apply(msg, sequence)
+            # Deferred configurations are applied once caught up, also when the last event is an ignored one.
             if self._configured and msg.num_pending == 0:
                 configured, self._configured = self._configured, {}
                 for configured_id, specs in configured.items():
@@ -132,3 +162,24 @@ class AgentPolicyFollower:
             log.error("agent policies not applied", subject=msg.subject, sequence=sequence, error=str(exc))
             if self.on_error is not None:
                 self.on_error(f"agent policies at {msg.subject} ({sequence}): {exc}")
+
+    async def _apply(self, msg: Delivery, sequence: int) -> None:
+        rec = await self.store.open_one(msg.data, msg.subject, sequence, CODEC)
+        agent_id = rec.header.aggregate_id
+        event = rec.event
+        if isinstance(event, AgentRegistered):
+            if event.config.policies:
+                self._pending[agent_id] = event.config.policies
+        elif isinstance(event, AgentReady):
+            specs = self._pending.pop(agent_id, ())
+            final = getattr(event, "config", None)  # the configuration as compiled and capped, if recorded
+            if final is not None:
+                specs = final.policies
+            if specs:
+                await self.service.activate_agent(agent_id, specs)
+        elif isinstance(event, AgentConfigured):
+            self._configured[agent_id] = event.config.policies
+        elif isinstance(event, AgentTerminated):
+            self._pending.pop(agent_id, None)
+            self._configured.pop(agent_id, None)
+            await self.service.retire_agent(agent_id, event.reason)
