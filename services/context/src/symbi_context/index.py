@@ -12,6 +12,11 @@ every ``task.*`` event did it; after a crash the index replays at most that much
 
 An event that fails verification is logged, counted and skipped; an aggregate whose data key was destroyed
 (crypto-shredded) has nothing to index.
+
+A ``task.*`` delivery that cannot change the index is passed over before it is verified and decrypted (its
+position is passed like any other's): one whose type header names a type the index ignores
+(:data:`IGNORED_TASK_TYPES`), and any of a task without working memories in the store (see
+:meth:`ContextIndex._load_working_tasks`) — three events of every task that wrote none.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from typing import Any
 import numpy as np
 import structlog
 from symbi_common.datakeys import DataKeys, DataKeyStore
+from symbi_common.envelope import subject_for
 from symbi_common.errors import DataKeyDestroyed, SymbiError
+from symbi_common.events import tag_of
+from symbi_common.eventstore import H_EVENT_TYPE
 from symbi_common.follower import Delivery, Follower
 from symbi_common.keyring import KeyRegistry
 from symbi_common.positions import PeriodicPositions, Unit
@@ -31,6 +39,15 @@ from symbi_common.reader import decode_opened
 from symbi_common.sealing import open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import REJECTED_EVENTS, SECURITY_EVENTS, continue_trace, observe_consumed
+from symbi_contracts.scheduler.events import (
+    TaskAssigned,
+    TaskCancelled,
+    TaskCompleted,
+    TaskPreempted,
+    TaskResumed,
+    TaskSubmitted,
+    TaskSuspended,
+)
 
 from symbi_context.domain import (
     KNOWLEDGE,
@@ -43,11 +60,24 @@ from symbi_context.domain import (
 )
 from symbi_context.vectors.keywords import document_keywords
 from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
+from symbi_context.vectors.sealed import SealedVectorStore
 
 log = structlog.get_logger(__name__)
 
 SUBJECTS = ("evt.memory.>", "evt.knowledge.>", "evt.task.>")
-TASK_COMPLETED = "task.completed"
+TASK_SUBJECTS = "evt.task."
+TASK_COMPLETED = tag_of(TaskCompleted)
+#: The task event types the index does nothing with (only ``task.completed`` clears working memories), skipped
+#: by the event's type header (``Symbi-Event-Type``) before verification. The header is not signed, so a
+#: skipped event is never acted on; ``task.completed``, an unknown type or no header take the full path. A
+#: ``task.completed`` labelled as one of these could only come from the scheduler (the only service that may
+#: publish on ``evt.task.>``, with the key that signs these events); the audit service verifies every event.
+IGNORED_TASK_TYPES = frozenset(
+    tag_of(t) for t in (TaskSubmitted, TaskAssigned, TaskPreempted, TaskSuspended, TaskResumed, TaskCancelled)
+)
+#: At most this many working memories are read at start to know their tasks; with more, every
+#: ``task.completed`` is verified and deletes as before.
+WORKING_SCAN_LIMIT = 10_000
 NAME = "context_index"
 
 
@@ -143,6 +173,10 @@ class ContextIndex:
         #: Events applied by this process (the optimizer runs after changes).
         self.applied = 0
         self.shredded = 0
+        #: ``task.*`` deliveries passed over unverified (they cannot change the index).
+        self.skipped = 0
+        #: The subjects of the tasks that may have working memories in the store; None: not known.
+        self._working_tasks: set[str] | None = None
         # The store's position is the truth, not the consumer's (no acks); written at most every persist_interval.
         self.positions = PeriodicPositions(store.position, store.set_position, interval=persist_interval)
         self.follower = Follower(
@@ -156,6 +190,7 @@ class ContextIndex:
             batch=batch,
             fetch_timeout=fetch_timeout,
             acks=False,
+            on_start=self._load_working_tasks,
         )
         self.ready = self.follower.ready
 
@@ -170,10 +205,39 @@ class ContextIndex:
     async def stop(self) -> None:
         await self.follower.stop()
 
+    async def _load_working_tasks(self) -> None:
+        """Read which tasks have working memories in the store, at each (re)start of the consumer.
+
+        Exact: the store's position is read first, and every point at or below it is in the store by then;
+        every later one is replayed through :meth:`_decode`, which adds its task. The engine's payloads are read
+        (not through the sealing layer, which would leave out the points whose owner's key is destroyed: their
+        task's completion still deletes them). A task in the set without working memories (forgotten, shredded)
+        only costs a delete that deletes nothing.
+        """
+        engine = self.store.inner if isinstance(self.store, SealedVectorStore) else self.store
+        hits = await engine.scroll(MetaFilter(kinds=("working",)), limit=WORKING_SCAN_LIMIT)
+        if len(hits) >= WORKING_SCAN_LIMIT:
+            self._working_tasks = None
+            return
+        tasks = {h.payload.get("task_id") for h in hits}
+        self._working_tasks = {subject_for("task", t) for t in tasks if isinstance(t, str) and t}
+
+    def _no_effect(self, msg: Delivery) -> bool:
+        """Whether ``msg`` is a task event that cannot change the index (see :data:`IGNORED_TASK_TYPES`); the
+        subject is the one the stream stored it under, and a verified event names the same task."""
+        if not msg.subject.startswith(TASK_SUBJECTS):
+            return False
+        if msg.headers.get(H_EVENT_TYPE) in IGNORED_TASK_TYPES:
+            return True
+        return self._working_tasks is not None and msg.subject not in self._working_tasks
+
     async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
         """Apply deliveries in order; consecutive upserts go to the store as one batch."""
         pending: list[VectorPoint] = []
         for msg in batch:
+            if self._no_effect(msg):
+                self.skipped += 1
+                continue
             seq = msg.sequence
             # Indexing the event is a span of the trace that stored it (a memory written for a task …).
             with continue_trace(
@@ -208,14 +272,15 @@ class ContextIndex:
         if header.aggregate_type == "task":
             if header.event_type != TASK_COMPLETED:
                 return None
-            where = MetaFilter(kinds=("working",), equals={"task_id": header.aggregate_id})
-            return self.store.delete_where(where)
+            return self._clear_working(header.aggregate_id)
         if header.aggregate_type not in (MEMORY.aggregate_type, KNOWLEDGE.aggregate_type):
             return None
         owner = header.aggregate_id
         if header.aggregate_type == MEMORY.aggregate_type:
             memory_event = (await decode_opened(opened, self.datakeys, MEMORY.codec)).event
             if isinstance(memory_event, MemoryStored):
+                if memory_event.kind == "working" and memory_event.origin.task_id and self._working_tasks is not None:
+                    self._working_tasks.add(subject_for("task", memory_event.origin.task_id))
                 return [memory_point(owner, memory_event, seq, header.data_key_id)]
             assert isinstance(memory_event, MemoryForgotten)
             return self.store.delete(list(memory_event.memory_ids))
@@ -224,6 +289,11 @@ class ContextIndex:
             return knowledge_points(owner, event, seq, header.data_key_id)
         assert isinstance(event, KnowledgeForgotten)
         return self._forget_documents(owner, event.document_ids)
+
+    async def _clear_working(self, task_id: str) -> None:
+        await self.store.delete_where(MetaFilter(kinds=("working",), equals={"task_id": task_id}))
+        if self._working_tasks is not None:  # only once deleted: a failed delete is retried with the batch
+            self._working_tasks.discard(subject_for("task", task_id))
 
     async def _forget_documents(self, owner: str, document_ids: Sequence[str]) -> None:
         for document_id in document_ids:
