@@ -50,7 +50,7 @@ from symbi_policy.metrics import AGENT_EVENTS
 
 log = structlog.get_logger(__name__)
 
-#: The agent event types :meth:`AgentPolicyFollower._handle` has no branch for, skipped by the event's type
+#: The agent event types :meth:`AgentPolicyFollower._apply` has no branch for, skipped by the event's type
 #: header (``Symbi-Event-Type``) before verification: verifying and decrypting them only to do nothing cost
 #: CPU on every task (``agent.task_assigned`` and ``agent.task_completed``). The header is not signed, so a
 #: skipped event is never acted on; only the types the follower acts on (registered, ready, configured,
