@@ -307,3 +307,28 @@ async def test_a_key_another_process_created_is_opened_from_its_notice(make: Mak
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_follower_given_types_is_sent_the_records_of_those_types_only(store: DataKeyStore) -> None:
+    """The per-task keys are not sent to a service that can hold none of them (the server filters the KV)."""
+    seen: list[tuple[str, int]] = []
+
+    async def follow() -> None:
+        async for name, revision, _ in store.records(("task", "memory")):
+            seen.append((name, revision))
+
+    follower = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(0.1)  # the watch is up
+        for name in ("agent.n1", "task.n1", "execution.n1", "memory.n1", "taskx.n1"):
+            assert await store.create(name, b"sealed") > 0
+        await store.destroy("task.n1")
+        await store.create("memory.n2", b"sealed")
+        assert await _until(lambda: _true(len(seen) >= 4)), f"notices missing: {seen}"
+        await asyncio.sleep(0.1)  # nothing else arrives
+        assert [name for name, _ in seen] == ["task.n1", "memory.n1", "task.n1", "memory.n2"]
+        assert seen[2][1] == 0  # the destruction
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from symbi_cli.nats_server import find_nats_server
-from symbi_common.entitlements import SERVICE_SUBJECTS
+from symbi_common.entitlements import AGGREGATE_READERS, SERVICE_SUBJECTS
 from symbi_common.errors import ConfigError
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,
     authorization_config,
+    datakey_types,
     deployment_authorization_config,
     nats_users,
     publish_allow,
@@ -127,3 +128,23 @@ def test_server_options_refuse_what_cannot_be_meant() -> None:
     )
     with pytest.raises(ConfigError, match="different users"):
         server_options(mixed)
+
+
+def test_datakey_types_are_the_keys_a_service_may_hold() -> None:
+    """Sealed to it (the types it reads) or written by it (its DATAKEYS permissions); the audit service and
+    anything that is not a service follow every key."""
+    assert datakey_types("audit") is None
+    assert datakey_types("operator") is None
+    assert datakey_types("no-such-service") is None
+    for service in SERVICE_SUBJECTS:
+        types = datakey_types(service)
+        if service == "audit":
+            continue
+        assert types is not None
+        for aggregate_type, readers in AGGREGATE_READERS.items():
+            assert (aggregate_type in types) == (service in readers), (service, aggregate_type)
+    # A key type no event subject covers, held by the service that writes it:
+    assert "message" in (datakey_types("sandbox-agent") or ())
+    # The per-task keys reach only the services that read tasks and executions:
+    assert "task" not in (datakey_types("lifecycle") or ())
+    assert "execution" not in (datakey_types("policy") or ())

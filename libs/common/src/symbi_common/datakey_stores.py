@@ -7,7 +7,7 @@ stores know nothing of keys or readers — :mod:`symbi_common.datakeys` does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -49,15 +49,16 @@ class DataKeyStore(Protocol):
         """``(name, value, revision)`` of every record whose name starts with ``<prefix>.`` (not destroyed ones)."""
         ...
 
-    def changes(self) -> AsyncIterator[str]:
-        """Names of records changed (rotated) or destroyed from now on, by any process."""
+    def changes(self, types: Sequence[str] | None = None) -> AsyncIterator[str]:
+        """Names of records changed (rotated) or destroyed from now on, by any process. ``types``: only the
+        records named ``<type>.…`` for these (None: all)."""
         ...
 
-    def revisions(self) -> AsyncIterator[tuple[str, int]]:
+    def revisions(self, types: Sequence[str] | None = None) -> AsyncIterator[tuple[str, int]]:
         """``(name, revision)`` of records written from now on, by any process; revision 0: destroyed."""
         ...
 
-    def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
+    def records(self, types: Sequence[str] | None = None) -> AsyncIterator[tuple[str, int, bytes | None]]:
         """``(name, revision, value)`` of records written from now on, by any process (created ones too);
         revision 0 and no value: destroyed."""
         ...
@@ -75,20 +76,22 @@ class MemoryDataKeyStore:
         for queue in self._watchers:
             queue.put_nowait((name, revision, value))
 
-    async def changes(self) -> AsyncIterator[str]:
-        async for name, _ in self.revisions():
+    async def changes(self, types: Sequence[str] | None = None) -> AsyncIterator[str]:
+        async for name, _ in self.revisions(types):
             yield name
 
-    async def revisions(self) -> AsyncIterator[tuple[str, int]]:
-        async for name, revision, _ in self.records():
+    async def revisions(self, types: Sequence[str] | None = None) -> AsyncIterator[tuple[str, int]]:
+        async for name, revision, _ in self.records(types):
             yield name, revision
 
-    async def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
+    async def records(self, types: Sequence[str] | None = None) -> AsyncIterator[tuple[str, int, bytes | None]]:
         queue: asyncio.Queue[tuple[str, int, bytes | None]] = asyncio.Queue()
         self._watchers.append(queue)
         try:
             while True:
-                yield await queue.get()
+                record = await queue.get()
+                if types is None or record[0].split(".", 1)[0] in types:
+                    yield record
         finally:
             self._watchers.remove(queue)
 
@@ -178,30 +181,34 @@ class KvDataKeyStore:
         finally:
             await _stop_watcher(watcher)
 
-    async def changes(self) -> AsyncIterator[str]:
-        async for name, _ in self.revisions():
+    async def changes(self, types: Sequence[str] | None = None) -> AsyncIterator[str]:
+        async for name, _ in self.revisions(types):
             yield name
 
-    async def revisions(self) -> AsyncIterator[tuple[str, int]]:
+    async def revisions(self, types: Sequence[str] | None = None) -> AsyncIterator[tuple[str, int]]:
         """Every record's current revision (0: destroyed), then each change as it happens (a KV watch, headers
         only)."""
-        async for name, revision, _ in self._follow(DeliverPolicy.LAST_PER_SUBJECT, headers_only=True):
+        async for name, revision, _ in self._follow(DeliverPolicy.LAST_PER_SUBJECT, types, headers_only=True):
             yield name, revision
 
-    async def records(self) -> AsyncIterator[tuple[str, int, bytes | None]]:
+    async def records(self, types: Sequence[str] | None = None) -> AsyncIterator[tuple[str, int, bytes | None]]:
         """Records written from now on only (unlike a KV watch, a process starting is not sent the last value
         of every record there is)."""
-        async for record in self._follow(DeliverPolicy.NEW, headers_only=False):
+        async for record in self._follow(DeliverPolicy.NEW, types, headers_only=False):
             yield record
 
     async def _follow(
-        self, policy: DeliverPolicy, *, headers_only: bool
+        self, policy: DeliverPolicy, types: Sequence[str] | None, *, headers_only: bool
     ) -> AsyncIterator[tuple[str, int, bytes | None]]:
         prefix = f"$KV.{DATAKEYS_BUCKET}."
+        if types is not None and not types:
+            await asyncio.Event().wait()  # no type at all: nothing will ever come
+        # The server filters: a service is sent the notices of the keys it may hold, not one per key there is.
+        subjects = [prefix + ">"] if types is None else [f"{prefix}{t}.>" for t in types]
         feed = OrderedPull(
             self._kv._js,  # nats-py's KeyValue keeps its JetStream context private; its own watch uses it so
             stream=f"KV_{DATAKEYS_BUCKET}",
-            subject=prefix + ">",
+            subject=subjects,
             deliver_policy=policy,
             headers_only=headers_only,
         )

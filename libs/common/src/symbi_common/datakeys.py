@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,10 @@ class DataKeys:
         await self._store.destroy(name)
         self.forget(name)
 
-    async def follow_changes(self) -> None:
-        """Forget cached keys as soon as any process rotates or destroys them; runs until cancelled.
+    async def follow_changes(self, types: Sequence[str] | None = None) -> None:
+        """Forget cached keys as soon as any process rotates or destroys them; runs until cancelled. ``types``:
+        the aggregate types whose keys this service may hold (:func:`symbi_common.natsauth.datakey_types`; None:
+        all) — it is sent no notice of any other key.
 
         Without this a process keeps decrypting with a cached key that another process has
         crypto-shredded. A record written elsewhere (created or rotated) is kept as announced, so this
@@ -225,7 +228,7 @@ class DataKeys:
         process; each task creates two) changes nothing: dropping it cost a KV read and an unseal per
         process for the aggregate's next event.
         """
-        async for name, revision, value in self._store.records():
+        async for name, revision, value in self._store.records(types):
             if revision == 0 or self._revisions.get(name) != revision:
                 self.forget(name)
                 if value is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from symbi_common.errors import ConfigError
-from symbi_common.keyring import SERVICE_SUBJECTS
+from symbi_common.keyring import AGGREGATE_READERS, SERVICE_SUBJECTS
 
 OPERATOR = "operator"
 ADMIN = "admin"
@@ -173,6 +173,21 @@ def publish_allow(service: str) -> list[str]:
         ]
     commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
     return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
+
+
+def datakey_types(service: str) -> tuple[str, ...] | None:
+    """The aggregate types (first tokens of ``DATAKEYS`` names) whose data keys ``service`` may hold: those
+    sealed to it (the types it reads) and those it may write (its permissions). None: any key at all (the
+    audit service, or a name that is not a service's). A service needs notices of these keys only: it can
+    cache no other."""
+    if service not in SERVICE_SUBJECTS:
+        return None
+    prefix = "$KV.DATAKEYS."
+    writes = [s.removeprefix(prefix) for s in publish_allow(service) if s.startswith(prefix)]
+    if ">" in writes or any(not w.endswith(".>") for w in writes):
+        return None
+    reads = [t for t, readers in AGGREGATE_READERS.items() if service in readers]
+    return tuple(sorted({*reads, *(w.removesuffix(".>") for w in writes)}))
 
 
 def subscribe_allow(service: str) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
@@ -38,7 +39,8 @@ INACTIVE_THRESHOLD_S = 120.0
 
 
 class OrderedPull:
-    """The messages of ``subject`` on ``stream`` from ``deliver_policy`` on, in stream order.
+    """The messages of ``subject`` (one subject, or several: the consumer's filter subjects) on ``stream`` from
+    ``deliver_policy`` on, in stream order.
 
     ``DeliverPolicy.NEW`` means the messages stored after :meth:`open` began. ``LAST_PER_SUBJECT`` (a KV
     watch) starts with the newest message of each subject; :attr:`caught_up` tells when those are all taken.
@@ -49,7 +51,7 @@ class OrderedPull:
         js: Any,
         *,
         stream: str,
-        subject: str,
+        subject: str | Sequence[str],
         deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
         start_sequence: int | None = None,
         headers_only: bool = False,
@@ -58,7 +60,11 @@ class OrderedPull:
     ) -> None:
         self.js = js
         self.stream = stream
-        self.subject = subject
+        self.subjects = (subject,) if isinstance(subject, str) else tuple(subject)
+        if not self.subjects:
+            raise ValueError("an ordered pull needs at least one subject")
+        #: The subjects, for logs.
+        self.subject = ",".join(self.subjects)
         self.deliver_policy = deliver_policy
         self.start_sequence = start_sequence
         self.headers_only = headers_only
@@ -141,7 +147,8 @@ class OrderedPull:
             deliver_policy=policy,
             opt_start_seq=start if policy == DeliverPolicy.BY_START_SEQUENCE else None,
             ack_policy=AckPolicy.NONE,
-            filter_subject=self.subject,
+            filter_subject=self.subjects[0] if len(self.subjects) == 1 else None,
+            filter_subjects=list(self.subjects) if len(self.subjects) > 1 else None,
             headers_only=self.headers_only or None,
             inactive_threshold=INACTIVE_THRESHOLD_S,
             mem_storage=True,

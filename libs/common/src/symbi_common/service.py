@@ -30,7 +30,13 @@ from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
 from symbi_common.livekeys import LiveKeys, previous_wrap_keys
-from symbi_common.natsauth import RESILIENT_CLIENT, connect_options, server_options, without_credentials
+from symbi_common.natsauth import (
+    RESILIENT_CLIENT,
+    connect_options,
+    datakey_types,
+    server_options,
+    without_credentials,
+)
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings
 from symbi_common.snapshots import SnapshotStore
@@ -136,7 +142,7 @@ class ServiceRuntime:
         self.datakeys = DataKeys(
             await KvDataKeyStore.open(self.js), wrap_key, self.registry, service=self.name, previous_wrap_keys=previous
         )
-        self.spawn(self.datakeys.follow_changes(), "datakeys:follow")
+        self.spawn(self.datakeys.follow_changes(datakey_types(self.name)), "datakeys:follow")
         self.store = EventStore(
             self.nc,
             signer=signer,

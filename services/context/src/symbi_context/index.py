@@ -319,9 +319,9 @@ class ContextIndex:
         The events stay in the stream, unreadable; a rebuild skips them (see :meth:`_apply_batch`), and this keeps
         the live index from serving the plaintext it projected before.
         """
-        async for name in keys.changes():
+        async for name in keys.changes((MEMORY.aggregate_type, KNOWLEDGE.aggregate_type)):
             aggregate_type, _, owner = name.partition(".")
-            if aggregate_type not in (MEMORY.aggregate_type, KNOWLEDGE.aggregate_type) or not owner:
+            if not owner:
                 continue
             if await keys.get(name) is not None:
                 continue  # rotated, not destroyed
