@@ -19,14 +19,15 @@ from symbi_common.envelope import (
     encode_sealed,
     signed_message,
 )
+from symbi_common.eventstore import H_EVENT_TYPE
 from symbi_common.keyring import KeyRegistry
-from symbi_common.sealing import ChainTip
+from symbi_common.sealing import NEW_AGGREGATE, ChainTip
 from symbi_common.streams import AUDIT_STREAM, last_on_subject
 from symbi_tlog.merkle import verify_consistency, verify_inclusion
 from symbi_tlog.notes import verify_checkpoint
 from symbi_tlog.offline import TrustAnchor, verify_export
 
-from .conftest import Running, Writer, read_log
+from .conftest import AGENT_CODEC, Running, Touched, Writer, read_log
 
 
 def b64d(s: str) -> bytes:
@@ -175,6 +176,26 @@ async def test_crafted_messages_written_raw_into_events_are_found(
     # Failed events are leaves too: the tree covers the log exactly as stored.
     status = await running.json("/v1/audit/status")
     assert status["tree_size"] == good[-1] == status["sequence"]
+
+
+async def test_an_authentic_event_with_a_lying_type_header_is_a_finding(running: Running, writer: Writer) -> None:
+    """Consumers pass over events by their clear type header (never one they act on); a header that names
+    another type than the signed event could hide it from them, so the audit service reports it."""
+    honest = await writer.agent("labelled", 1)
+    recs = await writer.lifecycle.append(
+        "agent",
+        "liar",
+        [Touched(agent_id="liar", n=0)],
+        AGENT_CODEC,
+        expected=NEW_AGGREGATE,
+        headers={H_EVENT_TYPE: "agent.task_completed"},
+    )
+    await running.wait_for(recs[-1].sequence)
+    items = (await running.json("/v1/audit/findings"))["items"]
+    assert [(f["sequence"], f["kind"]) for f in items] == [(recs[-1].sequence, "header_mismatch")]
+    assert "'agent.task_completed'" in items[0]["reason"]
+    assert "'agent.touched'" in items[0]["reason"]
+    assert honest[0] not in [f["sequence"] for f in items]
 
 
 async def test_nats_commands(running: Running, writer: Writer, provisioned: NatsClient) -> None:

@@ -34,6 +34,7 @@ from prometheus_client import Counter, Gauge
 from symbi_common.crypto import Signer
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
+from symbi_common.eventstore import H_EVENT_TYPE
 from symbi_common.follower import Delivery, Follower
 from symbi_common.keyring import KeyRegistry
 from symbi_common.positions import HandlerPositions, Unit
@@ -55,6 +56,8 @@ from symbi_audit.witnesses import WitnessPool
 log = structlog.get_logger(__name__)
 
 ALERT_SUBJECT = "audit.alert"
+#: A finding: an authentic event carries a clear type header that names another type.
+HEADER_MISMATCH = "header_mismatch"
 #: Live events arrive one by one; committing each alone cost about 1 ms of CPU in this process (a
 #: transaction of six statements, an ack) and more in PostgreSQL. 50 ms gathers a few per commit under load.
 LINGER_S = 0.05
@@ -83,6 +86,23 @@ def _event_row(c: Checked, leaf_index: int, stored_at: dt.datetime | None, agent
         h.producer, h.signing_key_id, h.event_id, h.correlation_id, h.causation_id, h.data_key_id,
         _time(h.occurred_at), stored_at, not c.findings, agent_id,
     )  # fmt: skip
+
+
+def _mislabelled(msgs: list[Delivery], checked: list[Checked]) -> list[Finding]:
+    """Authentic events whose clear ``Symbi-Event-Type`` header names another type than the signed one.
+
+    The header is outside the signature; consumers use it only to pass over events they would not act on
+    (docs/architecture.md), so a header that lies could hide an event from them: that is a finding here."""
+    labels = {m.sequence: m.headers.get(H_EVENT_TYPE) for m in msgs}
+    out: list[Finding] = []
+    for c in checked:
+        label = labels.get(c.message.sequence)
+        if c.opened is not None and label is not None and label != c.opened.header.event_type:
+            reason = f"the {H_EVENT_TYPE} header says {label!r}, the signed event is {c.opened.header.event_type!r}"
+            out.append(
+                Finding(kind=HEADER_MISMATCH, sequence=c.message.sequence, subject=c.message.subject, reason=reason)
+            )
+    return out
 
 
 def _trace_verified(msgs: list[Delivery], checked: list[Checked], started_ns: int) -> None:
@@ -221,6 +241,7 @@ class VerifierRunner:
             auths = authenticate_all(raws, self.registry)
         self.rules.changed.clear()
         checked = self.rules.check_all(raws, auths)
+        mislabelled = _mislabelled(msgs, checked)
         batch = Batch(self.position, 0, [], [], [], {}, [], [])
         new_checkpoints: list[Checkpoint] = []
         agents: list[str | None] = []
@@ -240,6 +261,7 @@ class VerifierRunner:
                     (cp.size, cp.root, c.message.sequence, sign_checkpoint(cp, self.signer, self.key_name))
                 )
                 new_checkpoints.append(cp)
+        batch.findings.extend(mislabelled)
         batch.tree_size = self.tree.size
         batch.tips = {s: self.rules.state.tips[s] for s in self.rules.changed}
         if not await self.store.commit_batch(batch, expected_sequence=start):
