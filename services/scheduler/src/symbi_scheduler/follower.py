@@ -13,14 +13,14 @@ follower applies each event as a span of that trace, and the model keeps each ta
 the leader's reactions (assignment, completion …) continue the task's trace. Replayed history at start
 adds no spans to old traces.
 
-:class:`HostWatcher` follows the ``HOSTS`` bucket (each sandbox-agent rewrites its host's key every second) and
+:class:`HostWatcher` follows the ``HOSTS`` bucket through an :class:`~symbi_common.ordered_pull.OrderedPull` (each
+sandbox-agent rewrites its host's key every second; no wake-ups in between) and
 wakes the leader only for a heartbeat that changes what placement sees.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,11 +28,13 @@ from typing import Any
 import msgspec
 import nats.js.errors
 import structlog
+from nats.js.api import DeliverPolicy
 from symbi_common.envelope import EventHeader, SealedEvent
 from symbi_common.errors import InfrastructureError, IntegrityError, KeyringError, SymbiError, UnknownEventType
 from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.follower import Delivery, Follower, stop_requested
+from symbi_common.ordered_pull import OrderedPull, kv_change
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
@@ -52,6 +54,10 @@ CODECS: dict[str, EventCodec[Any]] = {
     "schedule": SCHEDULE_CODEC,
 }
 HOSTS_BUCKET = "HOSTS"
+_HOSTS_PREFIX = f"$KV.{HOSTS_BUCKET}."
+LAST = DeliverPolicy.LAST_PER_SUBJECT
+#: How long one pull waits while no host writes (each live host writes every second).
+HOSTS_WAIT_S = 30.0
 __all__ = ["EventFollower", "HostWatcher", "stop_requested"]
 
 
@@ -144,47 +150,45 @@ class HostWatcher:
         self.on_change = on_change
         self.replicas = replicas
         self.loaded = asyncio.Event()
-        self.kv: Any = None
 
     async def open(self) -> None:
         try:
-            self.kv = await self.js.key_value(HOSTS_BUCKET)
+            await self.js.key_value(HOSTS_BUCKET)  # provisioned by the NATS admin; checked here, read below
         except nats.js.errors.BucketNotFoundError:
             raise InfrastructureError(
                 f"KV bucket {HOSTS_BUCKET} does not exist; the NATS admin provisions it"
             ) from None
 
     async def run(self) -> None:
-        while not stop_requested():
-            watcher = await self.kv.watchall()
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        self.loaded.set()
-                        continue
-                    if self._apply(entry):
-                        self.on_change()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("host watch restarting", error=repr(exc))
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()
+        """Follow the bucket until cancelled: the newest value of each key first, then each change."""
+        feed = OrderedPull(self.js, stream=f"KV_{HOSTS_BUCKET}", subject=_HOSTS_PREFIX + ">", deliver_policy=LAST)
+        await feed.open()
+        try:
+            while not stop_requested():
+                changed = False
+                for msg in await feed.take(HOSTS_WAIT_S):
+                    host_id, removed = kv_change(msg, _HOSTS_PREFIX)
+                    changed = self._apply(host_id, None if removed else bytes(msg.data)) or changed
+                if feed.caught_up:
+                    self.loaded.set()
+                if changed:
+                    self.on_change()
+        finally:
+            await feed.close()
 
-    def _apply(self, entry: Any) -> bool:
-        """Apply one entry; whether the leader should run a round for it. An unchanged heartbeat of a live
-        host does not wake it (one per host and second); its ``tick_s`` round still notices a host's loss."""
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
-            self.model.host_gone(entry.key)
+    def _apply(self, host_id: str, value: bytes | None) -> bool:
+        """Apply one key's value (None: removed); whether the leader should run a round for it. An unchanged
+        heartbeat of a live host does not wake it (one per host and second); its ``tick_s`` round still notices
+        a host's loss."""
+        if not value:
+            self.model.host_gone(host_id)
             return True
         try:
-            info = msgspec.json.decode(entry.value, type=HostInfo)
+            info = msgspec.json.decode(value, type=HostInfo)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("malformed host entry", host=entry.key, error=str(exc))
+            log.warning("malformed host entry", host=host_id, error=str(exc))
             return False
-        if info.host_id != entry.key or info.cpu_cores <= 0 or info.memory_mb <= 0:
-            log.warning("inconsistent host entry", host=entry.key)
+        if info.host_id != host_id or info.cpu_cores <= 0 or info.memory_mb <= 0:
+            log.warning("inconsistent host entry", host=host_id)
             return False
         return self.model.host_seen(info, time.time())
