@@ -49,3 +49,19 @@ def test_a_new_engine_decides_afresh() -> None:
     halted = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 2, halted={"a": "broken"})
     assert isinstance(halted.decide(request("/v1/tasks")), Deny)
     assert isinstance(changed.decide(request("/v1/tasks", role="auditor")), Allow)  # principal attributes keyed
+
+
+def test_a_request_that_cannot_be_evaluated_leaves_nothing_in_the_memo() -> None:
+    """Its denial comes from what it carries beyond the key (an unusable attribute no policy names): a
+    valid request with the same key must still be decided by Cedar, not answered with that denial."""
+    engine = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1)
+    broken = DecisionRequest(
+        principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
+        action="api.read",
+        resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
+        context={"token_id": None, "target": "/v1/tasks"},
+    )
+    refused = engine.decide(broken)
+    assert isinstance(refused, Deny)
+    assert refused.code == "invalid_request"
+    assert isinstance(engine.decide(request("/v1/tasks")), Allow)

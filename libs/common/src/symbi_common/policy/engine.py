@@ -179,7 +179,9 @@ class PolicyEngine:
         decision = self._memo.get(key) if key is not None else None
         if decision is None:
             decision = self._decide(request)
-            if key is not None:
+            # A request Cedar could not evaluate may be refused for what it carries beyond the key (an unusable
+            # attribute no policy names): remembering that denial would refuse valid requests with the same key.
+            if key is not None and not (isinstance(decision, Deny) and decision.code == "invalid_request"):
                 if len(self._memo) >= MEMO_SIZE:
                     self._memo.clear()
                 self._memo[key] = decision
