@@ -44,7 +44,7 @@ from symbi_common.events import Event, EventCodec  # noqa: E402
 from symbi_common.sealing import ChainTip  # noqa: E402
 from symbi_common.settings import load_settings  # noqa: E402
 from symbi_context.main import build_app as build_context_app  # noqa: E402
-from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionOutput  # noqa: E402
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, output_chunks  # noqa: E402
 from symbi_fixtures.agent_images import agent_image_tag, build_agent_image  # noqa: E402
 from symbi_sandbox_agent.config import channel_root  # noqa: E402
 from symbi_sandbox_agent.main import build_app  # noqa: E402
@@ -203,9 +203,9 @@ async def run_task(
     finally:
         await sub.unsubscribe()
     events = [r.event for r in await reader.load("execution", task_id, EXECUTION_CODEC)]
-    stdout = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stdout")
+    stdout = b"".join(c.data for e in events for c in output_chunks(e) if c.stream == "stdout")
     if kind != "execution.exited" or not stdout:
-        stderr = b"".join(e.data for e in events if isinstance(e, ExecutionOutput) and e.stream == "stderr")
+        stderr = b"".join(c.data for e in events for c in output_chunks(e) if c.stream == "stderr")
         raise SystemExit(f"{tier} task ended with {kind}: {stderr[-2000:].decode(errors='replace')}")
     return json.loads(stdout)
 

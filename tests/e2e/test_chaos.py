@@ -54,7 +54,9 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionFailed,
     ExecutionOutput,
     ExecutionStarted,
+    OutputChunk,
     OutputDigest,
+    output_chunks,
 )
 from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCancelled, TaskCompleted, TaskSubmitted
@@ -186,9 +188,11 @@ def task_problems(
         if not final or not isinstance(final[0], ExecutionExited) or final[0].exit_code != 0:
             problems.append(f"succeeded without a clean exit of attempt {end.attempt}: {final}")
         stdout = b"".join(
-            r.event.data
+            c.data
             for r in execution
-            if isinstance(r.event, ExecutionOutput) and r.event.attempt == end.attempt and r.event.stream == "stdout"
+            if getattr(r.event, "attempt", None) == end.attempt
+            for c in output_chunks(r.event)
+            if c.stream == "stdout"
         )
         if stdout != text.encode():
             problems.append(f"result {stdout!r}, expected {text!r}")
@@ -418,6 +422,10 @@ def test_the_history_check_finds_what_it_looks_for() -> None:
     assert task_problems(view, [submitted, submitted, completed], [output, exited], "x\n", "tier1")
     assert task_problems(view, [submitted, completed], [output, exited, exited], "x\n", "tier1")  # ended twice
     assert task_problems(view, [submitted, completed], [exited], "x\n", "tier1")  # result lost
+    tail = (OutputChunk(stream="stdout", offset=0, data=b"x\n"),)
+    in_tail = rec(ExecutionExited(attempt=1, exit_code=0, output=digest, tail=tail))
+    assert task_problems(view, [submitted, completed], [in_tail], "x\n", "tier1") == []  # the result in the tail
+    assert task_problems(view, [submitted, completed], [output, in_tail], "x\n", "tier1")  # result twice
     assert task_problems(view, [submitted, completed], [output, output, exited], "x\n", "tier1")  # result twice
     assert task_problems(view | {"outcome": "failed"}, [submitted, completed], [output, exited], "x\n", "tier1")
     failed = rec(ExecutionExited(attempt=1, exit_code=1, output=digest))

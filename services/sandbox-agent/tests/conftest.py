@@ -27,7 +27,7 @@ from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.sealing import ChainTip
 from symbi_common.settings import Settings, load_settings
 from symbi_contracts.lifecycle.config import PathAccess, ResourceLimits, Workload
-from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, output_chunks
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import ResourceRequest, TaskAssigned, TaskEvent, TaskSubmitted
 from symbi_contracts.tools.declarations import McpServerSpec
@@ -91,7 +91,9 @@ class Result:
         return str(type(self.terminal).__struct_config__.tag)
 
     def stream(self, name: str) -> bytes:
-        chunks = [e for e in self.events if isinstance(e, ExecutionOutput) and e.stream == name]
+        """The stream reassembled from its ``execution.output`` chunks and the terminal event's tail, each
+        checked to continue the one before."""
+        chunks = [c for e in self.events for c in output_chunks(e) if c.stream == name]
         offset = 0
         for c in chunks:
             assert c.offset == offset, f"{name} chunk at {c.offset}, expected {offset}"

@@ -22,6 +22,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     HostReconciled,
     HostRegistered,
+    output_chunks,
 )
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import TaskAssigned
@@ -193,4 +194,4 @@ async def test_a_new_attempt_waits_until_the_old_one_is_stopped(agent: Agent, sc
     events = await scheduler.wait_for(task_id, lambda ev: isinstance(ev[-1], ExecutionExited), timeout=20)
     kinds = [(type(e).__name__, e.attempt) for e in events if not isinstance(e, ExecutionOutput)]
     assert kinds == [("ExecutionStarted", 1), ("ExecutionKilled", 1), ("ExecutionStarted", 2), ("ExecutionExited", 2)]
-    assert [e.data for e in events if isinstance(e, ExecutionOutput)] == [b"first\n", b"second\n"]
+    assert [c.data for e in events for c in output_chunks(e)] == [b"first\n", b"second\n"]

@@ -19,6 +19,7 @@ from symbi_contracts.sandbox_agent.errors import (
     TierUnavailable,
 )
 from symbi_contracts.sandbox_agent.events import (
+    EXECUTION_CODEC,
     ExecutionExited,
     ExecutionFailed,
     ExecutionKilled,
@@ -30,12 +31,14 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     ExecutionTimedOut,
     Limits,
+    OutputChunk,
     Usage,
+    output_chunks,
 )
 from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
-from symbi_sandbox_agent.domain import EXECUTION, ExitState, terminal_event
+from symbi_sandbox_agent.domain import ENVELOPE_ROOM, EXECUTION, ExitState, fits, terminal_event
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
 from symbi_sandbox_agent.tasks import fold_task
@@ -294,6 +297,43 @@ def test_output_offsets_come_from_the_state() -> None:
     assert nxt.offset == 3  # type: ignore[union-attr]
     [err] = EXECUTION.decide(state, ExecutionOutput(attempt=1, stream="stderr", offset=99, data=b"e"))  # type: ignore[arg-type]
     assert err.offset == 0  # type: ignore[union-attr]
+
+
+def test_a_terminal_events_tail_continues_its_streams() -> None:
+    state = run([started(1), ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"abc")])
+    tail = (
+        OutputChunk(stream="stdout", offset=0, data=b"de"),
+        OutputChunk(stream="stderr", offset=0, data=b"oops\n"),
+    )
+    [ended] = EXECUTION.decide(state, ExecutionExited(attempt=1, exit_code=0, tail=tail))  # type: ignore[arg-type]
+    assert [(c.stream, c.offset, c.data) for c in output_chunks(ended)] == [
+        ("stdout", 3, b"de"),
+        ("stderr", 0, b"oops\n"),
+    ]
+    after = EXECUTION.apply(state, ended)
+    assert (after.status, after.stdout_offset, after.stderr_offset) == ("ended", 5, 5)
+
+
+def test_a_terminal_event_of_the_previous_version_still_decodes() -> None:
+    """Written before the tail existed: no ``tail`` field in its payload, so it carries no output."""
+    digest = {"stdout_bytes": 3, "stdout_sha256": hashlib.sha256(b"abc").hexdigest(), "stderr_bytes": 0}
+    old = {"type": "execution.exited", "attempt": 1, "exit_code": 0, "output": digest, "duration_s": 0.5, "reason": ""}
+    event = EXECUTION_CODEC.decode(msgspec.msgpack.encode(old), event_type="execution.exited", schema_version=1)
+    assert isinstance(event, ExecutionExited)
+    assert (event.exit_code, event.output.stdout_bytes, event.tail) == (0, 3, ())
+    assert output_chunks(event) == ()
+    state = run([started(1), ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"abc"), event])
+    assert (state.status, state.stdout_offset) == ("ended", 3)  # type: ignore[attr-defined]
+
+
+def test_a_terminal_event_holds_its_tail_only_while_it_fits_the_event_size_limit() -> None:
+    tail = (OutputChunk(stream="stdout", offset=0, data=b"x" * 64 * 1024),) * 2
+    ended = ExecutionExited(attempt=1, exit_code=0, reason="r" * 500, tail=tail)
+    size = len(EXECUTION_CODEC.encode(ended))
+    assert fits(ended, 1024 * 1024 - 4096)
+    assert fits(ended, size + ENVELOPE_ROOM)
+    assert not fits(ended, size + ENVELOPE_ROOM - 1)
+    assert not fits(ended, 100_000)
 
 
 def test_pause_and_resume_follow_the_state() -> None:

@@ -47,6 +47,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionResumed,
     ExecutionStarted,
     Limits,
+    OutputChunk,
     OutputDigest,
     Usage,
 )
@@ -215,6 +216,8 @@ class FakeHost:
         work: Callable[[bytes], bytes] = bytes.upper,
         allow_actions: bool = True,
         cpu_seconds: float = 0.0,
+        chunk: int = 64 * 1024,
+        tail: bool = True,
     ) -> None:
         self.host_id = host_id
         self.nc = nc
@@ -230,6 +233,11 @@ class FakeHost:
         self.allow_actions = allow_actions
         #: The CPU-seconds each task's terminal event reports as used.
         self.cpu_seconds = cpu_seconds
+        #: The result goes out in pieces of ``chunk`` bytes: ``execution.output`` events, the last one in the
+        #: terminal event's ``tail`` as the sandbox-agent sends it (``tail=False``: as its previous version did,
+        #: every piece an ``execution.output`` event and a terminal event without a tail).
+        self.chunk = chunk
+        self.tail = tail
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
         self.started: list[tuple[str, int]] = []
@@ -359,10 +367,17 @@ class FakeHost:
         """The workload of ``task_id`` prints its result and exits."""
         execution = self.running.pop(task_id)
         out = self.work(execution.input)
-        await self.append(task_id, ExecutionOutput(attempt=execution.attempt, stream="stdout", offset=0, data=out))
+        pieces = [out[i : i + self.chunk] for i in range(0, len(out), self.chunk)]
+        held = pieces.pop() if self.tail and pieces else None
+        offset = 0
+        for piece in pieces:
+            output = ExecutionOutput(attempt=execution.attempt, stream="stdout", offset=offset, data=piece)
+            await self.append(task_id, output)
+            offset += len(piece)
+        tail = (OutputChunk(stream="stdout", offset=offset, data=held),) if held is not None else ()
         digest = OutputDigest(stdout_bytes=len(out), stdout_sha256=hashlib.sha256(out).hexdigest())
         usage = Usage(cpu_seconds=self.cpu_seconds)
-        exited = ExecutionExited(attempt=execution.attempt, exit_code=exit_code, output=digest, usage=usage)
+        exited = ExecutionExited(attempt=execution.attempt, exit_code=exit_code, output=digest, usage=usage, tail=tail)
         await self.append(task_id, exited)
         execution.done.set()
 

@@ -3,7 +3,8 @@
 ``execution.<task_id>``: commands are the events the daemon proposes; :meth:`ExecutionAggregate.decide`
 accepts, drops or refuses them. That makes redelivery harmless: a start for an attempt that already
 started (or was refused) decides to nothing, and so does a second terminal event. Output offsets come
-from the state, so the chunks of a stream are contiguous by construction. :func:`terminal_event` is the
+from the state (for ``execution.output`` chunks and for a terminal event's ``tail`` alike), so the chunks of
+a stream are contiguous by construction. :func:`terminal_event` is the
 rule that turns how a container ended (exit state, kill reason) into the one terminal event of its run.
 
 ``host.<host_id>``: a log of registrations and reconciliations (:class:`HostAggregate`).
@@ -34,8 +35,11 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     ExecutionTimedOut,
     HostEvent,
+    OutputChunk,
     OutputDigest,
+    Terminal,
     Usage,
+    output_chunks,
 )
 
 from symbi_sandbox_agent.spec import SandboxSpec
@@ -67,13 +71,13 @@ class ExecutionAggregate:
             return ExecutionState(task_id=s.task_id, attempt=event.attempt, host_id=event.host_id, status="running")
         if isinstance(event, ExecutionRefused):
             return ExecutionState(task_id=s.task_id, attempt=event.attempt, status="ended", outcome="refused")
-        if isinstance(event, ExecutionOutput):
-            end = event.offset + len(event.data)
-            if event.stream == "stdout":
+        for chunk in output_chunks(event):
+            end = chunk.offset + len(chunk.data)
+            if chunk.stream == "stdout":
                 s.stdout_offset = end
             else:
                 s.stderr_offset = end
-        elif isinstance(event, ExecutionPaused):
+        if isinstance(event, ExecutionPaused):
             s.status = "paused"
         elif isinstance(event, ExecutionResumed):
             s.status = "running"
@@ -104,7 +108,21 @@ class ExecutionAggregate:
             if state.status != "paused":
                 raise ExecutionStateError(f"execution {state.task_id} is {state.status}, not paused")
             return [command]
-        return [command]  # a terminal event of the current, running attempt
+        if (
+            isinstance(command, Terminal) and command.tail
+        ):  # a terminal event of the current, running attempt, with the output it carries
+            return [msgspec.structs.replace(command, tail=_placed(state, command.tail))]
+        return [command]
+
+
+def _placed(state: ExecutionState, chunks: tuple[OutputChunk, ...]) -> tuple[OutputChunk, ...]:
+    """``chunks`` at the offsets where their streams end now, in order."""
+    offsets = {"stdout": state.stdout_offset, "stderr": state.stderr_offset}
+    placed = []
+    for chunk in chunks:
+        placed.append(msgspec.structs.replace(chunk, offset=offsets[chunk.stream]))
+        offsets[chunk.stream] += len(chunk.data)
+    return tuple(placed)
 
 
 EXECUTION = ExecutionAggregate()
@@ -159,15 +177,18 @@ def terminal_event(
     usage: Usage,
     duration_s: float,
     last_error: str = "",
+    tail: tuple[OutputChunk, ...] = (),
 ) -> ExecutionEvent:
     """The one terminal event of a run that started: timed out, OOM-killed, killed, failed or exited.
-    ``last_error``: the last line of the workload's stderr, the reason of an exit with a non-zero status."""
+    ``last_error``: the last line of the workload's stderr, the reason of an exit with a non-zero status;
+    ``tail``: the output still held when the run ended (placed at the ends of its streams by ``decide``)."""
     common: dict[str, Any] = {
         "attempt": spec.attempt,
         "exit_code": exit_state.exit_code if exit_state else None,
         "usage": usage,
         "output": output,
         "duration_s": duration_s,
+        "tail": tail,
     }
     if kill_reason == "timeout":
         return ExecutionTimedOut(
@@ -190,3 +211,13 @@ def terminal_event(
         detail = f": {last_error}" if last_error else ""
         return ExecutionExited(**common, reason=f"exited with status {exit_state.exit_code}{detail}")
     return ExecutionExited(**common)
+
+
+#: Room for an event's envelope (header, AEAD tag, signature) around its payload, to stay within the store's
+#: ``max_event_bytes``; the envelope of an execution event takes well under half of it.
+ENVELOPE_ROOM = 2048
+
+
+def fits(event: ExecutionEvent, max_event_bytes: int) -> bool:
+    """Whether ``event``, sealed, stays within the event size limit (with room for the offsets ``decide`` sets)."""
+    return len(EXECUTION_CODEC.encode(event)) + ENVELOPE_ROOM <= max_event_bytes

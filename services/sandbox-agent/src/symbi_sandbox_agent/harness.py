@@ -36,9 +36,9 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionAction,
     ExecutionEvent,
     ExecutionExited,
-    ExecutionOutput,
     ExecutionStarted,
     Limits,
+    output_chunks,
 )
 from symbi_contracts.scheduler.events import CODEC as TASK_EVENTS
 from symbi_contracts.scheduler.events import TaskAssigned, TaskEvent, TaskSubmitted
@@ -85,7 +85,7 @@ class HarnessRun:
         return self.events[-1] if self.events and isinstance(self.events[-1], TERMINAL_TYPES) else None
 
     def output(self, stream: str = "stdout") -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, ExecutionOutput) and e.stream == stream)
+        return b"".join(c.data for e in self.events for c in output_chunks(e) if c.stream == stream)
 
 
 class GatewayHarness:

@@ -4,7 +4,9 @@ Flow of one run: stage the input as a read-only file, create, attach and start t
 runner of its runtime, feed stdin (or, with the action gateway, keep stdin as the reply channel), stream
 stdout/stderr as ``execution.output`` chunks, sample usage from the cgroup, enforce the hard timeout
 (time spent paused does not count) and the output cap, and append one terminal event
-(:func:`~symbi_sandbox_agent.domain.terminal_event`). The container is always removed; a run cancelled
+(:func:`~symbi_sandbox_agent.domain.terminal_event`). The output still held when the output ends (at most a
+chunk per stream: all of a short task's result) travels in that terminal event, as its ``tail``, rather than
+in ``execution.output`` events of its own, unless the event would then be too large. The container is always removed; a run cancelled
 by shutdown still reports its end. A run with the action gateway and a channel directory gets its socket
 listener before its container is created, and loses it (directory included) when the container is removed.
 A network-enabled run gets its egress proxy (``egress.sock`` in the same directory, docs/network.md) the same
@@ -30,12 +32,13 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionEvent,
     ExecutionFailed,
     ExecutionOutput,
+    OutputChunk,
     Usage,
 )
 
 from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
-from symbi_sandbox_agent.domain import ExitState, terminal_event
+from symbi_sandbox_agent.domain import ExitState, fits, terminal_event
 from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import Caller
 from symbi_sandbox_agent.exits import ExitWatch
@@ -149,17 +152,11 @@ class Supervisor:
                 except Exception as exc:  # e.g. output that could not be stored for minutes: stop the run
                     log.exception("supervising the sandbox failed", container=spec.name)
                     await self._discard(run)
-                    terminal = ExecutionFailed(
-                        attempt=spec.attempt,
-                        usage=usage.sample(),
-                        output=collector.digest(),
-                        duration_s=round(time.time() - run.started_at, 3),
-                        reason=f"the sandbox-agent could not follow the run: {exc}",
-                    )
+                    terminal = self._failed(run, collector, usage.sample(), exc)
                 else:
                     exit_state = await self._finish_container(run)
                     await self._discard(run)
-                    terminal = self._terminal(run, exit_state, collector, usage.sample())
+                    terminal = await self._ending(run, exit_state, collector, usage.sample())
                 finally:
                     RUNNING.labels(spec.tier).dec()
         except asyncio.CancelledError:
@@ -282,8 +279,7 @@ class Supervisor:
                 for s, piece in collector.flush():
                     await self._emit(run, s, piece)
                 last_flush = mono
-        for s, piece in collector.flush():
-            await self._emit(run, s, piece)
+        # What is still held goes out with the terminal event (:meth:`_ending`).
         if gateway is not None:
             await gateway.close()  # the requests still being served are recorded before the terminal event
 
@@ -311,15 +307,47 @@ class Supervisor:
         if run.container_id:
             await self.threads(self.runner(run).kill, run.container_id)
 
+    async def _ending(
+        self, run: Running, exit_state: ExitState, collector: OutputCollector, usage: Usage
+    ) -> ExecutionEvent:
+        """The terminal event of a run whose output ended, carrying the output still held (what a last flush
+        would have sent) when the whole event fits the event size limit; else that output goes out first as
+        ``execution.output`` events, as during the run."""
+        tail = tuple(OutputChunk(stream=s, offset=0, data=piece) for s, piece in collector.flush())
+        terminal = self._terminal(run, exit_state, collector, usage, tail)
+        if not tail or fits(terminal, self.recorder.executions.store.max_event_bytes):
+            return terminal
+        try:
+            for chunk in tail:
+                await self._emit(run, chunk.stream, chunk.data)
+        except AppendFailed as exc:
+            return self._failed(run, collector, usage, exc)
+        return self._terminal(run, exit_state, collector, usage)
+
+    def _failed(self, run: Running, collector: OutputCollector, usage: Usage, exc: Exception) -> ExecutionEvent:
+        return ExecutionFailed(
+            attempt=run.spec.attempt,
+            usage=usage,
+            output=collector.digest(),
+            duration_s=round(time.time() - run.started_at, 3),
+            reason=f"the sandbox-agent could not follow the run: {exc}",
+        )
+
     def _terminal(
-        self, run: Running, exit_state: ExitState | None, collector: OutputCollector, usage: Usage
+        self,
+        run: Running,
+        exit_state: ExitState | None,
+        collector: OutputCollector,
+        usage: Usage,
+        tail: tuple[OutputChunk, ...] = (),
     ) -> ExecutionEvent:
         duration = round(time.time() - run.started_at, 3)
         if run.egress is not None:
             out, into = run.egress.bytes
             usage = msgspec.structs.replace(usage, net_out_bytes=out, net_in_bytes=into)
         last_error = collector.last_error_line()
-        return terminal_event(run.spec, exit_state, run.kill_reason, collector.digest(), usage, duration, last_error)
+        digest = collector.digest()
+        return terminal_event(run.spec, exit_state, run.kill_reason, digest, usage, duration, last_error, tail)
 
     async def _discard(self, run: Running) -> None:
         """Remove the container and the staged input."""

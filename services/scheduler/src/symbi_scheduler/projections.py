@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 from symbi_common.eventstore import EventStore
-from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, ExecutionOutput
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, output_chunks
 
 from symbi_scheduler.core import never_fits
 from symbi_scheduler.domain import TaskStatus
@@ -133,9 +133,8 @@ async def read_output(store: EventStore, rec: TaskRec, stream: str, after: int) 
     for ev in events:
         if getattr(ev, "attempt", attempt) != attempt:
             continue
-        if isinstance(ev, ExecutionOutput) and ev.stream == stream:
-            chunks.append((ev.offset, ev.data))
-        elif isinstance(ev, TERMINAL_TYPES):
+        chunks.extend((c.offset, c.data) for c in output_chunks(ev) if c.stream == stream)
+        if isinstance(ev, TERMINAL_TYPES):
             terminal = ev
     whole = _assemble(chunks)
     part = whole[after:]

@@ -31,9 +31,9 @@ from symbi_contracts.sandbox_agent.events import (
     TERMINAL_TYPES,
     ExecutionAction,
     ExecutionEvent,
-    ExecutionOutput,
     ExecutionResumed,
     ExecutionStarted,
+    output_chunks,
 )
 from symbi_contracts.sandbox_agent.risk import RiskAssessment
 from symbi_contracts.scheduler.events import ResourceRequest
@@ -192,13 +192,13 @@ class TaskRec:
 def fold_execution(task: TaskRec, event: ExecutionEvent, sequence: int) -> int | None:
     """Note what an execution event reports; the attempt it ended (None if it ended none)."""
     attempt = getattr(event, "attempt", task.attempt) or task.attempt
+    for chunk in output_chunks(event):  # an execution.output, or the tail of a terminal event
+        task.output_bytes[chunk.stream] = max(task.output_bytes.get(chunk.stream, 0), chunk.offset + len(chunk.data))
     if isinstance(event, ExecutionAction):
         if event.outcome == "denied" and attempt == task.attempt:
             task.action_denied_seq, task.action_denial = sequence, event
     elif isinstance(event, ExecutionStarted):
         task.started.add(attempt)
-    elif isinstance(event, ExecutionOutput):
-        task.output_bytes[event.stream] = max(task.output_bytes.get(event.stream, 0), event.offset + len(event.data))
     elif isinstance(event, ExecutionResumed):
         if attempt == task.attempt:
             task.exec_resumed_seq = sequence
@@ -209,7 +209,7 @@ def fold_execution(task: TaskRec, event: ExecutionEvent, sequence: int) -> int |
         if getattr(event, "code", "") == "policy_denied" or getattr(decision, "effect", "") == "deny":
             task.refused_by_policy.add(attempt)
         return attempt
-    return None  # execution.paused (and anything newer): nothing the scheduler acts on
+    return None  # execution.output, execution.paused (and anything newer): nothing the scheduler acts on
 
 
 @dataclass(slots=True)

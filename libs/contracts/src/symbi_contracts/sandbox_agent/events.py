@@ -91,15 +91,30 @@ class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"
     secret_files: tuple[SecretFileRecord, ...] = ()
 
 
+Stream = Literal["stdout", "stderr"]
+
+
 class ExecutionOutput(Event, frozen=True, kw_only=True, tag="execution.output"):
+    """A chunk of a stream: ``data`` starts at byte ``offset`` of ``stream`` (at most 64 KiB of it)."""
+
     attempt: int
-    stream: Literal["stdout", "stderr"]
+    stream: Stream
+    offset: int
+    data: bytes
+
+
+class OutputChunk(msgspec.Struct, frozen=True, kw_only=True):
+    """A chunk of a stream carried inside a terminal event (its ``tail``), as an ``execution.output`` would."""
+
+    stream: Stream
     offset: int
     data: bytes
 
 
 class _Ended(Event, frozen=True, kw_only=True):
-    """Fields every terminal event carries."""
+    """Fields every terminal event carries. ``tail``: the output the run still held when it ended (at most one
+    chunk per stream, each continuing its stream's ``execution.output`` chunks), carried here instead of in
+    an ``execution.output`` event of its own. Events written before it existed have none."""
 
     attempt: int
     exit_code: int | None = None
@@ -107,6 +122,7 @@ class _Ended(Event, frozen=True, kw_only=True):
     output: OutputDigest = msgspec.field(default_factory=OutputDigest)
     duration_s: float = 0.0
     reason: str = ""
+    tail: tuple[OutputChunk, ...] = ()
 
 
 class ExecutionExited(_Ended, frozen=True, kw_only=True, tag="execution.exited"):
@@ -232,6 +248,18 @@ ExecutionEvent = (
     | ExecutionAction
     | ExecutionEgress
 )
+
+
+def output_chunks(event: ExecutionEvent) -> tuple[OutputChunk, ...]:
+    """The output an execution event carries, in stream order: an ``execution.output``'s chunk, a terminal
+    event's ``tail``, nothing for the others. Readers reassemble a stream from these, in event order."""
+    if isinstance(event, ExecutionOutput):
+        return (OutputChunk(stream=event.stream, offset=event.offset, data=event.data),)
+    if isinstance(event, TERMINAL_TYPES):
+        return event.tail
+    return ()
+
+
 EXECUTION_CODEC: EventCodec[ExecutionEvent] = EventCodec(
     [
         ExecutionStarted,
