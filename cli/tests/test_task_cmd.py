@@ -94,9 +94,17 @@ def invoke(*args: str) -> Any:
     return CliRunner(env=env).invoke(app, list(args), catch_exceptions=False)
 
 
-async def test_run_prints_the_result_and_follows_progress(runtime: Any, nats_url: str) -> None:
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {},  # the result in the terminal event's tail, as the sandbox-agent sends a short one
+        {"chunk": 4},  # streamed as execution.output chunks, the rest in the tail
+        {"chunk": 4, "tail": False},  # as the previous version sent it: no tail
+    ],
+)
+async def test_run_prints_the_result_and_follows_progress(runtime: Any, nats_url: str, sent: dict[str, Any]) -> None:
     url, add_host = runtime
-    await add_host(delay=0.5)
+    await add_host(delay=0.5, **sent)
     result = await asyncio.to_thread(invoke, "task", "run", "upper", "hello world", "--url", url, "--nats", nats_url)
     assert result.exit_code == 0, result.output
     assert result.stdout == "HELLO WORLD"
@@ -116,9 +124,10 @@ async def test_run_exits_with_the_workloads_exit_code(runtime: Any, nats_url: st
     assert "failed" in result.stderr
 
 
-async def test_logs_follow_output_live(runtime: Any, nats_url: str) -> None:
+@pytest.mark.parametrize("sent", [{}, {"chunk": 2, "tail": False}])
+async def test_logs_follow_output_live(runtime: Any, nats_url: str, sent: dict[str, Any]) -> None:
     url, add_host = runtime
-    host: FakeHost = await add_host(hold=True)
+    host: FakeHost = await add_host(hold=True, **sent)
     submitted = await asyncio.to_thread(
         invoke, "task", "run", "upper", "abc", "--detach", "--task-id", "t-logs", "--url", url
     )

@@ -167,6 +167,22 @@ _STAGES = {
 }
 
 
+#: Events after which a followed task may have more output: a chunk, a run's terminal event (which carries the
+#: output the run still held at its end), the task's end or its next attempt; None: a poll without NATS.
+_MORE_OUTPUT = {
+    None,
+    "execution.output",
+    "execution.exited",
+    "execution.oom_killed",
+    "execution.timed_out",
+    "execution.killed",
+    "execution.failed",
+    "task.completed",
+    "task.cancelled",
+    "task.assigned",
+}
+
+
 _PAUSED_BECAUSE = {
     "preempted": "to make room for critical work",
     "agent_suspended": "because its agent was suspended",
@@ -328,7 +344,7 @@ def logs_command(
                 return 0
             async with contextlib.aclosing(_events(events_nats_url(nats_url, home), task_id)) as events:
                 async for event in events:
-                    if event in (None, "execution.output", "task.completed", "task.cancelled", "task.assigned"):
+                    if event in _MORE_OUTPUT:
                         view = await drain()
                         if view["done"]:
                             await drain()

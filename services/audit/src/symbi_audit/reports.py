@@ -68,7 +68,13 @@ HIPAA = Framework(
                 "*.read",
                 "*.accessed",
                 "task.submitted",
+                # Task outputs: chunks, and the terminal events that carry a run's last output (its tail).
                 "execution.output",
+                "execution.exited",
+                "execution.oom_killed",
+                "execution.timed_out",
+                "execution.killed",
+                "execution.failed",
             ],
         ),
         Section(

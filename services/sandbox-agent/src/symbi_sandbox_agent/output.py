@@ -1,7 +1,8 @@
 """Output of a sandbox: chunks of at most 64 KiB per event, a size cap, and the digest. Pure.
 
 The workload's stdout is the task's result and its stderr the log. Both go out as
-``execution.output`` events (a megabyte result would not fit one event); the terminal event
+``execution.output`` events (a megabyte result would not fit one event), except what :meth:`flush`
+returns when the output ends, which rides in the terminal event (its ``tail``); the terminal event
 carries the sizes and SHA-256 of both so a reader can check it reassembled them intact. Past
 ``cap`` bytes (both streams together) the rest is dropped and :attr:`OutputCollector.exceeded`
 is set: the caller then kills the sandbox.
