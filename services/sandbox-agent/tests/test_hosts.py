@@ -69,6 +69,7 @@ async def test_shutdown_kills_removes_and_reports_running_sandboxes(
     r = await scheduler.result(task_id, timeout=5)
     assert isinstance(r.terminal, ExecutionKilled)
     assert r.terminal.reason.startswith("shutdown")
+    assert r.stdout == b"up\n"
     assert containers_of(docker_client, host_id) == []
 
 

@@ -177,18 +177,15 @@ def terminal_event(
     usage: Usage,
     duration_s: float,
     last_error: str = "",
-    tail: tuple[OutputChunk, ...] = (),
-) -> ExecutionEvent:
+) -> Terminal:
     """The one terminal event of a run that started: timed out, OOM-killed, killed, failed or exited.
-    ``last_error``: the last line of the workload's stderr, the reason of an exit with a non-zero status;
-    ``tail``: the output still held when the run ended (placed at the ends of its streams by ``decide``)."""
+    ``last_error``: the last line of the workload's stderr, the reason of an exit with a non-zero status."""
     common: dict[str, Any] = {
         "attempt": spec.attempt,
         "exit_code": exit_state.exit_code if exit_state else None,
         "usage": usage,
         "output": output,
         "duration_s": duration_s,
-        "tail": tail,
     }
     if kill_reason == "timeout":
         return ExecutionTimedOut(

@@ -6,8 +6,8 @@ stdout/stderr as ``execution.output`` chunks, sample usage from the cgroup, enfo
 (time spent paused does not count) and the output cap, and append one terminal event
 (:func:`~symbi_sandbox_agent.domain.terminal_event`). The output still held when the output ends (at most a
 chunk per stream: all of a short task's result) travels in that terminal event, as its ``tail``, rather than
-in ``execution.output`` events of its own, unless the event would then be too large. The container is always removed; a run cancelled
-by shutdown still reports its end. A run with the action gateway and a channel directory gets its socket
+in ``execution.output`` events of its own, unless the event would then pass the event size limit. The
+container is always removed; a run cancelled by shutdown still reports its end. A run with the action gateway and a channel directory gets its socket
 listener before its container is created, and loses it (directory included) when the container is removed.
 A network-enabled run gets its egress proxy (``egress.sock`` in the same directory, docs/network.md) the same
 way; its connections are recorded before its terminal event, whose usage carries the bytes they moved.
@@ -33,6 +33,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionFailed,
     ExecutionOutput,
     OutputChunk,
+    Terminal,
     Usage,
 )
 
@@ -163,7 +164,9 @@ class Supervisor:
             # The daemon is shutting down: the sandbox must not outlive it unaccounted.
             run.kill_reason = run.kill_reason or "shutdown"
             await self._discard(run)
-            await self._append(run, self._terminal(run, None, collector, usage.sample() if usage else Usage()), 1)
+            ending = self._terminal(run, None, collector, usage.sample() if usage else Usage())
+            # Held output that would not fit the terminal event is dropped, as output cut short by a shutdown is.
+            await self._append(run, self._carrying(ending, collector)[0], 1)
             self._finish(run)
             raise
         await self._append(run, terminal)
@@ -313,16 +316,22 @@ class Supervisor:
         """The terminal event of a run whose output ended, carrying the output still held (what a last flush
         would have sent) when the whole event fits the event size limit; else that output goes out first as
         ``execution.output`` events, as during the run."""
-        tail = tuple(OutputChunk(stream=s, offset=0, data=piece) for s, piece in collector.flush())
-        terminal = self._terminal(run, exit_state, collector, usage, tail)
-        if not tail or fits(terminal, self.recorder.executions.store.max_event_bytes):
-            return terminal
+        terminal, left = self._carrying(self._terminal(run, exit_state, collector, usage), collector)
         try:
-            for chunk in tail:
+            for chunk in left:
                 await self._emit(run, chunk.stream, chunk.data)
         except AppendFailed as exc:
             return self._failed(run, collector, usage, exc)
-        return self._terminal(run, exit_state, collector, usage)
+        return terminal
+
+    def _carrying(self, terminal: Terminal, collector: OutputCollector) -> tuple[Terminal, tuple[OutputChunk, ...]]:
+        """``terminal`` carrying the output still held (what a last flush would send) if it then fits the event
+        size limit, with nothing left over; else ``terminal`` as it is, and that output."""
+        held = tuple(OutputChunk(stream=s, offset=0, data=piece) for s, piece in collector.flush())
+        carrying = msgspec.structs.replace(terminal, tail=held)
+        if not held or fits(carrying, self.recorder.executions.store.max_event_bytes):
+            return carrying, ()
+        return terminal, held
 
     def _failed(self, run: Running, collector: OutputCollector, usage: Usage, exc: Exception) -> ExecutionEvent:
         return ExecutionFailed(
@@ -334,20 +343,14 @@ class Supervisor:
         )
 
     def _terminal(
-        self,
-        run: Running,
-        exit_state: ExitState | None,
-        collector: OutputCollector,
-        usage: Usage,
-        tail: tuple[OutputChunk, ...] = (),
-    ) -> ExecutionEvent:
+        self, run: Running, exit_state: ExitState | None, collector: OutputCollector, usage: Usage
+    ) -> Terminal:
         duration = round(time.time() - run.started_at, 3)
         if run.egress is not None:
             out, into = run.egress.bytes
             usage = msgspec.structs.replace(usage, net_out_bytes=out, net_in_bytes=into)
         last_error = collector.last_error_line()
-        digest = collector.digest()
-        return terminal_event(run.spec, exit_state, run.kill_reason, digest, usage, duration, last_error, tail)
+        return terminal_event(run.spec, exit_state, run.kill_reason, collector.digest(), usage, duration, last_error)
 
     async def _discard(self, run: Running) -> None:
         """Remove the container and the staged input."""
