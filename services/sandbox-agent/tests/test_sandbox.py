@@ -11,12 +11,11 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionExited,
     ExecutionKilled,
     ExecutionOomKilled,
-    ExecutionOutput,
     ExecutionStarted,
     ExecutionTimedOut,
 )
 
-from .conftest import Agent, Scheduler, containers_of, limits, running_agent
+from .conftest import Agent, Scheduler, containers_of, limits
 
 TIERS = ("tier1", "tier2")
 MIB = 1024 * 1024
@@ -48,39 +47,6 @@ async def test_a_task_returns_its_stdout_as_result_in_each_tier(agent: Agent, sc
         assert started.hardening["root_filesystem"] == "read-only"
         assert r.terminal.output.stdout_sha256 == hashlib.sha256(r.stdout).hexdigest()
         assert r.terminal.usage.peak_memory_bytes > 0
-        # A short result travels in the terminal event: no execution.output event of its own.
-        assert not r.of(ExecutionOutput), (tier, r.of(ExecutionOutput))
-        assert {c.stream: c.data for c in r.terminal.tail} == {"stdout": r.stdout, "stderr": b"to-log\n"}
-
-
-async def test_a_result_longer_than_a_chunk_streams_and_its_rest_lands_in_the_terminal_event(
-    agent: Agent, scheduler: Scheduler
-) -> None:
-    # 150 000 bytes: two full chunks at once, the rest once the workload goes quiet; then the end, held.
-    script = "head -c 150000 /dev/zero | tr '\\0' a; sleep 1; echo end"
-    results = await run_both(agent, scheduler, script)
-    for tier, r in results.items():
-        assert isinstance(r.terminal, ExecutionExited), (tier, r.terminal)
-        assert r.stdout == b"a" * 150_000 + b"end\n"  # r.stream checks the chunks are contiguous
-        chunks = [len(e.data) for e in r.of(ExecutionOutput)]
-        assert (sum(chunks), max(chunks)) == (150_000, 65536), (tier, chunks)
-        assert [(c.stream, c.offset, c.data) for c in r.terminal.tail] == [("stdout", 150_000, b"end\n")]
-        assert r.terminal.output.stdout_bytes == len(r.stdout)
-        assert r.terminal.output.stdout_sha256 == hashlib.sha256(r.stdout).hexdigest()
-
-
-async def test_a_tail_that_would_not_fit_the_event_size_limit_goes_out_as_output_events(
-    docker_client: Any, agent_settings: Any, scheduler: Scheduler
-) -> None:
-    """With a 100 000-byte event limit, 60 000 bytes held on each stream cannot ride in the terminal event."""
-    async with running_agent(agent_settings(SYMBI_EVENTS__MAX_EVENT_BYTES="100000")) as agent:
-        script = "head -c 60000 /dev/zero | tr '\\0' a; head -c 60000 /dev/zero | tr '\\0' b >&2"
-        task_id = await scheduler.submit(agent.host_id, ["sh", "-c", script])
-        r = await scheduler.result(task_id)
-    assert isinstance(r.terminal, ExecutionExited), r.terminal
-    assert (r.stdout, r.stderr) == (b"a" * 60_000, b"b" * 60_000)
-    assert r.terminal.tail == ()
-    assert r.terminal.output.stderr_sha256 == hashlib.sha256(r.stderr).hexdigest()
 
 
 async def test_a_megabyte_written_at_once_comes_through_intact_in_each_tier(agent: Agent, scheduler: Scheduler) -> None:
