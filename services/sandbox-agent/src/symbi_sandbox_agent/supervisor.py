@@ -53,7 +53,8 @@ from symbi_sandbox_agent.spec import SandboxSpec
 
 log = structlog.get_logger(__name__)
 
-#: Output is flushed at least this often while a workload keeps printing less than a chunk.
+#: Output less than a chunk is held at most this long before it goes out as ``execution.output``; what is held
+#: when the output ends travels in the terminal event instead (all of a short task's result: one event less).
 FLUSH_INTERVAL_S = 0.5
 #: Usage is sampled while the container runs at most this often, and once after its removal: the sandbox's
 #: parent cgroup keeps the final figures (peak memory, CPU, and block I/O, which a removed child's
@@ -278,7 +279,7 @@ class Supervisor:
             if mono - last_sample >= SAMPLE_INTERVAL_S:
                 usage.sample()
                 last_sample = mono
-            if not chunk or mono - last_flush >= FLUSH_INTERVAL_S:
+            if mono - last_flush >= FLUSH_INTERVAL_S:
                 for s, piece in collector.flush():
                     await self._emit(run, s, piece)
                 last_flush = mono
