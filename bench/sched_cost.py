@@ -8,9 +8,11 @@ the CPU (utime + stime of the process tree, from ``/proc``) per task of every se
 first; the last line is the median over the windows. ``--profile FILE`` records the scheduler with
 py-spy (``uvx py-spy``, samples holding the GIL) over all windows, ``--perf FILE`` with ``perf record``
 (on-CPU samples, kernel included: where its system time goes). The scheduler's user and system CPU are
-printed apart.
+printed apart. ``--connz`` starts nats-server with its monitoring endpoint and prints, per window, how many
+messages each NATS client (by connection name) sent and was sent per task, and per subscription: the round
+trips and deliveries a task costs.
 
-    flock /tmp/symbi-bench.lock uv run python bench/sched_cost.py [--tasks 64] [--windows 3] [--profile FILE]
+    flock /tmp/symbi-bench.lock uv run python bench/sched_cost.py [--tasks 64] [--windows 3] [--profile FILE] [--connz]
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from _cpu import CLK_TCK, CpuSources, proc_stats, tree_cpu
 from _e2e_ours import Ours, TaskWatch, register_agent
 from _e2e_workload import MEMORY_MB, Limits
 from e2e import closed_loop, loadavg, runtime_options
+from symbi_cli import runtime as runtime_module
 from symbi_cli.credentials import auth_headers
+from symbi_cli.nats_server import NatsServer
 from symbi_cli.runtime import LocalRuntime
 
 SERVICES = ("scheduler", "lifecycle", "sandbox-agent", "audit", "policy", "context")
@@ -45,6 +49,29 @@ def user_sys(pid: int) -> tuple[float, float]:
 def cpu_of(sources: CpuSources) -> dict[str, float]:
     children, cpu = proc_stats()
     return {name: tree_cpu([pid], children, cpu) for name, pid in sources.runtime_roots.items()}
+
+
+async def connz(http: httpx.AsyncClient, url: str) -> dict[str, tuple[int, int]]:
+    """Messages each client name (and each of its subscriptions, ``name subject``) has sent to / been sent by
+    nats-server so far (``/connz``, summed by name)."""
+    body = (await http.get(f"{url}/connz", params={"limit": 4096, "subs": "detail"})).json()
+    out: dict[str, tuple[int, int]] = {}
+    for c in body["connections"]:
+        name = c.get("name") or "?"
+        sent, received = out.get(name, (0, 0))
+        out[name] = (sent + c["in_msgs"], received + c["out_msgs"])
+        for sub in c.get("subscriptions_list_detail") or []:
+            key = f"{name}   {sub['subject']}"
+            out[key] = (0, out.get(key, (0, 0))[1] + sub.get("msgs", 0))
+    return out
+
+
+def print_connz(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], tasks: int) -> None:
+    for name in sorted(after):
+        b = before.get(name, (0, 0))
+        sent, received = (after[name][0] - b[0]) / tasks, (after[name][1] - b[1]) / tasks
+        if sent or received:
+            print(f"  nats {name}: sends {sent:.1f}, receives {received:.1f} messages per task", flush=True)
 
 
 def start_profiler(command: list[str]) -> subprocess.Popen[bytes]:
@@ -80,10 +107,13 @@ async def main() -> None:
     parser.add_argument(
         "--perf", type=Path, help="perf record (cpu-clock, kernel and native) the scheduler into this file"
     )
+    parser.add_argument("--connz", action="store_true", help="messages per task per NATS client (nats-server /connz)")
     parser.add_argument("--http", type=int, default=0, help="then time N requests of each kind alone")
     args = parser.parse_args()
     print(f"load average before: {loadavg()}", flush=True)
     host_id = f"sc-{uuid.uuid4().hex[:8]}"
+    if args.connz:
+        runtime_module.NatsServer = functools.partial(NatsServer, monitoring=True)  # type: ignore[misc]
     with tempfile.TemporaryDirectory(prefix="symbi-bench-sc-") as tmp:
         rt = LocalRuntime(runtime_options(Path(tmp), host_id))
         watch = TaskWatch()
@@ -127,6 +157,8 @@ async def main() -> None:
 
                 workers = [functools.partial(one, a) for a in agents]
                 for w in range(args.windows):
+                    monitor = rt.nats.monitoring_url if args.connz and rt.nats is not None else ""
+                    conns = await connz(lc, monitor) if monitor else {}
                     before, us0 = cpu_of(sources), user_sys(int(pid))
                     retries = ours.output_retries
                     wall = await closed_loop(workers, args.tasks)  # type: ignore[arg-type]
@@ -141,6 +173,8 @@ async def main() -> None:
                         f" sys {(us1[1] - us0[1]) / args.tasks * 1e3:.1f}",
                         flush=True,
                     )
+                    if monitor:
+                        print_connz(conns, await connz(lc, monitor), args.tasks)
                 metrics = (await sch.get("/metrics")).text
                 for line in metrics.splitlines():
                     if line.startswith("symbi_policy_decision_seconds_") and ("_sum" in line or "_count" in line):
