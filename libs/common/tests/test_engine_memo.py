@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.engine import PolicyEngine, context_attributes
@@ -65,3 +67,58 @@ def test_a_request_that_cannot_be_evaluated_leaves_nothing_in_the_memo() -> None
     assert isinstance(refused, Deny)
     assert refused.code == "invalid_request"
     assert isinstance(engine.decide(request("/v1/tasks")), Allow)
+
+
+def test_a_remembered_allow_is_not_given_to_a_request_cedar_cannot_evaluate() -> None:
+    """The memo answers as a fresh engine would: a request whose unread context carries what Cedar cannot take
+    (null, a number out of Cedar's range) is refused as ``invalid_request`` even after a valid one with the same
+    key was allowed."""
+    engine = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1)
+    assert isinstance(engine.decide(request("/v1/tasks")), Allow)
+    for unusable in (None, 2**63, -(2**63) - 1, float("nan"), float("inf"), 1e300, {"x": None}, [1, None], object()):
+        broken = DecisionRequest(
+            principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
+            action="api.read",
+            resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
+            context={"token_id": unusable, "target": "/v1/tasks"},
+        )
+        fresh = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1).decide(broken)
+        remembered = engine.decide(broken)
+        for decision in (fresh, remembered):
+            assert isinstance(decision, Deny), unusable
+            assert decision.code == "invalid_request", unusable
+    for usable in (2**63 - 1, -(2**63), 1.5, 922337203685477.0, {"x": [1, "a"]}, (True, False)):
+        ok = DecisionRequest(
+            principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
+            action="api.read",
+            resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
+            context={"token_id": usable, "target": "/v1/tasks"},
+        )
+        fresh = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1).decide(ok)
+        assert isinstance(fresh, Allow), (usable, fresh)
+        assert isinstance(engine.decide(ok), Allow), usable
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**65), max_value=2**65) | st.floats() | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "__extn", "b"]), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=_VALUES, second=_VALUES)
+def test_the_memo_answers_as_a_fresh_engine(first: object, second: object) -> None:
+    """Whatever an unread attribute carries, a remembering engine decides as one that has seen nothing."""
+    engine = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1)
+    for value in (first, second):
+        r = DecisionRequest(
+            principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
+            action="api.read",
+            resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
+            context={"token_id": value, "target": "/v1/tasks"},
+        )
+        fresh = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1).decide(r)
+        assert engine.decide(r) == fresh

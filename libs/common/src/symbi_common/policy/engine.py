@@ -19,11 +19,14 @@ decisions it made (bounded): a repeated request is answered without Cedar. The m
 the engine — a changed, added, retired or halted policy set is a new engine with an empty memo. Its key
 is everything Cedar can read: principal, action, resource (with their attributes and parents) and those
 context attributes some policy of the engine names (``context.x`` / ``context has x``); the context
-whole if any policy uses it otherwise.
+whole if any policy uses it otherwise. The attributes left out must still be values Cedar takes
+(:func:`cedar_expressible`), or the request is decided afresh: Cedar refuses a request over any of its
+values, read or not, and the memo must answer exactly as Cedar would.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -92,6 +95,38 @@ def cedar_value(value: Any) -> Any:
     if value is None:
         raise ValidationError("null is not a Cedar value; leave the attribute out", field="attrs")
     raise ValidationError(f"{type(value).__name__} is not a Cedar value", field="attrs")
+
+
+#: Cedar's ``Long`` and ``decimal`` ranges (a decimal is a Long of ten-thousandths); floats are kept well inside.
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_DECIMAL_SAFE = 9e14
+
+
+def cedar_expressible(value: Any) -> bool:
+    """Whether Cedar surely takes ``value`` (as :func:`cedar_value` writes it) in a request; False when unsure.
+
+    Sound, not complete: True only for values Cedar evaluates; a False merely costs a memo miss."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return value.isascii() or _utf8(value)
+    if isinstance(value, int):
+        return _LONG_MIN <= value <= _LONG_MAX
+    if isinstance(value, float):
+        return math.isfinite(value) and abs(value) < _DECIMAL_SAFE
+    if isinstance(value, Mapping):  # keys such as "__extn" or "__entity" mean something to Cedar: not sure then
+        return all(isinstance(k, str) and not k.startswith("__") and cedar_expressible(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(cedar_expressible(v) for v in value)
+    return False
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _entity(ref: EntityRef) -> dict[str, Any]:
@@ -191,7 +226,12 @@ class PolicyEngine:
         """Everything of ``request`` the policies can read, as bytes; None if it cannot be encoded."""
         context = request.context
         if self._context_attrs is not None:
-            context = {k: v for k, v in context.items() if k in self._context_attrs}
+            read = self._context_attrs
+            # What no policy reads is left out of the key, but Cedar still has to take it: a request carrying an
+            # unread value Cedar would refuse (null, a number out of range …) is decided afresh, never remembered.
+            if not all(k in read or cedar_expressible(v) for k, v in context.items()):
+                return None
+            context = {k: v for k, v in context.items() if k in read}
         try:
             return _json.encode((request.principal, request.action, request.resource, context))
         except (TypeError, ValueError):
