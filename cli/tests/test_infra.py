@@ -159,3 +159,13 @@ def test_nats_server_sync_always_in_its_generated_config(tmp_path: Path) -> None
     with pytest.raises(InfraError, match="pass its text as config="):
         clash.start()
     assert not clash.running
+
+
+def test_nats_server_max_procs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_procs`` is the server's GOMAXPROCS (as it reports it), unless the environment sets GOMAXPROCS."""
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    with NatsServer(tmp_path / "js", monitoring=True, max_procs=1) as server:
+        assert httpx.get(f"{server.monitoring_url}/varz").json()["gomaxprocs"] == 1
+    monkeypatch.setenv("GOMAXPROCS", "3")
+    with NatsServer(tmp_path / "js", monitoring=True, max_procs=1) as server:
+        assert httpx.get(f"{server.monitoring_url}/varz").json()["gomaxprocs"] == 3

@@ -67,7 +67,8 @@ class NatsServer:
     ``monitoring=True`` opens the HTTP monitoring endpoint on a port of the server's choosing
     (:attr:`monitoring_url`). ``server_name``, ``cluster``, ``sync_interval`` and ``config`` (more configuration text, e.g. an
     ``authorization`` block) go into a configuration file the server is started with; ``extra_args``
-    must then not name another one.
+    must then not name another one. ``max_procs`` caps the threads running Go code (``GOMAXPROCS``) unless the
+    environment sets ``GOMAXPROCS`` itself.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class NatsServer:
         sync_interval: str | None = None,
         config: str = "",
         monitoring: bool = False,
+        max_procs: int | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port
@@ -98,6 +100,7 @@ class NatsServer:
         self.sync_interval = sync_interval
         self.config = config
         self.monitoring = monitoring
+        self.max_procs = max_procs
         self._monitoring_url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -204,8 +207,11 @@ class NatsServer:
         ]
         try:
             # umask 077: the JetStream store (events, data keys, KV) is created 0700/0600, not 0750/0640.
+            env = dict(os.environ)
+            if self.max_procs is not None and "GOMAXPROCS" not in env:
+                env["GOMAXPROCS"] = str(self.max_procs)
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, umask=0o077
+                args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, umask=0o077, env=env
             )
             self._url = self._wait_ready()
         except BaseException:

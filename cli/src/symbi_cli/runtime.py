@@ -57,6 +57,7 @@ from symbi_cli.runtime_options import (
     check_installed,
     database_name,
     docker_reachable,
+    local_nats_procs,
     package_of,
     parse_services,
     sandbox_host_id,
@@ -189,6 +190,7 @@ class LocalRuntime:
             port=self.options.nats_port,
             log_file=self.home / "logs" / "nats.log",
             extra_args=("--config", str(auth_file)),
+            max_procs=local_nats_procs(),
         )
         self.nats = nats
         await _in_thread(nats.start)
