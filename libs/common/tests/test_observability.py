@@ -48,6 +48,7 @@ class Seen:
     name = "seen"
     filter_subjects = ("evt.agent.>",)
     schema = ("CREATE TABLE IF NOT EXISTS seen (sequence bigint PRIMARY KEY)",)
+    checks_before_writes = True
 
     async def apply(self, conn: Any, message: RawMessage) -> None:
         await conn.execute("INSERT INTO seen (sequence) VALUES ($1)", message.sequence)

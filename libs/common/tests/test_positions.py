@@ -109,3 +109,31 @@ async def test_periodic_positions_store_at_most_once_per_interval_and_on_close()
     assert (box.value, box.saves) == (3, 2)
     await store.close()
     assert box.saves == 2  # nothing moved: nothing written
+
+
+async def test_a_unit_that_names_its_reach_stores_where_it_ends(opened: Opened) -> None:
+    """``reach`` may be written up front; a unit that ends short of it or past it stores where it ended."""
+    store, reopen = opened
+    async with store.unit(reach=4) as unit:
+        unit.advance(4)
+    async with store.unit(reach=9) as unit:
+        assert unit.position == 4
+        unit.advance(6)  # ended short of its reach
+    async with store.unit(reach=8) as unit:
+        assert unit.position == 6
+        unit.advance(11)  # ... or past it
+    async with store.unit(reach=3) as unit:  # a batch already applied: nothing moves
+        assert unit.position == 11
+
+    async def failing() -> None:
+        async with store.unit(reach=20) as unit:
+            unit.advance(20)
+            raise RuntimeError("the effect failed")
+
+    with pytest.raises(RuntimeError):
+        await failing()
+    async with store.unit() as unit:
+        assert unit.position == 11
+    await store.close()
+    if reopen is not None:
+        assert await (await reopen()).load() == 11

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import pytest
 from nats.aio.client import Client as NatsClient
 from symbi_common.errors import MalformedEvent
 from symbi_common.events import Event, EventCodec
@@ -34,8 +35,9 @@ class Recorder:
     filter_subjects = ("evt.agent.>",)
     schema = ("CREATE TABLE IF NOT EXISTS applied (sequence bigint NOT NULL, runner text NOT NULL)",)
 
-    def __init__(self, runner: str) -> None:
+    def __init__(self, runner: str, *, checks_before_writes: bool = True) -> None:
         self.runner = runner
+        self.checks_before_writes = checks_before_writes
 
     async def apply(self, conn: Any, message: RawMessage) -> None:
         if message.data == b"poison":
@@ -53,13 +55,26 @@ async def _append_many(store: EventStore, aggregates: int, per_aggregate: int) -
     await asyncio.gather(*(one(uuid.uuid4().hex[:10]) for _ in range(aggregates)))
 
 
+class WritesThenRejects(Recorder):
+    """Writes its row, then rejects a poison event: only a savepoint keeps that row out."""
+
+    async def apply(self, conn: Any, message: RawMessage) -> None:
+        await conn.execute("INSERT INTO applied (sequence, runner) VALUES ($1, $2)", message.sequence, self.runner)
+        if message.data == b"poison":
+            raise MalformedEvent("not an event", sequence=message.sequence, subject=message.subject)
+
+
+@pytest.mark.parametrize("checks_before_writes", [True, False])
 async def test_replicas_apply_every_event_exactly_once(
-    make_store: MakeStore, provisioned: NatsClient, database_url: str
+    make_store: MakeStore, provisioned: NatsClient, database_url: str, checks_before_writes: bool
 ) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
     assert pool is not None
     js = provisioned.jetstream()
-    runners = [ProjectionRunner(js, pool, Recorder(f"r{i}"), batch=7) for i in range(3)]
+    runners = [
+        ProjectionRunner(js, pool, Recorder(f"r{i}", checks_before_writes=checks_before_writes), batch=7)
+        for i in range(3)
+    ]
     for r in runners:
         await r.setup()
     tasks = [asyncio.create_task(r.run()) for r in runners]
@@ -123,4 +138,28 @@ async def test_a_restarted_runner_resumes_after_the_stored_position(
             *((s, "second") for s in range(13, 19)),
         ]
     finally:
+        await pool.close()
+
+
+async def test_a_rejected_event_that_wrote_first_leaves_nothing_under_its_savepoint(
+    make_store: MakeStore, provisioned: NatsClient, database_url: str
+) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    assert pool is not None
+    js = provisioned.jetstream()
+    runner = ProjectionRunner(js, pool, WritesThenRejects("w", checks_before_writes=False), batch=4)
+    await runner.setup()
+    task = asyncio.create_task(runner.run())
+    try:
+        store = await make_store()
+        await _append_many(store, aggregates=1, per_aggregate=2)
+        await provisioned.publish("evt.agent.garbage", b"poison")
+        await _append_many(store, aggregates=1, per_aggregate=2)
+        assert await runner.wait_for(5, timeout=15)
+        rows = await pool.fetch("SELECT sequence FROM applied ORDER BY sequence")
+        assert [r["sequence"] for r in rows] == [1, 2, 4, 5]  # the poison's own row is gone with its savepoint
+        assert await pool.fetchval("SELECT position FROM symbi_projection_positions WHERE name = 'recorder'") == 5
+    finally:
+        await runner.stop()
+        await task
         await pool.close()

@@ -316,7 +316,7 @@ class Follower:
         first = int(msgs[0].metadata.sequence.stream)
         last = int(msgs[-1].metadata.sequence.stream)
         try:
-            async with self.positions.unit() as unit:
+            async with self.positions.unit(reach=last) as unit:
                 fresh = [delivery_of(m) for m in msgs if int(m.metadata.sequence.stream) > unit.position]
                 if fresh:
                     await self.handler(unit, fresh)

@@ -35,6 +35,15 @@ POSITIONS_SCHEMA = (
         name text PRIMARY KEY,
         position bigint NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now())""",
+    # The position before the unit that holds the row now wrote its own (see PgPositions.unit).
+    "ALTER TABLE symbi_projection_positions ADD COLUMN IF NOT EXISTS previous bigint",
+)
+#: Locks the row and writes the position the unit expects to reach, in one round trip; the position it held
+#: comes back (an UPDATE's SET reads the row as it was: under READ COMMITTED, as the replica that held the lock
+#: before committed it).
+_LOCK_AND_REACH = (
+    "UPDATE symbi_projection_positions SET previous = position, position = GREATEST(position, $2),"
+    " updated_at = now() WHERE name = $1 RETURNING previous"
 )
 
 
@@ -62,8 +71,11 @@ class PositionStore(Protocol):
         """The stored position (0 when nothing was applied yet)."""
         ...
 
-    def unit(self) -> AbstractAsyncContextManager[Unit]:
-        """A unit of work; the position it reaches is stored when it exits without an error."""
+    def unit(self, reach: int = 0) -> AbstractAsyncContextManager[Unit]:
+        """A unit of work; the position it reaches is stored when it exits without an error.
+
+        ``reach``: the position the unit is expected to reach (the batch's last sequence), which a store may
+        write up front; where the unit ends elsewhere, that is what is stored."""
         ...
 
     async def idle(self) -> None:
@@ -85,7 +97,7 @@ class MemoryPositions:
         return self.position
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[Unit]:
+    async def unit(self, reach: int = 0) -> AsyncIterator[Unit]:
         unit = Unit(self.position)
         yield unit
         self.position = unit.advanced
@@ -117,14 +129,21 @@ class PgPositions:
         return int(row or 0)
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[Unit]:
+    async def unit(self, reach: int = 0) -> AsyncIterator[Unit]:
+        """The row is locked for the unit (replicas serialise); with ``reach`` the same statement writes it, so a
+        unit that ends there costs no second write."""
         async with self.pool.acquire() as conn, conn.transaction():
-            stored = await conn.fetchval(
-                "SELECT position FROM symbi_projection_positions WHERE name = $1 FOR UPDATE", self.name
-            )
-            unit = Unit(int(stored or 0), conn)
+            if reach > 0:
+                stored = await conn.fetchval(_LOCK_AND_REACH, self.name, reach)
+            else:
+                stored = await conn.fetchval(
+                    "SELECT position FROM symbi_projection_positions WHERE name = $1 FOR UPDATE", self.name
+                )
+            position = int(stored or 0)
+            written = max(position, reach) if stored is not None else 0  # no row yet: nothing was written
+            unit = Unit(position, conn)
             yield unit
-            if unit.advanced != unit.position:
+            if unit.advanced != written:
                 await conn.execute(
                     "INSERT INTO symbi_projection_positions (name, position) VALUES ($1, $2)"
                     " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
@@ -152,7 +171,7 @@ class HandlerPositions:
         return self.current()
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[Unit]:
+    async def unit(self, reach: int = 0) -> AsyncIterator[Unit]:
         yield Unit(self.current())
 
     async def idle(self) -> None:
@@ -184,7 +203,7 @@ class PeriodicPositions:
         return self.position
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[Unit]:
+    async def unit(self, reach: int = 0) -> AsyncIterator[Unit]:
         unit = Unit(self.position)
         yield unit
         self.position = unit.advanced

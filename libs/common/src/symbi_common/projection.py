@@ -51,11 +51,17 @@ REJECTS_SCHEMA = (
 
 
 class Projection(Protocol):
-    """A read model. ``apply`` gets an asyncpg connection inside the runner's transaction; raise SymbiError to reject an event."""
+    """A read model. ``apply`` gets an asyncpg connection inside the runner's transaction; raise SymbiError to reject an event.
+
+    ``checks_before_writes``: True if ``apply`` raises SymbiError only before its first write (it verifies and
+    checks, then writes). Its events are then applied without a savepoint each (two round trips fewer per
+    event): a rejected one has written nothing. False: each event is applied under a savepoint of its own.
+    """
 
     name: str
     filter_subjects: Sequence[str]
     schema: Sequence[str]
+    checks_before_writes: bool
 
     async def apply(self, conn: Any, message: RawMessage) -> None: ...
 
@@ -106,8 +112,11 @@ class ProjectionRunner(Follower):
                     raw.headers,
                     attributes={"symbi.projection": name, "symbi.subject": raw.subject, "symbi.sequence": d.sequence},
                 ):
-                    async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
+                    if self.projection.checks_before_writes:  # a rejected event has written nothing
                         await self.projection.apply(conn, raw)
+                    else:
+                        async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
+                            await self.projection.apply(conn, raw)
                 applied += 1
                 observe_consumed(name, d.stored_at)
             except SymbiError as err:  # recorded as rejected, then passed: garbage never stops a read model

@@ -199,6 +199,8 @@ class AgentProjection:
     name: str = PROJECTION_NAME
     filter_subjects: Sequence[str] = ("evt.agent.>",)
     schema: Sequence[str] = SCHEMA
+    #: ``apply`` verifies, reads and checks, and only then writes (one statement): a rejection writes nothing.
+    checks_before_writes: bool = True
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
