@@ -165,7 +165,7 @@ async def main() -> None:
                     after, us1 = cpu_of(sources), user_sys(int(pid))
                     per = {n: (after[n] - before[n]) / args.tasks * 1e3 for n in after}
                     per_window.append(per)
-                    cells = "  ".join(f"{n} {per[n]:.1f}" for n in (*SERVICES, "nats-server") if n in per)
+                    cells = "  ".join(f"{n} {per[n]:.1f}" for n in (*SERVICES, "nats-server", "postgres") if n in per)
                     print(
                         f"window {w + 1}: {args.tasks} tasks in {wall:.1f} s, output retries"
                         f" {ours.output_retries - retries}, load {loadavg()}; ms CPU per task: {cells};"
@@ -190,7 +190,7 @@ async def main() -> None:
             await rt.stop()
     med = {n: statistics.median(w[n] for w in per_window) for n in per_window[0]} if per_window else {}
     services = sum(med.get(n, 0.0) for n in SERVICES)
-    cells = "  ".join(f"{n} {med[n]:.1f}" for n in (*SERVICES, "nats-server") if n in med)
+    cells = "  ".join(f"{n} {med[n]:.1f}" for n in (*SERVICES, "nats-server", "postgres") if n in med)
     print(f"load average after: {loadavg()}")
     print(f"RESULT sched_cost scheduler={med.get('scheduler', 0):.2f} services={services:.1f} ms/task (median)")
     print(f"  median ms CPU per task: {cells}")
