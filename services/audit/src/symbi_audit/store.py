@@ -92,32 +92,11 @@ SCHEMA = (
 
 POSITION = "verifier"
 
-NODE_COLUMNS = ("level", "idx", "hash")
 EVENT_COLUMNS = (
     "sequence", "leaf_index", "subject", "aggregate_type", "aggregate_id", "aggregate_version", "event_type",
     "producer", "signing_key_id", "event_id", "correlation_id", "causation_id", "data_key_id", "occurred_at",
     "stored_at", "verified", "agent_id",
 )  # fmt: skip
-
-
-#: Up to this many rows go in as INSERTs pipelined in one round trip; more by COPY (two round trips, far less
-#: per row). A live batch is a few events, a catch-up batch hundreds.
-COPY_FROM_ROWS = 64
-
-
-_INSERTS = {
-    "nodes": "INSERT INTO audit.nodes (level, idx, hash) VALUES ($1, $2, $3)",
-    "events": "INSERT INTO audit.events (sequence, leaf_index, subject, aggregate_type, aggregate_id, aggregate_version,"
-    " event_type, producer, signing_key_id, event_id, correlation_id, causation_id, data_key_id, occurred_at, stored_at,"
-    " verified, agent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-}
-
-
-async def _insert(conn: Any, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-    if len(rows) >= COPY_FROM_ROWS:
-        await conn.copy_records_to_table(table, schema_name="audit", records=rows, columns=list(columns))
-    elif rows:
-        await conn.executemany(_INSERTS[table], rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +191,12 @@ class AuditStore:
             )
             if moved is None:
                 return False
-            await _insert(conn, "nodes", NODE_COLUMNS, batch.nodes)
-            await _insert(conn, "events", EVENT_COLUMNS, batch.events)
+            if batch.nodes:
+                await conn.copy_records_to_table("nodes", schema_name="audit", records=batch.nodes)
+            if batch.events:
+                await conn.copy_records_to_table(
+                    "events", schema_name="audit", records=batch.events, columns=list(EVENT_COLUMNS)
+                )
             if batch.findings:
                 await conn.executemany(
                     "INSERT INTO audit.findings (sequence, subject, kind, reason) VALUES ($1, $2, $3, $4)"

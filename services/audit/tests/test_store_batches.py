@@ -1,5 +1,5 @@
-"""The audit store's batch write: pipelined INSERTs for a live batch, COPY for a large one — the same rows either
-way — and a batch refused, writing nothing, once someone else moved the position."""
+"""The audit store's batch write: its rows and position in one transaction, and a batch refused, writing nothing,
+once someone else moved the position."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from symbi_audit.store import COPY_FROM_ROWS, EVENT_COLUMNS, AuditStore, Batch
+from symbi_audit.store import EVENT_COLUMNS, AuditStore, Batch
 
 
 @pytest.fixture
@@ -42,14 +42,14 @@ async def _rows(store: AuditStore) -> tuple[list[Any], list[Any]]:
     return [tuple(r) for r in events], [tuple(r) for r in nodes]
 
 
-async def test_live_and_bulk_batches_write_the_same_rows(store: AuditStore) -> None:
-    small, large = _batch(1, 3), _batch(4, COPY_FROM_ROWS)  # INSERTs, then COPY
+async def test_batches_write_their_rows_and_move_the_position(store: AuditStore) -> None:
+    small, large = _batch(1, 3), _batch(4, 64)
     assert await store.commit_batch(small, expected_sequence=0)
     assert await store.commit_batch(large, expected_sequence=3)
     events, nodes = await _rows(store)
     assert events == [tuple(e) for e in (*small.events, *large.events)]
     assert nodes == [tuple(n) for n in (*small.nodes, *large.nodes)]
-    assert await store.pool.fetchrow("SELECT sequence, tree_size FROM audit.position") == (3 + COPY_FROM_ROWS,) * 2
+    assert await store.pool.fetchrow("SELECT sequence, tree_size FROM audit.position") == (3 + 64,) * 2
 
 
 async def test_a_batch_behind_a_moved_position_writes_nothing(store: AuditStore) -> None:
