@@ -59,8 +59,10 @@ ALERT_SUBJECT = "audit.alert"
 #: A finding: an authentic event carries a clear type header that names another type.
 HEADER_MISMATCH = "header_mismatch"
 #: Live events arrive one by one; committing each alone cost about 1 ms of CPU in this process (a
-#: transaction of six statements, an ack) and more in PostgreSQL. 50 ms gathers a few per commit under load.
-LINGER_S = 0.05
+#: transaction of six statements, an ack) and more in PostgreSQL. A quarter second gathers a task's events
+#: into one or two commits: 1.4 ms less CPU per task than 50 ms did (audit and PostgreSQL, bench/RESULTS.md),
+#: for findings and the live feed at most that much later. Nothing waits on the audit log to go on.
+LINGER_S = 0.25
 
 FINDINGS = Counter("symbi_audit_findings_total", "Verification failures found in the event log", ["kind"])
 VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit service", ["outcome"])
