@@ -12,7 +12,7 @@ READ_UNDER_V1 = 'permit(principal, action == Action::"api.read", resource) when 
 OTHER_TOKEN = 'permit(principal, action == Action::"api.read", resource) when { context has token_id };'
 
 
-def request(target: str, role: str = "admin", token: str = "t1") -> DecisionRequest:
+def request(target: str, role: str = "admin", token: object = "t1") -> DecisionRequest:
     return DecisionRequest(
         principal=EntityRef(type="Operator", id="ann", attrs={"role": role}),
         action="api.read",
@@ -76,24 +76,14 @@ def test_a_remembered_allow_is_not_given_to_a_request_cedar_cannot_evaluate() ->
     engine = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1)
     assert isinstance(engine.decide(request("/v1/tasks")), Allow)
     for unusable in (None, 2**63, -(2**63) - 1, float("nan"), float("inf"), 1e300, {"x": None}, [1, None], object()):
-        broken = DecisionRequest(
-            principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
-            action="api.read",
-            resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
-            context={"token_id": unusable, "target": "/v1/tasks"},
-        )
+        broken = request("/v1/tasks", token=unusable)
         fresh = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1).decide(broken)
         remembered = engine.decide(broken)
         for decision in (fresh, remembered):
             assert isinstance(decision, Deny), unusable
             assert decision.code == "invalid_request", unusable
     for usable in (2**63 - 1, -(2**63), 1.5, 922337203685477.0, {"x": [1, "a"]}, (True, False)):
-        ok = DecisionRequest(
-            principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
-            action="api.read",
-            resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
-            context={"token_id": usable, "target": "/v1/tasks"},
-        )
+        ok = request("/v1/tasks", token=usable)
         fresh = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1).decide(ok)
         assert isinstance(fresh, Allow), (usable, fresh)
         assert isinstance(engine.decide(ok), Allow), usable
@@ -114,11 +104,6 @@ def test_the_memo_answers_as_a_fresh_engine(first: object, second: object) -> No
     """Whatever an unread attribute carries, a remembering engine decides as one that has seen nothing."""
     engine = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1)
     for value in (first, second):
-        r = DecisionRequest(
-            principal=EntityRef(type="Operator", id="ann", attrs={"role": "admin"}),
-            action="api.read",
-            resource=EntityRef(type="ApiRoute", id="scheduler GET /v1/tasks", attrs={"service": "scheduler"}),
-            context={"token_id": value, "target": "/v1/tasks"},
-        )
+        r = request("/v1/tasks", token=value)
         fresh = PolicyEngine({"a": compile_policies("a", READ_UNDER_V1)}, 1).decide(r)
         assert engine.decide(r) == fresh
