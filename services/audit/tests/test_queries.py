@@ -24,6 +24,23 @@ from symbi_tlog.offline import TrustAnchor, verify_export
 from .conftest import Running, Writer, read_log
 
 
+async def test_a_tasks_later_events_count_as_its_agents(running: Running, writer: Writer) -> None:
+    """Only a task's first event names its agent (as ``task.submitted`` does): its later events, which do not,
+    are the same agent's — found by agent, and still after the verifier starts again."""
+    await writer.task("t7", 1, agent_id="q3")
+    last = (await writer.task("t7", 2))[-1]
+    await running.wait_for(last)
+    by_agent = await running.json("/v1/audit/events", agent="q3")
+    assert [(e["aggregate_id"], e["aggregate_version"]) for e in by_agent["items"]] == [("t7", v) for v in (1, 2, 3)]
+    await writer.task("t8", 1)  # no agent named anywhere: none on record
+    running.service.runner._task_agents.clear()  # as after a restart: the stored rows tell
+    last = (await writer.task("t7", 1))[-1]
+    await running.wait_for(last)
+    items = (await running.json("/v1/audit/events", agent="q3"))["items"]
+    assert [e["aggregate_version"] for e in items] == [1, 2, 3, 4]
+    assert [e["agent_id"] for e in (await running.json("/v1/audit/events", aggregate="task.t8"))["items"]] == [None]
+
+
 async def test_queries_by_agent_type_producer_correlation_time_and_pages(running: Running, writer: Writer) -> None:
     before = dt.datetime.now(dt.UTC)
     await writer.agent("q1", 5, correlation_id="corr-1")

@@ -63,6 +63,10 @@ HEADER_MISMATCH = "header_mismatch"
 #: into one or two commits: 1.4 ms less CPU per task than 50 ms did (audit and PostgreSQL, bench/RESULTS.md),
 #: for findings and the live feed at most that much later. Nothing waits on the audit log to go on.
 LINGER_S = 0.25
+#: Aggregates whose id is a task's: their events concern that task's agent.
+TASK_AGGREGATES = frozenset({"task", "execution"})
+#: Tasks whose agent the verifier keeps in memory (then it starts over, reading stored rows).
+TASK_AGENTS_KEPT = 50_000
 
 FINDINGS = Counter("symbi_audit_findings_total", "Verification failures found in the event log", ["kind"])
 VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit service", ["outcome"])
@@ -160,6 +164,9 @@ class VerifierRunner:
         self.registry = CachedRegistry(registry)
         self.signer = signer
         self.datakeys = datakeys
+        #: The agent of each task seen lately (its executions share the task's id): bounded, refilled from
+        #: the stored rows after a restart.
+        self._task_agents: dict[str, str] = {}
         self.settings = settings
         self.live = live
         self.key_name = signer.key_id
@@ -282,17 +289,31 @@ class VerifierRunner:
         return Checkpoint(self.settings.origin, self.tree.size, self.tree.root())
 
     async def _agent_of(self, opened: OpenedEvent) -> str | None:
-        """The agent an event concerns: its aggregate for ``agent.*``, else the payload's ``agent_id`` field.
+        """The agent an event concerns: its aggregate for ``agent.*``; for a task's or an execution's event, the
+        agent of that task (named in its first event, ``task.submitted``); else the payload's ``agent_id``.
 
-        Other aggregates (tasks, executions, memories) name their agent only inside the encrypted
-        payload; the projection keeps that one field so "events of agent X" finds them all. A payload
-        that no longer decrypts (crypto-shredded) has no agent on record.
+        Other aggregates name their agent only inside the encrypted payload; the projection keeps that one
+        field so "events of agent X" finds them all. A payload that no longer decrypts (crypto-shredded) has
+        no agent on record unless its task's agent is known.
         """
         header = opened.header
         if header.aggregate_type == "agent":
             return header.aggregate_id
+        task_id = header.aggregate_id if header.aggregate_type in TASK_AGGREGATES else None
+        if task_id is not None and (known := self._task_agents.get(task_id)) is not None:
+            return known
+        agent = await self._payload_agent(opened)
+        if task_id is not None:
+            agent = agent or await self.store.agent_of_task(task_id)
+            if agent is not None:
+                if len(self._task_agents) >= TASK_AGENTS_KEPT:
+                    self._task_agents.clear()
+                self._task_agents[task_id] = agent
+        return agent
+
+    async def _payload_agent(self, opened: OpenedEvent) -> str | None:
         try:
-            key = await self.datakeys.by_id(header.data_key_id)
+            key = await self.datakeys.by_id(opened.header.data_key_id)
             payload = msgspec.msgpack.decode(decrypt(opened, key))
         except (SymbiError, msgspec.DecodeError):
             return None

@@ -176,6 +176,15 @@ class AuditStore:
         async with self.pool.acquire() as conn:
             return await self._nodes(conn, nodes)
 
+    async def agent_of_task(self, task_id: str) -> str | None:
+        """The agent recorded for an earlier event of task ``task_id`` (its own or its execution's), if any."""
+        value = await self.pool.fetchval(
+            "SELECT agent_id FROM audit.events WHERE aggregate_type IN ('task', 'execution') AND aggregate_id = $1"
+            " AND agent_id IS NOT NULL ORDER BY sequence LIMIT 1",
+            task_id,
+        )
+        return str(value) if value is not None else None
+
     async def commit_batch(self, batch: Batch, *, expected_sequence: int) -> bool:
         """Write ``batch`` if the stored position is still ``expected_sequence``; False if someone moved it."""
         async with self.pool.acquire() as conn, conn.transaction():
