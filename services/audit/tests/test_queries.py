@@ -33,7 +33,7 @@ async def test_a_tasks_later_events_count_as_its_agents(running: Running, writer
     by_agent = await running.json("/v1/audit/events", agent="q3")
     assert [(e["aggregate_id"], e["aggregate_version"]) for e in by_agent["items"]] == [("t7", v) for v in (1, 2, 3)]
     await writer.task("t8", 1)  # no agent named anywhere: none on record
-    running.service.runner._task_agents.clear()  # as after a restart: the stored rows tell
+    running.service.runner.agents.forget()  # as after a restart: the stored rows tell
     last = (await writer.task("t7", 1))[-1]
     await running.wait_for(last)
     items = (await running.json("/v1/audit/events", agent="q3"))["items"]

@@ -39,7 +39,7 @@ from symbi_common.follower import Delivery, Follower
 from symbi_common.keyring import KeyRegistry
 from symbi_common.positions import HandlerPositions, Unit
 from symbi_common.reader import decode_opened
-from symbi_common.sealing import OpenedEvent, decrypt
+from symbi_common.sealing import OpenedEvent
 from symbi_common.settings_sections import AuditSettings
 from symbi_common.streams import RawMessage
 from symbi_common.telemetry import SECURITY_EVENTS, extract_trace, observe_consumed, tracing_enabled
@@ -48,6 +48,7 @@ from symbi_tlog.notes import Checkpoint, sign_checkpoint
 from symbi_tlog.offline import CHECKPOINT_SUBJECT
 from symbi_tlog.rules import CachedRegistry, Checked, Finding, LogVerifier, authenticate_all
 
+from symbi_audit.attribution import AgentAttribution
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
 from symbi_audit.live import LiveFeed, event_item
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
@@ -63,10 +64,6 @@ HEADER_MISMATCH = "header_mismatch"
 #: into one or two commits: 1.4 ms less CPU per task than 50 ms did (audit and PostgreSQL, bench/RESULTS.md),
 #: for findings and the live feed at most that much later. Nothing waits on the audit log to go on.
 LINGER_S = 0.25
-#: Aggregates whose id is a task's: their events concern that task's agent.
-TASK_AGGREGATES = frozenset({"task", "execution"})
-#: Tasks whose agent the verifier keeps in memory (then it starts over, reading stored rows).
-TASK_AGENTS_KEPT = 50_000
 
 FINDINGS = Counter("symbi_audit_findings_total", "Verification failures found in the event log", ["kind"])
 VERIFIED = Counter("symbi_audit_events_total", "Events verified by the audit service", ["outcome"])
@@ -164,9 +161,8 @@ class VerifierRunner:
         self.registry = CachedRegistry(registry)
         self.signer = signer
         self.datakeys = datakeys
-        #: The agent of each task seen lately (its executions share the task's id): bounded, refilled from
-        #: the stored rows after a restart.
-        self._task_agents: dict[str, str] = {}
+        #: Which agent each event concerns (kept on its row and live item).
+        self.agents = AgentAttribution(datakeys, store)
         self.settings = settings
         self.live = live
         self.key_name = signer.key_id
@@ -255,7 +251,7 @@ class VerifierRunner:
         new_checkpoints: list[Checkpoint] = []
         agents: list[str | None] = []
         for c in checked:
-            agent_id = await self._agent_of(c.opened) if c.opened is not None else None
+            agent_id = await self.agents.agent_of(c.opened) if c.opened is not None else None
             agents.append(agent_id)
             batch.events.append(_event_row(c, self.tree.size, stored_at.get(c.message.sequence), agent_id))
             batch.nodes.extend(self.tree.append(c.leaf))
@@ -287,38 +283,6 @@ class VerifierRunner:
         self.last_checkpoint_size = self.tree.size
         self.last_checkpoint_at = time.monotonic()
         return Checkpoint(self.settings.origin, self.tree.size, self.tree.root())
-
-    async def _agent_of(self, opened: OpenedEvent) -> str | None:
-        """The agent an event concerns: its aggregate for ``agent.*``; for a task's or an execution's event, the
-        agent of that task (named in its first event, ``task.submitted``); else the payload's ``agent_id``.
-
-        Other aggregates name their agent only inside the encrypted payload; the projection keeps that one
-        field so "events of agent X" finds them all. A payload that no longer decrypts (crypto-shredded) has
-        no agent on record unless its task's agent is known.
-        """
-        header = opened.header
-        if header.aggregate_type == "agent":
-            return header.aggregate_id
-        task_id = header.aggregate_id if header.aggregate_type in TASK_AGGREGATES else None
-        if task_id is not None and (known := self._task_agents.get(task_id)) is not None:
-            return known
-        agent = await self._payload_agent(opened)
-        if task_id is not None:
-            agent = agent or await self.store.agent_of_task(task_id)
-            if agent is not None:
-                if len(self._task_agents) >= TASK_AGENTS_KEPT:
-                    self._task_agents.clear()
-                self._task_agents[task_id] = agent
-        return agent
-
-    async def _payload_agent(self, opened: OpenedEvent) -> str | None:
-        try:
-            key = await self.datakeys.by_id(opened.header.data_key_id)
-            payload = msgspec.msgpack.decode(decrypt(opened, key))
-        except (SymbiError, msgspec.DecodeError):
-            return None
-        agent = payload.get("agent_id") if isinstance(payload, dict) else None
-        return agent if isinstance(agent, str) else None
 
     async def _erasure_row(self, opened: OpenedEvent) -> tuple[str, str, Any] | None:
         try:
