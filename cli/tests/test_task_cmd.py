@@ -35,7 +35,11 @@ def _free_port() -> int:
 @contextlib.asynccontextmanager
 async def serve(asgi: Any, port: int) -> AsyncIterator[str]:
     """Run ``asgi`` (lifespan and all) on a real port in this event loop."""
-    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    # Bounded like the services' own server (service_app.serve): a request still open at shutdown is cancelled.
+    config = uvicorn.Config(
+        asgi, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -137,3 +137,24 @@ async def test_a_unit_that_names_its_reach_stores_where_it_ends(opened: Opened) 
     await store.close()
     if reopen is not None:
         assert await (await reopen()).load() == 11
+
+
+async def test_a_positions_table_from_before_gets_its_previous_column(database_url: str) -> None:
+    """A table made before the ``previous`` column existed gets it at setup, its rows kept."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await pool.execute(
+            "CREATE TABLE symbi_projection_positions (name text PRIMARY KEY, position bigint NOT NULL,"
+            " updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await pool.execute("INSERT INTO symbi_projection_positions (name, position) VALUES ('old', 41)")
+        store = PgPositions(pool, "old")
+        await store.setup()
+        await store.setup()  # again: nothing to add
+        async with store.unit(reach=42) as unit:
+            assert unit.position == 41
+            unit.advance(42)
+        assert await store.load() == 42
+    finally:
+        await pool.close()

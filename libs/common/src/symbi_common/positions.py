@@ -35,8 +35,15 @@ POSITIONS_SCHEMA = (
         name text PRIMARY KEY,
         position bigint NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now())""",
-    # The position before the unit that holds the row now wrote its own (see PgPositions.unit).
-    "ALTER TABLE symbi_projection_positions ADD COLUMN IF NOT EXISTS previous bigint",
+    # The position before the unit that holds the row now wrote its own (see PgPositions.unit). Added to tables
+    # made before it; checked first, so that a start does not take the table's exclusive lock every time.
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_name = 'symbi_projection_positions' AND column_name = 'previous'
+                         AND table_schema = current_schema()) THEN
+            ALTER TABLE symbi_projection_positions ADD COLUMN previous bigint;
+        END IF;
+    END $$""",
 )
 #: Locks the row and writes the position the unit expects to reach, in one round trip; the position it held
 #: comes back (an UPDATE's SET reads the row as it was: under READ COMMITTED, as the replica that held the lock
