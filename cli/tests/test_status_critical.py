@@ -50,7 +50,9 @@ async def test_status_exits_2_on_a_critical_audit_finding(
     )
     app = build_app(settings)
     port = free_base_port + SERVICE_PORT_OFFSETS["audit"]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10)
+    )
     task = asyncio.create_task(server.serve())
     try:
         for _ in range(200):

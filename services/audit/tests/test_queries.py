@@ -139,7 +139,9 @@ async def served(settings: Settings, provisioned: NatsClient) -> AsyncIterator[t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = build_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
         await asyncio.sleep(0.02)
