@@ -33,6 +33,7 @@ import typer
 from nats.js.api import DeliverPolicy
 from rich.console import Console
 from symbi_common.telemetry import command_trace, trace_http_request
+from symbi_contracts.sandbox_agent.events import OUTPUT_EVENT_TYPES
 
 from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
@@ -169,18 +170,7 @@ _STAGES = {
 
 #: Events after which a followed task may have more output: a chunk, a run's terminal event (which carries the
 #: output the run still held at its end), the task's end or its next attempt; None: a poll without NATS.
-_MORE_OUTPUT = {
-    None,
-    "execution.output",
-    "execution.exited",
-    "execution.oom_killed",
-    "execution.timed_out",
-    "execution.killed",
-    "execution.failed",
-    "task.completed",
-    "task.cancelled",
-    "task.assigned",
-}
+_MORE_OUTPUT = {None, *OUTPUT_EVENT_TYPES, "task.completed", "task.cancelled", "task.assigned"}
 
 
 _PAUSED_BECAUSE = {

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from symbi_contracts.sandbox_agent.events import OUTPUT_EVENT_TYPES
 
 from symbi_audit.errors import FrameworkInvalid
 
@@ -68,13 +69,7 @@ HIPAA = Framework(
                 "*.read",
                 "*.accessed",
                 "task.submitted",
-                # Task outputs: chunks, and the terminal events that carry a run's last output (its tail).
-                "execution.output",
-                "execution.exited",
-                "execution.oom_killed",
-                "execution.timed_out",
-                "execution.killed",
-                "execution.failed",
+                *OUTPUT_EVENT_TYPES,  # task outputs: chunks, and the terminal events with a run's last output
             ],
         ),
         Section(

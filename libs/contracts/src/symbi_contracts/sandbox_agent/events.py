@@ -250,6 +250,18 @@ ExecutionEvent = (
 )
 
 
+#: The event types that may carry a run's output: its chunks, and the terminal events of a run that started (their
+#: ``tail``). A refused run never started, so it has none.
+OUTPUT_EVENT_TYPES: tuple[str, ...] = (
+    "execution.output",
+    "execution.exited",
+    "execution.oom_killed",
+    "execution.timed_out",
+    "execution.killed",
+    "execution.failed",
+)
+
+
 def output_chunks(event: ExecutionEvent) -> tuple[OutputChunk, ...]:
     """The output an execution event carries, in stream order: an ``execution.output``'s chunk, a terminal
     event's ``tail``, nothing for the others. Readers reassemble a stream from these, in event order."""
