@@ -56,6 +56,31 @@ async def opened(request: pytest.FixtureRequest, database_url: str) -> AsyncIter
         await pool.close()
 
 
+async def _a_failed_unit_leaves(
+    store: PositionStore,
+    reopen: Callable[[], Awaitable[PositionStore]] | None,
+    kept: int,
+    *,
+    advance: int,
+    reach: int = 0,
+) -> None:
+    """A unit that advances to ``advance`` and then fails leaves ``kept``: in this store, and once closed, in a new
+    process's."""
+
+    async def failing() -> None:
+        async with store.unit(reach=reach) as unit:
+            unit.advance(advance)
+            raise RuntimeError("the effect failed")
+
+    with pytest.raises(RuntimeError):
+        await failing()
+    async with store.unit() as unit:
+        assert unit.position == kept
+    await store.close()
+    if reopen is not None:
+        assert await (await reopen()).load() == kept
+
+
 async def test_a_new_store_starts_at_zero(opened: Opened) -> None:
     store, _ = opened
     assert await store.load() == 0
@@ -81,19 +106,7 @@ async def test_a_failed_unit_leaves_the_position(opened: Opened) -> None:
     store, reopen = opened
     async with store.unit() as unit:
         unit.advance(3)
-
-    async def failing() -> None:
-        async with store.unit() as unit:
-            unit.advance(9)
-            raise RuntimeError("the effect failed")
-
-    with pytest.raises(RuntimeError):
-        await failing()
-    async with store.unit() as unit:
-        assert unit.position == 3
-    await store.close()
-    if reopen is not None:
-        assert await (await reopen()).load() == 3
+    await _a_failed_unit_leaves(store, reopen, 3, advance=9)
 
 
 async def test_periodic_positions_store_at_most_once_per_interval_and_on_close() -> None:
@@ -124,19 +137,7 @@ async def test_a_unit_that_names_its_reach_stores_where_it_ends(opened: Opened) 
         unit.advance(11)  # ... or past it
     async with store.unit(reach=3) as unit:  # a batch already applied: nothing moves
         assert unit.position == 11
-
-    async def failing() -> None:
-        async with store.unit(reach=20) as unit:
-            unit.advance(20)
-            raise RuntimeError("the effect failed")
-
-    with pytest.raises(RuntimeError):
-        await failing()
-    async with store.unit() as unit:
-        assert unit.position == 11
-    await store.close()
-    if reopen is not None:
-        assert await (await reopen()).load() == 11
+    await _a_failed_unit_leaves(store, reopen, 11, advance=20, reach=20)
 
 
 async def test_a_positions_table_from_before_gets_its_previous_column(database_url: str) -> None:
