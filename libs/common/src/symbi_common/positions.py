@@ -137,15 +137,10 @@ class PgPositions:
 
     @contextlib.asynccontextmanager
     async def unit(self, reach: int = 0) -> AsyncIterator[Unit]:
-        """The row is locked for the unit (replicas serialise); with ``reach`` the same statement writes it, so a
-        unit that ends there costs no second write."""
+        """The row is locked for the unit (replicas serialise) by the statement that also writes ``reach`` to it,
+        so a unit that ends there costs no second write."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if reach > 0:
-                stored = await conn.fetchval(_LOCK_AND_REACH, self.name, reach)
-            else:
-                stored = await conn.fetchval(
-                    "SELECT position FROM symbi_projection_positions WHERE name = $1 FOR UPDATE", self.name
-                )
+            stored = await conn.fetchval(_LOCK_AND_REACH, self.name, reach)
             position = int(stored or 0)
             written = max(position, reach) if stored is not None else 0  # no row yet: nothing was written
             unit = Unit(position, conn)
