@@ -51,10 +51,11 @@ def cpu_of(sources: CpuSources) -> dict[str, float]:
     return {name: tree_cpu([pid], children, cpu) for name, pid in sources.runtime_roots.items()}
 
 
-async def connz(http: httpx.AsyncClient, url: str) -> dict[str, tuple[int, int]]:
+async def connz(url: str) -> dict[str, tuple[int, int]]:
     """Messages each client name (and each of its subscriptions, ``name subject``) has sent to / been sent by
     nats-server so far (``/connz``, summed by name)."""
-    body = (await http.get(f"{url}/connz", params={"limit": 4096, "subs": "detail"})).json()
+    async with httpx.AsyncClient(timeout=10) as http:  # no operator token: the monitoring endpoint needs none
+        body = (await http.get(f"{url}/connz", params={"limit": 4096, "subs": "detail"})).json()
     out: dict[str, tuple[int, int]] = {}
     for c in body["connections"]:
         name = c.get("name") or "?"
@@ -158,7 +159,7 @@ async def main() -> None:
                 workers = [functools.partial(one, a) for a in agents]
                 for w in range(args.windows):
                     monitor = rt.nats.monitoring_url if args.connz and rt.nats is not None else ""
-                    conns = await connz(lc, monitor) if monitor else {}
+                    conns = await connz(monitor) if monitor else {}
                     before, us0 = cpu_of(sources), user_sys(int(pid))
                     retries = ours.output_retries
                     wall = await closed_loop(workers, args.tasks)  # type: ignore[arg-type]
@@ -174,7 +175,7 @@ async def main() -> None:
                         flush=True,
                     )
                     if monitor:
-                        print_connz(conns, await connz(lc, monitor), args.tasks)
+                        print_connz(conns, await connz(monitor), args.tasks)
                 metrics = (await sch.get("/metrics")).text
                 for line in metrics.splitlines():
                     if line.startswith("symbi_policy_decision_seconds_") and ("_sum" in line or "_count" in line):
