@@ -22,7 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from symbi_common.errors import SymbiError
-from symbi_common.operator_auth import open_revocations_bucket
+from symbi_common.kv_keys import kv_keys
+from symbi_common.operator_auth import REVOCATIONS_BUCKET, open_revocations_bucket
 from symbi_common.operator_tokens import (
     ROLES,
     OperatorClaims,
@@ -109,11 +110,9 @@ async def _revoke(url: str, home: Path, token_id: str, reason: str) -> None:
 async def _revoked(url: str) -> set[str]:
     nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
     try:
-        kv = await open_revocations_bucket(nc.jetstream())
-        try:
-            return set(await kv.keys())
-        except nats.js.errors.NoKeysError:
-            return set()
+        js = nc.jetstream()
+        kv = await open_revocations_bucket(js)
+        return set(await kv_keys(js, kv, REVOCATIONS_BUCKET))
     finally:
         await nc.drain()
 

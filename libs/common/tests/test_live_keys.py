@@ -25,6 +25,7 @@ from symbi_common.keyfiles import (
     rotate_wrap_key,
 )
 from symbi_common.keyring import KeyRegistry
+from symbi_common.kv_keys import kv_keys
 from symbi_common.registry_changes import with_revocation, with_service_key
 from symbi_common.registry_stream import (
     REGISTRY_SUBJECT,
@@ -185,7 +186,7 @@ async def test_a_revoked_active_key_stops_signing_until_its_replacement_arrives(
 async def _records(js: JetStreamContext) -> dict[str, DataKeyRecord]:
     kv = await js.key_value("DATAKEYS")
     out = {}
-    for name in await kv.keys():
+    for name in await kv_keys(js, kv, "DATAKEYS"):
         entry = await kv.get(name)
         if entry.value:
             out[name] = msgspec.msgpack.decode(entry.value, type=DataKeyRecord)
