@@ -26,10 +26,26 @@ from symbi_contracts.sandbox_agent.events import (
 )
 from symbi_contracts.scheduler.events import CODEC as TASKS
 from symbi_contracts.scheduler.events import TaskAssigned
+from symbi_sandbox_agent.supervisor import FLUSH_INTERVAL_S
 
 from .conftest import Agent, Scheduler, containers_of, limits
 
 TICKS = "i=0; while [ $i -lt 20 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"
+
+
+async def settled_outputs(scheduler: Scheduler, task_id: str) -> int:
+    """The task's output events once none has come for three flush intervals (held output goes out by then)."""
+    count, quiet_since = -1, 0.0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while loop.time() < deadline:
+        now = outputs(await scheduler.events(task_id))
+        if now != count:
+            count, quiet_since = now, loop.time()
+        elif loop.time() - quiet_since >= 3 * FLUSH_INTERVAL_S:
+            return count
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"output of {task_id} still growing after 10 s")
 
 
 def outputs(events: list[Any]) -> int:
@@ -52,8 +68,7 @@ async def test_suspend_freezes_and_resume_continues(
     assert (await command(agent, "suspend", task_id))["status"] == "paused"
     [container] = containers_of(docker_client, agent.host_id)
     assert docker_client.api.inspect_container(container["Id"])["State"]["Paused"] is True
-    await asyncio.sleep(0.5)  # output printed before the freeze may still be on its way
-    frozen = outputs(await scheduler.events(task_id))
+    frozen = await settled_outputs(scheduler, task_id)  # output printed before the freeze may still be on its way
     await asyncio.sleep(2.5)
     assert outputs(await scheduler.events(task_id)) == frozen
     with pytest.raises(ExecutionStateError):
