@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import nats
 import pytest
@@ -109,3 +110,30 @@ async def test_closing_after_the_connection_is_gone_raises_nothing(nats_url: str
         await nc.publish("evt.test.after", b"")  # the connection is really gone
     await feed.close()
     await feed.close()
+
+
+async def test_a_cancelled_task_whose_cancellation_was_swallowed_stops_at_the_next_take(
+    provisioned: NatsClient, js: JetStreamContext
+) -> None:
+    """Python 3.11's wait_for can drop a cancellation that arrives as its inner call completes; the consumer's
+    loop must still stop at its next take instead of waiting out a request."""
+    await _consumer(js, "swallowed")
+    feed = await LivePull(js, EVENTS_STREAM, "swallowed", batch=10, expires=30.0).open()
+    reached = []
+
+    async def loop() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as wait_for may
+            await asyncio.sleep(0)
+        reached.append("take")
+        await feed.take(10, timeout=20.0)
+        reached.append("after take")
+
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.create_task(loop()), timeout=5.0)
+        assert reached == ["take"]
+    finally:
+        await feed.close()

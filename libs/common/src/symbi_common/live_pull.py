@@ -80,7 +80,13 @@ class LivePull:
         """Up to ``most`` messages, waiting up to ``timeout`` for the first; ``[]`` if none came (or the
         request in flight ended: the next call sends another).
 
-        Raises :class:`InfrastructureError` when the server refused the pull (the consumer deleted, …)."""
+        Raises :class:`InfrastructureError` when the server refused the pull (the consumer deleted, …), and
+        ``CancelledError`` when the calling task was cancelled and the cancellation was swallowed on the way
+        (Python 3.11's ``asyncio.wait_for`` drops one that arrives as its inner call completes): the loop
+        around ``take`` would otherwise wait out another request instead of stopping."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         if not self._ready:
             self._raise_error()
             await self._pull()
