@@ -374,3 +374,37 @@ async def test_only_the_operator_writes_key_registry_versions(runtime: LocalRunt
         assert (await operator.jetstream().stream_info("REGISTRY")).state.messages == 1
     finally:
         await operator.close()
+
+
+async def test_a_service_queues_decisions_only_as_itself_and_only_the_policy_service_takes_them(
+    runtime: LocalRuntime,
+) -> None:
+    """``dlog.<service>`` names the sender (the policy service refuses a batch that claims another source), so a
+    service may publish its own and no other; only the policy service may read the stream."""
+    errors: list[str] = []
+    context = await _connect(runtime.nats_url_for("context"), errors)
+    policy = await _connect(runtime.nats_url_for("policy"), errors)
+    try:
+        ack = await context.jetstream().publish("dlog.context", b"{}", headers={"Nats-Msg-Id": "own"})
+        assert ack.stream == "DECISIONS"
+        await _all_refused(
+            context,
+            errors,
+            [
+                ("dlog.scheduler", b"{}", {}),
+                ("$JS.API.CONSUMER.CREATE.DECISIONS", b"{}", {}),
+                ("$JS.API.CONSUMER.MSG.NEXT.DECISIONS.policy_decisions", b"{}", {}),
+                ("$JS.API.STREAM.MSG.GET.DECISIONS", b'{"seq": 1}', {}),
+            ],
+        )
+        errors.clear()
+        await require_streams(context.jetstream())  # every service checks DECISIONS exists at start-up
+        psub = await policy.jetstream().pull_subscribe("dlog.>", durable="policy_test", stream="DECISIONS")
+        [msg] = await psub.fetch(1, timeout=3)
+        assert msg.subject == "dlog.context"
+        await msg.ack()
+        await psub.unsubscribe()
+        assert not [e for e in errors if "permissions violation" in e.lower()], errors
+    finally:
+        await context.close()
+        await policy.close()

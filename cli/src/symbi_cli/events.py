@@ -23,10 +23,11 @@ import nats.errors
 import typer
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
+from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import without_credentials
-from symbi_common.streams import EVENTS_STREAM, BacklogFetch, RawMessage
+from symbi_common.streams import EVENTS_STREAM, RawMessage
 from symbi_tlog.rules import CachedRegistry, LogVerifier, authenticate
 
 DEFAULT_HOME = Path(".symbi")

@@ -11,8 +11,9 @@ async def test_nats_fixture_round_trip(nc, js):
     msg = await sub.next_msg(timeout=2)
     assert msg.data == b"world"
     info = await js.account_info()
-    # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, MESSAGES, DEADLETTER, seven KV buckets
-    assert info.streams == 14
+    # provisioned as the admin does: EVENTS, SNAPSHOTS, AUDIT, WORK, REGISTRY, DECISIONS, MESSAGES, DEADLETTER, seven
+    # KV buckets
+    assert info.streams == 15
 
 
 async def test_database_url_is_fresh(database_url):
@@ -37,6 +38,7 @@ async def test_provisioned_and_keys(provisioned, js, keys_dir, registry, signer_
     assert names == [
         "AUDIT",
         "DEADLETTER",
+        "DECISIONS",
         "EVENTS",
         "KV_AGENT_KEYS",
         "KV_BUS_DELIVERED",

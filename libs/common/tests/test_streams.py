@@ -9,12 +9,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType
 from nats.js.errors import APIError
+from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import InfrastructureError
 from symbi_common.streams import (
     AUDIT_STREAM,
     EVENTS_STREAM,
     SNAPSHOTS_STREAM,
-    BacklogFetch,
     StreamSettings,
     last_on_subject,
     provision_streams,
@@ -44,6 +44,7 @@ async def test_provisioning_is_idempotent(js: JetStreamContext) -> None:
             "REGISTRY",
             "MESSAGES",  # the bus between agents (symbi_common.bus_streams)
             "DEADLETTER",
+            "DECISIONS",  # decision-log batches until the policy service stores them (symbi_common.decision_queue)
             "KV_AGENT_KEYS",
             "KV_BUS_DELIVERED",
         ]

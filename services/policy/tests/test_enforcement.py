@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
+import nats
 import pytest
+from symbi_common.decision_queue import DECISIONS_STREAM, decisions_backlog, wait_decisions_stored
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import PolicyDenied
 from symbi_common.eventstore import EventStore
@@ -21,9 +24,8 @@ from symbi_common.policy.conditions import CONDITION_KINDS, redact, requires_app
 from symbi_common.policy.enforcement import ALL_CAPS, EnforcementPoint
 from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
 from symbi_common.server_sync import synced
-from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
-from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_common.streams import EVENTS_STREAM, provision_streams, read_subject
 from symbi_policy.main import build_app
 
 from .conftest import RunningPolicy, StartRuntime, example, running_agent
@@ -48,9 +50,11 @@ async def wait_state(lifecycle: httpx.AsyncClient, agent_id: str, state: str) ->
 
 
 async def stored_decisions(policy: RunningPolicy) -> tuple[list[DecisionsLogged], list[ActionDenied]]:
+    """The decision-log events, once the policy service has stored every batch published so far."""
     logged: list[DecisionsLogged] = []
     denied: list[ActionDenied] = []
     store = policy.runtime.store
+    await wait_decisions_stored(policy.runtime.js)
     async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
         for raw in batch:
             event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
@@ -63,6 +67,7 @@ async def own_decisions_stored(policy: RunningPolicy) -> None:
     log = getattr(await policy.runtime.decision_point(), "log", None)
     assert log is not None, "the policy service logs its own decisions"
     await log.flush(timeout=10)
+    await wait_decisions_stored(policy.runtime.js)
 
 
 async def test_a_denied_action_suspends_the_running_agent_and_is_an_event(
@@ -136,21 +141,49 @@ async def test_high_rate_decisions_are_logged_in_batches_and_none_is_lost(
     assert all(len(event.entries) <= 200 for event in logged)
 
 
-async def test_a_retried_batch_is_stored_once(policy: RunningPolicy) -> None:
+def _batch(source: str, batch_id: str, service: str = "scheduler", principal: str = "a") -> bytes:
     from symbi_common.decisions import Allow, DecisionRecord
     from symbi_common.policy.events import LoggedDecision
 
-    request = DecisionRequest(principal=EntityRef(type="Agent", id="a"), action="task.allocate", resource=PHI)
+    request = DecisionRequest(principal=EntityRef(type="Agent", id=principal), action="task.allocate", resource=PHI)
     entry = LoggedDecision(
-        request=request, record=DecisionRecord.of(request, Allow(policies=("p",))), at_ns=1, service="scheduler"
+        request=request, record=DecisionRecord.of(request, Allow(policies=("p",))), at_ns=1, service=service
     )
-    body = {"source": "scheduler-x", "batch_id": "b-1", "entries": [entry]}
-    first = await policy.client.call("policy", "log_decisions", body, dict)
-    second = await policy.client.call("policy", "log_decisions", body, dict)
-    assert first["duplicate"] is False
-    assert second["duplicate"] is True
+    return msgspec.json.encode({"source": source, "batch_id": batch_id, "entries": [entry]})
+
+
+async def test_a_retried_batch_is_stored_once(policy: RunningPolicy) -> None:
+    """The stream drops a batch id it holds (within its duplicate window); the store one it has stored."""
+    js = policy.runtime.js
+    body = _batch("scheduler-x", "b-1")
+    first = await js.publish("dlog.scheduler", body, headers={"Nats-Msg-Id": "b-1"})
+    again = await js.publish("dlog.scheduler", body, headers={"Nats-Msg-Id": "b-1"})
+    assert (first.duplicate, again.duplicate) == (None, True)
+    await wait_decisions_stored(js)
+    # Past the duplicate window (or redelivered after a lost acknowledgement): the same batch comes again.
+    await js.publish("dlog.scheduler", body, headers={"Nats-Msg-Id": "b-1-later"})
     logged, _ = await stored_decisions(policy)
-    assert len(logged) == 1
+    assert [e.batch_id for e in logged] == ["b-1"]
+    assert policy.app.state.decision_intake.stored == 2
+
+
+async def test_a_batch_that_speaks_for_another_service_or_cannot_be_read_is_refused(
+    policy: RunningPolicy, scrape_metrics: Any
+) -> None:
+    """NATS lets each service publish only its own dlog.<service>: the subject names the sender."""
+    js = policy.runtime.js
+    before = await scrape_metrics(policy.http)
+    await js.publish("dlog.context", _batch("scheduler-x", "forged-source", principal="forged"))
+    await js.publish("dlog.context", _batch("context-y", "forged-entry", service="scheduler", principal="forged"))
+    await js.publish("dlog.context", b'{"source": "context-y", "batch_id": 7}')
+    await js.publish("dlog.context", _batch("context-y", "fine", service="context", principal="genuine"))
+    logged, _ = await stored_decisions(policy)
+    principals = [e.request.principal.id for event in logged for e in event.entries]
+    assert principals.count("genuine") == 1
+    assert "forged" not in principals
+    assert policy.app.state.decision_intake.refused == 3
+    after = await scrape_metrics(policy.http)
+    assert after.since(before, "symbi_policy_decision_batches_total", outcome="refused") == 3
 
 
 async def test_what_if_reports_the_decisions_a_proposal_would_change(
@@ -194,7 +227,7 @@ async def test_what_if_reports_the_decisions_a_proposal_would_change(
     assert bad.status_code == 422
 
 
-async def test_decisions_wait_in_the_log_while_the_policy_service_is_down(
+async def test_decisions_made_while_the_policy_service_is_down_outlive_the_process_that_made_them(
     settings: Settings, start_runtime: StartRuntime
 ) -> None:
     runtime = await start_runtime("scheduler")  # no policy service yet: no policy set, default deny
@@ -209,22 +242,52 @@ async def test_decisions_wait_in_the_log_while_the_policy_service_is_down(
             await enforcer.enforce(
                 DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
             )
-    assert time.perf_counter() - started < 2.0  # denials are not held up while the log cannot be stored
-    assert not log.healthy
-    assert log.pending == 12
-    assert log.failures > 0
+    assert time.perf_counter() - started < 2.0  # each denial waits for JetStream, not for the policy service
+    assert log.healthy
+    assert log.pending == 0  # every denial is in DECISIONS, on disk
+    assert await decisions_backlog(runtime.js) == 12
+    # The enforcing process goes away (its connection dropped, nothing flushed) before the policy service comes.
+    await runtime.nc.close()
     app = build_app(settings)
     async with app.router.lifespan_context(app):
-        await log.flush(timeout=15)
-        assert log.pending == 0
         store = app.state.runtime.store
+        await wait_decisions_stored(store.nc.jetstream())
         ids = []
         async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
             for raw in batch:
                 event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
-                assert isinstance(event, ActionDenied)
-                ids.append(event.entry.request.resource.id)
+                if isinstance(event, ActionDenied) and event.entry.service == "scheduler":
+                    ids.append(event.entry.request.resource.id)
         assert ids == [f"d{i}" for i in range(12)]
+
+
+async def test_decisions_wait_in_the_process_while_nats_does_not_take_them(start_runtime: StartRuntime) -> None:
+    """No DECISIONS stream to take them (as when NATS is away): queued, retried, and not held up per denial."""
+    runtime = await start_runtime("scheduler")
+    enforcer = await Enforcer.for_runtime(runtime)
+    enforcer.suspend_agents = False
+    log = enforcer.log
+    assert log is not None
+    admin = await nats.connect(runtime.settings.nats.url)
+    try:
+        await admin.jetstream().delete_stream(DECISIONS_STREAM)
+        user = EntityRef(type="User", id="u")
+        started = time.perf_counter()
+        for i in range(5):
+            with pytest.raises(PolicyDenied):
+                await enforcer.enforce(
+                    DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
+                )
+        assert time.perf_counter() - started < log.timeout + 2.0  # one wait at most, not one per denial
+        assert not log.healthy
+        assert log.pending == 5
+        assert log.failures > 0
+        await provision_streams(admin.jetstream())
+        await log.flush(timeout=15)
+        assert log.pending == 0
+        assert await decisions_backlog(runtime.js) >= 1
+    finally:
+        await admin.drain()
 
 
 async def test_message_and_tool_hooks_return_the_conditions_to_honour(
@@ -348,7 +411,8 @@ async def _ignore(msg: object) -> None:
 async def test_the_policy_services_own_decisions_still_queued_at_stop_are_stored(
     nats_url: str, keys_dir: Path, operator_headers: dict[str, str]
 ) -> None:
-    """Its decision log waits for an interval longer than the test: only the stop can send the decision."""
+    """Its decision log waits for an interval longer than the test: only the stop can send the decision, after
+    the intake has stopped; the next start stores it."""
     from symbi_policy.main import build_app
 
     from .conftest import service_env
@@ -365,15 +429,14 @@ async def test_the_policy_services_own_decisions_still_queued_at_stop_are_stored
         )
         assert enforcer.log is not None
         assert enforcer.log.pending >= 1
-    reader = ServiceRuntime("audit", settings, use_database=False)
-    await reader.start()
-    try:
+    again = build_app(settings)
+    async with again.router.lifespan_context(again):
+        store = again.state.runtime.store
+        await wait_decisions_stored(store.nc.jetstream())
         ids = []
-        async for batch in read_subject(reader.store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
+        async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
             for raw in batch:
-                event = (await reader.store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
+                event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
                 if isinstance(event, DecisionsLogged):
                     ids.extend(e.request.principal.id for e in event.entries)
         assert ids.count("queued-at-stop") == 1
-    finally:
-        await reader.stop()

@@ -37,10 +37,11 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Gauge
 
+from symbi_common.consuming import keep_consuming
 from symbi_common.errors import InfrastructureError
 from symbi_common.live_pull import LivePull
 from symbi_common.positions import PositionStore, Unit
-from symbi_common.streams import EVENTS_STREAM, RawMessage, keep_consuming
+from symbi_common.streams import EVENTS_STREAM, RawMessage
 from symbi_common.telemetry import PROJECTION_POSITION
 
 log = structlog.get_logger(__name__)

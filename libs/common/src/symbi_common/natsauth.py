@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from symbi_common.decision_queue import DECISIONS_STREAM, decisions_subject
 from symbi_common.errors import ConfigError
 from symbi_common.keyring import AGGREGATE_READERS, SERVICE_SUBJECTS
 
@@ -32,6 +33,8 @@ _EXTRA_READS: Mapping[str, tuple[str, ...]] = {
     "sandbox-agent": ("WORK", "KV_HOSTS", "MESSAGES", "KV_AGENT_KEYS", "KV_BUS_DELIVERED", "KV_SECRETS"),
     # The audit service records every change of the secrets store (metadata only: it holds no secrets key).
     "audit": ("AUDIT", "KV_SECRETS"),
+    # The decision-log batches of every enforcing process, which the policy service stores.
+    "policy": (DECISIONS_STREAM,),
 }
 _COMMON_READS = ("EVENTS", "SNAPSHOTS", "KV_DATAKEYS", "KV_OPERATOR_REVOCATIONS", "REGISTRY")
 
@@ -53,9 +56,9 @@ _EXTRA_PUBLISH: Mapping[str, tuple[str, ...]] = {
 }
 
 
-#: What every enforcing service calls on the policy decision point and the lifecycle (remote decisions, the
-#: decision log, suspending an agent after a violation).
-_ENFORCER_CALLS = ("cmd.policy.decide", "cmd.policy.decide_batch", "cmd.policy.log_decisions", "cmd.lifecycle.suspend")
+#: What every enforcing service calls on the policy decision point and the lifecycle (remote decisions,
+#: suspending an agent after a violation). Its decision log goes to its own ``dlog.<service>`` instead.
+_ENFORCER_CALLS = ("cmd.policy.decide", "cmd.policy.decide_batch", "cmd.lifecycle.suspend")
 
 #: The other services' commands each service may call (request/reply). Every service may also call its own
 #: (``cmd.<service>.>``); only the operator calls any command. ``symbi_contracts.subjects`` lists the same
@@ -154,9 +157,10 @@ def publish_allow(service: str) -> list[str]:
     if service == ADMIN:
         return [f"{_API}.>", "_INBOX.>"]
     api = [f"{_API}.STREAM.NAMES"]  # which stream holds a subject (subscribing without naming the stream)
-    for stream in (*streams_read_by(service), "AUDIT"):
-        if stream == "AUDIT" and service not in (OPERATOR, "audit"):
-            api.append(f"{_API}.STREAM.INFO.AUDIT")  # checked at start-up, never read
+    reads = streams_read_by(service)
+    for stream in (*reads, "AUDIT", DECISIONS_STREAM):
+        if stream not in reads:
+            api.append(f"{_API}.STREAM.INFO.{stream}")  # checked at start-up, never read
             continue
         api.extend(x for x in stream_read_api(stream) if x not in api)
     common = [*api, "$JS.FC.>", "_INBOX.>"]
@@ -172,7 +176,8 @@ def publish_allow(service: str) -> list[str]:
             *_OPERATOR_BUS,
         ]
     commands = [f"cmd.{service}.>", *(c for c in COMMAND_CALLS[service] if not c.startswith(f"cmd.{service}."))]
-    return [*_own_subjects(service), *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
+    own = [*_own_subjects(service), decisions_subject(service)]
+    return [*own, *_EXTRA_PUBLISH.get(service, ()), *common, *commands]
 
 
 def datakey_types(service: str) -> tuple[str, ...] | None:

@@ -183,8 +183,8 @@ class OperatorGuard:
 
     async def start(self, runtime: Any) -> None:
         """Load the issuers, follow the revocations and open the enforcer; call once the runtime is started."""
+        from symbi_common.consuming import keep_consuming
         from symbi_common.policy import Enforcer
-        from symbi_common.streams import keep_consuming
 
         self.issuers.update(runtime.registry.operator_issuers())
         if not self.issuers:

@@ -125,7 +125,7 @@ class PolicySettings(Section):
     enforcement: Literal["embedded", "remote", "allow-all"] = "embedded"
     #: How long a starting service waits for its embedded decision point to read the policy events.
     startup_timeout_s: float = 10.0
-    #: Send every enforcement-point decision to the decision log (``cmd.policy.log_decisions``).
+    #: Send every enforcement-point decision to the decision log (``dlog.<service>``, stream ``DECISIONS``).
     decision_log: bool = True
     #: Decisions per decision-log batch, and the longest a decision waits in the queue before it is sent.
     log_batch_size: int = 200

@@ -13,9 +13,8 @@ multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from symbi_common.bus_streams import bus_buckets, deadletter_config, messages_config
+from symbi_common.decision_queue import DECISIONS_STREAM, decisions_config
 from symbi_common.errors import InfrastructureError, Timeout
 
 EVENTS_STREAM = "EVENTS"
@@ -45,7 +45,14 @@ OPERATOR_REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
 #: One version per name: a replaced value is gone, not history.
 SECRETS_BUCKET = "SECRETS"
 #: What every service needs before it starts.
-REQUIRED_STREAMS = (EVENTS_STREAM, SNAPSHOTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET, REGISTRY_STREAM)
+REQUIRED_STREAMS = (
+    EVENTS_STREAM,
+    SNAPSHOTS_STREAM,
+    AUDIT_STREAM,
+    "KV_" + DATAKEYS_BUCKET,
+    REGISTRY_STREAM,
+    DECISIONS_STREAM,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -168,8 +175,12 @@ async def provision_streams(js: Any, settings: StreamSettings | None = None, *, 
                     f"the JetStream store exists but stream {name} is missing: its history was deleted; "
                     "refusing to re-create it empty (restore the store, or start over with a new home)"
                 ) from None
-    bus = (messages_config(s.replicas, s.duplicate_window_s, s.max_msg_size), deadletter_config(s.replicas))
-    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *bus):
+    queues = (
+        messages_config(s.replicas, s.duplicate_window_s, s.max_msg_size),
+        deadletter_config(s.replicas),
+        decisions_config(s.replicas, s.duplicate_window_s, s.max_msg_size),
+    )
+    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *queues):
         try:
             await js.add_stream(cfg)
         except nats.js.errors.BadRequestError as exc:
@@ -281,66 +292,6 @@ class _BatchRead:
         if self.sub is not None:
             sub, self.sub = self.sub, None
             await sub.unsubscribe()
-
-
-class BacklogFetch:
-    """Fetches from a pull subscription, each time asking for no more than the consumer's backlog.
-
-    nats-py's ``fetch(n)`` asks the server for ``n`` messages; when fewer are pending, its long-poll
-    can hold a message that arrives meanwhile until the fetch times out (measured: up to 0.9 s of a
-    1 s timeout, for about one live message in ten). Asking for ``min(limit, backlog)`` — the backlog
-    every message reports in its metadata, 1 when caught up — never leaves a pull waiting for more
-    than will come, so a live message is handed over as soon as it arrives while a backlog is still
-    read ``limit`` at a time.
-    """
-
-    def __init__(self, psub: Any, limit: int) -> None:
-        self.psub = psub
-        self.limit = limit
-        self._size = 1  # the backlog is unknown until the first message reports it
-
-    async def __call__(self, timeout: float) -> list[Any]:
-        """The next messages; ``[]`` when none arrived within ``timeout``."""
-        try:
-            msgs: list[Any] = await self.psub.fetch(self._size, timeout=timeout)
-        except (nats.errors.TimeoutError, TimeoutError):
-            self._size = 1
-            return []
-        self._size = max(1, min(self.limit, msgs[-1].metadata.num_pending)) if msgs else 1
-        return msgs
-
-
-async def keep_consuming(
-    consume: Callable[[], Awaitable[None]],
-    stopping: asyncio.Event,
-    *,
-    what: str,
-    on_retry: Callable[[], Awaitable[None]] | None = None,
-    **log_fields: Any,
-) -> None:
-    """Run a consumer's loop (``consume``) until ``stopping`` is set.
-
-    A failure (NATS away, the consumer deleted, the database down for a moment) backs off — 0.2 s,
-    doubling up to 5 s, back to 0.2 s after a clean run — and starts the loop again, which resumes from
-    its stored position; ``on_retry`` reloads whatever state the loop resumes from.
-    """
-    delay = 0.2
-    while not stopping.is_set():
-        try:
-            await consume()
-            delay = 0.2
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if stopping.is_set():
-                break
-            log.warning(f"{what} interrupted, resuming from the stored position", error=repr(exc), **log_fields)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=delay)
-            delay = min(delay * 2, 5.0)
-            if on_retry is not None:
-                with contextlib.suppress(Exception):
-                    await on_retry()
 
 
 async def read_subject(

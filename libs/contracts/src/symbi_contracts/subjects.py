@@ -1,7 +1,8 @@
 """The catalogue of subjects between Symbi's services: what travels where, who writes it and who reads it.
 
 Services talk only through NATS: signed, encrypted events in the ``EVENTS`` stream (``evt.<aggregate>.<id>``),
-request/reply commands (``cmd.<service>.<action>``), the ``WORK`` queue and the ``HOSTS`` key-value bucket.
+request/reply commands (``cmd.<service>.<action>``), the ``WORK`` and ``DECISIONS`` queues and the ``HOSTS``
+key-value bucket.
 Each entry names the owning service (the only writer of an event subject, the server of a command) and the
 services that consume it. Event subjects list their event types with their ``schema_version``: taken from the
 classes for the types in this package, spelled out for the others (a test checks them against the owners'
@@ -192,6 +193,10 @@ CATALOGUE: tuple[Subject, ...] = (
     ),
     # --- other streams and buckets ------------------------------------------------------------------
     Subject("work", "work.<host_id>", SCHEDULER, (SANDBOX_AGENT,), "a work item {task_id, attempt} for one host"),
+    *(
+        Subject("work", f"dlog.{service}", service, (POLICY,), "a batch of decisions for the decision log (DECISIONS)")
+        for service in ENFORCING
+    ),
     Subject("kv", "HOSTS.<host_id>", SANDBOX_AGENT, (SCHEDULER,), "a host's capacity, tiers, running tasks, heartbeat"),
     Subject("notice", "audit.checkpoint", AUDIT, (CLI,), "each signed checkpoint of the event log"),
     Subject("notice", "audit.alert", AUDIT, (CLI,), "each integrity finding"),
@@ -234,13 +239,6 @@ CATALOGUE: tuple[Subject, ...] = (
         ENFORCING,
         "suspend a running agent after a policy violation",
         bodies=(lifecycle_commands.SuspendRequest,),
-    ),
-    Subject(
-        "command",
-        "cmd.policy.log_decisions",
-        POLICY,
-        ENFORCING,
-        "append a batch of an enforcing process's decisions to the decision log",
     ),
     Subject(
         "command",

@@ -13,7 +13,8 @@ HTTP::
 
 A policy that does not parse or validate is a 422 ``policy_rejected`` with Cedar's message and the
 line. NATS: ``cmd.policy.<action>`` for decide, decide_batch, register, update, retire, get, list,
-what_if and log_decisions (the decision log of enforcement points), the same bodies (with ``set_id``).
+and what_if, the same bodies (with ``set_id``). The decision log of enforcement points comes from the
+``DECISIONS`` stream, not a command (:mod:`symbi_policy.decision_intake`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import BadRequest, ValidationError
 from symbi_common.openapi import FLAG, INT64, json_body, json_response, query_params
-from symbi_common.policy.decision_log import LogDecisionsTyped
 from symbi_common.policy.points import BatchResult
 from symbi_common.streams import EVENTS_STREAM
 from symbi_contracts.policy.commands import AGENT_EVENTS_CAUGHT_UP, CaughtUp, CaughtUpRequest
@@ -202,9 +202,6 @@ def register_commands(server: CommandServer, service: PolicyService) -> None:
     async def what_if(request: WhatIfRequest, meta: CommandMeta) -> Any:
         return await service.what_if(request)
 
-    async def log_decisions(request: LogDecisionsTyped, meta: CommandMeta) -> Any:
-        return await service.log_decisions(request)
-
     server.register("decide", DecisionRequest, decide)
     server.register("decide_batch", DecideBatchRequest, decide_batch)
     server.register("register", RegisterSetRequest, register)
@@ -213,7 +210,6 @@ def register_commands(server: CommandServer, service: PolicyService) -> None:
     server.register("get", GetSetRequest, get)
     server.register("list", ListSetsRequest, list_)
     server.register("what_if", WhatIfRequest, what_if)
-    server.register("log_decisions", LogDecisionsTyped, log_decisions)
 
 
 def register_caught_up(server: CommandServer, js: Any, agents: AgentPolicyFollower) -> None:

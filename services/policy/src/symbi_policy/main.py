@@ -3,7 +3,8 @@
 Settings come from the TOML file (``--config`` or ``SYMBI_CONFIG_PATH``) and ``SYMBI_*`` environment
 variables (``SYMBI_NATS_URL``, ``SYMBI_KEYS_DIR``, ``SYMBI_HTTP_PORT`` …). The policy service needs no
 database: the policy sets are rebuilt from the event stream at start, and the decision log is read
-back from it for what-if.
+back from it for what-if. The enforcing processes' decision-log batches come from the ``DECISIONS`` stream
+(:mod:`symbi_policy.decision_intake`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from symbi_common.settings import Settings
 from symbi_policy.agent_events import AgentPolicyFollower
 from symbi_policy.api import register_caught_up, register_commands, router
 from symbi_policy.application import PolicyService
+from symbi_policy.decision_intake import DecisionIntake
 from symbi_policy.domain import DECISION_LOG, POLICY_SET
 
 SERVICE = "policy"
@@ -62,6 +64,10 @@ def build_app(settings: Settings) -> FastAPI:
         await agents.start(spawn=rt.spawn)
         register_caught_up(rt.commands, rt.js, agents)
         app.state.agent_policies = agents
+        intake = DecisionIntake(rt.js, service, on_error=rt.note_error)
+        await intake.start(rt.spawn)
+        rt.add_metrics_refresh(intake.refresh_metrics)
+        app.state.decision_intake = intake
 
     app = create_app(runtime, title="Symbi policy", routers=[router], on_start=on_start)
     return app

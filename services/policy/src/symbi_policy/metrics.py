@@ -11,4 +11,10 @@ AGENT_POLICY_SETS = Counter(
     "Agents' own policy sets activated (agent Ready), updated (agent reconfigured) or retired (terminated)",
     ["change"],
 )
+DECISION_BATCHES = Counter(
+    "symbi_policy_decision_batches_total",
+    "Decision-log batches taken from DECISIONS: stored (as events) or refused (unreadable, or a forged source)",
+    ["outcome"],
+)
+DECISION_BACKLOG = Gauge("symbi_policy_decision_backlog", "Decision-log batches in DECISIONS not yet stored")
 AGENT_EVENTS = "policy_agent_events"

@@ -1,14 +1,16 @@
 """The decision log of one enforcing process: every decision, sent in batches, never dropped.
 
-Enforcement points decide at high rates, so decisions are queued here and sent to the policy service
-(``cmd.policy.log_decisions``) in batches; the policy service stores each batch as one event on
-``evt.policy.decisions.<source>`` and each denial as an event of its own. A batch keeps its id across
-retries and the policy service ignores an id it has already stored, so a batch whose reply was lost is
-stored once. Nothing is dropped: a batch that fails is retried with back-off, and when the queue is full
-:meth:`DecisionLog.record` waits for room (back-pressure on the enforcing code) instead of discarding.
-A denial is sent at once and :meth:`DecisionLog.record` waits until it is stored (or ``timeout`` passes,
-after which it stays queued for the next attempt); while the policy service does not answer, it is queued
-without waiting.
+Enforcement points decide at high rates, so decisions are queued here and published in batches to
+``dlog.<service>`` in the ``DECISIONS`` stream (:mod:`symbi_common.decision_queue`). A batch counts as stored
+once JetStream acknowledges it: it is then on disk and survives this process stopping or crashing, and the
+policy service takes it from there and stores it as one event on ``evt.policy.decisions.<source>`` (each
+denial as an event of its own), whether or not it was running when the decision was made. A batch keeps its
+id (its ``Nats-Msg-Id``) across retries, so the stream keeps one copy of a batch whose acknowledgement was
+lost, and the policy service ignores an id it has already stored. Nothing is dropped: a batch that fails is
+retried with back-off, and when the queue is full :meth:`DecisionLog.record` waits for room (back-pressure
+on the enforcing code) instead of discarding. A denial is sent at once and :meth:`DecisionLog.record` waits
+until it is stored (or ``timeout`` passes, after which it stays queued for the next attempt); while NATS does
+not take batches, it is queued without waiting.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 
-from symbi_common.commands import CommandClient
+from symbi_common.decision_queue import decisions_subject
 from symbi_common.decisions import DecisionRecord, DecisionRequest
-from symbi_common.errors import InfrastructureError, SymbiError
+from symbi_common.errors import InfrastructureError
 from symbi_common.policy.events import LoggedDecision
 from symbi_common.sealing import new_event_id
 from symbi_common.telemetry import outside_traces
@@ -36,7 +38,7 @@ _encoder = msgspec.json.Encoder()
 
 
 class LogDecisions(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of ``cmd.policy.log_decisions``: one batch of one source."""
+    """One batch of one source, as published on ``dlog.<service>``."""
 
     source: str
     batch_id: str
@@ -69,20 +71,14 @@ class LogReceipt(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
-#: Sends one batch and returns the policy service's answer (``cmd.policy.log_decisions`` or, inside the
-#: policy service itself, the same command dispatched in-process).
-Send = Callable[[LogDecisions], Awaitable[Any]]
-
-
 class DecisionLog:
     """Queues decisions and sends them to the policy service in batches, in order, until each is stored."""
 
     def __init__(
         self,
-        client: CommandClient,
+        js: Any,
         *,
         service: str,
-        send: Send | None = None,
         source: str | None = None,
         batch_size: int = 200,
         batch_bytes: int = 160 * 1024,
@@ -90,9 +86,9 @@ class DecisionLog:
         max_pending: int = 50_000,
         timeout: float = 5.0,
     ) -> None:
-        self.client = client
+        self.js = js
         self.service = service
-        self._send_batch = send
+        self.subject = decisions_subject(service)
         self.source = source or f"{service}-{uuid.uuid4().hex[:12]}"
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
@@ -110,8 +106,6 @@ class DecisionLog:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.failures = 0
-        #: Decisions the policy service refused to store (a bug, never expected): counted and logged.
-        self.refused = 0
         #: False from a failed send until the next one succeeds.
         self.healthy = True
 
@@ -202,7 +196,7 @@ class DecisionLog:
                 batch, batch_id = self._take(), new_event_id()
             try:
                 await self._send(batch_id, batch)
-            except (InfrastructureError, OSError) as exc:
+            except (InfrastructureError, nats.errors.Error, OSError) as exc:
                 self.failures += 1
                 async with self._progress:
                     self.healthy = False
@@ -213,9 +207,6 @@ class DecisionLog:
                     await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            except SymbiError as exc:  # refused, not failed: retrying cannot help and would stop the whole log
-                self.refused += len(batch)
-                log.error("decision log batch refused", source=self.source, entries=len(batch), error=str(exc))
             delay = 0.1
             for _ in batch:
                 self._queue.popleft()
@@ -229,8 +220,9 @@ class DecisionLog:
                     await asyncio.wait_for(self._wake.wait(), self.interval)
                 self._wake.clear()
 
-    async def _send(self, batch_id: str, batch: list[bytes]) -> Any:
+    async def _send(self, batch_id: str, batch: list[bytes]) -> None:
         body = LogDecisions(source=self.source, batch_id=batch_id, entries=[msgspec.Raw(b) for b in batch])
-        if self._send_batch is not None:
-            return await asyncio.wait_for(self._send_batch(body), self.timeout)
-        return await self.client.call("policy", "log_decisions", body, LogReceipt, timeout=self.timeout)
+        # Acknowledged: on disk in DECISIONS (a duplicate acknowledgement: an earlier attempt already was).
+        await self.js.publish(
+            self.subject, _encoder.encode(body), timeout=self.timeout, headers={"Nats-Msg-Id": batch_id}
+        )

@@ -10,19 +10,14 @@ from symbi_common.policy.decision_log import DecisionLog
 from symbi_common.policy.follower import PolicyFollower
 from symbi_common.policy.points import EmbeddedDecisionPoint, RemoteDecisionPoint
 
-#: The service that stores decision logs; its own decisions go to its command handler in-process, so
-#: those still queued when it stops are stored after its subscription has ended instead of being lost.
-LOG_KEEPER = "policy"
-
 
 def _decision_log(runtime: Any) -> DecisionLog | None:
     s = runtime.settings.policy
     if not s.decision_log:
         return None
     return DecisionLog(
-        runtime.client,
+        runtime.js,
         service=runtime.name,
-        send=runtime.commands.local("log_decisions") if runtime.name == LOG_KEEPER else None,
         batch_size=s.log_batch_size,
         interval=s.log_interval_s,
         max_pending=s.log_max_pending,
