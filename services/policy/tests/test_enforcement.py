@@ -227,6 +227,18 @@ async def test_what_if_reports_the_decisions_a_proposal_would_change(
     assert bad.status_code == 422
 
 
+async def denied_reads(enforcer: Enforcer, count: int) -> float:
+    """``count`` data reads by a user, each denied (no policy set permits them); the seconds they took."""
+    user = EntityRef(type="User", id="u")
+    started = time.perf_counter()
+    for i in range(count):
+        with pytest.raises(PolicyDenied):
+            await enforcer.enforce(
+                DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
+            )
+    return time.perf_counter() - started
+
+
 async def test_decisions_made_while_the_policy_service_is_down_outlive_the_process_that_made_them(
     settings: Settings, start_runtime: StartRuntime
 ) -> None:
@@ -235,14 +247,7 @@ async def test_decisions_made_while_the_policy_service_is_down_outlive_the_proce
     enforcer.suspend_agents = False
     log = enforcer.log
     assert log is not None
-    user = EntityRef(type="User", id="u")
-    started = time.perf_counter()
-    for i in range(12):
-        with pytest.raises(PolicyDenied):
-            await enforcer.enforce(
-                DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
-            )
-    assert time.perf_counter() - started < 2.0  # each denial waits for JetStream, not for the policy service
+    assert await denied_reads(enforcer, 12) < 2.0  # each denial waits for JetStream, not for the policy service
     assert log.healthy
     assert log.pending == 0  # every denial is in DECISIONS, on disk
     assert await decisions_backlog(runtime.js) == 12
@@ -271,14 +276,7 @@ async def test_decisions_wait_in_the_process_while_nats_does_not_take_them(start
     admin = await nats.connect(runtime.settings.nats.url)
     try:
         await admin.jetstream().delete_stream(DECISIONS_STREAM)
-        user = EntityRef(type="User", id="u")
-        started = time.perf_counter()
-        for i in range(5):
-            with pytest.raises(PolicyDenied):
-                await enforcer.enforce(
-                    DecisionRequest(principal=user, action="data.read", resource=EntityRef(type="Data", id=f"d{i}"))
-                )
-        assert time.perf_counter() - started < log.timeout + 2.0  # one wait at most, not one per denial
+        assert await denied_reads(enforcer, 5) < log.timeout + 2.0  # one wait at most, not one per denial
         assert not log.healthy
         assert log.pending == 5
         assert log.failures > 0
