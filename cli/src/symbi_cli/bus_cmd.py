@@ -23,7 +23,8 @@ import nats.errors
 import nats.js.errors
 import typer
 from rich.console import Console
-from symbi_common.bus_streams import inbox_config, inbox_name
+from symbi_common.bus_streams import inbox_config
+from symbi_common.consuming import ensure_consumer
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
@@ -100,10 +101,8 @@ async def replay(js: Any, seq: int) -> Meta:
     recipient, meta = letter.recipient, letter.envelope.meta
     if not valid_name(recipient):
         raise BusCommandError(f"dead letter {seq} names no valid recipient ({recipient!r})")
-    try:  # the inbox exists (else interest retention would drop the message at once)
-        await js.consumer_info(MESSAGES_STREAM, inbox_name(recipient))
-    except nats.js.errors.NotFoundError:
-        await js.add_consumer(MESSAGES_STREAM, inbox_config(recipient, [direct_subject(recipient)]))
+    # The inbox exists (else interest retention would drop the message at once).
+    await ensure_consumer(js, MESSAGES_STREAM, inbox_config(recipient, [direct_subject(recipient)]))
     headers = {"Nats-Msg-Id": f"{meta.id}-replay-{seq}", REPLAYED_AT: repr(time.time())}
     await js.publish(direct_subject(recipient), encode(letter.envelope), stream=MESSAGES_STREAM, headers=headers)
     await js.delete_msg(DEADLETTER_STREAM, seq)

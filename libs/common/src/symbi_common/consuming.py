@@ -1,4 +1,5 @@
-"""Consuming a stream: fetching only the backlog, and keeping a consumer's loop running through failures."""
+"""Consuming a stream: a durable consumer made once, fetching only the backlog, and keeping a consumer's loop
+running through failures."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import structlog
+from nats.js.api import ConsumerConfig
 
 log = structlog.get_logger(__name__)
+
+
+async def ensure_consumer(js: Any, stream: str, config: ConsumerConfig) -> None:
+    """Create the durable consumer ``config`` names on ``stream`` unless it exists; one that exists is kept as
+    it is (with its position and pending acknowledgements), never updated to ``config``."""
+    try:
+        await js.consumer_info(stream, config.durable_name)
+    except nats.js.errors.NotFoundError:
+        await js.add_consumer(stream, config)
 
 
 class BacklogFetch:

@@ -19,9 +19,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
-import nats.js.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig
+from symbi_common.consuming import ensure_consumer
 from symbi_common.decision_queue import DECISIONS_CONSUMER, DECISIONS_STREAM, decisions_backlog, service_of
 from symbi_common.errors import ValidationError
 from symbi_common.live_pull import LivePull
@@ -61,27 +61,21 @@ class DecisionIntake:
         self.js = js
         self.service = service
         self.on_error = on_error
-        self._feed: LivePull | None = None
         #: Batches stored (duplicates included) and refused since start.
         self.stored = 0
         self.refused = 0
 
     async def start(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]) -> None:
-        try:
-            await self.js.consumer_info(DECISIONS_STREAM, DECISIONS_CONSUMER)
-        except nats.js.errors.NotFoundError:
-            config = ConsumerConfig(
-                name=DECISIONS_CONSUMER,
-                durable_name=DECISIONS_CONSUMER,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT_S,
-                max_deliver=-1,
-            )
-            await self.js.add_consumer(DECISIONS_STREAM, config)
-        self._feed = await LivePull(
-            self.js, DECISIONS_STREAM, DECISIONS_CONSUMER, batch=PULL_BATCH, expires=PULL_EXPIRES_S
-        ).open()
-        spawn(self._run(self._feed), "policy:decision-intake")
+        config = ConsumerConfig(
+            name=DECISIONS_CONSUMER,
+            durable_name=DECISIONS_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=-1,
+        )
+        await ensure_consumer(self.js, DECISIONS_STREAM, config)
+        feed = LivePull(self.js, DECISIONS_STREAM, DECISIONS_CONSUMER, batch=PULL_BATCH, expires=PULL_EXPIRES_S)
+        spawn(self._run(await feed.open()), "policy:decision-intake")
 
     async def refresh_metrics(self) -> None:
         DECISION_BACKLOG.set(await decisions_backlog(self.js))

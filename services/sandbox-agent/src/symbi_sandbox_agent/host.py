@@ -22,6 +22,7 @@ import nats.js.errors
 import structlog
 from nats.js.api import ConsumerConfig
 from symbi_common.aggregate import Repository
+from symbi_common.consuming import ensure_consumer
 from symbi_common.live_pull import LivePull
 from symbi_common.reader import Recorded
 from symbi_common.secret_source import SecretSource
@@ -224,13 +225,10 @@ class SandboxHost:
         """This host's work items (durable consumer ``sandbox_<host>``, created on first start) through one open
         pull request: no request per work item, and one per ``WORK_PULL_EXPIRES_S`` while none come."""
         durable = f"sandbox_{self.host_id}"
-        try:
-            await self.rt.js.consumer_info(WORK_STREAM, durable)
-        except nats.js.errors.NotFoundError:
-            config = ConsumerConfig(
-                name=durable, durable_name=durable, filter_subject=f"work.{self.host_id}", ack_wait=60, max_deliver=-1
-            )
-            await self.rt.js.add_consumer(WORK_STREAM, config)
+        config = ConsumerConfig(
+            name=durable, durable_name=durable, filter_subject=f"work.{self.host_id}", ack_wait=60, max_deliver=-1
+        )
+        await ensure_consumer(self.rt.js, WORK_STREAM, config)
         return await LivePull(self.rt.js, WORK_STREAM, durable, batch=8, expires=WORK_PULL_EXPIRES_S).open()
 
     async def _consume(self, feed: LivePull) -> None:
