@@ -24,6 +24,7 @@ from symbi_common.policy.conditions import CONDITION_KINDS, redact, requires_app
 from symbi_common.policy.enforcement import ALL_CAPS, EnforcementPoint
 from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
 from symbi_common.server_sync import synced
+from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
 from symbi_common.streams import EVENTS_STREAM, provision_streams, read_subject
 from symbi_policy.main import build_app
@@ -49,12 +50,12 @@ async def wait_state(lifecycle: httpx.AsyncClient, agent_id: str, state: str) ->
     raise AssertionError(f"agent {agent_id} is {await state_of(lifecycle, agent_id)}, not {state}")
 
 
-async def stored_decisions(policy: RunningPolicy) -> tuple[list[DecisionsLogged], list[ActionDenied]]:
+async def stored_decisions(runtime: ServiceRuntime) -> tuple[list[DecisionsLogged], list[ActionDenied]]:
     """The decision-log events, once the policy service has stored every batch published so far."""
     logged: list[DecisionsLogged] = []
     denied: list[ActionDenied] = []
-    store = policy.runtime.store
-    await wait_decisions_stored(policy.runtime.js)
+    store = runtime.store
+    await wait_decisions_stored(runtime.js)
     async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
         for raw in batch:
             event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
@@ -102,7 +103,7 @@ async def test_a_denied_action_suspends_the_running_agent_and_is_an_event(
     assert await state_of(lifecycle, "reader-1") == "Suspended"
 
     await enforcer.log.flush()  # type: ignore[union-attr]
-    logged, denied = await stored_decisions(policy)
+    logged, denied = await stored_decisions(policy.runtime)
     assert [d.entry.record.policies for d in denied] == [("phi-read-needs-clearance",)] * 2
     assert all(d.entry.service == "context" for d in denied)
     # (The API calls of this test are logged too, as api.* decisions of the policy and lifecycle services.)
@@ -134,7 +135,7 @@ async def test_high_rate_decisions_are_logged_in_batches_and_none_is_lost(
             DecisionRequest(principal=EntityRef(type="Agent", id=f"a{i}"), action="task.allocate", resource=host)
         )
     await enforcer.log.flush(timeout=20)  # type: ignore[union-attr]
-    logged, _ = await stored_decisions(policy)
+    logged, _ = await stored_decisions(policy.runtime)
     ids = [e.request.principal.id for event in logged for e in event.entries]
     assert ids == [f"a{i}" for i in range(1500)]  # in order, each exactly once
     assert len(logged) < 1500 / 10  # batched
@@ -162,7 +163,7 @@ async def test_a_retried_batch_is_stored_once(policy: RunningPolicy) -> None:
     await wait_decisions_stored(js)
     # Past the duplicate window (or redelivered after a lost acknowledgement): the same batch comes again.
     await js.publish("dlog.scheduler", body, headers={"Nats-Msg-Id": "b-1-later"})
-    logged, _ = await stored_decisions(policy)
+    logged, _ = await stored_decisions(policy.runtime)
     assert [e.batch_id for e in logged] == ["b-1"]
     assert policy.app.state.decision_intake.stored == 2
 
@@ -177,7 +178,7 @@ async def test_a_batch_that_speaks_for_another_service_or_cannot_be_read_is_refu
     await js.publish("dlog.context", _batch("context-y", "forged-entry", service="scheduler", principal="forged"))
     await js.publish("dlog.context", b'{"source": "context-y", "batch_id": 7}')
     await js.publish("dlog.context", _batch("context-y", "fine", service="context", principal="genuine"))
-    logged, _ = await stored_decisions(policy)
+    logged, _ = await stored_decisions(policy.runtime)
     principals = [e.request.principal.id for event in logged for e in event.entries]
     assert principals.count("genuine") == 1
     assert "forged" not in principals
@@ -255,14 +256,8 @@ async def test_decisions_made_while_the_policy_service_is_down_outlive_the_proce
     await runtime.nc.close()
     app = build_app(settings)
     async with app.router.lifespan_context(app):
-        store = app.state.runtime.store
-        await wait_decisions_stored(store.nc.jetstream())
-        ids = []
-        async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
-            for raw in batch:
-                event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
-                if isinstance(event, ActionDenied) and event.entry.service == "scheduler":
-                    ids.append(event.entry.request.resource.id)
+        _, denied = await stored_decisions(app.state.runtime)
+        ids = [d.entry.request.resource.id for d in denied if d.entry.service == "scheduler"]
         assert ids == [f"d{i}" for i in range(12)]
 
 
@@ -318,7 +313,7 @@ async def test_an_oversized_decision_is_logged_without_its_attributes(
     record = await enforcer.check_data(EntityRef(type="Agent", id="a1"), huge)
     assert record.effect == "allow"
     await enforcer.log.flush()  # type: ignore[union-attr]
-    logged, _ = await stored_decisions(policy)
+    logged, _ = await stored_decisions(policy.runtime)
     entry = logged[0].entries[0]
     assert entry.record == record
     assert entry.request.resource.id == "blob"
@@ -355,7 +350,7 @@ async def test_a_condition_the_point_cannot_enforce_denies_and_is_logged(
     assert after.since(before, denials, point="test.redacts", code="unenforceable_condition") == 1
     assert after.since(before, denials, point="unspecified", code="unenforceable_condition") == 1
     await enforcer.log.flush()  # type: ignore[union-attr]
-    _, denied = await stored_decisions(policy)
+    _, denied = await stored_decisions(policy.runtime)
     logged = [d.entry.record for d in denied if d.entry.request.principal.id == "reader-2"]
     assert [r.reason_code for r in logged] == ["unenforceable_condition"] * 2
     assert logged[0].point == "test.redacts"
@@ -429,12 +424,6 @@ async def test_the_policy_services_own_decisions_still_queued_at_stop_are_stored
         assert enforcer.log.pending >= 1
     again = build_app(settings)
     async with again.router.lifespan_context(again):
-        store = again.state.runtime.store
-        await wait_decisions_stored(store.nc.jetstream())
-        ids = []
-        async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
-            for raw in batch:
-                event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
-                if isinstance(event, DecisionsLogged):
-                    ids.extend(e.request.principal.id for e in event.entries)
+        logged, _ = await stored_decisions(again.state.runtime)
+        ids = [e.request.principal.id for event in logged for e in event.entries]
         assert ids.count("queued-at-stop") == 1
