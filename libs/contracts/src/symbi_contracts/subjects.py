@@ -195,7 +195,7 @@ CATALOGUE: tuple[Subject, ...] = (
     Subject("work", "work.<host_id>", SCHEDULER, (SANDBOX_AGENT,), "a work item {task_id, attempt} for one host"),
     *(
         Subject("work", f"dlog.{service}", service, (POLICY,), "a batch of decisions for the decision log (DECISIONS)")
-        for service in ENFORCING
+        for service in (*ENFORCING, POLICY)  # the policy service logs the decisions of its own API too
     ),
     Subject("kv", "HOSTS.<host_id>", SANDBOX_AGENT, (SCHEDULER,), "a host's capacity, tiers, running tasks, heartbeat"),
     Subject("notice", "audit.checkpoint", AUDIT, (CLI,), "each signed checkpoint of the event log"),
