@@ -87,7 +87,7 @@ async def register(url: str, prefix: str, count: int, headers: dict[str, str] | 
 
 async def whole_runtime(agents: int) -> None:
     """Every service's RSS growth per idle agent, the runtime as ``symbi up`` runs it."""
-    from e2e import runtime_options
+    from e2e import require_every_service, runtime_options
     from symbi_cli.credentials import auth_headers
     from symbi_cli.runtime import LocalRuntime
 
@@ -96,6 +96,7 @@ async def whole_runtime(agents: int) -> None:
         try:
             await rt.start()
             await rt.wait_ready(timeout=120)
+            require_every_service(rt)
             assert rt.supervisor is not None
             pids = rt.supervisor.pids()
             url, headers = rt.url_of("lifecycle"), auth_headers(rt.home)

@@ -181,6 +181,13 @@ def loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def require_every_service(rt: LocalRuntime) -> None:
+    """Stop the bench at once when the runtime came up without a service (tasks would wait for it forever)."""
+    missing = [s for s in SERVICE_PORT_OFFSETS if s not in rt.running_services]
+    if missing:
+        raise SystemExit(f"the runtime runs without {', '.join(missing)}: {rt.unavailable}")
+
+
 def runtime_options(tmp: Path, host_id: str) -> RuntimeOptions:
     """The whole runtime as ``symbi up`` starts it, in ``tmp``, its sandbox-agent as host ``host_id``; quiet logs."""
     env = {k: v for k, v in os.environ.items() if k not in ("SYMBI_DATABASE_URL", "SYMBI_HOME", "SYMBI_KEYS_DIR")}
@@ -258,9 +265,7 @@ async def main() -> None:
             started = time.perf_counter()
             await rt.start()
             await rt.wait_ready(timeout=120)
-            missing = [s for s in SERVICE_PORT_OFFSETS if s not in rt.running_services]
-            if missing:
-                raise SystemExit(f"the runtime runs without {', '.join(missing)}: {rt.unavailable}")
+            require_every_service(rt)
             print(f"runtime up in {time.perf_counter() - started:.1f} s (host {host_id})", flush=True)
             await watch.start(rt.nats_url)
             cgroups = [f"{CGROUP_PARENT}/{host_id}", f"{CGROUP_PARENT}/{host_id}-raw"]

@@ -32,7 +32,7 @@ import httpx
 from _cpu import CLK_TCK, CpuSources, proc_stats, tree_cpu
 from _e2e_ours import Ours, TaskWatch, register_agent
 from _e2e_workload import MEMORY_MB, Limits
-from e2e import closed_loop, loadavg, runtime_options
+from e2e import closed_loop, loadavg, require_every_service, runtime_options
 from symbi_cli import runtime as runtime_module
 from symbi_cli.credentials import auth_headers
 from symbi_cli.nats_server import NatsServer
@@ -124,6 +124,7 @@ async def main() -> None:
         try:
             await rt.start()
             await rt.wait_ready(timeout=120)
+            require_every_service(rt)
             await watch.start(rt.nats_url)
             sources = CpuSources.of(rt, [])
             async with (
