@@ -124,6 +124,10 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert (out["hello"]["agent_id"], out["hello"]["task_id"], out["hello"]["version"]) == ("agent-1", task_id, 1)
     assert out["recalled"] is True
     assert (out["secret"], out["big"], out["later"]) == ("denied", "request_too_large", "not_available")
+    # hello tells what this run can have performed: no model providers on this host, no network for this agent.
+    ops = out["hello"]["ops"]
+    assert ops["memory.store"] is ops["messages.send"] is ops["data.read"] is ops["tools.call"] is True
+    assert ops["models.complete"] is ops["http.request"] is False
     assert (out["owner"], out["forged"], out["after"]) == ("malformed_request", "identity_refused", "ok")
     assert out["concurrent"] == 20
     assert (out["retried"], out["conflict"]) == (True, "memory_conflict")

@@ -113,33 +113,30 @@ def error(request_id: RequestId | None, code: str, message: str, **extra: Any) -
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """An operation of the protocol: the Cedar action that decides it, and whether this runtime performs it."""
+    """An operation of the protocol and the Cedar action that decides it (empty: not an action)."""
 
     action: str
-    available: bool
-    #: The issue that brings an operation not performed yet (for the ``not_available`` message).
-    later: str = ""
 
 
 OPS: dict[str, Op] = {
-    "hello": Op("", True),
-    "memory.store": Op("memory.write", True),
-    "memory.recall": Op("memory.read", True),
-    "memory.forget": Op("memory.write", True),
-    "knowledge.share": Op("memory.write", True),
-    "knowledge.query": Op("memory.read", True),
-    "data.read": Op("data.read", True),
-    "data.list": Op("data.read", True),
-    "data.write": Op("data.write", True),
-    "messages.send": Op("message.send", True),
-    "messages.publish": Op("message.send", True),
-    "messages.request": Op("message.send", True),
-    "messages.receive": Op("message.receive", True),
-    "tools.list": Op("", True),
-    "tools.call": Op("tool.invoke", True),
-    "tools.invoke": Op("tool.invoke", True),
-    "http.request": Op("network.connect", True),
-    "models.complete": Op("model.invoke", True),
+    "hello": Op(""),
+    "memory.store": Op("memory.write"),
+    "memory.recall": Op("memory.read"),
+    "memory.forget": Op("memory.write"),
+    "knowledge.share": Op("memory.write"),
+    "knowledge.query": Op("memory.read"),
+    "data.read": Op("data.read"),
+    "data.list": Op("data.read"),
+    "data.write": Op("data.write"),
+    "messages.send": Op("message.send"),
+    "messages.publish": Op("message.send"),
+    "messages.request": Op("message.send"),
+    "messages.receive": Op("message.receive"),
+    "tools.list": Op(""),
+    "tools.call": Op("tool.invoke"),
+    "tools.invoke": Op("tool.invoke"),
+    "http.request": Op("network.connect"),
+    "models.complete": Op("model.invoke"),
 }
 
 MetaValue = str | int | float | bool

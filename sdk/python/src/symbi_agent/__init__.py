@@ -2,8 +2,9 @@
 
 ``Agent`` (synchronous) and ``AsyncAgent`` connect to the sandbox's channel socket named by
 ``$SYMBI_SOCKET`` and fall back to stdio (requests on stderr, answers on stdin) where there is none.
-Areas: ``memory``, ``knowledge``, ``data`` (the agent's filesystem grants), ``messages``, ``tools`` and
-``models`` (the model gateway); ``http`` answers :class:`NotAvailable` until the runtime performs it. Every refusal is a typed :class:`SymbiAgentError`.
+Areas: ``memory``, ``knowledge``, ``data`` (the agent's filesystem grants), ``messages``, ``tools``, ``http``
+(through the run's egress proxy) and ``models`` (the model gateway). Every refusal is a typed
+:class:`SymbiAgentError`; :class:`NotAvailable` means the run cannot have that operation performed at all.
 Standard library only.
 """
 

@@ -52,7 +52,8 @@ class UnknownOp(SymbiAgentError):
 
 
 class NotAvailable(SymbiAgentError):
-    """The operation is part of the protocol but this runtime does not perform it yet."""
+    """The run cannot have this operation performed: no tool servers or model providers on its host, or no
+    network access in its definition (``hello``'s ``ops`` says which operations it can)."""
 
     code = "not_available"
 

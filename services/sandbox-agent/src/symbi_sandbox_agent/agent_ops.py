@@ -187,9 +187,6 @@ class ProtocolServer:
             return self._hello(request, channel)
         if request.op in MESSAGE_OPS:  # the bus between agents (message_ops)
             return await self.messages.answer(seq, request)
-        if not op.available:
-            message = f"{request.op} is not available in this runtime yet (it comes with {op.later})"
-            return await self._refuse(seq, request.id, op.action, "not_available", message, op=request.op)
         if request.op in DATA_OPS:  # data.* (data_ops): confined to the run's grants, then decided
             return await self.data.answer(seq, request, self.agent_id)
         if request.op in TOOL_OPS:
@@ -271,11 +268,22 @@ class ProtocolServer:
                 "agent_id": self.agent_id,
                 "task_id": self.gateway.task_id,
                 "channel": channel,
-                "ops": {name: op.available for name, op in OPS.items()},
+                "ops": {name: self._performed(name) for name in OPS},
                 "max_request_bytes": MAX_REQUEST_BYTES,
                 "max_in_flight": MAX_IN_FLIGHT,
             },
         )
+
+    def _performed(self, op: str) -> bool:
+        """Whether this run can have ``op`` performed: tools and models need them configured on the host,
+        ``http.request`` a definition that allows network access; the rest always (then decided by policy)."""
+        if op in TOOL_OPS:
+            return self.gateway.agent.tools is not None
+        if op in MODEL_OPS:
+            return self.gateway.agent.models is not None
+        if op == "http.request":
+            return self.gateway.run.egress is not None
+        return True
 
     async def _perform(self, args: Any) -> dict[str, Any]:
         """Perform an allowed operation through the context service, as the listener's agent."""
