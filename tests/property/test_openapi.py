@@ -17,6 +17,7 @@ request type's JSON schema: the reply is always the result or a typed error, nev
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -55,12 +56,14 @@ from symbi_sandbox_agent.main import build_app as build_sandbox_agent
 from symbi_scheduler.main import build_app as build_scheduler
 
 #: Examples per operation and mode (positive: what the document allows; negative: what it does not), and the
-#: time one service's fuzzing may take, shared equally between its operations and modes.
-MAX_EXAMPLES = 25
-BUDGET_S = 20.0
+#: time one service's fuzzing may take, shared equally between its operations and modes. ``SYMBI_FUZZ_SCALE``
+#: multiplies both (and the commands' below) for a deeper run than the default suite's.
+FUZZ_SCALE = float(os.environ.get("SYMBI_FUZZ_SCALE", "1"))
+MAX_EXAMPLES = round(25 * FUZZ_SCALE)
+BUDGET_S = 20.0 * FUZZ_SCALE
 #: The same for the service's NATS commands (``cmd.<service>.<action>``).
-COMMAND_EXAMPLES = 15
-COMMAND_BUDGET_S = 10.0
+COMMAND_EXAMPLES = round(15 * FUZZ_SCALE)
+COMMAND_BUDGET_S = 10.0 * FUZZ_SCALE
 
 
 @dataclass
