@@ -6,8 +6,8 @@ Layers, each importing only those before it:
   :mod:`spec` (limits and hardening of one sandbox), :mod:`output` (output chunking and digest),
   :mod:`actions` (the action gateway's requests and replies), :mod:`domain` (the execution state
   machine, the host log, the terminal-event rule), :mod:`config` (the ``[sandbox]`` settings);
-- ports: :mod:`runner` (the engine and the per-runtime runner protocols); :mod:`docker_host` implements
-  them on Docker with runc and runsc (gVisor); :mod:`cgroups` reads a sandbox's usage;
+- ports: :mod:`runner` (the engine and the per-runtime runner protocols); :mod:`docker_host` (the engine) and
+  :mod:`docker_runners` (runc, runsc: gVisor) implement them on Docker; :mod:`cgroups` reads a sandbox's usage;
 - application: :mod:`run` (one running sandbox), :mod:`recorder` (appending execution events),
   :mod:`gateway` (the action gateway of a run), :mod:`supervisor` (running one sandbox),
   :mod:`application` (work items and commands: the write path);

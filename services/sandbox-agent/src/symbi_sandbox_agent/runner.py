@@ -1,7 +1,8 @@
 """The ports of a sandbox host: the engine that knows the host's containers, and one runner per runtime.
 
 A :class:`SandboxRunner` runs one sandbox with one container runtime (``runc`` for tier1, ``runsc``,
-gVisor, for tier2); :mod:`symbi_sandbox_agent.docker_host` implements both on the Docker engine. Every
+gVisor, for tier2); :mod:`symbi_sandbox_agent.docker_host` (the engine) and
+:mod:`symbi_sandbox_agent.docker_runners` (its runners) implement both on the Docker engine. Every
 method blocks (the Docker SDK is synchronous): the daemon calls them on its own threads (:class:`Threads`).
 """
 
