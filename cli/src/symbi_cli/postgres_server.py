@@ -32,7 +32,7 @@ from symbi_cli.processes import pid_alive
 #: Environment variable naming an existing PostgreSQL server to use instead of starting one.
 DATABASE_URL_ENV = "SYMBI_DATABASE_URL"
 
-_DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 def _import_pgserver() -> Any:

@@ -37,7 +37,7 @@ from symbi_common.operator_tokens import (
 from symbi_cli.events import operator_url
 
 LEDGER_FILE = "tokens.jsonl"
-_TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
+_TTL_RE = re.compile(r"^(\d+)([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 token_app = typer.Typer(help="Issue, revoke and list operator tokens (roles: admin, operator, auditor).")

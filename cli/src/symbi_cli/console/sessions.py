@@ -27,7 +27,7 @@ COOKIE = "symbi_console"
 #: Roles that may press buttons that change state; the auditor only reads.
 WRITERS = frozenset({"admin", "operator"})
 #: A session id as :func:`secrets.token_urlsafe` (32 bytes) makes it; anything else is not looked up.
-_SID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_SID_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 
 
 class LoginRefused(SymbiError):

@@ -43,7 +43,7 @@ MAX_TOKEN_CHARS = 2_048
 
 _TOKEN_CONTEXT = b"symbi-operator-token-v1\x00"
 _REVOCATION_CONTEXT = b"symbi-operator-revocation-v1\x00"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 
 
 class OperatorClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

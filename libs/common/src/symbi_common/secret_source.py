@@ -12,7 +12,7 @@ from typing import Protocol
 from symbi_common.errors import NotFound
 
 #: A secret's name: lower-case path segments of letters, digits, ``_``, ``-`` and ``.``, joined by ``/``.
-SECRET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}(/[a-z0-9][a-z0-9_.-]{0,62}){0,7}$")
+SECRET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}(/[a-z0-9][a-z0-9_.-]{0,62}){0,7}\Z")
 VAULT_SCHEME = "vault://"
 
 

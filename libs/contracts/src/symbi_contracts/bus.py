@@ -32,7 +32,7 @@ DeadReason = Literal[
     "undecryptable",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def valid_name(name: str) -> bool:

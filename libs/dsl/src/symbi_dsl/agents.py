@@ -21,7 +21,7 @@ from symbi_dsl.tool_servers import mcp_servers
 from symbi_dsl.values import key_span, keyed_entries, name_span, value_of
 from symbi_dsl.with_settings import with_settings
 
-_CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
 AGENT_KEYS = (
     "version",
     "description",

@@ -174,7 +174,7 @@ class BlockChecks(Declarations):
             self.rep.warn("missing", f"{where} names no agent: nothing handles it", name_span(block), "add agent …")
         if "path" in got:
             path = self.v.string(value_of(got["path"]))
-            if path is not None and not re.match(r"^/[A-Za-z0-9/_.-]*$", path):
+            if path is not None and not re.fullmatch(r"/[A-Za-z0-9/_.-]*", path):
                 self.rep.error("value", "a webhook path starts with '/' and has no spaces", value_of(got["path"]).span)
         if "method" in got:
             self.v.word(value_of(got["method"]), WEBHOOK_METHODS, "method")

@@ -45,7 +45,7 @@ RESOURCE_TYPES = {
 ROOTS = ("principal", "resource", "context")
 CONDITION_FUNCTIONS = ("approval", "redact", "cap_resources", "log_full")
 CAP_KEYS = ("memory_mb", "cpu_cores", "disk_io_mbps", "network_io_mbps", "execution_timeout_s")
-_ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 _METHODS = ("contains", "containsAll", "containsAny", "isEmpty")
 _CMP = ("==", "!=", "<", "<=", ">", ">=")
 
@@ -245,8 +245,8 @@ def _annotation_value(kind: str, params: A.Expr | None, call: A.Call) -> str:
             raise _Bad("redact() takes the fields to remove as a list of strings", params)
         fields: list[str] = []
         for item in params.items:
-            if not (isinstance(item, A.Literal_) and item.kind == "string") or not re.match(
-                r"^[A-Za-z_][A-Za-z0-9_.]*$", str(item.value)
+            if not (isinstance(item, A.Literal_) and item.kind == "string") or not re.fullmatch(
+                r"[A-Za-z_][A-Za-z0-9_.]*", str(item.value)
             ):
                 raise _Bad('a field to redact is a string like "ssn" or "patient.dob"', item)
             fields.append(str(item.value))

@@ -33,7 +33,7 @@ BUILTIN_TYPES = {
     "Optional": 1,
     "Map": 2,
 }
-VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?$")
+VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?\Z")
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Declarations:
                 "value",
                 f"version should be like 1.2.3, got {version!r}; it is ignored",
                 value_of(got["version"]).span,
-                f"write {version}.0" if re.match(r"^\d+\.\d+$", version) else "",
+                f"write {version}.0" if re.fullmatch(r"\d+\.\d+", version) else "",
             )
             del self.program.metadata["version"]
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from symbi_dsl import ast as A
 
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # Binding strength; an operand weaker than its context gets parentheses.
 LAMBDA, OR, AND, CMP, SUM, PRODUCT, UNARY, POSTFIX, ATOM = range(9)

@@ -33,7 +33,7 @@ _SIZE_UNITS = {
     "GiB": 1024**3,
     "TiB": 1024**4,
 }
-_QUANTITY_RE = re.compile(r"^(\d+(?:\.\d+)?)\.?([A-Za-z]+)$")
+_QUANTITY_RE = re.compile(r"^(\d+(?:\.\d+)?)\.?([A-Za-z]+)\Z")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "0": "\0"}
 
 

@@ -19,7 +19,7 @@ from symbi_dsl.values import Values, did_you_mean, key_span, value_of
 TIERS = {"tier1": "tier1", "tier2": "tier2", "auto": "auto", "docker": "tier1", "runc": "tier1", "gvisor": "tier2"}
 #: Sandboxes Symbiont knows that Symbi does not have.
 OTHER_TIERS = ("tier3", "firecracker", "e2b")
-_QUANTITY_RE = re.compile(r"^\d+(\.\d+)?\.?(ms|s|m|h|d|w|milliseconds?|seconds?|minutes?|hours?|days?|weeks?)$")
+_QUANTITY_RE = re.compile(r"^\d+(\.\d+)?\.?(ms|s|m|h|d|w|milliseconds?|seconds?|minutes?|hours?|days?|weeks?)\Z")
 WITH_KEYS = ("sandbox", "timeout", "memory", "cpu", "disk_io", "network_io", "steps")
 #: Symbiont's spellings of ours.
 WITH_ALIASES = {"max_memory_mb": "memory", "max_cpu_cores": "cpu"}

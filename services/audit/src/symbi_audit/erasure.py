@@ -20,7 +20,7 @@ from symbi_common.sealing import NEW_AGGREGATE, new_event_id
 from symbi_contracts.secrets.events import SecretChanged
 
 AGGREGATE_TYPE = "audit"
-_AGGREGATE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")  # dot-separated tokens, none empty
+_AGGREGATE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")  # dot-separated tokens, none empty
 
 
 class ErasureRequested(Event, frozen=True, tag="audit.erasure_requested"):

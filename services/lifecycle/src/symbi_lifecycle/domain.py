@@ -56,8 +56,8 @@ from symbi_contracts.lifecycle.events import (
 from symbi_lifecycle.config import validate_config
 
 #: An agent id is one NATS subject token: letters, digits, '-' and '_' only.
-AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
 MAX_TEXT = 1_000
 MAX_DEFINITION = 1_000_000
 

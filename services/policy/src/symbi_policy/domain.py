@@ -39,7 +39,7 @@ from symbi_common.policy.events import (
 )
 
 MAX_TEXT = 1_000
-SOURCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+SOURCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 RECENT_BATCHES = 256
 
 

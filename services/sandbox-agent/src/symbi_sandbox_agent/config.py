@@ -14,7 +14,7 @@ from symbi_sandbox_agent.data_roots import load_roots
 from symbi_sandbox_agent.grants import DataRoot
 from symbi_sandbox_agent.spec import SandboxDefaults
 
-_HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def resolve_host_id(configured: str) -> str:

@@ -27,7 +27,7 @@ from symbi_contracts.sandbox_agent.errors import SandboxRefused
 DATA_MOUNT = "/symbi/data"
 MODES = ("read", "read_write")
 #: A data root's name: it becomes a path component and a Cedar ``Data`` id.
-ROOT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ROOT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 
 
 class GrantRefused(SandboxRefused):

@@ -57,7 +57,7 @@ LABEL_HOST = "symbi.host_id"
 LABEL_TASK = "symbi.task_id"
 LABEL_ATTEMPT = "symbi.attempt"
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 

@@ -46,7 +46,7 @@ from symbi_contracts.scheduler.events import (
 )
 
 #: A task id is one NATS subject token (it names ``evt.task.<id>`` and ``evt.execution.<id>``).
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 
 LEVEL: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 CRITICAL = LEVEL["critical"]

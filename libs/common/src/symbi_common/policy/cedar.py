@@ -26,7 +26,7 @@ from symbi_common.errors import ValidationError
 from symbi_common.policy.conditions import conditions_of
 
 #: A policy-set id is one NATS subject token.
-SET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+SET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 MAX_POLICY_BYTES = 128 * 1024
 
 

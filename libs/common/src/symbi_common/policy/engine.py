@@ -40,7 +40,7 @@ from symbi_common.errors import ValidationError
 from symbi_common.policy.cedar import CompiledPolicy, combine, schema
 from symbi_common.policy.conditions import conditions_of
 
-_UID_RE = re.compile(r'^([A-Za-z_][A-Za-z0-9_:]*)::"((?:[^"\\]|\\.)*)"$')
+_UID_RE = re.compile(r'^([A-Za-z_][A-Za-z0-9_:]*)::"((?:[^"\\]|\\.)*)"\Z')
 _ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
 DEFAULT_DENY = "no policy permits it (default deny)"
 _json = msgspec.json.Encoder()

@@ -17,7 +17,7 @@ ACTIONS = ("suspend", "resume", "terminate")
 
 #: A task id as the scheduler makes them: one NATS subject token (the host's replies and events are addressed
 #: by it), so anything else is refused when the command is decoded.
-TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}\Z"
 
 
 class TaskRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -18,7 +18,7 @@ from symbi_contracts.models.events import BudgetEvent, BudgetReconciled, BudgetR
 from symbi_sandbox_agent.models.pricing import Spend
 
 #: A tenant's name in an aggregate id and a subject token.
-TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def day_of(at: float | None = None) -> str:

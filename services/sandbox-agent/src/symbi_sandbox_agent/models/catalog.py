@@ -18,7 +18,7 @@ from symbi_common.settings_sandbox import ModelProviderSettings
 from symbi_sandbox_agent.models.errors import UnknownModel
 from symbi_sandbox_agent.models.pricing import Price
 
-PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 
 
 @dataclass(frozen=True, slots=True)
