@@ -39,7 +39,8 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def test_defaults() -> None:
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # key paths depend on which keyring directories exist under ./.symbi
     s = load_settings(env={})
     assert s == Settings()
     assert s.runtime.max_concurrent_agents == 10_000

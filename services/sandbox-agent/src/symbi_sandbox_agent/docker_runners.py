@@ -1,4 +1,5 @@
-"""The runc and runsc runners of the Docker engine (:class:`~symbi_sandbox_agent.docker_host.DockerHost`).
+"""The runc and runsc runners of the Docker engine (:class:`~symbi_sandbox_agent.docker_host.DockerHost`, which
+the runners see only as the :class:`DockerEngine` they need, so neither module imports the other back).
 
 :class:`RuncRunner` (tier1) and :class:`RunscRunner` (tier2, gVisor) are the engine's
 :class:`~symbi_sandbox_agent.runner.SandboxRunner` s: they share its client and differ in the runtime they create
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker.errors  # type: ignore[import-untyped]
 from docker.utils.socket import frames_iter  # type: ignore[import-untyped]
@@ -20,8 +21,20 @@ from symbi_sandbox_agent.domain import ExitState
 from symbi_sandbox_agent.spec import SandboxSpec
 from symbi_sandbox_agent.stdio import AttachStream
 
-if TYPE_CHECKING:
-    from symbi_sandbox_agent.docker_host import DockerHost
+
+class DockerEngine(Protocol):
+    """What a runner uses of its engine: the low-level client, its bookkeeping, and removal."""
+
+    api: Any
+    #: Containers the engine's process created and has not removed, and which of them it paused.
+    created: set[str]
+    paused: set[str]
+
+    def state(self, container_id: str) -> dict[str, Any]: ...
+
+    def kill(self, container_id: str) -> None: ...
+
+    def remove(self, container_id: str) -> None: ...
 
 
 class DockerRunner:
@@ -30,7 +43,7 @@ class DockerRunner:
     runtime = ""
     leaves_processes = False
 
-    def __init__(self, engine: DockerHost) -> None:
+    def __init__(self, engine: DockerEngine) -> None:
         self.engine = engine
         self.api = engine.api
 
