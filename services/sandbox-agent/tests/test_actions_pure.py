@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from symbi_common.decisions import DecisionRecord
 from symbi_contracts.context.commands import Query, StoreRequest
 from symbi_contracts.sandbox_agent.events import (
@@ -69,6 +71,38 @@ def test_long_log_lines_are_not_kept() -> None:
     assert splitter.feed(b"z" * 100_000) == []
     assert len(splitter._line) == 0  # memory stays bounded whatever the workload prints
     assert splitter.feed(b"\n@symbi {}\n") == [RequestLine(b"{}")]
+
+
+_PIECES = st.sampled_from([b"@symbi ", b"@sym", b"bi", b"\n", b"\r\n", b"{}", b'{"a":1}', b"x" * 7, b" ", b"@"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stream=st.lists(_PIECES | st.binary(max_size=12), max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+    limit=st.sampled_from([4, 16, 64]),
+    prefix=st.sampled_from([b"@symbi ", b""]),
+)
+def test_how_the_stream_is_cut_into_chunks_changes_nothing(
+    stream: bytes, cuts: list[int], limit: int, prefix: bytes
+) -> None:
+    """The workload's output arrives in chunks of any size: the request lines found are those of the whole
+    stream read at once, and what the splitter keeps between chunks stays within the line limit. (An overlong
+    line's body is only the start of it for the error message: how much of it arrived in its chunk varies.)"""
+    whole = RequestLines(limit, prefix).feed(stream)
+    splitter = RequestLines(limit, prefix)
+    found: list[RequestLine] = []
+    at = 0
+    for cut in [*sorted({c for c in cuts if c < len(stream)}), len(stream)]:
+        found += splitter.feed(stream[at:cut])
+        at = cut
+        assert len(splitter._line) <= len(prefix) + limit
+
+    def seen(lines: list[RequestLine]) -> list[tuple[bool, bytes]]:
+        return [(line.too_long, b"" if line.too_long else line.body) for line in lines]
+
+    assert seen(found) == seen(whole)
+    assert all(len(line.body) <= limit or line.too_long for line in found)
 
 
 # --- parsing ---------------------------------------------------------------------------------------
