@@ -8,6 +8,7 @@ The proxy serves two forms: ``CONNECT host:port`` (a TLS tunnel) and a plain-HTT
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -18,6 +19,9 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 )
 REFUSED_HEADER = "X-Symbi-Egress-Refused"
+#: What no request line or header line may hold (RFC 9110 §5.5: field values are visible characters, space
+#: and tab): any other C0 control, and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BadRequest(ValueError):
@@ -43,6 +47,10 @@ def parse_head(raw: bytes) -> RequestHead:
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
         raise BadRequest("the request head is not text") from None
     lines = text.split("\r\n")
+    for line in lines:
+        if _CONTROL.search(line):
+            # A bare CR or LF would end a line for some upstream servers: a header this proxy never checked.
+            raise BadRequest(f"{line[:100]!r} holds a control character (a bare CR or LF, NUL, …)")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise BadRequest(f"{lines[0][:100]!r} is not an HTTP/1.x request line")
@@ -74,7 +82,10 @@ class PlainRequest:
 
 def plain_target(head: RequestHead) -> PlainRequest:
     """Where an absolute-form plain-HTTP request goes; its ``Host`` header must agree with the URL."""
-    url = urlsplit(head.target)
+    try:
+        url = urlsplit(head.target)
+    except ValueError as exc:  # e.g. an unclosed or invalid [IPv6] host
+        raise BadRequest(f"{head.target[:100]!r} is not a URL: {exc}") from None
     if url.scheme != "http" or not url.netloc:
         if url.scheme == "https":
             raise BadRequest("an https:// URL goes through CONNECT (set HTTPS_PROXY), not as a plain request")
@@ -91,6 +102,8 @@ def plain_target(head: RequestHead) -> PlainRequest:
         raise BadRequest(str(exc)) from None
     if named != target:
         raise HostMismatch(f"the Host header names {named}, the URL {target}")
+    if sum(1 for k, _ in head.headers if k.lower() == "host") > 1:  # RFC 9112 §3.2: which one would count?
+        raise HostMismatch("a request may send one Host header")
     path = url.path or "/"
     return PlainRequest(target, f"{path}?{url.query}" if url.query else path)
 

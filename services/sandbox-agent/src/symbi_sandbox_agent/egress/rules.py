@@ -61,7 +61,7 @@ def normalise_host(host: str) -> str:
         raise BadTarget(f"{host[:80]!r} is not a host name")
     if ip_literal(h) is not None:
         return str(ip_literal(h))
-    if any(not (c.isalnum() or c in "-.*_") for c in h) or ".." in h:
+    if any(not (c.isascii() and (c.isalnum() or c in "-.*_")) for c in h) or ".." in h:  # IDNA: xn--…
         raise BadTarget(f"{host[:80]!r} is not a host name")
     return h
 
@@ -98,7 +98,7 @@ def parse_authority(authority: str, default_port: int | None = None) -> Target:
     else:
         host, port_text = a, ""
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise BadTarget(f"{authority[:80]!r}: the port must be 1-65535")
         port = int(port_text)
     elif default_port is not None:
