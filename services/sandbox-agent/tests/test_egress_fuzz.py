@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from symbi_sandbox_agent.egress import http1
+from symbi_sandbox_agent.egress.decisions import Refused
 from symbi_sandbox_agent.egress.rules import BadTarget, parse_authority
+from symbi_sandbox_agent.egress.serve import body_length
 from symbi_sandbox_agent.egress.tls import NotClientHello, parse_client_hello
 
 #: Text as the proxy decodes a head: latin-1, so every byte is one character, controls included.
@@ -102,3 +104,39 @@ def test_the_tunnels_first_bytes_are_a_client_hello_more_bytes_or_refused(data: 
     except NotClientHello:
         return
     assert hello is None or hello.server_name is None or hello.server_name.isprintable()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    status=st.sampled_from(["200", "\xb2", "2OO", "", "999999"]) | LATIN1,
+    headers=st.lists(
+        st.just(("Transfer-Encoding", "chunked")) | st.tuples(st.sampled_from(["Transfer-Encoding", "X"]), LATIN1),
+        max_size=3,
+    ),
+    body=st.binary(max_size=40)
+    | st.builds(
+        lambda n, rest: n.encode() + b"\r\n" + rest,
+        st.sampled_from(["5", "zz", "-1", "0", "\xb2", " 3 "]),
+        st.binary(max_size=20),
+    ),
+)
+def test_an_upstream_answer_is_read_or_refused_with_a_reason(
+    status: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """Upstream servers are not trusted either: whatever they answer is a response or a ``BadRequest``."""
+    head = "\r\n".join([f"HTTP/1.1 {status} OK", *(f"{k}: {v}" for k, v in headers)]).encode("latin-1")
+    try:
+        response = http1.parse_response(head + b"\r\n\r\n" + body)
+    except http1.BadRequest:
+        return
+    assert response.status >= 0
+
+
+@pytest.mark.parametrize("length", ["\xb2", "-1", "1e3", "5 5"])
+def test_a_content_length_that_is_no_number_is_refused(length: str) -> None:
+    head = http1.parse_head(
+        f"POST http://models.symbi.internal/v1/x HTTP/1.1\r\nContent-Length: {length}".encode("latin-1")
+    )
+    with pytest.raises(Refused) as refused:
+        body_length(head)
+    assert refused.value.status == 400

@@ -171,7 +171,7 @@ def parse_response(raw: bytes) -> Response:
         raise BadRequest("the answer ended inside its head")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit()):
         raise BadRequest(f"{lines[0][:100]!r} is not an HTTP/1.x status line")
     headers = tuple((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line))
     if any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in headers):
@@ -187,7 +187,10 @@ def decode_chunked(data: bytes) -> bytes:
         end = data.find(b"\r\n", i)
         if end < 0:
             raise BadRequest("the chunked body ended inside a chunk size")
-        size = int(data[i:end].split(b";", 1)[0] or b"0", 16)
+        size_text = data[i:end].split(b";", 1)[0].strip() or b"0"
+        if not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+            raise BadRequest(f"{size_text[:20]!r} is not a chunk size")
+        size = int(size_text, 16)
         if size == 0:
             return bytes(out)
         start = end + 2

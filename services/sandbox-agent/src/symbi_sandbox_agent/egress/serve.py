@@ -23,7 +23,7 @@ def body_length(head: http1.RequestHead) -> int:
     if head.header("transfer-encoding"):
         raise Refused(411, "bad_request", "send the request body with Content-Length, not chunked")
     text = head.header("content-length") or "0"
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise Refused(400, "bad_request", f"Content-Length {text[:40]!r} is not a number")
     if int(text) > MAX_BODY:
         raise Refused(400, "bad_request", f"a request body to an internal service is at most {MAX_BODY} bytes")
