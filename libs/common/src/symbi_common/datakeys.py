@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 def split_key_id(data_key_id: str) -> tuple[str, int]:
     name, _, gen = data_key_id.rpartition("/")
-    if not name or not gen.isdigit():
+    if not name or not (gen.isascii() and gen.isdigit()):
         raise KeyringError(f"malformed data key id {data_key_id!r}")
     return name, int(gen)
 

@@ -66,7 +66,11 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[tuple[str, bytes, byte
     if len(lines) < 3:
         raise CheckpointInvalid("a checkpoint needs an origin line, a size line and a root hash line")
     origin, size_line, root_line = lines[0], lines[1], lines[2]
-    if not origin or not size_line.isdigit() or (size_line != "0" and size_line.startswith("0")):
+    if (
+        not origin
+        or not (size_line.isascii() and size_line.isdigit())
+        or (size_line != "0" and size_line.startswith("0"))
+    ):
         raise CheckpointInvalid(f"bad checkpoint header: origin {origin!r}, size {size_line!r}")
     try:
         root = base64.b64decode(root_line, validate=True)

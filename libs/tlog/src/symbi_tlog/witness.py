@@ -52,7 +52,11 @@ def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
     lines = head.split("\n")
     first = lines[0]
     digits = first[4:]
-    if not first.startswith("old ") or not digits.isdigit() or (digits != "0" and digits.startswith("0")):
+    if (
+        not first.startswith("old ")
+        or not (digits.isascii() and digits.isdigit())
+        or (digits != "0" and digits.startswith("0"))
+    ):
         raise WitnessRequestMalformed(f"the first line must be 'old <size>', not {first[:40]!r}")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise WitnessRequestMalformed(f"more than {MAX_PROOF_LINES} consistency proof lines")

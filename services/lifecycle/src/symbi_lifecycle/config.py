@@ -129,7 +129,7 @@ def _in_range(issues: list[ConfigIssue], field: str, value: float, bounds: tuple
 
 def _valid_host(entry: str) -> bool:
     host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-    if port and not (port.isdigit() and 1 <= int(port) <= 65_535):
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65_535):
         return False
     host = host.lower()
     try:
