@@ -29,7 +29,7 @@ from symbi_sandbox_agent.models.pricing import (
     reservation,
     text_tokens,
 )
-from symbi_sandbox_agent.models.wire import StreamTally
+from symbi_sandbox_agent.models.wire import MAX_REPORTED_TOKENS, StreamTally, usage_of
 
 
 def reserved(rid: str, agent: str = "a", tokens: int = 10, micro_usd: int = 5) -> BudgetReserved:
@@ -158,3 +158,25 @@ def test_the_pure_modules_load_no_io() -> None:
     code += f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({io!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -1_000_000, "completion_tokens": 5},  # would give budget back
+        {"prompt_tokens": 5, "completion_tokens": -1},
+        {"prompt_tokens": True, "completion_tokens": 5},
+        {"prompt_tokens": 5.5, "completion_tokens": 5},
+        {"prompt_tokens": MAX_REPORTED_TOKENS + 1, "completion_tokens": 0},
+        {"completion_tokens": 5},
+        "lots",
+    ],
+)
+def test_a_usage_the_provider_reports_is_taken_only_when_it_is_a_count(usage: object) -> None:
+    """A provider's report that is not a count from 0 up is no report: the gateway counts the reply itself."""
+    assert usage_of({"usage": usage}) is None
+    tally = StreamTally()
+    tally.feed(b"data: " + msgspec.json.encode({"usage": usage, "choices": [{"delta": {"content": "hi"}}]}) + b"\n")
+    assert tally.usage is None
+    assert tally.text_tokens > 0
+    assert usage_of({"usage": {"prompt_tokens": 0, "completion_tokens": 7}}) == (0, 7)

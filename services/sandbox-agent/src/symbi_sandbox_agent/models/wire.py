@@ -59,15 +59,24 @@ class Reported:
     estimated: bool = False
 
 
+#: More tokens than any call has: a count beyond it is not a count (and would not fit the budget's events).
+MAX_REPORTED_TOKENS = 2**40
+
+
 def usage_of(reply: dict[str, Any]) -> tuple[int, int] | None:
-    """``(prompt_tokens, completion_tokens)`` of an OpenAI reply's ``usage``, if it has one."""
+    """``(prompt_tokens, completion_tokens)`` of an OpenAI reply's ``usage``, if it has a usable one.
+
+    The provider is not trusted with the budget: a count that is not a whole number from 0 to
+    :data:`MAX_REPORTED_TOKENS` (a negative one would give budget back) counts as no report, so the gateway
+    counts the reply itself."""
     usage = reply.get("usage")
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
+    for count in (prompt, completion):
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_REPORTED_TOKENS:
+            return None
     return prompt, completion
 
 
