@@ -72,12 +72,16 @@ def usage_of(reply: dict[str, Any]) -> tuple[int, int] | None:
     usage = reply.get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
-    for count in (prompt, completion):
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_REPORTED_TOKENS:
-            return None
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens", 0))
+    if prompt is None or completion is None:
+        return None
     return prompt, completion
+
+
+def _count(value: object) -> int | None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_REPORTED_TOKENS:
+        return None
+    return value
 
 
 def reply_text(reply: dict[str, Any]) -> str:
