@@ -25,6 +25,17 @@ CORPUS: list[tuple[str, list[tuple[str, int, int, str]]]] = [
     ("agent a() { with memory = 1TB { } }\n", [("range", 1, 27, "1TB is out of range")]),
     ("agent a() { with memory = 8MB { } }\n", [("range", 1, 27, "8MB is out of range")]),
     ("agent a() { with cpu = 100 { } }\n", [("range", 1, 24, "between 0.1 and 64")]),
+    # Literals no later step could hold: reported, not an OverflowError or an unstorable string.
+    (
+        "agent a() { with network_io = 9999999999999999999999999999999999999999 { } }\n",
+        [("range", 1, 31, "does not fit a 64-bit integer")],
+    ),
+    ("agent a() { with cpu = " + "9" * 400 + ".5 { } }\n", [("range", 1, 24, "too large")]),
+    (
+        "agent a() {\n  policy p { allow: memory.read if context.size < 9999999999999999999999999999999999999999MB }\n}\n",
+        [("range", 2, 51, "too large")],
+    ),
+    ('agent a() {\n  description = "half \\ud800 a pair"\n}\n', [("encoding", 2, 17, "half of a UTF-16 pair")]),
     ("agent a() { with sandbox = tier3 { } }\n", [("unsupported", 1, 28, "no tier3 sandbox")]),
     ("agent a() { with sandbox = tier9 { } }\n", [("value", 1, 28, "sandbox must be one of")]),
     ("agent a() { with timeout = 1m { }\n with timeout = 2m { } }\n", [("duplicate", 2, 7, "set twice")]),

@@ -368,3 +368,18 @@ async def test_an_agent_written_only_in_the_dsl_registers_with_the_body_runner(r
     assert failed["state"] == "Failed"
     assert [(e["field"], e["line"], e["column"]) for e in failed["errors"]] == [("conflict", 3, 3)]
     assert "both a workload and a body (line 5)" in failed["errors"][0]["message"]
+
+
+def test_a_compiler_fault_fails_the_agent_instead_of_leaving_it_initializing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception the compiler should have turned into a diagnostic becomes the agent's one config issue."""
+    from symbi_lifecycle import controller
+    from symbi_lifecycle.domain import AgentState
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(controller, "compile_agent", broken)
+    state = AgentState(agent_id="a1", config=AgentConfig(name="a1"), definition="agent a1() { }")
+    config, issues = controller.compile_state(state)
+    assert config is None
+    assert [(i.field, "OverflowError" in i.message) for i in issues] == [("definition", True)]

@@ -29,6 +29,7 @@ from symbi_dsl.agents import config_name as config_name
 from symbi_dsl.body import DEFAULT_RUNNER_IMAGE, BodyError, has_body, runner_workload
 from symbi_dsl.declarations import Program as Program
 from symbi_dsl.diagnostics import DEFAULT_FILE, UNSUPPORTED, Diagnostic, DslError, Reporter
+from symbi_dsl.literal_checks import check_literals
 from symbi_dsl.parser import parse
 
 
@@ -36,6 +37,8 @@ def check_module(module: A.Module, source: str, file: str = DEFAULT_FILE, *, str
     """Check everything in ``module``; :class:`DslError` with every problem if any is an error, else the
     program (its ``warnings`` listed). ``strict``: warnings are errors."""
     rep = Reporter(source, file, strict=strict)
+    check_literals(module, rep)
+    rep.raise_if_any()  # the steps below may convert any literal
     checker = Checker(module, rep)
     try:
         checker.collect()

@@ -112,6 +112,10 @@ def compile_state(
             )
         except DslError as err:
             return None, issues_of(err)
+        except Exception as err:  # a compiler fault: the agent fails with it rather than staying Initializing
+            log.exception("the DSL compiler failed on a definition", agent_id=state.agent_id)
+            fault = f"the definition could not be compiled ({type(err).__name__}: {str(err)[:200]}); please report it"
+            return None, (ConfigIssue("definition", fault),)
         try:
             config = convert_config(raw, prefix="config")
         except BadRequest as err:
