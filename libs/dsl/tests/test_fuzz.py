@@ -6,6 +6,7 @@ import random
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -54,6 +55,13 @@ TOKENS = [
     "# c\n",
     "// c\n",
     "\n",
+    "9" * 30,  # beyond 64 bits
+    "9" * 400 + "MB",  # beyond any float
+    "9" * 400 + ".5",
+    '"\\ud800"',  # half of a UTF-16 pair
+    "network_io",
+    "cpu",
+    "policy p { allow: memory.read if context.size <",
 ]
 
 
@@ -63,9 +71,12 @@ def _all_entry_points(text: str) -> None:
         started = time.monotonic()
         error: DslError | None = None
         try:
-            fn(text)
+            out = fn(text)
         except DslError as err:
             error = err
+        else:
+            if fn is compile_agent:  # what compiles can be stored: the lifecycle appends it as an event
+                msgspec.msgpack.encode(out)
         assert time.monotonic() - started < 5.0, f"{fn.__name__} took too long"
         if error is not None:
             assert error.diagnostics
