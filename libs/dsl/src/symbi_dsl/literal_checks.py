@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from symbi_common.bounds import INT64_MAX, INT64_MIN
+
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import Reporter
-
-_LONG = range(-(2**63), 2**63)
 
 
 def check_literals(module: A.Module, rep: Reporter) -> None:
@@ -25,13 +25,13 @@ def check_literals(module: A.Module, rep: Reporter) -> None:
     for node in _nodes(module):
         if isinstance(node, A.Literal_):
             _literal(node, rep)
-        elif isinstance(node, A.Quantity) and not (math.isfinite(node.value) and abs(node.value) < 2**63):
+        elif isinstance(node, A.Quantity) and not (math.isfinite(node.value) and abs(node.value) <= INT64_MAX):
             rep.error("range", f"{node.text[:40]} is too large", node.span, "write a smaller amount or a larger unit")
 
 
 def _literal(node: A.Literal_, rep: Reporter) -> None:
     value = node.value
-    if node.kind == "int" and isinstance(value, int) and value not in _LONG:
+    if node.kind == "int" and isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         rep.error("range", f"{str(value)[:24]}… does not fit a 64-bit integer", node.span)
     elif node.kind == "float" and isinstance(value, float) and not math.isfinite(value):
         rep.error("range", "this number is too large", node.span)

@@ -58,10 +58,9 @@ MAX_CAPABILITIES = 64
 MAX_LIST = 256
 MAX_DESCRIPTION = 2_000
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # a DNS label
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # an agent name, each label of a host
 _VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?\Z")
 _CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
-_HOST_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 #: ``name[:tag][@sha256:digest]`` with an optional registry/path prefix, as Docker accepts it.
 _IMAGE_RE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
@@ -140,7 +139,7 @@ def _valid_host(entry: str) -> bool:
     if host.startswith("*."):
         host = host[2:]
     labels = host.split(".")
-    return 0 < len(host) <= 253 and len(labels) >= 1 and all(_HOST_LABEL_RE.match(label) for label in labels)
+    return 0 < len(host) <= 253 and len(labels) >= 1 and all(_DNS_LABEL_RE.match(label) for label in labels)
 
 
 def _check_list(issues: list[ConfigIssue], field: str, values: tuple[Any, ...], limit: int = MAX_LIST) -> None:
@@ -156,7 +155,7 @@ def _check_list(issues: list[ConfigIssue], field: str, values: tuple[Any, ...], 
 def validate_config(config: AgentConfig) -> list[ConfigIssue]:
     """Every rule the config breaks (empty if it is valid); each issue names its field."""
     issues: list[ConfigIssue] = []
-    if not _NAME_RE.match(config.name):
+    if not _DNS_LABEL_RE.match(config.name):
         issues.append(ConfigIssue("name", "must be 1-63 lowercase letters, digits or '-', not starting/ending in '-'"))
     if not _VERSION_RE.match(config.version):
         issues.append(ConfigIssue("version", f"must be a semantic version like 1.2.3, got {config.version!r}"))
