@@ -16,11 +16,12 @@ from typing import Any
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from symbi_common.decisions import Decision, DecisionRequest, EntityRef
+from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.engine import PolicyEngine
-from symbi_contracts.agent_protocol import ARGS, OPS, Request, resource_of
-from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, check_against_schema
+from symbi_contracts.agent_protocol import ARGS, Request
+from symbi_sandbox_agent.actions import check_against_schema
+from symbi_sandbox_agent.agent_ops import memory_question
 from symbi_sandbox_agent.errors import ActionRequestError
 
 BASELINE = Path(__file__).resolve().parents[2] / "policy" / "src" / "symbi_policy" / "baseline.cedar"
@@ -48,15 +49,11 @@ _DECIDED = tuple(op for op in ("memory.store", "memory.recall", "memory.forget",
 
 def question(op: str, args: Any, context: dict[str, Any]) -> DecisionRequest | None:
     """The question ``ProtocolServer`` asks for a memory or knowledge request, or None where it refuses first."""
-    resource, own = resource_of(op, args)
-    if not resource or len(resource) > MAX_RESOURCE_CHARS or not resource.isprintable():
+    request = Request(id=1, op=op, context=context)
+    try:
+        return memory_question("agent-1", request, args)
+    except ActionRequestError:
         return None
-    return DecisionRequest(
-        principal=EntityRef(type="Agent", id="agent-1"),
-        action=OPS[op].action,
-        resource=EntityRef(type="Memory", id=resource, parents=('Agent::"agent-1"',) if own else ()),
-        context=context,
-    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -44,7 +44,7 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
 from symbi_sandbox_agent.data_ops import DATA_OPS, DataOps
-from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.errors import ActionRequestError, MalformedActionRequest
 from symbi_sandbox_agent.http_ops import HttpOps
 from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
@@ -113,6 +113,22 @@ class RunGateway(Protocol):
     def saw_write(self, sequence: int) -> None: ...
 
     async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]: ...
+
+
+def memory_question(agent_id: str, request: Request, args: Any) -> DecisionRequest:
+    """The question a memory or knowledge request asks (the agent's own memory has the agent as its parent);
+    :class:`MalformedActionRequest` if its resource cannot name one."""
+    resource, own = resource_of(request.op, args)
+    if not resource or len(resource) > MAX_RESOURCE_CHARS or not resource.isprintable():
+        raise MalformedActionRequest(
+            f"the resource must be 1-{MAX_RESOURCE_CHARS} printable characters, got {resource[:80]!r}"
+        )
+    return DecisionRequest(
+        principal=EntityRef(type="Agent", id=agent_id),
+        action=OPS[request.op].action,
+        resource=EntityRef(type="Memory", id=resource, parents=(f'Agent::"{agent_id}"',) if own else ()),
+        context=dict(request.context),
+    )
 
 
 class ProtocolServer:
@@ -199,16 +215,10 @@ class ProtocolServer:
             args = msgspec.convert(request.args, ARGS[request.op])
         except msgspec.ValidationError as exc:
             return await self._refuse(seq, request.id, op.action, "malformed_request", f"args of {request.op}: {exc}")
-        resource, own = resource_of(request.op, args)
-        if not resource or len(resource) > MAX_RESOURCE_CHARS or not resource.isprintable():
-            message = f"the resource must be 1-{MAX_RESOURCE_CHARS} printable characters, got {resource[:80]!r}"
-            return await self._refuse(seq, request.id, op.action, "malformed_request", message)
-        question = DecisionRequest(
-            principal=EntityRef(type="Agent", id=self.agent_id),
-            action=op.action,
-            resource=EntityRef(type="Memory", id=resource, parents=(f'Agent::"{self.agent_id}"',) if own else ()),
-            context=dict(request.context),
-        )
+        try:
+            question = memory_question(self.agent_id, request, args)
+        except ActionRequestError as err:
+            return await self._refuse(seq, request.id, op.action, "malformed_request", err.message)
         try:
             check_against_schema(question)
         except ActionRequestError as err:
