@@ -273,6 +273,7 @@ class LocalRuntime:
                 "SYMBI_SIGNING_KEY_PATH": str(self.keys_dir / service / "signing.key"),
                 "SYMBI_WRAP_KEY_PATH": str(self.keys_dir / service / "wrap.key"),
                 "SYMBI_ROOT_PUBLIC_KEY_PATH": str(self.keys_dir / service / "root.pub"),
+                "SYMBI_POLICY__LOG_SPOOL_DIR": str(self.home / "spool"),
                 "SYMBI_HTTP_HOST": self.options.host,
                 "SYMBI_HTTP_PORT": str(self.options.port_of(service)),
             }

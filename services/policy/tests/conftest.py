@@ -14,10 +14,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from symbi_common.commands import CommandClient
+from symbi_common.decision_queue import wait_decisions_stored
 from symbi_common.eventstore import EventStore
+from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
 from symbi_common.sealing import ChainTip
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
+from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.lifecycle.config import AgentConfig, PolicySpec
 from symbi_contracts.lifecycle.events import CODEC, AgentReady, AgentRegistered, AgentTaskAssigned
 from symbi_lifecycle.main import build_app as build_lifecycle
@@ -108,6 +111,19 @@ async def running_agent(store: EventStore, agent_id: str, policies: tuple[Policy
     events = [AgentRegistered(agent_id=agent_id, config=config), AgentReady(), AgentTaskAssigned(task_id="t1")]
     records = await store.append("agent", agent_id, events, CODEC, expected=ChainTip())
     return records[-1].tip
+
+
+async def stored_decisions(runtime: ServiceRuntime) -> tuple[list[DecisionsLogged], list[ActionDenied]]:
+    """The decision-log events, once the policy service has stored every batch published so far."""
+    logged: list[DecisionsLogged] = []
+    denied: list[ActionDenied] = []
+    store = runtime.store
+    await wait_decisions_stored(runtime.js)
+    async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
+        for raw in batch:
+            event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
+            (denied if isinstance(event, ActionDenied) else logged).append(event)  # type: ignore[arg-type]
+    return logged, denied
 
 
 def example(name: str) -> str:

@@ -22,14 +22,12 @@ from symbi_common.eventstore import EventStore
 from symbi_common.policy import Enforcer
 from symbi_common.policy.conditions import CONDITION_KINDS, redact, requires_approval
 from symbi_common.policy.enforcement import ALL_CAPS, EnforcementPoint
-from symbi_common.policy.events import DECISION_LOG_CODEC, DECISION_LOG_SUBJECT, ActionDenied, DecisionsLogged
 from symbi_common.server_sync import synced
-from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
-from symbi_common.streams import EVENTS_STREAM, provision_streams, read_subject
+from symbi_common.streams import provision_streams
 from symbi_policy.main import build_app
 
-from .conftest import RunningPolicy, StartRuntime, example, running_agent
+from .conftest import RunningPolicy, StartRuntime, example, running_agent, stored_decisions
 
 MakeStore = Callable[..., Awaitable[EventStore]]
 PHI = EntityRef(type="Data", id="rec-1", attrs={"classification": "phi"})
@@ -48,19 +46,6 @@ async def wait_state(lifecycle: httpx.AsyncClient, agent_id: str, state: str) ->
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"agent {agent_id} is {await state_of(lifecycle, agent_id)}, not {state}")
-
-
-async def stored_decisions(runtime: ServiceRuntime) -> tuple[list[DecisionsLogged], list[ActionDenied]]:
-    """The decision-log events, once the policy service has stored every batch published so far."""
-    logged: list[DecisionsLogged] = []
-    denied: list[ActionDenied] = []
-    store = runtime.store
-    await wait_decisions_stored(runtime.js)
-    async for batch in read_subject(store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT):
-        for raw in batch:
-            event = (await store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)).event
-            (denied if isinstance(event, ActionDenied) else logged).append(event)  # type: ignore[arg-type]
-    return logged, denied
 
 
 async def own_decisions_stored(policy: RunningPolicy) -> None:

@@ -8,8 +8,10 @@ map onto their keys. A bad or unknown setting fails start-up with a :class:`Conf
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +70,13 @@ class Settings(Section):
 
     def wrap_key_path(self, service: str) -> Path:
         return Path(self.keys.wrap_key_path or self.service_keys_dir(service) / "wrap.key")
+
+    def decision_spool_dir(self) -> Path:
+        """``policy.log_spool_dir``, or one directory per deployment under the system's temporary directory."""
+        if self.policy.log_spool_dir:
+            return Path(self.policy.log_spool_dir)
+        deployment = hashlib.sha256(f"{self.nats.url}\n{Path(self.keys.dir).resolve()}".encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / "symbi-decision-spool" / deployment
 
     def root_public_key_path(self, service: str | None = None) -> Path:
         base = self.service_keys_dir(service) if service else Path(self.keys.dir)

@@ -132,6 +132,10 @@ class PolicySettings(Section):
     log_interval_s: float = 0.2
     #: Queued decisions before enforcement waits for the log to catch up (nothing is ever dropped).
     log_max_pending: int = 50_000
+    #: Where each process keeps its decisions until the log has stored them, so a process that dies loses none
+    #: (the next one of the same service sends them). Empty: a directory per deployment (its NATS URL and keys)
+    #: under the system's temporary directory, which outlives the process but not the machine or container.
+    log_spool_dir: str = ""
     #: The policy set the policy service registers as ``baseline`` when no policy set exists yet;
     #: empty: ``examples/policies/baseline.cedar`` of the working directory or of the source checkout.
     baseline_path: str = ""

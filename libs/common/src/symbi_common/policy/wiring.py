@@ -15,14 +15,17 @@ def _decision_log(runtime: Any) -> DecisionLog | None:
     s = runtime.settings.policy
     if not s.decision_log:
         return None
-    return DecisionLog(
+    decision_log = DecisionLog(
         runtime.js,
         service=runtime.name,
         batch_size=s.log_batch_size,
         interval=s.log_interval_s,
         max_pending=s.log_max_pending,
         timeout=runtime.settings.nats.request_timeout_s,
+        spool_dir=runtime.settings.decision_spool_dir(),
     )
+    decision_log.start()  # sends at once what stopped processes of this service left in the spool
+    return decision_log
 
 
 async def open_decision_point(runtime: Any) -> DecisionPoint:
