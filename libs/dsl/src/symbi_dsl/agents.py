@@ -6,22 +6,21 @@ The per-key parsers are in :mod:`symbi_dsl.agent_entries`, :mod:`symbi_dsl.tool_
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+
+from symbi_contracts.lifecycle.config import CAPABILITY_RE, VERSION_RE
 
 from symbi_dsl import agent_entries
 from symbi_dsl import ast as A
 from symbi_dsl.blocks import BlockChecks
 from symbi_dsl.body import AREAS, BUILTINS, body_of, has_body, unknown_calls
 from symbi_dsl.cedar import compile_policy
-from symbi_dsl.declarations import VERSION_RE
 from symbi_dsl.tool_servers import mcp_servers
 from symbi_dsl.values import key_span, keyed_entries, name_span, value_of
 from symbi_dsl.with_settings import with_settings
 
-_CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
 AGENT_KEYS = (
     "version",
     "description",
@@ -79,7 +78,7 @@ class Checker(BlockChecks):
         if "capabilities" in got:
             caps = v.strings(value_of(got["capabilities"]), names_ok=True)
             for cap, node in caps:
-                if not _CAPABILITY_RE.match(cap):
+                if not CAPABILITY_RE.match(cap):
                     rep.error("value", f"{cap!r} is not a capability name", node.span, "e.g. web.fetch or data.read")
             agent_entries.no_duplicates(rep, [c for c, _ in caps], [n for _, n in caps], "capability")
             config["capabilities"] = [c for c, _ in caps]

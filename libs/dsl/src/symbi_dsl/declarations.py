@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from symbi_contracts.lifecycle.config import VERSION_RE
+
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import Diagnostic, Reporter
 from symbi_dsl.values import Values, did_you_mean, keyed_entries, name_span, value_of
@@ -33,7 +35,6 @@ BUILTIN_TYPES = {
     "Optional": 1,
     "Map": 2,
 }
-VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?\Z")
 
 
 @dataclass

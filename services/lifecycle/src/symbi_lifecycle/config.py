@@ -32,6 +32,7 @@ from symbi_contracts.lifecycle.config import (
     BUS_MESSAGE_BYTES,
     BUS_MESSAGES_PER_S,
     BUS_QUEUE_DEPTH,
+    CAPABILITY_RE,
     CPU_CORES,
     DISK_IO_MBPS,
     EXECUTION_TIMEOUT_S,
@@ -41,6 +42,7 @@ from symbi_contracts.lifecycle.config import (
     NETWORK_IO_MBPS,
     PRIORITIES,
     SECURITY_TIERS,
+    VERSION_RE,
     AgentConfig,
     ConfigIssue,
     MemorySettings,
@@ -59,8 +61,6 @@ MAX_LIST = 256
 MAX_DESCRIPTION = 2_000
 
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # an agent name, each label of a host
-_VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?\Z")
-_CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
 #: ``name[:tag][@sha256:digest]`` with an optional registry/path prefix, as Docker accepts it.
 _IMAGE_RE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
@@ -157,14 +157,14 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     if not _DNS_LABEL_RE.match(config.name):
         issues.append(ConfigIssue("name", "must be 1-63 lowercase letters, digits or '-', not starting/ending in '-'"))
-    if not _VERSION_RE.match(config.version):
+    if not VERSION_RE.match(config.version):
         issues.append(ConfigIssue("version", f"must be a semantic version like 1.2.3, got {config.version!r}"))
     if len(config.description) > MAX_DESCRIPTION:
         issues.append(ConfigIssue("description", f"at most {MAX_DESCRIPTION} characters"))
 
     _check_list(issues, "capabilities", config.capabilities, MAX_CAPABILITIES)
     for i, cap in enumerate(config.capabilities):
-        if not _CAPABILITY_RE.match(cap):
+        if not CAPABILITY_RE.match(cap):
             issues.append(ConfigIssue(f"capabilities[{i}]", f"{cap!r} is not a capability name (e.g. 'web.fetch')"))
 
     r = config.resources

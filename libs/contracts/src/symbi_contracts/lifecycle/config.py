@@ -10,10 +10,17 @@ Evolve only by adding fields with defaults (old events must still decode).
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from symbi_common.bus_names import INBOX_DEPTH
 
 from symbi_contracts.tools.declarations import McpServerSpec
+
+#: An agent's version (semantic: major.minor.patch, with an optional pre-release or build suffix).
+VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?\Z")
+#: A capability an agent declares.
+CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
 
 #: The sandbox tier an agent asks for; ``auto`` lets risk assessment choose.
 SECURITY_TIERS = ("tier1", "tier2", "auto")
