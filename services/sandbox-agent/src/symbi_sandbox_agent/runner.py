@@ -55,6 +55,10 @@ class SandboxRunner(Protocol):
         """The attach socket for the event loop: stdin written, stdout/stderr frames read."""
         ...
 
+    def close_socket(self, sock: Any) -> None:
+        """Close an attach socket that will not be used (its launch was given up)."""
+        ...
+
     def finish(self, container_id: str, timeout: float, exit_code: int | None = None) -> tuple[ExitState, str]:
         """Wait for the exit (unless its ``exit_code`` is known already), then remove the container: the exit
         state, and why the removal failed ('' if not)."""

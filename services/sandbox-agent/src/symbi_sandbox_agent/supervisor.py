@@ -16,8 +16,10 @@ way; its connections are recorded before its terminal event, whose usage carries
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,11 @@ SAMPLE_INTERVAL_S = 0.2
 KILL_GRACE_S = 10.0
 #: After the output ends, how long the engine's die event may take before the run asks with ``wait``.
 EXIT_EVENT_GRACE_S = 2.0
+
+
+def _close_launched(runner: SandboxRunner, launched: asyncio.Future[Any]) -> None:
+    if not launched.cancelled() and launched.exception() is None:
+        runner.close_socket(launched.result())
 
 
 async def sweep_leftovers(engine: SandboxEngine, threads: Threads) -> list[int]:
@@ -141,7 +148,7 @@ class Supervisor:
                             await gateway.open_channel(spec.channel_dir, spec.owner)
                     if spec.network:
                         await self._open_egress(run)
-                    sock = await self.threads(runner.launch, spec, str(input_file), run.created)
+                    sock = await self._launch(runner, spec, str(input_file), run.created)
             except Exception as exc:
                 terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
                 await self._discard(run)
@@ -178,6 +185,18 @@ class Supervisor:
                 await sweep_leftovers(self.engine, self.threads)
             except Exception as exc:
                 self.rt.note_error(f"runtime clean-up after {spec.name}: {exc}")
+
+    async def _launch(
+        self, runner: SandboxRunner, spec: SandboxSpec, input_file: str, created: Callable[[str], None]
+    ) -> Any:
+        """``runner.launch`` on a thread; if we are cancelled meanwhile, its attach socket is closed once it
+        returns instead of being left to the garbage collector."""
+        launched = self.threads.submit(runner.launch, spec, input_file, created)
+        try:
+            return await asyncio.shield(launched)
+        except asyncio.CancelledError:
+            launched.add_done_callback(functools.partial(_close_launched, runner))
+            raise
 
     async def _open_egress(self, run: Running) -> None:
         spec = run.spec
