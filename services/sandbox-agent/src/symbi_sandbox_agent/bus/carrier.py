@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -43,7 +44,15 @@ from symbi_contracts.bus import (
     valid_name,
 )
 
-from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, expired, open_payload, seal
+from symbi_sandbox_agent.bus.codec import (
+    UNDECODABLE,
+    Refused,
+    body_bytes,
+    check_signature,
+    expired,
+    open_payload,
+    seal,
+)
 from symbi_sandbox_agent.bus.delivered import Batch, Delivered
 from symbi_sandbox_agent.bus.errors import BadAddress, NoReply, RateLimited, RecipientTerminated, TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
@@ -54,6 +63,8 @@ from symbi_sandbox_agent.bus.terminated import TerminatedAgents
 
 #: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
 REPLAYED_AT = "Symbi-Replayed-At"
+#: Its value: seconds since the epoch, as ``repr(time.time())`` writes them.
+_REPLAYED_AT_RE = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?\Z")
 #: Ids remembered in memory per inbox (the KV record covers the rest).
 RECENT_IDS = 10_000
 #: NATS error code: the subject holds its maximum of messages (discard new per subject).
@@ -75,8 +86,19 @@ def _digest(data: bytes) -> bytes:
 def _message_id(data: bytes) -> str:
     try:
         return ENVELOPE_DECODER.decode(data).meta.id[:64]
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except UNDECODABLE:
         return "?"
+
+
+def replayed_at(headers: Mapping[str, str] | None) -> float:
+    """When an operator replayed the message (its ``Symbi-Replayed-At`` header; 0.0: never); :class:`Refused`
+    if the header is no time."""
+    value = (headers or {}).get(REPLAYED_AT) or ""
+    if not value:
+        return 0.0
+    if _REPLAYED_AT_RE.match(value) is None:
+        raise Refused("refused", f"its {REPLAYED_AT} header {value[:40]!r} is not a time")
+    return float(value)
 
 
 class Carrier:
@@ -119,6 +141,8 @@ class Carrier:
         target = to or topic
         if not valid_name(target):
             raise BadAddress(f"{target[:80]!r} is not an agent id or topic (1-64 letters, digits, '-' or '_')")
+        if kind == "reply" and not valid_name(in_reply_to):  # one token of the reply's subject
+            raise BadAddress(f"{in_reply_to[:80]!r} is not a message id (1-64 letters, digits, '-' or '_')")
         payload = body_bytes(body)
         lim = limits or self.limiter.limits
         if len(payload) > lim.max_message_bytes:
@@ -229,7 +253,7 @@ class Carrier:
         """Verify and decrypt one stored message for ``recipient``; :class:`Refused` says why it may not be."""
         try:
             envelope = ENVELOPE_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except UNDECODABLE as exc:
             raise Refused("refused", f"not a message envelope: {exc}") from None
         return await self.open_envelope(
             envelope, recipient, replayed_at, signed_here=_digest(data) in self._sealed_here
@@ -267,9 +291,8 @@ class Carrier:
         done: list[Any] = []
         dead: list[Awaitable[None]] = []
         for msg in msgs:
-            headers = msg.headers or {}
-            replayed = float(headers.get(REPLAYED_AT, 0) or 0)
             try:
+                replayed = replayed_at(msg.headers)
                 got = await self.open(msg.data, agent_id, replayed)
                 if got.meta.id in recent or (
                     msg.metadata.num_delivered > 1 and await self._seen(agent_id, got.meta.id)
@@ -339,7 +362,7 @@ class Carrier:
         """Keep an undeliverable message, with why, in ``DEADLETTER``."""
         try:
             envelope = ENVELOPE_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except UNDECODABLE:
             return  # not a message at all: nothing to keep or replay
         letter = DeadLetter(reason=reason, detail=detail, recipient=recipient, dead_at=time.time(), envelope=envelope)
         await self.js.publish(

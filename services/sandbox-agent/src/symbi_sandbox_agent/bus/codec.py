@@ -14,6 +14,8 @@ from symbi_common.crypto import AeadKey, Signer, Verifier
 from symbi_contracts.bus import Envelope, Meta, meta_bytes, signed_bytes
 
 _body_encoder = msgspec.json.Encoder()
+#: What decoding JSON from the wire raises (msgspec raises ``UnicodeDecodeError`` for bad UTF-8 inside a string).
+UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
 
 
 class Refused(Exception):
@@ -45,7 +47,12 @@ def open_payload(envelope: Envelope, key: AeadKey) -> Any:
     plaintext = key.decrypt(envelope.nonce, envelope.ciphertext, meta_bytes(envelope.meta))
     if plaintext is None:
         raise Refused("undecryptable", f"message {envelope.meta.id} does not decrypt under {envelope.key_id}")
-    return msgspec.json.decode(plaintext)
+    try:
+        return msgspec.json.decode(plaintext)
+    except (*UNDECODABLE, RecursionError) as exc:  # (how deep a body decodes depends on the caller's stack)
+        raise Refused(
+            "refused", f"the body of message {envelope.meta.id} is not JSON this host decodes: {exc}"
+        ) from None
 
 
 def expired(meta: Meta, now: float, replayed_at: float = 0.0) -> bool:

@@ -73,6 +73,8 @@ class Identities:
             got = await self.kv.get(agent_id)
         except nats.js.errors.KeyNotFoundError:
             raise UnknownSender(f"no identity key is registered for agent {agent_id}") from None
+        except nats.js.errors.InvalidKeyError:  # a sender named on the wire that no key can be filed under
+            raise UnknownSender(f"{agent_id[:80]!r} is not an agent id with an identity key") from None
         if got is None or not got.value:
             raise UnknownSender(f"no identity key is registered for agent {agent_id}")
         try:

@@ -69,7 +69,7 @@ class Recipients:
         metadata = info.config.metadata or {}
         declared = metadata.get(QUEUE_DEPTH_KEY, "")
         return _Inbox(
-            depth=int(declared) if declared.isascii() and declared.isdigit() else INBOX_DEPTH,
+            depth=int(declared) if declared.isascii() and declared.isdigit() and len(declared) <= 9 else INBOX_DEPTH,
             waiting=(info.num_pending or 0) + (info.num_ack_pending or 0),
             clearances=declared_clearances(metadata),
             read_at=now,

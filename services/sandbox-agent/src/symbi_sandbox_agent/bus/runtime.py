@@ -61,15 +61,19 @@ async def follow_max_deliveries(carrier: Carrier, sub: Any) -> None:
         async for msg in sub.messages:
             try:
                 advisory = json.loads(msg.data)
-                consumer, seq = str(advisory["consumer"]), int(advisory["stream_seq"])
-                if not consumer.startswith("inbox-"):
+                if not isinstance(advisory, dict):
+                    raise ValueError(f"{msg.data[:40]!r} is no advisory")
+                consumer, seq = advisory.get("consumer"), advisory.get("stream_seq")
+                if not isinstance(consumer, str) or not consumer.startswith("inbox-"):
                     continue
-                stored = await carrier.js.get_msg(MESSAGES_STREAM, seq)
                 recipient = consumer.removeprefix(inbox_name(""))
+                if not recipient or type(seq) is not int or not 0 < seq < 2**64:
+                    raise ValueError(f"{consumer[:80]!r} and {seq!r:.40} name no inbox and stored message")
+                stored = await carrier.js.get_msg(MESSAGES_STREAM, seq)
                 detail = f"delivered {advisory.get('deliveries', '?')} times to {consumer} without an acknowledgement"
                 # The message itself stays in MESSAGES until its max age (a service may delete no message).
                 await carrier.dead_letter(stored.data or b"", recipient, "max_deliveries", detail)
-            except (nats.js.errors.NotFoundError, KeyError, ValueError) as exc:
+            except (nats.js.errors.NotFoundError, ValueError, RecursionError) as exc:  # (JSON from the wire: any depth)
                 log.warning("a max-deliveries advisory could not be dead-lettered", error=repr(exc))
     finally:
         await sub.unsubscribe()
