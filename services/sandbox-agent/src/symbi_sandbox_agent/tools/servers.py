@@ -27,7 +27,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from symbi_contracts.tools.declarations import PINNED_IMAGE
-from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable, ToolTimeout
+from symbi_contracts.tools.errors import ToolCallFailed, ToolRefused, ToolServerUnavailable, ToolTimeout
 from symbi_contracts.tools.events import ToolServerRegistered
 
 from symbi_sandbox_agent.tools.url_egress import UrlEgress, checked_streams
@@ -35,7 +35,12 @@ from symbi_sandbox_agent.tools.url_egress import UrlEgress, checked_streams
 #: The runtime of each tier (the same ones the task sandboxes use).
 RUNTIMES = {"tier1": "runc", "tier2": "runsc"}
 START_TIMEOUT_S = 60.0
+#: Seconds a server has to list its tools (all pages), unless the caller says otherwise.
+LIST_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT = -32001
+CONNECTION_CLOSED = -32000
+#: Characters of a server's error message passed on.
+MAX_ERROR_CHARS = 500
 
 Transport = Callable[[], AbstractAsyncContextManager[Any]]
 
@@ -147,27 +152,54 @@ class McpConnection:
             raise ToolServerUnavailable(f"tool server {self.server!r} is not running: {self._failure!r}")
         return self.session
 
-    async def list_tools(self) -> list[dict[str, Any]]:
-        """Every tool the server lists now (all pages), in wire form; never from a cache."""
+    async def list_tools(self, timeout: float = LIST_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Every tool the server lists now (all pages), in wire form; never from a cache. A listing answered
+        with an error or with what is not a tool list is :class:`ToolRefused`; one not complete in ``timeout``
+        seconds (an answer that never comes or is not JSON-RPC) or a closed connection
+        :class:`ToolServerUnavailable`."""
         self.changed.clear()
         session, tools, cursor = self._live(), [], None
-        for _ in range(100):
-            params: mt.PaginatedRequestParams | None = mt.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page = await session.list_tools(params=params)
-            tools += [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in page.tools]
-            cursor = page.next_cursor
-            if not cursor:
-                return tools
+        try:
+            async with asyncio.timeout(timeout):
+                for _ in range(100):
+                    params: mt.PaginatedRequestParams | None = None
+                    if cursor:
+                        params = mt.PaginatedRequestParams(cursor=cursor)
+                    page = await session.list_tools(params=params)
+                    tools += [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in page.tools]
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return tools
+        except TimeoutError:
+            raise ToolServerUnavailable(
+                f"tool server {self.server!r} did not list its tools in {timeout:g} s", timeout_s=timeout
+            ) from None
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                raise ToolServerUnavailable(f"tool server {self.server!r} closed the connection") from None
+            message = f"tool server {self.server!r} answered tools/list with error {exc.code}: {exc.message}"
+            raise ToolRefused(message[:MAX_ERROR_CHARS]) from None
+        except (ValueError, RuntimeError) as exc:  # pydantic's ValidationError is a ValueError
+            message = f"tool server {self.server!r} answered tools/list with what is not a tool list: {exc}"
+            raise ToolRefused(message[:MAX_ERROR_CHARS]) from None
         raise ToolRefused(f"tool server {self.server!r} lists more than 100 pages of tools")
 
     async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> mt.CallToolResult:
-        """Call ``tool``; a server that does not answer in ``timeout`` seconds raises :class:`ToolTimeout`."""
+        """Call ``tool``; a server that does not answer in ``timeout`` seconds raises :class:`ToolTimeout`, one
+        that answers with an error or with what is not a result (not one, or not matching the tool's output
+        schema) :class:`ToolCallFailed`, a closed connection :class:`ToolServerUnavailable`."""
         try:
             return await self._live().call_tool(tool, arguments, read_timeout_seconds=timeout)
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
                 raise ToolTimeout(f"{self.server}.{tool} did not answer in {timeout:g} s", timeout_s=timeout) from None
-            raise
+            if exc.code == CONNECTION_CLOSED:
+                raise ToolServerUnavailable(f"tool server {self.server!r} closed the connection") from None
+            message = f"{self.server}.{tool} answered with error {exc.code}: {exc.message}"
+            raise ToolCallFailed(message[:MAX_ERROR_CHARS], error_code=exc.code) from None
+        except (ValueError, RuntimeError) as exc:  # malformed (pydantic), off its output schema, input required
+            message = f"{self.server}.{tool} answered with what is not a usable result: {exc}"
+            raise ToolCallFailed(message[:MAX_ERROR_CHARS]) from None
 
     async def close(self) -> None:
         """Close the session and stop the server, its sandbox container removed; idempotent."""

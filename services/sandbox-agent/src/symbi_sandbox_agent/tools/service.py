@@ -211,7 +211,11 @@ class ToolService:
     async def refresh(self, server: str) -> ServerState:
         """Read ``server``'s tools from the server and record what changed."""
         conn = self._connection(server)
-        listed = await conn.list_tools()
+        try:
+            listed = await conn.list_tools(self.limits.timeout_s)
+        except ToolRefused:
+            self.definitions[server] = {}  # nothing of a refused listing is callable
+            raise
         state = await self.registry.state(server, fresh=True)
         if state.registration is None:
             await self._drop(server)  # removed meanwhile (through any daemon): what it listed is no longer its
@@ -290,7 +294,7 @@ class ToolService:
                 if refresh:
                     await self.refresh(server)
                 state = await self._current(server)
-            except (ToolRefused, UnknownTool):
+            except (ToolRefused, UnknownTool, ToolServerUnavailable):  # one silent server holds up no other
                 continue
             for tool, definition in sorted(self.definitions.get(server, {}).items()):
                 record = state.tools.get(tool)
