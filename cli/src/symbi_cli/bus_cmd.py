@@ -42,7 +42,7 @@ from symbi_contracts.bus import (
     encode,
     meta_bytes,
     topic_subject,
-    valid_name,
+    valid_agent_id,
 )
 
 from symbi_cli.events import DEFAULT_HOME, operator_url
@@ -99,7 +99,7 @@ async def replay(js: Any, seq: int) -> Meta:
     if letter is None:
         raise BusCommandError(f"there is no dead letter {seq} in {DEADLETTER_STREAM}")
     recipient, meta = letter.recipient, letter.envelope.meta
-    if not valid_name(recipient):
+    if not valid_agent_id(recipient):
         raise BusCommandError(f"dead letter {seq} names no valid recipient ({recipient!r})")
     # The inbox exists (else interest retention would drop the message at once).
     await ensure_consumer(js, MESSAGES_STREAM, inbox_config(recipient, [direct_subject(recipient)]))

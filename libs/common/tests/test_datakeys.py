@@ -179,6 +179,14 @@ def test_split_key_id() -> None:
             split_key_id(bad)
 
 
+def test_split_key_id_bounds_the_generation_digits() -> None:
+    """A key id comes from the wire: ``int()`` of more than 4300 digits raises a plain ValueError."""
+    assert split_key_id("a/" + "9" * 18) == ("a", 10**18 - 1)
+    for bad in ("a/" + "9" * 19, "a/" + "9" * 5000):
+        with pytest.raises(KeyringError, match=r"malformed data key id .*at most 18"):
+            split_key_id(bad)
+
+
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:

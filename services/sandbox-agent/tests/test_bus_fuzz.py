@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -24,24 +25,31 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nats.js.kv import _is_key_valid
-from symbi_common.bus_streams import QUEUE_DEPTH_KEY
+from symbi_common.bus_streams import QUEUE_DEPTH_KEY, inbox_name
 from symbi_common.crypto import AeadKey, Signer, Verifier
 from symbi_common.errors import DataKeyDestroyed
+from symbi_contracts.agent_protocol import Error, Request
 from symbi_contracts.bus import (
     ENVELOPE_DECODER,
     INBOX_DEPTH,
+    MAX_AGENT_ID,
+    MAX_BODY_DEPTH,
     Meta,
     encode,
+    nested_deeper_than,
     reply_subject,
+    valid_agent_id,
     valid_name,
 )
+from symbi_lifecycle.domain import AGENT_ID_RE
 from symbi_sandbox_agent.bus.carrier import REPLAYED_AT, Carrier
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, open_payload, seal
-from symbi_sandbox_agent.bus.errors import BusError, TooLarge
+from symbi_sandbox_agent.bus.errors import BadAddress, BadMessage, BusError, TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
 from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
 from symbi_sandbox_agent.bus.recipients import Recipients
 from symbi_sandbox_agent.bus.runtime import follow_max_deliveries
+from symbi_sandbox_agent.message_ops import ARGS, MessageOps
 
 ALICE = Signer.generate()
 KEY = AeadKey("message.alice.bob/1", os.urandom(32))
@@ -474,3 +482,244 @@ def test_every_max_deliveries_advisory_is_dead_lettered_or_skipped_and_the_follo
     assert sub.unsubscribed
     expected = [e for e in (_expected_letter(a, stored) for a in [*advisories, last]) if e is not None]
     assert letters == expected
+
+
+# --- a body's depth, a TTL, an agent id: refused typed when sent --------------------------------------
+
+
+def _nested(depth: int, leaf: Any = 1) -> Any:
+    """``depth`` containers (objects and lists in turn), one inside the next (built without recursion: any depth)."""
+    body = leaf
+    for i in range(depth):
+        body = [body] if i % 2 else {"k": body}
+    return body
+
+
+def _depth(value: Any) -> int:
+    """Containers nested in a (shallow) JSON value: the recursive definition the check must agree with."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+@FUZZ
+@given(body=json_values | st.builds(_nested, st.integers(0, 130), json_values), limit=st.integers(0, 70))
+def test_nested_deeper_than_counts_containers_as_json_nests_them(body: Any, limit: int) -> None:
+    assert nested_deeper_than(body, limit) == (_depth(body) > limit)
+
+
+@pytest.mark.parametrize("depth", [MAX_BODY_DEPTH + 1, 500, 5000])
+def test_a_body_nested_deeper_than_the_limit_is_refused_typed_not_sent(depth: int) -> None:
+    """``msgspec.json.encode`` of a body some thousand levels deep raises RecursionError."""
+
+    async def go() -> None:
+        bus = carrier()
+        with pytest.raises(BadMessage, match=f"more than {MAX_BODY_DEPTH} levels") as err:
+            await bus.send("alice", "direct", _nested(depth), to="bob")
+        assert (err.value.code, err.value.details) == ("invalid_request", {"max_body_depth": MAX_BODY_DEPTH})
+        assert bus.js.published == []
+
+    _run(go())
+
+
+def test_a_body_at_the_limit_is_sent_and_opened_and_one_level_more_is_refused_at_delivery() -> None:
+    async def go() -> None:
+        bus = carrier()
+        body = _nested(MAX_BODY_DEPTH)
+        await bus.send("alice", "topic", body, topic="news")
+        [(_, data, _)] = bus.js.published
+        assert open_payload(ENVELOPE_DECODER.decode(data), AeadKey("message.alice.topic-news/1", b"k" * 32)) == body
+
+    _run(go())
+    # A peer's host sealing a deeper body (its own limit, or none): the receiver refuses it, whatever its stack.
+    meta = Meta(id="m", kind="direct", sender="alice", sent_at=1.0, to="bob")
+    for deep in (MAX_BODY_DEPTH + 1, 300):
+        envelope = seal(meta, body_bytes(_nested(deep)), KEY, ALICE)
+        with pytest.raises(Refused, match=f"more than {MAX_BODY_DEPTH} levels") as refusal:
+            open_payload(envelope, KEY)
+        assert refusal.value.reason == "refused"
+
+
+@pytest.mark.parametrize("ttl_s", [-1.0, -1e-9, -1e308, float("nan"), float("inf"), float("-inf")])
+def test_a_ttl_that_is_no_duration_is_refused_typed(ttl_s: float) -> None:
+    """A negative TTL was sent as "never expires" (and an infinite one is encoded as null: no receiver decodes it)."""
+
+    async def go() -> None:
+        bus = carrier()
+        for kind, where in (("direct", {"to": "bob"}), ("topic", {"topic": "news"})):
+            with pytest.raises(BadMessage, match="is not a duration") as err:
+                await bus.send("alice", kind, {"x": 1}, ttl_s=ttl_s, **where)  # type: ignore[arg-type]
+            assert err.value.code == "invalid_request"
+        assert bus.js.published == []
+
+    _run(go())
+
+
+@pytest.mark.parametrize("ttl_s", [0.0, -0.0, 1e-9, 30.0, 1e9])
+def test_a_ttl_of_zero_or_a_positive_duration_is_sent(ttl_s: float) -> None:
+    async def go() -> None:
+        bus = direct_carrier()
+        meta = await bus.send("alice", "direct", {"x": 1}, to="bob", ttl_s=ttl_s)
+        assert meta.ttl_s == ttl_s
+
+    _run(go())
+
+
+def direct_carrier() -> Carrier:
+    """:func:`carrier` whose recipients all have room and whose inboxes exist (no consumers to fake)."""
+    bus = carrier()
+
+    async def room(*_: Any, **__: Any) -> None:
+        return None
+
+    bus.recipients.check = room  # type: ignore[method-assign]
+    bus.ensure_inbox = room  # type: ignore[method-assign]
+    return bus
+
+
+def _ops() -> tuple[MessageOps, list[tuple[Any, ...]]]:
+    recorded: list[tuple[Any, ...]] = []
+
+    async def record(*entry: Any) -> None:
+        recorded.append(entry)
+
+    run = SimpleNamespace(agent_id="alice", spec=SimpleNamespace(messaging=None))
+    return MessageOps(None, run, record), recorded  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "says"),
+    [
+        ("messages.send", {"to": "bob", "body": _nested(5000)}, f"more than {MAX_BODY_DEPTH} levels"),
+        ("messages.publish", {"topic": "news", "body": _nested(MAX_BODY_DEPTH + 1)}, "levels"),
+        ("messages.request", {"to": "bob", "body": _nested(2000)}, "levels"),
+        ("messages.send", {"to": "bob", "body": 1, "ttl_s": -5}, "ttl_s -5.0 is not a duration"),
+        ("messages.publish", {"topic": "news", "body": 1, "ttl_s": -0.5}, "is not a duration"),
+    ],
+)
+def test_an_agent_sending_a_too_deep_body_or_a_negative_ttl_gets_invalid_request(
+    op: str, args: dict[str, Any], says: str
+) -> None:
+    """Refused before the body is encoded, decided or sent: the agent was answered ``internal`` (RecursionError)."""
+    ops, recorded = _ops()
+    request = Request(id="r1", op=op, args=args)
+    parsed = msgspec.convert(request.args, ARGS[op])
+    reply = _run(ops._send(1, request, parsed, None))  # type: ignore[arg-type]  (the carrier is never reached)
+    assert isinstance(reply, Error)
+    assert reply.error.code == "invalid_request"
+    assert says in reply.error.message
+    [entry] = recorded
+    assert entry[5] == "failed"
+    assert str(entry[6]).startswith("invalid_request: ")
+
+
+# --- agent ids: every id the lifecycle allows can be addressed -------------------------------------
+
+
+@FUZZ
+@given(name=st.from_regex(r"[A-Za-z0-9_-]{1,140}", fullmatch=True) | st.text(max_size=140))
+@example(name="a" * 128)
+@example(name="a" * 129)
+@example(name="a" * 127 + "\n")
+@example(name="\u0661")
+def test_the_bus_takes_exactly_the_agent_ids_the_lifecycle_allows(name: str) -> None:
+    assert valid_agent_id(name) == (AGENT_ID_RE.match(name) is not None)
+
+
+def test_an_agent_with_a_128_character_id_is_addressed_and_its_inbox_named_within_jetstream_limits() -> None:
+    long_id = "a" * MAX_AGENT_ID
+
+    async def go() -> None:
+        bus = direct_carrier()
+        await bus.send("alice", "direct", "hi", to=long_id)
+        [(subject, data, _)] = bus.js.published
+        assert subject == f"msg.direct.{long_id}"
+        assert ENVELOPE_DECODER.decode(data).meta.to == long_id
+        with pytest.raises(BadAddress, match=f"not an agent id \\(1-{MAX_AGENT_ID} "):
+            await bus.send("alice", "direct", "hi", to=long_id + "a")
+        with pytest.raises(BadAddress, match="not a topic"):  # topics stay 1-64
+            await bus.send("alice", "topic", "hi", topic="t" * 65)
+        with pytest.raises(BadAddress, match="not both"):
+            await bus.send("alice", "direct", "hi", to="bob", topic="news")
+
+    _run(go())
+    assert len(inbox_name(long_id)) <= 255  # JetStream's longest consumer name (JSMaxNameLen)
+    assert _is_key_valid(long_id)  # its AGENT_KEYS key
+    assert _is_key_valid(f"{long_id}.{2**64 - 1}")  # its BUS_DELIVERED keys
+
+
+# --- the max-deliveries follower: a NATS failure costs one advisory, never the follower ------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        nats.errors.TimeoutError(),
+        TimeoutError(),
+        nats.js.errors.ServiceUnavailableError(),
+        nats.errors.ConnectionClosedError(),
+        nats.js.errors.APIError(code=503, description="JetStream system temporarily unavailable"),
+    ],
+)
+@pytest.mark.parametrize("where", ["get_msg", "dead_letter"])
+def test_the_max_deliveries_follower_goes_on_after_a_nats_failure(failure: Exception, where: str) -> None:
+    stored = {1: FakeStore(b"one"), 2: FakeStore(b"two")}
+    letters: list[bytes] = []
+    failed: list[int] = []
+
+    class Js:
+        async def get_msg(self, stream: str, seq: int) -> FakeStore:
+            if where == "get_msg" and seq == 1:
+                failed.append(seq)
+                raise failure
+            return stored[seq]
+
+    class Bus:
+        js = Js()
+
+        async def dead_letter(self, data: bytes, recipient: str, reason: str, detail: str) -> None:
+            if where == "dead_letter" and data == b"one":
+                failed.append(1)
+                raise failure
+            letters.append(data)
+
+    async def feed() -> AsyncIterator[Any]:
+        for seq in (1, 2):
+            yield SimpleNamespace(data=json.dumps({"consumer": "inbox-bob", "stream_seq": seq}).encode())
+
+    sub = SimpleNamespace(messages=feed(), unsubscribe=_unsubscribe)
+    _run(follow_max_deliveries(Bus(), sub))  # type: ignore[arg-type]
+    assert (failed, letters) == ([1], [b"two"])
+
+
+async def _unsubscribe() -> None:
+    return None
+
+
+def test_the_max_deliveries_follower_still_ends_when_cancelled() -> None:
+    async def go() -> None:
+        started, unsubscribed = asyncio.Event(), asyncio.Event()
+
+        async def feed() -> AsyncIterator[Any]:
+            started.set()
+            await asyncio.Event().wait()  # no advisory comes
+            yield None
+
+        async def unsubscribe() -> None:
+            unsubscribed.set()
+
+        class Bus:
+            js = None
+
+        task = asyncio.create_task(
+            follow_max_deliveries(Bus(), SimpleNamespace(messages=feed(), unsubscribe=unsubscribe))  # type: ignore[arg-type]
+        )
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert unsubscribed.is_set()
+
+    _run(go())

@@ -35,10 +35,21 @@ from symbi_common.keyring import KeyRegistry
 log = structlog.get_logger(__name__)
 
 
+#: Digits of a data key generation at most: every generation fits a signed 64-bit integer (as records store it).
+MAX_GENERATION_DIGITS = 18
+
+
 def split_key_id(data_key_id: str) -> tuple[str, int]:
+    """``(<type>.<id>, generation)`` of a data key id; :class:`KeyringError` if it is no such id (ids come from
+    the wire: the generation is 1-18 ASCII digits, never handed to ``int()`` unbounded)."""
     name, _, gen = data_key_id.rpartition("/")
     if not name or not (gen.isascii() and gen.isdigit()):
-        raise KeyringError(f"malformed data key id {data_key_id!r}")
+        raise KeyringError(f"malformed data key id {data_key_id[:80]!r}: no '<name>/<generation>'")
+    if len(gen) > MAX_GENERATION_DIGITS:
+        raise KeyringError(
+            f"malformed data key id {data_key_id[:80]!r}: its generation has {len(gen)} digits,"
+            f" at most {MAX_GENERATION_DIGITS}"
+        )
     return name, int(gen)
 
 

@@ -26,14 +26,15 @@ from symbi_common.errors import SymbiError
 from symbi_common.policy.enforcement import BUS_SEND
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
-from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send, valid_name
+from symbi_contracts.bus import MAX_RECEIVE, MAX_WAIT_S, Ask, Kind, Meta, Publish, Receive, Send, valid_agent_id
 from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
 from symbi_sandbox_agent.bus.carrier import Carrier
+from symbi_sandbox_agent.bus.codec import check_sendable
 from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.bus.delivered import Batch
-from symbi_sandbox_agent.bus.errors import RateLimited
+from symbi_sandbox_agent.bus.errors import BadMessage, RateLimited
 from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
@@ -132,8 +133,13 @@ class MessageOps:
     async def _send(self, seq: int, request: Request, args: Send | Publish | Ask, carrier: Carrier) -> Reply:
         to = "" if isinstance(args, Publish) else args.to
         topic = args.topic if isinstance(args, Publish) else ""
+        try:  # before the body is encoded (a deep one would raise RecursionError) or decided
+            check_sendable(args.body, 0.0 if isinstance(args, Ask) else args.ttl_s)
+        except BadMessage as err:
+            await self.record(seq, SEND, to or topic, {}, None, "failed", f"invalid_request: {err.message}")
+            return error(request.id, "invalid_request", err.message, **err.details)
         size = len(msgspec.json.encode(args.body))
-        clearances = await carrier.recipients.clearances(to) if valid_name(to) else ()
+        clearances = await carrier.recipients.clearances(to) if valid_agent_id(to) else ()
         question = self.question(self.agent_id, to, topic, dict(request.context), size, clearances)
         target = to or topic
         try:

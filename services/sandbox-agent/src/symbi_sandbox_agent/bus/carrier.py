@@ -32,6 +32,7 @@ from symbi_contracts.bus import (
     DEADLETTER_STREAM,
     ENVELOPE_DECODER,
     INBOX_DEPTH,
+    MAX_AGENT_ID,
     DeadLetter,
     Envelope,
     Kind,
@@ -41,6 +42,7 @@ from symbi_contracts.bus import (
     encode,
     reply_subject,
     topic_subject,
+    valid_agent_id,
     valid_name,
 )
 
@@ -48,6 +50,7 @@ from symbi_sandbox_agent.bus.codec import (
     UNDECODABLE,
     Refused,
     body_bytes,
+    check_sendable,
     check_signature,
     expired,
     open_payload,
@@ -101,6 +104,18 @@ def replayed_at(headers: Mapping[str, str] | None) -> float:
     return float(value)
 
 
+def check_address(to: str, topic: str) -> None:
+    """:class:`BadAddress` unless exactly one of ``to`` (an agent id, 1-128 characters as the lifecycle allows)
+    and ``topic`` (1-64) is given and valid: each is one token of the message's subject."""
+    if to and topic:
+        raise BadAddress("a message goes to an agent or to a topic, not both")
+    if topic:
+        if not valid_name(topic):
+            raise BadAddress(f"{topic[:80]!r} is not a topic (1-64 letters, digits, '-' or '_')")
+    elif not valid_agent_id(to):
+        raise BadAddress(f"{to[:80]!r} is not an agent id (1-{MAX_AGENT_ID} letters, digits, '-' or '_')")
+
+
 class Carrier:
     def __init__(
         self, js: Any, nc: Any, datakeys: DataKeys, identities: Identities, delivered: Any, limiter: RateLimiter
@@ -139,10 +154,10 @@ class Carrier:
         """Seal and publish one message as ``sender`` under ``limits`` (default: the host's); ``RateLimited``
         when the sender or the inbox is full, ``TooLarge`` past the largest body."""
         target = to or topic
-        if not valid_name(target):
-            raise BadAddress(f"{target[:80]!r} is not an agent id or topic (1-64 letters, digits, '-' or '_')")
+        check_address(to, topic)
         if kind == "reply" and not valid_name(in_reply_to):  # one token of the reply's subject
             raise BadAddress(f"{in_reply_to[:80]!r} is not a message id (1-64 letters, digits, '-' or '_')")
+        check_sendable(body, ttl_s)
         payload = body_bytes(body)
         lim = limits or self.limiter.limits
         if len(payload) > lim.max_message_bytes:

@@ -7,11 +7,14 @@ then decrypts: a message whose metadata or payload was changed on the way does n
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 from symbi_common.crypto import AeadKey, Signer, Verifier
-from symbi_contracts.bus import Envelope, Meta, meta_bytes, signed_bytes
+from symbi_contracts.bus import MAX_BODY_DEPTH, Envelope, Meta, meta_bytes, nested_deeper_than, signed_bytes
+
+from symbi_sandbox_agent.bus.errors import BadMessage
 
 _body_encoder = msgspec.json.Encoder()
 #: What decoding JSON from the wire raises (msgspec raises ``UnicodeDecodeError`` for bad UTF-8 inside a string).
@@ -25,6 +28,18 @@ class Refused(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def check_sendable(body: Any, ttl_s: float) -> None:
+    """:class:`BadMessage` unless ``body`` nests at most :data:`MAX_BODY_DEPTH` containers (what every
+    receiver decodes) and ``ttl_s`` is a duration: 0 (no expiry) or a finite positive number of seconds."""
+    if not math.isfinite(ttl_s) or ttl_s < 0:
+        raise BadMessage(f"ttl_s {ttl_s!r:.40} is not a duration: 0 (never expires) or a positive number of seconds")
+    if nested_deeper_than(body, MAX_BODY_DEPTH):
+        raise BadMessage(
+            f"the message body nests lists or objects more than {MAX_BODY_DEPTH} levels deep",
+            max_body_depth=MAX_BODY_DEPTH,
+        )
 
 
 def body_bytes(body: Any) -> bytes:
@@ -48,11 +63,16 @@ def open_payload(envelope: Envelope, key: AeadKey) -> Any:
     if plaintext is None:
         raise Refused("undecryptable", f"message {envelope.meta.id} does not decrypt under {envelope.key_id}")
     try:
-        return msgspec.json.decode(plaintext)
+        body = msgspec.json.decode(plaintext)
     except (*UNDECODABLE, RecursionError) as exc:  # (how deep a body decodes depends on the caller's stack)
         raise Refused(
             "refused", f"the body of message {envelope.meta.id} is not JSON this host decodes: {exc}"
         ) from None
+    # The sending side's limit, whatever the stack left here: a peer's deeper body is refused, never handed over
+    # (the count of brackets only spares the walk for a body that cannot be that deep).
+    if plaintext.count(b"[") + plaintext.count(b"{") > MAX_BODY_DEPTH and nested_deeper_than(body, MAX_BODY_DEPTH):
+        raise Refused("refused", f"the body of message {envelope.meta.id} nests more than {MAX_BODY_DEPTH} levels deep")
+    return body
 
 
 def expired(meta: Meta, now: float, replayed_at: float = 0.0) -> bool:

@@ -19,6 +19,12 @@ class BadAddress(BusError):
     code = "invalid_request"
 
 
+class BadMessage(BusError):
+    """A message the bus will not carry as asked: a body nested too deep, a TTL that is no duration."""
+
+    code = "invalid_request"
+
+
 class RecipientTerminated(BusError):
     code = "recipient_terminated"
 

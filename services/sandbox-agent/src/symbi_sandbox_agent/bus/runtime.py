@@ -8,6 +8,7 @@ import json
 import weakref
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import structlog
 from symbi_common.bus_streams import inbox_name
@@ -75,5 +76,9 @@ async def follow_max_deliveries(carrier: Carrier, sub: Any) -> None:
                 await carrier.dead_letter(stored.data or b"", recipient, "max_deliveries", detail)
             except (nats.js.errors.NotFoundError, ValueError, RecursionError) as exc:  # (JSON from the wire: any depth)
                 log.warning("a max-deliveries advisory could not be dead-lettered", error=repr(exc))
+            except (nats.errors.Error, TimeoutError) as exc:  # (a timeout, a refused publish: this message only)
+                # The message stays in MESSAGES until its max age; the follower goes on with the next advisory.
+                # (Cancellation is no Exception: it still ends the follower.)
+                log.error("a max-deliveries advisory could not be dead-lettered: NATS failed", error=repr(exc))
     finally:
         await sub.unsubscribe()
