@@ -17,6 +17,7 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.egress.internal import Caller
 from symbi_sandbox_agent.models.errors import ModelError
+from symbi_sandbox_agent.models.wire import usage_of
 from symbi_sandbox_agent.tool_ops import Serving
 
 if TYPE_CHECKING:
@@ -36,6 +37,15 @@ def chat_body(args: dict[str, Any]) -> dict[str, Any]:
         body["messages"] = [{"role": "user", "content": prompt if isinstance(prompt, str) else str(prompt)}]
     body.pop("stream", None)
     return body
+
+
+def reply_content(reply: dict[str, Any]) -> str | None:
+    """The text of a chat reply's first choice, if it has one (whatever else the provider answered)."""
+    choices = reply.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else None
 
 
 class ModelOps:
@@ -61,12 +71,9 @@ class ModelOps:
             await self.server._record(seq, ACTION, model, {}, refused, outcome, f"{err.code}: {err.message}")
             extra = {k: v for k, v in err.details.items() if isinstance(v, str | int | float | bool)}
             return error(request.id, CODES.get(err.code, err.code), err.message, **extra)
-        choices = reply.get("choices") or [{}]
-        first = choices[0].get("message") if isinstance(choices[0], dict) else None
-        text = first.get("content") if isinstance(first, dict) else None
-        usage = reply.get("usage") or {}
-        detail = (
-            f"models.complete {model}: {usage.get('prompt_tokens', '?')}+{usage.get('completion_tokens', '?')} tokens"
-        )
+        text = reply_content(reply)
+        used = usage_of(reply)  # the provider's answer is not trusted to have any shape
+        counts = f"{used[0]}+{used[1]}" if used is not None else "?+?"
+        detail = f"models.complete {model}: {counts} tokens"
         await self.server._record(seq, ACTION, model, {}, record, "allowed", detail)
         return Result(id=request.id, result={**reply, "text": text})

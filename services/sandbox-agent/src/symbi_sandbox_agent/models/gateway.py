@@ -51,6 +51,7 @@ from symbi_sandbox_agent.models.wire import (
     JSON,
     SSE,
     StreamTally,
+    check_depth,
     encode,
     error_body,
     max_completion_tokens,
@@ -140,7 +141,7 @@ class ModelGateway:
         """One chat completion, not streamed: the provider's reply and the decision that allowed it."""
         if body.get("stream"):
             raise BadModelRequest("models.complete is not streamed; stream through http://models.symbi.internal/v1")
-        call = await self._open(caller, "chat", body)
+        call = await self._open(caller, "chat", check_depth(body))
         _, reply = await self._read(call)
         return reply, call.hold.record
 
@@ -178,12 +179,18 @@ class ModelGateway:
         who = await self.callers.of(caller)
         stream = endpoint == "chat" and body.get("stream") is True
         if endpoint == "chat":
+            # Anything but a boolean could be read as true by the provider: a stream read as one reply counts
+            # no completion tokens, and it would not be asked for its usage.
+            if body.get("stream") is not None and not isinstance(body["stream"], bool):
+                raise BadModelRequest(f"stream must be true or false, got {body['stream']!r:.100}")
+            if stream and not isinstance(body.get("stream_options") or {}, dict):
+                raise BadModelRequest("stream_options must be an object")
             if not isinstance(body.get("messages"), list) or not body["messages"]:
                 raise BadModelRequest("a chat completion needs messages: a list of {role, content}")
             prompt, completion = chat_prompt_tokens(body), max_completion_tokens(body, self.default_max_tokens)
             choices = body.get("n", 1)
             if not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= 128:
-                raise BadModelRequest(f"n must be a whole number from 1 to 128, got {choices!r}")
+                raise BadModelRequest(f"n must be a whole number from 1 to 128, got {choices!r:.100}")
             completion *= choices  # each choice may use max_tokens
         else:
             prompt, completion = embedding_input_tokens(body), 0
@@ -206,6 +213,8 @@ class ModelGateway:
         if not isinstance(held, Hold):
             raise _refusal(who, route, *held)
         upstream: dict[str, Any] = {**body, "model": route.model}
+        if endpoint == "chat" and body.get("max_completion_tokens") is None and body.get("max_tokens") is None:
+            upstream["max_tokens"] = self.default_max_tokens  # the provider may not use more than was reserved
         if stream:
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:

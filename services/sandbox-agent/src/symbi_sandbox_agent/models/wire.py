@@ -15,6 +15,11 @@ JSON = "application/json"
 SSE = "text/event-stream"
 _decode_object = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder()
+#: How deep arrays and objects may nest in a body: deeper ones could not be estimated, encoded or logged
+#: (``RecursionError``), and no OpenAI request needs it.
+MAX_DEPTH = 64
+#: More tokens than any call has: a count beyond it is not a count (and would not fit the budget's events).
+MAX_REPORTED_TOKENS = 2**40
 
 
 def parse_body(body: bytes, limit: int) -> dict[str, Any]:
@@ -25,19 +30,47 @@ def parse_body(body: bytes, limit: int) -> dict[str, Any]:
         parsed = _decode_object.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadModelRequest(f"the request body is not a JSON object: {exc}") from None
-    return parsed
+    except RecursionError:
+        raise BadModelRequest(f"the request body nests deeper than {MAX_DEPTH} levels") from None
+    return check_depth(parsed)
+
+
+def check_depth(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` if at most :data:`MAX_DEPTH` arrays and objects (``body`` itself the first) nest in each other;
+    :class:`BadModelRequest`."""
+    level: list[dict[str, Any] | list[Any]] = [body]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return body
+    raise BadModelRequest(f"the request body nests deeper than {MAX_DEPTH} levels")
+
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    """The JSON object of a provider's bytes, or None (not one, or nested too deep to read)."""
+    try:
+        return check_depth(_decode_object.decode(data))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, BadModelRequest):
+        return None
 
 
 def max_completion_tokens(body: dict[str, Any], default: int) -> int:
-    """The completion tokens a chat request allows (``max_completion_tokens``, else ``max_tokens``)."""
+    """The completion tokens a chat request allows: the larger of ``max_completion_tokens`` and ``max_tokens``
+    (a provider may honour either), else ``default``."""
+    found = []
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is None:
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadModelRequest(f"{key} must be a positive whole number, got {value!r}")
-        return value
-    return default
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_REPORTED_TOKENS:
+            raise BadModelRequest(f"{key} must be a whole number from 1 to {MAX_REPORTED_TOKENS}, got {value!r:.100}")
+        found.append(value)
+    return max(found, default=default)
 
 
 def encode(value: Any) -> bytes:
@@ -57,10 +90,6 @@ class Reported:
     input_tokens: int
     output_tokens: int
     estimated: bool = False
-
-
-#: More tokens than any call has: a count beyond it is not a count (and would not fit the budget's events).
-MAX_REPORTED_TOKENS = 2**40
 
 
 def usage_of(reply: dict[str, Any]) -> tuple[int, int] | None:
@@ -87,7 +116,8 @@ def _count(value: object) -> int | None:
 def reply_text(reply: dict[str, Any]) -> str:
     """The text of a chat reply's choices (counted when no usage is reported)."""
     parts = []
-    for choice in reply.get("choices") or ():
+    choices = reply.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
         if isinstance(choice, dict):
             message = choice.get("message") or choice.get("delta") or {}
             if isinstance(message, dict) and isinstance(message.get("content"), str):
@@ -106,8 +136,8 @@ class StreamTally:
         self.done = False
 
     def feed(self, chunk: bytes) -> None:
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
+        self._pending += chunk  # a line ends with CR LF, LF or CR
+        *lines, self._pending = self._pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         self._read(lines)
 
     def _read(self, lines: Iterable[bytes]) -> None:
@@ -119,9 +149,8 @@ class StreamTally:
             if data == b"[DONE]":
                 self.done = True
                 continue
-            try:
-                event = _decode_object.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            event = _object(data)
+            if event is None:
                 continue
             found = usage_of(event)
             if found is not None:
