@@ -6,6 +6,7 @@ operator's token). Pages are server-rendered (Jinja2); htmx swaps fragments for 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from symbi_common.errors import SymbiError
 
 from symbi_cli.console.services import ServiceCallFailed, Services
 from symbi_cli.console.sessions import COOKIE, Forbidden, LoginRefused, Session, Sessions, require_change
@@ -39,6 +41,25 @@ class ConsoleConfig:
 
 class NotLoggedIn(Exception):
     """No (current) session: the browser is sent to the login page."""
+
+
+class BadRequest(SymbiError):
+    """What the browser sent cannot be passed on (an id that is not one): refused before any service is called."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+#: An id in a console path (agent, task, policy set, report framework) as the services name them. Anything else
+#: would leave its route on the way to the service (``..`` climbs out of it, ``?`` and ``#`` cut it).
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+
+
+def path_id(value: str, what: str) -> str:
+    """``value`` if it is an id the services could name, else :class:`BadRequest`."""
+    if not _ID_RE.match(value):
+        raise BadRequest(f"{value[:140]!r} is not a {what} id (letters, digits, '_' and '-', at most 128)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,12 @@ def create_app(config: ConsoleConfig) -> FastAPI:
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
         return templates.TemplateResponse(request, "error.html", {"message": str(exc), "status": 403}, status_code=403)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> Response:
+        values = {"message": f"{exc} ({exc.code})", "status": exc.http_status}
+        name = "error_fragment.html" if request.headers.get("HX-Request") else "error.html"
+        return templates.TemplateResponse(request, name, values, status_code=exc.http_status)
 
     @app.exception_handler(ServiceCallFailed)
     async def refused(request: Request, exc: ServiceCallFailed) -> Response:

@@ -17,7 +17,7 @@ from symbi_common.keyring import KeyRegistry
 from symbi_tlog.notes import parse_checkpoint
 from symbi_tlog.offline import TrustAnchor, check_checkpoint, verify_export_file
 
-from symbi_cli.console.app import Ctx, CtxDep
+from symbi_cli.console.app import Ctx, CtxDep, path_id
 from symbi_cli.console.services import ServiceCallFailed
 from symbi_cli.console.views import inclusion_path
 from symbi_cli.trust import audit_settings, trust_anchor
@@ -25,6 +25,8 @@ from symbi_cli.trust import audit_settings, trust_anchor
 router = APIRouter()
 #: Export uploads larger than this are refused (use `symbi audit verify` for big logs).
 MAX_EXPORT_BYTES = 64 * 1024 * 1024
+#: A checkpoint note is a few lines (origin, size, root, signatures): larger uploads are refused.
+MAX_CHECKPOINT_BYTES = 64 * 1024
 REPORT_FORMATS = {"json": "application/json", "csv": "text/csv"}
 
 
@@ -75,7 +77,15 @@ async def verify_export(
     """Verify an uploaded export (`symbi audit export`) in this process against the pinned log key: no service
     is asked (but one, so a revoked token ends the session here too). Reading, not changing: the auditor may."""
     await c.probe()
-    note = (await checkpoint.read()).decode() if checkpoint is not None and checkpoint.filename else None
+    note = None
+    if checkpoint is not None and checkpoint.filename:
+        raw = await checkpoint.read(MAX_CHECKPOINT_BYTES + 1)
+        if len(raw) > MAX_CHECKPOINT_BYTES:
+            return c.page("verify_result.html", error=f"the checkpoint is larger than {MAX_CHECKPOINT_BYTES} bytes")
+        try:
+            note = raw.decode()
+        except UnicodeDecodeError:
+            return c.page("verify_result.html", error="the checkpoint is not UTF-8 text (a checkpoint note)")
     with tempfile.TemporaryDirectory(prefix="symbi-console-") as tmp:
         path = Path(tmp) / "export.jsonl"
         size = 0
@@ -100,6 +110,7 @@ async def verify_export(
 
 @router.get("/audit/reports/{framework}")
 async def report(framework: str, c: CtxDep, format: str = "csv") -> Response:
+    path_id(framework, "report framework")  # also what goes into the Content-Disposition header below
     if format not in REPORT_FORMATS:
         format = "csv"
     answer = await c.services.call("audit", "GET", f"/v1/audit/reports/{framework}", params={"format": format})
@@ -123,6 +134,8 @@ async def stream(c: CtxDep, agent: str = "", event_type: str = "") -> StreamingR
             async for line in c.services.stream_lines("audit", "/v1/audit/stream", agent=agent, event_type=event_type):
                 yield line + b"\n"
         except ServiceCallFailed as exc:
-            yield b"event: failed\ndata: " + str(exc).encode().replace(b"\n", b" ") + b"\n\n"
+            # One event: CR, LF and CRLF all end a line of an event stream.
+            data = str(exc).encode().replace(b"\r", b" ").replace(b"\n", b" ")
+            yield b"event: failed\ndata: " + data + b"\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, Response
 
-from symbi_cli.console.app import CtxDep
+from symbi_cli.console.app import CtxDep, path_id
 from symbi_cli.console.reads import audit_events, recent_tasks
 from symbi_cli.console.views import what_if_diff
 
@@ -36,6 +36,7 @@ async def policy(c: CtxDep) -> Response:
 
 @router.get("/policy/{set_id}", response_class=HTMLResponse)
 async def policy_set(set_id: str, c: CtxDep) -> Response:
+    path_id(set_id, "policy set")
     view = await c.services.get("policy", f"/v1/policy-sets/{set_id}")
     history = await audit_events(c.services, newest=100, aggregate=f"policy.{set_id}")
     return c.page("policy_set.html", set=view, history=history)
@@ -44,5 +45,6 @@ async def policy_set(set_id: str, c: CtxDep) -> Response:
 @router.post("/policy/{set_id}/what-if", response_class=HTMLResponse)
 async def what_if(set_id: str, cedar: Annotated[str, Form()], c: CtxDep) -> Response:
     """Replays the recorded decisions against the proposed text; nothing is activated (so the auditor may)."""
+    path_id(set_id, "policy set")
     report = await c.services.post("policy", f"/v1/policy-sets/{set_id}/what-if", {"cedar": cedar})
     return c.page("whatif.html", report=report, diff=what_if_diff(report))

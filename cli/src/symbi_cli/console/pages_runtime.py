@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from symbi_cli.console.app import Ctx, CtxDep
+from symbi_cli.console.app import Ctx, CtxDep, path_id
 from symbi_cli.console.reads import agent_actions, agent_memories, audit_events, recent_tasks, task_groups
 from symbi_cli.console.views import agent_messages, agent_risk
 
@@ -42,6 +42,7 @@ async def agents(c: CtxDep) -> Response:
 
 @router.get("/agents/{agent_id}", response_class=HTMLResponse)
 async def agent(agent_id: str, c: CtxDep) -> Response:
+    path_id(agent_id, "agent")
     view = await c.services.get("lifecycle", f"/v1/agents/{agent_id}")
     history = (await c.services.get("lifecycle", f"/v1/agents/{agent_id}/events", limit=500))["items"]
     audited = {e["sequence"]: e for e in await audit_events(c.services, newest=1000, agent=agent_id)}

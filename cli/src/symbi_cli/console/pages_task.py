@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from symbi_cli.console.app import Ctx, CtxDep, templates
+from symbi_cli.console.app import Ctx, CtxDep, path_id, templates
 from symbi_cli.console.reads import host_of
 from symbi_cli.console.services import ServiceCallFailed, Services
 from symbi_cli.console.views import FINISHED, task_usage
@@ -40,6 +40,7 @@ def sse(event: str, data: Any) -> bytes:
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
 async def task(task_id: str, c: CtxDep) -> Response:
+    path_id(task_id, "task")
     view = await c.services.get("scheduler", f"/v1/tasks/{task_id}")
     out = await _output(c.services, task_id, "stdout", 0)
     err = await _output(c.services, task_id, "stderr", 0)
@@ -89,6 +90,7 @@ async def _follow_feed(c: Ctx, task_id: str, wake: asyncio.Queue[str | None]) ->
 @router.get("/tasks/{task_id}/stream")
 async def stream(task_id: str, c: CtxDep) -> StreamingResponse:
     """The task's new output and status as Server-Sent Events (``output``, ``status``, ``charts``, ``done``)."""
+    path_id(task_id, "task")
 
     async def body() -> AsyncIterator[bytes]:
         wake: asyncio.Queue[str | None] = asyncio.Queue()
@@ -143,6 +145,7 @@ async def stream(task_id: str, c: CtxDep) -> StreamingResponse:
 @router.post("/tasks/{task_id}/cancel")
 async def cancel(task_id: str, c: CtxDep, csrf: Annotated[str, Form()] = "") -> Response:
     c.change(csrf)
+    path_id(task_id, "task")
     await c.services.post(
         "scheduler", f"/v1/tasks/{task_id}/cancel", {"reason": f"cancelled in the console by {c.session.claims.sub}"}
     )

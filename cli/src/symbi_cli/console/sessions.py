@@ -124,5 +124,6 @@ def require_change(session: Session, csrf: str) -> None:
     """Refuse a state-changing post from a read-only role or without the session's CSRF token."""
     if not session.can_change:
         raise Forbidden(f"role {session.claims.role!r} is read-only in the console; it may not change state")
-    if not secrets.compare_digest(csrf, session.csrf):
+    # As bytes: compare_digest raises TypeError on a str that is not ASCII (a form may post any text).
+    if not secrets.compare_digest(csrf.encode(), session.csrf.encode()):
         raise Forbidden("the form's CSRF token does not match this session; reload the page")
