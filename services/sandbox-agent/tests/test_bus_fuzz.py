@@ -51,6 +51,8 @@ from symbi_sandbox_agent.bus.recipients import Recipients
 from symbi_sandbox_agent.bus.runtime import follow_max_deliveries
 from symbi_sandbox_agent.message_ops import ARGS, MessageOps
 
+from .test_bus_pure import DictKv
+
 ALICE = Signer.generate()
 KEY = AeadKey("message.alice.bob/1", os.urandom(32))
 NOW = time.time()  # (one length of the encoded time: the same draws replay the same bytes)
@@ -164,15 +166,8 @@ class FakeJs:
         self.published.append((subject, data, headers or {}))
 
 
-class FakeKv:
+class FakeKv(DictKv):
     """A KV bucket as nats-py's answers it: an invalid key is refused, a missing one not found."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def put(self, key: str, value: bytes) -> int:
-        self.data[key] = value
-        return len(self.data)
 
     async def get(self, key: str) -> Any:
         if not _is_key_valid(key):
