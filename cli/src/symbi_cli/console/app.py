@@ -6,7 +6,6 @@ operator's token). Pages are server-rendered (Jinja2); htmx swaps fragments for 
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from symbi_common.errors import SymbiError
+from symbi_common.errors import BadRequest
+from symbi_common.ids import ID_RE
 
 from symbi_cli.console.services import ServiceCallFailed, Services
 from symbi_cli.console.sessions import COOKIE, Forbidden, LoginRefused, Session, Sessions, require_change
@@ -43,21 +43,11 @@ class NotLoggedIn(Exception):
     """No (current) session: the browser is sent to the login page."""
 
 
-class BadRequest(SymbiError):
-    """What the browser sent cannot be passed on (an id that is not one): refused before any service is called."""
-
-    code = "bad_request"
-    http_status = 400
-
-
-#: An id in a console path (agent, task, policy set, report framework) as the services name them. Anything else
-#: would leave its route on the way to the service (``..`` climbs out of it, ``?`` and ``#`` cut it).
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
-
-
 def path_id(value: str, what: str) -> str:
-    """``value`` if it is an id the services could name, else :class:`BadRequest`."""
-    if not _ID_RE.match(value):
+    """``value`` if it is an id the services could name (agent, task, policy set, report framework), else
+    :class:`BadRequest`, before any service is called: anything else would leave its route on the way to the
+    service (``..`` climbs out of it, ``?`` and ``#`` cut it)."""
+    if not ID_RE.match(value):
         raise BadRequest(f"{value[:140]!r} is not a {what} id (letters, digits, '_' and '-', at most 128)")
     return value
 

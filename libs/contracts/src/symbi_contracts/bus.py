@@ -19,6 +19,7 @@ from symbi_common.bus_names import DEADLETTER_STREAM as DEADLETTER_STREAM
 from symbi_common.bus_names import DELIVERED_BUCKET as DELIVERED_BUCKET
 from symbi_common.bus_names import INBOX_DEPTH as INBOX_DEPTH
 from symbi_common.bus_names import MESSAGES_STREAM as MESSAGES_STREAM
+from symbi_common.ids import ID_RE, MAX_ID
 
 Kind = Literal["direct", "topic", "request", "reply"]
 #: Why a message went to the dead letters.
@@ -34,8 +35,8 @@ DeadReason = Literal[
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 #: The lifecycle's agent id rule (``symbi_lifecycle.domain.AGENT_ID_RE``): every agent it creates can be addressed.
-MAX_AGENT_ID = 128
-_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+MAX_AGENT_ID = MAX_ID
+_AGENT_ID_RE = ID_RE
 #: Containers (lists, objects) a message body may nest at most: checked when it is sent and when it is opened,
 #: far below where encoding or decoding it would run out of stack.
 MAX_BODY_DEPTH = 64

@@ -34,6 +34,7 @@ from symbi_common.errors import (
     NotFound,
     ValidationError,
 )
+from symbi_common.ids import ID_RE
 from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
 from symbi_contracts.lifecycle.events import (
     AGGREGATE_TYPE,
@@ -56,7 +57,7 @@ from symbi_contracts.lifecycle.events import (
 from symbi_lifecycle.config import validate_config
 
 #: An agent id is one NATS subject token: letters, digits, '-' and '_' only.
-AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+AGENT_ID_RE = ID_RE
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
 MAX_TEXT = 1_000
 MAX_DEFINITION = 1_000_000

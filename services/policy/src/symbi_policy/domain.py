@@ -14,12 +14,12 @@ No I/O here: the repository in :mod:`symbi_policy.application` loads and appends
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 import msgspec
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, IllegalTransition, NotFound, ValidationError
+from symbi_common.ids import ID_RE
 from symbi_common.policy.cedar import SET_ID_RE, compile_policies
 from symbi_common.policy.events import (
     AGGREGATE_TYPE,
@@ -39,7 +39,7 @@ from symbi_common.policy.events import (
 )
 
 MAX_TEXT = 1_000
-SOURCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+SOURCE_RE = ID_RE
 RECENT_BATCHES = 256
 
 

@@ -22,7 +22,6 @@ No I/O here: :mod:`symbi_scheduler.application` loads and appends through a repo
 from __future__ import annotations
 
 import enum
-import re
 from typing import ClassVar
 
 import msgspec
@@ -30,6 +29,7 @@ from symbi_common.caps import lower_to_caps
 from symbi_common.decisions import DecisionRecord
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
+from symbi_common.ids import ID_RE
 from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, PRIORITIES, ResourceLimits
 from symbi_contracts.scheduler.events import (
     AGGREGATE_TYPE,
@@ -46,7 +46,7 @@ from symbi_contracts.scheduler.events import (
 )
 
 #: A task id is one NATS subject token (it names ``evt.task.<id>`` and ``evt.execution.<id>``).
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+TASK_ID_RE = ID_RE
 
 LEVEL: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 CRITICAL = LEVEL["critical"]

@@ -23,10 +23,11 @@ from typing import Any
 import cedarpy
 
 from symbi_common.errors import ValidationError
+from symbi_common.ids import ID_RE
 from symbi_common.policy.conditions import conditions_of
 
 #: A policy-set id is one NATS subject token.
-SET_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+SET_ID_RE = ID_RE
 MAX_POLICY_BYTES = 128 * 1024
 
 

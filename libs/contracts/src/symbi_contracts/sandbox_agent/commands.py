@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from symbi_common.ids import ID_PATTERN
 
 #: The actions each host serves.
 ACTIONS = ("suspend", "resume", "terminate")
@@ -17,7 +18,7 @@ ACTIONS = ("suspend", "resume", "terminate")
 
 #: A task id as the scheduler makes them: one NATS subject token (the host's replies and events are addressed
 #: by it), so anything else is refused when the command is decoded.
-TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}\Z"
+TASK_ID_PATTERN = ID_PATTERN
 
 
 class TaskRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
