@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nats.js.kv import _is_key_valid
+from symbi_common.bounds import nested_deeper_than
 from symbi_common.bus_streams import QUEUE_DEPTH_KEY, inbox_name
 from symbi_common.crypto import AeadKey, Signer, Verifier
 from symbi_common.errors import DataKeyDestroyed
@@ -36,7 +37,6 @@ from symbi_contracts.bus import (
     MAX_BODY_DEPTH,
     Meta,
     encode,
-    nested_deeper_than,
     reply_subject,
     valid_agent_id,
     valid_name,

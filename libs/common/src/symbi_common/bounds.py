@@ -1,4 +1,5 @@
-"""Integers from outside fit what Symbi stores: 64-bit signed (msgpack event payloads, PostgreSQL ``bigint``).
+"""Values from outside fit what Symbi stores: integers 64-bit signed (msgpack event payloads, PostgreSQL
+``bigint``), JSON nested no deeper than a caller's limit.
 
 JSON and query strings carry integers of any size, and Python takes them; the first store or encoder that
 meets one past 64 bits would fail deep inside a request with an internal error. The APIs check at the edge
@@ -15,6 +16,8 @@ from symbi_common.errors import BadRequest
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+#: The containers of a JSON value as Python holds it (decoded, or built by a caller).
+_CONTAINERS = (dict, list, tuple)
 #: The longest text a query parameter may carry (ids, names, cursors, filters).
 QUERY_TEXT_CHARS = 1024
 
@@ -82,3 +85,21 @@ def check_no_nul(value: Any, field: str = "") -> None:
     elif isinstance(value, list | tuple | set | frozenset):
         for i, v in enumerate(value):
             check_no_nul(v, f"{field}[{i}]")
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (JSON: dicts, lists and tuples are its containers, ``value`` itself the first) nests
+    more than ``limit`` containers deep; level by level, without recursion, so a value of any depth is measured
+    (where encoding, decoding or printing it would run out of stack)."""
+    level: list[Any] = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            below.extend(v for v in items if isinstance(v, _CONTAINERS))
+        level = below
+    return False

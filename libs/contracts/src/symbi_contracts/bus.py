@@ -40,7 +40,6 @@ _AGENT_ID_RE = ID_RE
 #: Containers (lists, objects) a message body may nest at most: checked when it is sent and when it is opened,
 #: far below where encoding or decoding it would run out of stack.
 MAX_BODY_DEPTH = 64
-_CONTAINERS = (dict, list, tuple)
 
 
 def valid_name(name: str) -> bool:
@@ -52,23 +51,6 @@ def valid_agent_id(agent_id: str) -> bool:
     """An agent id, as the lifecycle allows them: 1-128 letters, digits, ``-``, ``_`` (one subject token, KV
     key, and with ``inbox-`` a consumer name well within JetStream's 255 characters)."""
     return _AGENT_ID_RE.fullmatch(agent_id) is not None
-
-
-def nested_deeper_than(body: Any, limit: int = MAX_BODY_DEPTH) -> bool:
-    """Whether ``body`` (JSON values: dicts, lists and tuples are its containers) nests more than ``limit``
-    containers deep; level by level, without recursion, so a body of any depth is measured."""
-    level: list[Any] = [body] if isinstance(body, _CONTAINERS) else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for container in level:
-            items = container.values() if isinstance(container, dict) else container
-            below.extend(v for v in items if isinstance(v, _CONTAINERS))
-        level = below
-    return False
 
 
 def direct_subject(agent_id: str) -> str:

@@ -11,8 +11,9 @@ import math
 from typing import Any
 
 import msgspec
+from symbi_common.bounds import nested_deeper_than
 from symbi_common.crypto import AeadKey, Signer, Verifier
-from symbi_contracts.bus import MAX_BODY_DEPTH, Envelope, Meta, meta_bytes, nested_deeper_than, signed_bytes
+from symbi_contracts.bus import MAX_BODY_DEPTH, Envelope, Meta, meta_bytes, signed_bytes
 
 from symbi_sandbox_agent.bus.errors import BadMessage
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from symbi_common.bounds import nested_deeper_than
 
 from symbi_sandbox_agent.models.errors import BadModelRequest, ModelError
 from symbi_sandbox_agent.models.pricing import text_tokens
@@ -38,17 +39,9 @@ def parse_body(body: bytes, limit: int) -> dict[str, Any]:
 def check_depth(body: dict[str, Any]) -> dict[str, Any]:
     """``body`` if at most :data:`MAX_DEPTH` arrays and objects (``body`` itself the first) nest in each other;
     :class:`BadModelRequest`."""
-    level: list[dict[str, Any] | list[Any]] = [body]
-    for _ in range(MAX_DEPTH):
-        level = [
-            child
-            for value in level
-            for child in (value.values() if isinstance(value, dict) else value)
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return body
-    raise BadModelRequest(f"the request body nests deeper than {MAX_DEPTH} levels")
+    if nested_deeper_than(body, MAX_DEPTH):
+        raise BadModelRequest(f"the request body nests deeper than {MAX_DEPTH} levels")
+    return body
 
 
 def _object(data: bytes) -> dict[str, Any] | None:
