@@ -127,3 +127,16 @@ def test_a_batch_is_bounded_by_count_and_bytes_and_holds_at_least_one() -> None:
     assert batch_count([b"aa", b"bb", b"cc"], batch_size=2, batch_bytes=100) == 2
     assert batch_count([b"aa", b"bb", b"cc"], batch_size=10, batch_bytes=5) == 2
     assert batch_count([b"a" * 50, b"b"], batch_size=10, batch_bytes=5) == 1
+
+
+def test_a_stored_batch_that_cannot_be_noted_does_not_stop_the_sender(tmp_path: Path) -> None:
+    """The log's sender notes each stored batch; a spool it cannot write then must not end the sender."""
+    spool = DecisionSpool(tmp_path, "audit-abcabcabcabc")
+    spool.append(b"d1")
+    spool.begin("b1", 1)
+    os.close(spool._fd)  # every write and truncate now fails
+    spool.stored("b1", 1, all_stored=False)
+    spool.stored("b1", 1, all_stored=True)
+    spool._fd = os.open(spool.path, os.O_RDONLY)  # for close()
+    assert unsent(spool.path.read_bytes()).open is not None  # not noted: a replay sends b1 again, under its id
+    spool.close(all_stored=False)

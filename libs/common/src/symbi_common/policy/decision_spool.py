@@ -160,12 +160,17 @@ class DecisionSpool:
             self._open = batch_id
 
     def stored(self, batch_id: str, count: int, *, all_stored: bool) -> None:
-        """The batch is stored; when nothing else is left to send, the file starts over."""
-        if all_stored:
-            os.ftruncate(self._fd, 0)
-        else:
-            self._write(frame(STORED, _batch_encoder.encode(_Batch(batch_id, count))))
+        """The batch is stored; when nothing else is left to send, the file starts over. Failing to note it is
+        logged, not raised: a replay would send the batch again under its id, and it is stored once."""
         self._open = ""
+        try:
+            if all_stored:
+                with contextlib.suppress(OSError):  # else noted with a frame, as when more is left
+                    os.ftruncate(self._fd, 0)
+                    return
+            self._write(frame(STORED, _batch_encoder.encode(_Batch(batch_id, count))))
+        except InfrastructureError as exc:
+            log.warning("a stored decision batch was not noted in the spool", batch_id=batch_id, error=str(exc))
 
     def close(self, *, all_stored: bool) -> None:
         """Release the file: removed if everything was stored, left for the next process otherwise."""
