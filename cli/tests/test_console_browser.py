@@ -34,6 +34,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.timeout(420)]
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -80,7 +81,9 @@ class Console:
         self.d.save_screenshot(str(self.shots / f"{len(list(self.shots.iterdir())):02d}-{name}.png"))
 
     def wait(self, what: str, condition: object, timeout: float = WAIT_S) -> object:
-        return WebDriverWait(self.d, timeout, poll_frequency=0.3).until(condition, message=what)  # type: ignore[arg-type]
+        # An element found a moment before the page re-rendered it (a live update) is stale: look again.
+        wait = WebDriverWait(self.d, timeout, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,))
+        return wait.until(condition, message=what)  # type: ignore[arg-type]
 
     def text(self, element_id: str) -> str:
         return str(self.d.find_element(By.ID, element_id).text)
