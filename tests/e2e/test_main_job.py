@@ -4,7 +4,8 @@
 ``symbi run --json`` subprocesses against the six services, nats-server, PostgreSQL and Docker; each run
 is checked for its result, the sandbox it really ran in (the task's ``tier`` and the runtime recorded in
 the sandbox-agent's ``execution.started`` event), the agent back in Ready, its result stored in the
-context service, an audit receipt re-verified here, and one OpenTelemetry trace across the services.
+context service, an audit receipt re-verified here, the task's events sealed with its agent's data key, and one
+OpenTelemetry trace across the services.
 """
 
 from __future__ import annotations
@@ -120,6 +121,28 @@ async def check_agent_ready(lifecycle_url: str, agent_id: str, home: Path) -> No
     assert r.json()["state"] == "Ready"
 
 
+async def check_sealed_per_agent(home: Path, doc: dict[str, Any]) -> None:
+    """The task's and its execution's events are sealed with the agent's data keys, and neither has a key of its
+    own: a task writes no data key record (``symbi_common.key_names``)."""
+    agent, task = doc["agent"]["id"], doc["task"]["task_id"]
+    registry = KeyRegistry.load(home / "keys")
+    nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
+    try:
+        for kind in ("task", "execution"):
+            key_ids = set()
+            async for batch in read_subject(nc, EVENTS_STREAM, f"evt.{kind}.{task}"):
+                for raw in batch:
+                    opened = open_envelope(raw.data, subject=raw.subject, sequence=raw.sequence, registry=registry)
+                    key_ids.add(opened.header.data_key_id)
+            assert key_ids == {f"{kind}.by-agent.{agent}/1"}, (kind, key_ids)
+            kv = await nc.jetstream().key_value("DATAKEYS")
+            assert (await kv.get(f"{kind}.by-agent.{agent}")).value
+            with pytest.raises(nats.js.errors.KeyNotFoundError):
+                await kv.get(f"{kind}.{task}")
+    finally:
+        await nc.drain()
+
+
 async def check_sandbox(home: Path, doc: dict[str, Any], tier: str, runtime: str) -> None:
     """The task was placed on ``tier`` and the container really ran under ``runtime``."""
     assert doc["task"]["tier"] == tier
@@ -164,6 +187,7 @@ async def test_main_job_on_a_tier1_and_a_tier2_example(
             assert doc["agent"]["state"] == "Ready"
             await check_agent_ready(rt.url_of("lifecycle"), doc["agent"]["id"], rt.home)
             await check_memory(rt.url_of("context"), doc, query, rt.home)
+            await check_sealed_per_agent(rt.home, doc)
             check_receipt(doc)
 
         assert hello["trace_id"] != stats["trace_id"]

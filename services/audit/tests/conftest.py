@@ -58,10 +58,12 @@ class Writer:
         self.tips[f"agent.{agent_id}"] = recs[-1].tip
         return [r.sequence for r in recs]
 
-    async def task(self, task_id: str, count: int = 1, agent_id: str | None = None) -> list[int]:
+    async def task(
+        self, task_id: str, count: int = 1, agent_id: str | None = None, *, data_key: str | None = None
+    ) -> list[int]:
         tip = self.tips.get(f"task.{task_id}", NEW_AGGREGATE)
         events = [TaskNoted(task_id=task_id, n=tip.version + i, agent_id=agent_id) for i in range(count)]
-        recs = await self.scheduler.append("task", task_id, events, TASK_CODEC, expected=tip)
+        recs = await self.scheduler.append("task", task_id, events, TASK_CODEC, expected=tip, data_key=data_key)
         self.tips[f"task.{task_id}"] = recs[-1].tip
         return [r.sequence for r in recs]
 

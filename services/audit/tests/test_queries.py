@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from nats.aio.client import Client as NatsClient
 from symbi_audit.main import build_app
+from symbi_common.key_names import agent_data_key
 from symbi_common.keyring import KeyRegistry
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings
@@ -197,6 +198,55 @@ async def test_live_feed_over_sse_and_nats_filtered_by_agent_and_type(
             break
         await asyncio.sleep(0.05)
     assert [e["aggregate_version"] for e in on_nats] == [1, 2, 3]
+
+
+async def test_erasing_an_agent_shreds_its_tasks_and_a_task_has_no_key_of_its_own(
+    running: Running, writer: Writer
+) -> None:
+    """Tasks are sealed with their agent's key (symbi_common.key_names): erasing the agent shreds them; erasing
+    one such task alone is refused (there is nothing of its own to destroy), one with its own key still works."""
+    principal = {"X-Symbi-Principal": "dpo"}
+    await writer.agent("owner", 1)
+    await writer.task("t-owned", 2, agent_id="owner", data_key=agent_data_key("task", "owner"))
+    await writer.task("t-owned-2", 1, agent_id="owner", data_key=agent_data_key("task", "owner"))
+    await writer.task("t-other", 1, agent_id="other", data_key=agent_data_key("task", "other"))
+    last = (await writer.task("t-legacy", 1, agent_id="other"))[-1]  # sealed as before: its own key
+    await running.wait_for(last)
+
+    async def payloads(aggregate: str) -> list[object]:
+        got = await running.http.get(
+            "/v1/audit/events", params={"aggregate": aggregate, "details": "true"}, headers=principal
+        )
+        assert got.status_code == 200, got.text
+        return [e["details"]["payload"] for e in got.json()["items"]]
+
+    assert [p["n"] for p in await payloads("task.t-owned")] == [0, 1]  # type: ignore[index]
+    refused = await running.http.post("/v1/audit/erasures", json={"aggregate": "task.t-owned"}, headers=principal)
+    assert refused.status_code == 422, refused.text
+    assert "erase agent.<agent id>" in refused.json()["error"]["message"]
+
+    done = await running.http.post("/v1/audit/erasures", json={"aggregate": "agent.owner"}, headers=principal)
+    assert done.status_code == 201, done.text
+    await running.wait_for(done.json()["executed_sequence"])
+    for task in ("t-owned", "t-owned-2"):
+        assert await payloads(f"task.{task}") in ([None], [None, None])
+    assert [p["agent_id"] for p in await payloads("task.t-other")] == ["other"]  # type: ignore[index]
+    executed = await running.http.get(
+        "/v1/audit/events",
+        params={"aggregate": f"audit.{done.json()['erasure_id']}", "details": "true"},
+        headers=principal,
+    )
+    assert executed.json()["items"][-1]["details"]["payload"]["data_keys"] == [
+        "agent.owner/*",
+        "task.by-agent.owner/*",
+        "execution.by-agent.owner/*",
+    ]
+
+    legacy = await running.http.post("/v1/audit/erasures", json={"aggregate": "task.t-legacy"}, headers=principal)
+    assert legacy.status_code == 201, legacy.text
+    await running.wait_for(legacy.json()["executed_sequence"])
+    assert await payloads("task.t-legacy") == [None]
+    assert [p["agent_id"] for p in await payloads("task.t-other")] == ["other"]  # type: ignore[index]
 
 
 async def test_erasure_crypto_shreds_while_the_log_still_verifies(

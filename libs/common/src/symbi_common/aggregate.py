@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -51,13 +51,17 @@ class Repository(Generic[S, C, E]):
         snapshot_every: int = 100,
         cache_size: int = 10_000,
         max_attempts: int = 5,
+        data_key: Callable[[S, Sequence[E]], str | None] | None = None,
     ) -> None:
+        """``data_key(state, events)``: the name of the data key that seals ``events`` (appended to ``state``) and
+        snapshots of ``state`` (events empty); ``None`` from it or no function: the aggregate's own key."""
         self.store = store
         self.aggregate = aggregate
         self.snapshots = snapshots
         self.snapshot_every = snapshot_every
         self.cache_size = cache_size
         self.max_attempts = max_attempts
+        self.data_key = data_key
         self._cache: OrderedDict[str, Loaded[S]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -162,6 +166,7 @@ class Repository(Generic[S, C, E]):
                     causation_id=causation_id,
                     correlation_id=correlation_id,
                     headers=headers,
+                    data_key=self.data_key(loaded.state, events) if self.data_key else None,
                 )
             except ConcurrencyConflict:
                 if attempt == self.max_attempts:
@@ -191,7 +196,10 @@ class Repository(Generic[S, C, E]):
     async def _snapshot(self, aggregate_id: str, loaded: Loaded[S]) -> None:
         assert self.snapshots is not None
         try:
-            await self.snapshots.save(self.aggregate.aggregate_type, aggregate_id, loaded.tip, loaded.state)
+            data_key = self.data_key(loaded.state, ()) if self.data_key else None
+            await self.snapshots.save(
+                self.aggregate.aggregate_type, aggregate_id, loaded.tip, loaded.state, data_key=data_key
+            )
         except Exception as exc:  # a missing snapshot only costs a longer replay
             log.warning("snapshot failed", aggregate_id=aggregate_id, error=str(exc))
 

@@ -223,6 +223,10 @@ class DataKeys:
                 return f"{name}/{gen}"
         raise KeyringError(f"could not rotate data key {name}: too many concurrent updates")
 
+    async def exists(self, name: str) -> bool:
+        """Whether ``name``'s data key exists (created and not destroyed)."""
+        return await self._store.get(name) is not None
+
     async def destroy(self, name: str) -> None:
         """Crypto-shred every generation of ``name``'s data key (every reader's sealed copy)."""
         await self._store.destroy(name)

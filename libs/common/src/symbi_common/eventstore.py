@@ -124,8 +124,12 @@ class EventStore:
         causation_id: str | None = None,
         correlation_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        data_key: str | None = None,
     ) -> list[Recorded[E]]:
         """Seal ``events`` onto the aggregate's chain after ``expected`` and store them atomically.
+
+        ``data_key``: the name of the data key to seal with (e.g. :func:`~symbi_common.key_names.agent_data_key`);
+        by default the aggregate's own, ``<type>.<id>``.
 
         Raises :class:`ConcurrencyConflict` if another writer appended first; nothing was stored then.
         """
@@ -134,7 +138,10 @@ class EventStore:
         started = time.perf_counter()
         subject = subject_for(aggregate_type, aggregate_id)
         self._check_signer()
-        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}", new=expected.version == 0)
+        if data_key is None:  # the aggregate's own key: its first append creates it without reading first
+            key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}", new=expected.version == 0)
+        else:
+            key = await self.datakeys.current(data_key)
         sealed: list[tuple[bytes, EventHeader]] = []
         hashes: list[bytes] = []
         prev = expected.hash

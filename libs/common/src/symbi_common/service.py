@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -228,10 +228,17 @@ class ServiceRuntime:
                     self._decisions = await open_decision_point(self)
         return self._decisions
 
-    def repository(self, aggregate: Aggregate[S, C, E]) -> Repository[S, C, E]:
-        """A repository for ``aggregate`` on this service's store, with snapshots as configured."""
+    def repository(
+        self, aggregate: Aggregate[S, C, E], *, data_key: Callable[[S, Sequence[E]], str | None] | None = None
+    ) -> Repository[S, C, E]:
+        """A repository for ``aggregate`` on this service's store, with snapshots as configured (``data_key``: see
+        :class:`~symbi_common.aggregate.Repository`)."""
         repo = Repository(
-            self.store, aggregate, snapshots=self.snapshots, snapshot_every=self.settings.events.snapshot_every
+            self.store,
+            aggregate,
+            snapshots=self.snapshots,
+            snapshot_every=self.settings.events.snapshot_every,
+            data_key=data_key,
         )
         self.repositories.append(repo)
         return repo

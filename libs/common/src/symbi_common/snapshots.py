@@ -64,8 +64,12 @@ class SnapshotStore:
         self.registry = registry
         self.datakeys = datakeys
 
-    async def save(self, aggregate_type: str, aggregate_id: str, tip: ChainTip, state: Any) -> None:
-        key = await self.datakeys.current(f"{aggregate_type}.{aggregate_id}")
+    async def save(
+        self, aggregate_type: str, aggregate_id: str, tip: ChainTip, state: Any, *, data_key: str | None = None
+    ) -> None:
+        """Store ``state`` at ``tip``, sealed with the data key ``data_key`` names (by default the aggregate's own:
+        the one its events are sealed with, so erasing it shreds the snapshot as well)."""
+        key = await self.datakeys.current(data_key or f"{aggregate_type}.{aggregate_id}")
 
         header = SnapshotHeader(
             aggregate_type,

@@ -1,7 +1,9 @@
 """GDPR erasure by crypto-shredding, recorded as audit events on ``evt.audit.<erasure id>``.
 
 An erasure appends ``audit.erasure_requested``, destroys every generation of the aggregate's data key
-(``DataKeys.destroy``) and appends ``audit.erasure_executed``. The aggregate's payloads can no
+(``DataKeys.destroy``) and appends ``audit.erasure_executed``. Erasing an agent (``agent.<id>``) also destroys
+the key its tasks and their executions are sealed with (:mod:`symbi_common.key_names`); a task or execution
+has no key of its own to erase (unless written before tasks were sealed per agent). The aggregate's payloads can no
 longer be decrypted by anyone, while its signed, hash-chained envelopes and the Merkle tree still
 verify (verification never needs a data key). If the process dies between the two steps, the
 request is on record without its execution, which the GDPR report shows as pending.
@@ -16,10 +18,12 @@ from symbi_common.datakeys import DataKeys
 from symbi_common.errors import ValidationError
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
+from symbi_common.key_names import AGENT_KEYED_TYPES, agent_data_key
 from symbi_common.sealing import NEW_AGGREGATE, new_event_id
 from symbi_contracts.secrets.events import SecretChanged
 
 AGGREGATE_TYPE = "audit"
+AGENT_TYPE = "agent"
 _AGGREGATE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")  # dot-separated tokens, none empty
 
 
@@ -33,6 +37,9 @@ class ErasureRequested(Event, frozen=True, tag="audit.erasure_requested"):
 class ErasureExecuted(Event, frozen=True, tag="audit.erasure_executed"):
     aggregate: str
     data_key: str
+    #: Every data key destroyed (``<name>/*``): the aggregate's, and for an agent those of its tasks and
+    #: executions. Events written before it existed have none (``data_key`` alone was destroyed).
+    data_keys: tuple[str, ...] = ()
 
 
 #: The audit aggregate's events: erasures, and each change of the secrets store (:mod:`symbi_audit.secret_changes`).
@@ -55,6 +62,14 @@ class ErasureResult(msgspec.Struct, frozen=True, kw_only=True):
     executed_sequence: int
 
 
+def keys_erased(aggregate: str) -> list[str]:
+    """The names of the data keys erasing ``aggregate`` destroys: its own, and an agent's tasks' and executions'."""
+    aggregate_type, _, aggregate_id = aggregate.partition(".")
+    if aggregate_type == AGENT_TYPE and "." not in aggregate_id:
+        return [aggregate, *(agent_data_key(t, aggregate_id) for t in AGENT_KEYED_TYPES)]
+    return [aggregate]
+
+
 def check_aggregate(aggregate: str) -> str:
     if not _AGGREGATE_RE.match(aggregate) or aggregate.startswith(f"{AGGREGATE_TYPE}."):
         raise ValidationError(
@@ -67,6 +82,14 @@ def check_aggregate(aggregate: str) -> str:
 async def erase(store: EventStore, datakeys: DataKeys, request: EraseRequest, *, principal: str) -> ErasureResult:
     """Record the request, destroy the data key, record the execution."""
     aggregate = check_aggregate(request.aggregate)
+    aggregate_type, _, aggregate_id = aggregate.partition(".")
+    if aggregate_type in AGENT_KEYED_TYPES and "." not in aggregate_id and not await datakeys.exists(aggregate):
+        raise ValidationError(
+            f"{aggregate} has no data key of its own (or it was destroyed): an agent's tasks and executions are"
+            " sealed with the agent's key; erase agent.<agent id> to shred all of them",
+            field="aggregate",
+        )
+    keys = keys_erased(aggregate)
     erasure_id = new_event_id()
     requested_by = request.requested_by or principal
     first = await store.append(
@@ -77,11 +100,13 @@ async def erase(store: EventStore, datakeys: DataKeys, request: EraseRequest, *,
         expected=NEW_AGGREGATE,
         correlation_id=erasure_id,
     )
-    await datakeys.destroy(aggregate)
+    for key in keys:
+        await datakeys.destroy(key)
+    executed = ErasureExecuted(aggregate=aggregate, data_key=f"{aggregate}/*", data_keys=tuple(f"{k}/*" for k in keys))
     second = await store.append(
         AGGREGATE_TYPE,
         erasure_id,
-        [ErasureExecuted(aggregate=aggregate, data_key=f"{aggregate}/*")],
+        [executed],
         CODEC,
         expected=first[-1].tip,
         correlation_id=erasure_id,

@@ -156,7 +156,7 @@ class SandboxService:
             access = assigned.filesystem_access
             grants = await self.threads(resolve, access, self.data_roots) if access else ()
         except SandboxRefused as err:
-            await self._refuse(item, err.code, str(err), None, assigned.tier)
+            await self._refuse(item, task.agent_id, err.code, str(err), None, assigned.tier)
             return True
         request = self._decision_request(task, spec)
         # The service's one enforcer: checks the allow's conditions against what a sandbox start enforces
@@ -169,26 +169,28 @@ class SandboxService:
         if isinstance(decision, Deny):
             reason = f"policy denied sandbox.start: {decision.reason}"
             code = "condition_not_honoured" if decision.code == "unenforceable_condition" else "policy_denied"
-            await self._refuse(item, code, reason, record, spec.tier)
+            await self._refuse(item, task.agent_id, code, reason, record, spec.tier)
             return True
         if isinstance(decision, AllowWithConditions):
             try:
                 spec = apply_caps(spec, resource_caps(decision.conditions))
             except SandboxRefused as err:
-                await self._refuse(item, err.code, str(err), record, spec.tier)
+                await self._refuse(item, task.agent_id, err.code, str(err), record, spec.tier)
                 return True
         if assigned.mcp_servers:  # the definition's MCP servers, registered as `symbi tools add` would
             try:
                 await register_declared(self.tools, task.agent_id, assigned.mcp_servers)
             except (ToolError, ToolServerUnavailable) as err:
-                await self._refuse(item, err.code, f"the definition's MCP servers: {err}", record, spec.tier)
+                await self._refuse(
+                    item, task.agent_id, err.code, f"the definition's MCP servers: {err}", record, spec.tier
+                )
                 return True
         try:  # each grant is a decision of its own (enforcement point sandbox-agent.data_mount)
             mounts = await decide_mounts(enforcer, task.agent_id, grants)
         except MountUndecided as exc:
             raise InfrastructureError(f"task {task_id}: {exc}") from None
         except MountDenied as err:
-            await self._refuse(item, err.code, str(err), err.decision, spec.tier)
+            await self._refuse(item, task.agent_id, err.code, str(err), err.decision, spec.tier)
             return True
         spec = replace(spec, data_mounts=tuple(m.mount for m in mounts))
         try:  # each secret is a decision of its own (enforcement point sandbox-agent.secret_file)
@@ -196,7 +198,7 @@ class SandboxService:
         except SecretUndecided as exc:
             raise InfrastructureError(f"task {task_id}: {exc}") from None
         except SandboxRefused as err:
-            await self._refuse(item, err.code, str(err), getattr(err, "decision", None), spec.tier)
+            await self._refuse(item, task.agent_id, err.code, str(err), getattr(err, "decision", None), spec.tier)
             return True
         run = Running(spec, task.agent_id)
         self.running[task_id] = run
@@ -206,6 +208,7 @@ class SandboxService:
                 task_id,
                 ExecutionStarted(
                     attempt=spec.attempt,
+                    agent_id=task.agent_id,
                     host_id=self.host_id,
                     tier=spec.tier,
                     runtime=spec.runtime,
@@ -271,12 +274,11 @@ class SandboxService:
         )
 
     async def _refuse(
-        self, item: WorkItem, code: str, reason: str, decision: DecisionRecord | None, tier: str = ""
+        self, item: WorkItem, agent_id: str, code: str, reason: str, decision: DecisionRecord | None, tier: str = ""
     ) -> None:
         log.warning("task refused", task_id=item.task_id, code=code, reason=reason)
-        _, recs = await self.executions.execute(
-            item.task_id, ExecutionRefused(attempt=item.attempt, code=code, reason=reason, decision=decision)
-        )
+        refused = ExecutionRefused(attempt=item.attempt, agent_id=agent_id, code=code, reason=reason, decision=decision)
+        _, recs = await self.executions.execute(item.task_id, refused)
         if recs:
             EXECUTIONS.labels("refused", tier or "unknown").inc()
 

@@ -14,10 +14,12 @@ No I/O here: :mod:`symbi_sandbox_agent.application` loads and appends through th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+from symbi_common.key_names import agent_data_key
 from symbi_contracts.sandbox_agent.errors import ExecutionStateError
 from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
@@ -49,6 +51,8 @@ Status = Literal["none", "running", "paused", "ended"]
 
 class ExecutionState(msgspec.Struct, kw_only=True):
     task_id: str
+    #: The task's agent (from ``execution.started``/``refused``; empty for events written before they named it).
+    agent_id: str = ""
     attempt: int = 0
     host_id: str = ""
     status: Status = "none"
@@ -68,9 +72,21 @@ class ExecutionAggregate:
     def apply(self, state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
         s = msgspec.structs.replace(state)
         if isinstance(event, ExecutionStarted):
-            return ExecutionState(task_id=s.task_id, attempt=event.attempt, host_id=event.host_id, status="running")
+            return ExecutionState(
+                task_id=s.task_id,
+                agent_id=event.agent_id or s.agent_id,
+                attempt=event.attempt,
+                host_id=event.host_id,
+                status="running",
+            )
         if isinstance(event, ExecutionRefused):
-            return ExecutionState(task_id=s.task_id, attempt=event.attempt, status="ended", outcome="refused")
+            return ExecutionState(
+                task_id=s.task_id,
+                agent_id=event.agent_id or s.agent_id,
+                attempt=event.attempt,
+                status="ended",
+                outcome="refused",
+            )
         for chunk in output_chunks(event):
             end = chunk.offset + len(chunk.data)
             if chunk.stream == "stdout":
@@ -126,6 +142,16 @@ def _placed(state: ExecutionState, chunks: tuple[OutputChunk, ...]) -> tuple[Out
 
 
 EXECUTION = ExecutionAggregate()
+
+
+def execution_data_key(state: ExecutionState, events: Sequence[ExecutionEvent]) -> str | None:
+    """An execution is sealed with its agent's key (:mod:`symbi_common.key_names`), once an event has named the
+    agent; one written before events named it keeps its own key (None)."""
+    agent = state.agent_id
+    for event in events:
+        if isinstance(event, ExecutionStarted | ExecutionRefused) and event.agent_id:
+            agent = event.agent_id
+    return agent_data_key(EXECUTION.aggregate_type, agent) if agent else None
 
 
 class WorkItem(msgspec.Struct, frozen=True):

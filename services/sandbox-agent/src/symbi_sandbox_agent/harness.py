@@ -26,6 +26,7 @@ import msgspec
 from symbi_common.decisions import DecisionRecord, DecisionRequest, EntityRef
 from symbi_common.errors import DomainError
 from symbi_common.eventstore import EventStore
+from symbi_common.key_names import agent_data_key
 from symbi_common.policy.enforcement import SANDBOX_START, SCHEDULER_TASK_ALLOCATE
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import ChainTip
@@ -214,7 +215,9 @@ class GatewayHarness:
                 messaging=messaging,
             ),
         ]
-        await self.tasks.append("task", task_id, events, TASK_EVENTS, expected=ChainTip())
+        await self.tasks.append(
+            "task", task_id, events, TASK_EVENTS, expected=ChainTip(), data_key=agent_data_key("task", agent_id)
+        )
         body = msgspec.json.encode({"task_id": task_id, "attempt": 1})
         await self.tasks.nc.jetstream().publish(f"work.{svc.host_id}", body, headers={"Nats-Msg-Id": f"{task_id}:1"})
         deadline = time.monotonic() + timeout + 30
@@ -247,6 +250,7 @@ def _limits(svc: SandboxService, timeout: float) -> Limits:
 def _started(spec: SandboxSpec, decision: DecisionRecord, mounts: list[Any], run: Running) -> ExecutionStarted:
     return ExecutionStarted(
         attempt=1,
+        agent_id=run.agent_id,
         host_id=spec.host_id,
         tier="tier1",
         runtime="in-process",

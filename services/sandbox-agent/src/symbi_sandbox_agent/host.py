@@ -43,7 +43,7 @@ from symbi_sandbox_agent.application import SandboxService
 from symbi_sandbox_agent.cgroups import remove_cgroup_tree
 from symbi_sandbox_agent.config import data_roots, sandbox_defaults, work_root
 from symbi_sandbox_agent.docker_host import DockerHost
-from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem
+from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, HostAggregate, WorkItem, execution_data_key
 from symbi_sandbox_agent.egress.internal import MODELS_HOST
 from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.models.wiring import model_gateway
@@ -80,7 +80,9 @@ class SandboxHost:
         self.work_dir = Path(work_root(settings)) / host_id
         self.data_roots = data_roots(settings)
         self.running: dict[str, Running] = {}
-        self.executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent] = runtime.repository(EXECUTION)
+        self.executions: Repository[ExecutionState, ExecutionEvent, ExecutionEvent] = runtime.repository(
+            EXECUTION, data_key=execution_data_key
+        )
         self.hosts: Repository[int, HostEvent, HostEvent] = Repository(runtime.store, HostAggregate(), snapshots=None)
         self.threads = Threads()
         self.docker: SandboxEngine

@@ -22,6 +22,7 @@ No I/O here: :mod:`symbi_scheduler.application` loads and appends through a repo
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
@@ -30,6 +31,7 @@ from symbi_common.decisions import DecisionRecord
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
 from symbi_common.ids import ID_RE
+from symbi_common.key_names import agent_data_key
 from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, PRIORITIES, ResourceLimits
 from symbi_contracts.scheduler.events import (
     AGGREGATE_TYPE,
@@ -298,3 +300,9 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
 TASK: AggregateType[TaskState, Command, TaskEvent] = AggregateType(
     AGGREGATE_TYPE, CODEC, TaskState, initial, apply, decide
 )
+
+
+def task_data_key(state: TaskState, events: Sequence[TaskEvent]) -> str | None:
+    """A task is sealed with its agent's key (:mod:`symbi_common.key_names`): its submission names the agent."""
+    agent = state.agent_id or next((e.agent_id for e in events if isinstance(e, TaskSubmitted)), "")
+    return agent_data_key(AGGREGATE_TYPE, agent) if agent else None

@@ -21,7 +21,7 @@ from symbi_common.settings import Settings
 
 from symbi_scheduler.api import register_commands, router
 from symbi_scheduler.application import SchedulerService
-from symbi_scheduler.domain import TASK
+from symbi_scheduler.domain import TASK, task_data_key
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.lease import Lease
@@ -55,7 +55,7 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
         )
         model.capacity.grace_until = time.time() + s.host_lost_after_s
         await ensure_work_stream(rt.js, settings)
-        tasks = rt.repository(TASK)
+        tasks = rt.repository(TASK, data_key=task_data_key)
         schedules = rt.repository(SCHEDULE)
         lease = Lease(
             rt.js,

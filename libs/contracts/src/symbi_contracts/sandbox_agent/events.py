@@ -89,6 +89,9 @@ class ExecutionStarted(Event, frozen=True, kw_only=True, tag="execution.started"
     data_mounts: tuple[DataMountRecord, ...] = ()
     #: The secrets given to the sandbox as files on tmpfs, each with its decision (never a value).
     secret_files: tuple[SecretFileRecord, ...] = ()
+    #: The agent whose task this is: its data key seals the execution (``symbi_common.key_names``). Events
+    #: written before it existed have none (their execution is sealed with a key of its own).
+    agent_id: str = ""
 
 
 Stream = Literal["stdout", "stderr"]
@@ -146,6 +149,8 @@ class ExecutionRefused(_Ended, frozen=True, kw_only=True, tag="execution.refused
 
     code: str = ""
     decision: DecisionRecord | None = None
+    #: As :attr:`ExecutionStarted.agent_id`.
+    agent_id: str = ""
 
 
 class ExecutionFailed(_Ended, frozen=True, kw_only=True, tag="execution.failed"):
