@@ -38,7 +38,7 @@ from symbi_contracts.sandbox_agent.events import (
 from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
-from symbi_sandbox_agent.domain import ENVELOPE_ROOM, EXECUTION, ExitState, fits, terminal_event
+from symbi_sandbox_agent.domain import ENVELOPE_ROOM, EXECUTION, ExitState, execution_data_key, fits, terminal_event
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
 from symbi_sandbox_agent.tasks import fold_task
@@ -289,6 +289,20 @@ def test_a_redelivered_start_or_second_terminal_decides_nothing() -> None:
     assert EXECUTION.decide(ended, ExecutionRefused(attempt=1, reason="x")) == []  # type: ignore[arg-type]
     assert EXECUTION.decide(ended, started(2)) == [started(2)]  # type: ignore[arg-type]
     assert msgspec.structs.asdict(ended)["outcome"] == "exited"  # type: ignore[call-overload]
+
+
+def test_an_execution_is_sealed_with_its_agents_key_once_an_event_names_the_agent() -> None:
+    named = msgspec.structs.replace(started(1), agent_id="a1")
+    assert execution_data_key(EXECUTION.initial("t1"), [named]) == "execution.by-agent.a1"
+    state = run([named, ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"x")])
+    assert execution_data_key(state, [ExecutionExited(attempt=1, exit_code=0)]) == "execution.by-agent.a1"  # type: ignore[arg-type]
+    # A retry keeps the agent; a refusal names it as a start does.
+    assert execution_data_key(run([named, started(2)]), []) == "execution.by-agent.a1"  # type: ignore[arg-type]
+    refused = ExecutionRefused(attempt=1, agent_id="a2", reason="x")
+    assert execution_data_key(EXECUTION.initial("t2"), [refused]) == "execution.by-agent.a2"
+    # Written before events named the agent: the execution's own key (None), as its earlier events had.
+    legacy = run([started(1)])
+    assert execution_data_key(legacy, [ExecutionExited(attempt=1, exit_code=0)]) is None  # type: ignore[arg-type]
 
 
 def test_output_offsets_come_from_the_state() -> None:

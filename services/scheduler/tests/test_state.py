@@ -25,7 +25,16 @@ from symbi_contracts.scheduler.events import (
     TaskSuspended,
 )
 from symbi_scheduler.chores import AgentDone, Complete, due, firings_due
-from symbi_scheduler.domain import Record, TaskState, TaskStatus, agent_outcome, apply, decide, initial
+from symbi_scheduler.domain import (
+    Record,
+    TaskState,
+    TaskStatus,
+    agent_outcome,
+    apply,
+    decide,
+    initial,
+    task_data_key,
+)
 from symbi_scheduler.model import HostInfo, Model
 from symbi_scheduler.projections import TaskView
 from symbi_scheduler.schedules import SCHEDULE, ScheduleFired
@@ -280,6 +289,13 @@ def test_the_agent_is_told_succeeded_cancelled_or_failed() -> None:
         "failed",
         "failed",
     ]
+
+
+def test_a_task_is_sealed_with_its_agents_key() -> None:
+    submitted = TaskSubmitted(agent_id="a1", input=b"x", priority="normal")
+    assert task_data_key(initial("t1"), [submitted]) == "task.by-agent.a1"
+    assert task_data_key(apply(initial("t1"), submitted), [assigned(1)]) == "task.by-agent.a1"
+    assert task_data_key(initial("t1"), []) is None  # nothing names an agent: the task's own key
 
 
 def test_only_a_heartbeat_that_changes_placement_wakes_the_leader() -> None:
