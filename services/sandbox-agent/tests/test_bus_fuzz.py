@@ -537,6 +537,19 @@ def test_a_body_at_the_limit_is_sent_and_opened_and_one_level_more_is_refused_at
         assert refusal.value.reason == "refused"
 
 
+@pytest.mark.parametrize("ttl_s", [-1.0, -1e-9, float("nan"), float("inf"), float("-inf")])
+def test_a_peer_message_whose_ttl_is_no_duration_is_dead_lettered_not_kept_forever(ttl_s: float) -> None:
+    """Another host's sender may sign a TTL this one refuses to send; before, it meant "never expires"."""
+    envelope = seal(Meta(id="m", kind="direct", sender="alice", sent_at=1.0, to="bob", ttl_s=ttl_s), b"1", KEY, ALICE)
+
+    async def go() -> None:
+        with pytest.raises(Refused, match="is not a duration") as refusal:
+            await carrier().open_envelope(envelope, "bob", signed_here=True)
+        assert refusal.value.reason == "refused"
+
+    _run(go())
+
+
 @pytest.mark.parametrize("ttl_s", [-1.0, -1e-9, -1e308, float("nan"), float("inf"), float("-inf")])
 def test_a_ttl_that_is_no_duration_is_refused_typed(ttl_s: float) -> None:
     """A negative TTL was sent as "never expires" (and an infinite one is encoded as null: no receiver decodes it)."""

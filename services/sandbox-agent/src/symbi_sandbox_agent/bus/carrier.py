@@ -53,6 +53,7 @@ from symbi_sandbox_agent.bus.codec import (
     check_sendable,
     check_signature,
     expired,
+    is_duration,
     open_payload,
     seal,
 )
@@ -280,6 +281,8 @@ class Carrier:
         """``signed_here``: these exact bytes were signed by this process (a message between two agents of
         this host): verifying our own signature over identical bytes again would prove nothing new."""
         meta = envelope.meta
+        if not is_duration(meta.ttl_s):  # a peer's sender may sign what ours refuses to send: it never expires
+            raise Refused("refused", f"message {meta.id}: ttl_s {meta.ttl_s!r:.40} is not a duration")
         if expired(meta, time.time(), replayed_at):
             raise Refused("expired", f"message {meta.id} expired {meta.ttl_s} s after it was sent")
         if not signed_here:

@@ -31,10 +31,15 @@ class Refused(Exception):
         self.detail = detail
 
 
+def is_duration(ttl_s: float) -> bool:
+    """Whether ``ttl_s`` is a message's time to live: 0 (never expires) or a finite positive number of seconds."""
+    return math.isfinite(ttl_s) and ttl_s >= 0
+
+
 def check_sendable(body: Any, ttl_s: float) -> None:
     """:class:`BadMessage` unless ``body`` nests at most :data:`MAX_BODY_DEPTH` containers (what every
-    receiver decodes) and ``ttl_s`` is a duration: 0 (no expiry) or a finite positive number of seconds."""
-    if not math.isfinite(ttl_s) or ttl_s < 0:
+    receiver decodes) and ``ttl_s`` is a duration (:func:`is_duration`)."""
+    if not is_duration(ttl_s):
         raise BadMessage(f"ttl_s {ttl_s!r:.40} is not a duration: 0 (never expires) or a positive number of seconds")
     if nested_deeper_than(body, MAX_BODY_DEPTH):
         raise BadMessage(
