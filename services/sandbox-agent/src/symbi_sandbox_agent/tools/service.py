@@ -213,9 +213,8 @@ class ToolService:
         conn = self._connection(server)
         try:
             listed = await conn.list_tools(self.limits.timeout_s)
-        except ToolRefused:
-            self.definitions[server] = {}  # nothing of a refused listing is callable
-            raise
+        except ToolRefused as exc:
+            raise await self._refused(server, conn, exc.message) from None
         state = await self.registry.state(server, fresh=True)
         if state.registration is None:
             await self._drop(server)  # removed meanwhile (through any daemon): what it listed is no longer its
@@ -226,9 +225,7 @@ class ToolService:
         try:
             names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
         except NameRefused as exc:
-            self.definitions[server] = {}  # nothing of a colliding listing is callable
-            await self.registry.execute(server, RefuseListing(str(exc)))
-            raise ToolRefused(str(exc)) from None
+            raise await self._refused(server, conn, str(exc)) from None
         others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
         definitions: dict[str, dict[str, Any]] = {}
         for name, tool in zip(names, listed, strict=True):
@@ -236,7 +233,9 @@ class ToolService:
             try:
                 pin = pin_of(definition)
             except ValueError as exc:
-                raise ToolRefused(f"{server}.{name}: the definition is not plain JSON: {exc}") from None
+                raise await self._refused(
+                    server, conn, f"{server}.{name}: the definition is not plain JSON: {exc}"
+                ) from None
             checked = verify(
                 server,
                 definition,
@@ -259,6 +258,16 @@ class ToolService:
             definitions[name] = definition
         self.definitions[server] = definitions
         return await self._reassess(server, conn, state)
+
+    async def _refused(self, server: str, conn: McpConnection, reason: str) -> ToolRefused:
+        """The refusal of ``server``'s listing, to raise: nothing it listed is callable from now on, and the
+        refusal is recorded (once per reason) while the registration it was listed for is the one registered.
+        The definitions are cleared first, so an error recording it (raised, not swallowed) leaves none."""
+        self.definitions[server] = {}
+        state = await self.registry.state(server, fresh=True)
+        if state.registration is not None and state.registration == conn.registration:
+            await self.registry.execute(server, RefuseListing(reason))
+        return ToolRefused(reason)
 
     async def _reassess(self, server: str, conn: McpConnection, state: ServerState) -> ServerState:
         """Raise the server's tier if it listed flagged tools; a sandboxed server is started again in it."""

@@ -1,0 +1,221 @@
+"""A refused tool listing leaves nothing of its server callable and is on the server's audit trail.
+
+A server whose tool was approved and callable lists its tools again: what it lists now is refused (an
+answer that is not a tool list, an error, a definition that is not plain JSON). From then on none of its tools
+is callable (never the definition approved before: no fail open), and the server's event stream records
+``toolserver.listing_refused`` with the reason, even when the refusal cannot be recorded (the error raised,
+nothing left callable). Real MCP servers (the ``mcp`` SDK's, as child processes) where the SDK can send
+what is refused; the in-memory stand-in of test_tool_answers_fuzz.py for what only a server not built on the
+SDK sends on the wire; the real signed event store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from symbi_common.errors import AppendFailed
+from symbi_common.eventstore import EventStore
+from symbi_contracts.tools.errors import ToolRefused, UnknownTool
+from symbi_contracts.tools.events import CODEC, ToolListingRefused, ToolServerRegistered
+from symbi_sandbox_agent.tools.limits import ToolLimits
+from symbi_sandbox_agent.tools.registry import Command, RefuseListing, ServerState
+from symbi_sandbox_agent.tools.servers import McpConnection
+from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+
+from .test_tool_answers_fuzz import Answer, fake_server
+from .tools_support import bundle, keypair
+
+_, PUBLIC = keypair()
+
+#: A real MCP server (the SDK's): ``add``, and ``break_listing``, after which its ``tools/list`` handler
+#: returns a tool whose input schema is not one (and it says its list changed). The SDK checks what a
+#: handler returns, so what reaches the client is its error answer (-32603): the SDK never sends the
+#: off-schema listing itself (the stand-in below does).
+BREAKABLE = """
+import logging, warnings
+import mcp.types as mt
+from mcp.server.mcpserver import Context, MCPServer
+
+logging.disable(logging.CRITICAL)
+warnings.simplefilter("ignore")
+
+
+class Breakable(MCPServer):
+    broken = False
+
+    async def list_tools(self):
+        if self.broken:
+            return [mt.Tool.model_construct(name="add", input_schema="not a schema")]
+        return await super().list_tools()
+
+
+server = Breakable("breakable")
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def break_listing(ctx: Context) -> str:
+    server.broken = True
+    await ctx.session.send_tool_list_changed()
+    return "broken"
+
+
+server.add_tool(add, description="Add two integers.")
+server.add_tool(break_listing, description="List a tool that is not one from now on.")
+server.run()
+"""
+
+
+def breakable(server: str) -> ToolServerRegistered:
+    """:data:`BREAKABLE` run as a child process, its tools unsigned (no SchemaPin domain: approvable)."""
+    return ToolServerRegistered(server=server, transport="stdio", command=(sys.executable, "-c", BREAKABLE))
+
+
+@pytest.fixture
+async def store(make_store: Callable[..., Awaitable[EventStore]]) -> EventStore:
+    return await make_store("sandbox-agent")
+
+
+@pytest.fixture
+async def tools(store: EventStore) -> AsyncIterator[ToolService]:
+    service = ToolService(StoredRegistry(store), bundle(PUBLIC), limits=ToolLimits(timeout_s=5.0), local=True)
+    yield service
+    await service.close()
+
+
+async def refusals(store: EventStore, server: str) -> list[str]:
+    """The reasons of the ``toolserver.listing_refused`` events of ``server``, in order."""
+    return [
+        r.event.reason for r in await store.load("toolserver", server, CODEC) if isinstance(r.event, ToolListingRefused)
+    ]
+
+
+async def approved_and_callable(tools: ToolService, name: str) -> None:
+    await tools.approve(name, by="op")
+    assert (await tools.callable_record(name)).callable
+    assert (await tools.call(name, {"a": 2, "b": 3})).result["structuredContent"] == {"result": 5}
+
+
+async def list_changed(conn: McpConnection) -> None:
+    for _ in range(100):
+        if conn.changed.is_set():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{conn.server} did not say its tool list changed")
+
+
+async def test_a_listing_the_server_cannot_give_is_refused_recorded_and_leaves_nothing_callable(
+    tools: ToolService, store: EventStore
+) -> None:
+    await tools.register(breakable("brk"))
+    await approved_and_callable(tools, "brk.add")
+    await tools.call("brk.break_listing", {})
+    await list_changed(tools.connections["brk"])
+
+    with pytest.raises(UnknownTool):  # re-read first (the list changed): refused, so nothing is listed
+        await tools.callable_record("brk.add")
+    assert tools.definitions["brk"] == {}
+    reasons = await refusals(store, "brk")
+    assert len(reasons) == 1
+    assert "answered tools/list with error -32603" in reasons[0]
+    assert (await tools.registry.state("brk", fresh=True)).listing_refused == reasons[0]
+
+    assert [t for t in await tools.list() if t.server == "brk"] == []  # refused again, for the same reason
+    assert await refusals(store, "brk") == reasons  # recorded once
+
+
+@pytest.mark.parametrize(
+    ("relisted", "reason"),
+    [
+        ({"result": {"tools": [{"name": "add"}]}}, "what is not a tool list"),  # a tool without inputSchema
+        ({"result": {"tools": [{"name": "add", "inputSchema": "none"}]}}, "what is not a tool list"),
+        ({"result": {"tools": "add"}}, "what is not a tool list"),
+        ({"error": {"code": -32603, "message": "boom"}}, "error -32603: boom"),
+    ],
+)
+async def test_an_off_schema_listing_is_refused_recorded_and_leaves_nothing_callable(
+    tools: ToolService, store: EventStore, relisted: dict[str, Any], reason: str
+) -> None:
+    add = {"name": "add", "description": "Adds.", "inputSchema": {"type": "object"}}
+    answers: dict[str, Answer] = {
+        "tools/list": {"result": {"tools": [add]}},
+        "tools/call": {"result": {"content": [], "structuredContent": {"result": 5}}},
+    }
+    registration = ToolServerRegistered(server="standin", transport="stdio", command=("standin",))
+    conn = McpConnection("standin", fake_server(answers), registration=registration)
+    await conn.start(timeout=5)
+    tools.connections["standin"] = conn  # closed with the service
+    await tools.registry.execute("standin", registration)
+    await tools.refresh("standin")
+    await approved_and_callable(tools, "standin.add")
+
+    answers["tools/list"] = relisted
+    conn.changed.set()  # notifications/tools/list_changed
+    with pytest.raises(UnknownTool):
+        await tools.callable_record("standin.add")
+    assert tools.definitions["standin"] == {}
+    reasons = await refusals(store, "standin")
+    assert len(reasons) == 1
+    assert reason in reasons[0]
+    assert reasons[0].startswith("tool server 'standin' answered tools/list with")
+
+
+async def test_a_definition_that_is_not_plain_json_is_refused_recorded_and_leaves_nothing_callable(
+    tools: ToolService, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``mcp`` client never hands on a definition that is not plain JSON (NaN and infinities are parsed
+    and then dumped as null, a lone surrogate fails the parse): the refusal is reached here by what the real
+    server listed with a NaN put in, as another SDK or transport could hand it on."""
+    await tools.register(breakable("nan"))
+    await approved_and_callable(tools, "nan.add")
+    conn = tools.connections["nan"]
+    list_tools = conn.list_tools
+
+    async def with_nan(timeout: float) -> list[dict[str, Any]]:
+        listed = await list_tools(timeout)
+        for tool in listed:
+            if tool["name"] == "add":
+                tool["inputSchema"]["properties"]["a"]["default"] = math.nan
+        return listed
+
+    monkeypatch.setattr(conn, "list_tools", with_nan)
+    with pytest.raises(ToolRefused, match=r"nan\.add: the definition is not plain JSON"):
+        await tools.refresh("nan")
+    assert tools.definitions["nan"] == {}  # the definition approved before is not kept (no fail open)
+    with pytest.raises(UnknownTool):
+        await tools.callable_record("nan.add")
+    reasons = await refusals(store, "nan")
+    assert len(reasons) == 1
+    assert reasons[0].startswith("nan.add: the definition is not plain JSON")
+
+
+async def test_a_refusal_that_cannot_be_recorded_raises_and_leaves_nothing_callable(
+    tools: ToolService, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event store failing while the refusal is recorded is no allow: its error is raised (a call is
+    not served), and nothing of the refused listing is callable afterwards either."""
+    await tools.register(breakable("down"))
+    await approved_and_callable(tools, "down.add")
+    execute = tools.registry.execute
+
+    async def failing(server: str, command: Command) -> ServerState:
+        if isinstance(command, RefuseListing):
+            raise AppendFailed("JetStream did not confirm the append")
+        return await execute(server, command)
+
+    monkeypatch.setattr(tools.registry, "execute", failing)
+    await tools.call("down.break_listing", {})
+    await list_changed(tools.connections["down"])
+    with pytest.raises(AppendFailed):
+        await tools.callable_record("down.add")
+    assert tools.definitions["down"] == {}
+    with pytest.raises(UnknownTool):
+        await tools.callable_record("down.add")
+    assert await refusals(store, "down") == []
