@@ -41,8 +41,13 @@ class Spend:
 
 
 def text_tokens(text: str) -> int:
-    """The estimated tokens of ``text``: one per :data:`BYTES_PER_TOKEN` bytes, rounded up."""
-    return -(-len(text.encode("utf-8", "replace")) // BYTES_PER_TOKEN)
+    """The estimated tokens of ``text``: :func:`byte_tokens` of its UTF-8 bytes."""
+    return byte_tokens(len(text.encode("utf-8", "replace")))
+
+
+def byte_tokens(size: int) -> int:
+    """The estimated tokens of ``size`` bytes of text: one per :data:`BYTES_PER_TOKEN`, rounded up."""
+    return -(-size // BYTES_PER_TOKEN)
 
 
 def _content_tokens(content: Any) -> int:

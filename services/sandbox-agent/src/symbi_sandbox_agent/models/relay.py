@@ -57,5 +57,6 @@ class Relay:
         if self.finished:
             return
         self.finished = True
+        self.tally.end()
         self._finish(self.sent)
         await self.response.aclose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,7 @@ import msgspec
 from symbi_common.bounds import nested_deeper_than
 
 from symbi_sandbox_agent.models.errors import BadModelRequest, ModelError
-from symbi_sandbox_agent.models.pricing import text_tokens
+from symbi_sandbox_agent.models.pricing import byte_tokens, text_tokens
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -21,6 +21,13 @@ _encode = msgspec.json.Encoder()
 MAX_DEPTH = 64
 #: More tokens than any call has: a count beyond it is not a count (and would not fit the budget's events).
 MAX_REPORTED_TOKENS = 2**40
+#: The longest line of a streamed answer that is kept and read. A line is one event: a delta of a few tokens
+#: (a tool call's arguments come in pieces too), or the last chunk's usage, a few KiB at the most; this is far
+#: above that, and a quarter of the largest request the gateway takes from a sandbox (``max_request_bytes``,
+#: 4 MiB), as one stream's tally should hold less than one request does. A longer line is counted, not read
+#: (:class:`StreamTally`).
+MAX_LINE_BYTES = 1 << 20
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def parse_body(body: bytes, limit: int) -> dict[str, Any]:
@@ -120,34 +127,76 @@ def reply_text(reply: dict[str, Any]) -> str:
 
 class StreamTally:
     """Reads a server-sent event stream as it passes: the usage of its last chunk (asked for with
-    ``stream_options.include_usage``), else the text it carried, to count."""
+    ``stream_options.include_usage``), else the text it carried, to count.
 
-    def __init__(self) -> None:
-        self._pending = b""
+    A line ends with CR LF, LF or CR (a CR LF cut between two chunks ends one line). Each chunk is scanned
+    once, and the unfinished line is kept, as its parts come, up to ``max_line_bytes`` (:data:`MAX_LINE_BYTES`).
+    A longer line fails closed: it is not read, and all of its bytes, those kept and those still to come up to
+    its end, are counted as text, one token per :data:`~.pricing.BYTES_PER_TOKEN` bytes rounded up (what
+    :func:`~.pricing.text_tokens` counts for UTF-8 text), so a line that never ends is neither kept nor free.
+    A usage reported after it still wins: the text count is only the fallback."""
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
         self.usage: tuple[int, int] | None = None
         self.text_tokens = 0
         self.done = False
+        self._line = bytearray()  # the unfinished line (a bytearray, not a list of parts: no overhead per part)
+        self._overlong = 0  # bytes so far of a line past max_line_bytes (0: the line is being kept)
+        self._after_cr = False  # the last chunk ended with CR: an LF first in the next one ends no line
+
+    @property
+    def held(self) -> int:
+        """Bytes of the unfinished line kept (at most ``max_line_bytes``)."""
+        return len(self._line)
 
     def feed(self, chunk: bytes) -> None:
-        self._pending += chunk  # a line ends with CR LF, LF or CR
-        *lines, self._pending = self._pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._read(lines)
+        if not chunk:
+            return
+        start = 1 if self._after_cr and chunk.startswith(b"\n") else 0
+        self._after_cr = chunk.endswith(b"\r")
+        for end in _LINE_END.finditer(chunk, start):
+            self._take(chunk[start : end.start()])
+            self._end_line()
+            start = end.end()
+        self._take(chunk[start:])
 
-    def _read(self, lines: Iterable[bytes]) -> None:
-        for raw in lines:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                self.done = True
-                continue
-            event = _object(data)
-            if event is None:
-                continue
-            found = usage_of(event)
-            if found is not None:
-                self.usage = found
-            text = reply_text(event)
-            if text:
-                self.text_tokens += text_tokens(text)
+    def end(self) -> None:
+        """The stream is over: its last line is read even if no line end followed it."""
+        self._end_line()
+
+    def _take(self, part: bytes) -> None:
+        """Add ``part`` to the unfinished line, or count it if the line is past the limit."""
+        if not part:
+            return
+        if not self._overlong and len(self._line) + len(part) <= self.max_line_bytes:
+            self._line += part
+            return
+        counted = byte_tokens(self._overlong)
+        self._overlong += len(self._line) + len(part)
+        self.text_tokens += byte_tokens(self._overlong) - counted
+        self._line.clear()
+
+    def _end_line(self) -> None:
+        if not self._overlong:
+            self._read(bytes(self._line))
+        self._line.clear()
+        self._overlong = 0
+
+    def _read(self, raw: bytes) -> None:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            return
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return
+        event = _object(data)
+        if event is None:
+            return
+        found = usage_of(event)
+        if found is not None:
+            self.usage = found
+        text = reply_text(event)
+        if text:
+            self.text_tokens += text_tokens(text)
