@@ -20,10 +20,10 @@ from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.key_names import AGENT_KEYED_TYPES, agent_data_key
 from symbi_common.sealing import NEW_AGGREGATE, new_event_id
+from symbi_contracts.lifecycle.events import AGGREGATE_TYPE as AGENT_AGGREGATE
 from symbi_contracts.secrets.events import SecretChanged
 
 AGGREGATE_TYPE = "audit"
-AGENT_TYPE = "agent"
 _AGGREGATE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")  # dot-separated tokens, none empty
 
 
@@ -65,7 +65,7 @@ class ErasureResult(msgspec.Struct, frozen=True, kw_only=True):
 def keys_erased(aggregate: str) -> list[str]:
     """The names of the data keys erasing ``aggregate`` destroys: its own, and an agent's tasks' and executions'."""
     aggregate_type, _, aggregate_id = aggregate.partition(".")
-    if aggregate_type == AGENT_TYPE and "." not in aggregate_id:
+    if aggregate_type == AGENT_AGGREGATE and "." not in aggregate_id:
         return [aggregate, *(agent_data_key(t, aggregate_id) for t in AGENT_KEYED_TYPES)]
     return [aggregate]
 
