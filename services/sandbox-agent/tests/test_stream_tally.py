@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from symbi_sandbox_agent.models.pricing import BYTES_PER_TOKEN, text_tokens
-from symbi_sandbox_agent.models.wire import MAX_LINE_BYTES, StreamTally
+from symbi_sandbox_agent.models.wire import MAX_LINE_BYTES, StreamTally, reply_text
 
 NEWLINES = [b"\n", b"\r\n", b"\r"]
 KIB = 1024
@@ -185,3 +185,22 @@ def test_the_last_line_is_read_when_the_stream_ends_without_a_line_end() -> None
     assert tally.text_tokens == text_tokens("abcdef")
     tally.end()  # nothing left: a second end reads nothing again
     assert tally.text_tokens == text_tokens("abcdef")
+
+
+def test_tool_calls_refusals_and_reasoning_are_counted_when_no_usage_is_reported() -> None:
+    """A reply of tool calls alone was counted as 0 completion tokens (only ``content`` was read)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"city": "Paris"}'}}
+    reply = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
+    assert reply_text(reply) == 'lookup{"city": "Paris"}'
+    legacy = {"choices": [{"message": {"function_call": {"name": "f", "arguments": "{}"}, "refusal": "no"}}]}
+    assert reply_text(legacy) == "nof{}"
+    # Streamed: the arguments come in pieces, each counted as it passes.
+    tally = StreamTally()
+    for piece in ('{"ci', 'ty": "Paris"}'):
+        delta = {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}}]}
+        tally.feed(b"data: " + msgspec.json.encode(delta) + b"\n\n")
+    tally.feed(b"data: " + msgspec.json.encode({"choices": [{"delta": {"reasoning_content": "hmm"}}]}) + b"\n\n")
+    assert tally.text_tokens == text_tokens('{"ci') + text_tokens('ty": "Paris"}') + text_tokens("hmm")
+    # Malformed shapes count nothing and raise nothing.
+    for odd in ({"choices": [{"message": {"tool_calls": "x", "function_call": 5}}]}, {"choices": [1, None]}):
+        assert reply_text(odd) == ""  # type: ignore[arg-type]

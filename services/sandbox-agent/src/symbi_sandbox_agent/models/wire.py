@@ -113,15 +113,27 @@ def _count(value: object) -> int | None:
     return value
 
 
+#: The text fields of a reply's message (or a stream's delta) that the model generated, besides its calls.
+_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
+
+
 def reply_text(reply: dict[str, Any]) -> str:
-    """The text of a chat reply's choices (counted when no usage is reported)."""
-    parts = []
+    """Everything the model generated in a chat reply's choices, counted when no usage is reported: the text,
+    a refusal, reasoning, and the name and arguments of each tool (or function) call. Counting only the
+    ``content`` would make a reply of tool calls free."""
+    parts: list[str] = []
     choices = reply.get("choices")
     for choice in choices if isinstance(choices, list) else ():
-        if isinstance(choice, dict):
-            message = choice.get("message") or choice.get("delta") or {}
-            if isinstance(message, dict) and isinstance(message.get("content"), str):
-                parts.append(message["content"])
+        message = (choice.get("message") or choice.get("delta")) if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        parts += (message[f] for f in _TEXT_FIELDS if isinstance(message.get(f), str))
+        calls = message.get("tool_calls")
+        calls = [*(calls if isinstance(calls, list) else ()), {"function": message.get("function_call")}]
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts += (function[f] for f in ("name", "arguments") if isinstance(function.get(f), str))
     return "".join(parts)
 
 
