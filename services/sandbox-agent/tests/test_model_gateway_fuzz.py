@@ -28,7 +28,7 @@ from symbi_sandbox_agent.models.catalog import Catalog, Route
 from symbi_sandbox_agent.models.errors import BadModelRequest, UnknownModel
 from symbi_sandbox_agent.models.gateway import ModelGateway
 from symbi_sandbox_agent.models.ledger import Hold
-from symbi_sandbox_agent.models.pricing import Price
+from symbi_sandbox_agent.models.pricing import Price, text_tokens
 from symbi_sandbox_agent.models.relay import Relay
 from symbi_sandbox_agent.models.wire import (
     MAX_DEPTH,
@@ -383,3 +383,28 @@ def test_a_stream_is_tallied_alike_however_it_is_framed_and_cut(
     assert isinstance(event, BudgetReconciled)
     assert (event.input_tokens, event.output_tokens) == (whole.usage or (event.input_tokens, whole.text_tokens))
     assert event.estimated is (whole.usage is None)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 5000])
+def test_a_reply_larger_than_the_limit_is_not_read_and_the_whole_reservation_is_charged(extra: int) -> None:
+    """Before, a reply was read whole, however large. Past the limit it is refused (502) and, as its usage cannot
+    be read, reconciled at everything reserved (estimated); one at the limit is read as usual."""
+    reply = msgspec.json.encode({"choices": [{"message": {"content": "x" * 50}}]})
+    limit = len(reply) + 10
+    padded = reply + b" " * (10 + extra)  # trailing whitespace: still the same JSON at the limit
+    gw, ledger = _gateway(FakeUpstreams(200, [padded[i : i + 7] for i in range(0, len(padded), 7)]))
+    gw.max_reply_bytes = limit
+    body = msgspec.json.encode({"model": "test/small", "messages": [{"role": "user", "content": "hi"}]})
+    answered, _ = asyncio.run(_serve(gw, body))
+    _settled_once(ledger)
+    (event,) = ledger.settled
+    assert isinstance(event, BudgetReconciled)
+    (reserved,) = ledger.reserved
+    if extra == 0:
+        assert answered == 200
+        assert event.output_tokens == text_tokens("x" * 50)  # read: its text counted (no usage reported)
+        return
+    assert answered == 502
+    assert event.estimated
+    assert event.input_tokens + event.output_tokens == reserved.tokens
+    assert event.micro_usd == reserved.micro_usd

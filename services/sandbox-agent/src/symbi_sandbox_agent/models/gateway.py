@@ -45,7 +45,7 @@ from symbi_sandbox_agent.models.pricing import (
     reservation,
     text_tokens,
 )
-from symbi_sandbox_agent.models.relay import Relay
+from symbi_sandbox_agent.models.relay import MAX_REPLY_BYTES, Relay, read_at_most
 from symbi_sandbox_agent.models.upstream import Upstreams
 from symbi_sandbox_agent.models.wire import (
     JSON,
@@ -105,6 +105,7 @@ class ModelGateway:
         decide: Decide,
         default_max_tokens: int = 1024,
         max_request_bytes: int = 4 * 1024 * 1024,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.catalog = catalog
         self.upstreams = upstreams
@@ -113,6 +114,7 @@ class ModelGateway:
         self.decide = decide
         self.default_max_tokens = default_max_tokens
         self.max_request_bytes = max_request_bytes
+        self.max_reply_bytes = max_reply_bytes
         self._background: set[asyncio.Task[None]] = set()
 
     # --- the HTTP face (InternalService) --------------------------------------------------------
@@ -236,10 +238,10 @@ class ModelGateway:
 
     async def _read(self, call: _Call) -> tuple[bytes, dict[str, Any]]:
         """The whole reply of a call that is not streamed; its reservation is reconciled (released if the
-        reply never came)."""
+        reply never came; charged whole if the reply is too large to read, as what it reports is unknown)."""
         rid = call.hold.event.reservation_id
         try:
-            data = await call.response.aread()
+            data = await read_at_most(call.response, self.max_reply_bytes)
         except BaseException as exc:
             self._settle(call.hold, BudgetReleased(reservation_id=rid, reason=f"reply not read: {exc!r}"[:500]))
             if isinstance(exc, httpx.HTTPError):
@@ -247,6 +249,10 @@ class ModelGateway:
             raise
         finally:
             await call.response.aclose()
+        if data is None:
+            self._reconcile(call, (call.prompt_tokens, max(call.hold.event.tokens - call.prompt_tokens, 0)), True)
+            limit = self.max_reply_bytes
+            raise UpstreamFailed(f"the reply of provider {call.route.provider} is larger than {limit} bytes")
         try:
             reply = parse_body(data, len(data))
         except BadModelRequest:

@@ -16,6 +16,20 @@ from symbi_sandbox_agent.models.wire import StreamTally
 
 log = structlog.get_logger(__name__)
 
+#: The largest reply (not streamed) read from a provider: far above any chat reply (128k tokens of JSON is
+#: well under 2 MiB), so a bigger one is a misbehaving provider, not an answer to pass on.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+async def read_at_most(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of ``response``, or None once it is longer than ``limit`` bytes (nothing more is read)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
 
 class Relay:
     """``finish(sent)`` settles the call (``sent``: whether any chunk went out)."""
