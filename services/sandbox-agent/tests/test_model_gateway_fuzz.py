@@ -408,3 +408,13 @@ def test_a_reply_larger_than_the_limit_is_not_read_and_the_whole_reservation_is_
     assert event.estimated
     assert event.input_tokens + event.output_tokens == reserved.tokens
     assert event.micro_usd == reserved.micro_usd
+
+
+def test_a_large_error_answer_is_not_read_whole() -> None:
+    gw, ledger = _gateway(FakeUpstreams(500, [b"e" * 1024] * 100))
+    body = msgspec.json.encode({"model": "test/small", "messages": [{"role": "user", "content": "hi"}]})
+    answered, data = asyncio.run(_serve(gw, body))
+    assert answered == 502
+    assert b"an error answer of more than 64 KiB" in data
+    (event,) = ledger.settled
+    assert isinstance(event, BudgetReleased)

@@ -45,7 +45,7 @@ from symbi_sandbox_agent.models.pricing import (
     reservation,
     text_tokens,
 )
-from symbi_sandbox_agent.models.relay import MAX_REPLY_BYTES, Relay, read_at_most
+from symbi_sandbox_agent.models.relay import MAX_ERROR_BYTES, MAX_REPLY_BYTES, Relay, read_at_most
 from symbi_sandbox_agent.models.upstream import Upstreams
 from symbi_sandbox_agent.models.wire import (
     JSON,
@@ -228,7 +228,8 @@ class ModelGateway:
             raise
         if response.status_code >= 400:
             try:
-                detail = self.upstreams.scrub(route.provider, response.status_code, await response.aread())
+                error = await read_at_most(response, MAX_ERROR_BYTES) or b"(an error answer of more than 64 KiB)"
+                detail = self.upstreams.scrub(route.provider, response.status_code, error)
             finally:
                 await response.aclose()
             reason = f"provider {route.provider} answered {response.status_code}"

@@ -19,6 +19,8 @@ log = structlog.get_logger(__name__)
 #: The largest reply (not streamed) read from a provider: far above any chat reply (128k tokens of JSON is
 #: well under 2 MiB), so a bigger one is a misbehaving provider, not an answer to pass on.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
+#: The largest error answer read from a provider (only its start is ever passed on).
+MAX_ERROR_BYTES = 64 * 1024
 
 
 async def read_at_most(response: httpx.Response, limit: int) -> bytes | None:
