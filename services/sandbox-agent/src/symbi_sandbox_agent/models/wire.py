@@ -129,9 +129,9 @@ def reply_text(reply: dict[str, Any]) -> str:
             continue
         parts += (message[f] for f in _TEXT_FIELDS if isinstance(message.get(f), str))
         calls = message.get("tool_calls")
-        calls = [*(calls if isinstance(calls, list) else ()), {"function": message.get("function_call")}]
-        for call in calls:
-            function = call.get("function") if isinstance(call, dict) else None
+        functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        functions.append(message.get("function_call"))  # the older form: one call, beside the message
+        for function in functions:
             if isinstance(function, dict):
                 parts += (function[f] for f in ("name", "arguments") if isinstance(function.get(f), str))
     return "".join(parts)
