@@ -196,6 +196,32 @@ async def test_a_definition_that_is_not_plain_json_is_refused_recorded_and_leave
     assert reasons[0].startswith("nan.add: the definition is not plain JSON")
 
 
+async def test_a_bad_definition_after_a_changed_one_records_no_change(
+    tools: ToolService, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every definition is pinned before any is recorded: a listing refused for its second tool records no
+    change of its first (before, ``add``'s new definition was recorded, then the listing refused)."""
+    await tools.register(breakable("half"))
+    await approved_and_callable(tools, "half.add")
+    conn = tools.connections["half"]
+    list_tools = conn.list_tools
+
+    async def changed_then_nan(timeout: float) -> list[dict[str, Any]]:
+        listed = await list_tools(timeout)
+        assert [t["name"] for t in listed] == ["add", "break_listing"]
+        listed[0]["description"] = "Add two integers, differently."
+        listed[1]["inputSchema"]["properties"] = {"x": {"default": math.nan}}
+        return listed
+
+    events_before = len(await store.load("toolserver", "half", CODEC))
+    monkeypatch.setattr(conn, "list_tools", changed_then_nan)
+    with pytest.raises(ToolRefused, match=r"half\.break_listing: the definition is not plain JSON"):
+        await tools.refresh("half")
+    after = [r.event for r in await store.load("toolserver", "half", CODEC)][events_before:]
+    assert [type(e) for e in after] == [ToolListingRefused]
+    assert tools.definitions["half"] == {}
+
+
 async def test_a_refusal_that_cannot_be_recorded_raises_and_leaves_nothing_callable(
     tools: ToolService, store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

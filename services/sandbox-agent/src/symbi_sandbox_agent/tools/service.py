@@ -226,16 +226,17 @@ class ToolService:
             names = check_tool_names(server, [str(t.get("name", "")) for t in listed])
         except NameRefused as exc:
             raise await self._refused(server, conn, str(exc)) from None
-        others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
-        definitions: dict[str, dict[str, Any]] = {}
-        for name, tool in zip(names, listed, strict=True):
-            definition = definition_of(tool)
+        definitions = {name: definition_of(tool) for name, tool in zip(names, listed, strict=True)}
+        pins: dict[str, str] = {}
+        for name, definition in definitions.items():  # every pin first: a bad one refuses before anything is recorded
             try:
-                pin = pin_of(definition)
+                pins[name] = pin_of(definition)
             except ValueError as exc:
                 raise await self._refused(
                     server, conn, f"{server}.{name}: the definition is not plain JSON: {exc}"
                 ) from None
+        others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
+        for (name, definition), tool in zip(definitions.items(), listed, strict=True):
             checked = verify(
                 server,
                 definition,
@@ -248,14 +249,13 @@ class ToolService:
                 state = await self.registry.execute(server, PinKey(state.registration.domain, checked.fingerprint))
             observed = Observe(
                 name,
-                pin,
+                pins[name],
                 str(definition.get("description", "")),
                 scan(server, definition, others),
                 checked.outcome,
                 checked.fingerprint,
             )
             state = await self.registry.execute(server, observed)
-            definitions[name] = definition
         self.definitions[server] = definitions
         return await self._reassess(server, conn, state)
 
