@@ -31,7 +31,7 @@ from symbi_contracts.sandbox_agent.events import ActionOutcome
 
 from symbi_sandbox_agent.actions import check_against_schema
 from symbi_sandbox_agent.bus.carrier import Carrier
-from symbi_sandbox_agent.bus.codec import check_sendable
+from symbi_sandbox_agent.bus.codec import sendable
 from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.bus.delivered import Batch
 from symbi_sandbox_agent.bus.errors import BadMessage, RateLimited
@@ -133,12 +133,12 @@ class MessageOps:
     async def _send(self, seq: int, request: Request, args: Send | Publish | Ask, carrier: Carrier) -> Reply:
         to = "" if isinstance(args, Publish) else args.to
         topic = args.topic if isinstance(args, Publish) else ""
-        try:  # before the body is encoded (a deep one would raise RecursionError) or decided
-            check_sendable(args.body, 0.0 if isinstance(args, Ask) else args.ttl_s)
+        try:  # checked before it is encoded (a deep body would raise RecursionError), encoded once
+            body = sendable(args.body, 0.0 if isinstance(args, Ask) else args.ttl_s)
         except BadMessage as err:
             await self.record(seq, SEND, to or topic, {}, None, "failed", f"invalid_request: {err.message}")
             return error(request.id, "invalid_request", err.message, **err.details)
-        size = len(msgspec.json.encode(args.body))
+        size = len(body.payload)
         clearances = await carrier.recipients.clearances(to) if valid_agent_id(to) else ()
         question = self.question(self.agent_id, to, topic, dict(request.context), size, clearances)
         target = to or topic
@@ -171,9 +171,7 @@ class MessageOps:
         try:
             if isinstance(args, Ask):
                 wait = min(max(args.timeout_s, 0.0), MAX_WAIT_S)
-                got = await carrier.request(
-                    self.agent_id, to, args.body, wait, classification=classification, limits=limits
-                )
+                got = await carrier.request(self.agent_id, to, body, wait, classification=classification, limits=limits)
                 await self.record(
                     seq, SEND, target, question.context, record, "allowed", f"{request.op} replied {got.meta.id}"
                 )
@@ -182,7 +180,7 @@ class MessageOps:
                 meta = await carrier.send(
                     self.agent_id,
                     "topic",
-                    args.body,
+                    body,
                     topic=topic,
                     ttl_s=args.ttl_s,
                     classification=classification,
@@ -193,7 +191,7 @@ class MessageOps:
                 meta = await carrier.send(
                     self.agent_id,
                     kind,
-                    args.body,
+                    body,
                     to=to,
                     ttl_s=args.ttl_s,
                     classification=classification,

@@ -48,14 +48,15 @@ from symbi_contracts.bus import (
 
 from symbi_sandbox_agent.bus.codec import (
     UNDECODABLE,
+    Encoded,
     Refused,
-    body_bytes,
-    check_sendable,
     check_signature,
+    check_ttl,
     expired,
     is_duration,
     open_payload,
     seal,
+    sendable,
 )
 from symbi_sandbox_agent.bus.delivered import Batch, Delivered
 from symbi_sandbox_agent.bus.errors import BadAddress, NoReply, RateLimited, RecipientTerminated, TooLarge
@@ -158,8 +159,11 @@ class Carrier:
         check_address(to, topic)
         if kind == "reply" and not valid_name(in_reply_to):  # one token of the reply's subject
             raise BadAddress(f"{in_reply_to[:80]!r} is not a message id (1-64 letters, digits, '-' or '_')")
-        check_sendable(body, ttl_s)
-        payload = body_bytes(body)
+        if isinstance(body, Encoded):
+            check_ttl(ttl_s)  # (the body was checked when it was encoded)
+            payload = body.payload
+        else:
+            payload = sendable(body, ttl_s).payload
         lim = limits or self.limiter.limits
         if len(payload) > lim.max_message_bytes:
             raise TooLarge(

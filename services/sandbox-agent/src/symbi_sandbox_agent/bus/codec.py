@@ -36,11 +36,16 @@ def is_duration(ttl_s: float) -> bool:
     return math.isfinite(ttl_s) and ttl_s >= 0
 
 
+def check_ttl(ttl_s: float) -> None:
+    """:class:`BadMessage` unless ``ttl_s`` is a duration (:func:`is_duration`)."""
+    if not is_duration(ttl_s):
+        raise BadMessage(f"ttl_s {ttl_s!r:.40} is not a duration: 0 (never expires) or a positive number of seconds")
+
+
 def check_sendable(body: Any, ttl_s: float) -> None:
     """:class:`BadMessage` unless ``body`` nests at most :data:`MAX_BODY_DEPTH` containers (what every
     receiver decodes) and ``ttl_s`` is a duration (:func:`is_duration`)."""
-    if not is_duration(ttl_s):
-        raise BadMessage(f"ttl_s {ttl_s!r:.40} is not a duration: 0 (never expires) or a positive number of seconds")
+    check_ttl(ttl_s)
     if nested_deeper_than(body, MAX_BODY_DEPTH):
         raise BadMessage(
             f"the message body nests lists or objects more than {MAX_BODY_DEPTH} levels deep",
@@ -50,6 +55,18 @@ def check_sendable(body: Any, ttl_s: float) -> None:
 
 def body_bytes(body: Any) -> bytes:
     return _body_encoder.encode(body)
+
+
+class Encoded(msgspec.Struct, frozen=True):
+    """A body already checked (:func:`check_sendable`) and encoded by the caller: sent as it is, not again."""
+
+    payload: bytes
+
+
+def sendable(body: Any, ttl_s: float) -> Encoded:
+    """``body`` checked (:class:`BadMessage`) and encoded once, for the size its decision needs and the send."""
+    check_sendable(body, ttl_s)
+    return Encoded(body_bytes(body))
 
 
 def seal(meta: Meta, payload: bytes, key: AeadKey, signer: Signer) -> Envelope:
