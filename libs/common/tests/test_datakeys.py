@@ -92,6 +92,25 @@ async def test_rotation(make: Make) -> None:
     assert await dk.rotate("agent.new") == "agent.new/2"
 
 
+async def test_a_key_rotates_itself_after_its_encryptions(make: Make) -> None:
+    """After ``rotate_after`` encryptions in this process the next ``current`` rotates the key
+    once, however many callers notice together; what the worn generation sealed still opens."""
+    dk = make()
+    dk.rotate_after = 3
+    worn = await dk.current("agent.w")
+    sealed = [worn.encrypt(b"p%d" % i, b"") for i in range(3)]
+    assert (await dk.current("agent.w")).key_id == "agent.w/2"  # (two encryptions would not have rotated it)
+    fresh = await dk.current("agent.w")
+    sealed += [fresh.encrypt(b"p3", b""), fresh.encrypt(b"p4", b""), fresh.encrypt(b"p5", b"")]
+    together = await asyncio.gather(*(dk.current("agent.w") for _ in range(8)))
+    assert {k.key_id for k in together} == {"agent.w/3"}
+    other = make()
+    assert (await other.current("agent.w")).key_id == "agent.w/3"
+    for i, (nonce, ct) in enumerate(sealed):
+        key = await other.by_id(f"agent.w/{1 + i // 3}")
+        assert key.decrypt(nonce, ct, b"") == b"p%d" % i
+
+
 async def test_destroy(make: Make) -> None:
     dk = make()
     await dk.current("agent.d")

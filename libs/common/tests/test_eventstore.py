@@ -214,6 +214,18 @@ async def test_data_key_rotation_keeps_old_events_readable(make_store: MakeStore
         assert [r.header.data_key_id for r in loaded] == [r.header.data_key_id for r in old + new]
 
 
+async def test_a_data_key_worn_by_its_encryptions_is_rotated_on_append(make_store: MakeStore) -> None:
+    store = await make_store()
+    store.datakeys.rotate_after = 2
+    agg = new_id()
+    recs = await store.append("agent", agg, [Noted(text="a")], codec, expected=NEW_AGGREGATE)
+    for text in "bcd":
+        recs += await store.append("agent", agg, [Noted(text=text)], codec, expected=recs[-1].tip)
+    assert [r.header.data_key_id for r in recs] == [f"agent.{agg}/{g}" for g in (1, 1, 2, 2)]
+    loaded = await (await make_store()).load("agent", agg, codec)
+    assert [r.event.text for r in loaded] == ["a", "b", "c", "d"]  # type: ignore[attr-defined]
+
+
 async def test_destroyed_data_key_shreds_payloads_but_chain_verifies(
     make_store: MakeStore, provisioned: NatsClient
 ) -> None:

@@ -69,18 +69,21 @@ class Verifier:
 
 
 class AeadKey:
-    """An AES-256-GCM key. Encrypt with a fresh random 96-bit nonce; decrypt returns None on failure."""
+    """An AES-256-GCM key. Encrypt with a fresh random 96-bit nonce; decrypt returns None on failure.
+    ``uses`` counts its encryptions (random nonces bound their number per key: see DataKeys)."""
 
-    __slots__ = ("_aead", "key_id")
+    __slots__ = ("_aead", "key_id", "uses")
 
     def __init__(self, key_id: str, key: bytes) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError("an AES-256 key is 32 bytes")
         self.key_id = key_id
         self._aead = AESGCM(key)
+        self.uses = 0
 
     def encrypt(self, plaintext: bytes, associated_data: bytes, nonce: bytes | None = None) -> tuple[bytes, bytes]:
         nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+        self.uses += 1
         return nonce, self._aead.encrypt(nonce, plaintext, associated_data)
 
     def decrypt(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes | None:

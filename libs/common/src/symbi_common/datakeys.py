@@ -35,6 +35,12 @@ from symbi_common.keyring import KeyRegistry
 log = structlog.get_logger(__name__)
 
 
+#: Payloads one process seals with one data key generation before it rotates the key (2**28). AES-GCM with
+#: random 96-bit nonces stays within NIST SP 800-38D's bound of 2**32 encryptions per key as long as at most
+#: 16 processes write under one key name between rotations (each counts its own; a count restarts when a
+#: process loads the key again, e.g. after a restart or past ``max_cached`` keys).
+ROTATE_AFTER = 1 << 28
+
 #: Digits of a data key generation at most: every generation fits a signed 64-bit integer (as records store it).
 MAX_GENERATION_DIGITS = 18
 
@@ -87,6 +93,8 @@ class DataKeys:
         #: and new aggregate). Only records with a copy sealed to this service; the oldest go first.
         self._announced: dict[str, tuple[DataKeyRecord, int]] = {}
         self.max_announced = 4096
+        #: Encryptions (random 96-bit nonces) this process makes with one generation before it rotates the key.
+        self.rotate_after = ROTATE_AFTER
 
     @property
     def wrap_key_id(self) -> str:
@@ -164,7 +172,11 @@ class DataKeys:
         exists after all (a retry, a destroyed key's marker) it is read as usual."""
         cached = self._cache.get(name)
         if cached is not None and cached[0] in cached[1]:
-            return cached[1][cached[0]]
+            key = cached[1][cached[0]]
+            if key.uses < self.rotate_after:
+                return key
+            await self._rotate_worn(name, key.key_id)
+            return await self.current(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             cached = self._cache.get(name)
@@ -206,6 +218,16 @@ class DataKeys:
             return cached[1][gen]
         except KeyError:
             raise DataKeyDestroyed(f"data key {data_key_id} does not exist", key_id=data_key_id) from None
+
+    async def _rotate_worn(self, name: str, key_id: str) -> None:
+        """Rotate ``name`` once its current key ``key_id`` has sealed :attr:`rotate_after` payloads here (once,
+        however many callers notice it together)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            cached = self._cache.get(name)
+            if cached is not None and f"{name}/{cached[0]}" == key_id:
+                log.info("data key rotated after its encryptions", key_id=key_id, uses=self.rotate_after)
+                await self.rotate(name)
+        self._locks.pop(name, None)
 
     async def rotate(self, name: str) -> str:
         """Add a new generation and make it current; returns its id. Old generations still decrypt."""
