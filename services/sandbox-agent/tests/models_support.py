@@ -52,7 +52,10 @@ class DictSecrets:
             raise SecretNotFound(f"no secret {name}") from None
 
 
-def models_settings(base_url: str, ca_file: Path, tenants: dict[str, Any] | None = None) -> ModelsSettings:
+def models_settings(
+    base_url: str, ca_file: Path, tenants: dict[str, Any] | None = None, **provider: Any
+) -> ModelsSettings:
+    """The ``test`` provider's settings; ``provider``: more of its settings (e.g. ``completion_limit``)."""
     return msgspec.convert(
         {
             "providers": {
@@ -62,6 +65,7 @@ def models_settings(base_url: str, ca_file: Path, tenants: dict[str, Any] | None
                     "models": ["small", "other"],
                     "prices": {"small": PRICES, "other": PRICES},
                     "ca_file": str(ca_file),
+                    **provider,
                 },
             },
             "tenants": tenants or {},

@@ -148,6 +148,17 @@ def test_the_catalogue_resolves_names_and_refuses_bad_settings() -> None:
         catalog_of(settings(base_url="ftp://x").providers)
 
 
+def test_the_completion_limit_is_a_parameter_providers_know() -> None:
+    """``max_tokens`` unless the provider says ``max_completion_tokens``; anything else fails start-up."""
+    assert catalog_of(settings().providers).resolve("p/m").completion_limit == "max_tokens"
+    reasoning = catalog_of(settings(completion_limit="max_completion_tokens").providers)
+    assert reasoning.resolve("p/m").completion_limit == "max_completion_tokens"
+    for bad in ("max_output_tokens", "MAX_TOKENS", ""):
+        with pytest.raises(ConfigError, match="max_tokens, max_completion_tokens") as refused:
+            catalog_of(settings(completion_limit=bad).providers)
+        assert refused.value.setting == "models.providers.p.completion_limit"
+
+
 def test_the_pure_modules_load_no_io() -> None:
     import subprocess
     import sys

@@ -92,6 +92,10 @@ class ModelProviderSettings(Section):
     #: A CA bundle (PEM) to trust for this provider instead of the system's; empty: the system's.
     ca_file: str = ""
     timeout_s: float = 120.0
+    #: The parameter the gateway adds to hold a chat request that sets no limit to ``default_max_tokens``:
+    #: ``max_tokens`` (what most OpenAI-compatible servers know) or ``max_completion_tokens`` (OpenAI's
+    #: reasoning models refuse ``max_tokens``). Anything else is refused at start-up.
+    completion_limit: str = "max_tokens"
 
 
 class TenantBudgetSettings(Section):

@@ -19,15 +19,19 @@ from symbi_sandbox_agent.models.errors import UnknownModel
 from symbi_sandbox_agent.models.pricing import Price
 
 PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+#: The parameters a provider may be held to a completion limit by (its ``completion_limit``).
+COMPLETION_LIMITS = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One model of one provider: ``model`` is the name the provider knows it by."""
+    """One model of one provider: ``model`` is the name the provider knows it by; ``completion_limit`` the
+    parameter the gateway adds to a chat request that sets no limit of its own."""
 
     provider: str
     model: str
     price: Price
+    completion_limit: str = "max_tokens"
 
     @property
     def name(self) -> str:
@@ -79,6 +83,11 @@ def catalog_of(providers: Mapping[str, ModelProviderSettings]) -> Catalog:
         if not settings.base_url.startswith(("https://", "http://")):
             raise ConfigError("must be an http(s) URL such as https://api.openai.com/v1", setting=f"{where}.base_url")
         secret_name(provider, settings.api_key)
+        if settings.completion_limit not in COMPLETION_LIMITS:
+            raise ConfigError(
+                f"{settings.completion_limit!r:.100}: must be one of {', '.join(COMPLETION_LIMITS)}",
+                setting=f"{where}.completion_limit",
+            )
         for model in settings.models:
             if not model or ("/" in model and model.split("/", 1)[0] == provider):
                 raise ConfigError(f"{model!r}: list the provider's own name of the model", setting=f"{where}.models")
@@ -89,6 +98,7 @@ def catalog_of(providers: Mapping[str, ModelProviderSettings]) -> Catalog:
                 )
             if price.input_micro_usd_per_mtok < 0 or price.output_micro_usd_per_mtok < 0:
                 raise ConfigError(f"model {model!r} has a negative price", setting=f"{where}.prices")
-            route = Route(provider, model, Price(price.input_micro_usd_per_mtok, price.output_micro_usd_per_mtok))
+            prices = Price(price.input_micro_usd_per_mtok, price.output_micro_usd_per_mtok)
+            route = Route(provider, model, prices, settings.completion_limit)
             routes[route.name] = route
     return Catalog(routes)

@@ -216,7 +216,9 @@ class ModelGateway:
             raise _refusal(who, route, *held)
         upstream: dict[str, Any] = {**body, "model": route.model}
         if endpoint == "chat" and body.get("max_completion_tokens") is None and body.get("max_tokens") is None:
-            upstream["max_tokens"] = self.default_max_tokens  # the provider may not use more than was reserved
+            # The provider may not use more than was reserved, told in the parameter it knows (a reasoning model
+            # refuses max_tokens).
+            upstream[route.completion_limit] = self.default_max_tokens
         if stream:
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
