@@ -672,25 +672,33 @@ def test_an_agent_with_a_128_character_id_is_addressed_and_its_inbox_named_withi
     ],
 )
 @pytest.mark.parametrize("where", ["get_msg", "dead_letter"])
-def test_the_max_deliveries_follower_goes_on_after_a_nats_failure(failure: Exception, where: str) -> None:
+@pytest.mark.parametrize("failures", [1, 3, 4])
+def test_the_max_deliveries_follower_retries_a_nats_failure_then_goes_on(
+    failure: Exception, where: str, failures: int
+) -> None:
+    """A letter NATS fails to take is tried again (three times here); one that still fails costs that advisory,
+    never the follower."""
     stored = {1: FakeStore(b"one"), 2: FakeStore(b"two")}
     letters: list[bytes] = []
     failed: list[int] = []
 
+    def fail_once_more(seq: int) -> None:
+        if seq == 1 and len(failed) < failures:
+            failed.append(seq)
+            raise failure
+
     class Js:
         async def get_msg(self, stream: str, seq: int) -> FakeStore:
-            if where == "get_msg" and seq == 1:
-                failed.append(seq)
-                raise failure
+            if where == "get_msg":
+                fail_once_more(seq)
             return stored[seq]
 
     class Bus:
         js = Js()
 
         async def dead_letter(self, data: bytes, recipient: str, reason: str, detail: str) -> None:
-            if where == "dead_letter" and data == b"one":
-                failed.append(1)
-                raise failure
+            if where == "dead_letter":
+                fail_once_more(1 if data == b"one" else 2)
             letters.append(data)
 
     async def feed() -> AsyncIterator[Any]:
@@ -698,8 +706,9 @@ def test_the_max_deliveries_follower_goes_on_after_a_nats_failure(failure: Excep
             yield SimpleNamespace(data=json.dumps({"consumer": "inbox-bob", "stream_seq": seq}).encode())
 
     sub = SimpleNamespace(messages=feed(), unsubscribe=_unsubscribe)
-    _run(follow_max_deliveries(Bus(), sub))  # type: ignore[arg-type]
-    assert (failed, letters) == ([1], [b"two"])
+    _run(follow_max_deliveries(Bus(), sub, retries_s=(0.0, 0.0, 0.0)))  # type: ignore[arg-type]
+    assert failed == [1] * failures
+    assert letters == ([b"one", b"two"] if failures <= 3 else [b"two"])
 
 
 async def _unsubscribe() -> None:

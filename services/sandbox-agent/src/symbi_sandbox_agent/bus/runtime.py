@@ -56,7 +56,13 @@ async def bus_of(rt: ServiceRuntime) -> Carrier:
     return carrier
 
 
-async def follow_max_deliveries(carrier: Carrier, sub: Any) -> None:
+#: Seconds between the tries of a dead letter NATS failed to take (then the advisory is given up, logged).
+DEAD_LETTER_RETRIES_S = (0.2, 1.0, 3.0)
+
+
+async def follow_max_deliveries(
+    carrier: Carrier, sub: Any, retries_s: tuple[float, ...] = DEAD_LETTER_RETRIES_S
+) -> None:
     """A message an inbox delivered ``MAX_DELIVER`` times without an ack goes to the dead letters."""
     try:
         async for msg in sub.messages:
@@ -70,15 +76,31 @@ async def follow_max_deliveries(carrier: Carrier, sub: Any) -> None:
                 recipient = consumer.removeprefix(inbox_name(""))
                 if not recipient or type(seq) is not int or not 0 < seq < 2**64:
                     raise ValueError(f"{consumer[:80]!r} and {seq!r:.40} name no inbox and stored message")
-                stored = await carrier.js.get_msg(MESSAGES_STREAM, seq)
                 detail = f"delivered {advisory.get('deliveries', '?')} times to {consumer} without an acknowledgement"
-                # The message itself stays in MESSAGES until its max age (a service may delete no message).
-                await carrier.dead_letter(stored.data or b"", recipient, "max_deliveries", detail)
+                await _dead_letter(carrier, seq, recipient, detail, retries_s)
             except (nats.js.errors.NotFoundError, ValueError, RecursionError) as exc:  # (JSON from the wire: any depth)
                 log.warning("a max-deliveries advisory could not be dead-lettered", error=repr(exc))
-            except (nats.errors.Error, TimeoutError) as exc:  # (a timeout, a refused publish: this message only)
+            except (nats.errors.Error, TimeoutError) as exc:  # (a timeout, a refused publish, each try of it)
                 # The message stays in MESSAGES until its max age; the follower goes on with the next advisory.
                 # (Cancellation is no Exception: it still ends the follower.)
                 log.error("a max-deliveries advisory could not be dead-lettered: NATS failed", error=repr(exc))
     finally:
         await sub.unsubscribe()
+
+
+async def _dead_letter(carrier: Carrier, seq: int, recipient: str, detail: str, retries_s: tuple[float, ...]) -> None:
+    """Dead-letter stored message ``seq``, tried again after each of ``retries_s`` while NATS fails (the advisory
+    comes once: a failure not retried loses the letter; the letter's message id makes a repeat harmless)."""
+    for wait in (*retries_s, None):
+        try:
+            stored = await carrier.js.get_msg(MESSAGES_STREAM, seq)
+            # The message itself stays in MESSAGES until its max age (a service may delete no message).
+            await carrier.dead_letter(stored.data or b"", recipient, "max_deliveries", detail)
+            return
+        except nats.js.errors.NotFoundError:
+            raise
+        except (nats.errors.Error, TimeoutError) as exc:
+            if wait is None:
+                raise
+            log.warning("dead letter not taken: trying again", seq=seq, error=repr(exc), in_s=wait)
+            await asyncio.sleep(wait)
