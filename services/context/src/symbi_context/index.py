@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import structlog
 from symbi_common.datakeys import DataKeys, DataKeyStore
@@ -39,6 +40,7 @@ from symbi_common.reader import decode_opened
 from symbi_common.sealing import open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import REJECTED_EVENTS, SECURITY_EVENTS, continue_trace, observe_consumed
+from symbi_contracts.context.commands import Origin
 from symbi_contracts.scheduler.events import (
     TaskAssigned,
     TaskCancelled,
@@ -85,6 +87,11 @@ def vector_of(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
+def origin_of(origin: Origin) -> dict[str, str]:
+    """The ids of ``origin`` that are set: a point's payload holds no empty ones."""
+    return {k: v for k, v in msgspec.structs.asdict(origin).items() if v}
+
+
 def memory_point(owner: str, event: MemoryStored, sequence: int, data_key_id: str) -> VectorPoint:
     payload: dict[str, Any] = {
         "owner": owner,
@@ -95,15 +102,7 @@ def memory_point(owner: str, event: MemoryStored, sequence: int, data_key_id: st
         "expires_at": event.expires_at if event.expires_at is not None else NEVER,
         "tags": list(event.tags),
         "metadata": dict(event.metadata),
-        "origin": {
-            k: v
-            for k, v in (
-                ("task_id", event.origin.task_id),
-                ("tool_call_id", event.origin.tool_call_id),
-                ("message_id", event.origin.message_id),
-            )
-            if v
-        },
+        "origin": origin_of(event.origin),
         "model": event.model,
         "sequence": sequence,
         "data_key_id": data_key_id,
@@ -129,15 +128,7 @@ def knowledge_points(owner: str, event: KnowledgeIngested, sequence: int, data_k
             "expires_at": NEVER,
             "tags": list(event.tags),
             "metadata": dict(event.metadata),
-            "origin": {
-                k: v
-                for k, v in (
-                    ("task_id", event.origin.task_id),
-                    ("tool_call_id", event.origin.tool_call_id),
-                    ("message_id", event.origin.message_id),
-                )
-                if v
-            },
+            "origin": origin_of(event.origin),
             "model": event.model,
             "sequence": sequence,
             "data_key_id": data_key_id,
