@@ -111,6 +111,19 @@ async def test_a_key_rotates_itself_after_its_encryptions(make: Make) -> None:
         assert key.decrypt(nonce, ct, b"") == b"p%d" % i
 
 
+async def test_a_worn_key_destroyed_elsewhere_is_refused_not_rotated(make: Make) -> None:
+    """A worn key that another process destroyed before this one heard of it: its next use is refused
+    (DataKeyDestroyed), never a new key and never a hang."""
+    dk = make()
+    dk.rotate_after = 1
+    (await dk.current("agent.z")).encrypt(b"x", b"")
+    await make().destroy("agent.z")  # (this process has not heard of it yet: its cache still holds the key)
+    with pytest.raises(DataKeyDestroyed):
+        await asyncio.wait_for(dk.current("agent.z"), 10)
+    with pytest.raises(DataKeyDestroyed):
+        await asyncio.wait_for(dk.current("agent.z"), 10)
+
+
 async def test_destroy(make: Make) -> None:
     dk = make()
     await dk.current("agent.d")

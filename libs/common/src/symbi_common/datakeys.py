@@ -221,21 +221,34 @@ class DataKeys:
 
     async def _rotate_worn(self, name: str, key_id: str) -> None:
         """Rotate ``name`` once its current key ``key_id`` has sealed :attr:`rotate_after` payloads here (once,
-        however many callers notice it together)."""
+        however many callers notice it together). :class:`DataKeyDestroyed` if the key is gone meanwhile."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             cached = self._cache.get(name)
             if cached is not None and f"{name}/{cached[0]}" == key_id:
                 log.info("data key rotated after its encryptions", key_id=key_id, uses=self.rotate_after)
-                await self.rotate(name)
+                if await self._add_generation(name) is None:
+                    self.forget(name)
+                    raise DataKeyDestroyed(f"data key {name} was destroyed; {name} takes no new events", key_id=name)
         self._locks.pop(name, None)
 
     async def rotate(self, name: str) -> str:
-        """Add a new generation and make it current; returns its id. Old generations still decrypt."""
+        """Add a new generation and make it current; returns its id. Old generations still decrypt. A key that
+        does not exist yet is created (generation 1) first."""
+        added = await self._add_generation(name)
+        if added is None:
+            await self.current(name)
+            added = await self._add_generation(name)
+        if added is None:
+            raise DataKeyDestroyed(f"data key {name} was destroyed", key_id=name)
+        return added
+
+    async def _add_generation(self, name: str) -> str | None:
+        """The id of a new current generation of ``name``'s key (retried over concurrent updates); None if the
+        key has no record (never created, or destroyed)."""
         for _ in range(10):
             got = await self._store.get(name)
             if got is None:
-                await self.current(name)
-                continue
+                return None
             raw, revision = got
             record = RECORD_DECODER.decode(raw)
             gen = max(record.generations) + 1
