@@ -235,6 +235,26 @@ class ToolService:
                 raise await self._refused(
                     server, conn, f"{server}.{name}: the definition is not plain JSON: {exc}"
                 ) from None
+        try:
+            state = await self._record(server, state, definitions, pins, listed)
+        except BaseException:
+            # What the server lists now is not (all) recorded: nothing it listed before stays callable either,
+            # or an approved definition the server has changed meanwhile would be served (no fail open).
+            self.definitions[server] = {}
+            raise
+        self.definitions[server] = definitions
+        return await self._reassess(server, conn, state)
+
+    async def _record(
+        self,
+        server: str,
+        state: ServerState,
+        definitions: dict[str, dict[str, Any]],
+        pins: dict[str, str],
+        listed: list[dict[str, Any]],
+    ) -> ServerState:
+        """Verify, scan and record each definition ``server`` listed; the server's state after."""
+        assert state.registration is not None
         others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
         for (name, definition), tool in zip(definitions.items(), listed, strict=True):
             checked = verify(
@@ -256,8 +276,7 @@ class ToolService:
                 checked.fingerprint,
             )
             state = await self.registry.execute(server, observed)
-        self.definitions[server] = definitions
-        return await self._reassess(server, conn, state)
+        return state
 
     async def _refused(self, server: str, conn: McpConnection, reason: str) -> ToolRefused:
         """The refusal of ``server``'s listing, to raise: nothing it listed is callable from now on, and the
