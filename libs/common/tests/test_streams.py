@@ -8,7 +8,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType
-from nats.js.errors import APIError
+from nats.js.errors import APIError, BadRequestError
 from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import InfrastructureError
 from symbi_common.streams import (
@@ -16,6 +16,7 @@ from symbi_common.streams import (
     EVENTS_STREAM,
     SNAPSHOTS_STREAM,
     StreamSettings,
+    _placed,
     last_on_subject,
     provision_streams,
     read_subject,
@@ -153,3 +154,30 @@ async def test_backlog_fetch_asks_for_the_backlog_and_one_when_caught_up(
     await js.publish("evt.test.live", b"live")
     msgs = await asyncio.wait_for(waiting, timeout=4.0)
     assert [m.data for m in msgs] == [b"live"]
+
+
+async def test_placement_waits_while_the_cluster_has_too_few_members_then_says_so() -> None:
+    """A stream whose replicas cannot be placed yet (JetStream's 10005, as a cluster that just started answers
+    until every member has joined) is created again until it can be, for a while; then a clear error. Any
+    other refusal is not waited on. (The cluster tests provision through this on a real 3-member cluster.)"""
+    tries: list[int] = []
+
+    async def joins_on_the_third_try() -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise BadRequestError(code=400, err_code=10005, description="no suitable peers for placement")
+
+    await _placed("EVENTS", joins_on_the_third_try, 30.0)
+    assert len(tries) == 3
+
+    async def never() -> None:
+        raise BadRequestError(code=400, err_code=10005, description="no suitable peers for placement, peer offline")
+
+    with pytest.raises(InfrastructureError, match=r"stream EVENTS cannot be placed: no suitable peers.*members up"):
+        await _placed("EVENTS", never, 1.0)
+
+    async def other() -> None:
+        raise BadRequestError(code=400, err_code=10058, description="stream name already in use")
+
+    with pytest.raises(BadRequestError):
+        await asyncio.wait_for(_placed("EVENTS", other, 30.0), 1.0)

@@ -13,8 +13,9 @@ multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,17 +154,29 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
     ]
 
 
+#: A replicated stream's placement waits this long for enough cluster members to be known online.
+PLACEMENT_WAIT_S = 60.0
+#: JetStream's "no suitable peers for placement": the cluster does not have as many members online (yet).
+_NO_PEERS = 10005
+
+
 #: Streams whose loss is lost history: never re-created silently on a store that held them.
 HISTORY_STREAMS = (EVENTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
 
 
-async def provision_streams(js: Any, settings: StreamSettings | None = None, *, existing_store: bool = False) -> None:
+async def provision_streams(
+    js: Any,
+    settings: StreamSettings | None = None,
+    *,
+    existing_store: bool = False,
+    placement_wait_s: float = PLACEMENT_WAIT_S,
+) -> None:
     """Create the streams and KV buckets if missing, or update the streams to the current configuration.
 
     Idempotent. Needs the NATS ``admin`` credential (``symbi up`` runs it before any service starts).
     ``existing_store``: the server's store is not new, so a missing history stream (``EVENTS``,
     ``AUDIT``, KV ``DATAKEYS``) was deleted: raise :class:`InfrastructureError` instead of starting
-    a fresh, empty one.
+    a fresh, empty one. A replicated stream waits up to ``placement_wait_s`` for enough cluster members.
     """
     s = settings or StreamSettings()
     if existing_store:
@@ -181,17 +194,41 @@ async def provision_streams(js: Any, settings: StreamSettings | None = None, *, 
         decisions_config(s.replicas, s.duplicate_window_s, s.max_msg_size),
     )
     for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *queues):
-        try:
-            await js.add_stream(cfg)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
-                raise
-            await js.update_stream(cfg)
+        await _placed(cfg.name or "", functools.partial(_add_or_update, js, cfg), placement_wait_s)
     for kv in (*bucket_configs(s), *bus_buckets(s.replicas)):
         try:
             await js.key_value(kv.bucket)
         except nats.js.errors.BucketNotFoundError:
-            await js.create_key_value(kv)
+            await _placed("KV_" + kv.bucket, functools.partial(js.create_key_value, kv), placement_wait_s)
+
+
+async def _add_or_update(js: Any, cfg: StreamConfig) -> None:
+    try:
+        await js.add_stream(cfg)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
+            raise
+        await js.update_stream(cfg)
+
+
+async def _placed(name: str, create: Callable[[], Awaitable[Any]], wait_s: float) -> None:
+    """``create()``, tried again while the cluster has too few members online to place the stream's replicas
+    (members of a cluster that just started join its meta group one by one) — for ``wait_s`` at most."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            await create()
+            return
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _NO_PEERS:
+                raise
+            if asyncio.get_running_loop().time() >= deadline:
+                raise InfrastructureError(
+                    f"stream {name} cannot be placed: {exc.description} (after {wait_s:g} s; are all the"
+                    " cluster's members up?)"
+                ) from None
+            log.info("stream placement waits for cluster members", stream=name, error=exc.description)
+            await asyncio.sleep(0.5)
 
 
 async def require_streams(js: Any, names: tuple[str, ...] = REQUIRED_STREAMS) -> None:
