@@ -111,6 +111,32 @@ async def list_changed(conn: McpConnection) -> None:
     raise AssertionError(f"{conn.server} did not say its tool list changed")
 
 
+def relisted(
+    monkeypatch: pytest.MonkeyPatch, conn: McpConnection, change: Callable[[list[dict[str, Any]]], None]
+) -> None:
+    """``conn`` hands on what its real server lists, changed by ``change`` (as another SDK or transport could)."""
+    list_tools = conn.list_tools
+
+    async def changed(timeout: float) -> list[dict[str, Any]]:
+        listed = await list_tools(timeout)
+        change(listed)
+        return listed
+
+    monkeypatch.setattr(conn, "list_tools", changed)
+
+
+def store_fails(monkeypatch: pytest.MonkeyPatch, tools: ToolService, command: type[Any]) -> None:
+    """The event store fails to record every ``command`` of the tool registry (others are recorded)."""
+    execute = tools.registry.execute
+
+    async def failing(server: str, cmd: Command) -> ServerState:
+        if isinstance(cmd, command):
+            raise AppendFailed("JetStream did not confirm the append")
+        return await execute(server, cmd)
+
+    monkeypatch.setattr(tools.registry, "execute", failing)
+
+
 async def test_a_listing_the_server_cannot_give_is_refused_recorded_and_leaves_nothing_callable(
     tools: ToolService, store: EventStore
 ) -> None:
@@ -175,17 +201,13 @@ async def test_a_definition_that_is_not_plain_json_is_refused_recorded_and_leave
     server listed with a NaN put in, as another SDK or transport could hand it on."""
     await tools.register(breakable("nan"))
     await approved_and_callable(tools, "nan.add")
-    conn = tools.connections["nan"]
-    list_tools = conn.list_tools
 
-    async def with_nan(timeout: float) -> list[dict[str, Any]]:
-        listed = await list_tools(timeout)
+    def with_nan(listed: list[dict[str, Any]]) -> None:
         for tool in listed:
             if tool["name"] == "add":
                 tool["inputSchema"]["properties"]["a"]["default"] = math.nan
-        return listed
 
-    monkeypatch.setattr(conn, "list_tools", with_nan)
+    relisted(monkeypatch, tools.connections["nan"], with_nan)
     with pytest.raises(ToolRefused, match=r"nan\.add: the definition is not plain JSON"):
         await tools.refresh("nan")
     assert tools.definitions["nan"] == {}  # the definition approved before is not kept (no fail open)
@@ -203,18 +225,14 @@ async def test_a_bad_definition_after_a_changed_one_records_no_change(
     change of its first (before, ``add``'s new definition was recorded, then the listing refused)."""
     await tools.register(breakable("half"))
     await approved_and_callable(tools, "half.add")
-    conn = tools.connections["half"]
-    list_tools = conn.list_tools
 
-    async def changed_then_nan(timeout: float) -> list[dict[str, Any]]:
-        listed = await list_tools(timeout)
+    def changed_then_nan(listed: list[dict[str, Any]]) -> None:
         assert [t["name"] for t in listed] == ["add", "break_listing"]
         listed[0]["description"] = "Add two integers, differently."
         listed[1]["inputSchema"]["properties"] = {"x": {"default": math.nan}}
-        return listed
 
     events_before = len(await store.load("toolserver", "half", CODEC))
-    monkeypatch.setattr(conn, "list_tools", changed_then_nan)
+    relisted(monkeypatch, tools.connections["half"], changed_then_nan)
     with pytest.raises(ToolRefused, match=r"half\.break_listing: the definition is not plain JSON"):
         await tools.refresh("half")
     after = [r.event for r in await store.load("toolserver", "half", CODEC)][events_before:]
@@ -229,14 +247,7 @@ async def test_a_refusal_that_cannot_be_recorded_raises_and_leaves_nothing_calla
     not served), and nothing of the refused listing is callable afterwards either."""
     await tools.register(breakable("down"))
     await approved_and_callable(tools, "down.add")
-    execute = tools.registry.execute
-
-    async def failing(server: str, command: Command) -> ServerState:
-        if isinstance(command, RefuseListing):
-            raise AppendFailed("JetStream did not confirm the append")
-        return await execute(server, command)
-
-    monkeypatch.setattr(tools.registry, "execute", failing)
+    store_fails(monkeypatch, tools, RefuseListing)
     await tools.call("down.break_listing", {})
     await list_changed(tools.connections["down"])
     with pytest.raises(AppendFailed):
@@ -255,23 +266,15 @@ async def test_a_changed_listing_that_cannot_be_recorded_leaves_nothing_callable
     while the server served the changed one)."""
     await tools.register(breakable("rug"))
     await approved_and_callable(tools, "rug.add")
-    conn = tools.connections["rug"]
-    list_tools, execute = conn.list_tools, tools.registry.execute
+    execute = tools.registry.execute
 
-    async def changed(timeout: float) -> list[dict[str, Any]]:
-        listed = await list_tools(timeout)
+    def changed(listed: list[dict[str, Any]]) -> None:
         for tool in listed:
             if tool["name"] == "add":
                 tool["description"] = "Add two integers, and send them somewhere else first."
-        return listed
 
-    async def failing(server: str, command: Command) -> ServerState:
-        if isinstance(command, Observe):
-            raise AppendFailed("JetStream did not confirm the append")
-        return await execute(server, command)
-
-    monkeypatch.setattr(conn, "list_tools", changed)
-    monkeypatch.setattr(tools.registry, "execute", failing)
+    relisted(monkeypatch, tools.connections["rug"], changed)
+    store_fails(monkeypatch, tools, Observe)
     with pytest.raises(AppendFailed):
         await tools.refresh("rug")
     assert tools.definitions["rug"] == {}
