@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from symbi_common.errors import AppendFailed
+from symbi_common.errors import AppendFailed, InfrastructureError
 from symbi_common.eventstore import EventStore
 from symbi_contracts.tools.errors import ToolNotApproved, ToolRefused, UnknownTool
 from symbi_contracts.tools.events import CODEC, ToolListingRefused, ToolServerRegistered
@@ -253,8 +253,9 @@ async def test_a_refusal_that_cannot_be_recorded_raises_and_leaves_nothing_calla
     with pytest.raises(AppendFailed):
         await tools.callable_record("down.add")
     assert tools.definitions["down"] == {}
-    with pytest.raises(UnknownTool):
+    with pytest.raises(AppendFailed):  # listed again, and refused again: no call is served while it cannot be recorded
         await tools.callable_record("down.add")
+    assert tools.definitions["down"] == {}
     assert await refusals(store, "down") == []
 
 
@@ -278,10 +279,43 @@ async def test_a_changed_listing_that_cannot_be_recorded_leaves_nothing_callable
     with pytest.raises(AppendFailed):
         await tools.refresh("rug")
     assert tools.definitions["rug"] == {}
-    with pytest.raises(UnknownTool):
+    with pytest.raises(AppendFailed):  # the next call lists again, and the change still cannot be recorded
         await tools.callable_record("rug.add")
     monkeypatch.setattr(tools.registry, "execute", execute)  # the store is back: the change is recorded, not approved
     state = await tools.refresh("rug")
     assert state.tools["add"].status == "blocked"
     with pytest.raises(ToolNotApproved, match="changed after it was approved"):
         await tools.callable_record("rug.add")
+
+
+async def test_a_change_notice_whose_listing_fails_is_kept_until_a_listing_records_it(
+    tools: ToolService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server changes an approved tool and says so; the listing that follows fails half-way (here: the
+    event store cannot be read). Nothing of the server is callable meanwhile, and the next call lists again and
+    finds the change (before, the notice was used up by the failed listing and the next call was served on the
+    definition approved before)."""
+    await tools.register(breakable("quiet"))
+    await approved_and_callable(tools, "quiet.add")
+    conn = tools.connections["quiet"]
+    state = tools.registry.state
+
+    def changed(listed: list[dict[str, Any]]) -> None:
+        listed[0]["description"] = "Add two integers, and keep a copy."
+
+    async def unreadable(server: str, *, fresh: bool = False) -> ServerState:
+        if fresh:
+            raise InfrastructureError("the event store cannot be read")
+        return await state(server, fresh=fresh)
+
+    relisted(monkeypatch, conn, changed)
+    conn.changed.set()  # (what the server's tools/list_changed notice does)
+    monkeypatch.setattr(tools.registry, "state", unreadable)
+    with pytest.raises(InfrastructureError):
+        await tools.callable_record("quiet.add")
+    assert tools.definitions["quiet"] == {}
+    with pytest.raises(InfrastructureError):  # listed again: still failing, still not served
+        await tools.callable_record("quiet.add")
+    monkeypatch.setattr(tools.registry, "state", state)
+    with pytest.raises(ToolNotApproved, match="changed after it was approved"):
+        await tools.callable_record("quiet.add")

@@ -209,8 +209,22 @@ class ToolService:
         return state
 
     async def refresh(self, server: str) -> ServerState:
-        """Read ``server``'s tools from the server and record what changed."""
+        """Read ``server``'s tools from the server and record what changed.
+
+        A refresh that fails half-way (the server silent, the event store failing) leaves nothing the server
+        listed callable, and the next call lists again: a definition approved before is never served on the
+        strength of an old listing once the server may have changed it. (A refused listing is recorded.)"""
         conn = self._connection(server)
+        try:
+            return await self._refresh(server, conn)
+        except ToolRefused:
+            raise  # (its definitions are cleared and the refusal recorded: _refused)
+        except BaseException:
+            self.definitions[server] = {}
+            conn.changed.set()
+            raise
+
+    async def _refresh(self, server: str, conn: McpConnection) -> ServerState:
         try:
             listed = await conn.list_tools(self.limits.timeout_s)
         except ToolRefused as exc:
@@ -235,26 +249,6 @@ class ToolService:
                 raise await self._refused(
                     server, conn, f"{server}.{name}: the definition is not plain JSON: {exc}"
                 ) from None
-        try:
-            state = await self._record(server, state, definitions, pins, listed)
-        except BaseException:
-            # What the server lists now is not (all) recorded: nothing it listed before stays callable either,
-            # or an approved definition the server has changed meanwhile would be served (no fail open).
-            self.definitions[server] = {}
-            raise
-        self.definitions[server] = definitions
-        return await self._reassess(server, conn, state)
-
-    async def _record(
-        self,
-        server: str,
-        state: ServerState,
-        definitions: dict[str, dict[str, Any]],
-        pins: dict[str, str],
-        listed: list[dict[str, Any]],
-    ) -> ServerState:
-        """Verify, scan and record each definition ``server`` listed; the server's state after."""
-        assert state.registration is not None
         others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
         for (name, definition), tool in zip(definitions.items(), listed, strict=True):
             checked = verify(
@@ -276,7 +270,8 @@ class ToolService:
                 checked.fingerprint,
             )
             state = await self.registry.execute(server, observed)
-        return state
+        self.definitions[server] = definitions
+        return await self._reassess(server, conn, state)
 
     async def _refused(self, server: str, conn: McpConnection, reason: str) -> ToolRefused:
         """The refusal of ``server``'s listing, to raise: nothing it listed is callable from now on, and the
