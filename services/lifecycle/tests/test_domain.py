@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AlreadyExists, IllegalTransition, NotFound, SymbiError, ValidationError
-from symbi_contracts.lifecycle.config import AgentConfig, ResourceLimits
+from symbi_contracts.lifecycle.config import AgentConfig, PolicySpec, ResourceLimits
 from symbi_contracts.lifecycle.events import (
     CODEC,
     AgentConfigured,
@@ -303,6 +303,25 @@ def test_validation_reports_every_field() -> None:
         "external_apis",
     }
     assert validate_config(VALID) == []
+
+
+def test_policies_the_policy_service_would_refuse_are_config_issues() -> None:
+    """Each parsing is not enough: the set must validate against the schema and speak for this agent only, or
+    the agent would become Ready while the policy service refuses its policies."""
+    own = PolicySpec(name="own", cedar='forbid(principal == Agent::"a-1", action == Action::"tool.invoke", resource);')
+    assert validate_config(AgentConfig(name="reader", policies=(own,)), "a-1") == []
+    typo = PolicySpec(name="typo", cedar='permit(principal, action == Action::"tool.invok", resource);')
+    other = PolicySpec(
+        name="other", cedar='permit(principal == Agent::"a-2", action == Action::"tool.invoke", resource);'
+    )
+    for bad, says in ((typo, "tool.invok"), (other, "may only apply")):
+        issues = validate_config(AgentConfig(name="reader", policies=(own, bad)), "a-1")
+        assert [i.field for i in issues] == ["policies"]
+        assert "would be refused by the policy service" in issues[0].message
+        assert says in issues[0].message
+    failed = decide(_registered(), Initialize(config=AgentConfig(name="reader", policies=(typo,))))[0]
+    assert isinstance(failed, AgentFailed)
+    assert failed.errors[0].field == "policies"
 
 
 def test_a_suspended_agent_may_be_reconfigured_and_stays_suspended() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
-from symbi_common.errors import Timeout
+from symbi_common.errors import AppendFailed, Timeout
 from symbi_common.eventstore import EventStore
+from symbi_common.policy.agent_sets import agent_policy_text
 from symbi_common.policy.cedar import PolicyRejected
 from symbi_common.settings import Settings
 from symbi_contracts.lifecycle.config import AgentConfig, PolicySpec
@@ -21,7 +23,6 @@ from symbi_contracts.lifecycle.events import (
     AgentTerminated,
 )
 from symbi_contracts.policy.commands import CaughtUpRequest
-from symbi_policy.agents import agent_policy_text
 from symbi_policy.main import build_app
 
 from .conftest import RunningPolicy, running_agent
@@ -162,3 +163,45 @@ def test_an_agent_may_not_grant_itself_a_secret(cedar: str) -> None:
     forbid = PolicySpec(name="no-secrets", cedar='forbid(principal, action == Action::"secret.read", resource);')
     tools = PolicySpec(name="tools", cedar='permit(principal, action == Action::"tool.invoke", resource);')
     assert "secret.read" in agent_policy_text("a1", (forbid, tools))
+
+
+#: Parses, but the schema has no such action: the policy service refuses the agent's whole set for it.
+TYPO = PolicySpec(name="typo", cedar='permit(principal, action == Action::"tool.invok", resource);')
+
+
+async def test_an_agent_whose_policies_are_refused_is_forbidden_everything(
+    policy: RunningPolicy, make_store: MakeStore
+) -> None:
+    """Its set forbids it every action instead (fail closed); before, the refusal was logged and the agent ran
+    under the baseline without the ``forbid`` it was registered with."""
+    store = await make_store("lifecycle")
+    await running_agent(store, "careless-1", (NO_SHELL, TYPO))
+    await wait_set(policy, "agent-careless-1", "active")
+    view = (await policy.http.get("/v1/policy-sets/agent-careless-1")).json()
+    assert view["policies"] == ["agent-policies-refused"]
+    assert "tool.invok" in view["cedar"]  # (the reason, in a comment)
+    assert isinstance(await policy.service.decide(shell_request("careless-1")), Deny)
+    assert isinstance(await policy.service.decide(tool_request("careless-1", "fetch")), Deny)
+    assert isinstance(await policy.service.decide(tool_request("other", "fetch")), Allow)
+
+
+async def test_a_policy_change_the_store_fails_to_take_is_applied_again(
+    policy: RunningPolicy, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy set stream failing while an agent's policies are registered is no skip: the follower applies
+    the event again until they are (before, the error was logged and the agent ran without them)."""
+    register = policy.service.register
+    failures: list[str] = []
+
+    async def flaky(request: Any, *, origin: str = "operator") -> Any:
+        if request.set_id == "agent-careful-9" and len(failures) < 2:
+            failures.append(request.set_id)
+            raise AppendFailed("JetStream did not confirm the append")
+        return await register(request, origin=origin)
+
+    monkeypatch.setattr(policy.service, "register", flaky)
+    store = await make_store("lifecycle")
+    await running_agent(store, "careful-9", (NO_SHELL,))
+    await wait_set(policy, "agent-careful-9", "active")
+    assert failures == ["agent-careful-9"] * 2
+    assert isinstance(await policy.service.decide(shell_request("careful-9")), Deny)

@@ -152,8 +152,9 @@ def _check_list(issues: list[ConfigIssue], field: str, values: tuple[Any, ...], 
         seen.add(v)
 
 
-def validate_config(config: AgentConfig) -> list[ConfigIssue]:
-    """Every rule the config breaks (empty if it is valid); each issue names its field."""
+def validate_config(config: AgentConfig, agent_id: str = "") -> list[ConfigIssue]:
+    """Every rule the config breaks (empty if it is valid); each issue names its field. Its policies are checked
+    as the set of agent ``agent_id`` (default: an agent named as the config is)."""
     issues: list[ConfigIssue] = []
     if not _DNS_LABEL_RE.match(config.name):
         issues.append(ConfigIssue("name", "must be 1-63 lowercase letters, digits or '-', not starting/ending in '-'"))
@@ -211,7 +212,7 @@ def validate_config(config: AgentConfig) -> list[ConfigIssue]:
     if config.memory is not None:
         _validate_memory(issues, config.memory)
     _validate_schedules(issues, config.schedules)
-    _validate_policies(issues, config.policies)
+    _validate_policies(issues, config.policies, agent_id or config.name)
     for unit in ("tokens_per_day", "micro_usd_per_day"):
         value = getattr(config.budget, unit)
         if value is not None and not 0 <= value <= 10**15:
@@ -263,15 +264,27 @@ def _validate_schedules(issues: list[ConfigIssue], schedules: tuple[ScheduleSpec
             issues.append(ConfigIssue(f"schedules[{i}].priority", f"must be one of {', '.join(PRIORITIES)}"))
 
 
-def _validate_policies(issues: list[ConfigIssue], policies: tuple[PolicySpec, ...]) -> None:
+def _validate_policies(issues: list[ConfigIssue], policies: tuple[PolicySpec, ...], agent_id: str) -> None:
+    """Each policy parses, and together they make the set the policy service accepts for ``agent_id``
+    (scoped to the agent, no secret grant, valid against the schema): an agent whose own policies would be
+    refused there must not become Ready without them."""
     import cedarpy
+    from symbi_common.policy.agent_sets import check_agent_policies
+    from symbi_common.policy.cedar import PolicyRejected
 
     _check_list(issues, "policies", tuple(p.name for p in policies))
+    parsed = True
     for i, policy in enumerate(policies):
         try:
             cedarpy.policies_to_json_str(policy.cedar)
         except ValueError as err:
             issues.append(ConfigIssue(f"policies[{i}].cedar", f"is not valid Cedar: {err}"))
+            parsed = False
+    if policies and parsed:
+        try:
+            check_agent_policies(agent_id, policies)
+        except (PolicyRejected, ValidationError) as err:
+            issues.append(ConfigIssue("policies", f"would be refused by the policy service: {err.message}"))
 
 
 def _secret_name_ok(ref: str) -> bool:

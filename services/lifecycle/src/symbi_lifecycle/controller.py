@@ -120,7 +120,7 @@ def compile_state(
             config = convert_config(raw, prefix="config")
         except BadRequest as err:
             return None, (ConfigIssue(str(err.details.get("field", "config")), err.message),)
-    return config, tuple(validate_config(config))
+    return config, tuple(validate_config(config, state.agent_id))
 
 
 def register_request(
@@ -296,7 +296,7 @@ class InitializationController:
         else:
             assert config is not None
             new = config
-        issues = validate_config(new)
+        issues = validate_config(new, state.agent_id)
         if issues:
             raise ConfigRejected(issues)
         request = register_request(state, new, action=CONFIGURE_ACTION, user=user)

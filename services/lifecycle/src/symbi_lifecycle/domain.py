@@ -295,11 +295,11 @@ def decide(state: AgentState, command: Command) -> list[AgentEvent]:
         raise IllegalTransition(state=state.status.value, command=command.name, allowed=list(allowed))
     match command:
         case Initialize():
-            return [_initialized(command)]
+            return [_initialized(state.agent_id, command)]
         case Configure():
             if command.refused and command.decision is not None:
                 return [AgentConfigureDenied(decision=command.decision)]
-            issues = validate_config(command.config)
+            issues = validate_config(command.config, state.agent_id)
             if issues:
                 raise ConfigRejected(issues)
             return [AgentConfigured(config=command.config, decision=command.decision)]
@@ -341,7 +341,7 @@ class ConfigRejected(DomainError):
         self.issues = tuple(issues)
 
 
-def _initialized(command: Initialize) -> AgentEvent:
+def _initialized(agent_id: str, command: Initialize) -> AgentEvent:
     """The event an initialization outcome decides; the config must validate to become Ready."""
     if command.issues:
         return AgentFailed(errors=command.issues, config=command.config, decision=command.decision)
@@ -350,7 +350,7 @@ def _initialized(command: Initialize) -> AgentEvent:
         return AgentDenied(decision=command.decision, errors=(ConfigIssue("policy", reason),))
     if command.config is None:
         raise ValidationError("a successful initialization carries the config", field="config")
-    issues = validate_config(command.config)
+    issues = validate_config(command.config, agent_id)
     if issues:
         return AgentFailed(errors=tuple(issues), config=command.config, decision=command.decision)
     return AgentReady(config=command.config, decision=command.decision)

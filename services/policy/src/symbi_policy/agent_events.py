@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from symbi_common.commands import CommandMeta
-from symbi_common.errors import SymbiError, Timeout
+from symbi_common.errors import DomainError, IntegrityError, KeyringError, Timeout, ValidationError
 from symbi_common.events import tag_of
 from symbi_common.eventstore import H_EVENT_TYPE, EventStore
 from symbi_common.follower import Delivery, Follower, wait_for_position
@@ -150,18 +150,40 @@ class AgentPolicyFollower:
         return CaughtUp(position=self.position)
 
     async def _handle(self, msg: Delivery, sequence: int, *, ignored: bool = False) -> None:
-        try:
-            if not ignored:
+        """Apply one agent event. An error that is not a refusal of the agent's policies (the event store, the
+        policy set stream) is raised: the follower applies the batch again from its position, so no policy
+        change is passed over (each step is idempotent; a deferred configuration stays pending until applied)."""
+        if not ignored:
+            try:
                 await self._apply(msg, sequence)
-            # Deferred configurations are applied once caught up, also when the last event is an ignored one.
-            if self._configured and msg.num_pending == 0:
-                configured, self._configured = self._configured, {}
-                for configured_id, specs in configured.items():
-                    await self.service.reconfigure_agent(configured_id, specs)
-        except (SymbiError, ValueError) as exc:  # ValueError: Cedar refused the text
-            log.error("agent policies not applied", subject=msg.subject, sequence=sequence, error=str(exc))
-            if self.on_error is not None:
-                self.on_error(f"agent policies at {msg.subject} ({sequence}): {exc}")
+            except (IntegrityError, KeyringError, DomainError) as exc:  # e.g. an event of an erased agent
+                self._failed(f"agent event at {msg.subject} ({sequence}) not applied", exc)
+        # Deferred configurations are applied once caught up, also when the last event is an ignored one.
+        if self._configured and msg.num_pending == 0:
+            for configured_id, specs in list(self._configured.items()):
+                await self._policies(configured_id, specs, self.service.reconfigure_agent)
+                del self._configured[configured_id]
+
+    async def _policies(
+        self,
+        agent_id: str,
+        specs: tuple[PolicySpec, ...],
+        apply: Callable[[str, tuple[PolicySpec, ...]], Coroutine[Any, Any, Any]],
+    ) -> None:
+        """``apply`` the agent's own policies; if the policy service refuses them, the agent's set forbids it
+        everything instead (fail closed: never an agent without the policies it was registered with)."""
+        try:
+            await apply(agent_id, specs)
+        except (ValidationError, ValueError) as exc:  # PolicyRejected is one; ValueError: Cedar refused the text
+            self._failed(f"the policies of agent {agent_id} were refused; it is forbidden every action", exc)
+            await self.service.refuse_agent_policies(agent_id, str(exc))
+        except DomainError as exc:  # (the set changed under us, e.g. retired by an operator)
+            self._failed(f"the policies of agent {agent_id} were not applied", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.error(what, error=str(exc))
+        if self.on_error is not None:
+            self.on_error(f"{what}: {exc}")
 
     async def _apply(self, msg: Delivery, sequence: int) -> None:
         rec = await self.store.open_one(msg.data, msg.subject, sequence, CODEC)
@@ -171,12 +193,13 @@ class AgentPolicyFollower:
             if event.config.policies:
                 self._pending[agent_id] = event.config.policies
         elif isinstance(event, AgentReady):
-            specs = self._pending.pop(agent_id, ())
+            specs = self._pending.get(agent_id, ())
             final = getattr(event, "config", None)  # the configuration as compiled and capped, if recorded
             if final is not None:
                 specs = final.policies
             if specs:
-                await self.service.activate_agent(agent_id, specs)
+                await self._policies(agent_id, specs, self.service.activate_agent)
+            self._pending.pop(agent_id, None)  # (kept until applied: a batch applied again still has it)
         elif isinstance(event, AgentConfigured):
             self._configured[agent_id] = event.config.policies
         elif isinstance(event, AgentTerminated):

@@ -18,6 +18,7 @@ from symbi_common.aggregate import Repository
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import AlreadyExists, NotFound, SymbiError, Timeout, ValidationError
 from symbi_common.eventstore import EventStore
+from symbi_common.policy.agent_sets import agent_policy_text, agent_set_id, refused_policy_text
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.decision_log import LogDecisionsTyped, LogReceipt
 from symbi_common.policy.events import (
@@ -37,7 +38,6 @@ from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_common.telemetry import traced
 from symbi_contracts.lifecycle.config import PolicySpec
 
-from symbi_policy.agents import agent_policy_text, agent_set_id
 from symbi_policy.domain import (
     LogBatch,
     LogState,
@@ -324,6 +324,30 @@ class PolicyService:
         with traced("policy.reconfigure_agent", attributes=attributes):
             view = await self.update(UpdateSetRequest(set_id=set_id, cedar=cedar))
         AGENT_POLICY_SETS.labels("updated").inc()
+        return view
+
+    async def refuse_agent_policies(self, agent_id: str, reason: str) -> PolicySetView | None:
+        """The agent's own policies were refused: ``agent-<agent_id>`` forbids it every action instead (fail
+        closed), registered or as a new revision, until a configuration that is accepted replaces it."""
+        set_id = agent_set_id(agent_id)
+        cedar = refused_policy_text(agent_id, reason)
+        state = self.follower.states.get(set_id)
+        with traced("policy.refuse_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
+            if state is None:
+                try:
+                    view = await self.register(
+                        RegisterSetRequest(
+                            set_id=set_id, cedar=cedar, description=f"agent {agent_id}: policies refused"
+                        ),
+                        origin=f"agent:{agent_id}",
+                    )
+                except AlreadyExists:
+                    return None
+            elif state.active and state.cedar != cedar:
+                view = await self.update(UpdateSetRequest(set_id=set_id, cedar=cedar))
+            else:
+                return None
+        AGENT_POLICY_SETS.labels("refused").inc()
         return view
 
     async def retire_agent(self, agent_id: str, reason: str) -> PolicySetView | None:

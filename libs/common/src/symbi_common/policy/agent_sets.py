@@ -18,13 +18,32 @@ from collections.abc import Sequence
 from typing import Any
 
 import cedarpy
-from symbi_common.errors import ValidationError
-from symbi_common.policy.cedar import PolicyRejected
 from symbi_contracts.lifecycle.config import PolicySpec
+
+from symbi_common.errors import ValidationError
+from symbi_common.policy.cedar import PolicyRejected, compile_policies
 
 
 def agent_set_id(agent_id: str) -> str:
     return f"agent-{agent_id}"
+
+
+def check_agent_policies(agent_id: str, specs: Sequence[PolicySpec]) -> None:
+    """:class:`PolicyRejected` (or :class:`ValidationError`) unless ``specs`` make a set the policy service
+    accepts for ``agent_id``: each parses, speaks for the agent only, grants no secret, and the set validates
+    against the schema. The lifecycle checks an agent's configuration with it, so that an agent whose own
+    policies would be refused never gets Ready."""
+    compile_policies(agent_set_id(agent_id), agent_policy_text(agent_id, specs))
+
+
+def refused_policy_text(agent_id: str, reason: str) -> str:
+    """The set that stands for an agent's own policies the policy service refused: it forbids the agent every
+    action (fail closed) until a configuration that is accepted replaces it."""
+    why = " ".join(reason.split())[:300]
+    return (
+        f"// the policies of agent {agent_id} were refused: {why}\n"
+        f'@id("agent-policies-refused")\nforbid (principal == Agent::{json.dumps(agent_id)}, action, resource);\n'
+    )
 
 
 def agent_policy_text(agent_id: str, specs: Sequence[PolicySpec]) -> str:
