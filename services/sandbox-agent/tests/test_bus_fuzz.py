@@ -184,8 +184,9 @@ class FakeKv(DictKv):
 
 class FakeIdentities:
     registry: Any = None
+    check_signed = Identities.check_signed  # (the real check, over this verifier)
 
-    async def verifier(self, agent_id: str) -> Verifier:
+    async def verifier(self, agent_id: str, *, fresh: bool = False) -> Verifier:
         if agent_id != "alice":
             raise UnknownSender(f"no identity key is registered for agent {agent_id[:40]!r}")
         return Verifier(ALICE.public_key)

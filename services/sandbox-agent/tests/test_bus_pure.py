@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -10,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from symbi_common.crypto import AeadKey, Signer, Verifier
+from symbi_common.key_material import load_signer
 from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_changes import with_revocation, with_service_key
 from symbi_contracts.bus import ENVELOPE_DECODER, AgentKey, Meta, encode, valid_name
 from symbi_sandbox_agent.bus.codec import Refused, check_signature, expired, open_payload, seal
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender, derive
@@ -140,3 +143,39 @@ def test_an_agents_limits_are_the_tightest_of_host_definition_and_policy() -> No
     assert limiter.take("a", 1, 0.0, capped) == pytest.approx(0.5)  # at the capped rate
     assert limiter.take("a", 1, 0.0) == pytest.approx(0.01)  # the host's rate again: it fills at 100/s
     assert limiter.take("a", 1, 0.01) == 0.0
+
+
+async def test_a_sender_key_is_trusted_only_while_the_host_key_that_vouched_for_it_is(
+    registry: KeyRegistry, signer_for: Any, keys_dir: Path
+) -> None:
+    """A remembered sender key is dropped once its host key is revoked (before, it was trusted until the
+    process restarted, so whoever held the revoked key could sign as the agent); and a signature the remembered
+    key does not verify is checked against the key registered now (the host key rotated, and the agent's with it)."""
+    root = load_signer(keys_dir.parent / "operator" / "root.key")
+
+    def advance(doc: Any) -> None:
+        data = msgspec.json.encode(doc)
+        registry.advance(data, root.sign(data), root.public_key)
+
+    host = signer_for("sandbox-agent")
+    kv = DictKv()
+    alice = await Identities(kv, host, registry).signer("alice")
+    reader = Identities(kv, signer_for("sandbox-agent"), registry)
+    meta = Meta(id="m1", kind="direct", sender="alice", sent_at=1.0, to="bob")
+    key = AeadKey("message.alice.bob/1", os.urandom(32))
+    await reader.check_signed(seal(meta, b"{}", key, alice))  # remembered from now on
+    active = registry.active_key("sandbox-agent")
+    assert active is not None
+    assert active.wrap_public_key is not None
+    advance(with_revocation(registry.document, host.key_id, after_sequence=None))
+    with pytest.raises(UnknownSender, match="not a host key"):
+        await reader.verifier("alice")
+    with pytest.raises(Refused, match="unknown_sender_key"):
+        await reader.check_signed(seal(meta, b"{}", key, alice))
+    # A new host key: the agent's key changes with it and is registered again, and its messages are trusted.
+    rotated = Signer.generate()
+    advance(with_service_key(registry.document, "sandbox-agent", rotated, active.wrap_public_key))
+    alice2 = await Identities(kv, rotated, registry).signer("alice")
+    await reader.check_signed(seal(meta, b"{}", key, alice2))
+    with pytest.raises(Refused, match="bad_signature"):
+        await reader.check_signed(seal(meta, b"{}", key, alice))

@@ -50,7 +50,6 @@ from symbi_sandbox_agent.bus.codec import (
     UNDECODABLE,
     Encoded,
     Refused,
-    check_signature,
     check_ttl,
     expired,
     is_duration,
@@ -60,7 +59,7 @@ from symbi_sandbox_agent.bus.codec import (
 )
 from symbi_sandbox_agent.bus.delivered import Batch, Delivered
 from symbi_sandbox_agent.bus.errors import BadAddress, NoReply, RateLimited, RecipientTerminated, TooLarge
-from symbi_sandbox_agent.bus.identity import Identities, UnknownSender
+from symbi_sandbox_agent.bus.identity import Identities
 from symbi_sandbox_agent.bus.inboxes import Inboxes
 from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
 from symbi_sandbox_agent.bus.recipients import Recipients
@@ -290,11 +289,7 @@ class Carrier:
         if expired(meta, time.time(), replayed_at):
             raise Refused("expired", f"message {meta.id} expired {meta.ttl_s} s after it was sent")
         if not signed_here:
-            try:
-                verifier = await self.identities.verifier(meta.sender)
-            except UnknownSender as exc:
-                raise Refused("unknown_sender_key", exc.message) from None
-            check_signature(envelope, verifier)
+            await self.identities.check_signed(envelope)
         try:
             key = await self.datakeys.by_id(envelope.key_id)
         except SymbiError as exc:

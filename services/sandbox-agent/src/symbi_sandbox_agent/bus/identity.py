@@ -17,7 +17,9 @@ import nats.js.errors
 from symbi_common.crypto import Signer, Verifier
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
-from symbi_contracts.bus import AGENT_KEY_DECODER, AgentKey, agent_key_statement, encode
+from symbi_contracts.bus import AGENT_KEY_DECODER, AgentKey, Envelope, agent_key_statement, encode
+
+from symbi_sandbox_agent.bus.codec import Refused, check_signature
 
 HOST_SERVICE = "sandbox-agent"
 
@@ -41,7 +43,8 @@ class Identities:
         self.host = host
         self.registry = registry
         self._signers: dict[str, Signer] = {}
-        self._verifiers: dict[str, Verifier] = {}
+        #: agent id → (the host key that vouched for its key, the key): the host key is checked at every use.
+        self._verifiers: dict[str, tuple[str, Verifier]] = {}
         self._signed_by = host.key_id
 
     async def signer(self, agent_id: str) -> Signer:
@@ -61,14 +64,24 @@ class Identities:
         )
         await self.kv.put(agent_id, encode(entry))
         self._signers[agent_id] = signer
-        self._verifiers[agent_id] = Verifier(signer.public_key)
+        self._verifiers[agent_id] = (self.host.key_id, Verifier(signer.public_key))
         return signer
 
-    async def verifier(self, agent_id: str) -> Verifier:
-        """The sender's verified public key; :class:`UnknownSender` if none is registered or trusted."""
+    def _host_key(self, key_id: str) -> bool:
+        """Whether ``key_id`` is a sandbox-agent key the registry trusts now (not revoked since)."""
+        try:
+            return self.registry.service_of(key_id) == HOST_SERVICE and not self.registry.is_revoked(key_id)
+        except KeyringError:
+            return False
+
+    async def verifier(self, agent_id: str, *, fresh: bool = False) -> Verifier:
+        """The sender's verified public key; :class:`UnknownSender` if none is registered or trusted. A key is
+        remembered with the host key that vouched for it, and trusted only while that one is (a revoked host
+        key vouches for nothing from then on); ``fresh``: read the registered key again."""
         found = self._verifiers.get(agent_id)
-        if found is not None:
-            return found
+        if found is not None and not fresh and self._host_key(found[0]):
+            return found[1]
+        self._verifiers.pop(agent_id, None)
         try:
             got = await self.kv.get(agent_id)
         except nats.js.errors.KeyNotFoundError:
@@ -85,15 +98,32 @@ class Identities:
             host = self.registry.verifier(entry.host_key_id)
         except KeyringError as exc:
             raise UnknownSender(f"agent {agent_id}'s key is vouched for by an unknown key: {exc}") from None
-        if self.registry.service_of(entry.host_key_id) != HOST_SERVICE or self.registry.is_revoked(entry.host_key_id):
+        if not self._host_key(entry.host_key_id):
             raise UnknownSender(f"agent {agent_id}'s key is vouched for by {entry.host_key_id}, not a host key")
         if entry.agent_id != agent_id or not host.verify(
             agent_key_statement(agent_id, entry.public_key), entry.host_signature
         ):
             raise UnknownSender(f"the identity key entry of agent {agent_id} is not signed by its host")
         verifier = Verifier(entry.public_key)
-        self._verifiers[agent_id] = verifier
+        self._verifiers[agent_id] = (entry.host_key_id, verifier)
         return verifier
 
     def forget(self, agent_id: str) -> None:
         self._verifiers.pop(agent_id, None)
+
+    async def check_signed(self, envelope: Envelope) -> None:
+        """:class:`Refused` unless the envelope is signed by its sender's registered key. A signature the
+        remembered key does not verify is checked once more against the key registered now (the sender's host
+        key may have rotated, which changes the agent's key)."""
+        sender = envelope.meta.sender
+        for fresh in (False, True):
+            try:
+                verifier = await self.verifier(sender, fresh=fresh)
+            except UnknownSender as exc:
+                raise Refused("unknown_sender_key", exc.message) from None
+            try:
+                check_signature(envelope, verifier)
+                return
+            except Refused:
+                if fresh:
+                    raise
