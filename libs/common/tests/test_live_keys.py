@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -26,6 +27,7 @@ from symbi_common.keyfiles import (
 )
 from symbi_common.keyring import KeyRegistry
 from symbi_common.kv_keys import kv_keys
+from symbi_common.ordered_pull import OrderedPull
 from symbi_common.registry_changes import with_revocation, with_service_key
 from symbi_common.registry_stream import (
     REGISTRY_SUBJECT,
@@ -278,3 +280,44 @@ async def test_a_service_down_during_its_wrap_rotation_re_seals_when_it_starts(
     assert old_wrap.key_id not in copies
     assert all(old_wrap.unseal(sealed) is None for sealed in copies.values())
     assert [r.event.text for r in await restarted.store.load("task", task, codec)] == ["before"]  # type: ignore[attr-defined]
+
+
+async def test_the_key_followers_start_again_after_a_failure(
+    nats_url: str, keys_dir: Path, provisioned: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry and data key followers of a service fail to start once (NATS not answering): each starts
+    again, so a revocation and a key destroyed afterwards still reach the service. Before, each follower
+    ended for good, and the service trusted revoked keys and opened destroyed data keys until restarted."""
+    opened, failed = OrderedPull.open, []
+
+    async def fails_once(self: OrderedPull) -> OrderedPull:
+        if self.stream in ("REGISTRY", "KV_DATAKEYS") and self.stream not in failed:
+            failed.append(self.stream)
+            raise nats.errors.TimeoutError
+        return await opened(self)
+
+    monkeypatch.setattr(OrderedPull, "open", fails_once)
+    env = {"SYMBI_NATS_URL": nats_url, "SYMBI_KEYS_DIR": str(keys_dir), "SYMBI_POLICY__ENFORCEMENT": "allow-all"}
+    rt = ServiceRuntime("scheduler", load_settings(env=env), use_database=False)
+    await rt.start()
+    try:
+        await eventually(lambda: sorted(failed) == ["KV_DATAKEYS", "REGISTRY"], "both followers failed once")
+        key = await rt.datakeys.current("task.t-restart")
+        other = DataKeys(
+            await KvDataKeyStore.open(provisioned.jetstream()),
+            load_wrap_key(keys_dir / "scheduler" / "wrap.key"),
+            rt.registry,
+            service="scheduler",
+        )
+        await asyncio.sleep(0.5)  # (the data key follower's first retry is 0.2 s after its failure)
+        await other.destroy("task.t-restart")
+        await eventually(lambda: "task.t-restart" not in rt.datakeys._cache, "the destroyed key is forgotten")
+        with pytest.raises(KeyringError):
+            await rt.datakeys.by_id(key.key_id)
+        lifecycle_key = rt.registry.active_key("lifecycle")
+        assert lifecycle_key is not None
+        revoke_key(keys_dir, lifecycle_key.key_id, after_sequence=None)
+        await _publish(provisioned, keys_dir)
+        await eventually(lambda: rt.registry.is_revoked(lifecycle_key.key_id), "the revocation is applied")
+    finally:
+        await rt.stop()

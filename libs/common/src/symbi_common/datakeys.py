@@ -297,6 +297,12 @@ class DataKeys:
             self._announced.pop(next(iter(self._announced)))
         self._announced[name] = (record, revision)
 
+    async def forget_all(self) -> None:
+        """Drop every cached key (after changes may have been missed): each is read from the store when next used."""
+        for name in list(self._cache):
+            self.forget(name)
+        self._announced.clear()
+
     def forget(self, name: str) -> None:
         """Drop a cached key (after another process destroyed or rotated it)."""
         self._cache.pop(name, None)

@@ -144,6 +144,7 @@ class LiveKeys:
                     continue
                 for msg in msgs:
                     await self.offer(bytes(msg.data))
+                    self._next_sequence = msg.metadata.sequence.stream + 1  # (a restarted follow goes on from here)
         finally:
             await feed.close()
 
@@ -251,9 +252,10 @@ def previous_wrap_keys(wrap_key_path: Path) -> tuple[WrapKey, ...]:
 
 
 def _try_load(load: Callable[[Path], Any], path: Path) -> Any:
+    """The key in ``path``, or None if it cannot be read yet (looked for again a second later)."""
     try:
         return load(path)
-    except KeyringError:
+    except (KeyringError, OSError):  # (OSError: not there yet, or not readable by this process)
         return None
 
 

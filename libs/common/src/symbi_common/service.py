@@ -20,6 +20,7 @@ import structlog
 
 from symbi_common.aggregate import Repository
 from symbi_common.commands import CommandClient, CommandServer
+from symbi_common.consuming import keep_consuming
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys, KvDataKeyStore
 from symbi_common.db import open_pool
@@ -142,7 +143,19 @@ class ServiceRuntime:
         self.datakeys = DataKeys(
             await KvDataKeyStore.open(self.js), wrap_key, self.registry, service=self.name, previous_wrap_keys=previous
         )
-        self.spawn(self.datakeys.follow_changes(datakey_types(self.name)), "datakeys:follow")
+        types = datakey_types(self.name)
+        # Both key followers start again after any failure: one that stopped for good would leave this process
+        # trusting revoked keys, or opening data keys destroyed since. A restarted data key follower first forgets
+        # every cached key (a change missed meanwhile is read from the store on the next use).
+        self.spawn(
+            keep_consuming(
+                lambda: self.datakeys.follow_changes(types),
+                asyncio.Event(),  # (never set: the task is cancelled at stop)
+                what="data key changes",
+                on_retry=self.datakeys.forget_all,
+            ),
+            "datakeys:follow",
+        )
         self.store = EventStore(
             self.nc,
             signer=signer,
@@ -170,7 +183,9 @@ class ServiceRuntime:
         except BaseException:
             await self.nc.close()
             raise
-        self.spawn(self.keys.follow(self.js), "keys:follow")
+        self.spawn(
+            keep_consuming(lambda: self.keys.follow(self.js), asyncio.Event(), what="key registry"), "keys:follow"
+        )
         if self.use_database:
             self.pool = await open_pool(s.database.url, min_size=s.database.pool_min, max_size=s.database.pool_max)
         self.commands = CommandServer(self.nc, self.name, max_request_bytes=s.events.max_command_bytes)
