@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from symbi_common.bus_streams import inbox_name
+from symbi_common.consuming import keep_consuming
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.bus import AGENT_KEYS_BUCKET, DELIVERED_BUCKET, MESSAGES_STREAM
 
@@ -51,7 +52,9 @@ async def bus_of(rt: ServiceRuntime) -> Carrier:
             carrier = await open_carrier(rt)
             sub = await rt.nc.subscribe(MAX_DELIVERIES_ADVISORY)
             rt.spawn(follow_max_deliveries(carrier, sub), "bus:max-deliveries")
-            rt.spawn(carrier.terminated.follow(rt.js), "bus:terminated-agents")
+            # (started again after a failure, from the stream's start: applying an agent event twice changes nothing)
+            follow = keep_consuming(lambda: carrier.terminated.follow(rt.js), asyncio.Event(), what="terminated agents")
+            rt.spawn(follow, "bus:terminated-agents")
             _buses[rt] = carrier
     return carrier
 
