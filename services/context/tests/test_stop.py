@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 from symbi_common.settings import Settings
 from symbi_context.embeddings import LocalEmbedder
+from symbi_context.point_ids import INDEX_LAYOUT
 from symbi_context.vectors.edge import EdgeVectorStore
 
 
@@ -44,7 +45,7 @@ async def test_stop_stores_the_index_position_before_closing_the_store(start: An
         await anext(running)
     assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
     dimension = LocalEmbedder().dimension
-    reopened = EdgeVectorStore(Path(settings.context.vector_data_path) / f"{dimension}d", dimension)
+    reopened = EdgeVectorStore(Path(settings.context.vector_data_path) / f"{dimension}d-l{INDEX_LAYOUT}", dimension)
     try:
         assert await reopened.position() == last
     finally:

@@ -47,6 +47,7 @@ from symbi_context.embeddings import Embedder
 from symbi_context.errors import InvalidContext
 from symbi_context.index import ContextIndex
 from symbi_context.metrics import operation
+from symbi_context.point_ids import item_id
 from symbi_context.retrieval import Retrieved, hybrid_search
 from symbi_context.vectors.port import MetaFilter
 
@@ -215,7 +216,7 @@ class ContextService:
         chosen = list(ids)
         if where is not None:
             scoped = dataclasses.replace(where, owners=(owner,))
-            chosen += [h.id for h in await self.store.scroll(scoped)]
+            chosen += [item_id(h) for h in await self.store.scroll(scoped)]
             if not chosen:
                 return Written([], 0)
         command = Forget(ids=tuple(chosen), missing_ok=where is not None, decision=decision)
@@ -352,7 +353,7 @@ class ContextService:
         by_owner: dict[str, list[str]] = {}
         for hit in expired:
             if float(hit.payload.get("expires_at", 0)) <= now:
-                by_owner.setdefault(str(hit.payload["owner"]), []).append(hit.id)
+                by_owner.setdefault(str(hit.payload["owner"]), []).append(item_id(hit))
         for owner, ids in by_owner.items():
             await self.memories.execute(owner, Forget(ids=tuple(ids), reason="expired", missing_ok=True))
             done += len(ids)

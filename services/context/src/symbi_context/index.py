@@ -60,6 +60,7 @@ from symbi_context.domain import (
     MemoryForgotten,
     MemoryStored,
 )
+from symbi_context.point_ids import memory_point_id
 from symbi_context.vectors.keywords import document_keywords
 from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
 from symbi_context.vectors.sealed import SealedVectorStore
@@ -109,7 +110,9 @@ def memory_point(owner: str, event: MemoryStored, sequence: int, data_key_id: st
     }
     if event.origin.task_id:
         payload["task_id"] = event.origin.task_id
-    return VectorPoint(event.memory_id, vector_of(event.vector), document_keywords(event.text), payload)
+    payload["memory_id"] = event.memory_id
+    point_id = memory_point_id(owner, event.memory_id)
+    return VectorPoint(point_id, vector_of(event.vector), document_keywords(event.text), payload)
 
 
 def knowledge_points(owner: str, event: KnowledgeIngested, sequence: int, data_key_id: str) -> list[VectorPoint]:
@@ -274,7 +277,7 @@ class ContextIndex:
                     self._working_tasks.add(subject_for("task", memory_event.origin.task_id))
                 return [memory_point(owner, memory_event, seq, header.data_key_id)]
             assert isinstance(memory_event, MemoryForgotten)
-            return self.store.delete(list(memory_event.memory_ids))
+            return self.store.delete([memory_point_id(owner, m) for m in memory_event.memory_ids])
         event = (await decode_opened(opened, self.datakeys, KNOWLEDGE.codec)).event
         if isinstance(event, KnowledgeIngested):
             return knowledge_points(owner, event, seq, header.data_key_id)

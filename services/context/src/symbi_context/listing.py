@@ -14,6 +14,7 @@ from typing import Any
 from symbi_context.application import ContextService, check_id
 from symbi_context.domain import MEMORY_KINDS
 from symbi_context.errors import InvalidContext
+from symbi_context.point_ids import item_id
 from symbi_context.vectors.port import NEVER, Hit, MetaFilter
 
 MAX_LIMIT = 500
@@ -38,7 +39,7 @@ class ListedMemory:
         p = hit.payload
         expires = float(p.get("expires_at", 0.0))
         return cls(
-            id=hit.id,
+            id=item_id(hit),
             kind=str(p.get("kind", "")),
             text=str(p.get("text", "")),
             created_at=float(p.get("created_at", 0.0)),

@@ -27,6 +27,7 @@ from symbi_context.cache import CachedEmbedder
 from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_context.embeddings import Embedder, LocalEmbedder, openai_from_env
 from symbi_context.index import ContextIndex
+from symbi_context.point_ids import INDEX_LAYOUT
 from symbi_context.rag import RagEngine
 from symbi_context.vectors.edge import EdgeVectorStore
 from symbi_context.vectors.files import private_dir
@@ -56,9 +57,14 @@ async def open_vector_store(cs: ContextSettings, dimension: int) -> VectorStore:
         from symbi_context.vectors.qdrant import QdrantVectorStore
 
         return await QdrantVectorStore.connect(
-            host=cs.qdrant.host, port=cs.qdrant.port, dimension=dimension, quantization=cs.vector_quantization
+            host=cs.qdrant.host,
+            port=cs.qdrant.port,
+            dimension=dimension,
+            quantization=cs.vector_quantization,
+            collection=f"symbi_context_l{INDEX_LAYOUT}",
         )
-    path = private_dir(Path(cs.vector_data_path)) / f"{dimension}d"
+    # (each layout in a store of its own: an index of an older layout is rebuilt from the stream, not reused)
+    path = private_dir(Path(cs.vector_data_path)) / f"{dimension}d-l{INDEX_LAYOUT}"
     if cs.vector_backend == "lancedb":
         from symbi_context.vectors.lance import LanceVectorStore
 

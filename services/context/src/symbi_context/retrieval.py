@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from symbi_context.point_ids import item_id
 from symbi_context.vectors.keywords import query_keywords
 from symbi_context.vectors.port import Hit, MetaFilter, VectorStore
 
@@ -42,7 +43,7 @@ class Retrieved:
     def of(cls, hit: Hit, relevance: float, fused: float) -> Retrieved:
         p = hit.payload
         return cls(
-            id=hit.id,
+            id=item_id(hit),
             relevance=round(relevance, 6),
             fused=round(fused, 6),
             text=str(p.get("text", "")),

@@ -96,10 +96,18 @@ class QdrantVectorStore:
 
     @classmethod
     async def connect(
-        cls, *, host: str, port: int, dimension: int, quantization: Quantization = "none", **client_options: Any
+        cls,
+        *,
+        host: str,
+        port: int,
+        dimension: int,
+        quantization: Quantization = "none",
+        collection: str = "symbi_context",
+        **client_options: Any,
     ) -> QdrantVectorStore:
         """The store on a Qdrant server, collections created if missing."""
-        return await cls.open(AsyncQdrantClient(host=host, port=port, **client_options), dimension, quantization)
+        client = AsyncQdrantClient(host=host, port=port, **client_options)
+        return await cls.open(client, dimension, quantization, collection)
 
     @classmethod
     async def open(
