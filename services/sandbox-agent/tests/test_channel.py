@@ -49,7 +49,7 @@ def agent_image(docker_client: docker.DockerClient) -> str:
 
 
 SOCKET_AGENT = """
-import asyncio, json, os, socket, stat
+import asyncio, json, os, socket, stat, time
 from symbi_agent import Agent, AsyncAgent, SymbiAgentError
 
 def code(call):
@@ -84,6 +84,14 @@ with Agent() as a:
     out["retried"] = again["ids"] == [stored["memory_id"]]
     out["conflict"] = code(lambda: a.memory.store("the launch is Monday", collection="notes",
                                                   memory_id=stored["memory_id"]))
+    # Nested past the bound (deeper than anything here decodes, at 1200): refused at once, the socket still served.
+    for name, depth in (("deep", 600), ("deeper", 1200)):
+        nested = "[" * depth + "]" * depth
+        line = '{"v": 1, "id": "%s", "op": "memory.recall", "args": {"query": "x"}, "context": {"c": %s}}' % (name, nested)
+        began = time.monotonic()
+        f.write(line.encode() + b"\\n")
+        f.flush()
+        out[name] = [json.loads(f.readline())["error"]["code"], time.monotonic() - began < 2.0]
 
 async def many():
     async with AsyncAgent() as b:  # more requests in flight than the gateway serves at once
@@ -131,11 +139,13 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     assert (out["owner"], out["forged"], out["after"]) == ("malformed_request", "identity_refused", "ok")
     assert out["concurrent"] == 20
     assert (out["retried"], out["conflict"]) == (True, "memory_conflict")
+    assert out["deep"] == out["deeper"] == ["malformed_request", True]
     # Every request is on the task's audit trail, as the listener's agent (hello is not an action).
     recorded = actions(r.events)
     assert [a.outcome for a in recorded] == [
         *["allowed", "allowed", "refused", *["failed"] * 4, "allowed"],
         *["allowed", "failed"],  # the retried store and the conflicting one
+        *["failed", "failed"],  # the requests nested too deep
         *["allowed"] * 20,
     ]
     assert {a.agent_id for a in recorded} == {"agent-1"}

@@ -103,3 +103,18 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
             below.extend(v for v in items if isinstance(v, _CONTAINERS))
         level = below
     return False
+
+
+def json_nests_deeper_than(text: bytes, limit: int) -> bool:
+    """Whether JSON ``text`` nests containers more than ``limit`` deep, or so deep that it does not decode here
+    (``RecursionError``). Text that is not JSON is not deep (its own decode says what is wrong); counting the
+    brackets first spares the decode of a text that cannot be that deep."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    try:
+        value = msgspec.json.decode(text)
+    except RecursionError:
+        return True
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return False
+    return nested_deeper_than(value, limit)

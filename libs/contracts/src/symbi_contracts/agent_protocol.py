@@ -20,6 +20,8 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 #: Longest request line the gateway reads (bytes, without the newline); a longer one is ``request_too_large``.
 MAX_REQUEST_BYTES = 1024 * 1024
+#: Deepest nesting of lists and objects in a request; a deeper one is ``malformed_request``.
+MAX_REQUEST_DEPTH = 64
 #: Requests of one agent being served at once; the gateway stops reading its socket while this many are open.
 MAX_IN_FLIGHT = 16
 MAX_ID_CHARS = 64

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+from symbi_common.bounds import json_nests_deeper_than
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import ValidationError
 from symbi_common.policy.engine import schema_errors
+from symbi_contracts.agent_protocol import MAX_REQUEST_DEPTH
 from symbi_contracts.context.commands import Query, Retrieved, StoreRequest
 
 from symbi_sandbox_agent.errors import (
@@ -95,6 +97,9 @@ class RequestLine:
 
     body: bytes
     too_long: bool = False
+    #: It nests lists or objects more than :data:`MAX_REQUEST_DEPTH` deep: refused before anything decodes it
+    #: (decoding, checking or logging such a request would recurse past the stack).
+    too_deep: bool = False
 
 
 class RequestLines:
@@ -144,7 +149,8 @@ class RequestLines:
     def _end_line(self, found: list[RequestLine]) -> None:
         # On the socket (no prefix) an empty line is no request; after the stderr prefix it is a malformed one.
         if not self._skipping and self._line.startswith(self.prefix) and (self.prefix or self._line.strip()):
-            found.append(RequestLine(bytes(self._line[len(self.prefix) :]).rstrip(b"\r")))
+            body = bytes(self._line[len(self.prefix) :]).rstrip(b"\r")
+            found.append(RequestLine(body, too_deep=json_nests_deeper_than(body, MAX_REQUEST_DEPTH)))
         self._line.clear()
         self._skipping = False
 
@@ -153,6 +159,8 @@ def parse_request(line: RequestLine) -> ActionRequest:
     """The request on a line; :class:`ActionRequestError` (with the reply's code) if it is not one."""
     if line.too_long:
         raise ActionRequestTooLarge(f"a request line may have at most {MAX_REQUEST_BYTES} bytes after '@symbi '")
+    if line.too_deep:
+        raise MalformedActionRequest(f"the request nests lists or objects more than {MAX_REQUEST_DEPTH} levels deep")
     try:
         request = msgspec.json.decode(line.body, type=ActionRequest)
     except msgspec.ValidationError as exc:

@@ -23,6 +23,7 @@ from symbi_contracts.agent_protocol import (
     ARGS,
     MAX_IN_FLIGHT,
     MAX_REQUEST_BYTES,
+    MAX_REQUEST_DEPTH,
     OPS,
     SUPPORTED_VERSIONS,
     Error,
@@ -77,7 +78,7 @@ def _id_of(body: bytes) -> RequestId | None:
     """The id of a request that is otherwise unreadable, so its error can still name it."""
     try:
         return msgspec.json.decode(body, type=_IdOnly).id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
 
 
@@ -178,6 +179,10 @@ class ProtocolServer:
             message = f"a request may have at most {MAX_REQUEST_BYTES} bytes"
             await self._record(seq, "", "", {}, None, "failed", f"request_too_large: {message}")
             return error(None, "request_too_large", message, max_request_bytes=MAX_REQUEST_BYTES)
+        if line.too_deep:  # (not decoded at all, not even for its id: that is what would recurse)
+            message = f"a request may nest lists or objects at most {MAX_REQUEST_DEPTH} levels deep"
+            await self._record(seq, "", "", {}, None, "failed", f"malformed_request: {message}")
+            return error(None, "malformed_request", message, max_request_depth=MAX_REQUEST_DEPTH)
         try:
             request = msgspec.json.decode(line.body, type=Request)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

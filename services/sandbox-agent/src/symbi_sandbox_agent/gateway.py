@@ -366,7 +366,7 @@ class ActionGateway:
 
 def _action_named(line: RequestLine) -> str:
     """The action a refused request named, if it can be read (for the record and the metric)."""
-    if line.too_long:
+    if line.too_long or line.too_deep:
         return ""
     try:
         raw = msgspec.json.decode(line.body)
@@ -380,7 +380,7 @@ def _names_op(body: bytes) -> bool:
     """Whether a stderr request line is of the channel protocol (a JSON object naming an ``op``)."""
     try:
         return msgspec.json.decode(body, type=_Probe).op is not None
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return False
 
 
