@@ -93,6 +93,19 @@ if os.environ.get("SDK"):
         out["sdk_https"] = [r["status"], json.loads(r["body"])]
         r = a.http.request("POST", f"http://allowed.test:{H}/echo", body="hello", headers={"X-Symbi-Agent": "x"})
         out["sdk_http"] = [r["status"], json.loads(r["body"])]
+        r = a.http.get(f"http://allowed.test:{H}/hello/\u65e5\u672c?q=\u00fc")  # (percent-encoded on its way)
+        out["sdk_unicode"] = r["status"]
+        bad = {
+            "sdk_header_text": ("GET", {"Authorization": "Bearer s3cret \u2603"}),
+            "sdk_header_lines": ("GET", {"X-A": "a\r\nHost: other.test"}),
+            "sdk_method": ("GET /x HTTP/1.1\r\nHost: other.test\r\n\r\nGET", {}),
+        }
+        for name, (method, headers) in bad.items():
+            try:
+                a.http.request(method, f"http://allowed.test:{H}/echo", headers=headers)
+                out[name] = "allowed"
+            except SymbiAgentError as e:
+                out[name] = e.code
         for name, url in (("sdk_loopback", f"https://loop.test:{P}/"), ("sdk_other", f"http://other.test:{H}/")):
             try:
                 a.http.get(url)
@@ -189,6 +202,8 @@ async def test_the_proxy_is_the_only_way_out(world: World, scheduler: Scheduler,
     assert out["sdk_http"][0] == 200
     assert (out["sdk_http"][1]["method"], out["sdk_http"][1]["body"]) == ("POST", 5)
     assert out["sdk_http"][1]["symbi_headers"] == []
+    assert isinstance(out["sdk_unicode"], int)
+    assert out["sdk_header_text"] == out["sdk_header_lines"] == out["sdk_method"] == "malformed_request"
     assert out["sdk_loopback"] == ["denied", "blocked_address"]
     assert out["sdk_other"] == ["denied", "not_allowed"]
 
@@ -204,6 +219,7 @@ async def test_the_proxy_is_the_only_way_out(world: World, scheduler: Scheduler,
         ("GET", "allowed.test", "127.0.0.2", "proxy"),
         ("CONNECT", "allowed.test", "127.0.0.2", "gateway"),
         ("POST", "allowed.test", "127.0.0.2", "gateway"),
+        ("GET", "allowed.test", "127.0.0.2", "gateway"),  # the path that is not ASCII, percent-encoded
     }
     assert all(e.bytes_in > 0 and e.bytes_out > 0 and e.decision is not None for e in allowed)
     assert set(denied) >= {"not_allowed", "blocked_address", "ip_literal", "host_mismatch", "sni_mismatch"}

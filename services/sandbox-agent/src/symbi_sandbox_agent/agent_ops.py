@@ -167,8 +167,12 @@ class ProtocolServer:
             return await self._answer(line, channel)
         except Exception as exc:
             log.exception("serving a protocol request failed", task_id=self.gateway.task_id)
-            self.gateway.agent.rt.note_error(f"channel request of {self.gateway.task_id}: {exc!r}")
-            return error(_id_of(line.body), "internal", f"the gateway could not serve the request: {exc}")
+            # Only the error's type: its text may hold what the agent sent (a URL, a header, a credential), and
+            # the recent errors are shown on /readyz.
+            self.gateway.agent.rt.note_error(f"channel request of {self.gateway.task_id}: {type(exc).__name__}")
+            return error(
+                _id_of(line.body), "internal", f"the gateway could not serve the request ({type(exc).__name__})"
+            )
 
     async def _answer(self, line: RequestLine, channel: str) -> Reply:
         self.served += 1

@@ -184,7 +184,7 @@ class ActionGateway:
                 raise
             except Exception as exc:  # e.g. the container vanished mid-request: the run's end reports it
                 log.exception("action request failed", task_id=self.task_id)
-                self.agent.rt.note_error(f"action of {self.task_id}: {exc!r}")
+                self.agent.rt.note_error(f"action of {self.task_id}: {type(exc).__name__}")  # (its text: agent data)
             finally:
                 self._busy.set()
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgspec
 from symbi_common.decisions import DecisionRecord
@@ -38,6 +39,33 @@ class HttpRequestArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     body_b64: str = ""
     timeout_s: float = 30.0
     max_bytes: int = 1024 * 1024
+
+
+#: What stays as it is when a path or a query is percent-encoded (RFC 3986's reserved characters and "%").
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+#: An HTTP token (RFC 9110): a method or a header name.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}\Z")
+
+
+def _check_head(method: str, headers: dict[str, str]) -> None:
+    """:class:`Refusal` (``malformed_request``) unless the method and header names are HTTP tokens and each
+    header value is Latin-1 text without CR, LF or NUL (nothing can be added to the request's head)."""
+    if not _TOKEN.match(method):
+        raise Refusal("malformed_request", f"method {method[:40]!r} is not an HTTP method")
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise Refusal("malformed_request", f"header name {name[:40]!r} is not an HTTP token")
+        if any(c in value for c in "\r\n\0") or not _latin1(value):
+            raise Refusal("malformed_request", f"the value of header {name} must be Latin-1 text on one line")
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Refusal(Exception):
@@ -81,7 +109,10 @@ class HttpOps:
         egress = self.run.egress
         if egress is None:
             raise Refusal("not_available", "this agent has no network: its definition allows no network access")
-        url = urlsplit(args.url)
+        try:
+            url = urlsplit(args.url)
+        except ValueError as exc:  # e.g. an unclosed [ of an IPv6 host
+            raise Refusal("malformed_request", f"{args.url[:100]!r} is not a URL: {exc}") from None
         if url.scheme not in ("http", "https") or not url.netloc or "@" in url.netloc:
             raise Refusal("malformed_request", f"{args.url[:100]!r} is not an http:// or https:// URL")
         try:
@@ -90,9 +121,14 @@ class HttpOps:
             raise Refusal("malformed_request", str(exc)) from None
         if args.body and args.body_b64:
             raise Refusal("malformed_request", "send body or body_b64, not both")
-        body = base64.b64decode(args.body_b64) if args.body_b64 else args.body.encode()
-        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        try:
+            body = base64.b64decode(args.body_b64, validate=True) if args.body_b64 else args.body.encode()
+        except ValueError:  # (binascii.Error is one)
+            raise Refusal("malformed_request", "body_b64 is not base64") from None
+        # Percent-encoded where it is not ASCII (what clients do); what is escaped already stays as it is.
+        path = quote(url.path or "/", safe=_PATH_SAFE) + (f"?{quote(url.query, safe=_QUERY_SAFE)}" if url.query else "")
         authority = str(target) if target.port != (443 if url.scheme == "https" else 80) else target.host
+        _check_head(args.method, args.headers)
         headers = [(k, v) for k, v in args.headers.items() if k.lower() not in ("host", "content-length")]
         headers = [("Host", authority), *headers, ("Content-Length", str(len(body)))]
         reader, writer = await egress.connect()
