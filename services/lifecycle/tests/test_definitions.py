@@ -7,6 +7,7 @@ real Cedar engine of ``symbi_common.policy`` with policies written for the test.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -383,3 +384,22 @@ def test_a_compiler_fault_fails_the_agent_instead_of_leaving_it_initializing(mon
     config, issues = controller.compile_state(state)
     assert config is None
     assert [(i.field, "OverflowError" in i.message) for i in issues] == [("definition", True)]
+
+
+async def test_the_acting_user_is_the_authenticated_operator(
+    running: Running, issue_operator_token: Callable[..., str]
+) -> None:
+    """Another user is named (``X-Symbi-User``) by an admin only: an operator naming one is refused, and one
+    naming none acts as itself (before, the header was taken on its word, so any writer could register as any
+    user, and without it the principal was ``anonymous``)."""
+    hello = TEXTS["hello"]
+    bob = {"Authorization": f"Bearer {issue_operator_token(role='operator', name='bob')}"}
+    r = await running.http.post(
+        "/v1/agents", json={"agent_id": "as-lead", "definition": hello}, headers={**bob, "X-Symbi-User": "ops-lead"}
+    )
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["details"]["action"] == "act_as"
+    r = await running.http.post("/v1/agents", json={"agent_id": "as-bob", "definition": hello}, headers=bob)
+    assert r.status_code == 201, r.text
+    registered = (await history(running.http, "as-bob", r.json()["sequence"]))[0]
+    assert registered["data"]["registered_by"] == "bob"

@@ -300,6 +300,12 @@ def document_security(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def operator_of(request: Request) -> str:
+    """The name (``sub``) of the operator who authenticated the request; '' if none did."""
+    claims = request.scope.get("state", {}).get("operator")
+    return claims.sub if isinstance(claims, OperatorClaims) else ""
+
+
 def acting_for(request: Request, asserted: str | None) -> str | None:
     """The principal a request acts for, when it names one (e.g. ``X-Symbi-Principal``).
 

@@ -30,6 +30,7 @@ terminate (the same bodies plus ``agent_id``), get, list and history, served in 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 import msgspec
@@ -38,6 +39,7 @@ from symbi_common.bounds import check_ints, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
+from symbi_common.operator_auth import acting_for, operator_of
 from symbi_contracts.lifecycle.commands import AgentRequest, AssignTaskRequest, CompleteTaskRequest, SuspendRequest
 from symbi_contracts.wire import decode_json
 
@@ -86,6 +88,8 @@ async def _change(request: Request, type_: type[R], agent_id: str | None = None,
             raise BadRequest("agent_id in the body differs from the one in the path", field="agent_id")
         body = msgspec.structs.replace(body, agent_id=agent_id)
     context = CommandContext.from_headers(request.headers)
+    # The acting user is the authenticated operator; another one (``X-Symbi-User``) only for an admin.
+    context = dataclasses.replace(context, user=acting_for(request, context.user) or operator_of(request))
     view = await _service(request).handle(body, context)
     return _reply(view, context, status)
 
