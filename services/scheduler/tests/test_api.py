@@ -89,3 +89,16 @@ async def test_nats_commands_submit_and_answer_typed_errors(
             await client.call("scheduler", "submit", {"agent": "worker"}, dict)
         status = await client.call("scheduler", "status", {}, dict)
         assert status["queues"]["high"] == 1
+
+
+async def test_a_submission_names_the_authenticated_operator_then_the_callers_label(
+    lifecycle: App, start_scheduler: Any
+) -> None:
+    """``X-Submitted-By`` is a label after the operator who authenticated, never a name taken on its word."""
+    await register_agent(lifecycle, "worker")
+    async with start_scheduler() as s:
+        r = await s.http.post("/v1/tasks", json={"agent_id": "worker"}, headers={"X-Submitted-By": "console:ceo"})
+        assert r.status_code == 201, r.text
+        assert r.json()["submitted_by"] == "local-admin via console:ceo"
+        r = await s.http.post("/v1/tasks", json={"agent_id": "worker"})
+        assert r.json()["submitted_by"] == "local-admin"

@@ -29,6 +29,7 @@ from fastapi import APIRouter, Request, Response
 from symbi_common.bounds import check_ints, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
+from symbi_common.operator_auth import operator_of
 from symbi_contracts.wire import decode_json
 
 from symbi_scheduler.application import (
@@ -62,6 +63,14 @@ def _who(headers: Any) -> str:
     return str(headers.get("x-submitted-by") or headers.get("Symbi-Submitted-By") or "api")[:128]
 
 
+def _operator_who(request: Request) -> str:
+    """Who submits or cancels over HTTP: the authenticated operator, then the caller's own label
+    (``X-Submitted-By``, e.g. ``console:alice``) after "via"; the label alone names no one."""
+    operator = operator_of(request) or "api"
+    label = request.headers.get("x-submitted-by", "")
+    return (f"{operator} via {label}" if label and label != operator else operator)[:128]
+
+
 @router.post(
     "/tasks",
     status_code=201,
@@ -72,7 +81,7 @@ async def submit(request: Request) -> Response:
     """Queue a task for an agent; its input reaches the workload on stdin, its stdout is the result."""
     body = decode_json(await request.body(), SubmitRequest)
     check_ints(body)
-    return _reply(await _service(request).submit(body, submitted_by=_who(request.headers)), 201)
+    return _reply(await _service(request).submit(body, submitted_by=_operator_who(request)), 201)
 
 
 @router.get(
@@ -114,7 +123,7 @@ class _CancelBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 async def cancel_task(task_id: str, request: Request) -> Response:
     """Withdraw a queued task; a running one is stopped on its host and completes as killed."""
     body = decode_json(await request.body(), _CancelBody)
-    view = await _service(request).cancel(CancelRequest(task_id=task_id, reason=body.reason), _who(request.headers))
+    view = await _service(request).cancel(CancelRequest(task_id=task_id, reason=body.reason), _operator_who(request))
     return _reply(view)
 
 
