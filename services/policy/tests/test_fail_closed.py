@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+import pytest
 from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
 from symbi_common.eventstore import EventStore
 from symbi_common.policy import EmbeddedDecisionPoint
@@ -25,6 +27,7 @@ SHELL = DecisionRequest(
 )
 #: Valid Cedar, but not against the schema (an action it does not know): what a set stored before a schema
 #: change looks like to a newer follower.
+NO_SHELL = '@id("no-shell")\nforbid(principal, action == Action::"tool.invoke", resource == Tool::"shell");'
 STALE = '@id("fly")\npermit(principal, action == Action::"fly", resource);'
 
 
@@ -151,3 +154,29 @@ def _encode(request: DecisionRequest) -> bytes:
     import msgspec
 
     return msgspec.json.encode(request)
+
+
+async def test_a_data_key_read_that_fails_a_moment_halts_nothing(
+    policy: RunningPolicy, start_runtime: StartRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read of a set's data key fails (NATS away a moment): the event is applied again, not taken as
+    a verdict on it. Before, its set halted for good (every decision of the process denied until a restart)."""
+    runtime = await start_runtime("scheduler")
+    point = await runtime.decision_point()
+    assert isinstance(point, EmbeddedDecisionPoint)
+    store = runtime.datakeys._store
+    get, failed = store.get, []
+
+    async def fails_once(name: str) -> tuple[bytes, int] | None:
+        if name.startswith("policy.blip") and not failed:
+            failed.append(name)
+            raise nats.errors.TimeoutError
+        return await get(name)
+
+    monkeypatch.setattr(store, "get", fails_once)
+    monkeypatch.setattr(runtime.datakeys, "_announce", lambda *_: None)  # (read from the store, not the notice)
+    await policy.http.post("/v1/policy-sets", json={"set_id": "blip", "cedar": NO_SHELL})
+    await until(lambda: "blip" in point.follower.compiled)
+    assert failed == ["policy.blip"]
+    assert "blip" not in point.follower.halted
+    assert isinstance(await point.decide(SHELL), Deny)

@@ -13,6 +13,8 @@ engine denies every request (``policy_halted``), the follower is not healthy (``
 that applies — one that follows the set's last applied event, verifies and compiles (an update with text
 that compiles, or a retirement) — and nothing else. A forged event in the middle of a set's chain can
 only be removed by an operator with the stream admin credential; then the followers are restarted.
+A failure that says nothing about the event (NATS or the data key store away a moment: :data:`TRANSIENT`)
+halts nothing: the follower applies the batch again, passing over what it applied already.
 
 The engine is rebuilt after each change once the follower has caught up (during the initial replay
 only once, at the end). Its version is the stream sequence of the last policy event read: the same
@@ -25,11 +27,12 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import nats.errors
 import structlog
 from prometheus_client import Gauge
 
 from symbi_common.datakeys import DataKeys
-from symbi_common.errors import SymbiError, Timeout
+from symbi_common.errors import InfrastructureError, SymbiError, Timeout
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.keyring import KeyRegistry
 from symbi_common.policy.cedar import CompiledPolicy, compile_policies
@@ -57,6 +60,10 @@ POLICY_SET_HALTED = Gauge(
 def set_id_of(subject: str) -> str:
     """The policy set a policy-set event's subject (``evt.policy.<set_id>``) belongs to."""
     return subject.split(".", 2)[-1]
+
+
+#: What a moment of NATS or the store being away raises: retried, never a verdict on the event (which halts its set).
+TRANSIENT = (InfrastructureError, nats.errors.Error, OSError, TimeoutError)
 
 
 class PolicyFollower:
@@ -152,6 +159,8 @@ class PolicyFollower:
         ) as span:
             try:
                 await self._apply(msg.subject, sequence, msg.data)
+            except TRANSIENT:  # (e.g. a data key read): the follower applies the batch again, nothing is skipped
+                raise
             except Exception as exc:  # never skipped: the set is halted (every decision denies) until fixed
                 self._halt(set_id_of(msg.subject), sequence, f"{sequence} {msg.subject}: {exc!r}")
                 span.set_attribute("symbi.rejected", repr(exc)[:500])
@@ -176,6 +185,8 @@ class PolicyFollower:
         opened = open_envelope(data, subject=subject, sequence=sequence, registry=self.registry)
         set_id = opened.header.aggregate_id
         tip = self.tips.get(set_id, ChainTip())
+        if sequence <= tip.sequence:
+            return  # applied already: its batch is applied again after a transient failure
         check_link(tip, opened)
         event = (await decode_opened(opened, self.datakeys, POLICY_SET_CODEC)).event
         state = apply_policy_event(self.states.get(set_id, PolicySetState(set_id=set_id)), event)
