@@ -185,6 +185,7 @@ with Agent() as a:
     out["big"] = code(lambda: a.data.write("outbox/big.bin", b"x" * 600000))
     out["missing"] = code(lambda: a.data.read("reports/q1/none.txt"))
     out["escape"] = code(lambda: a.data.read("reports/q1/../../secrets/key"))
+    out["far"] = code(lambda: a.data.read("reports/q1/summary.txt", offset=2**63 - 1, length=1))
 print(json.dumps(out))
 """
 
@@ -227,6 +228,7 @@ async def test_data_requests_over_the_socket_are_confined_decided_and_audited(
         "big": "too_large",
         "missing": "not_found",
         "escape": "malformed_request",
+        "far": "malformed_request",  # (before: internal, and the allowed read not recorded)
     }
     report = roots / "outbox" / "report.txt"
     assert (report.read_text(), report.stat().st_uid) == ("hello world", SANDBOX_USER)
@@ -245,9 +247,10 @@ async def test_data_requests_over_the_socket_are_confined_decided_and_audited(
         ("data.write", "outbox", "failed"),
         ("data.read", "reports", "failed"),
         ("data.read", "", "failed"),
+        ("data.read", "", "failed"),
     ]
     assert {a.agent_id for a in recorded} == {"agent-1"}
-    listed, read, ro, wrote, _, exists, ungranted, private, big, missing, escape = recorded
+    listed, read, ro, wrote, _, exists, ungranted, private, big, missing, escape, _far = recorded
     assert read.context == {"access": "gateway", "path": "q1/summary.txt"}
     assert summary_sha in read.detail
     assert hashlib.sha256(b"hello").hexdigest() in wrote.detail

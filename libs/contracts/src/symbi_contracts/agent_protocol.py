@@ -11,7 +11,7 @@ Pure: no I/O here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -196,6 +196,8 @@ class KnowledgeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 #: Bytes one ``data.read`` returns or one ``data.write`` writes at most (read larger files in pieces with
 #: ``offset``/``length``, write them with ``mode = "append"``); past it the answer is ``too_large``.
 MAX_DATA_BYTES = 512 * 1024
+#: The largest ``data.read`` offset (a larger one is ``malformed_request``, never handed to the system).
+MAX_DATA_OFFSET = 2**62
 #: Entries one ``data.list`` returns at most (then ``truncated`` is true).
 MAX_LIST_ENTRIES = 1000
 DataEncoding = Literal["utf-8", "base64"]
@@ -205,7 +207,8 @@ class DataRead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """``data.read``: a file under ``/symbi/data`` (``<root>/<dir>/<file>``), within the agent's grants."""
 
     path: str
-    offset: int = 0
+    #: Where to start (0 to 2**62: no file is larger).
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_DATA_OFFSET)] = 0
     #: Bytes to read from ``offset``; none: to the end of the file (at most :data:`MAX_DATA_BYTES`).
     length: int | None = None
     encoding: DataEncoding = "utf-8"

@@ -149,6 +149,10 @@ class DataOps:
             )
         try:
             result, done = await asyncio.to_thread(self._perform, args, mount, parts, content)
+        except OSError as exc:  # (no space, over quota, a file changed under it …): failed, recorded, typed
+            message = f"{op} of {path!r} failed: {exc.strerror or type(exc).__name__}"
+            await self.record(seq, action, mount.root, context, record, "failed", f"unavailable: {message}")
+            return error(request.id, "unavailable", message)
         except DataFileError as err:
             await self.record(seq, action, mount.root, context, record, "failed", f"{err.code}: {err.message}")
             return error(request.id, err.code, err.message)
