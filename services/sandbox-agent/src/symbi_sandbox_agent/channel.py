@@ -39,8 +39,6 @@ Answer = Callable[[RequestLine, str], Awaitable[Reply]]
 #: Told, after each answer, whether it was written to the connection (in the kernel's socket buffer) or not.
 Written = Callable[[Reply, bool], Awaitable[None]]
 READ_CHUNK = 64 * 1024
-#: How often an answer larger than the socket's buffer is checked for having left this process.
-FLUSH_POLL_S = 0.001
 #: Connections one sandbox may hold open at once (each may buffer up to one request line).
 MAX_CONNECTIONS = 8
 
@@ -96,6 +94,9 @@ class Channel:
             writer.close()
             return
         self._connections.add(task)
+        # drain() then waits until nothing of a reply is left in this process (no polling for it): the kernel
+        # has it, which the peer reads even if this daemon dies right after (what ``written`` is told relies on).
+        writer.transport.set_write_buffer_limits(high=0)
         try:
             await self._read(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
@@ -124,12 +125,8 @@ class Channel:
             reply = await self.answer(line, "socket")
             if not writer.is_closing():
                 writer.write(encode_reply(reply))
-                await writer.drain()
-                # Until nothing of it is left in this process: then it is in the kernel, which the peer reads
-                # even if this daemon dies right after (what ``written`` is told relies on it). Usually at once.
-                while writer.transport.get_write_buffer_size() and not writer.is_closing():  # noqa: ASYNC110 (no flushed event)
-                    await asyncio.sleep(FLUSH_POLL_S)
-                ok = not writer.is_closing()
+                await writer.drain()  # (until the buffer is empty: see _accept; an agent not reading costs nothing)
+                ok = not writer.is_closing() and not writer.transport.get_write_buffer_size()
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
