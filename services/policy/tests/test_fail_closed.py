@@ -180,3 +180,18 @@ async def test_a_data_key_read_that_fails_a_moment_halts_nothing(
     assert failed == ["policy.blip"]
     assert "blip" not in point.follower.halted
     assert isinstance(await point.decide(SHELL), Deny)
+
+
+async def test_a_body_nested_too_deep_is_a_bad_request(policy: RunningPolicy) -> None:
+    """Over HTTP and NATS alike (before: an untyped 500 over HTTP, a RecursionError over NATS)."""
+    for depth in (600, 3000):
+        nested = "[" * depth + "]" * depth
+        body = (
+            '{"principal": {"type": "User", "id": "a"}, "action": "x", "resource": {"type": "Agent", "id": "b"},'
+            f' "context": {{"k": {nested}}}}}'
+        ).encode()
+        r = await policy.http.post("/v1/decisions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "bad_request"
+        reply = await policy.runtime.nc.request("cmd.policy.decide", body, timeout=5)
+        assert b"bad_request" in reply.data and b"64 levels" in reply.data

@@ -118,3 +118,17 @@ def json_nests_deeper_than(text: bytes, limit: int) -> bool:
     except (msgspec.DecodeError, UnicodeDecodeError):
         return False
     return nested_deeper_than(value, limit)
+
+
+#: Deepest nesting of lists and objects a request body of the services' APIs may have.
+MAX_JSON_DEPTH = 64
+
+
+def check_json_depth(body: bytes) -> bytes:
+    """``body``, or :class:`BadRequest` if it nests lists or objects more than :data:`MAX_JSON_DEPTH` deep:
+    decoding, checking or deciding on such a body would recurse past the stack (an untyped 500)."""
+    if json_nests_deeper_than(body, MAX_JSON_DEPTH):
+        raise BadRequest(
+            f"the request body nests lists or objects more than {MAX_JSON_DEPTH} levels deep", field="(body)"
+        )
+    return body

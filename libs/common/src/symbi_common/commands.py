@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
-from symbi_common.bounds import check_ints
+from symbi_common.bounds import check_ints, check_json_depth
 from symbi_common.errors import (
     BadRequest,
     InfrastructureError,
@@ -169,7 +169,7 @@ class CommandServer:
         if len(data) > self.max_request_bytes:
             raise PayloadTooLarge(size=len(data), limit=self.max_request_bytes, what="command")
         try:
-            request = msgspec.json.decode(data or b"{}", type=route.request_type)
+            request = msgspec.json.decode(check_json_depth(data) or b"{}", type=route.request_type)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             field = _field_of(str(exc))
             raise BadRequest(f"{self.service}.{action}: {exc}", field=field) from exc

@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from symbi_common.bounds import INT64_MAX, check_ints, check_no_nul, parse_int, query_text
+from symbi_common.bounds import INT64_MAX, check_ints, check_json_depth, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
@@ -325,7 +325,7 @@ async def custom_report(request: Request) -> Response:
 
 def _decode(body: bytes, type_: type[Any]) -> Any:
     try:
-        decoded = msgspec.json.decode(body or b"{}", type=type_)
+        decoded = msgspec.json.decode(check_json_depth(body) or b"{}", type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"request body: {exc}") from None
     check_ints(decoded)

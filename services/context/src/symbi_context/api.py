@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, parse_int, query_text
+from symbi_common.bounds import check_ints, check_json_depth, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import INT64, TEXT, json_body, query_params
@@ -141,7 +141,7 @@ def _written(w: Written) -> dict[str, Any]:
 
 def _decode(data: bytes, type_: type[T]) -> T:
     try:
-        decoded = msgspec.json.decode(data or b"{}", type=type_)
+        decoded = msgspec.json.decode(check_json_depth(data) or b"{}", type=type_)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body: {exc}") from None
     except msgspec.DecodeError as exc:

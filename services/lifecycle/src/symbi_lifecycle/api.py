@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, check_no_nul, parse_int, query_text
+from symbi_common.bounds import check_ints, check_json_depth, check_no_nul, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.errors import BadRequest
 from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
@@ -80,7 +80,7 @@ def _int(request: Request, name: str, default: int) -> int:
 
 
 async def _change(request: Request, type_: type[R], agent_id: str | None = None, status: int = 200) -> Response:
-    body = decode_json(await request.body(), type_)
+    body = decode_json(check_json_depth(await request.body()), type_)
     check_ints(body)
     check_no_nul(body)  # the read model (PostgreSQL) could not store it: refused before it becomes an event
     if agent_id is not None:

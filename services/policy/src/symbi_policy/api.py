@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, parse_int
+from symbi_common.bounds import check_ints, check_json_depth, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import BadRequest, ValidationError
@@ -63,7 +63,7 @@ def _reply(value: Any, status: int = 200) -> Response:
 
 async def _body(request: Request, type_: type[T]) -> T:
     try:
-        body = msgspec.json.decode((await request.body()) or b"{}", type=type_)
+        body = msgspec.json.decode(check_json_depth(await request.body()) or b"{}", type=type_)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body: {exc}") from None
     except msgspec.DecodeError as exc:

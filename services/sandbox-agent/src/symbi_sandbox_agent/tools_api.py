@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Request
-from symbi_common.operator_auth import ACCESS_EXTENSION
-from symbi_common.operator_tokens import OperatorClaims
+from symbi_common.bounds import check_json_depth
+from symbi_common.operator_auth import ACCESS_EXTENSION, operator_of
 from symbi_contracts.tools.errors import ToolServerUnavailable
 from symbi_contracts.tools.events import ToolServerRegistered
 
@@ -52,17 +52,12 @@ def _tools(request: Request) -> ToolService:
     return tools
 
 
-def _operator(request: Request) -> str:
-    claims = request.scope.get("state", {}).get("operator")
-    return claims.sub if isinstance(claims, OperatorClaims) else ""
-
-
 async def _body(request: Request, kind: type[Any]) -> Any:
     from symbi_common.errors import ValidationError
 
     raw = await request.body()
     try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
+        return msgspec.json.decode(check_json_depth(raw) or b"{}", type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValidationError(str(exc), field="body") from None
 
@@ -115,7 +110,7 @@ async def add_server(request: Request) -> dict[str, Any]:
         domain=body.domain,
         requested_tier=body.tier,
         env=body.env,
-        registered_by=_operator(request),
+        registered_by=operator_of(request),
     )
     state = await _tools(request).register(reg)
     tools = [_record(f"{body.server}.{t}", r) for t, r in sorted(state.tools.items())]
@@ -128,7 +123,7 @@ async def add_server(request: Request) -> dict[str, Any]:
     openapi_extra=ADMIN,
 )
 async def remove_server(server: str, request: Request, reason: str = "") -> dict[str, Any]:
-    removed = await _tools(request).remove(server, by=_operator(request), reason=reason)
+    removed = await _tools(request).remove(server, by=operator_of(request), reason=reason)
     return {"server": server, "removed": True, "tools": removed}
 
 
@@ -159,7 +154,7 @@ async def show_tool(name: str, request: Request) -> dict[str, Any]:
 )
 async def approve_tool(name: str, request: Request) -> dict[str, Any]:
     body: ApproveBody = await _body(request, ApproveBody)
-    return _record(name, await _tools(request).approve(name, body.pin, by=_operator(request)))
+    return _record(name, await _tools(request).approve(name, body.pin, by=operator_of(request)))
 
 
 @router.post(
@@ -167,4 +162,4 @@ async def approve_tool(name: str, request: Request) -> dict[str, Any]:
 )
 async def revoke_tool(name: str, request: Request) -> dict[str, Any]:
     body: RevokeBody = await _body(request, RevokeBody)
-    return _record(name, await _tools(request).revoke(name, by=_operator(request), reason=body.reason))
+    return _record(name, await _tools(request).revoke(name, by=operator_of(request), reason=body.reason))

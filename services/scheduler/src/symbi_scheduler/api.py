@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from symbi_common.bounds import check_ints, parse_int, query_text
+from symbi_common.bounds import check_ints, check_json_depth, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.openapi import INT64, TEXT, json_body, json_response, query_params
 from symbi_common.operator_auth import operator_of
@@ -79,7 +79,7 @@ def _operator_who(request: Request) -> str:
 )
 async def submit(request: Request) -> Response:
     """Queue a task for an agent; its input reaches the workload on stdin, its stdout is the result."""
-    body = decode_json(await request.body(), SubmitRequest)
+    body = decode_json(check_json_depth(await request.body()), SubmitRequest)
     check_ints(body)
     return _reply(await _service(request).submit(body, submitted_by=_operator_who(request)), 201)
 
@@ -122,7 +122,7 @@ class _CancelBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 @router.post("/tasks/{task_id}/cancel", openapi_extra=json_body(_CancelBody), responses={200: json_response(TaskView)})
 async def cancel_task(task_id: str, request: Request) -> Response:
     """Withdraw a queued task; a running one is stopped on its host and completes as killed."""
-    body = decode_json(await request.body(), _CancelBody)
+    body = decode_json(check_json_depth(await request.body()), _CancelBody)
     view = await _service(request).cancel(CancelRequest(task_id=task_id, reason=body.reason), _operator_who(request))
     return _reply(view)
 
