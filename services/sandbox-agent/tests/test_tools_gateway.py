@@ -196,6 +196,8 @@ async def test_operator_api_and_the_server_sandbox(
         assert revoked.json()["status"] == "revoked"
         missing = await agent.http.get("/v1/tools/box.nope")
         assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown_tool")
+        wildcard = await agent.http.get("/v1/tools/*.add")  # (no subject wildcard reaches the event store)
+        assert (wildcard.status_code, wildcard.json()["error"]["code"]) == (400, "bad_request")
         unpinned = await agent.http.post(
             "/v1/tools/servers", json={"server": "x", "image": "python:3", "command": ["a"]}
         )

@@ -18,6 +18,7 @@ from symbi_common.operator_auth import ACCESS_EXTENSION, operator_of
 from symbi_contracts.tools.errors import ToolServerUnavailable
 from symbi_contracts.tools.events import ToolServerRegistered
 
+from symbi_sandbox_agent.tools.names import split
 from symbi_sandbox_agent.tools.registry import ServerState, ToolRecord
 from symbi_sandbox_agent.tools.service import ToolService
 
@@ -135,7 +136,7 @@ async def list_tools(request: Request) -> dict[str, Any]:
 @router.get("/{name}", summary="One tool with its definition")
 async def show_tool(name: str, request: Request) -> dict[str, Any]:
     tools = _tools(request)
-    server, _, tool = name.partition(".")
+    server, tool = split(name)  # (a malformed name is a bad request, and no subject wildcard reaches the store)
     found = [t for t in await tools.list(refresh=True) if t.name == name]
     state = await tools.registry.state(server, fresh=True)
     if not found or tool not in state.tools:

@@ -34,10 +34,13 @@ def qualified(server: str, tool: str) -> str:
 
 
 def split(name: str) -> tuple[str, str]:
-    """``server.tool`` -> (server, tool); raises :class:`NameRefused` for a name without a server."""
+    """``server.tool`` -> (server, tool); raises :class:`NameRefused` for a name without a server or with one
+    that is no server name (``*`` or ``>`` would read every server's events as one)."""
     server, dot, tool = name.partition(".")
     if not dot or not server or not tool:
         raise NameRefused(f"a tool is named server.tool, got {name[:140]!r}")
+    if not SERVER_NAME.fullmatch(server):
+        raise NameRefused(f"{server[:40]!r} is not a server name (1-32 of a-z 0-9 _ -)")
     return server, tool
 
 
