@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,9 @@ from symbi_common.bus_streams import inbox_config, inbox_name
 from symbi_contracts.bus import MESSAGES_STREAM, direct_subject, topic_subject, valid_name
 
 from symbi_sandbox_agent.bus.errors import BadAddress
+
+#: JetStream's "consumer already exists" (a create-only request for one configured otherwise).
+CONSUMER_EXISTS = 10148
 
 
 class Inboxes:
@@ -53,7 +57,10 @@ class Inboxes:
                     self._inboxes.add(agent_id)
                     return
             except nats.js.errors.NotFoundError:
-                pass
+                if not topics and declared is None:  # a sender: it makes sure the inbox exists, never changes it
+                    await self._create_only(inbox_config(agent_id, filters))
+                    self._inboxes.add(agent_id)
+                    return
             wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
             await self.js.add_consumer(
                 MESSAGES_STREAM, inbox_config(agent_id, wanted, declared if declared is not None else kept)
@@ -61,6 +68,17 @@ class Inboxes:
             self._inboxes.add(agent_id)
             if declared is not None:
                 self._declared[agent_id] = declared
+
+    async def _create_only(self, config: Any) -> None:
+        """Create the inbox consumer unless it exists, whatever it is configured with: the host serving its agent
+        may have just made it with the agent's topics and metadata, which a create-or-update would drop. (The
+        JetStream API's ``action: create``; nats-py's ``add_consumer`` does not send it.)"""
+        request = {"stream_name": MESSAGES_STREAM, "config": config.as_dict(), "action": "create"}
+        subject = f"{self.js._prefix}.CONSUMER.CREATE.{MESSAGES_STREAM}.{config.durable_name}"
+        reply = await self.js._nc.request(subject, json.dumps(request).encode(), timeout=self.js._timeout)
+        error = json.loads(reply.data).get("error")
+        if error is not None and error.get("err_code") != CONSUMER_EXISTS:
+            raise nats.js.errors.APIError.from_error(error)
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
         """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
