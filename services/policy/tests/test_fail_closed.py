@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import httpx
 import nats.errors
 import pytest
 from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
@@ -194,4 +195,19 @@ async def test_a_body_nested_too_deep_is_a_bad_request(policy: RunningPolicy) ->
         assert r.status_code == 400, r.text
         assert r.json()["error"]["code"] == "bad_request"
         reply = await policy.runtime.nc.request("cmd.policy.decide", body, timeout=5)
-        assert b"bad_request" in reply.data and b"64 levels" in reply.data
+        assert b"bad_request" in reply.data
+        assert b"64 levels" in reply.data
+
+
+async def test_readyz_shows_recent_errors_to_an_operator_token_only(policy: RunningPolicy) -> None:
+    """The probe is open; what went wrong lately (it names tasks and agents) is not."""
+    policy.runtime.note_error("action of task-7: RuntimeError")
+    shown = (await policy.http.get("/readyz")).json()
+    assert shown["recent_errors"][-1].endswith("action of task-7: RuntimeError")
+    transport = httpx.ASGITransport(app=policy.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://policy") as anonymous:
+        report = (await anonymous.get("/readyz")).json()
+        bad = (await anonymous.get("/readyz", headers={"Authorization": "Bearer forged"})).json()
+    assert "checks" in report
+    assert "recent_errors" not in report
+    assert "recent_errors" not in bad

@@ -27,7 +27,13 @@ from uvicorn.config import STARTUP_FAILURE
 from symbi_common import openapi
 from symbi_common.body_limit import BodyLimit
 from symbi_common.errors import ConfigError, SymbiError, to_wire
-from symbi_common.operator_auth import OperatorAuth, OperatorGuard, authorize_request, document_security
+from symbi_common.operator_auth import (
+    OperatorAuth,
+    OperatorGuard,
+    authorize_request,
+    bearer_token,
+    document_security,
+)
 from symbi_common.quiet_server import QuietServer
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
@@ -115,10 +121,12 @@ def create_app(
         return {"status": "ok", "service": runtime.name, "uptime_s": round(time.time() - runtime.started_at, 1)}
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         report = await runtime.health()
         report["service"] = runtime.name
-        report["recent_errors"] = runtime.recent_errors[-5:]
+        # The recent errors name tasks and agents: shown to an operator's token only (the probe itself is open).
+        if _operator_token(guard, request):
+            report["recent_errors"] = runtime.recent_errors[-5:]
         return JSONResponse(report, status_code=200 if report["ok"] else 503)
 
     @app.get("/metrics", include_in_schema=False)
@@ -179,3 +187,12 @@ def serve(app: FastAPI, settings: Settings) -> None:
         server.run()
     if not server.started:
         raise SystemExit(STARTUP_FAILURE)  # as uvicorn.run ends when the app did not start
+
+
+def _operator_token(guard: OperatorGuard, request: Request) -> bool:
+    """Whether ``request`` carries a valid operator token (on a path that does not require one)."""
+    try:
+        guard.authenticate(bearer_token(request.scope.get("headers") or []))
+    except SymbiError:
+        return False
+    return True
