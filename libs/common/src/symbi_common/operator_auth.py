@@ -250,9 +250,9 @@ async def authorize_request(request: Request) -> None:
     path = getattr(route, "path", None)
     if path in OPEN_PATHS:
         return
-    claims = request.scope.get("state", {}).get("operator")
+    claims = claims_of(request)
     guard: OperatorGuard | None = getattr(request.app.state, "operator_guard", None)
-    if not isinstance(claims, OperatorClaims) or guard is None or route is None:
+    if claims is None or guard is None or route is None:
         raise Unauthenticated("no authenticated operator for this request")
     await guard.authorize(claims, request.method, route, request.url.path)
 
@@ -300,10 +300,16 @@ def document_security(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def claims_of(request: Request) -> OperatorClaims | None:
+    """The claims of the operator who authenticated the request (:class:`OperatorAuth`), if one did."""
+    claims = request.scope.get("state", {}).get("operator")
+    return claims if isinstance(claims, OperatorClaims) else None
+
+
 def operator_of(request: Request) -> str:
     """The name (``sub``) of the operator who authenticated the request; '' if none did."""
-    claims = request.scope.get("state", {}).get("operator")
-    return claims.sub if isinstance(claims, OperatorClaims) else ""
+    claims = claims_of(request)
+    return claims.sub if claims is not None else ""
 
 
 def acting_for(request: Request, asserted: str | None) -> str | None:
@@ -314,8 +320,8 @@ def acting_for(request: Request, asserted: str | None) -> str | None:
     """
     if not asserted:
         return None
-    claims = request.scope.get("state", {}).get("operator")
-    if not isinstance(claims, OperatorClaims):
+    claims = claims_of(request)
+    if claims is None:
         raise Unauthenticated("no authenticated operator for this request")
     if claims.role == "admin" or asserted in (claims.sub, f'User::"{claims.sub}"'):
         return asserted
