@@ -69,7 +69,9 @@ def register(
     file: Annotated[Path, typer.Argument(help="A definition (.symbi) or a JSON configuration (.json)")],
     agent_id: Annotated[str | None, typer.Option("--id", help="The agent id (default: the service picks one)")] = None,
     url: Url = None,
-    user: Annotated[str | None, typer.Option("--user", help="Who registers (sent as X-Symbi-User)")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Register for another user (X-Symbi-User; admin tokens only)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON")] = False,
     home: Annotated[
         Path | None, typer.Option("--home", envvar="SYMBI_HOME", help="Runtime home (its operator.token is sent).")
