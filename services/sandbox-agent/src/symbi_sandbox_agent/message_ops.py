@@ -34,7 +34,7 @@ from symbi_sandbox_agent.bus.carrier import Carrier
 from symbi_sandbox_agent.bus.codec import sendable
 from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.bus.delivered import Batch
-from symbi_sandbox_agent.bus.errors import BadMessage, RateLimited
+from symbi_sandbox_agent.bus.errors import BadMessage, RateLimited, Undecided
 from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
@@ -226,6 +226,8 @@ class MessageOps:
             context=ctx,
         )
         decision, _ = await self.decide(question)
+        if isinstance(decision, Deny) and decision.code in UNDECIDED:
+            raise Undecided(f"no decision on delivering message {meta.id}: {decision.reason}")
         return decision.reason if isinstance(decision, Deny) else None
 
     async def _receive(self, seq: int, request_id: RequestId, args: Receive, carrier: Carrier) -> Reply:
@@ -247,6 +249,10 @@ class MessageOps:
             detail = "refused at delivery (dead letters): " + ", ".join(refused)
             await self.record(seq, RECEIVE, "inbox", {}, None, "refused", detail[:2000])
         got = batch.delivered
+        if batch.undecided and not got:  # (none refused for it: they wait in the inbox, delivered again later)
+            message = f"{batch.undecided} message(s) wait: no policy decision on their delivery could be had"
+            await self.record(seq, RECEIVE, "inbox", {}, None, "failed", f"unavailable: {message}")
+            return error(request_id, "unavailable", message, retry_after=RETRY_AFTER_S)
         if got:
             detail = "received " + " ".join(f"{d.meta.id}<{d.meta.sender}" for d in got)
             await self.record(seq, RECEIVE, "inbox", {}, None, "allowed", detail[:2000])

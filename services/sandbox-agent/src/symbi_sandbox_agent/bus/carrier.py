@@ -58,7 +58,7 @@ from symbi_sandbox_agent.bus.codec import (
     sendable,
 )
 from symbi_sandbox_agent.bus.delivered import Batch, Delivered
-from symbi_sandbox_agent.bus.errors import BadAddress, NoReply, RateLimited, RecipientTerminated, TooLarge
+from symbi_sandbox_agent.bus.errors import BadAddress, NoReply, RateLimited, RecipientTerminated, TooLarge, Undecided
 from symbi_sandbox_agent.bus.identity import Identities
 from symbi_sandbox_agent.bus.inboxes import Inboxes
 from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
@@ -81,6 +81,8 @@ SEALED_HERE = 100_000
 
 #: Delivery-time policy question: (sender, recipient, meta) → ``None`` if allowed, else why not.
 Check = Callable[[str, str, Meta], Awaitable[str | None]]
+#: How long a message whose delivery could not be decided waits in the inbox before it is delivered again.
+UNDECIDED_RETRY_S = 10.0
 
 
 def _digest(data: bytes) -> bytes:
@@ -307,6 +309,7 @@ class Carrier:
         held: list[Any] = []
         done: list[Any] = []
         dead: list[Awaitable[None]] = []
+        later: list[Any] = []
         for msg in msgs:
             try:
                 replayed = replayed_at(msg.headers)
@@ -320,6 +323,9 @@ class Carrier:
                     why = await check(got.meta.sender, agent_id, got.meta)
                     if why is not None:
                         raise Refused("refused", why)
+            except Undecided:  # handed back for later (JetStream counts it a delivery: MAX_DELIVER still bounds it)
+                later.append(msg)
+                continue
             except Refused as refusal:
                 dead.append(self.dead_letter(msg.data, agent_id, refusal.reason, refusal.detail))
                 if refused is not None:
@@ -332,7 +338,9 @@ class Carrier:
             await letter
         for m in done:  # an ack is a plain publish (no reply awaited): in sequence, without a task each
             await m.ack()
-        return Batch(agent_id, out, held)
+        for m in later:
+            await m.nak(delay=UNDECIDED_RETRY_S)
+        return Batch(agent_id, out, held, undecided=len(later))
 
     async def commit(self, batch: Batch) -> None:
         """The agent has ``batch`` (its answer is written): record the ids as handed over (one KV record per

@@ -32,3 +32,5 @@ class Batch:
     agent_id: str
     delivered: list[Delivered]
     held: list[Any]
+    #: Messages handed back because their delivery could not be decided (no policy decision to be had).
+    undecided: int = 0

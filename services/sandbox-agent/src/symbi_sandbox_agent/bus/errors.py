@@ -35,3 +35,10 @@ class NoReply(BusError):
 
 class TooLarge(BusError):
     code = "too_large"
+
+
+class Undecided(BusError):
+    """No policy decision could be had for a delivery (the decision point timed out or is away): the message is
+    handed back to the inbox for later, not refused."""
+
+    code = "unavailable"
