@@ -99,6 +99,8 @@ class ServiceRuntime:
         self.projections: list[ProjectionRunner] = []
         self.repositories: list[Repository[Any, Any, Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Set when :meth:`stop` begins: loops that start their work again after a failure end instead.
+        self.stopping = asyncio.Event()
         self.started = False
         self.started_at = time.time()
         self.recent_errors: list[str] = []
@@ -111,6 +113,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        self.stopping.clear()
         configure_logging(self.name, s.telemetry.log_level, s.telemetry.log_format)
         configure_tracing(self.name, s.telemetry.otlp_endpoint)
         # Keys first: a service without its keys must not touch anything.
@@ -150,7 +153,7 @@ class ServiceRuntime:
         self.spawn(
             keep_consuming(
                 lambda: self.datakeys.follow_changes(types),
-                asyncio.Event(),  # (never set: the task is cancelled at stop)
+                self.stopping,
                 what="data key changes",
                 on_retry=self.datakeys.forget_all,
             ),
@@ -183,9 +186,7 @@ class ServiceRuntime:
         except BaseException:
             await self.nc.close()
             raise
-        self.spawn(
-            keep_consuming(lambda: self.keys.follow(self.js), asyncio.Event(), what="key registry"), "keys:follow"
-        )
+        self.spawn(keep_consuming(lambda: self.keys.follow(self.js), self.stopping, what="key registry"), "keys:follow")
         if self.use_database:
             self.pool = await open_pool(s.database.url, min_size=s.database.pool_min, max_size=s.database.pool_max)
         self.commands = CommandServer(self.nc, self.name, max_request_bytes=s.events.max_command_bytes)
@@ -304,6 +305,7 @@ class ServiceRuntime:
         if not self.started:
             return
         self.started = False
+        self.stopping.set()
         await self.commands.stop()
         for runner in self.projections:
             await runner.stop()

@@ -53,7 +53,7 @@ async def bus_of(rt: ServiceRuntime) -> Carrier:
             sub = await rt.nc.subscribe(MAX_DELIVERIES_ADVISORY)
             rt.spawn(follow_max_deliveries(carrier, sub), "bus:max-deliveries")
             # (started again after a failure, from the stream's start: applying an agent event twice changes nothing)
-            follow = keep_consuming(lambda: carrier.terminated.follow(rt.js), asyncio.Event(), what="terminated agents")
+            follow = keep_consuming(lambda: carrier.terminated.follow(rt.js), rt.stopping, what="terminated agents")
             rt.spawn(follow, "bus:terminated-agents")
             _buses[rt] = carrier
     return carrier
