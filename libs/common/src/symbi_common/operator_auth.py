@@ -190,9 +190,8 @@ class OperatorGuard:
         if not self.issuers:
             log.warning("the key registry lists no operator-token issuer: every API call will be refused")
         self.enforcer = await Enforcer.for_runtime(runtime)
-        stopping = asyncio.Event()
         runtime.spawn(
-            keep_consuming(lambda: self.revocations.follow(runtime.js), stopping, what="operator revocations"),
+            keep_consuming(lambda: self.revocations.follow(runtime.js), runtime.stopping, what="operator revocations"),
             "operator-revocations",
         )
         runtime.add_health_check("operator_revocations", self.revocations.loaded.is_set)
