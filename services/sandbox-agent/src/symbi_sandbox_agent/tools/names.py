@@ -39,15 +39,16 @@ def split(name: str) -> tuple[str, str]:
     server, dot, tool = name.partition(".")
     if not dot or not server or not tool:
         raise NameRefused(f"a tool is named server.tool, got {name[:140]!r}")
-    if not SERVER_NAME.fullmatch(server):
-        raise NameRefused(f"{server[:40]!r} is not a server name (1-32 of a-z 0-9 _ -)")
+    check_server_name(server, ())
     return server, tool
 
 
 def check_server_name(server: str, registered: Iterable[str]) -> None:
     """Refuse a malformed server name or one that folds onto a registered server."""
     if not SERVER_NAME.fullmatch(server):
-        raise NameRefused(f"a server name is 1-32 of a-z 0-9 _ - (starting with a letter or digit), got {server!r}")
+        raise NameRefused(
+            f"a server name is 1-32 of a-z 0-9 _ - (starting with a letter or digit), got {server[:80]!r}"
+        )
     for other in registered:
         if other != server and folded(other) == folded(server):
             raise NameRefused(f"server name {server!r} collides with registered server {other!r}")
