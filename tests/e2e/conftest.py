@@ -15,8 +15,6 @@ import contextlib
 import dataclasses
 import gzip
 import json
-import random
-import socket
 import subprocess
 import threading
 import time
@@ -34,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions
-from symbi_fixtures.runtimes import worker_ports
+from symbi_fixtures.runtimes import take_free_ports
 
 #: Every process that works on a run: the ``symbi`` command (the root) and the six services.
 TRACED = ("symbi-cli", *(f"symbi-{s}" for s in ALL_SERVICES))
@@ -298,23 +296,6 @@ class Jaeger:
     query_url: str
 
 
-def _free_ports(count: int) -> list[int]:
-    # Below the ephemeral range (32768 and up), so no outgoing connection takes one before Jaeger binds it; from
-    # this pytest-xdist worker's share, so the other worker never draws the same one.
-    ports: list[int] = []
-    share = worker_ports()
-    while len(ports) < count:
-        port = random.randrange(share.start, share.stop)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -326,7 +307,7 @@ def _healthy(url: str) -> bool:
 @pytest.fixture
 def jaeger(jaeger_binary: Path, tmp_path: Path) -> Iterator[Jaeger]:
     """A real Jaeger for this test (in-memory store), healthy before the test starts; stopped afterwards."""
-    health, query, query_grpc, otlp = _free_ports(4)
+    health, query, query_grpc, otlp = take_free_ports(4)
     config = tmp_path / "jaeger.yaml"
     config.write_text(JAEGER_CONFIG.format(health=health, query=query, query_grpc=query_grpc, otlp=otlp))
     log = tmp_path / "jaeger.log"

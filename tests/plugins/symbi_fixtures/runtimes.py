@@ -47,17 +47,34 @@ def worker_ports() -> range:
     return range(start, start + size)
 
 
-@pytest.fixture
-def free_base_port() -> int:
-    """A base port whose service ports (base + 1 … base + 6) were all free a moment ago, from this worker's
-    share of the test ports (:func:`worker_ports`)."""
-    last = max(SERVICE_PORT_OFFSETS.values())
+#: Ports this pytest process has handed out. Never handed out twice: a port checked free but not yet bound by the
+#: test that drew it (a service still starting) must not go to the next fixture that asks.
+_handed_out: set[int] = set()
+
+
+def take_free_block(size: int) -> int:
+    """The first of ``size`` consecutive ports, all free a moment ago and none handed out before by this process,
+    from this worker's share of the test ports (:func:`worker_ports`)."""
     ports = worker_ports()
     for _ in range(500):
-        base = random.randrange(ports.start, ports.stop - last)
-        if all(_port_free(base + offset) for offset in range(1, last + 1)):
-            return base
-    raise RuntimeError(f"no free block of service ports between {ports.start} and {ports.stop}")
+        first = random.randrange(ports.start, ports.stop - size)
+        block = range(first, first + size)
+        if _handed_out.isdisjoint(block) and all(_port_free(port) for port in block):
+            _handed_out.update(block)
+            return first
+    raise RuntimeError(f"no free block of {size} ports between {ports.start} and {ports.stop}")
+
+
+def take_free_ports(count: int) -> list[int]:
+    """``count`` ports, each as :func:`take_free_block` gives them."""
+    return [take_free_block(1) for _ in range(count)]
+
+
+@pytest.fixture
+def free_base_port() -> int:
+    """A base port whose service ports were all free a moment ago: base … base + 9 (the service offsets and
+    room for a second replica's ports), handed out to no other fixture of this run (:func:`take_free_block`)."""
+    return take_free_block(max(SERVICE_PORT_OFFSETS.values()) + 4)
 
 
 def process_alive(pid: int) -> bool:
