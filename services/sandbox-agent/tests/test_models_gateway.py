@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
+from symbi_common.errors import AppendFailed
 from symbi_common.settings import Settings
 from symbi_contracts.lifecycle.config import AgentBudget
 from symbi_contracts.models.events import CODEC as BUDGETS
+from symbi_contracts.models.events import BudgetReserved
 from symbi_fixtures.model_upstream import Provider, free_port, make_ca_and_server_cert, serving
 from symbi_sandbox_agent.egress.internal import InternalRequest
 from symbi_sandbox_agent.models.budget import aggregate_id, day_of
@@ -326,6 +328,68 @@ async def test_a_cancelled_call_releases_its_reservation(daemon: Agent, upstream
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+    state = await usage_of(gw)
+    assert not state.open
+    assert not state.used
+    await gw.aclose()
+
+
+class AcksLost:
+    """The daemon's real event store, except that the first reservation's append reports no confirmation (as
+    after repeated timeouts): ``landed`` whether it was stored before that, as when only the ack was lost."""
+
+    def __init__(self, store: Any, *, landed: bool) -> None:
+        self.store = store
+        self.landed = landed
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def append(self, aggregate_type: str, aggregate_id: str, events: Any, codec: Any, **kw: Any) -> Any:
+        if self.lost == 0 and isinstance(events[0], BudgetReserved):
+            self.lost += 1
+            if self.landed:
+                await self.store.append(aggregate_type, aggregate_id, events, codec, **kw)
+            raise AppendFailed(f"append to evt.budget.{aggregate_id} timed out 3 times and could not be confirmed")
+        return await self.store.append(aggregate_type, aggregate_id, events, codec, **kw)
+
+
+async def test_a_reservation_whose_ack_was_lost_is_used_once(
+    daemon: Agent, upstream: Upstream, make_store: Any
+) -> None:
+    """The reservation landed but its append was not confirmed: the ledger finds it and the call goes on with it,
+    so the day holds one reconciled call and no reservation left open (none held twice)."""
+    gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 10_000}}))
+    gw.ledger.store = AcksLost(gw.ledger.store, landed=True)  # type: ignore[assignment]
+    task = await assign(await make_store("scheduler"), daemon.host_id)
+    answer = await gw.handle(caller(task), post("/v1/chat/completions", chat()))
+    assert answer.status == 200, await body_of(answer)
+    state = await usage_of(gw)
+    assert not state.open
+    assert sum(u.calls for u in state.usage.values()) == 1
+    assert upstream.provider.calls == 1
+    await gw.aclose()
+
+
+async def test_a_reservation_that_did_not_land_is_released_and_the_call_refused(
+    daemon: Agent, upstream: Upstream, make_store: Any
+) -> None:
+    """The append was not confirmed and the reservation is not in the stored day: the call is refused as
+    unavailable (retry later) before anything reaches the provider, and a release is stored for the reservation
+    so that, should it land late, it holds nothing."""
+    gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 10_000}}))
+    gw.ledger.store = AcksLost(gw.ledger.store, landed=False)  # type: ignore[assignment]
+    task = await assign(await make_store("scheduler"), daemon.host_id)
+    answer = await gw.handle(caller(task), post("/v1/chat/completions", chat()))
+    error = json.loads(await body_of(answer))["error"]
+    assert answer.status == 503
+    assert error["code"] == "unavailable"
+    assert "could not be stored" in error["message"]
+    assert upstream.provider.calls == 0
+    day = aggregate_id(day_of(), "default")
+    stored = await (await make_store("sandbox-agent")).load("budget", day, BUDGETS)
+    assert [type(r.event).__name__ for r in stored] == ["BudgetReleased"]
     state = await usage_of(gw)
     assert not state.open
     assert not state.used

@@ -4,6 +4,10 @@ Each tenant's day is one aggregate. A reservation is decided on the state the ga
 with that state's version as the expected one, so if another gateway (another host) appended meanwhile the
 append is refused, the state is caught up and Cedar asked again: two calls can never both take the last of a
 budget. Within one process the calls of one aggregate take turns (a lock), so they do not conflict in vain.
+
+A reservation whose append could not be confirmed (its ack lost) may have landed: the ledger reads the day again
+and uses the hold if it did; otherwise it appends a release of it (a release of a reservation that never landed
+changes nothing), so a hold nobody knows of never counts against the budget for the rest of the day.
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
+import structlog
 from symbi_common.decisions import Decision, DecisionRecord
-from symbi_common.errors import ConcurrencyConflict
+from symbi_common.errors import AppendFailed, ConcurrencyConflict
 from symbi_common.eventstore import EventStore, Recorded
 from symbi_common.sealing import ChainTip
-from symbi_contracts.models.events import AGGREGATE_TYPE, CODEC, BudgetEvent, BudgetReserved
+from symbi_contracts.models.events import AGGREGATE_TYPE, CODEC, BudgetEvent, BudgetReleased, BudgetReserved
 
 from symbi_sandbox_agent.models.budget import BudgetState, Limit, aggregate_id, apply, budget_context, day_of, initial
 from symbi_sandbox_agent.models.errors import ModelUnavailable
 from symbi_sandbox_agent.models.pricing import Spend
+
+log = structlog.get_logger(__name__)
 
 #: Appends one call may try before it gives up (each after catching up with the other writers).
 MAX_ATTEMPTS = 64
@@ -99,10 +107,37 @@ class BudgetLedger:
                 decision, record = await ask(context)
                 if record.effect == "deny":
                     return decision, record, context
-                if await self._append(aggregate, loaded, event):
-                    return Hold(aggregate, event, decision, record)
+                hold = Hold(aggregate, event, decision, record)
+                try:
+                    if await self._append(aggregate, loaded, event):
+                        return hold
+                except AppendFailed as exc:
+                    if await self._landed(hold):
+                        return hold
+                    await self._release_unconfirmed(hold, exc)
             await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # let the other writer finish
         raise ModelUnavailable(f"the budget of tenant {tenant} is too contended; try again", retry_after=1.0)
+
+    async def _landed(self, hold: Hold) -> bool:
+        """Whether ``hold``'s reservation, appended without a confirmation, is in the stored day after all."""
+        try:
+            return hold.event.reservation_id in (await self._caught_up(hold.aggregate_id)).state.open
+        except Exception as exc:  # cannot tell: it is released as if it had landed
+            log.warning(
+                "a reservation's append could not be checked", reservation=hold.event.reservation_id, error=repr(exc)
+            )
+            return False
+
+    async def _release_unconfirmed(self, hold: Hold, exc: AppendFailed) -> NoReturn:
+        """Release ``hold``'s reservation, which may have landed unseen (called under the aggregate's lock), and
+        refuse the call as unavailable."""
+        rid = hold.event.reservation_id
+        release = BudgetReleased(reservation_id=rid, reason=f"its append could not be confirmed: {exc.message}"[:500])
+        try:
+            await self._settle_locked(hold.aggregate_id, release)
+        except Exception as release_exc:  # it stays held if it landed: it counts against the budget (fail closed)
+            log.error("an unconfirmed reservation could not be released", reservation=rid, error=repr(release_exc))
+        raise ModelUnavailable(f"the budget reservation could not be stored: {exc.message}", retry_after=1.0) from exc
 
     async def _append(self, aggregate: str, loaded: Loaded, event: BudgetEvent) -> bool:
         """Append ``event`` at ``loaded``'s tip and fold it; False (caught up again) if another writer was first."""
@@ -117,11 +152,13 @@ class BudgetLedger:
 
     async def settle(self, aggregate: str, event: BudgetEvent) -> None:
         """Append a reconciliation or release of a reservation of ``aggregate`` (no decision: it only gives back)."""
-        lock = self._locks.setdefault(aggregate, asyncio.Lock())
+        async with self._locks.setdefault(aggregate, asyncio.Lock()):
+            await self._settle_locked(aggregate, event)
+
+    async def _settle_locked(self, aggregate: str, event: BudgetEvent) -> None:
         for attempt in range(MAX_ATTEMPTS):
-            async with lock:
-                loaded = self._cache.get(aggregate) or await self._caught_up(aggregate)
-                if await self._append(aggregate, loaded, event):
-                    return
+            loaded = self._cache.get(aggregate) or await self._caught_up(aggregate)
+            if await self._append(aggregate, loaded, event):
+                return
             await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         raise ModelUnavailable(f"the budget {aggregate} is too contended to settle a reservation")
