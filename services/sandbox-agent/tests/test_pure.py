@@ -20,6 +20,7 @@ from symbi_contracts.sandbox_agent.errors import (
 )
 from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
+    ExecutionAction,
     ExecutionExited,
     ExecutionFailed,
     ExecutionKilled,
@@ -38,7 +39,15 @@ from symbi_contracts.sandbox_agent.events import (
 from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
-from symbi_sandbox_agent.domain import ENVELOPE_ROOM, EXECUTION, ExitState, execution_data_key, fits, terminal_event
+from symbi_sandbox_agent.domain import (
+    ENVELOPE_ROOM,
+    EXECUTION,
+    RECENT_ACTIONS,
+    ExitState,
+    execution_data_key,
+    fits,
+    terminal_event,
+)
 from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.spec import GVISOR_MIN_PIDS, HostCapabilities, SandboxDefaults, apply_caps, build_spec
 from symbi_sandbox_agent.tasks import fold_task
@@ -305,12 +314,39 @@ def test_an_execution_is_sealed_with_its_agents_key_once_an_event_names_the_agen
     assert execution_data_key(legacy, [ExecutionExited(attempt=1, exit_code=0)]) is None  # type: ignore[arg-type]
 
 
-def test_output_offsets_come_from_the_state() -> None:
+def test_an_output_chunk_is_stored_once_at_the_offset_its_writer_counted() -> None:
     state = run([started(1), ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"abc")])
-    [nxt] = EXECUTION.decide(state, ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"de"))  # type: ignore[arg-type]
-    assert nxt.offset == 3  # type: ignore[union-attr]
-    [err] = EXECUTION.decide(state, ExecutionOutput(attempt=1, stream="stderr", offset=99, data=b"e"))  # type: ignore[arg-type]
-    assert err.offset == 0  # type: ignore[union-attr]
+    nxt = ExecutionOutput(attempt=1, stream="stdout", offset=3, data=b"de")
+    assert EXECUTION.decide(state, nxt) == [nxt]  # type: ignore[arg-type]
+    # The retry of a chunk that landed (its append's outcome unknown) decides to nothing.
+    again = ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"abc")
+    assert EXECUTION.decide(state, again) == []  # type: ignore[arg-type]
+    # A chunk past the stream's end (one before it lost) or overlapping its end is refused: nothing is guessed.
+    for offset, data in ((99, b"e"), (2, b"cde")):
+        with pytest.raises(ExecutionStateError, match=f"of stdout at offset {offset}, but the stream holds 3 bytes"):
+            EXECUTION.decide(state, ExecutionOutput(attempt=1, stream="stdout", offset=offset, data=data))  # type: ignore[arg-type]
+    first_err = ExecutionOutput(attempt=1, stream="stderr", offset=0, data=b"e")
+    assert EXECUTION.decide(state, first_err) == [first_err]  # type: ignore[arg-type]
+
+
+def test_an_action_event_is_stored_once_per_request_and_decision() -> None:
+    def action(seq: int, decision_id: str, outcome: str) -> ExecutionAction:
+        record = DecisionRecord(action="memory.read", effect="allow", policy_version=1, decision_id=decision_id)
+        return ExecutionAction(attempt=1, seq=seq, action="memory.read", decision=record, outcome=outcome)  # type: ignore[arg-type]
+
+    denied = action(1, "d1", "denied")
+    state = run([started(1), denied])
+    assert EXECUTION.decide(state, denied) == []  # type: ignore[arg-type]
+    # Re-evaluated: a new decision of the same request is stored; so is another request.
+    for fresh in (action(1, "d2", "allowed"), action(2, "d3", "allowed")):
+        assert EXECUTION.decide(state, fresh) == [fresh]  # type: ignore[arg-type]
+    refused = ExecutionAction(attempt=1, seq=3, action="nope", outcome="failed", detail="unknown_action: x")
+    state = run([started(1), denied, refused])
+    assert EXECUTION.decide(state, refused) == []  # type: ignore[arg-type]
+    # Only the last RECENT_ACTIONS are remembered.
+    many = run([started(1), *(action(n, f"d{n}", "allowed") for n in range(1, RECENT_ACTIONS + 2))])
+    assert len(many.recent_actions) == RECENT_ACTIONS  # type: ignore[attr-defined]
+    assert EXECUTION.decide(many, action(RECENT_ACTIONS + 1, f"d{RECENT_ACTIONS + 1}", "allowed")) == []  # type: ignore[arg-type]
 
 
 def test_a_terminal_events_tail_continues_its_streams() -> None:

@@ -2,9 +2,11 @@
 
 ``execution.<task_id>``: commands are the events the daemon proposes; :meth:`ExecutionAggregate.decide`
 accepts, drops or refuses them. That makes redelivery harmless: a start for an attempt that already
-started (or was refused) decides to nothing, and so does a second terminal event. Output offsets come
-from the state (for ``execution.output`` chunks and for a terminal event's ``tail`` alike), so the chunks of
-a stream are contiguous by construction. :func:`terminal_event` is the
+started (or was refused) decides to nothing, and so does a second terminal event. An ``execution.output``
+chunk names the offset its writer counted: a chunk the stream already holds decides to nothing, one past the
+stream's end is refused, so a retried append (its first outcome unknown) never stores a chunk twice. A terminal
+event's ``tail`` is placed where the streams end. An ``execution.action`` already among the run's last
+:data:`RECENT_ACTIONS` (by request and decision, :func:`action_key`) decides to nothing too. :func:`terminal_event` is the
 rule that turns how a container ended (exit state, kill reason) into the one terminal event of its run.
 
 ``host.<host_id>``: a log of registrations and reconciliations (:class:`HostAggregate`).
@@ -25,6 +27,7 @@ from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     HOST_CODEC,
     TERMINAL_TYPES,
+    ExecutionAction,
     ExecutionEvent,
     ExecutionExited,
     ExecutionFailed,
@@ -59,6 +62,20 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     outcome: str = ""
     stdout_offset: int = 0
     stderr_offset: int = 0
+    #: The keys (:func:`action_key`) of the last :data:`RECENT_ACTIONS` ``execution.action`` events.
+    recent_actions: tuple[str, ...] = ()
+
+
+#: How many recorded actions of a run an action event is checked against before it is stored. A retry follows its
+#: unconfirmed append within seconds, while that run's other appends are failing too.
+RECENT_ACTIONS = 256
+
+
+def action_key(event: ExecutionAction) -> str:
+    """What makes an action event one of a kind: its request and the decision it records (a request that stays
+    pending is decided again, under a new decision id, each time it is re-evaluated)."""
+    decision = event.decision.decision_id if event.decision is not None else ""
+    return f"{event.seq}/{decision}/{event.outcome}"
 
 
 class ExecutionAggregate:
@@ -93,7 +110,9 @@ class ExecutionAggregate:
                 s.stdout_offset = end
             else:
                 s.stderr_offset = end
-        if isinstance(event, ExecutionPaused):
+        if isinstance(event, ExecutionAction):
+            s.recent_actions = (*s.recent_actions[-(RECENT_ACTIONS - 1) :], action_key(event))
+        elif isinstance(event, ExecutionPaused):
             s.status = "paused"
         elif isinstance(event, ExecutionResumed):
             s.status = "running"
@@ -114,8 +133,9 @@ class ExecutionAggregate:
                 )
             return []  # late output or a second terminal event of an attempt that is over
         if isinstance(command, ExecutionOutput):
-            offset = state.stdout_offset if command.stream == "stdout" else state.stderr_offset
-            return [msgspec.structs.replace(command, offset=offset)]
+            return _output(state, command)
+        if isinstance(command, ExecutionAction) and action_key(command) in state.recent_actions:
+            return []  # stored already: the retry of an append whose outcome was unknown
         if isinstance(command, ExecutionPaused):
             if state.status != "running":
                 raise ExecutionStateError(f"execution {state.task_id} is {state.status}, not running")
@@ -129,6 +149,18 @@ class ExecutionAggregate:
         ):  # a terminal event of the current, running attempt, with the output it carries
             return [msgspec.structs.replace(command, tail=_placed(state, command.tail))]
         return [command]
+
+
+def _output(state: ExecutionState, chunk: ExecutionOutput) -> list[ExecutionEvent]:
+    end = state.stdout_offset if chunk.stream == "stdout" else state.stderr_offset
+    if chunk.offset + len(chunk.data) <= end and chunk.offset < end:
+        return []  # stored already: the retry of an append whose outcome was unknown
+    if chunk.offset != end:
+        raise ExecutionStateError(
+            f"execution {state.task_id}: {len(chunk.data)} bytes of {chunk.stream} at offset {chunk.offset}, "
+            f"but the stream holds {end} bytes"
+        )
+    return [chunk]
 
 
 def _placed(state: ExecutionState, chunks: tuple[OutputChunk, ...]) -> tuple[OutputChunk, ...]:

@@ -11,7 +11,7 @@ import asyncio
 
 import structlog
 from symbi_common.aggregate import Repository
-from symbi_common.errors import AppendFailed
+from symbi_common.errors import AppendFailed, DomainError
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.sandbox_agent.events import ExecutionAction, ExecutionEvent
 
@@ -40,6 +40,12 @@ class ExecutionRecorder:
             try:
                 await self.executions.execute(run.spec.task_id, event)
                 return True
+            except DomainError as exc:  # the execution refuses it: trying again would not change that
+                log.error(
+                    "event refused", task_id=run.spec.task_id, event=type(event).__struct_config__.tag, error=str(exc)
+                )
+                self.rt.note_error(f"{run.spec.task_id}: {exc!r}")
+                return False
             except Exception as exc:
                 kind = type(event).__struct_config__.tag
                 log.error("event not stored", task_id=run.spec.task_id, event=kind, attempt=attempt, error=str(exc))

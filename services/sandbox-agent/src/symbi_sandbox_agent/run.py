@@ -74,6 +74,8 @@ class Running:
     outcome: str = ""
     #: Whether the terminal event is stored (until then the task stays in the heartbeat entry).
     stored: bool = False
+    #: How many bytes of each stream are stored (the offset of its next ``execution.output`` chunk).
+    output_end: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     #: The action gateway of a workload with ``actions: true`` (set while it runs).
     gateway: HeldActions | None = None
     #: The egress proxy of a network-enabled run (set while it runs).

@@ -319,9 +319,11 @@ class Supervisor:
         return state
 
     async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
-        event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=0, data=data)
+        offset = run.output_end[stream]
+        event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=offset, data=data)
         if not await self.recorder.store(run, event, TERMINAL_ATTEMPTS):
             raise AppendFailed(f"output of {run.spec.task_id} could not be stored; the run is stopped")
+        run.output_end[stream] = offset + len(data)
 
     async def kill(self, run: Running, reason: str) -> None:
         """Kill the run's container; the first reason given is the one its terminal event reports."""
