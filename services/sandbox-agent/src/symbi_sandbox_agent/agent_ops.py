@@ -10,7 +10,7 @@ channel's in-flight bound.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -51,15 +51,11 @@ from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.model_ops import MODEL_OPS, ModelOps
+from symbi_sandbox_agent.run_ports import RunGateway
 from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
 if TYPE_CHECKING:
-    from symbi_common.decisions import Decision
-    from symbi_common.service import ServiceRuntime
-
-    from symbi_sandbox_agent.models.gateway import ModelGateway
-    from symbi_sandbox_agent.run import Running
-    from symbi_sandbox_agent.tools.service import ToolService
+    pass
 
 log = structlog.get_logger(__name__)
 #: Requests one run may send over the protocol; later ones are answered ``too_many_requests``.
@@ -80,40 +76,6 @@ def _id_of(body: bytes) -> RequestId | None:
         return msgspec.json.decode(body, type=_IdOnly).id
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-
-
-class RunHost(Protocol):
-    """What the protocol server needs of the daemon (see ``gateway.GatewayHost``, which is the same)."""
-
-    @property
-    def rt(self) -> ServiceRuntime: ...
-
-    #: The MCP tools agents of this host may call; None: none configured (``tools.*`` is ``not_available``).
-    tools: ToolService | None
-    #: The model gateway; None: no model providers configured (``models.*`` is ``not_available``).
-    models: ModelGateway | None
-
-    async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
-
-
-class RunGateway(Protocol):
-    """What the protocol server needs of the run's gateway: its run, action numbering, a policy decision
-    and the read-your-writes mark (``gateway.ActionGateway`` is the one implementation)."""
-
-    run: Running
-    last_write: int
-
-    @property
-    def agent(self) -> RunHost: ...
-
-    @property
-    def task_id(self) -> str: ...
-
-    def next_seq(self) -> int: ...
-
-    def saw_write(self, sequence: int) -> None: ...
-
-    async def decide(self, question: DecisionRequest) -> tuple[Decision, DecisionRecord]: ...
 
 
 def memory_question(agent_id: str, request: Request, args: Any) -> DecisionRequest:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.js.errors
@@ -33,7 +33,6 @@ from symbi_common.policy.conditions import redact
 from symbi_common.policy.enforcement import GATEWAY_ACTION, GATEWAY_READ
 from symbi_common.policy.events import POLICY_SETS_SUBJECT
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
-from symbi_common.service import ServiceRuntime
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
 from symbi_contracts.agent_protocol import encode_reply
@@ -65,10 +64,10 @@ from symbi_sandbox_agent.channel import Channel
 from symbi_sandbox_agent.errors import ActionRequestError, TooManyActions, UnsupportedAction
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.run import Pending, Running
+from symbi_sandbox_agent.run_ports import RunHost
 
 if TYPE_CHECKING:
-    from symbi_sandbox_agent.models.gateway import ModelGateway
-    from symbi_sandbox_agent.tools.service import ToolService
+    pass
 
 log = structlog.get_logger(__name__)
 #: How long a ``resume`` waits for the policy follower to reach the newest policy event.
@@ -79,32 +78,12 @@ PERFORM_TIMEOUT_S = 10.0
 CLOSE_GRACE_S = 5.0
 
 
-class GatewayHost(Protocol):
-    """What a gateway needs of the daemon: its runtime, freezing and thawing the run, recording a decision."""
-
-    @property
-    def rt(self) -> ServiceRuntime: ...
-
-    #: The MCP tools agents of this host may call; None: none configured.
-    tools: ToolService | None
-    #: The model gateway; None: no model providers configured.
-    models: ModelGateway | None
-
-    async def freeze(self, run: Running, reason: str) -> None: ...
-
-    async def thaw(self, run: Running, reason: str) -> dict[str, Any]: ...
-
-    async def store_action(self, run: Running, event: ExecutionAction) -> None: ...
-
-
 class _Probe(msgspec.Struct):
     op: str | None = None
 
 
 class ActionGateway:
-    def __init__(
-        self, agent: GatewayHost, run: Running, reply: Callable[[bytes], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, agent: RunHost, run: Running, reply: Callable[[bytes], Awaitable[None]] | None = None) -> None:
         self.agent = agent
         self.run = run
         #: Writes a reply line to the workload's stdin (set once the container is attached).

@@ -1,4 +1,5 @@
-"""Appending a run's execution events, retrying while NATS is away: the bottom of the write path.
+"""Appending a run's execution events, retrying while NATS is away: the bottom of the write path. Output chunks
+name the offset this daemon counted for their stream, so a retried chunk is stored once (see the domain).
 
 Output chunks, action decisions and the terminal event of a run must not be lost to a short NATS
 outage, so each is retried with back-off (:data:`TERMINAL_ATTEMPTS` tries, about two minutes in all)
@@ -9,13 +10,22 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import structlog
 from symbi_common.aggregate import Repository
 from symbi_common.errors import AppendFailed, DomainError
 from symbi_common.service import ServiceRuntime
-from symbi_contracts.sandbox_agent.events import ExecutionAction, ExecutionEvent
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionAction,
+    ExecutionEvent,
+    ExecutionOutput,
+    OutputChunk,
+    Stream,
+    Terminal,
+)
 
-from symbi_sandbox_agent.domain import ExecutionState
+from symbi_sandbox_agent.domain import ExecutionState, fits
+from symbi_sandbox_agent.output import OutputCollector
 from symbi_sandbox_agent.run import Running
 
 log = structlog.get_logger(__name__)
@@ -59,3 +69,21 @@ class ExecutionRecorder:
         """Record one decision of the action gateway (retrying while NATS is away)."""
         if not await self.store(run, event, TERMINAL_ATTEMPTS):
             raise AppendFailed(f"execution.action {event.seq} of {run.spec.task_id} could not be stored")
+
+    async def output(self, run: Running, stream: Stream, data: bytes) -> None:
+        """Store the next chunk of one of the run's streams; :class:`AppendFailed` (the run is stopped) if it
+        cannot be stored."""
+        offset = run.output_end[stream]
+        event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=offset, data=data)
+        if not await self.store(run, event, TERMINAL_ATTEMPTS):
+            raise AppendFailed(f"output of {run.spec.task_id} could not be stored; the run is stopped")
+        run.output_end[stream] = offset + len(data)
+
+    def carrying(self, terminal: Terminal, collector: OutputCollector) -> tuple[Terminal, tuple[OutputChunk, ...]]:
+        """``terminal`` carrying the output still held (what a last flush would send) if it then fits the event
+        size limit, with nothing left over; else ``terminal`` as it is, and that output."""
+        held = tuple(OutputChunk(stream=s, offset=0, data=piece) for s, piece in collector.flush())
+        carrying = msgspec.structs.replace(terminal, tail=held)
+        if not held or fits(carrying, self.executions.store.max_event_bytes):
+            return carrying, ()
+        return terminal, held

@@ -33,23 +33,22 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionEgress,
     ExecutionEvent,
     ExecutionFailed,
-    ExecutionOutput,
-    OutputChunk,
     Terminal,
     Usage,
 )
 
 from symbi_sandbox_agent.bus.decisions import remembered
 from symbi_sandbox_agent.cgroups import CgroupUsage, remove_cgroup_tree
-from symbi_sandbox_agent.domain import ExitState, fits, terminal_event
+from symbi_sandbox_agent.domain import ExitState, terminal_event
 from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import Caller
 from symbi_sandbox_agent.exits import ExitWatch
-from symbi_sandbox_agent.gateway import ActionGateway, GatewayHost
+from symbi_sandbox_agent.gateway import ActionGateway
 from symbi_sandbox_agent.metrics import CPU_SECONDS, EXECUTIONS, PEAK_MEMORY, RUNNING
-from symbi_sandbox_agent.output import STREAMS, OutputCollector, Stream
+from symbi_sandbox_agent.output import STREAMS, OutputCollector
 from symbi_sandbox_agent.recorder import TERMINAL_ATTEMPTS, ExecutionRecorder
 from symbi_sandbox_agent.run import Running
+from symbi_sandbox_agent.run_ports import RunHost
 from symbi_sandbox_agent.runner import SandboxEngine, SandboxRunner, Threads
 from symbi_sandbox_agent.spec import SandboxSpec
 
@@ -97,7 +96,7 @@ class Supervisor:
         recorder: ExecutionRecorder,
         running: dict[str, Running],
         work_dir: Path,
-        controls: GatewayHost,
+        controls: RunHost,
         egress: EgressHost | None = None,
     ) -> None:
         self.rt = rt
@@ -174,7 +173,7 @@ class Supervisor:
             await self._discard(run)
             ending = self._terminal(run, None, collector, usage.sample() if usage else Usage())
             # Held output that would not fit the terminal event is dropped, as output cut short by a shutdown is.
-            await self._append(run, self._carrying(ending, collector)[0], 1)
+            await self._append(run, self.recorder.carrying(ending, collector)[0], 1)
             self._finish(run)
             raise
         await self._append(run, terminal)
@@ -291,7 +290,7 @@ class Supervisor:
                 if gateway is not None and name == "stderr":
                     gateway.feed(chunk)
                 for s, piece in collector.feed(name, chunk):
-                    await self._emit(run, s, piece)
+                    await self.recorder.output(run, s, piece)
                 if collector.exceeded and not run.kill_reason:
                     await self.kill(run, "output_cap")
             mono = time.monotonic()
@@ -300,7 +299,7 @@ class Supervisor:
                 last_sample = mono
             if mono - last_flush >= FLUSH_INTERVAL_S:
                 for s, piece in collector.flush():
-                    await self._emit(run, s, piece)
+                    await self.recorder.output(run, s, piece)
                 last_flush = mono
         # What is still held goes out with the terminal event (:meth:`_ending`).
         if gateway is not None:
@@ -318,13 +317,6 @@ class Supervisor:
             run.removed = True
         return state
 
-    async def _emit(self, run: Running, stream: Stream, data: bytes) -> None:
-        offset = run.output_end[stream]
-        event = ExecutionOutput(attempt=run.spec.attempt, stream=stream, offset=offset, data=data)
-        if not await self.recorder.store(run, event, TERMINAL_ATTEMPTS):
-            raise AppendFailed(f"output of {run.spec.task_id} could not be stored; the run is stopped")
-        run.output_end[stream] = offset + len(data)
-
     async def kill(self, run: Running, reason: str) -> None:
         """Kill the run's container; the first reason given is the one its terminal event reports."""
         run.kill_reason = run.kill_reason or reason
@@ -338,22 +330,13 @@ class Supervisor:
         """The terminal event of a run whose output ended, carrying the output still held (what a last flush
         would have sent) when the whole event fits the event size limit; else that output goes out first as
         ``execution.output`` events, as during the run."""
-        terminal, left = self._carrying(self._terminal(run, exit_state, collector, usage), collector)
+        terminal, left = self.recorder.carrying(self._terminal(run, exit_state, collector, usage), collector)
         try:
             for chunk in left:
-                await self._emit(run, chunk.stream, chunk.data)
+                await self.recorder.output(run, chunk.stream, chunk.data)
         except AppendFailed as exc:
             return self._failed(run, collector, usage, exc)
         return terminal
-
-    def _carrying(self, terminal: Terminal, collector: OutputCollector) -> tuple[Terminal, tuple[OutputChunk, ...]]:
-        """``terminal`` carrying the output still held (what a last flush would send) if it then fits the event
-        size limit, with nothing left over; else ``terminal`` as it is, and that output."""
-        held = tuple(OutputChunk(stream=s, offset=0, data=piece) for s, piece in collector.flush())
-        carrying = msgspec.structs.replace(terminal, tail=held)
-        if not held or fits(carrying, self.recorder.executions.store.max_event_bytes):
-            return carrying, ()
-        return terminal, held
 
     def _failed(self, run: Running, collector: OutputCollector, usage: Usage, exc: Exception) -> ExecutionEvent:
         return ExecutionFailed(
