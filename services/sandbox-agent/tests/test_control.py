@@ -9,11 +9,14 @@ from typing import Any
 import msgspec
 import pytest
 from symbi_common.commands import CommandClient
-from symbi_common.decisions import Allow, Decision, DecisionRequest, Deny
+from symbi_common.decisions import Allow, Decision, DecisionRecord, DecisionRequest, Deny
+from symbi_common.sealing import ChainTip
 from symbi_contracts.sandbox_agent.errors import ExecutionStateError, UnknownExecution
 from symbi_contracts.sandbox_agent.events import (
+    EXECUTION_CODEC,
     HOST_CODEC,
     ExecutionExited,
+    ExecutionFailed,
     ExecutionKilled,
     ExecutionOutput,
     ExecutionPaused,
@@ -29,6 +32,7 @@ from symbi_contracts.scheduler.events import TaskAssigned
 from symbi_sandbox_agent.supervisor import FLUSH_INTERVAL_S
 
 from .conftest import Agent, Scheduler, containers_of, limits
+from .test_pure import LIMITS
 
 TICKS = "i=0; while [ $i -lt 20 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"
 
@@ -160,6 +164,27 @@ async def test_a_redelivered_or_stale_work_item_does_not_run_twice(agent: Agent,
     events = await scheduler.events(task_id)
     assert events == first.events
     assert len([e for e in events if isinstance(e, ExecutionStarted)]) == 1
+
+
+async def test_a_start_that_landed_unconfirmed_ends_its_attempt_when_the_item_comes_back(
+    agent: Agent, scheduler: Scheduler, make_store: Any, docker_client: Any
+) -> None:
+    """The daemon's ``execution.started`` landed but its append was not confirmed, so it started no container and
+    left the work item to be delivered again. The redelivered item ends that attempt as failed, saying why,
+    instead of taking it for a run under way: its task would wait for an end that never comes."""
+    task_id = await scheduler.submit(agent.host_id, ["echo", "never"], publish=False)
+    sandbox = await make_store("sandbox-agent")
+    decision = DecisionRecord(action="sandbox.start", effect="allow", policy_version=0)
+    landed = ExecutionStarted(
+        attempt=1, agent_id="agent-1", host_id=agent.host_id, tier="tier1", runtime="runc", container="c",
+        image="i", command=(), limits=LIMITS, hardening={}, decision=decision,
+    )  # fmt: skip
+    await sandbox.append("execution", task_id, [landed], EXECUTION_CODEC, expected=ChainTip())
+    await scheduler.publish(agent.host_id, task_id, 1)
+    events = await scheduler.wait_for(task_id, lambda ev: isinstance(ev[-1], ExecutionFailed), timeout=15)
+    assert [type(e).__name__ for e in events] == ["ExecutionStarted", "ExecutionFailed"]
+    assert "never ran" in events[-1].reason  # type: ignore[attr-defined]
+    assert containers_of(docker_client, agent.host_id) == []
 
 
 async def test_the_host_registers_and_keeps_a_heartbeat(agent: Agent, scheduler: Scheduler, docker_client: Any) -> None:

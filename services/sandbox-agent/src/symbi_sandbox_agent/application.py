@@ -39,6 +39,7 @@ from symbi_contracts.sandbox_agent.errors import (
 from symbi_contracts.sandbox_agent.events import (
     ExecutionAction,
     ExecutionEvent,
+    ExecutionFailed,
     ExecutionPaused,
     ExecutionRefused,
     ExecutionResumed,
@@ -144,6 +145,12 @@ class SandboxService:
         if current is not None:
             return current.spec.attempt >= item.attempt  # an older attempt still stopping: retry later
         state = (await self.executions.load(task_id, fresh=True)).state
+        if state.attempt == item.attempt and state.host_id == self.host_id and state.status in ("running", "paused"):
+            # Started here, yet this daemon runs no sandbox for it: its execution.started landed although the
+            # append could not be confirmed, so no container was started. End the attempt as failed, saying why.
+            reason = "the sandbox-agent could not confirm the start of the task, so its sandbox never ran"
+            await self.executions.execute(task_id, ExecutionFailed(attempt=state.attempt, reason=reason))
+            return True
         if state.attempt >= item.attempt:
             return True  # redelivered: this attempt already started or was refused
         try:
