@@ -12,27 +12,27 @@ from symbi_common.aggregate import Repository
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AppendFailed
 from symbi_common.eventstore import EventStore, Recorded
-from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionOutput
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEgress, ExecutionOutput
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, execution_data_key
 
 from .test_pure import started
 
 
 class AcksLost(EventStore):
-    """Stores every append, but reports the first of each output or action event as not confirmed."""
+    """Stores every append, but reports the first of each output, action or egress event as not confirmed."""
 
     lost: set[str]
 
     async def append(self, aggregate_type: str, aggregate_id: str, events: Sequence[Any], *a: Any, **kw: Any) -> Any:
         recorded: list[Recorded[Any]] = await super().append(aggregate_type, aggregate_id, events, *a, **kw)
         kind = type(events[0]).__name__
-        if isinstance(events[0], ExecutionOutput | ExecutionAction) and kind not in self.lost:
+        if isinstance(events[0], ExecutionOutput | ExecutionAction | ExecutionEgress) and kind not in self.lost:
             self.lost.add(kind)
             raise AppendFailed(f"append to evt.execution.{aggregate_id} timed out 3 times and could not be confirmed")
         return recorded
 
 
-async def test_a_retried_output_or_action_is_stored_once(make_store: Any) -> None:
+async def test_a_retried_output_action_or_egress_record_is_stored_once(make_store: Any) -> None:
     store = await make_store("sandbox-agent", store_class=AcksLost)
     store.lost = set()
     repo: Repository[ExecutionState, Any, Any] = Repository(store, EXECUTION, data_key=execution_data_key)
@@ -41,6 +41,7 @@ async def test_a_retried_output_or_action_is_stored_once(make_store: Any) -> Non
     for event in (
         ExecutionOutput(attempt=1, stream="stdout", offset=0, data=b"hello\n"),
         ExecutionAction(attempt=1, seq=1, action="memory.read", decision=record, outcome="allowed"),
+        ExecutionEgress(attempt=1, host="example.com", port=443, outcome="allowed", conn=1),
     ):
         with pytest.raises(AppendFailed):
             await repo.execute("t-retry", event)
@@ -52,6 +53,7 @@ async def test_a_retried_output_or_action_is_stored_once(make_store: Any) -> Non
         "ExecutionStarted",
         "ExecutionOutput",
         "ExecutionAction",
+        "ExecutionEgress",
         "ExecutionOutput",
     ]
     assert [(e.offset, e.data) for e in stored if isinstance(e, ExecutionOutput)] == [(0, b"hello\n"), (6, b"more\n")]

@@ -21,6 +21,7 @@ from symbi_contracts.sandbox_agent.errors import (
 from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     ExecutionAction,
+    ExecutionEgress,
     ExecutionExited,
     ExecutionFailed,
     ExecutionKilled,
@@ -42,7 +43,7 @@ from symbi_sandbox_agent.config import check_settings, resolve_host_id
 from symbi_sandbox_agent.domain import (
     ENVELOPE_ROOM,
     EXECUTION,
-    RECENT_ACTIONS,
+    RECENT_KEYS,
     ExitState,
     execution_data_key,
     fits,
@@ -329,7 +330,7 @@ def test_an_output_chunk_is_stored_once_at_the_offset_its_writer_counted() -> No
     assert EXECUTION.decide(state, first_err) == [first_err]  # type: ignore[arg-type]
 
 
-def test_an_action_event_is_stored_once_per_request_and_decision() -> None:
+def test_an_action_or_egress_event_is_stored_once_per_request_decision_or_connection() -> None:
     def action(seq: int, decision_id: str, outcome: str) -> ExecutionAction:
         record = DecisionRecord(action="memory.read", effect="allow", policy_version=1, decision_id=decision_id)
         return ExecutionAction(attempt=1, seq=seq, action="memory.read", decision=record, outcome=outcome)  # type: ignore[arg-type]
@@ -343,10 +344,16 @@ def test_an_action_event_is_stored_once_per_request_and_decision() -> None:
     refused = ExecutionAction(attempt=1, seq=3, action="nope", outcome="failed", detail="unknown_action: x")
     state = run([started(1), denied, refused])
     assert EXECUTION.decide(state, refused) == []  # type: ignore[arg-type]
-    # Only the last RECENT_ACTIONS are remembered.
-    many = run([started(1), *(action(n, f"d{n}", "allowed") for n in range(1, RECENT_ACTIONS + 2))])
-    assert len(many.recent_actions) == RECENT_ACTIONS  # type: ignore[attr-defined]
-    assert EXECUTION.decide(many, action(RECENT_ACTIONS + 1, f"d{RECENT_ACTIONS + 1}", "allowed")) == []  # type: ignore[arg-type]
+    # An egress record: once per connection (numbered in the run); one not numbered (older events) each time.
+    conn = ExecutionEgress(attempt=1, host="example.com", port=443, outcome="allowed", conn=1)
+    state = run([started(1), conn])
+    assert EXECUTION.decide(state, conn) == []  # type: ignore[arg-type]
+    for other in (msgspec.structs.replace(conn, conn=2), msgspec.structs.replace(conn, conn=0)):
+        assert EXECUTION.decide(run([started(1), conn, msgspec.structs.replace(conn, conn=0)]), other) == [other]  # type: ignore[arg-type]
+    # Only the last RECENT_KEYS are remembered.
+    many = run([started(1), *(action(n, f"d{n}", "allowed") for n in range(1, RECENT_KEYS + 2))])
+    assert len(many.recent) == RECENT_KEYS  # type: ignore[attr-defined]
+    assert EXECUTION.decide(many, action(RECENT_KEYS + 1, f"d{RECENT_KEYS + 1}", "allowed")) == []  # type: ignore[arg-type]
 
 
 def test_a_terminal_events_tail_continues_its_streams() -> None:

@@ -6,7 +6,8 @@ started (or was refused) decides to nothing, and so does a second terminal event
 chunk names the offset its writer counted: a chunk the stream already holds decides to nothing, one past the
 stream's end is refused, so a retried append (its first outcome unknown) never stores a chunk twice. A terminal
 event's ``tail`` is placed where the streams end. An ``execution.action`` already among the run's last
-:data:`RECENT_ACTIONS` (by request and decision, :func:`action_key`) decides to nothing too. :func:`terminal_event` is the
+:data:`RECENT_KEYS` (by request and decision, :func:`event_key`) decides to nothing too, and so does an
+``execution.egress`` of a connection already recorded. :func:`terminal_event` is the
 rule that turns how a container ended (exit state, kill reason) into the one terminal event of its run.
 
 ``host.<host_id>``: a log of registrations and reconciliations (:class:`HostAggregate`).
@@ -28,6 +29,7 @@ from symbi_contracts.sandbox_agent.events import (
     HOST_CODEC,
     TERMINAL_TYPES,
     ExecutionAction,
+    ExecutionEgress,
     ExecutionEvent,
     ExecutionExited,
     ExecutionFailed,
@@ -62,20 +64,25 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     outcome: str = ""
     stdout_offset: int = 0
     stderr_offset: int = 0
-    #: The keys (:func:`action_key`) of the last :data:`RECENT_ACTIONS` ``execution.action`` events.
-    recent_actions: tuple[str, ...] = ()
+    #: The keys (:func:`event_key`) of the last :data:`RECENT_KEYS` action and egress events.
+    recent: tuple[str, ...] = ()
 
 
-#: How many recorded actions of a run an action event is checked against before it is stored. A retry follows its
-#: unconfirmed append within seconds, while that run's other appends are failing too.
-RECENT_ACTIONS = 256
+#: How many recorded action and egress events of a run an event is checked against before it is stored. A retry
+#: follows its unconfirmed append within seconds, while that run's other appends are failing too.
+RECENT_KEYS = 256
 
 
-def action_key(event: ExecutionAction) -> str:
-    """What makes an action event one of a kind: its request and the decision it records (a request that stays
-    pending is decided again, under a new decision id, each time it is re-evaluated)."""
-    decision = event.decision.decision_id if event.decision is not None else ""
-    return f"{event.seq}/{decision}/{event.outcome}"
+def event_key(event: ExecutionEvent) -> str | None:
+    """What makes an action or egress event one of a kind, or None. An action: its request and the decision it
+    records (a request that stays pending is decided again, under a new decision id, each time it is
+    re-evaluated). An egress record: its connection's number in the run (0, not numbered: none)."""
+    if isinstance(event, ExecutionAction):
+        decision = event.decision.decision_id if event.decision is not None else ""
+        return f"action/{event.seq}/{decision}/{event.outcome}"
+    if isinstance(event, ExecutionEgress) and event.conn:
+        return f"egress/{event.conn}"
+    return None
 
 
 class ExecutionAggregate:
@@ -110,8 +117,9 @@ class ExecutionAggregate:
                 s.stdout_offset = end
             else:
                 s.stderr_offset = end
-        if isinstance(event, ExecutionAction):
-            s.recent_actions = (*s.recent_actions[-(RECENT_ACTIONS - 1) :], action_key(event))
+        key = event_key(event)
+        if key is not None:
+            s.recent = (*s.recent[-(RECENT_KEYS - 1) :], key)
         elif isinstance(event, ExecutionPaused):
             s.status = "paused"
         elif isinstance(event, ExecutionResumed):
@@ -134,7 +142,7 @@ class ExecutionAggregate:
             return []  # late output or a second terminal event of an attempt that is over
         if isinstance(command, ExecutionOutput):
             return _output(state, command)
-        if isinstance(command, ExecutionAction) and action_key(command) in state.recent_actions:
+        if event_key(command) in state.recent:
             return []  # stored already: the retry of an append whose outcome was unknown
         if isinstance(command, ExecutionPaused):
             if state.status != "running":

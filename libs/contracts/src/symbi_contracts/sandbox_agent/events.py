@@ -208,7 +208,9 @@ class ExecutionEgress(Event, frozen=True, kw_only=True, tag="execution.egress"):
     ``access`` ``proxy`` (HTTP(S)_PROXY), ``gateway`` (the SDK's ``http.request``) or ``internal`` (a host
     service answered it). ``outcome`` ``denied`` carries the ``reason`` code (``not_allowed``,
     ``blocked_address``, ``sni_mismatch``, ``host_mismatch``, ``ip_literal``, ``policy_denied`` …) and
-    ``detail``; ``rule`` is the allow-list entry that matched. ``decision`` is Cedar's ``network.connect``."""
+    ``detail``; ``rule`` is the allow-list entry that matched. ``decision`` is Cedar's ``network.connect``.
+    ``conn`` numbers the run's connections from 1 (0 in records written before they were numbered): a record
+    is stored once per connection."""
 
     attempt: int
     host: str
@@ -226,6 +228,7 @@ class ExecutionEgress(Event, frozen=True, kw_only=True, tag="execution.egress"):
     duration_s: float = 0.0
     decision: DecisionRecord | None = None
     agent_id: str = ""
+    conn: int = 0
 
 
 Terminal = (

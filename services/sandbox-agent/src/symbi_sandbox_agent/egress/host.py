@@ -58,7 +58,8 @@ def resolver_of(settings: EgressSettings) -> Resolver:
     return system or StaticResolver({})
 
 
-def event_of(conn: Connection, attempt: int, agent_id: str) -> ExecutionEgress:
+def event_of(conn: Connection, attempt: int, agent_id: str, number: int) -> ExecutionEgress:
+    """The record of the run's ``number``-th connection."""
     return ExecutionEgress(
         attempt=attempt,
         host=conn.host,
@@ -76,6 +77,7 @@ def event_of(conn: Connection, attempt: int, agent_id: str) -> ExecutionEgress:
         duration_s=conn.duration_s,
         decision=conn.decision,
         agent_id=agent_id,
+        conn=number,
     )
 
 
@@ -89,9 +91,12 @@ class RunEgress:
     #: What the daemon's own TLS connections (``http.request``) trust.
     tls: ssl.SSLContext
     _stores: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Connections recorded so far (each record is numbered: ``ExecutionEgress.conn``).
+    _recorded: int = 0
 
     def record(self, conn: Connection) -> None:
-        event = event_of(conn, self.attempt, self.proxy.caller.agent_id)
+        self._recorded += 1
+        event = event_of(conn, self.attempt, self.proxy.caller.agent_id, self._recorded)
         task = asyncio.get_running_loop().create_task(self.store(event))
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
