@@ -317,9 +317,11 @@ class ActionGateway:
                         policies=list(decision.policies),
                         policy_version=decision.policy_version,
                     )
+                # No longer pending before it is performed: should recording it fail, a resume sent again only
+                # thaws the run; it does not perform the request a second time.
+                self.pending = None
+                pending.resolved.set()
                 await self._perform_and_reply(pending.seq, request, record)
-            self.pending = None
-            pending.resolved.set()
             return await self.agent.thaw(self.run, "action_allowed")
 
     async def sync_policy(self) -> None:
