@@ -190,16 +190,16 @@ async def test_a_policy_change_the_store_fails_to_take_is_applied_again(
 ) -> None:
     """The policy set stream failing while an agent's policies are registered is no skip: the follower applies
     the event again until they are (before, the error was logged and the agent ran without them)."""
-    register = policy.service.register
+    execute = policy.service.sets.execute
     failures: list[str] = []
 
-    async def flaky(request: Any, *, origin: str = "operator") -> Any:
-        if request.set_id == "agent-careful-9" and len(failures) < 2:
-            failures.append(request.set_id)
+    async def flaky(set_id: str, command: Any, **kw: Any) -> Any:
+        if set_id == "agent-careful-9" and len(failures) < 2:
+            failures.append(set_id)
             raise AppendFailed("JetStream did not confirm the append")
-        return await register(request, origin=origin)
+        return await execute(set_id, command, **kw)
 
-    monkeypatch.setattr(policy.service, "register", flaky)
+    monkeypatch.setattr(policy.service.sets, "execute", flaky)
     store = await make_store("lifecycle")
     await running_agent(store, "careful-9", (NO_SHELL,))
     await wait_set(policy, "agent-careful-9", "active")

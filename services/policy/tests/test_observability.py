@@ -32,7 +32,7 @@ async def test_agent_policies_join_the_agents_trace_and_decisions_are_counted(
         await policy.app.state.agent_policies.caught_up(CaughtUpRequest(sequence=tip.sequence, timeout_s=30))
         await wait_set(policy, "agent-careful-2", "active")
     mine = {s.context.span_id: s for s in spans if trace_id_of(s) == trace_id_of(registration)}
-    (activation,) = [s for s in mine.values() if s.name == "policy.activate_agent"]
+    (activation,) = [s for s in mine.values() if s.name == "policy.agent_policies"]
     assert activation.parent is not None
     handled = mine[activation.parent.span_id]
     assert handled.name == "policy.agent_event"

@@ -4,10 +4,11 @@ A :class:`~symbi_common.follower.Follower` (position in memory) reads ``evt.agen
 decrypted (the lifecycle service's codec). The configuration of ``agent.registered`` is remembered until
 ``agent.ready`` activates its policies (or those of the final configuration ``agent.ready`` carries);
 ``agent.configured`` replaces them (an operator may change a suspended agent's policies to clear a
-violation); ``agent.terminated`` retires them. Replaying from the start after a restart changes
-nothing: a set that exists (active or retired) is never registered again, and configurations are applied
-only once the follower has caught up with the stream, newest per agent, and only where the set's text
-differs — so a replay never brings back an older configuration's policies, not even for a moment.
+violation); ``agent.terminated`` retires them. Every change names the stream sequence of the agent event it
+follows, and the policy set takes a change only from an event newer than its last one
+(:class:`~symbi_policy.domain.FollowAgent`): so neither a replay after a restart nor a second policy replica
+applying an event late brings back an older configuration's policies. Configurations are also applied only once
+the follower has caught up with the stream, newest per agent, so a replay does not even try.
 
 The agent events this follower never acts on (:data:`IGNORED_TYPES`: two of them come with every task) are
 skipped by their type header before they are verified, decrypted and decoded; their position is passed
@@ -89,7 +90,8 @@ class AgentPolicyFollower:
         self.on_error = on_error
         self._pending: dict[str, tuple[PolicySpec, ...]] = {}
         #: The newest configured policies per agent, applied once the follower has caught up.
-        self._configured: dict[str, tuple[PolicySpec, ...]] = {}
+        #: The newest configuration of each agent not applied yet: its event's stream sequence and policies.
+        self._configured: dict[str, tuple[int, tuple[PolicySpec, ...]]] = {}
         #: The last agent event applied; it stays behind a configuration whose application is deferred.
         self.position = 0
         #: Deliveries skipped by their type header (:data:`IGNORED_TYPES`), never verified.
@@ -160,24 +162,20 @@ class AgentPolicyFollower:
                 self._failed(f"agent event at {msg.subject} ({sequence}) not applied", exc)
         # Deferred configurations are applied once caught up, also when the last event is an ignored one.
         if self._configured and msg.num_pending == 0:
-            for configured_id, specs in list(self._configured.items()):
-                await self._policies(configured_id, specs, self.service.reconfigure_agent)
+            for configured_id, (source, specs) in list(self._configured.items()):
+                await self._policies(configured_id, source, specs)
                 del self._configured[configured_id]
 
-    async def _policies(
-        self,
-        agent_id: str,
-        specs: tuple[PolicySpec, ...],
-        apply: Callable[[str, tuple[PolicySpec, ...]], Coroutine[Any, Any, Any]],
-    ) -> None:
-        """``apply`` the agent's own policies; if the policy service refuses them, the agent's set forbids it
-        everything instead (fail closed: never an agent without the policies it was registered with)."""
+    async def _policies(self, agent_id: str, source: int, specs: tuple[PolicySpec, ...]) -> None:
+        """Apply the agent's own policies as the agent event at ``source`` has them; if the policy service
+        refuses them, the agent's set forbids it everything instead (fail closed: never an agent without the
+        policies it was registered with)."""
         try:
-            await apply(agent_id, specs)
+            await self.service.agent_policies(agent_id, source, specs)
         except (ValidationError, ValueError) as exc:  # PolicyRejected is one; ValueError: Cedar refused the text
             self._failed(f"the policies of agent {agent_id} were refused; it is forbidden every action", exc)
-            await self.service.refuse_agent_policies(agent_id, str(exc))
-        except DomainError as exc:  # (the set changed under us, e.g. retired by an operator)
+            await self.service.refuse_agent_policies(agent_id, source, str(exc))
+        except DomainError as exc:
             self._failed(f"the policies of agent {agent_id} were not applied", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:
@@ -198,11 +196,11 @@ class AgentPolicyFollower:
             if final is not None:
                 specs = final.policies
             if specs:
-                await self._policies(agent_id, specs, self.service.activate_agent)
+                await self._policies(agent_id, sequence, specs)
             self._pending.pop(agent_id, None)  # (kept until applied: a batch applied again still has it)
         elif isinstance(event, AgentConfigured):
-            self._configured[agent_id] = event.config.policies
+            self._configured[agent_id] = (sequence, event.config.policies)
         elif isinstance(event, AgentTerminated):
             self._pending.pop(agent_id, None)
             self._configured.pop(agent_id, None)
-            await self.service.retire_agent(agent_id, event.reason)
+            await self.service.retire_agent(agent_id, sequence, event.reason)

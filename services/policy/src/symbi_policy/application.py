@@ -14,7 +14,7 @@ from collections import deque
 import msgspec
 import nats.js.errors
 import structlog
-from symbi_common.aggregate import Repository
+from symbi_common.aggregate import Loaded, Repository
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import AlreadyExists, NotFound, SymbiError, Timeout, ValidationError
 from symbi_common.eventstore import EventStore
@@ -29,6 +29,8 @@ from symbi_common.policy.events import (
     DecisionLogEvent,
     LoggedDecision,
     PolicySetEvent,
+    PolicySetRegistered,
+    PolicySetRetired,
     PolicySetState,
 )
 from symbi_common.policy.follower import PolicyFollower
@@ -39,6 +41,7 @@ from symbi_common.telemetry import traced
 from symbi_contracts.lifecycle.config import PolicySpec
 
 from symbi_policy.domain import (
+    FollowAgent,
     LogBatch,
     LogState,
     RegisterSet,
@@ -146,6 +149,10 @@ class PolicyService:
     async def _change(self, set_id: str, command: SetCommand, correlation_id: str | None = None) -> PolicySetView:
         check_set_id(set_id)
         loaded, _ = await self.sets.execute(set_id, command, correlation_id=correlation_id)
+        return await self._applied(set_id, loaded)
+
+    async def _applied(self, set_id: str, loaded: Loaded[PolicySetState]) -> PolicySetView:
+        """The set's view once the follower has applied it (:class:`Timeout` if it does not in time)."""
         if not await self.follower.wait_for(loaded.tip.sequence, APPLY_WAIT_S):
             raise Timeout(
                 f"policy set {set_id} was stored at sequence {loaded.tip.sequence} but not applied within "
@@ -285,79 +292,52 @@ class PolicyService:
         except AlreadyExists:  # another replica got there first
             return None
 
-    async def activate_agent(self, agent_id: str, specs: tuple[PolicySpec, ...]) -> PolicySetView | None:
-        """Register the agent's own policies as ``agent-<agent_id>`` (once; later calls change nothing)."""
-        set_id = agent_set_id(agent_id)
-        if not specs or set_id in self.follower.states:
-            return None
-        with traced("policy.activate_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
-            cedar = agent_policy_text(agent_id, specs)
-            try:
-                view = await self.register(
-                    RegisterSetRequest(set_id=set_id, cedar=cedar, description=f"policies of agent {agent_id}"),
-                    origin=f"agent:{agent_id}",
-                )
-            except AlreadyExists:
-                return None
-        AGENT_POLICY_SETS.labels("activated").inc()
-        return view
+    async def agent_policies(self, agent_id: str, source: int, specs: tuple[PolicySpec, ...]) -> PolicySetView | None:
+        """Make ``agent-<agent_id>`` say what the agent event at stream sequence ``source`` says the agent's
+        own policies are: registered, a new revision, or one that never applies if it has none (any more). A
+        set retired (with its agent, or by an operator) stays retired; an older event than the set's last
+        changes nothing. :class:`PolicyRejected` (or ValidationError) if they cannot be compiled."""
+        cedar = agent_policy_text(agent_id, specs) if specs else ""
+        return await self._follow_agent(
+            FollowAgent(agent_id=agent_id, source=source, cedar=cedar, description=f"policies of agent {agent_id}")
+        )
 
-    async def reconfigure_agent(self, agent_id: str, specs: tuple[PolicySpec, ...]) -> PolicySetView | None:
-        """Make ``agent-<agent_id>`` say what the agent's newest configuration says: a new revision when the
-        text differs, registered if the agent had none, retired if the configuration has no policies. A set
-        retired by an operator stays retired."""
-        set_id = agent_set_id(agent_id)
-        state = self.follower.states.get(set_id)
-        if state is None:
-            return await self.activate_agent(agent_id, specs)
-        if not state.active:
-            return None
-        if not specs:
-            with traced("policy.retire_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
-                view = await self.retire(RetireSetRequest(set_id=set_id, reason="agent reconfigured without policies"))
-            AGENT_POLICY_SETS.labels("retired").inc()
-            return view
-        cedar = agent_policy_text(agent_id, specs)
-        if cedar == state.cedar:
-            return None
-        attributes = {"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}
-        with traced("policy.reconfigure_agent", attributes=attributes):
-            view = await self.update(UpdateSetRequest(set_id=set_id, cedar=cedar))
-        AGENT_POLICY_SETS.labels("updated").inc()
-        return view
-
-    async def refuse_agent_policies(self, agent_id: str, reason: str) -> PolicySetView | None:
+    async def refuse_agent_policies(self, agent_id: str, source: int, reason: str) -> PolicySetView | None:
         """The agent's own policies were refused: ``agent-<agent_id>`` forbids it every action instead (fail
         closed), registered or as a new revision, until a configuration that is accepted replaces it."""
-        set_id = agent_set_id(agent_id)
         cedar = refused_policy_text(agent_id, reason)
-        state = self.follower.states.get(set_id)
-        with traced("policy.refuse_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
-            if state is None:
-                try:
-                    view = await self.register(
-                        RegisterSetRequest(
-                            set_id=set_id, cedar=cedar, description=f"agent {agent_id}: policies refused"
-                        ),
-                        origin=f"agent:{agent_id}",
-                    )
-                except AlreadyExists:
-                    return None
-            elif state.active and state.cedar != cedar:
-                view = await self.update(UpdateSetRequest(set_id=set_id, cedar=cedar))
-            else:
-                return None
-        AGENT_POLICY_SETS.labels("refused").inc()
-        return view
+        description = f"agent {agent_id}: policies refused"
+        return await self._follow_agent(
+            FollowAgent(agent_id=agent_id, source=source, cedar=cedar, description=description), refused=True
+        )
 
-    async def retire_agent(self, agent_id: str, reason: str) -> PolicySetView | None:
-        set_id = agent_set_id(agent_id)
-        state = self.follower.states.get(set_id)
-        if state is None or not state.active:
-            return None
-        with traced("policy.retire_agent", attributes={"symbi.agent_id": agent_id, "symbi.policy.set_id": set_id}):
-            view = await self.retire(RetireSetRequest(set_id=set_id, reason=f"agent terminated: {reason}"[:1000]))
-        AGENT_POLICY_SETS.labels("retired").inc()
+    async def retire_agent(self, agent_id: str, source: int, reason: str) -> PolicySetView | None:
+        """The agent was terminated: its set, if it has one, is retired."""
+        retire = f"agent terminated: {reason}"[:1000]
+        return await self._follow_agent(FollowAgent(agent_id=agent_id, source=source, retire=retire))
+
+    async def _follow_agent(self, command: FollowAgent, *, refused: bool = False) -> PolicySetView | None:
+        set_id = agent_set_id(command.agent_id)
+        known = self.follower.states.get(set_id)  # it may lag the stored set, never lead it
+        if known is not None and (known.source >= command.source or not known.active):
+            return None  # the set would take nothing from an event this old, or is retired for good
+        attributes: dict[str, str | int] = {
+            "symbi.agent_id": command.agent_id,
+            "symbi.policy.set_id": set_id,
+            "symbi.source": command.source,
+        }
+        with traced("policy.agent_policies", attributes=attributes):
+            loaded, recs = await self.sets.execute(set_id, command)
+            if not recs:
+                return None
+            view = await self._applied(set_id, loaded)
+        match recs[-1].event:
+            case PolicySetRegistered():
+                AGENT_POLICY_SETS.labels("refused" if refused else "activated").inc()
+            case PolicySetRetired():
+                AGENT_POLICY_SETS.labels("retired").inc()
+            case _:
+                AGENT_POLICY_SETS.labels("refused" if refused else "updated").inc()
         return view
 
     async def refresh_metrics(self) -> None:

@@ -3,7 +3,9 @@
 A **policy set** (``evt.policy.<set_id>``) is registered, updated and retired; each change carries a
 revision number (1, 2, …). Its Cedar text is parsed and validated against the schema in ``decide``, so
 an invalid policy is refused with Cedar's message and line and never becomes an event; the revision
-that was active stays active. Updating to the same text is a no-op.
+that was active stays active. Updating to the same text is a no-op. An agent's own set
+(``agent-<agent_id>``) is changed by :class:`FollowAgent`, which names the agent event it follows and is
+taken only from one newer than the set's last.
 
 A **decision log** (``evt.policy.decisions.<source>``) stores the decisions one enforcing process sent,
 a batch per event, and each denial as an :class:`ActionDenied` event of its own. A batch id seen among
@@ -20,6 +22,7 @@ import msgspec
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, IllegalTransition, NotFound, ValidationError
 from symbi_common.ids import ID_RE
+from symbi_common.policy.agent_sets import no_policy_text
 from symbi_common.policy.cedar import SET_ID_RE, compile_policies
 from symbi_common.policy.events import (
     AGGREGATE_TYPE,
@@ -78,7 +81,19 @@ class RetireSet(msgspec.Struct, frozen=True, kw_only=True):
     expected_revision: int | None = None
 
 
-SetCommand = RegisterSet | UpdateSet | RetireSet
+class FollowAgent(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's own set as the agent event at stream sequence ``source`` leaves it: ``cedar`` its text (empty:
+    the agent has no policies of its own), or retired for ``retire`` (the agent was terminated)."""
+
+    name: ClassVar[str] = "follow agent"
+    agent_id: str
+    source: int
+    cedar: str = ""
+    description: str = ""
+    retire: str = ""
+
+
+SetCommand = RegisterSet | UpdateSet | RetireSet | FollowAgent
 
 
 def _text(field: str, value: str) -> None:
@@ -128,7 +143,32 @@ def decide_set(state: PolicySetState, command: SetCommand) -> list[PolicySetEven
             _expect(state, command.expected_revision)
             _text("reason", command.reason)
             return [PolicySetRetired(reason=command.reason, revision=state.revision + 1)]
+        case FollowAgent():
+            return _follow_agent(state, command)
     raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
+
+
+def _follow_agent(state: PolicySetState, command: FollowAgent) -> list[PolicySetEvent]:
+    """Every policy replica follows the agent events and may apply one late: a change from an agent event no
+    newer than the set's last one decides to nothing, so an older configuration never replaces a newer one.
+    A change with the text the set has is still recorded (with its newer source) for the same reason."""
+    if command.source <= state.source:
+        return []
+    if state.status is None:
+        if command.retire or not command.cedar:
+            return []  # nothing to register (an agent without policies, or one terminated before it had a set)
+        compile_policies(state.set_id, command.cedar)
+        origin = f"agent:{command.agent_id}"
+        return [PolicySetRegistered(state.set_id, command.cedar, 1, command.description, origin, command.source)]
+    if state.status != "active":
+        return []  # retired with its agent, or by an operator: it stays retired
+    if command.retire:
+        _text("reason", command.retire)
+        return [PolicySetRetired(reason=command.retire, revision=state.revision + 1, source=command.source)]
+    cedar = command.cedar or no_policy_text(command.agent_id)
+    if cedar != state.cedar:
+        compile_policies(state.set_id, cedar)
+    return [PolicySetUpdated(cedar=cedar, revision=state.revision + 1, source=command.source)]
 
 
 def _require_active(state: PolicySetState, command: str) -> None:

@@ -3,7 +3,8 @@
 The lifecycle service records an agent's configuration — ``AgentConfig.policies``, one
 :class:`PolicySpec` per DSL ``policy`` block, already compiled to Cedar — in its ``agent.registered``
 event. When the agent becomes Ready (``agent.ready``) the policy service registers them as policy set
-``agent-<agent_id>``; when it is terminated (``agent.terminated``) the set is retired.
+``agent-<agent_id>``; a configuration without policies leaves the set holding one that never applies
+(:func:`no_policy_text`); when the agent is terminated (``agent.terminated``) the set is retired.
 
 An agent's policies speak for that agent only: a policy whose principal is unconstrained is scoped to
 ``principal == Agent::"<agent_id>"``, and one that names any other principal is refused — a definition
@@ -34,6 +35,15 @@ def check_agent_policies(agent_id: str, specs: Sequence[PolicySpec]) -> None:
     against the schema. The lifecycle checks an agent's configuration with it, so that an agent whose own
     policies would be refused never gets Ready."""
     compile_policies(agent_set_id(agent_id), agent_policy_text(agent_id, specs))
+
+
+def no_policy_text(agent_id: str) -> str:
+    """The set of an agent whose configuration has no policies of its own (any more): one policy that never
+    applies. The set stays active, so a later configuration with policies updates it again."""
+    return (
+        f"// agent {agent_id} has no policies of its own\n"
+        f'@id("agent-no-policies")\nforbid (principal == Agent::{json.dumps(agent_id)}, action, resource) when {{ false }};\n'
+    )
 
 
 def refused_policy_text(agent_id: str, reason: str) -> str:

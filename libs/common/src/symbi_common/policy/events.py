@@ -32,6 +32,8 @@ class PolicySetRegistered(Event, frozen=True, tag="policy.set_registered"):
     description: str = ""
     origin: str = "operator"
     """Who asked: ``operator``, ``baseline`` or ``agent:<agent_id>``."""
+    source: int = 0
+    """An agent's set: the stream sequence of the agent event this change follows (0: not from one)."""
 
 
 class PolicySetUpdated(Event, frozen=True, tag="policy.set_updated"):
@@ -39,6 +41,7 @@ class PolicySetUpdated(Event, frozen=True, tag="policy.set_updated"):
 
     cedar: str
     revision: int
+    source: int = 0
 
 
 class PolicySetRetired(Event, frozen=True, tag="policy.set_retired"):
@@ -46,6 +49,7 @@ class PolicySetRetired(Event, frozen=True, tag="policy.set_retired"):
 
     reason: str
     revision: int
+    source: int = 0
 
 
 PolicySetEvent = PolicySetRegistered | PolicySetUpdated | PolicySetRetired
@@ -92,6 +96,8 @@ class PolicySetState(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     origin: str = ""
     retired_reason: str = ""
+    #: The newest agent event an agent's set followed (its stream sequence; 0: none).
+    source: int = 0
 
     @property
     def active(self) -> bool:
@@ -109,11 +115,14 @@ def apply_policy_event(state: PolicySetState, event: PolicySetEvent) -> PolicySe
                 revision=event.revision,
                 description=event.description,
                 origin=event.origin,
+                source=event.source,
             )
         case PolicySetUpdated():
-            return msgspec.structs.replace(state, cedar=event.cedar, revision=event.revision)
+            source = max(state.source, event.source)
+            return msgspec.structs.replace(state, cedar=event.cedar, revision=event.revision, source=source)
         case PolicySetRetired():
+            source = max(state.source, event.source)
             return msgspec.structs.replace(
-                state, status="retired", revision=event.revision, retired_reason=event.reason
+                state, status="retired", revision=event.revision, retired_reason=event.reason, source=source
             )
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover - the union is exhaustive
