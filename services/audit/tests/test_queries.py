@@ -10,15 +10,19 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from nats.aio.client import Client as NatsClient
+from symbi_audit.erasure import CODEC as ERASURES
+from symbi_audit.erasure import ErasureRequested, erasure_id_of
 from symbi_audit.main import build_app
 from symbi_common.key_names import agent_data_key
 from symbi_common.keyring import KeyRegistry
 from symbi_common.operator_tokens import bearer_header, issue_local_token
+from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import Settings
 from symbi_tlog.offline import TrustAnchor, verify_export
 
@@ -316,6 +320,33 @@ async def test_erasure_crypto_shreds_while_the_log_still_verifies(
     via_nats = await client.call("audit", "erase", {"aggregate": "agent.keep-me"}, dict, headers=token)
     assert via_nats["aggregate"] == "agent.keep-me"
     assert via_nats["executed_sequence"] > via_nats["requested_sequence"]
+
+
+async def test_an_erasure_requested_again_continues_the_first(
+    running: Running, writer: Writer, make_store: Any
+) -> None:
+    """The service stopped after recording the request (the key not destroyed, no execution recorded): the request
+    made again continues that erasure, and once more answers the same result. Before, each request was an erasure
+    of its own, and the first stayed pending in the GDPR report for good."""
+    last = (await writer.agent("twice", 2))[-1]
+    await running.wait_for(last)
+    erasure_id = erasure_id_of("agent.twice")
+    crashed = ErasureRequested(aggregate="agent.twice", requested_by="dpo", reason="art. 17")
+    store = await make_store("audit")
+    [requested] = await store.append("audit", erasure_id, [crashed], ERASURES, expected=NEW_AGGREGATE)
+    principal = {"X-Symbi-Principal": "dpo"}
+    answers = []
+    for _ in range(2):
+        resp = await running.http.post("/v1/audit/erasures", json={"aggregate": "agent.twice"}, headers=principal)
+        assert resp.status_code == 201, resp.text
+        answers.append(resp.json())
+    assert answers[0] == answers[1]
+    assert (answers[0]["erasure_id"], answers[0]["requested_sequence"]) == (erasure_id, requested.sequence)
+    await running.wait_for(answers[0]["executed_sequence"])
+    recorded = (await running.json("/v1/audit/events", aggregate=f"audit.{erasure_id}"))["items"]
+    assert [e["event_type"] for e in recorded] == ["audit.erasure_requested", "audit.erasure_executed"]
+    after = await running.http.get("/v1/audit/events", params={"agent": "twice", "details": "true"}, headers=principal)
+    assert all(e["details"] == {"erased": True, "payload": None} for e in after.json()["items"])
 
 
 async def test_compliance_reports_state_their_checkpoint(running: Running, writer: Writer) -> None:

@@ -5,13 +5,15 @@ An erasure appends ``audit.erasure_requested``, destroys every generation of the
 the key its tasks and their executions are sealed with (:mod:`symbi_common.key_names`); a task or execution
 has no key of its own to erase (unless written before tasks were sealed per agent). The aggregate's payloads can no
 longer be decrypted by anyone, while its signed, hash-chained envelopes and the Merkle tree still
-verify (verification never needs a data key). If the process dies between the two steps, the
-request is on record without its execution, which the GDPR report shows as pending.
+verify (verification never needs a data key). An aggregate has one erasure (its id is derived from the
+aggregate's name): if the process dies between the two steps, the request is on record without its execution,
+which the GDPR report shows as pending until the request is made again and continues it.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 
 import msgspec
 from symbi_common.datakeys import DataKeys
@@ -19,7 +21,7 @@ from symbi_common.errors import ValidationError
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.key_names import AGENT_KEYED_TYPES, agent_data_key
-from symbi_common.sealing import NEW_AGGREGATE, new_event_id
+from symbi_common.sealing import NEW_AGGREGATE
 from symbi_contracts.lifecycle.events import AGGREGATE_TYPE as AGENT_AGGREGATE
 from symbi_contracts.secrets.events import SecretChanged
 
@@ -79,41 +81,50 @@ def check_aggregate(aggregate: str) -> str:
     return aggregate
 
 
+#: The namespace of erasure ids (UUIDv5 of the aggregate erased).
+_ERASURES = uuid.UUID("6f1d3c7e-2b0a-5c1e-9a4d-0e5b8c2f7a31")
+
+
+def erasure_id_of(aggregate: str) -> str:
+    """The one erasure of ``aggregate``: a request made again (after a lost answer, or a crash between the
+    steps) continues it instead of starting a second one that the GDPR report would list as well."""
+    return str(uuid.uuid5(_ERASURES, aggregate))
+
+
 async def erase(store: EventStore, datakeys: DataKeys, request: EraseRequest, *, principal: str) -> ErasureResult:
-    """Record the request, destroy the data key, record the execution."""
+    """Record the request, destroy the data key, record the execution; a request made again continues the
+    aggregate's erasure where it stopped (and answers the same result once it was executed)."""
     aggregate = check_aggregate(request.aggregate)
-    aggregate_type, _, aggregate_id = aggregate.partition(".")
-    if aggregate_type in AGENT_KEYED_TYPES and "." not in aggregate_id and not await datakeys.exists(aggregate):
-        raise ValidationError(
-            f"{aggregate} has no data key of its own (or it was destroyed): an agent's tasks and executions are"
-            " sealed with the agent's key; erase agent.<agent id> to shred all of them",
-            field="aggregate",
+    erasure_id = erasure_id_of(aggregate)
+    recorded = await store.load(AGGREGATE_TYPE, erasure_id, CODEC)
+    if not recorded:
+        aggregate_type, _, aggregate_id = aggregate.partition(".")
+        if aggregate_type in AGENT_KEYED_TYPES and "." not in aggregate_id and not await datakeys.exists(aggregate):
+            raise ValidationError(
+                f"{aggregate} has no data key of its own (or it was destroyed): an agent's tasks and executions are"
+                " sealed with the agent's key; erase agent.<agent id> to shred all of them",
+                field="aggregate",
+            )
+        requested = ErasureRequested(
+            aggregate=aggregate, requested_by=request.requested_by or principal, reason=request.reason
         )
-    keys = keys_erased(aggregate)
-    erasure_id = new_event_id()
-    requested_by = request.requested_by or principal
-    first = await store.append(
-        AGGREGATE_TYPE,
-        erasure_id,
-        [ErasureRequested(aggregate=aggregate, requested_by=requested_by, reason=request.reason)],
-        CODEC,
-        expected=NEW_AGGREGATE,
-        correlation_id=erasure_id,
-    )
-    for key in keys:
-        await datakeys.destroy(key)
-    executed = ErasureExecuted(aggregate=aggregate, data_key=f"{aggregate}/*", data_keys=tuple(f"{k}/*" for k in keys))
-    second = await store.append(
-        AGGREGATE_TYPE,
-        erasure_id,
-        [executed],
-        CODEC,
-        expected=first[-1].tip,
-        correlation_id=erasure_id,
-    )
+        recorded = await store.append(
+            AGGREGATE_TYPE, erasure_id, [requested], CODEC, expected=NEW_AGGREGATE, correlation_id=erasure_id
+        )
+    done = [r for r in recorded if isinstance(r.event, ErasureExecuted)]
+    if not done:
+        keys = keys_erased(aggregate)
+        for key in keys:
+            await datakeys.destroy(key)
+        executed = ErasureExecuted(
+            aggregate=aggregate, data_key=f"{aggregate}/*", data_keys=tuple(f"{k}/*" for k in keys)
+        )
+        done = await store.append(
+            AGGREGATE_TYPE, erasure_id, [executed], CODEC, expected=recorded[-1].tip, correlation_id=erasure_id
+        )
     return ErasureResult(
         erasure_id=erasure_id,
         aggregate=aggregate,
-        requested_sequence=first[-1].sequence,
-        executed_sequence=second[-1].sequence,
+        requested_sequence=recorded[0].sequence,
+        executed_sequence=done[0].sequence,
     )
