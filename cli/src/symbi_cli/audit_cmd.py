@@ -56,8 +56,10 @@ from symbi_cli.events import DEFAULT_HOME, operator_url
 from symbi_cli.trust import (
     ConfigOption,
     MaxAgeOption,
+    MinRegistryVersionOption,
     MinWitnessesOption,
     OriginOption,
+    RootKeyOption,
     WitnessKeyOption,
     audit_settings,
     trust_anchor,
@@ -107,6 +109,8 @@ def _report_doc(report: OfflineReport) -> dict[str, Any]:
         "previous": None if prev is None else {"origin": prev.origin, "size": prev.size},
         "findings": report.findings,
         "not_checked": report.not_checked,
+        "root_key_id": report.root_key_id,
+        "registry_version": report.registry_version,
     }
 
 
@@ -124,6 +128,7 @@ def _print_report(console: Console, report: OfflineReport, as_json: bool) -> Non
             )
     for what in report.not_checked:
         console.print(f"[bold yellow]NOT CHECKED:[/] {what}", highlight=False, soft_wrap=True)
+    console.print(f"key registry v{report.registry_version}, root key {report.root_key_id}", highlight=False)
     cp = report.checkpoint
     against = f"checkpoint {cp.origin} size {cp.size}" if cp else "no trusted checkpoint"
     if report.ok:
@@ -186,6 +191,8 @@ def verify_command(
     witness_key: WitnessKeyOption = None,
     min_witnesses: MinWitnessesOption = None,
     max_age: MaxAgeOption = None,
+    root_key: RootKeyOption = None,
+    min_registry_version: MinRegistryVersionOption = 0,
     config: ConfigOption = None,
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="Processes verifying signatures (0: one per core for large logs).")
@@ -212,6 +219,8 @@ def verify_command(
             witness_keys=witness_key,
             min_witnesses=min_witnesses,
             max_age=max_age,
+            root_key_id=root_key,
+            min_registry_version=min_registry_version,
         )
         note = checkpoint.read_text() if checkpoint is not None else None
         seen = previous.read_text() if previous is not None else None

@@ -48,6 +48,17 @@ MinWitnessesOption = Annotated[
         help="Cosignatures required (default: every --witness-key, else [audit] min_witnesses).",
     ),
 ]
+RootKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--root-key",
+        help="The root key id you hold (`symbi keys show` prints it): the key registry must be signed by it.",
+    ),
+]
+MinRegistryVersionOption = Annotated[
+    int,
+    typer.Option("--min-registry-version", min=0, help="Refuse a key registry older than this version."),
+]
 MaxAgeOption = Annotated[
     float | None,
     typer.Option("--max-age", min=0, help="Seconds: the newest witness cosignature may be at most this old."),
@@ -70,8 +81,11 @@ def trust_anchor(
     witness_keys: list[str] | None = None,
     min_witnesses: int | None = None,
     max_age: float | None = None,
+    root_key_id: str | None = None,
+    min_registry_version: int = 0,
 ) -> TrustAnchor:
-    """The anchor from the flags, each one not given taken from the audit service's settings."""
+    """The anchor from the flags, each one not given taken from the audit service's settings (the root key and
+    the registry's version: from the flags only)."""
     from_flags = bool(witness_keys)
     specs = list(witness_keys or []) if from_flags else [w.key for w in settings.witnesses]
     where = "--witness-key" if from_flags else "[[audit.witnesses]] key"
@@ -85,4 +99,12 @@ def trust_anchor(
         raise typer.BadParameter(f"--min-witnesses {k} but only {len(witnesses)} witness keys ({where}) given")
     if max_age is not None and not witnesses:
         raise typer.BadParameter("--max-age needs witness keys: only a witness's cosignature dates a checkpoint")
-    return TrustAnchor(registry, origin or settings.origin, witnesses, k, max_age)
+    return TrustAnchor(
+        registry,
+        origin or settings.origin,
+        witnesses,
+        k,
+        max_age,
+        root_key_id=root_key_id or "",
+        min_registry_version=min_registry_version,
+    )

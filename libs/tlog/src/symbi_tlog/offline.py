@@ -56,6 +56,8 @@ SPLIT_VIEW = "split_view"
 INCONSISTENT_CHECKPOINT = "inconsistent_checkpoint"
 WITNESS_MISSING = "witness_cosignature_missing"
 WITNESS_FORGED = "witness_cosignature_invalid"
+ROOT_KEY_MISMATCH = "root_key_mismatch"
+REGISTRY_ROLLBACK = "registry_rollback"
 
 __all__ = ["ExportLine", "export_line", "read_export", "verdicts_of_file"]  # the export format, re-exported
 
@@ -86,6 +88,11 @@ class TrustAnchor:
     """If set: the newest valid witness cosignature must be at most this old (a stale checkpoint fails)."""
     now: float | None = None
     """The time to judge ``max_age_s`` against (default: now)."""
+    root_key_id: str = ""
+    """The root key the verifier holds (its key id), which must have signed the registry. Empty: the registry's
+    own root key is taken as it comes, so whoever handed over the registry could have made both."""
+    min_registry_version: int = 0
+    """The oldest registry version the verifier accepts (an older one could undo a revocation since)."""
 
 
 def _cp_finding(kind: str, reason: str, what: str) -> Finding:
@@ -177,6 +184,8 @@ class OfflineReport:
     findings: list[Finding] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
     """What this run did not check (no checkpoint: completeness, order, tail; no previous: rollback)."""
+    root_key_id: str = ""
+    registry_version: int = 0
 
     @property
     def ok(self) -> bool:
@@ -227,6 +236,7 @@ def verify(
     seen before. ``note`` None: a ``checkpoint_missing`` finding, unless
     ``require_checkpoint`` is False (chains and signatures only; ``not_checked`` says what is missing)."""
     report = OfflineReport()
+    _check_anchor(report, anchor, witnessed=note is not None)
     checkpoint: Checkpoint | None = None
     if note is None and require_checkpoint:
         report.findings.append(
@@ -259,6 +269,35 @@ def verify(
             report.findings.append(_cp_finding(SPLIT_VIEW, reason, "checkpoint"))
     _check_entries(report, entries, checkpoint, prev)
     return report
+
+
+def _check_anchor(report: OfflineReport, anchor: TrustAnchor, *, witnessed: bool) -> None:
+    """What the trust anchor rests on: a registry signed by the root key the verifier pinned, at least the
+    version it asks for, and witnesses besides the operator's own audit key."""
+    document = anchor.registry.document
+    report.root_key_id, report.registry_version = document.root_key_id, document.version
+    if not anchor.root_key_id:
+        report.not_checked.append(
+            f"that the key registry is the runtime's real one: its root key {document.root_key_id} came with it, "
+            "not pinned (give the root key id you hold with --root-key)"
+        )
+    elif document.root_key_id != anchor.root_key_id:
+        reason = (
+            f"the key registry is signed by root key {document.root_key_id}, not the pinned {anchor.root_key_id}: "
+            "every signature it vouches for is someone else's word"
+        )
+        report.findings.append(_cp_finding(ROOT_KEY_MISMATCH, reason, "key registry"))
+    if document.version < anchor.min_registry_version:
+        reason = (
+            f"the key registry is version {document.version}, older than the version {anchor.min_registry_version} "
+            "required: a key revoked since would pass"
+        )
+        report.findings.append(_cp_finding(REGISTRY_ROLLBACK, reason, "key registry"))
+    if witnessed and anchor.min_witnesses == 0:
+        report.not_checked.append(
+            "that anyone but the log's operator vouches for the checkpoint: no witness cosignature was required "
+            "(--witness-key, --min-witnesses)"
+        )
 
 
 def _check_entries(
