@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from symbi_context.domain import (
     Origin,
     StoreMemories,
 )
-from symbi_context.errors import InvalidContext, MemoryConflict, UnknownMemory
+from symbi_context.errors import DocumentConflict, InvalidContext, MemoryConflict, UnknownMemory
 
 
 def memory(i: int, kind: str = "short_term", task: str | None = None) -> MemoryStored:
@@ -92,7 +93,7 @@ def test_storing_a_stored_memory_again_is_a_no_op_and_other_content_a_conflict()
         changed = msgspec.structs.replace(memory(1), **change)
         with pytest.raises(MemoryConflict) as caught:
             MEMORY.decide(state, StoreMemories(memories=(changed,), short_term_capacity=5))
-        assert (caught.value.memory_id, caught.value.differs, caught.value.code) == ("m1", differs, "memory_conflict")
+        assert (caught.value.item_id, caught.value.differs, caught.value.code) == ("m1", differs, "memory_conflict")
     # A memory from a snapshot taken before digests were kept cannot be compared: refused, not guessed.
     old = ContextState(owner_id="ada", live={"m1": msgspec.structs.replace(state.live["m1"], digest=None)})
     with pytest.raises(MemoryConflict, match="cannot be compared"):
@@ -111,27 +112,90 @@ def test_forget() -> None:
         MEMORY.decide(state, Forget(ids=()))
 
 
-def test_knowledge_documents() -> None:
-    part = KnowledgeIngested(
-        document_id="d1",
-        title="T",
-        source="",
-        media_type="text/plain",
-        model="m",
-        created_at=5.0,
-        part=0,
-        parts=1,
-        chunks=(Chunk(chunk_id="c", position=0, text="x", vector=b""),),
+def document(texts: list[list[str]], document_id: str = "d1", **fields: Any) -> tuple[KnowledgeIngested, ...]:
+    """A document stored as one part per list of chunk texts."""
+    return tuple(
+        KnowledgeIngested(
+            **{
+                "document_id": document_id,
+                "title": "T",
+                "source": "",
+                "media_type": "text/plain",
+                "model": "m",
+                "created_at": 5.0,
+                "part": i,
+                "parts": len(texts),
+                "chunks": tuple(
+                    Chunk(chunk_id=f"c{i}-{j}", position=j, text=t, vector=b"") for j, t in enumerate(part)
+                ),
+                **fields,
+            }
+        )
+        for i, part in enumerate(texts)
     )
+
+
+def fold_knowledge(state: ContextState, events: Sequence[Any]) -> ContextState:
+    for e in events:
+        state = KNOWLEDGE.apply(state, e)
+    return state
+
+
+def test_knowledge_documents() -> None:
+    (part,) = document([["x"]])
     state = KNOWLEDGE.initial("kb")
     events = KNOWLEDGE.decide(state, IngestDocument(parts=(part,)))
     state = KNOWLEDGE.apply(state, events[0])
     assert state.live["d1"].created_at == 5.0
-    with pytest.raises(InvalidContext, match="already exists"):
-        KNOWLEDGE.decide(state, IngestDocument(parts=(part,)))
     gone = KNOWLEDGE.decide(state, Forget(ids=("d1",), reason="retention"))
     assert gone == [KnowledgeForgotten(document_ids=("d1",), reason="retention")]
     assert KNOWLEDGE.apply(state, gone[0]).live == {}
+
+
+def test_ingesting_a_stored_document_again_is_a_no_op_and_other_content_a_conflict() -> None:
+    texts = [["alpha", "beta"], ["gamma"]]  # two parts, as a document of more than CHUNKS_PER_EVENT chunks
+    stored = document(texts)
+    state = fold_knowledge(
+        KNOWLEDGE.initial("kb"), KNOWLEDGE.decide(KNOWLEDGE.initial("kb"), IngestDocument(parts=stored))
+    )
+    # Times, vectors and the model are made anew by a retry; the content is the same, so nothing is appended.
+    retry = document(texts, created_at=99.0, model="other")
+    assert KNOWLEDGE.decide(state, IngestDocument(parts=retry)) == []
+    for change, differs in [
+        ({"title": "U"}, ["title"]),
+        ({"source": "s"}, ["source"]),
+        ({"tags": ("t",), "metadata": {"k": 1}}, ["tags", "metadata"]),
+        ({"origin": Origin(task_id="t2")}, ["origin"]),
+    ]:
+        with pytest.raises(DocumentConflict) as caught:
+            KNOWLEDGE.decide(state, IngestDocument(parts=document(texts, **change)))
+        assert (caught.value.item_id, caught.value.differs, caught.value.code) == (
+            "d1",
+            differs,
+            "document_conflict",
+        )
+    # Any chunk of any part changed, one left out or added: the text differs.
+    for other in ([["alpha", "beta"], ["delta"]], [["alpha", "beta"]], [["alpha", "beta"], ["gamma"], ["e"]]):
+        with pytest.raises(DocumentConflict, match="different text; resend the same content"):
+            KNOWLEDGE.decide(state, IngestDocument(parts=document(other)))
+    # Another id is another document.
+    assert len(KNOWLEDGE.decide(state, IngestDocument(parts=document(texts, "d2")))) == 2
+    # A document from a snapshot taken before digests were kept cannot be compared: refused, not guessed.
+    old = ContextState(owner_id="kb", live={"d1": msgspec.structs.replace(state.live["d1"], document_digest=None)})
+    with pytest.raises(DocumentConflict, match="cannot be compared"):
+        KNOWLEDGE.decide(old, IngestDocument(parts=stored))
+    # Forgotten, it is stored again.
+    gone = fold_knowledge(state, KNOWLEDGE.decide(state, Forget(ids=("d1",))))
+    assert len(KNOWLEDGE.decide(gone, IngestDocument(parts=retry))) == 2
+
+
+def test_a_knowledge_state_from_before_document_digests_still_decodes() -> None:
+    """A snapshot's entry written without ``document_digest`` (an older state) decodes with ``None``."""
+    old = msgspec.msgpack.encode({"owner_id": "kb", "live": {"d1": {"kind": "knowledge", "created_at": 5.0}}})
+    state = msgspec.msgpack.decode(old, type=ContextState)
+    assert state.live["d1"].document_digest is None
+    with pytest.raises(DocumentConflict, match="cannot be compared"):
+        KNOWLEDGE.decide(state, IngestDocument(parts=document([["x"]])))
 
 
 def test_events_round_trip_through_the_codec() -> None:

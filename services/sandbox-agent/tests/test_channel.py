@@ -24,7 +24,7 @@ from symbi_agent.errors import ERRORS as SDK_ERRORS
 from symbi_common.commands import CommandClient
 from symbi_common.decisions import DecisionRecord, DecisionRequest, EntityRef
 from symbi_common.settings import Settings
-from symbi_context.domain import MEMORY
+from symbi_context.domain import KNOWLEDGE, MEMORY
 from symbi_contracts.agent_protocol import ERROR_CODES, Reply, Request, Result, encode_reply, error
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.events import ExecutionExited
@@ -167,17 +167,25 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
 
 KNOWLEDGE_AGENT = """
 import json
-from symbi_agent import Agent, Denied
+from symbi_agent import Agent, Denied, SymbiAgentError
 with Agent() as a:
     shared = a.knowledge.share("handbook", "holidays", "Friday the 13th is a company holiday", tags=["hr"])
+    # A retry (after ``unavailable``, say) with the same document_id is answered again and stores nothing.
+    again = a.knowledge.share("handbook", "holidays", "Friday the 13th is a company holiday", tags=["hr"],
+                              document_id=shared["document_id"])
+    try:
+        a.knowledge.share("handbook", "holidays", "Monday is a holiday", document_id=shared["document_id"])
+        conflict = "ok"
+    except SymbiAgentError as err:
+        conflict = err.code
     found = a.knowledge.query("handbook", "which day is a holiday")["results"]
     try:
         a.knowledge.query("payroll", "salaries")
         other = "allowed"
     except Denied as err:
         other = err.code
-print(json.dumps({"shared": bool(shared["document_id"]), "found": any("Friday" in r["text"] for r in found),
-                  "other": other}))
+print(json.dumps({"shared": bool(shared["document_id"]), "retried": again == shared, "conflict": conflict,
+                  "found": [r["text"] for r in found], "other": other}))
 """
 
 HANDBOOK = """
@@ -199,13 +207,24 @@ async def test_knowledge_is_shared_and_queried_under_policy(
         cmd = ["python3", "-c", KNOWLEDGE_AGENT]
         r = await scheduler.result(await scheduler.submit(agent.host_id, cmd, actions=True, image=agent_image))
     assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
-    assert json.loads(r.stdout) == {"shared": True, "found": True, "other": "denied"}
+    assert json.loads(r.stdout) == {
+        "shared": True,
+        "retried": True,
+        "conflict": "document_conflict",
+        "found": ["Friday the 13th is a company holiday"],  # once: the retry stored nothing
+        "other": "denied",
+    }
     recorded = actions(r.events)
     assert [(a.action, a.resource, a.outcome) for a in recorded] == [
         ("memory.write", "handbook", "allowed"),
+        ("memory.write", "handbook", "allowed"),  # the retried share
+        ("memory.write", "handbook", "failed"),  # the conflicting one
         ("memory.read", "handbook", "allowed"),
         ("memory.read", "payroll", "refused"),
     ]
+    assert recorded[2].detail.startswith("document_conflict")
+    stored = await (await make_store("audit")).load("knowledge", "handbook", KNOWLEDGE.codec)
+    assert [type(rec.event).__name__ for rec in stored] == ["KnowledgeIngested"]
 
 
 STDIO_AGENT = """

@@ -176,13 +176,17 @@ class MemoryForget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class KnowledgeShare(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``knowledge.share``: add a document to knowledge base ``kb`` (policy decides who may write it)."""
+    """``knowledge.share``: add a document to knowledge base ``kb`` (policy decides who may write it).
+
+    ``document_id`` (1-128 ASCII letters, digits, ``-``, ``_``) makes a retry safe: the same id and content is
+    answered again without storing twice; the same id with other content is refused (``document_conflict``)."""
 
     kb: str
     title: str
     text: str
     tags: tuple[str, ...] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
+    document_id: str | None = None
 
 
 class KnowledgeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -86,10 +86,22 @@ class Knowledge(_Area):
         *,
         tags: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        document_id: str | None = None,
         context: dict[str, Any] | None = None,
     ) -> Any:
-        """Add a document to knowledge base ``kb``; the result is ``{"document_id", "sequence"}``."""
-        args = _given(kb=kb, title=title, text=text, tags=tags and list(tags), metadata=metadata)
+        """Add a document to knowledge base ``kb``; the result is ``{"document_id", "sequence"}``.
+
+        Every share is sent with an id (``document_id``, else a new UUID), so the runtime stores it at most once.
+        To retry a share whose answer was lost (a timeout), pass the same ``document_id`` and content again: the
+        answer is the same document; the same id with other content raises an error coded ``document_conflict``."""
+        args = _given(
+            kb=kb,
+            title=title,
+            text=text,
+            tags=tags and list(tags),
+            metadata=metadata,
+            document_id=document_id or str(uuid.uuid4()),
+        )
         return self._call("knowledge.share", args, context)
 
     def query(self, kb: str, query: str, *, limit: int = 5, context: dict[str, Any] | None = None) -> Any:

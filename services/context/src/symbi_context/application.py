@@ -240,8 +240,14 @@ class ContextService:
         origin: Origin | None = None,
         document_id: str | None = None,
     ) -> Written:
-        """Chunk, embed and append a document to knowledge base ``kb_id`` (all parts in one atomic append)."""
+        """Chunk, embed and append a document to knowledge base ``kb_id`` (all parts in one atomic append).
+
+        Retry-safe when the caller names the document (``document_id``): an id already stored with the same
+        content appends nothing and is answered as before; the same id with other content raises
+        :class:`DocumentConflict`. Without an id one is made up, so a retried request stores the document twice."""
         check_id(kb_id, "kb_id")
+        if document_id is not None:
+            check_id(document_id, "document_id")
         check_tags(tags)
         if not title.strip() or len(title) > 500:
             raise InvalidContext("must be 1-500 characters", field="title")
@@ -284,8 +290,9 @@ class ContextService:
             )
             for i, group in enumerate(groups)
         )
-        _, appended = await self.knowledge.execute(kb_id, IngestDocument(parts=parts))
-        return Written([doc_id], appended[-1].sequence if appended else 0)
+        loaded, appended = await self.knowledge.execute(kb_id, IngestDocument(parts=parts))
+        # Nothing appended: the document was already stored (a retry); its append is at or before the tip.
+        return Written([doc_id], appended[-1].sequence if appended else loaded.tip.sequence)
 
     @operation("forget_documents")
     async def forget_documents(self, agent_id: str, kb_id: str, document_ids: Sequence[str]) -> Written:

@@ -29,7 +29,7 @@ from symbi_contracts.context.commands import MemoryKind as MemoryKind
 from symbi_contracts.context.commands import MetaValue as MetaValue
 from symbi_contracts.context.commands import Origin as Origin
 
-from symbi_context.errors import InvalidContext, MemoryConflict, UnknownMemory
+from symbi_context.errors import DocumentConflict, InvalidContext, MemoryConflict, UnknownMemory
 
 #: The kind stored on knowledge chunks in the index, next to the memory kinds.
 KNOWLEDGE_KIND = "knowledge"
@@ -113,6 +113,19 @@ class Digest(msgspec.Struct, frozen=True, kw_only=True):
     origin: str
 
 
+class DocumentDigest(msgspec.Struct, frozen=True, kw_only=True):
+    """Short hashes of a stored document's content, field by field, as :class:`Digest` is for a memory.
+    ``text`` covers the texts of all its chunks in order, across the parts it was stored in."""
+
+    title: str
+    source: str
+    media_type: str
+    text: str
+    tags: str
+    metadata: str
+    origin: str
+
+
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
     """What decisions need to know about one live memory or document."""
 
@@ -122,6 +135,8 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str | None = None
     #: The content digest of a memory (``None`` for knowledge, and for memories in snapshots taken before it).
     digest: Digest | None = None
+    #: The content digest of a document (``None`` for memories, and for documents in snapshots taken before it).
+    document_digest: DocumentDigest | None = None
 
 
 class ContextState(msgspec.Struct, frozen=True, kw_only=True):
@@ -194,6 +209,38 @@ def differences(entry: Entry, memory: MemoryStored) -> list[str]:
     return fields + [f for f in Digest.__struct_fields__ if getattr(entry.digest, f) != getattr(new, f)]
 
 
+def _chunk_texts(previous: str | None, part: KnowledgeIngested) -> str:
+    """The text digest of a document's chunks up to and including ``part`` (``previous``: of the parts before)."""
+    return _hash([previous, [c.text for c in part.chunks]])
+
+
+def document_digest(parts: Sequence[KnowledgeIngested]) -> DocumentDigest:
+    """The content digest of a document stored as ``parts`` (not its times, vectors, model or decision, which a
+    retry makes anew)."""
+    first = parts[0]
+    text = _chunk_texts(None, first)
+    for part in parts[1:]:
+        text = _chunk_texts(text, part)
+    return DocumentDigest(
+        title=_hash(first.title),
+        source=_hash(first.source),
+        media_type=_hash(first.media_type),
+        text=text,
+        tags=_hash(first.tags),
+        metadata=_hash(first.metadata),
+        origin=_hash(first.origin),
+    )
+
+
+def document_differences(entry: Entry, parts: Sequence[KnowledgeIngested]) -> list[str]:
+    """The fields in which the document ``parts`` differs from the stored ``entry`` of the same id (empty: the
+    same)."""
+    if entry.document_digest is None:
+        return ["content (stored before content digests were kept; it cannot be compared)"]
+    new = document_digest(parts)
+    return [f for f in DocumentDigest.__struct_fields__ if getattr(entry.document_digest, f) != getattr(new, f)]
+
+
 def _forget(state: ContextState, command: Forget) -> tuple[str, ...]:
     ids = tuple(dict.fromkeys(command.ids))
     if not ids:
@@ -246,9 +293,14 @@ def decide_knowledge(state: ContextState, command: KnowledgeCommand) -> list[Kno
     if not command.parts:
         raise InvalidContext("a document needs at least one chunk", field="text")
     document_id = command.parts[0].document_id
-    if document_id in state.live:
-        raise InvalidContext(f"document {document_id} already exists; forget it first", field="document_id")
-    return list(command.parts)
+    stored = state.live.get(document_id)
+    if stored is None:
+        return list(command.parts)
+    # A retry of an ingest that already landed: the same content appends nothing, other content is refused.
+    differ = document_differences(stored, command.parts)
+    if differ:
+        raise DocumentConflict(document_id, differ, field="document_id")
+    return []
 
 
 def apply_memory(state: ContextState, event: MemoryEvent) -> ContextState:
@@ -272,9 +324,17 @@ def apply_memory(state: ContextState, event: MemoryEvent) -> ContextState:
 
 def apply_knowledge(state: ContextState, event: KnowledgeEvent) -> ContextState:
     if isinstance(event, KnowledgeIngested):
-        if event.document_id in state.live:
+        entry = state.live.get(event.document_id)
+        if entry is None:
+            entry = Entry(kind=KNOWLEDGE_KIND, created_at=event.created_at, document_digest=document_digest([event]))
+        elif event.part > 0 and entry.document_digest is not None:
+            # A later part of the same append: its chunks extend the document's text digest.
+            text = _chunk_texts(entry.document_digest.text, event)
+            entry = msgspec.structs.replace(
+                entry, document_digest=msgspec.structs.replace(entry.document_digest, text=text)
+            )
+        else:
             return state
-        entry = Entry(kind=KNOWLEDGE_KIND, created_at=event.created_at)
         return ContextState(owner_id=state.owner_id, live={**state.live, event.document_id: entry})
     gone = set(event.document_ids)
     return ContextState(owner_id=state.owner_id, live={k: v for k, v in state.live.items() if k not in gone})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from symbi_common.errors import DomainError, InfrastructureError, SymbiError
 
 
@@ -29,24 +31,38 @@ class UnknownMemory(ContextError, DomainError):
     http_status = 404
 
 
-class MemoryConflict(ContextError, DomainError):
-    """A memory id that is already stored with other content: a retry must send the same memory, a new memory
-    a new id. ``memory_id`` names it, ``differs`` the fields whose content differs."""
+class _ContentConflict(ContextError, DomainError):
+    """An id already stored with other content: a retry must send the same content, something new a new id.
+    ``differs`` names the fields whose content differs; the details name the id as ``<what>_id``."""
 
-    code = "memory_conflict"
     http_status = 409
+    what: ClassVar[str]
 
-    def __init__(self, memory_id: str, differs: list[str], *, field: str) -> None:
+    def __init__(self, item_id: str, differs: list[str], *, field: str) -> None:
         super().__init__(
-            f"{field}: memory {memory_id} is already stored with a different {', '.join(differs)}; "
-            "resend the same content to retry, or use a new id for a new memory",
-            memory_id=memory_id,
+            f"{field}: {self.what} {item_id} is already stored with a different {', '.join(differs)}; "
+            f"resend the same content to retry, or use a new id for a new {self.what}",
+            **{f"{self.what}_id": item_id},
             differs=differs,
             field=field,
         )
-        self.memory_id = memory_id
+        self.item_id = item_id
         self.differs = differs
         self.field = field
+
+
+class MemoryConflict(_ContentConflict):
+    """A memory id that is already stored with other content."""
+
+    code = "memory_conflict"
+    what = "memory"
+
+
+class DocumentConflict(_ContentConflict):
+    """A document id that is already stored in the knowledge base with other content."""
+
+    code = "document_conflict"
+    what = "document"
 
 
 class DimensionMismatch(ContextError, DomainError):

@@ -309,18 +309,18 @@ class ProtocolServer:
             self.gateway.saw_write(int(forgotten.get("sequence", 0)))
             return {"ids": forgotten.get("ids", []), "sequence": forgotten.get("sequence", 0)}
         if isinstance(args, KnowledgeShare):
-            shared = await call(
-                "ingest",
-                {
-                    "agent_id": agent,
-                    "kb_id": args.kb,
-                    "title": args.title,
-                    "text": args.text,
-                    "tags": list(args.tags),
-                    "metadata": dict(args.metadata),
-                    "origin": {"task_id": task_id},
-                },
-            )
+            document: dict[str, Any] = {
+                "agent_id": agent,
+                "kb_id": args.kb,
+                "title": args.title,
+                "text": args.text,
+                "tags": list(args.tags),
+                "metadata": dict(args.metadata),
+                "origin": {"task_id": task_id},
+            }
+            if args.document_id is not None:  # the workload's id: its retries store the document once
+                document["document_id"] = args.document_id
+            shared = await call("ingest", document)
             self.gateway.saw_write(int(shared.get("sequence", 0)))
             return {"document_id": shared.get("document_id"), "sequence": shared.get("sequence", 0)}
         assert isinstance(args, KnowledgeQuery)

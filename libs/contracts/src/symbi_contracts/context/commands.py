@@ -124,6 +124,13 @@ class ForgetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class IngestRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``cmd.context.ingest``: one document for knowledge base ``kb_id``, given as ``text`` or ``content``.
+
+    ``document_id`` makes the ingest retry-safe, as ``NewMemory.id`` does a store: a document whose id is already
+    stored with the same content (title, source, media type, text, tags, metadata, origin) is not stored again
+    (the answer names the same id), one with other content is refused (``document_conflict``). Without an id the
+    service makes one up, so a retried request stores the document twice."""
+
     agent_id: str
     title: str
     kb_id: str = ""
@@ -134,4 +141,4 @@ class IngestRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     tags: tuple[str, ...] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
     origin: Origin = msgspec.field(default_factory=Origin)
-    document_id: str | None = None
+    document_id: Id | None = None
