@@ -39,6 +39,33 @@ async def test_tasks_of_a_lost_host_are_requeued(
     assert lost[0].requeued
 
 
+async def test_a_host_taken_for_lost_that_comes_back_has_its_old_run_stopped(
+    lifecycle: App, start_scheduler: Any, hosts: Any
+) -> None:
+    """A host whose heartbeats stopped for a while (a slow host, or a feed that stalled) still runs the task the
+    scheduler has placed elsewhere since: once it is heard again, that run is terminated there, so the task does
+    not run twice."""
+    await register_agent(lifecycle, "worker")
+    slow: FakeHost = await hosts("slow", hold=True)
+    async with start_scheduler() as scheduler:
+        view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "worker", "input": "x"}, status=201)
+        task_id = view["task_id"]
+        await slow.wait_running(task_id)
+        other: FakeHost = await hosts("other", hold=True)
+        slow.beating = False
+        await other.wait_running(task_id, timeout=15)
+        assert task_id in slow.running  # still running there: nobody told it
+        slow.beating = True
+
+        async def stopped() -> bool:
+            return task_id not in slow.running
+
+        await eventually(stopped, timeout=15)
+        assert ("terminate", task_id) in slow.commands
+        assert task_id in other.running  # the placed attempt runs on
+        assert (await until_status(scheduler, task_id, "assigned"))["host_id"] == "other"
+
+
 async def test_a_task_whose_host_is_lost_too_often_ends_lost(
     lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
 ) -> None:

@@ -29,6 +29,7 @@ from symbi_scheduler.chores import (
     ResumedOnHost,
     ResumePaused,
     StopForAgent,
+    StopStray,
     SuspendForAction,
 )
 from symbi_scheduler.domain import agent_outcome
@@ -85,6 +86,10 @@ class ChoreRunner:
                 await self.fx.record(chore.task_id, TaskCancelled(reason=chore.reason, cancelled_by="scheduler"))
             case HostLost():
                 await self._host_lost(chore)
+            case StopStray():
+                if self.fx.due("stray", f"{chore.task_id}@{chore.host_id}"):
+                    log.warning("stopping a run not placed on its host", task_id=chore.task_id, host=chore.host_id)
+                    await self.fx.host_command(chore.host_id, "terminate", chore.task_id)
             case PauseForAgent():
                 if self.fx.due("pause", f"{chore.task_id}:{chore.attempt}"):
                     await self.fx.record(

@@ -108,6 +108,15 @@ class HostLost:
 
 
 @dataclass(frozen=True, slots=True)
+class StopStray:
+    """A live host says it runs ``task_id``, which is not placed there any more (the host was taken for lost, or
+    the attempt was preempted before it started): stop it there, so no task runs twice."""
+
+    task_id: str
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PauseForAgent:
     """The agent was suspended (policy violation) while its task ran: pause the task in place."""
 
@@ -183,6 +192,7 @@ Chore = (
     | ResumeDenied
     | CancelForAgent
     | HostLost
+    | StopStray
     | PauseForAgent
     | StopForAgent
     | PauseForAction
@@ -225,6 +235,7 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
             agent = model.agents.get(rec.agent_id)
             if agent is not None and agent.status in (AgentStatus.TERMINATED, AgentStatus.FAILED):
                 out.append(CancelForAgent(rec.task_id, f"agent {rec.agent_id} is {agent.status.value}"))
+    out.extend(_strays(model))
     model.release_lost_stopped()
     for agent in model.agents.values():
         if agent.status != AgentStatus.RUNNING or agent.current_task is None:
@@ -240,6 +251,20 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
         elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
             out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
     return out
+
+
+def _strays(model: Model) -> Iterable[Chore]:
+    """The runs live hosts report (their heartbeat's ``running``) of tasks that are not over but not placed on
+    them. (A task that is over may still be listed for a heartbeat: its run ends by itself.)"""
+    for host_id, info in model.capacity.host_info.items():
+        host = model.placer.hosts.get(host_id)
+        if host is None or not host.alive:
+            continue
+        for task_id in info.running:
+            rec = model.tasks.get(task_id)
+            if rec is None or rec.state.finished or (rec.state.placed and rec.host_id == host_id):
+                continue
+            yield StopStray(task_id, host_id)
 
 
 def _paused(model: Model, rec: TaskRec, host: Host) -> Iterable[Chore]:

@@ -56,8 +56,10 @@ CODECS: dict[str, EventCodec[Any]] = {
 HOSTS_BUCKET = "HOSTS"
 _HOSTS_PREFIX = f"$KV.{HOSTS_BUCKET}."
 LAST = DeliverPolicy.LAST_PER_SUBJECT
-#: How long one pull waits while no host writes (each live host writes every second).
-HOSTS_WAIT_S = 30.0
+#: How long one pull waits while no host writes (each live host writes every second). Short: a pull request
+#: the server dropped (a reconnect, a restart) is only sent again when it expires, and no heartbeat is seen
+#: meanwhile, so a long wait would let every host look lost.
+HOSTS_WAIT_S = 1.0
 __all__ = ["EventFollower", "HostWatcher", "stop_requested"]
 
 
