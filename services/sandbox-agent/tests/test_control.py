@@ -187,6 +187,37 @@ async def test_a_start_that_landed_unconfirmed_ends_its_attempt_when_the_item_co
     assert containers_of(docker_client, agent.host_id) == []
 
 
+async def test_a_task_terminated_before_its_container_is_made_never_starts(
+    agent: Agent, scheduler: Scheduler, docker_client: Any
+) -> None:
+    """The scheduler preempts (terminates) an attempt the host is still starting: its run is known, its container
+    not made yet. The container is never made; the attempt ends killed. Before, the kill found no container to
+    stop, and the container was started afterwards: the task could run twice."""
+    service = agent.daemon.service
+    beat = service.heartbeat
+    task_id = await scheduler.submit(agent.host_id, ["sleep", "30"], publish=False)
+    terminated: list[asyncio.Task[Any]] = []
+
+    async def beat_then_terminate() -> None:  # the step between knowing the run and making its container
+        await beat()
+        if task_id in service.running and not terminated:
+            terminated.append(asyncio.create_task(service.terminate(task_id)))
+
+    service.heartbeat = beat_then_terminate
+    since = int(time.time()) - 1
+    await scheduler.publish(agent.host_id, task_id, 1)
+    result = await scheduler.result(task_id, timeout=20)
+    assert isinstance(result.terminal, ExecutionKilled), result.terminal
+    assert (await terminated[0])["outcome"] == "killed"
+    created = docker_client.events(
+        since=since,
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": "create", "label": f"symbi.task_id={task_id}"},
+        decode=True,
+    )
+    assert list(created) == []
+
+
 async def test_the_host_registers_and_keeps_a_heartbeat(agent: Agent, scheduler: Scheduler, docker_client: Any) -> None:
     status0 = (await agent.http.get("/v1/host")).json()
     kv = await scheduler.nc.jetstream().key_value("HOSTS")

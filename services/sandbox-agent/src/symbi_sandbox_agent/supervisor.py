@@ -137,6 +137,11 @@ class Supervisor:
         terminal: ExecutionEvent
         attributes = {"symbi.task_id": spec.task_id, "symbi.tier": spec.tier, "symbi.container": spec.name}
         runner = self.runner(run)
+        if run.kill_reason:  # terminated (e.g. preempted) before its container was made: it never starts
+            await self._discard(run)
+            await self._append(run, self._terminal(run, None, collector, Usage()))
+            self._finish(run)
+            return
         try:
             try:
                 with traced("sandbox.container.start", attributes=attributes):
@@ -148,6 +153,8 @@ class Supervisor:
                     if spec.network:
                         await self._open_egress(run)
                     sock = await self._launch(runner, spec, str(input_file), run.created)
+                if run.kill_reason:  # terminated while the container was being made, before its id was known
+                    await self.threads(runner.kill, run.container_id)
             except Exception as exc:
                 terminal = ExecutionFailed(attempt=spec.attempt, reason=f"the sandbox did not start: {exc}")
                 await self._discard(run)
