@@ -31,6 +31,7 @@ from nats.js.api import ConsumerConfig, KeyValueConfig
 from symbi_common.aggregate import Repository
 from symbi_common.commands import CommandMeta, CommandServer
 from symbi_common.decisions import Allow, Decision, DecisionRecord, DecisionRequest, Deny
+from symbi_common.errors import InfrastructureError
 from symbi_common.eventstore import EventStore
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings
@@ -218,6 +219,7 @@ class FakeHost:
         cpu_seconds: float = 0.0,
         chunk: int = 64 * 1024,
         tail: bool = True,
+        fail_once: tuple[str, ...] = (),
     ) -> None:
         self.host_id = host_id
         self.nc = nc
@@ -238,6 +240,8 @@ class FakeHost:
         #: every piece an ``execution.output`` event and a terminal event without a tail).
         self.chunk = chunk
         self.tail = tail
+        #: Commands (``suspend``, ``resume`` …) whose first call fails as a host that did not get to it would.
+        self.fail_once = set(fail_once)
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
         self.started: list[tuple[str, int]] = []
@@ -413,6 +417,9 @@ class FakeHost:
         async def handle(body: dict[str, Any], meta: CommandMeta) -> Any:
             task_id = str(body["task_id"])
             self.commands.append((action, task_id))
+            if action in self.fail_once:
+                self.fail_once.discard(action)
+                raise InfrastructureError(f"host {self.host_id} did not get to {action} {task_id}")
             execution = self.running.get(task_id)
             if execution is None:
                 return {"task_id": task_id, "status": "unknown"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
 from symbi_contracts.scheduler.events import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
 
@@ -117,12 +118,16 @@ async def test_critical_task_evicts_the_lowest_priority_task(
     assert [e.attempt for e in events if isinstance(e, TaskAssigned)] == [1, 2]
 
 
+@pytest.mark.parametrize("fail_once", [(), ("suspend", "resume")])
 async def test_critical_task_pauses_the_victim_in_suspend_mode(
-    lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+    fail_once: tuple[str, ...], lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
 ) -> None:
+    """``fail_once``: the host does not get to the first suspend and the first resume; the task is recorded
+    paused and resumed only once the host did it (before, a resume that failed was recorded, and the task stayed
+    frozen on its host for good)."""
     for name in ("background", "urgent"):
         await register_agent(lifecycle, name, resources=ONE_CPU)
-    host: FakeHost = await hosts("h1", cpu_cores=1.0, hold=True)
+    host: FakeHost = await hosts("h1", cpu_cores=1.0, hold=True, fail_once=fail_once)
     async with start_scheduler(preemption="suspend") as scheduler:
         low = await submit(scheduler, "background", "low")
         execution = await host.wait_running(low)
@@ -145,7 +150,9 @@ async def test_critical_task_pauses_the_victim_in_suspend_mode(
     assert len(suspended) == 1
     assert suspended[0].reason == "preempted"
     assert suspended[0].by_task == critical
-    assert any(isinstance(e, TaskResumed) for e in events)
+    assert len([e for e in events if isinstance(e, TaskResumed)]) == 1
+    for action in ("suspend", "resume"):
+        assert host.commands.count((action, low)) == (2 if fail_once else 1)
 
 
 async def task_view(scheduler: App, task_id: str) -> dict[str, Any]:

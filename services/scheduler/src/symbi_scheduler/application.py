@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import msgspec
-from symbi_common.errors import NotFound, ValidationError
+from symbi_common.errors import InfrastructureError, NotFound, ValidationError
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.lifecycle.events import AgentStatus
@@ -148,7 +148,11 @@ class SchedulerService:
         """Withdraw a queued (or denied) task; a placed one is stopped on its host and completes as killed."""
         rec = self.get_rec(request.task_id)
         if rec.state.placed:
-            await self.fx.host_command(rec.host_id, "terminate", rec.task_id)
+            if not await self.fx.host_command(rec.host_id, "terminate", rec.task_id):
+                raise InfrastructureError(
+                    f"host {rec.host_id} did not answer the stop of task {rec.task_id}; cancel it again",
+                    retry_after=3.0,
+                )
             return TaskView.of(rec)
         event = TaskCancelled(reason=request.reason[:500], cancelled_by=cancelled_by)
         records = await self.fx.record(request.task_id, event)

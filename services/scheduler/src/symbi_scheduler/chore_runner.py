@@ -91,12 +91,14 @@ class ChoreRunner:
                     log.warning("stopping a run not placed on its host", task_id=chore.task_id, host=chore.host_id)
                     await self.fx.host_command(chore.host_id, "terminate", chore.task_id)
             case PauseForAgent():
-                if self.fx.due("pause", f"{chore.task_id}:{chore.attempt}"):
+                # Recorded paused only once the host has frozen it: until then the chore comes again.
+                if self.fx.due("pause", f"{chore.task_id}:{chore.attempt}") and await self.fx.host_command(
+                    chore.host_id, "suspend", chore.task_id
+                ):
                     await self.fx.record(
                         chore.task_id,
                         TaskSuspended(reason="agent_suspended", attempt=chore.attempt, host_id=chore.host_id),
                     )
-                    await self.fx.host_command(chore.host_id, "suspend", chore.task_id)
             case StopForAgent():
                 if self.fx.due("stop", f"{chore.task_id}:{chore.attempt}"):
                     await self.fx.host_command(chore.host_id, "terminate", chore.task_id)
@@ -113,8 +115,9 @@ class ChoreRunner:
                 )
                 log.info("task resumed", task_id=chore.task_id, reason="action allowed")
             case ResumePaused():
-                if self.fx.due("resume", f"{chore.task_id}@{self.model.tasks[chore.task_id].version}"):
-                    await self.fx.host_command(chore.host_id, "resume", chore.task_id)
+                if self.fx.due(
+                    "resume", f"{chore.task_id}@{self.model.tasks[chore.task_id].version}"
+                ) and await self.fx.host_command(chore.host_id, "resume", chore.task_id):
                     await self.fx.record(
                         chore.task_id,
                         TaskResumed(reason="capacity available", attempt=chore.attempt, host_id=chore.host_id),

@@ -90,12 +90,16 @@ class Effects:
             "lifecycle", action, request, dict, headers={"Symbi-Correlation-Id": str(body.get("task_id", ""))}
         )
 
-    async def host_command(self, host_id: str, action: str, task_id: str) -> None:
-        """``suspend``/``resume``/``terminate`` to a host's sandbox-agent; a failure is logged (retried by chores)."""
+    async def host_command(self, host_id: str, action: str, task_id: str) -> bool:
+        """``suspend``/``resume``/``terminate`` to a host's sandbox-agent; whether the host answered it (done, or
+        refused as moot: the run is already in that state, or over). False: no answer (logged); the caller records
+        nothing, so the chore that asked comes again."""
         try:
             await self.rt.client.call(service_for(host_id), action, TaskRef(task_id=task_id), dict, timeout=15.0)
         except SymbiError as exc:
             log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
+            return exc.http_status < 500
+        return True
 
     async def publish_work(self, task_id: str, attempt: int, host_id: str) -> None:
         """The work item of an attempt (``Nats-Msg-Id`` makes a repeat harmless)."""

@@ -260,11 +260,12 @@ class Leader:
         self.model.queue.push(preempt.entry)  # the critical task stays first in line
         log.info("preempting", victim=victim.task_id, by=by, mode=preempt.mode, host=victim.host_id)
         if preempt.mode == "suspend":
-            await self.fx.record(
-                victim.task_id,
-                TaskSuspended(reason="preempted", attempt=victim.attempt, host_id=victim.host_id, by_task=by),
-            )
-            await self.fx.host_command(victim.host_id, "suspend", victim.task_id)
+            # Recorded paused (its resources given to the critical task) only once the host has frozen it.
+            if await self.fx.host_command(victim.host_id, "suspend", victim.task_id):
+                await self.fx.record(
+                    victim.task_id,
+                    TaskSuspended(reason="preempted", attempt=victim.attempt, host_id=victim.host_id, by_task=by),
+                )
             return
         host_id, attempt = victim.host_id, victim.attempt
         await self.fx.record(
