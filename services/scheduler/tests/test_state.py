@@ -7,6 +7,7 @@ indices (queue, running set, busy agents, active set) must agree with it after a
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from symbi_common.decisions import DecisionRecord
@@ -337,3 +338,25 @@ def test_an_event_applied_when_it_was_appended_is_known_by_its_version() -> None
     assert not model.has("agent", "a1", 3, 15)
     assert not model.has("schedule", "a1", 1, 15)
     assert model.position == 14
+
+
+def test_an_event_decided_on_an_older_attempt_is_refused() -> None:
+    """A leader deposed while it decided (a quota refusal, a host's loss) on attempt 1 must not end or move
+    attempt 2, which the new leader placed meanwhile."""
+    state = apply(initial("t1"), TaskSubmitted(agent_id="a1", input=b"hi", priority="normal"))
+    for event in (
+        assigned(1),
+        TaskPreempted(host_id="h1", attempt=1, reason="host_lost"),
+        assigned(2),
+    ):
+        state = apply(state, event)
+    late = (
+        TaskCompleted(outcome="refused", attempt=1, detail="over quota"),
+        TaskPreempted(host_id="h1", attempt=1, reason="host_lost"),
+        TaskSuspended(reason="agent_suspended", attempt=1, host_id="h1"),
+    )
+    for event in late:
+        with pytest.raises(DomainError, match="at attempt 2"):
+            decide(state, Record(event=event))
+    current = TaskCompleted(outcome="lost", attempt=2, host_id="h2")
+    assert decide(state, Record(event=current)) == [current]

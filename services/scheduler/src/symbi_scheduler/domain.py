@@ -291,6 +291,17 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
         )
     if isinstance(event, TaskAssigned) and event.attempt != state.attempt + 1:
         raise ValidationError(f"must be {state.attempt + 1}, got {event.attempt}", field="attempt")
+    if (
+        isinstance(event, TaskPreempted | TaskSuspended | TaskResumed | TaskCompleted)
+        and event.attempt != state.attempt
+    ):
+        # Decided on an older attempt (e.g. by a leader deposed meanwhile): it says nothing of this one.
+        raise TaskNotAssignable(
+            f"task {state.task_id} is at attempt {state.attempt}; {type(event).__name__} of attempt "
+            f"{event.attempt} does not apply",
+            task_id=state.task_id,
+            status=state.status.value,
+        )
     if isinstance(event, TaskCompleted) and event.outcome not in OUTCOMES:
         raise ValidationError(f"must be one of {', '.join(OUTCOMES)}", field="outcome")
     return [event]

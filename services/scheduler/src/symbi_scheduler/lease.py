@@ -4,8 +4,10 @@ The lease is key ``leader`` in bucket ``SCHEDULER`` whose entries expire ``ttl``
 were written (the bucket's max age, enforced by the server, so no replica's clock matters). The holder
 rewrites it every ``ttl / 3`` with a conditional update on the revision it last wrote; anyone else
 tries a conditional create, which succeeds only once the key has expired or was released. A holder
-that misses its renewal (paused, partitioned) finds its update refused and steps down; any writes it
-still had in flight are conditional appends, so they fail instead of doubling up.
+that misses its renewal (paused, partitioned) finds its update refused and steps down. A write it still had
+in flight is decided again on the task's newest state when its conditional append conflicts: an assignment
+must be the next attempt and every other event must name the current one (``domain.decide``), so it is refused
+rather than applied to what the new leader did meanwhile.
 """
 
 from __future__ import annotations
