@@ -53,6 +53,7 @@ from symbi_contracts.lifecycle.config import (
     ScheduleSpec,
     Workload,
 )
+from symbi_contracts.scheduler.events import MAX_INPUT_BYTES
 from symbi_contracts.tools.declarations import declaration_problems
 from symbi_contracts.wire import decode_error_field, join_path
 
@@ -262,6 +263,8 @@ def _validate_schedules(issues: list[ConfigIssue], schedules: tuple[ScheduleSpec
             issues.append(ConfigIssue(f"schedules[{i}].timezone", f"{spec.timezone!r} is not a time zone"))
         if spec.priority not in PRIORITIES:
             issues.append(ConfigIssue(f"schedules[{i}].priority", f"must be one of {', '.join(PRIORITIES)}"))
+        if len(spec.input.encode()) > MAX_INPUT_BYTES:  # each firing's task would be refused for it
+            issues.append(ConfigIssue(f"schedules[{i}].input", f"at most {MAX_INPUT_BYTES} bytes (a task's input)"))
 
 
 def _validate_policies(issues: list[ConfigIssue], policies: tuple[PolicySpec, ...], agent_id: str) -> None:

@@ -36,6 +36,7 @@ from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEM
 from symbi_contracts.scheduler.events import (
     AGGREGATE_TYPE,
     CODEC,
+    MAX_INPUT_BYTES,
     ResourceRequest,
     TaskAssigned,
     TaskCancelled,
@@ -56,7 +57,6 @@ CRITICAL = LEVEL["critical"]
 TIERS = ("tier1", "tier2")
 #: Outcomes of ``task.completed``: the terminal execution event's kind, or ``lost`` with the host.
 OUTCOMES = ("succeeded", "failed", "timed_out", "oom_killed", "killed", "refused", "lost")
-MAX_INPUT_BYTES = 192 * 1024
 
 
 class TaskError(DomainError):

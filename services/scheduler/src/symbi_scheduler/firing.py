@@ -7,12 +7,11 @@ task id is derived from (agent, schedule, instant), so a repeated submission is 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import structlog
 from symbi_common.aggregate import Repository
-from symbi_common.errors import AlreadyExists
+from symbi_common.errors import AlreadyExists, ValidationError
 
 from symbi_scheduler.chores import firings_due
 from symbi_scheduler.effects import Effects
@@ -35,6 +34,8 @@ class ScheduleFirer:
         self.schedules = schedules
         self.note_error = note_error
         self._broken: set[tuple[str, str]] = set()
+        #: Firings whose task the task aggregate refused (its input): not submitted again.
+        self._refused: set[str] = set()
 
     async def fire_due(self, now: float) -> None:
         firings, bad = firings_due(self.model, now, broken=self._broken)
@@ -45,7 +46,8 @@ class ScheduleFirer:
             await self._fire(agent_id, fired_event(agent_id, firing))
         # A firing recorded without its task (a crash between the two appends): submit it now.
         for task_id, (agent_id, fired) in list(self.model.fired_pending.items()):
-            await self._submit(task_id, agent_id, fired)
+            if task_id not in self._refused:
+                await self._submit(task_id, agent_id, fired)
 
     async def _fire(self, agent_id: str, event: ScheduleFired) -> None:
         _, records = await self.schedules.execute(agent_id, Fire(event=event), correlation_id=event.task_id)
@@ -63,6 +65,12 @@ class ScheduleFirer:
         if agent is None or agent.config is None:
             return
         submitted = submission_for(agent_id, agent.config, fired)
-        if submitted is not None:
-            with contextlib.suppress(AlreadyExists):
-                await self.fx.record(task_id, submitted)
+        if submitted is None:
+            return
+        try:
+            await self.fx.record(task_id, submitted)
+        except AlreadyExists:
+            pass
+        except ValidationError as exc:  # (a schedule stored before its input was checked): no task, said once
+            self._refused.add(task_id)
+            self.note_error(f"schedule {fired.schedule} of agent {agent_id}: its task {task_id} was refused: {exc}")

@@ -17,6 +17,8 @@ from symbi_contracts.lifecycle.config import AgentBudget, Messaging, PathAccess,
 from symbi_contracts.tools.declarations import McpServerSpec
 
 AGGREGATE_TYPE = "task"
+#: The most input one task may carry (``task.submitted``), also for a schedule's input (its tasks' input).
+MAX_INPUT_BYTES = 192 * 1024
 
 
 class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
