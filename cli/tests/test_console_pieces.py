@@ -36,7 +36,7 @@ def _served(leaves: list[bytes], index: int) -> dict[str, object]:
 def test_inclusion_path_reaches_the_signed_root(size: int, index: int) -> None:
     leaves = [leaf_hash(f"event {i}".encode()) for i in range(size)]
     root = subtree_hash(leaves, 0, size)
-    view = inclusion_path(_served(leaves, index), root)
+    view = inclusion_path(_served(leaves, index), root, size)
     assert view.verified
     assert view.computed_root == _b64(root)
     # Each step's node is the one below it, and the last step reaches the whole tree.
@@ -53,10 +53,21 @@ def test_inclusion_path_refuses_a_forged_proof_or_another_root() -> None:
     root = subtree_hash(leaves, 0, 13)
     served = _served(leaves, 5)
     forged = dict(served, proof=[_b64(bytes(32)), *served["proof"][1:]])  # type: ignore[misc]
-    assert not inclusion_path(forged, root).verified
-    assert not inclusion_path(served, hashlib.sha256(b"another tree").digest()).verified
+    assert not inclusion_path(forged, root, 13).verified
+    assert not inclusion_path(served, hashlib.sha256(b"another tree").digest(), 13).verified
     short = dict(served, proof=served["proof"][:-1])  # type: ignore[index]
-    assert not inclusion_path(short, root).verified
+    assert not inclusion_path(short, root, 13).verified
+
+
+def test_an_inner_node_served_as_the_leaf_of_a_smaller_tree_is_refused() -> None:
+    """The signed tree has 8 leaves; the served 'leaf' is the hash of its left half, in a 'tree of size 2' whose
+    one proof step (the right half) folds to the same signed root."""
+    leaves = [leaf_hash(bytes([i])) for i in range(8)]
+    root = subtree_hash(leaves, 0, 8)
+    left, right = subtree_hash(leaves, 0, 4), subtree_hash(leaves, 4, 8)
+    served = {"leaf_index": 0, "tree_size": 2, "leaf_hash": _b64(left), "proof": [_b64(right)]}
+    assert inclusion_path(served, root, 2).verified  # as it folds, were the size not the signed one
+    assert not inclusion_path(served, root, 8).verified
 
 
 def test_what_if_diff_splits_new_denials_and_new_allows() -> None:

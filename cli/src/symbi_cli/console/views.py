@@ -131,8 +131,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def inclusion_path(proof: dict[str, Any], signed_root: bytes) -> ProofView:
-    """Fold the served proof up from the leaf, step by step, and compare the result with ``signed_root``."""
+def inclusion_path(proof: dict[str, Any], signed_root: bytes, signed_size: int) -> ProofView:
+    """Fold the served proof up from the leaf, step by step, and compare the result with ``signed_root``; the
+    proof must be for the signed tree's size (else an inner node could pass for a leaf of a smaller tree)."""
     index, size = int(proof["leaf_index"]), int(proof["tree_size"])
     leaf = base64.b64decode(proof["leaf_hash"])
     hashes = [base64.b64decode(h) for h in proof["proof"]]
@@ -147,7 +148,12 @@ def inclusion_path(proof: dict[str, Any], signed_root: bytes) -> ProofView:
         parent = (min(node[0], sibling[0]), max(node[1], sibling[1]))
         steps.append(PathStep(level, node, sibling, _b64(h), side, parent, _b64(acc)))
         node = parent
-    ok = len(ranges) == len(hashes) and acc == signed_root and verify_inclusion(leaf, index, size, hashes, signed_root)
+    ok = (
+        size == signed_size
+        and len(ranges) == len(hashes)
+        and acc == signed_root
+        and verify_inclusion(leaf, index, size, hashes, signed_root)
+    )
     return ProofView(index, size, proof["leaf_hash"], _b64(signed_root), steps, _b64(acc), ok)
 
 
