@@ -46,4 +46,4 @@ async def test_checkpoints_after_a_rotation_are_signed_by_the_new_key(
     for cp in (before, after):
         stored = await running.service.store.checkpoint(int(str(cp["size"])))
         assert stored is not None
-        assert running.service.checkpoint_ref(stored).signature_valid
+        assert (await running.service.checkpoint_ref(stored)).signature_valid

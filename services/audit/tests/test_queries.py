@@ -419,6 +419,33 @@ producers = ["lifecycle"]
     assert bad.status_code == 422
 
 
+async def test_a_report_states_verified_only_on_a_checkpoint_that_checks_out(running: Running, writer: Writer) -> None:
+    """The report's checkpoint comes from the database: a row whose root or last sequence differs from what the
+    signed note says (a changed row) makes the report say so, not 'verified'; a range without events says
+    'empty'."""
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    last = (await writer.agent("rv1", 3))[-1]
+    await running.wait_for(last)
+    for _ in range(50):  # the interval checkpoint (0.5 s) covers the events
+        cp = (await running.json("/v1/audit/status"))["checkpoint"]
+        if cp and cp["size"] >= last:
+            break
+        await asyncio.sleep(0.1)
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
+    window = {"since": start.isoformat(), "until": until}
+    assert (await running.json("/v1/audit/reports/sox", **window))["integrity"]["status"] == "verified"
+    pool = running.service.pool
+    for change in ("root = sha256(root)", "last_sequence = last_sequence + 1000"):
+        row = await pool.fetchrow("SELECT size, root, last_sequence FROM audit.checkpoints ORDER BY size DESC LIMIT 1")
+        await pool.execute(f"UPDATE audit.checkpoints SET {change} WHERE size = $1", row["size"])
+        report = await running.json("/v1/audit/reports/sox", **window)
+        assert report["integrity"]["status"] == "checkpoint invalid", change
+        assert report["checkpoint"]["signature_valid"] is False
+        await pool.execute("UPDATE audit.checkpoints SET root = $2, last_sequence = $3 WHERE size = $1", *row.values())
+    past = {"since": "2001-01-01T00:00:00+00:00", "until": "2001-01-02T00:00:00+00:00"}
+    assert (await running.json("/v1/audit/reports/sox", **past))["integrity"]["status"] == "empty"
+
+
 async def test_report_shows_findings(running: Running, writer: Writer, provisioned: NatsClient) -> None:
     await writer.agent("f1", 2)
     seq = (await provisioned.jetstream().publish("evt.agent.f1", b"garbage")).seq

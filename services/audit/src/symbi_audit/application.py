@@ -131,15 +131,22 @@ class AuditService:
             ]
         return keys
 
-    def checkpoint_ref(self, cp: StoredCheckpoint) -> CheckpointRef:
+    async def checkpoint_ref(self, cp: StoredCheckpoint) -> CheckpointRef:
+        """The stored checkpoint as a report states it: valid only if its note is signed by a log key for this
+        log's origin and says the size and root the database row has, and the row's last sequence is the
+        stream sequence of the tree's last leaf (the note does not carry it)."""
         valid = False
         for key_name, public_key in self.log_keys():
             try:
-                verify_checkpoint(cp.note, key_name=key_name, public_key=public_key)
+                signed = verify_checkpoint(
+                    cp.note, key_name=key_name, public_key=public_key, origin=self.runner.settings.origin
+                )
             except CheckpointInvalid:
                 continue
-            valid = True
+            valid = (signed.size, signed.root) == (cp.size, cp.root)
             break
+        if valid and cp.size:
+            valid = await self.store.sequence_of_leaf(cp.size - 1) == cp.last_sequence
         return CheckpointRef(cp.size, b64(cp.root), cp.last_sequence, cp.note, valid)
 
     # --- reports --------------------------------------------------------------------------------
@@ -191,7 +198,7 @@ class AuditService:
             events=events,
             findings=findings,
             erasures=erasures,
-            checkpoint=self.checkpoint_ref(cp) if cp else None,
+            checkpoint=await self.checkpoint_ref(cp) if cp else None,
             generated_at=dt.datetime.now(dt.UTC).isoformat(),
             last_sequence=last,
             usage=usage,

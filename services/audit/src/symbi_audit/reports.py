@@ -197,10 +197,21 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _integrity(data: ReportInput, covered: bool) -> str:
+    """``verified`` only for events in the range, none with a finding, under a checkpoint that covers them and
+    checked out here (signature, origin, size and root as stored)."""
+    if data.findings:
+        return "findings"
+    if not data.events:
+        return "empty"
+    if data.checkpoint is None or not covered:
+        return "not yet checkpointed"
+    return "verified" if data.checkpoint.signature_valid else "checkpoint invalid"
+
+
 def build_report(framework: Framework, data: ReportInput) -> dict[str, Any]:
     """The report as a JSON-able document."""
     covered = data.checkpoint is not None and data.checkpoint.last_sequence >= data.last_sequence
-    integrity_ok = not data.findings and data.checkpoint is not None and data.checkpoint.signature_valid and covered
     sections = []
     for s in framework.sections:
         rows = [_row(e) for e in data.events if s.matches(e)]
@@ -219,7 +230,7 @@ def build_report(framework: Framework, data: ReportInput) -> dict[str, Any]:
         "range": {"since": data.since, "until": data.until},
         "generated_at": data.generated_at,
         "integrity": {
-            "status": "verified" if integrity_ok else ("findings" if data.findings else "not yet checkpointed"),
+            "status": _integrity(data, covered),
             "findings": data.findings,
             "events": len(data.events),
             "last_sequence": data.last_sequence,
