@@ -9,6 +9,8 @@ before the run gives up on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 import msgspec
 import structlog
@@ -32,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 #: Tries to store an output or terminal event (backing off to 5 s between tries: about 2 minutes in all).
 TERMINAL_ATTEMPTS = 30
+#: After those: how long between further tries of a terminal event (which ends its task).
+LATER_RETRY_S = 30.0
 
 
 class ExecutionRecorder:
@@ -64,6 +68,18 @@ class ExecutionRecorder:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         return False
+
+    async def keep_storing(self, run: Running, event: ExecutionEvent, stored: Callable[[], object]) -> None:
+        """Try to store ``event`` every :data:`LATER_RETRY_S` until it lands (then ``run.stored`` and ``stored()``)
+        or the service stops."""
+        while not self.rt.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rt.stopping.wait(), LATER_RETRY_S)
+                return
+            if await self.store(run, event, 1):
+                run.stored = True
+                stored()
+                return
 
     async def store_action(self, run: Running, event: ExecutionAction) -> None:
         """Record one decision of the action gateway (retrying while NATS is away)."""

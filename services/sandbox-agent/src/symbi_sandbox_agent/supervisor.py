@@ -386,10 +386,14 @@ class Supervisor:
         remove_cgroup_tree(run.spec.cgroup_parent)
 
     async def _append(self, run: Running, terminal: ExecutionEvent, attempts: int = TERMINAL_ATTEMPTS) -> None:
-        """Store the terminal event, retrying while NATS is away. If it never lands, the task stays in this
-        host's heartbeat entry, so the next start-up reports it failed: no task is left without an end."""
+        """Store the terminal event, retrying while NATS is away; if it does not land, it is tried again in the
+        background until it does. Till then the task stays in this host's heartbeat entry, so a restart meanwhile
+        reports it failed: no task is left without an end."""
         run.outcome = type(terminal).__struct_config__.tag  # type: ignore[assignment]
         run.stored = await self.recorder.store(run, terminal, attempts)
+        if not run.stored and attempts > 1:  # (not at shutdown, which tries once)
+            done = functools.partial(self.running.pop, run.spec.task_id, None)
+            self.rt.spawn(self.recorder.keep_storing(run, terminal, done), f"sandbox:terminal:{run.spec.task_id}")
         tier = run.spec.tier
         EXECUTIONS.labels(run.outcome.removeprefix("execution."), tier).inc()
         usage = getattr(terminal, "usage", None)
