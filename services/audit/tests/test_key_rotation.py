@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 from symbi_common.key_material import read_key_file
-from symbi_common.keyfiles import rotate_service_key
+from symbi_common.keyfiles import revoke_key, rotate_service_key
 from symbi_common.registry_stream import publish, read_signed_files
 from symbi_tlog.notes import verify_checkpoint
 
@@ -47,3 +47,28 @@ async def test_checkpoints_after_a_rotation_are_signed_by_the_new_key(
         stored = await running.service.store.checkpoint(int(str(cp["size"])))
         assert stored is not None
         assert (await running.service.checkpoint_ref(stored)).signature_valid
+
+
+async def test_a_revocation_reaches_back_to_events_already_verified(
+    running: Running, writer: Writer, provisioned: NatsClient, keys_dir: Path
+) -> None:
+    """Events a key signed are verified as they arrive; the key is then revoked as of an earlier stream position
+    (it leaked before anyone noticed). The events it signed after that position lose their 'verified' mark and
+    each gets a key_revoked finding; those before keep theirs."""
+    first, *later = await writer.agent("leaky", 4)
+    await running.wait_for(later[-1])
+    key_id = writer.lifecycle.signer.key_id
+    revoke_key(keys_dir, key_id, after_sequence=first)
+    await publish(provisioned, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
+
+    async def refused() -> list[int]:
+        items = (await running.json("/v1/audit/findings", kind="key_revoked"))["items"]
+        return sorted(f["sequence"] for f in items)
+
+    for _ in range(100):
+        if await refused() == later:
+            break
+        await asyncio.sleep(0.1)
+    assert await refused() == later
+    events = {e["sequence"]: e["verified"] for e in (await running.json("/v1/audit/events", agent="leaky"))["items"]}
+    assert events == {first: True, **dict.fromkeys(later, False)}

@@ -51,6 +51,7 @@ from symbi_tlog.rules import CachedRegistry, Checked, Finding, LogVerifier, auth
 from symbi_audit.attribution import AgentAttribution
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
 from symbi_audit.live import LiveFeed, event_item
+from symbi_audit.revocations import Revocations
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
 from symbi_audit.witnesses import WitnessPool
 
@@ -159,6 +160,8 @@ class VerifierRunner:
         self.nc = nc
         self.store = store
         self.registry = CachedRegistry(registry)
+        #: A newer registry's revocations applied to events verified before it (each batch, and when idle).
+        self.revocations = Revocations(registry, store)
         self.signer = signer
         self.datakeys = datakeys
         #: Which agent each event concerns (kept on its row and live item).
@@ -236,6 +239,7 @@ class VerifierRunner:
 
     async def _process(self, unit: Unit, msgs: list[Delivery]) -> None:
         """Verify a batch and commit its rows with the new position (``commit_batch``), then tell the world."""
+        await self.revocations.catch_up()
         started_ns = time.time_ns()
         start = unit.position
         raws = [RawMessage(m.subject, m.sequence, m.data, {}) for m in msgs]
@@ -326,6 +330,7 @@ class VerifierRunner:
             log.warning("notification not sent", subject=subject, error=str(exc))
 
     async def _checkpoint_if_due(self) -> None:
+        await self.revocations.catch_up()
         due = time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval_s
         if not due or self.tree.size <= self.last_checkpoint_size:
             return

@@ -286,6 +286,23 @@ class AuditStore:
         value = await self.pool.fetchval("SELECT sequence FROM audit.events WHERE leaf_index = $1", leaf_index)
         return None if value is None else int(value)
 
+    async def revoke_after(self, key_id: str, cutoff: int | None, reason: str) -> list[int]:
+        """Mark the events ``key_id`` signed after stream sequence ``cutoff`` (None: all) unverified, each with a
+        ``key_revoked`` finding (in one transaction); the sequences that changed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "UPDATE audit.events SET verified = false WHERE signing_key_id = $1 AND sequence > $2 AND verified"
+                " RETURNING sequence, subject",
+                key_id,
+                cutoff or 0,
+            )
+            await conn.executemany(
+                "INSERT INTO audit.findings (sequence, subject, kind, reason) VALUES ($1, $2, 'key_revoked', $3)"
+                " ON CONFLICT DO NOTHING",
+                [(r["sequence"], r["subject"], reason) for r in rows],
+            )
+        return sorted(int(r["sequence"]) for r in rows)
+
     async def add_findings(self, findings: Sequence[Finding]) -> None:
         await self.pool.executemany(
             "INSERT INTO audit.findings (sequence, subject, kind, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
