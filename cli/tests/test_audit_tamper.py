@@ -307,8 +307,8 @@ def test_revoked_key(export: Export, keys_dir: Path, tmp_path: Path) -> None:
     """The registry offers a key status; a key marked revoked verifies nothing it signed."""
     doc = msgspec.json.decode((keys_dir / REGISTRY_FILE).read_bytes(), type=RegistryDocument)
 
-    def revoked(service: str) -> RegistryDocument:
-        keys = [msgspec.structs.replace(k, status="revoked") if k.service == service else k for k in doc.keys]
+    def revoked(service: str, status: str = "revoked") -> RegistryDocument:
+        keys = [msgspec.structs.replace(k, status=status) if k.service == service else k for k in doc.keys]
         return msgspec.structs.replace(doc, keys=keys)
 
     path = export.write(export.log, export.note(export.log))
@@ -320,6 +320,9 @@ def test_revoked_key(export: Export, keys_dir: Path, tmp_path: Path) -> None:
     code, report = export.verify(path, keys=public_keys(keys_dir, tmp_path / "no-audit", revoked("audit")))
     assert code == 1
     assert [f["kind"] for f in report["findings"]] == ["checkpoint_key_revoked"]
+    # Rotated out (retired), the audit key's checkpoints signed before the rotation still verify.
+    code, report = export.verify(path, keys=public_keys(keys_dir, tmp_path / "rotated", revoked("audit", "retired")))
+    assert (code, report["findings"]) == (0, [])
 
 
 # --- the checkpoint ---------------------------------------------------------------------------------

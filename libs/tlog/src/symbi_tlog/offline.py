@@ -137,7 +137,7 @@ def check_checkpoint(
             else f"{what} carries no signature by the audit service's key in the registry (signed by: {names})"
         )
         return None, [*findings, _cp_finding(CHECKPOINT_SIGNATURE, reason, what)]
-    if signed_by.status != "active":
+    if signed_by.status not in ("active", "retired"):  # a retired key signed checkpoints before a rotation
         reason = f"{what} is signed by audit key {signed_by.key_id}, which the registry marks {signed_by.status}"
         return None, [*findings, _cp_finding(CHECKPOINT_KEY_REVOKED, reason, what)]
     if witnessed and (anchor.witnesses or anchor.min_witnesses or anchor.max_age_s is not None):
