@@ -30,18 +30,28 @@ class Noted(Event, frozen=True, tag="task.submitted"):
     n: int
 
 
-CODEC: EventCodec[Noted] = EventCodec([Noted])
+class Ended(Event, frozen=True, tag="task.completed"):
+    n: int
+
+
+CODEC: EventCodec[Noted | Ended] = EventCodec([Noted, Ended])
 
 
 async def test_receipt_checks_events_checkpoint_and_proofs_itself(
     make_store: Callable[..., Any], provisioned: NatsClient, keys_dir: Path, registry: KeyRegistry
 ) -> None:
     scheduler = await make_store("scheduler")
-    await scheduler.append("task", "t1", [Noted(n=i) for i in range(4)], CODEC, expected=NEW_AGGREGATE)
+    stored = [*(Noted(n=i) for i in range(3)), Ended(n=3)]
+    await scheduler.append("task", "t1", stored, CODEC, expected=NEW_AGGREGATE)
     events: list[RawMessage] = []
     async for batch in read_subject(provisioned, EVENTS_STREAM, "evt.task.t1"):
         events.extend(batch)
     check_events(events, registry)
+    # The task ended, so its events end with its end: a missing tail is refused, as is a task without its own.
+    with pytest.raises(ReceiptInvalid, match=r"ends with task.submitted .* the events after it are missing"):
+        check_events(events[:3], registry)
+    with pytest.raises(ReceiptInvalid, match="the task's own events are missing"):
+        check_events([], registry)
     # Altered, missing its first events, or broken in the middle: refused here, whatever the audit API says.
     # (The last byte flipped: setting it to 0 changed nothing when it was 0 already, one run in 256.)
     altered = RawMessage(

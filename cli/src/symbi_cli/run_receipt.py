@@ -15,9 +15,11 @@ from typing import Any
 
 import httpx
 import nats
+from symbi_common.envelope import decode_header, decode_sealed
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
+from symbi_contracts.sandbox_agent.events import TERMINAL_TYPES
 from symbi_tlog.merkle import verify_inclusion
 from symbi_tlog.notes import Checkpoint
 from symbi_tlog.offline import WITNESS_MISSING, TrustAnchor, audit_key, check_checkpoint
@@ -106,6 +108,30 @@ def check_events(events: list[RawMessage], registry: KeyRegistry) -> None:
             f = findings[0]
             raise ReceiptInvalid(
                 f"event {message.sequence} ({message.subject}) does not verify: {f.kind}: {f.reason}",
+                reason="event_invalid",
+            )
+    _check_ends(events)
+
+
+#: The event types that end a task's aggregates: a receipt is made for a task that ended, so each of its
+#: aggregates must end with one (else the events after the last one read are missing).
+_ENDS: dict[str, set[str]] = {
+    "task": {"task.completed", "task.cancelled"},
+    "execution": {str(t.__struct_config__.tag) for t in TERMINAL_TYPES},
+}
+
+
+def _check_ends(events: list[RawMessage]) -> None:
+    """The task's aggregates end with their end (by each last event's signed type); the task's is there."""
+    last = {m.subject: m for m in events}
+    if not any(subject.startswith("evt.task.") for subject in last):
+        raise ReceiptInvalid("the task's own events are missing", reason="event_invalid")
+    for subject, message in last.items():
+        kind = decode_header(decode_sealed(message.data).header).event_type
+        if kind not in _ENDS.get(subject.split(".")[1], {kind}):
+            raise ReceiptInvalid(
+                f"{subject} ends with {kind} (event {message.sequence}), not with its end: the events after it "
+                "are missing",
                 reason="event_invalid",
             )
 
