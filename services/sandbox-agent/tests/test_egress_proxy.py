@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from symbi_agent.forward import Forwarder
@@ -23,6 +24,7 @@ from symbi_sandbox_agent.egress.decisions import Connection
 from symbi_sandbox_agent.egress.host import EgressHost
 from symbi_sandbox_agent.egress.internal import MODELS_HOST, Caller, InternalRequest, InternalResponse
 from symbi_sandbox_agent.egress.proxy import EgressProxy
+from symbi_sandbox_agent.egress.resolver import SystemResolver, Unresolved
 
 from .egress_support import UPSTREAM_ADDRESS, CedarPoint, CertFiles, make_ca, server_context, upstream
 
@@ -367,3 +369,26 @@ async def test_no_network_io_no_connection(tmp_path: Path) -> None:
     assert answer.startswith(b"HTTP/1.1 403")
     assert b"bandwidth_zero" in answer
     assert records[0].reason == "bandwidth_zero"
+
+
+async def test_a_fault_while_serving_is_recorded_as_denied_never_allowed(setup: Setup) -> None:
+    """Something of ours fails while a connection is served (here: the resolver): the connection is closed and
+    recorded as denied (internal_error), not as allowed, which the record says until a refusal."""
+
+    class Broken:
+        async def resolve(self, host: str, port: int) -> list[Any]:
+            raise RuntimeError("resolver exploded")
+
+    setup.proxy.policy.resolver = Broken()
+    status, got, _ = await setup.get(f"https://allowed.test:{setup.https}/")
+    assert status in (0, 502) or "Tunnel" in got
+    await settle(setup.records, 1)
+    rec = setup.last()
+    assert (rec.outcome, rec.reason) == ("denied", "internal_error")
+    assert "resolver exploded" in rec.detail
+
+
+async def test_a_name_the_idna_codec_refuses_is_unresolved() -> None:
+    """A label over 63 characters makes getaddrinfo raise UnicodeError (not OSError): it is a typed refusal."""
+    with pytest.raises(Unresolved, match="does not resolve"):
+        await SystemResolver().resolve("a" * 64 + ".wild.test", 443)

@@ -197,6 +197,9 @@ class EgressProxy:
                     await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             conn.detail = conn.detail or "the sandbox closed the connection"
+        except Exception as exc:  # a fault of ours, not a decision: never recorded as allowed
+            log.exception("egress connection failed", host=conn.host[:253], access=access)
+            conn.outcome, conn.reason, conn.detail = "denied", "internal_error", f"{type(exc).__name__}: {exc}"[:500]
         finally:
             if conn.method:
                 conn.duration_s = round(time.monotonic() - started, 4)

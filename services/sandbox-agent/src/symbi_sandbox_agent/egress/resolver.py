@@ -19,6 +19,10 @@ class Unresolved(Exception):
     """The name has no address."""
 
 
+#: How long a name may take to resolve (``getaddrinfo`` runs on the daemon's shared thread pool).
+RESOLVE_TIMEOUT_S = 10.0
+
+
 class Resolver(Protocol):
     async def resolve(self, host: str, port: int) -> list[Address]:
         """Every address of ``host`` (at least one), or :class:`Unresolved`."""
@@ -30,9 +34,12 @@ class SystemResolver:
 
     async def resolve(self, host: str, port: int) -> list[Address]:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise Unresolved(f"{host} does not resolve: {exc}") from None
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a label the IDNA codec refuses (e.g. over 63)
+            raise Unresolved(f"{host[:253]} does not resolve: {exc}") from None
+        except TimeoutError:
+            raise Unresolved(f"{host[:253]} did not resolve within {RESOLVE_TIMEOUT_S:g} s") from None
         out: list[Address] = []
         for *_, sockaddr in infos:
             address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])

@@ -189,11 +189,12 @@ class ModelGateway:
                 raise BadModelRequest("stream_options must be an object")
             if not isinstance(body.get("messages"), list) or not body["messages"]:
                 raise BadModelRequest("a chat completion needs messages: a list of {role, content}")
-            prompt, completion = chat_prompt_tokens(body), max_completion_tokens(body, self.default_max_tokens)
+            per_choice = max_completion_tokens(body, self.default_max_tokens)
+            prompt = chat_prompt_tokens(body)
             choices = body.get("n", 1)
             if not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= 128:
                 raise BadModelRequest(f"n must be a whole number from 1 to 128, got {choices!r:.100}")
-            completion *= choices  # each choice may use max_tokens
+            completion = per_choice * choices  # each choice may use max_tokens
         else:
             prompt, completion = embedding_input_tokens(body), 0
             if prompt == 0:
@@ -215,10 +216,12 @@ class ModelGateway:
         if not isinstance(held, Hold):
             raise _refusal(who, route, *held)
         upstream: dict[str, Any] = {**body, "model": route.model}
-        if endpoint == "chat" and body.get("max_completion_tokens") is None and body.get("max_tokens") is None:
-            # The provider may not use more than was reserved, told in the parameter it knows (a reasoning model
-            # refuses max_tokens).
-            upstream[route.completion_limit] = self.default_max_tokens
+        if endpoint == "chat":
+            # The provider may not use more than was reserved, told in the one parameter it knows (a reasoning
+            # model refuses max_tokens; a limit under the other name would be ignored, the completion unbounded).
+            upstream.pop("max_tokens", None)
+            upstream.pop("max_completion_tokens", None)
+            upstream[route.completion_limit] = per_choice
         if stream:
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
