@@ -112,29 +112,29 @@ async def test_a_call_streams_through_with_the_credential_injected(
 
 
 @pytest.mark.parametrize("limit", [None, "max_tokens", "max_completion_tokens"])
-async def test_a_call_without_a_limit_is_held_to_the_default_in_the_providers_parameter(
+async def test_a_call_is_held_to_its_reserved_limit_in_the_providers_parameter(
     limit: str | None, daemon: Agent, upstream: Upstream, make_store: Any
 ) -> None:
-    """A chat request that sets no limit is sent ``default_max_tokens`` (64) as the provider's
-    ``completion_limit`` says (``max_tokens`` unless set: OpenAI's reasoning models refuse it); a request that
-    sets its own limit is passed on as it is."""
+    """A chat request is sent the limit it was reserved for in the parameter the provider's ``completion_limit``
+    names (``max_tokens`` unless set: OpenAI's reasoning models refuse it), and only there: the request's own
+    limit under either name, else ``default_max_tokens`` (64). A limit under the name the provider does not know
+    would be ignored there, and the completion run past its reservation."""
     tenants = {"default": {"tokens_per_day": 10_000}}
     extra = {} if limit is None else {"completion_limit": limit}
     gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, tenants, **extra))
     task = await assign(await make_store("scheduler"), daemon.host_id)
     unlimited = b'{"model": "test/small", "messages": [{"role": "user", "content": "hi"}]}'
-    for body in (unlimited, chat(max_tokens=16)):
+    other_name = b'{"model": "test/small", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 8}'
+    for body in (unlimited, chat(max_tokens=16), other_name):
         answer = await gw.handle(caller(task), post("/v1/chat/completions", body))
         reply = await body_of(answer)
         assert answer.status == 200, reply
     await gw.aclose()
-    sent, own = upstream.provider.bodies
     added = limit or "max_tokens"
     other = {"max_tokens": "max_completion_tokens", "max_completion_tokens": "max_tokens"}[added]
-    assert sent[added] == 64
-    assert other not in sent
-    assert own["max_tokens"] == 16
-    assert "max_completion_tokens" not in own
+    for sent, reserved in zip(upstream.provider.bodies, (64, 16, 8), strict=True):
+        assert sent[added] == reserved
+        assert other not in sent
 
 
 async def test_a_model_not_allowed_is_denied_before_anything_is_reserved(
