@@ -23,7 +23,7 @@ from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import Settings
 from symbi_contracts.bus import DEADLETTER_STREAM, ENVELOPE_DECODER, MESSAGES_STREAM, Meta, direct_subject, encode
 from symbi_contracts.sandbox_agent.events import ExecutionExited
-from symbi_sandbox_agent.bus.codec import seal
+from symbi_sandbox_agent.bus.codec import Refused, seal
 from symbi_sandbox_agent.bus.runtime import bus_of
 
 from .conftest import Scheduler, limits, running_agent
@@ -210,6 +210,22 @@ async def test_expired_and_forged_messages_go_to_the_dead_letters_and_replay_dec
     refusals = " ".join(a.detail for a in actions(first.events) if a.outcome == "refused")
     for reason in ("expired", "unknown_sender_key", "bad_signature"):
         assert reason in refusals
+
+
+async def test_a_direct_message_copied_into_another_agents_inbox_is_refused(
+    make_store: Any, agent_settings: Callable[..., Settings]
+) -> None:
+    """A direct message is decided once, when it is sent, for its recipient: a copy published into another
+    agent's inbox (by whoever may publish there) is refused at delivery, not handed over undecided."""
+    await policies(make_store)
+    async with running_agent(embedded(agent_settings)) as agent:
+        carrier = await bus_of(agent.app.state.runtime)
+        key = await carrier.datakeys.current("message.alice.carol")
+        meta = Meta(id="for-carol", kind="direct", sender="alice", sent_at=time.time(), to="carol")
+        envelope = seal(meta, b'"for carol only"', key, Signer.generate())
+        assert (await carrier.open_envelope(envelope, "carol", signed_here=True)).meta.to == "carol"
+        with pytest.raises(Refused, match="addressed to carol, not bob"):
+            await carrier.open_envelope(envelope, "bob", signed_here=True)
 
 
 RATE = """

@@ -298,6 +298,8 @@ class Carrier:
             raise Refused("undecryptable", exc.message) from None
         if not envelope.key_id.startswith(f"message.{meta.sender}."):
             raise Refused("refused", f"message {meta.id} is sealed under another sender's key {envelope.key_id}")
+        if not meta.topic and meta.to != recipient:  # a direct message copied into another agent's inbox
+            raise Refused("refused", f"message {meta.id} is addressed to {meta.to[:80]}, not {recipient}")
         return Delivered(meta, open_payload(envelope, key))
 
     async def take(self, agent_id: str, msgs: Sequence[Any], check: Check, refused: list[str] | None = None) -> Batch:
