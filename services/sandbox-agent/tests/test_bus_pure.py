@@ -145,6 +145,20 @@ def test_an_agents_limits_are_the_tightest_of_host_definition_and_policy() -> No
     assert limiter.take("a", 1, 0.01) == 0.0
 
 
+def test_alternating_recipients_do_not_lift_a_policys_lower_cap() -> None:
+    """One agent, two recipients: a policy caps messages to X at 1/s, those to Y run at the host's 1000/s.
+    Sending Y, X, Y, X … for ten seconds gets about ten messages to X, not one per switch."""
+    limiter = RateLimiter(SendLimits(messages_per_s=1000, bytes_per_s=10**9))
+    capped = SendLimits(messages_per_s=1, bytes_per_s=10**9)
+    to_x, now = 0, 0.0
+    while now < 10.0:
+        assert limiter.take("a", 1, now) == 0.0  # to Y
+        if limiter.take("a", 1, now, capped) == 0.0:  # to X
+            to_x += 1
+        now += 0.002
+    assert to_x <= 12, to_x
+
+
 async def test_a_sender_key_is_trusted_only_while_the_host_key_that_vouched_for_it_is(
     registry: KeyRegistry, signer_for: Any, keys_dir: Path
 ) -> None:

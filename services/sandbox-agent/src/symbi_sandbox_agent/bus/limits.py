@@ -59,9 +59,12 @@ class _Bucket:
         return (amount - self.level) / self.rate if self.rate > 0 else float("inf")
 
     def at_rate(self, rate: float) -> _Bucket:
-        """This bucket filling at ``rate`` from now on (what it holds kept, up to the new burst)."""
+        """This bucket filling at ``rate`` from now on, as full (the same share of its burst) as it was. Kept
+        as a share, not clamped: else each switch from a high rate back to a capped one would hand out a full
+        token, and alternating recipients would send to the capped one at nearly the high rate."""
         if rate != self.rate:
-            self.rate, self.level = rate, min(self.level, rate)
+            self.level = self.level * rate / self.rate if self.rate > 0 else 0.0
+            self.rate = rate
         return self
 
 
