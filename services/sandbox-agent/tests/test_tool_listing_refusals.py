@@ -25,7 +25,8 @@ from symbi_contracts.tools.events import CODEC, ToolListingRefused, ToolServerRe
 from symbi_sandbox_agent.tools.limits import ToolLimits
 from symbi_sandbox_agent.tools.registry import Command, Observe, RefuseListing, ServerState
 from symbi_sandbox_agent.tools.servers import McpConnection
-from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.service import ToolService
+from symbi_sandbox_agent.tools.stored_registry import StoredRegistry
 
 from .test_tool_answers_fuzz import Answer, fake_server
 from .tools_support import bundle, keypair
@@ -216,6 +217,31 @@ async def test_a_definition_that_is_not_plain_json_is_refused_recorded_and_leave
     reasons = await refusals(store, "nan")
     assert len(reasons) == 1
     assert reasons[0].startswith("nan.add: the definition is not plain JSON")
+
+
+async def test_a_definition_too_large_to_record_is_refused_and_other_servers_still_list(
+    tools: ToolService, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server lists a tool whose description is a megabyte: its record would not fit an event. The listing is
+    refused (recorded, nothing of it callable) and the other servers' tools still list. Before, the event store
+    refused the record, and every agent's tools.list failed on each refresh."""
+    await tools.register(breakable("huge"))
+    await tools.register(breakable("fine"))
+    await approved_and_callable(tools, "fine.add")
+
+    def swollen(listed: list[dict[str, Any]]) -> None:
+        for tool in listed:
+            tool["description"] = "x" * (1 << 20)
+
+    relisted(monkeypatch, tools.connections["huge"], swollen)
+    with pytest.raises(ToolRefused, match=r"huge\.\w+: the definition has \d+ bytes, at most 65536"):
+        await tools.refresh("huge")
+    assert tools.definitions["huge"] == {}
+    assert [listed.name for listed in await tools.list() if listed.server != "huge"] == [
+        "fine.add",
+        "fine.break_listing",
+    ]
+    assert len(await refusals(store, "huge")) == 1
 
 
 async def test_a_bad_definition_after_a_changed_one_records_no_change(

@@ -32,7 +32,8 @@ from symbi_contracts.tools.events import (
 )
 from symbi_sandbox_agent.egress.addresses import AddressPolicy
 from symbi_sandbox_agent.tools.limits import ToolLimits
-from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.service import ToolService
+from symbi_sandbox_agent.tools.stored_registry import StoredRegistry
 from symbi_sandbox_agent.tools.url_egress import UrlEgress
 
 from .tools_support import DOMAIN, TOOLBOX, bundle, keypair, local_server

@@ -18,7 +18,8 @@ from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable
 from symbi_contracts.tools.events import CODEC, ToolServerRegistered
 from symbi_sandbox_agent.egress.addresses import Address, AddressPolicy
 from symbi_sandbox_agent.egress.resolver import StaticResolver
-from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.service import ToolService
+from symbi_sandbox_agent.tools.stored_registry import StoredRegistry
 from symbi_sandbox_agent.tools.url_egress import UrlEgress
 
 from .tools_support import DOMAIN, TOOLBOX, bundle, keypair

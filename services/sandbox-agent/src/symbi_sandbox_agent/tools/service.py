@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import mcp.types as mt
 import msgspec
+import structlog
 from schemapin.bundle import SchemaPinTrustBundle
-from symbi_common.aggregate import Repository
-from symbi_common.eventstore import EventStore
+from symbi_common.errors import SymbiError
 from symbi_contracts.tools.errors import (
     ToolCallFailed,
     ToolNotApproved,
@@ -30,16 +30,14 @@ from symbi_contracts.tools.errors import (
     ToolVerificationFailed,
     UnknownTool,
 )
-from symbi_contracts.tools.events import ToolServerEvent, ToolServerRegistered
+from symbi_contracts.tools.events import ToolServerRegistered
 
 from symbi_sandbox_agent.tools.canon import canonical_json, definition_of, digest_of, pin_of
 from symbi_sandbox_agent.tools.limits import TokenBucket, ToolLimits
 from symbi_sandbox_agent.tools.names import NameRefused, check_server_name, check_tool_names, qualified, split
 from symbi_sandbox_agent.tools.registry import (
-    TOOLSERVER,
     TRUSTED,
     Approve,
-    Command,
     Observe,
     PinKey,
     RaiseTier,
@@ -52,41 +50,13 @@ from symbi_sandbox_agent.tools.registry import (
 from symbi_sandbox_agent.tools.risk import assess, chosen_tier, raised
 from symbi_sandbox_agent.tools.scan import scan
 from symbi_sandbox_agent.tools.servers import McpConnection, container_name, transport_for
+from symbi_sandbox_agent.tools.stored_registry import RegistryPort
 from symbi_sandbox_agent.tools.url_egress import UrlEgress
 from symbi_sandbox_agent.tools.verify import signature_of, verify
 
-
-class RegistryPort(Protocol):
-    """Where the registry's events live: :class:`StoredRegistry` (the event store) is the one in use."""
-
-    async def state(self, server: str, *, fresh: bool = False) -> ServerState: ...
-
-    async def execute(self, server: str, command: Command) -> ServerState: ...
-
-
-class StoredRegistry:
-    """The registry in the signed event store (``evt.toolserver.<server>``, written by the sandbox-agent).
-
-    A state read for a call may be up to ``max_age_s`` old: changes made by another process (another host's
-    daemon) are seen within that time; changes made through this one at once."""
-
-    def __init__(self, store: EventStore, *, max_age_s: float = 1.0) -> None:
-        self.repo: Repository[ServerState, Command, ToolServerEvent] = Repository(store, TOOLSERVER)
-        self.max_age_s = max_age_s
-        self._read_at: dict[str, float] = {}
-
-    async def state(self, server: str, *, fresh: bool = False) -> ServerState:
-        now = time.monotonic()
-        stale = now - self._read_at.get(server, -1e9) > self.max_age_s
-        loaded = await self.repo.load(server, fresh=fresh or stale)
-        if fresh or stale:
-            self._read_at[server] = now
-        return loaded.state
-
-    async def execute(self, server: str, command: Command) -> ServerState:
-        loaded, _ = await self.repo.execute(server, command)
-        self._read_at[server] = time.monotonic()
-        return loaded.state
+log = structlog.get_logger(__name__)
+#: The largest tool definition (canonical JSON) a listing may hold: its record must fit one event.
+MAX_DEFINITION_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,11 +214,16 @@ class ToolService:
         pins: dict[str, str] = {}
         for name, definition in definitions.items():  # every pin first: a bad one refuses before anything is recorded
             try:
+                size = len(canonical_json(definition))
                 pins[name] = pin_of(definition)
             except ValueError as exc:
                 raise await self._refused(
                     server, conn, f"{server}.{name}: the definition is not plain JSON: {exc}"
                 ) from None
+            if size > MAX_DEFINITION_BYTES:  # its record would not fit an event: refused, not an error for all
+                raise await self._refused(
+                    server, conn, f"{server}.{name}: the definition has {size} bytes, at most {MAX_DEFINITION_BYTES}"
+                )
         others = [(s, t) for s, tools in self.definitions.items() if s != server for t in tools]
         for (name, definition), tool in zip(definitions.items(), listed, strict=True):
             checked = verify(
@@ -318,6 +293,9 @@ class ToolService:
                     await self.refresh(server)
                 state = await self._current(server)
             except (ToolRefused, UnknownTool, ToolServerUnavailable):  # one silent server holds up no other
+                continue
+            except SymbiError as exc:  # nor one whose listing could not be recorded
+                log.error("a tool server's listing failed", server=server, error=str(exc))
                 continue
             for tool, definition in sorted(self.definitions.get(server, {}).items()):
                 record = state.tools.get(tool)

@@ -13,7 +13,8 @@ from symbi_common.settings_sandbox import SandboxSettings
 from symbi_common.streams import EVENTS_STREAM
 
 from symbi_sandbox_agent.tools.limits import ToolLimits
-from symbi_sandbox_agent.tools.service import StoredRegistry, ToolService
+from symbi_sandbox_agent.tools.service import ToolService
+from symbi_sandbox_agent.tools.stored_registry import StoredRegistry
 from symbi_sandbox_agent.tools.url_egress import UrlEgress
 from symbi_sandbox_agent.tools.verify import empty_bundle, load_bundle
 
