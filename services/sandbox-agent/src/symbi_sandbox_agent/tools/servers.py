@@ -1,4 +1,5 @@
-"""Connections to MCP servers, with the ``mcp`` SDK as client. I/O.
+"""Connections to MCP servers, with the ``mcp`` SDK as client (over our own stdio transport, which bounds each
+message: :mod:`symbi_sandbox_agent.tools.stdio`). I/O.
 
 A stdio server runs in its own sandbox container: ``docker run -i`` of its image pinned by digest, without
 network, read-only, all capabilities dropped, as nobody, with the tier's runtime (``runc`` or gVisor's
@@ -23,13 +24,13 @@ from typing import Any
 
 import mcp.types as mt
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from symbi_contracts.tools.declarations import PINNED_IMAGE
 from symbi_contracts.tools.errors import ToolCallFailed, ToolRefused, ToolServerUnavailable, ToolTimeout
 from symbi_contracts.tools.events import ToolServerRegistered
 
+from symbi_sandbox_agent.tools.stdio import bounded_stdio_client
 from symbi_sandbox_agent.tools.url_egress import UrlEgress, checked_streams
 
 #: The runtime of each tier (the same ones the task sandboxes use).
@@ -84,8 +85,8 @@ def transport_for(
     argv = list(reg.command) if local else sandbox_command(reg, name=container)
     if not argv:
         raise ToolRefused(f"server {reg.server!r}: a stdio server needs a command")
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(reg.env))
-    return lambda: stdio_client(params)
+    env = dict(reg.env)
+    return lambda: bounded_stdio_client(argv, env)
 
 
 class McpConnection:
