@@ -313,8 +313,12 @@ async def test_a_call_no_budget_limits_is_refused(daemon: Agent, upstream: Upstr
     await gw.aclose()
 
 
-async def test_a_cancelled_call_releases_its_reservation(daemon: Agent, upstream: Upstream, make_store: Any) -> None:
-    """The caller goes away while the provider is still thinking: the reservation is given back."""
+async def test_a_call_cancelled_once_sent_is_charged_its_whole_reservation(
+    daemon: Agent, upstream: Upstream, make_store: Any
+) -> None:
+    """The caller goes away while the provider is still thinking: the request was sent, so the provider may do
+    (and bill) the work anyway; the call is charged its whole reservation (estimated). Before, it was released,
+    and a workload could start calls and leave to have them for free."""
     gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 1_000}}))
     task = await assign(await make_store("scheduler"), daemon.host_id)
     upstream.provider.delay_s = 5.0
@@ -330,7 +334,8 @@ async def test_a_cancelled_call_releases_its_reservation(daemon: Agent, upstream
         await call
     state = await usage_of(gw)
     assert not state.open
-    assert not state.used
+    usage = state.usage[("agent-1", "test/small")]
+    assert (usage.calls, usage.output_tokens) == (1, 16)  # chat() asks for max_tokens 16
     await gw.aclose()
 
 

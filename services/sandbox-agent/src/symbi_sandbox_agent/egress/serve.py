@@ -11,6 +11,8 @@ from symbi_sandbox_agent.egress.pipe import Meter
 
 #: The largest request body an internal service is handed.
 MAX_BODY = 8 * 1024 * 1024
+#: How long the sandbox has to send that body.
+BODY_TIMEOUT_S = 30.0
 
 
 def request_of(head: http1.RequestHead, path: str, body: bytes) -> InternalRequest:
@@ -41,7 +43,11 @@ async def internal(
 ) -> tuple[int, int, int]:
     """Hand the request to ``service`` and write its answer back; ``(status, bytes_out, bytes_in)``."""
     length = body_length(head)
-    body = await reader.readexactly(length) if length else b""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a body sent a byte at a time holds no memory for long
+            body = await reader.readexactly(length) if length else b""
+    except TimeoutError:
+        raise Refused(408, "bad_request", f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     response = await service.handle(caller, request_of(head, path, body))
     head_bytes = http1.response_head(response.status, response.headers, response.length)
     sent = 0

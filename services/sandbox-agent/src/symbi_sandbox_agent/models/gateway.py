@@ -45,7 +45,7 @@ from symbi_sandbox_agent.models.pricing import (
     reservation,
     text_tokens,
 )
-from symbi_sandbox_agent.models.relay import MAX_ERROR_BYTES, MAX_REPLY_BYTES, Relay, read_at_most
+from symbi_sandbox_agent.models.relay import MAX_ERROR_BYTES, MAX_REPLY_BYTES, Ending, Relay, read_at_most
 from symbi_sandbox_agent.models.upstream import Upstreams
 from symbi_sandbox_agent.models.wire import (
     JSON,
@@ -229,7 +229,12 @@ class ModelGateway:
                 route.provider, UPSTREAM_PATHS[endpoint], encode(upstream), accept=SSE if stream else JSON
             )
         except BaseException as exc:
-            self._settle(held, BudgetReleased(reservation_id=event.reservation_id, reason=f"not sent: {exc!r}"[:500]))
+            if isinstance(exc, UpstreamFailed | ModelUnavailable) and exc.details.get("sent") is False:
+                self._settle(
+                    held, BudgetReleased(reservation_id=event.reservation_id, reason=f"not sent: {exc!r}"[:500])
+                )
+            else:  # sent (a timeout waiting for the answer, a cancellation): the provider may have done the work
+                self._charge_whole(route, held, prompt)
             raise
         if response.status_code >= 400:
             try:
@@ -248,15 +253,16 @@ class ModelGateway:
         rid = call.hold.event.reservation_id
         try:
             data = await read_at_most(call.response, self.max_reply_bytes)
-        except BaseException as exc:
-            self._settle(call.hold, BudgetReleased(reservation_id=rid, reason=f"reply not read: {exc!r}"[:500]))
+        except BaseException as exc:  # the provider answered: it did the work, whatever became of the reply
+            log.warning("a model reply was not read; charged whole", reservation=rid, error=repr(exc))
+            self._charge_whole(call.route, call.hold, call.prompt_tokens)
             if isinstance(exc, httpx.HTTPError):
                 raise UpstreamFailed(f"the reply of provider {call.route.provider} broke off: {exc}") from None
             raise
         finally:
             await call.response.aclose()
         if data is None:
-            self._reconcile(call, (call.prompt_tokens, max(call.hold.event.tokens - call.prompt_tokens, 0)), True)
+            self._charge_whole(call.route, call.hold, call.prompt_tokens)
             limit = self.max_reply_bytes
             raise UpstreamFailed(f"the reply of provider {call.route.provider} is larger than {limit} bytes")
         try:
@@ -274,9 +280,11 @@ class ModelGateway:
         """Pass a stream on as it comes; when it ends (or is closed, or breaks off) reconcile with its reported
         usage or what was counted, or release when nothing came at all."""
 
-        def finish(sent: bool) -> None:
+        def finish(sent: bool, ending: Ending) -> None:
             if call.tally.usage is not None:
                 self._reconcile(call, call.tally.usage, False)
+            elif ending == "caller":  # left before the end: what the provider generated meanwhile is unknown
+                self._charge_whole(call.route, call.hold, call.prompt_tokens)
             elif sent:
                 self._reconcile(call, (call.prompt_tokens, call.tally.text_tokens), True)
             else:
@@ -286,16 +294,11 @@ class ModelGateway:
         return Relay(call.response, call.tally, finish)
 
     def _reconcile(self, call: _Call, used: tuple[int, int], estimated: bool) -> None:
-        event = BudgetReconciled(
-            reservation_id=call.hold.event.reservation_id,
-            input_tokens=used[0],
-            output_tokens=used[1],
-            micro_usd=cost(call.route.price, used[0], used[1]),
-            estimated=estimated,
-            agent_id=call.hold.event.agent_id,
-            model=call.route.name,
-        )
-        self._settle(call.hold, event)
+        self._settle(call.hold, _reconciled(call.route, call.hold, used, estimated))
+
+    def _charge_whole(self, route: Route, hold: Hold, prompt: int) -> None:
+        """Reconcile at the whole reservation (estimated): what the call used cannot be known."""
+        self._settle(hold, _reconciled(route, hold, (prompt, max(hold.event.tokens - prompt, 0)), True))
 
     def _settle(self, hold: Hold, event: BudgetReconciled | BudgetReleased) -> None:
         task = asyncio.get_running_loop().create_task(self._settle_now(hold, event))
@@ -350,3 +353,15 @@ def _refusal(
         err = ModelDenied(f"calling {route.name} is denied: {decision.reason}", policies=",".join(decision.policies))
     err.record = record  # type: ignore[attr-defined]
     return err
+
+
+def _reconciled(route: Route, hold: Hold, used: tuple[int, int], estimated: bool) -> BudgetReconciled:
+    return BudgetReconciled(
+        reservation_id=hold.event.reservation_id,
+        input_tokens=used[0],
+        output_tokens=used[1],
+        micro_usd=cost(route.price, used[0], used[1]),
+        estimated=estimated,
+        agent_id=hold.event.agent_id,
+        model=route.name,
+    )

@@ -2,12 +2,14 @@
 
 Whoever serves it (the egress proxy) iterates it and closes it (``aclose``); the end of the stream, an error
 of the provider's connection, a cancellation or a close before the end all *finish* it exactly once: the
-reservation is reconciled with what the stream reported or carried, or released when nothing came at all.
+reservation is reconciled with what the stream reported or carried, released when the provider sent nothing at
+all, and charged whole when the caller left before the end (the provider may have generated it all).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Literal
 
 import httpx
 import structlog
@@ -33,16 +35,22 @@ async def read_at_most(response: httpx.Response, limit: int) -> bytes | None:
     return bytes(body)
 
 
-class Relay:
-    """``finish(sent)`` settles the call (``sent``: whether any chunk went out)."""
+#: How a stream ended: the provider's end, the provider's connection breaking off, or the caller closing it
+#: (or being cancelled) before the end, while the provider may still have been generating.
+Ending = Literal["end", "provider", "caller"]
 
-    def __init__(self, response: httpx.Response, tally: StreamTally, finish: Callable[[bool], None]) -> None:
+
+class Relay:
+    """``finish(sent, ending)`` settles the call (``sent``: whether any chunk went out; ``ending``: how)."""
+
+    def __init__(self, response: httpx.Response, tally: StreamTally, finish: Callable[[bool, Ending], None]) -> None:
         self.response = response
         self.tally = tally
         self._finish = finish
         self._chunks: AsyncIterator[bytes] | None = None
         self.sent = False
         self.finished = False
+        self._ending: Ending = "caller"
 
     def __aiter__(self) -> Relay:
         return self
@@ -55,10 +63,12 @@ class Relay:
         try:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
+            self._ending = "end"
             await self.aclose()
             raise
         except httpx.HTTPError as exc:
             log.warning("a model stream broke off", error=str(exc))
+            self._ending = "provider"
             await self.aclose()
             raise StopAsyncIteration from None
         except BaseException:
@@ -74,5 +84,5 @@ class Relay:
             return
         self.finished = True
         self.tally.end()
-        self._finish(self.sent)
+        self._finish(self.sent, self._ending)
         await self.response.aclose()

@@ -10,12 +10,12 @@ import time
 from collections.abc import Mapping
 
 import httpx
-from symbi_common.errors import ConfigError
+from symbi_common.errors import ConfigError, SymbiError
 from symbi_common.secret_source import SecretNotFound, SecretSource
 from symbi_common.settings_sandbox import ModelProviderSettings
 
 from symbi_sandbox_agent.models.catalog import secret_name
-from symbi_sandbox_agent.models.errors import ModelUnavailable, UpstreamFailed
+from symbi_sandbox_agent.models.errors import ModelError, ModelUnavailable, UpstreamFailed
 
 #: How long a credential read from the secrets store is used before it is read again (rotation).
 CREDENTIAL_TTL_S = 60.0
@@ -69,10 +69,13 @@ class Upstreams:
         except SecretNotFound:
             raise ModelUnavailable(
                 f"the credential of provider {provider} ({name}) is not in the secrets store; "
-                f"set it with `symbi secrets set {name}`"
+                f"set it with `symbi secrets set {name}`",
+                sent=False,
             ) from None
         except UnicodeDecodeError:
-            raise ModelUnavailable(f"the credential of provider {provider} ({name}) is not UTF-8 text") from None
+            raise ModelUnavailable(
+                f"the credential of provider {provider} ({name}) is not UTF-8 text", sent=False
+            ) from None
         self._credentials[provider] = (now, value)
         return value
 
@@ -82,15 +85,26 @@ class Upstreams:
         provider cannot be reached."""
         client = self._clients[provider]
         headers = {"content-type": "application/json", "accept": accept}
-        credential = await self._credential(provider)
+        try:
+            credential = await self._credential(provider)
+        except ModelError:
+            raise
+        except SymbiError as exc:  # the secrets store failed: nothing was sent
+            raise ModelUnavailable(
+                f"the credential of provider {provider} could not be read: {exc}", sent=False
+            ) from None
         if credential is not None:
             headers["authorization"] = f"Bearer {credential}"
         request = client.build_request("POST", path.lstrip("/"), content=body, headers=headers)
         try:
             return await client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            # The exception's text names the URL, never the headers: safe to pass on.
-            raise UpstreamFailed(f"provider {provider} could not be reached: {type(exc).__name__}: {exc}") from None
+            # The exception's text names the URL, never the headers: safe to pass on. ``sent``: whether the
+            # provider may have received the request (and done the work); only a failure to connect says not.
+            sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+            raise UpstreamFailed(
+                f"provider {provider} could not be reached: {type(exc).__name__}: {exc}", sent=sent
+            ) from None
 
     def scrub(self, provider: str, status: int, body: bytes) -> str:
         """What of a provider's error answer may reach the sandbox: nothing of an authentication failure (providers
