@@ -15,7 +15,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -61,6 +61,10 @@ from symbi_sandbox_agent.models.wire import (
 )
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+#: A request body larger than this is parsed and counted on a thread; :data:`HEAVY_AT_ONCE` such at a time.
+OFF_LOOP_BYTES = 64 * 1024
+HEAVY_AT_ONCE = 2
 
 Decide = Callable[[DecisionRequest], Awaitable[tuple[Decision, DecisionRecord]]]
 #: The sandbox's paths and the provider's (relative to its base URL).
@@ -116,6 +120,8 @@ class ModelGateway:
         self.max_request_bytes = max_request_bytes
         self.max_reply_bytes = max_reply_bytes
         self._background: set[asyncio.Task[None]] = set()
+        #: Large request bodies are parsed and counted on a thread, a few at a time (:meth:`_off_loop`).
+        self._heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
 
     # --- the HTTP face (InternalService) --------------------------------------------------------
 
@@ -129,7 +135,8 @@ class ModelGateway:
             if endpoint is None or request.method != "POST":
                 raise UnknownModel(f"{request.method} {path[:100]} is not served here; use POST /v1/chat/completions, "
                                    "POST /v1/embeddings or GET /v1/models")  # fmt: skip
-            call = await self._open(caller, endpoint, parse_body(request.body, self.max_request_bytes))
+            body = await self._off_loop(len(request.body), parse_body, request.body, self.max_request_bytes)
+            call = await self._open(caller, endpoint, body, len(request.body))
             if call.stream:
                 return InternalResponse(200, [("content-type", SSE), ("cache-control", "no-cache")], self._relay(call))
             data, _ = await self._read(call)
@@ -176,7 +183,16 @@ class ModelGateway:
             },
         )
 
-    async def _open(self, caller: Caller, endpoint: str, body: dict[str, Any]) -> _Call:
+    async def _off_loop(self, size: int, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` for a request body of ``size`` bytes: in place when small, else on a thread (a few at
+        a time): parsing and counting megabytes of crafted JSON would hold up the event loop every run of the
+        host shares."""
+        if size <= OFF_LOOP_BYTES:
+            return work(*args)
+        async with self._heavy:
+            return await asyncio.to_thread(work, *args)
+
+    async def _open(self, caller: Caller, endpoint: str, body: dict[str, Any], size: int = 0) -> _Call:
         route = self.catalog.resolve(body.get("model"))
         who = await self.callers.of(caller)
         stream = endpoint == "chat" and body.get("stream") is True
@@ -190,13 +206,13 @@ class ModelGateway:
             if not isinstance(body.get("messages"), list) or not body["messages"]:
                 raise BadModelRequest("a chat completion needs messages: a list of {role, content}")
             per_choice = max_completion_tokens(body, self.default_max_tokens)
-            prompt = chat_prompt_tokens(body)
+            prompt = await self._off_loop(size, chat_prompt_tokens, body)
             choices = body.get("n", 1)
             if not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= 128:
                 raise BadModelRequest(f"n must be a whole number from 1 to 128, got {choices!r:.100}")
             completion = per_choice * choices  # each choice may use max_tokens
         else:
-            prompt, completion = embedding_input_tokens(body), 0
+            prompt, completion = await self._off_loop(size, embedding_input_tokens, body), 0
             if prompt == 0:
                 raise BadModelRequest("an embeddings request needs input: a string or a list of strings")
         requested = reservation(route.price, prompt, completion)
