@@ -312,13 +312,15 @@ class Carrier:
         done: list[Any] = []
         dead: list[Awaitable[None]] = []
         later: list[Any] = []
+        loaded = False  # the agent's delivery records, read at most once a batch (for a redelivered message)
         for msg in msgs:
             try:
                 replayed = replayed_at(msg.headers)
                 got = await self.open(msg.data, agent_id, replayed)
-                if got.meta.id in recent or (
-                    msg.metadata.num_delivered > 1 and await self._seen(agent_id, got.meta.id)
-                ):
+                if got.meta.id not in recent and msg.metadata.num_delivered > 1 and not loaded:
+                    await self._load_delivered(agent_id)
+                    loaded = True
+                if got.meta.id in recent:
                     done.append(msg)
                     continue
                 if got.meta.topic or replayed:  # a direct message was decided when it was sent
@@ -372,18 +374,23 @@ class Carrier:
         """Hand fetched messages back to the inbox, untouched (they are delivered again, in order)."""
         await asyncio.gather(*(m.nak() for m in msgs))
 
-    async def _seen(self, agent_id: str, message_id: str) -> bool:
-        """Whether a redelivered message was handed over before (the batch records of the agent's inbox)."""
-        recent, _ = self._recent[agent_id]
+    async def _load_delivered(self, agent_id: str) -> None:
+        """Remember the ids the agent's batch records say were handed over (only the agent's own records are
+        read), so that a redelivered message handed over before is recognised."""
+        recent, order = self._recent[agent_id]
+        watcher = await self.delivered.watch(f"{agent_id}.>", ignore_deletes=True)
         try:
-            keys = await self.delivered.keys(filters=[f"{agent_id}."])
-        except nats.js.errors.NoKeysError:
-            return False
-        for key in (k for k in keys if k.startswith(f"{agent_id}.")):
-            entry = await self.delivered.get(key)
-            if entry is not None and entry.value:
-                recent.update(msgspec.json.decode(entry.value, type=list[str]))
-        return message_id in recent
+            async for entry in watcher:
+                if entry is None:  # the records there are now have all come
+                    break
+                for message_id in msgspec.json.decode(entry.value or b"[]", type=list[str]):
+                    if message_id not in recent:
+                        recent.add(message_id)
+                        order.append(message_id)
+        finally:
+            await watcher.stop()
+        while len(order) > RECENT_IDS:
+            recent.discard(order.popleft())
 
     async def dead_letter(self, data: bytes, recipient: str, reason: str, detail: str) -> None:
         """Keep an undeliverable message, with why, in ``DEADLETTER``."""
