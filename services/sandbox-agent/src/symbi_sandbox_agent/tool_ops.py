@@ -21,6 +21,7 @@ from symbi_common.policy.conditions import redact
 from symbi_common.policy.hooks import UNDECIDED
 from symbi_contracts.agent_protocol import Reply, Request, RequestId, Result, error
 from symbi_contracts.sandbox_agent.events import ActionOutcome
+from symbi_contracts.tools.errors import ToolNotApproved
 
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, check_against_schema
 from symbi_sandbox_agent.errors import ActionRequestError
@@ -160,6 +161,10 @@ class ToolOps:
                 seq, rid, name, question.context, record, "too_many_requests", message, retry_after=wait
             )
         try:
+            # Still callable, with the definition the decision was about: the tool may have been revoked, or its
+            # server replaced, while the call was being decided.
+            if (await tools.callable_record(name)).seen_pin != tool.seen_pin:
+                raise ToolNotApproved(f"{name} changed while the call was decided; ask again", status="changed")
             called = await tools.call(name, args.arguments)
         except SymbiError as err:
             code = "unavailable" if isinstance(err, InfrastructureError) else err.code
