@@ -36,14 +36,19 @@ def _log(keys_dir: Path, n: int) -> list[RawMessage]:
     return out
 
 
-def test_blocks_and_processes_change_nothing(keys_dir: Path, registry: KeyRegistry, tmp_path: Path) -> None:
-    log = _log(keys_dir, 40)
+def signed_export(keys_dir: Path, n: int) -> tuple[bytes, str]:
+    """An export of ``n`` events and the audit key's checkpoint over them."""
+    log = _log(keys_dir, n)
     tree = TreeBuilder()
     for m in log:
         tree.append(event_leaf(m))
     audit = load_signer(keys_dir / "audit" / "signing.key")
     note = sign_checkpoint(Checkpoint("symbi-audit", tree.size, tree.root()), audit, audit.key_id)
-    data = b"".join(export_line(m) for m in log)
+    return b"".join(export_line(m) for m in log), note
+
+
+def test_blocks_and_processes_change_nothing(keys_dir: Path, registry: KeyRegistry, tmp_path: Path) -> None:
+    data, note = signed_export(keys_dir, 40)
     data = data[:-1]  # no final newline
     anchor = TrustAnchor(registry)
     one = list(verdicts_of_file(io.BytesIO(data), registry))

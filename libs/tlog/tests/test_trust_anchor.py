@@ -7,32 +7,21 @@ import dataclasses
 import io
 from pathlib import Path
 
-from symbi_common.key_material import load_signer
 from symbi_common.keyring import KeyRegistry
-from symbi_tlog.merkle import TreeBuilder
-from symbi_tlog.notes import Checkpoint, sign_checkpoint
 from symbi_tlog.offline import (
     REGISTRY_ROLLBACK,
     ROOT_KEY_MISMATCH,
     TrustAnchor,
-    export_line,
     verify_export_file,
 )
-from symbi_tlog.rules import event_leaf
 
-from .test_offline_file import _log
+from .test_offline_file import signed_export
 
 
 def test_the_root_key_the_registry_version_and_the_witnesses_are_checked_or_named(
     keys_dir: Path, registry: KeyRegistry
 ) -> None:
-    log = _log(keys_dir, 5)
-    tree = TreeBuilder()
-    for m in log:
-        tree.append(event_leaf(m))
-    audit = load_signer(keys_dir / "audit" / "signing.key")
-    note = sign_checkpoint(Checkpoint("symbi-audit", tree.size, tree.root()), audit, audit.key_id)
-    data = b"".join(export_line(m) for m in log)
+    data, note = signed_export(keys_dir, 5)
     root = registry.document.root_key_id
 
     def verify(anchor: TrustAnchor) -> tuple[list[str], list[str]]:

@@ -4,6 +4,7 @@ the real audit service app (in-process). NATS, PostgreSQL and the keyring come f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,15 @@ class Running:
         resp = await self.http.get(path, params=params)
         assert resp.status_code == 200, resp.text
         return resp.json()
+
+    async def checkpoint_covering(self, sequence: int) -> dict[str, Any]:
+        """The latest checkpoint once one covers stream ``sequence`` (checkpoints come every 0.5 s here)."""
+        for _ in range(100):
+            cp = (await self.json("/v1/audit/status"))["checkpoint"]
+            if cp and cp["size"] >= sequence:
+                return dict(cp)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no checkpoint covers sequence {sequence}")
 
 
 @pytest.fixture

@@ -14,19 +14,10 @@ from symbi_tlog.notes import verify_checkpoint
 from .conftest import Running, Writer
 
 
-async def _checkpoint_covering(running: Running, sequence: int) -> dict[str, object]:
-    for _ in range(100):
-        cp = (await running.json("/v1/audit/status"))["checkpoint"]
-        if cp and cp["size"] >= sequence:
-            return dict(cp)
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no checkpoint covers sequence {sequence}")
-
-
 async def test_checkpoints_after_a_rotation_are_signed_by_the_new_key(
     running: Running, writer: Writer, provisioned: NatsClient, keys_dir: Path
 ) -> None:
-    before = await _checkpoint_covering(running, (await writer.agent("k1", 2))[-1])
+    before = await running.checkpoint_covering((await writer.agent("k1", 2))[-1])
     old_key = running.service.signer
 
     new_key = rotate_service_key(keys_dir, "audit")
@@ -37,7 +28,7 @@ async def test_checkpoints_after_a_rotation_are_signed_by_the_new_key(
         await asyncio.sleep(0.1)
     assert running.service.runner.key_name == new_key.key_id, "the audit service did not take its rotated key"
 
-    after = await _checkpoint_covering(running, (await writer.agent("k2", 2))[-1])
+    after = await running.checkpoint_covering((await writer.agent("k2", 2))[-1])
     note = str(after["note"])
     verify_checkpoint(note, key_name=new_key.key_id, public_key=new_key.public_key)  # raises if not signed by it
     assert old_key.key_id not in note

@@ -360,11 +360,7 @@ async def test_compliance_reports_state_their_checkpoint(running: Running, write
     )
     executed = resp.json()["executed_sequence"]
     await running.wait_for(executed)
-    for _ in range(50):  # the interval checkpoint (0.5 s) covers the erasure
-        cp = (await running.json("/v1/audit/status"))["checkpoint"]
-        if cp and cp["size"] >= executed:
-            break
-        await asyncio.sleep(0.1)
+    await running.checkpoint_covering(executed)
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
     gdpr = await running.json("/v1/audit/reports/gdpr", since=start.isoformat(), until=until)
     assert gdpr["integrity"]["status"] == "verified"
@@ -426,11 +422,7 @@ async def test_a_report_states_verified_only_on_a_checkpoint_that_checks_out(run
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     last = (await writer.agent("rv1", 3))[-1]
     await running.wait_for(last)
-    for _ in range(50):  # the interval checkpoint (0.5 s) covers the events
-        cp = (await running.json("/v1/audit/status"))["checkpoint"]
-        if cp and cp["size"] >= last:
-            break
-        await asyncio.sleep(0.1)
+    await running.checkpoint_covering(last)
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
     window = {"since": start.isoformat(), "until": until}
     assert (await running.json("/v1/audit/reports/sox", **window))["integrity"]["status"] == "verified"
