@@ -46,6 +46,11 @@ def test_a_change_from_an_older_agent_event_changes_nothing() -> None:
     # The same text from a newer event is still recorded, so a late one between them cannot win either.
     same = fold(newer, FollowAgent(agent_id="a-1", source=40, cedar=net))
     assert (same.cedar, same.revision, same.source) == (net, 3, 40)
+    # agent.ready only registers: a set there already, even one written before sources were recorded (0),
+    # is left as it is, so a replay never writes the first configuration over a later one.
+    legacy = PolicySetState(set_id="agent-a-1", status="active", cedar=net, revision=4)
+    assert decide_set(legacy, FollowAgent(agent_id="a-1", source=10, cedar=shell, register_only=True)) == []
+    assert decide_set(newer, FollowAgent(agent_id="a-1", source=99, cedar=shell, register_only=True)) == []
     # An operator's change (no source) keeps the newest agent event the set followed.
     operated = fold(same, RetireSet(reason="an operator retires it"))
     assert (operated.status, operated.source) == ("retired", 40)

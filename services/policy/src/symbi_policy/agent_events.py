@@ -166,15 +166,18 @@ class AgentPolicyFollower:
                 await self._policies(configured_id, source, specs)
                 del self._configured[configured_id]
 
-    async def _policies(self, agent_id: str, source: int, specs: tuple[PolicySpec, ...]) -> None:
-        """Apply the agent's own policies as the agent event at ``source`` has them; if the policy service
-        refuses them, the agent's set forbids it everything instead (fail closed: never an agent without the
-        policies it was registered with)."""
+    async def _policies(
+        self, agent_id: str, source: int, specs: tuple[PolicySpec, ...], *, register_only: bool = False
+    ) -> None:
+        """Apply the agent's own policies as the agent event at ``source`` has them (``register_only``: only if
+        the agent has no set yet, for ``agent.ready``); if the policy service refuses them, the agent's set
+        forbids it everything instead (fail closed: never an agent without the policies it was registered
+        with)."""
         try:
-            await self.service.agent_policies(agent_id, source, specs)
+            await self.service.agent_policies(agent_id, source, specs, register_only=register_only)
         except (ValidationError, ValueError) as exc:  # PolicyRejected is one; ValueError: Cedar refused the text
             self._failed(f"the policies of agent {agent_id} were refused; it is forbidden every action", exc)
-            await self.service.refuse_agent_policies(agent_id, source, str(exc))
+            await self.service.refuse_agent_policies(agent_id, source, str(exc), register_only=register_only)
         except DomainError as exc:
             self._failed(f"the policies of agent {agent_id} were not applied", exc)
 
@@ -196,7 +199,7 @@ class AgentPolicyFollower:
             if final is not None:
                 specs = final.policies
             if specs:
-                await self._policies(agent_id, sequence, specs)
+                await self._policies(agent_id, sequence, specs, register_only=True)
             self._pending.pop(agent_id, None)  # (kept until applied: a batch applied again still has it)
         elif isinstance(event, AgentConfigured):
             self._configured[agent_id] = (sequence, event.config.policies)

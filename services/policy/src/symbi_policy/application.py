@@ -292,24 +292,32 @@ class PolicyService:
         except AlreadyExists:  # another replica got there first
             return None
 
-    async def agent_policies(self, agent_id: str, source: int, specs: tuple[PolicySpec, ...]) -> PolicySetView | None:
+    async def agent_policies(
+        self, agent_id: str, source: int, specs: tuple[PolicySpec, ...], *, register_only: bool = False
+    ) -> PolicySetView | None:
         """Make ``agent-<agent_id>`` say what the agent event at stream sequence ``source`` says the agent's
         own policies are: registered, a new revision, or one that never applies if it has none (any more). A
         set retired (with its agent, or by an operator) stays retired; an older event than the set's last
         changes nothing. :class:`PolicyRejected` (or ValidationError) if they cannot be compiled."""
         cedar = agent_policy_text(agent_id, specs) if specs else ""
+        description = f"policies of agent {agent_id}"
         return await self._follow_agent(
-            FollowAgent(agent_id=agent_id, source=source, cedar=cedar, description=f"policies of agent {agent_id}")
+            FollowAgent(
+                agent_id=agent_id, source=source, cedar=cedar, description=description, register_only=register_only
+            )
         )
 
-    async def refuse_agent_policies(self, agent_id: str, source: int, reason: str) -> PolicySetView | None:
+    async def refuse_agent_policies(
+        self, agent_id: str, source: int, reason: str, *, register_only: bool = False
+    ) -> PolicySetView | None:
         """The agent's own policies were refused: ``agent-<agent_id>`` forbids it every action instead (fail
         closed), registered or as a new revision, until a configuration that is accepted replaces it."""
         cedar = refused_policy_text(agent_id, reason)
         description = f"agent {agent_id}: policies refused"
-        return await self._follow_agent(
-            FollowAgent(agent_id=agent_id, source=source, cedar=cedar, description=description), refused=True
+        command = FollowAgent(
+            agent_id=agent_id, source=source, cedar=cedar, description=description, register_only=register_only
         )
+        return await self._follow_agent(command, refused=True)
 
     async def retire_agent(self, agent_id: str, source: int, reason: str) -> PolicySetView | None:
         """The agent was terminated: its set, if it has one, is retired."""
@@ -319,7 +327,7 @@ class PolicyService:
     async def _follow_agent(self, command: FollowAgent, *, refused: bool = False) -> PolicySetView | None:
         set_id = agent_set_id(command.agent_id)
         known = self.follower.states.get(set_id)  # it may lag the stored set, never lead it
-        if known is not None and (known.source >= command.source or not known.active):
+        if known is not None and (known.source >= command.source or not known.active or command.register_only):
             return None  # the set would take nothing from an event this old, or is retired for good
         attributes: dict[str, str | int] = {
             "symbi.agent_id": command.agent_id,

@@ -91,6 +91,9 @@ class FollowAgent(msgspec.Struct, frozen=True, kw_only=True):
     cedar: str = ""
     description: str = ""
     retire: str = ""
+    #: Only register the set (``agent.ready``): an existing set is left as it is, even one that names no source
+    #: (written before sources were recorded), so a replay never writes an older configuration over it.
+    register_only: bool = False
 
 
 SetCommand = RegisterSet | UpdateSet | RetireSet | FollowAgent
@@ -152,7 +155,7 @@ def _follow_agent(state: PolicySetState, command: FollowAgent) -> list[PolicySet
     """Every policy replica follows the agent events and may apply one late: a change from an agent event no
     newer than the set's last one decides to nothing, so an older configuration never replaces a newer one.
     A change with the text the set has is still recorded (with its newer source) for the same reason."""
-    if command.source <= state.source:
+    if command.source <= state.source or (command.register_only and state.status is not None):
         return []
     if state.status is None:
         if command.retire or not command.cedar:
