@@ -39,6 +39,7 @@ from symbi_contracts.sandbox_agent.events import (
 )
 from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
+from symbi_sandbox_agent.cgroups import CgroupUsage
 from symbi_sandbox_agent.config import check_settings, resolve_host_id
 from symbi_sandbox_agent.domain import (
     ENVELOPE_ROOM,
@@ -456,3 +457,21 @@ def test_remove_cgroup_tree_removes_empty_cgroups_deepest_first_in_every_hierarc
     remove_cgroup_tree("/symbi/h1", tmp_path)
     assert (tmp_path / "memory" / "symbi" / "h1" / "t2" / "busy" / "tasks").exists()
     assert not (tmp_path / "cpu" / "symbi" / "h1").exists()
+
+
+def test_an_oom_kill_is_read_from_the_parent_cgroups_memory_events(tmp_path: Path) -> None:
+    """cgroup v2 (``memory.events``, hierarchical) and v1 (``memory.oom_control``); no file: no OOM kill known."""
+    v2 = tmp_path / "v2"
+    (v2 / "symbi" / "t1").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("memory cpu io\n")
+    events = v2 / "symbi" / "t1" / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    usage = CgroupUsage("symbi/t1", v2)
+    assert not usage.oom_killed()
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert usage.oom_killed()
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "symbi" / "t2").mkdir(parents=True)
+    (v1 / "memory" / "symbi" / "t2" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    assert CgroupUsage("symbi/t2", v1).oom_killed()
+    assert not CgroupUsage("symbi/none", v1).oom_killed()

@@ -102,6 +102,20 @@ class CgroupUsage:
         write = sum(int(x.split("=")[1]) for x in io.split() if x.startswith("wbytes="))
         return Usage(peak_memory_bytes=peak or 0, cpu_seconds=cpu_us / 1e6, io_read_bytes=read, io_write_bytes=write)
 
+    def oom_killed(self) -> bool:
+        """Whether the kernel OOM-killed a process of the sandbox (``oom_kill`` of the parent's memory events,
+        which count its containers'). Docker's own ``OOMKilled`` flag is known to miss some under cgroup v2."""
+        events = (
+            self.root / self.parent / "memory.events"
+            if self.v2
+            else self.root / "memory" / self.parent / "memory.oom_control"
+        )
+        try:
+            lines = _read(events).splitlines()
+        except OSError:
+            return False
+        return any(line.startswith("oom_kill ") and int(line.split()[1]) > 0 for line in lines)
+
     def release(self) -> None:
         """Remove the parent cgroup (in every v1 hierarchy); call after the container is removed."""
         remove_cgroup_tree(self.parent, self.root)

@@ -16,6 +16,7 @@ way; its connections are recorded before its terminal event, whose usage carries
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import shutil
 import time
@@ -170,6 +171,8 @@ class Supervisor:
                     terminal = self._failed(run, collector, usage.sample(), exc)
                 else:
                     exit_state = await self._finish_container(run)
+                    if exit_state.exit_code not in (0, None) and not exit_state.oom_killed and usage.oom_killed():
+                        exit_state = dataclasses.replace(exit_state, oom_killed=True)
                     await self._discard(run)
                     terminal = await self._ending(run, exit_state, collector, usage.sample())
                 finally:
