@@ -3,39 +3,26 @@ again by the recorder: against the real event store, the retry stores nothing a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 from symbi_common.aggregate import Repository
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AppendFailed
-from symbi_common.eventstore import EventStore, Recorded
+from symbi_common.eventstore import EventStore
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEgress, ExecutionOutput
 from symbi_sandbox_agent.domain import EXECUTION, ExecutionState, execution_data_key
 
+from .store_faults import AcksLost
 from .test_pure import started
 
 
-class AcksLost(EventStore):
-    """Stores every append, but reports the first of each output, action or egress event as not confirmed."""
-
-    lost: set[str]
-
-    async def append(self, aggregate_type: str, aggregate_id: str, events: Sequence[Any], *a: Any, **kw: Any) -> Any:
-        recorded: list[Recorded[Any]] = await super().append(aggregate_type, aggregate_id, events, *a, **kw)
-        kind = type(events[0]).__name__
-        if isinstance(events[0], ExecutionOutput | ExecutionAction | ExecutionEgress) and kind not in self.lost:
-            self.lost.add(kind)
-            raise AppendFailed(f"append to evt.execution.{aggregate_id} timed out 3 times and could not be confirmed")
-        return recorded
-
-
 async def test_a_retried_output_action_or_egress_record_is_stored_once(make_store: Any) -> None:
-    store = await make_store("sandbox-agent", store_class=AcksLost)
-    store.lost = set()
-    repo: Repository[ExecutionState, Any, Any] = Repository(store, EXECUTION, data_key=execution_data_key)
+    store = AcksLost(await make_store("sandbox-agent"), (ExecutionOutput, ExecutionAction, ExecutionEgress))
+    repo: Repository[ExecutionState, Any, Any] = Repository(
+        cast(EventStore, store), EXECUTION, data_key=execution_data_key
+    )
     await repo.execute("t-retry", msgspec.structs.replace(started(1), agent_id="agent-1"))
     record = DecisionRecord(action="memory.read", effect="allow", policy_version=1, decision_id="d-1")
     for event in (

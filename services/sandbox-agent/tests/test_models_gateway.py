@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from symbi_common.errors import AppendFailed
 from symbi_common.settings import Settings
 from symbi_contracts.lifecycle.config import AgentBudget
 from symbi_contracts.models.events import CODEC as BUDGETS
@@ -26,6 +25,7 @@ from symbi_sandbox_agent.models.pricing import chat_prompt_tokens
 
 from .conftest import Agent, running_agent
 from .models_support import API_KEY, MODEL_POLICY, assign, body_of, caller, chat, gateway, models_settings, post
+from .store_faults import AcksLost
 from .test_actions import BASELINE, register_policies
 
 
@@ -339,34 +339,13 @@ async def test_a_call_cancelled_once_sent_is_charged_its_whole_reservation(
     await gw.aclose()
 
 
-class AcksLost:
-    """The daemon's real event store, except that the first reservation's append reports no confirmation (as
-    after repeated timeouts): ``landed`` whether it was stored before that, as when only the ack was lost."""
-
-    def __init__(self, store: Any, *, landed: bool) -> None:
-        self.store = store
-        self.landed = landed
-        self.lost = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    async def append(self, aggregate_type: str, aggregate_id: str, events: Any, codec: Any, **kw: Any) -> Any:
-        if self.lost == 0 and isinstance(events[0], BudgetReserved):
-            self.lost += 1
-            if self.landed:
-                await self.store.append(aggregate_type, aggregate_id, events, codec, **kw)
-            raise AppendFailed(f"append to evt.budget.{aggregate_id} timed out 3 times and could not be confirmed")
-        return await self.store.append(aggregate_type, aggregate_id, events, codec, **kw)
-
-
 async def test_a_reservation_whose_ack_was_lost_is_used_once(
     daemon: Agent, upstream: Upstream, make_store: Any
 ) -> None:
     """The reservation landed but its append was not confirmed: the ledger finds it and the call goes on with it,
     so the day holds one reconciled call and no reservation left open (none held twice)."""
     gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 10_000}}))
-    gw.ledger.store = AcksLost(gw.ledger.store, landed=True)  # type: ignore[assignment]
+    gw.ledger.store = AcksLost(gw.ledger.store, (BudgetReserved,), landed=True)  # type: ignore[assignment]
     task = await assign(await make_store("scheduler"), daemon.host_id)
     answer = await gw.handle(caller(task), post("/v1/chat/completions", chat()))
     assert answer.status == 200, await body_of(answer)
@@ -384,7 +363,7 @@ async def test_a_reservation_that_did_not_land_is_released_and_the_call_refused(
     unavailable (retry later) before anything reaches the provider, and a release is stored for the reservation
     so that, should it land late, it holds nothing."""
     gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 10_000}}))
-    gw.ledger.store = AcksLost(gw.ledger.store, landed=False)  # type: ignore[assignment]
+    gw.ledger.store = AcksLost(gw.ledger.store, (BudgetReserved,), landed=False)  # type: ignore[assignment]
     task = await assign(await make_store("scheduler"), daemon.host_id)
     answer = await gw.handle(caller(task), post("/v1/chat/completions", chat()))
     error = json.loads(await body_of(answer))["error"]
