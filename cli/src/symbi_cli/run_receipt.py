@@ -19,7 +19,7 @@ from symbi_common.envelope import decode_header, decode_sealed
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
-from symbi_contracts.sandbox_agent.events import TERMINAL_TYPES
+from symbi_contracts.sandbox_agent.events import TERMINAL_TAGS
 from symbi_tlog.merkle import verify_inclusion
 from symbi_tlog.notes import Checkpoint
 from symbi_tlog.offline import WITNESS_MISSING, TrustAnchor, audit_key, check_checkpoint
@@ -117,7 +117,7 @@ def check_events(events: list[RawMessage], registry: KeyRegistry) -> None:
 #: aggregates must end with one (else the events after the last one read are missing).
 _ENDS: dict[str, set[str]] = {
     "task": {"task.completed", "task.cancelled"},
-    "execution": {str(t.__struct_config__.tag) for t in TERMINAL_TYPES},
+    "execution": set(TERMINAL_TAGS),
 }
 
 

@@ -28,7 +28,7 @@ from symbi_contracts.lifecycle.events import (
     AgentTerminated,
 )
 from symbi_contracts.sandbox_agent.events import (
-    TERMINAL_TYPES,
+    TERMINAL_TAGS,
     ExecutionAction,
     ExecutionEvent,
     ExecutionResumed,
@@ -40,8 +40,6 @@ from symbi_contracts.scheduler.events import ResourceRequest
 
 from symbi_scheduler.domain import LEVEL, TaskState, TaskStatus
 from symbi_scheduler.risk import assess_agent
-
-_TERMINAL_TAGS = {t.__struct_config__.tag for t in TERMINAL_TYPES}
 
 
 class HostInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,7 +200,7 @@ def fold_execution(task: TaskRec, event: ExecutionEvent, sequence: int) -> int |
     elif isinstance(event, ExecutionResumed):
         if attempt == task.attempt:
             task.exec_resumed_seq = sequence
-    elif type(event).__struct_config__.tag in _TERMINAL_TAGS:
+    elif type(event).__struct_config__.tag in TERMINAL_TAGS:
         kind = str(type(event).__struct_config__.tag)
         task.ended[attempt] = (kind, getattr(event, "exit_code", None), getattr(event, "reason", ""))
         decision = getattr(event, "decision", None)

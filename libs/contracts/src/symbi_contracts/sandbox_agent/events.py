@@ -242,6 +242,8 @@ TERMINAL_TYPES: tuple[type[_Ended], ...] = (
     ExecutionRefused,
     ExecutionFailed,
 )
+#: Their type names (``execution.exited`` …).
+TERMINAL_TAGS: frozenset[str] = frozenset(str(t.__struct_config__.tag) for t in TERMINAL_TYPES)
 ExecutionEvent = (
     ExecutionStarted
     | ExecutionOutput
