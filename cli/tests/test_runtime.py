@@ -94,3 +94,31 @@ def test_a_service_whose_package_is_missing_stops_the_start_instead_of_being_ski
     check_installed(ALL_SERVICES)  # every service of the runtime is installed in this workspace
     with pytest.raises(StartError, match=r"absent not installed \(no symbi_absent\)"):
         check_installed(["lifecycle", "absent"])
+
+
+async def test_the_runtime_provisions_the_configured_stream_limits_and_refuses_replicas(
+    runtime_home: Path, free_base_port: int
+) -> None:
+    """``[nats] events_max_bytes`` is honoured by ``symbi up`` (not only by ``symbi nats provision``), and replicas,
+    which its single nats-server cannot place, are refused at start-up instead of waiting for absent members."""
+    import nats
+
+    env = {k: v for k, v in os.environ.items() if k != "SYMBI_DATABASE_URL"}
+    env["SYMBI_NATS__EVENTS_MAX_BYTES"] = str(2 * 1024**3)
+    env["SYMBI_NATS__DUPLICATE_WINDOW_S"] = "120"
+    options = RuntimeOptions(home=runtime_home, services=[], base_port=free_base_port, nats_port=None, env=env)
+    rt = LocalRuntime(options)
+    try:
+        await rt.start()
+        nc = await nats.connect(rt.nats_url_for("admin"), allow_reconnect=False)
+        try:
+            config = (await nc.jetstream().stream_info("EVENTS")).config
+        finally:
+            await nc.drain()
+    finally:
+        await rt.stop()
+    assert (config.max_bytes, config.duplicate_window) == (2 * 1024**3, 120.0)
+
+    env["SYMBI_NATS__REPLICAS"] = "3"
+    with pytest.raises(StartError, match=r"replicas = 3, but symbi up runs one nats-server"):
+        await LocalRuntime(RuntimeOptions(home=runtime_home, services=[], nats_port=None, env=env)).start()

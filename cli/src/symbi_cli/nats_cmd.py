@@ -8,11 +8,11 @@ from typing import Annotated
 import nats.errors
 import typer
 from rich.console import Console
+from symbi_common.errors import InfrastructureError
 from symbi_common.natsauth import connect_options, without_credentials
 from symbi_common.settings import load_settings
-from symbi_common.streams import StreamSettings
 
-from symbi_cli.provisioning import provision_nats_async
+from symbi_cli.provisioning import provision_nats_async, stream_settings
 
 nats_app = typer.Typer(help="NATS administration (needs the admin credential, never given to a service).")
 
@@ -28,17 +28,14 @@ def provision(
     TLS, replicas and limits come from the settings (``[nats]``, ``SYMBI_NATS_TLS_CA`` …). Idempotent.
     """
     s = load_settings()
-    streams = StreamSettings(
-        replicas=s.nats.replicas,
-        events_max_bytes=s.nats.events_max_bytes,
-        duplicate_window_s=s.nats.duplicate_window_s,
-        lease_ttl_s=s.scheduler.lease_ttl_s,
-    )
     try:
         asyncio.run(
-            provision_nats_async(url, streams, **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key))
+            provision_nats_async(
+                url, stream_settings(s), **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key)
+            )
         )
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] provisioning at {without_credentials(url)} failed: {exc!r}")
+    except (nats.errors.Error, OSError, TimeoutError, InfrastructureError) as exc:
+        why = str(exc) if isinstance(exc, InfrastructureError) else repr(exc)
+        Console(stderr=True).print(f"[red]error:[/] provisioning at {without_credentials(url)} failed: {why}")
         raise typer.Exit(1) from None
     Console().print(f"streams and KV buckets provisioned at {without_credentials(url)}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from symbi_common.settings import Settings
+    from symbi_common.streams import StreamSettings
 
 
 async def provision_nats_async(
@@ -29,3 +33,15 @@ def provision_nats(url: str, settings: Any = None, **connect_options: Any) -> No
     import asyncio
 
     asyncio.run(provision_nats_async(url, settings, **connect_options))
+
+
+def stream_settings(settings: Settings) -> StreamSettings:
+    """The stream and bucket limits the settings (``[nats]``, ``[scheduler]``) call for: a ``StreamSettings``."""
+    from symbi_common.streams import StreamSettings
+
+    return StreamSettings(
+        replicas=settings.nats.replicas,
+        events_max_bytes=settings.nats.events_max_bytes,
+        duplicate_window_s=settings.nats.duplicate_window_s,
+        lease_ttl_s=settings.scheduler.lease_ttl_s,
+    )

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 import asyncpg
-from symbi_common.errors import InfrastructureError, KeyringError
+from symbi_common.errors import ConfigError, InfrastructureError, KeyringError
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,
@@ -34,6 +34,8 @@ from symbi_common.natsauth import (
     with_credentials,
     without_credentials,
 )
+from symbi_common.settings import load_settings
+from symbi_common.streams import StreamSettings
 
 from symbi_cli.agent_image import configured_agent_image, ensure_agent_image
 from symbi_cli.credentials import write_local_token
@@ -43,7 +45,7 @@ from symbi_cli.keys_live import publish_keyring
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.postgres_server import DATABASE_URL_ENV, PostgresServer, create_database
 from symbi_cli.private_files import private_dir
-from symbi_cli.provisioning import provision_nats_async
+from symbi_cli.provisioning import provision_nats_async, stream_settings
 from symbi_cli.runtime_options import (
     ALL_SERVICES,
     DATABASE_SERVICES,
@@ -172,6 +174,23 @@ class LocalRuntime:
                 raise StartError(f"the runtime did not start: {_shorten(str(exc))}") from exc
             raise
 
+    def _stream_settings(self) -> StreamSettings:
+        """The configured stream limits (``[nats] events_max_bytes`` …) for this runtime's one nats-server.
+
+        A configuration that asks for replicas is refused: ``symbi up`` runs a single server, and a replicated
+        stream would wait for members that never come (a cluster is provisioned with ``symbi nats provision``).
+        """
+        try:
+            configured = stream_settings(load_settings(env=self.env))
+        except ConfigError:
+            return StreamSettings()  # the services report the broken configuration themselves, naming the setting
+        if configured.replicas != 1:
+            raise StartError(
+                f"[nats] replicas = {configured.replicas}, but symbi up runs one nats-server: replicated streams"
+                " need a cluster (deploy/, then `symbi nats provision`)"
+            )
+        return configured
+
     async def _start(self) -> None:
         self._claim_home()
         created = ensure_keyring(self.keys_dir, self.operator_dir)
@@ -197,7 +216,7 @@ class LocalRuntime:
         self._write_secret(self.home / "run" / "nats-operator.url", self.nats_url)
         self.reporter.step(f"nats-server {nats.url} (pid {nats.pid}, store {self.home / 'nats'})")
         # Streams and KV buckets exist before any service starts: services may not create them.
-        await provision_nats_async(self.nats_url_for(ADMIN), existing_store=existing_store)
+        await provision_nats_async(self.nats_url_for(ADMIN), self._stream_settings(), existing_store=existing_store)
         self.reporter.step("streams and KV buckets provisioned with the admin credential")
         # The key files' registry version on REGISTRY before any service starts: the stream is its record,
         # and what running services follow. One older than the stream's is a rolled-back keyring: refused.

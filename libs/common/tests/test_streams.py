@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType
 from nats.js.errors import APIError, BadRequestError
+from symbi_cli.nats_server import NatsServer
 from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import InfrastructureError
 from symbi_common.streams import (
@@ -70,6 +73,22 @@ async def test_provisioning_updates_changed_settings(js: JetStreamContext) -> No
     assert info.config.duplicate_window == 60.0
     assert info.config.max_bytes == 1024**3
     assert info.state.messages == 1  # an update keeps the history
+
+
+async def test_a_store_too_small_for_the_events_stream_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    """A server whose JetStream store cannot hold ``EVENTS``' byte limit (on a small disk, 75 % of the free
+    space) gets an error that says which stream, how much, and which setting lowers it."""
+    with NatsServer(tmp_path / "nats", config="jetstream { max_file_store: 3GB }") as server:
+        nc = await nats.connect(server.url, allow_reconnect=False)
+        try:
+            with pytest.raises(
+                InfrastructureError, match=r"stream EVENTS cannot reserve its 10 GiB.* 12 GiB in all.*events_max_bytes"
+            ):
+                await provision_streams(nc.jetstream())
+            await provision_streams(nc.jetstream(), StreamSettings(events_max_bytes=512 * 1024**2))
+            assert (await nc.jetstream().stream_info(EVENTS_STREAM)).config.max_bytes == 512 * 1024**2
+        finally:
+            await nc.drain()
 
 
 async def test_events_stream_denies_delete_and_purge(provisioned: NatsClient, js: JetStreamContext) -> None:

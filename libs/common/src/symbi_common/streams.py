@@ -158,6 +158,8 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
 PLACEMENT_WAIT_S = 60.0
 #: JetStream's "no suitable peers for placement": the cluster does not have as many members online (yet).
 _NO_PEERS = 10005
+#: JetStream's "insufficient storage resources available": the stream's byte limit does not fit the server's store.
+_NO_STORAGE = 10047
 
 
 #: Streams whose loss is lost history: never re-created silently on a store that held them.
@@ -193,8 +195,10 @@ async def provision_streams(
         deadletter_config(s.replicas),
         decisions_config(s.replicas, s.duplicate_window_s, s.max_msg_size),
     )
-    for cfg in (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *queues):
-        await _placed(cfg.name or "", functools.partial(_add_or_update, js, cfg), placement_wait_s)
+    streams = (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *queues)
+    reserved = sum(max(cfg.max_bytes or 0, 0) for cfg in streams)
+    for cfg in streams:
+        await _placed(cfg.name or "", functools.partial(_add_or_update, js, cfg, reserved), placement_wait_s)
     for kv in (*bucket_configs(s), *bus_buckets(s.replicas)):
         try:
             await js.key_value(kv.bucket)
@@ -202,13 +206,28 @@ async def provision_streams(
             await _placed("KV_" + kv.bucket, functools.partial(js.create_key_value, kv), placement_wait_s)
 
 
-async def _add_or_update(js: Any, cfg: StreamConfig) -> None:
+async def _add_or_update(js: Any, cfg: StreamConfig, reserved: int) -> None:
     try:
-        await js.add_stream(cfg)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
+        try:
+            await js.add_stream(cfg)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
+                raise
+            await js.update_stream(cfg)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != _NO_STORAGE:
             raise
-        await js.update_stream(cfg)
+        raise InfrastructureError(
+            f"stream {cfg.name} cannot reserve its {_gib(cfg.max_bytes or 0)} on the NATS server: {exc.description}."
+            f" The runtime's streams reserve {_gib(reserved)} in all, {_gib(cfg.max_bytes or 0)} of it for"
+            f" {cfg.name}, and nats-server's JetStream store limit is 75 % of the disk free when it starts unless"
+            " its jetstream.max_file_store says otherwise: free disk space and restart the server, raise that limit,"
+            " or lower events_max_bytes ([nats] section, SYMBI_NATS__EVENTS_MAX_BYTES)"
+        ) from None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.3g} GiB"
 
 
 async def _placed(name: str, create: Callable[[], Awaitable[Any]], wait_s: float) -> None:
