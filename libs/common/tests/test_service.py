@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import APIRouter
+from symbi_common import service
 from symbi_common.errors import IllegalTransition, InfrastructureError, KeyringError, RegistrySignatureInvalid
 from symbi_common.service import ServiceRuntime
 from symbi_common.service_app import create_app
@@ -94,6 +96,31 @@ async def test_closers_run_after_the_background_tasks_have_ended(
     await asyncio.sleep(0)  # the worker starts
     await runtime.stop()
     assert steps == ["worker ended", "closed second", "closed first"]
+
+
+async def test_a_stop_step_that_hangs_is_left_behind_and_the_pool_still_closes(
+    nats_url: str, database_url: str, keys_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closer that never returns and a pool connection a stuck task never releases: the stop still ends, runs
+    the other closers, and terminates the pool instead of waiting for the connection forever."""
+    monkeypatch.setattr(service, "STOP_STEP_TIMEOUT_S", 0.5)
+    runtime = ServiceRuntime("lifecycle", _settings(nats_url, database_url, keys_dir))
+    await runtime.start()
+    pool = runtime.pool
+    assert pool is not None
+    held = await pool.acquire()  # never released: pool.close() alone would wait for it for good
+    steps: list[str] = []
+
+    async def close(name: str) -> None:
+        steps.append(f"closed {name}")
+
+    runtime.close_on_stop(lambda: close("first"))
+    runtime.close_on_stop(asyncio.Event().wait)  # hangs
+    await asyncio.wait_for(runtime.stop(), 10)
+    assert steps == ["closed first"]
+    assert pool.is_closing()
+    with pytest.raises(asyncpg.InterfaceError):  # taken from the stuck holder, not left open behind it
+        await held.fetchval("SELECT 1")
 
 
 async def test_readyz_reports_a_dead_database(nats_url: str, database_url: str, keys_dir: Path) -> None:

@@ -301,21 +301,22 @@ class ServiceRuntime:
         return {"ok": all(checks.values()), "checks": checks}
 
     async def stop(self) -> None:
-        """Idempotent, orderly shutdown."""
+        """Idempotent, orderly shutdown. Each step is bounded (:data:`STOP_STEP_TIMEOUT_S`): a step that hangs is
+        logged by name and left behind, so a stop always ends and the next steps (and the pool) still close."""
         if not self.started:
             return
         self.started = False
         self.stopping.set()
-        await self.commands.stop()
+        await _bounded("command intake", self.commands.stop())
         for runner in self.projections:
-            await runner.stop()
+            await _bounded(f"projection {runner.projection.name}", runner.stop())
         for repo in self.repositories:
-            await repo.drain()  # let in-flight snapshot writes finish
+            await _bounded("snapshot writes", repo.drain())  # let in-flight snapshot writes finish
         if self._decisions is not None:  # flush the decision log, stop following the policy events
             close = getattr(self._decisions, "close", None)
             self._decisions = None
             if close is not None:
-                await close()
+                await _bounded("decision point", close())
         for task in list(self._tasks):
             task.cancel()
         stuck: set[asyncio.Task[Any]] = set()
@@ -324,21 +325,40 @@ class ServiceRuntime:
             # connection closes (seen over TLS), so wait for the rest after the drain.
             _, stuck = await asyncio.wait(set(self._tasks), timeout=5.0)
         try:
-            await self.nc.drain()
+            await _bounded("NATS drain", self.nc.drain(), timeout=60.0)  # nats-py bounds it too (drain_timeout)
         except Exception as exc:  # already closed or the server went away
             log.debug("nats drain failed", error=str(exc))
         if stuck:
-            await asyncio.wait(stuck, timeout=5.0)
+            _, stuck = await asyncio.wait(stuck, timeout=5.0)
+            if stuck:
+                log.warning("background tasks still running after stop", tasks=sorted(t.get_name() for t in stuck))
         for close in reversed(self._closers):
             try:
-                await close()
+                await _bounded("closer", close())
             except Exception as exc:
                 log.warning("close on stop failed", error=repr(exc))
         if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
+            pool, self.pool = self.pool, None
+            if not await _bounded("database pool", pool.close()):
+                pool.terminate()  # a connection still held by a stuck task: closed under it
         flush_tracing()
         log.info("service stopped")
+
+
+#: How long one step of :meth:`ServiceRuntime.stop` may take before it is left behind.
+STOP_STEP_TIMEOUT_S = 15.0
+
+
+async def _bounded(step: str, work: Awaitable[Any], timeout: float | None = None) -> bool:
+    """Await ``work`` for ``timeout`` (:data:`STOP_STEP_TIMEOUT_S`) at most; False, and a warning naming
+    ``step``, if it hung."""
+    limit = STOP_STEP_TIMEOUT_S if timeout is None else timeout
+    try:
+        await asyncio.wait_for(work, limit)
+    except TimeoutError:
+        log.warning("stop step did not finish; left behind", step=step, timeout_s=limit)
+        return False
+    return True
 
 
 #: Paths polled by probes and scrapers: no span for them (each would be a trace of its own).
