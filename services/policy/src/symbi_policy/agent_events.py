@@ -8,7 +8,14 @@ violation); ``agent.terminated`` retires them. Every change names the stream seq
 follows, and the policy set takes a change only from an event newer than its last one
 (:class:`~symbi_policy.domain.FollowAgent`): so neither a replay after a restart nor a second policy replica
 applying an event late brings back an older configuration's policies. Configurations are also applied only once
-the follower has caught up with the stream, newest per agent, so a replay does not even try.
+the follower has caught up with the stream, newest per agent, so a replay does not even try. A configuration with
+the policies the set has already changes nothing (no policy event), unless an agent event between the set's last
+and it could still be applied late (:attr:`~symbi_policy.domain.FollowAgent.previous`).
+
+An agent event whose payload can no longer be read because the agent's data key was destroyed (the agent was
+erased) does not leave the agent's set as it was: it is retired if the event is the agent's termination (its
+signed type says so), else it forbids the agent every action (fail closed: what the agent's policies are can
+no longer be known).
 
 The agent events this follower never acts on (:data:`IGNORED_TYPES`: two of them come with every task) are
 skipped by their type header before they are verified, decrypted and decoded; their position is passed
@@ -23,11 +30,13 @@ from typing import Any
 
 import structlog
 from symbi_common.commands import CommandMeta
-from symbi_common.errors import DomainError, IntegrityError, KeyringError, Timeout, ValidationError
+from symbi_common.errors import DataKeyDestroyed, DomainError, IntegrityError, KeyringError, Timeout, ValidationError
 from symbi_common.events import tag_of
 from symbi_common.eventstore import H_EVENT_TYPE, EventStore
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.positions import MemoryPositions, Unit
+from symbi_common.reader import decode_opened
+from symbi_common.sealing import open_envelope
 from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_contracts.lifecycle.config import PolicySpec
 from symbi_contracts.lifecycle.events import (
@@ -90,8 +99,11 @@ class AgentPolicyFollower:
         self.on_error = on_error
         self._pending: dict[str, tuple[PolicySpec, ...]] = {}
         #: The newest configured policies per agent, applied once the follower has caught up.
-        #: The newest configuration of each agent not applied yet: its event's stream sequence and policies.
-        self._configured: dict[str, tuple[int, tuple[PolicySpec, ...]]] = {}
+        #: The newest configuration of each agent not applied yet: its event's stream sequence, policies, and the
+        #: stream sequence of the agent's change before it (:attr:`~symbi_policy.domain.FollowAgent.previous`).
+        self._configured: dict[str, tuple[int, tuple[PolicySpec, ...], int | None]] = {}
+        #: Per agent, the stream sequence of its last event read that changes its set (ready, configured).
+        self._changed: dict[str, int] = {}
         #: The last agent event applied; it stays behind a configuration whose application is deferred.
         self.position = 0
         #: Deliveries skipped by their type header (:data:`IGNORED_TYPES`), never verified.
@@ -162,22 +174,30 @@ class AgentPolicyFollower:
                 self._failed(f"agent event at {msg.subject} ({sequence}) not applied", exc)
         # Deferred configurations are applied once caught up, also when the last event is an ignored one.
         if self._configured and msg.num_pending == 0:
-            for configured_id, (source, specs) in list(self._configured.items()):
-                await self._policies(configured_id, source, specs)
+            for configured_id, (source, specs, previous) in list(self._configured.items()):
+                await self._policies(configured_id, source, specs, previous=previous)
                 del self._configured[configured_id]
 
     async def _policies(
-        self, agent_id: str, source: int, specs: tuple[PolicySpec, ...], *, register_only: bool = False
+        self,
+        agent_id: str,
+        source: int,
+        specs: tuple[PolicySpec, ...],
+        *,
+        register_only: bool = False,
+        previous: int | None = None,
     ) -> None:
         """Apply the agent's own policies as the agent event at ``source`` has them (``register_only``: only if
-        the agent has no set yet, for ``agent.ready``); if the policy service refuses them, the agent's set
-        forbids it everything instead (fail closed: never an agent without the policies it was registered
-        with)."""
+        the agent has no set yet, for ``agent.ready``; ``previous``: the agent's change before it); if the policy
+        service refuses them, the agent's set forbids it everything instead (fail closed: never an agent without
+        the policies it was registered with)."""
         try:
-            await self.service.agent_policies(agent_id, source, specs, register_only=register_only)
+            await self.service.agent_policies(agent_id, source, specs, register_only=register_only, previous=previous)
         except (ValidationError, ValueError) as exc:  # PolicyRejected is one; ValueError: Cedar refused the text
             self._failed(f"the policies of agent {agent_id} were refused; it is forbidden every action", exc)
-            await self.service.refuse_agent_policies(agent_id, source, str(exc), register_only=register_only)
+            await self.service.refuse_agent_policies(
+                agent_id, source, str(exc), register_only=register_only, previous=previous
+            )
         except DomainError as exc:
             self._failed(f"the policies of agent {agent_id} were not applied", exc)
 
@@ -187,9 +207,13 @@ class AgentPolicyFollower:
             self.on_error(f"{what}: {exc}")
 
     async def _apply(self, msg: Delivery, sequence: int) -> None:
-        rec = await self.store.open_one(msg.data, msg.subject, sequence, CODEC)
-        agent_id = rec.header.aggregate_id
-        event = rec.event
+        opened = open_envelope(msg.data, subject=msg.subject, sequence=sequence, registry=self.store.registry)
+        agent_id = opened.header.aggregate_id
+        try:
+            event = (await decode_opened(opened, self.store.datakeys, CODEC)).event
+        except DataKeyDestroyed as exc:
+            await self._erased(agent_id, sequence, opened.header.event_type, exc)
+            return
         if isinstance(event, AgentRegistered):
             if event.config.policies:
                 self._pending[agent_id] = event.config.policies
@@ -201,9 +225,27 @@ class AgentPolicyFollower:
             if specs:
                 await self._policies(agent_id, sequence, specs, register_only=True)
             self._pending.pop(agent_id, None)  # (kept until applied: a batch applied again still has it)
+            self._changed[agent_id] = sequence
         elif isinstance(event, AgentConfigured):
-            self._configured[agent_id] = (sequence, event.config.policies)
+            self._configured[agent_id] = (sequence, event.config.policies, self._changed.get(agent_id))
+            self._changed[agent_id] = sequence
         elif isinstance(event, AgentTerminated):
-            self._pending.pop(agent_id, None)
-            self._configured.pop(agent_id, None)
+            self._forget(agent_id)
             await self.service.retire_agent(agent_id, sequence, event.reason)
+
+    async def _erased(self, agent_id: str, sequence: int, event_type: str, exc: DataKeyDestroyed) -> None:
+        """The agent event at ``sequence`` (of the signed ``event_type``) cannot be read: the agent was erased. Its
+        set is retired if the event is its termination, else it forbids the agent every action; never left as it
+        was. A configuration read before the erasure is not applied any more (it would write the agent's
+        policies again)."""
+        log.warning("agent event of an erased agent", agent_id=agent_id, sequence=sequence, error=str(exc))
+        self._forget(agent_id)
+        if event_type == tag_of(AgentTerminated):
+            await self.service.retire_agent(agent_id, sequence, "its events were erased")
+        else:
+            await self.service.erased_agent(agent_id, sequence)
+
+    def _forget(self, agent_id: str) -> None:
+        self._pending.pop(agent_id, None)
+        self._configured.pop(agent_id, None)
+        self._changed.pop(agent_id, None)

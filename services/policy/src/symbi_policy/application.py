@@ -49,6 +49,7 @@ from symbi_policy.domain import (
     SetCommand,
     UpdateSet,
     check_set_id,
+    erased_policy_text,
     log_id_for,
 )
 from symbi_policy.metrics import AGENT_POLICY_SETS, POLICY_SETS, POLICY_VERSION
@@ -293,29 +294,46 @@ class PolicyService:
             return None
 
     async def agent_policies(
-        self, agent_id: str, source: int, specs: tuple[PolicySpec, ...], *, register_only: bool = False
+        self,
+        agent_id: str,
+        source: int,
+        specs: tuple[PolicySpec, ...],
+        *,
+        register_only: bool = False,
+        previous: int | None = None,
     ) -> PolicySetView | None:
         """Make ``agent-<agent_id>`` say what the agent event at stream sequence ``source`` says the agent's
         own policies are: registered, a new revision, or one that never applies if it has none (any more). A
         set retired (with its agent, or by an operator) stays retired; an older event than the set's last
-        changes nothing. :class:`PolicyRejected` (or ValidationError) if they cannot be compiled."""
+        changes nothing, and so does the text the set has once it followed ``previous`` (the agent's change
+        before this one, :attr:`FollowAgent.previous`). :class:`PolicyRejected` (or ValidationError) if they
+        cannot be compiled."""
         cedar = agent_policy_text(agent_id, specs) if specs else ""
         description = f"policies of agent {agent_id}"
-        return await self._follow_agent(
-            FollowAgent(
-                agent_id=agent_id, source=source, cedar=cedar, description=description, register_only=register_only
-            )
+        command = FollowAgent(
+            agent_id=agent_id,
+            source=source,
+            cedar=cedar,
+            description=description,
+            register_only=register_only,
+            previous=previous,
         )
+        return await self._follow_agent(command)
 
     async def refuse_agent_policies(
-        self, agent_id: str, source: int, reason: str, *, register_only: bool = False
+        self, agent_id: str, source: int, reason: str, *, register_only: bool = False, previous: int | None = None
     ) -> PolicySetView | None:
         """The agent's own policies were refused: ``agent-<agent_id>`` forbids it every action instead (fail
         closed), registered or as a new revision, until a configuration that is accepted replaces it."""
         cedar = refused_policy_text(agent_id, reason)
         description = f"agent {agent_id}: policies refused"
         command = FollowAgent(
-            agent_id=agent_id, source=source, cedar=cedar, description=description, register_only=register_only
+            agent_id=agent_id,
+            source=source,
+            cedar=cedar,
+            description=description,
+            register_only=register_only,
+            previous=previous,
         )
         return await self._follow_agent(command, refused=True)
 
@@ -324,11 +342,21 @@ class PolicyService:
         retire = f"agent terminated: {reason}"[:1000]
         return await self._follow_agent(FollowAgent(agent_id=agent_id, source=source, retire=retire))
 
+    async def erased_agent(self, agent_id: str, source: int) -> PolicySetView | None:
+        """The agent event at ``source`` can no longer be read (the agent was erased): ``agent-<agent_id>``, if
+        active, forbids the agent every action (fail closed), whatever agent event it followed last."""
+        return await self._follow_agent(FollowAgent(agent_id=agent_id, source=source, erased=True))
+
     async def _follow_agent(self, command: FollowAgent, *, refused: bool = False) -> PolicySetView | None:
         set_id = agent_set_id(command.agent_id)
         known = self.follower.states.get(set_id)  # it may lag the stored set, never lead it
-        if known is not None and (known.source >= command.source or not known.active or command.register_only):
-            return None  # the set would take nothing from an event this old, or is retired for good
+        if known is not None and not known.active:
+            return None  # retired for good
+        if command.erased:
+            if known is not None and known.cedar == erased_policy_text(command.agent_id):
+                return None  # forbidding its erased agent everything already
+        elif known is not None and (known.source >= command.source or command.register_only):
+            return None  # the set would take nothing from an event this old
         attributes: dict[str, str | int] = {
             "symbi.agent_id": command.agent_id,
             "symbi.policy.set_id": set_id,
@@ -345,7 +373,7 @@ class PolicyService:
             case PolicySetRetired():
                 AGENT_POLICY_SETS.labels("retired").inc()
             case _:
-                AGENT_POLICY_SETS.labels("refused" if refused else "updated").inc()
+                AGENT_POLICY_SETS.labels("erased" if command.erased else "refused" if refused else "updated").inc()
         return view
 
     async def refresh_metrics(self) -> None:

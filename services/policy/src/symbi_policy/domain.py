@@ -5,7 +5,8 @@ revision number (1, 2, …). Its Cedar text is parsed and validated against the 
 an invalid policy is refused with Cedar's message and line and never becomes an event; the revision
 that was active stays active. Updating to the same text is a no-op. An agent's own set
 (``agent-<agent_id>``) is changed by :class:`FollowAgent`, which names the agent event it follows and is
-taken only from one newer than the set's last.
+taken only from one newer than the set's last; an agent whose events can no longer be read (erased) has its
+set forbid it every action.
 
 A **decision log** (``evt.policy.decisions.<source>``) stores the decisions one enforcing process sent,
 a batch per event, and each denial as an :class:`ActionDenied` event of its own. A batch id seen among
@@ -16,6 +17,7 @@ No I/O here: the repository in :mod:`symbi_policy.application` loads and appends
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 import msgspec
@@ -94,6 +96,15 @@ class FollowAgent(msgspec.Struct, frozen=True, kw_only=True):
     #: Only register the set (``agent.ready``): an existing set is left as it is, even one that names no source
     #: (written before sources were recorded), so a replay never writes an older configuration over it.
     register_only: bool = False
+    #: The stream sequence of the agent's event before ``source`` that changes its set (ready or configured; 0:
+    #: none), as the follower read it; None: not known. A change to the text the set has is no
+    #: change (no event, the policy version stays) if the set followed that event already: then no agent event a
+    #: replica could still apply late lies between the set's last and this one.
+    previous: int | None = None
+    #: The agent event at ``source`` can no longer be read: the agent was erased (its data key destroyed). What
+    #: its set followed cannot be known any more, so an active set forbids the agent every action, whatever event
+    #: it followed last (an erasure is final: no later event of the agent can be read either).
+    erased: bool = False
 
 
 SetCommand = RegisterSet | UpdateSet | RetireSet | FollowAgent
@@ -151,10 +162,23 @@ def decide_set(state: PolicySetState, command: SetCommand) -> list[PolicySetEven
     raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
 
 
+def erased_policy_text(agent_id: str) -> str:
+    """The set of an agent that was erased (its events can no longer be read): it forbids the agent every action."""
+    return (
+        f"// agent {agent_id} was erased: its events can no longer be read\n"
+        f'@id("agent-erased")\n@reason("the agent was erased")\n'
+        f"forbid (principal == Agent::{json.dumps(agent_id)}, action, resource);\n"
+    )
+
+
 def _follow_agent(state: PolicySetState, command: FollowAgent) -> list[PolicySetEvent]:
     """Every policy replica follows the agent events and may apply one late: a change from an agent event no
     newer than the set's last one decides to nothing, so an older configuration never replaces a newer one.
-    A change with the text the set has is still recorded (with its newer source) for the same reason."""
+    A change with the text the set has is still recorded (with its newer source) for the same reason, unless
+    the set followed the agent's previous change already (:attr:`FollowAgent.previous`): no replica can then
+    hold an agent event between the two, and the change decides to nothing."""
+    if command.erased:
+        return _erased(state, command)
     if command.source <= state.source or (command.register_only and state.status is not None):
         return []
     if state.status is None:
@@ -169,9 +193,21 @@ def _follow_agent(state: PolicySetState, command: FollowAgent) -> list[PolicySet
         _text("reason", command.retire)
         return [PolicySetRetired(reason=command.retire, revision=state.revision + 1, source=command.source)]
     cedar = command.cedar or no_policy_text(command.agent_id)
+    if cedar == state.cedar and command.previous is not None and command.previous <= state.source:
+        return []  # the same text, and nothing older than this event is left for a late replica to apply
     if cedar != state.cedar:
         compile_policies(state.set_id, cedar)
     return [PolicySetUpdated(cedar=cedar, revision=state.revision + 1, source=command.source)]
+
+
+def _erased(state: PolicySetState, command: FollowAgent) -> list[PolicySetEvent]:
+    """An erased agent's active set forbids it every action: the set must not keep what it had (fail closed). No
+    set (the agent had no policies of its own: nothing to keep) and a retired one (with its agent) stay so."""
+    cedar = erased_policy_text(command.agent_id)
+    if state.status != "active" or state.cedar == cedar:
+        return []
+    compile_policies(state.set_id, cedar)
+    return [PolicySetUpdated(cedar=cedar, revision=state.revision + 1, source=max(state.source, command.source))]
 
 
 def _require_active(state: PolicySetState, command: str) -> None:

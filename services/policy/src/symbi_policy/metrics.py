@@ -8,8 +8,9 @@ POLICY_SETS = Gauge("symbi_policy_sets", "Policy sets by status (active, retired
 POLICY_VERSION = Gauge("symbi_policy_version", "The policy version decisions are made against")
 AGENT_POLICY_SETS = Counter(
     "symbi_policy_agent_sets_total",
-    "Agents' own policy sets activated (agent Ready), updated (agent reconfigured), retired (terminated) or refused"
-    " (their set forbids the agent every action instead)",
+    "Agents' own policy sets activated (agent Ready), updated (agent reconfigured), retired (terminated), refused"
+    " (their set forbids the agent every action instead) or erased (the agent's events can no longer be read: its"
+    " set forbids it every action)",
     ["change"],
 )
 DECISION_BATCHES = Counter(
