@@ -69,3 +69,14 @@ class UpstreamFailed(ModelError, InfrastructureError):
     code = "upstream_failed"
     http_status = 502
     openai_type = "api_error"
+
+
+class StreamCutOff(ModelError, InfrastructureError):
+    """The gateway cut a call's answer off at one of its limits: ``limit`` is ``deadline`` (the answer took longer
+    than a call may, e.g. a provider trickling bytes) or ``caller_stalled`` (the caller took nothing for too long,
+    e.g. it stopped reading its side). The provider's connection is closed and, as what it generated meanwhile is
+    unknown, the call is charged its whole reservation."""
+
+    code = "stream_cut_off"
+    http_status = 504
+    openai_type = "api_error"

@@ -45,7 +45,15 @@ from symbi_sandbox_agent.models.pricing import (
     reservation,
     text_tokens,
 )
-from symbi_sandbox_agent.models.relay import MAX_ERROR_BYTES, MAX_REPLY_BYTES, Ending, Relay, read_at_most
+from symbi_sandbox_agent.models.relay import (
+    CALLER_STALL_S,
+    MAX_CALL_S,
+    MAX_ERROR_BYTES,
+    MAX_REPLY_BYTES,
+    Ending,
+    Relay,
+    read_at_most,
+)
 from symbi_sandbox_agent.models.upstream import Upstreams
 from symbi_sandbox_agent.models.wire import (
     JSON,
@@ -110,6 +118,8 @@ class ModelGateway:
         default_max_tokens: int = 1024,
         max_request_bytes: int = 4 * 1024 * 1024,
         max_reply_bytes: int = MAX_REPLY_BYTES,
+        max_call_s: float = MAX_CALL_S,
+        caller_stall_s: float = CALLER_STALL_S,
     ) -> None:
         self.catalog = catalog
         self.upstreams = upstreams
@@ -119,6 +129,10 @@ class ModelGateway:
         self.default_max_tokens = default_max_tokens
         self.max_request_bytes = max_request_bytes
         self.max_reply_bytes = max_reply_bytes
+        #: How long a provider's answer may take to come in whole, and a stream may wait for its caller to read
+        #: on (:mod:`.relay`); past either the call is cut off, its provider connection closed, charged whole.
+        self.max_call_s = max_call_s
+        self.caller_stall_s = caller_stall_s
         self._background: set[asyncio.Task[None]] = set()
         #: Large request bodies are parsed and counted on a thread, a few at a time (:meth:`_off_loop`).
         self._heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
@@ -268,12 +282,17 @@ class ModelGateway:
         reply never came; charged whole if the reply is too large to read, as what it reports is unknown)."""
         rid = call.hold.event.reservation_id
         try:
-            data = await read_at_most(call.response, self.max_reply_bytes)
+            async with asyncio.timeout(self.max_call_s) as deadline:  # a reply trickled forever is no reply
+                data = await read_at_most(call.response, self.max_reply_bytes)
         except BaseException as exc:  # the provider answered: it did the work, whatever became of the reply
             log.warning("a model reply was not read; charged whole", reservation=rid, error=repr(exc))
             self._charge_whole(call.route, call.hold, call.prompt_tokens)
             if isinstance(exc, httpx.HTTPError):
                 raise UpstreamFailed(f"the reply of provider {call.route.provider} broke off: {exc}") from None
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise UpstreamFailed(
+                    f"the reply of provider {call.route.provider} did not come within {self.max_call_s:g} s"
+                ) from None
             raise
         finally:
             await call.response.aclose()
@@ -299,7 +318,7 @@ class ModelGateway:
         def finish(sent: bool, ending: Ending) -> None:
             if call.tally.usage is not None:
                 self._reconcile(call, call.tally.usage, False)
-            elif ending == "caller":  # left before the end: what the provider generated meanwhile is unknown
+            elif ending in ("caller", "limit"):  # ended before the end: what the provider generated is unknown
                 self._charge_whole(call.route, call.hold, call.prompt_tokens)
             elif sent:
                 self._reconcile(call, (call.prompt_tokens, call.tally.text_tokens), True)
@@ -307,7 +326,7 @@ class ModelGateway:
                 reason = "the stream ended before any data"
                 self._settle(call.hold, BudgetReleased(reservation_id=call.hold.event.reservation_id, reason=reason))
 
-        return Relay(call.response, call.tally, finish)
+        return Relay(call.response, call.tally, finish, max_s=self.max_call_s, stall_s=self.caller_stall_s)
 
     def _reconcile(self, call: _Call, used: tuple[int, int], estimated: bool) -> None:
         self._settle(call.hold, _reconciled(call.route, call.hold, used, estimated))

@@ -10,6 +10,7 @@ from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings_sandbox import ModelsSettings
 
+from symbi_sandbox_agent.config import resolve_host_id
 from symbi_sandbox_agent.models.budget import TENANT, Limit
 from symbi_sandbox_agent.models.callers import CallerDirectory
 from symbi_sandbox_agent.models.catalog import catalog_of
@@ -41,7 +42,7 @@ def model_gateway(rt: ServiceRuntime, settings: ModelsSettings, secrets: SecretS
         catalog=catalog_of(settings.providers),
         upstreams=Upstreams(settings.providers, secrets, settings.max_connections),
         ledger=BudgetLedger(rt.store, tenant_limits(settings)),
-        callers=CallerDirectory(rt.store),
+        callers=CallerDirectory(rt.store, host_id=resolve_host_id(rt.settings.sandbox.host_id)),
         decide=decide,
         default_max_tokens=settings.default_max_tokens,
         max_request_bytes=settings.max_request_bytes,
