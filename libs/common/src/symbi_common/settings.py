@@ -22,7 +22,7 @@ import msgspec
 from symbi_common.errors import ConfigError
 from symbi_common.settings_checks import check_settings, refuse_unsupported
 from symbi_common.settings_env import env_overrides, merge_trees, refuse_env
-from symbi_common.settings_sandbox import EgressSettings, ModelsSettings, SandboxSettings
+from symbi_common.settings_sandbox import EgressSettings, McpSettings, ModelsSettings, SandboxSettings
 from symbi_common.settings_sections import (
     AuditSettings,
     ContextSettings,
@@ -56,6 +56,7 @@ class Settings(Section):
     egress: EgressSettings = msgspec.field(default_factory=EgressSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
 
     def service_keys_dir(self, service: str) -> Path:
         """The service's own key directory: ``keys.dir``, or ``keys.dir/<service>`` if that is a keyring."""

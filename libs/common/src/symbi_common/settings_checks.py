@@ -21,7 +21,6 @@ UNSUPPORTED: Mapping[str, str] = {
     "runtime.scheduler_threads": "the scheduler is one asyncio leader per runtime and has no thread pool to size",
     "runtime.message_buffer_size": "messages travel through NATS JetStream, whose limits are the [nats] settings",
     "runtime.gc_interval_ms": "there is no runtime garbage collector to tune (expiry is context.sweep_interval_s)",
-    "mcp": "this runtime has no MCP client; MCP tool discovery and verification are not available",
 }
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -85,6 +84,7 @@ def check_settings(s: Settings, given: Mapping[str, Any]) -> None:
         raise ConfigError('production mode refuses enforcement "allow-all"', setting="policy.enforcement")
     if s.runtime.max_concurrent_agents < 1:
         raise ConfigError("must be at least 1", setting="runtime.max_concurrent_agents")
+    _check_mcp(s)
     parse_size(ctx.context_cache_size, setting="context.context_cache_size")
     if ctx.embedding_provider == "local":
         if _given(given, "context.embedding_dimension") and ctx.embedding_dimension != LOCAL_EMBEDDING_DIMENSION:
@@ -106,3 +106,17 @@ def check_settings(s: Settings, given: Mapping[str, Any]) -> None:
         raise ConfigError(
             'the lancedb backend stores vectors unquantized; use "none"', setting="context.vector_quantization"
         )
+
+
+def _check_mcp(s: Settings) -> None:
+    mcp = s.mcp
+    if mcp.tool_verification != "strict":
+        raise ConfigError(
+            f"{mcp.tool_verification!r} is not available: every tool definition is verified (SchemaPin or an"
+            ' operator\'s approval, pinned by hash); the only mode is "strict"',
+            setting="mcp.tool_verification",
+        )
+    if mcp.connection_timeout_s <= 0:
+        raise ConfigError("must be more than 0 seconds", setting="mcp.connection_timeout_s")
+    if mcp.max_concurrent_connections < 1:
+        raise ConfigError("must be at least 1", setting="mcp.max_concurrent_connections")

@@ -116,3 +116,19 @@ class ModelsSettings(Section):
     default_max_tokens: int = 1024
     #: The largest request body (bytes) the gateway reads.
     max_request_bytes: int = 4 * 1024 * 1024
+
+
+class McpSettings(Section):
+    """The MCP client of the sandbox-agent (``[mcp]``, docs/tools.md): how it reaches the tool servers agents use."""
+
+    #: Whether tool servers are started and their tools listed for agents at all. ``false`` (or
+    #: ``MCP_SERVER_DISCOVERY=false``) switches the tool plane off: every tool listing and call is refused as
+    #: ``tools_disabled``.
+    discovery_enabled: bool = True
+    #: How a tool definition is checked before an agent may call it. ``"strict"`` is the only mode: a SchemaPin
+    #: signature by the server's domain (or an operator's approval), its hash pinned, re-checked when it changes.
+    tool_verification: str = "strict"
+    #: Seconds a tool server has to start (or accept the connection) and answer MCP's ``initialize``.
+    connection_timeout_s: float = 30.0
+    #: Tool server connections one sandbox-agent keeps open at once; a call needing another waits for one.
+    max_concurrent_connections: int = 100

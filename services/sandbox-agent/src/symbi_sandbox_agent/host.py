@@ -116,7 +116,7 @@ class SandboxHost:
         self.exits = ExitWatch(functools.partial(self.docker.die_events, self.host_id))
         self.exits.start()
         self.service.supervisor.exits = self.exits
-        self.service.tools = tool_service(self.rt, self.settings)
+        self.service.tools = tool_service(self.rt, self.settings, self.rt.settings.mcp)
         store = await open_secrets(self.rt)
         self.service.secrets = store
         # Provider credentials come from the same store unless one was given (tests give their own).

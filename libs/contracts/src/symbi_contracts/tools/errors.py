@@ -28,6 +28,13 @@ class ToolRefused(ToolError):
     code = "tool_refused"
 
 
+class ToolsDisabled(ToolRefused):
+    """The host's MCP client is switched off (``[mcp] discovery_enabled = false``): no tool server is started,
+    listed or called."""
+
+    code = "tools_disabled"
+
+
 class ToolTierRefused(ToolRefused):
     """The sandbox tier asked for is lower than the server's risk assessment (or not a tier); ``details`` carry
     ``requested``, ``assessed`` and the ``factors`` that set the assessment."""

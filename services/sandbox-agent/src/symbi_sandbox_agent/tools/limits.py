@@ -11,9 +11,15 @@ class ToolLimits:
     timeout_s: float = 30.0
     #: Largest result passed on to the agent (bytes of its JSON); a larger one is dropped, not truncated.
     max_result_bytes: int = 256 * 1024
+    #: Largest message a server may send (a stdio line, an HTTP answer or event): a larger one is not read whole.
+    max_message_bytes: int = 8 * 1024 * 1024
     #: Sustained calls per second per agent and tool, and the burst allowed above it.
     rate_per_s: float = 10.0
     burst: int = 20
+    #: Seconds a server has to start (or accept the connection) and answer ``initialize`` (``[mcp]``).
+    connect_timeout_s: float = 30.0
+    #: Server connections open at once on the host (``[mcp] max_concurrent_connections``); one more is refused.
+    max_connections: int = 100
 
 
 @dataclass(slots=True)

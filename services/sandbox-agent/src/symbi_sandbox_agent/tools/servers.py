@@ -1,5 +1,6 @@
-"""Connections to MCP servers, with the ``mcp`` SDK as client (over our own stdio transport, which bounds each
-message: :mod:`symbi_sandbox_agent.tools.stdio`). I/O.
+"""Connections to MCP servers, with the ``mcp`` SDK as client (over our own stdio transport, and the SDK's
+streamable-HTTP one over our HTTP transport, each of which bounds a message: :mod:`symbi_sandbox_agent.tools.stdio`,
+:mod:`symbi_sandbox_agent.tools.bounded_http`). I/O.
 
 A stdio server runs in its own sandbox container: ``docker run -i`` of its image pinned by digest, without
 network, read-only, all capabilities dropped, as nobody, with the tier's runtime (``runc`` or gVisor's
@@ -24,12 +25,18 @@ from typing import Any
 
 import mcp.types as mt
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from symbi_contracts.tools.declarations import PINNED_IMAGE
-from symbi_contracts.tools.errors import ToolCallFailed, ToolRefused, ToolServerUnavailable, ToolTimeout
+from symbi_contracts.tools.errors import (
+    ToolCallFailed,
+    ToolRefused,
+    ToolResultTooLarge,
+    ToolServerUnavailable,
+    ToolTimeout,
+)
 from symbi_contracts.tools.events import ToolServerRegistered
 
+from symbi_sandbox_agent.tools.bounded_http import MAX_MESSAGE_BYTES, MESSAGE_TOO_LARGE, bounded_http_client
 from symbi_sandbox_agent.tools.stdio import bounded_stdio_client
 from symbi_sandbox_agent.tools.url_egress import UrlEgress, checked_streams
 
@@ -70,23 +77,29 @@ def sandbox_command(reg: ToolServerRegistered, *, name: str = "", memory_mb: int
 
 
 def transport_for(
-    reg: ToolServerRegistered, *, local: bool = False, container: str = "", egress: UrlEgress | None = None
+    reg: ToolServerRegistered,
+    *,
+    local: bool = False,
+    container: str = "",
+    egress: UrlEgress | None = None,
+    limit: int = MAX_MESSAGE_BYTES,
 ) -> Transport:
     """How to reach ``reg``'s server; ``local`` runs a stdio command as a child of this process, else it runs
     in the sandbox container ``container`` (a fresh name when empty). A URL is reached under ``egress``'s
-    address rules (None: unchecked, for development only)."""
+    address rules (None: unchecked, for development only). Either way a message of the server's (a line, a JSON
+    answer, an event) may have at most ``limit`` bytes."""
     if reg.transport == "http":
         if not reg.url.startswith(("http://", "https://")):
             raise ToolRefused(f"server {reg.server!r}: {reg.url!r} is not an http(s) URL")
         if egress is not None:
             checked = egress
-            return lambda: checked_streams(reg.url, checked)
-        return lambda: streamable_http_client(reg.url)
+            return lambda: checked_streams(reg.url, checked, reg.server, limit=limit)
+        return lambda: bounded_http_client(reg.url, reg.server, limit=limit)
     argv = list(reg.command) if local else sandbox_command(reg, name=container)
     if not argv:
         raise ToolRefused(f"server {reg.server!r}: a stdio server needs a command")
     env = dict(reg.env)
-    return lambda: bounded_stdio_client(argv, env)
+    return lambda: bounded_stdio_client(argv, env, limit=limit)
 
 
 class McpConnection:
@@ -108,8 +121,16 @@ class McpConnection:
         #: The sandbox container the server runs in ("" for a URL or a local child process).
         self.container = container
         self.session: ClientSession | None = None
-        #: Set when the server said its tool list changed; cleared by :meth:`list_tools`.
+        #: Set when the server said its tool list changed (:attr:`changes` counts how often), or a listing
+        #: failed; cleared once a listing begun after the last such notice is stored (``ToolService.refresh``),
+        #: never when one begins: until it is stored, what is stored is what the server listed before.
         self.changed = asyncio.Event()
+        self.changes = 0
+        #: The ticket of the last listing begun and of the last one stored, and the lock listings are stored
+        #: under, one at a time: one begun before the last one stored is older news and is not stored.
+        self.listings = 0
+        self.stored = 0
+        self.storing = asyncio.Lock()
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -117,6 +138,7 @@ class McpConnection:
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, mt.ToolListChangedNotification):
+            self.changes += 1
             self.changed.set()
 
     async def _run(self) -> None:
@@ -143,7 +165,7 @@ class McpConnection:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
             await self.close()
-            raise ToolServerUnavailable(f"tool server {self.server!r} did not start in {timeout:.0f} s") from None
+            raise ToolServerUnavailable(f"tool server {self.server!r} did not start in {timeout:g} s") from None
         if self.session is None:
             await self.close()
             raise ToolServerUnavailable(f"tool server {self.server!r} could not be started: {self._failure!r}")
@@ -158,7 +180,6 @@ class McpConnection:
         with an error or with what is not a tool list is :class:`ToolRefused`; one not complete in ``timeout``
         seconds (an answer that never comes or is not JSON-RPC) or a closed connection
         :class:`ToolServerUnavailable`."""
-        self.changed.clear()
         session, tools, cursor = self._live(), [], None
         try:
             async with asyncio.timeout(timeout):
@@ -178,6 +199,8 @@ class McpConnection:
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
                 raise ToolServerUnavailable(f"tool server {self.server!r} closed the connection") from None
+            if exc.code == MESSAGE_TOO_LARGE:  # (the transport's bound, bounded_http)
+                raise ToolRefused(exc.message[:MAX_ERROR_CHARS]) from None
             message = f"tool server {self.server!r} answered tools/list with error {exc.code}: {exc.message}"
             raise ToolRefused(message[:MAX_ERROR_CHARS]) from None
         except (ValueError, RuntimeError) as exc:  # pydantic's ValidationError is a ValueError
@@ -196,6 +219,10 @@ class McpConnection:
                 raise ToolTimeout(f"{self.server}.{tool} did not answer in {timeout:g} s", timeout_s=timeout) from None
             if exc.code == CONNECTION_CLOSED:
                 raise ToolServerUnavailable(f"tool server {self.server!r} closed the connection") from None
+            if exc.code == MESSAGE_TOO_LARGE:  # (the transport's bound, bounded_http)
+                limit = exc.data.get("max_message_bytes") if isinstance(exc.data, dict) else None
+                limit = limit if isinstance(limit, int) else None  # (a server may send this code itself)
+                raise ToolResultTooLarge(exc.message[:MAX_ERROR_CHARS], max_message_bytes=limit) from None
             message = f"{self.server}.{tool} answered with error {exc.code}: {exc.message}"
             raise ToolCallFailed(message[:MAX_ERROR_CHARS], error_code=exc.code) from None
         except (ValueError, RuntimeError) as exc:  # malformed (pydantic), off its output schema, input required
@@ -206,6 +233,8 @@ class McpConnection:
         """Close the session and stop the server, its sandbox container removed; idempotent."""
         self._stop.set()
         if self._task is not None:
+            if self.session is None:  # still starting (or it failed): nothing waits for the stop, cancel it
+                self._task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, 10)
             self._task = None

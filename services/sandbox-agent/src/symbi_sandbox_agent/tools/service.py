@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import mcp.types as mt
@@ -26,6 +25,7 @@ from symbi_contracts.tools.errors import (
     ToolNotApproved,
     ToolRefused,
     ToolResultTooLarge,
+    ToolsDisabled,
     ToolServerUnavailable,
     ToolVerificationFailed,
     UnknownTool,
@@ -34,6 +34,7 @@ from symbi_contracts.tools.events import ToolServerRegistered
 
 from symbi_sandbox_agent.tools.canon import canonical_json, definition_of, digest_of, pin_of
 from symbi_sandbox_agent.tools.limits import TokenBucket, ToolLimits
+from symbi_sandbox_agent.tools.listed import Called, Listed
 from symbi_sandbox_agent.tools.names import NameRefused, check_server_name, check_tool_names, qualified, split
 from symbi_sandbox_agent.tools.registry import (
     TRUSTED,
@@ -59,41 +60,6 @@ log = structlog.get_logger(__name__)
 MAX_DEFINITION_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """A tool as an agent or operator sees it."""
-
-    name: str
-    server: str
-    tool: str
-    status: str
-    pin: str
-    verification: str
-    flags: tuple[str, ...]
-    description: str
-    input_schema: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "pin": self.pin,
-            "verification": self.verification,
-            "flags": list(self.flags),
-            "description": self.description,
-            "input_schema": self.input_schema,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Called:
-    """A call's result as passed on: the server's content, untouched, with its size and digest."""
-
-    result: dict[str, Any]
-    size: int
-    digest: str
-
-
 class ToolService:
     def __init__(
         self,
@@ -103,8 +69,11 @@ class ToolService:
         limits: ToolLimits | None = None,
         local: bool = False,
         egress: UrlEgress | None = None,
+        enabled: bool = True,
     ) -> None:
         self.registry = registry
+        #: ``[mcp] discovery_enabled``: off, no server is registered, started, listed or called (ToolsDisabled).
+        self.enabled = enabled
         self.bundle = bundle
         self.limits = limits or ToolLimits()
         #: Run stdio servers as child processes instead of sandbox containers (development, benchmark).
@@ -120,6 +89,8 @@ class ToolService:
     async def register(self, reg: ToolServerRegistered) -> ServerState:
         """Record ``reg`` (refused if its name collides, its image is not pinned or its ``requested_tier`` is
         below its risk assessment) in the tier assessed, start its server and read its tools."""
+        self._check_enabled()
+        self._check_room(reg.server)
         try:
             check_server_name(reg.server, self.connections)
         except NameRefused as exc:
@@ -134,7 +105,9 @@ class ToolService:
         return await self.attach(reg.server)
 
     async def attach(self, server: str) -> ServerState:
-        """Connect to an already registered server and read its tools."""
+        """Connect to an already registered server and read its tools (one connection more than
+        ``limits.max_connections`` is refused)."""
+        self._check_enabled()
         state = await self.registry.state(server, fresh=True)
         if state.registration is None:
             raise UnknownTool(f"no server named {server!r} is registered")
@@ -142,12 +115,15 @@ class ToolService:
         if conn is not None and conn.registration != state.registration:
             await self._drop(server)  # made for an earlier registration of the name
         if server not in self.connections:
+            self._check_room(server)
             reg = state.registration
             sandboxed = reg.transport == "stdio" and not self.local
             container = container_name(server) if sandboxed else ""
-            transport = transport_for(reg, local=self.local, container=container, egress=self.egress)
+            transport = transport_for(
+                reg, local=self.local, container=container, egress=self.egress, limit=self.limits.max_message_bytes
+            )
             conn = McpConnection(server, transport, registration=reg, container=container)
-            await conn.start()
+            await conn.start(self.limits.connect_timeout_s)
             self.connections[server] = conn
         return await self.refresh(server)
 
@@ -195,10 +171,30 @@ class ToolService:
             raise
 
     async def _refresh(self, server: str, conn: McpConnection) -> ServerState:
+        """List ``server``'s tools and store the listing, unless one begun after it was stored meanwhile: two
+        listings may be under way at once (a call's re-read, an agent's ``tools.list``), and the older one,
+        answered before a change the newer one saw, must not be stored over it. ``conn.changed`` is cleared
+        once a listing is stored (accepted or refused) if the server announced no change since it began."""
+        conn.listings += 1
+        ticket, changes = conn.listings, conn.changes
+        listed: list[dict[str, Any]] | ToolRefused
         try:
             listed = await conn.list_tools(self.limits.timeout_s)
         except ToolRefused as exc:
-            raise await self._refused(server, conn, exc.message) from None
+            listed = exc
+        async with conn.storing:  # one at a time: two listings' records never interleave
+            if ticket < conn.stored:
+                return await self.registry.state(server)
+            conn.stored = ticket
+            try:
+                return await self._store(server, conn, listed)
+            finally:  # (one that failed half-way sets it again: refresh)
+                if conn.changes == changes:
+                    conn.changed.clear()
+
+    async def _store(self, server: str, conn: McpConnection, listed: list[dict[str, Any]] | ToolRefused) -> ServerState:
+        if isinstance(listed, ToolRefused):
+            raise await self._refused(server, conn, listed.message) from None
         state = await self.registry.state(server, fresh=True)
         if state.registration is None:
             await self._drop(server)  # removed meanwhile (through any daemon): what it listed is no longer its
@@ -286,6 +282,7 @@ class ToolService:
 
     async def list(self, *, refresh: bool = True, callable_only: bool = False) -> list[Listed]:
         """Every tool of every connected server (re-read from the servers first when ``refresh``)."""
+        self._check_enabled()
         out = []
         for server in sorted(self.connections):
             try:
@@ -319,6 +316,7 @@ class ToolService:
     async def callable_record(self, name: str) -> ToolRecord:
         """The tool's record if it may be called now; else the typed refusal (unknown, not approved, failed
         verification, or a definition listed now that is not the one approved)."""
+        self._check_enabled()
         try:
             server, tool = split(name)
         except NameRefused as exc:
@@ -370,7 +368,19 @@ class ToolService:
             raise ToolCallFailed(f"{name} answered with an error: {text[:500]}", digest=digest_of(result))
         return Called(result=result, size=size, digest=digest_of(result))
 
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise ToolsDisabled("MCP tools are switched off on this host ([mcp] discovery_enabled = false)")
+
+    def _check_room(self, server: str) -> None:
+        if server not in self.connections and len(self.connections) >= self.limits.max_connections:
+            raise ToolServerUnavailable(
+                f"tool server {server!r} not connected: {len(self.connections)} servers are, the most"
+                " [mcp] max_concurrent_connections allows on this host"
+            )
+
     def _connection(self, server: str) -> McpConnection:
+        self._check_enabled()
         conn = self.connections.get(server)
         if conn is None:
             raise UnknownTool(f"no connected tool server named {server!r}")

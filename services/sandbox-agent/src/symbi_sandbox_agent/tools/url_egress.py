@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2
 from httpcore2._backends.auto import AutoBackend  # the pool's default backend, not exported
-from mcp.client.streamable_http import streamable_http_client
 from symbi_common.settings_sandbox import EgressSettings
 from symbi_contracts.tools.errors import ToolRefused
 
@@ -27,9 +26,7 @@ from symbi_sandbox_agent.egress.addresses import Address, AddressPolicy
 from symbi_sandbox_agent.egress.host import resolver_of
 from symbi_sandbox_agent.egress.resolver import Resolver, SystemResolver, Unresolved
 from symbi_sandbox_agent.egress.rules import ip_literal
-
-#: The MCP SDK's own timeouts for a streamable-HTTP client (a response stream may stay open).
-TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+from symbi_sandbox_agent.tools.bounded_http import MAX_MESSAGE_BYTES, bounded_http_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +100,22 @@ class CheckedBackend(httpcore2.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-def checked_client(egress: UrlEgress) -> httpx2.AsyncClient:
-    """An HTTP client whose every connection goes to an address ``egress`` allows; no proxy from the
-    environment, no redirects (the MCP SDK follows same-origin ones itself)."""
+def checked_transport(egress: UrlEgress) -> httpx2.AsyncHTTPTransport:
+    """An HTTP transport whose every connection goes to an address ``egress`` allows; no proxy from the
+    environment."""
     transport = httpx2.AsyncHTTPTransport(trust_env=False)
     # httpx2 takes no network backend of its own: its pool is replaced by one with the checking backend.
     transport._pool = httpcore2.AsyncConnectionPool(
         ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=CheckedBackend(egress)
     )
-    return httpx2.AsyncClient(transport=transport, timeout=TIMEOUT, trust_env=False)
+    return transport
 
 
 @contextlib.asynccontextmanager
-async def checked_streams(url: str, egress: UrlEgress) -> AsyncIterator[Any]:
-    """The MCP SDK's streamable-HTTP transport to ``url`` over :func:`checked_client`."""
-    async with checked_client(egress) as client, streamable_http_client(url, http_client=client) as streams:
+async def checked_streams(
+    url: str, egress: UrlEgress, server: str, *, limit: int = MAX_MESSAGE_BYTES
+) -> AsyncIterator[Any]:
+    """The MCP SDK's streamable-HTTP transport to ``url`` over :func:`checked_transport`, each message of
+    ``server`` bounded (:mod:`symbi_sandbox_agent.tools.bounded_http`)."""
+    async with bounded_http_client(url, server, checked_transport(egress), limit=limit) as streams:
         yield streams

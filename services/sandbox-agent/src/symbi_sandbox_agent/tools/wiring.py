@@ -1,4 +1,4 @@
-"""The host's :class:`ToolService` from its ``[sandbox]`` settings, and the servers registered before it
+"""The host's :class:`ToolService` from its ``[sandbox]`` and ``[mcp]`` settings, and the servers registered before it
 started, connected again (each in the background: one server that does not start holds up no other)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from symbi_common.errors import ConfigError, SymbiError
 from symbi_common.service import ServiceRuntime
-from symbi_common.settings_sandbox import SandboxSettings
+from symbi_common.settings_sandbox import McpSettings, SandboxSettings
 from symbi_common.streams import EVENTS_STREAM
 
 from symbi_sandbox_agent.tools.limits import ToolLimits
@@ -21,7 +21,7 @@ from symbi_sandbox_agent.tools.verify import empty_bundle, load_bundle
 log = structlog.get_logger(__name__)
 
 
-def tool_service(rt: ServiceRuntime, settings: SandboxSettings) -> ToolService:
+def tool_service(rt: ServiceRuntime, settings: SandboxSettings, mcp: McpSettings) -> ToolService:
     """Refuses (``ConfigError``) a trust bundle that cannot be read."""
     bundle = empty_bundle()
     if settings.tools_trust_bundle:
@@ -34,8 +34,11 @@ def tool_service(rt: ServiceRuntime, settings: SandboxSettings) -> ToolService:
         max_result_bytes=settings.tools_max_result_bytes,
         rate_per_s=settings.tools_rate_per_s,
         burst=max(1, int(2 * settings.tools_rate_per_s)),
+        connect_timeout_s=mcp.connection_timeout_s,
+        max_connections=mcp.max_concurrent_connections,
     )
-    return ToolService(StoredRegistry(rt.store), bundle, limits=limits, egress=UrlEgress.of(rt.settings.egress))
+    egress = UrlEgress.of(rt.settings.egress)
+    return ToolService(StoredRegistry(rt.store), bundle, limits=limits, egress=egress, enabled=mcp.discovery_enabled)
 
 
 async def registered_servers(js: Any) -> list[str]:
@@ -45,6 +48,9 @@ async def registered_servers(js: Any) -> list[str]:
 
 
 async def attach_all(rt: ServiceRuntime, tools: ToolService) -> None:
+    if not tools.enabled:
+        log.info("MCP tools are switched off ([mcp] discovery_enabled = false): no tool server is connected")
+        return
     try:
         servers = await registered_servers(rt.js)
     except Exception as exc:
