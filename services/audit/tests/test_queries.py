@@ -244,6 +244,7 @@ async def test_erasing_an_agent_shreds_its_tasks_and_a_task_has_no_key_of_its_ow
         "agent.owner/*",
         "task.by-agent.owner/*",
         "execution.by-agent.owner/*",
+        "policy.agent-owner/*",
     ]
 
     legacy = await running.http.post("/v1/audit/erasures", json={"aggregate": "task.t-legacy"}, headers=principal)

@@ -4,7 +4,8 @@ Erasing an agent destroys its data key (``audit erase agent.<id>``), so a replic
 afterwards (one that was stopped, or behind) cannot decrypt them. Before, such an event was logged and passed
 over, and the set stayed as the last replica that could read the events left it: active, with the agent's own
 permits, also after its termination. Now the agent's termination (by its signed type) retires the set, and any
-other of its events makes the set forbid the agent every action.
+other of its events makes the set forbid the agent every action. Since the erasure also shreds the agent's own
+set (``policy.agent-<id>``), a replica reads that set as forbidding the agent every action, writing nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ async def erase_agent(make_store: MakeStore, agent_id: str) -> None:
     raise AssertionError(f"agent {agent_id}'s events can still be read")
 
 
-async def test_a_replica_reading_an_erased_agents_termination_retires_its_set(
+async def test_a_replica_reading_an_erased_agents_termination_forbids_it_everything(
     settings: Settings, make_store: MakeStore
 ) -> None:
     store = await make_store("lifecycle")
@@ -69,14 +70,15 @@ async def test_a_replica_reading_an_erased_agents_termination_retires_its_set(
     last = (await store.append("agent", "gone-1", done, CODEC, expected=tip))[-1].sequence
     await erase_agent(make_store, "gone-1")
 
-    # The replica started after the erasure retires the set (its first unreadable event, the registration, has
-    # it forbid the agent everything until the termination is read); a replay changes nothing.
+    # The erasure shredded the agent's set with it: a replica started after it reads the set as forbidding the
+    # agent everything (nothing can be written to it any more, not even its retirement); a replay changes nothing.
     for start in range(2):
         async with replica(settings, last) as app:
             follower = app.state.policy.follower
             state = follower.states["agent-gone-1"]
-            assert (state.status, state.revision, state.source) == ("retired", 3, last), f"start {start}"
-            assert "erased" in state.retired_reason
+            assert (state.status, state.revision, state.source) == ("active", 1, 0), f"start {start}"
+            assert follower.compiled["agent-gone-1"][0].name == "agent-erased"
+            assert isinstance(await app.state.policy.decide(tool_request("gone-1", "fetch")), Deny)
             assert follower.healthy, follower.halted
             assert isinstance(await app.state.policy.decide(tool_request("other", "fetch")), Allow)
 
@@ -100,7 +102,7 @@ async def test_a_replica_reading_an_erased_agents_events_forbids_it_everything(
         async with replica(settings, last) as app:
             service = app.state.policy
             state = service.follower.states["agent-gone-2"]
-            assert (state.status, state.revision) == ("active", 2), f"start {start}"
+            assert (state.status, state.revision) == ("active", 1), f"start {start}"
             assert service.follower.compiled["agent-gone-2"][0].name == "agent-erased"
             for request in (shell_request("gone-2"), tool_request("gone-2", "fetch"), tool_request("gone-2", "x")):
                 denied = await service.decide(request)

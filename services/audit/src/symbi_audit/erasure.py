@@ -2,7 +2,9 @@
 
 An erasure appends ``audit.erasure_requested``, destroys every generation of the aggregate's data key
 (``DataKeys.destroy``) and appends ``audit.erasure_executed``. Erasing an agent (``agent.<id>``) also destroys
-the key its tasks and their executions are sealed with (:mod:`symbi_common.key_names`); a task or execution
+the key its tasks and their executions are sealed with (:mod:`symbi_common.key_names`), and that of its own policy
+set ``policy.agent-<id>`` (its text, from the agent's definition, may name personal data; every decision point
+then reads the set as forbidding the agent every action: :mod:`symbi_common.policy.follower`); a task or execution
 has no key of its own to erase (unless written before tasks were sealed per agent). The aggregate's payloads can no
 longer be decrypted by anyone, while its signed, hash-chained envelopes and the Merkle tree still
 verify (verification never needs a data key). An aggregate has one erasure (its id is derived from the
@@ -21,6 +23,8 @@ from symbi_common.errors import ValidationError
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.key_names import AGENT_KEYED_TYPES, agent_data_key
+from symbi_common.policy.agent_sets import agent_set_id
+from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_AGGREGATE
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_contracts.lifecycle.events import AGGREGATE_TYPE as AGENT_AGGREGATE
 from symbi_contracts.secrets.events import SecretChanged
@@ -40,7 +44,8 @@ class ErasureExecuted(Event, frozen=True, tag="audit.erasure_executed"):
     aggregate: str
     data_key: str
     #: Every data key destroyed (``<name>/*``): the aggregate's, and for an agent those of its tasks and
-    #: executions. Events written before it existed have none (``data_key`` alone was destroyed).
+    #: executions and of its own policy set. Events written before it existed have none (``data_key`` alone
+    #: was destroyed).
     data_keys: tuple[str, ...] = ()
 
 
@@ -65,10 +70,13 @@ class ErasureResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def keys_erased(aggregate: str) -> list[str]:
-    """The names of the data keys erasing ``aggregate`` destroys: its own, and an agent's tasks' and executions'."""
+    """The names of the data keys erasing ``aggregate`` destroys: its own, and an agent's tasks' and executions',
+    and its own policy set's (last: until then a policy replica can still record that the set forbids the agent
+    every action, and every process reads the shredded set that way)."""
     aggregate_type, _, aggregate_id = aggregate.partition(".")
     if aggregate_type == AGENT_AGGREGATE and "." not in aggregate_id:
-        return [aggregate, *(agent_data_key(t, aggregate_id) for t in AGENT_KEYED_TYPES)]
+        own_set = f"{POLICY_AGGREGATE}.{agent_set_id(aggregate_id)}"
+        return [aggregate, *(agent_data_key(t, aggregate_id) for t in AGENT_KEYED_TYPES), own_set]
     return [aggregate]
 
 

@@ -17,6 +17,12 @@ erased) does not leave the agent's set as it was: it is retired if the event is 
 signed type says so), else it forbids the agent every action (fail closed: what the agent's policies are can
 no longer be known).
 
+An erased agent's own policy set is shredded with it (its data key ``policy.agent-<id>`` destroyed): no event
+can be written to it any more, and none is needed, since every decision point reads that set as forbidding the
+agent every action (:class:`~symbi_common.policy.follower.PolicyFollower`). A change of such a set is skipped
+and logged (:meth:`AgentPolicyFollower._write_set`), never retried: an agent event read before the erasure (or
+replayed while the set's key is gone) leaves the follower free to go on.
+
 The agent events this follower never acts on (:data:`IGNORED_TYPES`: two of them come with every task) are
 skipped by their type header before they are verified, decrypted and decoded; their position is passed
 like any other's.
@@ -25,7 +31,7 @@ like any other's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -34,6 +40,8 @@ from symbi_common.errors import DataKeyDestroyed, DomainError, IntegrityError, K
 from symbi_common.events import tag_of
 from symbi_common.eventstore import H_EVENT_TYPE, EventStore
 from symbi_common.follower import Delivery, Follower, wait_for_position
+from symbi_common.policy.agent_sets import agent_set_id
+from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_AGGREGATE
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.reader import decode_opened
 from symbi_common.sealing import open_envelope
@@ -190,16 +198,43 @@ class AgentPolicyFollower:
         """Apply the agent's own policies as the agent event at ``source`` has them (``register_only``: only if
         the agent has no set yet, for ``agent.ready``; ``previous``: the agent's change before it); if the policy
         service refuses them, the agent's set forbids it everything instead (fail closed: never an agent without
-        the policies it was registered with)."""
+        the policies it was registered with). Nothing is written to a set whose data key was destroyed."""
+
+        async def apply() -> None:
+            try:
+                await self.service.agent_policies(
+                    agent_id, source, specs, register_only=register_only, previous=previous
+                )
+            except (ValidationError, ValueError) as exc:  # PolicyRejected is one; ValueError: Cedar refused the text
+                self._failed(f"the policies of agent {agent_id} were refused; it is forbidden every action", exc)
+                await self.service.refuse_agent_policies(
+                    agent_id, source, str(exc), register_only=register_only, previous=previous
+                )
+            except DomainError as exc:
+                self._failed(f"the policies of agent {agent_id} were not applied", exc)
+
+        await self._write_set(agent_id, source, apply)
+
+    async def _write_set(self, agent_id: str, source: int, write: Callable[[], Awaitable[object]]) -> None:
+        """Change the agent's own set through ``write``, unless the set's data key was destroyed (the agent was
+        erased, its set shredded with it): then no event can be written to the set any more, and none is needed,
+        since every decision point reads it as forbidding the agent every action. Skipped and logged: neither
+        retried (the follower would never get past the event) nor an error."""
+        set_id = agent_set_id(agent_id)
+        if set_id in self.service.follower.erased:
+            log.warning("policy set of an erased agent not changed: it is shredded", set_id=set_id, source=source)
+            return
         try:
-            await self.service.agent_policies(agent_id, source, specs, register_only=register_only, previous=previous)
-        except (ValidationError, ValueError) as exc:  # PolicyRejected is one; ValueError: Cedar refused the text
-            self._failed(f"the policies of agent {agent_id} were refused; it is forbidden every action", exc)
-            await self.service.refuse_agent_policies(
-                agent_id, source, str(exc), register_only=register_only, previous=previous
+            await write()
+        except DataKeyDestroyed as exc:  # destroyed after the policy follower read the set (or while it reads)
+            if _key_name(exc) != f"{POLICY_AGGREGATE}.{set_id}":
+                raise
+            log.warning(
+                "policy set of an erased agent not changed: its data key was destroyed",
+                set_id=set_id,
+                source=source,
+                error=str(exc),
             )
-        except DomainError as exc:
-            self._failed(f"the policies of agent {agent_id} were not applied", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:
         log.error(what, error=str(exc))
@@ -231,7 +266,8 @@ class AgentPolicyFollower:
             self._changed[agent_id] = sequence
         elif isinstance(event, AgentTerminated):
             self._forget(agent_id)
-            await self.service.retire_agent(agent_id, sequence, event.reason)
+            reason = event.reason
+            await self._write_set(agent_id, sequence, lambda: self.service.retire_agent(agent_id, sequence, reason))
 
     async def _erased(self, agent_id: str, sequence: int, event_type: str, exc: DataKeyDestroyed) -> None:
         """The agent event at ``sequence`` (of the signed ``event_type``) cannot be read: the agent was erased. Its
@@ -241,11 +277,18 @@ class AgentPolicyFollower:
         log.warning("agent event of an erased agent", agent_id=agent_id, sequence=sequence, error=str(exc))
         self._forget(agent_id)
         if event_type == tag_of(AgentTerminated):
-            await self.service.retire_agent(agent_id, sequence, "its events were erased")
+            await self._write_set(
+                agent_id, sequence, lambda: self.service.retire_agent(agent_id, sequence, "its events were erased")
+            )
         else:
-            await self.service.erased_agent(agent_id, sequence)
+            await self._write_set(agent_id, sequence, lambda: self.service.erased_agent(agent_id, sequence))
 
     def _forget(self, agent_id: str) -> None:
         self._pending.pop(agent_id, None)
         self._configured.pop(agent_id, None)
         self._changed.pop(agent_id, None)
+
+
+def _key_name(exc: DataKeyDestroyed) -> str:
+    """The name (``<type>.<id>``) of the data key ``exc`` says was destroyed."""
+    return str(exc.details.get("key_id", "")).rpartition("/")[0] or str(exc.details.get("key_id", ""))

@@ -18,7 +18,7 @@ from symbi_common.aggregate import Loaded, Repository
 from symbi_common.decisions import Decision, DecisionRequest
 from symbi_common.errors import AlreadyExists, NotFound, SymbiError, Timeout, ValidationError
 from symbi_common.eventstore import EventStore
-from symbi_common.policy.agent_sets import agent_policy_text, agent_set_id, refused_policy_text
+from symbi_common.policy.agent_sets import agent_policy_text, agent_set_id, erased_policy_text, refused_policy_text
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.decision_log import LogDecisionsTyped, LogReceipt
 from symbi_common.policy.events import (
@@ -49,7 +49,6 @@ from symbi_policy.domain import (
     SetCommand,
     UpdateSet,
     check_set_id,
-    erased_policy_text,
     log_id_for,
 )
 from symbi_policy.metrics import AGENT_POLICY_SETS, POLICY_SETS, POLICY_VERSION

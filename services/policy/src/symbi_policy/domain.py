@@ -17,14 +17,13 @@ No I/O here: the repository in :mod:`symbi_policy.application` loads and appends
 
 from __future__ import annotations
 
-import json
 from typing import ClassVar
 
 import msgspec
 from symbi_common.domain import AggregateType
 from symbi_common.errors import AlreadyExists, DomainError, IllegalTransition, NotFound, ValidationError
 from symbi_common.ids import ID_RE
-from symbi_common.policy.agent_sets import no_policy_text
+from symbi_common.policy.agent_sets import erased_policy_text, no_policy_text
 from symbi_common.policy.cedar import SET_ID_RE, compile_policies
 from symbi_common.policy.events import (
     AGGREGATE_TYPE,
@@ -160,15 +159,6 @@ def decide_set(state: PolicySetState, command: SetCommand) -> list[PolicySetEven
         case FollowAgent():
             return _follow_agent(state, command)
     raise AssertionError(f"unknown command {command!r}")  # pragma: no cover - the union is exhaustive
-
-
-def erased_policy_text(agent_id: str) -> str:
-    """The set of an agent that was erased (its events can no longer be read): it forbids the agent every action."""
-    return (
-        f"// agent {agent_id} was erased: its events can no longer be read\n"
-        f'@id("agent-erased")\n@reason("the agent was erased")\n'
-        f"forbid (principal == Agent::{json.dumps(agent_id)}, action, resource);\n"
-    )
 
 
 def _follow_agent(state: PolicySetState, command: FollowAgent) -> list[PolicySetEvent]:

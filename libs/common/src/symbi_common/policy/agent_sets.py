@@ -10,6 +10,9 @@ An agent's policies speak for that agent only: a policy whose principal is uncon
 ``principal == Agent::"<agent_id>"``, and one that names any other principal is refused — a definition
 must not grant (or take away) anything of another agent's. Nor may it permit itself ``secret.read`` (or
 every action): secrets are granted by the operator's policy sets (docs/secrets.md).
+
+Erasing the agent shreds its set with it (the set's data key is destroyed): every decision point then reads the
+set as :func:`erased_policy_text`, forbidding the agent every action (:mod:`symbi_common.policy.follower`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,27 @@ from symbi_contracts.lifecycle.config import PolicySpec
 from symbi_common.errors import ValidationError
 from symbi_common.policy.cedar import PolicyRejected, compile_policies
 
+#: The prefix of an agent's own policy set id (``agent-<agent_id>``).
+AGENT_SET_PREFIX = "agent-"
+
 
 def agent_set_id(agent_id: str) -> str:
-    return f"agent-{agent_id}"
+    return f"{AGENT_SET_PREFIX}{agent_id}"
+
+
+def agent_of_set(set_id: str) -> str | None:
+    """The agent whose own policy set ``set_id`` is (``agent-<agent_id>``), or None for any other set."""
+    return set_id[len(AGENT_SET_PREFIX) :] if set_id.startswith(AGENT_SET_PREFIX) else None
+
+
+def erased_policy_text(agent_id: str) -> str:
+    """The set of an agent that was erased (its events, or its own policy set's, can no longer be read): it
+    forbids the agent every action. The same text as :func:`symbi_policy.domain.erased_policy_text` writes."""
+    return (
+        f"// agent {agent_id} was erased: its events can no longer be read\n"
+        f'@id("agent-erased")\n@reason("the agent was erased")\n'
+        f"forbid (principal == Agent::{json.dumps(agent_id)}, action, resource);\n"
+    )
 
 
 def check_agent_policies(agent_id: str, specs: Sequence[PolicySpec]) -> None:

@@ -16,6 +16,16 @@ only be removed by an operator with the stream admin credential; then the follow
 A failure that says nothing about the event (NATS or the data key store away a moment: :data:`TRANSIENT`)
 halts nothing: the follower applies the batch again, passing over what it applied already.
 
+One exception, for erasure: an agent's own set (``agent-<agent_id>``) is crypto-shredded with the agent
+(``audit erase agent.<id>`` destroys the set's data key ``policy.agent-<id>``: its text may name personal
+data). An event of such a set that verifies and follows the set's chain, but whose payload cannot be
+decrypted because the set's own data key was destroyed (:class:`~symbi_common.errors.DataKeyDestroyed`),
+does not halt: the set's tip moves past it, and the set forbids its agent every action
+(:func:`~symbi_common.policy.agent_sets.erased_policy_text`; never only the baseline, which allows agents
+most actions). Its revision is the event's place in the set (a set's revision always is). Every process
+replaying the same events reaches the same set at the same version, and a restart after an erasure is no
+outage. An operator's set whose data key was destroyed still halts (fail closed: an operator acts).
+
 The engine is rebuilt after each change once the follower has caught up (during the initial replay
 only once, at the end). Its version is the stream sequence of the last policy event read: the same
 number in every process that has read the same events.
@@ -31,13 +41,15 @@ import nats.errors
 import structlog
 from prometheus_client import Gauge
 
-from symbi_common.datakeys import DataKeys
-from symbi_common.errors import InfrastructureError, SymbiError, Timeout
+from symbi_common.datakeys import DataKeys, split_key_id
+from symbi_common.errors import DataKeyDestroyed, InfrastructureError, SymbiError, Timeout
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.keyring import KeyRegistry
+from symbi_common.policy.agent_sets import agent_of_set, erased_policy_text
 from symbi_common.policy.cedar import CompiledPolicy, compile_policies
 from symbi_common.policy.engine import EMPTY, PolicyEngine
 from symbi_common.policy.events import (
+    AGGREGATE_TYPE,
     POLICY_SET_CODEC,
     POLICY_SETS_SUBJECT,
     PolicySetState,
@@ -45,7 +57,7 @@ from symbi_common.policy.events import (
 )
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.reader import decode_opened
-from symbi_common.sealing import ChainTip, check_link, open_envelope
+from symbi_common.sealing import ChainTip, OpenedEvent, check_link, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import SECURITY_EVENTS, continue_trace, observe_consumed
 
@@ -89,6 +101,9 @@ class PolicyFollower:
         self.rejected: list[str] = []
         #: Halted policy sets: set id -> why (the event that could not be applied). Every decision denies.
         self.halted: dict[str, str] = {}
+        #: Agents' own sets whose data key was destroyed (the agent was erased): no event of theirs can be read or
+        #: written any more; each forbids its agent every action.
+        self.erased: set[str] = set()
         self.position = 0
         self.compiled: dict[str, list[CompiledPolicy]] = {}
         self._changed = asyncio.Condition()
@@ -188,10 +203,18 @@ class PolicyFollower:
         if sequence <= tip.sequence:
             return  # applied already: its batch is applied again after a transient failure
         check_link(tip, opened)
-        event = (await decode_opened(opened, self.datakeys, POLICY_SET_CODEC)).event
+        try:
+            event = (await decode_opened(opened, self.datakeys, POLICY_SET_CODEC)).event
+        except DataKeyDestroyed:
+            agent_id = agent_of_set(set_id)
+            if agent_id is None or split_key_id(opened.header.data_key_id)[0] != f"{AGGREGATE_TYPE}.{set_id}":
+                raise  # an operator's set (or a key not the set's own): it halts
+            self._shredded(set_id, agent_id, opened)
+            return
         state = apply_policy_event(self.states.get(set_id, PolicySetState(set_id=set_id)), event)
         self.tips[set_id] = opened.tip
         self.states[set_id] = state
+        self.erased.discard(set_id)
         if state.active:
             try:
                 compiled = compile_policies(set_id, state.cedar)
@@ -202,6 +225,29 @@ class PolicyFollower:
             self.compiled[set_id] = compiled
         else:
             self.compiled.pop(set_id, None)
+        self._fixed(set_id)
+
+    def _shredded(self, set_id: str, agent_id: str, opened: OpenedEvent) -> None:
+        """An event of agent ``agent_id``'s own set that can no longer be decrypted: the set's data key was
+        destroyed with the agent's erasure. The set forbids the agent every action from this event on."""
+        text = erased_policy_text(agent_id)
+        compiled = self.compiled.get(set_id) if set_id in self.erased else None
+        if compiled is None:  # (it compiles; if it did not, the set would halt)
+            compiled = compile_policies(set_id, text)
+            log.warning("policy set of an erased agent: it forbids the agent every action", set_id=set_id)
+        before = self.states.get(set_id)
+        self.tips[set_id] = opened.tip
+        self.states[set_id] = PolicySetState(
+            set_id=set_id,
+            status="active",
+            cedar=text,
+            revision=opened.header.aggregate_version,
+            description=f"agent {agent_id} was erased: its policy set can no longer be read",
+            origin=f"agent:{agent_id}",
+            source=before.source if before is not None else 0,
+        )
+        self.compiled[set_id] = compiled
+        self.erased.add(set_id)
         self._fixed(set_id)
 
     async def _rebuild(self) -> None:
