@@ -118,7 +118,7 @@ async def main(calls: int) -> None:
                         )  # fmt: skip
                         gateway = model_gateway(rt, settings, Secrets())
                         assert gateway is not None
-                        caller = Caller(agent_id="agent-1", task_id=await assign(await _common.make_store(
+                        caller = Caller(agent_id="agent-1", attempt=1, task_id=await assign(await _common.make_store(
                             nc, keys_dir, producer="scheduler")))  # fmt: skip
                         await run(gateway, caller, url, str(ca), calls, samples)
                         await gateway.aclose()

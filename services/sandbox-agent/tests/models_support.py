@@ -137,7 +137,7 @@ async def body_of(response: InternalResponse) -> bytes:
 
 
 def caller(task_id: str, agent: str = AGENT) -> Caller:
-    return Caller(agent_id=agent, task_id=task_id)
+    return Caller(agent_id=agent, task_id=task_id, attempt=1)
 
 
 __all__ = ["Provider"]

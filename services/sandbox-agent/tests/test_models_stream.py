@@ -59,7 +59,7 @@ async def streaming(
 ) -> AsyncIterator[ModelGateway]:
     gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca))
     task = await assign(await make_store("scheduler"), daemon.host_id, budget=AgentBudget(micro_usd_per_day=150))
-    server, port = await proxy(gw, Caller(agent_id="agent-1", task_id=task))
+    server, port = await proxy(gw, Caller(agent_id="agent-1", task_id=task, attempt=1))
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
     yield gw
     server.close()
@@ -105,7 +105,7 @@ async def test_a_stream_the_caller_leaves_early_is_charged_its_whole_reservation
     Before, it was released (nothing read) or charged only the text that went out."""
     gw = gateway(daemon.daemon.rt, models_settings(upstream.url, upstream.ca, {"default": {"tokens_per_day": 10_000}}))
     task = await assign(await make_store("scheduler"), daemon.host_id)
-    who = Caller(agent_id="agent-1", task_id=task)
+    who = Caller(agent_id="agent-1", task_id=task, attempt=1)
     body = b'{"model": "test/small", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
     unread = await gw.handle(who, InternalRequest("POST", "/v1/chat/completions", {}, body))
     await unread.body.aclose()  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ the scheduler writes them), real Cedar, a real HTTPS provider."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,8 +62,9 @@ async def record(store: EventStore, task_id: str, *events: TaskEvent) -> None:
     await store.append("task", task_id, list(events), TASKS, expected=tip)
 
 
-async def call(gw: ModelGateway, task_id: str) -> tuple[int, dict[str, Any]]:
-    answer = await gw.handle(caller(task_id), post("/v1/chat/completions", chat()))
+async def call(gw: ModelGateway, task_id: str, attempt: int = 1) -> tuple[int, dict[str, Any]]:
+    who = dataclasses.replace(caller(task_id), attempt=attempt)
+    answer = await gw.handle(who, post("/v1/chat/completions", chat()))
     return answer.status, json.loads(await body_of(answer))
 
 
@@ -99,7 +101,8 @@ async def test_a_task_assigned_anew_elsewhere_may_no_longer_call_models_here(
     daemon: Agent, upstream: Upstream, gw: ModelGateway, make_store: Any
 ) -> None:
     """The task's host was lost and its next attempt runs on another host: the run here is not the current one
-    and is refused. Assigned back to this host (a later attempt again), its run here may call again."""
+    and is refused. Assigned back to this host (a later attempt again), only that attempt's run may call: the
+    first run, still stopping here, is refused."""
     scheduler = await make_store("scheduler")
     task = await assign(scheduler, daemon.host_id, budget=BUDGET)
     assert (await call(gw, task))[0] == 200
@@ -119,7 +122,10 @@ async def test_a_task_assigned_anew_elsewhere_may_no_longer_call_models_here(
         TaskPreempted(host_id="host-elsewhere", attempt=2, reason="host_lost"),
         assigned(daemon.host_id, 3),
     )
-    assert (await call(gw, task))[0] == 200
+    status, body = await call(gw, task)
+    assert status == 403, body
+    assert "is now attempt 3; the run of attempt 1 is no longer the current one" in body["error"]["message"]
+    assert (await call(gw, task, attempt=3))[0] == 200
     assert upstream.provider.calls == 2
 
 

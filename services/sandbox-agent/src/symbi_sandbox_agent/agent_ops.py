@@ -102,7 +102,9 @@ class ProtocolServer:
         self.served = 0
         self.data = DataOps(gateway, self._record)
         self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools)
-        self.model_ops = ModelOps(self, gateway.task_id, gateway.run.spec.tier, lambda: gateway.agent.models)
+        self.model_ops = ModelOps(
+            self, gateway.task_id, gateway.run.spec.tier, gateway.run.spec.attempt, lambda: gateway.agent.models
+        )
         self._messages: MessageOps | None = None
         self.http = HttpOps(gateway.run, self._record)
 

@@ -49,10 +49,11 @@ def reply_content(reply: dict[str, Any]) -> str | None:
 
 
 class ModelOps:
-    def __init__(self, server: Serving, task_id: str, tier: str, gateway: Any) -> None:
+    def __init__(self, server: Serving, task_id: str, tier: str, attempt: int, gateway: Any) -> None:
         self.server = server
         self.task_id = task_id
         self.tier = tier
+        self.attempt = attempt
         self._gateway = gateway
 
     async def answer(self, seq: int, request: Request) -> Reply:
@@ -62,7 +63,7 @@ class ModelOps:
             message = "models.complete is not available: no model providers are configured on this host"
             await self.server._record(seq, ACTION, model, {}, None, "failed", f"not_available: {message}")
             return error(request.id, "not_available", message, op=request.op)
-        caller = Caller(agent_id=self.server.agent_id, task_id=self.task_id, tier=self.tier)
+        caller = Caller(agent_id=self.server.agent_id, task_id=self.task_id, tier=self.tier, attempt=self.attempt)
         try:
             reply, record = await gateway.complete(caller, chat_body(dict(request.args)))
         except ModelError as err:

@@ -217,7 +217,7 @@ class Supervisor:
         # One decision per connection through the one enforcer (logged, its own id); the embedded engine's
         # answer to an identical question is remembered per policy version, as for the bus's sends.
         enforcer = Enforcer.around(remembered(await self.rt.decision_point()))
-        caller = Caller(agent_id=run.agent_id, task_id=spec.task_id, tier=spec.tier)
+        caller = Caller(agent_id=run.agent_id, task_id=spec.task_id, tier=spec.tier, attempt=spec.attempt)
         run.egress = await self.egress.start(
             caller,
             spec.network_access,

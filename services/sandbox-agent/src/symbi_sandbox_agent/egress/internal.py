@@ -24,6 +24,8 @@ class Caller:
     task_id: str
     tenant: str = "default"
     tier: str = "tier1"
+    #: The attempt of the task the run is (0: none given; a model call is then refused, not let through).
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,11 @@ class CallerDirectory:
                 f"task {task_id} of agent {agent} is now attempt {seen.attempt} on host {seen.host_id[:64]}; "
                 f"its run on host {self.host_id} is no longer the current one and may not call models"
             )
+        if caller.attempt != seen.attempt:
+            raise ModelDenied(
+                f"task {task_id} of agent {agent} is now attempt {seen.attempt}; the run of attempt {caller.attempt}"
+                " is no longer the current one and may not call models"
+            )
         if not TENANT.match(seen.tenant):
             raise ModelDenied(f"the tenant {seen.tenant[:80]!r} of agent {agent} is not a valid tenant name")
         if caller.tenant != seen.tenant and caller.tenant != "default":
