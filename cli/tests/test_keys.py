@@ -8,6 +8,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import nats
 import pytest
 from symbi_cli.main import app
 from symbi_cli.runtime import LocalRuntime
@@ -173,15 +174,38 @@ async def test_rotate_publishes_to_the_running_runtime_and_history_checks_it(
     await rt.start()
     try:
         keys = str(runtime_home / "keys")
+        old = KeyRegistry.load(runtime_home / "keys").active_key("lifecycle")
+        assert old is not None
         rotated = await _symbi(symbi_exe, cli_env, "keys", "rotate", "lifecycle", "--dir", keys)
         assert rotated.returncode == 0, rotated.stderr
         assert "published on REGISTRY: running services apply it now" in rotated.stdout
+        assert f"`symbi keys close {old.key_id}`" in " ".join(rotated.stdout.split())
         version = KeyRegistry.load(runtime_home / "keys").version
+        new = KeyRegistry.load(runtime_home / "keys").active_key("lifecycle")
+        assert new is not None
+        active = await _symbi(symbi_exe, cli_env, "keys", "close", new.key_id, "--dir", keys)
+        assert active.returncode == 1
+        assert "active, not retired (rotate first" in " ".join(active.stderr.split())
+
+        # The retired key's validity ends at the stream's position now: a leaked retired key signs nothing new.
+        nc = await nats.connect(rt.nats_url_for("admin"), allow_reconnect=False)
+        try:
+            last = (await nc.jetstream().stream_info("EVENTS")).state.last_seq
+        finally:
+            await nc.drain()
+        closed = await _symbi(symbi_exe, cli_env, "keys", "close", old.key_id, "--dir", keys)
+        assert closed.returncode == 0, closed.stderr
+        assert f"events it signs after sequence {last} are refused" in " ".join(closed.stdout.split())
+        registry = KeyRegistry.load(runtime_home / "keys")
+        assert registry.authorise(old.key_id, "evt.agent.a1", sequence=last) is not None
+        with pytest.raises(KeyRevoked):
+            registry.authorise(old.key_id, "evt.agent.a1", sequence=last + 1)
         history = await _symbi(symbi_exe, cli_env, "keys", "history", "--dir", keys)
         assert history.returncode == 0, history.stderr
         lines = history.stdout.splitlines()
-        assert len(lines) == 2  # the version `symbi up` published, and the rotation
+        assert len(lines) == 3  # the version `symbi up` published, the rotation and the close
         assert f"v{version} ✓ rotate lifecycle" in lines[1]
+        assert f"v{version + 1} ✓ revoke lifecycle {old.key_id}" in lines[2]
     finally:
         await rt.stop()
 

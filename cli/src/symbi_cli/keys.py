@@ -32,10 +32,16 @@ from symbi_common.keyfiles import (
     rotate_wrap_key,
 )
 from symbi_common.keyring import KeyRegistry
-from symbi_common.registry_document import RegistryChange
+from symbi_common.registry_document import ACTIVE, RETIRED, RegistryChange
 from symbi_common.secret_store import ensure_secrets_key
 
-from symbi_cli.keys_live import PUBLISH_ERRORS, operator_nats_url, publish_keyring, registry_history
+from symbi_cli.keys_live import (
+    PUBLISH_ERRORS,
+    events_last_sequence,
+    operator_nats_url,
+    publish_keyring,
+    registry_history,
+)
 
 DEFAULT_KEYS_DIR = Path(".symbi/keys")
 
@@ -228,8 +234,14 @@ def keys_rotate(
             wrap_id = rotate_wrap_key(keys_dir, service, operator_dir=operator_dir)
             console.print(f"{service}: new wrap key [cyan]{wrap_id}[/] (the old one in wrap.old.key until re-sealed)")
         else:
+            before = KeyRegistry.load(keys_dir, read_key_file(keys_dir / "root.pub")).active_key(service)
             key = rotate_service_key(keys_dir, service, operator_dir=operator_dir)
             console.print(f"{service}: new signing key [cyan]{key.key_id}[/]")
+            if before is not None:
+                console.print(
+                    f"the old key {before.key_id} is retired: what it signed stays valid, and so would what it signs"
+                    f" next; once {service} signs with the new key, end that: `symbi keys close {before.key_id}`"
+                )
     except KeyringError as exc:
         raise _fail(exc) from None
     _publish(console, keys_dir, nats_url)
@@ -260,6 +272,41 @@ def keys_revoke(
         raise _fail(exc) from None
     when = "every event it signed" if after_sequence is None else f"events it signed after sequence {after_sequence}"
     console.print(f"revoked {key.key_id} of {key.service}: {when} are now refused")
+    _publish(console, keys_dir, nats_url)
+
+
+@keys_app.command("close")
+def keys_close(
+    key_id: Annotated[str, typer.Argument(help="A retired signing key id (replaced by `symbi keys rotate`).")],
+    keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
+    operator_dir: OperatorDirOption = None,
+    nats_url: NatsUrlOption = None,
+) -> None:
+    """End a retired key's validity at the EVENTS stream's last sequence now: what it signed so far stays valid,
+    anything it signs from here is refused. Run it once the service signs with its new key (a rotation switches
+    running services at once), so that a retired key that leaked cannot sign new events."""
+    key = KeyRegistry.load(keys_dir, read_key_file(keys_dir / "root.pub")).key(key_id)
+    if key is None or key.status != RETIRED:
+        why = "not in the key registry" if key is None else f"{key.status}, not retired"
+        hint = " (rotate first: `symbi keys rotate SERVICE`)" if key is not None and key.status == ACTIVE else ""
+        Console(stderr=True).print(f"[red]error:[/] key {key_id} is {why}{hint}")
+        raise typer.Exit(1)
+    url = operator_nats_url(keys_dir, nats_url)
+    if url is None:
+        Console(stderr=True).print(
+            "[red]error:[/] no running runtime found to read the stream position from; give --nats-url"
+        )
+        raise typer.Exit(1)
+    try:
+        last = asyncio.run(events_last_sequence(url))
+        closed = revoke_key(keys_dir, key_id, after_sequence=last, operator_dir=operator_dir)
+    except KeyringError as exc:
+        raise _fail(exc) from None
+    except PUBLISH_ERRORS as exc:
+        Console(stderr=True).print(f"[red]error:[/] cannot read the EVENTS stream's position: {exc!r}")
+        raise typer.Exit(1) from None
+    console = Console()
+    console.print(f"closed {closed.key_id} of {closed.service}: events it signs after sequence {last} are refused")
     _publish(console, keys_dir, nats_url)
 
 

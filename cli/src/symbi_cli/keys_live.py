@@ -14,6 +14,7 @@ import nats
 import nats.errors
 from symbi_common.key_material import read_key_file
 from symbi_common.registry_stream import HistoryEntry, check_history, publish, read_history, read_signed_files
+from symbi_common.streams import EVENTS_STREAM
 
 #: Where ``symbi up`` leaves the operator's NATS URL, relative to its home.
 OPERATOR_URL_FILE = Path("run") / "nats-operator.url"
@@ -45,6 +46,16 @@ async def registry_history(nats_url: str, keys_dir: Path) -> list[HistoryEntry]:
     nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
     try:
         return check_history(await read_history(nc), root_public_key)
+    finally:
+        await nc.drain()
+
+
+async def events_last_sequence(nats_url: str) -> int:
+    """The ``EVENTS`` stream's last sequence now (read with the operator credential)."""
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    try:
+        info = await nc.jetstream().stream_info(EVENTS_STREAM)
+        return int(info.state.last_seq)
     finally:
         await nc.drain()
 
