@@ -308,15 +308,10 @@ class PolicyService:
         before this one, :attr:`FollowAgent.previous`). :class:`PolicyRejected` (or ValidationError) if they
         cannot be compiled."""
         cedar = agent_policy_text(agent_id, specs) if specs else ""
-        description = f"policies of agent {agent_id}"
         command = FollowAgent(
-            agent_id=agent_id,
-            source=source,
-            cedar=cedar,
-            description=description,
-            register_only=register_only,
-            previous=previous,
-        )
+            agent_id=agent_id, source=source, cedar=cedar, description=f"policies of agent {agent_id}",
+            register_only=register_only, previous=previous,
+        )  # fmt: skip
         return await self._follow_agent(command)
 
     async def refuse_agent_policies(
@@ -325,15 +320,10 @@ class PolicyService:
         """The agent's own policies were refused: ``agent-<agent_id>`` forbids it every action instead (fail
         closed), registered or as a new revision, until a configuration that is accepted replaces it."""
         cedar = refused_policy_text(agent_id, reason)
-        description = f"agent {agent_id}: policies refused"
         command = FollowAgent(
-            agent_id=agent_id,
-            source=source,
-            cedar=cedar,
-            description=description,
-            register_only=register_only,
-            previous=previous,
-        )
+            agent_id=agent_id, source=source, cedar=cedar, description=f"agent {agent_id}: policies refused",
+            register_only=register_only, previous=previous,
+        )  # fmt: skip
         return await self._follow_agent(command, refused=True)
 
     async def retire_agent(self, agent_id: str, source: int, reason: str) -> PolicySetView | None:
