@@ -23,7 +23,8 @@ HTTP (JSON bodies; errors are ``{"error": {"code", "message", "details"}}`` with
                                                "limit"?, "min_relevance"?, "min_sequence"?, "generate"?}
 
 Writes answer with ``sequence`` (the stream sequence of the append); pass it as ``min_sequence`` to read your
-own write. The same bodies (with ``kb_id`` where the path has it) are the NATS commands ``cmd.context.store``,
+own write (503 ``index_behind`` if the index has not applied it within the wait: never an answer without it).
+The same bodies (with ``kb_id`` where the path has it) are the NATS commands ``cmd.context.store``,
 ``retrieve``, ``forget``, ``ingest``, ``forget_knowledge``, ``search_knowledge`` and ``rag_query``.
 """
 

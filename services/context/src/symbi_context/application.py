@@ -8,6 +8,7 @@ out of the results and logged, so a denied read returns nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -23,7 +24,7 @@ from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import new_event_id
 from symbi_contracts.context.commands import NewMemory, Query
 
-from symbi_context.chunking import chunk_text, extract_text
+from symbi_context.chunking import TextChunk, chunk_text, extract_text
 from symbi_context.domain import (
     KNOWLEDGE_KIND,
     MEMORY_KINDS,
@@ -49,6 +50,7 @@ from symbi_context.index import ContextIndex
 from symbi_context.metrics import operation
 from symbi_context.point_ids import item_id
 from symbi_context.retrieval import Retrieved, hybrid_search
+from symbi_context.sweeps import sweep
 from symbi_context.vectors.port import MetaFilter
 
 log = structlog.get_logger(__name__)
@@ -56,6 +58,10 @@ log = structlog.get_logger(__name__)
 DENIED_READS = Counter("symbi_context_denied_reads_total", "Memory reads left out by a policy decision", ["resource"])
 #: Chunks per knowledge event: keeps each event well under the event size limit at 1536 dimensions.
 CHUNKS_PER_EVENT = 64
+#: A forget by filter refuses to go on past this many matching memories (rather than forget only some).
+FORGET_WHERE_LIMIT = 10_000
+#: The expiry and retention sweep reads the index in pages of this many points.
+SWEEP_PAGE = 10_000
 _ID_NAMESPACE = uuid.UUID("5b0c8f9e-4d1a-4c55-9a51-6a1f2f6f3c10")
 
 
@@ -72,6 +78,10 @@ class ContextConfig:
     knowledge_retention_days: int = 365
     chunk_chars: int = 1000
     chunk_overlap_chars: int = 150
+    #: How long a read (``min_sequence``) or a filtered forget waits for the index to reach the writes it needs.
+    index_wait_s: float = 5.0
+    forget_where_limit: int = FORGET_WHERE_LIMIT
+    sweep_page: int = SWEEP_PAGE
 
 
 def _principal(agent_id: str) -> EntityRef:
@@ -88,6 +98,13 @@ def _resource(owner: str, scope: str) -> EntityRef:
 def check_id(value: str, field: str) -> None:
     if not value or len(value) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
         raise InvalidContext("must be 1-128 characters of ASCII letters, digits, '-' or '_'", field=field)
+
+
+def check_kinds(kinds: Sequence[str], field: str) -> None:
+    """Memory kinds to filter on: a misspelt one is refused, not a filter that silently matches nothing."""
+    for kind in kinds:
+        if kind not in MEMORY_KINDS:
+            raise InvalidContext(f"unknown kind {kind!r}; use one of {', '.join(MEMORY_KINDS)}", field=field)
 
 
 class ContextService:
@@ -208,20 +225,37 @@ class ContextService:
     async def forget_memories(
         self, agent_id: str, *, owner: str | None = None, ids: Sequence[str] = (), where: MetaFilter | None = None
     ) -> Written:
-        """Forget memories by id, or all of ``owner``'s memories matching ``where``."""
+        """Forget memories by id, or all of ``owner``'s memories matching ``where`` (see :meth:`_matching`)."""
         owner = owner or agent_id
         check_id(agent_id, "agent_id")
         check_id(owner, "owner")
+        if where is not None:
+            check_kinds(where.kinds, "where.kinds")
         decision = await self._require(agent_id, "memory.write", owner, "memory")
         chosen = list(ids)
         if where is not None:
-            scoped = dataclasses.replace(where, owners=(owner,))
-            chosen += [item_id(h) for h in await self.store.scroll(scoped)]
+            chosen += await self._matching(owner, where)
             if not chosen:
                 return Written([], 0)
         command = Forget(ids=tuple(chosen), missing_ok=where is not None, decision=decision)
         _, records = await self.memories.execute(owner, command)
         return Written(chosen, records[-1].sequence if records else 0)
+
+    async def _matching(self, owner: str, where: MetaFilter) -> list[str]:
+        """The ids of ``owner``'s memories matching ``where``, read from the index once it has applied every
+        write of ``owner`` (a memory stored just before is found; :class:`IndexBehind` if the index does not get
+        there in time). More than ``forget_where_limit`` matches are refused, never cut short silently."""
+        tip = (await self.memories.load(owner, fresh=True)).tip.sequence  # fresh: other replicas' writes too
+        await self.index.reach(tip, self.config.index_wait_s)
+        limit = self.config.forget_where_limit
+        hits = await self.store.scroll(dataclasses.replace(where, owners=(owner,)), limit=limit + 1)
+        if len(hits) > limit:
+            raise InvalidContext(
+                f"matches more than {limit} memories; at most {limit} are forgotten by one filter: narrow it "
+                "(kinds, tags, created_from / created_to) and forget the rest with another request",
+                field="where",
+            )
+        return [item_id(h) for h in hits]
 
     # --- knowledge ------------------------------------------------------------------------------------------
 
@@ -252,13 +286,8 @@ class ContextService:
         if not title.strip() or len(title) > 500:
             raise InvalidContext("must be 1-500 characters", field="title")
         decision = await self._require(agent_id, "memory.write", kb_id, "knowledge")
-        text = extract_text(content, media_type)
-        chunks = chunk_text(
-            text,
-            size=self.config.chunk_chars,
-            overlap=self.config.chunk_overlap_chars,
-            markdown=media_type == "text/markdown",
-        )
+        # Off the event loop: extracting a PDF takes up to seconds of CPU, and the service answers meanwhile.
+        chunks = await asyncio.to_thread(self._chunks, content, media_type)
         vectors = await self.embedder.embed([c.text for c in chunks])
         doc_id = document_id or str(uuid.UUID(new_event_id()))
         now = time.time()
@@ -293,6 +322,15 @@ class ContextService:
         loaded, appended = await self.knowledge.execute(kb_id, IngestDocument(parts=parts))
         # Nothing appended: the document was already stored (a retry); its append is at or before the tip.
         return Written([doc_id], appended[-1].sequence if appended else loaded.tip.sequence)
+
+    def _chunks(self, content: bytes, media_type: str) -> list[TextChunk]:
+        """The chunks of a document (blocking: extraction and chunking are CPU-bound)."""
+        return chunk_text(
+            extract_text(content, media_type),
+            size=self.config.chunk_chars,
+            overlap=self.config.chunk_overlap_chars,
+            markdown=media_type == "text/markdown",
+        )
 
     @operation("forget_documents")
     async def forget_documents(self, agent_id: str, kb_id: str, document_ids: Sequence[str]) -> Written:
@@ -331,15 +369,13 @@ class ContextService:
             raise InvalidContext("must not be empty", field="query")
         if not 1 <= q.limit <= 100:
             raise InvalidContext("must be between 1 and 100", field="limit")
-        for kind in q.kinds:
-            if kind not in MEMORY_KINDS:
-                raise InvalidContext(f"unknown kind {kind!r}; use one of {', '.join(MEMORY_KINDS)}", field="kinds")
+        check_kinds(q.kinds, "kinds")
         owners_asked = (q.owners or (q.agent_id,)) if q.include_memories else ()
         owners, kbs = await self.readable(q.agent_id, owners_asked, q.knowledge_bases)
         if not owners and not kbs:
             return []
         if q.min_sequence:
-            await self.index.wait_for(q.min_sequence)
+            await self.index.reach(q.min_sequence, self.config.index_wait_s)
         now = time.time()
         filters = []
         if owners:
@@ -354,22 +390,4 @@ class ContextService:
     @operation("sweep")
     async def sweep(self, now: float | None = None) -> int:
         """Forget expired short-term memories and knowledge past its retention, as events. Returns how many."""
-        now = time.time() if now is None else now
-        done = 0
-        expired = await self.store.scroll(MetaFilter(kinds=("short_term",), created_to=now), limit=10_000)
-        by_owner: dict[str, list[str]] = {}
-        for hit in expired:
-            if float(hit.payload.get("expires_at", 0)) <= now:
-                by_owner.setdefault(str(hit.payload["owner"]), []).append(item_id(hit))
-        for owner, ids in by_owner.items():
-            await self.memories.execute(owner, Forget(ids=tuple(ids), reason="expired", missing_ok=True))
-            done += len(ids)
-        oldest = now - self.config.knowledge_retention_days * 86_400
-        old = await self.store.scroll(MetaFilter(kinds=(KNOWLEDGE_KIND,), created_to=oldest), limit=10_000)
-        docs: dict[str, set[str]] = {}
-        for hit in old:
-            docs.setdefault(str(hit.payload["owner"]), set()).add(str(hit.payload["document_id"]))
-        for kb, doc_ids in docs.items():
-            await self.knowledge.execute(kb, Forget(ids=tuple(sorted(doc_ids)), reason="retention", missing_ok=True))
-            done += len(doc_ids)
-        return done
+        return await sweep(self, time.time() if now is None else now)

@@ -36,6 +36,12 @@ class CachedEmbedder:
         return self.inner.dimension
 
     def _put(self, key: bytes, vector: np.ndarray) -> None:
+        """Keep ``vector`` as the most recently used entry; a key already kept (the same text twice in a batch,
+        or two calls missing it together) only moves to the end: counted again, the bytes would drift up until
+        nothing fits."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
         size = vector.nbytes + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return

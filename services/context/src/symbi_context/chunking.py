@@ -15,6 +15,9 @@ from symbi_context.errors import InvalidContext
 MEDIA_TYPES = ("text/plain", "text/markdown", "application/pdf")
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+#: The most text one document may have, in characters (4 MiB: several hundred pages of prose). A PDF of a few
+#: kilobytes can expand into far more (every page drawing one compressed stream): its extraction stops here.
+MAX_DOCUMENT_CHARS = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,26 +26,51 @@ class TextChunk:
     text: str
 
 
-def extract_text(content: bytes, media_type: str) -> str:
-    """The text of a document; PDF pages are joined with blank lines."""
+def _check_size(chars: int, max_chars: int) -> None:
+    if chars > max_chars:
+        raise InvalidContext(
+            f"the document has more than {max_chars} characters of text; at most {max_chars} characters per "
+            "document: split it into several",
+            field="content",
+        )
+
+
+def _pdf_text(content: bytes, max_chars: int) -> str:
+    """The text of a PDF's pages, joined with blank lines; the size is checked after each page, so a small file
+    whose pages expand into far more text (all drawing one compressed stream) stops at the limit."""
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    pages: list[str] = []
+    chars = 0
+    try:
+        for page in PdfReader(io.BytesIO(content)).pages:
+            text = (page.extract_text() or "").strip()
+            if text:
+                chars += len(text) + (2 if pages else 0)  # as joined, with blank lines
+                _check_size(chars, max_chars)
+                pages.append(text)
+    # PyPdfError: every pypdf error, its LimitReachedError (a decompression bomb) among them.
+    except (PyPdfError, ValueError, KeyError) as exc:
+        raise InvalidContext(f"not a readable PDF: {exc}", field="content") from exc
+    return "\n\n".join(pages)
+
+
+def extract_text(content: bytes, media_type: str, *, max_chars: int = MAX_DOCUMENT_CHARS) -> str:
+    """The text of a document; PDF pages are joined with blank lines. Blocking and CPU-bound (a PDF may take
+    seconds): call it in a worker thread. More than ``max_chars`` characters of text are refused."""
     if media_type not in MEDIA_TYPES:
         raise InvalidContext(
             f"unsupported type {media_type!r}; use one of {', '.join(MEDIA_TYPES)}", field="media_type"
         )
     if media_type == "application/pdf":
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-
-        try:
-            reader = PdfReader(io.BytesIO(content))
-            pages = [page.extract_text() or "" for page in reader.pages]
-        except (PdfReadError, ValueError, KeyError) as exc:
-            raise InvalidContext(f"not a readable PDF: {exc}", field="content") from exc
-        return "\n\n".join(p.strip() for p in pages if p.strip())
+        return _pdf_text(content, max_chars)
     try:
-        return content.decode("utf-8")
+        text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidContext(f"text is not UTF-8: {exc}", field="content") from exc
+    _check_size(len(text), max_chars)
+    return text
 
 
 def _sections(text: str, markdown: bool) -> list[tuple[str, str]]:

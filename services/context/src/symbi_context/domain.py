@@ -161,6 +161,9 @@ class Forget(msgspec.Struct, frozen=True, kw_only=True):
     decision: DecisionRecord | None = None
     #: Ids already gone are skipped instead of refused (sweepers racing with a request).
     missing_ok: bool = False
+    #: Only entries whose recorded ``expires_at`` is at or before this time are forgotten, the others skipped
+    #: (the expiry sweep: the index it found them in may lag, and an id forgotten and stored again is live).
+    expired_by: float | None = None
 
 
 class IngestDocument(msgspec.Struct, frozen=True, kw_only=True):
@@ -248,7 +251,12 @@ def _forget(state: ContextState, command: Forget) -> tuple[str, ...]:
     missing = [i for i in ids if i not in state.live]
     if missing and not command.missing_ok:
         raise UnknownMemory(f"{len(missing)} id(s) not found for {state.owner_id}: {', '.join(missing[:5])}")
-    return tuple(i for i in ids if i in state.live)
+    return tuple(i for i in ids if i in state.live and _due(state.live[i], command.expired_by))
+
+
+def _due(entry: Entry, expired_by: float | None) -> bool:
+    """Whether ``entry`` may be forgotten by a command limited to what expired by ``expired_by`` (None: any)."""
+    return expired_by is None or (entry.expires_at is not None and entry.expires_at <= expired_by)
 
 
 def decide_memory(state: ContextState, command: MemoryCommand) -> list[MemoryEvent]:

@@ -94,6 +94,26 @@ class VectorStoreError(ContextError, InfrastructureError):
     http_status = 503
 
 
+class IndexBehind(ContextError, InfrastructureError):
+    """The index has not applied the stream up to a sequence a request depends on (a read's ``min_sequence``,
+    the owner's last write before a filtered forget) within the wait: it is halted or far behind. Answering
+    from it would silently leave out the caller's own writes; the same request may succeed later."""
+
+    code = "index_behind"
+    http_status = 503
+
+    def __init__(self, *, wanted: int, position: int, waited_s: float, halted: str | None = None) -> None:
+        why = f" (halted: {halted})" if halted else ""
+        super().__init__(
+            f"the index is at stream sequence {position}{why}, not yet at {wanted}, after waiting {waited_s:g} s; "
+            "retry later",
+            wanted=wanted,
+            position=position,
+        )
+        self.wanted = wanted
+        self.position = position
+
+
 class GenerationFailed(ContextError, InfrastructureError):
     """The chat endpoint that generates RAG answers failed."""
 

@@ -60,6 +60,7 @@ from symbi_context.domain import (
     MemoryForgotten,
     MemoryStored,
 )
+from symbi_context.errors import IndexBehind
 from symbi_context.point_ids import memory_point_id
 from symbi_context.vectors.keywords import document_keywords
 from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
@@ -171,6 +172,9 @@ class ContextIndex:
         self.skipped = 0
         #: The subjects of the tasks that may have working memories in the store; None: not known.
         self._working_tasks: set[str] | None = None
+        #: Held while a batch is applied and while an erased owner is purged: a batch never upserts an owner's
+        #: points after the purge of that owner (its events are then undecryptable, see :meth:`follow_shredding`).
+        self._applying = asyncio.Lock()
         # The store's position is the truth, not the consumer's (no acks); written at most every persist_interval.
         self.positions = PeriodicPositions(store.position, store.set_position, interval=persist_interval)
         self.follower = Follower(
@@ -227,6 +231,10 @@ class ContextIndex:
 
     async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
         """Apply deliveries in order; consecutive upserts go to the store as one batch."""
+        async with self._applying:
+            await self._apply(batch)
+
+    async def _apply(self, batch: list[Delivery]) -> None:
         pending: list[VectorPoint] = []
         for msg in batch:
             if self._no_effect(msg):
@@ -311,7 +319,10 @@ class ContextIndex:
         """Purge an owner's points the moment its data key is destroyed (crypto-shredding); runs until cancelled.
 
         The events stay in the stream, unreadable; a rebuild skips them (see :meth:`_apply_batch`), and this keeps
-        the live index from serving the plaintext it projected before.
+        the live index from serving the plaintext it projected before. The purge waits for a batch being applied
+        (its points of the owner are purged with the rest) and drops the key from this process's cache (whose
+        own notice of the destruction may come later), so every later batch finds the owner's events
+        undecryptable and indexes nothing of the owner again.
         """
         async for name in keys.changes((MEMORY.aggregate_type, KNOWLEDGE.aggregate_type)):
             aggregate_type, _, owner = name.partition(".")
@@ -320,10 +331,21 @@ class ContextIndex:
             if await keys.get(name) is not None:
                 continue  # rotated, not destroyed
             scope = "memory" if aggregate_type == MEMORY.aggregate_type else "knowledge"
-            await self.store.delete_where(MetaFilter(owners=(owner,), equals={"scope": scope}))
+            async with self._applying:  # no batch is being applied now: none can upsert the owner after this
+                self.datakeys.forget(name)  # later batches read the key from the store: destroyed, nothing indexed
+                await self.store.delete_where(MetaFilter(owners=(owner,), equals={"scope": scope}))
             self.shredded += 1
             log.info("data key destroyed, owner purged from the index", owner=owner, scope=scope)
 
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are in the index."""
         return await self.follower.wait_for(sequence, timeout)
+
+    async def reach(self, sequence: int, timeout: float = 5.0) -> None:
+        """Wait until events up to stream ``sequence`` are in the index; :class:`IndexBehind` if they are not
+        within ``timeout`` (read-your-writes: an answer without them would pass a stale index off as current)."""
+        if not await self.wait_for(sequence, timeout):
+            halted = self.follower.halted
+            raise IndexBehind(
+                wanted=sequence, position=self.position, waited_s=timeout, halted=halted.message if halted else None
+            )

@@ -54,6 +54,8 @@ def edge_filter(where: MetaFilter | None) -> qe.Filter | None:
         must.append(qe.FieldCondition("created_at", range=qe.RangeFloat(gte=where.created_from, lte=where.created_to)))
     if where.alive_at is not None:
         must.append(qe.FieldCondition("expires_at", range=qe.RangeFloat(gt=where.alive_at)))
+    if where.expired_by is not None:
+        must.append(qe.FieldCondition("expires_at", range=qe.RangeFloat(lte=where.expired_by)))
     for key, values in where.any_of:
         must.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))
     if where.ids:

@@ -97,6 +97,8 @@ def lance_filter(where: MetaFilter | None) -> str | None:
         must.append(f"created_at <= {float(where.created_to)!r}")
     if where.alive_at is not None:
         must.append(f"expires_at > {float(where.alive_at)!r}")
+    if where.expired_by is not None:
+        must.append(f"expires_at <= {float(where.expired_by)!r}")
     if where.ids:
         must.append(f"id IN ({_strings(where.ids)})")
     return " AND ".join(f"({c})" for c in must) if must else None

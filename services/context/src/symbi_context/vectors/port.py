@@ -82,6 +82,8 @@ class MetaFilter:
     created_to: float | None = None
     #: Only points not expired at this time (``expires_at`` > it).
     alive_at: float | None = None
+    #: Only points expired at this time (``expires_at`` <= it): what the expiry sweep forgets.
+    expired_by: float | None = None
     ids: tuple[str, ...] = ()
     #: For each ``(key, values)``: the payload key (a string or a list of strings) matches one of ``values``.
     any_of: tuple[tuple[str, tuple[str, ...]], ...] = ()

@@ -53,6 +53,8 @@ def qdrant_filter(where: MetaFilter | None) -> m.Filter | None:
         must.append(m.FieldCondition(key="created_at", range=m.Range(gte=where.created_from, lte=where.created_to)))
     if where.alive_at is not None:
         must.append(m.FieldCondition(key="expires_at", range=m.Range(gt=where.alive_at)))
+    if where.expired_by is not None:
+        must.append(m.FieldCondition(key="expires_at", range=m.Range(lte=where.expired_by)))
     for key, values in where.any_of:
         must.append(m.FieldCondition(key=key, match=m.MatchAny(any=list(values))))
     if where.ids:
