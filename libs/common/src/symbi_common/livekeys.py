@@ -14,20 +14,31 @@ event store refuses to sign with it (:class:`~symbi_common.errors.SigningKeyRefu
 key changes — its own or a reader's of what it writes — the service re-seals its data keys to the
 readers' current wrap keys from its own copies; a service whose own wrap key rotated opens its
 copies with the previous key (kept in ``wrap.old.key`` until then) and deletes that file afterwards.
+
+Another process may sign with a rotated key as soon as *its* follower applied the version, before this
+process's follower has: an event it signed then names a key this registry does not know yet. Whoever
+verifies such an event (the projection runner) does not refuse it on the spot but asks the service's registry
+to :meth:`~LiveKeys.catch_up`: it reads the ``REGISTRY`` stream's newest message now (from the stream's leader)
+and applies what it has not, then the event is verified again.
+A version is always stored on the stream before any event signed with its new key (a signer only learns
+the key from the stream), so a key still unknown after that is unknown to the registry: refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import structlog
 from nats.js.api import DeliverPolicy
 
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.datakeys import DataKeys
-from symbi_common.errors import KeyringError
+from symbi_common.errors import InfrastructureError, KeyringError
 from symbi_common.keyfiles import OLD_WRAP_KEY_FILE
 from symbi_common.keyring import (
     SERVICE_SUBJECTS,
@@ -47,6 +58,8 @@ log = structlog.get_logger(__name__)
 KEY_FILE_RETRY_S = 1.0
 #: How long following waits for a new version while nothing is to be retried.
 IDLE_WAIT_S = 30.0
+#: The longest a catch-up with the ``REGISTRY`` stream may take (:meth:`LiveKeys.catch_up`).
+CATCH_UP_TIMEOUT_S = 3.0
 
 
 def written_types(service: str) -> tuple[str, ...]:
@@ -93,8 +106,10 @@ class LiveKeys:
         #: Set while the registry names a key of ours that the key directory does not hold yet.
         self.waiting_for_key = False
         self._reseal_needed = False
+        #: The stream sequence after the last ``REGISTRY`` message applied or refused (by following or catching up).
         self._next_sequence = 1
         self._missing = ""
+        self._nc: Any = None
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -106,6 +121,7 @@ class LiveKeys:
         (rollback attempts, forgeries) are logged. Data keys are re-sealed once following starts:
         wrap keys may have changed while the service was down.
         """
+        self._nc = nc
         history = await read_history(nc)
         for entry in check_history(history, self.root_public_key):
             if entry.problem is not None:
@@ -143,13 +159,71 @@ class LiveKeys:
                     await self.reseal_if_needed()
                     continue
                 for msg in msgs:
-                    await self.offer(bytes(msg.data))
-                    self._next_sequence = msg.metadata.sequence.stream + 1  # (a restarted follow goes on from here)
+                    if self._take(int(msg.metadata.sequence.stream), bytes(msg.data)):
+                        await self.reseal_if_needed()
         finally:
             await feed.close()
 
+    # --- catching up on demand --------------------------------------------------------------------
+
+    async def catch_up(self, timeout: float = CATCH_UP_TIMEOUT_S) -> int:
+        """Apply now every ``REGISTRY`` message stored after the last one this registry applied; returns how many
+        versions it applied (0: the registry was current).
+
+        For a key this process does not know yet: another process may sign with a new version's key before this
+        process's follower has delivered that version. Reads the stream's last message, then the ones between,
+        from the stream's leader (a direct get may be answered by a replica that lags), all within ``timeout``;
+        raises :class:`InfrastructureError` if it cannot (nothing is applied then that was not before). The
+        follower passes over what this applied. Re-sealing after a wrap key change is left to the follower.
+        """
+        if self._nc is None:
+            raise RuntimeError("LiveKeys.catch_up before start")
+        js = self._nc.jetstream(timeout=timeout)
+        applied = 0
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    last = await js.get_last_msg(REGISTRY_STREAM, REGISTRY_SUBJECT)
+                except nats.js.errors.NotFoundError:
+                    return 0  # no version on the stream at all
+                if int(last.seq) < self._next_sequence:
+                    return 0
+                messages = []
+                sequence = self._next_sequence
+                while sequence < int(last.seq):
+                    msg = await js.get_msg(REGISTRY_STREAM, seq=sequence, subject=REGISTRY_SUBJECT, next=True)
+                    if int(msg.seq) >= int(last.seq):
+                        break
+                    messages.append(msg)
+                    sequence = int(msg.seq) + 1
+                messages.append(last)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise InfrastructureError(
+                f"cannot read the key registry's newest version from the {REGISTRY_STREAM} stream: {exc!r}"
+            ) from exc
+        for msg in messages:  # no await in between: the follower cannot apply one of them meanwhile
+            applied += self._take(int(msg.seq), bytes(msg.data or b""))
+        if applied:
+            log.info("key registry caught up on demand", version=self.registry.version, applied=applied)
+        return applied
+
+    def _take(self, sequence: int, data: bytes) -> bool:
+        """Apply the ``REGISTRY`` message at stream ``sequence`` unless it was applied (or refused) already."""
+        if sequence < self._next_sequence:
+            return False  # caught up on demand before the follower delivered it
+        self._next_sequence = sequence + 1  # (a restarted follow goes on from here)
+        return self._advance(data)
+
     async def offer(self, data: bytes) -> bool:
         """Apply one ``REGISTRY`` message; ``False`` if it was refused (logged) or is the version in use."""
+        if not self._advance(data):
+            return False
+        await self.reseal_if_needed()
+        return True
+
+    def _advance(self, data: bytes) -> bool:
+        """Switch to the version in ``data`` and load this service's keys it names (no await: atomic in the loop);
+        ``False`` if it was refused (logged) or is the version in use. Re-sealing, if needed, is the caller's."""
         try:
             signed = decode_signed(data)
             before = self.registry.advance(signed.registry, signed.signature, self.root_public_key)
@@ -170,7 +244,6 @@ class LiveKeys:
         self._load_own_keys(strict=False)
         if changed & {self.service, *self._readers_of_mine()}:
             self._reseal_needed = True
-        await self.reseal_if_needed()
         return True
 
     def _readers_of_mine(self) -> set[str]:
@@ -259,4 +332,10 @@ def _try_load(load: Callable[[Path], Any], path: Path) -> Any:
         return None
 
 
-__all__ = ["OLD_WRAP_KEY_FILE", "LiveKeys", "previous_wrap_keys", "written_types"]
+__all__ = [
+    "CATCH_UP_TIMEOUT_S",
+    "OLD_WRAP_KEY_FILE",
+    "LiveKeys",
+    "previous_wrap_keys",
+    "written_types",
+]

@@ -14,17 +14,34 @@ committing a later batch first would make the other skip an earlier one.)
 
 An event that fails verification or decoding (garbage bytes, forged signer …) never stops the
 projection: it is recorded in ``symbi_projection_rejects`` with the reason, counted, and skipped.
+
+Except an event whose signing key this process's registry does not know (:class:`UnknownSigningKey`): after a
+key rotation another process (another replica, or the rotated service itself) signs with the new key as soon
+as its own registry follower applied the version, maybe before this process's has. Such an event is not
+rejected on the spot: the service's key registry catches up with the ``REGISTRY`` stream now
+(:meth:`~symbi_common.livekeys.LiveKeys.catch_up`, given as ``catch_up_registry``) and the event is applied again,
+once. Only a key
+still unknown then is rejected (forged, or of another deployment: fail closed). The version naming a key is
+stored on the stream before any event signed with it, so one catch-up per batch is enough: it reads the stream
+after every event of the batch was stored. A catch-up that cannot read the stream rejects nothing: the batch is
+not applied and the runner tries it again (:class:`~symbi_common.follower.FollowerHalted`). The normal path
+costs nothing more: the stream is read only when a key is unknown.
+
+A ``VersionGap`` is not retried: it is a fact about the read model's row (an earlier event of the aggregate
+was rejected, or never stored), the same on a second try in the same transaction; the rejected event is
+never applied later. Not rejecting a still-unknown key's event for a mere lag is what keeps its aggregate's
+later events from all becoming gaps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
 import structlog
 
-from symbi_common.errors import SymbiError
+from symbi_common.errors import SymbiError, UnknownSigningKey
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.positions import PgPositions, Unit
 from symbi_common.streams import EVENTS_STREAM, RawMessage
@@ -67,7 +84,12 @@ class Projection(Protocol):
 
 
 class ProjectionRunner(Follower):
-    """Runs one projection until stopped; restarts its consumer from the stored position on errors."""
+    """Runs one projection until stopped; restarts its consumer from the stored position on errors.
+
+    ``catch_up_registry``: brings the key registry the projection verifies with up to the newest version on the
+    ``REGISTRY`` stream when an event names an unknown signing key (the service runtime gives its own); None:
+    there is nothing to bring up to date, the event is rejected at once.
+    """
 
     def __init__(
         self,
@@ -79,9 +101,11 @@ class ProjectionRunner(Follower):
         stream: str = EVENTS_STREAM,
         batch: int = 256,
         fetch_timeout: float = 1.0,
+        catch_up_registry: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.pool = pool
         self.projection = projection
+        self.catch_up_registry = catch_up_registry
         self.store = PgPositions(pool, projection.name)
         super().__init__(
             js,
@@ -103,38 +127,61 @@ class ProjectionRunner(Follower):
         name = self.projection.name
         conn = unit.conn
         applied = 0
+        registry_current = False  # caught up with REGISTRY after every event of this batch was stored
         for d in batch:
-            raw = d.raw
-            try:
-                # Each event is applied as a span of the trace it carries (the command that appended it).
-                with continue_trace(
-                    f"project {name}",
-                    raw.headers,
-                    attributes={"symbi.projection": name, "symbi.subject": raw.subject, "symbi.sequence": d.sequence},
-                ):
-                    if self.projection.checks_before_writes:  # a rejected event has written nothing
-                        await self.projection.apply(conn, raw)
-                    else:
-                        async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
-                            await self.projection.apply(conn, raw)
+            err = await self._apply(conn, d)
+            if isinstance(err, UnknownSigningKey) and not registry_current and self.catch_up_registry is not None:
+                registry_current = True
+                # Raises if REGISTRY cannot be read: the batch is tried again, nothing is rejected for it.
+                await self.catch_up_registry()
+                log.info(
+                    "signing key unknown: key registry caught up, applying the event again",
+                    projection=name,
+                    sequence=d.sequence,
+                    subject=d.subject,
+                )
+                err = await self._apply(conn, d)
+            if err is None:
                 applied += 1
                 observe_consumed(name, d.stored_at)
-            except SymbiError as err:  # recorded as rejected, then passed: garbage never stops a read model
-                await conn.execute(
-                    "INSERT INTO symbi_projection_rejects (name, sequence, subject, code, message)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    name,
-                    d.sequence,
-                    raw.subject,
-                    err.code,
-                    err.message,
-                )
-                REJECTED_EVENTS.labels(name, err.code).inc()
-                SECURITY_EVENTS.labels("rejected_event").inc()
-                log.warning(
-                    "event rejected", projection=name, sequence=d.sequence, subject=raw.subject, error=err.message
-                )
+            else:
+                await self._reject(conn, d, err)
         PROJECTION_EVENTS.labels(name).inc(applied)
+
+    async def _apply(self, conn: Any, d: Delivery) -> SymbiError | None:
+        """Apply one event; the SymbiError that rejects it (having written nothing), or None once applied."""
+        raw, name = d.raw, self.projection.name
+        try:
+            # Each event is applied as a span of the trace it carries (the command that appended it).
+            with continue_trace(
+                f"project {name}",
+                raw.headers,
+                attributes={"symbi.projection": name, "symbi.subject": raw.subject, "symbi.sequence": d.sequence},
+            ):
+                if self.projection.checks_before_writes:  # a rejected event has written nothing
+                    await self.projection.apply(conn, raw)
+                else:
+                    async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
+                        await self.projection.apply(conn, raw)
+        except SymbiError as err:
+            return err
+        return None
+
+    async def _reject(self, conn: Any, d: Delivery, err: SymbiError) -> None:
+        """Record ``d`` as rejected, then pass over it: garbage never stops a read model."""
+        name = self.projection.name
+        await conn.execute(
+            "INSERT INTO symbi_projection_rejects (name, sequence, subject, code, message)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            name,
+            d.sequence,
+            d.subject,
+            err.code,
+            err.message,
+        )
+        REJECTED_EVENTS.labels(name, err.code).inc()
+        SECURITY_EVENTS.labels("rejected_event").inc()
+        log.warning("event rejected", projection=name, sequence=d.sequence, subject=d.subject, error=err.message)
 
 
 __all__ = ["REJECTS_SCHEMA", "Projection", "ProjectionRunner", "wait_for_position"]

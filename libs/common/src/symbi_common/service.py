@@ -262,7 +262,9 @@ class ServiceRuntime:
     async def add_projection(self, projection: Projection) -> ProjectionRunner:
         if self.pool is None:
             raise RuntimeError("projections need a database; create the runtime with use_database=True")
-        runner = ProjectionRunner(self.js, self.pool, projection, service=self.name)
+        runner = ProjectionRunner(
+            self.js, self.pool, projection, service=self.name, catch_up_registry=self.keys.catch_up
+        )
         await runner.setup()
         self.projections.append(runner)
         self.spawn(runner.run(), f"projection:{projection.name}")
