@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+from symbi_common.bounds import check_no_nul
 from symbi_common.errors import BadRequest, ValidationError
 from symbi_common.secret_records import check_name
 from symbi_common.secret_source import VAULT_SCHEME
@@ -47,9 +48,7 @@ from symbi_contracts.lifecycle.config import (
     ConfigIssue,
     MemorySettings,
     Messaging,
-    PathAccess,
     PolicySpec,
-    ResourceLimits,
     ScheduleSpec,
     Workload,
 )
@@ -74,42 +73,51 @@ MAX_SECRETS = 64
 _API_RE = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[^\s]*)?\Z")
 
 
-_CONFIG_KEYS = frozenset(AgentConfig.__struct_fields__)
-_LIMIT_KEYS = frozenset(ResourceLimits.__struct_fields__)
-_PATH_KEYS = frozenset(PathAccess.__struct_fields__)
-_WORKLOAD_KEYS = frozenset(Workload.__struct_fields__)
-
-
 # --- decoding --------------------------------------------------------------------------------------
 
 
-def _unknown_keys(raw: dict[str, Any], prefix: str) -> Iterator[str]:
-    """Paths of keys in a config object that the config types do not declare."""
-    for key in raw:
-        if key not in _CONFIG_KEYS:
-            yield join_path(prefix, str(key))
-    limits = raw.get("resources")
-    if isinstance(limits, dict):
-        for key in limits:
-            if key not in _LIMIT_KEYS:
-                yield join_path(prefix, f"resources.{key}")
-    workload = raw.get("workload")
-    if isinstance(workload, dict):
-        for key in workload:
-            if key not in _WORKLOAD_KEYS:
-                yield join_path(prefix, f"workload.{key}")
-    paths = raw.get("filesystem_access")
-    for i, entry in enumerate(paths if isinstance(paths, list) else ()):
-        for key in entry if isinstance(entry, dict) else ():
-            if key not in _PATH_KEYS:
-                yield join_path(prefix, f"filesystem_access[{i}].{key}")
+def _unknown_keys(raw: Any, info: msgspec.inspect.Type, path: str) -> Iterator[str]:
+    """Paths of keys in ``raw`` that its type ``info`` does not declare, at every depth of the type (structs inside
+    structs, optionals, lists, tuples and dicts of them). Most config types accept unknown keys so that events
+    written by a newer version still decode; a request must not, or a misspelt key (``quota.concurent_tasks``)
+    is silently dropped and its default (no quota) takes its place."""
+    match info:
+        case msgspec.inspect.Metadata():
+            yield from _unknown_keys(raw, info.type, path)
+        case msgspec.inspect.StructType() if isinstance(raw, dict):
+            fields = {f.encode_name: f.type for f in info.fields}
+            for key, value in raw.items():
+                if key in fields:
+                    yield from _unknown_keys(value, fields[key], join_path(path, str(key)))
+                else:
+                    yield join_path(path, str(key))
+        case msgspec.inspect.UnionType():
+            for member in info.types:  # msgspec allows one struct or dict type per untagged union
+                yield from _unknown_keys(raw, member, path)
+        case (
+            msgspec.inspect.ListType()
+            | msgspec.inspect.VarTupleType()
+            | msgspec.inspect.SetType()
+            | msgspec.inspect.FrozenSetType()
+        ) if isinstance(raw, list):
+            for i, item in enumerate(raw):
+                yield from _unknown_keys(item, info.item_type, f"{path}[{i}]")
+        case msgspec.inspect.TupleType() if isinstance(raw, list):
+            for i, (item, item_type) in enumerate(zip(raw, info.item_types, strict=False)):
+                yield from _unknown_keys(item, item_type, f"{path}[{i}]")
+        case msgspec.inspect.DictType() if isinstance(raw, dict):
+            for key, value in raw.items():
+                yield from _unknown_keys(value, info.value_type, join_path(path, str(key)))
+
+
+_CONFIG_TYPE = msgspec.inspect.type_info(AgentConfig)
 
 
 def convert_config(raw: Any, *, prefix: str = "config") -> AgentConfig:
     """Turn a decoded JSON object into an :class:`AgentConfig`; :class:`BadRequest` naming the field otherwise."""
     if not isinstance(raw, dict):
         raise BadRequest(f"{prefix}: expected an object, got {type(raw).__name__}", field=prefix)
-    for where in _unknown_keys(raw, prefix):
+    for where in _unknown_keys(raw, _CONFIG_TYPE, prefix):
         raise BadRequest(f"{where}: unknown field", field=where)
     try:
         return msgspec.convert(raw, AgentConfig)
@@ -153,10 +161,47 @@ def _check_list(issues: list[ConfigIssue], field: str, values: tuple[Any, ...], 
         seen.add(v)
 
 
+NUL_MESSAGE = "must not contain a NUL character (PostgreSQL cannot store one)"
+
+
+def _escape_nul(text: str) -> str:
+    return text.replace("\x00", "\\0")
+
+
+def nul_issue(value: Any, field: str = "") -> ConfigIssue | None:
+    """The first NUL character anywhere in ``value`` (a config, or any struct, mapping or sequence) as an issue
+    naming its path under ``field``; None if there is none.
+
+    PostgreSQL's ``text`` and ``jsonb`` cannot store a NUL, so an event holding one would stop every read model
+    that projects it. A request body is checked for NUL at the boundary, but a compiled definition is not that
+    body: the DSL escape ``\\0`` becomes a NUL only when compiled, in any string (or map key) of the config.
+    """
+    try:
+        check_no_nul(value, field)
+    except BadRequest as err:
+        # The path may quote a map key that holds the NUL: it is written as \0 so the issue itself can be stored.
+        return ConfigIssue(_escape_nul(str(err.details.get("field") or field or "config")), NUL_MESSAGE)
+    return None
+
+
+def storable(issue: ConfigIssue) -> ConfigIssue:
+    """``issue`` with every NUL character in its text written as ``\\0``: issues are stored in events and the read
+    model, and a field path can quote a key that held a NUL (``workload.env.<key>``)."""
+    texts = (issue.field, issue.message, issue.file, issue.excerpt, issue.hint)
+    if not any("\x00" in text for text in texts):
+        return issue
+    field, message, file, excerpt, hint = map(_escape_nul, texts)
+    return msgspec.structs.replace(issue, field=field, message=message, file=file, excerpt=excerpt, hint=hint)
+
+
 def validate_config(config: AgentConfig, agent_id: str = "") -> list[ConfigIssue]:
     """Every rule the config breaks (empty if it is valid); each issue names its field. Its policies are checked
-    as the set of agent ``agent_id`` (default: an agent named as the config is)."""
+    as the set of agent ``agent_id`` (default: an agent named as the config is). A NUL character anywhere is one
+    (see :func:`nul_issue`); the issues themselves never hold one (:func:`storable`)."""
     issues: list[ConfigIssue] = []
+    nul = nul_issue(config)
+    if nul is not None:
+        issues.append(nul)
     if not _DNS_LABEL_RE.match(config.name):
         issues.append(ConfigIssue("name", "must be 1-63 lowercase letters, digits or '-', not starting/ending in '-'"))
     if not VERSION_RE.match(config.version):
@@ -220,7 +265,7 @@ def validate_config(config: AgentConfig, agent_id: str = "") -> list[ConfigIssue
             issues.append(ConfigIssue(f"budget.{unit}", "must be between 0 and 10^15 (or left out: no budget)"))
     _validate_messaging(issues, config.messaging)
     issues += [ConfigIssue(f"mcp_servers{at}", msg) for at, msg in declaration_problems(config.mcp_servers)]
-    return issues
+    return [storable(issue) for issue in issues]
 
 
 def _validate_messaging(issues: list[ConfigIssue], m: Messaging) -> None:

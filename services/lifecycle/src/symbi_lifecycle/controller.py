@@ -57,7 +57,7 @@ from symbi_contracts.lifecycle.events import AgentEvent, AgentStatus
 from symbi_dsl import DslError, compile_agent
 from symbi_dsl.body import DEFAULT_RUNNER_IMAGE
 
-from symbi_lifecycle.config import convert_config, validate_config
+from symbi_lifecycle.config import convert_config, nul_issue, validate_config
 from symbi_lifecycle.domain import ALLOWED, AgentState, Command, ConfigRejected, Configure, Initialize
 from symbi_lifecycle.metrics import INITIALIZATIONS
 
@@ -120,7 +120,9 @@ def compile_state(
             config = convert_config(raw, prefix="config")
         except BadRequest as err:
             return None, (ConfigIssue(str(err.details.get("field", "config")), err.message),)
-    return config, tuple(validate_config(config, state.agent_id))
+    issues = tuple(validate_config(config, state.agent_id))
+    # A compiled NUL (the DSL escape \0) is one of the issues; the config holding it must not reach the event.
+    return (None if nul_issue(config) else config), issues
 
 
 def register_request(

@@ -54,7 +54,7 @@ from symbi_contracts.lifecycle.events import (
     AgentTerminated,
 )
 
-from symbi_lifecycle.config import validate_config
+from symbi_lifecycle.config import nul_issue, storable, validate_config
 
 #: An agent id is one NATS subject token: letters, digits, '-' and '_' only.
 AGENT_ID_RE = ID_RE
@@ -207,6 +207,8 @@ def apply(state: AgentState, event: AgentEvent) -> AgentState:
     """The state after ``event``. Pure; raises :class:`IntegrityError` on a transition outside the table."""
     match event:
         case AgentRegistered():
+            if state.exists:  # registering again would reset any state, Terminated included, to Initializing
+                raise IntegrityError(f"agent {state.agent_id}: history registers it again in state {state.status}")
             return AgentState(
                 agent_id=state.agent_id,
                 status=S.INITIALIZING,
@@ -279,6 +281,9 @@ def decide(state: AgentState, command: Command) -> list[AgentEvent]:
             )
         if len(command.definition) > MAX_DEFINITION:
             raise ValidationError(f"at most {MAX_DEFINITION} characters", field="definition")
+        nul = nul_issue(command)  # the API refuses a body holding one; a command from elsewhere must be, too
+        if nul is not None:
+            raise ValidationError(nul.message, field=nul.field)
         return [
             AgentRegistered(
                 agent_id=state.agent_id,
@@ -342,9 +347,17 @@ class ConfigRejected(DomainError):
 
 
 def _initialized(agent_id: str, command: Initialize) -> AgentEvent:
-    """The event an initialization outcome decides; the config must validate to become Ready."""
-    if command.issues:
-        return AgentFailed(errors=command.issues, config=command.config, decision=command.decision)
+    """The event an initialization outcome decides; the config must validate to become Ready.
+
+    A config holding a NUL character is never recorded (no event may hold one: see :func:`nul_issue`): the agent
+    fails with that issue and keeps its provisional config. Issues are made storable the same way.
+    """
+    nul = nul_issue(command.config) if command.config is not None else None
+    if command.issues or nul is not None:
+        errors = tuple(storable(issue) for issue in command.issues)
+        if nul is not None and nul not in errors:
+            errors = (nul, *errors)
+        return AgentFailed(errors=errors, config=None if nul else command.config, decision=command.decision)
     if command.decision is not None and command.decision.effect == "deny":
         reason = command.decision.reason or "denied by policy"
         return AgentDenied(decision=command.decision, errors=(ConfigIssue("policy", reason),))

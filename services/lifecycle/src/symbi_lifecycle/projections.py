@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -232,8 +233,7 @@ class AgentProjection:
             raise IntegrityError(
                 f"agent {h.aggregate_id} has events but was never registered", sequence=seq, subject=subject
             )
-        await conn.execute(
-            _UPSERT,
+        row_values = (
             h.aggregate_id,
             state.config.name,
             state.config.version,
@@ -255,6 +255,24 @@ class AgentProjection:
             h.causation_id,
             _json.encode(rec.event).decode(),
         )
+        # PostgreSQL cannot store a NUL (text, jsonb): writing one fails the whole batch, over and over, and stops
+        # the projection of every agent. Nothing writes one any more, but a stored event may hold one: reject it.
+        if any(isinstance(v, str) and _holds_nul(v) for v in row_values):
+            raise IntegrityError(
+                f"agent event version {h.aggregate_version} holds a NUL character, which the read model cannot store",
+                sequence=seq,
+                subject=subject,
+            )
+        await conn.execute(_UPSERT, *row_values)
+
+
+#: A NUL escaped in JSON text: ``\u0000`` after an even number of backslashes (``\\u0000`` is a backslash and text).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _holds_nul(text: str) -> bool:
+    """Whether ``text`` (a column value, or JSON text of one) holds a NUL character, raw or JSON-escaped."""
+    return "\x00" in text or ("\\u0000" in text and _JSON_NUL.search(text) is not None)
 
 
 # --- queries ---------------------------------------------------------------------------------------
