@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_common.errors import MalformedEvent
+from symbi_common.errors import MalformedEvent, Timeout
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.follower import INACTIVE_THRESHOLD_S
@@ -159,6 +159,40 @@ async def test_a_rejected_event_that_wrote_first_leaves_nothing_under_its_savepo
         rows = await pool.fetch("SELECT sequence FROM applied ORDER BY sequence")
         assert [r["sequence"] for r in rows] == [1, 2, 4, 5]  # the poison's own row is gone with its savepoint
         assert await pool.fetchval("SELECT position FROM symbi_projection_positions WHERE name = 'recorder'") == 5
+    finally:
+        await runner.stop()
+        await task
+        await pool.close()
+
+
+class FailsOnceThenApplies(Recorder):
+    """The data key store away a moment: the first attempt at each event fails with an infrastructure error."""
+
+    def __init__(self, runner: str) -> None:
+        super().__init__(runner)
+        self.failed: set[int] = set()
+
+    async def apply(self, conn: Any, message: RawMessage) -> None:
+        if message.sequence not in self.failed:
+            self.failed.add(message.sequence)
+            raise Timeout("data key read timed out")
+        await super().apply(conn, message)
+
+
+async def test_an_infrastructure_failure_rejects_nothing_and_the_batch_is_applied_again(
+    make_store: MakeStore, provisioned: NatsClient, database_url: str
+) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    assert pool is not None
+    runner = ProjectionRunner(provisioned.jetstream(), pool, FailsOnceThenApplies("f"), batch=4)
+    await runner.setup()
+    task = asyncio.create_task(runner.run())
+    try:
+        await _append_many(await make_store(), aggregates=1, per_aggregate=3)
+        assert await runner.wait_for(3, timeout=15)
+        rows = await pool.fetch("SELECT sequence FROM applied ORDER BY sequence")
+        assert [r["sequence"] for r in rows] == [1, 2, 3]
+        assert await pool.fetchval("SELECT count(*) FROM symbi_projection_rejects") == 0
     finally:
         await runner.stop()
         await task

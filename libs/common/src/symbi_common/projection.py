@@ -13,7 +13,9 @@ replica gets there first. (Sharing one consumer would split the events between r
 committing a later batch first would make the other skip an earlier one.)
 
 An event that fails verification or decoding (garbage bytes, forged signer …) never stops the
-projection: it is recorded in ``symbi_projection_rejects`` with the reason, counted, and skipped.
+projection: it is recorded in ``symbi_projection_rejects`` with the reason, counted, and skipped. A failure that
+says nothing about the event (:class:`~symbi_common.errors.InfrastructureError`: NATS or the data key store away
+a moment) rejects nothing: the batch is not committed and is applied again.
 
 Except an event whose signing key this process's registry does not know (:class:`UnknownSigningKey`): after a
 key rotation another process (another replica, or the rotated service itself) signs with the new key as soon
@@ -41,7 +43,7 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
-from symbi_common.errors import SymbiError, UnknownSigningKey
+from symbi_common.errors import InfrastructureError, SymbiError, UnknownSigningKey
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.positions import PgPositions, Unit
 from symbi_common.streams import EVENTS_STREAM, RawMessage
@@ -163,6 +165,8 @@ class ProjectionRunner(Follower):
                 else:
                     async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
                         await self.projection.apply(conn, raw)
+        except InfrastructureError:
+            raise  # says nothing about the event (a data key read timed out): the batch is tried again, not rejected
         except SymbiError as err:
             return err
         return None
