@@ -17,17 +17,11 @@ projection: it is recorded in ``symbi_projection_rejects`` with the reason, coun
 says nothing about the event (:class:`~symbi_common.errors.InfrastructureError`: NATS or the data key store away
 a moment) rejects nothing: the batch is not committed and is applied again.
 
-Except an event whose signing key this process's registry does not know (:class:`UnknownSigningKey`): after a
-key rotation another process (another replica, or the rotated service itself) signs with the new key as soon
-as its own registry follower applied the version, maybe before this process's has. Such an event is not
-rejected on the spot: the service's key registry catches up with the ``REGISTRY`` stream now
-(:meth:`~symbi_common.livekeys.LiveKeys.catch_up`, given as ``catch_up_registry``) and the event is applied again,
-once. Only a key
-still unknown then is rejected (forged, or of another deployment: fail closed). The version naming a key is
-stored on the stream before any event signed with it, so one catch-up per batch is enough: it reads the stream
-after every event of the batch was stored. A catch-up that cannot read the stream rejects nothing: the batch is
-not applied and the runner tries it again (:class:`~symbi_common.follower.FollowerHalted`). The normal path
-costs nothing more: the stream is read only when a key is unknown.
+Nor is an event whose signing key this process's registry does not know yet (:class:`UnknownSigningKey`: after
+a key rotation another process signs with the new key as soon as its own registry follower applied the version)
+rejected on the spot: the service's registry catches up with the ``REGISTRY`` stream (``catch_up_registry``, at
+most once a batch) and the event is applied again (:class:`~symbi_common.registry_catch_up.RegistryCatchUp`).
+Only a key still unknown then is rejected (forged, or of another deployment: fail closed).
 
 A ``VersionGap`` is not retried: it is a fact about the read model's row (an earlier event of the aggregate
 was rejected, or never stored), the same on a second try in the same transaction; the rejected event is
@@ -37,15 +31,17 @@ later events from all becoming gaps.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import asyncpg
 import structlog
 
-from symbi_common.errors import InfrastructureError, SymbiError, UnknownSigningKey
+from symbi_common.errors import InfrastructureError, SymbiError
 from symbi_common.follower import Delivery, Follower, wait_for_position
 from symbi_common.positions import PgPositions, Unit
+from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp
 from symbi_common.streams import EVENTS_STREAM, RawMessage
 from symbi_common.telemetry import (
     PROJECTION_EVENTS,
@@ -103,7 +99,7 @@ class ProjectionRunner(Follower):
         stream: str = EVENTS_STREAM,
         batch: int = 256,
         fetch_timeout: float = 1.0,
-        catch_up_registry: Callable[[], Awaitable[object]] | None = None,
+        catch_up_registry: CatchUp | None = None,
     ) -> None:
         self.pool = pool
         self.projection = projection
@@ -129,47 +125,34 @@ class ProjectionRunner(Follower):
         name = self.projection.name
         conn = unit.conn
         applied = 0
-        registry_current = False  # caught up with REGISTRY after every event of this batch was stored
+        # Raises if REGISTRY cannot be read (RegistryCatchUpFailed): the batch is tried again, nothing is rejected.
+        registry = RegistryCatchUp(self.catch_up_registry, follower=f"projection {name}")
         for d in batch:
-            err = await self._apply(conn, d)
-            if isinstance(err, UnknownSigningKey) and not registry_current and self.catch_up_registry is not None:
-                registry_current = True
-                # Raises if REGISTRY cannot be read: the batch is tried again, nothing is rejected for it.
-                await self.catch_up_registry()
-                log.info(
-                    "signing key unknown: key registry caught up, applying the event again",
-                    projection=name,
-                    sequence=d.sequence,
-                    subject=d.subject,
-                )
-                err = await self._apply(conn, d)
-            if err is None:
-                applied += 1
-                observe_consumed(name, d.stored_at)
-            else:
+            try:
+                await registry.verified(functools.partial(self._apply, conn, d), subject=d.subject, sequence=d.sequence)
+            except InfrastructureError:
+                raise  # says nothing about the event (a data key read timed out): the batch is applied again
+            except SymbiError as err:
                 await self._reject(conn, d, err)
+                continue
+            applied += 1
+            observe_consumed(name, d.stored_at)
         PROJECTION_EVENTS.labels(name).inc(applied)
 
-    async def _apply(self, conn: Any, d: Delivery) -> SymbiError | None:
-        """Apply one event; the SymbiError that rejects it (having written nothing), or None once applied."""
+    async def _apply(self, conn: Any, d: Delivery) -> None:
+        """Apply one event; a rejecting SymbiError leaves nothing written."""
         raw, name = d.raw, self.projection.name
-        try:
-            # Each event is applied as a span of the trace it carries (the command that appended it).
-            with continue_trace(
-                f"project {name}",
-                raw.headers,
-                attributes={"symbi.projection": name, "symbi.subject": raw.subject, "symbi.sequence": d.sequence},
-            ):
-                if self.projection.checks_before_writes:  # a rejected event has written nothing
+        # Each event is applied as a span of the trace it carries (the command that appended it).
+        with continue_trace(
+            f"project {name}",
+            raw.headers,
+            attributes={"symbi.projection": name, "symbi.subject": raw.subject, "symbi.sequence": d.sequence},
+        ):
+            if self.projection.checks_before_writes:  # a rejected event has written nothing
+                await self.projection.apply(conn, raw)
+            else:
+                async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
                     await self.projection.apply(conn, raw)
-                else:
-                    async with conn.transaction():  # savepoint: a rejected event leaves no partial writes
-                        await self.projection.apply(conn, raw)
-        except InfrastructureError:
-            raise  # says nothing about the event (a data key read timed out): the batch is tried again, not rejected
-        except SymbiError as err:
-            return err
-        return None
 
     async def _reject(self, conn: Any, d: Delivery, err: SymbiError) -> None:
         """Record ``d`` as rejected, then pass over it: garbage never stops a read model."""

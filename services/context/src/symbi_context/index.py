@@ -11,7 +11,9 @@ stops), not after every batch: storing it flushes the engine, which cost about 7
 every ``task.*`` event did it; after a crash the index replays at most that much of the stream again.
 
 An event that fails verification is logged, counted and skipped; an aggregate whose data key was destroyed
-(crypto-shredded) has nothing to index.
+(crypto-shredded) has nothing to index. One naming a signing key this process's registry does not know yet (a
+rotated key another process learnt first) is verified again once the registry has caught up with the ``REGISTRY``
+stream (:mod:`symbi_common.registry_catch_up`); a catch-up that cannot read the stream applies the batch again.
 
 A ``task.*`` delivery that cannot change the index is passed over before it is verified and decrypted (its
 position is passed like any other's): one whose type header names a type the index ignores
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -37,6 +40,7 @@ from symbi_common.follower import Delivery, Follower
 from symbi_common.keyring import KeyRegistry
 from symbi_common.positions import PeriodicPositions, Unit
 from symbi_common.reader import decode_opened
+from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp, RegistryCatchUpFailed
 from symbi_common.sealing import open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import REJECTED_EVENTS, SECURITY_EVENTS, continue_trace, observe_consumed
@@ -160,10 +164,14 @@ class ContextIndex:
         batch: int = 256,
         fetch_timeout: float = 0.5,
         persist_interval: float = 2.0,
+        catch_up_registry: CatchUp | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.datakeys = datakeys
+        #: Brings ``registry`` up to the newest version on ``REGISTRY`` when an event names an unknown signing key
+        #: (the runtime's ``keys.catch_up``); None: such an event is rejected at once.
+        self.catch_up_registry = catch_up_registry
         self.rejected = 0
         #: Events applied by this process (the optimizer runs after changes).
         self.applied = 0
@@ -236,6 +244,7 @@ class ContextIndex:
 
     async def _apply(self, batch: list[Delivery]) -> None:
         pending: list[VectorPoint] = []
+        keys = RegistryCatchUp(self.catch_up_registry, follower=NAME)
         for msg in batch:
             if self._no_effect(msg):
                 self.skipped += 1
@@ -246,7 +255,11 @@ class ContextIndex:
                 "context.index", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": seq}
             ):
                 try:
-                    action = await self._decode(msg.subject, seq, msg.data)
+                    action = await keys.verified(
+                        partial(self._decode, msg.subject, seq, msg.data), subject=msg.subject, sequence=seq
+                    )
+                except RegistryCatchUpFailed:
+                    raise  # says nothing about the event: the batch is applied again (every change is idempotent)
                 except DataKeyDestroyed:
                     action = None  # crypto-shredded: nothing of it may be indexed
                 except SymbiError as err:

@@ -81,7 +81,7 @@ def build_app(settings: Settings) -> FastAPI:
         embedder = make_embedder(cs)
         # The engine keeps only ids and sealed content: erasing the owner's data key erases it on disk too.
         store = SealedVectorStore(await open_vector_store(cs, embedder.dimension), rt.datakeys)
-        index = ContextIndex(rt.js, store, rt.registry, rt.datakeys)
+        index = ContextIndex(rt.js, store, rt.registry, rt.datakeys, catch_up_registry=rt.keys.catch_up)
         memories = rt.repository(MEMORY)
         knowledge = rt.repository(KNOWLEDGE)
         service = ContextService(

@@ -23,6 +23,10 @@ agent every action (:class:`~symbi_common.policy.follower.PolicyFollower`). A ch
 and logged (:meth:`AgentPolicyFollower._write_set`), never retried: an agent event read before the erasure (or
 replayed while the set's key is gone) leaves the follower free to go on.
 
+An event signed with a key this process's registry does not know yet (the lifecycle service's key was rotated,
+and the replica that signed it learnt the new version first) is applied again once the registry has caught up with
+the ``REGISTRY`` stream (:mod:`symbi_common.registry_catch_up`); only a key still unknown is refused as before.
+
 The agent events this follower never acts on (:data:`IGNORED_TYPES`: two of them come with every task) are
 skipped by their type header before they are verified, decrypted and decoded; their position is passed
 like any other's.
@@ -44,6 +48,7 @@ from symbi_common.policy.agent_sets import agent_set_id
 from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_AGGREGATE
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.reader import decode_opened
+from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp
 from symbi_common.sealing import open_envelope
 from symbi_common.telemetry import continue_trace, observe_consumed
 from symbi_contracts.lifecycle.config import PolicySpec
@@ -100,11 +105,15 @@ class AgentPolicyFollower:
         *,
         on_error: Callable[[str], None] | None = None,
         fetch_timeout: float = 5.0,
+        catch_up_registry: CatchUp | None = None,
     ) -> None:
         self.js = js
         self.store = store
         self.service = service
         self.on_error = on_error
+        #: Brings the store's key registry up to the newest version on ``REGISTRY`` when an event names an unknown
+        #: signing key (the runtime's ``keys.catch_up``); None: such an event is refused at once.
+        self.catch_up_registry = catch_up_registry
         self._pending: dict[str, tuple[PolicySpec, ...]] = {}
         #: The newest configured policies per agent, applied once the follower has caught up.
         #: The newest configuration of each agent not applied yet: its event's stream sequence, policies, and the
@@ -142,20 +151,21 @@ class AgentPolicyFollower:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        keys = RegistryCatchUp(self.catch_up_registry, follower="agent_policies")
         for msg in batch:
-            await self._on_msg(msg)
+            await self._on_msg(msg, keys)
 
-    async def _on_msg(self, msg: Delivery) -> None:
+    async def _on_msg(self, msg: Delivery, keys: RegistryCatchUp) -> None:
         sequence = msg.sequence
         if msg.headers.get(H_EVENT_TYPE) in IGNORED_TYPES:
             self.skipped += 1
-            await self._handle(msg, sequence, ignored=True)
+            await self._handle(msg, sequence, keys, ignored=True)
         else:
             # A span of the agent's trace (its registration): activating its policies belongs to it.
             with continue_trace(
                 "policy.agent_event", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
             ):
-                await self._handle(msg, sequence)
+                await self._handle(msg, sequence, keys)
         observe_consumed(AGENT_EVENTS, msg.stored_at)
         if not self._configured:
             async with self._advanced:
@@ -171,13 +181,14 @@ class AgentPolicyFollower:
             raise Timeout(f"agent events are applied up to sequence {self.position}, not yet {request.sequence}")
         return CaughtUp(position=self.position)
 
-    async def _handle(self, msg: Delivery, sequence: int, *, ignored: bool = False) -> None:
+    async def _handle(self, msg: Delivery, sequence: int, keys: RegistryCatchUp, *, ignored: bool = False) -> None:
         """Apply one agent event. An error that is not a refusal of the agent's policies (the event store, the
-        policy set stream) is raised: the follower applies the batch again from its position, so no policy
-        change is passed over (each step is idempotent; a deferred configuration stays pending until applied)."""
+        policy set stream, a registry that cannot catch up) is raised: the follower applies the batch again from
+        its position, so no policy change is passed over (each step is idempotent; a deferred configuration stays
+        pending until applied). An unknown signing key is refused only once the registry has caught up."""
         if not ignored:
             try:
-                await self._apply(msg, sequence)
+                await keys.verified(lambda: self._apply(msg, sequence), subject=msg.subject, sequence=sequence)
             except (IntegrityError, KeyringError, DomainError) as exc:  # e.g. an event of an erased agent
                 self._failed(f"agent event at {msg.subject} ({sequence}) not applied", exc)
         # Deferred configurations are applied once caught up, also when the last event is an ignored one.

@@ -45,7 +45,7 @@ def build_app(settings: Settings) -> FastAPI:
     baseline = baseline_path(settings).read_text()
 
     async def on_start(rt: ServiceRuntime) -> None:
-        follower = PolicyFollower(rt.js, rt.registry, rt.datakeys, service=SERVICE)
+        follower = PolicyFollower(rt.js, rt.registry, rt.datakeys, service=SERVICE, catch_up_registry=rt.keys.catch_up)
         await follower.start(timeout=settings.policy.startup_timeout_s, spawn=rt.spawn)
         rt.add_health_check("policy-sets", lambda: follower.healthy)  # read, and no policy set halted
         service = PolicyService(
@@ -60,7 +60,9 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.follower = follower
         rt.add_metrics_refresh(service.refresh_metrics)
         await service.ensure_baseline(baseline)
-        agents = AgentPolicyFollower(rt.js, rt.store, service, on_error=rt.note_error)
+        agents = AgentPolicyFollower(
+            rt.js, rt.store, service, on_error=rt.note_error, catch_up_registry=rt.keys.catch_up
+        )
         await agents.start(spawn=rt.spawn)
         register_caught_up(rt.commands, rt.js, agents)
         app.state.agent_policies = agents

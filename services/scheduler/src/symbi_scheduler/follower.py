@@ -5,8 +5,11 @@ from the start of ``EVENTS`` through one :class:`~symbi_common.follower.Follower
 model is rebuilt in every process), so the events of all four arrive in
 stream order (an execution's end is never seen before the assignment it belongs to). Each event is
 verified (signature, key authorised for its subject) and decrypted before the model sees it; one that
-fails verification is logged and skipped. ``synced`` is set once the consumer has delivered everything
-that was in the stream when it started: a replica serves and schedules only after that.
+fails verification is logged and skipped. One naming a signing key this process's registry does not know yet (a
+rotated key another process learnt first) is verified again once the registry has caught up with the ``REGISTRY``
+stream (:mod:`symbi_common.registry_catch_up`); a catch-up that cannot read the stream applies the batch again.
+``synced`` is set once the consumer has delivered everything that was in the stream when it started: a replica
+serves and schedules only after that.
 
 Each event's NATS headers carry the W3C trace context of whoever appended it. Once caught up, the
 follower applies each event as a span of that trace, and the model keeps each task's newest context so
@@ -36,6 +39,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.follower import Delivery, Follower, stop_requested
 from symbi_common.ordered_pull import OrderedPull, kv_change
 from symbi_common.positions import MemoryPositions, Unit
+from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp, RegistryCatchUpFailed
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC
@@ -67,11 +71,21 @@ class EventFollower:
     """Applies the stream to ``model`` until stopped; calls ``on_change`` after each applied batch."""
 
     def __init__(
-        self, js: Any, store: EventStore, model: Model, on_change: Callable[[], None], *, batch: int = 512
+        self,
+        js: Any,
+        store: EventStore,
+        model: Model,
+        on_change: Callable[[], None],
+        *,
+        batch: int = 512,
+        catch_up_registry: CatchUp | None = None,
     ) -> None:
         self.store = store
         self.model = model
         self.on_change = on_change
+        #: Brings the store's key registry up to the newest version on ``REGISTRY`` when an event names an unknown
+        #: signing key (the runtime's ``keys.catch_up``); None: such an event is rejected at once.
+        self.catch_up_registry = catch_up_registry
         self.rejected = 0
         # The model is rebuilt from the stream's start in every process: the position lives in memory only.
         self.follower = Follower(
@@ -95,11 +109,12 @@ class EventFollower:
         await self.follower.run()
 
     async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        keys = RegistryCatchUp(self.catch_up_registry, follower="scheduler_model")
         for d in batch:
-            await self._apply(d)
+            await self._apply(d, keys)
         self.on_change()
 
-    async def _apply(self, msg: Delivery) -> None:
+    async def _apply(self, msg: Delivery, keys: RegistryCatchUp) -> None:
         sequence = msg.sequence
         parts = msg.subject.split(".", 2)
         if len(parts) != 3 or parts[1] not in CODECS:
@@ -110,7 +125,13 @@ class EventFollower:
             # nothing, as the model ignores a version it has. The audit service verifies every stored event.
             return
         try:
-            rec = await self.store.open_one(msg.data, msg.subject, sequence, CODECS[kind])
+            rec = await keys.verified(
+                lambda: self.store.open_one(msg.data, msg.subject, sequence, CODECS[kind]),
+                subject=msg.subject,
+                sequence=sequence,
+            )
+        except RegistryCatchUpFailed:
+            raise  # says nothing about the event: the batch is applied again (the model ignores what it has)
         except UnknownEventType:
             # A newer event type of another service: it still takes its place in the aggregate's versions.
             self.model.skip(kind, parts[2], _version_of(msg.data))

@@ -16,6 +16,13 @@ only be removed by an operator with the stream admin credential; then the follow
 A failure that says nothing about the event (NATS or the data key store away a moment: :data:`TRANSIENT`)
 halts nothing: the follower applies the batch again, passing over what it applied already.
 
+A signing key this process's registry does not know yet does not halt at once either: after a rotation of the
+policy service's key, its events are signed with the new key as soon as *its* registry follower applied the
+version, maybe before this process's has (halting there would deny every decision until a restart). The registry
+catches up with the ``REGISTRY`` stream (``catch_up_registry``, the runtime's ``keys.catch_up``; once per batch) and
+the event is applied again (:mod:`symbi_common.registry_catch_up`); only a key still unknown halts its set. A
+catch-up that cannot read the stream is transient (the batch is applied again).
+
 One exception, for erasure: an agent's own set (``agent-<agent_id>``) is crypto-shredded with the agent
 (``audit erase agent.<id>`` destroys the set's data key ``policy.agent-<id>``: its text may name personal
 data). An event of such a set that verifies and follows the set's chain, but whose payload cannot be
@@ -57,6 +64,7 @@ from symbi_common.policy.events import (
 )
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.reader import decode_opened
+from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp
 from symbi_common.sealing import ChainTip, OpenedEvent, check_link, open_envelope
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import SECURITY_EVENTS, continue_trace, observe_consumed
@@ -90,9 +98,13 @@ class PolicyFollower:
         stream: str = EVENTS_STREAM,
         service: str = "symbi",
         fetch_timeout: float = 5.0,
+        catch_up_registry: CatchUp | None = None,
     ) -> None:
         self.js = js
         self.registry = registry
+        #: Brings ``registry`` up to the newest version on ``REGISTRY`` when an event names an unknown signing key
+        #: (a service runtime's ``keys.catch_up``); None: such an event halts its set at once.
+        self.catch_up_registry = catch_up_registry
         self.datakeys = datakeys
         self.stream = stream
         self.engine: PolicyEngine = EMPTY
@@ -163,18 +175,22 @@ class PolicyFollower:
         return await wait_for_position(self._changed, lambda: self.engine.version, version, timeout)
 
     async def _apply_batch(self, unit: Unit, batch: list[Delivery]) -> None:
+        keys = RegistryCatchUp(self.catch_up_registry, follower="policy")
         for msg in batch:
-            await self._on_msg(msg)
+            await self._on_msg(msg, keys)
 
-    async def _on_msg(self, msg: Delivery) -> None:
+    async def _on_msg(self, msg: Delivery, keys: RegistryCatchUp) -> None:
         sequence = msg.sequence
         # The change as a span of the trace that made it (an agent's policies activated during its registration …).
         with continue_trace(
             "policy.follow", msg.headers, attributes={"symbi.subject": msg.subject, "symbi.sequence": sequence}
         ) as span:
             try:
-                await self._apply(msg.subject, sequence, msg.data)
-            except TRANSIENT:  # (e.g. a data key read): the follower applies the batch again, nothing is skipped
+                # An unknown signing key: the registry catches up and it is applied again; still unknown, it halts.
+                await keys.verified(
+                    lambda: self._apply(msg.subject, sequence, msg.data), subject=msg.subject, sequence=sequence
+                )
+            except TRANSIENT:  # (a data key read, a registry catch-up): the batch is applied again, nothing is skipped
                 raise
             except Exception as exc:  # never skipped: the set is halted (every decision denies) until fixed
                 self._halt(set_id_of(msg.subject), sequence, f"{sequence} {msg.subject}: {exc!r}")

@@ -39,7 +39,13 @@ async def open_decision_point(runtime: Any) -> DecisionPoint:
         runtime.add_health_check("policy-service", lambda: remote.healthy)
         return remote
     if mode == "embedded":
-        follower = PolicyFollower(runtime.js, runtime.registry, runtime.datakeys, service=runtime.name)
+        follower = PolicyFollower(
+            runtime.js,
+            runtime.registry,
+            runtime.datakeys,
+            service=runtime.name,
+            catch_up_registry=runtime.keys.catch_up,  # a key rotated elsewhere is learnt, not a halted set
+        )
         await follower.start(timeout=runtime.settings.policy.startup_timeout_s, spawn=runtime.spawn)
         # A halted policy set (an event that could not be applied) makes the service unready: it denies all.
         runtime.add_health_check("policy-sets", lambda: follower.healthy)
