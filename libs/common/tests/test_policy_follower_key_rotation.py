@@ -11,7 +11,7 @@ registry version still halts its set (fail closed), and a catch-up that cannot r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,13 @@ from symbi_common.crypto import Signer
 from symbi_common.decisions import Allow, DecisionRequest, Deny, EntityRef
 from symbi_common.envelope import ZERO_HASH
 from symbi_common.errors import InfrastructureError
-from symbi_common.key_material import read_key_file
-from symbi_common.keyfiles import rotate_service_key
 from symbi_common.policy.events import AGGREGATE_TYPE, POLICY_SET_CODEC, PolicySetRegistered
 from symbi_common.policy.follower import PolicyFollower
 from symbi_common.policy.points import EmbeddedDecisionPoint
-from symbi_common.registry_stream import publish, read_signed_files
 from symbi_common.sealing import NEW_AGGREGATE, seal
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
+from symbi_fixtures.key_rotation import rotate, runtime_env, signing_and_lagging
 
 RUN = '@id("agents-run") permit(principal is Agent, action == Action::"task.allocate", resource);'
 QUARANTINE = """@id("quarantine-a1") @reason("closed to a1")
@@ -38,61 +36,31 @@ ALLOCATE = DecisionRequest(
 )
 
 
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _publish(nc: NatsClient, keys_dir: Path) -> int | None:
-    return await publish(nc, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
-
-
 @pytest.fixture
 async def runtimes(
     nats_url: str, keys_dir: Path, provisioned: NatsClient
 ) -> AsyncIterator[tuple[ServiceRuntime, ServiceRuntime]]:
     """The policy service's runtime (it signs the policy events) and the scheduler's with an embedded decision
     point; the scheduler's key registry follower is stopped right after its start."""
-    env = {
-        "SYMBI_NATS_URL": nats_url,
-        "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_LOG_LEVEL": "warning",
-        "SYMBI_POLICY__DECISION_LOG": "false",
-    }
-    await _publish(provisioned, keys_dir)  # the key files' version is on the stream (`symbi up` does this)
+    env = runtime_env(nats_url, keys_dir, SYMBI_POLICY__DECISION_LOG="false")
     lagging = ServiceRuntime(
         "scheduler", load_settings(env={**env, "SYMBI_POLICY__ENFORCEMENT": "embedded"}), use_database=False
     )
     policy = ServiceRuntime(
         "policy", load_settings(env={**env, "SYMBI_POLICY__ENFORCEMENT": "allow-all"}), use_database=False
     )
-    started: list[ServiceRuntime] = []
-    try:
-        await lagging.start()
-        started.append(lagging)
-        (follow,) = [t for t in asyncio.all_tasks() if t.get_name() == "keys:follow"]
-        follow.cancel()
-        await asyncio.gather(follow, return_exceptions=True)
-        await policy.start()
-        started.append(policy)
-        yield policy, lagging
-    finally:
-        for rt in reversed(started):
-            await rt.stop()
+    async with signing_and_lagging(policy, lagging, provisioned, keys_dir) as pair:
+        yield pair
 
 
 async def _rotate_policy_key(policy: ServiceRuntime, lagging: ServiceRuntime, nc: NatsClient, keys_dir: Path) -> str:
     """`symbi keys rotate policy`; the policy runtime signs with the new key, the lagging one has not seen it."""
     version = lagging.registry.version
-    new_key = rotate_service_key(keys_dir, "policy")
-    assert await _publish(nc, keys_dir) == version + 1
-    await eventually(lambda: policy.store.signer.key_id == new_key.key_id, "the policy runtime uses the new key")
+    new_key = await rotate(policy, nc, keys_dir)
     await asyncio.sleep(0.2)
     assert lagging.registry.version == version
-    assert lagging.registry.key(new_key.key_id) is None
-    return new_key.key_id
+    assert lagging.registry.key(new_key) is None
+    return new_key
 
 
 async def test_a_policy_set_signed_with_a_key_the_registry_has_not_learnt_yet_applies_without_halting(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,14 @@ from symbi_common.envelope import ZERO_HASH
 from symbi_common.errors import VersionGap
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
-from symbi_common.key_material import read_key_file
 from symbi_common.keyfiles import rotate_service_key
 from symbi_common.keyring import SERVICE_SUBJECTS
 from symbi_common.natsauth import OPERATOR, with_credentials
-from symbi_common.registry_stream import publish, read_signed_files
 from symbi_common.sealing import NEW_AGGREGATE, seal
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 from symbi_common.streams import RawMessage
+from symbi_fixtures.key_rotation import eventually, publish_key_files, rotate, runtime_env, signing_and_lagging
 from symbi_fixtures.messaging import DEPLOYMENT_PASSWORDS
 
 
@@ -74,45 +73,17 @@ class AgentVersions:
         )
 
 
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _publish(nc: NatsClient, keys_dir: Path) -> int | None:
-    return await publish(nc, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
-
-
 @pytest.fixture
 async def replicas(
     nats_url: str, database_url: str, keys_dir: Path, provisioned: NatsClient
 ) -> AsyncIterator[tuple[ServiceRuntime, ServiceRuntime]]:
     """Two running replicas of lifecycle on one NATS server and one database; the second one's key registry
     follower is stopped right after its start (it lags behind the stream for as long as the test wants)."""
-    env = {
-        "SYMBI_NATS_URL": nats_url,
-        "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_DATABASE_URL": database_url,
-        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
-    }
-    await _publish(provisioned, keys_dir)  # the key files' version is on the stream (`symbi up` does this)
+    env = runtime_env(nats_url, keys_dir, SYMBI_DATABASE_URL=database_url, SYMBI_POLICY__ENFORCEMENT="allow-all")
     lagging = ServiceRuntime("lifecycle", load_settings(env=env))
     signing = ServiceRuntime("lifecycle", load_settings(env=env))
-    started: list[ServiceRuntime] = []
-    try:
-        await lagging.start()
-        started.append(lagging)
-        (follow,) = [t for t in asyncio.all_tasks() if t.get_name() == "keys:follow"]
-        follow.cancel()
-        await asyncio.gather(follow, return_exceptions=True)
-        await signing.start()
-        started.append(signing)
-        yield signing, lagging
-    finally:
-        for rt in started:
-            await rt.stop()
+    async with signing_and_lagging(signing, lagging, provisioned, keys_dir) as pair:
+        yield pair
 
 
 async def test_an_event_signed_with_a_key_the_registry_has_not_learnt_yet_is_applied_not_rejected(
@@ -129,16 +100,15 @@ async def test_an_event_signed_with_a_key_the_registry_has_not_learnt_yet_is_app
 
     # `symbi keys rotate lifecycle`: the new key in the service's directory, the version on REGISTRY. The signing
     # replica applies it and signs with the new key; the lagging one has not seen the version.
-    new_key = rotate_service_key(keys_dir, "lifecycle")
-    assert await _publish(provisioned, keys_dir) == version_before + 1
-    await eventually(lambda: signing.store.signer.key_id == new_key.key_id, "the signing replica uses the new key")
+    new_key_id = await rotate(signing, provisioned, keys_dir)
+    assert signing.registry.version == version_before + 1
     await asyncio.sleep(0.3)
     assert lagging.registry.version == version_before
-    assert lagging.registry.key(new_key.key_id) is None
+    assert lagging.registry.key(new_key_id) is None
 
     (second,) = await signing.store.append("agent", agg, [Noted(text="new key")], codec, expected=first.tip)
     (third,) = await signing.store.append("agent", agg, [Noted(text="new key again")], codec, expected=second.tip)
-    assert second.header.signing_key_id == new_key.key_id
+    assert second.header.signing_key_id == new_key_id
     assert await runner.wait_for(third.sequence)
 
     # Applied, not rejected: the lagging replica's registry caught up with the stream, and the aggregate's later
@@ -147,8 +117,8 @@ async def test_an_event_signed_with_a_key_the_registry_has_not_learnt_yet_is_app
     rejects = await pool.fetch("SELECT sequence, code FROM symbi_projection_rejects")
     assert [(r["sequence"], r["code"]) for r in rejects] == []
     assert lagging.registry.version == version_before + 1
-    assert lagging.registry.key(new_key.key_id) is not None
-    assert lagging.store.signer.key_id == new_key.key_id  # it also loaded its own rotated key, as following would
+    assert lagging.registry.key(new_key_id) is not None
+    assert lagging.store.signer.key_id == new_key_id  # it also loaded its own rotated key, as following would
     assert runner.halted is None
 
     # A key in no registry version is still refused, once the registry is current; the aggregate gets no row.
@@ -176,7 +146,7 @@ async def test_the_registry_follower_goes_on_after_a_catch_up_without_applying_a
     _, lagging = replicas
     version_before = lagging.registry.version
     rotate_service_key(keys_dir, "lifecycle")
-    await _publish(provisioned, keys_dir)
+    await publish_key_files(provisioned, keys_dir)
     assert await lagging.keys.catch_up() == 1
     assert lagging.registry.version == version_before + 1
     assert await lagging.keys.catch_up() == 0  # current: nothing read but the stream's last message
@@ -184,7 +154,7 @@ async def test_the_registry_follower_goes_on_after_a_catch_up_without_applying_a
     # Following again goes on after what the catch-up applied: the next version, and no refusal of the one before.
     lagging.spawn(lagging.keys.follow(lagging.js), "keys:follow")
     newest = rotate_service_key(keys_dir, "lifecycle")
-    await _publish(provisioned, keys_dir)
+    await publish_key_files(provisioned, keys_dir)
     await eventually(lambda: lagging.registry.version == version_before + 2, "the follower applies the next version")
     await eventually(lambda: lagging.store.signer.key_id == newest.key_id, "the replica signs with the newest key")
     assert not [e for e in lagging.recent_errors if "key registry" in e], lagging.recent_errors
@@ -196,7 +166,7 @@ async def test_every_service_may_catch_up_with_the_registry_stream_under_its_own
     operator = await nats_connect_as(secured_nats, OPERATOR)
     runtimes: list[ServiceRuntime] = []
     try:
-        await _publish(operator, keys_dir)
+        await publish_key_files(operator, keys_dir)
         for service in SERVICE_SUBJECTS:
             url = with_credentials(secured_nats, service, DEPLOYMENT_PASSWORDS[service])
             env = {"SYMBI_NATS_URL": url, "SYMBI_KEYS_DIR": str(keys_dir), "SYMBI_POLICY__ENFORCEMENT": "allow-all"}
@@ -210,7 +180,7 @@ async def test_every_service_may_catch_up_with_the_registry_stream_under_its_own
         version = runtimes[0].registry.version
         for _ in range(2):  # two versions behind: the last one and the one between are read
             rotate_service_key(keys_dir, "scheduler")
-            await _publish(operator, keys_dir)
+            await publish_key_files(operator, keys_dir)
         for rt in runtimes:
             assert await rt.keys.catch_up() == 2, rt.name
             assert rt.registry.version == version + 2

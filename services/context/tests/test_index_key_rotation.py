@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_common.key_material import read_key_file
-from symbi_common.keyfiles import rotate_service_key
-from symbi_common.registry_stream import publish, read_signed_files
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
@@ -27,19 +24,9 @@ from symbi_context.index import ContextIndex
 from symbi_context.vectors.edge import EdgeVectorStore
 from symbi_context.vectors.port import MetaFilter
 from symbi_context.vectors.sealed import SealedVectorStore
+from symbi_fixtures.key_rotation import rotate, runtime_env, signing_and_lagging
 
 DIM = 8
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _publish(nc: NatsClient, keys_dir: Path) -> int | None:
-    return await publish(nc, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
 
 
 @pytest.fixture
@@ -47,28 +34,11 @@ async def replicas(
     nats_url: str, keys_dir: Path, provisioned: NatsClient
 ) -> AsyncIterator[tuple[ServiceRuntime, ServiceRuntime]]:
     """Two context runtimes; the second one's key registry follower is stopped."""
-    env = {
-        "SYMBI_NATS_URL": nats_url,
-        "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_LOG_LEVEL": "warning",
-        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
-    }
-    await _publish(provisioned, keys_dir)  # the key files' version is on the stream (`symbi up` does this)
+    env = runtime_env(nats_url, keys_dir, SYMBI_POLICY__ENFORCEMENT="allow-all")
     lagging = ServiceRuntime("context", load_settings(env=env), use_database=False)
     signing = ServiceRuntime("context", load_settings(env=env), use_database=False)
-    started: list[ServiceRuntime] = []
-    try:
-        await lagging.start()
-        started.append(lagging)
-        (follow,) = [t for t in asyncio.all_tasks() if t.get_name() == "keys:follow"]
-        follow.cancel()
-        await asyncio.gather(follow, return_exceptions=True)
-        await signing.start()
-        started.append(signing)
-        yield signing, lagging
-    finally:
-        for rt in reversed(started):
-            await rt.stop()
+    async with signing_and_lagging(signing, lagging, provisioned, keys_dir) as pair:
+        yield pair
 
 
 async def test_a_memory_signed_with_a_key_the_registry_has_not_learnt_yet_is_indexed(
@@ -87,12 +57,9 @@ async def test_a_memory_signed_with_a_key_the_registry_has_not_learnt_yet_is_ind
     task = lagging.spawn(index.run(), "test:index")
     try:
         await asyncio.wait_for(index.ready.wait(), 10)
-        version = lagging.registry.version
-        new_key = rotate_service_key(keys_dir, "context")
-        assert await _publish(provisioned, keys_dir) == version + 1
-        await eventually(lambda: signing.store.signer.key_id == new_key.key_id, "the signing replica uses the new key")
+        new_key = await rotate(signing, provisioned, keys_dir)
         await asyncio.sleep(0.2)
-        assert lagging.registry.key(new_key.key_id) is None
+        assert lagging.registry.key(new_key) is None
 
         stored = MemoryStored(
             memory_id="m1",
@@ -103,11 +70,11 @@ async def test_a_memory_signed_with_a_key_the_registry_has_not_learnt_yet_is_ind
             created_at=time.time(),
         )
         (rec,) = await signing.store.append("memory", "ada", [stored], MEMORY.codec, expected=NEW_AGGREGATE)
-        assert rec.header.signing_key_id == new_key.key_id
+        assert rec.header.signing_key_id == new_key
         assert await index.wait_for(rec.sequence)
         assert index.rejected == 0
         assert await store.count(MetaFilter(owners=("ada",))) == 1
-        assert lagging.registry.key(new_key.key_id) is not None
+        assert lagging.registry.key(new_key) is not None
     finally:
         await index.stop()
         await asyncio.gather(task, return_exceptions=True)

@@ -9,7 +9,7 @@ catches up with the stream and the event is applied; a key in no registry versio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,15 +18,13 @@ from nats.aio.client import Client as NatsClient
 from symbi_common.commands import CommandClient
 from symbi_common.crypto import Signer
 from symbi_common.envelope import ZERO_HASH
-from symbi_common.key_material import read_key_file
-from symbi_common.keyfiles import rotate_service_key
-from symbi_common.registry_stream import publish, read_signed_files
 from symbi_common.sealing import seal
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 from symbi_contracts.lifecycle.config import AgentConfig
 from symbi_contracts.lifecycle.events import CODEC, AgentRegistered
 from symbi_contracts.policy.commands import CaughtUpRequest
+from symbi_fixtures.key_rotation import publish_key_files, rotate
 from symbi_policy.agent_events import AgentPolicyFollower
 from symbi_policy.main import build_app
 
@@ -34,23 +32,12 @@ from .conftest import RunningPolicy, running_agent, service_env
 from .test_agent_policies import NO_SHELL, wait_set
 
 
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _publish(nc: NatsClient, keys_dir: Path) -> int | None:
-    return await publish(nc, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
-
-
 @pytest.fixture
 async def lagging_policy(
     nats_url: str, keys_dir: Path, provisioned: NatsClient, operator_headers: dict[str, str]
 ) -> AsyncIterator[RunningPolicy]:
     """The real policy service app whose key registry follower is stopped right after its start."""
-    await _publish(provisioned, keys_dir)  # the key files' version is on the stream (`symbi up` does this)
+    await publish_key_files(provisioned, keys_dir)  # the key files' version is on the stream (as `symbi up` does)
     app = build_app(load_settings(env=service_env(nats_url, keys_dir)))
     async with app.router.lifespan_context(app):
         (follow,) = [t for t in asyncio.all_tasks() if t.get_name() == "keys:follow"]
@@ -83,16 +70,14 @@ async def test_an_agent_event_signed_with_a_key_the_registry_has_not_learnt_yet_
     version = registry.version
 
     # `symbi keys rotate lifecycle`: the lifecycle runtime signs with the new key; the policy service has not seen it.
-    new_key = rotate_service_key(keys_dir, "lifecycle")
-    assert await _publish(provisioned, keys_dir) == version + 1
-    await eventually(lambda: lifecycle.store.signer.key_id == new_key.key_id, "lifecycle signs with the new key")
+    new_key = await rotate(lifecycle, provisioned, keys_dir)
     await asyncio.sleep(0.2)
     assert registry.version == version
-    assert registry.key(new_key.key_id) is None
+    assert registry.key(new_key) is None
 
     await running_agent(lifecycle.store, "rotated-1", (NO_SHELL,))  # registered, ready, task_assigned
     await wait_set(policy, "agent-rotated-1", "active")
-    assert registry.key(new_key.key_id) is not None
+    assert registry.key(new_key) is not None
     assert not [e for e in policy.runtime.recent_errors if "not applied" in e], policy.runtime.recent_errors
 
     # A key in no registry version is still refused (reported), once the registry is current.

@@ -10,33 +10,20 @@ batch is applied again).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from symbi_common.errors import InfrastructureError
-from symbi_common.key_material import read_key_file
-from symbi_common.keyfiles import rotate_service_key
-from symbi_common.registry_stream import publish, read_signed_files
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 from symbi_contracts.lifecycle.config import AgentConfig
 from symbi_contracts.lifecycle.events import CODEC, AgentReady, AgentRegistered, AgentStatus
+from symbi_fixtures.key_rotation import eventually, rotate, runtime_env, signing_and_lagging
 from symbi_scheduler.follower import EventFollower
 from symbi_scheduler.model import Model
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _publish(nc: NatsClient, keys_dir: Path) -> int | None:
-    return await publish(nc, read_signed_files(keys_dir), read_key_file(keys_dir / "root.pub"))
 
 
 @pytest.fixture
@@ -44,28 +31,11 @@ async def runtimes(
     nats_url: str, keys_dir: Path, provisioned: NatsClient
 ) -> AsyncIterator[tuple[ServiceRuntime, ServiceRuntime]]:
     """A lifecycle runtime (it signs) and a scheduler runtime whose key registry follower is stopped."""
-    env = {
-        "SYMBI_NATS_URL": nats_url,
-        "SYMBI_KEYS_DIR": str(keys_dir),
-        "SYMBI_LOG_LEVEL": "warning",
-        "SYMBI_POLICY__ENFORCEMENT": "allow-all",
-    }
-    await _publish(provisioned, keys_dir)  # the key files' version is on the stream (`symbi up` does this)
+    env = runtime_env(nats_url, keys_dir, SYMBI_POLICY__ENFORCEMENT="allow-all")
     lagging = ServiceRuntime("scheduler", load_settings(env=env), use_database=False)
     lifecycle = ServiceRuntime("lifecycle", load_settings(env=env), use_database=False)
-    started: list[ServiceRuntime] = []
-    try:
-        await lagging.start()
-        started.append(lagging)
-        (follow,) = [t for t in asyncio.all_tasks() if t.get_name() == "keys:follow"]
-        follow.cancel()
-        await asyncio.gather(follow, return_exceptions=True)
-        await lifecycle.start()
-        started.append(lifecycle)
-        yield lifecycle, lagging
-    finally:
-        for rt in reversed(started):
-            await rt.stop()
+    async with signing_and_lagging(lifecycle, lagging, provisioned, keys_dir) as pair:
+        yield pair
 
 
 async def test_an_event_signed_with_a_key_the_registry_has_not_learnt_yet_reaches_the_model(
@@ -85,23 +55,20 @@ async def test_an_event_signed_with_a_key_the_registry_has_not_learnt_yet_reache
     task = lagging.spawn(follower.run(), "test:model")
     try:
         await asyncio.wait_for(follower.synced.wait(), 10)
-        version = lagging.registry.version
-        new_key = rotate_service_key(keys_dir, "lifecycle")
-        assert await _publish(provisioned, keys_dir) == version + 1
-        await eventually(lambda: lifecycle.store.signer.key_id == new_key.key_id, "lifecycle signs with the new key")
+        new_key = await rotate(lifecycle, provisioned, keys_dir)
         await asyncio.sleep(0.2)
-        assert lagging.registry.key(new_key.key_id) is None
+        assert lagging.registry.key(new_key) is None
 
         events = [AgentRegistered(agent_id="rotated-1", config=AgentConfig(name="reader")), AgentReady()]
         records = await lifecycle.store.append("agent", "rotated-1", events, CODEC, expected=NEW_AGGREGATE)
-        assert records[-1].header.signing_key_id == new_key.key_id
+        assert records[-1].header.signing_key_id == new_key
         await eventually(lambda: follower.position >= records[-1].sequence, "the model follower reads both events")
 
         agent = model.agents["rotated-1"]
         assert (agent.version, agent.status) == (2, AgentStatus.READY)
         assert follower.rejected == 0
         assert calls == ["catch_up", "catch_up"]  # once per batch: the second event needed none
-        assert lagging.registry.key(new_key.key_id) is not None
+        assert lagging.registry.key(new_key) is not None
     finally:
         await follower.follower.stop()
         task.cancel()
