@@ -251,7 +251,7 @@ async def test_data_requests_over_the_socket_are_confined_decided_and_audited(
     ]
     assert {a.agent_id for a in recorded} == {"agent-1"}
     listed, read, ro, wrote, _, exists, ungranted, private, big, missing, escape, _far = recorded
-    assert read.context == {"access": "gateway", "path": "q1/summary.txt"}
+    assert read.context == {"access": "gateway", "path": "q1/summary.txt", "size_bytes": 11}  # the runtime's
     assert summary_sha in read.detail
     assert hashlib.sha256(b"hello").hexdigest() in wrote.detail
     assert wrote.context == {"access": "gateway", "path": "report.txt", "size_bytes": 5}

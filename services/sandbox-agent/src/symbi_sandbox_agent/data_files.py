@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import heapq
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -86,8 +87,28 @@ def _regular(fd: int, parts: Sequence[str]) -> os.stat_result:
     return st
 
 
-def read(source: str, parts: Sequence[str], offset: int, length: int | None, cap: int) -> tuple[bytes, int]:
-    """``length`` bytes (default: to the end) of the file from ``offset``, and the file's size."""
+def readable(source: str, parts: Sequence[str], offset: int, length: int | None, cap: int) -> int:
+    """How many bytes a :func:`read` with these arguments may return, as the file is now: what is left from
+    ``offset``, at most ``length`` (default: at most ``cap``); 0 for what cannot be read as a regular file
+    (missing, a symlink, a directory …: the read itself then says why). Nothing is opened (a FIFO is only
+    looked at)."""
+    if not parts:
+        return 0
+    try:
+        with _directory(source, parts[:-1]) as parent:
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+    except (DataFileError, OSError):
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    return min(max(0, st.st_size - offset), cap if length is None else length)
+
+
+def read(
+    source: str, parts: Sequence[str], offset: int, length: int | None, cap: int, most: int | None = None
+) -> tuple[bytes, int]:
+    """``length`` bytes (default: to the end) of the file from ``offset``, and the file's size; never more
+    than ``most`` bytes (what the decision was about: :func:`readable`, should the file have grown since)."""
     if not parts:
         raise DataFileError("invalid_request", "the path names a granted directory, not a file: use data.list")
     if offset < 0 or (length is not None and length < 0):
@@ -106,6 +127,8 @@ def read(source: str, parts: Sequence[str], offset: int, length: int | None, cap
                 f"{_shown(parts)} has {size} bytes; one data.read returns at most {cap}: read it in pieces "
                 "with offset and length",
             )
+        if most is not None:
+            want = min(want, most)
         chunks, at = [], offset
         while want > 0 and (chunk := os.pread(fd, want, at)):
             chunks.append(chunk)
@@ -117,11 +140,19 @@ def read(source: str, parts: Sequence[str], offset: int, length: int | None, cap
 
 
 def listing(source: str, parts: Sequence[str], limit: int) -> tuple[list[dict[str, Any]], bool]:
-    """The directory's entries (name, type, size of files), sorted by name, and whether there were more."""
+    """The first ``limit`` entries by name (name, type, size of files), and whether there were more.
+
+    Memory stays bounded by ``limit`` however large the directory: only the ``limit + 1`` smallest names
+    are kept while it is read, and only the ``limit`` shown are looked at. An entry gone by then is left out."""
     entries: list[dict[str, Any]] = []
-    with _directory(source, parts) as fd, os.scandir(fd) as found:
-        for entry in found:
-            st = entry.stat(follow_symlinks=False)
+    with _directory(source, parts) as fd:
+        with os.scandir(fd) as found:
+            names = heapq.nsmallest(limit + 1, (entry.name for entry in found))
+        for name in names[:limit]:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
             kind = (
                 "file"
                 if stat.S_ISREG(st.st_mode)
@@ -131,12 +162,11 @@ def listing(source: str, parts: Sequence[str], limit: int) -> tuple[list[dict[st
                 if stat.S_ISLNK(st.st_mode)
                 else "other"
             )
-            item: dict[str, Any] = {"name": entry.name, "type": kind}
+            item: dict[str, Any] = {"name": name, "type": kind}
             if kind == "file":
                 item["size"] = st.st_size
             entries.append(item)
-    entries.sort(key=lambda e: str(e["name"]))
-    return entries[:limit], len(entries) > limit
+    return entries, len(names) > limit
 
 
 def write(source: str, parts: Sequence[str], data: bytes, mode: str, owner: tuple[int, int]) -> int:

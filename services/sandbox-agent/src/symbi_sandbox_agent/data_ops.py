@@ -5,9 +5,16 @@ the run's own filesystem grants — the mounts its sandbox was started with (:mo
 only within a grant of mode ``read_write`` (else the typed error ``read_only``), then asks the one enforcer:
 ``data.read`` (read, list) or ``data.write`` on ``Data::"<root>"`` (with the root's ``classification``), the
 request's context plus ``access = "gateway"``, ``path`` (under the root) and ``size_bytes``, as the agent
-of the listener. Allowed, the file is read or written on the host (:mod:`.data_files`: no symlink is
+of the listener. Those three are the runtime's: an agent's own values of them are dropped, never decided
+on. ``size_bytes`` is what a write writes or what a read may return (the file's size as it is just before
+the decision, from ``offset``, at most ``length`` or the op's maximum — and the read never returns more);
+a listing has none. Allowed, the file is read or written on the host (:mod:`.data_files`: no symlink is
 followed, sizes capped); every request, allowed or not, is recorded as ``execution.action`` — an allowed
 one with the size and SHA-256 of the bytes read or written.
+
+The disk is touched on a small pool of threads of the data operations' own (:data:`DATA_THREADS`, one per
+daemon), at most :data:`RUN_DATA_THREADS` of them for one run at once: a slow listing waits only for other
+data requests, never holds up what runs on asyncio's default executor (egress DNS, the model gateway).
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
+import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 from symbi_common.decisions import DecisionRecord, DecisionRequest, Deny, EntityRef
@@ -50,6 +60,14 @@ if TYPE_CHECKING:
 #: The operations this module answers (the protocol server hands them over).
 DATA_OPS = frozenset({"data.read", "data.list", "data.write"})
 RETRY_AFTER_S = 1.0
+#: Context keys only the runtime sets (an agent's own are dropped).
+RUNTIME_CONTEXT = frozenset({"access", "path", "size_bytes"})
+#: Threads the data operations of this daemon share (started when first needed; joined at exit).
+DATA_THREADS = 4
+#: How many of them one run's requests may use at once (the others wait in the event loop).
+RUN_DATA_THREADS = 2
+_THREADS = ThreadPoolExecutor(max_workers=DATA_THREADS, thread_name_prefix="symbi-data")
+T = TypeVar("T")
 
 Record = Callable[
     [int, str, str, dict[str, Any], DecisionRecord | None, ActionOutcome, str],
@@ -76,6 +94,7 @@ class DataOps:
     def __init__(self, gateway: DataGateway, record: Record) -> None:
         self.gateway = gateway
         self.record = record
+        self._turns = asyncio.Semaphore(RUN_DATA_THREADS)
 
     @property
     def mounts(self) -> tuple[DataMount, ...]:
@@ -96,7 +115,8 @@ class DataOps:
         except BadDataPath as err:
             return await self._fail(seq, request, action, "", {}, "malformed_request", str(err))
         path = "/".join((*mount.parts, *parts))
-        context: dict[str, Any] = {**request.context, "access": "gateway", "path": path}
+        context: dict[str, Any] = {k: v for k, v in request.context.items() if k not in RUNTIME_CONTEXT}
+        context.update(access="gateway", path=path)
         content = b""
         if isinstance(args, DataWrite):
             if mount.read_only:
@@ -112,13 +132,16 @@ class DataOps:
                     seq, request, action, mount.root, context, "too_large", message, max_bytes=MAX_DATA_BYTES
                 )
             context["size_bytes"] = len(content)
-        elif isinstance(args, DataRead) and args.length is not None:
-            if not 0 <= args.length <= MAX_DATA_BYTES:
+        elif isinstance(args, DataRead):
+            if args.length is not None and not 0 <= args.length <= MAX_DATA_BYTES:
                 message = f"one data.read returns 0 to {MAX_DATA_BYTES} bytes (asked {args.length}); read in pieces"
                 return await self._fail(
                     seq, request, action, mount.root, context, "too_large", message, max_bytes=MAX_DATA_BYTES
                 )
-            context["size_bytes"] = args.length
+            base, above = mount.anchor
+            context["size_bytes"] = await self._io(
+                data_files.readable, base, (*above, *parts), args.offset, args.length, MAX_DATA_BYTES
+            )
         attrs = {"classification": mount.classification} if mount.classification else {}
         question = DecisionRequest(
             principal=EntityRef(type="Agent", id=agent_id),
@@ -148,7 +171,7 @@ class DataOps:
                 policy_version=decision.policy_version,
             )
         try:
-            result, done = await asyncio.to_thread(self._perform, args, mount, parts, content)
+            result, done = await self._io(self._perform, args, mount, parts, content, context.get("size_bytes"))
         except OSError as exc:  # (no space, over quota, a file changed under it …): failed, recorded, typed
             message = f"{op} of {path!r} failed: {exc.strerror or type(exc).__name__}"
             await self.record(seq, action, mount.root, context, record, "failed", f"unavailable: {message}")
@@ -159,10 +182,17 @@ class DataOps:
         await self.record(seq, action, mount.root, context, record, "allowed", f"{op} {done}")
         return Result(id=request.id, result=result)
 
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the data operations' threads, in this run's turn."""
+        async with self._turns:
+            call = functools.partial(contextvars.copy_context().run, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(_THREADS, call)
+
     def _perform(
-        self, args: Any, mount: DataMount, parts: tuple[str, ...], content: bytes
+        self, args: Any, mount: DataMount, parts: tuple[str, ...], content: bytes, decided: int | None
     ) -> tuple[dict[str, Any], str]:
-        """The result, and what the record says was done (sizes and digests, never the content)."""
+        """The result, and what the record says was done (sizes and digests, never the content); a read
+        returns at most the ``decided`` size."""
         shown = "/".join((mount.root, *mount.parts, *parts))
         if not parts and not isinstance(args, DataList):
             raise DataFileError("invalid_request", f"{shown} is a granted directory, not a file: use data.list")
@@ -179,7 +209,7 @@ class DataOps:
             result = {"path": shown, "written": len(content), "size": size, "sha256": sha}
             return result, f"{args.mode} {len(content)} bytes sha256={sha}"
         assert isinstance(args, DataRead)
-        data, size = data_files.read(base, parts, args.offset, args.length, MAX_DATA_BYTES)
+        data, size = data_files.read(base, parts, args.offset, args.length, MAX_DATA_BYTES, most=decided)
         sha = data_files.digest(data)
         if args.encoding == "base64":
             text = base64.b64encode(data).decode()

@@ -6,8 +6,9 @@ grant names a directory inside one root, either portably as ``/symbi/data/<root>
 path under the root's directory. A granted directory is mounted at ``/symbi/data/<root>/<sub>`` in the
 sandbox, read-only unless the grant's mode is ``read_write``. Everything else is refused, with the reason:
 a path with ``.`` or ``..`` components (never normalised away), a relative path, a path outside every root, a
-root that is not declared, two grants of the same directory, and — checked by :mod:`.data_roots` on the
-disk, with :func:`confined` — a directory whose real path (symlinks resolved) leaves its root.
+root that is not declared, two grants of the same directory, a ``read`` grant inside a ``read_write`` one
+(see :func:`plan`), and — checked by :mod:`.data_roots` on the disk, with :func:`confined` — a directory
+whose real path (symlinks resolved) leaves its root.
 
 Inside a sandbox, ``data.*`` requests name a path under ``/symbi/data`` (``logs/app/x.log`` or
 ``/symbi/data/logs/app/x.log``); :func:`locate` finds the mount that covers it (the deepest one) and the
@@ -185,12 +186,27 @@ def mount_of(grant: Grant, real: str) -> DataMount:
 
 def plan(mounts: Iterable[DataMount]) -> tuple[DataMount, ...]:
     """The mounts in the order they are made (a parent before what is mounted inside it); two grants of
-    the same directory are refused (a definition grants each directory once, with one mode)."""
+    the same directory are refused (a definition grants each directory once, with one mode).
+
+    A ``read`` grant inside a ``read_write`` grant — by its path in the sandbox or by its real directory on
+    the host — is refused too: it could not stay read-only. Whoever can write the parent can rename the
+    directory on the way to the child (only a mount point refuses a rename, and the child's parent is not
+    one), which carries the child's read-only mount away and leaves the child's real directory reachable
+    through the writable parent, by ``data.write`` as by any later mount of it."""
     seen: dict[str, DataMount] = {}
     for m in mounts:
         if m.target in seen:
             raise GrantRefused(f"two filesystem grants name {m.target}; grant each directory once")
         seen[m.target] = m
+    for ro in seen.values():
+        for rw in seen.values():
+            if ro.read_only and not rw.read_only and (confined(rw.target, ro.target) or confined(rw.source, ro.source)):
+                raise GrantRefused(
+                    f"filesystem grant {ro.target} (mode read) lies inside {rw.target} (mode read_write) of the "
+                    f"same definition: it cannot stay read-only, since whoever can write {rw.target} can move "
+                    "a directory holding it (its mount goes along) and write its files; grant the parent "
+                    "read, or grant read_write only directories that do not hold it"
+                )
     return tuple(sorted(seen.values(), key=lambda m: (m.target.count("/"), m.target)))
 
 
