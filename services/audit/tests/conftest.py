@@ -5,6 +5,7 @@ the real audit service app (in-process). NATS, PostgreSQL and the keyring come f
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 from symbi_audit.application import AuditService
@@ -142,3 +144,28 @@ async def running(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://audit", headers=operator_headers) as http:
             yield Running(app, http, app.state.audit)
+
+
+@pytest.fixture
+async def served(
+    settings: Settings, provisioned: NatsClient, operator_headers: dict[str, str]
+) -> AsyncIterator[tuple[str, Running]]:
+    """The app under a real uvicorn server (streaming responses need a real HTTP connection): its URL, and
+    :class:`Running` with a client of it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+        await asyncio.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, headers=operator_headers) as http:
+        try:
+            yield url, Running(app, http, app.state.audit)
+        finally:
+            server.should_exit = True
+            await task

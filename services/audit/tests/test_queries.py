@@ -7,23 +7,16 @@ import csv
 import datetime as dt
 import io
 import json
-import socket
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
 from nats.aio.client import Client as NatsClient
 from symbi_audit.erasure import CODEC as ERASURES
 from symbi_audit.erasure import ErasureRequested, erasure_id_of
-from symbi_audit.main import build_app
 from symbi_common.key_names import agent_data_key
 from symbi_common.keyring import KeyRegistry
-from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.sealing import NEW_AGGREGATE
-from symbi_common.settings import Settings
 from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Running, Writer, read_log
@@ -135,28 +128,6 @@ async def test_only_an_admin_acts_for_another_principal(
     )
     assert erase.status_code == 403, erase.text
     assert "only an admin acts for another principal" in erase.json()["error"]["message"]
-
-
-@pytest.fixture
-async def served(settings: Settings, provisioned: NatsClient) -> AsyncIterator[tuple[str, Running]]:
-    """The app under a real uvicorn server (streaming responses need a real HTTP connection)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = build_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-        await asyncio.sleep(0.02)
-    headers = bearer_header(issue_local_token(Path(settings.keys.dir)))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
-        try:
-            yield f"http://127.0.0.1:{port}", Running(app, http, app.state.audit)
-        finally:
-            server.should_exit = True
-            await task
 
 
 async def test_live_feed_over_sse_and_nats_filtered_by_agent_and_type(
