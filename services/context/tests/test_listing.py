@@ -50,7 +50,7 @@ async def test_listing_another_owners_memories_needs_memory_read(running: Any, r
     policy = rule_policy({})
     running.api.service.decisions = policy
     denied = await _list(running, agent_id="bob", owner="ada")
-    assert denied == {"owner": "ada", "items": [], "total": 0, "denied": True}
+    assert denied == {"owner": "ada", "items": [], "total": 0, "denied": True, "text_withheld": False}
     assert [(r.principal.id, r.action, r.resource.id) for r in policy.asked] == [("bob", "memory.read", "ada")]
     mine = await _list(running, agent_id="ada")
     assert [m["text"] for m in mine["items"]] == ["Ada's secret"]

@@ -239,9 +239,12 @@ async def test_denied_reads_return_nothing_and_are_logged(
         )
         assert denied["results"] == []
     denials = [e for e in logs if e["event"] == "memory read denied"]
-    assert {(e["agent_id"], e["resource"]) for e in denials} == {("bob", "ada"), ("bob", "networks")}
-    assert all(r.action == "memory.read" and r.principal.uid == 'Agent::"bob"' for r in policy.asked)
-    parents = {r.resource.id: r.resource.parents for r in policy.asked}
+    assert {(e["principal"], e["resource"]) for e in denials} == {("Agent::bob", "ada"), ("Agent::bob", "networks")}
+    agents_asked = [r for r in policy.asked if r.principal.type == "Agent"]
+    assert all(r.action == "memory.read" and r.principal.uid == 'Agent::"bob"' for r in agents_asked)
+    operators_asked = [r for r in policy.asked if r.principal.type == "User"]  # over HTTP: the operator too
+    assert {r.resource.id for r in operators_asked} == {"health"}  # only where the agent was allowed
+    parents = {r.resource.id: r.resource.parents for r in agents_asked}
     assert parents == {"ada": ('Agent::"ada"',), "health": (), "networks": ()}
     # Writes to another agent's memory are refused with a typed error.
     with pytest.raises(PolicyDenied):

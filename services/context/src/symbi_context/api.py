@@ -9,7 +9,8 @@ HTTP (JSON bodies; errors are ``{"error": {"code", "message", "details"}}`` with
                                                answered again, with other content it is 409 memory_conflict
     GET  /v1/memories?agent_id=&owner=&kind=&limit=50
                                       list     the memories ``agent_id`` may read of ``owner`` (default: its own),
-                                               newest first: {"owner", "items", "total", "denied"}
+                                               newest first: {"owner", "items", "total", "denied", "text_withheld"};
+                                               their content only where the calling operator may read it too
     POST /v1/memories/query           retrieve {"agent_id", "query", "owners"?, "knowledge_bases"?, "kinds"?,
                                                "tags"?, "metadata"?, "created_from"?, "created_to"?, "limit"?,
                                                "min_sequence"?}  -> {"results": [...]}
@@ -26,6 +27,12 @@ Writes answer with ``sequence`` (the stream sequence of the append); pass it as 
 own write (503 ``index_behind`` if the index has not applied it within the wait: never an answer without it).
 The same bodies (with ``kb_id`` where the path has it) are the NATS commands ``cmd.context.store``,
 ``retrieve``, ``forget``, ``ingest``, ``forget_knowledge``, ``search_knowledge`` and ``rag_query``.
+
+Over HTTP the reader of what comes back is the calling operator, not the agent: the reads (list, query,
+search, RAG) decide ``memory.read`` for the agent and for the operator (``User::"<name>"`` with its token's
+role in ``roles``); a query answers from what both may read, a listing lists what the agent may read with the
+content withheld unless the operator may read it too. The baseline lets admins read agents' memory and
+knowledge; auditors and operators read it only where a policy says so.
 """
 
 from __future__ import annotations
@@ -37,11 +44,13 @@ import msgspec
 from fastapi import APIRouter, Request, Response
 from symbi_common.bounds import check_ints, check_json_depth, parse_int, query_text
 from symbi_common.commands import CommandMeta, CommandServer
-from symbi_common.errors import BadRequest
+from symbi_common.decisions import EntityRef
+from symbi_common.errors import BadRequest, Unauthenticated
 from symbi_common.openapi import INT64, TEXT, json_body, query_params
+from symbi_common.operator_auth import claims_of
 from symbi_contracts.context.commands import ForgetRequest, IngestRequest, Query, StoreRequest
 
-from symbi_context.application import ContextService, Written
+from symbi_context.application import ContextService, Written, operator_principal
 from symbi_context.domain import MEMORY_KINDS
 from symbi_context.errors import InvalidContext
 from symbi_context.listing import list_memories
@@ -77,13 +86,13 @@ class Api:
     async def store(self, r: StoreRequest) -> dict[str, Any]:
         return _written(await self.service.store_memories(r.agent_id, r.memories, owner=r.owner))
 
-    async def retrieve(self, q: Query) -> dict[str, Any]:
-        return {"results": [dataclasses.asdict(x) for x in await self.service.retrieve(q)]}
+    async def retrieve(self, q: Query, operator: EntityRef | None = None) -> dict[str, Any]:
+        return {"results": [dataclasses.asdict(x) for x in await self.service.retrieve(q, operator=operator)]}
 
-    async def search_knowledge(self, q: Query) -> dict[str, Any]:
+    async def search_knowledge(self, q: Query, operator: EntityRef | None = None) -> dict[str, Any]:
         if not q.knowledge_bases:
             raise InvalidContext("name at least one knowledge base", field="knowledge_bases")
-        return await self.retrieve(msgspec.structs.replace(q, include_memories=False))
+        return await self.retrieve(msgspec.structs.replace(q, include_memories=False), operator)
 
     async def forget(self, r: ForgetRequest) -> dict[str, Any]:
         if not r.ids and r.where is None:
@@ -120,7 +129,7 @@ class Api:
     async def forget_knowledge(self, r: ForgetKnowledgeRequest) -> dict[str, Any]:
         return _written(await self.service.forget_documents(r.agent_id, r.kb_id, r.document_ids))
 
-    async def rag_query(self, r: RagRequest) -> dict[str, Any]:
+    async def rag_query(self, r: RagRequest, operator: EntityRef | None = None) -> dict[str, Any]:
         if not 1 <= r.limit <= 50:
             raise InvalidContext("must be between 1 and 50", field="limit")
         result = await self.rag.query(
@@ -132,6 +141,7 @@ class Api:
             min_relevance=r.min_relevance,
             min_sequence=r.min_sequence,
             generate=r.generate,
+            operator=operator,
         )
         return dataclasses.asdict(result)
 
@@ -156,6 +166,14 @@ def _api(request: Request) -> Api:
     return api
 
 
+def _operator(request: Request) -> EntityRef:
+    """The operator this HTTP request comes from, as it reads content (the guard lets none through without)."""
+    claims = claims_of(request)
+    if claims is None:
+        raise Unauthenticated("no authenticated operator for this request")
+    return operator_principal(claims.sub, claims.role)
+
+
 def _reply(value: Any, status: int = 200) -> Response:
     return Response(_json.encode(value), status_code=status, media_type="application/json")
 
@@ -175,7 +193,8 @@ async def store(request: Request) -> Response:
     ),
 )
 async def list_(request: Request) -> Response:
-    """An agent's memories (or another owner's it may read), newest first; ``denied`` when the policy says no."""
+    """An agent's memories (or another owner's it may read), newest first; ``denied`` when the policy says no to
+    the agent, ``text_withheld`` when it says no to the calling operator (``symbi_context.listing``)."""
     q = request.query_params
     agent_id = query_text(q.get("agent_id"), "agent_id")
     if agent_id is None:
@@ -183,12 +202,15 @@ async def list_(request: Request) -> Response:
     kinds = tuple(k for k in q.getlist("kind") if k)
     limit = parse_int(q.get("limit") or "50", "limit")
     owner = query_text(q.get("owner"), "owner") or ""
-    return _reply(await list_memories(_api(request).service, agent_id, owner=owner, kinds=kinds, limit=limit))
+    page = await list_memories(
+        _api(request).service, agent_id, owner=owner, kinds=kinds, limit=limit, operator=_operator(request)
+    )
+    return _reply(page)
 
 
 @router.post("/memories/query", openapi_extra=json_body(Query))
 async def retrieve(request: Request) -> Response:
-    return _reply(await _api(request).retrieve(_decode(await request.body(), Query)))
+    return _reply(await _api(request).retrieve(_decode(await request.body(), Query), _operator(request)))
 
 
 @router.post("/memories/forget", openapi_extra=json_body(ForgetRequest))
@@ -198,7 +220,7 @@ async def forget(request: Request) -> Response:
 
 @router.post("/knowledge/search", openapi_extra=json_body(Query))
 async def search_knowledge(request: Request) -> Response:
-    return _reply(await _api(request).search_knowledge(_decode(await request.body(), Query)))
+    return _reply(await _api(request).search_knowledge(_decode(await request.body(), Query), _operator(request)))
 
 
 @router.post("/knowledge/{kb_id}/documents", status_code=201, openapi_extra=json_body(IngestRequest))
@@ -215,7 +237,7 @@ async def forget_knowledge(kb_id: str, request: Request) -> Response:
 
 @router.post("/rag/query", openapi_extra=json_body(RagRequest))
 async def rag_query(request: Request) -> Response:
-    return _reply(await _api(request).rag_query(_decode(await request.body(), RagRequest)))
+    return _reply(await _api(request).rag_query(_decode(await request.body(), RagRequest), _operator(request)))
 
 
 def register_commands(server: CommandServer, api: Api) -> None:

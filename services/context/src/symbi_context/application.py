@@ -88,6 +88,11 @@ def _principal(agent_id: str) -> EntityRef:
     return EntityRef(type="Agent", id=agent_id)
 
 
+def operator_principal(name: str, role: str) -> EntityRef:
+    """An operator reading content over HTTP: ``User::"<name>"`` with its token's role in ``roles``."""
+    return EntityRef(type="User", id=name, attrs={"roles": [role]})
+
+
 def _resource(owner: str, scope: str) -> EntityRef:
     """``Memory::"<owner>"``; an agent's memory has its agent as parent (the policy schema's ``resource in
     principal``), a knowledge base has none: policies grant it by name."""
@@ -137,35 +142,54 @@ class ContextService:
         return verdict.record
 
     async def readable(
-        self, agent_id: str, owners: Sequence[str], knowledge_bases: Sequence[str]
+        self,
+        agent_id: str,
+        owners: Sequence[str],
+        knowledge_bases: Sequence[str],
+        *,
+        operator: EntityRef | None = None,
     ) -> tuple[list[str], list[str]]:
-        """The memory owners and knowledge bases ``agent_id`` may read; denials are logged and counted."""
+        """The memory owners and knowledge bases ``agent_id`` may read; denials are logged and counted.
+
+        With ``operator`` (an operator asking over HTTP: :func:`operator_principal`) only those the policy lets
+        the operator read as well: the content goes to the operator, so ``memory.read`` is decided for it too
+        (as the audit service decides an operator's payload reads for the operator, never as the agent)."""
         asked = [(o, "memory") for o in dict.fromkeys(owners)] + [
             (k, "knowledge") for k in dict.fromkeys(knowledge_bases)
         ]
+        allowed = await self.may_read(_principal(agent_id), asked)
+        if operator is not None:  # asked only of what the agent may read
+            agreed = [a for a, ok in zip(asked, allowed, strict=True) if ok]
+            also = dict(zip(agreed, await self.may_read(operator, agreed), strict=True))
+            allowed = [ok and also[a] for a, ok in zip(asked, allowed, strict=True)]
+        memory = [owner for (owner, scope), ok in zip(asked, allowed, strict=True) if ok and scope == "memory"]
+        knowledge = [kb for (kb, scope), ok in zip(asked, allowed, strict=True) if ok and scope == "knowledge"]
+        return memory, knowledge
+
+    async def may_read(self, principal: EntityRef, asked: Sequence[tuple[str, str]]) -> list[bool]:
+        """``memory.read`` for ``principal`` on each ``(owner, "memory" | "knowledge")``, in one batch; a
+        denial is logged and counted (an allow with a condition this point cannot enforce is a denial)."""
         if not asked:
-            return [], []
+            return []
         requests = [
-            DecisionRequest(principal=_principal(agent_id), action="memory.read", resource=_resource(o, s))
-            for o, s in asked
+            DecisionRequest(principal=principal, action="memory.read", resource=_resource(o, s)) for o, s in asked
         ]
         verdicts = await Enforcer.around(self.decisions).decide_batch(requests, CONTEXT_MEMORY_READ)
-        allowed: dict[str, list[str]] = {"memory": [], "knowledge": []}
+        allowed = []
         for (owner, scope), verdict in zip(asked, verdicts, strict=True):
             decision = verdict.decision
             if isinstance(decision, Deny):
                 DENIED_READS.labels(scope).inc()
                 log.warning(
                     "memory read denied",
-                    agent_id=agent_id,
+                    principal=f"{principal.type}::{principal.id}",
                     resource=owner,
                     scope=scope,
                     reason=decision.reason,
                     policies=list(decision.policies),
                 )
-            else:
-                allowed[scope].append(owner)
-        return allowed["memory"], allowed["knowledge"]
+            allowed.append(not isinstance(decision, Deny))
+        return allowed
 
     # --- memories -------------------------------------------------------------------------------------------
 
@@ -358,8 +382,9 @@ class ContextService:
         )
 
     @operation("retrieve")
-    async def retrieve(self, q: Query) -> list[Retrieved]:
-        """Hybrid search over the reader's permitted memories and knowledge, fused and ranked."""
+    async def retrieve(self, q: Query, *, operator: EntityRef | None = None) -> list[Retrieved]:
+        """Hybrid search over the reader's permitted memories and knowledge (and, asked by ``operator``, only
+        what it may read too: :meth:`readable`), fused and ranked."""
         check_id(q.agent_id, "agent_id")
         for i, owner in enumerate(q.owners):  # ids name data keys and index partitions: checked as when written
             check_id(owner, f"owners[{i}]")
@@ -371,7 +396,7 @@ class ContextService:
             raise InvalidContext("must be between 1 and 100", field="limit")
         check_kinds(q.kinds, "kinds")
         owners_asked = (q.owners or (q.agent_id,)) if q.include_memories else ()
-        owners, kbs = await self.readable(q.agent_id, owners_asked, q.knowledge_bases)
+        owners, kbs = await self.readable(q.agent_id, owners_asked, q.knowledge_bases, operator=operator)
         if not owners and not kbs:
             return []
         if q.min_sequence:

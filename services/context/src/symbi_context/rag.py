@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import httpx
 import structlog
+from symbi_common.decisions import EntityRef
 from symbi_contracts.context.commands import Query
 
 from symbi_context.application import ContextService
@@ -225,6 +226,7 @@ class RagEngine:
         min_relevance: float = 0.25,
         min_sequence: int = 0,
         generate: bool = True,
+        operator: EntityRef | None = None,
     ) -> RagAnswer:
         analysis = analyse(query)
         if not analysis.text.strip():
@@ -241,7 +243,8 @@ class RagEngine:
                 created_to=analysis.until,
                 limit=min(100, limit * 3),
                 min_sequence=min_sequence,
-            )
+            ),
+            operator=operator,
         )
         ranked = rank(candidates, limit=limit, min_relevance=min_relevance, per_document=2)
         passages = await self._expand(ranked)
