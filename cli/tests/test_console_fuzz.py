@@ -146,6 +146,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         app.state.http = httpx.AsyncClient(transport=httpx.MockTransport(fake.handle))
         sids = {}
         for role in ("admin", "auditor"):
+            client.cookies.clear()  # two browsers: logging in again in the same one would end its first session
             token, _ = issue_token(issuer, name=f"fuzz-{role}", role=role, ttl_s=3600)
             answer = client.post("/login", data={"token": token})
             assert answer.status_code == 303, answer.text

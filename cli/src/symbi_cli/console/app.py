@@ -6,11 +6,14 @@ operator's token). Pages are server-rendered (Jinja2); htmx swaps fragments for 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import Depends, FastAPI, Form, Request
@@ -20,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from symbi_common.errors import BadRequest
 from symbi_common.ids import ID_RE
 
+from symbi_cli.console.guard import BodyGate, NoFraming, to_login
 from symbi_cli.console.services import ServiceCallFailed, Services
 from symbi_cli.console.sessions import COOKIE, Forbidden, LoginRefused, Session, Sessions, require_change
 from symbi_cli.console.views import when
@@ -27,6 +31,8 @@ from symbi_cli.console.views import when
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["when"] = when
+#: How often a live stream re-checks its session while nothing prompts it sooner (a logout here does).
+SESSION_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,52 @@ class Ctx:
         """Refuse a state change from a read-only role or a post without the CSRF token (before any call)."""
         require_change(self.session, csrf)
 
+    async def live(self, source: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        """``source``'s chunks (a live stream's body) for as long as this session lasts: before each chunk, and
+        at least every :data:`SESSION_CHECK_S` while none comes, the token's expiry is checked, and the session
+        itself (logged out, or no longer opening or verifying) once a second or as soon as a session has ended
+        here. When it is over the stream ends, unsent, and ``source`` is closed."""
+        sessions: Sessions = self.request.app.state.sessions
+        sid = self.request.cookies.get(COOKIE)
+        loop = asyncio.get_running_loop()
+        due, ended = 0.0, sessions.ended
+
+        def current() -> bool:
+            nonlocal due, ended
+            if time.time() >= self.session.claims.exp:
+                return False
+            if loop.time() < due and sessions.ended == ended:
+                return True
+            due, ended = loop.time() + SESSION_CHECK_S, sessions.ended
+            return sessions.get(sid) is not None
+
+        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=1)
+
+        async def pump() -> None:
+            try:
+                async for chunk in source:
+                    await chunks.put(chunk)
+                await chunks.put(None)
+            except Exception as exc:
+                await chunks.put(exc)
+            finally:
+                await source.aclose()
+
+        pumping = asyncio.create_task(pump())
+        try:
+            while current():
+                try:
+                    chunk = await asyncio.wait_for(chunks.get(), SESSION_CHECK_S)
+                except TimeoutError:
+                    continue
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if chunk is None or not current():
+                    return
+                yield chunk
+        finally:
+            pumping.cancel()
+
 
 def ctx(request: Request) -> Ctx:
     state = request.app.state
@@ -88,6 +140,17 @@ def ctx(request: Request) -> Ctx:
 CtxDep = Annotated[Ctx, Depends(ctx)]
 
 
+def same_site(request: Request) -> bool:
+    """Whether a post comes from the console's own pages (or was typed in): refused when the browser says
+    another site sent it (``Sec-Fetch-Site``) or names another origin (``Origin``); a client that sends neither
+    (curl, an old browser) is let through."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")  # host and port only: behind a TLS-terminating proxy the scheme differs
+    return origin is None or urlsplit(origin).netloc.lower() == request.headers.get("Host", "").lower()
+
+
 def create_app(config: ConsoleConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,13 +161,13 @@ def create_app(config: ConsoleConfig) -> FastAPI:
     app = FastAPI(title="Symbi console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
     app.state.sessions = Sessions(config.keys_dir, config.state_dir)
+    app.add_middleware(BodyGate, templates=templates)
+    app.add_middleware(NoFraming)  # outermost: on the gate's refusals too
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.exception_handler(NotLoggedIn)
-    async def to_login(request: Request, exc: NotLoggedIn) -> Response:
-        if request.headers.get("HX-Request"):
-            return Response(status_code=401, headers={"HX-Redirect": "/login"})
-        return RedirectResponse("/login", status_code=303)
+    async def not_logged_in(request: Request, exc: NotLoggedIn) -> Response:
+        return to_login(request)
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
@@ -137,14 +200,19 @@ def create_app(config: ConsoleConfig) -> FastAPI:
 
     @app.post("/login")
     async def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+        if not same_site(request):  # login CSRF: another site's form logging the browser in as someone else
+            error = "this login was not posted from the console's own login page"
+            return templates.TemplateResponse(request, "login.html", {"error": error}, status_code=403)
         try:
             sid, session = app.state.sessions.login(token)
             # The services are the judges: one read proves they accept this token (not revoked, role allowed).
             await Services(config.urls, session.token, app.state.http).get("lifecycle", "/v1/agents", limit=1)
         except (LoginRefused, ServiceCallFailed) as exc:
             return templates.TemplateResponse(request, "login.html", {"error": str(exc)}, status_code=401)
+        app.state.sessions.logout(request.cookies.get(COOKIE))  # the browser's previous session, if any, ends
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, sid, httponly=True, samesite="strict")
+        # Secure when the browser reached the console over https (a TLS-terminating proxy, see docs/console.md).
+        response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
 
     @app.post("/logout")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -132,7 +132,7 @@ async def stream(c: CtxDep, agent: str = "", event_type: str = "") -> StreamingR
     """The audit service's live feed (verified events' metadata), relayed; subject and aggregate filters are
     applied in the browser."""
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             async for line in c.services.stream_lines("audit", "/v1/audit/stream", agent=agent, event_type=event_type):
                 yield line + b"\n"
@@ -141,4 +141,5 @@ async def stream(c: CtxDep, agent: str = "", event_type: str = "") -> StreamingR
             data = str(exc).encode().replace(b"\r", b" ").replace(b"\n", b" ")
             yield b"event: failed\ndata: " + data + b"\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    # Ends with the session (logout, expiry): the feed is relayed only while the operator is logged in.
+    return StreamingResponse(c.live(body()), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import codecs
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form
@@ -92,7 +92,7 @@ async def stream(task_id: str, c: CtxDep) -> StreamingResponse:
     """The task's new output and status as Server-Sent Events (``output``, ``status``, ``charts``, ``done``)."""
     path_id(task_id, "task")
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         wake: asyncio.Queue[str | None] = asyncio.Queue()
         follower = asyncio.create_task(_follow_feed(c, task_id, wake))
         try:
@@ -139,7 +139,8 @@ async def stream(task_id: str, c: CtxDep) -> StreamingResponse:
         finally:
             follower.cancel()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    # Ends with the session (logout, expiry): nothing more is read or sent once the operator is logged out.
+    return StreamingResponse(c.live(body()), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.post("/tasks/{task_id}/cancel")

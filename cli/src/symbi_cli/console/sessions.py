@@ -71,6 +71,9 @@ class Sessions:
         self.keys_dir = keys_dir
         self.store = SessionStore(state_dir)
         self.store.sweep(self._current)
+        #: How many sessions have ended here (logged out, or found over): a live stream that sees it change
+        #: checks its own session at once rather than at its next periodic check.
+        self.ended = 0
 
     def _verify(self, token: str) -> OperatorClaims:
         try:
@@ -112,12 +115,14 @@ class Sessions:
             claims = self._verify(record.token)
         except (msgspec.DecodeError, LoginRefused):
             self.store.delete(sid)  # expired, or its issuer is no longer one: the session is over
+            self.ended += 1
             return None
         return Session(token=record.token, claims=claims, csrf=record.csrf)
 
     def logout(self, sid: str | None) -> None:
         if sid and _SID_RE.match(sid):
             self.store.delete(sid)
+            self.ended += 1
 
 
 def require_change(session: Session, csrf: str) -> None:
