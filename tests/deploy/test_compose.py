@@ -288,6 +288,43 @@ def test_an_sdk_agent_runs_in_the_agent_image_built_for_the_stack(stack: Stack, 
     assert out["recalled"] == [out["stored"]], out
 
 
+#: The deployment's grant: any agent may have the one test secret (the baseline permits no secret.read).
+SECRET_GRANT = """
+@id("compose-secret")
+permit(principal is Agent, action == Action::"secret.read", resource == Secret::"compose/token");
+"""
+READ_SECRET = "import hashlib; print(hashlib.sha256(open('/symbi/secrets/compose/token', 'rb').read()).hexdigest())"
+
+
+def test_a_secret_reaches_a_sandbox_of_the_containerised_sandbox_agent(stack: Stack, tmp_path: Path) -> None:
+    """The sandbox-agent writes the file in its container; the host's engine binds it into the sandbox, so the
+    secrets root must be the host's (/dev/shm/symbi-secrets on both sides), not the container's own /dev/shm."""
+    value = secrets.token_hex(16).encode()
+    exe = Path(sys.executable).parent / "symbi"
+    put = subprocess.run(
+        [str(exe), "secrets", "set", "compose/token", "--home", str(stack.directory)],
+        input=value, env=stack.env, capture_output=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert put.returncode == 0, put.stderr[-2000:]
+    token = (stack.directory / "operator.token").read_text().strip()
+    grant = {"set_id": "compose-secret", "cedar": SECRET_GRANT}
+    answer = httpx.post(
+        f"{stack.url('policy')}/v1/policy-sets", json=grant, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert answer.status_code in (200, 201), answer.text
+    definition = json.loads((REPO / "examples" / "agents" / "hello.json").read_text())
+    definition.update(name="secret-reader", description="Prints the SHA-256 of its secret file.")
+    definition["secrets"] = ["vault://compose/token"]
+    image = stack.images["SYMBI_AGENT_IMAGE"]
+    definition["workload"] = {"image": image, "command": ["python3", "-c", READ_SECRET]}
+    path = tmp_path / "secret-reader.json"
+    path.write_text(json.dumps(definition))
+    doc = _run_main_job(stack, "compose", path)
+    assert doc["task"]["outcome"] == "succeeded", doc["task"]
+    assert doc["result"].strip() == hashlib.sha256(value).hexdigest()
+    assert value.decode() not in json.dumps(doc)
+
+
 def test_every_stored_event_verifies_against_the_deployment_keyring(stack: Stack, main_job: dict[str, Any]) -> None:
     done = stack.symbi("events", "tail", "--json", "--home", str(stack.directory))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

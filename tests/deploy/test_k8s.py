@@ -78,6 +78,17 @@ def test_each_service_runs_with_only_its_own_secrets(service: str) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+def test_the_sandbox_agent_shares_its_channel_secret_and_work_directories_with_the_node() -> None:
+    """The node's engine binds these into sandboxes by path: the sandbox-agent must write them on the node, at the
+    same path (the secrets on the node's tmpfs), not in its own container's filesystem."""
+    spec = pod_spec(find("DaemonSet", "symbi-sandbox-agent"))
+    (container,) = spec["containers"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounted = {m["mountPath"]: host_paths.get(m["name"]) for m in container["volumeMounts"]}
+    for path in ("/run/symbi/channels", "/dev/shm/symbi-secrets", "/var/lib/symbi/work"):
+        assert mounted.get(path) == path, (path, mounted)
+
+
 def test_replicas_are_several_where_commands_share_a_queue_group_and_one_where_order_matters() -> None:
     replicas = {s: find("Deployment", f"symbi-{s}")["spec"]["replicas"] for s in ALL_SERVICES if s != "sandbox-agent"}
     assert replicas["audit"] == 1  # the single writer of the Merkle tree and the checkpoints
