@@ -6,7 +6,9 @@ The layout of the files is in :mod:`symbi_common.keyfiles`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from symbi_common.crypto import Signer, WrapKey
@@ -14,14 +16,28 @@ from symbi_common.errors import KeyringError
 
 
 def write_key_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Write base64 key material atomically; private files are created 0600 (never briefly wider)."""
+    """Write base64 key material atomically; private files are created 0600 (never briefly wider).
+
+    The file keeps its directory's owner: root writing into a directory handed to a service's user (a deployment's
+    ``keys/<service>``) leaves a key that user can read, not one of root's. The temporary file is new and unique
+    (never a file or link someone with rights on the directory put there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(base64.b64encode(data) + b"\n")
-    os.chmod(tmp, 0o600 if private else 0o644)
-    os.replace(tmp, path)
+    mode = 0o600 if private else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if os.geteuid() == 0:
+                owner = os.stat(path.parent)
+                os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
+            os.fchmod(fh.fileno(), mode)
+            fh.write(base64.b64encode(data) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_key_file(path: Path) -> bytes:

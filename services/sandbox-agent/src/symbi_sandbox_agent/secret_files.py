@@ -31,10 +31,10 @@ from symbi_common.secret_records import SecretCorrupt
 from symbi_common.secret_source import SecretNotFound
 from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, load_secrets_key
 from symbi_common.service import ServiceRuntime
-from symbi_contracts.sandbox_agent.errors import SecretDenied, SecretMissing, SecretsUnavailable
+from symbi_contracts.sandbox_agent.errors import InvalidWorkload, SecretDenied, SecretMissing, SecretsUnavailable
 from symbi_contracts.sandbox_agent.events import SecretFileRecord
 
-from symbi_sandbox_agent.secret_refs import secret_target
+from symbi_sandbox_agent.secret_refs import SECRETS_MOUNT, secret_target
 
 log = structlog.get_logger(__name__)
 
@@ -85,8 +85,26 @@ def question(agent_id: str, name: str) -> DecisionRequest:
     )
 
 
+def check_layout(names: Sequence[str]) -> None:
+    """:class:`InvalidWorkload` if the secrets cannot all be files: one's name is a directory of another's
+    (``db`` and ``db/password``: ``/symbi/secrets/db`` cannot be both a file and a directory)."""
+    given = set(names)
+    for name in sorted(given):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            if prefix in given:
+                raise InvalidWorkload(
+                    f"secrets {prefix!r} and {name!r} cannot both be given: each secret is the file "
+                    f"{SECRETS_MOUNT}/<name>, and {SECRETS_MOUNT}/{prefix} would have to be a file and a directory; "
+                    "rename one of them"
+                )
+
+
 async def decide_secrets(enforcer: Enforcer, agent_id: str, names: Sequence[str]) -> list[DecidedSecret]:
-    """Every secret decided and allowed, or :class:`SecretPolicyDenied` for the first denied one."""
+    """Every secret decided and allowed, or :class:`SecretPolicyDenied` for the first denied one
+    (:class:`InvalidWorkload`, before anything is asked, if they cannot all be files: :func:`check_layout`)."""
+    check_layout(names)
     verdicts = await enforcer.decide_batch([question(agent_id, n) for n in names], SANDBOX_SECRET_FILE)
     for name, verdict in zip(names, verdicts, strict=True):
         if verdict.undecided:
@@ -153,8 +171,19 @@ def write_secret_files(
     """Write each value to ``directory/<name>`` (0400, directories 0500, all the sandbox user's); the records.
 
     ``directory`` is below ``root``, on tmpfs (the values never touch a disk). Anything half-written is removed."""
+    check_layout([decided.name for decided, _, _ in values])
+    if os.geteuid() != 0:
+        # Not root: the files cannot be given to the sandbox's user, and directories of 0500 could not be removed.
+        raise SecretsUnavailable(
+            f"the sandbox-agent runs as uid {os.geteuid()}, not root: it cannot give secret files to the sandbox's "
+            "user nor be sure to remove them; run it as root to hand out secrets"
+        )
     check_root(root)
     base = Path(directory)
+    if not remove_secret_files(directory):  # what an earlier attempt at this run left (a crash before cleanup)
+        raise SecretsUnavailable(
+            f"the secrets directory {directory} of an earlier attempt could not be removed; remove it by hand"
+        )
     try:
         base.mkdir(parents=True, mode=0o700)
         base.parent.chmod(0o700)  # the host's directory: only the sandbox-agent (and the runtimes, as root)
@@ -183,13 +212,13 @@ def write_secret_files(
                 _own_dir(Path(folder) / d, owner)
         _own_dir(base, owner)
     except PermissionError as exc:
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_secret_files(directory)
         raise SecretsUnavailable(
             f"secret files cannot be given to the sandbox's user {owner[0]}:{owner[1]} on this host ({exc.strerror}): "
             "the sandbox-agent must run as root to hand out secrets"
         ) from None
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_secret_files(directory)
         raise
     return records
 
@@ -199,7 +228,34 @@ def _own_dir(path: Path, owner: tuple[int, int]) -> None:
     path.chmod(0o500)
 
 
-def remove_secret_files(directory: str) -> None:
-    """Remove a sandbox's secrets directory (idempotent)."""
-    if directory:
-        shutil.rmtree(directory, ignore_errors=True)
+def remove_secret_files(directory: str) -> bool:
+    """Remove a sandbox's secrets directory (idempotent): whether it is gone. Its directories are 0500, so each is
+    made writable by its owner first (root needs not, any other user does); what cannot be removed is logged as
+    an error naming the directory (never a value), for an operator to remove by hand."""
+    if not directory or not os.path.lexists(directory):
+        return True
+    failures: list[str] = []
+
+    def failed(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        failures.append(f"{path}: {exc_info[1]}")
+
+    if os.path.isdir(directory) and not os.path.islink(directory):
+        for folder, _, _ in os.walk(directory, onerror=lambda exc: failures.append(str(exc))):
+            try:
+                os.chmod(folder, stat.S_IMODE(os.lstat(folder).st_mode) | stat.S_IRWXU)
+            except OSError as exc:
+                failures.append(f"{folder}: {exc.strerror}")
+        shutil.rmtree(directory, onerror=failed)
+    else:
+        try:
+            os.unlink(directory)
+        except OSError as exc:
+            failures.append(f"{directory}: {exc.strerror}")
+    if os.path.lexists(directory):
+        log.error(
+            "secret files could not be removed: remove the directory by hand",
+            directory=directory,
+            errors=failures[:5] or ["it is still there"],
+        )
+        return False
+    return True

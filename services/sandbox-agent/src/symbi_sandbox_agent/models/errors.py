@@ -63,6 +63,11 @@ class ModelUnavailable(ModelError, InfrastructureError):
     openai_type = "api_error"
 
 
+class BadCredential(ModelUnavailable):
+    """The provider's credential in the secrets store cannot be sent (``secret`` names it; its value is never
+    quoted): nothing was sent, an operator must set it again."""
+
+
 class UpstreamFailed(ModelError, InfrastructureError):
     """The provider answered with an error or could not be reached; its reservation was released."""
 

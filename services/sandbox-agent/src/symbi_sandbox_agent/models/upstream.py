@@ -5,6 +5,7 @@ least of all); nothing of the provider's answer but its status, content type and
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -15,10 +16,28 @@ from symbi_common.secret_source import SecretNotFound, SecretSource
 from symbi_common.settings_sandbox import ModelProviderSettings
 
 from symbi_sandbox_agent.models.catalog import secret_name
-from symbi_sandbox_agent.models.errors import ModelError, ModelUnavailable, UpstreamFailed
+from symbi_sandbox_agent.models.errors import BadCredential, ModelError, ModelUnavailable, UpstreamFailed
 
 #: How long a credential read from the secrets store is used before it is read again (rotation).
 CREDENTIAL_TTL_S = 60.0
+#: What a credential may hold: printable ASCII without spaces (it is sent as ``Bearer <credential>``; anything
+#: else makes the HTTP library refuse the header, quoting it, or splits the header).
+_CREDENTIAL = re.compile(r"[\x21-\x7e]+")
+#: What stands for a credential in text that had it.
+REDACTED = "[credential]"
+
+
+def redact(text: str, credential: str | None) -> str:
+    """``text`` without ``credential``: as is, as Python quotes it in a ``str`` or ``bytes`` repr (how an
+    exception quotes a header), and each of its pieces between characters a quoting escapes."""
+    if not credential:
+        return text
+    forms = {credential, repr(credential)[1:-1], repr(credential.encode("utf-8", "replace"))[2:-1]}
+    forms.update(p for p in re.split(r"[^\x21-\x7e]+", credential) if len(p) >= 4)
+    for form in sorted(forms, key=len, reverse=True):
+        if form:
+            text = text.replace(form, REDACTED)
+    return text
 
 
 def _tls(provider: str, settings: ModelProviderSettings) -> ssl.SSLContext | bool:
@@ -73,9 +92,20 @@ class Upstreams:
                 sent=False,
             ) from None
         except UnicodeDecodeError:
-            raise ModelUnavailable(
-                f"the credential of provider {provider} ({name}) is not UTF-8 text", sent=False
+            raise BadCredential(
+                f"the credential of provider {provider} ({name}) is not UTF-8 text; "
+                f"set it again with `symbi secrets set {name}`",
+                secret=name,
+                sent=False,
             ) from None
+        if not _CREDENTIAL.fullmatch(value):
+            # Never sent (nor quoted): an HTTP library's refusal of the header would carry the value.
+            raise BadCredential(
+                f"the credential of provider {provider} ({name}) is empty or holds whitespace, a control or a "
+                f"non-ASCII character, which an HTTP header cannot carry; set it again with `symbi secrets set {name}`",
+                secret=name,
+                sent=False,
+            )
         self._credentials[provider] = (now, value)
         return value
 
@@ -99,11 +129,12 @@ class Upstreams:
         try:
             return await client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            # The exception's text names the URL, never the headers: safe to pass on. ``sent``: whether the
-            # provider may have received the request (and done the work); only a failure to connect says not.
+            # ``sent``: whether the provider may have received the request (and done the work); only a failure to
+            # connect says not. The exception's text may quote a header (a refused one is quoted whole): the
+            # credential is taken out of it, whatever its form, before it reaches the sandbox or an event.
             sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
             raise UpstreamFailed(
-                f"provider {provider} could not be reached: {type(exc).__name__}: {exc}", sent=sent
+                redact(f"provider {provider} could not be reached: {type(exc).__name__}: {exc}", credential), sent=sent
             ) from None
 
     def scrub(self, provider: str, status: int, body: bytes) -> str:
@@ -112,10 +143,12 @@ class Upstreams:
         if status in (401, 403):
             return "the provider refused the host's credential for it (an operator must check it)"
         text = body[:2000].decode("utf-8", "replace")
+        return self.redact(provider, text)[:300]
+
+    def redact(self, provider: str, text: str) -> str:
+        """``text`` without the provider's credential (as last read), in any form an exception may quote it."""
         cached = self._credentials.get(provider)
-        if cached is not None and cached[1]:
-            text = text.replace(cached[1], "[credential]")
-        return text[:300]
+        return redact(text, cached[1] if cached is not None else None)
 
     async def aclose(self) -> None:
         for client in self._clients.values():
