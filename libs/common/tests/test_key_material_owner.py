@@ -80,3 +80,19 @@ def test_rotated_and_revoked_keys_stay_the_services(tmp_path: Path) -> None:
     assert load_signer(directory / SIGNING_KEY_FILE).key_id != rotated.key_id
     assert owned(directory / SIGNING_KEY_FILE) == (SERVICE_UID, SERVICE_UID, 0o600)
     assert not [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_registry_written_into_a_service_directory_follows_no_link_its_user_left(tmp_path: Path) -> None:
+    """The service's user may write its directory: a link it leaves at the old fixed temporary name
+    (``registry.json.tmp``) must not make root write through it."""
+    keys = tmp_path / "keys"
+    init_keyring(keys)
+    directory = service_dir(keys, "lifecycle")
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    for name in ("registry.json.tmp", "registry.json.sig.tmp", "root.pub.tmp"):
+        (directory / name).symlink_to(victim)
+    rotate_service_key(keys, "lifecycle")
+    assert victim.read_text() == "untouched\n"
+    assert not (directory / "registry.json").is_symlink()
+    assert (directory / "registry.json").read_bytes() == (keys / "registry.json").read_bytes()

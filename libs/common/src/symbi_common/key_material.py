@@ -16,21 +16,25 @@ from symbi_common.errors import KeyringError
 
 
 def write_key_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Write base64 key material atomically; private files are created 0600 (never briefly wider).
+    """Write base64 key material atomically; private files are created 0600 (never briefly wider)."""
+    write_atomically(path, base64.b64encode(data) + b"\n", 0o600 if private else 0o644)
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` at once, mode ``mode``, synced.
 
     The file keeps its directory's owner: root writing into a directory handed to a service's user (a deployment's
-    ``keys/<service>``) leaves a key that user can read, not one of root's. The temporary file is new and unique
-    (never a file or link someone with rights on the directory put there)."""
+    ``keys/<service>``) leaves a file that user can read, not one of root's. The temporary file is new and unique
+    (0600 until it is complete; never a file or link someone with rights on the directory put there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = 0o600 if private else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600, O_EXCL
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             if os.geteuid() == 0:
                 owner = os.stat(path.parent)
                 os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
             os.fchmod(fh.fileno(), mode)
-            fh.write(base64.b64encode(data) + b"\n")
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

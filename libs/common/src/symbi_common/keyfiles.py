@@ -32,7 +32,7 @@ from pathlib import Path
 from symbi_common.crypto import Signer, WrapKey
 from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.errors import KeyringError
-from symbi_common.key_material import load_signer, load_wrap_key, write_key_file
+from symbi_common.key_material import load_signer, load_wrap_key, write_atomically, write_key_file
 from symbi_common.keyring import KeyRegistry
 from symbi_common.registry_changes import (
     empty_registry,
@@ -108,10 +108,7 @@ def publish_registry(keys_dir: Path, root: Signer, doc: RegistryDocument) -> Non
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomically(path, data, 0o644)  # a unique temporary file: never a link a service's user left there
 
 
 def _migrate_flat_layout(keys_dir: Path, operator_dir: Path, created: list[str]) -> None:

@@ -49,7 +49,7 @@ from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
-from symbi_sandbox_agent.secret_files import host_secrets, open_secrets
+from symbi_sandbox_agent.secret_files import host_secrets, open_secrets, remove_secret_files
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent
@@ -183,7 +183,7 @@ class SandboxHost:
         if self.defaults.channel_root:  # channel directories of sandboxes that ran before a crash
             shutil.rmtree(host_channels(self.defaults.channel_root, self.host_id), ignore_errors=True)
         if self.defaults.secrets_root:  # and their secret files
-            shutil.rmtree(host_secrets(self.defaults.secrets_root, self.host_id), ignore_errors=True)
+            remove_secret_files(host_secrets(self.defaults.secrets_root, self.host_id))
         remove_cgroup_tree(f"{CGROUP_PARENT}/{self.host_id}")
         event = HostReconciled(
             removed_containers=tuple(c.name for c in containers),

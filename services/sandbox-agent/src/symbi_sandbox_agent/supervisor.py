@@ -51,6 +51,7 @@ from symbi_sandbox_agent.recorder import TERMINAL_ATTEMPTS, ExecutionRecorder
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.run_ports import RunHost
 from symbi_sandbox_agent.runner import SandboxEngine, SandboxRunner, Threads
+from symbi_sandbox_agent.secret_files import remove_secret_files
 from symbi_sandbox_agent.spec import SandboxSpec
 
 log = structlog.get_logger(__name__)
@@ -383,7 +384,7 @@ class Supervisor:
         if run.spec.channel_dir:
             shutil.rmtree(run.spec.channel_dir, ignore_errors=True)
         if run.spec.secrets_dir:  # the secret files go with the container (docs/secrets.md)
-            shutil.rmtree(run.spec.secrets_dir, ignore_errors=True)
+            remove_secret_files(run.spec.secrets_dir)
 
     def _release_cgroup(self, run: Running) -> None:
         remove_cgroup_tree(run.spec.cgroup_parent)
