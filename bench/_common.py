@@ -32,6 +32,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.key_material import load_signer
 from symbi_common.keyfiles import init_keyring
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_SET
 from symbi_common.policy.events import POLICY_SET_CODEC, PolicySetRegistered
@@ -193,7 +194,7 @@ async def service_process(
 
 
 async def connect(url: str) -> NatsClient:
-    return await nats.connect(url, max_reconnect_attempts=0, connect_timeout=5)
+    return await nats.connect(**server_options(url), max_reconnect_attempts=0, connect_timeout=5)
 
 
 # --- keyring and event store ----------------------------------------------------------------------

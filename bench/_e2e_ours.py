@@ -15,6 +15,7 @@ import nats
 from _e2e_workload import COMMAND, IMAGE, INPUT, BenchError, Limits
 from nats.js.api import DeliverPolicy
 from symbi_common.eventstore import H_EVENT_TYPE
+from symbi_common.natsauth import server_options
 
 
 class TaskWatch:
@@ -27,7 +28,7 @@ class TaskWatch:
         self.nc: Any = None
 
     async def start(self, nats_url: str) -> None:
-        self.nc = await nats.connect(nats_url, max_reconnect_attempts=0, connect_timeout=5)
+        self.nc = await nats.connect(**server_options(nats_url), max_reconnect_attempts=0, connect_timeout=5)
         js = self.nc.jetstream()
         for subject in ("evt.task.>", "evt.execution.>"):
             await js.subscribe(

@@ -21,6 +21,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.bus_names import MESSAGES_STREAM
 from symbi_common.bus_streams import inbox_metadata, inbox_name
+from symbi_common.natsauth import server_options
 from symbi_fixtures.agent_images import build_agent_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ async def test_the_collector_and_the_summariser_talk_through_the_bus(
         assert summary_doc["receipt"]["verified"] is True
         # The summariser's messaging block went from its definition through task.assigned to its host, which
         # declared it on its inbox.
-        nc = await nats.connect(operator_url(runtime_home))
+        nc = await nats.connect(**server_options(operator_url(runtime_home)))
         try:
             info = await nc.jetstream().consumer_info(MESSAGES_STREAM, inbox_name("summariser"))
         finally:

@@ -17,6 +17,7 @@ from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.errors import KeyRevoked
 from symbi_common.key_material import load_signer
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from typer.testing import CliRunner
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -188,7 +189,7 @@ async def test_rotate_publishes_to_the_running_runtime_and_history_checks_it(
         assert "active, not retired (rotate first" in " ".join(active.stderr.split())
 
         # The retired key's validity ends at the stream's position now: a leaked retired key signs nothing new.
-        nc = await nats.connect(rt.nats_url_for("admin"), allow_reconnect=False)
+        nc = await nats.connect(**server_options(rt.nats_url_for("admin")), allow_reconnect=False)
         try:
             last = (await nc.jetstream().stream_info("EVENTS")).state.last_seq
         finally:

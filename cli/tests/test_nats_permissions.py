@@ -23,6 +23,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.follower import Delivery, Follower
 from symbi_common.keyfiles import load_service_keys
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.streams import require_streams
@@ -47,7 +48,8 @@ async def _connect(url: str, errors: list[str]) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    return await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error)
+    # As every Symbi process connects: with the user's own inbox prefix (``natsauth.server_options``).
+    return await nats.connect(**server_options(url), allow_reconnect=False, connect_timeout=3, error_cb=on_error)
 
 
 async def _stored(operator: NatsClient, subject: str) -> int:
@@ -408,3 +410,65 @@ async def test_a_service_queues_decisions_only_as_itself_and_only_the_policy_ser
     finally:
         await context.close()
         await policy.close()
+
+
+async def test_a_service_reads_only_its_own_inboxes_and_publishes_only_replies_to_them(runtime: LocalRuntime) -> None:
+    """Replies and JetStream deliveries go to the requester's own inboxes (``_INBOX_<user>``). Another service's
+    credential may not listen on the shared ``_INBOX.>`` nor on the policy service's inboxes: it sees neither the
+    ``DECISIONS`` batch delivered to the policy service (nor the consumer name in its ack subject) nor the reply to
+    another service's command. A service still answers the requests it receives (``allow_responses``), and may
+    publish to no other inbox."""
+    errors: list[str] = []
+    spied: list[str] = []
+    context = await _connect(runtime.nats_url_for("context"), errors)
+    policy = await _connect(runtime.nats_url_for("policy"), errors)
+    sandbox = await _connect(runtime.nats_url_for("sandbox-agent"), errors)
+    # What a compromised context service could do: subscribe with any client, whatever inbox prefix it uses.
+    spy_errors: list[str] = []
+
+    async def on_spy_error(exc: Exception) -> None:
+        spy_errors.append(str(exc))
+
+    spy = await nats.connect(
+        runtime.nats_url_for("context"), allow_reconnect=False, connect_timeout=3, error_cb=on_spy_error
+    )
+
+    async def spy_on(msg: Msg) -> None:
+        spied.append(f"{msg.subject} {msg.reply}")
+
+    try:
+        for subject in ("_INBOX.>", "_INBOX_policy.>", "_INBOX_sandbox-agent.>"):
+            await spy.subscribe(subject, cb=spy_on)
+        await spy.flush()
+        await asyncio.sleep(0.2)
+
+        ack = await context.jetstream().publish("dlog.context", b"{}", headers={"Nats-Msg-Id": "spied-on"})
+        assert ack.stream == "DECISIONS"
+        psub = await policy.jetstream().pull_subscribe("dlog.>", durable="policy_inbox_test", stream="DECISIONS")
+        [msg] = await psub.fetch(1, timeout=3)
+        assert msg.subject == "dlog.context"
+        await msg.ack()
+        await psub.unsubscribe()
+
+        # A command's reply reaches its caller: the context service replies to the request it received.
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"memory text")
+
+        answered = await context.subscribe("cmd.context.retrieve", cb=answer)
+        await context.flush()
+        assert await _answer(sandbox, "cmd.context.retrieve") == b"memory text"
+        await answered.unsubscribe()
+
+        # But it may not publish into another user's inbox unasked.
+        await context.publish("_INBOX_policy.forged", b"forged")
+        await context.flush()
+        await asyncio.sleep(0.3)
+        assert spied == [], spied
+        refused = " ".join(e.lower() for e in spy_errors if "permissions violation" in e.lower())
+        assert '"_inbox.>"' in refused, spy_errors
+        assert '"_inbox_policy.>"' in refused, spy_errors
+        assert any("permissions violation" in e.lower() and "_inbox_policy.forged" in e.lower() for e in errors), errors
+        assert not [e for e in errors if "permissions violation" in e.lower() and "forged" not in e], errors
+    finally:
+        for client in (context, policy, sandbox, spy):
+            await client.close()

@@ -17,6 +17,7 @@ from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions, check_installed, sandbox_host_id
 from symbi_cli.supervisor import RestartPolicy
+from symbi_common.natsauth import server_options
 
 
 async def _readyz(url: str) -> int:
@@ -110,7 +111,7 @@ async def test_the_runtime_provisions_the_configured_stream_limits_and_refuses_r
     rt = LocalRuntime(options)
     try:
         await rt.start()
-        nc = await nats.connect(rt.nats_url_for("admin"), allow_reconnect=False)
+        nc = await nats.connect(**server_options(rt.nats_url_for("admin")), allow_reconnect=False)
         try:
             config = (await nc.jetstream().stream_info("EVENTS")).config
         finally:

@@ -34,6 +34,7 @@ from symbi_cli.supervisor import RestartPolicy, ServiceSpec, Supervisor
 from symbi_common.commands import CommandClient
 from symbi_common.errors import AlreadyExists, InfrastructureError, NotFound, SymbiError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 
 pytestmark = pytest.mark.timeout(300)  # about 10 s; in the default run
 
@@ -127,7 +128,7 @@ async def test_killing_one_policy_replica_loses_no_command_and_doubles_none(
         replicas = Supervisor(specs, policy=RestartPolicy(initial_backoff=600), grace_period=5)
         async with replicas:
             await replicas.wait_ready(timeout=180)
-            nc = await nats.connect(rt.nats_url_for("policy"), connect_timeout=5)
+            nc = await nats.connect(**server_options(rt.nats_url_for("policy")), connect_timeout=5)
             client = CommandClient(nc, timeout=3.0)
             outcomes: dict[str, tuple[str, int]] = {}
             failover_s = None
@@ -201,7 +202,7 @@ async def test_killing_one_lifecycle_replica_loses_no_registration_and_projects_
         replicas = Supervisor(specs, policy=RestartPolicy(initial_backoff=600), grace_period=5)
         async with replicas:
             await replicas.wait_ready(timeout=180)
-            nc = await nats.connect(rt.nats_url_for("lifecycle"), connect_timeout=5)
+            nc = await nats.connect(**server_options(rt.nats_url_for("lifecycle")), connect_timeout=5)
             client = CommandClient(nc, timeout=10.0)
             outcomes: dict[str, tuple[str, int]] = {}
             try:
@@ -309,9 +310,9 @@ async def test_killing_one_context_replica_under_load_stores_each_document_once(
         replicas = Supervisor(specs, policy=RestartPolicy(initial_backoff=600), grace_period=5)
         async with replicas:
             await replicas.wait_ready(timeout=180)
-            nc = await nats.connect(rt.nats_url_for("context"), connect_timeout=5)
+            nc = await nats.connect(**server_options(rt.nats_url_for("context")), connect_timeout=5)
             client = CommandClient(nc, timeout=10.0)
-            admin = await nats.connect(rt.nats_url_for("policy"), connect_timeout=5)
+            admin = await nats.connect(**server_options(rt.nats_url_for("policy")), connect_timeout=5)
             grant = {"set_id": "replicas-kb", "cedar": KB_GRANT}
             await CommandClient(admin, timeout=10.0).call("policy", "register", grant, dict)
             await admin.drain()

@@ -31,6 +31,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import RawMessage
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEvent
@@ -60,7 +61,7 @@ async def opened_events(home: Path, task_id: str) -> list[tuple[RawMessage, Task
     """The task's and its execution's stored events, verified and decrypted here, in stream order."""
     keys = home / "keys"
     registry = KeyRegistry.load(keys)
-    nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(operator_url(home)), connect_timeout=5, allow_reconnect=False)
     try:
         datakeys = await open_service_datakeys(nc.jetstream(), keys / "audit", "audit", registry)
         out: list[tuple[RawMessage, TaskEvent | ExecutionEvent]] = []

@@ -45,6 +45,7 @@ from symbi_cli.supervisor import RestartPolicy
 from symbi_common.datakeys import DataKeys, open_service_datakeys
 from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import (
@@ -337,7 +338,9 @@ async def test_kill_9_of_a_service_during_20_tasks(
 
             final = await _poll(f"all {TASKS} tasks ending", all_finished, timeout=SETTLE_S, interval=0.5)
 
-            nc = await nats.connect(operator_url(runtime_home), connect_timeout=5, allow_reconnect=False)
+            nc = await nats.connect(
+                **server_options(operator_url(runtime_home)), connect_timeout=5, allow_reconnect=False
+            )
             try:
                 reader = EventReader(nc, rt.keys_dir)
                 problems: dict[str, list[str]] = {}

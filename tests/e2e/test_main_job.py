@@ -26,6 +26,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions, sandbox_host_id
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted
@@ -64,7 +65,7 @@ async def execution_events(home: Path, task_id: str) -> list[ExecutionEvent]:
     """The task's ``execution.*`` events as the sandbox-agent stored them: verified and decrypted here."""
     keys = home / "keys"
     registry = KeyRegistry.load(keys)
-    nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(operator_url(home)), connect_timeout=5, allow_reconnect=False)
     try:
         datakeys = await open_service_datakeys(nc.jetstream(), keys / "audit", "audit", registry)
         found: list[ExecutionEvent] = []
@@ -126,7 +127,7 @@ async def check_sealed_per_agent(home: Path, doc: dict[str, Any]) -> None:
     own: a task writes no data key record (``symbi_common.key_names``)."""
     agent, task = doc["agent"]["id"], doc["task"]["task_id"]
     registry = KeyRegistry.load(home / "keys")
-    nc = await nats.connect(operator_url(home), connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(operator_url(home)), connect_timeout=5, allow_reconnect=False)
     try:
         for kind in ("task", "execution"):
             key_ids = set()

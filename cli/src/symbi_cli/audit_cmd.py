@@ -40,7 +40,7 @@ import typer
 from rich.console import Console
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import without_credentials
+from symbi_common.natsauth import server_options, without_credentials
 from symbi_common.streams import AUDIT_STREAM, EVENTS_STREAM, last_on_subject, read_subject
 from symbi_tlog.notes import parse_checkpoint, verifier_key
 from symbi_tlog.offline import (
@@ -77,7 +77,7 @@ async def export_log(nats_url: str, out: Path, checkpoint_out: Path | None) -> t
     The checkpoint is read first and exactly the events it covers are written, so the export is
     complete for it; without a checkpoint every stored event is written.
     """
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(nats_url), connect_timeout=5, allow_reconnect=False)
     try:
         msg = await last_on_subject(nc, AUDIT_STREAM, CHECKPOINT_SUBJECT)
         note = None if msg is None else msg.data.decode()

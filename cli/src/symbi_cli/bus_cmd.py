@@ -28,7 +28,7 @@ from symbi_common.consuming import ensure_consumer
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import without_credentials
+from symbi_common.natsauth import server_options, without_credentials
 from symbi_contracts.bus import (
     DEAD_DECODER,
     DEADLETTER_STREAM,
@@ -189,7 +189,7 @@ async def tail(
 
 def _run(url: str, job: Callable[[Any], Any]) -> Any:
     async def go() -> Any:
-        nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+        nc = await nats.connect(**server_options(url), connect_timeout=5, allow_reconnect=False)
         try:
             return await job(nc)
         finally:

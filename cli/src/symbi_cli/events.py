@@ -26,7 +26,7 @@ from rich.console import Console
 from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import without_credentials
+from symbi_common.natsauth import server_options, without_credentials
 from symbi_common.streams import EVENTS_STREAM, RawMessage
 from symbi_tlog.rules import CachedRegistry, LogVerifier, authenticate
 
@@ -85,7 +85,9 @@ async def read_events(
     nats_url: str, subject: str, *, start_sequence: int = 1, follow: bool = False, idle_s: float = 1.0
 ) -> AsyncIterator[tuple[str, int, bytes, dict[str, str], str]]:
     """Stored events on ``subject`` from ``start_sequence``, through an ephemeral consumer (nothing is acked)."""
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=follow, max_reconnect_attempts=-1)
+    nc = await nats.connect(
+        **server_options(nats_url), connect_timeout=5, allow_reconnect=follow, max_reconnect_attempts=-1
+    )
     try:
         js = nc.jetstream()
         config = ConsumerConfig(
@@ -118,7 +120,7 @@ async def read_events(
 
 
 async def _first_sequence(nats_url: str, last: int) -> int:
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(nats_url), connect_timeout=5, allow_reconnect=False)
     try:
         info = await nc.jetstream().stream_info(EVENTS_STREAM)
         return max(int(info.state.last_seq) - last + 1, 1)

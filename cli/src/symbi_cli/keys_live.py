@@ -13,6 +13,7 @@ from pathlib import Path
 import nats
 import nats.errors
 from symbi_common.key_material import read_key_file
+from symbi_common.natsauth import server_options
 from symbi_common.registry_stream import HistoryEntry, check_history, publish, read_history, read_signed_files
 from symbi_common.streams import EVENTS_STREAM
 
@@ -33,7 +34,7 @@ def operator_nats_url(keys_dir: Path, explicit: str | None = None) -> str | None
 async def publish_keyring(nats_url: str, keys_dir: Path) -> int | None:
     """Publish the keyring's registry version to ``REGISTRY`` if it is newer there; its version if published."""
     root_public_key = read_key_file(keys_dir / "root.pub")
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(nats_url), connect_timeout=5, allow_reconnect=False)
     try:
         return await publish(nc, read_signed_files(keys_dir), root_public_key)
     finally:
@@ -43,7 +44,7 @@ async def publish_keyring(nats_url: str, keys_dir: Path) -> int | None:
 async def registry_history(nats_url: str, keys_dir: Path) -> list[HistoryEntry]:
     """Every version on ``REGISTRY``, checked against the keyring's ``root.pub``."""
     root_public_key = read_key_file(keys_dir / "root.pub")
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(nats_url), connect_timeout=5, allow_reconnect=False)
     try:
         return check_history(await read_history(nc), root_public_key)
     finally:
@@ -52,7 +53,7 @@ async def registry_history(nats_url: str, keys_dir: Path) -> list[HistoryEntry]:
 
 async def events_last_sequence(nats_url: str) -> int:
     """The ``EVENTS`` stream's last sequence now (read with the operator credential)."""
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(nats_url), connect_timeout=5, allow_reconnect=False)
     try:
         info = await nc.jetstream().stream_info(EVENTS_STREAM)
         return int(info.state.last_seq)

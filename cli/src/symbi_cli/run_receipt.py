@@ -18,6 +18,7 @@ import nats
 from symbi_common.envelope import decode_header, decode_sealed
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.natsauth import server_options
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_contracts.sandbox_agent.events import TERMINAL_TAGS
 from symbi_tlog.merkle import verify_inclusion
@@ -45,7 +46,7 @@ class ReceiptInvalid(SymbiError):
 
 async def stored_task_events(nats_url: str, task_id: str) -> list[RawMessage]:
     """The task's and its execution's events exactly as stored, in stream order."""
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(nats_url), connect_timeout=5, allow_reconnect=False)
     try:
         found: list[RawMessage] = []
         for subject in (f"evt.task.{task_id}", f"evt.execution.{task_id}"):

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from symbi_common.errors import SymbiError
 from symbi_common.keyfiles import default_operator_dir
+from symbi_common.natsauth import server_options
 from symbi_common.secret_records import SecretInfo, check_name
 from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, load_secrets_key
 from symbi_common.streams import EVENTS_STREAM, last_on_subject
@@ -57,7 +58,7 @@ def read_value(file: Path | None) -> bytes:
 
 async def _store(url: str, home: Path) -> tuple[NatsClient, KvSecretStore]:
     key = load_secrets_key(default_operator_dir(home / "keys") / SECRETS_KEY_FILE)
-    nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(url), connect_timeout=5, allow_reconnect=False)
     try:
         return nc, await KvSecretStore.open(nc, key)
     except BaseException:

@@ -32,6 +32,7 @@ import nats
 import typer
 from nats.js.api import DeliverPolicy
 from rich.console import Console
+from symbi_common.natsauth import server_options
 from symbi_common.telemetry import command_trace, trace_http_request
 from symbi_contracts.sandbox_agent.events import OUTPUT_EVENT_TYPES
 
@@ -121,7 +122,11 @@ async def _events(nats_url: str | None, task_id: str) -> AsyncGenerator[str | No
     if nats_url:
         try:
             nc = await nats.connect(
-                nats_url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0, error_cb=_quiet
+                **server_options(nats_url),
+                connect_timeout=2,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=_quiet,
             )
             js = nc.jetstream()
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from symbi_common.errors import SymbiError
 from symbi_common.kv_keys import kv_keys
+from symbi_common.natsauth import server_options
 from symbi_common.operator_auth import REVOCATIONS_BUCKET, open_revocations_bucket
 from symbi_common.operator_tokens import (
     ROLES,
@@ -99,7 +100,7 @@ def issue_command(
 
 async def _revoke(url: str, home: Path, token_id: str, reason: str) -> None:
     issuer = load_issuer_key(default_operator_dir(home / "keys"))
-    nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(url), connect_timeout=5, allow_reconnect=False)
     try:
         kv = await open_revocations_bucket(nc.jetstream())
         await kv.put(token_id, encode_revocation(sign_revocation(issuer, token_id, reason=reason)))
@@ -108,7 +109,7 @@ async def _revoke(url: str, home: Path, token_id: str, reason: str) -> None:
 
 
 async def _revoked(url: str) -> set[str]:
-    nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(**server_options(url), connect_timeout=5, allow_reconnect=False)
     try:
         js = nc.jetstream()
         kv = await open_revocations_bucket(js)

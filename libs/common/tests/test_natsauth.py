@@ -16,6 +16,7 @@ from symbi_common.natsauth import (
     authorization_config,
     datakey_types,
     deployment_authorization_config,
+    inbox_prefix,
     nats_users,
     publish_allow,
     server_options,
@@ -31,7 +32,7 @@ def test_each_service_publishes_only_its_own_aggregates() -> None:
     for service, subjects in SERVICE_SUBJECTS.items():
         events = [p for p in publish_allow(service) if p.startswith("evt.")]
         assert events == list(subjects)
-        assert subscribe_allow(service)[:2] == [f"cmd.{service}.>", "_INBOX.>"]
+        assert subscribe_allow(service)[:2] == [f"cmd.{service}.>", f"_INBOX_{service}.>"]
         # Beyond: only the sandbox-agent, the replies to its agents' requests and the bus's advisories.
         assert not subscribe_allow(service)[2:] or service == "sandbox-agent"
     # The operator writes no events or data keys; only revocations of operator tokens (`symbi token revoke`)
@@ -67,9 +68,24 @@ def test_only_admin_may_manage_streams() -> None:
             assert own == {*expected, "$KV.DATAKEYS.message.>"}
         elif user != OPERATOR:
             assert own == {p.replace("evt.", "$KV.DATAKEYS.", 1) for p in SERVICE_SUBJECTS[user]}
-    assert publish_allow(ADMIN) == ["$JS.API.>", "_INBOX.>"]
+    assert publish_allow(ADMIN) == ["$JS.API.>"]
     assert "$KV.SCHEDULER.>" in publish_allow("scheduler")
     assert "$KV.SCHEDULER.>" not in publish_allow("sandbox-agent")
+
+
+def test_each_user_reads_only_its_own_inboxes_and_replies_only_to_requests_it_received() -> None:
+    """Another user's replies and JetStream deliveries go to that user's inboxes (``_INBOX_<user>``): no user may
+    subscribe to the shared ``_INBOX.>`` or another's, nor publish to any inbox (``allow_responses`` only)."""
+    for user in nats_users():
+        inboxes = [s for s in subscribe_allow(user) if s.startswith("_INBOX")]
+        assert inboxes == [f"{inbox_prefix(user)}.>"], user
+        assert not [p for p in publish_allow(user) if p.startswith("_INBOX") or p == ">"], user
+    config = authorization_config({u: "pw" for u in nats_users()})
+    assert config.count('"allow_responses": true') == len(nats_users())
+    assert server_options(with_credentials("nats://127.0.0.1:4222", "context", "pw"))["inbox_prefix"] == (
+        "_INBOX_context"
+    )
+    assert "inbox_prefix" not in server_options("nats://127.0.0.1:4222")  # no user: no permissions either
 
 
 def test_deployment_users_file_is_generated_from_the_code() -> None:
@@ -107,12 +123,14 @@ def test_server_options_send_the_credentials_to_every_member() -> None:
         "servers": ["nats://127.0.0.1:4222"],
         "user": "audit",
         "password": "p@ss/word",
+        "inbox_prefix": "_INBOX_audit",
     }
     many = ",".join(with_credentials(f"nats://127.0.0.1:{p}", "audit", "pw") for p in (4222, 4223))
     assert server_options(many + ",nats://127.0.0.1:4224") == {
         "servers": ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"],
         "user": "audit",
         "password": "pw",
+        "inbox_prefix": "_INBOX_audit",
     }
     assert without_credentials(many) == "nats://127.0.0.1:4222,nats://127.0.0.1:4223"
     assert server_options("nats://127.0.0.1:4222") == {"servers": ["nats://127.0.0.1:4222"]}

@@ -25,7 +25,7 @@ from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.keyfiles import rotate_service_key
 from symbi_common.keyring import SERVICE_SUBJECTS
-from symbi_common.natsauth import OPERATOR, with_credentials
+from symbi_common.natsauth import OPERATOR, server_options, with_credentials
 from symbi_common.sealing import NEW_AGGREGATE, seal
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
@@ -192,5 +192,7 @@ async def test_every_service_may_catch_up_with_the_registry_stream_under_its_own
 
 async def nats_connect_as(url: str, user: str) -> NatsClient:
     return await nats.connect(
-        with_credentials(url, user, DEPLOYMENT_PASSWORDS[user]), allow_reconnect=False, connect_timeout=5
+        **server_options(with_credentials(url, user, DEPLOYMENT_PASSWORDS[user])),
+        allow_reconnect=False,
+        connect_timeout=5,
     )

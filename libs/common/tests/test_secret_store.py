@@ -16,7 +16,7 @@ from nats.aio.client import Client as NatsClient
 from symbi_common.crypto import AeadKey
 from symbi_common.errors import KeyringError, ValidationError
 from symbi_common.follower import Delivery, Follower
-from symbi_common.natsauth import OPERATOR, with_credentials
+from symbi_common.natsauth import OPERATOR, server_options, with_credentials
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.secret_records import (
     SecretCorrupt,
@@ -147,7 +147,7 @@ def test_the_key_file_is_private_copied_to_readers_and_never_replaced(keys_dir: 
 
 async def _as(url: str, user: str) -> NatsClient:
     return await nats.connect(
-        with_credentials(url, user, DEPLOYMENT_PASSWORDS[user]),
+        **server_options(with_credentials(url, user, DEPLOYMENT_PASSWORDS[user])),
         allow_reconnect=False,
         connect_timeout=5,
         drain_timeout=5,

@@ -17,7 +17,7 @@ from symbi_cli.bus_cmd import BusCommandError, body_opener, dead_letters, replay
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import OPERATOR, with_credentials
+from symbi_common.natsauth import OPERATOR, server_options, with_credentials
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
@@ -58,7 +58,7 @@ async def test_the_bus_works_with_the_sandbox_agent_and_operator_users_only(secu
         operator_errors.append(exc)
 
     operator = await nats.connect(
-        with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR]),
+        **server_options(with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR])),
         error_cb=on_error,
         allow_reconnect=False,
     )
@@ -106,7 +106,8 @@ async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
     """The termination is a signed lifecycle event (written as the ``lifecycle`` user); the sandbox-agent
     reads only its authenticated header (it may not decrypt agent events)."""
     lifecycle_nc = await nats.connect(
-        with_credentials(secured_nats, "lifecycle", DEPLOYMENT_PASSWORDS["lifecycle"]), allow_reconnect=False
+        **server_options(with_credentials(secured_nats, "lifecycle", DEPLOYMENT_PASSWORDS["lifecycle"])),
+        allow_reconnect=False,
     )
     env = {
         "SYMBI_NATS_URL": with_credentials(secured_nats, "sandbox-agent", DEPLOYMENT_PASSWORDS["sandbox-agent"]),
@@ -132,7 +133,8 @@ async def test_a_message_to_a_terminated_agent_goes_to_the_dead_letters(
         with pytest.raises(RecipientTerminated):
             await carrier.send("alice", "direct", "hello carol", to="carol")
         operator = await nats.connect(
-            with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR]), allow_reconnect=False
+            **server_options(with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR])),
+            allow_reconnect=False,
         )
         try:  # (the sandbox-agent only writes dead letters; the operator reads them)
             dead = await dead_letters(operator.jetstream(), "carol")
@@ -160,7 +162,8 @@ async def test_tail_shows_bodies_only_to_an_operator_who_holds_the_keys(secured_
     rt = ServiceRuntime("sandbox-agent", load_settings(env=env), use_database=False)
     await rt.start()
     operator = await nats.connect(
-        with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR]), allow_reconnect=False
+        **server_options(with_credentials(secured_nats, OPERATOR, DEPLOYMENT_PASSWORDS[OPERATOR])),
+        allow_reconnect=False,
     )
     try:
         carrier = await bus_of(rt)

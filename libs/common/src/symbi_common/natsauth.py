@@ -101,7 +101,8 @@ def stream_read_api(stream: str) -> list[str]:
     cannot say "consumers whose name starts with ``<service>_``"; and each replica's consumer has a random
     name (``<service>_<follower>_<random>``, :mod:`symbi_common.follower`), so the names cannot be listed
     either. Consumers are therefore never deleted by their followers: they expire on the server once nobody
-    pulls from them (``inactive_threshold``). Listing consumers is not allowed, so a service cannot learn
+    pulls from them (``inactive_threshold``). Listing consumers is not allowed, nor reading another user's
+    inboxes (whose ``$JS.ACK`` reply subjects name the consumer: :func:`inbox_prefix`), so a service cannot learn
     another's random consumer name; pulling from one anyway only makes that follower read again from its
     stored position (:class:`symbi_common.follower.DeliveryGap`).
     """
@@ -155,7 +156,7 @@ def _own_subjects(service: str) -> list[str]:
 def publish_allow(service: str) -> list[str]:
     """What ``service`` may publish: its own events, snapshots and data keys, and the API calls it needs."""
     if service == ADMIN:
-        return [f"{_API}.>", "_INBOX.>"]
+        return [f"{_API}.>"]
     api = [f"{_API}.STREAM.NAMES"]  # which stream holds a subject (subscribing without naming the stream)
     reads = streams_read_by(service)
     for stream in (*reads, "AUDIT", DECISIONS_STREAM):
@@ -163,7 +164,7 @@ def publish_allow(service: str) -> list[str]:
             api.append(f"{_API}.STREAM.INFO.{stream}")  # checked at start-up, never read
             continue
         api.extend(x for x in stream_read_api(stream) if x not in api)
-    common = [*api, "$JS.FC.>", "_INBOX.>"]
+    common = [*api, "$JS.FC.>"]  # replies: only to requests it received (``allow_responses``, :func:`_authorization`)
     if service == OPERATOR:  # `symbi token revoke` (services only read that bucket), the CLI's commands, and the
         # root-signed key registry versions (`symbi keys`; services only read them, and verify each), and the
         # sealed secrets of `symbi secrets` (no service may write them)
@@ -195,14 +196,26 @@ def datakey_types(service: str) -> tuple[str, ...] | None:
     return tuple(sorted({*reads, *(w.removesuffix(".>") for w in writes)}))
 
 
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of ``user``'s connections (``nats.connect(inbox_prefix=...)``, set by :func:`server_options`).
+
+    Replies and JetStream deliveries (pull batches, KV watches, direct gets) go to the requester's inbox. With
+    nats-py's shared ``_INBOX.<id>`` any user allowed ``_INBOX.>`` could receive everyone's: memory text in
+    ``cmd.context.retrieve`` replies, the ``DECISIONS`` batches of the policy service, and other followers'
+    consumer names in the ``$JS.ACK.<stream>.<consumer>...`` reply subjects. Each user subscribes to its own.
+    """
+    return f"_INBOX_{user}"
+
+
 def subscribe_allow(service: str) -> list[str]:
     """What ``service`` may subscribe to: its own commands (``cmd.sandbox-agent.<host>.<action>`` too) and
-    inboxes (consumers deliver to inboxes)."""
+    its own inboxes (:func:`inbox_prefix`; consumers deliver to inboxes)."""
+    inboxes = f"{inbox_prefix(service)}.>"
     if service == OPERATOR:
-        return ["_INBOX.>", "audit.alert", "audit.live.>", "msg.>"]  # msg.>: `symbi bus tail` (metadata only)
+        return [inboxes, "audit.alert", "audit.live.>", "msg.>"]  # msg.>: `symbi bus tail` (metadata only)
     if service == ADMIN:
-        return ["_INBOX.>"]
-    return [f"cmd.{service}.>", "_INBOX.>", *_EXTRA_SUBSCRIBE.get(service, ())]
+        return [inboxes]
+    return [f"cmd.{service}.>", inboxes, *_EXTRA_SUBSCRIBE.get(service, ())]
 
 
 def nats_users() -> list[str]:
@@ -223,7 +236,13 @@ def deployment_authorization_config() -> str:
 def _authorization(password_values: Mapping[str, str]) -> str:
     users = []
     for user, password in password_values.items():
-        perms = {"publish": {"allow": publish_allow(user)}, "subscribe": {"allow": subscribe_allow(user)}}
+        # allow_responses: a user may publish one reply to a request it received (within 2 minutes), to the
+        # requester's inbox; it may not publish to any other inbox.
+        perms = {
+            "publish": {"allow": publish_allow(user)},
+            "subscribe": {"allow": subscribe_allow(user)},
+            "allow_responses": True,
+        }
         users.append(f"    {{user: {json.dumps(user)}, password: {password}, permissions: {json.dumps(perms)}}}")
     return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
 
@@ -294,7 +313,8 @@ def server_options(url: str) -> dict[str, Any]:
 
     Credentials in a URL become the ``user``/``password`` options, so they go to every server of the
     pool, including the members the client only learns from the cluster: nats-py sends a URL's
-    credentials only to that URL, and a reconnect to a discovered member would be refused.
+    credentials only to that URL, and a reconnect to a discovered member would be refused. The user's
+    ``inbox_prefix`` comes with them: it may subscribe to no other inboxes (:func:`inbox_prefix`).
     Raises :class:`ConfigError` when there is no URL or the URLs name different users.
     """
     urls = [u.strip() for u in url.split(",") if u.strip()]
@@ -310,6 +330,7 @@ def server_options(url: str) -> dict[str, Any]:
         user, password = users.pop()
         options["user"] = user
         options["password"] = password
+        options["inbox_prefix"] = inbox_prefix(user)
     return options
 
 
@@ -321,6 +342,7 @@ __all__: Sequence[str] = [
     "client_tls",
     "connect_options",
     "deployment_authorization_config",
+    "inbox_prefix",
     "nats_users",
     "publish_allow",
     "server_options",
