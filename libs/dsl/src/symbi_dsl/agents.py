@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from symbi_contracts.lifecycle.config import CAPABILITY_RE, VERSION_RE
+from symbi_contracts.lifecycle.config import CAPABILITY_RE, DNS_LABEL_RE, VERSION_RE
 
 from symbi_dsl import agent_entries
 from symbi_dsl import ast as A
@@ -48,7 +48,7 @@ class Checker(BlockChecks):
 
     def agent_config(self, agent: A.Agent, agent_id: str | None = None) -> dict[str, Any] | None:
         """The configuration ``agent`` compiles to (policies named for ``agent_id``); None after errors."""
-        before = len(self.rep.errors)
+        before = self.rep.error_count
         rep, v = self.rep, self.v
         self._params(agent.params)
         if agent.returns is not None:
@@ -62,6 +62,14 @@ class Checker(BlockChecks):
         got = keyed_entries(rep, entries, AGENT_KEYS, f"agent {agent.name}", nested=())
         meta = self.program.metadata
         config: dict[str, Any] = {"name": config_name(agent.name)}
+        if not DNS_LABEL_RE.match(config["name"]):
+            rep.warn(
+                "unsupported",
+                f"agent {agent.name} cannot be registered: its configuration name {config['name']!r} must be 1-63 "
+                "lowercase letters, digits or '-', not starting or ending in '-' ('_' becomes '-')",
+                agent.name_span,
+                "start and end the name with a letter or digit, and keep it to 63 characters",
+            )
         version = v.string(value_of(got["version"])) if "version" in got else meta.get("version")
         if version is not None:
             if VERSION_RE.match(version):
@@ -129,7 +137,7 @@ class Checker(BlockChecks):
                     schedules.append(spec)
         if schedules:
             config["schedules"] = [{k: val for k, val in s.items() if k != "agent"} for s in schedules]
-        return config if len(rep.errors) == before else None
+        return config if rep.error_count == before else None
 
     def _workload_and_body(self, agent: A.Agent, workload: A.Entry) -> None:
         """Refuse an agent with both a workload and a body: only one can run, and running the workload while the
@@ -146,11 +154,8 @@ class Checker(BlockChecks):
 
     def _quiet(self, fn: Callable[[], Any]) -> Any:
         """Run a check whose problems were already reported (by the file-wide pass) without repeating them."""
-        saved = list(self.rep.diagnostics)
-        try:
+        with self.rep.quiet():
             return fn()
-        finally:
-            self.rep.diagnostics[:] = saved
 
     def _agent_policies(self, agent: A.Agent, got: dict[str, A.Entry], agent_id: str) -> list[dict[str, str]]:
         chosen: list[A.Policy] = []

@@ -28,7 +28,7 @@ from symbi_dsl.agents import Checker
 from symbi_dsl.agents import config_name as config_name
 from symbi_dsl.body import DEFAULT_RUNNER_IMAGE, BodyError, has_body, runner_workload
 from symbi_dsl.declarations import Program as Program
-from symbi_dsl.diagnostics import DEFAULT_FILE, UNSUPPORTED, Diagnostic, DslError, Reporter
+from symbi_dsl.diagnostics import DEFAULT_FILE, UNSUPPORTED, Diagnostic, DslError, Reporter, unlisted
 from symbi_dsl.literal_checks import check_literals
 from symbi_dsl.parser import parse
 
@@ -50,7 +50,8 @@ def check_module(module: A.Module, source: str, file: str = DEFAULT_FILE, *, str
     except RecursionError:
         rep.error("too_deep", "the definition nests too deeply to process", A.Span(1, 1, 1, 2))
     rep.raise_if_any()
-    checker.program.warnings = rep.warnings
+    checker.program.warnings = [d for d in rep.listed() if d.severity == "warning"]
+    checker.program.unlisted_unsupported = rep.unlisted.unsupported_lines
     return checker.program
 
 
@@ -94,8 +95,9 @@ def compile_agent(
     # What another agent of the file asks for does not stop this one; the rest of the file does.
     others = [a.span for name, a in program.agents.items() if agent is not None and name != agent]
     refused = [d for d in _unsupported(program.warnings) if not any(s.line <= d.line <= s.end_line for s in others)]
-    if refused:
-        raise DslError(refused)
+    more = sum(not any(s.line <= line <= s.end_line for s in others) for line in program.unlisted_unsupported)
+    if refused or more:
+        raise DslError([*refused, unlisted(more, "error", file)] if more else refused)
     rep = Reporter(source, file)
     names = list(program.agents)
     if agent is None and len(names) != 1:
@@ -107,8 +109,8 @@ def compile_agent(
         rep.error("undefined", f"agent {chosen!r} is not defined in this file", A.Span(1, 1, 1, 2))
         rep.raise_if_any()
     checker = Checker(program.module, rep)
+    checker.program = program  # collected by check: collecting again would report every problem again
     try:
-        checker.collect()
         config = checker.agent_config(program.agents[chosen], agent_id)
     except RecursionError:
         rep.error("too_deep", "the definition nests too deeply to process", A.Span(1, 1, 1, 2))

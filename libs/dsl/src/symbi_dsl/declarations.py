@@ -50,6 +50,8 @@ class Program:
     blocks: dict[tuple[str, str], A.Block] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[Diagnostic] = field(default_factory=list)
+    #: The lines of unsupported warnings past the reporter's limit (not in ``warnings``; registration refuses them).
+    unlisted_unsupported: list[int] = field(default_factory=list)
 
 
 METADATA_KEYS = ("name", "version", "author", "description", "tags", "license", "homepage")

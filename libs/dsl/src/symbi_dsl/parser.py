@@ -3,8 +3,9 @@
 The tree is built while lark parses (its inline transformer, in :mod:`symbi_dsl.builder`): no parse tree,
 no position propagation, which keeps a 1,000-line file under 100 ms. Keywords and braces are kept by the
 grammar (``!`` rules) where they mark a node's start or end. A syntax error does not stop the search for
-others (:mod:`symbi_dsl.syntax_errors`): the broken top-level item is blanked out (keeping line numbers)
-and the file parsed again, so every broken item gets its own diagnostic.
+others (:mod:`symbi_dsl.syntax_errors`): the rest of the file after the broken top-level item is parsed again
+(what came before it parsed, so it is left out, its lines kept as empty lines for the line numbers), so every
+broken item gets its own diagnostic and the whole search parses each part of the file about once.
 
 Nothing but :class:`~symbi_dsl.diagnostics.DslError` leaves :func:`parse`, whatever the input.
 """
@@ -21,7 +22,7 @@ from symbi_dsl.grammar import comments, lark_parser
 from symbi_dsl.grammar import raw_parser as raw_parser
 from symbi_dsl.literals import quantity as quantity
 from symbi_dsl.literals import unescape as unescape
-from symbi_dsl.syntax_errors import blank_out, item_bounds, report_syntax_error
+from symbi_dsl.syntax_errors import item_bounds, report_syntax_error, rest_after
 
 MAX_SOURCE_BYTES = 1_000_000
 MAX_SYNTAX_ERRORS = 20
@@ -44,7 +45,7 @@ def parse(source: str, file: str = DEFAULT_FILE) -> A.Module:
             begin, end = item_bounds(text, line)
             if text[begin:end].strip() == "":
                 break
-            text = blank_out(text, begin, end)
+            text = rest_after(text, end)
             continue
         except RecursionError:
             reporter.error("too_deep", "the definition nests too deeply to process", A.Span(1, 1, 1, 2))

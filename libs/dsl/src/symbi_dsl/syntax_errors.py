@@ -1,5 +1,5 @@
-"""Syntax errors as diagnostics a person can act on, and the blanking out of a broken top-level item so the
-rest of the file is parsed again (every broken item gets its own diagnostic)."""
+"""Syntax errors as diagnostics a person can act on, and the rest of the file after a broken top-level item, to be
+parsed again (every broken item gets its own diagnostic)."""
 
 from __future__ import annotations
 
@@ -74,8 +74,9 @@ def _expected(names: set[str] | frozenset[str]) -> str:
 def report_syntax_error(reporter: Reporter, err: lark.exceptions.UnexpectedInput) -> None:
     line, column = getattr(err, "line", 0) or 0, getattr(err, "column", 0) or 0
     if line <= 0:  # lark reports -1 at the end of input
-        lines = reporter.source.splitlines() or [""]
-        line, column = len(lines), len(lines[-1]) + 1
+        lines = reporter.lines
+        line = lines.count()
+        column = lines.length(line) + 1
     span = A.Span(line, column, line, column + 1)
     if isinstance(err, lark.exceptions.UnexpectedToken):
         tok = err.token
@@ -92,8 +93,7 @@ def report_syntax_error(reporter: Reporter, err: lark.exceptions.UnexpectedInput
         hint = _hint_for(text, err.expected)
         reporter.error("syntax", f"unexpected {text!r}; expected {_expected(err.expected)}", span, hint)
     elif isinstance(err, lark.exceptions.UnexpectedCharacters):
-        pos = err.pos_in_stream if isinstance(err.pos_in_stream, int) else -1
-        ch = reporter.source[pos] if 0 <= pos < len(reporter.source) else "?"
+        ch = err.char if isinstance(err.char, str) and err.char else "?"  # the text parsed is not the source
         hint = "strings are written in double quotes" if ch in "'`" else "remove it, or put it inside a string"
         reporter.error("syntax", f"unexpected character {ch!r}", span, hint)
     else:
@@ -124,6 +124,7 @@ def item_bounds(source: str, line: int) -> tuple[int, int]:
     return begin, end
 
 
-def blank_out(source: str, begin: int, end: int) -> str:
-    """``source`` with ``[begin, end)`` replaced by spaces, newlines kept (positions stay valid)."""
-    return source[:begin] + re.sub(r"[^\n]", " ", source[begin:end]) + source[end:]
+def rest_after(source: str, end: int) -> str:
+    """``source`` from offset ``end`` (the start of a line), after as many empty lines as came before it, so line
+    and column numbers stay those of ``source``. What came before ``end`` had parsed, up to a broken item."""
+    return "\n" * source.count("\n", 0, end) + source[end:]

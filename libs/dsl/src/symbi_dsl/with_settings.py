@@ -5,6 +5,7 @@ Symbi has no counterpart for are named as not honoured.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -51,19 +52,15 @@ def with_settings(rep: Reporter, v: Values, agent: A.Agent, config: dict[str, An
                 continue
             seen[key] = entry
             value = value_of(entry)
-            if entry.key in WITH_ALIASES and isinstance(value, A.Literal_) and value.kind in ("int", "float"):
-                unit = "MB" if key == "memory" else ""
-                value = _at(quantity(f"{value.value}{unit}"), value.span) if unit else value
+            if key == "memory" and entry.key in WITH_ALIASES and isinstance(value, A.Literal_):
+                value = _megabytes(value)
             match key:
                 case "sandbox":
                     _sandbox(rep, v, value, config)
                 case "timeout":
                     resources["execution_timeout_s"] = v.duration(_lenient_duration(rep, value), EXECUTION_TIMEOUT_S)
                 case "memory":
-                    size = v.size(value, (MEMORY_MB[0] * 2**20, MEMORY_MB[1] * 2**20))
-                    if size is not None:
-                        binary = isinstance(value, A.Quantity) and "i" in value.text
-                        resources["memory_mb"] = round(size / (2**20 if binary else 1_000_000))
+                    resources["memory_mb"] = _memory_mb(rep, v, value)
                 case "cpu":
                     resources["cpu_cores"] = v.number(value, CPU_CORES, "cores")
                 case "disk_io":
@@ -80,6 +77,31 @@ def with_settings(rep: Reporter, v: Values, agent: A.Agent, config: dict[str, An
     resources = {k: val for k, val in resources.items() if val is not None}
     if resources:
         config["resources"] = resources
+
+
+def _megabytes(value: A.Literal_) -> A.Expr:
+    """Symbiont's ``max_memory_mb = 512``: a number of megabytes, as the size it stands for (any number: ``1e20``
+    too, which is then out of range)."""
+    if value.kind not in ("int", "float"):
+        return value
+    amount = float(value.value)  # type: ignore[arg-type]
+    return A.Quantity(f"{value.value}MB", "size", amount * 1_000_000, span=value.span)
+
+
+def _memory_mb(rep: Reporter, v: Values, value: A.Expr) -> int | None:
+    """The memory size as ``AgentConfig.resources.memory_mb``: megabytes, or mebibytes for a binary unit (``GiB``);
+    the number, not the bytes, is what must lie in ``MEMORY_MB`` (16MB and 16MiB are both the least)."""
+    size = v.size(value, (0.0, math.inf))
+    if size is None or not isinstance(value, A.Quantity):
+        return None
+    binary = "i" in value.text
+    mb = size / (2**20 if binary else 1_000_000)
+    lo, hi = MEMORY_MB
+    if not lo <= mb <= hi:
+        unit = "MiB" if binary else "MB"
+        rep.error("range", f"{value.text} is out of range: must be between {lo}{unit} and {hi}{unit}", value.span)
+        return None
+    return round(mb)
 
 
 def _memory_mode(rep: Reporter, value: A.Expr) -> None:

@@ -34,6 +34,7 @@ from symbi_lifecycle.config import convert_config
 from symbi_lifecycle.controller import InitializationController
 from symbi_lifecycle.domain import (
     AGENT_ID_RE,
+    MAX_DEFINITION,
     AgentState,
     AssignTask,
     Command,
@@ -159,7 +160,9 @@ def to_command(request: AgentRequest) -> Command:
     raise TypeError(f"{type(request).__name__} is not a change request")
 
 
-_AGENT_NAME_RE = re.compile(r"^\s*agent\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+#: The provisional name of a definition. Linear: ``[ \t]`` never crosses a line, so each line start is tried once
+#: (``^\s*`` with ``re.M`` rescans every following blank line from each line start: quadratic in blank lines).
+_AGENT_NAME_RE = re.compile(r"^[ \t]*agent[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M)
 
 
 def register_command(request: RegisterRequest, registered_by: str = "") -> Register:
@@ -167,6 +170,8 @@ def register_command(request: RegisterRequest, registered_by: str = "") -> Regis
     if (request.config is None) == (request.definition is None):
         raise BadRequest("give exactly one of config (JSON) and definition (DSL text)", field="config")
     if request.definition is not None:
+        if len(request.definition) > MAX_DEFINITION:  # before any work on it (the domain checks the command again)
+            raise ValidationError(f"at most {MAX_DEFINITION} characters", field="definition")
         # The definition is compiled while Initializing; until then the agent carries its name only.
         m = _AGENT_NAME_RE.search(request.definition)
         name = config_name(m.group(1))[:63] if m else "unnamed"

@@ -36,6 +36,7 @@ from symbi_contracts.lifecycle.config import (
     CAPABILITY_RE,
     CPU_CORES,
     DISK_IO_MBPS,
+    DNS_LABEL_RE,
     EXECUTION_TIMEOUT_S,
     FILESYSTEM_MODES,
     MEMORY_MB,
@@ -60,7 +61,6 @@ MAX_CAPABILITIES = 64
 MAX_LIST = 256
 MAX_DESCRIPTION = 2_000
 
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # an agent name, each label of a host
 #: ``name[:tag][@sha256:digest]`` with an optional registry/path prefix, as Docker accepts it.
 _IMAGE_RE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
@@ -148,7 +148,7 @@ def _valid_host(entry: str) -> bool:
     if host.startswith("*."):
         host = host[2:]
     labels = host.split(".")
-    return 0 < len(host) <= 253 and len(labels) >= 1 and all(_DNS_LABEL_RE.match(label) for label in labels)
+    return 0 < len(host) <= 253 and len(labels) >= 1 and all(DNS_LABEL_RE.match(label) for label in labels)
 
 
 def _check_list(issues: list[ConfigIssue], field: str, values: tuple[Any, ...], limit: int = MAX_LIST) -> None:
@@ -202,7 +202,7 @@ def validate_config(config: AgentConfig, agent_id: str = "") -> list[ConfigIssue
     nul = nul_issue(config)
     if nul is not None:
         issues.append(nul)
-    if not _DNS_LABEL_RE.match(config.name):
+    if not DNS_LABEL_RE.match(config.name):
         issues.append(ConfigIssue("name", "must be 1-63 lowercase letters, digits or '-', not starting/ending in '-'"))
     if not VERSION_RE.match(config.version):
         issues.append(ConfigIssue("version", f"must be a semantic version like 1.2.3, got {config.version!r}"))

@@ -59,6 +59,7 @@ from symbi_dsl.body import DEFAULT_RUNNER_IMAGE
 
 from symbi_lifecycle.config import convert_config, nul_issue, validate_config
 from symbi_lifecycle.domain import ALLOWED, AgentState, Command, ConfigRejected, Configure, Initialize
+from symbi_lifecycle.issues import MAX_ISSUES
 from symbi_lifecycle.metrics import INITIALIZATIONS
 
 log = structlog.get_logger(__name__)
@@ -80,7 +81,11 @@ class Outcome:
 
 
 def issues_of(err: DslError) -> tuple[ConfigIssue, ...]:
-    """A definition's diagnostics as config issues (``field`` is the diagnostic's code)."""
+    """A definition's diagnostics as config issues (``field`` is the diagnostic's code), in source order; errors
+    first if there are more than are kept (:func:`symbi_lifecycle.issues.bounded` keeps the first)."""
+    ordered = err.diagnostics
+    if len(ordered) > MAX_ISSUES:
+        ordered = sorted(ordered, key=lambda d: d.severity != "error")
     return tuple(
         ConfigIssue(
             d.code,
@@ -91,7 +96,7 @@ def issues_of(err: DslError) -> tuple[ConfigIssue, ...]:
             excerpt=d.excerpt,
             hint=d.hint,
         )
-        for d in err.diagnostics
+        for d in ordered
     )
 
 

@@ -55,6 +55,7 @@ from symbi_contracts.lifecycle.events import (
 )
 
 from symbi_lifecycle.config import nul_issue, storable, validate_config
+from symbi_lifecycle.issues import bounded
 
 #: An agent id is one NATS subject token: letters, digits, '-' and '_' only.
 AGENT_ID_RE = ID_RE
@@ -342,8 +343,11 @@ class ConfigRejected(DomainError):
     def __init__(self, issues: Sequence[ConfigIssue]) -> None:
         first = issues[0] if issues else ConfigIssue("config", "invalid")
         more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
-        super().__init__(f"{first.field}: {first.message}{more}", issues=[msgspec.to_builtins(i) for i in issues])
-        self.issues = tuple(issues)
+        listed = bounded(issues)  # the answer lists them: as bounded as an event
+        super().__init__(
+            f"{first.field}: {first.message[:1000]}{more}", issues=[msgspec.to_builtins(i) for i in listed]
+        )
+        self.issues = listed
 
 
 def _initialized(agent_id: str, command: Initialize) -> AgentEvent:
@@ -357,6 +361,7 @@ def _initialized(agent_id: str, command: Initialize) -> AgentEvent:
         errors = tuple(storable(issue) for issue in command.issues)
         if nul is not None and nul not in errors:
             errors = (nul, *errors)
+        errors = bounded(errors)  # however many problems a definition has, the event must fit the store
         return AgentFailed(errors=errors, config=None if nul else command.config, decision=command.decision)
     if command.decision is not None and command.decision.effect == "deny":
         reason = command.decision.reason or "denied by policy"
@@ -365,7 +370,7 @@ def _initialized(agent_id: str, command: Initialize) -> AgentEvent:
         raise ValidationError("a successful initialization carries the config", field="config")
     issues = validate_config(command.config, agent_id)
     if issues:
-        return AgentFailed(errors=tuple(issues), config=command.config, decision=command.decision)
+        return AgentFailed(errors=bounded(issues), config=command.config, decision=command.decision)
     return AgentReady(config=command.config, decision=command.decision)
 
 

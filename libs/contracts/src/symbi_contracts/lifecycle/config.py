@@ -19,6 +19,8 @@ from symbi_contracts.tools.declarations import McpServerSpec
 
 #: An agent's version (semantic: major.minor.patch, with an optional pre-release or build suffix).
 VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}\.\d{1,9}(?:[-+][0-9A-Za-z.-]{1,64})?\Z")
+#: An agent's name, and each label of a host name: a DNS label.
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 #: A capability an agent declares.
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
 
