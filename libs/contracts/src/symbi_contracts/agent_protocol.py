@@ -24,7 +24,13 @@ MAX_REQUEST_BYTES = 1024 * 1024
 MAX_REQUEST_DEPTH = 64
 #: Requests of one agent being served at once; the gateway stops reading its socket while this many are open.
 MAX_IN_FLIGHT = 16
+#: Longest string ``id`` of a request; an integer ``id`` is a signed 64-bit one. Another is ``malformed_request``.
 MAX_ID_CHARS = 64
+#: Largest ``context`` of a request (bytes, encoded as JSON); a larger one is ``too_large``, before any decision.
+MAX_CONTEXT_BYTES = 16 * 1024
+#: The integers a request's ``context`` may hold (Cedar's ``Long``); another is ``invalid_request``.
+MIN_INT = -(2**63)
+MAX_INT = 2**63 - 1
 #: Where the channel directory is mounted in the sandbox, the socket in it, and the variable naming it.
 CHANNEL_MOUNT = "/symbi/run"
 SOCKET_NAME = "agent.sock"
@@ -60,18 +66,21 @@ ErrorCode = Literal[
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
 RequestId = str | int
+#: A request's ``id`` as the gateway accepts it: at most :data:`MAX_ID_CHARS` characters, or a 64-bit integer.
+BoundedId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | Annotated[int, msgspec.Meta(ge=MIN_INT, le=MAX_INT)]
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One request of an agent."""
 
-    id: RequestId
+    id: BoundedId
     op: str
     v: int = PROTOCOL_VERSION
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     #: Cedar context of the decision (e.g. ``{"classification": "confidential"}``), checked against the schema.
     context: dict[str, Any] = msgspec.field(default_factory=dict)
-    #: Never trusted: a request that names an agent is refused ``identity_refused`` (the listener names it).
+    #: Never trusted: a request that carries ``agent_id`` at all (a name, or ``null``) is refused
+    #: ``identity_refused`` (the listener names the agent).
     agent_id: str | None = None
 
 

@@ -18,7 +18,17 @@ from symbi_common.bounds import json_nests_deeper_than
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import ValidationError
 from symbi_common.policy.engine import schema_errors
-from symbi_contracts.agent_protocol import MAX_REQUEST_DEPTH
+from symbi_contracts.agent_protocol import (
+    MAX_CONTEXT_BYTES,
+    MAX_INT,
+    MAX_REQUEST_DEPTH,
+    MIN_INT,
+    OPS,
+    BoundedId,
+    Request,
+    RequestId,
+    resource_of,
+)
 from symbi_contracts.context.commands import Query, Retrieved, StoreRequest
 
 from symbi_sandbox_agent.errors import (
@@ -35,6 +45,13 @@ MAX_REQUEST_BYTES = 64 * 1024
 #: Requests one run may send; later ones are answered ``too_many_requests`` without being decided.
 MAX_REQUESTS = 1000
 MAX_RESOURCE_CHARS = 256
+
+
+class ContextTooLarge(ActionRequestError):
+    """A request's ``context`` is larger than :data:`MAX_CONTEXT_BYTES` (its record could not be bounded)."""
+
+    code = "too_large"
+
 
 #: The actions a workload may ask for, and the Cedar entity type of their resource (the schema's ``appliesTo``).
 RESOURCE_TYPES: dict[str, str] = {
@@ -155,9 +172,48 @@ class RequestLines:
         self._skipping = False
 
 
+class _IdOnly(msgspec.Struct):
+    id: BoundedId | None = None
+
+
+def id_of(body: bytes) -> RequestId | None:
+    """The id of a request that is otherwise unreadable, so its error can still name it."""
+    try:
+        return msgspec.json.decode(body, type=_IdOnly).id
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        return None
+
+
+def memory_question(agent_id: str, request: Request, args: Any) -> DecisionRequest:
+    """The question a memory or knowledge request asks (the agent's own memory has the agent as its parent);
+    :class:`MalformedActionRequest` if its resource cannot name one."""
+    resource, own = resource_of(request.op, args)
+    if not resource or len(resource) > MAX_RESOURCE_CHARS or not resource.isprintable():
+        raise MalformedActionRequest(
+            f"the resource must be 1-{MAX_RESOURCE_CHARS} printable characters, got {resource[:80]!r}"
+        )
+    return DecisionRequest(
+        principal=EntityRef(type="Agent", id=agent_id),
+        action=OPS[request.op].action,
+        resource=EntityRef(type="Memory", id=resource, parents=(f'Agent::"{agent_id}"',) if own else ()),
+        context=dict(request.context),
+    )
+
+
+class _AgentIdOnly(msgspec.Struct):
+    agent_id: Any = msgspec.UNSET
+
+
+def carries_agent_id(body: bytes) -> bool:
+    """Whether a request (that decoded) carries the key ``agent_id``, even as ``null``."""
+    if b'"agent_id"' not in body and b"\\u" not in body:  # (the key may be written with escapes)
+        return False
+    return msgspec.json.decode(body, type=_AgentIdOnly).agent_id is not msgspec.UNSET
+
+
 def parse_request(line: RequestLine) -> ActionRequest:
     """The request on a line; :class:`ActionRequestError` (with the reply's code) if it is not one."""
-    if line.too_long:
+    if line.too_long or len(line.body) > MAX_REQUEST_BYTES:
         raise ActionRequestTooLarge(f"a request line may have at most {MAX_REQUEST_BYTES} bytes after '@symbi '")
     if line.too_deep:
         raise MalformedActionRequest(f"the request nests lists or objects more than {MAX_REQUEST_DEPTH} levels deep")
@@ -167,6 +223,9 @@ def parse_request(line: RequestLine) -> ActionRequest:
         raise MalformedActionRequest(f"the request does not have the request's shape: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MalformedActionRequest(f"the request is not a JSON object: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MalformedActionRequest(f"the request is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    check_context(request.context)
     if request.action not in RESOURCE_TYPES:
         raise UnknownAction(
             f"{request.action!r} is not an action a workload can ask for; use one of {', '.join(RESOURCE_TYPES)}",
@@ -178,6 +237,41 @@ def parse_request(line: RequestLine) -> ActionRequest:
         )
     parse_args(request)
     return request
+
+
+def check_context(context: dict[str, Any]) -> None:
+    """Refuse a ``context`` whose record could not be stored or whose numbers Cedar cannot hold, before any
+    decision: :class:`ContextTooLarge` past :data:`MAX_CONTEXT_BYTES` (encoded as JSON), else
+    ``invalid_request`` for an integer outside the signed 64-bit range (anywhere in it)."""
+    size = len(msgspec.json.encode(context))
+    if size > MAX_CONTEXT_BYTES:
+        raise ContextTooLarge(
+            f"the request's context has {size} bytes as JSON; at most {MAX_CONTEXT_BYTES} are allowed"
+        )
+    path = _outside_long(context, "context")
+    if path is not None:
+        raise ActionRequestError(
+            f"{path} is an integer outside the signed 64-bit range ({MIN_INT} to {MAX_INT}) that Cedar decides on"
+        )
+
+
+def _outside_long(value: Any, path: str) -> str | None:
+    """Where in ``value`` an integer lies outside the signed 64-bit range (its path), if anywhere."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path if not MIN_INT <= value <= MAX_INT else None
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}"[:120], item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _outside_long(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def parse_args(request: ActionRequest) -> MemoryWriteArgs | MemoryReadArgs | None:

@@ -10,11 +10,11 @@ channel's in-flight bound.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
-from symbi_common.decisions import DecisionRecord, DecisionRequest, Deny, EntityRef
+from symbi_common.decisions import DecisionRecord, DecisionRequest, Deny
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError
 from symbi_common.policy.conditions import redact
 from symbi_common.policy.hooks import UNDECIDED
@@ -38,24 +38,29 @@ from symbi_contracts.agent_protocol import (
     RequestId,
     Result,
     error,
-    resource_of,
 )
 from symbi_contracts.context.commands import Retrieved
 from symbi_contracts.sandbox_agent.events import ActionOutcome, ExecutionAction
 
-from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, RequestLine, check_against_schema, read_result
+from symbi_sandbox_agent.actions import (
+    RequestLine,
+    carries_agent_id,
+    check_against_schema,
+    check_context,
+    id_of,
+    memory_question,
+    read_result,
+)
 from symbi_sandbox_agent.data_ops import DATA_OPS, DataOps
-from symbi_sandbox_agent.errors import ActionRequestError, MalformedActionRequest
+from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.http_ops import HttpOps
 from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.model_ops import MODEL_OPS, ModelOps
+from symbi_sandbox_agent.recorder import MAX_DETAIL_CHARS, action_fits
 from symbi_sandbox_agent.run_ports import RunGateway
 from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger(__name__)
 #: Requests one run may send over the protocol; later ones are answered ``too_many_requests``.
@@ -66,34 +71,6 @@ PERFORM_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 1.0
 
 
-class _IdOnly(msgspec.Struct):
-    id: RequestId | None = None
-
-
-def _id_of(body: bytes) -> RequestId | None:
-    """The id of a request that is otherwise unreadable, so its error can still name it."""
-    try:
-        return msgspec.json.decode(body, type=_IdOnly).id
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
-
-
-def memory_question(agent_id: str, request: Request, args: Any) -> DecisionRequest:
-    """The question a memory or knowledge request asks (the agent's own memory has the agent as its parent);
-    :class:`MalformedActionRequest` if its resource cannot name one."""
-    resource, own = resource_of(request.op, args)
-    if not resource or len(resource) > MAX_RESOURCE_CHARS or not resource.isprintable():
-        raise MalformedActionRequest(
-            f"the resource must be 1-{MAX_RESOURCE_CHARS} printable characters, got {resource[:80]!r}"
-        )
-    return DecisionRequest(
-        principal=EntityRef(type="Agent", id=agent_id),
-        action=OPS[request.op].action,
-        resource=EntityRef(type="Memory", id=resource, parents=(f'Agent::"{agent_id}"',) if own else ()),
-        context=dict(request.context),
-    )
-
-
 class ProtocolServer:
     """Answers the run's protocol requests; ``channel`` is ``socket`` or ``stdio`` (told in ``hello``)."""
 
@@ -101,7 +78,7 @@ class ProtocolServer:
         self.gateway = gateway
         self.served = 0
         self.data = DataOps(gateway, self._record)
-        self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools)
+        self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools, self.record_fits)
         self.model_ops = ModelOps(
             self, gateway.task_id, gateway.run.spec.tier, gateway.run.spec.attempt, lambda: gateway.agent.models
         )
@@ -135,14 +112,14 @@ class ProtocolServer:
             # the recent errors are shown on /readyz.
             self.gateway.agent.rt.note_error(f"channel request of {self.gateway.task_id}: {type(exc).__name__}")
             return error(
-                _id_of(line.body), "internal", f"the gateway could not serve the request ({type(exc).__name__})"
+                id_of(line.body), "internal", f"the gateway could not serve the request ({type(exc).__name__})"
             )
 
     async def _answer(self, line: RequestLine, channel: str) -> Reply:
         self.served += 1
         seq = self.gateway.next_seq()
         if self.served > MAX_REQUESTS_V1:
-            return error(_id_of(line.body), "too_many_requests", f"a run may send at most {MAX_REQUESTS_V1} requests")
+            return error(id_of(line.body), "too_many_requests", f"a run may send at most {MAX_REQUESTS_V1} requests")
         if line.too_long:
             message = f"a request may have at most {MAX_REQUEST_BYTES} bytes"
             await self._record(seq, "", "", {}, None, "failed", f"request_too_large: {message}")
@@ -154,7 +131,10 @@ class ProtocolServer:
         try:
             request = msgspec.json.decode(line.body, type=Request)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return await self._refuse(seq, _id_of(line.body), "", "malformed_request", f"not a request: {exc}")
+            return await self._refuse(seq, id_of(line.body), "", "malformed_request", f"not a request: {exc}")
+        except UnicodeDecodeError as exc:
+            message = f"not a request: invalid UTF-8 ({exc.reason}) at byte {exc.start}"
+            return await self._refuse(seq, None, "", "malformed_request", message)
         if request.v not in SUPPORTED_VERSIONS:
             return error(
                 request.id,
@@ -163,12 +143,16 @@ class ProtocolServer:
                 supported=list(SUPPORTED_VERSIONS),
             )
         op = OPS.get(request.op)
-        if request.agent_id is not None:
+        if request.agent_id is not None or carries_agent_id(line.body):
             message = (
-                f"a request may not name an agent (it named {request.agent_id[:80]!r}); the gateway knows the "
-                f"caller by its channel: {self.agent_id}"
+                f"a request may not carry agent_id (it carried {request.agent_id!r:.80}); the gateway knows "
+                f"the caller by its channel: {self.agent_id}"
             )
             return await self._refuse(seq, request.id, op.action if op else "", "identity_refused", message)
+        try:
+            check_context(request.context)  # so that its record can always be stored (and Cedar can hold it)
+        except ActionRequestError as err:
+            return await self._refuse(seq, request.id, op.action if op else "", err.code, err.message)
         if op is None:
             message = f"{request.op[:64]!r} is not an operation; use one of {', '.join(OPS)}"
             return await self._refuse(seq, request.id, "", "unknown_op", message)
@@ -222,6 +206,8 @@ class ProtocolServer:
                 policies=list(decision.policies),
                 policy_version=decision.policy_version,
             )
+        if not self.record_fits(seq, question.action, question.resource.id, question.context, record):
+            return await self._unrecordable(seq, request.id, question.action, record)
         try:
             result = await self._perform(args)
         except SymbiError as err:
@@ -351,6 +337,47 @@ class ProtocolServer:
         await self._record(seq, action, resource, context, None, "failed", f"{code}: {message}")
         return error(request_id, code, message, **extra)
 
+    def record_fits(
+        self, seq: int, action: str, resource: str, context: dict[str, Any], record: DecisionRecord | None
+    ) -> bool:
+        """Whether the record of this action, whatever its outcome, can be stored: checked before it is
+        performed, as no action is performed without its record."""
+        event = self._event(seq, action, resource, context, record, "allowed", "")
+        return action_fits(event, self.gateway.agent.rt.store.max_event_bytes)
+
+    async def _unrecordable(
+        self, seq: int, request_id: RequestId | None, action: str, record: DecisionRecord | None
+    ) -> Error:
+        """Refuse an action whose record could not be stored (recorded without its context, which does fit)."""
+        message = (
+            f"the record of this {action or 'request'} would exceed the event size limit "
+            f"({self.gateway.agent.rt.store.max_event_bytes} bytes); nothing was performed: send less"
+        )
+        await self._record(seq, action, "", {}, record, "failed", f"too_large: {message}")
+        return error(request_id, "too_large", message)
+
+    def _event(
+        self,
+        seq: int,
+        action: str,
+        resource: str,
+        context: dict[str, Any],
+        record: DecisionRecord | None,
+        outcome: ActionOutcome,
+        detail: str,
+    ) -> ExecutionAction:
+        return ExecutionAction(
+            attempt=self.gateway.run.spec.attempt,
+            seq=seq,
+            action=action,
+            resource=resource,
+            context=context,
+            decision=record,
+            outcome=outcome,
+            detail=detail[:MAX_DETAIL_CHARS],
+            agent_id=self.agent_id,
+        )
+
     async def _record(
         self,
         seq: int,
@@ -361,17 +388,7 @@ class ProtocolServer:
         outcome: ActionOutcome,
         detail: str,
     ) -> None:
-        event = ExecutionAction(
-            attempt=self.gateway.run.spec.attempt,
-            seq=seq,
-            action=action,
-            resource=resource,
-            context=context,
-            decision=record,
-            outcome=outcome,
-            detail=detail,
-            agent_id=self.agent_id,
-        )
+        event = self._event(seq, action, resource, context, record, outcome, detail)
         await self.gateway.agent.store_action(self.gateway.run, event)
         ACTIONS.labels(action or "unknown", outcome).inc()
 

@@ -111,12 +111,19 @@ class Channel:
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lines = RequestLines(MAX_REQUEST_BYTES, prefix=b"")
+        mine: set[asyncio.Task[None]] = set()  # this connection's requests being served
         while chunk := await reader.read(READ_CHUNK):
             for line in lines.feed(chunk):
                 await self.in_flight.acquire()  # backpressure: no more reading until a request is done
                 task = asyncio.get_running_loop().create_task(self._serve(line, writer))
                 self._requests.add(task)
                 task.add_done_callback(self._requests.discard)
+                mine.add(task)
+                task.add_done_callback(mine.discard)
+        # End of input (the client may only have shut down its writing side): its requests are answered before
+        # the connection is closed, as they are performed and recorded anyway.
+        if mine:
+            await asyncio.wait(set(mine))
 
     async def _serve(self, line: RequestLine, writer: asyncio.StreamWriter) -> None:
         reply: Reply | None = None

@@ -35,6 +35,7 @@ from symbi_common.policy.events import POLICY_SETS_SUBJECT
 from symbi_common.policy.hooks import UNDECIDED, Enforcer
 from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
+from symbi_contracts.agent_protocol import MAX_REQUEST_BYTES as PROTOCOL_MAX_REQUEST_BYTES
 from symbi_contracts.agent_protocol import encode_reply
 from symbi_contracts.context.commands import Retrieved, Stored
 from symbi_contracts.sandbox_agent.errors import ActionDenied
@@ -91,7 +92,8 @@ class ActionGateway:
         self.protocol = ProtocolServer(self)
         #: The run's socket listener, when it has one (see :meth:`open_channel`).
         self.channel: Channel | None = None
-        self.lines = RequestLines()
+        #: Read up to the protocol's own bound (what ``hello`` tells); a legacy line has its smaller one.
+        self.lines = RequestLines(PROTOCOL_MAX_REQUEST_BYTES)
         self.queue: asyncio.Queue[RequestLine] = asyncio.Queue()
         self.seq = 0
         self.pending: Pending | None = None
@@ -168,7 +170,7 @@ class ActionGateway:
                 self._busy.set()
 
     async def _handle(self, line: RequestLine) -> Pending | None:
-        if not line.too_long and _names_op(line.body):
+        if _of_the_protocol(line):
             answer = await self.protocol.answer(line, "stdio")
             try:
                 await self.reply(encode_reply(answer))
@@ -357,10 +359,21 @@ def _action_named(line: RequestLine) -> str:
     return action[:64] if isinstance(action, str) else ""
 
 
+def _of_the_protocol(line: RequestLine) -> bool:
+    """Whether a stderr request line is of the channel protocol, answered in its format: one naming an ``op``;
+    one cut off at the protocol's bound unless what was kept of it names an ``action`` (and no ``op``)."""
+    if line.too_long:
+        return b'"op"' in line.body or b'"action"' not in line.body
+    return _names_op(line.body)
+
+
 def _names_op(body: bytes) -> bool:
-    """Whether a stderr request line is of the channel protocol (a JSON object naming an ``op``)."""
+    """Whether a stderr request line is of the channel protocol (a JSON object naming an ``op``); a line that is
+    not valid UTF-8 is probed with the invalid bytes replaced (the protocol then answers it ``malformed_request``)."""
     try:
         return msgspec.json.decode(body, type=_Probe).op is not None
+    except UnicodeDecodeError:
+        return _names_op(body.decode("utf-8", "replace").encode())
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return False
 

@@ -36,6 +36,28 @@ log = structlog.get_logger(__name__)
 TERMINAL_ATTEMPTS = 30
 #: After those: how long between further tries of a terminal event (which ends its task).
 LATER_RETRY_S = 30.0
+#: Longest ``detail`` an ``execution.action`` keeps (the rest is cut): so whether the record of an action fits
+#: the event size limit is known before the action is performed (:func:`action_fits`).
+MAX_DETAIL_CHARS = 2000
+#: Errors of encoding an event: trying again would not change them.
+_UNENCODABLE = (OverflowError, TypeError, msgspec.EncodeError)
+
+
+def action_event(event: ExecutionAction) -> ExecutionAction:
+    """``event`` with its ``detail`` cut to :data:`MAX_DETAIL_CHARS`."""
+    if len(event.detail) <= MAX_DETAIL_CHARS:
+        return event
+    return msgspec.structs.replace(event, detail=event.detail[: MAX_DETAIL_CHARS - 1] + "…")
+
+
+def action_fits(event: ExecutionAction, max_event_bytes: int) -> bool:
+    """Whether every record of the action ``event`` is about (any outcome, any detail up to
+    :data:`MAX_DETAIL_CHARS`) can be stored: encodable and within ``max_event_bytes``."""
+    worst = msgspec.structs.replace(event, outcome="allowed", detail="\U0010ffff" * MAX_DETAIL_CHARS)
+    try:
+        return fits(worst, max_event_bytes)
+    except _UNENCODABLE:
+        return False
 
 
 class ExecutionRecorder:
@@ -54,15 +76,20 @@ class ExecutionRecorder:
             try:
                 await self.executions.execute(run.spec.task_id, event)
                 return True
-            except DomainError as exc:  # the execution refuses it: trying again would not change that
+            except (DomainError, *_UNENCODABLE) as exc:  # refused or unencodable: trying again would not change that
                 log.error(
-                    "event refused", task_id=run.spec.task_id, event=type(event).__struct_config__.tag, error=str(exc)
+                    "event refused",
+                    task_id=run.spec.task_id,
+                    event_type=type(event).__struct_config__.tag,
+                    error=str(exc),
                 )
                 self.rt.note_error(f"{run.spec.task_id}: {exc!r}")
                 return False
             except Exception as exc:
                 kind = type(event).__struct_config__.tag
-                log.error("event not stored", task_id=run.spec.task_id, event=kind, attempt=attempt, error=str(exc))
+                log.error(
+                    "event not stored", task_id=run.spec.task_id, event_type=kind, attempt=attempt, error=str(exc)
+                )
                 self.rt.note_error(f"{kind} {run.spec.task_id}: {exc!r}")
                 if attempt < attempts:
                     await asyncio.sleep(delay)
@@ -82,7 +109,9 @@ class ExecutionRecorder:
                 return
 
     async def store_action(self, run: Running, event: ExecutionAction) -> None:
-        """Record one decision of the action gateway (retrying while NATS is away)."""
+        """Record one decision of the action gateway (retrying while NATS is away; its detail cut to
+        :data:`MAX_DETAIL_CHARS`)."""
+        event = action_event(event)
         if not await self.store(run, event, TERMINAL_ATTEMPTS):
             raise AppendFailed(f"execution.action {event.seq} of {run.spec.task_id} could not be stored")
 

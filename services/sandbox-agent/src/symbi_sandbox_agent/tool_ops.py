@@ -6,11 +6,13 @@ registry's typed refusal otherwise); the per-agent, per-tool rate limit; the one
 ``tool.invoke`` on ``Tool::"server.tool"`` with the arguments in the context (their names, each scalar as
 ``name=value`` and the canonical JSON), so Cedar can limit them; then the call with its timeout and result
 size cap. Each call is recorded as ``execution.action`` with the decision and, for a result, its size and
-SHA-256. The result is passed on as the server sent it: untrusted data, never interpreted here.
+SHA-256; past :data:`MAX_RECORDED_ARGUMENTS` bytes the record holds the arguments once, as their SHA-256 and
+size, and a call whose record would not fit the event size limit is refused ``too_large`` before it is made. The result is passed on as the server sent it: untrusted data, never interpreted here.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 TOOL_OPS = ("tools.list", "tools.call", "tools.invoke")
 RETRY_AFTER_S = 1.0
+#: Bytes of canonical JSON arguments a call's record holds as they are; larger ones are recorded as a digest.
+MAX_RECORDED_ARGUMENTS = 64 * 1024
 
 
 class ToolsCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -76,16 +80,37 @@ def argument_context(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def recorded_context(context: dict[str, Any]) -> dict[str, Any]:
+    """The decision's context as a call's record holds it: as decided, unless the arguments are larger than
+    :data:`MAX_RECORDED_ARGUMENTS` bytes of canonical JSON; then only once, as their SHA-256 and size (not as
+    ``arguments_json`` nor the ``arguments`` and ``argument_values`` derived from it), so the record of any call
+    stays within the event size limit."""
+    as_json = context.get("arguments_json")
+    if not isinstance(as_json, str) or len(as_json) <= MAX_RECORDED_ARGUMENTS // 4:
+        return context
+    data = as_json.encode()
+    if len(data) <= MAX_RECORDED_ARGUMENTS:
+        return context
+    kept = {k: v for k, v in context.items() if k not in ("arguments", "argument_values", "arguments_json")}
+    return {**kept, "arguments_sha256": hashlib.sha256(data).hexdigest(), "arguments_bytes": len(data)}
+
+
+#: Whether the record of an action (seq, action, resource, recorded context, decision) could be stored.
+Fits = Callable[[int, str, str, dict[str, Any], DecisionRecord | None], bool]
 Decide = Callable[[DecisionRequest], Awaitable[tuple["Decision", DecisionRecord]]]
 
 
 class ToolOps:
     """``tools`` is the host's :class:`ToolService`, looked up at each request (None: no tools here)."""
 
-    def __init__(self, server: Serving, decide: Decide, tools: Callable[[], ToolService | None]) -> None:
+    def __init__(
+        self, server: Serving, decide: Decide, tools: Callable[[], ToolService | None], fits: Fits | None = None
+    ) -> None:
         self.server = server
         self.decide = decide
         self._tools = tools
+        #: Checked before a call is made (``ProtocolServer.record_fits``); None: every record fits.
+        self.fits = fits
 
     @property
     def tools(self) -> ToolService | None:
@@ -136,17 +161,18 @@ class ToolOps:
             # What the gateway knows of the tool and the call overrides anything the agent said.
             context={**request.context, **ours},
         )
+        recorded = recorded_context(question.context)
         try:
             check_against_schema(question)
         except ActionRequestError as err:
-            return await self._fail(seq, rid, name, question.context, None, "invalid_request", err.message)
+            return await self._fail(seq, rid, name, recorded, None, "invalid_request", err.message)
         decision, record = await self.decide(question)
         if isinstance(decision, Deny):
             if decision.code in UNDECIDED:
                 return await self._fail(
-                    seq, rid, name, question.context, record, "unavailable", decision.reason, cause=decision.code
+                    seq, rid, name, recorded, record, "unavailable", decision.reason, cause=decision.code
                 )
-            await self.server._record(seq, "tool.invoke", name, question.context, record, "refused", decision.reason)
+            await self.server._record(seq, "tool.invoke", name, recorded, record, "refused", decision.reason)
             return error(
                 rid,
                 "denied",
@@ -157,9 +183,10 @@ class ToolOps:
         wait = tools.rate_wait(self.server.agent_id, name)
         if wait > 0:
             message = f"{name} is called too often (at most {tools.limits.rate_per_s:g}/s)"
-            return await self._fail(
-                seq, rid, name, question.context, record, "too_many_requests", message, retry_after=wait
-            )
+            return await self._fail(seq, rid, name, recorded, record, "too_many_requests", message, retry_after=wait)
+        if self.fits is not None and not self.fits(seq, "tool.invoke", name, recorded, record):
+            message = f"the record of this call of {name} would exceed the event size limit; it was not made"
+            return await self._fail(seq, rid, name, {}, record, "too_large", message)
         try:
             # Still callable, with the definition the decision was about: the tool may have been revoked, or its
             # server replaced, while the call was being decided.
@@ -168,12 +195,12 @@ class ToolOps:
             called = await tools.call(name, args.arguments)
         except SymbiError as err:
             code = "unavailable" if isinstance(err, InfrastructureError) else err.code
-            return await self._fail(seq, rid, name, question.context, record, code, err.message, **err.details)
+            return await self._fail(seq, rid, name, recorded, record, code, err.message, **err.details)
         result: Any = {**called.result, "digest": called.digest, "bytes": called.size}
         if record.conditions:
             result = redact(result, record.conditions)
         detail = f"tools.call {name}: {called.size} bytes, {called.digest}"
-        await self.server._record(seq, "tool.invoke", name, question.context, record, "allowed", detail)
+        await self.server._record(seq, "tool.invoke", name, recorded, record, "allowed", detail)
         return Result(id=rid, result=result)
 
     async def _fail(
