@@ -79,6 +79,10 @@ with Agent() as a:
     f.write(json.dumps(forged).encode() + b"\\n")
     f.flush()
     out["forged"] = json.loads(f.readline())["error"]["code"]
+    # The SDK refuses a request over the limit itself ("big"); the gateway refuses (and records) one sent anyway.
+    f.write(b'{"v": 1, "id": "big", "op": "memory.store", "args": {"text": "' + b"x" * 1100000 + b'"}}\\n')
+    f.flush()
+    out["big_raw"] = json.loads(f.readline())["error"]["code"]
     out["after"] = code(lambda: a.memory.store("still me"))
     # A retry (after ``unavailable``, say) with the same memory_id is answered again and stores nothing.
     again = a.memory.store("the launch is Friday", collection="notes", memory_id=stored["memory_id"])
@@ -127,12 +131,14 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
         task_id = await scheduler.submit(agent.host_id, cmd, tier=tier, actions=True, image=agent_image)
         r = await scheduler.result(task_id)
     assert isinstance(r.terminal, ExecutionExited), (r.terminal, r.stderr[-2000:])
+    assert r.stdout.strip(), r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["dir"] == [65534, "0o700"]
     assert out["channel"] == "socket"
     assert (out["hello"]["agent_id"], out["hello"]["task_id"], out["hello"]["version"]) == ("agent-1", task_id, 1)
     assert out["recalled"] is True
     assert (out["secret"], out["big"], out["later"]) == ("denied", "request_too_large", "not_available")
+    assert out["big_raw"] == "request_too_large"
     # hello tells what this run can have performed: no model providers on this host, no network for this agent.
     ops = out["hello"]["ops"]
     assert ops["memory.store"] is ops["messages.send"] is ops["data.read"] is ops["tools.call"] is True
@@ -153,7 +159,8 @@ async def test_an_agent_acts_over_its_socket_as_itself_only(
     refused = recorded[2]
     assert refused.decision is not None
     assert refused.decision.policies == ("no-secret-memories",)
-    assert recorded[6].detail.startswith("identity_refused")
+    assert recorded[5].detail.startswith("identity_refused")
+    assert recorded[6].detail.startswith("request_too_large")  # sent past the SDK, refused and recorded
     # The memories are agent-1's; nothing was written as agent-2.
     reader = await make_store("audit")
     mine = [rec.event.text for rec in await reader.load("memory", "agent-1", MEMORY.codec)]

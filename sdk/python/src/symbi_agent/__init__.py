@@ -10,10 +10,12 @@ Standard library only.
 
 from symbi_agent.aio import AsyncAgent
 from symbi_agent.client import Agent
+from symbi_agent.deadlines import Deadlines
 from symbi_agent.errors import (
     ActionFailed,
     BudgetExceeded,
     ChannelError,
+    ChannelTimeout,
     Denied,
     Exists,
     IdentityRefused,
@@ -40,6 +42,8 @@ __all__ = [
     "AsyncAgent",
     "BudgetExceeded",
     "ChannelError",
+    "ChannelTimeout",
+    "Deadlines",
     "Denied",
     "Exists",
     "IdentityRefused",

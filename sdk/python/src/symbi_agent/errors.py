@@ -35,6 +35,13 @@ class ChannelError(SymbiAgentError):
     code = "channel_closed"
 
 
+class ChannelTimeout(ChannelError):
+    """No answer within the call's deadline (:class:`~symbi_agent.deadlines.Deadlines`). The request was sent,
+    so the gateway may have performed it; the connection was dropped and the next call opens a new one."""
+
+    code = "channel_timeout"
+
+
 class MalformedRequest(SymbiAgentError):
     code = "malformed_request"
 

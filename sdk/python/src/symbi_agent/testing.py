@@ -36,7 +36,7 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
-def call_agent(fn: AgentFunction, socket_path: str, *, timeout: float | None = 60.0) -> Any:
+def call_agent(fn: AgentFunction, socket_path: str, *, timeout: float | None = None) -> Any:
     """Run ``fn`` connected to the gateway socket ``socket_path``; blocks (call it on a thread from async code).
 
     An ``async def`` runs on an event loop of its own with an :class:`AsyncAgent`; anything else gets an
@@ -45,7 +45,7 @@ def call_agent(fn: AgentFunction, socket_path: str, *, timeout: float | None = 6
         run_async = cast(Callable[[AsyncAgent], Awaitable[Any]], fn)
 
         async def main() -> Any:
-            async with AsyncAgent(socket_path) as agent:
+            async with AsyncAgent(socket_path, timeout=timeout) as agent:
                 return await run_async(agent)
 
         return asyncio.run(main())
@@ -54,6 +54,6 @@ def call_agent(fn: AgentFunction, socket_path: str, *, timeout: float | None = 6
         return run_sync(agent)
 
 
-def agent_program(fn: AgentFunction, *, timeout: float | None = 60.0) -> Callable[[str], Any]:
+def agent_program(fn: AgentFunction, *, timeout: float | None = None) -> Callable[[str], Any]:
     """``fn`` as the harness runs a callable agent: a function of the socket path (see :func:`call_agent`)."""
     return functools.partial(call_agent, fn, timeout=timeout)
