@@ -74,11 +74,13 @@ def test_only_admin_may_manage_streams() -> None:
 
 
 def test_each_user_reads_only_its_own_inboxes_and_replies_only_to_requests_it_received() -> None:
-    """Another user's replies and JetStream deliveries go to that user's inboxes (``_INBOX_<user>``): no user may
-    subscribe to the shared ``_INBOX.>`` or another's, nor publish to any inbox (``allow_responses`` only)."""
+    """Another user's replies and JetStream deliveries go to that user's inboxes (``_INBOX_<user>``): no service
+    may subscribe to the shared ``_INBOX.>`` or another's, nor publish to any inbox (``allow_responses`` only).
+    The people's credentials (operator, admin) also read ``_INBOX.>``, for tools like the NATS CLI."""
     for user in nats_users():
         inboxes = [s for s in subscribe_allow(user) if s.startswith("_INBOX")]
-        assert inboxes == [f"{inbox_prefix(user)}.>"], user
+        people = ["_INBOX.>"] if user in (OPERATOR, ADMIN) else []
+        assert inboxes == [f"{inbox_prefix(user)}.>", *people], user
         assert not [p for p in publish_allow(user) if p.startswith("_INBOX") or p == ">"], user
     config = authorization_config({u: "pw" for u in nats_users()})
     assert config.count('"allow_responses": true') == len(nats_users())

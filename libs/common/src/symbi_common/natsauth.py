@@ -211,10 +211,12 @@ def subscribe_allow(service: str) -> list[str]:
     """What ``service`` may subscribe to: its own commands (``cmd.sandbox-agent.<host>.<action>`` too) and
     its own inboxes (:func:`inbox_prefix`; consumers deliver to inboxes)."""
     inboxes = f"{inbox_prefix(service)}.>"
+    # The people's credentials also read the shared ``_INBOX.>``: tools such as the NATS CLI use it, and whoever
+    # holds them holds every key of the deployment already (the operator directory), so nothing is learnt.
     if service == OPERATOR:
-        return [inboxes, "audit.alert", "audit.live.>", "msg.>"]  # msg.>: `symbi bus tail` (metadata only)
+        return [inboxes, "_INBOX.>", "audit.alert", "audit.live.>", "msg.>"]  # msg.>: `symbi bus tail` (metadata)
     if service == ADMIN:
-        return [inboxes]
+        return [inboxes, "_INBOX.>"]
     return [f"cmd.{service}.>", inboxes, *_EXTRA_SUBSCRIBE.get(service, ())]
 
 
