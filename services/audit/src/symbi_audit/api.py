@@ -50,7 +50,7 @@ from symbi_common.streams import EVENTS_STREAM
 from symbi_audit.application import AuditService
 from symbi_audit.command_auth import command_operator, own_principal
 from symbi_audit.erasure import EraseRequest
-from symbi_audit.errors import BadQuery
+from symbi_audit.errors import AuditBehind, BadQuery
 from symbi_audit.live import EventItem, LiveFeed, LiveFilter
 from symbi_audit.queries import PRINCIPAL_HEADER, EventQuery, get_event, list_events, parse_principal, parse_time
 from symbi_audit.reports import BUILT_IN, Framework, parse_framework, report_csv
@@ -59,6 +59,8 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 #: How often an open event stream checks its operator token again while no event comes (a revoked token's
 #: stream ends within this; an expiring one at its expiry, and either before the next event is sent).
 STREAM_RECHECK_S = 5.0
+#: How long a read with ``min_sequence`` waits for the audit log to reach it before a 503 ``audit_behind``.
+WAIT_S = 5.0
 _json = msgspec.json.Encoder()
 
 
@@ -160,7 +162,8 @@ async def _wait(service: AuditService, request: Request) -> None:
                 f"{min_seq} is past the end of the event stream (at {last}); pass the sequence a write answered with",
                 field="min_sequence",
             )
-    await service.runner.wait_for(min_seq)
+    if not await service.runner.wait_for(min_seq, WAIT_S):
+        raise AuditBehind(wanted=min_seq, position=service.runner.position, waited_s=WAIT_S)
 
 
 @router.get(

@@ -18,10 +18,18 @@ from symbi_tlog.merkle import consistency_ranges, fold_range, inclusion_ranges, 
 from symbi_tlog.notes import verify_checkpoint
 
 from symbi_audit.erasure import EraseRequest, ErasureResult, check_aggregate, erase
-from symbi_audit.errors import BadQuery, CheckpointInvalid, ProofUnavailable
+from symbi_audit.errors import BadQuery, CheckpointInvalid, ProofUnavailable, ReportTooLarge
 from symbi_audit.guard import LogGuard
 from symbi_audit.queries import DetailReader
-from symbi_audit.reports import USAGE_EVENT, CheckpointRef, Framework, ReportInput, build_report
+from symbi_audit.reports import (
+    MAX_REPORT_ROWS,
+    MAX_USAGE_LOOKUPS,
+    USAGE_EVENT,
+    CheckpointRef,
+    Framework,
+    ReportInput,
+    build_report,
+)
 from symbi_audit.runner import VerifierRunner
 from symbi_audit.store import AuditStore, StoredCheckpoint
 
@@ -56,6 +64,9 @@ class AuditService:
         self.reader = reader
         self.decisions = decisions
         self.signer = signer
+        #: Limits of a report (see :mod:`symbi_audit.reports`); over them it is refused with ``report_too_large``.
+        self.max_report_rows = MAX_REPORT_ROWS
+        self.max_usage_lookups = MAX_USAGE_LOOKUPS
 
     # --- proofs ---------------------------------------------------------------------------------
 
@@ -154,15 +165,16 @@ class AuditService:
     async def report(self, framework: Framework, since: dt.datetime, until: dt.datetime) -> dict[str, Any]:
         if until <= since:
             raise BadQuery("must be after since", field="until")
-        events = [
-            {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in dict(r).items()}
-            for r in await self.pool.fetch(
-                "SELECT * FROM audit.events WHERE coalesce(occurred_at, stored_at) >= $1"
-                " AND coalesce(occurred_at, stored_at) < $2 ORDER BY sequence",
-                since,
-                until,
-            )
-        ]
+        rows = await self.pool.fetch(
+            "SELECT * FROM audit.events WHERE coalesce(occurred_at, stored_at) >= $1"
+            " AND coalesce(occurred_at, stored_at) < $2 ORDER BY sequence LIMIT $3",
+            since,
+            until,
+            self.max_report_rows + 1,
+        )
+        if len(rows) > self.max_report_rows:  # read one past the limit: never the whole range into memory
+            raise ReportTooLarge("events", limit=self.max_report_rows)
+        events = [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in dict(r).items()} for r in rows]
         first = int(events[0]["sequence"]) if events else 0
         last = int(events[-1]["sequence"]) if events else 0
         findings = [
@@ -185,11 +197,13 @@ class AuditService:
         ]
         usage: list[dict[str, Any]] = []
         if any(s.usage for s in framework.sections):
-            for e in events:
-                if e.get("event_type") == USAGE_EVENT:
-                    payload = (await self.reader.details(int(e["sequence"])))["payload"]
-                    if isinstance(payload, dict):
-                        usage.append(payload)
+            reconciled = [int(e["sequence"]) for e in events if e.get("event_type") == USAGE_EVENT]
+            if len(reconciled) > self.max_usage_lookups:
+                raise ReportTooLarge(f"{USAGE_EVENT} events to read for usage", limit=self.max_usage_lookups)
+            for sequence in reconciled:
+                payload = (await self.reader.details(sequence))["payload"]
+                if isinstance(payload, dict):
+                    usage.append(payload)
         cp = (await self.store.checkpoint_covering(last)) if last else None
         cp = cp or await self.store.checkpoint()
         data = ReportInput(
@@ -203,7 +217,7 @@ class AuditService:
             last_sequence=last,
             usage=usage,
         )
-        return build_report(framework, data)
+        return build_report(framework, data, max_rows=self.max_report_rows)
 
     # --- erasure --------------------------------------------------------------------------------
 

@@ -55,7 +55,12 @@ def parse_time(value: str | None, field: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadQuery(f"expected an ISO 8601 time, got {value!r}", field=field) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=dt.UTC)
+    try:  # in UTC here: a time at the edge of the calendar (0001-01-01+01:00) has no UTC form
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise BadQuery(f"{value!r} is out of range in UTC", field=field) from None
 
 
 def parse_principal(value: str | None) -> EntityRef | None:

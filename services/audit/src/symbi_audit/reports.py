@@ -29,7 +29,15 @@ from typing import Any
 import msgspec
 from symbi_contracts.sandbox_agent.events import OUTPUT_EVENT_TYPES
 
-from symbi_audit.errors import FrameworkInvalid
+from symbi_audit.errors import FrameworkInvalid, ReportTooLarge
+
+#: Bounds of a custom framework (each section repeats the rows it matches) and of the rows a report holds:
+#: the events read for it and, again, the rows of all its sections together (:class:`ReportTooLarge`).
+MAX_SECTIONS = 32
+MAX_PATTERNS = 256
+MAX_REPORT_ROWS = 100_000
+#: At most this many ``budget.reconciled`` payloads are read (one stream read each) for a usage section.
+MAX_USAGE_LOOKUPS = 10_000
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -150,6 +158,13 @@ def parse_framework(text: str) -> Framework:
         raise FrameworkInvalid(f"framework definition: {exc}") from None
     if not framework.sections:
         raise FrameworkInvalid("a framework needs at least one [[sections]] entry")
+    if len(framework.sections) > MAX_SECTIONS:
+        raise FrameworkInvalid(f"a framework has at most {MAX_SECTIONS} sections, got {len(framework.sections)}")
+    patterns = sum(len(s.event_types) + len(s.producers) for s in framework.sections)
+    if patterns > MAX_PATTERNS:
+        raise FrameworkInvalid(
+            f"a framework has at most {MAX_PATTERNS} event_types and producers in all, got {patterns}"
+        )
     for s in framework.sections:
         if not s.event_types and not s.erasures:
             raise FrameworkInvalid(f"section {s.name!r} selects nothing: give it event_types")
@@ -209,12 +224,19 @@ def _integrity(data: ReportInput, covered: bool) -> str:
     return "verified" if data.checkpoint.signature_valid else "checkpoint invalid"
 
 
-def build_report(framework: Framework, data: ReportInput) -> dict[str, Any]:
-    """The report as a JSON-able document."""
+def build_report(framework: Framework, data: ReportInput, *, max_rows: int = MAX_REPORT_ROWS) -> dict[str, Any]:
+    """The report as a JSON-able document; :class:`ReportTooLarge` if its sections hold over ``max_rows`` rows."""
     covered = data.checkpoint is not None and data.checkpoint.last_sequence >= data.last_sequence
     sections = []
+    held = 0
     for s in framework.sections:
-        rows = [_row(e) for e in data.events if s.matches(e)]
+        rows = []
+        for e in data.events:
+            if s.matches(e):
+                held += 1
+                if held > max_rows:
+                    raise ReportTooLarge("rows (in all its sections)", limit=max_rows)
+                rows.append(_row(e))
         section: dict[str, Any] = {"name": s.name, "description": s.description, "count": len(rows), "rows": rows}
         if s.erasures:
             section["erasures"] = [

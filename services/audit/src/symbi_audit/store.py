@@ -63,6 +63,8 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS events_producer ON audit.events (producer, sequence)",
     "CREATE INDEX IF NOT EXISTS events_time ON audit.events (occurred_at)",
     "CREATE INDEX IF NOT EXISTS events_stored ON audit.events (stored_at)",
+    # reports select by the event's own time, or the time it was stored where it states none
+    "CREATE INDEX IF NOT EXISTS events_report_time ON audit.events ((coalesce(occurred_at, stored_at)))",
     "CREATE INDEX IF NOT EXISTS events_correlation ON audit.events (correlation_id)",
     """CREATE TABLE IF NOT EXISTS audit.findings (
         id bigserial PRIMARY KEY,
