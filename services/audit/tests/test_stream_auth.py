@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
-from symbi_audit import api
+from symbi_audit import live_api
 from symbi_common.crypto import Signer
 from symbi_common.operator_auth import open_revocations_bucket
 from symbi_common.operator_tokens import (
@@ -108,7 +108,7 @@ async def test_a_revoked_token_gets_no_later_event_and_its_stream_ends(
 ) -> None:
     """Checked before each event sent: the first event after the revocation ends the stream, undelivered; a
     stream of another (unrevoked) token gets that event."""
-    monkeypatch.setattr(api, "STREAM_RECHECK_S", 3600.0, raising=False)  # only the next event can end it here
+    monkeypatch.setattr(live_api, "STREAM_RECHECK_S", 3600.0, raising=False)  # only the next event can end it here
     url, running = served
     token, claims = issue_token(issuer, name="ada", role="auditor", ttl_s=3600)
     other, _ = issue_token(issuer, name="bob", role="auditor", ttl_s=3600)
@@ -142,7 +142,7 @@ async def test_an_idle_stream_ends_soon_after_its_token_is_revoked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With no event coming, the periodic check (every ``STREAM_RECHECK_S``) ends it."""
-    monkeypatch.setattr(api, "STREAM_RECHECK_S", 0.2, raising=False)
+    monkeypatch.setattr(live_api, "STREAM_RECHECK_S", 0.2, raising=False)
     url, running = served
     token, claims = issue_token(issuer, name="ada", role="operator", ttl_s=3600)
     listener = await Listener(url, token).start()

@@ -31,34 +31,35 @@ Findings are also published on ``audit.alert`` and verified events on ``audit.li
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import PlainTextResponse, StreamingResponse
-from symbi_common.bounds import INT64_MAX, check_ints, check_json_depth, check_no_nul, parse_int, query_text
+from fastapi.responses import PlainTextResponse
+from symbi_common.bounds import INT64_MAX, check_ints, check_json_depth, check_no_nul, parse_int
 from symbi_common.commands import CommandMeta, CommandServer
-from symbi_common.errors import BadRequest, NotFound, SymbiError, Unauthenticated, to_wire
+from symbi_common.errors import BadRequest, NotFound
 from symbi_common.openapi import FLAG, INT64, TEXT, TIME, json_body, query_params
-from symbi_common.operator_auth import OperatorGuard, acting_for, bearer_token, claims_of
+from symbi_common.operator_auth import OperatorGuard, acting_for
 from symbi_common.streams import EVENTS_STREAM
 
 from symbi_audit.application import AuditService
 from symbi_audit.command_auth import command_operator, own_principal
 from symbi_audit.erasure import EraseRequest
 from symbi_audit.errors import AuditBehind, BadQuery
-from symbi_audit.live import EventItem, LiveFeed, LiveFilter
-from symbi_audit.queries import PRINCIPAL_HEADER, EventQuery, get_event, list_events, parse_principal, parse_time
+from symbi_audit.queries import (
+    PRINCIPAL_HEADER,
+    EventQuery,
+    get_event,
+    list_events,
+    parse_principal,
+    parse_time,
+    text_param,
+)
 from symbi_audit.reports import BUILT_IN, Framework, parse_framework, report_csv
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
-#: How often an open event stream checks its operator token again while no event comes (a revoked token's
-#: stream ends within this; an expiring one at its expiry, and either before the next event is sent).
-STREAM_RECHECK_S = 5.0
 #: How long a read with ``min_sequence`` waits for the audit log to reach it before a 503 ``audit_behind``.
 WAIT_S = 5.0
 _json = msgspec.json.Encoder()
@@ -93,11 +94,7 @@ _REPORT_QUERY = query_params(since=TIME, until=TIME, format={"type": "string", "
 
 
 def _text(request: Request, name: str) -> str | None:
-    """A text query parameter (None if absent): no NUL (PostgreSQL refuses it), at most 1024 characters."""
-    try:
-        return query_text(request.query_params.get(name), name)
-    except BadRequest as exc:
-        raise BadQuery(exc.message.removeprefix(f"{name}: "), field=name) from None
+    return text_param(request.query_params.get(name), name)
 
 
 def _limit(request: Request, default: int = 100, most: int = 1000) -> int:
@@ -222,71 +219,6 @@ async def event(request: Request, sequence: str) -> Response:
     if _bool(request, "details"):
         await _with_details(service, request, [row])
     return _reply(row)
-
-
-def _token_check(request: Request) -> tuple[Callable[[], SymbiError | None], float]:
-    """For a long-lived response: a check of the request's operator token, as the guard makes it on every call
-    (:meth:`OperatorGuard.authenticate`: expiry, then revocation — a set lookup and a time compare once the
-    token is cached), answering the refusal (None while the token is good); and the token's expiry (Unix time)."""
-    guard: OperatorGuard | None = getattr(request.app.state, "operator_guard", None)
-    claims = claims_of(request)
-    if guard is None or claims is None:
-        raise Unauthenticated("no authenticated operator for this request")
-    token = bearer_token(request.scope.get("headers") or [])
-
-    def refusal() -> SymbiError | None:
-        try:
-            guard.authenticate(token)
-        except SymbiError as err:
-            return err
-        return None
-
-    return refusal, float(claims.exp)
-
-
-@router.get(
-    "/stream",
-    response_class=StreamingResponse,
-    openapi_extra=query_params(agent=TEXT, event_type=TEXT),
-    responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}},
-)
-async def stream(request: Request) -> StreamingResponse:
-    """Verified events' metadata as they come. The operator token is checked again before each event is sent and
-    at least every :data:`STREAM_RECHECK_S` seconds (and at its expiry): once it is revoked or expired, the stream
-    sends ``event: unauthenticated`` (``data``: the typed error) and ends."""
-    live: LiveFeed = request.app.state.audit_live
-    flt = LiveFilter(agent=_text(request, "agent"), event_type=_text(request, "event_type"))
-    refusal, expires = _token_check(request)
-    sub = live.subscribe(flt)  # before the response starts: nothing verified from now on is missed
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            yield b": audit live feed\n\n"
-            while True:
-                arrived = True
-                item: EventItem | None = None
-                try:
-                    item = sub.queue.get_nowait()  # a busy feed: no timer per event
-                except asyncio.QueueEmpty:
-                    wait = min(STREAM_RECHECK_S, max(expires - time.time(), 0.0) + 0.01)
-                    try:
-                        item = await asyncio.wait_for(sub.get(), timeout=wait)
-                    except TimeoutError:
-                        arrived = False  # nothing came: only the token is checked again
-                refused = refusal()
-                if refused is not None:
-                    yield b"event: unauthenticated\ndata: " + _json.encode({"error": to_wire(refused)}) + b"\n\n"
-                    return
-                if not arrived:
-                    continue
-                if item is None:
-                    yield b"event: overflow\ndata: {}\n\n"
-                    return
-                yield b"event: audit\nid: " + str(item.sequence).encode() + b"\ndata: " + _json.encode(item) + b"\n\n"
-        finally:
-            sub.close()
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/checkpoints", openapi_extra=query_params(limit=INT64, before=INT64))

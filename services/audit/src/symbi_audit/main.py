@@ -19,6 +19,7 @@ from symbi_common.service import ServiceRuntime
 from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
 
+from symbi_audit import live_api
 from symbi_audit.api import register_commands, router
 from symbi_audit.application import AuditService
 from symbi_audit.guard import LogGuard
@@ -101,7 +102,7 @@ def build_app(settings: Settings) -> FastAPI:
         rt.add_health_check("log_intact", lambda: guard.intact)
         rt.add_health_check("log_checked", lambda: guard.checked)
 
-    app = create_app(runtime, title="Symbi audit", routers=[router], on_start=on_start)
+    app = create_app(runtime, title="Symbi audit", routers=[router, live_api.router], on_start=on_start)
     app.state.audit_live = live
     return app
 

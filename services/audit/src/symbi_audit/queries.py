@@ -18,9 +18,10 @@ from typing import Any
 import asyncpg
 import msgspec
 import nats.errors
+from symbi_common.bounds import query_text
 from symbi_common.datakeys import DataKeys
 from symbi_common.decisions import Condition, DecisionPoint, DecisionRequest, EntityRef
-from symbi_common.errors import DataKeyDestroyed, InfrastructureError, IntegrityError, Timeout
+from symbi_common.errors import BadRequest, DataKeyDestroyed, InfrastructureError, IntegrityError, Timeout
 from symbi_common.keyring import KeyRegistry
 from symbi_common.policy.conditions import redact
 from symbi_common.policy.enforcement import AUDIT_EVENT_DETAILS
@@ -61,6 +62,14 @@ def parse_time(value: str | None, field: str) -> dt.datetime | None:
         return parsed.astimezone(dt.UTC)
     except OverflowError:
         raise BadQuery(f"{value!r} is out of range in UTC", field=field) from None
+
+
+def text_param(value: str | None, name: str) -> str | None:
+    """A text query parameter (None if absent): no NUL (PostgreSQL refuses it), at most 1024 characters."""
+    try:
+        return query_text(value, name)
+    except BadRequest as exc:
+        raise BadQuery(exc.message.removeprefix(f"{name}: "), field=name) from None
 
 
 def parse_principal(value: str | None) -> EntityRef | None:
