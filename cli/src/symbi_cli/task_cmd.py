@@ -102,8 +102,16 @@ class SchedulerApi:
         return await self._call("GET", f"/v1/tasks/{task_id}")
 
     async def output(self, task_id: str, stream: str, after: int) -> tuple[bytes, dict[str, Any]]:
-        view = await self._call("GET", f"/v1/tasks/{task_id}/output", params={"stream": stream, "after": after})
-        return base64.b64decode(view["data_base64"]), view
+        """The output on ``stream`` from byte ``after`` to what is stored so far (read page by page); the last
+        page's view (its ``next_offset`` and ``done`` cover the whole)."""
+        data = bytearray()
+        while True:
+            params = {"stream": stream, "after": after + len(data)}
+            view = await self._call("GET", f"/v1/tasks/{task_id}/output", params=params)
+            page = base64.b64decode(view["data_base64"])
+            data += page
+            if not page or view.get("done", True) or view.get("next_offset") != after + len(data):
+                return bytes(data), view
 
 
 def _who() -> str:

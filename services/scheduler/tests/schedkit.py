@@ -36,7 +36,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings
 from symbi_common.telemetry import continue_trace
-from symbi_contracts.sandbox_agent.errors import ActionDenied
+from symbi_contracts.sandbox_agent.errors import ActionDenied, UnknownExecution
 from symbi_contracts.sandbox_agent.events import (
     EXECUTION_CODEC,
     ExecutionAction,
@@ -220,6 +220,7 @@ class FakeHost:
         chunk: int = 64 * 1024,
         tail: bool = True,
         fail_once: tuple[str, ...] = (),
+        starting: float = 0.0,
     ) -> None:
         self.host_id = host_id
         self.nc = nc
@@ -242,6 +243,9 @@ class FakeHost:
         self.tail = tail
         #: Commands (``suspend``, ``resume`` …) whose first call fails as a host that did not get to it would.
         self.fail_once = set(fail_once)
+        #: Seconds the host spends checking a task (image, policy, secrets) before it runs it; meanwhile, as the
+        #: sandbox-agent does, it answers ``UnknownExecution`` to a command for it (0: it answers ``unknown``).
+        self.starting = starting
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
         self.started: list[tuple[str, int]] = []
@@ -329,6 +333,8 @@ class FakeHost:
             )
             return
         execution = Execution(task_id, attempt, submitted.agent_id, submitted.input, a)
+        if self.starting:
+            await asyncio.sleep(self.starting)
         self.running[task_id] = execution
         self.started.append((task_id, attempt))
         self.max_running = max(self.max_running, len(self.running))
@@ -422,6 +428,8 @@ class FakeHost:
                 raise InfrastructureError(f"host {self.host_id} did not get to {action} {task_id}")
             execution = self.running.get(task_id)
             if execution is None:
+                if self.starting:
+                    raise UnknownExecution(f"no execution of task {task_id} runs on host {self.host_id}")
                 return {"task_id": task_id, "status": "unknown"}
             if action == "terminate":
                 self.running.pop(task_id)

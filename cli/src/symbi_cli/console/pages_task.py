@@ -55,8 +55,16 @@ async def task(task_id: str, c: CtxDep) -> Response:
 
 
 async def _output(services: Services, task_id: str, stream: str, after: int) -> dict[str, Any]:
-    out: dict[str, Any] = await services.get("scheduler", f"/v1/tasks/{task_id}/output", stream=stream, after=after)
-    return out
+    """The output on ``stream`` from byte ``after`` to what is stored so far, read page by page: the last page's
+    view with ``data_base64`` of them all."""
+    data = bytearray()
+    while True:
+        path = f"/v1/tasks/{task_id}/output"
+        out: dict[str, Any] = await services.get("scheduler", path, stream=stream, after=after + len(data))
+        page = base64.b64decode(out["data_base64"])
+        data += page
+        if not page or out.get("done", True) or out.get("next_offset") != after + len(data):
+            return {**out, "offset": after, "data_base64": base64.b64encode(bytes(data)).decode()}
 
 
 async def _usage(c: Ctx, view: dict[str, Any]) -> dict[str, Any]:

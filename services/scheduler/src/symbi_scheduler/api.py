@@ -8,9 +8,9 @@ HTTP::
                                        the tasks (queued by priority, running, finished newest first), filtered
                                        by state (queued|running|finished) and agent: {"items", "total"}
     GET  /v1/tasks/{id}                the task: status, attempt, host, tier, outcome, exit code, decision
-    GET  /v1/tasks/{id}/output?stream=stdout&after=0
-                                       the latest attempt's output from byte ``after`` (base64), ``done``,
-                                       and once ended the size and SHA-256 the sandbox reported (``intact``)
+    GET  /v1/tasks/{id}/output?stream=stdout&after=0&max_bytes=262144
+                                       a page of the latest attempt's output from byte ``after`` (base64; at most
+                                       512 KiB), ``next_offset``, ``done`` (ended and no page left), and once ended the size and SHA-256 the sandbox reported (``intact``)
     POST /v1/tasks/{id}/cancel         {"reason"?}: withdraw a queued task; a placed one is stopped
     GET  /v1/status                    queue depths, hosts and their free capacity, running tasks
 
@@ -43,6 +43,7 @@ from symbi_scheduler.application import (
     TaskView,
 )
 from symbi_scheduler.listing import DEFAULT_LIMIT, STATES, TaskList
+from symbi_scheduler.projections import OUTPUT_PAGE_BYTES
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder()
@@ -106,13 +107,16 @@ async def get_task(task_id: str, request: Request) -> Response:
 @router.get(
     "/tasks/{task_id}/output",
     responses={200: json_response(OutputView)},
-    openapi_extra=query_params(stream={"type": "string", "enum": ["stdout", "stderr"]}, after=INT64),
+    openapi_extra=query_params(stream={"type": "string", "enum": ["stdout", "stderr"]}, after=INT64, max_bytes=INT64),
 )
 async def task_output(task_id: str, request: Request) -> Response:
     """The latest attempt's output on ``stream`` from byte ``after`` on."""
-    after = parse_int(request.query_params.get("after") or "0", "after")
-    stream = request.query_params.get("stream") or "stdout"
-    return _reply(await _service(request).output(OutputRequest(task_id=task_id, stream=stream, after=after)))
+    q = request.query_params
+    after = parse_int(q.get("after") or "0", "after")
+    max_bytes = parse_int(q.get("max_bytes") or str(OUTPUT_PAGE_BYTES), "max_bytes")
+    stream = q.get("stream") or "stdout"
+    body = OutputRequest(task_id=task_id, stream=stream, after=after, max_bytes=max_bytes)
+    return _reply(await _service(request).output(body))
 
 
 class _CancelBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -15,19 +15,28 @@ import time
 from typing import Any
 
 import msgspec
-from symbi_common.errors import InfrastructureError, NotFound, ValidationError
+from symbi_common.errors import NotFound, ValidationError
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.lifecycle.events import AgentStatus
 from symbi_contracts.scheduler.events import ResourceRequest, TaskCancelled, TaskSubmitted
 
 from symbi_scheduler.core import never_fits
-from symbi_scheduler.domain import LEVEL, TASK_ID_RE, TaskNotAssignable, effective_limits
+from symbi_scheduler.domain import LEVEL, TASK_ID_RE, CancelPending, TaskNotAssignable, effective_limits
+from symbi_scheduler.effects import RETRY_AFTER_S
 from symbi_scheduler.follower import EventFollower, HostWatcher
 from symbi_scheduler.leader import Leader
 from symbi_scheduler.listing import TaskList, list_tasks
 from symbi_scheduler.model import Model, TaskRec
-from symbi_scheduler.projections import OutputView, TaskView, read_output, state_view, task_view
+from symbi_scheduler.projections import (
+    OUTPUT_PAGE_BYTES,
+    OUTPUT_PAGE_MAX_BYTES,
+    OutputView,
+    TaskView,
+    read_output,
+    state_view,
+    task_view,
+)
 
 __all__ = [
     "CancelRequest",
@@ -42,6 +51,10 @@ __all__ = [
 
 #: How long a submission waits for an agent this replica has not seen yet (it may have just registered).
 AGENT_WAIT_S = 3.0
+#: How long a cancel keeps asking a host that does not know the run yet (it adds it within seconds), and how often
+#: (under the 5 s a command client waits by default, so the caller gets the answer, not a timeout).
+CANCEL_WAIT_S = 4.0
+CANCEL_RETRY_S = 0.25
 
 
 class SubmitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -65,11 +78,13 @@ class CancelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class OutputRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Output of the task's latest attempt on ``stream`` from byte ``after`` on."""
+    """A page of the task's latest attempt's output on ``stream`` from byte ``after`` on, of at most ``max_bytes``
+    (the next page starts at the reply's ``next_offset``)."""
 
     task_id: str
     stream: str = "stdout"
     after: int = 0
+    max_bytes: int = OUTPUT_PAGE_BYTES
 
 
 class StatusRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -145,19 +160,51 @@ class SchedulerService:
             raise TaskNotAssignable(f"task can never be placed: {reason}", agent_id=request.agent_id)
 
     async def cancel(self, request: CancelRequest, cancelled_by: str = "api") -> TaskView:
-        """Withdraw a queued (or denied) task; a placed one is stopped on its host and completes as killed."""
-        rec = self.get_rec(request.task_id)
-        if rec.state.placed:
-            if not await self.fx.host_command(rec.host_id, "terminate", rec.task_id):
-                raise InfrastructureError(
-                    f"host {rec.host_id} did not answer the stop of task {rec.task_id}; cancel it again",
-                    retry_after=3.0,
-                )
-            return TaskView.of(rec)
-        event = TaskCancelled(reason=request.reason[:500], cancelled_by=cancelled_by)
-        records = await self.fx.record(request.task_id, event)
-        self.leader.wake.set()
-        return TaskView.of(self.model.tasks[request.task_id], records[-1].sequence if records else 0)
+        """Withdraw a queued (or denied) task; a placed one is stopped on its host and completes as killed.
+
+        The answer is never "done" while the task may still run: a host that does not know the run yet (it is
+        still checking the task before starting it) is asked again for up to :data:`CANCEL_WAIT_S` until the run
+        is stopped or the task has ended; otherwise :class:`CancelPending` (retryable). A task the leader places
+        while it is being withdrawn is stopped on its host instead."""
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        rec, tried = self.get_rec(request.task_id), False
+        while True:
+            if tried and rec.state.finished:
+                return TaskView.of(rec)  # it ended while the cancel was under way: nothing is left running
+            if not rec.state.placed:
+                try:
+                    records = await self.fx.record(
+                        rec.task_id, TaskCancelled(reason=request.reason[:500], cancelled_by=cancelled_by)
+                    )
+                except TaskNotAssignable:
+                    if time.monotonic() >= deadline:
+                        raise
+                    # Placed meanwhile (this replica's model may not show it yet): stop it on its host instead.
+                else:
+                    self.leader.wake.set()
+                    return TaskView.of(self.model.tasks[rec.task_id], records[-1].sequence if records else 0)
+            else:
+                answer = await self.fx.terminate(rec.host_id, rec.task_id)
+                if answer == "done":
+                    return TaskView.of(self.get_rec(rec.task_id))
+                if answer == "no_answer":
+                    raise CancelPending(
+                        f"host {rec.host_id} did not answer the stop of task {rec.task_id}; cancel it again",
+                        task_id=rec.task_id,
+                        host_id=rec.host_id,
+                        retry_after=RETRY_AFTER_S,
+                    )
+                if time.monotonic() >= deadline:
+                    raise CancelPending(
+                        f"host {rec.host_id} has not started task {rec.task_id} within {CANCEL_WAIT_S:g}s and it "
+                        "has not ended, so it may still start; cancel it again",
+                        task_id=rec.task_id,
+                        host_id=rec.host_id,
+                        retry_after=RETRY_AFTER_S,
+                    )
+            tried = True
+            await asyncio.sleep(CANCEL_RETRY_S)
+            rec = self.get_rec(request.task_id)
 
     async def _agent(self, agent_id: str) -> Any:
         deadline = time.monotonic() + AGENT_WAIT_S
@@ -190,7 +237,10 @@ class SchedulerService:
             raise ValidationError("must be stdout or stderr", field="stream")
         if request.after < 0:
             raise ValidationError("must be >= 0", field="after")
-        return await read_output(self.rt.store, self.get_rec(request.task_id), request.stream, request.after)
+        if not 1 <= request.max_bytes <= OUTPUT_PAGE_MAX_BYTES:
+            raise ValidationError(f"must be 1 to {OUTPUT_PAGE_MAX_BYTES}", field="max_bytes")
+        rec = self.get_rec(request.task_id)
+        return await read_output(self.rt.store, rec, request.stream, request.after, request.max_bytes)
 
     def status(self) -> dict[str, Any]:
         """This replica's role, then the queues, hosts and running tasks of its state."""

@@ -29,7 +29,7 @@ import msgspec
 from symbi_common.caps import lower_to_caps
 from symbi_common.decisions import DecisionRecord
 from symbi_common.domain import AggregateType
-from symbi_common.errors import AlreadyExists, DomainError, NotFound, ValidationError
+from symbi_common.errors import AlreadyExists, DomainError, InfrastructureError, NotFound, ValidationError
 from symbi_common.ids import ID_RE
 from symbi_common.key_names import agent_data_key
 from symbi_contracts.lifecycle.config import CPU_CORES, EXECUTION_TIMEOUT_S, MEMORY_MB, PRIORITIES, ResourceLimits
@@ -70,6 +70,14 @@ class TaskNotAssignable(TaskError):
 
     code = "task_not_assignable"
     http_status = 409
+
+
+class CancelPending(InfrastructureError):
+    """A cancel could not be confirmed: the task's host does not know the run yet (it may still be starting it)
+    or did not answer, and the task has not ended. The task may still run; cancel it again."""
+
+    code = "cancel_pending"
+    http_status = 503
 
 
 class TaskFinished(TaskError):

@@ -20,7 +20,7 @@ from symbi_common.eventstore import Recorded
 from symbi_common.service import ServiceRuntime
 from symbi_common.telemetry import continue_trace, inject_trace
 from symbi_contracts.lifecycle.commands import COMMANDS as LIFECYCLE_COMMANDS
-from symbi_contracts.sandbox_agent import errors as sandbox_errors  # noqa: F401  (decodes its typed replies)
+from symbi_contracts.sandbox_agent import errors as sandbox_errors  # (also decodes its typed replies)
 from symbi_contracts.sandbox_agent.commands import TaskRef, service_for
 from symbi_contracts.scheduler.events import TaskEvent, TaskSubmitted
 
@@ -100,6 +100,18 @@ class Effects:
             log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
             return exc.http_status < 500
         return True
+
+    async def terminate(self, host_id: str, task_id: str) -> str:
+        """``terminate`` to a host for a cancel: ``done`` (stopped, or refused as moot), ``unknown`` (the host runs
+        no such task: not yet, or no longer; only the task's events tell which) or ``no_answer``."""
+        try:
+            await self.rt.client.call(service_for(host_id), "terminate", TaskRef(task_id=task_id), dict, timeout=15.0)
+        except sandbox_errors.UnknownExecution:
+            return "unknown"
+        except SymbiError as exc:
+            log.warning("terminate failed", host=host_id, task_id=task_id, error=str(exc))
+            return "done" if exc.http_status < 500 else "no_answer"
+        return "done"
 
     async def publish_work(self, task_id: str, attempt: int, host_id: str) -> None:
         """The work item of an attempt (``Nats-Msg-Id`` makes a repeat harmless)."""

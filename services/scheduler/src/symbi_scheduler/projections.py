@@ -13,6 +13,7 @@ import hashlib
 from typing import Any
 
 import msgspec
+from symbi_common.errors import ValidationError
 from symbi_common.eventstore import EventStore
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionEvent, output_chunks
 
@@ -121,13 +122,26 @@ def wait_reason(model: Model, rec: TaskRec, now: float) -> str:
     return ""
 
 
-async def read_output(store: EventStore, rec: TaskRec, stream: str, after: int) -> OutputView:
-    """Reassemble the latest attempt's output on ``stream`` from byte ``after`` from its verified events."""
+#: Bytes of output one read returns unless asked for fewer (and at most): base64 makes a third more, and the
+#: reply must stay well under NATS's 1 MB max payload.
+OUTPUT_PAGE_BYTES = 256 * 1024
+OUTPUT_PAGE_MAX_BYTES = 512 * 1024
+
+
+class OffsetPastEnd(ValidationError):
+    """``after`` lies beyond the output stored so far (it is a ``next_offset`` of an earlier read, or 0)."""
+
+    code = "offset_past_end"
+
+
+async def read_output(store: EventStore, rec: TaskRec, stream: str, after: int, max_bytes: int) -> OutputView:
+    """A page of at most ``max_bytes`` of the latest attempt's output on ``stream`` from byte ``after``, from its
+    verified events. ``done``: the task had finished before its events were read and this page reaches the end."""
+    attempt, finished, outcome, exit_code = rec.attempt, rec.state.finished, rec.outcome, rec.exit_code
     events: list[ExecutionEvent] = []
     if rec.exec_version:
         loaded = await store.load("execution", rec.task_id, EXECUTION_CODEC)
         events = [r.event for r in loaded]
-    attempt = rec.attempt
     chunks: list[tuple[int, bytes]] = []
     terminal: Any = None
     for ev in events:
@@ -137,7 +151,12 @@ async def read_output(store: EventStore, rec: TaskRec, stream: str, after: int) 
         if isinstance(ev, TERMINAL_TYPES):
             terminal = ev
     whole = _assemble(chunks)
-    part = whole[after:]
+    if after > len(whole):
+        raise OffsetPastEnd(
+            f"is past the end of the output: {stream} of task {rec.task_id} has {len(whole)} bytes so far",
+            field="after",
+        )
+    part = whole[after : after + max_bytes]
     total = sha = None
     intact = None
     if terminal is not None:
@@ -152,9 +171,9 @@ async def read_output(store: EventStore, rec: TaskRec, stream: str, after: int) 
         offset=after,
         data_base64=base64.b64encode(part).decode(),
         next_offset=after + len(part),
-        done=rec.state.finished,
-        outcome=rec.outcome,
-        exit_code=rec.exit_code,
+        done=finished and after + len(part) == len(whole),
+        outcome=outcome,
+        exit_code=exit_code,
         total_bytes=total,
         sha256=sha,
         intact=intact,
