@@ -153,6 +153,8 @@ async def test_a_suspended_agent_reconfigured_gets_its_new_policies_and_a_replay
     [
         'permit(principal, action == Action::"secret.read", resource);',
         'permit(principal, action in [Action::"tool.invoke", Action::"secret.read"], resource);',
+        'permit(principal, action in Action::"secret.read", resource);',
+        'permit(principal, action in [Action::"secret.read"], resource);',
         "permit(principal, action, resource);",
     ],
 )

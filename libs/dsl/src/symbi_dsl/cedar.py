@@ -25,6 +25,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from symbi_common.policy.shape import shape_problem
+
 from symbi_dsl import ast as A
 from symbi_dsl.diagnostics import Reporter
 from symbi_dsl.expressions import rule_text
@@ -340,6 +342,11 @@ def compile_policy(
         except _Bad as bad:
             message = f"{bad.message}: this rule is not enforced"
             reporter.warn("policy", message, getattr(bad.node, "span", rule.span), bad.hint)
+            continue
+        shape = shape_problem(text)  # before cedarpy parses it: too deep a condition would crash its parser
+        if shape is not None:
+            reporter.error("policy", f"the compiled Cedar is too large to check: {shape[0]}", rule.span)
+            ok = False
             continue
         try:
             cedarpy.policies_to_json_str(text)

@@ -318,13 +318,17 @@ def _validate_policies(issues: list[ConfigIssue], policies: tuple[PolicySpec, ..
     refused there must not become Ready without them."""
     import cedarpy
     from symbi_common.policy.agent_sets import check_agent_policies
-    from symbi_common.policy.cedar import PolicyRejected
+    from symbi_common.policy.cedar import PolicyRejected, check_shape
 
     _check_list(issues, "policies", tuple(p.name for p in policies))
     parsed = True
     for i, policy in enumerate(policies):
         try:
+            check_shape(policy.cedar)  # first: text nested too deeply would crash cedarpy's parser
             cedarpy.policies_to_json_str(policy.cedar)
+        except PolicyRejected as err:
+            issues.append(ConfigIssue(f"policies[{i}].cedar", f"is not acceptable Cedar: {err.message}"))
+            parsed = False
         except ValueError as err:
             issues.append(ConfigIssue(f"policies[{i}].cedar", f"is not valid Cedar: {err}"))
             parsed = False

@@ -159,7 +159,7 @@ async def get_set(set_id: str, request: Request) -> Response:
 )
 async def what_if(set_id: str, request: Request) -> Response:
     """Which recorded decisions the proposed text would change, without activating it."""
-    raw = await request.body()
+    raw = check_json_depth(await request.body())
     try:
         fields = msgspec.json.decode(raw or b"{}", type=dict[str, Any])
     except msgspec.DecodeError as exc:
@@ -169,6 +169,7 @@ async def what_if(set_id: str, request: Request) -> Response:
         body = msgspec.convert(fields, WhatIfRequest)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body: {exc}") from None
+    check_ints(body)
     return _reply(await _service(request).what_if(body))
 
 

@@ -9,23 +9,20 @@ is made against it.
 
 from __future__ import annotations
 
-from collections import deque
+import asyncio
 
 import msgspec
 import nats.js.errors
 import structlog
 from symbi_common.aggregate import Loaded, Repository
 from symbi_common.decisions import Decision, DecisionRequest
-from symbi_common.errors import AlreadyExists, NotFound, SymbiError, Timeout, ValidationError
+from symbi_common.errors import AlreadyExists, NotFound, Timeout, ValidationError
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.agent_sets import agent_policy_text, agent_set_id, erased_policy_text, refused_policy_text
 from symbi_common.policy.cedar import compile_policies
 from symbi_common.policy.decision_log import LogDecisionsTyped, LogReceipt
 from symbi_common.policy.events import (
-    DECISION_LOG_CODEC,
-    DECISION_LOG_SUBJECT,
     POLICY_SETS_SUBJECT,
-    ActionDenied,
     DecisionLogEvent,
     LoggedDecision,
     PolicySetEvent,
@@ -36,7 +33,7 @@ from symbi_common.policy.events import (
 from symbi_common.policy.follower import PolicyFollower
 from symbi_common.policy.observed import observed, observed_batch
 from symbi_common.policy.points import BatchResult
-from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_common.streams import EVENTS_STREAM
 from symbi_common.telemetry import traced
 from symbi_contracts.lifecycle.config import PolicySpec
 
@@ -51,6 +48,7 @@ from symbi_policy.domain import (
     check_set_id,
     log_id_for,
 )
+from symbi_policy.history import recent_decisions
 from symbi_policy.metrics import AGENT_POLICY_SETS, POLICY_SETS, POLICY_VERSION
 from symbi_policy.whatif import WhatIfReport, what_if
 
@@ -58,6 +56,8 @@ log = structlog.get_logger(__name__)
 APPLY_WAIT_S = 5.0
 MAX_BATCH = 10_000
 BASELINE_SET = "baseline"
+#: The most logged decisions a what-if replays (each is decided twice), whatever ``[policy] what_if_limit`` says.
+MAX_WHAT_IF = 2_000
 
 
 # --- requests and views (the same shapes over HTTP and NATS) --------------------------------------------
@@ -136,13 +136,14 @@ class PolicyService:
         follower: PolicyFollower,
         store: EventStore,
         *,
-        what_if_limit: int = 10_000,
+        what_if_limit: int = MAX_WHAT_IF,
     ) -> None:
         self.sets = sets
         self.logs = logs
         self.follower = follower
         self.store = store
-        self.what_if_limit = what_if_limit
+        self.what_if_limit = max(1, min(what_if_limit, MAX_WHAT_IF))
+        self._what_if_gate = asyncio.Semaphore(1)
 
     # --- policy sets --------------------------------------------------------------------------------
 
@@ -247,21 +248,8 @@ class PolicyService:
         return LogReceipt(stored=len(request.entries), sequence=loaded.tip.sequence, duplicate=not records)
 
     async def history(self, limit: int) -> list[LoggedDecision]:
-        """The most recent ``limit`` logged decisions (every source), oldest first."""
-        recent: deque[LoggedDecision] = deque(maxlen=limit)
-        async for batch in read_subject(self.store.nc, EVENTS_STREAM, DECISION_LOG_SUBJECT, after=0):
-            for raw in batch:
-                try:
-                    rec = await self.store.open_one(raw.data, raw.subject, raw.sequence, DECISION_LOG_CODEC)
-                except SymbiError as exc:
-                    log.warning("decision log event skipped", sequence=raw.sequence, error=str(exc))
-                    continue
-                event = rec.event
-                if isinstance(event, ActionDenied):
-                    recent.append(event.entry)
-                else:
-                    recent.extend(event.entries)
-        return list(recent)
+        """The most recent ``limit`` logged decisions (every source), oldest first: read from the end of the log."""
+        return await recent_decisions(self.store, self.follower.js, limit)
 
     async def what_if(self, request: WhatIfRequest) -> WhatIfReport:
         check_set_id(request.set_id)
@@ -270,9 +258,12 @@ class PolicyService:
             raise ValidationError(f"must be between 1 and {self.what_if_limit}", field="limit")
         if request.cedar is not None:
             compile_policies(request.set_id, request.cedar)  # refuse a bad proposal before reading the log
-        engine = self.follower.engine
-        active = {k: v for k, v in self.follower.compiled.items() if k in engine.set_ids}
-        return what_if(active, engine.version, request.set_id, request.cedar, await self.history(limit))
+        # One what-if at a time, its Cedar decisions off the event loop: a reader must not stall the service.
+        async with self._what_if_gate:
+            engine = self.follower.engine
+            active = {k: v for k, v in self.follower.compiled.items() if k in engine.set_ids}
+            history = await self.history(limit)
+            return await asyncio.to_thread(what_if, active, engine.version, request.set_id, request.cedar, history)
 
     # --- the baseline and agents' own policies ------------------------------------------------------
 

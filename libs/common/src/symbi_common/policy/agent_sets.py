@@ -25,7 +25,7 @@ import cedarpy
 from symbi_contracts.lifecycle.config import PolicySpec
 
 from symbi_common.errors import ValidationError
-from symbi_common.policy.cedar import PolicyRejected, compile_policies
+from symbi_common.policy.cedar import PolicyRejected, check_shape, compile_policies
 
 #: The prefix of an agent's own policy set id (``agent-<agent_id>``).
 AGENT_SET_PREFIX = "agent-"
@@ -81,6 +81,7 @@ def agent_policy_text(agent_id: str, specs: Sequence[PolicySpec]) -> str:
     """The Cedar text of the agent's policy set: every spec, scoped to the agent, each policy named."""
     static: dict[str, Any] = {}
     for spec in specs:
+        check_shape(spec.cedar, policy=spec.name)
         try:
             est = json.loads(cedarpy.policies_to_json_str(spec.cedar))
         except ValueError as exc:
@@ -110,8 +111,12 @@ def _no_secret_grant(name: str, policy: dict[str, Any]) -> None:
     if policy.get("effect") != "permit":
         return
     action = policy.get("action") or {"op": "All"}
-    ids = [action.get("entity", {})] if action.get("op") == "==" else list(action.get("entities") or [])
-    if action.get("op") == "All" or any(e.get("id") == "secret.read" for e in ids):
+    # Cedar writes the action scope as {"op": "All"}, {"op": "==", "entity"} or {"op": "in", "entity" | "entities"}
+    # (a one-element list becomes "entity"); any other form is refused rather than read as harmless.
+    entities = [action["entity"]] if "entity" in action else []
+    entities += list(action.get("entities") or [])
+    known = action.get("op") in ("==", "in") and entities and all(isinstance(e, dict) for e in entities)
+    if not known or any(e.get("id") == "secret.read" for e in entities):
         raise PolicyRejected(
             f"policy {name!r} permits secret.read (or every action): an agent's own policies cannot grant "
             "secrets; the operator grants them in a policy set of its own (docs/secrets.md)",

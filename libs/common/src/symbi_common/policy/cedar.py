@@ -25,10 +25,14 @@ import cedarpy
 from symbi_common.errors import ValidationError
 from symbi_common.ids import ID_RE
 from symbi_common.policy.conditions import conditions_of
+from symbi_common.policy.shape import shape_problem
 
 #: A policy-set id is one NATS subject token.
 SET_ID_RE = ID_RE
 MAX_POLICY_BYTES = 128 * 1024
+#: Characters an ``@id`` may not hold: Cedar quotes a policy's id in backticks in its evaluation errors, which
+#: the engine reads to find a forbid that could not be evaluated (and so denies).
+_BAD_NAME_RE = re.compile(r"[`\x00-\x1f\x7f]")
 
 
 class PolicyRejected(ValidationError):
@@ -123,6 +127,16 @@ def _parse_error(statements: list[Statement]) -> PolicyRejected:
     return PolicyRejected("Cedar parse error: the text does not parse as a policy set")
 
 
+def check_shape(text: str, *, policy: str | None = None) -> None:
+    """:class:`PolicyRejected` if ``text`` is nested too deeply or too long a statement for Cedar's parser, which
+    would overflow the stack and kill the process (:mod:`symbi_common.policy.shape`). Call it before any
+    ``cedarpy`` function parses text."""
+    problem = shape_problem(text)
+    if problem is not None:
+        message, line = problem
+        raise PolicyRejected(f"line {line}: {message}", line=line, policy=policy)
+
+
 def compile_policies(set_id: str, text: str) -> list[CompiledPolicy]:
     """Parse and validate ``text`` as policy set ``set_id``; :class:`PolicyRejected` if it is not acceptable."""
     if not SET_ID_RE.match(set_id):
@@ -132,6 +146,7 @@ def compile_policies(set_id: str, text: str) -> list[CompiledPolicy]:
     statements = split_statements(text)
     if not statements:
         raise PolicyRejected("contains no policy")
+    check_shape(text)
     try:
         est = json.loads(cedarpy.policies_to_json_str(text))
     except ValueError:
@@ -156,6 +171,10 @@ def compile_policies(set_id: str, text: str) -> list[CompiledPolicy]:
         annotations = {str(k): str(v) if v is not None else "" for k, v in (policy.get("annotations") or {}).items()}
         name = annotations.get("id") or f"{set_id}#{index}"
         line = _reject_line(statements, index) or 0
+        if _BAD_NAME_RE.search(name):
+            raise PolicyRejected(
+                f"line {line}: a policy's @id may not hold a backtick or a control character", line=line, policy=name
+            )
         if name in seen:
             raise PolicyRejected(f"line {line}: two policies are named {name!r}", line=line, policy=name)
         seen.add(name)
@@ -171,6 +190,12 @@ def compile_policies(set_id: str, text: str) -> list[CompiledPolicy]:
                 line=line,
             )
         )
+    try:  # engines combine sets through the JSON form, whose decoder refuses nesting past 128 levels
+        combine(compiled)
+    except ValueError:
+        raise PolicyRejected(
+            "a policy's expression is nested too deeply (too many operators in one chain); split it up"
+        ) from None
     return compiled
 
 

@@ -41,9 +41,11 @@ from symbi_common.policy.cedar import CompiledPolicy, combine, schema
 from symbi_common.policy.conditions import conditions_of
 
 _UID_RE = re.compile(r'^([A-Za-z_][A-Za-z0-9_:]*)::"((?:[^"\\]|\\.)*)"\Z')
-_ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
+_ERROR_POLICY = "policy `"
 DEFAULT_DENY = "no policy permits it (default deny)"
 _json = msgspec.json.Encoder()
+#: Stands, among the forbids that could not be evaluated, for an error Cedar reported of no policy known here.
+_UNATTRIBUTED = "(unattributed error)"
 #: Decisions an engine remembers; the memo starts over when full.
 MEMO_SIZE = 4096
 _CONTEXT = {"Var": "context"}
@@ -264,6 +266,21 @@ class PolicyEngine:
             code="policy_halted",
         )
 
+    def _erring(self, error: str) -> list[str]:
+        """The policies Cedar's ``error`` can be about: every known id after ``policy`` and a backtick, up to a later one
+        (an id may itself hold one, so each is tried); none if the error names no policy this engine has."""
+        start = error.find(_ERROR_POLICY)
+        if start < 0:
+            return []
+        start += len(_ERROR_POLICY)
+        found: list[str] = []
+        end = error.find("`", start)
+        while end >= 0:
+            if error[start:end] in self._policies:
+                found.append(error[start:end])
+            end = error.find("`", end + 1)
+        return found
+
     def _names(self, ids: Sequence[str]) -> tuple[str, ...]:
         return tuple(self._policies[i].name if i in self._policies else i for i in ids)
 
@@ -274,12 +291,12 @@ class PolicyEngine:
                 reason=f"the request cannot be evaluated: {errors}", policy_version=self.version, code="invalid_request"
             )
         reasons = sorted(result.diagnostics.reasons)  # Cedar reports them in no fixed order
-        broken = [
-            pid
-            for error in result.diagnostics.errors
-            if (m := _ERROR_POLICY_RE.search(error)) and (pid := m.group(1)) in self._policies
-            if self._policies[pid].effect == "forbid"
-        ]
+        broken: list[str] = []
+        for error in result.diagnostics.errors:
+            pids = self._erring(error)
+            forbids = [pid for pid in pids if self._policies[pid].effect == "forbid"]
+            # An error no policy can be named for might be a forbid's: it denies (fail closed).
+            broken.extend(forbids if pids else [_UNATTRIBUTED])
         if result.allowed and not broken:
             conditions: tuple[Condition, ...] = tuple(c for pid in reasons for c in self._conditions.get(pid, ()))
             names = self._names(reasons)
@@ -290,7 +307,7 @@ class PolicyEngine:
             errors = "; ".join(result.diagnostics.errors)
             return Deny(
                 reason=f"a forbid policy could not be evaluated, so it denies: {errors}",
-                policies=self._names(broken),
+                policies=self._names(list(dict.fromkeys(broken))),
                 policy_version=self.version,
                 code="forbid_error",
             )

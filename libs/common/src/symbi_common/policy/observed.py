@@ -10,18 +10,34 @@ counts as a security event; a remote point leaves that to the policy service, wh
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 from opentelemetry import trace
 
 from symbi_common.decisions import AllowWithConditions, Decision, DecisionRequest, Deny
+from symbi_common.policy.cedar import schema_text
 from symbi_common.telemetry import POLICY_DECISION_SECONDS, POLICY_DECISIONS, SECURITY_EVENTS, traced
 
 #: The points that decide with an engine of their own (their denials are security events).
 _DECIDING = frozenset({"embedded", "service"})
+_ACTION_RE = re.compile(r'^action\s+((?:"[^"]+"\s*,?\s*)+)appliesTo', re.MULTILINE)
+
+
+@cache
+def schema_actions() -> frozenset[str]:
+    """The actions the Cedar schema defines."""
+    return frozenset(name for m in _ACTION_RE.finditer(schema_text()) for name in re.findall(r'"([^"]+)"', m.group(1)))
+
+
+def action_label(action: str) -> str:
+    """``action`` as a metric label: a request's action is the caller's to choose, so one the schema does not
+    define is ``other`` (each distinct label value is a time series kept for the life of the process)."""
+    return action if action in schema_actions() else "other"
 
 
 def outcome(decision: Decision) -> str:
@@ -35,7 +51,7 @@ def outcome(decision: Decision) -> str:
 
 def count(point: str, request: DecisionRequest, decision: Decision) -> None:
     result = outcome(decision)
-    POLICY_DECISIONS.labels(point, request.action, result).inc()
+    POLICY_DECISIONS.labels(point, action_label(request.action), result).inc()
     if result == "deny" and point in _DECIDING:
         SECURITY_EVENTS.labels("policy_denial").inc()
 
@@ -62,7 +78,7 @@ def observed(point: str, request: DecisionRequest) -> Iterator[list[Decision]]:
     }
     with traced("policy.decide", attributes=attributes) as span:
         yield out
-        POLICY_DECISION_SECONDS.labels(point, request.action).observe(time.perf_counter() - started)
+        POLICY_DECISION_SECONDS.labels(point, action_label(request.action)).observe(time.perf_counter() - started)
         if out:
             count(point, request, out[0])
             if span.is_recording():
