@@ -6,7 +6,7 @@ The sandbox-agent's own sections (sandbox, egress, models) are in :mod:`symbi_co
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -139,8 +139,9 @@ class PolicySettings(Section):
     #: The policy set the policy service registers as ``baseline`` when no policy set exists yet;
     #: empty: ``examples/policies/baseline.cedar`` of the working directory or of the source checkout.
     baseline_path: str = ""
-    #: Decisions the what-if analysis replays at most (the most recent ones of the decision log).
-    what_if_limit: int = 10_000
+    #: Decisions the what-if analysis replays at most (the most recent ones of the decision log): 1 to 2,000
+    #: (each is decided twice, off the event loop, one what-if at a time).
+    what_if_limit: Annotated[int, msgspec.Meta(ge=1, le=2_000)] = 2_000
 
 
 class TenantQuotaSettings(Section):
