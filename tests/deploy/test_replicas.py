@@ -266,7 +266,7 @@ async def projected(client: CommandClient, agent_id: str, version: int, within_s
     return row
 
 
-#: Knowledge bases are granted by name (symbi_context.application._resource: no owning agent).
+#: Knowledge bases are granted by name (symbi_context.access.memory_resource: no owning agent).
 KB_GRANT = (
     'permit (principal == Agent::"librarian", action in [Action::"memory.read", Action::"memory.write"], '
     'resource == Memory::"replicas");'

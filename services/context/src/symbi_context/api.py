@@ -50,7 +50,8 @@ from symbi_common.openapi import INT64, TEXT, json_body, query_params
 from symbi_common.operator_auth import claims_of
 from symbi_contracts.context.commands import ForgetRequest, IngestRequest, Query, StoreRequest
 
-from symbi_context.application import ContextService, Written, operator_principal
+from symbi_context.access import operator_principal
+from symbi_context.application import ContextService, Written
 from symbi_context.domain import MEMORY_KINDS
 from symbi_context.errors import InvalidContext
 from symbi_context.listing import list_memories

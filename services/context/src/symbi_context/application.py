@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from prometheus_client import Counter
 from symbi_common.aggregate import Repository
-from symbi_common.decisions import DecisionPoint, DecisionRecord, DecisionRequest, Deny, EntityRef
-from symbi_common.policy.enforcement import CONTEXT_MEMORY_READ, CONTEXT_MEMORY_WRITE
+from symbi_common.decisions import DecisionPoint, DecisionRecord, DecisionRequest, EntityRef
+from symbi_common.policy.enforcement import CONTEXT_MEMORY_WRITE
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.sealing import new_event_id
 from symbi_contracts.context.commands import NewMemory, Query
 
+from symbi_context.access import agent_principal, may_read, memory_resource
 from symbi_context.chunking import TextChunk, chunk_text, extract_text
 from symbi_context.domain import (
     KNOWLEDGE_KIND,
@@ -55,7 +55,6 @@ from symbi_context.vectors.port import MetaFilter
 
 log = structlog.get_logger(__name__)
 
-DENIED_READS = Counter("symbi_context_denied_reads_total", "Memory reads left out by a policy decision", ["resource"])
 #: Chunks per knowledge event: keeps each event well under the event size limit at 1536 dimensions.
 CHUNKS_PER_EVENT = 64
 #: A forget by filter refuses to go on past this many matching memories (rather than forget only some).
@@ -82,22 +81,6 @@ class ContextConfig:
     index_wait_s: float = 5.0
     forget_where_limit: int = FORGET_WHERE_LIMIT
     sweep_page: int = SWEEP_PAGE
-
-
-def _principal(agent_id: str) -> EntityRef:
-    return EntityRef(type="Agent", id=agent_id)
-
-
-def operator_principal(name: str, role: str) -> EntityRef:
-    """An operator reading content over HTTP: ``User::"<name>"`` with its token's role in ``roles``."""
-    return EntityRef(type="User", id=name, attrs={"roles": [role]})
-
-
-def _resource(owner: str, scope: str) -> EntityRef:
-    """``Memory::"<owner>"``; an agent's memory has its agent as parent (the policy schema's ``resource in
-    principal``), a knowledge base has none: policies grant it by name."""
-    parents = (f'Agent::"{owner}"',) if scope == "memory" else ()
-    return EntityRef(type="Memory", id=owner, parents=parents)
 
 
 def check_id(value: str, field: str) -> None:
@@ -134,7 +117,9 @@ class ContextService:
 
     async def _require(self, agent_id: str, action: str, owner: str, scope: str) -> DecisionRecord:
         """The decision allowing ``action``, to record in the event; a denial raises :class:`PolicyDenied`."""
-        request = DecisionRequest(principal=_principal(agent_id), action=action, resource=_resource(owner, scope))
+        request = DecisionRequest(
+            principal=agent_principal(agent_id), action=action, resource=memory_resource(owner, scope)
+        )
         verdict = await Enforcer.around(self.decisions).decide(request, CONTEXT_MEMORY_WRITE)
         if not verdict.allowed:
             log.warning("memory write denied", agent_id=agent_id, resource=owner, reason=verdict.record.reason)
@@ -151,45 +136,20 @@ class ContextService:
     ) -> tuple[list[str], list[str]]:
         """The memory owners and knowledge bases ``agent_id`` may read; denials are logged and counted.
 
-        With ``operator`` (an operator asking over HTTP: :func:`operator_principal`) only those the policy lets
+        With ``operator`` (an operator asking over HTTP: :func:`~symbi_context.access.operator_principal`) only those the policy lets
         the operator read as well: the content goes to the operator, so ``memory.read`` is decided for it too
         (as the audit service decides an operator's payload reads for the operator, never as the agent)."""
         asked = [(o, "memory") for o in dict.fromkeys(owners)] + [
             (k, "knowledge") for k in dict.fromkeys(knowledge_bases)
         ]
-        allowed = await self.may_read(_principal(agent_id), asked)
+        allowed = await may_read(self.decisions, agent_principal(agent_id), asked)
         if operator is not None:  # asked only of what the agent may read
             agreed = [a for a, ok in zip(asked, allowed, strict=True) if ok]
-            also = dict(zip(agreed, await self.may_read(operator, agreed), strict=True))
+            also = dict(zip(agreed, await may_read(self.decisions, operator, agreed), strict=True))
             allowed = [ok and also[a] for a, ok in zip(asked, allowed, strict=True)]
         memory = [owner for (owner, scope), ok in zip(asked, allowed, strict=True) if ok and scope == "memory"]
         knowledge = [kb for (kb, scope), ok in zip(asked, allowed, strict=True) if ok and scope == "knowledge"]
         return memory, knowledge
-
-    async def may_read(self, principal: EntityRef, asked: Sequence[tuple[str, str]]) -> list[bool]:
-        """``memory.read`` for ``principal`` on each ``(owner, "memory" | "knowledge")``, in one batch; a
-        denial is logged and counted (an allow with a condition this point cannot enforce is a denial)."""
-        if not asked:
-            return []
-        requests = [
-            DecisionRequest(principal=principal, action="memory.read", resource=_resource(o, s)) for o, s in asked
-        ]
-        verdicts = await Enforcer.around(self.decisions).decide_batch(requests, CONTEXT_MEMORY_READ)
-        allowed = []
-        for (owner, scope), verdict in zip(asked, verdicts, strict=True):
-            decision = verdict.decision
-            if isinstance(decision, Deny):
-                DENIED_READS.labels(scope).inc()
-                log.warning(
-                    "memory read denied",
-                    principal=f"{principal.type}::{principal.id}",
-                    resource=owner,
-                    scope=scope,
-                    reason=decision.reason,
-                    policies=list(decision.policies),
-                )
-            allowed.append(not isinstance(decision, Deny))
-        return allowed
 
     # --- memories -------------------------------------------------------------------------------------------
 

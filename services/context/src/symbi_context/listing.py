@@ -20,6 +20,7 @@ from typing import Any
 
 from symbi_common.decisions import EntityRef
 
+from symbi_context.access import may_read
 from symbi_context.application import ContextService, check_id
 from symbi_context.domain import MEMORY_KINDS
 from symbi_context.errors import InvalidContext
@@ -75,7 +76,7 @@ async def list_memories(
     operator: EntityRef | None = None,
 ) -> dict[str, Any]:
     """``{"owner", "items": [...newest first], "total", "denied": bool, "text_withheld": bool}`` for ``agent_id``
-    reading ``owner``; with ``operator`` (an HTTP caller, :func:`~symbi_context.application.operator_principal`) the content is withheld
+    reading ``owner``; with ``operator`` (an HTTP caller, :func:`~symbi_context.access.operator_principal`) the content is withheld
     unless the policy also allows ``operator`` ``memory.read`` on the owner's memory."""
     check_id(agent_id, "agent_id")
     owner = owner or agent_id
@@ -88,7 +89,7 @@ async def list_memories(
     owners, _ = await service.readable(agent_id, [owner], [])
     if not owners:
         return {"owner": owner, "items": [], "total": 0, "denied": True, "text_withheld": False}
-    withheld = operator is not None and not (await service.may_read(operator, [(owner, "memory")]))[0]
+    withheld = operator is not None and not (await may_read(service.decisions, operator, [(owner, "memory")]))[0]
     where = MetaFilter(owners=(owner,), kinds=kinds or MEMORY_KINDS, alive_at=time.time())
     hits = await service.store.scroll(where, limit=SCAN)
     hits.sort(key=lambda h: (-float(h.payload.get("created_at", 0.0)), h.id))
