@@ -49,6 +49,7 @@ from symbi_policy.domain import (
     log_id_for,
 )
 from symbi_policy.history import recent_decisions
+from symbi_policy.lockout import guard_lockout
 from symbi_policy.metrics import AGENT_POLICY_SETS, POLICY_SETS, POLICY_VERSION
 from symbi_policy.whatif import WhatIfReport, what_if
 
@@ -67,18 +68,24 @@ class RegisterSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     set_id: str
     cedar: str
     description: str = ""
+    force_lockout: bool = False
+    """Make the change even if it leaves no admin allowed the HTTP APIs (:mod:`symbi_policy.lockout`)."""
 
 
 class UpdateSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     set_id: str = ""
     cedar: str
     expected_revision: int | None = None
+    force_lockout: bool = False
+    """Make the change even if it leaves no admin allowed the HTTP APIs (:mod:`symbi_policy.lockout`)."""
 
 
 class RetireSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     set_id: str = ""
     reason: str = "retired"
     expected_revision: int | None = None
+    force_lockout: bool = False
+    """Make the change even if it leaves no admin allowed the HTTP APIs (:mod:`symbi_policy.lockout`)."""
 
 
 class GetSetRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -163,14 +170,23 @@ class PolicyService:
         return self._view(loaded.state, loaded.tip.sequence)
 
     async def register(self, request: RegisterSetRequest, *, origin: str = "operator") -> PolicySetView:
+        check_set_id(request.set_id)
+        if not request.force_lockout:
+            guard_lockout(self.follower, request.set_id, request.cedar, register=True)
         command = RegisterSet(cedar=request.cedar, description=request.description, origin=origin)
         return await self._change(request.set_id, command)
 
     async def update(self, request: UpdateSetRequest) -> PolicySetView:
+        check_set_id(request.set_id)
+        if not request.force_lockout:
+            guard_lockout(self.follower, request.set_id, request.cedar)
         command = UpdateSet(cedar=request.cedar, expected_revision=request.expected_revision)
         return await self._change(request.set_id, command)
 
     async def retire(self, request: RetireSetRequest) -> PolicySetView:
+        check_set_id(request.set_id)
+        if not request.force_lockout:
+            guard_lockout(self.follower, request.set_id, None)
         command = RetireSet(reason=request.reason, expected_revision=request.expected_revision)
         return await self._change(request.set_id, command)
 

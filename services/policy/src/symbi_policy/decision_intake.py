@@ -8,13 +8,15 @@ and the store ignores a batch id it already holds.
 
 A batch is refused — logged, counted and removed, never stored — when it cannot be read or when it claims a
 source other than the service whose subject it came on: NATS lets each service publish only its own
-``dlog.<service>``, so the subject names the sender and the batch cannot speak for another service.
+``dlog.<service>``, so the subject names the sender and the batch cannot speak for another service. The source must be exactly
+``<sender>-<process>`` with no ``-`` in the process part, so no service speaks for another whose name it prefixes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -39,6 +41,10 @@ PULL_BATCH = 16
 RETRY_DELAY_S = 1.0
 #: A batch taken and neither stored nor given back within this (a replica that stopped dead) comes again.
 ACK_WAIT_S = 10
+#: The process part of a source, ``<service>-<process>`` (:class:`DecisionLog` makes it 12 hex digits). No
+#: ``-`` in it: a service whose name is a prefix of another's (``sandbox``, ``sandbox-agent``) cannot pass its
+#: batches off as the other's processes (``sandbox-agent-1a2b`` is not a process of ``sandbox``).
+PROCESS_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 def refusal(subject: str, body: LogDecisionsTyped) -> str:
@@ -46,8 +52,9 @@ def refusal(subject: str, body: LogDecisionsTyped) -> str:
     sender = service_of(subject)
     if not sender:
         return f"{subject} is not a decision-log subject (dlog.<service>)"
-    if not body.source.startswith(sender + "-"):
-        return f"source {body.source!r} is not a process of {sender}, which published the batch"
+    process = body.source.removeprefix(sender + "-")
+    if process == body.source or not PROCESS_RE.fullmatch(process):
+        return f"source {body.source!r} is not a process of {sender} ({sender}-<process>), which published the batch"
     others = sorted({e.service for e in body.entries if e.service != sender})
     if others:
         return f"entries of {', '.join(others)} in a batch of {sender}"
