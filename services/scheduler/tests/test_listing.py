@@ -72,3 +72,52 @@ async def test_the_task_list_needs_an_operator_token(lifecycle: App, start_sched
             r = await anonymous.get("/v1/tasks")
         assert r.status_code == 401, r.text
         assert r.json()["error"]["code"] == "unauthenticated"
+
+
+async def _all_pages(s: App, query: str, limit: int) -> list[str]:
+    ids: list[str] = []
+    after = ""
+    for _ in range(100):
+        page = await s.json("GET", f"/v1/tasks?{query}&limit={limit}" + (f"&after={after}" if after else ""))
+        ids += [t["task_id"] for t in page["items"]]
+        if page["next_after"] is None:
+            return ids
+        after = page["next_after"]
+    raise AssertionError("paging did not end")
+
+
+async def test_the_task_list_pages_with_a_cursor(lifecycle: App, start_scheduler: Any) -> None:
+    await register_agent(lifecycle, "worker")
+    async with start_scheduler() as s:  # no host: every task stays queued
+        priorities = ("low", "normal", "high", "critical")
+        for n in range(11):
+            body = {"agent_id": "worker", "task_id": f"t-{n:02}", "priority": priorities[n % 4]}
+            await s.json("POST", "/v1/tasks", body, status=201)
+        for n in (3, 8):
+            await s.json("POST", f"/v1/tasks/t-{n:02}/cancel", {"reason": "not needed"})
+
+        whole = await _ids(s, state="queued", limit=1000)
+        assert len(whole) == 9
+        for limit in (1, 2, 4, 9):
+            assert await _all_pages(s, "state=queued", limit) == whole
+        assert await _all_pages(s, "state=finished", 1) == await _ids(s, state="finished")
+        everything = await _ids(s, limit=1000)
+        assert await _all_pages(s, "agent=worker", 3) == everything  # across states too
+
+        first = await s.json("GET", "/v1/tasks?state=queued&limit=4")
+        assert first["total"] == 9
+        assert first["next_after"]
+        # A task on the first page leaves the queue: the next page starts where the first ended anyway.
+        await s.json("POST", f"/v1/tasks/{whole[1]}/cancel", {"reason": "changed my mind"})
+        second = await s.json("GET", f"/v1/tasks?state=queued&limit=4&after={first['next_after']}")
+        assert [t["task_id"] for t in second["items"]] == whole[4:8]
+        last = await s.json("GET", f"/v1/tasks?state=queued&limit=4&after={second['next_after']}")
+        assert [t["task_id"] for t in last["items"]] == whole[8:]
+        assert last["next_after"] is None
+
+        for after in ("nonsense", first["next_after"] + "x"):
+            r = await s.http.get(f"/v1/tasks?state=queued&after={after}")
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["details"]["field"] == "after"
+        r = await s.http.get(f"/v1/tasks?state=running&after={first['next_after']}")  # a cursor of another state
+        assert r.status_code == 422, r.text

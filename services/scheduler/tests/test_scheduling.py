@@ -198,3 +198,22 @@ async def test_a_queued_task_says_why_it_waits(lifecycle: App, start_scheduler: 
             return reason.startswith("no host could ever run it") and "65536 MB" in reason
 
         await eventually(never_runs)
+
+
+async def test_a_victim_the_host_is_still_starting_is_paused_only_once_the_host_froze_it(
+    lifecycle: App, start_scheduler: Any, hosts: Any
+) -> None:
+    """The host answers ``unknown_execution`` to the suspend while it is still starting the victim: that is not a
+    pause (before, the task was recorded paused, its CPU given to the critical task, and the host then started it
+    unfrozen next to it). The leader asks again until the host froze the run."""
+    for name in ("background", "urgent"):
+        await register_agent(lifecycle, name, resources=ONE_CPU)
+    host: FakeHost = await hosts("h1", cpu_cores=1.0, hold=True, starting=1.0)
+    async with start_scheduler(preemption="suspend") as scheduler:
+        low = await submit(scheduler, "background", "low")
+        await until_status(scheduler, low, "assigned")
+        critical = await submit(scheduler, "urgent", "critical")
+        await host.wait_running(critical)
+        assert host.running[low].paused  # started, then frozen: never running next to the critical task
+        assert host.commands.count(("suspend", low)) >= 2
+        assert (await task_view(scheduler, low))["status"] == "paused"

@@ -4,9 +4,11 @@ HTTP::
 
     POST /v1/tasks                     {"agent_id", "input"? | "input_base64"?, "priority"?, "resources"?, "task_id"?}
                                        -> 201, the task (queued)
-    GET  /v1/tasks?state=&agent=&limit=50
+    GET  /v1/tasks?state=&agent=&limit=50&after=
                                        the tasks (queued by priority, running, finished newest first), filtered
-                                       by state (queued|running|finished) and agent: {"items", "total"}
+                                       by state (queued|running|finished) and agent: {"items", "total",
+                                       "next_after"}; pass ``next_after`` back as ``after`` for the next page
+                                       (null on the last page); a task that stays in its state is listed once
     GET  /v1/tasks/{id}                the task: status, attempt, host, tier, outcome, exit code, decision
     GET  /v1/tasks/{id}/output?stream=stdout&after=0&max_bytes=262144
                                        a page of the latest attempt's output from byte ``after`` (base64; at most
@@ -88,14 +90,15 @@ async def submit(request: Request) -> Response:
 @router.get(
     "/tasks",
     responses={200: json_response(TaskList)},
-    openapi_extra=query_params(state={"type": "string", "enum": list(STATES)}, agent=TEXT, limit=INT64),
+    openapi_extra=query_params(state={"type": "string", "enum": list(STATES)}, agent=TEXT, limit=INT64, after=TEXT),
 )
 async def tasks(request: Request) -> Response:
     """The tasks of this replica's state: queued by priority, running, finished newest first."""
     q = request.query_params
     limit = parse_int(q.get("limit") or str(DEFAULT_LIMIT), "limit")
     state, agent = query_text(q.get("state"), "state"), query_text(q.get("agent"), "agent")
-    return _reply(_service(request).tasks(state=state, agent=agent, limit=limit))
+    after = query_text(q.get("after"), "after")
+    return _reply(_service(request).tasks(state=state, agent=agent, limit=limit, after=after))
 
 
 @router.get("/tasks/{task_id}", responses={200: json_response(TaskView)})

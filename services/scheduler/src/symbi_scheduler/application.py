@@ -224,9 +224,9 @@ class SchedulerService:
             raise NotFound(f"task {task_id} does not exist", task_id=task_id)
         return rec
 
-    def tasks(self, *, state: str | None, agent: str | None, limit: int) -> TaskList:
-        """The tasks in ``state`` of ``agent`` (either may be None: all), at most ``limit``."""
-        return list_tasks(self.model, time.time(), state=state, agent=agent, limit=limit)
+    def tasks(self, *, state: str | None, agent: str | None, limit: int, after: str | None = None) -> TaskList:
+        """The tasks in ``state`` of ``agent`` (either may be None: all), at most ``limit``, after ``after``."""
+        return list_tasks(self.model, time.time(), state=state, agent=agent, limit=limit, after=after)
 
     def get(self, request: TaskRef) -> TaskView:
         return task_view(self.model, self.get_rec(request.task_id), time.time())

@@ -91,11 +91,16 @@ class Effects:
         )
 
     async def host_command(self, host_id: str, action: str, task_id: str) -> bool:
-        """``suspend``/``resume``/``terminate`` to a host's sandbox-agent; whether the host answered it (done, or
-        refused as moot: the run is already in that state, or over). False: no answer (logged); the caller records
-        nothing, so the chore that asked comes again."""
+        """``suspend``/``resume``/``terminate`` to a host's sandbox-agent; whether the host did it (done, or
+        refused as moot: the run is already in that state, or over). False: no answer (logged), or the host runs
+        no such task (``unknown_execution``: not yet — it may still be checking the task before starting it — or
+        no longer; only the task's events tell which). Either way the caller records nothing, so whatever asked
+        (a chore, the leader's next placement pass) asks again while the task is still in that state."""
         try:
             await self.rt.client.call(service_for(host_id), action, TaskRef(task_id=task_id), dict, timeout=15.0)
+        except sandbox_errors.UnknownExecution:
+            log.info("host runs no such task yet", host=host_id, action=action, task_id=task_id)
+            return False
         except SymbiError as exc:
             log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
             return exc.http_status < 500

@@ -4,9 +4,19 @@ States as an operator sees them: ``queued`` (waiting for a host, or for the poli
 ``running`` (placed: assigned or paused in place), ``finished`` (completed or cancelled). Queued tasks come
 in scheduling order of priority (critical first), then the one that entered the queue first; running ones oldest first; finished
 ones newest first. Without a state filter: queued, then running, then finished.
+
+Paging: a page that is not the last carries ``next_after``, an opaque cursor naming the sort key of its last
+task (the task id breaks ties); passing it back as ``after`` lists the tasks that sort after that one. A task
+that stays in its state keeps its key, so paging neither skips nor repeats it; tasks that change state
+meanwhile may appear on no page or on two.
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
 
 import msgspec
 from symbi_common.errors import ValidationError
@@ -26,8 +36,10 @@ MAX_LIMIT = 1000
 
 class TaskList(msgspec.Struct, kw_only=True):
     items: list[TaskView]
-    #: How many tasks matched the filters (``items`` holds the first ``limit`` of them).
+    #: How many tasks matched the filters (``items`` holds at most ``limit`` of them, after ``after``).
     total: int
+    #: The cursor to pass as ``after`` for the next page; None on the last page.
+    next_after: str | None = None
 
 
 def check_filters(state: str | None, limit: int) -> None:
@@ -38,16 +50,51 @@ def check_filters(state: str | None, limit: int) -> None:
         raise ValidationError(f"must be between 1 and {MAX_LIMIT}, got {limit}", field="limit")
 
 
-def _ordered(recs: list[TaskRec], state: str) -> list[TaskRec]:
+_Key = tuple[Any, ...]
+
+
+def _key(rec: TaskRec, state: str) -> _Key:
     if state == "queued":
-        return sorted(recs, key=lambda r: (-r.level, r.queued_seq, r.task_id))  # entered the queue first
+        return (-rec.level, rec.queued_seq, rec.task_id)  # entered the queue first
     if state == "running":
-        return sorted(recs, key=lambda r: (r.submitted_at, r.task_id))
-    return sorted(recs, key=lambda r: (-(r.finished_at or r.submitted_at), r.task_id))
+        return (rec.submitted_at, rec.task_id)
+    return (-(rec.finished_at or rec.submitted_at), rec.task_id)
 
 
-def list_tasks(model: Model, now: float, *, state: str | None, agent: str | None, limit: int) -> TaskList:
-    """The tasks in ``state`` (every state when None) of ``agent`` (every agent when None), at most ``limit``."""
+def _ordered(recs: list[TaskRec], state: str) -> list[TaskRec]:
+    return sorted(recs, key=lambda r: _key(r, state))
+
+
+def encode_cursor(state: str, key: _Key) -> str:
+    """The opaque ``after`` cursor of the task with sort ``key`` in ``state``."""
+    raw = json.dumps([state, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(after: str, names: list[str]) -> tuple[int, _Key]:
+    """The position in ``names`` and sort key an ``after`` cursor names; :class:`ValidationError` if not one."""
+    try:
+        raw = base64.urlsafe_b64decode(after + "=" * (-len(after) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError):
+        value = None
+    shapes = {"queued": (int, int, str), "running": (float, str), "finished": (float, str)}
+    if isinstance(value, list) and value and value[0] in names:
+        state, key = value[0], tuple(value[1:])
+        types = shapes[state]
+        if len(key) == len(types) and all(
+            isinstance(k, t) or (t is float and isinstance(k, int) and not isinstance(k, bool))
+            for k, t in zip(key, types, strict=True)
+        ):
+            return names.index(state), key
+    raise ValidationError("is not a cursor of this listing (pass back a next_after)", field="after")
+
+
+def list_tasks(
+    model: Model, now: float, *, state: str | None, agent: str | None, limit: int, after: str | None = None
+) -> TaskList:
+    """The tasks in ``state`` (every state when None) of ``agent`` (every agent when None), at most ``limit``,
+    those that sort after the cursor ``after`` (a ``next_after``) when given."""
     check_filters(state, limit)
     groups: dict[str, list[TaskRec]] = {name: [] for name in STATES}
     for rec in model.tasks.values():
@@ -57,5 +104,9 @@ def list_tasks(model: Model, now: float, *, state: str | None, agent: str | None
             if rec.status in statuses:
                 groups[name].append(rec)
     names = [state] if state is not None else list(STATES)
-    matched = [rec for name in names for rec in _ordered(groups[name], name)]
-    return TaskList(items=[task_view(model, rec, now) for rec in matched[:limit]], total=len(matched))
+    start = decode_cursor(after, names) if after is not None else None
+    matched = [(i, name, rec) for i, name in enumerate(names) for rec in _ordered(groups[name], name)]
+    rest = [m for m in matched if start is None or (m[0], _key(m[2], m[1])) > start]
+    page = rest[:limit]
+    next_after = encode_cursor(page[-1][1], _key(page[-1][2], page[-1][1])) if len(rest) > limit else None
+    return TaskList(items=[task_view(model, r, now) for _, _, r in page], total=len(matched), next_after=next_after)
