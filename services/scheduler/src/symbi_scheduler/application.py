@@ -184,7 +184,7 @@ class SchedulerService:
                     self.leader.wake.set()
                     return TaskView.of(self.model.tasks[rec.task_id], records[-1].sequence if records else 0)
             else:
-                answer = await self.fx.terminate(rec.host_id, rec.task_id)
+                answer = await self.fx.ask_host(rec.host_id, "terminate", rec.task_id)
                 if answer == "done":
                     return TaskView.of(self.get_rec(rec.task_id))
                 if answer == "no_answer":

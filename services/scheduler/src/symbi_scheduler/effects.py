@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -33,6 +33,8 @@ _json = msgspec.json.Encoder()
 
 #: A lifecycle or host command that did not take effect is retried after this long.
 RETRY_AFTER_S = 3.0
+#: What a host made of a command (:meth:`Effects.ask_host`).
+HostAnswer = Literal["done", "unknown", "no_answer"]
 
 
 class Effects:
@@ -90,33 +92,26 @@ class Effects:
             "lifecycle", action, request, dict, headers={"Symbi-Correlation-Id": str(body.get("task_id", ""))}
         )
 
-    async def host_command(self, host_id: str, action: str, task_id: str) -> bool:
-        """``suspend``/``resume``/``terminate`` to a host's sandbox-agent; whether the host did it (done, or
-        refused as moot: the run is already in that state, or over). False: no answer (logged), or the host runs
-        no such task (``unknown_execution``: not yet — it may still be checking the task before starting it — or
-        no longer; only the task's events tell which). Either way the caller records nothing, so whatever asked
-        (a chore, the leader's next placement pass) asks again while the task is still in that state."""
+    async def ask_host(self, host_id: str, action: str, task_id: str) -> HostAnswer:
+        """``suspend``/``resume``/``terminate`` to a host's sandbox-agent: ``done`` (done, or refused as moot: the
+        run is already in that state, or over), ``unknown`` (the host runs no such task: not yet — it may still be
+        checking the task before starting it — or no longer; only the task's events tell which) or ``no_answer``
+        (logged)."""
         try:
             await self.rt.client.call(service_for(host_id), action, TaskRef(task_id=task_id), dict, timeout=15.0)
         except sandbox_errors.UnknownExecution:
             log.info("host runs no such task yet", host=host_id, action=action, task_id=task_id)
-            return False
-        except SymbiError as exc:
-            log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
-            return exc.http_status < 500
-        return True
-
-    async def terminate(self, host_id: str, task_id: str) -> str:
-        """``terminate`` to a host for a cancel: ``done`` (stopped, or refused as moot), ``unknown`` (the host runs
-        no such task: not yet, or no longer; only the task's events tell which) or ``no_answer``."""
-        try:
-            await self.rt.client.call(service_for(host_id), "terminate", TaskRef(task_id=task_id), dict, timeout=15.0)
-        except sandbox_errors.UnknownExecution:
             return "unknown"
         except SymbiError as exc:
-            log.warning("terminate failed", host=host_id, task_id=task_id, error=str(exc))
+            log.warning("host command failed", host=host_id, action=action, task_id=task_id, error=str(exc))
             return "done" if exc.http_status < 500 else "no_answer"
         return "done"
+
+    async def host_command(self, host_id: str, action: str, task_id: str) -> bool:
+        """Whether the host did it (:meth:`ask_host` answered ``done``). False: no answer, or the host runs no
+        such task; either way the caller records nothing, so whatever asked (a chore, the leader's next placement
+        pass) asks again while the task is still in that state."""
+        return await self.ask_host(host_id, action, task_id) == "done"
 
     async def publish_work(self, task_id: str, attempt: int, host_id: str) -> None:
         """The work item of an attempt (``Nats-Msg-Id`` makes a repeat harmless)."""
