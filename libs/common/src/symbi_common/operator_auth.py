@@ -224,19 +224,27 @@ class OperatorGuard:
             raise InfrastructureError(f"the {self.service} service is still starting; retry in a moment")
         template = str(route.path)
         access = route_access(method, template, getattr(route, "openapi_extra", None))
-        request = DecisionRequest(
-            principal=EntityRef(type="Operator", id=claims.sub, attrs={"role": claims.role}),
-            action=f"api.{access}",
-            resource=EntityRef(
-                type="ApiRoute",
-                id=f"{self.service} {method} {template}",
-                attrs={"service": self.service, "method": method, "path": template},
-            ),
-            context={"token_id": claims.tid, "target": target},
-        )
+        request = api_request(self.service, method, template, access, claims, target)
         # PolicyDenied (403) if denied, after logging it; http.api enforces no condition, so the enforcer also
         # denies an allow that carries one ("unenforceable condition").
         await self.enforcer.enforce(request, HTTP_API)
+
+
+def api_request(
+    service: str, method: str, template: str, access: str, claims: OperatorClaims, target: str
+) -> DecisionRequest:
+    """The decision an operator's call of a route asks: ``Operator::"<name>"`` (attribute ``role``) doing
+    ``api.<access>`` on ``ApiRoute::"<service> <method> <template>"``, with the token id and the path called."""
+    return DecisionRequest(
+        principal=EntityRef(type="Operator", id=claims.sub, attrs={"role": claims.role}),
+        action=f"api.{access}",
+        resource=EntityRef(
+            type="ApiRoute",
+            id=f"{service} {method} {template}",
+            attrs={"service": service, "method": method, "path": template},
+        ),
+        context={"token_id": claims.tid, "target": target},
+    )
 
 
 async def authorize_request(request: Request) -> None:

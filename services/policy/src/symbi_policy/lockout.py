@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from symbi_common.decisions import Allow, AllowWithConditions, DecisionRequest, EntityRef
+from symbi_common.decisions import Allow, AllowWithConditions, DecisionRequest
 from symbi_common.errors import DomainError, ValidationError
-from symbi_common.operator_auth import route_access
+from symbi_common.operator_auth import api_request, route_access
+from symbi_common.operator_tokens import OperatorClaims
 from symbi_common.policy.cedar import CompiledPolicy, compile_policies
 from symbi_common.policy.engine import PolicyEngine
 from symbi_common.policy.follower import PolicyFollower
@@ -36,19 +37,15 @@ class AdminLockout(ValidationError):
         self.field = "force_lockout"
 
 
+#: The admin the probe asks for (its token claims; only ``role`` matters to the baseline's permits).
+PROBE_ADMIN = OperatorClaims(tid="lockout-probe", sub="lockout-probe", role="admin", iat=0, exp=0, kid="")
+
+
 def probe_request() -> DecisionRequest:
-    """An admin registering a policy set over HTTP, built exactly as :class:`OperatorGuard` builds it."""
+    """An admin registering a policy set over HTTP, built by :func:`api_request` as :class:`OperatorGuard` builds
+    every route's decision."""
     access = route_access(PROBE_METHOD, PROBE_PATH)
-    return DecisionRequest(
-        principal=EntityRef(type="Operator", id="lockout-probe", attrs={"role": "admin"}),
-        action=f"api.{access}",
-        resource=EntityRef(
-            type="ApiRoute",
-            id=f"{PROBE_SERVICE} {PROBE_METHOD} {PROBE_PATH}",
-            attrs={"service": PROBE_SERVICE, "method": PROBE_METHOD, "path": PROBE_PATH},
-        ),
-        context={"token_id": "lockout-probe", "target": PROBE_PATH},
-    )
+    return api_request(PROBE_SERVICE, PROBE_METHOD, PROBE_PATH, access, PROBE_ADMIN, PROBE_PATH)
 
 
 def admins_allowed(sets: Mapping[str, Sequence[CompiledPolicy]], version: int = 0) -> bool:
@@ -97,8 +94,8 @@ def guard_lockout(follower: PolicyFollower, set_id: str, cedar: str | None, *, r
         return  # registering an existing set, or changing one that is not active: refused, or no change
     try:
         proposed = None if cedar is None else compile_policies(set_id, cedar)
-    except Exception:
-        return  # the domain refuses a bad text with its own error
+    except ValidationError:
+        return  # the domain refuses a bad text with its own error (PolicyRejected)
     refusal = lockout_refusal(active, engine.version, set_id, proposed)
     if refusal is not None:
         raise refusal
