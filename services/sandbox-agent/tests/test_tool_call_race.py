@@ -36,7 +36,7 @@ async def test_a_tool_revoked_while_its_call_is_decided_is_not_called(tools: Too
         return Allow(policy_version=1), DecisionRecord(action=question.action, effect="allow", policy_version=1)
 
     served = Recorded()
-    ops = ToolOps(served, revoking, lambda: tools)
+    ops = ToolOps(served, revoking, lambda: tools, lambda *_: True)  # every record fits here
     call = Request(id=1, op="tools.call", args={"name": "brk.add", "arguments": {"a": 2, "b": 3}})
     answer = await ops.answer(1, call, "tools.call")
     assert not isinstance(answer, Result), answer

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+from symbi_common.bounds import INT64_MAX, INT64_MIN
 
 #: The protocol versions a gateway speaks; a request with another ``v`` is answered ``unsupported_version``.
 PROTOCOL_VERSION = 1
@@ -28,9 +29,6 @@ MAX_IN_FLIGHT = 16
 MAX_ID_CHARS = 64
 #: Largest ``context`` of a request (bytes, encoded as JSON); a larger one is ``too_large``, before any decision.
 MAX_CONTEXT_BYTES = 16 * 1024
-#: The integers a request's ``context`` may hold (Cedar's ``Long``); another is ``invalid_request``.
-MIN_INT = -(2**63)
-MAX_INT = 2**63 - 1
 #: Where the channel directory is mounted in the sandbox, the socket in it, and the variable naming it.
 CHANNEL_MOUNT = "/symbi/run"
 SOCKET_NAME = "agent.sock"
@@ -67,7 +65,9 @@ ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
 RequestId = str | int
 #: A request's ``id`` as the gateway accepts it: at most :data:`MAX_ID_CHARS` characters, or a 64-bit integer.
-BoundedId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | Annotated[int, msgspec.Meta(ge=MIN_INT, le=MAX_INT)]
+BoundedId = (
+    Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+)
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

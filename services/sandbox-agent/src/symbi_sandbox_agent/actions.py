@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from symbi_common.bounds import json_nests_deeper_than
+from symbi_common.bounds import check_ints, json_nests_deeper_than
 from symbi_common.decisions import DecisionRequest, EntityRef
-from symbi_common.errors import ValidationError
+from symbi_common.errors import BadRequest, ValidationError
 from symbi_common.policy.engine import schema_errors
 from symbi_contracts.agent_protocol import (
     MAX_CONTEXT_BYTES,
-    MAX_INT,
     MAX_REQUEST_DEPTH,
-    MIN_INT,
     OPS,
     BoundedId,
     Request,
@@ -242,36 +240,16 @@ def parse_request(line: RequestLine) -> ActionRequest:
 def check_context(context: dict[str, Any]) -> None:
     """Refuse a ``context`` whose record could not be stored or whose numbers Cedar cannot hold, before any
     decision: :class:`ContextTooLarge` past :data:`MAX_CONTEXT_BYTES` (encoded as JSON), else
-    ``invalid_request`` for an integer outside the signed 64-bit range (anywhere in it)."""
+    ``invalid_request`` for an integer outside the signed 64-bit range (anywhere in it: ``check_ints``)."""
     size = len(msgspec.json.encode(context))
     if size > MAX_CONTEXT_BYTES:
         raise ContextTooLarge(
             f"the request's context has {size} bytes as JSON; at most {MAX_CONTEXT_BYTES} are allowed"
         )
-    path = _outside_long(context, "context")
-    if path is not None:
-        raise ActionRequestError(
-            f"{path} is an integer outside the signed 64-bit range ({MIN_INT} to {MAX_INT}) that Cedar decides on"
-        )
-
-
-def _outside_long(value: Any, path: str) -> str | None:
-    """Where in ``value`` an integer lies outside the signed 64-bit range (its path), if anywhere."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return path if not MIN_INT <= value <= MAX_INT else None
-    if isinstance(value, dict):
-        items: Any = ((f"{path}.{key}"[:120], item) for key, item in value.items())
-    elif isinstance(value, list | tuple):
-        items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
-    else:
-        return None
-    for where, item in items:
-        found = _outside_long(item, where)
-        if found is not None:
-            return found
-    return None
+    try:
+        check_ints(context, "context")
+    except BadRequest as err:
+        raise ActionRequestError(f"{err.message}: Cedar decides on signed 64-bit integers") from None
 
 
 def parse_args(request: ActionRequest) -> MemoryWriteArgs | MemoryReadArgs | None:

@@ -58,7 +58,7 @@ from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.model_ops import MODEL_OPS, ModelOps
-from symbi_sandbox_agent.recorder import MAX_DETAIL_CHARS, action_fits
+from symbi_sandbox_agent.recorder import action_fits
 from symbi_sandbox_agent.run_ports import RunGateway
 from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
@@ -374,7 +374,7 @@ class ProtocolServer:
             context=context,
             decision=record,
             outcome=outcome,
-            detail=detail[:MAX_DETAIL_CHARS],
+            detail=detail,  # cut to MAX_DETAIL_CHARS where it is stored (recorder.store_action)
             agent_id=self.agent_id,
         )
 

@@ -103,13 +103,11 @@ Decide = Callable[[DecisionRequest], Awaitable[tuple["Decision", DecisionRecord]
 class ToolOps:
     """``tools`` is the host's :class:`ToolService`, looked up at each request (None: no tools here)."""
 
-    def __init__(
-        self, server: Serving, decide: Decide, tools: Callable[[], ToolService | None], fits: Fits | None = None
-    ) -> None:
+    def __init__(self, server: Serving, decide: Decide, tools: Callable[[], ToolService | None], fits: Fits) -> None:
         self.server = server
         self.decide = decide
         self._tools = tools
-        #: Checked before a call is made (``ProtocolServer.record_fits``); None: every record fits.
+        #: Checked before a call is made (``ProtocolServer.record_fits``).
         self.fits = fits
 
     @property
@@ -184,7 +182,7 @@ class ToolOps:
         if wait > 0:
             message = f"{name} is called too often (at most {tools.limits.rate_per_s:g}/s)"
             return await self._fail(seq, rid, name, recorded, record, "too_many_requests", message, retry_after=wait)
-        if self.fits is not None and not self.fits(seq, "tool.invoke", name, recorded, record):
+        if not self.fits(seq, "tool.invoke", name, recorded, record):
             message = f"the record of this call of {name} would exceed the event size limit; it was not made"
             return await self._fail(seq, rid, name, {}, record, "too_large", message)
         try:
