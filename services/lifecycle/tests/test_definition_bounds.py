@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from symbi_common.errors import ValidationError
 from symbi_contracts.lifecycle.config import AgentConfig, ConfigIssue
 from symbi_contracts.lifecycle.events import AgentStatus
+from symbi_lifecycle import controller
 from symbi_lifecycle.application import RegisterRequest, register_command
 from symbi_lifecycle.controller import compile_state
 from symbi_lifecycle.domain import (
@@ -127,3 +129,27 @@ def test_the_contracts_least_memory_registers() -> None:
     assert issues == ()
     assert config is not None
     assert config.resources.memory_mb == 16
+
+
+async def test_a_compiler_fault_on_configure_is_an_issue_as_on_registration(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of the DSL compiler itself (an exception that is not a diagnostic): registration records it as an
+    issue of the definition (Failed); configure let it through as a 500."""
+    r = await running.http.post("/v1/agents", json={"agent_id": "fine", "definition": "agent fine { }"})
+    assert r.json()["state"] == "Ready", r.text
+
+    def faulty(definition: str, **kwargs: Any) -> Any:
+        raise RuntimeError("the compiler tripped")
+
+    monkeypatch.setattr(controller, "compile_agent", faulty)
+    r = await running.http.post("/v1/agents", json={"agent_id": "faulty", "definition": "agent faulty { }"})
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "Failed", r.text
+    assert [i["field"] for i in r.json()["errors"]] == ["definition"]
+    r = await running.http.post("/v1/agents/fine/configure", json={"definition": "agent fine { }"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_config"
+    [issue] = r.json()["error"]["details"]["issues"]
+    assert issue["field"] == "definition", issue
+    assert "please report it" in issue["message"], issue

@@ -100,6 +100,25 @@ def issues_of(err: DslError) -> tuple[ConfigIssue, ...]:
     )
 
 
+def compile_definition(
+    definition: str, agent_id: str, file: str, runner_image: str
+) -> tuple[AgentConfig | None, tuple[ConfigIssue, ...]]:
+    """The configuration a DSL ``definition`` compiles to, or why it does not (an issue, never an exception: a
+    compiler fault is an issue too). Not yet validated (:func:`validate_config`). Pure, CPU-bound."""
+    try:
+        raw = compile_agent(definition, agent_id=agent_id, file=file or "<definition>", runner_image=runner_image)
+    except DslError as err:
+        return None, issues_of(err)
+    except Exception as err:  # a compiler fault: the agent fails with it rather than staying Initializing
+        log.exception("the DSL compiler failed on a definition", agent_id=agent_id)
+        fault = f"the definition could not be compiled ({type(err).__name__}: {str(err)[:200]}); please report it"
+        return None, (ConfigIssue("definition", fault),)
+    try:
+        return convert_config(raw, prefix="config"), ()
+    except BadRequest as err:
+        return None, (ConfigIssue(str(err.details.get("field", "config")), err.message),)
+
+
 def compile_state(
     state: AgentState, runner_image: str = DEFAULT_RUNNER_IMAGE
 ) -> tuple[AgentConfig | None, tuple[ConfigIssue, ...]]:
@@ -108,23 +127,10 @@ def compile_state(
     assert state.config is not None
     config = state.config
     if state.definition:
-        try:
-            raw = compile_agent(
-                state.definition,
-                agent_id=state.agent_id,
-                file=state.source_file or "<definition>",
-                runner_image=runner_image,
-            )
-        except DslError as err:
-            return None, issues_of(err)
-        except Exception as err:  # a compiler fault: the agent fails with it rather than staying Initializing
-            log.exception("the DSL compiler failed on a definition", agent_id=state.agent_id)
-            fault = f"the definition could not be compiled ({type(err).__name__}: {str(err)[:200]}); please report it"
-            return None, (ConfigIssue("definition", fault),)
-        try:
-            config = convert_config(raw, prefix="config")
-        except BadRequest as err:
-            return None, (ConfigIssue(str(err.details.get("field", "config")), err.message),)
+        compiled, problems = compile_definition(state.definition, state.agent_id, state.source_file, runner_image)
+        if compiled is None:
+            return None, problems
+        config = compiled
     issues = tuple(validate_config(config, state.agent_id))
     # A compiled NUL (the DSL escape \0) is one of the issues; the config holding it must not reach the event.
     return (None if nul_issue(config) else config), issues
@@ -289,17 +295,12 @@ class InitializationController:
                 state=state.status.value, command=Configure.name, allowed=list(ALLOWED[state.status])
             )
         if definition is not None:
-            try:
-                raw = await asyncio.to_thread(
-                    compile_agent,
-                    definition,
-                    agent_id=agent_id,
-                    file=file or "<definition>",
-                    runner_image=self.runner_image,
-                )
-            except DslError as err:
-                raise ConfigRejected(issues_of(err)) from None
-            new = convert_config(raw, prefix="config")
+            compiled, problems = await asyncio.to_thread(
+                compile_definition, definition, agent_id, file or "", self.runner_image
+            )
+            if compiled is None:
+                raise ConfigRejected(problems)
+            new = compiled
         else:
             assert config is not None
             new = config
