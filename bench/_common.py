@@ -27,6 +27,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from symbi_cli.provisioning import provision_nats_async
 from symbi_common.datakeys import open_service_datakeys
+from symbi_common.decisions import DecisionRecord
 from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.key_material import load_signer
@@ -36,8 +37,11 @@ from symbi_common.natsauth import server_options
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_SET
 from symbi_common.policy.events import POLICY_SET_CODEC, PolicySetRegistered
-from symbi_common.sealing import NEW_AGGREGATE
+from symbi_common.sealing import NEW_AGGREGATE, ChainTip
 from symbi_common.streams import provision_streams
+from symbi_contracts.lifecycle.config import ResourceLimits, Workload
+from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
+from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
 
 # --- a small, realistic event ----------------------------------------------------------------------
 
@@ -301,3 +305,39 @@ def result_line(name: str, ours: float, baseline: float, unit: str, target: str,
         f"RESULT {name} ours={fmt(ours)} baseline={fmt(baseline)} ratio={ratio:.3f} unit={unit} "
         f"target={target} pass={'yes' if ok else 'no'}"
     )
+
+
+#: The execution events that end a run.
+TERMINAL = frozenset(
+    {"execution.exited", "execution.failed", "execution.refused", "execution.killed", "execution.timed_out"}
+)
+
+
+async def place_task(
+    store: EventStore,
+    nc: NatsClient,
+    task_id: str,
+    *,
+    agent_id: str,
+    host: str,
+    tier: str,
+    workload: dict[str, Any],
+    limits: dict[str, Any],
+    input: bytes = b"",
+) -> None:
+    """Place a task on ``host`` as the scheduler does, without it: its ``task.submitted`` and ``task.assigned``
+    events (the contracts' own types), then its work item on ``work.<host>``."""
+    assigned = TaskAssigned(
+        host_id=host,
+        tier=tier,
+        risk_score=0.0,
+        risk_factors={},
+        workload=msgspec.convert(workload, Workload),
+        limits=msgspec.convert(limits, ResourceLimits),
+        attempt=1,
+        decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
+    )
+    submitted = TaskSubmitted(agent_id=agent_id, input=input, priority="normal")
+    await store.append("task", task_id, [submitted, assigned], TASK_CODEC, expected=ChainTip())
+    body = msgspec.json.encode({"task_id": task_id, "attempt": 1})
+    await nc.jetstream().publish(f"work.{host}", body, headers={"Nats-Msg-Id": f"{task_id}:1"})

@@ -34,14 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import _common
-import msgspec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "plugins"))
 
-from symbi_common.decisions import DecisionRecord  # noqa: E402
-from symbi_common.events import Event, EventCodec  # noqa: E402
-from symbi_common.sealing import ChainTip  # noqa: E402
 from symbi_common.settings import load_settings  # noqa: E402
 from symbi_context.main import build_app as build_context_app  # noqa: E402
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, output_chunks  # noqa: E402
@@ -55,7 +51,6 @@ IMAGE = agent_image_tag()
 HOST = "benchgw"
 AGENT = "agent-bench"
 LIMITS = {"memory_mb": 256, "cpu_cores": 1.0, "disk_io_mbps": 50, "network_io_mbps": 10, "execution_timeout_s": 600}
-TERMINAL = {"execution.exited", "execution.failed", "execution.refused", "execution.killed", "execution.timed_out"}
 NO_SECRETS = """@id("no-secret-memories")
 forbid(principal, action == Action::"memory.write", resource)
 when { context has classification && context.classification == "secret" };
@@ -121,26 +116,6 @@ print(json.dumps(out))
 """
 
 
-class Submitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
-    agent_id: str
-    input: bytes
-    priority: str = "normal"
-
-
-class Assigned(Event, frozen=True, kw_only=True, tag="task.assigned"):
-    host_id: str
-    tier: str
-    risk_score: float
-    risk_factors: dict[str, float]
-    workload: dict[str, Any]
-    limits: dict[str, Any]
-    attempt: int
-    decision: DecisionRecord
-
-
-TASKS: EventCodec[Any] = EventCodec([Submitted, Assigned])
-
-
 async def echo_server(directory: str) -> asyncio.AbstractServer:
     """A trivial line echo on a second socket in the sandbox's mounted channel directory."""
     path = Path(directory)
@@ -179,24 +154,11 @@ async def run_task(
 
     async def on_event(msg: Any) -> None:
         kind = (msg.headers or {}).get("Symbi-Event-Type", "")
-        if kind in TERMINAL and not done.done():
+        if kind in _common.TERMINAL and not done.done():
             done.set_result(kind)
 
     sub = await nc.subscribe(f"evt.execution.{task_id}", cb=on_event)
-    assigned = Assigned(
-        host_id=host,
-        tier=tier,
-        risk_score=0.0,
-        risk_factors={},
-        workload=workload,
-        limits=LIMITS,
-        attempt=1,
-        decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
-    )
-    await store.append("task", task_id, [Submitted(agent_id=AGENT, input=b""), assigned], TASKS, expected=ChainTip())
-    await nc.jetstream().publish(
-        f"work.{host}", msgspec.json.encode({"task_id": task_id, "attempt": 1}), headers={"Nats-Msg-Id": task_id}
-    )
+    await _common.place_task(store, nc, task_id, agent_id=AGENT, host=host, tier=tier, workload=workload, limits=LIMITS)
     try:
         async with serving(task_id) if serving is not None else contextlib.nullcontext():
             kind = await asyncio.wait_for(done, 900)

@@ -26,10 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-import msgspec
 from symbi_common.decisions import DecisionRecord
-from symbi_common.events import Event, EventCodec
-from symbi_common.sealing import ChainTip
 from symbi_common.settings import load_settings
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted
@@ -42,27 +39,6 @@ IMAGE = "symbi/busybox:1"
 HOST = "bench"
 INPUT = b"x" * 1024
 LIMITS = {"memory_mb": 128, "cpu_cores": 1.0, "disk_io_mbps": 50, "network_io_mbps": 10, "execution_timeout_s": 30}
-TERMINAL = {"execution.exited", "execution.failed", "execution.refused", "execution.killed", "execution.timed_out"}
-
-
-class Submitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
-    agent_id: str
-    input: bytes
-    priority: str = "normal"
-
-
-class Assigned(Event, frozen=True, kw_only=True, tag="task.assigned"):
-    host_id: str
-    tier: str
-    risk_score: float
-    risk_factors: dict[str, float]
-    workload: dict[str, Any]
-    limits: dict[str, Any]
-    attempt: int
-    decision: DecisionRecord
-
-
-TASKS: EventCodec[Any] = EventCodec([Submitted, Assigned])
 
 
 async def ours(store: Any, nc: Any, tier: str) -> float:
@@ -71,27 +47,22 @@ async def ours(store: Any, nc: Any, tier: str) -> float:
 
     async def on_event(msg: Any) -> None:
         kind = (msg.headers or {}).get("Symbi-Event-Type", "")
-        if kind in TERMINAL and not done.done():
+        if kind in _common.TERMINAL and not done.done():
             done.set_result(kind)
 
     sub = await nc.subscribe(f"evt.execution.{task_id}", cb=on_event)
     started = time.perf_counter()
-    events = [
-        Submitted(agent_id="bench", input=INPUT),
-        Assigned(
-            host_id=HOST,
-            tier=tier,
-            risk_score=0.0,
-            risk_factors={},
-            workload={"image": IMAGE, "command": ["cat"], "env": {}, "workdir": "/"},
-            limits=LIMITS,
-            attempt=1,
-            decision=DecisionRecord(action="task.allocate", effect="allow", policy_version=0),
-        ),
-    ]
-    await store.append("task", task_id, events, TASKS, expected=ChainTip())
-    body = msgspec.json.encode({"task_id": task_id, "attempt": 1})
-    await nc.jetstream().publish(f"work.{HOST}", body, headers={"Nats-Msg-Id": f"{task_id}:1"})
+    await _common.place_task(
+        store,
+        nc,
+        task_id,
+        agent_id="bench",
+        host=HOST,
+        tier=tier,
+        workload={"image": IMAGE, "command": ["cat"], "env": {}, "workdir": "/"},
+        limits=LIMITS,
+        input=INPUT,
+    )
     kind = await asyncio.wait_for(done, 60)
     elapsed = time.perf_counter() - started
     await sub.unsubscribe()
