@@ -13,7 +13,7 @@ from symbi_cli.errors import CliError
 from symbi_cli.main import app
 from symbi_common.errors import Unauthenticated
 from symbi_common.keyring import KeyRegistry
-from symbi_common.operator_auth import Revocations, open_revocations_bucket
+from symbi_common.operator_revocations import Revocations, open_revocations_bucket
 from symbi_common.operator_tokens import verify_token
 from typer.testing import CliRunner
 

@@ -25,7 +25,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from symbi_audit.main import build_app as build_audit
 from symbi_common.crypto import Signer
-from symbi_common.operator_auth import OPEN_PATHS, open_revocations_bucket
+from symbi_common.operator_auth import OPEN_PATHS
+from symbi_common.operator_revocations import open_revocations_bucket
 from symbi_common.operator_tokens import (
     OperatorClaims,
     default_operator_dir,

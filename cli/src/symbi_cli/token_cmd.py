@@ -4,7 +4,7 @@ Tokens are signed by the operator-token issuer key in ``<home>/operator/`` (next
 never given to a service). ``issue`` prints the token once and records its claims (never the token)
 in ``<home>/operator/tokens.jsonl``; ``revoke`` writes a revocation signed by the issuer to the
 ``OPERATOR_REVOCATIONS`` KV bucket with the operator's NATS credential, and every service refuses the
-token within moments.
+token within moments. The bucket is append-only in effect: a revocation stays, whatever is written after it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import nats
 import typer
 from rich.console import Console
 from rich.table import Table
+from symbi_common.crypto import Verifier
 from symbi_common.errors import SymbiError
-from symbi_common.kv_keys import kv_keys
+from symbi_common.keyring import REVOKED, KeyRegistry
 from symbi_common.natsauth import server_options
-from symbi_common.operator_auth import REVOCATIONS_BUCKET, open_revocations_bucket
+from symbi_common.operator_revocations import Revocations, open_revocations_bucket
 from symbi_common.operator_tokens import (
     ROLES,
     OperatorClaims,
@@ -108,12 +109,16 @@ async def _revoke(url: str, home: Path, token_id: str, reason: str) -> None:
         await nc.drain()
 
 
-async def _revoked(url: str) -> set[str]:
+async def _revoked(url: str, home: Path) -> set[str]:
+    """The revoked token ids as the services see them: every entry of the bucket an issuer of the home's key
+    registry signed (a later entry of the same key does not count)."""
+    document = KeyRegistry.load(home / "keys").document
+    issuers = {i.key_id: Verifier(i.public_key) for i in document.operator_issuers if i.status != REVOKED}
+    revocations = Revocations(issuers)
     nc = await nats.connect(**server_options(url), connect_timeout=5, allow_reconnect=False)
     try:
-        js = nc.jetstream()
-        kv = await open_revocations_bucket(js)
-        return set(await kv_keys(js, kv, REVOCATIONS_BUCKET))
+        await asyncio.wait_for(revocations.follow(nc.jetstream(), once=True), timeout=10)
+        return revocations.revoked
     finally:
         await nc.drain()
 
@@ -143,10 +148,10 @@ def list_command(
     """The tokens issued from this home, with their state (revocations read from NATS when it answers)."""
     console = Console()
     try:
-        revoked: set[str] | None = asyncio.run(_revoked(nats_url or operator_url(home)))
-    except (OSError, nats.errors.Error, TimeoutError):
+        revoked: set[str] | None = asyncio.run(_revoked(nats_url or operator_url(home), home))
+    except (OSError, nats.errors.Error, TimeoutError, SymbiError) as err:
         revoked = None
-        console.print("[yellow]NATS is not reachable: revocations unknown[/]")
+        console.print(f"[yellow]revocations unknown (NATS or the key registry cannot be read: {err!r})[/]")
     table = Table(title=f"operator tokens issued from {home}")
     for column in ("id", "name", "role", "issued", "expires", "state"):
         table.add_column(column)

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 from symbi_common.crypto import Signer, Verifier
 from symbi_common.errors import Unauthenticated, ValidationError
-from symbi_common.operator_auth import Revocations, bearer_token, route_access
+from symbi_common.operator_auth import bearer_token, route_access
+from symbi_common.operator_revocations import Revocations
 from symbi_common.operator_tokens import (
     MAX_CLOCK_SKEW_S,
     encode_revocation,

@@ -20,7 +20,7 @@ from symbi_common.commands import CommandClient
 from symbi_common.crypto import Signer
 from symbi_common.errors import SymbiError
 from symbi_common.eventstore import EventStore
-from symbi_common.operator_auth import open_revocations_bucket
+from symbi_common.operator_revocations import open_revocations_bucket
 from symbi_common.operator_tokens import (
     default_operator_dir,
     encode_revocation,

@@ -20,7 +20,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from symbi_audit import live_api
 from symbi_common.crypto import Signer
-from symbi_common.operator_auth import open_revocations_bucket
+from symbi_common.operator_revocations import open_revocations_bucket
 from symbi_common.operator_tokens import (
     bearer_header,
     default_operator_dir,

@@ -3,15 +3,24 @@
 Every request except ``/healthz``, ``/readyz`` and ``/metrics`` (left open for probes and scrapers) must
 carry ``Authorization: Bearer <operator token>`` (:mod:`symbi_common.operator_tokens`). The middleware
 
-1. verifies the token against the operator-token issuers of the root-signed key registry (a verified
-   token is cached, so its signature is checked once; expiry is checked on every call);
-2. refuses a token whose id is in the revocation list (the ``OPERATOR_REVOCATIONS`` KV bucket, watched
-   live; entries not signed by an issuer are ignored, a deleted entry never un-revokes);
+1. verifies the token against the active operator-token issuers of the key registry version in use (a
+   verified token is cached, so its signature is checked once; expiry is checked on every call). The
+   registry is the service's own, which its follower keeps current (:mod:`symbi_common.livekeys`): from
+   the version that retires or revokes an issuer, its tokens are refused (``details.reason``
+   ``issuer_retired`` / ``issuer_revoked``), cached ones too, and a new issuer's are accepted, without a
+   restart. The guard also has the registry catch up with the ``REGISTRY`` stream every
+   :data:`REGISTRY_CHECK_S` (a lagging follower cannot keep a retired issuer alive), and refuses every call
+   (503, ``registry_unconfirmed``) once it could not for :data:`REGISTRY_STALE_S`: it cannot know then
+   whether an issuer was retired meanwhile;
+2. refuses a token whose id is in the revocation list (every entry of the append-only
+   ``OPERATOR_REVOCATIONS`` KV bucket, followed live; entries not signed by an issuer are ignored, and a
+   later entry of a key — a delete marker, another value — never un-revokes);
 3. (a dependency of every route, :func:`authorize_request`) asks the service's one :class:`~symbi_common.policy.Enforcer` for a Cedar decision on
    ``Operator::"<name>"`` (attribute ``role``) doing ``Action::"api.read" | "api.write" | "api.admin"``
    on ``ApiRoute::"<service> <METHOD> <path template>"``; the decision goes to the decision log.
 
-Missing or bad credentials → 401, a denial → 403, the revocation list not loaded yet → 503, each with
+Missing or bad credentials → 401, a denial → 403, the revocation list not loaded yet or the key registry
+not confirmed current → 503, each with
 the typed error body of every other Symbi error. A request for a path no route serves is authenticated
 and then left to answer 404; the OpenAPI document and ``/docs`` need a token but no decision.
 """
@@ -19,30 +28,28 @@ and then left to answer 404; the OpenAPI document and ``/docs`` need a token but
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import nats.js.errors
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from nats.js.api import DeliverPolicy
 
 from symbi_common.crypto import Verifier
 from symbi_common.decisions import DecisionRequest, EntityRef
 from symbi_common.errors import InfrastructureError, PolicyDenied, SymbiError, Unauthenticated, to_wire
-from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_revocation, verify_token
-from symbi_common.ordered_pull import OrderedPull, kv_change
+from symbi_common.keyring import KeyRegistry
+from symbi_common.operator_revocations import Revocations
+from symbi_common.operator_tokens import OperatorClaims, check_claims, verify_token
 from symbi_common.policy.enforcement import HTTP_API
+from symbi_common.registry_document import ACTIVE, REVOKED, RegistryDocument
 
 log = structlog.get_logger(__name__)
 
 #: Paths anyone who can reach the port may call: probes and the Prometheus scrape.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-#: The JetStream KV bucket holding signed revocations (key: token id). Written with the operator credential.
-REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
-#: How long the revocation follower waits per pull while nothing is revoked (a revocation wakes it at once).
-REVOCATIONS_WAIT_S = 30.0
 
 ACCESS_LEVELS = ("read", "write", "admin")
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -90,6 +97,14 @@ ACCESS_EXTENSION = "x-symbi-access"
 _MAX_CACHED_TOKENS = 10_000
 #: How long a starting service waits for the revocation list before it serves (refusing calls) anyway.
 REVOCATIONS_STARTUP_TIMEOUT_S = 10.0
+#: How often the guard has the key registry catch up with the ``REGISTRY`` stream. The registry's follower
+#: applies a new version at once; this finds one that a lagging or stalled follower has not delivered.
+REGISTRY_CHECK_S = 10.0
+#: The guard refuses every call (503) while the key registry was last confirmed current longer ago than this.
+REGISTRY_STALE_S = 30.0
+#: Has the service's key registry catch up with the ``REGISTRY`` stream (``LiveKeys.catch_up``); raises
+#: :class:`InfrastructureError` if it cannot read the stream.
+CatchUp = Callable[[], Awaitable[object]]
 
 
 def route_access(method: str, path: str, openapi_extra: Mapping[str, Any] | None = None) -> str:
@@ -119,80 +134,47 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
     )
 
 
-class Revocations:
-    """The revoked token ids, kept current from the ``OPERATOR_REVOCATIONS`` bucket."""
-
-    def __init__(self, issuers: Mapping[str, Verifier]) -> None:
-        self.issuers = issuers
-        self.revoked: set[str] = set()
-        self.loaded = asyncio.Event()
-        self.ignored = 0
-
-    def apply(self, key: str, value: bytes | None) -> None:
-        """One bucket entry; a deletion or an entry no issuer signed changes nothing."""
-        if not value:
-            return
-        revocation = verify_revocation(value, self.issuers)
-        if revocation is None or revocation.tid != key:
-            self.ignored += 1
-            log.warning("ignored a revocation entry no operator-token issuer signed", key=key)
-            return
-        self.revoked.add(revocation.tid)
-
-    async def follow(self, js: Any) -> None:
-        """Watch the bucket (from its start) until cancelled; ``loaded`` is set once the existing entries are in."""
-        await open_revocations_bucket(js)
-        prefix = f"$KV.{REVOCATIONS_BUCKET}."
-        feed = OrderedPull(
-            js, stream=f"KV_{REVOCATIONS_BUCKET}", subject=prefix + ">", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
-        )
-        await feed.open()
-        try:
-            while True:
-                if feed.caught_up:
-                    self.loaded.set()
-                for msg in await feed.take(REVOCATIONS_WAIT_S):
-                    key, removed = kv_change(msg, prefix)
-                    self.apply(key, None if removed else bytes(msg.data))
-        finally:
-            await feed.close()
-
-
-async def open_revocations_bucket(js: Any, *, create: bool = True) -> Any:
-    """The ``OPERATOR_REVOCATIONS`` KV bucket, created if missing (and ``create``)."""
-    try:
-        return await js.key_value(REVOCATIONS_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        if not create:
-            raise
-        try:
-            return await js.create_key_value(bucket=REVOCATIONS_BUCKET, history=1)
-        except nats.js.errors.BadRequestError:
-            return await js.key_value(REVOCATIONS_BUCKET)
-
-
 class OperatorGuard:
     """Authenticates and authorizes the requests of one service's app."""
 
     def __init__(self, service: str) -> None:
         self.service = service
+        #: The active operator-token issuers of the registry version in use (key id → verifier).
         self.issuers: dict[str, Verifier] = {}
-        self.revocations = Revocations(self.issuers)
+        self.revocations = Revocations({})
         self.enforcer: Any = None
+        #: The service's key registry, kept current by its follower (set by :meth:`start`).
+        self.registry: KeyRegistry | None = None
+        self.registry_check_s = REGISTRY_CHECK_S
+        self.registry_stale_s = REGISTRY_STALE_S
+        self._document: RegistryDocument | None = None
+        self._statuses: dict[str, str] = {}
+        self._confirmed_at = -math.inf  # time.monotonic() of the last catch-up with the REGISTRY stream
         self._cache: dict[str, OperatorClaims] = {}
 
     async def start(self, runtime: Any) -> None:
-        """Load the issuers, follow the revocations and open the enforcer; call once the runtime is started."""
+        """Follow the registry's issuers, follow the revocations and open the enforcer; call once the runtime
+        is started."""
         from symbi_common.consuming import keep_consuming
         from symbi_common.policy import Enforcer
 
-        self.issuers.update(runtime.registry.operator_issuers())
+        self.registry = runtime.registry
+        catch_up: CatchUp = runtime.keys.catch_up
+        try:
+            await self.confirm_registry(catch_up)
+        except InfrastructureError as exc:
+            log.warning("cannot confirm the key registry is current; API calls are refused until it is", error=str(exc))
+        self.follow_registry()
         if not self.issuers:
-            log.warning("the key registry lists no operator-token issuer: every API call will be refused")
+            log.warning("the key registry lists no active operator-token issuer: every API call will be refused")
         self.enforcer = await Enforcer.for_runtime(runtime)
         runtime.spawn(
             keep_consuming(lambda: self.revocations.follow(runtime.js), runtime.stopping, what="operator revocations"),
             "operator-revocations",
+        )
+        runtime.spawn(
+            keep_consuming(lambda: self._keep_confirming(catch_up), runtime.stopping, what="operator issuers"),
+            "operator-issuers",
         )
         runtime.add_health_check("operator_revocations", self.revocations.loaded.is_set)
         try:  # serve only once the revocations are in (until then every call would be refused with 503)
@@ -200,17 +182,56 @@ class OperatorGuard:
         except TimeoutError:
             log.warning("the operator token revocation list is not loaded yet; API calls are refused until it is")
 
+    def follow_registry(self) -> None:
+        """Use the issuers of the registry version in use now; a token verified under an earlier version is
+        verified again. Costs an identity check while the version is the same."""
+        document = self.registry.document if self.registry is not None else None
+        if document is None or document is self._document:
+            return
+        self._document = document
+        self._statuses = {i.key_id: i.status for i in document.operator_issuers}
+        self.issuers = {i.key_id: Verifier(i.public_key) for i in document.operator_issuers if i.status == ACTIVE}
+        # A revocation only takes access away: a retired issuer's still count, a revoked (untrusted) key's do not.
+        self.revocations.use_issuers(
+            {i.key_id: Verifier(i.public_key) for i in document.operator_issuers if i.status != REVOKED}
+        )
+        self._cache.clear()
+
+    async def confirm_registry(self, catch_up: CatchUp) -> None:
+        """Have the registry catch up with the ``REGISTRY`` stream now: it is then current as of now.
+        Raises :class:`InfrastructureError` if the stream cannot be read."""
+        await catch_up()
+        self._confirmed_at = time.monotonic()
+        self.follow_registry()
+
+    async def _keep_confirming(self, catch_up: CatchUp) -> None:
+        while True:
+            await asyncio.sleep(self.registry_check_s)
+            try:
+                await self.confirm_registry(catch_up)
+            except InfrastructureError as exc:
+                log.warning("cannot confirm the key registry is current", error=str(exc))
+
     def authenticate(self, token: str) -> OperatorClaims:
-        """The claims of a valid, unexpired, unrevoked ``token``; :class:`Unauthenticated` otherwise (503 while
-        the revocation list is not loaded). A token's signature is verified once, then cached."""
+        """The claims of a valid, unexpired, unrevoked ``token`` of an active issuer; :class:`Unauthenticated`
+        otherwise (503 while the revocation list is not loaded or the key registry is not confirmed current).
+        A token's signature is verified once per registry version, then cached."""
+        self.follow_registry()
         claims = self._cache.get(token)
         if claims is None:
-            claims = verify_token(token, self.issuers)
+            claims = verify_token(token, self.issuers, statuses=self._statuses)
             if len(self._cache) >= _MAX_CACHED_TOKENS:
                 self._cache.clear()
             self._cache[token] = claims
         else:
             check_claims(claims)
+        if time.monotonic() - self._confirmed_at > self.registry_stale_s:
+            raise InfrastructureError(
+                f"the {self.service} service could not confirm its key registry is current for "
+                f"{self.registry_stale_s:g} s (the REGISTRY stream does not answer): an operator-token issuer may "
+                "have been retired meanwhile, so API calls are refused until it can; retry in a moment",
+                reason="registry_unconfirmed",
+            )
         if not self.revocations.loaded.is_set():
             raise InfrastructureError("the operator token revocation list is not loaded yet; retry in a moment")
         if claims.tid in self.revocations.revoked:

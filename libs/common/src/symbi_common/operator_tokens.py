@@ -7,9 +7,10 @@ in the operator-only directory (``<home>/operator/operator-issuer.key``, mode 06
 by ``symbi up`` / ``symbi token``; services know only its public key, which the root-signed key
 registry lists (:attr:`symbi_common.keyring.RegistryDocument.operator_issuers`).
 
-A revocation is a :class:`Revocation` signed by the same issuer key; services keep the ones they see
-in the ``OPERATOR_REVOCATIONS`` KV bucket (see :mod:`symbi_common.operator_auth`) and refuse the
-token from then on.
+A revocation is a :class:`Revocation` signed by the same issuer key, stored in the append-only
+``OPERATOR_REVOCATIONS`` KV bucket; services read every entry (see :mod:`symbi_common.operator_auth`)
+and refuse the token from then on. An issuer the registry retires or revokes issues nothing the
+services accept from that registry version on (:func:`issuer_refused`).
 
 Nothing here does I/O except the two key-file helpers at the end.
 """
@@ -115,11 +116,18 @@ def issue_token(
     return f"{body}.{_b64e(signature)}", claims
 
 
-def verify_token(token: str, issuers: Mapping[str, Verifier], *, now: float | None = None) -> OperatorClaims:
+def verify_token(
+    token: str,
+    issuers: Mapping[str, Verifier],
+    *,
+    now: float | None = None,
+    statuses: Mapping[str, str] | None = None,
+) -> OperatorClaims:
     """The claims of ``token`` if an issuer in ``issuers`` (key id → verifier) signed it and it is current.
 
     Raises :class:`Unauthenticated` (never anything else) for a malformed, unsigned, foreign, not yet
-    valid or expired token. Revocation is the caller's check.
+    valid or expired token; one from a key not in ``issuers`` says why (:func:`issuer_refused`, with the
+    key's registry status from ``statuses``). Revocation is the caller's check.
     """
     if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
         raise Unauthenticated("the bearer token is malformed")
@@ -131,11 +139,26 @@ def verify_token(token: str, issuers: Mapping[str, Verifier], *, now: float | No
         raise Unauthenticated("the bearer token is malformed") from None
     verifier = issuers.get(claims.kid)
     if verifier is None:
-        raise Unauthenticated(f"the bearer token was issued by key {claims.kid}, which is not an operator issuer")
+        raise issuer_refused(claims.kid, (statuses or {}).get(claims.kid))
     if not verifier.verify(_TOKEN_CONTEXT + body.encode("ascii"), signature):
         raise Unauthenticated("the bearer token's signature is invalid")
     check_claims(claims, now=now)
     return claims
+
+
+def issuer_refused(key_id: str, status: str | None) -> Unauthenticated:
+    """The refusal of a token signed by ``key_id``, which is no active issuer: ``status`` is its status in the key
+    registry (``retired``, ``revoked``), ``None`` if the registry does not list it. ``details["reason"]`` is
+    ``issuer_retired``, ``issuer_revoked`` or ``unknown_issuer``."""
+    if status is None:
+        return Unauthenticated(
+            f"the bearer token was issued by key {key_id}, which is not an operator issuer", reason="unknown_issuer"
+        )
+    return Unauthenticated(
+        f"the bearer token was issued by key {key_id}, an operator issuer the key registry lists as {status}: "
+        "its tokens are refused; use a token of a current issuer (`symbi token issue`)",
+        reason=f"issuer_{status}",
+    )
 
 
 def check_claims(claims: OperatorClaims, *, now: float | None = None) -> None:
@@ -165,16 +188,24 @@ def encode_revocation(r: Revocation) -> bytes:
     return _encoder.encode(r)
 
 
-def verify_revocation(data: bytes, issuers: Mapping[str, Verifier]) -> Revocation | None:
-    """The revocation in ``data`` if an issuer signed it; ``None`` for anything else (a forged entry is ignored)."""
+def decode_revocation(data: bytes) -> Revocation | None:
+    """The revocation ``data`` holds, not verified; ``None`` if it holds none."""
     try:
-        r = _revocation_decoder.decode(data)
+        return _revocation_decoder.decode(data)
     except msgspec.DecodeError:
         return None
+
+
+def signed_by_issuer(r: Revocation, issuers: Mapping[str, Verifier]) -> bool:
+    """Whether issuer ``r.kid`` of ``issuers`` signed ``r``."""
     verifier = issuers.get(r.kid)
-    if verifier is None or not verifier.verify(_revocation_message(r), r.sig):
-        return None
-    return r
+    return verifier is not None and verifier.verify(_revocation_message(r), r.sig)
+
+
+def verify_revocation(data: bytes, issuers: Mapping[str, Verifier]) -> Revocation | None:
+    """The revocation in ``data`` if an issuer signed it; ``None`` for anything else (a forged entry is ignored)."""
+    r = decode_revocation(data)
+    return r if r is not None and signed_by_issuer(r, issuers) else None
 
 
 # --- the issuer key file (operator-only directory) ------------------------------------------------

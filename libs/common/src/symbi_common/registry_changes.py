@@ -42,6 +42,28 @@ def with_operator_issuer(doc: RegistryDocument, public_key: bytes) -> RegistryDo
     )
 
 
+def with_operator_issuer_status(doc: RegistryDocument, key_id: str, status: str) -> RegistryDocument:
+    """The next version with operator-token issuer ``key_id`` retired (``RETIRED``: rotated out) or revoked
+    (``REVOKED``: its key is not to be trusted any more); the services refuse its tokens from that version on.
+
+    An issuer never becomes active again, and a revoked one stays revoked (:class:`KeyringError` otherwise).
+    """
+    if status not in (RETIRED, REVOKED):
+        raise KeyringError(f"an operator issuer can only be {RETIRED} or {REVOKED}, not {status!r}")
+    target = next((i for i in doc.operator_issuers if i.key_id == key_id), None)
+    if target is None:
+        raise KeyringError(f"key {key_id} is not an operator issuer in the key registry")
+    if target.status == status or target.status == REVOKED:
+        raise KeyringError(f"operator issuer {key_id} is already {target.status}")
+    at = _now()
+    issuers = [msgspec.structs.replace(i, status=status) if i is target else i for i in doc.operator_issuers]
+    kind = "retire-issuer" if status == RETIRED else "revoke-issuer"
+    change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service="operator", key_id=key_id)
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, operator_issuers=issuers, changes=[*doc.changes, change]
+    )
+
+
 def empty_registry(root: Signer) -> RegistryDocument:
     return RegistryDocument(version=0, issued_at=_now(), root_key_id=root.key_id, keys=[])
 

@@ -7,7 +7,8 @@ only check that what they need exists (:func:`require_streams`) and fail with a 
 ``EVENTS`` is the append-only history (``evt.>``): file storage, no per-subject cap, ``discard=new``
 with a byte limit so a full store refuses writes instead of dropping history, ``deny_delete`` and
 ``deny_purge``, a de-duplication window, direct get for batched reads and atomic batch publish for
-multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject.
+multi-event appends. ``SNAPSHOTS`` (``snap.>``) keeps one message per subject. The KV bucket
+``OPERATOR_REVOCATIONS`` is append-only in effect (:func:`symbi_common.operator_revocations.revocations_config`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nats.errors
@@ -28,6 +29,7 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageT
 from symbi_common.bus_streams import bus_buckets, deadletter_config, messages_config
 from symbi_common.decision_queue import DECISIONS_STREAM, decisions_config
 from symbi_common.errors import InfrastructureError, Timeout
+from symbi_common.operator_revocations import REVOCATIONS_BUCKET, revocations_config
 
 EVENTS_STREAM = "EVENTS"
 SNAPSHOTS_STREAM = "SNAPSHOTS"
@@ -40,8 +42,6 @@ REGISTRY_STREAM = "REGISTRY"
 DATAKEYS_BUCKET = "DATAKEYS"
 HOSTS_BUCKET = "HOSTS"
 SCHEDULER_BUCKET = "SCHEDULER"
-#: Revoked operator tokens (written by the operator's `symbi token revoke`, read by every service).
-OPERATOR_REVOCATIONS_BUCKET = "OPERATOR_REVOCATIONS"
 #: Sealed runtime secrets (written by the operator's `symbi secrets`, read by the sandbox-agent; docs/secrets.md).
 #: One version per name: a replaced value is gone, not history.
 SECRETS_BUCKET = "SECRETS"
@@ -146,7 +146,6 @@ def bucket_configs(s: StreamSettings) -> list[KeyValueConfig]:
     return [
         KeyValueConfig(bucket=DATAKEYS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=HOSTS_BUCKET, history=1, replicas=s.replicas),
-        KeyValueConfig(bucket=OPERATOR_REVOCATIONS_BUCKET, history=1, replicas=s.replicas),
         KeyValueConfig(bucket=SECRETS_BUCKET, history=1, replicas=s.replicas, direct=True),
         KeyValueConfig(
             bucket=SCHEDULER_BUCKET, history=1, ttl=s.lease_ttl_s, storage=StorageType.FILE, replicas=s.replicas
@@ -162,8 +161,9 @@ _NO_PEERS = 10005
 _NO_STORAGE = 10047
 
 
-#: Streams whose loss is lost history: never re-created silently on a store that held them.
-HISTORY_STREAMS = (EVENTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET)
+#: Streams whose loss is lost history: never re-created silently on a store that held them (an empty
+#: revocations bucket would put every revoked operator token back in service).
+HISTORY_STREAMS = (EVENTS_STREAM, AUDIT_STREAM, "KV_" + DATAKEYS_BUCKET, "KV_" + REVOCATIONS_BUCKET)
 
 
 async def provision_streams(
@@ -195,7 +195,15 @@ async def provision_streams(
         deadletter_config(s.replicas),
         decisions_config(s.replicas, s.duplicate_window_s, s.max_msg_size),
     )
-    streams = (events_config(s), snapshots_config(s), audit_config(s), work_config(s), registry_config(s), *queues)
+    streams = (
+        events_config(s),
+        snapshots_config(s),
+        audit_config(s),
+        work_config(s),
+        registry_config(s),
+        revocations_config(s.replicas),  # created, or a bucket of an older version made append-only
+        *queues,
+    )
     reserved = sum(max(cfg.max_bytes or 0, 0) for cfg in streams)
     for cfg in streams:
         await _placed(cfg.name or "", functools.partial(_add_or_update, js, cfg, reserved), placement_wait_s)
@@ -213,6 +221,9 @@ async def _add_or_update(js: Any, cfg: StreamConfig, reserved: int) -> None:
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
                 raise
+            current = (await js.stream_info(cfg.name)).config
+            if current.allow_msg_ttl and not cfg.allow_msg_ttl:  # the server cannot switch per-message TTLs off
+                cfg = replace(cfg, allow_msg_ttl=True)
             await js.update_stream(cfg)
     except nats.js.errors.APIError as exc:
         if exc.err_code != _NO_STORAGE:
