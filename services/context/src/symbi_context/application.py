@@ -374,5 +374,5 @@ class ContextService:
 
     @operation("sweep")
     async def sweep(self, now: float | None = None) -> int:
-        """Forget expired short-term memories and knowledge past its retention, as events. Returns how many."""
+        """Forget expired memories (of any kind) and knowledge past its retention, as events. Returns how many."""
         return await sweep(self, time.time() if now is None else now)

@@ -4,7 +4,8 @@ Two aggregate types, both written only by the context service:
 
 - ``memory.<agent_id>`` (subject ``evt.memory.<agent_id>``): one agent's own memories. Short-term memories are
   bounded (the oldest are evicted in the same append that overflows the bound) and expire; working memories
-  belong to a task and are cleared when it completes; long-term memories stay until forgotten.
+  belong to a task and are cleared when it completes; long-term memories stay until forgotten. A memory of
+  any kind stored with a time to live expires too: it is never served past it, and the sweep forgets it.
 - ``knowledge.<kb_id>`` (subject ``evt.knowledge.<kb_id>``): a knowledge base shared by the agents the policy
   grants it to. Documents are ingested as chunks; retention drops documents older than the configured days.
 

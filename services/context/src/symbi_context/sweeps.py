@@ -1,5 +1,5 @@
-"""Forgetting on a schedule: short-term memories past their expiry and knowledge past its retention, as
-events, a page of the index at a time (:meth:`~symbi_context.application.ContextService.sweep`)."""
+"""Forgetting on a schedule: memories past their expiry and knowledge past its retention, as events, a page of
+the index at a time (:meth:`~symbi_context.application.ContextService.sweep`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from symbi_context.domain import KNOWLEDGE_KIND, Forget, KnowledgeForgotten, MemoryForgotten
+from symbi_context.domain import KNOWLEDGE_KIND, MEMORY_KINDS, Forget, KnowledgeForgotten, MemoryForgotten
 from symbi_context.point_ids import item_id
 from symbi_context.vectors.port import Hit, MetaFilter
 
@@ -19,8 +19,11 @@ log = structlog.get_logger(__name__)
 
 
 async def sweep(service: ContextService, now: float) -> int:
-    """Forget expired short-term memories and knowledge past its retention at ``now``. Returns how many."""
-    expired = MetaFilter(kinds=("short_term",), expired_by=now)
+    """Forget the memories expired at ``now`` and knowledge past its retention. Returns how many.
+
+    Every memory with an expiry is swept, whatever its kind: short-term ones always have one, long-term and
+    working ones when they were stored with ``ttl_s``."""
+    expired = MetaFilter(kinds=MEMORY_KINDS, expired_by=now)
     done = await _sweep(service, expired, lambda hits: _forget_expired(service, hits, now))
     oldest = now - service.config.knowledge_retention_days * 86_400
     old = MetaFilter(kinds=(KNOWLEDGE_KIND,), created_to=oldest)

@@ -49,7 +49,8 @@ class NewMemory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     tags: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_TAGS)] = ()
     metadata: dict[str, MetaValue] = msgspec.field(default_factory=dict)
     origin: Origin = msgspec.field(default_factory=Origin)
-    #: Short-term memories expire after this many seconds (default: the configured short-term TTL).
+    #: The memory expires after this many seconds: any kind (then it is no longer served, and the expiry sweep
+    #: forgets it); a short-term memory without one expires after the configured short-term TTL.
     ttl_s: float | None = None
 
 
