@@ -77,7 +77,7 @@ class ProtocolServer:
     def __init__(self, gateway: RunGateway) -> None:
         self.gateway = gateway
         self.served = 0
-        self.data = DataOps(gateway, self._record)
+        self.data = DataOps(gateway, self._record, self.record_fits)
         self.tool_ops = ToolOps(self, gateway.decide, lambda: gateway.agent.tools, self.record_fits)
         self.model_ops = ModelOps(
             self, gateway.task_id, gateway.run.spec.tier, gateway.run.spec.attempt, lambda: gateway.agent.models
@@ -88,7 +88,7 @@ class ProtocolServer:
     @property
     def messages(self) -> MessageOps:
         if self._messages is None:
-            self._messages = MessageOps(self.gateway.agent.rt, self.gateway.run, self._record)
+            self._messages = MessageOps(self.gateway.agent.rt, self.gateway.run, self._record, self.record_fits)
         return self._messages
 
     @property

@@ -10,7 +10,8 @@ on. ``size_bytes`` is what a write writes or what a read may return (the file's 
 the decision, from ``offset``, at most ``length`` or the op's maximum — and the read never returns more);
 a listing has none. Allowed, the file is read or written on the host (:mod:`.data_files`: no symlink is
 followed, sizes capped); every request, allowed or not, is recorded as ``execution.action`` — an allowed
-one with the size and SHA-256 of the bytes read or written.
+one with the size and SHA-256 of the bytes read or written. An allowed request whose record could not be
+stored (its context over the event size limit) is refused ``too_large`` before the disk is touched.
 
 The disk is touched on a small pool of threads of the data operations' own (:data:`DATA_THREADS`, one per
 daemon), at most :data:`RUN_DATA_THREADS` of them for one run at once: a slow listing waits only for other
@@ -51,6 +52,7 @@ from symbi_sandbox_agent.actions import check_against_schema
 from symbi_sandbox_agent.data_files import DataFileError
 from symbi_sandbox_agent.errors import ActionRequestError
 from symbi_sandbox_agent.grants import BadDataPath, DataMount, NotGranted, locate
+from symbi_sandbox_agent.recorder import Fits, fits_nothing, unrecordable
 
 if TYPE_CHECKING:
     from symbi_common.decisions import Decision
@@ -89,11 +91,13 @@ class DataGateway(Protocol):
 
 class DataOps:
     """Serves one run's data requests: ``gateway`` decides, ``record`` stores ``execution.action`` (the
-    protocol server's)."""
+    protocol server's); a request whose record would not fit (``fits``) is refused ``too_large``, not performed."""
 
-    def __init__(self, gateway: DataGateway, record: Record) -> None:
+    def __init__(self, gateway: DataGateway, record: Record, fits: Fits = fits_nothing) -> None:
         self.gateway = gateway
         self.record = record
+        #: Whether a request's record can be stored, asked before it is performed (``ProtocolServer.record_fits``).
+        self.fits = fits
         self._turns = asyncio.Semaphore(RUN_DATA_THREADS)
 
     @property
@@ -170,6 +174,10 @@ class DataOps:
                 policies=list(decision.policies),
                 policy_version=decision.policy_version,
             )
+        if not self.fits(seq, action, mount.root, context, record):  # no action without its record
+            message = unrecordable(action)
+            await self.record(seq, action, "", {}, record, "failed", f"too_large: {message}")
+            return error(request.id, "too_large", message)
         try:
             result, done = await self._io(self._perform, args, mount, parts, content, context.get("size_bytes"))
         except OSError as exc:  # (no space, over quota, a file changed under it …): failed, recorded, typed

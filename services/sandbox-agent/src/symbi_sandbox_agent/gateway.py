@@ -4,8 +4,9 @@ Requests are served one at a time, in the order the workload printed them. Each 
 service's one :class:`~symbi_common.policy.hooks.Enforcer` (enforcement points ``GATEWAY_READ``, which
 enforces ``redact`` on what a read returns, and ``GATEWAY_ACTION``, which enforces no condition: an allow
 with a condition the point cannot enforce is a denial) and recorded as ``execution.action`` with the
-decision's id; an allowed one is performed
-(``memory.write`` / ``memory.read`` through the context service, as the agent) and answered on stdin.
+decision's id: one whose record could not be stored is refused ``too_large``, neither performed nor held; an
+allowed one is performed (``memory.write`` / ``memory.read`` through the context service, as the agent) and
+answered on stdin (``internal``, saying so, should its outcome not be recorded).
 A denied one is not answered: the container is frozen, ``execution.paused`` (``action_denied``) is
 appended, and the request waits, pending, for the task's ``resume`` command. Resuming first brings the
 policy view up to the newest policy event in the stream, then decides the request again: allowed, it is
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -64,11 +65,9 @@ from symbi_sandbox_agent.agent_ops import ProtocolServer
 from symbi_sandbox_agent.channel import Channel
 from symbi_sandbox_agent.errors import ActionRequestError, TooManyActions, UnsupportedAction
 from symbi_sandbox_agent.metrics import ACTIONS
+from symbi_sandbox_agent.recorder import action_fits, unrecordable
 from symbi_sandbox_agent.run import Pending, Running
 from symbi_sandbox_agent.run_ports import RunHost
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger(__name__)
 #: How long a ``resume`` waits for the policy follower to reach the newest policy event.
@@ -200,6 +199,8 @@ class ActionGateway:
         ) as span:
             decision, record = await self.decide(question)
             span.set_attribute("symbi.decision", record.effect)
+            if await self._unrecordable(seq, request, record):  # neither performed nor held without its record
+                return None
             if isinstance(decision, Deny) and decision.code in UNDECIDED:
                 # No decision could be had (e.g. the policy service does not answer): nothing happens, the
                 # workload is told why and may ask again; the run is not frozen for an outage.
@@ -223,17 +224,8 @@ class ActionGateway:
         self, seq: int, action: str, err: SymbiError, request: ActionRequest | None = None
     ) -> None:
         """Record and answer a request that was not decided (malformed, unknown, or no decision to be had)."""
-        event = ExecutionAction(
-            attempt=self.run.spec.attempt,
-            seq=seq,
-            action=action,
-            resource=request.resource if request else "",
-            context=dict(request.context) if request else {},
-            outcome="failed",
-            detail=f"{err.code}: {err.message}",
-            agent_id=self.run.agent_id,
-        )
-        await self.agent.store_action(self.run, event)
+        bare = request or ActionRequest(action=action, resource="")
+        await self.agent.store_action(self.run, self._event(seq, bare, None, "failed", f"{err.code}: {err.message}"))
         ACTIONS.labels(action if action in RESOURCE_TYPES else "unknown", "failed").inc()
         await self.reply(error_reply(seq, err.code, err.message))
 
@@ -244,10 +236,10 @@ class ActionGateway:
         verdict = await Enforcer.around(await self.agent.rt.decision_point()).decide(question, point)
         return verdict.decision, verdict.record
 
-    async def _record(
-        self, seq: int, request: ActionRequest, record: DecisionRecord, outcome: ActionOutcome, detail: str = ""
-    ) -> None:
-        event = ExecutionAction(
+    def _event(
+        self, seq: int, request: ActionRequest, record: DecisionRecord | None, outcome: ActionOutcome, detail: str = ""
+    ) -> ExecutionAction:
+        return ExecutionAction(
             attempt=self.run.spec.attempt,
             seq=seq,
             action=request.action,
@@ -258,21 +250,43 @@ class ActionGateway:
             detail=detail,
             agent_id=self.run.agent_id,
         )
-        await self.agent.store_action(self.run, event)
+
+    async def _record(
+        self, seq: int, request: ActionRequest, record: DecisionRecord, outcome: ActionOutcome, detail: str = ""
+    ) -> None:
+        await self.agent.store_action(self.run, self._event(seq, request, record, outcome, detail))
         ACTIONS.labels(request.action, outcome).inc()
 
+    async def _unrecordable(self, seq: int, request: ActionRequest, record: DecisionRecord) -> bool:
+        """Whether the request's record (any outcome) could not be stored: then, before it is performed or held, it
+        is refused ``too_large`` and recorded without its context (which does fit), as no action goes unrecorded."""
+        if action_fits(self._event(seq, request, record, "allowed"), self.agent.rt.store.max_event_bytes):
+            return False
+        message = unrecordable(request.action)
+        await self._record(seq, msgspec.structs.replace(request, context={}), record, "failed", f"too_large: {message}")
+        await self.reply(error_reply(seq, "too_large", message))
+        return True
+
     async def _perform_and_reply(self, seq: int, request: ActionRequest, record: DecisionRecord) -> None:
-        """Perform an allowed request, record the outcome, answer the workload."""
+        """Perform an allowed request whose record can be stored, record the outcome, answer the workload; an
+        outcome whose record could not be stored is answered ``internal``, saying so: the workload never waits."""
+        if await self._unrecordable(seq, request, record):
+            return
+        outcome: ActionOutcome = "allowed"
         try:
             result = await self._perform(request)
         except SymbiError as err:
-            await self._record(seq, request, record, "failed", f"{err.code}: {err.message}")
-            await self.reply(error_reply(seq, err.code, err.message))
-            return
-        if record.conditions:  # only conditions the point enforces get here: redact what goes back
-            result = redact(result, record.conditions)
-        await self._record(seq, request, record, "allowed")
-        await self.reply(allowed_reply(seq, result))
+            outcome, detail, line = "failed", f"{err.code}: {err.message}", error_reply(seq, err.code, err.message)
+        else:  # only conditions the point enforces get here: redact what goes back
+            detail, line = "", allowed_reply(seq, redact(result, record.conditions) if record.conditions else result)
+        try:
+            await self._record(seq, request, record, outcome, detail)
+        except Exception as exc:
+            done = "was performed" if outcome == "allowed" else "failed"
+            message = f"{request.action} {done}, but its record could not be stored ({type(exc).__name__})"
+            await self.reply(error_reply(seq, "internal", message))
+            raise
+        await self.reply(line)
 
     async def _perform(self, request: ActionRequest) -> dict[str, Any]:
         if request.action not in PERFORMED:

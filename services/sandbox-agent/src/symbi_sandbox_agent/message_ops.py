@@ -6,7 +6,8 @@ are decided through the gateway's one enforcer as ``message.send`` (resource ``A
 ``denied`` and recorded ``refused``. ``receive`` hands over the agent's waiting messages (a topic message and
 a replayed one are decided again at delivery, as ``message.send`` from its sender to this agent; refused ones
 go to the dead letters). Each send, and each receive that handed something over, is recorded as an
-``execution.action`` (metadata only: ids, peers, sizes; never a body).
+``execution.action`` (metadata only: ids, peers, sizes; never a body); an allowed send whose record could
+not be stored (its context over the event size limit) is refused ``too_large`` and nothing is sent.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from symbi_sandbox_agent.bus.errors import BadMessage, RateLimited, Undecided
 from symbi_sandbox_agent.bus.limits import SendLimits
 from symbi_sandbox_agent.bus.runtime import bus_of
 from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.recorder import Fits, fits_nothing, unrecordable
 from symbi_sandbox_agent.run import Running
 
 log = structlog.get_logger(__name__)
@@ -58,11 +60,13 @@ Record = Callable[[int, str, str, dict[str, Any], DecisionRecord | None, ActionO
 class MessageOps:
     """The ``messages.*`` operations of one run's agent; ``record`` appends an ``execution.action``."""
 
-    def __init__(self, rt: Any, run: Running, record: Record) -> None:
+    def __init__(self, rt: Any, run: Running, record: Record, fits: Fits = fits_nothing) -> None:
         self.rt = rt
         self.run = run
         self.agent_id = run.agent_id or "unknown"
         self.record = record
+        #: Whether a send's record can be stored, asked before it is sent (``ProtocolServer.record_fits``).
+        self.fits = fits
         self._receiving = asyncio.Lock()  # one inbox fetch at a time (a pull subscription is not shared)
         #: Batches handed over in an answer not yet written, by the answer's identity (see :meth:`written`).
         self._unwritten: dict[int, tuple[Reply, Batch]] = {}
@@ -166,6 +170,10 @@ class MessageOps:
                 policies=list(decision.policies),
                 policy_version=decision.policy_version,
             )
+        if not self.fits(seq, SEND, target, question.context, record):  # no message without its record
+            message = unrecordable(SEND)
+            await self.record(seq, SEND, "", {}, record, "failed", f"too_large: {message}")
+            return error(request.id, "too_large", message)
         classification = str(request.context.get("classification", ""))
         limits = self.limits(carrier.limiter.limits, decision)
         try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import structlog
 from symbi_common.aggregate import Repository
+from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import AppendFailed, DomainError
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.sandbox_agent.events import (
@@ -41,6 +43,19 @@ LATER_RETRY_S = 30.0
 MAX_DETAIL_CHARS = 2000
 #: Errors of encoding an event: trying again would not change them.
 _UNENCODABLE = (OverflowError, TypeError, msgspec.EncodeError)
+#: Whether the record of an action (seq, action, resource, context as recorded, decision) could be stored,
+#: whatever its outcome: asked before the action is performed (``ProtocolServer.record_fits``).
+Fits = Callable[[int, str, str, dict[str, Any], DecisionRecord | None], bool]
+
+
+def fits_nothing(*_: object) -> bool:
+    """The :data:`Fits` of an operation given none: no record is known to fit, so nothing is performed."""
+    return False
+
+
+def unrecordable(action: str) -> str:
+    """What the agent is told of an action refused ``too_large`` because its record could not be stored."""
+    return f"the record of this {action} would exceed the event size limit; nothing was performed: send less"
 
 
 def action_event(event: ExecutionAction) -> ExecutionAction:

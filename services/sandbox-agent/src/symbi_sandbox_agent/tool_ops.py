@@ -27,6 +27,7 @@ from symbi_contracts.tools.errors import ToolNotApproved
 
 from symbi_sandbox_agent.actions import MAX_RESOURCE_CHARS, check_against_schema
 from symbi_sandbox_agent.errors import ActionRequestError
+from symbi_sandbox_agent.recorder import Fits
 from symbi_sandbox_agent.tools.canon import canonical_json
 
 if TYPE_CHECKING:
@@ -95,8 +96,6 @@ def recorded_context(context: dict[str, Any]) -> dict[str, Any]:
     return {**kept, "arguments_sha256": hashlib.sha256(data).hexdigest(), "arguments_bytes": len(data)}
 
 
-#: Whether the record of an action (seq, action, resource, recorded context, decision) could be stored.
-Fits = Callable[[int, str, str, dict[str, Any], DecisionRecord | None], bool]
 Decide = Callable[[DecisionRequest], Awaitable[tuple["Decision", DecisionRecord]]]
 
 
