@@ -52,7 +52,7 @@ from symbi_contracts.sandbox_agent.events import (
     OutputDigest,
     Usage,
 )
-from symbi_contracts.scheduler.events import CODEC, TaskAssigned, TaskSubmitted
+from symbi_contracts.scheduler.events import CODEC, STOP_REFUSED, TaskAssigned, TaskStopRequested, TaskSubmitted
 from symbi_scheduler.work import ensure_work_stream
 
 MakeStore = Callable[..., Awaitable[EventStore]]
@@ -221,6 +221,7 @@ class FakeHost:
         tail: bool = True,
         fail_once: tuple[str, ...] = (),
         starting: float = 0.0,
+        honours_stop: bool = True,
     ) -> None:
         self.host_id = host_id
         self.nc = nc
@@ -246,6 +247,11 @@ class FakeHost:
         #: Seconds the host spends checking a task (image, policy, secrets) before it runs it; meanwhile, as the
         #: sandbox-agent does, it answers ``UnknownExecution`` to a command for it (0: it answers ``unknown``).
         self.starting = starting
+        #: As the sandbox-agent does, it reads the task again once it has checked it and refuses an attempt with a
+        #: stop request (False: a host that does not, so only a terminate stops the run).
+        self.honours_stop = honours_stop
+        #: The attempts it refused because of a stop request: (task, attempt).
+        self.refused_for_stop: list[tuple[str, int]] = []
         self.executions: Repository[int, Any, Any] = Repository(store, _ExecAggregate())  # type: ignore[arg-type]
         self.running: dict[str, Execution] = {}
         self.started: list[tuple[str, int]] = []
@@ -335,6 +341,13 @@ class FakeHost:
         execution = Execution(task_id, attempt, submitted.agent_id, submitted.input, a)
         if self.starting:
             await asyncio.sleep(self.starting)
+        if self.honours_stop and any(
+            isinstance(e, TaskStopRequested) and e.attempt == attempt for e in await task_events(self.store, task_id)
+        ):
+            self.refused_for_stop.append((task_id, attempt))
+            refused = ExecutionRefused(attempt=attempt, code=STOP_REFUSED, reason="stop requested before it started")
+            await self.append(task_id, refused)
+            return
         self.running[task_id] = execution
         self.started.append((task_id, attempt))
         self.max_running = max(self.max_running, len(self.running))

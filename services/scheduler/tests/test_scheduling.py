@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from schedkit import App, FakeHost, agent_events, eventually, register_agent, task_events, until_status
-from symbi_contracts.scheduler.events import TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
+from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES, ExecutionStarted
+from symbi_contracts.scheduler.events import CODEC, TaskAssigned, TaskPreempted, TaskResumed, TaskSuspended
 
 ONE_CPU = {"cpu_cores": 1.0, "memory_mb": 256}
 
@@ -217,3 +218,53 @@ async def test_a_victim_the_host_is_still_starting_is_paused_only_once_the_host_
         assert host.running[low].paused  # started, then frozen: never running next to the critical task
         assert host.commands.count(("suspend", low)) >= 2
         assert (await task_view(scheduler, low))["status"] == "paused"
+
+
+@pytest.mark.parametrize(
+    "victim_host",
+    [
+        {"starting": 1.0},  # still checking the victim when asked to stop it: it refuses the attempt then
+        {"starting": 1.0, "honours_stop": False},  # … a host that starts it all the same: stopped once it runs
+        {"fail_once": ("terminate",)},  # the victim runs and its host does not answer the first stop
+    ],
+    ids=["refused-before-start", "started-anyway", "no-answer"],
+)
+async def test_a_preempted_victim_goes_back_to_the_queue_only_once_its_attempt_has_ended(
+    victim_host: dict[str, Any], lifecycle: App, start_scheduler: Any, hosts: Any, make_store: Any
+) -> None:
+    """Before, ``task.preempted`` was appended before the host had stopped the victim (the host's answer was not
+    looked at) and the task was requeued at once: its attempt 2 ran on another host, and the critical task on
+    the victim's host, while attempt 1 was still starting or running there. Now attempt 1 is refused or
+    stopped, and its end recorded, before the task is requeued and before the critical task starts."""
+    await register_agent(lifecycle, "background", resources=ONE_CPU)
+    await register_agent(lifecycle, "urgent", resources={"cpu_cores": 1.0, "memory_mb": 2048})
+    h1: FakeHost = await hosts("h1", cpu_cores=1.0, memory_mb=4096, hold=True, **victim_host)
+    h2: FakeHost = await hosts("h2", cpu_cores=1.0, memory_mb=1024, hold=True)  # too small for the critical task
+    async with start_scheduler(strategy="first_fit", preemption="requeue") as scheduler:
+        low = await submit(scheduler, "background", "low")
+        if "starting" in victim_host:
+            await until_status(scheduler, low, "assigned")
+        else:
+            await h1.wait_running(low)
+        critical = await submit(scheduler, "urgent", "critical")
+        await h1.wait_running(critical, timeout=15.0)
+        await h2.wait_running(low, timeout=15.0)
+        assert (await task_view(scheduler, low))["attempt"] == 2
+    store = await make_store("scheduler")
+    task = await store.load("task", low, CODEC)
+    execution = await store.load("execution", low, EXECUTION_CODEC)
+    ends = [r.sequence for r in execution if isinstance(r.event, TERMINAL_TYPES) and r.event.attempt == 1]
+    assert ends, "attempt 1's end was never recorded"
+    preempted = [r for r in task if isinstance(r.event, TaskPreempted)]
+    assert [(r.event.attempt, r.event.reason, r.event.by_task) for r in preempted] == [(1, "preempted", critical)]
+    second = next(r.sequence for r in task if isinstance(r.event, TaskAssigned) and r.event.attempt == 2)
+    assert ends[0] < preempted[0].sequence < second
+    critical_started = [
+        r.sequence
+        for r in await store.load("execution", critical, EXECUTION_CODEC)
+        if isinstance(r.event, ExecutionStarted)
+    ]
+    assert critical_started
+    assert ends[0] < critical_started[0]
+    attempt_1_started = (low, 1) in h1.started
+    assert attempt_1_started == ("starting" not in victim_host or not victim_host.get("honours_stop", True))

@@ -7,6 +7,7 @@ indices (queue, running set, busy agents, active set) must agree with it after a
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,18 +15,26 @@ from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import DomainError, ValidationError
 from symbi_contracts.lifecycle.config import AgentConfig, ResourceLimits, ScheduleSpec, Workload
 from symbi_contracts.lifecycle.events import AgentReady, AgentRegistered, AgentTaskAssigned
-from symbi_contracts.sandbox_agent.events import ExecutionExited, ExecutionStarted, Limits
+from symbi_contracts.sandbox_agent.events import (
+    ExecutionExited,
+    ExecutionKilled,
+    ExecutionRefused,
+    ExecutionStarted,
+    Limits,
+)
 from symbi_contracts.scheduler.events import (
+    STOP_REFUSED,
     TaskAssigned,
     TaskCancelled,
     TaskCompleted,
     TaskEvent,
     TaskPreempted,
     TaskResumed,
+    TaskStopRequested,
     TaskSubmitted,
     TaskSuspended,
 )
-from symbi_scheduler.chores import AgentDone, Complete, due, firings_due
+from symbi_scheduler.chores import AgentDone, Complete, Stopped, StopRun, due, firings_due
 from symbi_scheduler.domain import (
     Record,
     TaskState,
@@ -112,6 +121,8 @@ def candidates(state: TaskState) -> list[TaskEvent]:
         TaskCompleted(outcome="succeeded", attempt=a, host_id="h1", exit_code=0),
         TaskCompleted(outcome="lost", attempt=a, host_id="h1", detail="host gone"),
         TaskCancelled(reason="asked to"),
+        TaskStopRequested(attempt=a, host_id="h1", reason="cancelled", requested_by="ops", detail="asked to"),
+        TaskStopRequested(attempt=a, host_id="h1", reason="preempted", requested_by="scheduler", by_task="t9"),
     ]
 
 
@@ -170,6 +181,8 @@ def test_any_event_sequence_leaves_the_model_with_the_aggregates_state(data: st.
                     [
                         started(folded.attempt),
                         ExecutionExited(attempt=folded.attempt, exit_code=0),
+                        ExecutionKilled(attempt=folded.attempt, exit_code=137, reason="terminated"),
+                        ExecutionRefused(attempt=folded.attempt, code=STOP_REFUSED, reason="stop requested"),
                     ]
                 )
             )
@@ -360,3 +373,115 @@ def test_an_event_decided_on_an_older_attempt_is_refused() -> None:
             decide(state, Record(event=event))
     current = TaskCompleted(outcome="lost", attempt=2, host_id="h2")
     assert decide(state, Record(event=current)) == [current]
+
+
+def placed_model(*, started_attempt: bool) -> Model:
+    """``ready_model`` with task ``t1`` (low) assigned to ``h1`` as attempt 1, started there if asked."""
+    model = ready_model()
+    model.apply("task", "t1", 1, 1, NOW, TaskSubmitted(agent_id="a1", input=b"", priority="low"))
+    model.apply("task", "t1", 2, 2, NOW, assigned(1))
+    if started_attempt:
+        model.apply("execution", "t1", 1, 3, NOW, started(1))
+    return model
+
+
+def test_a_stop_request_is_recorded_once_per_attempt_and_a_cancel_outranks_a_preemption() -> None:
+    state = apply(apply(initial("t1"), TaskSubmitted(agent_id="a1", input=b"", priority="low")), assigned(1))
+    preempt = TaskStopRequested(attempt=1, host_id="h1", reason="preempted", requested_by="scheduler", by_task="t9")
+    cancel = TaskStopRequested(attempt=1, host_id="h1", reason="cancelled", requested_by="ops", detail="not needed")
+    assert decide(state, Record(event=preempt)) == [preempt]
+    preempting = apply(state, preempt)
+    assert preempting.status == TaskStatus.ASSIGNED
+    assert preempting.stop == preempt
+    assert decide(preempting, Record(event=preempt)) == []  # asked already
+    assert decide(preempting, Record(event=cancel)) == [cancel]  # the task is to end, not to be requeued
+    cancelling = apply(preempting, cancel)
+    assert decide(cancelling, Record(event=cancel)) == []
+    assert decide(cancelling, Record(event=preempt)) == []
+    with pytest.raises(DomainError, match="at attempt 1"):
+        decide(state, Record(event=TaskStopRequested(attempt=2, host_id="h1", reason="cancelled")))
+    with pytest.raises(ValidationError):
+        decide(state, Record(event=TaskStopRequested(attempt=1, host_id="h1", reason="because")))
+    with pytest.raises(DomainError, match="being stopped"):  # a stopping run is not paused or resumed any more
+        decide(cancelling, Record(event=TaskSuspended(reason="agent_suspended", attempt=1, host_id="h1")))
+    # A placed task is cancelled only after a cancel was requested for its attempt (and its run is over).
+    with pytest.raises(DomainError, match="stop request"):
+        decide(state, Record(event=TaskCancelled(reason="no")))
+    with pytest.raises(DomainError, match="stop request"):
+        decide(preempting, Record(event=TaskCancelled(reason="no")))
+    done = TaskCancelled(reason="not needed", cancelled_by="ops")
+    assert decide(cancelling, Record(event=done)) == [done]
+    # A new assignment starts without a stop request.
+    requeued = apply(apply(preempting, TaskPreempted(host_id="h1", attempt=1, reason="preempted")), assigned(2))
+    assert requeued.stop is None
+
+
+def test_a_preempted_victim_keeps_its_place_and_resources_until_its_attempt_ends() -> None:
+    """The critical task waits for the victim's resources (they are releasing), nothing else is evicted, and the
+    victim is requeued only once its host reported the attempt killed."""
+    model = placed_model(started_attempt=True)
+    stop = TaskStopRequested(attempt=1, host_id="h1", reason="preempted", requested_by="scheduler", by_task="t9")
+    model.apply("task", "t1", 3, 4, NOW, stop)
+    host = model.placer.hosts["h1"]
+    assert (host.cpu_used, host.cpu_releasing) == (1.0, 1.0)
+    assert model.core.running["t1"].stopping
+    assert TaskView.of(model.tasks["t1"]).stopping == "preempted"
+    chores = due(model, NOW, dispatched={("t1", 1)})
+    assert StopRun("t1", 1, "h1") in chores
+    assert not [c for c in chores if isinstance(c, Stopped | Complete)]
+    model.apply("execution", "t1", 2, 5, NOW, ExecutionKilled(attempt=1, exit_code=137, reason="terminated"))
+    assert model.tasks["t1"].status == TaskStatus.ASSIGNED
+    assert host.cpu_used == 1.0
+    chores = due(model, NOW, dispatched={("t1", 1)})
+    assert Stopped("t1", 1) in chores
+    assert not [c for c in chores if isinstance(c, StopRun | Complete)]
+    model.apply("task", "t1", 4, 6, NOW, TaskPreempted(host_id="h1", attempt=1, reason="preempted", by_task="t9"))
+    assert "t1" in model.queue
+    assert (host.cpu_used, host.cpu_releasing) == (0.0, 0.0)
+
+
+def test_an_attempt_refused_for_its_cancel_ends_the_task_cancelled_and_frees_its_host() -> None:
+    model = placed_model(started_attempt=False)
+    stop = TaskStopRequested(attempt=1, host_id="h1", reason="cancelled", requested_by="ops", detail="not needed")
+    model.apply("task", "t1", 3, 4, NOW, stop)
+    # Not started yet: its work item goes out (again, if need be) so the host refuses it and says so.
+    chores = due(model, NOW, dispatched=set())
+    assert StopRun("t1", 1, "h1") in chores
+    refused = ExecutionRefused(attempt=1, code=STOP_REFUSED, reason="stop requested before it started")
+    model.apply("execution", "t1", 1, 5, NOW, refused)
+    chores = due(model, NOW, dispatched={("t1", 1)})
+    assert Stopped("t1", 1) in chores
+    assert not [c for c in chores if isinstance(c, Complete)]
+    model.apply("task", "t1", 4, 6, NOW, TaskCancelled(reason="not needed", cancelled_by="ops"))
+    assert "t1" not in model.active
+    assert model.placer.hosts["h1"].cpu_used == 0.0
+    assert model.core.running == {}
+
+
+def test_a_cancelled_run_that_was_killed_completes_as_killed() -> None:
+    """As before the stop request existed: a cancelled run that ran ends ``completed`` with outcome ``killed``."""
+    model = placed_model(started_attempt=True)
+    stop = TaskStopRequested(attempt=1, host_id="h1", reason="cancelled", requested_by="ops", detail="not needed")
+    model.apply("task", "t1", 3, 4, NOW, stop)
+    model.apply("execution", "t1", 2, 5, NOW, ExecutionKilled(attempt=1, exit_code=137, reason="terminated"))
+    chores = due(model, NOW, dispatched={("t1", 1)})
+    assert Complete("t1", 1, "killed", 137, "terminated", False) in chores
+    assert not [c for c in chores if isinstance(c, Stopped)]
+
+
+def test_a_stopped_attempt_that_ends_after_its_task_moved_to_another_host_frees_its_first_host() -> None:
+    """A stream of the previous version (``task.preempted`` straight after the assignment, the run still going):
+    the task runs again on ``h2`` before the end of attempt 1 on ``h1`` is reported. That end frees ``h1``
+    (before, only the task's current host was counted again, and ``h1`` stayed full for good)."""
+    model = placed_model(started_attempt=True)
+    model.host_seen(
+        HostInfo(host_id="h2", cpu_cores=4.0, memory_mb=4096, tiers=("tier1", "tier2"), heartbeat_at=NOW), NOW
+    )
+    model.apply("task", "t1", 3, 4, NOW, TaskPreempted(host_id="h1", attempt=1, reason="preempted"))
+    model.apply("task", "t1", 4, 5, NOW, msgspec.structs.replace(assigned(2), host_id="h2"))
+    h1, h2 = model.placer.hosts["h1"], model.placer.hosts["h2"]
+    assert (h1.cpu_used, h1.cpu_releasing, h2.cpu_used) == (1.0, 1.0, 1.0)
+    model.apply("execution", "t1", 2, 6, NOW, ExecutionKilled(attempt=1, exit_code=137, reason="terminated"))
+    assert (h1.cpu_used, h1.cpu_releasing, h1.memory_used) == (0.0, 0.0, 0)
+    assert h2.cpu_used == 1.0
+    assert model.holds_on("h1") == []

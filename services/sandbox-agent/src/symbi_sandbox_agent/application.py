@@ -28,6 +28,7 @@ from symbi_common.decisions import AllowWithConditions, DecisionRecord, Decision
 from symbi_common.errors import InfrastructureError
 from symbi_common.policy.enforcement import SANDBOX_START
 from symbi_common.policy.hooks import Enforcer, resources_context
+from symbi_common.reader import Recorded
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.sandbox_agent.errors import (
     ExecutionStateError,
@@ -46,6 +47,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     SecretFileRecord,
 )
+from symbi_contracts.scheduler.events import STOP_REFUSED
 from symbi_contracts.tools.errors import ToolError, ToolServerUnavailable
 
 from symbi_sandbox_agent.data_roots import resolve
@@ -67,7 +69,7 @@ from symbi_sandbox_agent.secret_files import (
 )
 from symbi_sandbox_agent.spec import HostCapabilities, SandboxDefaults, SandboxSpec, apply_caps, build_spec
 from symbi_sandbox_agent.supervisor import KILL_GRACE_S, Supervisor
-from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent, TaskView, fold_task
+from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent, TaskView, fold_task, refusal_reason
 from symbi_sandbox_agent.tools.declared import register_declared
 
 if TYPE_CHECKING:
@@ -121,14 +123,21 @@ class SandboxService:
 
     # --- work -----------------------------------------------------------------------------------
 
-    async def dispatch(self, item: WorkItem, events: list[TaskEvent] | None = None) -> bool:
+    async def dispatch(self, item: WorkItem, records: list[Recorded[TaskEvent]] | None = None) -> bool:
         """Start (or refuse) the task's sandbox; returns once ``execution.started``/``refused`` is stored.
-        ``events``: the task's events if the caller has just read them (else they are read here).
+        ``records``: the task's events if the caller has just read them (else they are read here).
+
+        An attempt whose task has a stop request for it (``task.stop_requested``: cancelled or preempted) never
+        starts: it is refused (``execution.refused``, code ``stop_requested``). The events stored after
+        ``records`` are read once more after the run is listed here, before it starts (usually none: one read, no
+        decryption), so a request made meanwhile is either seen then or finds the run here when the host is asked
+        to stop it (the scheduler records the request before it asks).
 
         False: not now — an older attempt of the task is still being stopped here; try again shortly."""
         task_id = item.task_id
-        if events is None:
-            events = [r.event for r in await self.rt.store.load("task", task_id, TASK_CODEC)]
+        if records is None:
+            records = await self.rt.store.load("task", task_id, TASK_CODEC)
+        events = [r.event for r in records]
         task = fold_task(task_id, events)
         assigned = task.assigned
         if assigned is None or assigned.host_id != self.host_id or assigned.attempt != item.attempt or task.ended:
@@ -153,6 +162,9 @@ class SandboxService:
             return True
         if state.attempt >= item.attempt:
             return True  # redelivered: this attempt already started or was refused
+        if task.stop is not None:
+            await self._refuse(item, task.agent_id, STOP_REFUSED, refusal_reason(task.stop), None, assigned.tier)
+            return True
         try:
             spec = build_spec(task, self.host_id, self.capabilities, self.defaults)
             # No thread hop for what needs no I/O: an image seen present a moment ago, a task without grants.
@@ -210,6 +222,19 @@ class SandboxService:
         run = Running(spec, task.agent_id)
         self.running[task_id] = run
         try:
+            newer = await self.rt.store.load("task", task_id, TASK_CODEC, after=records[-1].tip if records else None)
+            latest = fold_task(task_id, events + [r.event for r in newer])
+            reassigned = latest.assigned is None or latest.assigned.attempt != item.attempt
+            if latest.stop is not None or latest.ended or reassigned:
+                # Stopped (or moved on) while it was being checked: it does not start.
+                self.running.pop(task_id, None)
+                remove_secret_files(spec.secrets_dir)
+                if latest.stop is not None and not reassigned:
+                    reason = refusal_reason(latest.stop)
+                    await self._refuse(item, task.agent_id, STOP_REFUSED, reason, None, spec.tier)
+                run.outcome = "execution.refused"
+                run.done.set()  # a stop that found the run listed here waits for this
+                return True
             await self.heartbeat()  # a crash from here on finds the task in this host's entry
             _, recs = await self.executions.execute(
                 task_id,

@@ -262,7 +262,7 @@ class SandboxHost:
             with continue_trace(
                 "sandbox.work", headers, attributes={"symbi.task_id": item.task_id, "symbi.attempt": item.attempt}
             ):
-                handled = await self.service.dispatch(item, [r.event for r in records])
+                handled = await self.service.dispatch(item, records)
         except Exception as exc:
             log.exception("work item failed, redelivering", task_id=item.task_id)
             self.rt.note_error(f"work {item.task_id}: {exc!r}")

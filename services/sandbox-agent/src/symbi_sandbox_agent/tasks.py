@@ -16,6 +16,7 @@ from symbi_contracts.scheduler.events import (
     TaskCompleted,
     TaskPreempted,
     TaskResumed,
+    TaskStopRequested,
     TaskSubmitted,
     TaskSuspended,
 )
@@ -35,6 +36,7 @@ TaskEvent = (
     | TaskResumed
     | TaskCompleted
     | TaskCancelled
+    | TaskStopRequested
     | OtherTaskEvent
 )
 
@@ -57,7 +59,16 @@ class _TolerantCodec(EventCodec[TaskEvent]):
 
 
 TASK_CODEC: EventCodec[TaskEvent] = _TolerantCodec(
-    [TaskSubmitted, TaskAssigned, TaskPreempted, TaskSuspended, TaskResumed, TaskCompleted, TaskCancelled]
+    [
+        TaskSubmitted,
+        TaskAssigned,
+        TaskPreempted,
+        TaskSuspended,
+        TaskResumed,
+        TaskCompleted,
+        TaskCancelled,
+        TaskStopRequested,
+    ]
 )
 
 
@@ -70,6 +81,8 @@ class TaskView:
     assigned: TaskAssigned | None
     ended: bool
     """Completed, cancelled or preempted after the latest assignment: nothing should run."""
+    stop: TaskStopRequested | None = None
+    """The stop request (cancel or preemption) of the latest assignment's attempt: it must not start."""
 
     @property
     def input(self) -> bytes:
@@ -83,12 +96,23 @@ class TaskView:
 def fold_task(task_id: str, events: list[TaskEvent]) -> TaskView:
     submitted: TaskSubmitted | None = None
     assigned: TaskAssigned | None = None
+    stop: TaskStopRequested | None = None
     ended = False
     for event in events:
         if isinstance(event, TaskSubmitted):
             submitted = event
         elif isinstance(event, TaskAssigned):
-            assigned, ended = event, False
+            assigned, ended, stop = event, False, None
+        elif isinstance(event, TaskStopRequested):
+            if assigned is not None and event.attempt == assigned.attempt:
+                stop = event
         elif isinstance(event, TaskCompleted | TaskCancelled | TaskPreempted):
             ended = True
-    return TaskView(task_id, submitted, assigned, ended)
+    return TaskView(task_id, submitted, assigned, ended, stop)
+
+
+def refusal_reason(stop: TaskStopRequested) -> str:
+    """Why an attempt with a stop request was refused, as its ``execution.refused`` says: who asked, and why."""
+    by = f" by {stop.requested_by}" if stop.requested_by else ""
+    why = f": {stop.detail}" if stop.detail else ""
+    return f"stop requested before it started ({stop.reason}{by}){why}"

@@ -13,7 +13,8 @@ HTTP::
     GET  /v1/tasks/{id}/output?stream=stdout&after=0&max_bytes=262144
                                        a page of the latest attempt's output from byte ``after`` (base64; at most
                                        512 KiB), ``next_offset``, ``done`` (ended and no page left), and once ended the size and SHA-256 the sandbox reported (``intact``)
-    POST /v1/tasks/{id}/cancel         {"reason"?}: withdraw a queued task; a placed one is stopped
+    POST /v1/tasks/{id}/cancel         {"reason"?}: withdraw a queued task; a placed one gets a recorded stop
+                                       request (who, why, attempt) and its run is stopped or never starts
     GET  /v1/status                    queue depths, hosts and their free capacity, running tasks
 
 NATS: ``cmd.scheduler.submit|get|output|cancel|status`` with the same bodies (plus ``task_id``), served

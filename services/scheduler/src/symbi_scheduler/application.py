@@ -19,7 +19,7 @@ from symbi_common.errors import NotFound, ValidationError
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.lifecycle.events import AgentStatus
-from symbi_contracts.scheduler.events import ResourceRequest, TaskCancelled, TaskSubmitted
+from symbi_contracts.scheduler.events import ResourceRequest, TaskCancelled, TaskStopRequested, TaskSubmitted
 
 from symbi_scheduler.core import never_fits
 from symbi_scheduler.domain import LEVEL, TASK_ID_RE, CancelPending, TaskNotAssignable, effective_limits
@@ -51,8 +51,8 @@ __all__ = [
 
 #: How long a submission waits for an agent this replica has not seen yet (it may have just registered).
 AGENT_WAIT_S = 3.0
-#: How long a cancel keeps asking a host that does not know the run yet (it adds it within seconds), and how often
-#: (under the 5 s a command client waits by default, so the caller gets the answer, not a timeout).
+#: How long a cancel tries again while the task changes under it (placed, requeued or resumed by the leader,
+#: which this replica's model may not show yet), and how often (under the 5 s a command client waits by default).
 CANCEL_WAIT_S = 4.0
 CANCEL_RETRY_S = 0.25
 
@@ -160,51 +160,53 @@ class SchedulerService:
             raise TaskNotAssignable(f"task can never be placed: {reason}", agent_id=request.agent_id)
 
     async def cancel(self, request: CancelRequest, cancelled_by: str = "api") -> TaskView:
-        """Withdraw a queued (or denied) task; a placed one is stopped on its host and completes as killed.
+        """Withdraw a task: a queued (or denied) one is cancelled at once; a placed one is stopped (:meth:`_stop`).
 
-        The answer is never "done" while the task may still run: a host that does not know the run yet (it is
-        still checking the task before starting it) is asked again for up to :data:`CANCEL_WAIT_S` until the run
-        is stopped or the task has ended; otherwise :class:`CancelPending` (retryable). A task the leader places
-        while it is being withdrawn is stopped on its host instead."""
+        A task that ended while the cancel was under way is answered as it ended; one that had ended before is
+        refused (:class:`~symbi_scheduler.domain.TaskFinished`): nothing is changed either way."""
         deadline = time.monotonic() + CANCEL_WAIT_S
         rec, tried = self.get_rec(request.task_id), False
+        reason = request.reason[:500]
         while True:
             if tried and rec.state.finished:
                 return TaskView.of(rec)  # it ended while the cancel was under way: nothing is left running
-            if not rec.state.placed:
-                try:
-                    records = await self.fx.record(
-                        rec.task_id, TaskCancelled(reason=request.reason[:500], cancelled_by=cancelled_by)
-                    )
-                except TaskNotAssignable:
-                    if time.monotonic() >= deadline:
-                        raise
-                    # Placed meanwhile (this replica's model may not show it yet): stop it on its host instead.
-                else:
-                    self.leader.wake.set()
-                    return TaskView.of(self.model.tasks[rec.task_id], records[-1].sequence if records else 0)
-            else:
-                answer = await self.fx.ask_host(rec.host_id, "terminate", rec.task_id)
-                if answer == "done":
-                    return TaskView.of(self.get_rec(rec.task_id))
-                if answer == "no_answer":
-                    raise CancelPending(
-                        f"host {rec.host_id} did not answer the stop of task {rec.task_id}; cancel it again",
-                        task_id=rec.task_id,
-                        host_id=rec.host_id,
-                        retry_after=RETRY_AFTER_S,
-                    )
+            try:
+                if rec.state.placed:
+                    return await self._stop(rec, reason, cancelled_by)
+                records = await self.fx.record(rec.task_id, TaskCancelled(reason=reason, cancelled_by=cancelled_by))
+            except TaskNotAssignable:
                 if time.monotonic() >= deadline:
-                    raise CancelPending(
-                        f"host {rec.host_id} has not started task {rec.task_id} within {CANCEL_WAIT_S:g}s and it "
-                        "has not ended, so it may still start; cancel it again",
-                        task_id=rec.task_id,
-                        host_id=rec.host_id,
-                        retry_after=RETRY_AFTER_S,
-                    )
+                    raise
+                # Placed, requeued or resumed meanwhile (this replica's model may not show it yet): try again.
+            else:
+                self.leader.wake.set()
+                return TaskView.of(self.model.tasks[rec.task_id], records[-1].sequence if records else 0)
             tried = True
             await asyncio.sleep(CANCEL_RETRY_S)
             rec = self.get_rec(request.task_id)
+
+    async def _stop(self, rec: TaskRec, reason: str, cancelled_by: str) -> TaskView:
+        """Cancel a placed task: record who asked, why and for which attempt (``task.stop_requested``), then ask
+        its host to terminate the run.
+
+        The sandbox-agent never starts an attempt with a stop request, so from here on the run is stopped or
+        never starts, whatever the host answers. The task ends once the host reports the attempt's end:
+        ``completed`` (``killed``) if it ran, ``cancelled`` if it never started. A host that does not answer is
+        :class:`CancelPending` (retryable); the request stands and the leader keeps asking the host."""
+        stop = TaskStopRequested(
+            attempt=rec.attempt, host_id=rec.host_id, reason="cancelled", requested_by=cancelled_by, detail=reason
+        )
+        records = await self.fx.record(rec.task_id, stop)
+        self.leader.wake.set()
+        if await self.fx.ask_host(rec.host_id, "terminate", rec.task_id) == "no_answer":
+            raise CancelPending(
+                f"host {rec.host_id} did not answer the stop of task {rec.task_id}; the cancel is recorded and the "
+                "host is asked again until it reports the run's end; cancel it again to ask now",
+                task_id=rec.task_id,
+                host_id=rec.host_id,
+                retry_after=RETRY_AFTER_S,
+            )
+        return TaskView.of(self.get_rec(rec.task_id), records[-1].sequence if records else 0)
 
     async def _agent(self, agent_id: str) -> Any:
         deadline = time.monotonic() + AGENT_WAIT_S

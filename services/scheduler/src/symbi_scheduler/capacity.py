@@ -28,6 +28,8 @@ class Capacity:
         self.grace_until = 0.0
         #: host id -> the tasks holding resources there
         self._by_host: dict[str, dict[str, TaskRec]] = {}
+        #: task id -> the hosts it holds resources on (the same index the other way round)
+        self._hosts_of: dict[str, set[str]] = {}
 
     def seen(self, info: HostInfo, now: float) -> bool:
         """A heartbeat from the ``HOSTS`` bucket; whether it changes what placement sees.
@@ -75,15 +77,19 @@ class Capacity:
         return sorted(self._by_host.get(host_id, ()))
 
     def recount_for(self, rec: TaskRec) -> None:
-        """Re-count the hosts ``rec`` holds (or held) resources on, after its holds changed."""
-        hosts = {h.host_id for h in rec.holds.values()} | ({rec.host_id} if rec.host_id else set())
-        for host_id in hosts:
+        """Re-count the hosts ``rec`` holds (or held) resources on, after its holds changed — also a host it no
+        longer holds anything on although it has moved on to another (a stopped attempt's end reported late)."""
+        holding = {h.host_id for h in rec.holds.values()}
+        held = self._hosts_of.pop(rec.task_id, set())
+        for host_id in holding | held | ({rec.host_id} if rec.host_id else set()):
             index = self._by_host.setdefault(host_id, {})
-            if any(h.host_id == host_id for h in rec.holds.values()):
+            if host_id in holding:
                 index[rec.task_id] = rec
             else:
                 index.pop(rec.task_id, None)
             self._recount(self._host(host_id))
+        if holding:
+            self._hosts_of[rec.task_id] = holding
 
     def _host(self, host_id: str) -> Host:
         host = self.placer.hosts.get(host_id)

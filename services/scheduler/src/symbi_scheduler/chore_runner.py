@@ -29,6 +29,8 @@ from symbi_scheduler.chores import (
     ResumedOnHost,
     ResumePaused,
     StopForAgent,
+    Stopped,
+    StopRun,
     StopStray,
     SuspendForAction,
 )
@@ -70,6 +72,11 @@ class ChoreRunner:
                     await self.do(AgentViolated(rec.agent_id, chore.task_id, f"sandbox.start denied: {chore.detail}"))
                     return
                 await self.agent_done(AgentDone(rec.agent_id, rec.task_id, agent_outcome(chore.outcome)))
+            case Stopped():
+                await self._stopped(chore)
+            case StopRun():
+                if self.fx.due("stop", f"{chore.task_id}:{chore.attempt}"):
+                    await self.fx.ask_host(chore.host_id, "terminate", chore.task_id)
             case Dispatch():
                 await self.fx.publish_work(chore.task_id, chore.attempt, chore.host_id)
             case AgentDone():
@@ -122,6 +129,21 @@ class ChoreRunner:
                         chore.task_id,
                         TaskResumed(reason="capacity available", attempt=chore.attempt, host_id=chore.host_id),
                     )
+
+    async def _stopped(self, chore: Stopped) -> None:
+        """The attempt is over on its host because of its stop request: requeue the task or end it."""
+        rec = self.model.tasks[chore.task_id]
+        stop = rec.state.stop
+        if stop is None:  # pragma: no cover - derived only for a task with a stop request
+            return
+        event: TaskPreempted | TaskCancelled
+        if stop.reason == "preempted":
+            event = TaskPreempted(host_id=rec.host_id, attempt=chore.attempt, reason="preempted", by_task=stop.by_task)
+        else:
+            event = TaskCancelled(reason=stop.detail or "cancelled on request", cancelled_by=stop.requested_by)
+        await self.fx.record(chore.task_id, event)
+        log.info("task stopped", task_id=chore.task_id, attempt=chore.attempt, reason=stop.reason)
+        await self.agent_done(AgentDone(rec.agent_id, rec.task_id, "cancelled"))
 
     async def agent_done(self, chore: AgentDone) -> None:
         agent = self.model.agents.get(chore.agent_id)
@@ -222,6 +244,13 @@ class ChoreRunner:
 
     async def _host_lost(self, chore: HostLost) -> None:
         rec = self.model.tasks[chore.task_id]
+        stop = rec.state.stop
+        if stop is not None and stop.reason == "cancelled":  # it was being cancelled: it is not run again
+            cancelled = TaskCancelled(reason=stop.detail or "cancelled on request", cancelled_by=stop.requested_by)
+            await self.fx.record(chore.task_id, cancelled)
+            log.warning("host lost", host=chore.host_id, task_id=chore.task_id, requeued=False)
+            await self.agent_done(AgentDone(rec.agent_id, rec.task_id, "cancelled"))
+            return
         if chore.attempt >= self.max_attempts:
             detail = f"host {chore.host_id} was lost on attempt {chore.attempt} of {self.max_attempts}"
             await self.fx.record(

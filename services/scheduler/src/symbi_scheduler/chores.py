@@ -48,6 +48,25 @@ class Complete:
 
 
 @dataclass(frozen=True, slots=True)
+class Stopped:
+    """The attempt a stop was requested for was killed, or refused before it started: send the task back to the
+    queue (preempted), or end it (cancelled; it never ran)."""
+
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopRun:
+    """A stop was requested for the attempt and its host has not reported its end yet: ask the host to
+    terminate it (again)."""
+
+    task_id: str
+    attempt: int
+    host_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """(Re)publish the work item of an assigned attempt that has not started."""
 
@@ -185,6 +204,8 @@ class ResumePaused:
 
 Chore = (
     Complete
+    | Stopped
+    | StopRun
     | Dispatch
     | AgentDone
     | AgentViolated
@@ -221,9 +242,17 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
             if ended is not None:
                 kind, code, reason = ended
                 violation = rec.attempt in rec.refused_by_policy
-                out.append(Complete(rec.task_id, rec.attempt, outcome_of(kind, code), code, reason, violation))
+                if _stopped_on_request(rec, kind):
+                    out.append(Stopped(rec.task_id, rec.attempt))
+                else:
+                    out.append(Complete(rec.task_id, rec.attempt, outcome_of(kind, code), code, reason, violation))
             elif host is None or not host.alive:
                 out.append(HostLost(rec.task_id, rec.attempt, rec.host_id))
+            elif rec.state.stop is not None:
+                unstarted = rec.status == TaskStatus.ASSIGNED and rec.attempt not in rec.started
+                if unstarted and (rec.task_id, rec.attempt) not in dispatched:
+                    out.append(Dispatch(rec.task_id, rec.attempt, rec.host_id))  # its host refuses it, saying so
+                out.append(StopRun(rec.task_id, rec.attempt, rec.host_id))
             elif rec.status == TaskStatus.ASSIGNED and rec.attempt not in rec.started:
                 if (rec.task_id, rec.attempt) not in dispatched:
                     out.append(Dispatch(rec.task_id, rec.attempt, rec.host_id))
@@ -251,6 +280,18 @@ def due(model: Model, now: float, *, dispatched: set[tuple[str, int]]) -> list[C
         elif rec.status == TaskStatus.QUEUED and agent.assigned_seq < rec.queued_seq:
             out.append(AgentDone(agent.agent_id, rec.task_id, "cancelled"))
     return out
+
+
+def _stopped_on_request(rec: TaskRec, kind: str) -> bool:
+    """Whether the current attempt ended because of its stop request: refused before it started, or killed for
+    a preemption. (A cancelled run that was killed completes as ``killed``; one that ended by itself
+    completes as it ended.)"""
+    stop = rec.state.stop
+    if stop is None:
+        return False
+    if rec.attempt in rec.refused_for_stop:
+        return True
+    return stop.reason == "preempted" and kind == "execution.killed"
 
 
 def _strays(model: Model) -> Iterable[Chore]:

@@ -14,7 +14,15 @@ A task's life, as its events tell it::
          │   └──────────────────► task.suspended (``task.allocate`` denied; the agent is suspended too)
          │                             └─► task.resumed (the agent's policy violation was cleared) ─┐
          └──────────────────────────────────────────────────────────────────────────────────────────┘
-    queued or denied ─► task.cancelled         (a placed task is terminated instead and completes as killed)
+    queued or denied ─► task.cancelled
+    assigned or paused ─► task.stop_requested (cancelled)  ─► its attempt's end is reported ─►
+                               task.completed (as it ended: ``killed``), or task.cancelled if it never started
+    assigned ─► task.stop_requested (preempted, for critical work) ─► its attempt's end is reported ─►
+                               task.preempted (requeued)
+
+A stop request comes before the host is asked to stop the attempt: the sandbox-agent never starts an attempt
+with one, so the task keeps its place (and its host's resources) until the host reports the attempt's end,
+and nothing can run it again while the old attempt may still be starting or running.
 
 No I/O here: :mod:`symbi_scheduler.application` loads and appends through a repository.
 """
@@ -37,6 +45,7 @@ from symbi_contracts.scheduler.events import (
     AGGREGATE_TYPE,
     CODEC,
     MAX_INPUT_BYTES,
+    STOP_REASONS,
     ResourceRequest,
     TaskAssigned,
     TaskCancelled,
@@ -44,6 +53,7 @@ from symbi_contracts.scheduler.events import (
     TaskEvent,
     TaskPreempted,
     TaskResumed,
+    TaskStopRequested,
     TaskSubmitted,
     TaskSuspended,
 )
@@ -73,8 +83,9 @@ class TaskNotAssignable(TaskError):
 
 
 class CancelPending(InfrastructureError):
-    """A cancel could not be confirmed: the task's host does not know the run yet (it may still be starting it)
-    or did not answer, and the task has not ended. The task may still run; cancel it again."""
+    """A cancel could not be confirmed: the task's host did not answer the stop of its run. The stop request is
+    recorded (the run never starts if it has not yet) and the host is asked again; the run may still go on until
+    it answers. Cancel it again to ask now."""
 
     code = "cancel_pending"
     http_status = 503
@@ -161,6 +172,8 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str = ""
     exit_code: int | None = None
     detail: str = ""
+    #: The stop request of the current attempt (cancelled or preempted), if one was made.
+    stop: TaskStopRequested | None = None
 
     @property
     def exists(self) -> bool:
@@ -204,9 +217,12 @@ def apply(state: TaskState, event: TaskEvent) -> TaskState:
                 tier=event.tier,
                 risk_score=event.risk_score,
                 decision=event.decision,
+                stop=None,
             )
+        case TaskStopRequested():
+            return r(state, stop=event)
         case TaskPreempted():
-            return r(state, status=TaskStatus.QUEUED)
+            return r(state, status=TaskStatus.QUEUED, stop=None)
         case TaskSuspended():
             if event.reason in PAUSE_REASONS:
                 return r(state, status=TaskStatus.PAUSED, pause_reason=event.reason)
@@ -252,9 +268,9 @@ Command = Submit | Record
 #: Which events each state accepts.
 ACCEPTS: dict[TaskStatus, tuple[type[TaskEvent], ...]] = {
     TaskStatus.QUEUED: (TaskAssigned, TaskSuspended, TaskCompleted, TaskCancelled),
-    # A placed task is stopped on its host instead; it then completes as ``killed``.
-    TaskStatus.ASSIGNED: (TaskPreempted, TaskSuspended, TaskCompleted),
-    TaskStatus.PAUSED: (TaskResumed, TaskPreempted, TaskCompleted),
+    # A placed task is asked to stop first; ``task.cancelled`` only once its stopped attempt never started.
+    TaskStatus.ASSIGNED: (TaskPreempted, TaskSuspended, TaskCompleted, TaskStopRequested, TaskCancelled),
+    TaskStatus.PAUSED: (TaskResumed, TaskPreempted, TaskCompleted, TaskStopRequested, TaskCancelled),
     TaskStatus.DENIED: (TaskResumed, TaskCancelled),
     TaskStatus.COMPLETED: (),
     TaskStatus.CANCELLED: (),
@@ -300,7 +316,7 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
     if isinstance(event, TaskAssigned) and event.attempt != state.attempt + 1:
         raise ValidationError(f"must be {state.attempt + 1}, got {event.attempt}", field="attempt")
     if (
-        isinstance(event, TaskPreempted | TaskSuspended | TaskResumed | TaskCompleted)
+        isinstance(event, TaskPreempted | TaskSuspended | TaskResumed | TaskCompleted | TaskStopRequested)
         and event.attempt != state.attempt
     ):
         # Decided on an older attempt (e.g. by a leader deposed meanwhile): it says nothing of this one.
@@ -312,6 +328,33 @@ def decide(state: TaskState, command: Command) -> list[TaskEvent]:
         )
     if isinstance(event, TaskCompleted) and event.outcome not in OUTCOMES:
         raise ValidationError(f"must be one of {', '.join(OUTCOMES)}", field="outcome")
+    if isinstance(event, TaskStopRequested):
+        return _stop_request(state, event)
+    if isinstance(event, TaskCancelled) and state.placed and (state.stop is None or state.stop.reason != "cancelled"):
+        # A placed task ends only once its host reported its attempt's end, after a cancel was requested.
+        raise TaskNotAssignable(
+            f"task {state.task_id} is {state.status.value}; it is cancelled by a stop request of its attempt",
+            task_id=state.task_id,
+            status=state.status.value,
+        )
+    if isinstance(event, TaskResumed | TaskSuspended) and state.stop is not None:
+        raise TaskNotAssignable(
+            f"task {state.task_id} is being stopped ({state.stop.reason}); {type(event).__name__} does not apply",
+            task_id=state.task_id,
+            status=state.status.value,
+        )
+    return [event]
+
+
+def _stop_request(state: TaskState, event: TaskStopRequested) -> list[TaskEvent]:
+    """A stop request of the current attempt: recorded once; a cancel also after a preemption's request (the task
+    then ends instead of going back to the queue), nothing after a cancel's."""
+    if event.reason not in STOP_REASONS:
+        raise ValidationError(f"must be one of {', '.join(STOP_REASONS)}, got {event.reason!r}", field="reason")
+    if event.host_id != state.host_id:
+        raise ValidationError(f"must be the task's host {state.host_id!r}, got {event.host_id!r}", field="host_id")
+    if state.stop is not None and (state.stop.reason == "cancelled" or event.reason == "preempted"):
+        return []  # asked already: the host is being asked to stop this attempt
     return [event]
 
 

@@ -38,10 +38,10 @@ from symbi_common.policy.enforcement import SCHEDULER_TASK_ALLOCATE
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.lifecycle.config import ResourceLimits
-from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskEvent, TaskPreempted, TaskSuspended
+from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskEvent, TaskStopRequested, TaskSuspended
 
 from symbi_scheduler.chore_runner import ChoreRunner
-from symbi_scheduler.chores import AgentDenied, AgentDone
+from symbi_scheduler.chores import AgentDenied
 from symbi_scheduler.chores import due as chores_due
 from symbi_scheduler.core import Place, Preempt
 from symbi_scheduler.domain import Command, TaskState, TaskStatus
@@ -267,12 +267,16 @@ class Leader:
                     TaskSuspended(reason="preempted", attempt=victim.attempt, host_id=victim.host_id, by_task=by),
                 )
             return
+        # Requeued (task.preempted) only once the host reports the attempt's end: killed, or refused because of
+        # the stop request recorded here first. Until then the victim keeps its place and its resources are
+        # releasing (the critical task waits for them), so nothing runs it again beside the old attempt.
         host_id, attempt = victim.host_id, victim.attempt
-        await self.fx.record(
-            victim.task_id, TaskPreempted(host_id=host_id, attempt=attempt, reason="preempted", by_task=by)
+        stop = TaskStopRequested(
+            attempt=attempt, host_id=host_id, reason="preempted", requested_by="scheduler", by_task=by
         )
-        await self.fx.host_command(host_id, "terminate", victim.task_id)
-        await self.chores.agent_done(AgentDone(victim.agent_id, victim.task_id, "cancelled"))
+        await self.fx.record(victim.task_id, stop)
+        if self.fx.due("stop", f"{victim.task_id}:{attempt}"):  # asked again by the StopRun chore if need be
+            await self.fx.ask_host(host_id, "terminate", victim.task_id)
 
 
 def _capped(limits: ResourceLimits, decision: AllowWithConditions) -> ResourceLimits:

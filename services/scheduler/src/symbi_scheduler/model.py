@@ -28,6 +28,7 @@ from symbi_contracts.scheduler.events import (
     TaskEvent,
     TaskPreempted,
     TaskResumed,
+    TaskStopRequested,
     TaskSubmitted,
     TaskSuspended,
 )
@@ -161,6 +162,11 @@ class Model(Admission):
         rec.version += 1
         rec.state = apply_task(rec.state, event)
         match event:
+            case TaskStopRequested():
+                hold = rec.holds.get(event.attempt)
+                if hold is not None:  # its resources are released once the host reports the attempt's end
+                    hold.stopping = True
+                self._sync_hold(rec)
             case TaskAssigned():
                 self.queue.remove(task_id)
                 self._unpark_task(rec)
@@ -206,6 +212,10 @@ class Model(Admission):
                 self._release_agent(rec)
             case TaskCancelled():
                 rec.finished_at = at
+                # A placed task is cancelled once its stopped attempt never started: nothing holds its resources.
+                for attempt in [a for a in rec.holds if a in rec.ended or a not in rec.started]:
+                    del rec.holds[attempt]
+                self._sync_hold(rec)
                 self.active.discard(task_id)
                 self.queue.remove(task_id)
                 self._unpark_task(rec)
@@ -221,7 +231,9 @@ class Model(Admission):
         ended = fold_execution(task, event, sequence)
         if ended is not None:
             hold = task.holds.get(ended)
-            if hold is not None and hold.stopping:  # a preempted attempt is gone: free its resources
+            # A preempted attempt is gone: free its resources. (The current attempt of a placed task, one with
+            # a stop request, keeps them until the task's own event says what became of it.)
+            if hold is not None and hold.stopping and (ended != task.attempt or not task.state.placed):
                 del task.holds[ended]
                 self._sync_hold(task)
 
@@ -278,7 +290,7 @@ class Model(Admission):
         """Free what stopped attempts held on lost hosts: their end will never be reported."""
         for lost in [h for h in self.placer.hosts.values() if not h.alive]:
             for rec, attempt, hold in list(self.capacity.holding(lost.host_id)):
-                if hold.stopping and attempt != rec.attempt:
+                if hold.stopping and (attempt != rec.attempt or rec.state.finished):
                     del rec.holds[attempt]
                     self._sync_hold(rec)
 

@@ -45,6 +45,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     pause_reason: str = ""
     #: Why a queued task has not started, when something other than a moment's wait keeps it.
     wait_reason: str = ""
+    #: A placed task whose attempt is being stopped: ``cancelled`` or ``preempted`` (``task.stop_requested``).
+    stopping: str = ""
     sequence: int = 0
 
     @classmethod
@@ -69,6 +71,7 @@ class TaskView(msgspec.Struct, kw_only=True):
             output_bytes=dict(rec.output_bytes),
             decision=msgspec.to_builtins(rec.decision) if rec.decision is not None else None,
             pause_reason=rec.pause_reason if rec.status == TaskStatus.PAUSED else "",
+            stopping=rec.state.stop.reason if rec.state.stop is not None and rec.state.placed else "",
             sequence=sequence,
         )
 

@@ -36,7 +36,7 @@ from symbi_contracts.sandbox_agent.events import (
     output_chunks,
 )
 from symbi_contracts.sandbox_agent.risk import RiskAssessment
-from symbi_contracts.scheduler.events import ResourceRequest
+from symbi_contracts.scheduler.events import STOP_REFUSED, ResourceRequest
 
 from symbi_scheduler.domain import LEVEL, TaskState, TaskStatus
 from symbi_scheduler.risk import assess_agent
@@ -99,6 +99,8 @@ class TaskRec:
     ended: dict[int, tuple[str, int | None, str]] = field(default_factory=dict)
     #: Attempts the sandbox refused because the policy denied ``sandbox.start`` (a policy violation).
     refused_by_policy: set[int] = field(default_factory=set)
+    #: Attempts the sandbox did not start because a stop was requested for them (they never ran).
+    refused_for_stop: set[int] = field(default_factory=set)
     output_bytes: dict[str, int] = field(default_factory=dict)
     #: The latest ``execution.action`` denied for the current attempt: its sequence and what it asked.
     action_denied_seq: int = 0
@@ -204,7 +206,9 @@ def fold_execution(task: TaskRec, event: ExecutionEvent, sequence: int) -> int |
         kind = str(type(event).__struct_config__.tag)
         task.ended[attempt] = (kind, getattr(event, "exit_code", None), getattr(event, "reason", ""))
         decision = getattr(event, "decision", None)
-        if getattr(event, "code", "") == "policy_denied" or getattr(decision, "effect", "") == "deny":
+        if getattr(event, "code", "") == STOP_REFUSED:
+            task.refused_for_stop.add(attempt)
+        elif getattr(event, "code", "") == "policy_denied" or getattr(decision, "effect", "") == "deny":
             task.refused_by_policy.add(attempt)
         return attempt
     return None  # execution.output, execution.paused (and anything newer): nothing the scheduler acts on

@@ -121,13 +121,48 @@ class TaskCompleted(Event, frozen=True, tag="task.completed"):
 
 
 class TaskCancelled(Event, frozen=True, tag="task.cancelled"):
-    """The task was withdrawn (by a person, or because its agent was terminated)."""
+    """The task was withdrawn (by a person, or because its agent was terminated); for a placed task, once its
+    attempt was refused on its host because of a ``task.stop_requested`` (``cancelled``): it never ran."""
 
     reason: str
     cancelled_by: str = ""
 
 
-TaskEvent = TaskSubmitted | TaskAssigned | TaskPreempted | TaskSuspended | TaskResumed | TaskCompleted | TaskCancelled
+#: ``task.stop_requested`` reasons: the task is withdrawn, or evicted to make room for critical work.
+STOP_REASONS = ("cancelled", "preempted")
+#: The ``code`` of the ``execution.refused`` a sandbox-agent records for an attempt it did not start because the
+#: task has a ``task.stop_requested`` for it.
+STOP_REFUSED = "stop_requested"
+
+
+class TaskStopRequested(Event, frozen=True, tag="task.stop_requested"):
+    """Attempt ``attempt`` of the placed task must stop, recorded before its host ``host_id`` is asked to stop it.
+
+    The sandbox-agent never starts an attempt with such a request (it records ``execution.refused``, code
+    ``stop_requested``); one that runs is terminated. The task keeps its place until the attempt's end is
+    reported, then ``reason`` ``cancelled`` (asked by ``requested_by``, why in ``detail``) ends it —
+    ``task.completed`` as the run ended (``killed``), or ``task.cancelled`` if it never started — and
+    ``preempted`` (for ``by_task``) sends it back to the queue (``task.preempted``).
+    """
+
+    attempt: int
+    host_id: str
+    reason: str
+    requested_by: str = ""
+    detail: str = ""
+    by_task: str = ""
+
+
+TaskEvent = (
+    TaskSubmitted
+    | TaskAssigned
+    | TaskPreempted
+    | TaskSuspended
+    | TaskResumed
+    | TaskCompleted
+    | TaskCancelled
+    | TaskStopRequested
+)
 EVENT_TYPES: tuple[type[TaskEvent], ...] = (
     TaskSubmitted,
     TaskAssigned,
@@ -136,5 +171,6 @@ EVENT_TYPES: tuple[type[TaskEvent], ...] = (
     TaskResumed,
     TaskCompleted,
     TaskCancelled,
+    TaskStopRequested,
 )
 CODEC: EventCodec[TaskEvent] = EventCodec(EVENT_TYPES)
