@@ -186,6 +186,11 @@ def test_a_plain_request_must_agree_with_its_host_header() -> None:
             http1.plain_target(http1.parse_head(bad))
     with pytest.raises(http1.BadRequest):
         http1.parse_head(b"\x16\x03\x01 hello")
+    # The method goes into the connection's record (execution.egress): a token of at most 32 characters.
+    for method in (b"G" * 40_000, b"GE(T", b"G\xe9T"):
+        with pytest.raises(http1.BadRequest, match="not an HTTP method"):
+            http1.parse_head(method + b" http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n")
+    assert http1.parse_head(b"propfind http://a.example/ HTTP/1.1\r\nHost: a.example\r\n").method == "PROPFIND"
 
 
 def test_hop_by_hop_proxy_and_symbi_headers_are_dropped() -> None:

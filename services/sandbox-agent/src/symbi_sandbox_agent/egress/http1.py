@@ -22,6 +22,8 @@ REFUSED_HEADER = "X-Symbi-Egress-Refused"
 #: What no request line or header line may hold (RFC 9110 §5.5: field values are visible characters, space
 #: and tab): any other C0 control, and DEL.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: An HTTP method (RFC 9110 §9.1: a token), at most 32 characters: what a connection's record keeps of it.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}\Z")
 
 
 class BadRequest(ValueError):
@@ -54,6 +56,8 @@ def parse_head(raw: bytes) -> RequestHead:
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise BadRequest(f"{lines[0][:100]!r} is not an HTTP/1.x request line")
+    if not _METHOD.match(parts[0]):
+        raise BadRequest(f"{parts[0][:100]!r} is not an HTTP method (a token of at most 32 characters)")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if not line:
