@@ -22,6 +22,7 @@ from symbi_contracts.scheduler.events import (
     TaskCompleted,
     TaskEvent,
     TaskPreempted,
+    TaskStopRequested,
 )
 from symbi_sandbox_agent.models.gateway import ModelGateway
 
@@ -75,6 +76,9 @@ async def call(gw: ModelGateway, task_id: str, attempt: int = 1) -> tuple[int, d
         (TaskCompleted(outcome="exited", attempt=1, exit_code=0), "task.completed (exited)"),
         (TaskCancelled(reason="withdrawn by the test"), "task.cancelled"),
         (TaskPreempted(host_id="", attempt=1, reason="host_lost"), "task.preempted (host_lost)"),
+        # A stop request: the run is being stopped (or never starts), so it calls no more models meanwhile.
+        (TaskStopRequested(host_id="", attempt=1, reason="cancelled"), "task.stop_requested (cancelled)"),
+        (TaskStopRequested(host_id="", attempt=1, reason="preempted"), "task.stop_requested (preempted)"),
     ],
 )
 async def test_a_task_that_is_over_may_no_longer_call_models(

@@ -4,8 +4,8 @@ The tenant and the agent's own budget come from the task's latest ``task.assigne
 from the agent's definition), never from the request. A caller may call while that assignment is to this host
 and nothing has ended it since: the rule the write path starts a sandbox by (:func:`~symbi_sandbox_agent.tasks.
 fold_task`, ``SandboxService.dispatch``). A task completed (failed runs complete too, ``task.completed`` says
-how), cancelled or preempted, or assigned anew to another host (a later attempt), is refused, whatever was
-read before.
+how), cancelled or preempted, asked to stop (``task.stop_requested`` of its attempt: it is being stopped), or
+assigned anew to another host (a later attempt), is refused, whatever was read before.
 
 What a task's events said is cached with their tip, and every call reads only the events after that tip (one
 direct get when there are none, as :class:`~.ledger.BudgetLedger` catches up with a budget day) and folds them
@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from symbi_common.errors import InfrastructureError
 from symbi_common.eventstore import EventStore, Recorded
 from symbi_common.sealing import ChainTip
-from symbi_contracts.scheduler.events import AGGREGATE_TYPE, TaskCancelled, TaskCompleted, TaskPreempted
+from symbi_contracts.scheduler.events import (
+    AGGREGATE_TYPE,
+    TaskCancelled,
+    TaskCompleted,
+    TaskPreempted,
+    TaskStopRequested,
+)
 
 from symbi_sandbox_agent.egress.internal import Caller
 from symbi_sandbox_agent.models.budget import TENANT, Limit
@@ -62,7 +68,14 @@ def _ending(events: list[TaskEvent]) -> str:
             return f"task.preempted ({event.reason[:40]})"
         if isinstance(event, TaskCancelled):
             return "task.cancelled"
+        if isinstance(event, TaskStopRequested):
+            return f"task.stop_requested ({event.reason[:40]})"
     return "ended"
+
+
+def _stopped(events: list[TaskEvent], attempt: int) -> bool:
+    """Whether ``events`` hold a stop request (cancel, preemption) of ``attempt``: its run may call no more."""
+    return any(isinstance(e, TaskStopRequested) and e.attempt == attempt for e in events)
 
 
 def seen_after(task_id: str, before: TaskSeen | None, records: list[Recorded[TaskEvent]]) -> TaskSeen | None:
@@ -77,11 +90,11 @@ def seen_after(task_id: str, before: TaskSeen | None, records: list[Recorded[Tas
     if view.assigned is not None:  # a new assignment: what it says replaces what the earlier one said
         a = view.assigned
         limit = Limit(a.budget.tokens_per_day, a.budget.micro_usd_per_day)
-        ended = _ending(events) if view.ended else ""
+        ended = _ending(events) if view.ended or view.stop is not None else ""
         return TaskSeen(agent or view.agent_id, a.attempt, a.host_id, a.tenant, limit, ended, tip)
     if before is None:
         return TaskSeen(view.agent_id, 0, "", "", Limit(), _ending(events) if view.ended else "", tip)
-    ended = before.ended or (_ending(events) if view.ended else "")
+    ended = before.ended or (_ending(events) if view.ended or _stopped(events, before.attempt) else "")
     return TaskSeen(agent or view.agent_id, before.attempt, before.host_id, before.tenant, before.limit, ended, tip)
 
 
