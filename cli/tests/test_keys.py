@@ -8,6 +8,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import httpx
 import nats
 import pytest
 from symbi_cli.main import app
@@ -18,6 +19,7 @@ from symbi_common.errors import KeyRevoked
 from symbi_common.key_material import load_signer
 from symbi_common.keyring import KeyRegistry
 from symbi_common.natsauth import server_options
+from symbi_common.operator_tokens import bearer_header
 from typer.testing import CliRunner
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -250,6 +252,41 @@ async def test_a_service_under_symbi_up_applies_a_rotation_with_its_own_credenti
         while not any("signing with the rotated key" in line and new_key in line for line in lines.lines):
             assert asyncio.get_running_loop().time() < deadline, "\n".join(lines.lines[-20:])
             await asyncio.sleep(0.1)
+        assert rt.supervisor is not None
+        assert rt.supervisor.status("lifecycle").starts == 1  # no restart
+    finally:
+        await rt.stop()
+
+
+async def test_rotate_issuer_retires_the_old_issuers_tokens_in_running_services(
+    runtime_home: Path, free_base_port: int, symbi_exe: str, cli_env: dict[str, str]
+) -> None:
+    """`symbi keys rotate-issuer`: the running service refuses the old issuer's tokens (issuer_retired) without a
+    restart, and accepts the home's admin token, issued anew by the new key."""
+    options = RuntimeOptions(
+        home=runtime_home, services=["lifecycle"], base_port=free_base_port, nats_port=None, env=cli_env
+    )
+    rt = LocalRuntime(options)
+    await rt.start()
+    try:
+        await rt.wait_ready(timeout=60)
+        old_token = (runtime_home / "operator.token").read_text().strip()
+        url = f"{rt.url_of('lifecycle')}/openapi.json"  # authenticated, no policy decision (no policy service here)
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(url, headers=bearer_header(old_token))).status_code == 200
+            keys = str(runtime_home / "keys")
+            rotated = await _symbi(symbi_exe, cli_env, "keys", "rotate-issuer", "--dir", keys)
+            assert rotated.returncode == 0, rotated.stderr
+            assert "published on REGISTRY: running services apply it now" in rotated.stdout
+            new_token = (runtime_home / "operator.token").read_text().strip()
+            assert new_token != old_token
+            deadline = asyncio.get_running_loop().time() + 20
+            while (r := await http.get(url, headers=bearer_header(old_token))).status_code == 200:
+                assert asyncio.get_running_loop().time() < deadline, "the old issuer's token is still accepted"
+                await asyncio.sleep(0.1)
+            assert r.status_code == 401, r.text
+            assert r.json()["error"]["details"]["reason"] == "issuer_retired"
+            assert (await http.get(url, headers=bearer_header(new_token))).status_code == 200
         assert rt.supervisor is not None
         assert rt.supervisor.status("lifecycle").starts == 1  # no restart
     finally:

@@ -28,6 +28,7 @@ from symbi_common.keyfiles import (
     default_operator_dir,
     init_keyring,
     revoke_key,
+    rotate_issuer_key,
     rotate_service_key,
     rotate_wrap_key,
 )
@@ -244,6 +245,33 @@ def keys_rotate(
                 )
     except KeyringError as exc:
         raise _fail(exc) from None
+    _publish(console, keys_dir, nats_url)
+
+
+@keys_app.command("rotate-issuer")
+def keys_rotate_issuer(
+    keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
+    operator_dir: OperatorDirOption = None,
+    nats_url: NatsUrlOption = None,
+) -> None:
+    """Give the operator a new operator-token issuer key; the old one retires (a new registry version).
+
+    Every token the old issuer signed is refused from that version on, by running services as soon as it is
+    published: issue new ones with `symbi token issue`. This home's own admin token (operator.token) is issued
+    anew from the new key.
+    """
+    from symbi_cli.credentials import write_local_token
+
+    console = Console()
+    try:
+        new, retired = rotate_issuer_key(keys_dir, operator_dir=operator_dir)
+    except KeyringError as exc:
+        raise _fail(exc) from None
+    console.print(f"operator-token issuer: new key [cyan]{new}[/]")
+    if retired is not None:
+        console.print(f"the old issuer {retired} is retired: the tokens it signed are refused once this is published")
+    path = write_local_token(keys_dir.parent, keys_dir)
+    console.print(f"this home's admin token, issued by the new key: {path}")
     _publish(console, keys_dir, nats_url)
 
 

@@ -38,11 +38,19 @@ from symbi_common.registry_changes import (
     empty_registry,
     encode_registry,
     with_operator_issuer,
+    with_operator_issuer_status,
     with_revocation,
     with_service_key,
     with_wrap_key,
 )
-from symbi_common.registry_document import REGISTRY_FILE, REGISTRY_SIG_FILE, RegisteredKey, RegistryDocument
+from symbi_common.registry_document import (
+    ACTIVE,
+    REGISTRY_FILE,
+    REGISTRY_SIG_FILE,
+    RETIRED,
+    RegisteredKey,
+    RegistryDocument,
+)
 
 ROOT_KEY_FILE = "root.key"
 ROOT_PUB_FILE = "root.pub"
@@ -186,6 +194,32 @@ def rotate_service_key(keys_dir: Path, service: str, *, operator_dir: Path | Non
     publish_registry(keys_dir, root, doc)  # registry first: a key on disk is always a registered key
     write_key_file(directory / SIGNING_KEY_FILE, signer.seed(), private=True)
     return doc.keys[-1]
+
+
+def rotate_issuer_key(keys_dir: Path, *, operator_dir: Path | None = None) -> tuple[str, str | None]:
+    """Give the operator a new operator-token issuer key; the old one retires. Returns the new key id and the
+    retired one's (None if the registry listed no active issuer of that key).
+
+    From the registry version this publishes, the services refuse every token the old issuer signed (a running
+    service as soon as the version reaches it on the ``REGISTRY`` stream): issue new ones with the new key. The
+    registry is written first, then the key file, as for a service key: a key on disk is always a registered one.
+    """
+    from symbi_common.operator_tokens import ISSUER_KEY_FILE
+
+    operator_dir = operator_dir or default_operator_dir(keys_dir)
+    root = load_signer(operator_dir / ROOT_KEY_FILE)
+    path = operator_dir / ISSUER_KEY_FILE
+    old_id = load_signer(path).key_id if path.exists() else None
+    doc = _current_document(keys_dir, root)
+    active = {i.key_id for i in doc.operator_issuers if i.status == ACTIVE}
+    new = Signer.generate()
+    doc = with_operator_issuer(doc, new.public_key)
+    retired = old_id if old_id in active else None
+    if retired is not None:
+        doc = with_operator_issuer_status(doc, retired, RETIRED)
+    publish_registry(keys_dir, root, doc)
+    write_key_file(path, new.seed(), private=True)
+    return new.key_id, retired
 
 
 def rotate_wrap_key(keys_dir: Path, service: str, *, operator_dir: Path | None = None) -> str:
