@@ -15,13 +15,13 @@ import nats
 import pytest
 from symbi_cli.errors import InfraError
 from symbi_cli.nats_server import NatsServer, find_nats_server
+from symbi_cli.postgres_roles import with_database
 from symbi_cli.postgres_server import (
     DATABASE_URL_ENV,
     PostgresServer,
     create_database,
     database_url_or_start,
     drop_database,
-    with_database,
 )
 
 

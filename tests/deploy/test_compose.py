@@ -398,6 +398,56 @@ def test_with_one_policy_replica_killed_the_main_job_still_runs(stack: Stack, ma
     assert again["receipt"]["verified"] is True
 
 
+#: Run in the lifecycle's container with its own environment: what its database login may and may not do.
+DB_PROBE = """
+import asyncio, json, os, asyncpg
+from urllib.parse import urlsplit, urlunsplit
+async def main():
+    url = os.environ["SYMBI_DATABASE_URL"]
+    out = {}
+    conn = await asyncpg.connect(url)
+    out["user"] = await conn.fetchval("SELECT current_user")
+    out["superuser"] = await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    out["tables_owned_by"] = sorted({r[0] for r in await conn.fetch("SELECT tableowner FROM pg_tables"
+                                                                     " WHERE schemaname = 'lifecycle'")})
+    try:
+        await conn.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+        out["copy_to_program"] = "ran"
+    except asyncpg.PostgresError as exc:
+        out["copy_to_program"] = type(exc).__name__
+    await conn.close()
+    parts = urlsplit(url)
+    superuser = f"postgres:{os.environ['PG_SUPERUSER_PASSWORD']}@{parts.hostname}:{parts.port}"
+    for name, other in {"audit_database": parts._replace(path="/symbi_audit"),
+                        "as_superuser": parts._replace(netloc=superuser)}.items():
+        try:
+            await (await asyncpg.connect(urlunsplit(other))).close()
+            out[name] = "connected"
+        except asyncpg.PostgresError as exc:
+            out[name] = type(exc).__name__
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def test_the_lifecycle_reaches_postgres_as_its_own_role_and_only_its_database(stack: Stack) -> None:
+    """From the lifecycle's container, with its env file's URL: its own unprivileged role, owner of its read
+    model; no way into the audit database, no programs on the database host, no superuser login over the
+    network even with the superuser's password."""
+    password = (stack.directory / "postgres" / "password").read_text().strip()
+    assert password not in (stack.directory / "env" / "lifecycle.env").read_text()
+    done = stack.compose("exec", "-T", "-e", f"PG_SUPERUSER_PASSWORD={password}", "lifecycle", "python", "-c", DB_PROBE)
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe == {
+        "user": "symbi_lifecycle",
+        "superuser": False,
+        "tables_owned_by": ["symbi_lifecycle"],
+        "copy_to_program": "InsufficientPrivilegeError",
+        "audit_database": "InsufficientPrivilegeError",
+        "as_superuser": "InvalidAuthorizationSpecificationError",
+    }, probe
+
+
 def test_down_removes_everything(stack: Stack, main_job: dict[str, Any]) -> None:
     stack.compose("down", "-v", "--remove-orphans")
     assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}

@@ -1,15 +1,21 @@
-"""``symbi deploy``: the deployment directory the compose stack mounts (:mod:`symbi_cli.deploy_dir`)."""
+"""``symbi deploy``: the deployment directory the compose stack mounts (:mod:`symbi_cli.deploy_dir`), and the
+database services' PostgreSQL roles the deployment's postgres container sets up (deploy/postgres/start.sh)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
+import asyncpg
 import typer
 from rich.console import Console
 from symbi_common.errors import KeyringError
 
 from symbi_cli.deploy_dir import SERVICE_UID, DeployConfig, init_deploy_dir, parse_env
+from symbi_cli.errors import InfraError
+from symbi_cli.postgres_roles import ensure_service_database, read_password
+from symbi_cli.runtime_options import DATABASE_SERVICES, database_name
 
 deploy_app = typer.Typer(help="Deployment: the keys, credentials and settings the compose stack mounts.")
 
@@ -53,7 +59,32 @@ def init(
     )
     try:
         env_file = init_deploy_dir(directory, config, uid=uid)
-    except (OSError, KeyringError) as exc:
+    except (OSError, KeyringError, InfraError) as exc:
         Console(stderr=True).print(f"[red]error:[/] cannot prepare {directory}: {exc}")
         raise typer.Exit(1) from None
     print(env_file)
+
+
+@deploy_app.command("postgres-roles")
+def postgres_roles(
+    admin_url: Annotated[
+        str, typer.Option("--admin-url", help="The PostgreSQL superuser's URL (the server's own socket).")
+    ],
+    passwords: Annotated[
+        Path, typer.Option("--passwords", help="The directory with one <role>.password file per database service.")
+    ],
+) -> None:
+    """Create or update each database service's login role and its own database (idempotent).
+
+    Each role (``symbi_lifecycle``, ``symbi_audit``) may only log in, with the password of its file (an
+    existing role's is reset to it), and owns its database, which no other role may connect to. Run by
+    deploy/postgres/start.sh on every start of the deployment's PostgreSQL, before it listens on the network.
+    """
+    for role in sorted(database_name(s) for s in DATABASE_SERVICES):
+        try:
+            password = read_password(passwords / f"{role}.password")
+            asyncio.run(ensure_service_database(admin_url, role, password))
+        except (OSError, InfraError, asyncpg.PostgresError) as exc:
+            Console(stderr=True).print(f"[red]error:[/] role and database {role}: {exc}")
+            raise typer.Exit(1) from None
+        print(f"role and database {role}: ready")

@@ -8,13 +8,16 @@
     DIR/env/<service>.env      that service's NATS user and password, and its database URL (env_file)
     DIR/env/nats.env           every NATS user's password, for nats-server's users.conf ($NATS_<USER>_PASSWORD)
     DIR/env/provision.env      the admin and operator NATS URLs, for the provisioning job only
-    DIR/postgres/password      the PostgreSQL superuser's password (initdb --pwfile)
+    DIR/postgres/password      the PostgreSQL superuser's password (initdb --pwfile): the postgres container only
+    DIR/postgres/<role>.password  each database service's login role's password (symbi_lifecycle, symbi_audit),
+                               for the postgres container, which sets it (``symbi deploy postgres-roles``)
     DIR/operator.token         an admin operator token for the CLI (``--home DIR``)
     DIR/run/nats-operator.url  the operator's NATS URL as seen from the host
     DIR/compose.env            ``docker-compose --env-file``: the directory, published ports and image tags
 
 It is the compose counterpart of what ``symbi up`` provisions for its processes (:mod:`symbi_cli.runtime`):
-the same keyring, one least-privilege NATS user per service, a database per service that keeps one.
+the same keyring, one least-privilege NATS user per service, a database per service that keeps one, owned
+by that service's own login role (no service gets the PostgreSQL superuser's password).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from symbi_common.natsauth import ADMIN, OPERATOR, nats_users, with_credentials
 
 from symbi_cli.credentials import write_local_token
 from symbi_cli.keys import ensure_keyring
+from symbi_cli.postgres_roles import new_password, read_password
 from symbi_cli.private_files import private_dir
 from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES, SERVICE_PORT_OFFSETS, database_name
 
@@ -77,12 +81,21 @@ def parse_env(text: str) -> dict[str, str]:
     return out
 
 
-def service_env(service: str, passwords: Mapping[str, str], pg_password: str) -> dict[str, str]:
-    """One service's credentials: its own NATS user, and its own database if it keeps one."""
+def service_env(service: str, passwords: Mapping[str, str], db_passwords: Mapping[str, str]) -> dict[str, str]:
+    """One service's credentials: its own NATS user, and its own database's login role if it keeps one.
+
+    ``db_passwords`` maps each database service's role (:func:`database_name`) to its password.
+    """
     env = {"SYMBI_NATS_URL": with_credentials(NATS_URL, service, passwords[service])}
     if service in DATABASE_SERVICES:
-        env["SYMBI_DATABASE_URL"] = f"postgresql://postgres:{pg_password}@{POSTGRES_HOST}/{database_name(service)}"
+        role = database_name(service)
+        env["SYMBI_DATABASE_URL"] = f"postgresql://{role}:{db_passwords[role]}@{POSTGRES_HOST}/{role}"
     return env
+
+
+def role_password_file(directory: Path, role: str) -> Path:
+    """Where the deployment directory keeps the password of database role ``role``."""
+    return directory / "postgres" / f"{role}.password"
 
 
 def compose_env(directory: Path, config: DeployConfig, docker_disk: str | None = None) -> dict[str, str]:
@@ -154,11 +167,15 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
         # configuration ("Expected a digit"), which a bare token_urlsafe does one time in 64.
         passwords.setdefault(user, "p" + secrets.token_urlsafe(24))
     pg_file = directory / "postgres" / "password"
-    pg_password = pg_file.read_text().strip() if pg_file.exists() else secrets.token_urlsafe(24)
+    pg_password = pg_file.read_text().strip() if pg_file.exists() else new_password()
+    db_passwords = {}
+    for role in sorted(database_name(s) for s in DATABASE_SERVICES):
+        path = role_password_file(directory, role)
+        db_passwords[role] = read_password(path) if path.exists() else new_password()
 
     _write(nats_env, env_text({password_env_name(u): passwords[u] for u in nats_users()}))
     for service in ALL_SERVICES:
-        _write(directory / "env" / f"{service}.env", env_text(service_env(service, passwords, pg_password)))
+        _write(directory / "env" / f"{service}.env", env_text(service_env(service, passwords, db_passwords)))
     _write(
         directory / "env" / "provision.env",
         env_text(
@@ -169,6 +186,8 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
         ),
     )
     _write(pg_file, pg_password + "\n", mode=0o400, uid=uid)
+    for role, password in db_passwords.items():
+        _write(role_password_file(directory, role), password + "\n", mode=0o400, uid=uid)
     write_local_token(directory, keys)
     host_nats = f"nats://127.0.0.1:{config.nats_port}"
     _write(directory / "run" / "nats-operator.url", with_credentials(host_nats, OPERATOR, passwords[OPERATOR]) + "\n")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from symbi_cli.errors import InfraError
 from symbi_cli.nats_server import NatsServer, find_nats_server
+from symbi_cli.postgres_roles import ensure_service_database, with_database
 from symbi_cli.postgres_server import (
     DATABASE_URL_ENV,
     PostgresServer,
     create_database,
     database_url_or_start,
     drop_database,
-    with_database,
 )
 from symbi_cli.private_files import open_private_log, private_dir
 from symbi_cli.processes import pid_alive
@@ -32,6 +32,7 @@ __all__ = [
     "create_database",
     "database_url_or_start",
     "drop_database",
+    "ensure_service_database",
     "find_nats_server",
     "open_private_log",
     "pid_alive",

@@ -8,6 +8,10 @@
             pg.stop()
 
 ``SYMBI_DATABASE_URL`` names an existing server to use instead of starting one.
+
+Services never log in as the superuser: :func:`ensure_service_database` gives each service a login role
+with no privilege that owns its own database, and a server started with ``password_file`` requires every
+role's password (SCRAM-SHA-256), over its unix socket too.
 """
 
 from __future__ import annotations
@@ -15,24 +19,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+import stat
 import subprocess
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from symbi_common.key_material import write_atomically
 
 from symbi_cli.errors import InfraError
+from symbi_cli.postgres_roles import (
+    check_db_name,
+    new_password,
+    read_password,
+    scram_verifier,
+    with_database,
+    with_login,
+)
+from symbi_cli.private_files import private_dir
 from symbi_cli.processes import pid_alive
 
 #: Environment variable naming an existing PostgreSQL server to use instead of starting one.
 DATABASE_URL_ENV = "SYMBI_DATABASE_URL"
 
-_DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+#: pg_hba.conf of a server started with a ``password_file``: no login without the role's password.
+SCRAM_ONLY_HBA = """\
+# Written by symbi (symbi_cli.postgres_server): every login needs its role's password, checked with
+# SCRAM-SHA-256, over the unix socket too. The server listens on no TCP address.
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
 
 
 def _import_pgserver() -> Any:
@@ -44,23 +65,11 @@ def _import_pgserver() -> Any:
     return pgserver
 
 
-def with_database(url: str, database: str) -> str:
-    """``url`` (a ``postgresql://`` URI) pointing at ``database`` instead of its own database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-def _check_db_name(name: str) -> str:
-    if not _DB_NAME_RE.match(name):
-        raise InfraError(f"invalid database name {name!r}: use letters, digits and _ (at most 63)")
-    return name
-
-
 async def create_database(url: str, name: str) -> str:
     """Create database ``name`` on the server of ``url`` unless it exists; returns its URI."""
     conn = await asyncpg.connect(url)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", _check_db_name(name))
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", check_db_name(name))
         if not exists:
             with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created concurrently
                 await conn.execute(f'CREATE DATABASE "{name}"')
@@ -73,7 +82,7 @@ async def drop_database(url: str, name: str) -> None:
     """Drop database ``name`` on the server of ``url`` if it exists, disconnecting its sessions."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{_check_db_name(name)}" WITH (FORCE)')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{check_db_name(name)}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -105,12 +114,25 @@ class PostgresServer:
     Run as root, pgserver runs PostgreSQL as the system user ``pgserver`` (created if missing) and
     makes every parent directory of ``data_dir`` traversable for it: keep ``data_dir`` out of
     directories whose permissions something else tightens again (such as pytest's basetemp).
+
+    pgserver lets anyone who reaches the socket log in as any role (``trust``). With ``password_file``,
+    every login needs its role's password instead (:data:`SCRAM_ONLY_HBA`), the superuser's kept in that
+    file (created 0600 on the first start; a server that already requires passwords and has lost it is
+    refused), and :attr:`uri` carries it. Without, the server is left as pgserver makes it (tests).
     """
 
-    def __init__(self, data_dir: Path, *, cleanup: Literal["stop", "delete"] | None = "stop") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        cleanup: Literal["stop", "delete"] | None = "stop",
+        password_file: Path | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.cleanup = cleanup
+        self.password_file = password_file
         self._server: Any = None
+        self._password: str | None = None
 
     def start(self) -> PostgresServer:
         """Start (or attach to) the server; returns ``self``."""
@@ -129,7 +151,67 @@ class PostgresServer:
             raise InfraError(f"PostgreSQL did not start in {self.data_dir}: {exc!r}; server log:\n{log}") from exc
         with contextlib.suppress(FileNotFoundError):  # pgserver writes its handle list with the default mode
             os.chmod(self.data_dir / ".handle_pids.json", 0o600)
+        if self.password_file is not None:
+            try:
+                self._password = self._require_passwords(self.password_file)
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def _require_passwords(self, password_file: Path) -> str:
+        """Make every login need its role's password; returns the superuser's (from ``password_file``)."""
+        open_to_all = self._psql("SELECT 1", password=None)
+        if password_file.exists():
+            password = read_password(password_file)
+        elif open_to_all.returncode == 0:
+            password = new_password()
+            private_dir(password_file.parent)
+            write_atomically(password_file, (password + "\n").encode(), 0o600)
+        else:
+            raise InfraError(
+                f"PostgreSQL in {self.data_dir} requires passwords, but the superuser's ({password_file}) is"
+                f" missing: restore that file, or start over with a new data directory ({open_to_all.stderr.strip()})"
+            )
+        if open_to_all.returncode == 0:  # still pgserver's trust: give the superuser its password first
+            self._psql_ok(f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}'", password=None)
+        else:
+            self._psql_ok("SELECT 1", password=password)
+        hba = self.data_dir / "pg_hba.conf"
+        if hba.read_text() != SCRAM_ONLY_HBA:
+            # keeps the data directory's owner (pgserver's user, run as root): the server must still read it
+            write_atomically(hba, SCRAM_ONLY_HBA.encode(), stat.S_IMODE(hba.stat().st_mode))
+            self._psql_ok("SELECT pg_reload_conf()", password=password)
+        for _ in range(100):  # the server reloads its configuration asynchronously
+            if self._psql("SELECT 1", password=None).returncode != 0:
+                return password
+            time.sleep(0.1)
+        raise InfraError(f"PostgreSQL in {self.data_dir} still lets logins in without a password after a reload")
+
+    def _psql(self, sql: str, *, password: str | None, database: str = "postgres") -> subprocess.CompletedProcess[str]:
+        """Run ``sql`` with psql as the superuser; the password, if any, goes in the environment, not argv."""
+        _import_pgserver()
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSFILE"] = os.devnull
+        if password is not None:
+            env["PGPASSWORD"] = password
+        return subprocess.run(
+            [str(Path(POSTGRES_BIN_PATH) / "psql"), "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1",
+             "-d", str(self._server.get_uri(database))],
+            input=sql,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )  # fmt: skip
+
+    def _psql_ok(self, sql: str, *, password: str | None) -> None:
+        done = self._psql(sql, password=password)
+        if done.returncode != 0:
+            raise InfraError(f"PostgreSQL in {self.data_dir}: {done.stderr.strip()}")
 
     @property
     def running(self) -> bool:
@@ -144,34 +226,26 @@ class PostgresServer:
         """URI of ``database`` on this server."""
         if self._server is None:
             raise InfraError("the PostgreSQL server is not running")
-        return str(self._server.get_uri(database))
+        uri = str(self._server.get_uri(database))
+        return uri if self._password is None else with_login(uri, "postgres", self._password)
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` if missing (synchronously, with psql); returns its URI."""
         if self._server is None:
             raise InfraError("the PostgreSQL server is not running")
-        _check_db_name(name)
-        _import_pgserver()
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        psql = Path(POSTGRES_BIN_PATH) / "psql"
+        check_db_name(name)
         # The name matched _DB_NAME_RE, so it can be spliced into the SQL.
         exists = f"SELECT FROM pg_database WHERE datname = '{name}'"
         sql = f"SELECT 'CREATE DATABASE \"{name}\"' WHERE NOT EXISTS ({exists})\\gexec\n"
-        proc = subprocess.run(
-            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", self.uri],
-            input=sql.encode(),
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
+        proc = self._psql(sql, password=self._password)
         if proc.returncode != 0:
-            raise InfraError(f"creating database {name} failed: {proc.stderr.decode(errors='replace').strip()}")
+            raise InfraError(f"creating database {name} failed: {proc.stderr.strip()}")
         return self.uri_for(name)
 
     def stop(self) -> None:
         """Release the server according to ``cleanup`` (stop it, stop and delete it, or leave it running)."""
         server, self._server = self._server, None
+        self._password = None
         if server is not None:
             server.cleanup()
 

@@ -6,8 +6,9 @@
         await rt.wait_ready()
         ...
 
-Start order: keyring → nats-server → PostgreSQL (or ``SYMBI_DATABASE_URL``) → one database per service
-→ the services under a :class:`~symbi_cli.supervisor.Supervisor`. Stop order is the reverse, and
+Start order: keyring → nats-server → PostgreSQL (or ``SYMBI_DATABASE_URL``) → one login role and database
+per service that keeps one (the services never get the superuser's credentials) → the services under a
+:class:`~symbi_cli.supervisor.Supervisor`. Stop order is the reverse, and
 ``stop`` tears down whatever part of that did start, so a failed or interrupted start leaves nothing
 running. A state file (``<home>/run/state.json``) records the pids while the runtime is up; it also
 stops a second ``symbi up`` on the same home.
@@ -43,7 +44,8 @@ from symbi_cli.errors import InfraError, StartError
 from symbi_cli.keys import ensure_keyring
 from symbi_cli.keys_live import publish_keyring
 from symbi_cli.nats_server import NatsServer
-from symbi_cli.postgres_server import DATABASE_URL_ENV, PostgresServer, create_database
+from symbi_cli.postgres_roles import ensure_service_database, new_password
+from symbi_cli.postgres_server import DATABASE_URL_ENV, PostgresServer
 from symbi_cli.private_files import private_dir
 from symbi_cli.provisioning import provision_nats_async, stream_settings
 from symbi_cli.runtime_options import (
@@ -88,6 +90,9 @@ __all__ = [
     "sandbox_host_id",
     "service_command",
 ]
+
+#: The local PostgreSQL superuser's password, in the operator-only directory (no service reads it).
+POSTGRES_SUPERUSER_FILE = "postgres.password"
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -229,8 +234,8 @@ class LocalRuntime:
             admin_url = external
             self.reporter.step(f"PostgreSQL from {DATABASE_URL_ENV}")
         else:
-            self.reporter.step(f"starting PostgreSQL in {self.home / 'pg'}")
-            pg = PostgresServer(self.home / "pg")
+            self.reporter.step(f"starting PostgreSQL in {self.home / 'pg'} (every login needs its password)")
+            pg = PostgresServer(self.home / "pg", password_file=self.operator_dir / POSTGRES_SUPERUSER_FILE)
             self.postgres = pg
             await _in_thread(pg.start)
             # Run as root, pgserver opens the home to group and others (g+rx, o+rx) so that its
@@ -242,10 +247,14 @@ class LocalRuntime:
         specs = []
         with_db = [s for s in self.running_services if s in DATABASE_SERVICES]
         for service in self.running_services:
-            db_url = await create_database(admin_url, database_name(service)) if service in with_db else ""
+            db_url = ""
+            if service in with_db:
+                # A fresh password on every start, like the NATS users'; the role's is reset to it.
+                db_url = await ensure_service_database(admin_url, database_name(service), new_password())
             specs.append(self._spec(service, db_url))
         if with_db:
-            self.reporter.step(f"databases {', '.join(database_name(s) for s in with_db)}")
+            names = ", ".join(database_name(s) for s in with_db)
+            self.reporter.step(f"databases {names}, each owned by the login role of the same name, its only user")
         for service, why in self.unavailable.items():
             self.reporter.step(f"{service} not started: {why}")
         tag = configured_agent_image(self.env)
