@@ -11,7 +11,14 @@ import structlog
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import DomainError, SymbiError
 from symbi_contracts.sandbox_agent.commands import TaskRef, service_for
-from symbi_contracts.scheduler.events import TaskCancelled, TaskCompleted, TaskPreempted, TaskResumed, TaskSuspended
+from symbi_contracts.scheduler.events import (
+    TaskCancelled,
+    TaskCompleted,
+    TaskPreempted,
+    TaskResumed,
+    TaskStopRequested,
+    TaskSuspended,
+)
 
 from symbi_scheduler.chores import (
     AgentDenied,
@@ -140,7 +147,7 @@ class ChoreRunner:
         if stop.reason == "preempted":
             event = TaskPreempted(host_id=rec.host_id, attempt=chore.attempt, reason="preempted", by_task=stop.by_task)
         else:
-            event = TaskCancelled(reason=stop.detail or "cancelled on request", cancelled_by=stop.requested_by)
+            event = _cancelled(stop)
         await self.fx.record(chore.task_id, event)
         log.info("task stopped", task_id=chore.task_id, attempt=chore.attempt, reason=stop.reason)
         await self.agent_done(AgentDone(rec.agent_id, rec.task_id, "cancelled"))
@@ -246,8 +253,7 @@ class ChoreRunner:
         rec = self.model.tasks[chore.task_id]
         stop = rec.state.stop
         if stop is not None and stop.reason == "cancelled":  # it was being cancelled: it is not run again
-            cancelled = TaskCancelled(reason=stop.detail or "cancelled on request", cancelled_by=stop.requested_by)
-            await self.fx.record(chore.task_id, cancelled)
+            await self.fx.record(chore.task_id, _cancelled(stop))
             log.warning("host lost", host=chore.host_id, task_id=chore.task_id, requeued=False)
             await self.agent_done(AgentDone(rec.agent_id, rec.task_id, "cancelled"))
             return
@@ -265,3 +271,8 @@ class ChoreRunner:
             outcome = "cancelled"
         log.warning("host lost", host=chore.host_id, task_id=chore.task_id, requeued=outcome == "cancelled")
         await self.agent_done(AgentDone(rec.agent_id, rec.task_id, outcome))
+
+
+def _cancelled(stop: TaskStopRequested) -> TaskCancelled:
+    """How a task whose cancel was requested ends when its run never ran (refused, or its host lost)."""
+    return TaskCancelled(reason=stop.detail or "cancelled on request", cancelled_by=stop.requested_by)
