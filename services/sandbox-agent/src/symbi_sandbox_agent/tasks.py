@@ -11,34 +11,24 @@ from typing import Any
 
 from symbi_common.events import Event, EventCodec
 from symbi_contracts.scheduler.events import (
+    EVENT_TYPES,
     TaskAssigned,
     TaskCancelled,
     TaskCompleted,
     TaskPreempted,
-    TaskResumed,
     TaskStopRequested,
     TaskSubmitted,
-    TaskSuspended,
 )
+from symbi_contracts.scheduler.events import TaskEvent as KnownTaskEvent
 
 
 class OtherTaskEvent(Event, frozen=True, kw_only=True, tag="task.other"):
-    """A task event type this daemon does not read."""
+    """A task event type this daemon's contracts do not name (written by a newer scheduler)."""
 
     event_type: str = ""
 
 
-TaskEvent = (
-    TaskSubmitted
-    | TaskAssigned
-    | TaskPreempted
-    | TaskSuspended
-    | TaskResumed
-    | TaskCompleted
-    | TaskCancelled
-    | TaskStopRequested
-    | OtherTaskEvent
-)
+TaskEvent = KnownTaskEvent | OtherTaskEvent
 
 
 class _TolerantCodec(EventCodec[TaskEvent]):
@@ -58,18 +48,7 @@ class _TolerantCodec(EventCodec[TaskEvent]):
         )
 
 
-TASK_CODEC: EventCodec[TaskEvent] = _TolerantCodec(
-    [
-        TaskSubmitted,
-        TaskAssigned,
-        TaskPreempted,
-        TaskSuspended,
-        TaskResumed,
-        TaskCompleted,
-        TaskCancelled,
-        TaskStopRequested,
-    ]
-)
+TASK_CODEC: EventCodec[TaskEvent] = _TolerantCodec(EVENT_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
