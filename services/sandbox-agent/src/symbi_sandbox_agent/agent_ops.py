@@ -58,7 +58,7 @@ from symbi_sandbox_agent.message_ops import ARGS as MESSAGE_OPS
 from symbi_sandbox_agent.message_ops import MessageOps
 from symbi_sandbox_agent.metrics import ACTIONS
 from symbi_sandbox_agent.model_ops import MODEL_OPS, ModelOps
-from symbi_sandbox_agent.recorder import action_fits
+from symbi_sandbox_agent.recorder import action_fits, unrecordable
 from symbi_sandbox_agent.run_ports import RunGateway
 from symbi_sandbox_agent.tool_ops import TOOL_OPS, ToolOps
 
@@ -349,10 +349,7 @@ class ProtocolServer:
         self, seq: int, request_id: RequestId | None, action: str, record: DecisionRecord | None
     ) -> Error:
         """Refuse an action whose record could not be stored (recorded without its context, which does fit)."""
-        message = (
-            f"the record of this {action or 'request'} would exceed the event size limit "
-            f"({self.gateway.agent.rt.store.max_event_bytes} bytes); nothing was performed: send less"
-        )
+        message = unrecordable(action or "request", self.gateway.agent.rt.store.max_event_bytes)
         await self._record(seq, action, "", {}, record, "failed", f"too_large: {message}")
         return error(request_id, "too_large", message)
 

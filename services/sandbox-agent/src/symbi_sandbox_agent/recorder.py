@@ -53,9 +53,11 @@ def fits_nothing(*_: object) -> bool:
     return False
 
 
-def unrecordable(action: str) -> str:
-    """What the agent is told of an action refused ``too_large`` because its record could not be stored."""
-    return f"the record of this {action} would exceed the event size limit; nothing was performed: send less"
+def unrecordable(action: str, max_event_bytes: int | None = None) -> str:
+    """What the agent is told of an action refused ``too_large`` because its record could not be stored (the
+    limit, ``max_event_bytes``, named when given)."""
+    limit = f" ({max_event_bytes} bytes)" if max_event_bytes is not None else ""
+    return f"the record of this {action} would exceed the event size limit{limit}; nothing was performed: send less"
 
 
 def action_event(event: ExecutionAction) -> ExecutionAction:
