@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, ensure_se
 from symbi_common.settings import Settings
 from symbi_contracts.sandbox_agent.errors import InvalidWorkload
 from symbi_contracts.sandbox_agent.events import ExecutionRefused
-from symbi_fixtures.model_upstream import Provider, make_ca_and_server_cert, serving
 from symbi_sandbox_agent.models.errors import BadCredential, ModelUnavailable, UpstreamFailed
 from symbi_sandbox_agent.models.upstream import Upstreams, redact
 from symbi_sandbox_agent.models.wiring import model_gateway
@@ -48,24 +46,12 @@ from symbi_sandbox_agent.secret_files import (
 from .conftest import Scheduler, running_agent
 from .models_support import API_KEY, MODEL_POLICY, SECRET, DictSecrets, assign, body_of, caller, chat, models_settings
 from .models_support import post as post_to
+from .test_models_gateway import Upstream, upstream
+
+__all__ = ["upstream"]  # a fixture, used by name
 from .test_actions import AGENT, BASELINE, register_policies
 
 NOBODY = 65534
-
-
-@dataclass
-class Upstream:
-    provider: Provider
-    url: str
-    ca: Path
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[Upstream]:
-    ca, cert, key = make_ca_and_server_cert(tmp_path / "tls")
-    provider = Provider(api_key=API_KEY)
-    with serving(provider, cert, key) as url:
-        yield Upstream(provider, url, ca)
 
 
 def pieces(value: str) -> list[str]:
