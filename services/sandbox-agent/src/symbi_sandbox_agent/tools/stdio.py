@@ -95,19 +95,23 @@ async def bounded_stdio_client(
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 await incoming_w.aclose()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(read)
-        tg.start_soon(write)
-        try:
-            yield incoming, outgoing
-        finally:
-            with anyio.CancelScope(shield=True):
-                await outgoing.aclose()
-                if process.stdin is not None:
-                    await process.stdin.aclose()
-                with anyio.move_on_after(EXIT_GRACE_S):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            tg.start_soon(write)
+            try:
+                yield incoming, outgoing
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await outgoing.aclose()
+                    if process.stdin is not None:
+                        await process.stdin.aclose()
+                    with anyio.move_on_after(EXIT_GRACE_S):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await process.aclose()  # its stdout pipe too: a killed server's was left open until collected
