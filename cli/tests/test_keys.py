@@ -130,6 +130,31 @@ def test_rotate_and_revoke(tmp_path: Path) -> None:
     assert "unknown service" in unknown.output
 
 
+def test_rotate_issuer_retires_or_with_revoke_revokes_the_old_issuer(tmp_path: Path) -> None:
+    """`symbi keys rotate-issuer` retires the old issuer; `--revoke` (its key is compromised) revokes it, which the
+    services tell apart (`issuer_revoked`: its revocations stop counting too). `keys show` lists the issuers."""
+    keys = tmp_path / "keys"
+    assert runner.invoke(app, ["keys", "init", "--dir", str(keys)]).exit_code == 0
+
+    def issuers() -> list[tuple[str, str]]:
+        return [(i.key_id, i.status) for i in KeyRegistry.load(keys / "policy").document.operator_issuers]
+
+    [(first, status)] = issuers()
+    assert status == "active"
+    retired = runner.invoke(app, ["keys", "rotate-issuer", "--dir", str(keys)])
+    assert retired.exit_code == 0, retired.output
+    assert f"the old issuer {first} is retired" in retired.output
+    second = issuers()[1][0]
+    revoked = runner.invoke(app, ["keys", "rotate-issuer", "--revoke", "--dir", str(keys)])
+    assert revoked.exit_code == 0, revoked.output
+    assert f"the old issuer {second} is revoked" in revoked.output
+    third = issuers()[2][0]
+    assert issuers() == [(first, "retired"), (second, "revoked"), (third, "active")]
+    shown = runner.invoke(app, ["keys", "show", "--dir", str(keys)]).output
+    for key_id, status in issuers():
+        assert f"operator-token issuer {key_id}  {status}" in shown
+
+
 def test_show_refuses_a_tampered_registry(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     assert runner.invoke(app, ["keys", "init", "--dir", str(keys)]).exit_code == 0

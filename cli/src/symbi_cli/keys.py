@@ -73,6 +73,7 @@ class KeyringSummary:
     issued_at: str
     keys: tuple[KeyRow, ...]
     changes: tuple[RegistryChange, ...]
+    issuers: tuple[tuple[str, str], ...] = ()  # operator-token issuers: (key id, status)
 
 
 def ensure_keyring(keys_dir: Path, operator_dir: Path | None = None) -> list[str]:
@@ -113,6 +114,7 @@ def describe_keyring(keys_dir: Path, operator_dir: Path | None = None) -> Keyrin
         issued_at=doc.issued_at,
         keys=rows,
         changes=tuple(doc.changes),
+        issuers=tuple((i.key_id, i.status) for i in doc.operator_issuers),
     )
 
 
@@ -134,6 +136,8 @@ def print_summary(console: Console, summary: KeyringSummary) -> None:
             row.service, row.key_id, row.wrap_key_id, "\n".join(row.subjects), row.status, row.private_file_mode
         )
     console.print(table)
+    for key_id, status in summary.issuers:
+        console.print(f"operator-token issuer [cyan]{key_id}[/]  {status}")
 
 
 keys_app = typer.Typer(help="Create, inspect, rotate and revoke keys (offline root key, per-service keys, registry).")
@@ -250,11 +254,19 @@ def keys_rotate(
 
 @keys_app.command("rotate-issuer")
 def keys_rotate_issuer(
+    revoke: Annotated[
+        bool,
+        typer.Option(
+            "--revoke",
+            help="The old issuer key is compromised: revoke it rather than retire it (its revocations stop counting).",
+        ),
+    ] = False,
     keys_dir: KeysDirOption = DEFAULT_KEYS_DIR,
     operator_dir: OperatorDirOption = None,
     nats_url: NatsUrlOption = None,
 ) -> None:
-    """Give the operator a new operator-token issuer key; the old one retires (a new registry version).
+    """Give the operator a new operator-token issuer key; the old one retires, or with --revoke is revoked (a new
+    registry version).
 
     Every token the old issuer signed is refused from that version on, by running services as soon as it is
     published: issue new ones with `symbi token issue`. This home's own admin token (operator.token) is issued
@@ -264,12 +276,13 @@ def keys_rotate_issuer(
 
     console = Console()
     try:
-        new, retired = rotate_issuer_key(keys_dir, operator_dir=operator_dir)
+        new, ended = rotate_issuer_key(keys_dir, operator_dir=operator_dir, compromised=revoke)
     except KeyringError as exc:
         raise _fail(exc) from None
     console.print(f"operator-token issuer: new key [cyan]{new}[/]")
-    if retired is not None:
-        console.print(f"the old issuer {retired} is retired: the tokens it signed are refused once this is published")
+    if ended is not None:
+        status = "revoked" if revoke else "retired"
+        console.print(f"the old issuer {ended} is {status}: the tokens it signed are refused once this is published")
     path = write_local_token(keys_dir.parent, keys_dir)
     console.print(f"this home's admin token, issued by the new key: {path}")
     _publish(console, keys_dir, nats_url)

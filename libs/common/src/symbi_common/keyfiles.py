@@ -48,6 +48,7 @@ from symbi_common.registry_document import (
     REGISTRY_FILE,
     REGISTRY_SIG_FILE,
     RETIRED,
+    REVOKED,
     RegisteredKey,
     RegistryDocument,
 )
@@ -196,9 +197,12 @@ def rotate_service_key(keys_dir: Path, service: str, *, operator_dir: Path | Non
     return doc.keys[-1]
 
 
-def rotate_issuer_key(keys_dir: Path, *, operator_dir: Path | None = None) -> tuple[str, str | None]:
-    """Give the operator a new operator-token issuer key; the old one retires. Returns the new key id and the
-    retired one's (None if the registry listed no active issuer of that key).
+def rotate_issuer_key(
+    keys_dir: Path, *, operator_dir: Path | None = None, compromised: bool = False
+) -> tuple[str, str | None]:
+    """Give the operator a new operator-token issuer key; the old one retires, or is revoked if ``compromised``
+    (its key is not to be trusted: the revocations it signed no longer count either). Returns the new key id and
+    the old one's (None if the registry listed no active issuer of that key).
 
     From the registry version this publishes, the services refuse every token the old issuer signed (a running
     service as soon as the version reaches it on the ``REGISTRY`` stream): issue new ones with the new key. The
@@ -214,12 +218,12 @@ def rotate_issuer_key(keys_dir: Path, *, operator_dir: Path | None = None) -> tu
     active = {i.key_id for i in doc.operator_issuers if i.status == ACTIVE}
     new = Signer.generate()
     doc = with_operator_issuer(doc, new.public_key)
-    retired = old_id if old_id in active else None
-    if retired is not None:
-        doc = with_operator_issuer_status(doc, retired, RETIRED)
+    ended = old_id if old_id in active else None
+    if ended is not None:
+        doc = with_operator_issuer_status(doc, ended, REVOKED if compromised else RETIRED)
     publish_registry(keys_dir, root, doc)
     write_key_file(path, new.seed(), private=True)
-    return new.key_id, retired
+    return new.key_id, ended
 
 
 def rotate_wrap_key(keys_dir: Path, service: str, *, operator_dir: Path | None = None) -> str:
