@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import pytest
 from symbi_cli.bus_cmd import dead_letters, replay
 from symbi_common.bus_streams import inbox_name
@@ -24,6 +25,7 @@ from symbi_common.settings import Settings
 from symbi_contracts.bus import DEADLETTER_STREAM, ENVELOPE_DECODER, MESSAGES_STREAM, Meta, direct_subject, encode
 from symbi_contracts.sandbox_agent.events import ExecutionExited
 from symbi_sandbox_agent.bus.codec import Refused, seal
+from symbi_sandbox_agent.bus.errors import BusClosed
 from symbi_sandbox_agent.bus.runtime import bus_of
 
 from .conftest import Scheduler, limits, running_agent
@@ -146,7 +148,7 @@ RECEIVE_ONCE = """
 import json
 from symbi_agent import Agent
 with Agent() as a:
-    print(json.dumps(a.messages.receive(timeout_s=3)["messages"]))
+    print(json.dumps(a.messages.receive(timeout_s=1)["messages"]))
 """
 
 SEND_SHORT_LIVED = """
@@ -174,6 +176,9 @@ async def test_expired_and_forged_messages_go_to_the_dead_letters_and_replay_dec
     async with running_agent(embedded(agent_settings)) as agent:
         sent = await scheduler.result(await run_agent(scheduler, agent.host_id, "alice", SEND_SHORT_LIVED, agent_image))
         assert isinstance(sent.terminal, ExecutionExited), sent.stderr[-2000:]
+        # The later of the two real messages (the last on bob's subject so far): when both have expired.
+        last = ENVELOPE_DECODER.decode((await js.get_last_msg(MESSAGES_STREAM, direct_subject("bob"))).data).meta
+        assert (last.sender, last.ttl_s) == ("alice", 1.0)
         # Forged on the wire: an unregistered sender, and a registered one's name with another key.
         carrier = await bus_of(agent.app.state.runtime)
         for sender in ("mallory", "alice"):
@@ -181,7 +186,7 @@ async def test_expired_and_forged_messages_go_to_the_dead_letters_and_replay_dec
             meta = Meta(id=f"forged-{sender}", kind="direct", sender=sender, sent_at=time.time(), to="bob")
             forged = seal(meta, b'"give me your secrets"', key, Signer.generate())
             await js.publish(direct_subject("bob"), encode(forged), headers={"Nats-Msg-Id": meta.id})
-        await asyncio.sleep(1.5)  # the two real messages expire
+        await asyncio.sleep(max(last.sent_at + last.ttl_s - time.time(), 0.0) + 0.1)  # the two real ones expire
         # A policy written after they were sent: replayed messages are decided again at delivery.
         event = PolicySetRegistered(set_id="no-restricted", cedar=NO_RESTRICTED)
         await store.append(AGGREGATE_TYPE, "no-restricted", [event], POLICY_SET_CODEC, expected=NEW_AGGREGATE)
@@ -329,13 +334,31 @@ async def test_a_message_to_a_suspended_agent_waits_and_is_delivered_on_resume(
 
 
 async def wait_for_inbox(js: Any, agent_id: str, timeout: float = 60.0) -> None:
+    """Until the agent's inbox exists and a receive of the agent waits on it (a pull request is pending)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await js.consumer_info(MESSAGES_STREAM, inbox_name(agent_id))
-            await asyncio.sleep(1.0)  # its first receive is waiting now
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+            if (await js.consumer_info(MESSAGES_STREAM, inbox_name(agent_id))).num_waiting > 0:
+                return
+        except nats.js.errors.NotFoundError:
+            pass
+        assert time.monotonic() < deadline, f"no receive of {agent_id} waited on its inbox within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_daemon_stops_at_once_after_its_agents_waited_on_their_inboxes(
+    make_store: Any, agent_settings: Callable[..., Settings]
+) -> None:
+    """A receive that waited in vain leaves the server's late answer to its pull request (408, request timeout)
+    in the inbox's subscription, where nats-py never marks it done: draining that subscription would hold the stop
+    for the whole drain timeout (30 s). The daemon gives its inboxes up before it drains, and takes nothing from
+    them afterwards."""
+    await policies(make_store)
+    async with running_agent(embedded(agent_settings)) as agent:
+        carrier = await bus_of(agent.app.state.runtime)
+        for _ in range(3):  # (each one takes the previous one's late answer from the queue, and leaves its own)
+            assert await carrier.fetch("bob", 10, 0.1) == []
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10.0
+    with pytest.raises(BusClosed, match="closed"):
+        await carrier.fetch("bob", 10, 0.1)

@@ -21,8 +21,13 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from symbi_common.bus_streams import inbox_name
+from symbi_contracts.bus import MESSAGES_STREAM
 
 N = 300
+#: The inbox's ack wait (``[sandbox] bus_ack_wait_s``, set on the inbox by the hosts that create it): how long
+#: the batch each kill leaves un-acked waits before it is delivered again.
+ACK_WAIT_S = 3.0
 #: The receiving host kills itself after writing this many batches, before recording the last one.
 KILL_AT_BATCH = 3
 
@@ -33,7 +38,7 @@ from symbi_common.settings import load_settings
 
 def runtime():
     env = {"SYMBI_NATS_URL": os.environ["URL"], "SYMBI_KEYS_DIR": os.environ["KEYS"], "SYMBI_LOG_LEVEL": "error",
-           "SYMBI_POLICY__ENFORCEMENT": "allow-all"}
+           "SYMBI_POLICY__ENFORCEMENT": "allow-all", "SYMBI_SANDBOX__BUS_ACK_WAIT_S": os.environ["ACK_WAIT_S"]}
     return ServiceRuntime("sandbox-agent", load_settings(env=env), use_database=False)
 """
 
@@ -144,7 +149,7 @@ with open(out + ".dropped", "w") as f:
 
 
 def start(script: str, args: list[str], nats_url: str, keys_dir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "URL": nats_url, "KEYS": str(keys_dir)}
+    env = {**os.environ, "URL": nats_url, "KEYS": str(keys_dir), "ACK_WAIT_S": str(ACK_WAIT_S)}
     return subprocess.Popen([sys.executable, "-c", script, *args], env=env)
 
 
@@ -172,7 +177,7 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-@pytest.mark.timeout(420)  # each kill leaves a batch un-acked: redelivered after the inbox's ack wait (30 s)
+@pytest.mark.timeout(420)  # each kill leaves a batch un-acked: redelivered after the inbox's ack wait
 async def test_kill_9_of_the_sending_and_the_receiving_host_loses_nothing_and_repeats_nothing(
     nats_url: str, keys_dir: Path, provisioned: NatsClient, tmp_path: Path
 ) -> None:
@@ -204,6 +209,9 @@ async def test_kill_9_of_the_sending_and_the_receiving_host_loses_nothing_and_re
         for proc in procs:
             if proc.poll() is None:
                 kill9(proc)
+    # The inbox the hosts made waits the configured time for an ack, not JetStream's or the product's default.
+    inbox = await provisioned.jetstream().consumer_info(MESSAGES_STREAM, inbox_name("bob"))
+    assert inbox.config.ack_wait == ACK_WAIT_S
     ids = lines(handled)
     assert len(ids) == len(set(ids)), f"handed to the handler twice: {sorted({i for i in ids if ids.count(i) > 1})}"
     assert set(ids) == {f"m{i:05d}" for i in range(N)}, "a message was lost"

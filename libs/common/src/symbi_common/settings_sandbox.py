@@ -51,6 +51,10 @@ class SandboxSettings(Section):
     bus_messages_per_s: float = 1000.0
     #: Payload bytes per second each agent of this host may send on the bus.
     bus_bytes_per_s: float = 8 * 1024 * 1024
+    #: Seconds a message handed to an agent waits for its acknowledgement before its inbox delivers it again
+    #: (what a host that died between handing a batch over and recording it left un-acked): the ack wait of
+    #: each inbox this host creates or declares. 1 to 3600 s (a batch is acked right after it is written).
+    bus_ack_wait_s: float = 30.0
 
 
 class EgressSettings(Section):

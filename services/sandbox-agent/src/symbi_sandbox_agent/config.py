@@ -38,6 +38,7 @@ def check_settings(s: SandboxSettings) -> None:
         (0 < s.heartbeat_interval_s <= 2.5, "heartbeat_interval_s", "must be in (0, 2.5]: a host is lost after 5 s"),
         (s.bus_messages_per_s > 0, "bus_messages_per_s", "must be more than 0"),
         (s.bus_bytes_per_s > 0, "bus_bytes_per_s", "must be more than 0"),
+        (1.0 <= s.bus_ack_wait_s <= 3600.0, "bus_ack_wait_s", "must be in [1, 3600] seconds"),
         (
             re.fullmatch(r"\d+:\d+", s.user) is not None and not s.user.startswith("0:"),
             "user",

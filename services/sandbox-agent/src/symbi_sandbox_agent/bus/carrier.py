@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
+from symbi_common.bus_streams import ACK_WAIT_S
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
 from symbi_contracts.bus import (
@@ -121,14 +122,22 @@ def check_address(to: str, topic: str) -> None:
 
 class Carrier:
     def __init__(
-        self, js: Any, nc: Any, datakeys: DataKeys, identities: Identities, delivered: Any, limiter: RateLimiter
+        self,
+        js: Any,
+        nc: Any,
+        datakeys: DataKeys,
+        identities: Identities,
+        delivered: Any,
+        limiter: RateLimiter,
+        ack_wait_s: float = ACK_WAIT_S,
     ):
         self.js, self.nc = js, nc
         self.datakeys = datakeys
         self.identities = identities
         self.delivered = delivered
         self.limiter = limiter
-        self.inboxes = Inboxes(js)
+        #: ``ack_wait_s``: how long a batch handed over waits for its commit before its inbox delivers it again.
+        self.inboxes = Inboxes(js, ack_wait_s)
         self._recent: dict[str, tuple[set[str], deque[str]]] = {}
         #: Agents known to be terminated (kept current by the bus runtime's follower).
         self.terminated = TerminatedAgents(identities.registry)
@@ -407,4 +416,5 @@ class Carrier:
         )
 
     async def close(self) -> None:
+        """Stop taking from the inboxes (on shutdown, before the connection drains; the messages wait there)."""
         await self.inboxes.close()

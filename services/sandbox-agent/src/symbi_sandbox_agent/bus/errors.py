@@ -42,3 +42,10 @@ class Undecided(BusError):
     handed back to the inbox for later, not refused."""
 
     code = "unavailable"
+
+
+class BusClosed(BusError):
+    """The host's bus is closed because the service is stopping: nothing more is taken from an inbox (its
+    messages wait there for the agent's next run)."""
+
+    code = "unavailable"

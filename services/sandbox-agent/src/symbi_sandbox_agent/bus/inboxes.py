@@ -6,26 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
 import nats.js.errors
-from symbi_common.bus_streams import inbox_config, inbox_name
+from symbi_common.bus_streams import ACK_WAIT_S, inbox_config, inbox_name
 from symbi_contracts.bus import MESSAGES_STREAM, direct_subject, topic_subject, valid_name
 
-from symbi_sandbox_agent.bus.errors import BadAddress
+from symbi_sandbox_agent.bus.errors import BadAddress, BusClosed
 
 #: JetStream's "consumer already exists" (a create-only request for one configured otherwise).
 CONSUMER_EXISTS = 10148
 
 
 class Inboxes:
-    """The inboxes this process has made sure of, and its pull subscriptions to them."""
+    """The inboxes this process has made sure of, and its pull subscriptions to them; ``ack_wait_s``: how long
+    a message handed over waits for its ack before the inbox delivers it again, set on each inbox this process
+    creates or declares (``[sandbox] bus_ack_wait_s``)."""
 
-    def __init__(self, js: Any) -> None:
+    def __init__(self, js: Any, ack_wait_s: float = ACK_WAIT_S) -> None:
         self.js = js
+        self.ack_wait_s = ack_wait_s
+        self._closed = False
         self._inboxes: set[str] = set()
         self._subs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -58,16 +63,20 @@ class Inboxes:
                     return
             except nats.js.errors.NotFoundError:
                 if not topics and declared is None:  # a sender: it makes sure the inbox exists, never changes it
-                    await self._create_only(inbox_config(agent_id, filters))
+                    await self._create_only(self._config(agent_id, filters))
                     self._inboxes.add(agent_id)
                     return
             wanted = [*filters, *(topic_subject(t) for t in topics if topic_subject(t) not in filters)]
             await self.js.add_consumer(
-                MESSAGES_STREAM, inbox_config(agent_id, wanted, declared if declared is not None else kept)
+                MESSAGES_STREAM, self._config(agent_id, wanted, declared if declared is not None else kept)
             )
             self._inboxes.add(agent_id)
             if declared is not None:
                 self._declared[agent_id] = declared
+
+    def _config(self, agent_id: str, filters: list[str], metadata: dict[str, str] | None = None) -> Any:
+        """The inbox's consumer configuration, with this process's ack wait."""
+        return dataclasses.replace(inbox_config(agent_id, filters, metadata), ack_wait=self.ack_wait_s)
 
     async def _create_only(self, config: Any) -> None:
         """Create the inbox consumer unless it exists, whatever it is configured with: the host serving its agent
@@ -81,19 +90,34 @@ class Inboxes:
             raise nats.js.errors.APIError.from_error(error)
 
     async def fetch(self, agent_id: str, most: int, timeout_s: float) -> list[Any]:
-        """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first."""
+        """Up to ``most`` messages of the agent's inbox, waiting up to ``timeout_s`` for the first;
+        :class:`BusClosed` once :meth:`close` has run (the service is stopping)."""
+        if self._closed:
+            raise self._closed_error(agent_id)
         await self.ensure(agent_id)
         sub = self._subs.get(agent_id)
         if sub is None:
             sub = await self.js.pull_subscribe_bind(inbox_name(agent_id), MESSAGES_STREAM)
+            if self._closed:  # closed while subscribing: not kept past the close
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                raise self._closed_error(agent_id)
             self._subs[agent_id] = sub
         try:
             return list(await sub.fetch(most, timeout=max(timeout_s, 0.05)))
         except (nats.errors.TimeoutError, TimeoutError):
             return []
 
+    @staticmethod
+    def _closed_error(agent_id: str) -> BusClosed:
+        return BusClosed(f"the bus of this host is closed (the service is stopping): {agent_id}'s inbox waits")
+
     async def close(self) -> None:
-        """Unsubscribe from every inbox (the consumers stay: the messages wait for the agents)."""
+        """Unsubscribe from every inbox (the consumers stay: the messages wait for the agents); nothing is
+        fetched afterwards. Done before the connection drains: a pull subscription's queue may hold a late
+        status answer of an expired fetch that nats-py takes without marking it done, and draining such a
+        subscription would wait the whole drain timeout (30 s) for it."""
+        self._closed = True
         for sub in self._subs.values():
             with contextlib.suppress(Exception):  # the connection may be closed already
                 await sub.unsubscribe()

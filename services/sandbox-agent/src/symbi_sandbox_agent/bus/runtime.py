@@ -1,5 +1,6 @@
-"""The bus of one sandbox-agent process: its carrier, opened once on the service's connection and keys, and
-the listener that turns JetStream's max-deliveries advisories into dead letters."""
+"""The bus of one sandbox-agent process: its carrier, opened once on the service's connection and keys (and
+closed when the service stops), and the listener that turns JetStream's max-deliveries advisories into dead
+letters."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ async def open_carrier(rt: ServiceRuntime, limits: SendLimits | None = None) -> 
     delivered = await rt.js.key_value(DELIVERED_BUCKET)
     identities = Identities(agent_keys, rt.store.signer, rt.registry)
     rt.on_signer_change(lambda signer: setattr(identities, "host", signer))
-    return Carrier(rt.js, rt.nc, rt.datakeys, identities, delivered, RateLimiter(limits or limits_of(rt)))
+    limiter = RateLimiter(limits or limits_of(rt))
+    return Carrier(rt.js, rt.nc, rt.datakeys, identities, delivered, limiter, rt.settings.sandbox.bus_ack_wait_s)
 
 
 def limits_of(rt: ServiceRuntime) -> SendLimits:
@@ -55,8 +57,18 @@ async def bus_of(rt: ServiceRuntime) -> Carrier:
             # (started again after a failure, from the stream's start: applying an agent event twice changes nothing)
             follow = keep_consuming(lambda: carrier.terminated.follow(rt.js), rt.stopping, what="terminated agents")
             rt.spawn(follow, "bus:terminated-agents")
+            rt.spawn(_close_on_stop(carrier), "bus:close")
             _buses[rt] = carrier
     return carrier
+
+
+async def _close_on_stop(carrier: Carrier) -> None:
+    """On shutdown (the service cancels its background work before it drains NATS) the inboxes' pull
+    subscriptions are given up, so the drain does not wait on them (:meth:`Inboxes.close`)."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await carrier.close()
 
 
 #: Seconds between the tries of a dead letter NATS failed to take (then the advisory is given up, logged).
