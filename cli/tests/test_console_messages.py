@@ -41,7 +41,7 @@ async def _until(
         if found:
             return found
         assert time.monotonic() < deadline, f"{what}: not within {timeout} s; the section: {_messages_section(last())}"
-        await asyncio.sleep(1)
+        await asyncio.sleep(0.25)
 
 
 async def test_bus_actions_are_withheld_until_the_policy_lets_the_operator_read_them(

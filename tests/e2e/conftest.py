@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gzip
 import json
+import os
 import subprocess
 import threading
 import time
@@ -294,6 +295,8 @@ class Jaeger:
 
     otlp_endpoint: str
     query_url: str
+    #: The ``jaeger`` process (the fixture stops it after the test, unless the test did).
+    process: subprocess.Popen[bytes]
 
 
 def _healthy(url: str) -> bool:
@@ -311,9 +314,13 @@ def jaeger(jaeger_binary: Path, tmp_path: Path) -> Iterator[Jaeger]:
     config = tmp_path / "jaeger.yaml"
     config.write_text(JAEGER_CONFIG.format(health=health, query=query, query_grpc=query_grpc, otlp=otlp))
     log = tmp_path / "jaeger.log"
+    # Jaeger traces its own query API through the OpenTelemetry SDK's defaults (OTLP/gRPC to localhost:4317,
+    # where nothing listens): after one query its shutdown waits 10 s for that export to time out. It is not
+    # asked to trace itself, so it stops at once on SIGTERM.
+    env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(jaeger_binary), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+            [str(jaeger_binary), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
         )
     try:
         deadline = time.monotonic() + 60
@@ -325,7 +332,7 @@ def jaeger(jaeger_binary: Path, tmp_path: Path) -> Iterator[Jaeger]:
             if time.monotonic() > deadline:
                 pytest.fail(f"jaeger was not healthy within 60 s: {log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield Jaeger(otlp_endpoint=f"http://127.0.0.1:{otlp}", query_url=f"http://127.0.0.1:{query}")
+        yield Jaeger(otlp_endpoint=f"http://127.0.0.1:{otlp}", query_url=f"http://127.0.0.1:{query}", process=proc)
     finally:
         proc.terminate()
         try:

@@ -106,6 +106,18 @@ async def test_one_symbi_run_is_one_trace_in_jaeger(
             assert set(TRACED) <= set(listed), listed
 
 
+def test_jaeger_stops_at_once_after_answering_a_query(jaeger: Jaeger) -> None:
+    """The test's Jaeger does not trace its own query API: had it, its exit after a query would wait 10 s for
+    that export (to nowhere) to time out, in the teardown of every test that reads a trace back."""
+    answer = httpx.get(f"{jaeger.query_url}/api/services", timeout=10)
+    assert answer.status_code == 200, answer.text
+    started = time.monotonic()
+    jaeger.process.terminate()
+    jaeger.process.wait(timeout=30)
+    took = time.monotonic() - started
+    assert took < 3.0, f"jaeger took {took:.1f} s to stop after a query"
+
+
 def test_the_trace_check_finds_what_it_looks_for() -> None:
     """``trace_problems`` on doctored answers: a whole trace passes, each defect is named."""
     tid = "ab" * 16

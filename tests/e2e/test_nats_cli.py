@@ -13,6 +13,7 @@ stored; the plain ``nats sub 'evt.>'`` is refused with the reason the docs give.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -69,6 +70,26 @@ async def run_nats(nats_cli: Path, env: dict[str, str], *args: str, ok: bool = T
     return output
 
 
+COMPLETED = b"Symbi-Event-Type: task.completed"
+
+
+async def follow_until(follower: asyncio.subprocess.Process, *wanted: bytes, timeout: float) -> bytes:
+    """What a running ``nats sub`` printed up to the moment its output holds every one of ``wanted``; fails
+    after ``timeout`` s with what it did print."""
+    assert follower.stdout is not None
+    seen = b""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not all(w in seen for w in wanted):
+        left = deadline - asyncio.get_running_loop().time()
+        chunk = b""
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                chunk = await asyncio.wait_for(follower.stdout.read(65536), timeout=left)
+        assert chunk, f"the follower did not print {wanted} within {timeout} s: {seen[-2000:]!r}"
+        seen += chunk
+    return seen
+
+
 async def test_documented_nats_cli_commands_show_metadata_and_hide_payloads(
     runtime_options: RuntimeOptions, runtime_home: Path, symbi_exe: str, nats_cli: Path, tmp_path: Path
 ) -> None:
@@ -94,10 +115,14 @@ async def test_documented_nats_cli_commands_show_metadata_and_hide_payloads(
             doc = json.loads(out)
             agent_id, task_id = doc["agent"]["id"], doc["task"]["task_id"]
             assert marker in json.dumps(doc)  # the result names the input: it really went through the events
-            await asyncio.sleep(2.0)  # the follower prints what was stored meanwhile
+            # The follower prints what was stored meanwhile: read it until the run's last event (its result
+            # stored as the agent's memory, after the task's end) has come by.
+            wanted = (f"subject: evt.task.{task_id}".encode(), COMPLETED, f"subject: evt.memory.{agent_id}".encode())
+            seen = await follow_until(follower, *wanted, timeout=30)
         finally:
             follower.terminate()
-            followed, _ = await asyncio.wait_for(follower.communicate(), timeout=10)
+            rest, _ = await asyncio.wait_for(follower.communicate(), timeout=10)
+        followed = seen + rest
 
         info = (await run_nats(nats_cli, env, "stream", "info", "EVENTS")).decode()
         for line in (
@@ -154,7 +179,7 @@ async def test_documented_nats_cli_commands_show_metadata_and_hide_payloads(
 
         # The live follower saw this run's events as they were stored.
         assert f"subject: evt.task.{task_id}".encode() in followed, followed[-2000:]
-        assert b"Symbi-Event-Type: task.completed" in followed
+        assert COMPLETED in followed
         assert marker.encode() not in followed
 
         refused = await run_nats(nats_cli, env, "sub", "evt.>", "--count", "1", ok=False)

@@ -86,7 +86,9 @@ class Ctx:
         """``source``'s chunks (a live stream's body) for as long as this session lasts: before each chunk, and
         at least every :data:`SESSION_CHECK_S` while none comes, the token's expiry is checked, and the session
         itself (logged out, or no longer opening or verifying) once a second or as soon as a session has ended
-        here. When it is over the stream ends, unsent, and ``source`` is closed."""
+        here. It also ends as soon as the console begins to shut down (:func:`end_live_streams`), so a browser's
+        open stream does not hold up its exit. When it is over the stream ends, unsent, and ``source`` is
+        closed."""
         sessions: Sessions = self.request.app.state.sessions
         sid = self.request.cookies.get(COOKIE)
         loop = asyncio.get_running_loop()
@@ -101,6 +103,7 @@ class Ctx:
             due, ended = loop.time() + SESSION_CHECK_S, sessions.ended
             return sessions.get(sid) is not None
 
+        closing: asyncio.Event = self.request.app.state.closing
         chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=1)
 
         async def pump() -> None:
@@ -114,12 +117,15 @@ class Ctx:
                 await source.aclose()
 
         pumping = asyncio.create_task(pump())
+        closed = asyncio.create_task(closing.wait())
         try:
-            while current():
-                try:
-                    chunk = await asyncio.wait_for(chunks.get(), SESSION_CHECK_S)
-                except TimeoutError:
+            while current() and not closing.is_set():
+                getting = asyncio.ensure_future(chunks.get())
+                await asyncio.wait((getting, closed), timeout=SESSION_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
                     continue
+                chunk = getting.result()
                 if isinstance(chunk, BaseException):
                     raise chunk
                 if chunk is None or not current():
@@ -127,6 +133,7 @@ class Ctx:
                 yield chunk
         finally:
             pumping.cancel()
+            closed.cancel()
 
 
 def ctx(request: Request) -> Ctx:
@@ -151,6 +158,14 @@ def same_site(request: Request) -> bool:
     return origin is None or urlsplit(origin).netloc.lower() == request.headers.get("Host", "").lower()
 
 
+def end_live_streams(app: FastAPI) -> None:
+    """End every open live stream of ``app`` now and any opened later: the console is shutting down.
+
+    A Server-Sent Events stream never ends by itself, and the server waits for open responses before it exits;
+    ended here, they let it stop at once (browsers reconnect to the console when it is back)."""
+    app.state.closing.set()
+
+
 def create_app(config: ConsoleConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -160,6 +175,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
 
     app = FastAPI(title="Symbi console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
+    app.state.closing = asyncio.Event()
     app.state.sessions = Sessions(config.keys_dir, config.state_dir)
     app.add_middleware(BodyGate, templates=templates)
     app.add_middleware(NoFraming)  # outermost: on the gate's refusals too

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 
-from symbi_cli.console.app import ConsoleConfig, create_app
+from symbi_cli.console.app import ConsoleConfig, create_app, end_live_streams
 from symbi_cli.console.services import service_urls
 
 
@@ -30,5 +32,21 @@ def console(
         urls=service_urls(home, base_port), keys_dir=keys_dir or home / "keys", state_dir=home / "console"
     )
     typer.echo(f"symbi console on http://{host}:{port}/ (services: {', '.join(sorted(config.urls))})")
-    # Open live tails (Server-Sent Events) never end by themselves: Ctrl-C closes them after a few seconds.
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    app = create_app(config)
+    server = ConsoleServer(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3), app
+    )
+    server.run()
+
+
+class ConsoleServer(uvicorn.Server):
+    """uvicorn's server that, on Ctrl-C or SIGTERM, first ends the app's open live streams (Server-Sent Events
+    never end by themselves), so the console exits at once instead of after the graceful-shutdown timeout."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        end_live_streams(self.app)
+        await super().shutdown(sockets)
