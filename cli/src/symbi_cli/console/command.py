@@ -1,17 +1,14 @@
-"""``symbi console``: serve the operator console on this machine."""
+"""``symbi console``: serve the operator console on this machine.
+
+The web stack (FastAPI, uvicorn, the templates) is imported when the command runs, not when ``symbi`` starts:
+every other command would pay for it."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
-from fastapi import FastAPI
-
-from symbi_cli.console.app import ConsoleConfig, create_app, end_live_streams
-from symbi_cli.console.services import service_urls
 
 
 def console(
@@ -28,25 +25,12 @@ def console(
     ] = None,
 ) -> None:
     """Serve the operator console in the browser: agents, tasks, live events, audit proofs, policy."""
+    from symbi_cli.console.app import ConsoleConfig, create_app
+    from symbi_cli.console.server import serve
+    from symbi_cli.console.services import service_urls
+
     config = ConsoleConfig(
         urls=service_urls(home, base_port), keys_dir=keys_dir or home / "keys", state_dir=home / "console"
     )
     typer.echo(f"symbi console on http://{host}:{port}/ (services: {', '.join(sorted(config.urls))})")
-    app = create_app(config)
-    server = ConsoleServer(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3), app
-    )
-    server.run()
-
-
-class ConsoleServer(uvicorn.Server):
-    """uvicorn's server that, on Ctrl-C or SIGTERM, first ends the app's open live streams (Server-Sent Events
-    never end by themselves), so the console exits at once instead of after the graceful-shutdown timeout."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self.app = app
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        end_live_streams(self.app)
-        await super().shutdown(sockets)
+    serve(create_app(config), host, port)
