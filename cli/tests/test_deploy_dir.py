@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from symbi_cli.deploy_dir import DeployConfig, compose_env, init_deploy_dir, parse_env, password_env_name
+from symbi_cli.deploy_dir import (
+    ROUTE_PASSWORD_ENV,
+    DeployConfig,
+    compose_env,
+    init_deploy_dir,
+    parse_env,
+    password_env_name,
+)
 from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES
 from symbi_common.natsauth import nats_users
 
@@ -41,6 +48,26 @@ def test_each_service_gets_only_its_own_credentials(deploy_dir: Path) -> None:
     for path in [deploy_dir, *deploy_dir.rglob("*")]:
         if path.is_file() and path.suffix not in (".pub", ".json", ".sig") and path.name != "root.pub":
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
+
+
+def test_the_nats_route_password_is_for_the_nats_servers_only(deploy_dir: Path) -> None:
+    """The cluster's route password (Secret symbi-nats-route, deploy/k8s/nats.yaml) is its own file: no
+    service's env file nor the users' password file carries it, and a second init keeps it."""
+    init_deploy_dir(deploy_dir, DeployConfig(images=IMAGES), uid=os.getuid())
+    route_file = deploy_dir / "env" / "nats-route.env"
+    route = parse_env(route_file.read_text())
+    assert set(route) == {ROUTE_PASSWORD_ENV}
+    password = route[ROUTE_PASSWORD_ENV]
+    assert password[0].isalpha()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{20,}", password), "not usable as it is in a route URL"
+    assert stat.S_IMODE(route_file.stat().st_mode) == 0o600
+    others = [p for p in deploy_dir.rglob("*") if p.is_file() and p != route_file]
+    assert not [p for p in others if password.encode() in p.read_bytes()], "the route password leaked"
+    init_deploy_dir(deploy_dir, DeployConfig(images=IMAGES), uid=os.getuid())
+    assert parse_env(route_file.read_text())[ROUTE_PASSWORD_ENV] == password
+    other = deploy_dir.parent / "other"
+    init_deploy_dir(other, DeployConfig(images=IMAGES), uid=os.getuid())
+    assert parse_env((other / "env" / "nats-route.env").read_text())[ROUTE_PASSWORD_ENV] != password
 
 
 def test_a_second_init_keeps_keys_and_passwords_and_takes_new_image_tags(deploy_dir: Path) -> None:

@@ -8,14 +8,20 @@ them in its wheel.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
-from symbi_cli.runtime_options import ALL_SERVICES
+from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, DeployConfig, init_deploy_dir, parse_env
+from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,8 +109,7 @@ def test_nats_is_a_three_node_cluster_that_fsyncs_every_write() -> None:
     assert sts["spec"]["replicas"] == 3
     conf = find("ConfigMap", "symbi-nats-config")["data"]["nats.conf"]
     assert "sync_interval: always" in conf
-    for i in range(3):
-        assert f"nats://symbi-nats-{i}.symbi-nats:6222" in conf
+    assert "routes: [$NATS_ROUTE_0, $NATS_ROUTE_1, $NATS_ROUTE_2]" in conf
     assert find("Job", "symbi-provision")["spec"]["template"]["spec"]["containers"][0]["env"] == [
         {"name": "SYMBI_NATS__REPLICAS", "value": "3"}
     ]
@@ -172,3 +177,220 @@ def test_prometheus_may_only_read_pods_of_its_namespace() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "symbi-prometheus", "namespace": "symbi"}]
     assert pod_spec(find("Deployment", "symbi-prometheus"))["serviceAccountName"] == "symbi-prometheus"
     assert not [o for o in objects() if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+# --- NATS routes ----------------------------------------------------------------------------------
+
+
+def kubernetes_env(container: dict[str, Any], secrets: dict[str, dict[str, str]], pod_name: str) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: ``envFrom`` Secrets first, then ``env`` in order,
+    each ``$(VAR)`` replaced by a variable defined before it (an undefined one stays as written)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(secrets[source["secretRef"]["name"]])
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, var
+            env[var["name"]] = pod_name
+        else:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"])
+    return env
+
+
+def test_nats_routes_need_the_route_password(tmp_path: Path) -> None:
+    """Every member accepts a route only with the route password, and presents it in each route URL: the
+    configuration, with the Secrets `symbi deploy init` makes and the environment Kubernetes builds, is one
+    the real nats-server accepts, and every route URL carries the route user and password."""
+    directory = tmp_path / "deploy"
+    init_deploy_dir(directory, DeployConfig(), uid=os.getuid())
+    secrets = {
+        "symbi-nats-passwords": parse_env((directory / "env" / "nats.env").read_text()),
+        "symbi-nats-route": parse_env((directory / "env" / "nats-route.env").read_text()),
+    }
+    route_password = secrets["symbi-nats-route"][ROUTE_PASSWORD_ENV]
+    assert route_password not in secrets["symbi-nats-passwords"].values()
+    conf = find("ConfigMap", "symbi-nats-config")["data"]["nats.conf"]
+    cluster = conf[conf.index("cluster {") :]
+    assert re.search(r"authorization \{\s*user: route\s*password: \$NATS_ROUTE_PASSWORD\b", cluster), cluster
+    (container,) = pod_spec(find("StatefulSet", "symbi-nats"))["containers"]
+    nats_server = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    assert nats_server is not None
+    shutil.copy(REPO / "deploy" / "nats" / "users.conf", tmp_path / "users.conf")
+    (tmp_path / "nats.conf").write_text(conf)
+    for pod in range(3):
+        env = kubernetes_env(container, secrets, f"symbi-nats-{pod}")
+        routes = [urlsplit(env[f"NATS_ROUTE_{i}"]) for i in range(3)]
+        assert [(r.username, r.password) for r in routes] == [("route", route_password)] * 3
+        assert [(r.hostname, r.port) for r in routes] == [(f"symbi-nats-{i}.symbi-nats", 6222) for i in range(3)]
+        done = subprocess.run(
+            [nats_server, "-c", str(tmp_path / "nats.conf"), "-t"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+# --- NetworkPolicies ------------------------------------------------------------------------------
+
+NAMESPACE = "symbi"
+NAME = "app.kubernetes.io/name"
+#: Pods that are no workload of the deployment: one in its namespace, one in another namespace that copies
+#: Prometheus' labels, and one in a namespace labelled as the operators' entry point (an ingress controller).
+STRANGER = "stranger"
+ELSEWHERE = "elsewhere-as-prometheus"
+OPERATORS = "operator-access"
+#: A port no container declares: open to no one.
+UNLISTED = 9999
+SERVICE_PODS = {f"symbi-{s}" for s in ALL_SERVICES}
+
+
+def expected_reach() -> dict[tuple[str, int], set[str]]:
+    """(workload, port) → who may connect; every other port of every workload is reachable from no pod."""
+    return {
+        ("symbi-nats", 4222): SERVICE_PODS | {"symbi-provision"},
+        ("symbi-nats", 6222): {"symbi-nats"},
+        ("symbi-nats", 8222): {"symbi-prometheus"},
+        ("symbi-postgres", 5432): {f"symbi-{s}" for s in DATABASE_SERVICES},
+        ("symbi-jaeger", 4318): SERVICE_PODS,
+        ("symbi-jaeger", 16686): {OPERATORS},
+        ("symbi-prometheus", 9090): {OPERATORS},
+        **{(pod, 8080): {"symbi-prometheus", OPERATORS} for pod in SERVICE_PODS},
+    }
+
+
+def workloads() -> dict[str, tuple[dict[str, str], dict[str, int]]]:
+    """Each workload's pods: name → (pod labels, container port name → number)."""
+    found = {}
+    for obj in objects():
+        if "template" in obj.get("spec", {}):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            ports = {
+                p.get("name", str(p["containerPort"])): p["containerPort"]
+                for c in pod_spec(obj)["containers"]
+                for p in c.get("ports", [])
+            }
+            found[labels[NAME]] = (labels, ports)
+    return found
+
+
+def sources() -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+    """Every pod that could connect: name → (pod labels, its namespace's labels)."""
+    here = {"kubernetes.io/metadata.name": NAMESPACE}
+    found = {name: (labels, here) for name, (labels, _) in workloads().items()}
+    found[STRANGER] = ({NAME: STRANGER}, here)
+    found[ELSEWHERE] = ({NAME: "symbi-prometheus"}, {"kubernetes.io/metadata.name": "elsewhere"})
+    found[OPERATORS] = (
+        {NAME: "ingress-nginx"},
+        {"kubernetes.io/metadata.name": "ingress", "symbi.dev/operator-access": "true"},
+    )
+    return found
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (an empty one selects everything)."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def peer_admits(peer: dict[str, Any], labels: dict[str, str], namespace: dict[str, str]) -> bool:
+    """One ``from`` entry of an ingress rule, for a pod with ``labels`` in a namespace with ``namespace`` labels."""
+    if "ipBlock" in peer:
+        return True  # an address range: any pod's address may be in it
+    if "namespaceSelector" in peer:
+        in_namespace = selects(peer["namespaceSelector"], namespace)
+    else:  # a podSelector alone: the policy's own namespace
+        in_namespace = namespace.get("kubernetes.io/metadata.name") == NAMESPACE
+    return in_namespace and selects(peer.get("podSelector", {}), labels)
+
+
+def rule_covers(ports: list[dict[str, Any]], named: dict[str, int], port: int) -> bool:
+    if not ports:
+        return True
+    for entry in ports:
+        if entry.get("protocol", "TCP") != "TCP":
+            continue
+        if "port" not in entry:
+            return True
+        first = named.get(entry["port"]) if isinstance(entry["port"], str) else entry["port"]
+        if first is not None and first <= port <= entry.get("endPort", first):
+            return True
+    return False
+
+
+def reach(policies: list[dict[str, Any]]) -> dict[tuple[str, int], set[str]]:
+    """From the NetworkPolicies: (workload, port) → the sources that may connect, for every declared port of
+    every workload and :data:`UNLISTED`. A pod no ingress policy selects accepts everyone."""
+    matrix = {}
+    for target, (labels, named) in workloads().items():
+        applying = [
+            p["spec"]
+            for p in policies
+            if selects(p["spec"]["podSelector"], labels) and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        ]
+        for port in {*named.values(), UNLISTED}:
+            matrix[(target, port)] = {
+                name
+                for name, (source_labels, namespace) in sources().items()
+                if not applying
+                or any(
+                    rule_covers(rule.get("ports", []), named, port)
+                    and (not rule.get("from") or any(peer_admits(f, source_labels, namespace) for f in rule["from"]))
+                    for spec in applying
+                    for rule in spec.get("ingress", [])
+                )
+            }
+    return matrix
+
+
+def network_policies() -> list[dict[str, Any]]:
+    return [o for o in objects() if o["kind"] == "NetworkPolicy"]
+
+
+def test_each_port_is_reachable_only_from_the_pods_that_use_it() -> None:
+    """The NetworkPolicies, applied to every workload's pods and every declared port: NATS clients from the
+    services and the provisioning job, NATS routes from NATS, monitoring and metrics from Prometheus, PostgreSQL
+    from the services that keep a database, OTLP from the services, the UIs and APIs from the operators' entry
+    point. Nothing else, from anywhere (a pod of another namespace that copies a workload's labels included)."""
+    expected = expected_reach()
+    matrix = reach(network_policies())
+    assert set(expected) <= set(matrix), f"not a declared port: {sorted(set(expected) - set(matrix))}"
+    wrong = {
+        key: (sorted(got), sorted(expected.get(key, set())))
+        for key, got in matrix.items()
+        if got != expected.get(key, set())
+    }
+    assert not wrong, f"(workload, port): (allowed, expected) {wrong}"
+
+
+@pytest.mark.parametrize("name", [p["metadata"]["name"] for p in network_policies()])
+def test_every_network_policy_is_needed(name: str) -> None:
+    """Without any one of the policies the matrix above is wrong: each one's absence would be noticed."""
+    rest = [p for p in network_policies() if p["metadata"]["name"] != name]
+    assert reach(rest) != expected_reach()
+
+
+def test_a_policy_that_is_too_wide_is_noticed() -> None:
+    """The matrix catches a rule that admits more than it should: any pod of the namespace to NATS's clients'
+    port, or a podSelector that another namespace's pods match too."""
+    wider: list[dict[str, Any]] = [
+        {"podSelector": {}},
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {NAME: "symbi-prometheus"}}},
+    ]
+    for widen in wider:
+        policies = [dict(p, spec=dict(p["spec"])) for p in network_policies()]
+        nats = next(p for p in policies if p["metadata"]["name"] == "symbi-nats")
+        nats["spec"]["ingress"] = [{**rule, "from": [*rule["from"], widen]} for rule in nats["spec"]["ingress"]]
+        assert reach(policies) != expected_reach(), widen

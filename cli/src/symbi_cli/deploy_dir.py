@@ -7,6 +7,8 @@
     DIR/operator/              the root key and the operator-token issuer key: mounted into no container
     DIR/env/<service>.env      that service's NATS user and password, and its database URL (env_file)
     DIR/env/nats.env           every NATS user's password, for nats-server's users.conf ($NATS_<USER>_PASSWORD)
+    DIR/env/nats-route.env     the NATS cluster's route password ($NATS_ROUTE_PASSWORD), for the NATS servers
+                               only: a server joins the cluster as a route only with it (deploy/k8s/nats.yaml)
     DIR/env/provision.env      the admin and operator NATS URLs, for the provisioning job only
     DIR/postgres/password      the PostgreSQL superuser's password (initdb --pwfile): the postgres container only
     DIR/postgres/<role>.password  each database service's login role's password (symbi_lifecycle, symbi_audit),
@@ -56,6 +58,10 @@ class DeployConfig:
     #: The Docker engine's data root (``docker info``'s DockerRootDir): the sandbox-agent finds the disk
     #: behind it to enforce sandboxes' disk IO limits.
     docker_root: str = "/var/lib/docker"
+
+
+#: The variable deploy/k8s/nats.yaml reads the cluster's route password from.
+ROUTE_PASSWORD_ENV = "NATS_ROUTE_PASSWORD"  # noqa: S105 - a variable name, not a password
 
 
 def password_env_name(user: str) -> str:
@@ -146,6 +152,13 @@ def _read_passwords(path: Path) -> dict[str, str]:
     return {user: by_var[password_env_name(user)] for user in nats_users() if password_env_name(user) in by_var}
 
 
+def _new_nats_password() -> str:
+    # A leading letter: nats-server reads `$VAR` values that start with '-' as numbers and refuses the
+    # configuration ("Expected a digit"), which a bare token_urlsafe does one time in 64. URL-safe characters
+    # only: the route password also goes into the route URLs as it is.
+    return "p" + secrets.token_urlsafe(24)
+
+
 def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE_UID) -> Path:
     """Create or complete ``directory`` for the compose stack; returns its ``compose.env``.
 
@@ -163,9 +176,9 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
     nats_env = directory / "env" / "nats.env"
     passwords = _read_passwords(nats_env)
     for user in nats_users():
-        # A leading letter: nats-server reads `$VAR` values that start with '-' as numbers and refuses the
-        # configuration ("Expected a digit"), which a bare token_urlsafe does one time in 64.
-        passwords.setdefault(user, "p" + secrets.token_urlsafe(24))
+        passwords.setdefault(user, _new_nats_password())
+    route_env = directory / "env" / "nats-route.env"
+    route_password = parse_env(route_env.read_text()).get(ROUTE_PASSWORD_ENV) if route_env.exists() else None
     pg_file = directory / "postgres" / "password"
     pg_password = pg_file.read_text().strip() if pg_file.exists() else new_password()
     db_passwords = {}
@@ -174,6 +187,7 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
         db_passwords[role] = read_password(path) if path.exists() else new_password()
 
     _write(nats_env, env_text({password_env_name(u): passwords[u] for u in nats_users()}))
+    _write(route_env, env_text({ROUTE_PASSWORD_ENV: route_password or _new_nats_password()}))
     for service in ALL_SERVICES:
         _write(directory / "env" / f"{service}.env", env_text(service_env(service, passwords, db_passwords)))
     _write(

@@ -6,7 +6,9 @@
         cluster.restart(1)             # back on the same ports, with the same store
 
 Members are named ``n0`` … ``n<size-1>``; every one lists every route, so any member can be restarted
-alone and find the others. JetStream fsyncs every write before acknowledging it (``sync_interval:
+alone and find the others. Routes need the cluster's route password (:attr:`NatsCluster.route_password`,
+random unless given): a server on the host that knows the route ports but not the password cannot join
+and read the cluster's messages. JetStream fsyncs every write before acknowledging it (``sync_interval:
 always``) unless told otherwise: with the default policy a power-loss-style crash of a majority can
 lose acknowledged writes (Jepsen's analysis of NATS 2.12).
 """
@@ -14,6 +16,7 @@ lose acknowledged writes (Jepsen's analysis of NATS 2.12).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import socket
 import time
@@ -48,7 +51,8 @@ class NatsCluster:
     """``size`` nats-servers in one JetStream cluster, stores under ``base_dir/n<i>/``, logs next to them.
 
     ``config`` is more configuration text for every member (e.g. an ``authorization`` block); each
-    member's HTTP monitoring endpoint is open (``members[i].monitoring_url``). The
+    member's HTTP monitoring endpoint is open (``members[i].monitoring_url``). Members accept routes only
+    with ``route_password`` (a fresh random one when not given), kept across a member's restart. The
     route ports are picked free before the start (JetStream needs every route configured up front);
     client ports are chosen by the servers and kept across a member's restart.
     """
@@ -63,6 +67,7 @@ class NatsCluster:
         sync_interval: str | None = SYNC_ALWAYS,
         config: str = "",
         startup_timeout: float = 30.0,
+        route_password: str | None = None,
     ) -> None:
         if size < 1:
             raise InfraError(f"a cluster needs at least one member, not {size}")
@@ -73,6 +78,8 @@ class NatsCluster:
         self.sync_interval = sync_interval
         self.config = config
         self.startup_timeout = startup_timeout
+        #: What a server must present to join the cluster as a route (user ``nats_server.ROUTE_USER``).
+        self.route_password = route_password if route_password is not None else secrets.token_urlsafe(24)
         self._route_ports: list[int] = []
         self._client_ports: list[int | None] = [None] * size
         self.members: list[NatsServer] = []
@@ -149,7 +156,7 @@ class NatsCluster:
             log_file=directory / "nats.log",
             startup_timeout=self.startup_timeout,
             server_name=self.member_name(index),
-            cluster=ClusterRoutes(self.name, self._route_ports[index], self._routes()),
+            cluster=ClusterRoutes(self.name, self._route_ports[index], self._routes(), self.route_password),
             sync_interval=self.sync_interval,
             config=self.config,
             monitoring=True,

@@ -3,8 +3,8 @@
 with NatsServer(Path(".symbi/nats")) as nats:
     print(nats.url)
 
-One member of a cluster names itself and its routes (:class:`ClusterRoutes`); :mod:`symbi_cli.nats_cluster`
-starts three of them. ``sync_interval="always"`` makes JetStream fsync every write before it acknowledges it.
+One member of a cluster names itself, its routes and the route password the members share
+(:class:`ClusterRoutes`); :mod:`symbi_cli.nats_cluster` starts three of them. ``sync_interval="always"`` makes JetStream fsync every write before it acknowledges it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from types import TracebackType
 from typing import IO
 from urllib.parse import urlsplit
 
+from symbi_common.natsauth import with_credentials
+
 from symbi_cli.errors import InfraError
 from symbi_cli.private_files import open_private_log, private_dir
 
@@ -41,14 +43,37 @@ def find_nats_server() -> Path:
     return Path(found)
 
 
+#: The user cluster members authenticate their routes to each other as.
+ROUTE_USER = "route"
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterRoutes:
     """This server's place in a cluster: the cluster's name, the port it listens on for routes (on the
-    server's host) and the route URLs of every member (its own included; the server skips itself)."""
+    server's host), the route URLs of every member (its own included; the server skips itself) and the
+    cluster's route password.
+
+    Routes are never open: the server accepts a route only from a server that presents ``ROUTE_USER`` and
+    ``password``, and presents them itself to every route it connects to. A server joined as a route sees
+    every message of every account, whatever the users' permissions say.
+    """
 
     name: str
     port: int
     routes: tuple[str, ...]
+    password: str
+
+    def __post_init__(self) -> None:
+        if not self.password:
+            raise InfraError(f"cluster {self.name!r}: a route password is required (routes are never open)")
+
+    def authorization(self) -> dict[str, str]:
+        """The ``cluster { authorization }`` block: what a server must present to join as a route."""
+        return {"user": ROUTE_USER, "password": self.password}
+
+    def route_urls(self) -> list[str]:
+        """The route URLs carrying the route credentials (the server presents a listed route's own)."""
+        return [with_credentials(url, ROUTE_USER, self.password) for url in self.routes]
 
 
 #: JetStream's fsync policies (``jetstream { sync_interval }``): ``always`` syncs every write before the ack.
@@ -163,7 +188,8 @@ class NatsServer:
             block = {
                 "name": self.cluster.name,
                 "listen": f"{self.host}:{self.cluster.port}",
-                "routes": list(self.cluster.routes),
+                "authorization": self.cluster.authorization(),
+                "routes": self.cluster.route_urls(),
             }
             lines.append(f"cluster {json.dumps(block)}")
         lines.append(self.config)
