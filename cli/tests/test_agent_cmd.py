@@ -72,8 +72,8 @@ async def lifecycle_url(nats_url: str, database_url: str, keys_dir: Path, tmp_pa
 TOKEN: dict[str, str] = {}
 
 
-async def invoke(*args: str) -> Result:
-    runner = CliRunner(env={"SYMBI_OPERATOR_TOKEN": TOKEN.get("token", ""), "SYMBI_HOME": None})
+async def invoke(*args: str, token: str | None = None) -> Result:
+    runner = CliRunner(env={"SYMBI_OPERATOR_TOKEN": token or TOKEN.get("token", ""), "SYMBI_HOME": None})
     return await asyncio.to_thread(runner.invoke, app, ["agent", *args])
 
 
@@ -103,6 +103,8 @@ async def test_a_failing_definition_prints_its_diagnostics(lifecycle_url: str, t
 
 
 async def test_an_unreachable_service_is_exit_2(tmp_path: Path) -> None:
-    result = await invoke("register", str(EXAMPLES / "hello.symbi"), "--url", f"http://127.0.0.1:{_free_port()}")
+    # (a token of its own: this test may run before, or without, any test that starts the lifecycle service)
+    url = f"http://127.0.0.1:{_free_port()}"
+    result = await invoke("register", str(EXAMPLES / "hello.symbi"), "--url", url, token="not-checked-by-anyone")
     assert result.exit_code == 2
     assert "cannot reach the lifecycle service" in result.output

@@ -1,4 +1,4 @@
-"""The ``symbi`` command: ``keys``, ``events``, ``up`` (the local runtime) and ``demo``."""
+"""The ``symbi`` command: ``up`` (the local runtime) and ``demo`` here, the others in :mod:`symbi_cli.lazy_commands`."""
 
 from __future__ import annotations
 
@@ -6,55 +6,26 @@ import asyncio
 import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from symbi_cli.agent_cmd import agent_app
-from symbi_cli.audit_cmd import audit_app
-from symbi_cli.bus_cmd import bus_app
-from symbi_cli.console.command import console
-from symbi_cli.deploy_cmd import deploy_app
-from symbi_cli.dsl_cmd import dsl_app
 from symbi_cli.errors import CliError, SupervisorError
-from symbi_cli.events import events_app
-from symbi_cli.keys import keys_app
-from symbi_cli.nats_cmd import nats_app
-from symbi_cli.run_cmd import run
-from symbi_cli.runtime import LocalRuntime
+from symbi_cli.lazy_commands import LazyGroup
 from symbi_cli.runtime_options import DEFAULT_BASE_PORT, DEFAULT_NATS_PORT, RuntimeOptions, parse_services
-from symbi_cli.secrets_cmd import secrets_app
-from symbi_cli.status_cmd import status
-from symbi_cli.task_cmd import task_app
-from symbi_cli.token_cmd import token_app
-from symbi_cli.tools_cmd import tools_app
-from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
-from symbi_cli.witness_cmd import witness_app
+
+if TYPE_CHECKING:
+    from symbi_cli.runtime import LocalRuntime
 
 app = typer.Typer(
     name="symbi",
     help="Symbi: an event-sourced, policy-driven runtime for autonomous agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=LazyGroup,  # keys, run, status …: symbi_cli.lazy_commands, each imported when it runs
 )
-app.add_typer(keys_app, name="keys")
-app.add_typer(nats_app, name="nats")
-app.add_typer(events_app, name="events")
-app.add_typer(audit_app, name="audit")
-app.add_typer(dsl_app, name="dsl")
-app.add_typer(agent_app, name="agent")
-app.add_typer(task_app, name="task")
-app.add_typer(token_app, name="token")
-app.add_typer(tools_app, name="tools")
-app.add_typer(witness_app, name="witness")
-app.add_typer(bus_app, name="bus")
-app.add_typer(secrets_app, name="secrets")
-app.add_typer(deploy_app, name="deploy")
-app.command("status")(status)
-app.command("run")(run)
-app.command("console")(console)
 
 #: Exit code after SIGINT/SIGTERM interrupted start-up (the shell convention for Ctrl-C).
 EXIT_INTERRUPTED = 130
@@ -110,6 +81,9 @@ def print_runtime_table(console: Console, runtime: LocalRuntime) -> None:
 
 async def run_up(options: RuntimeOptions, console: Console, *, ready_timeout: float) -> int:
     """``symbi up``: start everything, supervise until SIGINT/SIGTERM, stop everything."""
+    from symbi_cli.runtime import LocalRuntime
+    from symbi_cli.ui import ConsoleReporter, Interrupted, stop_signals, unless_stopped, wait_ready_with_progress
+
     runtime = LocalRuntime(options, ConsoleReporter(console))
     with stop_signals() as stop:
         try:
