@@ -9,10 +9,23 @@ The fixtures live in ``tests/plugins/symbi_fixtures/`` (one module per kind), lo
 fixture keeps its name and scope, and is visible to every test of the workspace as before.
 """
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "tests" / "plugins"))
+
+# Compiled bytecode is kept, outside the checkout. The tests start hundreds of Python processes (six services per
+# runtime, every `symbi` command, the xdist workers); where the environment says PYTHONDONTWRITEBYTECODE and the
+# virtualenv holds no .pyc files (`uv sync` compiles none), each of them compiled every module it imports from
+# source, seconds of CPU per process. They share one cache instead (Python checks each cached file against its
+# source), so what they run is unchanged and the tree gets no __pycache__ directories.
+BYTECODE_CACHE = Path(tempfile.gettempdir()) / "symbi-test-pycache"
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", str(BYTECODE_CACHE))
+sys.dont_write_bytecode = False
+sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
 
 pytest_plugins = [
     "symbi_fixtures.messaging",

@@ -108,7 +108,7 @@ async def test_run_registers_runs_remembers_and_proves(
         witness = WitnessKey("witness.example/w1", Signer.generate().public_key)
         for flags, reason in (
             (["--origin", "symbi-audit"], "checkpoint_origin"),
-            (["--witness-key", witness.vkey(), "--receipt-timeout", "2"], "witness_cosignature_missing"),
+            (["--witness-key", witness.vkey(), "--receipt-timeout", "0.5"], "witness_cosignature_missing"),
         ):
             proc = await asyncio.create_subprocess_exec(
                 symbi_exe,

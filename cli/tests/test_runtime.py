@@ -16,7 +16,7 @@ import pytest
 from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions, check_installed, sandbox_host_id
-from symbi_cli.supervisor import RestartPolicy
+from symbi_cli.supervisor import EventKind, RestartPolicy
 from symbi_common.natsauth import server_options
 
 
@@ -123,3 +123,49 @@ async def test_the_runtime_provisions_the_configured_stream_limits_and_refuses_r
     env["SYMBI_NATS__REPLICAS"] = "3"
     with pytest.raises(StartError, match=r"replicas = 3, but symbi up runs one nats-server"):
         await LocalRuntime(RuntimeOptions(home=runtime_home, services=[], nats_port=None, env=env)).start()
+
+
+class Collected:
+    """The runtime's report, in order: ``step: …`` lines and ``<service>: <event>`` lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def step(self, message: str) -> None:
+        self.lines.append(f"step: {message}")
+
+    def output(self, service: str, line: str) -> None:
+        pass
+
+    def event(self, service: str, message: str, kind: EventKind) -> None:
+        self.lines.append(f"{service}: {message}")
+
+    def index(self, prefix: str) -> int:
+        found = [i for i, line in enumerate(self.lines) if line.startswith(prefix)]
+        assert found, f"no {prefix!r} in {self.lines}"
+        return found[0]
+
+
+async def test_services_without_a_database_start_before_postgresql_and_a_failed_database_stops_them(
+    runtime_home: Path, free_base_port: int, alive: Callable[[int], bool], mentioning: Callable[[str], list[int]]
+) -> None:
+    """Policy keeps no database: it boots while PostgreSQL starts. When the database then fails (here a
+    ``SYMBI_DATABASE_URL`` nothing answers on), the start fails and stops what did start."""
+    env = {k: v for k, v in os.environ.items() if k != "SYMBI_DATABASE_URL"}
+    env["SYMBI_LOG_LEVEL"] = "warning"
+    env["SYMBI_DATABASE_URL"] = f"postgresql://nobody:secret@127.0.0.1:{free_base_port + 9}/nothing"
+    options = RuntimeOptions(
+        home=runtime_home, services=["policy", "lifecycle"], base_port=free_base_port, nats_port=None, env=env
+    )
+    report = Collected()
+    rt = LocalRuntime(options, report)
+    with pytest.raises(StartError, match="the runtime did not start"):
+        await rt.start()
+    policy_started = report.index("policy: started (pid ")
+    assert policy_started < report.index("step: PostgreSQL from SYMBI_DATABASE_URL"), report.lines
+    assert report.index("policy: stopped") > policy_started
+    assert not any(line.startswith("lifecycle:") for line in report.lines), report.lines
+    policy_pid = int(report.lines[policy_started].split("pid ")[1].rstrip(")"))
+    assert not alive(policy_pid)
+    assert mentioning(str(runtime_home)) == []
+    assert not rt.state_file.exists()

@@ -6,9 +6,10 @@
         await rt.wait_ready()
         ...
 
-Start order: keyring → nats-server → PostgreSQL (or ``SYMBI_DATABASE_URL``) → one login role and database
-per service that keeps one (the services never get the superuser's credentials) → the services under a
-:class:`~symbi_cli.supervisor.Supervisor`. Stop order is the reverse, and
+Start order: keyring → nats-server → the services that keep no database (policy first) under a
+:class:`~symbi_cli.supervisor.Supervisor`, which boot while PostgreSQL (or ``SYMBI_DATABASE_URL``) starts → one
+login role and database per service that keeps one (the services never get the superuser's credentials) → those
+services, under the same supervisor. Stop order is the reverse, and
 ``stop`` tears down whatever part of that did start, so a failed or interrupted start leaves nothing
 running. A state file (``<home>/run/state.json``) records the pids while the runtime is up; it also
 stops a second ``symbi up`` on the same home.
@@ -229,48 +230,51 @@ class LocalRuntime:
         if published is not None:
             self.reporter.step(f"key registry v{published} published on REGISTRY")
 
-        external = self.env.get(DATABASE_URL_ENV, "")
-        if external:
-            admin_url = external
-            self.reporter.step(f"PostgreSQL from {DATABASE_URL_ENV}")
-        else:
-            self.reporter.step(f"starting PostgreSQL in {self.home / 'pg'} (every login needs its password)")
-            pg = PostgresServer(self.home / "pg", password_file=self.operator_dir / POSTGRES_SUPERUSER_FILE)
-            self.postgres = pg
-            await _in_thread(pg.start)
-            # Run as root, pgserver opens the home to group and others (g+rx, o+rx) so that its
-            # ``pgserver`` user reaches the data directory; it needs to traverse the home, not list it.
-            os.chmod(self.home, stat.S_IMODE(self.home.stat().st_mode) & ~0o066)
-            admin_url = pg.uri
-            self.reporter.step(f"PostgreSQL (pid {_postmaster_pid(pg.data_dir)}, data {pg.data_dir})")
-
-        specs = []
-        with_db = [s for s in self.running_services if s in DATABASE_SERVICES]
-        for service in self.running_services:
-            db_url = ""
-            if service in with_db:
-                # A fresh password on every start, like the NATS users'; the role's is reset to it.
-                db_url = await ensure_service_database(admin_url, database_name(service), new_password())
-            specs.append(self._spec(service, db_url))
-        if with_db:
-            names = ", ".join(database_name(s) for s in with_db)
-            self.reporter.step(f"databases {names}, each owned by the login role of the same name, its only user")
-        for service, why in self.unavailable.items():
-            self.reporter.step(f"{service} not started: {why}")
         tag = configured_agent_image(self.env)
         if "sandbox-agent" in self.running_services and tag:
             # DSL bodies and SDK agents run in it: built (or found up to date) before any task can need it.
             self.reporter.step(await asyncio.to_thread(ensure_agent_image, tag, self.env))
-
+        with_db = [s for s in self.running_services if s in DATABASE_SERVICES]
+        # The services that keep no database start now, policy first; they boot while PostgreSQL starts.
         self.supervisor = Supervisor(
-            specs,
+            [self._spec(service, "") for service in self.running_services if service not in with_db],
             policy=self.options.restart,
             on_output=self.reporter.output,
             on_event=self._on_event,
             grace_period=self.options.grace_period,
         )
         await self.supervisor.start()
+        for service, why in self.unavailable.items():
+            self.reporter.step(f"{service} not started: {why}")
+
+        admin_url = await self._start_postgres()
+        specs = []
+        for service in with_db:
+            # A fresh password on every start, like the NATS users'; the role's is reset to it.
+            db_url = await ensure_service_database(admin_url, database_name(service), new_password())
+            specs.append(self._spec(service, db_url))
+        if with_db:
+            names = ", ".join(database_name(s) for s in with_db)
+            self.reporter.step(f"databases {names}, each owned by the login role of the same name, its only user")
+        await self.supervisor.add(specs)
         self._write_state()
+
+    async def _start_postgres(self) -> str:
+        """Start the local PostgreSQL (or take ``SYMBI_DATABASE_URL``'s); returns the superuser's URL."""
+        external = self.env.get(DATABASE_URL_ENV, "")
+        if external:
+            self.reporter.step(f"PostgreSQL from {DATABASE_URL_ENV}")
+            return external
+        self.reporter.step(f"starting PostgreSQL in {self.home / 'pg'} (every login needs its password)")
+        pg = PostgresServer(self.home / "pg", password_file=self.operator_dir / POSTGRES_SUPERUSER_FILE)
+        self.postgres = pg
+        await _in_thread(pg.start)
+        # Run as root, pgserver opens the home to group and others (g+rx, o+rx) so that its
+        # ``pgserver`` user reaches the data directory; it needs to traverse the home, not list it.
+        os.chmod(self.home, stat.S_IMODE(self.home.stat().st_mode) & ~0o066)
+        self.reporter.step(f"PostgreSQL (pid {_postmaster_pid(pg.data_dir)}, data {pg.data_dir})")
+        self._write_state()
+        return pg.uri
 
     def _write_nats_auth(self) -> Path:
         users = nats_users()

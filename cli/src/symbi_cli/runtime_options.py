@@ -21,7 +21,8 @@ from symbi_common.settings import load_settings
 from symbi_cli.errors import StartError
 from symbi_cli.supervisor import EventKind, RestartPolicy
 
-#: Every service of the runtime, in start order, with its HTTP port as an offset from the base port.
+#: Every service of the runtime, in start order, with its HTTP port as an offset from the base port; the ones
+#: in :data:`DATABASE_SERVICES` start once PostgreSQL is up, after the others.
 #: Policy starts first: it registers the baseline policy set every other service's decisions need.
 SERVICE_PORT_OFFSETS: Mapping[str, int] = {
     "policy": 2,

@@ -194,6 +194,19 @@ class Supervisor:
                 )
                 await started.wait()
 
+    async def add(self, specs: Sequence[ServiceSpec]) -> None:
+        """Supervise more services, launched as :meth:`start` launches them (a runtime starts the services
+        that need a database once it is up). Refused for a name already supervised, or once stopping."""
+        names = [s.name for s in specs]
+        taken = [n for n in names if n in self._services]
+        if taken or len(set(names)) != len(names):
+            raise ValueError(f"service names must be unique: {', '.join(taken) or names}")
+        if self._stopping.is_set():
+            raise SupervisorError("the supervisor is stopping")
+        for spec in specs:
+            self._services[spec.name] = _Managed(spec, backoff=self.policy.initial_backoff)
+        await self.start()
+
     async def wait_ready(self, name: str | None = None, *, timeout: float = 60.0) -> None:
         """Wait until ``name`` (or every service) is ready; :class:`SupervisorError` on timeout or stop."""
         targets = [self._services[name]] if name else list(self._services.values())
