@@ -34,6 +34,7 @@ from symbi_contracts.bus import (
     DEADLETTER_STREAM,
     ENVELOPE_DECODER,
     MESSAGES_STREAM,
+    REPLAYED_AT,
     DeadLetter,
     Envelope,
     Meta,
@@ -46,9 +47,6 @@ from symbi_contracts.bus import (
 )
 
 from symbi_cli.events import DEFAULT_HOME, operator_url
-
-#: Header of a replayed message (the recipient's gateway counts the TTL from it and decides policy again).
-REPLAYED_AT = "Symbi-Replayed-At"
 
 bus_app = typer.Typer(help="The bus between agents: dead letters and live traffic.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Messages that could not be delivered, with why.", no_args_is_help=True)

@@ -35,6 +35,7 @@ from symbi_contracts.bus import (
     INBOX_DEPTH,
     MAX_AGENT_ID,
     MAX_BODY_DEPTH,
+    REPLAYED_AT,
     Meta,
     encode,
     reply_subject,
@@ -42,7 +43,7 @@ from symbi_contracts.bus import (
     valid_name,
 )
 from symbi_lifecycle.domain import AGENT_ID_RE
-from symbi_sandbox_agent.bus.carrier import REPLAYED_AT, Carrier
+from symbi_sandbox_agent.bus.carrier import Carrier
 from symbi_sandbox_agent.bus.codec import Refused, body_bytes, check_signature, open_payload, seal
 from symbi_sandbox_agent.bus.errors import BadAddress, BadMessage, BusError, TooLarge
 from symbi_sandbox_agent.bus.identity import Identities, UnknownSender

@@ -37,6 +37,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 #: The lifecycle's agent id rule (``symbi_lifecycle.domain.AGENT_ID_RE``): every agent it creates can be addressed.
 MAX_AGENT_ID = MAX_ID
 _AGENT_ID_RE = ID_RE
+#: Header an operator's replay (`symbi bus dlq replay`) adds to a dead letter it puts back: seconds since the
+#: epoch, as ``repr(time.time())`` writes them. The recipient's host counts the TTL from it and decides again.
+REPLAYED_AT = "Symbi-Replayed-At"
 #: Containers (lists, objects) a message body may nest at most: checked when it is sent and when it is opened,
 #: far below where encoding or decoding it would run out of stack.
 MAX_BODY_DEPTH = 64

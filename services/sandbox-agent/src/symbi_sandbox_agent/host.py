@@ -48,10 +48,10 @@ from symbi_sandbox_agent.egress.internal import MODELS_HOST
 from symbi_sandbox_agent.exits import ExitWatch
 from symbi_sandbox_agent.models.wiring import model_gateway
 from symbi_sandbox_agent.run import Running
-from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads
+from symbi_sandbox_agent.runner import HostInfo, SandboxEngine, Threads, sweep_leftovers
 from symbi_sandbox_agent.secret_files import host_secrets, open_secrets, remove_secret_files
 from symbi_sandbox_agent.spec import CGROUP_PARENT, host_channels
-from symbi_sandbox_agent.supervisor import KILL_GRACE_S, sweep_leftovers
+from symbi_sandbox_agent.supervisor import KILL_GRACE_S
 from symbi_sandbox_agent.tasks import TASK_CODEC, TaskEvent
 from symbi_sandbox_agent.tools.wiring import attach_all, tool_service
 

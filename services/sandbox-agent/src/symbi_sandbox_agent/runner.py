@@ -126,3 +126,16 @@ class Threads:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def sweep_leftovers(engine: SandboxEngine, threads: Threads) -> list[int]:
+    """Kill runtime processes of containers the engine no longer knows, until a scan finds none (a killed
+    shim's runtime may still be spawning helpers while it dies)."""
+    killed: list[int] = []
+    for _ in range(5):
+        found = await threads(engine.kill_processes, await threads(engine.leftover_processes))
+        if not found:
+            break
+        killed.extend(found)
+        await asyncio.sleep(0.3)
+    return killed

@@ -50,7 +50,7 @@ from symbi_sandbox_agent.output import STREAMS, OutputCollector
 from symbi_sandbox_agent.recorder import TERMINAL_ATTEMPTS, ExecutionRecorder
 from symbi_sandbox_agent.run import Running
 from symbi_sandbox_agent.run_ports import RunHost
-from symbi_sandbox_agent.runner import SandboxEngine, SandboxRunner, Threads
+from symbi_sandbox_agent.runner import SandboxEngine, SandboxRunner, Threads, sweep_leftovers
 from symbi_sandbox_agent.secret_files import remove_secret_files
 from symbi_sandbox_agent.spec import SandboxSpec
 
@@ -72,19 +72,6 @@ EXIT_EVENT_GRACE_S = 2.0
 def _close_launched(runner: SandboxRunner, launched: asyncio.Future[Any]) -> None:
     if not launched.cancelled() and launched.exception() is None:
         runner.close_socket(launched.result())
-
-
-async def sweep_leftovers(engine: SandboxEngine, threads: Threads) -> list[int]:
-    """Kill runtime processes of containers the engine no longer knows, until a scan finds none (a killed
-    shim's runtime may still be spawning helpers while it dies)."""
-    killed: list[int] = []
-    for _ in range(5):
-        found = await threads(engine.kill_processes, await threads(engine.leftover_processes))
-        if not found:
-            break
-        killed.extend(found)
-        await asyncio.sleep(0.3)
-    return killed
 
 
 class Supervisor:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -33,7 +32,6 @@ from symbi_contracts.bus import (
     DEADLETTER_STREAM,
     ENVELOPE_DECODER,
     INBOX_DEPTH,
-    MAX_AGENT_ID,
     DeadLetter,
     Envelope,
     Kind,
@@ -43,10 +41,10 @@ from symbi_contracts.bus import (
     encode,
     reply_subject,
     topic_subject,
-    valid_agent_id,
     valid_name,
 )
 
+from symbi_sandbox_agent.bus.addresses import check_address, replayed_at
 from symbi_sandbox_agent.bus.codec import (
     UNDECODABLE,
     Encoded,
@@ -66,10 +64,6 @@ from symbi_sandbox_agent.bus.limits import RateLimiter, SendLimits
 from symbi_sandbox_agent.bus.recipients import Recipients
 from symbi_sandbox_agent.bus.terminated import TerminatedAgents
 
-#: Header an operator's replay adds: the TTL counts from it, and delivery decides policy again.
-REPLAYED_AT = "Symbi-Replayed-At"
-#: Its value: seconds since the epoch, as ``repr(time.time())`` writes them.
-_REPLAYED_AT_RE = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?\Z")
 #: Ids remembered in memory per inbox (the KV record covers the rest).
 RECENT_IDS = 10_000
 #: NATS error code: the subject holds its maximum of messages (discard new per subject).
@@ -95,29 +89,6 @@ def _message_id(data: bytes) -> str:
         return ENVELOPE_DECODER.decode(data).meta.id[:64]
     except UNDECODABLE:
         return "?"
-
-
-def replayed_at(headers: Mapping[str, str] | None) -> float:
-    """When an operator replayed the message (its ``Symbi-Replayed-At`` header; 0.0: never); :class:`Refused`
-    if the header is no time."""
-    value = (headers or {}).get(REPLAYED_AT) or ""
-    if not value:
-        return 0.0
-    if _REPLAYED_AT_RE.match(value) is None:
-        raise Refused("refused", f"its {REPLAYED_AT} header {value[:40]!r} is not a time")
-    return float(value)
-
-
-def check_address(to: str, topic: str) -> None:
-    """:class:`BadAddress` unless exactly one of ``to`` (an agent id, 1-128 characters as the lifecycle allows)
-    and ``topic`` (1-64) is given and valid: each is one token of the message's subject."""
-    if to and topic:
-        raise BadAddress("a message goes to an agent or to a topic, not both")
-    if topic:
-        if not valid_name(topic):
-            raise BadAddress(f"{topic[:80]!r} is not a topic (1-64 letters, digits, '-' or '_')")
-    elif not valid_agent_id(to):
-        raise BadAddress(f"{to[:80]!r} is not an agent id (1-{MAX_AGENT_ID} letters, digits, '-' or '_')")
 
 
 class Carrier:
