@@ -91,9 +91,10 @@ async def joined(members: list[NatsServer], name: str, timeout: float) -> bool:
         await asyncio.sleep(0.2)
 
 
-async def sees_cluster_traffic(cluster: Cluster, server: NatsServer) -> tuple[bool, bool]:
+async def sees_cluster_traffic(cluster: Cluster, server: NatsServer, wait: float) -> tuple[bool, bool]:
     """Whether a client of ``server`` receives an event published through the cluster, and whether it reads
-    that event back from the ``EVENTS`` stream."""
+    that event back from the ``EVENTS`` stream, each within ``wait`` seconds (a server that joined sees both
+    within a second or two; one that did not join never does, so a short wait suffices to show it)."""
     spy: NatsClient = await nats.connect(server.url, allow_reconnect=False, connect_timeout=2)
     publisher = await cluster.connect("lifecycle", allow_reconnect=False)
     try:
@@ -103,16 +104,16 @@ async def sees_cluster_traffic(cluster: Cluster, server: NatsServer) -> tuple[bo
         payload = uuid.uuid4().bytes
         ack = await publisher.jetstream(timeout=10).publish(f"evt.agent.{uuid.uuid4()}", payload)
         try:
-            live = (await sub.next_msg(timeout=3)).data == payload
+            live = (await sub.next_msg(timeout=wait)).data == payload
         except nats.errors.TimeoutError:
             live = False
-        return live, await reads_stored(spy, ack.seq, payload)
+        return live, await reads_stored(spy, ack.seq, payload, wait)
     finally:
         await publisher.close()
         await spy.close()
 
 
-async def reads_stored(client: NatsClient, seq: int, payload: bytes, timeout: float = 10.0) -> bool:
+async def reads_stored(client: NatsClient, seq: int, payload: bytes, timeout: float) -> bool:
     """Whether ``client`` gets message ``seq`` of ``EVENTS`` (with ``payload``) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,13 +131,13 @@ async def test_a_server_without_the_route_password_does_not_join(
     members = nats_cluster.servers.members
     with intruder(*member_routes(nats_cluster), tmp_path / "refused", password) as refused:
         assert not await joined(members, f"intruder-{tmp_path.name}-refused", JOIN_WAIT)
-        assert await sees_cluster_traffic(nats_cluster, refused) == (False, False)
+        assert await sees_cluster_traffic(nats_cluster, refused, wait=2.0) == (False, False)
 
     # The same server with the cluster's route password joins and sees everything: the check above can fail.
     password = nats_cluster.servers.route_password
     with intruder(*member_routes(nats_cluster), tmp_path / "joined", password) as accepted:
         assert await joined(members, f"intruder-{tmp_path.name}-joined", 30)
-        assert await sees_cluster_traffic(nats_cluster, accepted) == (True, True)
+        assert await sees_cluster_traffic(nats_cluster, accepted, wait=10.0) == (True, True)
 
 
 def on_loopback(text: str, route_ports: list[int]) -> str:
