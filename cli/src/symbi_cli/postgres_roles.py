@@ -169,9 +169,18 @@ async def _ensure_role(conn: asyncpg.Connection, name: str, password: str) -> No
         )
 
 
+async def create_database_if_missing(conn: asyncpg.Connection, name: str, owner: str | None = None) -> None:
+    """Create database ``name`` (owned by role ``owner``, if given) on ``conn``'s server unless it exists."""
+    check_db_name(name)
+    if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        return
+    # Both names matched _DB_NAME_RE, so they can be spliced into the SQL.
+    owned = f' OWNER "{check_db_name(owner)}"' if owner is not None else ""
+    with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created concurrently
+        await conn.execute(f'CREATE DATABASE "{name}"{owned}')
+
+
 async def _ensure_owned_database(conn: asyncpg.Connection, name: str) -> None:
-    if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-        with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created concurrently
-            await conn.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    await create_database_if_missing(conn, name, owner=name)
     await conn.execute(f'ALTER DATABASE "{name}" OWNER TO "{name}"')
     await conn.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')

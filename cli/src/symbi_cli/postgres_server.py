@@ -34,6 +34,7 @@ from symbi_common.key_material import write_atomically
 from symbi_cli.errors import InfraError
 from symbi_cli.postgres_roles import (
     check_db_name,
+    create_database_if_missing,
     new_password,
     read_password,
     scram_verifier,
@@ -69,10 +70,7 @@ async def create_database(url: str, name: str) -> str:
     """Create database ``name`` on the server of ``url`` unless it exists; returns its URI."""
     conn = await asyncpg.connect(url)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", check_db_name(name))
-        if not exists:
-            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # created concurrently
-                await conn.execute(f'CREATE DATABASE "{name}"')
+        await create_database_if_missing(conn, name)
     finally:
         await conn.close()
     return with_database(url, name)
