@@ -110,6 +110,7 @@ class ServiceRuntime:
         self._metric_refreshers: list[Callable[[], Awaitable[None]]] = []
         self._signer_listeners: list[Callable[[Signer], None]] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._drain_closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -227,10 +228,12 @@ class ServiceRuntime:
         task.add_done_callback(_done)
         return task
 
-    def close_on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+    def close_on_stop(self, close: Callable[[], Awaitable[None]], *, before_drain: bool = False) -> None:
         """Run ``close`` on shutdown once the background work has ended (a store its tasks write to must stay
-        open until they have); closers run in reverse order of registration, a failure is logged."""
-        self._closers.append(close)
+        open until they have); closers run in reverse order of registration, a failure is logged.
+        ``before_drain``: run it before NATS drains instead of after, for subscriptions the drain would
+        otherwise wait on (a pull subscription may hold a status answer nats-py never marks done)."""
+        (self._drain_closers if before_drain else self._closers).append(close)
 
     async def decision_point(self) -> DecisionPoint:
         """This service's policy decision point, as ``[policy] enforcement`` configures it (opened once)."""
@@ -326,6 +329,7 @@ class ServiceRuntime:
             # Bounded: a NATS watch cancelled while it is still being set up may only end when the
             # connection closes (seen over TLS), so wait for the rest after the drain.
             _, stuck = await asyncio.wait(set(self._tasks), timeout=5.0)
+        await _run_closers(self._drain_closers)
         try:
             await _bounded("NATS drain", self.nc.drain(), timeout=60.0)  # nats-py bounds it too (drain_timeout)
         except Exception as exc:  # already closed or the server went away
@@ -334,17 +338,22 @@ class ServiceRuntime:
             _, stuck = await asyncio.wait(stuck, timeout=5.0)
             if stuck:
                 log.warning("background tasks still running after stop", tasks=sorted(t.get_name() for t in stuck))
-        for close in reversed(self._closers):
-            try:
-                await _bounded("closer", close())
-            except Exception as exc:
-                log.warning("close on stop failed", error=repr(exc))
+        await _run_closers(self._closers)
         if self.pool is not None:
             pool, self.pool = self.pool, None
             if not await _bounded("database pool", pool.close()):
                 pool.terminate()  # a connection still held by a stuck task: closed under it
         flush_tracing()
         log.info("service stopped")
+
+
+async def _run_closers(closers: list[Callable[[], Awaitable[None]]]) -> None:
+    """Each of ``closers``, last registered first, each bounded; a failure is logged."""
+    for close in reversed(closers):
+        try:
+            await _bounded("closer", close())
+        except Exception as exc:
+            log.warning("close on stop failed", error=repr(exc))
 
 
 #: How long one step of :meth:`ServiceRuntime.stop` may take before it is left behind.

@@ -57,18 +57,10 @@ async def bus_of(rt: ServiceRuntime) -> Carrier:
             # (started again after a failure, from the stream's start: applying an agent event twice changes nothing)
             follow = keep_consuming(lambda: carrier.terminated.follow(rt.js), rt.stopping, what="terminated agents")
             rt.spawn(follow, "bus:terminated-agents")
-            rt.spawn(_close_on_stop(carrier), "bus:close")
+            # its inboxes' pull subscriptions are given up before the drain, which would wait on them
+            rt.close_on_stop(carrier.close, before_drain=True)
             _buses[rt] = carrier
     return carrier
-
-
-async def _close_on_stop(carrier: Carrier) -> None:
-    """On shutdown (the service cancels its background work before it drains NATS) the inboxes' pull
-    subscriptions are given up, so the drain does not wait on them (:meth:`Inboxes.close`)."""
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await carrier.close()
 
 
 #: Seconds between the tries of a dead letter NATS failed to take (then the advisory is given up, logged).
