@@ -95,9 +95,12 @@ def declared_clearances(metadata: dict[str, str] | None) -> tuple[str, ...]:
     return tuple(c for c in (metadata or {}).get(CLEARANCES_KEY, "").split(",") if c)
 
 
-def inbox_config(agent_id: str, filter_subjects: list[str], metadata: dict[str, str] | None = None) -> ConsumerConfig:
+def inbox_config(
+    agent_id: str, filter_subjects: list[str], metadata: dict[str, str] | None = None, ack_wait: float = ACK_WAIT_S
+) -> ConsumerConfig:
     """``agent_id``'s inbox: its direct subject and its topics, in stream order, each message acked;
-    ``metadata``: what its host declared from its definition (:func:`inbox_metadata`)."""
+    ``metadata``: what its host declared from its definition (:func:`inbox_metadata`); ``ack_wait``: how long
+    a message handed over waits for its ack before it is delivered again (``[sandbox] bus_ack_wait_s``)."""
     return ConsumerConfig(
         metadata=metadata or None,
         durable_name=inbox_name(agent_id),
@@ -105,6 +108,6 @@ def inbox_config(agent_id: str, filter_subjects: list[str], metadata: dict[str, 
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         max_deliver=MAX_DELIVER,
-        ack_wait=ACK_WAIT_S,
+        ack_wait=ack_wait,
         max_ack_pending=INBOX_DEPTH,
     )

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.js.api import ConsumerConfig
 from symbi_common.bus_streams import ACK_WAIT_S, inbox_config, inbox_name
 from symbi_contracts.bus import MESSAGES_STREAM, direct_subject, topic_subject, valid_name
 
@@ -74,9 +74,9 @@ class Inboxes:
             if declared is not None:
                 self._declared[agent_id] = declared
 
-    def _config(self, agent_id: str, filters: list[str], metadata: dict[str, str] | None = None) -> Any:
+    def _config(self, agent_id: str, filters: list[str], metadata: dict[str, str] | None = None) -> ConsumerConfig:
         """The inbox's consumer configuration, with this process's ack wait."""
-        return dataclasses.replace(inbox_config(agent_id, filters, metadata), ack_wait=self.ack_wait_s)
+        return inbox_config(agent_id, filters, metadata, ack_wait=self.ack_wait_s)
 
     async def _create_only(self, config: Any) -> None:
         """Create the inbox consumer unless it exists, whatever it is configured with: the host serving its agent
