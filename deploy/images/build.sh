@@ -118,9 +118,17 @@ build_runtime() {
     mkdir -p "$root$prefix/lib/python$ver/site-packages"
 
     venv="$root/app/.venv"
+    # The workspace members are built afresh: uv keys its cache of a local package's wheel on its
+    # pyproject.toml only, so a changed source file alone would otherwise bring in the wheel built before it.
+    local refresh=() member
+    for member in $(cd "$repo" && sed -n 's/^name = "\(.*\)"/\1/p' libs/*/pyproject.toml services/*/pyproject.toml \
+        cli/pyproject.toml sdk/python/pyproject.toml); do
+        refresh+=(--refresh-package "$member")
+    done
     # Copies, not hard links into uv's cache: a link shares its inode with every other venv of the machine, and
     # another sync touching it while tar reads the root fails the import ("file changed as we read it").
-    (cd "$repo" && UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT="$venv" uv sync --frozen --no-dev --no-editable --python "$py" -q) \
+    (cd "$repo" && UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT="$venv" \
+        uv sync --frozen --no-dev --no-editable "${refresh[@]}" --python "$py" -q) \
         || fail "uv sync into the image's venv failed"
     # Scripts name the venv's interpreter by its build path; in the image it is /app/.venv.
     grep -rlI "^#!$venv/bin/" "$venv/bin" | xargs -r sed -i "1s|^#!$venv/bin/|#!/app/.venv/bin/|"

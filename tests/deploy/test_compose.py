@@ -237,6 +237,38 @@ def test_every_service_is_ready_in_its_container(stack: Stack) -> None:
     assert stack.statuses("provision")[0].startswith("Exited (0)")
 
 
+#: What the runtime image installs from the workspace: every member's package, as in the checkout.
+WORKSPACE_PACKAGES = sorted(
+    p for pattern in ("libs/*/src/*", "services/*/src/*", "cli/src/*", "sdk/python/src/*") for p in REPO.glob(pattern)
+)
+IMAGE_DIGESTS = """
+import hashlib, importlib, json, pathlib, sys
+out = {}
+for name in sys.argv[1:]:
+    root = pathlib.Path(importlib.import_module(name).__file__).parent
+    for path in root.rglob("*.py"):
+        out[f"{name}/{path.relative_to(root)}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_the_runtime_image_holds_the_sources_of_this_checkout(stack: Stack) -> None:
+    """File for file, the image's packages are the checkout's: a source change alone must reach the image (uv
+    hands back a local package's earlier wheel unless build.sh has it rebuilt)."""
+    names = [p.name for p in WORKSPACE_PACKAGES]
+    cmd = ["docker", "run", "--rm", stack.images["SYMBI_RUNTIME_IMAGE"], "python", "-c", IMAGE_DIGESTS, *names]
+    in_image = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout)
+    here = {
+        f"{package.name}/{path.relative_to(package)}": hashlib.sha256(path.read_bytes()).hexdigest()
+        for package in WORKSPACE_PACKAGES
+        for path in package.rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert len(here) > 300
+    stale = sorted(name for name in here if in_image.get(name) != here[name])
+    assert not stale, f"the image's copies differ from the checkout: {stale[:10]}"
+
+
 def test_the_main_job_runs_end_to_end_with_a_verified_receipt(main_job: dict[str, Any]) -> None:
     assert main_job["agent"]["state"] == "Ready"
     task = main_job["task"]
