@@ -91,6 +91,21 @@ async def test_a_store_too_small_for_the_events_stream_is_refused_naming_the_set
             await nc.drain()
 
 
+async def test_provisioning_again_fits_a_store_that_holds_the_streams_once(tmp_path: Path) -> None:
+    """The deployments' servers cap the store (deploy/nats/nats.conf: 20 GB) and the streams reserve 12 GiB of
+    it: provisioning a second time — a restarted compose stack, a re-run job after an upgrade — must not ask for
+    the reservations again, and a changed limit is still applied."""
+    with NatsServer(tmp_path / "nats", config="jetstream { max_file_store: 20GB }") as server:
+        nc = await nats.connect(server.url, allow_reconnect=False)
+        try:
+            await provision_streams(nc.jetstream())
+            await provision_streams(nc.jetstream(), existing_store=True)
+            await provision_streams(nc.jetstream(), StreamSettings(events_max_bytes=8 * 1024**3))
+            assert (await nc.jetstream().stream_info(EVENTS_STREAM)).config.max_bytes == 8 * 1024**3
+        finally:
+            await nc.drain()
+
+
 async def test_events_stream_denies_delete_and_purge(provisioned: NatsClient, js: JetStreamContext) -> None:
     ack = await js.publish("evt.agent.a1", b"history")
     with pytest.raises(APIError, match="purge not permitted"):

@@ -216,15 +216,17 @@ async def provision_streams(
 
 async def _add_or_update(js: Any, cfg: StreamConfig, reserved: int) -> None:
     try:
+        # An existing stream is updated, never added again: the server counts an add's byte reservation
+        # before it finds the stream, so on a capped store that holds the streams once, adding them again
+        # is refused for storage.
         try:
-            await js.add_stream(cfg)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # 10058: stream name already in use with a different configuration
-                raise
             current = (await js.stream_info(cfg.name)).config
-            if current.allow_msg_ttl and not cfg.allow_msg_ttl:  # the server cannot switch per-message TTLs off
-                cfg = replace(cfg, allow_msg_ttl=True)
-            await js.update_stream(cfg)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(cfg)
+            return
+        if current.allow_msg_ttl and not cfg.allow_msg_ttl:  # the server cannot switch per-message TTLs off
+            cfg = replace(cfg, allow_msg_ttl=True)
+        await js.update_stream(cfg)
     except nats.js.errors.APIError as exc:
         if exc.err_code != _NO_STORAGE:
             raise
