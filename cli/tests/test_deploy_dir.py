@@ -37,13 +37,13 @@ def test_each_service_gets_only_its_own_credentials(deploy_dir: Path) -> None:
     assert set(passwords) == {password_env_name(u) for u in nats_users()}
     for service in ALL_SERVICES:
         env = parse_env((deploy_dir / "env" / f"{service}.env").read_text())
-        assert env["SYMBI_NATS_URL"].startswith(f"nats://{service}:")
+        assert env["SYMBI_NATS_URL"].startswith(f"tls://{service}:")
         assert passwords[password_env_name(service)] in env["SYMBI_NATS_URL"]
         others = [p for name, p in passwords.items() if name != password_env_name(service)]
         assert not any(p in text for p in others for text in env.values()), f"{service} sees another's password"
         assert ("SYMBI_DATABASE_URL" in env) == (service in DATABASE_SERVICES)
         assert (deploy_dir / "keys" / service / "signing.key").exists()
-    assert parse_env((deploy_dir / "env" / "provision.env").read_text())["SYMBI_NATS_URL"].startswith("nats://admin:")
+    assert parse_env((deploy_dir / "env" / "provision.env").read_text())["SYMBI_NATS_URL"].startswith("tls://admin:")
     assert (deploy_dir / "operator" / "root.key").exists()
     for path in [deploy_dir, *deploy_dir.rglob("*")]:
         if path.is_file() and path.suffix not in (".pub", ".json", ".sig") and path.name != "root.pub":

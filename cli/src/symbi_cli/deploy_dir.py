@@ -4,7 +4,10 @@
 
     DIR/keys/<service>/        each service's keys, root.pub and the signed registry (mounted read-only as /keys)
     DIR/keys/                  the whole keyring: the provisioning job and the operator's CLI only
-    DIR/operator/              the root key and the operator-token issuer key: mounted into no container
+    DIR/operator/              the root key, the operator-token issuer key and the TLS CA's key: mounted into no
+                               container
+    DIR/tls/<party>/           ca.pem, cert.pem, key.pem: nats-server's and each NATS client's own certificate,
+                               mounted as /tls by that container only (:mod:`symbi_cli.deploy_tls`)
     DIR/env/<service>.env      that service's NATS user and password, and its database URL (env_file)
     DIR/env/nats.env           every NATS user's password, for nats-server's users.conf ($NATS_<USER>_PASSWORD)
     DIR/env/nats-route.env     the NATS cluster's route password ($NATS_ROUTE_PASSWORD), for the NATS servers
@@ -14,7 +17,7 @@
     DIR/postgres/<role>.password  each database service's login role's password (symbi_lifecycle, symbi_audit),
                                for the postgres container, which sets it (``symbi deploy postgres-roles``)
     DIR/operator.token         an admin operator token for the CLI (``--home DIR``)
-    DIR/run/nats-operator.url  the operator's NATS URL as seen from the host
+    DIR/run/nats-operator.url  the operator's NATS URL as seen from the host, with the operator's TLS files
     DIR/compose.env            ``docker-compose --env-file``: the directory, published ports and image tags
 
 It is the compose counterpart of what ``symbi up`` provisions for its processes (:mod:`symbi_cli.runtime`):
@@ -29,11 +32,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 from symbi_common.block_devices import block_device_of
 from symbi_common.natsauth import ADMIN, OPERATOR, nats_users, with_credentials
 
 from symbi_cli.credentials import write_local_token
+from symbi_cli.deploy_tls import ensure_tls, party_files
 from symbi_cli.keys import ensure_keyring
 from symbi_cli.postgres_roles import new_password, read_password
 from symbi_cli.private_files import private_dir
@@ -41,8 +46,16 @@ from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES, SERVICE_P
 
 #: The uid the service containers run as (deploy/images/build.sh): owner of what they must read.
 SERVICE_UID = 10001
-#: Inside the compose network.
-NATS_URL = "nats://nats:4222"
+#: Inside the compose network (and the Kubernetes namespace): mutual TLS only (deploy_tls).
+NATS_URL = "tls://nats:4222"
+#: Where each container mounts its own party's TLS directory (``DIR/tls/<party>``).
+TLS_MOUNT = "/tls"
+#: The ``[nats]`` TLS settings of a container, from the files of its mounted TLS directory.
+CONTAINER_TLS_ENV: Mapping[str, str] = {
+    "SYMBI_NATS_TLS_CA": f"{TLS_MOUNT}/ca.pem",
+    "SYMBI_NATS_TLS_CERT": f"{TLS_MOUNT}/cert.pem",
+    "SYMBI_NATS_TLS_KEY": f"{TLS_MOUNT}/key.pem",
+}
 POSTGRES_HOST = "postgres:5432"
 
 
@@ -92,11 +105,16 @@ def service_env(service: str, passwords: Mapping[str, str], db_passwords: Mappin
 
     ``db_passwords`` maps each database service's role (:func:`database_name`) to its password.
     """
-    env = {"SYMBI_NATS_URL": with_credentials(NATS_URL, service, passwords[service])}
+    env = {"SYMBI_NATS_URL": with_credentials(NATS_URL, service, passwords[service]), **CONTAINER_TLS_ENV}
     if service in DATABASE_SERVICES:
         role = database_name(service)
         env["SYMBI_DATABASE_URL"] = f"postgresql://{role}:{db_passwords[role]}@{POSTGRES_HOST}/{role}"
     return env
+
+
+def url_with_tls(url: str, ca: str, cert: str, key: str) -> str:
+    """``url`` carrying its client's TLS files as query parameters (:func:`symbi_common.natsauth.server_options`)."""
+    return f"{url}?{urlencode({'tls_ca': ca, 'tls_cert': cert, 'tls_key': key})}"
 
 
 def role_password_file(directory: Path, role: str) -> Path:
@@ -172,6 +190,7 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
     ensure_keyring(keys, operator)
     for service in ALL_SERVICES:
         _chown_tree(keys / service, uid)
+    ensure_tls(directory, uid=uid)
 
     nats_env = directory / "env" / "nats.env"
     passwords = _read_passwords(nats_env)
@@ -195,7 +214,11 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
         env_text(
             {
                 "SYMBI_NATS_URL": with_credentials(NATS_URL, ADMIN, passwords[ADMIN]),
-                "SYMBI_OPERATOR_NATS_URL": with_credentials(NATS_URL, OPERATOR, passwords[OPERATOR]),
+                **CONTAINER_TLS_ENV,
+                # `symbi keys publish` reads no settings: its URL carries the same files.
+                "SYMBI_OPERATOR_NATS_URL": url_with_tls(
+                    with_credentials(NATS_URL, OPERATOR, passwords[OPERATOR]), *CONTAINER_TLS_ENV.values()
+                ),
             }
         ),
     )
@@ -203,8 +226,12 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
     for role, password in db_passwords.items():
         _write(role_password_file(directory, role), password + "\n", mode=0o400, uid=uid)
     write_local_token(directory, keys)
-    host_nats = f"nats://127.0.0.1:{config.nats_port}"
-    _write(directory / "run" / "nats-operator.url", with_credentials(host_nats, OPERATOR, passwords[OPERATOR]) + "\n")
+    host_nats = with_credentials(f"tls://127.0.0.1:{config.nats_port}", OPERATOR, passwords[OPERATOR])
+    mine = party_files(directory, OPERATOR)
+    _write(
+        directory / "run" / "nats-operator.url",
+        url_with_tls(host_nats, str(mine.ca), str(mine.cert), str(mine.key)) + "\n",
+    )
     for shared in ("work", "vectors"):
         (directory / shared).mkdir(exist_ok=True)
     _chown_tree(directory / "vectors", uid)

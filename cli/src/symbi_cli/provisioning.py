@@ -21,7 +21,9 @@ async def provision_nats_async(
     from symbi_common.streams import provision_streams
 
     # Any member of a cluster will do (comma-separated URLs); JetStream's meta leader answers through it.
-    nc = await nats.connect(**server_options(url), allow_reconnect=False, connect_timeout=5, **connect_options)
+    # TLS given by the caller (the [nats] settings) takes the place of any in the URL.
+    options = {**server_options(url), **connect_options}
+    nc = await nats.connect(**options, allow_reconnect=False, connect_timeout=5)
     try:
         await provision_streams(nc.jetstream(), settings, existing_store=existing_store)
     finally:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from symbi_cli.deploy_tls import ensure_tls
 from symbi_cli.nats_server import find_nats_server
 from symbi_common.entitlements import AGGREGATE_READERS, SERVICE_SUBJECTS
 from symbi_common.errors import ConfigError
@@ -101,8 +104,11 @@ def test_configs_are_valid_for_nats_server(tmp_path: Path, config: str) -> None:
     if config == "generated":
         path = tmp_path / "auth.conf"
         path.write_text(authorization_config({u: f"pw-{u}" for u in nats_users()}))
-    else:
-        path = DEPLOY / "nats.conf"
+    else:  # the compose stack's, with its /tls mount at the TLS material `symbi deploy init` writes
+        ensure_tls(tmp_path)
+        path = tmp_path / "nats.conf"
+        path.write_text((DEPLOY / "nats.conf").read_text().replace('"/tls/', f'"{tmp_path}/tls/nats/'))
+        (tmp_path / "users.conf").write_text((DEPLOY / "users.conf").read_text())
         env["NATS_SERVER_NAME"] = "test"
         for user in nats_users():
             env["NATS_" + user.upper().replace("-", "_") + "_PASSWORD"] = "secret"
@@ -168,3 +174,39 @@ def test_datakey_types_are_the_keys_a_service_may_hold() -> None:
     # The per-task keys reach only the services that read tasks and executions:
     assert "task" not in (datakey_types("lifecycle") or ())
     assert "execution" not in (datakey_types("policy") or ())
+
+
+def test_a_url_carries_its_clients_tls_files(tmp_path: Path) -> None:
+    """A deployment's operator URL names the operator's TLS files (``?tls_ca=…&tls_cert=…&tls_key=…``): they
+    switch TLS on for it, like the ``[nats]`` settings, and are not taken as part of a server's address."""
+    ensure_tls(tmp_path)
+    files = {
+        k: str(tmp_path / "tls" / "operator" / f)
+        for k, f in (("ca", "ca.pem"), ("cert", "cert.pem"), ("key", "key.pem"))
+    }
+    query = f"tls_ca={files['ca']}&tls_cert={files['cert']}&tls_key={files['key']}"
+    options = server_options(f"tls://operator:pw@127.0.0.1:4222?{query}")
+    assert options["servers"] == ["tls://127.0.0.1:4222"]
+    assert isinstance(options["tls"], ssl.SSLContext)
+    assert options["tls"].verify_mode == ssl.CERT_REQUIRED
+    assert "tls" not in server_options("tls://operator:pw@127.0.0.1:4222")
+    settings_tls = server_options("tls://a:pw@127.0.0.1:4222", tls_ca=files["ca"])
+    assert isinstance(settings_tls["tls"], ssl.SSLContext)
+
+
+@pytest.mark.parametrize(
+    ("url", "settings", "message"),
+    [
+        ("tls://a:pw@h:4222?tls_cafile=x", {}, "unknown parameter 'tls_cafile'"),
+        ("tls://a:pw@h:4222?tls_ca=x&tls_ca=y", {}, "given twice"),
+        ("tls://a:pw@h:4222?tls_ca=x,tls://a:pw@g:4222?tls_ca=y", {}, "different TLS files"),
+        ("tls://a:pw@h:4222?tls_ca=x", {"tls_ca": "y"}, "both in the NATS URL and in the"),
+        ("tls://a:pw@h:4222?tls_cert=x", {}, "needs tls_ca"),
+        ("tls://a:pw@h:4222", {"tls_key": "k"}, "needs tls_ca"),
+        ("tls://a:pw@h:4222?tls_ca=/nonexistent/ca.pem", {}, "cannot load the NATS TLS files"),
+    ],
+)
+def test_tls_files_given_wrongly_are_refused(url: str, settings: dict[str, str], message: str) -> None:
+    """Never a connection that quietly goes without TLS or without its certificate."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        server_options(url, **settings)

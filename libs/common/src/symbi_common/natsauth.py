@@ -7,7 +7,8 @@ it reads, acks. It may not create, update, purge or delete a stream or a KV buck
 another service's KV keys: only ``admin`` may manage streams, and ``admin`` is used by ``symbi up``
 (or a deployment's provisioning job) before the services start, never given to a service.
 Anonymous connections are refused. TLS between hosts is :func:`tls_config` (server) and
-:func:`client_tls` (clients), switched on by ``[nats] tls_ca / tls_cert / tls_key``.
+:func:`client_tls` (clients), switched on by ``[nats] tls_ca / tls_cert / tls_key`` or by the same names as
+query parameters of the NATS URL (:func:`server_options`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from symbi_common.decision_queue import DECISIONS_STREAM, decisions_subject
 from symbi_common.errors import ConfigError
@@ -260,13 +261,28 @@ def tls_config(*, cert_file: str, key_file: str, ca_file: str, verify: bool = Tr
 
 
 def client_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext | None:
-    """The client side: trust ``ca_file`` and present ``cert_file``/``key_file`` (mutual TLS). ``None`` without a CA."""
+    """The client side: trust ``ca_file`` and present ``cert_file``/``key_file`` (mutual TLS). ``None`` without a CA.
+
+    A certificate or key without a CA, or a file that cannot be loaded, is a :class:`ConfigError`: never a
+    connection that silently goes without TLS or without the client certificate.
+    """
     if not ca_file:
+        if cert_file or key_file:
+            raise ConfigError(
+                "a NATS client certificate (tls_cert / tls_key) needs tls_ca, the CA of the server's certificate",
+                setting="nats.tls_ca",
+            )
         return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file or None)
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the NATS TLS files (tls_ca {ca_file!r}, tls_cert {cert_file!r}, tls_key {key_file!r}): {exc}",
+            setting="nats.tls_ca",
+        ) from None
     return context
 
 
@@ -295,7 +311,27 @@ def without_credentials(url: str) -> str:
 def _bare(url: str) -> str:
     parts = urlsplit(url.strip())
     netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, "", parts.fragment))
+
+
+#: The query parameters a NATS URL may carry, like a PostgreSQL connection URI's ``sslrootcert`` … : the TLS
+#: files of the client that uses it (the same names as the ``[nats]`` settings).
+URL_TLS_PARAMS = ("tls_ca", "tls_cert", "tls_key")
+
+
+def _url_tls(url: str) -> tuple[str, str, str]:
+    """The ``tls_ca``, ``tls_cert`` and ``tls_key`` query parameters of ``url`` (empty when absent)."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=False):
+        if name not in URL_TLS_PARAMS:
+            raise ConfigError(
+                f"unknown parameter {name!r} in a NATS URL; it may carry {', '.join(URL_TLS_PARAMS)}",
+                setting="nats.url",
+            )
+        if name in params:
+            raise ConfigError(f"parameter {name!r} is given twice in a NATS URL", setting="nats.url")
+        params[name] = value
+    return params.get("tls_ca", ""), params.get("tls_cert", ""), params.get("tls_key", "")
 
 
 #: How a long-running client (every service) keeps its connection: reconnect forever, every 0.5 s, and
@@ -310,14 +346,17 @@ RESILIENT_CLIENT: Mapping[str, Any] = {
 }
 
 
-def server_options(url: str) -> dict[str, Any]:
+def server_options(url: str, *, tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> dict[str, Any]:
     """``nats.connect`` keyword arguments for ``url``: one URL or several, comma-separated (cluster members).
 
     Credentials in a URL become the ``user``/``password`` options, so they go to every server of the
     pool, including the members the client only learns from the cluster: nats-py sends a URL's
     credentials only to that URL, and a reconnect to a discovered member would be refused. The user's
     ``inbox_prefix`` comes with them: it may subscribe to no other inboxes (:func:`inbox_prefix`).
-    Raises :class:`ConfigError` when there is no URL or the URLs name different users.
+    TLS: the URL's ``?tls_ca=…&tls_cert=…&tls_key=…`` (a deployment's operator URL carries them), else
+    ``tls_ca`` / ``tls_cert`` / ``tls_key`` (the ``[nats]`` settings); a CA switches it on (:func:`client_tls`).
+    Raises :class:`ConfigError` when there is no URL, the URLs name different users or different TLS files,
+    a URL has another parameter, or both the URL and the settings name TLS files.
     """
     urls = [u.strip() for u in url.split(",") if u.strip()]
     if not urls:
@@ -327,12 +366,24 @@ def server_options(url: str) -> dict[str, Any]:
         raise ConfigError(
             "the URLs name different users; every member must be reached as the same user", setting="nats.url"
         )
+    in_urls = {_url_tls(u) for u in urls}
+    if len(in_urls) > 1:
+        raise ConfigError("the URLs name different TLS files; every member is reached alike", setting="nats.url")
+    from_url = in_urls.pop()
+    if any(from_url) and any((tls_ca, tls_cert, tls_key)):
+        raise ConfigError(
+            "TLS files are given both in the NATS URL and in the [nats] tls_* settings; give them once",
+            setting="nats.url",
+        )
     options: dict[str, Any] = {"servers": [_bare(u) for u in urls]}
     if users:
         user, password = users.pop()
         options["user"] = user
         options["password"] = password
         options["inbox_prefix"] = inbox_prefix(user)
+    context = client_tls(*from_url) if any(from_url) else client_tls(tls_ca, tls_cert, tls_key)
+    if context is not None:
+        options["tls"] = context
     return options
 
 

@@ -33,7 +33,6 @@ from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_k
 from symbi_common.livekeys import LiveKeys, previous_wrap_keys
 from symbi_common.natsauth import (
     RESILIENT_CLIENT,
-    connect_options,
     datakey_types,
     server_options,
     without_credentials,
@@ -123,12 +122,13 @@ class ServiceRuntime:
             # Reconnect forever once connected, but do not hang at start-up on a wrong or dead URL.
             self.nc = await asyncio.wait_for(
                 nats.connect(
-                    **server_options(s.nats.url),
+                    **server_options(
+                        s.nats.url, tls_ca=s.nats.tls_ca, tls_cert=s.nats.tls_cert, tls_key=s.nats.tls_key
+                    ),
                     **RESILIENT_CLIENT,
                     name=f"symbi-{self.name}",
                     connect_timeout=5,
                     error_cb=self._nats_error,
-                    **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key),
                 ),
                 timeout=STARTUP_CONNECT_TIMEOUT_S,
             )

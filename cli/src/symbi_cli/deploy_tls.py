@@ -1,0 +1,259 @@
+"""The deployment's TLS: a private CA, nats-server's certificate and one client certificate per NATS party.
+
+NATS carries every credential (a client's password travels in its CONNECT line), every event and the bus, so a
+deployment speaks to it over mutual TLS only: nats-server refuses a connection that does not present a
+certificate this CA signed, and every client checks the server's name against the CA. Cluster routes use
+the server's certificate both ways (it is issued for server and client authentication). ``symbi deploy
+init DIR`` writes (:func:`ensure_tls`)::
+
+    DIR/operator/tls-ca.key      the CA's private key: mounted into no container, like the root key
+    DIR/tls/ca.pem               the CA's certificate
+    DIR/tls/<party>/             ca.pem, cert.pem, key.pem for nats-server (``nats``), each service, the
+                                 provisioning job (``provision``) and the operator's CLI (``operator``);
+                                 each container mounts only its own directory, as /tls
+
+Idempotent: what is there and still good is kept. A certificate is issued again when it is missing, expires
+within :data:`RENEW_BEFORE`, was not signed by the current CA, or (the server's) does not name every address
+in :data:`SERVER_NAMES`. A CA certificate without its key is refused (:class:`TlsError`): the certificates
+it signed could not be renewed, and replacing it would silently cut off every party that trusts it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from symbi_common.key_material import write_atomically
+
+from symbi_cli.errors import CliError
+from symbi_cli.runtime_options import ALL_SERVICES
+
+#: nats-server's own directory under ``DIR/tls``.
+NATS_PARTY = "nats"
+#: The NATS clients of a deployment, each with its own certificate (the common name is the party).
+CLIENT_PARTIES: tuple[str, ...] = (*ALL_SERVICES, "provision", "operator")
+#: The Kubernetes namespace of deploy/k8s (kustomization.yaml).
+K8S_NAMESPACE = "symbi"
+#: Every name a client or a route may reach nats-server by: the compose service, the Kubernetes Services
+#: (`nats`, the headless `symbi-nats` with one name per member) and loopback (published port, port-forward).
+SERVER_NAMES: tuple[str, ...] = (
+    "nats",
+    f"nats.{K8S_NAMESPACE}",
+    f"nats.{K8S_NAMESPACE}.svc",
+    f"nats.{K8S_NAMESPACE}.svc.cluster.local",
+    "*.symbi-nats",
+    f"*.symbi-nats.{K8S_NAMESPACE}",
+    f"*.symbi-nats.{K8S_NAMESPACE}.svc",
+    f"*.symbi-nats.{K8S_NAMESPACE}.svc.cluster.local",
+    "localhost",
+    "127.0.0.1",
+    "::1",
+)
+CA_LIFETIME = dt.timedelta(days=3650)
+LEAF_LIFETIME = dt.timedelta(days=397)
+#: A certificate closer than this to its end is issued again by the next ``symbi deploy init``.
+RENEW_BEFORE = dt.timedelta(days=30)
+CA_KEY_FILE = Path("operator") / "tls-ca.key"
+CA_CERT_FILE = Path("tls") / "ca.pem"
+
+
+class TlsError(CliError):
+    """The deployment directory's TLS material cannot be used as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartyFiles:
+    """The three files of one party's directory (``DIR/tls/<party>``), as mounted at ``/tls``."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "key.pem"
+
+
+def party_files(directory: Path, party: str) -> PartyFiles:
+    return PartyFiles(directory / "tls" / party)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "symbi"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _general_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("symbi deployment CA"))
+        .issuer_name(_name("symbi deployment CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # keyCertSign, cRLSign
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def issue(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, party: str, *, server_names: Sequence[str] = ()
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A certificate for ``party`` (its common name): client authentication, and server authentication for
+    ``server_names`` when given (nats-server: its routes dial out as clients with the same certificate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(party))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + LEAF_LIFETIME, ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        )  # digitalSignature
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    if server_names:
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+        builder = builder.add_extension(x509.SubjectAlternativeName(_general_names(server_names)), critical=False)
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _names_of(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(san.get_values_for_type(x509.DNSName)) | {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+
+
+def needs_issuing(cert: x509.Certificate | None, ca: x509.Certificate, server_names: Sequence[str] = ()) -> bool:
+    """Whether a party's certificate must be issued (again): missing, ending soon, another CA's, or (a server's)
+    not naming every address it is reached by."""
+    if cert is None or not _signed_by(cert, ca):
+        return True
+    if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
+        return True
+    return bool(server_names) and not set(server_names) <= _names_of(cert)
+
+
+def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
+    cert = _load_cert(cert_path)
+    if cert is not None and not key_path.exists():
+        raise TlsError(
+            f"{cert_path} exists but its key {key_path} is missing: restore the key, or remove {directory / 'tls'}"
+            " to make a new CA (every party then needs its new certificate)"
+        )
+    if cert is not None and cert.not_valid_after_utc - _now() >= LEAF_LIFETIME:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+            raise TlsError(f"{key_path} is not the key of {cert_path}")
+        return key, cert
+    if cert is not None:
+        raise TlsError(
+            f"the deployment CA {cert_path} ends on {cert.not_valid_after_utc:%Y-%m-%d}, before a certificate it"
+            f" would issue now: remove {directory / 'tls'} and {key_path} to make a new CA"
+        )
+    key, cert = new_ca()
+    write_atomically(key_path, _key_pem(key), 0o600)
+    write_atomically(cert_path, _cert_pem(cert), 0o600)
+    return key, cert
+
+
+def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
+    """Create or complete the deployment directory's TLS material; returns the parties issued a certificate.
+
+    With ``uid``, the parties' directories and files are handed to that user (the containers'), except the
+    operator's, which stays the caller's.
+    """
+    ca_key, ca = _ensure_ca(directory)
+    ca_pem = _cert_pem(ca)
+    issued = []
+    for party in (NATS_PARTY, *CLIENT_PARTIES):
+        files = party_files(directory, party)
+        names = SERVER_NAMES if party == NATS_PARTY else ()
+        files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if needs_issuing(_load_cert(files.cert), ca, names) or not files.key.exists():
+            key, cert = issue(ca_key, ca, party, server_names=names)
+            write_atomically(files.key, _key_pem(key), 0o400)
+            write_atomically(files.cert, _cert_pem(cert), 0o400)
+            issued.append(party)
+        if not files.ca.exists() or files.ca.read_bytes() != ca_pem:
+            write_atomically(files.ca, ca_pem, 0o400)
+        if uid is not None and party != "operator":
+            for path in (files.directory, files.ca, files.cert, files.key):
+                os.chown(path, uid, uid)
+    return issued

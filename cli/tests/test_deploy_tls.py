@@ -1,0 +1,236 @@
+"""A deployment's NATS speaks mutual TLS only (symbi_cli.deploy_tls, deploy/nats/nats.conf).
+
+The material ``symbi deploy init`` writes, run for real: nats-server with the compose stack's own nats.conf and
+users.conf, a service connecting the way its env file says, the operator through ``run/nats-operator.url``; and
+everything else refused — a plain connection, TLS without a client certificate, a certificate of another CA, a
+right certificate with a wrong password. Then how the material is kept, renewed and refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import ssl
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import nats
+import nats.errors
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from symbi_cli.deploy_dir import CONTAINER_TLS_ENV, TLS_MOUNT, DeployConfig, init_deploy_dir, parse_env
+from symbi_cli.deploy_tls import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CLIENT_PARTIES,
+    NATS_PARTY,
+    SERVER_NAMES,
+    TlsError,
+    ensure_tls,
+    issue,
+    new_ca,
+    party_files,
+)
+from symbi_cli.nats_server import NatsServer
+from symbi_common.natsauth import client_tls, server_options
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = {"runtime": "symbi/runtime:abc", "jaeger": "symbi/jaeger:def", "prometheus": "symbi/prometheus:ghi"}
+REFUSED = (nats.errors.Error, OSError, ssl.SSLError, TimeoutError)
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, f"{old!r} is no longer in deploy/nats/nats.conf"
+    return text.replace(old, new)
+
+
+def compose_nats(directory: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> NatsServer:
+    """nats-server with deploy/nats/nats.conf and users.conf as the compose stack runs them, its /tls mount
+    being the deployment directory's ``tls/nats`` and its passwords those of ``env/nats.env``."""
+    conf = (REPO / "deploy" / "nats" / "nats.conf").read_text()
+    conf = _replace(conf, f'"{TLS_MOUNT}/', f'"{directory}/tls/{NATS_PARTY}/')
+    conf = _replace(conf, "http_port: 8222\n", "")
+    conf = _replace(conf, "store_dir: /data\n", "")  # NatsServer gives its own
+    conf = _replace(conf, "server_name: $NATS_SERVER_NAME\n", "server_name: tls-test\n")
+    (tmp / "nats.conf").write_text(conf)
+    (tmp / "users.conf").write_text((REPO / "deploy" / "nats" / "users.conf").read_text())
+    for name, value in parse_env((directory / "env" / "nats.env").read_text()).items():
+        monkeypatch.setenv(name, value)  # users.conf reads them
+    return NatsServer(tmp / "store", log_file=tmp / "nats.log", extra_args=("--config", str(tmp / "nats.conf")))
+
+
+def in_container(value: str, directory: Path, party: str) -> str:
+    """An env file's value as the party's container sees it, turned into this host's paths (also those in a
+    URL's query)."""
+    here = f"{directory}/tls/{party}/"
+    return value.replace(f"{TLS_MOUNT}/", here).replace(quote_plus(f"{TLS_MOUNT}/"), quote_plus(here))
+
+
+def container_tls(env: dict[str, str], directory: Path, party: str) -> dict[str, str]:
+    """The ``server_options`` TLS arguments of an env file's ``SYMBI_NATS_TLS_*``, as this host's paths."""
+    return {
+        "tls_ca": in_container(env["SYMBI_NATS_TLS_CA"], directory, party),
+        "tls_cert": in_container(env["SYMBI_NATS_TLS_CERT"], directory, party),
+        "tls_key": in_container(env["SYMBI_NATS_TLS_KEY"], directory, party),
+    }
+
+
+async def connects(**options: Any) -> bool:
+    try:
+        nc = await nats.connect(**options, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
+    except REFUSED:
+        return False
+    try:
+        await nc.flush(timeout=3)
+        return nc.is_connected
+    finally:
+        await nc.close()
+
+
+async def test_the_stack_reaches_nats_over_mutual_tls_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "deploy"
+    init_deploy_dir(directory, DeployConfig(images=IMAGES), uid=os.getuid())
+    (tmp_path / "server").mkdir()
+    with compose_nats(directory, tmp_path / "server", monkeypatch) as server:
+        port = server.url.rsplit(":", 1)[1]
+
+        # A service, exactly as its env file says (the compose service name `nats` is in the certificate too).
+        env = parse_env((directory / "env" / "lifecycle.env").read_text())
+        assert env["SYMBI_NATS_URL"].startswith("tls://lifecycle:")
+        assert {k: env[k] for k in CONTAINER_TLS_ENV} == dict(CONTAINER_TLS_ENV)
+        url = env["SYMBI_NATS_URL"].replace("@nats:4222", f"@127.0.0.1:{port}")
+        tls = container_tls(env, directory, "lifecycle")
+        assert await connects(**server_options(url, **tls))
+
+        # The operator's CLI: the URL file alone carries the files (`--home DIR`).
+        operator_url = (directory / "run" / "nats-operator.url").read_text().strip()
+        assert operator_url.startswith("tls://operator:")
+        assert await connects(**server_options(operator_url.replace(":4222", f":{port}", 1)))
+
+        # The provisioning job's admin (settings) and operator (URL) connections.
+        provision = parse_env((directory / "env" / "provision.env").read_text())
+        admin_url = provision["SYMBI_NATS_URL"].replace("@nats:4222", f"@127.0.0.1:{port}")
+        assert await connects(**server_options(admin_url, **container_tls(provision, directory, "provision")))
+        publisher = in_container(provision["SYMBI_OPERATOR_NATS_URL"], directory, "provision")
+        assert await connects(**server_options(publisher.replace("@nats:4222", f"@127.0.0.1:{port}")))
+
+        # Refused: no TLS; TLS without a client certificate; a certificate another CA signed; a wrong password.
+        plain = server_options(url.replace("tls://", "nats://"))
+        assert not await connects(**plain)
+        assert not await connects(**server_options(url, tls_ca=tls["tls_ca"]))
+        other_key, other_ca = new_ca()
+        key, cert = issue(other_key, other_ca, "lifecycle")
+        (tmp_path / "other.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / "other.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        forged = {
+            "tls_ca": tls["tls_ca"],
+            "tls_cert": str(tmp_path / "other.pem"),
+            "tls_key": str(tmp_path / "other.key"),
+        }
+        assert not await connects(**server_options(url, **forged))
+        wrong = server_options(url, **tls) | {"password": "not-the-password"}
+        assert not await connects(**wrong)
+
+        # A client that trusts another CA does not take this server for the deployment's.
+        (tmp_path / "other-ca.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
+        impostor_check = client_tls(str(tmp_path / "other-ca.pem"), tls["tls_cert"], tls["tls_key"])
+        assert not await connects(**(server_options(url) | {"tls": impostor_check}))
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None:
+    issued = ensure_tls(tmp_path)
+    assert issued == [NATS_PARTY, *CLIENT_PARTIES]
+    ca = _cert(tmp_path / CA_CERT_FILE)
+    server = _cert(party_files(tmp_path, NATS_PARTY).cert)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))} == set(
+        SERVER_NAMES
+    )
+    keys = set()
+    for party in (NATS_PARTY, *CLIENT_PARTIES):
+        files = party_files(tmp_path, party)
+        cert = _cert(files.cert)
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == party
+        assert files.ca.read_bytes() == (tmp_path / CA_CERT_FILE).read_bytes()
+        assert stat.S_IMODE(files.key.stat().st_mode) == 0o400
+        assert stat.S_IMODE(files.directory.stat().st_mode) == 0o700
+        keys.add(files.key.read_bytes())
+    assert len(keys) == 1 + len(CLIENT_PARTIES), "two parties share a key"
+    assert stat.S_IMODE((tmp_path / CA_KEY_FILE).stat().st_mode) == 0o600
+
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert ensure_tls(tmp_path) == []
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_certificate_ending_soon_or_of_another_ca_or_missing_a_name_is_issued_again(tmp_path: Path) -> None:
+    ensure_tls(tmp_path)
+    ca_key_pem = (tmp_path / CA_KEY_FILE).read_bytes()
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    ca = _cert(tmp_path / CA_CERT_FILE)
+    builder_cert = _cert(party_files(tmp_path, "audit").cert)
+    # audit: ending in a week (same CA); policy: signed by another CA; nats: issued without the Kubernetes names.
+    soon = (
+        x509.CertificateBuilder()
+        .subject_name(builder_cert.subject)
+        .issuer_name(ca.subject)
+        .public_key(builder_cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+        .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=7))
+        .sign(ca_key, builder_cert.signature_hash_algorithm)  # type: ignore[arg-type]
+    )
+    party_files(tmp_path, "audit").cert.write_bytes(soon.public_bytes(serialization.Encoding.PEM))
+    other_key, other_ca = new_ca()
+    _, foreign = issue(other_key, other_ca, "policy")
+    party_files(tmp_path, "policy").cert.write_bytes(foreign.public_bytes(serialization.Encoding.PEM))
+    _, narrow = issue(ca_key, ca, NATS_PARTY, server_names=("nats", "localhost"))  # type: ignore[arg-type]
+    party_files(tmp_path, NATS_PARTY).cert.write_bytes(narrow.public_bytes(serialization.Encoding.PEM))
+
+    assert sorted(ensure_tls(tmp_path)) == sorted(["audit", "policy", NATS_PARTY])
+    for party in ("audit", "policy", NATS_PARTY):
+        cert = _cert(party_files(tmp_path, party).cert)
+        cert.verify_directly_issued_by(ca)
+        assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=300)
+    assert (tmp_path / CA_KEY_FILE).read_bytes() == ca_key_pem, "the CA is kept"
+
+
+def test_a_ca_without_its_key_is_refused_not_replaced(tmp_path: Path) -> None:
+    ensure_tls(tmp_path)
+    ca = (tmp_path / CA_CERT_FILE).read_bytes()
+    (tmp_path / CA_KEY_FILE).unlink()
+    with pytest.raises(TlsError, match=r"tls-ca\.key is missing"):
+        ensure_tls(tmp_path)
+    assert (tmp_path / CA_CERT_FILE).read_bytes() == ca
+    other_key, _ = new_ca()
+    (tmp_path / CA_KEY_FILE).write_bytes(
+        other_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(TlsError, match="is not the key of"):
+        ensure_tls(tmp_path)
+
+
+def test_the_containers_get_the_files_and_the_operator_keeps_its_own(tmp_path: Path) -> None:
+    """With ``uid``, each container party's directory is handed to the containers' user; the operator's stays
+    the caller's (it is used on the operator's machine, never mounted)."""
+    if os.geteuid() != 0:
+        pytest.skip("handing files to another uid needs root")
+    ensure_tls(tmp_path, uid=10001)
+    for party in (NATS_PARTY, *CLIENT_PARTIES):
+        files = party_files(tmp_path, party)
+        owner = 0 if party == "operator" else 10001
+        assert {files.directory.stat().st_uid, files.key.stat().st_uid, files.cert.stat().st_uid} == {owner}, party
