@@ -104,10 +104,9 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, default=64, help="tasks per window")
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--profile", type=Path, help="py-spy the scheduler (GIL samples) into this file (collapsed)")
-    parser.add_argument(
-        "--perf", type=Path, help="perf record (cpu-clock, kernel and native) the scheduler into this file"
-    )
+    parser.add_argument("--profile", type=Path, help="py-spy --service (GIL samples) into this file (collapsed)")
+    parser.add_argument("--perf", type=Path, help="perf record (cpu-clock, kernel and native) --service into this file")
+    parser.add_argument("--service", default="scheduler", choices=SERVICES, help="the service --profile/--perf record")
     parser.add_argument("--connz", action="store_true", help="messages per task per NATS client (nats-server /connz)")
     parser.add_argument("--http", type=int, default=0, help="then time N requests of each kind alone")
     args = parser.parse_args()
@@ -139,7 +138,7 @@ async def main() -> None:
                     await ours.warm_up(agent)
                 for _ in range(2 * args.concurrency):  # settle: images, pools, caches
                     await ours.run(agents[0])
-                pid = str(sources.runtime_roots["scheduler"])
+                pid = str(sources.runtime_roots[args.service])
                 commands = []
                 if args.profile:
                     commands.append(
@@ -171,7 +170,7 @@ async def main() -> None:
                     print(
                         f"window {w + 1}: {args.tasks} tasks in {wall:.1f} s, output retries"
                         f" {ours.output_retries - retries}, load {loadavg()}; ms CPU per task: {cells};"
-                        f" scheduler user {(us1[0] - us0[0]) / args.tasks * 1e3:.1f}"
+                        f" {args.service} user {(us1[0] - us0[0]) / args.tasks * 1e3:.1f}"
                         f" sys {(us1[1] - us0[1]) / args.tasks * 1e3:.1f}",
                         flush=True,
                     )
