@@ -34,8 +34,10 @@ from symbi_cli.deploy_tls import (
     new_ca,
     party_files,
 )
+from symbi_cli.main import app
 from symbi_cli.nats_server import NatsServer
 from symbi_common.natsauth import client_tls, server_options
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = {"runtime": "symbi/runtime:abc", "jaeger": "symbi/jaeger:def", "prometheus": "symbi/prometheus:ghi"}
@@ -222,6 +224,17 @@ def test_a_ca_without_its_key_is_refused_not_replaced(tmp_path: Path) -> None:
     )
     with pytest.raises(TlsError, match="is not the key of"):
         ensure_tls(tmp_path)
+
+
+def test_symbi_deploy_init_says_why_it_refuses_a_ca_without_its_key(tmp_path: Path) -> None:
+    directory = tmp_path / "deploy"
+    args = ["deploy", "init", str(directory), "--uid", str(os.getuid())]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (directory / CA_KEY_FILE).unlink()
+    done = CliRunner(env={"COLUMNS": "1000"}).invoke(app, args)
+    assert done.exit_code == 1
+    assert "tls-ca.key is missing" in done.output
+    assert "Traceback" not in done.output
 
 
 def test_the_containers_get_the_files_and_the_operator_keeps_its_own(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from rich.console import Console
 from symbi_common.errors import KeyringError
 
 from symbi_cli.deploy_dir import SERVICE_UID, DeployConfig, init_deploy_dir, parse_env
-from symbi_cli.errors import InfraError
+from symbi_cli.errors import CliError, InfraError
 from symbi_cli.postgres_roles import ensure_service_database, read_password
 from symbi_cli.runtime_options import DATABASE_SERVICES, database_name
 
@@ -47,7 +47,8 @@ def init(
 ) -> None:
     """Create or complete the deployment directory: keyring, per-service credentials, compose.env.
 
-    Existing keys and passwords are kept. Then: ``docker-compose --env-file DIR/compose.env up -d``.
+    Existing keys and passwords are kept, and TLS certificates while they are good (one ending within 30 days
+    is issued again: restart what uses it). Then: ``docker-compose --env-file DIR/compose.env up -d``.
     """
     config = DeployConfig(
         base_port=base_port,
@@ -59,7 +60,7 @@ def init(
     )
     try:
         env_file = init_deploy_dir(directory, config, uid=uid)
-    except (OSError, KeyringError, InfraError) as exc:
+    except (OSError, KeyringError, InfraError, CliError) as exc:
         Console(stderr=True).print(f"[red]error:[/] cannot prepare {directory}: {exc}")
         raise typer.Exit(1) from None
     print(env_file)
