@@ -5,20 +5,25 @@ So a nats-server started next to the cluster with the members' route URLs — wi
 with a wrong one — must not join: its (anonymous, unrestricted) client sees neither a message published
 through the cluster nor the ``EVENTS`` stream. The same server with the cluster's route password does join and
 sees both, which shows the check above can fail. The same holds for deploy/k8s/nats.yaml's configuration,
-run on loopback by three servers with the environment Kubernetes builds for each pod.
+run on loopback by three servers with the environment Kubernetes builds for each pod and the TLS material
+``symbi deploy init`` writes: there a client or a route must also present a certificate of the deployment's
+CA (mutual TLS), and a route then still needs the route password.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import ssl
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -26,12 +31,14 @@ import nats.errors
 import nats.js.errors
 import pytest
 import yaml  # type: ignore[import-untyped]
+from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NatsClient
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, password_env_name
+from symbi_cli.deploy_tls import NATS_PARTY, SERVER_NAMES, PartyFiles, ensure_tls, issue, new_ca, party_files
 from symbi_cli.errors import InfraError
 from symbi_cli.nats_cluster import free_ports
 from symbi_cli.nats_server import ClusterRoutes, NatsServer
-from symbi_common.natsauth import nats_users
+from symbi_common.natsauth import client_tls, nats_users, server_options, with_credentials
 from symbi_common.streams import EVENTS_STREAM
 
 from .conftest import Cluster
@@ -44,21 +51,24 @@ K8S = REPO / "deploy" / "k8s"
 JOIN_WAIT = 5.0
 
 
-def intruder(name: str, routes: tuple[str, ...], directory: Path, password: str | None) -> NatsServer:
-    """A nats-server (JetStream on, no client authorization) pointed at the route URLs of cluster ``name``,
-    presenting ``password`` as the route password, or no route credentials at all with ``None``."""
+def intruder(
+    name: str, routes: tuple[str, ...], directory: Path, password: str | None, tls: PartyFiles | None = None
+) -> NatsServer:
+    """A nats-server (JetStream on, no client authorization, a plain client port) pointed at the route URLs of
+    cluster ``name``, presenting ``password`` as the route password, or no route credentials at all with
+    ``None``; with ``tls``, its routes speak TLS with that certificate and key, trusting that CA."""
     (port,) = free_ports(1)
-    cluster, config = None, ""
+    block: dict[str, Any] = {"name": name, "listen": f"127.0.0.1:{port}", "routes": list(routes)}
     if password is not None:
-        cluster = ClusterRoutes(name, port, routes, password)
-    else:
-        config = f"cluster {json.dumps({'name': name, 'listen': f'127.0.0.1:{port}', 'routes': list(routes)})}"
+        credentials = ClusterRoutes(name, port, routes, password)
+        block |= {"authorization": credentials.authorization(), "routes": credentials.route_urls()}
+    if tls is not None:
+        block["tls"] = {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca), "verify": True}
     return NatsServer(
         directory / "store",
         log_file=directory / "nats.log",
         server_name=f"intruder-{directory.parent.name}-{directory.name}",
-        cluster=cluster,
-        config=config,
+        config=f"cluster {json.dumps(block)}",
         monitoring=True,
     )
 
@@ -148,16 +158,18 @@ def on_loopback(text: str, route_ports: list[int]) -> str:
 
 
 def start_k8s_member(
-    directory: Path, index: int, route_ports: list[int], monkeypatch: pytest.MonkeyPatch
+    directory: Path, index: int, route_ports: list[int], tls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> NatsServer:
     """Start member ``index`` of deploy/k8s/nats.yaml's StatefulSet on loopback: its nats.conf with the client,
-    monitoring and route ports and the store moved to this host, its environment as Kubernetes builds it from
-    the container's ``env`` (``$(VAR)`` expanded) with each member's route host moved to loopback."""
+    monitoring and route ports and the store moved to this host and /tls moved to ``tls`` (the directory of
+    Secret symbi-nats-tls), its environment as Kubernetes builds it from the container's ``env`` (``$(VAR)``
+    expanded) with each member's route host moved to loopback."""
     docs = [d for d in yaml.safe_load_all((K8S / "nats.yaml").read_text()) if d]
     conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["nats.conf"]
     (container,) = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"]
     moved = {"port: 4222\n": "", "http_port: 8222\n": "", "store_dir: /data\n": ""}
     moved["port: 6222\n"] = f"listen: 127.0.0.1:{route_ports[index]}\n"
+    moved['"/tls/'] = f'"{tls}/'
     for line, replacement in moved.items():
         assert line in conf, line
         conf = conf.replace(line, replacement)
@@ -181,27 +193,144 @@ def start_k8s_member(
     return server.start()  # the server reads its environment now
 
 
-def test_the_kubernetes_nats_members_route_only_with_the_route_password(
+def foreign_party(directory: Path, trusted_ca: Path) -> PartyFiles:
+    """nats-server's certificate and key as another CA (not the deployment's) issues them, with every name of
+    :data:`SERVER_NAMES`, in a party directory whose ``ca.pem`` is ``trusted_ca``: the certificate is the only
+    thing wrong with it."""
+    ca_key, ca = new_ca()
+    key, cert = issue(ca_key, ca, NATS_PARTY, server_names=SERVER_NAMES)
+    files = PartyFiles(directory)
+    directory.mkdir(mode=0o700, parents=True)
+    shutil.copy(trusted_ca, files.ca)
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    files.key.chmod(0o600)
+    return files
+
+
+async def logs_in(url: str, tls: ssl.SSLContext | None) -> bool:
+    """Whether a client of ``url`` (its credentials in it) with ``tls`` is let in."""
+    try:
+        client = await nats.connect(
+            **server_options(url), tls=tls, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2
+        )
+    except (OSError, nats.errors.Error, TimeoutError):  # ssl.SSLError is an OSError
+        return False
+    await client.close()
+    return True
+
+
+async def logged(log: Path, offset: int, text: str, timeout: float = 5.0) -> bool:
+    """Whether ``text`` appears in ``log`` after its first ``offset`` bytes within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while text not in (await asyncio.to_thread(log.read_bytes))[offset:].decode(errors="replace"):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def sees_live_event(publisher: NatsClient, server: NatsServer, wait: float) -> bool:
+    """Whether a client of ``server`` receives an event ``publisher`` publishes through the cluster within
+    ``wait`` seconds (published again every half second: interest reaches the cluster over the route)."""
+    spy: NatsClient = await nats.connect(server.url, allow_reconnect=False, connect_timeout=2)
+    try:
+        sub = await spy.subscribe("evt.>")
+        await spy.flush()
+        payload, subject = uuid.uuid4().bytes, f"evt.agent.{uuid.uuid4()}"
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            await publisher.publish(subject, payload)
+            await publisher.flush()
+            try:
+                return (await sub.next_msg(timeout=0.5)).data == payload
+            except nats.errors.TimeoutError:
+                continue
+        return False
+    finally:
+        await spy.close()
+
+
+async def test_the_kubernetes_nats_members_speak_mutual_tls_and_route_only_with_the_route_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """deploy/k8s/nats.yaml's configuration, run by three real nats-servers: the members join each other with
-    the route password from their environment, and a server with their route URLs but without it is refused."""
-    for user in nats_users():
-        monkeypatch.setenv(password_env_name(user), "p" + secrets.token_urlsafe(16))
+    """deploy/k8s/nats.yaml's configuration, run by three real nats-servers with the TLS material of
+    ``symbi deploy init``: the members join each other over TLS with the route password from their
+    environment; a client with its party's certificate and its password logs in, one without a certificate or
+    with another CA's is refused; a server with the members' route URLs joins (and sees events) only with both
+    a certificate of the deployment's CA and the route password."""
+    passwords = {user: "p" + secrets.token_urlsafe(16) for user in nats_users()}
+    for user, password in passwords.items():
+        monkeypatch.setenv(password_env_name(user), password)
     route_password = "p" + secrets.token_urlsafe(24)
     monkeypatch.setenv(ROUTE_PASSWORD_ENV, route_password)
+    deploy = tmp_path / "deploy"
+    ensure_tls(deploy)
+    nats_tls = party_files(deploy, NATS_PARTY)
+    foreign = foreign_party(tmp_path / "foreign", nats_tls.ca)
     route_ports = free_ports(3)
     routes = tuple(f"nats-route://127.0.0.1:{port}" for port in route_ports)
     members: list[NatsServer] = []
     try:
         for i in range(3):
-            members.append(start_k8s_member(tmp_path / f"symbi-nats-{i}", i, route_ports, monkeypatch))
-        for i in range(3):  # the members join each other with the password from their environment
-            assert asyncio.run(joined(members, f"symbi-nats-{i}", 30)), f"symbi-nats-{i} did not join"
-        with intruder("symbi", routes, tmp_path / "refused", None):
-            assert not asyncio.run(joined(members, f"intruder-{tmp_path.name}-refused", JOIN_WAIT))
-        with intruder("symbi", routes, tmp_path / "joined", route_password):
-            assert asyncio.run(joined(members, f"intruder-{tmp_path.name}-joined", 30))
+            members.append(
+                start_k8s_member(tmp_path / f"symbi-nats-{i}", i, route_ports, nats_tls.directory, monkeypatch)
+            )
+        for i in range(3):  # the members join each other over TLS with the password from their environment
+            assert await joined(members, f"symbi-nats-{i}", 30), f"symbi-nats-{i} did not join"
+        async with httpx.AsyncClient(timeout=5) as http:
+            varz = (await http.get(members[0].monitoring_url + "/varz")).json()  # plain HTTP: probes, Prometheus
+        assert (varz["tls_required"], varz["tls_verify"]) == (True, True)
+        assert (varz["cluster"]["tls_required"], varz["cluster"]["tls_verify"]) == (True, True)
+
+        url = with_credentials(members[0].url, "lifecycle", passwords["lifecycle"])
+        assert url.startswith("tls://"), url
+        lifecycle = party_files(deploy, "lifecycle")
+        lifecycle_tls = client_tls(str(lifecycle.ca), str(lifecycle.cert), str(lifecycle.key))
+        assert await logs_in(url, lifecycle_tls)
+        # The same user and password, without a certificate or with one of another CA: refused in the handshake.
+        log = tmp_path / "symbi-nats-0" / "nats.log"
+        for context, reason in [
+            (client_tls(str(lifecycle.ca)), "client didn't provide a certificate"),
+            (
+                client_tls(str(foreign.ca), str(foreign.cert), str(foreign.key)),
+                "certificate signed by unknown authority",
+            ),
+        ]:
+            offset = log.stat().st_size
+            assert not await logs_in(url, context), reason
+            assert await logged(log, offset, reason), reason
+
+        # Route intruders, each lacking one thing: TLS, the password, or a certificate of the deployment's CA.
+        refused: dict[str, tuple[str | None, PartyFiles | None]] = {
+            "no-tls": (route_password, None),
+            "no-credentials": (None, nats_tls),
+            "wrong-password": ("wrong-password", nats_tls),
+            "foreign-ca": (route_password, foreign),
+        }
+        publisher = await nats.connect(
+            **server_options(url), tls=lifecycle_tls, allow_reconnect=False, connect_timeout=2
+        )
+        try:
+            with contextlib.ExitStack() as running:  # all four at once: each is given the same time to join
+                servers = {
+                    name: running.enter_context(intruder("symbi", routes, tmp_path / name, presented, tls))
+                    for name, (presented, tls) in refused.items()
+                }
+                names = [f"intruder-{tmp_path.name}-{name}" for name in servers]
+                joins = await asyncio.gather(*(joined(members, name, JOIN_WAIT) for name in names))
+                assert not any(joins), dict(zip(servers, joins, strict=True))
+                seen = await asyncio.gather(*(sees_live_event(publisher, s, wait=2.0) for s in servers.values()))
+                assert not any(seen), dict(zip(servers, seen, strict=True))
+            # With the password and a certificate of the deployment's CA it joins and sees the events: the checks
+            # above can fail.
+            with intruder("symbi", routes, tmp_path / "joined", route_password, nats_tls) as accepted:
+                assert await joined(members, f"intruder-{tmp_path.name}-joined", 30)
+                assert await sees_live_event(publisher, accepted, wait=10.0)
+        finally:
+            await publisher.close()
     finally:
         for member in members:
             member.stop()

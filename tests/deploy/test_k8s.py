@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, DeployConfig, init_deploy_dir, parse_env
+from symbi_cli.deploy_tls import CLIENT_PARTIES, NATS_PARTY, ensure_tls, party_files
 from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,10 +79,26 @@ def test_each_service_runs_with_only_its_own_secrets(service: str) -> None:
     secrets = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
     (container,) = spec["containers"]
     secrets |= {e["secretRef"]["name"] for e in container.get("envFrom", [])}
-    assert secrets == {f"symbi-{service}-keys", f"symbi-{service}-env"}
+    assert secrets == {f"symbi-{service}-keys", f"symbi-{service}-env", f"symbi-{service}-tls"}
+    assert mounted_secrets(spec, container) == {"/keys": f"symbi-{service}-keys", "/tls": f"symbi-{service}-tls"}
     assert container["command"] == ["python", "-m", f"symbi_{service.replace('-', '_')}"]
     assert {"readinessProbe", "livenessProbe", "resources"} <= set(container)
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_provisioning_job_runs_with_only_its_own_secrets() -> None:
+    spec = pod_spec(find("Job", "symbi-provision"))
+    (container,) = spec["containers"]
+    assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["symbi-provision-env"]
+    assert mounted_secrets(spec, container) == {"/registry": "symbi-registry", "/tls": "symbi-provision-tls"}
+
+
+def mounted_secrets(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """Where ``container`` mounts each Secret volume of its pod: mount path → Secret name (read-only, each)."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] in secrets}
+    assert all(m.get("readOnly") is True for m in mounts.values()), mounts
+    return {path: secrets[m["name"]] for path, m in mounts.items()}
 
 
 def test_the_sandbox_agent_shares_its_channel_secret_and_work_directories_with_the_node() -> None:
@@ -128,6 +145,139 @@ def test_the_root_key_is_mounted_nowhere() -> None:
     pods = [o for o in objects() if "template" in o.get("spec", {})]
     mounted = {v["secret"]["secretName"] for o in pods for v in pod_spec(o).get("volumes", []) if "secret" in v}
     assert not {name for name in mounted if "operator" in name or "root" in name}, mounted
+
+
+def tls_parties() -> set[str]:
+    """Every party whose TLS directory the cluster gets as a Secret: nats-server, the services, provisioning."""
+    return {NATS_PARTY, *ALL_SERVICES, "provision"}
+
+
+def pods() -> dict[str, dict[str, Any]]:
+    """Each workload's pod spec, by its ``app.kubernetes.io/name`` without ``symbi-`` (its party's name)."""
+    found = {}
+    for obj in objects():
+        if "template" in obj.get("spec", {}):
+            found[obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"].removeprefix("symbi-")] = (
+                pod_spec(obj)
+            )
+    return found
+
+
+def test_each_pod_mounts_only_its_own_tls_secret_and_the_ca_key_nowhere() -> None:
+    """A pod that speaks to NATS mounts its own party's TLS Secret at /tls and no other party's; the operator's
+    TLS directory and the CA's key (DIR/operator/tls-ca.key) are in no Secret and no manifest."""
+    text = "\n".join((K8S / name).read_text() for name in [*manifests(), "kustomization.yaml"])
+    assert "tls-ca.key" not in text
+    assert "symbi-operator-tls" not in text
+    sources = re.findall(r"--from-(?:env-)?file=(\S+)", text)
+    assert sources, "no Secret sources in kustomization.yaml"
+    assert not [s for s in sources if s.startswith(("DIR/operator", "DIR/tls/operator")) or s == "DIR/tls/"], sources
+    mounted = {}
+    for party, spec in pods().items():
+        (container,) = spec["containers"]
+        tls = {path: name for path, name in mounted_secrets(spec, container).items() if name.endswith("-tls")}
+        if tls:
+            mounted[party] = tls
+    assert mounted == {party: {"/tls": f"symbi-{party}-tls"} for party in tls_parties()}
+    # every party `symbi deploy init` issues a certificate to, but the operator's CLI (outside the cluster)
+    assert tls_parties() == {NATS_PARTY, *CLIENT_PARTIES} - {"operator"}
+
+
+def test_the_kustomization_makes_each_tls_secret_from_its_own_party_directory() -> None:
+    """The header's `kubectl create secret` loop: one Secret per party that a pod mounts, each from that party's
+    directory only (DIR/tls/<party>/: its certificate, its key, the CA's certificate)."""
+    header = "\n".join(line for line in (K8S / "kustomization.yaml").read_text().splitlines() if line.startswith("#"))
+    pattern = r"for s in ([\w -]+); do\n#\s+kubectl -n symbi create secret generic symbi-\$s-tls (.+?)\s+#"
+    (loop,) = re.findall(pattern, header)
+    assert set(loop[0].split()) == tls_parties()
+    assert loop[1] == "--from-file=DIR/tls/$s/"
+
+
+def test_nats_speaks_mutual_tls_to_clients_and_routes_and_plain_http_to_probes() -> None:
+    """nats.conf asks a client certificate from every client (port 4222) and every route (``cluster``), signed by the
+    CA of its own /tls; the monitoring port stays plain HTTP for the probes and Prometheus."""
+    conf = find("ConfigMap", "symbi-nats-config")["data"]["nats.conf"]
+    cluster = conf_block(conf, "cluster")
+    outside = conf.replace(cluster, "")
+    expected = {
+        "cert_file": '"/tls/cert.pem"',
+        "key_file": '"/tls/key.pem"',
+        "ca_file": '"/tls/ca.pem"',
+        "verify": "true",
+        "timeout": "2",
+    }
+    assert conf_settings(conf_block(outside, "tls")) == expected
+    assert conf_settings(conf_block(cluster, "tls")) == expected
+    assert "http_port: 8222" in outside
+    assert "https" not in conf
+    spec = pod_spec(find("StatefulSet", "symbi-nats"))
+    (container,) = spec["containers"]
+    assert mounted_secrets(spec, container) == {"/tls": "symbi-nats-tls"}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "monitor"
+        assert "scheme" not in container[probe]["httpGet"]  # HTTP
+
+
+def conf_block(text: str, name: str) -> str:
+    """The first ``name { ... }`` block of a nats.conf text at the outermost level it occurs (braces matched)."""
+    match = re.search(rf"^\s*{name}\s*\{{", text, re.MULTILINE)
+    assert match is not None, f"no {name} block in {text}"
+    depth = 0
+    for end in range(match.end() - 1, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return text[match.start() : end + 1]
+    raise AssertionError(f"unbalanced {name} block")
+
+
+def conf_settings(block: str) -> dict[str, str]:
+    """The ``key: value`` lines of a block without nested blocks."""
+    inner = block[block.index("{") + 1 : block.rindex("}")]
+    assert "{" not in inner, block
+    return dict(line.strip().split(": ", 1) for line in inner.splitlines() if line.strip())
+
+
+def secret_files(spec: dict[str, Any], volume: dict[str, Any]) -> tuple[int, int, int]:
+    """(owner, group, mode) of a Secret volume's files as the kubelet writes them: owned by root with the volume's
+    ``defaultMode`` (0644 when unset); with the pod's ``fsGroup`` their group is that group, which may read them
+    (the kubelet adds r--r----- to a read-only volume's files)."""
+    mode = volume["secret"].get("defaultMode", 0o644)
+    fs_group = spec["securityContext"].get("fsGroup")
+    if fs_group is None:
+        return 0, 0, mode
+    return 0, fs_group, mode | 0o440
+
+
+def may_read(uid: int, groups: set[int], owner: int, group: int, mode: int) -> bool:
+    if uid == 0:
+        return True
+    if uid == owner:
+        return bool(mode & 0o400)
+    if group in groups:
+        return bool(mode & 0o040)
+    return bool(mode & 0o004)
+
+
+def test_each_container_can_read_its_secrets_and_other_users_cannot() -> None:
+    """A container's own user (its uid, its fsGroup) can read every Secret it mounts, private keys included: a
+    Secret's files are root's unless the pod has an fsGroup, so a non-root service needs one. No Secret holding
+    a private key is readable by any other user (no bits for others); only the public registry is."""
+    public = {"symbi-registry"}
+    for party, spec in pods().items():
+        (container,) = spec["containers"]
+        context = {**spec["securityContext"], **container.get("securityContext", {})}
+        uid = context["runAsUser"]
+        groups = {g for g in (context.get("runAsGroup"), spec["securityContext"].get("fsGroup")) if g is not None}
+        groups |= set(spec["securityContext"].get("supplementalGroups", []))
+        volumes = {v["name"]: v for v in spec.get("volumes", []) if "secret" in v}
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] not in volumes:
+                continue
+            volume = volumes[mount["name"]]
+            owner, group, mode = secret_files(spec, volume)
+            assert may_read(uid, groups, owner, group, mode), (party, mount["mountPath"], uid, oct(mode))
+            if volume["secret"]["secretName"] not in public:
+                assert mode & 0o007 == 0, (party, mount["mountPath"], oct(mode))
 
 
 def test_prometheus_discovers_and_labels_every_service_pod() -> None:
@@ -199,8 +349,9 @@ def kubernetes_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]
 
 def test_nats_routes_need_the_route_password(tmp_path: Path) -> None:
     """Every member accepts a route only with the route password, and presents it in each route URL: the
-    configuration, with the Secrets `symbi deploy init` makes and the environment Kubernetes builds, is one
-    the real nats-server accepts, and every route URL carries the route user and password."""
+    configuration, with the Secrets `symbi deploy init` makes (its TLS files in place of /tls) and the
+    environment Kubernetes builds, is one the real nats-server accepts, and every route URL carries the route
+    user and password."""
     directory = tmp_path / "deploy"
     init_deploy_dir(directory, DeployConfig(), uid=os.getuid())
     secrets = {
@@ -216,7 +367,10 @@ def test_nats_routes_need_the_route_password(tmp_path: Path) -> None:
     nats_server = shutil.which("nats-server", path=str(Path(sys.executable).parent))
     assert nats_server is not None
     shutil.copy(REPO / "deploy" / "nats" / "users.conf", tmp_path / "users.conf")
-    (tmp_path / "nats.conf").write_text(conf)
+    tls = party_files(directory, NATS_PARTY).directory
+    ensure_tls(directory)  # kept as `symbi deploy init` left it; its certificate and key as Secret symbi-nats-tls
+    assert conf.count('"/tls/') == 6, conf
+    (tmp_path / "nats.conf").write_text(conf.replace('"/tls/', f'"{tls}/'))
     for pod in range(3):
         env = kubernetes_env(container, secrets, f"symbi-nats-{pod}")
         routes = [urlsplit(env[f"NATS_ROUTE_{i}"]) for i in range(3)]
