@@ -33,12 +33,12 @@ from symbi_common.eventstore import EventStore
 from symbi_common.key_material import load_signer
 from symbi_common.keyfiles import init_keyring
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.policy.events import AGGREGATE_TYPE as POLICY_SET
 from symbi_common.policy.events import POLICY_SET_CODEC, PolicySetRegistered
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip
-from symbi_common.streams import provision_streams
+from symbi_common.stream_provisioning import provision_streams
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 from symbi_contracts.scheduler.events import TaskAssigned, TaskSubmitted

@@ -15,7 +15,7 @@ import nats
 from _e2e_workload import COMMAND, IMAGE, INPUT, BenchError, Limits
 from nats.js.api import DeliverPolicy
 from symbi_common.eventstore import H_EVENT_TYPE
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 
 
 class TaskWatch:

@@ -42,10 +42,11 @@ from nats.aio.client import Client as NatsClient
 from symbi_cli.nats_cluster import NatsCluster, stream_leader, wait_for_jetstream
 from symbi_common.errors import ConcurrencyConflict, SymbiError
 from symbi_common.eventstore import EventStore
-from symbi_common.natsauth import RESILIENT_CLIENT
+from symbi_common.nats_client import RESILIENT_CLIENT
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip
 from symbi_common.settings_sections import NatsSettings
-from symbi_common.streams import EVENTS_STREAM, StreamSettings, events_config, provision_streams, read_subject
+from symbi_common.stream_provisioning import provision_streams
+from symbi_common.streams import EVENTS_STREAM, StreamSettings, events_config, read_subject
 
 THROUGHPUT_TARGET = 0.5
 FAILOVER_TARGET_S = 5.0

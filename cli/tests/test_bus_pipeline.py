@@ -21,7 +21,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.bus_names import MESSAGES_STREAM
 from symbi_common.bus_streams import inbox_metadata, inbox_name
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_fixtures.agent_images import build_agent_image
 
 REPO = Path(__file__).resolve().parents[2]

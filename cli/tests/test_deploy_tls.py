@@ -36,7 +36,7 @@ from symbi_cli.deploy_tls import (
 )
 from symbi_cli.main import app
 from symbi_cli.nats_server import NatsServer
-from symbi_common.natsauth import client_tls, server_options
+from symbi_common.nats_client import client_tls, server_options
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]

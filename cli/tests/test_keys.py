@@ -18,7 +18,7 @@ from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.errors import KeyRevoked
 from symbi_common.key_material import load_signer
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.operator_tokens import bearer_header
 from typer.testing import CliRunner
 

@@ -23,10 +23,10 @@ from symbi_common.eventstore import EventStore
 from symbi_common.follower import Delivery, Follower
 from symbi_common.keyfiles import load_service_keys
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.snapshots import SnapshotStore
-from symbi_common.streams import require_streams
+from symbi_common.stream_provisioning import require_streams
 from symbi_lifecycle.config import AgentConfig
 from symbi_lifecycle.domain import AGENT, Register
 
@@ -48,7 +48,7 @@ async def _connect(url: str, errors: list[str]) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    # As every Symbi process connects: with the user's own inbox prefix (``natsauth.server_options``).
+    # As every Symbi process connects: with the user's own inbox prefix (``nats_client.server_options``).
     return await nats.connect(**server_options(url), allow_reconnect=False, connect_timeout=3, error_cb=on_error)
 
 

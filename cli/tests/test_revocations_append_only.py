@@ -24,10 +24,11 @@ from symbi_cli.provisioning import provision_nats
 from symbi_common.crypto import Signer, Verifier
 from symbi_common.entitlements import SERVICE_SUBJECTS
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import ADMIN, OPERATOR, deployment_authorization_config, server_options, with_credentials
+from symbi_common.nats_client import server_options, with_credentials
+from symbi_common.natsauth import ADMIN, OPERATOR, deployment_authorization_config
 from symbi_common.operator_revocations import Revocations, open_revocations_bucket
 from symbi_common.operator_tokens import encode_revocation, issue_token, sign_revocation, verify_token
-from symbi_common.streams import provision_streams
+from symbi_common.stream_provisioning import provision_streams
 from typer.testing import CliRunner
 
 STREAM = "KV_OPERATOR_REVOCATIONS"

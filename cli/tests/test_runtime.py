@@ -17,7 +17,7 @@ from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import ALL_SERVICES, RuntimeOptions, check_installed, sandbox_host_id
 from symbi_cli.supervisor import EventKind, RestartPolicy
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 
 
 async def _readyz(url: str) -> int:

@@ -26,7 +26,8 @@ from symbi_common.eventstore import EventStore
 from symbi_common.key_material import load_signer
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
-from symbi_common.streams import AUDIT_STREAM, last_on_subject, provision_streams
+from symbi_common.stream_provisioning import provision_streams
+from symbi_common.streams import AUDIT_STREAM, last_on_subject
 from symbi_tlog.cosign import WitnessKey, verify_cosignatures
 from symbi_tlog.merkle import TreeBuilder, consistency_ranges, hashes_for
 from symbi_tlog.notes import Checkpoint, sign_checkpoint

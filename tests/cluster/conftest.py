@@ -19,8 +19,10 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from symbi_cli.nats_cluster import NatsCluster, stream_leader, wait_for_jetstream
-from symbi_common.natsauth import ADMIN, RESILIENT_CLIENT, authorization_config, nats_users, server_options
-from symbi_common.streams import EVENTS_STREAM, StreamSettings, provision_streams
+from symbi_common.nats_client import RESILIENT_CLIENT, server_options
+from symbi_common.natsauth import ADMIN, authorization_config, nats_users
+from symbi_common.stream_provisioning import provision_streams
+from symbi_common.streams import EVENTS_STREAM, StreamSettings
 
 REPLICAS = 3
 

@@ -3,7 +3,7 @@
 Six writers append through the real write path (``Repository.execute`` → ``EventStore.append``: sealed,
 signed, hash-chained, conditional on the aggregate's last sequence; every fourth command is a two-event
 atomic batch), each to its own aggregate, each on its own connection that starts on one member and
-knows the others only from the cluster (credentials for every member: ``natsauth.server_options``).
+knows the others only from the cluster (credentials for every member: ``nats_client.server_options``).
 Under that load, one after the other:
 
 1. ``kill -9`` of a member that does not lead ``EVENTS``, restarted after a few seconds;

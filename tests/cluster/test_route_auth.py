@@ -38,7 +38,8 @@ from symbi_cli.deploy_tls import NATS_PARTY, SERVER_NAMES, PartyFiles, ensure_tl
 from symbi_cli.errors import InfraError
 from symbi_cli.nats_cluster import free_ports
 from symbi_cli.nats_server import ClusterRoutes, NatsServer
-from symbi_common.natsauth import client_tls, nats_users, server_options, with_credentials
+from symbi_common.nats_client import client_tls, server_options, with_credentials
+from symbi_common.natsauth import nats_users
 from symbi_common.streams import EVENTS_STREAM
 
 from .conftest import Cluster

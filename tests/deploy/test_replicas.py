@@ -34,7 +34,7 @@ from symbi_cli.supervisor import RestartPolicy, ServiceSpec, Supervisor
 from symbi_common.commands import CommandClient
 from symbi_common.errors import AlreadyExists, InfrastructureError, NotFound, SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 
 pytestmark = pytest.mark.timeout(300)  # about 10 s; in the default run
 

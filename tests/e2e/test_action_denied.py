@@ -31,7 +31,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import RawMessage
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionAction, ExecutionEvent

@@ -45,7 +45,7 @@ from symbi_cli.supervisor import RestartPolicy
 from symbi_common.datakeys import DataKeys, open_service_datakeys
 from symbi_common.events import Event, EventCodec, event_type
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import (

@@ -26,7 +26,7 @@ from symbi_cli.runtime import LocalRuntime
 from symbi_cli.runtime_options import RuntimeOptions, sandbox_host_id
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.sealing import decrypt, open_envelope
 from symbi_common.streams import EVENTS_STREAM, read_subject
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, ExecutionEvent, ExecutionStarted

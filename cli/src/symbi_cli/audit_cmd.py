@@ -40,7 +40,7 @@ import typer
 from rich.console import Console
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options, without_credentials
+from symbi_common.nats_client import server_options, without_credentials
 from symbi_common.streams import AUDIT_STREAM, EVENTS_STREAM, last_on_subject, read_subject
 from symbi_tlog.notes import parse_checkpoint, verifier_key
 from symbi_tlog.offline import (

@@ -28,7 +28,7 @@ from symbi_common.consuming import ensure_consumer
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options, without_credentials
+from symbi_common.nats_client import server_options, without_credentials
 from symbi_contracts.bus import (
     DEAD_DECODER,
     DEADLETTER_STREAM,

@@ -35,7 +35,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from symbi_common.block_devices import block_device_of
-from symbi_common.natsauth import ADMIN, OPERATOR, nats_users, with_credentials
+from symbi_common.nats_client import with_credentials
+from symbi_common.natsauth import ADMIN, OPERATOR, nats_users
 
 from symbi_cli.credentials import write_local_token
 from symbi_cli.deploy_tls import ensure_tls, party_files
@@ -113,7 +114,7 @@ def service_env(service: str, passwords: Mapping[str, str], db_passwords: Mappin
 
 
 def url_with_tls(url: str, ca: str, cert: str, key: str) -> str:
-    """``url`` carrying its client's TLS files as query parameters (:func:`symbi_common.natsauth.server_options`)."""
+    """``url`` carrying its client's TLS files as query parameters (:func:`symbi_common.nats_client.server_options`)."""
     return f"{url}?{urlencode({'tls_ca': ca, 'tls_cert': cert, 'tls_key': key})}"
 
 

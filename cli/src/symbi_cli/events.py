@@ -26,7 +26,7 @@ from rich.console import Console
 from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options, without_credentials
+from symbi_common.nats_client import server_options, without_credentials
 from symbi_common.streams import EVENTS_STREAM, RawMessage
 from symbi_tlog.rules import CachedRegistry, LogVerifier, authenticate
 

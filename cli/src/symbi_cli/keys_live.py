@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import nats.errors
 from symbi_common.key_material import read_key_file
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.registry_stream import HistoryEntry, check_history, publish, read_history, read_signed_files
 from symbi_common.streams import EVENTS_STREAM
 

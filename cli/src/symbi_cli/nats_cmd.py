@@ -9,7 +9,7 @@ import nats.errors
 import typer
 from rich.console import Console
 from symbi_common.errors import InfrastructureError
-from symbi_common.natsauth import connect_options, without_credentials
+from symbi_common.nats_client import connect_options, without_credentials
 from symbi_common.settings import load_settings
 
 from symbi_cli.provisioning import provision_nats_async, stream_settings

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import IO
 from urllib.parse import urlsplit
 
-from symbi_common.natsauth import with_credentials
+from symbi_common.nats_client import with_credentials
 
 from symbi_cli.errors import InfraError
 from symbi_cli.private_files import open_private_log, private_dir

@@ -17,8 +17,8 @@ async def provision_nats_async(
     ``existing_store``: refuse to re-create a deleted history stream (see ``provision_streams``).
     """
     import nats
-    from symbi_common.natsauth import server_options
-    from symbi_common.streams import provision_streams
+    from symbi_common.nats_client import server_options
+    from symbi_common.stream_provisioning import provision_streams
 
     # Any member of a cluster will do (comma-separated URLs); JetStream's meta leader answers through it.
     # TLS given by the caller (the [nats] settings) takes the place of any in the URL.

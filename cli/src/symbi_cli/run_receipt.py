@@ -18,7 +18,7 @@ import nats
 from symbi_common.envelope import decode_header, decode_sealed
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_contracts.sandbox_agent.events import TERMINAL_TAGS
 from symbi_tlog.merkle import verify_inclusion

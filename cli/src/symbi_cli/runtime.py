@@ -28,14 +28,8 @@ from types import TracebackType
 
 import asyncpg
 from symbi_common.errors import ConfigError, InfrastructureError, KeyringError
-from symbi_common.natsauth import (
-    ADMIN,
-    OPERATOR,
-    authorization_config,
-    nats_users,
-    with_credentials,
-    without_credentials,
-)
+from symbi_common.nats_client import with_credentials, without_credentials
+from symbi_common.natsauth import ADMIN, OPERATOR, authorization_config, nats_users
 from symbi_common.settings import load_settings
 from symbi_common.streams import StreamSettings
 

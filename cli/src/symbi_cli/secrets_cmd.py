@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from symbi_common.errors import SymbiError
 from symbi_common.keyfiles import default_operator_dir
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.secret_records import SecretInfo, check_name
 from symbi_common.secret_store import SECRETS_KEY_FILE, KvSecretStore, load_secrets_key
 from symbi_common.streams import EVENTS_STREAM, last_on_subject

@@ -32,7 +32,7 @@ import nats
 import typer
 from nats.js.api import DeliverPolicy
 from rich.console import Console
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.telemetry import command_trace, trace_http_request
 from symbi_contracts.sandbox_agent.events import OUTPUT_EVENT_TYPES
 

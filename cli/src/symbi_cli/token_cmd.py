@@ -24,7 +24,7 @@ from rich.table import Table
 from symbi_common.crypto import Verifier
 from symbi_common.errors import SymbiError
 from symbi_common.keyring import REVOKED, KeyRegistry
-from symbi_common.natsauth import server_options
+from symbi_common.nats_client import server_options
 from symbi_common.operator_revocations import Revocations, open_revocations_bucket
 from symbi_common.operator_tokens import (
     ROLES,

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats_async
-from symbi_common.natsauth import client_tls, connect_options, tls_config
+from symbi_common.nats_client import client_tls, connect_options
+from symbi_common.natsauth import tls_config
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 

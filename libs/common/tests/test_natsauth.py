@@ -13,6 +13,7 @@ from symbi_cli.deploy_tls import ensure_tls
 from symbi_cli.nats_server import find_nats_server
 from symbi_common.entitlements import AGGREGATE_READERS, SERVICE_SUBJECTS
 from symbi_common.errors import ConfigError
+from symbi_common.nats_client import server_options, with_credentials, without_credentials
 from symbi_common.natsauth import (
     ADMIN,
     OPERATOR,
@@ -22,10 +23,7 @@ from symbi_common.natsauth import (
     inbox_prefix,
     nats_users,
     publish_allow,
-    server_options,
     subscribe_allow,
-    with_credentials,
-    without_credentials,
 )
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "nats"

@@ -25,7 +25,8 @@ from symbi_common.events import Event, EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.keyfiles import rotate_service_key
 from symbi_common.keyring import SERVICE_SUBJECTS
-from symbi_common.natsauth import OPERATOR, server_options, with_credentials
+from symbi_common.nats_client import server_options, with_credentials
+from symbi_common.natsauth import OPERATOR
 from symbi_common.sealing import NEW_AGGREGATE, seal
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings

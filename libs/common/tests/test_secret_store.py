@@ -16,7 +16,8 @@ from nats.aio.client import Client as NatsClient
 from symbi_common.crypto import AeadKey
 from symbi_common.errors import KeyringError, ValidationError
 from symbi_common.follower import Delivery, Follower
-from symbi_common.natsauth import OPERATOR, server_options, with_credentials
+from symbi_common.nats_client import server_options, with_credentials
+from symbi_common.natsauth import OPERATOR
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.secret_records import (
     SecretCorrupt,

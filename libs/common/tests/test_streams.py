@@ -14,14 +14,13 @@ from nats.js.errors import APIError, BadRequestError
 from symbi_cli.nats_server import NatsServer
 from symbi_common.consuming import BacklogFetch
 from symbi_common.errors import InfrastructureError
+from symbi_common.stream_provisioning import _placed, provision_streams
 from symbi_common.streams import (
     AUDIT_STREAM,
     EVENTS_STREAM,
     SNAPSHOTS_STREAM,
     StreamSettings,
-    _placed,
     last_on_subject,
-    provision_streams,
     read_subject,
 )
 

@@ -12,7 +12,8 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from symbi_audit.main import build_app
 from symbi_common.settings import load_settings
-from symbi_common.streams import EVENTS_STREAM, provision_streams
+from symbi_common.stream_provisioning import provision_streams
+from symbi_common.streams import EVENTS_STREAM
 
 from .conftest import Writer, audit_env, read_log
 

@@ -23,7 +23,7 @@ from symbi_common.policy.decision_spool import DecisionSpool
 from symbi_common.policy.events import LoggedDecision
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
-from symbi_common.streams import provision_streams
+from symbi_common.stream_provisioning import provision_streams
 from symbi_policy.main import build_app
 
 from .conftest import service_env, stored_decisions

@@ -24,7 +24,7 @@ from symbi_common.policy.conditions import CONDITION_KINDS, redact, requires_app
 from symbi_common.policy.enforcement import ALL_CAPS, EnforcementPoint
 from symbi_common.server_sync import synced
 from symbi_common.settings import Settings, load_settings
-from symbi_common.streams import provision_streams
+from symbi_common.stream_provisioning import provision_streams
 from symbi_policy.main import build_app
 
 from .conftest import RunningPolicy, StartRuntime, example, running_agent, stored_decisions

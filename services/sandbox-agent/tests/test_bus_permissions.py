@@ -17,7 +17,8 @@ from symbi_cli.bus_cmd import BusCommandError, body_opener, dead_letters, replay
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry
-from symbi_common.natsauth import OPERATOR, server_options, with_credentials
+from symbi_common.nats_client import server_options, with_credentials
+from symbi_common.natsauth import OPERATOR
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings

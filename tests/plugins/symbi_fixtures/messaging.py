@@ -12,8 +12,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats
-from symbi_common.natsauth import ADMIN, authorization_config, nats_users, with_credentials
-from symbi_common.streams import provision_streams
+from symbi_common.nats_client import with_credentials
+from symbi_common.natsauth import ADMIN, authorization_config, nats_users
+from symbi_common.stream_provisioning import provision_streams
 
 
 @pytest.fixture

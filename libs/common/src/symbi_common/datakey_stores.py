@@ -139,7 +139,7 @@ class KvDataKeyStore:
         except nats.js.errors.BucketNotFoundError:
             raise InfrastructureError(
                 f"the KV bucket {DATAKEYS_BUCKET} does not exist; it is provisioned by the NATS admin "
-                "(`symbi up`, or symbi_common.streams.provision_streams with the admin credential)"
+                "(`symbi up`, or symbi_common.stream_provisioning.provision_streams with the admin credential)"
             ) from None
         return cls(kv)
 

@@ -31,16 +31,12 @@ from symbi_common.events import Event
 from symbi_common.eventstore import EventStore
 from symbi_common.keyring import KeyRegistry, load_signer, load_wrap_key, read_key_file
 from symbi_common.livekeys import LiveKeys, previous_wrap_keys
-from symbi_common.natsauth import (
-    RESILIENT_CLIENT,
-    datakey_types,
-    server_options,
-    without_credentials,
-)
+from symbi_common.nats_client import RESILIENT_CLIENT, server_options, without_credentials
+from symbi_common.natsauth import datakey_types
 from symbi_common.projection import Projection, ProjectionRunner
 from symbi_common.settings import Settings
 from symbi_common.snapshots import SnapshotStore
-from symbi_common.streams import require_streams
+from symbi_common.stream_provisioning import require_streams
 from symbi_common.telemetry import (
     configure_logging,
     configure_tracing,

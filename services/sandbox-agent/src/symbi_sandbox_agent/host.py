@@ -28,7 +28,7 @@ from symbi_common.reader import Recorded
 from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings_sandbox import SandboxSettings
-from symbi_common.streams import require_streams
+from symbi_common.stream_provisioning import require_streams
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.sandbox_agent.events import (
     ExecutionEvent,

@@ -1,6 +1,6 @@
 """The ``WORK`` stream: work items for the sandbox-agents (``work.<host_id>``, work-queue retention).
 
-Provisioned by the NATS admin (``symbi_common.streams.provision_streams``); services only check it exists.
+Provisioned by the NATS admin (``symbi_common.stream_provisioning.provision_streams``); services only check it exists.
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from symbi_common.settings import Settings
-from symbi_common.streams import HOSTS_BUCKET, SCHEDULER_BUCKET, WORK_STREAM, require_streams
+from symbi_common.stream_provisioning import require_streams
+from symbi_common.streams import HOSTS_BUCKET, SCHEDULER_BUCKET, WORK_STREAM
 
 __all__ = ["WORK_STREAM", "ensure_work_stream"]
 
