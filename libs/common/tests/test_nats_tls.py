@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import ssl
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from symbi_cli.deploy_tls import NATS_PARTY, ensure_tls, party_files
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats_async
 from symbi_common.nats_client import client_tls, connect_options
@@ -22,70 +17,18 @@ from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> tuple[str, str]:
-    key_path = path.with_suffix(".key")
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_path.chmod(0o600)
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(path), str(key_path)
-
-
-def _issue(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, cn: str, usage: x509.ObjectIdentifier
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    )
-    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("symbi test CA"))
-        .issuer_name(_name("symbi test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, _ = _write(tmp_path / "ca.pem", ca_key, ca)
-    server_cert, server_key = _write(
-        tmp_path / "server.pem", *_issue(ca_key, ca, "nats", ExtendedKeyUsageOID.SERVER_AUTH)
-    )
-    client_cert, client_key = _write(
-        tmp_path / "client.pem", *_issue(ca_key, ca, "svc", ExtendedKeyUsageOID.CLIENT_AUTH)
-    )
+    """A deployment's TLS material (``symbi deploy init``'s CA, nats-server's certificate, which names
+    127.0.0.1, and the policy service's client certificate), as PEM files."""
+    ensure_tls(tmp_path)
+    server, client = party_files(tmp_path, NATS_PARTY), party_files(tmp_path, "policy")
     return {
-        "ca": ca_file,
-        "server_cert": server_cert,
-        "server_key": server_key,
-        "client_cert": client_cert,
-        "client_key": client_key,
+        "ca": str(server.ca),
+        "server_cert": str(server.cert),
+        "server_key": str(server.key),
+        "client_cert": str(client.cert),
+        "client_key": str(client.key),
     }
 
 

@@ -66,15 +66,11 @@ async def provision_streams(
     a fresh, empty one. A replicated stream waits up to ``placement_wait_s`` for enough cluster members.
     """
     s = settings or StreamSettings()
-    if existing_store:
-        for name in HISTORY_STREAMS:
-            try:
-                await js.stream_info(name)
-            except nats.js.errors.NotFoundError:
-                raise InfrastructureError(
-                    f"the JetStream store exists but stream {name} is missing: its history was deleted; "
-                    "refusing to re-create it empty (restore the store, or start over with a new home)"
-                ) from None
+    if existing_store and (name := await _first_missing(js, HISTORY_STREAMS)) is not None:
+        raise InfrastructureError(
+            f"the JetStream store exists but stream {name} is missing: its history was deleted; "
+            "refusing to re-create it empty (restore the store, or start over with a new home)"
+        )
     queues = (
         messages_config(s.replicas, s.duplicate_window_s, s.max_msg_size),
         deadletter_config(s.replicas),
@@ -154,11 +150,18 @@ async def require_streams(js: Any, names: tuple[str, ...] = REQUIRED_STREAMS) ->
     Raises :class:`InfrastructureError` naming what is missing: a service does not re-create a
     stream that was deleted (that would silently start a fresh, short history).
     """
+    if (name := await _first_missing(js, names)) is not None:
+        raise InfrastructureError(
+            f"JetStream stream {name} does not exist; streams and KV buckets are provisioned by the "
+            "NATS admin before services start (`symbi up`, or provision_streams with the admin credential)"
+        )
+
+
+async def _first_missing(js: Any, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is not a stream (a KV bucket is ``KV_<bucket>``), or ``None``."""
     for name in names:
         try:
             await js.stream_info(name)
         except nats.js.errors.NotFoundError:
-            raise InfrastructureError(
-                f"JetStream stream {name} does not exist; streams and KV buckets are provisioned by the "
-                "NATS admin before services start (`symbi up`, or provision_streams with the admin credential)"
-            ) from None
+            return name
+    return None
