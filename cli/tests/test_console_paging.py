@@ -106,132 +106,132 @@ async def _register(run: Running, agent_id: str, configured: int = 0) -> int:
     return sequence
 
 
-async def test_the_agents_list_pages_through_every_agent_once(
-    runtime_options: RuntimeOptions, runtime_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(paging, "AGENTS_PAGE", 3)
-    async with _running(runtime_options, runtime_home, tmp_path) as run:
-        applied = max([await _register(run, f"paged-{i}") for i in range(7)])
-        # Read once the lifecycle's read model has applied every registration (the console's reads follow).
-        params = {"limit": 500, "min_sequence": applied}
-        every = (await run.api.get(f"{run.urls['lifecycle']}/v1/agents", params=params)).json()
-        expected = sorted(a["id"] for a in every["items"])
-        assert {f"paged-{i}" for i in range(7)} <= set(expected)
+async def _the_agents_list_pages_through_every_agent_once(run: Running) -> None:
+    applied = max([await _register(run, f"paged-{i}") for i in range(7)])
+    # Read once the lifecycle's read model has applied every registration (the console's reads follow).
+    params = {"limit": 500, "min_sequence": applied}
+    every = (await run.api.get(f"{run.urls['lifecycle']}/v1/agents", params=params)).json()
+    expected = sorted(a["id"] for a in every["items"])
+    assert {f"paged-{i}" for i in range(7)} <= set(expected)
 
-        seen: list[str] = []
-        path: str | None = "/agents"
-        pages = 0
-        while path is not None:
-            text = await _page(run.console, path)
-            rows = re.findall(r'<td><a href="/agents/([^"]+)">', text)
-            assert 0 < len(rows) <= 3, (path, rows)
-            seen += rows
-            pages += 1
-            path = _next(text, "agents-next")
-            assert (path is None) == ("the last page" in text)
-            assert pages <= len(expected), "the next links do not end"
-        assert sorted(seen) == expected  # every agent, none twice
-        assert pages == -(-len(expected) // 3)
+    seen: list[str] = []
+    path: str | None = "/agents"
+    pages = 0
+    while path is not None:
+        text = await _page(run.console, path)
+        rows = re.findall(r'<td><a href="/agents/([^"]+)">', text)
+        assert 0 < len(rows) <= 3, (path, rows)
+        seen += rows
+        pages += 1
+        path = _next(text, "agents-next")
+        assert (path is None) == ("the last page" in text)
+        assert pages <= len(expected), "the next links do not end"
+    assert sorted(seen) == expected  # every agent, none twice
+    assert pages == -(-len(expected) // 3)
 
 
-async def test_an_agents_timeline_pages_oldest_first_to_its_latest_event(
-    runtime_options: RuntimeOptions, runtime_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(paging, "TIMELINE_PAGE", 2)
-    async with _running(runtime_options, runtime_home, tmp_path) as run:
-        applied = await _register(run, "storied", configured=3)
-        path_ = f"{run.urls['lifecycle']}/v1/agents/storied/events"
-        history = (await run.api.get(path_, params={"limit": 500, "min_sequence": applied})).json()["items"]
-        versions = [e["aggregate_version"] for e in history]
-        assert len(versions) >= 4, history
+async def _an_agents_timeline_pages_oldest_first_to_its_latest_event(run: Running) -> None:
+    applied = await _register(run, "storied", configured=3)
+    path_ = f"{run.urls['lifecycle']}/v1/agents/storied/events"
+    history = (await run.api.get(path_, params={"limit": 500, "min_sequence": applied})).json()["items"]
+    versions = [e["aggregate_version"] for e in history]
+    assert len(versions) >= 4, history
 
-        shown: list[int] = []
-        path: str | None = "/agents/storied"
-        while path is not None:
-            text = await _page(run.console, path)
-            on_page = [int(v) for v in re.findall(r"</b> · v(\d+) · seq", text)]
-            assert 0 < len(on_page) <= 2, (path, on_page)
-            shown += on_page
-            found = re.search(r'<a href="([^"]+)" class="timeline-newer"', text)
-            path = html.unescape(found.group(1)) if found else None
-            assert (path is None) == ("up to the latest event" in text)
-            assert len(shown) <= len(versions), "the newer links do not end"
-        assert shown == versions  # oldest first, every event once
+    shown: list[int] = []
+    path: str | None = "/agents/storied"
+    while path is not None:
+        text = await _page(run.console, path)
+        on_page = [int(v) for v in re.findall(r"</b> · v(\d+) · seq", text)]
+        assert 0 < len(on_page) <= 2, (path, on_page)
+        shown += on_page
+        found = re.search(r'<a href="([^"]+)" class="timeline-newer"', text)
+        path = html.unescape(found.group(1)) if found else None
+        assert (path is None) == ("up to the latest event" in text)
+        assert len(shown) <= len(versions), "the newer links do not end"
+    assert shown == versions  # oldest first, every event once
 
-        newest = re.search(r'<a href="([^"]+)" class="timeline-newest"', await _page(run.console, "/agents/storied"))
-        assert newest, "the first page links to the newest events"
+    newest = re.search(r'<a href="([^"]+)" class="timeline-newest"', await _page(run.console, "/agents/storied"))
+    assert newest, "the first page links to the newest events"
+    last = await _page(run.console, html.unescape(newest[1]))
+    assert [int(v) for v in re.findall(r"</b> · v(\d+) · seq", last)] == versions[-2:]
+    assert "up to the latest event" in last
+    # Each event of the page carries the audit service's verdict (once it has verified them).
+    deadline = time.monotonic() + 60
+    while last.count("✔ signature and chain checked by the audit service") < 2:
+        assert time.monotonic() < deadline, last
+        await asyncio.sleep(0.5)
         last = await _page(run.console, html.unescape(newest[1]))
-        assert [int(v) for v in re.findall(r"</b> · v(\d+) · seq", last)] == versions[-2:]
-        assert "up to the latest event" in last
-        # Each event of the page carries the audit service's verdict (once it has verified them).
-        deadline = time.monotonic() + 60
-        while last.count("✔ signature and chain checked by the audit service") < 2:
-            assert time.monotonic() < deadline, last
-            await asyncio.sleep(0.5)
-            last = await _page(run.console, html.unescape(newest[1]))
 
 
-async def test_a_cursor_the_service_did_not_hand_out_gives_the_error_page(
-    runtime_options: RuntimeOptions, runtime_home: Path, tmp_path: Path
-) -> None:
-    async with _running(runtime_options, runtime_home, tmp_path) as run:
-        await _register(run, "one")
-        console = run.console
-        # The lifecycle's own refusal of a well-formed but forged cursor, shown as the console's error page.
-        await _refused(console, f"/agents?cursor={FORGED}", 400, "not a cursor this API returned")
-        # Refused by the console before any call: not the form of a cursor or a position.
-        await _refused(console, "/agents?cursor=..%2Fv1%2Fagents", 400, "is not a cursor of the agents list")
-        for bad in ("-1", "x", "99999999999999999999"):
-            await _refused(console, f"/agents/one?after={bad}", 400, "is not a position in the timeline")
-        await _refused(console, "/audit?findings_after=1e3", 400, "is not a position in the findings list")
-        audit = await _page(console, "/audit")
-        assert _next(audit, "findings-next") is None  # no findings in a fresh runtime: one page
-        assert "the last page" in audit
+async def _a_cursor_the_service_did_not_hand_out_gives_the_error_page(run: Running) -> None:
+    await _register(run, "one")
+    console = run.console
+    # The lifecycle's own refusal of a well-formed but forged cursor, shown as the console's error page.
+    await _refused(console, f"/agents?cursor={FORGED}", 400, "not a cursor this API returned")
+    # Refused by the console before any call: not the form of a cursor or a position.
+    await _refused(console, "/agents?cursor=..%2Fv1%2Fagents", 400, "is not a cursor of the agents list")
+    for bad in ("-1", "x", "99999999999999999999"):
+        await _refused(console, f"/agents/one?after={bad}", 400, "is not a position in the timeline")
+    await _refused(console, "/audit?findings_after=1e3", 400, "is not a position in the findings list")
+    audit = await _page(console, "/audit")
+    assert _next(audit, "findings-next") is None  # no findings in a fresh runtime: one page
+    assert "the last page" in audit
 
 
-async def test_each_task_group_pages_with_the_schedulers_cursor(
+async def _each_task_group_pages_with_the_schedulers_cursor(run: Running) -> None:
+    api, console, urls = run.api, run.console, run.urls
+    body = {"agent_id": "tasked", "definition": DEFAULT_DEFINITION, "file": "tasked.symbi"}
+    registered = await api.post(f"{urls['lifecycle']}/v1/agents", json=body)
+    assert registered.status_code == 201, registered.text
+    submitted = []
+    for i in range(5):
+        task = {"agent_id": "tasked", "priority": "normal", "input": f"n{i}"}
+        answer = await api.post(f"{urls['scheduler']}/v1/tasks", json=task)
+        assert answer.status_code == 201, answer.text
+        submitted.append(answer.json()["task_id"])
+    deadline = time.monotonic() + 240
+    while True:
+        finished = (await api.get(f"{urls['scheduler']}/v1/tasks", params={"state": "finished"})).json()
+        if finished["total"] == len(submitted):
+            break
+        assert time.monotonic() < deadline, finished
+        await asyncio.sleep(0.5)
+
+    seen: list[str] = []
+    path: str | None = "/tasks"
+    while path is not None:
+        text = await _page(console, path)
+        table = re.search(r'<table class="tasks" id="tasks-finished">(.*?)</table>', text, flags=re.S)
+        assert table, text[:3000]
+        rows = re.findall(r'<td><a href="/tasks/([^"]+)">', table.group(1))
+        assert 0 < len(rows) <= 2, (path, rows)
+        seen += rows
+        if path != "/tasks":  # a later page shows its group only, and refreshes that same page
+            assert 'id="tasks-queued"' not in text
+            live = re.search(r'<div id="tasks-live" hx-get="([^"]+)"', text)
+            assert live, text[:3000]
+            assert html.unescape(live[1]) == path.replace("/tasks?", "/tasks/live?")
+        path = _next(text, "next-finished")
+        assert (path is None) == ("the last page of finished" in text)
+        assert len(seen) <= len(submitted), "the next links do not end"
+    assert sorted(seen) == sorted(submitted)
+
+    await _refused(console, f"/tasks?state=finished&after={FORGED}", 422, "is not a cursor of this listing")
+    await _refused(console, "/tasks/live?state=finished&after=a%20b", 400, "is not a cursor of the tasks list")
+    await _refused(console, "/tasks?state=parked", 400, "is not a task group")
+    await _refused(console, f"/tasks?after={FORGED}", 400, "name its state too")
+
+
+async def test_every_list_pages_through_everything_once_and_a_forged_cursor_is_refused(
     runtime_options: RuntimeOptions, runtime_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One runtime for the four lists (each starts its own otherwise): the cursors first, while the runtime has
+    no audit findings yet; then the agents list, an agent's timeline and the task groups, at small page sizes."""
+    monkeypatch.setattr(paging, "AGENTS_PAGE", 3)
+    monkeypatch.setattr(paging, "TIMELINE_PAGE", 2)
     monkeypatch.setattr(paging, "TASKS_PAGE", 2)
     async with _running(runtime_options, runtime_home, tmp_path) as run:
-        api, console, urls = run.api, run.console, run.urls
-        body = {"agent_id": "tasked", "definition": DEFAULT_DEFINITION, "file": "tasked.symbi"}
-        registered = await api.post(f"{urls['lifecycle']}/v1/agents", json=body)
-        assert registered.status_code == 201, registered.text
-        submitted = []
-        for i in range(5):
-            task = {"agent_id": "tasked", "priority": "normal", "input": f"n{i}"}
-            answer = await api.post(f"{urls['scheduler']}/v1/tasks", json=task)
-            assert answer.status_code == 201, answer.text
-            submitted.append(answer.json()["task_id"])
-        deadline = time.monotonic() + 240
-        while True:
-            finished = (await api.get(f"{urls['scheduler']}/v1/tasks", params={"state": "finished"})).json()
-            if finished["total"] == len(submitted):
-                break
-            assert time.monotonic() < deadline, finished
-            await asyncio.sleep(0.5)
-
-        seen: list[str] = []
-        path: str | None = "/tasks"
-        while path is not None:
-            text = await _page(console, path)
-            table = re.search(r'<table class="tasks" id="tasks-finished">(.*?)</table>', text, flags=re.S)
-            assert table, text[:3000]
-            rows = re.findall(r'<td><a href="/tasks/([^"]+)">', table.group(1))
-            assert 0 < len(rows) <= 2, (path, rows)
-            seen += rows
-            if path != "/tasks":  # a later page shows its group only, and refreshes that same page
-                assert 'id="tasks-queued"' not in text
-                live = re.search(r'<div id="tasks-live" hx-get="([^"]+)"', text)
-                assert live, text[:3000]
-                assert html.unescape(live[1]) == path.replace("/tasks?", "/tasks/live?")
-            path = _next(text, "next-finished")
-            assert (path is None) == ("the last page of finished" in text)
-            assert len(seen) <= len(submitted), "the next links do not end"
-        assert sorted(seen) == sorted(submitted)
-
-        await _refused(console, f"/tasks?state=finished&after={FORGED}", 422, "is not a cursor of this listing")
-        await _refused(console, "/tasks/live?state=finished&after=a%20b", 400, "is not a cursor of the tasks list")
-        await _refused(console, "/tasks?state=parked", 400, "is not a task group")
-        await _refused(console, f"/tasks?after={FORGED}", 400, "name its state too")
+        await _a_cursor_the_service_did_not_hand_out_gives_the_error_page(run)
+        await _the_agents_list_pages_through_every_agent_once(run)
+        await _an_agents_timeline_pages_oldest_first_to_its_latest_event(run)
+        await _each_task_group_pages_with_the_schedulers_cursor(run)

@@ -17,6 +17,7 @@ from symbi_common.keyring import KeyRegistry
 from symbi_tlog.notes import parse_checkpoint
 from symbi_tlog.offline import TrustAnchor, check_checkpoint, verify_export_file
 
+from symbi_cli.console import paging
 from symbi_cli.console.app import Ctx, CtxDep, path_id
 from symbi_cli.console.services import ServiceCallFailed
 from symbi_cli.console.views import inclusion_path
@@ -52,13 +53,25 @@ def checkpoint_view(note: str, anchor: TrustAnchor) -> dict[str, Any]:
 
 
 @router.get("/audit", response_class=HTMLResponse)
-async def audit(c: CtxDep) -> Response:
+async def audit(c: CtxDep, findings_after: str = "") -> Response:
+    """The audit status and checkpoint, and one page of findings (oldest first, after the id
+    ``findings_after``) with a link to the next."""
+    after = paging.position(findings_after, "findings list")
     status = await c.services.get("audit", "/v1/audit/status")
     latest = None
     if status.get("checkpoint"):
         latest = checkpoint_view(status["checkpoint"]["note"], _anchor(c))
-    findings = (await c.services.get("audit", "/v1/audit/findings", limit=20))["items"]
-    return c.page("audit.html", status=status, latest=latest, findings=findings)
+    size = paging.FINDINGS_PAGE
+    read = (await c.services.get("audit", "/v1/audit/findings", after=after, limit=size + 1))["items"]
+    findings = read[:size]
+    return c.page(
+        "audit.html",
+        status=status,
+        latest=latest,
+        findings=findings,
+        paged=after > 0,
+        next_link=paging.link("/audit", findings_after=findings[-1]["id"]) + "#findings" if len(read) > size else None,
+    )
 
 
 @router.get("/audit/proof/{sequence}", response_class=HTMLResponse)

@@ -35,12 +35,15 @@ async def recent_tasks(services: Services, newest: int = 50) -> list[dict[str, A
     return tasks[-newest:]
 
 
-async def task_groups(services: Services, limit: int = 50) -> dict[str, dict[str, Any]]:
-    """Queued (by priority), running and finished (newest first) tasks, as the scheduler orders them."""
+async def task_groups(
+    services: Services, states: tuple[str, ...] = TASK_STATES, after: str | None = None, limit: int = 50
+) -> dict[str, dict[str, Any]]:
+    """One page of each of ``states`` — queued (by priority), running, finished (newest first), as the scheduler
+    orders them — after the scheduler's cursor ``after`` when given (a cursor of one state's list)."""
     pages = await asyncio.gather(
-        *(services.get("scheduler", "/v1/tasks", state=state, limit=limit) for state in TASK_STATES)
+        *(services.get("scheduler", "/v1/tasks", state=state, limit=limit, after=after) for state in states)
     )
-    return dict(zip(TASK_STATES, pages, strict=True))
+    return dict(zip(states, pages, strict=True))
 
 
 async def host_of(services: Services) -> dict[str, Any] | None:
