@@ -35,15 +35,44 @@ from symbi_cli.nats_server import SYNC_ALWAYS, ClusterRoutes, NatsServer
 _PORT_ATTEMPTS = 3
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports free on ``host`` right now (held open together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
+#: Where the kernel's ephemeral ports start when /proc does not say (Linux's default).
+EPHEMERAL_LOW = 32768
+
+
+def _ephemeral_low() -> int:
     try:
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_LOW
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` right now, below the kernel's ephemeral range.
+
+    A port the kernel picked for a port-0 bind would go back into its pool when released here, and any process
+    binding port 0 or connecting out before the server binds it could get it ("address already in use" when
+    the server starts). Ports below the ephemeral range are handed out only to those who name them.
+    """
+    top = _ephemeral_low()
+    bottom = max(1024, top - 20_000)
+    rng = secrets.SystemRandom()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(100 * count):
+            if len(held) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind((host, rng.randrange(bottom, top)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        if len(held) < count:
+            raise InfraError(f"no {count} free ports between {bottom} and {top} on {host}")
+        return [int(sock.getsockname()[1]) for sock in held]
     finally:
-        for sock in sockets:
+        for sock in held:
             sock.close()
 
 
