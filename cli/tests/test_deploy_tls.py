@@ -237,6 +237,22 @@ def test_symbi_deploy_init_says_why_it_refuses_a_ca_without_its_key(tmp_path: Pa
     assert "Traceback" not in done.output
 
 
+def test_symbi_deploy_init_names_what_to_restart_after_a_renewal(tmp_path: Path) -> None:
+    directory = tmp_path / "deploy"
+    args = ["deploy", "init", str(directory), "--uid", str(os.getuid())]
+    runner = CliRunner(env={"COLUMNS": "1000"})
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0
+    assert "new TLS certificates" not in first.output  # a new deployment: nothing runs yet
+    for party in (NATS_PARTY, "policy", "provision"):
+        party_files(directory, party).cert.unlink()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "new TLS certificates for: nats, policy, provision;" in again.output
+    assert "deploy/compose.sh restart nats policy policy-2`" in again.output
+    assert "new TLS certificates" not in runner.invoke(app, args).output  # all good again
+
+
 def test_the_containers_get_the_files_and_the_operator_keeps_its_own(tmp_path: Path) -> None:
     """With ``uid``, each container party's directory is handed to the containers' user; the operator's stays
     the caller's (it is used on the operator's machine, never mounted)."""

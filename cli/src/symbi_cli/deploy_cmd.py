@@ -13,9 +13,14 @@ from rich.console import Console
 from symbi_common.errors import KeyringError
 
 from symbi_cli.deploy_dir import SERVICE_UID, DeployConfig, init_deploy_dir, parse_env
+from symbi_cli.deploy_tls import CA_CERT_FILE, parties_due
 from symbi_cli.errors import CliError, InfraError
 from symbi_cli.postgres_roles import ensure_service_database, read_password
 from symbi_cli.runtime_options import DATABASE_SERVICES, database_name
+
+#: The compose services that load each party's TLS certificate (docker-compose.yml); the provisioning job
+#: and the operator's CLI load theirs afresh on each run.
+COMPOSE_SERVICES_OF = {"policy": ("policy", "policy-2"), "provision": (), "operator": ()}
 
 deploy_app = typer.Typer(help="Deployment: the keys, credentials and settings the compose stack mounts.")
 
@@ -58,11 +63,20 @@ def init(
         images=parse_images(images),
         docker_root=docker_root,
     )
+    renewing = (directory / CA_CERT_FILE).exists()
     try:
+        due = parties_due(directory) if renewing else []
         env_file = init_deploy_dir(directory, config, uid=uid)
     except (OSError, KeyringError, InfraError, CliError) as exc:
         Console(stderr=True).print(f"[red]error:[/] cannot prepare {directory}: {exc}")
         raise typer.Exit(1) from None
+    restart = [name for party in due for name in COMPOSE_SERVICES_OF.get(party, (party,))]
+    if restart:  # running containers keep the certificates they loaded
+        Console(stderr=True).print(
+            f"new TLS certificates for: {', '.join(due)}; restart what uses them — compose: `deploy/compose.sh"
+            f" restart {' '.join(restart)}`; Kubernetes: re-create their symbi-<party>-tls Secrets, then restart"
+            " those pods"
+        )
     print(env_file)
 
 

@@ -209,6 +209,19 @@ def needs_issuing(cert: x509.Certificate | None, ca: x509.Certificate, server_na
     return bool(server_names) and not set(server_names) <= _names_of(cert)
 
 
+def _due(directory: Path, party: str, ca: x509.Certificate) -> bool:
+    files = party_files(directory, party)
+    names = SERVER_NAMES if party == NATS_PARTY else ()
+    return needs_issuing(_load_cert(files.cert), ca, names) or not files.key.exists()
+
+
+def parties_due(directory: Path) -> list[str]:
+    """The parties whose certificate :func:`ensure_tls` would issue (again) now; every party before there is a
+    CA. Reads only."""
+    ca = _load_cert(directory / CA_CERT_FILE)
+    return [p for p in (NATS_PARTY, *CLIENT_PARTIES) if ca is None or _due(directory, p, ca)]
+
+
 def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
     cert = _load_cert(cert_path)
@@ -244,10 +257,9 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
     issued = []
     for party in (NATS_PARTY, *CLIENT_PARTIES):
         files = party_files(directory, party)
-        names = SERVER_NAMES if party == NATS_PARTY else ()
         files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if needs_issuing(_load_cert(files.cert), ca, names) or not files.key.exists():
-            key, cert = issue(ca_key, ca, party, server_names=names)
+        if _due(directory, party, ca):
+            key, cert = issue(ca_key, ca, party, server_names=SERVER_NAMES if party == NATS_PARTY else ())
             write_atomically(files.key, _key_pem(key), 0o400)
             write_atomically(files.cert, _cert_pem(cert), 0o400)
             issued.append(party)
