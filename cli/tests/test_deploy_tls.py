@@ -171,6 +171,7 @@ def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None
         keys.add(files.key.read_bytes())
     assert len(keys) == 1 + len(CLIENT_PARTIES), "two parties share a key"
     assert stat.S_IMODE((tmp_path / CA_KEY_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
 
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert ensure_tls(tmp_path) == []

@@ -4,6 +4,7 @@ database services' PostgreSQL roles the deployment's postgres container sets up 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from symbi_common.errors import KeyringError
 
 from symbi_cli.deploy_dir import SERVICE_UID, DeployConfig, init_deploy_dir, parse_env
+from symbi_cli.deploy_k8s import NAMESPACE, k8s_secrets
 from symbi_cli.deploy_tls import CA_CERT_FILE, parties_due
 from symbi_cli.errors import CliError, InfraError
 from symbi_cli.postgres_roles import ensure_service_database, read_password
@@ -78,6 +80,23 @@ def init(
             " those pods"
         )
     print(env_file)
+
+
+@deploy_app.command("k8s-secrets")
+def k8s_secrets_cmd(
+    directory: Annotated[Path, typer.Argument(help="The deployment directory `symbi deploy init` wrote.")],
+    namespace: Annotated[str, typer.Option("--namespace", help="The namespace of deploy/k8s.")] = NAMESPACE,
+) -> None:
+    """Print every Secret deploy/k8s mounts, made from DIR, as one JSON v1/List: pipe it to `kubectl apply -f -`.
+
+    Each Secret holds one party's part of the directory only; nothing of DIR/operator/ goes into any.
+    """
+    try:
+        secrets = k8s_secrets(directory.resolve(), namespace)
+    except (OSError, CliError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] cannot read {directory}: {exc}")
+        raise typer.Exit(1) from None
+    print(json.dumps(secrets, indent=1))
 
 
 @deploy_app.command("postgres-roles")

@@ -250,8 +250,11 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
     """Create or complete the deployment directory's TLS material; returns the parties issued a certificate.
 
     With ``uid``, the parties' directories and files are handed to that user (the containers'), except the
-    operator's, which stays the caller's.
+    operator's, which stays the caller's. ``DIR/tls`` itself is the caller's, 0700.
     """
+    tls = directory / "tls"
+    tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tls.chmod(0o700)
     ca_key, ca = _ensure_ca(directory)
     ca_pem = _cert_pem(ca)
     issued = []
