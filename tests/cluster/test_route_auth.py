@@ -135,14 +135,18 @@ async def reads_stored(client: NatsClient, seq: int, payload: bytes, timeout: fl
     return False
 
 
-@pytest.mark.parametrize("password", [None, "wrong-password"], ids=["no-credentials", "wrong-password"])
-async def test_a_server_without_the_route_password_does_not_join(
-    nats_cluster: Cluster, tmp_path: Path, password: str | None
-) -> None:
+async def test_a_server_without_the_route_password_does_not_join(nats_cluster: Cluster, tmp_path: Path) -> None:
     members = nats_cluster.servers.members
-    with intruder(*member_routes(nats_cluster), tmp_path / "refused", password) as refused:
-        assert not await joined(members, f"intruder-{tmp_path.name}-refused", JOIN_WAIT)
-        assert await sees_cluster_traffic(nats_cluster, refused, wait=2.0) == (False, False)
+    refused = {"no-credentials": None, "wrong-password": "wrong-password"}
+    with contextlib.ExitStack() as running:  # both at once: each is given the same time to join
+        servers = {
+            name: running.enter_context(intruder(*member_routes(nats_cluster), tmp_path / name, password))
+            for name, password in refused.items()
+        }
+        joins = await asyncio.gather(*(joined(members, f"intruder-{tmp_path.name}-{n}", JOIN_WAIT) for n in servers))
+        assert not any(joins), dict(zip(servers, joins, strict=True))
+        seen = await asyncio.gather(*(sees_cluster_traffic(nats_cluster, s, wait=2.0) for s in servers.values()))
+        assert all(s == (False, False) for s in seen), dict(zip(servers, seen, strict=True))
 
     # The same server with the cluster's route password joins and sees everything: the check above can fail.
     password = nats_cluster.servers.route_password
