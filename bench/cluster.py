@@ -219,7 +219,7 @@ async def main() -> None:
             nc = await nats.connect(cluster.urls, **RESILIENT_CLIENT, connect_timeout=5, error_cb=_quiet)
             try:
                 js = nc.jetstream(timeout=10)
-                await wait_for_jetstream(js, timeout=90)
+                await wait_for_jetstream(nc, timeout=90)
                 await provision_streams(js, StreamSettings(replicas=3))
                 print(f"cluster ready in {time.monotonic() - started:.1f} s")
                 store = await _common.make_store(nc, keys_dir)

@@ -68,7 +68,7 @@ async def nats_cluster(nats_cluster_servers: Cluster) -> Cluster:
     admin = await nats_cluster_servers.connect(ADMIN, allow_reconnect=False)
     try:
         js = admin.jetstream(timeout=10)
-        await wait_for_jetstream(js, timeout=90)
+        await wait_for_jetstream(admin, timeout=90)
         await provision_streams(js, StreamSettings(replicas=REPLICAS))
         await stream_leader(js, EVENTS_STREAM, replicas=REPLICAS, timeout=60)
     finally:

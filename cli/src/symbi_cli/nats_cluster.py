@@ -224,8 +224,15 @@ class NatsCluster:
 # --- asking the cluster (any JetStream context of a client connected to it) ----------------------
 
 
-async def wait_for_jetstream(js: Any, *, timeout: float = 60.0) -> None:
-    """Wait until the cluster answers JetStream API calls (it has elected its meta leader)."""
+#: How long one probe of :func:`wait_for_jetstream` waits for an answer. Before the cluster has a meta leader a
+#: JetStream request gets none, so a probe with a caller's longer timeout held the wait that long (10 s) after
+#: the leader was there (1-2 s after a cluster starts).
+PROBE_TIMEOUT_S = 1.0
+
+
+async def wait_for_jetstream(nc: Any, *, timeout: float = 60.0) -> None:
+    """Wait until the cluster answers JetStream API calls on connection ``nc`` (it has elected its meta leader)."""
+    js = nc.jetstream(timeout=PROBE_TIMEOUT_S)
     deadline = time.monotonic() + timeout
     while True:
         try:
