@@ -76,8 +76,8 @@ def init(
     if restart:  # running containers keep the certificates they loaded
         Console(stderr=True).print(
             f"new TLS certificates for: {', '.join(due)}; restart what uses them — compose: `deploy/compose.sh"
-            f" restart {' '.join(restart)}`; Kubernetes: re-create their symbi-<party>-tls Secrets, then restart"
-            " those pods"
+            f" restart {' '.join(restart)}`; Kubernetes: `symbi deploy k8s-secrets DIR | kubectl apply -f -`, then"
+            " restart those pods"
         )
     print(env_file)
 
