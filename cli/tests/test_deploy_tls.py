@@ -178,7 +178,9 @@ def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_a_certificate_ending_soon_or_of_another_ca_or_missing_a_name_is_issued_again(tmp_path: Path) -> None:
+def test_a_certificate_ending_soon_of_another_ca_missing_a_name_or_without_its_key_is_issued_again(
+    tmp_path: Path,
+) -> None:
     ensure_tls(tmp_path)
     ca_key_pem = (tmp_path / CA_KEY_FILE).read_bytes()
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
@@ -202,7 +204,15 @@ def test_a_certificate_ending_soon_or_of_another_ca_or_missing_a_name_is_issued_
     _, narrow = issue(ca_key, ca, NATS_PARTY, server_names=("nats", "localhost"))  # type: ignore[arg-type]
     party_files(tmp_path, NATS_PARTY).cert.write_bytes(narrow.public_bytes(serialization.Encoding.PEM))
 
-    assert sorted(ensure_tls(tmp_path)) == sorted(["audit", "policy", NATS_PARTY])
+    # context: its key replaced by another (the certificate would not match it); scheduler: its key gone.
+    other, _ = new_ca()
+    party_files(tmp_path, "context").key.chmod(0o600)
+    party_files(tmp_path, "context").key.write_bytes(
+        other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    party_files(tmp_path, "scheduler").key.unlink()
+
+    assert sorted(ensure_tls(tmp_path)) == sorted(["audit", "context", "policy", "scheduler", NATS_PARTY])
     for party in ("audit", "policy", NATS_PARTY):
         cert = _cert(party_files(tmp_path, party).cert)
         cert.verify_directly_issued_by(ca)

@@ -209,10 +209,22 @@ def needs_issuing(cert: x509.Certificate | None, ca: x509.Certificate, server_na
     return bool(server_names) and not set(server_names) <= _names_of(cert)
 
 
+def _key_of(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+
+
 def _due(directory: Path, party: str, ca: x509.Certificate) -> bool:
+    """Whether ``party``'s certificate must be issued (again), or its key is missing or not the certificate's."""
     files = party_files(directory, party)
-    names = SERVER_NAMES if party == NATS_PARTY else ()
-    return needs_issuing(_load_cert(files.cert), ca, names) or not files.key.exists()
+    cert = _load_cert(files.cert)
+    if needs_issuing(cert, ca, SERVER_NAMES if party == NATS_PARTY else ()):
+        return True
+    key = _key_of(files.key)
+    return cert is None or key is None or key.public_key() != cert.public_key()
 
 
 def parties_due(directory: Path) -> list[str]:
