@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import httpx
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
+from symbi_cli.nats_cluster import free_port
 from symbi_cli.provisioning import provision_nats_async
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.decisions import DecisionRecord
@@ -91,12 +91,6 @@ def nats_server_binary() -> str:
 def nats_server_version() -> str:
     out = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=False)
     return (out.stdout or out.stderr).strip()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

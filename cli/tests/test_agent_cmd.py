@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import httpx
 import pytest
 from symbi_cli.main import app
 from symbi_common.operator_tokens import issue_local_token
+from symbi_fixtures.runtimes import take_free_port
 from typer.testing import CliRunner, Result
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "agents"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -35,7 +29,7 @@ def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 async def lifecycle_url(nats_url: str, database_url: str, keys_dir: Path, tmp_path: Path) -> AsyncIterator[str]:
-    port = _free_port()
+    port = take_free_port()
     env = {
         **os.environ,
         "SYMBI_NATS_URL": nats_url,
@@ -104,7 +98,7 @@ async def test_a_failing_definition_prints_its_diagnostics(lifecycle_url: str, t
 
 async def test_an_unreachable_service_is_exit_2(tmp_path: Path) -> None:
     # (a token of its own: this test may run before, or without, any test that starts the lifecycle service)
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{take_free_port()}"
     result = await invoke("register", str(EXAMPLES / "hello.symbi"), "--url", url, token="not-checked-by-anyone")
     assert result.exit_code == 2
     assert "cannot reach the lifecycle service" in result.output

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +27,7 @@ from symbi_common.operator_tokens import (
     issue_token,
     load_issuer_key,
 )
+from symbi_fixtures.runtimes import take_free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -41,12 +41,6 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 WAIT_S = 90  # a loaded 2-core machine: the task may wait for its container
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -347,7 +341,7 @@ async def test_console_in_a_real_browser(
     runtime_options: RuntimeOptions, runtime_home: Path, symbi_exe: str, browser: WebDriver, tmp_path: Path
 ) -> None:
     rt = LocalRuntime(runtime_options)
-    port = _free_port()
+    port = take_free_port()
     started = time.monotonic()
     console: ConsoleProcess | None = None
     try:

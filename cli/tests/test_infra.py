@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from symbi_cli.postgres_server import (
     database_url_or_start,
     drop_database,
 )
+from symbi_fixtures.runtimes import take_free_port
 
 
 def _pid_alive(pid: int) -> bool:
@@ -62,9 +62,7 @@ async def test_nats_server_start_stop(tmp_path: Path) -> None:
 
 
 def test_nats_server_fixed_port_and_restart_keeps_data(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = take_free_port()
     with NatsServer(tmp_path / "js", port=port) as server:
         assert server.url == f"nats://127.0.0.1:{port}"
         # A second server on the same port fails with the server's own explanation.

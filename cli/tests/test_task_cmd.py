@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import uvicorn
 from symbi_cli.main import app
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
+from symbi_fixtures.runtimes import take_free_port
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_scheduler.main import build_app as build_scheduler
 from typer.testing import CliRunner
@@ -24,12 +24,6 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services" / "scheduler" / "tests"))
 
 from schedkit import FakeHost, scheduler_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +69,7 @@ async def runtime(
             r = await http.post("/v1/agents", json={"agent_id": "upper", "config": config})
             assert r.status_code == 201, r.text
             settings = load_settings(env=scheduler_env(nats_url, keys_dir))
-            async with serve(build_scheduler(settings), _free_port()) as url:
+            async with serve(build_scheduler(settings), take_free_port()) as url:
 
                 async def add_host(**options: Any) -> FakeHost:
                     nc = await nats_connect()
@@ -151,7 +145,7 @@ async def test_logs_follow_output_live(runtime: Any, nats_url: str, sent: dict[s
 
 
 def test_unreachable_scheduler_is_a_clear_error() -> None:
-    result = invoke("task", "run", "upper", "x", "--url", f"http://127.0.0.1:{_free_port()}")
+    result = invoke("task", "run", "upper", "x", "--url", f"http://127.0.0.1:{take_free_port()}")
     assert result.exit_code == 2
     assert "cannot reach the scheduler" in result.stderr
 

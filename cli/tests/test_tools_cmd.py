@@ -22,17 +22,12 @@ from schemapin.crypto import KeyManager
 from schemapin.utils import create_well_known_response
 from symbi_cli.main import app
 from symbi_common.operator_tokens import issue_local_token
+from symbi_fixtures.runtimes import take_free_port
 from typer.testing import CliRunner, Result
 
 TOOLBOX = Path(__file__).parents[2] / "services" / "sandbox-agent" / "tests" / "mcp_servers" / "toolbox.py"
 DOMAIN = "tools.example.com"
 TOKEN: dict[str, str] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_port(port: int, proc: asyncio.subprocess.Process) -> None:
@@ -51,7 +46,7 @@ async def sandbox_url(provisioned: NatsClient, nats_url: str, keys_dir: Path, tm
     well_known = create_well_known_response(KeyManager.export_public_key_pem(public), "Example Tools")
     trust = SchemaPinTrustBundle("1.2", "2026-01-01T00:00:00Z", [create_bundled_discovery(DOMAIN, well_known)], [])
     (tmp_path / "trust.json").write_text(json.dumps(trust.to_dict()))
-    tool_port, port = _free_port(), _free_port()
+    tool_port, port = take_free_port(), take_free_port()
     toolbox_env = {
         **os.environ,
         "TOOLBOX_HTTP_PORT": str(tool_port),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import ssl
 import subprocess
 import time
@@ -28,6 +27,7 @@ from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.settings import load_settings
 from symbi_common.stream_provisioning import provision_streams
 from symbi_common.streams import AUDIT_STREAM, last_on_subject
+from symbi_fixtures.runtimes import take_free_port
 from symbi_tlog.cosign import WitnessKey, verify_cosignatures
 from symbi_tlog.merkle import TreeBuilder, consistency_ranges, hashes_for
 from symbi_tlog.notes import Checkpoint, sign_checkpoint
@@ -38,19 +38,13 @@ from typer.testing import CliRunner
 NAME = "witness.test/w1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Witness:
     exe: str
     dir: Path
     log_spec: str
     env: dict[str, str]
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=take_free_port)
     proc: subprocess.Popen[bytes] | None = None
     tls: tuple[Path, Path] | None = None
     """(certificate, key): serve HTTPS."""

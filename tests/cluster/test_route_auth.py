@@ -36,11 +36,11 @@ from nats.aio.client import Client as NatsClient
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, password_env_name
 from symbi_cli.deploy_tls import NATS_PARTY, SERVER_NAMES, PartyFiles, ensure_tls, issue, new_ca, party_files
 from symbi_cli.errors import InfraError
-from symbi_cli.nats_cluster import free_ports
 from symbi_cli.nats_server import ClusterRoutes, NatsServer
 from symbi_common.nats_client import client_tls, server_options, with_credentials
 from symbi_common.natsauth import nats_users
 from symbi_common.streams import EVENTS_STREAM
+from symbi_fixtures.runtimes import take_free_ports
 
 from .conftest import Cluster
 
@@ -58,7 +58,7 @@ def intruder(
     """A nats-server (JetStream on, no client authorization, a plain client port) pointed at the route URLs of
     cluster ``name``, presenting ``password`` as the route password, or no route credentials at all with
     ``None``; with ``tls``, its routes speak TLS with that certificate and key, trusting that CA."""
-    (port,) = free_ports(1)
+    (port,) = take_free_ports(1)
     block: dict[str, Any] = {"name": name, "listen": f"127.0.0.1:{port}", "routes": list(routes)}
     if password is not None:
         credentials = ClusterRoutes(name, port, routes, password)
@@ -275,7 +275,7 @@ async def test_the_kubernetes_nats_members_speak_mutual_tls_and_route_only_with_
     ensure_tls(deploy)
     nats_tls = party_files(deploy, NATS_PARTY)
     foreign = foreign_party(tmp_path / "foreign", nats_tls.ca)
-    route_ports = free_ports(3)
+    route_ports = take_free_ports(3)
     routes = tuple(f"nats-route://127.0.0.1:{port}" for port in route_ports)
     members: list[NatsServer] = []
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 import uuid
@@ -50,6 +49,7 @@ from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import Settings, load_settings
 from symbi_context.main import build_app as build_context
 from symbi_contracts.subjects import SERVICES as ALL_SERVICES
+from symbi_fixtures.runtimes import take_free_port
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_policy.main import build_app as build_policy
 from symbi_sandbox_agent.main import build_app as build_sandbox_agent
@@ -96,16 +96,9 @@ def _toml(ctx: Any, value: Any) -> dict[str, bytes]:
     return {"data": value if isinstance(value, bytes) else str(value).encode()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _serve(app: FastAPI) -> Served:
     """``app`` under uvicorn in a thread of its own (its own event loop), until :func:`_stop`."""
-    port = _free_port()
+    port = take_free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10

@@ -76,6 +76,11 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port free on ``host`` right now, below the kernel's ephemeral range (:func:`free_ports`)."""
+    return free_ports(1, host)[0]
+
+
 class NatsCluster:
     """``size`` nats-servers in one JetStream cluster, stores under ``base_dir/n<i>/``, logs next to them.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+from symbi_fixtures.runtimes import take_free_port
 
 APP = textwrap.dedent(
     """
@@ -41,12 +41,6 @@ APP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _voluntary_switches(pid: int) -> int:
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -59,7 +53,7 @@ def _voluntary_switches(pid: int) -> int:
 def _start(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], int]:
     script = tmp_path / "app.py"
     script.write_text(APP)
-    port = _free_port()
+    port = take_free_port()
     return subprocess.Popen([sys.executable, str(script), str(port), mode]), port
 
 

@@ -5,7 +5,6 @@ the real audit service app (in-process). NATS, PostgreSQL and the keyring come f
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from symbi_common.eventstore import EventStore
 from symbi_common.sealing import NEW_AGGREGATE, ChainTip
 from symbi_common.settings import Settings, load_settings
 from symbi_common.streams import RawMessage
+from symbi_fixtures.runtimes import take_free_port
 
 
 class Touched(Event, frozen=True, tag="agent.touched"):
@@ -152,9 +152,7 @@ async def served(
 ) -> AsyncIterator[tuple[str, Running]]:
     """The app under a real uvicorn server (streaming responses need a real HTTP connection): its URL, and
     :class:`Running` with a client of it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = take_free_port()
     app = build_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10)

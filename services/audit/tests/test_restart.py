@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,10 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from symbi_common.keyring import KeyRegistry
 from symbi_common.operator_tokens import bearer_header, issue_local_token
+from symbi_fixtures.runtimes import take_free_port
 from symbi_tlog.offline import TrustAnchor, verify_export
 
 from .conftest import Writer, audit_env, read_log
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -53,7 +47,7 @@ async def test_kill_9_and_restart_skips_nothing_and_repeats_nothing(
     registry: KeyRegistry,
     tmp_path: Path,
 ) -> None:
-    port = _port()
+    port = take_free_port()
     env = audit_env(
         nats_url, database_url, keys_dir, SYMBI_HTTP_PORT=str(port), SYMBI_AUDIT__BATCH="10",
         SYMBI_AUDIT__CHECKPOINT_EVERY="25",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import httpx
@@ -11,16 +10,11 @@ from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats_async
 from symbi_common.operator_tokens import bearer_header, issue_local_token
 from symbi_common.settings import load_settings
+from symbi_fixtures.runtimes import take_free_port
 from symbi_lifecycle.main import build_app
 
 from .conftest import service_env
 from .test_api import GOOD
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _ready(http: httpx.AsyncClient, timeout: float = 20.0) -> dict[str, object]:
@@ -36,7 +30,7 @@ async def _ready(http: httpx.AsyncClient, timeout: float = 20.0) -> dict[str, ob
 
 
 async def test_nats_server_restart(tmp_path: Path, database_url: str, keys_dir: Path) -> None:
-    port = _free_port()
+    port = take_free_port()
     store = tmp_path / "nats"
     server = NatsServer(store, port=port, log_file=tmp_path / "nats.log").start()
     await provision_nats_async(server.url)

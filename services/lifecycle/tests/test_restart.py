@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 from symbi_common.aggregate import Repository
 from symbi_common.operator_tokens import bearer_header, issue_local_token
+from symbi_fixtures.runtimes import take_free_port
 from symbi_lifecycle.domain import AGENT
 
 from .conftest import service_env
@@ -33,12 +33,6 @@ CYCLE = [
     ("resume", {}),
     ("complete-task", {}),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServiceProcess:
@@ -85,7 +79,7 @@ class ServiceProcess:
 async def test_kill_9_mid_burst_then_restart_rebuilds_consistently(
     nats_url: str, database_url: str, keys_dir: Path, tmp_path: Path, make_store: Any, js: Any
 ) -> None:
-    port = free_port()
+    port = take_free_port()
     service = ServiceProcess(service_env(nats_url, database_url, keys_dir, port), tmp_path / "service.log")
     headers = bearer_header(issue_local_token(keys_dir))
     acknowledged: dict[str, int] = {}  # agent id -> highest aggregate version a reply confirmed

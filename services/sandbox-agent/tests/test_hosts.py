@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from symbi_contracts.sandbox_agent.events import (
     ExecutionStarted,
     HostReconciled,
 )
+from symbi_fixtures.runtimes import take_free_port
 from symbi_sandbox_agent.main import build_app
 
 from .conftest import IMAGE, Scheduler, agent_env, containers_of, running_agent
@@ -133,18 +133,12 @@ def tail(log: Path) -> str:
     return log.read_text()[-2000:]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def daemon_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "symbi_sandbox_agent"],
-            env={**os.environ, **env, "SYMBI_HTTP_PORT": str(free_port())},
+            env={**os.environ, **env, "SYMBI_HTTP_PORT": str(take_free_port())},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -219,7 +213,7 @@ async def test_a_run_rides_out_a_nats_server_restart(
     docker_client: Any, keys_dir: Path, tmp_path: Path, signer_for: Any, registry: Any, datakeys_for: Any
 ) -> None:
     """Output and the terminal event produced while NATS is down are stored once it is back."""
-    port = free_port()
+    port = take_free_port()
     server = NatsServer(tmp_path / "nats", port=port, log_file=tmp_path / "nats.log").start()
     await provision_nats_async(server.url)
     host = "nats-" + os.urandom(3).hex()

@@ -30,6 +30,7 @@ from symbi_contracts.tools.events import (
     ToolServerEvent,
     ToolServerRegistered,
 )
+from symbi_fixtures.runtimes import take_free_port
 from symbi_sandbox_agent.egress.addresses import AddressPolicy
 from symbi_sandbox_agent.tools.limits import ToolLimits
 from symbi_sandbox_agent.tools.service import ToolService
@@ -186,14 +187,8 @@ async def test_oversized_result_is_dropped(tools: ToolService) -> None:
         await tools.call("big.big", {"n": 20_000})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_streamable_http_server(tools: ToolService) -> None:
-    port = _free_port()
+    port = take_free_port()
     env = {**os.environ, "TOOLBOX_HTTP_PORT": str(port), "TOOLBOX_SIGNING_KEY": KEY}
     proc = await asyncio.create_subprocess_exec(sys.executable, str(TOOLBOX), env=env, stderr=subprocess.DEVNULL)
     try:

@@ -16,6 +16,7 @@ import pytest
 from symbi_common.eventstore import EventStore
 from symbi_contracts.tools.errors import ToolRefused, ToolServerUnavailable
 from symbi_contracts.tools.events import CODEC, ToolServerRegistered
+from symbi_fixtures.runtimes import take_free_port
 from symbi_sandbox_agent.egress.addresses import Address, AddressPolicy
 from symbi_sandbox_agent.egress.resolver import StaticResolver
 from symbi_sandbox_agent.tools.service import ToolService
@@ -41,9 +42,7 @@ class Rebinding:
 
 @pytest.fixture
 async def toolbox() -> AsyncIterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = take_free_port()
     env = {**os.environ, "TOOLBOX_HTTP_PORT": str(port), "TOOLBOX_SIGNING_KEY": KEY}
     proc = await asyncio.create_subprocess_exec(sys.executable, str(TOOLBOX), env=env, stderr=subprocess.DEVNULL)
     try:

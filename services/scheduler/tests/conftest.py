@@ -5,7 +5,6 @@ nats-server, and sandbox hosts played with real events (see ``schedkit.py``).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NatsClient
 from symbi_common.settings import Settings, load_settings
+from symbi_fixtures.runtimes import take_free_port
 from symbi_lifecycle.main import build_app as build_lifecycle
 from symbi_scheduler.main import build_app
 
@@ -72,12 +72,6 @@ async def hosts(
         await host.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def scheduler_process(nats_url: str, keys_dir: Path, tmp_path: Path) -> Iterator[Any]:
     """``start()`` runs ``python -m symbi_scheduler`` as its own process; every one is killed at the end."""
@@ -85,7 +79,7 @@ def scheduler_process(nats_url: str, keys_dir: Path, tmp_path: Path) -> Iterator
     logs: list[Any] = []
 
     def start() -> subprocess.Popen[bytes]:
-        env = {**os.environ, **scheduler_env(nats_url, keys_dir), "SYMBI_HTTP_PORT": str(_free_port())}
+        env = {**os.environ, **scheduler_env(nats_url, keys_dir), "SYMBI_HTTP_PORT": str(take_free_port())}
         log = (tmp_path / f"scheduler-{len(procs)}.log").open("wb")
         logs.append(log)
         proc = subprocess.Popen([sys.executable, "-m", "symbi_scheduler"], env=env, stdout=log, stderr=log)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from symbi_cli.deploy_tls import issue, new_ca
+from symbi_cli.nats_cluster import free_port
 
 
 def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
@@ -146,12 +146,6 @@ class Provider:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(provider: Provider, cert: Path, key: Path, port: int) -> uvicorn.Config:

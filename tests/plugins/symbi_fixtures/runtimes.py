@@ -65,6 +65,11 @@ def take_free_block(size: int) -> int:
     raise RuntimeError(f"no free block of {size} ports between {ports.start} and {ports.stop}")
 
 
+def take_free_port() -> int:
+    """One port, as :func:`take_free_block` gives them."""
+    return take_free_block(1)
+
+
 def take_free_ports(count: int) -> list[int]:
     """``count`` ports, each as :func:`take_free_block` gives them."""
     return [take_free_block(1) for _ in range(count)]
