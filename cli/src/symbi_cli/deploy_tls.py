@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from symbi_common.key_material import write_atomically
 
 from symbi_cli.errors import CliError
+from symbi_cli.private_files import private_dir
 from symbi_cli.runtime_options import ALL_SERVICES
 
 #: nats-server's own directory under ``DIR/tls``.
@@ -217,11 +218,16 @@ def _key_of(path: Path) -> ec.EllipticCurvePrivateKey | None:
     return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
 
 
+def _server_names(party: str) -> tuple[str, ...]:
+    """The names ``party``'s certificate serves under: nats-server's, none for a client."""
+    return SERVER_NAMES if party == NATS_PARTY else ()
+
+
 def _due(directory: Path, party: str, ca: x509.Certificate) -> bool:
     """Whether ``party``'s certificate must be issued (again), or its key is missing or not the certificate's."""
     files = party_files(directory, party)
     cert = _load_cert(files.cert)
-    if needs_issuing(cert, ca, SERVER_NAMES if party == NATS_PARTY else ()):
+    if needs_issuing(cert, ca, _server_names(party)):
         return True
     key = _key_of(files.key)
     return cert is None or key is None or key.public_key() != cert.public_key()
@@ -243,8 +249,8 @@ def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
             " to make a new CA (every party then needs its new certificate)"
         )
     if cert is not None and cert.not_valid_after_utc - _now() >= LEAF_LIFETIME:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        key = _key_of(key_path)
+        if key is None or key.public_key() != cert.public_key():
             raise TlsError(f"{key_path} is not the key of {cert_path}")
         return key, cert
     if cert is not None:
@@ -264,17 +270,15 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
     With ``uid``, the parties' directories and files are handed to that user (the containers'), except the
     operator's, which stays the caller's. ``DIR/tls`` itself is the caller's, 0700.
     """
-    tls = directory / "tls"
-    tls.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tls.chmod(0o700)
+    private_dir(directory / "tls")
     ca_key, ca = _ensure_ca(directory)
     ca_pem = _cert_pem(ca)
     issued = []
     for party in (NATS_PARTY, *CLIENT_PARTIES):
         files = party_files(directory, party)
-        files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(files.directory)
         if _due(directory, party, ca):
-            key, cert = issue(ca_key, ca, party, server_names=SERVER_NAMES if party == NATS_PARTY else ())
+            key, cert = issue(ca_key, ca, party, server_names=_server_names(party))
             write_atomically(files.key, _key_pem(key), 0o400)
             write_atomically(files.cert, _cert_pem(cert), 0o400)
             issued.append(party)
