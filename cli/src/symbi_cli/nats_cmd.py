@@ -8,8 +8,8 @@ from typing import Annotated
 import nats.errors
 import typer
 from rich.console import Console
-from symbi_common.errors import InfrastructureError
-from symbi_common.nats_client import connect_options, without_credentials
+from symbi_common.errors import ConfigError, InfrastructureError
+from symbi_common.nats_client import without_credentials
 from symbi_common.settings import load_settings
 
 from symbi_cli.provisioning import provision_nats_async, stream_settings
@@ -31,11 +31,11 @@ def provision(
     try:
         asyncio.run(
             provision_nats_async(
-                url, stream_settings(s), **connect_options(s.nats.tls_ca, s.nats.tls_cert, s.nats.tls_key)
+                url, stream_settings(s), tls_ca=s.nats.tls_ca, tls_cert=s.nats.tls_cert, tls_key=s.nats.tls_key
             )
         )
-    except (nats.errors.Error, OSError, TimeoutError, InfrastructureError) as exc:
-        why = str(exc) if isinstance(exc, InfrastructureError) else repr(exc)
+    except (nats.errors.Error, OSError, TimeoutError, InfrastructureError, ConfigError) as exc:
+        why = str(exc) if isinstance(exc, (InfrastructureError, ConfigError)) else repr(exc)
         Console(stderr=True).print(f"[red]error:[/] provisioning at {without_credentials(url)} failed: {why}")
         raise typer.Exit(1) from None
     Console().print(f"streams and KV buckets provisioned at {without_credentials(url)}")

@@ -10,19 +10,26 @@ if TYPE_CHECKING:
 
 
 async def provision_nats_async(
-    url: str, settings: Any = None, *, existing_store: bool = False, **connect_options: Any
+    url: str,
+    settings: Any = None,
+    *,
+    existing_store: bool = False,
+    tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
 ) -> None:
     """Create or update every stream and KV bucket at ``url`` (the admin's job, before services start).
 
-    ``existing_store``: refuse to re-create a deleted history stream (see ``provision_streams``).
+    ``existing_store``: refuse to re-create a deleted history stream (see ``provision_streams``). TLS: the
+    URL's own files or ``tls_*`` (the ``[nats]`` settings), as :func:`~symbi_common.nats_client.server_options`
+    takes them.
     """
     import nats
     from symbi_common.nats_client import server_options
     from symbi_common.stream_provisioning import provision_streams
 
     # Any member of a cluster will do (comma-separated URLs); JetStream's meta leader answers through it.
-    # TLS given by the caller (the [nats] settings) takes the place of any in the URL.
-    options = {**server_options(url), **connect_options}
+    options = server_options(url, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
     nc = await nats.connect(**options, allow_reconnect=False, connect_timeout=5)
     try:
         await provision_streams(nc.jetstream(), settings, existing_store=existing_store)
@@ -30,11 +37,11 @@ async def provision_nats_async(
         await nc.drain()
 
 
-def provision_nats(url: str, settings: Any = None, **connect_options: Any) -> None:
+def provision_nats(url: str, settings: Any = None) -> None:
     """:func:`provision_nats_async` for synchronous callers (test fixtures, tools)."""
     import asyncio
 
-    asyncio.run(provision_nats_async(url, settings, **connect_options))
+    asyncio.run(provision_nats_async(url, settings))
 
 
 def stream_settings(settings: Settings) -> StreamSettings:

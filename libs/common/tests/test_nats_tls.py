@@ -11,7 +11,7 @@ import pytest
 from symbi_cli.deploy_tls import NATS_PARTY, ensure_tls, party_files
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.provisioning import provision_nats_async
-from symbi_common.nats_client import client_tls, connect_options
+from symbi_common.nats_client import client_tls, server_options
 from symbi_common.natsauth import tls_config
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
@@ -39,8 +39,8 @@ async def test_services_reach_nats_over_mutual_tls_and_plain_clients_are_refused
     conf.write_text(tls_config(cert_file=pki["server_cert"], key_file=pki["server_key"], ca_file=pki["ca"]))
     with NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log", extra_args=("--config", str(conf))) as server:
         url = server.url.replace("nats://", "tls://")
-        options = connect_options(pki["ca"], pki["client_cert"], pki["client_key"])
-        await provision_nats_async(url, **options)  # the admin, over TLS too
+        tls = {"tls_ca": pki["ca"], "tls_cert": pki["client_cert"], "tls_key": pki["client_key"]}
+        await provision_nats_async(url, **tls)  # the admin, over TLS too
 
         # No TLS, or TLS without a client certificate: refused.
         with pytest.raises((nats.errors.Error, OSError, ssl.SSLError)):
@@ -70,5 +70,5 @@ async def test_services_reach_nats_over_mutual_tls_and_plain_clients_are_refused
 
 
 def test_client_tls_is_off_without_a_ca() -> None:
-    assert connect_options() == {}
+    assert "tls" not in server_options("nats://a:pw@127.0.0.1:4222")
     assert client_tls("") is None

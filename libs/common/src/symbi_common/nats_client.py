@@ -42,12 +42,6 @@ def client_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSL
     return context
 
 
-def connect_options(tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> dict[str, Any]:
-    """Extra ``nats.connect`` keyword arguments for the ``[nats]`` TLS settings (empty when TLS is off)."""
-    context = client_tls(tls_ca, tls_cert, tls_key)
-    return {} if context is None else {"tls": context}
-
-
 def with_credentials(url: str, user: str, password: str) -> str:
     """``nats://host:port`` with ``user:password@`` added."""
     parts = urlsplit(url)
@@ -144,7 +138,6 @@ __all__: Sequence[str] = [
     "RESILIENT_CLIENT",
     "URL_TLS_PARAMS",
     "client_tls",
-    "connect_options",
     "server_options",
     "with_credentials",
     "without_credentials",
