@@ -68,7 +68,10 @@ async def runtime(
             config = {"name": "upper", "workload": {"image": "symbi/busybox:1", "command": ["tr", "a-z", "A-Z"]}}
             r = await http.post("/v1/agents", json={"agent_id": "upper", "config": config})
             assert r.status_code == 201, r.text
-            settings = load_settings(env=scheduler_env(nats_url, keys_dir))
+            # The fake hosts heartbeat from this event loop while the CLI runs in a thread of the same process:
+            # on a loaded machine the loop can stall past the kit's 2 s, and the scheduler would take a host as
+            # lost and requeue its task. No test here is about a lost host.
+            settings = load_settings(env=scheduler_env(nats_url, keys_dir, host_lost_after_s="30"))
             async with serve(build_scheduler(settings), take_free_port()) as url:
 
                 async def add_host(**options: Any) -> FakeHost:
