@@ -75,6 +75,12 @@ for lib in $( { ldd "$EXE"; for so in "$STDLIB"/lib-dynload/*.so "$SITE"/msgspec
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done
+# glibc opens libgcc_s.so.1 itself (dlopen) when a thread ends through pthread_exit, as Python's daemon threads
+# do at interpreter exit; ldd cannot name it, and without it such a process aborts ("libgcc_s.so.1 must be
+# installed for pthread_exit to work", exit 134) at random.
+GCC_S=$(PATH=$PATH:/sbin:/usr/sbin ldconfig -p | grep -m1 -o '/[^ ]*/libgcc_s\.so\.1$') || fail "libgcc_s.so.1 not found on this host (ldconfig -p)"
+mkdir -p "$root$(dirname "$GCC_S")"
+cp -L "$GCC_S" "$root$GCC_S"
 
 tar -C "$root" -c . | docker import \
   --change 'ENV PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin' --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
