@@ -18,7 +18,7 @@ async def test_tasks_of_a_lost_host_are_requeued(
 ) -> None:
     await register_agent(lifecycle, "worker")
     doomed: FakeHost = await hosts("doomed", hold=True)
-    async with start_scheduler() as scheduler:
+    async with start_scheduler(host_lost_after_s="2") as scheduler:
         view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "worker", "input": "x"}, status=201)
         task_id = view["task_id"]
         await doomed.wait_running(task_id)
@@ -47,7 +47,7 @@ async def test_a_host_taken_for_lost_that_comes_back_has_its_old_run_stopped(
     not run twice."""
     await register_agent(lifecycle, "worker")
     slow: FakeHost = await hosts("slow", hold=True)
-    async with start_scheduler() as scheduler:
+    async with start_scheduler(host_lost_after_s="2") as scheduler:
         view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "worker", "input": "x"}, status=201)
         task_id = view["task_id"]
         await slow.wait_running(task_id)
@@ -71,7 +71,7 @@ async def test_a_task_whose_host_is_lost_too_often_ends_lost(
 ) -> None:
     await register_agent(lifecycle, "worker")
     doomed: FakeHost = await hosts("doomed", hold=True)
-    async with start_scheduler(max_attempts="1") as scheduler:
+    async with start_scheduler(max_attempts="1", host_lost_after_s="2") as scheduler:
         view = await scheduler.json("POST", "/v1/tasks", {"agent_id": "worker", "input": "x"}, status=201)
         await doomed.wait_running(view["task_id"])
         doomed.beating = False
