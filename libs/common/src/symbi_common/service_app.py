@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -37,6 +38,7 @@ from symbi_common.operator_auth import (
 from symbi_common.quiet_server import QuietServer
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import Settings, load_settings
+from symbi_common.settings_sections import ServiceSettings
 from symbi_common.telemetry import request_trace, tracing_enabled
 
 log = structlog.get_logger(__name__)
@@ -159,15 +161,37 @@ def run_service(
         settings = load_settings(args.config)
         if needs_database and not settings.database.url:
             raise ConfigError("set SYMBI_DATABASE_URL or [database] url", setting="database.url")
+        https = https_files(settings.service)
         app = build_app(settings)
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    serve(app, settings)
+    serve(app, settings, https)
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Run the app under uvicorn until SIGTERM/SIGINT; the lifespan shuts the runtime down cleanly.
+def https_files(service: ServiceSettings) -> tuple[str, str] | None:
+    """``(certificate, key)`` to serve HTTPS with, from ``[service] tls_cert`` / ``tls_key``; ``None`` when neither is
+    set (plain HTTP).
+
+    Refused with a :class:`ConfigError` naming the setting: one of the two without the other, or files that do not
+    load as a certificate and its private key; a service asked to serve HTTPS never starts in clear instead.
+    """
+    cert, key = service.tls_cert, service.tls_key
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        missing = "service.tls_key" if cert else "service.tls_cert"
+        raise ConfigError("HTTPS needs both a certificate and its key; set both or neither", setting=missing)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"cannot serve HTTPS with {cert} and {key}: {err}", setting="service.tls_cert") from None
+    return cert, key
+
+
+def serve(app: FastAPI, settings: Settings, https: tuple[str, str] | None = None) -> None:
+    """Run the app under uvicorn until SIGTERM/SIGINT; the lifespan shuts the runtime down cleanly. ``https``:
+    :func:`https_files` (HTTPS), or nothing (plain HTTP).
 
     On uvloop, with httptools parsing HTTP: each service spends most of its CPU in the event loop and, for the
     APIs, in parsing requests; these two cut a command's cost in the lifecycle service by about a sixth."""
@@ -181,6 +205,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        ssl_certfile=https[0] if https else None,
+        ssl_keyfile=https[1] if https else None,
     )
     server = QuietServer(config)
     with contextlib.suppress(KeyboardInterrupt):

@@ -27,6 +27,8 @@ ENV_ALIASES: Mapping[str, str] = {
     "SYMBI_ROOT_PUBLIC_KEY_PATH": "keys.root_public_key_path",
     "SYMBI_HTTP_HOST": "service.http_host",
     "SYMBI_HTTP_PORT": "service.http_port",
+    "SYMBI_HTTP_TLS_CERT": "service.tls_cert",
+    "SYMBI_HTTP_TLS_KEY": "service.tls_key",
     "OTEL_EXPORTER_OTLP_ENDPOINT": "telemetry.otlp_endpoint",
     "SYMBIONT_VECTOR_BACKEND": "context.vector_backend",
     "SYMBIONT_VECTOR_HOST": "context.qdrant.host",

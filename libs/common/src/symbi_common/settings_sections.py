@@ -103,6 +103,10 @@ class KeysSettings(Section):
 class ServiceSettings(Section):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    #: Serve the HTTP API over HTTPS with this certificate (PEM, with its chain) and its private key: both or
+    #: neither (``symbi_common.service_app.https_options`` refuses one without the other, or files it cannot load).
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 class EventSettings(Section):
