@@ -1,9 +1,9 @@
 """``symbi agent``: Register and inspect agents through the lifecycle API.
 
 ``symbi agent register FILE`` sends a ``.symbi`` definition (or a ``.json`` configuration) to
-``POST /v1/agents`` of the lifecycle service (``--url``, ``$SYMBI_LIFECYCLE_URL``, default
-``http://127.0.0.1:8081``) and prints the agent's state: Ready, or Failed with every problem. It exits
-0 only when the agent is Ready.
+``POST /v1/agents`` of the lifecycle service (``--url``, ``$SYMBI_LIFECYCLE_URL``, default port 8081 on
+loopback: ``https://`` for a deployment directory as ``--home``, see :mod:`symbi_cli.service_http`) and prints
+the agent's state: Ready, or Failed with every problem. It exits 0 only when the agent is Ready.
 """
 
 from __future__ import annotations
@@ -20,17 +20,21 @@ from symbi_common.telemetry import command_trace, inject_trace
 from symbi_cli.credentials import auth_headers
 from symbi_cli.dsl_cmd import read_definition
 from symbi_cli.errors import CliError
+from symbi_cli.service_http import default_service_url, verify
 
 agent_app = typer.Typer(help="Register and inspect agents through the lifecycle API.", no_args_is_help=True)
 
-DEFAULT_URL = "http://127.0.0.1:8081"
 Url = Annotated[
-    str | None, typer.Option("--url", help=f"Lifecycle API (default: $SYMBI_LIFECYCLE_URL or {DEFAULT_URL})")
+    str | None,
+    typer.Option(
+        "--url", help="Lifecycle API (default: $SYMBI_LIFECYCLE_URL or 127.0.0.1:8081, HTTPS for a deployment)"
+    ),
 ]
 
 
-def lifecycle_url(url: str | None) -> str:
-    return (url or os.environ.get("SYMBI_LIFECYCLE_URL") or DEFAULT_URL).rstrip("/")
+def lifecycle_url(url: str | None, home: Path | None = None) -> str:
+    """``url``, else ``$SYMBI_LIFECYCLE_URL``, else the lifecycle service's default port in the home's scheme."""
+    return (url or os.environ.get("SYMBI_LIFECYCLE_URL") or default_service_url("lifecycle", home)).rstrip("/")
 
 
 def registration_body(path: Path, agent_id: str | None) -> dict[str, Any]:
@@ -82,16 +86,17 @@ def register(
     headers = {"X-Symbi-User": user} if user else {}
     try:
         headers.update(auth_headers(home))
+        base, trust = lifecycle_url(url, home), verify(home)
     except CliError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     with command_trace("cli", "symbi agent register", {"symbi.file": str(file)}) as span:
         inject_trace(headers)  # the lifecycle service's work (compile, decide, activate) joins this trace
         try:
-            response = httpx.post(f"{lifecycle_url(url)}/v1/agents", json=body, headers=headers, timeout=30.0)
+            response = httpx.post(f"{base}/v1/agents", json=body, headers=headers, timeout=30.0, verify=trust)
         except httpx.HTTPError as err:
             response = None
-            typer.echo(f"cannot reach the lifecycle service at {lifecycle_url(url)}: {err}", err=True)
+            typer.echo(f"cannot reach the lifecycle service at {base}: {err}", err=True)
         span.set_attribute("http.response.status_code", response.status_code if response is not None else 0)
     if response is None:
         raise typer.Exit(2)

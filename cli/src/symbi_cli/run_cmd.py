@@ -60,6 +60,7 @@ from symbi_cli.run_services import (
     register_agent,
     service_urls,
 )
+from symbi_cli.service_http import verify
 from symbi_cli.task_cmd import DEFAULT_HOME, SchedulerApi, TaskCommandError, events_nats_url, follow_run, task_input
 from symbi_cli.trust import (
     ConfigOption,
@@ -166,7 +167,11 @@ async def run_agent(
         anchor = trust_anchor(KeyRegistry.load(keys_dir), audit_settings(None))
     doc: dict[str, Any] = {}
     headers = auth_headers(home)
-    async with httpx.AsyncClient(timeout=30.0, event_hooks={"request": [trace_http_request]}, headers=headers) as http:
+    # A deployment's services are reached over HTTPS and must show a certificate of its CA.
+    trust = verify(home)
+    async with httpx.AsyncClient(
+        timeout=30.0, event_hooks={"request": [trace_http_request]}, headers=headers, verify=trust
+    ) as http:
         agent = await register_agent(http, urls, file, agent_id)
         doc["agent"] = {"id": agent["id"], "name": agent.get("name"), "version": agent.get("version")}
         console.print(f"agent [bold]{agent['id']}[/] ({agent.get('name')} {agent.get('version')}): Ready")
@@ -176,7 +181,7 @@ async def run_agent(
             body["input"] = data.decode()
         except UnicodeDecodeError:
             body["input_base64"] = b64(data)
-        api = SchedulerApi(urls.scheduler, headers)
+        api = SchedulerApi(urls.scheduler, headers, verify=trust)
         try:
             try:
                 task_id = (await api.submit(body))["task_id"]

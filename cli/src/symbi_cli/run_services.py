@@ -16,8 +16,7 @@ import httpx
 from symbi_common.errors import SymbiError
 
 from symbi_cli.agent_cmd import registration_body
-from symbi_cli.runtime_options import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
-from symbi_cli.runtime_state import read_state
+from symbi_cli.service_http import service_urls as base_urls
 
 POLL_S = 0.25
 
@@ -37,17 +36,10 @@ class ServiceUrls:
 
 
 def service_urls(home: Path, base_port: int | None) -> ServiceUrls:
-    """The services' URLs: from ``symbi up``'s state file, or ``127.0.0.1:<base + offset>``."""
-    state = None if base_port is not None else read_state(home.resolve())
-    recorded = state.get("services", {}) if state else {}
-
-    def url(name: str) -> str:
-        entry = recorded.get(name)
-        if isinstance(entry, dict) and isinstance(entry.get("url"), str):
-            return str(entry["url"]).rstrip("/")
-        return f"http://127.0.0.1:{(base_port or DEFAULT_BASE_PORT) + SERVICE_PORT_OFFSETS[name]}"
-
-    return ServiceUrls(url("lifecycle"), url("scheduler"), url("audit"), url("context"))
+    """The services' URLs: from ``symbi up``'s state file, or ``127.0.0.1:<base + offset>`` in the home's
+    scheme (:func:`symbi_cli.service_http.service_urls`)."""
+    urls = base_urls(home, base_port)
+    return ServiceUrls(urls["lifecycle"], urls["scheduler"], urls["audit"], urls["context"])
 
 
 async def request(http: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:

@@ -19,6 +19,7 @@ from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
 from symbi_cli.runtime_options import ALL_SERVICES, DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
 from symbi_cli.runtime_state import StatusError, read_state
+from symbi_cli.service_http import service_url, verify
 
 #: Seconds to wait for any one HTTP answer: a service slower than this counts as not answering.
 HTTP_TIMEOUT = 3.0
@@ -157,13 +158,16 @@ async def _probe(http: httpx.AsyncClient, probe: ServiceProbe) -> None:
 
 
 def local_snapshot(home: Path, base_port: int, host: str) -> Snapshot:
-    """What this machine says: the state file and each recorded process in ``/proc``; services not yet probed."""
+    """What this machine says: the state file and each recorded process in ``/proc``; services not yet probed
+    (without a state file: at ``host:base + offset``, over HTTPS for a deployment directory)."""
     home = home.resolve()
     state = read_state(home)
     snapshot = Snapshot(home=str(home), state_file=state is not None)
     if state is None:
         for name in ALL_SERVICES:
-            snapshot.services[name] = ServiceProbe(url=f"http://{host}:{base_port + SERVICE_PORT_OFFSETS[name]}")
+            snapshot.services[name] = ServiceProbe(
+                url=service_url(base_port + SERVICE_PORT_OFFSETS[name], home, host=host)
+            )
     else:
         snapshot.supervisor = _process({"pid": state.get("supervisor_pid")})
         snapshot.nats = _process(state.get("nats"))
@@ -194,7 +198,8 @@ async def fetch_snapshot(home: Path, base_port: int = DEFAULT_BASE_PORT, host: s
         headers = auth_headers(home)
     except CliError:
         headers = {}
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as http:
+    # A deployment's services are reached over HTTPS and must show a certificate of its CA.
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers, verify=verify(home)) as http:
         await asyncio.gather(*(_probe(http, p) for p in snapshot.services.values()))
 
         async def scheduler() -> None:

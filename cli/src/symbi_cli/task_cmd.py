@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import ssl
 import sys
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -39,15 +40,23 @@ from symbi_contracts.sandbox_agent.events import OUTPUT_EVENT_TYPES
 from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
 from symbi_cli.events import operator_url
+from symbi_cli.service_http import default_service_url, verify
 
 task_app = typer.Typer(help="Submit tasks and follow their output.", no_args_is_help=True)
 
-DEFAULT_URL = "http://127.0.0.1:8083"
 DEFAULT_HOME = Path(".symbi")
 H_EVENT_TYPE = "Symbi-Event-Type"
 POLL_S = 0.5
 
-UrlOption = Annotated[str, typer.Option("--url", envvar="SYMBI_SCHEDULER_URL", help="The scheduler's HTTP API.")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="SYMBI_SCHEDULER_URL",
+        help="The scheduler's HTTP API (default: 127.0.0.1:8083, HTTPS for a deployment).",
+        show_default=False,
+    ),
+]
 NatsOption = Annotated[
     str | None,
     typer.Option("--nats", envvar="SYMBI_NATS_URL", help="NATS to follow events on (default: `symbi up`'s)."),
@@ -63,10 +72,17 @@ def events_nats_url(explicit: str | None, home: Path) -> str:
     return explicit or operator_url(home)
 
 
-class SchedulerApi:
-    """The few calls the commands make, with errors turned into readable messages."""
+def scheduler_url(explicit: str | None, home: Path) -> str:
+    """``explicit`` as given, else the scheduler's default port on loopback in the home's scheme."""
+    return (explicit or default_service_url("scheduler", home)).rstrip("/")
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None = None) -> None:
+
+class SchedulerApi:
+    """The few calls the commands make, with errors turned into readable messages.
+
+    ``verify`` is whom the scheduler's certificate must come from (:func:`symbi_cli.service_http.verify`)."""
+
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None, *, verify: ssl.SSLContext | bool) -> None:
         self.url = url.rstrip("/")
         # Every request carries the caller's trace context (``traceparent``), so the scheduler's work joins it,
         # and the operator credential.
@@ -75,6 +91,7 @@ class SchedulerApi:
             timeout=10.0,
             event_hooks={"request": [trace_http_request]},
             headers=dict(headers) if headers is not None else auth_headers(),
+            verify=verify,
         )
 
     async def close(self) -> None:
@@ -263,7 +280,7 @@ def run_command(
     timeout_s: Annotated[float | None, typer.Option("--timeout", help="Execution timeout (s) to ask for.")] = None,
     task_id: Annotated[str | None, typer.Option("--task-id", help="Pick the task id (makes retries safe).")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the task id and return at once.")] = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     nats_url: NatsOption = None,
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
@@ -286,14 +303,14 @@ def run_command(
         body["task_id"] = task_id
 
     async def run() -> int:
-        api = SchedulerApi(url, auth_headers(home))
+        api = SchedulerApi(scheduler_url(url, home), auth_headers(home), verify=verify(home))
         try:
             view = await api.submit(body)
             tid = view["task_id"]
             if detach:
                 typer.echo(tid)
                 return 0
-            console.print(f"[dim]task {tid} submitted to {url}[/dim]")
+            console.print(f"[dim]task {tid} submitted to {api.url}[/dim]")
             started = time.monotonic()
             final = await follow_run(api, events_nats_url(nats_url, home), tid, console)
             out, _ = await api.output(tid, "stdout", 0)
@@ -321,7 +338,7 @@ def logs_command(
     task_id: Annotated[str, typer.Argument(help="The task.")],
     stream: Annotated[str, typer.Option("--stream", help="stderr (the log) or stdout (the result).")] = "stderr",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the task ends.")] = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     nats_url: NatsOption = None,
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
@@ -329,7 +346,7 @@ def logs_command(
     console = Console(stderr=True)
 
     async def logs() -> int:
-        api = SchedulerApi(url, auth_headers(home))
+        api = SchedulerApi(scheduler_url(url, home), auth_headers(home), verify=verify(home))
         offset = 0
         try:
 
@@ -363,7 +380,7 @@ def _run(coro: Any, console: Console) -> int:
     try:
         code: int = asyncio.run(coro)
         return code
-    except (TaskCommandError, CliError) as exc:  # CliError: no operator credential
+    except (TaskCommandError, CliError) as exc:  # CliError: no operator credential, or no usable CA
         console.print(f"[red]error:[/red] {exc}")
         return 2
     except KeyboardInterrupt:

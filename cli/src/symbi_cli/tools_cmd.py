@@ -3,8 +3,8 @@
 ``add`` registers a server (``rm`` removes one) (an image pinned by digest + command over stdio, run in a sandbox without network;
 or a streamable-HTTP URL) with the SchemaPin domain its tools must be signed for; ``list`` and ``show`` print
 each tool's status, pin, SchemaPin verification and poisoning flags; ``approve`` and ``revoke`` decide what
-agents may call. The sandbox-agent's API is ``--url``, ``$SYMBI_SANDBOX_URL``, default
-``http://127.0.0.1:8085``.
+agents may call. The sandbox-agent's API is ``--url``, ``$SYMBI_SANDBOX_URL``, default port 8085 on
+loopback (``https://`` for a deployment directory as ``--home``, see :mod:`symbi_cli.service_http`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ from rich.table import Table
 
 from symbi_cli.credentials import auth_headers
 from symbi_cli.errors import CliError
+from symbi_cli.service_http import default_service_url, verify
 
 tools_app = typer.Typer(
     help="MCP tool servers and their tools: add, rm, list, show, approve, revoke.", no_args_is_help=True
 )
 
-DEFAULT_URL = "http://127.0.0.1:8085"
 Url = Annotated[
-    str | None, typer.Option("--url", help=f"Sandbox-agent API (default: $SYMBI_SANDBOX_URL or {DEFAULT_URL})")
+    str | None,
+    typer.Option(
+        "--url", help="Sandbox-agent API (default: $SYMBI_SANDBOX_URL or 127.0.0.1:8085, HTTPS for a deployment)"
+    ),
 ]
 Home = Annotated[
     Path | None, typer.Option("--home", envvar="SYMBI_HOME", help="Runtime home (its operator.token is sent).")
@@ -37,20 +40,21 @@ Home = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print the answer as JSON")]
 
 
-def sandbox_url(url: str | None) -> str:
-    return (url or os.environ.get("SYMBI_SANDBOX_URL") or DEFAULT_URL).rstrip("/")
+def sandbox_url(url: str | None, home: Path | None = None) -> str:
+    """``url``, else ``$SYMBI_SANDBOX_URL``, else the sandbox-agent's default port in the home's scheme."""
+    return (url or os.environ.get("SYMBI_SANDBOX_URL") or default_service_url("sandbox-agent", home)).rstrip("/")
 
 
 def _request(method: str, url: str | None, path: str, home: Path | None, body: Any = None) -> Any:
     """The JSON answer; exit 2 if the API cannot be reached, 1 if it refused (its typed error printed)."""
     try:
         headers = auth_headers(home)
+        base, trust = sandbox_url(url, home), verify(home)
     except CliError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
-    base = sandbox_url(url)
     try:
-        response = httpx.request(method, f"{base}{path}", json=body, headers=headers, timeout=120.0)
+        response = httpx.request(method, f"{base}{path}", json=body, headers=headers, timeout=120.0, verify=trust)
     except httpx.HTTPError as err:
         typer.echo(f"cannot reach the sandbox-agent at {base}: {err}", err=True)
         raise typer.Exit(2) from None

@@ -7,6 +7,7 @@ operator's token). Pages are server-rendered (Jinja2); htmx swaps fragments for 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,8 @@ class ConsoleConfig:
     state_dir: Path
     #: Where the main job's definition is read from (the "Run" form's default).
     examples_dir: Path | None = None
+    #: Whom the services' certificates must come from (:func:`symbi_cli.service_http.verify`): a deployment's CA.
+    verify: ssl.SSLContext | bool = True
 
 
 class NotLoggedIn(Exception):
@@ -169,7 +172,7 @@ def end_live_streams(app: FastAPI) -> None:
 def create_app(config: ConsoleConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=30.0) as http:
+        async with httpx.AsyncClient(timeout=30.0, verify=config.verify) as http:
             app.state.http = http
             yield
 

@@ -28,9 +28,18 @@ def console(
     from symbi_cli.console.app import ConsoleConfig, create_app
     from symbi_cli.console.server import serve
     from symbi_cli.console.services import service_urls
+    from symbi_cli.errors import CliError
+    from symbi_cli.service_http import verify
 
-    config = ConsoleConfig(
-        urls=service_urls(home, base_port), keys_dir=keys_dir or home / "keys", state_dir=home / "console"
-    )
+    try:
+        config = ConsoleConfig(
+            urls=service_urls(home, base_port),
+            keys_dir=keys_dir or home / "keys",
+            state_dir=home / "console",
+            verify=verify(home),
+        )
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"symbi console on http://{host}:{port}/ (services: {', '.join(sorted(config.urls))})")
     serve(create_app(config), host, port)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 from symbi_common.errors import SymbiError
 from symbi_common.operator_tokens import bearer_header
 
-from symbi_cli.runtime_options import DEFAULT_BASE_PORT, SERVICE_PORT_OFFSETS
-from symbi_cli.runtime_state import read_state
+from symbi_cli.service_http import service_urls
+
+#: Re-exported: each service's URL (``symbi up``'s state file, else the home's scheme on loopback).
+__all__ = ["ServiceCallFailed", "Services", "service_urls"]
 
 
 class ServiceCallFailed(SymbiError):
@@ -23,20 +24,6 @@ class ServiceCallFailed(SymbiError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
-
-
-def service_urls(home: Path, base_port: int | None) -> dict[str, str]:
-    """Each service's URL: from ``symbi up``'s state file of ``home``, else ``127.0.0.1:<base + offset>``."""
-    state = None if base_port is not None else read_state(home.resolve())
-    recorded = state.get("services", {}) if state else {}
-    urls = {}
-    for name, offset in SERVICE_PORT_OFFSETS.items():
-        entry = recorded.get(name)
-        if isinstance(entry, dict) and isinstance(entry.get("url"), str):
-            urls[name] = str(entry["url"]).rstrip("/")
-        else:
-            urls[name] = f"http://127.0.0.1:{(base_port or DEFAULT_BASE_PORT) + offset}"
-    return urls
 
 
 def _message(response: httpx.Response) -> str:
