@@ -46,7 +46,8 @@ def test_each_service_gets_only_its_own_credentials(deploy_dir: Path) -> None:
     assert parse_env((deploy_dir / "env" / "provision.env").read_text())["SYMBI_NATS_URL"].startswith("tls://admin:")
     assert (deploy_dir / "operator" / "root.key").exists()
     for path in [deploy_dir, *deploy_dir.rglob("*")]:
-        if path.is_file() and path.suffix not in (".pub", ".json", ".sig") and path.name != "root.pub":
+        public = path.suffix in (".pub", ".json", ".sig") or path == deploy_dir / "tls" / "ca.pem"  # a certificate
+        if path.is_file() and not public:
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
 
 

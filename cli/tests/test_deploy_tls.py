@@ -21,6 +21,7 @@ import nats.errors
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from symbi_cli.deploy_dir import CONTAINER_TLS_ENV, TLS_MOUNT, DeployConfig, init_deploy_dir, parse_env
 from symbi_cli.deploy_tls import (
     CA_CERT_FILE,
@@ -28,14 +29,18 @@ from symbi_cli.deploy_tls import (
     CLIENT_PARTIES,
     NATS_PARTY,
     SERVER_NAMES,
+    SERVICE_NAME,
     TlsError,
     ensure_tls,
     issue,
     new_ca,
+    parties_due,
     party_files,
+    service_names,
 )
 from symbi_cli.main import app
 from symbi_cli.nats_server import NatsServer
+from symbi_cli.runtime_options import ALL_SERVICES
 from symbi_common.nats_client import client_tls, server_options
 from typer.testing import CliRunner
 
@@ -171,11 +176,57 @@ def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None
         keys.add(files.key.read_bytes())
     assert len(keys) == 1 + len(CLIENT_PARTIES), "two parties share a key"
     assert stat.S_IMODE((tmp_path / CA_KEY_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / CA_CERT_FILE).stat().st_mode) == 0o644  # public: Prometheus mounts it
     assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
 
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert ensure_tls(tmp_path) == []
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def _names(cert: x509.Certificate) -> set[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))}
+
+
+def _usages(cert: x509.Certificate) -> set[x509.ObjectIdentifier]:
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_a_services_certificate_serves_its_api_under_every_name_it_is_reached_by(tmp_path: Path) -> None:
+    ensure_tls(tmp_path)
+    for service in ALL_SERVICES:
+        cert = _cert(party_files(tmp_path, service).cert)
+        k8s = f"symbi-{service}"
+        assert {service, k8s, f"{k8s}.symbi.svc.cluster.local", SERVICE_NAME, "localhost", "127.0.0.1"} <= _names(cert)
+        assert _usages(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert "policy-2" in _names(_cert(party_files(tmp_path, "policy").cert))  # the compose replica
+    for client in ("provision", "operator"):  # serve nothing
+        cert = _cert(party_files(tmp_path, client).cert)
+        assert _usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+        with pytest.raises(x509.ExtensionNotFound):
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+def test_a_service_certificate_from_before_https_is_issued_again(tmp_path: Path) -> None:
+    """A deployment made when service certificates were for NATS clients only gets them issued again, with their
+    names, by the next ``symbi deploy init`` (which then says to restart those services)."""
+    ensure_tls(tmp_path)
+    ca_key = serialization.load_pem_private_key((tmp_path / CA_KEY_FILE).read_bytes(), password=None)
+    ca = _cert(tmp_path / CA_CERT_FILE)
+    key, client_only = issue(ca_key, ca, "lifecycle")  # type: ignore[arg-type]
+    files = party_files(tmp_path, "lifecycle")
+    files.key.chmod(0o600)
+    files.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    files.cert.chmod(0o600)
+    files.cert.write_bytes(client_only.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / CA_CERT_FILE).chmod(0o600)
+    assert parties_due(tmp_path) == ["lifecycle"]
+    assert ensure_tls(tmp_path) == ["lifecycle"]
+    assert set(service_names("lifecycle")) <= _names(_cert(files.cert))
+    assert stat.S_IMODE((tmp_path / CA_CERT_FILE).stat().st_mode) == 0o644
 
 
 def test_a_certificate_ending_soon_of_another_ca_missing_a_name_or_without_its_key_is_issued_again(

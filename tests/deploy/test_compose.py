@@ -16,6 +16,7 @@ import random
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -92,7 +93,13 @@ class Stack:
         return done
 
     def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.base_port + SERVICE_PORT_OFFSETS[service]}"
+        """The service's API through its published port: HTTPS only (deploy_tls), checked against :attr:`ca`."""
+        return f"https://127.0.0.1:{self.base_port + SERVICE_PORT_OFFSETS[service]}"
+
+    @property
+    def ca(self) -> ssl.SSLContext:
+        """Trusts the deployment's CA only."""
+        return ssl.create_default_context(cafile=str(self.directory / "tls" / "ca.pem"))
 
     @property
     def prometheus_url(self) -> str:
@@ -150,7 +157,7 @@ def wait_ready(stack: Stack, timeout: float = READY_TIMEOUT_S) -> dict[str, floa
     """Seconds until each service's /readyz answered 200 (through its published port)."""
     started = time.monotonic()
     ready: dict[str, float] = {}
-    with httpx.Client(timeout=3.0) as http:
+    with httpx.Client(timeout=3.0, verify=stack.ca) as http:
         while len(ready) < len(ALL_SERVICES):
             for service in ALL_SERVICES:
                 if service in ready:
@@ -235,6 +242,18 @@ def test_every_service_is_ready_in_its_container(stack: Stack) -> None:
     assert len(statuses) == 12, statuses  # nats, postgres, jaeger, prometheus, provision, six services, policy-2
     assert [s.split(" (")[0] for s in stack.statuses("provision")] == ["Exited"], stack.statuses("provision")
     assert stack.statuses("provision")[0].startswith("Exited (0)")
+
+
+def test_every_api_answers_over_https_with_the_deployments_ca_only(stack: Stack) -> None:
+    """No API answers in clear, and none shows a certificate the system's roots would take for it: only the
+    deployment's CA vouches for them (the CLI with ``--home DIR`` trusts exactly that one)."""
+    for service in ALL_SERVICES:
+        port = stack.base_port + SERVICE_PORT_OFFSETS[service]
+        assert httpx.get(f"{stack.url(service)}/healthz", verify=stack.ca, timeout=10).status_code == 200
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{stack.url(service)}/healthz", timeout=10)
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # a clear request: the connection closes
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
 
 
 #: What the runtime image installs from the workspace: every member's package, as in the checkout.
@@ -341,8 +360,9 @@ def test_a_secret_reaches_a_sandbox_of_the_containerised_sandbox_agent(stack: St
     token = (stack.directory / "operator.token").read_text().strip()
     grant = {"set_id": "compose-secret", "cedar": SECRET_GRANT}
     answer = httpx.post(
-        f"{stack.url('policy')}/v1/policy-sets", json=grant, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+        f"{stack.url('policy')}/v1/policy-sets", json=grant, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+        verify=stack.ca,
+    )  # fmt: skip
     assert answer.status_code in (200, 201), answer.text
     definition = json.loads((REPO / "examples" / "agents" / "hello.json").read_text())
     definition.update(name="secret-reader", description="Prints the SHA-256 of its secret file.")

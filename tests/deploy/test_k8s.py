@@ -8,23 +8,34 @@ them in its wheel.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
+import http.server
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, DeployConfig, init_deploy_dir, parse_env
-from symbi_cli.deploy_tls import CLIENT_PARTIES, NATS_PARTY, ensure_tls, party_files
+from symbi_cli.deploy_k8s import k8s_secrets
+from symbi_cli.deploy_tls import CLIENT_PARTIES, NATS_PARTY, ensure_tls, issue, new_ca, party_files
 from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES
+from symbi_fixtures.runtimes import take_free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,6 +97,26 @@ def test_each_service_runs_with_only_its_own_secrets(service: str) -> None:
     assert container["command"] == ["python", "-m", f"symbi_{service.replace('-', '_')}"]
     assert {"readinessProbe", "livenessProbe", "resources"} <= set(container)
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize("service", ALL_SERVICES)
+def test_each_service_serves_its_api_over_https_with_its_own_certificate(service: str) -> None:
+    """The service is told to serve HTTPS with the certificate and key of its own TLS Secret (mounted at /tls),
+    and the kubelet's probes speak HTTPS to it; an annotation naming a scrape scheme, if any, says https."""
+    obj = find("DaemonSet" if service == "sandbox-agent" else "Deployment", f"symbi-{service}")
+    spec = pod_spec(obj)
+    (container,) = spec["containers"]
+    env = {var["name"]: var.get("value") for var in container["env"]}
+    (tls,) = [path for path, name in mounted_secrets(spec, container).items() if name == f"symbi-{service}-tls"]
+    assert (env.get("SYMBI_HTTP_TLS_CERT"), env.get("SYMBI_HTTP_TLS_KEY")) == (f"{tls}/cert.pem", f"{tls}/key.pem")
+    probes = {
+        name: container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe") if name in container
+    }
+    assert {"readinessProbe", "livenessProbe"} <= set(probes)
+    for name, probe in probes.items():
+        assert probe["httpGet"]["port"] == "http", (service, name)
+        assert probe["httpGet"].get("scheme") == "HTTPS", (service, name)
+    assert obj["spec"]["template"]["metadata"]["annotations"].get("prometheus.io/scheme", "https") == "https"
 
 
 def test_the_provisioning_job_runs_with_only_its_own_secrets() -> None:
@@ -281,7 +312,11 @@ def test_prometheus_discovers_and_labels_every_service_pod() -> None:
     for service in ALL_SERVICES:
         obj = find("DaemonSet" if service == "sandbox-agent" else "Deployment", f"symbi-{service}")
         template = obj["spec"]["template"]
-        meta = {"__meta_kubernetes_pod_ip": "10.0.0.7", "__meta_kubernetes_pod_name": f"symbi-{service}-0"}
+        meta = {
+            "__meta_kubernetes_pod_ip": "10.0.0.7",
+            "__meta_kubernetes_pod_name": f"symbi-{service}-0",
+            "__scheme__": job.get("scheme", "http"),  # as Prometheus starts each target, before relabelling
+        }
         for key, value in {**template["metadata"]["annotations"], **template["metadata"]["labels"]}.items():
             kind = "annotation" if key in template["metadata"].get("annotations", {}) else "label"
             meta[f"__meta_kubernetes_pod_{kind}_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"] = value
@@ -291,9 +326,37 @@ def test_prometheus_discovers_and_labels_every_service_pod() -> None:
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
         assert target["__address__"] == f"10.0.0.7:{port}"
         assert target["__metrics_path__"] == "/metrics"
+        assert target["__scheme__"] == "https"
         assert target["service"] == service
     unannotated = {"__meta_kubernetes_pod_ip": "10.0.0.9", "__meta_kubernetes_pod_name": "symbi-postgres-0"}
     assert relabel(unannotated, job["relabel_configs"]) is None
+
+
+def prometheus_job() -> dict[str, Any]:
+    """The one scrape job of deploy/k8s/prometheus.yaml."""
+    config = yaml.safe_load(find("ConfigMap", "symbi-prometheus-config")["data"]["prometheus.yml"])
+    (job,) = config["scrape_configs"]
+    assert isinstance(job, dict)
+    return job
+
+
+def test_prometheus_scrapes_over_https_checking_the_deployment_ca_it_alone_mounts() -> None:
+    """The services' pods are scraped over HTTPS, each checked against the deployment's CA for the shared service
+    name (they are scraped by address, which no certificate names), never without checking. That CA comes from
+    Secret symbi-tls-ca, mounted at /tls in Prometheus' pod and in no other."""
+    job = prometheus_job()
+    assert job["scheme"] == "https"
+    assert job["tls_config"] == {"ca_file": "/tls/ca.pem", "server_name": "symbi-service"}
+    spec = pod_spec(find("Deployment", "symbi-prometheus"))
+    (container,) = spec["containers"]
+    assert mounted_secrets(spec, container) == {"/tls": "symbi-tls-ca"}
+    mounting = {
+        party
+        for party, pod in pods().items()
+        for v in pod.get("volumes", [])
+        if v.get("secret", {}).get("secretName") == "symbi-tls-ca"
+    }
+    assert mounting == {"prometheus"}
 
 
 def relabel(labels: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, str] | None:
@@ -596,6 +659,22 @@ def test_k8s_secrets_makes_every_secret_the_manifests_use_from_its_own_part_of_t
         assert data[f"symbi-{service}-env"] == {k: v.encode() for k, v in env.items()}
     assert data["symbi-nats-tls"] == files(directory / "tls" / NATS_PARTY)
     assert data["symbi-provision-tls"] == files(directory / "tls" / "provision")
+    # Prometheus' CA Secret: the CA's certificate and nothing else; every service's HTTPS certificate is one of
+    # that CA, for the name Prometheus checks, and its env names files its own TLS Secret has.
+    assert data["symbi-tls-ca"] == {"ca.pem": (directory / "tls" / "ca.pem").read_bytes()}
+    ca = x509.load_pem_x509_certificate(data["symbi-tls-ca"]["ca.pem"])
+    server_name = prometheus_job()["tls_config"]["server_name"]
+    for service in ALL_SERVICES:
+        tls = data[f"symbi-{service}-tls"]
+        cert = x509.load_pem_x509_certificate(tls["cert.pem"])
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert server_name in names.get_values_for_type(x509.DNSName), (service, names)
+        kind = "DaemonSet" if service == "sandbox-agent" else "Deployment"
+        (container,) = pod_spec(find(kind, f"symbi-{service}"))["containers"]
+        env = {var["name"]: var.get("value", "") for var in container["env"]}
+        for var in ("SYMBI_HTTP_TLS_CERT", "SYMBI_HTTP_TLS_KEY"):
+            assert Path(env[var]).name in tls, (service, var)
     assert set(data["symbi-registry"]) == {"registry.json", "registry.json.sig", "root.pub"}
     assert set(data["symbi-postgres"]) == {p.name for p in (directory / "postgres").iterdir()}
     assert data["symbi-nats-route"] == {
@@ -610,6 +689,7 @@ def test_k8s_secrets_makes_every_secret_the_manifests_use_from_its_own_part_of_t
     every = [value for secret in data.values() for value in secret.values()]
     leaked = [o[:12] for o in operator if any(o in value for value in every)]
     assert not leaked, f"the operator's key material is in a Secret: {leaked}"
+    assert not [name for name, value in data["symbi-tls-ca"].items() if b"PRIVATE KEY" in value]
 
 
 def test_k8s_secrets_refuses_a_directory_deploy_init_did_not_write(tmp_path: Path) -> None:
@@ -623,3 +703,136 @@ def test_k8s_secrets_refuses_a_directory_deploy_init_did_not_write(tmp_path: Pat
     assert done.returncode == 1
     assert "run `symbi deploy init` on the directory first" in done.stderr
     assert done.stdout == ""
+
+
+# --- Prometheus' scrape over HTTPS, with a real Prometheus ----------------------------------------------
+
+
+def prometheus_binary() -> Path:
+    """Prometheus 3.16.0 as ``deploy/host/tools.sh prometheus`` built it (the image's own version)."""
+    found = subprocess.run(
+        [str(REPO / "deploy/host/tools.sh"), "--print", "prometheus"], capture_output=True, text=True, check=False
+    )
+    if found.returncode != 0:
+        pytest.fail("Prometheus is not built: run deploy/host/tools.sh prometheus")
+    return Path(found.stdout.strip())
+
+
+class MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with one sample in Prometheus' text format."""
+
+    def do_GET(self) -> None:
+        body = b"symbi_scrape_check 1\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@contextlib.contextmanager
+def https_server(cert: Path, key: Path) -> Iterator[int]:
+    """An HTTPS server on loopback showing ``cert``; yields its port. A refused handshake drops that connection."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", take_free_port()), MetricsHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_pem_pair(directory: Path, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
+    directory.mkdir()
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.deploy
+def test_a_real_prometheus_scrapes_a_services_certificate_and_refuses_others(tmp_path: Path) -> None:
+    """The manifest's scrape settings (scheme, tls_config) run in Prometheus 3.16.0 against loopback targets, as
+    it reaches pods by address, with the CA file Secret symbi-tls-ca holds: a server showing a service's
+    certificate from `symbi deploy init` is scraped; one showing nats-server's certificate (the deployment's CA,
+    not the service name) or a certificate of another CA for the service name is not."""
+    directory = tmp_path / "deploy"
+    init_deploy_dir(directory, DeployConfig(), uid=os.getuid())
+    (ca_secret,) = [s for s in k8s_secrets(directory)["items"] if s["metadata"]["name"] == "symbi-tls-ca"]
+    mounted = tmp_path / "prometheus-tls"  # what Prometheus' pod sees at /tls
+    mounted.mkdir()
+    for name, value in ca_secret["data"].items():
+        (mounted / name).write_bytes(base64.b64decode(value))
+    job = prometheus_job()
+    assert job["tls_config"]["ca_file"].startswith("/tls/")
+    tls_config = {**job["tls_config"], "ca_file": str(mounted / job["tls_config"]["ca_file"].removeprefix("/tls/"))}
+    other_key, other_ca = new_ca()
+    stranger = write_pem_pair(
+        tmp_path / "stranger", *issue(other_key, other_ca, "lifecycle", server_names=["symbi-service"])
+    )
+    servers = {
+        "service": (party_files(directory, "lifecycle").cert, party_files(directory, "lifecycle").key),
+        "nats": (party_files(directory, NATS_PARTY).cert, party_files(directory, NATS_PARTY).key),
+        "other-ca": stranger,
+    }
+    with contextlib.ExitStack() as stack:
+        ports = {case: stack.enter_context(https_server(*files)) for case, files in servers.items()}
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {
+                    "job_name": job["job_name"],
+                    "scheme": job["scheme"],
+                    "tls_config": tls_config,
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{port}"], "labels": {"case": case}} for case, port in ports.items()
+                    ],
+                }
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        web = take_free_port()
+        log = (tmp_path / "prometheus.log").open("wb")
+        stack.callback(log.close)
+        prometheus = subprocess.Popen(
+            [
+                str(prometheus_binary()),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{web}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(prometheus.wait, 30)
+        stack.callback(prometheus.terminate)
+        health = scraped_health(f"http://127.0.0.1:{web}", set(ports), prometheus)
+    assert {case: up for case, (up, _) in health.items()} == {"service": "up", "nats": "down", "other-ca": "down"}
+    for case in ("nats", "other-ca"):
+        assert "certificate" in health[case][1], health[case]
+
+
+def scraped_health(url: str, cases: set[str], prometheus: subprocess.Popen[bytes]) -> dict[str, tuple[str, str]]:
+    """Each target's health and last error once Prometheus has scraped them all (within 60 s)."""
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=url, timeout=5) as http_client:
+        while time.monotonic() < deadline:
+            assert prometheus.poll() is None, "Prometheus exited (see prometheus.log)"
+            try:
+                targets = http_client.get("/api/v1/targets").json()["data"]["activeTargets"]
+            except httpx.TransportError:
+                targets = []
+            health = {t["labels"]["case"]: (t["health"], t["lastError"]) for t in targets}
+            if set(health) == cases and "unknown" not in {up for up, _ in health.values()}:
+                return health
+            time.sleep(0.5)
+    raise AssertionError("Prometheus did not scrape every target within 60 s")

@@ -3,10 +3,11 @@
 deploy/k8s mounts one set of Secrets per party, each made from its own part of the directory ``symbi deploy
 init`` writes: a service's keys (``symbi-<service>-keys``), its env file (``symbi-<service>-env``: its NATS
 user, its database role) and its TLS certificate (``symbi-<service>-tls``); NATS' users' passwords, route
-password and certificate; the provisioning job's env and certificate; the public registry files; PostgreSQL's
-passwords. Made here as one ``v1/List``, so nothing is left out or mounted from the wrong directory. What is
-the operator's (``DIR/operator/``: the root key, the token issuer's key, the TLS CA's key; ``DIR/tls/operator``)
-goes into none of them.
+password and certificate; the provisioning job's env and certificate; the deployment's CA certificate alone
+(``symbi-tls-ca``: Prometheus checks the services' HTTPS certificates against it); the public registry files;
+PostgreSQL's passwords. Made here as one ``v1/List``, so nothing is left out or mounted from the wrong
+directory. What is the operator's (``DIR/operator/``: the root key, the token issuer's key, the TLS CA's key;
+``DIR/tls/operator``) goes into none of them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from symbi_cli.deploy_dir import parse_env
-from symbi_cli.deploy_tls import NATS_PARTY, party_files
+from symbi_cli.deploy_tls import CA_CERT_FILE, NATS_PARTY, party_files
 from symbi_cli.errors import CliError
 from symbi_cli.runtime_options import ALL_SERVICES
 
@@ -69,6 +70,7 @@ def k8s_secrets(directory: Path, namespace: str = NAMESPACE) -> dict[str, Any]:
         ("symbi-nats-tls", _directory(party_files(directory, NATS_PARTY).directory)),
         ("symbi-provision-env", _env(env / "provision.env")),
         ("symbi-provision-tls", _directory(party_files(directory, "provision").directory)),
+        ("symbi-tls-ca", _files([directory / CA_CERT_FILE])),  # ca.pem: the certificate, never the CA's key
         ("symbi-registry", _files([keys / name for name in REGISTRY_FILES])),
         ("symbi-postgres", _directory(directory / "postgres")),
     ]

@@ -1,20 +1,22 @@
-"""The deployment's TLS: a private CA, nats-server's certificate and one client certificate per NATS party.
+"""The deployment's TLS: a private CA, nats-server's certificate and one certificate per NATS client party.
 
 NATS carries every credential (a client's password travels in its CONNECT line), every event and the bus, so a
 deployment speaks to it over mutual TLS only: nats-server refuses a connection that does not present a
 certificate this CA signed, and every client checks the server's name against the CA. Cluster routes use
-the server's certificate both ways (it is issued for server and client authentication). ``symbi deploy
-init DIR`` writes (:func:`ensure_tls`)::
+the server's certificate both ways (it is issued for server and client authentication). Each service's
+certificate also serves its HTTP API over HTTPS (:data:`SERVICE_NAME` and :func:`service_names`: the names it is
+reached by), so operator tokens and API answers never cross the network in clear. ``symbi deploy init DIR``
+writes (:func:`ensure_tls`)::
 
     DIR/operator/tls-ca.key      the CA's private key: mounted into no container, like the root key
-    DIR/tls/ca.pem               the CA's certificate
+    DIR/tls/ca.pem               the CA's certificate (public, 0644: Prometheus mounts it to check the services)
     DIR/tls/<party>/             ca.pem, cert.pem, key.pem for nats-server (``nats``), each service, the
                                  provisioning job (``provision``) and the operator's CLI (``operator``);
                                  each container mounts only its own directory, as /tls
 
 Idempotent: what is there and still good is kept. A certificate is issued again when it is missing, expires
-within :data:`RENEW_BEFORE`, was not signed by the current CA, or (the server's) does not name every address
-in :data:`SERVER_NAMES`. A CA certificate without its key is refused (:class:`TlsError`): the certificates
+within :data:`RENEW_BEFORE`, was not signed by the current CA, or (a server's: nats-server's, a service's) does
+not name every address it is reached by. A CA certificate without its key is refused (:class:`TlsError`): the certificates
 it signed could not be renewed, and replacing it would silently cut off every party that trusts it.
 """
 
@@ -59,6 +61,11 @@ SERVER_NAMES: tuple[str, ...] = (
     "127.0.0.1",
     "::1",
 )
+#: A name every service's certificate carries besides its own: Prometheus scrapes the services' pods by address,
+#: which no certificate names, and checks that each shows a certificate of this CA for this name.
+SERVICE_NAME = "symbi-service"
+#: The other compose services that run with a service's certificate: its replicas (docker-compose.yml).
+REPLICAS: dict[str, tuple[str, ...]] = {"policy": ("policy-2",)}
 CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=397)
 #: A certificate closer than this to its end is issued again by the next ``symbi deploy init``.
@@ -218,9 +225,20 @@ def _key_of(path: Path) -> ec.EllipticCurvePrivateKey | None:
     return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
 
 
+def service_names(service: str) -> tuple[str, ...]:
+    """Every name a service's HTTP API is reached by: its compose service (and replicas'), its Kubernetes Service
+    ``symbi-<service>`` (short and qualified), the shared :data:`SERVICE_NAME` and loopback (published ports,
+    port-forward)."""
+    k8s = f"symbi-{service}"
+    qualified = (f"{k8s}.{K8S_NAMESPACE}", f"{k8s}.{K8S_NAMESPACE}.svc", f"{k8s}.{K8S_NAMESPACE}.svc.cluster.local")
+    return (service, *REPLICAS.get(service, ()), k8s, *qualified, SERVICE_NAME, "localhost", "127.0.0.1", "::1")
+
+
 def _server_names(party: str) -> tuple[str, ...]:
-    """The names ``party``'s certificate serves under: nats-server's, none for a client."""
-    return SERVER_NAMES if party == NATS_PARTY else ()
+    """The names ``party``'s certificate serves under: nats-server's, a service's, none for another client."""
+    if party == NATS_PARTY:
+        return SERVER_NAMES
+    return service_names(party) if party in ALL_SERVICES else ()
 
 
 def _due(directory: Path, party: str, ca: x509.Certificate) -> bool:
@@ -260,7 +278,7 @@ def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
         )
     key, cert = new_ca()
     write_atomically(key_path, _key_pem(key), 0o600)
-    write_atomically(cert_path, _cert_pem(cert), 0o600)
+    write_atomically(cert_path, _cert_pem(cert), 0o644)
     return key, cert
 
 
@@ -272,6 +290,7 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
     """
     private_dir(directory / "tls")
     ca_key, ca = _ensure_ca(directory)
+    os.chmod(directory / CA_CERT_FILE, 0o644)  # public; 0600 before HTTPS, when only the parties' copies were read
     ca_pem = _cert_pem(ca)
     issued = []
     for party in (NATS_PARTY, *CLIENT_PARTIES):
