@@ -27,7 +27,10 @@ from symbi_cli.deploy_tls import (
     CA_CERT_FILE,
     CA_KEY_FILE,
     CLIENT_PARTIES,
+    JAEGER_NAMES,
+    JAEGER_PARTY,
     NATS_PARTY,
+    PARTIES,
     SERVER_NAMES,
     SERVICE_NAME,
     TlsError,
@@ -157,7 +160,7 @@ def _cert(path: Path) -> x509.Certificate:
 
 def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None:
     issued = ensure_tls(tmp_path)
-    assert issued == [NATS_PARTY, *CLIENT_PARTIES]
+    assert issued == [NATS_PARTY, JAEGER_PARTY, *CLIENT_PARTIES] == list(PARTIES)
     ca = _cert(tmp_path / CA_CERT_FILE)
     server = _cert(party_files(tmp_path, NATS_PARTY).cert)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -165,7 +168,7 @@ def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None
         SERVER_NAMES
     )
     keys = set()
-    for party in (NATS_PARTY, *CLIENT_PARTIES):
+    for party in PARTIES:
         files = party_files(tmp_path, party)
         cert = _cert(files.cert)
         cert.verify_directly_issued_by(ca)
@@ -174,7 +177,7 @@ def test_the_material_is_kept_and_each_party_has_its_own(tmp_path: Path) -> None
         assert stat.S_IMODE(files.key.stat().st_mode) == 0o400
         assert stat.S_IMODE(files.directory.stat().st_mode) == 0o700
         keys.add(files.key.read_bytes())
-    assert len(keys) == 1 + len(CLIENT_PARTIES), "two parties share a key"
+    assert len(keys) == len(PARTIES), "two parties share a key"
     assert stat.S_IMODE((tmp_path / CA_KEY_FILE).stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / CA_CERT_FILE).stat().st_mode) == 0o644  # public: Prometheus mounts it
     assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
@@ -201,6 +204,7 @@ def test_a_services_certificate_serves_its_api_under_every_name_it_is_reached_by
         assert {service, k8s, f"{k8s}.symbi.svc.cluster.local", SERVICE_NAME, "localhost", "127.0.0.1"} <= _names(cert)
         assert _usages(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert "policy-2" in _names(_cert(party_files(tmp_path, "policy").cert))  # the compose replica
+    assert _names(_cert(party_files(tmp_path, JAEGER_PARTY).cert)) == set(JAEGER_NAMES)  # its OTLP receiver
     for client in ("provision", "operator"):  # serve nothing
         cert = _cert(party_files(tmp_path, client).cert)
         assert _usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -321,7 +325,7 @@ def test_the_containers_get_the_files_and_the_operator_keeps_its_own(tmp_path: P
     if os.geteuid() != 0:
         pytest.skip("handing files to another uid needs root")
     ensure_tls(tmp_path, uid=10001)
-    for party in (NATS_PARTY, *CLIENT_PARTIES):
+    for party in PARTIES:
         files = party_files(tmp_path, party)
         owner = 0 if party == "operator" else 10001
         assert {files.directory.stat().st_uid, files.key.stat().st_uid, files.cert.stat().st_uid} == {owner}, party

@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, DeployConfig, init_deploy_dir, parse_env
 from symbi_cli.deploy_k8s import k8s_secrets
-from symbi_cli.deploy_tls import CLIENT_PARTIES, NATS_PARTY, ensure_tls, issue, new_ca, party_files
+from symbi_cli.deploy_tls import JAEGER_PARTY, NATS_PARTY, PARTIES, ensure_tls, issue, new_ca, party_files
 from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES
 from symbi_fixtures.runtimes import take_free_port
 
@@ -117,6 +117,27 @@ def test_each_service_serves_its_api_over_https_with_its_own_certificate(service
         assert probe["httpGet"]["port"] == "http", (service, name)
         assert probe["httpGet"].get("scheme") == "HTTPS", (service, name)
     assert obj["spec"]["template"]["metadata"]["annotations"].get("prometheus.io/scheme", "https") == "https"
+    # Spans go to Jaeger over mutual TLS with the same certificate, as in the compose file.
+    assert {k: v for k, v in env.items() if k.startswith("OTEL_EXPORTER_OTLP_")} == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://jaeger:4318",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": f"{tls}/ca.pem",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": f"{tls}/cert.pem",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": f"{tls}/key.pem",
+    }
+
+
+def test_jaeger_takes_spans_over_mutual_tls_with_its_own_certificate() -> None:
+    """Jaeger's OTLP receiver presents the certificate of Secret symbi-jaeger-tls and asks each sender for one of
+    the deployment's CA (tests/e2e/test_jaeger_tls.py runs this configuration in a real Jaeger)."""
+    spec = pod_spec(find("Deployment", "symbi-jaeger"))
+    (container,) = spec["containers"]
+    assert mounted_secrets(spec, container) == {"/tls": "symbi-jaeger-tls"}
+    config = yaml.safe_load(find("ConfigMap", "symbi-jaeger-config")["data"]["jaeger.yaml"])
+    assert config["receivers"]["otlp"]["protocols"]["http"]["tls"] == {
+        "cert_file": "/tls/cert.pem",
+        "key_file": "/tls/key.pem",
+        "client_ca_file": "/tls/ca.pem",
+    }
 
 
 def test_the_provisioning_job_runs_with_only_its_own_secrets() -> None:
@@ -181,8 +202,9 @@ def test_the_root_key_is_mounted_nowhere() -> None:
 
 
 def tls_parties() -> set[str]:
-    """Every party whose TLS directory the cluster gets as a Secret: nats-server, the services, provisioning."""
-    return {NATS_PARTY, *ALL_SERVICES, "provision"}
+    """Every party whose TLS directory the cluster gets as a Secret: nats-server, Jaeger, the services,
+    provisioning."""
+    return {NATS_PARTY, JAEGER_PARTY, *ALL_SERVICES, "provision"}
 
 
 def pods() -> dict[str, dict[str, Any]]:
@@ -213,7 +235,7 @@ def test_each_pod_mounts_only_its_own_tls_secret_and_the_ca_key_nowhere() -> Non
             mounted[party] = tls
     assert mounted == {party: {"/tls": f"symbi-{party}-tls"} for party in tls_parties()}
     # every party `symbi deploy init` issues a certificate to, but the operator's CLI (outside the cluster)
-    assert tls_parties() == {NATS_PARTY, *CLIENT_PARTIES} - {"operator"}
+    assert tls_parties() == set(PARTIES) - {"operator"}
 
 
 def test_nats_speaks_mutual_tls_to_clients_and_routes_and_plain_http_to_probes() -> None:
@@ -658,6 +680,7 @@ def test_k8s_secrets_makes_every_secret_the_manifests_use_from_its_own_part_of_t
         env = parse_env((directory / "env" / f"{service}.env").read_text())
         assert data[f"symbi-{service}-env"] == {k: v.encode() for k, v in env.items()}
     assert data["symbi-nats-tls"] == files(directory / "tls" / NATS_PARTY)
+    assert data["symbi-jaeger-tls"] == files(directory / "tls" / JAEGER_PARTY)
     assert data["symbi-provision-tls"] == files(directory / "tls" / "provision")
     # Prometheus' CA Secret: the CA's certificate and nothing else; every service's HTTPS certificate is one of
     # that CA, for the name Prometheus checks, and its env names files its own TLS Secret has.

@@ -313,14 +313,21 @@ def jaeger(jaeger_binary: Path, tmp_path: Path) -> Iterator[Jaeger]:
     health, query, query_grpc, otlp = take_free_ports(4)
     config = tmp_path / "jaeger.yaml"
     config.write_text(JAEGER_CONFIG.format(health=health, query=query, query_grpc=query_grpc, otlp=otlp))
-    log = tmp_path / "jaeger.log"
+    with running_jaeger(jaeger_binary, config, health) as proc:
+        yield Jaeger(otlp_endpoint=f"http://127.0.0.1:{otlp}", query_url=f"http://127.0.0.1:{query}", process=proc)
+
+
+@contextlib.contextmanager
+def running_jaeger(binary: Path, config: Path, health: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``jaeger --config CONFIG``, healthy (its health check on port ``health``) before this yields; stopped after."""
+    log = config.with_suffix(".log")
     # Jaeger traces its own query API through the OpenTelemetry SDK's defaults (OTLP/gRPC to localhost:4317,
     # where nothing listens): after one query its shutdown waits 10 s for that export to time out. It is not
     # asked to trace itself, so it stops at once on SIGTERM.
     env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(jaeger_binary), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+            [str(binary), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=config.parent, env=env
         )
     try:
         deadline = time.monotonic() + 60
@@ -332,7 +339,7 @@ def jaeger(jaeger_binary: Path, tmp_path: Path) -> Iterator[Jaeger]:
             if time.monotonic() > deadline:
                 pytest.fail(f"jaeger was not healthy within 60 s: {log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield Jaeger(otlp_endpoint=f"http://127.0.0.1:{otlp}", query_url=f"http://127.0.0.1:{query}", process=proc)
+        yield proc
     finally:
         proc.terminate()
         try:

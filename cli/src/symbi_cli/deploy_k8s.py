@@ -3,9 +3,9 @@
 deploy/k8s mounts one set of Secrets per party, each made from its own part of the directory ``symbi deploy
 init`` writes: a service's keys (``symbi-<service>-keys``), its env file (``symbi-<service>-env``: its NATS
 user, its database role) and its TLS certificate (``symbi-<service>-tls``); NATS' users' passwords, route
-password and certificate; the provisioning job's env and certificate; the deployment's CA certificate alone
-(``symbi-tls-ca``: Prometheus checks the services' HTTPS certificates against it); the public registry files;
-PostgreSQL's passwords. Made here as one ``v1/List``, so nothing is left out or mounted from the wrong
+password and certificate; Jaeger's certificate (``symbi-jaeger-tls``, its OTLP receiver's); the provisioning
+job's env and certificate; the deployment's CA certificate alone (``symbi-tls-ca``: Prometheus checks the
+services' HTTPS certificates against it); the public registry files; PostgreSQL's passwords. Made here as one ``v1/List``, so nothing is left out or mounted from the wrong
 directory. What is the operator's (``DIR/operator/``: the root key, the token issuer's key, the TLS CA's key;
 ``DIR/tls/operator``) goes into none of them.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from symbi_cli.deploy_dir import parse_env
-from symbi_cli.deploy_tls import CA_CERT_FILE, NATS_PARTY, party_files
+from symbi_cli.deploy_tls import CA_CERT_FILE, JAEGER_PARTY, NATS_PARTY, party_files
 from symbi_cli.errors import CliError
 from symbi_cli.runtime_options import ALL_SERVICES
 
@@ -68,6 +68,7 @@ def k8s_secrets(directory: Path, namespace: str = NAMESPACE) -> dict[str, Any]:
         ("symbi-nats-passwords", _env(env / "nats.env")),
         ("symbi-nats-route", _env(env / "nats-route.env")),
         ("symbi-nats-tls", _directory(party_files(directory, NATS_PARTY).directory)),
+        ("symbi-jaeger-tls", _directory(party_files(directory, JAEGER_PARTY).directory)),
         ("symbi-provision-env", _env(env / "provision.env")),
         ("symbi-provision-tls", _directory(party_files(directory, "provision").directory)),
         ("symbi-tls-ca", _files([directory / CA_CERT_FILE])),  # ca.pem: the certificate, never the CA's key

@@ -10,7 +10,8 @@ writes (:func:`ensure_tls`)::
 
     DIR/operator/tls-ca.key      the CA's private key: mounted into no container, like the root key
     DIR/tls/ca.pem               the CA's certificate (public, 0644: Prometheus mounts it to check the services)
-    DIR/tls/<party>/             ca.pem, cert.pem, key.pem for nats-server (``nats``), each service, the
+    DIR/tls/<party>/             ca.pem, cert.pem, key.pem for nats-server (``nats``), Jaeger (``jaeger``: its
+                                 OTLP receiver takes spans over mutual TLS only), each service, the
                                  provisioning job (``provision``) and the operator's CLI (``operator``);
                                  each container mounts only its own directory, as /tls
 
@@ -42,8 +43,12 @@ from symbi_cli.runtime_options import ALL_SERVICES
 
 #: nats-server's own directory under ``DIR/tls``.
 NATS_PARTY = "nats"
+#: Jaeger's own directory: its OTLP receiver takes spans only over TLS from holders of a certificate of this CA.
+JAEGER_PARTY = "jaeger"
 #: The NATS clients of a deployment, each with its own certificate (the common name is the party).
 CLIENT_PARTIES: tuple[str, ...] = (*ALL_SERVICES, "provision", "operator")
+#: Every party with a directory under ``DIR/tls``.
+PARTIES: tuple[str, ...] = (NATS_PARTY, JAEGER_PARTY, *CLIENT_PARTIES)
 #: The Kubernetes namespace of deploy/k8s (kustomization.yaml).
 K8S_NAMESPACE = "symbi"
 #: Every name a client or a route may reach nats-server by: the compose service, the Kubernetes Services
@@ -57,6 +62,16 @@ SERVER_NAMES: tuple[str, ...] = (
     f"*.symbi-nats.{K8S_NAMESPACE}",
     f"*.symbi-nats.{K8S_NAMESPACE}.svc",
     f"*.symbi-nats.{K8S_NAMESPACE}.svc.cluster.local",
+    "localhost",
+    "127.0.0.1",
+    "::1",
+)
+#: Every name the services reach Jaeger's OTLP receiver by: the compose service, the Kubernetes Service, loopback.
+JAEGER_NAMES: tuple[str, ...] = (
+    "jaeger",
+    f"jaeger.{K8S_NAMESPACE}",
+    f"jaeger.{K8S_NAMESPACE}.svc",
+    f"jaeger.{K8S_NAMESPACE}.svc.cluster.local",
     "localhost",
     "127.0.0.1",
     "::1",
@@ -235,9 +250,12 @@ def service_names(service: str) -> tuple[str, ...]:
 
 
 def _server_names(party: str) -> tuple[str, ...]:
-    """The names ``party``'s certificate serves under: nats-server's, a service's, none for another client."""
+    """The names ``party``'s certificate serves under: nats-server's, Jaeger's, a service's, none for another
+    client."""
     if party == NATS_PARTY:
         return SERVER_NAMES
+    if party == JAEGER_PARTY:
+        return JAEGER_NAMES
     return service_names(party) if party in ALL_SERVICES else ()
 
 
@@ -255,7 +273,7 @@ def parties_due(directory: Path) -> list[str]:
     """The parties whose certificate :func:`ensure_tls` would issue (again) now; every party before there is a
     CA. Reads only."""
     ca = _load_cert(directory / CA_CERT_FILE)
-    return [p for p in (NATS_PARTY, *CLIENT_PARTIES) if ca is None or _due(directory, p, ca)]
+    return [p for p in PARTIES if ca is None or _due(directory, p, ca)]
 
 
 def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -293,7 +311,7 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
     os.chmod(directory / CA_CERT_FILE, 0o644)  # public; 0600 before HTTPS, when only the parties' copies were read
     ca_pem = _cert_pem(ca)
     issued = []
-    for party in (NATS_PARTY, *CLIENT_PARTIES):
+    for party in PARTIES:
         files = party_files(directory, party)
         private_dir(files.directory)
         if _due(directory, party, ca):

@@ -25,7 +25,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from prometheus_client import Counter, Gauge, Histogram
 from structlog.tracebacks import ExceptionDictTransformer
@@ -76,14 +76,28 @@ def configure_tracing(service: str, otlp_endpoint: str = "") -> TracerProvider:
         _provider = TracerProvider(resource=Resource.create({"service.name": f"symbi-{service}"}))
         trace.set_tracer_provider(_provider)
     if otlp_endpoint and otlp_endpoint not in _exporting_to:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = otlp_endpoint.rstrip("/")
-        if not endpoint.endswith("/v1/traces"):
-            endpoint += "/v1/traces"
-        _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        _provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter(otlp_endpoint)))
         _exporting_to.add(otlp_endpoint)
     return _provider
+
+
+def otlp_span_exporter(otlp_endpoint: str) -> SpanExporter:
+    """The OTLP/HTTP exporter to ``otlp_endpoint`` (``/v1/traces`` added unless there).
+
+    Over TLS it trusts the CA the standard ``OTEL_EXPORTER_OTLP_CERTIFICATE`` names and shows the client certificate
+    of ``OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`` / ``_CLIENT_KEY`` (a deployment's services: their own ``/tls``
+    files, mutual TLS to Jaeger), and only those: its HTTP session ignores the environment, since ``requests`` lets
+    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` override a session's own CA (psf/requests#3829).
+    """
+    import requests  # type: ignore[import-untyped]  # (no stubs here; only its Session is used)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    endpoint = otlp_endpoint.rstrip("/")
+    if not endpoint.endswith("/v1/traces"):
+        endpoint += "/v1/traces"
+    session = requests.Session()
+    session.trust_env = False
+    return OTLPSpanExporter(endpoint=endpoint, session=session)
 
 
 def tracing_enabled() -> bool:
