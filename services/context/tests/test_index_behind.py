@@ -81,3 +81,24 @@ async def test_a_forget_by_filter_checks_kinds_and_refuses_too_many_matches(runn
     where = {"tags": ["chat"], "kinds": ["long_term"]}
     forgot = await running.post("/v1/memories/forget", {"agent_id": "ada", "where": where})
     assert sorted(forgot["ids"]) == sorted(stored["ids"][1:])
+
+
+async def test_a_read_of_a_sequence_past_the_streams_end_is_invalid_not_behind(running: Any) -> None:
+    """No write answered a sequence past the stream's last event, so no wait could bring it: 422 on
+    ``min_sequence`` at once, not a 503 that says to retry."""
+    stored = await remember(running, "The lab opens at nine.")
+    beyond = stored["sequence"] + 1_000_000
+    for path, body in (
+        ("/v1/memories/query", {"agent_id": "ada", "query": "lab", "min_sequence": beyond}),
+        ("/v1/rag/query", {"agent_id": "ada", "query": "lab", "min_sequence": beyond, "generate": False}),
+    ):
+        response = await running.http.post(path, json=body)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("invalid_context", "min_sequence")
+        assert "past the last stored event" in error["message"]
+    # The write's own sequence is still read-your-writes.
+    found = await running.post(
+        "/v1/memories/query", {"agent_id": "ada", "query": "lab", "min_sequence": stored["sequence"]}
+    )
+    assert found["results"], found

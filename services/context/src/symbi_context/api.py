@@ -24,7 +24,8 @@ HTTP (JSON bodies; errors are ``{"error": {"code", "message", "details"}}`` with
                                                "limit"?, "min_relevance"?, "min_sequence"?, "generate"?}
 
 Writes answer with ``sequence`` (the stream sequence of the append); pass it as ``min_sequence`` to read your
-own write (503 ``index_behind`` if the index has not applied it within the wait: never an answer without it).
+own write (503 ``index_behind`` if the index has not applied it within the wait: never an answer without it;
+422 ``invalid_context`` for a sequence past the stream's last event, which no write answered).
 The same bodies (with ``kb_id`` where the path has it) are the NATS commands ``cmd.context.store``,
 ``retrieve``, ``forget``, ``ingest``, ``forget_knowledge``, ``search_knowledge`` and ``rag_query``.
 

@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 import msgspec
+import nats.errors
 import numpy as np
 import structlog
 from symbi_common.datakeys import DataKeys, DataKeyStore
@@ -64,7 +65,7 @@ from symbi_context.domain import (
     MemoryForgotten,
     MemoryStored,
 )
-from symbi_context.errors import IndexBehind
+from symbi_context.errors import IndexBehind, InvalidContext
 from symbi_context.point_ids import memory_point_id
 from symbi_context.vectors.keywords import document_keywords
 from symbi_context.vectors.port import NEVER, MetaFilter, VectorPoint, VectorStore
@@ -169,6 +170,8 @@ class ContextIndex:
         self.store = store
         self.registry = registry
         self.datakeys = datakeys
+        self._js = js
+        self._stream = stream
         #: Brings ``registry`` up to the newest version on ``REGISTRY`` when an event names an unknown signing key
         #: (the runtime's ``keys.catch_up``); None: such an event is rejected at once.
         self.catch_up_registry = catch_up_registry
@@ -350,13 +353,32 @@ class ContextIndex:
             self.shredded += 1
             log.info("data key destroyed, owner purged from the index", owner=owner, scope=scope)
 
+    async def _last_sequence(self) -> int | None:
+        """The stream's last sequence now; None if NATS cannot say (the wait then decides)."""
+        try:
+            info = await self._js.stream_info(self._stream)
+        except (nats.errors.Error, TimeoutError) as exc:  # the wait decides, and answers 503 if need be
+            log.warning("stream info unavailable", stream=self._stream, error=str(exc))
+            return None
+        return int(info.state.last_seq)
+
     async def wait_for(self, sequence: int, timeout: float = 5.0) -> bool:
         """Wait until events up to stream ``sequence`` are in the index."""
         return await self.follower.wait_for(sequence, timeout)
 
-    async def reach(self, sequence: int, timeout: float = 5.0) -> None:
+    async def reach(self, sequence: int, timeout: float = 5.0, *, field: str = "min_sequence") -> None:
         """Wait until events up to stream ``sequence`` are in the index; :class:`IndexBehind` if they are not
-        within ``timeout`` (read-your-writes: an answer without them would pass a stale index off as current)."""
+        within ``timeout`` (read-your-writes: an answer without them would pass a stale index off as current).
+
+        A ``sequence`` past the stream's last event names no write (a write's answer carries the sequence it was
+        stored at), so no wait could bring it: :class:`InvalidContext` on ``field`` at once, not a wait and a 503.
+        """
+        if sequence > self.position:
+            last = await self._last_sequence()
+            if last is not None and sequence > last:
+                raise InvalidContext(
+                    f"is past the last stored event ({last}): pass the sequence a write answered", field=field
+                )
         if not await self.wait_for(sequence, timeout):
             halted = self.follower.halted
             raise IndexBehind(
