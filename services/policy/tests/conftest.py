@@ -6,6 +6,7 @@ embedded decision point is a real :class:`ServiceRuntime` of that service, start
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,13 @@ class RunningPolicy:
 @pytest.fixture
 async def policy(settings: Settings, operator_headers: dict[str, str]) -> AsyncIterator[RunningPolicy]:
     """The real policy service app with its lifespan run (NATS, followers, command server)."""
+    async with running_policy(settings, operator_headers) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_policy(settings: Settings, operator_headers: dict[str, str]) -> AsyncIterator[RunningPolicy]:
+    """The policy service started now (for a test that writes events before it starts)."""
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -14,12 +14,13 @@ from symbi_common.decisions import Allow, Deny
 from symbi_common.eventstore import EventStore
 from symbi_common.policy.agent_sets import agent_policy_text
 from symbi_common.policy.events import PolicySetState
+from symbi_common.settings import Settings
 from symbi_common.streams import EVENTS_STREAM
 from symbi_contracts.lifecycle.config import AgentConfig
 from symbi_contracts.lifecycle.events import CODEC, AgentConfigured, AgentSuspended
 from symbi_policy.domain import FollowAgent, decide_set
 
-from .conftest import RunningPolicy, running_agent
+from .conftest import RunningPolicy, running_agent, running_policy
 from .test_agent_policies import NO_NET, NO_SHELL, shell_request, tool_request
 from .test_agent_set_order import fold, wait_applied
 
@@ -67,17 +68,28 @@ async def test_a_reconfiguration_with_the_same_policies_keeps_the_policy_version
     state = follower.states["agent-same-1"]
     assert (state.revision, state.source) == (2, tip.sequence)
 
-    # Two configurations read together, the newest with the set's text: only it is applied, and recorded, since
-    # the one before it (never applied here) could still be applied late by another replica.
+
+async def test_of_configurations_read_together_only_the_newest_is_applied(
+    settings: Settings, operator_headers: dict[str, str], make_store: MakeStore
+) -> None:
+    """Two configurations read together, the older with the set's text: only the newest is applied, and recorded,
+    since the one before it (never applied here) could still be applied late by another replica. Both are stored
+    before the policy service starts, so its follower reads them in one go (appended to a running service, the
+    first could be delivered before the second is stored, and then be applied on its own)."""
+    store = await make_store("lifecycle")
+    tip = await running_agent(store, "same-2", (NO_SHELL,))
     both = [
         AgentConfigured(config=AgentConfig(name="reader", policies=(NO_SHELL,))),
         AgentConfigured(config=AgentConfig(name="reader", policies=(NO_NET,))),
     ]
-    recs = await store.append("agent", "same-1", both, CODEC, expected=tip)
-    await wait_applied(policy, recs[-1].sequence)
-    state = follower.states["agent-same-1"]
-    assert (state.revision, state.source) == (3, recs[-1].sequence)
-    late = FollowAgent(agent_id="same-1", source=recs[0].sequence, cedar=agent_policy_text("same-1", (NO_SHELL,)))
-    assert (await policy.service.sets.execute("agent-same-1", late))[1] == []
-    assert isinstance(await policy.service.decide(shell_request("same-1")), Allow)
-    assert isinstance(await policy.service.decide(tool_request("same-1", "fetch")), Deny)
+    recs = await store.append("agent", "same-2", both, CODEC, expected=tip)
+    async with running_policy(settings, operator_headers) as policy:
+        await wait_applied(policy, recs[-1].sequence)
+        state = policy.service.follower.states["agent-same-2"]
+        assert (state.cedar, state.source) == (agent_policy_text("same-2", (NO_NET,)), recs[-1].sequence)
+        texts = [agent_policy_text("same-2", specs) for specs in ((NO_SHELL,), (NO_NET,))]
+        assert state.revision == 2, "the set was written for a configuration other than the ready's and the newest"
+        late = FollowAgent(agent_id="same-2", source=recs[0].sequence, cedar=texts[0])
+        assert (await policy.service.sets.execute("agent-same-2", late))[1] == []
+        assert isinstance(await policy.service.decide(shell_request("same-2")), Allow)
+        assert isinstance(await policy.service.decide(tool_request("same-2", "fetch")), Deny)
