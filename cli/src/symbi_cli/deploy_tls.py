@@ -16,9 +16,10 @@ writes (:func:`ensure_tls`)::
                                  each container mounts only its own directory, as /tls
 
 Idempotent: what is there and still good is kept. A certificate is issued again when it is missing, expires
-within :data:`RENEW_BEFORE`, was not signed by the current CA, or (a server's: nats-server's, a service's) does
-not name every address it is reached by. A CA certificate without its key is refused (:class:`TlsError`): the certificates
-it signed could not be renewed, and replacing it would silently cut off every party that trusts it.
+within :data:`RENEW_BEFORE`, was not signed by the current CA, or (a server's: nats-server's, Jaeger's, a
+service's) does not name every address it is reached by. A CA certificate without its key is refused
+(:class:`TlsError`): the certificates it signed could not be renewed, and replacing it would silently cut off
+every party that trusts it.
 """
 
 from __future__ import annotations
