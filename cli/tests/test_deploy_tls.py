@@ -34,8 +34,10 @@ from symbi_cli.deploy_tls import (
     SERVER_NAMES,
     SERVICE_NAME,
     TlsError,
+    cert_pem,
     ensure_tls,
     issue,
+    key_pem,
     new_ca,
     parties_due,
     party_files,
@@ -45,6 +47,7 @@ from symbi_cli.main import app
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.runtime_options import ALL_SERVICES
 from symbi_common.nats_client import client_tls, server_options
+from symbi_fixtures.pem_files import write_pem_pair
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,23 +136,18 @@ async def test_the_stack_reaches_nats_over_mutual_tls_only(tmp_path: Path, monke
         assert not await connects(**server_options(url, tls_ca=tls["tls_ca"]))
         other_key, other_ca = new_ca()
         key, cert = issue(other_key, other_ca, "lifecycle")
-        (tmp_path / "other.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp_path / "other.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
+        other_cert, other_key_file = write_pem_pair(tmp_path, key, cert, cert_name="other.pem", key_name="other.key")
         forged = {
             "tls_ca": tls["tls_ca"],
-            "tls_cert": str(tmp_path / "other.pem"),
-            "tls_key": str(tmp_path / "other.key"),
+            "tls_cert": str(other_cert),
+            "tls_key": str(other_key_file),
         }
         assert not await connects(**server_options(url, **forged))
         wrong = server_options(url, **tls) | {"password": "not-the-password"}
         assert not await connects(**wrong)
 
         # A client that trusts another CA does not take this server for the deployment's.
-        (tmp_path / "other-ca.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / "other-ca.pem").write_bytes(cert_pem(other_ca))
         impostor_check = client_tls(str(tmp_path / "other-ca.pem"), tls["tls_cert"], tls["tls_key"])
         assert not await connects(**(server_options(url) | {"tls": impostor_check}))
 
@@ -221,11 +219,9 @@ def test_a_service_certificate_from_before_https_is_issued_again(tmp_path: Path)
     key, client_only = issue(ca_key, ca, "lifecycle")  # type: ignore[arg-type]
     files = party_files(tmp_path, "lifecycle")
     files.key.chmod(0o600)
-    files.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    files.key.write_bytes(key_pem(key))
     files.cert.chmod(0o600)
-    files.cert.write_bytes(client_only.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert_pem(client_only))
     (tmp_path / CA_CERT_FILE).chmod(0o600)
     assert parties_due(tmp_path) == ["lifecycle"]
     assert ensure_tls(tmp_path) == ["lifecycle"]
@@ -252,19 +248,17 @@ def test_a_certificate_ending_soon_of_another_ca_missing_a_name_or_without_its_k
         .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=7))
         .sign(ca_key, builder_cert.signature_hash_algorithm)  # type: ignore[arg-type]
     )
-    party_files(tmp_path, "audit").cert.write_bytes(soon.public_bytes(serialization.Encoding.PEM))
+    party_files(tmp_path, "audit").cert.write_bytes(cert_pem(soon))
     other_key, other_ca = new_ca()
     _, foreign = issue(other_key, other_ca, "policy")
-    party_files(tmp_path, "policy").cert.write_bytes(foreign.public_bytes(serialization.Encoding.PEM))
+    party_files(tmp_path, "policy").cert.write_bytes(cert_pem(foreign))
     _, narrow = issue(ca_key, ca, NATS_PARTY, server_names=("nats", "localhost"))  # type: ignore[arg-type]
-    party_files(tmp_path, NATS_PARTY).cert.write_bytes(narrow.public_bytes(serialization.Encoding.PEM))
+    party_files(tmp_path, NATS_PARTY).cert.write_bytes(cert_pem(narrow))
 
     # context: its key replaced by another (the certificate would not match it); scheduler: its key gone.
     other, _ = new_ca()
     party_files(tmp_path, "context").key.chmod(0o600)
-    party_files(tmp_path, "context").key.write_bytes(
-        other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    party_files(tmp_path, "context").key.write_bytes(key_pem(other))
     party_files(tmp_path, "scheduler").key.unlink()
 
     assert sorted(ensure_tls(tmp_path)) == sorted(["audit", "context", "policy", "scheduler", NATS_PARTY])
@@ -283,11 +277,7 @@ def test_a_ca_without_its_key_is_refused_not_replaced(tmp_path: Path) -> None:
         ensure_tls(tmp_path)
     assert (tmp_path / CA_CERT_FILE).read_bytes() == ca
     other_key, _ = new_ca()
-    (tmp_path / CA_KEY_FILE).write_bytes(
-        other_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    (tmp_path / CA_KEY_FILE).write_bytes(key_pem(other_key))
     with pytest.raises(TlsError, match="is not the key of"):
         ensure_tls(tmp_path)
 

@@ -34,6 +34,7 @@ from symbi_cli.service_http import CA_ENV, HttpTlsError, ca_file, verify
 from symbi_cli.status_probes import local_snapshot
 from symbi_cli.task_cmd import scheduler_url
 from symbi_cli.tools_cmd import sandbox_url
+from symbi_fixtures.pem_files import write_pem_pair
 from typer.testing import CliRunner, Result
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "agents" / "hello.json"
@@ -119,13 +120,8 @@ def _serving(server: ServiceStandIn) -> Iterator[ServiceStandIn]:
 
 
 def _write_pem(directory: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> ssl.SSLContext:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    context.load_cert_chain(*write_pem_pair(directory, key, cert))
     return context
 
 

@@ -31,7 +31,6 @@ import nats.errors
 import nats.js.errors
 import pytest
 import yaml  # type: ignore[import-untyped]
-from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client as NatsClient
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, password_env_name
 from symbi_cli.deploy_tls import NATS_PARTY, SERVER_NAMES, PartyFiles, ensure_tls, issue, new_ca, party_files
@@ -40,6 +39,7 @@ from symbi_cli.nats_server import ClusterRoutes, NatsServer
 from symbi_common.nats_client import client_tls, server_options, with_credentials
 from symbi_common.natsauth import nats_users
 from symbi_common.streams import EVENTS_STREAM
+from symbi_fixtures.pem_files import write_pem_pair
 from symbi_fixtures.runtimes import take_free_ports
 
 from .conftest import Cluster
@@ -207,11 +207,7 @@ def foreign_party(directory: Path, trusted_ca: Path) -> PartyFiles:
     files = PartyFiles(directory)
     directory.mkdir(mode=0o700, parents=True)
     shutil.copy(trusted_ca, files.ca)
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    files.key.chmod(0o600)
+    write_pem_pair(directory, key, cert)
     return files
 
 

@@ -30,11 +30,11 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from symbi_cli.deploy_dir import ROUTE_PASSWORD_ENV, DeployConfig, init_deploy_dir, parse_env
 from symbi_cli.deploy_k8s import k8s_secrets
 from symbi_cli.deploy_tls import JAEGER_PARTY, NATS_PARTY, PARTIES, ensure_tls, issue, new_ca, party_files
 from symbi_cli.runtime_options import ALL_SERVICES, DATABASE_SERVICES
+from symbi_fixtures.pem_files import write_pem_pair
 from symbi_fixtures.runtimes import take_free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -770,16 +770,6 @@ def https_server(cert: Path, key: Path) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def write_pem_pair(directory: Path, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
-    directory.mkdir()
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 @pytest.mark.deploy

@@ -17,13 +17,13 @@ import certifi
 import httpx
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from symbi_cli.deploy_tls import JAEGER_PARTY, ensure_tls, issue, new_ca, party_files
 from symbi_common.telemetry import otlp_span_exporter
+from symbi_fixtures.pem_files import write_pem_pair
 from symbi_fixtures.runtimes import take_free_ports
 
 from .conftest import running_jaeger
@@ -92,19 +92,13 @@ def test_spans_reach_the_deployments_jaeger_over_mutual_tls_only(
     }
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://jaeger:4318"
     https = f"https://localhost:{ports[3]}"  # a name Jaeger's certificate carries, as `jaeger` is in the stack
-    stranger = tmp_path / "stranger"
-    stranger.mkdir()
     other_key, other_ca = new_ca()
-    key, cert = issue(other_key, other_ca, "lifecycle")
-    (stranger / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (stranger / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    stranger_cert, stranger_key = write_pem_pair(tmp_path / "stranger", *issue(other_key, other_ca, "lifecycle"))
     no_certificate = {k: v for k, v in env.items() if "CLIENT" not in k}
     another_ca = {
         **env,
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(stranger / "cert.pem"),
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(stranger / "key.pem"),
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(stranger_cert),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(stranger_key),
     }
     with running_jaeger(jaeger_binary, config, ports[0]):
         query = f"http://127.0.0.1:{ports[1]}"

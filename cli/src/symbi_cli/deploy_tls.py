@@ -127,13 +127,15 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as an unencrypted PKCS#8 PEM, as every party's ``key.pem`` is written."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
+def cert_pem(cert: x509.Certificate) -> bytes:
+    """``cert`` as PEM, as every ``cert.pem`` and ``ca.pem`` is written."""
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -296,8 +298,8 @@ def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
             f" would issue now: remove {directory / 'tls'} and {key_path} to make a new CA"
         )
     key, cert = new_ca()
-    write_atomically(key_path, _key_pem(key), 0o600)
-    write_atomically(cert_path, _cert_pem(cert), 0o644)
+    write_atomically(key_path, key_pem(key), 0o600)
+    write_atomically(cert_path, cert_pem(cert), 0o644)
     return key, cert
 
 
@@ -310,15 +312,15 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
     private_dir(directory / "tls")
     ca_key, ca = _ensure_ca(directory)
     os.chmod(directory / CA_CERT_FILE, 0o644)  # public; 0600 before HTTPS, when only the parties' copies were read
-    ca_pem = _cert_pem(ca)
+    ca_pem = cert_pem(ca)
     issued = []
     for party in PARTIES:
         files = party_files(directory, party)
         private_dir(files.directory)
         if _due(directory, party, ca):
             key, cert = issue(ca_key, ca, party, server_names=_server_names(party))
-            write_atomically(files.key, _key_pem(key), 0o400)
-            write_atomically(files.cert, _cert_pem(cert), 0o400)
+            write_atomically(files.key, key_pem(key), 0o400)
+            write_atomically(files.cert, cert_pem(cert), 0o400)
             issued.append(party)
         if not files.ca.exists() or files.ca.read_bytes() != ca_pem:
             write_atomically(files.ca, ca_pem, 0o400)

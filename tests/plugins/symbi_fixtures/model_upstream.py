@@ -18,26 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from symbi_cli.deploy_tls import issue, new_ca
+from symbi_cli.deploy_tls import cert_pem, issue, new_ca
 from symbi_cli.nats_cluster import free_port
+
+from symbi_fixtures.pem_files import write_pem_pair
 
 
 def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     """A test CA and a server certificate it signed for 127.0.0.1 and localhost: ``(ca.pem, cert.pem, key.pem)``."""
-    directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca = new_ca()
     key, cert = issue(ca_key, ca, "model-provider.test", server_names=("localhost", "127.0.0.1"))
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path, key_path = write_pem_pair(directory, key, cert, cert_name="server.pem", key_name="server.key")
+    ca_path = directory / "ca.pem"
+    ca_path.write_bytes(cert_pem(ca))
     return ca_path, cert_path, key_path
 
 
