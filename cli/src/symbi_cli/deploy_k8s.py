@@ -6,8 +6,9 @@ user, its database role) and its TLS certificate (``symbi-<service>-tls``); NATS
 password and certificate; Jaeger's certificate (``symbi-jaeger-tls``, its OTLP receiver's); the provisioning
 job's env and certificate; the deployment's CA certificate alone (``symbi-tls-ca``: Prometheus checks the
 services' HTTPS certificates against it); the public registry files; PostgreSQL's passwords. Made here as one
-``v1/List``, so nothing is left out or mounted from the wrong directory. What is the operator's (``DIR/operator/``: the root key, the token issuer's key, the TLS CA's key;
-``DIR/tls/operator``) goes into none of them.
+``v1/List``, so nothing is left out or mounted from the wrong directory. What is the operator's
+(``DIR/operator/``: the root key, the token issuer's key, the TLS CA's key; ``DIR/tls/operator``) goes into none
+of them.
 """
 
 from __future__ import annotations
