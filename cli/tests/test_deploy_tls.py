@@ -38,6 +38,7 @@ from symbi_cli.deploy_tls import (
     ensure_tls,
     issue,
     key_pem,
+    nats_user,
     new_ca,
     parties_due,
     party_files,
@@ -47,6 +48,7 @@ from symbi_cli.main import app
 from symbi_cli.nats_server import NatsServer
 from symbi_cli.runtime_options import ALL_SERVICES
 from symbi_common.nats_client import client_tls, server_options
+from symbi_common.natsauth import ADMIN, OPERATOR, nats_users
 from symbi_fixtures.pem_files import write_pem_pair
 from typer.testing import CliRunner
 
@@ -146,6 +148,18 @@ async def test_the_stack_reaches_nats_over_mutual_tls_only(tmp_path: Path, monke
         wrong = server_options(url, **tls) | {"password": "not-the-password"}
         assert not await connects(**wrong)
 
+        # The certificate names the user: another party's certificate with this user's password is refused (it
+        # logs in as its own user, whose password this is not), whether the user's name is sent or not.
+        scheduler_env = parse_env((directory / "env" / "scheduler.env").read_text())
+        scheduler = container_tls(scheduler_env, directory, "scheduler")
+        own = scheduler_env["SYMBI_NATS_URL"].replace("@nats:4222", f"@127.0.0.1:{port}")
+        assert await connects(**server_options(own, **scheduler))
+        assert not await connects(**server_options(url, **scheduler))
+        assert not await connects(**(server_options(url, **scheduler) | {"user": "lifecycle"}))
+        operator = party_files(directory, OPERATOR)
+        as_operator = {"tls_ca": str(operator.ca), "tls_cert": str(operator.cert), "tls_key": str(operator.key)}
+        assert not await connects(**server_options(admin_url, **as_operator))
+
         # A client that trusts another CA does not take this server for the deployment's.
         (tmp_path / "other-ca.pem").write_bytes(cert_pem(other_ca))
         impostor_check = client_tls(str(tmp_path / "other-ca.pem"), tls["tls_cert"], tls["tls_key"])
@@ -206,8 +220,41 @@ def test_a_services_certificate_serves_its_api_under_every_name_it_is_reached_by
     for client in ("provision", "operator"):  # serve nothing
         cert = _cert(party_files(tmp_path, client).cert)
         assert _usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
-        with pytest.raises(x509.ExtensionNotFound):
-            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+def test_each_client_certificate_names_its_nats_user_and_no_other(tmp_path: Path) -> None:
+    """nats-server maps a certificate to the first DNS name in it that is a user's (``verify_and_map``): each
+    client party's names its own user, none another's; nats-server's and Jaeger's name no user."""
+    ensure_tls(tmp_path)
+    users = set(nats_users())
+    expected = {**{s: s for s in ALL_SERVICES}, "provision": ADMIN, "operator": OPERATOR}
+    for party in PARTIES:
+        cert = _cert(party_files(tmp_path, party).cert)
+        dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        named = [n for n in dns.get_values_for_type(x509.DNSName) if n in users]
+        assert named == ([expected[party]] if party in expected else []), party
+        assert nats_user(party) == expected.get(party)
+    ca_key = serialization.load_pem_private_key((tmp_path / CA_KEY_FILE).read_bytes(), password=None)
+    with pytest.raises(TlsError, match="NATS users"):  # a name of another user is refused, not issued
+        issue(ca_key, _cert(tmp_path / CA_CERT_FILE), "lifecycle", server_names=("scheduler",))  # type: ignore[arg-type]
+
+
+def test_a_client_certificate_from_before_user_mapping_is_issued_again(tmp_path: Path) -> None:
+    """Certificates of the provisioning job and the operator made before nats-server mapped certificates to users
+    carry no name: the next ``symbi deploy init`` issues them again, with their user's."""
+    ensure_tls(tmp_path)
+    ca_key = serialization.load_pem_private_key((tmp_path / CA_KEY_FILE).read_bytes(), password=None)
+    ca = _cert(tmp_path / CA_CERT_FILE)
+    for party in ("provision", "operator"):
+        key, unnamed = issue(ca_key, ca, party)  # type: ignore[arg-type]
+        files = party_files(tmp_path, party)
+        files.key.chmod(0o600)
+        files.key.write_bytes(key_pem(key))
+        files.cert.chmod(0o600)
+        files.cert.write_bytes(cert_pem(unnamed))
+    assert parties_due(tmp_path) == ["provision", "operator"]
+    assert ensure_tls(tmp_path) == ["provision", "operator"]
+    assert _names(_cert(party_files(tmp_path, "provision").cert)) == {ADMIN}
 
 
 def test_a_service_certificate_from_before_https_is_issued_again(tmp_path: Path) -> None:

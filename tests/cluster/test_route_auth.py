@@ -259,9 +259,9 @@ async def test_the_kubernetes_nats_members_speak_mutual_tls_and_route_only_with_
 ) -> None:
     """deploy/k8s/nats.yaml's configuration, run by three real nats-servers with the TLS material of
     ``symbi deploy init``: the members join each other over TLS with the route password from their
-    environment; a client with its party's certificate and its password logs in, one without a certificate or
-    with another CA's is refused; a server with the members' route URLs joins (and sees events) only with both
-    a certificate of the deployment's CA and the route password."""
+    environment; a client with its party's certificate and its password logs in, one without a certificate, with
+    another CA's or with another party's is refused; a server with the members' route URLs joins (and sees
+    events) only with both a certificate of the deployment's CA and the route password."""
     passwords = {user: "p" + secrets.token_urlsafe(16) for user in nats_users()}
     for user, password in passwords.items():
         monkeypatch.setenv(password_env_name(user), password)
@@ -291,6 +291,9 @@ async def test_the_kubernetes_nats_members_speak_mutual_tls_and_route_only_with_
         lifecycle = party_files(deploy, "lifecycle")
         lifecycle_tls = client_tls(str(lifecycle.ca), str(lifecycle.cert), str(lifecycle.key))
         assert await logs_in(url, lifecycle_tls)
+        # The certificate names the user (verify_and_map): the lifecycle's password with the scheduler's is refused.
+        scheduler = party_files(deploy, "scheduler")
+        assert not await logs_in(url, client_tls(str(scheduler.ca), str(scheduler.cert), str(scheduler.key)))
         # The same user and password, without a certificate or with one of another CA: refused in the handshake.
         log = tmp_path / "symbi-nats-0" / "nats.log"
         for context, reason in [

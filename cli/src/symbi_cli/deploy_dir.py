@@ -216,9 +216,10 @@ def init_deploy_dir(directory: Path, config: DeployConfig, *, uid: int = SERVICE
             {
                 "SYMBI_NATS_URL": with_credentials(NATS_URL, ADMIN, passwords[ADMIN]),
                 **CONTAINER_TLS_ENV,
-                # `symbi keys publish` reads no settings: its URL carries the same files.
+                # `symbi keys publish` reads no settings: its URL carries the same files. The job's certificate is
+                # the admin's (nats-server maps it to that user), which may publish registry versions too.
                 "SYMBI_OPERATOR_NATS_URL": url_with_tls(
-                    with_credentials(NATS_URL, OPERATOR, passwords[OPERATOR]), *CONTAINER_TLS_ENV.values()
+                    with_credentials(NATS_URL, ADMIN, passwords[ADMIN]), *CONTAINER_TLS_ENV.values()
                 ),
             }
         ),

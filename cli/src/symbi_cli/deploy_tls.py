@@ -2,7 +2,9 @@
 
 NATS carries every credential (a client's password travels in its CONNECT line), every event and the bus, so a
 deployment speaks to it over mutual TLS only: nats-server refuses a connection that does not present a
-certificate this CA signed, and every client checks the server's name against the CA. Cluster routes use
+certificate this CA signed, and every client checks the server's name against the CA. nats-server takes a client's NATS user from its
+certificate (``verify_and_map``: the first DNS name in it that is a user's name, :func:`nats_user`), then checks
+that user's password: a password is of no use with another party's certificate. Cluster routes use
 the server's certificate both ways (it is issued for server and client authentication). Each service's
 certificate also serves its HTTP API over HTTPS (:data:`SERVICE_NAME` and :func:`service_names`: the names it is
 reached by), so operator tokens and API answers never cross the network in clear. ``symbi deploy init DIR``
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from symbi_common.key_material import write_atomically
+from symbi_common.natsauth import ADMIN, OPERATOR, nats_users
 
 from symbi_cli.errors import CliError
 from symbi_cli.private_files import private_dir
@@ -47,7 +50,10 @@ NATS_PARTY = "nats"
 #: Jaeger's own directory: its OTLP receiver takes spans only over TLS from holders of a certificate of this CA.
 JAEGER_PARTY = "jaeger"
 #: The NATS clients of a deployment, each with its own certificate (the common name is the party).
-CLIENT_PARTIES: tuple[str, ...] = (*ALL_SERVICES, "provision", "operator")
+CLIENT_PARTIES: tuple[str, ...] = (*ALL_SERVICES, "provision", OPERATOR)
+#: The NATS user of each client party that is not a service (a service logs in as itself): the provisioning job
+#: is the ``admin``, the operator's CLI the ``operator``.
+_NATS_USERS: dict[str, str] = {"provision": ADMIN, OPERATOR: OPERATOR}
 #: Every party with a directory under ``DIR/tls``.
 PARTIES: tuple[str, ...] = (NATS_PARTY, JAEGER_PARTY, *CLIENT_PARTIES)
 #: The Kubernetes namespace of deploy/k8s (kustomization.yaml).
@@ -170,11 +176,28 @@ def new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
+def nats_user(party: str) -> str | None:
+    """The NATS user ``party``'s certificate logs in as (None: nats-server's and Jaeger's, which log in as none).
+
+    nats-server maps a client certificate to the first of its DNS names that is a user's name (``verify_and_map``),
+    so each client party's certificate carries its user's name, and no other user's (:func:`issue` refuses).
+    """
+    if party not in CLIENT_PARTIES:
+        return None
+    return _NATS_USERS.get(party, party)
+
+
 def issue(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, party: str, *, server_names: Sequence[str] = ()
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    party: str,
+    *,
+    server_names: Sequence[str] = (),
+    client_names: Sequence[str] = (),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A certificate for ``party`` (its common name): client authentication, and server authentication for
-    ``server_names`` when given (nats-server: its routes dial out as clients with the same certificate)."""
+    """A certificate for ``party`` (its common name): client authentication (as ``client_names``, the names
+    nats-server maps to a user), and server authentication for ``server_names`` when given (nats-server: its
+    routes dial out as clients with the same certificate)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -197,7 +220,12 @@ def issue(
     )
     if server_names:
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
-        builder = builder.add_extension(x509.SubjectAlternativeName(_general_names(server_names)), critical=False)
+    names = [*client_names, *(n for n in server_names if n not in client_names)]
+    users = set(nats_users()) & set(names)
+    if len(users) > 1 or not users <= set(client_names):
+        raise TlsError(f"a certificate for {party} would name the NATS users {sorted(users)}: it may name its own only")
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
     builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
 
@@ -225,14 +253,14 @@ def _names_of(cert: x509.Certificate) -> set[str]:
     return set(san.get_values_for_type(x509.DNSName)) | {str(a) for a in san.get_values_for_type(x509.IPAddress)}
 
 
-def needs_issuing(cert: x509.Certificate | None, ca: x509.Certificate, server_names: Sequence[str] = ()) -> bool:
-    """Whether a party's certificate must be issued (again): missing, ending soon, another CA's, or (a server's)
-    not naming every address it is reached by."""
+def needs_issuing(cert: x509.Certificate | None, ca: x509.Certificate, names: Sequence[str] = ()) -> bool:
+    """Whether a party's certificate must be issued (again): missing, ending soon, another CA's, or not carrying
+    every name in ``names`` (a server's addresses, a client's NATS user)."""
     if cert is None or not _signed_by(cert, ca):
         return True
     if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
         return True
-    return bool(server_names) and not set(server_names) <= _names_of(cert)
+    return not set(names) <= _names_of(cert)
 
 
 def _key_of(path: Path) -> ec.EllipticCurvePrivateKey | None:
@@ -262,11 +290,17 @@ def _server_names(party: str) -> tuple[str, ...]:
     return service_names(party) if party in ALL_SERVICES else ()
 
 
+def _client_names(party: str) -> tuple[str, ...]:
+    """The name nats-server maps ``party``'s certificate to: its NATS user (none for a party that is no client)."""
+    user = nats_user(party)
+    return () if user is None else (user,)
+
+
 def _due(directory: Path, party: str, ca: x509.Certificate) -> bool:
     """Whether ``party``'s certificate must be issued (again), or its key is missing or not the certificate's."""
     files = party_files(directory, party)
     cert = _load_cert(files.cert)
-    if needs_issuing(cert, ca, _server_names(party)):
+    if needs_issuing(cert, ca, (*_client_names(party), *_server_names(party))):
         return True
     key = _key_of(files.key)
     return cert is None or key is None or key.public_key() != cert.public_key()
@@ -318,7 +352,7 @@ def ensure_tls(directory: Path, *, uid: int | None = None) -> list[str]:
         files = party_files(directory, party)
         private_dir(files.directory)
         if _due(directory, party, ca):
-            key, cert = issue(ca_key, ca, party, server_names=_server_names(party))
+            key, cert = issue(ca_key, ca, party, server_names=_server_names(party), client_names=_client_names(party))
             write_atomically(files.key, key_pem(key), 0o400)
             write_atomically(files.cert, cert_pem(cert), 0o400)
             issued.append(party)

@@ -69,7 +69,7 @@ def test_only_admin_may_manage_streams() -> None:
             assert own == {*expected, "$KV.DATAKEYS.message.>"}
         elif user != OPERATOR:
             assert own == {p.replace("evt.", "$KV.DATAKEYS.", 1) for p in SERVICE_SUBJECTS[user]}
-    assert publish_allow(ADMIN) == ["$JS.API.>"]
+    assert publish_allow(ADMIN) == ["$JS.API.>", "registry.version"]  # provisioning publishes the keyring's version
     assert "$KV.SCHEDULER.>" in publish_allow("scheduler")
     assert "$KV.SCHEDULER.>" not in publish_allow("sandbox-agent")
 

@@ -102,6 +102,9 @@ def server_options(url: str, *, tls_ca: str = "", tls_cert: str = "", tls_key: s
     ``inbox_prefix`` comes with them: it may subscribe to no other inboxes (:func:`inbox_prefix`).
     TLS: the URL's ``?tls_ca=…&tls_cert=…&tls_key=…`` (a deployment's operator URL carries them), else
     ``tls_ca`` / ``tls_cert`` / ``tls_key`` (the ``[nats]`` settings); a CA switches it on (:func:`client_tls`).
+    With a client certificate the user name is not sent: a deployment's nats-server takes the user from the
+    certificate (``verify_and_map``) and checks the password against that user's, so the URL's user must be the
+    certificate's (its inbox prefix is that user's).
     Raises :class:`ConfigError` when there is no URL, the URLs name different users or different TLS files,
     a URL has another parameter, or both the URL and the settings name TLS files.
     """
@@ -123,12 +126,13 @@ def server_options(url: str, *, tls_ca: str = "", tls_cert: str = "", tls_key: s
             setting="nats.url",
         )
     options: dict[str, Any] = {"servers": [_bare(u) for u in urls]}
+    files = from_url if any(from_url) else (tls_ca, tls_cert, tls_key)
     if users:
         user, password = users.pop()
-        options["user"] = user
+        options["user"] = "" if files[1] else user  # "": the server maps the certificate to its user
         options["password"] = password
         options["inbox_prefix"] = inbox_prefix(user)
-    context = client_tls(*from_url) if any(from_url) else client_tls(tls_ca, tls_cert, tls_key)
+    context = client_tls(*files)
     if context is not None:
         options["tls"] = context
     return options

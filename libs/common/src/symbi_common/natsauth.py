@@ -152,8 +152,8 @@ def _own_subjects(service: str) -> list[str]:
 
 def publish_allow(service: str) -> list[str]:
     """What ``service`` may publish: its own events, snapshots and data keys, and the API calls it needs."""
-    if service == ADMIN:
-        return [f"{_API}.>"]
+    if service == ADMIN:  # and the provisioning job publishes the keyring's registry version (root-signed)
+        return [f"{_API}.>", "registry.version"]
     api = [f"{_API}.STREAM.NAMES"]  # which stream holds a subject (subscribing without naming the stream)
     reads = streams_read_by(service)
     for stream in (*reads, "AUDIT", DECISIONS_STREAM):
