@@ -9,10 +9,13 @@ HTTP::
                                        by state (queued|running|finished) and agent: {"items", "total",
                                        "next_after"}; pass ``next_after`` back as ``after`` for the next page
                                        (null on the last page); a task that stays in its state is listed once
-    GET  /v1/tasks/{id}                the task: status, attempt, host, tier, outcome, exit code, decision
-    GET  /v1/tasks/{id}/output?stream=stdout&after=0&max_bytes=262144
+    GET  /v1/tasks/{id}?wait=0         the task: status, attempt, host, tier, outcome, exit code, decision;
+                                       with ``wait`` (seconds, at most 30) answered once it has ended, or then
+    GET  /v1/tasks/{id}/output?stream=stdout&after=0&max_bytes=262144&wait=0
                                        a page of the latest attempt's output from byte ``after`` (base64; at most
-                                       512 KiB), ``next_offset``, ``done`` (ended and no page left), and once ended the size and SHA-256 the sandbox reported (``intact``)
+                                       512 KiB), ``next_offset``, ``done`` (ended and no page left), and once ended
+                                       the size and SHA-256 the sandbox reported (``intact``); with ``wait``,
+                                       answered once there is output past ``after`` or the task has ended, or then
     POST /v1/tasks/{id}/cancel         {"reason"?}: withdraw a queued task; a placed one gets a recorded stop
                                        request (who, why, attempt) and its run is stopped or never starts
     GET  /v1/status                    queue depths, hosts and their free capacity, running tasks
@@ -42,7 +45,7 @@ from symbi_scheduler.application import (
     SchedulerService,
     StatusRequest,
     SubmitRequest,
-    TaskRef,
+    TaskQuery,
     TaskView,
 )
 from symbi_scheduler.listing import DEFAULT_LIMIT, STATES, TaskList
@@ -102,24 +105,29 @@ async def tasks(request: Request) -> Response:
     return _reply(_service(request).tasks(state=state, agent=agent, limit=limit, after=after))
 
 
-@router.get("/tasks/{task_id}", responses={200: json_response(TaskView)})
+@router.get("/tasks/{task_id}", responses={200: json_response(TaskView)}, openapi_extra=query_params(wait=INT64))
 async def get_task(task_id: str, request: Request) -> Response:
-    """One task as the scheduler sees it."""
-    return _reply(_service(request).get(TaskRef(task_id=task_id)))
+    """One task as the scheduler sees it; with ``wait`` (seconds, at most 30), once it has ended or then."""
+    wait = parse_int(request.query_params.get("wait") or "0", "wait")
+    return _reply(await _service(request).get(TaskQuery(task_id=task_id, wait=wait)))
 
 
 @router.get(
     "/tasks/{task_id}/output",
     responses={200: json_response(OutputView)},
-    openapi_extra=query_params(stream={"type": "string", "enum": ["stdout", "stderr"]}, after=INT64, max_bytes=INT64),
+    openapi_extra=query_params(
+        stream={"type": "string", "enum": ["stdout", "stderr"]}, after=INT64, max_bytes=INT64, wait=INT64
+    ),
 )
 async def task_output(task_id: str, request: Request) -> Response:
-    """The latest attempt's output on ``stream`` from byte ``after`` on."""
+    """The latest attempt's output on ``stream`` from byte ``after`` on; with ``wait`` (seconds, at most 30), once
+    there is some or the task has ended, or then."""
     q = request.query_params
     after = parse_int(q.get("after") or "0", "after")
     max_bytes = parse_int(q.get("max_bytes") or str(OUTPUT_PAGE_BYTES), "max_bytes")
+    wait = parse_int(q.get("wait") or "0", "wait")
     stream = q.get("stream") or "stdout"
-    body = OutputRequest(task_id=task_id, stream=stream, after=after, max_bytes=max_bytes)
+    body = OutputRequest(task_id=task_id, stream=stream, after=after, max_bytes=max_bytes, wait=wait)
     return _reply(await _service(request).output(body))
 
 
@@ -147,8 +155,8 @@ def register_commands(server: CommandServer, service: SchedulerService) -> None:
     async def submit_(request: SubmitRequest, meta: CommandMeta) -> Any:
         return await service.submit(request, submitted_by=_who(meta.headers))
 
-    async def get_(request: TaskRef, meta: CommandMeta) -> Any:
-        return service.get(request)
+    async def get_(request: TaskQuery, meta: CommandMeta) -> Any:
+        return await service.get(request)
 
     async def output_(request: OutputRequest, meta: CommandMeta) -> Any:
         return await service.output(request)
@@ -160,7 +168,7 @@ def register_commands(server: CommandServer, service: SchedulerService) -> None:
         return service.status()
 
     server.register("submit", SubmitRequest, submit_)
-    server.register("get", TaskRef, get_)
+    server.register("get", TaskQuery, get_)
     server.register("output", OutputRequest, output_)
     server.register("cancel", CancelRequest, cancel_)
     server.register("status", StatusRequest, status_)

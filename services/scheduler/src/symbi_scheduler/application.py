@@ -37,6 +37,7 @@ from symbi_scheduler.projections import (
     state_view,
     task_view,
 )
+from symbi_scheduler.waiting import TaskChanges, check_wait
 
 __all__ = [
     "CancelRequest",
@@ -45,6 +46,7 @@ __all__ = [
     "SchedulerService",
     "StatusRequest",
     "SubmitRequest",
+    "TaskQuery",
     "TaskRef",
     "TaskView",
 ]
@@ -72,6 +74,13 @@ class TaskRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     task_id: str
 
 
+class TaskQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A task, answered once it has ended or after ``wait`` seconds (0: at once; :mod:`symbi_scheduler.waiting`)."""
+
+    task_id: str
+    wait: float = 0
+
+
 class CancelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     task_id: str
     reason: str = "cancelled on request"
@@ -85,6 +94,8 @@ class OutputRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream: str = "stdout"
     after: int = 0
     max_bytes: int = OUTPUT_PAGE_BYTES
+    #: Seconds to wait for output past ``after`` or the task's end before answering (0: at once).
+    wait: float = 0
 
 
 class StatusRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -109,6 +120,8 @@ class SchedulerService:
         self.follower = follower
         self.hosts = hosts
         self.leader = leader
+        self.changes = TaskChanges()
+        model.task_changed = self.changes.changed
 
     # --- write --------------------------------------------------------------------------------------
 
@@ -230,18 +243,31 @@ class SchedulerService:
         """The tasks in ``state`` of ``agent`` (either may be None: all), at most ``limit``, after ``after``."""
         return list_tasks(self.model, time.time(), state=state, agent=agent, limit=limit, after=after)
 
-    def get(self, request: TaskRef) -> TaskView:
+    async def get(self, request: TaskQuery) -> TaskView:
+        """The task; with ``wait``, once it has ended or after that many seconds."""
+        check_wait(request.wait)
+        rec = self.get_rec(request.task_id)
+        if request.wait:
+            await self.changes.until(rec.task_id, lambda: rec.state.finished, request.wait)
         return task_view(self.model, self.get_rec(request.task_id), time.time())
 
     async def output(self, request: OutputRequest) -> OutputView:
-        """The latest attempt's output on ``request.stream`` from byte ``request.after``."""
+        """The latest attempt's output on ``request.stream`` from byte ``request.after``; with ``wait``, once
+        there is some past ``after`` or the task has ended, or after that many seconds."""
         if request.stream not in ("stdout", "stderr"):
             raise ValidationError("must be stdout or stderr", field="stream")
         if request.after < 0:
             raise ValidationError("must be >= 0", field="after")
         if not 1 <= request.max_bytes <= OUTPUT_PAGE_MAX_BYTES:
             raise ValidationError(f"must be 1 to {OUTPUT_PAGE_MAX_BYTES}", field="max_bytes")
+        check_wait(request.wait)
         rec = self.get_rec(request.task_id)
+        if request.wait:
+
+            def ready() -> bool:
+                return rec.state.finished or rec.output_bytes.get(request.stream, 0) > request.after
+
+            await self.changes.until(rec.task_id, ready, request.wait)
         return await read_output(self.rt.store, rec, request.stream, request.after, request.max_bytes)
 
     def status(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ What is left to do from it is derived in :mod:`symbi_scheduler.chores`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from symbi_contracts.lifecycle.events import AgentEvent
@@ -49,6 +49,10 @@ __all__ = ["AgentRec", "Hold", "HostInfo", "Model", "TaskRec"]
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
+def _nobody(task_id: str) -> None:
+    """No query waits for any task (a model nobody serves queries from)."""
+
+
 class Model(Admission):
     """Tasks, agents and hosts as the events left them, plus the scheduling core over them; what may start
     and where the rest waits is :class:`~symbi_scheduler.admission.Admission`'s."""
@@ -76,6 +80,9 @@ class Model(Admission):
         #: Firings whose task is not submitted yet: task id -> (agent id, firing).
         self.fired_pending: dict[str, tuple[str, ScheduleFired]] = {}
         self.position = 0
+        #: Told the id of each task an applied event changed (its own events or its execution's): the queries
+        #: waiting for a task to change look again (:class:`symbi_scheduler.waiting.TaskChanges`).
+        self.task_changed: Callable[[str], None] = _nobody
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -106,6 +113,7 @@ class Model(Admission):
             if (rec.version if rec else 0) + 1 != version:
                 return False
             self._task(aggregate_id, event, sequence, at)
+            self.task_changed(aggregate_id)
             return True
         if kind == "execution":
             task = self.tasks.get(aggregate_id)
@@ -115,6 +123,7 @@ class Model(Admission):
             self._execution(task, event, sequence)
             if isinstance(event, TERMINAL_TYPES) and event.usage.cpu_seconds > 0:
                 self.cpu.record(task.agent_id, self.tenant_of(task.agent_id), at, event.usage.cpu_seconds)
+            self.task_changed(aggregate_id)
             return True
         if kind == "agent":
             agent = self.agents.setdefault(aggregate_id, AgentRec(aggregate_id))
