@@ -203,9 +203,14 @@ class KeyRegistry:
     def key(self, key_id: str) -> RegisteredKey | None:
         return self._state[1].get(key_id)
 
-    def active_key(self, service: str) -> RegisteredKey | None:
-        """The service's current signing key (the newest active one), if any."""
-        return newest_active_key(self.document, service)
+    def host_of(self, key_id: str) -> str | None:
+        """The sandbox host ``key_id`` is bound to (None: a service's key, or a key not in the registry)."""
+        key = self._state[1].get(key_id)
+        return key.host if key else None
+
+    def active_key(self, service: str, host: str | None = None) -> RegisteredKey | None:
+        """The service's current signing key (the newest active one), if any; with ``host``, that sandbox host's."""
+        return newest_active_key(self.document, service, host)
 
     def wrap_key_of(self, service: str) -> tuple[str, bytes]:
         """``(wrap key id, X25519 public key)`` of ``service``, to seal data keys to it."""

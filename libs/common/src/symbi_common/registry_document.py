@@ -29,6 +29,10 @@ class RegisteredKey(msgspec.Struct, frozen=True):
     #: Events signed by this key at stream sequences greater than this are refused. ``None`` on a
     #: revoked key: every event it signed is refused.
     revoked_after_sequence: int | None = None
+    #: The one sandbox host this key signs for (a sandbox-agent key of its own host; None: the service's key).
+    #: Its ``subjects`` name that host's aggregate only, and the execution events it signs count only for
+    #: tasks placed on that host.
+    host: str | None = None
 
 
 class OperatorIssuer(msgspec.Struct, frozen=True):
@@ -61,7 +65,8 @@ class RegistryDocument(msgspec.Struct, frozen=True):
     operator_issuers: list[OperatorIssuer] = msgspec.field(default_factory=list)
 
 
-def newest_active_key(document: RegistryDocument, service: str) -> RegisteredKey | None:
-    """The service's current signing key in ``document`` (the newest active one), if any."""
-    active = [k for k in document.keys if k.service == service and k.status == ACTIVE]
+def newest_active_key(document: RegistryDocument, service: str, host: str | None = None) -> RegisteredKey | None:
+    """The service's current signing key in ``document`` (the newest active one), if any; with ``host``, the
+    current key of that sandbox host (a key bound to a host is never the service's own)."""
+    active = [k for k in document.keys if k.service == service and k.status == ACTIVE and k.host == host]
     return active[-1] if active else None
