@@ -1,21 +1,30 @@
-"""``symbi up``'s nats-server: one least-privilege user per service, no anonymous access."""
+"""``symbi up``'s nats-server: one least-privilege user per service, no anonymous access.
+
+The tests share one runtime per module (and per xdist worker that runs some of them): a runtime takes seconds
+to start, and none of the tests reads what another wrote. Each writes its own subjects, keys, consumer names and
+message ids, and the counts it asserts are of those alone (or taken before and after within the test).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
+import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from symbi_cli.errors import StartError
 from symbi_cli.runtime import LocalRuntime
-from symbi_cli.runtime_options import RuntimeOptions
+from symbi_cli.runtime_options import SERVICE_PORT_OFFSETS, RuntimeOptions
 from symbi_common.aggregate import Repository
 from symbi_common.datakeys import open_service_datakeys
 from symbi_common.entitlements import SERVICE_SUBJECTS
@@ -27,21 +36,35 @@ from symbi_common.nats_client import server_options
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.stream_provisioning import require_streams
+from symbi_fixtures.runtimes import processes_mentioning, take_free_block
 from symbi_lifecycle.config import AgentConfig
 from symbi_lifecycle.domain import AGENT, Register
 
 ALL_STREAMS = ("EVENTS", "SNAPSHOTS", "AUDIT", "WORK", "KV_DATAKEYS", "KV_HOSTS", "KV_SCHEDULER", "KV_SECRETS")
 
 
-@pytest.fixture
-async def runtime(runtime_home: Path, free_base_port: int) -> AsyncIterator[LocalRuntime]:
+#: Every test of the module runs in the module's event loop, the one its shared runtime was started in.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runtime() -> AsyncIterator[LocalRuntime]:
+    """``symbi up`` without services (keyring, nats-server with the deployment's users, PostgreSQL), shared by
+    the module's tests; its home is removed afterwards together with anything still running from it."""
     env = {k: v for k, v in os.environ.items() if k != "SYMBI_DATABASE_URL"}
-    rt = LocalRuntime(RuntimeOptions(home=runtime_home, services=[], base_port=free_base_port, nats_port=None, env=env))
-    await rt.start()
-    try:
-        yield rt
-    finally:
-        await rt.stop()
+    # Not under pytest's basetemp, for PostgreSQL's sake (see the runtime_home fixture).
+    with tempfile.TemporaryDirectory(prefix="symbi-cli-test-") as tmp:
+        home = Path(tmp) / "home"
+        base_port = take_free_block(max(SERVICE_PORT_OFFSETS.values()) + 4)
+        rt = LocalRuntime(RuntimeOptions(home=home, services=[], base_port=base_port, nats_port=None, env=env))
+        try:
+            await rt.start()
+            yield rt
+        finally:
+            await rt.stop()
+            for pid in processes_mentioning(str(home)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 async def _connect(url: str, errors: list[str]) -> NatsClient:
@@ -84,10 +107,14 @@ async def test_a_service_may_only_write_its_own_subjects(runtime: LocalRuntime) 
         ack = await lifecycle.request("evt.agent.a1", b"own subject", timeout=3)
         assert b'"seq"' in ack.data
 
-        with pytest.raises(nats.errors.TimeoutError):  # the server drops it: no stream ever sees it
-            await lifecycle.request("evt.policy.p1", b"forged", timeout=1)
-        with pytest.raises(nats.errors.TimeoutError):
-            await operator.request("evt.agent.a2", b"operators cannot write events", timeout=1)
+        # The server drops both (no stream ever sees them): neither is answered. Waited out side by side.
+        forged, by_operator = await asyncio.gather(
+            lifecycle.request("evt.policy.p1", b"forged", timeout=1),
+            operator.request("evt.agent.a2", b"operators cannot write events", timeout=1),
+            return_exceptions=True,
+        )
+        assert isinstance(forged, nats.errors.TimeoutError), forged
+        assert isinstance(by_operator, nats.errors.TimeoutError), by_operator
         await asyncio.sleep(0.1)
         assert any("permissions violation" in e.lower() and "evt.policy.p1" in e for e in errors), errors
         assert await _stored(operator, "evt.policy.>") == 0
@@ -120,6 +147,17 @@ async def _all_refused(
     assert not missing, f"no permissions violation reported for {missing}"
 
 
+async def _all_refused_to(runtime: LocalRuntime, user: str, requests: list[tuple[str, bytes, dict[str, str]]]) -> None:
+    """:func:`_all_refused` for ``user`` on a connection of its own, checked against that connection's own error
+    reports (so several users can be checked at once)."""
+    errors: list[str] = []
+    client = await _connect(runtime.nats_url_for(user), errors)
+    try:
+        await _all_refused(client, errors, requests)
+    finally:
+        await client.close()
+
+
 async def _answer(client: NatsClient, subject: str) -> bytes:
     """The first answer to a request that ``client`` may send. Once in a loaded CI run the server answered
     "no responders" right after the subscriber's flush; a refused publish times out instead (and is reported
@@ -135,10 +173,13 @@ async def _answer(client: NatsClient, subject: str) -> bytes:
 async def test_a_service_calls_only_the_commands_it_needs(runtime: LocalRuntime) -> None:
     """No service may replace a policy set, order an erasure or steer another host's sandboxes; the calls its
     work needs reach their subscriber."""
-    errors: list[str] = []
-    context = await _connect(runtime.nats_url_for("context"), errors)
-    sandbox = await _connect(runtime.nats_url_for("sandbox-agent"), errors)
-    operator = await _connect(runtime.nats_url, errors)
+    # Each client's own error reports: a refusal counts only if the server reported it to that client.
+    context_errors: list[str] = []
+    sandbox_errors: list[str] = []
+    operator_errors: list[str] = []
+    context = await _connect(runtime.nats_url_for("context"), context_errors)
+    sandbox = await _connect(runtime.nats_url_for("sandbox-agent"), sandbox_errors)
+    operator = await _connect(runtime.nats_url, operator_errors)
     try:
         refused = [
             ("cmd.policy.update", b"{}", {}),
@@ -147,10 +188,12 @@ async def test_a_service_calls_only_the_commands_it_needs(runtime: LocalRuntime)
             ("cmd.scheduler.submit", b"{}", {}),
             ("cmd.sandbox-agent.h1.terminate", b"{}", {}),
         ]
-        await _all_refused(context, errors, refused)
-        await _all_refused(sandbox, errors, [("cmd.lifecycle.assign_task", b"{}", {})])
-        # Nor the operator's credential: the CLI sends no command over NATS (it calls the HTTP APIs with a token).
-        await _all_refused(operator, errors, [*refused, ("cmd.lifecycle.suspend", b"{}", {})])
+        await asyncio.gather(
+            _all_refused(context, context_errors, refused),
+            _all_refused(sandbox, sandbox_errors, [("cmd.lifecycle.assign_task", b"{}", {})]),
+            # Nor the operator's credential: the CLI sends no command over NATS (it calls the HTTP APIs with a token).
+            _all_refused(operator, operator_errors, [*refused, ("cmd.lifecycle.suspend", b"{}", {})]),
+        )
 
         # Allowed calls reach the service that answers them (a stand-in on the context service's credential).
         async def answer(msg: Msg) -> None:
@@ -185,14 +228,15 @@ async def test_no_service_credential_can_delete_purge_or_reconfigure_streams_or_
             try:
                 await (await owner.jetstream().key_value(bucket)).put(key, b"sealed")
                 if user == "lifecycle":
-                    await owner.jetstream().publish("evt.agent.a1", b"history")
+                    await owner.jetstream().publish("evt.agent.a3", b"history")
             finally:
                 await owner.close()
         kept = [n for n in ALL_STREAMS if n != "KV_SCHEDULER"]  # the lease expires by itself (TTL)
         before = {name: (await ajs.stream_info(name)).state.messages for name in kept}
 
         purge = {"KV-Operation": "PURGE"}
-        for user in [*SERVICE_SUBJECTS, "operator"]:
+
+        def forbidden_to(user: str) -> list[tuple[str, bytes, dict[str, str]]]:
             requests: list[tuple[str, bytes, dict[str, str]]] = []
             for stream in ALL_STREAMS:
                 for verb in ("DELETE", "PURGE", "UPDATE", "CREATE"):
@@ -212,12 +256,10 @@ async def test_no_service_credential_can_delete_purge_or_reconfigure_streams_or_
             for bucket, key, owner in owned:
                 if user != owner:
                     requests.append((f"$KV.{bucket}.{key}", b"", purge))
-            errors.clear()
-            client = await _connect(runtime.nats_url_for(user), errors)
-            try:
-                await _all_refused(client, errors, requests)
-            finally:
-                await client.close()
+            return requests
+
+        users = [*SERVICE_SUBJECTS, "operator"]
+        await asyncio.gather(*(_all_refused_to(runtime, user, forbidden_to(user)) for user in users))
 
         after = {name: (await ajs.stream_info(name)).state.messages for name in kept}
         assert after == before
@@ -261,10 +303,13 @@ async def test_a_service_does_its_normal_work_with_its_own_credentials(runtime: 
 async def test_a_service_cannot_delete_another_services_consumer(runtime: LocalRuntime) -> None:
     """A follower on the scheduler's credential has a consumer named for the scheduler; the context service's
     credential cannot delete it (nor can the scheduler's own: consumers expire), and the follower goes on."""
-    errors: list[str] = []
-    scheduler = await _connect(runtime.nats_url_for("scheduler"), errors)
-    context = await _connect(runtime.nats_url_for("context"), errors)
-    admin = await _connect(runtime.nats_url_for("admin"), errors)
+    # Each client's own error reports: a refusal counts only if the server reported it to that client.
+    scheduler_errors: list[str] = []
+    context_errors: list[str] = []
+    admin_errors: list[str] = []
+    scheduler = await _connect(runtime.nats_url_for("scheduler"), scheduler_errors)
+    context = await _connect(runtime.nats_url_for("context"), context_errors)
+    admin = await _connect(runtime.nats_url_for("admin"), admin_errors)
     seen: list[int] = []
 
     async def record(unit: Unit, batch: list[Delivery]) -> None:
@@ -285,9 +330,9 @@ async def test_a_service_cannot_delete_another_services_consumer(runtime: LocalR
         name = follower.consumer_name
         assert name.startswith("scheduler_model_")
         delete: list[tuple[str, bytes, dict[str, str]]] = [(f"$JS.API.CONSUMER.DELETE.EVENTS.{name}", b"", {})]
-        await _all_refused(context, errors, delete)
-        errors.clear()
-        await _all_refused(scheduler, errors, delete)
+        await asyncio.gather(
+            _all_refused(context, context_errors, delete), _all_refused(scheduler, scheduler_errors, delete)
+        )
         assert (await admin.jetstream().consumer_info("EVENTS", name)).name == name
         ack = await scheduler.jetstream().publish("evt.task.t1", b"still followed")
         assert await follower.wait_for(ack.seq, timeout=10)
@@ -298,6 +343,7 @@ async def test_a_service_cannot_delete_another_services_consumer(runtime: LocalR
         for client in (scheduler, context, admin):
             await client.close()
     # Everything else the follower did (create, bind, pull) was allowed.
+    errors = scheduler_errors + context_errors + admin_errors
     assert [e for e in errors if "permissions violation" in e.lower() and "consumer.delete" not in e.lower()] == []
 
 
@@ -367,15 +413,23 @@ async def test_only_the_operator_writes_key_registry_versions(runtime: LocalRunt
         assert info.state.messages == 1  # published by `symbi up` before the services started
         assert info.config.deny_delete
         assert info.config.deny_purge
-        for service in SERVICE_SUBJECTS:
-            client = await _connect(runtime.nats_url_for(service), errors)
-            try:
-                await _all_refused(client, errors, [("registry.version", b"{}", {})])
-            finally:
-                await client.close()
+        await asyncio.gather(
+            *(_all_refused_to(runtime, service, [("registry.version", b"{}", {})]) for service in SERVICE_SUBJECTS)
+        )
         assert (await operator.jetstream().stream_info("REGISTRY")).state.messages == 1
     finally:
         await operator.close()
+
+
+async def _drop_decisions_consumer(runtime: LocalRuntime, name: str) -> None:
+    """Delete a test's consumer of ``DECISIONS`` (only the admin may): the tests share the runtime, and that
+    stream, a work queue, takes one consumer per subject."""
+    admin = await nats.connect(runtime.nats_url_for("admin"), allow_reconnect=False, connect_timeout=3)
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await admin.jetstream().delete_consumer("DECISIONS", name)
+    finally:
+        await admin.close()
 
 
 async def test_a_service_queues_decisions_only_as_itself_and_only_the_policy_service_takes_them(
@@ -410,6 +464,7 @@ async def test_a_service_queues_decisions_only_as_itself_and_only_the_policy_ser
     finally:
         await context.close()
         await policy.close()
+        await _drop_decisions_consumer(runtime, "policy_test")
 
 
 async def test_a_service_reads_only_its_own_inboxes_and_publishes_only_replies_to_them(runtime: LocalRuntime) -> None:
@@ -472,3 +527,4 @@ async def test_a_service_reads_only_its_own_inboxes_and_publishes_only_replies_t
     finally:
         for client in (context, policy, sandbox, spy):
             await client.close()
+        await _drop_decisions_consumer(runtime, "policy_inbox_test")

@@ -156,6 +156,31 @@ async def test_every_route_needs_a_valid_token_and_the_right_role(
 
     failures: list[str] = []
     checked = 0
+
+    async def check(
+        app: FastAPI, method: str, path: str, where: str, case: tuple[str, dict[str, str] | None, set[int]]
+    ) -> None:
+        """One call with one case's credentials; what it got that it should not have goes to ``failures``."""
+        nonlocal checked
+        label, headers, expected = case
+        try:
+            r = await asyncio.wait_for(call(app, method, path, headers), timeout=STREAMING_S)
+        except TimeoutError:  # a streaming response (e.g. the audit live stream): it got past the guard
+            checked += 1
+            if expected:
+                failures.append(f"{where}: {label} → the call was let through, expected {expected}")
+            return
+        checked += 1
+        if expected and r.status_code not in expected:
+            failures.append(f"{where}: {label} → {r.status_code}, expected {expected}: {r.text[:200]}")
+        if not expected and r.status_code in (401, 403):
+            failures.append(f"{where}: {label} → {r.status_code}, expected to pass: {r.text[:200]}")
+        if r.status_code in (401, 403) and r.json()["error"]["code"] not in (
+            "unauthenticated",
+            "policy_denied",
+        ):
+            failures.append(f"{where}: {label} → untyped body {r.text[:200]}")
+
     for name, app in apps.items():
         for method, template, access in operations(app):
             path = concrete(template)
@@ -173,24 +198,8 @@ async def test_every_route_needs_a_valid_token_and_the_right_role(
             refused = REFUSED[access]
             if refused is not None:
                 cases.append((f"{refused} (wrong role)", bearer(tokens[refused]), {403}))
-            for label, headers, expected in cases:
-                try:
-                    r = await asyncio.wait_for(call(app, method, path, headers), timeout=STREAMING_S)
-                except TimeoutError:  # a streaming response (e.g. the audit live stream): it got past the guard
-                    checked += 1
-                    if expected:
-                        failures.append(f"{where}: {label} → the call was let through, expected {expected}")
-                    continue
-                checked += 1
-                if expected and r.status_code not in expected:
-                    failures.append(f"{where}: {label} → {r.status_code}, expected {expected}: {r.text[:200]}")
-                if not expected and r.status_code in (401, 403):
-                    failures.append(f"{where}: {label} → {r.status_code}, expected to pass: {r.text[:200]}")
-                if r.status_code in (401, 403) and r.json()["error"]["code"] not in (
-                    "unauthenticated",
-                    "policy_denied",
-                ):
-                    failures.append(f"{where}: {label} → untyped body {r.text[:200]}")
+            # A route's cases at once: a streaming route lets each allowed one through only after STREAMING_S.
+            await asyncio.gather(*(check(app, method, path, where, case) for case in cases))
     assert not failures, "\n".join(failures)
     assert checked > 200  # every service's routes were exercised
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from collections.abc import Awaitable
 from pathlib import Path
 
 import nats
@@ -155,6 +156,12 @@ async def _as(url: str, user: str) -> NatsClient:
     )
 
 
+async def _refused(attempt: Awaitable[object]) -> None:
+    """The attempt fails: refused by permission (or by no answer within its timeout)."""
+    with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+        await attempt
+
+
 async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_read(
     secured_nats: str, secrets_key: AeadKey
 ) -> None:
@@ -167,11 +174,17 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
         assert [(i.name, i.version) for i in listed] == [("db/password", 1)]
         readers = await KvSecretStore.open(agent, secrets_key, timeout=2)
         assert await readers.get("db/password") == VALUE
-        # The sandbox-agent reads but cannot write, nor remove.
-        with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-            await readers.set("db/password", b"replaced by a compromised host")
-        with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-            await readers.remove("db/password")
+
+        # The sandbox-agent reads but cannot write, nor remove; a service with no need cannot even read the sealed
+        # entries. Each attempt is refused (no answer within its timeout): they are made at once.
+        async def scheduler_reads() -> bytes:
+            return await (await KvSecretStore.open(scheduler, secrets_key, timeout=2)).get("db/password")
+
+        await asyncio.gather(
+            _refused(readers.set("db/password", b"replaced by a compromised host")),
+            _refused(readers.remove("db/password")),
+            _refused(scheduler_reads()),
+        )
         assert await (await KvSecretStore.open(operator, secrets_key)).get("db/password") == VALUE
         # The audit service reads the sealed entries (metadata; it holds no key), and follows the bucket's stream
         # as its secret-change recorder does.
@@ -202,9 +215,6 @@ async def test_only_the_operator_writes_and_only_the_sandbox_agent_and_audit_rea
             assert seen == [f"$KV.{SECRETS_BUCKET}.{bucket_key('db/password')}"]
         finally:
             await audit.drain()
-        # A service with no need cannot even read the sealed entries.
-        with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-            await (await KvSecretStore.open(scheduler, secrets_key, timeout=2)).get("db/password")
     finally:
         for client in (operator, agent, scheduler):
             if not client.is_closed:

@@ -48,7 +48,10 @@ class Provider:
     #: Words of a reply (streamed one a chunk).
     words: tuple[str, ...] = ("hello", "from", "the", "model")
     fail_status: int = 0
+    #: How long a chat call thinks before it answers; cut short once its server shuts down (nobody waits then).
     delay_s: float = 0.0
+    #: Set by :func:`serving` when its server shuts down.
+    closing: threading.Event = field(default_factory=threading.Event)
     authorizations: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
@@ -72,13 +75,18 @@ class Provider:
             return JSONResponse({"error": {"message": "provider trouble", "type": "api_error"}}, self.fail_status)
         return None
 
+    async def _think(self) -> None:
+        """Wait ``delay_s``, or until the server shuts down: a call still pending then has no caller left, and a
+        server that waited it out would hold up the test's teardown for the rest of the delay."""
+        await asyncio.to_thread(self.closing.wait, self.delay_s)
+
     async def chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
         refused = self._check(request, body)
         if refused is not None:
             return refused
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            await self._think()
         prompt, completion = self.usage
         created = int(time.time())
         if not body.get("stream"):
@@ -174,6 +182,7 @@ def serving(provider: Provider, cert: Path, key: Path, port: int | None = None) 
     try:
         yield f"https://127.0.0.1:{port}/v1"
     finally:
+        provider.closing.set()
         server.should_exit = True
         thread.join(timeout=10)
 
