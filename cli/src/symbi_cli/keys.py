@@ -25,7 +25,9 @@ from symbi_common.keyfiles import (
     ROOT_KEY_FILE,
     SIGNING_KEY_FILE,
     WRAP_KEY_FILE,
+    add_host_key,
     default_operator_dir,
+    host_dir,
     init_keyring,
     revoke_key,
     rotate_issuer_key,
@@ -60,6 +62,8 @@ class KeyRow:
     subjects: tuple[str, ...]
     status: str
     private_file_mode: str
+    #: The sandbox host the key is bound to (None: the service's own key).
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,11 @@ def _mode(path: Path) -> str:
         return "missing"
 
 
+def _key_dir(keys_dir: Path, service: str, host: str | None) -> Path:
+    """Where a key's private file is: its service's directory, or its sandbox host's."""
+    return keys_dir / service if host is None else host_dir(keys_dir, host)
+
+
 def describe_keyring(keys_dir: Path, operator_dir: Path | None = None) -> KeyringSummary:
     """Load and verify the registry against ``root.pub``; raises :class:`KeyringError` if it does not verify."""
     root_pub = read_key_file(keys_dir / "root.pub")
@@ -102,7 +111,10 @@ def describe_keyring(keys_dir: Path, operator_dir: Path | None = None) -> Keyrin
             subjects=tuple(k.subjects),
             status=k.status
             + (f" after seq {k.revoked_after_sequence}" if k.revoked_after_sequence is not None else ""),
-            private_file_mode=_mode(keys_dir / k.service / SIGNING_KEY_FILE) if k.status == "active" else "-",
+            private_file_mode=_mode(_key_dir(keys_dir, k.service, k.host) / SIGNING_KEY_FILE)
+            if k.status == "active"
+            else "-",
+            host=k.host,
         )
         for k in doc.keys
     )
@@ -133,7 +145,12 @@ def print_summary(console: Console, summary: KeyringSummary) -> None:
     table.add_column("mode")
     for row in summary.keys:
         table.add_row(
-            row.service, row.key_id, row.wrap_key_id, "\n".join(row.subjects), row.status, row.private_file_mode
+            row.service if row.host is None else f"{row.service}\nhost {row.host}",
+            row.key_id,
+            row.wrap_key_id,
+            "\n".join(row.subjects),
+            row.status,
+            row.private_file_mode,
         )
     console.print(table)
     for key_id, status in summary.issuers:
@@ -249,6 +266,37 @@ def keys_rotate(
                 )
     except KeyringError as exc:
         raise _fail(exc) from None
+    _publish(console, keys_dir, nats_url)
+
+
+@keys_app.command("add-host")
+def keys_add_host(
+    host_id: Annotated[str, typer.Argument(help="The sandbox host's id (its [sandbox] host_id).")],
+    keys_dir: Annotated[
+        Path,
+        typer.Option("--dir", "--keys-dir", help="Keyring directory.", envvar="SYMBI_KEYS_DIR", show_default=True),
+    ] = DEFAULT_KEYS_DIR,
+    operator_dir: OperatorDirOption = None,
+    nats_url: NatsUrlOption = None,
+) -> None:
+    """Give a sandbox host a signing key of its own (a new registry version signed by the root key).
+
+    The key goes into <keys>/sandbox-agent@HOST_ID with a copy of the sandbox-agent's wrap key; it may sign that
+    host's events only, and the sandbox-agent daemon started with it must run as HOST_ID. Run it again to replace
+    the host's key (the previous one retires). The version is published to a running runtime.
+    """
+    console = Console()
+    try:
+        key = add_host_key(keys_dir, host_id, operator_dir=operator_dir)
+    except KeyringError as exc:
+        raise _fail(exc) from None
+    directory = host_dir(keys_dir, host_id)
+    console.print(f"host {host_id}: new signing key [cyan]{key.key_id}[/] (may write {', '.join(key.subjects)})")
+    console.print(
+        f"give host {host_id} the directory {directory} as its SYMBI_KEYS_DIR (and SYMBI_SANDBOX__HOST_ID={host_id})",
+        highlight=False,
+        soft_wrap=True,
+    )
     _publish(console, keys_dir, nats_url)
 
 

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from symbi_common.decisions import DecisionRecord
 from symbi_common.errors import ConfigError
-from symbi_common.settings_sandbox import SandboxSettings
+from symbi_common.settings_sandbox import SandboxSettings, resolve_host_id
 from symbi_contracts.lifecycle.config import ResourceLimits, Workload
 from symbi_contracts.sandbox_agent.errors import (
     ExecutionStateError,
@@ -40,7 +40,7 @@ from symbi_contracts.sandbox_agent.events import (
 from symbi_contracts.sandbox_agent.risk import RiskFactors, assess, factors_for_agent, parse_tier
 from symbi_contracts.scheduler.events import TaskAssigned, TaskCompleted, TaskSubmitted
 from symbi_sandbox_agent.cgroups import CgroupUsage
-from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.config import check_settings
 from symbi_sandbox_agent.domain import (
     ENVELOPE_ROOM,
     EXECUTION,

@@ -12,6 +12,11 @@ Layout (``<home>`` is ``.symbi`` for ``symbi up``)::
             wrap.key            its X25519 private key (0600): opens the data keys sealed to it
             wrap.old.key        after a wrap key rotation, until the service has re-sealed (0600)
             root.pub, registry.json, registry.json.sig   copies of the public files
+        sandbox-agent@<host>/   0700, one sandbox host's directory (``symbi keys add-host``): its own
+            signing.key         signing key, bound to that host in the registry (0600)
+            wrap.key            a copy of the sandbox-agent's wrap key (0600): data keys are sealed to the
+                                service, not to a host
+            root.pub, registry.json, registry.json.sig   copies of the public files
 
 Every change is a new root-signed registry version, written here and then published on the
 ``REGISTRY`` stream (:mod:`symbi_common.registry_stream`), which running services follow
@@ -35,8 +40,11 @@ from symbi_common.errors import KeyringError
 from symbi_common.key_material import load_signer, load_wrap_key, write_atomically, write_key_file
 from symbi_common.keyring import KeyRegistry
 from symbi_common.registry_changes import (
+    HOST_SERVICE,
+    check_host_id,
     empty_registry,
     encode_registry,
+    with_host_key,
     with_operator_issuer,
     with_operator_issuer_status,
     with_revocation,
@@ -69,6 +77,20 @@ def default_operator_dir(keys_dir: Path) -> Path:
 
 def service_dir(keys_dir: Path, service: str) -> Path:
     return keys_dir / service
+
+
+#: The prefix of the sandbox host directories' names.
+HOST_DIR_PREFIX = f"{HOST_SERVICE}@"
+
+
+def host_dir(keys_dir: Path, host_id: str) -> Path:
+    """Sandbox host ``host_id``'s key directory: ``<keys>/sandbox-agent@<host_id>`` (its ``SYMBI_KEYS_DIR``)."""
+    return keys_dir / f"{HOST_DIR_PREFIX}{check_host_id(host_id)}"
+
+
+def host_dirs(keys_dir: Path) -> list[Path]:
+    """Every sandbox host directory in the keyring."""
+    return [p for p in sorted(keys_dir.glob(f"{HOST_DIR_PREFIX}*")) if p.is_dir()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +128,12 @@ def _current_document(keys_dir: Path, root: Signer) -> RegistryDocument:
 
 
 def publish_registry(keys_dir: Path, root: Signer, doc: RegistryDocument) -> None:
-    """Sign ``doc`` with the root key and write it, with ``root.pub``, to the keyring and every service directory."""
+    """Sign ``doc`` with the root key and write it, with ``root.pub``, to the keyring, every service directory
+    and every sandbox host directory."""
     data = encode_registry(doc)
     sig = base64.b64encode(root.sign(data)) + b"\n"
-    targets = [keys_dir, *(p for p in sorted(keys_dir.iterdir()) if p.is_dir() and p.name in SERVICE_SUBJECTS)]
+    services = (p for p in sorted(keys_dir.iterdir()) if p.is_dir() and p.name in SERVICE_SUBJECTS)
+    targets = [keys_dir, *services, *host_dirs(keys_dir)]
     for target in targets:
         write_key_file(target / ROOT_PUB_FILE, root.public_key, private=False)
         _write_public(target / REGISTRY_FILE, data)
@@ -197,6 +221,27 @@ def rotate_service_key(keys_dir: Path, service: str, *, operator_dir: Path | Non
     return doc.keys[-1]
 
 
+def add_host_key(keys_dir: Path, host_id: str, *, operator_dir: Path | None = None) -> RegisteredKey:
+    """Give sandbox host ``host_id`` a signing key of its own in ``<keys>/sandbox-agent@<host_id>``; returns its entry.
+
+    The key may sign only that host's ``evt.host.<host_id>`` of the host aggregate (and the sandbox-agent's
+    other subjects); a key the host had before retires. The directory also gets a copy of the sandbox-agent's
+    current ``wrap.key``. The registry is written first, then the key file, as for a rotation: a key on disk is
+    always a registered one. A running daemon of that host loads the new key when the version reaches it.
+    """
+    directory = host_dir(keys_dir, host_id)
+    root = load_signer((operator_dir or default_operator_dir(keys_dir)) / ROOT_KEY_FILE)
+    doc = _current_document(keys_dir, root)
+    wrap = load_wrap_key(service_dir(keys_dir, HOST_SERVICE) / WRAP_KEY_FILE)
+    signer = Signer.generate()
+    doc = with_host_key(doc, host_id, signer, wrap.public_key)
+    _private_dir(directory)
+    write_key_file(directory / WRAP_KEY_FILE, wrap.private_bytes(), private=True)
+    publish_registry(keys_dir, root, doc)  # registry first: a key on disk is always a registered key
+    write_key_file(directory / SIGNING_KEY_FILE, signer.seed(), private=True)
+    return doc.keys[-1]
+
+
 def rotate_issuer_key(
     keys_dir: Path, *, operator_dir: Path | None = None, compromised: bool = False
 ) -> tuple[str, str | None]:
@@ -250,8 +295,20 @@ def rotate_wrap_key(keys_dir: Path, service: str, *, operator_dir: Path | None =
     # and the old one must be safe in wrap.old.key before wrap.key is replaced.
     os.link(directory / WRAP_KEY_FILE, old_path)
     write_key_file(directory / WRAP_KEY_FILE, wrap.private_bytes(), private=True)
+    if service == HOST_SERVICE:  # each sandbox host opens the service's data keys with its own copy
+        for host in host_dirs(keys_dir):
+            _copy_wrap_key_to_host(host, wrap)
     publish_registry(keys_dir, root, doc)
     return wrap.key_id
+
+
+def _copy_wrap_key_to_host(directory: Path, wrap: WrapKey) -> None:
+    """Put ``wrap`` into a host directory as its ``wrap.key``; its previous one into ``wrap.old.key`` (unless that
+    is still there from a previous rotation), so the host daemon can open what was sealed to it meanwhile."""
+    current, old = directory / WRAP_KEY_FILE, directory / OLD_WRAP_KEY_FILE
+    if current.exists() and not old.exists():
+        os.link(current, old)
+    write_key_file(current, wrap.private_bytes(), private=True)
 
 
 def revoke_key(

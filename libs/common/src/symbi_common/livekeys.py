@@ -9,8 +9,9 @@ logged, reported in the health report's recent errors, and the version in use st
 
 Its own keys follow the registry: ``symbi keys rotate`` writes the new private key into the
 service's directory before it publishes the version, and the service loads it when the registry
-names a new active key (signing) or wrap key for it. Until a revoked signing key is replaced, the
-event store refuses to sign with it (:class:`~symbi_common.errors.SigningKeyRefused`). When a wrap
+names a new active key (signing) or wrap key for it. A sandbox-agent daemon started with its host's
+own key (``symbi keys add-host``) follows that host's active key instead, and the service's wrap key.
+Until a revoked signing key is replaced, the event store refuses to sign with it (:class:`~symbi_common.errors.SigningKeyRefused`). When a wrap
 key changes — its own or a reader's of what it writes — the service re-seals its data keys to the
 readers' current wrap keys from its own copies; a service whose own wrap key rotated opens its
 copies with the previous key (kept in ``wrap.old.key`` until then) and deletes that file afterwards.
@@ -92,8 +93,12 @@ class LiveKeys:
         datakeys: DataKeys,
         on_signer: Callable[[Signer], None],
         on_error: Callable[[str], None] = lambda _text: None,
+        host: str | None = None,
     ) -> None:
         self.service = service
+        #: The sandbox host whose own key this daemon signs with (None: the service's key). It follows that
+        #: host's active key; its wrap key stays the service's.
+        self.host = host
         self.registry = registry
         self.root_public_key = root_public_key
         self.signing_key_path = signing_key_path
@@ -261,10 +266,12 @@ class LiveKeys:
         ``strict`` (at start-up): a key that does not match is a :class:`KeyringError`. Live: it is
         logged and looked for again every second (the key file may arrive after the version).
         """
-        active = self.registry.active_key(self.service)
+        active = self.registry.active_key(self.service, self.host)
+        own = active if self.host is None else self.registry.active_key(self.service)
         missing: list[str] = []
-        if active is None:
-            missing.append("the registry has no active key for this service")
+        if active is None or own is None:
+            whose = "this service" if active is not None or self.host is None else f"host {self.host}"
+            missing.append(f"the registry has no active key for {whose}")
         else:
             if active.key_id != self.signer.key_id:
                 signer = _try_load(load_signer, self.signing_key_path)
@@ -274,9 +281,9 @@ class LiveKeys:
                     log.info("signing with the rotated key", signing_key=signer.key_id)
                 else:
                     missing.append(f"signing key {active.key_id} is not in {self.signing_key_path}")
-            if active.wrap_public_key is not None and active.wrap_public_key != self.datakeys.wrap_public_key:
+            if own.wrap_public_key is not None and own.wrap_public_key != self.datakeys.wrap_public_key:
                 wrap = _try_load(load_wrap_key, self.wrap_key_path)
-                if wrap is not None and wrap.public_key == active.wrap_public_key:
+                if wrap is not None and wrap.public_key == own.wrap_public_key:
                     self.datakeys.use_wrap_key(wrap)
                     self._reseal_needed = True
                     log.info("opening data keys with the rotated wrap key", wrap_key=wrap.key_id)

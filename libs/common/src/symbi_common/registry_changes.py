@@ -22,6 +22,7 @@ from symbi_common.registry_document import (
     RegistryDocument,
     newest_active_key,
 )
+from symbi_common.settings_sandbox import HOST_ID_RE
 
 
 def _now() -> str:
@@ -71,10 +72,15 @@ def empty_registry(root: Signer) -> RegistryDocument:
 def with_service_key(
     doc: RegistryDocument, service: str, signer: Signer, wrap_public_key: bytes, *, kind: str = "add"
 ) -> RegistryDocument:
-    """The next version with ``signer`` as ``service``'s active key; its previous active keys retire."""
+    """The next version with ``signer`` as ``service``'s active key; its previous active keys retire.
+
+    Keys bound to a sandbox host (see :func:`with_host_key`) are not the service's own and stay as they are.
+    """
     at = _now()
     keys = [
-        msgspec.structs.replace(k, status=RETIRED) if k.service == service and k.status == ACTIVE else k
+        msgspec.structs.replace(k, status=RETIRED)
+        if k.service == service and k.host is None and k.status == ACTIVE
+        else k
         for k in doc.keys
     ]
     keys.append(
@@ -88,6 +94,59 @@ def with_service_key(
         )
     )
     change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
+    return msgspec.structs.replace(
+        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
+    )
+
+
+#: The service whose daemons run on sandbox hosts, one per host, each of which may get a key of its own.
+HOST_SERVICE = "sandbox-agent"
+#: The host aggregate's pattern in the sandbox-agent's subjects: a host key's names its own host only.
+_HOST_PATTERN = "evt.host.>"
+
+
+def host_subjects(host_id: str) -> list[str]:
+    """What a key bound to ``host_id`` may sign: the sandbox-agent's subjects, its host aggregate narrowed to
+    ``evt.host.<host_id>``."""
+    return [f"evt.host.{host_id}" if p == _HOST_PATTERN else p for p in SERVICE_SUBJECTS[HOST_SERVICE]]
+
+
+def check_host_id(host_id: str) -> str:
+    """``host_id`` if it is one subject token (letters, digits, ``-``, ``_``); :class:`KeyringError` otherwise."""
+    if not HOST_ID_RE.match(host_id):
+        raise KeyringError(f"{host_id!r} is not a valid host id: use 1-64 letters, digits, '-' or '_'")
+    return host_id
+
+
+def with_host_key(doc: RegistryDocument, host_id: str, signer: Signer, wrap_public_key: bytes) -> RegistryDocument:
+    """The next version with ``signer`` as sandbox host ``host_id``'s own active key (service ``sandbox-agent``).
+
+    It may sign what the sandbox-agent signs, except that of the host aggregate only ``evt.host.<host_id>``;
+    ``wrap_public_key`` is the service's (data keys are sealed to the service, not to a host). The host's
+    previous active key retires (change ``rotate-host``; ``add-host`` for its first); every other key stays.
+    """
+    check_host_id(host_id)
+    at = _now()
+    replaced = False
+    keys: list[RegisteredKey] = []
+    for k in doc.keys:
+        if k.service == HOST_SERVICE and k.host == host_id and k.status == ACTIVE:
+            k = msgspec.structs.replace(k, status=RETIRED)
+            replaced = True
+        keys.append(k)
+    keys.append(
+        RegisteredKey(
+            key_id=signer.key_id,
+            service=HOST_SERVICE,
+            public_key=signer.public_key,
+            subjects=host_subjects(host_id),
+            wrap_public_key=wrap_public_key,
+            added_at=at,
+            host=host_id,
+        )
+    )
+    kind = "rotate-host" if replaced else "add-host"
+    change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=HOST_SERVICE, key_id=signer.key_id)
     return msgspec.structs.replace(
         doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
     )

@@ -45,7 +45,8 @@ class OperatorIssuer(msgspec.Struct, frozen=True):
 
 class RegistryChange(msgspec.Struct, frozen=True):
     """One registry version's change: ``add``, ``rotate`` or ``revoke`` of signing key ``key_id``,
-    ``rotate-wrap`` (``key_id`` is the new wrap key's id) or ``add-issuer``."""
+    ``add-host`` / ``rotate-host`` of a sandbox host's key, ``rotate-wrap`` (``key_id`` is the new wrap
+    key's id) or ``add-issuer``."""
 
     version: int
     at: str

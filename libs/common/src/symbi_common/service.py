@@ -34,7 +34,9 @@ from symbi_common.livekeys import LiveKeys, previous_wrap_keys
 from symbi_common.nats_client import RESILIENT_CLIENT, server_options, without_credentials
 from symbi_common.natsauth import datakey_types
 from symbi_common.projection import Projection, ProjectionRunner
+from symbi_common.registry_changes import HOST_SERVICE
 from symbi_common.settings import Settings
+from symbi_common.settings_sandbox import resolve_host_id
 from symbi_common.snapshots import SnapshotStore
 from symbi_common.stream_provisioning import require_streams
 from symbi_common.telemetry import (
@@ -57,19 +59,43 @@ STARTUP_CONNECT_TIMEOUT_S = 30.0
 
 def load_service_keyring(service: str, s: Settings) -> tuple[KeyRegistry, Signer, WrapKey]:
     """The root-verified registry and this service's own keys; refuses a key the registry does not
-    list as the service's active key (a rotated-out or revoked key must not sign again)."""
+    list as the service's active key (a rotated-out or revoked key must not sign again).
+
+    A signing key bound to a sandbox host (``symbi keys add-host``) starts only the sandbox-agent daemon of
+    that host (its resolved ``[sandbox] host_id``), and only while it is that host's active key; the wrap
+    key is checked against the service's own. Anything else is a :class:`KeyringError` (never a fallback
+    to the service's key)."""
     registry = KeyRegistry.load(s.service_keys_dir(service), read_key_file(s.root_public_key_path(service)))
     signer = load_signer(s.signing_key_path(service))
     wrap_key = load_wrap_key(s.wrap_key_path(service))
-    active = registry.active_key(service)
+    host = _bound_host(registry, service, signer.key_id, s)
+    active = registry.active_key(service, host)
     if active is None or active.key_id != signer.key_id:
+        whose = service if host is None else f"host {host} of {service}"
         raise KeyringError(
-            f"signing key {signer.key_id} is not the active key of {service} in the key registry "
+            f"signing key {signer.key_id} is not the active key of {whose} in the key registry "
             f"(active: {active.key_id if active else 'none'}); run `symbi keys init` or hand out the current keys"
         )
-    if active.wrap_public_key != wrap_key.public_key:
+    own = registry.active_key(service) if host is not None else active
+    if own is None or own.wrap_public_key != wrap_key.public_key:
         raise KeyringError(f"the wrap key of {service} does not match the key registry")
     return registry, signer, wrap_key
+
+
+def _bound_host(registry: KeyRegistry, service: str, key_id: str, s: Settings) -> str | None:
+    """The sandbox host ``key_id`` is bound to, if it is, checked to be this daemon's host; None: a service key."""
+    host = registry.host_of(key_id)
+    if host is None:
+        return None
+    if service != HOST_SERVICE:
+        raise KeyringError(f"signing key {key_id} is bound to sandbox host {host}; {service} cannot start with it")
+    mine = resolve_host_id(s.sandbox.host_id)
+    if mine != host:
+        raise KeyringError(
+            f"signing key {key_id} is the key of sandbox host {host}, but this daemon is host {mine}; give host "
+            f"{mine} its own directory (`symbi keys add-host {mine}`) or set [sandbox] host_id = {host!r}"
+        )
+    return host
 
 
 class ServiceRuntime:
@@ -177,6 +203,7 @@ class ServiceRuntime:
             datakeys=self.datakeys,
             on_signer=self._use_signer,
             on_error=self.note_error,
+            host=self.registry.host_of(signer.key_id),  # a sandbox host's daemon follows its own key
         )
         try:
             await self.keys.start(self.nc)

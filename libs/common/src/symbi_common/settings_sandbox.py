@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import socket
+
 import msgspec
 
+from symbi_common.errors import ConfigError
 from symbi_common.settings_sections import Section
+
+#: A sandbox host id: one NATS subject token, short enough for the consumer names built from it.
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+
+
+def resolve_host_id(configured: str) -> str:
+    """``[sandbox] host_id``, or the hostname made safe for NATS subjects and consumer names: the id this
+    host's sandbox-agent daemon runs as (and whose host key, if it has one, it must be given)."""
+    if configured:
+        if not HOST_ID_RE.match(configured):
+            raise ConfigError(
+                f"{configured!r} is not a valid host id: use 1-64 letters, digits, '-' or '_'",
+                setting="sandbox.host_id",
+            )
+        return configured
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
 
 
 class DataRootSettings(Section):

@@ -1,10 +1,10 @@
-"""The ``[sandbox]`` settings as the daemon reads them: the host id, and the values it refuses at start-up."""
+"""The ``[sandbox]`` settings as the daemon reads them: the values it refuses at start-up (the host id:
+:func:`symbi_common.settings_sandbox.resolve_host_id`)."""
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 import tempfile
 
 from symbi_common.errors import ConfigError
@@ -13,20 +13,6 @@ from symbi_common.settings_sandbox import SandboxSettings
 from symbi_sandbox_agent.data_roots import load_roots
 from symbi_sandbox_agent.grants import DataRoot
 from symbi_sandbox_agent.spec import SandboxDefaults
-
-_HOST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
-
-
-def resolve_host_id(configured: str) -> str:
-    """``[sandbox] host_id``, or the hostname made safe for NATS subjects and consumer names."""
-    if configured:
-        if not _HOST_ID_RE.match(configured):
-            raise ConfigError(
-                f"{configured!r} is not a valid host id: use 1-64 letters, digits, '-' or '_'",
-                setting="sandbox.host_id",
-            )
-        return configured
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "host"
 
 
 def check_settings(s: SandboxSettings) -> None:

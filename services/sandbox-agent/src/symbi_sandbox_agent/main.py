@@ -15,9 +15,10 @@ from symbi_common.commands import CommandServer
 from symbi_common.service import ServiceRuntime
 from symbi_common.service_app import create_app, run_service
 from symbi_common.settings import Settings
+from symbi_common.settings_sandbox import resolve_host_id
 
 from symbi_sandbox_agent.api import register_commands, router
-from symbi_sandbox_agent.config import check_settings, resolve_host_id
+from symbi_sandbox_agent.config import check_settings
 from symbi_sandbox_agent.egress.host import check_egress_settings
 from symbi_sandbox_agent.host import SandboxHost
 from symbi_sandbox_agent.tools_api import router as tools_router

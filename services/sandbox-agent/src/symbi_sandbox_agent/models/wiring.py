@@ -8,9 +8,8 @@ from symbi_common.policy.enforcement import GATEWAY_ACTION
 from symbi_common.policy.hooks import Enforcer
 from symbi_common.secret_source import SecretSource
 from symbi_common.service import ServiceRuntime
-from symbi_common.settings_sandbox import ModelsSettings
+from symbi_common.settings_sandbox import ModelsSettings, resolve_host_id
 
-from symbi_sandbox_agent.config import resolve_host_id
 from symbi_sandbox_agent.models.budget import TENANT, Limit
 from symbi_sandbox_agent.models.callers import CallerDirectory
 from symbi_sandbox_agent.models.catalog import catalog_of
