@@ -8,6 +8,8 @@ verified (signature, key authorised for its subject) and decrypted before the mo
 fails verification is logged and skipped. One naming a signing key this process's registry does not know yet (a
 rotated key another process learnt first) is verified again once the registry has caught up with the ``REGISTRY``
 stream (:mod:`symbi_common.registry_catch_up`); a catch-up that cannot read the stream applies the batch again.
+An execution event signed by a key bound to one sandbox host counts only for an attempt placed on that host
+(:meth:`~symbi_scheduler.model.Model.signed_elsewhere`): a host cannot report on another host's tasks.
 ``synced`` is set once the consumer has delivered everything that was in the stream when it started: a replica
 serves and schedules only after that.
 
@@ -143,6 +145,14 @@ class EventFollower:
             log.warning("event not readable", subject=msg.subject, sequence=sequence, error=str(exc))
         else:
             h = rec.header
+            signer_host = self.store.registry.host_of(h.signing_key_id)
+            if kind == "execution" and (why := self.model.signed_elsewhere(parts[2], rec.event, signer_host)):
+                # A host's own key reports only on the attempts placed on that host: another host's word on this
+                # task is not taken (it still takes its version, so the task's own events are not out of order).
+                self.rejected += 1
+                log.warning("execution event of another host refused", subject=msg.subject, sequence=sequence, why=why)
+                self.model.skip(kind, parts[2], h.aggregate_version)
+                return
             headers = msg.headers
             if self.synced.is_set() and "traceparent" in headers:
                 with continue_trace(

@@ -40,7 +40,15 @@ from symbi_scheduler.domain import TaskStatus
 from symbi_scheduler.domain import apply as apply_task
 from symbi_scheduler.domain import initial as initial_task
 from symbi_scheduler.quotas import QuotaLimits
-from symbi_scheduler.records import AgentRec, Hold, HostInfo, TaskRec, fold_agent, fold_execution
+from symbi_scheduler.records import (
+    AgentRec,
+    Hold,
+    HostInfo,
+    TaskRec,
+    fold_agent,
+    fold_execution,
+    host_may_report,
+)
 from symbi_scheduler.schedules import SCHEDULE, ScheduleEvent, ScheduleFired, ScheduleState
 
 __all__ = ["AgentRec", "Hold", "HostInfo", "Model", "TaskRec"]
@@ -148,6 +156,21 @@ class Model(Admission):
         if rec is not None:
             rec.trace = {k: headers[k] for k in TRACE_HEADERS if k in headers}
 
+    def signed_elsewhere(self, task_id: str, event: ExecutionEvent, signer_host: str | None) -> str | None:
+        """Why an execution event signed by a key bound to sandbox host ``signer_host`` does not count: the attempt
+        it reports on was placed on another host, or on none. None: it counts (or its key is the service's own,
+        which every host of a deployment without host keys signs with)."""
+        if signer_host is None:
+            return None
+        task = self.tasks.get(task_id)
+        if task is None:
+            return f"task {task_id} is not known"
+        attempt = getattr(event, "attempt", task.attempt) or task.attempt
+        if host_may_report(task, attempt, signer_host):
+            return None
+        placed = task.attempt_hosts.get(attempt) or "no host"
+        return f"attempt {attempt} of task {task_id} was placed on {placed}, not on {signer_host}"
+
     def skip(self, kind: str, aggregate_id: str, version: int) -> None:
         """An event this build cannot read still takes its version (later ones must not look out of order)."""
         if kind == "execution" and aggregate_id in self.tasks:
@@ -182,6 +205,7 @@ class Model(Admission):
                 rec.assigned_seq = rec.running_seq = sequence
                 rec.assigned_at = at
                 rec.holds[event.attempt] = Hold(event.host_id, event.limits.cpu_cores, event.limits.memory_mb)
+                rec.attempt_hosts[event.attempt] = event.host_id
                 self.busy[rec.agent_id] = task_id
                 self._sync_hold(rec)
             case TaskPreempted():

@@ -20,6 +20,7 @@ from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC, TERMINAL_TYPES
 from symbi_scheduler.core import never_fits
 from symbi_scheduler.domain import TaskStatus
 from symbi_scheduler.model import Model, TaskRec
+from symbi_scheduler.records import host_may_report
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -139,12 +140,15 @@ class OffsetPastEnd(ValidationError):
 
 async def read_output(store: EventStore, rec: TaskRec, stream: str, after: int, max_bytes: int) -> OutputView:
     """A page of at most ``max_bytes`` of the latest attempt's output on ``stream`` from byte ``after``, from its
-    verified events. ``done``: the task had finished before its events were read and this page reaches the end."""
+    verified events (those of its own host: :func:`~symbi_scheduler.records.host_may_report`). ``done``: the task
+    had finished before its events were read and this page reaches the end."""
     attempt, finished, outcome, exit_code = rec.attempt, rec.state.finished, rec.outcome, rec.exit_code
     events: list[ExecutionEvent] = []
     if rec.exec_version:
         loaded = await store.load("execution", rec.task_id, EXECUTION_CODEC)
-        events = [r.event for r in loaded]
+        events = [
+            r.event for r in loaded if host_may_report(rec, attempt, store.registry.host_of(r.header.signing_key_id))
+        ]
     chunks: list[tuple[int, bytes]] = []
     terminal: Any = None
     for ev in events:

@@ -92,6 +92,8 @@ class TaskRec:
     assigned_at: float = 0.0
     finished_at: float = 0.0
     holds: dict[int, Hold] = field(default_factory=dict)
+    #: attempt -> the host it was placed on (``task.assigned``): only that host's key may report on it.
+    attempt_hosts: dict[int, str] = field(default_factory=dict)
     # --- what the execution's events (``execution.<task_id>``) reported -------------------------------
     exec_version: int = 0
     started: set[int] = field(default_factory=set)
@@ -187,6 +189,13 @@ class TaskRec:
     def executing(self) -> bool:
         """Assigned, and its current attempt has started and not ended on its host."""
         return self.status == TaskStatus.ASSIGNED and self.attempt in self.started and self.attempt not in self.ended
+
+
+def host_may_report(task: TaskRec, attempt: int, signer_host: str | None) -> bool:
+    """Whether an execution event about ``attempt`` of ``task`` signed by a key bound to sandbox host
+    ``signer_host`` counts: a host's own key speaks only for the attempts placed on that host. The service's key
+    (``signer_host`` None), which every host of a deployment without host keys signs with, speaks for any."""
+    return signer_host is None or task.attempt_hosts.get(attempt) == signer_host
 
 
 def fold_execution(task: TaskRec, event: ExecutionEvent, sequence: int) -> int | None:
