@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from nats.aio.client import Client as NatsClient
 from schedkit import App, eventually, register_agent
 from symbi_common.commands import CommandClient
 from symbi_common.errors import BadRequest, InfrastructureError, NotFound, ValidationError
+from symbi_scheduler.application import AGENT_WAIT_S
 from symbi_scheduler.domain import TaskFinished
 
 
@@ -102,3 +104,18 @@ async def test_a_submission_names_the_authenticated_operator_then_the_callers_la
         assert r.json()["submitted_by"] == "local-admin via console:ceo"
         r = await s.http.post("/v1/tasks", json={"agent_id": "worker"})
         assert r.json()["submitted_by"] == "local-admin"
+
+
+async def test_an_agent_never_registered_is_refused_at_once_and_a_new_one_is_waited_for(
+    lifecycle: App, start_scheduler: Any
+) -> None:
+    """No event of the agent in the stream: 404 without waiting out the time a just-registered agent gets to
+    reach this replica's model; an agent registered right before the submission still gets its task."""
+    async with start_scheduler() as s:
+        for agent_id in ("ghost", "a.b", "*"):
+            started = time.monotonic()
+            e = await error_of(s, "POST", "/v1/tasks", {"agent_id": agent_id}, 404)
+            assert e["code"] == "not_found"
+            assert time.monotonic() - started < AGENT_WAIT_S / 2, agent_id
+        await register_agent(lifecycle, "fresh")
+        await s.json("POST", "/v1/tasks", {"agent_id": "fresh", "task_id": "t-fresh"}, status=201)

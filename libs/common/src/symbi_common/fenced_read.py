@@ -101,6 +101,12 @@ async def read_subject_at_least(
         delay = min(delay * 2, 0.1)
 
 
+async def ever_stored(nc: NatsClient, stream: str, subject: str, *, timeout: float = 5.0) -> bool:
+    """Whether ``stream`` holds any message of ``subject``, as its leader (which holds every acknowledged message)
+    answers: a model that has not seen one yet may still be behind, but nothing is on its way if this is False."""
+    return await _leader_next(nc, stream, subject, 1, timeout) is not None
+
+
 async def _from_leader(
     nc: NatsClient, stream: str, subject: str, *, after: int, limit: int, timeout: float
 ) -> list[RawMessage]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 from symbi_common.errors import NotFound, ValidationError
+from symbi_common.fenced_read import ever_stored
+from symbi_common.ids import ID_RE as AGENT_ID_RE
 from symbi_common.sealing import new_event_id
 from symbi_common.service import ServiceRuntime
 from symbi_contracts.lifecycle.events import AgentStatus
@@ -222,13 +224,20 @@ class SchedulerService:
         return TaskView.of(self.get_rec(rec.task_id), records[-1].sequence if records else 0)
 
     async def _agent(self, agent_id: str) -> Any:
+        """The agent, once this replica's model shows it initialized: it may have registered a moment ago, so it is
+        waited for (up to :data:`AGENT_WAIT_S`) — unless the stream holds no event of it at all."""
         deadline = time.monotonic() + AGENT_WAIT_S
+        unknown = NotFound(f"agent {agent_id} is not registered; register it first", agent_id=agent_id)
+        if agent_id not in self.model.agents and not (
+            AGENT_ID_RE.match(agent_id) and await ever_stored(self.rt.nc, self.rt.store.stream, f"evt.agent.{agent_id}")
+        ):
+            raise unknown
         while True:
             agent = self.model.agents.get(agent_id)
             if agent is not None and agent.status is not None and agent.status != AgentStatus.INITIALIZING:
                 return agent
             if time.monotonic() >= deadline:
-                raise NotFound(f"agent {agent_id} is not registered; register it first", agent_id=agent_id)
+                raise unknown
             await asyncio.sleep(0.05)
 
     # --- read ---------------------------------------------------------------------------------------
