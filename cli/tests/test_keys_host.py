@@ -135,3 +135,19 @@ async def test_a_host_key_does_not_start_another_service(nats_url: str, keys_dir
 
     with pytest.raises(KeyringError, match="bound to sandbox host h1; scheduler cannot start with it"):
         await ServiceRuntime("scheduler", load_settings(env=env), use_database=False).start()
+
+
+async def test_a_host_with_its_own_key_does_not_start_with_the_service_key(nats_url: str, keys_dir: Path) -> None:
+    """Once a host has a key of its own, a directory with the service's key left on it does not start its daemon;
+    another host (without one) still starts with the service's key."""
+    result = runner.invoke(app, ["keys", "add-host", "h1", "--keys-dir", str(keys_dir)])
+    assert result.exit_code == 0, result.output
+
+    with pytest.raises(KeyringError, match="sandbox host h1 has a key of its own"):
+        await _daemon(nats_url, keys_dir / "sandbox-agent", "h1").start()
+    other = _daemon(nats_url, keys_dir / "sandbox-agent", "h2")
+    await other.start()
+    try:
+        assert other.started
+    finally:
+        await other.stop()

@@ -63,8 +63,8 @@ def load_service_keyring(service: str, s: Settings) -> tuple[KeyRegistry, Signer
 
     A signing key bound to a sandbox host (``symbi keys add-host``) starts only the sandbox-agent daemon of
     that host (its resolved ``[sandbox] host_id``), and only while it is that host's active key; the wrap
-    key is checked against the service's own. Anything else is a :class:`KeyringError` (never a fallback
-    to the service's key)."""
+    key is checked against the service's own. A host that has a key of its own does not start with the
+    service's. Anything else is a :class:`KeyringError` (never a fallback to the service's key)."""
     registry = KeyRegistry.load(s.service_keys_dir(service), read_key_file(s.root_public_key_path(service)))
     signer = load_signer(s.signing_key_path(service))
     wrap_key = load_wrap_key(s.wrap_key_path(service))
@@ -86,6 +86,11 @@ def _bound_host(registry: KeyRegistry, service: str, key_id: str, s: Settings) -
     """The sandbox host ``key_id`` is bound to, if it is, checked to be this daemon's host; None: a service key."""
     host = registry.host_of(key_id)
     if host is None:
+        if service == HOST_SERVICE and registry.active_key(service, mine := resolve_host_id(s.sandbox.host_id)):
+            raise KeyringError(
+                f"sandbox host {mine} has a key of its own in the key registry; start its daemon with that key "
+                f"(its directory sandbox-agent@{mine}), not the service's"
+            )
         return None
     if service != HOST_SERVICE:
         raise KeyringError(f"signing key {key_id} is bound to sandbox host {host}; {service} cannot start with it")
