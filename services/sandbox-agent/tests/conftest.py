@@ -41,9 +41,10 @@ SETUP = "deploy/host/setup-docker.sh"
 # --- Docker ----------------------------------------------------------------------------------------
 
 
-def _operator_headers(app: FastAPI) -> dict[str, str]:
-    """An admin operator's token header for ``app``'s keyring."""
-    return bearer_header(issue_local_token(Path(app.state.runtime.settings.keys.dir)))
+def _operator_headers(app: FastAPI, keyring: Path | None = None) -> dict[str, str]:
+    """An admin operator's token header for ``app``'s keyring (``keyring``: when its keys directory is a host's,
+    not the keyring)."""
+    return bearer_header(issue_local_token(keyring or Path(app.state.runtime.settings.keys.dir)))
 
 
 @pytest.fixture(scope="session")
@@ -261,13 +262,14 @@ def agent_settings(nats_url: str, keys_dir: Path, tmp_path: Path, host_id: str) 
 
 
 @asynccontextmanager
-async def running_agent(settings: Settings) -> AsyncIterator[Agent]:
-    """The real daemon app with its lifespan run in this event loop."""
+async def running_agent(settings: Settings, keyring: Path | None = None) -> AsyncIterator[Agent]:
+    """The real daemon app with its lifespan run in this event loop (``keyring``: the keyring its operator token
+    comes from, when its own keys directory is a sandbox host's)."""
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://sandbox-agent", headers=_operator_headers(app)
+            transport=transport, base_url="http://sandbox-agent", headers=_operator_headers(app, keyring)
         ) as http:
             daemon: SandboxHost = app.state.sandbox
             yield Agent(app, http, daemon, daemon.host_id)
