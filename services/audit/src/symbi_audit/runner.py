@@ -50,6 +50,7 @@ from symbi_tlog.rules import CachedRegistry, Checked, Finding, LogVerifier, auth
 
 from symbi_audit.attribution import AgentAttribution
 from symbi_audit.erasure import AGGREGATE_TYPE, CODEC, ErasureExecuted, ErasureRequested
+from symbi_audit.host_reports import HostReports
 from symbi_audit.live import LiveFeed, event_item
 from symbi_audit.revocations import Revocations
 from symbi_audit.store import AuditStore, Batch, StoredCheckpoint
@@ -166,6 +167,8 @@ class VerifierRunner:
         self.datakeys = datakeys
         #: Which agent each event concerns (kept on its row and live item).
         self.agents = AgentAttribution(datakeys, store)
+        #: Execution events a host key signed about another host's attempt (findings).
+        self.host_reports = HostReports(nc, self.registry, datakeys)
         self.settings = settings
         self.live = live
         self.key_name = signer.key_id
@@ -250,11 +253,16 @@ class VerifierRunner:
             auths = authenticate_all(raws, self.registry)
         self.rules.changed.clear()
         checked = self.rules.check_all(raws, auths)
-        mislabelled = _mislabelled(msgs, checked)
+        # Findings about authentic events: a lying type header, a host writing about another host's task.
+        also_found = _mislabelled(msgs, checked)
         batch = Batch(self.position, 0, [], [], [], {}, [], [])
         new_checkpoints: list[Checkpoint] = []
         agents: list[str | None] = []
         for c in checked:
+            if c.opened is not None and not c.findings:
+                foreign = await self.host_reports.finding(c.opened, c.message.subject)
+                if foreign is not None:
+                    also_found.append(foreign)
             agent_id = await self.agents.agent_of(c.opened) if c.opened is not None else None
             agents.append(agent_id)
             batch.events.append(_event_row(c, self.tree.size, stored_at.get(c.message.sequence), agent_id))
@@ -270,7 +278,7 @@ class VerifierRunner:
                     (cp.size, cp.root, c.message.sequence, sign_checkpoint(cp, self.signer, self.key_name))
                 )
                 new_checkpoints.append(cp)
-        batch.findings.extend(mislabelled)
+        batch.findings.extend(also_found)
         batch.tree_size = self.tree.size
         batch.tips = {s: self.rules.state.tips[s] for s in self.rules.changed}
         if not await self.store.commit_batch(batch, expected_sequence=start):
