@@ -52,6 +52,7 @@ from symbi_contracts.sandbox_agent.events import (
     OutputDigest,
     Usage,
 )
+from symbi_contracts.sandbox_agent.heartbeat import signed_headers
 from symbi_contracts.scheduler.events import CODEC, STOP_REFUSED, TaskAssigned, TaskStopRequested, TaskSubmitted
 from symbi_scheduler.work import ensure_work_stream
 
@@ -299,7 +300,8 @@ class FakeHost:
             "running": sorted(self.running),
             "heartbeat_at": time.time(),
         }
-        await self.kv.put(self.host_id, msgspec.json.encode(entry))
+        value = msgspec.json.encode(entry)  # signed as the sandbox-agent signs it
+        await self.js.publish(f"$KV.HOSTS.{self.host_id}", value, headers=signed_headers(value, self.store.signer))
 
     async def _beat(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from schedkit import App, FakeHost, register_agent, task_view, until_status
+from schedkit import App, FakeHost, eventually, register_agent, task_view, until_status
 from symbi_common.datakeys import DataKeys
 from symbi_common.eventstore import EventStore
 from symbi_common.key_material import load_signer
@@ -117,3 +117,41 @@ async def test_a_hosts_own_key_reports_on_its_tasks(lifecycle: App, start_schedu
         assert (view["host_id"], view["outcome"]) == ("h1", "succeeded")
         page = await s.json("GET", "/v1/tasks/t-own/output")
         assert page["data_base64"] == "QQ=="  # b"A"
+
+
+async def _host(s: App, host_id: str) -> dict[str, Any] | None:
+    hosts = (await s.json("GET", "/v1/status"))["hosts"]
+    return next((h for h in hosts if h["host_id"] == host_id), None)
+
+
+async def test_a_host_with_its_own_key_is_believed_only_when_that_key_signs_a_newer_heartbeat(
+    start_scheduler: Any, host_of_key: Any, nc: NatsClient
+) -> None:
+    """Another host's key, no signature, a removal or a replayed older entry of host h1 change nothing the
+    scheduler sees of h1; h1's own signed heartbeats do."""
+    kv = await nc.jetstream().key_value("HOSTS")
+    async with start_scheduler() as s:
+        forger = await host_of_key("h1", signs_as="h2", start=False)
+        forger.kv = kv
+        await forger.heartbeat()  # h1's entry, signed by h2's key
+        await kv.put("h1", b'{"host_id": "h1", "cpu_cores": 8, "memory_mb": 8192, "heartbeat_at": 1e10}')
+        await asyncio.sleep(1.0)
+        assert await _host(s, "h1") is None
+
+        h1 = await host_of_key("h1", cpu_cores=4.0)
+        await eventually(lambda: _alive_with(s, "h1", 4.0))
+        old = await nc.jetstream().get_last_msg("KV_HOSTS", "$KV.HOSTS.h1")
+        h1.cpu_cores = 2.0
+        await eventually(lambda: _alive_with(s, "h1", 2.0))
+        h1.beating = False
+        await nc.jetstream().publish("$KV.HOSTS.h1", old.data, headers=old.headers)  # h1's own, but older
+        await kv.delete("h1")  # a removal nobody signed
+        await asyncio.sleep(1.0)
+        host = await _host(s, "h1")
+        assert host is not None
+        assert host["cpu_cores"] == 2.0  # the replayed 4-core entry and the removal changed nothing
+
+
+async def _alive_with(s: App, host_id: str, cpu_cores: float) -> bool:
+    host = await _host(s, host_id)
+    return host is not None and host["alive"] and host["cpu_cores"] == cpu_cores

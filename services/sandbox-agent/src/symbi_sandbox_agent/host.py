@@ -37,6 +37,7 @@ from symbi_contracts.sandbox_agent.events import (
     HostReconciled,
     HostRegistered,
 )
+from symbi_contracts.sandbox_agent.heartbeat import signed_headers
 from symbi_contracts.scheduler.events import TaskAssigned
 
 from symbi_sandbox_agent.application import SandboxService
@@ -209,8 +210,12 @@ class SandboxHost:
         }
 
     async def heartbeat(self) -> None:
+        """Rewrite this host's ``HOSTS`` entry, signed with the daemon's signing key (the host's own, if it has one:
+        symbi_contracts.sandbox_agent.heartbeat)."""
         entry = self.host_entry()
-        await self.kv.put(self.host_id, msgspec.json.encode(entry))
+        value = msgspec.json.encode(entry)
+        headers = signed_headers(value, self.rt.store.signer)
+        await self.rt.js.publish(f"$KV.{HOSTS_BUCKET}.{self.host_id}", value, headers=headers)
         self.last_heartbeat = entry["heartbeat_at"]
 
     async def _heartbeat_loop(self) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -39,12 +39,14 @@ from symbi_common.errors import InfrastructureError, IntegrityError, KeyringErro
 from symbi_common.events import EventCodec
 from symbi_common.eventstore import EventStore
 from symbi_common.follower import Delivery, Follower, stop_requested
+from symbi_common.keyring import KeyRegistry
 from symbi_common.ordered_pull import OrderedPull, kv_change
 from symbi_common.positions import MemoryPositions, Unit
 from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp, RegistryCatchUpFailed
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC
+from symbi_contracts.sandbox_agent.heartbeat import has_own_key, unsigned_reason
 from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 
 from symbi_scheduler.model import HostInfo, Model
@@ -177,11 +179,22 @@ def _version_of(data: bytes) -> int:
 class HostWatcher:
     """Follows the ``HOSTS`` bucket into ``model``; ``loaded`` is set once the initial values are in."""
 
-    def __init__(self, js: Any, model: Model, on_change: Callable[[], None], *, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        js: Any,
+        model: Model,
+        on_change: Callable[[], None],
+        *,
+        replicas: int = 1,
+        registry: KeyRegistry | None = None,
+    ) -> None:
         self.js = js
         self.model = model
         self.on_change = on_change
         self.replicas = replicas
+        #: The live key registry: a host that has a key of its own is believed only when that key signed its
+        #: entry (symbi_contracts.sandbox_agent.heartbeat). None: every entry is believed (tests of placement).
+        self.registry = registry
         self.loaded = asyncio.Event()
 
     async def open(self) -> None:
@@ -201,7 +214,8 @@ class HostWatcher:
                 changed = False
                 for msg in await feed.take(HOSTS_WAIT_S):
                     host_id, removed = kv_change(msg, _HOSTS_PREFIX)
-                    changed = self._apply(host_id, None if removed else bytes(msg.data)) or changed
+                    value = None if removed else bytes(msg.data)
+                    changed = self._apply(host_id, value, msg.headers or {}) or changed
                 if feed.caught_up:
                     self.loaded.set()
                 if changed:
@@ -209,13 +223,21 @@ class HostWatcher:
         finally:
             await feed.close()
 
-    def _apply(self, host_id: str, value: bytes | None) -> bool:
+    def _apply(self, host_id: str, value: bytes | None, headers: Mapping[str, str]) -> bool:
         """Apply one key's value (None: removed); whether the leader should run a round for it. An unchanged
         heartbeat of a live host does not wake it (one per host and second); its ``tick_s`` round still notices
-        a host's loss."""
+        a host's loss. A host with a key of its own is believed only when that key signed a newer entry; a
+        removal of its key is passed over (its loss is seen when its heartbeats stop)."""
+        own_key = self.registry is not None and has_own_key(self.registry, host_id)
         if not value:
+            if own_key:
+                log.warning("removal of a host with its own key passed over", host=host_id)
+                return False
             self.model.host_gone(host_id)
             return True
+        if own_key and self.registry is not None and (why := unsigned_reason(value, headers, self.registry, host_id)):
+            log.warning("host entry passed over", host=host_id, why=why)
+            return False
         try:
             info = msgspec.json.decode(value, type=HostInfo)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -223,5 +245,9 @@ class HostWatcher:
             return False
         if info.host_id != host_id or info.cpu_cores <= 0 or info.memory_mb <= 0:
             log.warning("inconsistent host entry", host=host_id)
+            return False
+        last = self.model.capacity.host_info.get(host_id)
+        if own_key and last is not None and info.heartbeat_s() <= last.heartbeat_s():
+            log.warning("host entry passed over", host=host_id, why="not newer than the last one (replayed)")
             return False
         return self.model.host_seen(info, time.time())
