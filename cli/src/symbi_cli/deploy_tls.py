@@ -2,10 +2,10 @@
 
 NATS carries every credential (a client's password travels in its CONNECT line), every event and the bus, so a
 deployment speaks to it over mutual TLS only: nats-server refuses a connection that does not present a
-certificate this CA signed, and every client checks the server's name against the CA. nats-server takes a client's NATS user from its
-certificate (``verify_and_map``: the first DNS name in it that is a user's name, :func:`nats_user`), then checks
-that user's password: a password is of no use with another party's certificate. Cluster routes use
-the server's certificate both ways (it is issued for server and client authentication). Each service's
+certificate this CA signed, and every client checks the server's name against the CA. nats-server takes a
+client's NATS user from its certificate (``verify_and_map``: the first DNS name in it that is a user's name,
+:func:`nats_user`), then checks that user's password: a password is of no use with another party's certificate.
+Cluster routes use the server's certificate both ways (it is issued for server and client authentication). Each service's
 certificate also serves its HTTP API over HTTPS (:data:`SERVICE_NAME` and :func:`service_names`: the names it is
 reached by), so operator tokens and API answers never cross the network in clear. ``symbi deploy init DIR``
 writes (:func:`ensure_tls`)::

@@ -11,10 +11,11 @@ Its own keys follow the registry: ``symbi keys rotate`` writes the new private k
 service's directory before it publishes the version, and the service loads it when the registry
 names a new active key (signing) or wrap key for it. A sandbox-agent daemon started with its host's
 own key (``symbi keys add-host``) follows that host's active key instead, and the service's wrap key.
-Until a revoked signing key is replaced, the event store refuses to sign with it (:class:`~symbi_common.errors.SigningKeyRefused`). When a wrap
-key changes — its own or a reader's of what it writes — the service re-seals its data keys to the
-readers' current wrap keys from its own copies; a service whose own wrap key rotated opens its
-copies with the previous key (kept in ``wrap.old.key`` until then) and deletes that file afterwards.
+Until a revoked signing key is replaced, the event store refuses to sign with it
+(:class:`~symbi_common.errors.SigningKeyRefused`). When a wrap key changes — its own or a reader's of
+what it writes — the service re-seals its data keys to the readers' current wrap keys from its own
+copies; a service whose own wrap key rotated opens its copies with the previous key (kept in
+``wrap.old.key`` until then) and deletes that file afterwards.
 
 Another process may sign with a rotated key as soon as *its* follower applied the version, before this
 process's follower has: an event it signed then names a key this registry does not know yet. Whoever
