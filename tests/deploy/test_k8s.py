@@ -239,8 +239,9 @@ def test_each_pod_mounts_only_its_own_tls_secret_and_the_ca_key_nowhere() -> Non
 
 
 def test_nats_speaks_mutual_tls_to_clients_and_routes_and_plain_http_to_probes() -> None:
-    """nats.conf asks a client certificate from every client (port 4222) and every route (``cluster``), signed by the
-    CA of its own /tls; the monitoring port stays plain HTTP for the probes and Prometheus."""
+    """nats.conf asks a client certificate from every client (port 4222, mapped to its user) and every route
+    (``cluster``), signed by the CA of its own /tls; the monitoring port stays plain HTTP for the probes and
+    Prometheus."""
     conf = find("ConfigMap", "symbi-nats-config")["data"]["nats.conf"]
     cluster = conf_block(conf, "cluster")
     outside = conf.replace(cluster, "")
@@ -251,7 +252,9 @@ def test_nats_speaks_mutual_tls_to_clients_and_routes_and_plain_http_to_probes()
         "verify": "true",
         "timeout": "2",
     }
-    assert conf_settings(conf_block(outside, "tls")) == expected
+    # Clients: the certificate also names the user it logs in as (verify_and_map, which verifies as well).
+    clients = {k: v for k, v in expected.items() if k != "verify"} | {"verify_and_map": "true"}
+    assert conf_settings(conf_block(outside, "tls")) == clients
     assert conf_settings(conf_block(cluster, "tls")) == expected
     assert "http_port: 8222" in outside
     assert "https" not in conf
