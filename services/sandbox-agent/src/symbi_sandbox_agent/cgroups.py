@@ -35,6 +35,10 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+#: The exit status of a process killed by SIGKILL.
+SIGKILL_STATUS = 128 + 9
+
+
 class CgroupUsage:
     """A sandbox's usage, read from its own parent cgroup (see ``SandboxSpec.cgroup_parent``).
 
@@ -115,6 +119,16 @@ class CgroupUsage:
         except OSError:
             return False
         return any(line.startswith("oom_kill ") and int(line.split()[1]) > 0 for line in lines)
+
+    def out_of_memory(self, exit_code: int | None, *, killed_here: bool, limit_mb: int) -> bool:
+        """Whether a run that failed with ``exit_code`` was killed for memory: the kernel's OOM-kill count
+        (:meth:`oom_killed`), or a SIGKILL the daemon did not send (``killed_here``) once the peak reached the
+        memory limit — gVisor's sentry may kill within the limit itself, before the host kernel counts anything."""
+        if self.oom_killed():
+            return True
+        if exit_code != SIGKILL_STATUS or killed_here:
+            return False
+        return self.sample().peak_memory_bytes >= limit_mb * 1024 * 1024
 
     def release(self) -> None:
         """Remove the parent cgroup (in every v1 hierarchy); call after the container is removed."""

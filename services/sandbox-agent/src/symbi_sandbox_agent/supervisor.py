@@ -159,7 +159,9 @@ class Supervisor:
                     terminal = self._failed(run, collector, usage.sample(), exc)
                 else:
                     exit_state = await self._finish_container(run)
-                    if exit_state.exit_code not in (0, None) and not exit_state.oom_killed and usage.oom_killed():
+                    limit_mb, killed_here = run.spec.limits.memory_mb, bool(run.kill_reason)
+                    failed = exit_state.exit_code not in (0, None) and not exit_state.oom_killed
+                    if failed and usage.out_of_memory(exit_state.exit_code, killed_here=killed_here, limit_mb=limit_mb):
                         exit_state = dataclasses.replace(exit_state, oom_killed=True)
                     await self._discard(run)
                     terminal = await self._ending(run, exit_state, collector, usage.sample())
