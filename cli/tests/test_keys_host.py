@@ -151,3 +151,15 @@ async def test_a_host_with_its_own_key_does_not_start_with_the_service_key(nats_
         assert other.started
     finally:
         await other.stop()
+
+
+async def test_a_host_whose_key_was_revoked_does_not_start_with_the_service_key(nats_url: str, keys_dir: Path) -> None:
+    result = runner.invoke(app, ["keys", "add-host", "h1", "--keys-dir", str(keys_dir)])
+    assert result.exit_code == 0, result.output
+    key = KeyRegistry.load(keys_dir).active_key("sandbox-agent", "h1")
+    assert key is not None
+    result = runner.invoke(app, ["keys", "revoke", key.key_id, "--from-start", "--dir", str(keys_dir)])
+    assert result.exit_code == 0, result.output
+
+    with pytest.raises(KeyringError, match="sandbox host h1 has a key of its own"):
+        await _daemon(nats_url, keys_dir / "sandbox-agent", "h1").start()

@@ -19,7 +19,7 @@ from schedkit import App, FakeHost, eventually, register_agent, task_view, until
 from symbi_common.datakeys import DataKeys
 from symbi_common.eventstore import EventStore
 from symbi_common.key_material import load_signer
-from symbi_common.keyfiles import add_host_key, host_dir, init_keyring
+from symbi_common.keyfiles import add_host_key, host_dir, init_keyring, revoke_key
 from symbi_common.keyring import KeyRegistry
 from symbi_contracts.sandbox_agent.events import ExecutionExited, OutputChunk, OutputDigest, Usage
 
@@ -155,3 +155,19 @@ async def test_a_host_with_its_own_key_is_believed_only_when_that_key_signs_a_ne
 async def _alive_with(s: App, host_id: str, cpu_cores: float) -> bool:
     host = await _host(s, host_id)
     return host is not None and host["alive"] and host["cpu_cores"] == cpu_cores
+
+
+async def test_a_host_whose_key_was_revoked_is_heard_no_more(
+    keys_dir: Path, start_scheduler: Any, host_of_key: Any, nc: NatsClient
+) -> None:
+    """Revoking a host's key cuts it off: neither its heartbeats signed with that key nor unsigned ones count."""
+    key = KeyRegistry.load(keys_dir).active_key("sandbox-agent", "h1")
+    assert key is not None
+    revoke_key(keys_dir, key.key_id, after_sequence=None)
+    kv = await nc.jetstream().key_value("HOSTS")
+    async with start_scheduler() as s:
+        await host_of_key("h1")  # signs its heartbeats with the revoked key
+        await kv.put("h1", b'{"host_id": "h1", "cpu_cores": 8, "memory_mb": 8192, "heartbeat_at": 1e10}')
+        await host_of_key("h2")
+        await eventually(lambda: _alive_with(s, "h2", 4.0))  # the scheduler reads the bucket: h2 is heard
+        assert await _host(s, "h1") is None

@@ -208,6 +208,11 @@ class KeyRegistry:
         key = self._state[1].get(key_id)
         return key.host if key else None
 
+    def has_host_keys(self, host: str) -> bool:
+        """Whether a key was ever bound to sandbox host ``host`` (whatever its status now): such a host is believed
+        only with a key of its own, so revoking its keys cuts it off rather than letting it go unsigned."""
+        return any(k.host == host for k in self.document.keys)
+
     def active_key(self, service: str, host: str | None = None) -> RegisteredKey | None:
         """The service's current signing key (the newest active one), if any; with ``host``, that sandbox host's."""
         return newest_active_key(self.document, service, host)

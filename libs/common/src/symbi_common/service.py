@@ -86,10 +86,10 @@ def _bound_host(registry: KeyRegistry, service: str, key_id: str, s: Settings) -
     """The sandbox host ``key_id`` is bound to, if it is, checked to be this daemon's host; None: a service key."""
     host = registry.host_of(key_id)
     if host is None:
-        if service == HOST_SERVICE and registry.active_key(service, mine := resolve_host_id(s.sandbox.host_id)):
+        if service == HOST_SERVICE and registry.has_host_keys(mine := resolve_host_id(s.sandbox.host_id)):
             raise KeyringError(
-                f"sandbox host {mine} has a key of its own in the key registry; start its daemon with that key "
-                f"(its directory sandbox-agent@{mine}), not the service's"
+                f"sandbox host {mine} has a key of its own in the key registry (or had one, revoked); start its "
+                f"daemon with its current key (its directory sandbox-agent@{mine}), not the service's"
             )
         return None
     if service != HOST_SERVICE:

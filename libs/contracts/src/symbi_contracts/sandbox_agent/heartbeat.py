@@ -29,8 +29,9 @@ def signed_headers(value: bytes, signer: Signer) -> dict[str, str]:
 
 
 def has_own_key(registry: KeyRegistry, host_id: str) -> bool:
-    """Whether ``host_id`` has a key of its own (then only that key's heartbeats count)."""
-    return registry.active_key("sandbox-agent", host_id) is not None
+    """Whether ``host_id`` has (or had: revoked keys count) a key of its own; then only its own key's heartbeats
+    count, so a host whose keys were revoked is heard no more."""
+    return registry.has_host_keys(host_id)
 
 
 def unsigned_reason(value: bytes, headers: Mapping[str, str], registry: KeyRegistry, host_id: str) -> str | None:
