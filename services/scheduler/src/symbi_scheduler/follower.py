@@ -195,6 +195,8 @@ class HostWatcher:
         #: The live key registry: a host that has a key of its own is believed only when that key signed its
         #: entry (symbi_contracts.sandbox_agent.heartbeat). None: every entry is believed (tests of placement).
         self.registry = registry
+        #: host -> why its entries are passed over now (logged once per reason).
+        self._passing_over: dict[str, str] = {}
         self.loaded = asyncio.Event()
 
     async def open(self) -> None:
@@ -231,12 +233,12 @@ class HostWatcher:
         own_key = self.registry is not None and has_own_key(self.registry, host_id)
         if not value:
             if own_key:
-                log.warning("removal of a host with its own key passed over", host=host_id)
+                self._passed_over(host_id, "a removal of the key of a host with a key of its own")
                 return False
             self.model.host_gone(host_id)
             return True
         if own_key and self.registry is not None and (why := unsigned_reason(value, headers, self.registry, host_id)):
-            log.warning("host entry passed over", host=host_id, why=why)
+            self._passed_over(host_id, why)
             return False
         try:
             info = msgspec.json.decode(value, type=HostInfo)
@@ -248,6 +250,13 @@ class HostWatcher:
             return False
         last = self.model.capacity.host_info.get(host_id)
         if own_key and last is not None and info.heartbeat_s() <= last.heartbeat_s():
-            log.warning("host entry passed over", host=host_id, why="not newer than the last one (replayed)")
+            self._passed_over(host_id, "not newer than the last one (replayed)")
             return False
+        self._passing_over.pop(host_id, None)
         return self.model.host_seen(info, time.time())
+
+    def _passed_over(self, host_id: str, why: str) -> None:
+        """Log a host entry not believed, once while the reason stays the same (a host beats every second)."""
+        if self._passing_over.get(host_id) != why:
+            self._passing_over[host_id] = why
+            log.warning("host entry passed over", host=host_id, why=why)
