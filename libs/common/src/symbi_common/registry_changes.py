@@ -76,10 +76,25 @@ def with_service_key(
 
     Keys bound to a sandbox host (see :func:`with_host_key`) are not the service's own and stay as they are.
     """
+    subjects = list(SERVICE_SUBJECTS.get(service, ()))
+    return _with_active_key(doc, service, None, signer, wrap_public_key, subjects, kind)
+
+
+def _with_active_key(
+    doc: RegistryDocument,
+    service: str,
+    host: str | None,
+    signer: Signer,
+    wrap_public_key: bytes,
+    subjects: list[str],
+    kind: str,
+) -> RegistryDocument:
+    """The next version with ``signer`` as the active key of ``service`` (of sandbox ``host``, or the service's own
+    with None); the active keys it replaces retire, every other key stays."""
     at = _now()
     keys = [
         msgspec.structs.replace(k, status=RETIRED)
-        if k.service == service and k.host is None and k.status == ACTIVE
+        if k.service == service and k.host == host and k.status == ACTIVE
         else k
         for k in doc.keys
     ]
@@ -88,9 +103,10 @@ def with_service_key(
             key_id=signer.key_id,
             service=service,
             public_key=signer.public_key,
-            subjects=list(SERVICE_SUBJECTS.get(service, ())),
+            subjects=subjects,
             wrap_public_key=wrap_public_key,
             added_at=at,
+            host=host,
         )
     )
     change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=service, key_id=signer.key_id)
@@ -126,30 +142,8 @@ def with_host_key(doc: RegistryDocument, host_id: str, signer: Signer, wrap_publ
     previous active key retires (change ``rotate-host``; ``add-host`` for its first); every other key stays.
     """
     check_host_id(host_id)
-    at = _now()
-    replaced = False
-    keys: list[RegisteredKey] = []
-    for k in doc.keys:
-        if k.service == HOST_SERVICE and k.host == host_id and k.status == ACTIVE:
-            k = msgspec.structs.replace(k, status=RETIRED)
-            replaced = True
-        keys.append(k)
-    keys.append(
-        RegisteredKey(
-            key_id=signer.key_id,
-            service=HOST_SERVICE,
-            public_key=signer.public_key,
-            subjects=host_subjects(host_id),
-            wrap_public_key=wrap_public_key,
-            added_at=at,
-            host=host_id,
-        )
-    )
-    kind = "rotate-host" if replaced else "add-host"
-    change = RegistryChange(version=doc.version + 1, at=at, kind=kind, service=HOST_SERVICE, key_id=signer.key_id)
-    return msgspec.structs.replace(
-        doc, version=doc.version + 1, issued_at=at, keys=keys, changes=[*doc.changes, change]
-    )
+    kind = "add-host" if newest_active_key(doc, HOST_SERVICE, host_id) is None else "rotate-host"
+    return _with_active_key(doc, HOST_SERVICE, host_id, signer, wrap_public_key, host_subjects(host_id), kind)
 
 
 def with_wrap_key(doc: RegistryDocument, service: str, wrap_public_key: bytes) -> RegistryDocument:
