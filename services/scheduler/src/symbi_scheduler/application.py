@@ -258,7 +258,7 @@ class SchedulerService:
         rec = self.get_rec(request.task_id)
         if request.wait:
             await self.changes.until(rec.task_id, lambda: rec.state.finished, request.wait)
-        return task_view(self.model, self.get_rec(request.task_id), time.time())
+        return task_view(self.model, rec, time.time())
 
     async def output(self, request: OutputRequest) -> OutputView:
         """The latest attempt's output on ``request.stream`` from byte ``request.after``; with ``wait``, once

@@ -46,7 +46,7 @@ from symbi_common.registry_catch_up import CatchUp, RegistryCatchUp, RegistryCat
 from symbi_common.telemetry import continue_trace
 from symbi_contracts.lifecycle.events import CODEC as AGENT_CODEC
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC
-from symbi_contracts.sandbox_agent.heartbeat import has_own_key, unsigned_reason
+from symbi_contracts.sandbox_agent.heartbeat import unsigned_reason
 from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 
 from symbi_scheduler.model import HostInfo, Model
@@ -147,8 +147,9 @@ class EventFollower:
             log.warning("event not readable", subject=msg.subject, sequence=sequence, error=str(exc))
         else:
             h = rec.header
-            signer_host = self.store.registry.host_of(h.signing_key_id)
-            if kind == "execution" and (why := self.model.signed_elsewhere(parts[2], rec.event, signer_host)):
+            if kind == "execution" and (
+                why := self.model.signed_elsewhere(parts[2], rec.event, self.store.registry.host_of(h.signing_key_id))
+            ):
                 # A host's own key reports only on the attempts placed on that host: another host's word on this
                 # task is not taken (it still takes its version, so the task's own events are not out of order).
                 self.rejected += 1
@@ -185,15 +186,15 @@ class HostWatcher:
         model: Model,
         on_change: Callable[[], None],
         *,
+        registry: KeyRegistry,
         replicas: int = 1,
-        registry: KeyRegistry | None = None,
     ) -> None:
         self.js = js
         self.model = model
         self.on_change = on_change
         self.replicas = replicas
         #: The live key registry: a host that has a key of its own is believed only when that key signed its
-        #: entry (symbi_contracts.sandbox_agent.heartbeat). None: every entry is believed (tests of placement).
+        #: entry (symbi_contracts.sandbox_agent.heartbeat).
         self.registry = registry
         #: host -> why its entries are passed over now (logged once per reason).
         self._passing_over: dict[str, str] = {}
@@ -230,14 +231,14 @@ class HostWatcher:
         heartbeat of a live host does not wake it (one per host and second); its ``tick_s`` round still notices
         a host's loss. A host with a key of its own is believed only when that key signed a newer entry; a
         removal of its key is passed over (its loss is seen when its heartbeats stop)."""
-        own_key = self.registry is not None and has_own_key(self.registry, host_id)
+        own_key = self.registry.has_host_keys(host_id)
         if not value:
             if own_key:
                 self._passed_over(host_id, "a removal of the key of a host with a key of its own")
                 return False
             self.model.host_gone(host_id)
             return True
-        if own_key and self.registry is not None and (why := unsigned_reason(value, headers, self.registry, host_id)):
+        if own_key and (why := unsigned_reason(value, headers, self.registry, host_id)):
             self._passed_over(host_id, why)
             return False
         try:

@@ -66,7 +66,7 @@ def build_app(settings: Settings, *, decisions: DecisionPoint | None = None) -> 
         await lease.open()
         wake = asyncio.Event()
         follower = EventFollower(rt.js, rt.store, model, wake.set, catch_up_registry=rt.keys.catch_up)
-        hosts = HostWatcher(rt.js, model, wake.set, replicas=settings.nats.replicas, registry=rt.store.registry)
+        hosts = HostWatcher(rt.js, model, wake.set, registry=rt.store.registry, replicas=settings.nats.replicas)
         await hosts.open()
         leader = Leader(rt, model, tasks, schedules, lease, decisions, follower.synced, hosts.loaded, wake)
         rt.spawn(follower.run(), "scheduler:follow")

@@ -45,6 +45,7 @@ from symbi_scheduler.records import (
     Hold,
     HostInfo,
     TaskRec,
+    attempt_of,
     fold_agent,
     fold_execution,
     host_may_report,
@@ -165,7 +166,7 @@ class Model(Admission):
         task = self.tasks.get(task_id)
         if task is None:
             return f"task {task_id} is not known"
-        attempt = getattr(event, "attempt", task.attempt) or task.attempt
+        attempt = attempt_of(task, event)
         if host_may_report(task, attempt, signer_host):
             return None
         placed = task.attempt_hosts.get(attempt) or "no host"

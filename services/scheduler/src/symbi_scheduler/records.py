@@ -198,9 +198,14 @@ def host_may_report(task: TaskRec, attempt: int, signer_host: str | None) -> boo
     return signer_host is None or task.attempt_hosts.get(attempt) == signer_host
 
 
+def attempt_of(task: TaskRec, event: ExecutionEvent) -> int:
+    """The attempt an execution event reports on (the task's current one if the event names none)."""
+    return getattr(event, "attempt", task.attempt) or task.attempt
+
+
 def fold_execution(task: TaskRec, event: ExecutionEvent, sequence: int) -> int | None:
     """Note what an execution event reports; the attempt it ended (None if it ended none)."""
-    attempt = getattr(event, "attempt", task.attempt) or task.attempt
+    attempt = attempt_of(task, event)
     for chunk in output_chunks(event):  # an execution.output, or the tail of a terminal event
         task.output_bytes[chunk.stream] = max(task.output_bytes.get(chunk.stream, 0), chunk.offset + len(chunk.data))
     if isinstance(event, ExecutionAction):

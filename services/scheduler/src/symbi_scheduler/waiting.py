@@ -36,10 +36,6 @@ class TaskChanges:
         for event in self._waiting.get(task_id, ()):
             event.set()
 
-    def waiting(self) -> int:
-        """How many queries wait now."""
-        return sum(len(events) for events in self._waiting.values())
-
     async def until(self, task_id: str, ready: Callable[[], bool], wait: float) -> None:
         """Return once ``ready()`` holds, checked now and after each change of ``task_id``, or after ``wait``
         seconds."""

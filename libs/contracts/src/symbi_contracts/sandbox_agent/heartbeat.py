@@ -2,7 +2,8 @@
 
 Key ``<host_id>``; value the JSON entry of docs/contracts/tasks.md; headers :data:`H_SIGNING_KEY` (the key id)
 and :data:`H_SIGNATURE` (base64 Ed25519 over the exact value bytes), made with the daemon's current signing key.
-A host that has a key of its own (``symbi keys add-host``) is believed only when that key signed: the scheduler
+A host that has (or had: revoked keys count, :meth:`KeyRegistry.has_host_keys`) a key of its own (``symbi keys
+add-host``) is believed only when a key of its own that is not revoked signed: the scheduler
 passes over an entry of such a host that is unsigned, signed by another key, or not newer than the last one it
 took, and over a removal of its key (a host's loss is still seen when its heartbeats stop). Any host may write
 any key of the bucket (one NATS user for all hosts), so without this a taken-over host could make another look
@@ -26,12 +27,6 @@ H_SIGNATURE = "Symbi-Host-Signature"
 def signed_headers(value: bytes, signer: Signer) -> dict[str, str]:
     """The headers that sign ``value`` with ``signer``."""
     return {H_SIGNING_KEY: signer.key_id, H_SIGNATURE: base64.b64encode(signer.sign(value)).decode()}
-
-
-def has_own_key(registry: KeyRegistry, host_id: str) -> bool:
-    """Whether ``host_id`` has (or had: revoked keys count) a key of its own; then only its own key's heartbeats
-    count, so a host whose keys were revoked is heard no more."""
-    return registry.has_host_keys(host_id)
 
 
 def unsigned_reason(value: bytes, headers: Mapping[str, str], registry: KeyRegistry, host_id: str) -> str | None:

@@ -17,11 +17,10 @@ import nats.js.errors
 from symbi_common.crypto import Signer, Verifier
 from symbi_common.errors import KeyringError
 from symbi_common.keyring import KeyRegistry
+from symbi_common.registry_changes import HOST_SERVICE
 from symbi_contracts.bus import AGENT_KEY_DECODER, AgentKey, Envelope, agent_key_statement, encode
 
 from symbi_sandbox_agent.bus.codec import Refused, check_signature
-
-HOST_SERVICE = "sandbox-agent"
 
 
 class UnknownSender(KeyringError):
