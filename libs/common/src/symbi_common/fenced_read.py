@@ -107,6 +107,14 @@ async def ever_stored(nc: NatsClient, stream: str, subject: str, *, timeout: flo
     return await _leader_next(nc, stream, subject, 1, timeout) is not None
 
 
+async def read_from_leader(
+    nc: NatsClient, stream: str, subject: str, *, limit: int = 10_000, timeout: float = 5.0
+) -> list[RawMessage]:
+    """Up to ``limit`` messages of ``subject`` as the stream's leader holds them (every acknowledged one), one
+    request each: for a short read that must not be answered by a replica that is behind."""
+    return await _from_leader(nc, stream, subject, after=0, limit=limit, timeout=timeout)
+
+
 async def _from_leader(
     nc: NatsClient, stream: str, subject: str, *, after: int, limit: int, timeout: float
 ) -> list[RawMessage]:

@@ -16,10 +16,11 @@ from typing import Any
 
 from symbi_common.datakeys import DataKeys
 from symbi_common.errors import SymbiError
+from symbi_common.fenced_read import read_from_leader
 from symbi_common.keyring import KeyRegistry
 from symbi_common.reader import decode_opened
 from symbi_common.sealing import OpenedEvent, open_envelope
-from symbi_common.streams import EVENTS_STREAM, read_subject
+from symbi_common.streams import EVENTS_STREAM, RawMessage, read_subject
 from symbi_contracts.sandbox_agent.events import EXECUTION_CODEC
 from symbi_contracts.scheduler.events import CODEC as TASK_CODEC
 from symbi_contracts.scheduler.events import TaskAssigned
@@ -64,23 +65,30 @@ class HostReports:
 
     async def _host_of(self, task_id: str, attempt: int) -> str | None:
         """The host ``attempt`` of the task was placed on (None: on none), from its ``task.assigned`` events; an
-        attempt's host never changes, so what was read is kept, and read again only for an attempt not seen."""
+        attempt's host never changes, so what was read is kept, and read again only for an attempt not seen. An
+        attempt a (batched, any replica's) read does not find is looked for once more as the stream's leader
+        holds the task, before it counts as placed on no host."""
         known = self._placed.get(task_id)
         if known is None or attempt not in known:
-            known = await self._read(task_id)
+            subject = f"evt.task.{task_id}"
+            known = await self._placed_by(
+                [m async for batch in read_subject(self.nc, EVENTS_STREAM, subject) for m in batch]
+            )
+            if attempt not in known:
+                known = await self._placed_by(await read_from_leader(self.nc, EVENTS_STREAM, subject))
+            if len(self._placed) >= TASKS_KEPT:
+                self._placed.clear()
+            self._placed[task_id] = known
         return known.get(attempt)
 
-    async def _read(self, task_id: str) -> dict[int, str]:
+    async def _placed_by(self, messages: list[RawMessage]) -> dict[int, str]:
+        """Attempt -> host of the ``task.assigned`` events among a task's stored ``messages``."""
         placed: dict[int, str] = {}
-        async for batch in read_subject(self.nc, EVENTS_STREAM, f"evt.task.{task_id}"):
-            for message in batch:
-                opened = open_envelope(
-                    message.data, subject=message.subject, sequence=message.sequence, registry=self.registry
-                )
-                event = (await decode_opened(opened, self.datakeys, TASK_CODEC)).event
-                if isinstance(event, TaskAssigned):
-                    placed[event.attempt] = event.host_id
-        if len(self._placed) >= TASKS_KEPT:
-            self._placed.clear()
-        self._placed[task_id] = placed
+        for message in messages:
+            opened = open_envelope(
+                message.data, subject=message.subject, sequence=message.sequence, registry=self.registry
+            )
+            event = (await decode_opened(opened, self.datakeys, TASK_CODEC)).event
+            if isinstance(event, TaskAssigned):
+                placed[event.attempt] = event.host_id
         return placed
