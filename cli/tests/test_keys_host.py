@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from symbi_common.keyring import KeyRegistry
 from symbi_common.sealing import NEW_AGGREGATE
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
+from symbi_fixtures.key_rotation import eventually
 from typer.testing import CliRunner
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -26,13 +26,6 @@ class Registered(Event, tag="test.host_registered", frozen=True):
 
 
 codec: EventCodec[Event] = EventCodec([Registered])
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
 
 
 def _daemon(nats_url: str, directory: Path, host_id: str) -> ServiceRuntime:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -41,6 +41,7 @@ from symbi_common.registry_stream import (
 from symbi_common.sealing import NEW_AGGREGATE, seal
 from symbi_common.service import ServiceRuntime
 from symbi_common.settings import load_settings
+from symbi_fixtures.key_rotation import eventually
 
 
 class Noted(Event, tag="test.live_noted"):
@@ -48,13 +49,6 @@ class Noted(Event, tag="test.live_noted"):
 
 
 codec: EventCodec[Event] = EventCodec([Noted])
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
